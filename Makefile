@@ -1,0 +1,34 @@
+# Each target sets up .venv itself: a fresh clone needs only Python >= 3.11 (and Node for the CDK checks).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+STATE  ?= .tessera/local
+
+.PHONY: run test bench lint install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[server,infra,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/tessera local up --state $(STATE) --demo
+
+test: $(STAMP)
+	@command -v node >/dev/null || { echo "make test: Node.js is required for the CDK checks (tests/infra). Install Node.js >= 18 (e.g. apt-get install nodejs)."; exit 2; }
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy layers/tessera client/tessera_client
+
+clean:
+	rm -rf $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The Tessera sync client."""

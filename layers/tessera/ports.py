@@ -1,0 +1,194 @@
+"""The interfaces the domain needs (DESIGN §2). Adapters live in `tessera.adapters.{local,aws}`.
+
+Shape borrowed from Powertools' idempotency persistence: an abstract base holds the shared
+logic, each backend implements a few small methods. Every adapter of a port passes the same
+contract tests (`tests/integration/contracts/`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol
+
+# ---------------------------------------------------------------------------------------
+# Blocks
+
+
+class StorageTier(StrEnum):
+    """Where a stored block lives: `hot` is readable now, `cold` needs a restore first."""
+
+    HOT = "hot"
+    COLD = "cold"
+
+
+@dataclass(frozen=True)
+class PresignedRequest:
+    """A request the client may make directly against the block store, without credentials."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What the block store knows of one stored (encoded) block."""
+
+    key: str
+    size: int
+    tier: StorageTier = StorageTier.HOT
+    restoring: bool = False  # a restore from the cold tier is under way
+    restored: bool = False  # a cold object has a readable restored copy
+
+
+class BlockStore(ABC):
+    """Stores encoded blocks (compressed + encrypted, never plaintext) under string keys.
+
+    Keys: `blocks/<hex>` for verified content-addressed blocks, `staging/<upload_id>/<hex>`
+    for blocks uploaded in an upload session and not yet verified.
+    """
+
+    @abstractmethod
+    def presign_put(
+        self, key: str, *, size: int, sha256: bytes, expires_in: int = 900
+    ) -> PresignedRequest:
+        """A PUT the store accepts only with exactly `size` bytes whose SHA-256 is `sha256`."""
+
+    @abstractmethod
+    def presign_get(self, key: str, *, expires_in: int = 900) -> PresignedRequest:
+        """A GET of the object at `key`, valid for `expires_in` seconds (at most 900)."""
+
+    @abstractmethod
+    def head(self, key: str) -> StoredObject | None:
+        """The object's size and tier, or None when there is no object at `key`."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole object (blocks are at most a few MiB). Raises KeyError when absent."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` at `key` (server-side writes: promotion, repair, tests)."""
+
+    @abstractmethod
+    def copy(self, src: str, dst: str) -> None:
+        """Copy an object within the store (S3 CopyObject); `dst` ends up hot."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete the object at `key`; deleting a missing key is not an error."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Every key under `prefix`, in no particular order."""
+
+    @abstractmethod
+    def set_tier(self, key: str, tier: StorageTier) -> None:
+        """Move an object between the hot and the cold tier."""
+
+    @abstractmethod
+    def restore(self, key: str, *, days: int = 7) -> None:
+        """Start making a cold object readable again (idempotent)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Keys
+
+
+class KeyService(ABC):
+    """Holds the versioned block-key secrets and derives per-block keys (DESIGN §3).
+
+    `K = HMAC-SHA256(secret[key_version], block_id)`. Backends only load secrets.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, bytes] = {}
+
+    @abstractmethod
+    def current_version(self) -> int:
+        """The key version new blocks are encrypted under."""
+
+    @abstractmethod
+    def _load_secret(self, version: int) -> bytes:
+        """The 32-byte secret of `version`; KeyError when the version is unknown."""
+
+    def secret(self, version: int) -> bytes:
+        """The secret of `version`, loaded once per process (once per cold start on Lambda)."""
+        if version not in self._cache:
+            self._cache[version] = self._load_secret(version)
+        return self._cache[version]
+
+    def block_key(self, block_id: str, version: int | None = None) -> tuple[int, bytes]:
+        """(key_version, 32-byte AES key) for `block_id`."""
+        v = self.current_version() if version is None else version
+        return v, hmac.new(self.secret(v), block_id.encode("ascii"), hashlib.sha256).digest()
+
+
+# ---------------------------------------------------------------------------------------
+# Changes
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One journal entry leaving the metadata transaction (outbox → change feed)."""
+
+    event_id: str
+    ns_id: int
+    seq: int
+    kind: str  # "file" | "membership" | "block_damaged" | ...
+    payload: Mapping[str, object] = field(default_factory=dict)
+
+
+class ChangeFeed(ABC):
+    """Carries "namespace N reached seq S" to long-polls. Publishing is idempotent."""
+
+    @abstractmethod
+    def publish(self, event: ChangeEvent) -> None:
+        """Deliver `event`; delivering the same event_id twice has no further effect."""
+
+    @abstractmethod
+    def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
+        """Block until some namespace in `cursors` has a change after its seq, or timeout.
+
+        Returns True when there is a change (possibly already before the call).
+        """
+
+
+# ---------------------------------------------------------------------------------------
+# Identity and time
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller, taken from verified token claims — never from a body."""
+
+    user_id: str
+    email: str
+
+
+class Identity(ABC):
+    """Verifies bearer tokens the way API Gateway's Cognito authorizer does."""
+
+    @abstractmethod
+    def verify(self, token: str) -> Principal:
+        """The caller of a valid token; raises `Unauthorized` otherwise."""
+
+
+class Clock(Protocol):
+    """Time as the domain sees it; tests and `--as-of` substitute their own."""
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The wall clock, in UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)

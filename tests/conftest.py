@@ -1,0 +1,53 @@
+"""Fixtures shared by every test layer.
+
+PostgreSQL is real: `DATABASE_URL` when set, else one embedded server (`pgserver`) per test
+session. Each test that asks for `empty_database_url` gets a database of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server for the whole session (its `postgres` database)."""
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    import pgserver
+
+    datadir: Path = tmp_path_factory.mktemp("pgdata")
+    server = pgserver.get_server(datadir, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def _with_database(url: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+@pytest.fixture
+def empty_database_url(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(postgres_url, name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
