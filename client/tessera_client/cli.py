@@ -7,6 +7,7 @@ import heavy dependencies lazily, so `tessera --help` stays fast on a client-onl
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.util import find_spec
 
 import typer
@@ -21,12 +22,19 @@ app = typer.Typer(
 )
 app.command("blocks")(blocks_command)
 
-if find_spec("psycopg") is not None:  # the operator groups need the `server` extra
-    from tessera.local.cli import app as local_app
-    from tessera.maintenance.cli import app as admin_app
 
-    app.add_typer(local_app, name="local", help="Run the local cloud and manage its users.")
-    app.add_typer(admin_app, name="admin", help="Run maintenance workflows now.")
+@app.callback()
+def _tessera() -> None:
+    """Tessera keeps a folder in sync across devices and people."""
+
+# Operator groups live with the code they drive; a client-only install ships without them.
+_OPERATOR_GROUPS = {
+    "local": ("tessera.local.cli", "Run the local cloud and manage its users."),
+    "admin": ("tessera.maintenance.cli", "Run maintenance workflows now."),
+}
+for _name, (_module, _help) in _OPERATOR_GROUPS.items():
+    if find_spec(_module) is not None:
+        app.add_typer(import_module(_module).app, name=_name, help=_help)
 
 
 def main() -> None:
