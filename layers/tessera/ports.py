@@ -7,14 +7,14 @@ contract tests (`tests/integration/contracts/`).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
+
+from tessera.blocks.ids import derive_block_key
 
 # ---------------------------------------------------------------------------------------
 # Blocks
@@ -128,7 +128,7 @@ class KeyService(ABC):
     def block_key(self, block_id: str, version: int | None = None) -> tuple[int, bytes]:
         """(key_version, 32-byte AES key) for `block_id`."""
         v = self.current_version() if version is None else version
-        return v, hmac.new(self.secret(v), block_id.encode("ascii"), hashlib.sha256).digest()
+        return v, derive_block_key(self.secret(v), block_id)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+"""The block pipeline (DESIGN §3), shared by the sync client and the server.
+
+Chunk a file with FastCDC (`scan_file`, `iter_chunks`), name blocks by their BLAKE3 hash
+(`block_id`, `content_hash`), and store them compressed and encrypted (`encode_block`,
+`decode_block`) under per-block keys (`derive_block_key`). The byte format is documented in
+docs/block-format.md.
+"""
+
+from tessera.blocks.chunking import (
+    AVG_BLOCK_SIZE,
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+    BlockRef,
+    FileManifest,
+    iter_chunks,
+    scan_file,
+)
+from tessera.blocks.codec import decode_block, encode_block, stored_key_version
+from tessera.blocks.errors import (
+    BlockError,
+    BlockFormatError,
+    BlockIntegrityError,
+    FileChangedError,
+)
+from tessera.blocks.ids import block_id, content_hash, derive_block_key, is_block_id
+
+__all__ = [
+    "AVG_BLOCK_SIZE",
+    "MAX_BLOCK_SIZE",
+    "MIN_BLOCK_SIZE",
+    "BlockError",
+    "BlockFormatError",
+    "BlockIntegrityError",
+    "BlockRef",
+    "FileChangedError",
+    "FileManifest",
+    "block_id",
+    "content_hash",
+    "decode_block",
+    "derive_block_key",
+    "encode_block",
+    "is_block_id",
+    "iter_chunks",
+    "scan_file",
+    "stored_key_version",
+]

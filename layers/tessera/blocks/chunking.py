@@ -1,0 +1,180 @@
+"""Streaming FastCDC 2020 chunking of files of any size (DESIGN §3).
+
+Files are read in fixed windows with `readinto` (never whole, never mmapped: a file truncated
+under an mmap kills the process with SIGBUS, while a short read is an ordinary, reportable
+event). FastCDC decides a cut from at most `MAX_BLOCK_SIZE` bytes after the chunk start, so a
+chunk is taken from a window only when the window holds that many bytes after its start (or
+the file ends there); the rest of the window moves to its front and the next read fills it
+up. The cuts are therefore exactly those of chunking the whole file in one buffer.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from blake3 import blake3
+from pyfastcdc import FastCDC
+
+from tessera.blocks.errors import FileChangedError
+from tessera.blocks.ids import ID_PREFIX
+
+MIN_BLOCK_SIZE = 256 * 1024
+AVG_BLOCK_SIZE = 1024 * 1024
+MAX_BLOCK_SIZE = 4 * 1024 * 1024
+# Read window: large enough that moving the unconsumed tail (< MAX_BLOCK_SIZE) to the front
+# costs little, small enough to keep peak memory far below 100 MB.
+WINDOW_SIZE = 16 * 1024 * 1024
+
+_CHUNKER = FastCDC(AVG_BLOCK_SIZE, min_size=MIN_BLOCK_SIZE, max_size=MAX_BLOCK_SIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRef:
+    """One block of a file: its id and where it lies in the file."""
+
+    id: str
+    offset: int
+    size: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """`{"id", "offset", "size"}`, the JSON shape of `tessera blocks --json`."""
+        return {"id": self.id, "offset": self.offset, "size": self.size}
+
+
+@dataclass(frozen=True, slots=True)
+class FileManifest:
+    """A file's content hash, size and blocks (offsets contiguous from 0, sizes summing to size)."""
+
+    content_hash: str
+    size: int
+    blocks: tuple[BlockRef, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """`{"content_hash", "size", "blocks": [...]}`, the JSON of `tessera blocks --json`."""
+        return {
+            "content_hash": self.content_hash,
+            "size": self.size,
+            "blocks": [b.as_dict() for b in self.blocks],
+        }
+
+
+def scan_file(path: str | os.PathLike[str]) -> FileManifest:
+    """Chunk the file at `path` and hash it, without reading it whole.
+
+    Raises FileChangedError when the file changed while it was read, and the OSError of
+    `open`/`read` (FileNotFoundError, PermissionError, IsADirectoryError, ...; each names the
+    path) when it cannot be read, or when it is not a regular file.
+    """
+    blocks: list[BlockRef] = []
+    whole = blake3()
+    for ref, _view, digest in _chunk_views(path):
+        blocks.append(ref)
+        whole.update(digest)
+    size = blocks[-1].offset + blocks[-1].size if blocks else 0
+    return FileManifest(ID_PREFIX + whole.hexdigest(), size, tuple(blocks))
+
+
+def iter_chunks(path: str | os.PathLike[str]) -> Iterator[tuple[BlockRef, bytes]]:
+    """Yield each block of the file at `path` with its plaintext, lazily, in file order.
+
+    Memory stays bounded whatever the file size: one read window plus the block handed out.
+    The change check of `scan_file` runs after the last block, so a caller must not commit
+    what it uploaded before this iterator has finished without raising FileChangedError.
+    """
+    for ref, view, _digest in _chunk_views(path):
+        yield ref, bytes(view)
+
+
+def _chunk_views(path: str | os.PathLike[str]) -> Iterator[tuple[BlockRef, memoryview, bytes]]:
+    """(block, view of its bytes in the read window, raw digest); each view is valid only
+    until the next item. Raises FileChangedError at the end if the file changed."""
+    with _open_regular(path) as f:
+        before = os.fstat(f.fileno())
+        _advise_sequential(f.fileno())
+        buf = bytearray(WINDOW_SIZE)
+        window = memoryview(buf)
+        base = 0  # file offset of window[0]
+        filled = 0
+        eof = False
+        while True:
+            while filled < WINDOW_SIZE and not eof:
+                n = f.readinto(window[filled:])
+                if not n:
+                    eof = True
+                else:
+                    filled += n
+            if base + filled > before.st_size:
+                raise _changed(path, f"it grew beyond its {before.st_size} bytes")
+            if eof and base + filled < before.st_size:
+                raise _changed(path, f"it shrank from {before.st_size} to {base + filled} bytes")
+            if filled == 0:
+                break
+            consumed = 0
+            for chunk in _CHUNKER.cut_buf(window[:filled]):
+                start = chunk.offset
+                if not eof and filled - start < MAX_BLOCK_SIZE:
+                    break  # this cut may depend on bytes not read yet: refill first
+                view = window[start : start + chunk.length]
+                digest = blake3(view).digest()
+                yield BlockRef(ID_PREFIX + digest.hex(), base + start, chunk.length), view, digest
+                consumed = start + chunk.length
+            if eof and consumed == filled:
+                break
+            rest = filled - consumed
+            window[:rest] = window[consumed:filled]
+            base += consumed
+            filled = rest
+        _check_unchanged(path, f.fileno(), before)
+
+
+def _open_regular(path: str | os.PathLike[str]) -> io.FileIO:
+    """Open `path` for reading; only regular files (a FIFO would block, a device never ends).
+
+    O_NONBLOCK keeps `open` from hanging on a FIFO swapped in after a check; it has no effect
+    on reads of regular files.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", path)
+        return io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _advise_sequential(fd: int) -> None:
+    """Ask the kernel for aggressive read-ahead (a hint; absent on some platforms)."""
+    fadvise = getattr(os, "posix_fadvise", None)
+    if fadvise is not None:
+        fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+
+
+def _check_unchanged(path: str | os.PathLike[str], fd: int, before: os.stat_result) -> None:
+    """Raise FileChangedError if the file was written to, or replaced at `path`, while read."""
+    after = os.fstat(fd)
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise _changed(path, "it was written to")
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        raise _changed(path, "it was deleted or renamed") from None
+    if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+        raise _changed(path, "another file replaced it")
+
+
+def _changed(path: str | os.PathLike[str], why: str) -> FileChangedError:
+    return FileChangedError(
+        f"{os.fspath(path)} changed while it was being read ({why}); "
+        "no block list was produced — read it again once it stops changing",
+        path=os.fspath(path),
+    )

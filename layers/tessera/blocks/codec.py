@@ -1,0 +1,167 @@
+"""The block codec: zstd, then AES-256-GCM, in the versioned format of docs/block-format.md.
+
+Stored form (big-endian)::
+
+    magic "TBLK" (4) | version (1) | flags (1) | key_version (u32, 4) | nonce (12) | ct+tag
+
+The AAD is the 10-byte header (magic..key_version) followed by the block id in ASCII, so a
+block cannot be replayed under another id, and a flipped flag or key version fails the tag.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+
+import zstandard
+from blake3 import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tessera.blocks.chunking import MAX_BLOCK_SIZE
+from tessera.blocks.errors import BlockFormatError, BlockIntegrityError
+from tessera.blocks.ids import digest_of
+
+MAGIC = b"TBLK"
+FORMAT_VERSION = 1
+FLAG_ZSTD = 0x01  # the ciphertext holds one zstd frame, not the raw plaintext
+KNOWN_FLAGS = FLAG_ZSTD
+ZSTD_LEVEL = 3
+KEY_SIZE = 32
+NONCE_SIZE = 12
+TAG_SIZE = 16
+_HEADER = struct.Struct(">4sBBI")  # magic, version, flags, key_version
+HEADER_SIZE = _HEADER.size  # 10, the authenticated header
+PREFIX_SIZE = HEADER_SIZE + NONCE_SIZE  # 22, everything before the ciphertext
+MIN_STORED_SIZE = PREFIX_SIZE + TAG_SIZE  # 38, an empty raw plaintext
+MAX_KEY_VERSION = 2**32 - 1
+
+# zstd contexts are not thread-safe and cheap to keep: one per thread.
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c: zstandard.ZstdCompressor | None = getattr(_local, "cctx", None)
+    if c is None:
+        c = _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def encode_block(
+    plaintext: bytes | bytearray | memoryview, block_id: str, key: bytes, key_version: int
+) -> bytes:
+    """The stored form of `plaintext` (compressed when that shrinks it, then encrypted).
+
+    `block_id` must be the plaintext's id (the chunker computed it; it is not hashed again
+    here — `decode_block` checks it) and `key` its 32-byte block key of `key_version`.
+    """
+    aad = _aad(block_id, 0, key_version)  # validates the id and version before any work
+    _check_key(key)
+    if len(plaintext) > MAX_BLOCK_SIZE:
+        raise ValueError(f"a block holds at most {MAX_BLOCK_SIZE} bytes, got {len(plaintext)}")
+    flags = 0
+    body: bytes | bytearray | memoryview = plaintext
+    if len(plaintext):
+        compressed = _compressor().compress(plaintext)
+        if len(compressed) < len(plaintext):
+            flags, body = FLAG_ZSTD, compressed
+    if flags:
+        aad = _aad(block_id, flags, key_version)
+    header = aad[:HEADER_SIZE]
+    nonce = os.urandom(NONCE_SIZE)
+    return b"".join((header, nonce, AESGCM(key).encrypt(nonce, body, aad)))
+
+
+def decode_block(stored: bytes | bytearray | memoryview, block_id: str, key: bytes) -> bytes:
+    """The plaintext of a stored block, verified: authentic, and hashing to `block_id`.
+
+    Raises BlockFormatError for bytes this build cannot read as a block (bad magic, unknown
+    version or flags, shorter than a header and tag) and BlockIntegrityError when the block
+    fails authentication (wrong key or id, altered or truncated bytes), does not decompress,
+    or decompresses to bytes of another id.
+    """
+    flags, key_version = _parse_header(stored)
+    expected = digest_of(block_id)
+    _check_key(key)
+    view = memoryview(stored)
+    nonce = view[HEADER_SIZE:PREFIX_SIZE]
+    try:
+        body = AESGCM(key).decrypt(nonce, view[PREFIX_SIZE:], _aad(block_id, flags, key_version))
+    except InvalidTag:
+        raise BlockIntegrityError(
+            f"block {block_id} failed authentication: wrong key, wrong block id, "
+            "or the stored bytes were altered or truncated",
+            block_id=block_id,
+        ) from None
+    plaintext = _decompress(body, block_id) if flags & FLAG_ZSTD else body
+    if blake3(plaintext).digest() != expected:
+        raise BlockIntegrityError(
+            f"block {block_id} decoded to data of another id; refusing it", block_id=block_id
+        )
+    return plaintext
+
+
+def stored_key_version(stored: bytes | bytearray | memoryview) -> int:
+    """The key version a stored block was encrypted under (BlockFormatError if not a block)."""
+    return _parse_header(stored)[1]
+
+
+def _parse_header(stored: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(flags, key_version) of a stored block, after checking magic, version and length."""
+    if len(stored) < HEADER_SIZE or bytes(stored[:4]) != MAGIC:
+        raise BlockFormatError("not a Tessera stored block (bad magic or too short)")
+    _magic, version, flags, key_version = _HEADER.unpack_from(stored)
+    if version != FORMAT_VERSION:
+        raise BlockFormatError(
+            f"unsupported block format version {version} (this build reads version "
+            f"{FORMAT_VERSION}); upgrade Tessera to read it"
+        )
+    if flags & ~KNOWN_FLAGS:
+        raise BlockFormatError(f"unknown block flags 0x{flags:02x} in a version 1 block")
+    if len(stored) < MIN_STORED_SIZE:
+        raise BlockFormatError(
+            f"stored block truncated: {len(stored)} bytes, a block has at least {MIN_STORED_SIZE}"
+        )
+    return flags, key_version
+
+
+def _aad(block_id: str, flags: int, key_version: int) -> bytes:
+    digest_of(block_id)  # BlockFormatError for anything that is not a block id
+    if not 0 <= key_version <= MAX_KEY_VERSION:
+        raise ValueError(f"key_version must be within [0, {MAX_KEY_VERSION}], got {key_version}")
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, flags, key_version) + block_id.encode("ascii")
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"a block key has {KEY_SIZE} bytes, got {len(key)}")
+
+
+def _decompress(body: bytes, block_id: str) -> bytes:
+    """Decompress one zstd frame of at most MAX_BLOCK_SIZE bytes (a bomb is refused unread)."""
+    try:
+        size = zstandard.get_frame_parameters(body).content_size
+        if not 0 <= size <= MAX_BLOCK_SIZE:
+            raise BlockIntegrityError(
+                f"block {block_id} claims {size} decompressed bytes, more than a block holds",
+                block_id=block_id,
+            )
+        out = _decompressor().decompress(body, max_output_size=MAX_BLOCK_SIZE)
+    except zstandard.ZstdError as e:
+        raise BlockIntegrityError(
+            f"block {block_id} does not decompress: {e}", block_id=block_id
+        ) from None
+    if len(out) != size:
+        raise BlockIntegrityError(
+            f"block {block_id} decompressed to {len(out)} bytes, its header says {size}",
+            block_id=block_id,
+        )
+    return out
