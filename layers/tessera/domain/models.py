@@ -1,0 +1,443 @@
+"""The request and response models of the API (DESIGN §5), pydantic v2.
+
+They live in the domain because the domain services take the requests and return the
+responses as they are (handlers stay thin); `tessera.api.models` re-exports them for
+clients. Entries follow Dropbox's shape: a `.tag` of `file`, `folder` or `deleted`.
+Field names here are the wire contract: keep them stable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BlockId = Annotated[
+    str,
+    Field(
+        pattern=r"^b3:[0-9a-f]{64}$",
+        description="`b3:` + hex BLAKE3-256 of the plaintext block",
+        examples=["b3:" + "ab" * 32],
+    ),
+]
+ContentHash = Annotated[str, Field(pattern=r"^b3:[0-9a-f]{64}$")]
+# Raw paths are checked by tessera.domain.paths (422 with a clear message), not by a regex.
+PathStr = Annotated[str, Field(max_length=8192, description="a path in the caller's view")]
+FileId = Annotated[str, Field(min_length=1, max_length=64)]
+Access = Literal["owner", "editor", "viewer"]
+
+
+class Model(BaseModel):
+    """Base: unknown fields are rejected, aliases (`.tag`) are used on the wire."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, serialize_by_alias=True, frozen=True
+    )
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """The JSON-ready wire form of a response model."""
+    return model.model_dump(mode="json", by_alias=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Entries
+
+
+class FileEntry(Model):
+    """A file at its latest (or requested) revision."""
+
+    tag: Literal["file"] = Field(default="file", alias=".tag")
+    name: str
+    path_display: str
+    path_lower: str = Field(description="NFC + casefold key of the path: compare paths by this")
+    file_id: str
+    rev: int
+    size: int
+    content_hash: str
+    mtime: datetime | None = Field(None, description="client modification time")
+    server_modified: datetime
+    ns_id: int
+
+
+class FolderEntry(Model):
+    """A folder; `shared_ns_id` is set on the mount point of a shared folder."""
+
+    tag: Literal["folder"] = Field(default="folder", alias=".tag")
+    name: str
+    path_display: str
+    path_lower: str
+    file_id: str
+    ns_id: int
+    shared_ns_id: int | None = None
+    access: Access | None = Field(None, description="caller's access (mount points only)")
+
+
+class DeletedEntry(Model):
+    """Something that was at `path_display` is gone (a folder: with everything below it)."""
+
+    tag: Literal["deleted"] = Field(default="deleted", alias=".tag")
+    name: str
+    path_display: str
+    path_lower: str
+
+
+Entry = Annotated[FileEntry | FolderEntry | DeletedEntry, Field(discriminator="tag")]
+
+
+# ---------------------------------------------------------------------------------------
+# Uploads
+
+
+class BlockSpec(Model):
+    """A block of a file: id and plaintext size."""
+
+    id: BlockId
+    size: int = Field(ge=1)
+
+
+class UploadFileSpec(Model):
+    """A file the client is about to commit."""
+
+    path: PathStr
+    size: int = Field(ge=0)
+    content_hash: ContentHash
+    blocks: list[BlockSpec]
+
+
+class UploadStartRequest(Model):
+    """POST /v1/uploads."""
+
+    files: list[UploadFileSpec] = Field(min_length=1)
+
+
+class BlockKey(Model):
+    """A block the caller must upload, with the key to encode it under."""
+
+    id: BlockId
+    key_version: int
+    key: str = Field(description="base64 of the 32-byte AES-256-GCM block key")
+
+
+class UploadStartResponse(Model):
+    """Which blocks to upload; the others the caller can already read."""
+
+    upload_id: str
+    expires_at: datetime
+    needed: list[BlockKey]
+
+
+class UploadUrlBlock(Model):
+    """An encoded block ready to PUT: its stored size and SHA-256."""
+
+    id: BlockId
+    size: int = Field(ge=1, description="bytes of the encoded (stored) block")
+    sha256: str = Field(
+        pattern=r"^[A-Za-z0-9+/]{43}=$", description="base64 SHA-256 of the encoded block"
+    )
+
+
+class UploadUrlsRequest(Model):
+    """POST /v1/uploads/urls."""
+
+    upload_id: str = Field(min_length=1, max_length=64)
+    blocks: list[UploadUrlBlock] = Field(min_length=1)
+
+
+class PresignedUrl(Model):
+    """A request the client makes straight to the block store."""
+
+    id: BlockId
+    method: str
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    expires_at: datetime | None = None
+
+
+class UploadUrlsResponse(Model):
+    """One presigned PUT per block, in request order."""
+
+    urls: list[PresignedUrl]
+
+
+# ---------------------------------------------------------------------------------------
+# Commits
+
+
+class CommitRequest(Model):
+    """POST /v1/commit: a new version of the file at `path`."""
+
+    path: PathStr
+    parent_rev: int | None = Field(
+        None, ge=0, description="rev the client edited; null for a new file"
+    )
+    blocks: list[BlockSpec]
+    size: int = Field(ge=0)
+    content_hash: ContentHash
+    mtime: datetime | None = None
+    upload_id: str | None = Field(None, max_length=64)
+    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+
+
+class CommitBatchRequest(Model):
+    """POST /v1/commit_batch."""
+
+    entries: list[CommitRequest] = Field(min_length=1)
+
+
+class ErrorInfo(BaseModel):
+    """The `error` object of an error body (extra fields such as `rev` allowed)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """`{"error": {"code", "message", ...}}`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error: ErrorInfo
+
+
+class CommitBatchItem(Model):
+    """One commit of a batch: `success` with the entry, or `failure` with the error."""
+
+    tag: Literal["success", "failure"] = Field(alias=".tag")
+    entry: FileEntry | None = None
+    error: ErrorInfo | None = None
+    status: int = Field(200, description="the HTTP status this commit alone would get")
+
+
+class CommitBatchResponse(Model):
+    """Results in request order."""
+
+    entries: list[CommitBatchItem]
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+class PathOrId(Model):
+    """Addresses an entry by view path or by file_id (exactly one)."""
+
+    path: PathStr | None = None
+    file_id: FileId | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PathOrId:
+        if (self.path is None) == (self.file_id is None):
+            raise ValueError("give exactly one of path or file_id")
+        return self
+
+
+class MetadataRequest(PathOrId):
+    """POST /v1/metadata."""
+
+    include_deleted: bool = False
+
+
+class DownloadRequest(PathOrId):
+    """POST /v1/download: a file's blocks at `rev` (default: latest)."""
+
+    rev: int | None = Field(None, ge=1)
+
+
+class DownloadBlock(Model):
+    """One block to fetch, decrypt, decompress and re-hash."""
+
+    id: BlockId
+    offset: int
+    size: int
+    method: str
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    key_version: int
+    key: str = Field(description="base64 of the 32-byte block key")
+
+
+class DownloadResponse(Model):
+    """200: everything needed to rebuild the file."""
+
+    entry: FileEntry
+    blocks: list[DownloadBlock]
+
+
+class RestoringResponse(Model):
+    """202: some blocks are in cold storage; retry after `retry_after` seconds."""
+
+    restoring: Literal[True] = True
+    retry_after: int
+    blocks: list[BlockId] = Field(default_factory=list)
+
+
+class ListFolderRequest(Model):
+    """POST /v1/list_folder. `path` "" or "/" is the root of the caller's view."""
+
+    path: PathStr = ""
+    recursive: bool = False
+    limit: int | None = Field(None, ge=1, le=10_000)
+
+
+class ListFolderContinueRequest(Model):
+    """POST /v1/list_folder/continue."""
+
+    cursor: str = Field(min_length=1, max_length=65536)
+    limit: int | None = Field(None, ge=1, le=10_000)
+
+
+class ListFolderResponse(Model):
+    """Entries in order; apply them in order. Call continue while `has_more`."""
+
+    entries: list[Entry]
+    cursor: str
+    has_more: bool
+
+
+class LongpollRequest(Model):
+    """POST /v1/list_folder/longpoll. `timeout` is clamped to 30-480 s."""
+
+    cursor: str = Field(min_length=1, max_length=65536)
+    timeout: int = Field(30, ge=1, le=3600)
+
+
+class LongpollResponse(Model):
+    """`changes`: call continue now. `backoff`: wait this many seconds before polling again."""
+
+    changes: bool
+    backoff: int | None = None
+
+
+class RevisionsRequest(PathOrId):
+    """POST /v1/revisions."""
+
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class RevisionsResponse(Model):
+    """Newest first."""
+
+    is_deleted: bool
+    entries: list[FileEntry]
+
+
+class RestoreRequest(PathOrId):
+    """POST /v1/restore: make `rev` the latest (a new rev); no rev on a deleted file: undelete."""
+
+    rev: int | None = Field(None, ge=1)
+
+
+class MoveRequest(Model):
+    """POST /v1/move: keeps file_id and history."""
+
+    from_path: PathStr
+    to_path: PathStr
+
+
+class DeleteRequest(Model):
+    """POST /v1/delete: soft delete into the trash. `parent_rev` guards files (409 if stale)."""
+
+    path: PathStr
+    parent_rev: int | None = Field(None, ge=1)
+
+
+class CreateFolderRequest(Model):
+    """POST /v1/create_folder."""
+
+    path: PathStr
+
+
+class TrashListRequest(Model):
+    """POST /v1/trash/list."""
+
+    path: PathStr = ""
+    limit: int = Field(1000, ge=1, le=10_000)
+
+
+class TrashEntry(Model):
+    """A deleted file or folder still restorable with /v1/restore."""
+
+    name: str
+    path_display: str
+    path_lower: str
+    file_id: str
+    kind: Literal["file", "folder"]
+    rev: int
+    size: int
+    deleted_at: datetime
+    ns_id: int
+
+
+class TrashListResponse(Model):
+    """Most recently deleted first."""
+
+    entries: list[TrashEntry]
+
+
+# ---------------------------------------------------------------------------------------
+# Sharing and account
+
+
+class ShareRequest(Model):
+    """POST /v1/share: share the folder at `path` with `email` (owner only)."""
+
+    path: PathStr
+    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    access: Literal["editor", "viewer"] = "editor"
+
+
+class UnshareRequest(Model):
+    """POST /v1/unshare: the owner removes `email`, or everyone but themselves when omitted;
+    a member who is not the owner may remove themselves (leave the share)."""
+
+    path: PathStr
+    email: str | None = Field(None, min_length=3, max_length=320)
+
+
+class SharesRequest(Model):
+    """POST /v1/shares (no fields)."""
+
+
+class ShareMember(Model):
+    """A member of a shared namespace."""
+
+    email: str
+    access: Access
+
+
+class ShareInfo(Model):
+    """A shared namespace as the caller sees it."""
+
+    ns_id: int
+    path_display: str = Field(description="mount point in the caller's view")
+    name: str
+    access: Access
+    owner_email: str
+    members: list[ShareMember]
+
+
+class SharesResponse(Model):
+    """Every share the caller is a member of."""
+
+    shares: list[ShareInfo]
+
+
+class AccountResponse(Model):
+    """GET /v1/account."""
+
+    user_id: str
+    email: str
+    root_ns_id: int
+    used_bytes: int
+    quota_bytes: int
+
+
+class HealthResponse(Model):
+    """GET /v1/health."""
+
+    status: Literal["ok"] = "ok"
+    version: str

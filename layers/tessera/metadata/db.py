@@ -1,0 +1,48 @@
+"""The connection pool and transactions of the metadata database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool
+
+from tessera.metadata.store import Store
+
+
+class Database:
+    """A psycopg 3 pool over the metadata database; `transaction()` yields a `Store`."""
+
+    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.conninfo = conninfo
+        self.pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] = ConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": False, "row_factory": tuple_row},
+            open=True,
+            name="tessera-metadata",
+        )
+
+    @contextmanager
+    def transaction(self, *, repeatable_read: bool = False) -> Iterator[Store]:
+        """One transaction: committed when the block exits, rolled back on an exception.
+
+        `repeatable_read` gives a snapshot (listings read cursors and entries consistently).
+        """
+        with self.pool.connection() as conn:
+            if repeatable_read:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield Store(conn)
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.pool.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,42 @@
+"""SQL for the local cloud's user table (`local_users`, migration 050)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+
+
+def insert_user(
+    conn: psycopg.Connection[Any], email: str, password_hash: str
+) -> uuid.UUID | None:
+    """Insert a user; the new user_id, or None when the (case-folded) email is taken."""
+    user_id = uuid.uuid4()
+    row = conn.execute(
+        "INSERT INTO local_users (user_id, email, password_hash) VALUES (%s, %s, %s)"
+        " ON CONFLICT (email) DO NOTHING RETURNING user_id",
+        (user_id, email, password_hash),
+    ).fetchone()
+    return None if row is None else user_id
+
+
+def find_by_email(conn: psycopg.Connection[Any], email: str) -> tuple[uuid.UUID, str] | None:
+    """(user_id, password_hash) of the user with this case-folded email, or None."""
+    row = conn.execute(
+        "SELECT user_id, password_hash FROM local_users WHERE email = %s", (email,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+def find_by_id(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> str | None:
+    """The email of user `user_id`, or None."""
+    row = conn.execute("SELECT email FROM local_users WHERE user_id = %s", (user_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_password(conn: psycopg.Connection[Any], user_id: uuid.UUID, password_hash: str) -> None:
+    """Replace a user's password hash (argon2 rehash after a parameter change)."""
+    conn.execute(
+        "UPDATE local_users SET password_hash = %s WHERE user_id = %s", (password_hash, user_id)
+    )

@@ -1,0 +1,69 @@
+"""Server settings, read once from the environment into one typed object.
+
+Nothing else in the server reads `os.environ`: entry points call `Settings.from_env()` and
+pass the object down (tests build `Settings(...)` directly).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits and knobs of the metadata service and the API.
+
+    Environment variables are the field names upper-cased with a `TESSERA_` prefix
+    (e.g. `TESSERA_UPLOAD_TTL_S=600`), plus `DATABASE_URL` for `database_url`.
+    """
+
+    database_url: str = ""
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    # Blocks: FastCDC max 4 MiB plaintext; the stored form adds a header, nonce and tag,
+    # and zstd never stores more than raw + its frame overhead.
+    max_block_size: int = 4 * MIB
+    max_stored_block_size: int = 4 * MIB + 64 * 1024
+    max_blocks_per_request: int = 10_000
+    max_file_size: int = 50 * 1024 * MIB
+    max_files_per_upload: int = 1_000
+    max_commits_per_batch: int = 1_000
+    upload_ttl_s: int = 3600
+    presign_ttl_s: int = 900  # ≤ 15 min (DESIGN §9)
+    default_quota_bytes: int = 100 * 1024 * MIB
+    list_limit: int = 2_000
+    # Long-poll: Dropbox's 30-480 s; tests lower the floor.
+    longpoll_min_s: float = 30.0
+    longpoll_max_s: float = 480.0
+    longpoll_backoff_s: int = 0
+    restore_retry_after_s: int = 60
+    restore_days: int = 7
+    trash_retention_days: int = 30
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `environ` (default: the process environment); unknown vars ignored."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = "DATABASE_URL" if f.name == "database_url" else f"TESSERA_{f.name.upper()}"
+            raw = env.get(name)
+            if raw is None:
+                continue
+            default = f.default
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = raw.strip().lower() in {"1", "true", "yes", "on"}
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"{name}={raw!r} is not a valid {type(default).__name__}") from exc
+        return cls(**values)  # type: ignore[arg-type]
