@@ -1,0 +1,135 @@
+"""Everything a device keeps lives under `TESSERA_HOME` (default `~/.tessera`).
+
+Layout of a home:
+
+    config.json   server URL, device name, synced folder, tunables (read once into `Settings`)
+    tokens.json   refresh + access token, mode 0600
+    state.db      the SQLite state database (see `state.py`)
+    logs/         the client's log files
+
+The home is outside the synced folder, so several devices can run on one machine with
+different homes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOME = "~/.tessera"
+
+
+def home_dir() -> Path:
+    """The device's home: `$TESSERA_HOME` or `~/.tessera`."""
+    return Path(os.environ.get("TESSERA_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+@dataclass
+class Settings:
+    """The device's settings, read once from `config.json` (every field has a default)."""
+
+    server_url: str = ""
+    email: str = ""
+    device_name: str = field(default_factory=socket.gethostname)
+    folder: str = ""
+    debounce_ms: int = 150
+    scan_interval_s: float = 60.0
+    mass_delete_files: int = 50
+    mass_delete_fraction: float = 0.25
+    mass_delete_min: int = 10
+    transfer_threads: int = 8
+    longpoll_timeout_s: int = 60
+    batch_files: int = 500
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Settings:
+        """Build settings from a parsed config, ignoring unknown keys."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Tokens:
+    """The credentials the device holds."""
+
+    refresh_token: str
+    access_token: str = ""
+    expires_at: float = 0.0
+
+
+class Home:
+    """One device's home directory: settings, tokens, state database and logs."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = (path or home_dir()).resolve()
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def tokens_file(self) -> Path:
+        return self.path / "tokens.json"
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.db"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.path / "logs"
+
+    def ensure(self) -> None:
+        """Create the home (mode 0700) and its log folder."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.log_dir.mkdir(exist_ok=True)
+
+    def load_settings(self) -> Settings:
+        """Read `config.json`; defaults when it does not exist. `TESSERA_DEVICE` names the device."""
+        data: dict[str, Any] = {}
+        if self.config_file.exists():
+            data = json.loads(self.config_file.read_text("utf-8"))
+        settings = Settings.from_json(data)
+        if os.environ.get("TESSERA_DEVICE"):
+            settings.device_name = os.environ["TESSERA_DEVICE"]
+        return settings
+
+    def save_settings(self, settings: Settings) -> None:
+        """Write `config.json` atomically."""
+        self.ensure()
+        _write_private(self.config_file, json.dumps(asdict(settings), indent=2))
+
+    def load_tokens(self) -> Tokens | None:
+        """The stored tokens, or None when logged out."""
+        if not self.tokens_file.exists():
+            return None
+        data = json.loads(self.tokens_file.read_text("utf-8"))
+        return Tokens(**data)
+
+    def save_tokens(self, tokens: Tokens) -> None:
+        """Store tokens with mode 0600 (written to a 0600 temp file, then renamed)."""
+        self.ensure()
+        _write_private(self.tokens_file, json.dumps(asdict(tokens)))
+
+    def clear_tokens(self) -> bool:
+        """Forget the tokens; True when there were any."""
+        try:
+            self.tokens_file.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)

@@ -1,0 +1,389 @@
+"""The filesystem the client touches, behind a small interface (Syncthing `lib/fs` style).
+
+`RealFilesystem` works on a folder on disk, `FakeFilesystem` in memory (tests inject
+faults such as a full disk through it), and `SafeFilesystem` wraps either one so that
+every path is canonicalised and no symlink is ever followed, wherever it sits on the way.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import itertools
+import os
+import stat as stat_mod
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import BinaryIO
+
+from tessera_client.paths import UnsafePathError, ancestors, canonical_rel, parent_of
+
+TEMP_PREFIX = ".tessera-tmp-"
+
+
+class Kind(StrEnum):
+    """What sits at a path."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The facts the client trusts about a path (never following a symlink)."""
+
+    kind: Kind
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+class SymlinkError(OSError):
+    """A symlink stands where the client would have to follow it."""
+
+
+class Filesystem(ABC):
+    """Operations on relative POSIX paths inside one folder."""
+
+    @abstractmethod
+    def lstat(self, rel: str) -> Stat:
+        """Facts about `rel` without following a symlink; FileNotFoundError when absent."""
+
+    @abstractmethod
+    def listdir(self, rel: str) -> list[str]:
+        """Names inside folder `rel` ('' is the top)."""
+
+    @abstractmethod
+    def mkdir(self, rel: str) -> None:
+        """Create folder `rel` (its parent must exist); no error when it already exists."""
+
+    @abstractmethod
+    def remove(self, rel: str) -> None:
+        """Delete file (or symlink) `rel`."""
+
+    @abstractmethod
+    def rmdir(self, rel: str) -> None:
+        """Delete the empty folder `rel`."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically rename `src` to `dst`, replacing a file at `dst`."""
+
+    @abstractmethod
+    def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
+        """Create a new empty temp file in `folder` (never an existing one); its path + handle."""
+
+    @abstractmethod
+    def open_read(self, rel: str) -> BinaryIO:
+        """Open file `rel` for reading, refusing a symlink."""
+
+    @abstractmethod
+    def fsync(self, handle: BinaryIO) -> None:
+        """Flush a written file to stable storage."""
+
+    @abstractmethod
+    def set_mtime(self, rel: str, mtime_ns: int) -> None:
+        """Set the modification time of `rel`."""
+
+    def local_path(self, rel: str) -> Path | None:
+        """The path on disk, when there is one (the block scanner reads files by path)."""
+        return None
+
+    def exists(self, rel: str) -> bool:
+        """True when anything (even a symlink) sits at `rel`."""
+        try:
+            self.lstat(rel)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def _kind_of(mode: int) -> Kind:
+    if stat_mod.S_ISLNK(mode):
+        return Kind.SYMLINK
+    if stat_mod.S_ISDIR(mode):
+        return Kind.DIR
+    if stat_mod.S_ISREG(mode):
+        return Kind.FILE
+    return Kind.OTHER
+
+
+class RealFilesystem(Filesystem):
+    """A folder on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _abs(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else str(self.root)
+
+    def lstat(self, rel: str) -> Stat:
+        st = os.lstat(self._abs(rel))
+        return Stat(_kind_of(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+
+    def listdir(self, rel: str) -> list[str]:
+        return os.listdir(self._abs(rel))
+
+    def mkdir(self, rel: str) -> None:
+        try:
+            os.mkdir(self._abs(rel))
+        except FileExistsError:
+            if self.lstat(rel).kind != Kind.DIR:
+                raise
+
+    def remove(self, rel: str) -> None:
+        os.unlink(self._abs(rel))
+
+    def rmdir(self, rel: str) -> None:
+        os.rmdir(self._abs(rel))
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(self._abs(src), self._abs(dst))
+
+    def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
+        for n in itertools.count():
+            name = f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+            rel = f"{folder}/{name}" if folder else name
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            try:
+                fd = os.open(self._abs(rel), flags, 0o644)
+            except FileExistsError:
+                if n > 100:
+                    raise
+                continue
+            return rel, os.fdopen(fd, "wb")
+        raise AssertionError("unreachable")
+
+    def open_read(self, rel: str) -> BinaryIO:
+        fd = os.open(self._abs(rel), os.O_RDONLY | os.O_NOFOLLOW)
+        return os.fdopen(fd, "rb")
+
+    def fsync(self, handle: BinaryIO) -> None:
+        handle.flush()
+        os.fsync(handle.fileno())
+
+    def set_mtime(self, rel: str, mtime_ns: int) -> None:
+        os.utime(self._abs(rel), ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+    def local_path(self, rel: str) -> Path | None:
+        return Path(self._abs(rel))
+
+
+@dataclass
+class _Node:
+    kind: Kind
+    data: bytearray = field(default_factory=bytearray)
+    mtime_ns: int = 0
+    inode: int = 0
+    target: str = ""
+
+
+class _FakeWriter(io.RawIOBase):
+    """A write handle on a fake file that charges every byte to the fake disk."""
+
+    def __init__(self, fs: FakeFilesystem, rel: str) -> None:
+        super().__init__()
+        self.fs, self.rel = fs, rel
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        data = bytes(b)
+        self.fs.charge(len(data))
+        self.fs.nodes[self.rel].data.extend(data)
+        return len(data)
+
+
+class FakeFilesystem(Filesystem):
+    """An in-memory folder for tests, with injectable faults.
+
+    `space_left` (bytes, None = unlimited) makes writes fail with ENOSPC once used up,
+    like a full disk; `fail_rename` makes renames fail with EIO.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, _Node] = {"": _Node(Kind.DIR, inode=1)}
+        self._inodes = itertools.count(2)
+        self._clock = itertools.count(1_000_000_000)
+        self.space_left: int | None = None
+        self.fail_rename = False
+        self.fsyncs = 0
+
+    def charge(self, n: int) -> None:
+        """Take `n` bytes of the fake disk, or fail like a full disk."""
+        if self.space_left is not None:
+            if n > self.space_left:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.space_left -= n
+
+    def _node(self, rel: str) -> _Node:
+        try:
+            return self.nodes[rel]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "no such file", rel) from None
+
+    def _parent_dir(self, rel: str) -> None:
+        if self._node(parent_of(rel)).kind != Kind.DIR:
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", parent_of(rel))
+
+    def _new(self, rel: str, kind: Kind, data: bytes = b"", target: str = "") -> None:
+        self._parent_dir(rel)
+        self.nodes[rel] = _Node(kind, bytearray(data), next(self._clock), next(self._inodes), target)
+
+    def write_file(self, rel: str, data: bytes) -> None:
+        """Test helper: create or replace a file."""
+        self._new(rel, Kind.FILE, data)
+
+    def symlink(self, target: str, rel: str) -> None:
+        """Test helper: create a symlink."""
+        self._new(rel, Kind.SYMLINK, target=target)
+
+    def read_file(self, rel: str) -> bytes:
+        """Test helper: a file's bytes."""
+        return bytes(self._node(rel).data)
+
+    def lstat(self, rel: str) -> Stat:
+        n = self._node(rel)
+        return Stat(n.kind, len(n.data), n.mtime_ns, n.inode)
+
+    def listdir(self, rel: str) -> list[str]:
+        if self._node(rel).kind != Kind.DIR:
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", rel)
+        prefix = rel + "/" if rel else ""
+        return [
+            p[len(prefix) :]
+            for p in self.nodes
+            if p and p.startswith(prefix) and "/" not in p[len(prefix) :]
+        ]
+
+    def mkdir(self, rel: str) -> None:
+        if rel in self.nodes:
+            if self.nodes[rel].kind != Kind.DIR:
+                raise FileExistsError(errno.EEXIST, "exists", rel)
+            return
+        self._new(rel, Kind.DIR)
+
+    def remove(self, rel: str) -> None:
+        if self._node(rel).kind == Kind.DIR:
+            raise IsADirectoryError(errno.EISDIR, "is a folder", rel)
+        del self.nodes[rel]
+
+    def rmdir(self, rel: str) -> None:
+        if self.listdir(rel):
+            raise OSError(errno.ENOTEMPTY, "folder not empty", rel)
+        del self.nodes[rel]
+
+    def rename(self, src: str, dst: str) -> None:
+        if self.fail_rename:
+            raise OSError(errno.EIO, "injected rename failure", src)
+        node = self._node(src)
+        self._parent_dir(dst)
+        if dst in self.nodes and self.nodes[dst].kind == Kind.DIR:
+            raise IsADirectoryError(errno.EISDIR, "is a folder", dst)
+        moved = {p: n for p, n in self.nodes.items() if p == src or p.startswith(src + "/")}
+        for p in moved:
+            del self.nodes[p]
+        for p, n in moved.items():
+            self.nodes[dst + p[len(src) :]] = n
+        node.mtime_ns = node.mtime_ns or next(self._clock)
+
+    def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
+        name = f"{TEMP_PREFIX}{next(self._inodes)}"
+        rel = f"{folder}/{name}" if folder else name
+        self._new(rel, Kind.FILE)
+        return rel, io.BufferedWriter(_FakeWriter(self, rel))
+
+    def open_read(self, rel: str) -> BinaryIO:
+        n = self._node(rel)
+        if n.kind != Kind.FILE:
+            raise OSError(errno.ELOOP if n.kind == Kind.SYMLINK else errno.EISDIR, "not a file")
+        return io.BytesIO(bytes(n.data))
+
+    def fsync(self, handle: BinaryIO) -> None:
+        handle.flush()
+        self.fsyncs += 1
+
+    def set_mtime(self, rel: str, mtime_ns: int) -> None:
+        self._node(rel).mtime_ns = mtime_ns
+
+
+class SafeFilesystem(Filesystem):
+    """Wraps a filesystem so every path is canonical and no symlink is followed.
+
+    Each path is passed through `canonical_rel` (traversal, absolute, NUL, backslash,
+    drive letters rejected; NFC), and every folder on the way to it must be a real folder,
+    not a symlink — so nothing is ever read or written outside the synced folder.
+    """
+
+    def __init__(self, inner: Filesystem) -> None:
+        self.inner = inner
+
+    def _check(self, rel: str) -> str:
+        try:
+            clean = canonical_rel(rel)
+        except UnsafePathError as e:
+            raise UnsafePathError(f"refusing unsafe path {rel!r}: {e}") from None
+        if clean != rel:
+            raise UnsafePathError(f"refusing non-canonical path {rel!r}")
+        for folder in ancestors(clean):
+            try:
+                kind = self.inner.lstat(folder).kind
+            except FileNotFoundError:
+                continue  # creating the folder chain is the caller's business
+            if kind == Kind.SYMLINK:
+                raise SymlinkError(errno.ELOOP, f"symlink on the way to {rel!r}", folder)
+            if kind != Kind.DIR:
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", folder)
+        return clean
+
+    def _check_folder(self, rel: str) -> str:
+        return rel if rel == "" else self._check(rel)
+
+    def lstat(self, rel: str) -> Stat:
+        return self.inner.lstat(self._check_folder(rel))
+
+    def listdir(self, rel: str) -> list[str]:
+        rel = self._check_folder(rel)
+        if rel and self.inner.lstat(rel).kind != Kind.DIR:
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", rel)
+        return self.inner.listdir(rel)
+
+    def mkdir(self, rel: str) -> None:
+        self.inner.mkdir(self._check(rel))
+
+    def remove(self, rel: str) -> None:
+        self.inner.remove(self._check(rel))
+
+    def rmdir(self, rel: str) -> None:
+        self.inner.rmdir(self._check(rel))
+
+    def rename(self, src: str, dst: str) -> None:
+        self.inner.rename(self._check(src), self._check(dst))
+
+    def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
+        return self.inner.create_temp(self._check_folder(folder))
+
+    def open_read(self, rel: str) -> BinaryIO:
+        rel = self._check(rel)
+        if self.inner.lstat(rel).kind == Kind.SYMLINK:
+            raise SymlinkError(errno.ELOOP, "refusing to follow a symlink", rel)
+        return self.inner.open_read(rel)
+
+    def fsync(self, handle: BinaryIO) -> None:
+        self.inner.fsync(handle)
+
+    def set_mtime(self, rel: str, mtime_ns: int) -> None:
+        self.inner.set_mtime(self._check(rel), mtime_ns)
+
+    def local_path(self, rel: str) -> Path | None:
+        return self.inner.local_path(self._check(rel))
+
+    def makedirs(self, rel: str) -> None:
+        """Create `rel` and every missing folder above it, refusing symlinks on the way."""
+        for folder in [*ancestors(self._check(rel)), rel]:
+            self.mkdir(folder)

@@ -1,0 +1,302 @@
+"""The planner: (local tree, remote tree, synced base) -> operations. A pure function, no I/O.
+
+Each tree maps a path key (NFC + case fold, see `paths.path_key`) to an `Entry`. The base
+is what both sides agreed on at the last sync. A side "changed" a path when it differs
+from the base: locally by content hash, remotely by (file_id, rev).
+
+Rules, per path, after move detection:
+
+| local   | remote  | plan                                                         |
+|---------|---------|--------------------------------------------------------------|
+| changed | same    | upload (or delete remote when deleted locally)               |
+| same    | changed | download (or delete local when deleted remotely)             |
+| changed | changed | equal content: record; both edited: conflicted copy of the   |
+|         |         | local edit + download; modify-vs-delete: keep the modification |
+
+Nothing the user wrote is ever dropped: a local version is only deleted or overwritten
+when it equals the base, which the server holds in its history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date
+from enum import StrEnum
+
+from tessera_client.paths import ancestors, conflicted_copy_name, is_under, path_key
+
+
+class EntryKind(StrEnum):
+    """A file or a folder."""
+
+    FILE = "file"
+    FOLDER = "folder"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path in a tree. Remote/base entries carry file_id + rev, local ones inode + mtime."""
+
+    path: str
+    kind: EntryKind = EntryKind.FILE
+    content_hash: str = ""
+    size: int = 0
+    file_id: str = ""
+    rev: int = 0
+    mtime_ns: int = 0
+    inode: int = 0
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind == EntryKind.FILE
+
+
+Tree = Mapping[str, Entry]
+
+
+class OpKind(StrEnum):
+    """What an operation does."""
+
+    UPLOAD = "upload"
+    DOWNLOAD = "download"
+    DELETE_LOCAL = "delete_local"
+    DELETE_REMOTE = "delete_remote"
+    MOVE_LOCAL = "move_local"
+    MOVE_REMOTE = "move_remote"
+    CREATE_FOLDER_LOCAL = "create_folder_local"
+    CREATE_FOLDER_REMOTE = "create_folder_remote"
+    DELETE_FOLDER_LOCAL = "delete_folder_local"
+    DELETE_FOLDER_REMOTE = "delete_folder_remote"
+    CONFLICT = "conflict"
+    RECORD = "record"
+    FORGET = "forget"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step of a plan.
+
+    - `path`: the path acted on (for moves the destination; `src` is the source).
+    - `local`: the local entry the step expects (the executor re-checks it before it
+      touches the disk, and turns a mismatch into a conflict instead of overwriting).
+    - `remote`: the remote entry the step acts on or expects (parent rev for uploads).
+    - `copy_path`: for a conflict, where the local edit goes.
+    """
+
+    kind: OpKind
+    path: str
+    src: str = ""
+    local: Entry | None = None
+    remote: Entry | None = None
+    copy_path: str = ""
+    reason: str = ""
+
+
+@dataclass
+class Plan:
+    """The operations, in execution order, plus counts used by the mass-delete check."""
+
+    ops: list[Op] = field(default_factory=list)
+
+    @property
+    def deletes(self) -> int:
+        """How many files this plan deletes on either side."""
+        kinds = (OpKind.DELETE_LOCAL, OpKind.DELETE_REMOTE)
+        return sum(1 for op in self.ops if op.kind in kinds)
+
+    @property
+    def actionable(self) -> list[Op]:
+        """The operations that change something (not skips)."""
+        return [op for op in self.ops if op.kind != OpKind.SKIP]
+
+
+def _moved(entry: Entry, path: str) -> Entry:
+    return replace(entry, path=path)
+
+
+def _detect_remote_moves(
+    local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry], ops: list[Op]
+) -> None:
+    """A base file whose file_id now sits at another remote path moved on the server.
+
+    When the local copy is untouched, move it locally (no download); the per-path rules
+    then download a newer rev if the move also changed the content.
+    """
+    by_id = {e.file_id: k for k, e in remote.items() if e.is_file and e.file_id}
+    for old_key, b in sorted(base.items()):
+        if not b.is_file or not b.file_id:
+            continue
+        new_key = by_id.get(b.file_id)
+        if new_key is None or new_key == old_key or new_key in base or new_key in local:
+            continue
+        old_remote = remote.get(old_key)
+        if old_remote is not None and old_remote.file_id == b.file_id:
+            continue
+        lo = local.get(old_key)
+        if lo is None or not lo.is_file or lo.content_hash != b.content_hash:
+            continue
+        dst = remote[new_key].path
+        ops.append(Op(OpKind.MOVE_LOCAL, dst, src=lo.path, local=lo, remote=remote[new_key]))
+        local[new_key] = _moved(local.pop(old_key), dst)
+        base[new_key] = _moved(base.pop(old_key), dst)
+
+
+def _detect_local_moves(
+    local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry], ops: list[Op]
+) -> None:
+    """A base file gone locally whose content (and inode) appears at a new path was moved.
+
+    Matched by content hash + inode; when inodes differ, only a unique content match
+    counts. The server side must be untouched, then the move is sent as a move.
+    """
+    new_local = {k: e for k, e in local.items() if e.is_file and k not in base}
+    for old_key, b in sorted(base.items()):
+        if not b.is_file or old_key in local:
+            continue
+        r = remote.get(old_key)
+        if r is None or r.file_id != b.file_id or r.rev != b.rev:
+            continue
+        same = [
+            k for k, e in new_local.items() if e.content_hash == b.content_hash and k not in remote
+        ]
+        exact = [k for k in same if b.inode and new_local[k].inode == b.inode]
+        pick = exact[0] if exact else (same[0] if len(same) == 1 else None)
+        if pick is None:
+            continue
+        dst = new_local.pop(pick).path
+        ops.append(Op(OpKind.MOVE_REMOTE, dst, src=r.path, local=local[pick], remote=r))
+        remote[pick] = _moved(remote.pop(old_key), dst)
+        base[pick] = _moved(base.pop(old_key), dst)
+
+
+def _conflict_path(path: str, device: str, day: date, taken: set[str]) -> str:
+    attempt = 0
+    while True:
+        candidate = conflicted_copy_name(path, device, day, attempt)
+        if path_key(candidate) not in taken:
+            taken.add(path_key(candidate))
+            return candidate
+        attempt += 1
+
+
+def _plan_file(
+    key: str,
+    lo: Entry | None,
+    r: Entry | None,
+    b: Entry | None,
+    device: str,
+    day: date,
+    taken: set[str],
+) -> Op | None:
+    local_changed = (lo is None) != (b is None) or (
+        lo is not None and b is not None and lo.content_hash != b.content_hash
+    )
+    remote_changed = (r is None) != (b is None) or (
+        r is not None and b is not None and (r.file_id, r.rev) != (b.file_id, b.rev)
+    )
+    path = (lo or r or b).path  # type: ignore[union-attr]
+    if not local_changed and not remote_changed:
+        return Op(OpKind.FORGET, path) if b is not None and lo is None and r is None else None
+    if local_changed and not remote_changed:
+        if lo is not None:
+            return Op(OpKind.UPLOAD, path, local=lo, remote=r)
+        return Op(OpKind.DELETE_REMOTE, path, remote=r) if r is not None else None
+    if remote_changed and not local_changed:
+        if r is not None:
+            return Op(OpKind.DOWNLOAD, r.path, local=lo, remote=r)
+        return Op(OpKind.DELETE_LOCAL, path, local=lo) if lo is not None else None
+    # both sides changed
+    if lo is not None and r is not None:
+        if lo.content_hash == r.content_hash:
+            return Op(OpKind.RECORD, r.path, local=lo, remote=r)
+        copy = _conflict_path(lo.path, device, day, taken)
+        return Op(OpKind.CONFLICT, r.path, local=lo, remote=r, copy_path=copy)
+    if lo is not None:  # modified here, deleted there: keep the modification
+        return Op(OpKind.UPLOAD, path, local=lo, remote=None, reason="modified-vs-deleted")
+    if r is not None:  # deleted here, modified there: keep the modification
+        return Op(OpKind.DOWNLOAD, r.path, local=None, remote=r, reason="deleted-vs-modified")
+    return Op(OpKind.FORGET, path)
+
+
+def _final_file_keys(ops: list[Op], local: Tree, remote: Tree) -> set[str]:
+    """Which file paths exist after the plan (same on both sides once it has run)."""
+    keys = {k for k, e in local.items() if e.is_file} | {k for k, e in remote.items() if e.is_file}
+    for op in ops:
+        if op.kind in (OpKind.DELETE_LOCAL, OpKind.DELETE_REMOTE, OpKind.FORGET):
+            keys.discard(path_key(op.path))
+        elif op.kind == OpKind.CONFLICT:
+            keys.add(path_key(op.copy_path))
+    return keys
+
+
+def plan(
+    local: Tree,
+    remote: Tree,
+    base: Tree,
+    *,
+    device: str,
+    day: date,
+) -> Plan:
+    """Reconcile three trees into an ordered list of operations (no I/O).
+
+    Order: folder creations (outermost first), moves, file operations, then folder
+    deletions (innermost first) — so a folder is only removed once it is empty.
+    """
+    lw, rw, bw = dict(local), dict(remote), dict(base)
+    moves: list[Op] = []
+    _detect_remote_moves(lw, rw, bw, moves)
+    _detect_local_moves(lw, rw, bw, moves)
+
+    skips: list[Op] = []
+    for key in sorted(set(lw) | set(rw)):
+        kinds = {e.kind for e in (lw.get(key), rw.get(key)) if e is not None}
+        if len(kinds) > 1:
+            path = (lw.get(key) or rw[key]).path
+            skips.append(Op(OpKind.SKIP, path, reason="a file on one side is a folder on the other"))
+            for tree in (lw, rw, bw):
+                for k in [k for k in tree if k == key or is_under(k, key)]:
+                    del tree[k]
+
+    taken = set(lw) | set(rw)
+    file_ops: list[Op] = []
+    file_keys = {k for t in (lw, rw, bw) for k, e in t.items() if e.is_file}
+    for key in sorted(file_keys):
+        op = _plan_file(key, lw.get(key), rw.get(key), bw.get(key), device, day, taken)
+        if op is not None:
+            file_ops.append(op)
+
+    final_files = _final_file_keys(file_ops, lw, rw)
+    needed_folders = {path_key(a) for k in final_files for a in ancestors(k)}
+    creates: list[Op] = []
+    deletes: list[Op] = []
+    folder_keys = {k for t in (lw, rw, bw) for k, e in t.items() if not e.is_file}
+    # innermost first, so a surviving folder keeps every folder above it
+    for key in sorted(folder_keys | needed_folders, key=lambda k: (-k.count("/"), k)):
+        lo, r, b = lw.get(key), rw.get(key), bw.get(key)
+        keep = key in needed_folders
+        survives = keep or (lo is not None and (r is not None or b is None))
+        survives = survives or (r is not None and lo is None and b is None)
+        if survives:
+            needed_folders.update(path_key(a) for a in ancestors(key))
+        if lo is not None and r is not None:
+            if b is None:
+                creates.append(Op(OpKind.RECORD, r.path, local=lo, remote=r))
+        elif lo is not None:
+            if b is not None and not keep:
+                deletes.append(Op(OpKind.DELETE_FOLDER_LOCAL, lo.path, local=lo))
+            else:
+                creates.append(Op(OpKind.CREATE_FOLDER_REMOTE, lo.path, local=lo))
+        elif r is not None:
+            if b is not None and not keep:
+                deletes.append(Op(OpKind.DELETE_FOLDER_REMOTE, r.path, remote=r))
+            else:
+                creates.append(Op(OpKind.CREATE_FOLDER_LOCAL, r.path, remote=r))
+        elif keep:
+            continue  # created implicitly with the files inside it
+        elif b is not None:
+            deletes.append(Op(OpKind.FORGET, b.path))
+    creates.sort(key=lambda op: op.path.count("/"))
+    deletes.sort(key=lambda op: -op.path.count("/"))
+    return Plan(ops=skips + creates + moves + file_ops + deletes)
