@@ -15,8 +15,12 @@ _TABLE_WIDTH = 100
 EXIT_CHANGED = 2  # the file changed while read: worth retrying, unlike a missing file (1)
 
 
+# readable=False: click's own check would exit 2 with a generic message; scan_file's errors
+# get ours.
 def blocks_command(
-    file: Annotated[Path, typer.Argument(help="The file to chunk.", metavar="FILE")],
+    file: Annotated[
+        Path, typer.Argument(help="The file to chunk.", metavar="FILE", readable=False)
+    ],
     json_output: Annotated[
         bool, typer.Option("--json", help="Print JSON instead of a table.")
     ] = False,
