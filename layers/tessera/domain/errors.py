@@ -79,3 +79,21 @@ class Unavailable(TesseraError):
     def __init__(self, message: str, retry_after: int = 1, **details: Any) -> None:
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+
+class InvalidPath(Unprocessable):
+    """A path that is not canonicalisable (traversal, NUL, over-long, empty component)."""
+
+    code = "invalid_path"
+
+
+class InvalidCursor(BadRequest):
+    """A cursor that is forged, corrupted, or belongs to another user."""
+
+    code = "invalid_cursor"
+
+
+class BlockUnavailable(Unavailable):
+    """A block of the file is damaged (quarantined) and cannot be served."""
+
+    code = "block_unavailable"

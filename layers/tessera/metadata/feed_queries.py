@@ -1,34 +1,38 @@
 """SQL behind the local change feed (PostgreSQL LISTEN/NOTIFY), owned by the local cloud.
 
-`local_change_heads` (migration 051) holds the latest seq published per namespace — the
-local twin of the DynamoDB `changes` table — so a long-poll first checks it and returns at
-once when a change happened before it started. The commit transaction may call
-`notify_change` itself: PostgreSQL delivers a NOTIFY and makes the head visible only when the
-transaction commits, so a waiter never wakes for a change it cannot yet read.
+A long-poll first reads the namespaces' heads and returns at once when a change happened
+before it started, then waits for a NOTIFY. Commits move `namespaces.latest_seq` and NOTIFY
+inside their own transaction (`tessera.metadata.store`); `ChangeFeed.publish` moves
+`local_change_heads` (migration 051, the local twin of the DynamoDB `changes` table) and
+NOTIFYs. PostgreSQL delivers a NOTIFY only at commit, so a waiter never wakes for a change it
+cannot yet read.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from typing import Any
 
 import psycopg
 
-#: The NOTIFY channel; the payload is `"<ns_id>:<seq>"` ("namespace N reached seq S").
-CHANNEL = "tessera_changes"
+from tessera.metadata.store import NOTIFY_CHANNEL
+
+#: The NOTIFY channel the commit transaction uses; payload `{"ns_id": N, "seq": S}`.
+CHANNEL = NOTIFY_CHANNEL
 
 
 def payload(ns_id: int, seq: int) -> str:
     """The NOTIFY payload for "namespace `ns_id` reached `seq`"."""
-    return f"{ns_id}:{seq}"
+    return json.dumps({"ns_id": ns_id, "seq": seq})
 
 
 def parse_payload(text: str) -> tuple[int, int] | None:
     """(ns_id, seq) of a payload, or None when it is not one of ours."""
-    ns, _, seq = text.partition(":")
     try:
-        return int(ns), int(seq)
-    except ValueError:
+        data = json.loads(text)
+        return int(data["ns_id"]), int(data["seq"])
+    except (ValueError, TypeError, KeyError):
         return None
 
 
@@ -47,8 +51,17 @@ def notify_change(conn: psycopg.Connection[Any], ns_id: int, seq: int) -> None:
 
 
 def latest_seqs(conn: psycopg.Connection[Any], ns_ids: Collection[int]) -> dict[int, int]:
-    """The latest published seq of each namespace in `ns_ids` (unknown ones omitted)."""
+    """The latest seq of each namespace in `ns_ids` (unknown ones omitted).
+
+    A commit moves `namespaces.latest_seq` in its own transaction; `publish` (the port, used
+    by tests and relays) moves `local_change_heads`. Either counts.
+    """
+    ids = list(ns_ids)
     rows = conn.execute(
-        "SELECT ns_id, seq FROM local_change_heads WHERE ns_id = ANY(%s)", (list(ns_ids),)
+        "SELECT ns_id, max(seq) FROM ("
+        " SELECT ns_id, latest_seq AS seq FROM namespaces WHERE ns_id = ANY(%s)"
+        " UNION ALL SELECT ns_id, seq FROM local_change_heads WHERE ns_id = ANY(%s)"
+        ") AS heads GROUP BY ns_id",
+        (ids, ids),
     ).fetchall()
     return {int(ns): int(seq) for ns, seq in rows}

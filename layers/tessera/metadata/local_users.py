@@ -8,9 +8,7 @@ from typing import Any
 import psycopg
 
 
-def insert_user(
-    conn: psycopg.Connection[Any], email: str, password_hash: str
-) -> uuid.UUID | None:
+def insert_user(conn: psycopg.Connection[Any], email: str, password_hash: str) -> uuid.UUID | None:
     """Insert a user; the new user_id, or None when the (case-folded) email is taken."""
     user_id = uuid.uuid4()
     row = conn.execute(

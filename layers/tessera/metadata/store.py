@@ -1,12 +1,206 @@
-"""The queries of the metadata service, one method each, over one open transaction."""
+"""The queries of the metadata service, one method each, over one open transaction.
+
+Rows come back as small frozen dataclasses; the domain never sees SQL. Every method that
+takes a namespace takes its `ns_id` first (the shard key).
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
+
+from tessera.ports import ChangeEvent
 
 NOTIFY_CHANNEL = "tessera_changes"
+
+_FILE_COLS = (
+    "f.ns_id, f.file_id, f.path_key, f.path_display, f.kind, f.latest_rev, f.is_deleted,"
+    " f.deleted_at"
+)
+_VERSION_COLS = "v.size, v.content_hash, v.mtime, v.server_time"
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """A user and their root namespace."""
+
+    user_id: str
+    email: str
+    root_ns_id: int
+    quota_bytes: int
+    membership_version: int
+
+
+@dataclass(frozen=True)
+class MountRow:
+    """One namespace of a user's view: where it is mounted and with which access."""
+
+    ns_id: int
+    mount_path: str
+    mount_key: str
+    access: str
+    kind: str
+    name: str
+    owner_id: str
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What an entry shows of a file version."""
+
+    size: int
+    content_hash: str
+    mtime: datetime | None
+    server_time: datetime
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """A file or folder, with its latest version (files only) joined in."""
+
+    ns_id: int
+    file_id: str
+    path_key: str
+    path_display: str
+    kind: str
+    latest_rev: int
+    is_deleted: bool
+    deleted_at: datetime | None
+    version: VersionInfo | None = None
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One version of a file."""
+
+    ns_id: int
+    file_id: str
+    rev: int
+    size: int
+    content_hash: str
+    mtime: datetime | None
+    server_time: datetime
+    path_display: str
+
+
+@dataclass(frozen=True)
+class VersionBlockRow:
+    """A block of a version, with the block's state and the key version to decode it."""
+
+    ordinal: int
+    block_id: str
+    size: int
+    staged_key: str | None
+    state: str
+    key_version: int
+    staged_state: str | None  # the staged copy's state (upload_blocks) when staged_key is set
+
+
+@dataclass(frozen=True)
+class ReadableBlock:
+    """A block the caller can already read, and the staged copy to reuse if not yet live."""
+
+    block_id: str
+    size: int
+    state: str
+    staged_key: str | None
+
+
+@dataclass(frozen=True)
+class UploadRow:
+    """An upload session."""
+
+    upload_id: str
+    user_id: str
+    state: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class UploadBlockRow:
+    """A block an upload session expects, and its staged copy."""
+
+    block_id: str
+    size: int
+    key_version: int
+    stored_size: int | None
+    sha256: str | None
+    staged_key: str
+    state: str
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One change in a namespace, an absolute state (see migration 001)."""
+
+    ns_id: int
+    seq: int
+    file_id: str
+    rev: int
+    op: str
+    kind: str
+    path_key: str
+    path_display: str
+    size: int | None
+    content_hash: str | None
+    mtime: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewJournal:
+    """A journal row to append (the seq is assigned by `append_journal`)."""
+
+    file_id: str
+    rev: int
+    op: str
+    kind: str
+    path_key: str
+    parent_key: str
+    path_display: str
+    size: int | None = None
+    content_hash: str | None = None
+    mtime: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """A member of a namespace."""
+
+    user_id: str
+    email: str
+    access: str
+    mount_path: str
+
+
+@dataclass(frozen=True)
+class KeyScope:
+    """What a listing covers in one namespace: the children of `folder_key` or, with
+    `subtree` set to its [lo, hi) key range, everything below it."""
+
+    folder_key: str
+    ancestors: tuple[str, ...]
+    subtree: tuple[str, str] | None
+
+    def sql(self, alias: str) -> tuple[str, list[Any]]:
+        """The WHERE fragment and its parameters."""
+        if self.subtree is not None:
+            return f"({alias}.path_key >= %s AND {alias}.path_key < %s)", list(self.subtree)
+        return f"{alias}.parent_key = %s", [self.folder_key]
+
+
+def _file(row: Sequence[Any]) -> FileRow:
+    version = None
+    if len(row) > 8 and row[8] is not None:
+        version = VersionInfo(row[8], row[9], row[10], row[11])
+    return FileRow(*row[:8], version=version)  # type: ignore[misc]
 
 
 class Store:
@@ -14,3 +208,597 @@ class Store:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self.conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: an exception inside rolls back only what it did."""
+        with self.conn.transaction():
+            yield
+
+    def now(self) -> datetime:
+        """The transaction's timestamp (one clock for every row a transaction writes)."""
+        return self._one("SELECT now()")[0]  # type: ignore[no-any-return]
+
+    # -- users and views ------------------------------------------------------------------
+
+    def get_user(self, user_id: str) -> UserRow | None:
+        """The user, or None before their first request."""
+        row = self._one(
+            "SELECT user_id, email, root_ns_id, quota_bytes, membership_version"
+            " FROM users WHERE user_id = %s",
+            (user_id,),
+        )
+        return UserRow(*row) if row and row[2] is not None else None
+
+    def user_by_email(self, email: str) -> UserRow | None:
+        """The user with `email` (case-insensitive)."""
+        row = self._one(
+            "SELECT user_id, email, root_ns_id, quota_bytes, membership_version"
+            " FROM users WHERE email_key = %s",
+            (email.strip().lower(),),
+        )
+        return UserRow(*row) if row and row[2] is not None else None
+
+    def create_user(self, user_id: str, email: str, quota_bytes: int) -> bool:
+        """Provision a user with a root namespace; False if they already exist."""
+        row = self._one(
+            "INSERT INTO users (user_id, email, email_key, quota_bytes) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
+            (user_id, email, email.strip().lower(), quota_bytes),
+        )
+        if row is None:
+            return False
+        ns_id = self.create_namespace("root", user_id, "")
+        self.add_member(ns_id, user_id, "owner", "/", "/")
+        self.conn.execute("UPDATE users SET root_ns_id = %s WHERE user_id = %s", (ns_id, user_id))
+        return True
+
+    def mounts(self, user_id: str) -> list[MountRow]:
+        """The namespaces of a user's view, root first, then by mount key."""
+        rows = self._all(
+            "SELECT m.ns_id, m.mount_path, m.mount_key, m.access, n.kind, n.name, n.owner_id"
+            " FROM ns_members m JOIN namespaces n USING (ns_id)"
+            " WHERE m.user_id = %s ORDER BY (n.kind <> 'root'), m.mount_key",
+            (user_id,),
+        )
+        return [MountRow(*r) for r in rows]
+
+    def bump_membership(self, user_id: str) -> None:
+        """Record that a user's set of mounts changed (their cursors notice)."""
+        self.conn.execute(
+            "UPDATE users SET membership_version = membership_version + 1 WHERE user_id = %s",
+            (user_id,),
+        )
+
+    # -- namespaces and members -----------------------------------------------------------
+
+    def create_namespace(self, kind: str, owner_id: str, name: str) -> int:
+        """A new namespace; returns its id."""
+        return int(
+            self._one(
+                "INSERT INTO namespaces (kind, owner_id, name) VALUES (%s, %s, %s) RETURNING ns_id",
+                (kind, owner_id, name),
+            )[0]
+        )
+
+    def add_member(
+        self, ns_id: int, user_id: str, access: str, mount_path: str, mount_key: str
+    ) -> None:
+        """Add or update a member (an existing member keeps their mount point)."""
+        self.conn.execute(
+            "INSERT INTO ns_members (ns_id, user_id, access, mount_path, mount_key)"
+            " VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (ns_id, user_id) DO UPDATE SET access = EXCLUDED.access",
+            (ns_id, user_id, access, mount_path, mount_key),
+        )
+
+    def remove_member(self, ns_id: int, user_id: str) -> MemberRow | None:
+        """Remove a member; returns the removed row."""
+        row = self._one(
+            "DELETE FROM ns_members m USING users u WHERE m.ns_id = %s AND m.user_id = %s"
+            " AND u.user_id = m.user_id RETURNING m.user_id, u.email, m.access, m.mount_path",
+            (ns_id, user_id),
+        )
+        return MemberRow(*row) if row else None
+
+    def members(self, ns_id: int) -> list[MemberRow]:
+        """Members of a namespace, owner first."""
+        rows = self._all(
+            "SELECT m.user_id, u.email, m.access, m.mount_path FROM ns_members m"
+            " JOIN users u USING (user_id) WHERE m.ns_id = %s"
+            " ORDER BY (m.access <> 'owner'), u.email_key",
+            (ns_id,),
+        )
+        return [MemberRow(*r) for r in rows]
+
+    def mount_keys(self, user_id: str) -> set[str]:
+        """Every mount key of a user (to find a free mount point)."""
+        rows = self._all("SELECT mount_key FROM ns_members WHERE user_id = %s", (user_id,))
+        return {r[0] for r in rows}
+
+    def latest_seqs(self, ns_ids: Sequence[int]) -> dict[int, int]:
+        """The latest journal seq of each namespace."""
+        rows = self._all(
+            "SELECT ns_id, latest_seq FROM namespaces WHERE ns_id = ANY(%s)", (list(ns_ids),)
+        )
+        return {r[0]: r[1] for r in rows}
+
+    # -- files ----------------------------------------------------------------------------
+
+    def file_by_path(self, ns_id: int, key: str, *, lock: bool = False) -> FileRow | None:
+        """The live file or folder at `key`, with its latest version; `lock` takes the row."""
+        sql = (
+            f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
+            " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
+            " AND v.rev = f.latest_rev"
+            " WHERE f.ns_id = %s AND f.path_key = %s AND NOT f.is_deleted"
+        )
+        row = self._one(sql + (" FOR UPDATE OF f" if lock else ""), (ns_id, key))
+        return _file(row) if row else None
+
+    def deleted_by_path(self, ns_id: int, key: str) -> FileRow | None:
+        """The most recently deleted file or folder that was at `key`."""
+        row = self._one(
+            f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
+            " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
+            " AND v.rev = f.latest_rev"
+            " WHERE f.ns_id = %s AND f.path_key = %s AND f.is_deleted"
+            " ORDER BY f.deleted_at DESC LIMIT 1",
+            (ns_id, key),
+        )
+        return _file(row) if row else None
+
+    def file_by_id(self, file_id: str, *, lock: bool = False) -> FileRow | None:
+        """The file or folder with `file_id` (live or deleted), in whatever namespace."""
+        sql = (
+            f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
+            " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
+            " AND v.rev = f.latest_rev WHERE f.file_id = %s"
+        )
+        row = self._one(sql + (" FOR UPDATE OF f" if lock else ""), (file_id,))
+        return _file(row) if row else None
+
+    def kinds_at(self, ns_id: int, keys: Sequence[str]) -> dict[str, str]:
+        """path_key → kind of the live entries among `keys`."""
+        rows = self._all(
+            "SELECT path_key, kind FROM files WHERE ns_id = %s AND path_key = ANY(%s)"
+            " AND NOT is_deleted",
+            (ns_id, list(keys)),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def insert_file(
+        self,
+        ns_id: int,
+        file_id: str,
+        key: str,
+        parent_key: str,
+        display: str,
+        kind: str,
+        rev: int = 0,
+    ) -> bool:
+        """Create a live entry; False when a live entry already holds the path."""
+        row = self._one(
+            "INSERT INTO files (ns_id, file_id, path_key, parent_key, path_display, kind,"
+            " latest_rev) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (ns_id, path_key) WHERE NOT is_deleted DO NOTHING RETURNING file_id",
+            (ns_id, file_id, key, parent_key, display, kind, rev),
+        )
+        return row is not None
+
+    def set_latest_rev(self, ns_id: int, file_id: str, rev: int) -> None:
+        """Point the file at its new latest version (and make it live again)."""
+        self.conn.execute(
+            "UPDATE files SET latest_rev = %s, is_deleted = false, deleted_at = NULL,"
+            " deleted_by = NULL WHERE ns_id = %s AND file_id = %s",
+            (rev, ns_id, file_id),
+        )
+
+    def live_path_taken(self, ns_id: int, key: str) -> bool:
+        """True when a live entry holds `key`."""
+        return (
+            self._one(
+                "SELECT 1 FROM files WHERE ns_id = %s AND path_key = %s AND NOT is_deleted",
+                (ns_id, key),
+            )
+            is not None
+        )
+
+    def subtree(self, ns_id: int, lo: str, hi: str, *, deleted: bool = False) -> list[FileRow]:
+        """Entries strictly below a folder (key range from `paths.subtree_range`), by key.
+
+        `deleted` selects the deleted entries instead of the live ones.
+        """
+        rows = self._all(
+            f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
+            " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
+            " AND v.rev = f.latest_rev"
+            " WHERE f.ns_id = %s AND f.path_key >= %s AND f.path_key < %s"
+            " AND f.is_deleted = %s ORDER BY f.path_key",
+            (ns_id, lo, hi, deleted),
+        )
+        return [_file(r) for r in rows]
+
+    def list_page(
+        self, ns_id: int, scope: KeyScope, *, after_key: str, limit: int
+    ) -> list[FileRow]:
+        """Live entries in `scope` (children, or the whole subtree) after `after_key`."""
+        where, params = scope.sql("f")
+        rows = self._all(
+            f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
+            " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
+            " AND v.rev = f.latest_rev"
+            f" WHERE f.ns_id = %s AND {where} AND NOT f.is_deleted AND f.path_key > %s"
+            " ORDER BY f.path_key LIMIT %s",
+            [ns_id, *params, after_key, limit],
+        )
+        return [_file(r) for r in rows]
+
+    def mark_deleted(self, ns_id: int, file_ids: Sequence[str], user_id: str) -> None:
+        """Soft-delete entries (they go to the trash)."""
+        self.conn.execute(
+            "UPDATE files SET is_deleted = true, deleted_at = now(), deleted_by = %s"
+            " WHERE ns_id = %s AND file_id = ANY(%s)",
+            (user_id, ns_id, list(file_ids)),
+        )
+
+    def undelete(self, ns_id: int, file_ids: Sequence[str]) -> None:
+        """Make deleted entries live again."""
+        self.conn.execute(
+            "UPDATE files SET is_deleted = false, deleted_at = NULL, deleted_by = NULL"
+            " WHERE ns_id = %s AND file_id = ANY(%s)",
+            (ns_id, list(file_ids)),
+        )
+
+    def rename(self, ns_id: int, file_id: str, key: str, parent_key: str, display: str) -> None:
+        """Change an entry's path (a move keeps file_id and history)."""
+        self.conn.execute(
+            "UPDATE files SET path_key = %s, parent_key = %s, path_display = %s"
+            " WHERE ns_id = %s AND file_id = %s",
+            (key, parent_key, display, ns_id, file_id),
+        )
+
+    def move_to_namespace(
+        self, from_ns: int, to_ns: int, file_ids: Sequence[str], strip_chars: int
+    ) -> None:
+        """Move entries (and their versions and block lists) to another namespace, cutting
+        the first `strip_chars` characters off their paths (the new namespace's root)."""
+        ids = list(file_ids)
+        self.conn.execute(
+            "UPDATE files SET ns_id = %s, path_key = substr(path_key, %s),"
+            " path_display = substr(path_display, %s),"
+            " parent_key = CASE WHEN length(parent_key) <= %s THEN '/'"
+            " ELSE substr(parent_key, %s) END"
+            " WHERE ns_id = %s AND file_id = ANY(%s)",
+            (to_ns, strip_chars + 1, strip_chars + 1, strip_chars, strip_chars + 1, from_ns, ids),
+        )
+        self.conn.execute(
+            "UPDATE file_versions SET ns_id = %s WHERE ns_id = %s AND file_id = ANY(%s)",
+            (to_ns, from_ns, ids),
+        )
+        self.conn.execute(
+            "UPDATE version_blocks SET ns_id = %s WHERE ns_id = %s AND file_id = ANY(%s)",
+            (to_ns, from_ns, ids),
+        )
+
+    def delete_entry(self, ns_id: int, file_id: str) -> None:
+        """Remove a folder row outright (a folder turned into a mount point)."""
+        self.conn.execute("DELETE FROM files WHERE ns_id = %s AND file_id = %s", (ns_id, file_id))
+
+    def trash(self, ns_id: int, lo: str, hi: str, limit: int) -> list[FileRow]:
+        """Deleted entries in a key range, most recently deleted first."""
+        rows = self._all(
+            f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
+            " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
+            " AND v.rev = f.latest_rev"
+            " WHERE f.ns_id = %s AND f.is_deleted AND f.path_key >= %s AND f.path_key < %s"
+            " ORDER BY f.deleted_at DESC, f.path_key LIMIT %s",
+            (ns_id, lo, hi, limit),
+        )
+        return [_file(r) for r in rows]
+
+    # -- versions and blocks --------------------------------------------------------------
+
+    def version(self, ns_id: int, file_id: str, rev: int) -> VersionRow | None:
+        """One version of a file."""
+        row = self._one(
+            "SELECT ns_id, file_id, rev, size, content_hash, mtime, server_time, path_display"
+            " FROM file_versions WHERE ns_id = %s AND file_id = %s AND rev = %s",
+            (ns_id, file_id, rev),
+        )
+        return VersionRow(*row) if row else None
+
+    def versions(self, ns_id: int, file_id: str, limit: int) -> list[VersionRow]:
+        """Versions of a file, newest first."""
+        rows = self._all(
+            "SELECT ns_id, file_id, rev, size, content_hash, mtime, server_time, path_display"
+            " FROM file_versions WHERE ns_id = %s AND file_id = %s ORDER BY rev DESC LIMIT %s",
+            (ns_id, file_id, limit),
+        )
+        return [VersionRow(*r) for r in rows]
+
+    def version_blocks(self, ns_id: int, file_id: str, rev: int) -> list[VersionBlockRow]:
+        """The ordered blocks of a version with their state and key versions."""
+        rows = self._all(
+            "SELECT vb.ordinal, vb.block_id, vb.size, vb.staged_key, b.state,"
+            " COALESCE(ub.key_version, b.key_version), ub.state"
+            " FROM version_blocks vb JOIN blocks b USING (block_id)"
+            " LEFT JOIN upload_blocks ub ON ub.staged_key = vb.staged_key"
+            " AND ub.block_id = vb.block_id"
+            " WHERE vb.ns_id = %s AND vb.file_id = %s AND vb.rev = %s ORDER BY vb.ordinal",
+            (ns_id, file_id, rev),
+        )
+        return [VersionBlockRow(*r) for r in rows]
+
+    def readable_blocks(
+        self, ns_ids: Sequence[int], block_ids: Sequence[str]
+    ) -> dict[str, ReadableBlock]:
+        """Which of `block_ids` a version in one of `ns_ids` holds (the (ns_id, block_id)
+        index), with the block's state; quarantined blocks are left out."""
+        if not block_ids:
+            return {}
+        rows = self._all(
+            "SELECT DISTINCT ON (vb.block_id) vb.block_id, vb.size, b.state, vb.staged_key"
+            " FROM version_blocks vb JOIN blocks b USING (block_id)"
+            " WHERE vb.ns_id = ANY(%s) AND vb.block_id = ANY(%s) AND b.state <> 'quarantined'"
+            " ORDER BY vb.block_id, (vb.staged_key IS NULL) DESC",
+            (list(ns_ids), list(block_ids)),
+        )
+        return {r[0]: ReadableBlock(*r) for r in rows}
+
+    def insert_version(
+        self,
+        ns_id: int,
+        file_id: str,
+        rev: int,
+        *,
+        size: int,
+        content_hash: str,
+        author_id: str,
+        mtime: datetime | None,
+        journal_seq: int,
+        path_display: str,
+        blocks: Sequence[tuple[str, int, str | None]],
+    ) -> datetime:
+        """A new version and its ordered block list (id, size, staged_key); returns its time."""
+        row = self._one(
+            "INSERT INTO file_versions (ns_id, file_id, rev, size, content_hash, author_id,"
+            " mtime, journal_seq, path_display) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING server_time",
+            (ns_id, file_id, rev, size, content_hash, author_id, mtime, journal_seq, path_display),
+        )
+        if blocks:
+            self.conn.execute(
+                "INSERT INTO version_blocks (ns_id, file_id, rev, ordinal, block_id, size,"
+                " staged_key) SELECT %s, %s, %s, o - 1, b, s, k"
+                " FROM unnest(%s::text[], %s::int[], %s::text[]) WITH ORDINALITY AS t(b, s, k, o)",
+                (
+                    ns_id,
+                    file_id,
+                    rev,
+                    [b[0] for b in blocks],
+                    [b[1] for b in blocks],
+                    [b[2] for b in blocks],
+                ),
+            )
+        return row[0]  # type: ignore[no-any-return]
+
+    def add_block_refs(self, refs: Sequence[tuple[str, int, int, int]]) -> None:
+        """Bump refcounts by (block_id, size, key_version, count); new blocks start staged.
+
+        Rows are touched in block-id order so concurrent commits never deadlock.
+        """
+        if not refs:
+            return
+        ordered = sorted(refs)
+        self.conn.execute(
+            "INSERT INTO blocks (block_id, size, key_version, refcount, state)"
+            " SELECT b, s, k, c, 'staged'"
+            " FROM unnest(%s::text[], %s::int[], %s::int[], %s::bigint[]) AS t(b, s, k, c)"
+            " ORDER BY b"
+            " ON CONFLICT (block_id) DO UPDATE SET refcount = blocks.refcount + EXCLUDED.refcount,"
+            " zero_since = NULL, updated_at = now()",
+            (
+                [r[0] for r in ordered],
+                [r[1] for r in ordered],
+                [r[2] for r in ordered],
+                [r[3] for r in ordered],
+            ),
+        )
+
+    def set_block_state(self, block_ids: Sequence[str], state: str) -> None:
+        """Set the state of blocks (e.g. cold → restoring when a download asks for them)."""
+        self.conn.execute(
+            "UPDATE blocks SET state = %s, updated_at = now() WHERE block_id = ANY(%s)",
+            (state, list(block_ids)),
+        )
+
+    def touch_blocks(self, block_ids: Sequence[str]) -> None:
+        """Record reads for access analytics (at most one write per block per hour)."""
+        self.conn.execute(
+            "UPDATE blocks SET last_access = now() WHERE block_id = ANY(%s)"
+            " AND (last_access IS NULL OR last_access < now() - interval '1 hour')",
+            (list(block_ids),),
+        )
+
+    # -- journal, outbox, notify ----------------------------------------------------------
+
+    def append_journal(
+        self, ns_id: int, rows: Sequence[NewJournal], *, kind: str, payload: dict[str, Any]
+    ) -> tuple[list[int], ChangeEvent]:
+        """Append rows to a namespace's journal with fresh seqs, write the outbox row and
+        notify listeners (delivered at commit). Returns the seqs, in order, and the event to
+        publish on the change feed once the transaction has committed.
+
+        Takes the namespace row lock: call it late in the transaction.
+        """
+        n = len(rows)
+        last = int(
+            self._one(
+                "UPDATE namespaces SET latest_seq = latest_seq + %s WHERE ns_id = %s"
+                " RETURNING latest_seq",
+                (n, ns_id),
+            )[0]
+        )
+        seqs = list(range(last - n + 1, last + 1))
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key, parent_key,"
+                " path_display, size, content_hash, mtime)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        ns_id,
+                        seq,
+                        r.file_id,
+                        r.rev,
+                        r.op,
+                        r.kind,
+                        r.path_key,
+                        r.parent_key,
+                        r.path_display,
+                        r.size,
+                        r.content_hash,
+                        r.mtime,
+                    )
+                    for seq, r in zip(seqs, rows, strict=True)
+                ],
+            )
+        event_id = f"ns{ns_id}-{last}"
+        full = {"ns_id": ns_id, "seq": last, "event_id": event_id, **payload}
+        self.conn.execute(
+            "INSERT INTO outbox (ns_id, seq, event_id, kind, payload) VALUES (%s, %s, %s, %s, %s)",
+            (ns_id, last, event_id, kind, Jsonb(full)),
+        )
+        self.conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (NOTIFY_CHANNEL, json.dumps({"ns_id": ns_id, "seq": last})),
+        )
+        return seqs, ChangeEvent(event_id, ns_id, last, kind, full)
+
+    def journal_after(
+        self, ns_id: int, after_seq: int, scope: KeyScope, *, limit: int
+    ) -> list[JournalRow]:
+        """Journal rows after `after_seq` that concern a listing: entries in `scope`, the
+        listed folder itself, and deletions of any of its ancestors."""
+        where, params = scope.sql("j")
+        selves = [*scope.ancestors, scope.folder_key] if scope.folder_key != "/" else []
+        rows = self._all(
+            "SELECT j.ns_id, j.seq, j.file_id, j.rev, j.op, j.kind, j.path_key, j.path_display,"
+            " j.size, j.content_hash, j.mtime, j.created_at FROM journal j"
+            f" WHERE j.ns_id = %s AND j.seq > %s AND ({where}"
+            " OR (j.path_key = ANY(%s) AND (j.op = 'delete' OR j.path_key = %s)))"
+            " ORDER BY j.seq LIMIT %s",
+            [ns_id, after_seq, *params, selves, scope.folder_key, limit],
+        )
+        return [JournalRow(*r) for r in rows]
+
+    # -- upload sessions ------------------------------------------------------------------
+
+    def create_upload(
+        self,
+        upload_id: str,
+        user_id: str,
+        expires_at: datetime,
+        blocks: Sequence[tuple[str, int, int, str]],
+    ) -> None:
+        """A session expecting blocks (block_id, size, key_version, staged_key)."""
+        self.conn.execute(
+            "INSERT INTO upload_sessions (upload_id, user_id, expires_at) VALUES (%s, %s, %s)",
+            (upload_id, user_id, expires_at),
+        )
+        if blocks:
+            self.conn.execute(
+                "INSERT INTO upload_blocks (upload_id, block_id, size, key_version, staged_key)"
+                " SELECT %s, b, s, k, sk"
+                " FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS t(b, s, k, sk)",
+                (
+                    upload_id,
+                    [b[0] for b in blocks],
+                    [b[1] for b in blocks],
+                    [b[2] for b in blocks],
+                    [b[3] for b in blocks],
+                ),
+            )
+
+    def get_upload(self, upload_id: str, user_id: str) -> UploadRow | None:
+        """The caller's open session (another user's is None, like a missing one)."""
+        row = self._one(
+            "SELECT upload_id, user_id, state, expires_at FROM upload_sessions"
+            " WHERE upload_id = %s AND user_id = %s",
+            (upload_id, user_id),
+        )
+        return UploadRow(*row) if row else None
+
+    def upload_blocks(self, upload_id: str, block_ids: Sequence[str]) -> dict[str, UploadBlockRow]:
+        """The session's expected blocks among `block_ids`."""
+        rows = self._all(
+            "SELECT block_id, size, key_version, stored_size, sha256, staged_key, state"
+            " FROM upload_blocks WHERE upload_id = %s AND block_id = ANY(%s)",
+            (upload_id, list(block_ids)),
+        )
+        return {r[0]: UploadBlockRow(*r) for r in rows}
+
+    def set_upload_block_stored(
+        self, upload_id: str, block_id: str, stored_size: int, sha256: str
+    ) -> None:
+        """Record the encoded size and checksum a PUT URL was issued for."""
+        self.conn.execute(
+            "UPDATE upload_blocks SET stored_size = %s, sha256 = %s, updated_at = now()"
+            " WHERE upload_id = %s AND block_id = %s",
+            (stored_size, sha256, upload_id, block_id),
+        )
+
+    def mark_staged(self, upload_id: str, block_ids: Sequence[str]) -> None:
+        """Staged copies now referenced by a committed version (dedup-verify picks them up)."""
+        self.conn.execute(
+            "UPDATE upload_blocks SET state = 'staged', updated_at = now()"
+            " WHERE upload_id = %s AND block_id = ANY(%s) AND state = 'expected'",
+            (upload_id, list(block_ids)),
+        )
+
+    # -- idempotency ----------------------------------------------------------------------
+
+    def claim_idempotency(
+        self, user_id: str, key: str, request_hash: str
+    ) -> tuple[str, dict[str, Any] | None] | None:
+        """Claim `key` for this request: None when claimed now, else the first request's
+        (hash, stored response). Waits for a concurrent claimer's transaction to end."""
+        row = self._one(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
+            " ON CONFLICT (user_id, key) DO NOTHING RETURNING key",
+            (user_id, key, request_hash),
+        )
+        if row is not None:
+            return None
+        found = self._one(
+            "SELECT request_hash, response FROM idempotency_keys WHERE user_id = %s AND key = %s",
+            (user_id, key),
+        )
+        return (found[0], found[1])
+
+    def store_idempotent_response(self, user_id: str, key: str, response: dict[str, Any]) -> None:
+        """The response a retry with `key` gets."""
+        self.conn.execute(
+            "UPDATE idempotency_keys SET response = %s WHERE user_id = %s AND key = %s",
+            (Jsonb(response), user_id, key),
+        )
+
+    # -- account --------------------------------------------------------------------------
+
+    def usage(self, user_id: str) -> int:
+        """Bytes of the latest versions of live files in the namespaces the user owns."""
+        row = self._one(
+            "SELECT COALESCE(sum(v.size), 0) FROM namespaces n"
+            " JOIN files f ON f.ns_id = n.ns_id AND NOT f.is_deleted AND f.kind = 'file'"
+            " JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
+            " AND v.rev = f.latest_rev WHERE n.owner_id = %s",
+            (user_id,),
+        )
+        return int(row[0])

@@ -23,7 +23,7 @@ CREATE TABLE namespaces (
 );
 
 -- The ACL: who sees which namespace, with which access, mounted where in their view.
--- mount_path is '' for a user's root namespace, else a view path such as '/Team'.
+-- mount_path is '/' for a user's root namespace, else a view path such as '/Team'.
 CREATE TABLE ns_members (
     ns_id       bigint NOT NULL REFERENCES namespaces (ns_id),
     user_id     text NOT NULL REFERENCES users (user_id),
@@ -103,7 +103,8 @@ CREATE TABLE blocks (
 CREATE INDEX blocks_state ON blocks (state) WHERE state <> 'live';
 
 -- The per-namespace change log behind cursors. Each row is an absolute state:
--- op 'upsert' (file/folder at path, at rev) or 'delete' (path gone).
+-- op 'upsert' (file/folder at path, at rev) or 'delete' (path gone; a folder with its
+-- subtree). A member's root namespace also logs its mount points (file_id 'ns:<id>').
 CREATE TABLE journal (
     ns_id         bigint NOT NULL,
     seq           bigint NOT NULL,
@@ -114,6 +115,10 @@ CREATE TABLE journal (
     path_key      text COLLATE "C" NOT NULL,
     parent_key    text COLLATE "C" NOT NULL,
     path_display  text NOT NULL,
+    -- a file upsert's version, so a journal row renders without a join:
+    size          bigint,
+    content_hash  text,
+    mtime         timestamptz,
     created_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (ns_id, seq)
 );

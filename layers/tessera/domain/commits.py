@@ -1,0 +1,289 @@
+"""Commits (DESIGN §4): a new file version in one transaction, with optimistic concurrency
+on `parent_rev`, per-user idempotency keys, and batches whose items stand or fall alone."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from tessera.blocks import content_hash
+from tessera.domain import paths
+from tessera.domain.acl import Action
+from tessera.domain.changes import publish
+from tessera.domain.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    TesseraError,
+    Unprocessable,
+)
+from tessera.domain.models import (
+    CommitBatchItem,
+    CommitBatchRequest,
+    CommitBatchResponse,
+    CommitRequest,
+    ErrorInfo,
+    FileEntry,
+    dump,
+)
+from tessera.domain.services import Services
+from tessera.domain.views import View, check_access, file_entry, load_view, new_file_id
+from tessera.metadata.store import FileRow, MountRow, NewJournal, Store, VersionInfo
+from tessera.ports import ChangeEvent, Principal
+from tessera.settings import Settings
+
+
+def check_block_list(
+    settings: Settings, size: int, digest: str, blocks: list[tuple[str, int]], what: str
+) -> None:
+    """Limits (413) and consistency (422) of a declared file: its blocks add up to `size`
+    and hash to `digest`."""
+    if size > settings.max_file_size:
+        raise PayloadTooLarge(f"{what} is larger than {settings.max_file_size} bytes")
+    if len(blocks) > settings.max_blocks_per_request:
+        raise PayloadTooLarge(f"{what} has more than {settings.max_blocks_per_request} blocks")
+    for bid, bsize in blocks:
+        if bsize > settings.max_block_size:
+            raise PayloadTooLarge(
+                f"block {bid} of {what} is larger than {settings.max_block_size} bytes"
+            )
+    if sum(b[1] for b in blocks) != size:
+        raise Unprocessable(f"{what}: size {size} is not the sum of its block sizes")
+    if content_hash(b[0] for b in blocks) != digest:
+        raise Unprocessable(f"{what}: content_hash does not match its block list")
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """The checked block list of a commit."""
+
+    ordered: list[tuple[str, int, str | None]]  # (block_id, size, staged_key) per ordinal
+    refs: list[tuple[str, int, int, int]]  # (block_id, size, key_version, count)
+    staged_now: list[str]  # the session's blocks this commit stages
+
+
+def _check_blocks(svc: Services, store: Store, view: View, req: CommitRequest) -> _Blocks:
+    """Every block must be readable by the caller, or staged by their upload session and
+    present in the block store with the size the PUT URL was issued for."""
+    ids = list(dict.fromkeys(b.id for b in req.blocks))
+    session_rows = {}
+    if req.upload_id is not None:
+        session = store.get_upload(req.upload_id, view.user.user_id)
+        if session is None or session.state != "open":
+            raise NotFound(f"no upload session {req.upload_id!r}")
+        if session.expires_at <= svc.clock.now():
+            raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
+    readable = store.readable_blocks(view.ns_ids, ids)
+    missing = [i for i in ids if i not in readable]
+    if missing and req.upload_id is not None:
+        session_rows = store.upload_blocks(req.upload_id, missing)
+    never = [i for i in missing if i not in session_rows]
+    for bid in missing:
+        row = session_rows.get(bid)
+        if row is None:
+            continue
+        head = svc.block_store.head(row.staged_key) if row.stored_size is not None else None
+        if head is None or head.size != row.stored_size:
+            never.append(bid)
+    if never:
+        raise Unprocessable(
+            f"{len(never)} block(s) were never uploaded in this session: {never[0]}"
+            + (" …" if len(never) > 1 else ""),
+            blocks=never[:20],
+        )
+    known = {i: r.size for i, r in readable.items()} | {i: r.size for i, r in session_rows.items()}
+    for b in req.blocks:
+        if known[b.id] != b.size:
+            raise Unprocessable(f"block {b.id} has size {known[b.id]}, not {b.size}")
+    staged_key: dict[str, str | None] = {
+        i: (r.staged_key if r.state == "staged" else None) for i, r in readable.items()
+    }
+    staged_key |= {i: r.staged_key for i, r in session_rows.items()}
+    counts: dict[str, int] = {}
+    for b in req.blocks:
+        counts[b.id] = counts.get(b.id, 0) + 1
+    key_version = {i: r.key_version for i, r in session_rows.items()}
+    return _Blocks(
+        ordered=[(b.id, b.size, staged_key[b.id]) for b in req.blocks],
+        refs=[(i, known[i], key_version.get(i, 0), n) for i, n in counts.items()],
+        staged_now=list(session_rows),
+    )
+
+
+def _ensure_parents(store: Store, view: View, mount: MountRow, rel: str) -> list[NewJournal]:
+    """Create missing parent folders of `rel`; 409 when one of them is a file."""
+    ancestors = paths.ancestors(rel)
+    if not ancestors:
+        return []
+    keys = [paths.path_key(a) for a in ancestors]
+    kinds = store.kinds_at(mount.ns_id, keys)
+    created: list[NewJournal] = []
+    for display, key in zip(ancestors, keys, strict=True):
+        kind = kinds.get(key)
+        if kind is None:
+            fid = new_file_id()
+            parent_key = paths.path_key(paths.parent(display))
+            if store.insert_file(mount.ns_id, fid, key, parent_key, display, "folder"):
+                created.append(NewJournal(fid, 0, "upsert", "folder", key, parent_key, display))
+                continue
+            kind = store.kinds_at(mount.ns_id, [key]).get(key)
+        if kind == "file":
+            raise Conflict(f"{view.view_path(mount, display)!r} is a file, not a folder")
+    return created
+
+
+def _request_hash(req: CommitRequest) -> str:
+    body = req.model_dump_json(exclude={"idempotency_key"})
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _commit_in(
+    svc: Services, store: Store, view: View, req: CommitRequest
+) -> tuple[FileEntry, ChangeEvent | None]:
+    """One commit inside an open transaction (or savepoint)."""
+    path = paths.canonical(req.path)
+    check_block_list(
+        svc.settings, req.size, req.content_hash, [(b.id, b.size) for b in req.blocks], path
+    )
+    mount, rel = view.resolve(path)
+    if rel == paths.ROOT:
+        raise Conflict(f"{path!r} is a folder, not a file")
+    check_access(mount, Action.WRITE, view)
+    user_id = view.user.user_id
+    if req.idempotency_key is not None:
+        first = store.claim_idempotency(user_id, req.idempotency_key, _request_hash(req))
+        if first is not None:
+            if first[0] != _request_hash(req) or first[1] is None:
+                raise Unprocessable("idempotency_key was already used for a different commit")
+            return FileEntry.model_validate(first[1]), None
+    blocks = _check_blocks(svc, store, view, req)
+    key, parent_key = paths.path_key(rel), paths.path_key(paths.parent(rel))
+    journal = _ensure_parents(store, view, mount, rel)
+    row = store.file_by_path(mount.ns_id, key, lock=True)
+    if row is None:
+        if req.parent_rev is not None:
+            raise Conflict(f"{path!r} was deleted or moved since rev {req.parent_rev}", rev=None)
+        file_id = new_file_id()
+        if not store.insert_file(mount.ns_id, file_id, key, parent_key, rel, "file"):
+            row = store.file_by_path(mount.ns_id, key, lock=True)
+            if row is None:  # created and removed again meanwhile
+                raise Conflict(f"{path!r} changed during the commit; retry", rev=None)
+    if row is not None:
+        if row.kind != "file":
+            raise Conflict(f"{path!r} is a folder, not a file")
+        if req.parent_rev != row.latest_rev:
+            raise Conflict(
+                f"{path!r} is at rev {row.latest_rev}, not {req.parent_rev}",
+                rev=row.latest_rev,
+                file_id=row.file_id,
+            )
+        file_id, display = row.file_id, row.path_display
+    else:
+        display = rel
+    rev = (row.latest_rev if row else 0) + 1
+    journal.append(
+        NewJournal(
+            file_id,
+            rev,
+            "upsert",
+            "file",
+            key,
+            parent_key,
+            display,
+            req.size,
+            req.content_hash,
+            req.mtime,
+        )
+    )
+    seqs, event = store.append_journal(
+        mount.ns_id,
+        journal,
+        kind="file",
+        payload={
+            "op": "commit",
+            "file_id": file_id,
+            "rev": rev,
+            "path": display,
+            "staged": [{"block_id": b[0], "staged_key": b[2]} for b in blocks.ordered if b[2]],
+        },
+    )
+    server_time = store.insert_version(
+        mount.ns_id,
+        file_id,
+        rev,
+        size=req.size,
+        content_hash=req.content_hash,
+        author_id=user_id,
+        mtime=req.mtime,
+        journal_seq=seqs[-1],
+        path_display=display,
+        blocks=blocks.ordered,
+    )
+    store.add_block_refs(blocks.refs)
+    store.set_latest_rev(mount.ns_id, file_id, rev)
+    if blocks.staged_now and req.upload_id is not None:
+        store.mark_staged(req.upload_id, blocks.staged_now)
+    new_row = FileRow(
+        mount.ns_id,
+        file_id,
+        key,
+        display,
+        "file",
+        rev,
+        False,
+        None,
+        VersionInfo(req.size, req.content_hash, req.mtime, server_time),
+    )
+    result = file_entry(view, mount, new_row)
+    if req.idempotency_key is not None:
+        store.store_idempotent_response(user_id, req.idempotency_key, dump(result))
+    return result, event
+
+
+def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry:
+    """Commit one file version; 409 (with the current rev) when `parent_rev` is stale."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        result, event = _commit_in(svc, store, view, req)
+    publish(svc.feed, [event])
+    return result
+
+
+def commit_batch(
+    svc: Services, principal: Principal, req: CommitBatchRequest
+) -> CommitBatchResponse:
+    """Many commits in one transaction, each in its own savepoint: each succeeds or fails
+    alone. Items run in (namespace, path) order so concurrent batches cannot deadlock."""
+    if len(req.entries) > svc.settings.max_commits_per_batch:
+        raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
+    results: list[CommitBatchItem | None] = [None] * len(req.entries)
+    events: list[ChangeEvent | None] = []
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+
+        def order(i: int) -> tuple[int, str]:
+            try:
+                mount, rel = view.resolve(paths.canonical(req.entries[i].path))
+            except TesseraError:
+                return (-1, "")
+            return (mount.ns_id, paths.path_key(rel))
+
+        for i in sorted(range(len(req.entries)), key=order):
+            try:
+                with store.savepoint():
+                    entry, event = _commit_in(svc, store, view, req.entries[i])
+            except TesseraError as exc:
+                results[i] = CommitBatchItem.model_validate(
+                    {
+                        ".tag": "failure",
+                        "status": exc.status,
+                        "error": ErrorInfo.model_validate(exc.to_body()["error"]),
+                    }
+                )
+                continue
+            results[i] = CommitBatchItem.model_validate(
+                {".tag": "success", "entry": entry, "status": 200}
+            )
+            events.append(event)
+    publish(svc.feed, events)
+    return CommitBatchResponse(entries=[r for r in results if r is not None])

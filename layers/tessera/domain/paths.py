@@ -1,0 +1,96 @@
+"""The one home of path rules, shared by the server and the sync client.
+
+A canonical path starts with "/", is NFC, has no trailing "/" (the root is "/"), and none of
+its components is empty, ".", "..", or holds NUL, a control character or a backslash. Names
+are at most 255 UTF-8 bytes, paths at most 4096. Paths are compared by `path_key`: NFC +
+case fold, so two spellings that differ only in case or Unicode form are one file.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from tessera.domain.errors import InvalidPath
+
+ROOT = "/"
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4096
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def canonical(raw: str, *, field: str = "path") -> str:
+    """The canonical form of `raw` ("" and "/" are the root); `InvalidPath` (422) otherwise."""
+    if raw in ("", ROOT):
+        return ROOT
+    if not raw.startswith("/"):
+        raise InvalidPath(f"{field} must start with '/': {raw!r}", field=field)
+    path = unicodedata.normalize("NFC", raw)
+    if path.endswith("/"):
+        path = path[:-1]
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        raise InvalidPath(f"{field} is longer than {MAX_PATH_BYTES} bytes", field=field)
+    for name in path[1:].split("/"):
+        if name == "":
+            raise InvalidPath(f"{field} has an empty component: {raw!r}", field=field)
+        if name in (".", ".."):
+            raise InvalidPath(f"{field} may not contain '.' or '..': {raw!r}", field=field)
+        if _FORBIDDEN.search(name):
+            raise InvalidPath(
+                f"{field} contains NUL, a control character or a backslash", field=field
+            )
+        if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+            raise InvalidPath(
+                f"{field} has a name longer than {MAX_NAME_BYTES} bytes: {name[:40]!r}…",
+                field=field,
+            )
+    return path
+
+
+def path_key(path: str) -> str:
+    """The comparison key of a canonical path: NFC + case fold (NFC again after folding)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", path).casefold())
+
+
+def parent(path: str) -> str:
+    """The parent of a canonical path ("/" for top-level names and for the root)."""
+    head = path.rsplit("/", 1)[0]
+    return head or ROOT
+
+
+def name(path: str) -> str:
+    """The last component ("" for the root)."""
+    return path.rsplit("/", 1)[1] if path != ROOT else ""
+
+
+def join(base: str, rel: str) -> str:
+    """`base` + `rel`, both canonical; `rel` is "/"-rooted relative to `base`."""
+    if rel == ROOT:
+        return base
+    if base == ROOT:
+        return rel
+    return base + rel
+
+
+def ancestors(path: str) -> list[str]:
+    """Every proper ancestor below the root, outermost first: /a/b/c → [/a, /a/b]."""
+    parts = path.split("/")[1:-1]
+    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def is_within(path: str, base: str) -> bool:
+    """True when `path` is `base` or below it (compare keys with keys, displays with displays)."""
+    return base == ROOT or path == base or path.startswith(base + "/")
+
+
+def relative(path: str, base: str) -> str:
+    """`path` relative to `base` as a "/"-rooted path ("/" when equal). Needs `is_within`."""
+    if base == ROOT:
+        return path
+    return path[len(base) :] or ROOT
+
+
+def subtree_range(key: str) -> tuple[str, str]:
+    """Half-open key range [lo, hi) of everything strictly below `key` (C collation)."""
+    prefix = ROOT if key == ROOT else key + "/"
+    return prefix, prefix[:-1] + "0"  # "0" is the code point after "/"

@@ -1,0 +1,121 @@
+"""Upload sessions (DESIGN §5): which blocks the caller must upload, their keys, and
+presigned PUTs to staging keys bound to each encoded block's size and SHA-256."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from datetime import timedelta
+
+from tessera.domain import paths
+from tessera.domain.acl import Action
+from tessera.domain.commits import check_block_list
+from tessera.domain.errors import NotFound, PayloadTooLarge, Unprocessable
+from tessera.domain.models import (
+    BlockKey,
+    PresignedUrl,
+    UploadStartRequest,
+    UploadStartResponse,
+    UploadUrlsRequest,
+    UploadUrlsResponse,
+)
+from tessera.domain.services import Services
+from tessera.domain.views import check_access, load_view
+from tessera.ports import Principal
+
+MAX_PRESIGN_S = 900
+
+
+def staging_key(upload_id: str, block_id: str) -> str:
+    """Where a session's copy of a block is staged until dedup-verify promotes or drops it."""
+    return f"staging/{upload_id}/{block_id.removeprefix('b3:')}"
+
+
+def start_upload(
+    svc: Services, principal: Principal, req: UploadStartRequest
+) -> UploadStartResponse:
+    """Open a session for the files the caller is about to commit. A block is needed unless
+    the caller can already read it; the key of every needed block is returned."""
+    settings = svc.settings
+    if len(req.files) > settings.max_files_per_upload:
+        raise PayloadTooLarge(f"an upload holds at most {settings.max_files_per_upload} files")
+    if sum(len(f.blocks) for f in req.files) > settings.max_blocks_per_request:
+        raise PayloadTooLarge(f"an upload holds at most {settings.max_blocks_per_request} blocks")
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, settings)
+        sizes: dict[str, int] = {}
+        for f in req.files:
+            path = paths.canonical(f.path)
+            check_block_list(
+                settings, f.size, f.content_hash, [(b.id, b.size) for b in f.blocks], path
+            )
+            mount, rel = view.resolve(path)
+            if rel == paths.ROOT:
+                raise Unprocessable(f"{path!r} is a folder, not a file")
+            check_access(mount, Action.WRITE, view)
+            for b in f.blocks:
+                if sizes.setdefault(b.id, b.size) != b.size:
+                    raise Unprocessable(f"block {b.id} is declared with two sizes")
+        readable = store.readable_blocks(view.ns_ids, list(sizes))
+        needed = [bid for bid in sizes if bid not in readable]
+        upload_id = "up_" + secrets.token_hex(16)
+        expires_at = svc.clock.now() + timedelta(seconds=settings.upload_ttl_s)
+        version = svc.keys.current_version()
+        store.create_upload(
+            upload_id,
+            view.user.user_id,
+            expires_at,
+            [(bid, sizes[bid], version, staging_key(upload_id, bid)) for bid in needed],
+        )
+    keys = []
+    for bid in needed:
+        kv, key = svc.keys.block_key(bid, version)
+        keys.append(BlockKey(id=bid, key_version=kv, key=base64.b64encode(key).decode()))
+    return UploadStartResponse(upload_id=upload_id, expires_at=expires_at, needed=keys)
+
+
+def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> UploadUrlsResponse:
+    """Presigned PUTs for encoded blocks of the caller's own, unexpired session."""
+    settings = svc.settings
+    if len(req.blocks) > settings.max_blocks_per_request:
+        raise PayloadTooLarge(f"ask for at most {settings.max_blocks_per_request} URLs at once")
+    urls: list[PresignedUrl] = []
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, settings)
+        session = store.get_upload(req.upload_id, view.user.user_id)
+        now = svc.clock.now()
+        if session is None or session.state != "open":
+            raise NotFound(f"no upload session {req.upload_id!r}")
+        if session.expires_at <= now:
+            raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
+        rows = store.upload_blocks(req.upload_id, [b.id for b in req.blocks])
+        ttl = int(
+            min(settings.presign_ttl_s, MAX_PRESIGN_S, (session.expires_at - now).total_seconds())
+        )
+        for b in req.blocks:
+            row = rows.get(b.id)
+            if row is None:
+                raise Unprocessable(f"block {b.id} is not needed by this upload session")
+            if b.size > settings.max_stored_block_size:
+                raise PayloadTooLarge(
+                    f"encoded block {b.id} is larger than {settings.max_stored_block_size} bytes"
+                )
+            try:
+                digest = base64.b64decode(b.sha256, validate=True)
+            except binascii.Error as exc:
+                raise Unprocessable(f"sha256 of block {b.id} is not base64") from exc
+            put = svc.block_store.presign_put(
+                row.staged_key, size=b.size, sha256=digest, expires_in=max(ttl, 1)
+            )
+            store.set_upload_block_stored(req.upload_id, b.id, b.size, b.sha256)
+            urls.append(
+                PresignedUrl(
+                    id=b.id,
+                    method=put.method,
+                    url=put.url,
+                    headers=dict(put.headers),
+                    expires_at=put.expires_at,
+                )
+            )
+    return UploadUrlsResponse(urls=urls)

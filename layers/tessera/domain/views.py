@@ -1,0 +1,194 @@
+"""A user's view: their root namespace plus the shared namespaces mounted into it.
+
+Resolves view paths to (namespace, ns-relative path), finds entries by path or file_id only
+inside the view (anything else is 404), and renders entries with view paths.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from tessera.domain import paths
+from tessera.domain.acl import Action, require
+from tessera.domain.errors import NotFound, Unprocessable
+from tessera.domain.models import DeletedEntry, FileEntry, FolderEntry
+from tessera.metadata.store import FileRow, MountRow, Store, UserRow
+from tessera.ports import Principal
+from tessera.settings import Settings
+
+
+def new_file_id() -> str:
+    """A fresh, unguessable file id."""
+    return "id:" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class View:
+    """The caller and the namespaces they see (root first)."""
+
+    user: UserRow
+    mounts: tuple[MountRow, ...]
+
+    @property
+    def ns_ids(self) -> list[int]:
+        """Every namespace the caller can read."""
+        return [m.ns_id for m in self.mounts]
+
+    @property
+    def root(self) -> MountRow:
+        """The caller's root namespace."""
+        return self.mounts[0]
+
+    def mount_of(self, ns_id: int) -> MountRow | None:
+        """The caller's mount of a namespace, or None when it is not in the view."""
+        return next((m for m in self.mounts if m.ns_id == ns_id), None)
+
+    def resolve(self, path: str) -> tuple[MountRow, str]:
+        """(mount, ns-relative canonical path) of a canonical view path: deepest mount wins."""
+        key = paths.path_key(path)
+        best = self.root
+        for m in self.mounts[1:]:
+            if paths.is_within(key, m.mount_key) and len(m.mount_key) > len(best.mount_key):
+                best = m
+        return best, paths.relative(path, best.mount_path)
+
+    def view_path(self, mount: MountRow, rel_display: str) -> str:
+        """A ns-relative display path as the caller sees it."""
+        return paths.join(mount.mount_path, rel_display)
+
+    def mounts_below(self, key: str) -> list[MountRow]:
+        """Shared mounts strictly below a view key."""
+        return [
+            m for m in self.mounts[1:] if m.mount_key != key and paths.is_within(m.mount_key, key)
+        ]
+
+
+def load_view(store: Store, principal: Principal, settings: Settings) -> View:
+    """The caller's view, provisioning the user (row + root namespace) on first sight."""
+    user = store.get_user(principal.user_id)
+    if user is None:
+        store.create_user(principal.user_id, principal.email, settings.default_quota_bytes)
+        user = store.get_user(principal.user_id)
+        assert user is not None  # created just above, in this transaction
+    return View(user, tuple(store.mounts(user.user_id)))
+
+
+# ---------------------------------------------------------------------------------------
+# Finding entries
+
+
+@dataclass(frozen=True)
+class Located:
+    """An entry found in the caller's view."""
+
+    mount: MountRow
+    rel: str  # ns-relative canonical path
+    row: FileRow | None  # None: the mount point itself, or the root
+
+
+def locate(
+    store: Store,
+    view: View,
+    *,
+    path: str | None = None,
+    file_id: str | None = None,
+    lock: bool = False,
+    include_deleted: bool = False,
+    what: str = "path",
+) -> Located:
+    """The live (or, with `include_deleted`, deleted) entry at a view path or with a file_id;
+    NotFound when the caller cannot see it — the same answer whether it exists or not."""
+    if file_id is not None:
+        row = store.file_by_id(file_id, lock=lock)
+        mount = view.mount_of(row.ns_id) if row else None
+        if row is None or mount is None or (row.is_deleted and not include_deleted):
+            raise NotFound(f"no file with id {file_id!r}")
+        if not paths.is_within(row.path_key, "/"):  # defensive: stored paths are canonical
+            raise NotFound(f"no file with id {file_id!r}")
+        return Located(mount, row.path_display, row)
+    assert path is not None
+    canon = paths.canonical(path, field=what)
+    mount, rel = view.resolve(canon)
+    if rel == paths.ROOT:
+        return Located(mount, rel, None)
+    key = paths.path_key(rel)
+    row = store.file_by_path(mount.ns_id, key, lock=lock)
+    if row is None and include_deleted:
+        row = store.deleted_by_path(mount.ns_id, key)
+    if row is None:
+        raise NotFound(f"nothing at {canon!r}")
+    return Located(mount, rel, row)
+
+
+def require_file(loc: Located, what: str) -> FileRow:
+    """The located entry as a file (422 for a folder or mount point)."""
+    if loc.row is None or loc.row.kind != "file":
+        raise Unprocessable(f"{what} is a folder, not a file")
+    return loc.row
+
+
+def check_access(mount: MountRow, action: Action, view: View) -> None:
+    """403 unless the caller's access to the mount allows `action`."""
+    require(mount.access, action, view.view_path(mount, paths.ROOT))
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+
+
+def file_entry(view: View, mount: MountRow, row: FileRow) -> FileEntry:
+    """A file row as the caller sees it (latest version)."""
+    assert row.version is not None
+    display = view.view_path(mount, row.path_display)
+    return FileEntry(
+        name=paths.name(display),
+        path_display=display,
+        path_lower=paths.path_key(display),
+        file_id=row.file_id,
+        rev=row.latest_rev,
+        size=row.version.size,
+        content_hash=row.version.content_hash,
+        mtime=row.version.mtime,
+        server_modified=row.version.server_time,
+        ns_id=row.ns_id,
+    )
+
+
+def folder_entry(view: View, mount: MountRow, row: FileRow) -> FolderEntry:
+    """A folder row as the caller sees it."""
+    display = view.view_path(mount, row.path_display)
+    return FolderEntry(
+        name=paths.name(display),
+        path_display=display,
+        path_lower=paths.path_key(display),
+        file_id=row.file_id,
+        ns_id=row.ns_id,
+    )
+
+
+def mount_entry(mount: MountRow) -> FolderEntry:
+    """The folder entry of a mount point (or of the root for the root namespace)."""
+    return FolderEntry(
+        name=paths.name(mount.mount_path),
+        path_display=mount.mount_path,
+        path_lower=mount.mount_key,
+        file_id=f"ns:{mount.ns_id}",
+        ns_id=mount.ns_id,
+        shared_ns_id=mount.ns_id if mount.kind == "shared" else None,
+        access=mount.access,  # type: ignore[arg-type]
+    )
+
+
+def entry(view: View, loc: Located) -> FileEntry | FolderEntry | DeletedEntry:
+    """The entry of a located path: file, folder, or (deleted rows) deleted."""
+    if loc.row is None:
+        return mount_entry(loc.mount)
+    if loc.row.is_deleted:
+        display = view.view_path(loc.mount, loc.row.path_display)
+        return DeletedEntry(
+            name=paths.name(display), path_display=display, path_lower=paths.path_key(display)
+        )
+    if loc.row.kind == "file":
+        return file_entry(view, loc.mount, loc.row)
+    return folder_entry(view, loc.mount, loc.row)

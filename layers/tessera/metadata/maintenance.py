@@ -1,0 +1,520 @@
+"""The SQL of the maintenance workflows (`tessera.maintenance`), one method per query.
+
+Locking protocol (why gc can never delete a block a commit is starting to use):
+
+- A commit bumps `blocks.refcount` with a row-locking statement and fails when the row is
+  gone; gc deletes a block row only while holding that same row lock (`FOR UPDATE SKIP
+  LOCKED`), after re-checking `refcount = 0` and that no version and no open or pending
+  upload names the block, and it deletes the stored object *before* its transaction
+  commits. So either the commit's bump lands first (gc's re-check sees refcount 1 and skips
+  the block) or gc's delete lands first (the commit's bump finds no row and refuses).
+- Every step that writes the canonical object `blocks/<hex>` (promotion, repair, tier
+  moves) or deletes it (gc) first takes the per-block advisory transaction lock
+  `block_lock`, so a promotion can never interleave with the delete of the same block.
+- Transactions are short batches with a `lock_timeout`, so maintenance never queues behind
+  (or ahead of) user traffic for long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from tessera.metadata.db import Database
+
+LOCK_CLASS = 0x7E55_0001  # advisory lock class of the per-block maintenance lock (int4)
+
+
+@dataclass(frozen=True)
+class StagedCopy:
+    """One staged copy of a block, uploaded in a session and awaiting dedup-verify."""
+
+    upload_id: str
+    block_id: str
+    staged_key: str
+    size: int  # declared plaintext bytes
+    stored_size: int | None
+
+
+@dataclass(frozen=True)
+class BlockRow:
+    """A row of `blocks`."""
+
+    block_id: str
+    size: int
+    stored_size: int | None
+    key_version: int
+    refcount: int
+    state: str
+
+
+@dataclass(frozen=True)
+class DamageNotice:
+    """A damaged version whose namespace has not yet been told (see `damaged_versions`)."""
+
+    ns_id: int
+    file_id: str
+    rev: int
+    block_id: str
+    staged_key: str
+    reason: str
+    seq: int  # the namespace's latest journal seq (the change feed's position)
+    path: str
+
+
+_BLOCK_COLS = "block_id, size, stored_size, key_version, refcount, state"
+
+
+def _block(row: Sequence[Any]) -> BlockRow:
+    return BlockRow(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+class MaintenanceTx:
+    """The maintenance queries inside one open transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def _all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
+        return self.conn.execute(sql.encode(), params).fetchall()  # type: ignore[arg-type]
+
+    def _count(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        return self.conn.execute(sql.encode(), params).rowcount  # type: ignore[arg-type]
+
+    # -- per-block advisory lock ----------------------------------------------------------
+
+    def block_lock(self, block_id: str, *, wait: bool = True) -> bool:
+        """Take the per-block maintenance lock until the transaction ends.
+
+        With `wait=False`, returns False instead of waiting when another step holds it.
+        """
+        fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+        row = self._all(f"SELECT {fn}(%s, hashtext(%s))::text", (LOCK_CLASS, block_id))[0]
+        return wait or row[0] == "true"
+
+    def try_block_locks(self, block_ids: Sequence[str]) -> list[str]:
+        """The subset of `block_ids` whose maintenance lock this transaction now holds."""
+        rows = self._all(
+            "SELECT b FROM unnest(%s::text[]) AS b"
+            " WHERE pg_try_advisory_xact_lock(%s, hashtext(b))",
+            (list(block_ids), LOCK_CLASS),
+        )
+        return [r[0] for r in rows]
+
+    # -- blocks ---------------------------------------------------------------------------
+
+    def block(self, block_id: str, *, for_update: bool = False) -> BlockRow | None:
+        """The block's row (row-locked with `for_update`), or None."""
+        lock = " FOR UPDATE" if for_update else ""
+        rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE block_id = %s{lock}", (block_id,))
+        return _block(rows[0]) if rows else None
+
+    def mark_live(self, block_id: str, *, stored_size: int, key_version: int) -> bool:
+        """Record a verified canonical copy: state live, hot, its stored size and key version."""
+        return (
+            self._count(
+                "UPDATE blocks SET state = 'live', storage_class = 'hot', stored_size = %s,"
+                " key_version = %s, updated_at = now() WHERE block_id = %s",
+                (stored_size, key_version, block_id),
+            )
+            == 1
+        )
+
+    def set_state(self, block_id: str, state: str, *, from_states: Iterable[str]) -> bool:
+        """Move the block to `state` if it is in one of `from_states`."""
+        cls = "cold" if state in ("cold", "restoring") else "hot"
+        return (
+            self._count(
+                "UPDATE blocks SET state = %s, storage_class = %s, updated_at = now()"
+                " WHERE block_id = %s AND state = ANY(%s)",
+                (state, cls, block_id, list(from_states)),
+            )
+            == 1
+        )
+
+    # -- staged copies (dedup-verify) -----------------------------------------------------
+
+    def lock_staged_copy(self, upload_id: str, block_id: str) -> StagedCopy | None:
+        """Row-lock the copy if it still awaits verification (state `staged`)."""
+        rows = self._all(
+            "SELECT upload_id, block_id, staged_key, size, stored_size FROM upload_blocks"
+            " WHERE upload_id = %s AND block_id = %s AND state = 'staged' FOR UPDATE",
+            (upload_id, block_id),
+        )
+        return StagedCopy(*rows[0]) if rows else None
+
+    def settle_copy(self, copy: StagedCopy, state: str) -> None:
+        """Record what became of a staged copy: promoted, dropped or quarantined."""
+        self._count(
+            "UPDATE upload_blocks SET state = %s, updated_at = now()"
+            " WHERE upload_id = %s AND block_id = %s",
+            (state, copy.upload_id, copy.block_id),
+        )
+
+    def copy_in_use(self, staged_key: str) -> bool:
+        """Whether some version names this staged copy."""
+        return bool(
+            self._all("SELECT 1 FROM version_blocks WHERE staged_key = %s LIMIT 1", (staged_key,))
+        )
+
+    def repoint_versions(self, staged_key: str) -> int:
+        """Point versions that name a verified staged copy at the canonical block."""
+        return self._count(
+            "UPDATE version_blocks SET staged_key = NULL WHERE staged_key = %s", (staged_key,)
+        )
+
+    def other_pending_copies(self, block_id: str, staged_key: str) -> int:
+        """Staged copies of `block_id`, other than `staged_key`, still awaiting verification."""
+        rows = self._all(
+            "SELECT count(*) FROM upload_blocks"
+            " WHERE block_id = %s AND state = 'staged' AND staged_key <> %s",
+            (block_id, staged_key),
+        )
+        return int(rows[0][0])
+
+    def duplicate_copies(self, block_id: str) -> list[str]:
+        """Staging keys of copies of `block_id` that may still be stored (scrub repair)."""
+        rows = self._all(
+            "SELECT staged_key FROM upload_blocks WHERE block_id = %s"
+            " AND state IN ('staged', 'expected') ORDER BY updated_at DESC",
+            (block_id,),
+        )
+        return [r[0] for r in rows]
+
+    # -- damage ---------------------------------------------------------------------------
+
+    def record_damage(
+        self, block_id: str, *, staged_key: str | None, reason: str, at: datetime
+    ) -> int:
+        """Mark every version naming the damaged copy (or canonical block) damaged."""
+        if staged_key is not None:
+            where, params = "staged_key = %s", [staged_key]
+        else:
+            where, params = "block_id = %s AND staged_key IS NULL", [block_id]
+        return self._count(
+            "INSERT INTO damaged_versions"
+            " (ns_id, file_id, rev, block_id, staged_key, reason, detected_at)"
+            " SELECT ns_id, file_id, rev, block_id, COALESCE(staged_key, ''), %s, %s"
+            f" FROM version_blocks WHERE {where}"
+            " ON CONFLICT DO NOTHING",
+            [reason, at, *params],
+        )
+
+    def unnotified_damage(self, limit: int) -> list[DamageNotice]:
+        """Damaged versions whose namespace has not been told yet, oldest first."""
+        rows = self._all(
+            "SELECT d.ns_id, d.file_id, d.rev, d.block_id, d.staged_key, d.reason,"
+            " n.latest_seq, COALESCE(v.path_display, '')"
+            " FROM damaged_versions d JOIN namespaces n ON n.ns_id = d.ns_id"
+            " LEFT JOIN file_versions v"
+            "   ON v.ns_id = d.ns_id AND v.file_id = d.file_id AND v.rev = d.rev"
+            " WHERE d.notified_at IS NULL ORDER BY d.detected_at LIMIT %s"
+            " FOR UPDATE OF d SKIP LOCKED",
+            (limit,),
+        )
+        return [DamageNotice(*r) for r in rows]
+
+    def mark_notified(self, notices: Sequence[DamageNotice], at: datetime) -> None:
+        """Record that the change feed carried these notices."""
+        for n in notices:
+            self._count(
+                "UPDATE damaged_versions SET notified_at = %s WHERE ns_id = %s AND file_id = %s"
+                " AND rev = %s AND block_id = %s AND staged_key = %s",
+                (at, n.ns_id, n.file_id, n.rev, n.block_id, n.staged_key),
+            )
+
+    # -- gc: trash and version retention --------------------------------------------------
+
+    def lock_trashed_files(self, cutoff: datetime, limit: int) -> list[tuple[int, str]]:
+        """Row-lock files deleted before `cutoff` (skipping rows a user is touching)."""
+        rows = self._all(
+            "SELECT ns_id, file_id FROM files WHERE is_deleted AND deleted_at < %s"
+            " ORDER BY deleted_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (cutoff, limit),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def purge_files(self, files: Sequence[tuple[int, str]]) -> tuple[int, dict[str, int]]:
+        """Delete locked files with all their versions; (versions deleted, block refs freed)."""
+        ns, ids = [f[0] for f in files], [f[1] for f in files]
+        sel = "(ns_id, file_id) IN (SELECT * FROM unnest(%s::bigint[], %s::text[]))"
+        freed = self._freed(f"DELETE FROM version_blocks WHERE {sel} RETURNING block_id", ns, ids)
+        self._count(f"DELETE FROM damaged_versions WHERE {sel}", (ns, ids))
+        versions = self._count(f"DELETE FROM file_versions WHERE {sel}", (ns, ids))
+        self._count(f"DELETE FROM files WHERE {sel}", (ns, ids))
+        return versions, freed
+
+    def lock_expired_versions(self, cutoff: datetime, limit: int) -> list[tuple[int, str, int]]:
+        """Versions superseded before `cutoff` (never a file's latest), their files locked.
+
+        A version is kept while it was current at some time after `cutoff`, so any point of
+        the retention window can be restored.
+        """
+        rows = self._all(
+            "SELECT v.ns_id, v.file_id, v.rev FROM file_versions v"
+            " JOIN files f ON f.ns_id = v.ns_id AND f.file_id = v.file_id"
+            " WHERE v.server_time < %(cutoff)s AND v.rev < f.latest_rev"
+            "   AND (SELECT n.server_time FROM file_versions n"
+            "        WHERE n.ns_id = v.ns_id AND n.file_id = v.file_id AND n.rev > v.rev"
+            "        ORDER BY n.rev LIMIT 1) < %(cutoff)s"
+            " ORDER BY v.ns_id, v.file_id, v.rev LIMIT %(limit)s"
+            " FOR UPDATE OF f SKIP LOCKED",
+            {"cutoff": cutoff, "limit": limit},
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def purge_versions(self, versions: Sequence[tuple[int, str, int]]) -> dict[str, int]:
+        """Delete the given versions and their block lists; the block refs they freed."""
+        cols = (
+            [v[0] for v in versions],
+            [v[1] for v in versions],
+            [v[2] for v in versions],
+        )
+        sel = (
+            "(ns_id, file_id, rev) IN"
+            " (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[]))"
+        )
+        freed = self._freed(f"DELETE FROM version_blocks WHERE {sel} RETURNING block_id", *cols)
+        self._count(f"DELETE FROM damaged_versions WHERE {sel}", cols)
+        self._count(f"DELETE FROM file_versions WHERE {sel}", cols)
+        return freed
+
+    def _freed(self, sql: str, *params: object) -> dict[str, int]:
+        freed: dict[str, int] = {}
+        for (bid,) in self._all(sql, params):
+            freed[bid] = freed.get(bid, 0) + 1
+        return freed
+
+    def release_refs(self, freed: dict[str, int], at: datetime) -> int:
+        """Decrement refcounts (rows locked in block-id order); blocks reaching 0 note `at`.
+
+        Returns how many blocks reached refcount 0.
+        """
+        if not freed:
+            return 0
+        ids = sorted(freed)
+        self._all(
+            "SELECT 1 FROM blocks WHERE block_id = ANY(%s) ORDER BY block_id FOR UPDATE", (ids,)
+        )
+        rows = self._all(
+            "UPDATE blocks b SET refcount = GREATEST(b.refcount - d.n, 0),"
+            " zero_since = CASE WHEN b.refcount - d.n <= 0 THEN %s ELSE b.zero_since END,"
+            " updated_at = now()"
+            " FROM unnest(%s::text[], %s::bigint[]) AS d(block_id, n)"
+            " WHERE b.block_id = d.block_id RETURNING b.refcount",
+            (at, ids, [freed[i] for i in ids]),
+        )
+        return sum(1 for r in rows if r[0] == 0)
+
+    # -- gc: upload sessions --------------------------------------------------------------
+
+    def expire_sessions(self, cutoff: datetime, limit: int) -> int:
+        """Mark open sessions that expired before `cutoff` as expired."""
+        return self._count(
+            "UPDATE upload_sessions SET state = 'expired' WHERE upload_id IN"
+            " (SELECT upload_id FROM upload_sessions WHERE state = 'open' AND expires_at < %s"
+            "  ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (cutoff, limit),
+        )
+
+    def lock_abandoned_copies(self, limit: int) -> list[tuple[str, str, str, int]]:
+        """Row-lock copies of expired sessions that no version names and no step awaits.
+
+        Returns (upload_id, block_id, staged_key, stored_size or 0).
+        """
+        rows = self._all(
+            "SELECT u.upload_id, u.block_id, u.staged_key, COALESCE(u.stored_size, 0)"
+            " FROM upload_blocks u JOIN upload_sessions s ON s.upload_id = u.upload_id"
+            " WHERE s.state = 'expired'"
+            "   AND u.state IN ('expected', 'staged', 'promoted', 'dropped')"
+            "   AND NOT EXISTS (SELECT 1 FROM version_blocks v WHERE v.staged_key = u.staged_key)"
+            " LIMIT %s FOR UPDATE OF u SKIP LOCKED",
+            (limit,),
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def delete_copies(self, copies: Sequence[tuple[str, str]]) -> None:
+        """Forget (upload_id, block_id) copies whose objects are being deleted."""
+        self._count(
+            "DELETE FROM upload_blocks WHERE (upload_id, block_id) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            ([c[0] for c in copies], [c[1] for c in copies]),
+        )
+
+    def delete_empty_sessions(self, limit: int) -> int:
+        """Delete expired sessions with no copies left."""
+        return self._count(
+            "DELETE FROM upload_sessions WHERE upload_id IN"
+            " (SELECT s.upload_id FROM upload_sessions s WHERE s.state = 'expired'"
+            "  AND NOT EXISTS (SELECT 1 FROM upload_blocks u WHERE u.upload_id = s.upload_id)"
+            "  LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (limit,),
+        )
+
+    # -- gc: unreferenced blocks ----------------------------------------------------------
+
+    def lock_unreferenced_blocks(self, cutoff: datetime, limit: int) -> list[str]:
+        """Row-lock blocks at refcount 0 since before `cutoff`, in block-id order."""
+        rows = self._all(
+            "SELECT block_id FROM blocks"
+            " WHERE refcount = 0 AND COALESCE(zero_since, updated_at) < %s"
+            " ORDER BY block_id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (cutoff, limit),
+        )
+        return [r[0] for r in rows]
+
+    def delete_unreferenced(self, block_ids: Sequence[str]) -> list[tuple[str, int]]:
+        """Delete the locked rows that the re-check still finds unreferenced.
+
+        Re-check: refcount 0, no version names the block, and no open session or pending
+        (staged, unverified) copy names it. Returns (block_id, stored bytes) deleted.
+        """
+        rows = self._all(
+            "DELETE FROM blocks b WHERE b.block_id = ANY(%s) AND b.refcount = 0"
+            " AND NOT EXISTS (SELECT 1 FROM version_blocks v WHERE v.block_id = b.block_id)"
+            " AND NOT EXISTS (SELECT 1 FROM upload_blocks u"
+            "   JOIN upload_sessions s ON s.upload_id = u.upload_id"
+            "   WHERE u.block_id = b.block_id AND (s.state = 'open' OR u.state = 'staged'))"
+            " RETURNING b.block_id, COALESCE(b.stored_size, 0)",
+            (list(block_ids),),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    # -- cold storage and access analytics ------------------------------------------------
+
+    def cold_candidates(self, cutoff: datetime, limit: int) -> list[BlockRow]:
+        """Live blocks not read since before `cutoff`, least recently read first."""
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM blocks WHERE state = 'live'"
+            " AND COALESCE(last_access, created_at) < %s"
+            " ORDER BY COALESCE(last_access, created_at) LIMIT %s",
+            (cutoff, limit),
+        )
+        return [_block(r) for r in rows]
+
+    def mark_cold(self, block_id: str, cutoff: datetime) -> bool:
+        """live → cold, if the block is still live and still unread since `cutoff`."""
+        return (
+            self._count(
+                "UPDATE blocks SET state = 'cold', storage_class = 'cold', updated_at = now()"
+                " WHERE block_id = %s AND state = 'live'"
+                " AND COALESCE(last_access, created_at) < %s",
+                (block_id, cutoff),
+            )
+            == 1
+        )
+
+    def restoring_blocks(self, limit: int) -> list[BlockRow]:
+        """Blocks a download asked to restore from the cold tier."""
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM blocks WHERE state = 'restoring'"
+            " ORDER BY updated_at LIMIT %s",
+            (limit,),
+        )
+        return [_block(r) for r in rows]
+
+    def mark_restored(self, block_id: str, at: datetime) -> bool:
+        """restoring → live (hot), counting the restore as a read at `at`."""
+        return (
+            self._count(
+                "UPDATE blocks SET state = 'live', storage_class = 'hot', updated_at = now(),"
+                " last_access = GREATEST(COALESCE(last_access, %s), %s)"
+                " WHERE block_id = %s AND state = 'restoring'",
+                (at, at, block_id),
+            )
+            == 1
+        )
+
+    def record_access(self, block_ids: Sequence[str], at: datetime, *, resolution_s: int) -> int:
+        """Note that the blocks were read at `at` (rows older than `resolution_s` only)."""
+        if not block_ids:
+            return 0
+        return self._count(
+            "UPDATE blocks SET last_access = %s WHERE block_id IN"
+            " (SELECT block_id FROM blocks WHERE block_id = ANY(%s)"
+            "  AND (last_access IS NULL OR last_access < %s - make_interval(secs => %s))"
+            "  ORDER BY block_id FOR UPDATE SKIP LOCKED)",
+            (at, sorted(block_ids), at, resolution_s),
+        )
+
+    # -- scrub ----------------------------------------------------------------------------
+
+    def sample_live(self, start: str, limit: int) -> list[BlockRow]:
+        """Up to `limit` live blocks from block id `start` on, wrapping around."""
+        sql = f"SELECT {_BLOCK_COLS} FROM blocks WHERE state = 'live' AND block_id {{}} %s"
+        sql += " ORDER BY block_id LIMIT %s"
+        rows = self._all(sql.format(">="), (start, limit))
+        if len(rows) < limit:
+            rows += self._all(sql.format("<"), (start, limit - len(rows)))
+        return [_block(r) for r in rows]
+
+    # -- run log --------------------------------------------------------------------------
+
+    def record_run(
+        self,
+        workflow: str,
+        step: str,
+        *,
+        as_of: datetime,
+        started_at: datetime,
+        result: dict[str, Any],
+    ) -> None:
+        """Log one step run and its result."""
+        self._count(
+            "INSERT INTO maintenance_runs (workflow, step, as_of, started_at, result)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (workflow, step, as_of, started_at, Jsonb(result)),
+        )
+
+
+class MaintenanceRepository:
+    """Opens short maintenance transactions on the metadata database's pool."""
+
+    def __init__(self, db: Database, *, lock_timeout_ms: int = 2000) -> None:
+        self.db = db
+        self.lock_timeout_ms = lock_timeout_ms
+
+    @contextmanager
+    def transaction(self) -> Iterator[MaintenanceTx]:
+        """One transaction, committed on exit; waits for a lock at most `lock_timeout_ms`."""
+        with self.db.pool.connection() as conn:
+            conn.execute(f"SET LOCAL lock_timeout = '{int(self.lock_timeout_ms)}ms'".encode())
+            yield MaintenanceTx(conn)
+
+    def staged_copies(
+        self,
+        limit: int,
+        *,
+        after: tuple[str, str] = ("", ""),
+        upload_ids: Sequence[str] | None = None,
+    ) -> list[StagedCopy]:
+        """Copies awaiting verification after (upload_id, block_id) `after`, in key order."""
+        only = " AND upload_id = ANY(%s)" if upload_ids is not None else ""
+        params: list[Any] = [after[0], after[1]]
+        if upload_ids is not None:
+            params.append(list(upload_ids))
+        params.append(limit)
+        with self.transaction() as tx:
+            rows = tx._all(
+                "SELECT upload_id, block_id, staged_key, size, stored_size FROM upload_blocks"
+                f" WHERE state = 'staged' AND (upload_id, block_id) > (%s, %s){only}"
+                " ORDER BY upload_id, block_id LIMIT %s",
+                params,
+            )
+        return [StagedCopy(*r) for r in rows]
+
+
+__all__ = [
+    "LOCK_CLASS",
+    "BlockRow",
+    "DamageNotice",
+    "MaintenanceRepository",
+    "MaintenanceTx",
+    "StagedCopy",
+]
