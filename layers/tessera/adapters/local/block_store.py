@@ -1,0 +1,389 @@
+"""BlockStore on the local filesystem, behind signed, expiring URLs served by the gateway.
+
+Layout under `root`: `hot/<key>` readable objects, `cold/<key>` objects in the cold tier,
+`restores/<key>.json` the state of a restore of a cold object, `tmp/` uploads in flight.
+Every write goes to a temp file, is fsynced and renamed into place, so a crash never
+leaves a torn object behind.
+
+Presigned URLs mirror S3's: a PUT URL binds key, exact size, SHA-256 of the body and expiry;
+a GET URL binds key and expiry; both are HMAC-SHA256 signed. The gateway hands requests to
+`accept_put` / `accept_put_async` / `open_get`, which check signature (constant time),
+expiry, size and checksum BEFORE anything becomes visible under the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+from tessera.domain.errors import BadRequest, Forbidden, NotFound
+from tessera.ports import (
+    BlockStore,
+    Clock,
+    PresignedRequest,
+    StorageTier,
+    StoredObject,
+    SystemClock,
+)
+
+MAX_EXPIRES_IN = 900
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:=-]{0,127}$")
+
+
+class NotRestored(Forbidden):
+    """A cold object was read before a restore made it readable (S3: InvalidObjectState)."""
+
+    code = "not_restored"
+
+
+def validate_key(key: str) -> str:
+    """`key` if it is a safe relative object key (no `..`, no absolute path, no odd bytes)."""
+    parts = key.split("/")
+    if len(key) > 512 or not all(_SEGMENT.match(p) for p in parts):
+        raise BadRequest(f"invalid object key {key!r}")
+    return key
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class _PutSink:
+    """One upload in flight: streams to a private temp file, hashing as it goes."""
+
+    def __init__(self, store: FilesystemBlockStore, key: str, size: int, sha256: bytes) -> None:
+        self.store, self.key, self.size, self.sha256 = store, key, size, sha256
+        self.received = 0
+        self.hash = hashlib.sha256()
+        fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="put-")
+        self.tmp = Path(name)
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.size:
+            raise BadRequest(f"body is larger than the {self.size} bytes the URL allows")
+        self.hash.update(chunk)
+        self.file.write(chunk)
+
+    def finish(self) -> None:
+        """Verify size and checksum; only then move the object under its key."""
+        if self.received != self.size:
+            raise BadRequest(f"body has {self.received} bytes, the URL requires {self.size}")
+        if not hmac.compare_digest(self.hash.digest(), self.sha256):
+            raise BadRequest("body does not match the SHA-256 the URL was signed for")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        self.store._install(self.tmp, self.key)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class FilesystemBlockStore(BlockStore):
+    """Content-addressed files on disk with a hot and a cold tier (see module docstring)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        base_url: str,
+        signing_secret: bytes,
+        *,
+        restore_delay: float = 0.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if len(signing_secret) < 32:
+            raise ValueError("the URL signing secret must be at least 32 bytes")
+        self.root = Path(root)
+        self.base_url = base_url.rstrip("/")
+        self._secret = signing_secret
+        self.restore_delay = restore_delay
+        self.clock: Clock = clock or SystemClock()
+        for sub in ("hot", "cold", "restores", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # -- paths and atomic writes --------------------------------------------------------
+
+    def _path(self, tier: str, key: str) -> Path:
+        return self.root / tier / validate_key(key)
+
+    def _restore_path(self, key: str) -> Path:
+        return self.root / "restores" / (validate_key(key) + ".json")
+
+    def _install(self, tmp: Path, key: str) -> None:
+        """Rename a complete, fsynced temp file to hot `key` (dropping any cold copy)."""
+        dst = self._path("hot", key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dst)
+        self._path("cold", key).unlink(missing_ok=True)
+        self._restore_path(key).unlink(missing_ok=True)
+        _fsync_dir(dst.parent)
+
+    def _write_atomic(self, key: str, chunks: Iterable[bytes]) -> None:
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="put-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            self._install(Path(name), key)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+
+    # -- BlockStore ---------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` at `key` in the hot tier."""
+        self._write_atomic(key, [data])
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; KeyError when absent, `NotRestored` when cold and unrestored."""
+        return self._readable_path(key).read_bytes()
+
+    def head(self, key: str) -> StoredObject | None:
+        """Size, tier and restore state of the object at `key`."""
+        hot = self._path("hot", key)
+        if hot.is_file():
+            return StoredObject(key=key, size=hot.stat().st_size)
+        cold = self._path("cold", key)
+        if not cold.is_file():
+            return None
+        restoring, restored = self._restore_state(key)
+        return StoredObject(
+            key=key,
+            size=cold.stat().st_size,
+            tier=StorageTier.COLD,
+            restoring=restoring,
+            restored=restored,
+        )
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy `src` to hot `dst`; a cold source must have been restored first."""
+        with self._readable_path(src).open("rb") as f:
+            self._write_atomic(dst, iter(lambda: f.read(1 << 20), b""))
+
+    def delete(self, key: str) -> None:
+        """Remove the object from both tiers; a missing key is fine."""
+        self._path("hot", key).unlink(missing_ok=True)
+        self._path("cold", key).unlink(missing_ok=True)
+        self._restore_path(key).unlink(missing_ok=True)
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Every key (hot or cold) starting with `prefix`."""
+        for tier in ("hot", "cold"):
+            base = self.root / tier
+            for dirpath, _dirs, files in os.walk(base):
+                rel = Path(dirpath).relative_to(base).as_posix()
+                for name in files:
+                    key = name if rel == "." else f"{rel}/{name}"
+                    if key.startswith(prefix):
+                        yield key
+
+    def set_tier(self, key: str, tier: StorageTier) -> None:
+        """Move the object between `hot/` and `cold/`; KeyError when absent."""
+        src_tier, dst_tier = ("cold", "hot") if tier is StorageTier.HOT else ("hot", "cold")
+        src, dst = self._path(src_tier, key), self._path(dst_tier, key)
+        if dst.is_file() and not src.is_file():
+            return  # already there
+        if not src.is_file():
+            raise KeyError(key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        self._restore_path(key).unlink(missing_ok=True)
+        _fsync_dir(dst.parent)
+
+    def restore(self, key: str, *, days: int = 7) -> None:
+        """Start a restore of a cold object; it becomes readable after `restore_delay` s."""
+        if not self._path("cold", key).is_file():
+            if self._path("hot", key).is_file():
+                return  # S3 rejects restoring a hot object; nothing to do here either
+            raise KeyError(key)
+        marker = self._restore_path(key)
+        if marker.is_file():
+            return  # idempotent: a restore is under way or done
+        now = self.clock.now()
+        state = {
+            "ready_at": (now + timedelta(seconds=self.restore_delay)).isoformat(),
+            "expires_at": (now + timedelta(days=days)).isoformat(),
+        }
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(state))
+
+    def _restore_state(self, key: str) -> tuple[bool, bool]:
+        """(restoring, restored) of a cold object."""
+        marker = self._restore_path(key)
+        if not marker.is_file():
+            return False, False
+        state = json.loads(marker.read_text())
+        now = self.clock.now()
+        if now >= datetime.fromisoformat(state["expires_at"]):
+            return False, False
+        ready = now >= datetime.fromisoformat(state["ready_at"])
+        return not ready, ready
+
+    def _readable_path(self, key: str) -> Path:
+        hot = self._path("hot", key)
+        if hot.is_file():
+            return hot
+        cold = self._path("cold", key)
+        if not cold.is_file():
+            raise KeyError(key)
+        if not self._restore_state(key)[1]:
+            raise NotRestored(f"{key} is in the cold tier; restore it first")
+        return cold
+
+    # -- presigned URLs -----------------------------------------------------------------
+
+    def _expiry(self, expires_in: int) -> int:
+        if not 0 < expires_in <= MAX_EXPIRES_IN:
+            raise ValueError(f"expires_in must be in 1..{MAX_EXPIRES_IN} seconds")
+        return int(self.clock.now().timestamp()) + expires_in
+
+    def _sign(self, *fields: str) -> str:
+        message = "\n".join(fields).encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def _url(self, key: str, params: dict[str, str]) -> str:
+        return f"{self.base_url}/blocks/{quote(validate_key(key))}?{urlencode(params)}"
+
+    def presign_put(
+        self, key: str, *, size: int, sha256: bytes, expires_in: int = 900
+    ) -> PresignedRequest:
+        """A PUT URL accepting exactly `size` bytes with SHA-256 `sha256`, until expiry."""
+        if size < 0 or len(sha256) != 32:
+            raise ValueError("size must be >= 0 and sha256 a 32-byte digest")
+        exp = self._expiry(expires_in)
+        digest = sha256.hex()
+        sig = self._sign("PUT", key, str(size), digest, str(exp))
+        params = {"size": str(size), "sha256": digest, "exp": str(exp), "sig": sig}
+        return PresignedRequest(
+            method="PUT",
+            url=self._url(key, params),
+            headers={"x-amz-checksum-sha256": _b64(sha256)},
+            expires_at=datetime.fromtimestamp(exp, UTC),
+        )
+
+    def presign_get(self, key: str, *, expires_in: int = 900) -> PresignedRequest:
+        """A GET URL of `key`, valid until expiry."""
+        exp = self._expiry(expires_in)
+        sig = self._sign("GET", key, str(exp))
+        return PresignedRequest(
+            method="GET",
+            url=self._url(key, {"exp": str(exp), "sig": sig}),
+            expires_at=datetime.fromtimestamp(exp, UTC),
+        )
+
+    def _check_signature(self, query: Mapping[str, str], *fields: str) -> None:
+        """Constant-time signature check, then expiry. Raises Forbidden (403)."""
+        given = query.get("sig", "")
+        if not hmac.compare_digest(given.encode(), self._sign(*fields).encode()):
+            raise Forbidden("the URL signature does not match", reason="signature")
+        if int(self.clock.now().timestamp()) >= int(fields[-1]):
+            raise Forbidden("the URL has expired", reason="expired")
+
+    def authorize_put(
+        self, key: str, query: Mapping[str, str], content_length: int | None
+    ) -> _PutSink:
+        """Check a presigned PUT before reading its body; returns the sink to stream into."""
+        validate_key(key)
+        try:
+            size, digest, exp = int(query["size"]), query["sha256"], query["exp"]
+            sha256 = bytes.fromhex(digest)
+            int(exp)
+        except (KeyError, ValueError) as exc:
+            raise Forbidden("the URL is not a valid signed PUT", reason="signature") from exc
+        self._check_signature(query, "PUT", key, str(size), digest, exp)
+        if content_length is not None and content_length != size:
+            raise BadRequest(f"Content-Length {content_length} differs from the signed {size}")
+        return _PutSink(self, key, size, sha256)
+
+    def accept_put(
+        self,
+        key: str,
+        query: Mapping[str, str],
+        content_length: int | None,
+        body: Iterable[bytes],
+        checksum_header: str | None = None,
+    ) -> None:
+        """Check and store a presigned PUT; nothing is stored unless every check passes."""
+        sink = self._open_put(key, query, content_length, checksum_header)
+        try:
+            for chunk in body:
+                sink.write(chunk)
+            sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+
+    async def accept_put_async(
+        self,
+        key: str,
+        query: Mapping[str, str],
+        content_length: int | None,
+        body: AsyncIterable[bytes],
+        checksum_header: str | None = None,
+    ) -> None:
+        """`accept_put` for an async body stream (the gateway's request body)."""
+        sink = self._open_put(key, query, content_length, checksum_header)
+        try:
+            async for chunk in body:
+                sink.write(chunk)
+            sink.finish()
+        except BaseException:
+            sink.abort()
+            raise
+
+    def _open_put(
+        self,
+        key: str,
+        query: Mapping[str, str],
+        content_length: int | None,
+        checksum_header: str | None,
+    ) -> _PutSink:
+        sink = self.authorize_put(key, query, content_length)
+        if checksum_header is not None:
+            try:
+                claimed = base64.b64decode(checksum_header, validate=True)
+            except (binascii.Error, ValueError):
+                claimed = b""
+            if not hmac.compare_digest(claimed, sink.sha256):
+                sink.abort()
+                raise BadRequest("x-amz-checksum-sha256 differs from the signed checksum")
+        return sink
+
+    def open_get(self, key: str, query: Mapping[str, str]) -> Path:
+        """Check a presigned GET; the path of the readable object to send."""
+        validate_key(key)
+        exp = query.get("exp", "")
+        if not exp.isdigit():
+            raise Forbidden("the URL is not a valid signed GET", reason="signature")
+        self._check_signature(query, "GET", key, exp)
+        try:
+            return self._readable_path(key)
+        except KeyError as exc:
+            raise NotFound(f"no object at {key}") from exc
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["FilesystemBlockStore", "NotRestored", "validate_key"]

@@ -1,0 +1,216 @@
+"""Local identity: users in PostgreSQL (argon2id) and an ES256 JWT issuer (Cognito's job on AWS).
+
+Access tokens carry what a Cognito access token carries and API Gateway's authorizer checks:
+`iss`, `aud`, `sub` (the user_id), `email`, `iat`, `exp` (1 h), `token_use="access"`.
+Refresh tokens are signed by the same key for a different audience (`<aud>:refresh`) and
+live 30 days, so neither kind is accepted where the other is expected.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tessera.adapters.local.secret_files import load_or_create
+from tessera.domain.errors import BadRequest, Conflict, Unauthorized, Unprocessable
+from tessera.metadata import local_users
+from tessera.ports import Identity, Principal
+
+ISSUER = "tessera-local"
+AUDIENCE = "tessera"
+ACCESS_TTL = 3600
+REFRESH_TTL = 30 * 24 * 3600
+MIN_PASSWORD = 8
+_ALGORITHM = "ES256"
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What the token endpoint returns."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body of `POST /v1/auth/token`."""
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+        }
+
+
+def _new_signing_key() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+class JwtIssuer(Identity):
+    """Issues and verifies ES256 tokens with a private key kept 0600 in the state dir."""
+
+    def __init__(
+        self,
+        key_path: str | os.PathLike[str],
+        *,
+        issuer: str = ISSUER,
+        audience: str = AUDIENCE,
+        access_ttl: int = ACCESS_TTL,
+        refresh_ttl: int = REFRESH_TTL,
+    ) -> None:
+        pem = load_or_create(Path(key_path), _new_signing_key)
+        private = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(private, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{key_path} does not hold an EC private key")
+        self._private = private
+        self._public = private.public_key()
+        self.issuer, self.audience = issuer, audience
+        self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
+
+    def _encode(self, principal: Principal, audience: str, token_use: str, ttl: int) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": principal.user_id,
+            "email": principal.email,
+            "iat": now,
+            "exp": now + ttl,
+            "token_use": token_use,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._private, algorithm=_ALGORITHM)
+
+    def issue(self, principal: Principal) -> TokenPair:
+        """A fresh access + refresh token pair for `principal`."""
+        return TokenPair(
+            access_token=self._encode(principal, self.audience, "access", self.access_ttl),
+            refresh_token=self._encode(
+                principal, f"{self.audience}:refresh", "refresh", self.refresh_ttl
+            ),
+            expires_in=self.access_ttl,
+        )
+
+    def _decode(self, token: str, audience: str, token_use: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._public,
+                algorithms=[_ALGORITHM],
+                audience=audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("the token has expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from exc
+        if claims.get("token_use") != token_use or not isinstance(claims.get("email"), str):
+            raise Unauthorized(f"not an {token_use} token")
+        return Principal(user_id=str(claims["sub"]), email=claims["email"])
+
+    def verify(self, token: str) -> Principal:
+        """The caller of a valid access token; `Unauthorized` for anything else."""
+        return self._decode(token, self.audience, "access")
+
+    def verify_refresh(self, token: str) -> Principal:
+        """The caller of a valid refresh token; `Unauthorized` for anything else."""
+        return self._decode(token, f"{self.audience}:refresh", "refresh")
+
+
+def normalize_email(email: str) -> str:
+    """The case-folded, trimmed form users are stored and looked up under."""
+    cleaned = email.strip().casefold()
+    local, at, domain = cleaned.partition("@")
+    if not at or not local or not domain or len(cleaned) > 254 or any(c.isspace() for c in cleaned):
+        raise Unprocessable(f"not an email address: {email!r}")
+    return cleaned
+
+
+class LocalUsers:
+    """The local user directory: create users, check passwords (argon2id)."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self._hasher = PasswordHasher()  # argon2id with the library's current parameters
+        self._dummy_hash = self._hasher.hash("not-a-real-password")
+
+    def add(self, email: str, password: str) -> Principal:
+        """Create a user; `Conflict` when the email is taken."""
+        address = normalize_email(email)
+        if len(password) < MIN_PASSWORD:
+            raise Unprocessable(f"a password needs at least {MIN_PASSWORD} characters")
+        with psycopg.connect(self.conninfo) as conn:
+            user_id = local_users.insert_user(conn, address, self._hasher.hash(password))
+        if user_id is None:
+            raise Conflict(f"a user with email {address} already exists")
+        return Principal(user_id=str(user_id), email=address)
+
+    def authenticate(self, email: str, password: str) -> Principal:
+        """The user with these credentials; `Unauthorized` (same message) otherwise."""
+        try:
+            address = normalize_email(email)
+        except Unprocessable:
+            address = ""
+        with psycopg.connect(self.conninfo) as conn:
+            found = local_users.find_by_email(conn, address) if address else None
+            # hash even for unknown users, so timing does not reveal who has an account
+            stored = found[1] if found else self._dummy_hash
+            try:
+                self._hasher.verify(stored, password)
+                ok = found is not None
+            except (VerificationError, InvalidHashError):
+                ok = False
+            if not ok or found is None:
+                raise Unauthorized("wrong email or password")
+            if self._hasher.check_needs_rehash(stored):
+                local_users.set_password(conn, found[0], self._hasher.hash(password))
+        return Principal(user_id=str(found[0]), email=address)
+
+    def get(self, user_id: str) -> Principal | None:
+        """The user `user_id`, or None when there is no such user."""
+        try:
+            uid = uuid.UUID(user_id)
+        except ValueError:
+            return None
+        with psycopg.connect(self.conninfo) as conn:
+            email = local_users.find_by_id(conn, uid)
+        return None if email is None else Principal(user_id=str(uid), email=email)
+
+
+class LocalIdentity:
+    """The token endpoint: password and refresh-token grants over `LocalUsers` + `JwtIssuer`."""
+
+    def __init__(self, users: LocalUsers, issuer: JwtIssuer) -> None:
+        self.users, self.issuer = users, issuer
+
+    def token(self, body: Mapping[str, Any]) -> TokenPair:
+        """Answer `POST /v1/auth/token` with `{"email","password"}` or `{"refresh_token"}`."""
+        refresh = body.get("refresh_token")
+        if isinstance(refresh, str):
+            principal = self.issuer.verify_refresh(refresh)
+            current = self.users.get(principal.user_id)
+            if current is None:
+                raise Unauthorized("the user no longer exists")
+            return self.issuer.issue(current)
+        email, password = body.get("email"), body.get("password")
+        if not isinstance(email, str) or not isinstance(password, str):
+            raise BadRequest('send {"email", "password"} or {"refresh_token"}')
+        return self.issuer.issue(self.users.authenticate(email, password))

@@ -1,0 +1,92 @@
+"""`tessera local ...`: run the local cloud and manage its users.
+
+Heavy imports (PostgreSQL, uvicorn, argon2) happen inside the commands, so mounting this
+group keeps `tessera --help` fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="local",
+    help="Run the local cloud and manage its users.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_STATE = Path(".tessera/local")
+StateOption = Annotated[
+    Path, typer.Option("--state", help="State directory (database, blocks, keys).")
+]
+
+
+@app.command()
+def up(
+    state: StateOption = DEFAULT_STATE,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8790,
+    demo: Annotated[
+        bool, typer.Option(help="Create a demo user on first start and print how to sync.")
+    ] = False,
+) -> None:
+    """Start the local cloud: PostgreSQL, the API and the block store behind one URL."""
+    from tessera.local.cloud import LocalCloud
+    from tessera.settings import Settings
+
+    cloud = LocalCloud(state, host=host, port=port, settings=Settings.from_env(), demo=demo)
+    url = cloud.prepare()
+    typer.echo(f"Tessera local cloud: {url}  (state: {cloud.state.root})", err=False)
+    if cloud.demo_login is not None:
+        email, password = cloud.demo_login
+        typer.echo(
+            "\nDemo user ready. On this machine, sync a folder with:\n"
+            f"  tessera login --server {url} --email {email} --password {password}\n"
+            "  tessera sync ~/Tessera\n"
+            f"(credentials saved in {cloud.state.demo_credentials})\n"
+        )
+    typer.echo("Press Ctrl-C to stop.", err=False)
+    cloud.serve_forever()
+    typer.echo("Tessera local cloud stopped.")
+
+
+@app.command()
+def adduser(
+    email: Annotated[str, typer.Argument(help="The new user's email address.")],
+    password: Annotated[
+        str | None, typer.Option(help="Password (prompted for when omitted).")
+    ] = None,
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Create a user of the local cloud (works while `tessera local up` is running)."""
+    from tessera.adapters.local.identity import LocalUsers
+    from tessera.domain.errors import TesseraError
+    from tessera.local.cloud import StatePaths, open_database
+    from tessera.metadata import migrate
+    from tessera.settings import Settings
+
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    paths = StatePaths(Path(state).expanduser().resolve())
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conninfo, embedded = open_database(paths, Settings.from_env().database_url or None)
+    try:
+        migrate(conninfo)
+        principal = LocalUsers(conninfo).add(email, password)
+    except TesseraError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    typer.echo(f"created {principal.email} (user id {principal.user_id})")
+
+
+def main() -> None:
+    """`python -m tessera.local`."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app(prog_name="tessera local")

@@ -1,0 +1,254 @@
+"""The whole local cloud in one process: PostgreSQL, adapters, API and gateway.
+
+    with LocalCloud(state_dir, port=0) as base_url:   # in-process, for tests
+        ...
+
+`tessera local up` uses the same object, serving in the main thread (`serve_forever`).
+State layout under `state_dir` (everything survives restarts):
+
+    pg/                  embedded PostgreSQL data (unless a database URL is given)
+    blocks/              the filesystem block store (hot/, cold/, restores/, tmp/)
+    keys.json            block-key secrets (0600)
+    url-signing.key      HMAC secret of presigned block URLs (0600)
+    jwt-signing-key.pem  the JWT issuer's ES256 private key (0600)
+    demo-credentials     the demo user's login (0600, `--demo` only)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.util import find_spec
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tessera.adapters.local.block_store import FilesystemBlockStore
+from tessera.adapters.local.change_feed import PostgresChangeFeed
+from tessera.adapters.local.identity import JwtIssuer, LocalIdentity, LocalUsers
+from tessera.adapters.local.key_file import KeyFileKeyService
+from tessera.adapters.local.secret_files import load_or_create, write_private
+from tessera.domain.errors import Conflict
+from tessera.local.gateway import Gateway, create_app
+from tessera.local.postgres import EmbeddedPostgres
+from tessera.local.server import Server
+from tessera.metadata import Database, migrate
+from tessera.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEMO_EMAIL = "demo@tessera.local"
+
+#: A background task: started with the wired services, returns how to stop it (or None).
+BackgroundTask = Callable[[Any], Callable[[], None] | None]
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """Where each piece of local state lives under the state dir."""
+
+    root: Path
+
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def blocks(self) -> Path:
+        return self.root / "blocks"
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "keys.json"
+
+    @property
+    def url_signing_key(self) -> Path:
+        return self.root / "url-signing.key"
+
+    @property
+    def jwt_key(self) -> Path:
+        return self.root / "jwt-signing-key.pem"
+
+    @property
+    def demo_credentials(self) -> Path:
+        return self.root / "demo-credentials"
+
+
+def open_database(
+    state: StatePaths, database_url: str | None
+) -> tuple[str, EmbeddedPostgres | None]:
+    """(conninfo, embedded server or None): `database_url` when given, else pgserver."""
+    if database_url:
+        return database_url, None
+    embedded = EmbeddedPostgres(state.pgdata)
+    return embedded.start(), embedded
+
+
+class LocalCloud:
+    """PostgreSQL + local adapters + the API behind the gateway, started and stopped as one."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        database_url: str | None = None,
+        settings: Settings | None = None,
+        demo: bool = False,
+        restore_delay: float = 0.0,
+        background: Sequence[BackgroundTask] = (),
+    ) -> None:
+        self.state = StatePaths(Path(state_dir).expanduser().resolve())
+        self.host, self.port = host, port
+        self.settings = settings or Settings()
+        self.database_url = database_url or self.settings.database_url or None
+        self.demo = demo
+        self.restore_delay = restore_delay
+        self.background = list(background)
+        self.conninfo = ""
+        self.base_url = ""
+        self.demo_login: tuple[str, str] | None = None
+        self._embedded: EmbeddedPostgres | None = None
+        self._server: Server | None = None
+        self._db: Database | None = None
+        self._feed: PostgresChangeFeed | None = None
+        self._stoppers: list[Callable[[], None]] = []
+        self._app: Any = None
+        self.services: Any = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def prepare(self) -> str:
+        """Start PostgreSQL, migrate, load keys and wire the gateway; returns the base URL.
+
+        Nothing is served yet: call `start()` (background thread) or `serve_forever()`.
+        """
+        self.state.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.conninfo, self._embedded = open_database(self.state, self.database_url)
+            migrate(self.conninfo)
+            keys = KeyFileKeyService(self.state.key_file)
+            url_secret = load_or_create(self.state.url_signing_key, lambda: secrets.token_bytes(32))
+            issuer = JwtIssuer(self.state.jwt_key)
+            users = LocalUsers(self.conninfo)
+            self._server = Server(self.host, self.port)
+            self.base_url = self._server.base_url
+            block_store = FilesystemBlockStore(
+                self.state.blocks, self.base_url, url_secret, restore_delay=self.restore_delay
+            )
+            gateway = Gateway(
+                block_store=block_store,
+                identity=issuer,
+                token_endpoint=LocalIdentity(users, issuer),
+                max_body=max(16 * 1024 * 1024, self.settings.max_stored_block_size),
+            )
+            self._feed = PostgresChangeFeed(self.conninfo)
+            self._wire_api(gateway, keys)
+            self._app = create_app(gateway)
+            if self.demo:
+                self.demo_login = ensure_demo_user(self.state, users)
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_url
+
+    def _wire_api(self, gateway: Gateway, keys: KeyFileKeyService) -> None:
+        if find_spec("tessera.api.app") is None:  # TEMPORARY until the server core lands
+            log.warning("tessera.api.app is not there yet: serving auth and blocks only")
+            return
+        from tessera.api import build_resolver
+        from tessera.domain.services import Services
+
+        assert self._feed is not None
+        self._db = Database(
+            self.conninfo,
+            min_size=self.settings.pool_min_size,
+            max_size=self.settings.pool_max_size,
+        )
+        self.services = Services(
+            db=self._db,
+            block_store=gateway.block_store,
+            keys=keys,
+            feed=self._feed,
+            settings=self.settings,
+        )
+        gateway.resolver = build_resolver(self.services)
+        for task in [*self.background, *_maintenance_tasks()]:
+            stop = task(self.services)
+            if stop is not None:
+                self._stoppers.append(stop)
+
+    def start(self) -> str:
+        """`prepare()` and serve in a background thread; returns the base URL."""
+        self.prepare()
+        assert self._server is not None
+        try:
+            self._server.start(self._app)
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_url
+
+    def serve_forever(self) -> None:
+        """Serve in the calling (main) thread until SIGINT/SIGTERM, then stop everything."""
+        assert self._server is not None, "call prepare() first"
+        try:
+            self._server.run(self._app)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving, background tasks, the feed, the pool and PostgreSQL (idempotent)."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        while self._stoppers:
+            self._stoppers.pop()()
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _maintenance_tasks() -> list[BackgroundTask]:
+    """The maintenance engineer's in-process scheduler, when that module is installed."""
+    if find_spec("tessera.maintenance.scheduler") is None:
+        return []
+    start: BackgroundTask = import_module("tessera.maintenance.scheduler").start
+    return [start]
+
+
+def ensure_demo_user(state: StatePaths, users: LocalUsers) -> tuple[str, str] | None:
+    """Create the demo user on first start; (email, password) from the credentials file."""
+    path = state.demo_credentials
+    if not path.exists():
+        password = secrets.token_urlsafe(12)
+        try:
+            users.add(DEMO_EMAIL, password)
+        except Conflict:
+            log.warning("%s exists but %s is missing; not resetting its password", DEMO_EMAIL, path)
+            return None
+        write_private(path, f"{DEMO_EMAIL}\n{password}\n".encode(), exclusive=True)
+    email, password = path.read_text().split()[:2]
+    return email, password

@@ -1,0 +1,282 @@
+"""The local gateway: what API Gateway, the Cognito authorizer and S3 do on AWS, as one ASGI app.
+
+- `PUT/GET /blocks/<key>?...&sig=` — presigned block URLs, checked by the block store
+  (`accept_put_async` / `open_get`) before anything is stored or sent.
+- `POST /v1/auth/token` — the local JWT issuer's token endpoint.
+- `POST /v1/list_folder/longpoll` — answered natively on the event loop, so an idle long-poll
+  costs an `asyncio.Event`, not a thread.
+- every other `/v1/*` route — the bearer token is verified like the Cognito authorizer does
+  (401 JSON otherwise; `/v1/health` and `/v1/openapi.json` are public), then an API Gateway
+  REST proxy event is built and the API's Powertools resolver runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from tessera.adapters.local.block_store import FilesystemBlockStore
+from tessera.adapters.local.identity import LocalIdentity
+from tessera.domain.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    TesseraError,
+    Unauthorized,
+    Unprocessable,
+)
+from tessera.ports import Identity, Principal
+
+MAX_BODY = 16 * 1024 * 1024
+PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
+_TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
+
+
+class Resolver(Protocol):
+    """What the gateway needs of the API app (Powertools' `APIGatewayRestResolver`)."""
+
+    def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]: ...
+
+
+#: The native long-poll: (principal, JSON body) -> JSON response body. Raises TesseraError.
+Longpoll = Callable[[Principal, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class LambdaContext:
+    """The parts of a Lambda context object the API reads (request id, names)."""
+
+    aws_request_id: str
+    function_name: str = "tessera-local"
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = "arn:aws:lambda:local:000000000000:function:tessera-local"
+    memory_limit_in_mb: int = 1024
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Lambda's budget; the local gateway has no hard limit."""
+        return 900_000
+
+
+@dataclass
+class Gateway:
+    """The gateway's collaborators. Only `block_store` is required (block URLs alone)."""
+
+    block_store: FilesystemBlockStore
+    identity: Identity | None = None
+    token_endpoint: LocalIdentity | None = None
+    resolver: Resolver | None = None
+    longpoll: Longpoll | None = None
+    max_body: int = MAX_BODY
+
+
+def error_response(err: TesseraError) -> JSONResponse:
+    """The JSON error of DESIGN §5 (with Retry-After / WWW-Authenticate where they apply)."""
+    headers: dict[str, str] = {}
+    retry_after = getattr(err, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if isinstance(err, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadRequest("invalid Content-Length")
+    return int(raw)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes (413) before reading them."""
+    declared = _content_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object body (422 when it is not one)."""
+    raw = await read_body(request, limit)
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise Unprocessable("the body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise Unprocessable("the body must be a JSON object")
+    return data
+
+
+def bearer_principal(request: Request, identity: Identity | None) -> Principal:
+    """Verify `Authorization: Bearer <token>` like the Cognito authorizer; 401 otherwise."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or identity is None:
+        raise Unauthorized("missing bearer token")
+    return identity.verify(token.strip())
+
+
+def proxy_event(request: Request, body: bytes, principal: Principal | None) -> dict[str, Any]:
+    """The API Gateway REST proxy event (`{proxy+}` resource) for `request`."""
+    headers: dict[str, str] = {}
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in request.headers.items():
+        headers[name] = value
+        multi_headers.setdefault(name, []).append(value)
+    query: dict[str, str] = {}
+    multi_query: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        query[name] = value
+        multi_query.setdefault(name, []).append(value)
+    content_type = request.headers.get("content-type", "application/json")
+    is_text = content_type.startswith(_TEXT_TYPES)
+    if body and is_text:
+        try:
+            text: str | None = body.decode("utf-8")
+            encoded = False
+        except UnicodeDecodeError:
+            text, encoded = base64.b64encode(body).decode("ascii"), True
+    elif body:
+        text, encoded = base64.b64encode(body).decode("ascii"), True
+    else:
+        text, encoded = None, False
+    path = request.url.path
+    authorizer = (
+        {"claims": {"sub": principal.user_id, "email": principal.email}} if principal else {}
+    )
+    now = time.time()
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": request.method,
+        "headers": headers,
+        "multiValueHeaders": multi_headers,
+        "queryStringParameters": query or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": "000000000000",
+            "apiId": "local",
+            "resourcePath": "/{proxy+}",
+            "httpMethod": request.method,
+            "path": path,
+            "protocol": f"HTTP/{request.scope.get('http_version', '1.1')}",
+            "stage": "local",
+            "requestId": str(uuid.uuid4()),
+            "requestTimeEpoch": int(now * 1000),
+            "identity": {
+                "sourceIp": request.client.host if request.client else "127.0.0.1",
+                "userAgent": request.headers.get("user-agent", ""),
+            },
+            "authorizer": authorizer,
+        },
+        "body": text,
+        "isBase64Encoded": encoded,
+    }
+
+
+def proxy_response(result: Mapping[str, Any]) -> Response:
+    """A Starlette response from a Lambda proxy result."""
+    headers: dict[str, str] = dict(result.get("headers") or {})
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        headers[name] = ", ".join(values)
+    body = result.get("body") or ""
+    raw = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")
+    headers.pop("Content-Length", None)
+    headers.pop("content-length", None)
+    return Response(raw, status_code=int(result.get("statusCode", 200)), headers=headers)
+
+
+def create_app(gw: Gateway) -> Starlette:
+    """The gateway's ASGI app over `gw`'s collaborators."""
+
+    async def put_block(request: Request) -> Response:
+        key = request.path_params["key"]
+        declared = _content_length(request)
+        if declared is not None and declared > gw.max_body:
+            raise PayloadTooLarge(f"block over {gw.max_body} bytes")
+        await gw.block_store.accept_put_async(
+            key,
+            request.query_params,
+            declared,
+            _stream(request),
+            request.headers.get("x-amz-checksum-sha256"),
+        )
+        return Response(status_code=200, headers={"ETag": f'"{request.query_params["sha256"]}"'})
+
+    async def get_block(request: Request) -> Response:
+        path = gw.block_store.open_get(request.path_params["key"], request.query_params)
+        return FileResponse(path, media_type="application/octet-stream")
+
+    async def token(request: Request) -> Response:
+        if gw.token_endpoint is None:
+            raise Unauthorized("this gateway issues no tokens")
+        body = await json_body(request, 64 * 1024)
+        pair = await run_in_threadpool(gw.token_endpoint.token, body)
+        return JSONResponse(pair.to_body(), headers={"Cache-Control": "no-store"})
+
+    async def longpoll(request: Request) -> Response:
+        principal = bearer_principal(request, gw.identity)
+        if gw.longpoll is None:
+            return await _resolve(request, principal)
+        body = await json_body(request, 64 * 1024)
+        return JSONResponse(await gw.longpoll(principal, body))
+
+    async def api(request: Request) -> Response:
+        principal = None
+        if request.url.path not in PUBLIC_ROUTES:
+            principal = bearer_principal(request, gw.identity)
+        return await _resolve(request, principal)
+
+    async def _resolve(request: Request, principal: Principal | None) -> Response:
+        if gw.resolver is None:
+            raise TesseraError("the API is not wired into this gateway")
+        body = await read_body(request, gw.max_body)
+        event = proxy_event(request, body, principal)
+        context = LambdaContext(aws_request_id=event["requestContext"]["requestId"])
+        result = await run_in_threadpool(gw.resolver.resolve, event, context)
+        return proxy_response(result)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, TesseraError):
+            return error_response(exc)
+        # anything else is a bug: answer like the API does, never leaking internals
+        return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, 500)
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return Starlette(
+        routes=[
+            Route("/blocks/{key:path}", put_block, methods=["PUT"]),
+            Route("/blocks/{key:path}", get_block, methods=["GET", "HEAD"]),
+            Route("/v1/auth/token", token, methods=["POST"]),
+            Route("/v1/list_folder/longpoll", longpoll, methods=["POST"]),
+            Route("/v1/{rest:path}", api, methods=methods),
+        ],
+        exception_handlers={TesseraError: on_error, Exception: on_error},
+    )
+
+
+async def _stream(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk

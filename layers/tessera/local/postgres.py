@@ -1,0 +1,71 @@
+"""Embedded PostgreSQL (`pgserver`) with its data under the local state dir.
+
+Several processes may hold the same server (`tessera local up` and `tessera local adduser`):
+pgserver keeps a list of holder pids next to the data and stops the server when the last
+holder lets go. A holder that died without letting go (SIGKILL, power loss) would keep the
+server from ever stopping, so dead pids are pruned before attaching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+DATABASE = "tessera"
+
+log = logging.getLogger(__name__)
+
+
+def _prune_dead_holders(pgdata: Path) -> None:
+    import psutil
+
+    holders = pgdata / ".handle_pids.json"
+    if not holders.is_file():
+        return
+    try:
+        pids = [int(p) for p in json.loads(holders.read_text())]
+    except (ValueError, TypeError):
+        pids = []
+    alive = [p for p in pids if psutil.pid_exists(p)]
+    if alive != pids:
+        holders.write_text(json.dumps(alive))
+
+
+class EmbeddedPostgres:
+    """One pgserver-managed PostgreSQL over `pgdata`; `start()` returns the conninfo."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or attach to) the server; create the `tessera` database on first start."""
+        from pgserver.postgres_server import PostgresServer, get_server
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        with PostgresServer._lock:  # the same inter-process lock pgserver takes
+            _prune_dead_holders(self.pgdata)
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
+        admin_url: str = self._server.get_uri()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            ).fetchone()
+            if exists is None:
+                # two processes starting at once: the loser finds the database there
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        url: str = self._server.get_uri(database=DATABASE)
+        return url
+
+    def stop(self) -> None:
+        """Let go of the server; it stops cleanly when no other process holds it."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

@@ -1,0 +1,194 @@
+"""The BlockStore contract: every adapter (filesystem, S3) must pass these.
+
+Presigned URLs are exercised with real HTTP (httpx) against the store's URLs; a backend
+that cannot check something (moto does not verify signatures, expiry or checksums) names
+the check in its harness's `unsupported` and that test skips with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from tessera.ports import StorageTier
+
+from .conftest import BlockStoreHarness
+
+
+def _key(prefix: str = "blocks") -> str:
+    return f"{prefix}/{os.urandom(32).hex()}"
+
+
+def _tamper(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(changes)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def test_put_get_head_delete(block_store_harness: BlockStoreHarness) -> None:
+    store = block_store_harness.store
+    key = _key()
+    assert store.head(key) is None
+    store.put(key, b"stored bytes")
+    assert store.get(key) == b"stored bytes"
+    head = store.head(key)
+    assert head is not None
+    assert (head.key, head.size, head.tier) == (key, 12, StorageTier.HOT)
+    store.delete(key)
+    assert store.head(key) is None
+    with pytest.raises(KeyError):
+        store.get(key)
+    store.delete(key)  # deleting a missing key is not an error
+
+
+def test_put_overwrites(block_store_harness: BlockStoreHarness) -> None:
+    store = block_store_harness.store
+    key = _key()
+    store.put(key, b"one")
+    store.put(key, b"two!")
+    assert store.get(key) == b"two!"
+
+
+def test_copy_and_list(block_store_harness: BlockStoreHarness) -> None:
+    store = block_store_harness.store
+    upload = os.urandom(8).hex()
+    staged = _key(f"staging/{upload}")
+    dst = _key()
+    store.put(staged, b"block")
+    store.copy(staged, dst)
+    assert store.get(dst) == b"block"
+    assert store.get(staged) == b"block"  # copy leaves the source
+    assert set(store.list_keys(f"staging/{upload}/")) == {staged}
+    assert dst in set(store.list_keys("blocks/"))
+    with pytest.raises(KeyError):
+        store.copy(_key(), _key())
+
+
+def test_cold_tier_needs_restore(block_store_harness: BlockStoreHarness) -> None:
+    store = block_store_harness.store
+    key = _key()
+    store.put(key, b"cold bytes")
+    store.set_tier(key, StorageTier.COLD)
+    head = store.head(key)
+    assert head is not None
+    assert (head.tier, head.restoring, head.restored, head.size) == (
+        StorageTier.COLD,
+        False,
+        False,
+        10,
+    )
+    with pytest.raises(block_store_harness.not_restored_error):
+        store.get(key)
+    with pytest.raises(block_store_harness.not_restored_error):
+        store.copy(key, _key())
+    store.restore(key, days=1)
+    store.restore(key, days=1)  # idempotent
+    deadline = time.monotonic() + 10
+    while not (head := store.head(key)) or not head.restored:
+        assert head is not None and head.restoring
+        assert time.monotonic() < deadline, "restore never completed"
+        time.sleep(0.2)
+    assert head.tier is StorageTier.COLD
+    assert store.get(key) == b"cold bytes"
+    store.set_tier(key, StorageTier.HOT)
+    head = store.head(key)
+    assert head is not None and head.tier is StorageTier.HOT
+    assert store.get(key) == b"cold bytes"
+
+
+def test_presigned_put_then_get(block_store_harness: BlockStoreHarness) -> None:
+    store = block_store_harness.store
+    key = _key("staging/up1")
+    body = os.urandom(5000)
+    req = store.presign_put(key, size=len(body), sha256=hashlib.sha256(body).digest())
+    assert req.method == "PUT"
+    assert req.expires_at is not None
+    r = httpx.put(req.url, content=body, headers=dict(req.headers))
+    assert r.status_code == 200, r.text
+    assert store.get(key) == body
+    get = store.presign_get(key, expires_in=60)
+    r = httpx.get(get.url, headers=dict(get.headers))
+    assert r.status_code == 200
+    assert r.content == body
+
+
+def test_presign_refuses_more_than_15_minutes(block_store_harness: BlockStoreHarness) -> None:
+    store = block_store_harness.store
+    with pytest.raises(ValueError):
+        store.presign_get(_key(), expires_in=901)
+    with pytest.raises(ValueError):
+        store.presign_put(_key(), size=1, sha256=b"\0" * 32, expires_in=901)
+
+
+@pytest.mark.parametrize(
+    ("check", "mutate", "status"),
+    [
+        ("presign_wrong_checksum", lambda body: (body[:-1] + b"X", None), 400),
+        ("presign_wrong_size", lambda body: (body + b"extra", None), 400),
+        ("presign_wrong_size", lambda body: (body[:-10], None), 400),
+        ("presign_signature", lambda body: (body, {"sig": "0" * 64}), 403),
+        ("presign_signature", lambda body: (body, {"size": "4"}), 403),
+    ],
+    ids=["checksum", "too-long", "too-short", "tampered-sig", "tampered-size"],
+)
+def test_presigned_put_rejects_bad_requests(
+    block_store_harness: BlockStoreHarness, check: str, mutate: object, status: int
+) -> None:
+    block_store_harness.require(check)
+    store = block_store_harness.store
+    key = _key("staging/up2")
+    body = os.urandom(1000)
+    req = store.presign_put(key, size=len(body), sha256=hashlib.sha256(body).digest())
+    sent, query = mutate(body)  # type: ignore[operator]
+    url = _tamper(req.url, **query) if query else req.url
+    headers = {k: v for k, v in req.headers.items() if k.lower() != "x-amz-checksum-sha256"}
+    r = httpx.put(url, content=sent, headers=headers)
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+    assert store.head(key) is None, "a rejected PUT must store nothing"
+
+
+def test_presigned_put_expires(block_store_harness: BlockStoreHarness) -> None:
+    block_store_harness.require("presign_expiry")
+    store = block_store_harness.store
+    key = _key("staging/up3")
+    body = b"late"
+    req = store.presign_put(key, size=len(body), sha256=hashlib.sha256(body).digest(), expires_in=1)
+    time.sleep(2.1)
+    r = httpx.put(req.url, content=body, headers=dict(req.headers))
+    assert r.status_code == 403, r.text
+    assert store.head(key) is None
+
+
+def test_presigned_get_replayed_after_expiry(block_store_harness: BlockStoreHarness) -> None:
+    block_store_harness.require("presign_expiry")
+    store = block_store_harness.store
+    key = _key()
+    store.put(key, b"secret")
+    req = store.presign_get(key, expires_in=1)
+    assert httpx.get(req.url).status_code == 200
+    time.sleep(2.1)
+    r = httpx.get(req.url)
+    assert r.status_code == 403
+    assert b"secret" not in r.content
+
+
+def test_presigned_get_is_bound_to_its_key(block_store_harness: BlockStoreHarness) -> None:
+    block_store_harness.require("presign_signature")
+    store = block_store_harness.store
+    mine, other = _key(), _key()
+    store.put(mine, b"mine")
+    store.put(other, b"other")
+    req = store.presign_get(mine)
+    r = httpx.get(req.url.replace(mine.split("/")[1], other.split("/")[1]))
+    assert r.status_code == 403
+    # a GET signature is not a PUT signature
+    r = httpx.put(req.url, content=b"overwrite")
+    assert r.status_code == 403
+    assert store.get(mine) == b"mine"
