@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Iterator
 
 import pytest
 import zstandard
@@ -21,8 +22,10 @@ from tessera.blocks import (
     block_id,
     codec,
     decode_block,
+    decode_many,
     derive_block_key,
     encode_block,
+    encode_many,
     stored_key_version,
 )
 from tessera.domain.errors import TesseraError
@@ -289,3 +292,63 @@ def test_rotation_old_blocks_decode_with_their_version_key() -> None:
 def test_derive_block_key_refuses_non_ids() -> None:
     with pytest.raises(BlockFormatError):
         derive_block_key(os.urandom(32), "blocks/abc")
+
+
+# --- compression policy -----------------------------------------------------------------
+
+
+def _is_compressed(data: bytes) -> bool:
+    return bool(encode_block(data, block_id(data), KEY, 1)[5] & codec.FLAG_ZSTD)
+
+
+def test_probe_keeps_incompressible_blocks_raw_and_compresses_the_rest() -> None:
+    noise = os.urandom(1024 * 1024)
+    assert not _is_compressed(noise)
+    assert _is_compressed(TEXT * 10)
+    assert _is_compressed(noise[: len(noise) // 2] + bytes(len(noise) // 2))  # half zeros
+    assert not _is_compressed(noise[:50_000])  # small: compressed, did not shrink, kept raw
+    assert _is_compressed(TEXT[:50_000])
+    assert not _is_compressed(b"")
+
+
+# --- many blocks at once ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_encode_many_and_decode_many_keep_order(workers: int) -> None:
+    blocks = [os.urandom(100_000) if i % 2 else TEXT[: 1000 * (i + 1)] for i in range(20)]
+    ids = [block_id(b) for b in blocks]
+    stored = list(encode_many(((b, i, KEY, 9) for b, i in zip(blocks, ids, strict=True)), workers))
+    assert [stored_key_version(s) for s in stored] == [9] * 20
+    for s, b, i in zip(stored, blocks, ids, strict=True):
+        assert decode_block(s, i, KEY) == b
+    jobs = ((s, i, KEY) for s, i in zip(stored, ids, strict=True))
+    assert list(decode_many(jobs, workers)) == blocks
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_decode_many_raises_on_a_bad_block(workers: int) -> None:
+    blocks = [TEXT[: 100 * (i + 1)] for i in range(10)]
+    ids = [block_id(b) for b in blocks]
+    stored = list(encode_many(((b, i, KEY, 1) for b, i in zip(blocks, ids, strict=True)), workers))
+    stored[6] = stored[6][:-1] + bytes([stored[6][-1] ^ 1])
+    out = decode_many(((s, i, KEY) for s, i in zip(stored, ids, strict=True)), workers)
+    assert [next(out) for _ in range(6)] == blocks[:6]
+    with pytest.raises(BlockIntegrityError):
+        next(out)
+
+
+def test_abandoning_encode_many_stops_consuming_input() -> None:
+    consumed = 0
+
+    def jobs() -> Iterator[tuple[bytes, str, bytes, int]]:
+        nonlocal consumed
+        for i in range(10_000):
+            consumed += 1
+            data = b"%d" % i
+            yield data, block_id(data), KEY, 1
+
+    out = encode_many(jobs(), workers=2)
+    next(out)
+    out.close()
+    assert consumed <= 10

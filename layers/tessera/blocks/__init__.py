@@ -2,7 +2,8 @@
 
 Chunk a file with FastCDC (`scan_file`, `iter_chunks`), name blocks by their BLAKE3 hash
 (`block_id`, `content_hash`), and store them compressed and encrypted (`encode_block`,
-`decode_block`) under per-block keys (`derive_block_key`). The byte format is documented in
+`decode_block`; `encode_many`/`decode_many` on a thread per core) under per-block keys
+(`derive_block_key`). The byte format is documented in
 docs/block-format.md.
 """
 
@@ -23,6 +24,7 @@ from tessera.blocks.errors import (
     FileChangedError,
 )
 from tessera.blocks.ids import block_id, content_hash, derive_block_key, is_block_id
+from tessera.blocks.parallel import decode_many, default_workers, encode_many
 
 __all__ = [
     "AVG_BLOCK_SIZE",
@@ -37,8 +39,11 @@ __all__ = [
     "block_id",
     "content_hash",
     "decode_block",
+    "decode_many",
+    "default_workers",
     "derive_block_key",
     "encode_block",
+    "encode_many",
     "is_block_id",
     "iter_chunks",
     "scan_file",

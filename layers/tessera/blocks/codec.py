@@ -36,6 +36,11 @@ HEADER_SIZE = _HEADER.size  # 10, the authenticated header
 PREFIX_SIZE = HEADER_SIZE + NONCE_SIZE  # 22, everything before the ciphertext
 MIN_STORED_SIZE = PREFIX_SIZE + TAG_SIZE  # 38, an empty raw plaintext
 MAX_KEY_VERSION = 2**32 - 1
+# Incompressibility probe (see _worth_compressing): 4 slices of 8 KiB from blocks > 64 KiB.
+PROBE_THRESHOLD = 64 * 1024
+PROBE_SLICES = 4
+PROBE_SLICE_SIZE = 8 * 1024
+PROBE_MIN_SAVING = 0.03
 
 # zstd contexts are not thread-safe and cheap to keep: one per thread.
 _local = threading.local()
@@ -69,7 +74,7 @@ def encode_block(
         raise ValueError(f"a block holds at most {MAX_BLOCK_SIZE} bytes, got {len(plaintext)}")
     flags = 0
     body: bytes | bytearray | memoryview = plaintext
-    if len(plaintext):
+    if _worth_compressing(plaintext):
         compressed = _compressor().compress(plaintext)
         if len(compressed) < len(plaintext):
             flags, body = FLAG_ZSTD, compressed
@@ -78,6 +83,26 @@ def encode_block(
     header = aad[:HEADER_SIZE]
     nonce = os.urandom(NONCE_SIZE)
     return b"".join((header, nonce, AESGCM(key).encrypt(nonce, body, aad)))
+
+
+def _worth_compressing(plaintext: bytes | bytearray | memoryview) -> bool:
+    """Whether zstd is likely to shrink `plaintext`, judged from a sample.
+
+    Compressing incompressible data (media, archives, encrypted files: most bytes by volume)
+    costs as much as hashing it, for nothing. A large block is sampled at PROBE_SLICES evenly
+    spaced places; when zstd cannot shrink the sample by PROBE_MIN_SAVING the block is stored
+    raw. Small blocks are simply compressed. This is encoder policy, not format: any mix of
+    raw and compressed blocks decodes the same.
+    """
+    n = len(plaintext)
+    if n == 0:
+        return False
+    if n <= PROBE_THRESHOLD:
+        return True
+    step = n // PROBE_SLICES
+    view = memoryview(plaintext)
+    sample = b"".join(view[i * step : i * step + PROBE_SLICE_SIZE] for i in range(PROBE_SLICES))
+    return len(_compressor().compress(sample)) <= len(sample) * (1 - PROBE_MIN_SAVING)
 
 
 def decode_block(stored: bytes | bytearray | memoryview, block_id: str, key: bytes) -> bytes:
