@@ -1,0 +1,45 @@
+"""The AWS adapters of Tessera's ports (DESIGN §2): S3, KMS + SSM, DynamoDB, EventBridge,
+Cognito, Aurora. Configured by one `AwsSettings` read from the environment."""
+
+from tessera.adapters.aws.changes import (
+    ChangeConflictError,
+    ChangeRecordBase,
+    DynamoChangeFeed,
+    changes_model,
+    create_changes_table,
+    stream_image_to_event,
+)
+from tessera.adapters.aws.clients import AwsClients
+from tessera.adapters.aws.database import db_conninfo, iam_conninfo
+from tessera.adapters.aws.events import EventBridgePublisher
+from tessera.adapters.aws.identity import (
+    CognitoIdentity,
+    CognitoUsers,
+    principal_from_claims,
+)
+from tessera.adapters.aws.keys import KmsKeyService, create_key_version, list_key_versions
+from tessera.adapters.aws.s3 import ColdObjectError, S3BlockStore
+from tessera.adapters.aws.settings import AwsSettings, SettingsError
+
+__all__ = [
+    "AwsClients",
+    "AwsSettings",
+    "ChangeConflictError",
+    "ChangeRecordBase",
+    "CognitoIdentity",
+    "CognitoUsers",
+    "ColdObjectError",
+    "DynamoChangeFeed",
+    "EventBridgePublisher",
+    "KmsKeyService",
+    "S3BlockStore",
+    "SettingsError",
+    "changes_model",
+    "create_changes_table",
+    "create_key_version",
+    "db_conninfo",
+    "iam_conninfo",
+    "list_key_versions",
+    "principal_from_claims",
+    "stream_image_to_event",
+]

@@ -1,0 +1,155 @@
+"""`DynamoChangeFeed`: the ChangeFeed port on the DynamoDB `changes` table (DESIGN §6).
+
+One item per outbox event: pk `ns_id`, sk `seq`, the `event_id`, and a TTL so the table
+holds only recent history (cursors older than that are answered from Aurora by the API).
+Publishing is a create-only put, so a retried or relayed event never writes twice and the
+table's stream (→ EventBridge Pipe → bus) carries each event exactly once as an INSERT.
+A long-poll queries `seq > cursor` per namespace, with a short, growing backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
+from pynamodb.exceptions import PutError
+from pynamodb.models import Model
+
+from tessera.ports import ChangeEvent, ChangeFeed
+
+
+class ChangeRecordBase(Model):
+    """An item of the `changes` table. Use `changes_model()` for a model bound to a table."""
+
+    ns_id = NumberAttribute(hash_key=True)
+    seq = NumberAttribute(range_key=True)
+    event_id = UnicodeAttribute()
+    kind = UnicodeAttribute()
+    payload = UnicodeAttribute(default="{}")  # JSON text: the stream carries it as-is
+    expires_at = TTLAttribute(null=True)
+
+    def to_event(self) -> ChangeEvent:
+        """The ChangeEvent this item holds."""
+        return ChangeEvent(
+            event_id=self.event_id,
+            ns_id=int(self.ns_id),
+            seq=int(self.seq),
+            kind=self.kind,
+            payload=json.loads(self.payload),
+        )
+
+
+def changes_model(
+    table_name: str, *, region: str, host: str | None = None
+) -> type[ChangeRecordBase]:
+    """A PynamoDB model class bound to `table_name` (PynamoDB binds tables per class)."""
+    meta = type(
+        "Meta",
+        (),
+        {
+            "table_name": table_name,
+            "region": region,
+            "host": host,
+            "billing_mode": "PAY_PER_REQUEST",
+            "max_retry_attempts": 3,
+            "stream_view_type": "NEW_IMAGE",  # used by create_table (AWS mode, tests)
+        },
+    )
+    return type("ChangeRecord", (ChangeRecordBase,), {"Meta": meta})
+
+
+class ChangeConflictError(Exception):
+    """(ns_id, seq) already holds a different event: the journal and the table disagree."""
+
+
+class DynamoChangeFeed(ChangeFeed):
+    """Publishes and waits on the `changes` table."""
+
+    def __init__(
+        self,
+        model: type[ChangeRecordBase],
+        *,
+        ttl: timedelta = timedelta(days=7),
+        min_interval: float = 0.05,
+        max_interval: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._model = model
+        self._ttl = ttl
+        self._min_interval = min_interval
+        self._max_interval = max_interval
+        self._sleep = sleep
+
+    def publish(self, event: ChangeEvent) -> None:
+        """Create the item unless (ns_id, seq) exists; the same event_id again is a no-op."""
+        item = self._model(
+            event.ns_id,
+            event.seq,
+            event_id=event.event_id,
+            kind=event.kind,
+            payload=json.dumps(dict(event.payload), sort_keys=True, default=str),
+            expires_at=self._ttl,
+        )
+        try:
+            item.save(condition=self._model.seq.does_not_exist())
+        except PutError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            existing = self._model.get(event.ns_id, event.seq, consistent_read=True)
+            if existing.event_id != event.event_id:
+                raise ChangeConflictError(
+                    f"ns {event.ns_id} seq {event.seq} holds event {existing.event_id},"
+                    f" not {event.event_id}"
+                ) from None
+
+    def changes_after(self, ns_id: int, seq: int, limit: int = 100) -> list[ChangeEvent]:
+        """The events of `ns_id` after `seq`, oldest first (strongly consistent read)."""
+        query = self._model.query(ns_id, self._model.seq > seq, consistent_read=True, limit=limit)
+        return [item.to_event() for item in query]
+
+    def _any_after(self, cursors: Mapping[int, int]) -> bool:
+        for ns_id, seq in cursors.items():
+            query = self._model.query(
+                ns_id,
+                self._model.seq > seq,
+                consistent_read=True,
+                limit=1,
+                attributes_to_get=["ns_id", "seq"],
+            )
+            if next(iter(query), None) is not None:
+                return True
+        return False
+
+    def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
+        """Poll until a namespace has an item after its cursor seq, or `timeout` seconds."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        interval = self._min_interval
+        while True:
+            if self._any_after(cursors):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._sleep(min(interval, remaining))
+            interval = min(interval * 1.5, self._max_interval)
+
+
+def create_changes_table(model: type[ChangeRecordBase]) -> None:
+    """Create the table with its stream (AWS mode and tests; CDK owns it on AWS)."""
+    if not model.exists():
+        model.create_table(wait=True)
+
+
+def stream_image_to_event(image: Mapping[str, Any]) -> ChangeEvent:
+    """The ChangeEvent in a DynamoDB stream record's NewImage (typed attribute values)."""
+    return ChangeEvent(
+        event_id=str(image["event_id"]["S"]),
+        ns_id=int(image["ns_id"]["N"]),
+        seq=int(image["seq"]["N"]),
+        kind=str(image["kind"]["S"]),
+        payload=json.loads(image.get("payload", {}).get("S", "{}")),
+    )

@@ -1,0 +1,77 @@
+"""boto3 clients for one `AwsSettings`, created once and reused across invocations."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from tessera.adapters.aws.settings import AwsSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
+    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_kms import KMSClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
+
+
+class AwsClients:
+    """Lazily created, cached boto3 clients, all pointed at `settings.endpoint_url` if set.
+
+    boto3 clients are thread-safe; creating one costs tens of milliseconds, so a Lambda
+    creates each at most once per cold start and only when a code path needs it.
+    """
+
+    def __init__(self, settings: AwsSettings, session: boto3.Session | None = None) -> None:
+        self.settings = settings
+        self._session = session or boto3.Session(region_name=settings.region)
+
+    @functools.cache  # noqa: B019 - one AwsClients per process; the cache is the point
+    def client(self, service: str) -> Any:
+        """The boto3 client of `service` (e.g. "s3")."""
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 4},
+            # SigV4 everywhere: presigned S3 URLs must bind headers (checksum, length).
+            signature_version="s3v4" if service == "s3" else None,
+            # A custom endpoint (moto) has no virtual-host DNS for buckets.
+            s3={"addressing_style": "path"} if self.settings.endpoint_url else None,
+        )
+        return self._session.client(
+            service,  # type: ignore[call-overload]
+            region_name=self.settings.region,
+            endpoint_url=self.settings.endpoint_url,
+            config=config,
+        )
+
+    @property
+    def s3(self) -> S3Client:
+        """The S3 client."""
+        return self.client("s3")  # type: ignore[no-any-return]
+
+    @property
+    def kms(self) -> KMSClient:
+        """The KMS client."""
+        return self.client("kms")  # type: ignore[no-any-return]
+
+    @property
+    def ssm(self) -> SSMClient:
+        """The SSM client (Parameter Store)."""
+        return self.client("ssm")  # type: ignore[no-any-return]
+
+    @property
+    def events(self) -> EventBridgeClient:
+        """The EventBridge client."""
+        return self.client("events")  # type: ignore[no-any-return]
+
+    @property
+    def rds(self) -> Any:
+        """The RDS client (IAM auth tokens are signed locally: no network call)."""
+        return self.client("rds")
+
+    @property
+    def cognito(self) -> CognitoIdentityProviderClient:
+        """The Cognito user pools client."""
+        return self.client("cognito-idp")  # type: ignore[no-any-return]

@@ -1,0 +1,69 @@
+"""`EventBridgePublisher`: domain events leaving the system on the `tessera` bus (DESIGN §6).
+
+Rules on the bus route them to the dedup queue, access analytics and anything else. The
+detail-type is `tessera.<kind>` (e.g. `tessera.file`); the detail carries the event as the
+change feed has it, so consumers can de-duplicate on `event_id`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from tessera.ports import ChangeEvent
+
+if TYPE_CHECKING:
+    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
+
+_BATCH = 10  # PutEvents takes at most 10 entries
+
+
+def detail_of(event: ChangeEvent) -> dict[str, object]:
+    """The JSON detail of a bus event."""
+    return {
+        "event_id": event.event_id,
+        "ns_id": event.ns_id,
+        "seq": event.seq,
+        "kind": event.kind,
+        "payload": dict(event.payload),
+    }
+
+
+class EventBridgePublisher:
+    """Puts ChangeEvents on one event bus, reporting which ones failed."""
+
+    def __init__(self, client: EventBridgeClient, bus_name: str, source: str = "tessera") -> None:
+        self._events = client
+        self._bus = bus_name
+        self._source = source
+
+    def _entry(self, event: ChangeEvent) -> PutEventsRequestEntryTypeDef:
+        return {
+            "EventBusName": self._bus,
+            "Source": self._source,
+            "DetailType": f"tessera.{event.kind}",
+            "Detail": json.dumps(detail_of(event), sort_keys=True, default=str),
+            "Resources": [],
+        }
+
+    def publish(self, events: Iterable[ChangeEvent]) -> list[ChangeEvent]:
+        """Put every event on the bus; the events EventBridge refused (empty: all in)."""
+        failed: list[ChangeEvent] = []
+        batch: list[ChangeEvent] = []
+        for event in events:
+            batch.append(event)
+            if len(batch) == _BATCH:
+                failed += self._put(batch)
+                batch = []
+        if batch:
+            failed += self._put(batch)
+        return failed
+
+    def _put(self, batch: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+        resp = self._events.put_events(Entries=[self._entry(e) for e in batch])
+        if not resp.get("FailedEntryCount"):
+            return []
+        # Result entries are positional: an ErrorCode marks a refused entry.
+        return [e for e, r in zip(batch, resp["Entries"], strict=True) if r.get("ErrorCode")]

@@ -1,0 +1,149 @@
+"""Cognito identity (DESIGN §9).
+
+On AWS, API Gateway's Cognito authorizer verifies the token and the API reads the claims
+from `requestContext.authorizer.claims`. `CognitoIdentity` does the same verification for
+the local gateway's AWS mode: RS256 against the pool's JWKS, issuer, audience (ID tokens)
+or client_id (access tokens), expiry. `CognitoUsers` is the admin side: create users and
+exchange a password or refresh token for tokens (`POST /v1/auth/token`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from botocore.exceptions import ClientError
+
+from tessera.domain.errors import BadRequest, Conflict, Unauthorized
+from tessera.ports import Identity, Principal
+
+if TYPE_CHECKING:
+    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
+
+
+def issuer_of(region: str, pool_id: str) -> str:
+    """The `iss` claim of a pool's tokens (also moto's, whatever its endpoint)."""
+    return f"https://cognito-idp.{region}.amazonaws.com/{pool_id}"
+
+
+def jwks_url_of(region: str, pool_id: str, endpoint_url: str | None = None) -> str:
+    """Where the pool's public keys are served (moto serves them at its own endpoint)."""
+    base = (
+        endpoint_url.rstrip("/") if endpoint_url else f"https://cognito-idp.{region}.amazonaws.com"
+    )
+    return f"{base}/{pool_id}/.well-known/jwks.json"
+
+
+def principal_from_claims(claims: Mapping[str, Any] | None) -> Principal:
+    """The caller named by verified claims (`sub`, `email`); Unauthorized when absent."""
+    if not claims or not claims.get("sub"):
+        raise Unauthorized("missing or invalid credentials")
+    return Principal(user_id=str(claims["sub"]), email=str(claims.get("email", "")))
+
+
+class CognitoIdentity(Identity):
+    """Verifies Cognito user-pool JWTs the way API Gateway's Cognito authorizer does."""
+
+    def __init__(
+        self, *, region: str, pool_id: str, client_id: str, endpoint_url: str | None = None
+    ) -> None:
+        self._issuer = issuer_of(region, pool_id)
+        self._client_id = client_id
+        # PyJWKClient caches the key set and refetches when it sees an unknown `kid`.
+        self._jwks = jwt.PyJWKClient(jwks_url_of(region, pool_id, endpoint_url), lifespan=3600)
+
+    def claims(self, token: str) -> dict[str, str]:
+        """The verified claims as API Gateway passes them to the API (string values)."""
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token).key
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                issuer=self._issuer,
+                options={"require": ["exp", "iss", "sub", "token_use"], "verify_aud": False},
+            )
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        use = claims.get("token_use")
+        audience = claims.get("aud") if use == "id" else claims.get("client_id")
+        if use not in {"id", "access"} or audience != self._client_id:
+            raise Unauthorized("token was not issued to this app client")
+        return {k: v if isinstance(v, str) else str(v) for k, v in claims.items()}
+
+    def verify(self, token: str) -> Principal:
+        """The caller of a valid token; `Unauthorized` otherwise."""
+        return principal_from_claims(self.claims(token))
+
+
+class CognitoUsers:
+    """Admin operations on one user pool: users and password / refresh-token sign-in."""
+
+    def __init__(self, client: CognitoIdentityProviderClient, pool_id: str, client_id: str):
+        self._idp = client
+        self._pool_id = pool_id
+        self._client_id = client_id
+
+    def create_user(self, email: str, password: str) -> str:
+        """Create a confirmed user with a permanent password; the user's `sub`."""
+        try:
+            resp = self._idp.admin_create_user(
+                UserPoolId=self._pool_id,
+                Username=email,
+                UserAttributes=[
+                    {"Name": "email", "Value": email},
+                    {"Name": "email_verified", "Value": "true"},
+                ],
+                MessageAction="SUPPRESS",
+            )
+            self._idp.admin_set_user_password(
+                UserPoolId=self._pool_id, Username=email, Password=password, Permanent=True
+            )
+        except self._idp.exceptions.UsernameExistsException:
+            raise Conflict(f"user {email} already exists") from None
+        except self._idp.exceptions.InvalidPasswordException as exc:
+            raise BadRequest(f"password rejected by the pool policy: {exc}") from None
+        attributes = {a["Name"]: a["Value"] for a in resp["User"].get("Attributes", [])}
+        return attributes["sub"]
+
+    def _auth(self, flow: str, params: dict[str, str]) -> dict[str, Any]:
+        try:
+            resp = self._idp.initiate_auth(
+                ClientId=self._client_id,
+                AuthFlow=flow,  # type: ignore[arg-type]
+                AuthParameters=params,
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in {"NotAuthorizedException", "UserNotFoundException"}:
+                raise Unauthorized("wrong email, password or refresh token") from None
+            raise
+        result = resp.get("AuthenticationResult")
+        if not result:
+            raise Unauthorized(f"sign-in needs a further challenge: {resp.get('ChallengeName')}")
+        return dict(result)
+
+    def token_response(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /v1/auth/token`: {email, password} or {refresh_token} → the token body.
+
+        The `access_token` is Cognito's ID token: it carries `email`, and it is what API
+        Gateway's Cognito authorizer verifies without OAuth scopes.
+        """
+        if body.get("refresh_token"):
+            refresh = str(body["refresh_token"])
+            result = self._auth("REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": refresh})
+        elif body.get("email") and body.get("password"):
+            result = self._auth(
+                "USER_PASSWORD_AUTH",
+                {"USERNAME": str(body["email"]), "PASSWORD": str(body["password"])},
+            )
+            refresh = str(result["RefreshToken"])
+        else:
+            raise BadRequest("send {email, password} or {refresh_token}")
+        return {
+            "access_token": result["IdToken"],
+            "refresh_token": result.get("RefreshToken", refresh),
+            "token_type": "Bearer",
+            "expires_in": int(result.get("ExpiresIn", 3600)),
+        }

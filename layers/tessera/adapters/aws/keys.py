@@ -1,0 +1,107 @@
+"""`KmsKeyService`: block-key secrets by envelope encryption (DESIGN §3).
+
+Each key version's secret is a 256-bit KMS data key. Only its KMS-encrypted form is
+stored, base64, in an SSM Parameter Store SecureString `<prefix>/v<version>`; the
+encryption context names the version, so a blob cannot be replayed under another version.
+A process decrypts each version it needs once (the `KeyService` cache) — once per Lambda
+cold start. Rotation adds a version (`create_key_version`); old versions stay readable.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import ClientError
+
+from tessera.ports import KeyService
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms import KMSClient
+    from mypy_boto3_ssm import SSMClient
+
+_PURPOSE = "tessera-block-key"
+
+
+def _context(version: int) -> dict[str, str]:
+    return {"purpose": _PURPOSE, "version": str(version)}
+
+
+def _param_name(prefix: str, version: int) -> str:
+    return f"{prefix.rstrip('/')}/v{version}"
+
+
+def list_key_versions(ssm: SSMClient, prefix: str) -> list[int]:
+    """Every key version stored under `prefix`, ascending."""
+    versions: list[int] = []
+    pages = ssm.get_paginator("get_parameters_by_path").paginate(
+        Path=prefix.rstrip("/"), Recursive=False, WithDecryption=False
+    )
+    for page in pages:
+        for param in page.get("Parameters", []):
+            leaf = param["Name"].rsplit("/", 1)[-1]
+            if leaf.startswith("v") and leaf[1:].isdigit():
+                versions.append(int(leaf[1:]))
+    return sorted(versions)
+
+
+def create_key_version(kms: KMSClient, ssm: SSMClient, key_id: str, prefix: str) -> int:
+    """Admin: generate a new data key under `key_id`, store it encrypted; its version.
+
+    Safe to run concurrently: a version number is claimed by a create-only PutParameter.
+    """
+    while True:
+        version = max(list_key_versions(ssm, prefix), default=0) + 1
+        blob = kms.generate_data_key(
+            KeyId=key_id, KeySpec="AES_256", EncryptionContext=_context(version)
+        )["CiphertextBlob"]
+        try:
+            ssm.put_parameter(
+                Name=_param_name(prefix, version),
+                Value=base64.b64encode(blob).decode("ascii"),
+                Type="SecureString",
+                Overwrite=False,
+                Description=f"Tessera block-key secret v{version} (KMS-encrypted data key)",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ParameterAlreadyExists":
+                continue  # another admin took this number: take the next one
+            raise
+        return version
+
+
+class KmsKeyService(KeyService):
+    """Secrets decrypted by KMS from Parameter Store, once per process."""
+
+    def __init__(self, kms: KMSClient, ssm: SSMClient, prefix: str) -> None:
+        super().__init__()
+        self._kms = kms
+        self._ssm = ssm
+        self._prefix = prefix
+        self._current: int | None = None
+
+    def current_version(self) -> int:
+        """The newest stored version, looked up once per process (rotation applies on the
+        next cold start). Raises KeyError when no version exists yet."""
+        if self._current is None:
+            versions = list_key_versions(self._ssm, self._prefix)
+            if not versions:
+                raise KeyError(f"no block-key versions under {self._prefix}")
+            self._current = versions[-1]
+        return self._current
+
+    def _load_secret(self, version: int) -> bytes:
+        try:
+            value = self._ssm.get_parameter(
+                Name=_param_name(self._prefix, version), WithDecryption=True
+            )["Parameter"]["Value"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
+                raise KeyError(f"unknown key version {version}") from None
+            raise
+        plaintext = self._kms.decrypt(
+            CiphertextBlob=base64.b64decode(value), EncryptionContext=_context(version)
+        )["Plaintext"]
+        if len(plaintext) != 32:
+            raise ValueError(f"key version {version} is not a 256-bit secret")
+        return plaintext

@@ -1,0 +1,191 @@
+"""`S3BlockStore`: the BlockStore port on S3 (DESIGN §2, §3, §5).
+
+Presigned PUTs are SigV4 and sign `content-length` and `x-amz-checksum-sha256`, so S3
+accepts exactly the bytes the API agreed to (on real AWS; moto does not check signatures,
+expiry or checksums). Cold blocks live in GLACIER: `set_tier` copies the object onto
+itself with a new storage class, `restore` starts a temporary readable copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MAX_EXPIRES = 900  # DESIGN §9: presigned URLs live at most 15 minutes
+COLD_CLASS = "GLACIER"
+HOT_CLASS = "STANDARD"
+# Classes whose objects need a restore before a GET (GLACIER_IR is instant: hot).
+_COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+_ONGOING = re.compile(r'ongoing-request="(true|false)"')
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_COLD_ERRORS = frozenset({"InvalidObjectState", "ObjectNotInActiveTierError"})
+
+
+class ColdObjectError(Exception):
+    """The object is in the cold tier and has no restored copy: restore it first."""
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _check_expiry(expires_in: int) -> None:
+    if not 0 < expires_in <= MAX_EXPIRES:
+        raise ValueError(f"expires_in must be within 1..{MAX_EXPIRES} s, got {expires_in}")
+
+
+class S3BlockStore(BlockStore):
+    """Blocks as objects of one S3 bucket, keyed as the port describes."""
+
+    def __init__(self, client: S3Client, bucket: str, *, list_page_size: int = 1000) -> None:
+        self._s3 = client
+        self._bucket = bucket
+        self._page_size = list_page_size
+
+    def _presign(self, operation: str, params: dict[str, Any], expires_in: int) -> str:
+        return self._s3.generate_presigned_url(
+            operation,
+            Params={"Bucket": self._bucket, **params},
+            ExpiresIn=expires_in,
+            HttpMethod="PUT" if operation == "put_object" else "GET",
+        )
+
+    def presign_put(
+        self, key: str, *, size: int, sha256: bytes, expires_in: int = 900
+    ) -> PresignedRequest:
+        """A SigV4 PUT bound to `size` and the base64 SHA-256 checksum of the body."""
+        _check_expiry(expires_in)
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        if len(sha256) != 32:
+            raise ValueError("sha256 must be the 32-byte SHA-256 digest of the body")
+        checksum = base64.b64encode(sha256).decode("ascii")
+        url = self._presign(
+            "put_object",
+            {"Key": key, "ChecksumSHA256": checksum, "ContentLength": size},
+            expires_in,
+        )
+        return PresignedRequest(
+            method="PUT",
+            url=url,
+            # Both headers are signed: the client must send them exactly as given.
+            headers={"x-amz-checksum-sha256": checksum, "content-length": str(size)},
+            expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
+        )
+
+    def presign_get(self, key: str, *, expires_in: int = 900) -> PresignedRequest:
+        """A SigV4 GET of `key`."""
+        _check_expiry(expires_in)
+        url = self._presign("get_object", {"Key": key}, expires_in)
+        return PresignedRequest(
+            method="GET", url=url, expires_at=datetime.now(UTC) + timedelta(seconds=expires_in)
+        )
+
+    def head(self, key: str) -> StoredObject | None:
+        """Size and tier from HeadObject: `StorageClass` and the `x-amz-restore` header."""
+        try:
+            resp = self._s3.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND:
+                return None
+            raise
+        cold = resp.get("StorageClass", HOT_CLASS) in _COLD_CLASSES
+        match = _ONGOING.search(resp.get("Restore", ""))
+        return StoredObject(
+            key=key,
+            size=int(resp["ContentLength"]),
+            tier=StorageTier.COLD if cold else StorageTier.HOT,
+            restoring=bool(match and match.group(1) == "true"),
+            restored=bool(match and match.group(1) == "false"),
+        )
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; KeyError when absent, ColdObjectError when not restored."""
+        try:
+            resp = self._s3.get_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _NOT_FOUND:
+                raise KeyError(key) from None
+            if code in _COLD_ERRORS:
+                raise ColdObjectError(key) from None
+            raise
+        return resp["Body"].read()
+
+    def put(self, key: str, data: bytes) -> None:
+        """PutObject with a SHA-256 checksum S3 verifies on arrival."""
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, ChecksumSHA256=checksum)
+
+    def copy(self, src: str, dst: str) -> None:
+        """CopyObject into the STANDARD class; KeyError when `src` is absent."""
+        self._copy(src, dst, HOT_CLASS)
+
+    def _copy(self, src: str, dst: str, storage_class: str) -> None:
+        try:
+            self._s3.copy_object(
+                Bucket=self._bucket,
+                Key=dst,
+                CopySource={"Bucket": self._bucket, "Key": src},
+                StorageClass=storage_class,  # type: ignore[arg-type]
+                MetadataDirective="COPY",
+            )
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _NOT_FOUND:
+                raise KeyError(src) from None
+            if code in _COLD_ERRORS:
+                raise ColdObjectError(src) from None
+            raise
+
+    def delete(self, key: str) -> None:
+        """DeleteObject (S3 already treats a missing key as success)."""
+        self._s3.delete_object(Bucket=self._bucket, Key=key)
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Every key under `prefix`, page by page."""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": self._page_size}
+        )
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+
+    def set_tier(self, key: str, tier: StorageTier) -> None:
+        """Copy the object onto itself with the tier's storage class (no-op if already there).
+
+        Moving a cold object back to hot needs a restored copy (ColdObjectError otherwise).
+        """
+        current = self.head(key)
+        if current is None:
+            raise KeyError(key)
+        if current.tier == tier:
+            return
+        self._copy(key, key, COLD_CLASS if tier == StorageTier.COLD else HOT_CLASS)
+
+    def restore(self, key: str, *, days: int = 7) -> None:
+        """RestoreObject; a restore already under way or a hot object is not an error."""
+        try:
+            self._s3.restore_object(
+                Bucket=self._bucket,
+                Key=key,
+                RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": "Standard"}},
+            )
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in _NOT_FOUND:
+                raise KeyError(key) from None
+            # RestoreAlreadyInProgress: idempotent. InvalidObjectState: the object is hot.
+            if code not in {"RestoreAlreadyInProgress", "InvalidObjectState"}:
+                raise

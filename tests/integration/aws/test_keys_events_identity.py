@@ -1,0 +1,218 @@
+"""KmsKeyService, EventBridgePublisher, Cognito identity and settings against moto."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+
+import jwt
+import pytest
+from moto.utilities.utils import load_resource
+
+from tessera.adapters.aws import (
+    AwsClients,
+    AwsSettings,
+    CognitoIdentity,
+    CognitoUsers,
+    EventBridgePublisher,
+    KmsKeyService,
+    SettingsError,
+    create_key_version,
+    db_conninfo,
+    list_key_versions,
+    principal_from_claims,
+)
+from tessera.domain.errors import BadRequest, Conflict, Unauthorized
+from tessera.ports import ChangeEvent
+
+pytestmark = pytest.mark.aws
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def test_key_versions_envelope_and_rotation(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
+    keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
+    with pytest.raises(KeyError):
+        keys.current_version()
+    assert (
+        create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix) == 1
+    )
+    v1, k1 = keys.block_key("b3:" + "aa" * 32)
+    assert v1 == 1 and len(k1) == 32
+    # The key is HMAC-SHA256(secret, block_id) and the secret is a 256-bit KMS data key.
+    secret = keys.secret(1)
+    assert k1 == hmac.new(secret, ("b3:" + "aa" * 32).encode(), hashlib.sha256).digest()
+    # Parameter Store holds only the KMS-encrypted form, never the secret.
+    stored = aws_clients.ssm.get_parameter(Name=f"{prefix}/v1", WithDecryption=True)
+    assert stored["Parameter"]["Type"] == "SecureString"
+    assert secret not in base64.b64decode(stored["Parameter"]["Value"])
+
+    assert (
+        create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix) == 2
+    )
+    assert list_key_versions(aws_clients.ssm, prefix) == [1, 2]
+    assert keys.current_version() == 1  # this process keeps its version until a cold start
+    fresh = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
+    assert fresh.current_version() == 2
+    assert fresh.block_key("b3:" + "aa" * 32, 1) == (1, k1)  # old versions stay readable
+    assert fresh.secret(2) != secret
+    with pytest.raises(KeyError):
+        fresh.secret(3)
+
+
+def test_key_blob_is_bound_to_its_version(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
+    create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
+    blob = aws_clients.ssm.get_parameter(Name=f"{prefix}/v1", WithDecryption=True)
+    # Replaying v1's blob as v2 fails: the encryption context names the version.
+    aws_clients.ssm.put_parameter(
+        Name=f"{prefix}/v2", Value=blob["Parameter"]["Value"], Type="SecureString"
+    )
+    keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
+    with pytest.raises(aws_clients.kms.exceptions.InvalidCiphertextException):
+        keys.secret(2)
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+def test_eventbridge_publisher_batches_and_reports_failures(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    publisher = EventBridgePublisher(aws_clients.events, aws_settings.event_bus)
+    events = [ChangeEvent(f"e{i}", 1, i, "file", {"path": f"/f{i}"}) for i in range(23)]
+    assert publisher.publish(events) == []
+    # EventBridge refuses entries without a source one by one: each is reported, none lost.
+    refused = EventBridgePublisher(aws_clients.events, aws_settings.event_bus, source="")
+    assert [e.event_id for e in refused.publish(events[:12])] == [f"e{i}" for i in range(12)]
+
+
+# --- identity --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def users(aws_clients: AwsClients, aws_settings: AwsSettings) -> CognitoUsers:
+    return CognitoUsers(
+        aws_clients.cognito, aws_settings.user_pool_id, aws_settings.user_pool_client_id
+    )
+
+
+@pytest.fixture(scope="module")
+def identity(aws_settings: AwsSettings) -> CognitoIdentity:
+    return CognitoIdentity(
+        region=aws_settings.region,
+        pool_id=aws_settings.user_pool_id,
+        client_id=aws_settings.user_pool_client_id,
+        endpoint_url=aws_settings.endpoint_url,
+    )
+
+
+def test_cognito_sign_in_and_jwks_verification(
+    users: CognitoUsers, identity: CognitoIdentity
+) -> None:
+    email = f"ann-{uuid.uuid4().hex[:6]}@example.com"
+    sub = users.create_user(email, "Secret-passw0rd!")
+    with pytest.raises(Conflict):
+        users.create_user(email, "Secret-passw0rd!")
+    tokens = users.token_response({"email": email, "password": "Secret-passw0rd!"})
+    assert tokens["token_type"] == "Bearer" and tokens["expires_in"] > 0
+    principal = identity.verify(tokens["access_token"])
+    assert (principal.user_id, principal.email) == (sub, email)
+    claims = identity.claims(tokens["access_token"])
+    assert claims["sub"] == sub and all(isinstance(v, str) for v in claims.values())
+
+    refreshed = users.token_response({"refresh_token": tokens["refresh_token"]})
+    assert identity.verify(refreshed["access_token"]).user_id == sub
+
+    with pytest.raises(Unauthorized):
+        users.token_response({"email": email, "password": "wrong-passw0rd!"})
+    with pytest.raises(BadRequest):
+        users.token_response({"email": email})
+
+
+def test_jwks_verifier_rejects_forged_expired_and_foreign_tokens(
+    users: CognitoUsers, identity: CognitoIdentity, aws_settings: AwsSettings
+) -> None:
+    email = f"bob-{uuid.uuid4().hex[:6]}@example.com"
+    users.create_user(email, "Secret-passw0rd!")
+    token = users.token_response({"email": email, "password": "Secret-passw0rd!"})["access_token"]
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+
+    def reencode(changes: dict[str, object]) -> str:
+        body = base64.urlsafe_b64encode(json.dumps({**claims, **changes}).encode()).rstrip(b"=")
+        return f"{header}.{body.decode()}.{signature}"
+
+    with pytest.raises(Unauthorized):  # tampered claims: signature no longer matches
+        identity.verify(reencode({"sub": "someone-else"}))
+    with pytest.raises(Unauthorized):  # signed by another key (HS256, not the pool's)
+        identity.verify(jwt.encode(claims, "s" * 32, algorithm="HS256", headers={"kid": "dummy"}))
+    with pytest.raises(Unauthorized):
+        identity.verify("not-a-jwt")
+    other_client = CognitoIdentity(
+        region=aws_settings.region,
+        pool_id=aws_settings.user_pool_id,
+        client_id="another-app-client",
+        endpoint_url=aws_settings.endpoint_url,
+    )
+    with pytest.raises(Unauthorized, match="app client"):
+        other_client.verify(token)
+    # moto signs with a key it ships: sign with it too, to vary one claim at a time.
+    moto_key = jwt.PyJWK(load_resource("cognitoidp/resources/jwks-private.json"))
+
+    def signed(changes: dict[str, object]) -> str:
+        return jwt.encode(
+            {**claims, **changes}, moto_key.key, algorithm="RS256", headers={"kid": "dummy"}
+        )
+
+    assert identity.verify(signed({})).email == email  # the re-signed original is fine
+    with pytest.raises(Unauthorized, match="expired"):
+        identity.verify(signed({"exp": int(time.time()) - 5}))
+    with pytest.raises(Unauthorized, match="issuer"):
+        identity.verify(signed({"iss": "https://cognito-idp.us-east-1.amazonaws.com/other"}))
+    with pytest.raises(Unauthorized, match="app client"):
+        identity.verify(signed({"token_use": "refresh"}))
+
+
+def test_principal_from_claims() -> None:
+    assert principal_from_claims({"sub": "u1", "email": "a@b.c"}).user_id == "u1"
+    for bad in (None, {}, {"email": "a@b.c"}, {"sub": ""}):
+        with pytest.raises(Unauthorized):
+            principal_from_claims(bad)
+
+
+# --- settings --------------------------------------------------------------------------
+
+
+def test_settings_round_trip_and_errors(aws_settings: AwsSettings) -> None:
+    assert AwsSettings.from_env(aws_settings.to_env()) == aws_settings
+    with pytest.raises(SettingsError, match="TESSERA_DB_PORT"):
+        AwsSettings.from_env({"TESSERA_DB_PORT": "five"})
+    with pytest.raises(SettingsError, match="bucket"):
+        AwsSettings().require("bucket")
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        db_conninfo(AwsSettings())
+    assert db_conninfo(AwsSettings(database_url="postgresql://x/y")) == "postgresql://x/y"
+
+
+def test_iam_auth_conninfo_uses_fresh_tokens(aws_clients: AwsClients) -> None:
+    settings = AwsSettings(
+        db_iam_auth=True, db_host="db.example", db_user="app", db_name="tessera", region="us-east-1"
+    )
+    make = db_conninfo(settings, aws_clients.rds)
+    assert callable(make)
+    conninfo = make()
+    assert "host=db.example" in conninfo and "sslmode=require" in conninfo
+    assert "X-Amz-Signature" in conninfo and "Action=connect" in conninfo
+    with pytest.raises(SettingsError, match="TESSERA_DB_HOST"):
+        db_conninfo(AwsSettings(db_iam_auth=True), aws_clients.rds)

@@ -1,0 +1,143 @@
+"""S3BlockStore against moto. moto does not check SigV4 signatures, expiry or the
+`x-amz-checksum-sha256` header of a presigned PUT: those tests check what the URL binds
+(signed headers, expiry) and that the bytes that arrive are the block, byte for byte."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from tessera.adapters.aws import AwsClients, AwsSettings, ColdObjectError, S3BlockStore
+from tessera.blocks import block_id, decode_block, encode_block
+from tessera.ports import StorageTier
+
+pytestmark = pytest.mark.aws
+
+
+@pytest.fixture
+def store(aws_clients: AwsClients, aws_settings: AwsSettings) -> S3BlockStore:
+    return S3BlockStore(aws_clients.s3, aws_settings.bucket)
+
+
+def _key(prefix: str = "blocks") -> str:
+    return f"{prefix}/{uuid.uuid4().hex}"
+
+
+def test_presigned_put_binds_length_and_checksum_and_delivers_exact_bytes(
+    store: S3BlockStore,
+) -> None:
+    plain = os.urandom(70_000)
+    bid = block_id(plain)
+    encoded = encode_block(plain, bid, b"k" * 32, 1)
+    key = f"staging/{uuid.uuid4().hex}/{bid[3:]}"
+    req = store.presign_put(key, size=len(encoded), sha256=hashlib.sha256(encoded).digest())
+
+    query = parse_qs(urlsplit(req.url).query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert query["X-Amz-Expires"] == ["900"]
+    signed = set(query["X-Amz-SignedHeaders"][0].split(";"))
+    assert {"content-length", "x-amz-checksum-sha256"} <= signed
+    assert (
+        req.headers["x-amz-checksum-sha256"]
+        == base64.b64encode(hashlib.sha256(encoded).digest()).decode()
+    )
+    assert req.headers["content-length"] == str(len(encoded))
+
+    resp = httpx.request(req.method, req.url, content=encoded, headers=dict(req.headers))
+    assert resp.status_code == 200, resp.text
+    head = store.head(key)
+    assert head is not None and head.size == len(encoded) and head.tier == StorageTier.HOT
+    assert decode_block(store.get(key), bid, b"k" * 32) == plain
+
+
+@pytest.mark.skip(
+    reason="moto does not verify SigV4 signatures, expiry or x-amz-checksum-sha256;"
+    " verified on real AWS only (docs/aws.md)"
+)
+def test_presigned_put_rejects_wrong_bytes() -> None:
+    """Kept as a marker of the property real S3 enforces and moto cannot."""
+
+
+def test_presign_rejects_bad_arguments(store: S3BlockStore) -> None:
+    with pytest.raises(ValueError, match="expires_in"):
+        store.presign_put("blocks/x", size=1, sha256=b"\0" * 32, expires_in=901)
+    with pytest.raises(ValueError, match="expires_in"):
+        store.presign_get("blocks/x", expires_in=0)
+    with pytest.raises(ValueError, match="sha256"):
+        store.presign_put("blocks/x", size=1, sha256=b"short")
+    with pytest.raises(ValueError, match="size"):
+        store.presign_put("blocks/x", size=-1, sha256=b"\0" * 32)
+
+
+def test_presigned_get_returns_the_object(store: S3BlockStore) -> None:
+    key = _key()
+    store.put(key, b"encoded-bytes")
+    req = store.presign_get(key, expires_in=60)
+    assert req.method == "GET"
+    assert parse_qs(urlsplit(req.url).query)["X-Amz-Expires"] == ["60"]
+    assert httpx.get(req.url, headers=dict(req.headers)).content == b"encoded-bytes"
+
+
+def test_put_get_head_copy_delete_list(store: S3BlockStore) -> None:
+    upload = uuid.uuid4().hex
+    staged = f"staging/{upload}/{'ab' * 32}"
+    store.put(staged, b"x" * 100)
+    assert store.head(staged) is not None
+    assert list(store.list_keys(f"staging/{upload}/")) == [staged]
+    final = _key()
+    store.copy(staged, final)
+    assert store.get(final) == b"x" * 100
+    store.delete(staged)
+    store.delete(staged)  # deleting a missing key is fine
+    assert store.head(staged) is None
+    with pytest.raises(KeyError):
+        store.get(staged)
+    with pytest.raises(KeyError):
+        store.copy(staged, _key())
+
+
+def test_list_keys_follows_pages(aws_clients: AwsClients, aws_settings: AwsSettings) -> None:
+    store = S3BlockStore(aws_clients.s3, aws_settings.bucket, list_page_size=10)
+    prefix = f"staging/{uuid.uuid4().hex}/"
+    for i in range(25):
+        store.put(f"{prefix}{i:04d}", b"")
+    assert sorted(store.list_keys(prefix)) == [f"{prefix}{i:04d}" for i in range(25)]
+
+
+def test_cold_tier_restore_and_back(store: S3BlockStore) -> None:
+    key = _key()
+    store.put(key, b"cold data")
+    store.set_tier(key, StorageTier.COLD)
+    head = store.head(key)
+    assert head is not None
+    assert (head.tier, head.restoring, head.restored) == (StorageTier.COLD, False, False)
+    with pytest.raises(ColdObjectError):
+        store.get(key)
+    with pytest.raises(ColdObjectError):
+        store.copy(key, _key())
+    store.restore(key, days=1)
+    store.restore(key, days=1)  # idempotent
+    head = store.head(key)
+    assert head is not None and head.tier == StorageTier.COLD
+    # moto completes restores at once; real S3 reports restoring=True for hours first.
+    assert head.restored or head.restoring
+    assert store.get(key) == b"cold data"
+    store.set_tier(key, StorageTier.HOT)
+    head = store.head(key)
+    assert head is not None and head.tier == StorageTier.HOT
+    store.restore(key)  # a hot object needs no restore: not an error
+
+
+def test_missing_objects(store: S3BlockStore) -> None:
+    key = _key()
+    assert store.head(key) is None
+    with pytest.raises(KeyError):
+        store.set_tier(key, StorageTier.COLD)
+    with pytest.raises(KeyError):
+        store.restore(key)
