@@ -1,0 +1,1 @@
+"""The Tessera CDK app: one construct per concern (`infra.constructs`), two stacks composing them."""

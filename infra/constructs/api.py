@@ -1,0 +1,183 @@
+"""The REST API: Cognito authorizer on every method but `GET /v1/health`, request validation,
+throttling, access logs, X-Ray, WAF; `api` behind everything, `longpoll` on its own route."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cognito as cognito
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_wafv2 as wafv2
+from constructs import Construct
+
+from infra.config import StageConfig, retention
+from infra.nag import acknowledge
+
+# API Gateway's regional integration timeout is 29 s: long-poll answers well inside it.
+LONGPOLL_INTEGRATION_TIMEOUT = Duration.seconds(29)
+
+_LONGPOLL_SCHEMA = apigw.JsonSchema(
+    schema=apigw.JsonSchemaVersion.DRAFT4,
+    type=apigw.JsonSchemaType.OBJECT,
+    required=["cursor"],
+    properties={
+        "cursor": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=65536),
+        "timeout": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER, minimum=1, maximum=3600),
+    },
+)
+
+
+class Api(Construct):
+    """`rest_api`, its `stage`, and the `web_acl` in front of it."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: StageConfig,
+        user_pool: cognito.IUserPool,
+        api_function: lambda_.IFunction,
+        longpoll_function: lambda_.IFunction,
+    ) -> None:
+        super().__init__(scope, id)
+        access_logs = logs.LogGroup(
+            self, "AccessLogs", retention=retention(config), removal_policy=RemovalPolicy.DESTROY
+        )
+        self.rest_api = apigw.RestApi(
+            self,
+            "Api",
+            rest_api_name=f"{config.prefix}-api",
+            description="Tessera file sync API",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            cloud_watch_role=True,
+            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN,
+            deploy_options=apigw.StageOptions(
+                stage_name=config.stage,
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,  # bodies carry block keys: never log them
+                throttling_rate_limit=config.api_rate_limit,
+                throttling_burst_limit=config.api_burst_limit,
+                access_log_destination=apigw.LogGroupLogDestination(access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=False,
+                    http_method=True,
+                    ip=True,
+                    protocol=True,
+                    request_time=True,
+                    resource_path=True,
+                    response_length=True,
+                    status=True,
+                    user=True,
+                ),
+            ),
+        )
+        acknowledge(
+            self.rest_api,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AmazonAPIGatewayPushToCloudWatchLogs]",
+            "the account-wide API Gateway logging role needs exactly this AWS policy; "
+            "API Gateway offers no narrower one for pushing execution logs",
+        )
+        authorizer = apigw.CognitoUserPoolsAuthorizer(
+            self, "Authorizer", cognito_user_pools=[user_pool]
+        )
+        validator = self.rest_api.add_request_validator(
+            "Validator", validate_request_body=True, validate_request_parameters=True
+        )
+        authed = apigw.MethodOptions(
+            authorizer=authorizer,
+            authorization_type=apigw.AuthorizationType.COGNITO,
+            request_validator=validator,
+            request_parameters={"method.request.header.Authorization": True},
+        )
+        api_integration = apigw.LambdaIntegration(api_function, proxy=True)
+
+        v1 = self.rest_api.root.add_resource("v1")
+        health = v1.add_resource("health").add_method("GET", api_integration)
+        acknowledge(
+            health,
+            "AwsSolutions-APIG4",
+            "GET /v1/health is the unauthenticated liveness probe; it returns no user data",
+        )
+        acknowledge(
+            health,
+            "AwsSolutions-COG4",
+            "GET /v1/health is the unauthenticated liveness probe; it returns no user data",
+        )
+        v1.add_proxy(default_integration=api_integration, any_method=False).add_method(
+            "ANY", api_integration, **_opts(authed)
+        )
+        longpoll_model = self.rest_api.add_model(
+            "LongpollRequest", content_type="application/json", schema=_LONGPOLL_SCHEMA
+        )
+        v1.add_resource("list_folder").add_resource("longpoll").add_method(
+            "POST",
+            apigw.LambdaIntegration(
+                longpoll_function, proxy=True, timeout=LONGPOLL_INTEGRATION_TIMEOUT
+            ),
+            request_models={"application/json": longpoll_model},
+            **_opts(authed),
+        )
+        self.stage = self.rest_api.deployment_stage
+        self.web_acl = _web_acl(self, config)
+        wafv2.CfnWebACLAssociation(
+            self,
+            "WafAssociation",
+            resource_arn=self.stage.stage_arn,
+            web_acl_arn=self.web_acl.attr_arn,
+        )
+
+
+def _opts(options: apigw.MethodOptions) -> dict[str, object]:
+    return {
+        "authorizer": options.authorizer,
+        "authorization_type": options.authorization_type,
+        "request_validator": options.request_validator,
+        "request_parameters": options.request_parameters,
+    }
+
+
+def _web_acl(scope: Construct, config: StageConfig) -> wafv2.CfnWebACL:
+    """Rate limit per client IP plus AWS's known-bad-inputs rules. (The common rule set is not
+    used: its 8 KB body limit would block `commit_batch` and `uploads` requests.)"""
+
+    def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+        return wafv2.CfnWebACL.VisibilityConfigProperty(
+            cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
+        )
+
+    return wafv2.CfnWebACL(
+        scope,
+        "WebAcl",
+        scope="REGIONAL",
+        default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+        visibility_config=visibility(f"{config.prefix}-waf"),
+        rules=[
+            wafv2.CfnWebACL.RuleProperty(
+                name="rate-limit-per-ip",
+                priority=0,
+                action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                statement=wafv2.CfnWebACL.StatementProperty(
+                    rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                        limit=config.api_rate_limit * 300, aggregate_key_type="IP"
+                    )
+                ),
+                visibility_config=visibility("rate-limit-per-ip"),
+            ),
+            wafv2.CfnWebACL.RuleProperty(
+                name="aws-known-bad-inputs",
+                priority=1,
+                override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+                statement=wafv2.CfnWebACL.StatementProperty(
+                    managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                        vendor_name="AWS", name="AWSManagedRulesKnownBadInputsRuleSet"
+                    )
+                ),
+                visibility_config=visibility("aws-known-bad-inputs"),
+            ),
+        ],
+    )

@@ -1,0 +1,89 @@
+"""The blocks bucket (content-addressed `blocks/`, per-upload `staging/`) and its access logs."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra.config import StageConfig
+from infra.nag import acknowledge
+
+STAGING_PREFIX = "staging/"
+BLOCKS_PREFIX = "blocks/"
+STAGING_EXPIRY_DAYS = 7
+# The cold-storage workflow moves unread blocks itself (default after 90 days, DESIGN §7);
+# this rule is only the safety net for blocks it has not reached.
+GLACIER_SAFETY_NET_DAYS = 180
+
+
+class BlocksBucket(Construct):
+    """Private, TLS-only, SSE-KMS bucket with lifecycle rules and CORS for presigned URLs."""
+
+    def __init__(self, scope: Construct, id: str, *, config: StageConfig, key: kms.IKey) -> None:
+        super().__init__(scope, id)
+        # User data: kept when the stack goes, in every stage (empty it by hand to drop it).
+        removal = RemovalPolicy.RETAIN
+        self.access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            # Server access logging can only write to SSE-S3 buckets, not SSE-KMS.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[s3.LifecycleRule(id="expire-logs", expiration=Duration.days(365))],
+            removal_policy=removal,
+        )
+        acknowledge(
+            self.access_logs,
+            "AwsSolutions-S1",
+            "this is the server access log target bucket; logging it into itself would loop",
+        )
+        self.bucket = s3.Bucket(
+            self,
+            "Blocks",
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=key,
+            bucket_key_enabled=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            versioned=False,  # blocks are immutable and content-addressed; gc deletes for good
+            server_access_logs_bucket=self.access_logs,
+            server_access_logs_prefix="blocks-bucket/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-abandoned-staging",
+                    prefix=STAGING_PREFIX,
+                    expiration=Duration.days(STAGING_EXPIRY_DAYS),
+                ),
+                s3.LifecycleRule(
+                    id="blocks-glacier-safety-net",
+                    prefix=BLOCKS_PREFIX,
+                    transitions=[
+                        s3.Transition(
+                            storage_class=s3.StorageClass.GLACIER,
+                            transition_after=Duration.days(GLACIER_SAFETY_NET_DAYS),
+                        )
+                    ],
+                ),
+                s3.LifecycleRule(
+                    id="abort-incomplete-multipart",
+                    abort_incomplete_multipart_upload_after=Duration.days(1),
+                ),
+            ],
+            # Clients PUT and GET blocks straight to S3 with presigned URLs; a browser client
+            # needs CORS, and the checksum header must be allowed and the ETag readable.
+            cors=[
+                s3.CorsRule(
+                    allowed_methods=[s3.HttpMethods.PUT, s3.HttpMethods.GET, s3.HttpMethods.HEAD],
+                    allowed_origins=["*"],
+                    allowed_headers=["*"],
+                    exposed_headers=["ETag", "x-amz-checksum-sha256", "x-amz-request-id"],
+                    max_age=3600,
+                )
+            ],
+            removal_policy=removal,
+        )

@@ -1,0 +1,93 @@
+"""Aurora PostgreSQL Serverless v2 behind an RDS Proxy with IAM authentication."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_rds as rds
+from constructs import Construct
+
+from infra.config import StageConfig, retention
+from infra.nag import acknowledge
+
+DB_NAME = "tessera"
+# The proxy maps IAM identities to this user's password (the cluster secret), so the
+# functions connect as it with an IAM token and never see a password.
+DB_USER = "tessera"
+# Not the default 5432 (AwsSolutions-RDS11); the proxy still listens on 5432.
+CLUSTER_PORT = 5433
+PROXY_PORT = 5432
+
+
+class Database(Construct):
+    """The metadata database: encrypted, backed up, private, reached through the proxy."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: StageConfig,
+        vpc: ec2.IVpc,
+        key: kms.IKey,
+        clients: ec2.ISecurityGroup,
+    ) -> None:
+        super().__init__(scope, id)
+        readers = [
+            rds.ClusterInstance.serverless_v2(f"Reader{i}", scale_with_writer=True)
+            for i in range(config.db_readers)
+        ]
+        self.cluster = rds.DatabaseCluster(
+            self,
+            "Cluster",
+            engine=rds.DatabaseClusterEngine.aurora_postgres(
+                version=rds.AuroraPostgresEngineVersion.VER_16_6
+            ),
+            credentials=rds.Credentials.from_generated_secret(DB_USER, encryption_key=key),
+            default_database_name=DB_NAME,
+            port=CLUSTER_PORT,
+            writer=rds.ClusterInstance.serverless_v2("Writer"),
+            readers=readers,
+            serverless_v2_min_capacity=config.db_min_acu,
+            serverless_v2_max_capacity=config.db_max_acu,
+            serverless_v2_auto_pause_duration=Duration.minutes(10)
+            if config.db_min_acu == 0
+            else None,
+            vpc=vpc,
+            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
+            storage_encrypted=True,
+            storage_encryption_key=key,
+            iam_authentication=True,
+            backup=rds.BackupProps(
+                retention=Duration.days(config.backup_retention_days),
+                preferred_window="03:00-04:00",
+            ),
+            deletion_protection=config.is_prod,
+            removal_policy=RemovalPolicy.RETAIN if config.is_prod else RemovalPolicy.SNAPSHOT,
+            cloudwatch_logs_exports=["postgresql"],
+            cloudwatch_logs_retention=retention(config),
+            copy_tags_to_snapshot=True,
+        )
+        assert self.cluster.secret is not None  # from_generated_secret always makes one
+        self.secret = self.cluster.secret
+        self.cluster.add_rotation_single_user(automatically_after=Duration.days(30))
+        self.proxy = self.cluster.add_proxy(
+            "Proxy",
+            secrets=[self.secret],
+            vpc=vpc,
+            iam_auth=True,
+            require_tls=True,
+            debug_logging=False,
+            idle_client_timeout=Duration.minutes(30),
+        )
+        # Functions reach the proxy; the proxy and the migration function reach the cluster.
+        self.proxy.connections.allow_from(clients, ec2.Port.tcp(PROXY_PORT), "functions to proxy")
+        self.cluster.connections.allow_default_port_from(clients, "migrations to cluster")
+        if not config.is_prod:
+            acknowledge(
+                self.cluster,
+                "AwsSolutions-RDS10",
+                "dev stage only: deletion protection off so a dev stack can be torn down; "
+                "removal policy SNAPSHOT still keeps a final snapshot. Prod turns it on.",
+            )

@@ -1,0 +1,114 @@
+"""The change stream: DynamoDB stream → EventBridge Pipe → `change_router` → `tessera` bus →
+rule → dedup queue."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_pipes as pipes
+from constructs import Construct
+
+from infra.config import StageConfig
+from infra.constructs.messaging import Messaging
+
+EVENT_SOURCE = "tessera"
+# Detail-types that can leave staged blocks behind (DESIGN §5): each wakes dedup-verify.
+DEDUP_DETAIL_TYPES = ["tessera.file"]
+
+
+class ChangeStream(Construct):
+    """`bus`, the stream `pipe`, and `dedup_queue` (fed by a rule on the bus)."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: StageConfig,
+        table: dynamodb.ITable,
+        router: lambda_.IFunction,
+        messaging: Messaging,
+    ) -> None:
+        super().__init__(scope, id)
+        self.bus = events.EventBus(self, "Bus", event_bus_name=f"{config.prefix}")
+        router_dlq = messaging.dead_letter_queue("RouterDlq", purpose="the change stream pipe")
+        role = iam.Role(
+            self,
+            "PipeRole",
+            assumed_by=iam.ServicePrincipal("pipes.amazonaws.com"),
+            description="EventBridge Pipe: changes stream to change_router",
+        )
+        assert table.table_stream_arn is not None  # the table is created with a stream
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=[
+                    "dynamodb:DescribeStream",
+                    "dynamodb:GetRecords",
+                    "dynamodb:GetShardIterator",
+                ],
+                resources=[table.table_stream_arn],
+            )
+        )
+        if table.encryption_key is not None:
+            table.encryption_key.grant_decrypt(role)
+        router.grant_invoke(role)
+        router_dlq.grant_send_messages(role)
+        self.pipe = pipes.CfnPipe(
+            self,
+            "StreamPipe",
+            role_arn=role.role_arn,
+            description="changes table stream to the change_router function",
+            source=table.table_stream_arn,
+            source_parameters=pipes.CfnPipe.PipeSourceParametersProperty(
+                dynamo_db_stream_parameters=pipes.CfnPipe.PipeSourceDynamoDBStreamParametersProperty(
+                    starting_position="TRIM_HORIZON",
+                    batch_size=25,
+                    maximum_batching_window_in_seconds=1,
+                    maximum_retry_attempts=10,
+                    maximum_record_age_in_seconds=6 * 3600,
+                    on_partial_batch_item_failure="AUTOMATIC_BISECT",
+                    dead_letter_config=pipes.CfnPipe.DeadLetterConfigProperty(
+                        arn=router_dlq.queue_arn
+                    ),
+                ),
+                # Only inserts are changes; TTL deletions and idempotent re-puts are not.
+                filter_criteria=pipes.CfnPipe.FilterCriteriaProperty(
+                    filters=[pipes.CfnPipe.FilterProperty(pattern='{"eventName": ["INSERT"]}')]
+                ),
+            ),
+            target=router.function_arn,
+            target_parameters=pipes.CfnPipe.PipeTargetParametersProperty(
+                lambda_function_parameters=pipes.CfnPipe.PipeTargetLambdaFunctionParametersProperty(
+                    invocation_type="REQUEST_RESPONSE"
+                )
+            ),
+        )
+        # The role's policy must exist before the pipe starts reading the stream.
+        self.pipe.node.add_dependency(role)
+
+        rule_dlq = messaging.dead_letter_queue("RuleDlq", purpose="the bus rule to the dedup queue")
+        self.dedup_dlq = messaging.dead_letter_queue("DedupDlq", purpose="the dedup queue")
+        self.dedup_queue = messaging.work_queue(
+            "DedupQueue", visibility=Duration.minutes(15), dlq=self.dedup_dlq
+        )
+        events.Rule(
+            self,
+            "ToDedup",
+            event_bus=self.bus,
+            description="committed files may hold staged blocks: wake dedup-verify",
+            event_pattern=events.EventPattern(
+                source=[EVENT_SOURCE], detail_type=DEDUP_DETAIL_TYPES
+            ),
+            targets=[
+                targets.SqsQueue(
+                    self.dedup_queue,
+                    dead_letter_queue=rule_dlq,
+                    retry_attempts=8,
+                    max_event_age=Duration.hours(6),
+                )
+            ],
+        )

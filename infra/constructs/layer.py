@@ -1,0 +1,105 @@
+"""The one Lambda layer: the `tessera` package from `layers/` plus its runtime dependencies.
+
+Built on this machine, without Docker: `pip install --platform manylinux2014_aarch64
+--only-binary=:all:` fetches the Lambda platform's wheels. With `-c bundle=false` (the
+tests) the layer holds the `tessera` sources only, so synth never touches the network.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsii
+from aws_cdk import ILocalBundling, RemovalPolicy
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from infra.config import REPO_ROOT, StageConfig
+
+RUNTIME = lambda_.Runtime.PYTHON_3_12
+PYTHON_VERSION = "3.12"  # must match RUNTIME: the wheels are chosen for this interpreter
+ARCHITECTURE = lambda_.Architecture.ARM_64
+PLATFORM = "manylinux2014_aarch64"
+
+# Dependencies of the base install and the `server` extra that the functions never import:
+# the embedded PostgreSQL and the local gateway (laptop only), the file watcher (client only),
+# boto3 (the Lambda runtime ships it).
+_NOT_IN_LAYER = {"pgserver", "uvicorn", "starlette", "watchdog", "boto3"}
+
+
+def _name_of(requirement: str) -> str:
+    for sep in "[<>=!~ ;":
+        requirement = requirement.split(sep, 1)[0]
+    return requirement.strip().lower()
+
+
+def layer_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[str]:
+    """The pip requirements of the layer, read from pyproject.toml (one home for versions)."""
+    project = tomllib.loads(pyproject.read_text("utf-8"))["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["server"]]
+    return [req for req in wanted if _name_of(req) not in _NOT_IN_LAYER]
+
+
+@jsii.implements(ILocalBundling)
+class PipLayerBundler:
+    """Local bundling: copy `tessera` into `python/`, then (optionally) pip the wheels there."""
+
+    def __init__(self, layers_root: Path, requirements: list[str], *, install: bool) -> None:
+        self._layers_root = layers_root
+        self._requirements = requirements
+        self._install = install
+
+    def try_bundle(self, output_dir: str, options: Any = None, **_: Any) -> bool:
+        """Build the layer into `output_dir`; never falls back to Docker."""
+        target = Path(output_dir) / "python"
+        shutil.copytree(
+            self._layers_root / "tessera",
+            target / "tessera",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".mypy_cache"),
+            dirs_exist_ok=True,
+        )
+        if self._install:
+            subprocess.run(
+                [
+                    sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
+                    "--platform", PLATFORM, "--implementation", "cp",
+                    "--python-version", PYTHON_VERSION, "--only-binary=:all:",
+                    "--target", str(target), *self._requirements,
+                ],
+                check=True,
+            )  # fmt: skip
+        return True
+
+
+class TesseraLayer(Construct):
+    """`layer`: the LayerVersion every function uses."""
+
+    def __init__(self, scope: Construct, id: str, *, config: StageConfig) -> None:
+        super().__init__(scope, id)
+        bundler = PipLayerBundler(config.layers_root, layer_requirements(), install=config.bundle)
+        self.layer = lambda_.LayerVersion(
+            self,
+            "Layer",
+            description="tessera package and its runtime dependencies",
+            compatible_runtimes=[RUNTIME],
+            compatible_architectures=[ARCHITECTURE],
+            removal_policy=RemovalPolicy.RETAIN,  # old versions stay for rollbacks
+            code=lambda_.Code.from_asset(
+                str(config.layers_root),
+                exclude=["**/__pycache__", "*.egg-info"],
+                bundling=_bundling(bundler),
+            ),
+        )
+
+
+def _bundling(bundler: PipLayerBundler) -> Any:
+    from aws_cdk import BundlingOptions, DockerImage
+
+    # `image` is mandatory in BundlingOptions but never used: local bundling always succeeds
+    # or raises, so CDK never falls back to Docker.
+    return BundlingOptions(image=DockerImage.from_registry("unused"), local=bundler)

@@ -1,0 +1,72 @@
+"""Schema migrations on every deploy: a custom resource backed by `functions/migrate`."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from aws_cdk import CustomResource, Duration
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import custom_resources as cr
+from constructs import Construct
+
+from infra.config import StageConfig, retention
+from infra.nag import acknowledge
+
+
+def migrations_fingerprint(layers_root: Path) -> str:
+    """SHA-256 over every migration file's name and bytes: a new or changed migration changes
+    it, which makes CloudFormation update the custom resource, which runs `migrate()`."""
+    digest = hashlib.sha256()
+    folder = layers_root / "tessera" / "metadata" / "migrations"
+    for path in sorted(folder.glob("*.sql")):
+        digest.update(path.name.encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class Migrations(Construct):
+    """`resource`: applies pending migrations (and the first block-key version) on deploy."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: StageConfig,
+        function: lambda_.IFunction,
+    ) -> None:
+        super().__init__(scope, id)
+        provider = cr.Provider(
+            self,
+            "Provider",
+            on_event_handler=function,
+            log_group=logs.LogGroup(self, "ProviderLogs", retention=retention(config)),
+        )
+        acknowledge(
+            provider,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+            "AWSLambdaBasicExecutionRole]",
+            "the CDK custom resource provider framework's own function role; CDK creates it "
+            "and it only writes its logs and invokes the migrate function",
+        )
+        acknowledge(
+            provider,
+            "AwsSolutions-IAM5[Resource::<MigrateFunctionB3C0F6D4.Arn>:*]",
+            "the provider framework may invoke any version/alias of the migrate function",
+        )
+        acknowledge(
+            provider,
+            "AwsSolutions-L1",
+            "the provider framework function's Node.js runtime is chosen by aws-cdk-lib, "
+            "not by this app; it moves with CDK upgrades",
+        )
+        self.resource = CustomResource(
+            self,
+            "Schema",
+            service_token=provider.service_token,
+            resource_type="Custom::TesseraSchema",
+            properties={"Fingerprint": migrations_fingerprint(config.layers_root)},
+        )

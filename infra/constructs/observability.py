@@ -1,0 +1,127 @@
+"""The CloudWatch dashboard and the service alarms (API 5xx rate and p99 latency, relay lag,
+Aurora CPU and connections). Dead-letter-queue and workflow alarms live with their queues and
+state machines; all of them notify the one alarm topic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import Duration
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_rds as rds
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.config import StageConfig
+from infra.constructs.function import METRICS_NAMESPACE
+
+# Published by the outbox relay with Powertools Metrics (EMF): seconds between the oldest
+# outbox row not yet relayed and now. Dimension: service = the relay's POWERTOOLS_SERVICE_NAME.
+RELAY_LAG_METRIC = "RelayLagSeconds"
+RELAY_SERVICE = "tessera-outbox_relay"
+
+FIVE_MIN = Duration.minutes(5)
+
+
+class Observability(Construct):
+    """`dashboard` and `alarms`."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: StageConfig,
+        rest_api: apigw.RestApi,
+        cluster: rds.IDatabaseCluster,
+        functions: Sequence[lambda_.IFunction],
+        dead_letter_queues: Sequence[sqs.IQueue],
+        alarm_action: cw_actions.SnsAction,
+    ) -> None:
+        super().__init__(scope, id)
+        api_name = rest_api.rest_api_name
+        stage = config.stage
+        dims = {"ApiName": api_name, "Stage": stage}
+        requests = cloudwatch.Metric(
+            namespace="AWS/ApiGateway", metric_name="Count", dimensions_map=dims,
+            statistic="Sum", period=FIVE_MIN,
+        )  # fmt: skip
+        errors_5xx = cloudwatch.Metric(
+            namespace="AWS/ApiGateway", metric_name="5XXError", dimensions_map=dims,
+            statistic="Sum", period=FIVE_MIN,
+        )  # fmt: skip
+        rate_5xx = cloudwatch.MathExpression(
+            expression="IF(requests > 0, 100 * errors / requests, 0)",
+            using_metrics={"errors": errors_5xx, "requests": requests},
+            label="5xx rate (%)",
+            period=FIVE_MIN,
+        )
+        latency_p99 = cloudwatch.Metric(
+            namespace="AWS/ApiGateway", metric_name="Latency", dimensions_map=dims,
+            statistic="p99", period=FIVE_MIN,
+        )  # fmt: skip
+        relay_lag = cloudwatch.Metric(
+            namespace=METRICS_NAMESPACE, metric_name=RELAY_LAG_METRIC,
+            dimensions_map={"service": RELAY_SERVICE}, statistic="Maximum", period=FIVE_MIN,
+        )  # fmt: skip
+        db_cpu = cluster.metric_cpu_utilization(period=FIVE_MIN, statistic="Maximum")
+        db_connections = cluster.metric_database_connections(period=FIVE_MIN, statistic="Maximum")
+
+        def alarm(name: str, metric: cloudwatch.IMetric, threshold: float, what: str) -> None:
+            created = cloudwatch.Alarm(
+                self,
+                name,
+                alarm_description=f"Tessera {stage}: {what}",
+                metric=metric,
+                threshold=threshold,
+                evaluation_periods=3,
+                datapoints_to_alarm=2,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            )
+            created.add_alarm_action(alarm_action)
+            self.alarms.append(created)
+
+        self.alarms: list[cloudwatch.Alarm] = []
+        alarm("Api5xxRate", rate_5xx, 1, "API 5xx rate above 1 %")
+        # Long-poll requests wait up to 25 s by design, so p99 over all requests is dominated
+        # by them; the threshold sits just under the 29 s integration timeout.
+        alarm("ApiLatencyP99", latency_p99, 27_000, "API p99 latency near the 29 s timeout")
+        alarm("RelayLag", relay_lag, 180, "outbox relay more than 3 minutes behind")
+        alarm("DbCpu", db_cpu, 80, "Aurora CPU above 80 %")
+        alarm("DbConnections", db_connections, 400, "Aurora connections above 400")
+
+        self.dashboard = cloudwatch.Dashboard(
+            self, "Dashboard", dashboard_name=f"{config.prefix}", default_interval=Duration.hours(6)
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="API requests and 5xx", left=[requests, errors_5xx],
+                                   right=[rate_5xx], width=12),
+            cloudwatch.GraphWidget(title="API latency p99 (ms)", left=[latency_p99], width=12),
+        )  # fmt: skip
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Lambda errors",
+                left=[fn.metric_errors(period=FIVE_MIN) for fn in functions],
+                width=12,
+            ),
+            cloudwatch.GraphWidget(
+                title="Lambda p99 duration",
+                left=[fn.metric_duration(period=FIVE_MIN, statistic="p99") for fn in functions],
+                width=12,
+            ),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(title="Outbox relay lag (s)", left=[relay_lag], width=8),
+            cloudwatch.GraphWidget(title="Aurora CPU / connections", left=[db_cpu],
+                                   right=[db_connections], width=8),
+            cloudwatch.GraphWidget(
+                title="Dead-letter queues",
+                left=[q.metric_approximate_number_of_messages_visible(period=FIVE_MIN)
+                      for q in dead_letter_queues],
+                width=8,
+            ),
+        )  # fmt: skip

@@ -1,0 +1,289 @@
+"""The two stacks: `Data` (stateful: network, keys, database, bucket, changes table) and `App`
+(stateless: functions, API, identity, event plumbing, workflows, observability).
+
+Splitting there lets the app stack be destroyed and redeployed freely while the data stays;
+every security group rule and key policy lives in the data stack, so references only point
+from app to data (no cross-stack cycles).
+"""
+
+from __future__ import annotations
+
+from aws_cdk import ArnFormat, CfnOutput, Duration, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from infra.config import StageConfig
+from infra.constructs.api import Api
+from infra.constructs.blocks import BLOCKS_PREFIX, STAGING_PREFIX, BlocksBucket
+from infra.constructs.changes import ChangesTable
+from infra.constructs.database import CLUSTER_PORT, DB_NAME, DB_USER, PROXY_PORT, Database
+from infra.constructs.events import EVENT_SOURCE, ChangeStream
+from infra.constructs.function import FunctionSpec, Placement, TesseraFunction
+from infra.constructs.identity import Identity
+from infra.constructs.keys import Keys
+from infra.constructs.layer import TesseraLayer
+from infra.constructs.messaging import Messaging
+from infra.constructs.migrations import Migrations
+from infra.constructs.network import Network
+from infra.constructs.observability import Observability
+from infra.constructs.workflows import Workflows
+from infra.nag import acknowledge
+
+# Long-poll waits at most this long (API Gateway's integration timeout is 29 s).
+LONGPOLL_MAX_S = 25
+MAINTENANCE_TIMEOUT = Duration.minutes(15)
+
+
+class DataStack(Stack):
+    """Everything that holds data or guards it."""
+
+    def __init__(self, scope: Construct, id: str, *, config: StageConfig, **kwargs: object) -> None:
+        super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
+        self.config = config
+        self.network = Network(self, "Network", config=config)
+        self.keys = Keys(self, "Keys", config=config)
+        self.database = Database(
+            self,
+            "Database",
+            config=config,
+            vpc=self.network.vpc,
+            key=self.keys.database,
+            clients=self.network.functions_sg,
+        )
+        self.blocks = BlocksBucket(self, "Blocks", config=config, key=self.keys.blocks)
+        self.changes = ChangesTable(self, "Changes", config=config, key=self.keys.database)
+
+    @property
+    def key_param_prefix(self) -> str:
+        """SSM path under which the block-key secret versions live (`<prefix>/v<N>`)."""
+        return f"/tessera/{self.config.stage}/block-keys"
+
+
+class AppStack(Stack):
+    """The functions and everything that calls them."""
+
+    def __init__(
+        self, scope: Construct, id: str, *, config: StageConfig, data: DataStack, **kwargs: object
+    ) -> None:
+        super().__init__(scope, id, **kwargs)  # type: ignore[arg-type]
+        self.config = config
+        self.data = data
+        self.messaging = Messaging(self, "Messaging", config=config)
+        self.layer = TesseraLayer(self, "Layer", config=config).layer
+        self.identity = Identity(self, "Identity", config=config)
+        placement = Placement(vpc=data.network.vpc, security_group=data.network.functions_sg)
+        self.functions: dict[str, TesseraFunction] = {}
+
+        def function(spec: FunctionSpec) -> lambda_.Function:
+            made = TesseraFunction(
+                self, _camel(spec.name), config=config, spec=spec, layer=self.layer,
+                placement=placement,
+            )  # fmt: skip
+            self.functions[spec.name] = made
+            return made.function
+
+        api = function(FunctionSpec(
+            "api", "the REST API", timeout=Duration.seconds(28), memory_mb=1024,
+            reserved_concurrency=config.api_reserved_concurrency,
+            environment={**self._db_env(), **self._blocks_env(), **self._changes_env(),
+                         **self._events_env(), **self._identity_env()},
+        ))  # fmt: skip
+        longpoll = function(FunctionSpec(
+            "longpoll", "long-poll on the changes table", timeout=Duration.seconds(28),
+            memory_mb=256, reserved_concurrency=config.longpoll_reserved_concurrency,
+            environment={**self._db_env(), **self._changes_env(),
+                         "TESSERA_LONGPOLL_MIN_S": str(LONGPOLL_MAX_S - 5),
+                         "TESSERA_LONGPOLL_MAX_S": str(LONGPOLL_MAX_S)},
+        ))  # fmt: skip
+        relay = function(FunctionSpec(
+            "outbox_relay", "outbox sweep to the changes table", timeout=Duration.seconds(55),
+            reserved_concurrency=2,  # two concurrent sweeps are safe (SKIP LOCKED), more is waste
+            environment={**self._db_env(), **self._changes_env()},
+        ))  # fmt: skip
+        router = function(FunctionSpec(
+            "change_router", "changes stream to the tessera bus", in_vpc=False,
+            memory_mb=256, environment=self._events_env(),
+        ))  # fmt: skip
+        maintenance_env = {**self._db_env(), **self._blocks_env(), **self._changes_env()}
+        maintenance = {
+            name: function(FunctionSpec(
+                name, description, timeout=MAINTENANCE_TIMEOUT, memory_mb=1024,
+                reserved_concurrency=1 if name != "dedup_verify" else 4,
+                environment=maintenance_env,
+            ))  # fmt: skip
+            for name, description in (
+                ("dedup_verify", "verify staged blocks, promote or quarantine"),
+                ("gc", "garbage collection of trash, old versions and blocks"),
+                ("cold_storage", "move unread blocks to Glacier"),
+                ("scrub", "re-verify a sample of stored blocks"),
+            )
+        }
+        migrate = function(FunctionSpec(
+            "migrate", "schema migrations and the first block-key version, on deploy",
+            timeout=Duration.minutes(5),
+            environment={
+                "TESSERA_DB_SECRET_ARN": data.database.secret.secret_arn,
+                "TESSERA_DB_HOST": data.database.cluster.cluster_endpoint.hostname,
+                "TESSERA_DB_PORT": str(CLUSTER_PORT),
+                "TESSERA_DB_NAME": DB_NAME,
+                **self._keys_env(),
+            },
+        ))  # fmt: skip
+
+        self._grant(api, longpoll, relay, router, maintenance, migrate)
+
+        api_target: lambda_.IFunction = api
+        if config.api_provisioned_concurrency:
+            api_target = api.add_alias(
+                "live", provisioned_concurrent_executions=config.api_provisioned_concurrency
+            )
+        self.api = Api(
+            self, "Api", config=config, user_pool=self.identity.user_pool,
+            api_function=api_target, longpoll_function=longpoll,
+        )  # fmt: skip
+        self.stream = ChangeStream(
+            self, "ChangeStream", config=config, table=data.changes.table, router=router,
+            messaging=self.messaging,
+        )  # fmt: skip
+        # The bus name is only known once the bus exists; the functions read it at run time.
+        for fn in (api, router):
+            fn.add_environment("TESSERA_EVENT_BUS", self.stream.bus.event_bus_name)
+            self.stream.bus.grant_put_events_to(fn)
+        self.workflows = Workflows(
+            self, "Workflows", config=config,
+            functions={name: maintenance[name] for name in maintenance}, relay=relay,
+            dedup_queue=self.stream.dedup_queue, messaging=self.messaging,
+        )  # fmt: skip
+        self.migrations = Migrations(self, "Migrations", config=config, function=migrate)
+        self.observability = Observability(
+            self, "Observability", config=config, rest_api=self.api.rest_api,
+            cluster=data.database.cluster,
+            functions=[f.function for f in self.functions.values()],
+            dead_letter_queues=self.messaging.dlqs, alarm_action=self.messaging.alarm_action,
+        )  # fmt: skip
+        CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
+        CfnOutput(self, "UserPoolId", value=self.identity.user_pool.user_pool_id)
+        CfnOutput(self, "UserPoolClientId", value=self.identity.client.user_pool_client_id)
+        CfnOutput(self, "BlocksBucket", value=data.blocks.bucket.bucket_name)
+
+    # --- the environment contract (docs/deploy.md lists it per function) ---------------------
+
+    def _db_env(self) -> dict[str, str]:
+        return {
+            "TESSERA_DB_HOST": self.data.database.proxy.endpoint,
+            "TESSERA_DB_PORT": str(PROXY_PORT),
+            "TESSERA_DB_NAME": DB_NAME,
+            "TESSERA_DB_USER": DB_USER,
+            "TESSERA_DB_IAM_AUTH": "1",
+        }
+
+    def _keys_env(self) -> dict[str, str]:
+        return {
+            "TESSERA_KMS_KEY_ID": self.data.keys.block_key_secret.key_arn,
+            "TESSERA_KEY_PARAM_PREFIX": self.data.key_param_prefix,
+        }
+
+    def _blocks_env(self) -> dict[str, str]:
+        return {"TESSERA_BUCKET": self.data.blocks.bucket.bucket_name, **self._keys_env()}
+
+    def _changes_env(self) -> dict[str, str]:
+        return {"TESSERA_CHANGES_TABLE": self.data.changes.table.table_name}
+
+    def _events_env(self) -> dict[str, str]:
+        return {"TESSERA_EVENT_SOURCE": EVENT_SOURCE}
+
+    def _identity_env(self) -> dict[str, str]:
+        return {
+            "TESSERA_USER_POOL_ID": self.identity.user_pool.user_pool_id,
+            "TESSERA_USER_POOL_CLIENT_ID": self.identity.client.user_pool_client_id,
+        }
+
+    # --- least privilege, function by function -------------------------------------------------
+
+    def _grant(
+        self,
+        api: lambda_.Function,
+        longpoll: lambda_.Function,
+        relay: lambda_.Function,
+        router: lambda_.Function,
+        maintenance: dict[str, lambda_.Function],
+        migrate: lambda_.Function,
+    ) -> None:
+        data = self.data
+        bucket = data.blocks.bucket
+        table = data.changes.table
+        proxy = data.database.proxy
+        for fn in (api, longpoll, relay, *maintenance.values()):
+            proxy.grant_connect(fn, DB_USER)
+        # Block keys: read the encrypted versions, decrypt them with the block-key CMK.
+        for fn in (api, maintenance["dedup_verify"], maintenance["scrub"]):
+            self._grant_block_keys_read(fn)
+        # Changes table: writers put items (idempotent on event_id), long-poll reads.
+        for fn in (api, relay, maintenance["dedup_verify"]):
+            table.grant(fn, "dynamodb:PutItem")
+            data.keys.database.grant_encrypt_decrypt(fn)
+        table.grant(longpoll, "dynamodb:Query", "dynamodb:GetItem")
+        data.keys.database.grant_decrypt(longpoll)
+        # Blocks bucket, by prefix and action. Reading needs s3:ListBucket so a missing key
+        # is a 404 (not a 403) for HEAD requests.
+        bucket.grant_read(api)
+        bucket.grant_put(api, f"{STAGING_PREFIX}*")
+        self._grant_restore(api)
+        dedup = maintenance["dedup_verify"]
+        bucket.grant_read(dedup)
+        bucket.grant_put(dedup, f"{BLOCKS_PREFIX}*")
+        bucket.grant_delete(dedup, f"{STAGING_PREFIX}*")
+        gc = maintenance["gc"]
+        bucket.grant_read(gc, f"{STAGING_PREFIX}*")
+        bucket.grant_delete(gc, f"{BLOCKS_PREFIX}*")
+        bucket.grant_delete(gc, f"{STAGING_PREFIX}*")
+        cold = maintenance["cold_storage"]
+        bucket.grant_read(cold, f"{BLOCKS_PREFIX}*")
+        bucket.grant_put(cold, f"{BLOCKS_PREFIX}*")  # CopyObject onto itself, new class
+        self._grant_restore(cold)
+        scrub = maintenance["scrub"]
+        bucket.grant_read(scrub)
+        bucket.grant_put(scrub, f"{BLOCKS_PREFIX}*")  # repair from a good duplicate
+        # Migrations: the cluster secret, and creating the first block-key version.
+        # (Not `secret.grant_read`: it writes the role into the data stack's key policy, a
+        # reference from data to app that would make the stacks depend on each other.)
+        migrate.add_to_role_policy(iam.PolicyStatement(
+            actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+            resources=[data.database.secret.secret_arn],
+        ))  # fmt: skip
+        data.keys.database.grant_decrypt(migrate)
+        data.keys.block_key_secret.grant(migrate, "kms:GenerateDataKey")
+        migrate.add_to_role_policy(iam.PolicyStatement(
+            actions=["ssm:GetParametersByPath", "ssm:PutParameter"],
+            resources=[self._param_arn(""), self._param_arn("/*")],
+        ))  # fmt: skip
+        del router  # the router only needs the bus (granted with its environment)
+
+    def _param_arn(self, suffix: str) -> str:
+        return self.format_arn(
+            service="ssm",
+            resource="parameter",
+            resource_name=self.data.key_param_prefix.lstrip("/") + suffix,
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+        )
+
+    def _grant_block_keys_read(self, fn: lambda_.Function) -> None:
+        fn.add_to_role_policy(iam.PolicyStatement(
+            actions=["ssm:GetParametersByPath"], resources=[self._param_arn("")],
+        ))  # fmt: skip
+        fn.add_to_role_policy(iam.PolicyStatement(
+            actions=["ssm:GetParameter"], resources=[self._param_arn("/*")],
+        ))  # fmt: skip
+        self.data.keys.block_key_secret.grant_decrypt(fn)
+
+    def _grant_restore(self, fn: lambda_.Function) -> None:
+        fn.add_to_role_policy(iam.PolicyStatement(
+            actions=["s3:RestoreObject"],
+            resources=[self.data.blocks.bucket.arn_for_objects(f"{BLOCKS_PREFIX}*")],
+        ))  # fmt: skip
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_")) + "Function"
+
