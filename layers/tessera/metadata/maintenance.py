@@ -82,10 +82,10 @@ class MaintenanceTx:
         self.conn = conn
 
     def _all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-        return self.conn.execute(sql.encode(), params).fetchall()  # type: ignore[arg-type]
+        return self.conn.execute(sql.encode(), params).fetchall()
 
     def _count(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
-        return self.conn.execute(sql.encode(), params).rowcount  # type: ignore[arg-type]
+        return self.conn.execute(sql.encode(), params).rowcount
 
     # -- per-block advisory lock ----------------------------------------------------------
 
@@ -115,15 +115,25 @@ class MaintenanceTx:
         rows = self._all(f"SELECT {_BLOCK_COLS} FROM blocks WHERE block_id = %s{lock}", (block_id,))
         return _block(rows[0]) if rows else None
 
-    def mark_live(self, block_id: str, *, stored_size: int, key_version: int) -> bool:
-        """Record a verified canonical copy: state live, hot, its stored size and key version."""
-        return (
-            self._count(
-                "UPDATE blocks SET state = 'live', storage_class = 'hot', stored_size = %s,"
-                " key_version = %s, updated_at = now() WHERE block_id = %s",
-                (stored_size, key_version, block_id),
-            )
-            == 1
+    def mark_live(self, block_id: str, *, size: int, stored_size: int, key_version: int) -> None:
+        """Record a verified canonical copy: state live, hot, its stored size and key version.
+
+        Creates the row (refcount 0, so gc reclaims it unless a version comes to use it)
+        when no commit made one.
+        """
+        self._count(
+            "INSERT INTO blocks (block_id, size, stored_size, key_version, state, storage_class)"
+            " VALUES (%s, %s, %s, %s, 'live', 'hot')"
+            " ON CONFLICT (block_id) DO UPDATE SET state = 'live', storage_class = 'hot',"
+            " stored_size = EXCLUDED.stored_size, key_version = EXCLUDED.key_version,"
+            " updated_at = now()",
+            (block_id, size, stored_size, key_version),
+        )
+
+    def clear_damage(self, block_id: str) -> int:
+        """Forget damage recorded against the canonical block (it was just repaired)."""
+        return self._count(
+            "DELETE FROM damaged_versions WHERE block_id = %s AND staged_key = ''", (block_id,)
         )
 
     def set_state(self, block_id: str, state: str, *, from_states: Iterable[str]) -> bool:
@@ -359,13 +369,15 @@ class MaintenanceTx:
 
     # -- gc: unreferenced blocks ----------------------------------------------------------
 
-    def lock_unreferenced_blocks(self, cutoff: datetime, limit: int) -> list[str]:
-        """Row-lock blocks at refcount 0 since before `cutoff`, in block-id order."""
+    def lock_unreferenced_blocks(
+        self, cutoff: datetime, limit: int, *, after: str = ""
+    ) -> list[str]:
+        """Row-lock blocks at refcount 0 since before `cutoff`, in block-id order from `after`."""
         rows = self._all(
             "SELECT block_id FROM blocks"
-            " WHERE refcount = 0 AND COALESCE(zero_since, updated_at) < %s"
+            " WHERE refcount = 0 AND block_id > %s AND COALESCE(zero_since, updated_at) < %s"
             " ORDER BY block_id LIMIT %s FOR UPDATE SKIP LOCKED",
-            (cutoff, limit),
+            (after, cutoff, limit),
         )
         return [r[0] for r in rows]
 

@@ -1,0 +1,61 @@
+"""What every maintenance step runs over: the metadata, the ports and the settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from tessera.metadata import Database
+from tessera.metadata.maintenance import MaintenanceRepository
+from tessera.ports import BlockStore, ChangeFeed, Clock, KeyService, SystemClock
+from tessera.settings import Settings
+
+from .settings import MaintenanceSettings
+
+log = logging.getLogger("tessera.maintenance")
+
+CANONICAL_PREFIX = "blocks/"
+QUARANTINE_PREFIX = "quarantine/"
+
+
+def canonical_key(block_id: str) -> str:
+    """The store key of a verified block: `blocks/<hex>` (block id without `b3:`)."""
+    return CANONICAL_PREFIX + block_id.split(":", 1)[-1]
+
+
+def quarantine_key(staged_key: str) -> str:
+    """Where a staged copy that failed verification is kept: out of reach of downloads."""
+    return QUARANTINE_PREFIX + staged_key.split("/", 1)[-1]
+
+
+@dataclass
+class MaintenanceContext:
+    """The ports a step uses; built once per process (Lambda cold start, scheduler, CLI)."""
+
+    repo: MaintenanceRepository
+    store: BlockStore
+    keys: KeyService
+    feed: ChangeFeed | None
+    settings: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    clock: Clock = field(default_factory=SystemClock)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        db: Database,
+        store: BlockStore,
+        keys: KeyService,
+        feed: ChangeFeed | None,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+    ) -> MaintenanceContext:
+        """A context over the given ports; `settings` widened with the maintenance defaults."""
+        return cls(
+            repo=MaintenanceRepository(db),
+            store=store,
+            keys=keys,
+            feed=feed,
+            settings=MaintenanceSettings.from_settings(settings or MaintenanceSettings()),
+            clock=clock or SystemClock(),
+        )

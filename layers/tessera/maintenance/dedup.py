@@ -1,0 +1,114 @@
+"""dedup-verify (DESIGN §5): verify staged copies, then promote, drop or quarantine them.
+
+A staged copy is a block a client uploaded to `staging/<upload_id>/<hex>` because it could
+not prove it may read the server's copy. For each one, without holding any lock: read it,
+take the block key of the key version in its header, decode (decrypt, decompress, re-hash).
+Then, under the per-block maintenance lock and the copy's row lock:
+
+- verified, and a canonical copy exists → repoint the versions to it, drop the staged copy;
+- verified, and none exists (or it is lost or quarantined) → copy it to `blocks/<hex>`,
+  mark the block live, repoint the versions, then drop the staged copy;
+- not verified → quarantine: move it to `quarantine/...`, mark the versions that use it
+  damaged and tell their namespaces on the change feed. It is never promoted, and no
+  version is ever pointed at the canonical block on its account.
+
+The staged object is deleted only after the transaction that stopped every version from
+naming it has committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from tessera.metadata.maintenance import StagedCopy
+
+from .context import MaintenanceContext, canonical_key, log, quarantine_key
+from .damage import publish_damage
+from .results import DedupResult
+from .verify import Check, check_stored
+
+_CANONICAL_STATES = ("live", "cold", "restoring")
+
+
+def verify_staged(
+    ctx: MaintenanceContext, as_of: datetime, *, upload_ids: Sequence[str] | None = None
+) -> DedupResult:
+    """Verify up to `max_batches_per_step` batches of staged copies (all, or those of
+    `upload_ids`); `more` is set when copies are left for the next invocation."""
+    result = DedupResult()
+    after = ("", "")
+    for _ in range(ctx.settings.max_batches_per_step):
+        copies = ctx.repo.staged_copies(ctx.settings.batch_size, after=after, upload_ids=upload_ids)
+        for copy in copies:
+            check = check_stored(
+                ctx.store, ctx.keys, copy.staged_key, copy.block_id, expect_plain_size=copy.size
+            )
+            _settle(ctx, copy, check, as_of, result)
+        if len(copies) < ctx.settings.batch_size:
+            break
+        after = (copies[-1].upload_id, copies[-1].block_id)
+    else:
+        result.more = True
+    publish_damage(ctx, as_of)
+    return result
+
+
+def _settle(
+    ctx: MaintenanceContext, seen: StagedCopy, check: Check, as_of: datetime, result: DedupResult
+) -> None:
+    """Apply the verdict on one copy, if no other worker settled it meanwhile."""
+    store, bid = ctx.store, seen.block_id
+    delete_after: str | None = None
+    with ctx.repo.transaction() as tx:
+        tx.block_lock(bid)
+        copy = tx.lock_staged_copy(seen.upload_id, bid)
+        if copy is None or copy.staged_key != seen.staged_key:
+            return  # settled by a concurrent run, or expired and collected by gc
+        if not check.ok:
+            if check.reason != "missing":
+                store.copy(copy.staged_key, quarantine_key(copy.staged_key))
+            tx.settle_copy(copy, "quarantined")
+            damaged = tx.record_damage(
+                bid, staged_key=copy.staged_key, reason=check.reason, at=as_of
+            )
+            row = tx.block(bid, for_update=True)
+            if (
+                row is not None
+                and row.state == "staged"
+                and tx.other_pending_copies(bid, copy.staged_key) == 0
+            ):
+                tx.set_state(bid, "quarantined", from_states=["staged"])
+            result.quarantined += 1
+            result.versions_damaged += damaged
+            delete_after = copy.staged_key
+            log.warning("dedup: quarantined %s (%s): %s", copy.staged_key, bid, check.reason)
+        else:
+            result.verified += 1
+            row = tx.block(bid)
+            target = canonical_key(bid)
+            canonical = (
+                row is not None
+                and row.state in _CANONICAL_STATES
+                and store.head(target) is not None
+            )
+            if canonical:
+                tx.settle_copy(copy, "dropped")
+                result.dropped += 1
+                result.bytes_freed += check.stored_size
+            else:
+                store.copy(copy.staged_key, target)
+                tx.block(bid, for_update=True)
+                tx.mark_live(
+                    bid,
+                    size=check.plain_size,
+                    stored_size=check.stored_size,
+                    key_version=check.key_version,
+                )
+                tx.clear_damage(bid)
+                tx.settle_copy(copy, "promoted")
+                result.promoted += 1
+            tx.repoint_versions(copy.staged_key)
+            delete_after = copy.staged_key
+    if delete_after is not None:
+        store.delete(delete_after)

@@ -1,0 +1,142 @@
+"""Garbage collection: retention, abandoned uploads, and blocks nothing references.
+
+Four steps, each a loop of short transactions (so no lock a commit could wait on is held
+for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKIP LOCKED`):
+
+1. `purge_trash`: files in the trash longer than `trash_retention_days` lose all their
+   versions; the refcounts of their blocks drop in the same transaction.
+2. `purge_versions`: versions superseded longer than `version_retention_days` ago go the
+   same way; a file's latest version is always kept.
+3. `expire_uploads`: sessions past their expiry (+ `upload_grace_hours`) are expired, and
+   their staged copies that no version names are deleted.
+4. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — row
+   first re-checked under its row lock and the per-block lock, object deleted before the
+   row's deletion commits (see `tessera.metadata.maintenance` for why that is safe).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from tessera.metadata.maintenance import MaintenanceTx
+
+from .context import MaintenanceContext, canonical_key, log
+from .results import GcResult
+
+
+def _loop(ctx: MaintenanceContext, batch: Callable[[], int], result: GcResult) -> GcResult:
+    """Run `batch` until it does nothing or the step's batch budget is spent."""
+    for _ in range(ctx.settings.max_batches_per_step):
+        if batch() == 0:
+            return result
+    result.more = True
+    return result
+
+
+def _purge_batch_size(ctx: MaintenanceContext) -> int:
+    # a purge touches every block of the files it purges: keep those transactions small
+    return max(1, ctx.settings.batch_size // 5)
+
+
+def purge_trash(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
+    """Delete files in the trash longer than the trash retention, with all their versions."""
+    result = GcResult()
+    cutoff = as_of - timedelta(days=ctx.settings.trash_retention_days)
+
+    def batch() -> int:
+        with ctx.repo.transaction() as tx:
+            files = tx.lock_trashed_files(cutoff, _purge_batch_size(ctx))
+            if files:
+                versions, freed = tx.purge_files(files)
+                tx.release_refs(freed, as_of)
+                result.trash_files_purged += len(files)
+                result.versions_purged += versions
+        return len(files)
+
+    return _loop(ctx, batch, result)
+
+
+def purge_versions(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
+    """Delete versions superseded before the retention window; never a file's latest."""
+    result = GcResult()
+    cutoff = as_of - timedelta(days=ctx.settings.version_retention_days)
+
+    def batch() -> int:
+        with ctx.repo.transaction() as tx:
+            versions = tx.lock_expired_versions(cutoff, _purge_batch_size(ctx))
+            if versions:
+                tx.release_refs(tx.purge_versions(versions), as_of)
+                result.versions_purged += len(versions)
+        return len(versions)
+
+    return _loop(ctx, batch, result)
+
+
+def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
+    """Expire abandoned upload sessions and delete their staged copies nothing names."""
+    result = GcResult()
+    cutoff = as_of - timedelta(hours=ctx.settings.upload_grace_hours)
+    size = ctx.settings.batch_size
+
+    def batch() -> int:
+        with ctx.repo.transaction() as tx:
+            expired = tx.expire_sessions(cutoff, size)
+            copies = tx.lock_abandoned_copies(size)
+            tx.delete_copies([(c[0], c[1]) for c in copies])
+            # the rows stay locked (and their deletion uncommitted) until the objects are gone
+            for _upload, _bid, key, stored in copies:
+                ctx.store.delete(key)
+                result.bytes_freed += stored
+            tx.delete_empty_sessions(size)
+        result.sessions_expired += expired
+        result.staged_deleted += len(copies)
+        return expired + len(copies)
+
+    return _loop(ctx, batch, result)
+
+
+def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
+    """Delete blocks unreferenced for longer than the grace period, after a re-check.
+
+    Batches adapt so one transaction (and so the longest wait it can cause a commit that
+    wants one of these blocks) stays near `lock_budget_ms`.
+    """
+    result = GcResult()
+    cutoff = as_of - timedelta(hours=ctx.settings.gc_grace_hours)
+    budget = ctx.settings.lock_budget_ms / 1000
+    limit = min(64, ctx.settings.batch_size)
+    after = ""
+
+    def batch() -> int:
+        nonlocal limit, after
+        with ctx.repo.transaction() as tx:
+            candidates = tx.lock_unreferenced_blocks(cutoff, limit, after=after)
+            if not candidates:
+                return 0
+            started = time.monotonic()
+            after = candidates[-1]
+            deleted = _delete_locked(ctx, tx, candidates, result)
+            elapsed = time.monotonic() - started
+        per_block = elapsed / max(1, len(deleted))
+        limit = max(8, min(ctx.settings.batch_size * 4, int(budget / max(per_block, 1e-6))))
+        return len(candidates)
+
+    return _loop(ctx, batch, result)
+
+
+def _delete_locked(
+    ctx: MaintenanceContext, tx: MaintenanceTx, candidates: list[str], result: GcResult
+) -> list[tuple[str, int]]:
+    ours = tx.try_block_locks(candidates)
+    deleted = tx.delete_unreferenced(ours)
+    for bid, stored in deleted:
+        ctx.store.delete(canonical_key(bid))
+        result.bytes_freed += stored
+    result.blocks_deleted += len(deleted)
+    skipped = len(candidates) - len(deleted)
+    if skipped:
+        result.blocks_skipped += skipped
+        log.info("gc: %d unreferenced-looking blocks kept at the re-check", skipped)
+    return deleted

@@ -1,0 +1,85 @@
+"""What a maintenance step did: one result dataclass per workflow, summed across batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
+
+
+@dataclass
+class StepResult:
+    """Counters of a run; `more` says a step stopped at its batch limit with work left."""
+
+    more: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: Self) -> Self:
+        """Sum `other`'s counters into this result (in place) and return it."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, bool):
+                setattr(self, f.name, theirs)  # `more` is the latest batch's verdict
+            elif isinstance(mine, int):
+                setattr(self, f.name, mine + theirs)
+            elif isinstance(mine, list):
+                mine.extend(theirs)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what the Lambda functions return)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def counters(self) -> dict[str, int]:
+        """The integer counters only, in declaration order (for tables and logs)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), int)
+            and not isinstance(getattr(self, f.name), bool)
+        }
+
+
+@dataclass
+class DedupResult(StepResult):
+    """dedup-verify: staged copies verified and what became of them."""
+
+    verified: int = 0  # staged copies decoded successfully
+    promoted: int = 0  # became the canonical `blocks/<hex>` copy
+    dropped: int = 0  # duplicates of an existing canonical copy, deleted
+    quarantined: int = 0  # failed verification: never promoted, never served
+    versions_damaged: int = 0  # versions marked damaged by a quarantine
+    bytes_freed: int = 0  # stored bytes of dropped copies
+
+
+@dataclass
+class GcResult(StepResult):
+    """gc: what was purged, expired and deleted."""
+
+    trash_files_purged: int = 0
+    versions_purged: int = 0
+    sessions_expired: int = 0
+    staged_deleted: int = 0  # staged copies of expired sessions, deleted
+    blocks_deleted: int = 0
+    blocks_skipped: int = 0  # candidates found referenced again at the re-check
+    bytes_freed: int = 0
+
+
+@dataclass
+class ColdResult(StepResult):
+    """cold-storage: blocks moved to the cold tier and restores seen through."""
+
+    blocks_moved: int = 0
+    bytes_moved: int = 0
+    restores_started: int = 0  # restores (re-)issued for blocks waiting on one
+    restores_completed: int = 0
+
+
+@dataclass
+class ScrubResult(StepResult):
+    """scrub: the sample re-verified and the damage found and repaired."""
+
+    checked: int = 0
+    ok: int = 0
+    damaged: int = 0  # missing, wrong size, failed decryption or re-hash
+    repaired: int = 0  # rewritten from a verified duplicate
+    unrepaired: int = 0  # no duplicate: block quarantined, owners told

@@ -1,0 +1,128 @@
+"""Running steps and workflows: the one entry point of the CLI, the scheduler and Lambda.
+
+`run_step` runs one step once (one bounded batch of work: a Step Functions Task);
+`run_workflow` runs every step of a workflow until none reports `more` (the local runner);
+`handle_event` is what each Lambda handler calls with its event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from tessera.domain.errors import BadRequest
+
+from . import cold, dedup, gc, scrub
+from .context import MaintenanceContext, log
+from .results import ColdResult, DedupResult, GcResult, ScrubResult, StepResult
+from .workflows import workflow
+
+StepFn = Callable[[MaintenanceContext, datetime], StepResult]
+
+STEPS: dict[tuple[str, str], StepFn] = {
+    ("dedup", "verify"): dedup.verify_staged,
+    ("gc", "purge_trash"): gc.purge_trash,
+    ("gc", "purge_versions"): gc.purge_versions,
+    ("gc", "expire_uploads"): gc.expire_uploads,
+    ("gc", "delete_blocks"): gc.delete_blocks,
+    ("cold", "complete_restores"): cold.complete_restores,
+    ("cold", "move_cold"): cold.move_cold,
+    ("scrub", "scrub"): scrub.scrub,
+}
+
+RESULTS: dict[str, type[StepResult]] = {
+    "dedup": DedupResult,
+    "gc": GcResult,
+    "cold": ColdResult,
+    "scrub": ScrubResult,
+}
+
+
+def parse_as_of(value: str | None) -> datetime | None:
+    """An ISO-8601 instant (naive means UTC); BadRequest when it is not one."""
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequest(f"as_of {value!r} is not an ISO-8601 date/time") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def run_step(
+    ctx: MaintenanceContext, name: str, step: str, *, as_of: datetime | None = None
+) -> StepResult:
+    """Run one step of workflow `name` once; logs and records what it did."""
+    workflow(name).step(step)  # KeyError naming the valid ones
+    started = ctx.clock.now()
+    when = as_of or started
+    result = STEPS[(name, step)](ctx, when)
+    summary = result.to_dict()
+    log.info("maintenance %s.%s as of %s: %s", name, step, when.isoformat(), json.dumps(summary))
+    with ctx.repo.transaction() as tx:
+        tx.record_run(name, step, as_of=when, started_at=started, result=summary)
+    return result
+
+
+def run_workflow(
+    ctx: MaintenanceContext, name: str, *, as_of: datetime | None = None
+) -> StepResult:
+    """Run every step of workflow `name`, each until it has nothing left; the summed result."""
+    wf = workflow(name)
+    total = RESULTS[name]()
+    when = as_of or ctx.clock.now()
+    for step in wf.step_names:
+        while True:
+            result = run_step(ctx, name, step, as_of=when)
+            total.add(result)
+            if not result.more:
+                break
+    total.more = False
+    return total
+
+
+def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """A Lambda invocation of workflow `name`'s function.
+
+    - `{"step": S, "input": {"as_of"?: ISO}}` (Step Functions Task): run step S once;
+      the result says `more` when the state machine should invoke it again.
+    - `{}` or `{"as_of"?}` (direct invoke): run the whole workflow.
+    - an SQS batch (`Records`, dedup only): verify the staged copies of the upload
+      sessions named in the messages (`upload_id` in the body or its `detail`), or all.
+    """
+    if "Records" in event:
+        if name != "dedup":
+            raise BadRequest(f"{name} is not triggered by a queue")
+        uploads = _upload_ids(event["Records"])
+        result = dedup.verify_staged(ctx, ctx.clock.now(), upload_ids=uploads or None)
+        return result.to_dict()
+    raw_input = event.get("input")
+    params: Mapping[str, Any] = raw_input if isinstance(raw_input, Mapping) else event
+    as_of = parse_as_of(params.get("as_of"))
+    step = event.get("step")
+    if step is None:
+        return run_workflow(ctx, name, as_of=as_of).to_dict()
+    if not isinstance(step, str):
+        raise BadRequest(f"step must be a string, not {step!r}")
+    try:
+        return run_step(ctx, name, step, as_of=as_of).to_dict()
+    except KeyError as exc:
+        raise BadRequest(str(exc.args[0])) from exc
+
+
+def _upload_ids(records: Any) -> list[str]:
+    ids: list[str] = []
+    for record in records if isinstance(records, list) else []:
+        try:
+            body = json.loads(record.get("body") or "{}")
+        except (ValueError, AttributeError):
+            continue
+        if not isinstance(body, dict):
+            continue
+        detail = body.get("detail") if isinstance(body.get("detail"), dict) else {}
+        for source in (body, detail, detail.get("payload") if isinstance(detail, dict) else None):
+            if isinstance(source, dict) and isinstance(source.get("upload_id"), str):
+                ids.append(source["upload_id"])
+    return sorted(set(ids))

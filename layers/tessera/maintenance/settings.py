@@ -1,0 +1,58 @@
+"""Maintenance knobs: the server `Settings` plus the retention, grace and batch settings.
+
+`MaintenanceSettings` extends `tessera.settings.Settings`, so it reads the same environment
+(`TESSERA_<FIELD>`), once, via `MaintenanceSettings.from_env()`; `from_settings` widens a
+`Settings` the process already holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+from tessera.settings import Settings
+
+
+@dataclass(frozen=True)
+class MaintenanceSettings(Settings):
+    """Retention, thresholds, batch sizes and local schedule of the maintenance workflows."""
+
+    # gc (trash_retention_days comes from Settings: 30)
+    version_retention_days: int = 30  # a superseded version is kept this long; latest always
+    gc_grace_hours: int = 24  # a block at refcount 0 waits this long before deletion
+    upload_grace_hours: int = 1  # an upload session is expired this long after expires_at
+    # cold storage
+    cold_after_days: int = 90  # blocks unread this long move to the cold tier
+    access_flush_s: float = 60.0  # how often a process flushes its buffered block reads
+    # scrub
+    scrub_sample: int = 200  # live blocks re-verified per scrub run
+    # batches: each transaction stays short so no lock blocks a commit for long
+    batch_size: int = 500
+    lock_budget_ms: int = 50  # a gc delete batch stops taking blocks after this long
+    max_batches_per_step: int = 50  # one Lambda invocation's worth; the state machine loops
+    # local in-process scheduler intervals (seconds; 0 disables a workflow)
+    dedup_interval_s: float = 10.0
+    gc_interval_s: float = 3600.0
+    cold_interval_s: float = 3600.0
+    scrub_interval_s: float = 86400.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> MaintenanceSettings:
+        """`settings` widened with the maintenance defaults (or `overrides`)."""
+        if isinstance(settings, MaintenanceSettings) and not overrides:
+            return settings
+        values = asdict(settings)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def widen(
+        cls, settings: Settings, environ: Mapping[str, str] | None = None
+    ) -> MaintenanceSettings:
+        """`settings` plus the maintenance fields read from `environ` (default: os.environ)."""
+        if isinstance(settings, MaintenanceSettings):
+            return settings
+        from_env = cls.from_env(environ)
+        base = {f.name for f in fields(Settings)}
+        extra = {f.name: getattr(from_env, f.name) for f in fields(cls) if f.name not in base}
+        return cls.from_settings(settings, **extra)

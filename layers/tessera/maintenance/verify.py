@@ -1,0 +1,55 @@
+"""Verifying one stored block: present, readable, authentic and hashing to its id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tessera.blocks import BlockError, decode_block, stored_key_version
+from tessera.domain.errors import TesseraError
+from tessera.ports import BlockStore, KeyService
+
+
+@dataclass(frozen=True)
+class Check:
+    """The verdict on one stored object; `reason` says what is wrong when not `ok`."""
+
+    ok: bool
+    reason: str = ""
+    stored_size: int = 0
+    key_version: int = 0
+    plain_size: int = 0
+
+
+def check_stored(
+    store: BlockStore,
+    keys: KeyService,
+    key: str,
+    block_id: str,
+    *,
+    expect_plain_size: int | None = None,
+    expect_key_version: int | None = None,
+) -> Check:
+    """Read `key` and decode it as block `block_id` (decrypt, decompress, re-hash).
+
+    The block key comes from the key version in the stored header; `expect_key_version`
+    additionally requires that version (the one the metadata hands to downloaders).
+    """
+    try:
+        stored = store.get(key)
+    except KeyError:
+        return Check(False, "missing")
+    except TesseraError as exc:  # e.g. a cold object that was not restored
+        return Check(False, f"unreadable: {exc.code}")
+    try:
+        version = stored_key_version(stored)
+        _, block_key = keys.block_key(block_id, version)
+        plain = decode_block(stored, block_id, block_key)
+    except BlockError as exc:
+        return Check(False, f"{exc.code}: {exc.message}", stored_size=len(stored))
+    except KeyError:
+        return Check(False, "unknown key version", stored_size=len(stored))
+    if expect_key_version is not None and version != expect_key_version:
+        return Check(False, f"key version {version}, metadata says {expect_key_version}")
+    if expect_plain_size is not None and len(plain) != expect_plain_size:
+        return Check(False, f"size {len(plain)}, declared {expect_plain_size}")
+    return Check(True, stored_size=len(stored), key_version=version, plain_size=len(plain))
