@@ -3,25 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tessera.adapters.aws import AwsClients, AwsSettings
-from tessera.local.aws_mode import MotoCloud, provision
+
+from .moto_env import shared_aws_settings
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """URL of a moto server running in this process."""
-    with MotoCloud() as cloud:
-        yield cloud.endpoint_url
-
-
-@pytest.fixture(scope="session")
-def aws_settings(moto_endpoint: str) -> AwsSettings:
-    """Settings of a provisioned deployment on the moto server (no database)."""
-    return provision(moto_endpoint)
+def aws_settings() -> AwsSettings:
+    """Settings of a provisioned deployment on the session's moto server (no database)."""
+    return shared_aws_settings()
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,16 @@ BLOCK_STORES: list[Factory] = [local_block_store]
 CHANGE_FEEDS: list[Factory] = [local_change_feed]
 KEY_SERVICES: list[Factory] = [local_key_service]
 
+from tests.integration.aws.contract_factories import (  # noqa: E402  (AWS adapters on moto)
+    dynamodb_change_feed,
+    kms_key_service,
+    s3_block_store,
+)
+
+BLOCK_STORES.append(s3_block_store)
+CHANGE_FEEDS.append(dynamodb_change_feed)
+KEY_SERVICES.append(kms_key_service)
+
 # ---------------------------------------------------------------------------------------
 # Fixtures the suites use
 
