@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
@@ -15,7 +15,10 @@ from tessera.metadata.store import Store
 class Database:
     """A psycopg 3 pool over the metadata database; `transaction()` yields a `Store`."""
 
-    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, conninfo: str | Callable[[], str], *, min_size: int = 1, max_size: int = 10
+    ) -> None:
+        # A callable makes a fresh conninfo per new connection (RDS IAM auth tokens expire).
         self.conninfo = conninfo
         self.pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] = ConnectionPool(
             conninfo,
