@@ -13,6 +13,7 @@ from importlib.util import find_spec
 import typer
 
 from tessera.blocks.cli import blocks_command
+from tessera_client.commands import register
 
 app = typer.Typer(
     name="tessera",
@@ -20,12 +21,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+register(app)  # login, logout, sync, status, ls, history, restore, rm, trash, ...
 app.command("blocks")(blocks_command)
 
 
 @app.callback()
 def _tessera() -> None:
     """Tessera keeps a folder in sync across devices and people."""
+
 
 # Operator groups live with the code they drive; a client-only install ships without them.
 _OPERATOR_GROUPS = {

@@ -89,7 +89,7 @@ class Home:
         self.log_dir.mkdir(exist_ok=True)
 
     def load_settings(self) -> Settings:
-        """Read `config.json`; defaults when it does not exist. `TESSERA_DEVICE` names the device."""
+        """Read `config.json` (defaults when absent); `TESSERA_DEVICE` overrides the name."""
         data: dict[str, Any] = {}
         if self.config_file.exists():
             data = json.loads(self.config_file.read_text("utf-8"))

@@ -233,7 +233,9 @@ class FakeFilesystem(Filesystem):
 
     def _new(self, rel: str, kind: Kind, data: bytes = b"", target: str = "") -> None:
         self._parent_dir(rel)
-        self.nodes[rel] = _Node(kind, bytearray(data), next(self._clock), next(self._inodes), target)
+        self.nodes[rel] = _Node(
+            kind, bytearray(data), next(self._clock), next(self._inodes), target
+        )
 
     def write_file(self, rel: str, data: bytes) -> None:
         """Test helper: create or replace a file."""
@@ -296,7 +298,7 @@ class FakeFilesystem(Filesystem):
         name = f"{TEMP_PREFIX}{next(self._inodes)}"
         rel = f"{folder}/{name}" if folder else name
         self._new(rel, Kind.FILE)
-        return rel, io.BufferedWriter(_FakeWriter(self, rel))
+        return rel, io.BufferedWriter(_FakeWriter(self, rel))  # type: ignore[type-var]
 
     def open_read(self, rel: str) -> BinaryIO:
         n = self._node(rel)

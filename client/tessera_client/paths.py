@@ -8,11 +8,11 @@ Server paths look like `/a/b.txt`. Locally the client works with relative POSIX 
 from __future__ import annotations
 
 import re
-import unicodedata
 from datetime import date
 
-MAX_COMPONENT_BYTES = 255
-MAX_PATH_CHARS = 4096
+from tessera.domain import paths as server_paths
+from tessera.domain.errors import TesseraError
+
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -23,31 +23,20 @@ class UnsafePathError(ValueError):
 def canonical_rel(path: str) -> str:
     """Turn a server path (`/a/b`) into a safe relative POSIX path (`a/b`), NFC.
 
-    Rejects, rather than repairs, anything suspicious: `..` or `.` components, NUL and
-    other control characters, backslashes, drive letters, empty components (`a//b`),
-    over-long names, and the root itself.
+    Applies the server's own rules (`tessera.domain.paths.canonical`: no `.`/`..` or empty
+    components, no NUL/control characters or backslashes, length limits) and rejects, rather
+    than repairs, anything else suspicious on a disk: drive letters, a doubled leading `/`,
+    a trailing `/`, and the root itself.
     """
-    if not isinstance(path, str) or not path:
-        raise UnsafePathError("empty path")
-    if len(path) > MAX_PATH_CHARS:
-        raise UnsafePathError("path too long")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
-        raise UnsafePathError(f"control character in path {path!r}")
-    if "\\" in path:
-        raise UnsafePathError(f"backslash in path {path!r}")
-    nfc = unicodedata.normalize("NFC", path)
-    rel = nfc[1:] if nfc.startswith("/") else nfc
-    if rel.startswith("/") or _DRIVE.match(rel):
-        raise UnsafePathError(f"absolute path {path!r}")
-    parts = rel.split("/")
-    for part in parts:
-        if part in ("", ".", ".."):
-            raise UnsafePathError(f"bad component {part!r} in {path!r}")
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            raise UnsafePathError(f"name too long in {path!r}")
-        if part != part.strip() and part.strip() in ("", ".", ".."):
-            raise UnsafePathError(f"bad component {part!r} in {path!r}")
-    return "/".join(parts)
+    if not isinstance(path, str) or path in ("", "/"):
+        raise UnsafePathError("empty path or the root")
+    body = path[1:] if path.startswith("/") else path
+    if body.startswith("/") or body.endswith("/") or _DRIVE.match(body):
+        raise UnsafePathError(f"absolute or malformed path {path!r}")
+    try:
+        return server_paths.canonical("/" + body)[1:]
+    except TesseraError as e:
+        raise UnsafePathError(e.message) from None
 
 
 def server_path(rel: str) -> str:
@@ -56,8 +45,8 @@ def server_path(rel: str) -> str:
 
 
 def path_key(rel: str) -> str:
-    """The comparison key of a path: NFC then case fold (how the server compares paths)."""
-    return unicodedata.normalize("NFC", rel).casefold()
+    """The comparison key of a path: NFC + case fold (the server's `path_key`)."""
+    return server_paths.path_key(rel)
 
 
 def parent_of(rel: str) -> str:

@@ -254,7 +254,9 @@ def plan(
         kinds = {e.kind for e in (lw.get(key), rw.get(key)) if e is not None}
         if len(kinds) > 1:
             path = (lw.get(key) or rw[key]).path
-            skips.append(Op(OpKind.SKIP, path, reason="a file on one side is a folder on the other"))
+            skips.append(
+                Op(OpKind.SKIP, path, reason="a file on one side is a folder on the other")
+            )
             for tree in (lw, rw, bw):
                 for k in [k for k in tree if k == key or is_under(k, key)]:
                     del tree[k]

@@ -1,0 +1,202 @@
+"""Talking to the server over HTTP (httpx): auth, retries with backoff, typed errors.
+
+Every request goes through `RetryPolicy`: network errors and 5xx are retried with
+exponential backoff and full jitter; 429 and 503 wait what `Retry-After` says. Access
+tokens are refreshed transparently from the stored refresh token (on expiry or on a 401).
+Commits carry idempotency keys, so retrying them is safe.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from tessera_client.config import Home, Tokens
+
+RETRY_STATUSES = {500, 502, 503, 504, 429}
+
+
+class ApiError(Exception):
+    """An error answer from the server (`{"error": {"code", "message"}}`)."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+class NotLoggedIn(Exception):
+    """No credentials on this device."""
+
+
+class ServerUnreachable(Exception):
+    """The server could not be reached after every retry."""
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with full jitter; honours Retry-After (capped at `max_wait`)."""
+
+    attempts: int = 8
+    base: float = 0.2
+    cap: float = 10.0
+    max_wait: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """How long to wait before retry number `attempt` (0-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_wait)
+        return self.rng.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
+
+
+def send_with_retry(
+    client: httpx.Client,
+    policy: RetryPolicy,
+    method: str,
+    url: str,
+    *,
+    retry_statuses: set[int] = RETRY_STATUSES,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send one request, retrying transient failures; the last response (or error) wins."""
+    for attempt in range(policy.attempts):
+        last = attempt == policy.attempts - 1
+        try:
+            response = client.request(method, url, **kwargs)
+        except httpx.TransportError as e:
+            if last:
+                raise ServerUnreachable(f"cannot reach {url.split('?')[0]}: {e}") from e
+            policy.sleep(policy.delay(attempt, None))
+            continue
+        if response.status_code not in retry_statuses or last:
+            return response
+        policy.sleep(policy.delay(attempt, parse_retry_after(response.headers.get("Retry-After"))))
+    raise AssertionError("unreachable")
+
+
+def error_from(response: httpx.Response) -> ApiError:
+    """The ApiError an error response stands for."""
+    try:
+        err = response.json().get("error", {})
+    except ValueError:
+        err = {}
+    if not isinstance(err, dict):
+        err = {}
+    code = str(err.get("code", "http_error"))
+    message = str(err.get("message", response.reason_phrase or "error"))
+    details = {k: v for k, v in err.items() if k not in ("code", "message")}
+    return ApiError(response.status_code, code, message, details)
+
+
+class Api:
+    """The Tessera API for one device: base URL + credentials from its home."""
+
+    def __init__(
+        self,
+        server_url: str,
+        home: Home,
+        *,
+        policy: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        pool_size: int = 16,
+    ) -> None:
+        self.base = server_url.rstrip("/")
+        self.home = home
+        self.policy = policy or RetryPolicy()
+        limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
+        self.http = httpx.Client(timeout=timeout, limits=limits)
+        self._lock = threading.Lock()
+        self._tokens: Tokens | None = home.load_tokens()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    # -- auth ---------------------------------------------------------------------------
+
+    def login(self, email: str, password: str) -> Tokens:
+        """Exchange email + password for tokens and store them."""
+        return self._token_request({"email": email, "password": password})
+
+    def _token_request(self, body: dict[str, str]) -> Tokens:
+        response = send_with_retry(
+            self.http, self.policy, "POST", self.base + "/v1/auth/token", json=body
+        )
+        if response.status_code != 200:
+            raise error_from(response)
+        data = response.json()
+        tokens = Tokens(
+            refresh_token=data["refresh_token"],
+            access_token=data["access_token"],
+            expires_at=time.time() + float(data.get("expires_in", 300)),
+        )
+        self.home.save_tokens(tokens)
+        self._tokens = tokens
+        return tokens
+
+    def _access_token(self, force_refresh: bool = False) -> str:
+        with self._lock:
+            tokens = self._tokens
+            if tokens is None:
+                raise NotLoggedIn("this device is not logged in; run `tessera login`")
+            if force_refresh or not tokens.access_token or tokens.expires_at - 30 < time.time():
+                try:
+                    tokens = self._token_request({"refresh_token": tokens.refresh_token})
+                except ApiError as e:
+                    if e.status in (400, 401, 403):
+                        raise NotLoggedIn(
+                            "your session has expired; run `tessera login` again"
+                        ) from e
+                    raise
+            return tokens.access_token
+
+    # -- calls --------------------------------------------------------------------------
+
+    def raw(self, method: str, route: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        """An authenticated call; a 401 refreshes the token once and retries."""
+        url = self.base + route
+        for refresh in (False, True):
+            headers = {"Authorization": f"Bearer {self._access_token(force_refresh=refresh)}"}
+            response = send_with_retry(
+                self.http, self.policy, method, url, json=body, headers=headers
+            )
+            if response.status_code != 401:
+                return response
+        return response
+
+    def call(self, route: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
+        """An authenticated JSON call; an error answer raises ApiError."""
+        response = self.raw(method, route, body if method != "GET" else None)
+        if response.status_code >= 400:
+            raise error_from(response)
+        return response.json()
+
+    def transfer(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None = None
+    ) -> httpx.Response:
+        """A request to a presigned block URL (no bearer token), with retries."""
+        return send_with_retry(
+            self.http, self.policy, method, url, headers=headers, content=content
+        )

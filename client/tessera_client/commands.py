@@ -1,0 +1,542 @@
+"""The user commands of `tessera` (login, sync, status, ls, history, ...), mounted by `cli.py`.
+
+Every expected failure (not logged in, server unreachable, no such file, no access, ...)
+is printed as one line saying what went wrong and what to do, with a non-zero exit code —
+never a traceback. Listing commands take `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable
+from tessera_client.config import Home, Settings
+from tessera_client.engine import Reporter, RoundResult, SyncEngine, SyncError
+from tessera_client.paths import UnsafePathError, canonical_rel
+from tessera_client.state import StateDB
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+EXIT_ERROR = 1
+EXIT_PAUSED = 3
+
+
+class UserError(Exception):
+    """An expected problem, told to the user in one line."""
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """Turn expected errors into one clear line and an exit code."""
+    try:
+        yield
+    except NotLoggedIn as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(EXIT_ERROR) from None
+    except ServerUnreachable as e:
+        err.print(f"[red]error:[/] {e}; check the server URL (`tessera login --server ...`)")
+        raise typer.Exit(EXIT_ERROR) from None
+    except ApiError as e:
+        hint = {
+            401: "log in again with `tessera login`",
+            403: "you do not have the right to do this here",
+            404: "check the path (`tessera ls`)",
+            409: "it changed meanwhile or the name is taken; sync and try again",
+        }.get(e.status, "")
+        err.print(f"[red]error:[/] {e.message}" + (f" — {hint}" if hint else ""))
+        raise typer.Exit(EXIT_ERROR) from None
+    except (UserError, SyncError, UnsafePathError) as e:
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _home() -> Home:
+    return Home()
+
+
+def _api(home: Home, settings: Settings) -> Api:
+    if not settings.server_url:
+        raise UserError("no server configured; run `tessera login --server URL --email E`")
+    return Api(settings.server_url, home)
+
+
+def _server_path(path: str, settings: Settings) -> str:
+    """A command's PATH argument as a server path (`/a/b`).
+
+    Absolute paths must lie inside the synced folder; relative ones are taken from the
+    current folder when it is inside the synced folder, else from the synced folder's top.
+    """
+    if path in ("", "/", "."):
+        if not settings.folder or path != "." or not _inside(Path.cwd(), settings):
+            return ""
+        rel = Path.cwd().resolve().relative_to(Path(settings.folder))
+        return "" if str(rel) == "." else "/" + canonical_rel(rel.as_posix())
+    p = Path(path)
+    if p.is_absolute() or (settings.folder and _inside(Path.cwd(), settings)):
+        if not settings.folder:
+            raise UserError("no synced folder yet; run `tessera sync DIR` first")
+        full = Path(os.path.normpath(Path.cwd() / p))
+        if not _inside(full, settings):
+            raise UserError(f"{path} is not inside the synced folder {settings.folder}")
+        rel = full.relative_to(Path(settings.folder))
+        return "" if str(rel) == "." else "/" + canonical_rel(rel.as_posix())
+    return "/" + canonical_rel(path.strip("/"))
+
+
+def _inside(p: Path, settings: Settings) -> bool:
+    folder = Path(settings.folder)
+    full = Path(os.path.normpath(p.absolute()))
+    return full == folder or folder in full.parents
+
+
+def _emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        render()
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+# -- account --------------------------------------------------------------------------
+
+
+def login(
+    server: Annotated[str, typer.Option(help="The server's base URL.")],
+    email: Annotated[str, typer.Option(help="Your email address.")],
+    password: Annotated[str | None, typer.Option(help="Password (prompted when omitted).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="This device's name (default: the hostname).")
+    ] = None,
+) -> None:
+    """Log in: stores a refresh token (0600) under TESSERA_HOME."""
+    with friendly_errors():
+        if password is None:
+            password = typer.prompt("Password", hide_input=True)
+        home = _home()
+        settings = home.load_settings()
+        settings.server_url, settings.email = server.rstrip("/"), email
+        if device:
+            settings.device_name = device
+        api = Api(settings.server_url, home)
+        try:
+            api.login(email, password)
+        except ApiError as e:
+            if e.status in (400, 401, 403):
+                raise UserError("wrong email or password") from None
+            raise
+        finally:
+            api.close()
+        home.save_settings(settings)
+        out.print(f"Logged in to {settings.server_url} as {email} (device {settings.device_name}).")
+
+
+def logout() -> None:
+    """Forget this device's credentials."""
+    home = _home()
+    if home.clear_tokens():
+        out.print("Logged out.")
+    else:
+        out.print("Not logged in.")
+
+
+# -- sync -----------------------------------------------------------------------------
+
+
+class ConsoleReporter(Reporter):
+    """Prints events and problems; progress bars for large transfers."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+        )
+        self._tasks: dict[str, Any] = {}
+        self.status = "starting"
+
+    def event(self, message: str) -> None:
+        if not self.quiet:
+            err.print(message)
+
+    def problem(self, message: str) -> None:
+        err.print(f"[yellow]{message}[/]")
+
+    def transfer(self, path: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if path not in self._tasks:
+            self._tasks[path] = self.progress.add_task(path, total=total)
+        self.progress.update(self._tasks[path], completed=done)
+        if done >= total:
+            self.progress.remove_task(self._tasks.pop(path))
+
+
+def sync(
+    folder: Annotated[Path, typer.Argument(help="The folder to keep in sync.")],
+    once: Annotated[
+        bool, typer.Option("--once", help="Sync until both sides are quiet, then exit.")
+    ] = False,
+    allow_mass_delete: Annotated[
+        bool, typer.Option("--allow-mass-delete", help="Go ahead with a large deletion.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print problems.")] = False,
+) -> None:
+    """Keep FOLDER in sync (a daemon with a live status line; --once to sync and exit)."""
+    with friendly_errors():
+        home = _home()
+        settings = home.load_settings()
+        folder = folder.expanduser().resolve()
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is not a folder")
+        if home.path == folder or folder in home.path.parents:
+            raise UserError(f"TESSERA_HOME ({home.path}) must not be inside the synced folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        api = _api(home, settings)
+        if settings.folder != str(folder):
+            settings.folder = str(folder)
+            home.save_settings(settings)
+        reporter = ConsoleReporter(quiet=quiet)
+        engine = SyncEngine(
+            home, settings, folder, api, allow_mass_delete=allow_mass_delete, reporter=reporter
+        )
+        try:
+            if once:
+                result = engine.run_once()
+                for p in result.problems:
+                    err.print(f"[red]{p}[/]")
+                if result.paused_deletes:
+                    raise typer.Exit(EXIT_PAUSED)
+                if result.problems:
+                    raise typer.Exit(EXIT_ERROR)
+                if not quiet:
+                    out.print(f"In sync: {folder}")
+                return
+            _daemon(engine, reporter, folder)
+        finally:
+            engine.close()
+            api.close()
+
+
+def _daemon(engine: SyncEngine, reporter: ConsoleReporter, folder: Path) -> None:
+    def stop(*_: Any) -> None:
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    started = time.time()
+
+    def status_line(r: RoundResult) -> str:
+        if r.paused_deletes:
+            return f"paused: {r.paused_deletes} deletions wait for --allow-mass-delete"
+        if r.disk_full:
+            return "disk full: downloads stopped"
+        state = "syncing…" if r.ops or r.unstable else "up to date"
+        return f"{folder}: {state} (last check {time.strftime('%H:%M:%S')})"
+
+    with Live(reporter.progress, console=err, refresh_per_second=4, transient=True) as live:
+
+        def on_round(r: RoundResult) -> None:
+            reporter.status = status_line(r)
+            engine.state.set_meta("status", reporter.status)
+            live.console.print(reporter.status) if r.ops else None
+
+        err.print(f"Syncing {folder} (Ctrl-C to stop).")
+        engine.run_daemon(on_round=on_round)
+    err.print(f"Stopped after {time.time() - started:.0f}s.")
+
+
+# -- status and listings --------------------------------------------------------------
+
+
+def status(as_json: JsonOption = False) -> None:
+    """Show this device's login, folder, last sync, pending work and conflicts."""
+    home = _home()
+    settings = home.load_settings()
+    tokens = home.load_tokens()
+    data: dict[str, Any] = {
+        "home": str(home.path),
+        "server": settings.server_url,
+        "email": settings.email,
+        "device": settings.device_name,
+        "logged_in": tokens is not None,
+        "folder": settings.folder,
+    }
+    if home.state_file.exists():
+        state = StateDB(home.state_file)
+        try:
+            last = state.get_meta("last_sync")
+            base = state.base_tree()
+            data.update(
+                files=sum(1 for e in base.values() if e.is_file),
+                folders=sum(1 for e in base.values() if not e.is_file),
+                last_sync=float(last) if last else None,
+                pending_uploads=len(state.list_pending("upload")),
+                conflicts=len(state.conflicts()),
+                status=state.get_meta("status"),
+            )
+        finally:
+            state.close()
+
+    def render() -> None:
+        for k, v in data.items():
+            if k == "last_sync" and v:
+                v = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v))
+            out.print(f"{k.replace('_', ' ')}: {v if v not in (None, '') else '-'}")
+
+    _emit(data, as_json, render)
+
+
+def ls(
+    path: Annotated[str, typer.Argument(help="Folder to list (default: the top).")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """List a folder on the server."""
+    with friendly_errors():
+        home, settings = _home(), _home().load_settings()
+        api = _api(home, settings)
+        try:
+            target = _server_path(path, settings)
+            answer = api.call("/v1/list_folder", {"path": target})
+            entries = list(answer["entries"])
+            while answer.get("has_more"):
+                answer = api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
+                entries += answer["entries"]
+        finally:
+            api.close()
+
+        def render() -> None:
+            table = Table("name", "kind", "size", "rev", "modified", box=None)
+            for e in sorted(entries, key=lambda e: (e[".tag"] != "folder", e["name"].lower())):
+                kind = e[".tag"] + (f" (shared, {e['access']})" if e.get("access") else "")
+                table.add_row(
+                    e["name"],
+                    kind,
+                    _size(e.get("size")),
+                    str(e.get("rev", "")),
+                    str(e.get("mtime") or ""),
+                )
+            out.print(table)
+
+        _emit(entries, as_json, render)
+
+
+def history(
+    path: Annotated[str, typer.Argument(help="The file.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show a file's versions, newest first."""
+    with friendly_errors():
+        home, settings = _home(), _home().load_settings()
+        api = _api(home, settings)
+        try:
+            answer = api.call("/v1/revisions", {"path": _server_path(path, settings), "limit": 100})
+        finally:
+            api.close()
+
+        def render() -> None:
+            if answer.get("is_deleted"):
+                out.print("(deleted — `tessera undelete` brings it back)")
+            table = Table("rev", "size", "modified", "server time", box=None)
+            for e in answer["entries"]:
+                table.add_row(
+                    str(e["rev"]),
+                    _size(e["size"]),
+                    str(e.get("mtime") or ""),
+                    str(e["server_modified"]),
+                )
+            out.print(table)
+
+        _emit(answer, as_json, render)
+
+
+def restore(
+    path: Annotated[str, typer.Argument(help="The file.")],
+    rev: Annotated[int, typer.Option("--rev", help="The version to bring back.")],
+) -> None:
+    """Make an old version the current one (a new version; history is kept)."""
+    with friendly_errors():
+        home, settings = _home(), _home().load_settings()
+        api = _api(home, settings)
+        try:
+            entry = api.call("/v1/restore", {"path": _server_path(path, settings), "rev": rev})
+        finally:
+            api.close()
+        out.print(f"Restored {entry['path_display']} to rev {rev} (now rev {entry['rev']}).")
+
+
+def rm(path: Annotated[str, typer.Argument(help="File or folder to delete.")]) -> None:
+    """Delete a file or folder on the server (it goes to the trash)."""
+    with friendly_errors():
+        home, settings = _home(), _home().load_settings()
+        api = _api(home, settings)
+        try:
+            target = _server_path(path, settings)
+            if not target:
+                raise UserError("refusing to delete the whole tree")
+            entry = api.call("/v1/delete", {"path": target})
+        finally:
+            api.close()
+        out.print(f"Deleted {entry['path_display']} (restore with `tessera undelete`).")
+
+
+def trash(as_json: JsonOption = False) -> None:
+    """List deleted files that can still be restored."""
+    with friendly_errors():
+        home, settings = _home(), _home().load_settings()
+        api = _api(home, settings)
+        try:
+            answer = api.call("/v1/trash/list", {"path": ""})
+        finally:
+            api.close()
+        entries = answer["entries"]
+
+        def render() -> None:
+            table = Table("path", "kind", "size", "deleted at", box=None)
+            for e in entries:
+                table.add_row(
+                    e["path_display"], e["kind"], _size(e.get("size")), str(e["deleted_at"])
+                )
+            out.print(table if entries else "The trash is empty.")
+
+        _emit(entries, as_json, render)
+
+
+def undelete(path: Annotated[str, typer.Argument(help="The deleted file or folder.")]) -> None:
+    """Bring back a deleted file or folder from the trash."""
+    with friendly_errors():
+        home, settings = _home(), _home().load_settings()
+        api = _api(home, settings)
+        try:
+            entry = api.call("/v1/restore", {"path": _server_path(path, settings)})
+        finally:
+            api.close()
+        out.print(f"Restored {entry['path_display']}.")
+
+
+def share(
+    path: Annotated[str, typer.Argument(help="The folder to share.")],
+    email: Annotated[str, typer.Argument(help="Who to share it with.")],
+    access: Annotated[str, typer.Option(help="editor or viewer.")] = "editor",
+) -> None:
+    """Share a folder with someone as editor or viewer."""
+    with friendly_errors():
+        if access not in ("editor", "viewer"):
+            raise UserError("--access must be editor or viewer")
+        home, settings = _home(), _home().load_settings()
+        api = _api(home, settings)
+        try:
+            entry = api.call(
+                "/v1/share",
+                {"path": _server_path(path, settings), "email": email, "access": access},
+            )
+        finally:
+            api.close()
+        out.print(f"Shared {entry['path_display']} with {email} as {access}.")
+
+
+def shares(as_json: JsonOption = False) -> None:
+    """List the shared folders you own or were given."""
+    with friendly_errors():
+        home, settings = _home(), _home().load_settings()
+        api = _api(home, settings)
+        try:
+            entries = api.call("/v1/shares", {})["shares"]
+        finally:
+            api.close()
+
+        def render() -> None:
+            table = Table("folder", "your access", "owner", "members", box=None)
+            for s in entries:
+                members = ", ".join(f"{m['email']} ({m['access']})" for m in s.get("members", []))
+                table.add_row(s["path_display"], s["access"], s.get("owner_email", ""), members)
+            out.print(table if entries else "No shared folders.")
+
+        _emit(entries, as_json, render)
+
+
+def conflicts(as_json: JsonOption = False) -> None:
+    """List conflicted copies (and local-only copies of edits to read-only shares)."""
+    home = _home()
+    rows: list[dict[str, Any]] = []
+    if home.state_file.exists():
+        state = StateDB(home.state_file)
+        try:
+            rows = [
+                {
+                    "path": c.path,
+                    "original": c.original,
+                    "reason": c.reason,
+                    "local_only": c.local_only,
+                    "created_at": c.created_at,
+                }
+                for c in state.conflicts()
+            ]
+        finally:
+            state.close()
+
+    def render() -> None:
+        if not rows:
+            out.print("No conflicts.")
+            return
+        table = Table("copy", "of", "why", "where", box=None)
+        for r in rows:
+            table.add_row(
+                r["path"],
+                r["original"],
+                r["reason"],
+                "this device only" if r["local_only"] else "synced",
+            )
+        out.print(table)
+
+    _emit(rows, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the user commands to the `tessera` app."""
+    for fn in (
+        login,
+        logout,
+        sync,
+        status,
+        ls,
+        history,
+        restore,
+        rm,
+        trash,
+        undelete,
+        share,
+        shares,
+        conflicts,
+    ):
+        app.command(fn.__name__)(fn)

@@ -1,0 +1,598 @@
+"""The sync loop: pull remote changes, scan the folder, plan, execute; once or as a daemon.
+
+A round: bring the remote mirror current from the cursor (`list_folder/continue`), scan
+the folder, plan against the synced base, check the mass-delete threshold, and execute.
+`run_once` repeats rounds until both sides are quiescent; `run_daemon` runs a round
+whenever the watcher or the long-poll says something changed, plus a periodic full scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from tessera.api.models import FileEntry
+from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable
+from tessera_client.config import Home, Settings
+from tessera_client.fs import RealFilesystem, SafeFilesystem, Stat, SymlinkError
+from tessera_client.paths import (
+    UnsafePathError,
+    canonical_rel,
+    conflicted_copy_name,
+    parent_of,
+    path_key,
+    server_path,
+)
+from tessera_client.planner import Entry, EntryKind, Op, OpKind, Plan, plan
+from tessera_client.scanner import LocalScan, Scanner
+from tessera_client.state import StateDB
+from tessera_client.transfer import (
+    DiskFullError,
+    IntegrityError,
+    LocalChangedError,
+    RestoringError,
+    Transfers,
+    UploadItem,
+    UploadResult,
+    same_stat,
+)
+
+LARGE_FILE = 8 * 1024 * 1024
+
+
+class SyncError(Exception):
+    """A problem that stops syncing (with what to do about it)."""
+
+
+@dataclass
+class RoundResult:
+    """What one round did and what went wrong."""
+
+    ops: int = 0
+    problems: list[str] = field(default_factory=list)
+    unstable: int = 0
+    paused_deletes: int = 0
+    retry_after: float = 0.0
+    disk_full: bool = False
+
+    @property
+    def quiescent(self) -> bool:
+        """Nothing was left to do this round."""
+        return self.ops == 0 and self.unstable == 0 and self.retry_after == 0.0
+
+
+class Reporter:
+    """Where the engine says what it does (the CLI renders it; tests keep it quiet)."""
+
+    def event(self, message: str) -> None:
+        """Something happened (a file went up, came down, was deleted...)."""
+
+    def problem(self, message: str) -> None:
+        """Something went wrong or needs attention."""
+
+    def transfer(self, path: str, done: int, total: int) -> None:
+        """Progress of a large transfer."""
+
+
+class SyncEngine:
+    """Keeps one folder in sync with the user's Tessera tree."""
+
+    def __init__(
+        self,
+        home: Home,
+        settings: Settings,
+        folder: Path,
+        api: Api,
+        *,
+        allow_mass_delete: bool = False,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.home, self.settings, self.api = home, settings, api
+        self.folder = folder.resolve()
+        self.fs = SafeFilesystem(RealFilesystem(self.folder))
+        self.state = StateDB(home.state_file)
+        bound = self.state.get_meta("folder")
+        if bound and bound != str(self.folder):
+            raise SyncError(
+                f"this device ({home.path}) already syncs {bound}; use another TESSERA_HOME "
+                "to sync a second folder"
+            )
+        self.state.set_meta("folder", str(self.folder))
+        self.scanner = Scanner(self.fs)
+        self.reporter = reporter or Reporter()
+        self.allow_mass_delete = allow_mass_delete
+        self._progress: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
+        self.transfers = Transfers(
+            api,
+            self.fs,
+            self.state,
+            device=settings.device_name,
+            threads=settings.transfer_threads,
+            batch_files=settings.batch_files,
+            progress=self._on_progress,
+        )
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reported_skips: set[tuple[str, str]] = set()
+
+    def close(self) -> None:
+        """Stop transfers and close the state database."""
+        self._stop.set()
+        self._wake.set()
+        self.transfers.close()
+        self.state.close()
+
+    def _on_progress(self, path: str, nbytes: int) -> None:
+        total = self._sizes.get(path, 0)
+        if total >= LARGE_FILE:
+            self._progress[path] = self._progress.get(path, 0) + nbytes
+            self.reporter.transfer(path, self._progress[path], total)
+
+    # -- remote -------------------------------------------------------------------------
+
+    def pull(self) -> int:
+        """Bring the remote mirror current; how many entries changed."""
+        cursor = self.state.cursor
+        try:
+            if cursor is None:
+                answer = self.api.call("/v1/list_folder", {"path": "", "recursive": True})
+                self.state.clear_remote()
+            else:
+                answer = self.api.call("/v1/list_folder/continue", {"cursor": cursor})
+        except ApiError as e:
+            if e.code == "invalid_cursor" and cursor is not None:
+                self.state.set_meta("cursor", None)
+                return self.pull()
+            raise
+        changed = 0
+        while True:
+            with self.state.transaction():
+                for raw in answer["entries"]:
+                    changed += self._apply_remote(raw)
+                self.state.set_meta("cursor", answer["cursor"])
+            if not answer.get("has_more"):
+                return changed
+            answer = self.api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
+
+    def _apply_remote(self, raw: dict[str, Any]) -> int:
+        tag = raw.get(".tag")
+        try:
+            rel = canonical_rel(str(raw.get("path_display", "")))
+        except UnsafePathError as e:
+            self._skip(str(raw.get("path_display")), f"unsafe path from the server ignored: {e}")
+            return 0
+        if tag == "deleted":
+            self.state.delete_remote(rel)
+        elif tag == "file":
+            entry = FileEntry.model_validate(raw)
+            self.state.put_remote(
+                Entry(rel, EntryKind.FILE, entry.content_hash, entry.size, entry.file_id, entry.rev)
+            )
+        elif tag == "folder":
+            access = raw.get("access")
+            self.state.put_remote(
+                Entry(rel, EntryKind.FOLDER, file_id=str(raw.get("file_id", ""))),
+                access=str(access) if access else None,
+            )
+        else:
+            return 0
+        return 1
+
+    def longpoll(self) -> bool:
+        """Wait for remote changes after the cursor; True when there are some."""
+        cursor = self.state.cursor
+        if cursor is None:
+            return True
+        answer = self.api.call(
+            "/v1/list_folder/longpoll",
+            {"cursor": cursor, "timeout": self.settings.longpoll_timeout_s},
+        )
+        if answer.get("backoff"):
+            self._stop.wait(float(answer["backoff"]))
+        return bool(answer.get("changes"))
+
+    # -- one round ----------------------------------------------------------------------
+
+    def _skip(self, path: str, reason: str) -> None:
+        if (path, reason) not in self._reported_skips:
+            self._reported_skips.add((path, reason))
+            self.reporter.problem(f"skipped {path}: {reason}")
+
+    def round(self) -> RoundResult:
+        """Pull, scan, plan and execute once."""
+        result = RoundResult()
+        self.pull()
+        base = self.state.base_tree()
+        local_only = {path_key(c.path) for c in self.state.conflicts() if c.local_only}
+        scan = self.scanner.scan(base, exclude=local_only)
+        for path, reason in scan.skipped:
+            self._skip(path, reason)
+        result.unstable = len(scan.unstable)
+        unstable = {path_key(p) for p in scan.unstable}
+        local = dict(scan.tree)
+        for key in unstable:  # being written: act as if unchanged until it settles
+            if key in base:
+                local[key] = base[key]
+        remote = self.state.remote_tree()
+        the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
+        ops = self._mass_delete_gate(the_plan, base, result)
+        self._execute(ops, scan, result)
+        self.state.set_meta("last_sync", str(time.time()))
+        return result
+
+    def _mass_delete_gate(
+        self, the_plan: Plan, base: dict[str, Entry], result: RoundResult
+    ) -> list[Op]:
+        deletes = the_plan.deletes
+        files = sum(1 for e in base.values() if e.is_file)
+        s = self.settings
+        mass = deletes > s.mass_delete_files or (
+            deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
+        )
+        if not mass or self.allow_mass_delete:
+            return the_plan.ops
+        result.paused_deletes = deletes
+        result.problems.append(
+            f"paused: this would delete {deletes} of {files} files; if that is intended, run "
+            "`tessera sync --allow-mass-delete`"
+        )
+        self.state.set_meta("paused_deletes", str(deletes))
+        held = (
+            OpKind.DELETE_LOCAL,
+            OpKind.DELETE_REMOTE,
+            OpKind.DELETE_FOLDER_LOCAL,
+            OpKind.DELETE_FOLDER_REMOTE,
+        )
+        return [op for op in the_plan.ops if op.kind not in held]
+
+    def _execute(self, ops: list[Op], scan: LocalScan, result: RoundResult) -> None:
+        uploads: list[tuple[UploadItem, Entry | None]] = []
+        stats = dict(scan.stats)
+        for op in ops:
+            if result.disk_full and op.kind in (OpKind.DOWNLOAD, OpKind.CONFLICT):
+                continue
+            try:
+                done = self._run_op(op, stats, uploads, result)
+            except DiskFullError:
+                result.disk_full = True
+                result.problems.append(
+                    "the disk is full: downloads stopped (nothing was corrupted); free some "
+                    "space and sync again"
+                )
+                continue
+            except RestoringError as e:
+                result.retry_after = max(result.retry_after, e.retry_after)
+                self.reporter.event(f"{e.path}: restoring from cold storage, will retry")
+                continue
+            except (IntegrityError, UnsafePathError, SymlinkError) as e:
+                result.problems.append(f"refused {op.path}: {e}")
+                continue
+            except LocalChangedError:
+                result.ops += 1  # re-planned next round
+                continue
+            except ApiError as e:
+                result.problems.append(f"{op.kind.value} {op.path}: {e.message} ({e.status})")
+                continue
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    result.disk_full = True
+                result.problems.append(f"{op.kind.value} {op.path}: {e.strerror or e}")
+                continue
+            result.ops += int(done)
+        if uploads:
+            result.ops += len(uploads)
+            self._upload(uploads, result)
+
+    def _stat(self, rel: str) -> Stat | None:
+        try:
+            return self.fs.lstat(rel)
+        except FileNotFoundError:
+            return None
+
+    def _unchanged(self, rel: str, stats: dict[str, Stat]) -> bool:
+        before = stats.get(path_key(rel))
+        now = self._stat(rel)
+        return before is not None and now is not None and same_stat(before, now)
+
+    def _run_op(
+        self,
+        op: Op,
+        stats: dict[str, Stat],
+        uploads: list[tuple[UploadItem, Entry | None]],
+        result: RoundResult,
+    ) -> bool:
+        k = op.kind
+        if k == OpKind.SKIP:
+            self._skip(op.path, op.reason)
+            return False
+        if k == OpKind.UPLOAD:
+            assert op.local is not None
+            manifest = self.scanner.manifest(op.path)
+            st = stats.get(path_key(op.path))
+            if manifest is None or st is None:
+                return True  # not hashed this pass (trusted from base): nothing new to send
+            parent = op.remote.rev if op.remote is not None else None
+            uploads.append((UploadItem(op.path, manifest, st, parent), op.remote))
+            self._sizes[op.path] = manifest.size
+            return False
+        if k == OpKind.DOWNLOAD:
+            assert op.remote is not None
+            self._download(op.path, op.remote, stats.get(path_key(op.path)) if op.local else None)
+            return True
+        if k == OpKind.CONFLICT:
+            assert op.local is not None and op.remote is not None
+            if not self._unchanged(op.path, stats):
+                return True
+            self.fs.rename(op.path, op.copy_path)
+            stats[path_key(op.copy_path)] = stats.pop(path_key(op.path))
+            self.state.add_conflict(
+                op.copy_path, op.path, "edited on two devices", local_only=False
+            )
+            self.reporter.event(f"conflict: your edit of {op.path} kept as {op.copy_path}")
+            manifest = self.scanner.manifest(op.path)
+            if manifest is not None:
+                st = stats[path_key(op.copy_path)]
+                uploads.append((UploadItem(op.copy_path, manifest, st, None), None))
+            self._download(op.path, op.remote, None)
+            return True
+        if k == OpKind.DELETE_LOCAL:
+            if self._unchanged(op.path, stats):
+                self.fs.remove(op.path)
+                self.state.delete_base(op.path)
+                self.reporter.event(f"deleted {op.path} (deleted on the server)")
+            return True
+        if k == OpKind.DELETE_REMOTE:
+            return self._delete_remote(op)
+        if k == OpKind.MOVE_LOCAL:
+            assert op.remote is not None
+            if not self._unchanged(op.src, stats) or self._stat(op.path) is not None:
+                return True
+            if parent_of(op.path):
+                self.fs.makedirs(parent_of(op.path))
+            self.fs.rename(op.src, op.path)
+            old = self.state.base_tree().get(path_key(op.src))
+            self.state.delete_base(op.src)
+            if old is not None:
+                self.state.put_base(replace(old, path=op.path), self.state.base_blocks(op.src))
+            stats[path_key(op.path)] = stats.pop(path_key(op.src))
+            self.reporter.event(f"moved {op.src} -> {op.path}")
+            return True
+        if k == OpKind.MOVE_REMOTE:
+            return self._move_remote(op, stats)
+        if k == OpKind.CREATE_FOLDER_LOCAL:
+            self.fs.makedirs(op.path)
+            st = self.fs.lstat(op.path)
+            self.state.put_base(Entry(op.path, EntryKind.FOLDER, inode=st.inode))
+            return True
+        if k == OpKind.CREATE_FOLDER_REMOTE:
+            try:
+                self.api.call("/v1/create_folder", {"path": server_path(op.path)})
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+            self.state.put_base(Entry(op.path, EntryKind.FOLDER))
+            self.state.put_remote(Entry(op.path, EntryKind.FOLDER))
+            return True
+        if k == OpKind.DELETE_FOLDER_LOCAL:
+            with contextlib.suppress(FileNotFoundError):
+                if not self.fs.listdir(op.path):
+                    self.fs.rmdir(op.path)
+            self.state.delete_base(op.path)
+            return True
+        if k == OpKind.DELETE_FOLDER_REMOTE:
+            try:
+                self.api.call("/v1/delete", {"path": server_path(op.path)})
+            except ApiError as e:
+                if e.status not in (404, 403):
+                    raise
+            self.state.delete_base(op.path)
+            self.state.delete_remote(op.path)
+            return True
+        if k == OpKind.RECORD:
+            assert op.remote is not None
+            st = stats.get(path_key(op.path))
+            self.state.put_base(
+                replace(op.remote, mtime_ns=st.mtime_ns if st else 0, inode=st.inode if st else 0)
+            )
+            return False
+        if k == OpKind.FORGET:
+            self.state.delete_base(op.path)
+            return False
+        raise AssertionError(f"unknown operation {op}")
+
+    def _download(self, path: str, remote: Entry, expect: Stat | None) -> None:
+        self._sizes[path] = remote.size
+        entry, st, blocks = self.transfers.download(
+            path, remote.file_id, remote.rev, remote.content_hash, expect
+        )
+        self._record_file(path, entry, st, blocks)
+        self.reporter.event(f"downloaded {path}")
+
+    def _record_file(self, path: str, entry: FileEntry, st: Stat, blocks: list[str]) -> None:
+        e = Entry(
+            path,
+            EntryKind.FILE,
+            entry.content_hash,
+            entry.size,
+            entry.file_id,
+            entry.rev,
+            st.mtime_ns,
+            st.inode,
+        )
+        self.state.put_base(e, blocks)
+        self.state.put_remote(replace(e, mtime_ns=0, inode=0))
+
+    def _delete_remote(self, op: Op) -> bool:
+        assert op.remote is not None
+        try:
+            self.api.call(
+                "/v1/delete", {"path": server_path(op.remote.path), "parent_rev": op.remote.rev}
+            )
+        except ApiError as e:
+            if e.status == 403:  # read-only share: put the server's file back
+                self.state.delete_base(op.path)
+                self.reporter.problem(f"{op.path} is read-only for you; restored it")
+                return True
+            if e.status == 409:  # changed on the server meanwhile: re-plan
+                return True
+            if e.status != 404:
+                raise
+        self.state.delete_base(op.path)
+        self.state.delete_remote(op.remote.path)
+        self.reporter.event(f"deleted {op.path} on the server")
+        return True
+
+    def _move_remote(self, op: Op, stats: dict[str, Stat]) -> bool:
+        assert op.remote is not None
+        try:
+            raw = self.api.call(
+                "/v1/move", {"from_path": server_path(op.src), "to_path": server_path(op.path)}
+            )
+        except ApiError as e:
+            if e.status in (403, 409, 422, 404):
+                # cannot move there: forget the old pairing; the next round restores or
+                # uploads each side on its own (nothing is lost)
+                self.state.delete_base(op.src)
+                self.reporter.problem(f"could not move {op.src} on the server: {e.message}")
+                return True
+            raise
+        st = stats.get(path_key(op.path)) or self.fs.lstat(op.path)
+        blocks = self.state.base_blocks(op.src)
+        self.state.delete_base(op.src)
+        self.state.delete_remote(op.src)
+        if raw.get(".tag") == "file":
+            self._record_file(op.path, FileEntry.model_validate(raw), st, blocks)
+        self.reporter.event(f"moved {op.src} -> {op.path} on the server")
+        return True
+
+    def _upload(self, uploads: list[tuple[UploadItem, Entry | None]], result: RoundResult) -> None:
+        remote_of = {item.path: remote for item, remote in uploads}
+        results = self.transfers.upload([item for item, _ in uploads])
+        for r in results:
+            self._after_upload(r, remote_of.get(r.item.path), result)
+
+    def _after_upload(self, r: UploadResult, remote: Entry | None, result: RoundResult) -> None:
+        path = r.item.path
+        if r.entry is not None:
+            ids = [b.id for b in r.item.manifest.blocks]
+            self._record_file(path, r.entry, r.item.stat, ids)
+            self.reporter.event(f"uploaded {path}")
+            return
+        if r.error is None:
+            return  # the file changed while uploading: next round
+        if r.status == 409 or r.status == 403:
+            viewer = r.status == 403
+            copy = self._free_copy_name(path)
+            if self.fs.exists(path) and same_stat(self.fs.lstat(path), r.item.stat):
+                self.fs.rename(path, copy)
+                reason = "read-only shared folder" if viewer else "changed on another device"
+                self.state.add_conflict(copy, path, reason, local_only=viewer)
+                self.reporter.event(f"conflict: your edit of {path} kept as {copy}")
+                if viewer:
+                    self.reporter.problem(
+                        f"{path} is in a folder shared with you read-only: your change is "
+                        f"kept locally as {copy} (see `tessera conflicts`)"
+                    )
+                    if remote is not None:
+                        with contextlib.suppress(ApiError, LocalChangedError):
+                            self._download(path, remote, None)
+            return
+        result.problems.append(f"could not upload {path}: {r.error.message} ({r.status})")
+
+    def _free_copy_name(self, path: str) -> str:
+        taken = set(self.state.remote_tree())
+        attempt = 0
+        while True:
+            name = conflicted_copy_name(path, self.settings.device_name, date.today(), attempt)
+            if path_key(name) not in taken and not self.fs.exists(name):
+                return name
+            attempt += 1
+
+    # -- drivers ------------------------------------------------------------------------
+
+    def run_once(self, max_rounds: int = 30) -> RoundResult:
+        """Sync until both sides are quiescent (or a problem stops it)."""
+        total = RoundResult()
+        for _ in range(max_rounds):
+            r = self.round()
+            total.ops += r.ops
+            total.problems += [p for p in r.problems if p not in total.problems]
+            total.paused_deletes = max(total.paused_deletes, r.paused_deletes)
+            total.disk_full = total.disk_full or r.disk_full
+            if r.disk_full or (r.quiescent and r.ops == 0):
+                break
+            if r.ops == 0 and r.unstable:
+                time.sleep(self.settings.debounce_ms / 1000)
+            if r.ops == 0 and r.retry_after:
+                self.reporter.event(f"waiting {r.retry_after:.0f}s for cold storage")
+                time.sleep(min(r.retry_after, 60))
+            if r.ops == 0 and r.problems and not r.unstable and not r.retry_after:
+                break
+        else:
+            total.problems.append(f"still not quiescent after {max_rounds} rounds")
+        return total
+
+    def wake(self) -> None:
+        """Ask the daemon for a round soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the daemon to stop."""
+        self._stop.set()
+        self._wake.set()
+
+    def _longpoll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.longpoll():
+                    self._wake.set()
+            except (ApiError, ServerUnreachable, NotLoggedIn) as e:
+                self.reporter.problem(f"waiting for the server: {e}")
+                self._stop.wait(2.0)
+
+    def run_daemon(self, on_round: Callable[[RoundResult], None] | None = None) -> None:
+        """Sync continuously: watcher events and long-poll wake a round; full scans regularly."""
+        from tessera_client.watcher import Watcher
+
+        watcher = Watcher(self.folder, self._wake, debounce_s=self.settings.debounce_ms / 1000)
+        watcher.start()
+        poller = threading.Thread(target=self._longpoll_loop, name="tessera-longpoll", daemon=True)
+        poller.start()
+        next_scan = 0.0
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, next_scan - time.monotonic())
+                if self._wake.wait(timeout):
+                    self._wake.clear()
+                    watcher.settle()
+                if self._stop.is_set():
+                    break
+                try:
+                    r = self.round()
+                except (ApiError, ServerUnreachable) as e:
+                    self.reporter.problem(f"sync paused: {e}; retrying")
+                    self._stop.wait(2.0)
+                    continue
+                for p in r.problems:
+                    self.reporter.problem(p)
+                if on_round:
+                    on_round(r)
+                if r.ops or r.unstable:
+                    self._wake.set()  # follow-up round: confirm quiescence
+                    if not r.ops:
+                        time.sleep(self.settings.debounce_ms / 1000)
+                if r.retry_after:
+                    next_scan = time.monotonic() + r.retry_after
+                else:
+                    next_scan = time.monotonic() + self.settings.scan_interval_s
+        finally:
+            watcher.stop()
+            self._stop.set()

@@ -1,0 +1,158 @@
+"""The local tree: walk the synced folder, trusting size + mtime + inode, hashing the rest.
+
+A file whose size/mtime/inode match the synced base (or the scanner's cache) keeps its known
+content hash; anything else is chunked and hashed. A file that changes between the two looks
+around hashing (or while it is read) is still being written: it is left out of this pass and
+reported as unstable, so it is never uploaded half-done. Symlinks and special files are
+reported as skipped; names that clash by case or Unicode form are reported, not merged.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+
+from tessera.blocks import FileChangedError, FileManifest, scan_file
+from tessera_client.fs import Kind, SafeFilesystem, Stat
+from tessera_client.ignore import IGNORE_FILE, IgnoreRules
+from tessera_client.paths import path_key
+from tessera_client.planner import Entry, EntryKind
+
+
+@dataclass
+class LocalScan:
+    """The result of one pass over the folder."""
+
+    tree: dict[str, Entry] = field(default_factory=dict)
+    stats: dict[str, Stat] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    unstable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Cached:
+    stat: Stat
+    manifest: FileManifest
+
+
+class Scanner:
+    """Walks one synced folder; remembers manifests so unchanged files are not re-hashed."""
+
+    def __init__(self, fs: SafeFilesystem) -> None:
+        self.fs = fs
+        self._cache: dict[str, _Cached] = {}
+
+    def rules(self) -> IgnoreRules:
+        """Built-in ignores plus the folder's `.tesseraignore`."""
+        try:
+            with self.fs.open_read(IGNORE_FILE) as f:
+                return IgnoreRules.from_text(f.read().decode("utf-8", "replace"))
+        except (FileNotFoundError, OSError):
+            return IgnoreRules()
+
+    def manifest(self, rel: str) -> FileManifest | None:
+        """The cached manifest of a file scanned in this pass (None when unknown)."""
+        cached = self._cache.get(path_key(rel))
+        return cached.manifest if cached else None
+
+    def scan(self, base: dict[str, Entry], exclude: set[str] | None = None) -> LocalScan:
+        """One pass over the whole folder. `exclude`: path keys kept out (local-only copies)."""
+        out = LocalScan()
+        rules = self.rules()
+        seen: set[str] = set()
+        stack = [""]
+        while stack:
+            folder = stack.pop()
+            try:
+                names = sorted(self.fs.listdir(folder))
+            except OSError as e:
+                out.skipped.append((folder or ".", f"cannot list folder: {e.strerror or e}"))
+                continue
+            for name in names:
+                rel = f"{folder}/{name}" if folder else name
+                if unicodedata.normalize("NFC", rel) != rel:
+                    out.skipped.append((rel, "name is not in Unicode NFC form; rename it"))
+                    continue
+                try:
+                    st = self.fs.lstat(rel)
+                except (FileNotFoundError, ValueError):
+                    continue
+                if rules.ignored(rel, is_dir=st.kind == Kind.DIR):
+                    continue
+                key = path_key(rel)
+                if exclude and key in exclude:
+                    continue
+                if st.kind == Kind.SYMLINK:
+                    out.skipped.append((rel, "symlink (never followed)"))
+                    continue
+                if st.kind not in (Kind.FILE, Kind.DIR):
+                    out.skipped.append((rel, "not a regular file or folder"))
+                    continue
+                if key in seen:
+                    other = next(e.path for k, e in out.tree.items() if k == key)
+                    out.skipped.append((rel, f"name clashes with {other!r} (case/Unicode)"))
+                    continue
+                seen.add(key)
+                if st.kind == Kind.DIR:
+                    out.tree[key] = Entry(rel, EntryKind.FOLDER, inode=st.inode)
+                    out.stats[key] = st
+                    stack.append(rel)
+                    continue
+                entry = self._file_entry(rel, key, st, base.get(key), out)
+                if entry is not None:
+                    out.tree[key] = entry
+                    out.stats[key] = st
+        self._cache = {k: v for k, v in self._cache.items() if k in out.tree}
+        return out
+
+    def _file_entry(
+        self, rel: str, key: str, st: Stat, base: Entry | None, out: LocalScan
+    ) -> Entry | None:
+        cached = self._cache.get(key)
+        if cached is not None and _same(cached.stat, st):
+            m = cached.manifest
+            return Entry(
+                rel, EntryKind.FILE, m.content_hash, m.size, mtime_ns=st.mtime_ns, inode=st.inode
+            )
+        if (
+            base is not None
+            and base.is_file
+            and (base.size, base.mtime_ns, base.inode) == (st.size, st.mtime_ns, st.inode)
+        ):
+            return Entry(
+                rel,
+                EntryKind.FILE,
+                base.content_hash,
+                st.size,
+                mtime_ns=st.mtime_ns,
+                inode=st.inode,
+            )
+        disk = self.fs.local_path(rel)
+        if disk is None:
+            out.skipped.append((rel, "cannot be hashed on this filesystem"))
+            return None
+        try:
+            manifest = scan_file(disk)
+            after = self.fs.lstat(rel)
+        except (FileChangedError, FileNotFoundError):
+            out.unstable.append(rel)
+            return None
+        except OSError as e:
+            out.skipped.append((rel, f"cannot read: {e.strerror or e}"))
+            return None
+        if not _same(after, st):
+            out.unstable.append(rel)
+            return None
+        self._cache[key] = _Cached(st, manifest)
+        return Entry(
+            rel,
+            EntryKind.FILE,
+            manifest.content_hash,
+            manifest.size,
+            mtime_ns=st.mtime_ns,
+            inode=st.inode,
+        )
+
+
+def _same(a: Stat, b: Stat) -> bool:
+    return (a.size, a.mtime_ns, a.inode) == (b.size, b.mtime_ns, b.inode)

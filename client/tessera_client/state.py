@@ -1,0 +1,269 @@
+"""The client's state database: SQLite in WAL mode, under the device's home.
+
+Tables:
+- `base`: the synced tree — what both sides agreed on (path, file_id, rev, content hash,
+  size, mtime, inode, block list). The planner's third tree.
+- `remote`: the server's tree as last listed (kept current from the cursor).
+- `meta`: the cursor and other single values.
+- `pending`: work in flight (upload sessions and the blocks already sent), so a killed
+  client resumes instead of starting over.
+- `conflicts`: conflicted copies and local-only copies the user should look at.
+
+One connection, guarded by a lock: the executor's transfer threads never write here;
+only the sync loop does, so contention is nil.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tessera_client.paths import path_key
+from tessera_client.planner import Entry, EntryKind
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS base (
+    key TEXT PRIMARY KEY, path TEXT NOT NULL, kind TEXT NOT NULL, file_id TEXT NOT NULL,
+    rev INTEGER NOT NULL, content_hash TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, blocks TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS remote (
+    key TEXT PRIMARY KEY, path TEXT NOT NULL, kind TEXT NOT NULL, file_id TEXT NOT NULL,
+    rev INTEGER NOT NULL, content_hash TEXT NOT NULL, size INTEGER NOT NULL,
+    access TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (
+    kind TEXT NOT NULL, key TEXT NOT NULL, payload TEXT NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS conflicts (
+    path TEXT PRIMARY KEY, original TEXT NOT NULL, reason TEXT NOT NULL,
+    local_only INTEGER NOT NULL, created_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    """A conflicted copy the user should look at."""
+
+    path: str
+    original: str
+    reason: str
+    local_only: bool
+    created_at: float
+
+
+class StateDB:
+    """The state database of one device."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic transaction (nested calls join the outer one)."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- synced base --------------------------------------------------------------------
+
+    def base_tree(self) -> dict[str, Entry]:
+        """The synced tree, keyed by path key."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, path, kind, file_id, rev, content_hash, size, mtime_ns, inode"
+                " FROM base"
+            ).fetchall()
+        return {
+            r[0]: Entry(r[1], EntryKind(r[2]), r[5], r[6], r[3], r[4], r[7], r[8]) for r in rows
+        }
+
+    def base_blocks(self, path: str) -> list[str]:
+        """The block ids of a synced file (empty when unknown)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT blocks FROM base WHERE key = ?", (path_key(path),)
+            ).fetchone()
+        return list(json.loads(row[0])) if row else []
+
+    def put_base(self, entry: Entry, blocks: list[str] | None = None) -> None:
+        """Record that both sides agree on `entry`."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO base VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    path_key(entry.path),
+                    entry.path,
+                    entry.kind.value,
+                    entry.file_id,
+                    entry.rev,
+                    entry.content_hash,
+                    entry.size,
+                    entry.mtime_ns,
+                    entry.inode,
+                    json.dumps(blocks or []),
+                ),
+            )
+
+    def delete_base(self, path: str, *, recursive: bool = False) -> None:
+        """Forget a synced path (and, with `recursive`, everything below it)."""
+        key = path_key(path)
+        with self.transaction() as db:
+            db.execute("DELETE FROM base WHERE key = ?", (key,))
+            if recursive:
+                db.execute(
+                    "DELETE FROM base WHERE substr(key, 1, ?) = ?", (len(key) + 1, key + "/")
+                )
+
+    # -- remote mirror ------------------------------------------------------------------
+
+    def remote_tree(self) -> dict[str, Entry]:
+        """The server's tree as last listed, keyed by path key."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, path, kind, file_id, rev, content_hash, size FROM remote"
+            ).fetchall()
+        return {r[0]: Entry(r[1], EntryKind(r[2]), r[5], r[6], r[3], r[4]) for r in rows}
+
+    def remote_access(self) -> dict[str, str]:
+        """Mount points of shared folders and the caller's access there (key -> access)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, access FROM remote WHERE access IS NOT NULL"
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def put_remote(self, entry: Entry, access: str | None = None) -> None:
+        """Record a file or folder listed by the server."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO remote VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    path_key(entry.path),
+                    entry.path,
+                    entry.kind.value,
+                    entry.file_id,
+                    entry.rev,
+                    entry.content_hash,
+                    entry.size,
+                    access,
+                ),
+            )
+
+    def delete_remote(self, path: str) -> None:
+        """The server deleted `path` and everything below it."""
+        key = path_key(path)
+        with self.transaction() as db:
+            db.execute("DELETE FROM remote WHERE key = ?", (key,))
+            db.execute("DELETE FROM remote WHERE substr(key, 1, ?) = ?", (len(key) + 1, key + "/"))
+
+    def clear_remote(self) -> None:
+        """Drop the remote mirror (before a full re-list)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM remote")
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        """A stored single value."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Store (or with None, delete) a single value."""
+        with self.transaction() as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @property
+    def cursor(self) -> str | None:
+        """The list_folder cursor the remote mirror is current to."""
+        return self.get_meta("cursor")
+
+    # -- pending work -------------------------------------------------------------------
+
+    def get_pending(self, kind: str, key: str) -> dict[str, Any] | None:
+        """A piece of work in flight."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT payload FROM pending WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchone()
+        return dict(json.loads(row[0])) if row else None
+
+    def put_pending(self, kind: str, key: str, payload: dict[str, Any]) -> None:
+        """Record (or update) a piece of work in flight."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pending VALUES (?,?,?,?)",
+                (kind, key, json.dumps(payload), time.time()),
+            )
+
+    def drop_pending(self, kind: str, key: str) -> None:
+        """The work is done (or abandoned)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM pending WHERE kind = ? AND key = ?", (kind, key))
+
+    def list_pending(self, kind: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """All work in flight (optionally of one kind)."""
+        sql = "SELECT kind, key, payload FROM pending"
+        args: tuple[str, ...] = ()
+        if kind is not None:
+            sql, args = sql + " WHERE kind = ?", (kind,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY kind, key", args).fetchall()
+        return [(r[0], r[1], dict(json.loads(r[2]))) for r in rows]
+
+    # -- conflicts ----------------------------------------------------------------------
+
+    def add_conflict(self, path: str, original: str, reason: str, *, local_only: bool) -> None:
+        """Remember a conflicted copy for `tessera conflicts`."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO conflicts VALUES (?,?,?,?,?)",
+                (path, original, reason, int(local_only), time.time()),
+            )
+
+    def conflicts(self) -> list[ConflictRecord]:
+        """Every recorded conflicted copy, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path, original, reason, local_only, created_at FROM conflicts"
+                " ORDER BY created_at"
+            ).fetchall()
+        return [ConflictRecord(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    def drop_conflict(self, path: str) -> None:
+        """Forget a conflicted copy (it was resolved or deleted)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM conflicts WHERE path = ?", (path,))

@@ -1,0 +1,468 @@
+"""Block transfers: uploads (only the blocks the server asks for) and verified downloads.
+
+Uploads follow the two-step flow of docs/api.md: `/v1/uploads` says which blocks are needed
+(with their keys), `/v1/uploads/urls` gives a presigned PUT per encoded block, then one
+`/v1/commit` (or `/v1/commit_batch` for many files). Blocks are read at their offsets and
+re-hashed (a file that changed meanwhile is not committed), encoded and PUT by a thread pool,
+a bounded window at a time, so memory stays flat whatever the file size. Each upload
+session and the blocks already sent are recorded in the state database, so a killed client
+resumes and sends only what is missing.
+
+Downloads fetch blocks in parallel, decode each one (decrypt, decompress, re-hash), write
+them in order into a temp file in the target's folder, check the whole content hash, fsync,
+and only then rename into place — after re-checking that the local file did not change
+since the plan was made.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from blake3 import blake3
+
+from tessera.api.models import (
+    CommitBatchResponse,
+    DownloadResponse,
+    FileEntry,
+    UploadStartResponse,
+    UploadUrlsResponse,
+)
+from tessera.blocks import (
+    MAX_BLOCK_SIZE,
+    BlockError,
+    FileChangedError,
+    FileManifest,
+    content_hash,
+    decode_block,
+    encode_block,
+)
+from tessera_client.api import Api, ApiError, error_from
+from tessera_client.fs import Kind, SafeFilesystem, Stat
+from tessera_client.paths import parent_of, path_key, server_path
+from tessera_client.state import StateDB
+
+WINDOW_BYTES = 32 * 1024 * 1024
+WINDOW_BLOCKS = 64
+
+Progress = Callable[[str, int], None]
+
+
+class DiskFullError(OSError):
+    """The disk is full: downloads stop, nothing half-written is left in place."""
+
+
+class RestoringError(Exception):
+    """The file's blocks are being restored from cold storage; try again later."""
+
+    def __init__(self, path: str, retry_after: float) -> None:
+        super().__init__(f"{path}: restoring from cold storage (retry in {retry_after:.0f}s)")
+        self.path, self.retry_after = path, retry_after
+
+
+class IntegrityError(Exception):
+    """The server sent something that does not verify; nothing was written."""
+
+
+class LocalChangedError(Exception):
+    """The local file changed since the plan was made; it was left alone."""
+
+
+@dataclass
+class UploadItem:
+    """A local file to commit: where, what (its manifest), on top of which rev."""
+
+    path: str
+    manifest: FileManifest
+    stat: Stat
+    parent_rev: int | None
+
+
+@dataclass
+class UploadResult:
+    """What the server said about one committed file."""
+
+    item: UploadItem
+    entry: FileEntry | None = None
+    status: int = 200
+    error: ApiError | None = None
+
+
+@dataclass
+class TransferStats:
+    """Bytes moved, for status lines and benchmarks."""
+
+    block_bytes_up: int = 0
+    blocks_up: int = 0
+    block_bytes_down: int = 0
+    blocks_down: int = 0
+    files_up: int = 0
+    files_down: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _iso(mtime_ns: int) -> str:
+    return datetime.fromtimestamp(mtime_ns / 1e9, UTC).isoformat().replace("+00:00", "Z")
+
+
+def same_stat(a: Stat, b: Stat) -> bool:
+    """True when a file looks untouched (size + mtime + inode)."""
+    return (a.kind, a.size, a.mtime_ns, a.inode) == (b.kind, b.size, b.mtime_ns, b.inode)
+
+
+class Transfers:
+    """Uploads and downloads for one synced folder."""
+
+    def __init__(
+        self,
+        api: Api,
+        fs: SafeFilesystem,
+        state: StateDB,
+        *,
+        device: str,
+        threads: int = 8,
+        batch_files: int = 500,
+        progress: Progress | None = None,
+    ) -> None:
+        self.api, self.fs, self.state = api, fs, state
+        self.device = device
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tessera-xfer")
+        self.threads = threads
+        self.batch_files = batch_files
+        self.progress = progress
+        self.stats = TransferStats()
+
+    def close(self) -> None:
+        """Stop the transfer threads."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- uploads ------------------------------------------------------------------------
+
+    def upload(self, items: list[UploadItem]) -> list[UploadResult]:
+        """Upload and commit many files: few sessions, one commit batch per `batch_files`."""
+        results: list[UploadResult] = []
+        for start in range(0, len(items), self.batch_files):
+            results += self._upload_batch(items[start : start + self.batch_files])
+        return results
+
+    def _pending_key(self, item: UploadItem) -> str:
+        return path_key(item.path)
+
+    def _start_session(self, items: list[UploadItem]) -> dict[str, dict[str, Any]]:
+        """Open (or resume) upload sessions; per item its session record."""
+        sessions: dict[str, dict[str, Any]] = {}
+        fresh: list[UploadItem] = []
+        now = datetime.now(UTC).timestamp()
+        for item in items:
+            rec = self.state.get_pending("upload", self._pending_key(item))
+            if (
+                rec
+                and rec["content_hash"] == item.manifest.content_hash
+                and rec["expires_at"] - 60 > now
+            ):
+                sessions[item.path] = rec
+            else:
+                fresh.append(item)
+        if fresh:
+            body = {
+                "files": [
+                    {
+                        "path": server_path(i.path),
+                        "size": i.manifest.size,
+                        "content_hash": i.manifest.content_hash,
+                        "blocks": [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
+                    }
+                    for i in fresh
+                ]
+            }
+            started = UploadStartResponse.model_validate(self.api.call("/v1/uploads", body))
+            needed = {n.id: [n.key_version, n.key] for n in started.needed}
+            for item in fresh:
+                ids = {b.id for b in item.manifest.blocks}
+                rec = {
+                    "upload_id": started.upload_id,
+                    "expires_at": started.expires_at.timestamp(),
+                    "content_hash": item.manifest.content_hash,
+                    "needed": {i: k for i, k in needed.items() if i in ids},
+                    "sent": [],
+                    "idempotency_key": f"{self.device}-{uuid.uuid4().hex}",
+                }
+                self.state.put_pending("upload", self._pending_key(item), rec)
+                sessions[item.path] = rec
+        return sessions
+
+    def _upload_batch(self, items: list[UploadItem]) -> list[UploadResult]:
+        try:
+            sessions = self._start_session(items)
+        except ApiError as e:
+            if len(items) == 1:
+                return [UploadResult(items[0], status=e.status, error=e)]
+            # one bad file must not block the others: retry them one by one
+            return [r for i in items for r in self._upload_batch([i])]
+        work: list[tuple[UploadItem, str, str, int, str]] = []  # item, id, upload_id, kv, key
+        seen: set[tuple[str, str]] = set()
+        for item in items:
+            rec = sessions[item.path]
+            sent = set(rec["sent"])
+            for ref in item.manifest.blocks:
+                if ref.id in rec["needed"] and ref.id not in sent:
+                    if (rec["upload_id"], ref.id) in seen:
+                        continue
+                    seen.add((rec["upload_id"], ref.id))
+                    kv, key = rec["needed"][ref.id]
+                    work.append((item, ref.id, rec["upload_id"], kv, key))
+        changed: set[str] = set()
+        for window in _windows(work, items):
+            changed |= self._send_window(window, sessions)
+        return self._commit([i for i in items if i.path not in changed], sessions) + [
+            UploadResult(i, status=0, error=None) for i in items if i.path in changed
+        ]
+
+    def _read_block(self, item: UploadItem, block: str) -> bytes:
+        ref = next(b for b in item.manifest.blocks if b.id == block)
+        with self.fs.open_read(item.path) as f:
+            f.seek(ref.offset)
+            data = f.read(ref.size)
+        if len(data) != ref.size or "b3:" + blake3(data).hexdigest() != block:
+            raise FileChangedError(f"{item.path} changed while it was uploaded")
+        return data
+
+    def _encode(self, item: UploadItem, block: str, kv: int, key: str) -> tuple[bytes, str]:
+        stored = encode_block(self._read_block(item, block), block, base64.b64decode(key), kv)
+        return stored, base64.b64encode(hashlib.sha256(stored).digest()).decode()
+
+    def _send_window(
+        self, window: list[tuple[UploadItem, str, str, int, str]], sessions: dict[str, Any]
+    ) -> set[str]:
+        """Encode, get URLs for, and PUT one window of blocks; the paths that changed."""
+        changed: set[str] = set()
+        encoded: list[tuple[UploadItem, str, str, bytes, str]] = []
+        futures = [(w, self.pool.submit(self._encode, w[0], w[1], w[3], w[4])) for w in window]
+        for (item, block, upload_id, _kv, _key), fut in futures:
+            try:
+                stored, sha = fut.result()
+            except (FileChangedError, OSError):
+                changed.add(item.path)
+                continue
+            encoded.append((item, block, upload_id, stored, sha))
+        by_session: dict[str, list[tuple[UploadItem, str, str, bytes, str]]] = {}
+        for e in encoded:
+            by_session.setdefault(e[2], []).append(e)
+        for upload_id, blocks in by_session.items():
+            body = {
+                "upload_id": upload_id,
+                "blocks": [{"id": b[1], "size": len(b[3]), "sha256": b[4]} for b in blocks],
+            }
+            urls = UploadUrlsResponse.model_validate(self.api.call("/v1/uploads/urls", body)).urls
+            puts = [
+                (b, self.pool.submit(self._put, u.method, u.url, u.headers, b[3]))
+                for b, u in zip(blocks, urls, strict=True)
+            ]
+            for b, put in puts:
+                put.result()
+                self.stats.blocks_up += 1
+                self.stats.block_bytes_up += len(b[3])
+                if self.progress:
+                    self.progress(b[0].path, len(b[3]))
+                for item_path, rec in sessions.items():
+                    if rec["upload_id"] == upload_id and b[1] in rec["needed"]:
+                        rec["sent"].append(b[1])
+                        self.state.put_pending("upload", path_key(item_path), rec)
+        return changed
+
+    def _put(self, method: str, url: str, headers: dict[str, str], data: bytes) -> None:
+        response = self.api.transfer(method, url, headers, data)
+        if response.status_code >= 300:
+            raise ApiError(response.status_code, "block_upload_failed", response.text[:200], {})
+
+    def _commit(
+        self, items: list[UploadItem], sessions: dict[str, dict[str, Any]]
+    ) -> list[UploadResult]:
+        if not items:
+            return []
+        ready: list[UploadItem] = []
+        results: list[UploadResult] = []
+        for item in items:
+            try:
+                now = self.fs.lstat(item.path)
+            except FileNotFoundError:
+                now = None
+            if now is None or not same_stat(now, item.stat):
+                results.append(UploadResult(item, status=0))  # changed again: next round
+            else:
+                ready.append(item)
+        bodies = [
+            {
+                "path": server_path(i.path),
+                "parent_rev": i.parent_rev,
+                "upload_id": sessions[i.path]["upload_id"],
+                "blocks": [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
+                "size": i.manifest.size,
+                "content_hash": i.manifest.content_hash,
+                "mtime": _iso(i.stat.mtime_ns),
+                "idempotency_key": sessions[i.path]["idempotency_key"],
+            }
+            for i in ready
+        ]
+        if len(ready) == 1:
+            try:
+                entry = FileEntry.model_validate(self.api.call("/v1/commit", bodies[0]))
+                results.append(UploadResult(ready[0], entry=entry))
+            except ApiError as e:
+                results.append(UploadResult(ready[0], status=e.status, error=e))
+        elif ready:
+            answer = CommitBatchResponse.model_validate(
+                self.api.call("/v1/commit_batch", {"entries": bodies})
+            )
+            for item, res in zip(ready, answer.entries, strict=True):
+                if res.entry is not None:
+                    results.append(UploadResult(item, entry=res.entry))
+                else:
+                    err = res.error
+                    api_err = ApiError(
+                        res.status,
+                        err.code if err else "error",
+                        err.message if err else "",
+                        (err.model_extra or {}) if err else {},
+                    )
+                    results.append(UploadResult(item, status=res.status, error=api_err))
+        for r in results:
+            if r.entry is not None:
+                self.stats.files_up += 1
+            if r.status != 0:  # done (committed or refused): the session is no longer ours
+                self.state.drop_pending("upload", path_key(r.item.path))
+        return results
+
+    # -- downloads ----------------------------------------------------------------------
+
+    def download(
+        self,
+        path: str,
+        file_id: str,
+        rev: int,
+        expected_hash: str,
+        expect_local: Stat | None,
+    ) -> tuple[FileEntry, Stat, list[str]]:
+        """Download `rev` of a file into `path`, verified, atomically. Returns (entry, stat, ids).
+
+        `expect_local` is what the planner saw at `path` (None: nothing). If the local file
+        no longer matches it when the download is ready, it is left alone (LocalChangedError).
+        """
+        response = self.api.raw("POST", "/v1/download", {"file_id": file_id, "rev": rev})
+        if response.status_code == 202:
+            body = response.json()
+            raise RestoringError(path, float(body.get("retry_after", 60)))
+        if response.status_code >= 400:
+            raise error_from(response)
+        answer = DownloadResponse.model_validate(response.json())
+        self._verify_plan(path, answer, expected_hash)
+        folder = parent_of(path)
+        if folder:
+            self.fs.makedirs(folder)
+        tmp, handle = self.fs.create_temp(folder)
+        try:
+            with handle:
+                for plaintext in self._fetch_blocks(answer):
+                    handle.write(plaintext)
+                    self.stats.block_bytes_down += len(plaintext)
+                    if self.progress:
+                        self.progress(path, len(plaintext))
+                self.fs.fsync(handle)
+            if answer.entry.mtime is not None:
+                self.fs.set_mtime(tmp, int(answer.entry.mtime.timestamp() * 1e9))
+            self._check_local(path, expect_local)
+            self.fs.rename(tmp, path)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                self.fs.remove(tmp)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise DiskFullError(errno.ENOSPC, f"disk full while downloading {path}") from e
+            raise
+        self.stats.files_down += 1
+        return answer.entry, self.fs.lstat(path), [b.id for b in answer.blocks]
+
+    def _verify_plan(self, path: str, answer: DownloadResponse, expected_hash: str) -> None:
+        """Refuse a block list that does not add up to the file the server announced."""
+        entry = answer.entry
+        offset = 0
+        for b in answer.blocks:
+            if b.offset != offset or b.size <= 0 or b.size > MAX_BLOCK_SIZE:
+                raise IntegrityError(f"{path}: the server sent a malformed block list")
+            offset += b.size
+        if offset != entry.size:
+            raise IntegrityError(f"{path}: blocks add up to {offset} bytes, not {entry.size}")
+        if content_hash([b.id for b in answer.blocks]) != entry.content_hash:
+            raise IntegrityError(f"{path}: the block list does not match the content hash")
+        if expected_hash and entry.content_hash != expected_hash:
+            raise IntegrityError(f"{path}: the server sent another version than it listed")
+
+    def _fetch(self, block: Any) -> bytes:
+        response = self.api.transfer(block.method, block.url, block.headers)
+        if response.status_code != 200:
+            raise ApiError(response.status_code, "block_download_failed", response.text[:200], {})
+        try:
+            plaintext = decode_block(response.content, block.id, base64.b64decode(block.key))
+        except (BlockError, ValueError) as e:
+            raise IntegrityError(f"block {block.id} does not verify: {e}") from e
+        if len(plaintext) != block.size:
+            raise IntegrityError(f"block {block.id} has {len(plaintext)} bytes, not {block.size}")
+        self.stats.blocks_down += 1
+        return plaintext
+
+    def _fetch_blocks(self, answer: DownloadResponse) -> Iterator[bytes]:
+        """The plaintext blocks in order, fetched `threads` at a time."""
+        pending: deque[Future[bytes]] = deque()
+        blocks = iter(answer.blocks)
+        for block in blocks:
+            pending.append(self.pool.submit(self._fetch, block))
+            if len(pending) >= self.threads:
+                break
+        try:
+            while pending:
+                data = pending.popleft().result()
+                nxt = next(blocks, None)
+                if nxt is not None:
+                    pending.append(self.pool.submit(self._fetch, nxt))
+                yield data
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def _check_local(self, path: str, expect: Stat | None) -> None:
+        try:
+            now: Stat | None = self.fs.lstat(path)
+        except FileNotFoundError:
+            now = None
+        if expect is None and now is None:
+            return
+        if expect is None or now is None or not same_stat(now, expect):
+            raise LocalChangedError(f"{path} changed locally since the plan; left alone")
+        if now.kind == Kind.SYMLINK:
+            raise LocalChangedError(f"{path} is a symlink; left alone")
+
+
+def _windows(
+    work: list[tuple[UploadItem, str, str, int, str]], items: list[UploadItem]
+) -> Iterator[list[tuple[UploadItem, str, str, int, str]]]:
+    """Group blocks into windows of bounded size (memory stays flat for huge files)."""
+    sizes = {(i.path, b.id): b.size for i in items for b in i.manifest.blocks}
+    window: list[tuple[UploadItem, str, str, int, str]] = []
+    total = 0
+    for w in work:
+        size = sizes[(w[0].path, w[1])]
+        if window and (total + size > WINDOW_BYTES or len(window) >= WINDOW_BLOCKS):
+            yield window
+            window, total = [], 0
+        window.append(w)
+        total += size
+    if window:
+        yield window
