@@ -23,7 +23,6 @@ class MaintenanceSettings(Settings):
     upload_grace_hours: int = 1  # an upload session is expired this long after expires_at
     # cold storage
     cold_after_days: int = 90  # blocks unread this long move to the cold tier
-    access_flush_s: float = 60.0  # how often a process flushes its buffered block reads
     # scrub
     scrub_sample: int = 200  # live blocks re-verified per scrub run
     # batches: each transaction stays short so no lock blocks a commit for long

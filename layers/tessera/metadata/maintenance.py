@@ -398,7 +398,7 @@ class MaintenanceTx:
         )
         return [(r[0], r[1]) for r in rows]
 
-    # -- cold storage and access analytics ------------------------------------------------
+    # -- cold storage ------------------------------------------------------------------
 
     def cold_candidates(self, cutoff: datetime, limit: int) -> list[BlockRow]:
         """Live blocks not read since before `cutoff`, least recently read first."""
@@ -441,18 +441,6 @@ class MaintenanceTx:
                 (at, at, block_id),
             )
             == 1
-        )
-
-    def record_access(self, block_ids: Sequence[str], at: datetime, *, resolution_s: int) -> int:
-        """Note that the blocks were read at `at` (rows older than `resolution_s` only)."""
-        if not block_ids:
-            return 0
-        return self._count(
-            "UPDATE blocks SET last_access = %s WHERE block_id IN"
-            " (SELECT block_id FROM blocks WHERE block_id = ANY(%s)"
-            "  AND (last_access IS NULL OR last_access < %s - make_interval(secs => %s))"
-            "  ORDER BY block_id FOR UPDATE SKIP LOCKED)",
-            (at, sorted(block_ids), at, resolution_s),
         )
 
     # -- scrub ----------------------------------------------------------------------------

@@ -1,0 +1,45 @@
+"""Lambda entry points of the maintenance workflows (`functions/<function>/handler.py`).
+
+`make_handler(name)` returns the handler of workflow `name`'s function. The AWS adapters
+(S3, KMS/SSM, DynamoDB change feed, Aurora pool) are built on the first invocation and
+reused while the execution environment stays warm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .context import MaintenanceContext
+from .runner import handle_event
+from .settings import MaintenanceSettings
+from .workflows import workflow
+
+Handler = Callable[[Mapping[str, Any], Any], dict[str, Any]]
+
+
+def aws_context() -> MaintenanceContext:
+    """A maintenance context over the AWS adapters, configured from the environment."""
+    from tessera.adapters.aws.wiring import AwsRuntime
+
+    services = AwsRuntime.from_env().services()
+    return MaintenanceContext.build(
+        db=services.db,
+        store=services.block_store,
+        keys=services.keys,
+        feed=services.feed,
+        settings=MaintenanceSettings.widen(services.settings),
+    )
+
+
+def make_handler(name: str, build: Callable[[], MaintenanceContext] = aws_context) -> Handler:
+    """The Lambda handler of workflow `name`: parse the event, run the step, return its result."""
+    workflow(name)  # fail at import on a typo, not at the first invocation
+    ctx: list[MaintenanceContext] = []
+
+    def handler(event: Mapping[str, Any], _context: Any) -> dict[str, Any]:
+        if not ctx:
+            ctx.append(build())
+        return handle_event(ctx[0], name, event)
+
+    return handler
