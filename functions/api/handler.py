@@ -1,0 +1,31 @@
+"""Lambda `api`: the whole REST API (API Gateway REST proxy events, Cognito authorizer).
+
+Cold start: read settings, wire the AWS adapters into `Services`, build the Powertools
+resolver — once, here at import. Each invocation only resolves the event; the domain
+publishes each commit's event to the changes table right after its transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tessera.adapters.aws.wiring import AwsRuntime
+from tessera.api import build_resolver
+
+logger = Logger(service="tessera-api")
+tracer = Tracer(service="tessera-api")
+metrics = Metrics(namespace="Tessera", service="tessera-api")
+
+runtime = AwsRuntime.from_env()
+resolver = build_resolver(runtime.services())
+
+
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@tracer.capture_lambda_handler(capture_response=False)  # responses hold presigned URLs
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Resolve one API Gateway REST proxy event."""
+    return resolver.resolve(event, context)

@@ -1,0 +1,31 @@
+"""Lambda `longpoll`: `POST /v1/list_folder/longpoll`, on a function of its own so its
+concurrency and timeout are its own.
+
+The same API app as `api`: it validates the cursor against Aurora (one short query), then
+waits on the DynamoDB `changes` table — not Aurora — until a change or the timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tessera.adapters.aws.wiring import AwsRuntime
+from tessera.api import build_resolver
+
+logger = Logger(service="tessera-longpoll")
+tracer = Tracer(service="tessera-longpoll")
+metrics = Metrics(namespace="Tessera", service="tessera-longpoll")
+
+runtime = AwsRuntime.from_env()
+resolver = build_resolver(runtime.services())
+
+
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Resolve one long-poll request (API Gateway REST proxy event)."""
+    return resolver.resolve(event, context)

@@ -1,0 +1,38 @@
+"""Lambda `outbox_relay`: the scheduled sweep (EventBridge Scheduler, every minute).
+
+Outbox rows not yet relayed → the DynamoDB changes table. At-least-once and idempotent:
+see `tessera.metadata.outbox`. The event (a Scheduler payload) carries nothing we need.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from tessera.adapters.aws.wiring import AwsRuntime
+from tessera.metadata.outbox import relay_outbox
+
+logger = Logger(service="tessera-outbox-relay")
+tracer = Tracer(service="tessera-outbox-relay")
+metrics = Metrics(namespace="Tessera", service="tessera-outbox-relay")
+
+runtime = AwsRuntime.from_env()
+db = runtime.database()
+feed = runtime.change_feed()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics(raise_on_empty_metrics=False)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Run one sweep; report how many events were relayed and which failed."""
+    # Rows younger than a few seconds are normally being published by the fast path.
+    result = relay_outbox(db, feed, min_age_s=float(event.get("min_age_s", 5.0)))
+    metrics.add_metric(name="OutboxRelayed", unit=MetricUnit.Count, value=result.relayed)
+    metrics.add_metric(name="OutboxRelayFailed", unit=MetricUnit.Count, value=len(result.failed))
+    if result.failed:
+        logger.warning("outbox relay left events pending", extra={"failed": result.failed})
+    return {"relayed": result.relayed, "failed": result.failed}

@@ -1,0 +1,83 @@
+"""Wiring of the Lambda functions: settings → AWS adapters → `Services`, once per cold start.
+
+Each function's handler module calls one of these at import, outside the handler, so a
+warm invocation reuses the pool, the boto3 clients and the decrypted key secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from tessera.adapters.aws.changes import DynamoChangeFeed, changes_model
+from tessera.adapters.aws.clients import AwsClients
+from tessera.adapters.aws.database import db_conninfo
+from tessera.adapters.aws.events import EventBridgePublisher
+from tessera.adapters.aws.keys import KmsKeyService
+from tessera.adapters.aws.s3 import S3BlockStore
+from tessera.adapters.aws.settings import AwsSettings
+from tessera.domain.services import Services
+from tessera.metadata import Database
+from tessera.settings import Settings
+
+
+@dataclass
+class AwsRuntime:
+    """Settings and clients of one process; builds adapters on demand."""
+
+    aws: AwsSettings
+    settings: Settings = field(default_factory=Settings)
+    clients: AwsClients | None = None
+
+    def __post_init__(self) -> None:
+        if self.clients is None:
+            self.clients = AwsClients(self.aws)
+
+    @classmethod
+    def from_env(cls) -> AwsRuntime:
+        """Both settings objects from the process environment (read once)."""
+        return cls(aws=AwsSettings.from_env(), settings=Settings.from_env())
+
+    @property
+    def _clients(self) -> AwsClients:
+        assert self.clients is not None  # set by __post_init__
+        return self.clients
+
+    def change_feed(self) -> DynamoChangeFeed:
+        """The DynamoDB change feed on the `changes` table."""
+        model = changes_model(
+            self.aws.changes_table, region=self.aws.region, host=self.aws.endpoint_url
+        )
+        return DynamoChangeFeed(model, ttl=timedelta(days=self.aws.changes_ttl_days))
+
+    def block_store(self) -> S3BlockStore:
+        """The S3 block store."""
+        self.aws.require("bucket")
+        return S3BlockStore(self._clients.s3, self.aws.bucket)
+
+    def key_service(self) -> KmsKeyService:
+        """The KMS/SSM key service."""
+        return KmsKeyService(self._clients.kms, self._clients.ssm, self.aws.key_param_prefix)
+
+    def event_publisher(self) -> EventBridgePublisher:
+        """The EventBridge publisher for the `tessera` bus."""
+        return EventBridgePublisher(self._clients.events, self.aws.event_bus, self.aws.event_source)
+
+    def database(self) -> Database:
+        """The metadata pool (RDS IAM auth tokens when configured)."""
+        conninfo = db_conninfo(self.aws, self._clients.rds if self.aws.db_iam_auth else None)
+        return Database(
+            conninfo,
+            min_size=self.settings.pool_min_size,
+            max_size=self.settings.pool_max_size,
+        )
+
+    def services(self) -> Services:
+        """Every port on its AWS adapter, in the domain's `Services` container."""
+        return Services(
+            db=self.database(),
+            block_store=self.block_store(),
+            keys=self.key_service(),
+            feed=self.change_feed(),
+            settings=self.settings,
+        )
