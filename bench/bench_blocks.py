@@ -1,0 +1,355 @@
+"""Block pipeline benchmarks (issue 2): scan vs sha256sum, encode vs restic, codec throughput,
+pipeline overhead over its native parts, delta efficiency, peak memory of chunking.
+
+Default sizes are the issue's (1 GiB, 256 MiB, 4 GiB); `TESSERA_BENCH_SCALE=0.1` shrinks them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import zstandard
+from blake3 import blake3
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pyfastcdc import FastCDC
+
+from bench.common import (
+    DATA_DIR,
+    VENV_BIN,
+    Figure,
+    GiB,
+    MiB,
+    best_of,
+    have,
+    human_bytes,
+    peak_rss,
+    print_figures,
+    random_file,
+    run_quiet,
+    scale,
+    scaled,
+    sparse_file,
+    text_file,
+    warm,
+)
+from tessera.blocks import (
+    AVG_BLOCK_SIZE,
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+    codec,
+    decode_many,
+    default_workers,
+    derive_block_key,
+    encode_many,
+    iter_chunks,
+    scan_file,
+)
+
+SECRET = bytes(range(32))
+KEY_VERSION = 1
+Job = tuple[bytes, str, bytes, int]
+
+
+def main() -> None:
+    """Run every block benchmark and print the figures in one table."""
+    workers = default_workers()
+    print(f"scale {scale()}, {workers} worker(s) = cores available, data in {DATA_DIR}")
+    big = random_file("random-1g.bin", scaled(GiB))
+    figures: list[Figure] = []
+    figures += scan_vs_sha256(big)
+    figures += encode_vs_restic(big, workers)
+    figures += codec_throughput(workers)
+    figures += pipeline_overhead()
+    figures += delta_efficiency()
+    figures += chunking_peak_memory()
+    print_figures(f"Block pipeline ({workers} cores, scale {scale()})", figures)
+
+
+def log(message: str) -> None:
+    print(f"  {message}", flush=True)
+
+
+def mbps(size: int, seconds: float) -> str:
+    return f"{size / seconds / 1e6:,.0f} MB/s"
+
+
+# --- tessera blocks vs sha256sum ---------------------------------------------------------
+
+
+def scan_vs_sha256(path: Path) -> list[Figure]:
+    size = path.stat().st_size
+    log(f"tessera blocks vs sha256sum on {human_bytes(size)} of random data")
+    warm(path)
+    t_cli = best_of(lambda: run_quiet([VENV_BIN / "tessera", "blocks", path, "--json"]))
+    t_scan = best_of(lambda: scan_file(path))
+    t_sha = best_of(lambda: run_quiet(["sha256sum", path]))
+    ratio = t_cli / t_sha
+    return [
+        Figure(f"`tessera blocks` {human_bytes(size)} (wall)", f"{t_cli:.2f} s"),
+        Figure("`sha256sum` same file (wall)", f"{t_sha:.2f} s"),
+        Figure("tessera blocks / sha256sum", f"{ratio:.2f}", "≤ 0.50", ratio <= 0.5),
+        Figure("scan_file in-process", mbps(size, t_scan)),
+    ]
+
+
+# --- encode pipeline vs restic -----------------------------------------------------------
+
+
+def _jobs(path: Path) -> Iterator[Job]:
+    for ref, data in iter_chunks(path):
+        yield data, ref.id, derive_block_key(SECRET, ref.id), KEY_VERSION
+
+
+def encode_file(path: Path, workers: int) -> int:
+    """The client's encode pipeline: read, chunk, hash, key, compress, encrypt. Bytes out."""
+    return sum(len(stored) for stored in encode_many(_jobs(path), workers))
+
+
+def encode_vs_restic(path: Path, workers: int) -> list[Figure]:
+    size = path.stat().st_size
+    log(f"encode pipeline vs restic backup on {human_bytes(size)}")
+    warm(path)
+    t_one = best_of(lambda: encode_file(path, 1), 2)
+    t_all = best_of(lambda: encode_file(path, workers), 2)
+    figures = [
+        Figure(f"encode pipeline {human_bytes(size)}, 1 worker", f"{t_one:.2f} s"),
+        Figure(f"encode pipeline, {workers} workers", f"{t_all:.2f} s"),
+        Figure(
+            f"pipeline speed-up, {workers} workers vs 1",
+            f"{t_one / t_all:.2f}x",
+            "≥ 1.6x",
+            t_one / t_all >= 1.6,
+        ),
+    ]
+    if not have("restic"):
+        return [*figures, Figure("restic backup", "skipped: restic not installed")]
+    repo = DATA_DIR / "restic-repo"
+    env = {"RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(DATA_DIR / "restic-cache")}
+
+    def backup() -> float:
+        shutil.rmtree(repo, ignore_errors=True)
+        run_quiet(["restic", "init", "-q", "-r", repo], env)
+        start = time.perf_counter()
+        run_quiet(["restic", "backup", "-q", "-r", repo, path], env)
+        return time.perf_counter() - start
+
+    t_restic = min(backup() for _ in range(2))
+    shutil.rmtree(repo, ignore_errors=True)
+    ratio = t_all / t_restic
+    return [
+        *figures,
+        Figure("`restic backup` same file, fresh repo", f"{t_restic:.2f} s"),
+        Figure("encode pipeline / restic backup", f"{ratio:.2f}", "≤ 0.25", ratio <= 0.25),
+    ]
+
+
+# --- codec throughput --------------------------------------------------------------------
+
+
+def _blocks(path: Path) -> list[tuple[bytes, str, bytes]]:
+    return [(data, ref.id, derive_block_key(SECRET, ref.id)) for ref, data in iter_chunks(path)]
+
+
+def _drain(many: Callable[[Any, int], Iterator[bytes]], jobs: list[Any], workers: int) -> None:
+    for _ in many(jobs, workers):
+        pass
+
+
+def codec_throughput(workers: int) -> list[Figure]:
+    figures: list[Figure] = []
+    size = scaled(256 * MiB)
+    for kind, path in (
+        ("incompressible", random_file("random-256m.bin", size)),
+        ("text-like", text_file("text-256m.bin", size)),
+    ):
+        log(f"codec throughput, {kind}, {human_bytes(size)}")
+        blocks = _blocks(path)
+        jobs = [(d, bid, k, KEY_VERSION) for d, bid, k in blocks]
+        stored = list(encode_many(jobs, workers))
+        ratio = sum(map(len, stored)) / size
+        djobs = [(s, bid, k) for s, (_d, bid, k) in zip(stored, blocks, strict=True)]
+        times: dict[tuple[str, int], float] = {}
+        for w in sorted({1, workers}):
+            times["enc", w] = best_of(partial(_drain, encode_many, jobs, w))
+            times["dec", w] = best_of(partial(_drain, decode_many, djobs, w))
+        for op, name in (("enc", "encode"), ("dec", "decode")):
+            figures.append(Figure(f"{name} {kind}, 1 worker", mbps(size, times[op, 1])))
+            if workers > 1:
+                up = times[op, 1] / times[op, workers]
+                figures.append(
+                    Figure(
+                        f"{name} {kind}, {workers} workers",
+                        f"{mbps(size, times[op, workers])} ({up:.2f}x)",
+                        "≥ 1.6x",
+                        up >= 1.6,
+                    )
+                )
+        figures.append(Figure(f"stored / plaintext, {kind}", f"{ratio:.3f}"))
+    return figures
+
+
+# --- pipeline overhead over its native parts ---------------------------------------------
+
+
+def pipeline_overhead() -> list[Figure]:
+    """One worker: the whole pipeline on a file vs the native calls it makes, timed alone."""
+    figures: list[Figure] = []
+    size = scaled(256 * MiB)
+    for kind, path in (
+        ("incompressible", random_file("random-256m.bin", size)),
+        ("text-like", text_file("text-256m.bin", size)),
+    ):
+        log(f"pipeline overhead, {kind}, {human_bytes(size)}")
+        warm(path)
+        t_pipe = best_of(partial(encode_file, path, 1))
+        parts = native_parts(path)
+        native = sum(parts.values())
+        compute = native - parts["read"]
+        detail = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+        over_all = t_pipe / native - 1
+        over_compute = t_pipe / compute - 1
+        figures += [
+            Figure(f"pipeline {kind}, 1 worker", f"{t_pipe:.2f} s ({mbps(size, t_pipe)})"),
+            Figure(f"  native parts alone (s): {detail}", f"{native:.2f} s"),
+            Figure(
+                f"  overhead over read+chunk+hash+zstd+AES ({kind})",
+                f"{over_all:+.0%}",
+                "≤ 15 %",
+                over_all <= 0.15,
+            ),
+            Figure(f"  overhead over chunk+hash+zstd+AES only ({kind})", f"{over_compute:+.0%}"),
+        ]
+    return figures
+
+
+def native_parts(path: Path) -> dict[str, float]:
+    """Seconds of each native step the pipeline performs on `path`, each timed alone."""
+    data = path.read_bytes()
+    view = memoryview(data)
+
+    def read() -> None:
+        with io.FileIO(path) as f:
+            buf = bytearray(16 * MiB)
+            while f.readinto(buf):
+                pass
+
+    cdc = FastCDC(AVG_BLOCK_SIZE, min_size=MIN_BLOCK_SIZE, max_size=MAX_BLOCK_SIZE)
+    cuts = [(c.offset, c.length) for c in cdc.cut_buf(view)]
+    blocks = [view[o : o + n] for o, n in cuts]
+    ids = ["b3:" + blake3(b).hexdigest() for b in blocks]
+    keys = [derive_block_key(SECRET, i) for i in ids]
+    # The exact zstd calls the codec makes: a probe sample per large block, and the whole
+    # block when the probe says it is worth it.
+    samples = []
+    for b in blocks:
+        if len(b) > codec.PROBE_THRESHOLD:
+            step = len(b) // codec.PROBE_SLICES
+            samples.append(
+                b"".join(b[i * step : i * step + codec.PROBE_SLICE_SIZE] for i in range(4))
+            )
+    cctx = zstandard.ZstdCompressor(level=codec.ZSTD_LEVEL)
+    chosen = [b for b in blocks if codec._worth_compressing(b)]
+    bodies = []
+    for b in blocks:
+        c = cctx.compress(b) if b in chosen else b
+        bodies.append(c if len(c) < len(b) else b)
+    nonce = os.urandom(12)
+    aads = [b"0123456789" + i.encode() for i in ids]
+
+    def zstd() -> None:
+        for s in samples:
+            cctx.compress(s)
+        for b in chosen:
+            cctx.compress(b)
+
+    def aes() -> None:
+        for k, body, aad in zip(keys, bodies, aads, strict=True):
+            AESGCM(k).encrypt(nonce, body, aad)
+
+    return {
+        "read": best_of(read),
+        "chunk": best_of(lambda: sum(1 for _ in cdc.cut_buf(view))),
+        "hash": best_of(lambda: [blake3(b).digest() for b in blocks]),
+        "zstd": best_of(zstd),
+        "AES": best_of(aes),
+    }
+
+
+# --- delta efficiency --------------------------------------------------------------------
+
+
+def delta_efficiency() -> list[Figure]:
+    size = scaled(256 * MiB)
+    log(f"delta efficiency: 1-byte insert in the middle of {human_bytes(size)}")
+    original = random_file("random-256m.bin", size)
+    data = original.read_bytes()
+    edited_data = data[: size // 2] + b"!" + data[size // 2 :]
+    with tempfile.NamedTemporaryFile(dir=DATA_DIR, suffix=".bin") as tmp:
+        tmp.write(edited_data)
+        tmp.flush()
+        before = {b.id for b in scan_file(original).blocks}
+        changed = [b for b in scan_file(tmp.name).blocks if b.id not in before]
+    cdc_bytes = sum(b.size for b in changed)
+    fixed = 4 * MiB
+    old_fixed = {blake3(data[i : i + fixed]).digest() for i in range(0, len(data), fixed)}
+    fixed_bytes = sum(
+        len(edited_data[i : i + fixed])
+        for i in range(0, len(edited_data), fixed)
+        if blake3(edited_data[i : i + fixed]).digest() not in old_fixed
+    )
+    return [
+        Figure(
+            f"1-byte insert, {human_bytes(size)}: FastCDC blocks changed",
+            f"{len(changed)} ({human_bytes(cdc_bytes)})",
+            "≤ 2 (≤ 8 MiB)",
+            len(changed) <= 2 and cdc_bytes <= 8 * MiB,
+        ),
+        Figure("same edit, fixed 4 MiB blocks changed", human_bytes(fixed_bytes)),
+    ]
+
+
+# --- peak memory ---------------------------------------------------------------------------
+
+
+def chunking_peak_memory() -> list[Figure]:
+    size = scaled(4 * GiB, minimum=64 * MiB)
+    log(f"peak memory chunking a {human_bytes(size)} file (sparse: no disk used)")
+    path = sparse_file("sparse-4g.bin", size)
+    try:
+        py = sys.executable
+        baseline = peak_rss([py, "-c", "import tessera.blocks"])
+        scan = peak_rss([py, "-c", f"import tessera.blocks as b; b.scan_file({str(path)!r})"])
+        chunks = peak_rss(
+            [py, "-c", f"import tessera.blocks as b\nfor _ in b.iter_chunks({str(path)!r}): pass"]
+        )
+        cli = peak_rss([VENV_BIN / "tessera", "blocks", path, "--json"])
+    finally:
+        path.unlink()
+    limit = 100 * 1000 * 1000
+    return [
+        Figure("peak RSS: python + import tessera.blocks", human_bytes(baseline)),
+        Figure(
+            f"peak RSS: scan_file {human_bytes(size)}", human_bytes(scan), "≤ 100 MB", scan <= limit
+        ),
+        Figure(
+            f"peak RSS: iter_chunks {human_bytes(size)}",
+            human_bytes(chunks),
+            "≤ 100 MB",
+            chunks <= limit,
+        ),
+        Figure(
+            f"peak RSS: `tessera blocks` {human_bytes(size)}",
+            human_bytes(cli),
+            "≤ 100 MB",
+            cli <= limit,
+        ),
+    ]
