@@ -43,8 +43,10 @@ def build_app(context: Mapping[str, Any] | None = None, *, outdir: str | None = 
         app, f"Tessera-{config.stage}-App", config=config, data=data, env=env,
         description=f"Tessera {config.stage}: functions, API, identity, events, workflows",
     )  # fmt: skip
-    Tags.of(app).add("app", "tessera")
-    Tags.of(app).add("stage", config.stage)
+    # DBProxyTargetGroup takes no tags (CloudFormation validation F3002 otherwise).
+    untaggable = ["AWS::RDS::DBProxyTargetGroup"]
+    Tags.of(app).add("app", "tessera", exclude_resource_types=untaggable)
+    Tags.of(app).add("stage", config.stage, exclude_resource_types=untaggable)
     Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     return app
 

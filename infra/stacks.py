@@ -8,14 +8,20 @@ from app to data (no cross-stack cycles).
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, CfnOutput, Duration, Stack
+from aws_cdk import ArnFormat, Aws, CfnOutput, Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from infra.config import StageConfig
 from infra.constructs.api import Api
-from infra.constructs.blocks import BLOCKS_PREFIX, STAGING_PREFIX, BlocksBucket
+from infra.constructs.blocks import (
+    BLOCKS_PREFIX,
+    STAGING_PREFIX,
+    BlocksBucket,
+    blocks_bucket_name,
+    blocks_objects_arn,
+)
 from infra.constructs.changes import ChangesTable
 from infra.constructs.database import CLUSTER_PORT, DB_NAME, DB_USER, PROXY_PORT, Database
 from infra.constructs.events import EVENT_SOURCE, ChangeStream
@@ -185,7 +191,7 @@ class AppStack(Stack):
         }
 
     def _blocks_env(self) -> dict[str, str]:
-        return {"TESSERA_BUCKET": self.data.blocks.bucket.bucket_name, **self._keys_env()}
+        return {"TESSERA_BUCKET": blocks_bucket_name(self.config), **self._keys_env()}
 
     def _changes_env(self) -> dict[str, str]:
         return {"TESSERA_CHANGES_TABLE": self.data.changes.table.table_name}
@@ -211,40 +217,34 @@ class AppStack(Stack):
         migrate: lambda_.Function,
     ) -> None:
         data = self.data
-        bucket = data.blocks.bucket
         table = data.changes.table
         proxy = data.database.proxy
+        dedup, gc = maintenance["dedup_verify"], maintenance["gc"]
+        cold, scrub = maintenance["cold_storage"], maintenance["scrub"]
         for fn in (api, longpoll, relay, *maintenance.values()):
             proxy.grant_connect(fn, DB_USER)
         # Block keys: read the encrypted versions, decrypt them with the block-key CMK.
-        for fn in (api, maintenance["dedup_verify"], maintenance["scrub"]):
+        for fn in (api, dedup, scrub):
             self._grant_block_keys_read(fn)
         # Changes table: writers put items (idempotent on event_id), long-poll reads.
-        for fn in (api, relay, maintenance["dedup_verify"]):
+        for fn in (api, relay, dedup):
             table.grant(fn, "dynamodb:PutItem")
-            data.keys.database.grant_encrypt_decrypt(fn)
+            data.keys.database.grant(fn, "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
         table.grant(longpoll, "dynamodb:Query", "dynamodb:GetItem")
         data.keys.database.grant_decrypt(longpoll)
-        # Blocks bucket, by prefix and action. Reading needs s3:ListBucket so a missing key
-        # is a 404 (not a 403) for HEAD requests.
-        bucket.grant_read(api)
-        bucket.grant_put(api, f"{STAGING_PREFIX}*")
-        self._grant_restore(api)
-        dedup = maintenance["dedup_verify"]
-        bucket.grant_read(dedup)
-        bucket.grant_put(dedup, f"{BLOCKS_PREFIX}*")
-        bucket.grant_delete(dedup, f"{STAGING_PREFIX}*")
-        gc = maintenance["gc"]
-        bucket.grant_read(gc, f"{STAGING_PREFIX}*")
-        bucket.grant_delete(gc, f"{BLOCKS_PREFIX}*")
-        bucket.grant_delete(gc, f"{STAGING_PREFIX}*")
-        cold = maintenance["cold_storage"]
-        bucket.grant_read(cold, f"{BLOCKS_PREFIX}*")
-        bucket.grant_put(cold, f"{BLOCKS_PREFIX}*")  # CopyObject onto itself, new class
-        self._grant_restore(cold)
-        scrub = maintenance["scrub"]
-        bucket.grant_read(scrub)
-        bucket.grant_put(scrub, f"{BLOCKS_PREFIX}*")  # repair from a good duplicate
+        # The blocks bucket, by prefix and action (see `_grant_objects`).
+        staging, blocks = STAGING_PREFIX, BLOCKS_PREFIX
+        self._grant_objects(api, ["s3:GetObject"], [staging, blocks])
+        self._grant_objects(api, ["s3:PutObject"], [staging])
+        self._grant_objects(api, ["s3:RestoreObject"], [blocks])
+        self._grant_objects(dedup, ["s3:GetObject"], [staging, blocks])
+        self._grant_objects(dedup, ["s3:PutObject"], [blocks])  # promotion (CopyObject)
+        self._grant_objects(dedup, ["s3:DeleteObject"], [staging])
+        self._grant_objects(gc, ["s3:DeleteObject"], [staging, blocks])
+        self._grant_objects(cold, ["s3:GetObject", "s3:PutObject"], [blocks])  # re-class copy
+        self._grant_objects(cold, ["s3:RestoreObject"], [blocks])
+        self._grant_objects(scrub, ["s3:GetObject"], [blocks])
+        self._grant_objects(scrub, ["s3:PutObject"], [blocks])  # repair from a duplicate
         # Migrations: the cluster secret, and creating the first block-key version.
         # (Not `secret.grant_read`: it writes the role into the data stack's key policy, a
         # reference from data to app that would make the stacks depend on each other.)
@@ -258,7 +258,54 @@ class AppStack(Stack):
             actions=["ssm:GetParametersByPath", "ssm:PutParameter"],
             resources=[self._param_arn(""), self._param_arn("/*")],
         ))  # fmt: skip
+        acknowledge(
+            migrate.role or migrate,
+            f"AwsSolutions-IAM5[Resource::{self._param_nag('/*')}]",
+            "block-key versions are parameters <prefix>/v1..vN: the migration creates v1",
+        )
         del router  # the router only needs the bus (granted with its environment)
+
+    def _grant_objects(self, fn: lambda_.Function, actions: list[str], prefixes: list[str]) -> None:
+        """`actions` on the blocks bucket's objects under `prefixes`, plus what KMS needs.
+
+        Object keys are content hashes and upload ids, so a prefix is the narrowest scope;
+        readers also get s3:ListBucket on those prefixes so a missing key is a 404, not a 403.
+        """
+        bucket_arn = f"arn:{Aws.PARTITION}:s3:::{blocks_bucket_name(self.config)}"
+        fn.add_to_role_policy(iam.PolicyStatement(
+            actions=actions, resources=[blocks_objects_arn(self.config, p) for p in prefixes],
+        ))  # fmt: skip
+        key = self.data.keys.blocks
+        if "s3:GetObject" in actions:
+            fn.add_to_role_policy(iam.PolicyStatement(
+                actions=["s3:ListBucket"], resources=[bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
+            ))  # fmt: skip
+            key.grant(fn, "kms:Decrypt")
+        if "s3:PutObject" in actions:
+            key.grant(fn, "kms:GenerateDataKey", "kms:Decrypt")
+        for prefix in prefixes:
+            acknowledge(
+                fn.role or fn,
+                f"AwsSolutions-IAM5[Resource::{self._objects_nag(prefix)}]",
+                f"object-level S3 actions limited to keys under {prefix} (content hashes or "
+                "upload ids, unknown until run time)",
+            )
+
+    def _objects_nag(self, prefix: str) -> str:
+        """How cdk-nag prints `blocks_objects_arn(prefix)` in a finding."""
+        return (
+            f"arn:<AWS::Partition>:s3:::{self.config.prefix}-blocks-<AWS::AccountId>-"
+            f"<AWS::Region>/{prefix}*"
+        )
+
+    def _param_nag(self, suffix: str) -> str:
+        """How cdk-nag prints `_param_arn(suffix)` in a finding."""
+        return (
+            "arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter/"
+            + self.data.key_param_prefix.lstrip("/")
+            + suffix
+        )
 
     def _param_arn(self, suffix: str) -> str:
         return self.format_arn(
@@ -276,12 +323,11 @@ class AppStack(Stack):
             actions=["ssm:GetParameter"], resources=[self._param_arn("/*")],
         ))  # fmt: skip
         self.data.keys.block_key_secret.grant_decrypt(fn)
-
-    def _grant_restore(self, fn: lambda_.Function) -> None:
-        fn.add_to_role_policy(iam.PolicyStatement(
-            actions=["s3:RestoreObject"],
-            resources=[self.data.blocks.bucket.arn_for_objects(f"{BLOCKS_PREFIX}*")],
-        ))  # fmt: skip
+        acknowledge(
+            fn.role or fn,
+            f"AwsSolutions-IAM5[Resource::{self._param_nag('/*')}]",
+            "block-key versions are parameters <prefix>/v1..vN, read by version at run time",
+        )
 
 
 def _camel(name: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Aws, Duration, RemovalPolicy
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -16,6 +16,17 @@ STAGING_EXPIRY_DAYS = 7
 # The cold-storage workflow moves unread blocks itself (default after 90 days, DESIGN §7);
 # this rule is only the safety net for blocks it has not reached.
 GLACIER_SAFETY_NET_DAYS = 180
+
+
+def blocks_bucket_name(config: StageConfig) -> str:
+    """The bucket's name: fixed per stage, account and region, so the app stack can scope IAM
+    statements to it (and cdk-nag findings name it) without a cross-stack export."""
+    return f"{config.prefix}-blocks-{Aws.ACCOUNT_ID}-{Aws.REGION}"
+
+
+def blocks_objects_arn(config: StageConfig, prefix: str) -> str:
+    """ARN of the objects under `prefix` (e.g. `staging/`) in the blocks bucket."""
+    return f"arn:{Aws.PARTITION}:s3:::{blocks_bucket_name(config)}/{prefix}*"
 
 
 class BlocksBucket(Construct):
@@ -44,6 +55,7 @@ class BlocksBucket(Construct):
         self.bucket = s3.Bucket(
             self,
             "Blocks",
+            bucket_name=blocks_bucket_name(config),
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
             encryption=s3.BucketEncryption.KMS,

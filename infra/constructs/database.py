@@ -5,6 +5,7 @@ from __future__ import annotations
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
@@ -38,9 +39,20 @@ class Database(Construct):
             rds.ClusterInstance.serverless_v2(f"Reader{i}", scale_with_writer=True)
             for i in range(config.db_readers)
         ]
+        identifier = f"{config.prefix}-db"
+        # The exported PostgreSQL log group, made here so it has a retention (otherwise CDK
+        # adds a log-retention Lambda); the cluster exports into it by name.
+        log_group = logs.LogGroup(
+            self,
+            "PostgresLogs",
+            log_group_name=f"/aws/rds/cluster/{identifier}/postgresql",
+            retention=retention(config),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
         self.cluster = rds.DatabaseCluster(
             self,
             "Cluster",
+            cluster_identifier=identifier,
             engine=rds.DatabaseClusterEngine.aurora_postgres(
                 version=rds.AuroraPostgresEngineVersion.VER_16_6
             ),
@@ -66,9 +78,9 @@ class Database(Construct):
             deletion_protection=config.is_prod,
             removal_policy=RemovalPolicy.RETAIN if config.is_prod else RemovalPolicy.SNAPSHOT,
             cloudwatch_logs_exports=["postgresql"],
-            cloudwatch_logs_retention=retention(config),
             copy_tags_to_snapshot=True,
         )
+        self.cluster.node.add_dependency(log_group)
         assert self.cluster.secret is not None  # from_generated_secret always makes one
         self.secret = self.cluster.secret
         self.cluster.add_rotation_single_user(automatically_after=Duration.days(30))

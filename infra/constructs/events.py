@@ -14,6 +14,7 @@ from constructs import Construct
 
 from infra.config import StageConfig
 from infra.constructs.messaging import Messaging
+from infra.nag import acknowledge_invoke_versions
 
 EVENT_SOURCE = "tessera"
 # Detail-types that can leave staged blocks behind (DESIGN §5): each wakes dedup-verify.
@@ -54,9 +55,14 @@ class ChangeStream(Construct):
             )
         )
         if table.encryption_key is not None:
-            table.encryption_key.grant_decrypt(role)
+            table.encryption_key.grant(role, "kms:Decrypt")
         router.grant_invoke(role)
-        router_dlq.grant_send_messages(role)
+        acknowledge_invoke_versions(role, router, "the stream pipe")
+        # (Not `grant_send_messages`: it also grants kms:ReEncrypt* and GenerateDataKey*.)
+        role.add_to_policy(
+            iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[router_dlq.queue_arn])
+        )
+        messaging.key.grant(role, "kms:GenerateDataKey", "kms:Decrypt")
         self.pipe = pipes.CfnPipe(
             self,
             "StreamPipe",

@@ -12,7 +12,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from infra.config import StageConfig, retention
-from infra.nag import acknowledge
+from infra.nag import acknowledge, acknowledge_invoke_versions
 
 
 def migrations_fingerprint(layers_root: Path) -> str:
@@ -52,11 +52,7 @@ class Migrations(Construct):
             "the CDK custom resource provider framework's own function role; CDK creates it "
             "and it only writes its logs and invokes the migrate function",
         )
-        acknowledge(
-            provider,
-            "AwsSolutions-IAM5[Resource::<MigrateFunctionB3C0F6D4.Arn>:*]",
-            "the provider framework may invoke any version/alias of the migrate function",
-        )
+        acknowledge_invoke_versions(provider, function, "the custom resource provider")
         acknowledge(
             provider,
             "AwsSolutions-L1",

@@ -67,9 +67,11 @@ class Network(Construct):
             subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, one_per_az=True
         ).subnets[: config.endpoint_azs]
         for name, service in INTERFACE_ENDPOINTS.items():
-            self.vpc.add_interface_endpoint(
+            endpoint = self.vpc.add_interface_endpoint(
                 name,
                 service=service,
                 private_dns_enabled=True,
                 subnets=ec2.SubnetSelection(subnets=selected),
+                open=False,  # HTTPS from the functions only, not from the whole VPC
             )
+            endpoint.connections.allow_default_port_from(self.functions_sg)

@@ -21,6 +21,7 @@ from constructs import Construct
 
 from infra.config import StageConfig, retention
 from infra.constructs.messaging import Messaging
+from infra.nag import acknowledge, acknowledge_invoke_versions
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,13 @@ class Workflows(Construct):
         self.state_machines: dict[str, sfn.StateMachine] = {}
         self.schedules: dict[str, scheduler.Schedule] = {}
         schedule_dlq = messaging.dead_letter_queue("ScheduleDlq", purpose="the schedules")
+        # One role for every schedule; each target adds exactly its own permission to it.
+        self.scheduler_role = iam.Role(
+            self,
+            "SchedulerRole",
+            assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
+            description="EventBridge Scheduler: start the maintenance runs and the relay",
+        )
         for wf in WORKFLOWS:
             machine = self._state_machine(config, wf, functions[wf.function], messaging)
             self.state_machines[wf.name] = machine
@@ -103,6 +111,7 @@ class Workflows(Construct):
                     machine,
                     input=scheduler.ScheduleTargetInput.from_object({"trigger": "schedule"}),
                     dead_letter_queue=schedule_dlq,
+                    role=self.scheduler_role,
                     retry_attempts=3,
                     max_event_age=Duration.hours(1),
                 ),
@@ -116,11 +125,13 @@ class Workflows(Construct):
                 relay,
                 input=scheduler.ScheduleTargetInput.from_object({"trigger": "schedule"}),
                 dead_letter_queue=schedule_dlq,
+                role=self.scheduler_role,
                 # The next sweep a minute later does the same work: do not pile up retries.
                 retry_attempts=1,
                 max_event_age=Duration.minutes(2),
             ),
         )
+        acknowledge_invoke_versions(self.scheduler_role, relay, "the scheduler")
         self.dedup_pipe = self._queue_to_state_machine(
             dedup_queue, self.state_machines["DedupVerify"]
         )
@@ -198,6 +209,13 @@ class Workflows(Construct):
             logs=sfn.LogOptions(
                 destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False
             ),
+        )
+        acknowledge_invoke_versions(machine, function, f"the {wf.function} state machine")
+        acknowledge(
+            machine,
+            "AwsSolutions-IAM5[Resource::*]",
+            "X-Ray PutTraceSegments/PutTelemetryRecords/GetSampling* support no resource-level "
+            "permissions (state machine tracing)",
         )
         failed = cloudwatch.Alarm(
             self,
