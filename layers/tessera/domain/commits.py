@@ -4,7 +4,9 @@ on `parent_rev`, per-user idempotency keys, and batches whose items stand or fal
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from tessera.blocks import content_hash
 from tessera.domain import paths
@@ -110,26 +112,99 @@ def _check_blocks(svc: Services, store: Store, view: View, req: CommitRequest) -
     )
 
 
-def _ensure_parents(store: Store, view: View, mount: MountRow, rel: str) -> list[NewJournal]:
-    """Create missing parent folders of `rel`; 409 when one of them is a file."""
+def ensure_parents(
+    store: Store, view: View, mount: MountRow, rel: str
+) -> tuple[str, list[NewJournal]]:
+    """Create the missing parent folders of `rel` (409 when one of them is a file).
+
+    Returns `rel` spelled with the existing folders' display names (the first spelling of
+    a path wins) and the journal rows of the folders created.
+    """
     ancestors = paths.ancestors(rel)
     if not ancestors:
-        return []
+        return rel, []
     keys = [paths.path_key(a) for a in ancestors]
-    kinds = store.kinds_at(mount.ns_id, keys)
+    found = store.kinds_at(mount.ns_id, keys)
     created: list[NewJournal] = []
+    parent_display = paths.ROOT
     for display, key in zip(ancestors, keys, strict=True):
-        kind = kinds.get(key)
-        if kind is None:
+        display = paths.join(parent_display, "/" + paths.name(display))
+        if key not in found:
             fid = new_file_id()
             parent_key = paths.path_key(paths.parent(display))
             if store.insert_file(mount.ns_id, fid, key, parent_key, display, "folder"):
                 created.append(NewJournal(fid, 0, "upsert", "folder", key, parent_key, display))
+                parent_display = display
                 continue
-            kind = store.kinds_at(mount.ns_id, [key]).get(key)
+            found |= store.kinds_at(mount.ns_id, [key])
+        kind, parent_display = found[key]
         if kind == "file":
             raise Conflict(f"{view.view_path(mount, display)!r} is a file, not a folder")
-    return created
+    return paths.join(parent_display, "/" + paths.name(rel)), created
+
+
+def write_version(
+    svc: Services,
+    store: Store,
+    view: View,
+    mount: MountRow,
+    *,
+    file_id: str,
+    rev: int,
+    key: str,
+    display: str,
+    size: int,
+    digest: str,
+    mtime: datetime | None,
+    blocks: Sequence[tuple[str, int, str | None]],
+    refs: Sequence[tuple[str, int, int, int]],
+    journal: list[NewJournal],
+    op: str,
+) -> tuple[FileEntry, ChangeEvent]:
+    """Write version `rev` of a file whose row is locked: journal (+ outbox + notify), the
+    version and its blocks, refcounts, the file's latest rev. Returns entry and event."""
+    parent_key = paths.path_key(paths.parent(display))
+    journal.append(
+        NewJournal(file_id, rev, "upsert", "file", key, parent_key, display, size, digest, mtime)
+    )
+    seqs, event = store.append_journal(
+        mount.ns_id,
+        journal,
+        kind="file",
+        payload={
+            "op": op,
+            "file_id": file_id,
+            "rev": rev,
+            "path": display,
+            "staged": [{"block_id": b[0], "staged_key": b[2]} for b in blocks if b[2]],
+        },
+    )
+    server_time = store.insert_version(
+        mount.ns_id,
+        file_id,
+        rev,
+        size=size,
+        content_hash=digest,
+        author_id=view.user.user_id,
+        mtime=mtime,
+        journal_seq=seqs[-1],
+        path_display=display,
+        blocks=blocks,
+    )
+    store.add_block_refs(refs)
+    store.set_latest_rev(mount.ns_id, file_id, rev)
+    row = FileRow(
+        mount.ns_id,
+        file_id,
+        key,
+        display,
+        "file",
+        rev,
+        False,
+        None,
+        VersionInfo(size, digest, mtime, server_time),
+    )
+    return file_entry(view, mount, row), event
 
 
 def _request_hash(req: CommitRequest) -> str:
@@ -149,22 +224,22 @@ def _commit_in(
     if rel == paths.ROOT:
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
-    user_id = view.user.user_id
     if req.idempotency_key is not None:
-        first = store.claim_idempotency(user_id, req.idempotency_key, _request_hash(req))
+        first = store.claim_idempotency(view.user.user_id, req.idempotency_key, _request_hash(req))
         if first is not None:
             if first[0] != _request_hash(req) or first[1] is None:
                 raise Unprocessable("idempotency_key was already used for a different commit")
             return FileEntry.model_validate(first[1]), None
     blocks = _check_blocks(svc, store, view, req)
-    key, parent_key = paths.path_key(rel), paths.path_key(paths.parent(rel))
-    journal = _ensure_parents(store, view, mount, rel)
+    key = paths.path_key(rel)
+    display, journal = ensure_parents(store, view, mount, rel)
     row = store.file_by_path(mount.ns_id, key, lock=True)
     if row is None:
         if req.parent_rev is not None:
             raise Conflict(f"{path!r} was deleted or moved since rev {req.parent_rev}", rev=None)
         file_id = new_file_id()
-        if not store.insert_file(mount.ns_id, file_id, key, parent_key, rel, "file"):
+        parent_key = paths.path_key(paths.parent(display))
+        if not store.insert_file(mount.ns_id, file_id, key, parent_key, display, "file"):
             row = store.file_by_path(mount.ns_id, key, lock=True)
             if row is None:  # created and removed again meanwhile
                 raise Conflict(f"{path!r} changed during the commit; retry", rev=None)
@@ -178,65 +253,27 @@ def _commit_in(
                 file_id=row.file_id,
             )
         file_id, display = row.file_id, row.path_display
-    else:
-        display = rel
-    rev = (row.latest_rev if row else 0) + 1
-    journal.append(
-        NewJournal(
-            file_id,
-            rev,
-            "upsert",
-            "file",
-            key,
-            parent_key,
-            display,
-            req.size,
-            req.content_hash,
-            req.mtime,
-        )
-    )
-    seqs, event = store.append_journal(
-        mount.ns_id,
-        journal,
-        kind="file",
-        payload={
-            "op": "commit",
-            "file_id": file_id,
-            "rev": rev,
-            "path": display,
-            "staged": [{"block_id": b[0], "staged_key": b[2]} for b in blocks.ordered if b[2]],
-        },
-    )
-    server_time = store.insert_version(
-        mount.ns_id,
-        file_id,
-        rev,
+    result, event = write_version(
+        svc,
+        store,
+        view,
+        mount,
+        file_id=file_id,
+        rev=(row.latest_rev if row else 0) + 1,
+        key=key,
+        display=display,
         size=req.size,
-        content_hash=req.content_hash,
-        author_id=user_id,
+        digest=req.content_hash,
         mtime=req.mtime,
-        journal_seq=seqs[-1],
-        path_display=display,
         blocks=blocks.ordered,
+        refs=blocks.refs,
+        journal=journal,
+        op="commit",
     )
-    store.add_block_refs(blocks.refs)
-    store.set_latest_rev(mount.ns_id, file_id, rev)
     if blocks.staged_now and req.upload_id is not None:
         store.mark_staged(req.upload_id, blocks.staged_now)
-    new_row = FileRow(
-        mount.ns_id,
-        file_id,
-        key,
-        display,
-        "file",
-        rev,
-        False,
-        None,
-        VersionInfo(req.size, req.content_hash, req.mtime, server_time),
-    )
-    result = file_entry(view, mount, new_row)
     if req.idempotency_key is not None:
-        store.store_idempotent_response(user_id, req.idempotency_key, dump(result))
+        store.store_idempotent_response(view.user.user_id, req.idempotency_key, dump(result))
     return result, event
 
 

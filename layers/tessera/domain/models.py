@@ -56,7 +56,7 @@ class FileEntry(Model):
     rev: int
     size: int
     content_hash: str
-    mtime: datetime | None = Field(None, description="client modification time")
+    mtime: datetime | None = Field(default=None, description="client modification time")
     server_modified: datetime
     ns_id: int
 
@@ -71,7 +71,7 @@ class FolderEntry(Model):
     file_id: str
     ns_id: int
     shared_ns_id: int | None = None
-    access: Access | None = Field(None, description="caller's access (mount points only)")
+    access: Access | None = Field(default=None, description="caller's access (mount points only)")
 
 
 class DeletedEntry(Model):
@@ -170,14 +170,14 @@ class CommitRequest(Model):
 
     path: PathStr
     parent_rev: int | None = Field(
-        None, ge=0, description="rev the client edited; null for a new file"
+        default=None, ge=0, description="rev the client edited; null for a new file"
     )
     blocks: list[BlockSpec]
     size: int = Field(ge=0)
     content_hash: ContentHash
     mtime: datetime | None = None
-    upload_id: str | None = Field(None, max_length=64)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=128)
+    upload_id: str | None = Field(default=None, max_length=64)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class CommitBatchRequest(Model):
@@ -209,7 +209,7 @@ class CommitBatchItem(Model):
     tag: Literal["success", "failure"] = Field(alias=".tag")
     entry: FileEntry | None = None
     error: ErrorInfo | None = None
-    status: int = Field(200, description="the HTTP status this commit alone would get")
+    status: int = Field(default=200, description="the HTTP status this commit alone would get")
 
 
 class CommitBatchResponse(Model):
@@ -244,7 +244,7 @@ class MetadataRequest(PathOrId):
 class DownloadRequest(PathOrId):
     """POST /v1/download: a file's blocks at `rev` (default: latest)."""
 
-    rev: int | None = Field(None, ge=1)
+    rev: int | None = Field(default=None, ge=1)
 
 
 class DownloadBlock(Model):
@@ -280,14 +280,14 @@ class ListFolderRequest(Model):
 
     path: PathStr = ""
     recursive: bool = False
-    limit: int | None = Field(None, ge=1, le=10_000)
+    limit: int | None = Field(default=None, ge=1, le=10_000)
 
 
 class ListFolderContinueRequest(Model):
     """POST /v1/list_folder/continue."""
 
     cursor: str = Field(min_length=1, max_length=65536)
-    limit: int | None = Field(None, ge=1, le=10_000)
+    limit: int | None = Field(default=None, ge=1, le=10_000)
 
 
 class ListFolderResponse(Model):
@@ -302,7 +302,7 @@ class LongpollRequest(Model):
     """POST /v1/list_folder/longpoll. `timeout` is clamped to 30-480 s."""
 
     cursor: str = Field(min_length=1, max_length=65536)
-    timeout: int = Field(30, ge=1, le=3600)
+    timeout: int = Field(default=30, ge=1, le=3600)
 
 
 class LongpollResponse(Model):
@@ -315,7 +315,7 @@ class LongpollResponse(Model):
 class RevisionsRequest(PathOrId):
     """POST /v1/revisions."""
 
-    limit: int = Field(100, ge=1, le=1000)
+    limit: int = Field(default=100, ge=1, le=1000)
 
 
 class RevisionsResponse(Model):
@@ -328,7 +328,7 @@ class RevisionsResponse(Model):
 class RestoreRequest(PathOrId):
     """POST /v1/restore: make `rev` the latest (a new rev); no rev on a deleted file: undelete."""
 
-    rev: int | None = Field(None, ge=1)
+    rev: int | None = Field(default=None, ge=1)
 
 
 class MoveRequest(Model):
@@ -342,7 +342,7 @@ class DeleteRequest(Model):
     """POST /v1/delete: soft delete into the trash. `parent_rev` guards files (409 if stale)."""
 
     path: PathStr
-    parent_rev: int | None = Field(None, ge=1)
+    parent_rev: int | None = Field(default=None, ge=1)
 
 
 class CreateFolderRequest(Model):
@@ -355,7 +355,7 @@ class TrashListRequest(Model):
     """POST /v1/trash/list."""
 
     path: PathStr = ""
-    limit: int = Field(1000, ge=1, le=10_000)
+    limit: int = Field(default=1000, ge=1, le=10_000)
 
 
 class TrashEntry(Model):
@@ -395,7 +395,7 @@ class UnshareRequest(Model):
     a member who is not the owner may remove themselves (leave the share)."""
 
     path: PathStr
-    email: str | None = Field(None, min_length=3, max_length=320)
+    email: str | None = Field(default=None, min_length=3, max_length=320)
 
 
 class SharesRequest(Model):

@@ -364,14 +364,14 @@ class Store:
         row = self._one(sql + (" FOR UPDATE OF f" if lock else ""), (file_id,))
         return _file(row) if row else None
 
-    def kinds_at(self, ns_id: int, keys: Sequence[str]) -> dict[str, str]:
-        """path_key → kind of the live entries among `keys`."""
+    def kinds_at(self, ns_id: int, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """path_key → (kind, path_display) of the live entries among `keys`."""
         rows = self._all(
-            "SELECT path_key, kind FROM files WHERE ns_id = %s AND path_key = ANY(%s)"
-            " AND NOT is_deleted",
+            "SELECT path_key, kind, path_display FROM files WHERE ns_id = %s"
+            " AND path_key = ANY(%s) AND NOT is_deleted",
             (ns_id, list(keys)),
         )
-        return {r[0]: r[1] for r in rows}
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def insert_file(
         self,
@@ -465,10 +465,11 @@ class Store:
         )
 
     def move_to_namespace(
-        self, from_ns: int, to_ns: int, file_ids: Sequence[str], strip_chars: int
+        self, from_ns: int, to_ns: int, file_ids: Sequence[str], key_chars: int, display_chars: int
     ) -> None:
-        """Move entries (and their versions and block lists) to another namespace, cutting
-        the first `strip_chars` characters off their paths (the new namespace's root)."""
+        """Move entries (with their versions and block lists) to another namespace, cutting
+        the first `key_chars` characters off their path keys and `display_chars` off their
+        display paths (the folder that becomes the new namespace's root)."""
         ids = list(file_ids)
         self.conn.execute(
             "UPDATE files SET ns_id = %s, path_key = substr(path_key, %s),"
@@ -476,7 +477,15 @@ class Store:
             " parent_key = CASE WHEN length(parent_key) <= %s THEN '/'"
             " ELSE substr(parent_key, %s) END"
             " WHERE ns_id = %s AND file_id = ANY(%s)",
-            (to_ns, strip_chars + 1, strip_chars + 1, strip_chars, strip_chars + 1, from_ns, ids),
+            (
+                to_ns,
+                key_chars + 1,
+                display_chars + 1,
+                key_chars,
+                key_chars + 1,
+                from_ns,
+                ids,
+            ),
         )
         self.conn.execute(
             "UPDATE file_versions SET ns_id = %s WHERE ns_id = %s AND file_id = ANY(%s)",

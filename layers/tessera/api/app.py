@@ -1,0 +1,136 @@
+"""The Powertools resolver: parse → one domain call → JSON response, for every route.
+
+The caller comes only from `requestContext.authorizer.claims` (`sub`, `email`), which API
+Gateway's Cognito authorizer — or the local gateway, the same way — fills in after checking
+the token. Errors are `{"error": {"code", "message"}}`; unknown errors are a bare 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from pydantic import BaseModel, ValidationError
+
+import tessera
+from tessera.api.openapi import build_openapi
+from tessera.api.routes import ROUTES, Route
+from tessera.domain.errors import TesseraError, TooManyRequests, Unauthorized, Unavailable
+from tessera.domain.models import HealthResponse, RestoringResponse, dump
+from tessera.domain.services import Services
+from tessera.ports import Principal
+
+log = logging.getLogger(__name__)
+
+_JSON = "application/json"
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=_JSON,
+        body=json.dumps(body, separators=(",", ":")),
+        headers=headers or {},
+    )
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> Response[str]:
+    return _json(status, {"error": {"code": code, "message": message, **extra}})
+
+
+@cache
+def _openapi_text() -> str:
+    return json.dumps(build_openapi(), separators=(",", ":"))
+
+
+def principal_of(event: dict[str, Any]) -> Principal:
+    """The verified caller from the authorizer's claims; 401 when there are none."""
+    context = event.get("requestContext") or {}
+    authorizer = context.get("authorizer") or {}
+    claims = authorizer.get("claims") or {}
+    sub, email = claims.get("sub"), claims.get("email")
+    if not isinstance(sub, str) or not sub or not isinstance(email, str) or not email:
+        raise Unauthorized("missing or invalid credentials")
+    return Principal(user_id=sub, email=email)
+
+
+def _parse(route: Route, raw: str | None) -> BaseModel | None:
+    """The request model of a body; 422 on malformed JSON or a body that does not fit."""
+    if route.request is None:
+        return None
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise _BodyError("the body is not valid JSON", []) from exc
+    try:
+        return route.request.model_validate(data)
+    except ValidationError as exc:
+        fields = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        first = fields[0]
+        raise _BodyError(f"{first['field']}: {first['message']}", fields) from exc
+
+
+class _BodyError(Exception):
+    def __init__(self, message: str, fields: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.message, self.fields = message, fields
+
+
+def _respond(result: BaseModel) -> Response[str]:
+    if isinstance(result, RestoringResponse):
+        return _json(202, dump(result), {"Retry-After": str(result.retry_after)})
+    return _json(200, dump(result))
+
+
+def build_resolver(services: Services) -> APIGatewayRestResolver:
+    """The API app wired to `services`; `.resolve(event, context)` takes REST proxy events."""
+    app = APIGatewayRestResolver()
+
+    def register(route: Route) -> None:
+        def handler() -> Response[str]:
+            event = app.current_event
+            principal = principal_of(event.raw_event)
+            request = _parse(route, event.decoded_body)
+            return _respond(route.handler(services, principal, request))
+
+        handler.__name__ = "route_" + route.path.replace("/", "_")
+        app.route(route.path, method=route.method)(handler)
+
+    for route in ROUTES:
+        register(route)
+
+    @app.get("/v1/health")
+    def health() -> Response[str]:
+        return _json(200, dump(HealthResponse(version=tessera.__version__)))
+
+    @app.get("/v1/openapi.json")
+    def openapi() -> Response[str]:
+        return Response(status_code=200, content_type=_JSON, body=_openapi_text())
+
+    @app.exception_handler(TesseraError)  # type: ignore[untyped-decorator]
+    def tessera_error(exc: TesseraError) -> Response[str]:
+        headers = {}
+        if isinstance(exc, TooManyRequests | Unavailable):
+            headers["Retry-After"] = str(exc.retry_after)
+        return _json(exc.status, exc.to_body(), headers)
+
+    @app.exception_handler(_BodyError)  # type: ignore[untyped-decorator]
+    def body_error(exc: _BodyError) -> Response[str]:
+        return _error(422, "invalid", exc.message, fields=exc.fields)
+
+    @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+    def unexpected(exc: Exception) -> Response[str]:
+        log.exception("unhandled error in %s", app.current_event.path)
+        return _error(500, "internal", "internal error")
+
+    @app.not_found
+    def not_found(exc: Exception) -> Response[str]:
+        return _error(404, "not_found", "no such route")
+
+    return app

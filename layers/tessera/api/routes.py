@@ -1,0 +1,200 @@
+"""The route table of the API (DESIGN §5): one row per route, the single source of both the
+resolver's routes and the OpenAPI document. Each handler is one domain call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from tessera.domain import commits, files, listing, sharing, uploads
+from tessera.domain import models as m
+from tessera.domain.services import Services
+from tessera.ports import Principal
+
+Handler = Callable[[Services, Principal, Any], BaseModel]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route: method, path, models in and out, the domain call, and its errors."""
+
+    method: str
+    path: str
+    summary: str
+    request: type[BaseModel] | None
+    response: Any  # a model class, or a union of them
+    handler: Handler
+    errors: tuple[int, ...] = (400, 401, 403, 404, 422)
+    extra_responses: tuple[tuple[int, type[BaseModel], str], ...] = ()
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/v1/uploads",
+        "Start an upload: which blocks to send, with their keys",
+        m.UploadStartRequest,
+        m.UploadStartResponse,
+        uploads.start_upload,
+        (401, 403, 413, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/uploads/urls",
+        "Presigned PUTs for encoded blocks",
+        m.UploadUrlsRequest,
+        m.UploadUrlsResponse,
+        uploads.upload_urls,
+        (401, 404, 413, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/commit",
+        "Commit a file version (409 on a stale parent_rev)",
+        m.CommitRequest,
+        m.FileEntry,
+        commits.commit,
+        (401, 403, 404, 409, 413, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/commit_batch",
+        "Many commits, each succeeding or failing alone",
+        m.CommitBatchRequest,
+        m.CommitBatchResponse,
+        commits.commit_batch,
+        (401, 404, 413, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/download",
+        "Presigned GETs and keys of a file's blocks",
+        m.DownloadRequest,
+        m.DownloadResponse,
+        files.download,
+        (401, 404, 422, 503),
+        ((202, m.RestoringResponse, "blocks are being restored from cold storage"),),
+    ),
+    Route(
+        "POST",
+        "/v1/metadata",
+        "One entry by path or file_id",
+        m.MetadataRequest,
+        m.FileEntry | m.FolderEntry | m.DeletedEntry,
+        files.metadata,
+    ),
+    Route(
+        "POST",
+        "/v1/list_folder",
+        "List a folder (or its subtree) with a cursor",
+        m.ListFolderRequest,
+        m.ListFolderResponse,
+        lambda s, p, r: listing.list_folder(s, p, r.path, r.recursive, r.limit),
+    ),
+    Route(
+        "POST",
+        "/v1/list_folder/continue",
+        "Changes since a cursor",
+        m.ListFolderContinueRequest,
+        m.ListFolderResponse,
+        lambda s, p, r: listing.list_folder_continue(s, p, r.cursor, r.limit),
+    ),
+    Route(
+        "POST",
+        "/v1/list_folder/longpoll",
+        "Wait for a change after a cursor",
+        m.LongpollRequest,
+        m.LongpollResponse,
+        listing.longpoll,
+        (400, 401, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/revisions",
+        "A file's versions, newest first",
+        m.RevisionsRequest,
+        m.RevisionsResponse,
+        files.revisions,
+    ),
+    Route(
+        "POST",
+        "/v1/restore",
+        "Restore a rev (as a new rev) or undelete",
+        m.RestoreRequest,
+        m.FileEntry | m.FolderEntry,
+        files.restore,
+        (401, 403, 404, 409, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/move",
+        "Move or rename; file_id and history are kept",
+        m.MoveRequest,
+        m.FileEntry | m.FolderEntry,
+        files.move,
+        (401, 403, 404, 409, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/delete",
+        "Soft delete into the trash",
+        m.DeleteRequest,
+        m.FileEntry | m.FolderEntry,
+        files.delete,
+        (401, 403, 404, 409, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/create_folder",
+        "Create a folder",
+        m.CreateFolderRequest,
+        m.FolderEntry,
+        lambda s, p, r: files.create_folder(s, p, r.path),
+        (401, 403, 409, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/trash/list",
+        "Deleted entries still restorable",
+        m.TrashListRequest,
+        m.TrashListResponse,
+        files.trash_list,
+    ),
+    Route(
+        "POST",
+        "/v1/share",
+        "Share a folder with a user by email",
+        m.ShareRequest,
+        m.ShareInfo,
+        sharing.share,
+    ),
+    Route(
+        "POST",
+        "/v1/unshare",
+        "Remove a member (or leave a share)",
+        m.UnshareRequest,
+        m.ShareInfo,
+        sharing.unshare,
+    ),
+    Route(
+        "POST",
+        "/v1/shares",
+        "The caller's shared folders",
+        m.SharesRequest,
+        m.SharesResponse,
+        lambda s, p, r: sharing.shares(s, p),
+        (401, 422),
+    ),
+    Route(
+        "GET",
+        "/v1/account",
+        "Usage and quota",
+        None,
+        m.AccountResponse,
+        lambda s, p, r: sharing.account(s, p),
+        (401,),
+    ),
+)

@@ -1,0 +1,470 @@
+"""Reading and changing entries: metadata, download, revisions, restore/undelete, move,
+soft delete, trash, create folder (DESIGN §4-§5). Everything is checked against the
+caller's view: what they cannot see is 404, what they can see but not change is 403."""
+
+from __future__ import annotations
+
+import base64
+
+from tessera.domain import paths
+from tessera.domain.acl import Action
+from tessera.domain.changes import publish
+from tessera.domain.commits import ensure_parents, write_version
+from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
+from tessera.domain.models import (
+    DeletedEntry,
+    DeleteRequest,
+    DownloadBlock,
+    DownloadRequest,
+    DownloadResponse,
+    FileEntry,
+    FolderEntry,
+    MetadataRequest,
+    MoveRequest,
+    RestoreRequest,
+    RestoringResponse,
+    RevisionsRequest,
+    RevisionsResponse,
+    TrashEntry,
+    TrashListRequest,
+    TrashListResponse,
+)
+from tessera.domain.services import Services
+from tessera.domain.sharing import leave_share
+from tessera.domain.views import (
+    Located,
+    View,
+    check_access,
+    entry,
+    file_entry,
+    folder_entry,
+    load_view,
+    locate,
+    new_file_id,
+    require_file,
+)
+from tessera.metadata.store import FileRow, MountRow, NewJournal, Store, VersionInfo, VersionRow
+from tessera.ports import ChangeEvent, Principal, StorageTier
+
+
+def metadata(
+    svc: Services, principal: Principal, req: MetadataRequest
+) -> FileEntry | FolderEntry | DeletedEntry:
+    """One entry by path or file_id (deleted ones only with `include_deleted`)."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        loc = locate(
+            store, view, path=req.path, file_id=req.file_id, include_deleted=req.include_deleted
+        )
+        return entry(view, loc)
+
+
+def _version_entry(view: View, loc: Located, row: FileRow, version: VersionRow) -> FileEntry:
+    info = VersionInfo(version.size, version.content_hash, version.mtime, version.server_time)
+    at_rev = FileRow(
+        row.ns_id,
+        row.file_id,
+        row.path_key,
+        row.path_display,
+        "file",
+        version.rev,
+        row.is_deleted,
+        row.deleted_at,
+        info,
+    )
+    return file_entry(view, loc.mount, at_rev)
+
+
+def download(
+    svc: Services, principal: Principal, req: DownloadRequest
+) -> DownloadResponse | RestoringResponse:
+    """Presigned GETs and keys for a file's blocks at a rev. A block not yet verified is
+    served from the staged copy this version was committed with (never anyone else's);
+    cold blocks start a restore and the answer is `restoring`."""
+    settings, bs = svc.settings, svc.block_store
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, settings)
+        loc = locate(store, view, path=req.path, file_id=req.file_id)
+        row = require_file(loc, req.path or req.file_id or "")
+        rev = req.rev or row.latest_rev
+        version = store.version(row.ns_id, row.file_id, rev)
+        if version is None:
+            raise NotFound(f"no rev {rev} of this file")
+        vblocks = store.version_blocks(row.ns_id, row.file_id, rev)
+        sources: list[str] = []
+        cold: list[str] = []
+        for vb in vblocks:
+            live_key = "blocks/" + vb.block_id.removeprefix("b3:")
+            if vb.state == "quarantined":
+                raise BlockUnavailable(f"block {vb.block_id} is damaged", block_id=vb.block_id)
+            if vb.state == "staged":
+                if vb.staged_key is None or vb.staged_state == "quarantined":
+                    raise BlockUnavailable(
+                        f"block {vb.block_id} failed verification", block_id=vb.block_id
+                    )
+                sources.append(vb.staged_key)
+                continue
+            if vb.state in ("cold", "restoring"):
+                head = bs.head(live_key)
+                if head is None or not (head.tier == StorageTier.HOT or head.restored):
+                    cold.append(vb.block_id)
+            sources.append(live_key)
+        if cold:
+            for bid in dict.fromkeys(cold):
+                bs.restore("blocks/" + bid.removeprefix("b3:"), days=settings.restore_days)
+            store.set_block_state(list(dict.fromkeys(cold)), "restoring")
+            return RestoringResponse(
+                retry_after=settings.restore_retry_after_s, blocks=list(dict.fromkeys(cold))
+            )
+        store.touch_blocks([vb.block_id for vb in vblocks])
+        result_entry = _version_entry(view, loc, row, version)
+    blocks: list[DownloadBlock] = []
+    offset = 0
+    for vb, source in zip(vblocks, sources, strict=True):
+        get = bs.presign_get(source, expires_in=min(settings.presign_ttl_s, 900))
+        kv, key = svc.keys.block_key(vb.block_id, vb.key_version)
+        blocks.append(
+            DownloadBlock(
+                id=vb.block_id,
+                offset=offset,
+                size=vb.size,
+                method=get.method,
+                url=get.url,
+                headers=dict(get.headers),
+                key_version=kv,
+                key=base64.b64encode(key).decode(),
+            )
+        )
+        offset += vb.size
+    return DownloadResponse(entry=result_entry, blocks=blocks)
+
+
+def revisions(svc: Services, principal: Principal, req: RevisionsRequest) -> RevisionsResponse:
+    """A file's versions, newest first (also of a deleted file)."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        loc = locate(store, view, path=req.path, file_id=req.file_id, include_deleted=True)
+        row = require_file(loc, req.path or req.file_id or "")
+        versions = store.versions(row.ns_id, row.file_id, req.limit)
+        return RevisionsResponse(
+            is_deleted=row.is_deleted,
+            entries=[_version_entry(view, loc, row, v) for v in versions],
+        )
+
+
+def _undelete_subtree(
+    store: Store, view: View, mount: MountRow, row: FileRow
+) -> tuple[list[NewJournal], list[FileRow]]:
+    """Make a deleted entry live again at its old path, and with a folder everything that
+    was deleted with it (entries whose path was taken since stay in the trash)."""
+    if store.live_path_taken(row.ns_id, row.path_key):
+        raise Conflict(f"{view.view_path(mount, row.path_display)!r} is taken; move it first")
+    _, journal = ensure_parents(store, view, mount, row.path_display)
+    restored = [row]
+    if row.kind == "folder":
+        lo, hi = paths.subtree_range(row.path_key)
+        for child in store.subtree(row.ns_id, lo, hi, deleted=True):
+            if child.deleted_at == row.deleted_at and not store.live_path_taken(
+                child.ns_id, child.path_key
+            ):
+                restored.append(child)
+    store.undelete(row.ns_id, [r.file_id for r in restored])
+    for r in restored:
+        parent_key = paths.path_key(paths.parent(r.path_display))
+        v = r.version
+        journal.append(
+            NewJournal(
+                r.file_id,
+                r.latest_rev,
+                "upsert",
+                r.kind,
+                r.path_key,
+                parent_key,
+                r.path_display,
+                v.size if v else None,
+                v.content_hash if v else None,
+                v.mtime if v else None,
+            )
+        )
+    return journal, restored
+
+
+def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEntry | FolderEntry:
+    """With `rev`: that version's blocks become a new rev (undeleting the file if needed).
+    Without: undelete a deleted file or folder (with what was deleted along with it)."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        loc = locate(store, view, path=req.path, file_id=req.file_id, include_deleted=True)
+        if loc.row is None:
+            raise Unprocessable("the root or a shared folder's mount point cannot be restored")
+        check_access(loc.mount, Action.WRITE, view)
+        row = store.file_by_id(loc.row.file_id, lock=True)
+        assert row is not None  # located just above in this transaction
+        mount = loc.mount
+        if req.rev is None:
+            if not row.is_deleted:
+                raise Unprocessable("the entry is not deleted: give the rev to restore")
+            journal, _ = _undelete_subtree(store, view, mount, row)
+            _, event = store.append_journal(
+                mount.ns_id,
+                journal,
+                kind="file",
+                payload={"op": "undelete", "file_id": row.file_id, "path": row.path_display},
+            )
+            result: FileEntry | FolderEntry = (
+                file_entry(view, mount, row)
+                if row.kind == "file"
+                else folder_entry(view, mount, row)
+            )
+        else:
+            if row.kind != "file":
+                raise Unprocessable("only files have revisions")
+            old = store.version(row.ns_id, row.file_id, req.rev)
+            if old is None:
+                raise NotFound(f"no rev {req.rev} of this file")
+            journal = []
+            if row.is_deleted:
+                if store.live_path_taken(row.ns_id, row.path_key):
+                    raise Conflict(
+                        f"{view.view_path(mount, row.path_display)!r} is taken; move it first"
+                    )
+                _, journal = ensure_parents(store, view, mount, row.path_display)
+            blocks = store.version_blocks(row.ns_id, row.file_id, req.rev)
+            counts: dict[str, int] = {}
+            for b in blocks:
+                counts[b.block_id] = counts.get(b.block_id, 0) + 1
+            sizes = {b.block_id: b.size for b in blocks}
+            result, event = write_version(
+                svc,
+                store,
+                view,
+                mount,
+                file_id=row.file_id,
+                rev=row.latest_rev + 1,
+                key=row.path_key,
+                display=row.path_display,
+                size=old.size,
+                digest=old.content_hash,
+                mtime=old.mtime,
+                blocks=[(b.block_id, b.size, b.staged_key) for b in blocks],
+                refs=[(i, sizes[i], 0, n) for i, n in counts.items()],
+                journal=journal,
+                op="restore",
+            )
+    publish(svc.feed, [event])
+    return result
+
+
+def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | FolderEntry:
+    """Move or rename a file or folder; file_id and history stay. Within one namespace."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        loc = locate(store, view, path=req.from_path, what="from_path")
+        dst = paths.canonical(req.to_path, field="to_path")
+        if loc.row is None:
+            raise Unprocessable("the root or a shared folder's mount point cannot be moved")
+        check_access(loc.mount, Action.WRITE, view)
+        src_view_key = paths.path_key(view.view_path(loc.mount, loc.row.path_display))
+        dst_mount, dst_rel = view.resolve(dst)
+        if dst_mount.ns_id != loc.mount.ns_id or dst_rel == paths.ROOT:
+            raise Unprocessable(
+                "moving into or out of a shared folder is not supported: copy, then delete"
+            )
+        if loc.row.kind == "folder":
+            if paths.is_within(paths.path_key(dst), src_view_key):
+                raise Unprocessable("a folder cannot be moved into itself")
+            if view.mounts_below(src_view_key):
+                raise Unprocessable("the folder holds a shared folder; move that out first")
+        row = store.file_by_id(loc.row.file_id, lock=True)
+        assert row is not None
+        new_key = paths.path_key(dst_rel)
+        if new_key != row.path_key and store.live_path_taken(row.ns_id, new_key):
+            raise Conflict(f"{dst!r} already exists")
+        new_display, journal = ensure_parents(store, view, loc.mount, dst_rel)
+        old_parent = paths.path_key(paths.parent(row.path_display))
+        journal.append(
+            NewJournal(
+                row.file_id,
+                row.latest_rev,
+                "delete",
+                row.kind,
+                row.path_key,
+                old_parent,
+                row.path_display,
+            )
+        )
+        moved = [(row, new_key, new_display)]
+        if row.kind == "folder":
+            lo, hi = paths.subtree_range(row.path_key)
+            for child in store.subtree(row.ns_id, lo, hi):
+                moved.append(
+                    (
+                        child,
+                        new_key + child.path_key[len(row.path_key) :],
+                        new_display + child.path_display[len(row.path_display) :],
+                    )
+                )
+        for r, k, d in moved:
+            parent_key = paths.path_key(paths.parent(d))
+            store.rename(r.ns_id, r.file_id, k, parent_key, d)
+            v = r.version
+            journal.append(
+                NewJournal(
+                    r.file_id,
+                    r.latest_rev,
+                    "upsert",
+                    r.kind,
+                    k,
+                    parent_key,
+                    d,
+                    v.size if v else None,
+                    v.content_hash if v else None,
+                    v.mtime if v else None,
+                )
+            )
+        _, event = store.append_journal(
+            row.ns_id,
+            journal,
+            kind="file",
+            payload={
+                "op": "move",
+                "file_id": row.file_id,
+                "from": row.path_display,
+                "path": new_display,
+            },
+        )
+        renamed = FileRow(
+            row.ns_id,
+            row.file_id,
+            new_key,
+            new_display,
+            row.kind,
+            row.latest_rev,
+            False,
+            None,
+            row.version,
+        )
+        result = (
+            file_entry(view, loc.mount, renamed)
+            if row.kind == "file"
+            else folder_entry(view, loc.mount, renamed)
+        )
+    publish(svc.feed, [event])
+    return result
+
+
+def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry | FolderEntry:
+    """Soft-delete a file or folder into the trash (a folder takes its contents along).
+    A member who is not the owner deleting a shared folder's mount point leaves the share."""
+    events: list[ChangeEvent | None] = []
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        loc = locate(store, view, path=req.path)
+        if loc.row is None:
+            if loc.mount.kind != "shared":
+                raise Unprocessable("the root cannot be deleted")
+            if loc.mount.access == "owner":
+                raise Unprocessable("unshare the folder before deleting it")
+            events.append(leave_share(store, view.user, loc.mount))
+            result: FileEntry | FolderEntry | DeletedEntry = entry(view, loc)
+            assert isinstance(result, FolderEntry)
+        else:
+            check_access(loc.mount, Action.WRITE, view)
+            row = store.file_by_id(loc.row.file_id, lock=True)
+            assert row is not None
+            if row.kind == "file" and req.parent_rev not in (None, row.latest_rev):
+                raise Conflict(
+                    f"{req.path!r} is at rev {row.latest_rev}, not {req.parent_rev}",
+                    rev=row.latest_rev,
+                    file_id=row.file_id,
+                )
+            ids = [row.file_id]
+            if row.kind == "folder":
+                view_key = paths.path_key(view.view_path(loc.mount, row.path_display))
+                if view.mounts_below(view_key):
+                    raise Unprocessable("the folder holds a shared folder; unshare it first")
+                lo, hi = paths.subtree_range(row.path_key)
+                ids += [c.file_id for c in store.subtree(row.ns_id, lo, hi)]
+            store.mark_deleted(row.ns_id, ids, view.user.user_id)
+            parent_key = paths.path_key(paths.parent(row.path_display))
+            _, event = store.append_journal(
+                row.ns_id,
+                [
+                    NewJournal(
+                        row.file_id,
+                        row.latest_rev,
+                        "delete",
+                        row.kind,
+                        row.path_key,
+                        parent_key,
+                        row.path_display,
+                    )
+                ],
+                kind="file",
+                payload={"op": "delete", "file_id": row.file_id, "path": row.path_display},
+            )
+            events.append(event)
+            result = entry(view, Located(loc.mount, loc.rel, row))
+    publish(svc.feed, events)
+    assert not isinstance(result, DeletedEntry)
+    return result
+
+
+def create_folder(svc: Services, principal: Principal, path: str) -> FolderEntry:
+    """Create a folder (and missing parents); 409 when the path is taken."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        canon = paths.canonical(path)
+        mount, rel = view.resolve(canon)
+        if rel == paths.ROOT:
+            raise Conflict(f"{canon!r} already exists")
+        check_access(mount, Action.WRITE, view)
+        display, journal = ensure_parents(store, view, mount, rel)
+        key = paths.path_key(rel)
+        fid = new_file_id()
+        parent_key = paths.path_key(paths.parent(display))
+        if not store.insert_file(mount.ns_id, fid, key, parent_key, display, "folder"):
+            raise Conflict(f"{canon!r} already exists")
+        journal.append(NewJournal(fid, 0, "upsert", "folder", key, parent_key, display))
+        _, event = store.append_journal(
+            mount.ns_id,
+            journal,
+            kind="file",
+            payload={"op": "create_folder", "file_id": fid, "path": display},
+        )
+        row = FileRow(mount.ns_id, fid, key, display, "folder", 0, False, None)
+        result = folder_entry(view, mount, row)
+    publish(svc.feed, [event])
+    return result
+
+
+def trash_list(svc: Services, principal: Principal, req: TrashListRequest) -> TrashListResponse:
+    """Deleted entries under a path (in every namespace of the view below it), newest first."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        canon = paths.canonical(req.path)
+        mount, rel = view.resolve(canon)
+        scopes = [(mount, paths.subtree_range(paths.path_key(rel)))]
+        scopes += [
+            (m, paths.subtree_range(paths.ROOT)) for m in view.mounts_below(paths.path_key(canon))
+        ]
+        found: list[TrashEntry] = []
+        for m, (lo, hi) in scopes:
+            for r in store.trash(m.ns_id, lo, hi, req.limit):
+                display = view.view_path(m, r.path_display)
+                assert r.deleted_at is not None
+                found.append(
+                    TrashEntry(
+                        name=paths.name(display),
+                        path_display=display,
+                        path_lower=paths.path_key(display),
+                        file_id=r.file_id,
+                        kind=r.kind,  # type: ignore[arg-type]
+                        rev=r.latest_rev,
+                        size=r.version.size if r.version else 0,
+                        deleted_at=r.deleted_at,
+                        ns_id=r.ns_id,
+                    )
+                )
+    found.sort(key=lambda e: (e.deleted_at, e.path_lower), reverse=True)
+    return TrashListResponse(entries=found[: req.limit])

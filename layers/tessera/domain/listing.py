@@ -1,0 +1,311 @@
+"""list_folder / continue / longpoll (DESIGN §4-§6) over opaque, signed cursors.
+
+A listing covers a folder of the caller's view, which may span several namespaces (the one
+holding the folder, and with `recursive` every shared folder mounted below it). The cursor
+holds, per namespace, the journal seq reached and — while the first listing is still being
+paged — the last path key sent. Journal rows are absolute states, so replaying them from
+the seq a snapshot started at is always correct. The cursor also holds the caller's
+membership version: when a share appears or disappears, `continue` sends the new mount
+point with everything in it, or a `deleted` entry for the mount that went away.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tessera.domain import paths
+from tessera.domain.errors import InvalidCursor, NotFound, Unprocessable
+from tessera.domain.models import (
+    DeletedEntry,
+    Entry,
+    FileEntry,
+    FolderEntry,
+    ListFolderResponse,
+    LongpollRequest,
+    LongpollResponse,
+)
+from tessera.domain.services import Services
+from tessera.domain.views import View, file_entry, folder_entry, load_view, mount_entry
+from tessera.metadata.store import FileRow, JournalRow, KeyScope, MountRow, Store
+from tessera.ports import KeyService, Principal
+
+_VERSION = "c1"
+
+
+@dataclass
+class _Part:
+    """One namespace of a listing and how far the caller has got in it."""
+
+    ns: int
+    mount: str  # mount path (display) of the namespace in the caller's view
+    folder: str  # ns-relative key of the listed folder ("/" for a whole mounted namespace)
+    seq: int  # journal seq reached
+    snap: str | None  # snapshot in progress: last path key sent ("" = not started); else None
+    point: bool  # only the mount point itself is listed (non-recursive parent listing)
+    show_mount: bool  # the snapshot starts with the mount point's folder entry
+
+
+@dataclass
+class _Cursor:
+    user: str
+    path: str  # the listed view path (canonical display)
+    recursive: bool
+    membership: int
+    parts: list[_Part]
+    root: list[int]  # [root ns, seq]: the caller's root is always watched (mount changes)
+    more: bool  # the page that made this cursor had more to send
+
+
+# ---------------------------------------------------------------------------------------
+# Cursor encoding
+
+
+def _cursor_key(keys: KeyService, version: int) -> bytes:
+    return hmac.new(keys.secret(version), b"tessera list_folder cursor", hashlib.sha256).digest()
+
+
+def encode_cursor(keys: KeyService, cursor: _Cursor) -> str:
+    """`c1.<key version>.<payload>.<hmac>` (base64url): opaque and tamper-proof."""
+    version = keys.current_version()
+    raw = json.dumps(asdict(cursor), separators=(",", ":")).encode()
+    payload = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    body = f"{_VERSION}.{version}.{payload}"
+    sig = hmac.new(_cursor_key(keys, version), body.encode(), hashlib.sha256).digest()
+    return body + "." + base64.urlsafe_b64encode(sig).decode().rstrip("=")
+
+
+def decode_cursor(keys: KeyService, text: str, user_id: str) -> _Cursor:
+    """The cursor behind `text`, checked: signature first, then that it is the caller's."""
+    try:
+        tag, version_text, payload, sig = text.split(".")
+        if tag != _VERSION:
+            raise ValueError("unknown cursor version")
+        version = int(version_text)
+        key = _cursor_key(keys, version)
+        want = hmac.new(key, f"{tag}.{version_text}.{payload}".encode(), hashlib.sha256).digest()
+        given = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    except (ValueError, KeyError, binascii.Error) as exc:
+        raise InvalidCursor("the cursor is malformed or was not issued by this server") from exc
+    if not hmac.compare_digest(want, given):
+        raise InvalidCursor("the cursor is malformed or was not issued by this server")
+    data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    cursor = _Cursor(**{**data, "parts": [_Part(**p) for p in data["parts"]]})
+    if cursor.user != user_id:
+        raise InvalidCursor("the cursor belongs to another user")
+    return cursor
+
+
+# ---------------------------------------------------------------------------------------
+# Scope
+
+
+def _scope(store: Store, view: View, path: str, recursive: bool) -> list[_Part]:
+    """The namespaces a listing of `path` covers, in the order entries are sent: the one
+    holding the folder first, then mounts below it (by path)."""
+    mount, rel = view.resolve(path)
+    key = paths.path_key(path)
+    if rel != paths.ROOT:
+        row = store.file_by_path(mount.ns_id, paths.path_key(rel))
+        if row is None:
+            raise NotFound(f"nothing at {path!r}")
+        if row.kind != "folder":
+            raise Unprocessable(f"{path!r} is a file, not a folder")
+    parts = [_Part(mount.ns_id, mount.mount_path, paths.path_key(rel), 0, "", False, False)]
+    for m in view.mounts_below(key):
+        if recursive:
+            parts.append(_Part(m.ns_id, m.mount_path, paths.ROOT, 0, "", False, True))
+        elif paths.parent(m.mount_key) == key:
+            parts.append(_Part(m.ns_id, m.mount_path, paths.ROOT, 0, "", True, True))
+    return parts
+
+
+def _key_scope(part: _Part, recursive: bool) -> KeyScope:
+    folder = part.folder
+    return KeyScope(
+        folder_key=folder,
+        ancestors=tuple(paths.ancestors(folder)) if folder != paths.ROOT else (),
+        subtree=paths.subtree_range(folder) if recursive else None,
+    )
+
+
+def _mount_row(view: View, part: _Part) -> MountRow:
+    m = view.mount_of(part.ns)
+    assert m is not None  # parts are rebuilt whenever the view's mounts change
+    return m
+
+
+def _row_entry(view: View, mount: MountRow, row: FileRow) -> FileEntry | FolderEntry:
+    return file_entry(view, mount, row) if row.kind == "file" else folder_entry(view, mount, row)
+
+
+def _journal_entry(view: View, mount: MountRow, j: JournalRow) -> Entry:
+    display = view.view_path(mount, j.path_display)
+    name, lower = paths.name(display), paths.path_key(display)
+    if j.op == "delete":
+        return DeletedEntry(name=name, path_display=display, path_lower=lower)
+    if j.kind == "folder":
+        shared = int(j.file_id[3:]) if j.file_id.startswith("ns:") else None
+        return FolderEntry(
+            name=name,
+            path_display=display,
+            path_lower=lower,
+            file_id=j.file_id,
+            ns_id=j.ns_id,
+            shared_ns_id=shared,
+        )
+    assert j.size is not None and j.content_hash is not None
+    return FileEntry(
+        name=name,
+        path_display=display,
+        path_lower=lower,
+        file_id=j.file_id,
+        rev=j.rev,
+        size=j.size,
+        content_hash=j.content_hash,
+        mtime=j.mtime,
+        server_modified=j.created_at,
+        ns_id=j.ns_id,
+    )
+
+
+def _page(store: Store, view: View, cursor: _Cursor, limit: int) -> list[Entry]:
+    """Send up to `limit` entries, advancing `cursor` in place."""
+    entries: list[Entry] = []
+    heads = store.latest_seqs([p.ns for p in cursor.parts] + [view.root.ns_id])
+    more = False
+    for part in cursor.parts:
+        mount = _mount_row(view, part)
+        if part.snap is not None:
+            if part.snap == "" and part.show_mount:
+                entries.append(mount_entry(mount))
+            if part.point:
+                part.snap = None
+                continue
+            room = limit - len(entries)
+            rows = store.list_page(
+                part.ns, _key_scope(part, cursor.recursive), after_key=part.snap, limit=room + 1
+            )
+            entries += [_row_entry(view, mount, r) for r in rows[:room]]
+            if len(rows) > room:
+                part.snap = rows[room - 1].path_key if room > 0 else part.snap
+                more = True
+                break
+            part.snap = None
+        if part.point:
+            continue
+        room = limit - len(entries)
+        jrows = store.journal_after(
+            part.ns, part.seq, _key_scope(part, cursor.recursive), limit=room + 1
+        )
+        entries += [_journal_entry(view, mount, j) for j in jrows[:room]]
+        if len(jrows) > room:
+            if room > 0:
+                part.seq = jrows[room - 1].seq
+            more = True
+            break
+        part.seq = heads.get(part.ns, part.seq)
+    cursor.root = [view.root.ns_id, heads.get(view.root.ns_id, 0)]
+    cursor.more = more
+    return entries
+
+
+def _limit(svc: Services, limit: int | None) -> int:
+    return min(limit or svc.settings.list_limit, svc.settings.list_limit)
+
+
+def list_folder(
+    svc: Services, principal: Principal, path: str, recursive: bool, limit: int | None
+) -> ListFolderResponse:
+    """The entries of a folder (or its whole subtree) and a cursor for what comes next."""
+    canon = paths.canonical(path)
+    with svc.db.transaction(repeatable_read=True) as store:
+        view = load_view(store, principal, svc.settings)
+        parts = _scope(store, view, canon, recursive)
+        heads = store.latest_seqs([p.ns for p in parts])
+        for p in parts:
+            p.seq = heads.get(p.ns, 0)
+        cursor = _Cursor(
+            view.user.user_id,
+            canon,
+            recursive,
+            view.user.membership_version,
+            parts,
+            [view.root.ns_id, 0],
+            False,
+        )
+        entries = _page(store, view, cursor, _limit(svc, limit))
+    return ListFolderResponse(
+        entries=entries, cursor=encode_cursor(svc.keys, cursor), has_more=cursor.more
+    )
+
+
+def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
+    """Follow a change of the caller's mounts: drop namespaces that left the view (a
+    `deleted` entry for their mount point), snapshot the ones that joined it."""
+    try:
+        fresh = _scope(store, view, cursor.path, cursor.recursive)
+    except (NotFound, Unprocessable):
+        fresh = []  # the listed folder itself went away; its deletion is in the journal
+    old = {p.ns: p for p in cursor.parts}
+    new_ids = {p.ns for p in fresh}
+    removed: list[Entry] = []
+    for p in cursor.parts:
+        if p.ns not in new_ids and p.mount != paths.ROOT:
+            removed.append(
+                DeletedEntry(
+                    name=paths.name(p.mount),
+                    path_display=p.mount,
+                    path_lower=paths.path_key(p.mount),
+                )
+            )
+    heads = store.latest_seqs([p.ns for p in fresh])
+    parts = []
+    for p in fresh:
+        kept = old.get(p.ns)
+        if kept is not None and kept.folder == p.folder:
+            parts.append(kept)
+        else:
+            p.seq = heads.get(p.ns, 0)
+            parts.append(p)
+    cursor.parts = parts
+    cursor.membership = view.user.membership_version
+    return removed
+
+
+def list_folder_continue(
+    svc: Services, principal: Principal, cursor_text: str, limit: int | None
+) -> ListFolderResponse:
+    """What changed since the cursor (or the next page of a listing)."""
+    cursor = decode_cursor(svc.keys, cursor_text, principal.user_id)
+    with svc.db.transaction(repeatable_read=True) as store:
+        view = load_view(store, principal, svc.settings)
+        entries: list[Entry] = []
+        if cursor.membership != view.user.membership_version:
+            entries = _rescope(store, view, cursor)
+        entries += _page(store, view, cursor, max(_limit(svc, limit) - len(entries), 1))
+    return ListFolderResponse(
+        entries=entries, cursor=encode_cursor(svc.keys, cursor), has_more=cursor.more
+    )
+
+
+def longpoll(svc: Services, principal: Principal, req: LongpollRequest) -> LongpollResponse:
+    """Wait until something changes after the cursor, or the (clamped) timeout passes.
+
+    Answered from the change feed alone: the metadata database is not touched."""
+    cursor = decode_cursor(svc.keys, req.cursor, principal.user_id)
+    settings = svc.settings
+    backoff = settings.longpoll_backoff_s or None
+    if cursor.more or any(p.snap is not None for p in cursor.parts):
+        return LongpollResponse(changes=True, backoff=backoff)
+    watch = {p.ns: p.seq for p in cursor.parts if not p.point}
+    root_ns, root_seq = cursor.root
+    watch[root_ns] = min(watch.get(root_ns, root_seq), root_seq)
+    timeout = min(max(float(req.timeout), settings.longpoll_min_s), settings.longpoll_max_s)
+    changed = svc.feed.wait(watch, timeout)
+    return LongpollResponse(changes=changed, backoff=backoff)

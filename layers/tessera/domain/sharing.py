@@ -1,0 +1,206 @@
+"""Shared folders (DESIGN §4): a shared folder is its own namespace, mounted into the tree of
+each member; plus the account summary."""
+
+from __future__ import annotations
+
+from tessera.domain import paths
+from tessera.domain.acl import Action, require
+from tessera.domain.changes import publish
+from tessera.domain.errors import NotFound, Unprocessable
+from tessera.domain.models import (
+    AccountResponse,
+    ShareInfo,
+    ShareMember,
+    ShareRequest,
+    SharesResponse,
+    UnshareRequest,
+)
+from tessera.domain.services import Services
+from tessera.domain.views import View, load_view, locate
+from tessera.metadata.store import MountRow, NewJournal, Store, UserRow
+from tessera.ports import ChangeEvent, Principal
+
+
+def _mount_journal(
+    store: Store, user: UserRow, ns_id: int, mount_path: str, op: str
+) -> ChangeEvent:
+    """Log a mount point appearing or disappearing in a member's root namespace, so their
+    long-polls wake and their cursors notice (with the membership version)."""
+    store.bump_membership(user.user_id)
+    key = paths.path_key(mount_path)
+    row = NewJournal(
+        f"ns:{ns_id}", 0, op, "folder", key, paths.path_key(paths.parent(mount_path)), mount_path
+    )
+    _, event = store.append_journal(
+        user.root_ns_id,
+        [row],
+        kind="membership",
+        payload={
+            "op": "mount" if op == "upsert" else "unmount",
+            "shared_ns_id": ns_id,
+            "user_id": user.user_id,
+            "path": mount_path,
+        },
+    )
+    return event
+
+
+def _free_mount_path(store: Store, user: UserRow, name: str) -> str:
+    """`/<name>`, or `/<name> (2)`, `/<name> (3)`… when the member already has that path."""
+    taken = store.mount_keys(user.user_id)
+    n = 1
+    while True:
+        candidate = "/" + (name if n == 1 else f"{name} ({n})")
+        key = paths.path_key(candidate)
+        if key not in taken and not store.live_path_taken(user.root_ns_id, key):
+            return candidate
+        n += 1
+
+
+def leave_share(store: Store, user: UserRow, mount: MountRow) -> ChangeEvent:
+    """Remove the caller (not the owner) from a shared namespace."""
+    store.remove_member(mount.ns_id, user.user_id)
+    return _mount_journal(store, user, mount.ns_id, mount.mount_path, "delete")
+
+
+def _info(store: Store, view: View, mount: MountRow) -> ShareInfo:
+    members = store.members(mount.ns_id)
+    owner = next(m for m in members if m.access == "owner")
+    return ShareInfo(
+        ns_id=mount.ns_id,
+        path_display=mount.mount_path,
+        name=mount.name,
+        access=mount.access,  # type: ignore[arg-type]
+        owner_email=owner.email,
+        members=[ShareMember(email=m.email, access=m.access) for m in members],  # type: ignore[arg-type]
+    )
+
+
+def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent | None]) -> MountRow:
+    """Turn a folder of the caller's root namespace into a shared namespace, mounted at the
+    same path: its entries move in one transaction, keeping file_ids and history."""
+    loc = locate(store, view, path=path)
+    row = loc.row
+    assert row is not None
+    if loc.mount.kind != "root":
+        raise Unprocessable("a folder inside a shared folder cannot be shared again")
+    if row.kind != "folder":
+        raise Unprocessable("only folders can be shared")
+    if view.mounts_below(row.path_key):
+        raise Unprocessable("the folder holds a shared folder; shared folders cannot nest")
+    root = loc.mount
+    name = paths.name(row.path_display)
+    ns_id = store.create_namespace("shared", view.user.user_id, name)
+    lo, hi = paths.subtree_range(row.path_key)
+    ids = [r.file_id for r in store.subtree(root.ns_id, lo, hi)]
+    ids += [r.file_id for r in store.subtree(root.ns_id, lo, hi, deleted=True)]
+    store.move_to_namespace(root.ns_id, ns_id, ids, len(row.path_key), len(row.path_display))
+    # The folder row becomes the namespace root. The owner's root journal logs only the
+    # mount appearing at the same path: their devices then see the same entries (same
+    # file_ids and revs) under it, so nothing is deleted and fetched again.
+    store.delete_entry(root.ns_id, row.file_id)
+    store.add_member(ns_id, view.user.user_id, "owner", row.path_display, row.path_key)
+    events.append(_mount_journal(store, view.user, ns_id, row.path_display, "upsert"))
+    return MountRow(
+        ns_id, row.path_display, row.path_key, "owner", "shared", name, view.user.user_id
+    )
+
+
+def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
+    """Share a folder with a user by email (owner only); sharing again changes their access."""
+    events: list[ChangeEvent | None] = []
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        loc = locate(store, view, path=req.path)
+        if loc.row is None:
+            if loc.mount.kind != "shared":
+                raise Unprocessable("the root cannot be shared")
+            require(loc.mount.access, Action.SHARE, loc.mount.mount_path)
+            mount = loc.mount
+        else:
+            mount = _make_shared(store, view, req.path, events)
+        target = store.user_by_email(req.email)
+        if target is None:
+            raise NotFound(f"no user with email {req.email!r} (they must sign in once first)")
+        if target.user_id == view.user.user_id:
+            raise Unprocessable("you cannot share a folder with yourself")
+        existing = {m.user_id: m for m in store.members(mount.ns_id)}
+        if target.user_id in existing:
+            if existing[target.user_id].access == "owner":
+                raise Unprocessable("the owner's access cannot be changed")
+            store.add_member(mount.ns_id, target.user_id, req.access, "", "")
+        else:
+            mount_path = _free_mount_path(store, target, mount.name)
+            store.add_member(
+                mount.ns_id, target.user_id, req.access, mount_path, paths.path_key(mount_path)
+            )
+            events.append(_mount_journal(store, target, mount.ns_id, mount_path, "upsert"))
+        info = _info(store, view, mount)
+    publish(svc.feed, events)
+    return info
+
+
+def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareInfo:
+    """The owner removes a member (or everyone else); a member may remove themselves."""
+    events: list[ChangeEvent | None] = []
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        loc = locate(store, view, path=req.path)
+        if loc.row is not None or loc.mount.kind != "shared":
+            raise Unprocessable(f"{req.path!r} is not a shared folder's mount point")
+        mount = loc.mount
+        members = store.members(mount.ns_id)
+        own_email = view.user.email.lower()
+        if mount.access != "owner":
+            if req.email is not None and req.email.lower() != own_email:
+                require(mount.access, Action.SHARE, mount.mount_path)
+            events.append(leave_share(store, view.user, mount))
+            info = ShareInfo(
+                ns_id=mount.ns_id,
+                path_display=mount.mount_path,
+                name=mount.name,
+                access=mount.access,  # type: ignore[arg-type]
+                owner_email=members[0].email,
+                members=[],
+            )
+        else:
+            if req.email is None:
+                targets = [m for m in members if m.access != "owner"]
+            else:
+                targets = [m for m in members if m.email.lower() == req.email.lower()]
+                if not targets:
+                    raise NotFound(f"{req.email!r} is not a member of this shared folder")
+                if targets[0].access == "owner":
+                    raise Unprocessable("the owner cannot be removed; delete the folder instead")
+            for m in targets:
+                removed = store.remove_member(mount.ns_id, m.user_id)
+                user = store.get_user(m.user_id)
+                if removed and user:
+                    events.append(
+                        _mount_journal(store, user, mount.ns_id, removed.mount_path, "delete")
+                    )
+            info = _info(store, view, mount)
+    publish(svc.feed, events)
+    return info
+
+
+def shares(svc: Services, principal: Principal) -> SharesResponse:
+    """Every shared folder in the caller's view."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        return SharesResponse(
+            shares=[_info(store, view, m) for m in view.mounts if m.kind == "shared"]
+        )
+
+
+def account(svc: Services, principal: Principal) -> AccountResponse:
+    """Usage (latest versions of live files in namespaces the caller owns) and quota."""
+    with svc.db.transaction() as store:
+        view = load_view(store, principal, svc.settings)
+        return AccountResponse(
+            user_id=view.user.user_id,
+            email=view.user.email,
+            root_ns_id=view.user.root_ns_id,
+            used_bytes=store.usage(view.user.user_id),
+            quota_bytes=view.user.quota_bytes,
+        )

@@ -1,0 +1,334 @@
+"""Fixtures and helpers for integration tests of the metadata service, domain and API.
+
+Reusable by every engineer:
+- `database_url`: a fresh database with every migration applied (cloned from a migrated
+  template, so it costs one CREATE DATABASE).
+- `db`: a `tessera.metadata.Database` on it.
+- `services`: a `Services` container with the real local adapters (filesystem block store,
+  key file, LISTEN/NOTIFY change feed) under `tmp_path`, long-poll floor lowered for tests.
+- `alice`, `bob`, `carol`: principals (`Principal`), provisioned on first use.
+- `put_file(services, who, path, data, ...)`: the whole client upload flow (start, URLs,
+  PUT into the block store through its signed URL, commit); `get_file(...)` downloads and
+  decodes. `api_event(...)` builds an API Gateway REST proxy event; `call(...)` runs it
+  through `build_resolver(services)`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pytest
+
+from tessera.adapters.local import FilesystemBlockStore, KeyFileKeyService, PostgresChangeFeed
+from tessera.blocks import block_id, content_hash, decode_block, encode_block
+from tessera.domain import commits, files, uploads
+from tessera.domain.models import (
+    BlockSpec,
+    CommitRequest,
+    DownloadRequest,
+    DownloadResponse,
+    FileEntry,
+    UploadFileSpec,
+    UploadStartRequest,
+    UploadUrlBlock,
+    UploadUrlsRequest,
+)
+from tessera.domain.services import Services
+from tessera.metadata import Database, migrate
+from tessera.ports import Principal
+from tessera.settings import Settings
+
+
+def _with_db(url: str, dbname: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_url: str) -> Iterator[str]:
+    """Name of a database holding every migration, cloned by `database_url`."""
+    import psycopg
+
+    name = f"tpl_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrate(_with_db(postgres_url, name))
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(postgres_url: str, migrated_template: str) -> Iterator[str]:
+    """A fresh, fully migrated database of its own, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    try:
+        yield _with_db(postgres_url, name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A connection pool on `database_url`."""
+    database = Database(database_url, min_size=1, max_size=12)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def test_settings(database_url: str) -> Settings:
+    """Defaults, with long-polls allowed to be short."""
+    return Settings(database_url=database_url, longpoll_min_s=0.0, longpoll_max_s=10.0)
+
+
+@pytest.fixture
+def services(
+    db: Database, database_url: str, tmp_path: Path, test_settings: Settings
+) -> Iterator[Services]:
+    """The domain's ports wired to the real local adapters."""
+    feed = PostgresChangeFeed(database_url)
+    svc = Services(
+        db=db,
+        block_store=FilesystemBlockStore(tmp_path / "blocks", "http://blocks.test", b"k" * 32),
+        keys=KeyFileKeyService(tmp_path / "keys.json"),
+        feed=feed,
+        settings=test_settings,
+    )
+    yield svc
+    feed.close()
+
+
+def principal(name: str) -> Principal:
+    """A test caller named `name` (user id `user-<name>`, email `<name>@example.com`)."""
+    return Principal(user_id=f"user-{name}", email=f"{name}@example.com")
+
+
+@pytest.fixture
+def alice() -> Principal:
+    return principal("alice")
+
+
+@pytest.fixture
+def bob() -> Principal:
+    return principal("bob")
+
+
+@pytest.fixture
+def carol() -> Principal:
+    return principal("carol")
+
+
+# ---------------------------------------------------------------------------------------
+# The client's upload and download flows, against the domain directly
+
+
+def split_blocks(data: bytes, block_size: int = 64 * 1024) -> list[bytes]:
+    """Fixed-size blocks (the real client uses FastCDC; the server does not care)."""
+    return [data[i : i + block_size] for i in range(0, len(data), block_size)]
+
+
+def store_put(svc: Services, url: str, body: bytes, headers: dict[str, str]) -> None:
+    """Do what the gateway does with a presigned PUT to the local block store."""
+    parts = urlsplit(url)
+    key = unquote(parts.path.removeprefix("/blocks/"))
+    store = svc.block_store
+    assert isinstance(store, FilesystemBlockStore)
+    store.accept_put(
+        key,
+        dict(parse_qsl(parts.query)),
+        len(body),
+        [body],
+        headers.get("x-amz-checksum-sha256"),
+    )
+
+
+def store_get(svc: Services, url: str) -> bytes:
+    """Do what the gateway does with a presigned GET."""
+    parts = urlsplit(url)
+    store = svc.block_store
+    assert isinstance(store, FilesystemBlockStore)
+    return store.open_get(
+        unquote(parts.path.removeprefix("/blocks/")), dict(parse_qsl(parts.query))
+    ).read_bytes()
+
+
+def upload_blocks(
+    svc: Services, who: Principal, path: str, chunks: list[bytes], *, put: bool = True
+) -> str:
+    """Start an upload of `chunks` at `path`, PUT every needed block; the upload_id."""
+    ids = [block_id(c) for c in chunks]
+    spec = UploadFileSpec(
+        path=path,
+        size=sum(len(c) for c in chunks),
+        content_hash=content_hash(ids),
+        blocks=[BlockSpec(id=i, size=len(c)) for i, c in zip(ids, chunks, strict=True)],
+    )
+    started = uploads.start_upload(svc, who, UploadStartRequest(files=[spec]))
+    by_id = dict(zip(ids, chunks, strict=True))
+    encoded = {
+        n.id: encode_block(by_id[n.id], n.id, base64.b64decode(n.key), n.key_version)
+        for n in started.needed
+    }
+    if encoded:
+        urls = uploads.upload_urls(
+            svc,
+            who,
+            UploadUrlsRequest(
+                upload_id=started.upload_id,
+                blocks=[
+                    UploadUrlBlock(
+                        id=i,
+                        size=len(e),
+                        sha256=base64.b64encode(hashlib.sha256(e).digest()).decode(),
+                    )
+                    for i, e in encoded.items()
+                ],
+            ),
+        )
+        if put:
+            for u in urls.urls:
+                store_put(svc, u.url, encoded[u.id], u.headers)
+    return started.upload_id
+
+
+def commit_request(
+    path: str,
+    chunks: list[bytes],
+    upload_id: str | None,
+    parent_rev: int | None = None,
+    idempotency_key: str | None = None,
+    mtime: datetime | None = None,
+) -> CommitRequest:
+    """The commit of `chunks` at `path`."""
+    ids = [block_id(c) for c in chunks]
+    return CommitRequest(
+        path=path,
+        parent_rev=parent_rev,
+        blocks=[BlockSpec(id=i, size=len(c)) for i, c in zip(ids, chunks, strict=True)],
+        size=sum(len(c) for c in chunks),
+        content_hash=content_hash(ids),
+        mtime=mtime,
+        upload_id=upload_id,
+        idempotency_key=idempotency_key,
+    )
+
+
+def put_file(
+    svc: Services,
+    who: Principal,
+    path: str,
+    data: bytes,
+    *,
+    parent_rev: int | None = None,
+    idempotency_key: str | None = None,
+    block_size: int = 64 * 1024,
+) -> FileEntry:
+    """Upload and commit `data` at `path` the way a client does; the new entry."""
+    chunks = split_blocks(data, block_size)
+    upload_id = upload_blocks(svc, who, path, chunks)
+    return commits.commit(
+        svc, who, commit_request(path, chunks, upload_id, parent_rev, idempotency_key)
+    )
+
+
+def get_file(
+    svc: Services,
+    who: Principal,
+    path: str | None = None,
+    *,
+    file_id: str | None = None,
+    rev: int | None = None,
+) -> bytes:
+    """Download, decrypt, decompress and re-hash a file the way a client does."""
+    result = files.download(svc, who, DownloadRequest(path=path, file_id=file_id, rev=rev))
+    assert isinstance(result, DownloadResponse), result
+    out = bytearray()
+    for b in result.blocks:
+        assert b.offset == len(out)
+        out += decode_block(store_get(svc, b.url), b.id, base64.b64decode(b.key))
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
+# API Gateway REST proxy events
+
+
+def api_event(
+    method: str,
+    path: str,
+    body: Any = None,
+    who: Principal | None = None,
+    *,
+    raw_body: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An API Gateway REST proxy event as the Cognito authorizer (or local gateway) passes it."""
+    text = raw_body if raw_body is not None else (None if body is None else json.dumps(body))
+    context: dict[str, Any] = {
+        "accountId": "123456789012",
+        "apiId": "tessera",
+        "httpMethod": method,
+        "path": f"/prod{path}",
+        "protocol": "HTTP/1.1",
+        "requestId": uuid.uuid4().hex,
+        "resourcePath": path,
+        "stage": "prod",
+        "identity": {"sourceIp": "127.0.0.1"},
+    }
+    if who is not None:
+        context["authorizer"] = {"claims": {"sub": who.user_id, "email": who.email}}
+    return {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": {"Content-Type": "application/json", **(headers or {})},
+        "multiValueHeaders": {},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": context,
+        "body": text,
+        "isBase64Encoded": False,
+    }
+
+
+Caller = Callable[..., tuple[int, Any, dict[str, str]]]
+
+
+@pytest.fixture
+def call(services: Services) -> Caller:
+    """`call(method, path, body, who)` → (status, parsed JSON body, headers) via the resolver."""
+    from tessera.api import build_resolver
+
+    resolver = build_resolver(services)
+
+    def _call(
+        method: str, path: str, body: Any = None, who: Principal | None = None, **kw: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        response = resolver.resolve(api_event(method, path, body, who, **kw), None)  # type: ignore[arg-type]
+        text = response.get("body") or ""
+        return (
+            int(response["statusCode"]),
+            json.loads(text) if text else None,
+            dict(response.get("headers") or {}),
+        )
+
+    return _call
