@@ -346,17 +346,29 @@ class SafeFilesystem(Filesystem):
     def _check_folder(self, rel: str) -> str:
         return rel if rel == "" else self._check(rel)
 
+    def _check_dir(self, rel: str) -> str:
+        """Like `_check_folder`, and `rel` itself must be a real folder (not a symlink)."""
+        rel = self._check_folder(rel)
+        if rel:
+            kind = self.inner.lstat(rel).kind
+            if kind == Kind.SYMLINK:
+                raise SymlinkError(errno.ELOOP, "refusing to follow a symlink", rel)
+            if kind != Kind.DIR:
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", rel)
+        return rel
+
     def lstat(self, rel: str) -> Stat:
         return self.inner.lstat(self._check_folder(rel))
 
     def listdir(self, rel: str) -> list[str]:
-        rel = self._check_folder(rel)
-        if rel and self.inner.lstat(rel).kind != Kind.DIR:
-            raise NotADirectoryError(errno.ENOTDIR, "not a folder", rel)
-        return self.inner.listdir(rel)
+        return self.inner.listdir(self._check_dir(rel))
 
     def mkdir(self, rel: str) -> None:
-        self.inner.mkdir(self._check(rel))
+        rel = self._check(rel)
+        if self.inner.exists(rel):
+            self._check_dir(rel)
+            return
+        self.inner.mkdir(rel)
 
     def remove(self, rel: str) -> None:
         self.inner.remove(self._check(rel))
@@ -368,7 +380,7 @@ class SafeFilesystem(Filesystem):
         self.inner.rename(self._check(src), self._check(dst))
 
     def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
-        return self.inner.create_temp(self._check_folder(folder))
+        return self.inner.create_temp(self._check_dir(folder))
 
     def open_read(self, rel: str) -> BinaryIO:
         rel = self._check(rel)

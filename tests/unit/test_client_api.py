@@ -1,0 +1,202 @@
+"""Retries, backoff and Retry-After, and transparent token refresh — against a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import threading
+from collections.abc import Iterator
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from time import time
+
+import httpx
+import pytest
+
+from tessera_client.api import (
+    Api,
+    ApiError,
+    NotLoggedIn,
+    RetryPolicy,
+    ServerUnreachable,
+    parse_retry_after,
+    send_with_retry,
+)
+from tessera_client.config import Home, Tokens
+
+
+class Script:
+    """What the test server answers, in order, per path."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[tuple[int, dict[str, str], object]]] = {}
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Script]]:
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            script.seen.append((self.command, self.path, dict(self.headers), body))
+            queue = script.answers.get(self.path, [])
+            status, headers, payload = queue.pop(0) if queue else (404, {}, {"error": {}})
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}", script
+    httpd.shutdown()
+    httpd.server_close()
+
+
+CONFLICT = {"error": {"code": "conflict", "message": "stale", "rev": 4}}
+UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "expired"}}
+Server = tuple[str, Script]
+
+
+class Sleeps(list[float]):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def policy(sleeps: Sleeps, attempts: int = 5) -> RetryPolicy:
+    return RetryPolicy(attempts=attempts, base=0.5, cap=4.0, sleep=sleeps, rng=random.Random(7))
+
+
+def test_retry_after_is_honoured_on_503_and_429(server: tuple[str, Script]) -> None:
+    url, script = server
+    when = formatdate(time() + 30, usegmt=True)
+    script.answers["/x"] = [
+        (503, {"Retry-After": "2"}, {}),
+        (429, {"Retry-After": when}, {}),
+        (200, {}, {"ok": True}),
+    ]
+    sleeps = Sleeps()
+    with httpx.Client() as client:
+        r = send_with_retry(client, policy(sleeps), "POST", url + "/x", json={})
+    assert r.status_code == 200 and r.json() == {"ok": True}
+    assert sleeps[0] == 2.0
+    assert 25 < sleeps[1] <= 30
+    assert len(script.seen) == 3
+
+
+def test_5xx_backs_off_exponentially_with_jitter(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.answers["/x"] = [(500, {}, {})] * 4 + [(200, {}, {})]
+    sleeps = Sleeps()
+    with httpx.Client() as client:
+        r = send_with_retry(client, policy(sleeps), "GET", url + "/x")
+    assert r.status_code == 200
+    assert len(sleeps) == 4
+    for attempt, s in enumerate(sleeps):
+        assert 0 <= s <= min(4.0, 0.5 * 2**attempt)
+
+
+def test_gives_up_with_the_last_answer(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.answers["/x"] = [(502, {}, {})] * 3
+    sleeps = Sleeps()
+    with httpx.Client() as client:
+        r = send_with_retry(client, policy(sleeps, attempts=3), "GET", url + "/x")
+    assert r.status_code == 502 and len(sleeps) == 2
+
+
+def test_4xx_is_not_retried(server: tuple[str, Script]) -> None:
+    url, script = server
+    script.answers["/x"] = [
+        (409, {}, {"error": {"code": "conflict", "message": "stale", "rev": 4}})
+    ]
+    sleeps = Sleeps()
+    with httpx.Client() as client:
+        r = send_with_retry(client, policy(sleeps), "POST", url + "/x")
+    assert r.status_code == 409 and sleeps == []
+
+
+def test_unreachable_server_raises_after_retries() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    sleeps = Sleeps()
+    with httpx.Client() as client, pytest.raises(ServerUnreachable):
+        send_with_retry(client, policy(sleeps, attempts=3), "GET", f"http://127.0.0.1:{port}/")
+    assert len(sleeps) == 2
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("5") == 5.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+
+
+def test_access_token_is_refreshed_on_401(server: tuple[str, Script], tmp_path: Path) -> None:
+    url, script = server
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r1", access_token="old", expires_at=time() + 3600))
+    assert oct((tmp_path / "home" / "tokens.json").stat().st_mode & 0o777) == "0o600"
+    fresh = {
+        "access_token": "new",
+        "refresh_token": "r2",
+        "token_type": "Bearer",
+        "expires_in": 900,
+    }
+    script.answers["/v1/account"] = [
+        (401, {}, {"error": {"code": "unauthorized"}}),
+        (200, {}, {"a": 1}),
+    ]
+    script.answers["/v1/auth/token"] = [(200, {}, fresh)]
+    api = Api(url, home, policy=policy(Sleeps()))
+    assert api.call("/v1/account", method="GET") == {"a": 1}
+    auths = [h.get("Authorization") for m, p, h, _ in script.seen if p == "/v1/account"]
+    assert auths == ["Bearer old", "Bearer new"]
+    token_body = json.loads(next(b for m, p, h, b in script.seen if p == "/v1/auth/token"))
+    assert token_body == {"refresh_token": "r1"}
+    stored = home.load_tokens()
+    assert stored is not None and stored.refresh_token == "r2"
+    api.close()
+
+
+def test_expired_refresh_token_asks_to_log_in_again(
+    server: tuple[str, Script], tmp_path: Path
+) -> None:
+    url, script = server
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r1"))
+    script.answers["/v1/auth/token"] = [
+        (401, {}, {"error": {"code": "unauthorized", "message": "x"}})
+    ]
+    api = Api(url, home, policy=policy(Sleeps()))
+    with pytest.raises(NotLoggedIn):
+        api.call("/v1/account", method="GET")
+    api.close()
+
+
+def test_error_bodies_become_api_errors(server: tuple[str, Script], tmp_path: Path) -> None:
+    url, script = server
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=time() + 3600))
+    script.answers["/v1/commit"] = [
+        (409, {}, {"error": {"code": "conflict", "message": "stale", "rev": 4}})
+    ]
+    api = Api(url, home, policy=policy(Sleeps()))
+    with pytest.raises(ApiError) as info:
+        api.call("/v1/commit", {})
+    assert (info.value.status, info.value.code, info.value.details) == (409, "conflict", {"rev": 4})
+    api.close()

@@ -1,0 +1,119 @@
+"""Safety wrappers over the filesystem interface, on the fake filesystem (and one real one)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from tessera_client.fs import FakeFilesystem, Kind, RealFilesystem, SafeFilesystem, SymlinkError
+from tessera_client.paths import UnsafePathError, canonical_rel, conflicted_copy_name
+
+BAD = [
+    "/../x",
+    "../x",
+    "a/../../b",
+    "/a/./b",
+    "//etc/passwd",
+    "C:/win",
+    "a\\..\\b",
+    "a\x00b",
+    "",
+    "/",
+    "a//b",
+    "a/",
+]
+
+
+@pytest.mark.parametrize("path", BAD)
+def test_canonical_rel_rejects_tricks(path: str) -> None:
+    with pytest.raises(UnsafePathError):
+        canonical_rel(path)
+
+
+def test_canonical_rel_normalises_to_nfc() -> None:
+    assert canonical_rel("/cafe\u0301/x") == "caf\u00e9/x"
+    assert canonical_rel("/a/b.txt") == "a/b.txt"
+
+
+@pytest.mark.parametrize("path", [*BAD, "cafe\u0301"])
+def test_safe_fs_refuses_unsafe_paths(path: str) -> None:
+    fs = SafeFilesystem(FakeFilesystem())
+    with pytest.raises((UnsafePathError, ValueError)):
+        fs.mkdir(path)
+
+
+def test_safe_fs_never_follows_a_symlinked_folder() -> None:
+    fake = FakeFilesystem()
+    fake.mkdir("real")
+    fake.symlink("/etc", "link")
+    fs = SafeFilesystem(fake)
+    with pytest.raises(SymlinkError):
+        fs.create_temp("link")
+    with pytest.raises(SymlinkError):
+        fs.rename("real", "link/x")
+    with pytest.raises(SymlinkError):
+        fs.open_read("link")
+    with pytest.raises(SymlinkError):
+        fs.makedirs("link/deeper/still")
+    assert set(fake.nodes) == {"", "real", "link"}
+
+
+def test_full_disk_fails_the_write_and_leaves_the_target_alone() -> None:
+    fake = FakeFilesystem()
+    fake.write_file("doc.txt", b"precious")
+    fake.space_left = 10
+    fs = SafeFilesystem(fake)
+    tmp, handle = fs.create_temp("")
+    with pytest.raises(OSError) as info:
+        handle.write(b"x" * 64)
+        fs.fsync(handle)
+    assert info.value.errno == errno.ENOSPC
+    assert fake.read_file("doc.txt") == b"precious"
+    fs.remove(tmp)
+    assert set(fake.nodes) == {"", "doc.txt"}
+
+
+def test_fake_rename_moves_whole_subtrees() -> None:
+    fake = FakeFilesystem()
+    fake.mkdir("a")
+    fake.write_file("a/x", b"1")
+    fake.mkdir("b")
+    fake.rename("a", "b/a2")
+    assert fake.read_file("b/a2/x") == b"1" and "a" not in fake.nodes
+
+
+def test_real_fs_refuses_symlink_escape(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "evil")
+    os.symlink(outside / "f", root / "evil-file")
+    fs = SafeFilesystem(RealFilesystem(root))
+    assert fs.lstat("evil").kind == Kind.SYMLINK
+    with pytest.raises(SymlinkError):
+        fs.create_temp("evil")
+    with pytest.raises(SymlinkError):
+        fs.makedirs("evil/x")
+    with pytest.raises(OSError):
+        fs.open_read("evil-file")
+    assert list(outside.iterdir()) == []
+
+
+def test_conflicted_copy_names() -> None:
+    d = date(2026, 11, 26)
+    assert (
+        conflicted_copy_name("a/report.txt", "lap", d)
+        == "a/report (lap's conflicted copy 2026-11-26).txt"
+    )
+    assert (
+        conflicted_copy_name("Makefile", "lap", d) == "Makefile (lap's conflicted copy 2026-11-26)"
+    )
+    assert (
+        conflicted_copy_name(".bashrc", "lap", d, 1)
+        == ".bashrc (lap's conflicted copy 2026-11-26 2)"
+    )

@@ -1,0 +1,38 @@
+"""`.tesseraignore` (gitignore syntax) and the built-in ignores."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera_client.ignore import IgnoreRules
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".DS_Store",
+        "a/.DS_Store",
+        "Thumbs.db",
+        "~$report.docx",
+        "x/.notes.txt.swp",
+        ".tesseraignore",
+        ".tessera-tmp-123-ab",
+        "deep/.tessera-tmp-1",
+    ],
+)
+def test_builtin_ignores(path: str) -> None:
+    assert IgnoreRules().ignored(path)
+
+
+@pytest.mark.parametrize("path", ["report.docx", "a/b.txt", "tessera.txt", "swp", "Thumbs.db.txt"])
+def test_ordinary_files_are_synced(path: str) -> None:
+    assert not IgnoreRules().ignored(path)
+
+
+def test_user_patterns_follow_gitignore_rules() -> None:
+    rules = IgnoreRules.from_text("# comment\n*.log\nbuild/\n/top.txt\n!keep.log\n")
+    assert rules.ignored("x.log") and rules.ignored("a/b/y.log")
+    assert not rules.ignored("keep.log")
+    assert rules.ignored("build", is_dir=True) and rules.ignored("build/out.bin")
+    assert not rules.ignored("build")  # a file named build is not the folder pattern
+    assert rules.ignored("top.txt") and not rules.ignored("sub/top.txt")

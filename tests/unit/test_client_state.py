@@ -1,0 +1,64 @@
+"""The state database: synced tree, remote mirror, cursor, pending work, conflicts; WAL; reopen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tessera_client.planner import Entry, EntryKind
+from tessera_client.state import StateDB
+
+
+def test_base_tree_round_trips_and_survives_reopen(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    e = Entry("Docs/Ä.txt", EntryKind.FILE, "b3:aa", 5, "id:1", 3, 123, 77)
+    db.put_base(e, ["b3:x", "b3:y"])
+    db.put_base(Entry("Docs", EntryKind.FOLDER))
+    db.set_meta("cursor", "c1")
+    db.put_pending("upload", "docs/ä.txt", {"upload_id": "up_1", "sent": ["b3:x"]})
+    db.close()
+
+    db = StateDB(tmp_path / "state.db")
+    tree = db.base_tree()
+    assert tree["docs/ä.txt"] == e
+    assert tree["docs"].kind == EntryKind.FOLDER
+    assert db.base_blocks("DOCS/ä.TXT") == ["b3:x", "b3:y"]
+    assert db.cursor == "c1"
+    assert db.get_pending("upload", "docs/ä.txt") == {"upload_id": "up_1", "sent": ["b3:x"]}
+    assert db._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_recursive_deletes_touch_only_the_subtree(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    for p in ["a", "a/x", "a/b/y", "ab", "ab/z"]:
+        db.put_base(Entry(p, EntryKind.FOLDER if "x" not in p else EntryKind.FILE))
+        db.put_remote(Entry(p, EntryKind.FOLDER))
+    db.delete_base("a", recursive=True)
+    db.delete_remote("a")
+    assert sorted(db.base_tree()) == ["ab", "ab/z"]
+    assert sorted(db.remote_tree()) == ["ab", "ab/z"]
+
+
+def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    try:
+        with db.transaction():
+            db.set_meta("cursor", "half")
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert db.cursor is None
+
+
+def test_pending_and_conflicts(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    db.put_pending("upload", "k1", {"a": 1})
+    db.put_pending("upload", "k2", {"a": 2})
+    db.drop_pending("upload", "k1")
+    assert [k for _, k, _ in db.list_pending("upload")] == ["k2"]
+    db.add_conflict("a (dev's conflicted copy 2026-11-26).txt", "a.txt", "why", local_only=True)
+    [c] = db.conflicts()
+    assert c.local_only and c.original == "a.txt"
+    db.drop_conflict(c.path)
+    assert db.conflicts() == []
+    db.set_meta("cursor", None)
+    assert db.cursor is None
