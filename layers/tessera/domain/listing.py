@@ -294,18 +294,38 @@ def list_folder_continue(
     )
 
 
+@dataclass(frozen=True)
+class LongpollPlan:
+    """What a long-poll waits for: `watch` (ns -> seq reached) for `timeout` seconds.
+
+    `ready` means changes are already pending: answer at once. The local gateway awaits
+    `feed.wait_async(watch, timeout)` itself, so an idle long-poll holds no thread.
+    """
+
+    watch: dict[int, int]
+    timeout: float
+    backoff: int | None
+    ready: bool = False
+
+
+def plan_longpoll(svc: Services, principal: Principal, req: LongpollRequest) -> LongpollPlan:
+    """Validate the cursor and decide what to wait for (no database access)."""
+    cursor = decode_cursor(svc.keys, req.cursor, principal.user_id)
+    settings = svc.settings
+    backoff = settings.longpoll_backoff_s or None
+    timeout = min(max(float(req.timeout), settings.longpoll_min_s), settings.longpoll_max_s)
+    if cursor.more or any(p.snap is not None for p in cursor.parts):
+        return LongpollPlan(watch={}, timeout=timeout, backoff=backoff, ready=True)
+    watch = {p.ns: p.seq for p in cursor.parts if not p.point}
+    root_ns, root_seq = cursor.root
+    watch[root_ns] = min(watch.get(root_ns, root_seq), root_seq)
+    return LongpollPlan(watch=watch, timeout=timeout, backoff=backoff)
+
+
 def longpoll(svc: Services, principal: Principal, req: LongpollRequest) -> LongpollResponse:
     """Wait until something changes after the cursor, or the (clamped) timeout passes.
 
     Answered from the change feed alone: the metadata database is not touched."""
-    cursor = decode_cursor(svc.keys, req.cursor, principal.user_id)
-    settings = svc.settings
-    backoff = settings.longpoll_backoff_s or None
-    if cursor.more or any(p.snap is not None for p in cursor.parts):
-        return LongpollResponse(changes=True, backoff=backoff)
-    watch = {p.ns: p.seq for p in cursor.parts if not p.point}
-    root_ns, root_seq = cursor.root
-    watch[root_ns] = min(watch.get(root_ns, root_seq), root_seq)
-    timeout = min(max(float(req.timeout), settings.longpoll_min_s), settings.longpoll_max_s)
-    changed = svc.feed.wait(watch, timeout)
-    return LongpollResponse(changes=changed, backoff=backoff)
+    plan = plan_longpoll(svc, principal, req)
+    changed = plan.ready or svc.feed.wait(plan.watch, plan.timeout)
+    return LongpollResponse(changes=changed, backoff=plan.backoff)
