@@ -1,0 +1,273 @@
+"""Uploads and commits against real PostgreSQL and the real local block store."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+
+import pytest
+
+from tessera.blocks import block_id, content_hash
+from tessera.domain import commits, uploads
+from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from tessera.domain.models import (
+    BlockSpec,
+    CommitBatchRequest,
+    UploadFileSpec,
+    UploadStartRequest,
+    UploadUrlBlock,
+    UploadUrlsRequest,
+)
+from tessera.domain.services import Services
+from tessera.ports import Principal
+
+from .conftest import commit_request, get_file, put_file, split_blocks, upload_blocks
+
+
+def _spec(path: str, chunks: list[bytes]) -> UploadFileSpec:
+    ids = [block_id(c) for c in chunks]
+    return UploadFileSpec(
+        path=path,
+        size=sum(map(len, chunks)),
+        content_hash=content_hash(ids),
+        blocks=[BlockSpec(id=i, size=len(c)) for i, c in zip(ids, chunks, strict=True)],
+    )
+
+
+def test_commit_new_then_update_round_trips(services: Services, alice: Principal) -> None:
+    data = bytes(range(256)) * 1000
+    first = put_file(services, alice, "/Docs/a.bin", data)
+    assert (first.rev, first.size, first.path_display) == (1, len(data), "/Docs/a.bin")
+    assert first.content_hash == content_hash(block_id(c) for c in split_blocks(data))
+    second = put_file(services, alice, "/Docs/a.bin", data + b"tail", parent_rev=1)
+    assert (second.rev, second.file_id) == (2, first.file_id)
+    assert get_file(services, alice, "/Docs/a.bin") == data + b"tail"
+    assert get_file(services, alice, "/Docs/a.bin", rev=1) == data
+
+
+def test_empty_file(services: Services, alice: Principal) -> None:
+    entry = put_file(services, alice, "/empty", b"")
+    assert entry.size == 0
+    assert get_file(services, alice, "/empty") == b""
+
+
+def test_stale_parent_rev_is_409_with_current_rev(services: Services, alice: Principal) -> None:
+    e = put_file(services, alice, "/f", b"one")
+    put_file(services, alice, "/f", b"two", parent_rev=1)
+    with pytest.raises(Conflict) as info:
+        put_file(services, alice, "/f", b"three", parent_rev=1)
+    body = info.value.to_body()["error"]
+    assert body["rev"] == 2 and body["file_id"] == e.file_id
+    with pytest.raises(Conflict):  # a "new" file where one exists
+        put_file(services, alice, "/F", b"new")
+
+
+def test_only_readable_blocks_are_skipped(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    chunks = split_blocks(b"x" * 200_000)
+    put_file(services, alice, "/mine", b"x" * 200_000)
+    own = uploads.start_upload(services, alice, UploadStartRequest(files=[_spec("/again", chunks)]))
+    assert own.needed == []  # alice can read every block already
+    other = uploads.start_upload(services, bob, UploadStartRequest(files=[_spec("/his", chunks)]))
+    assert {n.id for n in other.needed} == {block_id(c) for c in chunks}  # no dedup leak
+
+
+def test_commit_reusing_readable_blocks_needs_no_upload(
+    services: Services, alice: Principal
+) -> None:
+    chunks = split_blocks(b"y" * 100_000)
+    put_file(services, alice, "/one", b"y" * 100_000)
+    entry = commits.commit(services, alice, commit_request("/two", chunks, None))
+    assert get_file(services, alice, "/two") == b"y" * 100_000
+    assert entry.rev == 1
+
+
+def test_blocks_never_uploaded_are_rejected(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    chunks = [b"secret data of alice"]
+    put_file(services, alice, "/secret", chunks[0])
+    # bob claims alice's block id without an upload session, then with an empty one
+    with pytest.raises(Unprocessable, match="never uploaded"):
+        commits.commit(services, bob, commit_request("/stolen", chunks, None))
+    upload_id = upload_blocks(services, bob, "/stolen", chunks, put=False)
+    with pytest.raises(Unprocessable, match="never uploaded"):
+        commits.commit(services, bob, commit_request("/stolen", chunks, upload_id))
+    # and an id nobody ever uploaded
+    with pytest.raises(Unprocessable, match="never uploaded"):
+        commits.commit(services, bob, commit_request("/x", [b"nobody"], upload_id))
+
+
+def test_another_users_upload_id_is_404(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    chunks = [b"alice's bytes"]
+    upload_id = upload_blocks(services, alice, "/a", chunks)
+    with pytest.raises(NotFound):
+        commits.commit(services, bob, commit_request("/a", chunks, upload_id))
+    with pytest.raises(NotFound):
+        uploads.upload_urls(
+            services,
+            bob,
+            UploadUrlsRequest(
+                upload_id=upload_id,
+                blocks=[UploadUrlBlock(id=block_id(chunks[0]), size=10, sha256="A" * 43 + "=")],
+            ),
+        )
+
+
+def test_declared_hash_and_sizes_are_checked(services: Services, alice: Principal) -> None:
+    chunks = [b"abc", b"def"]
+    upload_id = upload_blocks(services, alice, "/h", chunks)
+    req = commit_request("/h", chunks, upload_id)
+    with pytest.raises(Unprocessable, match="content_hash"):
+        commits.commit(services, alice, req.model_copy(update={"content_hash": "b3:" + "0" * 64}))
+    with pytest.raises(Unprocessable, match="sum of its block sizes"):
+        commits.commit(services, alice, req.model_copy(update={"size": 7}))
+    wrong = [BlockSpec(id=b.id, size=b.size + 1) for b in req.blocks]
+    with pytest.raises(Unprocessable):
+        commits.commit(services, alice, req.model_copy(update={"blocks": wrong, "size": 8}))
+    assert commits.commit(services, alice, req).rev == 1
+
+
+def test_limits_are_413(services: Services, alice: Principal) -> None:
+    big = BlockSpec(id="b3:" + "1" * 64, size=services.settings.max_block_size + 1)
+    spec = UploadFileSpec(
+        path="/big", size=big.size, content_hash=content_hash([big.id]), blocks=[big]
+    )
+    with pytest.raises(PayloadTooLarge):
+        uploads.start_upload(services, alice, UploadStartRequest(files=[spec]))
+    upload_id = upload_blocks(services, alice, "/s", [b"small"])
+    huge = UploadUrlBlock(
+        id=block_id(b"small"),
+        size=services.settings.max_stored_block_size + 1,
+        sha256=base64.b64encode(hashlib.sha256(b"").digest()).decode(),
+    )
+    with pytest.raises(PayloadTooLarge):
+        uploads.upload_urls(services, alice, UploadUrlsRequest(upload_id=upload_id, blocks=[huge]))
+
+
+def test_urls_only_for_needed_blocks(services: Services, alice: Principal) -> None:
+    upload_id = upload_blocks(services, alice, "/n", [b"needed"])
+    other = UploadUrlBlock(id=block_id(b"other"), size=10, sha256="A" * 43 + "=")
+    with pytest.raises(Unprocessable, match="not needed"):
+        uploads.upload_urls(services, alice, UploadUrlsRequest(upload_id=upload_id, blocks=[other]))
+
+
+def test_idempotent_retry_returns_first_result(services: Services, alice: Principal) -> None:
+    chunks = [b"idem"]
+    upload_id = upload_blocks(services, alice, "/i", chunks)
+    req = commit_request("/i", chunks, upload_id, idempotency_key="k-1")
+    first = commits.commit(services, alice, req)
+    again = commits.commit(services, alice, req)
+    assert again == first
+    with services.db.transaction() as store:
+        assert len(store.versions(first.ns_id, first.file_id, 10)) == 1
+    with pytest.raises(Unprocessable, match="idempotency_key"):
+        commits.commit(services, alice, req.model_copy(update={"path": "/other"}))
+
+
+def test_batch_items_succeed_or_fail_alone(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/exists", b"v1")
+    good = [b"good file"]
+    upload_id = upload_blocks(services, alice, "/good", good)
+    batch = CommitBatchRequest(
+        entries=[
+            commit_request("/good", good, upload_id),
+            commit_request("/exists", [b"v2"], None),  # stale (null parent) and not uploaded
+            commit_request("/good2", good, upload_id),
+        ]
+    )
+    result = commits.commit_batch(services, alice, batch)
+    tags = [(e.tag, e.status) for e in result.entries]
+    assert tags == [("success", 200), ("failure", 422), ("success", 200)]
+    assert result.entries[1].error is not None
+    assert get_file(services, alice, "/good2") == b"good file"
+
+
+def test_case_and_unicode_twins_are_one_file(services: Services, alice: Principal) -> None:
+    first = put_file(services, alice, "/Café/Notes.TXT", b"one")
+    nfd = "/Cafe\u0301/notes.txt".upper()
+    second = put_file(services, alice, nfd, b"two", parent_rev=1)
+    assert second.file_id == first.file_id and second.rev == 2
+    assert second.path_display == "/Café/Notes.TXT"  # the first spelling stays
+    with pytest.raises(Conflict):
+        put_file(services, alice, "/cafe\u0301/NOTES.txt", b"three")
+
+
+def test_file_and_folder_clash(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/a/b", b"file")
+    with pytest.raises(Conflict, match="is a file"):
+        put_file(services, alice, "/a/b/c", b"under a file")
+    with pytest.raises(Conflict, match="is a folder"):
+        put_file(services, alice, "/a", b"over a folder")
+
+
+@pytest.mark.parametrize(
+    "bad", ["/../etc/passwd", "/a/./b", "rel", "/a\x00b", "/a//b", "/" + "n" * 256]
+)
+def test_traversal_in_commit_and_upload_paths(
+    services: Services, alice: Principal, bad: str
+) -> None:
+    with pytest.raises(Unprocessable):
+        commits.commit(services, alice, commit_request(bad, [], None))
+    with pytest.raises(Unprocessable):
+        uploads.start_upload(services, alice, UploadStartRequest(files=[_spec(bad, [])]))
+
+
+def test_eight_concurrent_writers_one_wins_each_rev(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/hot", b"base")
+    chunks = {i: [f"writer {i}".encode()] for i in range(8)}
+    uploads_ = {i: upload_blocks(services, alice, "/hot", chunks[i]) for i in range(8)}
+    rounds = 3
+    barrier = threading.Barrier(8)
+    outcomes: list[tuple[int, int, str]] = []  # (round, rev or -1, writer)
+    lock = threading.Lock()
+
+    def writer(i: int) -> None:
+        for r in range(rounds):
+            barrier.wait()
+            parent = 1 + r
+            try:
+                e = commits.commit(
+                    services, alice, commit_request("/hot", chunks[i], uploads_[i], parent)
+                )
+                got = (r, e.rev, str(i))
+            except Conflict as exc:
+                assert exc.to_body()["error"]["rev"] >= parent + 1
+                got = (r, -1, str(i))
+            with lock:
+                outcomes.append(got)
+            barrier.wait()
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for r in range(rounds):
+        wins = [o for o in outcomes if o[0] == r and o[1] != -1]
+        assert len(wins) == 1 and wins[0][1] == r + 2
+        assert len([o for o in outcomes if o[0] == r]) == 8
+    with services.db.transaction() as store:
+        e = store.file_by_path(1, "/hot")
+        assert e is not None and e.latest_rev == rounds + 1
+        assert [v.rev for v in store.versions(1, e.file_id, 100)] == [4, 3, 2, 1]
+    winner = next(o for o in outcomes if o[0] == rounds - 1 and o[1] != -1)[2]
+    assert get_file(services, alice, "/hot") == f"writer {winner}".encode()
+
+
+def test_viewer_cannot_upload_or_commit(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    from tessera.domain import files, sharing
+    from tessera.domain.errors import Forbidden
+    from tessera.domain.models import CreateFolderRequest, ShareRequest
+
+    files.create_folder(services, alice, CreateFolderRequest(path="/Team").path)
+    put_file(services, bob, "/hello", b"bob exists")
+    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="viewer"))
+    with pytest.raises(Forbidden):
+        put_file(services, bob, "/Team/x", b"viewer write")

@@ -1,0 +1,90 @@
+"""Path canonicalisation and keys (tessera.domain.paths)."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+
+from tessera.domain import paths
+from tessera.domain.errors import InvalidPath
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("", "/"),
+        ("/", "/"),
+        ("/a", "/a"),
+        ("/a/b/", "/a/b"),
+        ("/Docs/Report.PDF", "/Docs/Report.PDF"),
+        ("/caf\u0065\u0301", "/caf\u00e9"),  # NFD → NFC
+        ("/a b/c d", "/a b/c d"),
+        ("/..a/b..", "/..a/b.."),  # dots inside names are fine
+    ],
+)
+def test_canonical_accepts(raw: str, want: str) -> None:
+    assert paths.canonical(raw) == want
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("a/b", "start with '/'"),
+        ("/a/../b", "'..'"),
+        ("/..", "'..'"),
+        ("/a/./b", "'.'"),
+        ("/a//b", "empty component"),
+        ("//etc/passwd", "empty component"),
+        ("/a\x00b", "NUL"),
+        ("/a\nb", "control"),
+        ("/a\\..\\b", "backslash"),
+        ("C:\\Windows", "start with '/'"),
+        ("/" + "x" * 256, "longer than 255"),
+        ("/" + "é" * 128, "longer than 255"),  # 256 UTF-8 bytes
+        ("/" + "/".join(["d" * 200] * 21), "longer than 4096"),
+    ],
+)
+def test_canonical_rejects(raw: str, fragment: str) -> None:
+    with pytest.raises(InvalidPath) as info:
+        paths.canonical(raw)
+    assert info.value.status == 422
+    assert info.value.code == "invalid_path"
+    assert fragment in info.value.message
+
+
+def test_name_of_255_bytes_is_fine() -> None:
+    assert paths.canonical("/" + "x" * 255) == "/" + "x" * 255
+
+
+def test_case_and_unicode_twins_share_a_key() -> None:
+    nfc = "/Café/Straße.txt"
+    nfd = unicodedata.normalize("NFD", "/CAFÉ/STRASSE.TXT")
+    assert paths.path_key(paths.canonical(nfc)) == paths.path_key(paths.canonical(nfd))
+    assert paths.path_key("/A") != paths.path_key("/B")
+
+
+def test_helpers() -> None:
+    assert paths.parent("/a/b/c") == "/a/b"
+    assert paths.parent("/a") == "/"
+    assert paths.name("/a/b.txt") == "b.txt"
+    assert paths.name("/") == ""
+    assert paths.ancestors("/a/b/c") == ["/a", "/a/b"]
+    assert paths.ancestors("/a") == []
+    assert paths.join("/", "/x") == "/x"
+    assert paths.join("/Team", "/x") == "/Team/x"
+    assert paths.join("/Team", "/") == "/Team"
+    assert paths.is_within("/a/b", "/a") and paths.is_within("/a", "/a")
+    assert not paths.is_within("/ab", "/a")
+    assert paths.relative("/Team/x/y", "/Team") == "/x/y"
+    assert paths.relative("/Team", "/Team") == "/"
+
+
+def test_subtree_range_is_exactly_the_subtree() -> None:
+    lo, hi = paths.subtree_range("/a")
+    inside = ["/a/b", "/a/b/c", "/a/\uffff"]
+    outside = ["/a", "/a0", "/ab", "/a.b", "/b", "/"]
+    assert all(lo <= k < hi for k in inside)
+    assert not any(lo <= k < hi for k in outside)
+    lo, hi = paths.subtree_range("/")
+    assert all(lo <= k < hi for k in ["/a", "/z/y"])  # "/" itself is never stored
