@@ -70,7 +70,7 @@ def _check_blocks(svc: Services, store: Store, view: View, req: CommitRequest) -
     ids = list(dict.fromkeys(b.id for b in req.blocks))
     session_rows = {}
     if req.upload_id is not None:
-        session = store.get_upload(req.upload_id, view.user.user_id)
+        session = store.get_upload(req.upload_id, view.user.user_id, lock=True)
         if session is None or session.state != "open":
             raise NotFound(f"no upload session {req.upload_id!r}")
         if session.expires_at <= svc.clock.now():
@@ -97,9 +97,9 @@ def _check_blocks(svc: Services, store: Store, view: View, req: CommitRequest) -
     for b in req.blocks:
         if known[b.id] != b.size:
             raise Unprocessable(f"block {b.id} has size {known[b.id]}, not {b.size}")
-    staged_key: dict[str, str | None] = {
-        i: (r.staged_key if r.state == "staged" else None) for i, r in readable.items()
-    }
+    # a block readable only through an unverified staged copy stays tied to that copy:
+    # claiming an id must never reach the canonical block before dedup-verify vouches
+    staged_key: dict[str, str | None] = {i: r.staged_key for i, r in readable.items()}
     staged_key |= {i: r.staged_key for i, r in session_rows.items()}
     counts: dict[str, int] = {}
     for b in req.blocks:
@@ -191,7 +191,12 @@ def write_version(
         path_display=display,
         blocks=blocks,
     )
-    store.add_block_refs(refs)
+    created = store.add_block_refs(refs)
+    gone = sorted(created - {b[0] for b in blocks if b[2] is not None})
+    if gone:  # gc deleted a block this commit meant to reuse: the client uploads it again
+        raise Unprocessable(
+            f"{len(gone)} block(s) are no longer stored; upload them again", blocks=gone[:20]
+        )
     store.set_latest_rev(mount.ns_id, file_id, rev)
     row = FileRow(
         mount.ns_id,

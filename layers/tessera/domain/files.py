@@ -95,15 +95,16 @@ def download(
         cold: list[str] = []
         for vb in vblocks:
             live_key = "blocks/" + vb.block_id.removeprefix("b3:")
-            if vb.state == "quarantined":
-                raise BlockUnavailable(f"block {vb.block_id} is damaged", block_id=vb.block_id)
-            if vb.state == "staged":
+            # an unverified version is served its own staged copy, never the canonical block
+            if vb.staged_key is not None or vb.state == "staged":
                 if vb.staged_key is None or vb.staged_state == "quarantined":
                     raise BlockUnavailable(
                         f"block {vb.block_id} failed verification", block_id=vb.block_id
                     )
                 sources.append(vb.staged_key)
                 continue
+            if vb.state == "quarantined":
+                raise BlockUnavailable(f"block {vb.block_id} is damaged", block_id=vb.block_id)
             if vb.state in ("cold", "restoring"):
                 head = bs.head(live_key)
                 if head is None or not (head.tier == StorageTier.HOT or head.restored):

@@ -556,6 +556,8 @@ class Store:
             "SELECT DISTINCT ON (vb.block_id) vb.block_id, vb.size, b.state, vb.staged_key"
             " FROM version_blocks vb JOIN blocks b USING (block_id)"
             " WHERE vb.ns_id = ANY(%s) AND vb.block_id = ANY(%s) AND b.state <> 'quarantined'"
+            " AND NOT EXISTS (SELECT 1 FROM upload_blocks ub WHERE ub.staged_key = vb.staged_key"
+            "  AND ub.state = 'quarantined')"
             " ORDER BY vb.block_id, (vb.staged_key IS NULL) DESC",
             (list(ns_ids), list(block_ids)),
         )
@@ -598,28 +600,30 @@ class Store:
             )
         return row[0]  # type: ignore[no-any-return]
 
-    def add_block_refs(self, refs: Sequence[tuple[str, int, int, int]]) -> None:
+    def add_block_refs(self, refs: Sequence[tuple[str, int, int, int]]) -> set[str]:
         """Bump refcounts by (block_id, size, key_version, count); new blocks start staged.
 
-        Rows are touched in block-id order so concurrent commits never deadlock.
+        Rows are touched in block-id order so concurrent commits never deadlock. Returns
+        the ids whose row was created now (gc may have deleted a block meanwhile).
         """
         if not refs:
-            return
+            return set()
         ordered = sorted(refs)
-        self.conn.execute(
+        rows = self.conn.execute(
             "INSERT INTO blocks (block_id, size, key_version, refcount, state)"
             " SELECT b, s, k, c, 'staged'"
             " FROM unnest(%s::text[], %s::int[], %s::int[], %s::bigint[]) AS t(b, s, k, c)"
             " ORDER BY b"
             " ON CONFLICT (block_id) DO UPDATE SET refcount = blocks.refcount + EXCLUDED.refcount,"
-            " zero_since = NULL, updated_at = now()",
+            " zero_since = NULL, updated_at = now() RETURNING block_id, xmax = 0",
             (
                 [r[0] for r in ordered],
                 [r[1] for r in ordered],
                 [r[2] for r in ordered],
                 [r[3] for r in ordered],
             ),
-        )
+        ).fetchall()
+        return {r[0] for r in rows if r[1]}
 
     def set_block_state(self, block_ids: Sequence[str], state: str) -> None:
         """Set the state of blocks (e.g. cold → restoring when a download asks for them)."""
@@ -736,11 +740,15 @@ class Store:
                 ),
             )
 
-    def get_upload(self, upload_id: str, user_id: str) -> UploadRow | None:
-        """The caller's open session (another user's is None, like a missing one)."""
+    def get_upload(self, upload_id: str, user_id: str, *, lock: bool = False) -> UploadRow | None:
+        """The caller's open session (another user's is None, like a missing one).
+
+        `lock` holds it FOR SHARE until the transaction ends: gc cannot expire it (and delete
+        its staged copies) while a commit is using them.
+        """
         row = self._one(
             "SELECT upload_id, user_id, state, expires_at FROM upload_sessions"
-            " WHERE upload_id = %s AND user_id = %s",
+            " WHERE upload_id = %s AND user_id = %s" + (" FOR SHARE" if lock else ""),
             (upload_id, user_id),
         )
         return UploadRow(*row) if row else None
