@@ -1,0 +1,144 @@
+"""dedup-verify against real PostgreSQL and the local block store (DESIGN §5)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from tessera.blocks import BlockIntegrityError, block_id
+from tessera.domain.errors import TesseraError
+from tessera.maintenance import DedupResult
+from tessera.maintenance.dedup import verify_staged
+
+from .test_maintenance_world import ALICE, BLOCK, BOB, MALLORY, World, chunks, world  # noqa: F401
+
+
+def _dedup(w: World) -> DedupResult:
+    result = w.run("dedup")
+    assert isinstance(result, DedupResult)
+    return result
+
+
+def test_same_content_from_two_users_is_stored_once(world: World) -> None:
+    data = secrets.token_bytes(5 * BLOCK)
+    world.put(ALICE, "/report.pdf", data)
+    world.put(BOB, "/copy of report.pdf", data)
+    assert len(world.keys_under("staging/")) == 10  # neither could prove it may read the other's
+
+    result = _dedup(world)
+
+    assert (result.verified, result.promoted, result.dropped, result.quarantined) == (10, 5, 5, 0)
+    assert world.keys_under("staging/") == []
+    assert len(world.keys_under("blocks/")) == 5
+    assert world.bytes_under("blocks/") <= 1.05 * len(data) + 5 * 64  # one copy (+ headers)
+    assert result.bytes_freed > 0.95 * len(data)
+    assert world.get(ALICE, "/report.pdf") == data
+    assert world.get(BOB, "/copy of report.pdf") == data
+    states = world.sql("SELECT state, refcount FROM blocks")
+    assert states and all(s == ("live", 2) for s in states)
+    # the versions now name the canonical blocks, not the deleted staged copies
+    assert world.sql("SELECT count(*) FROM version_blocks WHERE staged_key IS NOT NULL") == [(0,)]
+
+    again = _dedup(world)  # idempotent: nothing left to do
+    assert (again.verified, again.promoted, again.dropped) == (0, 0, 0)
+
+
+def test_a_user_who_uploaded_verified_content_may_skip_it_next_time(world: World) -> None:
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    _dedup(world)
+    world.put(ALICE, "/b.bin", data)  # readable now: nothing is uploaded again
+    assert world.keys_under("staging/") == []
+    assert world.get(ALICE, "/b.bin") == data
+
+
+def test_poisoned_staged_block_is_quarantined_and_never_served(world: World) -> None:
+    data = secrets.token_bytes(3 * BLOCK)
+    world.put(ALICE, "/secret.bin", data)
+    _dedup(world)  # alice's blocks are canonical now
+    poisoned_id = block_id(chunks(data)[1])
+
+    # mallory claims alice's content, uploading garbage under one of its ids
+    world.put(MALLORY, "/claimed.bin", data, poison={1})
+    # unverified, she is served her own copies (the client's re-hash rejects them), never alice's
+    with pytest.raises(BlockIntegrityError):
+        world.get(MALLORY, "/claimed.bin")
+
+    result = _dedup(world)
+    assert result.quarantined == 1 and result.versions_damaged == 1
+    assert result.dropped == 2  # her two honest blocks were duplicates
+    assert result.promoted == 0
+    rows = world.sql(
+        "SELECT state FROM upload_blocks WHERE block_id = %s AND state = 'quarantined'",
+        poisoned_id,
+    )
+    assert rows == [("quarantined",)]
+    assert len(world.keys_under("quarantine/")) == 1
+    assert world.keys_under("staging/") == []
+
+    # mallory gets an error, not alice's bytes; alice is unaffected
+    with pytest.raises((TesseraError, BlockIntegrityError)):
+        got = world.get(MALLORY, "/claimed.bin")
+        assert got != data  # never reached with a correct download path
+    assert world.get(ALICE, "/secret.bin") == data
+    # claiming the id again does not make it readable: she must upload it again
+    world.put(MALLORY, "/again.bin", data, poison={1})
+    assert world.sql(
+        "SELECT count(*) FROM version_blocks v JOIN files f USING (ns_id, file_id)"
+        " WHERE f.path_key = '/again.bin' AND v.block_id = %s AND v.staged_key IS NULL",
+        poisoned_id,
+    ) == [(0,)]
+    with pytest.raises((TesseraError, BlockIntegrityError)):
+        world.get(MALLORY, "/again.bin")
+
+    # her namespace is told which version is damaged
+    damaged = [e for e in world.feed.events if e.kind == "block_damaged"]
+    assert len(damaged) == 1
+    assert damaged[0].payload["block_id"] == poisoned_id
+    assert damaged[0].payload["path"] == "/claimed.bin"
+    assert world.sql("SELECT count(*) FROM damaged_versions WHERE notified_at IS NULL") == [(0,)]
+
+
+def test_poisoned_first_upload_is_not_promoted_and_honest_one_is(world: World) -> None:
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(MALLORY, "/x.bin", data, poison={0})
+    result = _dedup(world)
+    assert (result.quarantined, result.promoted) == (1, 1)
+    bad = block_id(chunks(data)[0])
+    assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bad) == [("quarantined",)]
+    assert world.store.head("blocks/" + bad[3:]) is None  # never promoted
+
+    world.put(ALICE, "/x.bin", data)  # the honest upload of the same content
+    result = _dedup(world)
+    assert result.promoted == 1 and result.dropped == 1
+    assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bad) == [("live",)]
+    assert world.get(ALICE, "/x.bin") == data
+
+
+def test_two_dedup_runs_at_once_settle_each_copy_exactly_once(world: World) -> None:
+    data = secrets.token_bytes(12 * BLOCK)
+    for who in (ALICE, BOB, MALLORY):
+        world.put(who, "/same.bin", data)
+    results: list[DedupResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(verify_staged(world.ctx, datetime.now(UTC)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(r.promoted for r in results) == 12
+    assert sum(r.dropped for r in results) == 24
+    assert world.keys_under("staging/") == []
+    for who in (ALICE, BOB, MALLORY):
+        assert world.get(who, "/same.bin") == data
