@@ -151,10 +151,14 @@ def login(
             if e.status in (400, 401, 403):
                 raise UserError("wrong email or password") from None
             raise
+        try:
+            account = api.call("/v1/account", method="GET")  # also provisions a new user
         finally:
             api.close()
         home.save_settings(settings)
+        used = f"{_size(account.get('used_bytes'))} of {_size(account.get('quota_bytes'))} used"
         out.print(f"Logged in to {settings.server_url} as {email} (device {settings.device_name}).")
+        out.print(used)
 
 
 def logout() -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from tessera.api.models import FileEntry
 from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable
 from tessera_client.config import Home, Settings
-from tessera_client.fs import RealFilesystem, SafeFilesystem, Stat, SymlinkError
+from tessera_client.fs import Filesystem, RealFilesystem, SafeFilesystem, Stat, SymlinkError
 from tessera_client.paths import (
     UnsafePathError,
     canonical_rel,
@@ -93,10 +94,11 @@ class SyncEngine:
         *,
         allow_mass_delete: bool = False,
         reporter: Reporter | None = None,
+        filesystem: Filesystem | None = None,
     ) -> None:
         self.home, self.settings, self.api = home, settings, api
         self.folder = folder.resolve()
-        self.fs = SafeFilesystem(RealFilesystem(self.folder))
+        self.fs = SafeFilesystem(filesystem or RealFilesystem(self.folder))
         self.state = StateDB(home.state_file)
         bound = self.state.get_meta("folder")
         if bound and bound != str(self.folder):
@@ -538,7 +540,13 @@ class SyncEngine:
                 break
         else:
             total.problems.append(f"still not quiescent after {max_rounds} rounds")
+        self._write_stats()
         return total
+
+    def _write_stats(self) -> None:
+        """Leave the transfer figures of this run in `logs/last-sync.json` (tests, benchmarks)."""
+        self.home.ensure()
+        (self.home.log_dir / "last-sync.json").write_text(json.dumps(asdict(self.transfers.stats)))
 
     def wake(self) -> None:
         """Ask the daemon for a round soon."""
