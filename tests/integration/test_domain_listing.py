@@ -1,0 +1,166 @@
+"""list_folder / continue / longpoll and cursors, against real PostgreSQL and LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tessera.domain import files, listing, sharing
+from tessera.domain.errors import InvalidCursor, InvalidPath, NotFound
+from tessera.domain.models import (
+    DeleteRequest,
+    ListFolderResponse,
+    LongpollRequest,
+    MoveRequest,
+    ShareRequest,
+    UnshareRequest,
+)
+from tessera.domain.services import Services
+from tessera.ports import Principal
+
+from .conftest import put_file
+
+
+def _paths(result: ListFolderResponse) -> list[tuple[str, str]]:
+    return [(e.tag, e.path_display) for e in result.entries]
+
+
+def _drain(
+    svc: Services, who: Principal, cursor: str, limit: int | None = None
+) -> tuple[list[tuple[str, str]], str]:
+    out: list[tuple[str, str]] = []
+    while True:
+        page = listing.list_folder_continue(svc, who, cursor, limit)
+        out += _paths(page)
+        cursor = page.cursor
+        if not page.has_more:
+            return out, cursor
+
+
+def test_list_non_recursive_and_recursive(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/a.txt", b"a")
+    put_file(services, alice, "/Docs/b.txt", b"b")
+    put_file(services, alice, "/Docs/Sub/c.txt", b"c")
+    top = listing.list_folder(services, alice, "/", False, None)
+    assert _paths(top) == [("file", "/a.txt"), ("folder", "/Docs")]
+    docs = listing.list_folder(services, alice, "/docs", False, None)
+    assert _paths(docs) == [("file", "/Docs/b.txt"), ("folder", "/Docs/Sub")]
+    everything = listing.list_folder(services, alice, "", True, None)
+    assert [p for _, p in _paths(everything)] == [
+        "/a.txt",
+        "/Docs",
+        "/Docs/b.txt",
+        "/Docs/Sub",
+        "/Docs/Sub/c.txt",
+    ]
+
+
+def test_paging_then_continue_sees_only_changes(services: Services, alice: Principal) -> None:
+    for i in range(7):
+        put_file(services, alice, f"/f{i}", b"x")
+    first = listing.list_folder(services, alice, "/", True, 3)
+    assert first.has_more and len(first.entries) == 3
+    rest, cursor = _drain(services, alice, first.cursor, 3)
+    assert sorted(p for _, p in _paths(first)) + sorted(p for _, p in rest) == [
+        f"/f{i}" for i in range(7)
+    ]
+    assert _drain(services, alice, cursor)[0] == []
+    put_file(services, alice, "/f1", b"y", parent_rev=1)
+    files.delete(services, alice, DeleteRequest(path="/f2"))
+    files.move(services, alice, MoveRequest(from_path="/f3", to_path="/moved/f3"))
+    changes, cursor = _drain(services, alice, cursor)
+    assert changes == [
+        ("file", "/f1"),
+        ("deleted", "/f2"),
+        ("folder", "/moved"),
+        ("deleted", "/f3"),
+        ("file", "/moved/f3"),
+    ]
+    assert _drain(services, alice, cursor)[0] == []
+
+
+def test_continue_is_scoped_to_the_listed_folder(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/A/x", b"x")
+    cursor = listing.list_folder(services, alice, "/A", False, None).cursor
+    put_file(services, alice, "/B/y", b"y")  # outside
+    put_file(services, alice, "/A/deep/z", b"z")  # below a child: only the child folder shows
+    put_file(services, alice, "/A/w", b"w")
+    changes, _ = _drain(services, alice, cursor)
+    assert changes == [("folder", "/A/deep"), ("file", "/A/w")]
+
+
+def test_listing_missing_or_file_or_bad_path(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/f", b"f")
+    with pytest.raises(NotFound):
+        listing.list_folder(services, alice, "/nope", False, None)
+    with pytest.raises(Exception, match="not a folder"):
+        listing.list_folder(services, alice, "/f", False, None)
+    with pytest.raises(InvalidPath):
+        listing.list_folder(services, alice, "/../x", False, None)
+
+
+def test_forged_and_foreign_cursors(services: Services, alice: Principal, bob: Principal) -> None:
+    put_file(services, alice, "/private", b"p")
+    cursor = listing.list_folder(services, alice, "/", True, None).cursor
+    with pytest.raises(InvalidCursor, match="another user"):
+        listing.list_folder_continue(services, bob, cursor, None)
+    tag, version, payload, sig = cursor.split(".")
+    tampered = ".".join(
+        [tag, version, payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1], sig]
+    )
+    for bad in [tampered, "garbage", cursor[:-3], "c1.999.e30.AAAA", ""]:
+        with pytest.raises(InvalidCursor):
+            listing.list_folder_continue(services, alice, bad, None)
+    with pytest.raises(InvalidCursor):
+        listing.longpoll(services, bob, LongpollRequest(cursor=cursor, timeout=1))
+
+
+def test_longpoll_wakes_on_commit_and_times_out(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/seed", b"s")
+    cursor = listing.list_folder(services, alice, "/", True, None).cursor
+    started = time.monotonic()
+    quiet = listing.longpoll(services, alice, LongpollRequest(cursor=cursor, timeout=1))
+    assert quiet.changes is False and time.monotonic() - started >= 0.9
+    threading.Timer(0.3, lambda: put_file(services, alice, "/new", b"n")).start()
+    started = time.monotonic()
+    woke = listing.longpoll(services, alice, LongpollRequest(cursor=cursor, timeout=8))
+    assert woke.changes is True and time.monotonic() - started < 5
+
+
+def test_share_and_unshare_show_up_in_continue(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    put_file(services, alice, "/Team/plan.txt", b"plan")
+    put_file(services, bob, "/Team/bobs.txt", b"bob already has a /Team")
+    a_cursor = listing.list_folder(services, alice, "/", True, None).cursor
+    b_cursor = listing.list_folder(services, bob, "/", True, None).cursor
+    done = threading.Event()
+
+    def poll() -> None:
+        if listing.longpoll(services, bob, LongpollRequest(cursor=b_cursor, timeout=8)).changes:
+            done.set()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    time.sleep(0.2)
+    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="editor"))
+    poller.join(10)
+    assert done.is_set()  # bob's long-poll woke on the new mount
+    b_changes, b_cursor = _drain(services, bob, b_cursor)
+    assert ("folder", "/Team (2)") in b_changes and ("file", "/Team (2)/plan.txt") in b_changes
+    a_changes, _ = _drain(services, alice, a_cursor)
+    assert ("file", "/Team/plan.txt") in a_changes
+    assert ("deleted", "/Team") not in a_changes  # the owner's files never disappear
+    sharing.unshare(services, alice, UnshareRequest(path="/Team", email=bob.email))
+    b_changes, _ = _drain(services, bob, b_cursor)
+    assert ("deleted", "/Team (2)") in b_changes
+
+
+def test_longpoll_returns_at_once_with_pending_pages(services: Services, alice: Principal) -> None:
+    for i in range(3):
+        put_file(services, alice, f"/p{i}", b"p")
+    page = listing.list_folder(services, alice, "/", False, 1)
+    assert page.has_more
+    assert listing.longpoll(services, alice, LongpollRequest(cursor=page.cursor)).changes
