@@ -1,0 +1,232 @@
+"""A hostile server (real HTTP, in a thread) never gets a byte outside the folder or a corrupt file
+in place: traversal paths, symlink tricks, wrong block content, wrong hashes, a full disk."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tessera.blocks import block_id, content_hash, encode_block
+from tessera_client.api import Api, RetryPolicy
+from tessera_client.config import Home, Settings, Tokens
+from tessera_client.engine import SyncEngine
+from tessera_client.fs import TEMP_PREFIX, FakeFilesystem
+
+KEY = bytes(range(32))
+
+
+@dataclass
+class Evil:
+    """What the fake server lists and serves."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> download answer
+    blobs: dict[str, bytes] = field(default_factory=dict)  # url path -> stored bytes
+    base: str = ""
+
+    def add_file(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        fid: str,
+        served: bytes | None = None,
+        claimed_hash: str | None = None,
+        claimed_size: int | None = None,
+    ) -> None:
+        """List a file; `served`/`claimed_*` let the server lie about it."""
+        bid = block_id(data)
+        stored = encode_block(served if served is not None else data, bid, KEY, 1)
+        self.blobs[f"/blk/{fid}"] = stored
+        entry = {
+            ".tag": "file",
+            "name": path.rsplit("/", 1)[-1],
+            "path_display": path,
+            "path_lower": path.lower(),
+            "file_id": fid,
+            "rev": 1,
+            "size": claimed_size if claimed_size is not None else len(data),
+            "content_hash": claimed_hash or content_hash([bid]),
+            "server_modified": "2026-11-26T01:00:00Z",
+            "ns_id": 1,
+        }
+        self.entries.append(entry)
+        self.files[fid] = {
+            "entry": entry,
+            "blocks": [
+                {
+                    "id": bid,
+                    "offset": 0,
+                    "size": len(data),
+                    "method": "GET",
+                    "url": f"{self.base}/blk/{fid}",
+                    "headers": {},
+                    "key_version": 1,
+                    "key": base64.b64encode(KEY).decode(),
+                }
+            ],
+        }
+
+
+@pytest.fixture
+def evil() -> Iterator[Evil]:
+    state = Evil()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, payload: Any, raw: bytes | None = None) -> None:
+            data = raw if raw is not None else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path in state.blobs:
+                self._send(200, None, state.blobs[self.path])
+            else:
+                self._send(200, {"used_bytes": 0, "quota_bytes": 1})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"] or 0)) or b"{}")
+            if self.path == "/v1/list_folder":
+                self._send(200, {"entries": state.entries, "cursor": "c1", "has_more": False})
+            elif self.path == "/v1/list_folder/continue":
+                self._send(200, {"entries": [], "cursor": "c1", "has_more": False})
+            elif self.path == "/v1/download":
+                self._send(200, state.files[body["file_id"]])
+            else:
+                self._send(404, {"error": {"code": "not_found", "message": self.path}})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.base = f"http://127.0.0.1:{httpd.server_port}"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _engine(tmp_path: Path, evil: Evil, fs: FakeFilesystem | None = None) -> SyncEngine:
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+    settings = Settings(server_url=evil.base, device_name="dev")
+    api = Api(evil.base, home, policy=RetryPolicy(attempts=2, base=0.01))
+    folder = tmp_path / "root" / "sync"
+    folder.mkdir(parents=True)
+    return SyncEngine(home, settings, folder, api, filesystem=fs)
+
+
+def _outside_files(tmp_path: Path) -> list[str]:
+    return sorted(
+        p.relative_to(tmp_path).as_posix()
+        for p in tmp_path.rglob("*")
+        if p.is_file()
+        and not p.is_relative_to(tmp_path / "root" / "sync")
+        and not p.is_relative_to(tmp_path / "home")
+    )
+
+
+def test_traversal_and_absolute_paths_never_touch_the_disk(tmp_path: Path, evil: Evil) -> None:
+    bad = ["/../escape.txt", "/a/../../escape2.txt", "/C:/x.txt", "//etc/x.txt", "/a\\..\\b.txt"]
+    bad += ["/nul\x00.txt", "/../"]
+    for i, p in enumerate(bad):
+        evil.add_file(p, b"evil", fid=f"bad{i}")
+    evil.add_file("/ok.txt", b"fine", fid="ok")
+    engine = _engine(tmp_path, evil)
+    result = engine.run_once()
+    engine.close()
+    folder = tmp_path / "root" / "sync"
+    assert (folder / "ok.txt").read_bytes() == b"fine"
+    assert sorted(p.name for p in folder.rglob("*")) == ["ok.txt"]
+    assert _outside_files(tmp_path) == []
+    assert not result.problems or all("escape" not in p for p in result.problems)
+
+
+def test_symlinked_folder_is_never_written_through(tmp_path: Path, evil: Evil) -> None:
+    outside = tmp_path / "root" / "outside"
+    outside.mkdir(parents=True)
+    engine = _engine(tmp_path, evil)
+    os.symlink(outside, tmp_path / "root" / "sync" / "link")
+    evil.entries.append(
+        {
+            ".tag": "folder",
+            "name": "link",
+            "path_display": "/link",
+            "path_lower": "/link",
+            "file_id": "d1",
+            "ns_id": 1,
+        }
+    )
+    evil.add_file("/link/pwned.txt", b"pwned", fid="p")
+    result = engine.run_once()
+    engine.close()
+    assert list(outside.iterdir()) == []
+    assert os.path.islink(tmp_path / "root" / "sync" / "link")
+    assert result.problems  # reported, not silently dropped
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        {"served": b"other bytes entirely"},  # block decodes to another id
+        {"claimed_hash": "b3:" + "0" * 64},  # content hash does not match the blocks
+        {"claimed_size": 999},  # sizes do not add up
+    ],
+)
+def test_wrong_content_is_never_put_in_place(
+    tmp_path: Path, evil: Evil, lie: dict[str, Any]
+) -> None:
+    evil.add_file("/doc.txt", b"the real content", fid="d", **lie)
+    engine = _engine(tmp_path, evil)
+    folder = tmp_path / "root" / "sync"
+    result = engine.run_once()
+    engine.close()
+    assert not (folder / "doc.txt").exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
+    assert result.problems
+
+
+def test_corrupt_update_leaves_the_local_file_alone(tmp_path: Path, evil: Evil) -> None:
+    evil.add_file("/doc.txt", b"version one", fid="d")
+    engine = _engine(tmp_path, evil)
+    folder = tmp_path / "root" / "sync"
+    assert engine.run_once().problems == []
+    assert (folder / "doc.txt").read_bytes() == b"version one"
+    # the server now claims rev 2, but serves a block that is not what it says
+    evil.entries.clear()
+    evil.add_file("/doc.txt", b"version two", fid="d", served=b"garbage!!")
+    evil.entries[0]["rev"] = 2
+    engine.state.set_meta("cursor", None)  # force a full re-list
+    result = engine.run_once()
+    engine.close()
+    assert (folder / "doc.txt").read_bytes() == b"version one"
+    assert result.problems
+
+
+def test_full_disk_stops_downloads_without_corruption(tmp_path: Path, evil: Evil) -> None:
+    fake = FakeFilesystem()
+    fake.write_file("keep.txt", b"precious")
+    fake.space_left = 100_000
+    evil.add_file("/a-small.txt", b"s" * 1000, fid="s")
+    evil.add_file("/big.bin", os.urandom(300_000), fid="b")
+    evil.add_file("/c-after.bin", b"c" * 10, fid="c")
+    engine = _engine(tmp_path, evil, fs=fake)
+    result = engine.run_once()
+    engine.close()
+    assert result.disk_full
+    assert any("disk is full" in p for p in result.problems)
+    assert fake.read_file("keep.txt") == b"precious"
+    assert fake.read_file("a-small.txt") == b"s" * 1000
+    assert "big.bin" not in fake.nodes
+    assert not [n for n in fake.nodes if TEMP_PREFIX in n]
