@@ -194,8 +194,10 @@ def test_an_edit_changes_only_the_blocks_around_it(
 
 
 @pytest.fixture
-def old_file(make_file: MakeFile) -> Path:
-    """A 24 MiB file last modified long ago, so any write moves its mtime."""
+def old_file(make_file: MakeFile, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 24 MiB file last modified long ago, so any write moves its mtime; read in 8 MiB
+    windows, so edits land between reads."""
+    monkeypatch.setattr(chunking, "WINDOW_SIZE", 8 * MiB)
     p = make_file(rand_bytes(24 * MiB, seed=3))
     os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     return p
@@ -237,7 +239,7 @@ def _delete(p: Path) -> None:
 
 @pytest.mark.parametrize(
     ("edit", "why"),
-    [
+    [  # appending/truncating is seen by the next read, the rest by the check at the end
         (_append, "grew"),
         (_truncate, "shrank"),
         (_overwrite_same_size, "written to"),
@@ -306,3 +308,10 @@ def test_unreadable_file_raises_permission_error(make_file: MakeFile) -> None:
     with pytest.raises(PermissionError) as info:
         scan_file(p)
     assert info.value.filename == str(p)
+
+
+def test_a_small_file_growing_after_its_only_read_is_reported(make_file: MakeFile) -> None:
+    p = make_file(b"short file")
+    os.utime(p, ns=(1_000_000_000, 1_000_000_000))
+    with pytest.raises(FileChangedError, match="10 bytes became 14"):
+        consume_with(p, lambda: _append(p))

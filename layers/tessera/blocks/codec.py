@@ -68,8 +68,10 @@ def encode_block(
     `block_id` must be the plaintext's id (the chunker computed it; it is not hashed again
     here — `decode_block` checks it) and `key` its 32-byte block key of `key_version`.
     """
-    aad = _aad(block_id, 0, key_version)  # validates the id and version before any work
+    digest_of(block_id)  # refuse a malformed id (decoders would) before any work
     _check_key(key)
+    if not 0 <= key_version <= MAX_KEY_VERSION:
+        raise ValueError(f"key_version must be within [0, {MAX_KEY_VERSION}], got {key_version}")
     if len(plaintext) > MAX_BLOCK_SIZE:
         raise ValueError(f"a block holds at most {MAX_BLOCK_SIZE} bytes, got {len(plaintext)}")
     flags = 0
@@ -78,11 +80,9 @@ def encode_block(
         compressed = _compressor().compress(plaintext)
         if len(compressed) < len(plaintext):
             flags, body = FLAG_ZSTD, compressed
-    if flags:
-        aad = _aad(block_id, flags, key_version)
-    header = aad[:HEADER_SIZE]
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, key_version)
     nonce = os.urandom(NONCE_SIZE)
-    return b"".join((header, nonce, AESGCM(key).encrypt(nonce, body, aad)))
+    return b"".join((header, nonce, AESGCM(key).encrypt(nonce, body, _aad(header, block_id))))
 
 
 def _worth_compressing(plaintext: bytes | bytearray | memoryview) -> bool:
@@ -113,13 +113,13 @@ def decode_block(stored: bytes | bytearray | memoryview, block_id: str, key: byt
     fails authentication (wrong key or id, altered or truncated bytes), does not decompress,
     or decompresses to bytes of another id.
     """
-    flags, key_version = _parse_header(stored)
+    flags, _key_version = _parse_header(stored)
     expected = digest_of(block_id)
     _check_key(key)
     view = memoryview(stored)
     nonce = view[HEADER_SIZE:PREFIX_SIZE]
     try:
-        body = AESGCM(key).decrypt(nonce, view[PREFIX_SIZE:], _aad(block_id, flags, key_version))
+        body = AESGCM(key).decrypt(nonce, view[PREFIX_SIZE:], _aad(view[:HEADER_SIZE], block_id))
     except InvalidTag:
         raise BlockIntegrityError(
             f"block {block_id} failed authentication: wrong key, wrong block id, "
@@ -158,11 +158,9 @@ def _parse_header(stored: bytes | bytearray | memoryview) -> tuple[int, int]:
     return flags, key_version
 
 
-def _aad(block_id: str, flags: int, key_version: int) -> bytes:
-    digest_of(block_id)  # BlockFormatError for anything that is not a block id
-    if not 0 <= key_version <= MAX_KEY_VERSION:
-        raise ValueError(f"key_version must be within [0, {MAX_KEY_VERSION}], got {key_version}")
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, flags, key_version) + block_id.encode("ascii")
+def _aad(header: bytes | memoryview, block_id: str) -> bytes:
+    """The associated data: the 10-byte header, then the block id in ASCII."""
+    return bytes(header) + block_id.encode("ascii")
 
 
 def _check_key(key: bytes) -> None:
