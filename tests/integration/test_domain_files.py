@@ -1,0 +1,230 @@
+"""Metadata, download (staged copies, cold, quarantined), revisions, restore, move, delete,
+trash and undelete, against real PostgreSQL and the real local block store."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.blocks import block_id
+from tessera.domain import commits, files
+from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
+from tessera.domain.models import (
+    DeletedEntry,
+    DeleteRequest,
+    DownloadRequest,
+    DownloadResponse,
+    FileEntry,
+    FolderEntry,
+    MetadataRequest,
+    MoveRequest,
+    RestoreRequest,
+    RestoringResponse,
+    RevisionsRequest,
+    TrashListRequest,
+)
+from tessera.domain.services import Services
+from tessera.ports import Principal, StorageTier
+
+from .conftest import commit_request, get_file, put_file, store_put, upload_blocks
+
+
+def test_metadata_by_path_and_id(services: Services, alice: Principal) -> None:
+    e = put_file(services, alice, "/Docs/a.txt", b"a")
+    by_path = files.metadata(services, alice, MetadataRequest(path="/DOCS/A.txt"))
+    by_id = files.metadata(services, alice, MetadataRequest(file_id=e.file_id))
+    assert by_path == by_id == e
+    folder = files.metadata(services, alice, MetadataRequest(path="/Docs"))
+    assert isinstance(folder, FolderEntry)
+
+
+def test_other_users_file_id_and_path_are_404(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    e = put_file(services, alice, "/secret.txt", b"s")
+    put_file(services, bob, "/bob.txt", b"b")
+    for call in (
+        lambda: files.metadata(services, bob, MetadataRequest(file_id=e.file_id)),
+        lambda: files.download(services, bob, DownloadRequest(file_id=e.file_id)),
+        lambda: files.revisions(services, bob, RevisionsRequest(file_id=e.file_id)),
+        lambda: files.restore(services, bob, RestoreRequest(file_id=e.file_id, rev=1)),
+        lambda: files.download(services, bob, DownloadRequest(path="/secret.txt")),
+        lambda: files.metadata(services, bob, MetadataRequest(file_id="id:" + "0" * 24)),
+    ):
+        with pytest.raises(NotFound):
+            call()
+
+
+@pytest.mark.parametrize("bad", ["/a/../b", "/./x", "x", "/a\x00", "/" + "é" * 200])
+def test_traversal_in_every_path_field(services: Services, alice: Principal, bad: str) -> None:
+    put_file(services, alice, "/ok", b"ok")
+    for call in (
+        lambda: files.metadata(services, alice, MetadataRequest(path=bad)),
+        lambda: files.download(services, alice, DownloadRequest(path=bad)),
+        lambda: files.revisions(services, alice, RevisionsRequest(path=bad)),
+        lambda: files.restore(services, alice, RestoreRequest(path=bad, rev=1)),
+        lambda: files.move(services, alice, MoveRequest(from_path=bad, to_path="/x")),
+        lambda: files.move(services, alice, MoveRequest(from_path="/ok", to_path=bad)),
+        lambda: files.delete(services, alice, DeleteRequest(path=bad)),
+        lambda: files.create_folder(services, alice, bad),
+        lambda: files.trash_list(services, alice, TrashListRequest(path=bad)),
+    ):
+        with pytest.raises(Unprocessable):
+            call()
+
+
+def test_staged_blocks_are_served_from_the_callers_own_copy(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    data = b"genuine content " * 100
+    put_file(services, alice, "/real", data)
+    # bob uploads garbage under the same block id (he claims a hash he does not have)
+    bid = block_id(data)
+    upload_id = upload_blocks(services, bob, "/fake", [data], put=False)
+    with services.db.transaction() as store:
+        staged = store.upload_blocks(upload_id, [bid])[bid]
+    # write bob's "encoded block" directly where his presigned PUT points
+    import base64
+    import hashlib
+
+    from tessera.domain import uploads
+    from tessera.domain.models import UploadUrlBlock, UploadUrlsRequest
+
+    poison = b"\x00" * 200
+    urls = uploads.upload_urls(
+        services,
+        bob,
+        UploadUrlsRequest(
+            upload_id=upload_id,
+            blocks=[
+                UploadUrlBlock(
+                    id=bid,
+                    size=len(poison),
+                    sha256=base64.b64encode(hashlib.sha256(poison).digest()).decode(),
+                )
+            ],
+        ),
+    )
+    store_put(services, urls.urls[0].url, poison, urls.urls[0].headers)
+    commits.commit(services, bob, commit_request("/fake", [data], upload_id))
+    alice_dl = files.download(services, alice, DownloadRequest(path="/real"))
+    assert isinstance(alice_dl, DownloadResponse)
+    assert (
+        upload_id not in alice_dl.blocks[0].url and staged.staged_key not in alice_dl.blocks[0].url
+    )
+    assert get_file(services, alice, "/real") == data  # alice never sees bob's bytes
+    bob_dl = files.download(services, bob, DownloadRequest(path="/fake"))
+    assert isinstance(bob_dl, DownloadResponse) and upload_id in bob_dl.blocks[0].url
+
+
+def test_cold_blocks_answer_restoring_then_serve(services: Services, alice: Principal) -> None:
+    data = b"cold data"
+    put_file(services, alice, "/cold", data)
+    bid = block_id(data)
+    bs = services.block_store
+    hot_key = "blocks/" + bid.removeprefix("b3:")
+    staged = next(iter(bs.list_keys("staging/")))
+    bs.copy(staged, hot_key)  # what dedup-verify does on promotion
+    bs.set_tier(hot_key, StorageTier.COLD)
+    with services.db.transaction() as store:  # promoted (verified), then moved to cold
+        store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
+        store.set_block_state([bid], "cold")
+    answer = files.download(services, alice, DownloadRequest(path="/cold"))
+    assert isinstance(answer, RestoringResponse) and answer.blocks == [bid]
+    assert answer.retry_after == services.settings.restore_retry_after_s
+    # the local store restores at once (restore_delay=0): the next ask is served
+    assert get_file(services, alice, "/cold") == data
+
+
+def test_quarantined_block_is_503(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/bad", b"bad block")
+    with services.db.transaction() as store:  # verified once, then found damaged by scrub
+        store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
+        store.set_block_state([block_id(b"bad block")], "quarantined")
+    with pytest.raises(BlockUnavailable) as info:
+        files.download(services, alice, DownloadRequest(path="/bad"))
+    assert info.value.status == 503
+
+
+def test_revisions_and_restore(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/r", b"one")
+    put_file(services, alice, "/r", b"two", parent_rev=1)
+    history = files.revisions(services, alice, RevisionsRequest(path="/r"))
+    assert [e.rev for e in history.entries] == [2, 1] and not history.is_deleted
+    restored = files.restore(services, alice, RestoreRequest(path="/r", rev=1))
+    assert isinstance(restored, FileEntry) and restored.rev == 3
+    assert get_file(services, alice, "/r") == b"one"
+    with pytest.raises(NotFound):
+        files.restore(services, alice, RestoreRequest(path="/r", rev=99))
+
+
+def test_delete_trash_undelete(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/d/x", b"x")
+    put_file(services, alice, "/d/sub/y", b"y")
+    put_file(services, alice, "/keep", b"k", parent_rev=None)
+    deleted = files.delete(services, alice, DeleteRequest(path="/d"))
+    assert isinstance(deleted, FolderEntry)
+    assert isinstance(
+        files.metadata(services, alice, MetadataRequest(path="/d/x", include_deleted=True)),
+        DeletedEntry,
+    )
+    with pytest.raises(NotFound):
+        files.metadata(services, alice, MetadataRequest(path="/d/x"))
+    trash = files.trash_list(services, alice, TrashListRequest())
+    assert {e.path_display for e in trash.entries} == {"/d", "/d/x", "/d/sub", "/d/sub/y"}
+    files.restore(services, alice, RestoreRequest(path="/d"))
+    assert get_file(services, alice, "/d/sub/y") == b"y"
+    assert files.trash_list(services, alice, TrashListRequest()).entries == []
+
+
+def test_delete_with_stale_parent_rev_and_undelete_of_file(
+    services: Services, alice: Principal
+) -> None:
+    e = put_file(services, alice, "/f", b"1")
+    put_file(services, alice, "/f", b"2", parent_rev=1)
+    with pytest.raises(Conflict):
+        files.delete(services, alice, DeleteRequest(path="/f", parent_rev=1))
+    files.delete(services, alice, DeleteRequest(path="/f", parent_rev=2))
+    history = files.revisions(services, alice, RevisionsRequest(file_id=e.file_id))
+    assert history.is_deleted
+    # a new file may take the path; undeleting the old one then conflicts
+    put_file(services, alice, "/f", b"new")
+    with pytest.raises(Conflict):
+        files.restore(services, alice, RestoreRequest(file_id=e.file_id))
+    files.delete(services, alice, DeleteRequest(path="/f"))
+    back = files.restore(services, alice, RestoreRequest(file_id=e.file_id))
+    assert isinstance(back, FileEntry) and back.file_id == e.file_id
+    assert get_file(services, alice, "/f") == b"2"
+
+
+def test_move_keeps_id_and_history(services: Services, alice: Principal) -> None:
+    e = put_file(services, alice, "/a/one", b"1")
+    put_file(services, alice, "/a/one", b"2", parent_rev=1)
+    moved = files.move(services, alice, MoveRequest(from_path="/a", to_path="/b/renamed"))
+    assert isinstance(moved, FolderEntry) and moved.path_display == "/b/renamed"
+    meta = files.metadata(services, alice, MetadataRequest(file_id=e.file_id))
+    assert isinstance(meta, FileEntry) and meta.path_display == "/b/renamed/one"
+    assert [
+        v.rev
+        for v in files.revisions(services, alice, RevisionsRequest(path="/b/renamed/one")).entries
+    ] == [2, 1]
+    case_only = files.move(
+        services, alice, MoveRequest(from_path="/b/renamed/one", to_path="/b/renamed/ONE")
+    )
+    assert case_only.path_display == "/b/renamed/ONE"
+    put_file(services, alice, "/taken", b"t")
+    with pytest.raises(Conflict):
+        files.move(services, alice, MoveRequest(from_path="/taken", to_path="/b/renamed/one"))
+    with pytest.raises(Unprocessable, match="into itself"):
+        files.move(services, alice, MoveRequest(from_path="/b", to_path="/b/renamed/x"))
+    with pytest.raises(NotFound):
+        files.move(services, alice, MoveRequest(from_path="/nope", to_path="/x"))
+
+
+def test_create_folder(services: Services, alice: Principal) -> None:
+    made = files.create_folder(services, alice, "/New/Deep")
+    assert made.path_display == "/New/Deep"
+    with pytest.raises(Conflict):
+        files.create_folder(services, alice, "/new/deep")
+    put_file(services, alice, "/file", b"f")
+    with pytest.raises(Conflict):
+        files.create_folder(services, alice, "/file/sub")
