@@ -89,7 +89,12 @@ def open_database(
 
 
 class LocalCloud:
-    """PostgreSQL + local adapters + the API behind the gateway, started and stopped as one."""
+    """PostgreSQL + local adapters + the API behind the gateway, started and stopped as one.
+
+    `background` tasks start with the wired `Services` and return how to stop them; with
+    `maintenance` (default) the maintenance scheduler (`tessera.maintenance.scheduler`) is
+    one of them. `restore_delay` makes cold-tier restores take that many seconds.
+    """
 
     def __init__(
         self,
@@ -102,6 +107,7 @@ class LocalCloud:
         demo: bool = False,
         restore_delay: float = 0.0,
         background: Sequence[BackgroundTask] = (),
+        maintenance: bool = True,
     ) -> None:
         self.state = StatePaths(Path(state_dir).expanduser().resolve())
         self.host, self.port = host, port
@@ -110,6 +116,7 @@ class LocalCloud:
         self.demo = demo
         self.restore_delay = restore_delay
         self.background = list(background)
+        self.maintenance = maintenance
         self.conninfo = ""
         self.base_url = ""
         self.demo_login: tuple[str, str] | None = None
@@ -158,11 +165,9 @@ class LocalCloud:
         return self.base_url
 
     def _wire_api(self, gateway: Gateway, keys: KeyFileKeyService) -> None:
-        if find_spec("tessera.api.app") is None:  # TEMPORARY until the server core lands
-            log.warning("tessera.api.app is not there yet: serving auth and blocks only")
-            return
         from tessera.api import build_resolver
         from tessera.domain.services import Services
+        from tessera.local.longpoll import native_longpoll
 
         assert self._feed is not None
         self._db = Database(
@@ -178,7 +183,9 @@ class LocalCloud:
             settings=self.settings,
         )
         gateway.resolver = build_resolver(self.services)
-        for task in [*self.background, *_maintenance_tasks()]:
+        gateway.longpoll = native_longpoll(self.services, self._feed)
+        tasks = [*self.background, *(_maintenance_tasks() if self.maintenance else [])]
+        for task in tasks:
             stop = task(self.services)
             if stop is not None:
                 self._stoppers.append(stop)

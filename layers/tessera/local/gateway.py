@@ -48,8 +48,9 @@ class Resolver(Protocol):
     def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]: ...
 
 
-#: The native long-poll: (principal, JSON body) -> JSON response body. Raises TesseraError.
-Longpoll = Callable[[Principal, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+#: The native long-poll: (principal, raw body) -> JSON response body, or None to let the API
+#: answer (a malformed body). Raises TesseraError.
+Longpoll = Callable[[Principal, bytes], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -237,21 +238,22 @@ def create_app(gw: Gateway) -> Starlette:
 
     async def longpoll(request: Request) -> Response:
         principal = bearer_principal(request, gw.identity)
-        if gw.longpoll is None:
-            return await _resolve(request, principal)
-        body = await json_body(request, 64 * 1024)
-        return JSONResponse(await gw.longpoll(principal, body))
+        body = await read_body(request, gw.max_body)
+        if gw.longpoll is not None:
+            result = await gw.longpoll(principal, body)
+            if result is not None:
+                return JSONResponse(result)
+        return await _resolve(request, body, principal)
 
     async def api(request: Request) -> Response:
         principal = None
         if request.url.path not in PUBLIC_ROUTES:
             principal = bearer_principal(request, gw.identity)
-        return await _resolve(request, principal)
+        return await _resolve(request, await read_body(request, gw.max_body), principal)
 
-    async def _resolve(request: Request, principal: Principal | None) -> Response:
+    async def _resolve(request: Request, body: bytes, principal: Principal | None) -> Response:
         if gw.resolver is None:
             raise TesseraError("the API is not wired into this gateway")
-        body = await read_body(request, gw.max_body)
         event = proxy_event(request, body, principal)
         context = LambdaContext(aws_request_id=event["requestContext"]["requestId"])
         result = await run_in_threadpool(gw.resolver.resolve, event, context)

@@ -1,0 +1,116 @@
+"""The Postgres change feed beyond the port contract: the async waiters the gateway uses,
+the commit transaction's NOTIFY format, and surviving a lost listener connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tessera.adapters.local import PostgresChangeFeed
+from tessera.metadata import NOTIFY_CHANNEL, migrate
+from tessera.ports import ChangeEvent
+
+
+@pytest.fixture
+def feed(empty_database_url: str) -> Iterator[PostgresChangeFeed]:
+    migrate(empty_database_url)
+    f = PostgresChangeFeed(empty_database_url)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _event(ns: int, seq: int) -> ChangeEvent:
+    return ChangeEvent(event_id=uuid.uuid4().hex, ns_id=ns, seq=seq, kind="file")
+
+
+def test_one_publish_wakes_many_async_waiters(feed: PostgresChangeFeed) -> None:
+    async def scenario() -> list[bool]:
+        waits = [asyncio.create_task(feed.wait_async({1: 0}, 20)) for _ in range(200)]
+        others = [asyncio.create_task(feed.wait_async({2: 0}, 1.0)) for _ in range(5)]
+        while feed.waiting() < 205:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(feed.publish, _event(1, 1))
+        woken = await asyncio.wait_for(asyncio.gather(*waits), 10)
+        return [*woken, *await asyncio.gather(*others)]
+
+    results = asyncio.run(scenario())
+    assert results == [True] * 200 + [False] * 5
+    assert feed.waiting() == 0
+
+
+def test_async_wait_returns_at_once_and_times_out(feed: PostgresChangeFeed) -> None:
+    feed.publish(_event(3, 4))
+
+    async def scenario() -> tuple[bool, bool, float]:
+        started = time.monotonic()
+        already = await feed.wait_async({3: 3}, 10)
+        fast = time.monotonic() - started
+        return already, await feed.wait_async({3: 4}, 0.3), fast
+
+    already, timed_out, fast = asyncio.run(scenario())
+    assert (already, timed_out) == (True, False)
+    assert fast < 2
+
+
+def test_a_commit_transactions_notify_wakes_waiters(
+    feed: PostgresChangeFeed, empty_database_url: str
+) -> None:
+    """The server core NOTIFYs inside its commit transaction with a JSON payload."""
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(feed.wait({9: 4}, 20)))
+    waiter.start()
+    while feed.waiting() < 1:
+        time.sleep(0.01)
+    with psycopg.connect(empty_database_url) as conn, conn.transaction():
+        conn.execute(
+            "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, json.dumps({"ns_id": 9, "seq": 5}))
+        )
+    waiter.join(10)
+    assert results == [True]
+
+
+def test_notifications_for_older_seqs_or_garbage_do_not_wake(
+    feed: PostgresChangeFeed, empty_database_url: str
+) -> None:
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(feed.wait({10: 7}, 1.5)))
+    waiter.start()
+    while feed.waiting() < 1:
+        time.sleep(0.01)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, "not json"))
+        conn.execute(
+            "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, json.dumps({"ns_id": 10, "seq": 7}))
+        )
+    waiter.join(10)
+    assert results == [False]
+
+
+def test_waiters_survive_a_lost_listener_connection(
+    feed: PostgresChangeFeed, empty_database_url: str
+) -> None:
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(feed.wait({11: 0}, 20)))
+    waiter.start()
+    while feed.waiting() < 1:
+        time.sleep(0.01)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE query LIKE 'LISTEN%%' AND datname = current_database()"
+        )
+        # published while the listener is down: its NOTIFY is lost, the head is not
+        conn.execute(
+            "INSERT INTO local_change_heads (ns_id, seq) VALUES (11, 1)"
+        )
+    waiter.join(15)
+    assert results == [True]

@@ -1,0 +1,276 @@
+"""The whole local cloud over real HTTP: in-process (`LocalCloud`) and as a subprocess
+(`python -m tessera.local up`), with real PostgreSQL, real files and the real API."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tessera.adapters.local import LocalUsers
+from tessera.blocks import block_id, content_hash, decode_block, encode_block
+from tessera.local import LocalCloud
+from tessera.settings import Settings
+
+PASSWORD = "local cloud password"
+BLOCK = 64 * 1024
+
+
+class Client:
+    """Just enough of a sync client to upload, commit, list, long-poll and download."""
+
+    def __init__(self, base_url: str, email: str, password: str = PASSWORD) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        r = self.http.post("/v1/auth/token", json={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        self.http.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        r = self.http.post(path, json=body)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.json()
+
+    def put_file(self, path: str, data: bytes) -> dict[str, Any]:
+        chunks = [data[i : i + BLOCK] for i in range(0, len(data), BLOCK)]
+        ids = [block_id(c) for c in chunks]
+        blocks = [{"id": i, "size": len(c)} for i, c in zip(ids, chunks, strict=True)]
+        spec = {"path": path, "size": len(data), "content_hash": content_hash(ids)}
+        started = self.post("/v1/uploads", {"files": [{**spec, "blocks": blocks}]})
+        by_id = dict(zip(ids, chunks, strict=True))
+        encoded = {
+            n["id"]: encode_block(
+                by_id[n["id"]], n["id"], base64.b64decode(n["key"]), n["key_version"]
+            )
+            for n in started["needed"]
+        }
+        urls = self.post(
+            "/v1/uploads/urls",
+            {
+                "upload_id": started["upload_id"],
+                "blocks": [
+                    {
+                        "id": i,
+                        "size": len(e),
+                        "sha256": base64.b64encode(hashlib.sha256(e).digest()).decode(),
+                    }
+                    for i, e in encoded.items()
+                ],
+            },
+        )["urls"]
+        for u in urls:
+            r = httpx.put(u["url"], content=encoded[u["id"]], headers=u["headers"])
+            assert r.status_code == 200, r.text
+        return self.post(  # type: ignore[no-any-return]
+            "/v1/commit",
+            {**spec, "blocks": blocks, "parent_rev": None, "upload_id": started["upload_id"]},
+        )
+
+    def get_file(self, path: str) -> bytes:
+        result = self.post("/v1/download", {"path": path})
+        out = bytearray()
+        for b in result["blocks"]:
+            stored = httpx.get(b["url"], headers=b["headers"])
+            assert stored.status_code == 200, stored.text
+            out += decode_block(stored.content, b["id"], base64.b64decode(b["key"]))
+        return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
+# In-process
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str]]:
+    """A LocalCloud on a fresh migrated database; (base_url, a user's email)."""
+    settings = Settings(database_url=database_url, longpoll_min_s=0.0, longpoll_max_s=30.0)
+    # the maintenance scheduler has its own tests; here it would promote blocks mid-test
+    cloud = LocalCloud(tmp_path / "state", port=0, settings=settings, maintenance=False)
+    with cloud as base_url:
+        email = f"u{uuid.uuid4().hex[:8]}@example.com"
+        LocalUsers(database_url).add(email, PASSWORD)
+        yield base_url, email
+
+
+def test_upload_commit_list_download_through_the_gateway(cloud: tuple[str, str]) -> None:
+    base_url, email = cloud
+    client = Client(base_url, email)
+    data = os.urandom(3 * BLOCK + 100)
+    entry = client.put_file("/Docs/report.bin", data)
+    assert (entry["rev"], entry["size"]) == (1, len(data))
+    listing = client.post("/v1/list_folder", {"path": "/Docs"})
+    assert [e["name"] for e in listing["entries"]] == ["report.bin"]
+    assert client.get_file("/docs/REPORT.bin") == data
+    assert client.http.get("/v1/health").status_code == 200
+    assert httpx.get(base_url + "/v1/openapi.json").json()["openapi"].startswith("3.")
+
+
+def test_longpoll_wakes_on_a_commit_and_times_out_without_one(cloud: tuple[str, str]) -> None:
+    base_url, email = cloud
+    client = Client(base_url, email)
+    client.put_file("/a.txt", b"first")
+    cursor = client.post("/v1/list_folder", {"path": ""})["cursor"]
+    started = time.monotonic()
+    assert client.post("/v1/list_folder/longpoll", {"cursor": cursor, "timeout": 1}) == {
+        "changes": False,
+        "backoff": None,
+    }
+    assert time.monotonic() - started >= 0.9
+
+    answers: list[Any] = []
+    poller = threading.Thread(
+        target=lambda: answers.append(
+            client.post("/v1/list_folder/longpoll", {"cursor": cursor, "timeout": 25})
+        )
+    )
+    poller.start()
+    time.sleep(0.5)
+    committed = time.monotonic()
+    Client(base_url, email).put_file("/b.txt", b"second")
+    poller.join(20)
+    assert answers and answers[0]["changes"] is True
+    assert time.monotonic() - committed < 5
+    changes = client.post("/v1/list_folder/continue", {"cursor": cursor})
+    assert [e["name"] for e in changes["entries"]] == ["b.txt"]
+
+
+def test_longpoll_bad_requests(cloud: tuple[str, str]) -> None:
+    base_url, email = cloud
+    client = Client(base_url, email)
+    r = client.http.post("/v1/list_folder/longpoll", json={"cursor": "forged", "timeout": 1})
+    assert r.status_code == 400
+    r = client.http.post("/v1/list_folder/longpoll", json={"timeout": "soon"})
+    assert r.status_code == 422
+    assert r.json()["error"]["code"] == "invalid"
+    r = httpx.post(base_url + "/v1/list_folder/longpoll", json={"cursor": "x"})
+    assert r.status_code == 401
+
+
+def test_another_users_cursor_is_refused(cloud: tuple[str, str], database_url: str) -> None:
+    base_url, email = cloud
+    other = f"o{uuid.uuid4().hex[:8]}@example.com"
+    LocalUsers(database_url).add(other, PASSWORD)
+    mine = Client(base_url, email)
+    mine.put_file("/mine.txt", b"mine")
+    cursor = mine.post("/v1/list_folder", {"path": ""})["cursor"]
+    theirs = Client(base_url, other)
+    theirs.put_file("/theirs.txt", b"theirs")
+    r = theirs.http.post(
+        "/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 1}
+    )
+    assert r.status_code == 400
+
+
+# ---------------------------------------------------------------------------------------
+# As a subprocess, with embedded PostgreSQL under the state dir
+
+
+def _up(state: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "TESSERA_LONGPOLL_MIN_S": "0"}
+    env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tessera.local",
+            "up",
+            "--state",
+            str(state),
+            "--port",
+            "0",
+            "--demo",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if m := re.search(r"Tessera local cloud: (http://\S+)", line):
+            return proc, m.group(1)
+    proc.kill()
+    pytest.fail("local up did not print its URL:\n" + "".join(seen))
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_local_up_subprocess_stops_cleanly_and_restarts_with_everything(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc, url = _up(state)
+    try:
+        assert httpx.get(url + "/v1/health").json()["status"] == "ok"
+        demo_email, demo_password = (state / "demo-credentials").read_text().split()
+        Client(url, demo_email, demo_password)
+        added = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tessera.local",
+                "adduser",
+                "Bob@Example.com",
+                "--password",
+                PASSWORD,
+                "--state",
+                str(state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert added.returncode == 0, added.stdout + added.stderr
+        bob = Client(url, "bob@example.com")
+        data = os.urandom(2 * BLOCK + 7)
+        bob.put_file("/kept.bin", data)
+    finally:
+        out = _stop(proc)
+    assert "stopped" in out
+    assert not (state / "pg" / "postmaster.pid").exists(), "PostgreSQL was not stopped"
+
+    proc, url = _up(state)
+    try:
+        assert Client(url, "bob@example.com").get_file("/kept.bin") == data
+        duplicate = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tessera.local",
+                "adduser",
+                "BOB@example.com",
+                "--password",
+                PASSWORD,
+                "--state",
+                str(state),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert duplicate.returncode == 1
+        assert "already exists" in duplicate.stderr
+    finally:
+        out = _stop(proc)
+    assert "Demo user ready" in out  # --demo prints the login on every start
