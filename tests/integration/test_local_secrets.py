@@ -65,7 +65,7 @@ def test_corrupt_key_file_is_a_clear_error(tmp_path: Path, content: bytes) -> No
     path = tmp_path / "keys.json"
     path.write_bytes(content)
     os.chmod(path, 0o600)
-    with pytest.raises(ValueError, match="keys.json"):
+    with pytest.raises(ValueError, match=r"keys\.json"):
         KeyFileKeyService(path)
 
 
