@@ -1,0 +1,135 @@
+"""Shared folders: conversion keeping file_ids and history, mounts, roles, unshare, account."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.domain import files, sharing
+from tessera.domain.errors import Forbidden, NotFound, Unprocessable
+from tessera.domain.models import (
+    DeleteRequest,
+    FileEntry,
+    MetadataRequest,
+    MoveRequest,
+    RestoreRequest,
+    RevisionsRequest,
+    ShareRequest,
+    UnshareRequest,
+)
+from tessera.domain.services import Services
+from tessera.ports import Principal
+
+from .conftest import get_file, put_file
+
+
+def _share(svc: Services, owner: Principal, path: str, who: Principal, access: str) -> None:
+    sharing.share(svc, owner, ShareRequest(path=path, email=who.email, access=access))  # type: ignore[arg-type]
+
+
+def _meet(svc: Services, *people: Principal) -> None:
+    """Users exist once they have made a request."""
+    for p in people:
+        sharing.account(svc, p)
+
+
+def test_share_keeps_file_ids_and_history(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    v1 = put_file(services, alice, "/Team/Plans/q1.txt", b"v1")
+    put_file(services, alice, "/Team/Plans/q1.txt", b"v2", parent_rev=1)
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    for who, path in [(alice, "/Team/Plans/q1.txt"), (bob, "/Team/Plans/q1.txt")]:
+        meta = files.metadata(services, who, MetadataRequest(path=path))
+        assert isinstance(meta, FileEntry) and meta.file_id == v1.file_id and meta.rev == 2
+        assert meta.ns_id != v1.ns_id  # it moved into the shared namespace
+        revs = files.revisions(services, who, RevisionsRequest(path=path))
+        assert [e.rev for e in revs.entries] == [2, 1]
+        assert get_file(services, who, path, rev=1) == b"v1"
+    info = sharing.shares(services, bob).shares
+    assert [(s.path_display, s.access, s.owner_email) for s in info] == [
+        ("/Team", "editor", alice.email)
+    ]
+
+
+def test_member_mount_name_clash_gets_a_suffix(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    put_file(services, alice, "/Team/a", b"a")
+    put_file(services, bob, "/team/mine", b"bob's own")
+    _share(services, alice, "/Team", bob, "viewer")
+    assert get_file(services, bob, "/Team (2)/a") == b"a"
+    assert get_file(services, bob, "/team/mine") == b"bob's own"
+
+
+def test_roles(services: Services, alice: Principal, bob: Principal, carol: Principal) -> None:
+    put_file(services, alice, "/S/doc", b"doc")
+    _meet(services, bob, carol)
+    _share(services, alice, "/S", bob, "editor")
+    _share(services, alice, "/S", carol, "viewer")
+    # the editor writes, the viewer only reads
+    put_file(services, bob, "/S/by-bob", b"editor wrote")
+    assert get_file(services, carol, "/S/by-bob") == b"editor wrote"
+    with pytest.raises(Forbidden):
+        put_file(services, carol, "/S/by-carol", b"viewer")
+    with pytest.raises(Forbidden):
+        files.delete(services, carol, DeleteRequest(path="/S/doc"))
+    with pytest.raises(Forbidden):
+        files.move(services, carol, MoveRequest(from_path="/S/doc", to_path="/S/x"))
+    with pytest.raises(Forbidden):
+        files.restore(services, carol, RestoreRequest(path="/S/doc", rev=1))
+    with pytest.raises(Forbidden):
+        files.create_folder(services, carol, "/S/new")
+    # only the owner shares and unshares others
+    with pytest.raises(Forbidden):
+        _share(services, bob, "/S", carol, "editor")
+    with pytest.raises(Forbidden):
+        sharing.unshare(services, bob, UnshareRequest(path="/S", email=carol.email))
+    # the owner deletes contents; a non-owner deleting the mount leaves the share
+    files.delete(services, bob, DeleteRequest(path="/S"))
+    with pytest.raises(NotFound):
+        files.metadata(services, bob, MetadataRequest(path="/S/doc"))
+    assert get_file(services, carol, "/S/doc") == b"doc"
+    with pytest.raises(Unprocessable, match="unshare"):
+        files.delete(services, alice, DeleteRequest(path="/S"))
+
+
+def test_unshare_removes_access(services: Services, alice: Principal, bob: Principal) -> None:
+    e = put_file(services, alice, "/S/f", b"f")
+    _meet(services, bob)
+    _share(services, alice, "/S", bob, "editor")
+    info = sharing.unshare(services, alice, UnshareRequest(path="/S"))
+    assert [m.email for m in info.members] == [alice.email]
+    with pytest.raises(NotFound):
+        files.metadata(services, bob, MetadataRequest(file_id=e.file_id))
+    assert get_file(services, alice, "/S/f") == b"f"
+
+
+def test_share_errors(services: Services, alice: Principal, bob: Principal) -> None:
+    put_file(services, alice, "/S/inner/f", b"f")
+    put_file(services, alice, "/file", b"f")
+    with pytest.raises(NotFound):
+        _share(services, alice, "/S", bob, "editor")  # bob never signed in
+    _meet(services, bob)
+    with pytest.raises(Unprocessable):
+        _share(services, alice, "/file", bob, "editor")
+    with pytest.raises(Unprocessable):
+        _share(services, alice, "/", bob, "editor")
+    with pytest.raises(Unprocessable):
+        _share(services, alice, "/S", alice, "editor")
+    with pytest.raises(NotFound):
+        _share(services, bob, "/S", alice, "editor")  # not in bob's view
+    _share(services, alice, "/S", bob, "editor")
+    with pytest.raises(Unprocessable, match="cannot be shared again"):
+        _share(services, alice, "/S/inner", bob, "viewer")
+    with pytest.raises(Unprocessable, match="shared folder"):
+        files.move(services, alice, MoveRequest(from_path="/S/inner/f", to_path="/out"))
+
+
+def test_account_usage(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/a", b"12345")
+    put_file(services, alice, "/b", b"123")
+    put_file(services, alice, "/a", b"1", parent_rev=1)
+    acct = sharing.account(services, alice)
+    assert acct.used_bytes == 4 and acct.email == alice.email
+    assert acct.quota_bytes == services.settings.default_quota_bytes
