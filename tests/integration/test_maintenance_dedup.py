@@ -13,7 +13,15 @@ from tessera.domain.errors import TesseraError
 from tessera.maintenance import DedupResult
 from tessera.maintenance.dedup import verify_staged
 
-from .test_maintenance_world import ALICE, BLOCK, BOB, MALLORY, World, chunks, world  # noqa: F401
+from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
+    ALICE,
+    BLOCK,
+    BOB,
+    MALLORY,
+    World,
+    chunks,
+    world_fixture,
+)
 
 
 def _dedup(w: World) -> DedupResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,10 +95,12 @@ class World:
         path: str,
         data: bytes,
         *,
-        poison: set[int] = frozenset(),  # type: ignore[assignment]
+        poison: frozenset[int] = frozenset(),
+        before_commit: Callable[[str], None] | None = None,
     ) -> FileEntry:
         """Upload and commit `data` at `path`; blocks at the `poison` ordinals are uploaded
-        with the right id but other bytes (an attacker claiming content it does not have)."""
+        with the right id but other bytes (an attacker claiming content it does not have).
+        `before_commit(upload_id)` runs after the uploads, before the commit."""
         parts = chunks(data)
         ids = [block_id(c) for c in parts]
         spec = [{"id": i, "size": len(c)} for i, c in zip(ids, parts, strict=True)]
@@ -107,8 +109,11 @@ class World:
             self.svc,
             who,
             UploadStartRequest.model_validate(
-                {"files": [{"path": path, "size": len(data), "content_hash": digest,
-                            "blocks": spec}]}
+                {
+                    "files": [
+                        {"path": path, "size": len(data), "content_hash": digest, "blocks": spec}
+                    ]
+                }
             ),
         )
         by_id = {i: c for i, c in zip(ids, parts, strict=True)}
@@ -141,6 +146,8 @@ class World:
             )
             for url in urls.urls:
                 self.store.put(uploads.staging_key(started.upload_id, url.id), encoded[url.id])
+        if before_commit is not None:
+            before_commit(started.upload_id)
         entry = commits.commit(
             self.svc,
             who,
@@ -216,9 +223,10 @@ def make_world(url: str, tmp: Path, **settings: object) -> Iterator[World]:
         db.close()
 
 
-@pytest.fixture
-def world(empty_database_url: str, tmp_path: Path) -> Iterator[World]:
-    yield from make_world(empty_database_url, tmp_path)
+@pytest.fixture(name="world")
+def world_fixture(database_url: str, tmp_path: Path) -> Iterator[World]:
+    """A world on a fresh, migrated database (import `world_fixture` to use it)."""
+    yield from make_world(database_url, tmp_path)
 
 
 ALICE, BOB, MALLORY = user("alice"), user("bob"), user("mallory")

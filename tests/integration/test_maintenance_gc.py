@@ -1,0 +1,286 @@
+"""gc against real PostgreSQL and the local block store: retention, expiry, and never
+deleting a block that a version or a live upload still needs — including when a commit
+races the sweep (threads, real connections)."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from tessera.blocks import block_id
+from tessera.domain import uploads
+from tessera.domain.errors import Unprocessable
+from tessera.domain.models import UploadStartRequest
+from tessera.maintenance import GcResult, run_workflow
+from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
+
+from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
+    ALICE,
+    BLOCK,
+    BOB,
+    World,
+    chunks,
+    world_fixture,
+)
+
+
+def _gc(w: World, days: float, hours: float = 0) -> GcResult:
+    result = w.run("gc", days=days, hours=hours)
+    assert isinstance(result, GcResult)
+    return result
+
+
+def assert_nothing_dangles(w: World) -> None:
+    """Every block a version names is stored (the canonical copy, or the version's own
+    staged copy) and decodes; every copy an open upload session holds is still there."""
+    from tessera.maintenance.verify import check_stored
+
+    rows = w.sql(
+        "SELECT DISTINCT v.block_id, v.staged_key, b.state FROM version_blocks v"
+        " LEFT JOIN blocks b USING (block_id)"
+    )
+    for bid, staged_key, state in rows:
+        assert state is not None, f"{bid} is named by a version but has no blocks row"
+        key = staged_key or "blocks/" + str(bid)[3:]
+        if state in ("cold", "restoring") and not staged_key:
+            assert w.store.head(key) is not None, f"{key} is gone"
+            continue
+        check = check_stored(w.store, w.ctx.keys, str(key), str(bid))
+        assert check.ok, f"{key}: {check.reason}"
+    for (key,) in w.sql(
+        "SELECT u.staged_key FROM upload_blocks u JOIN upload_sessions s USING (upload_id)"
+        " WHERE s.state = 'open' AND u.stored_size IS NOT NULL AND u.state = 'expected'"
+    ):
+        assert w.store.head(str(key)) is not None, f"open session lost {key}"
+
+
+def test_trash_is_purged_after_retention_and_blocks_after_grace(world: World) -> None:
+    data = secrets.token_bytes(3 * BLOCK)
+    world.put(ALICE, "/old.bin", data)
+    world.run("dedup")
+    world.delete(ALICE, "/old.bin")
+
+    assert _gc(world, days=29).trash_files_purged == 0
+    result = _gc(world, days=31)
+    assert (result.trash_files_purged, result.versions_purged, result.blocks_deleted) == (1, 1, 0)
+    assert world.sql("SELECT DISTINCT refcount FROM blocks") == [(0,)]
+    assert len(world.keys_under("blocks/")) == 3  # still inside the grace period
+
+    result = _gc(world, days=31, hours=23)
+    assert result.blocks_deleted == 0
+    result = _gc(world, days=32, hours=1)
+    assert result.blocks_deleted == 3
+    assert result.bytes_freed >= len(data)
+    assert world.keys_under("blocks/") == []
+    assert world.sql("SELECT count(*) FROM blocks") == [(0,)]
+    again = _gc(world, days=40)  # idempotent
+    assert (again.trash_files_purged, again.blocks_deleted) == (0, 0)
+
+
+def test_old_versions_go_but_latest_and_shared_blocks_stay(world: World) -> None:
+    common = secrets.token_bytes(BLOCK)
+    v1 = common + secrets.token_bytes(BLOCK)
+    v2 = common + secrets.token_bytes(BLOCK)
+    v3 = common + secrets.token_bytes(BLOCK)
+    for data in (v1, v2, v3):
+        world.put(ALICE, "/doc.txt", data)
+    world.run("dedup")
+
+    assert _gc(world, days=29).versions_purged == 0
+    result = _gc(world, days=31)
+    assert result.versions_purged == 2
+    assert world.sql("SELECT rev FROM file_versions") == [(3,)]
+    common_id = block_id(common)
+    assert world.sql("SELECT refcount FROM blocks WHERE block_id = %s", common_id) == [(1,)]
+    assert _gc(world, days=33).blocks_deleted == 2  # the tails of v1 and v2
+    assert world.get(ALICE, "/doc.txt") == v3
+    assert_nothing_dangles(world)
+
+
+def test_a_block_shared_with_another_user_survives_the_other_purge(world: World) -> None:
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    world.put(BOB, "/b.bin", data)
+    world.run("dedup")
+    world.delete(ALICE, "/a.bin")
+    _gc(world, days=31)
+    assert _gc(world, days=35).blocks_deleted == 0
+    assert world.get(BOB, "/b.bin") == data
+    assert_nothing_dangles(world)
+
+
+def test_abandoned_upload_is_expired_and_its_copies_deleted(world: World) -> None:
+    data = secrets.token_bytes(2 * BLOCK)
+    # start an upload and PUT the blocks, but never commit
+    entry_data = chunks(data)
+    from tessera.blocks import content_hash
+
+    ids = [block_id(c) for c in entry_data]
+    started = uploads.start_upload(
+        world.svc,
+        ALICE,
+        UploadStartRequest.model_validate(
+            {
+                "files": [
+                    {
+                        "path": "/never.bin",
+                        "size": len(data),
+                        "content_hash": content_hash(ids),
+                        "blocks": [{"id": i, "size": BLOCK} for i in ids],
+                    }
+                ]
+            }
+        ),
+    )
+    for need in started.needed:
+        world.store.put(uploads.staging_key(started.upload_id, need.id), b"x" * 100)
+    assert len(world.keys_under("staging/")) == 2
+
+    assert _gc(world, days=0).sessions_expired == 0  # still open
+    result = _gc(world, days=1)
+    assert (result.sessions_expired, result.staged_deleted) == (1, 2)
+    assert world.keys_under("staging/") == []
+    assert world.sql("SELECT count(*) FROM upload_sessions") == [(0,)]
+
+
+def test_expired_session_keeps_copies_that_a_version_still_names(world: World) -> None:
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(ALICE, "/kept.bin", data)  # committed, not yet verified by dedup
+    result = _gc(world, days=1)
+    assert result.sessions_expired == 1 and result.staged_deleted == 0
+    assert world.get(ALICE, "/kept.bin") == data
+    dedup = world.run("dedup")  # verification still happens after the session expired
+    assert dedup.to_dict()["promoted"] == 2
+    assert _gc(world, days=2).staged_deleted == 2  # the settled rows are cleaned up
+    assert world.keys_under("staging/") == []
+    assert world.get(ALICE, "/kept.bin") == data
+
+
+# ---------------------------------------------------------------------------------------
+# A commit racing the sweep. The commit is paused at a precise point by a block store whose
+# `head` of one key waits for the test, while gc runs to completion on other connections.
+
+
+class GatedStore(BlockStore):
+    """A real block store whose `head(gate_key)` answers, then waits to be released."""
+
+    def __init__(self, inner: BlockStore, gate_key: str) -> None:
+        self.inner, self.gate_key = inner, gate_key
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def head(self, key: str) -> StoredObject | None:
+        answer = self.inner.head(key)
+        if key == self.gate_key:
+            self.reached.set()
+            assert self.release.wait(30)
+        return answer
+
+    def presign_put(
+        self, key: str, *, size: int, sha256: bytes, expires_in: int = 900
+    ) -> PresignedRequest:
+        return self.inner.presign_put(key, size=size, sha256=sha256, expires_in=expires_in)
+
+    def presign_get(self, key: str, *, expires_in: int = 900) -> PresignedRequest:
+        return self.inner.presign_get(key, expires_in=expires_in)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.inner.put(key, data)
+
+    def copy(self, src: str, dst: str) -> None:
+        self.inner.copy(src, dst)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        return self.inner.list_keys(prefix)
+
+    def set_tier(self, key: str, tier: StorageTier) -> None:
+        self.inner.set_tier(key, tier)
+
+    def restore(self, key: str, *, days: int = 7) -> None:
+        self.inner.restore(key, days=days)
+
+
+def _paused_commit(
+    world: World, data: bytes, gate_block: bytes, path: str
+) -> tuple[GatedStore, threading.Thread, dict[str, object]]:
+    """Start committing `data` in a thread, paused right after the commit checked its
+    session's copy of `gate_block` (readable blocks are checked before that)."""
+    outcome: dict[str, object] = {}
+    gated = GatedStore(world.store, gate_key="")
+    racing = replace(world, svc=replace(world.svc, block_store=gated))
+
+    def arm(upload_id: str) -> None:
+        gated.gate_key = uploads.staging_key(upload_id, block_id(gate_block))
+
+    def run() -> None:
+        try:
+            outcome["entry"] = racing.put(ALICE, path, data, before_commit=arm)
+        except Unprocessable as exc:
+            outcome["refused"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert gated.reached.wait(30), "the commit never reached the gate"
+    return gated, thread, outcome
+
+
+def test_commit_reusing_a_block_while_gc_deletes_it_is_refused(world: World) -> None:
+    old, new = secrets.token_bytes(BLOCK), secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/old.bin", old)
+    world.run("dedup")
+    world.delete(ALICE, "/old.bin")
+    world.revs.clear()
+
+    # the commit sees `old` readable (its trashed version still holds it), then pauses
+    gated, thread, outcome = _paused_commit(world, old + new, new, "/new.bin")
+    # meanwhile gc purges the trash and, a grace period later, deletes the block
+    assert _gc(world, days=31).trash_files_purged == 1
+    assert _gc(world, days=33).blocks_deleted == 1
+    gated.release.set()
+    thread.join(30)
+
+    assert "refused" in outcome, "the commit referenced a block gc had deleted"
+    assert_nothing_dangles(world)
+
+
+def test_gc_does_not_expire_a_session_a_commit_is_using(world: World) -> None:
+    data = secrets.token_bytes(2 * BLOCK)
+    gated, thread, outcome = _paused_commit(world, data, chunks(data)[-1], "/racy.bin")
+    result = _gc(world, days=2)  # the session is long expired as far as gc can tell
+    gated.release.set()
+    thread.join(30)
+
+    assert "entry" in outcome  # the commit went through, so its copies must have stayed
+    assert result.staged_deleted == 0
+    assert world.get(ALICE, "/racy.bin") == data
+    assert_nothing_dangles(world)
+
+
+def test_gc_skips_a_block_whose_row_a_commit_holds(world: World, database_url: str) -> None:
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/x.bin", data)
+    world.run("dedup")
+    world.delete(ALICE, "/x.bin")
+    _gc(world, days=31)
+    bid = block_id(data)
+    with psycopg.connect(database_url) as committer:
+        # what a commit's refcount bump does: hold the row lock until it commits
+        committer.execute("UPDATE blocks SET refcount = refcount + 1 WHERE block_id = %s", (bid,))
+        started = datetime.now(UTC)
+        result = run_workflow(world.ctx, "gc", as_of=started + timedelta(days=40))
+        waited = datetime.now(UTC) - started
+        assert isinstance(result, GcResult) and result.blocks_deleted == 0
+        assert waited < timedelta(seconds=10)  # skipped, not waited for
+        committer.commit()
+    assert world.store.head("blocks/" + bid[3:]) is not None
+    assert _gc(world, days=45).blocks_deleted == 0  # refcount 1 now: kept for good
