@@ -100,7 +100,7 @@ def test_windowed_reading_cuts_exactly_like_one_buffer(
 
 
 def test_average_block_size_is_near_one_mib(make_file: MakeFile) -> None:
-    m = scan_file(make_file(rand_bytes(64 * MiB)))
+    m = scan_file(make_file(rand_bytes(32 * MiB)))
     average = m.size / len(m.blocks)
     assert 0.8 * MiB < average < 2 * MiB
 
@@ -163,11 +163,11 @@ def test_as_dict_is_the_cli_json_shape(make_file: MakeFile) -> None:
 
 # --- edit locality ---------------------------------------------------------------------
 
-LOCALITY_DATA = rand_bytes(24 * MiB, seed=11)
+LOCALITY_DATA = rand_bytes(16 * MiB, seed=11)
 
 
 @settings(
-    max_examples=12,
+    max_examples=10,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
