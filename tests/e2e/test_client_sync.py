@@ -1,0 +1,211 @@
+"""Real clients (subprocesses, separate homes and folders) against the local cloud."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Cloud, Device, make_device, snapshot
+
+pytestmark = pytest.mark.e2e
+
+
+def test_create_edit_rename_delete_undelete_across_devices(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    a.write("hello.txt", "hello")
+    a.write("Docs/Ünïcödé — 日本語.md", "ünicode")
+    a.write("Docs/deep/er/still/n.txt", "nested")
+    (a.folder / "empty-folder").mkdir(parents=True)
+    a.write("zero.bin", b"")
+    a.sync()
+    b.sync()
+    assert snapshot(b.folder) == snapshot(a.folder)
+
+    # B edits, renames (a move, not a re-upload) and deletes; A follows
+    b.write("hello.txt", "hello, edited")
+    (b.folder / "Docs" / "deep" / "er" / "still" / "n.txt").rename(b.folder / "Docs" / "moved.txt")
+    (b.folder / "zero.bin").unlink()
+    b.sync()
+    assert b.stats()["blocks_up"] == 1  # the edit; the move sent no block
+    a.sync()
+    assert snapshot(a.folder) == snapshot(b.folder)
+    assert not (a.folder / "zero.bin").exists()
+    assert (a.folder / "Docs" / "moved.txt").read_text() == "nested"
+
+    # the move kept the history; the edit made a new rev
+    revs = a.json("history", "Docs/moved.txt")["entries"]
+    assert len(revs) >= 1
+    assert [e["rev"] for e in a.json("history", "hello.txt")["entries"]][:2] == [2, 1]
+
+    # undelete from the trash, and it comes back on both devices
+    assert any(e["path_display"] == "/zero.bin" for e in a.json("trash"))
+    a.run("undelete", "zero.bin")
+    a.sync()
+    b.sync()
+    assert (a.folder / "zero.bin").exists() and (b.folder / "zero.bin").exists()
+
+    # restore an old version
+    a.run("restore", "hello.txt", "--rev", "1")
+    a.sync()
+    assert (a.folder / "hello.txt").read_text() == "hello"
+    names = [e["name"] for e in a.json("ls")]
+    assert {"hello.txt", "Docs", "zero.bin", "empty-folder"} <= set(names)
+
+
+def test_large_multi_block_file_and_small_edit(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    data = bytearray(os.urandom(24 * 1024 * 1024))
+    a.write("big/video.bin", bytes(data))
+    a.sync()
+    first = a.stats()
+    assert first["blocks_up"] >= 6
+    b.sync()
+    assert (b.folder / "big" / "video.bin").read_bytes() == bytes(data)
+    # one byte in the middle: only the block(s) around it go up
+    data[len(data) // 2] ^= 0xFF
+    a.write("big/video.bin", bytes(data))
+    a.sync()
+    assert a.stats()["block_bytes_up"] <= 8 * 1024 * 1024
+    b.sync()
+    assert (b.folder / "big" / "video.bin").read_bytes() == bytes(data)
+
+
+def test_conflict_from_two_devices_keeps_both(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    a.write("plan.txt", "v1")
+    a.sync()
+    b.sync()
+    a.write("plan.txt", "A's edit")
+    b.write("plan.txt", "B's edit!")
+    a.sync()
+    b.sync()
+    a.sync()
+    assert snapshot(a.folder) == snapshot(b.folder)
+    files = snapshot(a.folder)
+    assert files["plan.txt"] == b"A's edit"
+    [copy] = [k for k in files if "conflicted copy" in k]
+    assert copy.startswith("plan (B's conflicted copy ") and copy.endswith(").txt")
+    assert files[copy] == b"B's edit!"
+    assert [c["path"] for c in b.json("conflicts")] == [copy]
+
+
+def test_modify_vs_delete_keeps_the_modification(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    a.write("notes.txt", "v1")
+    a.write("other.txt", "v1")
+    a.sync()
+    b.sync()
+    (a.folder / "notes.txt").unlink()  # A deletes, B edits
+    b.write("notes.txt", "B kept working")
+    a.write("other.txt", "A edits")  # and the other way round
+    (b.folder / "other.txt").unlink()
+    a.sync()
+    b.sync()
+    a.sync()
+    assert (a.folder / "notes.txt").read_text() == "B kept working"
+    assert (b.folder / "other.txt").read_text() == "A edits"
+    assert snapshot(a.folder) == snapshot(b.folder)
+
+
+def test_shared_folder_viewer_cannot_change_it(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
+    viewer_email = inproc_cloud.user()
+    viewer = make_device(devices, tmp_path, inproc_cloud, "viewer", viewer_email)
+    owner.write("Team/spec.md", "the spec")
+    owner.sync()
+    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    assert [s["access"] for s in viewer.json("shares")] == ["viewer"]
+    viewer.sync()
+    assert (viewer.folder / "Team" / "spec.md").read_text() == "the spec"
+
+    viewer.write("Team/spec.md", "viewer scribbles")
+    viewer.sync()
+    assert (viewer.folder / "Team" / "spec.md").read_text() == "the spec"
+    [c] = viewer.json("conflicts")
+    assert c["local_only"] and c["original"] == "Team/spec.md"
+    assert (viewer.folder / c["path"]).read_text() == "viewer scribbles"
+    owner.sync()
+    assert (owner.folder / "Team" / "spec.md").read_text() == "the spec"
+    assert not [p for p in snapshot(owner.folder) if "conflicted" in p]
+    viewer.sync()  # quiescent: the local-only copy is never uploaded
+    assert (viewer.folder / c["path"]).exists()
+
+
+def test_mass_delete_pauses_until_confirmed(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    for i in range(12):
+        a.write(f"f{i:02}.txt", f"file {i}")
+    a.sync()
+    for i in range(11):
+        (a.folder / f"f{i:02}.txt").unlink()
+    r = a.sync(check=3)
+    assert "--allow-mass-delete" in r.stderr
+    assert len(a.json("ls")) == 12  # nothing deleted on the server
+    a.sync("--allow-mass-delete")
+    assert [e["name"] for e in a.json("ls")] == ["f11.txt"]
+
+
+def test_client_killed_mid_upload_resumes_with_what_is_missing(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    import sqlite3
+    import time
+
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    data = os.urandom(40 * 1024 * 1024)
+    a.write("big.bin", data)
+    proc = subprocess.Popen(
+        ["python", "-m", "tessera_client", "sync", str(a.folder), "--once", "-q"],
+        env=a.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sent = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with sqlite3.connect(a.home / "state.db") as db:
+                row = db.execute("SELECT payload FROM pending WHERE kind='upload'").fetchone()
+            if row and len(__import__("json").loads(row[0])["sent"]) >= 3:
+                sent = len(__import__("json").loads(row[0])["sent"])
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert sent >= 3, "the upload finished before it could be killed"
+    a.sync()
+    stats = a.stats()
+    total_blocks = (
+        len(a.run("blocks", str(a.folder / "big.bin"), "--json").stdout.split('"id"')) - 1
+    )
+    assert stats["blocks_up"] <= total_blocks - sent
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    b.sync()
+    assert (b.folder / "big.bin").read_bytes() == data
