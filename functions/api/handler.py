@@ -20,7 +20,8 @@ tracer = Tracer(service="tessera-api")
 metrics = Metrics(namespace="Tessera", service="tessera-api")
 
 runtime = AwsRuntime.from_env()
-resolver = build_resolver(runtime.services())
+services = runtime.services()
+resolver = build_resolver(services)
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

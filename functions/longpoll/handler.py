@@ -1,8 +1,9 @@
 """Lambda `longpoll`: `POST /v1/list_folder/longpoll`, on a function of its own so its
 concurrency and timeout are its own.
 
-The same API app as `api`: it validates the cursor against Aurora (one short query), then
-waits on the DynamoDB `changes` table — not Aurora — until a change or the timeout.
+The same API app as `api`: the cursor is validated by its signature, then the function
+waits on the DynamoDB `changes` table — not Aurora — until a change or the timeout, so an
+idle client costs Aurora nothing (the pool opens no connection until a route needs one).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ tracer = Tracer(service="tessera-longpoll")
 metrics = Metrics(namespace="Tessera", service="tessera-longpoll")
 
 runtime = AwsRuntime.from_env()
-resolver = build_resolver(runtime.services())
+services = runtime.services(lazy_db=True)  # waits use DynamoDB, not Aurora
+resolver = build_resolver(services)
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

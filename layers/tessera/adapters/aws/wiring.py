@@ -63,19 +63,20 @@ class AwsRuntime:
         """The EventBridge publisher for the `tessera` bus."""
         return EventBridgePublisher(self._clients.events, self.aws.event_bus, self.aws.event_source)
 
-    def database(self) -> Database:
-        """The metadata pool (RDS IAM auth tokens when configured)."""
+    def database(self, *, lazy: bool = False) -> Database:
+        """The metadata pool (RDS IAM auth tokens when configured); `lazy` opens no
+        connection until one is needed (the long-poll function rarely needs one)."""
         conninfo = db_conninfo(self.aws, self._clients.rds if self.aws.db_iam_auth else None)
         return Database(
             conninfo,
-            min_size=self.settings.pool_min_size,
+            min_size=0 if lazy else self.settings.pool_min_size,
             max_size=self.settings.pool_max_size,
         )
 
-    def services(self) -> Services:
+    def services(self, *, lazy_db: bool = False) -> Services:
         """Every port on its AWS adapter, in the domain's `Services` container."""
         return Services(
-            db=self.database(),
+            db=self.database(lazy=lazy_db),
             block_store=self.block_store(),
             keys=self.key_service(),
             feed=self.change_feed(),
