@@ -1,0 +1,210 @@
+"""Long-poll through the local gateway: wake-up latency after a commit, and idle long-polls
+held at once (with the gateway's memory growth).
+
+The local cloud runs as a subprocess (`python -m tessera.local up`, embedded PostgreSQL),
+exactly as `make run` starts it; the clients are httpx (async) in this process.
+Targets (issue 3): wake-up p50 <= 50 ms, p99 <= 200 ms; >= 1,000 idle long-polls held.
+`TESSERA_BENCH_LONGPOLLS` (default 1000) and `TESSERA_BENCH_WAKEUPS` (default 100) size it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.common import Figure, human_bytes, print_figures
+from tessera.blocks import content_hash
+
+EMAIL = "bench@tessera.local"
+PASSWORD = "bench-password"
+
+
+def _start_cloud(state: Path) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "TESSERA_LONGPOLL_MIN_S": "0", "TESSERA_LONGPOLL_MAX_S": "600"}
+    env.pop("DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "tessera.local", "up", "--state", str(state), "--port", "0"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(r"Tessera local cloud: (http://\S+)", line):
+            return proc, m.group(1)
+    raise RuntimeError("the local cloud did not start")
+
+
+def _add_user(state: Path) -> None:
+    cmd = [sys.executable, "-m", "tessera.local", "adduser", EMAIL, "--password", PASSWORD]
+    subprocess.run([*cmd, "--state", str(state)], check=True, capture_output=True)
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def _commit_empty(client: httpx.AsyncClient, path: str) -> None:
+    body = {
+        "path": path,
+        "parent_rev": None,
+        "blocks": [],
+        "size": 0,
+        "content_hash": content_hash([]),
+    }
+    r = await client.post("/v1/commit", json=body)
+    r.raise_for_status()
+
+
+async def _cursor(client: httpx.AsyncClient) -> str:
+    r = await client.post("/v1/list_folder", json={"path": "", "recursive": True})
+    r.raise_for_status()
+    cursor: str = r.json()["cursor"]
+    while r.json()["has_more"]:
+        r = await client.post("/v1/list_folder/continue", json={"cursor": cursor})
+        cursor = r.json()["cursor"]
+    return cursor
+
+
+async def _wakeups(client: httpx.AsyncClient, n: int) -> tuple[list[float], list[float]]:
+    """(commit returned -> long-poll answered, commit sent -> long-poll answered), in ms."""
+    after_return: list[float] = []
+    end_to_end: list[float] = []
+    for i in range(n):
+        cursor = await _cursor(client)
+        woke: dict[str, float] = {}
+
+        async def poll(cursor: str = cursor, woke: dict[str, float] = woke) -> Any:
+            r = await client.post(
+                "/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 30}
+            )
+            woke["at"] = time.perf_counter()
+            return r.json()
+
+        task = asyncio.create_task(poll())
+        await asyncio.sleep(0.05)  # let the long-poll reach its wait
+        sent = time.perf_counter()
+        await _commit_empty(client, f"/wake/{i}.txt")
+        returned = time.perf_counter()
+        answer = await asyncio.wait_for(task, 30)
+        assert answer["changes"] is True, answer
+        after_return.append(max(0.0, woke["at"] - returned) * 1000)
+        end_to_end.append((woke["at"] - sent) * 1000)
+    return after_return, end_to_end
+
+
+async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, limits=limits, timeout=120
+    ) as client:
+        cursor = await _cursor(client)
+        rss_before = gateway.memory_info().rss
+        started = time.perf_counter()
+        tasks = [
+            asyncio.create_task(
+                client.post("/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 90})
+            )
+            for _ in range(n)
+        ]
+        # held = connected to the gateway and not answered; wait until every socket is open
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            conns = len([c for c in gateway.net_connections() if c.status == "ESTABLISHED"])
+            if conns >= n:
+                break
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(2.0)  # let every request reach its wait
+        opened_s = time.perf_counter() - started
+        answered_early = sum(t.done() for t in tasks)
+        rss_held = gateway.memory_info().rss
+        threads = gateway.num_threads()
+        sent = time.perf_counter()
+        await _commit_empty(client, "/idle-wake.txt")
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        all_woken_ms = (time.perf_counter() - sent) * 1000
+    woken = sum(
+        1 for r in results if isinstance(r, httpx.Response) and r.json().get("changes") is True
+    )
+    return {
+        "held": n - answered_early,
+        "woken": woken,
+        "rss_before": rss_before,
+        "rss_held": rss_held,
+        "threads": threads,
+        "open_s": opened_s,
+        "all_woken_ms": all_woken_ms,
+    }
+
+
+async def _run(base_url: str, gateway: psutil.Process) -> list[Figure]:
+    wakeups = int(os.environ.get("TESSERA_BENCH_WAKEUPS", "100"))
+    idle_n = int(os.environ.get("TESSERA_BENCH_LONGPOLLS", "1000"))
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        r = await client.post("/v1/auth/token", json={"email": EMAIL, "password": PASSWORD})
+        r.raise_for_status()
+        token = r.json()["access_token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        await _commit_empty(client, "/warm.txt")
+        after_return, end_to_end = await _wakeups(client, wakeups)
+    idle = await _idle(base_url, token, idle_n, gateway)
+    p50, p99 = _percentile(after_return, 50), _percentile(after_return, 99)
+    growth = idle["rss_held"] - idle["rss_before"]
+    return [
+        Figure(
+            f"wake-up after commit returns, p50 ({wakeups} commits)",
+            f"{p50:.1f} ms",
+            "<= 50 ms",
+            p50 <= 50,
+        ),
+        Figure("wake-up after commit returns, p99", f"{p99:.1f} ms", "<= 200 ms", p99 <= 200),
+        Figure(
+            "commit sent -> long-poll answered, p50 / p99",
+            f"{_percentile(end_to_end, 50):.1f} / {_percentile(end_to_end, 99):.1f} ms",
+        ),
+        Figure("mean wake-up after commit returns", f"{statistics.fmean(after_return):.1f} ms"),
+        Figure("idle long-polls held at once", f"{idle['held']}", ">= 1,000", idle["held"] >= 1000),
+        Figure(
+            "  ... all woken by one commit", f"{idle['woken']} in {idle['all_woken_ms']:.0f} ms"
+        ),
+        Figure(
+            "  gateway RSS before -> holding",
+            f"{human_bytes(idle['rss_before'])} -> {human_bytes(idle['rss_held'])}",
+        ),
+        Figure(
+            "  gateway RSS growth per idle long-poll",
+            f"{human_bytes(growth / max(idle['held'], 1))}",
+        ),
+        Figure("  gateway threads while holding", str(idle["threads"])),
+        Figure("  time to open them all", f"{idle['open_s']:.1f} s"),
+    ]
+
+
+def main() -> None:
+    """Start a local cloud, measure, print the figures, stop it."""
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-longpoll-") as tmp:
+        state = Path(tmp) / "state"
+        proc, base_url = _start_cloud(state)
+        try:
+            _add_user(state)
+            figures = asyncio.run(_run(base_url, psutil.Process(proc.pid)))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=60)
+    print_figures("Long-poll through the local gateway", figures)
+
+
+if __name__ == "__main__":
+    main()
