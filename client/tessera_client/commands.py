@@ -25,8 +25,8 @@ from rich.table import Table
 
 from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable
 from tessera_client.config import Home, Settings
-from tessera_client.engine import Reporter, RoundResult, SyncEngine, SyncError
 from tessera_client.paths import UnsafePathError, canonical_rel
+from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.state import StateDB
 
 out = Console()
@@ -230,6 +230,8 @@ def sync(
         if settings.folder != str(folder):
             settings.folder = str(folder)
             home.save_settings(settings)
+        from tessera_client.engine import SyncEngine  # pydantic models: only when syncing
+
         reporter = ConsoleReporter(quiet=quiet)
         engine = SyncEngine(
             home, settings, folder, api, allow_mass_delete=allow_mass_delete, reporter=reporter
@@ -252,7 +254,7 @@ def sync(
             api.close()
 
 
-def _daemon(engine: SyncEngine, reporter: ConsoleReporter, folder: Path) -> None:
+def _daemon(engine: Any, reporter: ConsoleReporter, folder: Path) -> None:
     def stop(*_: Any) -> None:
         engine.stop()
 

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tessera_client.paths import (
     server_path,
 )
 from tessera_client.planner import Entry, EntryKind, Op, OpKind, Plan, plan
+from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.scanner import LocalScan, Scanner
 from tessera_client.state import StateDB
 from tessera_client.transfer import (
@@ -46,40 +47,6 @@ from tessera_client.transfer import (
 )
 
 LARGE_FILE = 8 * 1024 * 1024
-
-
-class SyncError(Exception):
-    """A problem that stops syncing (with what to do about it)."""
-
-
-@dataclass
-class RoundResult:
-    """What one round did and what went wrong."""
-
-    ops: int = 0
-    problems: list[str] = field(default_factory=list)
-    unstable: int = 0
-    paused_deletes: int = 0
-    retry_after: float = 0.0
-    disk_full: bool = False
-
-    @property
-    def quiescent(self) -> bool:
-        """Nothing was left to do this round."""
-        return self.ops == 0 and self.unstable == 0 and self.retry_after == 0.0
-
-
-class Reporter:
-    """Where the engine says what it does (the CLI renders it; tests keep it quiet)."""
-
-    def event(self, message: str) -> None:
-        """Something happened (a file went up, came down, was deleted...)."""
-
-    def problem(self, message: str) -> None:
-        """Something went wrong or needs attention."""
-
-    def transfer(self, path: str, done: int, total: int) -> None:
-        """Progress of a large transfer."""
 
 
 class SyncEngine:
