@@ -169,7 +169,7 @@ class LocalCloud:
         from tessera.domain.services import Services
         from tessera.local.longpoll import native_longpoll
 
-        assert self._feed is not None
+        assert self._feed is not None and gateway.block_store is not None
         self._db = Database(
             self.conninfo,
             min_size=self.settings.pool_min_size,

@@ -27,9 +27,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tessera.adapters.local.block_store import FilesystemBlockStore
-from tessera.adapters.local.identity import LocalIdentity
 from tessera.domain.errors import (
     BadRequest,
+    NotFound,
     PayloadTooLarge,
     TesseraError,
     Unauthorized,
@@ -46,6 +46,14 @@ class Resolver(Protocol):
     """What the gateway needs of the API app (Powertools' `APIGatewayRestResolver`)."""
 
     def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]: ...
+
+
+class TokenEndpoint(Protocol):
+    """`POST /v1/auth/token`: the local JWT issuer, or Cognito in AWS mode."""
+
+    def token(self, body: Mapping[str, Any]) -> Any:
+        """Tokens for a JSON body; the result has `to_body()`. Raises TesseraError."""
+        ...
 
 
 #: The native long-poll: (principal, raw body) -> JSON response body, or None to let the API
@@ -70,11 +78,12 @@ class LambdaContext:
 
 @dataclass
 class Gateway:
-    """The gateway's collaborators. Only `block_store` is required (block URLs alone)."""
+    """The gateway's collaborators. `block_store` serves the block URLs; without it (AWS
+    mode: blocks go to S3) the block routes answer 404."""
 
-    block_store: FilesystemBlockStore
+    block_store: FilesystemBlockStore | None = None
     identity: Identity | None = None
-    token_endpoint: LocalIdentity | None = None
+    token_endpoint: TokenEndpoint | None = None
     resolver: Resolver | None = None
     longpoll: Longpoll | None = None
     max_body: int = MAX_BODY
@@ -212,6 +221,8 @@ def create_app(gw: Gateway) -> Starlette:
     """The gateway's ASGI app over `gw`'s collaborators."""
 
     async def put_block(request: Request) -> Response:
+        if gw.block_store is None:
+            raise NotFound("this gateway stores no blocks")
         key = request.path_params["key"]
         declared = _content_length(request)
         if declared is not None and declared > gw.max_body:
@@ -226,6 +237,8 @@ def create_app(gw: Gateway) -> Starlette:
         return Response(status_code=200, headers={"ETag": f'"{request.query_params["sha256"]}"'})
 
     async def get_block(request: Request) -> Response:
+        if gw.block_store is None:
+            raise NotFound("this gateway stores no blocks")
         path = gw.block_store.open_get(request.path_params["key"], request.query_params)
         return FileResponse(path, media_type="application/octet-stream")
 
