@@ -124,20 +124,20 @@ def test_cognito_sign_in_and_jwks_verification(
     sub = users.create_user(email, "Secret-passw0rd!")
     with pytest.raises(Conflict):
         users.create_user(email, "Secret-passw0rd!")
-    tokens = users.token_response({"email": email, "password": "Secret-passw0rd!"})
+    tokens = users.token({"email": email, "password": "Secret-passw0rd!"}).to_body()
     assert tokens["token_type"] == "Bearer" and tokens["expires_in"] > 0
     principal = identity.verify(tokens["access_token"])
     assert (principal.user_id, principal.email) == (sub, email)
     claims = identity.claims(tokens["access_token"])
     assert claims["sub"] == sub and all(isinstance(v, str) for v in claims.values())
 
-    refreshed = users.token_response({"refresh_token": tokens["refresh_token"]})
-    assert identity.verify(refreshed["access_token"]).user_id == sub
+    refreshed = users.token({"refresh_token": tokens["refresh_token"]})
+    assert identity.verify(refreshed.access_token).user_id == sub
 
     with pytest.raises(Unauthorized):
-        users.token_response({"email": email, "password": "wrong-passw0rd!"})
+        users.token({"email": email, "password": "wrong-passw0rd!"})
     with pytest.raises(BadRequest):
-        users.token_response({"email": email})
+        users.token({"email": email})
 
 
 def test_jwks_verifier_rejects_forged_expired_and_foreign_tokens(
@@ -145,7 +145,7 @@ def test_jwks_verifier_rejects_forged_expired_and_foreign_tokens(
 ) -> None:
     email = f"bob-{uuid.uuid4().hex[:6]}@example.com"
     users.create_user(email, "Secret-passw0rd!")
-    token = users.token_response({"email": email, "password": "Secret-passw0rd!"})["access_token"]
+    token = users.token({"email": email, "password": "Secret-passw0rd!"}).access_token
     header, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
 

@@ -15,6 +15,7 @@ from tessera.adapters.aws.events import EventBridgePublisher
 from tessera.adapters.aws.identity import (
     CognitoIdentity,
     CognitoUsers,
+    TokenResponse,
     principal_from_claims,
 )
 from tessera.adapters.aws.keys import KmsKeyService, create_key_version, list_key_versions
@@ -34,6 +35,7 @@ __all__ = [
     "KmsKeyService",
     "S3BlockStore",
     "SettingsError",
+    "TokenResponse",
     "changes_model",
     "create_changes_table",
     "create_key_version",

@@ -10,6 +10,7 @@ exchange a password or refresh token for tokens (`POST /v1/auth/token`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
@@ -77,6 +78,24 @@ class CognitoIdentity(Identity):
         return principal_from_claims(self.claims(token))
 
 
+@dataclass(frozen=True)
+class TokenResponse:
+    """Tokens from Cognito, as `POST /v1/auth/token` answers them."""
+
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body of `POST /v1/auth/token`."""
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+        }
+
+
 class CognitoUsers:
     """Admin operations on one user pool: users and password / refresh-token sign-in."""
 
@@ -124,7 +143,7 @@ class CognitoUsers:
             raise Unauthorized(f"sign-in needs a further challenge: {resp.get('ChallengeName')}")
         return dict(result)
 
-    def token_response(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def token(self, body: Mapping[str, Any]) -> TokenResponse:
         """`POST /v1/auth/token`: {email, password} or {refresh_token} → the token body.
 
         The `access_token` is Cognito's ID token: it carries `email`, and it is what API
@@ -141,9 +160,8 @@ class CognitoUsers:
             refresh = str(result["RefreshToken"])
         else:
             raise BadRequest("send {email, password} or {refresh_token}")
-        return {
-            "access_token": result["IdToken"],
-            "refresh_token": result.get("RefreshToken", refresh),
-            "token_type": "Bearer",
-            "expires_in": int(result.get("ExpiresIn", 3600)),
-        }
+        return TokenResponse(
+            access_token=str(result["IdToken"]),
+            refresh_token=str(result.get("RefreshToken", refresh)),
+            expires_in=int(result.get("ExpiresIn", 3600)),
+        )
