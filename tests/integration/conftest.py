@@ -325,10 +325,9 @@ def call(services: Services) -> Caller:
     ) -> tuple[int, Any, dict[str, str]]:
         response = resolver.resolve(api_event(method, path, body, who, **kw), None)  # type: ignore[arg-type]
         text = response.get("body") or ""
-        return (
-            int(response["statusCode"]),
-            json.loads(text) if text else None,
-            dict(response.get("headers") or {}),
-        )
+        headers = dict(response.get("headers") or {})
+        for name, values in (response.get("multiValueHeaders") or {}).items():
+            headers.setdefault(name, values[0])
+        return int(response["statusCode"]), json.loads(text) if text else None, headers
 
     return _call

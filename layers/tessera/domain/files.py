@@ -260,8 +260,8 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
     """Move or rename a file or folder; file_id and history stay. Within one namespace."""
     with svc.db.transaction() as store:
         view = load_view(store, principal, svc.settings)
-        loc = locate(store, view, path=req.from_path, what="from_path")
         dst = paths.canonical(req.to_path, field="to_path")
+        loc = locate(store, view, path=req.from_path, what="from_path")
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be moved")
         check_access(loc.mount, Action.WRITE, view)

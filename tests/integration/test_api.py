@@ -1,0 +1,257 @@
+"""The HTTP API through `build_resolver(services).resolve(event, ctx)` with REST proxy events."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.blocks import block_id, content_hash
+from tessera.domain.services import Services
+from tessera.ports import Principal
+
+from .conftest import Caller, put_file, upload_blocks
+
+
+def _commit_body(path: str, data: bytes, upload_id: str | None, **extra: object) -> dict:
+    bid = block_id(data)
+    return {
+        "path": path,
+        "blocks": [{"id": bid, "size": len(data)}],
+        "size": len(data),
+        "content_hash": content_hash([bid]),
+        "upload_id": upload_id,
+        **extra,
+    }
+
+
+def test_health_and_openapi_need_no_auth(call: Caller) -> None:
+    status, body, _ = call("GET", "/v1/health")
+    assert status == 200 and body["status"] == "ok"
+    status, doc, _ = call("GET", "/v1/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    for route in [
+        "/v1/uploads",
+        "/v1/uploads/urls",
+        "/v1/commit",
+        "/v1/commit_batch",
+        "/v1/download",
+        "/v1/metadata",
+        "/v1/list_folder",
+        "/v1/list_folder/continue",
+        "/v1/list_folder/longpoll",
+        "/v1/revisions",
+        "/v1/restore",
+        "/v1/move",
+        "/v1/delete",
+        "/v1/create_folder",
+        "/v1/trash/list",
+        "/v1/share",
+        "/v1/unshare",
+        "/v1/shares",
+        "/v1/account",
+    ]:
+        assert route in doc["paths"], route
+    commit = doc["paths"]["/v1/commit"]["post"]
+    assert commit["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "CommitRequest"
+    )
+    assert "409" in commit["responses"]
+    assert "CommitRequest" in doc["components"]["schemas"]
+    assert "202" in doc["paths"]["/v1/download"]["post"]["responses"]
+
+
+def test_no_claims_is_401(call: Caller) -> None:
+    for method, path in [("GET", "/v1/account"), ("POST", "/v1/list_folder")]:
+        status, body, _ = call(method, path, {})
+        assert status == 401 and body["error"]["code"] == "unauthorized"
+
+
+def test_commit_list_download_round_trip(
+    call: Caller, services: Services, alice: Principal
+) -> None:
+    upload_id = upload_blocks(services, alice, "/a.txt", [b"hello"])
+    status, entry, _ = call(
+        "POST", "/v1/commit", _commit_body("/a.txt", b"hello", upload_id), alice
+    )
+    assert status == 200, entry
+    assert entry[".tag"] == "file" and entry["rev"] == 1 and entry["path_lower"] == "/a.txt"
+    status, listing, _ = call("POST", "/v1/list_folder", {"path": ""}, alice)
+    assert status == 200 and [e["path_display"] for e in listing["entries"]] == ["/a.txt"]
+    status, dl, _ = call("POST", "/v1/download", {"path": "/a.txt"}, alice)
+    assert status == 200 and dl["blocks"][0]["id"] == block_id(b"hello")
+    assert dl["blocks"][0]["key"] and dl["blocks"][0]["method"] == "GET"
+    status, acct, _ = call("GET", "/v1/account", None, alice)
+    assert status == 200 and acct["used_bytes"] == 5
+
+
+def test_conflict_body_carries_rev(call: Caller, services: Services, alice: Principal) -> None:
+    e = put_file(services, alice, "/c", b"one")
+    put_file(services, alice, "/c", b"two", parent_rev=1)
+    status, body, _ = call(
+        "POST", "/v1/commit", _commit_body("/c", b"one", None, parent_rev=1), alice
+    )
+    assert status == 409
+    assert body["error"]["code"] == "conflict" and body["error"]["rev"] == 2
+    assert body["error"]["file_id"] == e.file_id
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"path": "/x"}, "blocks"),
+        ({"path": "/x", "blocks": [], "size": -1, "content_hash": "b3:" + "0" * 64}, "size"),
+        (
+            {
+                "path": "/x",
+                "blocks": [{"id": "md5:abc", "size": 1}],
+                "size": 1,
+                "content_hash": "b3:" + "0" * 64,
+            },
+            "blocks.0.id",
+        ),
+        ({"path": "/x", "blocks": [], "size": 0, "content_hash": "nope"}, "content_hash"),
+        (
+            {
+                "path": "/x",
+                "blocks": [],
+                "size": 0,
+                "content_hash": "b3:" + "0" * 64,
+                "is_admin": True,
+            },
+            "is_admin",
+        ),
+    ],
+)
+def test_malformed_bodies_are_422(call: Caller, alice: Principal, body: dict, field: str) -> None:
+    status, out, _ = call("POST", "/v1/commit", body, alice)
+    assert status == 422 and out["error"]["code"] == "invalid"
+    assert any(f["field"] == field for f in out["error"]["fields"]), out
+
+
+def test_invalid_json_is_422(call: Caller, alice: Principal) -> None:
+    status, out, _ = call("POST", "/v1/commit", None, alice, raw_body="{not json")
+    assert status == 422 and "JSON" in out["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "bad", ["/../../etc/passwd", "/a/./b", "no-slash", "/a\u0000b", "/" + "x" * 300]
+)
+def test_traversal_is_422_on_every_path_route(call: Caller, alice: Principal, bad: str) -> None:
+    bodies = [
+        ("/v1/metadata", {"path": bad}),
+        ("/v1/download", {"path": bad}),
+        ("/v1/list_folder", {"path": bad}),
+        ("/v1/revisions", {"path": bad}),
+        ("/v1/restore", {"path": bad, "rev": 1}),
+        ("/v1/move", {"from_path": bad, "to_path": "/ok"}),
+        ("/v1/move", {"from_path": "/ok", "to_path": bad}),
+        ("/v1/delete", {"path": bad}),
+        ("/v1/create_folder", {"path": bad}),
+        ("/v1/trash/list", {"path": bad}),
+        ("/v1/share", {"path": bad, "email": "b@example.com"}),
+        ("/v1/unshare", {"path": bad}),
+        ("/v1/commit", _commit_body(bad, b"x", None)),
+        (
+            "/v1/uploads",
+            {"files": [{"path": bad, "size": 0, "content_hash": content_hash([]), "blocks": []}]},
+        ),
+    ]
+    for route, body in bodies:
+        status, out, _ = call("POST", route, body, alice)
+        assert status == 422, (route, out)
+        assert out["error"]["code"] in {"invalid_path", "invalid"}, (route, out)
+
+
+def test_other_users_ids_are_404_and_cursor_400(
+    call: Caller, services: Services, alice: Principal, bob: Principal
+) -> None:
+    e = put_file(services, alice, "/private", b"p")
+    upload_id = upload_blocks(services, alice, "/next", [b"n"])
+    _, listing, _ = call("POST", "/v1/list_folder", {"path": ""}, alice)
+    call("GET", "/v1/account", None, bob)
+    assert call("POST", "/v1/metadata", {"file_id": e.file_id}, bob)[0] == 404
+    assert call("POST", "/v1/download", {"file_id": e.file_id}, bob)[0] == 404
+    status, body, _ = call("POST", "/v1/commit", _commit_body("/next", b"n", upload_id), bob)
+    assert status == 404
+    status, body, _ = call("POST", "/v1/list_folder/continue", {"cursor": listing["cursor"]}, bob)
+    assert status == 400 and body["error"]["code"] == "invalid_cursor"
+    status, body, _ = call(
+        "POST", "/v1/list_folder/longpoll", {"cursor": "forged.cursor", "timeout": 30}, alice
+    )
+    assert status == 400 and body["error"]["code"] == "invalid_cursor"
+
+
+def test_restoring_is_202_with_retry_after(
+    call: Caller, services: Services, alice: Principal
+) -> None:
+    from tessera.ports import StorageTier
+
+    put_file(services, alice, "/cold", b"cold")
+    bid = block_id(b"cold")
+    bs = services.block_store
+    bs.copy(next(iter(bs.list_keys("staging/"))), "blocks/" + bid[3:])
+    bs.set_tier("blocks/" + bid[3:], StorageTier.COLD)
+    with services.db.transaction() as store:
+        store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
+        store.set_block_state([bid], "cold")
+    status, body, headers = call("POST", "/v1/download", {"path": "/cold"}, alice)
+    assert status == 202 and body["restoring"] is True
+    assert headers["Retry-After"] == str(services.settings.restore_retry_after_s)
+
+
+def test_unavailable_carries_retry_after(
+    call: Caller, services: Services, alice: Principal
+) -> None:
+    put_file(services, alice, "/q", b"q")
+    with services.db.transaction() as store:
+        store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
+        store.set_block_state([block_id(b"q")], "quarantined")
+    status, body, headers = call("POST", "/v1/download", {"path": "/q"}, alice)
+    assert status == 503 and "Retry-After" in headers
+    assert body["error"]["code"] == "block_unavailable"
+
+
+def test_unknown_errors_are_bare_500(
+    call: Caller, services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: object) -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    monkeypatch.setattr(services.db, "transaction", boom)
+    status, body, _ = call("GET", "/v1/account", None, alice)
+    assert status == 500 and body == {"error": {"code": "internal", "message": "internal error"}}
+
+
+def test_unknown_route_is_404_json(call: Caller, alice: Principal) -> None:
+    status, body, _ = call("POST", "/v1/nope", {}, alice)
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+def test_batch_and_share_over_http(
+    call: Caller, services: Services, alice: Principal, bob: Principal
+) -> None:
+    call("GET", "/v1/account", None, bob)
+    upload_id = upload_blocks(services, alice, "/T/a", [b"a"])
+    status, out, _ = call(
+        "POST",
+        "/v1/commit_batch",
+        {
+            "entries": [
+                _commit_body("/T/a", b"a", upload_id),
+                _commit_body("/T/b", b"never uploaded", upload_id),
+            ]
+        },
+        alice,
+    )
+    assert status == 200
+    assert [(e[".tag"], e["status"]) for e in out["entries"]] == [
+        ("success", 200),
+        ("failure", 422),
+    ]
+    status, share, _ = call(
+        "POST", "/v1/share", {"path": "/T", "email": bob.email, "access": "viewer"}, alice
+    )
+    assert status == 200 and share["members"][1] == {"email": bob.email, "access": "viewer"}
+    status, body, _ = call("POST", "/v1/delete", {"path": "/T/a"}, bob)
+    assert status == 403 and body["error"]["code"] == "forbidden"
+    status, shares, _ = call("POST", "/v1/shares", {}, bob)
+    assert status == 200 and shares["shares"][0]["access"] == "viewer"
