@@ -87,13 +87,16 @@ def test_boundaries_on_mixed_data(make_file: MakeFile) -> None:
     assert any(b.size == MAX_BLOCK_SIZE for b in m.blocks), "zero runs cut at the maximum"
 
 
-@pytest.mark.parametrize("window", [MAX_BLOCK_SIZE, MAX_BLOCK_SIZE + 1, 5 * MiB + 12345])
+@pytest.mark.parametrize(
+    ("window", "workers"),
+    [(MAX_BLOCK_SIZE, 1), (MAX_BLOCK_SIZE + 1, 3), (5 * MiB + 12345, 2), (32 * MiB, 1)],
+)
 def test_windowed_reading_cuts_exactly_like_one_buffer(
-    make_file: MakeFile, monkeypatch: pytest.MonkeyPatch, window: int
+    make_file: MakeFile, monkeypatch: pytest.MonkeyPatch, window: int, workers: int
 ) -> None:
     data = mixed_bytes(30 * MiB, seed=window)
     monkeypatch.setattr(chunking, "WINDOW_SIZE", window)
-    m = scan_file(make_file(data))
+    m = scan_file(make_file(data), workers=workers)
     whole = FastCDC(1 * MiB, min_size=MIN_BLOCK_SIZE, max_size=MAX_BLOCK_SIZE).cut_buf(data)
     assert [(b.offset, b.size) for b in m.blocks] == [(c.offset, c.length) for c in whole]
     check_manifest(m, data)
@@ -144,14 +147,26 @@ def test_a_max_size_run_of_zeros_is_one_block(make_file: MakeFile) -> None:
     assert [b.size for b in m2.blocks] == [MAX_BLOCK_SIZE, 1]
 
 
-def test_iter_chunks_yields_the_manifest_blocks_and_their_bytes(make_file: MakeFile) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_iter_chunks_yields_the_manifest_blocks_and_their_bytes(
+    make_file: MakeFile, workers: int
+) -> None:
     data = mixed_bytes(20 * MiB, seed=5)
     path = make_file(data)
-    pairs = list(iter_chunks(path))
-    assert [ref for ref, _ in pairs] == list(scan_file(path).blocks)
+    pairs = list(iter_chunks(path, workers=workers))
+    assert [ref for ref, _ in pairs] == list(scan_file(path, workers=3 - workers).blocks)
     for ref, chunk in pairs:
         assert isinstance(chunk, bytes)
         assert chunk == data[ref.offset : ref.offset + ref.size]
+
+
+def test_abandoning_iter_chunks_leaves_later_scans_intact(make_file: MakeFile) -> None:
+    data = mixed_bytes(40 * MiB, seed=6)
+    path = make_file(data)
+    chunks = iter_chunks(path)
+    next(chunks)
+    chunks.close()
+    check_manifest(scan_file(path), data)
 
 
 def test_as_dict_is_the_cli_json_shape(make_file: MakeFile) -> None:

@@ -16,7 +16,13 @@ from tessera.blocks.chunking import (
     iter_chunks,
     scan_file,
 )
-from tessera.blocks.codec import decode_block, encode_block, stored_key_version
+from tessera.blocks.codec import (
+    decode_block,
+    decode_many,
+    encode_block,
+    encode_many,
+    stored_key_version,
+)
 from tessera.blocks.errors import (
     BlockError,
     BlockFormatError,
@@ -24,7 +30,7 @@ from tessera.blocks.errors import (
     FileChangedError,
 )
 from tessera.blocks.ids import block_id, content_hash, derive_block_key, is_block_id
-from tessera.blocks.parallel import decode_many, default_workers, encode_many
+from tessera.blocks.workers import default_workers
 
 __all__ = [
     "AVG_BLOCK_SIZE",

@@ -14,7 +14,8 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from pyfastcdc import FastCDC
 
 from tessera.blocks.errors import FileChangedError
 from tessera.blocks.ids import ID_PREFIX
+from tessera.blocks.workers import default_workers, shared_pool
 
 MIN_BLOCK_SIZE = 256 * 1024
 AVG_BLOCK_SIZE = 1024 * 1024
@@ -64,8 +66,11 @@ class FileManifest:
         }
 
 
-def scan_file(path: str | os.PathLike[str]) -> FileManifest:
+def scan_file(path: str | os.PathLike[str], *, workers: int | None = None) -> FileManifest:
     """Chunk the file at `path` and hash it, without reading it whole.
+
+    Blocks are hashed on `workers` threads (default: one per core) while the calling thread
+    reads and cuts; `workers=1` does everything on the calling thread.
 
     Raises FileChangedError when the file changed while it was read, and the OSError of
     `open`/`read` (FileNotFoundError, PermissionError, IsADirectoryError, ...; each names the
@@ -73,27 +78,37 @@ def scan_file(path: str | os.PathLike[str]) -> FileManifest:
     """
     blocks: list[BlockRef] = []
     whole = blake3()
-    for ref, _view, digest in _chunk_views(path):
+    for ref, _view, digest in _chunk_views(path, workers):
         blocks.append(ref)
         whole.update(digest)
     size = blocks[-1].offset + blocks[-1].size if blocks else 0
     return FileManifest(ID_PREFIX + whole.hexdigest(), size, tuple(blocks))
 
 
-def iter_chunks(path: str | os.PathLike[str]) -> Iterator[tuple[BlockRef, bytes]]:
+def iter_chunks(
+    path: str | os.PathLike[str], *, workers: int | None = None
+) -> Generator[tuple[BlockRef, bytes], None, None]:
     """Yield each block of the file at `path` with its plaintext, lazily, in file order.
 
-    Memory stays bounded whatever the file size: one read window plus the block handed out.
+    Memory stays bounded whatever the file size: one read window plus the blocks handed out.
+    `workers` is as for `scan_file`.
     The change check of `scan_file` runs after the last block, so a caller must not commit
     what it uploaded before this iterator has finished without raising FileChangedError.
     """
-    for ref, view, _digest in _chunk_views(path):
+    for ref, view, _digest in _chunk_views(path, workers):
         yield ref, bytes(view)
 
 
-def _chunk_views(path: str | os.PathLike[str]) -> Iterator[tuple[BlockRef, memoryview, bytes]]:
+def _chunk_views(
+    path: str | os.PathLike[str], workers: int | None
+) -> Iterator[tuple[BlockRef, memoryview, bytes]]:
     """(block, view of its bytes in the read window, raw digest); each view is valid only
-    until the next item. Raises FileChangedError at the end if the file changed."""
+    until the next item. Raises FileChangedError at the end if the file changed.
+
+    Each block is handed to the hashing pool as soon as it is cut, so hashing runs while
+    FastCDC looks for the next cut; blocks are yielded in order once their window is cut.
+    """
+    pool = shared_pool() if (workers or default_workers()) > 1 else None
     with _open_regular(path) as f:
         before = os.fstat(f.fileno())
         _advise_sequential(f.fileno())
@@ -118,15 +133,18 @@ def _chunk_views(path: str | os.PathLike[str]) -> Iterator[tuple[BlockRef, memor
                 raise _changed(path, f"it shrank from {before.st_size} to {base + filled} bytes")
             if filled == 0:
                 break
-            consumed = 0
+            cuts: list[tuple[int, memoryview, Future[bytes] | None]] = []
             for chunk in _CHUNKER.cut_buf(window[:filled]):
                 start = chunk.offset
                 if not eof and filled - start < MAX_BLOCK_SIZE:
                     break  # this cut may depend on bytes not read yet: refill first
                 view = window[start : start + chunk.length]
-                digest = blake3(view).digest()
-                yield BlockRef(ID_PREFIX + digest.hex(), base + start, chunk.length), view, digest
-                consumed = start + chunk.length
+                cuts.append((start, view, pool.submit(_digest, view) if pool else None))
+            consumed = 0
+            for start, view, job in cuts:
+                digest = job.result() if job else _digest(view)
+                yield BlockRef(ID_PREFIX + digest.hex(), base + start, len(view)), view, digest
+                consumed = start + len(view)
             if eof and consumed == filled:
                 break
             rest = filled - consumed
@@ -134,6 +152,10 @@ def _chunk_views(path: str | os.PathLike[str]) -> Iterator[tuple[BlockRef, memor
             base += consumed
             filled = rest
         _check_unchanged(path, f.fileno(), before)
+
+
+def _digest(data: memoryview) -> bytes:
+    return blake3(data).digest()
 
 
 def _open_regular(path: str | os.PathLike[str]) -> io.FileIO:

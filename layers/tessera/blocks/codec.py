@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Generator, Iterable
 
 import zstandard
 from blake3 import blake3
@@ -22,6 +23,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tessera.blocks.chunking import MAX_BLOCK_SIZE
 from tessera.blocks.errors import BlockFormatError, BlockIntegrityError
 from tessera.blocks.ids import digest_of
+from tessera.blocks.workers import ordered_map
+
+EncodeJob = tuple[bytes | bytearray | memoryview, str, bytes, int]  # plaintext, id, key, version
+DecodeJob = tuple[bytes | bytearray | memoryview, str, bytes]  # stored, id, key
 
 MAGIC = b"TBLK"
 FORMAT_VERSION = 1
@@ -83,6 +88,24 @@ def encode_block(
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, key_version)
     nonce = os.urandom(NONCE_SIZE)
     return b"".join((header, nonce, AESGCM(key).encrypt(nonce, body, _aad(header, block_id))))
+
+
+def encode_many(
+    jobs: Iterable[EncodeJob], workers: int | None = None
+) -> Generator[bytes, None, None]:
+    """`encode_block` of each (plaintext, block_id, key, key_version), in order, with a
+    worker thread per core (see `tessera.blocks.workers.ordered_map`)."""
+    return ordered_map(lambda job: encode_block(*job), jobs, workers)
+
+
+def decode_many(
+    jobs: Iterable[DecodeJob], workers: int | None = None
+) -> Generator[bytes, None, None]:
+    """`decode_block` of each (stored, block_id, key), in order, with a worker per core.
+
+    The first block that fails raises its BlockError from the iterator.
+    """
+    return ordered_map(lambda job: decode_block(*job), jobs, workers)
 
 
 def _worth_compressing(plaintext: bytes | bytearray | memoryview) -> bool:

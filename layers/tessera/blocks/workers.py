@@ -1,27 +1,25 @@
-"""Encode and decode many blocks at once, a worker thread per core.
+"""Worker threads for the block pipeline: a worker per core.
 
 Threads, not processes: blake3, zstandard, cryptography's AES-GCM and pyfastcdc all release
-the GIL on block-sized buffers (measured: two threads each keep a core busy, 1.6-1.8 CPU
-seconds per wall second on 2 cores), so threads scale without pickling megabyte blocks
-between processes. Results come back in input order; at most `2 * workers` blocks are in
-flight, so memory stays bounded on any number of blocks.
+the GIL on block-sized buffers (measured: two threads each looping on a 4 MiB buffer use
+1.6-1.8 CPU seconds per wall second on 2 cores; a library holding the GIL would give about
+1.0), so threads scale without pickling megabyte blocks between processes.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from tessera.blocks.codec import decode_block, encode_block
-
 T = TypeVar("T")
 R = TypeVar("R")
 
-EncodeJob = tuple[bytes | bytearray | memoryview, str, bytes, int]  # plaintext, id, key, version
-DecodeJob = tuple[bytes | bytearray | memoryview, str, bytes]  # stored, id, key
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 def default_workers() -> int:
@@ -32,21 +30,14 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def encode_many(
-    jobs: Iterable[EncodeJob], workers: int | None = None
-) -> Generator[bytes, None, None]:
-    """`encode_block` of each (plaintext, block_id, key, key_version), in order, in parallel."""
-    return ordered_map(lambda job: encode_block(*job), jobs, workers)
-
-
-def decode_many(
-    jobs: Iterable[DecodeJob], workers: int | None = None
-) -> Generator[bytes, None, None]:
-    """`decode_block` of each (stored, block_id, key), in order, in parallel.
-
-    The first block that fails raises its BlockError from the iterator.
-    """
-    return ordered_map(lambda job: decode_block(*job), jobs, workers)
+def shared_pool() -> ThreadPoolExecutor:
+    """A process-wide pool of `default_workers()` threads for short jobs such as hashing a
+    block; created on first use, so a scan of one small file starts no thread at all."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(default_workers(), thread_name_prefix="tessera-blocks")
+        return _pool
 
 
 def ordered_map(
