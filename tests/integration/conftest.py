@@ -1,8 +1,8 @@
 """Fixtures and helpers for integration tests of the metadata service, domain and API.
 
 Reusable by every engineer:
-- `database_url`: a fresh database with every migration applied (cloned from a migrated
-  template, so it costs one CREATE DATABASE).
+- `database_url`: a database with every migration applied and every table emptied before
+  the test (one database per session; ids from sequences keep counting).
 - `db`: a `tessera.metadata.Database` on it.
 - `services`: a `Services` container with the real local adapters (filesystem block store,
   key file, LISTEN/NOTIFY change feed) under `tmp_path`, long-poll floor lowered for tests.
@@ -56,32 +56,43 @@ def _with_db(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def migrated_template(postgres_url: str) -> Iterator[str]:
-    """Name of a database holding every migration, cloned by `database_url`."""
+def _session_database(postgres_url: str) -> Iterator[str]:
+    """One migrated database for the session; tests get it emptied (see `database_url`).
+
+    CREATE DATABASE costs seconds on a busy machine (it checkpoints and fsyncs files), so
+    tests share one database and empty its tables instead. Commits skip the WAL flush wait
+    (`synchronous_commit = off`): still transactional, only not crash-durable — fine here.
+    """
     import psycopg
 
-    name = f"tpl_{uuid.uuid4().hex[:12]}"
+    name = f"it_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    migrate(_with_db(postgres_url, name))
-    yield name
+        conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    url = _with_db(postgres_url, name)
+    migrate(url)
+    yield url
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
-def database_url(postgres_url: str, migrated_template: str) -> Iterator[str]:
-    """A fresh, fully migrated database of its own, dropped after the test."""
+def database_url(_session_database: str) -> str:
+    """A fully migrated database with every table empty (migration bookkeeping aside)."""
     import psycopg
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    try:
-        yield _with_db(postgres_url, name)
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with psycopg.connect(_session_database) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'schema_migrations'"
+            )
+        ]
+        conn.execute("SET LOCAL session_replication_role = replica")  # no FK order needed
+        for table in tables:
+            conn.execute(f'DELETE FROM "{table}"')
+    return _session_database
 
 
 @pytest.fixture

@@ -218,7 +218,7 @@ def test_traversal_in_commit_and_upload_paths(
 
 
 def test_eight_concurrent_writers_one_wins_each_rev(services: Services, alice: Principal) -> None:
-    put_file(services, alice, "/hot", b"base")
+    base = put_file(services, alice, "/hot", b"base")
     chunks = {i: [f"writer {i}".encode()] for i in range(8)}
     uploads_ = {i: upload_blocks(services, alice, "/hot", chunks[i]) for i in range(8)}
     rounds = 3
@@ -252,9 +252,9 @@ def test_eight_concurrent_writers_one_wins_each_rev(services: Services, alice: P
         assert len(wins) == 1 and wins[0][1] == r + 2
         assert len([o for o in outcomes if o[0] == r]) == 8
     with services.db.transaction() as store:
-        e = store.file_by_path(1, "/hot")
+        e = store.file_by_path(base.ns_id, "/hot")
         assert e is not None and e.latest_rev == rounds + 1
-        assert [v.rev for v in store.versions(1, e.file_id, 100)] == [4, 3, 2, 1]
+        assert [v.rev for v in store.versions(base.ns_id, e.file_id, 100)] == [4, 3, 2, 1]
     winner = next(o for o in outcomes if o[0] == rounds - 1 and o[1] != -1)[2]
     assert get_file(services, alice, "/hot") == f"writer {winner}".encode()
 
