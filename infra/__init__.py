@@ -1,1 +1,1 @@
-"""The Tessera CDK app: one construct per concern (`infra.constructs`), two stacks composing them."""
+"""The Tessera CDK app: one construct per concern (`infra.constructs`), two stacks using them."""

@@ -18,7 +18,6 @@ from cdk_nag import AwsSolutionsChecks
 from infra.config import StageConfig
 from infra.stacks import AppStack, DataStack
 
-
 # CDK feature flags this app relies on (set here, not in cdk.json, so tests get them too).
 FEATURE_FLAGS: dict[str, Any] = {
     # Access logs delivered via a bucket policy (works with BUCKET_OWNER_ENFORCED), not ACLs.

@@ -17,7 +17,7 @@ _STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
         "db_min_acu": 0.0,  # Aurora auto-pause: an idle dev database costs storage only
         "db_max_acu": 2.0,
         "db_readers": 0,
-        "endpoint_azs": 1,  # interface endpoints in one AZ: ~$7.3/month each instead of ×2
+        "endpoint_azs": 1,  # interface endpoints in one AZ: ~$7.3/month each instead of x2
         "log_retention": "TWO_WEEKS",
         "api_rate_limit": 50,
         "api_burst_limit": 100,

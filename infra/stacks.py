@@ -113,11 +113,16 @@ class AppStack(Stack):
         ))  # fmt: skip
         maintenance_env = {**self._db_env(), **self._blocks_env(), **self._changes_env()}
         maintenance = {
-            name: function(FunctionSpec(
-                name, description, timeout=MAINTENANCE_TIMEOUT, memory_mb=1024,
-                reserved_concurrency=1 if name != "dedup_verify" else 4,
-                environment=maintenance_env,
-            ))  # fmt: skip
+            name: function(
+                FunctionSpec(
+                    name,
+                    description,
+                    timeout=MAINTENANCE_TIMEOUT,
+                    memory_mb=1024,
+                    reserved_concurrency=1 if name != "dedup_verify" else 4,
+                    environment=maintenance_env,
+                )
+            )
             for name, description in (
                 ("dedup_verify", "verify staged blocks, promote or quarantine"),
                 ("gc", "garbage collection of trash, old versions and blocks"),
@@ -171,7 +176,7 @@ class AppStack(Stack):
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
         CfnOutput(self, "UserPoolId", value=self.identity.user_pool.user_pool_id)
         CfnOutput(self, "UserPoolClientId", value=self.identity.client.user_pool_client_id)
-        CfnOutput(self, "BlocksBucket", value=data.blocks.bucket.bucket_name)
+        CfnOutput(self, "BlocksBucket", value=blocks_bucket_name(config))
 
     # --- the environment contract (docs/deploy.md lists it per function) ---------------------
 
@@ -332,4 +337,3 @@ class AppStack(Stack):
 
 def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) + "Function"
-

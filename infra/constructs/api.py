@@ -3,6 +3,8 @@ throttling, access logs, X-Ray, WAF; `api` behind everything, `longpoll` on its 
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_cognito as cognito
@@ -22,7 +24,9 @@ _LONGPOLL_SCHEMA = apigw.JsonSchema(
     type=apigw.JsonSchemaType.OBJECT,
     required=["cursor"],
     properties={
-        "cursor": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=1, max_length=65536),
+        "cursor": apigw.JsonSchema(
+            type=apigw.JsonSchemaType.STRING, min_length=1, max_length=65536
+        ),
         "timeout": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER, minimum=1, maximum=3600),
     },
 )
@@ -132,7 +136,7 @@ class Api(Construct):
         )
 
 
-def _opts(options: apigw.MethodOptions) -> dict[str, object]:
+def _opts(options: apigw.MethodOptions) -> dict[str, Any]:
     return {
         "authorizer": options.authorizer,
         "authorization_type": options.authorization_type,

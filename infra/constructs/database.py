@@ -54,7 +54,7 @@ class Database(Construct):
             "Cluster",
             cluster_identifier=identifier,
             engine=rds.DatabaseClusterEngine.aurora_postgres(
-                version=rds.AuroraPostgresEngineVersion.VER_16_6
+                version=rds.AuroraPostgresEngineVersion.VER_17_5
             ),
             credentials=rds.Credentials.from_generated_secret(DB_USER, encryption_key=key),
             default_database_name=DB_NAME,

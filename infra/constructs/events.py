@@ -94,7 +94,7 @@ class ChangeStream(Construct):
             ),
         )
         # The role's policy must exist before the pipe starts reading the stream.
-        self.pipe.node.add_dependency(role)
+        self.pipe.node.add_dependency(role.node.find_child("DefaultPolicy"))
 
         rule_dlq = messaging.dead_letter_queue("RuleDlq", purpose="the bus rule to the dedup queue")
         self.dedup_dlq = messaging.dead_letter_queue("DedupDlq", purpose="the dedup queue")

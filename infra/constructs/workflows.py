@@ -262,5 +262,5 @@ class Workflows(Construct):
                 input_template='{"trigger": "queue"}',
             ),
         )
-        pipe.node.add_dependency(role)
+        pipe.node.add_dependency(role.node.find_child("DefaultPolicy"))
         return pipe

@@ -1,0 +1,544 @@
+"""The CDK app: synth, cdk-nag, cfn-lint, and the essential properties of every construct."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Match
+
+from tests.infra.conftest import Synth
+
+pytestmark = pytest.mark.infra
+
+
+def resources(template: Any, type_: str) -> dict[str, dict[str, Any]]:
+    """Logical id → resource of every `type_` resource in a Template."""
+    return dict(template.find_resources(type_))
+
+
+# --- synth, cdk-nag, cfn-lint ----------------------------------------------------------------
+
+
+def test_both_stages_synthesise_without_an_account(dev: Synth, prod: Synth) -> None:
+    for synth in (dev, prod):
+        assert sorted(p.name for p in synth.outdir.glob("*.template.json")) == sorted(
+            f"{name}.template.json" for name in synth.templates()
+        )
+    assert (
+        dev.data.stack_name == "Tessera-dev-Data"
+        and prod.app_stack.stack_name == "Tessera-prod-App"
+    )
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_cdk_nag_aws_solutions_has_no_unacknowledged_finding(
+    stage: str, request: pytest.FixtureRequest
+) -> None:
+    from cdk_nag import AwsSolutionsChecks
+
+    synth: Synth = request.getfixturevalue(stage)
+    report = AwsSolutionsChecks().validate_scope(synth.app)
+    findings = [
+        f"{v.rule_name} at {[r.construct_path for r in v.violating_resources]}"
+        for v in report.violations
+    ]
+    assert findings == [], "\n".join(findings)
+    assert report.success
+
+
+def _acknowledgements(root: Any) -> Iterator[tuple[str, str, str]]:
+    from aws_cdk import Validations
+
+    key = Validations.ACKNOWLEDGED_RULES_METADATA_KEY
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for entry in node.node.metadata:
+            if entry.type == key:
+                for rule, reason in entry.data.items():
+                    yield node.node.path, rule, reason
+        stack.extend(node.node.children)
+
+
+def test_every_acknowledgement_names_a_rule_and_a_specific_reason(dev: Synth) -> None:
+    # (CDK acknowledges some of its own CloudFormation-Validate rules; those are not ours.)
+    acks = [a for a in _acknowledgements(dev.app) if "AwsSolutions-" in a[1]]
+    assert len(acks) > 10, "expected acknowledged findings (e.g. the health check)"
+    for path, rule, reason in acks:
+        assert len(reason) >= 40 and "TODO" not in reason, (path, rule, reason)
+
+
+# cfn-lint rules ignored, with the reason:
+# W3005 (redundant DependsOn): CDK makes a Lambda/state machine depend on its whole role
+#   construct (role *and* its policy) so the policy exists before first use; the role half is
+#   redundant with the GetAtt but harmless, and the policy half is what matters.
+CFN_LINT_IGNORED = ["W3005"]
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_cfn_lint_reports_nothing_on_any_template(
+    stage: str, request: pytest.FixtureRequest
+) -> None:
+    from cfnlint.api import ManualArgs, lint_file
+
+    synth: Synth = request.getfixturevalue(stage)
+    problems = []
+    for path in sorted(synth.outdir.glob("*.template.json")):
+        matches = lint_file(path, config=ManualArgs(ignore_checks=CFN_LINT_IGNORED))
+        problems += [f"{path.name}: {m}" for m in matches]
+    assert problems == [], "\n".join(problems)
+
+
+# --- data stack -------------------------------------------------------------------------------
+
+
+def test_every_kms_key_rotates_and_is_retained(dev: Synth) -> None:
+    keys = {
+        **resources(dev.data_template, "AWS::KMS::Key"),
+        **resources(dev.app_template, "AWS::KMS::Key"),
+    }
+    assert len(keys) == 4  # blocks, database, block-key secret, messaging
+    for key in keys.values():
+        assert key["Properties"]["EnableKeyRotation"] is True
+        assert key["DeletionPolicy"] == "Retain"
+
+
+def test_blocks_bucket_is_private_tls_only_kms_encrypted_and_logged(dev: Synth) -> None:
+    buckets = resources(dev.data_template, "AWS::S3::Bucket")
+    blocks = next(b for b in buckets.values() if "LifecycleConfiguration" in b["Properties"]
+                  and "CorsConfiguration" in b["Properties"])  # fmt: skip
+    props = blocks["Properties"]
+    sse = props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert "KMSMasterKeyID" in sse["ServerSideEncryptionByDefault"]
+    assert sse["BucketKeyEnabled"] is True
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True, "RestrictPublicBuckets": True,
+    }  # fmt: skip
+    assert props["LoggingConfiguration"]["DestinationBucketName"]
+    assert blocks["DeletionPolicy"] == "Retain"
+    # Every bucket denies plain HTTP.
+    policies = resources(dev.data_template, "AWS::S3::BucketPolicy").values()
+    assert len(policies) == len(buckets)
+    for policy in policies:
+        denies = [s for s in policy["Properties"]["PolicyDocument"]["Statement"]
+                  if s["Effect"] == "Deny"]  # fmt: skip
+        assert any(s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}} for s in denies)
+
+
+def test_blocks_bucket_lifecycle_and_cors(dev: Synth) -> None:
+    dev.data_template.has_resource_properties(
+        "AWS::S3::Bucket",
+        {
+            "LifecycleConfiguration": {
+                "Rules": Match.array_with([
+                    Match.object_like({"Prefix": "staging/", "ExpirationInDays": 7,
+                                       "Status": "Enabled"}),
+                    Match.object_like({
+                        "Prefix": "blocks/",
+                        "Transitions": [{"StorageClass": "GLACIER", "TransitionInDays": 180}],
+                    }),
+                    Match.object_like({"AbortIncompleteMultipartUpload":
+                                       {"DaysAfterInitiation": 1}}),
+                ])
+            },
+            "CorsConfiguration": {
+                "CorsRules": [Match.object_like({
+                    "AllowedMethods": Match.array_with(["PUT", "GET"]),
+                    "ExposedHeaders": Match.array_with(["x-amz-checksum-sha256"]),
+                })]
+            },
+        },
+    )  # fmt: skip
+
+
+def test_changes_table(dev: Synth, prod: Synth) -> None:
+    dev.data_template.has_resource_properties(
+        "AWS::DynamoDB::Table",
+        {
+            "KeySchema": [{"AttributeName": "ns_id", "KeyType": "HASH"},
+                          {"AttributeName": "seq", "KeyType": "RANGE"}],
+            "AttributeDefinitions": Match.array_with([
+                {"AttributeName": "ns_id", "AttributeType": "N"},
+                {"AttributeName": "seq", "AttributeType": "N"}]),
+            "BillingMode": "PAY_PER_REQUEST",
+            "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+            "StreamSpecification": {"StreamViewType": "NEW_IMAGE"},
+            "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+            "SSESpecification": Match.object_like({"SSEEnabled": True, "SSEType": "KMS"}),
+        },
+    )  # fmt: skip
+    prod.data_template.has_resource(
+        "AWS::DynamoDB::Table",
+        {
+            "DeletionPolicy": "Retain",
+            "Properties": Match.object_like({"DeletionProtectionEnabled": True}),
+        },
+    )
+
+
+def test_aurora_serverless_v2_encrypted_backed_up_and_protected_in_prod(
+    dev: Synth, prod: Synth
+) -> None:
+    for synth in (dev, prod):
+        synth.data_template.has_resource_properties(
+            "AWS::RDS::DBCluster",
+            {
+                "Engine": "aurora-postgresql",
+                "StorageEncrypted": True,
+                "KmsKeyId": Match.any_value(),
+                "EnableIAMDatabaseAuthentication": True,
+                "BackupRetentionPeriod": Match.any_value(),
+                "ServerlessV2ScalingConfiguration": Match.any_value(),
+                "EnableCloudwatchLogsExports": ["postgresql"],
+            },
+        )
+        synth.data_template.has_resource_properties(
+            "AWS::RDS::DBInstance", {"DBInstanceClass": "db.serverless"}
+        )
+    prod.data_template.has_resource(
+        "AWS::RDS::DBCluster",
+        {"DeletionPolicy": "Retain",
+         "Properties": Match.object_like({"DeletionProtection": True,
+                                          "BackupRetentionPeriod": 30})},
+    )  # fmt: skip
+    dev_cluster = next(iter(resources(dev.data_template, "AWS::RDS::DBCluster").values()))
+    assert dev_cluster["Properties"]["ServerlessV2ScalingConfiguration"]["MinCapacity"] == 0
+
+
+def test_rds_proxy_requires_iam_auth_and_tls(dev: Synth) -> None:
+    dev.data_template.has_resource_properties(
+        "AWS::RDS::DBProxy",
+        {"RequireTLS": True, "Auth": [Match.object_like({"IAMAuth": "REQUIRED"})]},
+    )
+
+
+def test_vpc_has_no_nat_and_the_endpoints_the_functions_use(dev: Synth) -> None:
+    dev.data_template.resource_count_is("AWS::EC2::NatGateway", 0)
+    dev.data_template.resource_count_is("AWS::EC2::InternetGateway", 0)
+    endpoints = resources(dev.data_template, "AWS::EC2::VPCEndpoint").values()
+    names = json.dumps([e["Properties"]["ServiceName"] for e in endpoints])
+    for service in ("s3", "dynamodb", "kms", "secretsmanager", "ssm", "events"):
+        assert f".{service}" in names or f'{service}"' in names, service
+    gateway = [e for e in endpoints if e["Properties"].get("VpcEndpointType") != "Interface"]
+    assert len(gateway) == 2
+    dev.data_template.resource_count_is("AWS::EC2::FlowLog", 1)
+
+
+# --- app stack --------------------------------------------------------------------------------
+
+
+def test_every_api_method_but_health_uses_the_cognito_authorizer(dev: Synth) -> None:
+    methods = resources(dev.app_template, "AWS::ApiGateway::Method")
+    paths = {lid: r for lid, r in resources(dev.app_template, "AWS::ApiGateway::Resource").items()}
+    unauthenticated = []
+    for lid, method in methods.items():
+        props = method["Properties"]
+        if props["AuthorizationType"] == "COGNITO_USER_POOLS":
+            assert "AuthorizerId" in props, lid
+            continue
+        part = paths[props["ResourceId"]["Ref"]]["Properties"]["PathPart"]
+        unauthenticated.append((props["HttpMethod"], part))
+    assert unauthenticated == [("GET", "health")]
+    assert len(methods) == 3  # GET /v1/health, ANY /v1/{proxy+}, POST /v1/list_folder/longpoll
+
+
+def test_api_stage_logs_traces_throttles_and_validates(dev: Synth) -> None:
+    dev.app_template.has_resource_properties(
+        "AWS::ApiGateway::Stage",
+        {
+            "TracingEnabled": True,
+            "AccessLogSetting": Match.object_like({"DestinationArn": Match.any_value()}),
+            "MethodSettings": [Match.object_like({
+                "ThrottlingRateLimit": 50, "ThrottlingBurstLimit": 100,
+                "LoggingLevel": "ERROR", "DataTraceEnabled": False})],
+        },
+    )  # fmt: skip
+    dev.app_template.has_resource_properties(
+        "AWS::ApiGateway::RequestValidator",
+        {"ValidateRequestBody": True, "ValidateRequestParameters": True},
+    )
+    dev.app_template.resource_count_is("AWS::WAFv2::WebACLAssociation", 1)
+
+
+def test_longpoll_has_its_own_function_and_timeout_within_the_gateway_limit(dev: Synth) -> None:
+    methods = resources(dev.app_template, "AWS::ApiGateway::Method").values()
+    post = next(m for m in methods if m["Properties"]["HttpMethod"] == "POST")
+    integration = post["Properties"]["Integration"]
+    assert integration["TimeoutInMillis"] <= 29_000
+    assert "LongpollFunction" in json.dumps(integration["Uri"])
+    assert post["Properties"]["RequestModels"]
+
+
+def test_cognito_pool_password_policy_and_threat_protection(dev: Synth) -> None:
+    dev.app_template.has_resource_properties(
+        "AWS::Cognito::UserPool",
+        {
+            "Policies": {"PasswordPolicy": Match.object_like({
+                "MinimumLength": 12, "RequireLowercase": True, "RequireUppercase": True,
+                "RequireNumbers": True, "RequireSymbols": True})},
+            "UserPoolTier": "PLUS",
+            "UserPoolAddOns": {"AdvancedSecurityMode": "ENFORCED"},
+        },
+    )  # fmt: skip
+    dev.app_template.has_resource_properties(
+        "AWS::Cognito::UserPoolClient",
+        {"GenerateSecret": False, "ExplicitAuthFlows": Match.array_with(
+            ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"])},
+    )  # fmt: skip
+
+
+def test_functions_arm64_python312_traced_with_layer_and_powertools(dev: Synth) -> None:
+    functions = {
+        lid: f for lid, f in resources(dev.app_template, "AWS::Lambda::Function").items()
+        if f["Properties"].get("Runtime", "").startswith("python")
+    }  # fmt: skip
+    assert len(functions) == 9
+    for lid, fn in functions.items():
+        props = fn["Properties"]
+        assert props["Architectures"] == ["arm64"], lid
+        assert props["Runtime"] == "python3.12", lid
+        assert props["TracingConfig"] == {"Mode": "Active"}, lid
+        assert len(props["Layers"]) == 1, lid
+        env = props["Environment"]["Variables"]
+        for name in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "LOG_LEVEL"):
+            assert env[name], (lid, name)
+
+
+def test_db_functions_get_proxy_iam_settings_and_the_migration_gets_the_secret(dev: Synth) -> None:
+    functions = resources(dev.app_template, "AWS::Lambda::Function")
+    env = {lid: f["Properties"].get("Environment", {}).get("Variables", {})
+           for lid, f in functions.items()}  # fmt: skip
+    api = next(v for lid, v in env.items() if lid.startswith("ApiFunction"))
+    assert api["TESSERA_DB_IAM_AUTH"] == "1" and api["TESSERA_DB_PORT"] == "5432"
+    for name in (
+        "TESSERA_BUCKET",
+        "TESSERA_CHANGES_TABLE",
+        "TESSERA_EVENT_BUS",
+        "TESSERA_KMS_KEY_ID",
+        "TESSERA_KEY_PARAM_PREFIX",
+        "TESSERA_USER_POOL_ID",
+    ):
+        assert api[name], name  # fmt: skip
+    migrate = next(v for lid, v in env.items() if lid.startswith("MigrateFunction"))
+    assert migrate["TESSERA_DB_SECRET_ARN"] and migrate["TESSERA_KEY_PARAM_PREFIX"]
+    dev.app_template.has_resource_properties(
+        "Custom::TesseraSchema", {"Fingerprint": Match.string_like_regexp("^[0-9a-f]{64}$")}
+    )
+
+
+def test_stream_pipe_and_dedup_rule(dev: Synth) -> None:
+    pipes = resources(dev.app_template, "AWS::Pipes::Pipe").values()
+    stream = next(
+        p for p in pipes if "DynamoDBStreamParameters" in p["Properties"]["SourceParameters"]
+    )
+    params = stream["Properties"]["SourceParameters"]["DynamoDBStreamParameters"]
+    assert params["OnPartialBatchItemFailure"] == "AUTOMATIC_BISECT"
+    assert params["DeadLetterConfig"]["Arn"]
+    assert "ChangeRouterFunction" in json.dumps(stream["Properties"]["Target"])
+    sqs_pipe = next(p for p in pipes if "SqsQueueParameters" in p["Properties"]["SourceParameters"])
+    assert "DedupVerify" in json.dumps(sqs_pipe["Properties"]["Target"])
+    dev.app_template.has_resource_properties(
+        "AWS::Events::Rule",
+        {"EventPattern": {"source": ["tessera"], "detail-type": ["tessera.file"]},
+         "Targets": [Match.object_like({"DeadLetterConfig": Match.any_value(),
+                                        "RetryPolicy": Match.any_value()})]},
+    )  # fmt: skip
+
+
+def test_every_queue_is_kms_encrypted_tls_only_and_every_dlq_alarmed(dev: Synth) -> None:
+    queues = resources(dev.app_template, "AWS::SQS::Queue")
+    for lid, queue in queues.items():
+        assert "KmsMasterKeyId" in queue["Properties"], lid
+    policies = resources(dev.app_template, "AWS::SQS::QueuePolicy").values()
+    tls_only = [q for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]
+                if s.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+                for q in p["Properties"]["Queues"]]  # fmt: skip
+    assert len(tls_only) == len(queues)
+    dlqs = [lid for lid in queues if "Dlq" in lid]
+    assert len(dlqs) == 4  # stream pipe, bus rule, dedup queue, schedules
+    alarms = json.dumps(resources(dev.app_template, "AWS::CloudWatch::Alarm"))
+    for lid in dlqs:
+        assert lid in alarms, f"no alarm on {lid}"
+    dev.app_template.has_resource_properties(
+        "AWS::SNS::Topic", {"KmsMasterKeyId": Match.any_value()}
+    )
+
+
+def test_one_state_machine_per_workflow_with_retries_catch_alarm_logs_and_tracing(
+    dev: Synth,
+) -> None:
+    machines = resources(dev.app_template, "AWS::StepFunctions::StateMachine")
+    assert len(machines) == 4
+    for lid, machine in machines.items():
+        props = machine["Properties"]
+        assert props["TracingConfiguration"] == {"Enabled": True}, lid
+        assert props["LoggingConfiguration"]["Level"] == "ALL", lid
+        definition = json.dumps(props["DefinitionString"])
+        assert '\\"Retry\\"' in definition and '\\"Catch\\"' in definition, lid
+        assert "sns:publish" in definition, lid
+        assert '\\"step\\":\\"' in definition, lid
+
+
+def test_schedules(dev: Synth) -> None:
+    schedules = resources(dev.app_template, "AWS::Scheduler::Schedule").values()
+    expressions = sorted(s["Properties"]["ScheduleExpression"] for s in schedules)
+    assert expressions == sorted([
+        "rate(1 hour)", "cron(15 3 * * ? *)", "cron(15 4 * * ? *)", "cron(15 5 ? * SUN *)",
+        "rate(1 minute)",
+    ])  # fmt: skip
+    for schedule in schedules:
+        target = schedule["Properties"]["Target"]
+        assert target["DeadLetterConfig"]["Arn"] and "RetryPolicy" in target
+    relay = next(s for s in schedules if s["Properties"]["ScheduleExpression"] == "rate(1 minute)")
+    assert "OutboxRelayFunction" in json.dumps(relay["Properties"]["Target"]["Arn"])
+
+
+def test_dashboard_and_service_alarms(dev: Synth) -> None:
+    dev.app_template.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+    alarms = json.dumps(resources(dev.app_template, "AWS::CloudWatch::Alarm"))
+    for metric in (
+        "5XXError",
+        "Latency",
+        "RelayLagSeconds",
+        "CPUUtilization",
+        "DatabaseConnections",
+        "ExecutionsFailed",
+    ):
+        assert metric in alarms, metric  # fmt: skip
+
+
+# --- least privilege --------------------------------------------------------------------------
+
+# Actions that have no resource-level permissions at all: "*" is the narrowest possible.
+STAR_ALLOWED = {
+    "xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+    # CloudWatch Logs vended-log delivery (Step Functions execution logging) takes only "*".
+    "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+}  # fmt: skip
+
+
+def star_statements(template: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(policy logical id, actions) of every Allow statement on Resource "*" whose actions are
+    not all in STAR_ALLOWED (key policies are exempt: there "*" means "this key")."""
+    offending = []
+    for lid, res in template["Resources"].items():
+        if res["Type"] not in ("AWS::IAM::Policy", "AWS::IAM::Role", "AWS::IAM::ManagedPolicy"):
+            continue
+        docs = [res["Properties"].get("PolicyDocument")] + [
+            p["PolicyDocument"] for p in res["Properties"].get("Policies", [])
+        ]
+        for doc in filter(None, docs):
+            for st in doc["Statement"]:
+                resources_ = st.get("Resource", [])
+                resources_ = resources_ if isinstance(resources_, list) else [resources_]
+                actions = st.get("Action", [])
+                actions = actions if isinstance(actions, list) else [actions]
+                if st["Effect"] == "Allow" and "*" in resources_:
+                    extra = [a for a in actions if a not in STAR_ALLOWED]
+                    if extra:
+                        offending.append((lid, extra))
+    return offending
+
+
+def test_no_iam_statement_uses_resource_star_where_a_narrower_one_exists(
+    dev: Synth, prod: Synth
+) -> None:
+    for synth in (dev, prod):
+        for name, template in synth.templates().items():
+            assert star_statements(template) == [], name
+
+
+def test_star_statement_helper_flags_a_broad_statement() -> None:
+    template = {"Resources": {"P": {"Type": "AWS::IAM::Policy", "Properties": {
+        "PolicyDocument": {"Statement": [
+            {"Effect": "Allow", "Action": ["s3:GetObject", "xray:PutTraceSegments"],
+             "Resource": "*"},
+            {"Effect": "Allow", "Action": "xray:PutTraceSegments", "Resource": "*"},
+        ]}}}}}  # fmt: skip
+    assert star_statements(template) == [("P", ["s3:GetObject"])]
+
+
+def test_functions_get_only_their_own_bucket_actions(dev: Synth) -> None:
+    policies = resources(dev.app_template, "AWS::IAM::Policy")
+
+    def s3_actions(prefix: str) -> set[str]:
+        found: set[str] = set()
+        for lid, policy in policies.items():
+            if lid.startswith(prefix):
+                for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+                    acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                    found |= {a for a in acts if a.startswith("s3:")}
+        return found
+
+    assert s3_actions("ApiFunction") == {"s3:GetObject", "s3:PutObject", "s3:RestoreObject",
+                                         "s3:ListBucket"}  # fmt: skip
+    assert s3_actions("GcFunction") == {"s3:DeleteObject"}
+    assert s3_actions("LongpollFunction") == set()
+    assert s3_actions("ChangeRouterFunction") == set()
+
+
+# --- layer and function plumbing ---------------------------------------------------------------
+
+
+def test_layer_requirements_come_from_pyproject_minus_laptop_only_packages() -> None:
+    from infra.constructs.layer import layer_requirements
+
+    names = " ".join(layer_requirements())
+    assert "psycopg" in names and "aws-lambda-powertools" in names and "blake3" in names
+    for local_only in ("pgserver", "uvicorn", "starlette", "watchdog", "boto3"):
+        assert local_only not in names
+
+
+def test_unbundled_layer_holds_the_tessera_sources(dev: Synth) -> None:
+    assets = [p for p in dev.outdir.glob("asset.*") if (p / "python" / "tessera").is_dir()]
+    assert len(assets) == 1
+    layer = assets[0] / "python"
+    assert (layer / "tessera" / "__init__.py").is_file()
+    assert not (layer / "psycopg").exists()  # bundle=false: pip never ran
+
+
+def test_missing_function_folder_fails_naming_it(tmp_path: Path) -> None:
+    from aws_cdk import App, Stack
+    from aws_cdk import aws_ec2 as ec2
+    from aws_cdk import aws_lambda as lambda_
+
+    from infra.config import StageConfig
+    from infra.constructs.function import (
+        FunctionSpec,
+        MissingFunctionError,
+        Placement,
+        TesseraFunction,
+    )
+
+    app = App(context={"functions_root": str(tmp_path), "bundle": "false"})
+    stack = Stack(app, "S")
+    config = StageConfig.from_context(app.node)
+    vpc = ec2.Vpc(stack, "V")
+    layer = lambda_.LayerVersion.from_layer_version_arn(
+        stack, "L", "arn:aws:lambda:us-east-1:123456789012:layer:x:1"
+    )
+    placement = Placement(vpc=vpc, security_group=ec2.SecurityGroup(stack, "G", vpc=vpc))
+    with pytest.raises(MissingFunctionError, match=r"'scrub'.*scrub/handler\.py"):
+        TesseraFunction(stack, "F", config=config, spec=FunctionSpec("scrub", "x"),
+                        layer=layer, placement=placement)  # fmt: skip
+
+
+def test_unknown_stage_is_refused() -> None:
+    from aws_cdk import App
+
+    from infra.config import StageConfig
+
+    with pytest.raises(ValueError, match="unknown stage 'staging'"):
+        StageConfig.from_context(App(context={"stage": "staging"}).node)
