@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Cloud, Device, make_device, snapshot
+from tests.e2e.conftest import Cloud, Device, make_device, snapshot, tessera_cmd
 
 pytestmark = pytest.mark.e2e
 
@@ -17,7 +18,7 @@ def test_create_edit_rename_delete_undelete_across_devices(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
     email = inproc_cloud.user()
-    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email, cli=True)
     b = make_device(devices, tmp_path, inproc_cloud, "B", email)
     a.write("hello.txt", "hello")
     a.write("Docs/Ünïcödé — 日本語.md", "ünicode")
@@ -180,7 +181,7 @@ def test_client_killed_mid_upload_resumes_with_what_is_missing(
     data = os.urandom(40 * 1024 * 1024)
     a.write("big.bin", data)
     proc = subprocess.Popen(
-        ["python", "-m", "tessera_client", "sync", str(a.folder), "--once", "-q"],
+        tessera_cmd("sync", str(a.folder), "--once", "-q"),
         env=a.env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -191,8 +192,8 @@ def test_client_killed_mid_upload_resumes_with_what_is_missing(
         try:
             with sqlite3.connect(a.home / "state.db") as db:
                 row = db.execute("SELECT payload FROM pending WHERE kind='upload'").fetchone()
-            if row and len(__import__("json").loads(row[0])["sent"]) >= 3:
-                sent = len(__import__("json").loads(row[0])["sent"])
+            if row and len(json.loads(row[0])["sent"]) >= 3:
+                sent = len(json.loads(row[0])["sent"])
                 break
         except sqlite3.Error:
             pass
