@@ -1,0 +1,92 @@
+"""functions/migrate: the deploy-time custom resource, against real PostgreSQL (and moto for
+the block-key bootstrap: SSM + KMS)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.infra
+
+HANDLER = Path(__file__).resolve().parents[2] / "functions" / "migrate" / "handler.py"
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("migrate_handler", HANDLER)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_create_applies_migrations_once_and_bootstraps_the_block_key(
+    empty_database_url: str,
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from tessera.adapters.aws.keys import create_key_version, list_key_versions
+    from tessera.metadata.migrate import available_migrations, migrate
+
+    handler = _load()
+    with mock_aws():
+        kms = boto3.client("kms", region_name="us-east-1")
+        ssm = boto3.client("ssm", region_name="us-east-1")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+
+        def ensure() -> int | None:
+            if list_key_versions(ssm, "/tessera/test/block-keys"):
+                return None
+            return create_key_version(kms, ssm, key_id, "/tessera/test/block-keys")
+
+        first = handler.apply(
+            {"RequestType": "Create"},
+            conninfo=lambda: empty_database_url, migrate=migrate, ensure_block_key=ensure,
+        )  # fmt: skip
+        expected = ",".join(str(m.number) for m in available_migrations())
+        assert first["PhysicalResourceId"] == handler.PHYSICAL_ID
+        assert first["Data"] == {"Applied": expected, "BlockKeyVersionCreated": "1"}
+        again = handler.apply(
+            {"RequestType": "Update", "PhysicalResourceId": handler.PHYSICAL_ID},
+            conninfo=lambda: empty_database_url, migrate=migrate, ensure_block_key=ensure,
+        )  # fmt: skip
+        assert again["Data"] == {"Applied": "", "BlockKeyVersionCreated": ""}
+        assert list_key_versions(ssm, "/tessera/test/block-keys") == [1]
+
+
+def test_delete_leaves_the_database_alone() -> None:
+    handler = _load()
+
+    def fail(*_: object) -> list[int]:
+        raise AssertionError("Delete must not touch the database")
+
+    out = handler.apply(
+        {"RequestType": "Delete", "PhysicalResourceId": "tessera-schema"},
+        conninfo=lambda: "unused", migrate=fail, ensure_block_key=lambda: None,
+    )  # fmt: skip
+    assert out == {"PhysicalResourceId": "tessera-schema"}
+
+
+def test_unknown_request_type_is_an_error() -> None:
+    handler = _load()
+    with pytest.raises(ValueError, match="RequestType 'Poke'"):
+        handler.apply(
+            {"RequestType": "Poke"},
+            conninfo=lambda: "unused", migrate=lambda _c: [], ensure_block_key=lambda: None,
+        )  # fmt: skip
+
+
+def test_conninfo_from_secret_requires_tls_and_prefers_the_stack_settings() -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    handler = _load()
+    secret = {"host": "h", "port": 5432, "username": "tessera", "password": "p w'x"}
+    params = conninfo_to_dict(handler.conninfo_from_secret(
+        secret, {"TESSERA_DB_HOST": "cluster.local", "TESSERA_DB_PORT": "5433"}
+    ))  # fmt: skip
+    assert params["host"] == "cluster.local" and params["port"] == "5433"
+    assert params["sslmode"] == "require" and params["password"] == "p w'x"
+    assert params["dbname"] == "tessera" and params["user"] == "tessera"
