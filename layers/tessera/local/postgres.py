@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,11 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or attach to) the server; create the `tessera` database on first start."""
-        from pgserver.postgres_server import PostgresServer, get_server
+        with warnings.catch_warnings():
+            # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR
+            # it warns and falls back to /tmp, which is fine for its lock file
+            warnings.simplefilter("ignore")
+            from pgserver.postgres_server import PostgresServer, get_server
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
         with PostgresServer._lock:  # the same inter-process lock pgserver takes
