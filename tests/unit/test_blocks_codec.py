@@ -217,7 +217,7 @@ def test_a_zstd_bomb_is_refused_unread() -> None:
 def test_a_frame_without_content_size_is_refused() -> None:
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(TEXT)
     bid = block_id(TEXT)
-    with pytest.raises(BlockIntegrityError):
+    with pytest.raises(BlockIntegrityError, match="without its decompressed size"):
         decode_block(_forge(frame, bid, codec.FLAG_ZSTD), bid, KEY)
 
 

@@ -34,6 +34,8 @@ MAX_BLOCK_SIZE = 4 * 1024 * 1024
 # far below 100 MB even inside the whole client (`tessera blocks` peaks near 80 MB).
 WINDOW_SIZE = 16 * 1024 * 1024
 
+# Shared by every thread: a FastCDC object only holds the immutable configuration; each
+# cut_buf() call gets its own cursor.
 _CHUNKER = FastCDC(AVG_BLOCK_SIZE, min_size=MIN_BLOCK_SIZE, max_size=MAX_BLOCK_SIZE)
 
 
@@ -70,8 +72,8 @@ class FileManifest:
 def scan_file(path: str | os.PathLike[str], *, workers: int | None = None) -> FileManifest:
     """Chunk the file at `path` and hash it, without reading it whole.
 
-    Blocks are hashed on `workers` threads (default: one per core) while the calling thread
-    reads and cuts; `workers=1` does everything on the calling thread.
+    By default blocks are hashed on the shared worker pool (a thread per core) while the
+    calling thread reads and cuts; `workers=1` does everything on the calling thread.
 
     Raises FileChangedError when the file changed while it was read, and the OSError of
     `open`/`read` (FileNotFoundError, PermissionError, IsADirectoryError, ...; each names the

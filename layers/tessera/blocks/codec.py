@@ -195,6 +195,11 @@ def _decompress(body: bytes, block_id: str) -> bytes:
     """Decompress one zstd frame of at most MAX_BLOCK_SIZE bytes (a bomb is refused unread)."""
     try:
         size = zstandard.get_frame_parameters(body).content_size
+        if size == zstandard.CONTENTSIZE_UNKNOWN:
+            raise BlockIntegrityError(
+                f"block {block_id} holds a zstd frame without its decompressed size",
+                block_id=block_id,
+            )
         if not 0 <= size <= MAX_BLOCK_SIZE:
             raise BlockIntegrityError(
                 f"block {block_id} claims {size} decompressed bytes, more than a block holds",
