@@ -1,26 +1,54 @@
-"""The AWS mode of the local cloud: the real AWS adapters and Lambda handlers on moto.
+"""The AWS mode of the local cloud: `tessera local up --backend aws [--aws-endpoint URL]`.
 
-`MotoCloud` starts a moto server in-process (or uses a given endpoint) and `provision()`
-creates what the CDK app creates on AWS: the bucket, the `changes` table with its stream,
-a KMS key and the first block-key version in SSM, the event bus, and a Cognito user pool
-with an app client allowing password and refresh-token sign-in. The result is the
-`AwsSettings` every function reads from its environment.
+The same gateway as the local mode, but every API request is dispatched to the Lambda
+handlers in `functions/` as an API Gateway REST proxy event (claims after verifying the
+Cognito JWT against the pool's JWKS), and every AWS adapter talks to moto: a server started
+in this process (`MotoCloud`) or the one at `--aws-endpoint`. PostgreSQL is as in the local
+mode. What AWS runs on its own is emulated with the real handlers and real event shapes:
+`Emulator` runs the outbox relay on a schedule (EventBridge Scheduler) and feeds the changes
+table's stream records to the change router (the EventBridge Pipe).
+
+`provision()` creates what the CDK app creates on AWS: the bucket, the `changes` table with
+its stream, a KMS key and the first block-key version in SSM, the event bus, and a Cognito
+user pool with an app client allowing password and refresh-token sign-in.
+
+moto keeps its state in memory: with an in-process moto server every start begins empty
+(blocks, users), so the AWS-mode database is reset too. Point `--aws-endpoint` at a
+long-running `moto_server` to keep state across restarts.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from types import TracebackType
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any
 
+import tessera
 from tessera.adapters.aws import (
     AwsClients,
     AwsSettings,
+    CognitoIdentity,
+    CognitoUsers,
     changes_model,
     create_changes_table,
     create_key_version,
     list_key_versions,
 )
+from tessera.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LONGPOLL_PATH = "/v1/list_folder/longpoll"
+DEMO_EMAIL = "demo@tessera.local"
 
 # moto accepts any credentials, boto3 and PynamoDB insist on having some.
 _FAKE_CREDENTIALS = {
@@ -113,6 +141,16 @@ def provision(
             PoolName="tessera",
             UsernameAttributes=["email"],
             AutoVerifiedAttributes=["email"],
+            # Passphrases, as the local mode accepts them (length is what matters).
+            Policies={
+                "PasswordPolicy": {
+                    "MinimumLength": 8,
+                    "RequireUppercase": False,
+                    "RequireLowercase": False,
+                    "RequireNumbers": False,
+                    "RequireSymbols": False,
+                }
+            },
         )["UserPool"]["Id"]
     clients = aws.cognito.list_user_pool_clients(UserPoolId=pool_id, MaxResults=60)
     client_id = next(
@@ -126,3 +164,369 @@ def provision(
             ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
         )["UserPoolClient"]["ClientId"]
     return replace(base, kms_key_id=key_id, user_pool_id=pool_id, user_pool_client_id=client_id)
+
+
+# ---------------------------------------------------------------------------------------
+# The Lambda functions, loaded as Lambda loads them
+
+
+def load_function(name: str) -> ModuleType:
+    """Import `functions/<name>/handler.py` afresh: a cold start, reading its settings from
+    the environment as it is now (set it first)."""
+    root = Path(tessera.__file__).resolve().parents[2]  # layers/tessera/__init__.py
+    if (root / "functions").is_dir() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = f"functions.{name}.handler"
+    sys.modules.pop(module, None)
+    return importlib.import_module(module)
+
+
+FUNCTIONS = ("api", "longpoll", "outbox_relay", "change_router")
+
+
+def load_functions(env: dict[str, str]) -> dict[str, ModuleType]:
+    """Cold-start every function with `env` as its Lambda environment; the process
+    environment is restored afterwards (the handlers keep what they read at import)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return {name: load_function(name) for name in FUNCTIONS}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+Handler = Callable[[Any, Any], Any]
+
+
+class LambdaDispatcher:
+    """The gateway's resolver in AWS mode: API Gateway's routing to the two functions."""
+
+    def __init__(self, api: Handler, longpoll: Handler) -> None:
+        self._api = api
+        self._longpoll = longpoll
+
+    def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        """Invoke the function API Gateway would route `event` to."""
+        handler = self._longpoll if event.get("path") == LONGPOLL_PATH else self._api
+        result: dict[str, Any] = handler(event, context)
+        return result
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules, stream and pipe
+
+
+def _context() -> Any:
+    from tessera.local.gateway import LambdaContext
+
+    return LambdaContext(aws_request_id=str(uuid.uuid4()))
+
+
+def _jsonable_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A stream record as Lambda receives it (JSON: timestamps as epoch seconds)."""
+    ddb = dict(record["dynamodb"])
+    created = ddb.get("ApproximateCreationDateTime")
+    if created is not None and hasattr(created, "timestamp"):
+        ddb["ApproximateCreationDateTime"] = created.timestamp()
+    return {**record, "dynamodb": ddb}
+
+
+class Emulator:
+    """Runs what AWS runs by itself: the relay's schedule and the stream → router pipe."""
+
+    def __init__(
+        self,
+        settings: AwsSettings,
+        outbox_relay: Handler,
+        change_router: Handler,
+        *,
+        relay_every: float = 5.0,
+        poll_every: float = 0.5,
+    ) -> None:
+        clients = AwsClients(settings)
+        self._ddb = clients.client("dynamodb")
+        self._streams = clients.client("dynamodbstreams")
+        self._table = settings.changes_table
+        self._relay = outbox_relay
+        self._router = change_router
+        self._relay_every = relay_every
+        self._poll_every = poll_every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aws-emulator", daemon=True)
+        self._iterators: dict[str, str] = {}
+
+    def start(self) -> None:
+        """Start the background thread (stream read from its current end)."""
+        self._open_shards("LATEST")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _open_shards(self, position: str) -> None:
+        arn = self._ddb.describe_table(TableName=self._table)["Table"]["LatestStreamArn"]
+        shards = self._streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+        for shard in shards:
+            if shard["ShardId"] not in self._iterators:
+                self._iterators[shard["ShardId"]] = self._streams.get_shard_iterator(
+                    StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType=position
+                )["ShardIterator"]
+
+    def relay_once(self) -> dict[str, Any]:
+        """One scheduled sweep (EventBridge Scheduler's invocation)."""
+        event = {"source": "aws.scheduler", "detail-type": "Scheduled Event", "detail": {}}
+        result: dict[str, Any] = self._relay(event, _context())
+        return result
+
+    def pump_once(self) -> int:
+        """Feed new stream records to the router (the Pipe); how many records it got."""
+        self._open_shards("TRIM_HORIZON")  # shards created since start are read whole
+        delivered = 0
+        for shard, iterator in list(self._iterators.items()):
+            page = self._streams.get_records(ShardIterator=iterator, Limit=100)
+            self._iterators[shard] = page.get("NextShardIterator") or iterator
+            records = [_jsonable_record(r) for r in page.get("Records", [])]
+            if records:
+                resp = self._router({"Records": records}, _context())
+                if resp.get("batchItemFailures"):
+                    log.warning("change router failed on %s", resp["batchItemFailures"])
+                delivered += len(records)
+        return delivered
+
+    def _run(self) -> None:
+        next_relay = time.monotonic() + self._relay_every
+        while not self._stop.wait(self._poll_every):
+            try:
+                self.pump_once()
+                if time.monotonic() >= next_relay:
+                    next_relay = time.monotonic() + self._relay_every
+                    self.relay_once()
+            except Exception:  # keep emulating: AWS would retry too
+                log.warning("AWS-mode emulation step failed", exc_info=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The cloud
+
+
+def _endpoint_file(state_root: Path) -> Path:
+    return state_root / "aws" / "endpoint"
+
+
+class AwsLocalCloud:
+    """The local cloud on the AWS code path: gateway → Lambda handlers → moto + PostgreSQL."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        aws_endpoint: str | None = None,
+        database_url: str | None = None,
+        settings: Settings | None = None,
+        demo: bool = False,
+        relay_every: float = 5.0,
+    ) -> None:
+        from tessera.local.cloud import StatePaths
+
+        self.root = Path(state_dir).expanduser().resolve()
+        self.state = StatePaths(self.root / "aws")
+        self.host, self.port = host, port
+        self.aws_endpoint = aws_endpoint
+        self.settings = settings or Settings()
+        self.database_url = database_url or self.settings.database_url or None
+        self.demo = demo
+        self.relay_every = relay_every
+        self.base_url = ""
+        self.aws: AwsSettings | None = None
+        self.demo_login: tuple[str, str] | None = None
+        self.functions: dict[str, ModuleType] = {}
+        self._moto: MotoCloud | None = None
+        self._embedded: Any = None
+        self._server: Any = None
+        self._app: Any = None
+        self.emulator: Emulator | None = None
+
+    def prepare(self) -> str:
+        """Start moto (unless given), PostgreSQL, provision, cold-start the functions and
+        wire the gateway; returns the base URL. Nothing is served yet."""
+        from tessera.local.cloud import open_database
+        from tessera.local.gateway import Gateway, create_app
+        from tessera.local.server import Server
+        from tessera.metadata import migrate
+
+        self.state.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            endpoint = self.aws_endpoint
+            if endpoint is None:
+                self._moto = MotoCloud()
+                endpoint = self._moto.start()
+            _endpoint_file(self.root).write_text(endpoint + "\n")
+            conninfo, self._embedded = open_database(self.state, self.database_url)
+            if self._embedded is not None:
+                conninfo = _fresh_database(conninfo, reset=self._moto is not None)
+            migrate(conninfo)
+            self.aws = provision(endpoint, database_url=conninfo)
+            env = {
+                **self.aws.to_env(),
+                **_settings_env(self.settings),
+                "POWERTOOLS_METRICS_DISABLED": "true",
+            }
+            self.functions = load_functions(env)
+            identity = CognitoIdentity(
+                region=self.aws.region,
+                pool_id=self.aws.user_pool_id,
+                client_id=self.aws.user_pool_client_id,
+                endpoint_url=endpoint,
+            )
+            users = CognitoUsers(
+                AwsClients(self.aws).cognito, self.aws.user_pool_id, self.aws.user_pool_client_id
+            )
+            gateway = Gateway(
+                identity=identity,
+                token_endpoint=users,
+                resolver=LambdaDispatcher(
+                    self.functions["api"].handler, self.functions["longpoll"].handler
+                ),
+            )
+            self._server = Server(self.host, self.port)
+            self.base_url = self._server.base_url
+            self._app = create_app(gateway)
+            self.emulator = Emulator(
+                self.aws,
+                self.functions["outbox_relay"].handler,
+                self.functions["change_router"].handler,
+                relay_every=self.relay_every,
+            )
+            if self.demo:
+                self.demo_login = _demo_user(users)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                fd = os.open(self.state.demo_credentials, flags, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write("{}\n{}\n".format(*self.demo_login))
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_url
+
+    def start(self) -> str:
+        """`prepare()` and serve in a background thread; returns the base URL."""
+        self.prepare()
+        try:
+            assert self.emulator is not None
+            self.emulator.start()
+            self._server.start(self._app)
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_url
+
+    def serve_forever(self) -> None:
+        """Serve in the calling (main) thread until SIGINT/SIGTERM, then stop everything."""
+        assert self._server is not None and self.emulator is not None, "call prepare() first"
+        try:
+            self.emulator.start()
+            self._server.run(self._app)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving, the emulator, the functions' pools, PostgreSQL and moto."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+        for name in ("api", "longpoll"):
+            module = self.functions.get(name)
+            if module is not None:
+                module.services.db.close()
+        if "outbox_relay" in self.functions:
+            self.functions["outbox_relay"].db.close()
+        self.functions = {}
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+        if self._moto is not None:
+            self._moto.stop()
+            self._moto = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes the functions' `Settings.from_env()` equal `settings`."""
+    from dataclasses import fields
+
+    env: dict[str, str] = {}
+    for f in fields(settings):
+        if f.name == "database_url":
+            continue
+        value = getattr(settings, f.name)
+        env[f"TESSERA_{f.name.upper()}"] = str(int(value) if isinstance(value, bool) else value)
+    return env
+
+
+def _fresh_database(conninfo: str, *, reset: bool) -> str:
+    """The `tessera_aws` database on the embedded server; emptied first when `reset`
+    (an in-process moto starts empty, so metadata that points at its blocks must too)."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if reset:
+            conn.execute("DROP DATABASE IF EXISTS tessera_aws WITH (FORCE)")
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'tessera_aws'").fetchone()
+        if not exists:
+            conn.execute("CREATE DATABASE tessera_aws")
+    return make_conninfo(conninfo, dbname="tessera_aws")
+
+
+def _demo_user(users: CognitoUsers) -> tuple[str, str]:
+    import secrets
+
+    from tessera.domain.errors import Conflict
+
+    password = "Demo-" + secrets.token_urlsafe(12)
+    try:
+        users.create_user(DEMO_EMAIL, password)
+    except Conflict:
+        log.warning("%s already exists in the pool; its password is unchanged", DEMO_EMAIL)
+    return DEMO_EMAIL, password
+
+
+def add_user(
+    state_dir: str | os.PathLike[str], email: str, password: str, endpoint: str | None = None
+) -> str:
+    """`tessera local adduser --backend aws`: create the user in the (moto) Cognito pool of
+    the running AWS-mode cloud (its endpoint is read from the state dir); the user's sub."""
+    from tessera.domain.errors import Unavailable
+
+    if endpoint is None:
+        path = _endpoint_file(Path(state_dir).expanduser().resolve())
+        if not path.exists():
+            raise Unavailable("no AWS-mode cloud found: run `tessera local up --backend aws`")
+        endpoint = path.read_text().strip()
+    settings = provision(endpoint)
+    users = CognitoUsers(
+        AwsClients(settings).cognito, settings.user_pool_id, settings.user_pool_client_id
+    )
+    return users.create_user(email, password)

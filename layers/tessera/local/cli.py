@@ -7,6 +7,7 @@ group keeps `tessera --help` fast.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,25 @@ StateOption = Annotated[
 ]
 
 
+class Backend(StrEnum):
+    """Which code path serves the API: local adapters, or the Lambda handlers on moto."""
+
+    LOCAL = "local"
+    AWS = "aws"
+
+
+BackendOption = Annotated[
+    Backend,
+    typer.Option(help="local: local adapters; aws: the Lambda handlers + AWS adapters on moto."),
+]
+AwsEndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        help="AWS mode: use this endpoint (e.g. a moto_server) instead of moto in-process."
+    ),
+]
+
+
 @app.command()
 def up(
     state: StateOption = DEFAULT_STATE,
@@ -33,12 +53,26 @@ def up(
     demo: Annotated[
         bool, typer.Option(help="Create a demo user on first start and print how to sync.")
     ] = False,
+    backend: BackendOption = Backend.LOCAL,
+    aws_endpoint: AwsEndpointOption = None,
 ) -> None:
     """Start the local cloud: PostgreSQL, the API and the block store behind one URL."""
+    from tessera.local.aws_mode import AwsLocalCloud
     from tessera.local.cloud import LocalCloud
     from tessera.settings import Settings
 
-    cloud = LocalCloud(state, host=host, port=port, settings=Settings.from_env(), demo=demo)
+    cloud: LocalCloud | AwsLocalCloud
+    if backend is Backend.AWS:
+        cloud = AwsLocalCloud(
+            state,
+            host=host,
+            port=port,
+            aws_endpoint=aws_endpoint,
+            settings=Settings.from_env(),
+            demo=demo,
+        )
+    else:
+        cloud = LocalCloud(state, host=host, port=port, settings=Settings.from_env(), demo=demo)
     url = cloud.prepare()
     typer.echo(f"Tessera local cloud: {url}  (state: {cloud.state.root})", err=False)
     if cloud.demo_login is not None:
@@ -61,6 +95,8 @@ def adduser(
         str | None, typer.Option(help="Password (prompted for when omitted).")
     ] = None,
     state: StateOption = DEFAULT_STATE,
+    backend: BackendOption = Backend.LOCAL,
+    aws_endpoint: AwsEndpointOption = None,
 ) -> None:
     """Create a user of the local cloud (works while `tessera local up` is running)."""
     from tessera.adapters.local.identity import LocalUsers
@@ -71,6 +107,16 @@ def adduser(
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if backend is Backend.AWS:  # the user lives in the (moto) Cognito pool
+        from tessera.local.aws_mode import add_user
+
+        try:
+            sub = add_user(state, email, password, aws_endpoint)
+        except TesseraError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
+        typer.echo(f"created {email} (user id {sub})")
+        return
     paths = StatePaths(Path(state).expanduser().resolve())
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     conninfo, embedded = open_database(paths, Settings.from_env().database_url or None)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,6 +12,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tessera.adapters.aws import AwsClients, AwsSettings
+from tessera.local.aws_mode import load_functions
 
 from .moto_env import shared_aws_settings
 
@@ -32,7 +31,7 @@ def aws_clients(aws_settings: AwsSettings) -> AwsClients:
 
 @pytest.fixture(scope="session")
 def lambdas(aws_settings: AwsSettings, postgres_url: str) -> Iterator[SimpleNamespace]:
-    """The four Lambda handler modules, imported (cold start) with their environment set:
+    """The four Lambda handler modules, cold-started with their Lambda environment:
     the moto deployment plus a fresh, migrated metadata database."""
     import psycopg
 
@@ -49,19 +48,7 @@ def lambdas(aws_settings: AwsSettings, postgres_url: str) -> Iterator[SimpleName
         "TESSERA_POOL_MIN_SIZE": "1",
         "POWERTOOLS_METRICS_DISABLED": "true",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        modules = {
-            n: importlib.import_module(f"functions.{n}.handler")
-            for n in ("api", "longpoll", "outbox_relay", "change_router")
-        }
-    finally:  # the modules keep what they read at import; restore the process environment
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    modules = load_functions(env)
     yield SimpleNamespace(database_url=url, **modules)
     modules["api"].services.db.close()
     modules["longpoll"].services.db.close()
