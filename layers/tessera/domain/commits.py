@@ -179,7 +179,7 @@ def write_version(
             "staged": [{"block_id": b[0], "staged_key": b[2]} for b in blocks if b[2]],
         },
     )
-    server_time = store.insert_version(
+    server_time, created = store.write_version(
         mount.ns_id,
         file_id,
         rev,
@@ -190,14 +190,13 @@ def write_version(
         journal_seq=seqs[-1],
         path_display=display,
         blocks=blocks,
+        refs=refs,
     )
-    created = store.add_block_refs(refs)
     gone = sorted(created - {b[0] for b in blocks if b[2] is not None})
     if gone:  # gc deleted a block this commit meant to reuse: the client uploads it again
         raise Unprocessable(
             f"{len(gone)} block(s) are no longer stored; upload them again", blocks=gone[:20]
         )
-    store.set_latest_rev(mount.ns_id, file_id, rev)
     row = FileRow(
         mount.ns_id,
         file_id,
@@ -238,16 +237,20 @@ def _commit_in(
     blocks = _check_blocks(svc, store, view, req)
     key = paths.path_key(rel)
     display, journal = ensure_parents(store, view, mount, rel)
-    row = store.file_by_path(mount.ns_id, key, lock=True)
-    if row is None:
-        if req.parent_rev is not None:
-            raise Conflict(f"{path!r} was deleted or moved since rev {req.parent_rev}", rev=None)
-        file_id = new_file_id()
-        parent_key = paths.path_key(paths.parent(display))
-        if not store.insert_file(mount.ns_id, file_id, key, parent_key, display, "file"):
-            row = store.file_by_path(mount.ns_id, key, lock=True)
-            if row is None:  # created and removed again meanwhile
-                raise Conflict(f"{path!r} changed during the commit; retry", rev=None)
+    row = None
+    file_id = new_file_id()
+    parent_key = paths.path_key(paths.parent(display))
+    # A new file (the common case of a sync) is one INSERT; an update locks the row.
+    if req.parent_rev is not None or not store.insert_file(
+        mount.ns_id, file_id, key, parent_key, display, "file"
+    ):
+        row = store.file_by_path(mount.ns_id, key, lock=True)
+        if row is None:
+            if req.parent_rev is not None:
+                raise Conflict(
+                    f"{path!r} was deleted or moved since rev {req.parent_rev}", rev=None
+                )
+            raise Conflict(f"{path!r} changed during the commit; retry", rev=None)
     if row is not None:
         if row.kind != "file":
             raise Conflict(f"{path!r} is a folder, not a file")

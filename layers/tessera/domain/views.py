@@ -66,12 +66,12 @@ class View:
 
 def load_view(store: Store, principal: Principal, settings: Settings) -> View:
     """The caller's view, provisioning the user (row + root namespace) on first sight."""
-    user = store.get_user(principal.user_id)
-    if user is None:
+    found = store.user_view(principal.user_id)
+    if found is None:
         store.create_user(principal.user_id, principal.email, settings.default_quota_bytes)
-        user = store.get_user(principal.user_id)
-        assert user is not None  # created just above, in this transaction
-    return View(user, tuple(store.mounts(user.user_id)))
+        found = store.user_view(principal.user_id)
+        assert found is not None  # created just above (or concurrently, then waited for)
+    return View(found[0], tuple(found[1]))
 
 
 # ---------------------------------------------------------------------------------------

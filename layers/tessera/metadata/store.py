@@ -6,8 +6,7 @@ takes a namespace takes its `ns_id` first (the shard key).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -209,7 +208,7 @@ class Store:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         return self.conn.execute(sql, params).fetchone()
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -259,15 +258,20 @@ class Store:
         self.conn.execute("UPDATE users SET root_ns_id = %s WHERE user_id = %s", (ns_id, user_id))
         return True
 
-    def mounts(self, user_id: str) -> list[MountRow]:
-        """The namespaces of a user's view, root first, then by mount key."""
+    def user_view(self, user_id: str) -> tuple[UserRow, list[MountRow]] | None:
+        """A user and their mounts (root first, then by mount key) in one query."""
         rows = self._all(
-            "SELECT m.ns_id, m.mount_path, m.mount_key, m.access, n.kind, n.name, n.owner_id"
-            " FROM ns_members m JOIN namespaces n USING (ns_id)"
-            " WHERE m.user_id = %s ORDER BY (n.kind <> 'root'), m.mount_key",
+            "SELECT u.user_id, u.email, u.root_ns_id, u.quota_bytes, u.membership_version,"
+            " m.ns_id, m.mount_path, m.mount_key, m.access, n.kind, n.name, n.owner_id"
+            " FROM users u JOIN ns_members m ON m.user_id = u.user_id"
+            " JOIN namespaces n ON n.ns_id = m.ns_id"
+            " WHERE u.user_id = %s AND u.root_ns_id IS NOT NULL"
+            " ORDER BY (n.kind <> 'root'), m.mount_key",
             (user_id,),
         )
-        return [MountRow(*r) for r in rows]
+        if not rows:
+            return None
+        return UserRow(*rows[0][:5]), [MountRow(*r[5:]) for r in rows]
 
     def bump_membership(self, user_id: str) -> None:
         """Record that a user's set of mounts changed (their cursors notice)."""
@@ -391,14 +395,6 @@ class Store:
             (ns_id, file_id, key, parent_key, display, kind, rev),
         )
         return row is not None
-
-    def set_latest_rev(self, ns_id: int, file_id: str, rev: int) -> None:
-        """Point the file at its new latest version (and make it live again)."""
-        self.conn.execute(
-            "UPDATE files SET latest_rev = %s, is_deleted = false, deleted_at = NULL,"
-            " deleted_by = NULL WHERE ns_id = %s AND file_id = %s",
-            (rev, ns_id, file_id),
-        )
 
     def live_path_taken(self, ns_id: int, key: str) -> bool:
         """True when a live entry holds `key`."""
@@ -563,7 +559,7 @@ class Store:
         )
         return {r[0]: ReadableBlock(*r) for r in rows}
 
-    def insert_version(
+    def write_version(
         self,
         ns_id: int,
         file_id: str,
@@ -576,54 +572,72 @@ class Store:
         journal_seq: int,
         path_display: str,
         blocks: Sequence[tuple[str, int, str | None]],
-    ) -> datetime:
-        """A new version and its ordered block list (id, size, staged_key); returns its time."""
-        row = self._one(
-            "INSERT INTO file_versions (ns_id, file_id, rev, size, content_hash, author_id,"
-            " mtime, journal_seq, path_display) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING server_time",
-            (ns_id, file_id, rev, size, content_hash, author_id, mtime, journal_seq, path_display),
-        )
-        if blocks:
-            self.conn.execute(
-                "INSERT INTO version_blocks (ns_id, file_id, rev, ordinal, block_id, size,"
-                " staged_key) SELECT %s, %s, %s, o - 1, b, s, k"
-                " FROM unnest(%s::text[], %s::int[], %s::text[]) WITH ORDINALITY AS t(b, s, k, o)",
+        refs: Sequence[tuple[str, int, int, int]],
+    ) -> tuple[datetime, set[str]]:
+        """Version `rev` of a file: its row, its ordered block list (id, size, staged_key),
+        refcounts bumped by `refs` (block_id, size, key_version, count; new blocks start
+        staged, rows touched in block-id order so concurrent commits never deadlock), and
+        the file's latest rev — pipelined in one round trip.
+
+        Returns the version's server time and the block ids whose `blocks` row was created
+        now (gc may have deleted a block meanwhile).
+        """
+        ordered = sorted(refs)
+        with self.conn.pipeline():
+            version = self.conn.execute(
+                "INSERT INTO file_versions (ns_id, file_id, rev, size, content_hash, author_id,"
+                " mtime, journal_seq, path_display)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING server_time",
                 (
                     ns_id,
                     file_id,
                     rev,
-                    [b[0] for b in blocks],
-                    [b[1] for b in blocks],
-                    [b[2] for b in blocks],
+                    size,
+                    content_hash,
+                    author_id,
+                    mtime,
+                    journal_seq,
+                    path_display,
                 ),
             )
-        return row[0]  # type: ignore[no-any-return]
-
-    def add_block_refs(self, refs: Sequence[tuple[str, int, int, int]]) -> set[str]:
-        """Bump refcounts by (block_id, size, key_version, count); new blocks start staged.
-
-        Rows are touched in block-id order so concurrent commits never deadlock. Returns
-        the ids whose row was created now (gc may have deleted a block meanwhile).
-        """
-        if not refs:
-            return set()
-        ordered = sorted(refs)
-        rows = self.conn.execute(
-            "INSERT INTO blocks (block_id, size, key_version, refcount, state)"
-            " SELECT b, s, k, c, 'staged'"
-            " FROM unnest(%s::text[], %s::int[], %s::int[], %s::bigint[]) AS t(b, s, k, c)"
-            " ORDER BY b"
-            " ON CONFLICT (block_id) DO UPDATE SET refcount = blocks.refcount + EXCLUDED.refcount,"
-            " zero_since = NULL, updated_at = now() RETURNING block_id, xmax = 0",
-            (
-                [r[0] for r in ordered],
-                [r[1] for r in ordered],
-                [r[2] for r in ordered],
-                [r[3] for r in ordered],
-            ),
-        ).fetchall()
-        return {r[0] for r in rows if r[1]}
+            if blocks:
+                self.conn.execute(
+                    "INSERT INTO version_blocks (ns_id, file_id, rev, ordinal, block_id, size,"
+                    " staged_key) SELECT %s, %s, %s, o - 1, b, s, k FROM unnest(%s::text[],"
+                    " %s::int[], %s::text[]) WITH ORDINALITY AS t(b, s, k, o)",
+                    (
+                        ns_id,
+                        file_id,
+                        rev,
+                        [b[0] for b in blocks],
+                        [b[1] for b in blocks],
+                        [b[2] for b in blocks],
+                    ),
+                )
+            created = None
+            if ordered:
+                created = self.conn.execute(
+                    "INSERT INTO blocks (block_id, size, key_version, refcount, state)"
+                    " SELECT b, s, k, c, 'staged' FROM unnest(%s::text[], %s::int[],"
+                    " %s::int[], %s::bigint[]) AS t(b, s, k, c) ORDER BY b"
+                    " ON CONFLICT (block_id) DO UPDATE SET"
+                    " refcount = blocks.refcount + EXCLUDED.refcount,"
+                    " zero_since = NULL, updated_at = now() RETURNING block_id, xmax = 0",
+                    (
+                        [r[0] for r in ordered],
+                        [r[1] for r in ordered],
+                        [r[2] for r in ordered],
+                        [r[3] for r in ordered],
+                    ),
+                )
+            self.conn.execute(
+                "UPDATE files SET latest_rev = %s, is_deleted = false, deleted_at = NULL,"
+                " deleted_by = NULL WHERE ns_id = %s AND file_id = %s",
+                (rev, ns_id, file_id),
+            )
+        server_time: datetime = version.fetchone()[0]  # type: ignore[index]
+        fresh = {r[0] for r in created.fetchall() if r[1]} if created is not None else set()
+        return server_time, fresh
 
     def set_block_state(self, block_ids: Sequence[str], state: str) -> None:
         """Set the state of blocks (e.g. cold → restoring when a download asks for them)."""
@@ -646,53 +660,51 @@ class Store:
         self, ns_id: int, rows: Sequence[NewJournal], *, kind: str, payload: dict[str, Any]
     ) -> tuple[list[int], ChangeEvent]:
         """Append rows to a namespace's journal with fresh seqs, write the outbox row and
-        notify listeners (delivered at commit). Returns the seqs, in order, and the event to
-        publish on the change feed once the transaction has committed.
+        notify listeners (delivered at commit), in one round trip. Returns the seqs, in
+        order, and the event to publish on the change feed once the transaction committed.
 
         Takes the namespace row lock: call it late in the transaction.
         """
         n = len(rows)
-        last = int(
-            self._one(
-                "UPDATE namespaces SET latest_seq = latest_seq + %s WHERE ns_id = %s"
-                " RETURNING latest_seq",
-                (n, ns_id),
-            )[0]
+        row = self._one(
+            "WITH ns AS (UPDATE namespaces SET latest_seq = latest_seq + %(n)s"
+            "  WHERE ns_id = %(ns)s RETURNING latest_seq),"
+            " j AS (INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key,"
+            "  parent_key, path_display, size, content_hash, mtime)"
+            "  SELECT %(ns)s, ns.latest_seq - %(n)s + t.o, t.f, t.r, t.op, t.k, t.pk, t.par,"
+            "  t.pd, t.sz, t.ch, t.mt FROM ns, unnest(%(f)s::text[], %(r)s::bigint[],"
+            "  %(op)s::text[], %(k)s::text[], %(pk)s::text[], %(par)s::text[], %(pd)s::text[],"
+            "  %(sz)s::bigint[], %(ch)s::text[], %(mt)s::timestamptz[])"
+            "  WITH ORDINALITY AS t(f, r, op, k, pk, par, pd, sz, ch, mt, o)),"
+            " o AS (INSERT INTO outbox (ns_id, seq, event_id, kind, payload)"
+            "  SELECT %(ns)s, ns.latest_seq, 'ns' || %(ns)s || '-' || ns.latest_seq, %(kind)s,"
+            "  %(payload)s::jsonb || jsonb_build_object('ns_id', %(ns)s::bigint,"
+            "  'seq', ns.latest_seq, 'event_id', 'ns' || %(ns)s || '-' || ns.latest_seq)"
+            "  FROM ns)"
+            " SELECT ns.latest_seq, pg_notify(%(chan)s, json_build_object('ns_id',"
+            " %(ns)s::bigint, 'seq', ns.latest_seq)::text) FROM ns",
+            {
+                "n": n,
+                "ns": ns_id,
+                "f": [r.file_id for r in rows],
+                "r": [r.rev for r in rows],
+                "op": [r.op for r in rows],
+                "k": [r.kind for r in rows],
+                "pk": [r.path_key for r in rows],
+                "par": [r.parent_key for r in rows],
+                "pd": [r.path_display for r in rows],
+                "sz": [r.size for r in rows],
+                "ch": [r.content_hash for r in rows],
+                "mt": [r.mtime for r in rows],
+                "kind": kind,
+                "payload": Jsonb(payload),
+                "chan": NOTIFY_CHANNEL,
+            },
         )
+        last = int(row[0])
         seqs = list(range(last - n + 1, last + 1))
-        with self.conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key, parent_key,"
-                " path_display, size, content_hash, mtime)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        ns_id,
-                        seq,
-                        r.file_id,
-                        r.rev,
-                        r.op,
-                        r.kind,
-                        r.path_key,
-                        r.parent_key,
-                        r.path_display,
-                        r.size,
-                        r.content_hash,
-                        r.mtime,
-                    )
-                    for seq, r in zip(seqs, rows, strict=True)
-                ],
-            )
         event_id = f"ns{ns_id}-{last}"
-        full = {"ns_id": ns_id, "seq": last, "event_id": event_id, **payload}
-        self.conn.execute(
-            "INSERT INTO outbox (ns_id, seq, event_id, kind, payload) VALUES (%s, %s, %s, %s, %s)",
-            (ns_id, last, event_id, kind, Jsonb(full)),
-        )
-        self.conn.execute(
-            "SELECT pg_notify(%s, %s)",
-            (NOTIFY_CHANNEL, json.dumps({"ns_id": ns_id, "seq": last})),
-        )
+        full = {**payload, "ns_id": ns_id, "seq": last, "event_id": event_id}
         return seqs, ChangeEvent(event_id, ns_id, last, kind, full)
 
     def journal_after(
