@@ -27,7 +27,7 @@ resolver = build_resolver(services)
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
 @tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(raise_on_empty_metrics=False)
+@metrics.log_metrics(raise_on_empty_metrics=False, capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Resolve one long-poll request (API Gateway REST proxy event)."""
     return resolver.resolve(event, context)

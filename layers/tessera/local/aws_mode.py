@@ -72,6 +72,7 @@ class MotoCloud:
         from moto.server import ThreadedMotoServer
 
         use_fake_credentials()
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.endpoint_url = ""
 
