@@ -213,8 +213,8 @@ class FilesystemBlockStore(BlockStore):
                 return  # S3 rejects restoring a hot object; nothing to do here either
             raise KeyError(key)
         marker = self._restore_path(key)
-        if marker.is_file():
-            return  # idempotent: a restore is under way or done
+        if any(self._restore_state(key)):
+            return  # idempotent: a restore is under way or done (an expired one is redone)
         now = self.clock.now()
         state = {
             "ready_at": (now + timedelta(seconds=self.restore_delay)).isoformat(),
