@@ -271,3 +271,25 @@ def test_viewer_cannot_upload_or_commit(
     sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="viewer"))
     with pytest.raises(Forbidden):
         put_file(services, bob, "/Team/x", b"viewer write")
+
+
+def test_quota_is_enforced_at_upload_start(services: Services, alice: Principal) -> None:
+    import dataclasses
+
+    from tessera.domain.errors import QuotaExceeded
+
+    small = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, default_quota_bytes=10)
+    )
+    put_file(small, alice, "/fits", b"12345678")
+    with pytest.raises(QuotaExceeded) as info:
+        put_file(small, alice, "/over", b"123")
+    assert info.value.status == 413 and info.value.code == "quota_exceeded"
+
+
+def test_email_of_another_account_is_409(services: Services) -> None:
+    from tessera.domain.sharing import account
+
+    account(services, Principal("user-1", "same@example.com"))
+    with pytest.raises(Conflict, match="another account"):
+        account(services, Principal("user-2", "SAME@example.com"))

@@ -97,3 +97,9 @@ class BlockUnavailable(Unavailable):
     """A block of the file is damaged (quarantined) and cannot be served."""
 
     code = "block_unavailable"
+
+
+class QuotaExceeded(PayloadTooLarge):
+    """The upload would take the account over its quota."""
+
+    code = "quota_exceeded"

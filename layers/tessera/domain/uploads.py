@@ -11,7 +11,7 @@ from datetime import timedelta
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.commits import check_block_list
-from tessera.domain.errors import NotFound, PayloadTooLarge, Unprocessable
+from tessera.domain.errors import NotFound, PayloadTooLarge, QuotaExceeded, Unprocessable
 from tessera.domain.models import (
     BlockKey,
     PresignedUrl,
@@ -57,6 +57,12 @@ def start_upload(
             for b in f.blocks:
                 if sizes.setdefault(b.id, b.size) != b.size:
                     raise Unprocessable(f"block {b.id} is declared with two sizes")
+        incoming = sum(f.size for f in req.files)
+        if incoming and store.usage(view.user.user_id) + incoming > view.user.quota_bytes:
+            raise QuotaExceeded(
+                f"these files need {incoming} bytes: over your quota of "
+                f"{view.user.quota_bytes} bytes",
+            )
         readable = store.readable_blocks(view.ns_ids, list(sizes))
         needed = [bid for bid in sizes if bid not in readable]
         upload_id = "up_" + secrets.token_hex(16)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from tessera.domain import paths
 from tessera.domain.acl import Action, require
-from tessera.domain.errors import NotFound, Unprocessable
+from tessera.domain.errors import Conflict, NotFound, Unprocessable
 from tessera.domain.models import DeletedEntry, FileEntry, FolderEntry
 from tessera.metadata.store import FileRow, MountRow, Store, UserRow
 from tessera.ports import Principal
@@ -70,7 +70,8 @@ def load_view(store: Store, principal: Principal, settings: Settings) -> View:
     if found is None:
         store.create_user(principal.user_id, principal.email, settings.default_quota_bytes)
         found = store.user_view(principal.user_id)
-        assert found is not None  # created just above (or concurrently, then waited for)
+        if found is None:  # not created: the email belongs to another user id
+            raise Conflict(f"{principal.email!r} already belongs to another account")
     return View(found[0], tuple(found[1]))
 
 
@@ -103,8 +104,6 @@ def locate(
         row = store.file_by_id(file_id, lock=lock)
         mount = view.mount_of(row.ns_id) if row else None
         if row is None or mount is None or (row.is_deleted and not include_deleted):
-            raise NotFound(f"no file with id {file_id!r}")
-        if not paths.is_within(row.path_key, "/"):  # defensive: stored paths are canonical
             raise NotFound(f"no file with id {file_id!r}")
         return Located(mount, row.path_display, row)
     assert path is not None

@@ -245,10 +245,10 @@ class Store:
         return UserRow(*row) if row and row[2] is not None else None
 
     def create_user(self, user_id: str, email: str, quota_bytes: int) -> bool:
-        """Provision a user with a root namespace; False if they already exist."""
+        """Provision a user with a root namespace; False if the user id or the email exists."""
         row = self._one(
             "INSERT INTO users (user_id, email, email_key, quota_bytes) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (user_id) DO NOTHING RETURNING user_id",
+            " ON CONFLICT DO NOTHING RETURNING user_id",
             (user_id, email, email.strip().lower(), quota_bytes),
         )
         if row is None:
