@@ -136,16 +136,17 @@ def _chunk_views(
                 raise _changed(path, f"it shrank from {before.st_size} to {base + filled} bytes")
             if filled == 0:
                 break
-            cuts: list[tuple[int, memoryview, Future[bytes] | None]] = []
+            cuts: list[tuple[int, memoryview, Future[bytes] | bytes]] = []
             for chunk in _CHUNKER.cut_buf(window[:filled]):
                 start = chunk.offset
                 if not eof and filled - start < MAX_BLOCK_SIZE:
                     break  # this cut may depend on bytes not read yet: refill first
                 view = window[start : start + chunk.length]
-                cuts.append((start, view, pool.submit(_digest, view) if pool else None))
+                # Without a pool, hash at once, while FastCDC has just brought it into cache.
+                cuts.append((start, view, pool.submit(_digest, view) if pool else _digest(view)))
             consumed = 0
             for start, view, job in cuts:
-                digest = job.result() if job else _digest(view)
+                digest = job if isinstance(job, bytes) else job.result()
                 yield BlockRef(ID_PREFIX + digest.hex(), base + start, len(view)), view, digest
                 consumed = start + len(view)
             if eof and consumed == filled:
