@@ -57,7 +57,10 @@ class MaintenanceScheduler:
             self._thread = None
 
     def _loop(self, first_run_delay: float) -> None:
-        due = {name: time.monotonic() + first_run_delay for name in self.intervals}
+        due = {
+            name: time.monotonic() + min(first_run_delay, interval)
+            for name, interval in self.intervals.items()
+        }
         while due and not self._stop.is_set():
             name = min(due, key=due.__getitem__)
             if self._stop.wait(max(0.0, due[name] - time.monotonic())):

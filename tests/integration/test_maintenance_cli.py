@@ -1,0 +1,126 @@
+"""`tessera admin run ...` against a state dir, and the local in-process scheduler."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tessera.maintenance import scheduler
+from tessera.maintenance.cli import app
+from tessera.maintenance.scheduler import MaintenanceScheduler
+
+from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
+    ALICE,
+    BLOCK,
+    BOB,
+    World,
+    world_fixture,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def state_dir(
+    world: World, tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The world's files laid out as a local cloud state dir (blocks/, keys.json)."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert (tmp_path / "keys.json").is_file() and (tmp_path / "blocks").is_dir()
+    return tmp_path
+
+
+def test_admin_run_dedup_and_gc_print_what_they_did(world: World, state_dir: Path) -> None:
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    world.put(BOB, "/b.bin", data)
+
+    out = runner.invoke(app, ["run", "dedup", "--state", str(state_dir), "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert (result["workflow"], result["promoted"], result["dropped"]) == ("dedup", 2, 2)
+
+    world.delete(ALICE, "/a.bin")
+    world.delete(BOB, "/b.bin")
+    as_of = (datetime.now(UTC) + timedelta(days=31)).isoformat()
+    out = runner.invoke(app, ["run", "gc", "--state", str(state_dir), "--as-of", as_of])
+    assert out.exit_code == 0, out.output
+    assert "trash files purged" in out.stdout and "versions purged" in out.stdout
+    later = (datetime.now(UTC) + timedelta(days=33)).isoformat()
+    out = runner.invoke(app, ["run", "gc", "--state", str(state_dir), "--as-of", later, "--json"])
+    assert json.loads(out.stdout)["blocks_deleted"] == 2
+    assert world.keys_under("blocks/") == []
+    runs = world.sql("SELECT workflow, step FROM maintenance_runs ORDER BY run_id")
+    assert ("dedup", "verify") in runs and ("gc", "delete_blocks") in runs
+
+    out = runner.invoke(
+        app, ["run", "gc", "--step", "expire_uploads", "--state", str(state_dir), "--json"]
+    )
+    assert out.exit_code == 0 and "sessions_expired" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "compact"], "unknown workflow 'compact'"),
+        (["run", "gc", "--as-of", "yesterday"], "not an ISO-8601"),
+        (["run", "gc", "--step", "nope"], "has no step 'nope'"),
+    ],
+)
+def test_admin_run_refuses_bad_input(state_dir: Path, args: list[str], message: str) -> None:
+    out = runner.invoke(app, [*args, "--state", str(state_dir)])
+    assert out.exit_code == 2
+    assert message in out.output
+
+
+def test_admin_run_refuses_a_dir_that_is_not_a_state_dir(tmp_path: Path) -> None:
+    out = runner.invoke(app, ["run", "gc", "--state", str(tmp_path / "nothing")])
+    assert out.exit_code == 2 and "not a local cloud state dir" in out.output
+
+
+def test_admin_workflows_lists_steps_and_prints_asl() -> None:
+    out = runner.invoke(app, ["workflows"])
+    assert out.exit_code == 0 and "delete_blocks" in out.stdout
+    out = runner.invoke(
+        app, ["workflows", "--asl", "arn:aws:lambda:x:1:function:gc", "--name", "gc"]
+    )
+    assert json.loads(out.stdout)["StartAt"] == "purge_trash"
+    assert runner.invoke(app, ["workflows", "--asl", "arn", "--name", "nope"]).exit_code == 2
+
+
+def test_scheduler_runs_workflows_until_stopped(world: World) -> None:
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    sched = MaintenanceScheduler(world.ctx, {"dedup": 0.1, "gc": 0.0})
+    sched.start()
+    try:
+        deadline = time.monotonic() + 20
+        while world.keys_under("staging/") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sched.stop()
+    assert world.keys_under("staging/") == []
+    assert sched.runs["dedup"] >= 1 and "gc" not in sched.runs  # 0 disables
+
+
+def test_scheduler_start_takes_the_local_clouds_services(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("GC", "COLD", "SCRUB"):
+        monkeypatch.setenv(f"TESSERA_{name}_INTERVAL_S", "0")
+    monkeypatch.setenv("TESSERA_DEDUP_INTERVAL_S", "0.1")
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    stop = scheduler.start(world.svc)
+    try:
+        deadline = time.monotonic() + 20
+        while world.keys_under("staging/") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop()
+    assert world.keys_under("staging/") == []
