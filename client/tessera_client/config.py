@@ -44,6 +44,7 @@ class Settings:
     transfer_threads: int = 8
     longpoll_timeout_s: int = 60
     batch_files: int = 500
+    outage_wait_s: float = 120.0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:

@@ -490,8 +490,20 @@ class SyncEngine:
     def run_once(self, max_rounds: int = 30) -> RoundResult:
         """Sync until both sides are quiescent (or a problem stops it)."""
         total = RoundResult()
+        outage_since: float | None = None
         for _ in range(max_rounds):
-            r = self.round()
+            try:
+                r = self.round()
+            except ServerUnreachable as e:
+                # the server is down or restarting: wait for it (uploads resume where they were)
+                now = time.monotonic()
+                outage_since = outage_since or now
+                if now - outage_since > self.settings.outage_wait_s:
+                    raise
+                self.reporter.problem(f"{e}; retrying")
+                time.sleep(min(5.0, 0.5 + (now - outage_since) / 4))
+                continue
+            outage_since = None
             total.ops += r.ops
             total.problems += [p for p in r.problems if p not in total.problems]
             total.paused_deletes = max(total.paused_deletes, r.paused_deletes)

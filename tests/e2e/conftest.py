@@ -172,12 +172,15 @@ class CloudProcess:
         env = dict(os.environ)
         env.pop("DATABASE_URL", None)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "client"), str(REPO / "layers")])
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.state.parent / "cloud.log", "ab")  # noqa: SIM115 (handed to the child)
         self.proc = subprocess.Popen(
             tessera_cmd("local", "up", "--state", str(self.state), "--port", str(self.port)),
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
+        log.close()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -185,7 +188,9 @@ class CloudProcess:
                     return
             except httpx.HTTPError:
                 pass
-            assert self.proc.poll() is None, "the local cloud exited"
+            if self.proc.poll() is not None:
+                log_text = (self.state.parent / "cloud.log").read_text(errors="replace")
+                raise AssertionError(f"the local cloud exited:\n{log_text[-3000:]}")
             time.sleep(0.2)
         raise AssertionError("the local cloud did not come up")
 
@@ -234,11 +239,26 @@ def devices(tmp_path: Path) -> Iterator[list[Device]]:
 
 
 def make_device(
-    devices: list[Device], tmp_path: Path, cloud: Cloud, name: str, email: str
+    devices: list[Device], tmp_path: Path, cloud: Cloud, name: str, email: str, *, cli: bool = False
 ) -> Device:
-    """A logged-in device."""
+    """A logged-in device (through `tessera login` with `cli`, else the same steps in-process)."""
     d = Device(name, tmp_path, cloud.url, email)
-    d.login()
+    if cli:
+        d.login()
+    else:
+        from tessera_client.api import Api
+        from tessera_client.config import Home
+
+        home = Home(d.home)
+        api = Api(cloud.url, home)
+        try:
+            api.login(email, PASSWORD)
+            api.call("/v1/account", method="GET")
+        finally:
+            api.close()
+        settings = home.load_settings()
+        settings.server_url, settings.email, settings.device_name = cloud.url, email, name
+        home.save_settings(settings)
     devices.append(d)
     return d
 

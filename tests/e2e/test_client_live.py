@@ -1,0 +1,89 @@
+"""The local cloud as a subprocess (restarted mid-sync), and two sync daemons side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import (
+    Cloud,
+    CloudProcess,
+    Device,
+    make_device,
+    snapshot,
+    tessera_cmd,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def _sent_blocks(home: Path) -> int:
+    try:
+        with sqlite3.connect(home / "state.db") as db:
+            rows = db.execute("SELECT payload FROM pending WHERE kind='upload'").fetchall()
+    except sqlite3.Error:
+        return 0
+    return sum(len(json.loads(r[0])["sent"]) for r in rows)
+
+
+def test_server_restarted_mid_sync(
+    cloud_process: tuple[CloudProcess, Cloud], devices: list[Device], tmp_path: Path
+) -> None:
+    proc, cloud = cloud_process
+    email = cloud.user()
+    a = make_device(devices, tmp_path, cloud, "A", email, cli=True)
+    b = make_device(devices, tmp_path, cloud, "B", email)
+    data = os.urandom(32 * 1024 * 1024)
+    a.write("media/big.bin", data)
+    a.write("notes/ß.txt", "small")
+    sync = subprocess.Popen(
+        tessera_cmd("sync", str(a.folder), "--once", "-q"),
+        env=a.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(
+        lambda: _sent_blocks(a.home) >= 1 or sync.poll() is not None, timeout=60, interval=0.01
+    )
+    proc.stop()  # the server goes away mid-upload...
+    time.sleep(1.0)
+    proc.start()  # ...and comes back on the same port with the same state
+    _out, err = sync.communicate(timeout=180)
+    assert sync.returncode == 0, err
+    b.sync()
+    assert snapshot(b.folder) == snapshot(a.folder)
+    assert (b.folder / "media" / "big.bin").read_bytes() == data
+
+
+def test_two_daemons_follow_each_other(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    a.start_daemon()
+    b.start_daemon()
+    time.sleep(2.0)  # both daemons up and long-polling
+    payload = os.urandom(1024 * 1024)
+    a.write("from-a.bin", payload)
+    target = b.folder / "from-a.bin"
+    wait_for(lambda: target.exists() and target.read_bytes() == payload, timeout=30)
+
+    b.write("sub/from-b.txt", "hi from b")
+    wait_for(lambda: (a.folder / "sub" / "from-b.txt").exists(), timeout=30)
+    (b.folder / "from-a.bin").rename(b.folder / "sub" / "renamed.bin")
+    wait_for(lambda: (a.folder / "sub" / "renamed.bin").exists(), timeout=30)
+    wait_for(lambda: not (a.folder / "from-a.bin").exists(), timeout=30)
+    (a.folder / "sub" / "from-b.txt").unlink()
+    wait_for(lambda: not (b.folder / "sub" / "from-b.txt").exists(), timeout=30)
+    a.stop()
+    b.stop()
+    assert snapshot(a.folder) == snapshot(b.folder)
