@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tessera.adapters.local import LocalUsers
 from tessera.blocks import block_id, content_hash, decode_block, encode_block
+from tessera.domain.errors import Conflict, Unauthorized, Unprocessable
 from tessera.local import LocalCloud
 from tessera.settings import Settings
 
@@ -167,48 +169,61 @@ def test_another_users_cursor_is_refused(cloud: tuple[str, str], database_url: s
     cursor = mine.post("/v1/list_folder", {"path": ""})["cursor"]
     theirs = Client(base_url, other)
     theirs.put_file("/theirs.txt", b"theirs")
-    r = theirs.http.post(
-        "/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 1}
-    )
+    r = theirs.http.post("/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 1})
     assert r.status_code == 400
+
+
+def test_local_users(database_url: str) -> None:
+    users = LocalUsers(database_url)
+    created = users.add("  Carol@Example.COM ", PASSWORD)
+    assert created.email == "carol@example.com"
+    with pytest.raises(Conflict):
+        users.add("CAROL@example.com", "another password")
+    with pytest.raises(Unprocessable):
+        users.add("dave@example.com", "short")
+    for bad in ("", "no-at-sign", "@example.com", "a b@example.com"):
+        with pytest.raises(Unprocessable):
+            users.add(bad, PASSWORD)
+    assert users.authenticate("carol@EXAMPLE.com", PASSWORD) == created
+    with pytest.raises(Unauthorized):
+        users.authenticate("carol@example.com", "another password")
+    with psycopg.connect(database_url) as conn:
+        (stored,) = conn.execute("SELECT password_hash FROM local_users").fetchone() or ("",)
+    assert stored.startswith("$argon2id$")
+    assert PASSWORD not in stored
 
 
 # ---------------------------------------------------------------------------------------
 # As a subprocess, with embedded PostgreSQL under the state dir
 
 
-def _up(state: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "TESSERA_LONGPOLL_MIN_S": "0"}
+def _up(state: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """Start `local up --demo`; (process, base URL, everything it printed while starting)."""
+    # dedup-verify would promote the staged blocks while the test reads them: not its subject
+    env = {**os.environ, "TESSERA_LONGPOLL_MIN_S": "0", "TESSERA_DEDUP_INTERVAL_S": "0"}
     env.pop("DATABASE_URL", None)
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "tessera.local",
-            "up",
-            "--state",
-            str(state),
-            "--port",
-            "0",
-            "--demo",
+            sys.executable, "-m", "tessera.local", "up",
+            "--state", str(state), "--port", "0", "--demo",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
-    )
+    )  # fmt: skip
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
+    seen: list[str] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and (line := proc.stdout.readline()):
         seen.append(line)
-        if m := re.search(r"Tessera local cloud: (http://\S+)", line):
-            return proc, m.group(1)
+        if line.startswith("Press Ctrl-C"):
+            printed = "".join(seen)
+            m = re.search(r"Tessera local cloud: (http://\S+)", printed)
+            assert m, printed
+            return proc, m.group(1), printed
     proc.kill()
-    pytest.fail("local up did not print its URL:\n" + "".join(seen))
+    pytest.fail("local up did not start:\n" + "".join(seen))
 
 
 def _stop(proc: subprocess.Popen[str]) -> str:
@@ -220,7 +235,9 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 def test_local_up_subprocess_stops_cleanly_and_restarts_with_everything(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    proc, url = _up(state)
+    proc, url, printed = _up(state)
+    assert f"tessera login --server {url} --email demo@tessera.local --password" in printed
+    assert "tessera sync ~/Tessera" in printed
     try:
         assert httpx.get(url + "/v1/health").json()["status"] == "ok"
         demo_email, demo_password = (state / "demo-credentials").read_text().split()
@@ -250,27 +267,9 @@ def test_local_up_subprocess_stops_cleanly_and_restarts_with_everything(tmp_path
     assert "stopped" in out
     assert not (state / "pg" / "postmaster.pid").exists(), "PostgreSQL was not stopped"
 
-    proc, url = _up(state)
+    proc, url, printed = _up(state)
     try:
         assert Client(url, "bob@example.com").get_file("/kept.bin") == data
-        duplicate = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tessera.local",
-                "adduser",
-                "BOB@example.com",
-                "--password",
-                PASSWORD,
-                "--state",
-                str(state),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert duplicate.returncode == 1
-        assert "already exists" in duplicate.stderr
     finally:
-        out = _stop(proc)
-    assert "Demo user ready" in out  # --demo prints the login on every start
+        _stop(proc)
+    assert demo_password in printed  # --demo prints the same login on every start
