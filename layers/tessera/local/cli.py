@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from tessera.local.aws_mode import AwsLocalCloud
 
 app = typer.Typer(
     name="local",
@@ -57,12 +60,13 @@ def up(
     aws_endpoint: AwsEndpointOption = None,
 ) -> None:
     """Start the local cloud: PostgreSQL, the API and the block store behind one URL."""
-    from tessera.local.aws_mode import AwsLocalCloud
     from tessera.local.cloud import LocalCloud
     from tessera.settings import Settings
 
     cloud: LocalCloud | AwsLocalCloud
     if backend is Backend.AWS:
+        from tessera.local.aws_mode import AwsLocalCloud  # boto3 etc.: only when asked for
+
         cloud = AwsLocalCloud(
             state,
             host=host,
