@@ -93,14 +93,17 @@ WORKFLOWS: dict[str, Workflow] = {
     )
 }
 
-# Errors worth retrying inside the state machine: Lambda's own transient failures and a
-# step that lost a race for a lock (it raises `StepBusy`); anything else fails the run.
+# Errors worth retrying inside the state machine: Lambda's own transient failures, and a
+# step that lost a race for a lock (psycopg's error class names, which Lambda reports as
+# the error type); anything else fails the run.
 _RETRYABLE = [
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
-    "StepBusy",
+    "LockNotAvailable",
+    "DeadlockDetected",
+    "SerializationFailure",
 ]
 
 

@@ -1,0 +1,125 @@
+"""The maintenance workflows as data, their results, and event/settings parsing (no I/O)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tessera.domain.errors import BadRequest
+from tessera.maintenance import (
+    WORKFLOWS,
+    DedupResult,
+    GcResult,
+    MaintenanceSettings,
+    canonical_key,
+    parse_as_of,
+    state_machine_definition,
+)
+from tessera.maintenance.context import quarantine_key
+from tessera.maintenance.runner import RESULTS, STEPS, _upload_ids
+from tessera.maintenance.workflows import workflow
+from tessera.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_step_has_an_implementation_and_every_workflow_a_function() -> None:
+    declared = {(w.name, s.name) for w in WORKFLOWS.values() for s in w.steps}
+    assert declared == set(STEPS)
+    assert set(RESULTS) == set(WORKFLOWS)
+    for wf in WORKFLOWS.values():
+        handler = ROOT / "functions" / wf.function / "handler.py"
+        assert handler.is_file(), handler
+        assert f'make_handler("{wf.name}")' in handler.read_text()
+        assert hasattr(MaintenanceSettings(), wf.setting)
+
+
+@pytest.mark.parametrize("name", sorted(WORKFLOWS))
+def test_state_machine_walks_each_step_and_loops_while_more(name: str) -> None:
+    arn = "arn:aws:lambda:eu-west-1:123456789012:function:tessera-" + name
+    asl = state_machine_definition(name, arn)
+    json.dumps(asl)  # serialisable as the definition body
+    steps = WORKFLOWS[name].step_names
+    assert asl["StartAt"] == steps[0]
+    states = asl["States"]
+    for i, step in enumerate(steps):
+        task = states[step]
+        assert task["Type"] == "Task"
+        assert task["Parameters"]["FunctionName"] == arn
+        assert task["Parameters"]["Payload"]["step"] == step
+        assert task["Parameters"]["Payload"]["input.$"] == "$$.Execution.Input"
+        assert "LockNotAvailable" in task["Retry"][0]["ErrorEquals"]
+        choice = states[task["Next"]]
+        assert choice["Type"] == "Choice"
+        assert choice["Choices"][0]["Next"] == step  # loop while `more`
+        assert choice["Choices"][0]["Variable"].endswith(".more")
+        assert choice["Default"] == (steps[i + 1] if i + 1 < len(steps) else "Done")
+    assert states["Done"] == {"Type": "Succeed"}
+    # every Next / Default points at a state that exists
+    targets = {t["Next"] for t in states.values() if "Next" in t}
+    targets |= {t["Default"] for t in states.values() if "Default" in t}
+    assert targets <= set(states)
+
+
+def test_unknown_workflow_and_step_name_the_valid_ones() -> None:
+    with pytest.raises(KeyError, match="workflows: \\['cold', 'dedup', 'gc', 'scrub'\\]"):
+        workflow("compact")
+    with pytest.raises(KeyError, match="steps: \\['verify'\\]"):
+        WORKFLOWS["dedup"].step("sweep")
+
+
+def test_results_sum_across_batches() -> None:
+    total = GcResult()
+    total.add(GcResult(more=True, blocks_deleted=3, bytes_freed=100, errors=["x"]))
+    total.add(GcResult(more=False, blocks_deleted=2, bytes_freed=50))
+    assert (total.blocks_deleted, total.bytes_freed, total.more, total.errors) == (
+        5,
+        150,
+        False,
+        ["x"],
+    )
+    counters = DedupResult(promoted=1).counters()
+    assert counters["promoted"] == 1 and "more" not in counters and "errors" not in counters
+    assert DedupResult(dropped=2).to_dict()["dropped"] == 2
+
+
+def test_as_of_is_iso_8601_in_utc() -> None:
+    assert parse_as_of(None) is None and parse_as_of("") is None
+    assert parse_as_of("2027-01-02T03:04:05Z") == datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse_as_of("2027-01-02") == datetime(2027, 1, 2, tzinfo=UTC)
+    with pytest.raises(BadRequest, match="ISO-8601"):
+        parse_as_of("next tuesday")
+
+
+def test_queue_messages_name_upload_sessions() -> None:
+    records = [
+        {"body": json.dumps({"upload_id": "up_a"})},
+        {"body": json.dumps({"detail": {"upload_id": "up_b"}})},
+        {"body": json.dumps({"detail": {"payload": {"upload_id": "up_c"}}})},
+        {"body": json.dumps({"detail": {"payload": {"upload_id": "up_a"}}})},
+        {"body": "not json"},
+        {"body": json.dumps(["a list"])},
+        {"body": json.dumps({"detail": {"upload_id": 7}})},
+    ]
+    assert _upload_ids(records) == ["up_a", "up_b", "up_c"]
+    assert _upload_ids("garbage") == []
+
+
+def test_settings_widen_the_server_settings_from_the_environment() -> None:
+    base = Settings(trash_retention_days=7, upload_ttl_s=60)
+    env = {"TESSERA_GC_GRACE_HOURS": "2", "TESSERA_COLD_AFTER_DAYS": "10"}
+    widened = MaintenanceSettings.widen(base, env)
+    assert (widened.trash_retention_days, widened.upload_ttl_s) == (7, 60)
+    assert (widened.gc_grace_hours, widened.cold_after_days) == (2, 10)
+    assert MaintenanceSettings.widen(widened, {}) is widened
+    with pytest.raises(ValueError, match="TESSERA_GC_GRACE_HOURS"):
+        MaintenanceSettings.widen(base, {"TESSERA_GC_GRACE_HOURS": "a day"})
+
+
+def test_store_keys() -> None:
+    bid = "b3:" + "ab" * 32
+    assert canonical_key(bid) == "blocks/" + "ab" * 32
+    assert quarantine_key("staging/up_1/" + "ab" * 32) == "quarantine/up_1/" + "ab" * 32
