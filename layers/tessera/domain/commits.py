@@ -167,19 +167,7 @@ def write_version(
     journal.append(
         NewJournal(file_id, rev, "upsert", "file", key, parent_key, display, size, digest, mtime)
     )
-    seqs, event = store.append_journal(
-        mount.ns_id,
-        journal,
-        kind="file",
-        payload={
-            "op": op,
-            "file_id": file_id,
-            "rev": rev,
-            "path": display,
-            "staged": [{"block_id": b[0], "staged_key": b[2]} for b in blocks if b[2]],
-        },
-    )
-    server_time, created = store.write_version(
+    server_time, created, event = store.write_version(
         mount.ns_id,
         file_id,
         rev,
@@ -187,10 +175,17 @@ def write_version(
         content_hash=digest,
         author_id=view.user.user_id,
         mtime=mtime,
-        journal_seq=seqs[-1],
         path_display=display,
         blocks=blocks,
         refs=refs,
+        journal=journal,
+        payload={
+            "op": op,
+            "file_id": file_id,
+            "rev": rev,
+            "path": display,
+            "staged": [{"block_id": b[0], "staged_key": b[2]} for b in blocks if b[2]],
+        },
     )
     gone = sorted(created - {b[0] for b in blocks if b[2] is not None})
     if gone:  # gc deleted a block this commit meant to reuse: the client uploads it again

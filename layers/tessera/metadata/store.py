@@ -202,6 +202,58 @@ def _file(row: Sequence[Any]) -> FileRow:
     return FileRow(*row[:8], version=version)  # type: ignore[misc]
 
 
+# Bumps the namespace's seq, appends the journal rows, writes the outbox row and queues the
+# NOTIFY (delivered at COMMIT), in one statement.
+_JOURNAL_SQL = (
+    "WITH ns AS (UPDATE namespaces SET latest_seq = latest_seq + %(n)s"
+    "  WHERE ns_id = %(ns)s RETURNING latest_seq),"
+    " j AS (INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key,"
+    "  parent_key, path_display, size, content_hash, mtime)"
+    "  SELECT %(ns)s, ns.latest_seq - %(n)s + t.o, t.f, t.r, t.op, t.k, t.pk, t.par,"
+    "  t.pd, t.sz, t.ch, t.mt FROM ns, unnest(%(f)s::text[], %(r)s::bigint[],"
+    "  %(op)s::text[], %(k)s::text[], %(pk)s::text[], %(par)s::text[], %(pd)s::text[],"
+    "  %(sz)s::bigint[], %(ch)s::text[], %(mt)s::timestamptz[])"
+    "  WITH ORDINALITY AS t(f, r, op, k, pk, par, pd, sz, ch, mt, o)),"
+    " o AS (INSERT INTO outbox (ns_id, seq, event_id, kind, payload)"
+    "  SELECT %(ns)s, ns.latest_seq, 'ns' || %(ns)s || '-' || ns.latest_seq, %(kind)s,"
+    "  %(payload)s::jsonb || jsonb_build_object('ns_id', %(ns)s::bigint,"
+    "  'seq', ns.latest_seq, 'event_id', 'ns' || %(ns)s || '-' || ns.latest_seq)"
+    "  FROM ns)"
+    " SELECT ns.latest_seq, pg_notify(%(chan)s, json_build_object('ns_id',"
+    " %(ns)s::bigint, 'seq', ns.latest_seq)::text) FROM ns"
+)
+
+
+def _journal_params(
+    ns_id: int, rows: Sequence[NewJournal], kind: str, payload: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "n": len(rows),
+        "ns": ns_id,
+        "f": [r.file_id for r in rows],
+        "r": [r.rev for r in rows],
+        "op": [r.op for r in rows],
+        "k": [r.kind for r in rows],
+        "pk": [r.path_key for r in rows],
+        "par": [r.parent_key for r in rows],
+        "pd": [r.path_display for r in rows],
+        "sz": [r.size for r in rows],
+        "ch": [r.content_hash for r in rows],
+        "mt": [r.mtime for r in rows],
+        "kind": kind,
+        "payload": Jsonb(payload),
+        "chan": NOTIFY_CHANNEL,
+    }
+
+
+def _journal_result(
+    ns_id: int, n: int, last: int, kind: str, payload: dict[str, Any]
+) -> tuple[list[int], ChangeEvent]:
+    event_id = f"ns{ns_id}-{last}"
+    full = {**payload, "ns_id": ns_id, "seq": last, "event_id": event_id}
+    return list(range(last - n + 1, last + 1)), ChangeEvent(event_id, ns_id, last, kind, full)
+
+
 class Store:
     """Data access inside one transaction (from `Database.transaction()`)."""
 
@@ -569,36 +621,30 @@ class Store:
         content_hash: str,
         author_id: str,
         mtime: datetime | None,
-        journal_seq: int,
         path_display: str,
         blocks: Sequence[tuple[str, int, str | None]],
         refs: Sequence[tuple[str, int, int, int]],
-    ) -> tuple[datetime, set[str]]:
-        """Version `rev` of a file: its row, its ordered block list (id, size, staged_key),
-        refcounts bumped by `refs` (block_id, size, key_version, count; new blocks start
-        staged, rows touched in block-id order so concurrent commits never deadlock), and
-        the file's latest rev — pipelined in one round trip.
+        journal: Sequence[NewJournal],
+        payload: dict[str, Any],
+    ) -> tuple[datetime, set[str], ChangeEvent]:
+        """Version `rev` of a file, pipelined in one round trip: the journal rows (+ outbox,
+        NOTIFY, as `append_journal`), the version, its ordered block list (id, size,
+        staged_key), refcounts bumped by `refs` (block_id, size, key_version, count; new
+        blocks start staged; rows touched in block-id order so commits never deadlock), and
+        the file's latest rev.
 
-        Returns the version's server time and the block ids whose `blocks` row was created
-        now (gc may have deleted a block meanwhile).
+        Returns the version's server time, the block ids whose `blocks` row was created now
+        (gc may have deleted a block meanwhile), and the change event.
         """
         ordered = sorted(refs)
         with self.conn.pipeline():
+            head = self.conn.execute(_JOURNAL_SQL, _journal_params(ns_id, journal, "file", payload))
             version = self.conn.execute(
                 "INSERT INTO file_versions (ns_id, file_id, rev, size, content_hash, author_id,"
-                " mtime, journal_seq, path_display)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING server_time",
-                (
-                    ns_id,
-                    file_id,
-                    rev,
-                    size,
-                    content_hash,
-                    author_id,
-                    mtime,
-                    journal_seq,
-                    path_display,
-                ),
+                " mtime, journal_seq, path_display) VALUES (%s, %s, %s, %s, %s, %s, %s,"
+                " (SELECT latest_seq FROM namespaces WHERE ns_id = %s), %s)"
+                " RETURNING server_time",
+                (ns_id, file_id, rev, size, content_hash, author_id, mtime, ns_id, path_display),
             )
             if blocks:
                 self.conn.execute(
@@ -635,9 +681,11 @@ class Store:
                 " deleted_by = NULL WHERE ns_id = %s AND file_id = %s",
                 (rev, ns_id, file_id),
             )
+        last = int(head.fetchone()[0])  # type: ignore[index]
+        _, event = _journal_result(ns_id, len(journal), last, "file", payload)
         server_time: datetime = version.fetchone()[0]  # type: ignore[index]
         fresh = {r[0] for r in created.fetchall() if r[1]} if created is not None else set()
-        return server_time, fresh
+        return server_time, fresh, event
 
     def set_block_state(self, block_ids: Sequence[str], state: str) -> None:
         """Set the state of blocks (e.g. cold → restoring when a download asks for them)."""
@@ -665,47 +713,8 @@ class Store:
 
         Takes the namespace row lock: call it late in the transaction.
         """
-        n = len(rows)
-        row = self._one(
-            "WITH ns AS (UPDATE namespaces SET latest_seq = latest_seq + %(n)s"
-            "  WHERE ns_id = %(ns)s RETURNING latest_seq),"
-            " j AS (INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key,"
-            "  parent_key, path_display, size, content_hash, mtime)"
-            "  SELECT %(ns)s, ns.latest_seq - %(n)s + t.o, t.f, t.r, t.op, t.k, t.pk, t.par,"
-            "  t.pd, t.sz, t.ch, t.mt FROM ns, unnest(%(f)s::text[], %(r)s::bigint[],"
-            "  %(op)s::text[], %(k)s::text[], %(pk)s::text[], %(par)s::text[], %(pd)s::text[],"
-            "  %(sz)s::bigint[], %(ch)s::text[], %(mt)s::timestamptz[])"
-            "  WITH ORDINALITY AS t(f, r, op, k, pk, par, pd, sz, ch, mt, o)),"
-            " o AS (INSERT INTO outbox (ns_id, seq, event_id, kind, payload)"
-            "  SELECT %(ns)s, ns.latest_seq, 'ns' || %(ns)s || '-' || ns.latest_seq, %(kind)s,"
-            "  %(payload)s::jsonb || jsonb_build_object('ns_id', %(ns)s::bigint,"
-            "  'seq', ns.latest_seq, 'event_id', 'ns' || %(ns)s || '-' || ns.latest_seq)"
-            "  FROM ns)"
-            " SELECT ns.latest_seq, pg_notify(%(chan)s, json_build_object('ns_id',"
-            " %(ns)s::bigint, 'seq', ns.latest_seq)::text) FROM ns",
-            {
-                "n": n,
-                "ns": ns_id,
-                "f": [r.file_id for r in rows],
-                "r": [r.rev for r in rows],
-                "op": [r.op for r in rows],
-                "k": [r.kind for r in rows],
-                "pk": [r.path_key for r in rows],
-                "par": [r.parent_key for r in rows],
-                "pd": [r.path_display for r in rows],
-                "sz": [r.size for r in rows],
-                "ch": [r.content_hash for r in rows],
-                "mt": [r.mtime for r in rows],
-                "kind": kind,
-                "payload": Jsonb(payload),
-                "chan": NOTIFY_CHANNEL,
-            },
-        )
-        last = int(row[0])
-        seqs = list(range(last - n + 1, last + 1))
-        event_id = f"ns{ns_id}-{last}"
-        full = {**payload, "ns_id": ns_id, "seq": last, "event_id": event_id}
-        return seqs, ChangeEvent(event_id, ns_id, last, kind, full)
+        row = self._one(_JOURNAL_SQL, _journal_params(ns_id, rows, kind, payload))
+        return _journal_result(ns_id, len(rows), int(row[0]), kind, payload)
 
     def journal_after(
         self, ns_id: int, after_seq: int, scope: KeyScope, *, limit: int
