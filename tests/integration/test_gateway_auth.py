@@ -52,6 +52,7 @@ class Env:
     issuer: JwtIssuer
     principal: Principal
     state: Path
+    database: str
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[Env
     )
     server.start(create_app(gateway))
     try:
-        yield Env(server.base_url, issuer, principal, tmp_path)
+        yield Env(server.base_url, issuer, principal, tmp_path, database)
     finally:
         server.stop()
 
@@ -231,3 +232,15 @@ def test_binary_body_is_base64(env: Env) -> None:
     event = r.json()["event"]
     assert event["isBase64Encoded"] is True
     assert event["body"] == "/wAB"
+
+
+def test_password_guessing_is_throttled(env: Env) -> None:
+    email = "target@example.com"
+    LocalUsers(env.database).add(email, PASSWORD)
+    for _ in range(5):
+        assert _login(env, email, "guess " * 3).status_code == 401
+    r = _login(env, email.upper(), PASSWORD)  # locked out, even with the right password
+    assert r.status_code == 429
+    assert r.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert _login(env).status_code == 200  # other users are not affected

@@ -8,9 +8,12 @@ live 30 days, so neither kind is accepted where the other is expected.
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tessera.adapters.local.secret_files import load_or_create
-from tessera.domain.errors import BadRequest, Conflict, Unauthorized, Unprocessable
+from tessera.domain.errors import (
+    BadRequest,
+    Conflict,
+    TooManyRequests,
+    Unauthorized,
+    Unprocessable,
+)
 from tessera.metadata import local_users
 from tessera.ports import Identity, Principal
 
@@ -195,11 +204,53 @@ class LocalUsers:
         return None if email is None else Principal(user_id=str(uid), email=email)
 
 
+class LoginThrottle:
+    """Refuses password attempts for an email after `max_failures` failures in `window_s`.
+
+    What Cognito does against password guessing, in memory (one local gateway process).
+    Checked before the password is hashed, so a guessing loop costs no argon2 time.
+    """
+
+    def __init__(self, max_failures: int = 5, window_s: float = 60.0) -> None:
+        self.max_failures, self.window_s = max_failures, window_s
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures.setdefault(key, deque())
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        return failures
+
+    def check(self, key: str) -> None:
+        """Raise `TooManyRequests` (with Retry-After) while `key` is locked out."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(key, now)
+            if len(failures) >= self.max_failures:
+                wait = failures[0] + self.window_s - now
+                raise TooManyRequests("too many failed sign-ins; try again later", math.ceil(wait))
+
+    def failed(self, key: str) -> None:
+        """Record a failed attempt."""
+        now = time.monotonic()
+        with self._lock:
+            self._recent(key, now).append(now)
+
+    def succeeded(self, key: str) -> None:
+        """Forget the failures of `key`."""
+        with self._lock:
+            self._failures.pop(key, None)
+
+
 class LocalIdentity:
     """The token endpoint: password and refresh-token grants over `LocalUsers` + `JwtIssuer`."""
 
-    def __init__(self, users: LocalUsers, issuer: JwtIssuer) -> None:
+    def __init__(
+        self, users: LocalUsers, issuer: JwtIssuer, throttle: LoginThrottle | None = None
+    ) -> None:
         self.users, self.issuer = users, issuer
+        self.throttle = throttle or LoginThrottle()
 
     def token(self, body: Mapping[str, Any]) -> TokenPair:
         """Answer `POST /v1/auth/token` with `{"email","password"}` or `{"refresh_token"}`."""
@@ -213,4 +264,12 @@ class LocalIdentity:
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             raise BadRequest('send {"email", "password"} or {"refresh_token"}')
-        return self.issuer.issue(self.users.authenticate(email, password))
+        key = email.strip().casefold()
+        self.throttle.check(key)
+        try:
+            principal = self.users.authenticate(email, password)
+        except Unauthorized:
+            self.throttle.failed(key)
+            raise
+        self.throttle.succeeded(key)
+        return self.issuer.issue(principal)
