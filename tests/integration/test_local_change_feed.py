@@ -14,14 +14,13 @@ import psycopg
 import pytest
 
 from tessera.adapters.local import PostgresChangeFeed
-from tessera.metadata import NOTIFY_CHANNEL, migrate
+from tessera.metadata import NOTIFY_CHANNEL
 from tessera.ports import ChangeEvent
 
 
 @pytest.fixture
-def feed(empty_database_url: str) -> Iterator[PostgresChangeFeed]:
-    migrate(empty_database_url)
-    f = PostgresChangeFeed(empty_database_url)
+def feed(database_url: str) -> Iterator[PostgresChangeFeed]:
+    f = PostgresChangeFeed(database_url)
     try:
         yield f
     finally:
@@ -62,7 +61,7 @@ def test_async_wait_returns_at_once_and_times_out(feed: PostgresChangeFeed) -> N
 
 
 def test_a_commit_transactions_notify_wakes_waiters(
-    feed: PostgresChangeFeed, empty_database_url: str
+    feed: PostgresChangeFeed, database_url: str
 ) -> None:
     """The server core NOTIFYs inside its commit transaction with a JSON payload."""
     results: list[bool] = []
@@ -70,7 +69,7 @@ def test_a_commit_transactions_notify_wakes_waiters(
     waiter.start()
     while feed.waiting() < 1:
         time.sleep(0.01)
-    with psycopg.connect(empty_database_url) as conn, conn.transaction():
+    with psycopg.connect(database_url) as conn, conn.transaction():
         conn.execute(
             "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, json.dumps({"ns_id": 9, "seq": 5}))
         )
@@ -79,14 +78,14 @@ def test_a_commit_transactions_notify_wakes_waiters(
 
 
 def test_notifications_for_older_seqs_or_garbage_do_not_wake(
-    feed: PostgresChangeFeed, empty_database_url: str
+    feed: PostgresChangeFeed, database_url: str
 ) -> None:
     results: list[bool] = []
     waiter = threading.Thread(target=lambda: results.append(feed.wait({10: 7}, 1.5)))
     waiter.start()
     while feed.waiting() < 1:
         time.sleep(0.01)
-    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, "not json"))
         conn.execute(
             "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, json.dumps({"ns_id": 10, "seq": 7}))
@@ -96,21 +95,19 @@ def test_notifications_for_older_seqs_or_garbage_do_not_wake(
 
 
 def test_waiters_survive_a_lost_listener_connection(
-    feed: PostgresChangeFeed, empty_database_url: str
+    feed: PostgresChangeFeed, database_url: str
 ) -> None:
     results: list[bool] = []
     waiter = threading.Thread(target=lambda: results.append(feed.wait({11: 0}, 20)))
     waiter.start()
     while feed.waiting() < 1:
         time.sleep(0.01)
-    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+    with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE query LIKE 'LISTEN%%' AND datname = current_database()"
         )
         # published while the listener is down: its NOTIFY is lost, the head is not
-        conn.execute(
-            "INSERT INTO local_change_heads (ns_id, seq) VALUES (11, 1)"
-        )
+        conn.execute("INSERT INTO local_change_heads (ns_id, seq) VALUES (11, 1)")
     waiter.join(15)
     assert results == [True]

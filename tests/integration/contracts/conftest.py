@@ -92,10 +92,8 @@ def local_block_store(request: pytest.FixtureRequest, tmp: Path) -> Iterator[Blo
 def local_change_feed(request: pytest.FixtureRequest, tmp: Path) -> Iterator[ChangeFeedHarness]:
     """PostgresChangeFeed over a fresh, migrated database."""
     from tessera.adapters.local import PostgresChangeFeed
-    from tessera.metadata import migrate
 
-    url: str = request.getfixturevalue("empty_database_url")
-    migrate(url)
+    url: str = request.getfixturevalue("database_url")  # cloned from a migrated template
     feed = PostgresChangeFeed(url)
     try:
         yield ChangeFeedHarness(feed=feed)
