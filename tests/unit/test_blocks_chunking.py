@@ -21,6 +21,7 @@ from tessera.blocks import (
     block_id,
     chunking,
     content_hash,
+    encode_many,
     iter_chunks,
     scan_file,
 )
@@ -330,3 +331,15 @@ def test_a_small_file_growing_after_its_only_read_is_reported(make_file: MakeFil
     os.utime(p, ns=(1_000_000_000, 1_000_000_000))
     with pytest.raises(FileChangedError, match="10 bytes became 14"):
         consume_with(p, lambda: _append(p))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_encode_pipeline_fails_when_the_file_changes(old_file: Path, workers: int) -> None:
+    key = bytes(32)
+    jobs = ((data, ref.id, key, 1) for ref, data in iter_chunks(old_file, workers=workers))
+    stored = encode_many(jobs, workers)
+    next(stored)
+    _overwrite_same_size(old_file)
+    with pytest.raises(FileChangedError):
+        for _ in stored:
+            pass
