@@ -13,6 +13,7 @@ expiry, size and checksum BEFORE anything becomes visible under the key.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -342,7 +343,7 @@ class FilesystemBlockStore(BlockStore):
         try:
             async for chunk in body:
                 sink.write(chunk)
-            sink.finish()
+            await asyncio.to_thread(sink.finish)  # fsync off the loop: long-polls keep waking
         except BaseException:
             sink.abort()
             raise
