@@ -376,11 +376,9 @@ class AwsLocalCloud:
                 conninfo = _fresh_database(conninfo, reset=self._moto is not None)
             migrate(conninfo)
             self.aws = provision(endpoint, database_url=conninfo)
-            env = {
-                **self.aws.to_env(),
-                **_settings_env(self.settings),
-                "POWERTOOLS_METRICS_DISABLED": "true",
-            }
+            # Powertools reads this when it flushes: no EMF metric lines on a laptop.
+            os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+            env = {**self.aws.to_env(), **_settings_env(self.settings)}
             self.functions = load_functions(env)
             identity = CognitoIdentity(
                 region=self.aws.region,

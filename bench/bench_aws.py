@@ -1,0 +1,200 @@
+"""AWS-path benchmarks on moto + PostgreSQL (DESIGN §6; issue 5 targets). `main()` prints:
+
+1. api cold start, in-process: import of `functions/api/handler.py` (settings, adapters,
+   pool, resolver) + the first request — in a fresh interpreter each run. Target ≤ 1.0 s.
+2. warm handler overhead: the `api` Lambda handler (event parsing, Powertools wrappers,
+   routing, JSON) over calling the same domain function directly. Target ≤ 5 ms.
+3. long-poll wake-up in AWS mode: commit (create_folder) returned → long-poll returned,
+   through the gateway, the longpoll Lambda handler and DynamoDB. Target p50 ≤ 1 s.
+
+    .venv/bin/python bench/bench_aws.py [--runs 3] [--wakeups 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tessera.adapters.aws import AwsSettings  # noqa: E402
+from tessera.local.aws_mode import AwsLocalCloud, MotoCloud, add_user, load_functions, provision  # noqa: E402
+from tessera.metadata import migrate  # noqa: E402
+
+COLD_START_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {repo!r})
+import functions.api.handler as h
+t1 = time.perf_counter()
+from tests.integration.aws.lambda_events import Context, rest_event
+claims = {{"sub": "bench-cold", "email": "cold@bench.test"}}
+r = h.handler(rest_event("/v1/account", None, claims=claims, method="GET"), Context())
+t2 = time.perf_counter()
+assert r["statusCode"] == 200, r
+print(json.dumps({{"import": t1 - t0, "first": t2 - t1}}))
+"""
+
+
+def _database(postgres_url: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(postgres_url, dbname=name)
+    migrate(url)
+    return url
+
+
+def _function_env(settings: AwsSettings, url: str) -> dict[str, str]:
+    return {
+        **replace(settings, database_url=url).to_env(),
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "TESSERA_LONGPOLL_MIN_S": "1",
+    }
+
+
+def bench_cold_start(env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median import and first-request times of the api function, fresh interpreters."""
+    results = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_START_SCRIPT.format(repo=str(REPO))],
+            env={**os.environ, **env, "PYTHONWARNINGS": "ignore"},
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"cold start run failed:\n{out.stderr}")
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    imp = statistics.median(r["import"] for r in results)
+    first = statistics.median(r["first"] for r in results)
+    return {"import_s": imp, "first_request_s": first, "total_s": imp + first}
+
+
+def bench_warm_overhead(env: dict[str, str], iterations: int) -> dict[str, float]:
+    """Median per-call time of the handler vs. the domain call it wraps (list_folder)."""
+    from tessera.domain import listing
+    from tessera.ports import Principal
+    from tests.integration.aws.lambda_events import Context, rest_event
+
+    api = load_functions(env)["api"]
+    claims = {"sub": "bench-warm", "email": "warm@bench.test"}
+    principal = Principal(user_id=claims["sub"], email=claims["email"])
+    event = rest_event("/v1/list_folder", {"path": ""}, claims=claims)
+    context = Context()
+    account = rest_event("/v1/account", None, claims=claims, method="GET")
+    assert api.handler(account, context)["statusCode"] == 200  # provisions the user
+
+    def via_handler() -> None:
+        assert api.handler(event, context)["statusCode"] == 200
+
+    def direct() -> None:
+        listing.list_folder(api.services, principal, "", False, None)
+
+    def timed(fn: Any) -> float:
+        for _ in range(20):  # warm up (the first call provisions the user)
+            fn()
+        samples = []
+        for _ in range(iterations):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    handler_s, direct_s = timed(via_handler), timed(direct)
+    api.services.db.close()
+    return {"handler_ms": handler_s * 1e3, "domain_ms": direct_s * 1e3,
+            "overhead_ms": (handler_s - direct_s) * 1e3}  # fmt: skip
+
+
+def bench_longpoll_wakeup(state: Path, url: str, wakeups: int) -> dict[str, float]:
+    """Commit → long-poll return latency in AWS mode, over HTTP through the gateway."""
+    with AwsLocalCloud(state, port=0, database_url=url) as base:
+        email, password = f"wake{uuid.uuid4().hex[:6]}@bench.test", "bench passphrase"
+        add_user(state, email, password)
+        token = httpx.post(f"{base}/v1/auth/token", json={"email": email, "password": password})
+        auth = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        http = httpx.Client(base_url=base, headers=auth, timeout=60)
+        assert http.get("/v1/account").status_code == 200  # provisions the user
+        cursor = http.post("/v1/list_folder", json={"path": "", "recursive": True}).json()["cursor"]
+        latencies = []
+        for i in range(wakeups):
+            woke: list[float] = []
+
+            def poll(c: str = cursor, woke: list[float] = woke) -> None:
+                with httpx.Client(base_url=base, headers=auth, timeout=60) as h:
+                    r = h.post("/v1/list_folder/longpoll", json={"cursor": c, "timeout": 30})
+                    assert r.json()["changes"] is True, r.text
+                woke.append(time.perf_counter())
+
+            waiter = threading.Thread(target=poll)
+            waiter.start()
+            time.sleep(0.4)  # the long-poll is waiting
+            r = http.post("/v1/create_folder", json={"path": f"/wake-{i}"})
+            committed = time.perf_counter()
+            assert r.status_code == 200, r.text
+            waiter.join(60)
+            latencies.append(max(0.0, woke[0] - committed))
+            cursor = http.post("/v1/list_folder/continue", json={"cursor": cursor}).json()["cursor"]
+        http.close()
+    latencies.sort()
+    return {"p50_s": statistics.median(latencies),
+            "p95_s": latencies[max(0, round(0.95 * len(latencies)) - 1)],
+            "max_s": latencies[-1]}  # fmt: skip
+
+
+def main() -> None:
+    """Run the three benchmarks and print their figures against the targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="cold starts to take the median of")
+    parser.add_argument("--iterations", type=int, default=200, help="warm calls per side")
+    parser.add_argument("--wakeups", type=int, default=15, help="long-poll wake-ups")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-aws-") as tmp, MotoCloud() as moto:
+        postgres = os.environ.get("DATABASE_URL")
+        server = None
+        if not postgres:
+            import pgserver
+
+            server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
+            postgres = server.get_uri()
+        try:
+            settings = provision(moto.endpoint_url)
+            env = _function_env(settings, _database(postgres))
+            cold = bench_cold_start(env, args.runs)
+            print(f"api cold start (import + settings + first request): {cold['total_s']:.3f} s"
+                  f"  [import {cold['import_s']:.3f} s,"
+                  f" first request {cold['first_request_s']:.3f} s;"
+                  f" median of {args.runs}; target <= 1.0 s]")  # fmt: skip
+            warm = bench_warm_overhead(env, args.iterations)
+            print(f"warm handler overhead: {warm['overhead_ms']:.2f} ms"
+                  f"  [handler {warm['handler_ms']:.2f} ms vs domain {warm['domain_ms']:.2f} ms;"
+                  f" median of {args.iterations}; target <= 5 ms]")  # fmt: skip
+            wake = bench_longpoll_wakeup(Path(tmp) / "state", _database(postgres), args.wakeups)
+            print(f"long-poll wake-up after a commit (AWS mode): p50 {wake['p50_s']:.3f} s,"
+                  f" p95 {wake['p95_s']:.3f} s, max {wake['max_s']:.3f} s"
+                  f"  [{args.wakeups} commits; target p50 <= 1 s]")  # fmt: skip
+        finally:
+            if server is not None:
+                server.cleanup()
+
+
+if __name__ == "__main__":
+    main()
