@@ -34,8 +34,10 @@ class Database:
         """One transaction: committed when the block exits, rolled back on an exception.
 
         `repeatable_read` gives a snapshot (listings read cursors and entries consistently).
+        The connection runs in pipeline mode: statements whose results nobody reads yet
+        (BEGIN, the SET above) travel with the next query instead of costing a round trip.
         """
-        with self.pool.connection() as conn:
+        with self.pool.connection() as conn, conn.pipeline():
             if repeatable_read:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield Store(conn)
