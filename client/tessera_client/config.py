@@ -36,7 +36,7 @@ class Settings:
     email: str = ""
     device_name: str = field(default_factory=socket.gethostname)
     folder: str = ""
-    debounce_ms: int = 150
+    debounce_ms: int = 100
     scan_interval_s: float = 60.0
     mass_delete_files: int = 50
     mass_delete_fraction: float = 0.25

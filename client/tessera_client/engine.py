@@ -23,6 +23,7 @@ from tessera.api.models import FileEntry
 from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable
 from tessera_client.config import Home, Settings
 from tessera_client.fs import Filesystem, RealFilesystem, SafeFilesystem, Stat, SymlinkError
+from tessera_client.memory import tune_allocator
 from tessera_client.paths import (
     UnsafePathError,
     canonical_rel,
@@ -63,6 +64,7 @@ class SyncEngine:
         reporter: Reporter | None = None,
         filesystem: Filesystem | None = None,
     ) -> None:
+        tune_allocator()
         self.home, self.settings, self.api = home, settings, api
         self.folder = folder.resolve()
         self.fs = SafeFilesystem(filesystem or RealFilesystem(self.folder))

@@ -51,8 +51,8 @@ from tessera_client.fs import Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
-WINDOW_BYTES = 32 * 1024 * 1024
-WINDOW_BLOCKS = 64
+WINDOW_BYTES = 16 * 1024 * 1024
+WINDOW_BLOCKS = 32
 
 Progress = Callable[[str, int], None]
 

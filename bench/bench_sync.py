@@ -1,0 +1,244 @@
+"""Sync client benchmarks against the local cloud (issue 4 targets).
+
+- propagation latency with two daemons: a new 1 MiB file closed on A is complete on B
+  (p50 ≤ 0.5 s, p95 ≤ 1.0 s);
+- a one-byte edit in the middle of a 256 MiB synced file uploads ≤ 8 MiB of blocks, and a
+  rename uploads none;
+- initial sync of 1,000 × 150 KiB files + one 1 GiB file: wall time and bytes sent;
+- peak client RSS while `tessera sync --once` uploads a 4 GiB file (≤ 200 MB).
+
+`TESSERA_BENCH_SCALE` shrinks the data (e.g. 0.05 for a quick run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    Figure,
+    GiB,
+    MiB,
+    human_bytes,
+    peak_rss,
+    print_figures,
+    random_file,
+    scale,
+    scaled,
+)
+
+PASSWORD = "bench password 1"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(home: Path, device: str) -> dict[str, str]:
+    env = dict(os.environ, TESSERA_HOME=str(home), TESSERA_DEVICE=device)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "client"), str(REPO / "layers")])
+    return env
+
+
+def _login(url: str, home: Path, email: str, device: str) -> None:
+    from tessera_client.api import Api
+    from tessera_client.config import Home
+
+    h = Home(home)
+    api = Api(url, h)
+    try:
+        api.login(email, PASSWORD)
+        api.call("/v1/account", method="GET")
+    finally:
+        api.close()
+    settings = h.load_settings()
+    settings.server_url, settings.email, settings.device_name = url, email, device
+    h.save_settings(settings)
+
+
+def _engine(url: str, home: Path, folder: Path, device: str) -> Any:
+    from tessera_client.api import Api
+    from tessera_client.config import Home
+    from tessera_client.engine import SyncEngine
+
+    h = Home(home)
+    settings = h.load_settings()
+    return SyncEngine(h, settings, folder, Api(url, h), allow_mass_delete=True)
+
+
+def latency(url: str, work: Path, email: str, samples: int) -> list[Figure]:
+    """Two daemons; new 1 MiB files on A, time until complete on B."""
+    homes = {d: work / f"lat-home-{d}" for d in "AB"}
+    folders = {d: work / f"lat-folder-{d}" for d in "AB"}
+    procs = []
+    for d in "AB":
+        _login(url, homes[d], email, d)
+        folders[d].mkdir(parents=True)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tessera_client", "sync", str(folders[d]), "-q"],
+                env=_env(homes[d], d),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    times: list[float] = []
+    try:
+        time.sleep(3.0)  # both daemons up, first round done, long-polling
+        for i in range(samples):
+            payload = os.urandom(MiB)
+            src = folders["A"] / f"lat-{i}.bin"
+            with src.open("wb") as f:
+                f.write(payload)
+            start = time.perf_counter()
+            dst = folders["B"] / src.name
+            deadline = start + 30
+            while time.perf_counter() < deadline:
+                try:
+                    if dst.stat().st_size == MiB and dst.read_bytes() == payload:
+                        break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.002)
+            times.append(time.perf_counter() - start)
+            time.sleep(0.3)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    times.sort()
+    p50 = statistics.median(times)
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return [
+        Figure(
+            f"propagation 1 MiB A→B p50 (n={len(times)})", f"{p50:.3f} s", "≤ 0.5 s", p50 <= 0.5
+        ),
+        Figure("propagation 1 MiB A→B p95", f"{p95:.3f} s", "≤ 1.0 s", p95 <= 1.0),
+    ]
+
+
+def edit_and_rename(url: str, work: Path, email: str) -> list[Figure]:
+    """One byte changed in the middle of a big synced file; then a rename."""
+    size = scaled(256 * MiB)
+    home, folder = work / "edit-home", work / "edit-folder"
+    _login(url, home, email, "E")
+    folder.mkdir()
+    shutil.copyfile(random_file(f"sync-edit-{size}.bin", size), folder / "big.bin")
+    engine = _engine(url, home, folder, "E")
+    try:
+        engine.run_once()
+        before = engine.transfers.stats.block_bytes_up
+        with (folder / "big.bin").open("r+b") as f:
+            f.seek(size // 2)
+            b = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([b[0] ^ 0xFF]))
+        engine.run_once()
+        edit = engine.transfers.stats.block_bytes_up - before
+        before = engine.transfers.stats.block_bytes_up
+        (folder / "big.bin").rename(folder / "renamed.bin")
+        engine.run_once()
+        rename = engine.transfers.stats.block_bytes_up - before
+    finally:
+        engine.close()
+    return [
+        Figure(
+            f"1-byte edit in {human_bytes(size)}: block bytes uploaded",
+            human_bytes(edit),
+            "≤ 8 MiB",
+            edit <= 8 * MiB,
+        ),
+        Figure("rename: block bytes uploaded", human_bytes(rename), "0", rename == 0),
+    ]
+
+
+def initial_sync(url: str, work: Path, email: str) -> list[Figure]:
+    """1,000 × 150 KiB + one 1 GiB file, from an empty account."""
+    count = max(50, int(1000 * scale()))
+    big = scaled(GiB)
+    home, folder = work / "init-home", work / "init-folder"
+    _login(url, home, email, "I")
+    (folder / "small").mkdir(parents=True)
+    for i in range(count):
+        (folder / "small" / f"f{i:04}.bin").write_bytes(os.urandom(150 * 1024))
+    shutil.copyfile(random_file(f"sync-init-{big}.bin", big), folder / "big.bin")
+    data = count * 150 * 1024 + big
+    engine = _engine(url, home, folder, "I")
+    try:
+        start = time.perf_counter()
+        engine.run_once()
+        wall = time.perf_counter() - start
+        sent = engine.transfers.stats.block_bytes_up
+    finally:
+        engine.close()
+    return [
+        Figure(
+            f"initial sync {count} × 150 KiB + {human_bytes(big)}: wall",
+            f"{wall:.1f} s ({human_bytes(data / wall)}/s)",
+        ),
+        Figure("initial sync: block bytes sent", f"{human_bytes(sent)} of {human_bytes(data)}"),
+    ]
+
+
+def memory(url: str, work: Path, email: str) -> list[Figure]:
+    """Peak RSS of `tessera sync --once` uploading one huge file."""
+    size = scaled(4 * GiB)
+    home, folder = work / "mem-home", work / "mem-folder"
+    _login(url, home, email, "M")
+    folder.mkdir()
+    source = random_file(f"sync-mem-{size}.bin", size)
+    try:
+        os.link(source, folder / "huge.bin")
+    except OSError:
+        shutil.copyfile(source, folder / "huge.bin")
+    env = _env(home, "M")
+    cmd = ["env", *[f"{k}={v}" for k, v in env.items() if k.startswith(("TESSERA", "PYTHON"))]]
+    cmd += [sys.executable, "-m", "tessera_client", "sync", str(folder), "--once", "-q"]
+    peak = peak_rss(cmd)
+    return [
+        Figure(
+            f"peak client RSS syncing {human_bytes(size)}",
+            human_bytes(peak),
+            "≤ 200 MB",
+            peak <= 200 * 1000 * 1000,
+        )
+    ]
+
+
+def main() -> None:
+    """Run every sync benchmark against a fresh in-process local cloud and print figures."""
+    from tessera.adapters.local.identity import LocalUsers
+    from tessera.local.cloud import LocalCloud
+
+    work = Path(tempfile.mkdtemp(prefix="tessera-bench-sync-"))
+    cloud = LocalCloud(work / "cloud", port=0)
+    url = cloud.start()
+    users = LocalUsers(cloud.conninfo)
+    figures: list[Figure] = []
+    try:
+        for n, step in enumerate((latency, edit_and_rename, initial_sync, memory)):
+            email = f"bench{n}@bench.test"
+            users.add(email, PASSWORD)
+            args: tuple[Any, ...] = (url, work, email)
+            if step is latency:
+                args += (max(10, int(40 * min(1.0, scale() * 4))),)
+            figures += step(*args)
+            if n < 3:
+                print_figures("sync client (so far)", figures)
+    finally:
+        cloud.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print_figures("sync client", figures)
+
+
+if __name__ == "__main__":
+    main()
