@@ -4,7 +4,7 @@
   (p50 ≤ 0.5 s, p95 ≤ 1.0 s);
 - a one-byte edit in the middle of a 256 MiB synced file uploads ≤ 8 MiB of blocks, and a
   rename uploads none;
-- initial sync of 1,000 × 150 KiB files + one 1 GiB file: wall time and bytes sent;
+- initial sync of 1,000 x 150 KiB files + one 1 GiB file: wall time and bytes sent;
 - peak client RSS while `tessera sync --once` uploads a 4 GiB file (≤ 200 MB).
 
 `TESSERA_BENCH_SCALE` shrinks the data (e.g. 0.05 for a quick run).
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ def latency(url: str, work: Path, email: str, samples: int) -> list[Figure]:
                 p.kill()
     times.sort()
     p50 = statistics.median(times)
-    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     return [
         Figure(
             f"propagation 1 MiB A→B p50 (n={len(times)})", f"{p50:.3f} s", "≤ 0.5 s", p50 <= 0.5
@@ -162,7 +163,7 @@ def edit_and_rename(url: str, work: Path, email: str) -> list[Figure]:
 
 
 def initial_sync(url: str, work: Path, email: str) -> list[Figure]:
-    """1,000 × 150 KiB + one 1 GiB file, from an empty account."""
+    """1,000 x 150 KiB + one 1 GiB file, from an empty account."""
     count = max(50, int(1000 * scale()))
     big = scaled(GiB)
     home, folder = work / "init-home", work / "init-folder"
@@ -182,7 +183,7 @@ def initial_sync(url: str, work: Path, email: str) -> list[Figure]:
         engine.close()
     return [
         Figure(
-            f"initial sync {count} × 150 KiB + {human_bytes(big)}: wall",
+            f"initial sync {count} x 150 KiB + {human_bytes(big)}: wall",
             f"{wall:.1f} s ({human_bytes(data / wall)}/s)",
         ),
         Figure("initial sync: block bytes sent", f"{human_bytes(sent)} of {human_bytes(data)}"),
@@ -225,15 +226,18 @@ def main() -> None:
     users = LocalUsers(cloud.conninfo)
     figures: list[Figure] = []
     try:
-        for n, step in enumerate((latency, edit_and_rename, initial_sync, memory)):
+        samples = max(10, int(40 * min(1.0, scale() * 4)))
+        steps: list[Callable[[str, Path, str], list[Figure]]] = [
+            lambda u, w, e: latency(u, w, e, samples),
+            edit_and_rename,
+            initial_sync,
+            memory,
+        ]
+        for n, step in enumerate(steps):
             email = f"bench{n}@bench.test"
             users.add(email, PASSWORD)
-            args: tuple[Any, ...] = (url, work, email)
-            if step is latency:
-                args += (max(10, int(40 * min(1.0, scale() * 4))),)
-            figures += step(*args)
-            if n < 3:
-                print_figures("sync client (so far)", figures)
+            figures += step(url, work, email)
+            print_figures("sync client (so far)", figures)
     finally:
         cloud.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Keep the client's memory flat while it moves multi-MiB blocks through a thread pool.
 
 glibc raises its mmap threshold each time a large mmapped chunk is freed, after which the
-1–4 MiB block buffers come from per-thread arenas and fragment them: peak RSS then grows
+1-4 MiB block buffers come from per-thread arenas and fragment them: peak RSS then grows
 with the file. Pinning the threshold (and capping the arenas) returns every block buffer
 to the OS when it is freed. Best effort: a no-op where glibc's `mallopt` is not available.
 """
