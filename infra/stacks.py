@@ -11,6 +11,7 @@ from __future__ import annotations
 from aws_cdk import ArnFormat, Aws, CfnOutput, Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as lambda_event_sources
 from constructs import Construct
 
 from infra.config import StageConfig
@@ -93,12 +94,14 @@ class AppStack(Stack):
             "api", "the REST API", timeout=Duration.seconds(28), memory_mb=1024,
             reserved_concurrency=config.api_reserved_concurrency,
             environment={**self._db_env(), **self._blocks_env(), **self._changes_env(),
-                         **self._events_env(), **self._identity_env()},
+                         **self._identity_env()},
         ))  # fmt: skip
         longpoll = function(FunctionSpec(
             "longpoll", "long-poll on the changes table", timeout=Duration.seconds(28),
             memory_mb=256, reserved_concurrency=config.longpoll_reserved_concurrency,
-            environment={**self._db_env(), **self._changes_env(),
+            # The API app needs every adapter configured (the bucket is never called) and
+            # the key service: cursors are signed with a key derived from the block keys.
+            environment={**self._db_env(), **self._blocks_env(), **self._changes_env(),
                          "TESSERA_LONGPOLL_MIN_S": str(LONGPOLL_MAX_S - 5),
                          "TESSERA_LONGPOLL_MAX_S": str(LONGPOLL_MAX_S)},
         ))  # fmt: skip
@@ -157,14 +160,22 @@ class AppStack(Stack):
             self, "ChangeStream", config=config, table=data.changes.table, router=router,
             messaging=self.messaging,
         )  # fmt: skip
-        # The bus name is only known once the bus exists; the functions read it at run time.
-        for fn in (api, router):
-            fn.add_environment("TESSERA_EVENT_BUS", self.stream.bus.event_bus_name)
-            self.stream.bus.grant_put_events_to(fn)
+        # The bus is made after the router (the pipe needs the router first).
+        router.add_environment("TESSERA_EVENT_BUS", self.stream.bus.event_bus_name)
+        self.stream.bus.grant_put_events_to(router)
+        # Commit events on the dedup queue trigger dedup-verify directly (an SQS batch names
+        # the upload sessions to verify); the hourly workflow sweeps whatever is left.
+        maintenance["dedup_verify"].add_event_source(
+            lambda_event_sources.SqsEventSource(
+                self.stream.dedup_queue,
+                batch_size=10,
+                max_batching_window=Duration.seconds(30),
+                max_concurrency=2,
+            )
+        )
         self.workflows = Workflows(
-            self, "Workflows", config=config,
-            functions={name: maintenance[name] for name in maintenance}, relay=relay,
-            dedup_queue=self.stream.dedup_queue, messaging=self.messaging,
+            self, "Workflows", config=config, functions=maintenance, relay=relay,
+            messaging=self.messaging,
         )  # fmt: skip
         self.migrations = Migrations(self, "Migrations", config=config, function=migrate)
         self.observability = Observability(
@@ -181,7 +192,11 @@ class AppStack(Stack):
     # --- the environment contract (docs/deploy.md lists it per function) ---------------------
 
     def _db_env(self) -> dict[str, str]:
+        # One request at a time per Lambda environment: two pooled connections are plenty,
+        # and they keep the proxy's connection count proportional to concurrency.
         return {
+            "TESSERA_POOL_MIN_SIZE": "1",
+            "TESSERA_POOL_MAX_SIZE": "2",
             "TESSERA_DB_HOST": self.data.database.proxy.endpoint,
             "TESSERA_DB_PORT": str(PROXY_PORT),
             "TESSERA_DB_NAME": DB_NAME,
@@ -229,7 +244,8 @@ class AppStack(Stack):
         for fn in (api, longpoll, relay, *maintenance.values()):
             proxy.grant_connect(fn, DB_USER)
         # Block keys: read the encrypted versions, decrypt them with the block-key CMK.
-        for fn in (api, dedup, scrub):
+        # (Long-poll too: cursors are signed with a key derived from them.)
+        for fn in (api, longpoll, dedup, scrub):
             self._grant_block_keys_read(fn)
         # Changes table: writers put items (idempotent on event_id), long-poll reads.
         for fn in (api, relay, dedup):

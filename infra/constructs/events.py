@@ -98,8 +98,9 @@ class ChangeStream(Construct):
 
         rule_dlq = messaging.dead_letter_queue("RuleDlq", purpose="the bus rule to the dedup queue")
         self.dedup_dlq = messaging.dead_letter_queue("DedupDlq", purpose="the dedup queue")
+        # Visibility above the consumer's 15-minute timeout, as Lambda requires.
         self.dedup_queue = messaging.work_queue(
-            "DedupQueue", visibility=Duration.minutes(15), dlq=self.dedup_dlq
+            "DedupQueue", visibility=Duration.minutes(30), dlq=self.dedup_dlq
         )
         events.Rule(
             self,

@@ -122,7 +122,7 @@ class TesseraFunction(Construct):
             reserved_concurrent_executions=spec.reserved_concurrency or None,
             environment={
                 "TESSERA_STAGE": config.stage,
-                "POWERTOOLS_SERVICE_NAME": f"tessera-{spec.name}",
+                "POWERTOOLS_SERVICE_NAME": f"tessera-{spec.name.replace('_', '-')}",
                 "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
                 "POWERTOOLS_LOG_LEVEL": "INFO",
                 "LOG_LEVEL": "INFO",

@@ -12,12 +12,12 @@ from infra.config import StageConfig
 # Services the functions inside the VPC call. Gateway endpoints (S3, DynamoDB) are free.
 # Not here, on purpose: X-Ray and CloudWatch Logs (Lambda ships both from outside the
 # function's network), STS (RDS IAM tokens are signed locally), Step Functions (nothing in
-# the VPC calls it: the Scheduler starts the state machines, which invoke Lambda).
+# the VPC calls it: the Scheduler starts the state machines, which invoke Lambda), and
+# EventBridge (only `change_router` puts events, and it runs outside the VPC).
 INTERFACE_ENDPOINTS: dict[str, ec2.InterfaceVpcEndpointAwsService] = {
     "Kms": ec2.InterfaceVpcEndpointAwsService.KMS,
     "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
     "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
-    "Events": ec2.InterfaceVpcEndpointAwsService.EVENTBRIDGE,
 }
 
 

@@ -18,10 +18,12 @@ from constructs import Construct
 from infra.config import StageConfig
 from infra.constructs.function import METRICS_NAMESPACE
 
-# Published by the outbox relay with Powertools Metrics (EMF): seconds between the oldest
-# outbox row not yet relayed and now. Dimension: service = the relay's POWERTOOLS_SERVICE_NAME.
+# Published by the outbox relay with Powertools Metrics (EMF, namespace Tessera, dimension
+# service=tessera-outbox-relay): `RelayLagSeconds`, the age of the oldest outbox row not yet
+# relayed (the contract in docs/deploy.md), and `OutboxRelayFailed`, events left pending.
 RELAY_LAG_METRIC = "RelayLagSeconds"
-RELAY_SERVICE = "tessera-outbox_relay"
+RELAY_FAILED_METRIC = "OutboxRelayFailed"
+RELAY_SERVICE = "tessera-outbox-relay"
 
 FIVE_MIN = Duration.minutes(5)
 
@@ -67,6 +69,10 @@ class Observability(Construct):
             namespace=METRICS_NAMESPACE, metric_name=RELAY_LAG_METRIC,
             dimensions_map={"service": RELAY_SERVICE}, statistic="Maximum", period=FIVE_MIN,
         )  # fmt: skip
+        relay_failed = cloudwatch.Metric(
+            namespace=METRICS_NAMESPACE, metric_name=RELAY_FAILED_METRIC,
+            dimensions_map={"service": RELAY_SERVICE}, statistic="Sum", period=FIVE_MIN,
+        )  # fmt: skip
         db_cpu = cluster.metric_cpu_utilization(period=FIVE_MIN, statistic="Maximum")
         db_connections = cluster.metric_database_connections(period=FIVE_MIN, statistic="Maximum")
 
@@ -91,6 +97,7 @@ class Observability(Construct):
         # by them; the threshold sits just under the 29 s integration timeout.
         alarm("ApiLatencyP99", latency_p99, 27_000, "API p99 latency near the 29 s timeout")
         alarm("RelayLag", relay_lag, 180, "outbox relay more than 3 minutes behind")
+        alarm("RelayFailures", relay_failed, 0, "outbox relay keeps leaving events pending")
         alarm("DbCpu", db_cpu, 80, "Aurora CPU above 80 %")
         alarm("DbConnections", db_connections, 400, "Aurora connections above 400")
 
@@ -115,7 +122,8 @@ class Observability(Construct):
             ),
         )
         self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(title="Outbox relay lag (s)", left=[relay_lag], width=8),
+            cloudwatch.GraphWidget(title="Outbox relay lag (s) / failed", left=[relay_lag],
+                                   right=[relay_failed], width=8),
             cloudwatch.GraphWidget(title="Aurora CPU / connections", left=[db_cpu],
                                    right=[db_connections], width=8),
             cloudwatch.GraphWidget(

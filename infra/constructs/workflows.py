@@ -1,22 +1,27 @@
 """Maintenance workflows: one Step Functions state machine per workflow, EventBridge Scheduler
-schedules for them and for the outbox relay, and the dedup queue → dedup-verify pipe."""
+schedules for them and for the outbox relay.
+
+The states come from `tessera.maintenance.state_machine_definition` (one home for the step
+names, their order, the `more` loops and the transient-error retries); this construct adds
+a Catch on every Task that publishes the failure to the alarm topic and fails the run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_pipes as pipes
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
-from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_stepfunctions as sfn
-from aws_cdk import aws_stepfunctions_tasks as tasks
 from constructs import Construct
 
 from infra.config import StageConfig, retention
@@ -26,56 +31,76 @@ from infra.nag import acknowledge, acknowledge_invoke_versions
 
 @dataclass(frozen=True)
 class Workflow:
-    """A maintenance workflow: its Lambda function (folder name), its steps, and its schedule.
+    """A maintenance workflow (its `tessera.maintenance` name), its function and schedule."""
 
-    Each step invokes the function with `{"step": <step>, "workflow", "as_of", "input",
-    "execution"}`; steps run in order.
-    """
-
-    name: str
-    function: str
-    steps: Sequence[str]
+    id: str
+    name: str  # tessera.maintenance.WORKFLOWS key
+    function: str  # folder under functions/
     schedule: scheduler.ScheduleExpression
     description: str
 
 
 WORKFLOWS: tuple[Workflow, ...] = (
     Workflow(
-        "DedupVerify",
-        "dedup_verify",
-        ["dedup_verify"],
+        "DedupVerify", "dedup", "dedup_verify",
         scheduler.ScheduleExpression.rate(Duration.hours(1)),
-        "hourly sweep of staged blocks (the dedup queue also starts runs after commits)",
+        "hourly sweep of staged blocks (the dedup queue also triggers the function)",
     ),
     Workflow(
-        "Gc",
-        "gc",
-        ["gc"],
+        "Gc", "gc", "gc",
         scheduler.ScheduleExpression.cron(hour="3", minute="15"),
         "daily garbage collection",
     ),
     Workflow(
-        "ColdStorage",
-        "cold_storage",
-        ["cold_storage"],
+        "ColdStorage", "cold", "cold_storage",
         scheduler.ScheduleExpression.cron(hour="4", minute="15"),
         "daily move of unread blocks to Glacier Flexible Retrieval",
     ),
     Workflow(
-        "Scrub",
-        "scrub",
-        ["scrub"],
+        "Scrub", "scrub", "scrub",
         scheduler.ScheduleExpression.cron(week_day="SUN", hour="5", minute="15"),
         "weekly re-verification of a sample of stored blocks",
     ),
-)
+)  # fmt: skip
 
-# Lambda's own limit is 15 minutes per invocation; a whole run may chain several steps.
-STATE_MACHINE_TIMEOUT = Duration.hours(2)
+NOTIFY_STATE = "NotifyFailure"
+FAILED_STATE = "Failed"
+
+
+def with_failure_alarm(asl: dict[str, Any], topic_arn: str, workflow: str) -> dict[str, Any]:
+    """`asl` with a Catch on every Task: publish the error to `topic_arn`, then fail the run.
+
+    (The Tasks' own Retry handles transient errors first; what is left is a real failure.)
+    """
+    states = {name: dict(state) for name, state in asl["States"].items()}
+    if NOTIFY_STATE in states or FAILED_STATE in states:
+        raise ValueError(f"{workflow}: state names {NOTIFY_STATE}/{FAILED_STATE} are reserved")
+    for state in states.values():
+        if state["Type"] == "Task":
+            state["Catch"] = [
+                {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": NOTIFY_STATE}
+            ]
+    states[NOTIFY_STATE] = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sns:publish",
+        "Parameters": {
+            "TopicArn": topic_arn,
+            "Subject": f"Tessera maintenance workflow {workflow} failed",
+            "Message": {
+                "workflow": workflow,
+                "execution.$": "$$.Execution.Id",
+                "error.$": "$.error",
+            },
+        },
+        "ResultPath": None,
+        "Next": FAILED_STATE,
+    }
+    states[FAILED_STATE] = {"Type": "Fail", "Error": f"{workflow}.Failed"}
+    return {**asl, "States": states}
 
 
 class Workflows(Construct):
-    """`state_machines` by workflow name, their `schedules`, the relay schedule, the dedup pipe."""
+    """`state_machines` by workflow id, their `schedules`, and the relay schedule."""
 
     def __init__(
         self,
@@ -85,7 +110,6 @@ class Workflows(Construct):
         config: StageConfig,
         functions: Mapping[str, lambda_.IFunction],
         relay: lambda_.IFunction,
-        dedup_queue: sqs.IQueue,
         messaging: Messaging,
     ) -> None:
         super().__init__(scope, id)
@@ -101,14 +125,15 @@ class Workflows(Construct):
         )
         for wf in WORKFLOWS:
             machine = self._state_machine(config, wf, functions[wf.function], messaging)
-            self.state_machines[wf.name] = machine
-            self.schedules[wf.name] = scheduler.Schedule(
+            self.state_machines[wf.id] = machine
+            self.schedules[wf.id] = scheduler.Schedule(
                 self,
-                f"{wf.name}Schedule",
+                f"{wf.id}Schedule",
                 description=f"Tessera {config.stage}: {wf.description}",
                 schedule=wf.schedule,
                 target=scheduler_targets.StepFunctionsStartExecution(
                     machine,
+                    # The execution input; a step reads `as_of` from it (absent: now).
                     input=scheduler.ScheduleTargetInput.from_object({"trigger": "schedule"}),
                     dead_letter_queue=schedule_dlq,
                     role=self.scheduler_role,
@@ -132,9 +157,6 @@ class Workflows(Construct):
             ),
         )
         acknowledge_invoke_versions(self.scheduler_role, relay, "the scheduler")
-        self.dedup_pipe = self._queue_to_state_machine(
-            dedup_queue, self.state_machines["DedupVerify"]
-        )
 
     def _state_machine(
         self,
@@ -143,84 +165,47 @@ class Workflows(Construct):
         function: lambda_.IFunction,
         messaging: Messaging,
     ) -> sfn.StateMachine:
-        notify = tasks.SnsPublish(
-            self,
-            f"{wf.name}Alarm",
-            topic=messaging.alarm_topic,
-            subject=f"Tessera {config.stage}: {wf.function} failed",
-            message=sfn.TaskInput.from_object(
-                {
-                    "workflow": wf.function,
-                    "execution": sfn.JsonPath.string_at("$$.Execution.Id"),
-                    "error": sfn.JsonPath.object_at("$.error"),
-                }
-            ),
-            result_path=sfn.JsonPath.DISCARD,
-        ).next(sfn.Fail(self, f"{wf.name}Failed", error=f"{wf.function}.Failed"))
-        chain: sfn.IChainable | None = None
-        last: sfn.INextable | None = None
-        for step in wf.steps:
-            task = tasks.LambdaInvoke(
-                self,
-                f"{wf.name}-{step}",
-                lambda_function=function,
-                payload=sfn.TaskInput.from_object(
-                    {
-                        "step": step,
-                        "workflow": wf.function,
-                        "as_of": sfn.JsonPath.string_at("$$.Execution.StartTime"),
-                        "execution": sfn.JsonPath.string_at("$$.Execution.Id"),
-                        "input": sfn.JsonPath.entire_payload,
-                    }
-                ),
-                payload_response_only=True,
-                result_path=f"$.results.{step}",
-                retry_on_service_exceptions=True,
-            )
-            # Every step is idempotent (issue 6), so retrying a failed run is always safe.
-            task.add_retry(
-                errors=["States.ALL"],
-                interval=Duration.seconds(30),
-                max_attempts=3,
-                backoff_rate=2,
-                jitter_strategy=sfn.JitterType.FULL,
-            )
-            task.add_catch(notify, errors=["States.ALL"], result_path="$.error")
-            if last is None:
-                chain = task
-            else:
-                last.next(task)
-            last = task
-        assert chain is not None and last is not None, f"{wf.name} has no steps"
-        last.next(sfn.Succeed(self, f"{wf.name}Done"))
+        from tessera.maintenance.workflows import state_machine_definition
+
+        topic: sns.ITopic = messaging.alarm_topic
+        asl = with_failure_alarm(
+            state_machine_definition(wf.name, function.function_arn), topic.topic_arn, wf.name
+        )
         log_group = logs.LogGroup(
             self,
-            f"{wf.name}Logs",
+            f"{wf.id}Logs",
             retention=retention(config),
             removal_policy=RemovalPolicy.DESTROY,
         )
         machine = sfn.StateMachine(
             self,
-            wf.name,
+            wf.id,
             state_machine_name=f"{config.prefix}-{wf.function.replace('_', '-')}",
-            definition_body=sfn.DefinitionBody.from_chainable(chain),
-            timeout=STATE_MACHINE_TIMEOUT,
+            definition_body=sfn.DefinitionBody.from_string(json.dumps(asl)),
             tracing_enabled=True,
             logs=sfn.LogOptions(
                 destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=False
             ),
         )
-        acknowledge_invoke_versions(machine, function, f"the {wf.function} state machine")
+        # A definition from a string carries no grants: invoke the one function, publish to
+        # the one topic (encrypted with the messaging key).
+        # (Not `topic.grant_publish`: it also grants kms:GenerateDataKey* and ReEncrypt*.)
+        function.grant_invoke(machine)
+        machine.add_to_role_policy(
+            iam.PolicyStatement(actions=["sns:Publish"], resources=[topic.topic_arn])
+        )
+        messaging.key.grant(machine, "kms:GenerateDataKey", "kms:Decrypt")
+        acknowledge_invoke_versions(machine, function, f"the {wf.name} state machine")
         acknowledge(
             machine,
             "AwsSolutions-IAM5[Resource::*]",
-            "X-Ray PutTraceSegments/PutTelemetryRecords/GetSampling* support no resource-level "
-            "permissions (state machine tracing)",
+            "X-Ray PutTraceSegments/PutTelemetryRecords/GetSampling* and CloudWatch Logs "
+            "vended log delivery support no resource-level permissions (tracing, logging)",
         )
         failed = cloudwatch.Alarm(
             self,
-            f"{wf.name}FailedAlarm",
-            alarm_description=f"{wf.function} runs failed",
+            f"{wf.id}FailedAlarm",
+            alarm_description=f"{wf.name} maintenance runs failed",
             metric=machine.metric_failed(period=Duration.minutes(5), statistic="Sum"),
             threshold=0,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
@@ -229,38 +214,3 @@ class Workflows(Construct):
         )
         failed.add_alarm_action(messaging.alarm_action)
         return machine
-
-    def _queue_to_state_machine(
-        self, queue: sqs.IQueue, machine: sfn.StateMachine
-    ) -> pipes.CfnPipe:
-        """Batches of dedup-queue messages each start one dedup-verify run (fire and forget:
-        the run itself retries and alarms; the message is done once the run has started)."""
-        role = iam.Role(
-            self,
-            "DedupPipeRole",
-            assumed_by=iam.ServicePrincipal("pipes.amazonaws.com"),
-            description="EventBridge Pipe: dedup queue to the dedup-verify state machine",
-        )
-        queue.grant_consume_messages(role)
-        machine.grant_start_execution(role)
-        pipe = pipes.CfnPipe(
-            self,
-            "DedupPipe",
-            role_arn=role.role_arn,
-            description="dedup queue to the dedup-verify state machine",
-            source=queue.queue_arn,
-            source_parameters=pipes.CfnPipe.PipeSourceParametersProperty(
-                sqs_queue_parameters=pipes.CfnPipe.PipeSourceSqsQueueParametersProperty(
-                    batch_size=100, maximum_batching_window_in_seconds=60
-                )
-            ),
-            target=machine.state_machine_arn,
-            target_parameters=pipes.CfnPipe.PipeTargetParametersProperty(
-                step_function_state_machine_parameters=pipes.CfnPipe.PipeTargetStateMachineParametersProperty(
-                    invocation_type="FIRE_AND_FORGET"
-                ),
-                input_template='{"trigger": "queue"}',
-            ),
-        )
-        pipe.node.add_dependency(role.node.find_child("DefaultPolicy"))
-        return pipe

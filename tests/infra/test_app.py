@@ -223,7 +223,7 @@ def test_vpc_has_no_nat_and_the_endpoints_the_functions_use(dev: Synth) -> None:
     dev.data_template.resource_count_is("AWS::EC2::InternetGateway", 0)
     endpoints = resources(dev.data_template, "AWS::EC2::VPCEndpoint").values()
     names = json.dumps([e["Properties"]["ServiceName"] for e in endpoints])
-    for service in ("s3", "dynamodb", "kms", "secretsmanager", "ssm", "events"):
+    for service in ("s3", "dynamodb", "kms", "secretsmanager", "ssm"):
         assert f".{service}" in names or f'{service}"' in names, service
     gateway = [e for e in endpoints if e["Properties"].get("VpcEndpointType") != "Interface"]
     assert len(gateway) == 2
@@ -319,12 +319,14 @@ def test_db_functions_get_proxy_iam_settings_and_the_migration_gets_the_secret(d
     for name in (
         "TESSERA_BUCKET",
         "TESSERA_CHANGES_TABLE",
-        "TESSERA_EVENT_BUS",
         "TESSERA_KMS_KEY_ID",
         "TESSERA_KEY_PARAM_PREFIX",
         "TESSERA_USER_POOL_ID",
     ):
-        assert api[name], name  # fmt: skip
+        assert api[name], name
+    router = next(v for lid, v in env.items() if lid.startswith("ChangeRouterFunction"))
+    assert router["TESSERA_EVENT_BUS"] and router["TESSERA_EVENT_SOURCE"] == "tessera"
+    assert "TESSERA_DB_HOST" not in router  # outside the VPC, no database
     migrate = next(v for lid, v in env.items() if lid.startswith("MigrateFunction"))
     assert migrate["TESSERA_DB_SECRET_ARN"] and migrate["TESSERA_KEY_PARAM_PREFIX"]
     dev.app_template.has_resource_properties(
@@ -332,23 +334,26 @@ def test_db_functions_get_proxy_iam_settings_and_the_migration_gets_the_secret(d
     )
 
 
-def test_stream_pipe_and_dedup_rule(dev: Synth) -> None:
+def test_stream_pipe_dedup_rule_and_queue_trigger(dev: Synth) -> None:
     pipes = resources(dev.app_template, "AWS::Pipes::Pipe").values()
-    stream = next(
-        p for p in pipes if "DynamoDBStreamParameters" in p["Properties"]["SourceParameters"]
-    )
-    params = stream["Properties"]["SourceParameters"]["DynamoDBStreamParameters"]
+    assert len(pipes) == 1
+    stream = next(iter(pipes))["Properties"]
+    params = stream["SourceParameters"]["DynamoDBStreamParameters"]
     assert params["OnPartialBatchItemFailure"] == "AUTOMATIC_BISECT"
     assert params["DeadLetterConfig"]["Arn"]
-    assert "ChangeRouterFunction" in json.dumps(stream["Properties"]["Target"])
-    sqs_pipe = next(p for p in pipes if "SqsQueueParameters" in p["Properties"]["SourceParameters"])
-    assert "DedupVerify" in json.dumps(sqs_pipe["Properties"]["Target"])
+    assert "StreamArn" in json.dumps(stream["Source"])
+    assert "ChangeRouterFunction" in json.dumps(stream["Target"])
     dev.app_template.has_resource_properties(
         "AWS::Events::Rule",
         {"EventPattern": {"source": ["tessera"], "detail-type": ["tessera.file"]},
-         "Targets": [Match.object_like({"DeadLetterConfig": Match.any_value(),
-                                        "RetryPolicy": Match.any_value()})]},
+         "Targets": [Match.object_like({"Arn": {"Fn::GetAtt": [Match.string_like_regexp(
+             "DedupQueue"), "Arn"]}, "DeadLetterConfig": Match.any_value(),
+             "RetryPolicy": Match.any_value()})]},
     )  # fmt: skip
+    mappings = resources(dev.app_template, "AWS::Lambda::EventSourceMapping").values()
+    assert len(mappings) == 1
+    mapping = json.dumps(next(iter(mappings))["Properties"])
+    assert "DedupQueue" in mapping and "DedupVerifyFunction" in mapping
 
 
 def test_every_queue_is_kms_encrypted_tls_only_and_every_dlq_alarmed(dev: Synth) -> None:
@@ -373,16 +378,32 @@ def test_every_queue_is_kms_encrypted_tls_only_and_every_dlq_alarmed(dev: Synth)
 def test_one_state_machine_per_workflow_with_retries_catch_alarm_logs_and_tracing(
     dev: Synth,
 ) -> None:
+    from tessera.maintenance.workflows import WORKFLOWS
+
     machines = resources(dev.app_template, "AWS::StepFunctions::StateMachine")
-    assert len(machines) == 4
+    assert len(machines) == len(WORKFLOWS) == 4
     for lid, machine in machines.items():
         props = machine["Properties"]
         assert props["TracingConfiguration"] == {"Enabled": True}, lid
         assert props["LoggingConfiguration"]["Level"] == "ALL", lid
         definition = json.dumps(props["DefinitionString"])
         assert '\\"Retry\\"' in definition and '\\"Catch\\"' in definition, lid
-        assert "sns:publish" in definition, lid
-        assert '\\"step\\":\\"' in definition, lid
+        assert "sns:publish" in definition and "NotifyFailure" in definition, lid
+        assert '\\"step\\"' in definition, lid
+
+
+def test_with_failure_alarm_catches_every_task_and_keeps_the_retries() -> None:
+    from infra.constructs.workflows import with_failure_alarm
+    from tessera.maintenance.workflows import state_machine_definition
+
+    asl = with_failure_alarm(state_machine_definition("gc", "arn:fn"), "arn:topic", "gc")
+    tasks = [s for n, s in asl["States"].items() if s["Type"] == "Task" and n != "NotifyFailure"]
+    assert len(tasks) == 4  # purge_trash, purge_versions, expire_uploads, delete_blocks
+    for task in tasks:
+        assert task["Retry"] and task["Catch"][0]["Next"] == "NotifyFailure"
+    assert asl["States"]["NotifyFailure"]["Parameters"]["TopicArn"] == "arn:topic"
+    assert asl["States"]["NotifyFailure"]["Next"] == "Failed"
+    assert asl["States"]["Failed"]["Type"] == "Fail"
 
 
 def test_schedules(dev: Synth) -> None:
