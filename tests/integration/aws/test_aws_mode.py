@@ -4,8 +4,7 @@ the schedule are emulated with the real handlers."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -14,15 +13,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tessera.blocks import decode_block, encode_block, iter_chunks, scan_file
+from tessera.adapters.aws import AwsClients, AwsSettings
 from tessera.domain.errors import Conflict
 from tessera.local.aws_mode import AwsLocalCloud, add_user
+
+from .flow import Client, http_send
 
 pytestmark = pytest.mark.aws
 PASSWORD = "correct horse battery"
@@ -48,117 +50,81 @@ def aws_cloud(
         cloud.stop()
 
 
-def _login(cloud: AwsLocalCloud) -> httpx.Client:
+def _login(cloud: AwsLocalCloud) -> Client:
     email = f"u{uuid.uuid4().hex[:6]}@example.com"
     add_user(cloud.root, email, PASSWORD)
     r = httpx.post(f"{cloud.base_url}/v1/auth/token", json={"email": email, "password": PASSWORD})
     assert r.status_code == 200, r.text
     token = r.json()["access_token"]
-    return httpx.Client(
-        base_url=cloud.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-    )
+    auth = {"Authorization": f"Bearer {token}"}
+    return Client(http_send(httpx.Client(base_url=cloud.base_url, headers=auth, timeout=60)))
 
 
-def _upload(api: httpx.Client, path: str, local: Path, s3: str) -> dict:
-    m = scan_file(local)
-    blocks = [{"id": b.id, "size": b.size} for b in m.blocks]
-    start = api.post(
-        "/v1/uploads",
-        json={
-            "files": [
-                {"path": path, "size": m.size, "content_hash": m.content_hash, "blocks": blocks}
-            ]
-        },
+def _bus_queue(settings: AwsSettings) -> tuple[Any, str]:
+    """An SQS queue receiving every event on the bus (as a rule would route them)."""
+    clients = AwsClients(settings)
+    sqs = clients.client("sqs")
+    url = sqs.create_queue(QueueName=f"bus-{uuid.uuid4().hex[:6]}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    rule = f"all-{uuid.uuid4().hex[:6]}"
+    events = clients.events
+    events.put_rule(
+        Name=rule, EventBusName=settings.event_bus, EventPattern=json.dumps({"source": ["tessera"]})
     )
-    assert start.status_code == 200, start.text
-    keys = {n["id"]: n for n in start.json()["needed"]}
-    enc = {
-        r.id: encode_block(d, r.id, base64.b64decode(keys[r.id]["key"]), keys[r.id]["key_version"])
-        for r, d in iter_chunks(local)
-        if r.id in keys
-    }
-    if enc:
-        urls = api.post(
-            "/v1/uploads/urls",
-            json={
-                "upload_id": start.json()["upload_id"],
-                "blocks": [
-                    {
-                        "id": i,
-                        "size": len(e),
-                        "sha256": base64.b64encode(hashlib.sha256(e).digest()).decode(),
-                    }
-                    for i, e in enc.items()
-                ],
-            },
-        )
-        assert urls.status_code == 200, urls.text
-        for u in urls.json()["urls"]:
-            assert u["url"].startswith(s3)  # straight to S3
-            assert (
-                httpx.put(u["url"], content=enc[u["id"]], headers=u["headers"]).status_code == 200
-            )
-    r = api.post(
-        "/v1/commit",
-        json={
-            "path": path,
-            "parent_rev": None,
-            "blocks": blocks,
-            "size": m.size,
-            "content_hash": m.content_hash,
-            "upload_id": start.json()["upload_id"],
-        },
+    events.put_targets(
+        Rule=rule, EventBusName=settings.event_bus, Targets=[{"Id": "q", "Arn": arn}]
     )
-    assert r.status_code == 200, r.text
-    return r.json()
+    return sqs, url
 
 
 def test_aws_mode_serves_the_api_through_the_lambda_handlers(
     aws_cloud: AwsLocalCloud, tmp_path: Path
 ) -> None:
+    assert aws_cloud.aws is not None and aws_cloud.emulator is not None
     assert httpx.post(f"{aws_cloud.base_url}/v1/list_folder", json={}).status_code == 401
     bad = httpx.post(
         f"{aws_cloud.base_url}/v1/auth/token",
         json={"email": "nobody@example.com", "password": PASSWORD},
     )
     assert bad.status_code == 401
+    sqs, queue = _bus_queue(aws_cloud.aws)
     api = _login(aws_cloud)
-    assert aws_cloud.aws is not None
     local = tmp_path / "f.bin"
     local.write_bytes(os.urandom(600_000))
-    s3 = aws_cloud.aws.endpoint_url
-    assert s3 is not None
-    _upload(api, "/f.bin", local, s3)
-    listing = api.post("/v1/list_folder", json={"path": ""}).json()
+    assert api.upload("/f.bin", local)[0] == 200
+    status, listing = api.call("/v1/list_folder", {"path": ""})
     assert [e["name"] for e in listing["entries"]] == ["f.bin"]
 
-    # A long-poll wakes within a second of a commit (DynamoDB fast path).
-    result: list[httpx.Response] = []
+    # A long-poll wakes within a second or so of a commit (DynamoDB fast path).
+    result: list[tuple[int, Any]] = []
     poll = threading.Thread(
         target=lambda: result.append(
-            api.post("/v1/list_folder/longpoll", json={"cursor": listing["cursor"], "timeout": 30})
+            api.call("/v1/list_folder/longpoll", {"cursor": listing["cursor"], "timeout": 30})
         )
     )
     poll.start()
     time.sleep(0.5)
+    assert not result
     other = tmp_path / "g.txt"
     other.write_bytes(b"g" * 100)
+    status, entry = api.upload("/g.txt", other)
     committed = time.monotonic()
-    _upload(api, "/g.txt", other, s3)
+    assert status == 200
     poll.join(30)
-    assert result and result[0].json()["changes"] is True
+    assert result and result[0][1]["changes"] is True
     assert time.monotonic() - committed < 5
+    assert api.download("/f.bin") == local.read_bytes()
 
-    dl = api.post("/v1/download", json={"path": "/f.bin"}).json()
-    data = b"".join(
-        decode_block(httpx.get(b["url"]).content, b["id"], base64.b64decode(b["key"]))
-        for b in sorted(dl["blocks"], key=lambda b: b["offset"])
-    )
-    assert data == local.read_bytes()
-
-    # The emulated schedule relays the outbox; the emulated pipe routes the stream.
-    assert aws_cloud.emulator is not None
-    deadline = time.monotonic() + 15
+    # The emulated pipe: stream record -> change_router -> the bus -> a rule's queue.
+    seen: set[str] = set()
+    deadline = time.monotonic() + 20
+    while f"ns{entry['ns_id']}" not in {e.rsplit("-", 1)[0] for e in seen}:
+        assert time.monotonic() < deadline, f"no bus event for the commits; saw {seen}"
+        for m in sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", []):
+            seen.add(json.loads(m["Body"])["detail"]["event_id"])
+    # The emulated schedule: the relay sweeps every outbox row.
     with psycopg.connect(aws_cloud.aws.database_url) as conn:
         while conn.execute("SELECT count(*) FROM outbox WHERE relayed_at IS NULL").fetchone()[0]:
             assert time.monotonic() < deadline, "the emulated relay schedule never ran"

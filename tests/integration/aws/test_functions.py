@@ -7,19 +7,15 @@ upload → PUT to presigned S3 URLs → commit → list → long-poll wakes → 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
@@ -30,9 +26,10 @@ from tessera.adapters.aws import (
     S3BlockStore,
     changes_model,
 )
-from tessera.blocks import decode_block, encode_block, iter_chunks, scan_file
+from tessera.blocks import decode_block, scan_file
 
-from .lambda_events import Context, rest_event, stream_record
+from .flow import Client, lambda_client, lambda_send
+from .lambda_events import Context, stream_record
 
 pytestmark = pytest.mark.aws
 
@@ -40,97 +37,6 @@ pytestmark = pytest.mark.aws
 def _claims() -> dict[str, str]:
     user = uuid.uuid4().hex[:8]
     return {"sub": f"user-{user}", "email": f"{user}@example.com", "token_use": "id"}
-
-
-def _call(
-    handler: Callable[..., dict[str, Any]], path: str, body: Any, claims: Any
-) -> tuple[int, Any]:
-    """Invoke a handler; a request without a body is a GET (GET /v1/account)."""
-    method = "GET" if body is None else "POST"
-    resp = handler(rest_event(path, body, claims=claims, method=method), Context())
-    return resp["statusCode"], json.loads(resp["body"]) if resp.get("body") else None
-
-
-class Client:
-    """A sync client's calls, made straight into the `api` Lambda handler."""
-
-    def __init__(self, lambdas: SimpleNamespace, claims: dict[str, str]) -> None:
-        self.lambdas = lambdas
-        self.claims = claims
-
-    def call(self, path: str, body: Any = None, *, function: str = "api") -> tuple[int, Any]:
-        return _call(getattr(self.lambdas, function).handler, path, body, self.claims)
-
-    def upload(self, path: str, local: Path, parent_rev: int | None = None) -> tuple[int, Any]:
-        """Upload every needed block to its presigned URL, then commit; (status, body) of
-        the commit, or of the upload start when that is refused."""
-        manifest = scan_file(local)
-        blocks = [{"id": b.id, "size": b.size} for b in manifest.blocks]
-        status, start = self.call(
-            "/v1/uploads",
-            {
-                "files": [
-                    {
-                        "path": path,
-                        "size": manifest.size,
-                        "content_hash": manifest.content_hash,
-                        "blocks": blocks,
-                    }
-                ]
-            },
-        )
-        if status != 200:
-            return status, start
-        keys = {n["id"]: (n["key_version"], base64.b64decode(n["key"])) for n in start["needed"]}
-        encoded = {
-            ref.id: encode_block(data, ref.id, keys[ref.id][1], keys[ref.id][0])
-            for ref, data in iter_chunks(local)
-            if ref.id in keys
-        }
-        if encoded:
-            status, urls = self.call(
-                "/v1/uploads/urls",
-                {
-                    "upload_id": start["upload_id"],
-                    "blocks": [
-                        {
-                            "id": i,
-                            "size": len(e),
-                            "sha256": base64.b64encode(hashlib.sha256(e).digest()).decode(),
-                        }
-                        for i, e in encoded.items()
-                    ],
-                },
-            )
-            assert status == 200, urls
-            for url in urls["urls"]:
-                assert "X-Amz-Signature=" in url["url"]
-                r = httpx.request(
-                    url["method"], url["url"], content=encoded[url["id"]], headers=url["headers"]
-                )
-                assert r.status_code == 200, r.text
-        return self.call(
-            "/v1/commit",
-            {
-                "path": path,
-                "parent_rev": parent_rev,
-                "blocks": blocks,
-                "size": manifest.size,
-                "content_hash": manifest.content_hash,
-                "upload_id": start["upload_id"],
-                "idempotency_key": uuid.uuid4().hex,
-            },
-        )
-
-    def download(self, path: str) -> bytes:
-        status, body = self.call("/v1/download", {"path": path})
-        assert status == 200, body
-        out = bytearray()
-        for block in sorted(body["blocks"], key=lambda b: b["offset"]):
-            r = httpx.request(block["method"], block["url"], headers=block["headers"])
-            assert r.status_code == 200
-            out += decode_block(r.content, block["id"], base64.b64decode(block["key"]))
-        return bytes(out)
 
 
 def _write(tmp: Path, name: str, size: int) -> Path:
@@ -142,7 +48,7 @@ def _write(tmp: Path, name: str, size: int) -> Path:
 def test_full_flow_through_the_handlers(
     lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings, aws_clients: AwsClients
 ) -> None:
-    ann = Client(lambdas, _claims())
+    ann = lambda_client(lambdas, _claims())
     local = _write(tmp_path, "big.bin", 3 * 1024 * 1024 + 123)
     status, entry = ann.upload("/docs/big.bin", local)
     assert status == 200, entry
@@ -173,11 +79,7 @@ def test_full_flow_through_the_handlers(
     result: list[tuple[int, Any]] = []
     poll = threading.Thread(
         target=lambda: result.append(
-            ann.call(
-                "/v1/list_folder/longpoll",
-                {"cursor": listing["cursor"], "timeout": 30},
-                function="longpoll",
-            )
+            ann.call("/v1/list_folder/longpoll", {"cursor": listing["cursor"], "timeout": 30})
         )
     )
     started = time.monotonic()
@@ -208,12 +110,13 @@ def test_full_flow_through_the_handlers(
 
 
 def test_acl_and_authentication(lambdas: SimpleNamespace, tmp_path: Path) -> None:
-    owner, guest = Client(lambdas, _claims()), Client(lambdas, _claims())
+    owner_claims, guest_claims = _claims(), _claims()
+    owner, guest = lambda_client(lambdas, owner_claims), lambda_client(lambdas, guest_claims)
     assert owner.upload("/team/plan.txt", _write(tmp_path, "plan.txt", 2000))[0] == 200
     status, _ = guest.call("/v1/account")  # the API provisions a user on first sight
     assert status == 200
     status, body = owner.call(
-        "/v1/share", {"path": "/team", "email": guest.claims["email"], "access": "viewer"}
+        "/v1/share", {"path": "/team", "email": guest_claims["email"], "access": "viewer"}
     )
     assert status == 200, body
     # A viewer may read but not write: 403, and the file is unchanged.
@@ -239,10 +142,10 @@ def test_acl_and_authentication(lambdas: SimpleNamespace, tmp_path: Path) -> Non
 
     # No authorizer claims (a request that bypassed the Cognito authorizer): 401.
     for claims in (None, {}, {"email": "x@example.com"}):
-        status, body = _call(lambdas.api.handler, "/v1/list_folder", {"path": ""}, claims)
+        status, body = lambda_send(lambdas.api.handler, claims)("/v1/list_folder", {"path": ""})
         assert status == 401 and body["error"]["code"] == "unauthorized"
     # The body never names the caller: a user_id in it is rejected, not obeyed.
-    status, body = guest.call("/v1/list_folder", {"path": "", "user_id": owner.claims["sub"]})
+    status, body = guest.call("/v1/list_folder", {"path": "", "user_id": owner_claims["sub"]})
     assert status == 422
 
 
@@ -293,7 +196,7 @@ def test_relay_delivers_every_event_once_when_the_fast_path_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _broken_fast_path(monkeypatch, lambdas, aws_settings)
-    ann = Client(lambdas, _claims())
+    ann = lambda_client(lambdas, _claims())
     ns = _root_ns(ann)
     for i in range(5):
         assert ann.upload(f"/n{i}.txt", _write(tmp_path, f"n{i}.txt", 100 + i))[0] == 200
@@ -318,7 +221,7 @@ def test_concurrent_sweeps_share_the_work_without_duplicates(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _broken_fast_path(monkeypatch, lambdas, aws_settings)
-    clients = [Client(lambdas, _claims()) for _ in range(3)]
+    clients = [lambda_client(lambdas, _claims()) for _ in range(3)]
     namespaces = {_root_ns(c) for c in clients}
     for c in clients:
         for i in range(4):
