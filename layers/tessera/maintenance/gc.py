@@ -9,9 +9,9 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
    same way; a file's latest version is always kept.
 3. `expire_uploads`: sessions past their expiry (+ `upload_grace_hours`) are expired, and
    their staged copies that no version names are deleted.
-4. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — row
-   first re-checked under its row lock and the per-block lock, object deleted before the
-   row's deletion commits (see `tessera.metadata.maintenance` for why that is safe).
+4. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — the
+   row re-checked and deleted under its row lock, the object after that has committed
+   (see `tessera.metadata.maintenance` for why that is safe).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-
-from tessera.metadata.maintenance import MaintenanceTx
 
 from .context import MaintenanceContext, canonical_key, log
 from .results import GcResult
@@ -62,13 +60,16 @@ def purge_versions(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     """Delete versions superseded before the retention window; never a file's latest."""
     result = GcResult()
     cutoff = as_of - timedelta(days=ctx.settings.version_retention_days)
+    after = (0, "", 0)
 
     def batch() -> int:
+        nonlocal after
         with ctx.repo.transaction() as tx:
-            versions = tx.lock_expired_versions(cutoff, _purge_batch_size(ctx))
+            versions = tx.lock_expired_versions(cutoff, _purge_batch_size(ctx), after=after)
             if versions:
                 tx.release_refs(tx.purge_versions(versions), as_of)
                 result.versions_purged += len(versions)
+                after = versions[-1]
         return len(versions)
 
     return _loop(ctx, batch, result)
@@ -100,8 +101,9 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     """Delete blocks unreferenced for longer than the grace period, after a re-check.
 
-    Batches adapt so one transaction (and so the longest wait it can cause a commit that
-    wants one of these blocks) stays near `lock_budget_ms`.
+    Rows go in one short transaction (batches adapt so it stays near `lock_budget_ms`: the
+    longest a commit wanting one of these rows could wait); the objects go after it has
+    committed, under the per-block locks, unless a row came back meanwhile.
     """
     result = GcResult()
     cutoff = as_of - timedelta(hours=ctx.settings.gc_grace_hours)
@@ -111,32 +113,38 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 
     def batch() -> int:
         nonlocal limit, after
+        started = time.monotonic()
         with ctx.repo.transaction() as tx:
             candidates = tx.lock_unreferenced_blocks(cutoff, limit, after=after)
             if not candidates:
                 return 0
-            started = time.monotonic()
             after = candidates[-1]
-            deleted = _delete_locked(ctx, tx, candidates, result)
-            elapsed = time.monotonic() - started
-        per_block = elapsed / max(1, len(deleted))
-        limit = max(8, min(ctx.settings.batch_size * 4, int(budget / max(per_block, 1e-6))))
+            deleted = tx.delete_unreferenced(tx.try_block_locks(candidates))
+        per_block = (time.monotonic() - started) / len(candidates)
+        # at most 1000 rows: each also holds an advisory lock, and the lock table is shared
+        limit = max(8, min(1000, int(budget / max(per_block, 1e-6))))
+        _delete_objects(ctx, deleted, result)
+        skipped = len(candidates) - len(deleted)
+        if skipped:
+            result.blocks_skipped += skipped
+            log.info("gc: %d unreferenced-looking blocks kept at the re-check", skipped)
         return len(candidates)
 
     return _loop(ctx, batch, result)
 
 
-def _delete_locked(
-    ctx: MaintenanceContext, tx: MaintenanceTx, candidates: list[str], result: GcResult
-) -> list[tuple[str, int]]:
-    ours = tx.try_block_locks(candidates)
-    deleted = tx.delete_unreferenced(ours)
-    for bid, stored in deleted:
-        ctx.store.delete(canonical_key(bid))
-        result.bytes_freed += stored
+def _delete_objects(
+    ctx: MaintenanceContext, deleted: list[tuple[str, int]], result: GcResult
+) -> None:
+    """Delete the objects of block rows just deleted, unless a row came back meanwhile."""
+    if not deleted:
+        return
+    with ctx.repo.transaction() as tx:
+        ids = [bid for bid, _ in deleted]
+        tx.block_locks(ids)
+        back = tx.existing_blocks(ids)
+        for bid, stored in deleted:
+            if bid not in back:
+                ctx.store.delete(canonical_key(bid))
+                result.bytes_freed += stored
     result.blocks_deleted += len(deleted)
-    skipped = len(candidates) - len(deleted)
-    if skipped:
-        result.blocks_skipped += skipped
-        log.info("gc: %d unreferenced-looking blocks kept at the re-check", skipped)
-    return deleted

@@ -2,15 +2,18 @@
 
 Locking protocol (why gc can never delete a block a commit is starting to use):
 
-- A commit bumps `blocks.refcount` with a row-locking statement and fails when the row is
-  gone; gc deletes a block row only while holding that same row lock (`FOR UPDATE SKIP
-  LOCKED`), after re-checking `refcount = 0` and that no version and no open or pending
-  upload names the block, and it deletes the stored object *before* its transaction
-  commits. So either the commit's bump lands first (gc's re-check sees refcount 1 and skips
-  the block) or gc's delete lands first (the commit's bump finds no row and refuses).
-- Every step that writes the canonical object `blocks/<hex>` (promotion, repair, tier
-  moves) or deletes it (gc) first takes the per-block advisory transaction lock
-  `block_lock`, so a promotion can never interleave with the delete of the same block.
+- A commit bumps `blocks.refcount` with a row-locking upsert and refuses when it had to
+  create the row of a block it meant to reuse; gc deletes a block row only while holding
+  that same row lock (`FOR UPDATE SKIP LOCKED`), after re-checking `refcount = 0` and that
+  no version and no open or pending upload names the block. So either the commit's bump
+  lands first (gc's re-check sees refcount 1 and skips the block) or gc's delete lands
+  first (the commit finds no row and refuses; its client uploads the block again).
+- The stored object goes only after the row's deletion has committed, in a second
+  transaction holding the per-block advisory lock `block_lock`, and only if no row has
+  appeared again meanwhile. Every step that writes the canonical object `blocks/<hex>`
+  (promotion, repair, tier moves) takes that lock too, so a promotion can never interleave
+  with the delete of the same block. A crash between the two leaves an unreachable object
+  (wasted space), never a row without its object.
 - Transactions are short batches with a `lock_timeout`, so maintenance never queues behind
   (or ahead of) user traffic for long.
 """
@@ -97,6 +100,19 @@ class MaintenanceTx:
         fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
         row = self._all(f"SELECT {fn}(%s, hashtext(%s))::text", (LOCK_CLASS, block_id))[0]
         return wait or row[0] == "true"
+
+    def block_locks(self, block_ids: Sequence[str]) -> None:
+        """Take the maintenance locks of `block_ids` (waiting, in id order: no deadlocks)."""
+        self._all(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(b))::text"
+            " FROM unnest(%s::text[]) AS b ORDER BY b",
+            (LOCK_CLASS, sorted(block_ids)),
+        )
+
+    def existing_blocks(self, block_ids: Sequence[str]) -> set[str]:
+        """Which of `block_ids` have a row."""
+        rows = self._all("SELECT block_id FROM blocks WHERE block_id = ANY(%s)", (list(block_ids),))
+        return {r[0] for r in rows}
 
     def try_block_locks(self, block_ids: Sequence[str]) -> list[str]:
         """The subset of `block_ids` whose maintenance lock this transaction now holds."""
@@ -260,8 +276,11 @@ class MaintenanceTx:
         self._count(f"DELETE FROM files WHERE {sel}", (ns, ids))
         return versions, freed
 
-    def lock_expired_versions(self, cutoff: datetime, limit: int) -> list[tuple[int, str, int]]:
-        """Versions superseded before `cutoff` (never a file's latest), their files locked.
+    def lock_expired_versions(
+        self, cutoff: datetime, limit: int, *, after: tuple[int, str, int] = (0, "", 0)
+    ) -> list[tuple[int, str, int]]:
+        """Versions superseded before `cutoff` (never a file's latest), their files locked,
+        in key order from `after` (a walk of the primary key, no sort).
 
         A version is kept while it was current at some time after `cutoff`, so any point of
         the retention window can be restored.
@@ -269,13 +288,14 @@ class MaintenanceTx:
         rows = self._all(
             "SELECT v.ns_id, v.file_id, v.rev FROM file_versions v"
             " JOIN files f ON f.ns_id = v.ns_id AND f.file_id = v.file_id"
-            " WHERE v.server_time < %(cutoff)s AND v.rev < f.latest_rev"
+            " WHERE (v.ns_id, v.file_id, v.rev) > (%(ns)s, %(file)s, %(rev)s)"
+            "   AND v.server_time < %(cutoff)s AND v.rev < f.latest_rev"
             "   AND (SELECT n.server_time FROM file_versions n"
             "        WHERE n.ns_id = v.ns_id AND n.file_id = v.file_id AND n.rev > v.rev"
             "        ORDER BY n.rev LIMIT 1) < %(cutoff)s"
             " ORDER BY v.ns_id, v.file_id, v.rev LIMIT %(limit)s"
             " FOR UPDATE OF f SKIP LOCKED",
-            {"cutoff": cutoff, "limit": limit},
+            {"cutoff": cutoff, "limit": limit, "ns": after[0], "file": after[1], "rev": after[2]},
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
