@@ -27,9 +27,10 @@ ARCHITECTURE = lambda_.Architecture.ARM_64
 PLATFORM = "manylinux2014_aarch64"
 
 # Dependencies of the base install and the `server` extra that the functions never import:
-# the embedded PostgreSQL and the local gateway (laptop only), the file watcher (client only),
-# boto3 (the Lambda runtime ships it).
-_NOT_IN_LAYER = {"pgserver", "uvicorn", "starlette", "watchdog", "boto3"}
+# the embedded PostgreSQL and the local gateway (laptop only), the file watcher (client
+# only). boto3 stays in: pynamodb and aws-xray-sdk pull in a current botocore, which would
+# otherwise shadow the runtime's and mismatch the runtime's boto3.
+_NOT_IN_LAYER = {"pgserver", "uvicorn", "starlette", "watchdog"}
 
 
 def _name_of(requirement: str) -> str:
