@@ -29,6 +29,7 @@ from bench.common import (
     GiB,
     MiB,
     best_of,
+    best_of_each,
     children_cpu,
     have,
     human_bytes,
@@ -97,13 +98,17 @@ def scan_vs_sha256(path: Path) -> list[Figure]:
     def sha() -> None:
         run_quiet(["sha256sum", path])
 
-    t_cli = best_of(cli)
-    t_scan_one = best_of(lambda: scan_file(path, workers=1))
-    t_scan = best_of(lambda: scan_file(path))
-    t_sha = best_of(sha)
-    t_start = best_of(lambda: run_quiet([VENV_BIN / "tessera", "--help"]))
-    cpu_cli = best_of(cli, clock=children_cpu)
-    cpu_sha = best_of(sha, clock=children_cpu)
+    def start() -> None:
+        run_quiet([VENV_BIN / "tessera", "--help"])
+
+    wall = best_of_each({"cli": cli, "sha": sha, "start": start})
+    t_cli, t_sha, t_start = wall["cli"], wall["sha"], wall["start"]
+    cpu = best_of_each({"cli": cli, "sha": sha}, repeat=1, clock=children_cpu)
+    cpu_cli, cpu_sha = cpu["cli"], cpu["sha"]
+    scans = best_of_each(
+        {"one": lambda: scan_file(path, workers=1), "pool": lambda: scan_file(path)}
+    )
+    t_scan_one, t_scan = scans["one"], scans["pool"]
     ratio = t_cli / t_sha
     return [
         Figure(f"`tessera blocks` {human_bytes(size)} (wall)", f"{t_cli:.2f} s"),
@@ -134,8 +139,10 @@ def encode_vs_restic(path: Path, workers: int) -> list[Figure]:
     size = path.stat().st_size
     log(f"encode pipeline vs restic backup on {human_bytes(size)}")
     warm(path)
-    t_one = best_of(lambda: encode_file(path, 1), 2)
-    t_all = best_of(lambda: encode_file(path, workers), 2)
+    times = best_of_each(
+        {"one": lambda: encode_file(path, 1), "all": lambda: encode_file(path, workers)}, 2
+    )
+    t_one, t_all = times["one"], times["all"]
     figures = [
         Figure(f"encode pipeline {human_bytes(size)}, 1 worker", f"{t_one:.2f} s"),
         Figure(f"encode pipeline, {workers} workers", f"{t_all:.2f} s"),
@@ -193,18 +200,15 @@ def codec_throughput(workers: int) -> list[Figure]:
         stored = list(encode_many(jobs, workers))
         ratio = sum(map(len, stored)) / size
         djobs = [(s, bid, k) for s, (_d, bid, k) in zip(stored, blocks, strict=True)]
-        times: dict[tuple[str, int], float] = {}
-        for w in sorted({1, workers}):
-            times["enc", w] = best_of(partial(_drain, encode_many, jobs, w))
-            times["dec", w] = best_of(partial(_drain, decode_many, djobs, w))
-        for op, name in (("enc", "encode"), ("dec", "decode")):
-            figures.append(Figure(f"{name} {kind}, 1 worker", mbps(size, times[op, 1])))
+        for name, many, work in (("encode", encode_many, jobs), ("decode", decode_many, djobs)):
+            t = best_of_each({str(w): partial(_drain, many, work, w) for w in {1, workers}})
+            figures.append(Figure(f"{name} {kind}, 1 worker", mbps(size, t["1"])))
             if workers > 1:
-                up = times[op, 1] / times[op, workers]
+                up = t["1"] / t[str(workers)]
                 figures.append(
                     Figure(
                         f"{name} {kind}, {workers} workers",
-                        f"{mbps(size, times[op, workers])} ({up:.2f}x)",
+                        f"{mbps(size, t[str(workers)])} ({up:.2f}x)",
                         "≥ 1.6x",
                         up >= 1.6,
                     )

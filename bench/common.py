@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +111,22 @@ def best_of(
         fn()
         times.append(clock() - start)
     return min(times)
+
+
+def best_of_each(
+    fns: Mapping[str, Callable[[], object]],
+    repeat: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """`best_of` for several contenders, run round-robin so that a change in the machine's
+    load during the measurement hits them all alike."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            best[name] = min(best[name], clock() - start)
+    return best
 
 
 def children_cpu() -> float:
