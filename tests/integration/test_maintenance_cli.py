@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from tessera.maintenance import scheduler
 from tessera.maintenance.cli import app
 from tessera.maintenance.scheduler import MaintenanceScheduler
+from tessera.settings import Settings
 
 from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
     ALICE,
@@ -116,7 +118,8 @@ def test_scheduler_start_takes_the_local_clouds_services(
         monkeypatch.setenv(f"TESSERA_{name}_INTERVAL_S", "0")
     monkeypatch.setenv("TESSERA_DEDUP_INTERVAL_S", "0.1")
     world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
-    stop = scheduler.start(world.svc)
+    # the local cloud hands over plain server Settings: the intervals come from the env
+    stop = scheduler.start(replace(world.svc, settings=Settings()))
     try:
         deadline = time.monotonic() + 20
         while world.keys_under("staging/") and time.monotonic() < deadline:
