@@ -68,12 +68,10 @@ def test_dedup_function_from_the_queue_and_gc_steps_from_the_state_machine(
     upload_ids = [str(r[0]) for r in aws_world.sql("SELECT DISTINCT upload_id FROM upload_blocks")]
 
     dedup = _handler("dedup_verify")
-    # an SQS batch from the EventBridge rule: only the sessions named are verified
-    event = {
-        "Records": [
-            {"messageId": "1", "body": json.dumps({"detail": {"upload_id": upload_ids[0]}})}
-        ]
-    }
+    # an SQS batch from the EventBridge rule (a commit event): only that session is verified
+    staged = [{"block_id": "b3:0", "staged_key": f"staging/{upload_ids[0]}/0"}]
+    body = {"detail-type": "file", "detail": {"kind": "file", "payload": {"staged": staged}}}
+    event = {"Records": [{"messageId": "1", "body": json.dumps(body)}]}
     first = dedup(event, None)
     assert (first["promoted"], first["dropped"]) == (2, 0)
     second = dedup({"step": "verify", "input": {}}, None)  # the scheduled sweep

@@ -103,8 +103,26 @@ def test_queue_messages_name_upload_sessions() -> None:
         {"body": "not json"},
         {"body": json.dumps(["a list"])},
         {"body": json.dumps({"detail": {"upload_id": 7}})},
+        {  # what the server core's commit event looks like on the bus
+            "body": json.dumps(
+                {
+                    "detail-type": "file",
+                    "detail": {
+                        "kind": "file",
+                        "payload": {
+                            "op": "commit",
+                            "staged": [
+                                {"block_id": "b3:00", "staged_key": "staging/up_d/00"},
+                                {"block_id": "b3:01", "staged_key": "blocks/01"},
+                                {"block_id": "b3:02", "staged_key": 5},
+                            ],
+                        },
+                    },
+                }
+            )
+        },
     ]
-    assert _upload_ids(records) == ["up_a", "up_b", "up_c"]
+    assert _upload_ids(records) == ["up_a", "up_b", "up_c", "up_d"]
     assert _upload_ids("garbage") == []
 
 

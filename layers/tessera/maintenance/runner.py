@@ -113,16 +113,23 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
 
 
 def _upload_ids(records: Any) -> list[str]:
-    ids: list[str] = []
+    """Upload sessions named by SQS messages: an `upload_id` at the top of the body, in its
+    EventBridge `detail` or the change's `payload`, or in the staging keys of a commit's
+    `payload.staged` list (`staging/<upload_id>/<hex>`). Unreadable messages name none."""
+    ids: set[str] = set()
     for record in records if isinstance(records, list) else []:
         try:
             body = json.loads(record.get("body") or "{}")
         except (ValueError, AttributeError):
             continue
-        if not isinstance(body, dict):
-            continue
-        detail = body.get("detail") if isinstance(body.get("detail"), dict) else {}
-        for source in (body, detail, detail.get("payload") if isinstance(detail, dict) else None):
+        detail = body.get("detail") if isinstance(body, dict) else None
+        payload = detail.get("payload") if isinstance(detail, dict) else None
+        for source in (body, detail, payload):
             if isinstance(source, dict) and isinstance(source.get("upload_id"), str):
-                ids.append(source["upload_id"])
-    return sorted(set(ids))
+                ids.add(source["upload_id"])
+        staged = payload.get("staged") if isinstance(payload, dict) else None
+        for item in staged if isinstance(staged, list) else []:
+            key = item.get("staged_key") if isinstance(item, dict) else None
+            if isinstance(key, str) and key.startswith("staging/") and key.count("/") == 2:
+                ids.add(key.split("/")[1])
+    return sorted(ids)
