@@ -43,7 +43,12 @@ def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None)
         sample = tx.sample_live(start, ctx.settings.scrub_sample)
     for row in sample:
         result.checked += 1
-        if _check(ctx, row).ok:
+        try:
+            healthy = _check(ctx, row).ok
+        except Exception:  # e.g. moved to the cold tier meanwhile: settled by the re-check
+            log.info("scrub: %s unreadable on the first pass", row.block_id, exc_info=True)
+            healthy = False
+        if healthy:
             result.ok += 1
         else:
             _repair(ctx, row.block_id, as_of, result)
