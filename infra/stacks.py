@@ -177,6 +177,7 @@ class AppStack(Stack):
             self, "Workflows", config=config, functions=maintenance, relay=relay,
             messaging=self.messaging,
         )  # fmt: skip
+        self._async_failures_to_dlq(relay, "OutboxRelayFunction")
         self.migrations = Migrations(self, "Migrations", config=config, function=migrate)
         self.observability = Observability(
             self, "Observability", config=config, rest_api=self.api.rest_api,
@@ -188,6 +189,27 @@ class AppStack(Stack):
         CfnOutput(self, "UserPoolId", value=self.identity.user_pool.user_pool_id)
         CfnOutput(self, "UserPoolClientId", value=self.identity.client.user_pool_client_id)
         CfnOutput(self, "BlocksBucket", value=blocks_bucket_name(config))
+
+    def _async_failures_to_dlq(self, fn: lambda_.Function, name: str) -> None:
+        """The Scheduler invokes `fn` asynchronously: a failed run goes to a dead-letter queue
+        (alarmed) instead of being retried; the next scheduled run does the same work."""
+        dlq = self.messaging.dead_letter_queue(f"{name}Dlq", purpose=f"async runs of {name}")
+        lambda_.CfnEventInvokeConfig(
+            self,
+            f"{name}AsyncConfig",
+            function_name=fn.function_name,
+            qualifier="$LATEST",
+            maximum_retry_attempts=0,
+            maximum_event_age_in_seconds=120,
+            destination_config=lambda_.CfnEventInvokeConfig.DestinationConfigProperty(
+                on_failure=lambda_.CfnEventInvokeConfig.OnFailureProperty(destination=dlq.queue_arn)
+            ),
+        )
+        # (Not `grant_send_messages`: it also grants kms:ReEncrypt* and GenerateDataKey*.)
+        fn.add_to_role_policy(
+            iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[dlq.queue_arn])
+        )
+        self.messaging.key.grant(fn, "kms:GenerateDataKey", "kms:Decrypt")
 
     # --- the environment contract (docs/deploy.md lists it per function) ---------------------
 

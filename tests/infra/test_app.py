@@ -366,7 +366,7 @@ def test_every_queue_is_kms_encrypted_tls_only_and_every_dlq_alarmed(dev: Synth)
                 for q in p["Properties"]["Queues"]]  # fmt: skip
     assert len(tls_only) == len(queues)
     dlqs = [lid for lid in queues if "Dlq" in lid]
-    assert len(dlqs) == 4  # stream pipe, bus rule, dedup queue, schedules
+    assert len(dlqs) == 5  # stream pipe, bus rule, dedup queue, schedules, relay async runs
     alarms = json.dumps(resources(dev.app_template, "AWS::CloudWatch::Alarm"))
     for lid in dlqs:
         assert lid in alarms, f"no alarm on {lid}"
@@ -555,6 +555,39 @@ def test_missing_function_folder_fails_naming_it(tmp_path: Path) -> None:
     with pytest.raises(MissingFunctionError, match=r"'scrub'.*scrub/handler\.py"):
         TesseraFunction(stack, "F", config=config, spec=FunctionSpec("scrub", "x"),
                         layer=layer, placement=placement)  # fmt: skip
+
+
+def test_relay_async_failures_go_to_a_dead_letter_queue(dev: Synth) -> None:
+    configs = resources(dev.app_template, "AWS::Lambda::EventInvokeConfig").values()
+    assert len(configs) == 1
+    config = json.dumps(next(iter(configs))["Properties"])
+    assert "OutboxRelayFunction" in config and "OutboxRelayFunctionDlq" in config
+
+
+def test_migrations_fingerprint_follows_the_migration_files(tmp_path: Path) -> None:
+    from infra.constructs.migrations import migrations_fingerprint
+
+    folder = tmp_path / "tessera" / "metadata" / "migrations"
+    folder.mkdir(parents=True)
+    (folder / "001_init.sql").write_text("CREATE TABLE a ();")
+    first = migrations_fingerprint(tmp_path)
+    assert migrations_fingerprint(tmp_path) == first
+    (folder / "002_more.sql").write_text("CREATE TABLE b ();")
+    second = migrations_fingerprint(tmp_path)
+    (folder / "002_more.sql").write_text("CREATE TABLE c ();")
+    assert len({first, second, migrations_fingerprint(tmp_path)}) == 3
+
+
+def test_stage_defaults_and_single_overrides() -> None:
+    from aws_cdk import App
+
+    from infra.config import StageConfig
+
+    prod = StageConfig.from_context(App(context={"stage": "prod", "db_max_acu": "8"}).node)
+    assert prod.is_prod and prod.db_max_acu == 8.0 and prod.db_min_acu == 0.5
+    assert prod.bundle is True  # deploys always build the real layer unless told otherwise
+    dev = StageConfig.from_context(App(context={"bundle": "false"}).node)
+    assert dev.stage == "dev" and not dev.is_prod and dev.bundle is False
 
 
 def test_unknown_stage_is_refused() -> None:
