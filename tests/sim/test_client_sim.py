@@ -117,7 +117,9 @@ def _content_hash(data: bytes, tmp: Path) -> str:
         f.unlink()
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(
+    "seed", [int(s) for s in os.environ.get("TESSERA_SIM_SEEDS", "1,2").split(",")]
+)
 def test_random_multi_device_history_converges_and_loses_nothing(
     inproc_cloud: Cloud, tmp_path: Path, seed: int
 ) -> None:
