@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import boto3
 from botocore.config import Config
@@ -16,6 +18,34 @@ if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_ssm import SSMClient
+
+
+class _Lazy:
+    """Stands for a boto3 client and creates it on first attribute access (thread-safe)."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make()
+        return getattr(self._client, name)
+
+
+T = TypeVar("T")
+
+
+def lazy(make: Callable[[], T]) -> T:
+    """A stand-in for `make()` that calls it on first use.
+
+    Creating a boto3 client loads its service model (tens of ms of CPU each); a Lambda
+    cold start should pay only for the clients its first requests use.
+    """
+    return cast(T, _Lazy(make))
 
 
 class AwsClients:

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import jwt
 from botocore.exceptions import ClientError
 
 from tessera.domain.errors import BadRequest, Conflict, Unauthorized
@@ -49,6 +48,8 @@ class CognitoIdentity(Identity):
     def __init__(
         self, *, region: str, pool_id: str, client_id: str, endpoint_url: str | None = None
     ) -> None:
+        import jwt  # only the local gateway verifies tokens: keep it off the Lambda cold start
+
         self._issuer = issuer_of(region, pool_id)
         self._client_id = client_id
         # PyJWKClient caches the key set and refetches when it sees an unknown `kid`.
@@ -56,6 +57,8 @@ class CognitoIdentity(Identity):
 
     def claims(self, token: str) -> dict[str, str]:
         """The verified claims as API Gateway passes them to the API (string values)."""
+        import jwt
+
         try:
             key = self._jwks.get_signing_key_from_jwt(token).key
             claims: dict[str, Any] = jwt.decode(

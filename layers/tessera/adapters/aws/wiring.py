@@ -1,7 +1,8 @@
 """Wiring of the Lambda functions: settings → AWS adapters → `Services`, once per cold start.
 
 Each function's handler module calls one of these at import, outside the handler, so a
-warm invocation reuses the pool, the boto3 clients and the decrypted key secrets.
+warm invocation reuses the pool, the boto3 clients and the decrypted key secrets. boto3
+clients are created on first use, so a function pays only for the services it calls.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from tessera.adapters.aws.changes import DynamoChangeFeed, changes_model
-from tessera.adapters.aws.clients import AwsClients
+from tessera.adapters.aws.clients import AwsClients, lazy
 from tessera.adapters.aws.database import db_conninfo
 from tessera.adapters.aws.events import EventBridgePublisher
 from tessera.adapters.aws.keys import KmsKeyService
@@ -53,11 +54,14 @@ class AwsRuntime:
     def block_store(self) -> S3BlockStore:
         """The S3 block store."""
         self.aws.require("bucket")
-        return S3BlockStore(self._clients.s3, self.aws.bucket)
+        return S3BlockStore(lazy(lambda: self._clients.s3), self.aws.bucket)
 
     def key_service(self) -> KmsKeyService:
         """The KMS/SSM key service."""
-        return KmsKeyService(self._clients.kms, self._clients.ssm, self.aws.key_param_prefix)
+        clients = self._clients
+        return KmsKeyService(
+            lazy(lambda: clients.kms), lazy(lambda: clients.ssm), self.aws.key_param_prefix
+        )
 
     def event_publisher(self) -> EventBridgePublisher:
         """The EventBridge publisher for the `tessera` bus."""
