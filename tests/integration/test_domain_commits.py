@@ -293,3 +293,76 @@ def test_email_of_another_account_is_409(services: Services) -> None:
     account(services, Principal("user-1", "same@example.com"))
     with pytest.raises(Conflict, match="another account"):
         account(services, Principal("user-2", "SAME@example.com"))
+
+
+def test_concurrent_retries_of_one_idempotency_key_write_once(
+    services: Services, alice: Principal
+) -> None:
+    chunks = [b"same request twice at once"]
+    upload_id = upload_blocks(services, alice, "/twice", chunks)
+    req = commit_request("/twice", chunks, upload_id, idempotency_key="k-race")
+    results: list[object] = []
+    barrier = threading.Barrier(4)
+
+    def go() -> None:
+        barrier.wait()
+        results.append(commits.commit(services, alice, req))
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 4 and all(r == results[0] for r in results)
+    with services.db.transaction() as store:
+        entry = store.file_by_path(results[0].ns_id, "/twice")  # type: ignore[attr-defined]
+        assert entry is not None and entry.latest_rev == 1
+
+
+def test_expired_upload_session_is_404(services: Services, alice: Principal) -> None:
+    import dataclasses
+    from datetime import timedelta
+
+    chunks = [b"late"]
+    upload_id = upload_blocks(services, alice, "/late", chunks)
+
+    class Later:
+        def now(self):  # type: ignore[no-untyped-def]
+            return services.clock.now() + timedelta(seconds=services.settings.upload_ttl_s + 1)
+
+    later = dataclasses.replace(services, clock=Later())
+    with pytest.raises(NotFound, match="expired"):
+        commits.commit(later, alice, commit_request("/late", chunks, upload_id))
+
+
+def test_crossing_batches_do_not_deadlock(services: Services, alice: Principal) -> None:
+    names = [f"/x{i}" for i in range(6)]
+    for n in names:
+        put_file(services, alice, n, b"0")
+    errors: list[BaseException] = []
+
+    def batch(order: list[str]) -> None:
+        try:
+            for _ in range(3):
+                revs = {}
+                from tessera.domain.files import metadata
+                from tessera.domain.models import MetadataRequest
+
+                for n in order:
+                    revs[n] = metadata(services, alice, MetadataRequest(path=n)).rev  # type: ignore[union-attr]
+                commits.commit_batch(
+                    services,
+                    alice,
+                    CommitBatchRequest(
+                        entries=[commit_request(n, [b"0"], None, revs[n]) for n in order]
+                    ),
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=batch, args=(o,)) for o in (names, names[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
