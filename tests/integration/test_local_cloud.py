@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -273,3 +274,29 @@ def test_local_up_subprocess_stops_cleanly_and_restarts_with_everything(tmp_path
     finally:
         _stop(proc)
     assert demo_password in printed  # --demo prints the same login on every start
+
+
+def test_local_up_fails_clearly(tmp_path: Path, database_url: str) -> None:
+    """A taken port or a key file others can read: exit 1 with a one-line reason."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    state = tmp_path / "state"
+
+    def up(port: int) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "tessera.local", "up", "--state", str(state)]
+        return subprocess.run(
+            [*cmd, "--port", str(port)], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = up(taken.getsockname()[1])
+    assert r.returncode == 1
+    assert "cannot listen on 127.0.0.1" in r.stderr
+    assert "Traceback" not in r.stderr
+
+    (state / "keys.json").chmod(0o644)  # created by the first attempt
+    r = up(0)
+    assert r.returncode == 1
+    assert "keys.json has mode 0644" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -60,6 +60,7 @@ def up(
     aws_endpoint: AwsEndpointOption = None,
 ) -> None:
     """Start the local cloud: PostgreSQL, the API and the block store behind one URL."""
+    from tessera.adapters.local.secret_files import InsecureSecretFile
     from tessera.local.cloud import LocalCloud
     from tessera.settings import Settings
 
@@ -77,7 +78,11 @@ def up(
         )
     else:
         cloud = LocalCloud(state, host=host, port=port, settings=Settings.from_env(), demo=demo)
-    url = cloud.prepare()
+    try:
+        url = cloud.prepare()
+    except (OSError, InsecureSecretFile) as exc:  # port taken, unreadable state, loose key file
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(f"Tessera local cloud: {url}  (state: {cloud.state.root})", err=False)
     if cloud.demo_login is not None:
         email, password = cloud.demo_login

@@ -24,7 +24,11 @@ class Server:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+        try:
+            self.sock.bind((host, port))
+        except OSError as exc:
+            self.sock.close()
+            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
         self.host, self.port = host, self.sock.getsockname()[1]
         self._thread: threading.Thread | None = None
         self._uvicorn: uvicorn.Server | None = None
