@@ -300,3 +300,20 @@ def test_local_up_fails_clearly(tmp_path: Path, database_url: str) -> None:
     assert r.returncode == 1
     assert "keys.json has mode 0644" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_public_url_is_where_block_urls_point(tmp_path: Path, database_url: str) -> None:
+    cloud = LocalCloud(
+        tmp_path / "state",
+        port=0,
+        settings=Settings(database_url=database_url),
+        maintenance=False,
+        public_url="http://tessera.test:8790/",
+    )
+    try:
+        assert cloud.prepare() == "http://tessera.test:8790"
+        assert cloud.services is not None
+        url = cloud.services.block_store.presign_get("blocks/aa").url
+        assert url.startswith("http://tessera.test:8790/blocks/blocks/aa?")
+    finally:
+        cloud.stop()

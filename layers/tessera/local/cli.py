@@ -58,6 +58,10 @@ def up(
     ] = False,
     backend: BackendOption = Backend.LOCAL,
     aws_endpoint: AwsEndpointOption = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="URL clients reach this server at (default http://HOST:PORT)."),
+    ] = None,
 ) -> None:
     """Start the local cloud: PostgreSQL, the API and the block store behind one URL."""
     from tessera.adapters.local.secret_files import InsecureSecretFile
@@ -77,7 +81,14 @@ def up(
             demo=demo,
         )
     else:
-        cloud = LocalCloud(state, host=host, port=port, settings=Settings.from_env(), demo=demo)
+        cloud = LocalCloud(
+            state,
+            host=host,
+            port=port,
+            settings=Settings.from_env(),
+            demo=demo,
+            public_url=public_url,
+        )
     try:
         url = cloud.prepare()
     except (OSError, InsecureSecretFile) as exc:  # port taken, unreadable state, loose key file

@@ -33,6 +33,7 @@ from tessera.adapters.local.identity import JwtIssuer, LocalIdentity, LocalUsers
 from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.adapters.local.secret_files import load_or_create, write_private
 from tessera.domain.errors import Conflict
+from tessera.domain.services import Services
 from tessera.local.gateway import Gateway, create_app
 from tessera.local.postgres import EmbeddedPostgres
 from tessera.local.server import Server
@@ -94,6 +95,8 @@ class LocalCloud:
     `background` tasks start with the wired `Services` and return how to stop them; with
     `maintenance` (default) the maintenance scheduler (`tessera.maintenance.scheduler`) is
     one of them. `restore_delay` makes cold-tier restores take that many seconds.
+    `public_url` is the URL clients reach the gateway at (presigned block URLs point there),
+    when it is not `http://host:port` (listening on 0.0.0.0, behind a proxy).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class LocalCloud:
         restore_delay: float = 0.0,
         background: Sequence[BackgroundTask] = (),
         maintenance: bool = True,
+        public_url: str | None = None,
     ) -> None:
         self.state = StatePaths(Path(state_dir).expanduser().resolve())
         self.host, self.port = host, port
@@ -118,6 +122,7 @@ class LocalCloud:
         self.background = list(background)
         self.maintenance = maintenance
         self.conninfo = ""
+        self.public_url = public_url.rstrip("/") if public_url else None
         self.base_url = ""
         self.demo_login: tuple[str, str] | None = None
         self._embedded: EmbeddedPostgres | None = None
@@ -126,7 +131,7 @@ class LocalCloud:
         self._feed: PostgresChangeFeed | None = None
         self._stoppers: list[Callable[[], None]] = []
         self._app: Any = None
-        self.services: Any = None
+        self.services: Services | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -144,7 +149,7 @@ class LocalCloud:
             issuer = JwtIssuer(self.state.jwt_key)
             users = LocalUsers(self.conninfo)
             self._server = Server(self.host, self.port)
-            self.base_url = self._server.base_url
+            self.base_url = self.public_url or self._server.base_url
             block_store = FilesystemBlockStore(
                 self.state.blocks, self.base_url, url_secret, restore_delay=self.restore_delay
             )
@@ -166,7 +171,6 @@ class LocalCloud:
 
     def _wire_api(self, gateway: Gateway, keys: KeyFileKeyService) -> None:
         from tessera.api import build_resolver
-        from tessera.domain.services import Services
         from tessera.local.longpoll import native_longpoll
 
         assert self._feed is not None and gateway.block_store is not None
