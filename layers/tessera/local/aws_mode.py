@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any
@@ -259,6 +259,7 @@ class Emulator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aws-emulator", daemon=True)
         self._iterators: dict[str, str] = {}
+        self._finished: set[str] = set()  # closed shards read to their end
 
     def start(self) -> None:
         """Start the background thread (stream read from its current end)."""
@@ -275,7 +276,7 @@ class Emulator:
         arn = self._ddb.describe_table(TableName=self._table)["Table"]["LatestStreamArn"]
         shards = self._streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
         for shard in shards:
-            if shard["ShardId"] not in self._iterators:
+            if shard["ShardId"] not in self._iterators.keys() | self._finished:
                 self._iterators[shard["ShardId"]] = self._streams.get_shard_iterator(
                     StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType=position
                 )["ShardIterator"]
@@ -292,7 +293,11 @@ class Emulator:
         delivered = 0
         for shard, iterator in list(self._iterators.items()):
             page = self._streams.get_records(ShardIterator=iterator, Limit=100)
-            self._iterators[shard] = page.get("NextShardIterator") or iterator
+            if page.get("NextShardIterator"):
+                self._iterators[shard] = page["NextShardIterator"]
+            else:  # a closed shard, read to its end
+                del self._iterators[shard]
+                self._finished.add(shard)
             records = [_jsonable_record(r) for r in page.get("Records", [])]
             if records:
                 resp = self._router({"Records": records}, _context())
@@ -473,8 +478,6 @@ class AwsLocalCloud:
 
 def _settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes the functions' `Settings.from_env()` equal `settings`."""
-    from dataclasses import fields
-
     env: dict[str, str] = {}
     for f in fields(settings):
         if f.name == "database_url":

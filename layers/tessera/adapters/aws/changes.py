@@ -1,7 +1,9 @@
 """`DynamoChangeFeed`: the ChangeFeed port on the DynamoDB `changes` table (DESIGN §6).
 
 One item per outbox event: pk `ns_id`, sk `seq`, the `event_id`, and a TTL so the table
-holds only recent history (cursors older than that are answered from Aurora by the API).
+holds only recent history. A long-poll only needs "is there anything after seq S"; the
+changes themselves are listed from Aurora (`list_folder/continue`), which a client calls
+first after being away — so a change whose item already expired costs no data.
 Publishing is a create-only put, so a retried or relayed event never writes twice and the
 table's stream (→ EventBridge Pipe → bus) carries each event exactly once as an INSERT.
 A long-poll queries `seq > cursor` per namespace, with a short, growing backoff.
