@@ -14,8 +14,10 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,8 @@ from tessera_client.transfer import (
 )
 
 LARGE_FILE = 8 * 1024 * 1024
+FILE_WORKERS = 4  # files downloaded at once (each also fetches its blocks in parallel)
+Fetched = tuple[FileEntry, Stat, list[str]]
 
 
 class SyncEngine:
@@ -226,41 +230,74 @@ class SyncEngine:
 
     def _execute(self, ops: list[Op], scan: LocalScan, result: RoundResult) -> None:
         uploads: list[tuple[UploadItem, Entry | None]] = []
+        downloads: list[Op] = []
         stats = dict(scan.stats)
         for op in ops:
             if result.disk_full and op.kind in (OpKind.DOWNLOAD, OpKind.CONFLICT):
                 continue
-            try:
-                done = self._run_op(op, stats, uploads, result)
-            except DiskFullError:
-                result.disk_full = True
+            step = partial(self._run_op, op, stats, uploads, downloads)
+            result.ops += int(self._guarded(op, result, step))
+        if downloads:
+            self._download_all(downloads, stats, result)
+        if uploads:
+            result.ops += len(uploads)
+            self._upload(uploads, result)
+
+    def _guarded(self, op: Op, result: RoundResult, step: Callable[[], bool]) -> bool:
+        """Run one step; an expected failure becomes a problem (or a retry), never a crash."""
+        try:
+            return step()
+        except DiskFullError:
+            if not result.disk_full:
                 result.problems.append(
                     "the disk is full: downloads stopped (nothing was corrupted); free some "
                     "space and sync again"
                 )
-                continue
-            except RestoringError as e:
-                result.retry_after = max(result.retry_after, e.retry_after)
-                self.reporter.event(f"{e.path}: restoring from cold storage, will retry")
-                continue
-            except (IntegrityError, UnsafePathError, SymlinkError) as e:
-                result.problems.append(f"refused {op.path}: {e}")
-                continue
-            except LocalChangedError:
-                result.ops += 1  # re-planned next round
-                continue
-            except ApiError as e:
-                result.problems.append(f"{op.kind.value} {op.path}: {e.message} ({e.status})")
-                continue
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    result.disk_full = True
-                result.problems.append(f"{op.kind.value} {op.path}: {e.strerror or e}")
-                continue
-            result.ops += int(done)
-        if uploads:
-            result.ops += len(uploads)
-            self._upload(uploads, result)
+            result.disk_full = True
+        except RestoringError as e:
+            result.retry_after = max(result.retry_after, e.retry_after)
+            self.reporter.event(f"{e.path}: restoring from cold storage, will retry")
+        except (IntegrityError, UnsafePathError, SymlinkError) as e:
+            result.problems.append(f"refused {op.path}: {e}")
+        except LocalChangedError:
+            return True  # re-planned next round
+        except ApiError as e:
+            result.problems.append(f"{op.kind.value} {op.path}: {e.message} ({e.status})")
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                result.disk_full = True
+            result.problems.append(f"{op.kind.value} {op.path}: {e.strerror or e}")
+        return False
+
+    def _download_all(self, ops: list[Op], stats: dict[str, Stat], result: RoundResult) -> None:
+        """Download many files at once (small files are round-trip bound, not bandwidth bound)."""
+        full = threading.Event()
+
+        def fetch(op: Op) -> Fetched:
+            if full.is_set():
+                raise DiskFullError(errno.ENOSPC, "disk full")
+            assert op.remote is not None
+            expect = stats.get(path_key(op.path)) if op.local else None
+            self._sizes[op.path] = op.remote.size
+            r = op.remote
+            try:
+                return self.transfers.download(op.path, r.file_id, r.rev, r.content_hash, expect)
+            except DiskFullError:
+                full.set()
+                raise
+
+        with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="tessera-file") as pool:
+            futures = {pool.submit(fetch, op): op for op in ops}
+            for fut in as_completed(futures):
+                op = futures[fut]
+                result.ops += int(self._guarded(op, result, partial(self._recorded, op, fut)))
+
+    def _recorded(self, op: Op, fut: Future[Fetched]) -> bool:
+        """Record a finished download in the state database (main thread only)."""
+        entry, st, blocks = fut.result()
+        self._record_file(op.path, entry, st, blocks)
+        self.reporter.event(f"downloaded {op.path}")
+        return True
 
     def _stat(self, rel: str) -> Stat | None:
         try:
@@ -278,7 +315,7 @@ class SyncEngine:
         op: Op,
         stats: dict[str, Stat],
         uploads: list[tuple[UploadItem, Entry | None]],
-        result: RoundResult,
+        downloads: list[Op],
     ) -> bool:
         k = op.kind
         if k == OpKind.SKIP:
@@ -295,9 +332,8 @@ class SyncEngine:
             self._sizes[op.path] = manifest.size
             return False
         if k == OpKind.DOWNLOAD:
-            assert op.remote is not None
-            self._download(op.path, op.remote, stats.get(path_key(op.path)) if op.local else None)
-            return True
+            downloads.append(op)
+            return False
         if k == OpKind.CONFLICT:
             assert op.local is not None and op.remote is not None
             if not self._unchanged(op.path, stats):

@@ -273,7 +273,9 @@ class FakeFilesystem(Filesystem):
     def remove(self, rel: str) -> None:
         if self._node(rel).kind == Kind.DIR:
             raise IsADirectoryError(errno.EISDIR, "is a folder", rel)
-        del self.nodes[rel]
+        freed = len(self.nodes.pop(rel).data)
+        if self.space_left is not None:
+            self.space_left += freed
 
     def rmdir(self, rel: str) -> None:
         if self.listdir(rel):
