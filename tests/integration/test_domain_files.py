@@ -228,3 +228,48 @@ def test_create_folder(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/file", b"f")
     with pytest.raises(Conflict):
         files.create_folder(services, alice, "/file/sub")
+
+
+def _promote_without_repoint(services: Services, data: bytes) -> str:
+    """What dedup-verify has done when a commit meets its result mid-way: the copy is
+    verified and promoted, the staged object is gone (versions not yet repointed here)."""
+    bid = block_id(data)
+    bs = services.block_store
+    staged = next(k for k in bs.list_keys("staging/") if k.endswith(bid[3:]))
+    bs.copy(staged, "blocks/" + bid[3:])
+    bs.delete(staged)
+    with services.db.transaction() as store:
+        store.conn.execute(
+            "UPDATE upload_blocks SET state = 'promoted' WHERE staged_key = %s", (staged,)
+        )
+        store.set_block_state([bid], "live")
+    return staged
+
+
+def test_reusing_a_block_whose_copy_was_promoted_points_at_the_canonical_block(
+    services: Services, alice: Principal
+) -> None:
+    data = b"promoted meanwhile"
+    put_file(services, alice, "/v1", data)
+    _promote_without_repoint(services, data)
+    commits.commit(services, alice, commit_request("/v2", [data], None))
+    with services.db.transaction() as store:
+        row = store.file_by_path(
+            files.metadata(services, alice, MetadataRequest(path="/v2")).ns_id,
+            "/v2",  # type: ignore[union-attr]
+        )
+        assert row is not None
+        assert [b.staged_key for b in store.version_blocks(row.ns_id, row.file_id, 1)] == [None]
+    assert get_file(services, alice, "/v2") == data
+    assert get_file(services, alice, "/v1") == data  # a verified copy gives way too
+
+
+def test_reusing_a_block_whose_copy_is_gone_needs_an_upload(
+    services: Services, alice: Principal
+) -> None:
+    data = b"collected meanwhile"
+    put_file(services, alice, "/v1", data)
+    with services.db.transaction() as store:
+        store.conn.execute("DELETE FROM upload_blocks")
+    with pytest.raises(Unprocessable, match="never uploaded"):
+        commits.commit(services, alice, commit_request("/v2", [data], None))

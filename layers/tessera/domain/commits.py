@@ -3,6 +3,7 @@ on `parent_rev`, per-user idempotency keys, and batches whose items stand or fal
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,14 @@ from tessera.domain.models import (
 )
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, file_entry, load_view, new_file_id
-from tessera.metadata.store import FileRow, MountRow, NewJournal, Store, VersionInfo
+from tessera.metadata.store import (
+    FileRow,
+    MountRow,
+    NewJournal,
+    ReadableBlock,
+    Store,
+    VersionInfo,
+)
 from tessera.ports import ChangeEvent, Principal
 from tessera.settings import Settings
 
@@ -64,6 +72,30 @@ class _Blocks:
     staged_now: list[str]  # the session's blocks this commit stages
 
 
+def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, ReadableBlock]:
+    """Pin the staged copies that readable blocks would be carried forward with.
+
+    A block the caller reads only through another version's unverified staged copy keeps
+    that copy. The copy's row is locked FOR SHARE, so dedup-verify (which locks it FOR
+    UPDATE, repoints every version naming it, then deletes the object) either waits for
+    this commit — and then repoints this version too — or has already settled it: verified
+    (promoted/dropped) copies give way to the canonical block; a copy that is gone or
+    quarantined grants nothing, and the block must be uploaded again.
+    """
+    carried = [r.staged_key for r in readable.values() if r.staged_key is not None]
+    if not carried:
+        return readable
+    states = store.lock_staged_copies(carried)
+    out: dict[str, ReadableBlock] = {}
+    for bid, r in readable.items():
+        state = states.get(r.staged_key) if r.staged_key is not None else None
+        if r.staged_key is None or state == "staged":
+            out[bid] = r
+        elif state in ("promoted", "dropped"):
+            out[bid] = dataclasses.replace(r, staged_key=None)
+    return out
+
+
 def _check_blocks(svc: Services, store: Store, view: View, req: CommitRequest) -> _Blocks:
     """Every block must be readable by the caller, or staged by their upload session and
     present in the block store with the size the PUT URL was issued for."""
@@ -75,7 +107,7 @@ def _check_blocks(svc: Services, store: Store, view: View, req: CommitRequest) -
             raise NotFound(f"no upload session {req.upload_id!r}")
         if session.expires_at <= svc.clock.now():
             raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
-    readable = store.readable_blocks(view.ns_ids, ids)
+    readable = _settled(store, store.readable_blocks(view.ns_ids, ids))
     missing = [i for i in ids if i not in readable]
     if missing and req.upload_id is not None:
         session_rows = store.upload_blocks(req.upload_id, missing)

@@ -96,7 +96,9 @@ def download(
         for vb in vblocks:
             live_key = "blocks/" + vb.block_id.removeprefix("b3:")
             # an unverified version is served its own staged copy, never the canonical block
-            if vb.staged_key is not None or vb.state == "staged":
+            # (a copy dedup-verify already vouched for gives way to the canonical block)
+            verified = vb.staged_state in ("promoted", "dropped")
+            if (vb.staged_key is not None and not verified) or vb.state == "staged":
                 if vb.staged_key is None or vb.staged_state == "quarantined":
                     raise BlockUnavailable(
                         f"block {vb.block_id} failed verification", block_id=vb.block_id

@@ -791,6 +791,16 @@ class Store:
             (stored_size, sha256, upload_id, block_id),
         )
 
+    def lock_staged_copies(self, staged_keys: Sequence[str]) -> dict[str, str]:
+        """Lock staged copies FOR SHARE (dedup-verify cannot settle them until this
+        transaction ends); staged_key → state. Copies gc already removed are absent."""
+        rows = self._all(
+            "SELECT staged_key, state FROM upload_blocks WHERE staged_key = ANY(%s)"
+            " ORDER BY upload_id, block_id FOR SHARE",
+            (list(staged_keys),),
+        )
+        return {r[0]: r[1] for r in rows}
+
     def mark_staged(self, upload_id: str, block_ids: Sequence[str]) -> None:
         """Staged copies now referenced by a committed version (dedup-verify picks them up)."""
         self.conn.execute(
