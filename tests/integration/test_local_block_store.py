@@ -84,6 +84,9 @@ def test_restore_takes_its_delay_and_expires(tmp_path: Path) -> None:
     assert head is not None and (head.tier, head.restoring, head.restored) == (
         StorageTier.COLD, False, False,
     )  # fmt: skip
+    store.restore("blocks/aa", days=2)  # an expired restore is started again
+    head = store.head("blocks/aa")
+    assert head is not None and (head.restoring, head.restored) == (True, False)
 
 
 def test_rejected_puts_leave_no_temp_files(
