@@ -179,6 +179,8 @@ class AppStack(Stack):
         )  # fmt: skip
         self._async_failures_to_dlq(relay, "OutboxRelayFunction")
         self.migrations = Migrations(self, "Migrations", config=config, function=migrate)
+        # Nothing scheduled runs before the schema exists.
+        self.workflows.node.add_dependency(self.migrations.resource)
         self.observability = Observability(
             self, "Observability", config=config, rest_api=self.api.rest_api,
             cluster=data.database.cluster,

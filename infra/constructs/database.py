@@ -83,7 +83,13 @@ class Database(Construct):
         self.cluster.node.add_dependency(log_group)
         assert self.cluster.secret is not None  # from_generated_secret always makes one
         self.secret = self.cluster.secret
-        self.cluster.add_rotation_single_user(automatically_after=Duration.days(30))
+        # The rotation function runs in the functions' security group: the interface
+        # endpoints (Secrets Manager) only admit that group, and it already reaches the cluster.
+        self.cluster.add_rotation_single_user(
+            automatically_after=Duration.days(30),
+            security_group=clients,
+            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
+        )
         self.proxy = self.cluster.add_proxy(
             "Proxy",
             secrets=[self.secret],

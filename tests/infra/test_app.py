@@ -413,9 +413,11 @@ def test_schedules(dev: Synth) -> None:
         "rate(1 hour)", "cron(15 3 * * ? *)", "cron(15 4 * * ? *)", "cron(15 5 ? * SUN *)",
         "rate(1 minute)",
     ])  # fmt: skip
+    schema = next(iter(resources(dev.app_template, "Custom::TesseraSchema")))
     for schedule in schedules:
         target = schedule["Properties"]["Target"]
         assert target["DeadLetterConfig"]["Arn"] and "RetryPolicy" in target
+        assert schema in schedule["DependsOn"]  # nothing runs before the schema exists
     relay = next(s for s in schedules if s["Properties"]["ScheduleExpression"] == "rate(1 minute)")
     assert "OutboxRelayFunction" in json.dumps(relay["Properties"]["Target"]["Arn"])
 
