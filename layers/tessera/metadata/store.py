@@ -303,10 +303,6 @@ class Store:
         with self.conn.transaction():
             yield
 
-    def now(self) -> datetime:
-        """The transaction's timestamp (one clock for every row a transaction writes)."""
-        return self._one("SELECT now()")[0]  # type: ignore[no-any-return]
-
     # -- users and views ------------------------------------------------------------------
 
     def get_user(self, user_id: str) -> UserRow | None:
