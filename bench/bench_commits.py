@@ -2,12 +2,13 @@
 8 concurrent writers, beside pgbench's TPC-B on the same PostgreSQL with the same client
 count. Target (issue 3): >= 0.5 x pgbench's TPS at 8 writers.
 
-Each writer is a process of its own (as each concurrent API request is a Lambda instance of
-its own; threads would measure Python's GIL instead), committing as its own user (own root
-namespace, as real clients are) new small files whose one block it can already read, so
-the figure is the metadata path: view, block check, file row lock, version + block list, refcounts, journal, outbox, NOTIFY — and the
-change-feed publish after commit. A second 8-writer figure has every writer in ONE
-namespace (they serialise on its journal seq, like TPC-B's single branch row at scale 1).
+Each writer is a thread (the local gateway serves requests on threads of one process; on
+this 2-core machine processes would only take CPU from PostgreSQL), committing as its own
+user (own root namespace, as real clients are) new small files whose one block it can
+already read, so the figure is the metadata path: view, block check, file row lock, version
++ block list, refcounts, journal, outbox, NOTIFY — and the change-feed publish after commit.
+A second 8-writer figure has every writer in ONE namespace (they serialise on its journal
+seq, like TPC-B's single branch row at scale 1).
 
 PostgreSQL: `DATABASE_URL` when set, else an embedded pgserver started here (stopped after).
 `TESSERA_BENCH_SECONDS` (default 4) sets each run's length, `TESSERA_BENCH_ROUNDS`
@@ -16,17 +17,17 @@ PostgreSQL: `DATABASE_URL` when set, else an embedded pgserver started here (sto
 
 from __future__ import annotations
 
-import multiprocessing
+import dataclasses
 import os
 import re
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import cast
 
@@ -102,69 +103,51 @@ def _services(meta_url: str, root: Path, *, pool: int) -> Services:
     )
 
 
-def _writer(meta_url: str, root: str, conn: Connection) -> None:
-    """A writer process (like one API Lambda instance): commit until told to stop.
+def _rate(
+    svc: Services, seeds: list[tuple[Principal, str, int]], seconds: float, *, publish: bool = True
+) -> float:
+    """Commits per second of len(seeds) writer threads (writer i commits as seeds[i]'s user).
 
-    Commands: (user_id, email, block_id, size, start_at, seconds, publish) → commits made.
+    Threads in one process, as the local gateway serves requests; the feed's publish on or off.
     """
-    svc = _services(meta_url, Path(root), pool=1)
-    real_feed = svc.feed
-    conn.send("ready")
-    while (cmd := conn.recv()) is not None:
-        user_id, email, bid, size, start_at, seconds, publish = cmd
-        svc.feed = real_feed if publish else _NoPublish()
-        who = Principal(user_id, email)
+    feed = svc.feed if publish else _NoPublish()
+    run_svc = dataclasses.replace(svc, feed=feed)
+    counts = [0] * len(seeds)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(seeds) + 1)
+    stop = [0.0]
+
+    def run(i: int, who: Principal, bid: str, size: int) -> None:
         prefix = f"/w-{uuid.uuid4().hex[:8]}"
-        time.sleep(max(0.0, start_at - time.time()))
+        barrier.wait()
         n = 0
-        while time.time() < start_at + seconds:
-            commits.commit(
-                svc,
-                who,
-                CommitRequest(
-                    path=f"{prefix}/f{n}",
-                    blocks=[BlockSpec(id=bid, size=size)],
-                    size=size,
-                    content_hash=content_hash([bid]),
-                ),
-            )
-            n += 1
-        conn.send(n)
-    svc.db.close()
-    cast(PostgresChangeFeed, real_feed).close()
+        try:
+            while time.monotonic() < stop[0]:
+                commits.commit(
+                    run_svc,
+                    who,
+                    CommitRequest(
+                        path=f"{prefix}/f{n}",
+                        blocks=[BlockSpec(id=bid, size=size)],
+                        size=size,
+                        content_hash=content_hash([bid]),
+                    ),
+                )
+                n += 1
+        except BaseException as exc:
+            errors.append(exc)
+        counts[i] = n
 
-
-class _Writers:
-    """`n` writer processes, started once (spawned: no inherited pools or threads)."""
-
-    def __init__(self, n: int, meta_url: str, root: Path) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.pipes: list[Connection] = []
-        self.procs = []
-        for _ in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_writer, args=(meta_url, str(root), child), daemon=True)
-            proc.start()
-            self.pipes.append(parent)
-            self.procs.append(proc)
-        for pipe in self.pipes:
-            if pipe.recv() != "ready":
-                raise RuntimeError("a writer process did not start")
-
-    def rate(
-        self, seeds: list[tuple[Principal, str, int]], seconds: float, *, publish: bool = True
-    ) -> float:
-        """Commits per second of len(seeds) writers (writer i commits as seeds[i]'s user)."""
-        start_at = time.time() + 0.5
-        for pipe, (who, bid, size) in zip(self.pipes, seeds, strict=False):
-            pipe.send((who.user_id, who.email, bid, size, start_at, seconds, publish))
-        return sum(pipe.recv() for pipe in self.pipes[: len(seeds)]) / seconds
-
-    def close(self) -> None:
-        for pipe in self.pipes:
-            pipe.send(None)
-        for proc in self.procs:
-            proc.join(10)
+    threads = [threading.Thread(target=run, args=(i, *seed)) for i, seed in enumerate(seeds)]
+    for t in threads:
+        t.start()
+    stop[0] = time.monotonic() + seconds
+    barrier.wait()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(counts) / seconds
 
 
 def _pgbench(url: str, *args: str) -> str:
@@ -211,8 +194,7 @@ def main() -> None:
         migrate(meta_url)
         pg_url = _database(server, "bench_pgbench")
         _pgbench(pg_url, "-i", "-q", "-s", "1")
-        svc = _services(meta_url, Path(tmp), pool=2)
-        writers = _Writers(8, meta_url, Path(tmp))
+        svc = _services(meta_url, Path(tmp), pool=8)
         runs: dict[str, list[float]] = {}
 
         def record(name: str, value: float) -> None:
@@ -224,19 +206,18 @@ def main() -> None:
 
         try:
             for r in range(ROUNDS):
-                record("one", writers.rate(seeds([Principal(f"s{r}", f"s{r}@b")]), SECONDS))
+                record("one", _rate(svc, seeds([Principal(f"s{r}", f"s{r}@b")]), SECONDS))
                 record("pg1", _pgbench_tps(pg_url, 1, SECONDS))
                 users = [Principal(f"u{r}-{i}", f"u{r}-{i}@b") for i in range(8)]
-                record("eight", writers.rate(seeds(users), SECONDS))
+                record("eight", _rate(svc, seeds(users), SECONDS))
                 record("pg8", _pgbench_tps(pg_url, 8, SECONDS))
                 shared = seeds([Principal(f"shared{r}", f"shared{r}@b")]) * 8
-                record("one_ns", writers.rate(shared, SECONDS))
+                record("one_ns", _rate(svc, shared, SECONDS))
                 # The local feed's publish is a second transaction per commit (the commit's
                 # own NOTIFY already woke the long-polls): what it costs.
                 quiet = [Principal(f"q{r}-{i}", f"q{r}-{i}@b") for i in range(8)]
-                record("no_publish", writers.rate(seeds(quiet), SECONDS, publish=False))
+                record("no_publish", _rate(svc, seeds(quiet), SECONDS, publish=False))
         finally:
-            writers.close()
             svc.db.close()
             cast(PostgresChangeFeed, svc.feed).close()
     med = {name: statistics.median(values) for name, values in runs.items()}
