@@ -77,8 +77,13 @@ async def _cursor(client: httpx.AsyncClient) -> str:
     return cursor
 
 
-async def _wakeups(client: httpx.AsyncClient, n: int) -> tuple[list[float], list[float]]:
-    """(commit returned -> long-poll answered, commit sent -> long-poll answered), in ms."""
+async def _wakeups(
+    client: httpx.AsyncClient, poller: httpx.AsyncClient, n: int
+) -> tuple[list[float], list[float]]:
+    """(commit returned -> long-poll answered, commit sent -> long-poll answered), in ms.
+
+    The first is 0 when the long-poll is answered before the commit's own response arrives.
+    """
     after_return: list[float] = []
     end_to_end: list[float] = []
     for i in range(n):
@@ -86,7 +91,7 @@ async def _wakeups(client: httpx.AsyncClient, n: int) -> tuple[list[float], list
         woke: dict[str, float] = {}
 
         async def poll(cursor: str = cursor, woke: dict[str, float] = woke) -> Any:
-            r = await client.post(
+            r = await poller.post(
                 "/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 30}
             )
             woke["at"] = time.perf_counter()
@@ -105,22 +110,33 @@ async def _wakeups(client: httpx.AsyncClient, n: int) -> tuple[list[float], list
 
 
 async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    # httpx's pool costs O(connections) per request: many small clients keep the client
+    # side from being what is measured
+    per_client = 100
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, limits=limits, timeout=120
-    ) as client:
-        cursor = await _cursor(client)
+    clients = [
+        httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=180,
+            limits=httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client),
+        )
+        for _ in range(-(-n // per_client))
+    ]
+    try:
+        cursor = await _cursor(clients[0])
         rss_before = gateway.memory_info().rss
         started = time.perf_counter()
         tasks = [
             asyncio.create_task(
-                client.post("/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 90})
+                clients[i // per_client].post(
+                    "/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 170}
+                )
             )
-            for _ in range(n)
+            for i in range(n)
         ]
         # held = connected to the gateway and not answered; wait until every socket is open
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             conns = len([c for c in gateway.net_connections() if c.status == "ESTABLISHED"])
             if conns >= n:
@@ -132,14 +148,20 @@ async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> d
         rss_held = gateway.memory_info().rss
         threads = gateway.num_threads()
         sent = time.perf_counter()
-        await _commit_empty(client, "/idle-wake.txt")
+        await _commit_empty(clients[0], "/idle-wake.txt")
         results = await asyncio.gather(*tasks, return_exceptions=True)
         all_woken_ms = (time.perf_counter() - sent) * 1000
+    finally:
+        for client in clients:
+            await client.aclose()
     woken = sum(
         1 for r in results if isinstance(r, httpx.Response) and r.json().get("changes") is True
     )
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
     return {
-        "held": n - answered_early,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+        "held": n - answered_early,  # answered or failed before the commit: not held
         "woken": woken,
         "rss_before": rss_before,
         "rss_held": rss_held,
@@ -158,7 +180,10 @@ async def _run(base_url: str, gateway: psutil.Process) -> list[Figure]:
         token = r.json()["access_token"]
         client.headers["Authorization"] = f"Bearer {token}"
         await _commit_empty(client, "/warm.txt")
-        after_return, end_to_end = await _wakeups(client, wakeups)
+        async with httpx.AsyncClient(
+            base_url=base_url, timeout=60, headers=client.headers
+        ) as poller:
+            after_return, end_to_end = await _wakeups(client, poller, wakeups)
     idle = await _idle(base_url, token, idle_n, gateway)
     p50, p99 = _percentile(after_return, 50), _percentile(after_return, 99)
     growth = idle["rss_held"] - idle["rss_before"]
@@ -179,6 +204,7 @@ async def _run(base_url: str, gateway: psutil.Process) -> list[Figure]:
         Figure(
             "  ... all woken by one commit", f"{idle['woken']} in {idle['all_woken_ms']:.0f} ms"
         ),
+        Figure("  ... failed (client side)", f"{idle['errors']} {idle['first_error'][:60]}"),
         Figure(
             "  gateway RSS before -> holding",
             f"{human_bytes(idle['rss_before'])} -> {human_bytes(idle['rss_held'])}",
