@@ -275,7 +275,8 @@ def _daemon(engine: Any, reporter: ConsoleReporter, folder: Path) -> None:
         def on_round(r: RoundResult) -> None:
             reporter.status = status_line(r)
             engine.state.set_meta("status", reporter.status)
-            live.console.print(reporter.status) if r.ops else None
+            if r.ops:
+                live.console.print(reporter.status)
 
         err.print(f"Syncing {folder} (Ctrl-C to stop).")
         engine.run_daemon(on_round=on_round)
@@ -309,6 +310,7 @@ def status(as_json: JsonOption = False) -> None:
                 last_sync=float(last) if last else None,
                 pending_uploads=len(state.list_pending("upload")),
                 conflicts=len(state.conflicts()),
+                paused_deletes=int(state.get_meta("paused_deletes") or 0),
                 status=state.get_meta("status"),
             )
         finally:

@@ -186,6 +186,9 @@ class SyncEngine:
         result = RoundResult()
         self.pull()
         base = self.state.base_tree()
+        for c in self.state.conflicts():  # the user dealt with it: forget it
+            if not self.fs.exists(c.path):
+                self.state.drop_conflict(c.path)
         local_only = {path_key(c.path) for c in self.state.conflicts() if c.local_only}
         scan = self.scanner.scan(base, exclude=local_only)
         for path, reason in scan.skipped:
@@ -213,6 +216,8 @@ class SyncEngine:
             deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
         )
         if not mass or self.allow_mass_delete:
+            if self.state.get_meta("paused_deletes"):
+                self.state.set_meta("paused_deletes", None)
             return the_plan.ops
         result.paused_deletes = deletes
         result.problems.append(

@@ -1,0 +1,85 @@
+"""The `tessera` user commands: clear one-line errors (no tracebacks), JSON listings, paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tessera_client.cli import app
+from tessera_client.commands import UserError, _server_path
+from tessera_client.config import Home, Settings
+from tessera_client.state import StateDB
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
+    monkeypatch.setenv("TESSERA_HOME", str(tmp_path / "home"))
+    return Home(tmp_path / "home")
+
+
+def test_commands_without_login_fail_with_a_hint(home: Home) -> None:
+    for args in (["ls"], ["history", "a.txt"], ["trash"], ["shares"], ["rm", "x"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1, (args, r.output)
+        assert "tessera login" in r.output
+        assert "Traceback" not in r.output
+
+
+def test_unreachable_server_is_one_clear_line(home: Home, tmp_path: Path) -> None:
+    home.save_settings(Settings(server_url="http://127.0.0.1:9"))
+    from tessera_client.config import Tokens
+
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+    import tessera_client.api as api_mod
+
+    api_mod.RetryPolicy.attempts = 1  # type: ignore[misc]
+    try:
+        r = runner.invoke(app, ["ls"])
+    finally:
+        api_mod.RetryPolicy.attempts = 8  # type: ignore[misc]
+    assert r.exit_code == 1
+    assert "cannot reach" in r.output and "Traceback" not in r.output
+
+
+def test_status_and_conflicts_json(home: Home, tmp_path: Path) -> None:
+    home.save_settings(Settings(server_url="http://x", email="me@x", device_name="lap"))
+    home.ensure()
+    db = StateDB(home.state_file)
+    db.add_conflict("a (lap's conflicted copy 2026-11-26).txt", "a.txt", "edited", local_only=True)
+    db.set_meta("paused_deletes", "60")
+    db.close()
+    status = json.loads(runner.invoke(app, ["status", "--json"]).output)
+    assert status["device"] == "lap" and status["logged_in"] is False
+    assert status["conflicts"] == 1 and status["paused_deletes"] == 60
+    rows = json.loads(runner.invoke(app, ["conflicts", "--json"]).output)
+    assert rows[0]["original"] == "a.txt" and rows[0]["local_only"] is True
+
+
+def test_sync_refuses_a_home_inside_the_folder(home: Home, tmp_path: Path) -> None:
+    home.save_settings(Settings(server_url="http://x"))
+    r = runner.invoke(app, ["sync", str(tmp_path), "--once"])
+    assert r.exit_code == 1 and "must not be inside" in " ".join(r.output.split())
+
+
+def test_paths_relative_or_absolute_inside_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "Sync"
+    (folder / "Docs").mkdir(parents=True)
+    settings = Settings(folder=str(folder))
+    monkeypatch.chdir(tmp_path)
+    assert _server_path("Docs/a.txt", settings) == "/Docs/a.txt"
+    assert _server_path(str(folder / "Docs" / "a.txt"), settings) == "/Docs/a.txt"
+    assert _server_path("", settings) == ""
+    monkeypatch.chdir(folder / "Docs")
+    assert _server_path("a.txt", settings) == "/Docs/a.txt"
+    assert _server_path("../b.txt", settings) == "/b.txt"
+    with pytest.raises(UserError):
+        _server_path("../../outside.txt", settings)
+    with pytest.raises(UserError):
+        _server_path("/etc/passwd", settings)
