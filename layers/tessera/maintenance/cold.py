@@ -25,7 +25,7 @@ def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
     """Move blocks unread since `cold_after_days` before `as_of` to the cold tier."""
     result = ColdResult()
     cutoff = as_of - timedelta(days=ctx.settings.cold_after_days)
-    for _ in range(ctx.settings.max_batches_per_step):
+    for _ in ctx.batches():
         with ctx.repo.transaction() as tx:
             candidates = tx.cold_candidates(cutoff, ctx.settings.batch_size)
         moved = 0

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tessera.metadata import Database
 from tessera.metadata.maintenance import MaintenanceRepository
@@ -13,6 +17,9 @@ from tessera.settings import Settings
 from .settings import MaintenanceSettings
 
 log = logging.getLogger("tessera.maintenance")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 CANONICAL_PREFIX = "blocks/"
 QUARANTINE_PREFIX = "quarantine/"
@@ -59,3 +66,20 @@ class MaintenanceContext:
             settings=MaintenanceSettings.from_settings(settings or MaintenanceSettings()),
             clock=clock or SystemClock(),
         )
+
+    def batches(self) -> Iterator[int]:
+        """Batch numbers for one step invocation: at most `max_batches_per_step`, and none
+        once `step_budget_s` has passed (the caller then reports `more`)."""
+        deadline = time.monotonic() + self.settings.step_budget_s
+        for n in range(self.settings.max_batches_per_step):
+            if n and time.monotonic() >= deadline:
+                return
+            yield n
+
+    def parallel(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """`fn` over `items` on `io_workers` threads (block-store I/O), results in order."""
+        todo = list(items)
+        if len(todo) <= 1 or self.settings.io_workers <= 1:
+            return [fn(i) for i in todo]
+        with ThreadPoolExecutor(min(self.settings.io_workers, len(todo))) as pool:
+            return list(pool.map(fn, todo))

@@ -38,12 +38,15 @@ def verify_staged(
     `upload_ids`); `more` is set when copies are left for the next invocation."""
     result = DedupResult()
     after = ("", "")
-    for _ in range(ctx.settings.max_batches_per_step):
+    for _ in ctx.batches():
         copies = ctx.repo.staged_copies(ctx.settings.batch_size, after=after, upload_ids=upload_ids)
-        for copy in copies:
-            check = check_stored(
-                ctx.store, ctx.keys, copy.staged_key, copy.block_id, expect_plain_size=copy.size
-            )
+        checks = ctx.parallel(
+            lambda c: check_stored(
+                ctx.store, ctx.keys, c.staged_key, c.block_id, expect_plain_size=c.size
+            ),
+            copies,
+        )
+        for copy, check in zip(copies, checks, strict=True):
             _settle(ctx, copy, check, as_of, result)
         if len(copies) < ctx.settings.batch_size:
             break

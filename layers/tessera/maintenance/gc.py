@@ -25,8 +25,8 @@ from .results import GcResult
 
 
 def _loop(ctx: MaintenanceContext, batch: Callable[[], int], result: GcResult) -> GcResult:
-    """Run `batch` until it does nothing or the step's batch budget is spent."""
-    for _ in range(ctx.settings.max_batches_per_step):
+    """Run `batch` until it does nothing or the step's budget (batches, time) is spent."""
+    for _ in ctx.batches():
         if batch() == 0:
             return result
     result.more = True
@@ -34,8 +34,8 @@ def _loop(ctx: MaintenanceContext, batch: Callable[[], int], result: GcResult) -
 
 
 def _purge_batch_size(ctx: MaintenanceContext) -> int:
-    # a purge touches every block of the files it purges: keep those transactions small
-    return max(1, ctx.settings.batch_size // 5)
+    # a purge row-locks every block of the files it purges: keep those transactions small
+    return max(1, ctx.settings.batch_size // 10)
 
 
 def purge_trash(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
@@ -87,9 +87,8 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
             copies = tx.lock_abandoned_copies(size)
             tx.delete_copies([(c[0], c[1]) for c in copies])
             # the rows stay locked (and their deletion uncommitted) until the objects are gone
-            for _upload, _bid, key, stored in copies:
-                ctx.store.delete(key)
-                result.bytes_freed += stored
+            ctx.parallel(ctx.store.delete, [c[2] for c in copies])
+            result.bytes_freed += sum(c[3] for c in copies)
             tx.delete_empty_sessions(size)
         result.sessions_expired += expired
         result.staged_deleted += len(copies)
@@ -119,7 +118,7 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
             if not candidates:
                 return 0
             after = candidates[-1]
-            deleted = tx.delete_unreferenced(tx.try_block_locks(candidates))
+            deleted = tx.delete_unreferenced(candidates)
         per_block = (time.monotonic() - started) / len(candidates)
         # at most 1000 rows: each also holds an advisory lock, and the lock table is shared
         limit = max(8, min(1000, int(budget / max(per_block, 1e-6))))
@@ -140,11 +139,8 @@ def _delete_objects(
     if not deleted:
         return
     with ctx.repo.transaction() as tx:
-        ids = [bid for bid, _ in deleted]
-        tx.block_locks(ids)
-        back = tx.existing_blocks(ids)
-        for bid, stored in deleted:
-            if bid not in back:
-                ctx.store.delete(canonical_key(bid))
-                result.bytes_freed += stored
+        absent = tx.lock_absent_blocks([bid for bid, _ in deleted])
+        gone = [(bid, stored) for bid, stored in deleted if bid in absent]
+        ctx.parallel(ctx.store.delete, [canonical_key(bid) for bid, _ in gone])
+        result.bytes_freed += sum(stored for _, stored in gone)
     result.blocks_deleted += len(deleted)

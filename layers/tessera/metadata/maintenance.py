@@ -101,27 +101,16 @@ class MaintenanceTx:
         row = self._all(f"SELECT {fn}(%s, hashtext(%s))::text", (LOCK_CLASS, block_id))[0]
         return wait or row[0] == "true"
 
-    def block_locks(self, block_ids: Sequence[str]) -> None:
-        """Take the maintenance locks of `block_ids` (waiting, in id order: no deadlocks)."""
-        self._all(
-            "SELECT pg_advisory_xact_lock(%s, hashtext(b))::text"
-            " FROM unnest(%s::text[]) AS b ORDER BY b",
+    def lock_absent_blocks(self, block_ids: Sequence[str]) -> set[str]:
+        """Take the maintenance locks of `block_ids` (waiting, in id order: no deadlocks);
+        the ids that have no row once the locks are held."""
+        rows = self._all(
+            "SELECT b FROM (SELECT b, pg_advisory_xact_lock(%s, hashtext(b))::text AS l"
+            "  FROM unnest(%s::text[]) AS b ORDER BY b) AS locked"
+            " WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE block_id = locked.b)",
             (LOCK_CLASS, sorted(block_ids)),
         )
-
-    def existing_blocks(self, block_ids: Sequence[str]) -> set[str]:
-        """Which of `block_ids` have a row."""
-        rows = self._all("SELECT block_id FROM blocks WHERE block_id = ANY(%s)", (list(block_ids),))
         return {r[0] for r in rows}
-
-    def try_block_locks(self, block_ids: Sequence[str]) -> list[str]:
-        """The subset of `block_ids` whose maintenance lock this transaction now holds."""
-        rows = self._all(
-            "SELECT b FROM unnest(%s::text[]) AS b"
-            " WHERE pg_try_advisory_xact_lock(%s, hashtext(b))",
-            (list(block_ids), LOCK_CLASS),
-        )
-        return [r[0] for r in rows]
 
     # -- blocks ---------------------------------------------------------------------------
 

@@ -8,12 +8,11 @@ CREATE INDEX IF NOT EXISTS version_blocks_staged_key ON version_blocks (staged_k
     WHERE staged_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS upload_blocks_block_id ON upload_blocks (block_id);
 
--- gc candidates: blocks nothing references; cold candidates: live blocks by last read.
-CREATE INDEX IF NOT EXISTS blocks_unreferenced ON blocks (block_id) WHERE refcount = 0;
+-- cold candidates: live blocks by last read. (gc walks blocks and versions by primary key
+-- instead of indexing refcount or age: an index on refcount would make every commit's
+-- refcount bump a non-HOT update.)
 CREATE INDEX IF NOT EXISTS blocks_live_last_read ON blocks ((COALESCE(last_access, created_at)))
     WHERE state = 'live';
--- version retention: versions by age.
-CREATE INDEX IF NOT EXISTS file_versions_server_time ON file_versions (server_time);
 
 -- Versions that name a block found damaged: a quarantined staged copy (dedup-verify) or a
 -- canonical block that failed scrub with no duplicate to repair from. The download path
