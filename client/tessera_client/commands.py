@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable
+from tessera_client.api import Api, ApiError, NotLoggedIn, RetryPolicy, ServerUnreachable
 from tessera_client.config import Home, Settings
 from tessera_client.paths import UnsafePathError, canonical_rel
 from tessera_client.reporting import Reporter, RoundResult, SyncError
@@ -74,7 +74,7 @@ def _home() -> Home:
 def _api(home: Home, settings: Settings) -> Api:
     if not settings.server_url:
         raise UserError("no server configured; run `tessera login --server URL --email E`")
-    return Api(settings.server_url, home)
+    return Api(settings.server_url, home, policy=RetryPolicy(attempts=settings.retry_attempts))
 
 
 def _server_path(path: str, settings: Settings) -> str:

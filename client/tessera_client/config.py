@@ -45,6 +45,7 @@ class Settings:
     longpoll_timeout_s: int = 60
     batch_files: int = 500
     outage_wait_s: float = 120.0
+    retry_attempts: int = 8
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from tessera_client.cli import app
 from tessera_client.commands import UserError, _server_path
-from tessera_client.config import Home, Settings
+from tessera_client.config import Home, Settings, Tokens
 from tessera_client.state import StateDB
 
 runner = CliRunner()
@@ -31,17 +31,9 @@ def test_commands_without_login_fail_with_a_hint(home: Home) -> None:
 
 
 def test_unreachable_server_is_one_clear_line(home: Home, tmp_path: Path) -> None:
-    home.save_settings(Settings(server_url="http://127.0.0.1:9"))
-    from tessera_client.config import Tokens
-
+    home.save_settings(Settings(server_url="http://127.0.0.1:9", retry_attempts=1))
     home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
-    import tessera_client.api as api_mod
-
-    api_mod.RetryPolicy.attempts = 1  # type: ignore[misc]
-    try:
-        r = runner.invoke(app, ["ls"])
-    finally:
-        api_mod.RetryPolicy.attempts = 8  # type: ignore[misc]
+    r = runner.invoke(app, ["ls"])
     assert r.exit_code == 1
     assert "cannot reach" in r.output and "Traceback" not in r.output
 
