@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 
@@ -284,3 +285,25 @@ def test_gc_skips_a_block_whose_row_a_commit_holds(world: World, database_url: s
         committer.commit()
     assert world.store.head("blocks/" + bid[3:]) is not None
     assert _gc(world, days=45).blocks_deleted == 0  # refcount 1 now: kept for good
+
+
+def test_a_step_stops_at_its_budget_and_says_more(database_url: str, tmp_path: Path) -> None:
+    from tessera.maintenance import run_step
+
+    from .test_maintenance_world import make_world
+
+    gen = make_world(database_url, tmp_path, batch_size=8, step_budget_s=0.0)
+    w = next(gen)
+    try:
+        for i in range(6):
+            w.put(ALICE, f"/f{i}.bin", secrets.token_bytes(BLOCK))
+            w.delete(ALICE, f"/f{i}.bin")
+        as_of = datetime.now(UTC) + timedelta(days=31)
+        first = run_step(w.ctx, "gc", "purge_trash", as_of=as_of)
+        assert isinstance(first, GcResult)
+        assert first.more and first.trash_files_purged == 1  # batch of 8 // 10 → 1 file
+        total = run_workflow(w.ctx, "gc", as_of=as_of)  # the runner loops while `more`
+        assert isinstance(total, GcResult) and total.trash_files_purged == 5
+        assert not total.more
+    finally:
+        gen.close()
