@@ -266,6 +266,20 @@ def test_api_stage_logs_traces_throttles_and_validates(dev: Synth) -> None:
     dev.app_template.resource_count_is("AWS::WAFv2::WebACLAssociation", 1)
 
 
+def test_prod_reserves_concurrency_and_keeps_api_environments_warm(prod: Synth) -> None:
+    prod.app_template.has_resource_properties(
+        "AWS::Lambda::Alias",
+        {"Name": "live", "ProvisionedConcurrencyConfig": {"ProvisionedConcurrentExecutions": 2}},
+    )
+    functions = resources(prod.app_template, "AWS::Lambda::Function")
+    reserved = {lid.split("Function")[0]: f["Properties"].get("ReservedConcurrentExecutions")
+                for lid, f in functions.items()}  # fmt: skip
+    assert reserved["Api"] == 200 and reserved["Longpoll"] == 300
+    methods = resources(prod.app_template, "AWS::ApiGateway::Method").values()
+    proxy = next(m for m in methods if m["Properties"]["HttpMethod"] == "ANY")
+    assert "Aliaslive" in json.dumps(proxy["Properties"]["Integration"]["Uri"])
+
+
 def test_longpoll_has_its_own_function_and_timeout_within_the_gateway_limit(dev: Synth) -> None:
     methods = resources(dev.app_template, "AWS::ApiGateway::Method").values()
     post = next(m for m in methods if m["Properties"]["HttpMethod"] == "POST")
