@@ -78,7 +78,11 @@ def _session_database(postgres_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def database_url(_session_database: str) -> str:
-    """A fully migrated database with every table empty (migration bookkeeping aside)."""
+    """A fully migrated database with every table empty (migration bookkeeping aside).
+
+    Rows a migration inserts would be emptied too: none does (keep it that way, or teach
+    this fixture to keep them).
+    """
     import psycopg
 
     with psycopg.connect(_session_database) as conn:
