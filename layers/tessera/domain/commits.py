@@ -256,9 +256,10 @@ def _commit_in(
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
     if req.idempotency_key is not None:
-        first = store.claim_idempotency(view.user.user_id, req.idempotency_key, _request_hash(req))
+        digest = _request_hash(req)
+        first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
         if first is not None:
-            if first[0] != _request_hash(req) or first[1] is None:
+            if first[0] != digest or first[1] is None:
                 raise Unprocessable("idempotency_key was already used for a different commit")
             return FileEntry.model_validate(first[1]), None
     blocks = _check_blocks(svc, store, view, req)
