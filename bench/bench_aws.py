@@ -6,8 +6,12 @@
    routing, JSON) over calling the same domain function directly. Target ≤ 5 ms.
 3. long-poll wake-up in AWS mode: commit (create_folder) returned → long-poll returned,
    through the gateway, the longpoll Lambda handler and DynamoDB. Target p50 ≤ 1 s.
+4. initial sync into AWS mode (`tessera sync --once`, blocks to moto's S3) against
+   `aws s3 sync` of the same folder to the same moto endpoint. `--sync-files 1000
+   --sync-big-mib 1024` is the issue's data set (≈150 MiB of small files + 1 GiB); the
+   default is smaller, for a shared machine. rclone is compared when it is installed.
 
-    .venv/bin/python bench/bench_aws.py [--runs 3] [--wakeups 15]
+    .venv/bin/python bench/bench_aws.py [--runs 3] [--wakeups 15] [--sync-files N]
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,12 +165,77 @@ def bench_longpoll_wakeup(state: Path, url: str, wakeups: int) -> dict[str, floa
             "max_s": latencies[-1]}  # fmt: skip
 
 
+def _dataset(folder: Path, files: int, big_mib: int) -> int:
+    """`files` random files of 1-300 KiB and one `big_mib` MiB file; total bytes."""
+    rng = random.Random(7)
+    total = 0
+    for i in range(files):
+        size = rng.randint(1, 300) * 1024
+        sub = folder / f"d{i % 20:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:04d}.bin").write_bytes(os.urandom(size))
+        total += size
+    if big_mib:
+        with open(folder / "big.bin", "wb") as out:
+            for _ in range(big_mib):
+                out.write(os.urandom(1024 * 1024))
+        total += big_mib * 1024 * 1024
+    return total
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{cmd[0:3]} failed: {r.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def bench_initial_sync(tmp: Path, url: str, files: int, big_mib: int) -> dict[str, float]:
+    """Seconds for `tessera sync --once` into AWS mode vs `aws s3 sync` (and rclone)."""
+    data = tmp / "data"
+    size = _dataset(data, files, big_mib)
+    results: dict[str, float] = {"mib": size / 2**20}
+    cloud = AwsLocalCloud(tmp / "state", port=0, database_url=url)
+    base = cloud.start()
+    try:
+        assert cloud.aws is not None
+        cloud_aws = cloud.aws
+        email, password = f"sync{uuid.uuid4().hex[:6]}@bench.test", "bench passphrase"
+        add_user(tmp / "state", email, password)
+        home = tmp / "home"
+        env = {**os.environ, "TESSERA_HOME": str(home), "PYTHONWARNINGS": "ignore"}
+        client = [sys.executable, "-m", "tessera_client"]
+        login = ["login", "--server", base, "--email", email, "--password", password]
+        _timed([*client, *login], env)
+        results["tessera"] = _timed([*client, "sync", str(data), "--once"], env)
+        s3_env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+                  "AWS_DEFAULT_REGION": cloud_aws.region}  # fmt: skip
+        endpoint = cloud_aws.endpoint_url or ""
+        if aws := shutil.which("aws"):
+            target = f"s3://{cloud_aws.bucket}/awscli/"
+            results["aws s3 sync"] = _timed(
+                [aws, "s3", "sync", str(data), target, "--endpoint-url", endpoint, "--quiet"],
+                s3_env,
+            )
+        if rclone := shutil.which("rclone"):
+            remote = (f":s3,provider=Other,endpoint={endpoint},access_key_id=x,"
+                      f"secret_access_key=x:{cloud_aws.bucket}/rclone")  # fmt: skip
+            results["rclone sync"] = _timed([rclone, "sync", str(data), remote], s3_env)
+    finally:
+        cloud.stop()
+    return results
+
+
 def main() -> None:
     """Run the three benchmarks and print their figures against the targets."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="cold starts to take the median of")
     parser.add_argument("--iterations", type=int, default=200, help="warm calls per side")
     parser.add_argument("--wakeups", type=int, default=15, help="long-poll wake-ups")
+    parser.add_argument("--sync-files", type=int, default=200, help="small files to sync")
+    parser.add_argument("--sync-big-mib", type=int, default=64, help="size of the big file")
+    parser.add_argument("--skip-sync", action="store_true", help="skip the initial sync")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-aws-") as tmp, MotoCloud() as moto:
@@ -191,6 +262,18 @@ def main() -> None:
             print(f"long-poll wake-up after a commit (AWS mode): p50 {wake['p50_s']:.3f} s,"
                   f" p95 {wake['p95_s']:.3f} s, max {wake['max_s']:.3f} s"
                   f"  [{args.wakeups} commits; target p50 <= 1 s]")  # fmt: skip
+            if not args.skip_sync:
+                sync = bench_initial_sync(
+                    Path(tmp) / "sync", _database(postgres), args.sync_files, args.sync_big_mib
+                )
+                others = ", ".join(
+                    f"{k} {v:.1f} s" for k, v in sync.items() if k not in {"mib", "tessera"}
+                )
+                rclone = "found" if shutil.which("rclone") else "not installed"
+                print(f"initial sync of {args.sync_files} files + {args.sync_big_mib} MiB"
+                      f" ({sync['mib']:.0f} MiB) into AWS mode: tessera {sync['tessera']:.1f} s;"
+                      f" {others or 'no aws/rclone found'}  [target: no slower than aws s3 sync;"
+                      f" rclone {rclone}]")  # fmt: skip
         finally:
             if server is not None:
                 server.cleanup()

@@ -8,7 +8,7 @@ contract tests (`tests/integration/contracts/`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -152,6 +152,11 @@ class ChangeFeed(ABC):
     @abstractmethod
     def publish(self, event: ChangeEvent) -> None:
         """Deliver `event`; delivering the same event_id twice has no further effect."""
+
+    def publish_many(self, events: Sequence[ChangeEvent]) -> None:
+        """Deliver several events (a batch commit's); backends may need fewer round trips."""
+        for event in events:
+            self.publish(event)
 
     @abstractmethod
     def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:

@@ -53,6 +53,17 @@ def test_publish_is_idempotent_on_event_id(
         feed.publish(ChangeEvent("ev-other", ns, 1, "file"))
 
 
+def test_publish_many_uses_transactions_and_stays_idempotent(feed: DynamoChangeFeed) -> None:
+    ns = _ns()
+    events = [ChangeEvent(f"batch-{ns}-{i}", ns, i, "file", {"i": i}) for i in range(1, 151)]
+    feed.publish(events[120])  # the relay got there first for one of them
+    feed.publish_many(events[:130])  # 100 in one transaction, then 30 with a duplicate
+    feed.publish_many(events)  # a full retry: only the last 20 are new
+    assert feed.changes_after(ns, 0, limit=1000) == events
+    with pytest.raises(ChangeConflictError):
+        feed.publish_many([ChangeEvent("other", ns, 5, "file"), ChangeEvent("x", ns, 500, "file")])
+
+
 def test_wait_sees_past_and_future_changes(feed: DynamoChangeFeed) -> None:
     ns, other = _ns(), _ns()
     assert feed.wait({ns: 0, other: 0}, timeout=0.1) is False

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
-from pynamodb.exceptions import PutError
+from pynamodb.connection import Connection
+from pynamodb.exceptions import PutError, TransactWriteError
 from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
 
 from tessera.ports import ChangeEvent, ChangeFeed
+
+_TRANSACTION_MAX = 100  # items per TransactWriteItems
 
 
 class ChangeRecordBase(Model):
@@ -85,10 +89,10 @@ class DynamoChangeFeed(ChangeFeed):
         self._min_interval = min_interval
         self._max_interval = max_interval
         self._sleep = sleep
+        self._tx_connection: Connection | None = None
 
-    def publish(self, event: ChangeEvent) -> None:
-        """Create the item unless (ns_id, seq) exists; the same event_id again is a no-op."""
-        item = self._model(
+    def _item(self, event: ChangeEvent) -> ChangeRecordBase:
+        return self._model(
             event.ns_id,
             event.seq,
             event_id=event.event_id,
@@ -96,8 +100,11 @@ class DynamoChangeFeed(ChangeFeed):
             payload=json.dumps(dict(event.payload), sort_keys=True, default=str),
             expires_at=self._ttl,
         )
+
+    def publish(self, event: ChangeEvent) -> None:
+        """Create the item unless (ns_id, seq) exists; the same event_id again is a no-op."""
         try:
-            item.save(condition=self._model.seq.does_not_exist())
+            self._item(event).save(condition=self._model.seq.does_not_exist())
         except PutError as exc:
             if exc.cause_response_code != "ConditionalCheckFailedException":
                 raise
@@ -107,6 +114,30 @@ class DynamoChangeFeed(ChangeFeed):
                     f"ns {event.ns_id} seq {event.seq} holds event {existing.event_id},"
                     f" not {event.event_id}"
                 ) from None
+
+    def publish_many(self, events: Sequence[ChangeEvent]) -> None:
+        """Create up to 100 items per DynamoDB transaction (one round trip per batch commit);
+        a batch that hits an existing item falls back to `publish`, one event at a time."""
+        for start in range(0, len(events), _TRANSACTION_MAX):
+            chunk = events[start : start + _TRANSACTION_MAX]
+            if len(chunk) == 1:
+                self.publish(chunk[0])
+                continue
+            try:
+                with TransactWrite(connection=self._connection()) as tx:
+                    for event in chunk:
+                        tx.save(self._item(event), condition=self._model.seq.does_not_exist())
+            except TransactWriteError as exc:
+                if exc.cause_response_code != "TransactionCanceledException":
+                    raise
+                for event in chunk:  # some were there already (a retry or the relay)
+                    self.publish(event)
+
+    def _connection(self) -> Connection:
+        if self._tx_connection is None:  # its botocore client is made once, then reused
+            meta = self._model.Meta
+            self._tx_connection = Connection(region=meta.region, host=meta.host)
+        return self._tx_connection
 
     def changes_after(self, ns_id: int, seq: int, limit: int = 100) -> list[ChangeEvent]:
         """The events of `ns_id` after `seq`, oldest first (strongly consistent read)."""
