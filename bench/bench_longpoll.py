@@ -123,8 +123,10 @@ async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> d
         )
         for _ in range(-(-n // per_client))
     ]
+    # the commit goes on a client of its own: the pollers' pools are all busy
+    committer = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60)
     try:
-        cursor = await _cursor(clients[0])
+        cursor = await _cursor(committer)
         rss_before = gateway.memory_info().rss
         started = time.perf_counter()
         tasks = [
@@ -148,11 +150,11 @@ async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> d
         rss_held = gateway.memory_info().rss
         threads = gateway.num_threads()
         sent = time.perf_counter()
-        await _commit_empty(clients[0], "/idle-wake.txt")
+        await _commit_empty(committer, "/idle-wake.txt")
         results = await asyncio.gather(*tasks, return_exceptions=True)
         all_woken_ms = (time.perf_counter() - sent) * 1000
     finally:
-        for client in clients:
+        for client in [*clients, committer]:
             await client.aclose()
     woken = sum(
         1 for r in results if isinstance(r, httpx.Response) and r.json().get("changes") is True
