@@ -158,20 +158,29 @@ def encode_vs_restic(path: Path, workers: int) -> list[Figure]:
     repo = DATA_DIR / "restic-repo"
     env = {"RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(DATA_DIR / "restic-cache")}
 
-    def backup() -> float:
+    def backup() -> tuple[float, float]:
+        """(wall, CPU) seconds of one `restic backup` into a fresh repository."""
         shutil.rmtree(repo, ignore_errors=True)
         run_quiet(["restic", "init", "-q", "-r", repo], env)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), children_cpu()
         run_quiet(["restic", "backup", "-q", "-r", repo, path], env)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, children_cpu() - cpu
 
-    t_restic = min(backup() for _ in range(2))
+    runs = [backup() for _ in range(2)]
     shutil.rmtree(repo, ignore_errors=True)
+    t_restic, cpu_restic = min(w for w, _ in runs), min(c for _, c in runs)
+    # CPU seconds too: on a machine shared with other work, wall time mostly measures that
+    # work, and a many-threaded Go program gets a larger share of it than we do.
+    cpu_pipe = best_of(lambda: encode_file(path, workers), 1, clock=time.process_time)
     ratio = t_all / t_restic
     return [
         *figures,
         Figure("`restic backup` same file, fresh repo", f"{t_restic:.2f} s"),
-        Figure("encode pipeline / restic backup", f"{ratio:.2f}", "≤ 0.25", ratio <= 0.25),
+        Figure("encode pipeline / restic backup (wall)", f"{ratio:.2f}", "≤ 0.25", ratio <= 0.25),
+        Figure(
+            "  CPU time: encode pipeline / restic backup",
+            f"{cpu_pipe:.2f} s / {cpu_restic:.2f} s = {cpu_pipe / cpu_restic:.2f}",
+        ),
     ]
 
 
