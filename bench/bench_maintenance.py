@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 import secrets
 import tempfile
@@ -27,6 +28,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from bench.bench_commits import _database, _server
@@ -215,8 +217,30 @@ def _load(url: str, n_blocks: int) -> dict[str, int]:
     }
 
 
+def _postgres_processes(db: Database) -> list[psutil.Process]:
+    """The server's postmaster and backends (to account their CPU)."""
+    with db.pool.connection() as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    postmaster = psutil.Process(int(row[0])).parent()
+    assert postmaster is not None
+    return [postmaster, *postmaster.children()]
+
+
+def _cpu(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in processes:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def bench_gc(url: str, work: Path) -> list[Figure]:
     n_blocks = max(10_000, int(1_000_000 * scale()) // 10 * 10)
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     loaded = _load(url, n_blocks)
     load_s = time.perf_counter() - started
@@ -252,9 +276,14 @@ def bench_gc(url: str, work: Path) -> list[Figure]:
     thread = threading.Thread(target=committer, daemon=True)
     thread.start()
     try:
+        postgres = _postgres_processes(db)
+        pg_cpu = _cpu(postgres)
+        cpu = time.process_time()
         started = time.perf_counter()
         result = run_workflow(ctx, "gc").to_dict()
         gc_s = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        pg_cpu = _cpu(postgres) - pg_cpu
     finally:
         stop.set()
         thread.join()
@@ -266,6 +295,10 @@ def bench_gc(url: str, work: Path) -> list[Figure]:
             f"{gc_s:.1f} s",
             "<= 60 s",
             gc_s <= 60,
+        ),
+        Figure(
+            "  CPU used: gc process / PostgreSQL (load average at start)",
+            f"{cpu:.0f} s / {pg_cpu:.0f} s ({load:.1f})",
         ),
         Figure(
             "  purged: trash files / versions",

@@ -44,7 +44,7 @@ def purge_trash(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     cutoff = as_of - timedelta(days=ctx.settings.trash_retention_days)
 
     def batch() -> int:
-        with ctx.repo.transaction() as tx:
+        with ctx.repo.transaction(durable=False) as tx:  # a lost purge is simply redone
             files = tx.lock_trashed_files(cutoff, _purge_batch_size(ctx))
             if files:
                 versions, freed = tx.purge_files(files)
@@ -64,7 +64,7 @@ def purge_versions(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 
     def batch() -> int:
         nonlocal after
-        with ctx.repo.transaction() as tx:
+        with ctx.repo.transaction(durable=False) as tx:  # a lost purge is simply redone
             versions = tx.lock_expired_versions(cutoff, _purge_batch_size(ctx), after=after)
             if versions:
                 tx.release_refs(tx.purge_versions(versions), as_of)

@@ -490,10 +490,17 @@ class MaintenanceRepository:
         self.lock_timeout_ms = lock_timeout_ms
 
     @contextmanager
-    def transaction(self) -> Iterator[MaintenanceTx]:
-        """One transaction, committed on exit; waits for a lock at most `lock_timeout_ms`."""
+    def transaction(self, *, durable: bool = True) -> Iterator[MaintenanceTx]:
+        """One transaction, committed on exit; waits for a lock at most `lock_timeout_ms`.
+
+        `durable=False` skips waiting for the WAL flush at commit: only for work whose loss
+        in a crash is harmless because the next run redoes it (and nothing outside the
+        database acts on it having committed).
+        """
         with self.db.pool.connection() as conn:
             conn.execute(f"SET LOCAL lock_timeout = '{int(self.lock_timeout_ms)}ms'".encode())
+            if not durable:
+                conn.execute(b"SET LOCAL synchronous_commit = off")
             yield MaintenanceTx(conn)
 
     def staged_copies(
