@@ -30,10 +30,10 @@ def _prune_dead_holders(pgdata: Path) -> None:
     if not holders.is_file():
         return
     try:
-        pids = [int(p) for p in json.loads(holders.read_text())]
+        pids: list[int] | None = [int(p) for p in json.loads(holders.read_text())]
     except (ValueError, TypeError):
-        pids = []
-    alive = [p for p in pids if psutil.pid_exists(p)]
+        pids = None  # torn by a crash mid-write: pgserver would fail to read it
+    alive = [p for p in pids or [] if psutil.pid_exists(p)]
     if alive != pids:
         holders.write_text(json.dumps(alive))
 
