@@ -214,6 +214,27 @@ def test_relay_delivers_every_event_once_when_the_fast_path_fails(
     assert _feed_items(aws_settings, {ns}) == expected
 
 
+def test_a_failed_sweep_leaves_its_rows_pending(
+    lambdas: SimpleNamespace,
+    tmp_path: Path,
+    aws_settings: AwsSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tessera.metadata.outbox import relay_outbox
+
+    _broken_fast_path(monkeypatch, lambdas, aws_settings)
+    ann = lambda_client(lambdas, _claims())
+    ns = _root_ns(ann)
+    assert ann.upload("/p.txt", _write(tmp_path, "p.txt", 10))[0] == 200
+    result = relay_outbox(lambdas.outbox_relay.db, lambdas.api.services.feed)  # also broken
+    assert result.relayed == 0 and result.failed
+    pending = _outbox(lambdas.database_url, {ns})
+    assert len(pending) == 1 and pending[0][3] is False  # still to relay
+    assert lambdas.outbox_relay.handler({"min_age_s": 0}, Context())["failed"] == []
+    assert _outbox(lambdas.database_url, {ns}) == [(*pending[0][:3], True)]
+    assert _feed_items(aws_settings, {ns}) == [pending[0][:3]]
+
+
 def test_concurrent_sweeps_share_the_work_without_duplicates(
     lambdas: SimpleNamespace,
     tmp_path: Path,

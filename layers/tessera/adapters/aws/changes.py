@@ -116,22 +116,43 @@ class DynamoChangeFeed(ChangeFeed):
                 ) from None
 
     def publish_many(self, events: Sequence[ChangeEvent]) -> None:
-        """Create up to 100 items per DynamoDB transaction (one round trip per batch commit);
-        a batch that hits an existing item falls back to `publish`, one event at a time."""
+        """Per 100 events: one BatchGetItem skips those already there (the relay re-sends
+        what the fast path delivered), one TransactWriteItems creates the rest. A write
+        that loses a race with another publisher falls back to `publish`, one by one."""
         for start in range(0, len(events), _TRANSACTION_MAX):
-            chunk = events[start : start + _TRANSACTION_MAX]
-            if len(chunk) == 1:
-                self.publish(chunk[0])
-                continue
-            try:
-                with TransactWrite(connection=self._connection()) as tx:
-                    for event in chunk:
-                        tx.save(self._item(event), condition=self._model.seq.does_not_exist())
-            except TransactWriteError as exc:
-                if exc.cause_response_code != "TransactionCanceledException":
-                    raise
-                for event in chunk:  # some were there already (a retry or the relay)
-                    self.publish(event)
+            missing = self._not_there(events[start : start + _TRANSACTION_MAX])
+            if len(missing) == 1:
+                self.publish(missing[0])
+            elif missing:
+                try:
+                    with TransactWrite(connection=self._connection()) as tx:
+                        for event in missing:
+                            tx.save(self._item(event), condition=self._model.seq.does_not_exist())
+                except TransactWriteError as exc:
+                    if exc.cause_response_code != "TransactionCanceledException":
+                        raise
+                    for event in missing:
+                        self.publish(event)
+
+    def _not_there(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+        """The events with no item yet; ChangeConflictError if a key holds another event."""
+        keys = list(dict.fromkeys((e.ns_id, e.seq) for e in events))
+        found = {
+            (int(item.ns_id), int(item.seq)): item.event_id
+            for item in self._model.batch_get(
+                keys, consistent_read=True, attributes_to_get=["ns_id", "seq", "event_id"]
+            )
+        }
+        missing: list[ChangeEvent] = []
+        for event in events:
+            held = found.get((event.ns_id, event.seq))
+            if held is None:
+                missing.append(event)
+            elif held != event.event_id:
+                raise ChangeConflictError(
+                    f"ns {event.ns_id} seq {event.seq} holds event {held}, not {event.event_id}"
+                )
+        return missing
 
     def _connection(self) -> Connection:
         if self._tx_connection is None:  # its botocore client is made once, then reused
