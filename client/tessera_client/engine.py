@@ -95,6 +95,8 @@ class SyncEngine:
             progress=self._on_progress,
         )
         self._wake = threading.Event()
+        self._remote_changed = threading.Event()  # set by the long-poll: pull before planning
+        self._remote_changed.set()
         self._stop = threading.Event()
         self._reported_skips: set[tuple[str, str]] = set()
 
@@ -181,10 +183,11 @@ class SyncEngine:
             self._reported_skips.add((path, reason))
             self.reporter.problem(f"skipped {path}: {reason}")
 
-    def round(self) -> RoundResult:
-        """Pull, scan, plan and execute once."""
+    def round(self, pull: bool = True) -> RoundResult:
+        """Pull (unless the caller knows nothing changed remotely), scan, plan, execute."""
         result = RoundResult()
-        self.pull()
+        if pull:
+            self.pull()
         base = self.state.base_tree()
         for c in self.state.conflicts():  # the user dealt with it: forget it
             if not self.fs.exists(c.path):
@@ -583,9 +586,11 @@ class SyncEngine:
         while not self._stop.is_set():
             try:
                 if self.longpoll():
+                    self._remote_changed.set()
                     self._wake.set()
             except (ApiError, ServerUnreachable, NotLoggedIn) as e:
                 self.reporter.problem(f"waiting for the server: {e}")
+                self._remote_changed.set()
                 self._stop.wait(2.0)
 
     def run_daemon(self, on_round: Callable[[RoundResult], None] | None = None) -> None:
@@ -605,9 +610,15 @@ class SyncEngine:
                     watcher.settle()
                 if self._stop.is_set():
                     break
+                # a round woken only by local events skips the pull: the long-poll says when
+                # the server has news (and a stale parent rev is a 409, never a lost edit)
+                full = time.monotonic() >= next_scan
+                pull = full or self._remote_changed.is_set()
+                self._remote_changed.clear()
                 try:
-                    r = self.round()
+                    r = self.round(pull=pull)
                 except (ApiError, ServerUnreachable) as e:
+                    self._remote_changed.set()
                     self.reporter.problem(f"sync paused: {e}; retrying")
                     self._stop.wait(2.0)
                     continue
