@@ -26,6 +26,8 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if event.is_directory and event.event_type == "modified":
+            return  # a folder's listing changed: its entries report their own events
         paths = [event.src_path, getattr(event, "dest_path", "")]
         names = [Path(str(p)).name for p in paths if p]
         if names and all(n.startswith(TEMP_PREFIX) for n in names):

@@ -32,6 +32,7 @@ class Evil:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file_id -> download answer
     blobs: dict[str, bytes] = field(default_factory=dict)  # url path -> stored bytes
     base: str = ""
+    restoring: int = 0  # answer this many downloads with 202 (cold storage) first
 
     def add_file(
         self,
@@ -101,6 +102,9 @@ def evil() -> Iterator[Evil]:
                 self._send(200, {"entries": state.entries, "cursor": "c1", "has_more": False})
             elif self.path == "/v1/list_folder/continue":
                 self._send(200, {"entries": [], "cursor": "c1", "has_more": False})
+            elif self.path == "/v1/download" and state.restoring > 0:
+                state.restoring -= 1
+                self._send(202, {"restoring": True, "retry_after": 1, "blocks": []})
             elif self.path == "/v1/download":
                 self._send(200, state.files[body["file_id"]])
             else:
@@ -231,3 +235,16 @@ def test_full_disk_stops_downloads_without_corruption(tmp_path: Path, evil: Evil
     for name, data in (("a-small.txt", b"s" * 1000), ("c-after.bin", b"c" * 10)):
         assert name not in fake.nodes or fake.read_file(name) == data  # whole, or not there
     assert not [n for n in fake.nodes if TEMP_PREFIX in n]
+
+
+def test_cold_blocks_are_waited_for_and_then_downloaded(tmp_path: Path, evil: Evil) -> None:
+    evil.add_file("/archive.txt", b"from the glacier", fid="g")
+    evil.restoring = 2
+    engine = _engine(tmp_path, evil)
+    events: list[str] = []
+    engine.reporter.event = events.append  # type: ignore[method-assign]
+    result = engine.run_once()
+    engine.close()
+    assert result.problems == []
+    assert (tmp_path / "root" / "sync" / "archive.txt").read_bytes() == b"from the glacier"
+    assert any("restoring from cold storage" in e for e in events)

@@ -1,0 +1,74 @@
+"""The local scan (trust size+mtime+inode, skip symlinks, report clashes) and the watcher."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from tessera_client.fs import RealFilesystem, SafeFilesystem
+from tessera_client.planner import Entry, EntryKind
+from tessera_client.scanner import Scanner
+from tessera_client.watcher import Watcher
+
+
+def _scanner(root: Path) -> Scanner:
+    return Scanner(SafeFilesystem(RealFilesystem(root)))
+
+
+def test_scan_reports_symlinks_clashes_and_non_nfc_names(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one")
+    (tmp_path / "A.TXT").write_text("two")
+    (tmp_path / "cafe\u0301.txt").write_text("nfd")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.bin").write_bytes(b"x")
+    (tmp_path / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / ".tesseraignore").write_text("*.log\n")
+    (tmp_path / "debug.log").write_text("ignored")
+    os.symlink("/etc", tmp_path / "link")
+    scan = _scanner(tmp_path).scan({})
+    assert sorted(e.path for e in scan.tree.values()) == ["A.TXT", "sub", "sub/x.bin"]
+    reasons = dict(scan.skipped)
+    assert "symlink" in reasons["link"]
+    assert "clashes" in reasons["a.txt"]
+    assert "NFC" in reasons["cafe\u0301.txt"]
+    assert scan.tree["sub"].kind == EntryKind.FOLDER
+
+
+def test_unchanged_files_are_not_rehashed(tmp_path: Path) -> None:
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"content")
+    st = f.stat()
+    base = {
+        "f.bin": Entry(
+            "f.bin",
+            content_hash="b3:trusted",
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            inode=st.st_ino,
+        )
+    }
+    scanner = _scanner(tmp_path)
+    assert scanner.scan(base).tree["f.bin"].content_hash == "b3:trusted"
+    f.write_bytes(b"changed!")  # size changes: hashed again
+    fresh = scanner.scan(base).tree["f.bin"]
+    assert fresh.content_hash.startswith("b3:") and fresh.content_hash != "b3:trusted"
+    assert scanner.manifest("f.bin") is not None
+
+
+def test_watcher_wakes_once_things_settle(tmp_path: Path) -> None:
+    wake = threading.Event()
+    watcher = Watcher(tmp_path, wake, debounce_s=0.1)
+    watcher.start()
+    try:
+        (tmp_path / ".tessera-tmp-1").write_bytes(b"own temp file")
+        time.sleep(0.5)
+        assert not wake.is_set()  # the executor's temp files never wake a round
+        (tmp_path / "new.txt").write_text("hello")
+        assert wake.wait(5)
+        start = time.monotonic()
+        watcher.settle()
+        assert time.monotonic() - start <= 1.1
+    finally:
+        watcher.stop()
