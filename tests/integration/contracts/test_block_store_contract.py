@@ -171,9 +171,10 @@ def test_presigned_get_replayed_after_expiry(block_store_harness: BlockStoreHarn
     store = block_store_harness.store
     key = _key()
     store.put(key, b"secret")
-    req = store.presign_get(key, expires_in=1)
+    req = store.presign_get(key, expires_in=3)  # whole seconds: valid for 2-3 s
     assert httpx.get(req.url).status_code == 200
-    time.sleep(2.1)
+    assert req.expires_at is not None
+    time.sleep(max(0.0, req.expires_at.timestamp() - time.time()) + 1.1)
     r = httpx.get(req.url)
     assert r.status_code == 403
     assert b"secret" not in r.content
