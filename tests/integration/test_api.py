@@ -255,3 +255,39 @@ def test_batch_and_share_over_http(
     assert status == 403 and body["error"]["code"] == "forbidden"
     status, shares, _ = call("POST", "/v1/shares", {}, bob)
     assert status == 200 and shares["shares"][0]["access"] == "viewer"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/v1/list_folder", {"path": ""}, 200),
+        ("POST", "/v1/list_folder", {"path": "", "recursive": True}, 200),
+        ("POST", "/v1/metadata", {"path": "/nothing.txt"}, 404),
+        ("POST", "/v1/revisions", {"path": "/nothing.txt"}, 404),
+        ("POST", "/v1/trash/list", {"path": ""}, 200),
+        ("POST", "/v1/shares", None, 200),
+        ("GET", "/v1/account", None, 200),
+        ("POST", "/v1/download", {"path": "/nothing.txt"}, 404),
+        # long-poll planning reads no database; a cursor a newcomer cannot own is 400
+        ("POST", "/v1/list_folder/longpoll", {"cursor": "c1.1.e30.00", "timeout": 30}, 400),
+        ("POST", "/v1/list_folder/continue", {"cursor": "c1.1.e30.00"}, 400),
+    ],
+)
+def test_a_new_users_first_call_may_be_a_read(
+    call: Caller, method: str, path: str, body: dict | None, status: int
+) -> None:
+    """Provisioning happens in its own write transaction, so a read-only first request
+    (list_folder's snapshot is READ ONLY) answers normally instead of a 500."""
+    newcomer = Principal(user_id="u-first-read", email="first-read@example.com")
+    got, answer, _ = call(method, path, body, newcomer)
+    assert got == status, answer
+    # The user exists afterwards: a second read sees the same (empty) root.
+    got, listing, _ = call("POST", "/v1/list_folder", {"path": ""}, newcomer)
+    assert got == 200 and listing["entries"] == []
+
+
+def test_a_taken_email_under_another_user_id_is_409(call: Caller, alice: Principal) -> None:
+    assert call("POST", "/v1/list_folder", {"path": ""}, alice)[0] == 200
+    impostor = Principal(user_id="u-other", email=alice.email.upper())
+    status, body, _ = call("POST", "/v1/list_folder", {"path": ""}, impostor)
+    assert status == 409 and body["error"]["code"] == "conflict", body

@@ -30,7 +30,7 @@ from tessera.domain.models import (
     dump,
 )
 from tessera.domain.services import Services
-from tessera.domain.views import View, check_access, file_entry, load_view, new_file_id
+from tessera.domain.views import View, check_access, file_entry, new_file_id, view_transaction
 from tessera.metadata.store import (
     FileRow,
     MountRow,
@@ -315,8 +315,7 @@ def _commit_in(
 
 def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry:
     """Commit one file version; 409 (with the current rev) when `parent_rev` is stale."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         result, event = _commit_in(svc, store, view, req)
     publish(svc.feed, [event])
     return result
@@ -331,8 +330,7 @@ def commit_batch(
         raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
     results: list[CommitBatchItem | None] = [None] * len(req.entries)
     events: list[ChangeEvent | None] = []
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
 
         def order(i: int) -> tuple[int, str]:
             try:

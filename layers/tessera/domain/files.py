@@ -38,10 +38,10 @@ from tessera.domain.views import (
     entry,
     file_entry,
     folder_entry,
-    load_view,
     locate,
     new_file_id,
     require_file,
+    view_transaction,
 )
 from tessera.metadata.store import FileRow, MountRow, NewJournal, Store, VersionInfo, VersionRow
 from tessera.ports import ChangeEvent, Principal, StorageTier
@@ -51,8 +51,7 @@ def metadata(
     svc: Services, principal: Principal, req: MetadataRequest
 ) -> FileEntry | FolderEntry | DeletedEntry:
     """One entry by path or file_id (deleted ones only with `include_deleted`)."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         loc = locate(
             store, view, path=req.path, file_id=req.file_id, include_deleted=req.include_deleted
         )
@@ -82,8 +81,7 @@ def download(
     served from the staged copy this version was committed with (never anyone else's);
     cold blocks start a restore and the answer is `restoring`."""
     settings, bs = svc.settings, svc.block_store
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, settings)
+    with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path, file_id=req.file_id)
         row = require_file(loc, req.path or req.file_id or "")
         rev = req.rev or row.latest_rev
@@ -144,8 +142,7 @@ def download(
 
 def revisions(svc: Services, principal: Principal, req: RevisionsRequest) -> RevisionsResponse:
     """A file's versions, newest first (also of a deleted file)."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path, file_id=req.file_id, include_deleted=True)
         row = require_file(loc, req.path or req.file_id or "")
         versions = store.versions(row.ns_id, row.file_id, req.limit)
@@ -195,8 +192,7 @@ def _undelete_subtree(
 def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEntry | FolderEntry:
     """With `rev`: that version's blocks become a new rev (undeleting the file if needed).
     Without: undelete a deleted file or folder (with what was deleted along with it)."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path, file_id=req.file_id, include_deleted=True)
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be restored")
@@ -260,8 +256,7 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
 
 def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | FolderEntry:
     """Move or rename a file or folder; file_id and history stay. Within one namespace."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         dst = paths.canonical(req.to_path, field="to_path")
         loc = locate(store, view, path=req.from_path, what="from_path")
         if loc.row is None:
@@ -360,8 +355,7 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
     """Soft-delete a file or folder into the trash (a folder takes its contents along).
     A member who is not the owner deleting a shared folder's mount point leaves the share."""
     events: list[ChangeEvent | None] = []
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path)
         if loc.row is None:
             if loc.mount.kind != "shared":
@@ -415,8 +409,7 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
 
 def create_folder(svc: Services, principal: Principal, path: str) -> FolderEntry:
     """Create a folder (and missing parents); 409 when the path is taken."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         canon = paths.canonical(path)
         mount, rel = view.resolve(canon)
         if rel == paths.ROOT:
@@ -443,8 +436,7 @@ def create_folder(svc: Services, principal: Principal, path: str) -> FolderEntry
 
 def trash_list(svc: Services, principal: Principal, req: TrashListRequest) -> TrashListResponse:
     """Deleted entries under a path (in every namespace of the view below it), newest first."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         canon = paths.canonical(req.path)
         mount, rel = view.resolve(canon)
         scopes = [(mount, paths.subtree_range(paths.path_key(rel)))]

@@ -31,7 +31,7 @@ from tessera.domain.models import (
     LongpollResponse,
 )
 from tessera.domain.services import Services
-from tessera.domain.views import View, file_entry, folder_entry, load_view, mount_entry
+from tessera.domain.views import View, file_entry, folder_entry, mount_entry, view_transaction
 from tessera.metadata.store import FileRow, JournalRow, KeyScope, MountRow, Store
 from tessera.ports import KeyService, Principal
 
@@ -224,8 +224,7 @@ def list_folder(
 ) -> ListFolderResponse:
     """The entries of a folder (or its whole subtree) and a cursor for what comes next."""
     canon = paths.canonical(path)
-    with svc.db.transaction(repeatable_read=True) as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal, repeatable_read=True) as (store, view):
         parts = _scope(store, view, canon, recursive)
         heads = store.latest_seqs([p.ns for p in parts])
         for p in parts:
@@ -283,8 +282,7 @@ def list_folder_continue(
 ) -> ListFolderResponse:
     """What changed since the cursor (or the next page of a listing)."""
     cursor = decode_cursor(svc.keys, cursor_text, principal.user_id)
-    with svc.db.transaction(repeatable_read=True) as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal, repeatable_read=True) as (store, view):
         entries: list[Entry] = []
         if cursor.membership != view.user.membership_version:
             entries = _rescope(store, view, cursor)

@@ -16,7 +16,7 @@ from tessera.domain.models import (
     UnshareRequest,
 )
 from tessera.domain.services import Services
-from tessera.domain.views import View, load_view, locate
+from tessera.domain.views import View, locate, view_transaction
 from tessera.metadata.store import MountRow, NewJournal, Store, UserRow
 from tessera.ports import ChangeEvent, Principal
 
@@ -109,8 +109,7 @@ def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent |
 def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
     """Share a folder with a user by email (owner only); sharing again changes their access."""
     events: list[ChangeEvent | None] = []
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path)
         if loc.row is None:
             if loc.mount.kind != "shared":
@@ -143,8 +142,7 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
 def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareInfo:
     """The owner removes a member (or everyone else); a member may remove themselves."""
     events: list[ChangeEvent | None] = []
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path)
         if loc.row is not None or loc.mount.kind != "shared":
             raise Unprocessable(f"{req.path!r} is not a shared folder's mount point")
@@ -186,8 +184,7 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
 
 def shares(svc: Services, principal: Principal) -> SharesResponse:
     """Every shared folder in the caller's view."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         return SharesResponse(
             shares=[_info(store, view, m) for m in view.mounts if m.kind == "shared"]
         )
@@ -195,8 +192,7 @@ def shares(svc: Services, principal: Principal) -> SharesResponse:
 
 def account(svc: Services, principal: Principal) -> AccountResponse:
     """Usage (latest versions of live files in namespaces the caller owns) and quota."""
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, svc.settings)
+    with view_transaction(svc, principal) as (store, view):
         return AccountResponse(
             user_id=view.user.user_id,
             email=view.user.email,

@@ -21,7 +21,7 @@ from tessera.domain.models import (
     UploadUrlsResponse,
 )
 from tessera.domain.services import Services
-from tessera.domain.views import check_access, load_view
+from tessera.domain.views import check_access, view_transaction
 from tessera.ports import Principal
 
 MAX_PRESIGN_S = 900
@@ -42,8 +42,7 @@ def start_upload(
         raise PayloadTooLarge(f"an upload holds at most {settings.max_files_per_upload} files")
     if sum(len(f.blocks) for f in req.files) > settings.max_blocks_per_request:
         raise PayloadTooLarge(f"an upload holds at most {settings.max_blocks_per_request} blocks")
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, settings)
+    with view_transaction(svc, principal) as (store, view):
         sizes: dict[str, int] = {}
         for f in req.files:
             path = paths.canonical(f.path)
@@ -87,8 +86,7 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
     if len(req.blocks) > settings.max_blocks_per_request:
         raise PayloadTooLarge(f"ask for at most {settings.max_blocks_per_request} URLs at once")
     urls: list[PresignedUrl] = []
-    with svc.db.transaction() as store:
-        view = load_view(store, principal, settings)
+    with view_transaction(svc, principal) as (store, view):
         session = store.get_upload(req.upload_id, view.user.user_id)
         now = svc.clock.now()
         if session is None or session.state != "open":

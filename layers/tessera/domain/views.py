@@ -7,7 +7,10 @@ inside the view (anything else is 404), and renders entries with view paths.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tessera.domain import paths
 from tessera.domain.acl import Action, require
@@ -15,7 +18,9 @@ from tessera.domain.errors import Conflict, NotFound, Unprocessable
 from tessera.domain.models import DeletedEntry, FileEntry, FolderEntry
 from tessera.metadata.store import FileRow, MountRow, Store, UserRow
 from tessera.ports import Principal
-from tessera.settings import Settings
+
+if TYPE_CHECKING:
+    from tessera.domain.services import Services
 
 
 def new_file_id() -> str:
@@ -64,15 +69,33 @@ class View:
         ]
 
 
-def load_view(store: Store, principal: Principal, settings: Settings) -> View:
-    """The caller's view, provisioning the user (row + root namespace) on first sight."""
-    found = store.user_view(principal.user_id)
-    if found is None:
-        store.create_user(principal.user_id, principal.email, settings.default_quota_bytes)
-        found = store.user_view(principal.user_id)
-        if found is None:  # not created: the email belongs to another user id
-            raise Conflict(f"{principal.email!r} already belongs to another account")
-    return View(found[0], tuple(found[1]))
+@contextmanager
+def view_transaction(
+    svc: Services, principal: Principal, *, repeatable_read: bool = False
+) -> Iterator[tuple[Store, View]]:
+    """A transaction and the caller's view in it — the way every request starts.
+
+    The view is read first; only when the user is not there yet is the user provisioned,
+    in a write transaction of its own, before the request's transaction is opened again.
+    So read-only transactions never write, and a known user costs no extra round trip.
+    """
+    for attempt in range(2):
+        with svc.db.transaction(repeatable_read=repeatable_read) as store:
+            found = store.user_view(principal.user_id)
+            if found is not None:
+                yield store, View(found[0], tuple(found[1]))
+                return
+        if attempt == 0:
+            provision_user(svc, principal)
+    # not created: the email belongs to another user id
+    raise Conflict(f"{principal.email!r} already belongs to another account")
+
+
+def provision_user(svc: Services, principal: Principal) -> None:
+    """Create the user (row + root namespace) unless it exists: idempotent, and safe when
+    two first requests race (the loser's INSERT ... ON CONFLICT does nothing)."""
+    with svc.db.transaction() as store:
+        store.create_user(principal.user_id, principal.email, svc.settings.default_quota_bytes)
 
 
 # ---------------------------------------------------------------------------------------
