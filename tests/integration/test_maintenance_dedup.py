@@ -30,6 +30,12 @@ def _dedup(w: World) -> DedupResult:
     return result
 
 
+def _collect_settled(w: World) -> None:
+    """gc past the settled-copy grace: the objects of promoted/dropped copies go."""
+    w.run("gc", hours=w.ctx.settings.settled_copy_grace_s / 3600 + 0.1)
+    assert w.keys_under("staging/") == []
+
+
 def test_same_content_from_two_users_is_stored_once(world: World) -> None:
     data = secrets.token_bytes(5 * BLOCK)
     world.put(ALICE, "/report.pdf", data)
@@ -39,7 +45,7 @@ def test_same_content_from_two_users_is_stored_once(world: World) -> None:
     result = _dedup(world)
 
     assert (result.verified, result.promoted, result.dropped, result.quarantined) == (10, 5, 5, 0)
-    assert world.keys_under("staging/") == []
+    _collect_settled(world)
     assert len(world.keys_under("blocks/")) == 5
     assert world.bytes_under("blocks/") <= 1.05 * len(data) + 5 * 64  # one copy (+ headers)
     assert result.bytes_freed > 0.95 * len(data)
@@ -58,8 +64,9 @@ def test_a_user_who_uploaded_verified_content_may_skip_it_next_time(world: World
     data = secrets.token_bytes(2 * BLOCK)
     world.put(ALICE, "/a.bin", data)
     _dedup(world)
+    staged = world.keys_under("staging/")
     world.put(ALICE, "/b.bin", data)  # readable now: nothing is uploaded again
-    assert world.keys_under("staging/") == []
+    assert world.keys_under("staging/") == staged
     assert world.get(ALICE, "/b.bin") == data
 
 
@@ -85,7 +92,7 @@ def test_poisoned_staged_block_is_quarantined_and_never_served(world: World) -> 
     )
     assert rows == [("quarantined",)]
     assert len(world.keys_under("quarantine/")) == 1
-    assert world.keys_under("staging/") == []
+    _collect_settled(world)
 
     # mallory gets an error, not alice's bytes; alice is unaffected
     with pytest.raises((TesseraError, BlockIntegrityError)):
@@ -147,6 +154,50 @@ def test_two_dedup_runs_at_once_settle_each_copy_exactly_once(world: World) -> N
     assert not errors
     assert sum(r.promoted for r in results) == 12
     assert sum(r.dropped for r in results) == 24
-    assert world.keys_under("staging/") == []
+    _collect_settled(world)
     for who in (ALICE, BOB, MALLORY):
         assert world.get(who, "/same.bin") == data
+
+
+def test_urls_issued_before_dedup_settles_a_copy_keep_working_until_gc_grace(
+    world: World,
+) -> None:
+    """A download URL issued for a staged copy stays valid for presign_ttl_s: dedup must not
+    delete the copy under it; gc deletes it only after settled_copy_grace_s."""
+    from tessera.domain import files
+    from tessera.domain.models import DownloadRequest, DownloadResponse
+
+    data = secrets.token_bytes(3 * BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    world.put(BOB, "/b.bin", data)  # same content: bob's copies will be dropped
+    issued = {
+        who: files.download(world.svc, who, DownloadRequest(path=path))
+        for who, path in ((ALICE, "/a.bin"), (BOB, "/b.bin"))
+    }
+    for answer in issued.values():
+        assert isinstance(answer, DownloadResponse)
+        assert all("/blocks/staging/" in b.url for b in answer.blocks)
+
+    result = _dedup(world)
+    assert (result.promoted, result.dropped) == (3, 3)
+
+    # the URLs issued before dedup still fetch and decode
+    for answer in issued.values():
+        assert isinstance(answer, DownloadResponse)
+        assert world.fetch(answer) == data
+    # new downloads point at the canonical blocks
+    fresh = files.download(world.svc, BOB, DownloadRequest(path="/b.bin"))
+    assert isinstance(fresh, DownloadResponse)
+    assert all("/blocks/blocks/" in b.url for b in fresh.blocks)
+    assert world.fetch(fresh) == data
+
+    grace_h = world.ctx.settings.settled_copy_grace_s / 3600
+    assert world.ctx.settings.settled_copy_grace_s > world.ctx.settings.presign_ttl_s
+    early = world.run("gc", hours=grace_h * 0.9)
+    assert early.settled_deleted == 0  # type: ignore[attr-defined]
+    assert len(world.keys_under("staging/")) == 6
+    late = world.run("gc", hours=grace_h + 0.05)
+    assert late.settled_deleted == 6  # type: ignore[attr-defined]
+    assert world.keys_under("staging/") == []
+    assert world.get(ALICE, "/a.bin") == data and world.get(BOB, "/b.bin") == data
+    assert world.run("gc", hours=grace_h + 0.05).settled_deleted == 0  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ from tessera.domain.models import (
     CommitRequest,
     DeleteRequest,
     DownloadRequest,
+    DownloadResponse,
     FileEntry,
     RestoringResponse,
     UploadStartRequest,
@@ -171,6 +172,10 @@ class World:
         answer = files.download(self.svc, who, DownloadRequest(path=path, rev=rev))
         if isinstance(answer, RestoringResponse):
             return answer
+        return self.fetch(answer)
+
+    def fetch(self, answer: DownloadResponse) -> bytes:
+        """Fetch and decode the blocks of a download answer through its presigned GETs."""
         out = bytearray()
         for b in answer.blocks:
             if isinstance(self.store, FilesystemBlockStore):  # the gateway's check, in-process

@@ -141,3 +141,15 @@ def test_store_keys() -> None:
     bid = "b3:" + "ab" * 32
     assert canonical_key(bid) == "blocks/" + "ab" * 32
     assert quarantine_key("staging/up_1/" + "ab" * 32) == "quarantine/up_1/" + "ab" * 32
+
+
+def test_settled_copy_grace_must_outlast_presigned_urls() -> None:
+    assert MaintenanceSettings().settled_copy_grace_s >= 20 * 60
+    with pytest.raises(ValueError, match="settled_copy_grace_s"):
+        MaintenanceSettings(settled_copy_grace_s=900, presign_ttl_s=900)
+    with pytest.raises(ValueError, match="settled_copy_grace_s"):
+        MaintenanceSettings.from_env({"TESSERA_SETTLED_COPY_GRACE_S": "60"})
+    assert (
+        MaintenanceSettings.from_env({"TESSERA_SETTLED_COPY_GRACE_S": "3600"}).settled_copy_grace_s
+        == 3600
+    )

@@ -12,8 +12,10 @@ Then, under the per-block maintenance lock and the copy's row lock:
   damaged and tell their namespaces on the change feed. It is never promoted, and no
   version is ever pointed at the canonical block on its account.
 
-The staged object is deleted only after the transaction that stopped every version from
-naming it has committed.
+A promoted or dropped copy's object is not deleted here: download URLs issued for it before
+it was settled stay valid for up to `presign_ttl_s`. gc's `expire_uploads` deletes it once
+it has been settled for `settled_copy_grace_s`. A quarantined copy is moved at once (its
+bytes are bad anyway), after the transaction that settled it has committed.
 """
 
 from __future__ import annotations
@@ -112,6 +114,5 @@ def _settle(
                 tx.settle_copy(copy, "promoted")
                 result.promoted += 1
             tx.repoint_versions(copy.staged_key)
-            delete_after = copy.staged_key
     if delete_after is not None:
         store.delete(delete_after)

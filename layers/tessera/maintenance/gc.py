@@ -8,7 +8,9 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
 2. `purge_versions`: versions superseded longer than `version_retention_days` ago go the
    same way; a file's latest version is always kept.
 3. `expire_uploads`: sessions past their expiry (+ `upload_grace_hours`) are expired, and
-   their staged copies that no version names are deleted.
+   their staged copies that no version names are deleted; so are the objects of copies
+   dedup-verify promoted or dropped more than `settled_copy_grace_s` ago (download URLs
+   issued for a copy before it was settled stay valid that long).
 4. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — the
    row re-checked and deleted under its row lock, the object after that has committed
    (see `tessera.metadata.maintenance` for why that is safe).
@@ -76,15 +78,26 @@ def purge_versions(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 
 
 def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
-    """Expire abandoned upload sessions and delete their staged copies nothing names."""
+    """Expire abandoned upload sessions and delete their staged copies nothing names; delete
+    the objects of copies dedup settled (promoted/dropped) longer than the grace ago."""
     result = GcResult()
     cutoff = as_of - timedelta(hours=ctx.settings.upload_grace_hours)
+    settled_before = as_of - timedelta(seconds=ctx.settings.settled_copy_grace_s)
     size = ctx.settings.batch_size
+
+    def settled_batch() -> int:
+        with ctx.repo.transaction() as tx:
+            copies = tx.lock_settled_copies(settled_before, size)
+            # the rows stay locked until the objects are gone; a failed run is redone
+            ctx.parallel(ctx.store.delete, [c[2] for c in copies])
+            tx.mark_objects_gone([(c[0], c[1]) for c in copies])
+        result.settled_deleted += len(copies)
+        return len(copies)
 
     def batch() -> int:
         with ctx.repo.transaction() as tx:
             expired = tx.expire_sessions(cutoff, size)
-            copies = tx.lock_abandoned_copies(size)
+            copies = tx.lock_abandoned_copies(size, settled_before)
             tx.delete_copies([(c[0], c[1]) for c in copies])
             # the rows stay locked (and their deletion uncommitted) until the objects are gone
             ctx.parallel(ctx.store.delete, [c[2] for c in copies])
@@ -94,7 +107,8 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
         result.staged_deleted += len(copies)
         return expired + len(copies)
 
-    return _loop(ctx, batch, result)
+    _loop(ctx, settled_batch, result)
+    return result if result.more else _loop(ctx, batch, result)
 
 
 def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:

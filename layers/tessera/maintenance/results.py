@@ -59,6 +59,7 @@ class GcResult(StepResult):
     versions_purged: int = 0
     sessions_expired: int = 0
     staged_deleted: int = 0  # staged copies of expired sessions, deleted
+    settled_deleted: int = 0  # objects of promoted/dropped copies, deleted after the grace
     blocks_deleted: int = 0
     blocks_skipped: int = 0  # candidates found referenced again at the re-check
     bytes_freed: int = 0

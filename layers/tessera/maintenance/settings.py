@@ -21,6 +21,9 @@ class MaintenanceSettings(Settings):
     version_retention_days: int = 30  # a superseded version is kept this long; latest always
     gc_grace_hours: int = 24  # a block at refcount 0 waits this long before deletion
     upload_grace_hours: int = 1  # an upload session is expired this long after expires_at
+    # a promoted/dropped staged copy's object is kept this long: presigned GETs issued for it
+    # before dedup settled it stay valid for presign_ttl_s (900 s), and must keep working
+    settled_copy_grace_s: int = 1200
     # cold storage
     cold_after_days: int = 90  # blocks unread this long move to the cold tier
     # scrub
@@ -36,6 +39,13 @@ class MaintenanceSettings(Settings):
     gc_interval_s: float = 3600.0
     cold_interval_s: float = 3600.0
     scrub_interval_s: float = 86400.0
+
+    def __post_init__(self) -> None:
+        if self.settled_copy_grace_s <= self.presign_ttl_s:
+            raise ValueError(
+                f"settled_copy_grace_s ({self.settled_copy_grace_s}) must be longer than"
+                f" presign_ttl_s ({self.presign_ttl_s}): URLs issued for a staged copy would 404"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> MaintenanceSettings:

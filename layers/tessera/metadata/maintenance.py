@@ -342,8 +342,12 @@ class MaintenanceTx:
             (cutoff, limit),
         )
 
-    def lock_abandoned_copies(self, limit: int) -> list[tuple[str, str, str, int]]:
-        """Row-lock copies of expired sessions that no version names and no step awaits.
+    def lock_abandoned_copies(
+        self, limit: int, settled_before: datetime
+    ) -> list[tuple[str, str, str, int]]:
+        """Row-lock copies of expired sessions that no version names and no step awaits
+        (promoted/dropped ones only once settled before `settled_before`: URLs issued for
+        them may still be in use).
 
         Returns (upload_id, block_id, staged_key, stored_size or 0).
         """
@@ -351,12 +355,36 @@ class MaintenanceTx:
             "SELECT u.upload_id, u.block_id, u.staged_key, COALESCE(u.stored_size, 0)"
             " FROM upload_blocks u JOIN upload_sessions s ON s.upload_id = u.upload_id"
             " WHERE s.state = 'expired'"
-            "   AND u.state IN ('expected', 'staged', 'promoted', 'dropped')"
+            "   AND (u.state IN ('expected', 'staged') OR (u.state IN ('promoted', 'dropped')"
+            "        AND (u.object_gone OR u.updated_at < %s)))"
             "   AND NOT EXISTS (SELECT 1 FROM version_blocks v WHERE v.staged_key = u.staged_key)"
             " LIMIT %s FOR UPDATE OF u SKIP LOCKED",
-            (limit,),
+            (settled_before, limit),
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def lock_settled_copies(
+        self, settled_before: datetime, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """Row-lock promoted/dropped copies settled before `settled_before` whose objects are
+        still stored and that no version names. Returns (upload_id, block_id, staged_key)."""
+        rows = self._all(
+            "SELECT u.upload_id, u.block_id, u.staged_key FROM upload_blocks u"
+            " WHERE u.state IN ('promoted', 'dropped') AND NOT u.object_gone"
+            "   AND u.updated_at < %s"
+            "   AND NOT EXISTS (SELECT 1 FROM version_blocks v WHERE v.staged_key = u.staged_key)"
+            " ORDER BY u.updated_at LIMIT %s FOR UPDATE OF u SKIP LOCKED",
+            (settled_before, limit),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def mark_objects_gone(self, copies: Sequence[tuple[str, str]]) -> None:
+        """Record that the objects of (upload_id, block_id) copies are deleted."""
+        self._count(
+            "UPDATE upload_blocks SET object_gone = true WHERE (upload_id, block_id) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            ([c[0] for c in copies], [c[1] for c in copies]),
+        )
 
     def delete_copies(self, copies: Sequence[tuple[str, str]]) -> None:
         """Forget (upload_id, block_id) copies whose objects are being deleted."""
