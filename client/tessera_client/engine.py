@@ -249,7 +249,12 @@ class SyncEngine:
             self._download_all(downloads, stats, result)
         if uploads:
             result.ops += len(uploads)
-            self._upload(uploads, result)
+            try:
+                self._upload(uploads, result)
+            except ApiError as e:
+                result.problems.append(
+                    f"upload of {len(uploads)} file(s): {e.message} ({e.status})"
+                )
 
     def _guarded(self, op: Op, result: RoundResult, step: Callable[[], bool]) -> bool:
         """Run one step; an expected failure becomes a problem (or a retry), never a crash."""

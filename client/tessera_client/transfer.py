@@ -221,11 +221,18 @@ class Transfers:
                     kv, key = rec["needed"][ref.id]
                     work.append((item, ref.id, rec["upload_id"], kv, key))
         changed: set[str] = set()
-        for window in _windows(work, items):
-            changed |= self._send_window(window, sessions)
-        return self._commit([i for i in items if i.path not in changed], sessions) + [
-            UploadResult(i, status=0, error=None) for i in items if i.path in changed
-        ]
+        try:
+            for window in _windows(work, items):
+                changed |= self._send_window(window, sessions)
+            committed = self._commit([i for i in items if i.path not in changed], sessions)
+        except ApiError as e:
+            if e.status not in (404, 410):
+                raise
+            # the session expired or vanished: forget it, the next round starts afresh
+            for item in items:
+                self.state.drop_pending("upload", self._pending_key(item))
+            return [UploadResult(i, status=0) for i in items]
+        return committed + [UploadResult(i, status=0) for i in items if i.path in changed]
 
     def _read_block(self, item: UploadItem, block: str) -> bytes:
         ref = next(b for b in item.manifest.blocks if b.id == block)

@@ -210,3 +210,39 @@ def test_client_killed_mid_upload_resumes_with_what_is_missing(
     b = make_device(devices, tmp_path, inproc_cloud, "B", email)
     b.sync()
     assert (b.folder / "big.bin").read_bytes() == data
+
+
+def test_an_expired_upload_session_is_dropped_and_started_afresh(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    import sqlite3
+    import time
+
+    from tessera_client.state import StateDB
+
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    f = a.write("doc.bin", os.urandom(300_000))
+    manifest = json.loads(a.run("blocks", str(f), "--json").stdout)
+    a.home.mkdir(parents=True, exist_ok=True)
+    state = StateDB(a.home / "state.db")
+    needed = {
+        b["id"]: [1, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="] for b in manifest["blocks"]
+    }
+    state.put_pending(
+        "upload",
+        "doc.bin",
+        {
+            "upload_id": "up_gone",
+            "expires_at": time.time() + 3600,
+            "content_hash": manifest["content_hash"],
+            "needed": needed,
+            "sent": [],
+            "idempotency_key": "A-stale",
+        },
+    )
+    state.close()
+    a.sync(check=None)  # the stale session fails this round...
+    a.sync()  # ...and a fresh one succeeds
+    with sqlite3.connect(a.home / "state.db") as db:
+        assert db.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
+    assert [e["name"] for e in a.json("ls")] == ["doc.bin"]
