@@ -111,3 +111,41 @@ def test_waiters_survive_a_lost_listener_connection(
         conn.execute("INSERT INTO local_change_heads (ns_id, seq) VALUES (11, 1)")
     waiter.join(15)
     assert results == [True]
+
+
+def test_publishing_what_a_commit_already_announced_writes_nothing(
+    feed: PostgresChangeFeed, database_url: str
+) -> None:
+    """A commit moves `namespaces.latest_seq` and NOTIFYs in its own transaction, so the
+    domain's publish right after it must not cost a second write transaction (and its WAL
+    flush); an event ahead of the head still moves the head and wakes waiters."""
+    from tessera.metadata import Database
+
+    with Database(database_url) as db:
+        with db.transaction() as store:
+            store.create_user("u-feed", "feed@example.com", 1 << 30)
+        with db.transaction() as store:
+            ns = store.user_view("u-feed")[1][0].ns_id  # type: ignore[index]
+            store.conn.execute("UPDATE namespaces SET latest_seq = 7 WHERE ns_id = %s", (ns,))
+
+    def head_rows() -> list[tuple[int]]:
+        with psycopg.connect(database_url) as conn:
+            return conn.execute(
+                "SELECT seq FROM local_change_heads WHERE ns_id = %s", (ns,)
+            ).fetchall()
+
+    feed.publish(_event(ns, 7))
+    feed.publish_many([_event(ns, 6), _event(ns, 7)])
+    assert head_rows() == []  # nothing written
+    assert feed.wait({ns: 6}, timeout=5) is True
+    assert feed.wait({ns: 7}, timeout=0.3) is False
+
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(feed.wait({ns: 7}, 20)))
+    waiter.start()
+    while feed.waiting() < 1:
+        time.sleep(0.01)
+    feed.publish_many([_event(ns, 8), _event(ns, 9)])  # ahead of the head: recorded, wakes
+    waiter.join(10)
+    assert results == [True]
+    assert head_rows() == [(9,)]

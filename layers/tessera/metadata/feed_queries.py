@@ -2,16 +2,19 @@
 
 A long-poll first reads the namespaces' heads and returns at once when a change happened
 before it started, then waits for a NOTIFY. Commits move `namespaces.latest_seq` and NOTIFY
-inside their own transaction (`tessera.metadata.store`); `ChangeFeed.publish` moves
-`local_change_heads` (migration 051, the local twin of the DynamoDB `changes` table) and
-NOTIFYs. PostgreSQL delivers a NOTIFY only at commit, so a waiter never wakes for a change it
-cannot yet read.
+inside their own transaction (`tessera.metadata.store`), so the domain's `ChangeFeed.publish`
+after a commit finds the head already there and writes nothing. Only an event ahead of the
+namespace's head (published by something other than a commit: the port contract, a relay)
+moves `local_change_heads` (migration 051, the local twin of the DynamoDB `changes` table)
+and NOTIFYs, without waiting for the WAL flush: it is a wake-up hint, the outbox is the
+guarantee. PostgreSQL delivers a NOTIFY only at commit, so a waiter never wakes for a change
+it cannot yet read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import psycopg
@@ -36,25 +39,36 @@ def parse_payload(text: str) -> tuple[int, int] | None:
         return None
 
 
-def notify_change(conn: psycopg.Connection[Any], ns_id: int, seq: int) -> None:
-    """Record that `ns_id` reached `seq` and queue the NOTIFY (both land at commit).
+def publish_heads(conn: psycopg.Connection[Any], heads: Mapping[int, int]) -> int:
+    """Record that each namespace reached its seq in `heads` and NOTIFY, for the namespaces
+    whose head is not there yet; returns how many that was. `conn` is in autocommit mode.
 
-    Idempotent: the head only moves forward, and a repeated NOTIFY only makes waiters
-    compare seqs again.
+    The common case — a commit already moved `namespaces.latest_seq` and NOTIFYed in its
+    own transaction — costs one read and no write. Otherwise one transaction with
+    `synchronous_commit = off` (no WAL flush wait). Idempotent: heads only move forward, and
+    a repeated NOTIFY only makes waiters compare seqs again.
     """
-    conn.execute(
-        "INSERT INTO local_change_heads (ns_id, seq) VALUES (%s, %s)"
-        " ON CONFLICT (ns_id) DO UPDATE SET seq = GREATEST(local_change_heads.seq, EXCLUDED.seq)",
-        (ns_id, seq),
-    )
-    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(ns_id, seq)))
+    known = latest_seqs(conn, heads.keys())
+    behind = {ns: seq for ns, seq in heads.items() if known.get(ns, -1) < seq}
+    if not behind:
+        return 0
+    with conn.transaction():
+        conn.execute("SET LOCAL synchronous_commit = off")
+        for ns_id, seq in behind.items():
+            conn.execute(
+                "INSERT INTO local_change_heads (ns_id, seq) VALUES (%s, %s) ON CONFLICT (ns_id)"
+                " DO UPDATE SET seq = GREATEST(local_change_heads.seq, EXCLUDED.seq)",
+                (ns_id, seq),
+            )
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(ns_id, seq)))
+    return len(behind)
 
 
 def latest_seqs(conn: psycopg.Connection[Any], ns_ids: Collection[int]) -> dict[int, int]:
     """The latest seq of each namespace in `ns_ids` (unknown ones omitted).
 
-    A commit moves `namespaces.latest_seq` in its own transaction; `publish` (the port, used
-    by tests and relays) moves `local_change_heads`. Either counts.
+    A commit moves `namespaces.latest_seq` in its own transaction; `publish_heads` moves
+    `local_change_heads` for events ahead of it. Either counts.
     """
     ids = list(ns_ids)
     rows = conn.execute(

@@ -18,13 +18,13 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from tessera.metadata.feed_queries import CHANNEL, latest_seqs, notify_change, parse_payload
+from tessera.metadata.feed_queries import CHANNEL, latest_seqs, parse_payload, publish_heads
 from tessera.ports import ChangeEvent, ChangeFeed
 
 __all__ = ["CHANNEL", "PostgresChangeFeed"]
@@ -190,9 +190,20 @@ class PostgresChangeFeed(ChangeFeed):
     # -- ChangeFeed ---------------------------------------------------------------------
 
     def publish(self, event: ChangeEvent) -> None:
-        """Move the namespace head to `event.seq` and notify waiters (idempotent)."""
-        with self._conn_pool().connection() as conn, conn.transaction():
-            notify_change(conn, event.ns_id, event.seq)
+        """Move the namespace head to `event.seq` and notify waiters (idempotent).
+
+        After a commit this writes nothing: the commit's transaction already moved the head
+        and NOTIFYed (see `tessera.metadata.feed_queries.publish_heads`)."""
+        self.publish_many([event])
+
+    def publish_many(self, events: Sequence[ChangeEvent]) -> None:
+        """Publish several events with one read (and at most one write transaction)."""
+        heads: dict[int, int] = {}
+        for e in events:
+            heads[e.ns_id] = max(heads.get(e.ns_id, e.seq), e.seq)
+        if heads:
+            with self._conn_pool().connection() as conn:
+                publish_heads(conn, heads)
 
     def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
         """Block until a namespace in `cursors` moves past its seq, or `timeout` seconds."""
