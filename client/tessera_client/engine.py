@@ -578,10 +578,6 @@ class SyncEngine:
         self.home.ensure()
         (self.home.log_dir / "last-sync.json").write_text(json.dumps(asdict(self.transfers.stats)))
 
-    def wake(self) -> None:
-        """Ask the daemon for a round soon."""
-        self._wake.set()
-
     def stop(self) -> None:
         """Ask the daemon to stop."""
         self._stop.set()

@@ -153,14 +153,6 @@ class StateDB:
             ).fetchall()
         return {r[0]: Entry(r[1], EntryKind(r[2]), r[5], r[6], r[3], r[4]) for r in rows}
 
-    def remote_access(self) -> dict[str, str]:
-        """Mount points of shared folders and the caller's access there (key -> access)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT key, access FROM remote WHERE access IS NOT NULL"
-            ).fetchall()
-        return {r[0]: r[1] for r in rows}
-
     def put_remote(self, entry: Entry, access: str | None = None) -> None:
         """Record a file or folder listed by the server."""
         with self.transaction() as db:

@@ -24,7 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -107,7 +107,6 @@ class TransferStats:
     blocks_down: int = 0
     files_up: int = 0
     files_down: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def _iso(mtime_ns: int) -> str:

@@ -248,3 +248,21 @@ def test_cold_blocks_are_waited_for_and_then_downloaded(tmp_path: Path, evil: Ev
     assert result.problems == []
     assert (tmp_path / "root" / "sync" / "archive.txt").read_bytes() == b"from the glacier"
     assert any("restoring from cold storage" in e for e in events)
+
+
+def test_a_failed_rename_leaves_the_old_file_and_no_temp(tmp_path: Path, evil: Evil) -> None:
+    fake = FakeFilesystem()
+    evil.add_file("/doc.txt", b"server version", fid="d")
+    engine = _engine(tmp_path, evil, fs=fake)
+    assert engine.run_once().problems == []
+    assert fake.read_file("doc.txt") == b"server version" and fake.fsyncs >= 1
+    evil.entries.clear()
+    evil.add_file("/doc.txt", b"server version 2", fid="d")
+    evil.entries[0]["rev"] = 2
+    engine.state.set_meta("cursor", None)
+    fake.fail_rename = True
+    result = engine.run_once()
+    engine.close()
+    assert result.problems
+    assert fake.read_file("doc.txt") == b"server version"
+    assert not [n for n in fake.nodes if TEMP_PREFIX in n]
