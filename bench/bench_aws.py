@@ -135,7 +135,7 @@ def bench_warm_overhead(env: dict[str, str], iterations: int) -> dict[str, float
 
 def bench_longpoll_wakeup(state: Path, url: str, wakeups: int) -> dict[str, float]:
     """Commit → long-poll return latency in AWS mode, over HTTP through the gateway."""
-    with AwsLocalCloud(state, port=0, database_url=url) as base:
+    with AwsLocalCloud(state, port=0, database_url=url, deployment="bench-wake") as base:
         email, password = f"wake{uuid.uuid4().hex[:6]}@bench.test", "bench passphrase"
         add_user(state, email, password)
         token = httpx.post(f"{base}/v1/auth/token", json={"email": email, "password": password})
@@ -200,7 +200,7 @@ def bench_initial_sync(tmp: Path, url: str, files: int, big_mib: int) -> dict[st
     data = tmp / "data"
     size = _dataset(data, files, big_mib)
     results: dict[str, float] = {"mib": size / 2**20}
-    cloud = AwsLocalCloud(tmp / "state", port=0, database_url=url)
+    cloud = AwsLocalCloud(tmp / "state", port=0, database_url=url, deployment="bench-sync")
     base = cloud.start()
     try:
         assert cloud.aws is not None

@@ -20,6 +20,7 @@ long-running `moto_server` to keep state across restarts.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import sys
@@ -101,21 +102,28 @@ class MotoCloud:
 
 
 def provision(
-    endpoint_url: str | None, *, database_url: str = "", region: str = "us-east-1"
+    endpoint_url: str | None,
+    *,
+    database_url: str = "",
+    region: str = "us-east-1",
+    name: str = "tessera",
 ) -> AwsSettings:
-    """Create (or find) every resource of one deployment at `endpoint_url`; its settings.
+    """Create (or find) every resource of deployment `name` at `endpoint_url`; its settings.
 
     Idempotent, so `tessera local up --backend aws --aws-endpoint URL` can be restarted
-    against a long-running moto server.
+    against a long-running moto server. moto servers in one process share their state:
+    deployments that must not see each other's changes need distinct names.
     """
+    if not name or name.lower().startswith(("aws", "ssm")):
+        raise ValueError(f"deployment name {name!r}: empty, or an SSM-reserved aws/ssm prefix")
     use_fake_credentials()
     base = AwsSettings(
         region=region,
         endpoint_url=endpoint_url,
-        bucket="tessera-blocks",
-        changes_table="tessera-changes",
-        key_param_prefix="/tessera/block-keys",
-        event_bus="tessera",
+        bucket=f"{name}-blocks",
+        changes_table=f"{name}-changes",
+        key_param_prefix=f"/{name}/block-keys",
+        event_bus=name,
         database_url=database_url,
     )
     aws = AwsClients(base)
@@ -126,20 +134,21 @@ def provision(
         aws.events.create_event_bus(Name=base.event_bus)
 
     aliases = {a["AliasName"]: a.get("TargetKeyId") for a in aws.kms.list_aliases()["Aliases"]}
-    key_id = aliases.get("alias/tessera-blocks")
+    alias = f"alias/{name}-blocks"
+    key_id = aliases.get(alias)
     if not key_id:
         key_id = aws.kms.create_key(Description="Tessera block-key master key")["KeyMetadata"][
             "KeyId"
         ]
-        aws.kms.create_alias(AliasName="alias/tessera-blocks", TargetKeyId=key_id)
+        aws.kms.create_alias(AliasName=alias, TargetKeyId=key_id)
     if not list_key_versions(aws.ssm, base.key_param_prefix):
         create_key_version(aws.kms, aws.ssm, key_id, base.key_param_prefix)
 
     pools = aws.cognito.list_user_pools(MaxResults=60)["UserPools"]
-    pool_id = next((p["Id"] for p in pools if p["Name"] == "tessera"), None)
+    pool_id = next((p["Id"] for p in pools if p["Name"] == name), None)
     if pool_id is None:
         pool_id = aws.cognito.create_user_pool(
-            PoolName="tessera",
+            PoolName=name,
             UsernameAttributes=["email"],
             AutoVerifiedAttributes=["email"],
             # Passphrases, as the local mode accepts them (length is what matters).
@@ -155,13 +164,13 @@ def provision(
         )["UserPool"]["Id"]
     clients = aws.cognito.list_user_pool_clients(UserPoolId=pool_id, MaxResults=60)
     client_id = next(
-        (c["ClientId"] for c in clients["UserPoolClients"] if c["ClientName"] == "tessera"),
+        (c["ClientId"] for c in clients["UserPoolClients"] if c["ClientName"] == name),
         None,
     )
     if client_id is None:
         client_id = aws.cognito.create_user_pool_client(
             UserPoolId=pool_id,
-            ClientName="tessera",
+            ClientName=name,
             ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
         )["UserPoolClient"]["ClientId"]
     return replace(base, kms_key_id=key_id, user_pool_id=pool_id, user_pool_client_id=client_id)
@@ -322,8 +331,8 @@ class Emulator:
 # The cloud
 
 
-def _endpoint_file(state_root: Path) -> Path:
-    return state_root / "aws" / "endpoint"
+def _deployment_file(state_root: Path) -> Path:
+    return state_root / "aws" / "deployment.json"
 
 
 class AwsLocalCloud:
@@ -340,6 +349,7 @@ class AwsLocalCloud:
         settings: Settings | None = None,
         demo: bool = False,
         relay_every: float = 5.0,
+        deployment: str = "tessera",
     ) -> None:
         from tessera.local.cloud import StatePaths
 
@@ -351,6 +361,7 @@ class AwsLocalCloud:
         self.database_url = database_url or self.settings.database_url or None
         self.demo = demo
         self.relay_every = relay_every
+        self.deployment = deployment  # names its AWS resources (see `provision`)
         self.base_url = ""
         self.aws: AwsSettings | None = None
         self.demo_login: tuple[str, str] | None = None
@@ -375,12 +386,14 @@ class AwsLocalCloud:
             if endpoint is None:
                 self._moto = MotoCloud()
                 endpoint = self._moto.start()
-            _endpoint_file(self.root).write_text(endpoint + "\n")
+            _deployment_file(self.root).write_text(
+                json.dumps({"endpoint": endpoint, "name": self.deployment}) + "\n"
+            )
             conninfo, self._embedded = open_database(self.state, self.database_url)
             if self._embedded is not None:
                 conninfo = _fresh_database(conninfo, reset=self._moto is not None)
             migrate(conninfo)
-            self.aws = provision(endpoint, database_url=conninfo)
+            self.aws = provision(endpoint, database_url=conninfo, name=self.deployment)
             # Powertools reads this when it flushes: no EMF metric lines on a laptop.
             os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
             env = {**self.aws.to_env(), **_settings_env(self.settings)}
@@ -519,15 +532,17 @@ def add_user(
     state_dir: str | os.PathLike[str], email: str, password: str, endpoint: str | None = None
 ) -> str:
     """`tessera local adduser --backend aws`: create the user in the (moto) Cognito pool of
-    the running AWS-mode cloud (its endpoint is read from the state dir); the user's sub."""
+    the running AWS-mode cloud (found through its state dir); the user's sub."""
     from tessera.domain.errors import Unavailable
 
-    if endpoint is None:
-        path = _endpoint_file(Path(state_dir).expanduser().resolve())
-        if not path.exists():
-            raise Unavailable("no AWS-mode cloud found: run `tessera local up --backend aws`")
-        endpoint = path.read_text().strip()
-    settings = provision(endpoint)
+    path = _deployment_file(Path(state_dir).expanduser().resolve())
+    if path.exists():
+        deployment = json.loads(path.read_text())
+    elif endpoint is not None:
+        deployment = {"endpoint": endpoint, "name": "tessera"}
+    else:
+        raise Unavailable("no AWS-mode cloud found: run `tessera local up --backend aws`")
+    settings = provision(endpoint or deployment["endpoint"], name=deployment["name"])
     users = CognitoUsers(
         AwsClients(settings).cognito, settings.user_pool_id, settings.user_pool_client_id
     )

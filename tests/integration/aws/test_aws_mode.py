@@ -22,7 +22,7 @@ from psycopg.conninfo import make_conninfo
 
 from tessera.adapters.aws import AwsClients, AwsSettings
 from tessera.domain.errors import Conflict
-from tessera.local.aws_mode import AwsLocalCloud, add_user
+from tessera.local.aws_mode import AwsLocalCloud, add_user, provision
 
 from .flow import Client, http_send
 
@@ -42,6 +42,7 @@ def aws_cloud(
         port=0,
         database_url=make_conninfo(postgres_url, dbname=name),
         relay_every=1.0,
+        deployment=f"t-{name[-8:]}",  # in-process moto servers share their state
     )
     cloud.start()
     try:
@@ -166,3 +167,9 @@ def test_adduser_cli_in_aws_mode(aws_cloud: AwsLocalCloud) -> None:
         f"{aws_cloud.base_url}/v1/auth/token", json={"email": email, "password": PASSWORD}
     )
     assert token.status_code == 200
+
+
+def test_deployment_names_that_ssm_reserves_are_refused() -> None:
+    for name in ("", "aws-mode", "ssm1"):
+        with pytest.raises(ValueError, match="deployment name"):
+            provision("http://127.0.0.1:1", name=name)

@@ -38,7 +38,10 @@ def inproc_cloud(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) ->
         conn.execute(f'CREATE DATABASE "{name}"')
     root = tmp_path_factory.mktemp("awscloud")
     cloud = AwsLocalCloud(
-        root / "state", port=0, database_url=make_conninfo(postgres_url, dbname=name)
+        root / "state",
+        port=0,
+        database_url=make_conninfo(postgres_url, dbname=name),
+        deployment=f"t-{name[-8:]}",  # in-process moto servers share their state
     )
     url = cloud.start()
     try:
