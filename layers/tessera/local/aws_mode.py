@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
@@ -396,6 +397,7 @@ class AwsLocalCloud:
             self.aws = provision(endpoint, database_url=conninfo, name=self.deployment)
             # Powertools reads this when it flushes: no EMF metric lines on a laptop.
             os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+            warnings.filterwarnings("ignore", message="No application metrics to publish")
             env = {**self.aws.to_env(), **_settings_env(self.settings)}
             self.functions = load_functions(env)
             identity = CognitoIdentity(
