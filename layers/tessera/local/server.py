@@ -13,9 +13,7 @@ from typing import Any
 
 import uvicorn
 
-
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    """A signal that arrives after uvicorn has shut down: clean-up is already under way."""
+_BACKLOG = 4096
 
 
 class Server:
@@ -29,6 +27,9 @@ class Server:
         except OSError as exc:
             self.sock.close()
             raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        # listen now: a client told the URL before uvicorn has started waits in the backlog
+        # instead of being refused
+        self.sock.listen(_BACKLOG)
         self.host, self.port = host, self.sock.getsockname()[1]
         self._thread: threading.Thread | None = None
         self._uvicorn: uvicorn.Server | None = None
@@ -39,7 +40,7 @@ class Server:
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=2,  # open long-polls are cut after this
-            backlog=4096,
+            backlog=_BACKLOG,
         )
         self._uvicorn = uvicorn.Server(config)
         return self._uvicorn
@@ -53,12 +54,20 @@ class Server:
     def run(self, app: Any) -> None:
         """Serve in the calling (main) thread until SIGINT/SIGTERM, then return.
 
-        uvicorn re-raises the signal it caught once it has shut down; the no-op handlers set
-        here receive it, so the caller's clean-up (stopping PostgreSQL) still runs.
+        The handlers set here ask the server to exit: a signal that arrives before uvicorn
+        has installed its own (while it starts) is not lost — uvicorn checks `should_exit`
+        after starting up. uvicorn re-raises the signal it caught once it has shut down;
+        these handlers receive that too, so the caller's clean-up (stopping PostgreSQL) runs.
         """
-        previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+        server = self._make(app)
+
+        def exit_requested(signum: int, frame: FrameType | None) -> None:
+            server.should_exit = True
+
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, exit_requested) for sig in signals}
         try:
-            self._make(app).run(sockets=[self.sock])
+            server.run(sockets=[self.sock])
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
