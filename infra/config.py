@@ -21,6 +21,8 @@ _STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
         "log_retention": "TWO_WEEKS",
         "api_rate_limit": 50,
         "api_burst_limit": 100,
+        "auth_rate_limit": 5,  # POST /v1/auth/token: unauthenticated, so throttled hard
+        "auth_burst_limit": 10,
         "api_reserved_concurrency": 0,  # 0 = unreserved (an account's default 1000 pool)
         "longpoll_reserved_concurrency": 0,
         "api_provisioned_concurrency": 0,
@@ -34,6 +36,8 @@ _STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
         "log_retention": "THREE_MONTHS",
         "api_rate_limit": 500,
         "api_burst_limit": 1000,
+        "auth_rate_limit": 25,
+        "auth_burst_limit": 50,
         "api_reserved_concurrency": 200,
         "longpoll_reserved_concurrency": 300,
         "api_provisioned_concurrency": 2,
@@ -63,6 +67,8 @@ class StageConfig:
     log_retention: str
     api_rate_limit: int
     api_burst_limit: int
+    auth_rate_limit: int
+    auth_burst_limit: int
     api_reserved_concurrency: int
     longpoll_reserved_concurrency: int
     api_provisioned_concurrency: int

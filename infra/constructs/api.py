@@ -32,6 +32,26 @@ _LONGPOLL_SCHEMA = apigw.JsonSchema(
 )
 
 
+# The token request: {email, password} or {refresh_token}. Only shapes and sizes are checked
+# here (a failing body gets API Gateway's 400); `functions/auth` answers the rest (422).
+_TOKEN_SCHEMA = apigw.JsonSchema(
+    schema=apigw.JsonSchemaVersion.DRAFT4,
+    type=apigw.JsonSchemaType.OBJECT,
+    properties={
+        "email": apigw.JsonSchema(type=apigw.JsonSchemaType.STRING, min_length=3, max_length=320),
+        "password": apigw.JsonSchema(
+            type=apigw.JsonSchemaType.STRING, min_length=1, max_length=256
+        ),
+        "refresh_token": apigw.JsonSchema(
+            type=apigw.JsonSchemaType.STRING, min_length=1, max_length=8192
+        ),
+    },
+    additional_properties=False,
+)
+
+TOKEN_PATH = "/v1/auth/token"
+
+
 class Api(Construct):
     """`rest_api`, its `stage`, and the `web_acl` in front of it."""
 
@@ -44,6 +64,7 @@ class Api(Construct):
         user_pool: cognito.IUserPool,
         api_function: lambda_.IFunction,
         longpoll_function: lambda_.IFunction,
+        auth_function: lambda_.IFunction,
     ) -> None:
         super().__init__(scope, id)
         access_logs = logs.LogGroup(
@@ -65,6 +86,13 @@ class Api(Construct):
                 data_trace_enabled=False,  # bodies carry block keys: never log them
                 throttling_rate_limit=config.api_rate_limit,
                 throttling_burst_limit=config.api_burst_limit,
+                # The one unauthenticated route that does work gets a far lower limit.
+                method_options={
+                    f"{TOKEN_PATH}/POST": apigw.MethodDeploymentOptions(
+                        throttling_rate_limit=config.auth_rate_limit,
+                        throttling_burst_limit=config.auth_burst_limit,
+                    )
+                },
                 access_log_destination=apigw.LogGroupLogDestination(access_logs),
                 access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
                     caller=False,
@@ -126,6 +154,28 @@ class Api(Construct):
             request_models={"application/json": longpoll_model},
             **_opts(authed),
         )
+        token_model = self.rest_api.add_model(
+            "TokenRequest", content_type="application/json", schema=_TOKEN_SCHEMA
+        )
+        token = (
+            v1.add_resource("auth")
+            .add_resource("token")
+            .add_method(
+                "POST",
+                apigw.LambdaIntegration(auth_function, proxy=True),
+                authorization_type=apigw.AuthorizationType.NONE,
+                request_validator=validator,
+                request_models={"application/json": token_model},
+            )
+        )
+        for rule in ("AwsSolutions-APIG4", "AwsSolutions-COG4"):
+            acknowledge(
+                token,
+                rule,
+                "POST /v1/auth/token is how a client obtains a Cognito token, so it cannot "
+                "require one; it only relays InitiateAuth on the public app client, with its "
+                "own stage throttling, body validation and the WAF rate rule in front",
+            )
         self.stage = self.rest_api.deployment_stage
         self.web_acl = _web_acl(self, config)
         wafv2.CfnWebACLAssociation(

@@ -22,7 +22,7 @@ os.environ.setdefault("JSII_DEPRECATED", "quiet")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = (
     "api", "longpoll", "outbox_relay", "change_router",
-    "dedup_verify", "gc", "cold_storage", "scrub", "migrate",
+    "dedup_verify", "gc", "cold_storage", "scrub", "migrate", "auth",
 )  # fmt: skip
 
 

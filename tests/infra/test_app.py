@@ -244,8 +244,48 @@ def test_every_api_method_but_health_uses_the_cognito_authorizer(dev: Synth) -> 
             continue
         part = paths[props["ResourceId"]["Ref"]]["Properties"]["PathPart"]
         unauthenticated.append((props["HttpMethod"], part))
-    assert unauthenticated == [("GET", "health")]
-    assert len(methods) == 3  # GET /v1/health, ANY /v1/{proxy+}, POST /v1/list_folder/longpoll
+    assert sorted(unauthenticated) == [("GET", "health"), ("POST", "token")]
+    # GET /v1/health, ANY /v1/{proxy+}, POST /v1/list_folder/longpoll, POST /v1/auth/token
+    assert len(methods) == 4
+
+
+def test_token_route_has_no_authorizer_but_validation_throttling_and_its_own_function(
+    dev: Synth,
+) -> None:
+    methods = resources(dev.app_template, "AWS::ApiGateway::Method").values()
+    token = next(m["Properties"] for m in methods if "AuthFunction" in json.dumps(m))
+    assert token["HttpMethod"] == "POST"
+    assert token["AuthorizationType"] == "NONE" and "AuthorizerId" not in token
+    assert token["RequestValidatorId"] and token["RequestModels"]["application/json"]
+    dev.app_template.has_resource_properties(
+        "AWS::ApiGateway::Model",
+        {"Schema": Match.object_like({"additionalProperties": False,
+         "properties": Match.object_like({"refresh_token": Match.any_value()})})},
+    )  # fmt: skip
+    dev.app_template.has_resource_properties(
+        "AWS::ApiGateway::Stage",
+        {"MethodSettings": Match.array_with([Match.object_like({
+            "HttpMethod": "POST", "ResourcePath": "/~1v1~1auth~1token",
+            "ThrottlingRateLimit": 5, "ThrottlingBurstLimit": 10})])},
+    )  # fmt: skip
+    functions = resources(dev.app_template, "AWS::Lambda::Function")
+    auth_id, auth = next((lid, f) for lid, f in functions.items() if lid.startswith("AuthFunction"))
+    props = auth["Properties"]
+    assert "VpcConfig" not in props  # Cognito's public endpoint; no NAT in the VPC
+    assert set(props["Environment"]["Variables"]) >= {
+        "TESSERA_USER_POOL_ID", "TESSERA_USER_POOL_CLIENT_ID"}  # fmt: skip
+    assert not {n for n in props["Environment"]["Variables"] if n.startswith("TESSERA_DB")}
+    # Least privilege: its own logs and X-Ray only (InitiateAuth on a public client is not
+    # IAM-authorised), nothing on the data.
+    role = props["Role"]["Fn::GetAtt"][0]
+    actions = {
+        a
+        for p in resources(dev.app_template, "AWS::IAM::Policy").values()
+        if {"Ref": role} in p["Properties"]["Roles"]
+        for st in p["Properties"]["PolicyDocument"]["Statement"]
+        for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    }
+    assert actions and all(a.split(":")[0] in {"logs", "xray"} for a in actions), (auth_id, actions)
 
 
 def test_api_stage_logs_traces_throttles_and_validates(dev: Synth) -> None:
@@ -254,9 +294,10 @@ def test_api_stage_logs_traces_throttles_and_validates(dev: Synth) -> None:
         {
             "TracingEnabled": True,
             "AccessLogSetting": Match.object_like({"DestinationArn": Match.any_value()}),
-            "MethodSettings": [Match.object_like({
+            "MethodSettings": Match.array_with([Match.object_like({
+                "HttpMethod": "*", "ResourcePath": "/*",
                 "ThrottlingRateLimit": 50, "ThrottlingBurstLimit": 100,
-                "LoggingLevel": "ERROR", "DataTraceEnabled": False})],
+                "LoggingLevel": "ERROR", "DataTraceEnabled": False})]),
         },
     )  # fmt: skip
     dev.app_template.has_resource_properties(
@@ -282,7 +323,7 @@ def test_prod_reserves_concurrency_and_keeps_api_environments_warm(prod: Synth) 
 
 def test_longpoll_has_its_own_function_and_timeout_within_the_gateway_limit(dev: Synth) -> None:
     methods = resources(dev.app_template, "AWS::ApiGateway::Method").values()
-    post = next(m for m in methods if m["Properties"]["HttpMethod"] == "POST")
+    post = next(m for m in methods if "LongpollFunction" in json.dumps(m))
     integration = post["Properties"]["Integration"]
     assert integration["TimeoutInMillis"] <= 29_000
     assert "LongpollFunction" in json.dumps(integration["Uri"])
@@ -312,7 +353,7 @@ def test_functions_arm64_python312_traced_with_layer_and_powertools(dev: Synth) 
         lid: f for lid, f in resources(dev.app_template, "AWS::Lambda::Function").items()
         if f["Properties"].get("Runtime", "").startswith("python")
     }  # fmt: skip
-    assert len(functions) == 9
+    assert len(functions) == 10
     for lid, fn in functions.items():
         props = fn["Properties"]
         assert props["Architectures"] == ["arm64"], lid

@@ -138,6 +138,8 @@ def test_cognito_sign_in_and_jwks_verification(
         users.token({"email": email, "password": "wrong-passw0rd!"})
     with pytest.raises(BadRequest):
         users.token({"email": email})
+    with pytest.raises(BadRequest):
+        users.token({"email": email, "password": 12345})
 
 
 def test_jwks_verifier_rejects_forged_expired_and_foreign_tokens(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from tessera.domain.errors import BadRequest, Conflict, Unauthorized
+from tessera.domain.errors import BadRequest, Conflict, TooManyRequests, Unauthorized
 from tessera.ports import Identity, Principal
 
 if TYPE_CHECKING:
@@ -99,6 +99,12 @@ class TokenResponse:
         }
 
 
+# Cognito's throttling error codes (per-second quotas on InitiateAuth).
+_THROTTLED = frozenset(
+    {"TooManyRequestsException", "LimitExceededException", "ThrottlingException"}
+)
+
+
 class CognitoUsers:
     """Admin operations on one user pool: users and password / refresh-token sign-in."""
 
@@ -140,6 +146,11 @@ class CognitoUsers:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in {"NotAuthorizedException", "UserNotFoundException"}:
                 raise Unauthorized("wrong email, password or refresh token") from None
+            if code in _THROTTLED:
+                # Cognito sends no Retry-After; its quotas are per second.
+                raise TooManyRequests(
+                    "sign-in is throttled; retry shortly", retry_after=2
+                ) from None
             raise
         result = resp.get("AuthenticationResult")
         if not result:
@@ -152,17 +163,20 @@ class CognitoUsers:
         The `access_token` is Cognito's ID token: it carries `email`, and it is what API
         Gateway's Cognito authorizer verifies without OAuth scopes.
         """
-        if body.get("refresh_token"):
-            refresh = str(body["refresh_token"])
+        fields = {k: body.get(k) for k in ("email", "password", "refresh_token")}
+        if any(v is not None and not isinstance(v, str) for v in fields.values()):
+            raise BadRequest('send {"email", "password"} or {"refresh_token"} (strings)')
+        if fields["refresh_token"]:
+            refresh = str(fields["refresh_token"])
             result = self._auth("REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": refresh})
-        elif body.get("email") and body.get("password"):
+        elif fields["email"] and fields["password"]:
             result = self._auth(
                 "USER_PASSWORD_AUTH",
-                {"USERNAME": str(body["email"]), "PASSWORD": str(body["password"])},
+                {"USERNAME": str(fields["email"]), "PASSWORD": str(fields["password"])},
             )
             refresh = str(result["RefreshToken"])
         else:
-            raise BadRequest("send {email, password} or {refresh_token}")
+            raise BadRequest('send {"email", "password"} or {"refresh_token"}')
         return TokenResponse(
             access_token=str(result["IdToken"]),
             refresh_token=str(result.get("RefreshToken", refresh)),

@@ -14,6 +14,7 @@ from tessera.adapters.aws.changes import DynamoChangeFeed, changes_model
 from tessera.adapters.aws.clients import AwsClients, lazy
 from tessera.adapters.aws.database import db_conninfo
 from tessera.adapters.aws.events import EventBridgePublisher
+from tessera.adapters.aws.identity import CognitoUsers
 from tessera.adapters.aws.keys import KmsKeyService
 from tessera.adapters.aws.s3 import S3BlockStore
 from tessera.adapters.aws.settings import AwsSettings
@@ -66,6 +67,15 @@ class AwsRuntime:
     def event_publisher(self) -> EventBridgePublisher:
         """The EventBridge publisher for the `tessera` bus."""
         return EventBridgePublisher(self._clients.events, self.aws.event_bus, self.aws.event_source)
+
+    def users(self) -> CognitoUsers:
+        """The Cognito pool and app client that sign users in (`POST /v1/auth/token`)."""
+        self.aws.require("user_pool_id")
+        self.aws.require("user_pool_client_id")
+        clients = self._clients
+        return CognitoUsers(
+            lazy(lambda: clients.cognito), self.aws.user_pool_id, self.aws.user_pool_client_id
+        )
 
     def database(self, *, lazy: bool = False) -> Database:
         """The metadata pool (RDS IAM auth tokens when configured); `lazy` opens no

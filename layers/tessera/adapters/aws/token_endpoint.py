@@ -1,0 +1,65 @@
+"""`POST /v1/auth/token` on AWS: an API Gateway REST proxy event → `CognitoUsers.token` → a
+proxy response. The route has no authorizer (it is how a client gets a token), so this is
+the whole of its logic; the sign-in itself lives in `CognitoUsers` (one home, shared with
+the local gateway's AWS mode).
+
+Answers, as the local gateway's token endpoint does: 200 with the token body
+(`Cache-Control: no-store`); 401 for a wrong email, password or refresh token; 422 for a body
+that is not a JSON object; 400 for an object without `{email, password}` or `{refresh_token}`
+as strings; 429 + `Retry-After` when Cognito throttles.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from tessera.adapters.aws.identity import CognitoUsers
+from tessera.domain.errors import TesseraError, TooManyRequests, Unprocessable
+
+log = logging.getLogger(__name__)
+
+_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+
+
+def token_request_body(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON object in a proxy event's body; `Unprocessable` for anything else."""
+    raw = event.get("body")
+    if not raw:
+        raise Unprocessable("the request body must be a JSON object")
+    try:
+        text = base64.b64decode(raw).decode() if event.get("isBase64Encoded") else str(raw)
+        body = json.loads(text)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Unprocessable("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise Unprocessable("the request body must be a JSON object")
+    return body
+
+
+def _response(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {**_HEADERS, **(headers or {})},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def token_endpoint(users: CognitoUsers, event: Mapping[str, Any]) -> dict[str, Any]:
+    """Answer one `POST /v1/auth/token` proxy event (never raises)."""
+    try:
+        tokens = users.token(token_request_body(event))
+    except TesseraError as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else {}
+        return _response(exc.status, exc.to_body(), headers)
+    except Exception:
+        log.exception("token endpoint failed")
+        return _response(500, TesseraError("internal error").to_body())
+    return _response(200, tokens.to_body())

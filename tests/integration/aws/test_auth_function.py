@@ -1,0 +1,170 @@
+"""`functions/auth` (`POST /v1/auth/token` on AWS) against moto Cognito, called with the API
+Gateway REST proxy event of its own route (no authorizer, so no claims)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from tessera.adapters.aws import AwsClients, AwsSettings, CognitoIdentity, CognitoUsers
+from tessera.adapters.aws.token_endpoint import token_endpoint
+from tessera.local.aws_mode import load_function
+
+from .lambda_events import Context, rest_event
+
+pytestmark = pytest.mark.aws
+
+PASSWORD = "Secret-passw0rd!"
+
+
+@pytest.fixture(scope="module")
+def auth(aws_settings: AwsSettings) -> Iterator[ModuleType]:
+    """The `auth` function, cold-started with only the Cognito part of the environment."""
+    env = {
+        "TESSERA_REGION": aws_settings.region,
+        "TESSERA_AWS_ENDPOINT": aws_settings.endpoint_url or "",
+        "TESSERA_USER_POOL_ID": aws_settings.user_pool_id,
+        "TESSERA_USER_POOL_CLIENT_ID": aws_settings.user_pool_client_id,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield load_function("auth")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def user(aws_clients: AwsClients, aws_settings: AwsSettings) -> tuple[str, str]:
+    """A confirmed user in the pool: (email, sub)."""
+    users = CognitoUsers(
+        aws_clients.cognito, aws_settings.user_pool_id, aws_settings.user_pool_client_id
+    )
+    email = f"tok-{uuid.uuid4().hex[:6]}@example.com"
+    return email, users.create_user(email, PASSWORD)
+
+
+def _event(body: Any, *, raw: str | None = None, b64: bool = False) -> dict[str, Any]:
+    """The proxy event of `POST /v1/auth/token` (its own resource, no authorizer)."""
+    event = rest_event("/v1/auth/token", body)
+    event["resource"] = event["requestContext"]["resourcePath"] = "/v1/auth/token"
+    event["pathParameters"] = None
+    if raw is not None:
+        event["body"] = raw
+    if b64:
+        event["body"] = base64.b64encode(event["body"].encode()).decode()
+        event["isBase64Encoded"] = True
+    return event
+
+
+def _call(auth: ModuleType, event: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    result = auth.handler(event, Context(function_name="tessera-auth"))
+    return result["statusCode"], result["headers"], json.loads(result["body"])
+
+
+def test_password_then_refresh_gives_tokens_the_api_accepts(
+    auth: ModuleType, user: tuple[str, str], aws_settings: AwsSettings
+) -> None:
+    email, sub = user
+    identity = CognitoIdentity(
+        region=aws_settings.region,
+        pool_id=aws_settings.user_pool_id,
+        client_id=aws_settings.user_pool_client_id,
+        endpoint_url=aws_settings.endpoint_url,
+    )
+    status, headers, body = _call(auth, _event({"email": email, "password": PASSWORD}))
+    assert status == 200, body
+    assert headers["Cache-Control"] == "no-store"
+    assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert body["token_type"] == "Bearer" and body["expires_in"] > 0
+    # The access token is the ID token: it names the user and carries the email claim.
+    assert identity.verify(body["access_token"]).user_id == sub
+    assert identity.claims(body["access_token"])["email"] == email
+
+    status, _, refreshed = _call(auth, _event({"refresh_token": body["refresh_token"]}, b64=True))
+    assert status == 200, refreshed
+    assert identity.verify(refreshed["access_token"]).user_id == sub
+    assert refreshed["refresh_token"] == body["refresh_token"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"email": "WRONG", "password": PASSWORD},
+        {"email": "nobody@example.com", "password": PASSWORD},
+        {"refresh_token": "not-a-refresh-token"},
+    ],
+)
+def test_wrong_credentials_are_401_json(
+    auth: ModuleType, user: tuple[str, str], payload: dict[str, str]
+) -> None:
+    if payload.get("email") == "WRONG":
+        payload = {"email": user[0], "password": "wrong-Passw0rd!"}
+    status, headers, body = _call(auth, _event(payload))
+    assert status == 401
+    assert headers["Content-Type"] == "application/json"
+    assert body["error"]["code"] == "unauthorized"
+    assert "access_token" not in body
+
+
+@pytest.mark.parametrize(
+    ("body", "raw"),
+    [(None, None), (None, "{not json"), (None, "\xff"), (["a", "list"], None), ("text", None)],
+)
+def test_unparseable_bodies_are_422(auth: ModuleType, body: Any, raw: str | None) -> None:
+    status, _, answer = _call(auth, _event(body, raw=raw))
+    assert status == 422, answer
+    assert answer["error"]["code"] == "invalid"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"email": "a@example.com"}, {"password": PASSWORD}, {"email": "a@example.com",
+     "password": 12345}, {"refresh_token": ["x"]}],
+)  # fmt: skip
+def test_bodies_without_credentials_are_400_as_on_the_local_gateway(
+    auth: ModuleType, body: dict[str, Any]
+) -> None:
+    status, _, answer = _call(auth, _event(body))
+    assert status == 400, answer
+    assert answer["error"]["code"] == "bad_request"
+
+
+def test_cognito_throttling_is_429_with_retry_after(aws_settings: AwsSettings) -> None:
+    # moto never throttles: a stubbed client answers InitiateAuth with Cognito's error.
+    client = boto3.client(
+        "cognito-idp",
+        region_name=aws_settings.region,
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
+    users = CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
+    with Stubber(client) as stub:
+        stub.add_client_error(
+            "initiate_auth", service_error_code="TooManyRequestsException", http_status_code=400
+        )
+        result = token_endpoint(users, _event({"email": "a@example.com", "password": PASSWORD}))
+    assert result["statusCode"] == 429
+    assert int(result["headers"]["Retry-After"]) >= 1
+    assert json.loads(result["body"])["error"]["code"] == "rate_limited"
+
+
+def test_settings_without_a_pool_fail_the_cold_start() -> None:
+    from tessera.adapters.aws import SettingsError
+    from tessera.adapters.aws.wiring import AwsRuntime
+
+    with pytest.raises(SettingsError, match="user_pool_id"):
+        AwsRuntime(aws=AwsSettings(user_pool_client_id="c")).users()
