@@ -99,8 +99,9 @@ class Client:
 def cloud(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str]]:
     """A LocalCloud on a fresh migrated database; (base_url, a user's email)."""
     settings = Settings(database_url=database_url, longpoll_min_s=0.0, longpoll_max_s=30.0)
-    # the maintenance scheduler has its own tests; here it would promote blocks mid-test
-    cloud = LocalCloud(tmp_path / "state", port=0, settings=settings, maintenance=False)
+    # with the maintenance scheduler on, as `local up` runs it: dedup may settle staged
+    # copies mid-test, and URLs issued before must keep working
+    cloud = LocalCloud(tmp_path / "state", port=0, settings=settings)
     with cloud as base_url:
         email = f"u{uuid.uuid4().hex[:8]}@example.com"
         LocalUsers(database_url).add(email, PASSWORD)
@@ -200,8 +201,7 @@ def test_local_users(database_url: str) -> None:
 
 def _up(state: Path) -> tuple[subprocess.Popen[str], str, str]:
     """Start `local up --demo`; (process, base URL, everything it printed while starting)."""
-    # dedup-verify would promote the staged blocks while the test reads them: not its subject
-    env = {**os.environ, "TESSERA_LONGPOLL_MIN_S": "0", "TESSERA_DEDUP_INTERVAL_S": "0"}
+    env = {**os.environ, "TESSERA_LONGPOLL_MIN_S": "0"}
     env.pop("DATABASE_URL", None)
     proc = subprocess.Popen(
         [
