@@ -76,7 +76,13 @@ class Observability(Construct):
         db_cpu = cluster.metric_cpu_utilization(period=FIVE_MIN, statistic="Maximum")
         db_connections = cluster.metric_database_connections(period=FIVE_MIN, statistic="Maximum")
 
-        def alarm(name: str, metric: cloudwatch.IMetric, threshold: float, what: str) -> None:
+        def alarm(
+            name: str,
+            metric: cloudwatch.IMetric,
+            threshold: float,
+            what: str,
+            missing: cloudwatch.TreatMissingData = cloudwatch.TreatMissingData.NOT_BREACHING,
+        ) -> None:
             created = cloudwatch.Alarm(
                 self,
                 name,
@@ -86,7 +92,7 @@ class Observability(Construct):
                 evaluation_periods=3,
                 datapoints_to_alarm=2,
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+                treat_missing_data=missing,
             )
             created.add_alarm_action(alarm_action)
             self.alarms.append(created)
@@ -96,7 +102,14 @@ class Observability(Construct):
         # Long-poll requests wait up to 25 s by design, so p99 over all requests is dominated
         # by them; the threshold sits just under the 29 s integration timeout.
         alarm("ApiLatencyP99", latency_p99, 27_000, "API p99 latency near the 29 s timeout")
-        alarm("RelayLag", relay_lag, 180, "outbox relay more than 3 minutes behind")
+        # The relay publishes its lag every minute, even at 0: no data means it is not running.
+        alarm(
+            "RelayLag",
+            relay_lag,
+            180,
+            "outbox relay more than 3 minutes behind, or not running",
+            cloudwatch.TreatMissingData.BREACHING,
+        )
         alarm("RelayFailures", relay_failed, 0, "outbox relay keeps leaving events pending")
         alarm("DbCpu", db_cpu, 80, "Aurora CPU above 80 %")
         alarm("DbConnections", db_connections, 400, "Aurora connections above 400")

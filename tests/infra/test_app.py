@@ -489,6 +489,11 @@ def test_dashboard_and_service_alarms(dev: Synth) -> None:
         "ExecutionsFailed",
     ):
         assert metric in alarms, metric  # fmt: skip
+    lag = next(a["Properties"] for a in resources(dev.app_template, "AWS::CloudWatch::Alarm")
+               .values() if a["Properties"].get("MetricName") == "RelayLagSeconds")  # fmt: skip
+    assert lag["Namespace"] == "Tessera" and lag["Threshold"] == 180
+    assert lag["Dimensions"] == [{"Name": "service", "Value": "tessera-outbox-relay"}]
+    assert lag["TreatMissingData"] == "breaching"  # a relay that stopped publishing is lagging
 
 
 # --- least privilege --------------------------------------------------------------------------

@@ -52,12 +52,23 @@ def pending_count(conn: psycopg.Connection[Any]) -> int:
     return int(conn.execute("SELECT count(*) FROM outbox WHERE relayed_at IS NULL").fetchone()[0])  # type: ignore[index]
 
 
+def oldest_pending_age_s(conn: psycopg.Connection[Any]) -> float:
+    """Seconds since the oldest row still to relay was written, 0 when none: the relay lag
+    (metric `RelayLagSeconds`). One index lookup (`outbox_pending` is on created_at)."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
+        " WHERE relayed_at IS NULL"
+    ).fetchone()
+    return max(0.0, float(row[0])) if row and row[0] is not None else 0.0
+
+
 @dataclass
 class RelayResult:
-    """What one sweep did."""
+    """What one sweep did, and the lag it left behind."""
 
     relayed: int = 0
     failed: list[str] = field(default_factory=list)  # event_ids left for the next sweep
+    lag_s: float = 0.0  # age of the oldest row still pending after the sweep
 
 
 def relay_outbox(
@@ -73,7 +84,7 @@ def relay_outbox(
     Each batch goes to the feed at once (`publish_many`: on DynamoDB, one read to skip what
     the fast path already delivered and one transaction for the rest). A batch that fails
     stays pending and the sweep stops there: the next sweep retries it, and a feed outage
-    costs one batch, not fifty.
+    costs one batch, not fifty. Then one query measures the lag left (`RelayResult.lag_s`).
     """
     result = RelayResult()
     for _ in range(max_batches):
@@ -91,4 +102,6 @@ def relay_outbox(
         result.relayed += len(claimed)
         if len(claimed) < batch:
             break
+    with db.transaction() as store:
+        result.lag_s = oldest_pending_age_s(store.conn)
     return result

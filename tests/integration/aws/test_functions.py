@@ -291,3 +291,56 @@ def test_change_router_reports_partial_failures(
     assert resp == {
         "batchItemFailures": [{"itemIdentifier": records[1]["dynamodb"]["SequenceNumber"]}]
     }
+
+
+def test_relay_publishes_its_lag_as_relay_lag_seconds(
+    lambdas: SimpleNamespace,
+    tmp_path: Path,
+    aws_settings: AwsSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    relay = lambdas.outbox_relay
+    _broken_fast_path(monkeypatch, lambdas, aws_settings)
+    ann = lambda_client(lambdas, _claims())
+    ns = _root_ns(ann)
+    relay.handler({"min_age_s": 0}, Context())  # drain older tests' rows
+    assert ann.upload("/lag.txt", _write(tmp_path, "lag.txt", 10))[0] == 200
+    with psycopg.connect(lambdas.database_url) as conn:  # the row is 2 minutes old
+        conn.execute(
+            "UPDATE outbox SET created_at = now() - interval '120 seconds' WHERE ns_id = %s", (ns,)
+        )
+
+    def emitted(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The handler's answer and its EMF record (metrics on, stdout captured)."""
+        relay.metrics.clear_metrics()
+        capsys.readouterr()
+        monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+        try:
+            answer = relay.handler(event, Context())
+        finally:
+            monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"_aws"' in x]
+        records = [r for r in lines if "RelayLagSeconds" in r]
+        assert len(records) == 1, lines
+        value = records[0]["RelayLagSeconds"]  # EMF: a value or a list of values
+        assert (value if isinstance(value, list) else [value]) == [answer["lag_s"]]
+        return answer, records[0]
+
+    # A sweep that skips young rows leaves ours pending: the lag is its age.
+    answer, record = emitted({"min_age_s": 3600})
+    assert 120 <= answer["lag_s"] < 180
+    (directive,) = record["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "Tessera"
+    assert ["service"] in directive["Dimensions"]
+    assert record["service"] == "tessera-outbox-relay"
+    units = {m["Name"]: m["Unit"] for m in directive["Metrics"]}
+    assert units["RelayLagSeconds"] == "Seconds"
+
+    # Once everything is relayed the lag is 0 (still published: the alarm treats no data as
+    # a relay that is not running).
+    answer, record = emitted({"min_age_s": 0})
+    assert answer["relayed"] >= 1 and answer["failed"] == []
+    assert answer["lag_s"] == 0
