@@ -52,7 +52,7 @@ from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
 WINDOW_BYTES = 16 * 1024 * 1024
-WINDOW_BLOCKS = 32
+WINDOW_BLOCKS = 128  # small files: few /v1/uploads/urls round trips (the server allows 10k)
 
 Progress = Callable[[str, int], None]
 
@@ -85,6 +85,12 @@ class UploadItem:
     manifest: FileManifest
     stat: Stat
     parent_rev: int | None
+
+
+#: a block to send: (item, block id, upload id, key version, key (base64))
+Work = tuple[UploadItem, str, str, int, str]
+#: an encoded block: (item, block id, upload id, stored bytes, sha256 (base64))
+Encoded = tuple[UploadItem, str, str, bytes, str]
 
 
 @dataclass
@@ -185,18 +191,20 @@ class Transfers:
             }
             started = UploadStartResponse.model_validate(self.api.call("/v1/uploads", body))
             needed = {n.id: [n.key_version, n.key] for n in started.needed}
-            for item in fresh:
-                ids = {b.id for b in item.manifest.blocks}
-                rec = {
-                    "upload_id": started.upload_id,
-                    "expires_at": started.expires_at.timestamp(),
-                    "content_hash": item.manifest.content_hash,
-                    "needed": {i: k for i, k in needed.items() if i in ids},
-                    "sent": [],
-                    "idempotency_key": f"{self.device}-{uuid.uuid4().hex}",
-                }
-                self.state.put_pending("upload", self._pending_key(item), rec)
-                sessions[item.path] = rec
+            with self.state.transaction():  # one write for the whole batch
+                for item in fresh:
+                    rec = {
+                        "upload_id": started.upload_id,
+                        "expires_at": started.expires_at.timestamp(),
+                        "content_hash": item.manifest.content_hash,
+                        "needed": {
+                            b.id: needed[b.id] for b in item.manifest.blocks if b.id in needed
+                        },
+                        "sent": [],
+                        "idempotency_key": f"{self.device}-{uuid.uuid4().hex}",
+                    }
+                    self.state.put_pending("upload", self._pending_key(item), rec)
+                    sessions[item.path] = rec
         return sessions
 
     def _upload_batch(self, items: list[UploadItem]) -> list[UploadResult]:
@@ -207,7 +215,7 @@ class Transfers:
                 return [UploadResult(items[0], status=e.status, error=e)]
             # one bad file must not block the others: retry them one by one
             return [r for i in items for r in self._upload_batch([i])]
-        work: list[tuple[UploadItem, str, str, int, str]] = []  # item, id, upload_id, kv, key
+        work: list[Work] = []
         seen: set[tuple[str, str]] = set()
         for item in items:
             rec = sessions[item.path]
@@ -219,17 +227,16 @@ class Transfers:
                     seen.add((rec["upload_id"], ref.id))
                     kv, key = rec["needed"][ref.id]
                     work.append((item, ref.id, rec["upload_id"], kv, key))
-        changed: set[str] = set()
         try:
-            for window in _windows(work, items):
-                changed |= self._send_window(window, sessions)
+            changed = self._send(list(_windows(work, items)), sessions)
             committed = self._commit([i for i in items if i.path not in changed], sessions)
         except ApiError as e:
             if e.status not in (404, 410):
                 raise
             # the session expired or vanished: forget it, the next round starts afresh
-            for item in items:
-                self.state.drop_pending("upload", self._pending_key(item))
+            with self.state.transaction():
+                for item in items:
+                    self.state.drop_pending("upload", self._pending_key(item))
             return [UploadResult(i, status=0) for i in items]
         return committed + [UploadResult(i, status=0) for i in items if i.path in changed]
 
@@ -246,44 +253,70 @@ class Transfers:
         stored = encode_block(self._read_block(item, block), block, base64.b64decode(key), kv)
         return stored, base64.b64encode(hashlib.sha256(stored).digest()).decode()
 
-    def _send_window(
-        self, window: list[tuple[UploadItem, str, str, int, str]], sessions: dict[str, Any]
-    ) -> set[str]:
-        """Encode, get URLs for, and PUT one window of blocks; the paths that changed."""
+    def _send(self, windows: list[list[Work]], sessions: dict[str, dict[str, Any]]) -> set[str]:
+        """Send every window, pipelined: the next window is read and encoded while the
+        current one's PUTs are in flight (two windows in memory at most). The paths that
+        changed while they were read."""
         changed: set[str] = set()
-        encoded: list[tuple[UploadItem, str, str, bytes, str]] = []
-        futures = [(w, self.pool.submit(self._encode, w[0], w[1], w[3], w[4])) for w in window]
-        for (item, block, upload_id, _kv, _key), fut in futures:
-            try:
-                stored, sha = fut.result()
-            except (FileChangedError, OSError):
-                changed.add(item.path)
-                continue
-            encoded.append((item, block, upload_id, stored, sha))
-        by_session: dict[str, list[tuple[UploadItem, str, str, bytes, str]]] = {}
-        for e in encoded:
-            by_session.setdefault(e[2], []).append(e)
-        for upload_id, blocks in by_session.items():
-            body = {
-                "upload_id": upload_id,
-                "blocks": [{"id": b[1], "size": len(b[3]), "sha256": b[4]} for b in blocks],
-            }
-            urls = UploadUrlsResponse.model_validate(self.api.call("/v1/uploads/urls", body)).urls
-            puts = [
-                (b, self.pool.submit(self._put, u.method, u.url, u.headers, b[3]))
-                for b, u in zip(blocks, urls, strict=True)
-            ]
+        # which sessions wait for a block: a block sent is recorded once per window for each
+        waiting: dict[tuple[str, str], list[str]] = {}
+        for path, rec in sessions.items():
+            for block in rec["needed"]:
+                waiting.setdefault((rec["upload_id"], block), []).append(path)
+        encoding = self._encode_window(windows[0]) if windows else []
+        for n, window in enumerate(windows):
+            encoded = self._encoded(window, encoding, changed)
+            puts = self._start_puts(encoded)
+            encoding = self._encode_window(windows[n + 1]) if n + 1 < len(windows) else []
+            dirty: set[str] = set()
             for b, put in puts:
                 put.result()
                 self.stats.blocks_up += 1
                 self.stats.block_bytes_up += len(b[3])
                 if self.progress:
                     self.progress(b[0].path, len(b[3]))
-                for item_path, rec in sessions.items():
-                    if rec["upload_id"] == upload_id and b[1] in rec["needed"]:
-                        rec["sent"].append(b[1])
-                        self.state.put_pending("upload", path_key(item_path), rec)
+                for path in waiting.get((b[2], b[1]), ()):
+                    sessions[path]["sent"].append(b[1])
+                    dirty.add(path)
+            with self.state.transaction():  # one write per window, not one per block
+                for path in dirty:
+                    self.state.put_pending("upload", path_key(path), sessions[path])
         return changed
+
+    def _encode_window(self, window: list[Work]) -> list[Future[tuple[bytes, str]]]:
+        return [self.pool.submit(self._encode, w[0], w[1], w[3], w[4]) for w in window]
+
+    def _encoded(
+        self, window: list[Work], futures: list[Future[tuple[bytes, str]]], changed: set[str]
+    ) -> list[Encoded]:
+        """The window's encoded blocks; the files that changed meanwhile go to `changed`."""
+        encoded: list[Encoded] = []
+        for (item, block, upload_id, _kv, _key), fut in zip(window, futures, strict=True):
+            try:
+                stored, sha = fut.result()
+            except (FileChangedError, OSError):
+                changed.add(item.path)
+                continue
+            encoded.append((item, block, upload_id, stored, sha))
+        return encoded
+
+    def _start_puts(self, encoded: list[Encoded]) -> list[tuple[Encoded, Future[None]]]:
+        """Ask for the PUT URLs of encoded blocks (one call per session) and start the PUTs."""
+        by_session: dict[str, list[Encoded]] = {}
+        for e in encoded:
+            by_session.setdefault(e[2], []).append(e)
+        puts: list[tuple[Encoded, Future[None]]] = []
+        for upload_id, blocks in by_session.items():
+            body = {
+                "upload_id": upload_id,
+                "blocks": [{"id": b[1], "size": len(b[3]), "sha256": b[4]} for b in blocks],
+            }
+            urls = UploadUrlsResponse.model_validate(self.api.call("/v1/uploads/urls", body)).urls
+            puts += [
+                (b, self.pool.submit(self._put, u.method, u.url, u.headers, b[3]))
+                for b, u in zip(blocks, urls, strict=True)
+            ]
+        return puts
 
     def _put(self, method: str, url: str, headers: dict[str, str], data: bytes) -> None:
         response = self.api.transfer(method, url, headers, data)
@@ -341,11 +374,12 @@ class Transfers:
                         (err.model_extra or {}) if err else {},
                     )
                     results.append(UploadResult(item, status=res.status, error=api_err))
-        for r in results:
-            if r.entry is not None:
-                self.stats.files_up += 1
-            if r.status != 0:  # done (committed or refused): the session is no longer ours
-                self.state.drop_pending("upload", path_key(r.item.path))
+        with self.state.transaction():
+            for r in results:
+                if r.entry is not None:
+                    self.stats.files_up += 1
+                if r.status != 0:  # done (committed or refused): the session is no longer ours
+                    self.state.drop_pending("upload", path_key(r.item.path))
         return results
 
     # -- downloads ----------------------------------------------------------------------
@@ -456,12 +490,10 @@ class Transfers:
             raise LocalChangedError(f"{path} is a symlink; left alone")
 
 
-def _windows(
-    work: list[tuple[UploadItem, str, str, int, str]], items: list[UploadItem]
-) -> Iterator[list[tuple[UploadItem, str, str, int, str]]]:
+def _windows(work: list[Work], items: list[UploadItem]) -> Iterator[list[Work]]:
     """Group blocks into windows of bounded size (memory stays flat for huge files)."""
     sizes = {(i.path, b.id): b.size for i in items for b in i.manifest.blocks}
-    window: list[tuple[UploadItem, str, str, int, str]] = []
+    window: list[Work] = []
     total = 0
     for w in work:
         size = sizes[(w[0].path, w[1])]
