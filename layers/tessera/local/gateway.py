@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -36,6 +38,8 @@ from tessera.domain.errors import (
     Unprocessable,
 )
 from tessera.ports import Identity, Principal
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024 * 1024
 PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
@@ -253,7 +257,10 @@ def create_app(gw: Gateway) -> Starlette:
         principal = bearer_principal(request, gw.identity)
         body = await read_body(request, gw.max_body)
         if gw.longpoll is not None:
-            result = await gw.longpoll(principal, body)
+            waiting = asyncio.ensure_future(gw.longpoll(principal, body))
+            if not await _done_before_disconnect(request, waiting):
+                return Response(status_code=408)  # nobody is listening any more
+            result = waiting.result()
             if result is not None:
                 return JSONResponse(result)
         return await _resolve(request, body, principal)
@@ -289,6 +296,28 @@ def create_app(gw: Gateway) -> Starlette:
         ],
         exception_handlers={TesseraError: on_error, Exception: on_error},
     )
+
+
+async def _done_before_disconnect(request: Request, work: asyncio.Future[Any]) -> bool:
+    """Wait for `work`; False (and `work` cancelled) when the client hangs up first or the
+    server stops meanwhile — an abandoned long-poll ends quietly, not with a traceback."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        log.debug("long-poll cancelled: the server is stopping")
+    finally:
+        gone.cancel()
+    if work.done():
+        return True
+    work.cancel()
+    return False
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (its body was already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _stream(request: Request) -> AsyncIterator[bytes]:
