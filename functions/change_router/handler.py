@@ -24,10 +24,10 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from tessera.adapters.aws.changes import stream_image_to_event
-from tessera.adapters.aws.wiring import AwsRuntime
+from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
 
 logger = Logger(service="tessera-change-router")
-tracer = Tracer(service="tessera-change-router")
+tracer = Tracer(service="tessera-change-router", patch_modules=TRACED_MODULES)
 metrics = Metrics(namespace="Tessera", service="tessera-change-router")
 
 runtime = AwsRuntime.from_env()

@@ -13,11 +13,11 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tessera.adapters.aws.wiring import AwsRuntime
+from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
 from tessera.api import build_resolver
 
 logger = Logger(service="tessera-longpoll")
-tracer = Tracer(service="tessera-longpoll")
+tracer = Tracer(service="tessera-longpoll", patch_modules=TRACED_MODULES)
 metrics = Metrics(namespace="Tessera", service="tessera-longpoll")
 
 runtime = AwsRuntime.from_env()

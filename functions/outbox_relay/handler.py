@@ -12,11 +12,11 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tessera.adapters.aws.wiring import AwsRuntime
+from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
 from tessera.metadata.outbox import relay_outbox
 
 logger = Logger(service="tessera-outbox-relay")
-tracer = Tracer(service="tessera-outbox-relay")
+tracer = Tracer(service="tessera-outbox-relay", patch_modules=TRACED_MODULES)
 metrics = Metrics(namespace="Tessera", service="tessera-outbox-relay")
 
 runtime = AwsRuntime.from_env()

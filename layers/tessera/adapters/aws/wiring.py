@@ -22,6 +22,12 @@ from tessera.domain.services import Services
 from tessera.metadata import Database
 from tessera.settings import Settings
 
+# What the functions' X-Ray tracers patch (`Tracer(patch_modules=TRACED_MODULES)`): botocore,
+# so every AWS call (S3, KMS, SSM, DynamoDB via PynamoDB, EventBridge) is a subsegment. The
+# Powertools default patches every library the X-Ray SDK knows, importing requests, httpx,
+# sqlite3, ... on each cold start (~0.1 s of CPU) for calls these functions never make.
+TRACED_MODULES = ("botocore",)
+
 
 @dataclass
 class AwsRuntime:
