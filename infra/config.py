@@ -60,6 +60,7 @@ class StageConfig:
     bundle: bool
     functions_root: Path
     layers_root: Path
+    bytecode_python: str  # a Python 3.12 to compile the layer's bytecode ("" = python3.12)
     db_min_acu: float
     db_max_acu: float
     db_readers: int
@@ -97,11 +98,13 @@ class StageConfig:
         bundle = node.try_get_context("bundle")
         functions_root = node.try_get_context("functions_root")
         layers_root = node.try_get_context("layers_root")
+        bytecode_python = node.try_get_context("bytecode_python")
         return cls(
             stage=stage,
             bundle=True if bundle is None else _as_bool(bundle),
             functions_root=Path(functions_root or REPO_ROOT / "functions").resolve(),
             layers_root=Path(layers_root or REPO_ROOT / "layers").resolve(),
+            bytecode_python=str(bytecode_python or ""),
             **values,
         )
 

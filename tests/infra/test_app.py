@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -659,3 +660,29 @@ def test_unknown_stage_is_refused() -> None:
 
     with pytest.raises(ValueError, match="unknown stage 'staging'"):
         StageConfig.from_context(App(context={"stage": "staging"}).node)
+
+
+def test_layer_bytecode_is_compiled_by_python_312_as_unchecked_hash_pycs(tmp_path: Path) -> None:
+    import importlib.util
+
+    from infra.constructs.layer import PYTHON_VERSION, compile_bytecode, find_interpreter
+
+    assert find_interpreter(sys.executable) is None or sys.version_info[:2] == (3, 12)
+    assert find_interpreter(str(tmp_path / "no-such-python")) is None
+    pyenv = sorted(Path.home().glob(f".pyenv/versions/{PYTHON_VERSION}*/bin/python3"))
+    interpreter = find_interpreter() or next(
+        filter(None, map(find_interpreter, map(str, pyenv))), None
+    )
+    if interpreter is None:
+        pytest.skip(f"no Python {PYTHON_VERSION} interpreter on this machine")
+    package = tmp_path / "python" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    (package / "broken.py").write_text("def (:\n")  # one bad file does not stop the rest
+    compile_bytecode(tmp_path / "python", interpreter)
+    pyc = package / "__pycache__" / "__init__.cpython-312.pyc"
+    assert pyc.is_file()
+    header = pyc.read_bytes()[:16]
+    assert header[:4] != importlib.util.MAGIC_NUMBER or sys.version_info[:2] == (3, 12)
+    assert int.from_bytes(header[4:8], "little") == 0b01  # hash-based, source not checked
+    assert not (package / "__pycache__" / "broken.cpython-312.pyc").exists()
