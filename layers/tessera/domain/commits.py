@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -39,7 +40,7 @@ from tessera.metadata.store import (
     Store,
     VersionInfo,
 )
-from tessera.ports import ChangeEvent, Principal
+from tessera.ports import ChangeEvent, Principal, StoredObject
 from tessera.settings import Settings
 
 
@@ -96,9 +97,38 @@ def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Read
     return out
 
 
-def _check_blocks(svc: Services, store: Store, view: View, req: CommitRequest) -> _Blocks:
+#: staged key → the store's HEAD answer (None: no object)
+_Heads = dict[str, StoredObject | None]
+
+
+def _staged_heads(svc: Services, store: Store, req: CommitBatchRequest) -> _Heads:
+    """HEAD every staged copy a batch's commits may check, concurrently: on S3 each is a
+    round trip, and one after another they dominated a batch commit. `_check_blocks` still
+    checks the session's owner and expiry before it trusts any of these answers."""
+    keys: set[str] = set()
+    wanted: dict[str, set[str]] = {}
+    for entry in req.entries:
+        if entry.upload_id is not None:
+            wanted.setdefault(entry.upload_id, set()).update(b.id for b in entry.blocks)
+    for upload_id, ids in wanted.items():
+        rows = store.upload_blocks(upload_id, list(ids)).values()
+        keys.update(r.staged_key for r in rows if r.stored_size is not None and r.staged_key)
+    if len(keys) < 2:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
+        return dict(zip(keys, pool.map(svc.block_store.head, keys), strict=True))
+
+
+def _check_blocks(
+    svc: Services,
+    store: Store,
+    view: View,
+    req: CommitRequest,
+    heads: _Heads | None = None,
+) -> _Blocks:
     """Every block must be readable by the caller, or staged by their upload session and
-    present in the block store with the size the PUT URL was issued for."""
+    present in the block store with the size the PUT URL was issued for (`heads`: answers
+    of `_staged_heads` to use instead of asking the store again)."""
     ids = list(dict.fromkeys(b.id for b in req.blocks))
     session_rows = {}
     if req.upload_id is not None:
@@ -116,7 +146,12 @@ def _check_blocks(svc: Services, store: Store, view: View, req: CommitRequest) -
         row = session_rows.get(bid)
         if row is None:
             continue
-        head = svc.block_store.head(row.staged_key) if row.stored_size is not None else None
+        head = None
+        if row.stored_size is not None:
+            if heads is not None and row.staged_key in heads:
+                head = heads[row.staged_key]
+            else:
+                head = svc.block_store.head(row.staged_key)
         if head is None or head.size != row.stored_size:
             never.append(bid)
     if never:
@@ -244,7 +279,11 @@ def _request_hash(req: CommitRequest) -> str:
 
 
 def _commit_in(
-    svc: Services, store: Store, view: View, req: CommitRequest
+    svc: Services,
+    store: Store,
+    view: View,
+    req: CommitRequest,
+    heads: _Heads | None = None,
 ) -> tuple[FileEntry, ChangeEvent | None]:
     """One commit inside an open transaction (or savepoint)."""
     path = paths.canonical(req.path)
@@ -262,7 +301,7 @@ def _commit_in(
             if first[0] != digest or first[1] is None:
                 raise Unprocessable("idempotency_key was already used for a different commit")
             return FileEntry.model_validate(first[1]), None
-    blocks = _check_blocks(svc, store, view, req)
+    blocks = _check_blocks(svc, store, view, req, heads)
     key = paths.path_key(rel)
     display, journal = ensure_parents(store, view, mount, rel)
     row = None
@@ -339,10 +378,11 @@ def commit_batch(
                 return (-1, "")
             return (mount.ns_id, paths.path_key(rel))
 
+        heads = _staged_heads(svc, store, req)
         for i in sorted(range(len(req.entries)), key=order):
             try:
                 with store.savepoint():
-                    entry, event = _commit_in(svc, store, view, req.entries[i])
+                    entry, event = _commit_in(svc, store, view, req.entries[i], heads)
             except TesseraError as exc:
                 results[i] = CommitBatchItem.model_validate(
                     {
