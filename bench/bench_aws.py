@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -248,8 +249,9 @@ def bench_initial_sync(tmp: Path, url: str, files: int, big_mib: int) -> dict[st
     return results
 
 
-def main() -> None:
-    """Run the three benchmarks and print their figures against the targets."""
+def main(argv: Sequence[str] = ()) -> None:
+    """Run the benchmarks and print their figures against the targets. `python -m bench aws`
+    calls this with no arguments (its own argv names the areas, not these options)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="cold starts to take the median of")
     parser.add_argument("--iterations", type=int, default=200, help="warm calls per side")
@@ -258,7 +260,7 @@ def main() -> None:
     parser.add_argument("--sync-big-mib", type=int, default=64, help="size of the big file")
     parser.add_argument("--skip-sync", action="store_true", help="skip the initial sync")
     parser.add_argument("--cold-only", action="store_true", help="only the api cold start")
-    args = parser.parse_args()
+    args = parser.parse_args(list(argv))
 
     with tempfile.TemporaryDirectory(prefix="bench-aws-") as tmp, MotoCloud() as moto:
         postgres = os.environ.get("DATABASE_URL")
@@ -305,4 +307,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
