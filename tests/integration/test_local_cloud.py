@@ -229,7 +229,12 @@ def _up(state: Path) -> tuple[subprocess.Popen[str], str, str]:
 
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a failed test must not leave the server (and its PostgreSQL) running
+        out, _ = proc.communicate()
+        pytest.fail("local up did not stop on SIGTERM:\n" + out)
     assert proc.returncode == 0, out
     return out
 
