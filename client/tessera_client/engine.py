@@ -28,6 +28,7 @@ from tessera_client.fs import Filesystem, RealFilesystem, SafeFilesystem, Stat, 
 from tessera_client.memory import tune_allocator
 from tessera_client.paths import (
     UnsafePathError,
+    ancestors,
     canonical_rel,
     conflicted_copy_name,
     parent_of,
@@ -240,21 +241,35 @@ class SyncEngine:
         uploads: list[tuple[UploadItem, Entry | None]] = []
         downloads: list[Op] = []
         stats = dict(scan.stats)
+        implied = _implied_folders(ops)
         for op in ops:
             if result.disk_full and op.kind in (OpKind.DOWNLOAD, OpKind.CONFLICT):
                 continue
+            if op.kind == OpKind.CREATE_FOLDER_REMOTE and path_key(op.path) in implied:
+                continue  # the commits below create it
             step = partial(self._run_op, op, stats, uploads, downloads)
             result.ops += int(self._guarded(op, result, step))
         if downloads:
             self._download_all(downloads, stats, result)
+        committed: set[str] = set()
         if uploads:
             result.ops += len(uploads)
             try:
-                self._upload(uploads, result)
+                committed = self._upload(uploads, result)
             except ApiError as e:
                 result.problems.append(
                     f"upload of {len(uploads)} file(s): {e.message} ({e.status})"
                 )
+        created = {a for key in committed for a in ancestors(key)}
+        for op in ops:
+            if op.kind == OpKind.CREATE_FOLDER_REMOTE and path_key(op.path) in implied:
+                if path_key(op.path) in created:
+                    self.state.put_base(Entry(op.path, EntryKind.FOLDER))
+                    self.state.put_remote(Entry(op.path, EntryKind.FOLDER))
+                    result.ops += 1
+                else:  # no commit landed inside it: create it on its own
+                    step = partial(self._run_op, op, stats, uploads, downloads)
+                    result.ops += int(self._guarded(op, result, step))
 
     def _guarded(self, op: Op, result: RoundResult, step: Callable[[], bool]) -> bool:
         """Run one step; an expected failure becomes a problem (or a retry), never a crash."""
@@ -493,11 +508,15 @@ class SyncEngine:
         self.reporter.event(f"moved {op.src} -> {op.path} on the server")
         return True
 
-    def _upload(self, uploads: list[tuple[UploadItem, Entry | None]], result: RoundResult) -> None:
+    def _upload(
+        self, uploads: list[tuple[UploadItem, Entry | None]], result: RoundResult
+    ) -> set[str]:
+        """Upload and record; the path keys of the files committed."""
         remote_of = {item.path: remote for item, remote in uploads}
         results = self.transfers.upload([item for item, _ in uploads])
         for r in results:
             self._after_upload(r, remote_of.get(r.item.path), result)
+        return {path_key(r.item.path) for r in results if r.entry is not None}
 
     def _after_upload(self, r: UploadResult, remote: Entry | None, result: RoundResult) -> None:
         path = r.item.path
@@ -638,3 +657,21 @@ class SyncEngine:
         finally:
             watcher.stop()
             self._stop.set()
+
+
+def _implied_folders(ops: list[Op]) -> set[str]:
+    """Path keys of the new remote folders that a commit in this round creates anyway (a
+    commit creates missing parents): folders with an upload inside and nothing else but
+    uploads and new folders, so no move or delete there waits for them. Creating them one
+    request each cost a round trip per folder before the first byte was sent."""
+    keys = [(path_key(op.path), op.kind) for op in ops]
+    uploaded = {a for k, kind in keys if kind == OpKind.UPLOAD for a in ancestors(k)}
+    blocked = {a for k, kind in keys if kind not in _FOLDER_SAFE for a in [k, *ancestors(k)]}
+    return {
+        k
+        for k, kind in keys
+        if kind == OpKind.CREATE_FOLDER_REMOTE and k in uploaded and k not in blocked
+    }
+
+
+_FOLDER_SAFE = frozenset({OpKind.UPLOAD, OpKind.CREATE_FOLDER_REMOTE})
