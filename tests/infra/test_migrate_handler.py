@@ -28,7 +28,7 @@ def test_create_applies_migrations_once_and_bootstraps_the_block_key(
     import boto3
     from moto import mock_aws
 
-    from tessera.adapters.aws.keys import create_key_version, list_key_versions
+    from tessera.adapters.aws.keys import ensure_key_version, list_key_versions
     from tessera.metadata.migrate import available_migrations, migrate
 
     handler = _load()
@@ -38,9 +38,7 @@ def test_create_applies_migrations_once_and_bootstraps_the_block_key(
         key_id = kms.create_key()["KeyMetadata"]["KeyId"]
 
         def ensure() -> int | None:
-            if list_key_versions(ssm, "/tessera/test/block-keys"):
-                return None
-            return create_key_version(kms, ssm, key_id, "/tessera/test/block-keys")
+            return ensure_key_version(kms, ssm, key_id, "/tessera/test/block-keys")
 
         first = handler.apply(
             {"RequestType": "Create"},
@@ -82,11 +80,12 @@ def test_unknown_request_type_is_an_error() -> None:
 def test_conninfo_from_secret_requires_tls_and_prefers_the_stack_settings() -> None:
     from psycopg.conninfo import conninfo_to_dict
 
-    handler = _load()
+    from tessera.adapters.aws import AwsSettings
+    from tessera.adapters.aws.database import conninfo_from_secret
+
     secret = {"host": "h", "port": 5432, "username": "tessera", "password": "p w'x"}
-    params = conninfo_to_dict(handler.conninfo_from_secret(
-        secret, {"TESSERA_DB_HOST": "cluster.local", "TESSERA_DB_PORT": "5433"}
-    ))  # fmt: skip
+    settings = AwsSettings.from_env({"TESSERA_DB_HOST": "cluster.local", "TESSERA_DB_PORT": "5433"})
+    params = conninfo_to_dict(conninfo_from_secret(secret, settings))
     assert params["host"] == "cluster.local" and params["port"] == "5433"
     assert params["sslmode"] == "require" and params["password"] == "p w'x"
     assert params["dbname"] == "tessera" and params["user"] == "tessera"

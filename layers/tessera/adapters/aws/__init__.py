@@ -10,7 +10,12 @@ from tessera.adapters.aws.changes import (
     stream_image_to_event,
 )
 from tessera.adapters.aws.clients import AwsClients
-from tessera.adapters.aws.database import db_conninfo, iam_conninfo
+from tessera.adapters.aws.database import (
+    conninfo_from_secret,
+    db_conninfo,
+    iam_conninfo,
+    secret_conninfo,
+)
 from tessera.adapters.aws.events import EventBridgePublisher
 from tessera.adapters.aws.identity import (
     CognitoIdentity,
@@ -18,7 +23,12 @@ from tessera.adapters.aws.identity import (
     TokenResponse,
     principal_from_claims,
 )
-from tessera.adapters.aws.keys import KmsKeyService, create_key_version, list_key_versions
+from tessera.adapters.aws.keys import (
+    KmsKeyService,
+    create_key_version,
+    ensure_key_version,
+    list_key_versions,
+)
 from tessera.adapters.aws.s3 import ColdObjectError, S3BlockStore
 from tessera.adapters.aws.settings import AwsSettings, SettingsError
 
@@ -37,11 +47,14 @@ __all__ = [
     "SettingsError",
     "TokenResponse",
     "changes_model",
+    "conninfo_from_secret",
     "create_changes_table",
     "create_key_version",
     "db_conninfo",
+    "ensure_key_version",
     "iam_conninfo",
     "list_key_versions",
     "principal_from_claims",
+    "secret_conninfo",
     "stream_image_to_event",
 ]

@@ -102,6 +102,11 @@ class AwsClients:
         return self.client("rds")
 
     @property
+    def secretsmanager(self) -> Any:
+        """The Secrets Manager client (the migrate function reads the cluster secret)."""
+        return self.client("secretsmanager")
+
+    @property
     def cognito(self) -> CognitoIdentityProviderClient:
         """The Cognito user pools client."""
         return self.client("cognito-idp")  # type: ignore[no-any-return]

@@ -4,13 +4,15 @@ With `TESSERA_DB_IAM_AUTH` the password is an RDS IAM auth token (valid 15 minut
 fresh for every new connection by `db_conninfo()`'s callable — psycopg_pool calls it each
 time it opens a connection, so a warm Lambda's pool never uses an expired token. Without
 it, `DATABASE_URL` is used as-is. The pool is created at import (outside the handler) and
-reused across invocations.
+reused across invocations. The deploy-time migrate function instead logs in as the
+cluster's master user, from its Secrets Manager secret (`secret_conninfo`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from psycopg.conninfo import make_conninfo
 
@@ -50,3 +52,26 @@ def db_conninfo(settings: AwsSettings, rds: RDSClient | None = None) -> str | Ca
     if not settings.database_url:
         raise SettingsError("set DATABASE_URL, or TESSERA_DB_HOST with TESSERA_DB_IAM_AUTH=1")
     return settings.database_url
+
+
+def conninfo_from_secret(secret: Mapping[str, Any], settings: AwsSettings) -> str:
+    """libpq conninfo for the cluster from its Secrets Manager secret (TLS required).
+
+    The stack's settings win over the secret's host; port and database name come from settings.
+    """
+    return make_conninfo(
+        host=settings.db_host or str(secret["host"]),
+        port=str(settings.db_port),
+        dbname=settings.db_name,
+        user=str(secret["username"]),
+        password=str(secret["password"]),
+        sslmode="require",
+        connect_timeout="30",  # an auto-paused Aurora takes ~15 s to resume
+    )
+
+
+def secret_conninfo(settings: AwsSettings, secretsmanager: Any) -> str:
+    """Load the cluster secret `settings.db_secret_arn` and make its conninfo."""
+    settings.require("db_secret_arn")
+    raw = secretsmanager.get_secret_value(SecretId=settings.db_secret_arn)["SecretString"]
+    return conninfo_from_secret(json.loads(raw), settings)

@@ -70,6 +70,13 @@ def create_key_version(kms: KMSClient, ssm: SSMClient, key_id: str, prefix: str)
         return version
 
 
+def ensure_key_version(kms: KMSClient, ssm: SSMClient, key_id: str, prefix: str) -> int | None:
+    """Create the first key version if `prefix` holds none: its number, else None (deploy)."""
+    if list_key_versions(ssm, prefix):
+        return None
+    return create_key_version(kms, ssm, key_id, prefix)
+
+
 class KmsKeyService(KeyService):
     """Secrets decrypted by KMS from Parameter Store, once per process."""
 

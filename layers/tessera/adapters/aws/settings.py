@@ -57,6 +57,8 @@ class AwsSettings:
     db_name: str = "tessera"
     db_user: str = "tessera"
     db_iam_auth: bool = False
+    # The cluster's master secret (JSON: username, password, host...): the migrate function only.
+    db_secret_arn: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
@@ -80,6 +82,7 @@ class AwsSettings:
             db_name=env.get("TESSERA_DB_NAME") or "tessera",
             db_user=env.get("TESSERA_DB_USER") or "tessera",
             db_iam_auth=_flag(env, "TESSERA_DB_IAM_AUTH"),
+            db_secret_arn=env.get("TESSERA_DB_SECRET_ARN", ""),
         )
 
     def require(self, *names: str) -> None:
@@ -107,6 +110,7 @@ class AwsSettings:
             "TESSERA_DB_NAME": self.db_name,
             "TESSERA_DB_USER": self.db_user,
             "TESSERA_DB_IAM_AUTH": "1" if self.db_iam_auth else "",
+            "TESSERA_DB_SECRET_ARN": self.db_secret_arn,
         }
         if self.endpoint_url:
             env["TESSERA_AWS_ENDPOINT"] = self.endpoint_url
