@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any
 
 import tessera
@@ -45,6 +45,7 @@ from tessera.adapters.aws import (
     create_key_version,
     list_key_versions,
 )
+from tessera.local.lifecycle import ServedCloud, Stoppable
 from tessera.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def use_fake_credentials() -> None:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
-class MotoCloud:
+class MotoCloud(Stoppable):
     """A moto server on 127.0.0.1 (an ephemeral port unless `port` is given)."""
 
     def __init__(self, port: int = 0) -> None:
@@ -92,14 +93,6 @@ class MotoCloud:
     def __enter__(self) -> MotoCloud:
         self.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def provision(
@@ -336,7 +329,7 @@ def _deployment_file(state_root: Path) -> Path:
     return state_root / "aws" / "deployment.json"
 
 
-class AwsLocalCloud:
+class AwsLocalCloud(ServedCloud):
     """The local cloud on the AWS code path: gateway → Lambda handlers → moto + PostgreSQL."""
 
     def __init__(
@@ -436,26 +429,9 @@ class AwsLocalCloud:
             raise
         return self.base_url
 
-    def start(self) -> str:
-        """`prepare()` and serve in a background thread; returns the base URL."""
-        self.prepare()
-        try:
-            assert self.emulator is not None
-            self.emulator.start()
-            self._server.start(self._app)
-        except BaseException:
-            self.stop()
-            raise
-        return self.base_url
-
-    def serve_forever(self) -> None:
-        """Serve in the calling (main) thread until SIGINT/SIGTERM, then stop everything."""
-        assert self._server is not None and self.emulator is not None, "call prepare() first"
-        try:
-            self.emulator.start()
-            self._server.run(self._app)
-        finally:
-            self.stop()
+    def _start_workers(self) -> None:
+        assert self.emulator is not None
+        self.emulator.start()
 
     def stop(self) -> None:
         """Stop serving, the emulator, the functions' pools, PostgreSQL and moto."""
@@ -478,17 +454,6 @@ class AwsLocalCloud:
         if self._moto is not None:
             self._moto.stop()
             self._moto = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from tessera.adapters.local.block_store import FilesystemBlockStore
@@ -35,6 +34,7 @@ from tessera.adapters.local.secret_files import load_or_create, write_private
 from tessera.domain.errors import Conflict
 from tessera.domain.services import Services
 from tessera.local.gateway import Gateway, create_app
+from tessera.local.lifecycle import ServedCloud
 from tessera.local.postgres import EmbeddedPostgres
 from tessera.local.server import Server
 from tessera.metadata import Database, migrate
@@ -89,7 +89,7 @@ def open_database(
     return embedded.start(), embedded
 
 
-class LocalCloud:
+class LocalCloud(ServedCloud):
     """PostgreSQL + local adapters + the API behind the gateway, started and stopped as one.
 
     `background` tasks start with the wired `Services` and return how to stop them; with
@@ -194,25 +194,6 @@ class LocalCloud:
             if stop is not None:
                 self._stoppers.append(stop)
 
-    def start(self) -> str:
-        """`prepare()` and serve in a background thread; returns the base URL."""
-        self.prepare()
-        assert self._server is not None
-        try:
-            self._server.start(self._app)
-        except BaseException:
-            self.stop()
-            raise
-        return self.base_url
-
-    def serve_forever(self) -> None:
-        """Serve in the calling (main) thread until SIGINT/SIGTERM, then stop everything."""
-        assert self._server is not None, "call prepare() first"
-        try:
-            self._server.run(self._app)
-        finally:
-            self.stop()
-
     def stop(self) -> None:
         """Stop serving, background tasks, the feed, the pool and PostgreSQL (idempotent)."""
         if self._server is not None:
@@ -229,17 +210,6 @@ class LocalCloud:
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _maintenance_tasks() -> list[BackgroundTask]:
