@@ -20,7 +20,6 @@ from tessera.adapters.aws.events import EventBridgePublisher
 from tessera.adapters.aws.identity import (
     CognitoIdentity,
     CognitoUsers,
-    TokenResponse,
     principal_from_claims,
 )
 from tessera.adapters.aws.keys import (
@@ -45,7 +44,6 @@ __all__ = [
     "KmsKeyService",
     "S3BlockStore",
     "SettingsError",
-    "TokenResponse",
     "changes_model",
     "conninfo_from_secret",
     "create_changes_table",

@@ -10,11 +10,11 @@ exchange a password or refresh token for tokens (`POST /v1/auth/token`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from tessera.adapters.tokens import TokenPair, verified_claims
 from tessera.domain.errors import BadRequest, Conflict, TooManyRequests, Unauthorized
 from tessera.ports import Identity, Principal
 
@@ -57,19 +57,13 @@ class CognitoIdentity(Identity):
 
     def claims(self, token: str) -> dict[str, str]:
         """The verified claims as API Gateway passes them to the API (string values)."""
-        import jwt
-
-        try:
-            key = self._jwks.get_signing_key_from_jwt(token).key
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=["RS256"],
-                issuer=self._issuer,
-                options={"require": ["exp", "iss", "sub", "token_use"], "verify_aud": False},
-            )
-        except (jwt.PyJWTError, ValueError) as exc:
-            raise Unauthorized(f"invalid token: {exc}") from None
+        claims = verified_claims(
+            token,
+            lambda t: self._jwks.get_signing_key_from_jwt(t).key,
+            algorithm="RS256",
+            issuer=self._issuer,
+            require=["exp", "iss", "sub", "token_use"],
+        )
         use = claims.get("token_use")
         audience = claims.get("aud") if use == "id" else claims.get("client_id")
         if use not in {"id", "access"} or audience != self._client_id:
@@ -79,24 +73,6 @@ class CognitoIdentity(Identity):
     def verify(self, token: str) -> Principal:
         """The caller of a valid token; `Unauthorized` otherwise."""
         return principal_from_claims(self.claims(token))
-
-
-@dataclass(frozen=True)
-class TokenResponse:
-    """Tokens from Cognito, as `POST /v1/auth/token` answers them."""
-
-    access_token: str
-    refresh_token: str
-    expires_in: int
-
-    def to_body(self) -> dict[str, Any]:
-        """The JSON body of `POST /v1/auth/token`."""
-        return {
-            "access_token": self.access_token,
-            "refresh_token": self.refresh_token,
-            "token_type": "Bearer",
-            "expires_in": self.expires_in,
-        }
 
 
 # Cognito's throttling error codes (per-second quotas on InitiateAuth).
@@ -157,7 +133,7 @@ class CognitoUsers:
             raise Unauthorized(f"sign-in needs a further challenge: {resp.get('ChallengeName')}")
         return dict(result)
 
-    def token(self, body: Mapping[str, Any]) -> TokenResponse:
+    def token(self, body: Mapping[str, Any]) -> TokenPair:
         """`POST /v1/auth/token`: {email, password} or {refresh_token} → the token body.
 
         The `access_token` is Cognito's ID token: it carries `email`, and it is what API
@@ -177,7 +153,7 @@ class CognitoUsers:
             refresh = str(result["RefreshToken"])
         else:
             raise BadRequest('send {"email", "password"} or {"refresh_token"}')
-        return TokenResponse(
+        return TokenPair(
             access_token=str(result["IdToken"]),
             refresh_token=str(result.get("RefreshToken", refresh)),
             expires_in=int(result.get("ExpiresIn", 3600)),

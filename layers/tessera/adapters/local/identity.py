@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tessera.adapters.local.secret_files import load_or_create
+from tessera.adapters.tokens import TokenPair, verified_claims
 from tessera.domain.errors import (
     BadRequest,
     Conflict,
@@ -43,24 +43,6 @@ ACCESS_TTL = 3600
 REFRESH_TTL = 30 * 24 * 3600
 MIN_PASSWORD = 8
 _ALGORITHM = "ES256"
-
-
-@dataclass(frozen=True)
-class TokenPair:
-    """What the token endpoint returns."""
-
-    access_token: str
-    refresh_token: str
-    expires_in: int
-
-    def to_body(self) -> dict[str, Any]:
-        """The JSON body of `POST /v1/auth/token`."""
-        return {
-            "access_token": self.access_token,
-            "refresh_token": self.refresh_token,
-            "token_type": "Bearer",
-            "expires_in": self.expires_in,
-        }
 
 
 def _new_signing_key() -> bytes:
@@ -118,19 +100,14 @@ class JwtIssuer(Identity):
         )
 
     def _decode(self, token: str, audience: str, token_use: str) -> Principal:
-        try:
-            claims = jwt.decode(
-                token,
-                self._public,
-                algorithms=[_ALGORITHM],
-                audience=audience,
-                issuer=self.issuer,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-            )
-        except jwt.ExpiredSignatureError as exc:
-            raise Unauthorized("the token has expired") from exc
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from exc
+        claims = verified_claims(
+            token,
+            lambda _: self._public,
+            algorithm=_ALGORITHM,
+            issuer=self.issuer,
+            require=["exp", "iat", "iss", "aud", "sub"],
+            audience=audience,
+        )
         if claims.get("token_use") != token_use or not isinstance(claims.get("email"), str):
             raise Unauthorized(f"not an {token_use} token")
         return Principal(user_id=str(claims["sub"]), email=claims["email"])
