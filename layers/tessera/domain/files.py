@@ -152,6 +152,24 @@ def revisions(svc: Services, principal: Principal, req: RevisionsRequest) -> Rev
         )
 
 
+def _journal(row: FileRow, op: str, path_key: str, path_display: str) -> NewJournal:
+    """The journal row of `op` ("upsert" or "delete") on `row` at `path_display`; an upsert
+    carries the row's latest version (files), a delete none."""
+    v = row.version if op == "upsert" else None
+    return NewJournal(
+        row.file_id,
+        row.latest_rev,
+        op,
+        row.kind,
+        path_key,
+        paths.path_key(paths.parent(path_display)),
+        path_display,
+        v.size if v else None,
+        v.content_hash if v else None,
+        v.mtime if v else None,
+    )
+
+
 def _undelete_subtree(
     store: Store, view: View, mount: MountRow, row: FileRow
 ) -> tuple[list[NewJournal], list[FileRow]]:
@@ -169,23 +187,7 @@ def _undelete_subtree(
             ):
                 restored.append(child)
     store.undelete(row.ns_id, [r.file_id for r in restored])
-    for r in restored:
-        parent_key = paths.path_key(paths.parent(r.path_display))
-        v = r.version
-        journal.append(
-            NewJournal(
-                r.file_id,
-                r.latest_rev,
-                "upsert",
-                r.kind,
-                r.path_key,
-                parent_key,
-                r.path_display,
-                v.size if v else None,
-                v.content_hash if v else None,
-                v.mtime if v else None,
-            )
-        )
+    journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]
     return journal, restored
 
 
@@ -279,18 +281,7 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
         if new_key != row.path_key and store.live_path_taken(row.ns_id, new_key):
             raise Conflict(f"{dst!r} already exists")
         new_display, journal = ensure_parents(store, view, loc.mount, dst_rel)
-        old_parent = paths.path_key(paths.parent(row.path_display))
-        journal.append(
-            NewJournal(
-                row.file_id,
-                row.latest_rev,
-                "delete",
-                row.kind,
-                row.path_key,
-                old_parent,
-                row.path_display,
-            )
-        )
+        journal.append(_journal(row, "delete", row.path_key, row.path_display))
         moved = [(row, new_key, new_display)]
         if row.kind == "folder":
             lo, hi = paths.subtree_range(row.path_key)
@@ -303,23 +294,8 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
                     )
                 )
         for r, k, d in moved:
-            parent_key = paths.path_key(paths.parent(d))
-            store.rename(r.ns_id, r.file_id, k, parent_key, d)
-            v = r.version
-            journal.append(
-                NewJournal(
-                    r.file_id,
-                    r.latest_rev,
-                    "upsert",
-                    r.kind,
-                    k,
-                    parent_key,
-                    d,
-                    v.size if v else None,
-                    v.content_hash if v else None,
-                    v.mtime if v else None,
-                )
-            )
+            store.rename(r.ns_id, r.file_id, k, paths.path_key(paths.parent(d)), d)
+            journal.append(_journal(r, "upsert", k, d))
         _, event = store.append_journal(
             row.ns_id,
             journal,
@@ -383,20 +359,9 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
                 lo, hi = paths.subtree_range(row.path_key)
                 ids += [c.file_id for c in store.subtree(row.ns_id, lo, hi)]
             store.mark_deleted(row.ns_id, ids, view.user.user_id)
-            parent_key = paths.path_key(paths.parent(row.path_display))
             _, event = store.append_journal(
                 row.ns_id,
-                [
-                    NewJournal(
-                        row.file_id,
-                        row.latest_rev,
-                        "delete",
-                        row.kind,
-                        row.path_key,
-                        parent_key,
-                        row.path_display,
-                    )
-                ],
+                [_journal(row, "delete", row.path_key, row.path_display)],
                 kind="file",
                 payload={"op": "delete", "file_id": row.file_id, "path": row.path_display},
             )
