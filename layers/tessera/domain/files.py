@@ -36,6 +36,7 @@ from tessera.domain.views import (
     View,
     check_access,
     entry,
+    entry_names,
     file_entry,
     folder_entry,
     locate,
@@ -411,13 +412,10 @@ def trash_list(svc: Services, principal: Principal, req: TrashListRequest) -> Tr
         found: list[TrashEntry] = []
         for m, (lo, hi) in scopes:
             for r in store.trash(m.ns_id, lo, hi, req.limit):
-                display = view.view_path(m, r.path_display)
                 assert r.deleted_at is not None
                 found.append(
                     TrashEntry(
-                        name=paths.name(display),
-                        path_display=display,
-                        path_lower=paths.path_key(display),
+                        **entry_names(view.view_path(m, r.path_display)),
                         file_id=r.file_id,
                         kind=r.kind,  # type: ignore[arg-type]
                         rev=r.latest_rev,

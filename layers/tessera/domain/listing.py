@@ -31,7 +31,14 @@ from tessera.domain.models import (
     LongpollResponse,
 )
 from tessera.domain.services import Services
-from tessera.domain.views import View, file_entry, folder_entry, mount_entry, view_transaction
+from tessera.domain.views import (
+    View,
+    entry_names,
+    file_entry,
+    folder_entry,
+    mount_entry,
+    view_transaction,
+)
 from tessera.metadata.store import FileRow, JournalRow, KeyScope, MountRow, Store
 from tessera.ports import KeyService, Principal
 
@@ -256,13 +263,7 @@ def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
     removed: list[Entry] = []
     for p in cursor.parts:
         if p.ns not in new_ids and p.mount != paths.ROOT:
-            removed.append(
-                DeletedEntry(
-                    name=paths.name(p.mount),
-                    path_display=p.mount,
-                    path_lower=paths.path_key(p.mount),
-                )
-            )
+            removed.append(DeletedEntry(**entry_names(p.mount)))
     heads = store.latest_seqs([p.ns for p in fresh])
     parts = []
     for p in fresh:

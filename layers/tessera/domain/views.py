@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from tessera.domain import paths
 from tessera.domain.acl import Action, require
@@ -159,14 +159,28 @@ def check_access(mount: MountRow, action: Action, view: View) -> None:
 # Rendering
 
 
+class EntryNames(TypedDict):
+    """The naming fields every entry model has, for one displayed path."""
+
+    name: str
+    path_display: str
+    path_lower: str
+
+
+def entry_names(display: str) -> EntryNames:
+    """`name`, `path_display` and `path_lower` (the path's key) of an entry at `display`."""
+    return {
+        "name": paths.name(display),
+        "path_display": display,
+        "path_lower": paths.path_key(display),
+    }
+
+
 def file_entry(view: View, mount: MountRow, row: FileRow) -> FileEntry:
     """A file row as the caller sees it (latest version)."""
     assert row.version is not None
-    display = view.view_path(mount, row.path_display)
     return FileEntry(
-        name=paths.name(display),
-        path_display=display,
-        path_lower=paths.path_key(display),
+        **entry_names(view.view_path(mount, row.path_display)),
         file_id=row.file_id,
         rev=row.latest_rev,
         size=row.version.size,
@@ -179,11 +193,8 @@ def file_entry(view: View, mount: MountRow, row: FileRow) -> FileEntry:
 
 def folder_entry(view: View, mount: MountRow, row: FileRow) -> FolderEntry:
     """A folder row as the caller sees it."""
-    display = view.view_path(mount, row.path_display)
     return FolderEntry(
-        name=paths.name(display),
-        path_display=display,
-        path_lower=paths.path_key(display),
+        **entry_names(view.view_path(mount, row.path_display)),
         file_id=row.file_id,
         ns_id=row.ns_id,
     )
@@ -207,10 +218,7 @@ def entry(view: View, loc: Located) -> FileEntry | FolderEntry | DeletedEntry:
     if loc.row is None:
         return mount_entry(loc.mount)
     if loc.row.is_deleted:
-        display = view.view_path(loc.mount, loc.row.path_display)
-        return DeletedEntry(
-            name=paths.name(display), path_display=display, path_lower=paths.path_key(display)
-        )
+        return DeletedEntry(**entry_names(view.view_path(loc.mount, loc.row.path_display)))
     if loc.row.kind == "file":
         return file_entry(view, loc.mount, loc.row)
     return folder_entry(view, loc.mount, loc.row)
