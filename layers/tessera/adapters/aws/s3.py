@@ -12,6 +12,7 @@ import base64
 import hashlib
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,20 @@ class ColdObjectError(Exception):
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def _object_errors(key: str) -> Iterator[None]:
+    """S3's "no such key" / "not restored" answers about `key` as KeyError / ColdObjectError."""
+    try:
+        yield
+    except ClientError as exc:
+        code = _error_code(exc)
+        if code in _NOT_FOUND:
+            raise KeyError(key) from None
+        if code in _COLD_ERRORS:
+            raise ColdObjectError(key) from None
+        raise
 
 
 def _check_expiry(expires_in: int) -> None:
@@ -112,15 +127,8 @@ class S3BlockStore(BlockStore):
 
     def get(self, key: str) -> bytes:
         """The object's bytes; KeyError when absent, ColdObjectError when not restored."""
-        try:
+        with _object_errors(key):
             resp = self._s3.get_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            code = _error_code(exc)
-            if code in _NOT_FOUND:
-                raise KeyError(key) from None
-            if code in _COLD_ERRORS:
-                raise ColdObjectError(key) from None
-            raise
         return resp["Body"].read()
 
     def put(self, key: str, data: bytes) -> None:
@@ -133,7 +141,7 @@ class S3BlockStore(BlockStore):
         self._copy(src, dst, HOT_CLASS)
 
     def _copy(self, src: str, dst: str, storage_class: str) -> None:
-        try:
+        with _object_errors(src):
             self._s3.copy_object(
                 Bucket=self._bucket,
                 Key=dst,
@@ -141,13 +149,6 @@ class S3BlockStore(BlockStore):
                 StorageClass=storage_class,  # type: ignore[arg-type]
                 MetadataDirective="COPY",
             )
-        except ClientError as exc:
-            code = _error_code(exc)
-            if code in _NOT_FOUND:
-                raise KeyError(src) from None
-            if code in _COLD_ERRORS:
-                raise ColdObjectError(src) from None
-            raise
 
     def delete(self, key: str) -> None:
         """DeleteObject (S3 already treats a missing key as success)."""
