@@ -170,7 +170,8 @@ def _outbox(url: str, user_ns: set[int]) -> list[tuple[int, int, str, bool]]:
     return [(int(a), int(b), str(c), bool(d)) for a, b, c, d in rows]
 
 
-def _broken_fast_path(
+@pytest.fixture
+def broken_fast_path(
     monkeypatch: pytest.MonkeyPatch, lambdas: SimpleNamespace, aws_settings: AwsSettings
 ) -> None:
     """Point the api function's change feed at a table that does not exist: every fast-path
@@ -183,21 +184,19 @@ def _broken_fast_path(
     monkeypatch.setattr(lambdas.api.services, "feed", DynamoChangeFeed(missing))
 
 
-def _root_ns(client: Client) -> int:
+def _new_user(lambdas: SimpleNamespace) -> tuple[Client, int]:
+    """A client of a new user, and the user's root namespace."""
+    client = lambda_client(lambdas, _claims())
     status, account = client.call("/v1/account", None)
     assert status == 200, account
-    return int(account["root_ns_id"])
+    return client, int(account["root_ns_id"])
 
 
+@pytest.mark.usefixtures("broken_fast_path")
 def test_relay_delivers_every_event_once_when_the_fast_path_fails(
-    lambdas: SimpleNamespace,
-    tmp_path: Path,
-    aws_settings: AwsSettings,
-    monkeypatch: pytest.MonkeyPatch,
+    lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings
 ) -> None:
-    _broken_fast_path(monkeypatch, lambdas, aws_settings)
-    ann = lambda_client(lambdas, _claims())
-    ns = _root_ns(ann)
+    ann, ns = _new_user(lambdas)
     for i in range(5):
         assert ann.upload(f"/n{i}.txt", _write(tmp_path, f"n{i}.txt", 100 + i))[0] == 200
     outbox = _outbox(lambdas.database_url, {ns})
@@ -214,17 +213,13 @@ def test_relay_delivers_every_event_once_when_the_fast_path_fails(
     assert _feed_items(aws_settings, {ns}) == expected
 
 
+@pytest.mark.usefixtures("broken_fast_path")
 def test_a_failed_sweep_leaves_its_rows_pending(
-    lambdas: SimpleNamespace,
-    tmp_path: Path,
-    aws_settings: AwsSettings,
-    monkeypatch: pytest.MonkeyPatch,
+    lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings
 ) -> None:
     from tessera.metadata.outbox import relay_outbox
 
-    _broken_fast_path(monkeypatch, lambdas, aws_settings)
-    ann = lambda_client(lambdas, _claims())
-    ns = _root_ns(ann)
+    ann, ns = _new_user(lambdas)
     assert ann.upload("/p.txt", _write(tmp_path, "p.txt", 10))[0] == 200
     result = relay_outbox(lambdas.outbox_relay.db, lambdas.api.services.feed)  # also broken
     assert result.relayed == 0 and result.failed
@@ -235,15 +230,13 @@ def test_a_failed_sweep_leaves_its_rows_pending(
     assert _feed_items(aws_settings, {ns}) == [pending[0][:3]]
 
 
+@pytest.mark.usefixtures("broken_fast_path")
 def test_concurrent_sweeps_share_the_work_without_duplicates(
-    lambdas: SimpleNamespace,
-    tmp_path: Path,
-    aws_settings: AwsSettings,
-    monkeypatch: pytest.MonkeyPatch,
+    lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings
 ) -> None:
-    _broken_fast_path(monkeypatch, lambdas, aws_settings)
-    clients = [lambda_client(lambdas, _claims()) for _ in range(3)]
-    namespaces = {_root_ns(c) for c in clients}
+    users = [_new_user(lambdas) for _ in range(3)]
+    clients = [c for c, _ in users]
+    namespaces = {ns for _, ns in users}
     for c in clients:
         for i in range(4):
             assert c.upload(f"/c{i}.txt", _write(tmp_path, f"c{i}.txt", 50 + i))[0] == 200
@@ -293,19 +286,17 @@ def test_change_router_reports_partial_failures(
     }
 
 
+@pytest.mark.usefixtures("broken_fast_path")
 def test_relay_publishes_its_lag_as_relay_lag_seconds(
     lambdas: SimpleNamespace,
     tmp_path: Path,
-    aws_settings: AwsSettings,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     import json
 
     relay = lambdas.outbox_relay
-    _broken_fast_path(monkeypatch, lambdas, aws_settings)
-    ann = lambda_client(lambdas, _claims())
-    ns = _root_ns(ann)
+    ann, ns = _new_user(lambdas)
     relay.handler({"min_age_s": 0}, Context())  # drain older tests' rows
     assert ann.upload("/lag.txt", _write(tmp_path, "lag.txt", 10))[0] == 200
     with psycopg.connect(lambdas.database_url) as conn:  # the row is 2 minutes old
