@@ -4,6 +4,7 @@ Reusable by every engineer:
 - `database_url`: a database with every migration applied and every table emptied before
   the test (one database per session; ids from sequences keep counting).
 - `db`: a `tessera.metadata.Database` on it.
+- `world`: the maintenance tests' harness (`test_maintenance_world.World`) on it.
 - `services`: a `Services` container with the real local adapters (filesystem block store,
   key file, LISTEN/NOTIFY change feed) under `tmp_path`, long-poll floor lowered for tests.
 - `alice`, `bob`, `carol`: principals (`Principal`), provisioned on first use.
@@ -22,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
@@ -45,6 +46,9 @@ from tessera.domain.services import Services
 from tessera.metadata import Database, migrate
 from tessera.ports import Principal
 from tessera.settings import Settings
+
+if TYPE_CHECKING:
+    from .test_maintenance_world import World
 
 
 def _with_db(url: str, dbname: str) -> str:
@@ -76,16 +80,11 @@ def _session_database(postgres_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def database_url(_session_database: str) -> str:
-    """A fully migrated database with every table empty (migration bookkeeping aside).
-
-    Rows a migration inserts would be emptied too: none does (keep it that way, or teach
-    this fixture to keep them).
-    """
+def empty_tables(url: str) -> None:
+    """Empty every table of database `url` (migration bookkeeping aside)."""
     import psycopg
 
-    with psycopg.connect(_session_database) as conn:
+    with psycopg.connect(url) as conn:
         tables = [
             r[0]
             for r in conn.execute(
@@ -96,7 +95,25 @@ def database_url(_session_database: str) -> str:
         conn.execute("SET LOCAL session_replication_role = replica")  # no FK order needed
         for table in tables:
             conn.execute(f'DELETE FROM "{table}"')
+
+
+@pytest.fixture
+def database_url(_session_database: str) -> str:
+    """A fully migrated database with every table empty (migration bookkeeping aside).
+
+    Rows a migration inserts would be emptied too: none does (keep it that way, or teach
+    this fixture to keep them).
+    """
+    empty_tables(_session_database)
     return _session_database
+
+
+@pytest.fixture
+def world(database_url: str, tmp_path: Path) -> Iterator[World]:
+    """The maintenance tests' small Tessera (`test_maintenance_world.World`) on `database_url`."""
+    from .test_maintenance_world import make_world
+
+    yield from make_world(database_url, tmp_path)
 
 
 @pytest.fixture

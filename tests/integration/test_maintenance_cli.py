@@ -17,12 +17,11 @@ from tessera.maintenance.cli import app
 from tessera.maintenance.scheduler import MaintenanceScheduler
 from tessera.settings import Settings
 
-from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
+from .test_maintenance_world import (
     ALICE,
     BLOCK,
     BOB,
     World,
-    world_fixture,
 )
 
 runner = CliRunner()

@@ -17,20 +17,17 @@ from tessera.domain.models import RestoringResponse
 from tessera.maintenance import ColdResult
 from tessera.ports import StorageTier
 
-from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
+from .test_maintenance_world import (
     ALICE,
     BLOCK,
     BOB,
     World,
     make_world,
-    world_fixture,
 )
 
 
 def _cold(w: World, days: float) -> ColdResult:
-    result = w.run("cold", days=days)
-    assert isinstance(result, ColdResult)
-    return result
+    return w.run_as(ColdResult, "cold", days=days)
 
 
 def _states(w: World) -> set[str]:

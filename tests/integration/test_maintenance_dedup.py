@@ -13,21 +13,18 @@ from tessera.domain.errors import TesseraError
 from tessera.maintenance import DedupResult
 from tessera.maintenance.dedup import verify_staged
 
-from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
+from .test_maintenance_world import (
     ALICE,
     BLOCK,
     BOB,
     MALLORY,
     World,
     chunks,
-    world_fixture,
 )
 
 
 def _dedup(w: World) -> DedupResult:
-    result = w.run("dedup")
-    assert isinstance(result, DedupResult)
-    return result
+    return w.run_as(DedupResult, "dedup")
 
 
 def _collect_settled(w: World) -> None:

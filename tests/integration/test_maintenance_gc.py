@@ -20,20 +20,17 @@ from tessera.domain.models import UploadStartRequest
 from tessera.maintenance import GcResult, run_workflow
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
-from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
+from .test_maintenance_world import (
     ALICE,
     BLOCK,
     BOB,
     World,
     chunks,
-    world_fixture,
 )
 
 
 def _gc(w: World, days: float, hours: float = 0) -> GcResult:
-    result = w.run("gc", days=days, hours=hours)
-    assert isinstance(result, GcResult)
-    return result
+    return w.run_as(GcResult, "gc", days=days, hours=hours)
 
 
 def assert_nothing_dangles(w: World) -> None:

@@ -13,7 +13,6 @@ import secrets
 import tempfile
 from pathlib import Path
 
-import psycopg
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -22,6 +21,7 @@ from tessera.blocks import block_id, content_hash
 from tessera.domain import files, uploads
 from tessera.domain.models import RestoreRequest, UploadStartRequest
 
+from .conftest import empty_tables
 from .test_maintenance_gc import assert_nothing_dangles
 from .test_maintenance_world import BLOCK, World, make_world, user
 
@@ -31,26 +31,11 @@ PATHS = ["/a", "/b", "/c"]
 RETENTION_DAYS = 30
 
 
-def _empty(url: str) -> None:
-    """Empty every table (like the `database_url` fixture does between tests)."""
-    with psycopg.connect(url) as conn:
-        tables = [
-            r[0]
-            for r in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-                " AND tablename <> 'schema_migrations'"
-            )
-        ]
-        conn.execute("SET LOCAL session_replication_role = replica")
-        for table in tables:
-            conn.execute(f'DELETE FROM "{table}"')
-
-
 def test_gc_never_loses_a_referenced_block(database_url: str, tmp_path: Path) -> None:
     class GcMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
-            _empty(database_url)
+            empty_tables(database_url)
             self.gen = make_world(database_url, Path(tempfile.mkdtemp(dir=tmp_path)))
             self.w: World = next(self.gen)
             self.days = 0.0

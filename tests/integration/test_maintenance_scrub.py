@@ -11,20 +11,17 @@ from tessera.blocks import block_id
 from tessera.domain.errors import TesseraError
 from tessera.maintenance import ScrubResult
 
-from .test_maintenance_world import (  # noqa: F401  (world_fixture is the `world` fixture)
+from .test_maintenance_world import (
     ALICE,
     BLOCK,
     BOB,
     World,
     chunks,
-    world_fixture,
 )
 
 
 def _scrub(w: World) -> ScrubResult:
-    result = w.run("scrub")
-    assert isinstance(result, ScrubResult)
-    return result
+    return w.run_as(ScrubResult, "scrub")
 
 
 def _corrupt(w: World, bid: str) -> None:

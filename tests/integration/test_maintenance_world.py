@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
-import pytest
 
 from tessera.adapters.local.block_store import FilesystemBlockStore
 from tessera.adapters.local.change_feed import PostgresChangeFeed
@@ -41,6 +41,7 @@ from tessera.maintenance.results import StepResult
 from tessera.metadata import Database, migrate
 from tessera.ports import BlockStore, ChangeEvent, ChangeFeed, KeyService, Principal
 
+R = TypeVar("R", bound=StepResult)
 BLOCK = 64 * 1024  # small fixed blocks keep the tests fast; the server does not re-chunk
 
 
@@ -200,6 +201,12 @@ class World:
         as_of = datetime.now(UTC) + timedelta(days=days, hours=hours)
         return run_workflow(self.ctx, name, as_of=as_of)
 
+    def run_as(self, kind: type[R], name: str, *, days: float = 0, hours: float = 0) -> R:
+        """`run`, checking that the workflow answered with a `kind` result."""
+        result = self.run(name, days=days, hours=hours)
+        assert isinstance(result, kind), result
+        return result
+
     def keys_under(self, prefix: str) -> list[str]:
         return sorted(self.store.list_keys(prefix))
 
@@ -244,12 +251,6 @@ def make_world(
     finally:
         feed.inner.close()
         db.close()
-
-
-@pytest.fixture(name="world")
-def world_fixture(database_url: str, tmp_path: Path) -> Iterator[World]:
-    """A world on a fresh, migrated database (import `world_fixture` to use it)."""
-    yield from make_world(database_url, tmp_path)
 
 
 ALICE, BOB, MALLORY = user("alice"), user("bob"), user("mallory")
