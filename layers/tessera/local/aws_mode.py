@@ -28,7 +28,8 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 from types import ModuleType
@@ -188,19 +189,26 @@ def load_function(name: str) -> ModuleType:
 FUNCTIONS = ("api", "longpoll", "outbox_relay", "change_router")
 
 
-def load_functions(env: dict[str, str]) -> dict[str, ModuleType]:
-    """Cold-start every function with `env` as its Lambda environment; the process
-    environment is restored afterwards (the handlers keep what they read at import)."""
+@contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """The process environment with `env` set, for the block; restored afterwards."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        return {name: load_function(name) for name in FUNCTIONS}
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def load_functions(env: dict[str, str]) -> dict[str, ModuleType]:
+    """Cold-start every function with `env` as its Lambda environment; the process
+    environment is restored afterwards (the handlers keep what they read at import)."""
+    with environment(env):
+        return {name: load_function(name) for name in FUNCTIONS}
 
 
 Handler = Callable[[Any, Any], Any]

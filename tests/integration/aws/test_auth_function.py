@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from types import ModuleType
@@ -17,7 +16,7 @@ from botocore.stub import Stubber
 
 from tessera.adapters.aws import AwsClients, AwsSettings, CognitoIdentity, CognitoUsers
 from tessera.adapters.aws.token_endpoint import token_endpoint
-from tessera.local.aws_mode import load_function
+from tessera.local.aws_mode import environment, load_function
 
 from .lambda_events import Context, rest_event
 
@@ -35,16 +34,8 @@ def auth(aws_settings: AwsSettings) -> Iterator[ModuleType]:
         "TESSERA_USER_POOL_ID": aws_settings.user_pool_id,
         "TESSERA_USER_POOL_CLIENT_ID": aws_settings.user_pool_client_id,
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         yield load_function("auth")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
