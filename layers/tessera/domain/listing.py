@@ -152,25 +152,20 @@ def _row_entry(view: View, mount: MountRow, row: FileRow) -> FileEntry | FolderE
 
 
 def _journal_entry(view: View, mount: MountRow, j: JournalRow) -> Entry:
-    display = view.view_path(mount, j.path_display)
-    name, lower = paths.name(display), paths.path_key(display)
+    names = entry_names(view.view_path(mount, j.path_display))
     if j.op == "delete":
-        return DeletedEntry(name=name, path_display=display, path_lower=lower)
+        return DeletedEntry(**names)
     if j.kind == "folder":
         shared = int(j.file_id[3:]) if j.file_id.startswith("ns:") else None
         return FolderEntry(
-            name=name,
-            path_display=display,
-            path_lower=lower,
+            **names,
             file_id=j.file_id,
             ns_id=j.ns_id,
             shared_ns_id=shared,
         )
     assert j.size is not None and j.content_hash is not None
     return FileEntry(
-        name=name,
-        path_display=display,
-        path_lower=lower,
+        **names,
         file_id=j.file_id,
         rev=j.rev,
         size=j.size,
