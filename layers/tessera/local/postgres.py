@@ -21,6 +21,8 @@ from psycopg import sql
 DATABASE = "tessera"
 
 log = logging.getLogger(__name__)
+# pgserver narrates every attach and detach at INFO; an operator only needs its warnings.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
 def _prune_dead_holders(pgdata: Path) -> None:
