@@ -53,7 +53,12 @@ class Synth:
         }
 
 
-def _synth(stage: str, functions_root: Path, outdir: Path) -> Synth:
+def _synth(stage: str, request: pytest.FixtureRequest, tmp: pytest.TempPathFactory) -> Synth:
+    """Synthesise `stage` with the handlers under --functions-root (default: functions/)."""
+    functions_root = Path(
+        request.config.getoption("--functions-root", str(REPO_ROOT / "functions"))
+    )
+    outdir = tmp.mktemp(f"cdk-{stage}")
     if shutil.which("node") is None:
         pytest.fail(
             "Node.js is required for the CDK checks (tests/infra): install Node.js >= 18",
@@ -93,8 +98,7 @@ def dev(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Synth]:
     """The dev stage, synthesised once."""
-    root = Path(request.config.getoption("--functions-root", str(REPO_ROOT / "functions")))
-    yield _synth("dev", root, tmp_path_factory.mktemp("cdk-dev"))
+    yield _synth("dev", request, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -102,5 +106,4 @@ def prod(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Synth]:
     """The prod stage, synthesised once."""
-    root = Path(request.config.getoption("--functions-root", str(REPO_ROOT / "functions")))
-    yield _synth("prod", root, tmp_path_factory.mktemp("cdk-prod"))
+    yield _synth("prod", request, tmp_path_factory)
