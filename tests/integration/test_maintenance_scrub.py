@@ -31,6 +31,16 @@ def _corrupt(w: World, bid: str) -> None:
     path.write_bytes(bytes(raw))
 
 
+def _damaged_file(w: World, index: int) -> tuple[bytes, str]:
+    """Alice's verified two-block /a.bin with block `index` corrupted: (its bytes, that id)."""
+    data = secrets.token_bytes(2 * BLOCK)
+    w.put(ALICE, "/a.bin", data)
+    w.run("dedup")
+    bad = block_id(chunks(data)[index])
+    _corrupt(w, bad)
+    return data, bad
+
+
 def test_healthy_blocks_pass(world: World) -> None:
     world.put(ALICE, "/a.bin", secrets.token_bytes(4 * BLOCK))
     world.run("dedup")
@@ -39,11 +49,7 @@ def test_healthy_blocks_pass(world: World) -> None:
 
 
 def test_damaged_block_is_repaired_from_a_staged_duplicate(world: World) -> None:
-    data = secrets.token_bytes(2 * BLOCK)
-    world.put(ALICE, "/a.bin", data)
-    world.run("dedup")
-    bad = block_id(chunks(data)[0])
-    _corrupt(world, bad)
+    data, _ = _damaged_file(world, 0)
     world.put(BOB, "/b.bin", data)  # bob's copies wait for dedup: a verified duplicate
 
     result = _scrub(world)
@@ -55,11 +61,7 @@ def test_damaged_block_is_repaired_from_a_staged_duplicate(world: World) -> None
 
 
 def test_damaged_block_without_duplicate_is_quarantined_until_reuploaded(world: World) -> None:
-    data = secrets.token_bytes(2 * BLOCK)
-    world.put(ALICE, "/a.bin", data)
-    world.run("dedup")
-    bad = block_id(chunks(data)[1])
-    _corrupt(world, bad)
+    data, bad = _damaged_file(world, 1)
 
     result = _scrub(world)
     assert (result.damaged, result.repaired, result.unrepaired) == (1, 0, 1)
