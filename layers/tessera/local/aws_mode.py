@@ -46,6 +46,7 @@ from tessera.adapters.aws import (
     create_key_version,
     list_key_versions,
 )
+from tessera.adapters.local.secret_files import write_private
 from tessera.local.lifecycle import ServedCloud, Stoppable
 from tessera.settings import Settings
 
@@ -428,10 +429,8 @@ class AwsLocalCloud(ServedCloud):
             )
             if self.demo:
                 self.demo_login = _demo_user(users)
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                fd = os.open(self.state.demo_credentials, flags, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write("{}\n{}\n".format(*self.demo_login))
+                login = "{}\n{}\n".format(*self.demo_login).encode()
+                write_private(self.state.demo_credentials, login, exclusive=False)
         except BaseException:
             self.stop()
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -43,6 +44,7 @@ def aws_cloud(
         database_url=make_conninfo(postgres_url, dbname=name),
         relay_every=1.0,
         deployment=f"t-{name[-8:]}",  # in-process moto servers share their state
+        demo=True,
     )
     cloud.start()
     try:
@@ -130,6 +132,17 @@ def test_aws_mode_serves_the_api_through_the_lambda_handlers(
         while conn.execute("SELECT count(*) FROM outbox WHERE relayed_at IS NULL").fetchone()[0]:
             assert time.monotonic() < deadline, "the emulated relay schedule never ran"
             time.sleep(0.3)
+
+
+def test_demo_login_is_kept_private_and_signs_in(aws_cloud: AwsLocalCloud) -> None:
+    path = aws_cloud.state.demo_credentials
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    email, password = path.read_text().split()
+    assert (email, password) == aws_cloud.demo_login
+    r = httpx.post(
+        f"{aws_cloud.base_url}/v1/auth/token", json={"email": email, "password": password}
+    )
+    assert r.status_code == 200, r.text
 
 
 def test_adduser_cli_in_aws_mode(aws_cloud: AwsLocalCloud) -> None:
