@@ -12,7 +12,7 @@
    --sync-big-mib 1024` is the issue's data set (≈150 MiB of small files + 1 GiB); the
    default is smaller, for a shared machine. rclone is compared when it is installed.
 
-    .venv/bin/python bench/bench_aws.py [--runs 3] [--wakeups 15] [--sync-files N]
+    .venv/bin/python bench/bench_aws.py [--runs 3] [--wakeups 15] [--sync-files N] [--sync-only]
 """
 
 from __future__ import annotations
@@ -260,6 +260,7 @@ def main(argv: Sequence[str] = ()) -> None:
     parser.add_argument("--sync-big-mib", type=int, default=64, help="size of the big file")
     parser.add_argument("--skip-sync", action="store_true", help="skip the initial sync")
     parser.add_argument("--cold-only", action="store_true", help="only the api cold start")
+    parser.add_argument("--sync-only", action="store_true", help="only the initial sync")
     args = parser.parse_args(list(argv))
 
     with tempfile.TemporaryDirectory(prefix="bench-aws-") as tmp, MotoCloud() as moto:
@@ -271,39 +272,46 @@ def main(argv: Sequence[str] = ()) -> None:
             server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
             postgres = server.get_uri()
         try:
-            settings = provision(moto.endpoint_url)
-            env = _function_env(settings, _database(postgres))
-            cold = bench_cold_start(env, args.runs)
-            print(f"api cold start (import + settings + first request): {cold['total_s']:.3f} s"
-                  f"  [import {cold['import_s']:.3f} s,"
-                  f" first request {cold['first_request_s']:.3f} s;"
-                  f" CPU {cold['cpu_s']:.3f} s, the figure an idle machine approaches;"
-                  f" median of {args.runs}; target <= 1.0 s]")  # fmt: skip
-            if args.cold_only:
-                return
-            warm = bench_warm_overhead(env, args.iterations)
-            print(f"warm handler overhead: {warm['overhead_ms']:.2f} ms"
-                  f"  [handler {warm['handler_ms']:.2f} ms vs domain {warm['domain_ms']:.2f} ms;"
-                  f" median of {args.iterations}; target <= 5 ms]")  # fmt: skip
-            wake = bench_longpoll_wakeup(Path(tmp) / "state", _database(postgres), args.wakeups)
-            print(f"long-poll wake-up after a commit (AWS mode): p50 {wake['p50_s']:.3f} s,"
-                  f" p95 {wake['p95_s']:.3f} s, max {wake['max_s']:.3f} s"
-                  f"  [{args.wakeups} commits; target p50 <= 1 s]")  # fmt: skip
-            if not args.skip_sync:
-                sync = bench_initial_sync(
-                    Path(tmp) / "sync", _database(postgres), args.sync_files, args.sync_big_mib
-                )
-                others = ", ".join(
-                    f"{k} {v:.1f} s" for k, v in sync.items() if k not in {"mib", "tessera"}
-                )
-                rclone = "found" if shutil.which("rclone") else "not installed"
-                print(f"initial sync of {args.sync_files} files + {args.sync_big_mib} MiB"
-                      f" ({sync['mib']:.0f} MiB) into AWS mode: tessera {sync['tessera']:.1f} s;"
-                      f" {others or 'no aws/rclone found'}  [target: no slower than aws s3 sync;"
-                      f" rclone {rclone}]")  # fmt: skip
+            if not args.sync_only:
+                settings = provision(moto.endpoint_url)
+                _latency_benches(args, _function_env(settings, _database(postgres)),
+                                 Path(tmp), _database(postgres))  # fmt: skip
+            if not (args.skip_sync or args.cold_only):
+                _sync_bench(args, Path(tmp) / "sync", _database(postgres))
         finally:
             if server is not None:
                 server.cleanup()
+
+
+def _latency_benches(args: argparse.Namespace, env: dict[str, str], tmp: Path, url: str) -> None:
+    """Sections 1-3: cold start, then (unless --cold-only) warm overhead and long-poll wake-up."""
+    cold = bench_cold_start(env, args.runs)
+    print(f"api cold start (import + settings + first request): {cold['total_s']:.3f} s"
+          f"  [import {cold['import_s']:.3f} s,"
+          f" first request {cold['first_request_s']:.3f} s;"
+          f" CPU {cold['cpu_s']:.3f} s, the figure an idle machine approaches;"
+          f" median of {args.runs}; target <= 1.0 s]")  # fmt: skip
+    if args.cold_only:
+        return
+    warm = bench_warm_overhead(env, args.iterations)
+    print(f"warm handler overhead: {warm['overhead_ms']:.2f} ms"
+          f"  [handler {warm['handler_ms']:.2f} ms vs domain {warm['domain_ms']:.2f} ms;"
+          f" median of {args.iterations}; target <= 5 ms]")  # fmt: skip
+    wake = bench_longpoll_wakeup(tmp / "state", url, args.wakeups)
+    print(f"long-poll wake-up after a commit (AWS mode): p50 {wake['p50_s']:.3f} s,"
+          f" p95 {wake['p95_s']:.3f} s, max {wake['max_s']:.3f} s"
+          f"  [{args.wakeups} commits; target p50 <= 1 s]")  # fmt: skip
+
+
+def _sync_bench(args: argparse.Namespace, tmp: Path, url: str) -> None:
+    """Section 4: the initial sync against aws s3 sync (and rclone), one line."""
+    sync = bench_initial_sync(tmp, url, args.sync_files, args.sync_big_mib)
+    others = ", ".join(f"{k} {v:.1f} s" for k, v in sync.items() if k not in {"mib", "tessera"})
+    rclone = "found" if shutil.which("rclone") else "not installed"
+    print(f"initial sync of {args.sync_files} files + {args.sync_big_mib} MiB"
+          f" ({sync['mib']:.0f} MiB) into AWS mode: tessera {sync['tessera']:.1f} s;"
+          f" {others or 'no aws/rclone found'}  [target: no slower than aws s3 sync;"
+          f" rclone {rclone}]")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 
 import boto3
 import pytest
@@ -53,15 +54,61 @@ def test_publish_is_idempotent_on_event_id(
         feed.publish(ChangeEvent("ev-other", ns, 1, "file"))
 
 
-def test_publish_many_uses_transactions_and_stays_idempotent(feed: DynamoChangeFeed) -> None:
+def test_publish_many_stays_idempotent(feed: DynamoChangeFeed) -> None:
     ns = _ns()
     events = [ChangeEvent(f"batch-{ns}-{i}", ns, i, "file", {"i": i}) for i in range(1, 151)]
     feed.publish(events[120])  # the relay got there first for one of them
-    feed.publish_many(events[:130])  # 100 in one transaction, then 30 with a duplicate
+    feed.publish_many(events[:130])  # 100 concurrent puts, then 30 with a duplicate
     feed.publish_many(events)  # a full retry: only the last 20 are new
     assert feed.changes_after(ns, 0, limit=1000) == events
     with pytest.raises(ChangeConflictError):
         feed.publish_many([ChangeEvent("other", ns, 5, "file"), ChangeEvent("x", ns, 500, "file")])
+
+
+def test_racing_publish_many_write_each_event_once(feed: DynamoChangeFeed) -> None:
+    """Both callers see every key missing (BatchGetItem), then race their puts: the loser
+    of each put finds its own event there, which is success, not an error."""
+    ns = _ns()
+    events = [ChangeEvent(f"race-{ns}-{i}", ns, i, "file") for i in range(1, 41)]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def publish() -> None:
+        barrier.wait()
+        try:
+            feed.publish_many(events)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert feed.changes_after(ns, 0, limit=1000) == events
+
+
+def test_publish_many_writes_the_rest_when_one_put_fails(
+    feed: DynamoChangeFeed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put that loses to a different event raises, after every other put has finished:
+    the caller (the relay) retries the batch, and what was written stays written."""
+    ns = _ns()
+    events = [ChangeEvent(f"part-{ns}-{i}", ns, i, "file") for i in range(1, 21)]
+    intruder = ChangeEvent("intruder", ns, 7, "file")
+    real_not_there = feed._not_there
+
+    def stale_read(batch: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+        missing = real_not_there(batch)
+        feed.publish(intruder)  # lands between the read and the puts
+        return missing
+
+    monkeypatch.setattr(feed, "_not_there", stale_read)
+    with pytest.raises(ChangeConflictError):
+        feed.publish_many(events)
+    written = feed.changes_after(ns, 0, limit=1000)
+    assert written == [intruder if e.seq == 7 else e for e in events]
 
 
 def test_wait_sees_past_and_future_changes(feed: DynamoChangeFeed) -> None:
@@ -83,7 +130,12 @@ def test_wait_sees_past_and_future_changes(feed: DynamoChangeFeed) -> None:
 def test_concurrent_publishers_write_once(feed: DynamoChangeFeed) -> None:
     ns = _ns()
     events = [ChangeEvent(f"ev-{i}", ns, i, "file") for i in range(1, 11)]
-    threads = [threading.Thread(target=lambda: [feed.publish(e) for e in events]) for _ in range(3)]
+
+    def publish_all() -> None:
+        for event in events:
+            feed.publish(event)
+
+    threads = [threading.Thread(target=publish_all) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:

@@ -14,18 +14,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
-from pynamodb.connection import Connection
-from pynamodb.exceptions import PutError, TransactWriteError
+from pynamodb.exceptions import PutError
 from pynamodb.models import Model
-from pynamodb.transactions import TransactWrite
 
 from tessera.ports import ChangeEvent, ChangeFeed
 
-_TRANSACTION_MAX = 100  # items per TransactWriteItems
+_BATCH_GET_MAX = 100  # keys per BatchGetItem
+_PUT_WORKERS = 8  # concurrent PutItems of one publish_many
 
 
 class ChangeRecordBase(Model):
@@ -89,7 +89,6 @@ class DynamoChangeFeed(ChangeFeed):
         self._min_interval = min_interval
         self._max_interval = max_interval
         self._sleep = sleep
-        self._tx_connection: Connection | None = None
 
     def _item(self, event: ChangeEvent) -> ChangeRecordBase:
         return self._model(
@@ -117,22 +116,22 @@ class DynamoChangeFeed(ChangeFeed):
 
     def publish_many(self, events: Sequence[ChangeEvent]) -> None:
         """Per 100 events: one BatchGetItem skips those already there (the relay re-sends
-        what the fast path delivered), one TransactWriteItems creates the rest. A write
-        that loses a race with another publisher falls back to `publish`, one by one."""
-        for start in range(0, len(events), _TRANSACTION_MAX):
-            missing = self._not_there(events[start : start + _TRANSACTION_MAX])
-            if len(missing) == 1:
-                self.publish(missing[0])
-            elif missing:
-                try:
-                    with TransactWrite(connection=self._connection()) as tx:
-                        for event in missing:
-                            tx.save(self._item(event), condition=self._model.seq.does_not_exist())
-                except TransactWriteError as exc:
-                    if exc.cause_response_code != "TransactionCanceledException":
-                        raise
-                    for event in missing:
-                        self.publish(event)
+        what the fast path delivered), then each of the rest is a create-only `publish`,
+        up to `_PUT_WORKERS` at a time. No transaction: every event is its own item,
+        idempotent on event_id, so a partial write is simply finished by the next try
+        (and moto's TransactWriteItems copies the whole table once per item).
+        Every put is awaited; the first error is then raised."""
+        for start in range(0, len(events), _BATCH_GET_MAX):
+            missing = self._not_there(events[start : start + _BATCH_GET_MAX])
+            if len(missing) <= 1:
+                for event in missing:
+                    self.publish(event)
+                continue
+            # the BatchGetItem above has built the shared botocore client (thread-safe)
+            with ThreadPoolExecutor(min(_PUT_WORKERS, len(missing))) as pool:
+                futures = [pool.submit(self.publish, event) for event in missing]
+            for future in futures:
+                future.result()
 
     def _not_there(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
         """The events with no item yet; ChangeConflictError if a key holds another event."""
@@ -153,12 +152,6 @@ class DynamoChangeFeed(ChangeFeed):
                     f"ns {event.ns_id} seq {event.seq} holds event {held}, not {event.event_id}"
                 )
         return missing
-
-    def _connection(self) -> Connection:
-        if self._tx_connection is None:  # its botocore client is made once, then reused
-            meta = self._model.Meta
-            self._tx_connection = Connection(region=meta.region, host=meta.host)
-        return self._tx_connection
 
     def changes_after(self, ns_id: int, seq: int, limit: int = 100) -> list[ChangeEvent]:
         """The events of `ns_id` after `seq`, oldest first (strongly consistent read)."""
