@@ -77,6 +77,18 @@ def _api(home: Home, settings: Settings) -> Api:
     return Api(settings.server_url, home, policy=RetryPolicy(attempts=settings.retry_attempts))
 
 
+@contextmanager
+def _server() -> Iterator[tuple[Api, Settings]]:
+    """The signed-in API client and this device's settings; the client is closed after."""
+    home = _home()
+    settings = home.load_settings()
+    api = _api(home, settings)
+    try:
+        yield api, settings
+    finally:
+        api.close()
+
+
 def _server_path(path: str, settings: Settings) -> str:
     """A command's PATH argument as a server path (`/a/b`).
 
@@ -330,18 +342,13 @@ def ls(
     as_json: JsonOption = False,
 ) -> None:
     """List a folder on the server."""
-    with friendly_errors():
-        home, settings = _home(), _home().load_settings()
-        api = _api(home, settings)
-        try:
-            target = _server_path(path, settings)
-            answer = api.call("/v1/list_folder", {"path": target})
-            entries = list(answer["entries"])
-            while answer.get("has_more"):
-                answer = api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
-                entries += answer["entries"]
-        finally:
-            api.close()
+    with friendly_errors(), _server() as (api, settings):
+        target = _server_path(path, settings)
+        answer = api.call("/v1/list_folder", {"path": target})
+        entries = list(answer["entries"])
+        while answer.get("has_more"):
+            answer = api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
+            entries += answer["entries"]
 
         def render() -> None:
             table = Table("name", "kind", "size", "rev", "modified", box=None)
@@ -364,13 +371,8 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """Show a file's versions, newest first."""
-    with friendly_errors():
-        home, settings = _home(), _home().load_settings()
-        api = _api(home, settings)
-        try:
-            answer = api.call("/v1/revisions", {"path": _server_path(path, settings), "limit": 100})
-        finally:
-            api.close()
+    with friendly_errors(), _server() as (api, settings):
+        answer = api.call("/v1/revisions", {"path": _server_path(path, settings), "limit": 100})
 
         def render() -> None:
             if answer.get("is_deleted"):
@@ -393,40 +395,25 @@ def restore(
     rev: Annotated[int, typer.Option("--rev", help="The version to bring back.")],
 ) -> None:
     """Make an old version the current one (a new version; history is kept)."""
-    with friendly_errors():
-        home, settings = _home(), _home().load_settings()
-        api = _api(home, settings)
-        try:
-            entry = api.call("/v1/restore", {"path": _server_path(path, settings), "rev": rev})
-        finally:
-            api.close()
+    with friendly_errors(), _server() as (api, settings):
+        entry = api.call("/v1/restore", {"path": _server_path(path, settings), "rev": rev})
         out.print(f"Restored {entry['path_display']} to rev {rev} (now rev {entry['rev']}).")
 
 
 def rm(path: Annotated[str, typer.Argument(help="File or folder to delete.")]) -> None:
     """Delete a file or folder on the server (it goes to the trash)."""
-    with friendly_errors():
-        home, settings = _home(), _home().load_settings()
-        api = _api(home, settings)
-        try:
-            target = _server_path(path, settings)
-            if not target:
-                raise UserError("refusing to delete the whole tree")
-            entry = api.call("/v1/delete", {"path": target})
-        finally:
-            api.close()
+    with friendly_errors(), _server() as (api, settings):
+        target = _server_path(path, settings)
+        if not target:
+            raise UserError("refusing to delete the whole tree")
+        entry = api.call("/v1/delete", {"path": target})
         out.print(f"Deleted {entry['path_display']} (restore with `tessera undelete`).")
 
 
 def trash(as_json: JsonOption = False) -> None:
     """List deleted files that can still be restored."""
-    with friendly_errors():
-        home, settings = _home(), _home().load_settings()
-        api = _api(home, settings)
-        try:
-            answer = api.call("/v1/trash/list", {"path": ""})
-        finally:
-            api.close()
+    with friendly_errors(), _server() as (api, _settings):
+        answer = api.call("/v1/trash/list", {"path": ""})
         entries = answer["entries"]
 
         def render() -> None:
@@ -442,13 +429,8 @@ def trash(as_json: JsonOption = False) -> None:
 
 def undelete(path: Annotated[str, typer.Argument(help="The deleted file or folder.")]) -> None:
     """Bring back a deleted file or folder from the trash."""
-    with friendly_errors():
-        home, settings = _home(), _home().load_settings()
-        api = _api(home, settings)
-        try:
-            entry = api.call("/v1/restore", {"path": _server_path(path, settings)})
-        finally:
-            api.close()
+    with friendly_errors(), _server() as (api, settings):
+        entry = api.call("/v1/restore", {"path": _server_path(path, settings)})
         out.print(f"Restored {entry['path_display']}.")
 
 
@@ -461,27 +443,18 @@ def share(
     with friendly_errors():
         if access not in ("editor", "viewer"):
             raise UserError("--access must be editor or viewer")
-        home, settings = _home(), _home().load_settings()
-        api = _api(home, settings)
-        try:
+        with _server() as (api, settings):
             entry = api.call(
                 "/v1/share",
                 {"path": _server_path(path, settings), "email": email, "access": access},
             )
-        finally:
-            api.close()
         out.print(f"Shared {entry['path_display']} with {email} as {access}.")
 
 
 def shares(as_json: JsonOption = False) -> None:
     """List the shared folders you own or were given."""
-    with friendly_errors():
-        home, settings = _home(), _home().load_settings()
-        api = _api(home, settings)
-        try:
-            entries = api.call("/v1/shares", {})["shares"]
-        finally:
-            api.close()
+    with friendly_errors(), _server() as (api, _settings):
+        entries = api.call("/v1/shares", {})["shares"]
 
         def render() -> None:
             table = Table("folder", "your access", "owner", "members", box=None)
