@@ -405,6 +405,10 @@ class Store:
         rows = self._all("SELECT mount_key FROM ns_members WHERE user_id = %s", (user_id,))
         return {r[0] for r in rows}
 
+    def lock_namespace(self, ns_id: int) -> None:
+        """Take the namespace row until the transaction ends (see `commits._commit_in`)."""
+        self._one("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE", (ns_id,))
+
     def latest_seqs(self, ns_ids: Sequence[int]) -> dict[int, int]:
         """The latest journal seq of each namespace."""
         rows = self._all(
