@@ -21,6 +21,7 @@ from tessera.domain.models import (
 )
 from tessera.domain.services import Services
 from tessera.ports import Principal
+from tests.concurrency import run_at_once
 
 from .conftest import commit_request, get_file, put_file, split_blocks, upload_blocks
 
@@ -301,18 +302,7 @@ def test_concurrent_retries_of_one_idempotency_key_write_once(
     chunks = [b"same request twice at once"]
     upload_id = upload_blocks(services, alice, "/twice", chunks)
     req = commit_request("/twice", chunks, upload_id, idempotency_key="k-race")
-    results: list[object] = []
-    barrier = threading.Barrier(4)
-
-    def go() -> None:
-        barrier.wait()
-        results.append(commits.commit(services, alice, req))
-
-    threads = [threading.Thread(target=go) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results, _ = run_at_once(lambda: commits.commit(services, alice, req), 4, timeout=30)
     assert len(results) == 4 and all(r == results[0] for r in results)
     with services.db.transaction() as store:
         entry = store.file_by_path(results[0].ns_id, "/twice")  # type: ignore[attr-defined]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -12,6 +11,7 @@ from tessera.blocks import BlockIntegrityError, block_id
 from tessera.domain.errors import TesseraError
 from tessera.maintenance import DedupResult
 from tessera.maintenance.dedup import verify_staged
+from tests.concurrency import run_at_once
 
 from .test_maintenance_world import (
     ALICE,
@@ -134,20 +134,8 @@ def test_two_dedup_runs_at_once_settle_each_copy_exactly_once(world: World) -> N
     data = secrets.token_bytes(12 * BLOCK)
     for who in (ALICE, BOB, MALLORY):
         world.put(who, "/same.bin", data)
-    results: list[DedupResult] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(verify_staged(world.ctx, datetime.now(UTC)))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results: list[DedupResult]
+    results, errors = run_at_once(lambda: verify_staged(world.ctx, datetime.now(UTC)), 3)
     assert not errors
     assert sum(r.promoted for r in results) == 12
     assert sum(r.dropped for r in results) == 24

@@ -20,6 +20,7 @@ from tessera.adapters.aws import (
     stream_image_to_event,
 )
 from tessera.ports import ChangeEvent
+from tests.concurrency import run_at_once
 
 pytestmark = pytest.mark.aws
 
@@ -70,21 +71,7 @@ def test_racing_publish_many_write_each_event_once(feed: DynamoChangeFeed) -> No
     of each put finds its own event there, which is success, not an error."""
     ns = _ns()
     events = [ChangeEvent(f"race-{ns}-{i}", ns, i, "file") for i in range(1, 41)]
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def publish() -> None:
-        barrier.wait()
-        try:
-            feed.publish_many(events)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=publish) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    _, errors = run_at_once(lambda: feed.publish_many(events), 2)
     assert errors == []
     assert feed.changes_after(ns, 0, limit=1000) == events
 
