@@ -294,11 +294,7 @@ def _commit_in(
     if rel == paths.ROOT:
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
-    # Every commit bumps its namespace's seq, so commits in one namespace serialize on that
-    # row anyway. Taking it first, before any file row or idempotency key, keeps one lock
-    # order for all commits: crossing batches could otherwise each hold a file row the
-    # other needs while waiting for the namespace row.
-    store.lock_namespace(mount.ns_id)
+    store.lock_namespace(mount.ns_id)  # before any file row or idempotency key: lock order
     if req.idempotency_key is not None:
         digest = _request_hash(req)
         first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)

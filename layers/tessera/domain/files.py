@@ -200,6 +200,7 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be restored")
         check_access(loc.mount, Action.WRITE, view)
+        store.lock_namespace(loc.mount.ns_id)
         row = store.file_by_id(loc.row.file_id, lock=True)
         assert row is not None  # located just above in this transaction
         mount = loc.mount
@@ -276,6 +277,7 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
                 raise Unprocessable("a folder cannot be moved into itself")
             if view.mounts_below(src_view_key):
                 raise Unprocessable("the folder holds a shared folder; move that out first")
+        store.lock_namespace(loc.mount.ns_id)
         row = store.file_by_id(loc.row.file_id, lock=True)
         assert row is not None
         new_key = paths.path_key(dst_rel)
@@ -344,6 +346,7 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
             assert isinstance(result, FolderEntry)
         else:
             check_access(loc.mount, Action.WRITE, view)
+            store.lock_namespace(loc.mount.ns_id)
             row = store.file_by_id(loc.row.file_id, lock=True)
             assert row is not None
             if row.kind == "file" and req.parent_rev not in (None, row.latest_rev):

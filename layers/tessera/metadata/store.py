@@ -406,7 +406,11 @@ class Store:
         return {r[0] for r in rows}
 
     def lock_namespace(self, ns_id: int) -> None:
-        """Take the namespace row until the transaction ends (see `commits._commit_in`)."""
+        """Take the namespace row until the transaction ends.
+
+        Lock order: every write takes its namespace row before any file row (each write
+        bumps the namespace's seq, so writes in one namespace serialize on it anyway), so
+        two writers never hold each other's next lock."""
         self._one("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE", (ns_id,))
 
     def latest_seqs(self, ns_ids: Sequence[int]) -> dict[int, int]:
