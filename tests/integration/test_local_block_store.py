@@ -18,6 +18,7 @@ from tessera.domain.errors import BadRequest
 from tessera.local.gateway import Gateway, create_app
 from tessera.local.server import Server
 from tessera.ports import StorageTier
+from tests.corruption import with_last_byte_flipped
 
 
 class FakeClock:
@@ -95,7 +96,7 @@ def test_rejected_puts_leave_no_temp_files(
     store, _ = served
     body = os.urandom(2000)
     req = store.presign_put("staging/u/bb", size=len(body), sha256=hashlib.sha256(body).digest())
-    assert httpx.put(req.url, content=body[:-1] + b"!").status_code == 400
+    assert httpx.put(req.url, content=with_last_byte_flipped(body)).status_code == 400
     assert (
         httpx.put(req.url, content=body, headers={"x-amz-checksum-sha256": "AAAA"}).status_code
         == 400

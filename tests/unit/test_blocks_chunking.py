@@ -25,6 +25,7 @@ from tessera.blocks import (
     iter_chunks,
     scan_file,
 )
+from tests.corruption import with_last_byte_flipped
 
 MiB = 1024 * 1024
 MakeFile = Callable[[bytes], Path]
@@ -120,7 +121,7 @@ def test_same_content_same_ids_and_hash_whatever_the_name(tmp_path: Path) -> Non
 
 def test_different_content_different_hash(make_file: MakeFile) -> None:
     data = rand_bytes(3 * MiB)
-    other = data[:-1] + bytes([data[-1] ^ 1])
+    other = with_last_byte_flipped(data)
     assert scan_file(make_file(data)).content_hash != scan_file(make_file(other)).content_hash
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tessera.ports import StorageTier
+from tests.corruption import with_last_byte_flipped
 
 from .conftest import BlockStoreHarness
 
@@ -129,7 +130,7 @@ def test_presign_refuses_more_than_15_minutes(block_store_harness: BlockStoreHar
 @pytest.mark.parametrize(
     ("check", "mutate", "status"),
     [
-        ("presign_wrong_checksum", lambda body: (body[:-1] + b"X", None), 400),
+        ("presign_wrong_checksum", lambda body: (with_last_byte_flipped(body), None), 400),
         ("presign_wrong_size", lambda body: (body + b"extra", None), 400),
         ("presign_wrong_size", lambda body: (body[:-10], None), 400),
         ("presign_signature", lambda body: (body, {"sig": "0" * 64}), 403),
