@@ -86,8 +86,12 @@ class BlockStore(ABC):
         """Delete the object at `key`; deleting a missing key is not an error."""
 
     @abstractmethod
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under `prefix`, in no particular order."""
+
     def list_keys(self, prefix: str) -> Iterator[str]:
         """Every key under `prefix`, in no particular order."""
+        return (key for key, _size in self.list_sizes(prefix))
 
     @abstractmethod
     def set_tier(self, key: str, tier: StorageTier) -> None:

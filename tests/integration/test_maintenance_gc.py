@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 
 from tessera.blocks import block_id
-from tessera.domain import uploads
+from tessera.domain import object_keys, uploads
 from tessera.domain.errors import Unprocessable
 from tessera.domain.models import UploadStartRequest
 from tessera.maintenance import GcResult, run_workflow
@@ -136,7 +136,7 @@ def test_abandoned_upload_is_expired_and_its_copies_deleted(world: World) -> Non
         ),
     )
     for need in started.needed:
-        world.store.put(uploads.staging_key(started.upload_id, need.id), b"x" * 100)
+        world.store.put(object_keys.staging_key(started.upload_id, need.id), b"x" * 100)
     assert len(world.keys_under("staging/")) == 2
 
     assert _gc(world, days=0).sessions_expired == 0  # still open
@@ -161,22 +161,26 @@ def test_expired_session_keeps_copies_that_a_version_still_names(world: World) -
 
 # ---------------------------------------------------------------------------------------
 # A commit racing the sweep. The commit is paused at a precise point by a block store whose
-# `head` of one key waits for the test, while gc runs to completion on other connections.
+# listing of one upload session waits for the test, while gc runs to completion on other
+# connections.
 
 
 class GatedStore(BlockStore):
-    """A real block store whose `head(gate_key)` answers, then waits to be released."""
+    """A real block store whose listing of `gate_prefix` answers, then waits to be released."""
 
-    def __init__(self, inner: BlockStore, gate_key: str) -> None:
-        self.inner, self.gate_key = inner, gate_key
+    def __init__(self, inner: BlockStore, gate_prefix: str) -> None:
+        self.inner, self.gate_prefix = inner, gate_prefix
         self.reached, self.release = threading.Event(), threading.Event()
 
-    def head(self, key: str) -> StoredObject | None:
-        answer = self.inner.head(key)
-        if key == self.gate_key:
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        answer = list(self.inner.list_sizes(prefix))
+        if prefix == self.gate_prefix:
             self.reached.set()
             assert self.release.wait(30)
-        return answer
+        return iter(answer)
+
+    def head(self, key: str) -> StoredObject | None:
+        return self.inner.head(key)
 
     def presign_put(
         self, key: str, *, size: int, sha256: bytes, expires_in: int = 900
@@ -198,9 +202,6 @@ class GatedStore(BlockStore):
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
-    def list_keys(self, prefix: str) -> Iterator[str]:
-        return self.inner.list_keys(prefix)
-
     def set_tier(self, key: str, tier: StorageTier) -> None:
         self.inner.set_tier(key, tier)
 
@@ -209,16 +210,16 @@ class GatedStore(BlockStore):
 
 
 def _paused_commit(
-    world: World, data: bytes, gate_block: bytes, path: str
+    world: World, data: bytes, path: str
 ) -> tuple[GatedStore, threading.Thread, dict[str, object]]:
-    """Start committing `data` in a thread, paused right after the commit checked its
-    session's copy of `gate_block` (readable blocks are checked before that)."""
+    """Start committing `data` in a thread, paused right after the commit listed its
+    session's staged copies (readable blocks are checked before that)."""
     outcome: dict[str, object] = {}
-    gated = GatedStore(world.store, gate_key="")
+    gated = GatedStore(world.store, gate_prefix="")
     racing = replace(world, svc=replace(world.svc, block_store=gated))
 
     def arm(upload_id: str) -> None:
-        gated.gate_key = uploads.staging_key(upload_id, block_id(gate_block))
+        gated.gate_prefix = object_keys.staging_prefix(upload_id)
 
     def run() -> None:
         try:
@@ -240,7 +241,7 @@ def test_commit_reusing_a_block_while_gc_deletes_it_is_refused(world: World) -> 
     world.revs.clear()
 
     # the commit sees `old` readable (its trashed version still holds it), then pauses
-    gated, thread, outcome = _paused_commit(world, old + new, new, "/new.bin")
+    gated, thread, outcome = _paused_commit(world, old + new, "/new.bin")
     # meanwhile gc purges the trash and, a grace period later, deletes the block
     assert _gc(world, days=31).trash_files_purged == 1
     assert _gc(world, days=33).blocks_deleted == 1
@@ -253,7 +254,7 @@ def test_commit_reusing_a_block_while_gc_deletes_it_is_refused(world: World) -> 
 
 def test_gc_does_not_expire_a_session_a_commit_is_using(world: World) -> None:
     data = secrets.token_bytes(2 * BLOCK)
-    gated, thread, outcome = _paused_commit(world, data, chunks(data)[-1], "/racy.bin")
+    gated, thread, outcome = _paused_commit(world, data, "/racy.bin")
     result = _gc(world, days=2)  # the session is long expired as far as gc can tell
     gated.release.set()
     thread.join(30)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tessera.blocks import block_id, content_hash
-from tessera.domain import files, uploads
+from tessera.domain import files, object_keys, uploads
 from tessera.domain.models import RestoreRequest, UploadStartRequest
 
 from .conftest import empty_tables
@@ -108,7 +108,7 @@ def test_gc_never_loses_a_referenced_block(database_url: str, tmp_path: Path) ->
                 ),
             )
             for need in started.needed:
-                self.w.store.put(uploads.staging_key(started.upload_id, need.id), b"partial")
+                self.w.store.put(object_keys.staging_key(started.upload_id, need.id), b"partial")
 
         @rule()
         def dedup(self) -> None:

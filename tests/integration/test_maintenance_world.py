@@ -24,7 +24,7 @@ from tessera.adapters.local.block_store import FilesystemBlockStore
 from tessera.adapters.local.change_feed import PostgresChangeFeed
 from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import block_id, content_hash, decode_block, encode_block
-from tessera.domain import commits, files, uploads
+from tessera.domain import commits, files, object_keys, uploads
 from tessera.domain.models import (
     CommitRequest,
     DeleteRequest,
@@ -148,7 +148,7 @@ class World:
                 ),
             )
             for url in urls.urls:
-                self.store.put(uploads.staging_key(started.upload_id, url.id), encoded[url.id])
+                self.store.put(object_keys.staging_key(started.upload_id, url.id), encoded[url.id])
         if before_commit is not None:
             before_commit(started.upload_id)
         entry = commits.commit(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tessera.domain.errors import BadRequest
+from tessera.domain.object_keys import quarantine_key
 from tessera.maintenance import (
     WORKFLOWS,
     DedupResult,
@@ -18,7 +19,6 @@ from tessera.maintenance import (
     parse_as_of,
     state_machine_definition,
 )
-from tessera.maintenance.context import quarantine_key
 from tessera.maintenance.runner import RESULTS, STEPS, _upload_ids
 from tessera.maintenance.workflows import workflow
 from tessera.settings import Settings

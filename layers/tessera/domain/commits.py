@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +29,7 @@ from tessera.domain.models import (
     FileEntry,
     dump,
 )
+from tessera.domain.object_keys import staging_prefix
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, file_entry, new_file_id, view_transaction
 from tessera.metadata.store import (
@@ -40,7 +40,7 @@ from tessera.metadata.store import (
     Store,
     VersionInfo,
 )
-from tessera.ports import ChangeEvent, Principal, StoredObject
+from tessera.ports import BlockStore, ChangeEvent, Principal
 from tessera.settings import Settings
 
 
@@ -97,26 +97,23 @@ def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Read
     return out
 
 
-#: staged key → the store's HEAD answer (None: no object)
-_Heads = dict[str, StoredObject | None]
+class _StagedListing:
+    """What each upload session has staged (key → size), listed once per session per
+    request: one ListObjectsV2 page per 1,000 blocks instead of a HEAD per block, which
+    dominated commits on S3. A block is only ever staged under its session's prefix
+    (`staging_key`), so a key the listing lacks was never uploaded (S3 lists with
+    read-after-write consistency)."""
 
+    def __init__(self, block_store: BlockStore) -> None:
+        self._block_store = block_store
+        self._sessions: dict[str, dict[str, int]] = {}
 
-def _staged_heads(svc: Services, store: Store, req: CommitBatchRequest) -> _Heads:
-    """HEAD every staged copy a batch's commits may check, concurrently: on S3 each is a
-    round trip, and one after another they dominated a batch commit. `_check_blocks` still
-    checks the session's owner and expiry before it trusts any of these answers."""
-    keys: set[str] = set()
-    wanted: dict[str, set[str]] = {}
-    for entry in req.entries:
-        if entry.upload_id is not None:
-            wanted.setdefault(entry.upload_id, set()).update(b.id for b in entry.blocks)
-    for upload_id, ids in wanted.items():
-        rows = store.upload_blocks(upload_id, list(ids)).values()
-        keys.update(r.staged_key for r in rows if r.stored_size is not None and r.staged_key)
-    if len(keys) < 2:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
-        return dict(zip(keys, pool.map(svc.block_store.head, keys), strict=True))
+    def size(self, upload_id: str, key: str) -> int | None:
+        """The size of the object at staged `key` of session `upload_id`; None if absent."""
+        if upload_id not in self._sessions:
+            listed = self._block_store.list_sizes(staging_prefix(upload_id))
+            self._sessions[upload_id] = dict(listed)
+        return self._sessions[upload_id].get(key)
 
 
 def _check_blocks(
@@ -124,11 +121,10 @@ def _check_blocks(
     store: Store,
     view: View,
     req: CommitRequest,
-    heads: _Heads | None = None,
+    staged: _StagedListing,
 ) -> _Blocks:
     """Every block must be readable by the caller, or staged by their upload session and
-    present in the block store with the size the PUT URL was issued for (`heads`: answers
-    of `_staged_heads` to use instead of asking the store again)."""
+    present in the block store with the size the PUT URL was issued for."""
     ids = list(dict.fromkeys(b.id for b in req.blocks))
     session_rows = {}
     if req.upload_id is not None:
@@ -139,21 +135,16 @@ def _check_blocks(
             raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
     readable = _settled(store, store.readable_blocks(view.ns_ids, ids))
     missing = [i for i in ids if i not in readable]
+    uploaded: set[str] = set()
     if missing and req.upload_id is not None:
         session_rows = store.upload_blocks(req.upload_id, missing)
-    never = [i for i in missing if i not in session_rows]
-    for bid in missing:
-        row = session_rows.get(bid)
-        if row is None:
-            continue
-        head = None
-        if row.stored_size is not None:
-            if heads is not None and row.staged_key in heads:
-                head = heads[row.staged_key]
-            else:
-                head = svc.block_store.head(row.staged_key)
-        if head is None or head.size != row.stored_size:
-            never.append(bid)
+        uploaded = {
+            bid
+            for bid, row in session_rows.items()
+            if row.stored_size is not None  # a PUT URL was issued, and the PUT arrived whole
+            and staged.size(req.upload_id, row.staged_key) == row.stored_size
+        }
+    never = [i for i in missing if i not in uploaded]
     if never:
         raise Unprocessable(
             f"{len(never)} block(s) were never uploaded in this session: {never[0]}"
@@ -283,7 +274,7 @@ def _commit_in(
     store: Store,
     view: View,
     req: CommitRequest,
-    heads: _Heads | None = None,
+    staged: _StagedListing,
 ) -> tuple[FileEntry, ChangeEvent | None]:
     """One commit inside an open transaction (or savepoint)."""
     path = paths.canonical(req.path)
@@ -302,7 +293,7 @@ def _commit_in(
             if first[0] != digest or first[1] is None:
                 raise Unprocessable("idempotency_key was already used for a different commit")
             return FileEntry.model_validate(first[1]), None
-    blocks = _check_blocks(svc, store, view, req, heads)
+    blocks = _check_blocks(svc, store, view, req, staged)
     key = paths.path_key(rel)
     display, journal = ensure_parents(store, view, mount, rel)
     row = None
@@ -356,7 +347,7 @@ def _commit_in(
 def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry:
     """Commit one file version; 409 (with the current rev) when `parent_rev` is stale."""
     with view_transaction(svc, principal) as (store, view):
-        result, event = _commit_in(svc, store, view, req)
+        result, event = _commit_in(svc, store, view, req, _StagedListing(svc.block_store))
     publish(svc.feed, [event])
     return result
 
@@ -370,6 +361,7 @@ def commit_batch(
         raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
     results: list[CommitBatchItem | None] = [None] * len(req.entries)
     events: list[ChangeEvent | None] = []
+    staged = _StagedListing(svc.block_store)
     with view_transaction(svc, principal) as (store, view):
 
         def order(i: int) -> tuple[int, str]:
@@ -379,11 +371,10 @@ def commit_batch(
                 return (-1, "")
             return (mount.ns_id, paths.path_key(rel))
 
-        heads = _staged_heads(svc, store, req)
         for i in sorted(range(len(req.entries)), key=order):
             try:
                 with store.savepoint():
-                    entry, event = _commit_in(svc, store, view, req.entries[i], heads)
+                    entry, event = _commit_in(svc, store, view, req.entries[i], staged)
             except TesseraError as exc:
                 results[i] = CommitBatchItem.model_validate(
                     {

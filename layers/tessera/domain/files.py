@@ -29,6 +29,7 @@ from tessera.domain.models import (
     TrashListRequest,
     TrashListResponse,
 )
+from tessera.domain.object_keys import canonical_key
 from tessera.domain.services import Services
 from tessera.domain.sharing import leave_share
 from tessera.domain.views import (
@@ -93,7 +94,7 @@ def download(
         sources: list[str] = []
         cold: list[str] = []
         for vb in vblocks:
-            live_key = "blocks/" + vb.block_id.removeprefix("b3:")
+            live_key = canonical_key(vb.block_id)
             # an unverified version is served its own staged copy, never the canonical block
             # (a copy dedup-verify already vouched for gives way to the canonical block)
             verified = vb.staged_state in ("promoted", "dropped")
@@ -113,7 +114,7 @@ def download(
             sources.append(live_key)
         if cold:
             for bid in dict.fromkeys(cold):
-                bs.restore("blocks/" + bid.removeprefix("b3:"), days=settings.restore_days)
+                bs.restore(canonical_key(bid), days=settings.restore_days)
             store.set_block_state(list(dict.fromkeys(cold)), "restoring")
             return RestoringResponse(
                 retry_after=settings.restore_retry_after_s, blocks=list(dict.fromkeys(cold))

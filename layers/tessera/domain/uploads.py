@@ -20,16 +20,12 @@ from tessera.domain.models import (
     UploadUrlsRequest,
     UploadUrlsResponse,
 )
+from tessera.domain.object_keys import staging_key
 from tessera.domain.services import Services
 from tessera.domain.views import check_access, view_transaction
 from tessera.ports import Principal
 
 MAX_PRESIGN_S = 900
-
-
-def staging_key(upload_id: str, block_id: str) -> str:
-    """Where a session's copy of a block is staged until dedup-verify promotes or drops it."""
-    return f"staging/{upload_id}/{block_id.removeprefix('b3:')}"
 
 
 def start_upload(

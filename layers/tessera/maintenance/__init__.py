@@ -6,7 +6,9 @@ one bounded batch of work and returns a result dataclass. The local scheduler, `
 admin run` and the Lambda functions all go through `runner`.
 """
 
-from .context import MaintenanceContext, canonical_key
+from tessera.domain.object_keys import canonical_key
+
+from .context import MaintenanceContext
 from .results import ColdResult, DedupResult, GcResult, ScrubResult, StepResult
 from .runner import handle_event, parse_as_of, run_step, run_workflow
 from .settings import MaintenanceSettings

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from tessera.domain.object_keys import canonical_key
 from tessera.ports import StorageTier
 
-from .context import MaintenanceContext, canonical_key, log
+from .context import MaintenanceContext, log
 from .results import ColdResult
 
 

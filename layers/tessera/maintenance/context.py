@@ -21,19 +21,6 @@ log = logging.getLogger("tessera.maintenance")
 T = TypeVar("T")
 R = TypeVar("R")
 
-CANONICAL_PREFIX = "blocks/"
-QUARANTINE_PREFIX = "quarantine/"
-
-
-def canonical_key(block_id: str) -> str:
-    """The store key of a verified block: `blocks/<hex>` (block id without `b3:`)."""
-    return CANONICAL_PREFIX + block_id.split(":", 1)[-1]
-
-
-def quarantine_key(staged_key: str) -> str:
-    """Where a staged copy that failed verification is kept: out of reach of downloads."""
-    return QUARANTINE_PREFIX + staged_key.split("/", 1)[-1]
-
 
 @dataclass
 class MaintenanceContext:

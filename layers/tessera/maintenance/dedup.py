@@ -23,9 +23,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from tessera.domain.object_keys import canonical_key, quarantine_key
 from tessera.metadata.maintenance import StagedCopy
 
-from .context import MaintenanceContext, canonical_key, log, quarantine_key
+from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import DedupResult
 from .verify import Check, check_stored

@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from .context import MaintenanceContext, canonical_key, log
+from tessera.domain.object_keys import canonical_key
+
+from .context import MaintenanceContext, log
 from .results import GcResult
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
+from tessera.domain.object_keys import canonical_key
 from tessera.metadata.maintenance import BlockRow
 
-from .context import MaintenanceContext, canonical_key, log
+from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import ScrubResult
 from .verify import Check, check_stored

@@ -71,6 +71,21 @@ def test_copy_and_list(block_store_harness: BlockStoreHarness) -> None:
         store.copy(_key(), _key())
 
 
+def test_list_sizes_lists_exactly_the_prefix(block_store_harness: BlockStoreHarness) -> None:
+    store = block_store_harness.store
+    upload = os.urandom(8).hex()
+    small, big = _key(f"staging/{upload}"), _key(f"staging/{upload}")
+    store.put(small, b"x")
+    store.put(big, b"y" * 3000)
+    store.put(_key(f"staging/{upload}x"), b"a sibling session whose id extends ours")
+    assert dict(store.list_sizes(f"staging/{upload}/")) == {small: 1, big: 3000}
+    partial = dict(store.list_sizes(f"staging/{upload[:6]}"))  # a prefix mid-segment
+    assert {small, big} < set(partial)
+    assert list(store.list_sizes(f"staging/{os.urandom(8).hex()}/")) == []
+    store.set_tier(big, StorageTier.COLD)  # cold objects are listed as well
+    assert dict(store.list_sizes(f"staging/{upload}/"))[big] == 3000
+
+
 def test_cold_tier_needs_restore(block_store_harness: BlockStoreHarness) -> None:
     store = block_store_harness.store
     key = _key()

@@ -154,14 +154,14 @@ class S3BlockStore(BlockStore):
         """DeleteObject (S3 already treats a missing key as success)."""
         self._s3.delete_object(Bucket=self._bucket, Key=key)
 
-    def list_keys(self, prefix: str) -> Iterator[str]:
-        """Every key under `prefix`, page by page."""
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Every object under `prefix` with its size, page by page (ListObjectsV2)."""
         pages = self._s3.get_paginator("list_objects_v2").paginate(
             Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": self._page_size}
         )
         for page in pages:
             for obj in page.get("Contents", []):
-                yield obj["Key"]
+                yield obj["Key"], int(obj["Size"])
 
     def set_tier(self, key: str, tier: StorageTier) -> None:
         """Copy the object onto itself with the tier's storage class (no-op if already there).

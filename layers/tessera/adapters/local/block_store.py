@@ -183,16 +183,24 @@ class FilesystemBlockStore(BlockStore):
         self._path("cold", key).unlink(missing_ok=True)
         self._restore_path(key).unlink(missing_ok=True)
 
-    def list_keys(self, prefix: str) -> Iterator[str]:
-        """Every key (hot or cold) starting with `prefix`."""
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Every object (hot or cold) whose key starts with `prefix`, with its size.
+
+        Walks only the folder the prefix names (`staging/<upload_id>/` is one small folder),
+        not the whole store: commits list their session's folder."""
+        folder = prefix.rpartition("/")[0]
         for tier in ("hot", "cold"):
             base = self.root / tier
-            for dirpath, _dirs, files in os.walk(base):
+            start = self._path(tier, folder) if folder else base
+            for dirpath, _dirs, files in os.walk(start):
                 rel = Path(dirpath).relative_to(base).as_posix()
                 for name in files:
                     key = name if rel == "." else f"{rel}/{name}"
                     if key.startswith(prefix):
-                        yield key
+                        try:
+                            yield key, (Path(dirpath) / name).stat().st_size
+                        except FileNotFoundError:  # deleted while we walked
+                            continue
 
     def set_tier(self, key: str, tier: StorageTier) -> None:
         """Move the object between `hot/` and `cold/`; KeyError when absent."""
