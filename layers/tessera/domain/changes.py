@@ -11,11 +11,20 @@ log = logging.getLogger(__name__)
 
 
 def publish(feed: ChangeFeed, events: Iterable[ChangeEvent | None]) -> None:
-    """Publish events after their transaction committed. A failure is logged, never raised:
-    the commit stands, and the outbox relay delivers the event later."""
-    ready = [event for event in events if event is not None]
-    if not ready:
+    """Publish, after their transaction committed, the newest event of each namespace.
+
+    That is all a long-poll needs to wake: it asks "anything after seq S?", and the client
+    then lists the changes themselves from the journal. The outbox relay delivers every
+    event, these included, on its next sweep, so a batch of 500 commits costs the request
+    one write per namespace instead of 500. A failure is logged, never raised: the commit
+    stands, and the relay delivers the event later."""
+    newest: dict[int, ChangeEvent] = {}
+    for event in events:
+        if event is not None and (event.ns_id not in newest or event.seq > newest[event.ns_id].seq):
+            newest[event.ns_id] = event
+    if not newest:
         return
+    ready = list(newest.values())
     try:
         feed.publish_many(ready)
     except Exception:  # the outbox is the guaranteed path
