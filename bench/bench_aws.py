@@ -8,9 +8,10 @@
 3. long-poll wake-up in AWS mode: commit (create_folder) returned → long-poll returned,
    through the gateway, the longpoll Lambda handler and DynamoDB. Target p50 ≤ 1 s.
 4. initial sync into AWS mode (`tessera sync --once`, blocks to moto's S3) against
-   `aws s3 sync` of the same folder to the same moto endpoint. `--sync-files 1000
-   --sync-big-mib 1024` is the issue's data set (≈150 MiB of small files + 1 GiB); the
-   default is smaller, for a shared machine. rclone is compared when it is installed.
+   `aws s3 sync` of the same folder to the same moto endpoint, for two data sets: 1,000
+   files of 1-300 KiB (≈150 MiB) and one 1 GiB file (`--sync-files`, `--sync-big-mib`;
+   both scaled by TESSERA_BENCH_SCALE). moto runs in a process of its own, as S3 does.
+   rclone is compared when it is installed.
 
     .venv/bin/python bench/bench_aws.py [--runs 3] [--wakeups 15] [--sync-files N] [--sync-only]
 """
@@ -22,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,9 +43,11 @@ from psycopg.conninfo import make_conninfo
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import scale  # noqa: E402
 from tessera.adapters.aws import AwsSettings  # noqa: E402
 from tessera.local.aws_mode import AwsLocalCloud, MotoCloud, add_user, load_functions, provision  # noqa: E402
 from tessera.metadata import migrate  # noqa: E402
+from tessera.metadata.outbox import pending_count  # noqa: E402
 
 COLD_START_SCRIPT = """
 import json, sys, time
@@ -187,8 +191,8 @@ def bench_longpoll_wakeup(state: Path, url: str, wakeups: int) -> dict[str, floa
             "max_s": latencies[-1]}  # fmt: skip
 
 
-def _dataset(folder: Path, files: int, big_mib: int) -> int:
-    """`files` random files of 1-300 KiB and one `big_mib` MiB file; total bytes."""
+def _small_files(folder: Path, files: int) -> int:
+    """`files` random files of 1-300 KiB in 20 folders; their total bytes."""
     rng = random.Random(7)
     total = 0
     for i in range(files):
@@ -197,12 +201,16 @@ def _dataset(folder: Path, files: int, big_mib: int) -> int:
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"f{i:04d}.bin").write_bytes(os.urandom(size))
         total += size
-    if big_mib:
-        with open(folder / "big.bin", "wb") as out:
-            for _ in range(big_mib):
-                out.write(os.urandom(1024 * 1024))
-        total += big_mib * 1024 * 1024
     return total
+
+
+def _big_file(folder: Path, mib: int) -> int:
+    """One file of `mib` MiB of random bytes; its size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "big.bin", "wb") as out:
+        for _ in range(mib):
+            out.write(os.urandom(1024 * 1024))
+    return mib * 1024 * 1024
 
 
 def _timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -213,40 +221,97 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def bench_initial_sync(tmp: Path, url: str, files: int, big_mib: int) -> dict[str, float]:
-    """Seconds for `tessera sync --once` into AWS mode vs `aws s3 sync` (and rclone)."""
-    data = tmp / "data"
-    size = _dataset(data, files, big_mib)
-    results: dict[str, float] = {"mib": size / 2**20}
-    cloud = AwsLocalCloud(tmp / "state", port=0, database_url=url, deployment="bench-sync")
-    base = cloud.start()
+class MotoProcess:
+    """moto's server in a process of its own, as S3 is a service of its own on AWS: moto in
+    the gateway's process would make every block PUT compete for the gateway's GIL."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.endpoint_url = f"http://127.0.0.1:{port}"
+        self._proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.endpoint_url}/moto-api/", timeout=1)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("moto_server did not start")
+
+    def stop(self) -> None:
+        """Stop the server."""
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+def _wait_relayed(url: str, timeout: float = 300) -> None:
+    """Wait until the outbox relay has delivered everything: the next tool timed must not
+    share the machine with the last one's background work."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while pending_count(conn) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def bench_initial_sync(tmp: Path, url: str, files: int, big_mib: int) -> list[dict[str, Any]]:
+    """Per data set (`files` small files; one `big_mib` MiB file): seconds for `aws s3 sync`
+    (and rclone) and for `tessera sync --once` into AWS mode, all to one moto endpoint.
+    The other tools run first, each on a quiet machine."""
+    moto = MotoProcess()
+    cloud = AwsLocalCloud(tmp / "state", port=0, aws_endpoint=moto.endpoint_url,
+                          database_url=url, deployment="bench-sync")  # fmt: skip
     try:
+        base = cloud.start()
         assert cloud.aws is not None
-        cloud_aws = cloud.aws
         email, password = f"sync{uuid.uuid4().hex[:6]}@bench.test", "bench passphrase"
         add_user(tmp / "state", email, password)
-        home = tmp / "home"
-        env = {**os.environ, "TESSERA_HOME": str(home), "PYTHONWARNINGS": "ignore"}
-        client = [sys.executable, "-m", "tessera_client"]
-        login = ["login", "--server", base, "--email", email, "--password", password]
-        _timed([*client, *login], env)
-        results["tessera"] = _timed([*client, "sync", str(data), "--once"], env)
         s3_env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
-                  "AWS_DEFAULT_REGION": cloud_aws.region}  # fmt: skip
-        endpoint = cloud_aws.endpoint_url or ""
-        if aws := shutil.which("aws"):
-            target = f"s3://{cloud_aws.bucket}/awscli/"
-            results["aws s3 sync"] = _timed(
-                [aws, "s3", "sync", str(data), target, "--endpoint-url", endpoint, "--quiet"],
-                s3_env,
-            )
-        if rclone := shutil.which("rclone"):
-            remote = (f":s3,provider=Other,endpoint={endpoint},access_key_id=x,"
-                      f"secret_access_key=x:{cloud_aws.bucket}/rclone")  # fmt: skip
-            results["rclone sync"] = _timed([rclone, "sync", str(data), remote], s3_env)
+                  "AWS_DEFAULT_REGION": cloud.aws.region}  # fmt: skip
+        sets = [(f"{files} files of 1-300 KiB", _small_files, files),
+                (f"one {big_mib} MiB file", _big_file, big_mib)]  # fmt: skip
+        results: list[dict[str, Any]] = []
+        for n, (label, make, amount) in enumerate(sets):
+            if not amount:
+                continue
+            data = tmp / f"data{n}"
+            row: dict[str, Any] = {"set": label, "mib": make(data, amount) / 2**20}
+            for tool, cmd in _other_tools(data, cloud.aws.bucket, f"set{n}", moto.endpoint_url):
+                _wait_relayed(url)
+                row[tool] = _timed(cmd, s3_env)
+            _wait_relayed(url)
+            home = tmp / f"home{n}"
+            env = {**os.environ, "TESSERA_HOME": str(home), "PYTHONWARNINGS": "ignore"}
+            client = [sys.executable, "-m", "tessera_client"]
+            _timed([*client, "login", "--server", base, "--email", email, "--password", password],
+                   env)  # fmt: skip
+            row["tessera"] = _timed([*client, "sync", str(data), "--once"], env)
+            results.append(row)
+        return results
     finally:
         cloud.stop()
-    return results
+        moto.stop()
+
+
+def _other_tools(
+    data: Path, bucket: str, prefix: str, endpoint: str
+) -> list[tuple[str, list[str]]]:
+    """The commands of the tools tessera is compared with, those installed."""
+    tools = []
+    if aws := shutil.which("aws"):
+        tools.append(("aws s3 sync", [aws, "s3", "sync", str(data), f"s3://{bucket}/{prefix}/",
+                                      "--endpoint-url", endpoint, "--quiet"]))  # fmt: skip
+    if rclone := shutil.which("rclone"):
+        remote = (f":s3,provider=Other,endpoint={endpoint},access_key_id=x,"
+                  f"secret_access_key=x:{bucket}/rclone-{prefix}")  # fmt: skip
+        tools.append(("rclone sync", [rclone, "sync", str(data), remote]))
+    return tools
 
 
 def main(argv: Sequence[str] = ()) -> None:
@@ -256,8 +321,10 @@ def main(argv: Sequence[str] = ()) -> None:
     parser.add_argument("--runs", type=int, default=3, help="cold starts to take the median of")
     parser.add_argument("--iterations", type=int, default=200, help="warm calls per side")
     parser.add_argument("--wakeups", type=int, default=15, help="long-poll wake-ups")
-    parser.add_argument("--sync-files", type=int, default=200, help="small files to sync")
-    parser.add_argument("--sync-big-mib", type=int, default=64, help="size of the big file")
+    parser.add_argument("--sync-files", type=int, default=round(1000 * scale()),
+                        help="small files to sync")  # fmt: skip
+    parser.add_argument("--sync-big-mib", type=int, default=round(1024 * scale()),
+                        help="size of the big file, MiB")  # fmt: skip
     parser.add_argument("--skip-sync", action="store_true", help="skip the initial sync")
     parser.add_argument("--cold-only", action="store_true", help="only the api cold start")
     parser.add_argument("--sync-only", action="store_true", help="only the initial sync")
@@ -304,14 +371,14 @@ def _latency_benches(args: argparse.Namespace, env: dict[str, str], tmp: Path, u
 
 
 def _sync_bench(args: argparse.Namespace, tmp: Path, url: str) -> None:
-    """Section 4: the initial sync against aws s3 sync (and rclone), one line."""
-    sync = bench_initial_sync(tmp, url, args.sync_files, args.sync_big_mib)
-    others = ", ".join(f"{k} {v:.1f} s" for k, v in sync.items() if k not in {"mib", "tessera"})
+    """Section 4: the initial sync against aws s3 sync (and rclone), a line per data set."""
     rclone = "found" if shutil.which("rclone") else "not installed"
-    print(f"initial sync of {args.sync_files} files + {args.sync_big_mib} MiB"
-          f" ({sync['mib']:.0f} MiB) into AWS mode: tessera {sync['tessera']:.1f} s;"
-          f" {others or 'no aws/rclone found'}  [target: no slower than aws s3 sync;"
-          f" rclone {rclone}]")  # fmt: skip
+    for row in bench_initial_sync(tmp, url, args.sync_files, args.sync_big_mib):
+        others = ", ".join(f"{k} {v:.1f} s" for k, v in row.items()
+                           if k not in {"set", "mib", "tessera"})  # fmt: skip
+        print(f"initial sync into AWS mode, {row['set']} ({row['mib']:.0f} MiB):"
+              f" tessera {row['tessera']:.1f} s; {others or 'no aws/rclone found'}"
+              f"  [target: no slower than aws s3 sync; rclone {rclone}]")  # fmt: skip
 
 
 if __name__ == "__main__":

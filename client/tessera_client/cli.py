@@ -7,6 +7,7 @@ import heavy dependencies lazily, so `tessera --help` stays fast on a client-onl
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
 from importlib.util import find_spec
 
@@ -31,15 +32,22 @@ def _tessera() -> None:
 
 
 # Operator groups live with the code they drive; a client-only install ships without them.
+# They import the server's stack (psycopg alone is 0.2 s), so a group is mounted only when
+# the command line can reach it: its own name, or the top-level help.
 _OPERATOR_GROUPS = {
     "local": ("tessera.local.cli", "Run the local cloud and manage its users."),
     "admin": ("tessera.maintenance.cli", "Run maintenance workflows now."),
 }
-for _name, (_module, _help) in _OPERATOR_GROUPS.items():
-    if find_spec(_module) is not None:
-        app.add_typer(import_module(_module).app, name=_name, help=_help)
+
+
+def _mount_operator_groups(argv: list[str]) -> None:
+    top = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in _OPERATOR_GROUPS.items():
+        if top in (None, name) and find_spec(module) is not None:
+            app.add_typer(import_module(module).app, name=name, help=help_text)
 
 
 def main() -> None:
     """Console-script entry point."""
+    _mount_operator_groups(sys.argv[1:])
     app()

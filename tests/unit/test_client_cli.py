@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,31 @@ def test_paths_relative_or_absolute_inside_the_folder(
         _server_path("../../outside.txt", settings)
     with pytest.raises(UserError):
         _server_path("/etc/passwd", settings)
+
+
+_MODULES_AFTER = """
+import sys
+sys.argv = ["tessera", *sys.argv[1:]]
+from tessera_client.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+print("psycopg-loaded" if "psycopg" in sys.modules else "psycopg-absent")
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "mounted"),
+    [(["--help"], True), (["admin", "--help"], True), (["status", "--help"], False)],
+)
+def test_operator_groups_load_only_when_reachable(args: list[str], mounted: bool) -> None:
+    """User commands must not pay for the server's imports; help and the groups still work."""
+    r = subprocess.run(
+        [sys.executable, "-c", _MODULES_AFTER, *args], capture_output=True, text=True, check=True
+    )
+    assert r.stdout.strip().endswith("psycopg-loaded" if mounted else "psycopg-absent")
+    if args == ["--help"]:
+        assert "admin" in r.stdout and "local" in r.stdout
+    if args[0] == "admin":
+        assert "Run maintenance workflows now" in r.stdout
