@@ -1,7 +1,8 @@
 """AWS-path benchmarks on moto + PostgreSQL (DESIGN §6; issue 5 targets). `main()` prints:
 
 1. api cold start, in-process: import of `functions/api/handler.py` (settings, adapters,
-   pool, resolver) + the first request — in a fresh interpreter each run. Target ≤ 1.0 s.
+   pool, resolver, block-key secret) + the first request, a `list_folder` as a sync
+   client's first request is — in a fresh interpreter each run. Target ≤ 1.0 s.
    Its CPU time is printed too: on a shared, loaded machine wall time is mostly waiting.
 2. warm handler overhead: the `api` Lambda handler (event parsing, Powertools wrappers,
    routing, JSON) over calling the same domain function directly. Target ≤ 5 ms.
@@ -58,7 +59,7 @@ import functions.api.handler as h
 t1 = time.perf_counter()
 from tests.integration.aws.lambda_events import Context, rest_event
 claims = {{"sub": "bench-cold", "email": "cold@bench.test"}}
-r = h.handler(rest_event("/v1/account", None, claims=claims, method="GET"), Context())
+r = h.handler(rest_event("/v1/list_folder", {{"path": ""}}, claims=claims), Context())
 t2 = time.perf_counter()
 c2 = time.process_time()
 assert r["statusCode"] == 200, r

@@ -1,7 +1,7 @@
 """Lambda `api`: the whole REST API (API Gateway REST proxy events, Cognito authorizer).
 
 Cold start: read settings, wire the AWS adapters into `Services`, build the Powertools
-resolver — once, here at import. Each invocation only resolves the event; the domain
+resolver and load the current block-key secret — once, here at import. Each invocation only resolves the event; the domain
 publishes each commit's event to the changes table right after its transaction.
 """
 
@@ -22,6 +22,10 @@ metrics = Metrics(namespace="Tessera", service="tessera-api")
 runtime = AwsRuntime.from_env()
 services = runtime.services()
 resolver = build_resolver(services)
+# The current block-key secret (SSM + KMS), loaded during init rather than by the first
+# request: every sync starts with a cursor or an upload, and both need it. On AWS, init
+# runs before the first request is routed, and ahead of any with provisioned concurrency.
+services.keys.secret(services.keys.current_version())
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
