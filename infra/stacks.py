@@ -39,6 +39,13 @@ from infra.nag import acknowledge
 
 # Long-poll waits at most this long (API Gateway's integration timeout is 29 s).
 LONGPOLL_MAX_S = 25
+#: what `tessera.adapters.aws.changes.DynamoChangeFeed` calls when it publishes
+CHANGES_WRITER_ACTIONS = (
+    "dynamodb:PutItem",
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:BatchWriteItem",
+)
 MAINTENANCE_TIMEOUT = Duration.minutes(15)
 
 
@@ -278,9 +285,11 @@ class AppStack(Stack):
         # (Long-poll too: cursors are signed with a key derived from them.)
         for fn in (api, longpoll, dedup, scrub):
             self._grant_block_keys_read(fn)
-        # Changes table: writers put items (idempotent on event_id), long-poll reads.
+        # Changes table: writers put items (idempotent on event_id), long-poll reads. The
+        # actions are those DynamoChangeFeed calls: publish = conditional PutItem (+ GetItem
+        # when the key is taken); publish_many = BatchGetItem then BatchWriteItem.
         for fn in (api, relay, dedup):
-            table.grant(fn, "dynamodb:PutItem")
+            table.grant(fn, *CHANGES_WRITER_ACTIONS)
             data.keys.database.grant(fn, "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
         table.grant(longpoll, "dynamodb:Query", "dynamodb:GetItem")
         data.keys.database.grant_decrypt(longpoll)

@@ -554,23 +554,34 @@ def test_star_statement_helper_flags_a_broad_statement() -> None:
     assert star_statements(template) == [("P", ["s3:GetObject"])]
 
 
+def _actions(synth: Synth, function: str, service: str) -> set[str]:
+    """The `service:` actions granted by the IAM policies of `function` (logical id prefix)."""
+    found: set[str] = set()
+    for lid, policy in resources(synth.app_template, "AWS::IAM::Policy").items():
+        if lid.startswith(function):
+            for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+                acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                found |= {a for a in acts if a.startswith(f"{service}:")}
+    return found
+
+
 def test_functions_get_only_their_own_bucket_actions(dev: Synth) -> None:
-    policies = resources(dev.app_template, "AWS::IAM::Policy")
+    assert _actions(dev, "ApiFunction", "s3") == {"s3:GetObject", "s3:PutObject",
+                                                  "s3:RestoreObject", "s3:ListBucket"}  # fmt: skip
+    assert _actions(dev, "GcFunction", "s3") == {"s3:DeleteObject"}
+    assert _actions(dev, "LongpollFunction", "s3") == set()
+    assert _actions(dev, "ChangeRouterFunction", "s3") == set()
 
-    def s3_actions(prefix: str) -> set[str]:
-        found: set[str] = set()
-        for lid, policy in policies.items():
-            if lid.startswith(prefix):
-                for st in policy["Properties"]["PolicyDocument"]["Statement"]:
-                    acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
-                    found |= {a for a in acts if a.startswith("s3:")}
-        return found
 
-    assert s3_actions("ApiFunction") == {"s3:GetObject", "s3:PutObject", "s3:RestoreObject",
-                                         "s3:ListBucket"}  # fmt: skip
-    assert s3_actions("GcFunction") == {"s3:DeleteObject"}
-    assert s3_actions("LongpollFunction") == set()
-    assert s3_actions("ChangeRouterFunction") == set()
+def test_changes_table_writers_may_call_what_the_feed_calls(dev: Synth) -> None:
+    """moto does not enforce IAM: a missing action here fails only on AWS."""
+    from infra.stacks import CHANGES_WRITER_ACTIONS
+
+    writer = set(CHANGES_WRITER_ACTIONS)
+    assert {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"} <= writer
+    for function in ("ApiFunction", "OutboxRelayFunction", "DedupVerifyFunction"):
+        assert _actions(dev, function, "dynamodb") == writer, function
+    assert _actions(dev, "LongpollFunction", "dynamodb") == {"dynamodb:Query", "dynamodb:GetItem"}
 
 
 # --- layer and function plumbing ---------------------------------------------------------------

@@ -6,7 +6,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 
 import boto3
 import pytest
@@ -67,8 +66,8 @@ def test_publish_many_stays_idempotent(feed: DynamoChangeFeed) -> None:
 
 
 def test_racing_publish_many_write_each_event_once(feed: DynamoChangeFeed) -> None:
-    """Both callers see every key missing (BatchGetItem), then race their puts: the loser
-    of each put finds its own event there, which is success, not an error."""
+    """Both callers see every key missing (BatchGetItem), then both batch-write: each item
+    ends up holding its one event."""
     ns = _ns()
     events = [ChangeEvent(f"race-{ns}-{i}", ns, i, "file") for i in range(1, 41)]
     _, errors = run_at_once(lambda: feed.publish_many(events), 2)
@@ -76,26 +75,18 @@ def test_racing_publish_many_write_each_event_once(feed: DynamoChangeFeed) -> No
     assert feed.changes_after(ns, 0, limit=1000) == events
 
 
-def test_publish_many_writes_the_rest_when_one_put_fails(
-    feed: DynamoChangeFeed, monkeypatch: pytest.MonkeyPatch
+def test_publish_many_writes_nothing_of_a_batch_that_holds_a_conflict(
+    feed: DynamoChangeFeed,
 ) -> None:
-    """A put that loses to a different event raises, after every other put has finished:
-    the caller (the relay) retries the batch, and what was written stays written."""
+    """A key holding a different event means the journal and the table disagree: refuse
+    before writing, so the relay keeps failing loudly (alarm) instead of overwriting."""
     ns = _ns()
     events = [ChangeEvent(f"part-{ns}-{i}", ns, i, "file") for i in range(1, 21)]
     intruder = ChangeEvent("intruder", ns, 7, "file")
-    real_not_there = feed._not_there
-
-    def stale_read(batch: Sequence[ChangeEvent]) -> list[ChangeEvent]:
-        missing = real_not_there(batch)
-        feed.publish(intruder)  # lands between the read and the puts
-        return missing
-
-    monkeypatch.setattr(feed, "_not_there", stale_read)
+    feed.publish(intruder)
     with pytest.raises(ChangeConflictError):
         feed.publish_many(events)
-    written = feed.changes_after(ns, 0, limit=1000)
-    assert written == [intruder if e.seq == 7 else e for e in events]
+    assert feed.changes_after(ns, 0, limit=1000) == [intruder]
 
 
 def test_wait_sees_past_and_future_changes(feed: DynamoChangeFeed) -> None:
@@ -130,13 +121,8 @@ def test_concurrent_publishers_write_once(feed: DynamoChangeFeed) -> None:
     assert feed.changes_after(ns, 0) == events
 
 
-def test_stream_carries_each_event_once_as_an_insert(
-    feed: DynamoChangeFeed, aws_settings: AwsSettings
-) -> None:
-    ns = _ns()
-    event = ChangeEvent("ev-stream", ns, 7, "file", {"path": "/s.txt"})
-    feed.publish(event)
-    feed.publish(event)
+def _stream_records(aws_settings: AwsSettings, ns: int) -> list[tuple[str, ChangeEvent]]:
+    """(eventName, event) of every stream record of namespace `ns`, oldest first."""
     ddb = boto3.client(
         "dynamodb", region_name=aws_settings.region, endpoint_url=aws_settings.endpoint_url
     )
@@ -149,8 +135,36 @@ def test_stream_carries_each_event_once_as_an_insert(
         it = streams.get_shard_iterator(
             StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]
-        for record in streams.get_records(ShardIterator=it, Limit=1000)["Records"]:
-            image = record["dynamodb"].get("NewImage", {})
-            if image.get("ns_id", {}).get("N") == str(ns):
-                mine.append((record["eventName"], stream_image_to_event(image)))
-    assert mine == [("INSERT", event)]
+        while it:
+            page = streams.get_records(ShardIterator=it, Limit=1000)
+            for record in page["Records"]:
+                image = record["dynamodb"].get("NewImage", {})
+                if image.get("ns_id", {}).get("N") == str(ns):
+                    mine.append((record["eventName"], stream_image_to_event(image)))
+            it = page.get("NextShardIterator") if page["Records"] else None
+    return mine
+
+
+def test_stream_carries_each_event_once_as_an_insert(
+    feed: DynamoChangeFeed, aws_settings: AwsSettings
+) -> None:
+    ns = _ns()
+    event = ChangeEvent("ev-stream", ns, 7, "file", {"path": "/s.txt"})
+    feed.publish(event)
+    feed.publish(event)
+    assert _stream_records(aws_settings, ns) == [("INSERT", event)]
+
+
+def test_racing_batch_writes_insert_each_event_once(
+    feed: DynamoChangeFeed, aws_settings: AwsSettings
+) -> None:
+    """Two relays racing may both write an event; the second write is a MODIFY, which the
+    pipe drops, so the bus still gets each event once."""
+    ns = _ns()
+    events = [ChangeEvent(f"streamed-{ns}-{i}", ns, i, "file") for i in range(1, 61)]
+    _, errors = run_at_once(lambda: feed.publish_many(events), 2)
+    assert errors == []
+    records = _stream_records(aws_settings, ns)
+    inserted = sorted((e for kind, e in records if kind == "INSERT"), key=lambda e: e.seq)
+    assert inserted == events
+    assert {kind for kind, _ in records} <= {"INSERT", "MODIFY"}
