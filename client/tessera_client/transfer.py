@@ -23,7 +23,7 @@ import hashlib
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -228,8 +228,7 @@ class Transfers:
                     kv, key = rec["needed"][ref.id]
                     work.append((item, ref.id, rec["upload_id"], kv, key))
         try:
-            changed = self._send(list(_windows(work, items)), sessions)
-            committed = self._commit([i for i in items if i.path not in changed], sessions)
+            results = self._send_and_commit(list(_windows(work, items)), items, sessions)
         except ApiError as e:
             if e.status not in (404, 410):
                 raise
@@ -238,7 +237,7 @@ class Transfers:
                 for item in items:
                     self.state.drop_pending("upload", self._pending_key(item))
             return [UploadResult(i, status=0) for i in items]
-        return committed + [UploadResult(i, status=0) for i in items if i.path in changed]
+        return results
 
     def _read_block(self, item: UploadItem, block: str) -> bytes:
         ref = next(b for b in item.manifest.blocks if b.id == block)
@@ -253,35 +252,67 @@ class Transfers:
         stored = encode_block(self._read_block(item, block), block, base64.b64decode(key), kv)
         return stored, base64.b64encode(hashlib.sha256(stored).digest()).decode()
 
-    def _send(self, windows: list[list[Work]], sessions: dict[str, dict[str, Any]]) -> set[str]:
-        """Send every window, pipelined: the next window is read and encoded while the
-        current one's PUTs are in flight (two windows in memory at most). The paths that
-        changed while they were read."""
+    def _send_and_commit(
+        self,
+        windows: list[list[Work]],
+        items: list[UploadItem],
+        sessions: dict[str, dict[str, Any]],
+    ) -> list[UploadResult]:
+        """Send every window and commit every file, pipelined: the next window is read and
+        encoded while the current one's PUTs are in flight (two windows in memory at most),
+        and the files whose blocks have all arrived are committed, on a commit thread, while
+        later windows upload. Files that changed while they were read get status 0 (the
+        next round uploads them again)."""
         changed: set[str] = set()
-        # which sessions wait for a block: a block sent is recorded once per window for each
+        # which files wait for a block: a block sent is recorded once per window for each
         waiting: dict[tuple[str, str], list[str]] = {}
-        for path, rec in sessions.items():
+        outstanding: dict[str, set[str]] = {}
+        for item in items:
+            rec = sessions[item.path]
+            outstanding[item.path] = set(rec["needed"]) - set(rec["sent"])
             for block in rec["needed"]:
-                waiting.setdefault((rec["upload_id"], block), []).append(path)
-        encoding = self._encode_window(windows[0]) if windows else []
-        for n, window in enumerate(windows):
-            encoded = self._encoded(window, encoding, changed)
-            puts = self._start_puts(encoded)
-            encoding = self._encode_window(windows[n + 1]) if n + 1 < len(windows) else []
-            dirty: set[str] = set()
-            for b, put in puts:
-                put.result()
-                self.stats.blocks_up += 1
-                self.stats.block_bytes_up += len(b[3])
-                if self.progress:
-                    self.progress(b[0].path, len(b[3]))
-                for path in waiting.get((b[2], b[1]), ()):
-                    sessions[path]["sent"].append(b[1])
-                    dirty.add(path)
-            with self.state.transaction():  # one write per window, not one per block
-                for path in dirty:
-                    self.state.put_pending("upload", path_key(path), sessions[path])
-        return changed
+                waiting.setdefault((rec["upload_id"], block), []).append(item.path)
+        submitted: set[str] = set()
+        commits: list[Future[list[UploadResult]]] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="tessera-commit") as committer:
+
+            def commit_ready() -> None:
+                ready = [
+                    i
+                    for i in items
+                    if not outstanding[i.path] and i.path not in submitted | changed
+                ]
+                if ready:
+                    submitted.update(i.path for i in ready)
+                    commits.append(committer.submit(self._commit, ready, sessions))
+
+            try:
+                commit_ready()  # files whose blocks the server already had
+                encoding = self._encode_window(windows[0]) if windows else []
+                for n, window in enumerate(windows):
+                    encoded = self._encoded(window, encoding, changed)
+                    puts = self._start_puts(encoded)
+                    encoding = self._encode_window(windows[n + 1]) if n + 1 < len(windows) else []
+                    dirty: set[str] = set()
+                    for b, put in puts:
+                        put.result()
+                        self.stats.blocks_up += 1
+                        self.stats.block_bytes_up += len(b[3])
+                        if self.progress:
+                            self.progress(b[0].path, len(b[3]))
+                        for path in waiting.get((b[2], b[1]), ()):
+                            sessions[path]["sent"].append(b[1])
+                            outstanding[path].discard(b[1])
+                            dirty.add(path)
+                    with self.state.transaction():  # one write per window, not one per block
+                        for path in dirty:
+                            self.state.put_pending("upload", path_key(path), sessions[path])
+                    commit_ready()
+            except BaseException:
+                wait(commits)  # a commit in flight still records what it committed
+                raise
+            results = [r for f in commits for r in f.result()]
+        return results + [UploadResult(i, status=0) for i in items if i.path in changed]
 
     def _encode_window(self, window: list[Work]) -> list[Future[tuple[bytes, str]]]:
         return [self.pool.submit(self._encode, w[0], w[1], w[3], w[4]) for w in window]

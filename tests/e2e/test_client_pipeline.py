@@ -1,0 +1,118 @@
+"""The upload pipeline against the real local cloud (HTTP): files are committed while later
+blocks are still being sent, and a crash between the two loses nothing."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tessera.blocks import scan_file
+from tessera_client import transfer
+from tessera_client.api import Api, ApiError
+from tessera_client.config import Home
+from tessera_client.fs import RealFilesystem, SafeFilesystem
+from tessera_client.state import StateDB
+from tessera_client.transfer import Transfers, UploadItem
+
+from .conftest import Cloud, Device, make_device
+
+
+class RecordingApi(Api):
+    """The real client API, noting when block PUTs and commits start (and failing a PUT
+    on request)."""
+
+    def __init__(self, server: str, home: Home, fail_put_after: int | None = None) -> None:
+        super().__init__(server, home)
+        self.log: list[tuple[str, float]] = []
+        self.fail_put_after = fail_put_after
+        self._lock = threading.Lock()
+
+    def call(self, route: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
+        if route.startswith("/v1/commit"):
+            with self._lock:
+                self.log.append(("commit", time.monotonic()))
+        return super().call(route, body, method)
+
+    def transfer(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None = None
+    ):  # type: ignore[no-untyped-def]
+        with self._lock:
+            puts = sum(1 for kind, _ in self.log if kind == "put")
+            self.log.append(("put", time.monotonic()))
+        if self.fail_put_after is not None and puts >= self.fail_put_after:
+            raise ApiError(503, "unavailable", "the block store is down", {})
+        time.sleep(0.02)  # a block store with some latency, so windows overlap commits
+        return super().transfer(method, url, headers, content)
+
+
+def _items(device: Device, count: int) -> list[UploadItem]:
+    fs = SafeFilesystem(RealFilesystem(device.folder))
+    items = []
+    for i in range(count):
+        rel = f"f{i:02d}.bin"
+        device.write(rel, os.urandom(20_000 + i))
+        items.append(UploadItem(rel, scan_file(device.folder / rel), fs.lstat(rel), None))
+    return items
+
+
+def _listed(api: Api) -> set[str]:
+    entries = api.call("/v1/list_folder", {"path": "", "recursive": True})["entries"]
+    return {e["path_display"].lstrip("/") for e in entries}
+
+
+def _transfers(device: Device, api: Api) -> Transfers:
+    device.home.mkdir(parents=True, exist_ok=True)
+    fs = SafeFilesystem(RealFilesystem(device.folder))
+    return Transfers(api, fs, StateDB(device.home / "state.db"), device=device.name, threads=4)
+
+
+def test_files_are_committed_while_later_blocks_upload(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 2)
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = RecordingApi(inproc_cloud.url, Home(a.home))
+    items = _items(a, 8)
+    xfer = _transfers(a, api)
+    try:
+        results = xfer.upload(items)
+    finally:
+        xfer.close()
+    assert sorted(r.item.path for r in results if r.entry is not None) == [i.path for i in items]
+    first_commit = min(t for kind, t in api.log if kind == "commit")
+    last_put = max(t for kind, t in api.log if kind == "put")
+    assert first_commit < last_put, "every PUT finished before the first commit started"
+    assert _listed(api) == {i.path for i in items}
+    api.close()
+
+
+def test_a_failure_mid_upload_keeps_the_files_already_committed(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 2)
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = RecordingApi(inproc_cloud.url, Home(a.home), fail_put_after=4)
+    items = _items(a, 8)
+    xfer = _transfers(a, api)
+    with pytest.raises(ApiError):
+        xfer.upload(items)
+    xfer.close()
+    # windows of two blocks: the first two windows were sent and committed, the third failed
+    assert _listed(api) == {f"f{i:02d}.bin" for i in range(4)}
+    # the next round plans only the files the server lacks, and sends just their blocks
+    api.fail_put_after = None
+    api.log.clear()
+    xfer = _transfers(a, api)
+    try:
+        results = xfer.upload(items[4:])
+    finally:
+        xfer.close()
+    assert all(r.entry is not None for r in results)
+    assert sum(1 for kind, _ in api.log if kind == "put") == 4
+    assert _listed(api) == {i.path for i in items}
+    api.close()
