@@ -264,53 +264,56 @@ def _wait_relayed(url: str, timeout: float = 300) -> None:
 def bench_initial_sync(tmp: Path, url: str, files: int, big_mib: int) -> list[dict[str, Any]]:
     """Per data set (`files` small files; one `big_mib` MiB file): seconds for `aws s3 sync`
     (and rclone) and for `tessera sync --once` into AWS mode, all to one moto endpoint.
-    The other tools run first, each on a quiet machine."""
+    Each set gets a fresh moto and cloud (no background work of the last set's left); the
+    other tools run first, each on a quiet machine."""
+    sets = [(f"{files} files of 1-300 KiB", _small_files, files),
+            (f"one {big_mib} MiB file", _big_file, big_mib)]  # fmt: skip
+    results: list[dict[str, Any]] = []
+    for n, (label, make, amount) in enumerate(sets):
+        if amount:
+            data = tmp / f"data{n}"
+            row: dict[str, Any] = {"set": label, "mib": make(data, amount) / 2**20}
+            results.append(row | _sync_once(tmp / f"set{n}", data, _database(url)))
+    return results
+
+
+def _sync_once(tmp: Path, data: Path, url: str) -> dict[str, float]:
+    """Seconds per tool to copy `data` to a fresh moto (tessera through a fresh cloud)."""
     moto = MotoProcess()
     cloud = AwsLocalCloud(tmp / "state", port=0, aws_endpoint=moto.endpoint_url,
                           database_url=url, deployment="bench-sync")  # fmt: skip
     try:
         base = cloud.start()
         assert cloud.aws is not None
-        email, password = f"sync{uuid.uuid4().hex[:6]}@bench.test", "bench passphrase"
-        add_user(tmp / "state", email, password)
         s3_env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
                   "AWS_DEFAULT_REGION": cloud.aws.region}  # fmt: skip
-        sets = [(f"{files} files of 1-300 KiB", _small_files, files),
-                (f"one {big_mib} MiB file", _big_file, big_mib)]  # fmt: skip
-        results: list[dict[str, Any]] = []
-        for n, (label, make, amount) in enumerate(sets):
-            if not amount:
-                continue
-            data = tmp / f"data{n}"
-            row: dict[str, Any] = {"set": label, "mib": make(data, amount) / 2**20}
-            for tool, cmd in _other_tools(data, cloud.aws.bucket, f"set{n}", moto.endpoint_url):
-                _wait_relayed(url)
-                row[tool] = _timed(cmd, s3_env)
+        row: dict[str, float] = {}
+        for tool, cmd in _other_tools(data, cloud.aws.bucket, moto.endpoint_url):
             _wait_relayed(url)
-            home = tmp / f"home{n}"
-            env = {**os.environ, "TESSERA_HOME": str(home), "PYTHONWARNINGS": "ignore"}
-            client = [sys.executable, "-m", "tessera_client"]
-            _timed([*client, "login", "--server", base, "--email", email, "--password", password],
-                   env)  # fmt: skip
-            row["tessera"] = _timed([*client, "sync", str(data), "--once"], env)
-            results.append(row)
-        return results
+            row[tool] = _timed(cmd, s3_env)
+        email, password = f"sync{uuid.uuid4().hex[:6]}@bench.test", "bench passphrase"
+        add_user(tmp / "state", email, password)
+        env = {**os.environ, "TESSERA_HOME": str(tmp / "home"), "PYTHONWARNINGS": "ignore"}
+        client = [sys.executable, "-m", "tessera_client"]
+        _timed([*client, "login", "--server", base, "--email", email, "--password", password],
+               env)  # fmt: skip
+        _wait_relayed(url)
+        row["tessera"] = _timed([*client, "sync", str(data), "--once"], env)
+        return row
     finally:
         cloud.stop()
         moto.stop()
 
 
-def _other_tools(
-    data: Path, bucket: str, prefix: str, endpoint: str
-) -> list[tuple[str, list[str]]]:
+def _other_tools(data: Path, bucket: str, endpoint: str) -> list[tuple[str, list[str]]]:
     """The commands of the tools tessera is compared with, those installed."""
     tools = []
     if aws := shutil.which("aws"):
-        tools.append(("aws s3 sync", [aws, "s3", "sync", str(data), f"s3://{bucket}/{prefix}/",
+        tools.append(("aws s3 sync", [aws, "s3", "sync", str(data), f"s3://{bucket}/awscli/",
                                       "--endpoint-url", endpoint, "--quiet"]))  # fmt: skip
     if rclone := shutil.which("rclone"):
         remote = (f":s3,provider=Other,endpoint={endpoint},access_key_id=x,"
-                  f"secret_access_key=x:{bucket}/rclone-{prefix}")  # fmt: skip
+                  f"secret_access_key=x:{bucket}/rclone")  # fmt: skip
         tools.append(("rclone sync", [rclone, "sync", str(data), remote]))
     return tools
 
@@ -345,7 +348,7 @@ def main(argv: Sequence[str] = ()) -> None:
                 _latency_benches(args, _function_env(settings, _database(postgres)),
                                  Path(tmp), _database(postgres))  # fmt: skip
             if not (args.skip_sync or args.cold_only):
-                _sync_bench(args, Path(tmp) / "sync", _database(postgres))
+                _sync_bench(args, Path(tmp) / "sync", postgres)
         finally:
             if server is not None:
                 server.cleanup()
