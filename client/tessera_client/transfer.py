@@ -249,7 +249,8 @@ class Transfers:
         return data
 
     def _encode(self, item: UploadItem, block: str, kv: int, key: str) -> tuple[bytes, str]:
-        stored = encode_block(self._read_block(item, block), block, base64.b64decode(key), kv)
+        encoded = encode_block(self._read_block(item, block), block, base64.b64decode(key), kv)
+        stored = bytes(encoded)  # httpx sends bytes, not a bytearray (one memcpy per block)
         return stored, base64.b64encode(hashlib.sha256(stored).digest()).decode()
 
     def _send_and_commit(

@@ -1,5 +1,5 @@
-"""A batch commit checks every staged copy (HEADs fetched up front, concurrently): an item
-whose PUT never happened fails alone, the others commit."""
+"""A batch commit checks every staged copy (one listing of the session's staged blocks):
+an item whose PUT never happened fails alone, the others commit."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ class Client:
             },
         )["urls"]
         for u in urls:
-            r = httpx.put(u["url"], content=encoded[u["id"]], headers=u["headers"])
+            r = httpx.put(u["url"], content=bytes(encoded[u["id"]]), headers=u["headers"])
             assert r.status_code == 200, r.text
         return self.post(  # type: ignore[no-any-return]
             "/v1/commit",

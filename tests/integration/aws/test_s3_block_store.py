@@ -34,7 +34,7 @@ def test_presigned_put_binds_length_and_checksum_and_delivers_exact_bytes(
 ) -> None:
     plain = os.urandom(70_000)
     bid = block_id(plain)
-    encoded = encode_block(plain, bid, b"k" * 32, 1)
+    encoded = bytes(encode_block(plain, bid, b"k" * 32, 1))
     key = f"staging/{uuid.uuid4().hex}/{bid[3:]}"
     req = store.presign_put(key, size=len(encoded), sha256=hashlib.sha256(encoded).digest())
 
