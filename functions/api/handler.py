@@ -1,8 +1,9 @@
 """Lambda `api`: the whole REST API (API Gateway REST proxy events, Cognito authorizer).
 
 Cold start: read settings, wire the AWS adapters into `Services`, build the Powertools
-resolver and load the current block-key secret — once, here at import. Each invocation only resolves the event; the domain
-publishes each commit's event to the changes table right after its transaction.
+resolver and load the current block-key secret — once, here at import. Each invocation
+only resolves the event; after each transaction the domain publishes the newest event of
+each namespace to the changes table (the outbox relay delivers the rest).
 """
 
 from __future__ import annotations

@@ -88,7 +88,10 @@ class Client:
             for url in urls["urls"]:
                 assert "X-Amz-Signature=" in url["url"]  # a SigV4 presigned URL, straight to S3
                 r = httpx.request(
-                    url["method"], url["url"], content=bytes(encoded[url["id"]]), headers=url["headers"]
+                    url["method"],
+                    url["url"],
+                    content=bytes(encoded[url["id"]]),
+                    headers=url["headers"],
                 )
                 assert r.status_code == 200, r.text
         return self.call(
