@@ -43,7 +43,7 @@ class Settings:
     mass_delete_min: int = 10
     transfer_threads: int = 8
     longpoll_timeout_s: int = 60
-    batch_files: int = 500
+    batch_files: int = 1000  # files per upload session: the server's max_files_per_upload
     outage_wait_s: float = 120.0
     retry_attempts: int = 8
 

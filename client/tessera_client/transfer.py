@@ -135,7 +135,7 @@ class Transfers:
         *,
         device: str,
         threads: int = 8,
-        batch_files: int = 500,
+        batch_files: int = 1000,
         progress: Progress | None = None,
     ) -> None:
         self.api, self.fs, self.state = api, fs, state
