@@ -126,18 +126,19 @@ def _check_blocks(
     """Every block must be readable by the caller, or staged by their upload session and
     present in the block store with the size the PUT URL was issued for."""
     ids = list(dict.fromkeys(b.id for b in req.blocks))
-    session_rows = {}
+    session, holds, expected = store.commit_block_rows(
+        req.upload_id, view.user.user_id, view.ns_ids, ids
+    )
     if req.upload_id is not None:
-        session = store.get_upload(req.upload_id, view.user.user_id, lock=True)
         if session is None or session.state != "open":
             raise NotFound(f"no upload session {req.upload_id!r}")
         if session.expires_at <= svc.clock.now():
             raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
-    readable = _settled(store, store.readable_blocks(view.ns_ids, ids))
+    readable = _settled(store, holds)
     missing = [i for i in ids if i not in readable]
+    session_rows = {i: expected[i] for i in missing if i in expected}
     uploaded: set[str] = set()
-    if missing and req.upload_id is not None:
-        session_rows = store.upload_blocks(req.upload_id, missing)
+    if session_rows and req.upload_id is not None:
         uploaded = {
             bid
             for bid, row in session_rows.items()

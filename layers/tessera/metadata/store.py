@@ -285,6 +285,24 @@ def _journal_result(
     return list(range(last - n + 1, last + 1)), ChangeEvent(event_id, ns_id, last, kind, full)
 
 
+_READABLE_SQL = (
+    "SELECT DISTINCT ON (vb.block_id) vb.block_id, vb.size, b.state, vb.staged_key"
+    " FROM version_blocks vb JOIN blocks b USING (block_id)"
+    " WHERE vb.ns_id = ANY(%s) AND vb.block_id = ANY(%s) AND b.state <> 'quarantined'"
+    " AND NOT EXISTS (SELECT 1 FROM upload_blocks ub WHERE ub.staged_key = vb.staged_key"
+    "  AND ub.state = 'quarantined')"
+    " ORDER BY vb.block_id, (vb.staged_key IS NULL) DESC"
+)
+_UPLOAD_SQL = (
+    "SELECT upload_id, user_id, state, expires_at FROM upload_sessions"
+    " WHERE upload_id = %s AND user_id = %s"
+)
+_UPLOAD_BLOCKS_SQL = (
+    "SELECT block_id, size, key_version, stored_size, sha256, staged_key, state"
+    " FROM upload_blocks WHERE upload_id = %s AND block_id = ANY(%s)"
+)
+
+
 class Store:
     """Data access inside one transaction (from `Database.transaction()`)."""
 
@@ -411,7 +429,8 @@ class Store:
         Lock order: every write takes its namespace row before any file row (each write
         bumps the namespace's seq, so writes in one namespace serialize on it anyway), so
         two writers never hold each other's next lock."""
-        self._one("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE", (ns_id,))
+        # Not fetched: in pipeline mode the lock travels with the caller's next query.
+        self.conn.execute("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE", (ns_id,))
 
     def latest_seqs(self, ns_ids: Sequence[int]) -> dict[int, int]:
         """The latest journal seq of each namespace."""
@@ -635,15 +654,7 @@ class Store:
         index), with the block's state; quarantined blocks are left out."""
         if not block_ids:
             return {}
-        rows = self._all(
-            "SELECT DISTINCT ON (vb.block_id) vb.block_id, vb.size, b.state, vb.staged_key"
-            " FROM version_blocks vb JOIN blocks b USING (block_id)"
-            " WHERE vb.ns_id = ANY(%s) AND vb.block_id = ANY(%s) AND b.state <> 'quarantined'"
-            " AND NOT EXISTS (SELECT 1 FROM upload_blocks ub WHERE ub.staged_key = vb.staged_key"
-            "  AND ub.state = 'quarantined')"
-            " ORDER BY vb.block_id, (vb.staged_key IS NULL) DESC",
-            (list(ns_ids), list(block_ids)),
-        )
+        rows = self._all(_READABLE_SQL, (list(ns_ids), list(block_ids)))
         return {r[0]: ReadableBlock(*r) for r in rows}
 
     def write_version(
@@ -763,27 +774,38 @@ class Store:
                 ),
             )
 
-    def get_upload(self, upload_id: str, user_id: str, *, lock: bool = False) -> UploadRow | None:
-        """The caller's open session (another user's is None, like a missing one).
-
-        `lock` holds it FOR SHARE until the transaction ends: gc cannot expire it (and delete
-        its staged copies) while a commit is using them.
-        """
-        row = self._one(
-            "SELECT upload_id, user_id, state, expires_at FROM upload_sessions"
-            " WHERE upload_id = %s AND user_id = %s" + (" FOR SHARE" if lock else ""),
-            (upload_id, user_id),
-        )
+    def get_upload(self, upload_id: str, user_id: str) -> UploadRow | None:
+        """The caller's open session (another user's is None, like a missing one)."""
+        row = self._one(_UPLOAD_SQL, (upload_id, user_id))
         return UploadRow(*row) if row else None
 
     def upload_blocks(self, upload_id: str, block_ids: Sequence[str]) -> dict[str, UploadBlockRow]:
         """The session's expected blocks among `block_ids`."""
-        rows = self._all(
-            "SELECT block_id, size, key_version, stored_size, sha256, staged_key, state"
-            " FROM upload_blocks WHERE upload_id = %s AND block_id = ANY(%s)",
-            (upload_id, list(block_ids)),
-        )
+        rows = self._all(_UPLOAD_BLOCKS_SQL, (upload_id, list(block_ids)))
         return {r[0]: UploadBlockRow(*r) for r in rows}
+
+    def commit_block_rows(
+        self, upload_id: str | None, user_id: str, ns_ids: Sequence[int], block_ids: Sequence[str]
+    ) -> tuple[UploadRow | None, dict[str, ReadableBlock], dict[str, UploadBlockRow]]:
+        """What a commit checks its blocks against, in one round trip (the three statements
+        travel together in pipeline mode): the caller's session, held FOR SHARE until the
+        transaction ends so gc cannot expire it (and delete its staged copies) meanwhile;
+        which of `block_ids` a version in `ns_ids` holds (as `readable_blocks`); and the
+        session's expected blocks among them (as `upload_blocks`)."""
+        ids = list(block_ids)
+        session = readable = expected = None
+        if upload_id is not None:
+            session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
+        if ids:
+            readable = self.conn.execute(_READABLE_SQL, (list(ns_ids), ids))
+        if upload_id is not None and ids:
+            expected = self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, ids))
+        row = session.fetchone() if session is not None else None
+        return (
+            UploadRow(*row) if row else None,
+            {r[0]: ReadableBlock(*r) for r in readable.fetchall()} if readable else {},
+            {r[0]: UploadBlockRow(*r) for r in expected.fetchall()} if expected else {},
+        )
 
     def set_upload_block_stored(
         self, upload_id: str, block_id: str, stored_size: int, sha256: str
