@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tessera.blocks import scan_file
@@ -40,7 +41,7 @@ class RecordingApi(Api):
 
     def transfer(
         self, method: str, url: str, headers: dict[str, str], content: bytes | None = None
-    ):  # type: ignore[no-untyped-def]
+    ) -> httpx.Response:
         with self._lock:
             puts = sum(1 for kind, _ in self.log if kind == "put")
             self.log.append(("put", time.monotonic()))
