@@ -188,6 +188,39 @@ def test_batch_items_succeed_or_fail_alone(services: Services, alice: Principal)
     assert get_file(services, alice, "/good2") == b"good file"
 
 
+def test_a_late_failure_leaves_nothing_of_the_first_attempt(
+    services: Services, alice: Principal
+) -> None:
+    """A batch runs without savepoints first; an entry failing after others wrote rolls the
+    whole attempt back, and the isolated rerun's state is as if it ran alone."""
+    block, other = [b"becomes a file"], [b"wants a folder there"]
+    upload_id = upload_blocks(services, alice, "/fresh", block + other)
+    batch = CommitBatchRequest(
+        entries=[
+            commit_request("/fresh/one", other, upload_id),  # its parent is a file by then
+            commit_request("/fresh", block, upload_id),  # sorted first: commits, then...
+        ]
+    )
+    result = commits.commit_batch(services, alice, batch)
+    assert [(e.tag, e.status) for e in result.entries] == [("failure", 409), ("success", 200)]
+    assert get_file(services, alice, "/fresh") == b"becomes a file"
+    with services.db.pool.connection() as conn:
+        refcounts = dict(
+            conn.execute(
+                "SELECT block_id, refcount FROM blocks WHERE block_id = ANY(%s)",
+                ([block_id(block[0]), block_id(other[0])],),
+            ).fetchall()
+        )
+        journal = conn.execute(
+            "SELECT count(*) FROM journal j JOIN users u ON u.root_ns_id = j.ns_id"
+            " WHERE u.user_id = %s",
+            (alice.user_id,),
+        ).fetchone()
+    assert refcounts.get(block_id(block[0])) == 1  # once, not once per attempt
+    assert refcounts.get(block_id(other[0]), 0) == 0
+    assert journal is not None and journal[0] == 1  # the one file; no folder, no second try
+
+
 def test_case_and_unicode_twins_are_one_file(services: Services, alice: Principal) -> None:
     first = put_file(services, alice, "/Café/Notes.TXT", b"one")
     nfd = "/Cafe\u0301/notes.txt".upper()
