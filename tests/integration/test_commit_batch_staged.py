@@ -1,9 +1,14 @@
-"""A batch commit checks every staged copy (one listing of the session's staged blocks):
-an item whose PUT never happened fails alone, the others commit."""
+"""A commit checks every staged copy it relies on (a listing of the session's staged blocks,
+or HEADs of its own when the session is large): an item whose PUT never happened fails
+alone, the others commit."""
 
 from __future__ import annotations
 
-from tessera.domain import commits
+import pytest
+
+from tessera.blocks import block_id
+from tessera.domain import commits, object_keys
+from tessera.domain.errors import Unprocessable
 from tessera.domain.models import CommitBatchRequest
 from tessera.domain.services import Services
 from tessera.ports import Principal
@@ -35,3 +40,47 @@ def test_batch_with_one_unsent_block_fails_only_that_item(
     assert "never uploaded" in result.entries[1].error.message
     assert get_file(services, alice, "/one") == b"".join(one)
     assert get_file(services, alice, "/two") == b"".join(two)
+
+
+def _record(monkeypatch: pytest.MonkeyPatch, store: object, name: str) -> list[object]:
+    """Calls of `store.<name>` from now on (their first argument)."""
+    calls: list[object] = []
+    real = getattr(store, name)
+
+    def recording(arg: object, *rest: object, **kw: object) -> object:
+        calls.append(arg)
+        return real(arg, *rest, **kw)
+
+    monkeypatch.setattr(store, name, recording)
+    return calls
+
+
+@pytest.mark.parametrize(("needed", "listed"), [(1, False), (3, True)])
+def test_a_large_session_is_headed_unless_an_entry_needs_much_of_it(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch, needed: int, listed: bool
+) -> None:
+    """Listing a session per window commit would parse all of it for every 128 files: past
+    one page, an entry needing under a tenth of the session HEADs its own keys instead."""
+    monkeypatch.setattr(commits, "_LIST_PAGE", 4)  # a "large" session: more than 4 staged
+    chunks = [f"block {i}".encode() for i in range(20)]
+    upload_id = upload_blocks(services, alice, "/all", chunks)
+    heads = _record(monkeypatch, services.block_store, "head")
+    lists = _record(monkeypatch, services.block_store, "list_sizes")
+    entry = commit_request("/part", chunks[:needed], upload_id)
+    commits.commit(services, alice, entry)
+    assert get_file(services, alice, "/part") == b"".join(chunks[:needed])
+    assert (len(lists), len(heads)) == ((1, 0) if listed else (0, needed))
+
+
+def test_a_headed_block_that_never_arrived_is_refused(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commits, "_LIST_PAGE", 4)
+    chunks = [f"block {i}".encode() for i in range(12)]
+    upload_id = upload_blocks(services, alice, "/all", chunks)
+    lost = object_keys.staging_key(upload_id, block_id(chunks[5]))
+    services.block_store.delete(lost)  # its PUT URL was issued; the object is not there
+    heads = _record(monkeypatch, services.block_store, "head")
+    with pytest.raises(Unprocessable, match="never uploaded"):
+        commits.commit(services, alice, commit_request("/x", chunks[5:6], upload_id))
+    assert heads == [lost]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,23 +99,38 @@ def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Read
     return out
 
 
-class _StagedListing:
-    """What each upload session has staged (key → size), listed once per session per
-    request: one ListObjectsV2 page per 1,000 blocks instead of a HEAD per block, which
-    dominated commits on S3. A block is only ever staged under its session's prefix
-    (`staging_key`), so a key the listing lacks was never uploaded (S3 lists with
-    read-after-write consistency)."""
+_LIST_PAGE = 1_000  # keys per ListObjectsV2 page
+
+
+class _StagedSizes:
+    """The sizes of staged objects, asked of the block store as cheaply as the session
+    allows, and remembered for the request.
+
+    A session is listed (one ListObjectsV2 page per 1,000 blocks) when it is small, or when
+    an entry needs a tenth of it; otherwise the entry's keys are HEADed, 16 at a time. A
+    HEAD per block dominated commits on S3, and a listing per window commit of a large
+    session would parse every key of it for every 128 files. A block is only ever staged
+    under its session's prefix (`staging_key`), so a key a listing lacks was never uploaded
+    (S3 lists with read-after-write consistency)."""
 
     def __init__(self, block_store: BlockStore) -> None:
         self._block_store = block_store
-        self._sessions: dict[str, dict[str, int]] = {}
+        self._listed: dict[str, dict[str, int]] = {}
 
-    def size(self, upload_id: str, key: str) -> int | None:
-        """The size of the object at staged `key` of session `upload_id`; None if absent."""
-        if upload_id not in self._sessions:
+    def sizes(self, upload_id: str, keys: Sequence[str], staged_count: int) -> dict[str, int]:
+        """staged key → size, for the `keys` (of session `upload_id`, which has
+        `staged_count` staged blocks) that have an object."""
+        if upload_id not in self._listed and (
+            staged_count <= _LIST_PAGE or len(keys) * 10 >= staged_count
+        ):
             listed = self._block_store.list_sizes(staging_prefix(upload_id))
-            self._sessions[upload_id] = dict(listed)
-        return self._sessions[upload_id].get(key)
+            self._listed[upload_id] = dict(listed)
+        if upload_id in self._listed:
+            found = self._listed[upload_id]
+            return {k: found[k] for k in keys if k in found}
+        with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
+            heads = list(pool.map(self._block_store.head, keys))
+        return {k: head.size for k, head in zip(keys, heads, strict=True) if head is not None}
 
 
 def _check_blocks(
@@ -122,30 +138,28 @@ def _check_blocks(
     store: Store,
     view: View,
     req: CommitRequest,
-    staged: _StagedListing,
+    staged: _StagedSizes,
 ) -> _Blocks:
     """Every block must be readable by the caller, or staged by their upload session and
     present in the block store with the size the PUT URL was issued for."""
     ids = list(dict.fromkeys(b.id for b in req.blocks))
-    session, holds, expected = store.commit_block_rows(
-        req.upload_id, view.user.user_id, view.ns_ids, ids
-    )
+    rows = store.commit_block_rows(req.upload_id, view.user.user_id, view.ns_ids, ids)
     if req.upload_id is not None:
+        session = rows.session
         if session is None or session.state != "open":
             raise NotFound(f"no upload session {req.upload_id!r}")
         if session.expires_at <= svc.clock.now():
             raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
-    readable = _settled(store, holds)
+    readable = _settled(store, rows.readable)
     missing = [i for i in ids if i not in readable]
-    session_rows = {i: expected[i] for i in missing if i in expected}
+    session_rows = {i: rows.expected[i] for i in missing if i in rows.expected}
+    # a PUT URL was issued for these, so they may have arrived: ask the block store
+    issued = {i: r for i, r in session_rows.items() if r.stored_size is not None}
     uploaded: set[str] = set()
-    if session_rows and req.upload_id is not None:
-        uploaded = {
-            bid
-            for bid, row in session_rows.items()
-            if row.stored_size is not None  # a PUT URL was issued, and the PUT arrived whole
-            and staged.size(req.upload_id, row.staged_key) == row.stored_size
-        }
+    if issued and req.upload_id is not None:
+        keys = [r.staged_key for r in issued.values()]
+        found = staged.sizes(req.upload_id, keys, rows.staged_count)
+        uploaded = {i for i, r in issued.items() if found.get(r.staged_key) == r.stored_size}
     never = [i for i in missing if i not in uploaded]
     if never:
         raise Unprocessable(
@@ -276,7 +290,7 @@ def _commit_in(
     store: Store,
     view: View,
     req: CommitRequest,
-    staged: _StagedListing,
+    staged: _StagedSizes,
 ) -> tuple[FileEntry, ChangeEvent | None]:
     """One commit inside an open transaction (or savepoint)."""
     path = paths.canonical(req.path)
@@ -349,7 +363,7 @@ def _commit_in(
 def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry:
     """Commit one file version; 409 (with the current rev) when `parent_rev` is stale."""
     with view_transaction(svc, principal) as (store, view):
-        result, event = _commit_in(svc, store, view, req, _StagedListing(svc.block_store))
+        result, event = _commit_in(svc, store, view, req, _StagedSizes(svc.block_store))
     publish(svc.feed, [event])
     return result
 
@@ -370,7 +384,7 @@ def commit_batch(
     runs again with a savepoint per entry, so each entry fails alone."""
     if len(req.entries) > svc.settings.max_commits_per_batch:
         raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
-    staged = _StagedListing(svc.block_store)
+    staged = _StagedSizes(svc.block_store)
     try:
         results, events = _commit_entries(svc, principal, req, staged, isolated=False)
     except _EntryFailed:
@@ -383,7 +397,7 @@ def _commit_entries(
     svc: Services,
     principal: Principal,
     req: CommitBatchRequest,
-    staged: _StagedListing,
+    staged: _StagedSizes,
     *,
     isolated: bool,
 ) -> tuple[list[CommitBatchItem], list[ChangeEvent | None]]:

@@ -136,6 +136,17 @@ class UploadBlockRow:
 
 
 @dataclass(frozen=True)
+class CommitBlockRows:
+    """What a commit checks its blocks against (`Store.commit_block_rows`)."""
+
+    session: UploadRow | None  # the caller's session, FOR SHARE until the transaction ends,
+    # so gc cannot expire it (and delete its staged copies) meanwhile
+    readable: dict[str, ReadableBlock]  # the blocks a version in the caller's view holds
+    expected: dict[str, UploadBlockRow]  # the session's expected blocks among them
+    staged_count: int  # the session's blocks a PUT URL was issued for
+
+
+@dataclass(frozen=True)
 class JournalRow:
     """One change in a namespace, an absolute state (see migration 001)."""
 
@@ -786,25 +797,29 @@ class Store:
 
     def commit_block_rows(
         self, upload_id: str | None, user_id: str, ns_ids: Sequence[int], block_ids: Sequence[str]
-    ) -> tuple[UploadRow | None, dict[str, ReadableBlock], dict[str, UploadBlockRow]]:
-        """What a commit checks its blocks against, in one round trip (the three statements
-        travel together in pipeline mode): the caller's session, held FOR SHARE until the
-        transaction ends so gc cannot expire it (and delete its staged copies) meanwhile;
-        which of `block_ids` a version in `ns_ids` holds (as `readable_blocks`); and the
-        session's expected blocks among them (as `upload_blocks`)."""
+    ) -> CommitBlockRows:
+        """What a commit checks its blocks against, in one round trip (the statements
+        travel together in pipeline mode): see `CommitBlockRows`."""
         ids = list(block_ids)
-        session = readable = expected = None
+        session = readable = expected = staged = None
         if upload_id is not None:
             session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
+            staged = self.conn.execute(
+                "SELECT count(*) FROM upload_blocks"
+                " WHERE upload_id = %s AND stored_size IS NOT NULL",
+                (upload_id,),
+            )
         if ids:
             readable = self.conn.execute(_READABLE_SQL, (list(ns_ids), ids))
         if upload_id is not None and ids:
             expected = self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, ids))
         row = session.fetchone() if session is not None else None
-        return (
-            UploadRow(*row) if row else None,
-            {r[0]: ReadableBlock(*r) for r in readable.fetchall()} if readable else {},
-            {r[0]: UploadBlockRow(*r) for r in expected.fetchall()} if expected else {},
+        count = staged.fetchone() if staged is not None else None
+        return CommitBlockRows(
+            session=UploadRow(*row) if row else None,
+            readable={r[0]: ReadableBlock(*r) for r in readable.fetchall()} if readable else {},
+            expected={r[0]: UploadBlockRow(*r) for r in expected.fetchall()} if expected else {},
+            staged_count=int(count[0]) if count else 0,
         )
 
     def set_upload_block_stored(
