@@ -39,7 +39,6 @@ from typing import Any
 
 import httpx
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,6 +46,7 @@ sys.path.insert(0, str(REPO))
 from bench.common import scale  # noqa: E402
 from tessera.adapters.aws import AwsSettings  # noqa: E402
 from tessera.local.aws_mode import AwsLocalCloud, MotoCloud, add_user, load_functions, provision  # noqa: E402
+from tessera.local.postgres import ensure_database  # noqa: E402
 from tessera.metadata import migrate  # noqa: E402
 from tessera.metadata.outbox import pending_count  # noqa: E402
 
@@ -68,10 +68,7 @@ print(json.dumps({{"import": t1 - t0, "first": t2 - t1, "cpu": c2 - c0}}))
 
 
 def _database(postgres_url: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(postgres_url, dbname=name)
+    url = ensure_database(postgres_url, f"bench_{uuid.uuid4().hex[:8]}")
     migrate(url)
     return url
 

@@ -31,8 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from bench.common import Figure, print_figures
 from tessera.adapters.local import FilesystemBlockStore, KeyFileKeyService, PostgresChangeFeed
@@ -40,6 +39,7 @@ from tessera.blocks import block_id, content_hash
 from tessera.domain import commits
 from tessera.domain.models import BlockSpec, CommitRequest
 from tessera.domain.services import Services
+from tessera.local.postgres import ensure_database
 from tessera.metadata import Database, migrate
 from tessera.ports import ChangeEvent, ChangeFeed, Principal
 from tessera.settings import Settings
@@ -72,15 +72,6 @@ def _server(workdir: Path) -> Iterator[str]:
         yield server.get_uri()
     finally:
         server.cleanup()
-
-
-def _database(url: str, name: str) -> str:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(url)
-    params["dbname"] = name
-    return make_conninfo("", **params)
 
 
 def _seed(svc: Services, who: Principal) -> tuple[str, int]:
@@ -190,9 +181,9 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="tessera-bench-commits-") as tmp,
         _server(Path(tmp)) as server,
     ):
-        meta_url = _database(server, "bench_commits")
+        meta_url = ensure_database(server, "bench_commits", reset=True)
         migrate(meta_url)
-        pg_url = _database(server, "bench_pgbench")
+        pg_url = ensure_database(server, "bench_pgbench", reset=True)
         _pgbench(pg_url, "-i", "-q", "-s", "1")
         svc = _services(meta_url, Path(tmp), pool=8)
         runs: dict[str, list[float]] = {}

@@ -30,24 +30,17 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.cleanup()
 
 
-def _with_database(url: str, dbname: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
-
-
 @pytest.fixture
 def empty_database_url(postgres_url: str) -> Iterator[str]:
     """A fresh, empty database on the session's server, dropped after the test."""
     import psycopg
 
+    from tessera.local.postgres import ensure_database
+
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    url = ensure_database(postgres_url, name)
     try:
-        yield _with_database(postgres_url, name)
+        yield url
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -23,10 +23,9 @@ metrics = Metrics(namespace="Tessera", service="tessera-api")
 runtime = AwsRuntime.from_env()
 services = runtime.services()
 resolver = build_resolver(services)
-# The current block-key secret (SSM + KMS), loaded during init rather than by the first
-# request: every sync starts with a cursor or an upload, and both need it. On AWS, init
-# runs before the first request is routed, and ahead of any with provisioned concurrency.
-services.keys.secret(services.keys.current_version())
+# On AWS, init runs before the first request is routed (ahead of any, with provisioned
+# concurrency): the SSM + KMS round trips for the block-key secret belong here.
+services.keys.load_current()
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

@@ -129,6 +129,11 @@ class KeyService(ABC):
             self._cache[version] = self._load_secret(version)
         return self._cache[version]
 
+    def load_current(self) -> None:
+        """Load the current version's secret now: a Lambda's init calls this so that its
+        first request (every sync starts with a cursor or an upload) does not wait for it."""
+        self.secret(self.current_version())
+
     def block_key(self, block_id: str, version: int | None = None) -> tuple[int, bytes]:
         """(key_version, 32-byte AES key) for `block_id`."""
         v = self.current_version() if version is None else version

@@ -43,20 +43,13 @@ from tessera.domain.models import (
     UploadUrlsRequest,
 )
 from tessera.domain.services import Services
+from tessera.local.postgres import ensure_database
 from tessera.metadata import Database, migrate
 from tessera.ports import Principal
 from tessera.settings import Settings
 
 if TYPE_CHECKING:
     from .test_maintenance_world import World
-
-
-def _with_db(url: str, dbname: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo("", **params)
 
 
 @pytest.fixture(scope="session")
@@ -70,10 +63,9 @@ def _session_database(postgres_url: str) -> Iterator[str]:
     import psycopg
 
     name = f"it_{uuid.uuid4().hex[:12]}"
+    url = ensure_database(postgres_url, name)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
         conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-    url = _with_db(postgres_url, name)
     migrate(url)
     yield url
     with psycopg.connect(postgres_url, autocommit=True) as conn:

@@ -18,7 +18,6 @@ import httpx
 import jwt
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from tessera.adapters.local import (
     FilesystemBlockStore,
@@ -27,6 +26,7 @@ from tessera.adapters.local import (
     LocalUsers,
 )
 from tessera.local.gateway import Gateway, create_app
+from tessera.local.postgres import ensure_database
 from tessera.local.server import Server
 from tessera.metadata import migrate
 from tessera.ports import Principal
@@ -59,9 +59,7 @@ class Env:
 def database(postgres_url: str) -> Iterator[str]:
     """One migrated database for the module (the gateway under test only reads users)."""
     name = f"t_gw_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(postgres_url, dbname=name)
+    url = ensure_database(postgres_url, name)
     migrate(url)
     yield url
     with psycopg.connect(postgres_url, autocommit=True) as conn:

@@ -24,7 +24,7 @@ class ListFeed(ChangeFeed):
         self.published.append(event)
 
     def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
-        raise NotImplementedError
+        return any(e.seq > cursors.get(e.ns_id, e.seq) for e in self.published)
 
 
 def _event(ns: int, seq: int) -> ChangeEvent:
@@ -36,6 +36,7 @@ def test_only_the_newest_event_of_each_namespace_is_published() -> None:
     batch = [_event(1, 5), _event(2, 9), None, _event(1, 7), _event(1, 6), _event(2, 8)]
     publish(feed, batch)
     assert sorted(feed.published, key=lambda e: e.ns_id) == [_event(1, 7), _event(2, 9)]
+    assert feed.wait({1: 6}, timeout=0) and not feed.wait({1: 7, 2: 9}, timeout=0)
 
 
 def test_nothing_to_publish_calls_nothing() -> None:

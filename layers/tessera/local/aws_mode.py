@@ -380,6 +380,7 @@ class AwsLocalCloud(ServedCloud):
         wire the gateway; returns the base URL. Nothing is served yet."""
         from tessera.local.cloud import open_database
         from tessera.local.gateway import Gateway, create_app
+        from tessera.local.postgres import ensure_database
         from tessera.local.server import Server
         from tessera.metadata import migrate
 
@@ -394,7 +395,8 @@ class AwsLocalCloud(ServedCloud):
             )
             conninfo, self._embedded = open_database(self.state, self.database_url)
             if self._embedded is not None:
-                conninfo = _fresh_database(conninfo, reset=self._moto is not None)
+                # an in-process moto starts empty: metadata pointing at its blocks must too
+                conninfo = ensure_database(conninfo, "tessera_aws", reset=self._moto is not None)
             migrate(conninfo)
             self.aws = provision(endpoint, database_url=conninfo, name=self.deployment)
             # Powertools reads this when it flushes: no EMF metric lines on a laptop.
@@ -472,21 +474,6 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         env[f"TESSERA_{f.name.upper()}"] = str(int(value) if isinstance(value, bool) else value)
     return env
-
-
-def _fresh_database(conninfo: str, *, reset: bool) -> str:
-    """The `tessera_aws` database on the embedded server; emptied first when `reset`
-    (an in-process moto starts empty, so metadata that points at its blocks must too)."""
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        if reset:
-            conn.execute("DROP DATABASE IF EXISTS tessera_aws WITH (FORCE)")
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'tessera_aws'").fetchone()
-        if not exists:
-            conn.execute("CREATE DATABASE tessera_aws")
-    return make_conninfo(conninfo, dbname="tessera_aws")
 
 
 def _demo_user(users: CognitoUsers) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 DATABASE = "tessera"
 
@@ -40,6 +41,21 @@ def _prune_dead_holders(pgdata: Path) -> None:
         holders.write_text(json.dumps(alive))
 
 
+def ensure_database(conninfo: str, name: str, *, reset: bool = False) -> str:
+    """The conninfo of database `name` on the server `conninfo` reaches, created if missing
+    (dropped first when `reset`). Two processes creating it at once both succeed."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if reset:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists is None:
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_conninfo(conninfo, dbname=name)
+
+
 class EmbeddedPostgres:
     """One pgserver-managed PostgreSQL over `pgdata`; `start()` returns the conninfo."""
 
@@ -59,15 +75,7 @@ class EmbeddedPostgres:
         with PostgresServer._lock:  # the same inter-process lock pgserver takes
             _prune_dead_holders(self.pgdata)
         self._server = get_server(self.pgdata, cleanup_mode="stop")
-        admin_url: str = self._server.get_uri()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
-            ).fetchone()
-            if exists is None:
-                # two processes starting at once: the loser finds the database there
-                with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
+        ensure_database(self._server.get_uri(), DATABASE)
         url: str = self._server.get_uri(database=DATABASE)
         return url
 

@@ -9,10 +9,10 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from tessera.adapters.aws import AwsClients, AwsSettings
 from tessera.local.aws_mode import load_functions
+from tessera.local.postgres import ensure_database
 
 from .moto_env import shared_aws_settings
 
@@ -33,14 +33,9 @@ def aws_clients(aws_settings: AwsSettings) -> AwsClients:
 def lambdas(aws_settings: AwsSettings, postgres_url: str) -> Iterator[SimpleNamespace]:
     """The four Lambda handler modules, cold-started with their Lambda environment:
     the moto deployment plus a fresh, migrated metadata database."""
-    import psycopg
-
     from tessera.metadata import migrate
 
-    name = f"aws_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_conninfo(postgres_url, dbname=name)
+    url = ensure_database(postgres_url, f"aws_{uuid.uuid4().hex[:10]}")
     migrate(url)
     env = {
         **replace(aws_settings, database_url=url).to_env(),

@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from tessera.adapters.aws import AwsClients, AwsSettings
 from tessera.domain.errors import Conflict
 from tessera.local.aws_mode import AwsLocalCloud, add_user, provision
+from tessera.local.postgres import ensure_database
 
 from .flow import Client, http_send
 
@@ -36,12 +36,10 @@ def aws_cloud(
     tmp_path_factory: pytest.TempPathFactory, postgres_url: str
 ) -> Iterator[AwsLocalCloud]:
     name = f"awsmode_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     cloud = AwsLocalCloud(
         tmp_path_factory.mktemp("awsmode") / "state",
         port=0,
-        database_url=make_conninfo(postgres_url, dbname=name),
+        database_url=ensure_database(postgres_url, name),
         relay_every=1.0,
         deployment=f"t-{name[-8:]}",  # in-process moto servers share their state
         demo=True,

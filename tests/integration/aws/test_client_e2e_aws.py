@@ -8,11 +8,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from tessera.local.aws_mode import AwsLocalCloud, add_user
+from tessera.local.postgres import ensure_database
 from tests.e2e.conftest import PASSWORD, Cloud, devices
 from tests.e2e.test_client_sync import (
     test_conflict_from_two_devices_keeps_both,
@@ -34,13 +33,11 @@ __all__ = [
 def inproc_cloud(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Cloud]:
     """The AWS mode of the local cloud, in this process, on a fresh database."""
     name = f"awse2e_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
     root = tmp_path_factory.mktemp("awscloud")
     cloud = AwsLocalCloud(
         root / "state",
         port=0,
-        database_url=make_conninfo(postgres_url, dbname=name),
+        database_url=ensure_database(postgres_url, name),
         deployment=f"t-{name[-8:]}",  # in-process moto servers share their state
     )
     url = cloud.start()
