@@ -153,6 +153,10 @@ class ChangeEvent:
     seq: int
     kind: str  # "file" | "membership" | "block_damaged" | ...
     payload: Mapping[str, object] = field(default_factory=dict)
+    # True when the transaction that wrote the event also moved its namespace's head in the
+    # metadata database and NOTIFYed there (every journal write does): a feed living in that
+    # database has nothing left to deliver, a feed elsewhere (DynamoDB) still does.
+    announced: bool = False
 
 
 class ChangeFeed(ABC):

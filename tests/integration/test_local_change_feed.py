@@ -4,18 +4,21 @@ the commit transaction's NOTIFY format, and surviving a lost listener connection
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import psycopg
 import pytest
 
 from tessera.adapters.local import PostgresChangeFeed
+from tessera.domain.services import Services
 from tessera.metadata import NOTIFY_CHANNEL
-from tessera.ports import ChangeEvent
+from tessera.ports import ChangeEvent, ChangeFeed, Principal
+from tests.integration.conftest import put_file
 
 
 @pytest.fixture
@@ -25,6 +28,23 @@ def feed(database_url: str) -> Iterator[PostgresChangeFeed]:
         yield f
     finally:
         f.close()
+
+
+class _Recording(ChangeFeed):
+    """Keeps every event the domain hands the feed, then passes it on."""
+
+    def __init__(self, inner: ChangeFeed, handed: list[ChangeEvent]) -> None:
+        self.inner, self.handed = inner, handed
+
+    def publish(self, event: ChangeEvent) -> None:
+        self.publish_many([event])
+
+    def publish_many(self, events: Sequence[ChangeEvent]) -> None:
+        self.handed.extend(events)
+        self.inner.publish_many(events)
+
+    def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
+        return self.inner.wait(cursors, timeout)
 
 
 def _event(ns: int, seq: int) -> ChangeEvent:
@@ -149,3 +169,43 @@ def test_publishing_what_a_commit_already_announced_writes_nothing(
     waiter.join(10)
     assert results == [True]
     assert head_rows() == [(9,)]
+
+
+def test_an_event_its_transaction_announced_costs_the_feed_nothing(
+    feed: PostgresChangeFeed, database_url: str
+) -> None:
+    """The commit path's events come `announced` (their transaction moved the head and
+    NOTIFYed): publishing them asks nothing of PostgreSQL, while the same event unannounced
+    is recorded."""
+    announced = ChangeEvent("ev-announced", 12, 5, "file", announced=True)
+    feed.publish_many([announced])
+    feed.publish(announced)
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT seq FROM local_change_heads WHERE ns_id = 12").fetchall()
+    assert rows == []
+    feed.publish(ChangeEvent("ev-plain", 12, 5, "file"))
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT seq FROM local_change_heads WHERE ns_id = 12").fetchall()
+    assert rows == [(5,)]
+
+
+def test_a_commits_event_is_announced_and_still_wakes_a_long_poll(
+    services: Services, alice: Principal
+) -> None:
+    """What makes skipping sound: the event a commit hands the feed is marked announced,
+    and a waiter on the namespace wakes from the commit's own NOTIFY."""
+    handed: list[ChangeEvent] = []
+    recording = dataclasses.replace(services, feed=_Recording(services.feed, handed))
+    put_file(recording, alice, "/warm.txt", b"warm")  # provisions alice's namespace
+    ns = handed[-1].ns_id
+    results: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: results.append(services.feed.wait({ns: handed[-1].seq}, 20))
+    )
+    waiter.start()
+    while services.feed.waiting() < 1:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    put_file(recording, alice, "/a.txt", b"hello")
+    waiter.join(10)
+    assert results == [True]
+    assert len(handed) == 2 and all(e.announced for e in handed)

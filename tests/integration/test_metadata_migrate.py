@@ -52,6 +52,6 @@ def test_namespace_tables_lead_with_ns_id(database_url: str) -> None:
             ).fetchone()
             assert first is not None and first[0] == "ns_id", table
         indexdef = conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'version_blocks_block'"
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'version_blocks_readable'"
         ).fetchone()
-        assert indexdef is not None and "(ns_id, block_id)" in indexdef[0]
+        assert indexdef is not None and "(ns_id, block_id, staged_key)" in indexdef[0]

@@ -19,12 +19,21 @@ class Database:
         self, conninfo: str | Callable[[], str], *, min_size: int = 1, max_size: int = 10
     ) -> None:
         # A callable makes a fresh conninfo per new connection (RDS IAM auth tokens expire).
+        # Generic plans: psycopg prepares a statement after its fifth run, but PostgreSQL
+        # still plans it anew per run while it guesses a custom plan may beat the generic
+        # one. Every statement here is a keyed lookup whose plan does not depend on its
+        # parameter values, and re-planning cost more than running (0.37 ms of 0.41 for the
+        # readable-blocks query, measured in bench/bench_commits.py's commit).
         self.conninfo = conninfo
         self.pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] = ConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"autocommit": False, "row_factory": tuple_row},
+            kwargs={
+                "autocommit": False,
+                "row_factory": tuple_row,
+                "options": "-c plan_cache_mode=force_generic_plan",
+            },
             open=True,
             name="tessera-metadata",
         )

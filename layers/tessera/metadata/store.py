@@ -293,16 +293,23 @@ def _journal_result(
 ) -> tuple[list[int], ChangeEvent]:
     event_id = f"ns{ns_id}-{last}"
     full = {**payload, "ns_id": ns_id, "seq": last, "event_id": event_id}
-    return list(range(last - n + 1, last + 1)), ChangeEvent(event_id, ns_id, last, kind, full)
+    event = ChangeEvent(event_id, ns_id, last, kind, full, announced=True)
+    return list(range(last - n + 1, last + 1)), event
 
 
+# One probe per (namespace, block): the newest-sorting row of the index
+# version_blocks_readable, where a verified row (staged_key NULL) comes first, so the cost
+# does not grow with the number of versions naming the block (migration 102).
 _READABLE_SQL = (
-    "SELECT DISTINCT ON (vb.block_id) vb.block_id, vb.size, b.state, vb.staged_key"
-    " FROM version_blocks vb JOIN blocks b USING (block_id)"
-    " WHERE vb.ns_id = ANY(%s) AND vb.block_id = ANY(%s) AND b.state <> 'quarantined'"
-    " AND NOT EXISTS (SELECT 1 FROM upload_blocks ub WHERE ub.staged_key = vb.staged_key"
-    "  AND ub.state = 'quarantined')"
-    " ORDER BY vb.block_id, (vb.staged_key IS NULL) DESC"
+    "SELECT DISTINCT ON (q.block_id) q.block_id, r.size, b.state, r.staged_key"
+    " FROM unnest(%s::bigint[]) AS n(ns_id) CROSS JOIN unnest(%s::text[]) AS q(block_id)"
+    " JOIN blocks b ON b.block_id = q.block_id AND b.state <> 'quarantined'"
+    " CROSS JOIN LATERAL (SELECT vb.size, vb.staged_key FROM version_blocks vb"
+    "  WHERE vb.ns_id = n.ns_id AND vb.block_id = q.block_id"
+    "  AND NOT EXISTS (SELECT 1 FROM upload_blocks ub WHERE ub.staged_key = vb.staged_key"
+    "   AND ub.state = 'quarantined')"
+    "  ORDER BY vb.staged_key DESC NULLS FIRST LIMIT 1) AS r"
+    " ORDER BY q.block_id, (r.staged_key IS NULL) DESC"
 )
 _UPLOAD_SQL = (
     "SELECT upload_id, user_id, state, expires_at FROM upload_sessions"

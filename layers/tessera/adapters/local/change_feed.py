@@ -192,14 +192,16 @@ class PostgresChangeFeed(ChangeFeed):
     def publish(self, event: ChangeEvent) -> None:
         """Move the namespace head to `event.seq` and notify waiters (idempotent).
 
-        After a commit this writes nothing: the commit's transaction already moved the head
-        and NOTIFYed (see `tessera.metadata.feed_queries.publish_heads`)."""
+        An event its own transaction announced (a commit's) costs nothing: that transaction
+        already moved the head and NOTIFYed (see `tessera.metadata.feed_queries`)."""
         self.publish_many([event])
 
     def publish_many(self, events: Sequence[ChangeEvent]) -> None:
         """Publish several events with one read (and at most one write transaction)."""
         heads: dict[int, int] = {}
         for e in events:
+            if e.announced:
+                continue
             heads[e.ns_id] = max(heads.get(e.ns_id, e.seq), e.seq)
         if heads:
             with self._conn_pool().connection() as conn:
