@@ -3,11 +3,12 @@ on `parent_rev`, per-user idempotency keys, and batches whose items stand or fal
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -194,27 +195,44 @@ def ensure_parents(
     Returns `rel` spelled with the existing folders' display names (the first spelling of
     a path wins) and the journal rows of the folders created.
     """
+    return ensure_parents_later(store, view, mount, rel)()
+
+
+def ensure_parents_later(
+    store: Store, view: View, mount: MountRow, rel: str
+) -> Callable[[], tuple[str, list[NewJournal]]]:
+    """`ensure_parents`, whose lookup of the existing parents is sent now (it travels with
+    the caller's next query) and whose rest runs when the returned function is called."""
     ancestors = paths.ancestors(rel)
     if not ancestors:
-        return rel, []
+        return lambda: (rel, [])
     keys = [paths.path_key(a) for a in ancestors]
-    found = store.kinds_at(mount.ns_id, keys)
-    created: list[NewJournal] = []
-    parent_display = paths.ROOT
-    for display, key in zip(ancestors, keys, strict=True):
-        display = paths.join(parent_display, "/" + paths.name(display))
-        if key not in found:
-            fid = new_file_id()
-            parent_key = paths.path_key(paths.parent(display))
-            if store.insert_file(mount.ns_id, fid, key, parent_key, display, "folder"):
-                created.append(NewJournal(fid, 0, "upsert", "folder", key, parent_key, display))
-                parent_display = display
-                continue
-            found |= store.kinds_at(mount.ns_id, [key])
-        kind, parent_display = found[key]
-        if kind == "file":
-            raise Conflict(f"{view.view_path(mount, display)!r} is a file, not a folder")
-    return paths.join(parent_display, "/" + paths.name(rel)), created
+    found_later = store.kinds_at_later(mount.ns_id, keys)
+
+    def finish() -> tuple[str, list[NewJournal]]:
+        found = found_later()
+        created: list[NewJournal] = []
+        parent_display = paths.ROOT
+        for display, key in zip(ancestors, keys, strict=True):
+            display = paths.join(parent_display, "/" + paths.name(display))
+            if key not in found:
+                fid = new_file_id()
+                parent_key = paths.path_key(paths.parent(display))
+                if store.insert_file(mount.ns_id, fid, key, parent_key, display, "folder"):
+                    created.append(NewJournal(fid, 0, "upsert", "folder", key, parent_key, display))
+                    parent_display = display
+                    continue
+                found |= store.kinds_at(mount.ns_id, [key])
+            kind, parent_display = found[key]
+            if kind == "file":
+                raise Conflict(f"{view.view_path(mount, display)!r} is a file, not a folder")
+        return paths.join(parent_display, "/" + paths.name(rel)), created
+
+    return finish
+
+
+class _PathTaken(Exception):
+    """`write_version(create=True)` found a live entry at the path; nothing was written."""
 
 
 def write_version(
@@ -232,16 +250,17 @@ def write_version(
     mtime: datetime | None,
     blocks: Sequence[tuple[str, int, str | None]],
     refs: Sequence[tuple[str, int, int, int]],
-    journal: list[NewJournal],
+    journal: Sequence[NewJournal],
     op: str,
+    create: bool = False,
 ) -> tuple[FileEntry, ChangeEvent]:
     """Write version `rev` of a file whose row is locked: journal (+ outbox + notify), the
-    version and its blocks, refcounts, the file's latest rev. Returns entry and event."""
+    version and its blocks, refcounts, the file's latest rev. Returns entry and event.
+
+    With `create`, the file row is inserted by the same statement (a new file in one round
+    trip); `_PathTaken` when a live entry already holds the path."""
     parent_key = paths.path_key(paths.parent(display))
-    journal.append(
-        NewJournal(file_id, rev, "upsert", "file", key, parent_key, display, size, digest, mtime)
-    )
-    server_time, created, event = store.write_version(
+    written = store.write_version(
         mount.ns_id,
         file_id,
         rev,
@@ -252,7 +271,12 @@ def write_version(
         path_display=display,
         blocks=blocks,
         refs=refs,
-        journal=journal,
+        journal=[
+            *journal,
+            NewJournal(
+                file_id, rev, "upsert", "file", key, parent_key, display, size, digest, mtime
+            ),
+        ],
         payload={
             "op": op,
             "file_id": file_id,
@@ -260,7 +284,11 @@ def write_version(
             "path": display,
             "staged": [{"block_id": b[0], "staged_key": b[2]} for b in blocks if b[2]],
         },
+        create=(key, parent_key) if create else None,
     )
+    if written is None:
+        raise _PathTaken
+    server_time, created, event = written
     gone = sorted(created - {b[0] for b in blocks if b[2] is not None})
     if gone:  # gc deleted a block this commit meant to reuse: the client uploads it again
         raise Unprocessable(
@@ -285,6 +313,26 @@ def _request_hash(req: CommitRequest) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def _row_to_update(
+    store: Store, ns_id: int, key: str, path: str, parent_rev: int | None
+) -> FileRow:
+    """The file at `key`, locked, when it is at `parent_rev`; else 409 with its rev."""
+    row = store.file_by_path(ns_id, key, lock=True)
+    if row is None:
+        if parent_rev is not None:
+            raise Conflict(f"{path!r} was deleted or moved since rev {parent_rev}", rev=None)
+        raise Conflict(f"{path!r} changed during the commit; retry", rev=None)
+    if row.kind != "file":
+        raise Conflict(f"{path!r} is a folder, not a file")
+    if parent_rev != row.latest_rev:
+        raise Conflict(
+            f"{path!r} is at rev {row.latest_rev}, not {parent_rev}",
+            rev=row.latest_rev,
+            file_id=row.file_id,
+        )
+    return row
+
+
 def _commit_in(
     svc: Services,
     store: Store,
@@ -302,6 +350,8 @@ def _commit_in(
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
     store.lock_namespace(mount.ns_id)  # before any file row or idempotency key: lock order
+    key = paths.path_key(rel)
+    parents = ensure_parents_later(store, view, mount, rel)  # read with the next query
     if req.idempotency_key is not None:
         digest = _request_hash(req)
         first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
@@ -310,41 +360,14 @@ def _commit_in(
                 raise Unprocessable("idempotency_key was already used for a different commit")
             return FileEntry.model_validate(first[1]), None
     blocks = _check_blocks(svc, store, view, req, staged)
-    key = paths.path_key(rel)
-    display, journal = ensure_parents(store, view, mount, rel)
-    row = None
-    file_id = new_file_id()
-    parent_key = paths.path_key(paths.parent(display))
-    # A new file (the common case of a sync) is one INSERT; an update locks the row.
-    if req.parent_rev is not None or not store.insert_file(
-        mount.ns_id, file_id, key, parent_key, display, "file"
-    ):
-        row = store.file_by_path(mount.ns_id, key, lock=True)
-        if row is None:
-            if req.parent_rev is not None:
-                raise Conflict(
-                    f"{path!r} was deleted or moved since rev {req.parent_rev}", rev=None
-                )
-            raise Conflict(f"{path!r} changed during the commit; retry", rev=None)
-    if row is not None:
-        if row.kind != "file":
-            raise Conflict(f"{path!r} is a folder, not a file")
-        if req.parent_rev != row.latest_rev:
-            raise Conflict(
-                f"{path!r} is at rev {row.latest_rev}, not {req.parent_rev}",
-                rev=row.latest_rev,
-                file_id=row.file_id,
-            )
-        file_id, display = row.file_id, row.path_display
-    result, event = write_version(
+    display, journal = parents()
+    version = functools.partial(
+        write_version,
         svc,
         store,
         view,
         mount,
-        file_id=file_id,
-        rev=(row.latest_rev if row else 0) + 1,
         key=key,
-        display=display,
         size=req.size,
         digest=req.content_hash,
         mtime=req.mtime,
@@ -353,6 +376,14 @@ def _commit_in(
         journal=journal,
         op="commit",
     )
+    written = None
+    if req.parent_rev is None:  # a new file, the common case of a sync: one statement
+        with contextlib.suppress(_PathTaken):
+            written = version(file_id=new_file_id(), rev=1, display=display, create=True)
+    if written is None:
+        row = _row_to_update(store, mount.ns_id, key, path, req.parent_rev)
+        written = version(file_id=row.file_id, rev=row.latest_rev + 1, display=row.path_display)
+    result, event = written
     if blocks.staged_now and req.upload_id is not None:
         store.mark_staged(req.upload_id, blocks.staged_now)
     if req.idempotency_key is not None:
@@ -416,7 +447,7 @@ def _commit_entries(
 
         for i in sorted(range(len(req.entries)), key=order):
             try:
-                with store.savepoint() if isolated else nullcontext():
+                with store.savepoint() if isolated else contextlib.nullcontext():
                     entry, event = _commit_in(svc, store, view, req.entries[i], staged)
             except TesseraError as exc:
                 if not isolated:

@@ -6,7 +6,7 @@ takes a namespace takes its `ns_id` first (the shard key).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -214,46 +214,66 @@ def _file(row: Sequence[Any]) -> FileRow:
 
 
 # Bump the namespace's seq, append the journal rows, write the outbox row (CTEs); then queue
-# the NOTIFY (delivered at COMMIT). One statement.
-_JOURNAL_CTES = (
-    "WITH ns AS (UPDATE namespaces SET latest_seq = latest_seq + %(n)s"
-    "  WHERE ns_id = %(ns)s RETURNING latest_seq),"
-    " j AS (INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key,"
-    "  parent_key, path_display, size, content_hash, mtime)"
-    "  SELECT %(ns)s, ns.latest_seq - %(n)s + t.o, t.f, t.r, t.op, t.k, t.pk, t.par,"
-    "  t.pd, t.sz, t.ch, t.mt FROM ns, jsonb_to_recordset(%(rows)s::jsonb) AS t(o bigint,"
-    "  f text, r bigint, op text, k text, pk text, par text, pd text, sz bigint, ch text,"
-    "  mt timestamptz)),"
-    " o AS (INSERT INTO outbox (ns_id, seq, event_id, kind, payload)"
-    "  SELECT %(ns)s, ns.latest_seq, 'ns' || %(ns)s || '-' || ns.latest_seq, %(kind)s,"
-    "  %(payload)s::jsonb || jsonb_build_object('ns_id', %(ns)s::bigint,"
-    "  'seq', ns.latest_seq, 'event_id', 'ns' || %(ns)s || '-' || ns.latest_seq)"
-    "  FROM ns)"
-)
+# the NOTIFY (delivered at COMMIT). One statement. `guard` names a CTE that must have
+# returned a row for anything to be written (`nf`: the new file row).
+def _journal_ctes(guard: str | None = None) -> str:
+    when = f" AND EXISTS (SELECT 1 FROM {guard})" if guard else ""
+    return (
+        "ns AS (UPDATE namespaces SET latest_seq = latest_seq + %(n)s"
+        f"  WHERE ns_id = %(ns)s{when} RETURNING latest_seq),"
+        " j AS (INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key,"
+        "  parent_key, path_display, size, content_hash, mtime)"
+        "  SELECT %(ns)s, ns.latest_seq - %(n)s + t.o, t.f, t.r, t.op, t.k, t.pk, t.par,"
+        "  t.pd, t.sz, t.ch, t.mt FROM ns, jsonb_to_recordset(%(rows)s::jsonb) AS t(o bigint,"
+        "  f text, r bigint, op text, k text, pk text, par text, pd text, sz bigint, ch text,"
+        "  mt timestamptz)),"
+        " o AS (INSERT INTO outbox (ns_id, seq, event_id, kind, payload)"
+        "  SELECT %(ns)s, ns.latest_seq, 'ns' || %(ns)s || '-' || ns.latest_seq, %(kind)s,"
+        "  %(payload)s::jsonb || jsonb_build_object('ns_id', %(ns)s::bigint,"
+        "  'seq', ns.latest_seq, 'event_id', 'ns' || %(ns)s || '-' || ns.latest_seq)"
+        "  FROM ns)"
+    )
+
+
 _NOTIFY = (
     "pg_notify(%(chan)s, json_build_object('ns_id', %(ns)s::bigint, 'seq', ns.latest_seq)::text)"
 )
-_JOURNAL_SQL = _JOURNAL_CTES + f" SELECT ns.latest_seq, {_NOTIFY} FROM ns"
+_JOURNAL_SQL = f"WITH {_journal_ctes()} SELECT ns.latest_seq, {_NOTIFY} FROM ns"
 
-
-# A commit's writes in one statement: the journal CTEs, then the version's rows.
-_WRITE_VERSION_SQL = (
-    _JOURNAL_CTES + ","
+# A version's rows, after the journal CTEs: every part reads `ns`, so nothing is written
+# when the journal's guard held it back.
+_VERSION_CTES = (
     " v AS (INSERT INTO file_versions (ns_id, file_id, rev, size, content_hash, author_id,"
     "  mtime, journal_seq, path_display) SELECT %(ns)s, %(fid)s, %(rev)s, %(size)s,"
     "  %(hash)s, %(author)s, %(mtime)s, ns.latest_seq, %(pd)s FROM ns RETURNING server_time),"
     " vb AS (INSERT INTO version_blocks (ns_id, file_id, rev, ordinal, block_id, size,"
     "  staged_key) SELECT %(ns)s, %(fid)s, %(rev)s, t.o, t.b, t.s, t.k"
-    "  FROM jsonb_to_recordset(%(vblocks)s::jsonb) AS t(o int, b text, s int, k text)),"
+    "  FROM ns, jsonb_to_recordset(%(vblocks)s::jsonb) AS t(o int, b text, s int, k text)),"
     " b AS (INSERT INTO blocks (block_id, size, key_version, refcount, state)"
-    "  SELECT t.b, t.s, t.k, t.c, 'staged' FROM jsonb_to_recordset(%(refs)s::jsonb)"
+    "  SELECT t.b, t.s, t.k, t.c, 'staged' FROM ns, jsonb_to_recordset(%(refs)s::jsonb)"
     "  AS t(b text, s int, k int, c bigint) ORDER BY t.b"
     "  ON CONFLICT (block_id) DO UPDATE SET refcount = blocks.refcount + EXCLUDED.refcount,"
-    "  zero_since = NULL, updated_at = now() RETURNING block_id, xmax = 0 AS fresh),"
-    " f AS (UPDATE files SET latest_rev = %(rev)s, is_deleted = false, deleted_at = NULL,"
-    "  deleted_by = NULL WHERE ns_id = %(ns)s AND file_id = %(fid)s)"
+    "  zero_since = NULL, updated_at = now() RETURNING block_id, xmax = 0 AS fresh)"
+)
+_VERSION_RESULT = (
     " SELECT ns.latest_seq, (SELECT server_time FROM v),"
     f" ARRAY(SELECT block_id FROM b WHERE fresh), {_NOTIFY} FROM ns"
+)
+
+# A commit's writes in one statement: the journal CTEs, the version's rows, the file's rev.
+_WRITE_VERSION_SQL = (
+    f"WITH {_journal_ctes()},{_VERSION_CTES},"
+    " f AS (UPDATE files SET latest_rev = %(rev)s, is_deleted = false, deleted_at = NULL,"
+    "  deleted_by = NULL WHERE ns_id = %(ns)s AND file_id = %(fid)s)" + _VERSION_RESULT
+)
+
+# The same for a file that does not exist yet: its row is inserted first, and when a live
+# entry already holds the path, the statement writes nothing and returns no row.
+_WRITE_NEW_FILE_SQL = (
+    "WITH nf AS (INSERT INTO files (ns_id, file_id, path_key, parent_key, path_display, kind,"
+    "  latest_rev) VALUES (%(ns)s, %(fid)s, %(key)s, %(parent)s, %(pd)s, 'file', %(rev)s)"
+    "  ON CONFLICT (ns_id, path_key) WHERE NOT is_deleted DO NOTHING RETURNING file_id),"
+    f" {_journal_ctes('nf')},{_VERSION_CTES}" + _VERSION_RESULT
 )
 
 
@@ -494,12 +514,19 @@ class Store:
 
     def kinds_at(self, ns_id: int, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
         """path_key → (kind, path_display) of the live entries among `keys`."""
-        rows = self._all(
+        return self.kinds_at_later(ns_id, keys)()
+
+    def kinds_at_later(
+        self, ns_id: int, keys: Sequence[str]
+    ) -> Callable[[], dict[str, tuple[str, str]]]:
+        """`kinds_at`, sent now and read when the returned function is called: in pipeline
+        mode the query travels with the next one whose result is read."""
+        cur = self.conn.execute(
             "SELECT path_key, kind, path_display FROM files WHERE ns_id = %s"
             " AND path_key = ANY(%s) AND NOT is_deleted",
             (ns_id, list(keys)),
         )
-        return {r[0]: (r[1], r[2]) for r in rows}
+        return lambda: {r[0]: (r[1], r[2]) for r in cur.fetchall()}
 
     def insert_file(
         self,
@@ -690,15 +717,18 @@ class Store:
         refs: Sequence[tuple[str, int, int, int]],
         journal: Sequence[NewJournal],
         payload: dict[str, Any],
-    ) -> tuple[datetime, set[str], ChangeEvent]:
+        create: tuple[str, str] | None = None,
+    ) -> tuple[datetime, set[str], ChangeEvent] | None:
         """Version `rev` of a file, in one statement: the journal rows (+ outbox, NOTIFY, as
         `append_journal`), the version, its ordered block list (id, size, staged_key),
         refcounts bumped by `refs` (block_id, size, key_version, count; new blocks start
         staged; rows touched in block-id order so commits never deadlock), and the file's
         latest rev.
 
-        Returns the version's server time, the block ids whose `blocks` row was created now
-        (gc may have deleted a block meanwhile), and the change event.
+        `create` = (path_key, parent_key) inserts the file row too (a new file in one
+        round trip); then None means a live entry already holds the path and nothing was
+        written. Otherwise returns the version's server time, the block ids whose `blocks`
+        row was created now (gc may have deleted a block meanwhile), and the change event.
         """
         params = _journal_params(ns_id, journal, "file", payload)
         params.update(
@@ -714,7 +744,11 @@ class Store:
             ),
             refs=Jsonb([{"b": r[0], "s": r[1], "k": r[2], "c": r[3]} for r in sorted(refs)]),
         )
-        row = self._one(_WRITE_VERSION_SQL, params)
+        if create is not None:
+            params.update(key=create[0], parent=create[1])
+        row = self._one(_WRITE_NEW_FILE_SQL if create else _WRITE_VERSION_SQL, params)
+        if row is None:
+            return None
         _, event = _journal_result(ns_id, len(journal), int(row[0]), "file", payload)
         return row[1], set(row[2]), event
 
