@@ -436,7 +436,7 @@ def _commit_entries(
     failure is that entry's result), else the first failure raises _EntryFailed."""
     results: list[CommitBatchItem | None] = [None] * len(req.entries)
     events: list[ChangeEvent | None] = []
-    with view_transaction(svc, principal) as (store, view):
+    with view_transaction(svc, principal, pipeline=True) as (store, view):
 
         def order(i: int) -> tuple[int, str]:
             try:

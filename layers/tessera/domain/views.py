@@ -71,16 +71,17 @@ class View:
 
 @contextmanager
 def view_transaction(
-    svc: Services, principal: Principal, *, repeatable_read: bool = False
+    svc: Services, principal: Principal, *, repeatable_read: bool = False, pipeline: bool = False
 ) -> Iterator[tuple[Store, View]]:
     """A transaction and the caller's view in it — the way every request starts.
 
     The view is read first; only when the user is not there yet is the user provisioned,
     in a write transaction of its own, before the request's transaction is opened again.
     So read-only transactions never write, and a known user costs no extra round trip.
+    `repeatable_read` and `pipeline` are `Database.transaction`'s.
     """
     for attempt in range(2):
-        with svc.db.transaction(repeatable_read=repeatable_read) as store:
+        with svc.db.transaction(repeatable_read=repeatable_read, pipeline=pipeline) as store:
             found = store.user_view(principal.user_id)
             if found is not None:
                 yield store, View(found[0], tuple(found[1]))

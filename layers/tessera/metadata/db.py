@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -39,14 +39,19 @@ class Database:
         )
 
     @contextmanager
-    def transaction(self, *, repeatable_read: bool = False) -> Iterator[Store]:
+    def transaction(
+        self, *, repeatable_read: bool = False, pipeline: bool = False
+    ) -> Iterator[Store]:
         """One transaction: committed when the block exits, rolled back on an exception.
 
         `repeatable_read` gives a snapshot (listings read cursors and entries consistently).
-        The connection runs in pipeline mode: statements whose results nobody reads yet
-        (BEGIN, the SET above) travel with the next query instead of costing a round trip.
+        `pipeline` runs the connection in pipeline mode: statements whose results nobody
+        reads yet travel with the next query instead of costing a round trip each. That
+        pays for a transaction of many statements (a batch commit: 15-20 % less wall time),
+        not for a request of a few: psycopg's pipeline bookkeeping cost a single commit more
+        CPU than the round trips it saved on a local socket (bench/bench_commits.py).
         """
-        with self.pool.connection() as conn, conn.pipeline():
+        with self.pool.connection() as conn, conn.pipeline() if pipeline else nullcontext():
             if repeatable_read:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield Store(conn)
