@@ -36,6 +36,7 @@ from tessera.domain.object_keys import staging_prefix
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, file_entry, new_file_id, view_transaction
 from tessera.metadata.store import (
+    CommitBlockRows,
     FileRow,
     MountRow,
     NewJournal,
@@ -139,12 +140,13 @@ def _check_blocks(
     store: Store,
     view: View,
     req: CommitRequest,
+    ids: list[str],
+    rows: CommitBlockRows,
     staged: _StagedSizes,
 ) -> _Blocks:
     """Every block must be readable by the caller, or staged by their upload session and
-    present in the block store with the size the PUT URL was issued for."""
-    ids = list(dict.fromkeys(b.id for b in req.blocks))
-    rows = store.commit_block_rows(req.upload_id, view.user.user_id, view.ns_ids, ids)
+    present in the block store with the size the PUT URL was issued for. `ids` are the
+    request's distinct block ids, `rows` what the metadata knows of them."""
     if req.upload_id is not None:
         session = rows.session
         if session is None or session.state != "open":
@@ -349,17 +351,21 @@ def _commit_in(
     if rel == paths.ROOT:
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
-    store.lock_namespace(mount.ns_id)  # before any file row or idempotency key: lock order
     key = paths.path_key(rel)
-    parents = ensure_parents_later(store, view, mount, rel)  # read with the next query
-    if req.idempotency_key is not None:
-        digest = _request_hash(req)
-        first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
-        if first is not None:
-            if first[0] != digest or first[1] is None:
-                raise Unprocessable("idempotency_key was already used for a different commit")
-            return FileEntry.model_validate(first[1]), None
-    blocks = _check_blocks(svc, store, view, req, staged)
+    # The namespace lock, the parent lookup and the block rows travel in one round trip.
+    with store.pipelined():
+        store.lock_namespace(mount.ns_id)  # before any file row or idempotency key: lock order
+        parents = ensure_parents_later(store, view, mount, rel)
+        if req.idempotency_key is not None:
+            digest = _request_hash(req)
+            first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
+            if first is not None:
+                if first[0] != digest or first[1] is None:
+                    raise Unprocessable("idempotency_key was already used for a different commit")
+                return FileEntry.model_validate(first[1]), None
+        ids = list(dict.fromkeys(b.id for b in req.blocks))
+        rows = store.commit_block_rows(req.upload_id, view.user.user_id, view.ns_ids, ids)
+    blocks = _check_blocks(svc, store, view, req, ids, rows, staged)
     display, journal = parents()
     version = functools.partial(
         write_version,
