@@ -352,19 +352,17 @@ def _commit_in(
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
     key = paths.path_key(rel)
-    # The namespace lock, the parent lookup and the block rows travel in one round trip.
-    with store.pipelined():
-        store.lock_namespace(mount.ns_id)  # before any file row or idempotency key: lock order
-        parents = ensure_parents_later(store, view, mount, rel)
-        if req.idempotency_key is not None:
-            digest = _request_hash(req)
-            first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
-            if first is not None:
-                if first[0] != digest or first[1] is None:
-                    raise Unprocessable("idempotency_key was already used for a different commit")
-                return FileEntry.model_validate(first[1]), None
-        ids = list(dict.fromkeys(b.id for b in req.blocks))
-        rows = store.commit_block_rows(req.upload_id, view.user.user_id, view.ns_ids, ids)
+    store.lock_namespace(mount.ns_id)  # before any file row or idempotency key: lock order
+    parents = ensure_parents_later(store, view, mount, rel)  # in a batch: read with the rows
+    if req.idempotency_key is not None:
+        digest = _request_hash(req)
+        first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
+        if first is not None:
+            if first[0] != digest or first[1] is None:
+                raise Unprocessable("idempotency_key was already used for a different commit")
+            return FileEntry.model_validate(first[1]), None
+    ids = list(dict.fromkeys(b.id for b in req.blocks))
+    rows = store.commit_block_rows(req.upload_id, view.user.user_id, view.ns_ids, ids)
     blocks = _check_blocks(svc, store, view, req, ids, rows, staged)
     display, journal = parents()
     version = functools.partial(

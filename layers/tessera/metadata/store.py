@@ -361,14 +361,6 @@ class Store:
 
     # -- users and views ------------------------------------------------------------------
 
-    @contextmanager
-    def pipelined(self) -> Iterator[None]:
-        """Statements sent inside travel together: one round trip for all of them, read
-        when the block exits (or when a result is read inside it). Nests in a pipelined
-        transaction."""
-        with self.conn.pipeline():
-            yield
-
     def get_user(self, user_id: str) -> UserRow | None:
         """The user, or None before their first request."""
         row = self._one(
