@@ -55,3 +55,18 @@ def test_namespace_tables_lead_with_ns_id(database_url: str) -> None:
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'version_blocks_readable'"
         ).fetchone()
         assert indexdef is not None and "(ns_id, block_id, staged_key)" in indexdef[0]
+
+
+def test_a_path_is_indexed_once_per_deletion_state(database_url: str) -> None:
+    """Live entries by the unique live-path index, deleted ones by a partial index of their
+    own: no index holds every row by path (each new file would pay for two)."""
+    with psycopg.connect(database_url) as conn:
+        by_path = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'files'"
+                " AND indexdef LIKE '%%(ns_id, path_key)%%'"
+            ).fetchall()
+        )
+    assert set(by_path) == {"files_live_path", "files_deleted_path"}
+    assert "WHERE (NOT is_deleted)" in by_path["files_live_path"]
+    assert "WHERE is_deleted" in by_path["files_deleted_path"]

@@ -562,13 +562,16 @@ class Store:
 
         `deleted` selects the deleted entries instead of the live ones.
         """
+        # The state is spelled out, not a parameter: each has its own partial index, and a
+        # generic plan for `is_deleted = $4` could use neither.
+        state = "f.is_deleted" if deleted else "NOT f.is_deleted"
         rows = self._all(
             f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
             " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
             " AND v.rev = f.latest_rev"
-            " WHERE f.ns_id = %s AND f.path_key >= %s AND f.path_key < %s"
-            " AND f.is_deleted = %s ORDER BY f.path_key",
-            (ns_id, lo, hi, deleted),
+            f" WHERE f.ns_id = %s AND f.path_key >= %s AND f.path_key < %s AND {state}"
+            " ORDER BY f.path_key",
+            (ns_id, lo, hi),
         )
         return [_file(r) for r in rows]
 
