@@ -42,8 +42,10 @@ def mark_relayed(conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> No
     """Record that `events` reached the change feed."""
     if events:
         conn.execute(
-            "UPDATE outbox SET relayed_at = now() WHERE event_id = ANY(%s)",
-            ([e.event_id for e in events],),
+            "UPDATE outbox o SET relayed_at = now()"
+            " FROM unnest(%s::bigint[], %s::bigint[]) AS r(ns_id, seq)"
+            " WHERE o.ns_id = r.ns_id AND o.seq = r.seq",
+            ([e.ns_id for e in events], [e.seq for e in events]),
         )
 
 
