@@ -32,13 +32,14 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from bench.bench_commits import _database, _server
+from bench.bench_commits import _server
 from bench.common import Figure, MiB, human_bytes, print_figures, random_file, scale, scaled
 from tessera.adapters.local import FilesystemBlockStore, KeyFileKeyService, PostgresChangeFeed
 from tessera.blocks import encode_block, iter_chunks, scan_file
 from tessera.domain import commits, uploads
 from tessera.domain.models import CommitRequest, UploadStartRequest, UploadUrlsRequest
 from tessera.domain.services import Services
+from tessera.local.postgres import ensure_database
 from tessera.maintenance import MaintenanceContext, MaintenanceSettings, run_workflow
 from tessera.metadata import Database, migrate
 from tessera.ports import Principal
@@ -332,10 +333,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-maint-") as tmp:
         work = Path(tmp)
         with _server(work) as server:
-            url = _database(server, "bench_maintenance")
+            url = ensure_database(server, "bench_maintenance", reset=True)
             migrate(url)
             figures = bench_dedup(url, work)
-            url = _database(server, "bench_maintenance_gc")
+            url = ensure_database(server, "bench_maintenance_gc", reset=True)
             migrate(url)
             figures += bench_gc(url, work)
     print_figures("maintenance (issue 6)", figures)
