@@ -291,3 +291,33 @@ def test_a_taken_email_under_another_user_id_is_409(call: Caller, alice: Princip
     impostor = Principal(user_id="u-other", email=alice.email.upper())
     status, body, _ = call("POST", "/v1/list_folder", {"path": ""}, impostor)
     assert status == 409 and body["error"]["code"] == "conflict", body
+
+
+def test_an_unreachable_database_is_503_with_retry_after(
+    services: Services, alice: Principal
+) -> None:
+    """No connection within the pool's timeout: the client is told to retry, not 500."""
+    import dataclasses
+    import socket
+
+    from tessera.api import build_resolver
+    from tessera.metadata import Database
+    from tessera.metadata.db import RETRY_AFTER_S
+
+    from .conftest import api_event
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = Database(f"postgresql://u@127.0.0.1:{port}/x?connect_timeout=1", timeout=0.5)
+    try:
+        resolver = build_resolver(dataclasses.replace(services, db=dead))
+        response = resolver.resolve(api_event("GET", "/v1/account", None, alice), None)  # type: ignore[arg-type]
+    finally:
+        dead.close()
+    assert response["statusCode"] == 503
+    headers = dict(response.get("headers") or {})
+    for name, values in (response.get("multiValueHeaders") or {}).items():
+        headers.setdefault(name, values[0])
+    assert headers["Retry-After"] == str(RETRY_AFTER_S)
+    assert '"unavailable"' in response["body"] and "OperationalError" not in response["body"]

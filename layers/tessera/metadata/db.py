@@ -9,14 +9,24 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
+from tessera.domain.errors import Unavailable
 from tessera.metadata.store import Store
+
+#: Seconds a client is told to wait before retrying when the database is unreachable, busy
+#: or aborted the transaction for a transient reason.
+RETRY_AFTER_S = 2
 
 
 class Database:
     """A psycopg 3 pool over the metadata database; `transaction()` yields a `Store`."""
 
     def __init__(
-        self, conninfo: str | Callable[[], str], *, min_size: int = 1, max_size: int = 10
+        self,
+        conninfo: str | Callable[[], str],
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 10.0,
     ) -> None:
         # A callable makes a fresh conninfo per new connection (RDS IAM auth tokens expire).
         # Generic plans: psycopg prepares a statement after its fifth run, but PostgreSQL
@@ -36,6 +46,7 @@ class Database:
             },
             open=True,
             name="tessera-metadata",
+            timeout=timeout,  # for a free connection: well inside API Gateway's 29 s
         )
 
     @contextmanager
@@ -50,11 +61,26 @@ class Database:
         pays for a transaction of many statements (a batch commit: 15-20 % less wall time),
         not for a request of a few: psycopg's pipeline bookkeeping cost a single commit more
         CPU than the round trips it saved on a local socket (bench/bench_commits.py).
+
+        A transient database failure (`psycopg.OperationalError`: no free connection within
+        `timeout`, connection lost, serialization failure, deadlock, timeouts) is raised as
+        `Unavailable` (503 + Retry-After); other errors pass through.
         """
-        with self.pool.connection() as conn, conn.pipeline() if pipeline else nullcontext():
-            if repeatable_read:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            yield Store(conn)
+        try:
+            with self.pool.connection() as conn, conn.pipeline() if pipeline else nullcontext():
+                if repeatable_read:
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield Store(conn)
+        except psycopg.OperationalError as exc:
+            # No free connection in time, the server gone or restarting, a lost connection,
+            # a serialization failure, deadlock, lock or statement timeout, a full disk: the
+            # transaction did not commit (or, lost during COMMIT itself, may have: commits
+            # carry idempotency keys for that retry), and the same request may well succeed
+            # in a moment. So the client hears 503 + Retry-After and retries, not 500.
+            raise Unavailable(
+                f"the metadata database is unavailable ({type(exc).__name__}); retry shortly",
+                retry_after=RETRY_AFTER_S,
+            ) from exc
 
     def close(self) -> None:
         """Close every pooled connection."""
