@@ -842,8 +842,9 @@ class Store:
     def commit_block_rows(
         self, upload_id: str | None, user_id: str, ns_ids: Sequence[int], block_ids: Sequence[str]
     ) -> CommitBlockRows:
-        """What a commit checks its blocks against, in one round trip (the statements
-        travel together in pipeline mode): see `CommitBlockRows`."""
+        """What a commit checks its blocks against: see `CommitBlockRows`. The statements
+        are all sent before any result is read, so in a pipelined transaction (a batch)
+        they cost one round trip."""
         ids = list(block_ids)
         session = readable = expected = staged = None
         if upload_id is not None:
