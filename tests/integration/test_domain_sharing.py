@@ -133,3 +133,25 @@ def test_account_usage(services: Services, alice: Principal) -> None:
     acct = sharing.account(services, alice)
     assert acct.used_bytes == 4 and acct.email == alice.email
     assert acct.quota_bytes == services.settings.default_quota_bytes
+
+
+def test_an_editor_spends_the_owners_quota_not_their_own(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """Files in a shared folder count against its owner (`account` usage), so that is the
+    quota an editor's upload is checked against; the editor's own root stays theirs."""
+    from tessera.domain.errors import QuotaExceeded
+
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    with services.db.transaction() as store:
+        store.conn.execute("UPDATE users SET quota_bytes = 10 WHERE user_id = %s", (alice.user_id,))
+    put_file(services, bob, "/Team/b", b"12345678")  # alice: 1 + 8 of 10
+    with pytest.raises(QuotaExceeded, match="shared folder's owner") as info:
+        put_file(services, bob, "/Team/c", b"12")  # would be 11 of 10
+    assert info.value.status == 413
+    put_file(services, bob, "/mine", b"x" * 100)  # bob's own quota is untouched
+    assert sharing.account(services, alice).used_bytes == 9
+    with pytest.raises(QuotaExceeded, match="your quota"):
+        put_file(services, alice, "/Team/d", b"12")

@@ -22,10 +22,26 @@ from tessera.domain.models import (
 )
 from tessera.domain.object_keys import staging_key
 from tessera.domain.services import Services
-from tessera.domain.views import check_access, view_transaction
+from tessera.domain.views import View, check_access, view_transaction
+from tessera.metadata.store import Store
 from tessera.ports import Principal
 
 MAX_PRESIGN_S = 900
+
+
+def _check_quotas(store: Store, view: View, incoming: dict[str, int]) -> None:
+    """413 when the files would take an owner over their quota. A namespace's files count
+    against its owner's quota (`Store.usage`), so an editor writing into a shared folder
+    spends the owner's quota, not their own."""
+    for owner_id, size in sorted(incoming.items()):
+        mine = owner_id == view.user.user_id
+        owner = view.user if mine else store.get_user(owner_id)
+        assert owner is not None  # namespaces.owner_id references users
+        if size and store.usage(owner_id) + size > owner.quota_bytes:
+            whose = "your quota" if mine else "the quota of the shared folder's owner"
+            raise QuotaExceeded(
+                f"these files need {size} bytes: over {whose} of {owner.quota_bytes} bytes"
+            )
 
 
 def start_upload(
@@ -40,6 +56,7 @@ def start_upload(
         raise PayloadTooLarge(f"an upload holds at most {settings.max_blocks_per_request} blocks")
     with view_transaction(svc, principal) as (store, view):
         sizes: dict[str, int] = {}
+        incoming: dict[str, int] = {}  # bytes per owner of the namespaces written to
         for f in req.files:
             path = paths.canonical(f.path)
             check_block_list(
@@ -49,15 +66,11 @@ def start_upload(
             if rel == paths.ROOT:
                 raise Unprocessable(f"{path!r} is a folder, not a file")
             check_access(mount, Action.WRITE, view)
+            incoming[mount.owner_id] = incoming.get(mount.owner_id, 0) + f.size
             for b in f.blocks:
                 if sizes.setdefault(b.id, b.size) != b.size:
                     raise Unprocessable(f"block {b.id} is declared with two sizes")
-        incoming = sum(f.size for f in req.files)
-        if incoming and store.usage(view.user.user_id) + incoming > view.user.quota_bytes:
-            raise QuotaExceeded(
-                f"these files need {incoming} bytes: over your quota of "
-                f"{view.user.quota_bytes} bytes",
-            )
+        _check_quotas(store, view, incoming)
         readable = store.readable_blocks(view.ns_ids, list(sizes))
         needed = [bid for bid in sizes if bid not in readable]
         upload_id = "up_" + secrets.token_hex(16)
