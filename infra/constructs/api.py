@@ -3,6 +3,7 @@ throttling, access logs, X-Ray, WAF; `api` behind everything, `longpoll` on its 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
@@ -176,6 +177,7 @@ class Api(Construct):
                 "require one; it only relays InitiateAuth on the public app client, with its "
                 "own stage throttling, body validation and the WAF rate rule in front",
             )
+        _gateway_errors(self.rest_api)
         self.stage = self.rest_api.deployment_stage
         self.web_acl = _web_acl(self, config)
         wafv2.CfnWebACLAssociation(
@@ -183,6 +185,36 @@ class Api(Construct):
             "WafAssociation",
             resource_arn=self.stage.stage_arn,
             web_acl_arn=self.web_acl.attr_arn,
+        )
+
+
+# API Gateway answers some requests itself (throttled, no or bad token, a body the validator
+# refuses); clients get the same error shape as from the API (DESIGN §5), and a 429 says
+# when to retry, as the API's own 429/503 do.
+RETRY_AFTER_THROTTLED_S = 1
+_GATEWAY_ERRORS: list[tuple[apigw.ResponseType, str, str, str]] = [
+    (apigw.ResponseType.THROTTLED, "429", "rate_limited", "too many requests; retry later"),
+    (apigw.ResponseType.QUOTA_EXCEEDED, "429", "rate_limited", "request quota exceeded"),
+    (apigw.ResponseType.UNAUTHORIZED, "401", "unauthorized", "missing or invalid token"),
+    (apigw.ResponseType.ACCESS_DENIED, "403", "forbidden", "access denied"),
+    (apigw.ResponseType.BAD_REQUEST_BODY, "400", "invalid", "request body is malformed"),
+]
+
+
+def _gateway_errors(api: apigw.RestApi) -> None:
+    """Gateway responses in Tessera's JSON error shape; the 429s carry Retry-After."""
+    for response_type, status, code, message in _GATEWAY_ERRORS:
+        headers = {"Content-Type": "'application/json'"}
+        if status == "429":
+            headers["Retry-After"] = f"'{RETRY_AFTER_THROTTLED_S}'"
+        api.add_gateway_response(
+            f"Gateway{response_type.response_type}",
+            type=response_type,
+            status_code=status,
+            response_headers=headers,
+            templates={
+                "application/json": json.dumps({"error": {"code": code, "message": message}})
+            },
         )
 
 

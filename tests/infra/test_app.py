@@ -308,6 +308,21 @@ def test_api_stage_logs_traces_throttles_and_validates(dev: Synth) -> None:
     dev.app_template.resource_count_is("AWS::WAFv2::WebACLAssociation", 1)
 
 
+def test_gateway_errors_use_the_api_error_shape_and_429_says_when_to_retry(dev: Synth) -> None:
+    responses = {
+        r["Properties"]["ResponseType"]: r["Properties"]
+        for r in resources(dev.app_template, "AWS::ApiGateway::GatewayResponse").values()
+    }
+    for kind in ("THROTTLED", "QUOTA_EXCEEDED"):
+        assert responses[kind]["StatusCode"] == "429"
+        assert responses[kind]["ResponseParameters"]["gatewayresponse.header.Retry-After"] == "'1'"
+        body = json.loads(responses[kind]["ResponseTemplates"]["application/json"])
+        assert body["error"]["code"] == "rate_limited"
+    assert responses["UNAUTHORIZED"]["StatusCode"] == "401"
+    for props in responses.values():
+        assert set(json.loads(props["ResponseTemplates"]["application/json"])) == {"error"}
+
+
 def test_prod_reserves_concurrency_and_keeps_api_environments_warm(prod: Synth) -> None:
     prod.app_template.has_resource_properties(
         "AWS::Lambda::Alias",
