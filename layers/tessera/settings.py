@@ -40,6 +40,9 @@ class Settings:
     longpoll_min_s: float = 30.0
     longpoll_max_s: float = 480.0
     longpoll_backoff_s: int = 0
+    # Per-user request throttling of the local gateway (API Gateway's dev stage: 50/s, 100).
+    api_rate_limit: float = 50.0
+    api_burst_limit: int = 100
     restore_retry_after_s: int = 60
     restore_days: int = 7
     trash_retention_days: int = 30

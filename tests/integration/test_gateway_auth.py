@@ -242,3 +242,31 @@ def test_password_guessing_is_throttled(env: Env) -> None:
     assert r.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(r.headers["retry-after"]) <= 60
     assert _login(env).status_code == 200  # other users are not affected
+
+
+def test_api_requests_are_throttled_per_user_with_retry_after(env: Env) -> None:
+    """Like API Gateway's stage throttling: 429 in the API's error shape, with Retry-After;
+    another user and the public routes are not affected."""
+    from tessera.local.throttle import RequestThrottle
+
+    server = Server()
+    gateway = Gateway(
+        identity=env.issuer,
+        resolver=EchoResolver(),
+        throttle=RequestThrottle(rate=0.01, burst=2),
+    )
+    server.start(create_app(gateway))
+    try:
+        alice = env.issuer.issue(env.principal).access_token
+        bob = env.issuer.issue(Principal(str(uuid.uuid4()), "bob@example.com")).access_token
+        calls = [httpx.post(server.base_url + "/v1/account", json={}, headers={
+            "Authorization": f"Bearer {alice}"}) for _ in range(3)]  # fmt: skip
+        assert [r.status_code for r in calls] == [200, 200, 429]
+        assert calls[2].json()["error"]["code"] == "rate_limited"
+        assert int(calls[2].headers["retry-after"]) >= 1
+        other = httpx.post(server.base_url + "/v1/account", json={},
+                           headers={"Authorization": f"Bearer {bob}"})  # fmt: skip
+        assert other.status_code == 200
+        assert httpx.get(server.base_url + "/v1/health").status_code == 200
+    finally:
+        server.stop()

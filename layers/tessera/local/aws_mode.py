@@ -48,6 +48,7 @@ from tessera.adapters.aws import (
 )
 from tessera.adapters.local.secret_files import write_private
 from tessera.local.lifecycle import ServedCloud, Stoppable
+from tessera.local.throttle import RequestThrottle
 from tessera.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -418,6 +419,9 @@ class AwsLocalCloud(ServedCloud):
                 token_endpoint=users,
                 resolver=LambdaDispatcher(
                     self.functions["api"].handler, self.functions["longpoll"].handler
+                ),
+                throttle=RequestThrottle(
+                    self.settings.api_rate_limit, self.settings.api_burst_limit
                 ),
             )
             self._server = Server(self.host, self.port)

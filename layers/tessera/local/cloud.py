@@ -37,6 +37,7 @@ from tessera.local.gateway import Gateway, create_app
 from tessera.local.lifecycle import ServedCloud
 from tessera.local.postgres import EmbeddedPostgres
 from tessera.local.server import Server
+from tessera.local.throttle import RequestThrottle
 from tessera.metadata import Database, migrate
 from tessera.settings import Settings
 
@@ -158,6 +159,9 @@ class LocalCloud(ServedCloud):
                 identity=issuer,
                 token_endpoint=LocalIdentity(users, issuer),
                 max_body=max(16 * 1024 * 1024, self.settings.max_stored_block_size),
+                throttle=RequestThrottle(
+                    self.settings.api_rate_limit, self.settings.api_burst_limit
+                ),
             )
             self._feed = PostgresChangeFeed(self.conninfo)
             self._wire_api(gateway, keys)

@@ -6,7 +6,8 @@
 - `POST /v1/list_folder/longpoll` — answered natively on the event loop, so an idle long-poll
   costs an `asyncio.Event`, not a thread.
 - every other `/v1/*` route — the bearer token is verified like the Cognito authorizer does
-  (401 JSON otherwise; `/v1/health` and `/v1/openapi.json` are public), then an API Gateway
+  (401 JSON otherwise; `/v1/health` and `/v1/openapi.json` are public), the caller's request
+  rate is checked like API Gateway's throttling (429 + Retry-After), then an API Gateway
   REST proxy event is built and the API's Powertools resolver runs in a worker thread.
 """
 
@@ -37,6 +38,7 @@ from tessera.domain.errors import (
     Unauthorized,
     Unprocessable,
 )
+from tessera.local.throttle import RequestThrottle
 from tessera.ports import Identity, Principal
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ class Gateway:
     resolver: Resolver | None = None
     longpoll: Longpoll | None = None
     max_body: int = MAX_BODY
+    # per-user throttling of the API routes (not the long-poll, which holds an event, nor
+    # the presigned block URLs, which are S3's on AWS)
+    throttle: RequestThrottle | None = None
 
 
 def error_response(err: TesseraError) -> JSONResponse:
@@ -269,6 +274,8 @@ def create_app(gw: Gateway) -> Starlette:
         principal = None
         if request.url.path not in PUBLIC_ROUTES:
             principal = bearer_principal(request, gw.identity)
+            if gw.throttle is not None:
+                gw.throttle.take(principal.user_id)
         return await _resolve(request, await read_body(request, gw.max_body), principal)
 
     async def _resolve(request: Request, body: bytes, principal: Principal | None) -> Response:
