@@ -33,14 +33,11 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def empty_database_url(postgres_url: str) -> Iterator[str]:
     """A fresh, empty database on the session's server, dropped after the test."""
-    import psycopg
-
-    from tessera.local.postgres import ensure_database
+    from tessera.local.postgres import drop_database, ensure_database
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     url = ensure_database(postgres_url, name)
     try:
         yield url
     finally:
-        with psycopg.connect(postgres_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(postgres_url, name)

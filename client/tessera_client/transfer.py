@@ -278,11 +278,8 @@ class Transfers:
         with ThreadPoolExecutor(1, thread_name_prefix="tessera-commit") as committer:
 
             def commit_ready() -> None:
-                ready = [
-                    i
-                    for i in items
-                    if not outstanding[i.path] and i.path not in submitted | changed
-                ]
+                done = submitted | changed
+                ready = [i for i in items if not outstanding[i.path] and i.path not in done]
                 if ready:
                     submitted.update(i.path for i in ready)
                     commits.append(committer.submit(self._commit, ready, sessions))

@@ -43,7 +43,7 @@ from tessera.domain.models import (
     UploadUrlsRequest,
 )
 from tessera.domain.services import Services
-from tessera.local.postgres import ensure_database
+from tessera.local.postgres import drop_database, ensure_database
 from tessera.metadata import Database, migrate
 from tessera.ports import Principal
 from tessera.settings import Settings
@@ -68,8 +68,7 @@ def _session_database(postgres_url: str) -> Iterator[str]:
         conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     migrate(url)
     yield url
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(postgres_url, name)
 
 
 def empty_tables(url: str) -> None:

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import jwt
-import psycopg
 import pytest
 
 from tessera.adapters.local import (
@@ -26,7 +25,7 @@ from tessera.adapters.local import (
     LocalUsers,
 )
 from tessera.local.gateway import Gateway, create_app
-from tessera.local.postgres import ensure_database
+from tessera.local.postgres import drop_database, ensure_database
 from tessera.local.server import Server
 from tessera.metadata import migrate
 from tessera.ports import Principal
@@ -62,8 +61,7 @@ def database(postgres_url: str) -> Iterator[str]:
     url = ensure_database(postgres_url, name)
     migrate(url)
     yield url
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(postgres_url, name)
 
 
 @pytest.fixture(scope="module")

@@ -420,9 +420,7 @@ class AwsLocalCloud(ServedCloud):
                 resolver=LambdaDispatcher(
                     self.functions["api"].handler, self.functions["longpoll"].handler
                 ),
-                throttle=RequestThrottle(
-                    self.settings.api_rate_limit, self.settings.api_burst_limit
-                ),
+                throttle=RequestThrottle.from_settings(self.settings),
             )
             self._server = Server(self.host, self.port)
             self.base_url = self._server.base_url

@@ -159,9 +159,7 @@ class LocalCloud(ServedCloud):
                 identity=issuer,
                 token_endpoint=LocalIdentity(users, issuer),
                 max_body=max(16 * 1024 * 1024, self.settings.max_stored_block_size),
-                throttle=RequestThrottle(
-                    self.settings.api_rate_limit, self.settings.api_burst_limit
-                ),
+                throttle=RequestThrottle.from_settings(self.settings),
             )
             self._feed = PostgresChangeFeed(self.conninfo)
             self._wire_api(gateway, keys)

@@ -41,14 +41,21 @@ def _prune_dead_holders(pgdata: Path) -> None:
         holders.write_text(json.dumps(alive))
 
 
+def drop_database(conninfo: str, name: str) -> None:
+    """Drop database `name` on the server `conninfo` reaches, if it exists, even while
+    connections to it are open (they are ended)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
 def ensure_database(conninfo: str, name: str, *, reset: bool = False) -> str:
     """The conninfo of database `name` on the server `conninfo` reaches, created if missing
     (dropped first when `reset`). Two processes creating it at once both succeed."""
+    if reset:
+        drop_database(conninfo, name)
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        if reset:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists is None:
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from tessera.domain.errors import TooManyRequests
+from tessera.settings import Settings
 
 
 class RequestThrottle:
@@ -26,6 +27,11 @@ class RequestThrottle:
         self.rate, self.burst, self._clock = rate, burst, clock
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RequestThrottle:
+        """The gateway's throttle: `api_rate_limit` per second, bursts of `api_burst_limit`."""
+        return cls(settings.api_rate_limit, settings.api_burst_limit)
 
     def take(self, key: str) -> None:
         """Spend one request of `key`'s bucket; `TooManyRequests` when it is empty."""
