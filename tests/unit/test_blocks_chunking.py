@@ -16,11 +16,15 @@ from pyfastcdc import FastCDC
 from tessera.blocks import (
     MAX_BLOCK_SIZE,
     MIN_BLOCK_SIZE,
+    BlockRef,
     FileChangedError,
     FileManifest,
     block_id,
     chunking,
     content_hash,
+    decode_block,
+    derive_block_key,
+    encode_file,
     encode_many,
     iter_chunks,
     scan_file,
@@ -342,5 +346,79 @@ def test_the_encode_pipeline_fails_when_the_file_changes(old_file: Path, workers
     next(stored)
     _overwrite_same_size(old_file)
     with pytest.raises(FileChangedError):
+        for _ in stored:
+            pass
+
+
+# --- the whole-file encode pipeline ------------------------------------------------------
+
+SECRET = bytes(range(32))
+
+
+def key_for(block: str) -> tuple[int, bytes]:
+    return 7, derive_block_key(SECRET, block)
+
+
+@pytest.mark.parametrize(
+    ("window", "workers"), [(MAX_BLOCK_SIZE + 1, 2), (5 * MiB + 12345, 2), (9 * MiB, 1)]
+)
+def test_encode_file_encodes_every_block_of_the_manifest(
+    make_file: MakeFile, monkeypatch: pytest.MonkeyPatch, window: int, workers: int
+) -> None:
+    # Small windows: many reads, so the rotating windows are reused while jobs run.
+    monkeypatch.setattr(chunking, "WINDOW_SIZE", window)
+    data = mixed_bytes(30 * MiB, seed=window)
+    path = make_file(data)
+    pairs = list(encode_file(path, key_for, workers=workers))
+    assert [ref for ref, _ in pairs] == list(scan_file(path).blocks)
+    for ref, stored in pairs:
+        assert stored[6:10] == (7).to_bytes(4, "big")  # the key version key_for gave
+        plain = decode_block(stored, ref.id, key_for(ref.id)[1])
+        assert plain == data[ref.offset : ref.offset + ref.size]
+
+
+def test_encode_file_of_an_empty_file_yields_nothing(make_file: MakeFile) -> None:
+    assert list(encode_file(make_file(b""), key_for)) == []
+
+
+def test_encode_file_asks_key_for_for_each_block_id(make_file: MakeFile) -> None:
+    path = make_file(mixed_bytes(12 * MiB, seed=8))
+    asked: list[str] = []
+
+    def recording(block: str) -> tuple[int, bytes]:
+        asked.append(block)
+        return key_for(block)
+
+    refs: list[BlockRef] = [ref for ref, _ in encode_file(path, recording, workers=1)]
+    assert asked == [ref.id for ref in refs]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_key_lookup_stops_encode_file(make_file: MakeFile, workers: int) -> None:
+    path = make_file(mixed_bytes(20 * MiB, seed=9))
+
+    def no_key(block: str) -> tuple[int, bytes]:
+        raise LookupError(f"no key for {block}")
+
+    with pytest.raises(LookupError, match="no key for b3:"):
+        list(encode_file(path, no_key, workers=workers))
+    check_manifest(scan_file(path), path.read_bytes())  # the shared pool is still usable
+
+
+def test_abandoning_encode_file_leaves_later_scans_intact(make_file: MakeFile) -> None:
+    data = mixed_bytes(40 * MiB, seed=10)
+    path = make_file(data)
+    stored = encode_file(path, key_for)
+    next(stored)
+    stored.close()
+    check_manifest(scan_file(path), data)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_encode_file_fails_when_the_file_changes(old_file: Path, workers: int) -> None:
+    stored = encode_file(old_file, key_for, workers=workers)
+    next(stored)
+    _overwrite_same_size(old_file)
+    with pytest.raises(FileChangedError, match="while it was being read"):
         for _ in stored:
             pass

@@ -28,6 +28,7 @@ from tessera.blocks import (
     encode_many,
     stored_key_version,
 )
+from tessera.blocks.memory import uninitialized_bytearray
 from tessera.domain.errors import TesseraError
 from tessera.ports import KeyService
 from tests.corruption import with_last_byte_flipped
@@ -353,3 +354,10 @@ def test_abandoning_encode_many_stops_consuming_input() -> None:
     next(out)
     out.close()
     assert consumed <= 10
+
+
+def test_uninitialized_buffers_have_the_size_asked_and_refuse_negative_sizes() -> None:
+    assert len(uninitialized_bytearray(5 * 1024 * 1024)) == 5 * 1024 * 1024
+    assert uninitialized_bytearray(0) == bytearray()
+    with pytest.raises(ValueError, match="never negative"):
+        uninitialized_bytearray(-1)

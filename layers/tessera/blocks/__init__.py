@@ -2,7 +2,8 @@
 
 Chunk a file with FastCDC (`scan_file`, `iter_chunks`), name blocks by their BLAKE3 hash
 (`block_id`, `content_hash`), and store them compressed and encrypted (`encode_block`,
-`decode_block`; `encode_many`/`decode_many` on a thread per core) under per-block keys
+`decode_block`; `encode_file` for a whole file and `encode_many`/`decode_many`, on a thread
+per core) under per-block keys
 (`derive_block_key`). The byte format is documented in
 docs/block-format.md.
 """
@@ -20,6 +21,7 @@ from tessera.blocks.codec import (
     decode_block,
     decode_many,
     encode_block,
+    encode_file,
     encode_many,
     stored_key_version,
 )
@@ -49,6 +51,7 @@ __all__ = [
     "default_workers",
     "derive_block_key",
     "encode_block",
+    "encode_file",
     "encode_many",
     "is_block_id",
     "iter_chunks",

@@ -14,17 +14,21 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Generator, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from blake3 import blake3
 from pyfastcdc import FastCDC
 
 from tessera.blocks.errors import FileChangedError
-from tessera.blocks.ids import ID_PREFIX
+from tessera.blocks.ids import ID_PREFIX, id_from_digest
+from tessera.blocks.memory import uninitialized_bytearray
 from tessera.blocks.workers import default_workers, shared_pool
+
+T = TypeVar("T")
 
 MIN_BLOCK_SIZE = 256 * 1024
 AVG_BLOCK_SIZE = 1024 * 1024
@@ -81,8 +85,8 @@ def scan_file(path: str | os.PathLike[str], *, workers: int | None = None) -> Fi
     """
     blocks: list[BlockRef] = []
     whole = blake3()
-    for ref, _view, digest in _chunk_views(path, workers):
-        blocks.append(ref)
+    for offset, view, digest in cut_file(path, _digest, workers=workers):
+        blocks.append(BlockRef(id_from_digest(digest), offset, len(view)))
         whole.update(digest)
     size = blocks[-1].offset + blocks[-1].size if blocks else 0
     return FileManifest(ID_PREFIX + whole.hexdigest(), size, tuple(blocks))
@@ -98,64 +102,97 @@ def iter_chunks(
     The change check of `scan_file` runs after the last block, so a caller must not commit
     what it uploaded before this iterator has finished without raising FileChangedError.
     """
-    for ref, view, _digest in _chunk_views(path, workers):
-        yield ref, bytes(view)
+    for offset, view, digest in cut_file(path, _digest, workers=workers):
+        yield BlockRef(id_from_digest(digest), offset, len(view)), bytes(view)
 
 
-def _chunk_views(
-    path: str | os.PathLike[str], workers: int | None
-) -> Iterator[tuple[BlockRef, memoryview, bytes]]:
-    """(block, view of its bytes in the read window, raw digest); each view is valid only
-    until the next item. Raises FileChangedError at the end if the file changed.
+def cut_file(
+    path: str | os.PathLike[str],
+    job: Callable[[memoryview], T],
+    *,
+    workers: int | None,
+    windows: int = 1,
+) -> Iterator[tuple[int, memoryview, T]]:
+    """(file offset, view of the block's bytes, `job(view)`) for each block, in file order.
 
-    Each block is handed to the hashing pool as soon as it is cut, so hashing runs while
-    FastCDC looks for the next cut; blocks are yielded in order once their window is cut.
+    `job` runs on the shared pool as soon as its block is cut (inline when `workers == 1`),
+    so it works while FastCDC looks for the next cut. A view, and the memory `job` saw, is
+    valid only until the next item. Raises FileChangedError at the end if the file changed.
+
+    With `windows` > 1 and a pool, the file is read into that many rotating windows, so the
+    jobs of one window run while the next is read and cut (the reader never waits for the
+    pool but to reuse a window); with one window, each window's jobs are finished before
+    the next read. Each window costs `WINDOW_SIZE` bytes of memory.
     """
     pool = shared_pool() if (workers or default_workers()) > 1 else None
+    rotation = windows if pool else 1
+    # (window index, file offset, view, job or its result), in file order
+    pending: deque[tuple[int, int, memoryview, Future[T] | T]] = deque()
     with _open_regular(path) as f:
         before = os.fstat(f.fileno())
         _advise_sequential(f.fileno())
-        # A small file gets a window just larger than itself: bytearray(n) zero-fills all n
-        # bytes, which would dominate scanning many small files. One spare byte lets a read
-        # see that the file grew.
+        # A small file gets a window just larger than itself. One spare byte lets a read see
+        # that the file grew. Windows are left uninitialized: only bytes read are looked at.
         capacity = min(WINDOW_SIZE, before.st_size + 1)
-        window = memoryview(bytearray(capacity))
-        base = 0  # file offset of window[0]
+        buffers = [memoryview(uninitialized_bytearray(capacity))]
+        current = 0
+        base = 0  # file offset of the current window's first byte
         filled = 0
         eof = False
-        while True:
-            while filled < capacity and not eof:
-                n = f.readinto(window[filled:])
-                if not n:
-                    eof = True
-                else:
-                    filled += n
-            if base + filled > before.st_size:
-                raise _changed(path, f"it grew beyond its {before.st_size} bytes")
-            if eof and base + filled < before.st_size:
-                raise _changed(path, f"it shrank from {before.st_size} to {base + filled} bytes")
-            if filled == 0:
-                break
-            cuts: list[tuple[int, memoryview, Future[bytes] | bytes]] = []
-            for chunk in _CHUNKER.cut_buf(window[:filled]):
-                start = chunk.offset
-                if not eof and filled - start < MAX_BLOCK_SIZE:
-                    break  # this cut may depend on bytes not read yet: refill first
-                view = window[start : start + chunk.length]
-                # Without a pool, hash at once, while FastCDC has just brought it into cache.
-                cuts.append((start, view, pool.submit(_digest, view) if pool else _digest(view)))
-            consumed = 0
-            for start, view, job in cuts:
-                digest = job if isinstance(job, bytes) else job.result()
-                yield BlockRef(ID_PREFIX + digest.hex(), base + start, len(view)), view, digest
-                consumed = start + len(view)
-            if eof and consumed == filled:
-                break
-            rest = filled - consumed
-            window[:rest] = window[consumed:filled]
-            base += consumed
-            filled = rest
+        try:
+            while True:
+                window = buffers[current]
+                while filled < capacity and not eof:
+                    n = f.readinto(window[filled:])
+                    if not n:
+                        eof = True
+                    else:
+                        filled += n
+                if base + filled > before.st_size:
+                    raise _changed(path, f"it grew beyond its {before.st_size} bytes")
+                if eof and base + filled < before.st_size:
+                    raise _changed(
+                        path, f"it shrank from {before.st_size} to {base + filled} bytes"
+                    )
+                consumed = 0
+                chunks = _CHUNKER.cut_buf(window[:filled])
+                # A cut may depend on bytes not read yet unless MAX_BLOCK_SIZE bytes follow
+                # the chunk's start: then refill first (and leave that chunk uncut).
+                while eof or filled - consumed >= MAX_BLOCK_SIZE:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    start = chunk.offset
+                    view = window[start : start + chunk.length]
+                    work = pool.submit(job, view) if pool else job(view)
+                    pending.append((current, base + start, view, work))
+                    consumed = start + chunk.length
+                if eof and consumed == filled:
+                    break
+                # The unconsumed tail moves to the front of the next window, once the jobs
+                # still reading that window are done.
+                following = (current + 1) % rotation
+                while pending and pending[0][0] == following:
+                    yield _finished(pending.popleft())
+                if following == len(buffers):
+                    buffers.append(memoryview(uninitialized_bytearray(capacity)))
+                rest = filled - consumed
+                buffers[following][:rest] = window[consumed:filled]
+                current = following
+                base += consumed
+                filled = rest
+            while pending:
+                yield _finished(pending.popleft())
+        finally:
+            for item in pending:  # the consumer stopped early, or a job or read failed
+                if isinstance(item[3], Future):
+                    item[3].cancel()
         _check_unchanged(path, f.fileno(), before)
+
+
+def _finished(item: tuple[int, int, memoryview, Future[T] | T]) -> tuple[int, memoryview, T]:
+    _window, offset, view, work = item
+    return offset, view, work.result() if isinstance(work, Future) else work
 
 
 def _digest(data: memoryview) -> bytes:

@@ -13,20 +13,23 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 
 import zstandard
 from blake3 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tessera.blocks.chunking import MAX_BLOCK_SIZE
+from tessera.blocks.chunking import MAX_BLOCK_SIZE, BlockRef, cut_file
 from tessera.blocks.errors import BlockFormatError, BlockIntegrityError
+from tessera.blocks.ids import block_id as id_of
 from tessera.blocks.ids import digest_of
+from tessera.blocks.memory import uninitialized_bytearray
 from tessera.blocks.workers import ordered_map
 
 EncodeJob = tuple[bytes | bytearray | memoryview, str, bytes, int]  # plaintext, id, key, version
 DecodeJob = tuple[bytes | bytearray | memoryview, str, bytes]  # stored, id, key
+KeyFor = Callable[[str], tuple[int, bytes]]  # block id -> (key_version, key), as KeyService
 
 MAGIC = b"TBLK"
 FORMAT_VERSION = 1
@@ -90,11 +93,37 @@ def encode_block(
             flags, body = FLAG_ZSTD, compressed
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, flags, key_version)
     nonce = os.urandom(NONCE_SIZE)
-    stored = bytearray(PREFIX_SIZE + len(body) + TAG_SIZE)
+    # Every byte is written below: the prefix, then exactly len(body) + TAG_SIZE by the cipher.
+    stored = uninitialized_bytearray(PREFIX_SIZE + len(body) + TAG_SIZE)
     stored[:HEADER_SIZE] = header
     stored[HEADER_SIZE:PREFIX_SIZE] = nonce
     AESGCM(key).encrypt_into(nonce, body, _aad(header, block_id), memoryview(stored)[PREFIX_SIZE:])
     return stored
+
+
+def encode_file(
+    path: str | os.PathLike[str], key_for: KeyFor, *, workers: int | None = None
+) -> Generator[tuple[BlockRef, bytearray], None, None]:
+    """Each block of the file at `path` with its stored form, in file order: the whole encode
+    pipeline (read, chunk, hash, key, compress, encrypt) without reading the file whole.
+
+    `key_for(block_id)` gives the block's (key_version, key), as `KeyService.block_key`
+    does; it is called from the worker threads. Each block is encoded straight from the read
+    window, so its plaintext is never copied; by default a block's hash-and-encode runs on
+    the shared pool (a thread per core) while the calling thread reads and cuts the next
+    window, and `workers=1` does everything on the calling thread. As with `iter_chunks`,
+    FileChangedError comes after the last block when the file changed while it was read.
+    """
+    for offset, view, (block_id, stored) in cut_file(
+        path, lambda view: _hash_and_encode(view, key_for), workers=workers, windows=2
+    ):
+        yield BlockRef(block_id, offset, len(view)), stored
+
+
+def _hash_and_encode(plaintext: memoryview, key_for: KeyFor) -> tuple[str, bytearray]:
+    block_id = id_of(plaintext)
+    key_version, key = key_for(block_id)
+    return block_id, encode_block(plaintext, block_id, key, key_version)
 
 
 def encode_many(
