@@ -35,7 +35,7 @@ import psycopg
 from bench.bench_commits import _server
 from bench.common import Figure, MiB, human_bytes, print_figures, random_file, scale, scaled
 from tessera.adapters.local import FilesystemBlockStore, KeyFileKeyService, PostgresChangeFeed
-from tessera.blocks import encode_block, iter_chunks, scan_file
+from tessera.blocks import encode_file, scan_file
 from tessera.domain import commits, uploads
 from tessera.domain.models import CommitRequest, UploadStartRequest, UploadUrlsRequest
 from tessera.domain.services import Services
@@ -60,10 +60,7 @@ def bench_dedup(url: str, work: Path) -> list[Figure]:
     svc = Services(db=db, block_store=store, keys=keys, feed=feed, settings=settings)
     ctx = MaintenanceContext.build(db=db, store=store, keys=keys, feed=feed, settings=settings)
     kv, _ = keys.block_key(manifest.blocks[0].id)
-    encoded = {
-        ref.id: encode_block(bytes(data), ref.id, keys.block_key(ref.id, kv)[1], kv)
-        for ref, data in iter_chunks(path)
-    }
+    encoded = {ref.id: stored for ref, stored in encode_file(path, lambda b: keys.block_key(b, kv))}
     spec = [{"id": b.id, "size": b.size} for b in manifest.blocks]
     upload_s = dedup_s = 0.0
     verified = 0
