@@ -16,7 +16,6 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from pydantic import BaseModel, ValidationError
 
 import tessera
-from tessera.api.openapi import build_openapi
 from tessera.api.routes import ROUTES, Route
 from tessera.domain.errors import TesseraError, TooManyRequests, Unauthorized, Unavailable
 from tessera.domain.models import HealthResponse, RestoringResponse, dump
@@ -43,6 +42,10 @@ def _error(status: int, code: str, message: str, **extra: Any) -> Response[str]:
 
 @cache
 def _openapi_text() -> str:
+    # Imported here: pydantic's JSON-schema machinery is a cold-start cost (about 0.05 s of
+    # import) that only this rarely asked route needs.
+    from tessera.api.openapi import build_openapi
+
     return json.dumps(build_openapi(), separators=(",", ":"))
 
 
