@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +36,7 @@ from tessera.domain.object_keys import staging_prefix
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, file_entry, new_file_id, view_transaction
 from tessera.metadata.store import (
-    CommitBlockRows,
+    CommitReads,
     FileRow,
     MountRow,
     NewJournal,
@@ -141,7 +141,7 @@ def _check_blocks(
     view: View,
     req: CommitRequest,
     ids: list[str],
-    rows: CommitBlockRows,
+    rows: CommitReads,
     staged: _StagedSizes,
 ) -> _Blocks:
     """Every block must be readable by the caller, or staged by their upload session and
@@ -197,40 +197,37 @@ def ensure_parents(
     Returns `rel` spelled with the existing folders' display names (the first spelling of
     a path wins) and the journal rows of the folders created.
     """
-    return ensure_parents_later(store, view, mount, rel)()
+    return ensure_parents_found(
+        store, view, mount, rel, store.kinds_at(mount.ns_id, parent_keys(rel))
+    )
 
 
-def ensure_parents_later(
-    store: Store, view: View, mount: MountRow, rel: str
-) -> Callable[[], tuple[str, list[NewJournal]]]:
-    """`ensure_parents`, whose lookup of the existing parents is sent now (it travels with
-    the caller's next query) and whose rest runs when the returned function is called."""
-    ancestors = paths.ancestors(rel)
-    if not ancestors:
-        return lambda: (rel, [])
-    keys = [paths.path_key(a) for a in ancestors]
-    found_later = store.kinds_at_later(mount.ns_id, keys)
+def parent_keys(rel: str) -> list[str]:
+    """The path keys of the folders above `rel`, outermost first."""
+    return [paths.path_key(a) for a in paths.ancestors(rel)]
 
-    def finish() -> tuple[str, list[NewJournal]]:
-        found = found_later()
-        created: list[NewJournal] = []
-        parent_display = paths.ROOT
-        for display, key in zip(ancestors, keys, strict=True):
-            display = paths.join(parent_display, "/" + paths.name(display))
-            if key not in found:
-                fid = new_file_id()
-                parent_key = paths.path_key(paths.parent(display))
-                if store.insert_file(mount.ns_id, fid, key, parent_key, display, "folder"):
-                    created.append(NewJournal(fid, 0, "upsert", "folder", key, parent_key, display))
-                    parent_display = display
-                    continue
-                found |= store.kinds_at(mount.ns_id, [key])
-            kind, parent_display = found[key]
-            if kind == "file":
-                raise Conflict(f"{view.view_path(mount, display)!r} is a file, not a folder")
-        return paths.join(parent_display, "/" + paths.name(rel)), created
 
-    return finish
+def ensure_parents_found(
+    store: Store, view: View, mount: MountRow, rel: str, found: dict[str, tuple[str, str]]
+) -> tuple[str, list[NewJournal]]:
+    """`ensure_parents`, given what the caller already read at `parent_keys(rel)`
+    (`Store.kinds_at`: key → (kind, path_display) of the live entries)."""
+    created: list[NewJournal] = []
+    parent_display = paths.ROOT
+    for display, key in zip(paths.ancestors(rel), parent_keys(rel), strict=True):
+        display = paths.join(parent_display, "/" + paths.name(display))
+        if key not in found:
+            fid = new_file_id()
+            parent_key = paths.path_key(paths.parent(display))
+            if store.insert_file(mount.ns_id, fid, key, parent_key, display, "folder"):
+                created.append(NewJournal(fid, 0, "upsert", "folder", key, parent_key, display))
+                parent_display = display
+                continue
+            found = found | store.kinds_at(mount.ns_id, [key])
+        kind, parent_display = found[key]
+        if kind == "file":
+            raise Conflict(f"{view.view_path(mount, display)!r} is a file, not a folder")
+    return paths.join(parent_display, "/" + paths.name(rel)), created
 
 
 class _PathTaken(Exception):
@@ -352,8 +349,16 @@ def _commit_in(
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
     key = paths.path_key(rel)
-    store.lock_namespace(mount.ns_id)  # before any file row or idempotency key: lock order
-    parents = ensure_parents_later(store, view, mount, rel)  # in a batch: read with the rows
+    ids = list(dict.fromkeys(b.id for b in req.blocks))
+    # the namespace first, before any file row or idempotency key: lock order
+    rows = store.lock_for_commit(
+        mount.ns_id,
+        parent_keys(rel),
+        ns_ids=view.ns_ids,
+        block_ids=ids,
+        upload_id=req.upload_id,
+        user_id=view.user.user_id,
+    )
     if req.idempotency_key is not None:
         digest = _request_hash(req)
         first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
@@ -361,10 +366,8 @@ def _commit_in(
             if first[0] != digest or first[1] is None:
                 raise Unprocessable("idempotency_key was already used for a different commit")
             return FileEntry.model_validate(first[1]), None
-    ids = list(dict.fromkeys(b.id for b in req.blocks))
-    rows = store.commit_block_rows(req.upload_id, view.user.user_id, view.ns_ids, ids)
     blocks = _check_blocks(svc, store, view, req, ids, rows, staged)
-    display, journal = parents()
+    display, journal = ensure_parents_found(store, view, mount, rel, rows.kinds)
     version = functools.partial(
         write_version,
         svc,

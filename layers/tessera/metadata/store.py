@@ -6,7 +6,7 @@ takes a namespace takes its `ns_id` first (the shard key).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -136,12 +136,13 @@ class UploadBlockRow:
 
 
 @dataclass(frozen=True)
-class CommitBlockRows:
-    """What a commit checks its blocks against (`Store.commit_block_rows`)."""
+class CommitReads:
+    """What a commit reads once it holds its namespace (`Store.lock_for_commit`)."""
 
+    kinds: dict[str, tuple[str, str]]  # path_key → (kind, path_display) of live parents
+    readable: dict[str, ReadableBlock]  # the blocks a version in the caller's view holds
     session: UploadRow | None  # the caller's session, FOR SHARE until the transaction ends,
     # so gc cannot expire it (and delete its staged copies) meanwhile
-    readable: dict[str, ReadableBlock]  # the blocks a version in the caller's view holds
     expected: dict[str, UploadBlockRow]  # the session's expected blocks among them
     staged_count: int  # the session's blocks a PUT URL was issued for
 
@@ -322,7 +323,8 @@ def _journal_result(
 # does not grow with the number of versions naming the block (migration 102).
 _READABLE_SQL = (
     "SELECT DISTINCT ON (q.block_id) q.block_id, r.size, b.state, r.staged_key"
-    " FROM unnest(%s::bigint[]) AS n(ns_id) CROSS JOIN unnest(%s::text[]) AS q(block_id)"
+    " FROM unnest(%(ns_ids)s::bigint[]) AS n(ns_id)"
+    " CROSS JOIN unnest(%(ids)s::text[]) AS q(block_id)"
     " JOIN blocks b ON b.block_id = q.block_id AND b.state <> 'quarantined'"
     " CROSS JOIN LATERAL (SELECT vb.size, vb.staged_key FROM version_blocks vb"
     "  WHERE vb.ns_id = n.ns_id AND vb.block_id = q.block_id"
@@ -330,6 +332,23 @@ _READABLE_SQL = (
     "   AND ub.state = 'quarantined')"
     "  ORDER BY vb.staged_key DESC NULLS FIRST LIMIT 1) AS r"
     " ORDER BY q.block_id, (r.staged_key IS NULL) DESC"
+)
+# A commit's reads, in one statement: take the namespace row (see `Store.lock_namespace`),
+# and read the live entries at its parent keys and the blocks its view can read. Also the
+# namespace's seq twice: as the statement's snapshot saw it, and as locked. Reads see the
+# snapshot taken when the statement began, so when another writer committed in the
+# namespace while this one waited for the lock, the two differ and the reads are redone.
+_LOCK_AND_READ_SQL = (
+    "WITH lk AS (SELECT latest_seq FROM namespaces WHERE ns_id = %(ns)s FOR UPDATE),"
+    f" r AS ({_READABLE_SQL})"
+    " SELECT (SELECT latest_seq FROM lk), seen.latest_seq, k.keys, k.kinds, k.displays,"
+    "  rb.ids, rb.sizes, rb.states, rb.staged"
+    " FROM (SELECT latest_seq FROM namespaces WHERE ns_id = %(ns)s) AS seen"
+    " CROSS JOIN (SELECT array_agg(path_key) AS keys, array_agg(kind) AS kinds,"
+    "  array_agg(path_display) AS displays FROM files WHERE ns_id = %(ns)s"
+    "  AND path_key = ANY(%(keys)s::text[]) AND NOT is_deleted) AS k"
+    " CROSS JOIN (SELECT array_agg(block_id) AS ids, array_agg(size) AS sizes,"
+    "  array_agg(state) AS states, array_agg(staged_key) AS staged FROM r) AS rb"
 )
 _UPLOAD_SQL = (
     "SELECT upload_id, user_id, state, expires_at FROM upload_sessions"
@@ -461,6 +480,60 @@ class Store:
         rows = self._all("SELECT mount_key FROM ns_members WHERE user_id = %s", (user_id,))
         return {r[0] for r in rows}
 
+    def lock_for_commit(
+        self,
+        ns_id: int,
+        parent_keys: Sequence[str],
+        *,
+        ns_ids: Sequence[int],
+        block_ids: Sequence[str],
+        upload_id: str | None,
+        user_id: str,
+    ) -> CommitReads:
+        """Take the namespace row (`lock_namespace`), then read what a commit checks: the
+        live entries at `parent_keys`, which of `block_ids` a version in `ns_ids` holds,
+        and the caller's upload session (locked FOR SHARE) with its expected blocks.
+
+        The lock and the first two reads are one statement, where they were three round
+        trips. Its reads come from the snapshot the statement began with; when another
+        writer committed in the namespace while this one waited for the lock (the seq as
+        locked is not the seq as seen), they are read again, now current: the lock is held.
+        Every statement is sent before a result is read, so in a pipelined transaction (a
+        batch) they all cost one round trip."""
+        ids = list(block_ids)
+        reads = self.conn.execute(
+            _LOCK_AND_READ_SQL,
+            {"ns": ns_id, "keys": list(parent_keys), "ns_ids": list(ns_ids), "ids": ids},
+        )
+        session = expected = staged = None
+        if upload_id is not None:
+            session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
+            staged = self.conn.execute(
+                "SELECT count(*) FROM upload_blocks"
+                " WHERE upload_id = %s AND stored_size IS NOT NULL",
+                (upload_id,),
+            )
+            if ids:
+                expected = self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, ids))
+        row = reads.fetchone()
+        if row is None or row[0] != row[1]:
+            kinds, readable = self.kinds_at(ns_id, parent_keys), self.readable_blocks(ns_ids, ids)
+        else:
+            _locked, _seen, keys, kind_list, displays, found, sizes, states, staged_keys = row
+            parents = zip(keys or (), kind_list or (), displays or (), strict=True)
+            kinds = {k: (kind, display) for k, kind, display in parents}
+            blocks = zip(found or (), sizes or (), states or (), staged_keys or (), strict=True)
+            readable = {b[0]: ReadableBlock(*b) for b in blocks}
+        session_row = session.fetchone() if session is not None else None
+        count = staged.fetchone() if staged is not None else None
+        return CommitReads(
+            kinds=kinds,
+            readable=readable,
+            session=UploadRow(*session_row) if session_row else None,
+            expected={r[0]: UploadBlockRow(*r) for r in expected.fetchall()} if expected else {},
+            staged_count=int(count[0]) if count else 0,
+        )
+
     def lock_namespace(self, ns_id: int) -> None:
         """Take the namespace row until the transaction ends.
 
@@ -514,19 +587,12 @@ class Store:
 
     def kinds_at(self, ns_id: int, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
         """path_key → (kind, path_display) of the live entries among `keys`."""
-        return self.kinds_at_later(ns_id, keys)()
-
-    def kinds_at_later(
-        self, ns_id: int, keys: Sequence[str]
-    ) -> Callable[[], dict[str, tuple[str, str]]]:
-        """`kinds_at`, sent now and read when the returned function is called: in pipeline
-        mode the query travels with the next one whose result is read."""
-        cur = self.conn.execute(
+        rows = self._all(
             "SELECT path_key, kind, path_display FROM files WHERE ns_id = %s"
             " AND path_key = ANY(%s) AND NOT is_deleted",
             (ns_id, list(keys)),
         )
-        return lambda: {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     def insert_file(
         self,
@@ -702,7 +768,9 @@ class Store:
         index), with the block's state; quarantined blocks are left out."""
         if not block_ids:
             return {}
-        rows = self._all(_READABLE_SQL, (list(ns_ids), list(block_ids)))
+        rows = self.conn.execute(
+            _READABLE_SQL, {"ns_ids": list(ns_ids), "ids": list(block_ids)}
+        ).fetchall()
         return {r[0]: ReadableBlock(*r) for r in rows}
 
     def write_version(
@@ -838,34 +906,6 @@ class Store:
         """The session's expected blocks among `block_ids`."""
         rows = self._all(_UPLOAD_BLOCKS_SQL, (upload_id, list(block_ids)))
         return {r[0]: UploadBlockRow(*r) for r in rows}
-
-    def commit_block_rows(
-        self, upload_id: str | None, user_id: str, ns_ids: Sequence[int], block_ids: Sequence[str]
-    ) -> CommitBlockRows:
-        """What a commit checks its blocks against: see `CommitBlockRows`. The statements
-        are all sent before any result is read, so in a pipelined transaction (a batch)
-        they cost one round trip."""
-        ids = list(block_ids)
-        session = readable = expected = staged = None
-        if upload_id is not None:
-            session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
-            staged = self.conn.execute(
-                "SELECT count(*) FROM upload_blocks"
-                " WHERE upload_id = %s AND stored_size IS NOT NULL",
-                (upload_id,),
-            )
-        if ids:
-            readable = self.conn.execute(_READABLE_SQL, (list(ns_ids), ids))
-        if upload_id is not None and ids:
-            expected = self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, ids))
-        row = session.fetchone() if session is not None else None
-        count = staged.fetchone() if staged is not None else None
-        return CommitBlockRows(
-            session=UploadRow(*row) if row else None,
-            readable={r[0]: ReadableBlock(*r) for r in readable.fetchall()} if readable else {},
-            expected={r[0]: UploadBlockRow(*r) for r in expected.fetchall()} if expected else {},
-            staged_count=int(count[0]) if count else 0,
-        )
 
     def set_upload_block_stored(
         self, upload_id: str, block_id: str, stored_size: int, sha256: str
