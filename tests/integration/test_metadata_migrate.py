@@ -51,10 +51,20 @@ def test_namespace_tables_lead_with_ns_id(database_url: str) -> None:
                 (table,),
             ).fetchone()
             assert first is not None and first[0] == "ns_id", table
-        indexdef = conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = 'version_blocks_readable'"
-        ).fetchone()
-        assert indexdef is not None and "(ns_id, block_id, staged_key)" in indexdef[0]
+
+
+def test_a_version_block_is_indexed_once_by_its_block_id(database_url: str) -> None:
+    """One index serves the readable probe (ns_id and block_id given) and the lookups of a
+    block in every namespace (gc, scrub): each block of a commit pays for one entry."""
+    with psycopg.connect(database_url) as conn:
+        by_block = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'version_blocks'"
+                " AND indexdef LIKE '%%block_id%%'"
+            ).fetchall()
+        )
+    assert list(by_block) == ["version_blocks_by_block"]
+    assert "(block_id, ns_id, staged_key)" in by_block["version_blocks_by_block"]
 
 
 def test_a_path_is_indexed_once_per_deletion_state(database_url: str) -> None:

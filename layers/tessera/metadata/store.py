@@ -319,8 +319,8 @@ def _journal_result(
 
 
 # One probe per (namespace, block): the newest-sorting row of the index
-# version_blocks_readable, where a verified row (staged_key NULL) comes first, so the cost
-# does not grow with the number of versions naming the block (migration 102).
+# version_blocks_by_block, where a verified row (staged_key NULL) comes first, so the cost
+# does not grow with the number of versions naming the block (migrations 102, 105).
 _READABLE_SQL = (
     "SELECT DISTINCT ON (q.block_id) q.block_id, r.size, b.state, r.staged_key"
     " FROM unnest(%(ns_ids)s::bigint[]) AS n(ns_id)"
