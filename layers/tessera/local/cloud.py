@@ -36,6 +36,7 @@ from tessera.domain.services import Services
 from tessera.local.gateway import Gateway, create_app
 from tessera.local.lifecycle import ServedCloud
 from tessera.local.postgres import EmbeddedPostgres
+from tessera.local.relay import start_relay
 from tessera.local.server import Server
 from tessera.local.throttle import RequestThrottle
 from tessera.metadata import Database, migrate
@@ -93,9 +94,9 @@ def open_database(
 class LocalCloud(ServedCloud):
     """PostgreSQL + local adapters + the API behind the gateway, started and stopped as one.
 
-    `background` tasks start with the wired `Services` and return how to stop them; with
-    `maintenance` (default) the maintenance scheduler (`tessera.maintenance.scheduler`) is
-    one of them. `restore_delay` makes cold-tier restores take that many seconds.
+    `background` tasks start with the wired `Services` and return how to stop them; the
+    outbox relay (`tessera.local.relay`) is always one of them, and with `maintenance`
+    (default) the maintenance scheduler (`tessera.maintenance.scheduler`) is another. `restore_delay` makes cold-tier restores take that many seconds.
     `public_url` is the URL clients reach the gateway at (presigned block URLs point there),
     when it is not `http://host:port` (listening on 0.0.0.0, behind a proxy).
     """
@@ -190,7 +191,11 @@ class LocalCloud(ServedCloud):
         )
         gateway.resolver = build_resolver(self.services)
         gateway.longpoll = native_longpoll(self.services, self._feed)
-        tasks = [*self.background, *(_maintenance_tasks() if self.maintenance else [])]
+        tasks = [
+            *self.background,
+            start_relay,
+            *(_maintenance_tasks() if self.maintenance else []),
+        ]
         for task in tasks:
             stop = task(self.services)
             if stop is not None:

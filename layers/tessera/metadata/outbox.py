@@ -1,10 +1,13 @@
-"""The outbox relay sweep (DESIGN §6): outbox rows not yet relayed → the change feed.
+"""The outbox relay sweep (DESIGN §6): outbox rows → the change feed, then deleted.
 
 The commit transaction writes the outbox row; the API publishes the event right after the
 commit (fast path) and this sweep guarantees delivery when that failed. Rows are claimed
 with `FOR UPDATE SKIP LOCKED`, so concurrent sweeps share the work instead of repeating
 it; `ChangeFeed.publish` is idempotent on event_id, so a row published twice (fast path +
 sweep, or a sweep that died before its commit) still lands once. At-least-once, no dupes.
+
+The outbox is a queue (migration 106): a delivered row is deleted in the transaction that
+claimed it, so the table holds only what is pending and needs no index to find it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ log = logging.getLogger(__name__)
 def claim_pending(
     conn: psycopg.Connection[Any], *, limit: int, min_age_s: float = 0.0
 ) -> list[ChangeEvent]:
-    """Lock up to `limit` unrelayed rows older than `min_age_s`, oldest first, skipping
+    """Lock up to `limit` pending rows older than `min_age_s`, oldest first, skipping
     rows another sweep holds. The locks last until the transaction ends."""
     rows = conn.execute(
         "SELECT ns_id, seq, event_id, kind, payload FROM outbox"
-        " WHERE relayed_at IS NULL AND created_at <= now() - make_interval(secs => %s)"
+        " WHERE created_at <= now() - make_interval(secs => %s)"
         " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
         (min_age_s, limit),
     ).fetchall()
@@ -38,12 +41,11 @@ def claim_pending(
     ]
 
 
-def mark_relayed(conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> None:
-    """Record that `events` reached the change feed."""
+def remove_relayed(conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> None:
+    """Delete the rows of `events`, which reached the change feed."""
     if events:
         conn.execute(
-            "UPDATE outbox o SET relayed_at = now()"
-            " FROM unnest(%s::bigint[], %s::bigint[]) AS r(ns_id, seq)"
+            "DELETE FROM outbox o USING unnest(%s::bigint[], %s::bigint[]) AS r(ns_id, seq)"
             " WHERE o.ns_id = r.ns_id AND o.seq = r.seq",
             ([e.ns_id for e in events], [e.seq for e in events]),
         )
@@ -51,15 +53,14 @@ def mark_relayed(conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> No
 
 def pending_count(conn: psycopg.Connection[Any]) -> int:
     """How many outbox rows are still to relay (a metric and a test probe)."""
-    return int(conn.execute("SELECT count(*) FROM outbox WHERE relayed_at IS NULL").fetchone()[0])  # type: ignore[index]
+    return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])  # type: ignore[index]
 
 
 def oldest_pending_age_s(conn: psycopg.Connection[Any]) -> float:
     """Seconds since the oldest row still to relay was written, 0 when none: the relay lag
-    (metric `RelayLagSeconds`). One index lookup (`outbox_pending` is on created_at)."""
+    (metric `RelayLagSeconds`). A scan of the pending rows, which are all the table holds."""
     row = conn.execute(
         "SELECT extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
-        " WHERE relayed_at IS NULL"
     ).fetchone()
     return max(0.0, float(row[0])) if row and row[0] is not None else 0.0
 
@@ -100,7 +101,7 @@ def relay_outbox(
                 log.warning("relay of %d events failed", len(claimed), exc_info=True)
                 result.failed += [event.event_id for event in claimed]
                 break
-            mark_relayed(store.conn, claimed)
+            remove_relayed(store.conn, claimed)
         result.relayed += len(claimed)
         if len(claimed) < batch:
             break

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from tessera.adapters.aws import (
     AwsClients,
@@ -160,14 +161,17 @@ def _feed_items(aws_settings: AwsSettings, ns_ids: set[int]) -> list[tuple[int, 
     return [(e.ns_id, e.seq, e.event_id) for ns in ns_ids for e in feed.changes_after(ns, 0)]
 
 
-def _outbox(url: str, user_ns: set[int]) -> list[tuple[int, int, str, bool]]:
+_OUTBOX_COLUMNS = "ns_id, seq, event_id, kind, payload, created_at"
+
+
+def _outbox(url: str, user_ns: set[int]) -> list[tuple[int, int, str]]:
+    """The pending outbox rows of `user_ns` (the relay deletes what it delivered)."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT ns_id, seq, event_id, relayed_at IS NOT NULL FROM outbox"
-            " WHERE ns_id = ANY(%s) ORDER BY ns_id, seq",
+            "SELECT ns_id, seq, event_id FROM outbox WHERE ns_id = ANY(%s) ORDER BY ns_id, seq",
             (list(user_ns),),
         ).fetchall()
-    return [(int(a), int(b), str(c), bool(d)) for a, b, c, d in rows]
+    return [(int(a), int(b), str(c)) for a, b, c in rows]
 
 
 @pytest.fixture
@@ -200,14 +204,14 @@ def test_relay_delivers_every_event_once_when_the_fast_path_fails(
     for i in range(5):
         assert ann.upload(f"/n{i}.txt", _write(tmp_path, f"n{i}.txt", 100 + i))[0] == 200
     outbox = _outbox(lambdas.database_url, {ns})
-    assert len(outbox) == 5 and not any(relayed for *_, relayed in outbox)
+    assert len(outbox) == 5
     assert _feed_items(aws_settings, {ns}) == []  # the fast path delivered nothing
 
     result = lambdas.outbox_relay.handler({"min_age_s": 0}, Context())
     assert result["failed"] == [] and result["relayed"] >= 5
-    expected = [(n, s, e) for n, s, e, _ in outbox]
-    assert _feed_items(aws_settings, {ns}) == expected
-    assert all(relayed for *_, relayed in _outbox(lambdas.database_url, {ns}))
+    assert _feed_items(aws_settings, {ns}) == outbox
+    assert _outbox(lambdas.database_url, {ns}) == []  # delivered rows leave the queue
+    expected = outbox
     # A second sweep finds nothing of ours to do; the table still holds each event once.
     lambdas.outbox_relay.handler({"min_age_s": 0}, Context())
     assert _feed_items(aws_settings, {ns}) == expected
@@ -224,10 +228,10 @@ def test_a_failed_sweep_leaves_its_rows_pending(
     result = relay_outbox(lambdas.outbox_relay.db, lambdas.api.services.feed)  # also broken
     assert result.relayed == 0 and result.failed
     pending = _outbox(lambdas.database_url, {ns})
-    assert len(pending) == 1 and pending[0][3] is False  # still to relay
+    assert len(pending) == 1  # still to relay
     assert lambdas.outbox_relay.handler({"min_age_s": 0}, Context())["failed"] == []
-    assert _outbox(lambdas.database_url, {ns}) == [(*pending[0][:3], True)]
-    assert _feed_items(aws_settings, {ns}) == [pending[0][:3]]
+    assert _outbox(lambdas.database_url, {ns}) == []
+    assert _feed_items(aws_settings, {ns}) == pending
 
 
 @pytest.mark.usefixtures("broken_fast_path")
@@ -240,10 +244,15 @@ def test_concurrent_sweeps_share_the_work_without_duplicates(
     for c in clients:
         for i in range(4):
             assert c.upload(f"/c{i}.txt", _write(tmp_path, f"c{i}.txt", 50 + i))[0] == 200
-    lambdas.outbox_relay.handler({"min_age_s": 0}, Context())  # drain older tests' rows
-    with psycopg.connect(lambdas.database_url) as conn:  # ...and make ours pending again
-        conn.execute(
-            "UPDATE outbox SET relayed_at = NULL WHERE ns_id = ANY(%s)", (list(namespaces),)
+    with psycopg.connect(lambdas.database_url) as conn:  # ours, to queue again after...
+        ours = conn.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE ns_id = ANY(%s)", (list(namespaces),)
+        ).fetchall()
+    lambdas.outbox_relay.handler({"min_age_s": 0}, Context())  # ...draining every row
+    with psycopg.connect(lambdas.database_url) as conn:
+        conn.cursor().executemany(
+            f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+            [(*row[:4], Jsonb(row[4]), row[5]) for row in ours],
         )
     from tessera.metadata.outbox import relay_outbox
 
