@@ -96,7 +96,8 @@ class LocalCloud(ServedCloud):
 
     `background` tasks start with the wired `Services` and return how to stop them; the
     outbox relay (`tessera.local.relay`) is always one of them, and with `maintenance`
-    (default) the maintenance scheduler (`tessera.maintenance.scheduler`) is another. `restore_delay` makes cold-tier restores take that many seconds.
+    (default) the maintenance scheduler (`tessera.maintenance.scheduler`) is another.
+    `restore_delay` makes cold-tier restores take that many seconds.
     `public_url` is the URL clients reach the gateway at (presigned block URLs point there),
     when it is not `http://host:port` (listening on 0.0.0.0, behind a proxy).
     """

@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import uuid
+from typing import Any
 
 import jwt
 import pytest
@@ -66,6 +67,33 @@ def test_key_versions_envelope_and_rotation(
     assert fresh.secret(2) != secret
     with pytest.raises(KeyError):
         fresh.secret(3)
+
+
+def test_a_cold_start_reads_parameter_store_once(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    """The version listing brings the encrypted secrets along: loading the current one (and
+    any older one listed with it) needs no further SSM call, only KMS."""
+    prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):
+        create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    aws_clients.ssm.meta.events.register("before-call.ssm", record)
+    try:
+        keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
+        keys.load_current()
+        assert keys.current_version() == 2
+        assert calls == ["GetParametersByPath"]
+        old = keys.secret(1)
+        assert calls == ["GetParametersByPath"]
+    finally:
+        aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
+    fresh = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
+    assert fresh.secret(1) == old  # read by its own GetParameter: the same secret
 
 
 def test_key_blob_is_bound_to_its_version(

@@ -31,18 +31,24 @@ def _param_name(prefix: str, version: int) -> str:
     return f"{prefix.rstrip('/')}/v{version}"
 
 
-def list_key_versions(ssm: SSMClient, prefix: str) -> list[int]:
-    """Every key version stored under `prefix`, ascending."""
-    versions: list[int] = []
+def stored_key_versions(ssm: SSMClient, prefix: str, *, decrypt: bool = False) -> dict[int, str]:
+    """Every key version stored under `prefix` → its parameter's value: the KMS-encrypted
+    secret in base64 (SSM's own SecureString layer removed when `decrypt`, else opaque)."""
+    versions: dict[int, str] = {}
     pages = ssm.get_paginator("get_parameters_by_path").paginate(
-        Path=prefix.rstrip("/"), Recursive=False, WithDecryption=False
+        Path=prefix.rstrip("/"), Recursive=False, WithDecryption=decrypt
     )
     for page in pages:
         for param in page.get("Parameters", []):
             leaf = param["Name"].rsplit("/", 1)[-1]
             if leaf.startswith("v") and leaf[1:].isdigit():
-                versions.append(int(leaf[1:]))
-    return sorted(versions)
+                versions[int(leaf[1:])] = param["Value"]
+    return versions
+
+
+def list_key_versions(ssm: SSMClient, prefix: str) -> list[int]:
+    """Every key version stored under `prefix`, ascending."""
+    return sorted(stored_key_versions(ssm, prefix))
 
 
 def create_key_version(kms: KMSClient, ssm: SSMClient, key_id: str, prefix: str) -> int:
@@ -86,26 +92,31 @@ class KmsKeyService(KeyService):
         self._ssm = ssm
         self._prefix = prefix
         self._current: int | None = None
+        # What the version listing brought along, so the current secret needs no second
+        # SSM call at cold start; each value is used once, then the decrypted key is cached.
+        self._listed: dict[int, str] = {}
 
     def current_version(self) -> int:
         """The newest stored version, looked up once per process (rotation applies on the
         next cold start). Raises KeyError when no version exists yet."""
         if self._current is None:
-            versions = list_key_versions(self._ssm, self._prefix)
-            if not versions:
+            self._listed = stored_key_versions(self._ssm, self._prefix, decrypt=True)
+            if not self._listed:
                 raise KeyError(f"no block-key versions under {self._prefix}")
-            self._current = versions[-1]
+            self._current = max(self._listed)
         return self._current
 
     def _load_secret(self, version: int) -> bytes:
-        try:
-            value = self._ssm.get_parameter(
-                Name=_param_name(self._prefix, version), WithDecryption=True
-            )["Parameter"]["Value"]
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
-                raise KeyError(f"unknown key version {version}") from None
-            raise
+        value = self._listed.pop(version, None)
+        if value is None:
+            try:
+                value = self._ssm.get_parameter(
+                    Name=_param_name(self._prefix, version), WithDecryption=True
+                )["Parameter"]["Value"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
+                    raise KeyError(f"unknown key version {version}") from None
+                raise
         plaintext = self._kms.decrypt(
             CiphertextBlob=base64.b64decode(value), EncryptionContext=_context(version)
         )["Plaintext"]
