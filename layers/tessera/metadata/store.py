@@ -497,14 +497,13 @@ class Store:
         The lock and the first two reads are one statement, where they were three round
         trips. Its reads come from the snapshot the statement began with; when another
         writer committed in the namespace while this one waited for the lock (the seq as
-        locked is not the seq as seen), they are read again, now current: the lock is held.
+        locked is not the seq as seen), the statement runs again: with the lock held, its
+        new snapshot is current.
         Every statement is sent before a result is read, so in a pipelined transaction (a
         batch) they all cost one round trip."""
         ids = list(block_ids)
-        reads = self.conn.execute(
-            _LOCK_AND_READ_SQL,
-            {"ns": ns_id, "keys": list(parent_keys), "ns_ids": list(ns_ids), "ids": ids},
-        )
+        params = {"ns": ns_id, "keys": list(parent_keys), "ns_ids": list(ns_ids), "ids": ids}
+        reads = self.conn.execute(_LOCK_AND_READ_SQL, params)
         session = expected = staged = None
         if upload_id is not None:
             session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
@@ -516,14 +515,11 @@ class Store:
             if ids:
                 expected = self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, ids))
         row = reads.fetchone()
-        if row is None or row[0] != row[1]:
-            kinds, readable = self.kinds_at(ns_id, parent_keys), self.readable_blocks(ns_ids, ids)
-        else:
-            _locked, _seen, keys, kind_list, displays, found, sizes, states, staged_keys = row
-            parents = zip(keys or (), kind_list or (), displays or (), strict=True)
-            kinds = {k: (kind, display) for k, kind, display in parents}
-            blocks = zip(found or (), sizes or (), states or (), staged_keys or (), strict=True)
-            readable = {b[0]: ReadableBlock(*b) for b in blocks}
+        if row is not None and row[0] != row[1]:  # stale: run it again, the lock now held
+            row = self._one(_LOCK_AND_READ_SQL, params)
+        columns = [c or () for c in row[2:]] if row else [()] * 7
+        kinds = {k: (kind, display) for k, kind, display in zip(*columns[:3], strict=True)}
+        readable = {b[0]: ReadableBlock(*b) for b in zip(*columns[3:], strict=True)}
         session_row = session.fetchone() if session is not None else None
         count = staged.fetchone() if staged is not None else None
         return CommitReads(
