@@ -1,16 +1,19 @@
-"""`Store.lock_for_commit`: the namespace lock and a commit's reads in one statement, whose
-reads must still be current when another writer committed while this one waited."""
+"""`Store.lock_for_commit` and `Store.view_for_commit`: the namespace lock and a commit's
+reads in one statement, whose reads must still be current when another writer committed
+while this one waited; the view's variant locks only when the root is the whole view."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest
 
 from tessera.blocks import block_id
-from tessera.domain import paths
+from tessera.domain import paths, sharing
+from tessera.domain.models import ShareRequest
 from tessera.domain.services import Services
 from tessera.metadata import Database
 from tessera.metadata.store import NewJournal, Store
@@ -28,10 +31,25 @@ def root_ns(db: Database, who: Principal) -> int:
     return found[0].root_ns_id
 
 
-def reads(store: Store, ns: int, keys: list[str], ids: list[str], who: Principal) -> object:
+def lock_for_commit(store: Store, ns: int, keys: list[str], ids: list[str], who: Principal) -> Any:
     return store.lock_for_commit(
         ns, keys, ns_ids=[ns], block_ids=ids, upload_id=None, user_id=who.user_id
     )
+
+
+def view_for_commit(store: Store, ns: int, keys: list[str], ids: list[str], who: Principal) -> Any:
+    view, got = store.view_for_commit(who.user_id, keys, block_ids=ids, upload_id=None)
+    assert view is not None and view[0].root_ns_id == ns
+    return got
+
+
+def namespace_is_locked(database_url: str, ns: int) -> bool:
+    with psycopg.connect(database_url, autocommit=True) as other:
+        try:
+            other.execute("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE NOWAIT", (ns,))
+        except psycopg.errors.LockNotAvailable:
+            return True
+    return False
 
 
 def create_folder(store: Store, ns: int, display: str) -> None:
@@ -64,15 +82,40 @@ def test_reads_parents_and_readable_blocks_and_holds_the_lock(
         assert got.kinds == {paths.path_key("/Docs"): ("folder", "/Docs")}
         assert list(got.readable) == [bid] and got.readable[bid].size == len(DATA)
         assert got.session is None and got.expected == {} and got.staged_count == 0
-        with (
-            psycopg.connect(database_url, autocommit=True) as other,
-            pytest.raises(psycopg.errors.LockNotAvailable),
-        ):
-            other.execute("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE NOWAIT", (ns,))
+        assert namespace_is_locked(database_url, ns)
 
 
-def test_what_a_writer_committed_while_the_lock_was_awaited_is_read(
+def test_the_view_of_a_user_without_shares_comes_with_the_root_locked_and_read(
     services: Services, alice: Principal, database_url: str
+) -> None:
+    put_file(services, alice, "/Docs/seed.txt", DATA)
+    ns = root_ns(services.db, alice)
+    with services.db.transaction() as store:
+        got = view_for_commit(store, ns, [paths.path_key("/Docs")], [block_id(DATA)], alice)
+        assert got.kinds == {paths.path_key("/Docs"): ("folder", "/Docs")}
+        assert list(got.readable) == [block_id(DATA)]
+        assert namespace_is_locked(database_url, ns)
+
+
+def test_a_user_with_a_shared_folder_gets_the_view_and_nothing_locked(
+    services: Services, alice: Principal, bob: Principal, database_url: str
+) -> None:
+    put_file(services, alice, "/S/in.txt", DATA)
+    sharing.account(services, bob)
+    sharing.share(services, alice, ShareRequest(path="/S", email=bob.email, access="editor"))
+    ns = root_ns(services.db, bob)
+    with services.db.transaction() as store:
+        view, got = store.view_for_commit(
+            bob.user_id, [], block_ids=[block_id(DATA)], upload_id=None
+        )
+        assert view is not None and len(view[1]) == 2  # the root and the shared folder
+        assert got is None
+        assert not namespace_is_locked(database_url, ns)
+
+
+@pytest.mark.parametrize("locking", [lock_for_commit, view_for_commit])
+def test_what_a_writer_committed_while_the_lock_was_awaited_is_read(
+    services: Services, alice: Principal, database_url: str, locking: Any
 ) -> None:
     put_file(services, alice, "/seed.txt", DATA)
     ns = root_ns(services.db, alice)
@@ -89,11 +132,11 @@ def test_what_a_writer_committed_while_the_lock_was_awaited_is_read(
     thread = threading.Thread(target=writer)
     thread.start()
     assert holding.wait(10)
-    result: list[object] = []
+    result: list[Any] = []
 
     def committer() -> None:
         with services.db.transaction() as store:
-            result.append(reads(store, ns, [key], [block_id(DATA)], alice))
+            result.append(locking(store, ns, [key], [block_id(DATA)], alice))
 
     waiting = threading.Thread(target=committer)
     waiting.start()
@@ -101,7 +144,7 @@ def test_what_a_writer_committed_while_the_lock_was_awaited_is_read(
         for _ in range(200):  # until the commit's statement waits for the namespace lock
             row = admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'WITH lk AS%%'"
+                " AND query LIKE 'WITH %%FOR UPDATE%%'"
             ).fetchone()
             if row and row[0]:
                 break
@@ -112,5 +155,5 @@ def test_what_a_writer_committed_while_the_lock_was_awaited_is_read(
     thread.join(10)
     waiting.join(10)
     (got,) = result
-    assert got.kinds == {key: ("folder", "/Made While Waiting")}  # type: ignore[attr-defined]
-    assert block_id(DATA) in got.readable  # type: ignore[attr-defined]
+    assert got.kinds == {key: ("folder", "/Made While Waiting")}
+    assert block_id(DATA) in got.readable

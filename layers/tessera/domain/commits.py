@@ -42,6 +42,7 @@ from tessera.metadata.store import (
     NewJournal,
     ReadableBlock,
     Store,
+    UserRow,
     VersionInfo,
 )
 from tessera.ports import BlockStore, ChangeEvent, Principal
@@ -338,8 +339,10 @@ def _commit_in(
     view: View,
     req: CommitRequest,
     staged: _StagedSizes,
+    root_reads: CommitReads | None = None,
 ) -> tuple[FileEntry, ChangeEvent | None]:
-    """One commit inside an open transaction (or savepoint)."""
+    """One commit inside an open transaction (or savepoint). `root_reads`: what
+    `Store.view_for_commit` already locked and read in the caller's root namespace."""
     path = paths.canonical(req.path)
     check_block_list(
         svc.settings, req.size, req.content_hash, [(b.id, b.size) for b in req.blocks], path
@@ -349,16 +352,19 @@ def _commit_in(
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
     key = paths.path_key(rel)
-    ids = list(dict.fromkeys(b.id for b in req.blocks))
+    ids = _block_ids(req)
     # the namespace first, before any file row or idempotency key: lock order
-    rows = store.lock_for_commit(
-        mount.ns_id,
-        parent_keys(rel),
-        ns_ids=view.ns_ids,
-        block_ids=ids,
-        upload_id=req.upload_id,
-        user_id=view.user.user_id,
-    )
+    if root_reads is not None and mount is view.root and rel == path:
+        rows = root_reads
+    else:
+        rows = store.lock_for_commit(
+            mount.ns_id,
+            parent_keys(rel),
+            ns_ids=view.ns_ids,
+            block_ids=ids,
+            upload_id=req.upload_id,
+            user_id=view.user.user_id,
+        )
     if req.idempotency_key is not None:
         digest = _request_hash(req)
         first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
@@ -399,11 +405,40 @@ def _commit_in(
 
 
 def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry:
-    """Commit one file version; 409 (with the current rev) when `parent_rev` is stale."""
-    with view_transaction(svc, principal) as (store, view):
-        result, event = _commit_in(svc, store, view, req, _StagedSizes(svc.block_store))
+    """Commit one file version; 409 (with the current rev) when `parent_rev` is stale.
+
+    For a caller without shared folders, every path is in their root namespace, so the
+    view's statement also takes that namespace and reads what the commit checks
+    (`Store.view_for_commit`): one round trip less than resolving the path first."""
+    path = paths.canonical(req.path)
+    ids = _block_ids(req)
+    root_reads: list[CommitReads] = []
+
+    def read_view(store: Store) -> tuple[UserRow, list[MountRow]] | None:
+        if len(ids) > svc.settings.max_blocks_per_request:  # _commit_in refuses it: 413
+            return store.user_view(principal.user_id)
+        found, reads = store.view_for_commit(
+            principal.user_id, parent_keys(path), block_ids=ids, upload_id=req.upload_id
+        )
+        root_reads[:] = [reads] if reads is not None else []
+        return found
+
+    with view_transaction(svc, principal, read_view=read_view) as (store, view):
+        result, event = _commit_in(
+            svc,
+            store,
+            view,
+            req,
+            _StagedSizes(svc.block_store),
+            root_reads[0] if root_reads else None,
+        )
     publish(svc.feed, [event])
     return result
+
+
+def _block_ids(req: CommitRequest) -> list[str]:
+    """The request's distinct block ids, in order."""
+    return list(dict.fromkeys(b.id for b in req.blocks))
 
 
 class _EntryFailed(Exception):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
@@ -78,18 +78,24 @@ class View:
 
 @contextmanager
 def view_transaction(
-    svc: Services, principal: Principal, *, repeatable_read: bool = False, pipeline: bool = False
+    svc: Services,
+    principal: Principal,
+    *,
+    repeatable_read: bool = False,
+    pipeline: bool = False,
+    read_view: Callable[[Store], tuple[UserRow, list[MountRow]] | None] | None = None,
 ) -> Iterator[tuple[Store, View]]:
     """A transaction and the caller's view in it — the way every request starts.
 
     The view is read first; only when the user is not there yet is the user provisioned,
     in a write transaction of its own, before the request's transaction is opened again.
     So read-only transactions never write, and a known user costs no extra round trip.
-    `repeatable_read` and `pipeline` are `Database.transaction`'s.
+    `repeatable_read` and `pipeline` are `Database.transaction`'s; `read_view` reads the
+    view instead of `Store.user_view` (a commit reads more in the same statement).
     """
     for attempt in range(2):
         with svc.db.transaction(repeatable_read=repeatable_read, pipeline=pipeline) as store:
-            found = store.user_view(principal.user_id)
+            found = read_view(store) if read_view else store.user_view(principal.user_id)
             if found is not None:
                 yield store, View(found[0], tuple(found[1]))
                 return

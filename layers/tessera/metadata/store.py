@@ -207,6 +207,13 @@ class KeyScope:
         return f"{alias}.parent_key = %s", [self.folder_key]
 
 
+def _view(rows: Sequence[Sequence[Any]]) -> tuple[UserRow, list[MountRow]] | None:
+    """A user and their mounts from rows of `_USER_VIEW_SQL`; None when there are none."""
+    if not rows:
+        return None
+    return UserRow(*rows[0][:5]), [MountRow(*r[5:]) for r in rows]
+
+
 def _file(row: Sequence[Any]) -> FileRow:
     version = None
     if len(row) > 8 and row[8] is not None:
@@ -321,34 +328,68 @@ def _journal_result(
 # One probe per (namespace, block): the newest-sorting row of the index
 # version_blocks_by_block, where a verified row (staged_key NULL) comes first, so the cost
 # does not grow with the number of versions naming the block (migrations 102, 105).
-_READABLE_SQL = (
-    "SELECT DISTINCT ON (q.block_id) q.block_id, r.size, b.state, r.staged_key"
-    " FROM unnest(%(ns_ids)s::bigint[]) AS n(ns_id)"
-    " CROSS JOIN unnest(%(ids)s::text[]) AS q(block_id)"
-    " JOIN blocks b ON b.block_id = q.block_id AND b.state <> 'quarantined'"
-    " CROSS JOIN LATERAL (SELECT vb.size, vb.staged_key FROM version_blocks vb"
-    "  WHERE vb.ns_id = n.ns_id AND vb.block_id = q.block_id"
-    "  AND NOT EXISTS (SELECT 1 FROM upload_blocks ub WHERE ub.staged_key = vb.staged_key"
-    "   AND ub.state = 'quarantined')"
-    "  ORDER BY vb.staged_key DESC NULLS FIRST LIMIT 1) AS r"
-    " ORDER BY q.block_id, (r.staged_key IS NULL) DESC"
-)
+def _readable_sql(ns_ids: str = "%(ns_ids)s::bigint[]") -> str:
+    """The probe for the blocks `%(ids)s` in the namespaces of the SQL array `ns_ids`."""
+    return (
+        "SELECT DISTINCT ON (q.block_id) q.block_id, r.size, b.state, r.staged_key"
+        f" FROM unnest({ns_ids}) AS n(ns_id)"
+        " CROSS JOIN unnest(%(ids)s::text[]) AS q(block_id)"
+        " JOIN blocks b ON b.block_id = q.block_id AND b.state <> 'quarantined'"
+        " CROSS JOIN LATERAL (SELECT vb.size, vb.staged_key FROM version_blocks vb"
+        "  WHERE vb.ns_id = n.ns_id AND vb.block_id = q.block_id"
+        "  AND NOT EXISTS (SELECT 1 FROM upload_blocks ub WHERE ub.staged_key = vb.staged_key"
+        "   AND ub.state = 'quarantined')"
+        "  ORDER BY vb.staged_key DESC NULLS FIRST LIMIT 1) AS r"
+        " ORDER BY q.block_id, (r.staged_key IS NULL) DESC"
+    )
+
+
+_READABLE_SQL = _readable_sql()
+
+
 # A commit's reads, in one statement: take the namespace row (see `Store.lock_namespace`),
 # and read the live entries at its parent keys and the blocks its view can read. Also the
 # namespace's seq twice: as the statement's snapshot saw it, and as locked. Reads see the
 # snapshot taken when the statement began, so when another writer committed in the
 # namespace while this one waited for the lock, the two differ and the reads are redone.
-_LOCK_AND_READ_SQL = (
-    "WITH lk AS (SELECT latest_seq FROM namespaces WHERE ns_id = %(ns)s FOR UPDATE),"
-    f" r AS ({_READABLE_SQL})"
-    " SELECT (SELECT latest_seq FROM lk), seen.latest_seq, k.keys, k.kinds, k.displays,"
-    "  rb.ids, rb.sizes, rb.states, rb.staged"
-    " FROM (SELECT latest_seq FROM namespaces WHERE ns_id = %(ns)s) AS seen"
-    " CROSS JOIN (SELECT array_agg(path_key) AS keys, array_agg(kind) AS kinds,"
-    "  array_agg(path_display) AS displays FROM files WHERE ns_id = %(ns)s"
-    "  AND path_key = ANY(%(keys)s::text[]) AND NOT is_deleted) AS k"
-    " CROSS JOIN (SELECT array_agg(block_id) AS ids, array_agg(size) AS sizes,"
-    "  array_agg(state) AS states, array_agg(staged_key) AS staged FROM r) AS rb"
+def _lock_and_read_sql(ns: str = "%(ns)s", ns_ids: str = "%(ns_ids)s::bigint[]") -> str:
+    """The statement for the namespace of the SQL expression `ns`, in a view whose
+    namespaces are the SQL array `ns_ids`."""
+    return (
+        f"WITH lk AS (SELECT latest_seq FROM namespaces WHERE ns_id = {ns} FOR UPDATE),"
+        f" r AS ({_readable_sql(ns_ids)})"
+        " SELECT (SELECT latest_seq FROM lk), seen.latest_seq, k.keys, k.kinds, k.displays,"
+        "  rb.ids, rb.sizes, rb.states, rb.staged"
+        f" FROM (SELECT latest_seq FROM namespaces WHERE ns_id = {ns}) AS seen"
+        " CROSS JOIN (SELECT array_agg(path_key) AS keys, array_agg(kind) AS kinds,"
+        f"  array_agg(path_display) AS displays FROM files WHERE ns_id = {ns}"
+        "  AND path_key = ANY(%(keys)s::text[]) AND NOT is_deleted) AS k"
+        " CROSS JOIN (SELECT array_agg(block_id) AS ids, array_agg(size) AS sizes,"
+        "  array_agg(state) AS states, array_agg(staged_key) AS staged FROM r) AS rb"
+    )
+
+
+_LOCK_AND_READ_SQL = _lock_and_read_sql()
+
+# A user and their mounts, root first (`Store.user_view`).
+_USER_VIEW_SQL = (
+    "SELECT u.user_id, u.email, u.root_ns_id, u.quota_bytes, u.membership_version,"
+    " m.ns_id, m.mount_path, m.mount_key, m.access, n.kind, n.name, n.owner_id"
+    " FROM users u JOIN ns_members m ON m.user_id = u.user_id"
+    " JOIN namespaces n ON n.ns_id = m.ns_id"
+    " WHERE u.user_id = %(user)s AND u.root_ns_id IS NOT NULL"
+)
+_USER_VIEW_ORDER = " ORDER BY (n.kind <> 'root'), m.mount_key"
+_VIEW_COLUMNS = 12
+
+# The view, and when it holds only the user's root namespace (no shared folder: any path is
+# in the root), a commit's lock and reads on that namespace in the same statement.
+_VIEW_LOCKING_ROOT_SQL = (
+    f"WITH v AS ({_USER_VIEW_SQL}),"
+    " solo AS (SELECT ns_id FROM v WHERE (SELECT count(*) FROM v) = 1)"
+    " SELECT v.*, lr.* FROM v LEFT JOIN LATERAL ("
+    + _lock_and_read_sql("(SELECT ns_id FROM solo)", "ARRAY(SELECT ns_id FROM solo)")
+    + ") AS lr ON true ORDER BY (v.kind <> 'root'), v.mount_key"
 )
 _UPLOAD_SQL = (
     "SELECT upload_id, user_id, state, expires_at FROM upload_sessions"
@@ -414,18 +455,32 @@ class Store:
 
     def user_view(self, user_id: str) -> tuple[UserRow, list[MountRow]] | None:
         """A user and their mounts (root first, then by mount key) in one query."""
-        rows = self._all(
-            "SELECT u.user_id, u.email, u.root_ns_id, u.quota_bytes, u.membership_version,"
-            " m.ns_id, m.mount_path, m.mount_key, m.access, n.kind, n.name, n.owner_id"
-            " FROM users u JOIN ns_members m ON m.user_id = u.user_id"
-            " JOIN namespaces n ON n.ns_id = m.ns_id"
-            " WHERE u.user_id = %s AND u.root_ns_id IS NOT NULL"
-            " ORDER BY (n.kind <> 'root'), m.mount_key",
-            (user_id,),
-        )
-        if not rows:
-            return None
-        return UserRow(*rows[0][:5]), [MountRow(*r[5:]) for r in rows]
+        rows = self.conn.execute(_USER_VIEW_SQL + _USER_VIEW_ORDER, {"user": user_id}).fetchall()
+        return _view(rows)
+
+    def view_for_commit(
+        self,
+        user_id: str,
+        parent_keys: Sequence[str],
+        *,
+        block_ids: Sequence[str],
+        upload_id: str | None,
+    ) -> tuple[tuple[UserRow, list[MountRow]] | None, CommitReads | None]:
+        """`user_view`, and when the user sees only their root namespace, `lock_for_commit`
+        on it, for a commit at a root path with `parent_keys` — the lock and the reads in
+        the view's own statement: one round trip less for every user without a shared
+        folder. The reads are None when the user has shared folders (nothing is locked
+        then: the commit resolves its path and calls `lock_for_commit`)."""
+        ids = list(block_ids)
+        params = {"user": user_id, "keys": list(parent_keys), "ids": ids}
+        rows = self.conn.execute(_VIEW_LOCKING_ROOT_SQL, params).fetchall()
+        view = _view([r[:_VIEW_COLUMNS] for r in rows])
+        if view is None or len(rows) != 1 or rows[0][_VIEW_COLUMNS] is None:
+            return view, None
+        root = view[0].root_ns_id
+        rerun = {**params, "ns": root, "ns_ids": [root]}
+        session = self._session_reads(upload_id, user_id, ids)
+        return view, self._commit_reads(rows[0][_VIEW_COLUMNS:], rerun, session)
 
     def bump_membership(self, user_id: str) -> None:
         """Record that a user's set of mounts changed (their cursors notice)."""
@@ -504,29 +559,45 @@ class Store:
         ids = list(block_ids)
         params = {"ns": ns_id, "keys": list(parent_keys), "ns_ids": list(ns_ids), "ids": ids}
         reads = self.conn.execute(_LOCK_AND_READ_SQL, params)
-        session = expected = staged = None
-        if upload_id is not None:
-            session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
-            staged = self.conn.execute(
-                "SELECT count(*) FROM upload_blocks"
-                " WHERE upload_id = %s AND stored_size IS NOT NULL",
-                (upload_id,),
-            )
-            if ids:
-                expected = self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, ids))
-        row = reads.fetchone()
+        session = self._session_reads(upload_id, user_id, ids)
+        return self._commit_reads(reads.fetchone(), params, session)
+
+    def _session_reads(
+        self, upload_id: str | None, user_id: str, block_ids: list[str]
+    ) -> tuple[Any, Any, Any]:
+        """Send the reads of the caller's upload session (its row FOR SHARE, its count of
+        issued blocks, its expected blocks among `block_ids`); their cursors, unread."""
+        if upload_id is None:
+            return None, None, None
+        session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
+        staged = self.conn.execute(
+            "SELECT count(*) FROM upload_blocks WHERE upload_id = %s AND stored_size IS NOT NULL",
+            (upload_id,),
+        )
+        expected = (
+            self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, block_ids)) if block_ids else None
+        )
+        return session, staged, expected
+
+    def _commit_reads(
+        self, row: Sequence[Any] | None, params: dict[str, Any], session: tuple[Any, Any, Any]
+    ) -> CommitReads:
+        """`CommitReads` from a row of `_lock_and_read_sql` (run again with `params` when
+        stale) and the cursors of `_session_reads`."""
         if row is not None and row[0] != row[1]:  # stale: run it again, the lock now held
             row = self._one(_LOCK_AND_READ_SQL, params)
         columns = [c or () for c in row[2:]] if row else [()] * 7
         kinds = {k: (kind, display) for k, kind, display in zip(*columns[:3], strict=True)}
         readable = {b[0]: ReadableBlock(*b) for b in zip(*columns[3:], strict=True)}
-        session_row = session.fetchone() if session is not None else None
-        count = staged.fetchone() if staged is not None else None
+        session_cur, staged_cur, expected_cur = session
+        session_row = session_cur.fetchone() if session_cur is not None else None
+        count = staged_cur.fetchone() if staged_cur is not None else None
+        expected = expected_cur.fetchall() if expected_cur is not None else []
         return CommitReads(
             kinds=kinds,
             readable=readable,
             session=UploadRow(*session_row) if session_row else None,
-            expected={r[0]: UploadBlockRow(*r) for r in expected.fetchall()} if expected else {},
+            expected={r[0]: UploadBlockRow(*r) for r in expected},
             staged_count=int(count[0]) if count else 0,
         )
 
