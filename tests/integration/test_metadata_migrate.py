@@ -53,16 +53,21 @@ def test_namespace_tables_lead_with_ns_id(database_url: str) -> None:
             assert first is not None and first[0] == "ns_id", table
 
 
+def indexes(database_url: str, table: str, containing: str) -> dict[str, str]:
+    """name → definition of the indexes of `table` whose definition contains `containing`."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s"
+            " AND strpos(indexdef, %s) > 0",
+            (table, containing),
+        ).fetchall()
+    return dict(rows)
+
+
 def test_a_version_block_is_indexed_once_by_its_block_id(database_url: str) -> None:
     """One index serves the readable probe (ns_id and block_id given) and the lookups of a
     block in every namespace (gc, scrub): each block of a commit pays for one entry."""
-    with psycopg.connect(database_url) as conn:
-        by_block = dict(
-            conn.execute(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'version_blocks'"
-                " AND indexdef LIKE '%%block_id%%'"
-            ).fetchall()
-        )
+    by_block = indexes(database_url, "version_blocks", "block_id")
     assert list(by_block) == ["version_blocks_by_block"]
     assert "(block_id, ns_id, staged_key)" in by_block["version_blocks_by_block"]
 
@@ -70,13 +75,7 @@ def test_a_version_block_is_indexed_once_by_its_block_id(database_url: str) -> N
 def test_a_path_is_indexed_once_per_deletion_state(database_url: str) -> None:
     """Live entries by the unique live-path index, deleted ones by a partial index of their
     own: no index holds every row by path (each new file would pay for two)."""
-    with psycopg.connect(database_url) as conn:
-        by_path = dict(
-            conn.execute(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'files'"
-                " AND indexdef LIKE '%%(ns_id, path_key)%%'"
-            ).fetchall()
-        )
+    by_path = indexes(database_url, "files", "(ns_id, path_key)")
     assert set(by_path) == {"files_live_path", "files_deleted_path"}
     assert "WHERE (NOT is_deleted)" in by_path["files_live_path"]
     assert "WHERE is_deleted" in by_path["files_deleted_path"]
