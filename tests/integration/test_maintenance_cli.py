@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from tessera.maintenance import scheduler
 from tessera.maintenance.cli import app
+from tessera.maintenance.runner import run_workflow
 from tessera.maintenance.scheduler import MaintenanceScheduler
 from tessera.settings import Settings
 
@@ -113,6 +114,27 @@ def test_scheduler_runs_workflows_until_stopped(world: World) -> None:
         sched.stop()
     assert _unverified(world) == 0
     assert sched.runs["dedup"] >= 1 and "gc" not in sched.runs  # 0 disables
+    assert world.ctx.stopping.is_set()  # a step still running would end after its batch
+
+
+def test_a_stopping_context_ends_a_run_after_its_batch_and_leaves_the_rest(
+    world: World,
+) -> None:
+    for i in range(3):
+        world.put(ALICE, f"/s{i}.bin", secrets.token_bytes(BLOCK))
+    before = _unverified(world)
+    world.ctx.stopping.set()
+    result = run_workflow(world.ctx, "dedup")  # returns at once, instead of looping
+    assert result.more and _unverified(world) == before
+    sched = MaintenanceScheduler(world.ctx, {"dedup": 0.1})
+    sched.start()  # a new start clears the flag
+    try:
+        deadline = time.monotonic() + 20
+        while _unverified(world) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sched.stop()
+    assert _unverified(world) == 0
 
 
 def test_scheduler_start_takes_the_local_clouds_services(

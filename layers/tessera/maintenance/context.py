@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,9 @@ class MaintenanceContext:
     feed: ChangeFeed | None
     settings: MaintenanceSettings = field(default_factory=MaintenanceSettings)
     clock: Clock = field(default_factory=SystemClock)
+    # Set by whoever runs the steps and is shutting down (the local scheduler): a step ends
+    # after the batch in progress, as when its time budget is spent, and reports `more`.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def build(
@@ -56,10 +60,11 @@ class MaintenanceContext:
 
     def batches(self) -> Iterator[int]:
         """Batch numbers for one step invocation: at most `max_batches_per_step`, and none
-        once `step_budget_s` has passed (the caller then reports `more`)."""
+        once `step_budget_s` has passed or `stopping` is set (the caller then reports
+        `more`)."""
         deadline = time.monotonic() + self.settings.step_budget_s
         for n in range(self.settings.max_batches_per_step):
-            if n and time.monotonic() >= deadline:
+            if self.stopping.is_set() or (n and time.monotonic() >= deadline):
                 return
             yield n
 

@@ -69,7 +69,10 @@ def run_step(
 def run_workflow(
     ctx: MaintenanceContext, name: str, *, as_of: datetime | None = None
 ) -> StepResult:
-    """Run every step of workflow `name`, each until it has nothing left; the summed result."""
+    """Run every step of workflow `name`, each until it has nothing left; the summed result.
+
+    When `ctx.stopping` is set, the run ends after the step in progress, with `more` set:
+    the next run picks up what is left."""
     wf = workflow(name)
     total = RESULTS[name]()
     when = as_of or ctx.clock.now()
@@ -79,6 +82,9 @@ def run_workflow(
             total.add(result)
             if not result.more:
                 break
+            if ctx.stopping.is_set():
+                total.more = True
+                return total
     total.more = False
     return total
 

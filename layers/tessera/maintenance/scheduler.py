@@ -44,13 +44,16 @@ class MaintenanceScheduler:
         """Start the background thread (idempotent)."""
         if self._thread is not None:
             return
+        self.ctx.stopping.clear()
         self._thread = threading.Thread(
             target=self._loop, args=(first_run_delay,), name="tessera-maintenance", daemon=True
         )
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the run in progress (if any) finishes."""
+        """Stop after the batch in progress (if any): the run it belongs to ends there, so
+        the caller can close the pool under no running step."""
+        self.ctx.stopping.set()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
