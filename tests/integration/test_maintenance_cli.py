@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -101,18 +102,25 @@ def _unverified(world: World) -> int:
     return int(str(world.sql("SELECT count(*) FROM upload_blocks WHERE state = 'staged'")[0][0]))
 
 
-def test_scheduler_runs_workflows_until_stopped(world: World) -> None:
-    data = secrets.token_bytes(BLOCK)
-    world.put(ALICE, "/a.bin", data)
-    sched = MaintenanceScheduler(world.ctx, {"dedup": 0.1, "gc": 0.0})
-    sched.start()
+def _run_until_verified(
+    world: World, start: Callable[[], object], stop: Callable[[], object]
+) -> None:
+    """Start a scheduler, wait (20 s at most) until dedup settled every staged copy, stop it."""
+    start()
     try:
         deadline = time.monotonic() + 20
         while _unverified(world) and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        sched.stop()
+        stop()
     assert _unverified(world) == 0
+
+
+def test_scheduler_runs_workflows_until_stopped(world: World) -> None:
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    sched = MaintenanceScheduler(world.ctx, {"dedup": 0.1, "gc": 0.0})
+    _run_until_verified(world, sched.start, sched.stop)
     assert sched.runs["dedup"] >= 1 and "gc" not in sched.runs  # 0 disables
     assert world.ctx.stopping.is_set()  # a step still running would end after its batch
 
@@ -127,14 +135,7 @@ def test_a_stopping_context_ends_a_run_after_its_batch_and_leaves_the_rest(
     result = run_workflow(world.ctx, "dedup")  # returns at once, instead of looping
     assert result.more and _unverified(world) == before
     sched = MaintenanceScheduler(world.ctx, {"dedup": 0.1})
-    sched.start()  # a new start clears the flag
-    try:
-        deadline = time.monotonic() + 20
-        while _unverified(world) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        sched.stop()
-    assert _unverified(world) == 0
+    _run_until_verified(world, sched.start, sched.stop)  # a new start clears the flag
 
 
 def test_scheduler_start_takes_the_local_clouds_services(
@@ -145,11 +146,9 @@ def test_scheduler_start_takes_the_local_clouds_services(
     monkeypatch.setenv("TESSERA_DEDUP_INTERVAL_S", "0.1")
     world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
     # the local cloud hands over plain server Settings: the intervals come from the env
-    stop = scheduler.start(replace(world.svc, settings=Settings()))
-    try:
-        deadline = time.monotonic() + 20
-        while _unverified(world) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        stop()
-    assert _unverified(world) == 0
+    stops: list[Callable[[], None]] = []
+    _run_until_verified(
+        world,
+        lambda: stops.append(scheduler.start(replace(world.svc, settings=Settings()))),
+        lambda: stops.pop()(),
+    )
