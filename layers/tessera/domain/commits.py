@@ -215,8 +215,9 @@ def ensure_parents_found(
     (`Store.kinds_at`: key → (kind, path_display) of the live entries)."""
     created: list[NewJournal] = []
     parent_display = paths.ROOT
-    for display, key in zip(paths.ancestors(rel), parent_keys(rel), strict=True):
-        display = paths.join(parent_display, "/" + paths.name(display))
+    for ancestor in paths.ancestors(rel):
+        key = paths.path_key(ancestor)
+        display = paths.join(parent_display, "/" + paths.name(ancestor))
         if key not in found:
             fid = new_file_id()
             parent_key = paths.path_key(paths.parent(display))

@@ -379,7 +379,8 @@ _USER_VIEW_SQL = (
     " JOIN namespaces n ON n.ns_id = m.ns_id"
     " WHERE u.user_id = %(user)s AND u.root_ns_id IS NOT NULL"
 )
-_USER_VIEW_ORDER = " ORDER BY (n.kind <> 'root'), m.mount_key"
+# Unqualified: the names are unambiguous in the view query and in a CTE over it alike.
+_USER_VIEW_ORDER = " ORDER BY (kind <> 'root'), mount_key"
 _VIEW_COLUMNS = 12
 
 # The view, and when it holds only the user's root namespace (no shared folder: any path is
@@ -389,7 +390,8 @@ _VIEW_LOCKING_ROOT_SQL = (
     " solo AS (SELECT ns_id FROM v WHERE (SELECT count(*) FROM v) = 1)"
     " SELECT v.*, lr.* FROM v LEFT JOIN LATERAL ("
     + _lock_and_read_sql("(SELECT ns_id FROM solo)", "ARRAY(SELECT ns_id FROM solo)")
-    + ") AS lr ON true ORDER BY (v.kind <> 'root'), v.mount_key"
+    + ") AS lr ON true"
+    + _USER_VIEW_ORDER
 )
 _UPLOAD_SQL = (
     "SELECT upload_id, user_id, state, expires_at FROM upload_sessions"
@@ -410,7 +412,7 @@ class Store:
     def _one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         return self.conn.execute(sql, params).fetchone()
 
-    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    def _all(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
         return self.conn.execute(sql, params).fetchall()
 
     @contextmanager
@@ -455,8 +457,7 @@ class Store:
 
     def user_view(self, user_id: str) -> tuple[UserRow, list[MountRow]] | None:
         """A user and their mounts (root first, then by mount key) in one query."""
-        rows = self.conn.execute(_USER_VIEW_SQL + _USER_VIEW_ORDER, {"user": user_id}).fetchall()
-        return _view(rows)
+        return _view(self._all(_USER_VIEW_SQL + _USER_VIEW_ORDER, {"user": user_id}))
 
     def view_for_commit(
         self,
@@ -473,7 +474,7 @@ class Store:
         then: the commit resolves its path and calls `lock_for_commit`)."""
         ids = list(block_ids)
         params = {"user": user_id, "keys": list(parent_keys), "ids": ids}
-        rows = self.conn.execute(_VIEW_LOCKING_ROOT_SQL, params).fetchall()
+        rows = self._all(_VIEW_LOCKING_ROOT_SQL, params)
         view = _view([r[:_VIEW_COLUMNS] for r in rows])
         if view is None or len(rows) != 1 or rows[0][_VIEW_COLUMNS] is None:
             return view, None
@@ -835,9 +836,7 @@ class Store:
         index), with the block's state; quarantined blocks are left out."""
         if not block_ids:
             return {}
-        rows = self.conn.execute(
-            _READABLE_SQL, {"ns_ids": list(ns_ids), "ids": list(block_ids)}
-        ).fetchall()
+        rows = self._all(_READABLE_SQL, {"ns_ids": list(ns_ids), "ids": list(block_ids)})
         return {r[0]: ReadableBlock(*r) for r in rows}
 
     def write_version(
