@@ -295,6 +295,24 @@ def test_change_router_reports_partial_failures(
     }
 
 
+def test_change_router_puts_ten_events_per_call(lambdas: SimpleNamespace) -> None:
+    """A stream batch reaches the bus in PutEvents calls of ten entries, not one per record."""
+    router = lambdas.change_router
+    records = [stream_record(2, i, f"ten-{i}") for i in range(1, 26)]
+    calls: list[int] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        calls.append(len(params["Entries"]))
+
+    client = router.publisher._events
+    client.meta.events.register("provide-client-params.events.PutEvents", record)
+    try:
+        assert router.handler({"Records": records}, Context()) == {"batchItemFailures": []}
+    finally:
+        client.meta.events.unregister("provide-client-params.events.PutEvents", record)
+    assert calls == [10, 10, 5]
+
+
 @pytest.mark.usefixtures("broken_fast_path")
 def test_relay_publishes_its_lag_as_relay_lag_seconds(
     lambdas: SimpleNamespace,

@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import botocore.session
 from botocore.config import Config
+from botocore.utils import parse_timestamp
 
 from tessera.adapters.aws.settings import AwsSettings
 
@@ -44,6 +46,25 @@ class _Lazy:
 T = TypeVar("T")
 
 
+def fast_timestamp(value: Any) -> datetime:
+    """botocore's timestamp parser, with ISO 8601 (what S3's XML carries) parsed natively.
+
+    botocore parses every timestamp with dateutil, about 90 µs each: most of the CPU of
+    reading a 1,000-key ListObjectsV2 page, which a commit does to find its staged blocks.
+    `datetime.fromisoformat` takes well under a microsecond. Anything else (RFC 822 dates,
+    epoch seconds) goes to botocore's parser as before.
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed
+    return parse_timestamp(value)
+
+
 def lazy(make: Callable[[], T]) -> T:
     """A stand-in for `make()` that calls it on first use.
 
@@ -63,6 +84,9 @@ class AwsClients:
     def __init__(self, settings: AwsSettings) -> None:
         self.settings = settings
         self._session = botocore.session.get_session()
+        self._session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=fast_timestamp
+        )
         self._session_lock = threading.Lock()  # a session is not safe to share when creating
 
     @functools.cache  # noqa: B019 - one AwsClients per process; the cache is the point

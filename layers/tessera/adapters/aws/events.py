@@ -61,11 +61,6 @@ class EventBridgePublisher:
             failed += self._put(batch)
         return failed
 
-    def publish_one(self, event: ChangeEvent) -> None:
-        """Put one event on the bus; `PublishFailed` when EventBridge refuses it."""
-        if self.publish([event]):
-            raise PublishFailed(f"EventBridge refused event {event.event_id}")
-
     def _put(self, batch: Sequence[ChangeEvent]) -> list[ChangeEvent]:
         resp = self._events.put_events(Entries=[self._entry(e) for e in batch])
         if not resp.get("FailedEntryCount"):

@@ -1,0 +1,53 @@
+"""The AWS clients' timestamp parser: botocore's results, ISO 8601 parsed natively."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from botocore.utils import parse_timestamp
+
+from tessera.adapters.aws.clients import AwsClients, fast_timestamp
+from tessera.adapters.aws.settings import AwsSettings
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-26T10:31:00.000Z",  # S3's XML (ListObjectsV2 LastModified)
+        "2026-11-26T10:31:00.123456+02:00",
+        "2026-11-26T10:31:00",  # no zone: botocore's rule applies
+        "Thu, 26 Nov 2026 10:31:00 GMT",  # RFC 822 (HTTP headers)
+        1795688976,  # epoch seconds (JSON protocols)
+        "1795688976.5",
+    ],
+)
+def test_fast_timestamp_agrees_with_botocore(value: object) -> None:
+    ours, theirs = fast_timestamp(value), parse_timestamp(value)
+    assert ours == theirs and (ours.tzinfo is None) == (theirs.tzinfo is None)
+
+
+def test_iso_timestamps_are_parsed_without_dateutil() -> None:
+    parsed = fast_timestamp("2026-11-26T10:31:00.000Z")
+    assert parsed == datetime(2026, 11, 26, 10, 31, tzinfo=UTC)
+    assert parsed.tzinfo is UTC  # datetime's own zone: dateutil's would be tzutc()
+
+
+def test_a_listing_parsed_by_the_clients_uses_it() -> None:
+    """A ListObjectsV2 page as the S3 client parses it: LastModified in datetime's own UTC
+    (botocore's dateutil parser would give tzutc())."""
+    clients = AwsClients(AwsSettings())
+    shape = clients.s3.meta.service_model.operation_model("ListObjectsV2").output_shape
+    body = (
+        b'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name>'
+        b"<Contents><Key>staging/u/b3:00</Key><LastModified>2026-11-26T10:31:00.000Z"
+        b"</LastModified><Size>42</Size></Contents></ListBucketResult>"
+    )
+    factory = clients._session.get_component("response_parser_factory")
+    parsed = factory.create_parser("rest-xml").parse(
+        {"status_code": 200, "headers": {}, "body": body}, shape
+    )
+    (item,) = parsed["Contents"]
+    assert item["Size"] == 42
+    assert item["LastModified"] == datetime(2026, 11, 26, 10, 31, tzinfo=UTC)
+    assert item["LastModified"].tzinfo is UTC
