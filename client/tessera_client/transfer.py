@@ -44,6 +44,7 @@ from tessera.blocks import (
     FileManifest,
     content_hash,
     decode_block,
+    default_workers,
     encode_block,
 )
 from tessera_client.api import Api, ApiError, error_from
@@ -141,6 +142,9 @@ class Transfers:
         self.api, self.fs, self.state = api, fs, state
         self.device = device
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tessera-xfer")
+        # Encoding is CPU work in native code: a thread per core, apart from the senders,
+        # so the next window is encoded while this one's PUTs wait on the network.
+        self.encoder = ThreadPoolExecutor(default_workers(), thread_name_prefix="tessera-encode")
         self.threads = threads
         self.batch_files = batch_files
         self.progress = progress
@@ -149,6 +153,7 @@ class Transfers:
     def close(self) -> None:
         """Stop the transfer threads."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.encoder.shutdown(wait=True, cancel_futures=True)
 
     # -- uploads ------------------------------------------------------------------------
 
@@ -259,8 +264,9 @@ class Transfers:
         items: list[UploadItem],
         sessions: dict[str, dict[str, Any]],
     ) -> list[UploadResult]:
-        """Send every window and commit every file, pipelined: the next window is read and
-        encoded while the current one's PUTs are in flight (two windows in memory at most),
+        """Send every window and commit every file, pipelined: a window's PUTs are queued
+        while the last one's are still in flight, and the window after is read and encoded
+        meanwhile (three windows in memory at most),
         and the files whose blocks have all arrived are committed, on a commit thread, while
         later windows upload. Files that changed while they were read get status 0 (the
         next round uploads them again)."""
@@ -284,36 +290,52 @@ class Transfers:
                     submitted.update(i.path for i in ready)
                     commits.append(committer.submit(self._commit, ready, sessions))
 
+            def finish(puts: list[tuple[Encoded, Future[None]]]) -> None:
+                """Wait for a window's PUTs, record what arrived, commit what is complete."""
+                dirty: set[str] = set()
+                for b, put in puts:
+                    put.result()
+                    self.stats.blocks_up += 1
+                    self.stats.block_bytes_up += len(b[3])
+                    if self.progress:
+                        self.progress(b[0].path, len(b[3]))
+                    for path in waiting.get((b[2], b[1]), ()):
+                        sessions[path]["sent"].append(b[1])
+                        outstanding[path].discard(b[1])
+                        dirty.add(path)
+                with self.state.transaction():  # one write per window, not one per block
+                    for path in dirty:
+                        self.state.put_pending("upload", path_key(path), sessions[path])
+                commit_ready()
+
+            encoding: list[Future[tuple[bytes, str]]] = []
+            sending: list[tuple[Encoded, Future[None]]] = []  # the window being waited for
+            queued: list[tuple[Encoded, Future[None]]] = []  # the next one, behind it
             try:
                 commit_ready()  # files whose blocks the server already had
                 encoding = self._encode_window(windows[0]) if windows else []
                 for n, window in enumerate(windows):
                     encoded = self._encoded(window, encoding, changed)
-                    puts = self._start_puts(encoded)
                     encoding = self._encode_window(windows[n + 1]) if n + 1 < len(windows) else []
-                    dirty: set[str] = set()
-                    for b, put in puts:
-                        put.result()
-                        self.stats.blocks_up += 1
-                        self.stats.block_bytes_up += len(b[3])
-                        if self.progress:
-                            self.progress(b[0].path, len(b[3]))
-                        for path in waiting.get((b[2], b[1]), ()):
-                            sessions[path]["sent"].append(b[1])
-                            outstanding[path].discard(b[1])
-                            dirty.add(path)
-                    with self.state.transaction():  # one write per window, not one per block
-                        for path in dirty:
-                            self.state.put_pending("upload", path_key(path), sessions[path])
-                    commit_ready()
+                    # queued behind the last window's PUTs, so the senders never idle
+                    # between windows (waiting for a window's stragglers, then for the next
+                    # window's URLs, left them idle a third of the time with small files)
+                    queued = self._start_puts(encoded)
+                    if sending:
+                        finish(sending)
+                    sending, queued = queued, []
+                if sending:
+                    finish(sending)
             except BaseException:
+                for future in [*encoding, *(put for _, put in sending + queued)]:
+                    future.cancel()  # what has not started yet: the next round sends it
                 wait(commits)  # a commit in flight still records what it committed
                 raise
             results = [r for f in commits for r in f.result()]
         return results + [UploadResult(i, status=0) for i in items if i.path in changed]
 
     def _encode_window(self, window: list[Work]) -> list[Future[tuple[bytes, str]]]:
-        return [self.pool.submit(self._encode, w[0], w[1], w[3], w[4]) for w in window]
+        return [self.encoder.submit(self._encode, w[0], w[1], w[3], w[4]) for w in window]
 
     def _encoded(
         self, window: list[Work], futures: list[Future[tuple[bytes, str]]], changed: set[str]

@@ -27,10 +27,14 @@ class RecordingApi(Api):
     """The real client API, noting when block PUTs and commits start (and failing a PUT
     on request)."""
 
-    def __init__(self, server: str, home: Home, fail_put_after: int | None = None) -> None:
+    def __init__(
+        self, server: str, home: Home, fail_put_after: int | None = None, latency: float = 0.02
+    ) -> None:
         super().__init__(server, home)
+        self.latency = latency  # a block store's, so windows overlap commits
         self.log: list[tuple[str, float]] = []
         self.fail_put_after = fail_put_after
+        self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
 
     def call(self, route: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
@@ -45,10 +49,16 @@ class RecordingApi(Api):
         with self._lock:
             puts = sum(1 for kind, _ in self.log if kind == "put")
             self.log.append(("put", time.monotonic()))
-        if self.fail_put_after is not None and puts >= self.fail_put_after:
-            raise ApiError(503, "unavailable", "the block store is down", {})
-        time.sleep(0.02)  # a block store with some latency, so windows overlap commits
-        return super().transfer(method, url, headers, content)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.fail_put_after is not None and puts >= self.fail_put_after:
+                raise ApiError(503, "unavailable", "the block store is down", {})
+            time.sleep(self.latency)
+            return super().transfer(method, url, headers, content)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
 
 def _items(device: Device, count: int) -> list[UploadItem]:
@@ -89,6 +99,24 @@ def test_files_are_committed_while_later_blocks_upload(
     last_put = max(t for kind, t in api.log if kind == "put")
     assert first_commit < last_put, "every PUT finished before the first commit started"
     assert _listed(api) == {i.path for i in items}
+    api.close()
+
+
+def test_the_next_window_is_sent_before_the_last_one_is_done(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows of two blocks, four senders, a slow block store: when a window's PUTs are
+    queued only once the previous window is done, no more than two are ever in flight."""
+    monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 2)
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = RecordingApi(inproc_cloud.url, Home(a.home), latency=0.3)
+    xfer = _transfers(a, api)
+    try:
+        results = xfer.upload(_items(a, 12))
+    finally:
+        xfer.close()
+    assert all(r.entry is not None for r in results)
+    assert api.most_in_flight > 2
     api.close()
 
 
