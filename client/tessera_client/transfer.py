@@ -327,8 +327,9 @@ class Transfers:
                 if sending:
                     finish(sending)
             except BaseException:
-                for future in [*encoding, *(put for _, put in sending + queued)]:
-                    future.cancel()  # what has not started yet: the next round sends it
+                unstarted: list[Future[Any]] = [*encoding, *(p for _, p in sending + queued)]
+                for future in unstarted:
+                    future.cancel()  # dropped if not started yet: the next round sends it
                 wait(commits)  # a commit in flight still records what it committed
                 raise
             results = [r for f in commits for r in f.result()]
