@@ -1,0 +1,64 @@
+"""The statements of the commit path keep index plans on a young database.
+
+psycopg prepares a statement after its fifth run, and the pool forces generic plans
+(`tessera.metadata.db`): a plan made while the tables are small and never analyzed is kept
+as they grow, until an ANALYZE. A join the planner would rather hash than probe then scans
+a whole table per commit. These tests ask PostgreSQL for the generic plan of every shared
+statement of `tessera.metadata.store` on a freshly migrated database, the worst case.
+"""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+
+from tessera.metadata import migrate
+from tessera.metadata import store as store_module
+
+# The tables that grow with use: a sequential scan of any of them per request is a bug.
+GROWING = (
+    "blocks",
+    "files",
+    "file_versions",
+    "version_blocks",
+    "journal",
+    "outbox",
+    "upload_blocks",
+    "upload_sessions",
+    "idempotency_keys",
+)
+STATEMENTS = sorted(
+    name
+    for name, value in vars(store_module).items()
+    if name.isupper() and name.endswith("_SQL") and isinstance(value, str)
+)
+
+
+def _numbered(sql: str) -> str:
+    """psycopg's placeholders as PostgreSQL's: one $n per distinct name, then per %s."""
+    names: dict[str, int] = {}
+    sql = re.sub(r"%\((\w+)\)s", lambda m: f"${names.setdefault(m[1], len(names) + 1)}", sql)
+    count = iter(range(len(names) + 1, 1000))
+    return re.sub(r"%s", lambda _: f"${next(count)}", sql)
+
+
+def test_the_shared_statements_are_found() -> None:
+    assert {"_LOCK_AND_READ_SQL", "_VIEW_LOCKING_ROOT_SQL", "_WRITE_NEW_FILE_SQL"} <= set(
+        STATEMENTS
+    )
+
+
+@pytest.mark.parametrize("name", STATEMENTS)
+def test_no_statement_scans_a_growing_table(empty_database_url: str, name: str) -> None:
+    migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        if conn.info.server_version < 160000:
+            pytest.skip("EXPLAIN (GENERIC_PLAN) needs PostgreSQL 16")
+        sql = _numbered(getattr(store_module, name))
+        plan = [line for (line,) in conn.execute(f"EXPLAIN (GENERIC_PLAN) {sql}")]
+    scans = [
+        line.strip() for line in plan if re.search(rf"Seq Scan on ({'|'.join(GROWING)})\b", line)
+    ]
+    assert scans == [], "\n".join(plan)
