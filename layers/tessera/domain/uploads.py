@@ -121,7 +121,6 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
             put = svc.block_store.presign_put(
                 row.staged_key, size=b.size, sha256=digest, expires_in=max(ttl, 1)
             )
-            store.set_upload_block_stored(req.upload_id, b.id, b.size, b.sha256)
             urls.append(
                 PresignedUrl(
                     id=b.id,
@@ -131,4 +130,7 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
                     expires_at=put.expires_at,
                 )
             )
+        store.set_upload_blocks_stored(
+            req.upload_id, [(b.id, b.size, b.sha256) for b in req.blocks]
+        )
     return UploadUrlsResponse(urls=urls)

@@ -979,14 +979,23 @@ class Store:
         rows = self._all(_UPLOAD_BLOCKS_SQL, (upload_id, list(block_ids)))
         return {r[0]: UploadBlockRow(*r) for r in rows}
 
-    def set_upload_block_stored(
-        self, upload_id: str, block_id: str, stored_size: int, sha256: str
+    def set_upload_blocks_stored(
+        self, upload_id: str, issued: Sequence[tuple[str, int, str]]
     ) -> None:
-        """Record the encoded size and checksum a PUT URL was issued for."""
+        """Record the encoded size and checksum PUT URLs were issued for: (block_id,
+        stored_size, sha256) each, in one statement (rows taken in block-id order)."""
+        rows = sorted(issued)
         self.conn.execute(
-            "UPDATE upload_blocks SET stored_size = %s, sha256 = %s, updated_at = now()"
-            " WHERE upload_id = %s AND block_id = %s",
-            (stored_size, sha256, upload_id, block_id),
+            "UPDATE upload_blocks u SET stored_size = t.size, sha256 = t.sha, updated_at = now()"
+            " FROM unnest(%(ids)s::text[], %(sizes)s::bigint[], %(shas)s::text[])"
+            "  AS t(block_id, size, sha)"
+            " WHERE u.upload_id = %(upload)s AND u.block_id = t.block_id",
+            {
+                "upload": upload_id,
+                "ids": [r[0] for r in rows],
+                "sizes": [r[1] for r in rows],
+                "shas": [r[2] for r in rows],
+            },
         )
 
     def lock_staged_copies(self, staged_keys: Sequence[str]) -> dict[str, str]:
