@@ -84,3 +84,33 @@ def test_a_headed_block_that_never_arrived_is_refused(
     with pytest.raises(Unprocessable, match="never uploaded"):
         commits.commit(services, alice, commit_request("/x", chunks[5:6], upload_id))
     assert heads == [lost]
+
+
+def test_a_batch_reads_each_upload_session_once(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Six entries from two sessions (a block shared within a session, new nested folders):
+    each commits, and each session's row and blocks are read once for the batch."""
+    shared = b"a block two files share"
+    files = {
+        "/s1/a/one": [shared, b"one's own"],
+        "/s1/a/two": [shared],
+        "/s1/b/three": [b"three"],
+        "/s2/four": [b"four"],
+        "/s2/c/d/five": [b"five", b"five more"],
+        "/s2/c/six": [b"six"],
+    }
+    first = upload_blocks(services, alice, "/s1/a/one", files["/s1/a/one"] + [b"three"])
+    second = upload_blocks(services, alice, "/s2/four", [b"four", b"five", b"five more", b"six"])
+    entries = [
+        commit_request(path, chunks, first if path.startswith("/s1") else second)
+        for path, chunks in files.items()
+    ]
+    from tessera.metadata.store import Store
+
+    reads = _record(monkeypatch, Store, "_session_reads")
+    result = commits.commit_batch(services, alice, CommitBatchRequest(entries=entries))
+    assert [e.status for e in result.entries] == [200] * 6
+    assert len(reads) == 2
+    for path, chunks in files.items():
+        assert get_file(services, alice, path) == b"".join(chunks)

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +41,7 @@ from tessera.metadata.store import (
     MountRow,
     NewJournal,
     ReadableBlock,
+    SessionReads,
     Store,
     UserRow,
     VersionInfo,
@@ -341,9 +342,11 @@ def _commit_in(
     req: CommitRequest,
     staged: _StagedSizes,
     root_reads: CommitReads | None = None,
+    sessions: Mapping[str, SessionReads] | None = None,
 ) -> tuple[FileEntry, ChangeEvent | None]:
     """One commit inside an open transaction (or savepoint). `root_reads`: what
-    `Store.view_for_commit` already locked and read in the caller's root namespace."""
+    `Store.view_for_commit` already locked and read in the caller's root namespace;
+    `sessions`: upload sessions a batch already read (`Store.session_for_commits`)."""
     path = paths.canonical(req.path)
     check_block_list(
         svc.settings, req.size, req.content_hash, [(b.id, b.size) for b in req.blocks], path
@@ -365,6 +368,7 @@ def _commit_in(
             block_ids=ids,
             upload_id=req.upload_id,
             user_id=view.user.user_id,
+            session=sessions.get(req.upload_id) if sessions and req.upload_id else None,
         )
     if req.idempotency_key is not None:
         digest = _request_hash(req)
@@ -442,6 +446,22 @@ def _block_ids(req: CommitRequest) -> list[str]:
     return list(dict.fromkeys(b.id for b in req.blocks))
 
 
+def _batch_sessions(
+    store: Store, view: View, entries: Sequence[CommitRequest]
+) -> dict[str, SessionReads]:
+    """The upload sessions a batch's entries name, each read once for all of them: its
+    row, its count of issued blocks, its expected rows of their blocks. Each entry used to
+    read them itself, three statements of the eight it sends."""
+    wanted: dict[str, dict[str, None]] = {}
+    for entry in entries:
+        if entry.upload_id is not None:
+            wanted.setdefault(entry.upload_id, {}).update(dict.fromkeys(_block_ids(entry)))
+    return {
+        upload_id: store.session_for_commits(upload_id, view.user.user_id, list(ids))
+        for upload_id, ids in sorted(wanted.items())
+    }
+
+
 class _EntryFailed(Exception):
     """An entry of a batch run without savepoints failed: run it again with them."""
 
@@ -480,6 +500,7 @@ def _commit_entries(
     results: list[CommitBatchItem | None] = [None] * len(req.entries)
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal, pipeline=True) as (store, view):
+        sessions = _batch_sessions(store, view, req.entries)
 
         def order(i: int) -> tuple[int, str]:
             try:
@@ -491,7 +512,9 @@ def _commit_entries(
         for i in sorted(range(len(req.entries)), key=order):
             try:
                 with store.savepoint() if isolated else contextlib.nullcontext():
-                    entry, event = _commit_in(svc, store, view, req.entries[i], staged)
+                    entry, event = _commit_in(
+                        svc, store, view, req.entries[i], staged, sessions=sessions
+                    )
             except TesseraError as exc:
                 if not isolated:
                     raise _EntryFailed from exc

@@ -136,6 +136,15 @@ class UploadBlockRow:
 
 
 @dataclass(frozen=True)
+class SessionReads:
+    """A commit's reads of the caller's upload session (`Store.session_for_commits`)."""
+
+    session: UploadRow | None  # FOR SHARE until the transaction ends
+    expected: dict[str, UploadBlockRow]  # its expected blocks among those asked for
+    staged_count: int  # its blocks a PUT URL was issued for
+
+
+@dataclass(frozen=True)
 class CommitReads:
     """What a commit reads once it holds its namespace (`Store.lock_for_commit`)."""
 
@@ -409,6 +418,21 @@ _UPLOAD_BLOCKS_SQL = (
 )
 
 
+def _session_values(sent: tuple[Any, Any, Any] | None) -> SessionReads:
+    """The results of `Store._session_reads`'s cursors (None: no session asked for)."""
+    if sent is None:
+        return SessionReads(None, {}, 0)
+    session_cur, staged_cur, expected_cur = sent
+    session_row = session_cur.fetchone()
+    count = staged_cur.fetchone()
+    expected = expected_cur.fetchall() if expected_cur is not None else []
+    return SessionReads(
+        session=UploadRow(*session_row) if session_row else None,
+        expected={r[0]: UploadBlockRow(*r) for r in expected},
+        staged_count=int(count[0]) if count else 0,
+    )
+
+
 class Store:
     """Data access inside one transaction (from `Database.transaction()`)."""
 
@@ -486,7 +510,7 @@ class Store:
             return view, None
         root = view[0].root_ns_id
         rerun = {**params, "ns": root, "ns_ids": [root]}
-        session = self._session_reads(upload_id, user_id, ids)
+        session = _session_values(self._session_reads(upload_id, user_id, ids))
         return view, self._commit_reads(rows[0][_VIEW_COLUMNS:], rerun, session)
 
     def bump_membership(self, user_id: str) -> None:
@@ -551,10 +575,12 @@ class Store:
         block_ids: Sequence[str],
         upload_id: str | None,
         user_id: str,
+        session: SessionReads | None = None,
     ) -> CommitReads:
         """Take the namespace row (`lock_namespace`), then read what a commit checks: the
         live entries at `parent_keys`, which of `block_ids` a version in `ns_ids` holds,
-        and the caller's upload session (locked FOR SHARE) with its expected blocks.
+        and the caller's upload session (locked FOR SHARE) with its expected blocks, unless
+        `session` holds them already (`session_for_commits`: a batch reads them once).
 
         The lock and the first two reads are one statement, where they were three round
         trips. Its reads come from the snapshot the statement began with; when another
@@ -566,16 +592,25 @@ class Store:
         ids = list(block_ids)
         params = {"ns": ns_id, "keys": list(parent_keys), "ns_ids": list(ns_ids), "ids": ids}
         reads = self.conn.execute(_LOCK_AND_READ_SQL, params)
-        session = self._session_reads(upload_id, user_id, ids)
-        return self._commit_reads(reads.fetchone(), params, session)
+        sent = None if session else self._session_reads(upload_id, user_id, ids)
+        return self._commit_reads(reads.fetchone(), params, session or _session_values(sent))
+
+    def session_for_commits(
+        self, upload_id: str | None, user_id: str, block_ids: Sequence[str]
+    ) -> SessionReads:
+        """The session reads of `lock_for_commit`, once for many commits of one session:
+        its row (FOR SHARE), its count of issued blocks, its expected rows of `block_ids`.
+        A batch's commits change none of what they check (staging a block only moves its
+        row from expected to staged)."""
+        return _session_values(self._session_reads(upload_id, user_id, list(block_ids)))
 
     def _session_reads(
         self, upload_id: str | None, user_id: str, block_ids: list[str]
-    ) -> tuple[Any, Any, Any]:
+    ) -> tuple[Any, Any, Any] | None:
         """Send the reads of the caller's upload session (its row FOR SHARE, its count of
         issued blocks, its expected blocks among `block_ids`); their cursors, unread."""
         if upload_id is None:
-            return None, None, None
+            return None
         session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
         staged = self.conn.execute(
             "SELECT count(*) FROM upload_blocks WHERE upload_id = %s AND stored_size IS NOT NULL",
@@ -587,25 +622,21 @@ class Store:
         return session, staged, expected
 
     def _commit_reads(
-        self, row: Sequence[Any] | None, params: dict[str, Any], session: tuple[Any, Any, Any]
+        self, row: Sequence[Any] | None, params: dict[str, Any], session: SessionReads
     ) -> CommitReads:
         """`CommitReads` from a row of `_lock_and_read_sql` (run again with `params` when
-        stale) and the cursors of `_session_reads`."""
+        stale) and the session's reads."""
         if row is not None and row[0] != row[1]:  # stale: run it again, the lock now held
             row = self._one(_LOCK_AND_READ_SQL, params)
         columns = [c or () for c in row[2:]] if row else [()] * 7
         kinds = {k: (kind, display) for k, kind, display in zip(*columns[:3], strict=True)}
         readable = {b[0]: ReadableBlock(*b) for b in zip(*columns[3:], strict=True)}
-        session_cur, staged_cur, expected_cur = session
-        session_row = session_cur.fetchone() if session_cur is not None else None
-        count = staged_cur.fetchone() if staged_cur is not None else None
-        expected = expected_cur.fetchall() if expected_cur is not None else []
         return CommitReads(
             kinds=kinds,
             readable=readable,
-            session=UploadRow(*session_row) if session_row else None,
-            expected={r[0]: UploadBlockRow(*r) for r in expected},
-            staged_count=int(count[0]) if count else 0,
+            session=session.session,
+            expected=session.expected,
+            staged_count=session.staged_count,
         )
 
     def lock_namespace(self, ns_id: int) -> None:
