@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
+from rich.text import Text
 
 from tessera_client.api import Api, ApiError, NotLoggedIn, RetryPolicy, ServerUnreachable
 from tessera_client.config import Home, Settings
@@ -29,8 +30,11 @@ from tessera_client.paths import UnsafePathError, canonical_rel
 from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.state import StateDB
 
-out = Console()
-err = Console(stderr=True)
+# No markup: paths, file names, emails and server messages are printed as they are. With
+# it, a file named "a[/]b" made rich raise MarkupError mid-sync, and "[red]x" printed red.
+# Styles are given explicitly instead (`style=`, `Text`).
+out = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -42,16 +46,21 @@ class UserError(Exception):
     """An expected problem, told to the user in one line."""
 
 
+def say_error(message: str) -> None:
+    """Print `message` on stderr after a red "error:"."""
+    err.print(Text.assemble(("error:", "red"), " ", message))
+
+
 @contextmanager
 def friendly_errors() -> Iterator[None]:
     """Turn expected errors into one clear line and an exit code."""
     try:
         yield
     except NotLoggedIn as e:
-        err.print(f"[red]error:[/] {e}")
+        say_error(str(e))
         raise typer.Exit(EXIT_ERROR) from None
     except ServerUnreachable as e:
-        err.print(f"[red]error:[/] {e}; check the server URL (`tessera login --server ...`)")
+        say_error(f"{e}; check the server URL (`tessera login --server ...`)")
         raise typer.Exit(EXIT_ERROR) from None
     except ApiError as e:
         hint = {
@@ -60,10 +69,10 @@ def friendly_errors() -> Iterator[None]:
             404: "check the path (`tessera ls`)",
             409: "it changed meanwhile or the name is taken; sync and try again",
         }.get(e.status, "")
-        err.print(f"[red]error:[/] {e.message}" + (f" — {hint}" if hint else ""))
+        say_error(e.message + (f" — {hint}" if hint else ""))
         raise typer.Exit(EXIT_ERROR) from None
     except (UserError, SyncError, UnsafePathError) as e:
-        err.print(f"[red]error:[/] {e}")
+        say_error(str(e))
         raise typer.Exit(EXIT_ERROR) from None
 
 
@@ -191,7 +200,7 @@ class ConsoleReporter(Reporter):
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
@@ -206,7 +215,7 @@ class ConsoleReporter(Reporter):
             err.print(message)
 
     def problem(self, message: str) -> None:
-        err.print(f"[yellow]{message}[/]")
+        err.print(message, style="yellow")
 
     def transfer(self, path: str, done: int, total: int) -> None:
         if self.quiet:
@@ -252,7 +261,7 @@ def sync(
             if once:
                 result = engine.run_once()
                 for p in result.problems:
-                    err.print(f"[red]{p}[/]")
+                    err.print(str(p), style="red")
                 if result.paused_deletes:
                     raise typer.Exit(EXIT_PAUSED)
                 if result.problems:

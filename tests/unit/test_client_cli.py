@@ -105,3 +105,55 @@ def test_operator_groups_load_only_when_reachable(args: list[str], mounted: bool
         assert "admin" in r.stdout and "local" in r.stdout
     if args[0] == "admin":
         assert "Run maintenance workflows now" in r.stdout
+
+
+# Legal names that rich would read as markup: printed with markup, the first lost "[draft]"
+# and "[b]", and the second (a folder "notes[" holding "]x.txt") raised MarkupError.
+MARKUP_NAME = "[draft] plan [b]x.txt"
+MARKUP_PATH = "notes[/]x.txt"
+
+
+def test_names_that_look_like_markup_are_printed_as_they_are(
+    home: Home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tables, events, problems and progress bars print names exactly, and never raise."""
+    from tessera_client.commands import ConsoleReporter
+
+    home.save_settings(Settings(server_url="http://x", email="me@x", device_name="lap"))
+    home.ensure()
+    db = StateDB(home.state_file)
+    db.add_conflict(MARKUP_NAME, MARKUP_PATH, "edited", local_only=True)
+    db.close()
+    listed = runner.invoke(app, ["conflicts"])
+    assert listed.exit_code == 0
+    assert MARKUP_NAME in listed.output and MARKUP_PATH in listed.output
+    reporter = ConsoleReporter()
+    for name in (MARKUP_NAME, MARKUP_PATH):
+        reporter.event(f"uploaded {name}")
+        reporter.problem(f"cannot read {name}")
+        reporter.transfer(name, 1, 2)
+        reporter.progress.refresh()
+        reporter.transfer(name, 2, 2)
+    printed = capsys.readouterr().err
+    for name in (MARKUP_NAME, MARKUP_PATH):
+        assert f"uploaded {name}" in printed and f"cannot read {name}" in printed
+
+
+def test_blocks_prints_a_markup_like_file_name(tmp_path: Path) -> None:
+    target = tmp_path / MARKUP_NAME
+    target.write_bytes(b"some bytes")
+    r = runner.invoke(app, ["blocks", str(target)])
+    assert r.exit_code == 0, r.output
+    assert MARKUP_NAME in " ".join(r.output.split())
+
+
+def test_a_server_message_is_printed_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+
+    from tessera_client.api import ApiError
+    from tessera_client.commands import friendly_errors
+
+    with pytest.raises(typer.Exit), friendly_errors():
+        raise ApiError(409, "conflict", f"'/{MARKUP_PATH}' is at rev 3, not 2", {})
+    printed = " ".join(capsys.readouterr().err.split())
+    assert f"error: '/{MARKUP_PATH}' is at rev 3, not 2" in printed

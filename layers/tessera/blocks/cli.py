@@ -60,8 +60,8 @@ def _print_table(file: Path, manifest: FileManifest) -> None:
     table.add_column("id", no_wrap=True, min_width=67)  # a whole id: "b3:" + 64 hex
     for i, b in enumerate(manifest.blocks):
         table.add_row(str(i), str(b.offset), str(b.size), b.id)
-    console = Console()
+    console = Console(markup=False, highlight=False)  # a file name is printed as it is
     if console.width < _TABLE_WIDTH:  # never cut ids short, even when piped (80 columns)
-        console = Console(width=_TABLE_WIDTH)
+        console = Console(width=_TABLE_WIDTH, markup=False, highlight=False)
     console.print(f"content hash: {manifest.content_hash}", soft_wrap=True)
     console.print(table)

@@ -80,10 +80,10 @@ def render(name: str, result: StepResult) -> None:
     table.add_column("count", justify="right")
     for key, value in result.counters().items():
         table.add_row(key.replace("_", " "), f"{value:,}")
-    console = Console()
+    console = Console(markup=False, highlight=False)  # errors name keys and paths as they are
     console.print(table)
     for error in result.errors:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"error: {error}", style="red")
 
 
 @app.command()
