@@ -61,6 +61,16 @@ class BlockStore(ABC):
     ) -> PresignedRequest:
         """A PUT the store accepts only with exactly `size` bytes whose SHA-256 is `sha256`."""
 
+    def presign_puts(
+        self, puts: Sequence[tuple[str, int, bytes]], *, expires_in: int = 900
+    ) -> list[PresignedRequest]:
+        """`presign_put` of each (key, size, sha256), in order; a store that signs a batch
+        faster than one URL at a time overrides it."""
+        return [
+            self.presign_put(key, size=size, sha256=sha256, expires_in=expires_in)
+            for key, size, sha256 in puts
+        ]
+
     @abstractmethod
     def presign_get(self, key: str, *, expires_in: int = 900) -> PresignedRequest:
         """A GET of the object at `key`, valid for `expires_in` seconds (at most 900)."""

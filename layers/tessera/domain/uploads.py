@@ -94,7 +94,6 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
     settings = svc.settings
     if len(req.blocks) > settings.max_blocks_per_request:
         raise PayloadTooLarge(f"ask for at most {settings.max_blocks_per_request} URLs at once")
-    urls: list[PresignedUrl] = []
     with view_transaction(svc, principal) as (store, view):
         session = store.get_upload(req.upload_id, view.user.user_id)
         now = svc.clock.now()
@@ -106,6 +105,7 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
         ttl = int(
             min(settings.presign_ttl_s, MAX_PRESIGN_S, (session.expires_at - now).total_seconds())
         )
+        puts: list[tuple[str, int, bytes]] = []
         for b in req.blocks:
             row = rows.get(b.id)
             if row is None:
@@ -115,22 +115,17 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
                     f"encoded block {b.id} is larger than {settings.max_stored_block_size} bytes"
                 )
             try:
-                digest = base64.b64decode(b.sha256, validate=True)
+                puts.append((row.staged_key, b.size, base64.b64decode(b.sha256, validate=True)))
             except binascii.Error as exc:
                 raise Unprocessable(f"sha256 of block {b.id} is not base64") from exc
-            put = svc.block_store.presign_put(
-                row.staged_key, size=b.size, sha256=digest, expires_in=max(ttl, 1)
-            )
-            urls.append(
-                PresignedUrl(
-                    id=b.id,
-                    method=put.method,
-                    url=put.url,
-                    headers=dict(put.headers),
-                    expires_at=put.expires_at,
-                )
-            )
+        signed = svc.block_store.presign_puts(puts, expires_in=max(ttl, 1))
         store.set_upload_blocks_stored(
             req.upload_id, [(b.id, b.size, b.sha256) for b in req.blocks]
         )
+    urls = [
+        PresignedUrl(
+            id=b.id, method=p.method, url=p.url, headers=dict(p.headers), expires_at=p.expires_at
+        )
+        for b, p in zip(req.blocks, signed, strict=True)
+    ]
     return UploadUrlsResponse(urls=urls)

@@ -32,8 +32,9 @@ def s3_block_store(request: pytest.FixtureRequest, tmp: Path) -> Iterator[BlockS
     """S3BlockStore on moto; signature, expiry and checksum checks are real-AWS only."""
     request.applymarker(pytest.mark.aws)
     settings = shared_aws_settings()
+    clients = AwsClients(settings)
     yield BlockStoreHarness(
-        store=S3BlockStore(AwsClients(settings).s3, settings.bucket),
+        store=S3BlockStore(clients.s3, settings.bucket, credentials=clients.credentials),
         not_restored_error=ColdObjectError,
         unsupported={
             "presign_wrong_checksum": _MOTO.format("x-amz-checksum-sha256 checksums"),

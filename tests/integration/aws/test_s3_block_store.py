@@ -56,6 +56,36 @@ def test_presigned_put_binds_length_and_checksum_and_delivers_exact_bytes(
     assert decode_block(store.get(key), bid, b"k" * 32) == plain
 
 
+@pytest.mark.parametrize("bulk", [True, False])
+def test_a_batch_is_presigned_by_botocore_once(
+    aws_clients: AwsClients,
+    aws_settings: AwsSettings,
+    monkeypatch: pytest.MonkeyPatch,
+    bulk: bool,
+) -> None:
+    """With the clients' credentials, botocore signs a batch's first PUT and the rest are
+    signed alike (their signatures checked against botocore's in tests/unit); without
+    them, botocore signs each. Either way every URL takes its block."""
+    credentials = aws_clients.credentials if bulk else None
+    store = S3BlockStore(aws_clients.s3, aws_settings.bucket, credentials=credentials)
+    signed: list[str] = []
+    real = store._presign
+    monkeypatch.setattr(store, "_presign", lambda *a: signed.append(a[1]["Key"]) or real(*a))
+    bodies = {_key("staging/bulk"): os.urandom(300 + n) for n in range(6)}
+    reqs = store.presign_puts(
+        [(k, len(b), hashlib.sha256(b).digest()) for k, b in bodies.items()], expires_in=600
+    )
+    assert len(signed) == (1 if bulk else 6)
+    for (key, body), req in zip(bodies.items(), reqs, strict=True):
+        assert parse_qs(urlsplit(req.url).query)["X-Amz-Expires"] == ["600"]
+        assert req.headers["content-length"] == str(len(body))
+        r = httpx.request(req.method, req.url, content=body, headers=dict(req.headers))
+        assert r.status_code == 200, r.text
+        assert store.get(key) == body
+    with pytest.raises(ValueError):
+        store.presign_puts([(_key(), 1, b"\0" * 32), (_key(), 1, b"short")])
+
+
 @pytest.mark.skip(
     reason="moto does not verify SigV4 signatures, expiry or x-amz-checksum-sha256;"
     " verified on real AWS only (docs/aws.md)"

@@ -134,6 +134,23 @@ def test_presigned_put_then_get(block_store_harness: BlockStoreHarness) -> None:
     assert r.content == body
 
 
+def test_a_batch_of_presigned_puts_delivers_each_body(
+    block_store_harness: BlockStoreHarness,
+) -> None:
+    store = block_store_harness.store
+    keys = [_key("staging/batch") for _ in range(5)]
+    bodies = [os.urandom(100 + n) for n in range(5)]
+    reqs = store.presign_puts(
+        [(k, len(b), hashlib.sha256(b).digest()) for k, b in zip(keys, bodies, strict=True)]
+    )
+    assert len(reqs) == len(bodies)
+    for req, body in zip(reqs, bodies, strict=True):
+        r = httpx.put(req.url, content=body, headers=dict(req.headers))
+        assert r.status_code == 200, r.text
+    assert [store.get(k) for k in keys] == bodies
+    assert store.presign_puts([]) == []
+
+
 def test_presign_refuses_more_than_15_minutes(block_store_harness: BlockStoreHarness) -> None:
     store = block_store_harness.store
     with pytest.raises(ValueError):

@@ -20,6 +20,7 @@ from botocore.utils import parse_timestamp
 from tessera.adapters.aws.settings import AwsSettings
 
 if TYPE_CHECKING:
+    from botocore.credentials import ReadOnlyCredentials
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_kms import KMSClient
@@ -88,6 +89,11 @@ class AwsClients:
             timestamp_parser=fast_timestamp
         )
         self._session_lock = threading.Lock()  # a session is not safe to share when creating
+
+    def credentials(self) -> ReadOnlyCredentials | None:
+        """The clients' current credentials (refreshed when they expire), None if none."""
+        creds = self._session.get_credentials()
+        return creds.get_frozen_credentials() if creds is not None else None
 
     @functools.cache  # noqa: B019 - one AwsClients per process; the cache is the point
     def client(self, service: str) -> Any:

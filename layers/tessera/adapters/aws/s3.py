@@ -11,16 +11,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from tessera.adapters.aws.presign import BulkPutSigner
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
 if TYPE_CHECKING:
+    from botocore.credentials import ReadOnlyCredentials
     from mypy_boto3_s3 import S3Client
 
 MAX_EXPIRES = 900  # DESIGN §9: presigned URLs live at most 15 minutes
@@ -60,13 +62,47 @@ def _check_expiry(expires_in: int) -> None:
         raise ValueError(f"expires_in must be within 1..{MAX_EXPIRES} s, got {expires_in}")
 
 
+def _checksum(sha256: bytes) -> str:
+    return base64.b64encode(sha256).decode("ascii")
+
+
+def _checked_put(size: int, sha256: bytes, expires_in: int) -> str:
+    """The base64 checksum of a PUT to presign, once its arguments are checked."""
+    _check_expiry(expires_in)
+    if size < 0:
+        raise ValueError(f"size must be >= 0, got {size}")
+    if len(sha256) != 32:
+        raise ValueError("sha256 must be the 32-byte SHA-256 digest of the body")
+    return _checksum(sha256)
+
+
+def _put_request(url: str, size: int, checksum: str, expires_in: int) -> PresignedRequest:
+    return PresignedRequest(
+        method="PUT",
+        url=url,
+        # Both headers are signed: the client must send them exactly as given.
+        headers={"x-amz-checksum-sha256": checksum, "content-length": str(size)},
+        expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
+    )
+
+
 class S3BlockStore(BlockStore):
     """Blocks as objects of one S3 bucket, keyed as the port describes."""
 
-    def __init__(self, client: S3Client, bucket: str, *, list_page_size: int = 1000) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        *,
+        list_page_size: int = 1000,
+        credentials: Callable[[], ReadOnlyCredentials | None] | None = None,
+    ) -> None:
+        """`credentials` gives the client's current credentials (`AwsClients.credentials`):
+        with them, `presign_puts` signs a batch's URLs after the first itself."""
         self._s3 = client
         self._bucket = bucket
         self._page_size = list_page_size
+        self._credentials = credentials
 
     def _presign(self, operation: str, params: dict[str, Any], expires_in: int) -> str:
         return self._s3.generate_presigned_url(
@@ -80,24 +116,37 @@ class S3BlockStore(BlockStore):
         self, key: str, *, size: int, sha256: bytes, expires_in: int = 900
     ) -> PresignedRequest:
         """A SigV4 PUT bound to `size` and the base64 SHA-256 checksum of the body."""
-        _check_expiry(expires_in)
-        if size < 0:
-            raise ValueError(f"size must be >= 0, got {size}")
-        if len(sha256) != 32:
-            raise ValueError("sha256 must be the 32-byte SHA-256 digest of the body")
-        checksum = base64.b64encode(sha256).decode("ascii")
+        checksum = _checked_put(size, sha256, expires_in)
         url = self._presign(
             "put_object",
             {"Key": key, "ChecksumSHA256": checksum, "ContentLength": size},
             expires_in,
         )
-        return PresignedRequest(
-            method="PUT",
-            url=url,
-            # Both headers are signed: the client must send them exactly as given.
-            headers={"x-amz-checksum-sha256": checksum, "content-length": str(size)},
-            expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
-        )
+        return _put_request(url, size, checksum, expires_in)
+
+    def presign_puts(
+        self, puts: Sequence[tuple[str, int, bytes]], *, expires_in: int = 900
+    ) -> list[PresignedRequest]:
+        """`presign_put` of each (key, size, sha256): botocore signs the first, and the
+        rest are signed alike (`tessera.adapters.aws.presign`), unless that cannot
+        reproduce botocore's first signature; then botocore signs them all."""
+        if not puts:
+            return []
+        key, size, sha256 = puts[0]
+        first = self.presign_put(key, size=size, sha256=sha256, expires_in=expires_in)
+        creds = self._credentials() if self._credentials else None
+        signer = None
+        if creds is not None and creds.secret_key:
+            signer = BulkPutSigner.from_reference(
+                first.url, key, size, _checksum(sha256), creds.secret_key, creds.token
+            )
+        if signer is None:
+            return [first, *super().presign_puts(puts[1:], expires_in=expires_in)]
+        rest = []
+        for key, size, sha256 in puts[1:]:
+            checksum = _checked_put(size, sha256, expires_in)
+            rest.append(_put_request(signer.url(key, size, checksum), size, checksum, expires_in))
+        return [first, *rest]
 
     def presign_get(self, key: str, *, expires_in: int = 900) -> PresignedRequest:
         """A SigV4 GET of `key`."""

@@ -61,7 +61,9 @@ class AwsRuntime:
     def block_store(self) -> S3BlockStore:
         """The S3 block store."""
         self.aws.require("bucket")
-        return S3BlockStore(lazy(lambda: self._clients.s3), self.aws.bucket)
+        return S3BlockStore(
+            lazy(lambda: self._clients.s3), self.aws.bucket, credentials=self._clients.credentials
+        )
 
     def key_service(self) -> KmsKeyService:
         """The KMS/SSM key service."""
