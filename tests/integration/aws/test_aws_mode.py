@@ -184,3 +184,29 @@ def test_deployment_names_that_ssm_reserves_are_refused() -> None:
     for name in ("", "aws-mode", "ssm1"):
         with pytest.raises(ValueError, match="deployment name"):
             provision("http://127.0.0.1:1", name=name)
+
+
+def test_the_emulator_lists_stream_shards_now_and_then(aws_cloud: AwsLocalCloud) -> None:
+    """Each 0.5 s pump reads the stream; the shards are listed again only every
+    SHARD_LISTING_S (two moto requests each time), or when none is open."""
+    from tessera.local import aws_mode
+
+    emulator = aws_cloud.emulator
+    assert emulator is not None
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    events = emulator._streams.meta.events
+    events.register("before-call", record)
+    try:
+        emulator._shards_listed = time.monotonic()
+        for _ in range(4):
+            emulator.pump_once()
+        assert "DescribeStream" not in calls and "GetRecords" in calls
+        emulator._shards_listed -= aws_mode.SHARD_LISTING_S
+        emulator.pump_once()
+        assert "DescribeStream" in calls
+    finally:
+        events.unregister("before-call", record)
