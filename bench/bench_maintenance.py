@@ -97,8 +97,8 @@ def bench_dedup(url: str, work: Path) -> list[Figure]:
                 who,
                 UploadUrlsRequest.model_validate({"upload_id": begun.upload_id, "blocks": blocks}),
             )
-            for n in begun.needed:
-                store.put(uploads.staging_key(begun.upload_id, n.id), encoded[n.id])
+            for i, n in enumerate(begun.needed):
+                store.put(uploads.staging_key(begun.upload_id, n.id, i), encoded[n.id])
             commits.commit(
                 svc,
                 who,

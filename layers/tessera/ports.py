@@ -51,8 +51,9 @@ class StoredObject:
 class BlockStore(ABC):
     """Stores encoded blocks (compressed + encrypted, never plaintext) under string keys.
 
-    Keys: `blocks/<hex>` for verified content-addressed blocks, `staging/<upload_id>/<hex>`
-    for blocks uploaded in an upload session and not yet verified.
+    Keys: `blocks/<hex>` for verified content-addressed blocks,
+    `staging/<upload_id>/<group>/<hex>` for blocks uploaded in an upload session and not
+    yet verified (`tessera.domain.object_keys`).
     """
 
     @abstractmethod

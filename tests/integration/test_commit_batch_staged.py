@@ -1,6 +1,5 @@
-"""A commit checks every staged copy it relies on (a listing of the session's staged blocks,
-or HEADs of its own when the session is large): an item whose PUT never happened fails
-alone, the others commit."""
+"""A commit checks every staged copy it relies on (a listing of the staging groups its
+blocks are in): an item whose PUT never happened fails alone, the others commit."""
 
 from __future__ import annotations
 
@@ -55,35 +54,36 @@ def _record(monkeypatch: pytest.MonkeyPatch, store: object, name: str) -> list[o
     return calls
 
 
-@pytest.mark.parametrize(("needed", "listed"), [(1, False), (3, True)])
-def test_a_large_session_is_headed_unless_an_entry_needs_much_of_it(
-    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch, needed: int, listed: bool
+def test_a_commit_lists_only_the_staging_groups_of_its_blocks(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Listing a session per window commit would parse all of it for every 128 files: past
-    one page, an entry needing under a tenth of the session HEADs its own keys instead."""
-    monkeypatch.setattr(commits, "_LIST_PAGE", 4)  # a "large" session: more than 4 staged
+    """Blocks are staged in groups by their place in the session (4 per group here): a
+    commit lists the groups its blocks are in, one page each, and HEADs nothing."""
+    monkeypatch.setattr(object_keys, "STAGING_GROUP", 4)
     chunks = [f"block {i}".encode() for i in range(20)]
     upload_id = upload_blocks(services, alice, "/all", chunks)
     heads = _record(monkeypatch, services.block_store, "head")
     lists = _record(monkeypatch, services.block_store, "list_sizes")
-    entry = commit_request("/part", chunks[:needed], upload_id)
-    commits.commit(services, alice, entry)
-    assert get_file(services, alice, "/part") == b"".join(chunks[:needed])
-    assert (len(lists), len(heads)) == ((1, 0) if listed else (0, needed))
+    commits.commit(services, alice, commit_request("/one-group", chunks[5:7], upload_id))
+    assert lists == [f"staging/{upload_id}/1/"]
+    lists.clear()
+    commits.commit(services, alice, commit_request("/three", chunks[3:9], upload_id))
+    assert sorted(lists) == [f"staging/{upload_id}/{g}/" for g in range(3)]
+    assert heads == []
+    assert get_file(services, alice, "/three") == b"".join(chunks[3:9])
 
 
-def test_a_headed_block_that_never_arrived_is_refused(
+def test_a_block_whose_put_never_arrived_is_refused(
     services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(commits, "_LIST_PAGE", 4)
+    monkeypatch.setattr(object_keys, "STAGING_GROUP", 4)
     chunks = [f"block {i}".encode() for i in range(12)]
     upload_id = upload_blocks(services, alice, "/all", chunks)
-    lost = object_keys.staging_key(upload_id, block_id(chunks[5]))
+    lost = object_keys.staging_key(upload_id, block_id(chunks[5]), 5)
     services.block_store.delete(lost)  # its PUT URL was issued; the object is not there
-    heads = _record(monkeypatch, services.block_store, "head")
     with pytest.raises(Unprocessable, match="never uploaded"):
         commits.commit(services, alice, commit_request("/x", chunks[5:6], upload_id))
-    assert heads == [lost]
+    commits.commit(services, alice, commit_request("/y", chunks[4:5], upload_id))
 
 
 def test_a_batch_reads_each_upload_session_once(

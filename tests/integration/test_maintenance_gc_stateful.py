@@ -107,8 +107,9 @@ def test_gc_never_loses_a_referenced_block(database_url: str, tmp_path: Path) ->
                     }
                 ),
             )
-            for need in started.needed:
-                self.w.store.put(object_keys.staging_key(started.upload_id, need.id), b"partial")
+            for n, need in enumerate(started.needed):
+                key = object_keys.staging_key(started.upload_id, need.id, n)
+                self.w.store.put(key, b"partial")
 
         @rule()
         def dedup(self) -> None:

@@ -147,8 +147,10 @@ class World:
                     }
                 ),
             )
+            ordinal = {n.id: i for i, n in enumerate(started.needed)}
             for url in urls.urls:
-                self.store.put(object_keys.staging_key(started.upload_id, url.id), encoded[url.id])
+                key = object_keys.staging_key(started.upload_id, url.id, ordinal[url.id])
+                self.store.put(key, encoded[url.id])
         if before_commit is not None:
             before_commit(started.upload_id)
         entry = commits.commit(

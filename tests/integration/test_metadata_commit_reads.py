@@ -81,7 +81,7 @@ def test_reads_parents_and_readable_blocks_and_holds_the_lock(
         )
         assert got.kinds == {paths.path_key("/Docs"): ("folder", "/Docs")}
         assert list(got.readable) == [bid] and got.readable[bid].size == len(DATA)
-        assert got.session is None and got.expected == {} and got.staged_count == 0
+        assert got.session is None and got.expected == {}
         assert namespace_is_locked(database_url, ns)
 
 

@@ -32,7 +32,7 @@ from tessera.domain.models import (
     FileEntry,
     dump,
 )
-from tessera.domain.object_keys import staging_prefix
+from tessera.domain.object_keys import staging_group
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, file_entry, new_file_id, view_transaction
 from tessera.metadata.store import (
@@ -103,38 +103,33 @@ def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Read
     return out
 
 
-_LIST_PAGE = 1_000  # keys per ListObjectsV2 page
-
-
 class _StagedSizes:
-    """The sizes of staged objects, asked of the block store as cheaply as the session
-    allows, and remembered for the request.
+    """The sizes of staged objects, listed a staging group at a time (`staging_group`:
+    at most `STAGING_GROUP` keys, one ListObjectsV2 page) and remembered for the request.
 
-    A session is listed (one ListObjectsV2 page per 1,000 blocks) when it is small, or when
-    an entry needs a tenth of it; otherwise the entry's keys are HEADed, 16 at a time. A
-    HEAD per block dominated commits on S3, and a listing per window commit of a large
-    session would parse every key of it for every 128 files. A block is only ever staged
-    under its session's prefix (`staging_key`), so a key a listing lacks was never uploaded
-    (S3 lists with read-after-write consistency)."""
+    A commit lists only the groups its blocks are staged in, several at once. Before
+    groups, a window's commit listed its whole session (1,000 keys for 110 files, parsed
+    again at every window) or, past a page, HEADed each block: a HEAD per block had
+    dominated commits on S3. A block is only ever staged under its group's prefix, so a
+    key a listing lacks was never uploaded (S3 lists with read-after-write consistency)."""
 
     def __init__(self, block_store: BlockStore) -> None:
         self._block_store = block_store
         self._listed: dict[str, dict[str, int]] = {}
 
-    def sizes(self, upload_id: str, keys: Sequence[str], staged_count: int) -> dict[str, int]:
-        """staged key → size, for the `keys` (of session `upload_id`, which has
-        `staged_count` staged blocks) that have an object."""
-        if upload_id not in self._listed and (
-            staged_count <= _LIST_PAGE or len(keys) * 10 >= staged_count
-        ):
-            listed = self._block_store.list_sizes(staging_prefix(upload_id))
-            self._listed[upload_id] = dict(listed)
-        if upload_id in self._listed:
-            found = self._listed[upload_id]
-            return {k: found[k] for k in keys if k in found}
-        with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
-            heads = list(pool.map(self._block_store.head, keys))
-        return {k: head.size for k, head in zip(keys, heads, strict=True) if head is not None}
+    def _list(self, group: str) -> dict[str, int]:
+        return dict(self._block_store.list_sizes(group))
+
+    def sizes(self, keys: Sequence[str]) -> dict[str, int]:
+        """staged key → size, for the `keys` that have an object."""
+        groups = sorted({staging_group(k) for k in keys} - self._listed.keys())
+        if len(groups) == 1:
+            self._listed[groups[0]] = self._list(groups[0])
+        elif groups:
+            with ThreadPoolExecutor(max_workers=min(16, len(groups))) as pool:
+                self._listed.update(zip(groups, pool.map(self._list, groups), strict=True))
+        found = {k: self._listed[staging_group(k)].get(k) for k in keys}
+        return {k: size for k, size in found.items() if size is not None}
 
 
 def _check_blocks(
@@ -163,7 +158,7 @@ def _check_blocks(
     uploaded: set[str] = set()
     if issued and req.upload_id is not None:
         keys = [r.staged_key for r in issued.values()]
-        found = staged.sizes(req.upload_id, keys, rows.staged_count)
+        found = staged.sizes(keys)
         uploaded = {i for i, r in issued.items() if found.get(r.staged_key) == r.stored_size}
     never = [i for i in missing if i not in uploaded]
     if never:
@@ -450,8 +445,8 @@ def _batch_sessions(
     store: Store, view: View, entries: Sequence[CommitRequest]
 ) -> dict[str, SessionReads]:
     """The upload sessions a batch's entries name, each read once for all of them: its
-    row, its count of issued blocks, its expected rows of their blocks. Each entry used to
-    read them itself, three statements of the eight it sends."""
+    row and its expected rows of their blocks. Each entry used to read them itself (with a
+    count of the session's issued blocks, no longer needed: three statements of eight)."""
     wanted: dict[str, dict[str, None]] = {}
     for entry in entries:
         if entry.upload_id is not None:

@@ -80,7 +80,10 @@ def start_upload(
             upload_id,
             view.user.user_id,
             expires_at,
-            [(bid, sizes[bid], version, staging_key(upload_id, bid)) for bid in needed],
+            [
+                (bid, sizes[bid], version, staging_key(upload_id, bid, ordinal))
+                for ordinal, bid in enumerate(needed)
+            ],
         )
     keys = []
     for bid in needed:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tessera.domain.errors import BadRequest
+from tessera.domain.object_keys import staged_upload_id
 
 from . import cold, dedup, gc, scrub
 from .context import MaintenanceContext, log
@@ -121,7 +122,7 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
 def _upload_ids(records: Any) -> list[str]:
     """Upload sessions named by SQS messages: an `upload_id` at the top of the body, in its
     EventBridge `detail` or the change's `payload`, or in the staging keys of a commit's
-    `payload.staged` list (`staging/<upload_id>/<hex>`). Unreadable messages name none."""
+    `payload.staged` list (`object_keys.staged_upload_id`). Unreadable messages name none."""
     ids: set[str] = set()
     for record in records if isinstance(records, list) else []:
         try:
@@ -136,6 +137,7 @@ def _upload_ids(records: Any) -> list[str]:
         staged = payload.get("staged") if isinstance(payload, dict) else None
         for item in staged if isinstance(staged, list) else []:
             key = item.get("staged_key") if isinstance(item, dict) else None
-            if isinstance(key, str) and key.startswith("staging/") and key.count("/") == 2:
-                ids.add(key.split("/")[1])
+            upload_id = staged_upload_id(key) if isinstance(key, str) else None
+            if upload_id is not None:
+                ids.add(upload_id)
     return sorted(ids)

@@ -141,7 +141,6 @@ class SessionReads:
 
     session: UploadRow | None  # FOR SHARE until the transaction ends
     expected: dict[str, UploadBlockRow]  # its expected blocks among those asked for
-    staged_count: int  # its blocks a PUT URL was issued for
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,6 @@ class CommitReads:
     session: UploadRow | None  # the caller's session, FOR SHARE until the transaction ends,
     # so gc cannot expire it (and delete its staged copies) meanwhile
     expected: dict[str, UploadBlockRow]  # the session's expected blocks among them
-    staged_count: int  # the session's blocks a PUT URL was issued for
 
 
 @dataclass(frozen=True)
@@ -418,18 +416,16 @@ _UPLOAD_BLOCKS_SQL = (
 )
 
 
-def _session_values(sent: tuple[Any, Any, Any] | None) -> SessionReads:
+def _session_values(sent: tuple[Any, Any] | None) -> SessionReads:
     """The results of `Store._session_reads`'s cursors (None: no session asked for)."""
     if sent is None:
-        return SessionReads(None, {}, 0)
-    session_cur, staged_cur, expected_cur = sent
+        return SessionReads(None, {})
+    session_cur, expected_cur = sent
     session_row = session_cur.fetchone()
-    count = staged_cur.fetchone()
     expected = expected_cur.fetchall() if expected_cur is not None else []
     return SessionReads(
         session=UploadRow(*session_row) if session_row else None,
         expected={r[0]: UploadBlockRow(*r) for r in expected},
-        staged_count=int(count[0]) if count else 0,
     )
 
 
@@ -599,27 +595,23 @@ class Store:
         self, upload_id: str | None, user_id: str, block_ids: Sequence[str]
     ) -> SessionReads:
         """The session reads of `lock_for_commit`, once for many commits of one session:
-        its row (FOR SHARE), its count of issued blocks, its expected rows of `block_ids`.
+        its row (FOR SHARE) and its expected rows of `block_ids`.
         A batch's commits change none of what they check (staging a block only moves its
         row from expected to staged)."""
         return _session_values(self._session_reads(upload_id, user_id, list(block_ids)))
 
     def _session_reads(
         self, upload_id: str | None, user_id: str, block_ids: list[str]
-    ) -> tuple[Any, Any, Any] | None:
-        """Send the reads of the caller's upload session (its row FOR SHARE, its count of
-        issued blocks, its expected blocks among `block_ids`); their cursors, unread."""
+    ) -> tuple[Any, Any] | None:
+        """Send the reads of the caller's upload session (its row FOR SHARE, its expected
+        blocks among `block_ids`); their cursors, unread."""
         if upload_id is None:
             return None
         session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
-        staged = self.conn.execute(
-            "SELECT count(*) FROM upload_blocks WHERE upload_id = %s AND stored_size IS NOT NULL",
-            (upload_id,),
-        )
         expected = (
             self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, block_ids)) if block_ids else None
         )
-        return session, staged, expected
+        return session, expected
 
     def _commit_reads(
         self, row: Sequence[Any] | None, params: dict[str, Any], session: SessionReads
@@ -636,7 +628,6 @@ class Store:
             readable=readable,
             session=session.session,
             expected=session.expected,
-            staged_count=session.staged_count,
         )
 
     def lock_namespace(self, ns_id: int) -> None:
