@@ -48,11 +48,12 @@ def publish_inserts(records: list[dict[str, Any]]) -> set[str]:
         for r in records
         if r.get("eventName") == "INSERT"
     ]
-    refused = {id(e) for e in publisher.publish(event for _, event in inserts)}
+    refused = {e.event_id for e in publisher.publish(event for _, event in inserts)}
+    failed = {seq for seq, event in inserts if event.event_id in refused}
     metrics.add_metric(
-        name="ChangesRouted", unit=MetricUnit.Count, value=len(inserts) - len(refused)
+        name="ChangesRouted", unit=MetricUnit.Count, value=len(inserts) - len(failed)
     )
-    return {seq for seq, event in inserts if id(event) in refused}
+    return failed
 
 
 @logger.inject_lambda_context

@@ -506,7 +506,7 @@ class Store:
             return view, None
         root = view[0].root_ns_id
         rerun = {**params, "ns": root, "ns_ids": [root]}
-        session = _session_values(self._session_reads(upload_id, user_id, ids))
+        session = self.session_for_commits(upload_id, user_id, ids)
         return view, self._commit_reads(rows[0][_VIEW_COLUMNS:], rerun, session)
 
     def bump_membership(self, user_id: str) -> None:

@@ -37,8 +37,8 @@ def _quote(value: str) -> str:
 class BulkPutSigner:
     """Signs PUTs like a reference URL botocore presigned (same date, scope, expiry)."""
 
-    origin: str  # scheme://host[:port]
-    host: str
+    scheme: str
+    host: str  # host[:port], as signed
     path_prefix: str  # the path before the object key ("/bucket" path-style, else "")
     query: str  # the canonical query string, all parameters but the signature
     amz_date: str
@@ -81,7 +81,7 @@ class BulkPutSigner:
         )
         prefix = parts.path[: len(parts.path) - len(encoded_key)]
         signer = cls(
-            origin=f"{parts.scheme}://{parts.netloc}",
+            scheme=parts.scheme,
             host=parts.netloc,
             path_prefix=prefix,
             query="&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(params.items())),
@@ -109,9 +109,9 @@ class BulkPutSigner:
         to_sign = "\n".join(
             [ALGORITHM, self.amz_date, self.scope, hashlib.sha256(canonical.encode()).hexdigest()]
         )
-        return hmac.new(self.signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return _hmac(self.signing_key, to_sign).hex()
 
     def url(self, key: str, size: int, checksum: str) -> str:
         """The presigned URL of a PUT of `key` bound to `size` and `checksum`."""
         signature = self.signature(key, size, checksum)
-        return f"{self.origin}{self._path(key)}?{self.query}&{_SIGNATURE}={signature}"
+        return f"{self.scheme}://{self.host}{self._path(key)}?{self.query}&{_SIGNATURE}={signature}"

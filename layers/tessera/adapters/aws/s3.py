@@ -62,10 +62,6 @@ def _check_expiry(expires_in: int) -> None:
         raise ValueError(f"expires_in must be within 1..{MAX_EXPIRES} s, got {expires_in}")
 
 
-def _checksum(sha256: bytes) -> str:
-    return base64.b64encode(sha256).decode("ascii")
-
-
 def _checked_put(size: int, sha256: bytes, expires_in: int) -> str:
     """The base64 checksum of a PUT to presign, once its arguments are checked."""
     _check_expiry(expires_in)
@@ -73,7 +69,7 @@ def _checked_put(size: int, sha256: bytes, expires_in: int) -> str:
         raise ValueError(f"size must be >= 0, got {size}")
     if len(sha256) != 32:
         raise ValueError("sha256 must be the 32-byte SHA-256 digest of the body")
-    return _checksum(sha256)
+    return base64.b64encode(sha256).decode("ascii")
 
 
 def _put_request(url: str, size: int, checksum: str, expires_in: int) -> PresignedRequest:
@@ -138,7 +134,12 @@ class S3BlockStore(BlockStore):
         signer = None
         if creds is not None and creds.secret_key:
             signer = BulkPutSigner.from_reference(
-                first.url, key, size, _checksum(sha256), creds.secret_key, creds.token
+                first.url,
+                key,
+                size,
+                first.headers["x-amz-checksum-sha256"],
+                creds.secret_key,
+                creds.token,
             )
         if signer is None:
             return [first, *super().presign_puts(puts[1:], expires_in=expires_in)]
