@@ -511,11 +511,13 @@ class SyncEngine:
     def _upload(
         self, uploads: list[tuple[UploadItem, Entry | None]], result: RoundResult
     ) -> set[str]:
-        """Upload and record; the path keys of the files committed."""
+        """Upload, recording each file as its commit comes back; the path keys of the
+        files committed."""
         remote_of = {item.path: remote for item, remote in uploads}
-        results = self.transfers.upload([item for item, _ in uploads])
-        for r in results:
-            self._after_upload(r, remote_of.get(r.item.path), result)
+        results = self.transfers.upload(
+            [item for item, _ in uploads],
+            on_result=lambda r: self._after_upload(r, remote_of.get(r.item.path), result),
+        )
         return {path_key(r.item.path) for r in results if r.entry is not None}
 
     def _after_upload(self, r: UploadResult, remote: Entry | None, result: RoundResult) -> None:

@@ -157,11 +157,23 @@ class Transfers:
 
     # -- uploads ------------------------------------------------------------------------
 
-    def upload(self, items: list[UploadItem]) -> list[UploadResult]:
-        """Upload and commit many files: few sessions, one commit batch per `batch_files`."""
+    def upload(
+        self, items: list[UploadItem], on_result: Callable[[UploadResult], None] | None = None
+    ) -> list[UploadResult]:
+        """Upload and commit many files: few sessions, one commit batch per `batch_files`.
+
+        `on_result` is called on this thread with each file's result as soon as it is known,
+        so the caller records committed files while later windows still upload, not all of
+        them after the last commit."""
         results: list[UploadResult] = []
+
+        def emit(result: UploadResult) -> None:
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+
         for start in range(0, len(items), self.batch_files):
-            results += self._upload_batch(items[start : start + self.batch_files])
+            self._upload_batch(items[start : start + self.batch_files], emit)
         return results
 
     def _pending_key(self, item: UploadItem) -> str:
@@ -212,14 +224,17 @@ class Transfers:
                     sessions[item.path] = rec
         return sessions
 
-    def _upload_batch(self, items: list[UploadItem]) -> list[UploadResult]:
+    def _upload_batch(self, items: list[UploadItem], emit: Callable[[UploadResult], None]) -> None:
         try:
             sessions = self._start_session(items)
         except ApiError as e:
             if len(items) == 1:
-                return [UploadResult(items[0], status=e.status, error=e)]
+                emit(UploadResult(items[0], status=e.status, error=e))
+                return
             # one bad file must not block the others: retry them one by one
-            return [r for i in items for r in self._upload_batch([i])]
+            for item in items:
+                self._upload_batch([item], emit)
+            return
         work: list[Work] = []
         seen: set[tuple[str, str]] = set()
         for item in items:
@@ -232,17 +247,25 @@ class Transfers:
                     seen.add((rec["upload_id"], ref.id))
                     kv, key = rec["needed"][ref.id]
                     work.append((item, ref.id, rec["upload_id"], kv, key))
+        done: set[str] = set()
+
+        def emit_once(result: UploadResult) -> None:
+            done.add(result.item.path)
+            emit(result)
+
         try:
-            results = self._send_and_commit(list(_windows(work, items)), items, sessions)
+            self._send_and_commit(list(_windows(work, items)), items, sessions, emit_once)
         except ApiError as e:
             if e.status not in (404, 410):
                 raise
             # the session expired or vanished: forget it, the next round starts afresh
             with self.state.transaction():
                 for item in items:
-                    self.state.drop_pending("upload", self._pending_key(item))
-            return [UploadResult(i, status=0) for i in items]
-        return results
+                    if item.path not in done:
+                        self.state.drop_pending("upload", self._pending_key(item))
+            for item in items:
+                if item.path not in done:
+                    emit(UploadResult(item, status=0))
 
     def _read_block(self, item: UploadItem, block: str) -> bytes:
         ref = next(b for b in item.manifest.blocks if b.id == block)
@@ -263,13 +286,15 @@ class Transfers:
         windows: list[list[Work]],
         items: list[UploadItem],
         sessions: dict[str, dict[str, Any]],
-    ) -> list[UploadResult]:
+        emit: Callable[[UploadResult], None],
+    ) -> None:
         """Send every window and commit every file, pipelined: a window's PUTs are queued
         while the last one's are still in flight, and the window after is read and encoded
         meanwhile (three windows in memory at most),
         and the files whose blocks have all arrived are committed, on a commit thread, while
-        later windows upload. Files that changed while they were read get status 0 (the
-        next round uploads them again)."""
+        later windows upload; `emit` gets each commit's results on this thread once it is
+        back. Files that changed while they were read get status 0 (the next round uploads
+        them again)."""
         changed: set[str] = set()
         # which files wait for a block: a block sent is recorded once per window for each
         waiting: dict[tuple[str, str], list[str]] = {}
@@ -280,7 +305,7 @@ class Transfers:
             for block in rec["needed"]:
                 waiting.setdefault((rec["upload_id"], block), []).append(item.path)
         submitted: set[str] = set()
-        commits: list[Future[list[UploadResult]]] = []
+        commits: deque[Future[list[UploadResult]]] = deque()  # in submission order
         with ThreadPoolExecutor(1, thread_name_prefix="tessera-commit") as committer:
 
             def commit_ready() -> None:
@@ -289,6 +314,12 @@ class Transfers:
                 if ready:
                     submitted.update(i.path for i in ready)
                     commits.append(committer.submit(self._commit, ready, sessions))
+
+            def hand_over(*, block: bool) -> None:
+                """Emit the results of the commits that are back (all of them: `block`)."""
+                while commits and (block or commits[0].done()):
+                    for result in commits.popleft().result():
+                        emit(result)
 
             def finish(puts: list[tuple[Encoded, Future[None]]]) -> None:
                 """Wait for a window's PUTs, record what arrived, commit what is complete."""
@@ -307,6 +338,7 @@ class Transfers:
                     for path in dirty:
                         self.state.put_pending("upload", path_key(path), sessions[path])
                 commit_ready()
+                hand_over(block=False)
 
             encoding: list[Future[tuple[bytes, str]]] = []
             sending: list[tuple[Encoded, Future[None]]] = []  # the window being waited for
@@ -331,9 +363,15 @@ class Transfers:
                 for future in unstarted:
                     future.cancel()  # dropped if not started yet: the next round sends it
                 wait(commits)  # a commit in flight still records what it committed
+                for commit in commits:
+                    if commit.exception() is None:  # and its files are recorded as such
+                        for result in commit.result():
+                            emit(result)
                 raise
-            results = [r for f in commits for r in f.result()]
-        return results + [UploadResult(i, status=0) for i in items if i.path in changed]
+            hand_over(block=True)
+        for item in items:
+            if item.path in changed:
+                emit(UploadResult(item, status=0))
 
     def _encode_window(self, window: list[Work]) -> list[Future[tuple[bytes, str]]]:
         return [self.encoder.submit(self._encode, w[0], w[1], w[3], w[4]) for w in window]

@@ -102,6 +102,34 @@ def test_files_are_committed_while_later_blocks_upload(
     api.close()
 
 
+def test_results_are_handed_over_while_later_windows_upload(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller records committed files as their commits come back (on its own thread),
+    not all of them after the last window: that work used to be the sync's tail."""
+    monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 2)
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = RecordingApi(inproc_cloud.url, Home(a.home), latency=0.1)
+    items = _items(a, 10)
+    handed: list[tuple[str, float, int]] = []
+    xfer = _transfers(a, api)
+    try:
+        results = xfer.upload(
+            items,
+            on_result=lambda r: handed.append(
+                (r.item.path, time.monotonic(), threading.get_ident())
+            ),
+        )
+    finally:
+        xfer.close()
+    assert [path for path, _, _ in handed] == [r.item.path for r in results]
+    assert sorted(path for path, _, _ in handed) == [i.path for i in items]
+    assert {thread for _, _, thread in handed} == {threading.get_ident()}
+    last_put = max(t for kind, t in api.log if kind == "put")
+    assert min(t for _, t, _ in handed) < last_put, "no result was handed over before the end"
+    api.close()
+
+
 def test_the_next_window_is_sent_before_the_last_one_is_done(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -128,11 +156,14 @@ def test_a_failure_mid_upload_keeps_the_files_already_committed(
     api = RecordingApi(inproc_cloud.url, Home(a.home), fail_put_after=4)
     items = _items(a, 8)
     xfer = _transfers(a, api)
+    handed: list[str] = []
     with pytest.raises(ApiError):
-        xfer.upload(items)
+        xfer.upload(items, on_result=lambda r: handed.append(r.item.path))
     xfer.close()
     # windows of two blocks: the first two windows were sent and committed, the third failed
     assert _listed(api) == {f"f{i:02d}.bin" for i in range(4)}
+    # and the caller heard of those commits before the error, so it records them
+    assert sorted(handed) == [f"f{i:02d}.bin" for i in range(4)]
     # the next round plans only the files the server lacks, and sends just their blocks
     api.fail_put_after = None
     api.log.clear()
