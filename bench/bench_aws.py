@@ -256,9 +256,12 @@ class MotoProcess:
         self._proc.wait(10)
 
 
-def _wait_relayed(url: str, timeout: float = 300) -> None:
-    """Wait until the outbox relay has delivered everything: the next tool timed must not
-    share the machine with the last one's background work."""
+def _wait_relayed(url: str, cloud: AwsLocalCloud, timeout: float = 300) -> None:
+    """Sweep the outbox now (the schedule's next sweep may be a minute away) and wait until
+    everything is delivered: the next tool timed must not share the machine with the last
+    one's background work."""
+    assert cloud.emulator is not None
+    cloud.emulator.relay_once()
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
         while pending_count(conn) and time.monotonic() < deadline:
@@ -293,7 +296,7 @@ def _sync_once(tmp: Path, data: Path, url: str) -> dict[str, float]:
                   "AWS_DEFAULT_REGION": cloud.aws.region}  # fmt: skip
         row: dict[str, float] = {}
         for tool, cmd in _other_tools(data, cloud.aws.bucket, moto.endpoint_url):
-            _wait_relayed(url)
+            _wait_relayed(url, cloud)
             row[tool] = _timed(cmd, s3_env)
         email, password = f"sync{uuid.uuid4().hex[:6]}@bench.test", "bench passphrase"
         add_user(tmp / "state", email, password)
@@ -301,7 +304,7 @@ def _sync_once(tmp: Path, data: Path, url: str) -> dict[str, float]:
         client = [sys.executable, "-m", "tessera_client"]
         _timed([*client, "login", "--server", base, "--email", email, "--password", password],
                env)  # fmt: skip
-        _wait_relayed(url)
+        _wait_relayed(url, cloud)
         row["tessera"] = _timed([*client, "sync", str(data), "--once"], env)
         return row
     finally:

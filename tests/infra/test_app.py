@@ -491,6 +491,10 @@ def test_schedules(dev: Synth) -> None:
         assert schema in schedule["DependsOn"]  # nothing runs before the schema exists
     relay = next(s for s in schedules if s["Properties"]["ScheduleExpression"] == "rate(1 minute)")
     assert "OutboxRelayFunction" in json.dumps(relay["Properties"]["Target"]["Arn"])
+    # the AWS mode of the local cloud sweeps on the same schedule
+    from tessera.local.aws_mode import RELAY_EVERY_S
+
+    assert RELAY_EVERY_S == 60
 
 
 def test_dashboard_and_service_alarms(dev: Synth) -> None:
