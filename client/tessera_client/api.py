@@ -1,4 +1,5 @@
-"""Talking to the server over HTTP (httpx): auth, retries with backoff, typed errors.
+"""Talking to the server over HTTP (httpx; block URLs on `BlockHttp`): auth, retries with
+backoff, typed errors.
 
 Every request goes through `RetryPolicy`: network errors and 5xx are retried with
 exponential backoff and full jitter; 429 and 503 wait what `Retry-After` says. Access
@@ -14,10 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
+from tessera_client.blockhttp import BlockHttp
 from tessera_client.config import Home, Tokens
 
 RETRY_STATUSES = {500, 502, 503, 504, 429}
@@ -71,8 +73,23 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+class Requester(Protocol):
+    """What `send_with_retry` sends through: an `httpx.Client`, or `BlockHttp`."""
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        """Send one request."""
+        ...
+
+
 def send_with_retry(
-    client: httpx.Client,
+    client: Requester,
     policy: RetryPolicy,
     method: str,
     url: str,
@@ -127,11 +144,13 @@ class Api:
         self.policy = policy or RetryPolicy()
         limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
         self.http = httpx.Client(timeout=timeout, limits=limits)
+        self.blocks = BlockHttp(self.http, timeout=timeout)  # presigned block URLs
         self._lock = threading.Lock()
         self._tokens: Tokens | None = home.load_tokens()
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
+        self.blocks.close()
         self.http.close()
 
     # -- auth ---------------------------------------------------------------------------
@@ -198,5 +217,5 @@ class Api:
     ) -> httpx.Response:
         """A request to a presigned block URL (no bearer token), with retries."""
         return send_with_retry(
-            self.http, self.policy, method, url, headers=headers, content=content
+            self.blocks, self.policy, method, url, headers=headers, content=content
         )

@@ -1,0 +1,224 @@
+"""`BlockHttp`, the client's transport for presigned block URLs, against real local HTTP(S)
+servers: bodies and signed headers arrive intact, connections are kept and renewed,
+failures are transport errors the retry policy understands, TLS is verified, and proxies
+configured in the environment are honoured."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tessera_client.api import RetryPolicy, ServerUnreachable, send_with_retry
+from tessera_client.blockhttp import BlockHttp
+
+
+class _Store(BaseHTTPRequestHandler):
+    """PUT stores the body under the path; GET returns it. `server.mode` decides what
+    happens to the connection afterwards."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections += 1  # type: ignore[attr-defined]
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.objects[self.path] = (body, {k.lower(): v for k, v in self.headers.items()})  # type: ignore[attr-defined]
+        self._answer(200, b"")
+
+    def do_GET(self) -> None:
+        found = self.server.objects.get(self.path)  # type: ignore[attr-defined]
+        self._answer(200, found[0]) if found else self._answer(404, b"<Error>NoSuchKey</Error>")
+
+    def _answer(self, status: int, body: bytes) -> None:
+        mode = self.server.mode  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", '"e"')
+        if mode == "close":
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        # "drop": promise keep-alive, then close anyway (an idle timeout on the server)
+        self.close_connection = mode in ("close", "drop")
+
+
+@pytest.fixture
+def store() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Store)
+    server.objects, server.connections, server.mode = {}, 0, "keep"  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _url(server: ThreadingHTTPServer, path: str, scheme: str = "http") -> str:
+    return f"{scheme}://127.0.0.1:{server.server_address[1]}{path}"
+
+
+@pytest.fixture
+def blocks() -> Iterator[BlockHttp]:
+    fallback = httpx.Client()
+    transport = BlockHttp(fallback, timeout=5)
+    yield transport
+    transport.close()
+    fallback.close()
+
+
+def test_a_put_arrives_whole_with_its_signed_headers_and_reads_back(
+    store: ThreadingHTTPServer, blocks: BlockHttp
+) -> None:
+    body = bytes(range(256)) * 600
+    path = "/staging/u1/0/abc?X-Amz-Signature=s%2Bg&X-Amz-Expires=900"
+    url = _url(store, path)
+    headers = {"x-amz-checksum-sha256": "q+w/e=", "content-length": str(len(body))}
+    put = blocks.request("PUT", url, headers=headers, content=body)
+    assert put.status_code == 200 and put.headers["etag"] == '"e"'
+    stored, sent = store.objects[path]  # type: ignore[attr-defined]
+    assert stored == body
+    assert sent["x-amz-checksum-sha256"] == "q+w/e="
+    assert sent["content-length"] == str(len(body))
+    got = blocks.request(
+        "GET", _url(store, "/staging/u1/0/abc?X-Amz-Signature=s%2Bg&X-Amz-Expires=900")
+    )
+    assert got.content == body
+    missing = blocks.request("GET", _url(store, "/nothing"))
+    assert missing.status_code == 404 and b"NoSuchKey" in missing.content
+
+
+def test_a_kept_alive_connection_is_reused(store: ThreadingHTTPServer, blocks: BlockHttp) -> None:
+    for i in range(4):
+        assert blocks.request("PUT", _url(store, f"/k{i}"), content=b"x").status_code == 200
+    assert store.connections == 1  # type: ignore[attr-defined]
+
+
+def test_a_server_that_closes_every_connection_gets_a_new_one_each_time(
+    store: ThreadingHTTPServer, blocks: BlockHttp
+) -> None:
+    store.mode = "close"  # type: ignore[attr-defined]
+    for i in range(3):
+        assert blocks.request("PUT", _url(store, f"/k{i}"), content=b"x").status_code == 200
+    assert store.connections == 3  # type: ignore[attr-defined]
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced_transparently(
+    store: ThreadingHTTPServer, blocks: BlockHttp
+) -> None:
+    store.mode = "drop"  # type: ignore[attr-defined]
+    for i in range(3):
+        assert blocks.request("PUT", _url(store, f"/k{i}"), content=b"x").status_code == 200
+    assert sorted(store.objects) == ["/k0", "/k1", "/k2"]  # type: ignore[attr-defined]
+    assert store.connections == 3  # type: ignore[attr-defined]
+
+
+def test_an_unreachable_store_is_a_transport_error_the_retry_policy_handles(
+    blocks: BlockHttp,
+) -> None:
+    closed = ThreadingHTTPServer(("127.0.0.1", 0), _Store)
+    url = _url(closed, "/k")
+    closed.server_close()
+    with pytest.raises(httpx.TransportError):
+        blocks.request("PUT", url, content=b"x")
+    sleeps: list[float] = []
+    with pytest.raises(ServerUnreachable, match="cannot reach"):
+        send_with_retry(blocks, RetryPolicy(attempts=3, sleep=sleeps.append), "PUT", url)
+    assert len(sleeps) == 2
+
+
+def test_only_http_urls_are_sent(blocks: BlockHttp) -> None:
+    for url in ("file:///etc/passwd", "ftp://example.com/x", "http:///nohost"):
+        with pytest.raises(httpx.UnsupportedProtocol):
+            blocks.request("GET", url)
+
+
+def test_a_proxy_in_the_environment_is_honoured(
+    store: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the environment routes through a proxy goes through the httpx client (which
+    honours it); what NO_PROXY exempts goes direct."""
+    seen: list[str] = []
+
+    def proxy(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, content=b"via proxy")
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    fallback = httpx.Client(transport=httpx.MockTransport(proxy))
+    routed = BlockHttp(fallback, timeout=5)
+    assert routed.request("GET", _url(store, "/k")).content == b"via proxy"
+    assert seen == [_url(store, "/k")]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = BlockHttp(fallback, timeout=5)
+    assert direct.request("GET", _url(store, "/k")).status_code == 404  # the real store
+    assert len(seen) == 1
+    routed.close()
+    direct.close()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_tls_is_verified(store: ThreadingHTTPServer, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    store.socket = context.wrap_socket(store.socket, server_side=True)
+    url = _url(store, "/k", scheme="https")
+    fallback = httpx.Client()
+    untrusting = BlockHttp(fallback, timeout=5)  # httpx's default trust: certifi
+    with pytest.raises(httpx.ConnectError, match="TLS"):
+        untrusting.request("PUT", url, content=b"secret")
+    assert store.objects == {}  # type: ignore[attr-defined]
+    trusting = BlockHttp(fallback, timeout=5, ssl_context=ssl.create_default_context(cafile=cert))
+    assert trusting.request("PUT", url, content=b"secret").status_code == 200
+    assert store.objects["/k"][0] == b"secret"  # type: ignore[attr-defined]
+    for transport in (untrusting, trusting):
+        transport.close()
+    fallback.close()
