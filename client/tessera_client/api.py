@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -73,23 +73,8 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-class Requester(Protocol):
-    """What `send_with_retry` sends through: an `httpx.Client`, or `BlockHttp`."""
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str] | None = None,
-        content: bytes | None = None,
-    ) -> httpx.Response:
-        """Send one request."""
-        ...
-
-
 def send_with_retry(
-    client: Requester,
+    client: httpx.Client | BlockHttp,
     policy: RetryPolicy,
     method: str,
     url: str,

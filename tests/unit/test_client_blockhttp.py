@@ -104,29 +104,22 @@ def test_a_put_arrives_whole_with_its_signed_headers_and_reads_back(
     assert missing.status_code == 404 and b"NoSuchKey" in missing.content
 
 
-def test_a_kept_alive_connection_is_reused(store: ThreadingHTTPServer, blocks: BlockHttp) -> None:
-    for i in range(4):
-        assert blocks.request("PUT", _url(store, f"/k{i}"), content=b"x").status_code == 200
-    assert store.connections == 1  # type: ignore[attr-defined]
-
-
-def test_a_server_that_closes_every_connection_gets_a_new_one_each_time(
-    store: ThreadingHTTPServer, blocks: BlockHttp
+@pytest.mark.parametrize(
+    ("mode", "connections"),
+    [
+        ("keep", 1),  # kept alive: one connection for every request
+        ("close", 3),  # `Connection: close` each time: a new one each time
+        ("drop", 3),  # kept, but the server dropped it: replaced, the request not lost
+    ],
+)
+def test_connections_are_kept_and_renewed(
+    store: ThreadingHTTPServer, blocks: BlockHttp, mode: str, connections: int
 ) -> None:
-    store.mode = "close"  # type: ignore[attr-defined]
-    for i in range(3):
-        assert blocks.request("PUT", _url(store, f"/k{i}"), content=b"x").status_code == 200
-    assert store.connections == 3  # type: ignore[attr-defined]
-
-
-def test_a_kept_connection_the_server_dropped_is_replaced_transparently(
-    store: ThreadingHTTPServer, blocks: BlockHttp
-) -> None:
-    store.mode = "drop"  # type: ignore[attr-defined]
+    store.mode = mode  # type: ignore[attr-defined]
     for i in range(3):
         assert blocks.request("PUT", _url(store, f"/k{i}"), content=b"x").status_code == 200
     assert sorted(store.objects) == ["/k0", "/k1", "/k2"]  # type: ignore[attr-defined]
-    assert store.connections == 3  # type: ignore[attr-defined]
+    assert store.connections == connections  # type: ignore[attr-defined]
 
 
 def test_an_unreachable_store_is_a_transport_error_the_retry_policy_handles(
