@@ -259,13 +259,12 @@ class Transfers:
             if e.status not in (404, 410):
                 raise
             # the session expired or vanished: forget it, the next round starts afresh
+            left = [item for item in items if item.path not in done]
             with self.state.transaction():
-                for item in items:
-                    if item.path not in done:
-                        self.state.drop_pending("upload", self._pending_key(item))
-            for item in items:
-                if item.path not in done:
-                    emit(UploadResult(item, status=0))
+                for item in left:
+                    self.state.drop_pending("upload", self._pending_key(item))
+            for item in left:
+                emit(UploadResult(item, status=0))
 
     def _read_block(self, item: UploadItem, block: str) -> bytes:
         ref = next(b for b in item.manifest.blocks if b.id == block)
