@@ -211,8 +211,12 @@ class ConsoleReporter(Reporter):
         self.status = "starting"
 
     def event(self, message: str) -> None:
+        # A plain line: rich's print took 0.15-0.4 ms of CPU per event, a tenth of the
+        # client's CPU in a sync of 1,000 small files. Paths hold no control characters
+        # (paths.canonical_rel), and under a Live display stderr is rich's proxy, which
+        # puts the line above the bars.
         if not self.quiet:
-            err.print(message)
+            err.file.write(message + "\n")
 
     def problem(self, message: str) -> None:
         err.print(message, style="yellow")

@@ -97,8 +97,12 @@ class BlockStore(ABC):
         """Delete the object at `key`; deleting a missing key is not an error."""
 
     @abstractmethod
-    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object under `prefix`, in no particular order."""
+    def list_sizes(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under `prefix`, in no particular order; or, with
+        `start_after` or `limit`, in key order, of the first `limit` keys after
+        `start_after` (ListObjectsV2's StartAfter and MaxKeys)."""
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         """Every key under `prefix`, in no particular order."""

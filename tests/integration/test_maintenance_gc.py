@@ -172,8 +172,10 @@ class GatedStore(BlockStore):
         self.inner, self.gate_prefix = inner, gate_prefix
         self.reached, self.release = threading.Event(), threading.Event()
 
-    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
-        answer = list(self.inner.list_sizes(prefix))
+    def list_sizes(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> Iterator[tuple[str, int]]:
+        answer = list(self.inner.list_sizes(prefix, start_after=start_after, limit=limit))
         if self.gate_prefix and prefix.startswith(self.gate_prefix):
             self.reached.set()
             assert self.release.wait(30)

@@ -166,6 +166,30 @@ def test_iter_chunks_yields_the_manifest_blocks_and_their_bytes(
         assert chunk == data[ref.offset : ref.offset + ref.size]
 
 
+@pytest.mark.parametrize(
+    ("size", "pooled"),
+    [(100 * 1024, False), (chunking.HASH_INLINE_MAX, False), (chunking.HASH_INLINE_MAX + 1, True)],
+)
+def test_files_of_a_few_blocks_are_hashed_on_the_calling_thread(
+    make_file: MakeFile, monkeypatch: pytest.MonkeyPatch, size: int, pooled: bool
+) -> None:
+    """The pool's hand-offs cost more than they overlap for one to four blocks."""
+    data = mixed_bytes(size, seed=size)
+    path = make_file(data)
+    asked: list[int] = []
+    real = chunking.shared_pool
+
+    def recording_pool() -> object:
+        asked.append(1)
+        return real()
+
+    monkeypatch.setattr(chunking, "shared_pool", recording_pool)
+    m = scan_file(path, workers=2)
+    assert bool(asked) is pooled
+    check_manifest(m, data)
+    assert m == scan_file(path, workers=1)
+
+
 def test_abandoning_iter_chunks_leaves_later_scans_intact(make_file: MakeFile) -> None:
     data = mixed_bytes(40 * MiB, seed=6)
     path = make_file(data)

@@ -32,7 +32,7 @@ from tessera.domain.models import (
     FileEntry,
     dump,
 )
-from tessera.domain.object_keys import staging_group
+from tessera.domain.object_keys import run_start_after, staged_run, staging_folder
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, file_entry, new_file_id, view_transaction
 from tessera.metadata.store import (
@@ -103,33 +103,100 @@ def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Read
     return out
 
 
-class _StagedSizes:
-    """The sizes of staged objects, listed a staging group at a time (`staging_group`:
-    at most `STAGING_GROUP` keys, one ListObjectsV2 page) and remembered for the request.
+#: Staged blocks whose ordinals lie further apart are listed apart, so a listing reads at
+#: most this many keys the commit does not need.
+_RUN_GAP = 128
 
-    A commit lists only the groups its blocks are staged in, several at once. Before
-    groups, a window's commit listed its whole session (1,000 keys for 110 files, parsed
-    again at every window) or, past a page, HEADed each block: a HEAD per block had
-    dominated commits on S3. A block is only ever staged under its group's prefix, so a
-    key a listing lacks was never uploaded (S3 lists with read-after-write consistency)."""
+
+@dataclass(frozen=True)
+class _Listing:
+    """One ListObjectsV2 of staged keys: the ordinals `first`..`last` of a session (the
+    ordinal layout), or a whole folder (`first` None: the layouts before it)."""
+
+    prefix: str
+    first: int | None = None
+    last: int = 0
+
+
+class _StagedSizes:
+    """The sizes of the staged objects a request's commits rely on, listed once and
+    remembered for the request.
+
+    Staged keys sort in the order their PUT URLs were issued (`object_keys.staging_key`),
+    and a client sends and commits its blocks in that order, so a commit lists the run of
+    keys its blocks fall in and reads back about its own keys. Before runs, a commit listed
+    fixed groups of 128 keys: a window of 110 files straddled two groups, and each group
+    was listed by two commits (1,700 keys listed for 1,000 files; moto spends 0.6 ms of CPU
+    on each key it lists). Before groups, it listed the whole session, or HEADed each block.
+    A key a listing covers but lacks was never uploaded (S3 lists with read-after-write
+    consistency)."""
 
     def __init__(self, block_store: BlockStore) -> None:
         self._block_store = block_store
-        self._listed: dict[str, dict[str, int]] = {}
-
-    def _list(self, group: str) -> dict[str, int]:
-        return dict(self._block_store.list_sizes(group))
+        self._found: dict[str, int] = {}
+        self._runs: dict[str, list[tuple[int, int]]] = {}  # prefix → listed ordinal ranges
+        self._folders: set[str] = set()
 
     def sizes(self, keys: Sequence[str]) -> dict[str, int]:
-        """staged key → size, for the `keys` that have an object."""
-        groups = sorted({staging_group(k) for k in keys} - self._listed.keys())
-        if len(groups) == 1:
-            self._listed[groups[0]] = self._list(groups[0])
-        elif groups:
-            with ThreadPoolExecutor(max_workers=min(16, len(groups))) as pool:
-                self._listed.update(zip(groups, pool.map(self._list, groups), strict=True))
-        found = {k: self._listed[staging_group(k)].get(k) for k in keys}
-        return {k: size for k, size in found.items() if size is not None}
+        """staged key → size, for the `keys` that have an object (listing, several at once,
+        what earlier calls did not cover)."""
+        listings = self._listings(keys)
+        if len(listings) == 1:
+            self._record(listings[0], self._list(listings[0]))
+        elif listings:
+            with ThreadPoolExecutor(max_workers=min(16, len(listings))) as pool:
+                for listing, found in zip(listings, pool.map(self._list, listings), strict=True):
+                    self._record(listing, found)
+        return {k: self._found[k] for k in keys if k in self._found}
+
+    def _covered(self, key: str) -> bool:
+        run = staged_run(key)
+        if run is None:
+            return staging_folder(key) in self._folders
+        prefix, ordinal = run
+        return any(lo <= ordinal <= hi for lo, hi in self._runs.get(prefix, ()))
+
+    def _listings(self, keys: Sequence[str]) -> list[_Listing]:
+        folders: set[str] = set()
+        ordinals: dict[str, set[int]] = {}
+        for key in keys:
+            if self._covered(key):
+                continue
+            run = staged_run(key)
+            if run is None:
+                folders.add(staging_folder(key))
+            else:
+                ordinals.setdefault(run[0], set()).add(run[1])
+        listings = [_Listing(folder) for folder in sorted(folders)]
+        for prefix, found in sorted(ordinals.items()):
+            ordered = sorted(found)
+            first = previous = ordered[0]
+            for ordinal in ordered[1:]:
+                if ordinal - previous > _RUN_GAP:
+                    listings.append(_Listing(prefix, first, previous))
+                    first = ordinal
+                previous = ordinal
+            listings.append(_Listing(prefix, first, previous))
+        return listings
+
+    def _list(self, listing: _Listing) -> dict[str, int]:
+        if listing.first is None:
+            return dict(self._block_store.list_sizes(listing.prefix))
+        # at most one key per ordinal, and the run's keys sort before any later ordinal's
+        return dict(
+            self._block_store.list_sizes(
+                listing.prefix,
+                start_after=run_start_after(listing.prefix, listing.first),
+                limit=listing.last - listing.first + 1,
+            )
+        )
+
+    def _record(self, listing: _Listing, found: dict[str, int]) -> None:
+        self._found.update(found)
+        if listing.first is None:
+            self._folders.add(listing.prefix)
+        else:
+            self._runs.setdefault(listing.prefix, []).append((listing.first, listing.last))
 
 
 def _check_blocks(
@@ -496,6 +563,16 @@ def _commit_entries(
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal, pipeline=True) as (store, view):
         sessions = _batch_sessions(store, view, req.entries)
+        # list the staged copies of the whole batch at once: entry by entry, each would
+        # list its own run
+        staged.sizes(
+            [
+                row.staged_key
+                for reads in sessions.values()
+                for row in reads.expected.values()
+                if row.stored_size is not None
+            ]
+        )
 
         def order(i: int) -> tuple[int, str]:
             try:

@@ -1,11 +1,13 @@
 """Where blocks live in the block store: the one home of the key layout.
 
 - `blocks/<hex>`: a verified, content-addressed block (the BLAKE3 id without `b3:`);
-- `staging/<upload_id>/<group>/<hex>`: a session's unverified copy, until dedup-verify
-  promotes or drops it. Blocks are grouped by their place in the session, `STAGING_GROUP`
-  to a group (`<group>` in hex), so a commit lists the groups of its blocks, one
-  ListObjectsV2 page each, and never a large session whole (sessions opened before
-  groups were introduced keep `staging/<upload_id>/<hex>`: their group is the session);
+- `staging/<upload_id>/<ordinal>-<hex>`: a session's unverified copy of its `ordinal`-th
+  needed block (8 hex digits, so keys sort in issue order), until dedup-verify promotes
+  or drops it. A commit lists just the run of keys its blocks fall in (`staged_run`:
+  ListObjectsV2 with StartAfter and MaxKeys), never a whole session. Sessions staged
+  under earlier layouts keep them until they expire: `staging/<upload_id>/<group>/<hex>`
+  (blocks grouped 128 to a folder) and `staging/<upload_id>/<hex>`; their commits list
+  the key's folder (`staging_folder`);
 - `quarantine/<upload_id>/<hex>`: a staged copy that failed verification, out of reach
   of downloads.
 """
@@ -31,19 +33,35 @@ def staging_prefix(upload_id: str) -> str:
     return f"{STAGING_PREFIX}{upload_id}/"
 
 
-#: Blocks per staging group: the client asks for PUT URLs 128 blocks at a time, so a
-#: window's commit lists one or two groups.
-STAGING_GROUP = 128
+_ORDINAL_DIGITS = 8
 
 
 def staging_key(upload_id: str, block_id: str, ordinal: int) -> str:
     """Where a session's copy of its `ordinal`-th needed block is staged until
     dedup-verify promotes or drops it."""
-    return f"{staging_prefix(upload_id)}{ordinal // STAGING_GROUP:x}/{_hex(block_id)}"
+    return f"{staging_prefix(upload_id)}{ordinal:0{_ORDINAL_DIGITS}x}-{_hex(block_id)}"
 
 
-def staging_group(staged_key: str) -> str:
-    """The prefix of the staging group that holds `staged_key`."""
+def staged_run(staged_key: str) -> tuple[str, int] | None:
+    """(session prefix, ordinal) of a key in the ordinal layout; None for earlier ones."""
+    prefix, _, name = staged_key.rpartition("/")
+    ordinal, dash, _rest = name.partition("-")
+    if not dash or len(ordinal) != _ORDINAL_DIGITS:
+        return None
+    try:
+        return prefix + "/", int(ordinal, 16)
+    except ValueError:
+        return None
+
+
+def run_start_after(prefix: str, first: int) -> str:
+    """The ListObjectsV2 `StartAfter` that lists a session's keys from ordinal `first` on:
+    the ordinal alone sorts before every key that begins with it."""
+    return f"{prefix}{first:0{_ORDINAL_DIGITS}x}"
+
+
+def staging_folder(staged_key: str) -> str:
+    """The folder that holds `staged_key` (the whole listing of an earlier layout)."""
     return staged_key.rsplit("/", 1)[0] + "/"
 
 

@@ -86,6 +86,24 @@ def test_list_sizes_lists_exactly_the_prefix(block_store_harness: BlockStoreHarn
     assert dict(store.list_sizes(f"staging/{upload}/"))[big] == 3000
 
 
+def test_list_sizes_from_a_key_on_lists_in_key_order(
+    block_store_harness: BlockStoreHarness,
+) -> None:
+    """`start_after` and `limit` are ListObjectsV2's StartAfter and MaxKeys: the keys after
+    one, in key order, at most `limit` (a commit lists its run of staged keys this way)."""
+    store = block_store_harness.store
+    prefix = f"staging/{os.urandom(8).hex()}/"
+    keys = [f"{prefix}{n:08x}-{os.urandom(4).hex()}" for n in range(7)]
+    for n, key in enumerate(reversed(keys)):
+        store.put(key, b"z" * (n + 1))
+    store.put(f"{prefix[:-1]}x/00000003-aa", b"a sibling session")
+    run = list(store.list_sizes(prefix, start_after=f"{prefix}00000002", limit=3))
+    assert run == [(keys[2], 5), (keys[3], 4), (keys[4], 3)]
+    assert [k for k, _ in store.list_sizes(prefix, start_after=keys[4])] == keys[5:]
+    assert [k for k, _ in store.list_sizes(prefix, limit=2)] == keys[:2]
+    assert list(store.list_sizes(prefix, start_after=f"{prefix}00000007", limit=5)) == []
+
+
 def test_cold_tier_needs_restore(block_store_harness: BlockStoreHarness) -> None:
     store = block_store_harness.store
     key = _key()

@@ -24,6 +24,7 @@ from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObjec
 if TYPE_CHECKING:
     from botocore.credentials import ReadOnlyCredentials
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import PaginatorConfigTypeDef
 
 MAX_EXPIRES = 900  # DESIGN §9: presigned URLs live at most 15 minutes
 COLD_CLASS = "GLACIER"
@@ -204,10 +205,19 @@ class S3BlockStore(BlockStore):
         """DeleteObject (S3 already treats a missing key as success)."""
         self._s3.delete_object(Bucket=self._bucket, Key=key)
 
-    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """Every object under `prefix` with its size, page by page (ListObjectsV2)."""
+    def list_sizes(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> Iterator[tuple[str, int]]:
+        """Objects under `prefix` with their sizes, page by page (ListObjectsV2, which
+        lists in key order): from `start_after`, at most `limit` (`BlockStore.list_sizes`)."""
+        config: PaginatorConfigTypeDef = {"PageSize": self._page_size}
+        if limit is not None:
+            config = {"PageSize": max(1, min(self._page_size, limit)), "MaxItems": limit}
+        params: dict[str, Any] = {"Bucket": self._bucket, "Prefix": prefix}
+        if start_after is not None:
+            params["StartAfter"] = start_after
         pages = self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self._bucket, Prefix=prefix, PaginationConfig={"PageSize": self._page_size}
+            **params, PaginationConfig=config
         )
         for page in pages:
             for obj in page.get("Contents", []):

@@ -183,11 +183,22 @@ class FilesystemBlockStore(BlockStore):
         self._path("cold", key).unlink(missing_ok=True)
         self._restore_path(key).unlink(missing_ok=True)
 
-    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """Every object (hot or cold) whose key starts with `prefix`, with its size.
+    def list_sizes(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> Iterator[tuple[str, int]]:
+        """Every object (hot or cold) whose key starts with `prefix`, with its size; in key
+        order from `start_after` when a range is asked for (`BlockStore.list_sizes`).
 
         Walks only the folder the prefix names (`staging/<upload_id>/` is one small folder),
         not the whole store: commits list their session's folder."""
+        found = self._walk(prefix)
+        if start_after is None and limit is None:
+            yield from found
+            return
+        after = sorted(item for item in found if start_after is None or item[0] > start_after)
+        yield from after[:limit]
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, int]]:
         folder = prefix.rpartition("/")[0]
         for tier in ("hot", "cold"):
             base = self.root / tier
