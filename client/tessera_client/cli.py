@@ -7,6 +7,8 @@ import heavy dependencies lazily, so `tessera --help` stays fast on a client-onl
 
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 from importlib import import_module
 from importlib.util import find_spec
@@ -50,4 +52,9 @@ def _mount_operator_groups(argv: list[str]) -> None:
 def main() -> None:
     """Console-script entry point."""
     _mount_operator_groups(sys.argv[1:])
+    # The interpreter's last collections walk every object the imports made (pydantic's
+    # models, httpx, rich, typer): 150-240 ms at the exit of every command. Frozen, the
+    # objects are skipped by the collector and still freed by reference counting; files
+    # are flushed and closed as usual. Registered first, so it runs after every other hook.
+    atexit.register(gc.freeze)
     app()
