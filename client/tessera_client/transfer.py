@@ -305,7 +305,11 @@ class Transfers:
                 waiting.setdefault((rec["upload_id"], block), []).append(item.path)
         submitted: set[str] = set()
         commits: deque[Future[list[UploadResult]]] = deque()  # in submission order
-        with ThreadPoolExecutor(1, thread_name_prefix="tessera-commit") as committer:
+        # Two commits in flight: a window's commit reads its staged blocks back from the
+        # store while the one before writes, and the last window's commit need not wait
+        # for the one before it to return (the server orders their writes; results are
+        # still handed over in submission order).
+        with ThreadPoolExecutor(2, thread_name_prefix="tessera-commit") as committer:
 
             def commit_ready() -> None:
                 done = submitted | changed

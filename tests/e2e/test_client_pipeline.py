@@ -34,14 +34,22 @@ class RecordingApi(Api):
         self.latency = latency  # a block store's, so windows overlap commits
         self.log: list[tuple[str, float]] = []
         self.fail_put_after = fail_put_after
+        self.first_commit_delay = 0.0
         self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
 
     def call(self, route: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
-        if route.startswith("/v1/commit"):
-            with self._lock:
-                self.log.append(("commit", time.monotonic()))
-        return super().call(route, body, method)
+        if not route.startswith("/v1/commit"):
+            return super().call(route, body, method)
+        with self._lock:
+            first = not any(kind == "commit" for kind, _ in self.log)
+            self.log.append(("commit", time.monotonic()))
+        if first:
+            time.sleep(self.first_commit_delay)
+        answer = super().call(route, body, method)
+        with self._lock:
+            self.log.append(("committed", time.monotonic()))
+        return answer
 
     def transfer(
         self, method: str, url: str, headers: dict[str, str], content: bytes | None = None
@@ -145,6 +153,30 @@ def test_the_next_window_is_sent_before_the_last_one_is_done(
         xfer.close()
     assert all(r.entry is not None for r in results)
     assert api.most_in_flight > 2
+    api.close()
+
+
+def test_a_slow_commit_does_not_hold_up_the_next(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two commits may be in flight: the next window's commit starts while a slow one is
+    still out, and results are still handed over in order."""
+    monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 2)
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = RecordingApi(inproc_cloud.url, Home(a.home), latency=0.05)
+    api.first_commit_delay = 1.0
+    items = _items(a, 8)
+    handed: list[str] = []
+    xfer = _transfers(a, api)
+    try:
+        results = xfer.upload(items, on_result=lambda r: handed.append(r.item.path))
+    finally:
+        xfer.close()
+    assert handed == [i.path for i in items] == [r.item.path for r in results]
+    starts = [t for kind, t in api.log if kind == "commit"]
+    first_back = min(t for kind, t in api.log if kind == "committed")
+    assert len(starts) > 1 and starts[1] < first_back, "the second commit waited for the first"
+    assert _listed(api) == {i.path for i in items}
     api.close()
 
 
