@@ -52,7 +52,7 @@ class BlockStore(ABC):
     """Stores encoded blocks (compressed + encrypted, never plaintext) under string keys.
 
     Keys: `blocks/<hex>` for verified content-addressed blocks,
-    `staging/<upload_id>/<group>/<hex>` for blocks uploaded in an upload session and not
+    `staging/<upload_id>/<ordinal>-<hex>` for blocks uploaded in an upload session and not
     yet verified (`tessera.domain.object_keys`).
     """
 
@@ -79,6 +79,17 @@ class BlockStore(ABC):
     @abstractmethod
     def head(self, key: str) -> StoredObject | None:
         """The object's size and tier, or None when there is no object at `key`."""
+
+    def sizes(self, keys: Sequence[str]) -> dict[str, int]:
+        """The size of each of `keys` that has an object (how a commit checks the blocks
+        it staged): a `head` each, a stat on a local disk; a store whose requests cost more
+        (S3) overrides it."""
+        found: dict[str, int] = {}
+        for key in keys:
+            stored = self.head(key)
+            if stored is not None:
+                found[key] = stored.size
+        return found
 
     @abstractmethod
     def get(self, key: str) -> bytes:

@@ -54,72 +54,45 @@ def _record(monkeypatch: pytest.MonkeyPatch, store: object, name: str) -> list[o
     return calls
 
 
-def _recorded_listings(monkeypatch: pytest.MonkeyPatch, store: object) -> list[tuple[object, ...]]:
-    """(prefix, start_after, limit) of each `list_sizes` call from now on."""
-    calls: list[tuple[object, ...]] = []
-    real = store.list_sizes  # type: ignore[attr-defined]
-
-    def recording(prefix: str, **range_: object) -> object:
-        calls.append((prefix, range_.get("start_after"), range_.get("limit")))
-        return real(prefix, **range_)
-
-    monkeypatch.setattr(store, "list_sizes", recording)
-    return calls
-
-
-def test_a_commit_lists_only_the_run_of_its_blocks(
+def test_a_batch_asks_the_block_store_once_for_all_its_staged_blocks(
     services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Staged keys sort in issue order: a commit lists from its first block's key, as many
-    keys as its run spans, and HEADs nothing; blocks far apart are listed apart."""
-    chunks = [f"block {i}".encode() for i in range(300)]
-    upload_id = upload_blocks(services, alice, "/all", chunks)
-    prefix = f"staging/{upload_id}/"
-    heads = _record(monkeypatch, services.block_store, "head")
-    lists = _recorded_listings(monkeypatch, services.block_store)
-    commits.commit(services, alice, commit_request("/run", chunks[5:9], upload_id))
-    assert lists == [(prefix, f"{prefix}00000005", 4)]
-    lists.clear()
-    far = [chunks[3], chunks[4], chunks[299]]
-    commits.commit(services, alice, commit_request("/far", far, upload_id))
-    assert sorted(lists) == [(prefix, f"{prefix}00000003", 2), (prefix, f"{prefix}0000012b", 1)]
-    assert heads == []
-    assert get_file(services, alice, "/far") == b"".join(far)
-
-
-def test_a_batch_lists_its_run_once(
-    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A window's batch lists the keys of all its entries in one go, not entry by entry."""
+    """A window's batch asks for the staged copies of all its entries in one call (S3
+    answers it with one listing per run of keys), not entry by entry; the local store
+    answers with a stat each and lists nothing."""
     chunks = [f"file {i}".encode() for i in range(40)]
     upload_id = upload_blocks(services, alice, "/window", chunks)
-    lists = _recorded_listings(monkeypatch, services.block_store)
+    asked = _record(monkeypatch, services.block_store, "sizes")
+    lists = _record(monkeypatch, services.block_store, "list_sizes")
     entries = [commit_request(f"/w/{i}", [c], upload_id) for i, c in enumerate(chunks[10:30])]
     result = commits.commit_batch(services, alice, CommitBatchRequest(entries=entries))
     assert [e.status for e in result.entries] == [200] * 20
-    prefix = f"staging/{upload_id}/"
-    assert lists == [(prefix, f"{prefix}0000000a", 20)]
+    assert len(asked) == 1
+    assert sorted(asked[0]) == sorted(  # type: ignore[call-overload]
+        object_keys.staging_key(upload_id, block_id(c), n)
+        for n, c in enumerate(chunks)
+        if 10 <= n < 30
+    )
+    assert lists == []
 
 
 def test_a_session_of_the_grouped_layout_still_commits(
     services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Sessions opened before the ordinal layout keep their keys until they expire: their
-    commits list the key's folder."""
+    """Sessions opened before the ordinal layout keep their keys until they expire."""
+    from tessera.domain import uploads
+
     monkeypatch.setattr(
-        object_keys,
+        uploads,
         "staging_key",
         lambda upload_id, bid, n: f"staging/{upload_id}/{n // 4:x}/{bid.removeprefix('b3:')}",
     )
-    from tessera.domain import uploads
-
-    monkeypatch.setattr(uploads, "staging_key", object_keys.staging_key)
     chunks = [f"old block {i}".encode() for i in range(10)]
     upload_id = upload_blocks(services, alice, "/old", chunks)
-    lists = _recorded_listings(monkeypatch, services.block_store)
+    assert services.block_store.head(
+        f"staging/{upload_id}/1/{block_id(chunks[5]).removeprefix('b3:')}"
+    )
     commits.commit(services, alice, commit_request("/old-file", chunks[3:6], upload_id))
-    prefix = f"staging/{upload_id}/"
-    assert sorted(lists) == [(f"{prefix}0/", None, None), (f"{prefix}1/", None, None)]
     assert get_file(services, alice, "/old-file") == b"".join(chunks[3:6])
 
 

@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import hashlib
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,7 +31,6 @@ from tessera.domain.models import (
     FileEntry,
     dump,
 )
-from tessera.domain.object_keys import run_start_after, staged_run, staging_folder
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, file_entry, new_file_id, view_transaction
 from tessera.metadata.store import (
@@ -103,100 +101,22 @@ def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Read
     return out
 
 
-#: Staged blocks whose ordinals lie further apart are listed apart, so a listing reads at
-#: most this many keys the commit does not need.
-_RUN_GAP = 128
-
-
-@dataclass(frozen=True)
-class _Listing:
-    """One ListObjectsV2 of staged keys: the ordinals `first`..`last` of a session (the
-    ordinal layout), or a whole folder (`first` None: the layouts before it)."""
-
-    prefix: str
-    first: int | None = None
-    last: int = 0
-
-
 class _StagedSizes:
-    """The sizes of the staged objects a request's commits rely on, listed once and
-    remembered for the request.
-
-    Staged keys sort in the order their PUT URLs were issued (`object_keys.staging_key`),
-    and a client sends and commits its blocks in that order, so a commit lists the run of
-    keys its blocks fall in and reads back about its own keys. Before runs, a commit listed
-    fixed groups of 128 keys: a window of 110 files straddled two groups, and each group
-    was listed by two commits (1,700 keys listed for 1,000 files; moto spends 0.6 ms of CPU
-    on each key it lists). Before groups, it listed the whole session, or HEADed each block.
-    A key a listing covers but lacks was never uploaded (S3 lists with read-after-write
-    consistency)."""
+    """The sizes of the staged objects a request's commits rely on, asked of the block
+    store (`BlockStore.sizes`) and remembered for the request: a batch asks for all its
+    entries' blocks at once, and each entry's check then finds them here."""
 
     def __init__(self, block_store: BlockStore) -> None:
         self._block_store = block_store
-        self._found: dict[str, int] = {}
-        self._runs: dict[str, list[tuple[int, int]]] = {}  # prefix → listed ordinal ranges
-        self._folders: set[str] = set()
+        self._answered: dict[str, int | None] = {}
 
     def sizes(self, keys: Sequence[str]) -> dict[str, int]:
-        """staged key → size, for the `keys` that have an object (listing, several at once,
-        what earlier calls did not cover)."""
-        listings = self._listings(keys)
-        if len(listings) == 1:
-            self._record(listings[0], self._list(listings[0]))
-        elif listings:
-            with ThreadPoolExecutor(max_workers=min(16, len(listings))) as pool:
-                for listing, found in zip(listings, pool.map(self._list, listings), strict=True):
-                    self._record(listing, found)
-        return {k: self._found[k] for k in keys if k in self._found}
-
-    def _covered(self, key: str) -> bool:
-        run = staged_run(key)
-        if run is None:
-            return staging_folder(key) in self._folders
-        prefix, ordinal = run
-        return any(lo <= ordinal <= hi for lo, hi in self._runs.get(prefix, ()))
-
-    def _listings(self, keys: Sequence[str]) -> list[_Listing]:
-        folders: set[str] = set()
-        ordinals: dict[str, set[int]] = {}
-        for key in keys:
-            if self._covered(key):
-                continue
-            run = staged_run(key)
-            if run is None:
-                folders.add(staging_folder(key))
-            else:
-                ordinals.setdefault(run[0], set()).add(run[1])
-        listings = [_Listing(folder) for folder in sorted(folders)]
-        for prefix, found in sorted(ordinals.items()):
-            ordered = sorted(found)
-            first = previous = ordered[0]
-            for ordinal in ordered[1:]:
-                if ordinal - previous > _RUN_GAP:
-                    listings.append(_Listing(prefix, first, previous))
-                    first = ordinal
-                previous = ordinal
-            listings.append(_Listing(prefix, first, previous))
-        return listings
-
-    def _list(self, listing: _Listing) -> dict[str, int]:
-        if listing.first is None:
-            return dict(self._block_store.list_sizes(listing.prefix))
-        # at most one key per ordinal, and the run's keys sort before any later ordinal's
-        return dict(
-            self._block_store.list_sizes(
-                listing.prefix,
-                start_after=run_start_after(listing.prefix, listing.first),
-                limit=listing.last - listing.first + 1,
-            )
-        )
-
-    def _record(self, listing: _Listing, found: dict[str, int]) -> None:
-        self._found.update(found)
-        if listing.first is None:
-            self._folders.add(listing.prefix)
-        else:
-            self._runs.setdefault(listing.prefix, []).append((listing.first, listing.last))
+        """staged key → size, for the `keys` that have an object."""
+        ask = [k for k in dict.fromkeys(keys) if k not in self._answered]
+        if ask:
+            found = self._block_store.sizes(ask)
+            self._answered.update({k: found.get(k) for k in ask})
+        return {k: size for k in keys if (size := self._answered[k]) is not None}
 
 
 def _check_blocks(

@@ -171,3 +171,41 @@ def test_missing_objects(store: S3BlockStore) -> None:
         store.set_tier(key, StorageTier.COLD)
     with pytest.raises(KeyError):
         store.restore(key)
+
+
+def test_sizes_lists_each_run_of_staged_keys_once(
+    store: S3BlockStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged keys sort in issue order: a run of asked keys is one listing from its first
+    key, as long as the run; keys far apart are listed apart; nothing is HEADed."""
+    from tessera.domain import object_keys
+
+    upload = f"up_{uuid.uuid4().hex}"
+    keys = [object_keys.staging_key(upload, f"b3:{n:064x}", n) for n in range(300)]
+    for n, key in enumerate(keys):
+        if n != 6:  # its URL was issued, its PUT never arrived
+            store.put(key, b"x" * (n + 1))
+    prefix = object_keys.staging_prefix(upload)
+    lists: list[tuple[str, object, object]] = []
+    real = store.list_sizes
+
+    def recording(prefix: str, **range_: object) -> object:
+        lists.append((prefix, range_.get("start_after"), range_.get("limit")))
+        return real(prefix, **range_)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "list_sizes", recording)
+    monkeypatch.setattr(store, "head", lambda key: pytest.fail(f"HEAD {key}"))
+    assert store.sizes(keys[5:9]) == {keys[5]: 6, keys[7]: 8, keys[8]: 9}
+    assert lists == [(prefix, f"{prefix}00000005", 4)]
+    lists.clear()
+    assert store.sizes([keys[3], keys[4], keys[299]]) == {keys[3]: 4, keys[4]: 5, keys[299]: 300}
+    assert sorted(lists) == [(prefix, f"{prefix}00000003", 2), (prefix, f"{prefix}0000012b", 1)]
+
+
+def test_sizes_of_an_earlier_layout_lists_the_keys_folder(store: S3BlockStore) -> None:
+    """Sessions opened before the ordinal layout keep `staging/<upload>/<group>/<hex>`."""
+    upload = f"up_{uuid.uuid4().hex}"
+    grouped = [f"staging/{upload}/{g}/{uuid.uuid4().hex}" for g in (0, 0, 1)]
+    for key in grouped[1:]:
+        store.put(key, b"abc")
+    assert store.sizes(grouped) == {grouped[1]: 3, grouped[2]: 3}

@@ -104,6 +104,21 @@ def test_list_sizes_from_a_key_on_lists_in_key_order(
     assert list(store.list_sizes(prefix, start_after=f"{prefix}00000007", limit=5)) == []
 
 
+def test_sizes_answers_for_the_keys_that_have_an_object(
+    block_store_harness: BlockStoreHarness,
+) -> None:
+    """How a commit checks its staged blocks, whatever the store answers it with."""
+    store = block_store_harness.store
+    upload = f"up_{os.urandom(8).hex()}"
+    keys = [f"staging/{upload}/{n:08x}-{os.urandom(4).hex()}" for n in (0, 1, 2, 500)]
+    grouped = f"staging/{upload}x/0/{os.urandom(4).hex()}"
+    for n, key in enumerate([keys[0], keys[2], keys[3], grouped]):
+        store.put(key, b"q" * (n + 1))
+    store.set_tier(keys[3], StorageTier.COLD)
+    assert store.sizes([*keys, grouped]) == {keys[0]: 1, keys[2]: 2, keys[3]: 3, grouped: 4}
+    assert store.sizes([]) == {}
+
+
 def test_cold_tier_needs_restore(block_store_harness: BlockStoreHarness) -> None:
     store = block_store_harness.store
     key = _key()

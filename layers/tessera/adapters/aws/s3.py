@@ -12,13 +12,16 @@ import base64
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from tessera.adapters.aws.presign import BulkPutSigner
+from tessera.domain.object_keys import run_start_after, staged_run, staging_folder
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
 if TYPE_CHECKING:
@@ -223,6 +226,40 @@ class S3BlockStore(BlockStore):
             for obj in page.get("Contents", []):
                 yield obj["Key"], int(obj["Size"])
 
+    def sizes(self, keys: Sequence[str]) -> dict[str, int]:
+        """The sizes of the `keys` that have an object, from listings, never a HEAD each.
+
+        Staged keys sort in the order their PUT URLs were issued (`object_keys`), and a
+        client sends and commits its blocks in that order, so the keys a commit asks for
+        form runs: each run is one ListObjectsV2 from its first key (`StartAfter`), as
+        many keys as it spans (`MaxKeys`), several at once. A HEAD per block had dominated
+        commits; fixed groups of 128 keys, listed whole, read 1,700 keys for 1,000 files
+        (a client's window straddled two groups), and moto spends 0.6 ms of CPU on each
+        key it lists. Keys of the layouts before ordinals list their folder. A key a
+        listing covers but lacks has no object: S3 lists with read-after-write consistency.
+        """
+        listings = _listings(keys)
+        if len(listings) <= 1:
+            found = self._listed(listings[0]) if listings else {}
+        else:
+            found = {}
+            with ThreadPoolExecutor(max_workers=min(16, len(listings))) as pool:
+                for part in pool.map(self._listed, listings):
+                    found.update(part)
+        return {key: found[key] for key in keys if key in found}
+
+    def _listed(self, listing: _Listing) -> dict[str, int]:
+        if listing.first is None:
+            return dict(self.list_sizes(listing.prefix))
+        # at most one key per ordinal, and the run's keys sort before any later ordinal's
+        return dict(
+            self.list_sizes(
+                listing.prefix,
+                start_after=run_start_after(listing.prefix, listing.first),
+                limit=listing.last - listing.first + 1,
+            )
+        )
+
     def set_tier(self, key: str, tier: StorageTier) -> None:
         """Copy the object onto itself with the tier's storage class (no-op if already there).
 
@@ -250,3 +287,41 @@ class S3BlockStore(BlockStore):
             # RestoreAlreadyInProgress: idempotent. InvalidObjectState: the object is hot.
             if code not in {"RestoreAlreadyInProgress", "InvalidObjectState"}:
                 raise
+
+
+#: Keys whose ordinals lie further apart are listed apart, so a listing reads at most this
+#: many keys that were not asked for.
+_RUN_GAP = 128
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """One ListObjectsV2 for `S3BlockStore.sizes`: the ordinals `first`..`last` of a
+    session (the ordinal layout), or a whole folder (`first` None: earlier layouts)."""
+
+    prefix: str
+    first: int | None = None
+    last: int = 0
+
+
+def _listings(keys: Sequence[str]) -> list[_Listing]:
+    """The fewest listings that cover `keys`: a run per stretch of close ordinals."""
+    folders: set[str] = set()
+    ordinals: dict[str, set[int]] = {}
+    for key in keys:
+        run = staged_run(key)
+        if run is None:
+            folders.add(staging_folder(key))
+        else:
+            ordinals.setdefault(run[0], set()).add(run[1])
+    listings = [_Listing(folder) for folder in sorted(folders)]
+    for prefix, found in sorted(ordinals.items()):
+        ordered = sorted(found)
+        first = previous = ordered[0]
+        for ordinal in ordered[1:]:
+            if ordinal - previous > _RUN_GAP:
+                listings.append(_Listing(prefix, first, previous))
+                first = ordinal
+            previous = ordinal
+        listings.append(_Listing(prefix, first, previous))
+    return listings

@@ -189,29 +189,31 @@ class FilesystemBlockStore(BlockStore):
         """Every object (hot or cold) whose key starts with `prefix`, with its size; in key
         order from `start_after` when a range is asked for (`BlockStore.list_sizes`).
 
-        Walks only the folder the prefix names (`staging/<upload_id>/` is one small folder),
-        not the whole store: commits list their session's folder."""
+        Walks only the folder the prefix names (`staging/<upload_id>/` is one folder), not
+        the whole store, and reads the sizes of only the objects it returns."""
         found = self._walk(prefix)
-        if start_after is None and limit is None:
-            yield from found
-            return
-        after = sorted(item for item in found if start_after is None or item[0] > start_after)
-        yield from after[:limit]
+        if start_after is not None or limit is not None:
+            after = (item for item in found if start_after is None or item[0] > start_after)
+            found = iter(sorted(after)[:limit])
+        for key, folder in found:
+            try:
+                yield key, os.stat(os.path.join(folder, key.rpartition("/")[2])).st_size
+            except FileNotFoundError:  # deleted since the walk
+                continue
 
-    def _walk(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def _walk(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, folder on disk) of every object under `prefix`."""
         folder = prefix.rpartition("/")[0]
         for tier in ("hot", "cold"):
             base = self.root / tier
             start = self._path(tier, folder) if folder else base
             for dirpath, _dirs, files in os.walk(start):
                 rel = Path(dirpath).relative_to(base).as_posix()
+                head = "" if rel == "." else rel + "/"
                 for name in files:
-                    key = name if rel == "." else f"{rel}/{name}"
+                    key = head + name
                     if key.startswith(prefix):
-                        try:
-                            yield key, (Path(dirpath) / name).stat().st_size
-                        except FileNotFoundError:  # deleted while we walked
-                            continue
+                        yield key, dirpath
 
     def set_tier(self, key: str, tier: StorageTier) -> None:
         """Move the object between `hot/` and `cold/`; KeyError when absent."""
