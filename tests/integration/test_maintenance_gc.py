@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,20 +166,24 @@ def test_expired_session_keeps_copies_that_a_version_still_names(world: World) -
 
 
 class GatedStore(BlockStore):
-    """A real block store whose listing of `gate_prefix` answers, then waits to be released."""
+    """A real block store whose answer about staged copies under `gate_prefix` is given,
+    then held until released (a commit paused right after checking its staged blocks)."""
 
     def __init__(self, inner: BlockStore, gate_prefix: str) -> None:
         self.inner, self.gate_prefix = inner, gate_prefix
         self.reached, self.release = threading.Event(), threading.Event()
 
+    def sizes(self, keys: Sequence[str]) -> dict[str, int]:
+        answer = self.inner.sizes(keys)
+        if self.gate_prefix and any(k.startswith(self.gate_prefix) for k in keys):
+            self.reached.set()
+            assert self.release.wait(30)
+        return answer
+
     def list_sizes(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> Iterator[tuple[str, int]]:
-        answer = list(self.inner.list_sizes(prefix, start_after=start_after, limit=limit))
-        if self.gate_prefix and prefix.startswith(self.gate_prefix):
-            self.reached.set()
-            assert self.release.wait(30)
-        return iter(answer)
+        return self.inner.list_sizes(prefix, start_after=start_after, limit=limit)
 
     def head(self, key: str) -> StoredObject | None:
         return self.inner.head(key)
@@ -214,7 +218,7 @@ class GatedStore(BlockStore):
 def _paused_commit(
     world: World, data: bytes, path: str
 ) -> tuple[GatedStore, threading.Thread, dict[str, object]]:
-    """Start committing `data` in a thread, paused right after the commit listed its
+    """Start committing `data` in a thread, paused right after the commit checked its
     session's staged copies (readable blocks are checked before that)."""
     outcome: dict[str, object] = {}
     gated = GatedStore(world.store, gate_prefix="")
