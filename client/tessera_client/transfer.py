@@ -313,9 +313,16 @@ class Transfers:
         # store while the one before writes, and the last window's commit need not wait
         # for the one before it to return (the server orders their writes; results are
         # still handed over in submission order).
-        with ThreadPoolExecutor(2, thread_name_prefix="tessera-commit") as committer:
+        committers = 2
+        with ThreadPoolExecutor(committers, thread_name_prefix="tessera-commit") as committer:
 
-            def commit_ready() -> None:
+            def commit_ready(*, last: bool = False) -> None:
+                """Commit the files whose blocks have all arrived. While every committer
+                is busy they wait and go with the next commit (unless `last`): a commit
+                costs the server as much per request as per file, so the small windows of
+                the tail are committed together, not one after another."""
+                if not last and sum(not c.done() for c in commits) >= committers:
+                    return
                 done = submitted | changed
                 ready = [i for i in items if not outstanding[i.path] and i.path not in done]
                 if ready:
@@ -365,6 +372,7 @@ class Transfers:
                     sending, queued = queued, []
                 if sending:
                     finish(sending)
+                commit_ready(last=True)
             except BaseException:
                 unstarted: list[Future[Any]] = [*encoding, *(p for _, p in sending + queued)]
                 for future in unstarted:

@@ -34,7 +34,7 @@ class RecordingApi(Api):
         self.latency = latency  # a block store's, so windows overlap commits
         self.log: list[tuple[str, float]] = []
         self.fail_put_after = fail_put_after
-        self.first_commit_delay = 0.0
+        self.slow_commits, self.commit_delay = 0, 0.0  # the first `slow_commits` are slow
         self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
 
@@ -42,10 +42,10 @@ class RecordingApi(Api):
         if not route.startswith("/v1/commit"):
             return super().call(route, body, method)
         with self._lock:
-            first = not any(kind == "commit" for kind, _ in self.log)
+            earlier = sum(1 for kind, _ in self.log if kind == "commit")
             self.log.append(("commit", time.monotonic()))
-        if first:
-            time.sleep(self.first_commit_delay)
+        if earlier < self.slow_commits:
+            time.sleep(self.commit_delay)
         answer = super().call(route, body, method)
         with self._lock:
             self.log.append(("committed", time.monotonic()))
@@ -156,16 +156,17 @@ def test_the_next_window_is_sent_before_the_last_one_is_done(
     api.close()
 
 
-def test_a_slow_commit_does_not_hold_up_the_next(
+def test_slow_commits_do_not_hold_up_the_next_and_later_windows_go_together(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two commits may be in flight: the next window's commit starts while a slow one is
-    still out, and results are still handed over in order."""
+    """Two commits may be in flight: the second window's commit starts while the first
+    is still out. While both are out, the windows that finish wait and are committed
+    together; results are still handed over in order."""
     monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 2)
     a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
     api = RecordingApi(inproc_cloud.url, Home(a.home), latency=0.05)
-    api.first_commit_delay = 1.0
-    items = _items(a, 8)
+    api.slow_commits, api.commit_delay = 2, 1.0
+    items = _items(a, 10)  # five windows of two files
     handed: list[str] = []
     xfer = _transfers(a, api)
     try:
@@ -173,9 +174,11 @@ def test_a_slow_commit_does_not_hold_up_the_next(
     finally:
         xfer.close()
     assert handed == [i.path for i in items] == [r.item.path for r in results]
+    assert all(r.entry is not None for r in results)
     starts = [t for kind, t in api.log if kind == "commit"]
     first_back = min(t for kind, t in api.log if kind == "committed")
-    assert len(starts) > 1 and starts[1] < first_back, "the second commit waited for the first"
+    assert starts[1] < first_back, "the second commit waited for the first"
+    assert len(starts) == 3, "the windows that finished meanwhile were not committed together"
     assert _listed(api) == {i.path for i in items}
     api.close()
 
