@@ -10,8 +10,10 @@ Commits carry idempotency keys, so retrying them is safe.
 from __future__ import annotations
 
 import random
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -112,6 +114,17 @@ def error_from(response: httpx.Response) -> ApiError:
     return ApiError(response.status_code, code, message, details)
 
 
+def _server_trust(base: str) -> ssl.SSLContext | bool:
+    """What the API client verifies TLS with: the default trust store, unless the server
+    is plain http and reached without a proxy, when no TLS can happen at all. Loading the
+    store (certifi's bundle) was 50-60 ms of every command's start. In its place a context
+    that verifies and trusts nothing: if TLS were ever attempted, it would fail closed.
+    (Presigned block URLs go through `BlockHttp`, which loads the store when it needs it.)"""
+    if base.startswith("http://") and not urllib.request.getproxies_environment():
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return True
+
+
 class Api:
     """The Tessera API for one device: base URL + credentials from its home."""
 
@@ -128,7 +141,7 @@ class Api:
         self.home = home
         self.policy = policy or RetryPolicy()
         limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
-        self.http = httpx.Client(timeout=timeout, limits=limits)
+        self.http = httpx.Client(timeout=timeout, limits=limits, verify=_server_trust(self.base))
         self.blocks = BlockHttp(self.http, timeout=timeout)  # presigned block URLs
         self._lock = threading.Lock()
         self._tokens: Tokens | None = home.load_tokens()

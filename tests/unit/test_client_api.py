@@ -200,3 +200,35 @@ def test_error_bodies_become_api_errors(server: tuple[str, Script], tmp_path: Pa
         api.call("/v1/commit", {})
     assert (info.value.status, info.value.code, info.value.details) == (409, "conflict", {"rev": 4})
     api.close()
+
+
+@pytest.mark.parametrize(
+    ("base", "proxy", "loads_trust"),
+    [
+        ("http://127.0.0.1:8790", None, False),
+        ("https://sync.example.com", None, True),
+        ("http://127.0.0.1:8790", "http://proxy.example.com:3128", True),
+    ],
+)
+def test_the_trust_store_is_loaded_only_where_tls_can_happen(
+    monkeypatch: pytest.MonkeyPatch, base: str, proxy: str | None, loads_trust: bool
+) -> None:
+    """A plain-http server reached directly never does TLS: loading the trust store was
+    50-60 ms of every start. What stands in verifies and trusts nothing (fails closed)."""
+    import ssl
+
+    from tessera_client.api import _server_trust
+
+    import os
+
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    if proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+    trust = _server_trust(base)
+    if loads_trust:
+        assert trust is True
+    else:
+        assert isinstance(trust, ssl.SSLContext)
+        assert trust.verify_mode == ssl.CERT_REQUIRED and trust.check_hostname
+        assert trust.cert_store_stats()["x509_ca"] == 0
