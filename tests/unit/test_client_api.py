@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -215,11 +217,7 @@ def test_the_trust_store_is_loaded_only_where_tls_can_happen(
 ) -> None:
     """A plain-http server reached directly never does TLS: loading the trust store was
     50-60 ms of every start. What stands in verifies and trusts nothing (fails closed)."""
-    import ssl
-
     from tessera_client.api import _server_trust
-
-    import os
 
     for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
         monkeypatch.delenv(name)
