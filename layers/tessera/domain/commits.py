@@ -483,8 +483,8 @@ def _commit_entries(
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal, pipeline=True) as (store, view):
         sessions = _batch_sessions(store, view, req.entries)
-        # list the staged copies of the whole batch at once: entry by entry, each would
-        # list its own run
+        # ask the block store about the whole batch's staged copies at once (on S3, one
+        # listing per run of keys): entry by entry, each would ask on its own
         staged.sizes(
             [
                 row.staged_key

@@ -3,11 +3,11 @@
 - `blocks/<hex>`: a verified, content-addressed block (the BLAKE3 id without `b3:`);
 - `staging/<upload_id>/<ordinal>-<hex>`: a session's unverified copy of its `ordinal`-th
   needed block (8 hex digits, so keys sort in issue order), until dedup-verify promotes
-  or drops it. A commit lists just the run of keys its blocks fall in (`staged_run`:
+  or drops it. On S3 a commit lists just the run of keys its blocks fall in (`staged_run`:
   ListObjectsV2 with StartAfter and MaxKeys), never a whole session. Sessions staged
   under earlier layouts keep them until they expire: `staging/<upload_id>/<group>/<hex>`
-  (blocks grouped 128 to a folder) and `staging/<upload_id>/<hex>`; their commits list
-  the key's folder (`staging_folder`);
+  (blocks grouped 128 to a folder) and `staging/<upload_id>/<hex>`; S3 lists the key's
+  folder for them (`staging_folder`);
 - `quarantine/<upload_id>/<hex>`: a staged copy that failed verification, out of reach
   of downloads.
 """

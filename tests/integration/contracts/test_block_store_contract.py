@@ -112,10 +112,17 @@ def test_sizes_answers_for_the_keys_that_have_an_object(
     upload = f"up_{os.urandom(8).hex()}"
     keys = [f"staging/{upload}/{n:08x}-{os.urandom(4).hex()}" for n in (0, 1, 2, 500)]
     grouped = f"staging/{upload}x/0/{os.urandom(4).hex()}"
-    for n, key in enumerate([keys[0], keys[2], keys[3], grouped]):
+    canonical, absent = _key(), _key()
+    for n, key in enumerate([keys[0], keys[2], keys[3], grouped, canonical]):
         store.put(key, b"q" * (n + 1))
     store.set_tier(keys[3], StorageTier.COLD)
-    assert store.sizes([*keys, grouped]) == {keys[0]: 1, keys[2]: 2, keys[3]: 3, grouped: 4}
+    assert store.sizes([*keys, grouped, canonical, absent]) == {
+        keys[0]: 1,
+        keys[2]: 2,
+        keys[3]: 3,
+        grouped: 4,
+        canonical: 5,
+    }
     assert store.sizes([]) == {}
 
 

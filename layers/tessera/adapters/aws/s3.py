@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from tessera.adapters.aws.presign import BulkPutSigner
-from tessera.domain.object_keys import run_start_after, staged_run, staging_folder
+from tessera.domain.object_keys import (
+    run_start_after,
+    staged_run,
+    staged_upload_id,
+    staging_folder,
+)
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
 if TYPE_CHECKING:
@@ -235,10 +240,11 @@ class S3BlockStore(BlockStore):
         many keys as it spans (`MaxKeys`), several at once. A HEAD per block had dominated
         commits; fixed groups of 128 keys, listed whole, read 1,700 keys for 1,000 files
         (a client's window straddled two groups), and moto spends 0.6 ms of CPU on each
-        key it lists. Keys of the layouts before ordinals list their folder. A key a
-        listing covers but lacks has no object: S3 lists with read-after-write consistency.
+        key it lists. Keys of the layouts before ordinals list their folder; keys outside
+        `staging/` get a HEAD each. A key a listing covers but lacks has no object: S3
+        lists with read-after-write consistency.
         """
-        listings = _listings(keys)
+        listings = _listings([k for k in keys if staged_upload_id(k) is not None])
         if len(listings) <= 1:
             found = self._listed(listings[0]) if listings else {}
         else:
@@ -246,6 +252,7 @@ class S3BlockStore(BlockStore):
             with ThreadPoolExecutor(max_workers=min(16, len(listings))) as pool:
                 for part in pool.map(self._listed, listings):
                     found.update(part)
+        found |= super().sizes([k for k in keys if staged_upload_id(k) is None])
         return {key: found[key] for key in keys if key in found}
 
     def _listed(self, listing: _Listing) -> dict[str, int]:
