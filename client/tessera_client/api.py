@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -114,13 +114,14 @@ def error_from(response: httpx.Response) -> ApiError:
     return ApiError(response.status_code, code, message, details)
 
 
-def _server_trust(base: str) -> ssl.SSLContext | bool:
+def _server_trust(base: str, proxies: Mapping[str, str]) -> ssl.SSLContext | bool:
     """What the API client verifies TLS with: the default trust store, unless the server
-    is plain http and reached without a proxy, when no TLS can happen at all. Loading the
-    store (certifi's bundle) was 50-60 ms of every command's start. In its place a context
-    that verifies and trusts nothing: if TLS were ever attempted, it would fail closed.
-    (Presigned block URLs go through `BlockHttp`, which loads the store when it needs it.)"""
-    if base.startswith("http://") and not urllib.request.getproxies_environment():
+    is plain http and reached without a proxy (`proxies`: the environment's), when no TLS
+    can happen at all. Loading the store (certifi's bundle) was 50-60 ms of every command's
+    start. In its place a context that verifies and trusts nothing: if TLS were ever
+    attempted, it would fail closed. (`BlockHttp` sends proxied block URLs through this
+    client, so with any proxy it keeps the store; direct ones load it when they need it.)"""
+    if base.startswith("http://") and not proxies:
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     return True
 
@@ -141,8 +142,10 @@ class Api:
         self.home = home
         self.policy = policy or RetryPolicy()
         limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
-        self.http = httpx.Client(timeout=timeout, limits=limits, verify=_server_trust(self.base))
-        self.blocks = BlockHttp(self.http, timeout=timeout)  # presigned block URLs
+        proxies = urllib.request.getproxies_environment()  # read once, as httpx does
+        verify = _server_trust(self.base, proxies)
+        self.http = httpx.Client(timeout=timeout, limits=limits, verify=verify)
+        self.blocks = BlockHttp(self.http, timeout=timeout, proxies=proxies)  # block URLs
         self._lock = threading.Lock()
         self._tokens: Tokens | None = home.load_tokens()
 

@@ -18,6 +18,7 @@ import http.client
 import ssl
 import threading
 import urllib.request
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,13 +32,19 @@ class BlockHttp:
     """`request(method, url, headers=, content=)` like `httpx.Client.request`, for block URLs."""
 
     def __init__(
-        self, fallback: httpx.Client, *, timeout: float, ssl_context: ssl.SSLContext | None = None
+        self,
+        fallback: httpx.Client,
+        *,
+        timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
-        """`fallback` sends what must go through a proxy; `ssl_context` defaults to httpx's."""
+        """`fallback` sends what must go through a proxy; `ssl_context` defaults to httpx's,
+        `proxies` to the environment's (read once, as httpx does)."""
         self._fallback = fallback
         self._timeout = timeout
         self._ssl = ssl_context
-        self._proxies = urllib.request.getproxies_environment()  # read once, as httpx does
+        self._proxies = urllib.request.getproxies_environment() if proxies is None else proxies
         self._local = threading.local()
         self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close()
         self._lock = threading.Lock()

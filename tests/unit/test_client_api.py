@@ -8,6 +8,7 @@ import random
 import socket
 import ssl
 import threading
+import urllib.request
 from collections.abc import Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -223,7 +224,7 @@ def test_the_trust_store_is_loaded_only_where_tls_can_happen(
         monkeypatch.delenv(name)
     if proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy)
-    trust = _server_trust(base)
+    trust = _server_trust(base, urllib.request.getproxies_environment())
     if loads_trust:
         assert trust is True
     else:

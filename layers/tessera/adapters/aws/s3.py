@@ -244,7 +244,11 @@ class S3BlockStore(BlockStore):
         `staging/` get a HEAD each. A key a listing covers but lacks has no object: S3
         lists with read-after-write consistency.
         """
-        listings = _listings([k for k in keys if staged_upload_id(k) is not None])
+        staged: list[str] = []
+        others: list[str] = []  # outside staging/: a HEAD each
+        for key in keys:
+            (others if staged_upload_id(key) is None else staged).append(key)
+        listings = _listings(staged)
         if len(listings) <= 1:
             found = self._listed(listings[0]) if listings else {}
         else:
@@ -252,7 +256,7 @@ class S3BlockStore(BlockStore):
             with ThreadPoolExecutor(max_workers=min(16, len(listings))) as pool:
                 for part in pool.map(self._listed, listings):
                     found.update(part)
-        found |= super().sizes([k for k in keys if staged_upload_id(k) is None])
+        found |= super().sizes(others)
         return {key: found[key] for key in keys if key in found}
 
     def _listed(self, listing: _Listing) -> dict[str, int]:
