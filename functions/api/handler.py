@@ -1,31 +1,35 @@
 """Lambda `api`: the whole REST API (API Gateway REST proxy events, Cognito authorizer).
 
 Cold start: read settings, wire the AWS adapters into `Services`, build the Powertools
-resolver and load the current block-key secret — once, here at import. Each invocation
-only resolves the event; after each transaction the domain publishes the newest event of
-each namespace to the changes table (the outbox relay delivers the rest).
+resolver and load the current block-key secret — once, here at import, inside
+`lambda_init` (no garbage collection while init builds; what it built is then frozen).
+Each invocation only resolves the event; after each transaction the domain publishes the
+newest event of each namespace to the changes table (the outbox relay delivers the rest).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from tessera.coldstart import lambda_init
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.typing import LambdaContext
+with lambda_init():
+    from typing import Any
 
-from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
-from tessera.api import build_resolver
+    from aws_lambda_powertools import Logger, Metrics, Tracer
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
-logger = Logger(service="tessera-api")
-tracer = Tracer(service="tessera-api", patch_modules=TRACED_MODULES)
-metrics = Metrics(namespace="Tessera", service="tessera-api")
+    from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
+    from tessera.api import build_resolver
 
-runtime = AwsRuntime.from_env()
-services = runtime.services()
-resolver = build_resolver(services)
-# On AWS, init runs before the first request is routed (ahead of any, with provisioned
-# concurrency): the SSM + KMS round trips for the block-key secret belong here.
-services.keys.load_current()
+    logger = Logger(service="tessera-api")
+    tracer = Tracer(service="tessera-api", patch_modules=TRACED_MODULES)
+    metrics = Metrics(namespace="Tessera", service="tessera-api")
+
+    runtime = AwsRuntime.from_env()
+    services = runtime.services()
+    resolver = build_resolver(services)
+    # On AWS, init runs before the first request is routed (ahead of any, with provisioned
+    # concurrency): the SSM + KMS round trips for the block-key secret belong here.
+    services.keys.load_current()
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

@@ -4,25 +4,29 @@ concurrency and timeout are its own.
 The same API app as `api`: the cursor is validated by its signature, then the function
 waits on the DynamoDB `changes` table — not Aurora — until a change or the timeout, so an
 idle client costs Aurora nothing (the pool opens no connection until a route needs one).
+Init runs inside `lambda_init`, as the api function's does: a user waits on both.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from tessera.coldstart import lambda_init
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.typing import LambdaContext
+with lambda_init():
+    from typing import Any
 
-from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
-from tessera.api import build_resolver
+    from aws_lambda_powertools import Logger, Metrics, Tracer
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
-logger = Logger(service="tessera-longpoll")
-tracer = Tracer(service="tessera-longpoll", patch_modules=TRACED_MODULES)
-metrics = Metrics(namespace="Tessera", service="tessera-longpoll")
+    from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
+    from tessera.api import build_resolver
 
-runtime = AwsRuntime.from_env()
-services = runtime.services(lazy_db=True)  # waits use DynamoDB, not Aurora
-resolver = build_resolver(services)
+    logger = Logger(service="tessera-longpoll")
+    tracer = Tracer(service="tessera-longpoll", patch_modules=TRACED_MODULES)
+    metrics = Metrics(namespace="Tessera", service="tessera-longpoll")
+
+    runtime = AwsRuntime.from_env()
+    services = runtime.services(lazy_db=True)  # waits use DynamoDB, not Aurora
+    resolver = build_resolver(services)
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import botocore.session
 from botocore.config import Config
+from botocore.exceptions import DataNotFoundError
+from botocore.loaders import Loader, create_loader
 from botocore.utils import parse_timestamp
 
 from tessera.adapters.aws.settings import AwsSettings
@@ -75,6 +77,43 @@ def lazy(make: Callable[[], T]) -> T:
     return cast(T, _Lazy(make))
 
 
+class _KnownServices:
+    """What `Loader.list_available_services(type_name)` answers, looked up name by name.
+
+    botocore asks it only to check the name a client is created for, but answers by walking
+    the folder of every service it ships (about 400; 20 ms here, once for each of the three
+    model types a client loads). A name is checked in its own folder instead; the whole
+    list is walked only when someone iterates it (botocore's error message for an unknown
+    service does).
+    """
+
+    def __init__(self, loader: Loader, type_name: str) -> None:
+        self._loader = loader
+        self._type_name = type_name
+
+    def __contains__(self, service: object) -> bool:
+        try:
+            return bool(self._loader.list_api_versions(service, self._type_name))
+        except DataNotFoundError:
+            return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(Loader.list_available_services(self._loader, self._type_name))
+
+
+def _session() -> botocore.session.Session:
+    """A botocore session whose data loader checks service names cheaply (`_KnownServices`)
+    and whose parsers read timestamps fast (`fast_timestamp`)."""
+    session = botocore.session.get_session()
+    loader = create_loader(session.get_config_variable("data_path"))
+    loader.list_available_services = functools.partial(_KnownServices, loader)  # type: ignore[method-assign]
+    session.register_component("data_loader", loader)
+    session.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=fast_timestamp
+    )
+    return session
+
+
 class AwsClients:
     """Lazily created, cached clients, all pointed at `settings.endpoint_url` if set.
 
@@ -84,10 +123,7 @@ class AwsClients:
 
     def __init__(self, settings: AwsSettings) -> None:
         self.settings = settings
-        self._session = botocore.session.get_session()
-        self._session.get_component("response_parser_factory").set_parser_defaults(
-            timestamp_parser=fast_timestamp
-        )
+        self._session = _session()
         self._session_lock = threading.Lock()  # a session is not safe to share when creating
 
     def credentials(self) -> ReadOnlyCredentials | None:

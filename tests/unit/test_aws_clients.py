@@ -1,10 +1,13 @@
-"""The AWS clients' timestamp parser: botocore's results, ISO 8601 parsed natively."""
+"""The AWS clients: timestamps parsed as botocore does (ISO 8601 natively), service names
+checked without walking every service botocore ships."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import pytest
+from botocore.exceptions import UnknownServiceError
+from botocore.loaders import Loader
 from botocore.utils import parse_timestamp
 
 from tessera.adapters.aws.clients import AwsClients, fast_timestamp
@@ -51,3 +54,21 @@ def test_a_listing_parsed_by_the_clients_uses_it() -> None:
     assert item["Size"] == 42
     assert item["LastModified"] == datetime(2026, 11, 26, 10, 31, tzinfo=UTC)
     assert item["LastModified"].tzinfo is UTC
+
+
+def test_a_client_is_created_without_walking_every_service_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def walk(self: Loader, type_name: str) -> list[str]:
+        raise AssertionError(f"listed every service for {type_name}")
+
+    monkeypatch.setattr(Loader, "list_available_services", walk)
+    clients = AwsClients(AwsSettings(endpoint_url="http://127.0.0.1:9"))
+    assert clients.kms.meta.service_model.service_name == "kms"
+    assert clients.ssm.can_paginate("get_parameters_by_path")  # paginators-1 found too
+
+
+def test_an_unknown_service_is_still_refused_with_botocore_s_message() -> None:
+    clients = AwsClients(AwsSettings(endpoint_url="http://127.0.0.1:9"))
+    with pytest.raises(UnknownServiceError, match=r"Valid service names are: .*\bkms\b"):
+        clients.client("no-such-service")
