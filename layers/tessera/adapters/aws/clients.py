@@ -106,7 +106,7 @@ def _session() -> botocore.session.Session:
     and whose parsers read timestamps fast (`fast_timestamp`)."""
     session = botocore.session.get_session()
     loader = create_loader(session.get_config_variable("data_path"))
-    loader.list_available_services = functools.partial(_KnownServices, loader)  # type: ignore[method-assign]
+    loader.list_available_services = functools.partial(_KnownServices, loader)  # type: ignore[method-assign,assignment]
     session.register_component("data_loader", loader)
     session.get_component("response_parser_factory").set_parser_defaults(
         timestamp_parser=fast_timestamp
