@@ -92,6 +92,8 @@ class _KnownServices:
         self._type_name = type_name
 
     def __contains__(self, service: object) -> bool:
+        if not isinstance(service, str):
+            return False
         try:
             return bool(self._loader.list_api_versions(service, self._type_name))
         except DataNotFoundError:
