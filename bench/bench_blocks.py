@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ from bench.common import (
     peak_rss,
     print_figures,
     random_file,
+    rounds_of_each,
     run_quiet,
     scale,
     scaled,
@@ -59,6 +61,7 @@ from tessera.blocks import (
 
 SECRET = bytes(range(32))
 KEY_VERSION = 1
+SPEEDUP_ROUNDS = 7  # paired 1-worker / per-core runs of the encode pipeline
 
 
 def main() -> None:
@@ -138,22 +141,26 @@ def encode_vs_restic(path: Path, workers: int) -> list[Figure]:
     size = path.stat().st_size
     log(f"encode pipeline vs restic backup on {human_bytes(size)}")
     warm(path)
-    times = best_of_each(
+    # The speed-up is judged per round: a single-worker run here took 1.5-2.3 s for the same
+    # GiB minutes apart, so the best of each side compares two different machines.
+    times = rounds_of_each(
         {
             "one": lambda: encode_whole_file(path, 1),
             "all": lambda: encode_whole_file(path, workers),
         },
-        3,
+        SPEEDUP_ROUNDS,
     )
-    t_one, t_all = times["one"], times["all"]
+    t_one, t_all = min(times["one"]), min(times["all"])
+    ratios = [one / all_ for one, all_ in zip(times["one"], times["all"], strict=True)]
+    speedup = statistics.median(ratios)
     figures = [
-        Figure(f"encode pipeline {human_bytes(size)}, 1 worker", f"{t_one:.2f} s"),
-        Figure(f"encode pipeline, {workers} workers", f"{t_all:.2f} s"),
+        Figure(f"encode pipeline {human_bytes(size)}, 1 worker (best)", f"{t_one:.2f} s"),
+        Figure(f"encode pipeline, {workers} workers (best)", f"{t_all:.2f} s"),
         Figure(
-            f"pipeline speed-up, {workers} workers vs 1",
-            f"{t_one / t_all:.2f}x",
+            f"pipeline speed-up, {workers} workers vs 1 (median of {SPEEDUP_ROUNDS} rounds)",
+            f"{speedup:.2f}x ({'/'.join(f'{r:.2f}' for r in ratios)})",
             "≥ 1.6x",
-            t_one / t_all >= 1.6,
+            speedup >= 1.6,
         ),
     ]
     if not have("restic"):

@@ -113,20 +113,31 @@ def best_of(
     return min(times)
 
 
+def rounds_of_each(
+    fns: Mapping[str, Callable[[], object]],
+    rounds: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Each contender's time in each of `rounds` rounds, run round-robin so that a change in
+    the machine's load during the measurement hits them all alike. Times of one round were
+    taken seconds apart: their ratio is the steadiest comparison this VM allows, whose
+    speed drifts by up to a third within minutes."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return times
+
+
 def best_of_each(
     fns: Mapping[str, Callable[[], object]],
     repeat: int = 3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """`best_of` for several contenders, run round-robin so that a change in the machine's
-    load during the measurement hits them all alike."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = clock()
-            fn()
-            best[name] = min(best[name], clock() - start)
-    return best
+    """`best_of` for several contenders, run round-robin (`rounds_of_each`)."""
+    return {name: min(t) for name, t in rounds_of_each(fns, repeat, clock).items()}
 
 
 def children_cpu() -> float:
