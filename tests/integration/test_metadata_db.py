@@ -1,12 +1,13 @@
 """`Database.transaction` turns transient database failures into `Unavailable` (503 +
-Retry-After) and lets every other error through unchanged."""
+Retry-After) and lets every other error through unchanged; a transaction that raised rolls
+back whole, and only a failed statement costs the connection its prepared statements."""
 
 from __future__ import annotations
 
 import psycopg
 import pytest
 
-from tessera.domain.errors import Unavailable
+from tessera.domain.errors import NotFound, Unavailable
 from tessera.metadata import Database
 from tessera.metadata.db import RETRY_AFTER_S
 
@@ -33,3 +34,45 @@ def test_a_lock_timeout_is_unavailable(db: Database, database_url: str) -> None:
 def test_other_database_errors_pass_through(db: Database) -> None:
     with pytest.raises(psycopg.errors.UndefinedTable), db.transaction() as store:
         store.conn.execute("SELECT * FROM no_such_table")
+
+
+def _prepared_on(db: Database) -> set[str]:
+    """The statements prepared on the pool's one connection."""
+    with db.transaction() as store:
+        rows = store.conn.execute(
+            "SELECT statement FROM pg_prepared_statements", prepare=False
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _prepare_a_statement(db: Database) -> str:
+    query = "SELECT count(*) FROM namespaces WHERE ns_id = %s"
+    with db.transaction() as store:
+        store.conn.execute(query, (1,), prepare=True).fetchone()
+    (prepared,) = _prepared_on(db)
+    return prepared
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_domain_error_keeps_the_prepared_statements(database_url: str, pipeline: bool) -> None:
+    # psycopg's own rollback forgets every prepared statement (DEALLOCATE ALL); after a
+    # request that only raised a 404 or 409 the connection would plan its statements anew.
+    with Database(database_url, max_size=1) as db:
+        prepared = _prepare_a_statement(db)
+        with pytest.raises(NotFound), db.transaction(pipeline=pipeline) as store:
+            store.create_user("u-rolled-back", "rb@example.com", 1)
+            raise NotFound("no such file")
+        assert _prepared_on(db) == {prepared}
+        with db.transaction() as store:  # and the raising transaction's write was undone
+            assert store.get_user("u-rolled-back") is None
+
+
+def test_a_failed_statement_still_rolls_back_the_whole_transaction(database_url: str) -> None:
+    with Database(database_url, max_size=1) as db:
+        _prepare_a_statement(db)
+        with pytest.raises(psycopg.errors.UndefinedTable), db.transaction() as store:
+            store.create_user("u-rolled-back", "rb@example.com", 1)
+            store.conn.execute("SELECT * FROM no_such_table")
+        with db.transaction() as store:  # the connection is usable, the write undone
+            assert store.get_user("u-rolled-back") is None
+            assert store.conn.execute("SELECT 1").fetchone() == (1,)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
@@ -15,6 +16,8 @@ from tessera.metadata.store import Store
 #: Seconds a client is told to wait before retrying when the database is unreachable, busy
 #: or aborted the transaction for a transient reason.
 RETRY_AFTER_S = 2
+
+_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
 class Database:
@@ -67,10 +70,15 @@ class Database:
         `Unavailable` (503 + Retry-After); other errors pass through.
         """
         try:
-            with self.pool.connection() as conn, conn.pipeline() if pipeline else nullcontext():
-                if repeatable_read:
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                yield Store(conn)
+            with self.pool.connection() as conn:
+                try:
+                    with conn.pipeline() if pipeline else nullcontext():
+                        if repeatable_read:
+                            conn.execute(_SNAPSHOT)
+                        yield Store(conn)
+                except BaseException:
+                    _roll_back_keeping_statements(conn)
+                    raise
         except psycopg.OperationalError as exc:
             # No free connection in time, the server gone or restarting, a lost connection,
             # a serialization failure, deadlock, lock or statement timeout, a full disk: the
@@ -91,3 +99,17 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _roll_back_keeping_statements(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Roll back a transaction that raised while none of its statements had failed.
+
+    psycopg forgets every prepared statement (DEALLOCATE ALL) on any ROLLBACK that passes
+    through it, in case the transaction created an object a statement names. Requests run
+    no DDL, and a request that ends in a domain error (404, 403, 409) failed no statement,
+    yet its connection would plan each statement anew for its next five runs: about 1 ms of
+    server CPU per run of a commit's reads. So that ROLLBACK goes straight to libpq, and
+    psycopg, finding the transaction closed, keeps its cache. A failed statement (INERROR)
+    or a lost connection is left to psycopg's own rollback."""
+    if conn.info.transaction_status == TransactionStatus.INTRANS:
+        conn.pgconn.exec_(b"ROLLBACK")
