@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from tessera.domain.models import (
     UploadUrlsRequest,
 )
 from tessera.domain.services import Services
+from tessera.metadata.store import Store
 from tessera.ports import Principal
 from tests.concurrency import run_at_once
 
@@ -219,6 +221,63 @@ def test_a_late_failure_leaves_nothing_of_the_first_attempt(
     assert refcounts.get(block_id(block[0])) == 1  # once, not once per attempt
     assert refcounts.get(block_id(other[0]), 0) == 0
     assert journal is not None and journal[0] == 1  # the one file; no folder, no second try
+
+
+def _count_savepoints(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    taken: list[None] = []
+    real = Store.savepoint
+
+    def counting(self: Store) -> Any:
+        taken.append(None)
+        return real(self)
+
+    monkeypatch.setattr(Store, "savepoint", counting)
+    return taken
+
+
+def test_one_failing_entry_costs_a_rerun_without_savepoints(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_file(services, alice, "/exists", b"v1")
+    upload_id = upload_blocks(services, alice, "/up", [b"a", b"b"])
+    taken = _count_savepoints(monkeypatch)
+    batch = CommitBatchRequest(
+        entries=[
+            commit_request("/a", [b"a"], upload_id),
+            commit_request("/exists", [b"a"], upload_id, parent_rev=7),  # stale
+            commit_request("/z", [b"b"], upload_id),
+        ]
+    )
+    result = commits.commit_batch(services, alice, batch)
+    assert [(e.tag, e.status) for e in result.entries] == [
+        ("success", 200),
+        ("failure", 409),
+        ("success", 200),
+    ]
+    assert result.entries[1].error is not None and "rev 1" in result.entries[1].error.message
+    assert taken == []
+    assert get_file(services, alice, "/a") == b"a" and get_file(services, alice, "/z") == b"b"
+    assert get_file(services, alice, "/exists") == b"v1"
+
+
+def test_many_failing_entries_end_in_a_run_with_savepoints(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("/s1", "/s2", "/s3"):
+        put_file(services, alice, name, b"v1")
+    upload_id = upload_blocks(services, alice, "/up", [b"a"])
+    taken = _count_savepoints(monkeypatch)
+    entries = [commit_request(f"/s{n}", [b"a"], upload_id, parent_rev=7) for n in (1, 2, 3)]
+    entries.insert(1, commit_request("/new", [b"a"], upload_id))
+    result = commits.commit_batch(services, alice, CommitBatchRequest(entries=entries))
+    assert [(e.tag, e.status) for e in result.entries] == [
+        ("failure", 409),
+        ("success", 200),
+        ("failure", 409),
+        ("failure", 409),
+    ]
+    assert len(taken) == 2  # the third run: one for each entry not yet seen failing
+    assert get_file(services, alice, "/new") == b"a"
 
 
 def test_case_and_unicode_twins_are_one_file(services: Services, alice: Principal) -> None:

@@ -445,7 +445,17 @@ def _batch_sessions(
 
 
 class _EntryFailed(Exception):
-    """An entry of a batch run without savepoints failed: run it again with them."""
+    """An entry of a batch run without savepoints failed: the whole run is rolled back."""
+
+    def __init__(self, index: int, error: TesseraError) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+#: Batch runs without savepoints, each skipping the entries earlier runs saw fail, before
+#: a run with a savepoint per entry.
+_RUNS_WITHOUT_SAVEPOINTS = 2
 
 
 def commit_batch(
@@ -456,17 +466,41 @@ def commit_batch(
 
     The batch first runs without savepoints: in psycopg's pipeline mode a savepoint costs
     four round trips, more than an entry's own statements, and a sync's batch seldom holds
-    a failure. When an entry fails, that transaction is rolled back whole and the batch
-    runs again with a savepoint per entry, so each entry fails alone."""
+    a failure. When an entry fails, that transaction is rolled back whole and the batch runs
+    again without it: the entry keeps the failure it met, which is what it would meet in a
+    savepoint of its own, since the entries before it run again as they did. Only when the
+    second run meets a failure too does a last run take a savepoint per entry, so a batch
+    with many failures costs three runs, not one per failure (docs/api.md has figures)."""
     if len(req.entries) > svc.settings.max_commits_per_batch:
         raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
     staged = _StagedSizes(svc.block_store)
-    try:
-        results, events = _commit_entries(svc, principal, req, staged, isolated=False)
-    except _EntryFailed:
-        results, events = _commit_entries(svc, principal, req, staged, isolated=True)
+    failed: dict[int, TesseraError] = {}
+    while True:
+        try:
+            results, events = _commit_entries(
+                svc,
+                principal,
+                req,
+                staged,
+                failed,
+                isolated=len(failed) >= _RUNS_WITHOUT_SAVEPOINTS,
+            )
+            break
+        except _EntryFailed as exc:
+            failed[exc.index] = exc.error
     publish(svc.feed, events)
     return CommitBatchResponse(entries=results)
+
+
+def _failure(exc: TesseraError) -> CommitBatchItem:
+    """A batch entry's result for the error it met."""
+    return CommitBatchItem.model_validate(
+        {
+            ".tag": "failure",
+            "status": exc.status,
+            "error": ErrorInfo.model_validate(exc.to_body()["error"]),
+        }
+    )
 
 
 def _commit_entries(
@@ -474,11 +508,13 @@ def _commit_entries(
     principal: Principal,
     req: CommitBatchRequest,
     staged: _StagedSizes,
+    failed: Mapping[int, TesseraError],
     *,
     isolated: bool,
 ) -> tuple[list[CommitBatchItem], list[ChangeEvent | None]]:
-    """Commit every entry in one transaction; with `isolated`, each in a savepoint (a
-    failure is that entry's result), else the first failure raises _EntryFailed."""
+    """Commit every entry but the `failed` ones (by index: they keep that failure) in one
+    transaction; with `isolated`, each in a savepoint (a failure is that entry's result),
+    else the first failure raises _EntryFailed."""
     results: list[CommitBatchItem | None] = [None] * len(req.entries)
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal, pipeline=True) as (store, view):
@@ -502,6 +538,9 @@ def _commit_entries(
             return (mount.ns_id, paths.path_key(rel))
 
         for i in sorted(range(len(req.entries)), key=order):
+            if i in failed:
+                results[i] = _failure(failed[i])
+                continue
             try:
                 with store.savepoint() if isolated else contextlib.nullcontext():
                     entry, event = _commit_in(
@@ -509,14 +548,8 @@ def _commit_entries(
                     )
             except TesseraError as exc:
                 if not isolated:
-                    raise _EntryFailed from exc
-                results[i] = CommitBatchItem.model_validate(
-                    {
-                        ".tag": "failure",
-                        "status": exc.status,
-                        "error": ErrorInfo.model_validate(exc.to_body()["error"]),
-                    }
-                )
+                    raise _EntryFailed(i, exc) from exc
+                results[i] = _failure(exc)
                 continue
             results[i] = CommitBatchItem.model_validate(
                 {".tag": "success", "entry": entry, "status": 200}
