@@ -12,9 +12,11 @@
    `aws s3 sync` of the same folder to the same moto endpoint, for two data sets: 1,000
    files of 1-300 KiB (≈150 MiB) and one 1 GiB file (`--sync-files`, `--sync-big-mib`;
    both scaled by TESSERA_BENCH_SCALE). moto runs in a process of its own, as S3 does.
-   rclone is compared when it is installed.
+   rclone is compared when it is installed. Medians of `--sync-rounds` (3) rounds whose
+   order alternates, each on a fresh moto.
 
-    .venv/bin/python bench/bench_aws.py [--runs 3] [--wakeups 15] [--sync-files N] [--sync-only]
+    .venv/bin/python bench/bench_aws.py [--runs 3] [--wakeups 15] [--sync-files N]
+        [--sync-rounds 3] [--sync-only | --cold-only]
 """
 
 from __future__ import annotations
@@ -268,23 +270,32 @@ def _wait_relayed(url: str, cloud: AwsLocalCloud, timeout: float = 300) -> None:
             time.sleep(0.5)
 
 
-def bench_initial_sync(tmp: Path, url: str, files: int, big_mib: int) -> list[dict[str, Any]]:
+def bench_initial_sync(
+    tmp: Path, url: str, files: int, big_mib: int, rounds: int
+) -> list[dict[str, Any]]:
     """Per data set (`files` small files; one `big_mib` MiB file): seconds for `aws s3 sync`
-    (and rclone) and for `tessera sync --once` into AWS mode, all to one moto endpoint.
-    Each set gets a fresh moto and cloud (no background work of the last set's left); the
-    other tools run first, each on a quiet machine."""
+    (and rclone) and for `tessera sync --once` into AWS mode, all to one moto endpoint, as
+    the median of `rounds` rounds (`runs` keeps each round's times). Each round gets a fresh
+    moto and cloud (no background work of the last round left), each tool a quiet machine,
+    and the order alternates: this VM's speed drifts by a third within minutes, and a single
+    run of each put either tool ahead by that much."""
     sets = [(f"{files} files of 1-300 KiB", _small_files, files),
             (f"one {big_mib} MiB file", _big_file, big_mib)]  # fmt: skip
     results: list[dict[str, Any]] = []
     for n, (label, make, amount) in enumerate(sets):
         if amount:
             data = tmp / f"data{n}"
-            row: dict[str, Any] = {"set": label, "mib": make(data, amount) / 2**20}
-            results.append(row | _sync_once(tmp / f"set{n}", data, _database(url)))
+            mib = make(data, amount) / 2**20
+            runs = [
+                _sync_once(tmp / f"set{n}-{r}", data, _database(url), tessera_first=r % 2 == 1)
+                for r in range(rounds)
+            ]
+            medians = {tool: statistics.median(run[tool] for run in runs) for tool in runs[0]}
+            results.append({"set": label, "mib": mib, "runs": runs} | medians)
     return results
 
 
-def _sync_once(tmp: Path, data: Path, url: str) -> dict[str, float]:
+def _sync_once(tmp: Path, data: Path, url: str, *, tessera_first: bool) -> dict[str, float]:
     """Seconds per tool to copy `data` to a fresh moto (tessera through a fresh cloud)."""
     moto = MotoProcess()
     cloud = AwsLocalCloud(tmp / "state", port=0, aws_endpoint=moto.endpoint_url,
@@ -294,18 +305,19 @@ def _sync_once(tmp: Path, data: Path, url: str) -> dict[str, float]:
         assert cloud.aws is not None
         s3_env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
                   "AWS_DEFAULT_REGION": cloud.aws.region}  # fmt: skip
-        row: dict[str, float] = {}
-        for tool, cmd in _other_tools(data, cloud.aws.bucket, moto.endpoint_url):
-            _wait_relayed(url, cloud)
-            row[tool] = _timed(cmd, s3_env)
         email, password = f"sync{uuid.uuid4().hex[:6]}@bench.test", "bench passphrase"
         add_user(tmp / "state", email, password)
         env = {**os.environ, "TESSERA_HOME": str(tmp / "home"), "PYTHONWARNINGS": "ignore"}
         client = [sys.executable, "-m", "tessera_client"]
         _timed([*client, "login", "--server", base, "--email", email, "--password", password],
                env)  # fmt: skip
-        _wait_relayed(url, cloud)
-        row["tessera"] = _timed([*client, "sync", str(data), "--once"], env)
+        tools = [(tool, cmd, s3_env) for tool, cmd in _other_tools(data, cloud.aws.bucket,
+                                                                   moto.endpoint_url)]  # fmt: skip
+        tessera = ("tessera", [*client, "sync", str(data), "--once"], env)
+        row: dict[str, float] = {}
+        for tool, cmd, tool_env in [tessera, *tools] if tessera_first else [*tools, tessera]:
+            _wait_relayed(url, cloud)
+            row[tool] = _timed(cmd, tool_env)
         return row
     finally:
         cloud.stop()
@@ -339,6 +351,7 @@ def main(argv: Sequence[str] = ()) -> None:
     parser.add_argument("--skip-sync", action="store_true", help="skip the initial sync")
     parser.add_argument("--cold-only", action="store_true", help="only the api cold start")
     parser.add_argument("--sync-only", action="store_true", help="only the initial sync")
+    parser.add_argument("--sync-rounds", type=int, default=3, help="alternating sync rounds")
     args = parser.parse_args(list(argv))
 
     with tempfile.TemporaryDirectory(prefix="bench-aws-") as tmp, MotoCloud() as moto:
@@ -384,12 +397,15 @@ def _latency_benches(args: argparse.Namespace, env: dict[str, str], tmp: Path, u
 def _sync_bench(args: argparse.Namespace, tmp: Path, url: str) -> None:
     """Section 4: the initial sync against aws s3 sync (and rclone), a line per data set."""
     rclone = "found" if shutil.which("rclone") else "not installed"
-    for row in bench_initial_sync(tmp, url, args.sync_files, args.sync_big_mib):
-        others = ", ".join(f"{k} {v:.1f} s" for k, v in row.items()
-                           if k not in {"set", "mib", "tessera"})  # fmt: skip
-        print(f"initial sync into AWS mode, {row['set']} ({row['mib']:.0f} MiB):"
-              f" tessera {row['tessera']:.1f} s; {others or 'no aws/rclone found'}"
-              f"  [target: no slower than aws s3 sync; rclone {rclone}]")  # fmt: skip
+    rows = bench_initial_sync(tmp, url, args.sync_files, args.sync_big_mib, args.sync_rounds)
+    for row in rows:
+        times = [
+            f"{tool} {row[tool]:.1f} s ({'/'.join(f'{run[tool]:.1f}' for run in row['runs'])})"
+            for tool in row["runs"][0]
+        ]
+        print(f"initial sync into AWS mode, {row['set']} ({row['mib']:.0f} MiB), median of"
+              f" {len(row['runs'])} alternating rounds: {'; '.join(times)}"
+              f"  [target: tessera no slower than aws s3 sync; rclone {rclone}]")  # fmt: skip
 
 
 if __name__ == "__main__":
