@@ -6,11 +6,15 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import boto3
+import pynamodb.connection.base
 import pytest
 
 from tessera.adapters.aws import (
+    AwsClients,
     AwsSettings,
     ChangeConflictError,
     ChangeRecordBase,
@@ -175,3 +179,33 @@ def test_racing_batch_writes_insert_each_event_once(
     assert sorted(inserted.values(), key=lambda e: e.seq) == events
     assert {kind for kind, _ in records} <= {"INSERT", "MODIFY"}
     assert feed.changes_after(ns, 0, limit=1000) == events
+
+
+def test_the_model_makes_its_client_on_the_session_it_is_given(
+    aws_settings: AwsSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def own_session() -> None:
+        raise AssertionError("PynamoDB made a botocore session of its own")
+
+    monkeypatch.setattr(pynamodb.connection.base, "get_session", own_session)
+    clients = AwsClients(aws_settings)
+    made: list[str] = []
+
+    class Recording:
+        def create_client(self, service: str, region_name: str | None = None, **kw: Any) -> Any:
+            made.append(service)
+            return clients.create_client(service, region_name, **kw)
+
+    model = changes_model(
+        aws_settings.changes_table,
+        region=aws_settings.region,
+        host=aws_settings.endpoint_url,
+        session=Recording(),
+    )
+    feed = DynamoChangeFeed(model, min_interval=0.02, max_interval=0.1)
+    event = ChangeEvent("ev-shared", _ns(), 1, "file", {"path": "/s.txt"})
+    # PynamoDB keeps a session per thread: the first call comes from a request's thread
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(feed.publish, event).result()
+    assert feed.changes_after(event.ns_id, 0) == [event]
+    assert made == ["dynamodb"]

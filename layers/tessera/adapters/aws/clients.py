@@ -143,13 +143,18 @@ class AwsClients:
             # A custom endpoint (moto) has no virtual-host DNS for buckets.
             s3={"addressing_style": "path"} if self.settings.endpoint_url else None,
         )
+        return self.create_client(
+            service,
+            region_name=self.settings.region,
+            endpoint_url=self.settings.endpoint_url,
+            config=config,
+        )
+
+    def create_client(self, service: str, region_name: str | None = None, **kwargs: Any) -> Any:
+        """`botocore.session.Session.create_client` on the shared session, one at a time:
+        for a library that makes its own clients from a session it is handed (PynamoDB)."""
         with self._session_lock:
-            return self._session.create_client(
-                service,
-                region_name=self.settings.region,
-                endpoint_url=self.settings.endpoint_url,
-                config=config,
-            )
+            return self._session.create_client(service, region_name, **kwargs)
 
     @property
     def s3(self) -> S3Client:

@@ -54,7 +54,10 @@ class AwsRuntime:
     def change_feed(self) -> DynamoChangeFeed:
         """The DynamoDB change feed on the `changes` table."""
         model = changes_model(
-            self.aws.changes_table, region=self.aws.region, host=self.aws.endpoint_url
+            self.aws.changes_table,
+            region=self.aws.region,
+            host=self.aws.endpoint_url,
+            session=self._clients,
         )
         return DynamoChangeFeed(model, ttl=timedelta(days=self.aws.changes_ttl_days))
 
