@@ -20,10 +20,10 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url := os.environ.get("DATABASE_URL"):
         yield url
         return
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     datadir: Path = tmp_path_factory.mktemp("pgdata")
-    server = pgserver.get_server(datadir, cleanup_mode="stop")
+    server = get_server(datadir, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:

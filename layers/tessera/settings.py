@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Self
 
 MIB = 1024 * 1024
 
@@ -48,7 +49,7 @@ class Settings:
     trash_retention_days: int = 30
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         """Settings from `environ` (default: the process environment); unknown vars ignored."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}

@@ -206,7 +206,7 @@ def upload_blocks(
     started = uploads.start_upload(svc, who, UploadStartRequest(files=[spec]))
     by_id = dict(zip(ids, chunks, strict=True))
     encoded = {
-        n.id: encode_block(by_id[n.id], n.id, base64.b64decode(n.key), n.key_version)
+        n.id: bytes(encode_block(by_id[n.id], n.id, base64.b64decode(n.key), n.key_version))
         for n in started.needed
     }
     if encoded:

@@ -11,7 +11,9 @@ from tessera.ports import Principal
 from .conftest import Caller, put_file, upload_blocks
 
 
-def _commit_body(path: str, data: bytes, upload_id: str | None, **extra: object) -> dict:
+def _commit_body(
+    path: str, data: bytes, upload_id: str | None, **extra: object
+) -> dict[str, object]:
     bid = block_id(data)
     return {
         "path": path,
@@ -121,7 +123,9 @@ def test_conflict_body_carries_rev(call: Caller, services: Services, alice: Prin
         ),
     ],
 )
-def test_malformed_bodies_are_422(call: Caller, alice: Principal, body: dict, field: str) -> None:
+def test_malformed_bodies_are_422(
+    call: Caller, alice: Principal, body: dict[str, object], field: str
+) -> None:
     status, out, _ = call("POST", "/v1/commit", body, alice)
     assert status == 422 and out["error"]["code"] == "invalid"
     assert any(f["field"] == field for f in out["error"]["fields"]), out
@@ -274,7 +278,7 @@ def test_batch_and_share_over_http(
     ],
 )
 def test_a_new_users_first_call_may_be_a_read(
-    call: Caller, method: str, path: str, body: dict | None, status: int
+    call: Caller, method: str, path: str, body: dict[str, object] | None, status: int
 ) -> None:
     """Provisioning happens in its own write transaction, so a read-only first request
     (list_folder's snapshot is READ ONLY) answers normally instead of a 500."""

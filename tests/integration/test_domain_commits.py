@@ -207,12 +207,13 @@ def test_a_late_failure_leaves_nothing_of_the_first_attempt(
     assert [(e.tag, e.status) for e in result.entries] == [("failure", 409), ("success", 200)]
     assert get_file(services, alice, "/fresh") == b"becomes a file"
     with services.db.pool.connection() as conn:
-        refcounts = dict(
-            conn.execute(
+        refcounts = {
+            bid: n
+            for bid, n in conn.execute(
                 "SELECT block_id, refcount FROM blocks WHERE block_id = ANY(%s)",
                 ([block_id(block[0]), block_id(other[0])],),
             ).fetchall()
-        )
+        }
         journal = conn.execute(
             "SELECT count(*) FROM journal j JOIN users u ON u.root_ns_id = j.ns_id"
             " WHERE u.user_id = %s",
@@ -397,7 +398,7 @@ def test_concurrent_retries_of_one_idempotency_key_write_once(
     results, _ = run_at_once(lambda: commits.commit(services, alice, req), 4, timeout=30)
     assert len(results) == 4 and all(r == results[0] for r in results)
     with services.db.transaction() as store:
-        entry = store.file_by_path(results[0].ns_id, "/twice")  # type: ignore[attr-defined]
+        entry = store.file_by_path(results[0].ns_id, "/twice")
         assert entry is not None and entry.latest_rev == 1
 
 

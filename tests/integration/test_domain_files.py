@@ -254,10 +254,9 @@ def test_reusing_a_block_whose_copy_was_promoted_points_at_the_canonical_block(
     _promote_without_repoint(services, data)
     commits.commit(services, alice, commit_request("/v2", [data], None))
     with services.db.transaction() as store:
-        row = store.file_by_path(
-            files.metadata(services, alice, MetadataRequest(path="/v2")).ns_id,
-            "/v2",  # type: ignore[union-attr]
-        )
+        meta = files.metadata(services, alice, MetadataRequest(path="/v2"))
+        assert isinstance(meta, FileEntry)
+        row = store.file_by_path(meta.ns_id, "/v2")
         assert row is not None
         assert [b.staged_key for b in store.version_blocks(row.ns_id, row.file_id, 1)] == [None]
     assert get_file(services, alice, "/v2") == data

@@ -157,8 +157,9 @@ def _bad_tokens(env: Env) -> dict[str, str]:
     other = JwtIssuer(env.state / "other.pem")
     good = env.issuer.issue(env.principal).access_token
     header, payload, sig = good.split(".")
+    # PyJWT's "none" algorithm treats the key "" as no key (its typed signature has no None)
     none_alg = jwt.encode(
-        jwt.decode(good, options={"verify_signature": False}), key=None, algorithm="none"
+        jwt.decode(good, options={"verify_signature": False}), key="", algorithm="none"
     )
     return {
         "forged-key": other.issue(env.principal).access_token,

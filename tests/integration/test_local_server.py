@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -24,9 +26,13 @@ def test_the_url_accepts_connections_before_serving_starts() -> None:
 
 
 def test_a_request_queued_before_serving_starts_is_answered() -> None:
-    async def hello(scope: dict, receive: object, send: object) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
-        await send({"type": "http.response.body", "body": b"hi"})  # type: ignore[operator]
+    async def hello(
+        scope: dict[str, Any],
+        receive: object,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"hi"})
 
     server = Server()
     try:

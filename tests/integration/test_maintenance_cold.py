@@ -68,7 +68,9 @@ def test_a_block_read_through_another_file_stays_hot(world: World) -> None:
     world.put(ALICE, "/old.bin", shared + secrets.token_bytes(BLOCK))
     world.put(BOB, "/new.bin", shared)
     world.run("dedup")
-    with psycopg.connect(world.svc.db.conninfo, autocommit=True) as conn:
+    conninfo = world.svc.db.conninfo
+    assert isinstance(conninfo, str)  # make_world's database URL, not a token-minting callable
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("UPDATE blocks SET last_access = now() - interval '100 days'")
     world.get(BOB, "/new.bin")  # reads the shared block today
     assert _cold(world, days=0).blocks_moved == 1  # only alice's unread tail

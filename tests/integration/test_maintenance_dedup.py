@@ -74,7 +74,7 @@ def test_poisoned_staged_block_is_quarantined_and_never_served(world: World) -> 
     poisoned_id = block_id(chunks(data)[1])
 
     # mallory claims alice's content, uploading garbage under one of its ids
-    world.put(MALLORY, "/claimed.bin", data, poison={1})
+    world.put(MALLORY, "/claimed.bin", data, poison=frozenset({1}))
     # unverified, she is served her own copies (the client's re-hash rejects them), never alice's
     with pytest.raises(BlockIntegrityError):
         world.get(MALLORY, "/claimed.bin")
@@ -97,7 +97,7 @@ def test_poisoned_staged_block_is_quarantined_and_never_served(world: World) -> 
         assert got != data  # never reached with a correct download path
     assert world.get(ALICE, "/secret.bin") == data
     # claiming the id again does not make it readable: she must upload it again
-    world.put(MALLORY, "/again.bin", data, poison={1})
+    world.put(MALLORY, "/again.bin", data, poison=frozenset({1}))
     assert world.sql(
         "SELECT count(*) FROM version_blocks v JOIN files f USING (ns_id, file_id)"
         " WHERE f.path_key = '/again.bin' AND v.block_id = %s AND v.staged_key IS NULL",
@@ -116,7 +116,7 @@ def test_poisoned_staged_block_is_quarantined_and_never_served(world: World) -> 
 
 def test_poisoned_first_upload_is_not_promoted_and_honest_one_is(world: World) -> None:
     data = secrets.token_bytes(2 * BLOCK)
-    world.put(MALLORY, "/x.bin", data, poison={0})
+    world.put(MALLORY, "/x.bin", data, poison=frozenset({0}))
     result = _dedup(world)
     assert (result.quarantined, result.promoted) == (1, 1)
     bad = block_id(chunks(data)[0])

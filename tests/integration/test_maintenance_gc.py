@@ -44,17 +44,17 @@ def assert_nothing_dangles(w: World) -> None:
     )
     for bid, staged_key, state in rows:
         assert state is not None, f"{bid} is named by a version but has no blocks row"
-        key = staged_key or "blocks/" + str(bid)[3:]
+        key = str(staged_key or "blocks/" + str(bid)[3:])
         if state in ("cold", "restoring") and not staged_key:
             assert w.store.head(key) is not None, f"{key} is gone"
             continue
         check = check_stored(w.store, w.ctx.keys, str(key), str(bid))
         assert check.ok, f"{key}: {check.reason}"
-    for (key,) in w.sql(
+    for (held,) in w.sql(
         "SELECT u.staged_key FROM upload_blocks u JOIN upload_sessions s USING (upload_id)"
         " WHERE s.state = 'open' AND u.stored_size IS NOT NULL AND u.state = 'expected'"
     ):
-        assert w.store.head(str(key)) is not None, f"open session lost {key}"
+        assert w.store.head(str(held)) is not None, f"open session lost {held}"
 
 
 def test_trash_is_purged_after_retention_and_blocks_after_grace(world: World) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -126,8 +126,8 @@ class World:
             plain = by_id[need.id]
             if need.id in poisoned:
                 plain = bytes(b ^ 0x5A for b in plain)
-            encoded[need.id] = encode_block(
-                plain, need.id, base64.b64decode(need.key), need.key_version
+            encoded[need.id] = bytes(
+                encode_block(plain, need.id, base64.b64decode(need.key), need.key_version)
             )
         if encoded:
             urls = uploads.upload_urls(
@@ -218,7 +218,7 @@ class World:
 
     def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
         with self.svc.db.pool.connection() as conn:
-            return conn.execute(query.encode(), params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(query.encode(), params).fetchall()
 
 
 def make_world(
@@ -228,7 +228,7 @@ def make_world(
     store: BlockStore | None = None,
     keys: KeyService | None = None,
     **settings: object,
-) -> Iterator[World]:
+) -> Generator[World, None, None]:
     """A world on database `url`: the local block store and key file under `tmp` unless
     `store` / `keys` are given; `settings` override `MaintenanceSettings` defaults."""
     migrate(url)

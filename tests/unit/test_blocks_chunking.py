@@ -29,6 +29,7 @@ from tessera.blocks import (
     iter_chunks,
     scan_file,
 )
+from tessera.blocks.workers import shared_pool
 from tests.corruption import with_last_byte_flipped
 
 MiB = 1024 * 1024
@@ -177,7 +178,7 @@ def test_files_of_a_few_blocks_are_hashed_on_the_calling_thread(
     data = mixed_bytes(size, seed=size)
     path = make_file(data)
     asked: list[int] = []
-    real = chunking.shared_pool
+    real = shared_pool
 
     def recording_pool() -> object:
         asked.append(1)

@@ -333,7 +333,7 @@ def test_decode_many_raises_on_a_bad_block(workers: int) -> None:
     blocks = [TEXT[: 100 * (i + 1)] for i in range(10)]
     ids = [block_id(b) for b in blocks]
     stored = list(encode_many(((b, i, KEY, 1) for b, i in zip(blocks, ids, strict=True)), workers))
-    stored[6] = with_last_byte_flipped(stored[6])
+    stored[6] = bytearray(with_last_byte_flipped(bytes(stored[6])))
     out = decode_many(((s, i, KEY) for s, i in zip(stored, ids, strict=True)), workers)
     assert [next(out) for _ in range(6)] == blocks[:6]
     with pytest.raises(BlockIntegrityError):

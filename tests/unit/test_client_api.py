@@ -29,12 +29,15 @@ from tessera_client.api import (
 )
 from tessera_client.config import Home, Tokens
 
+Answer = tuple[int, dict[str, str], object]
+"""(status, headers, JSON body) of one scripted answer."""
+
 
 class Script:
     """What the test server answers, in order, per path."""
 
     def __init__(self) -> None:
-        self.answers: dict[str, list[tuple[int, dict[str, str], object]]] = {}
+        self.answers: dict[str, list[Answer]] = {}
         self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
 
 
@@ -102,7 +105,8 @@ def test_retry_after_is_honoured_on_503_and_429(server: tuple[str, Script]) -> N
 
 def test_5xx_backs_off_exponentially_with_jitter(server: tuple[str, Script]) -> None:
     url, script = server
-    script.answers["/x"] = [(500, {}, {})] * 4 + [(200, {}, {})]
+    server_error: Answer = (500, {}, {})
+    script.answers["/x"] = [server_error] * 4 + [(200, {}, {})]
     sleeps = Sleeps()
     with httpx.Client() as client:
         r = send_with_retry(client, policy(sleeps), "GET", url + "/x")

@@ -47,7 +47,7 @@ class Evil:
         """List a file; `served`/`claimed_*` let the server lie about it."""
         bid = block_id(data)
         stored = encode_block(served if served is not None else data, bid, KEY, 1)
-        self.blobs[f"/blk/{fid}"] = stored
+        self.blobs[f"/blk/{fid}"] = bytes(stored)
         entry = {
             ".tag": "file",
             "name": path.rsplit("/", 1)[-1],
@@ -237,12 +237,14 @@ def test_full_disk_stops_downloads_without_corruption(tmp_path: Path, evil: Evil
     assert not [n for n in fake.nodes if TEMP_PREFIX in n]
 
 
-def test_cold_blocks_are_waited_for_and_then_downloaded(tmp_path: Path, evil: Evil) -> None:
+def test_cold_blocks_are_waited_for_and_then_downloaded(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
     evil.add_file("/archive.txt", b"from the glacier", fid="g")
     evil.restoring = 2
     engine = _engine(tmp_path, evil)
     events: list[str] = []
-    engine.reporter.event = events.append  # type: ignore[method-assign]
+    monkeypatch.setattr(engine.reporter, "event", events.append)
     result = engine.run_once()
     engine.close()
     assert result.problems == []

@@ -21,7 +21,7 @@ from tessera.adapters.aws import (
 )
 from tessera.ports import KeyService
 
-from ..contracts.conftest import BlockStoreHarness, ChangeFeedHarness, KeyServiceHarness
+from ..contracts.harnesses import BlockStoreHarness, ChangeFeedHarness, KeyServiceHarness
 from .moto_env import shared_aws_settings
 
 _MOTO = "moto does not verify presigned SigV4 {}; S3 enforces it (verified on real AWS only)"

@@ -127,7 +127,11 @@ def test_aws_mode_serves_the_api_through_the_lambda_handlers(
             seen.add(json.loads(m["Body"])["detail"]["event_id"])
     # The emulated schedule: the relay sweeps every outbox row.
     with psycopg.connect(aws_cloud.aws.database_url) as conn:
-        while conn.execute("SELECT count(*) FROM outbox").fetchone()[0]:
+        while True:
+            row = conn.execute("SELECT count(*) FROM outbox").fetchone()
+            assert row is not None
+            if not row[0]:
+                break
             assert time.monotonic() < deadline, "the emulated relay schedule never ran"
             time.sleep(0.3)
 

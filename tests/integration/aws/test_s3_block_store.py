@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import uuid
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -70,7 +71,12 @@ def test_a_batch_is_presigned_by_botocore_once(
     store = S3BlockStore(aws_clients.s3, aws_settings.bucket, credentials=credentials)
     signed: list[str] = []
     real = store._presign
-    monkeypatch.setattr(store, "_presign", lambda *a: signed.append(a[1]["Key"]) or real(*a))
+
+    def recording_presign(operation: str, params: dict[str, Any], expires_in: int) -> str:
+        signed.append(params["Key"])
+        return real(operation, params, expires_in)
+
+    monkeypatch.setattr(store, "_presign", recording_presign)
     bodies = {_key("staging/bulk"): os.urandom(300 + n) for n in range(6)}
     reqs = store.presign_puts(
         [(k, len(b), hashlib.sha256(b).digest()) for k, b in bodies.items()], expires_in=600

@@ -8,8 +8,9 @@ the port's list below — one line per adapter:
     CHANGE_FEEDS.append(dynamodb_change_feed)
     KEY_SERVICES.append(kms_key_service)
 
-A harness names the checks its backend cannot perform (e.g. moto does not verify presigned
-signatures) in `unsupported`, with the reason; those checks skip with that reason.
+A harness (`harnesses.py`) names the checks its backend cannot perform (e.g. moto does not
+verify presigned signatures) in `unsupported`, with the reason; those checks skip with that
+reason.
 """
 
 from __future__ import annotations
@@ -17,54 +18,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tessera.ports import BlockStore, ChangeFeed, KeyService
-
-# ---------------------------------------------------------------------------------------
-# Harnesses
-
-
-@dataclass
-class BlockStoreHarness:
-    """A block store under test, plus what the suite needs to know about it."""
-
-    store: BlockStore
-    #: the exception `get`/`copy` raise for a cold object that is not restored
-    not_restored_error: type[Exception]
-    #: check name -> why this backend cannot do it (the check is skipped)
-    unsupported: dict[str, str] = field(default_factory=dict)
-
-    def require(self, check: str) -> None:
-        """Skip the calling test when this backend cannot perform `check`."""
-        if check in self.unsupported:
-            pytest.skip(self.unsupported[check])
-
-
-@dataclass
-class ChangeFeedHarness:
-    """A change feed under test."""
-
-    feed: ChangeFeed
-    unsupported: dict[str, str] = field(default_factory=dict)
-
-    def require(self, check: str) -> None:
-        """Skip the calling test when this backend cannot perform `check`."""
-        if check in self.unsupported:
-            pytest.skip(self.unsupported[check])
-
-
-@dataclass
-class KeyServiceHarness:
-    """A key service under test: `open()` gives a new instance over the same key material."""
-
-    open: Callable[[], KeyService]
-    #: add a key version (rotation) and return it; None when the backend cannot rotate
-    rotate: Callable[[], int] | None = None
-
+from .harnesses import BlockStoreHarness, ChangeFeedHarness, KeyServiceHarness
 
 Factory = Callable[[pytest.FixtureRequest, Path], AbstractContextManager[object]]
 

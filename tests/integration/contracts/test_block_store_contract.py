@@ -18,7 +18,7 @@ import pytest
 from tessera.ports import StorageTier
 from tests.corruption import with_last_byte_flipped
 
-from .conftest import BlockStoreHarness
+from .harnesses import BlockStoreHarness
 
 
 def _key(prefix: str = "blocks") -> str:

@@ -8,7 +8,7 @@ import uuid
 
 from tessera.ports import ChangeEvent
 
-from .conftest import ChangeFeedHarness
+from .harnesses import ChangeFeedHarness
 
 
 def _event(ns: int, seq: int, event_id: str | None = None) -> ChangeEvent:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import KeyServiceHarness
+from .harnesses import KeyServiceHarness
 
 BLOCK = "b3:" + "ab" * 32
 
