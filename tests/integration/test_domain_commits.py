@@ -236,7 +236,7 @@ def _count_savepoints(monkeypatch: pytest.MonkeyPatch) -> list[None]:
     return taken
 
 
-def test_one_failing_entry_costs_a_rerun_without_savepoints(
+def test_one_failing_entry_reruns_in_a_savepoint_of_its_own(
     services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     put_file(services, alice, "/exists", b"v1")
@@ -256,9 +256,58 @@ def test_one_failing_entry_costs_a_rerun_without_savepoints(
         ("success", 200),
     ]
     assert result.entries[1].error is not None and "rev 1" in result.entries[1].error.message
-    assert taken == []
+    assert len(taken) == 1  # the rerun's, around the stale entry alone
     assert get_file(services, alice, "/a") == b"a" and get_file(services, alice, "/z") == b"b"
     assert get_file(services, alice, "/exists") == b"v1"
+
+
+def test_a_failure_names_what_the_batch_committed(services: Services, alice: Principal) -> None:
+    """The second entry's 409 comes from the run that commits: it names the file the first
+    entry created there, not one the rolled-back first run had made."""
+    upload_id = upload_blocks(services, alice, "/up", [b"one", b"two"])
+    batch = CommitBatchRequest(
+        entries=[
+            commit_request("/same", [b"one"], upload_id),
+            commit_request("/same", [b"two"], upload_id),
+        ]
+    )
+    first, second = commits.commit_batch(services, alice, batch).entries
+    assert (first.tag, second.tag, second.status) == ("success", "failure", 409)
+    assert first.entry is not None and second.error is not None
+    assert (second.error.model_extra or {}).get("file_id") == first.entry.file_id
+    assert get_file(services, alice, "/same") == b"one"
+
+
+def test_an_entry_is_judged_again_when_what_failed_it_is_undone(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first entry commits in the first run, so the second fails (the path is taken);
+    in the second run the first entry fails (its session expired meanwhile, say): the
+    second entry is tried again, and commits."""
+    upload_id = upload_blocks(services, alice, "/up", [b"one", b"two"])
+    entries = [
+        commit_request("/same", [b"one"], upload_id),
+        commit_request("/same", [b"two"], upload_id),
+    ]
+    real = commits._commit_in
+    runs: list[None] = []
+
+    def first_entry_fails_after_its_first_run(*args: Any, **kwargs: Any) -> Any:
+        if args[3] is entries[0]:
+            runs.append(None)
+            if len(runs) > 1:
+                raise NotFound("upload session expired")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(commits, "_commit_in", first_entry_fails_after_its_first_run)
+    first, second = commits.commit_batch(
+        services, alice, CommitBatchRequest(entries=entries)
+    ).entries
+    assert [(first.tag, first.status), (second.tag, second.status)] == [
+        ("failure", 404),
+        ("success", 200),
+    ]
+    assert get_file(services, alice, "/same") == b"two"
 
 
 def test_many_failing_entries_end_in_a_run_with_savepoints(
@@ -277,7 +326,8 @@ def test_many_failing_entries_end_in_a_run_with_savepoints(
         ("failure", 409),
         ("failure", 409),
     ]
-    assert len(taken) == 2  # the third run: one for each entry not yet seen failing
+    # second run: one around /s1 (seen failing); it then fails on /s2; third run: all four
+    assert len(taken) == 1 + 4
     assert get_file(services, alice, "/new") == b"a"
 
 

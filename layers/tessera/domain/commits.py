@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -445,16 +445,15 @@ def _batch_sessions(
 
 
 class _EntryFailed(Exception):
-    """An entry of a batch run without savepoints failed: the whole run is rolled back."""
+    """An entry of a batch run without a savepoint failed: the whole run is rolled back."""
 
-    def __init__(self, index: int, error: TesseraError) -> None:
-        super().__init__(index, error)
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
         self.index = index
-        self.error = error
 
 
-#: Batch runs without savepoints, each skipping the entries earlier runs saw fail, before
-#: a run with a savepoint per entry.
+#: Runs of a batch in which only entries already seen failing get a savepoint, before a
+#: run with a savepoint per entry.
 _RUNS_WITHOUT_SAVEPOINTS = 2
 
 
@@ -467,27 +466,23 @@ def commit_batch(
     The batch first runs without savepoints: in psycopg's pipeline mode a savepoint costs
     four round trips, more than an entry's own statements, and a sync's batch seldom holds
     a failure. When an entry fails, that transaction is rolled back whole and the batch runs
-    again without it: the entry keeps the failure it met, which is what it would meet in a
-    savepoint of its own, since the entries before it run again as they did. Only when the
-    second run meets a failure too does a last run take a savepoint per entry, so a batch
-    with many failures costs three runs, not one per failure (docs/api.md has figures)."""
+    again with a savepoint around that entry only, so its result (success or failure) is the
+    committed transaction's, like every other entry's. Only when that second run meets
+    another failure does a last run take a savepoint per entry: a batch with many failures
+    costs three runs, not one per failure (docs/api.md has figures)."""
     if len(req.entries) > svc.settings.max_commits_per_batch:
         raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
     staged = _StagedSizes(svc.block_store)
-    failed: dict[int, TesseraError] = {}
+    failed: set[int] = set()
     while True:
+        every = len(failed) >= _RUNS_WITHOUT_SAVEPOINTS
         try:
             results, events = _commit_entries(
-                svc,
-                principal,
-                req,
-                staged,
-                failed,
-                isolated=len(failed) >= _RUNS_WITHOUT_SAVEPOINTS,
+                svc, principal, req, staged, savepoints=None if every else failed
             )
             break
         except _EntryFailed as exc:
-            failed[exc.index] = exc.error
+            failed.add(exc.index)
     publish(svc.feed, events)
     return CommitBatchResponse(entries=results)
 
@@ -508,13 +503,12 @@ def _commit_entries(
     principal: Principal,
     req: CommitBatchRequest,
     staged: _StagedSizes,
-    failed: Mapping[int, TesseraError],
     *,
-    isolated: bool,
+    savepoints: Container[int] | None,
 ) -> tuple[list[CommitBatchItem], list[ChangeEvent | None]]:
-    """Commit every entry but the `failed` ones (by index: they keep that failure) in one
-    transaction; with `isolated`, each in a savepoint (a failure is that entry's result),
-    else the first failure raises _EntryFailed."""
+    """Commit every entry in one transaction. The entries at the indexes `savepoints` (None:
+    all) run in a savepoint each, and their failure is their result; any other entry's
+    failure raises _EntryFailed."""
     results: list[CommitBatchItem | None] = [None] * len(req.entries)
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal, pipeline=True) as (store, view):
@@ -538,9 +532,7 @@ def _commit_entries(
             return (mount.ns_id, paths.path_key(rel))
 
         for i in sorted(range(len(req.entries)), key=order):
-            if i in failed:
-                results[i] = _failure(failed[i])
-                continue
+            isolated = savepoints is None or i in savepoints
             try:
                 with store.savepoint() if isolated else contextlib.nullcontext():
                     entry, event = _commit_in(
@@ -548,7 +540,7 @@ def _commit_entries(
                     )
             except TesseraError as exc:
                 if not isolated:
-                    raise _EntryFailed(i, exc) from exc
+                    raise _EntryFailed(i) from exc
                 results[i] = _failure(exc)
                 continue
             results[i] = CommitBatchItem.model_validate(

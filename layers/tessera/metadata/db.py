@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import psycopg
-from psycopg.pq import TransactionStatus
+from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
@@ -109,7 +110,14 @@ def _roll_back_keeping_statements(conn: psycopg.Connection[tuple[object, ...]]) 
     no DDL, and a request that ends in a domain error (404, 403, 409) failed no statement,
     yet its connection would plan each statement anew for its next five runs: about 1 ms of
     server CPU per run of a commit's reads. So that ROLLBACK goes straight to libpq, and
-    psycopg, finding the transaction closed, keeps its cache. A failed statement (INERROR)
-    or a lost connection is left to psycopg's own rollback."""
-    if conn.info.transaction_status == TransactionStatus.INTRANS:
-        conn.pgconn.exec_(b"ROLLBACK")
+    psycopg, finding the transaction closed, keeps its cache. A failed statement (INERROR),
+    a connection still in pipeline mode or a lost one is left to psycopg's own rollback, and
+    so is a ROLLBACK that fails here: the caller's exception is the one that propagates."""
+    pgconn = conn.pgconn
+    if (
+        conn.info.transaction_status != TransactionStatus.INTRANS
+        or pgconn.pipeline_status != PipelineStatus.OFF
+    ):
+        return
+    with contextlib.suppress(psycopg.Error):
+        pgconn.exec_(b"ROLLBACK")

@@ -74,7 +74,10 @@ def changes_model(
     session of its own, which loads botocore's endpoint and retry data again and walks every
     service folder botocore ships to check the name "dynamodb" (`clients._KnownServices`),
     about 80 ms of CPU on the first commit of every process, against 14 ms on `AwsClients`'
-    session (measured in a process that had made its S3, KMS and SSM clients)."""
+    session (measured in a process that had made its S3, KMS and SSM clients). The
+    session's credentials are the ones used (the Meta's own key settings are not set here).
+    With no credentials at all, PynamoDB makes a new client at every call, under
+    `AwsClients`' lock; a Lambda always has them."""
     meta = type(
         "Meta",
         (),
