@@ -69,6 +69,29 @@ def test_publish_many_stays_idempotent(feed: DynamoChangeFeed) -> None:
         feed.publish_many([ChangeEvent("other", ns, 5, "file"), ChangeEvent("x", ns, 500, "file")])
 
 
+def test_publish_many_of_one_event_is_one_call(
+    feed: DynamoChangeFeed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request path publishes one event per namespace: one conditional PutItem, still
+    idempotent and still refusing another event at the same key."""
+    calls: list[str] = []
+    real = pynamodb.connection.base.Connection._make_api_call
+
+    def recording(self: Any, operation_name: str, operation_kwargs: dict[str, Any]) -> Any:
+        calls.append(operation_name)
+        return real(self, operation_name, operation_kwargs)
+
+    monkeypatch.setattr(pynamodb.connection.base.Connection, "_make_api_call", recording)
+    ns = _ns()
+    event = ChangeEvent(f"one-{ns}", ns, 1, "file")
+    feed.publish_many([event])
+    assert calls == ["PutItem"]
+    feed.publish_many([event])  # the relay's sweep delivers it again: nothing changes
+    with pytest.raises(ChangeConflictError):
+        feed.publish_many([ChangeEvent("another", ns, 1, "file")])
+    assert feed.changes_after(ns, 0) == [event]
+
+
 def test_racing_publish_many_write_each_event_once(feed: DynamoChangeFeed) -> None:
     """Both callers see every key missing (BatchGetItem), then both batch-write: each item
     ends up holding its one event."""
