@@ -14,33 +14,33 @@ import pytest
 from tessera.ports import BlockStore, ChangeFeed, KeyService
 
 
+class _Skips:
+    """A harness's checks its backend cannot perform: check name -> why (skipped)."""
+
+    unsupported: dict[str, str]
+
+    def require(self, check: str) -> None:
+        """Skip the calling test when this backend cannot perform `check`."""
+        if check in self.unsupported:
+            pytest.skip(self.unsupported[check])
+
+
 @dataclass
-class BlockStoreHarness:
+class BlockStoreHarness(_Skips):
     """A block store under test, plus what the suite needs to know about it."""
 
     store: BlockStore
     #: the exception `get`/`copy` raise for a cold object that is not restored
     not_restored_error: type[Exception]
-    #: check name -> why this backend cannot do it (the check is skipped)
     unsupported: dict[str, str] = field(default_factory=dict)
-
-    def require(self, check: str) -> None:
-        """Skip the calling test when this backend cannot perform `check`."""
-        if check in self.unsupported:
-            pytest.skip(self.unsupported[check])
 
 
 @dataclass
-class ChangeFeedHarness:
+class ChangeFeedHarness(_Skips):
     """A change feed under test."""
 
     feed: ChangeFeed
     unsupported: dict[str, str] = field(default_factory=dict)
-
-    def require(self, check: str) -> None:
-        """Skip the calling test when this backend cannot perform `check`."""
-        if check in self.unsupported:
-            pytest.skip(self.unsupported[check])
 
 
 @dataclass
