@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 
 import psycopg
 from psycopg.pq import PipelineStatus, TransactionStatus
@@ -119,5 +118,5 @@ def _roll_back_keeping_statements(conn: psycopg.Connection[tuple[object, ...]]) 
         or pgconn.pipeline_status != PipelineStatus.OFF
     ):
         return
-    with contextlib.suppress(psycopg.Error):
+    with suppress(psycopg.Error):
         pgconn.exec_(b"ROLLBACK")
