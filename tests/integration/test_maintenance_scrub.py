@@ -72,6 +72,7 @@ def test_damaged_block_without_duplicate_is_quarantined_until_reuploaded(world: 
     assert caught.value.status == 503  # never the damaged bytes
     events = [e for e in world.feed.events if e.kind == "block_damaged"]
     assert [e.payload["block_id"] for e in events] == [bad]
+    assert events[0].seq < 0  # a key of its own, never a journal seq (see damage_event)
 
     # the owner's client uploads the file again; dedup promotes the good copy
     world.put(ALICE, "/a.bin", data)

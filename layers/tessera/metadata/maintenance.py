@@ -67,7 +67,6 @@ class DamageNotice:
     block_id: str
     staged_key: str
     reason: str
-    seq: int  # the namespace's latest journal seq (the change feed's position)
     path: str
 
 
@@ -225,7 +224,7 @@ class MaintenanceTx:
         """Damaged versions whose namespace has not been told yet, oldest first."""
         rows = self._all(
             "SELECT d.ns_id, d.file_id, d.rev, d.block_id, d.staged_key, d.reason,"
-            " n.latest_seq, COALESCE(v.path_display, '')"
+            " COALESCE(v.path_display, '')"
             " FROM damaged_versions d JOIN namespaces n ON n.ns_id = d.ns_id"
             " LEFT JOIN file_versions v"
             "   ON v.ns_id = d.ns_id AND v.file_id = d.file_id AND v.rev = d.rev"

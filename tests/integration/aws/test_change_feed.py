@@ -22,6 +22,8 @@ from tessera.adapters.aws import (
     changes_model,
     stream_image_to_event,
 )
+from tessera.maintenance.damage import damage_event
+from tessera.metadata.maintenance import DamageNotice
 from tessera.ports import ChangeEvent
 from tests.concurrency import run_at_once
 
@@ -90,6 +92,25 @@ def test_publish_many_of_one_event_is_one_call(
     with pytest.raises(ChangeConflictError):
         feed.publish_many([ChangeEvent("another", ns, 1, "file")])
     assert feed.changes_after(ns, 0) == [event]
+
+
+def test_a_damage_notice_keeps_clear_of_the_journal(feed: DynamoChangeFeed) -> None:
+    """A `block_damaged` notice published once the namespace's newest journal event is on
+    the table (and before it: the relay must still deliver that event afterwards): no
+    conflict either way, and a long-poll neither lists it nor wakes for it."""
+    ns = _ns()
+    journal = ChangeEvent(f"ns{ns}-7", ns, 7, "file", {"path": "/a"})
+    notice = damage_event(DamageNotice(ns, "f1", 3, "b3:" + "0" * 64, "", "bad tag", "/a"))
+    feed.publish(journal)
+    feed.publish(notice)
+    other = _ns()
+    early = damage_event(DamageNotice(other, "f2", 1, "b3:" + "1" * 64, "", "bad tag", "/b"))
+    feed.publish(early)
+    relayed = [ChangeEvent(f"ns{other}-{n}", other, n, "file") for n in (1, 2)]
+    feed.publish_many(relayed)  # the relay's sweep, after the notice
+    assert feed.changes_after(ns, 0) == [journal]
+    assert feed.wait({ns: 7}, timeout=0) is False
+    assert feed.changes_after(other, 0) == relayed
 
 
 def test_racing_publish_many_write_each_event_once(feed: DynamoChangeFeed) -> None:
