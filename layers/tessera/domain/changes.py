@@ -26,7 +26,10 @@ def publish(feed: ChangeFeed, events: Iterable[ChangeEvent | None]) -> None:
         return
     ready = list(newest.values())
     try:
-        feed.publish_many(ready)
+        if len(ready) == 1:  # the usual case, and fresh: a create-only put is one call
+            feed.publish(ready[0])
+        else:
+            feed.publish_many(ready)
     except Exception:  # the outbox is the guaranteed path
         log.warning(
             "change feed publish failed for %s; outbox relay will retry",

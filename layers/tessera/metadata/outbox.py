@@ -84,8 +84,8 @@ def relay_outbox(
 ) -> RelayResult:
     """Publish pending outbox rows to `feed` in batches of `batch`, one transaction each.
 
-    Each batch goes to the feed at once (`publish_many`: on DynamoDB, one read to skip what
-    the fast path already delivered, then concurrent create-only puts). A batch that fails
+    Each batch goes to the feed at once (`publish_many`: on DynamoDB, one BatchGetItem to
+    skip what the fast path already delivered, then BatchWriteItem for the rest). A batch that fails
     stays pending and the sweep stops there: the next sweep retries it, and a feed outage
     costs one batch, not fifty. Then one query measures the lag left (`RelayResult.lag_s`).
     """

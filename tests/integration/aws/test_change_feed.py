@@ -22,6 +22,7 @@ from tessera.adapters.aws import (
     changes_model,
     stream_image_to_event,
 )
+from tessera.domain import changes
 from tessera.maintenance.damage import damage_event
 from tessera.metadata.maintenance import DamageNotice
 from tessera.ports import ChangeEvent
@@ -71,11 +72,12 @@ def test_publish_many_stays_idempotent(feed: DynamoChangeFeed) -> None:
         feed.publish_many([ChangeEvent("other", ns, 5, "file"), ChangeEvent("x", ns, 500, "file")])
 
 
-def test_publish_many_of_one_event_is_one_call(
+def test_the_fast_path_publishes_with_one_call_and_the_relay_reads_first(
     feed: DynamoChangeFeed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The request path publishes one event per namespace: one conditional PutItem, still
-    idempotent and still refusing another event at the same key."""
+    """A commit's one fresh event is one conditional PutItem; the relay sending it again
+    (it usually finds it there) reads and writes nothing, and another event at the same
+    key is still refused."""
     calls: list[str] = []
     real = pynamodb.connection.base.Connection._make_api_call
 
@@ -86,9 +88,10 @@ def test_publish_many_of_one_event_is_one_call(
     monkeypatch.setattr(pynamodb.connection.base.Connection, "_make_api_call", recording)
     ns = _ns()
     event = ChangeEvent(f"one-{ns}", ns, 1, "file")
-    feed.publish_many([event])
+    changes.publish(feed, [None, event])
     assert calls == ["PutItem"]
-    feed.publish_many([event])  # the relay's sweep delivers it again: nothing changes
+    feed.publish_many([event])
+    assert calls[1:] == ["BatchGetItem"]
     with pytest.raises(ChangeConflictError):
         feed.publish_many([ChangeEvent("another", ns, 1, "file")])
     assert feed.changes_after(ns, 0) == [event]
