@@ -224,6 +224,18 @@ def test_a_late_failure_leaves_nothing_of_the_first_attempt(
     assert journal is not None and journal[0] == 1  # the one file; no folder, no second try
 
 
+def _count_runs(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    runs: list[None] = []
+    real = commits._commit_entries
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        runs.append(None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(commits, "_commit_entries", counting)
+    return runs
+
+
 def _count_savepoints(monkeypatch: pytest.MonkeyPatch) -> list[None]:
     taken: list[None] = []
     real = Store.savepoint
@@ -282,8 +294,8 @@ def test_an_entry_is_judged_again_when_what_failed_it_is_undone(
     services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first entry commits in the first run, so the second fails (the path is taken);
-    in the second run the first entry fails (its session expired meanwhile, say): the
-    second entry is tried again, and commits."""
+    in the second run the first entry fails (its session expired meanwhile, say), and the
+    third run, a savepoint per entry, tries the second entry again: it commits."""
     upload_id = upload_blocks(services, alice, "/up", [b"one", b"two"])
     entries = [
         commit_request("/same", [b"one"], upload_id),
@@ -308,6 +320,59 @@ def test_an_entry_is_judged_again_when_what_failed_it_is_undone(
         ("success", 200),
     ]
     assert get_file(services, alice, "/same") == b"two"
+
+
+def test_an_entry_that_failed_once_is_judged_again_in_its_savepoint(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload_id = upload_blocks(services, alice, "/up", [b"one", b"two"])
+    entries = [
+        commit_request("/flaky", [b"one"], upload_id),
+        commit_request("/steady", [b"two"], upload_id),
+    ]
+    taken = _count_savepoints(monkeypatch)
+    real = commits._commit_in
+    calls: list[None] = []
+
+    def fails_the_first_time(*args: Any, **kwargs: Any) -> Any:
+        if args[3] is entries[0]:
+            calls.append(None)
+            if len(calls) == 1:
+                raise Conflict("/flaky changed during the commit; retry")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(commits, "_commit_in", fails_the_first_time)
+    result = commits.commit_batch(services, alice, CommitBatchRequest(entries=entries))
+    assert [(e.tag, e.status) for e in result.entries] == [("success", 200)] * 2
+    assert (len(calls), len(taken)) == (2, 1)  # two runs; the second's one savepoint
+    assert get_file(services, alice, "/flaky") == b"one"
+
+
+def test_entries_refused_before_any_statement_cost_no_rerun(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path at the root, or a content hash that does not match the blocks: refused before
+    the entry touches the database, so nothing is rolled back and nothing run again."""
+    upload_id = upload_blocks(services, alice, "/up", [b"a", b"b"])
+    taken = _count_savepoints(monkeypatch)
+    runs = _count_runs(monkeypatch)
+    wrong_hash = commit_request("/c", [b"a"], upload_id).model_copy(
+        update={"content_hash": content_hash([block_id(b"b")])}
+    )
+    entries = [
+        commit_request("/a", [b"a"], upload_id),
+        commit_request("/", [b"a"], upload_id),
+        wrong_hash,
+        commit_request("/b", [b"b"], upload_id),
+    ]
+    result = commits.commit_batch(services, alice, CommitBatchRequest(entries=entries))
+    assert [(e.tag, e.status) for e in result.entries] == [
+        ("success", 200),
+        ("failure", 409),
+        ("failure", 422),
+        ("success", 200),
+    ]
+    assert (len(runs), taken) == (1, [])
 
 
 def test_many_failing_entries_end_in_a_run_with_savepoints(

@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from tessera.blocks import content_hash
 from tessera.domain import paths
@@ -317,18 +318,19 @@ def _row_to_update(
     return row
 
 
-def _commit_in(
-    svc: Services,
-    store: Store,
-    view: View,
-    req: CommitRequest,
-    staged: _StagedSizes,
-    root_reads: CommitReads | None = None,
-    sessions: Mapping[str, SessionReads] | None = None,
-) -> tuple[FileEntry, ChangeEvent | None]:
-    """One commit inside an open transaction (or savepoint). `root_reads`: what
-    `Store.view_for_commit` already locked and read in the caller's root namespace;
-    `sessions`: upload sessions a batch already read (`Store.session_for_commits`)."""
+class _Target(NamedTuple):
+    """Where a commit writes: its canonical path, the mount holding it, the path relative to
+    that mount and its key."""
+
+    path: str
+    mount: MountRow
+    rel: str
+    key: str
+
+
+def _target(svc: Services, view: View, req: CommitRequest) -> _Target:
+    """The commit's target, after the checks that need no database: the block list, the
+    path, and write access there."""
     path = paths.canonical(req.path)
     check_block_list(
         svc.settings, req.size, req.content_hash, [(b.id, b.size) for b in req.blocks], path
@@ -337,7 +339,24 @@ def _commit_in(
     if rel == paths.ROOT:
         raise Conflict(f"{path!r} is a folder, not a file")
     check_access(mount, Action.WRITE, view)
-    key = paths.path_key(rel)
+    return _Target(path, mount, rel, paths.path_key(rel))
+
+
+def _commit_in(
+    svc: Services,
+    store: Store,
+    view: View,
+    req: CommitRequest,
+    staged: _StagedSizes,
+    root_reads: CommitReads | None = None,
+    sessions: Mapping[str, SessionReads] | None = None,
+    target: _Target | None = None,
+) -> tuple[FileEntry, ChangeEvent | None]:
+    """One commit inside an open transaction (or savepoint). `root_reads`: what
+    `Store.view_for_commit` already locked and read in the caller's root namespace;
+    `sessions`: upload sessions a batch already read (`Store.session_for_commits`);
+    `target`: `_target(svc, view, req)`, when the caller has it."""
+    path, mount, rel, key = target or _target(svc, view, req)
     ids = _block_ids(req)
     # the namespace first, before any file row or idempotency key: lock order
     if root_reads is not None and mount is view.root and rel == path:
@@ -452,9 +471,9 @@ class _EntryFailed(Exception):
         self.index = index
 
 
-#: Runs of a batch in which only entries already seen failing get a savepoint, before a
-#: run with a savepoint per entry.
-_RUNS_WITHOUT_SAVEPOINTS = 2
+#: Entries seen failing (each costing a rerun with a savepoint around it) before a batch
+#: runs with a savepoint per entry.
+_FAILURES_BEFORE_ALL_SAVEPOINTS = 2
 
 
 def commit_batch(
@@ -469,13 +488,14 @@ def commit_batch(
     again with a savepoint around that entry only, so its result (success or failure) is the
     committed transaction's, like every other entry's. Only when that second run meets
     another failure does a last run take a savepoint per entry: a batch with many failures
-    costs three runs, not one per failure (docs/api.md has figures)."""
+    costs three runs, not one per failure (docs/api.md has figures). An entry refused
+    before any statement (`_target`: path, block list, access) costs no rerun at all."""
     if len(req.entries) > svc.settings.max_commits_per_batch:
         raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
     staged = _StagedSizes(svc.block_store)
     failed: set[int] = set()
     while True:
-        every = len(failed) >= _RUNS_WITHOUT_SAVEPOINTS
+        every = len(failed) >= _FAILURES_BEFORE_ALL_SAVEPOINTS
         try:
             results, events = _commit_entries(
                 svc, principal, req, staged, savepoints=None if every else failed
@@ -532,11 +552,16 @@ def _commit_entries(
             return (mount.ns_id, paths.path_key(rel))
 
         for i in sorted(range(len(req.entries)), key=order):
+            try:  # refused before any statement: nothing to roll back, no rerun
+                target = _target(svc, view, req.entries[i])
+            except TesseraError as exc:
+                results[i] = _failure(exc)
+                continue
             isolated = savepoints is None or i in savepoints
             try:
                 with store.savepoint() if isolated else contextlib.nullcontext():
                     entry, event = _commit_in(
-                        svc, store, view, req.entries[i], staged, sessions=sessions
+                        svc, store, view, req.entries[i], staged, sessions=sessions, target=target
                     )
             except TesseraError as exc:
                 if not isolated:
