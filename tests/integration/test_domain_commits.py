@@ -15,6 +15,7 @@ from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocess
 from tessera.domain.models import (
     BlockSpec,
     CommitBatchRequest,
+    CommitBatchResponse,
     UploadFileSpec,
     UploadStartRequest,
     UploadUrlBlock,
@@ -224,6 +225,13 @@ def test_a_late_failure_leaves_nothing_of_the_first_attempt(
     assert journal is not None and journal[0] == 1  # the one file; no folder, no second try
 
 
+OK, CONFLICT, UNPROCESSABLE = ("success", 200), ("failure", 409), ("failure", 422)
+
+
+def _outcomes(result: CommitBatchResponse) -> list[tuple[str, int]]:
+    return [(e.tag, e.status) for e in result.entries]
+
+
 def _count_runs(monkeypatch: pytest.MonkeyPatch) -> list[None]:
     runs: list[None] = []
     real = commits._commit_entries
@@ -262,11 +270,7 @@ def test_one_failing_entry_reruns_in_a_savepoint_of_its_own(
         ]
     )
     result = commits.commit_batch(services, alice, batch)
-    assert [(e.tag, e.status) for e in result.entries] == [
-        ("success", 200),
-        ("failure", 409),
-        ("success", 200),
-    ]
+    assert _outcomes(result) == [OK, CONFLICT, OK]
     assert result.entries[1].error is not None and "rev 1" in result.entries[1].error.message
     assert len(taken) == 1  # the rerun's, around the stale entry alone
     assert get_file(services, alice, "/a") == b"a" and get_file(services, alice, "/z") == b"b"
@@ -366,12 +370,7 @@ def test_entries_refused_before_any_statement_cost_no_rerun(
         commit_request("/b", [b"b"], upload_id),
     ]
     result = commits.commit_batch(services, alice, CommitBatchRequest(entries=entries))
-    assert [(e.tag, e.status) for e in result.entries] == [
-        ("success", 200),
-        ("failure", 409),
-        ("failure", 422),
-        ("success", 200),
-    ]
+    assert _outcomes(result) == [OK, CONFLICT, UNPROCESSABLE, OK]
     assert (len(runs), taken) == (1, [])
 
 
@@ -385,12 +384,7 @@ def test_many_failing_entries_end_in_a_run_with_savepoints(
     entries = [commit_request(f"/s{n}", [b"a"], upload_id, parent_rev=7) for n in (1, 2, 3)]
     entries.insert(1, commit_request("/new", [b"a"], upload_id))
     result = commits.commit_batch(services, alice, CommitBatchRequest(entries=entries))
-    assert [(e.tag, e.status) for e in result.entries] == [
-        ("failure", 409),
-        ("success", 200),
-        ("failure", 409),
-        ("failure", 409),
-    ]
+    assert _outcomes(result) == [CONFLICT, OK, CONFLICT, CONFLICT]
     # second run: one around /s1 (seen failing); it then fails on /s2; third run: all four
     assert len(taken) == 1 + 4
     assert get_file(services, alice, "/new") == b"a"
