@@ -544,24 +544,24 @@ def _commit_entries(
             ]
         )
 
-        def order(i: int) -> tuple[int, str]:
-            try:
-                mount, rel = view.resolve(paths.canonical(req.entries[i].path))
-            except TesseraError:
-                return (-1, "")
-            return (mount.ns_id, paths.path_key(rel))
-
-        for i in sorted(range(len(req.entries)), key=order):
+        targets: dict[int, _Target] = {}
+        for i, request in enumerate(req.entries):
             try:  # refused before any statement: nothing to roll back, no rerun
-                target = _target(svc, view, req.entries[i])
+                targets[i] = _target(svc, view, request)
             except TesseraError as exc:
                 results[i] = _failure(exc)
-                continue
+        for i in sorted(targets, key=lambda i: (targets[i].mount.ns_id, targets[i].key)):
             isolated = savepoints is None or i in savepoints
             try:
                 with store.savepoint() if isolated else contextlib.nullcontext():
                     entry, event = _commit_in(
-                        svc, store, view, req.entries[i], staged, sessions=sessions, target=target
+                        svc,
+                        store,
+                        view,
+                        req.entries[i],
+                        staged,
+                        sessions=sessions,
+                        target=targets[i],
                     )
             except TesseraError as exc:
                 if not isolated:
