@@ -28,13 +28,22 @@ feed = runtime.change_feed()
 @tracer.capture_lambda_handler
 @metrics.log_metrics(raise_on_empty_metrics=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Run one sweep; report how many events were relayed, which failed, and the lag left."""
+    """Run one sweep; report how many events were relayed, which failed, which the feed
+    refused for good (moved to outbox_dead), and the lag left."""
     # Rows younger than a few seconds are normally being published by the fast path.
     result = relay_outbox(db, feed, min_age_s=float(event.get("min_age_s", 5.0)))
     metrics.add_metric(name="OutboxRelayed", unit=MetricUnit.Count, value=result.relayed)
     metrics.add_metric(name="OutboxRelayFailed", unit=MetricUnit.Count, value=len(result.failed))
+    metrics.add_metric(name="OutboxDeadLettered", unit=MetricUnit.Count, value=len(result.dead))
     # The relay-lag alarm and dashboard read this (namespace Tessera, service dimension).
     metrics.add_metric(name="RelayLagSeconds", unit=MetricUnit.Seconds, value=result.lag_s)
     if result.failed:
         logger.warning("outbox relay left events pending", extra={"failed": result.failed})
-    return {"relayed": result.relayed, "failed": result.failed, "lag_s": result.lag_s}
+    if result.dead:
+        logger.error("outbox relay moved events to outbox_dead", extra={"dead": result.dead})
+    return {
+        "relayed": result.relayed,
+        "failed": result.failed,
+        "dead": result.dead,
+        "lag_s": result.lag_s,
+    }

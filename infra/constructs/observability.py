@@ -20,9 +20,11 @@ from infra.constructs.function import METRICS_NAMESPACE
 
 # Published by the outbox relay with Powertools Metrics (EMF, namespace Tessera, dimension
 # service=tessera-outbox-relay): `RelayLagSeconds`, the age of the oldest outbox row not yet
-# relayed (the contract in docs/deploy.md), and `OutboxRelayFailed`, events left pending.
+# relayed (the contract in docs/deploy.md), `OutboxRelayFailed`, events left pending, and
+# `OutboxDeadLettered`, events the change table refused for good (moved to outbox_dead).
 RELAY_LAG_METRIC = "RelayLagSeconds"
 RELAY_FAILED_METRIC = "OutboxRelayFailed"
+RELAY_DEAD_METRIC = "OutboxDeadLettered"
 RELAY_SERVICE = "tessera-outbox-relay"
 
 FIVE_MIN = Duration.minutes(5)
@@ -69,9 +71,12 @@ class Observability(Construct):
             namespace=METRICS_NAMESPACE, metric_name=RELAY_LAG_METRIC,
             dimensions_map={"service": RELAY_SERVICE}, statistic="Maximum", period=FIVE_MIN,
         )  # fmt: skip
-        relay_failed = cloudwatch.Metric(
-            namespace=METRICS_NAMESPACE, metric_name=RELAY_FAILED_METRIC,
-            dimensions_map={"service": RELAY_SERVICE}, statistic="Sum", period=FIVE_MIN,
+        relay_failed, relay_dead = (
+            cloudwatch.Metric(
+                namespace=METRICS_NAMESPACE, metric_name=name,
+                dimensions_map={"service": RELAY_SERVICE}, statistic="Sum", period=FIVE_MIN,
+            )
+            for name in (RELAY_FAILED_METRIC, RELAY_DEAD_METRIC)
         )  # fmt: skip
         db_cpu = cluster.metric_cpu_utilization(period=FIVE_MIN, statistic="Maximum")
         db_connections = cluster.metric_database_connections(period=FIVE_MIN, statistic="Maximum")
@@ -111,6 +116,12 @@ class Observability(Construct):
             cloudwatch.TreatMissingData.BREACHING,
         )
         alarm("RelayFailures", relay_failed, 0, "outbox relay keeps leaving events pending")
+        alarm(
+            "RelayDeadLetters",
+            relay_dead,
+            0,
+            "the change table refused events for good: see outbox_dead (docs/deploy.md)",
+        )
         alarm("DbCpu", db_cpu, 80, "Aurora CPU above 80 %")
         alarm("DbConnections", db_connections, 400, "Aurora connections above 400")
 
@@ -135,8 +146,8 @@ class Observability(Construct):
             ),
         )
         self.dashboard.add_widgets(
-            cloudwatch.GraphWidget(title="Outbox relay lag (s) / failed", left=[relay_lag],
-                                   right=[relay_failed], width=8),
+            cloudwatch.GraphWidget(title="Outbox relay lag (s) / failed, dead-lettered",
+                                   left=[relay_lag], right=[relay_failed, relay_dead], width=8),
             cloudwatch.GraphWidget(title="Aurora CPU / connections", left=[db_cpu],
                                    right=[db_connections], width=8),
             cloudwatch.GraphWidget(

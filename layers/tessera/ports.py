@@ -185,15 +185,26 @@ class ChangeEvent:
     announced: bool = False
 
 
+class ChangeConflictError(Exception):
+    """The feed already holds another event at this event's (ns_id, seq): the journal and
+    the feed disagree, so publishing it again can never succeed (a feed that keeps events
+    by key, such as the DynamoDB table, raises it; it never overwrites)."""
+
+
 class ChangeFeed(ABC):
     """Carries "namespace N reached seq S" to long-polls. Publishing is idempotent."""
 
     @abstractmethod
     def publish(self, event: ChangeEvent) -> None:
-        """Deliver `event`; delivering the same event_id twice has no further effect."""
+        """Deliver `event`; delivering the same event_id twice has no further effect.
+
+        Raises ChangeConflictError when the feed holds another event at its key."""
 
     def publish_many(self, events: Sequence[ChangeEvent]) -> None:
-        """Deliver several events (a batch commit's); backends may need fewer round trips."""
+        """Deliver several events (a batch commit's); backends may need fewer round trips.
+
+        The same event twice in `events` is delivered once. On ChangeConflictError some
+        of the others may not have been delivered: `publish` them one by one to find out."""
         for event in events:
             self.publish(event)
 

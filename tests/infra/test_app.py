@@ -504,6 +504,8 @@ def test_dashboard_and_service_alarms(dev: Synth) -> None:
         "5XXError",
         "Latency",
         "RelayLagSeconds",
+        "OutboxRelayFailed",
+        "OutboxDeadLettered",
         "CPUUtilization",
         "DatabaseConnections",
         "ExecutionsFailed",

@@ -5,6 +5,8 @@ commit (fast path) and this sweep guarantees delivery when that failed. Rows are
 with `FOR UPDATE SKIP LOCKED`, so concurrent sweeps share the work instead of repeating
 it; `ChangeFeed.publish` is idempotent on event_id, so a row published twice (fast path +
 sweep, or a sweep that died before its commit) still lands once. At-least-once, no dupes.
+A row the feed refuses for good (ChangeConflictError: its key holds another event) goes to
+`outbox_dead` instead of holding back every row behind it.
 
 The outbox is a queue (migration 106): a delivered row is deleted in the transaction that
 claimed it, so the table holds only what is pending and needs no index to find it.
@@ -19,7 +21,7 @@ from typing import Any
 import psycopg
 
 from tessera.metadata.db import Database
-from tessera.ports import ChangeEvent, ChangeFeed
+from tessera.ports import ChangeConflictError, ChangeEvent, ChangeFeed
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,24 @@ def remove_relayed(conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> 
         )
 
 
+def dead_letter(conn: psycopg.Connection[Any], refused: list[tuple[ChangeEvent, str]]) -> None:
+    """Move the rows of `refused` (event, why the feed refused it) to `outbox_dead`."""
+    if refused:
+        conn.execute(
+            "WITH gone AS (DELETE FROM outbox o"
+            " USING unnest(%s::bigint[], %s::bigint[], %s::text[]) AS r(ns_id, seq, error)"
+            " WHERE o.ns_id = r.ns_id AND o.seq = r.seq"
+            " RETURNING o.ns_id, o.seq, o.event_id, o.kind, o.payload, o.created_at, r.error)"
+            " INSERT INTO outbox_dead (ns_id, seq, event_id, kind, payload, created_at, error)"
+            " SELECT * FROM gone ON CONFLICT DO NOTHING",
+            (
+                [e.ns_id for e, _ in refused],
+                [e.seq for e, _ in refused],
+                [why for _, why in refused],
+            ),
+        )
+
+
 def pending_count(conn: psycopg.Connection[Any]) -> int:
     """How many outbox rows are still to relay (a metric and a test probe)."""
     return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])  # type: ignore[index]
@@ -71,6 +91,7 @@ class RelayResult:
 
     relayed: int = 0
     failed: list[str] = field(default_factory=list)  # event_ids left for the next sweep
+    dead: list[str] = field(default_factory=list)  # event_ids moved to outbox_dead
     lag_s: float = 0.0  # age of the oldest row still pending after the sweep
 
 
@@ -85,9 +106,11 @@ def relay_outbox(
     """Publish pending outbox rows to `feed` in batches of `batch`, one transaction each.
 
     Each batch goes to the feed at once (`publish_many`: on DynamoDB, one BatchGetItem to
-    skip what the fast path already delivered, then BatchWriteItem for the rest). A batch that fails
-    stays pending and the sweep stops there: the next sweep retries it, and a feed outage
-    costs one batch, not fifty. Then one query measures the lag left (`RelayResult.lag_s`).
+    skip what the fast path already delivered, then BatchWriteItem for the rest). A batch
+    that fails stays pending and the sweep stops there: the next sweep retries it, and a
+    feed outage costs one batch, not fifty. A batch the feed refuses for a conflict is sent
+    again event by event, and the events refused are moved to `outbox_dead`
+    (`RelayResult.dead`). Then one query measures the lag left (`RelayResult.lag_s`).
     """
     result = RelayResult()
     for _ in range(max_batches):
@@ -95,16 +118,49 @@ def relay_outbox(
             claimed = claim_pending(store.conn, limit=batch, min_age_s=min_age_s)
             if not claimed:
                 break
-            try:
-                feed.publish_many(claimed)
-            except Exception:  # they stay pending: the next sweep retries them
-                log.warning("relay of %d events failed", len(claimed), exc_info=True)
-                result.failed += [event.event_id for event in claimed]
-                break
-            remove_relayed(store.conn, claimed)
-        result.relayed += len(claimed)
+            delivered, refused, left = _publish(feed, claimed)
+            remove_relayed(store.conn, delivered)
+            dead_letter(store.conn, refused)
+        result.relayed += len(delivered)
+        result.dead += [event.event_id for event, _ in refused]
+        if left:  # they stay pending: the next sweep retries them
+            result.failed += [event.event_id for event in left]
+            break
         if len(claimed) < batch:
             break
     with db.transaction() as store:
         result.lag_s = oldest_pending_age_s(store.conn)
     return result
+
+
+def _publish(
+    feed: ChangeFeed, events: list[ChangeEvent]
+) -> tuple[list[ChangeEvent], list[tuple[ChangeEvent, str]], list[ChangeEvent]]:
+    """(delivered, refused for good with the reason, not delivered for now) of `events`."""
+    try:
+        feed.publish_many(events)
+        return events, [], []
+    except ChangeConflictError:
+        pass  # which of them? each alone below
+    except Exception:
+        log.warning("relay of %d events failed", len(events), exc_info=True)
+        return [], [], events
+    delivered: list[ChangeEvent] = []
+    refused: list[tuple[ChangeEvent, str]] = []
+    for n, event in enumerate(events):
+        try:
+            feed.publish(event)
+        except ChangeConflictError as exc:
+            log.error(
+                "the change feed refuses event %s for good (%s); moved to outbox_dead, the "
+                'feed keeps the event it holds (see docs/deploy.md, "Dead-lettered events")',
+                event.event_id,
+                exc,
+            )
+            refused.append((event, str(exc)))
+        except Exception:
+            log.warning("relay of event %s failed", event.event_id, exc_info=True)
+            return delivered, refused, events[n:]
+        else:
+            delivered.append(event)
+    return delivered, refused, []

@@ -130,7 +130,8 @@ def test_publish_many_writes_nothing_of_a_batch_that_holds_a_conflict(
     feed: DynamoChangeFeed,
 ) -> None:
     """A key holding a different event means the journal and the table disagree: refuse
-    before writing, so the relay keeps failing loudly (alarm) instead of overwriting."""
+    before writing anything (the relay then sends the batch event by event, and moves the
+    one refused to outbox_dead: never an overwrite)."""
     ns = _ns()
     events = [ChangeEvent(f"part-{ns}-{i}", ns, i, "file") for i in range(1, 21)]
     intruder = ChangeEvent("intruder", ns, 7, "file")

@@ -28,6 +28,7 @@ from tessera.adapters.aws import (
     changes_model,
 )
 from tessera.blocks import decode_block, scan_file
+from tessera.ports import ChangeEvent
 
 from .flow import Client, lambda_client, lambda_send
 from .lambda_events import Context, stream_record
@@ -235,6 +236,33 @@ def test_a_failed_sweep_leaves_its_rows_pending(
 
 
 @pytest.mark.usefixtures("broken_fast_path")
+def test_an_event_the_table_refuses_is_dead_lettered_and_the_rest_delivered(
+    lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings
+) -> None:
+    """The table holds another event at one row's key (as after restoring the database to
+    an earlier point, which reuses seqs): that row goes to outbox_dead, the table keeps its
+    item, and the rows queued behind it are delivered all the same."""
+    ann, ns = _new_user(lambdas)
+    for i in range(3):
+        assert ann.upload(f"/d{i}.txt", _write(tmp_path, f"d{i}.txt", 20 + i))[0] == 200
+    outbox = _outbox(lambdas.database_url, {ns})
+    _, seq, poison = outbox[1]
+    lambdas.outbox_relay.feed.publish(ChangeEvent("before-the-restore", ns, seq, "file"))
+
+    result = lambdas.outbox_relay.handler({"min_age_s": 0}, Context())
+    assert result["dead"] == [poison] and result["failed"] == []
+    assert _feed_items(aws_settings, {ns}) == [
+        outbox[0],
+        (ns, seq, "before-the-restore"),
+        outbox[2],
+    ]
+    assert _outbox(lambdas.database_url, {ns}) == []
+    with psycopg.connect(lambdas.database_url) as conn:
+        dead = conn.execute("SELECT event_id FROM outbox_dead WHERE ns_id = %s", (ns,)).fetchall()
+    assert dead == [(poison,)]
+
+
+@pytest.mark.usefixtures("broken_fast_path")
 def test_concurrent_sweeps_share_the_work_without_duplicates(
     lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings
 ) -> None:
@@ -360,5 +388,6 @@ def test_relay_publishes_its_lag_as_relay_lag_seconds(
     # Once everything is relayed the lag is 0 (still published: the alarm treats no data as
     # a relay that is not running).
     answer, record = emitted({"min_age_s": 0})
-    assert answer["relayed"] >= 1 and answer["failed"] == []
+    assert answer["relayed"] >= 1 and answer["failed"] == [] and answer["dead"] == []
     assert answer["lag_s"] == 0
+    assert record["OutboxDeadLettered"] in (0, [0])  # published at 0 too, for its alarm

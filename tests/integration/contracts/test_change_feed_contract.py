@@ -69,3 +69,13 @@ def test_publishing_twice_is_harmless(change_feed_harness: ChangeFeedHarness) ->
     # an older seq published late never moves the namespace backwards
     feed.publish(_event(108, 1))
     assert feed.wait({108: 2}, timeout=0.3) is False
+
+
+def test_the_same_event_twice_in_one_batch_is_delivered_once(
+    change_feed_harness: ChangeFeedHarness,
+) -> None:
+    feed = change_feed_harness.feed
+    first, second = _event(109, 1, event_id="twice-1"), _event(109, 2, event_id="twice-2")
+    feed.publish_many([first, second, second, first])
+    assert feed.wait({109: 1}, timeout=5) is True
+    assert feed.wait({109: 2}, timeout=0.3) is False

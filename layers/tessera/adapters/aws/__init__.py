@@ -2,7 +2,6 @@
 Cognito, Aurora. Configured by one `AwsSettings` read from the environment."""
 
 from tessera.adapters.aws.changes import (
-    ChangeConflictError,
     ChangeRecordBase,
     DynamoChangeFeed,
     changes_model,
@@ -30,6 +29,7 @@ from tessera.adapters.aws.keys import (
 )
 from tessera.adapters.aws.s3 import ColdObjectError, S3BlockStore
 from tessera.adapters.aws.settings import AwsSettings, SettingsError
+from tessera.ports import ChangeConflictError  # what DynamoChangeFeed raises
 
 __all__ = [
     "AwsClients",

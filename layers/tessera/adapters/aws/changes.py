@@ -23,7 +23,7 @@ from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
 from pynamodb.exceptions import PutError
 from pynamodb.models import Model
 
-from tessera.ports import ChangeEvent, ChangeFeed
+from tessera.ports import ChangeConflictError, ChangeEvent, ChangeFeed
 
 _BATCH_GET_MAX = 100  # keys per BatchGetItem
 
@@ -97,10 +97,6 @@ def changes_model(
     return model
 
 
-class ChangeConflictError(Exception):
-    """(ns_id, seq) already holds a different event: the journal and the table disagree."""
-
-
 class DynamoChangeFeed(ChangeFeed):
     """Publishes and waits on the `changes` table."""
 
@@ -162,7 +158,8 @@ class DynamoChangeFeed(ChangeFeed):
                     batch.save(self._item(event))
 
     def _not_there(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
-        """The events with no item yet; ChangeConflictError if a key holds another event."""
+        """The events with no item yet, each key once (BatchWriteItem refuses a request
+        naming a key twice); ChangeConflictError if a key holds, or is given, another event."""
         keys = list(dict.fromkeys((e.ns_id, e.seq) for e in events))
         found = {
             (int(item.ns_id), int(item.seq)): item.event_id
@@ -170,16 +167,17 @@ class DynamoChangeFeed(ChangeFeed):
                 keys, consistent_read=True, attributes_to_get=["ns_id", "seq", "event_id"]
             )
         }
-        missing: list[ChangeEvent] = []
+        missing: dict[tuple[int, int], ChangeEvent] = {}
         for event in events:
-            held = found.get((event.ns_id, event.seq))
+            key = (event.ns_id, event.seq)
+            held = found.get(key) or (missing[key].event_id if key in missing else None)
             if held is None:
-                missing.append(event)
+                missing[key] = event
             elif held != event.event_id:
                 raise ChangeConflictError(
                     f"ns {event.ns_id} seq {event.seq} holds event {held}, not {event.event_id}"
                 )
-        return missing
+        return list(missing.values())
 
     def changes_after(self, ns_id: int, seq: int, limit: int = 100) -> list[ChangeEvent]:
         """The events of `ns_id` after `seq`, oldest first (strongly consistent read)."""
