@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tessera.blocks import block_id
 from tessera.domain import object_keys, uploads
@@ -78,6 +79,42 @@ def test_trash_is_purged_after_retention_and_blocks_after_grace(world: World) ->
     assert world.sql("SELECT count(*) FROM blocks") == [(0,)]
     again = _gc(world, days=40)  # idempotent
     assert (again.trash_files_purged, again.blocks_deleted) == (0, 0)
+
+
+def test_a_run_that_dies_after_deleting_rows_leaves_the_next_run_their_objects(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows go in one transaction, the objects after it commits: a run killed in
+    between used to leave objects nothing named, for ever. Their tombstones now lead the
+    next run to them, and a block uploaded again meanwhile keeps its object."""
+    gone, back = secrets.token_bytes(BLOCK), secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/gone.bin", gone)
+    world.put(ALICE, "/back.bin", back)
+    world.run("dedup")
+    world.delete(ALICE, "/gone.bin")
+    world.delete(ALICE, "/back.bin")
+    _gc(world, days=31)  # purges the trash: both blocks at refcount 0
+
+    def killed(*_: object) -> None:
+        raise SystemExit("killed between the row deletion and the object deletion")
+
+    with monkeypatch.context() as m:
+        m.setattr(world.ctx.store, "delete", killed)
+        with pytest.raises(SystemExit):
+            _gc(world, days=33)
+    assert world.sql("SELECT count(*) FROM blocks") == [(0,)]
+    assert len(world.keys_under("blocks/")) == 2  # what the killed run left behind
+    assert len(world.sql("SELECT block_id FROM block_deletions")) == 2
+
+    world.revs.clear()
+    world.put(ALICE, "/again.bin", back)  # uploaded again: its row and object are back
+    world.run("dedup")
+    result = _gc(world, days=34)
+    assert result.interrupted_deleted == 2 and result.bytes_freed >= BLOCK
+    assert world.keys_under("blocks/") == ["blocks/" + block_id(back)[3:]]
+    assert world.sql("SELECT count(*) FROM block_deletions") == [(0,)]
+    assert world.get(ALICE, "/again.bin") == back
+    assert_nothing_dangles(world)
 
 
 def test_old_versions_go_but_latest_and_shared_blocks_stay(world: World) -> None:

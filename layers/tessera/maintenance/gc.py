@@ -13,7 +13,8 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
    issued for a copy before it was settled stay valid that long).
 4. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — the
    row re-checked and deleted under its row lock, the object after that has committed
-   (see `tessera.metadata.maintenance` for why that is safe).
+   (see `tessera.metadata.maintenance` for why that is safe). It first deletes the objects
+   an interrupted run left behind (their rows' tombstones).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from tessera.domain.object_keys import canonical_key
+
+from tessera.metadata.maintenance import MaintenanceTx
 
 from .context import MaintenanceContext, log
 from .results import GcResult
@@ -118,13 +121,21 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 
     Rows go in one short transaction (batches adapt so it stays near `lock_budget_ms`: the
     longest a commit wanting one of these rows could wait); the objects go after it has
-    committed, under the per-block locks, unless a row came back meanwhile.
+    committed, under the per-block locks, unless a row came back meanwhile. The objects
+    of rows an interrupted run deleted go first.
     """
     result = GcResult()
     cutoff = as_of - timedelta(hours=ctx.settings.gc_grace_hours)
     budget = ctx.settings.lock_budget_ms / 1000
     limit = min(64, ctx.settings.batch_size)
     after = ""
+
+    def leftovers() -> int:
+        with ctx.repo.transaction() as tx:
+            claimed = tx.claim_deletions(ctx.settings.batch_size)
+            _delete_objects_in(ctx, tx, claimed, result)
+        result.interrupted_deleted += len(claimed)
+        return len(claimed)
 
     def batch() -> int:
         nonlocal limit, after
@@ -138,25 +149,32 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
         per_block = (time.monotonic() - started) / len(candidates)
         # at most 1000 rows: each also holds an advisory lock, and the lock table is shared
         limit = max(8, min(1000, int(budget / max(per_block, 1e-6))))
-        _delete_objects(ctx, deleted, result)
+        if deleted:
+            with ctx.repo.transaction() as tx:
+                _delete_objects_in(ctx, tx, deleted, result)
+            result.blocks_deleted += len(deleted)
         skipped = len(candidates) - len(deleted)
         if skipped:
             result.blocks_skipped += skipped
             log.info("gc: %d unreferenced-looking blocks kept at the re-check", skipped)
         return len(candidates)
 
-    return _loop(ctx, batch, result)
+    _loop(ctx, leftovers, result)
+    return result if result.more else _loop(ctx, batch, result)
 
 
-def _delete_objects(
-    ctx: MaintenanceContext, deleted: list[tuple[str, int]], result: GcResult
+def _delete_objects_in(
+    ctx: MaintenanceContext,
+    tx: MaintenanceTx,
+    deleted: list[tuple[str, int]],
+    result: GcResult,
 ) -> None:
-    """Delete the objects of block rows just deleted, unless a row came back meanwhile."""
+    """Delete the objects of block rows deleted (their tombstones), unless a row came back
+    meanwhile; then drop the tombstones, in `tx`."""
     if not deleted:
         return
-    with ctx.repo.transaction() as tx:
-        absent = tx.lock_absent_blocks([bid for bid, _ in deleted])
-        gone = [(bid, stored) for bid, stored in deleted if bid in absent]
-        ctx.parallel(ctx.store.delete, [canonical_key(bid) for bid, _ in gone])
-        result.bytes_freed += sum(stored for _, stored in gone)
-    result.blocks_deleted += len(deleted)
+    absent = tx.lock_absent_blocks([bid for bid, _ in deleted])
+    gone = [(bid, stored) for bid, stored in deleted if bid in absent]
+    ctx.parallel(ctx.store.delete, [canonical_key(bid) for bid, _ in gone])
+    tx.forget_deletions([bid for bid, _ in deleted])
+    result.bytes_freed += sum(stored for _, stored in gone)

@@ -62,6 +62,7 @@ class GcResult(StepResult):
     settled_deleted: int = 0  # objects of promoted/dropped copies, deleted after the grace
     blocks_deleted: int = 0
     blocks_skipped: int = 0  # candidates found referenced again at the re-check
+    interrupted_deleted: int = 0  # objects an interrupted run left behind, deleted
     bytes_freed: int = 0
 
 

@@ -12,8 +12,9 @@ Locking protocol (why gc can never delete a block a commit is starting to use):
   transaction holding the per-block advisory lock `block_lock`, and only if no row has
   appeared again meanwhile. Every step that writes the canonical object `blocks/<hex>`
   (promotion, repair, tier moves) takes that lock too, so a promotion can never interleave
-  with the delete of the same block. A crash between the two leaves an unreachable object
-  (wasted space), never a row without its object.
+  with the delete of the same block. The row's deletion leaves a tombstone in
+  `block_deletions`, removed with the object, so a run that dies between the two leaves
+  the next run an object to delete, never a row without its object nor an object forever.
 - Transactions are short batches with a `lock_timeout`, so maintenance never queues behind
   (or ahead of) user traffic for long.
 """
@@ -418,21 +419,43 @@ class MaintenanceTx:
         return [r[0] for r in rows]
 
     def delete_unreferenced(self, block_ids: Sequence[str]) -> list[tuple[str, int]]:
-        """Delete the locked rows that the re-check still finds unreferenced.
+        """Delete the locked rows that the re-check still finds unreferenced, leaving a
+        tombstone for each (`block_deletions`) until its object is gone.
 
         Re-check: refcount 0, no version names the block, and no open session or pending
         (staged, unverified) copy names it. Returns (block_id, stored bytes) deleted.
         """
         rows = self._all(
-            "DELETE FROM blocks b WHERE b.block_id = ANY(%s) AND b.refcount = 0"
+            "WITH gone AS (DELETE FROM blocks b WHERE b.block_id = ANY(%s) AND b.refcount = 0"
             " AND NOT EXISTS (SELECT 1 FROM version_blocks v WHERE v.block_id = b.block_id)"
             " AND NOT EXISTS (SELECT 1 FROM upload_blocks u"
             "   JOIN upload_sessions s ON s.upload_id = u.upload_id"
             "   WHERE u.block_id = b.block_id AND (s.state = 'open' OR u.state = 'staged'))"
-            " RETURNING b.block_id, COALESCE(b.stored_size, 0)",
+            " RETURNING b.block_id, COALESCE(b.stored_size, 0) AS stored_size)"
+            " INSERT INTO block_deletions (block_id, stored_size) SELECT * FROM gone"
+            " ON CONFLICT (block_id) DO UPDATE SET stored_size = EXCLUDED.stored_size,"
+            " deleted_at = now()"
+            " RETURNING block_id, stored_size",
             (list(block_ids),),
         )
         return [(r[0], r[1]) for r in rows]
+
+    def claim_deletions(self, limit: int) -> list[tuple[str, int]]:
+        """Row-lock up to `limit` tombstones another transaction does not hold: objects
+        whose rows were deleted (block_id, stored bytes), by a run that may have died."""
+        rows = self._all(
+            "SELECT block_id, stored_size FROM block_deletions"
+            " ORDER BY block_id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (limit,),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def forget_deletions(self, block_ids: Sequence[str]) -> None:
+        """Drop the tombstones of `block_ids`: their objects are gone, or a row owns them
+        again."""
+        self.conn.execute(
+            "DELETE FROM block_deletions WHERE block_id = ANY(%s)", (list(block_ids),)
+        )
 
     # -- cold storage ------------------------------------------------------------------
 
