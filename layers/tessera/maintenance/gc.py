@@ -24,7 +24,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from tessera.domain.object_keys import canonical_key
-
 from tessera.metadata.maintenance import MaintenanceTx
 
 from .context import MaintenanceContext, log
