@@ -131,6 +131,7 @@ class Cloud:
     url: str
     add_user: Any
     root: Path
+    conninfo: str = ""  # its metadata database (in-process clouds)
 
     def user(self) -> str:
         email = f"user{next(_users)}-{os.getpid()}@e2e.test"
@@ -149,7 +150,7 @@ def inproc_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     url = cloud.start()
     users = LocalUsers(cloud.conninfo)
     try:
-        yield Cloud(url, lambda email: users.add(email, PASSWORD), root)
+        yield Cloud(url, lambda email: users.add(email, PASSWORD), root, cloud.conninfo)
     finally:
         cloud.stop()
 

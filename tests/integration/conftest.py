@@ -253,6 +253,19 @@ def commit_request(
     )
 
 
+def usage_drift(db: Database) -> list[tuple[int, int, int]]:
+    """(ns_id, bytes_used kept, bytes counted) of every namespace whose `bytes_used` is not
+    the bytes of its live files' latest versions: empty when the counters are right."""
+    with db.transaction() as store:
+        rows = store.conn.execute(
+            "SELECT n.ns_id, n.bytes_used, COALESCE((SELECT sum(v.size) FROM files f"
+            " JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
+            " AND v.rev = f.latest_rev WHERE f.ns_id = n.ns_id AND NOT f.is_deleted"
+            " AND f.kind = 'file'), 0) FROM namespaces n ORDER BY n.ns_id"
+        ).fetchall()
+    return [(int(ns), int(kept), int(real)) for ns, kept, real in rows if kept != real]
+
+
 def put_file(
     svc: Services,
     who: Principal,

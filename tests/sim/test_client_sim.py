@@ -19,10 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tessera.metadata import Database
 from tessera_client.api import Api, ApiError, RetryPolicy, ServerUnreachable
 from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
 from tests.e2e.conftest import PASSWORD, Cloud, snapshot
+from tests.integration.conftest import usage_drift
 
 pytestmark = pytest.mark.e2e
 
@@ -172,5 +174,7 @@ def test_random_multi_device_history_converges_and_loses_nothing(
     api.close()
     for data in removed:
         assert _content_hash(data, tmp_path) in server, f"lost version {data[:30]!r}"
+    with contextlib.closing(Database(inproc_cloud.conninfo)) as db:  # quota counters kept right
+        assert usage_drift(db) == []
     for d in devices:
         d.engine.close()

@@ -33,7 +33,14 @@ from tessera.domain.models import (
     dump,
 )
 from tessera.domain.services import Services
-from tessera.domain.views import View, check_access, file_entry, new_file_id, view_transaction
+from tessera.domain.views import (
+    View,
+    check_access,
+    file_entry,
+    new_file_id,
+    over_quota,
+    view_transaction,
+)
 from tessera.metadata.store import (
     CommitReads,
     FileRow,
@@ -273,7 +280,9 @@ def write_version(
     )
     if written is None:
         raise _PathTaken
-    server_time, created, event = written
+    if written.over_quota:  # the transaction rolls back, the counters with it
+        raise over_quota(view, mount.owner_id, f"{display!r} needs {size} bytes")
+    server_time, created, event = written.server_time, written.created, written.event
     gone = sorted(created - {b[0] for b in blocks if b[2] is not None})
     if gone:  # gc deleted a block this commit meant to reuse: the client uploads it again
         raise Unprocessable(

@@ -42,6 +42,7 @@ from tessera.domain.views import (
     folder_entry,
     locate,
     new_file_id,
+    over_quota,
     require_file,
     view_transaction,
 )
@@ -188,7 +189,8 @@ def _undelete_subtree(
                 child.ns_id, child.path_key
             ):
                 restored.append(child)
-    store.undelete(row.ns_id, [r.file_id for r in restored])
+    if store.undelete(row.ns_id, [r.file_id for r in restored]):
+        raise over_quota(view, mount.owner_id, f"restoring {row.path_display!r}")
     journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]
     return journal, restored
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.commits import check_block_list
-from tessera.domain.errors import NotFound, PayloadTooLarge, QuotaExceeded, Unprocessable
+from tessera.domain.errors import NotFound, PayloadTooLarge, Unprocessable
 from tessera.domain.models import (
     BlockKey,
     PresignedUrl,
@@ -22,7 +22,7 @@ from tessera.domain.models import (
 )
 from tessera.domain.object_keys import staging_key
 from tessera.domain.services import Services
-from tessera.domain.views import View, check_access, view_transaction
+from tessera.domain.views import View, check_access, over_quota, view_transaction
 from tessera.metadata.store import Store
 from tessera.ports import Principal
 
@@ -34,14 +34,10 @@ def _check_quotas(store: Store, view: View, incoming: dict[str, int]) -> None:
     against its owner's quota (`Store.usage`), so an editor writing into a shared folder
     spends the owner's quota, not their own."""
     for owner_id, size in sorted(incoming.items()):
-        mine = owner_id == view.user.user_id
-        owner = view.user if mine else store.get_user(owner_id)
+        owner = view.user if owner_id == view.user.user_id else store.get_user(owner_id)
         assert owner is not None  # namespaces.owner_id references users
         if size and store.usage(owner_id) + size > owner.quota_bytes:
-            whose = "your quota" if mine else "the quota of the shared folder's owner"
-            raise QuotaExceeded(
-                f"these files need {size} bytes: over {whose} of {owner.quota_bytes} bytes"
-            )
+            raise over_quota(view, owner_id, f"these files need {size} bytes", owner.quota_bytes)
 
 
 def start_upload(

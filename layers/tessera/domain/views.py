@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from tessera.domain import paths
 from tessera.domain.acl import Action, require
-from tessera.domain.errors import Conflict, NotFound, Unprocessable
+from tessera.domain.errors import Conflict, NotFound, QuotaExceeded, Unprocessable
 from tessera.domain.models import DeletedEntry, FileEntry, FolderEntry
 from tessera.metadata.store import FileRow, MountRow, Store, UserRow
 from tessera.ports import Principal
@@ -171,6 +171,16 @@ def check_access(mount: MountRow, action: Action, view: View) -> None:
 
 # ---------------------------------------------------------------------------------------
 # Rendering
+
+
+def over_quota(view: View, owner_id: str, what: str, quota: int | None = None) -> QuotaExceeded:
+    """413 for `what` (e.g. "these files need 10 bytes"), which would take the owner of
+    the namespace written to over their quota (of `quota` bytes, when known): the caller's,
+    or a shared folder's owner's."""
+    mine = owner_id == view.user.user_id
+    whose = "your quota" if mine else "the quota of the shared folder's owner"
+    of = f" of {quota} bytes" if quota is not None else ""
+    return QuotaExceeded(f"{what}: over {whose}{of}; delete files you no longer need")
 
 
 class EntryNames(TypedDict):

@@ -155,6 +155,16 @@ class CommitReads:
 
 
 @dataclass(frozen=True)
+class WrittenVersion:
+    """What `Store.write_version` wrote."""
+
+    server_time: datetime
+    created: set[str]  # block ids whose `blocks` row this version created
+    event: ChangeEvent
+    over_quota: bool  # the version grew its owner's usage past their quota
+
+
+@dataclass(frozen=True)
 class JournalRow:
     """One change in a namespace, an absolute state (see migration 001)."""
 
@@ -231,11 +241,14 @@ def _file(row: Sequence[Any]) -> FileRow:
 # Bump the namespace's seq, append the journal rows, write the outbox row (CTEs); then queue
 # the NOTIFY (delivered at COMMIT). One statement. `guard` names a CTE that must have
 # returned a row for anything to be written (`nf`: the new file row).
-def _journal_ctes(guard: str | None = None) -> str:
+def _journal_ctes(guard: str | None = None, grow: str | None = None) -> str:
+    """The CTEs `ns` (the namespace row: seq moved on by the rows, `bytes_used` by the SQL
+    expression `grow`), `j` (the journal rows) and `o` (the outbox row)."""
     when = f" AND EXISTS (SELECT 1 FROM {guard})" if guard else ""
+    usage = f", bytes_used = bytes_used + ({grow})" if grow else ""
     return (
-        "ns AS (UPDATE namespaces SET latest_seq = latest_seq + %(n)s"
-        f"  WHERE ns_id = %(ns)s{when} RETURNING latest_seq),"
+        f"ns AS (UPDATE namespaces SET latest_seq = latest_seq + %(n)s{usage}"
+        f"  WHERE ns_id = %(ns)s{when} RETURNING latest_seq, bytes_used, owner_id),"
         " j AS (INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key,"
         "  parent_key, path_display, size, content_hash, mtime)"
         "  SELECT %(ns)s, ns.latest_seq - %(n)s + t.o, t.f, t.r, t.op, t.k, t.pk, t.par,"
@@ -270,16 +283,42 @@ _VERSION_CTES = (
     "  ON CONFLICT (block_id) DO UPDATE SET refcount = blocks.refcount + EXCLUDED.refcount,"
     "  zero_since = NULL, updated_at = now() RETURNING block_id, xmax = 0 AS fresh)"
 )
-_VERSION_RESULT = (
-    " SELECT ns.latest_seq, (SELECT server_time FROM v),"
-    f" ARRAY(SELECT block_id FROM b WHERE fresh), {_NOTIFY} FROM ns"
+
+
+def _over_quota(grow: str) -> str:
+    """True when the SQL expression `grow` (bytes a write added to the namespace `ns`) is
+    positive and the namespace's owner is now over their quota: the namespace's new
+    `bytes_used` plus their other namespaces' (read without a lock, so two writers racing in
+    two namespaces of one owner may both pass; in one namespace they queue on its row)."""
+    return (
+        f"({grow}) > 0 AND (SELECT quota_bytes FROM users WHERE user_id = ns.owner_id)"
+        " < ns.bytes_used + (SELECT COALESCE(sum(o.bytes_used), 0) FROM namespaces o"
+        "  WHERE o.owner_id = ns.owner_id AND o.ns_id <> %(ns)s)"
+    )
+
+
+def _version_result(grow: str) -> str:
+    return (
+        " SELECT ns.latest_seq, (SELECT server_time FROM v),"
+        f" ARRAY(SELECT block_id FROM b WHERE fresh), {_over_quota(grow)}, {_NOTIFY} FROM ns"
+    )
+
+
+# The bytes a new version of an existing file adds: its size, less the size of the version
+# it supersedes when the file was live (the statement's snapshot still shows that one).
+_GROW_BY_VERSION = (
+    "%(size)s - COALESCE((SELECT fv.size FROM files f0 JOIN file_versions fv"
+    " ON fv.ns_id = f0.ns_id AND fv.file_id = f0.file_id AND fv.rev = f0.latest_rev"
+    " WHERE f0.ns_id = %(ns)s AND f0.file_id = %(fid)s AND NOT f0.is_deleted), 0)"
 )
 
 # A commit's writes in one statement: the journal CTEs, the version's rows, the file's rev.
 _WRITE_VERSION_SQL = (
-    f"WITH {_journal_ctes()},{_VERSION_CTES},"
+    f"WITH g AS (SELECT {_GROW_BY_VERSION} AS grow),"
+    f" {_journal_ctes(grow='SELECT grow FROM g')},{_VERSION_CTES},"
     " f AS (UPDATE files SET latest_rev = %(rev)s, is_deleted = false, deleted_at = NULL,"
-    "  deleted_by = NULL WHERE ns_id = %(ns)s AND file_id = %(fid)s)" + _VERSION_RESULT
+    "  deleted_by = NULL WHERE ns_id = %(ns)s AND file_id = %(fid)s)"
+    + _version_result("SELECT grow FROM g")
 )
 
 # The same for a file that does not exist yet: its row is inserted first, and when a live
@@ -288,7 +327,13 @@ _WRITE_NEW_FILE_SQL = (
     "WITH nf AS (INSERT INTO files (ns_id, file_id, path_key, parent_key, path_display, kind,"
     "  latest_rev) VALUES (%(ns)s, %(fid)s, %(key)s, %(parent)s, %(pd)s, 'file', %(rev)s)"
     "  ON CONFLICT (ns_id, path_key) WHERE NOT is_deleted DO NOTHING RETURNING file_id),"
-    f" {_journal_ctes('nf')},{_VERSION_CTES}" + _VERSION_RESULT
+    f" {_journal_ctes('nf', grow='%(size)s')},{_VERSION_CTES}" + _version_result("%(size)s")
+)
+
+# The bytes of the live files among entries just changed (`d`: file_id, latest_rev, kind).
+_LIVE_BYTES = (
+    "SELECT COALESCE(sum(v.size), 0) FROM d JOIN file_versions v ON v.ns_id = %(ns)s"
+    " AND v.file_id = d.file_id AND v.rev = d.latest_rev WHERE d.kind = 'file'"
 )
 
 
@@ -753,20 +798,30 @@ class Store:
         return [_file(r) for r in rows]
 
     def mark_deleted(self, ns_id: int, file_ids: Sequence[str], user_id: str) -> None:
-        """Soft-delete entries (they go to the trash)."""
+        """Soft-delete live entries (they go to the trash, which counts for no quota)."""
         self.conn.execute(
-            "UPDATE files SET is_deleted = true, deleted_at = now(), deleted_by = %s"
-            " WHERE ns_id = %s AND file_id = ANY(%s)",
-            (user_id, ns_id, list(file_ids)),
+            "WITH d AS (UPDATE files SET is_deleted = true, deleted_at = now(),"
+            " deleted_by = %(user)s WHERE ns_id = %(ns)s AND file_id = ANY(%(ids)s)"
+            " AND NOT is_deleted RETURNING file_id, latest_rev, kind)"
+            f" UPDATE namespaces SET bytes_used = bytes_used - ({_LIVE_BYTES})"
+            " WHERE ns_id = %(ns)s",
+            {"user": user_id, "ns": ns_id, "ids": list(file_ids)},
         )
 
-    def undelete(self, ns_id: int, file_ids: Sequence[str]) -> None:
-        """Make deleted entries live again."""
-        self.conn.execute(
-            "UPDATE files SET is_deleted = false, deleted_at = NULL, deleted_by = NULL"
-            " WHERE ns_id = %s AND file_id = ANY(%s)",
-            (ns_id, list(file_ids)),
+    def undelete(self, ns_id: int, file_ids: Sequence[str]) -> bool:
+        """Make deleted entries live again; True when that took the namespace's owner over
+        their quota (see `write_version`)."""
+        row = self._one(
+            "WITH d AS (UPDATE files SET is_deleted = false, deleted_at = NULL,"
+            " deleted_by = NULL WHERE ns_id = %(ns)s AND file_id = ANY(%(ids)s) AND is_deleted"
+            " RETURNING file_id, latest_rev, kind),"
+            f" g AS ({_LIVE_BYTES}),"
+            " ns AS (UPDATE namespaces SET bytes_used = bytes_used + (SELECT * FROM g)"
+            "  WHERE ns_id = %(ns)s RETURNING bytes_used, owner_id)"
+            f" SELECT {_over_quota('SELECT * FROM g')} FROM ns",
+            {"ns": ns_id, "ids": list(file_ids)},
         )
+        return bool(row and row[0])
 
     def rename(self, ns_id: int, file_id: str, key: str, parent_key: str, display: str) -> None:
         """Change an entry's path (a move keeps file_id and history)."""
@@ -806,6 +861,14 @@ class Store:
         self.conn.execute(
             "UPDATE version_blocks SET ns_id = %s WHERE ns_id = %s AND file_id = ANY(%s)",
             (to_ns, from_ns, ids),
+        )
+        self.conn.execute(  # the live files' bytes go along
+            "WITH d AS (SELECT file_id, latest_rev, kind FROM files WHERE ns_id = %(ns)s"
+            f" AND file_id = ANY(%(ids)s) AND NOT is_deleted), moved AS ({_LIVE_BYTES})"
+            " UPDATE namespaces SET bytes_used = bytes_used"
+            " + CASE WHEN ns_id = %(ns)s THEN 1 ELSE -1 END * (SELECT * FROM moved)"
+            " WHERE ns_id IN (%(ns)s, %(from)s)",
+            {"ns": to_ns, "from": from_ns, "ids": ids},
         )
 
     def delete_entry(self, ns_id: int, file_id: str) -> None:
@@ -883,7 +946,7 @@ class Store:
         journal: Sequence[NewJournal],
         payload: dict[str, Any],
         create: tuple[str, str] | None = None,
-    ) -> tuple[datetime, set[str], ChangeEvent] | None:
+    ) -> WrittenVersion | None:
         """Version `rev` of a file, in one statement: the journal rows (+ outbox, NOTIFY, as
         `append_journal`), the version, its ordered block list (id, size, staged_key),
         refcounts bumped by `refs` (block_id, size, key_version, count; new blocks start
@@ -893,7 +956,9 @@ class Store:
         `create` = (path_key, parent_key) inserts the file row too (a new file in one
         round trip); then None means a live entry already holds the path and nothing was
         written. Otherwise returns the version's server time, the block ids whose `blocks`
-        row was created now (gc may have deleted a block meanwhile), and the change event.
+        row was created now (gc may have deleted a block meanwhile), the change event, and
+        whether the version took the namespace's owner over their quota (the namespace's
+        `bytes_used` moves by what the version adds).
         """
         params = _journal_params(ns_id, journal, "file", payload)
         params.update(
@@ -915,7 +980,7 @@ class Store:
         if row is None:
             return None
         _, event = _journal_result(ns_id, len(journal), int(row[0]), "file", payload)
-        return row[1], set(row[2]), event
+        return WrittenVersion(row[1], set(row[2]), event, bool(row[3]))
 
     def set_block_state(self, block_ids: Sequence[str], state: str) -> None:
         """Set the state of blocks (e.g. cold → restoring when a download asks for them)."""
@@ -1070,10 +1135,6 @@ class Store:
     def usage(self, user_id: str) -> int:
         """Bytes of the latest versions of live files in the namespaces the user owns."""
         row = self._one(
-            "SELECT COALESCE(sum(v.size), 0) FROM namespaces n"
-            " JOIN files f ON f.ns_id = n.ns_id AND NOT f.is_deleted AND f.kind = 'file'"
-            " JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
-            " AND v.rev = f.latest_rev WHERE n.owner_id = %s",
-            (user_id,),
+            "SELECT COALESCE(sum(bytes_used), 0) FROM namespaces WHERE owner_id = %s", (user_id,)
         )
         return int(row[0])

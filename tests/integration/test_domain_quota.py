@@ -1,0 +1,127 @@
+"""The quota holds at every write that adds bytes (commits with or without an upload,
+batches, restores, undeletes), and each namespace's `bytes_used` counter stays equal to the
+sum it stands for through every kind of write."""
+
+from __future__ import annotations
+
+import pytest
+
+from tessera.domain import commits, files, sharing
+from tessera.domain.errors import NotFound, QuotaExceeded
+from tessera.domain.models import (
+    CommitBatchRequest,
+    DeleteRequest,
+    RestoreRequest,
+    ShareRequest,
+    TrashListRequest,
+)
+from tessera.domain.services import Services
+from tessera.ports import Principal
+
+from .conftest import commit_request, get_file, put_file, usage_drift
+
+
+def _quota(services: Services, who: Principal, quota: int) -> None:
+    with services.db.transaction() as store:
+        store.conn.execute(
+            "UPDATE users SET quota_bytes = %s WHERE user_id = %s", (quota, who.user_id)
+        )
+
+
+def _used(services: Services, who: Principal) -> int:
+    return sharing.account(services, who).used_bytes
+
+
+def assert_counters_match(services: Services) -> None:
+    assert usage_drift(services.db) == []
+
+
+def test_copies_of_stored_blocks_count_against_the_quota(
+    services: Services, alice: Principal
+) -> None:
+    """A commit naming blocks the caller can already read needs no upload session, so the
+    check at upload start never saw it: copies of one file went past any quota."""
+    data = b"y" * 1000
+    put_file(services, alice, "/a", data)
+    _quota(services, alice, 2500)
+    commits.commit(services, alice, commit_request("/copy1", [data], None))
+    with pytest.raises(QuotaExceeded, match="your quota") as refused:
+        commits.commit(services, alice, commit_request("/copy2", [data], None))
+    assert refused.value.status == 413
+    assert _used(services, alice) == 2000
+    with pytest.raises(NotFound):
+        get_file(services, alice, "/copy2")
+    assert_counters_match(services)
+
+
+def test_a_batch_refuses_the_entries_over_quota_and_commits_the_rest(
+    services: Services, alice: Principal
+) -> None:
+    small, big = b"s" * 100, b"b" * 900
+    put_file(services, alice, "/small", small)
+    put_file(services, alice, "/big", big)
+    _quota(services, alice, 1500)  # 1,000 used
+    entries = [
+        commit_request("/big-copy", [big], None),  # 1,900: over
+        commit_request("/small-copy", [small], None),  # 1,100
+        commit_request("/small-copy-2", [small], None),  # 1,200
+    ]
+    answer = commits.commit_batch(services, alice, CommitBatchRequest(entries=entries))
+    assert [e.status for e in answer.entries] == [413, 200, 200]
+    assert _used(services, alice) == 1200
+    assert_counters_match(services)
+
+
+def test_undelete_and_restore_are_held_to_the_quota_and_shrinking_never_is(
+    services: Services, alice: Principal
+) -> None:
+    put_file(services, alice, "/doc", b"1" * 300)
+    put_file(services, alice, "/doc", b"2" * 100, parent_rev=1)
+    put_file(services, alice, "/old", b"o" * 400)
+    files.delete(services, alice, DeleteRequest(path="/old"))
+    assert _used(services, alice) == 100  # the trash counts for nothing
+    put_file(services, alice, "/fill", b"f" * 300)
+    _quota(services, alice, 450)  # 400 used
+
+    with pytest.raises(QuotaExceeded, match="restoring '/old'"):
+        files.restore(services, alice, RestoreRequest(path="/old"))
+    trash = files.trash_list(services, alice, TrashListRequest())
+    assert [e.path_display for e in trash.entries] == ["/old"]
+    with pytest.raises(QuotaExceeded):  # rev 1 is 300 bytes: 200 more than rev 2
+        files.restore(services, alice, RestoreRequest(path="/doc", rev=1))
+    assert get_file(services, alice, "/doc") == b"2" * 100
+
+    _quota(services, alice, 100)  # lowered below what is used: writes that free space pass
+    # /fill becomes a copy of /doc's 100 bytes (blocks already stored: no upload)
+    commits.commit(services, alice, commit_request("/fill", [b"2" * 100], None, parent_rev=1))
+    files.delete(services, alice, DeleteRequest(path="/doc"))
+    assert _used(services, alice) == 100
+    with pytest.raises(QuotaExceeded):  # 200 of 100
+        files.restore(services, alice, RestoreRequest(path="/doc"))
+    _quota(services, alice, 1000)
+    files.restore(services, alice, RestoreRequest(path="/doc"))
+    files.restore(services, alice, RestoreRequest(path="/old"))
+    assert _used(services, alice) == 600
+    assert_counters_match(services)
+
+
+def test_the_counters_follow_folders_shares_and_editors(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """Folder deletes and undeletes, a folder turned into a shared namespace (its bytes
+    move with it), an editor writing there (the owner's usage grows, not theirs)."""
+    for name, size in (("a", 10), ("b", 20), ("sub/c", 40)):
+        put_file(services, alice, f"/Team/{name}", b"t" * size)
+    put_file(services, alice, "/mine", b"m" * 5)
+    files.delete(services, alice, DeleteRequest(path="/Team"))
+    assert _used(services, alice) == 5
+    files.restore(services, alice, RestoreRequest(path="/Team"))
+    assert _used(services, alice) == 75
+    sharing.account(services, bob)  # bob exists once he made a request
+    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email))
+    assert_counters_match(services)
+    put_file(services, bob, "/Team/from-bob", b"b" * 100)
+    assert (_used(services, alice), _used(services, bob)) == (175, 0)
+    files.delete(services, bob, DeleteRequest(path="/Team/sub"))
+    assert _used(services, alice) == 135
+    assert_counters_match(services)
