@@ -20,6 +20,21 @@ RETRY_AFTER_S = 2
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
+# Settings of every pooled session.
+# Generic plans: psycopg prepares a statement after its fifth run, but PostgreSQL still plans
+# it anew per run while it guesses a custom plan may beat the generic one. Every statement
+# here is a keyed lookup whose plan does not depend on its parameter values, and re-planning
+# cost more than running (0.37 ms of 0.41 for the readable-blocks query, measured in
+# bench/bench_commits.py's commit).
+# No sequential scans: a plan is kept for the connection's life, and one made while a table
+# was small (a young deployment, or the stretch between two autoanalyzes) scanned it whole
+# for ever after. The commit's parent-folder lookup did so on `files`: one writer's commit
+# went from 1.7 to 2.9 ms of PostgreSQL CPU over 5,000 commits, where it stays near 0.8 ms
+# with this (docs/metadata.md, "Plans: no sequential scans"). Where no index serves, a
+# query still scans.
+SESSION_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
+
+
 class Database:
     """A psycopg 3 pool over the metadata database; `transaction()` yields a `Store`."""
 
@@ -32,11 +47,6 @@ class Database:
         timeout: float = 10.0,
     ) -> None:
         # A callable makes a fresh conninfo per new connection (RDS IAM auth tokens expire).
-        # Generic plans: psycopg prepares a statement after its fifth run, but PostgreSQL
-        # still plans it anew per run while it guesses a custom plan may beat the generic
-        # one. Every statement here is a keyed lookup whose plan does not depend on its
-        # parameter values, and re-planning cost more than running (0.37 ms of 0.41 for the
-        # readable-blocks query, measured in bench/bench_commits.py's commit).
         self.conninfo = conninfo
         self.pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] = ConnectionPool(
             conninfo,
@@ -45,7 +55,7 @@ class Database:
             kwargs={
                 "autocommit": False,
                 "row_factory": tuple_row,
-                "options": "-c plan_cache_mode=force_generic_plan",
+                "options": SESSION_OPTIONS,
             },
             open=True,
             name="tessera-metadata",
