@@ -193,8 +193,11 @@ class AppStack(Stack):
         )  # fmt: skip
         self._async_failures_to_dlq(relay, "OutboxRelayFunction")
         self.migrations = Migrations(self, "Migrations", config=config, function=migrate)
-        # Nothing scheduled runs before the schema exists.
+        # Nothing scheduled runs before the schema exists, and no new code before its
+        # migrations ran (it may read a column they add).
         self.workflows.node.add_dependency(self.migrations.resource)
+        for fn in (api, longpoll, relay, *maintenance.values()):
+            fn.node.add_dependency(self.migrations.resource)
         self.observability = Observability(
             self, "Observability", config=config, rest_api=self.api.rest_api,
             cluster=data.database.cluster,

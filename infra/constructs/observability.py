@@ -87,6 +87,8 @@ class Observability(Construct):
             threshold: float,
             what: str,
             missing: cloudwatch.TreatMissingData = cloudwatch.TreatMissingData.NOT_BREACHING,
+            *,
+            periods: tuple[int, int] = (2, 3),  # (datapoints to alarm, evaluation periods)
         ) -> None:
             created = cloudwatch.Alarm(
                 self,
@@ -94,8 +96,8 @@ class Observability(Construct):
                 alarm_description=f"Tessera {stage}: {what}",
                 metric=metric,
                 threshold=threshold,
-                evaluation_periods=3,
-                datapoints_to_alarm=2,
+                evaluation_periods=periods[1],
+                datapoints_to_alarm=periods[0],
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
                 treat_missing_data=missing,
             )
@@ -116,11 +118,13 @@ class Observability(Construct):
             cloudwatch.TreatMissingData.BREACHING,
         )
         alarm("RelayFailures", relay_failed, 0, "outbox relay keeps leaving events pending")
+        # A dead letter is counted once (its row leaves the outbox): one datapoint alarms.
         alarm(
             "RelayDeadLetters",
             relay_dead,
             0,
             "the change table refused events for good: see outbox_dead (docs/deploy.md)",
+            periods=(1, 1),
         )
         alarm("DbCpu", db_cpu, 80, "Aurora CPU above 80 %")
         alarm("DbConnections", db_connections, 400, "Aurora connections above 400")

@@ -477,6 +477,15 @@ def test_with_failure_alarm_catches_every_task_and_keeps_the_retries() -> None:
     assert asl["States"]["Failed"]["Type"] == "Fail"
 
 
+def test_code_reading_the_schema_deploys_after_the_migrations(dev: Synth) -> None:
+    """A new version of a function may read a column its migration adds."""
+    schema = next(iter(resources(dev.app_template, "Custom::TesseraSchema")))
+    functions = resources(dev.app_template, "AWS::Lambda::Function")
+    waiting = {name for name, f in functions.items() if schema in f.get("DependsOn", [])}
+    for fn in ("Api", "Longpoll", "OutboxRelay", "Gc", "DedupVerify", "Scrub", "ColdStorage"):
+        assert any(name.startswith(f"{fn}Function") for name in waiting), (fn, sorted(waiting))
+
+
 def test_schedules(dev: Synth) -> None:
     schedules = resources(dev.app_template, "AWS::Scheduler::Schedule").values()
     expressions = sorted(s["Properties"]["ScheduleExpression"] for s in schedules)
@@ -516,6 +525,9 @@ def test_dashboard_and_service_alarms(dev: Synth) -> None:
     assert lag["Namespace"] == "Tessera" and lag["Threshold"] == 180
     assert lag["Dimensions"] == [{"Name": "service", "Value": "tessera-outbox-relay"}]
     assert lag["TreatMissingData"] == "breaching"  # a relay that stopped publishing is lagging
+    dead = next(a["Properties"] for a in resources(dev.app_template, "AWS::CloudWatch::Alarm")
+                .values() if a["Properties"].get("MetricName") == "OutboxDeadLettered")  # fmt: skip
+    assert (dead["EvaluationPeriods"], dead["DatapointsToAlarm"]) == (1, 1)  # counted once
 
 
 # --- least privilege --------------------------------------------------------------------------

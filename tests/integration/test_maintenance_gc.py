@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from tessera.domain.models import UploadStartRequest
 from tessera.maintenance import GcResult, run_workflow
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
+from .conftest import usage_drift
 from .test_maintenance_world import (
     ALICE,
     BLOCK,
@@ -115,6 +117,53 @@ def test_a_run_that_dies_after_deleting_rows_leaves_the_next_run_their_objects(
     assert world.sql("SELECT count(*) FROM block_deletions") == [(0,)]
     assert world.get(ALICE, "/again.bin") == back
     assert_nothing_dangles(world)
+
+
+def test_a_row_committed_while_gc_waits_for_the_block_lock_keeps_its_object(
+    world: World, database_url: str
+) -> None:
+    """gc checks that a block still has no row once it holds the block's lock. The check
+    used to share the statement that waited for the lock, and so its snapshot: a row
+    committed meanwhile (a block uploaded again and promoted under the lock) went unseen,
+    and gc deleted an object that row named."""
+    from tessera.metadata.maintenance import LOCK_CLASS
+
+    bid = "b3:" + "ab" * 32
+    found: list[set[str]] = []
+
+    def gc_check() -> None:
+        with world.ctx.repo.transaction() as tx:
+            found.append(tx.lock_absent_blocks([bid]))
+
+    with psycopg.connect(database_url) as promoter:
+        promoter.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, bid))
+        waiting = threading.Thread(target=gc_check)
+        waiting.start()
+        time.sleep(0.5)  # gc's statement now waits for the lock (its limit: 2 s)
+        promoter.execute(
+            "INSERT INTO blocks (block_id, size, stored_size, key_version, state)"
+            " VALUES (%s, 1, 1, 1, 'live')",
+            (bid,),
+        )
+        promoter.commit()  # the row lands as the lock goes
+        waiting.join(10)
+    assert found == [set()]
+
+
+def test_gc_sets_right_the_quota_counters_that_drifted(world: World) -> None:
+    """A counter off (code deployed before its migration, a bug) is found and set right
+    under its row lock; right counters are left alone."""
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    world.put(BOB, "/b.bin", secrets.token_bytes(2 * BLOCK))
+    with world.svc.db.pool.connection() as conn:  # alice's counter drifts
+        conn.execute(
+            "UPDATE namespaces SET bytes_used = bytes_used + 12345 WHERE owner_id = %s",
+            (ALICE.user_id,),
+        )
+    assert [ns for ns, *_ in usage_drift(world.svc.db)] != []
+    assert _gc(world, days=0).usage_corrected == 1
+    assert usage_drift(world.svc.db) == []
+    assert _gc(world, days=0).usage_corrected == 0
 
 
 def test_old_versions_go_but_latest_and_shared_blocks_stay(world: World) -> None:

@@ -15,6 +15,9 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
    row re-checked and deleted under its row lock, the object after that has committed
    (see `tessera.metadata.maintenance` for why that is safe). It first deletes the objects
    an interrupted run left behind (their rows' tombstones).
+5. `recount_usage`: namespaces whose `bytes_used` (the quota counter every write moves)
+   differs from what their live files hold are set right, each under its row lock: drift
+   from code deployed before its migration, or from a bug, does not last.
 """
 
 from __future__ import annotations
@@ -150,7 +153,9 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
         limit = max(8, min(1000, int(budget / max(per_block, 1e-6))))
         if deleted:
             with ctx.repo.transaction() as tx:
-                _delete_objects_in(ctx, tx, deleted, result)
+                # those a concurrent run claimed as leftovers are its to delete
+                held = tx.claim_deletions(len(deleted), block_ids=[bid for bid, _ in deleted])
+                _delete_objects_in(ctx, tx, held, result)
             result.blocks_deleted += len(deleted)
         skipped = len(candidates) - len(deleted)
         if skipped:
@@ -162,14 +167,31 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     return result if result.more else _loop(ctx, batch, result)
 
 
+def recount_usage(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
+    """Set right the quota counters that drifted (see the module docstring)."""
+    result = GcResult()
+
+    def batch() -> int:
+        with ctx.repo.transaction() as tx:
+            drifted = tx.drifted_usage(ctx.settings.batch_size)
+        for ns_id in drifted:  # one namespace per transaction: its commits wait that long
+            with ctx.repo.transaction() as tx:
+                result.usage_corrected += int(tx.recount_usage(ns_id))
+        if drifted:
+            log.warning("gc: quota counters of %d namespace(s) had drifted", len(drifted))
+        return len(drifted)
+
+    return _loop(ctx, batch, result)
+
+
 def _delete_objects_in(
     ctx: MaintenanceContext,
     tx: MaintenanceTx,
     deleted: list[tuple[str, int]],
     result: GcResult,
 ) -> None:
-    """Delete the objects of block rows deleted (their tombstones), unless a row came back
-    meanwhile; then drop the tombstones, in `tx`."""
+    """Delete the objects of block rows deleted (their tombstones, claimed in `tx`), unless
+    a row came back meanwhile; then drop the tombstones."""
     if not deleted:
         return
     absent = tx.lock_absent_blocks([bid for bid, _ in deleted])

@@ -59,12 +59,16 @@ WORKFLOWS: dict[str, Workflow] = {
         Workflow(
             name="gc",
             function="gc",
-            description="Purge old trash and versions, expire uploads, delete unreferenced blocks.",
+            description=(
+                "Purge old trash and versions, expire uploads, delete unreferenced blocks,"
+                " correct quota counters."
+            ),
             steps=(
                 Step("purge_trash", "delete files in the trash past the trash retention"),
                 Step("purge_versions", "delete non-latest versions past the version retention"),
                 Step("expire_uploads", "expire abandoned upload sessions and their staged copies"),
                 Step("delete_blocks", "delete blocks at refcount 0 past the grace period"),
+                Step("recount_usage", "correct namespaces whose quota counter drifted"),
             ),
             schedule="rate(1 hour)",
             setting="gc_interval_s",

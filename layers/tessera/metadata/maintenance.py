@@ -34,6 +34,13 @@ from tessera.metadata.db import Database
 
 LOCK_CLASS = 0x7E55_0001  # advisory lock class of the per-block maintenance lock (int4)
 
+# The bytes of the live files' latest versions in namespace `n` (what `bytes_used` keeps).
+_LIVE_BYTES_OF_NS = (
+    "SELECT COALESCE(sum(v.size), 0) FROM files f JOIN file_versions v ON v.ns_id = f.ns_id"
+    " AND v.file_id = f.file_id AND v.rev = f.latest_rev"
+    " WHERE f.ns_id = n.ns_id AND NOT f.is_deleted AND f.kind = 'file'"
+)
+
 
 @dataclass(frozen=True)
 class StagedCopy:
@@ -103,12 +110,21 @@ class MaintenanceTx:
 
     def lock_absent_blocks(self, block_ids: Sequence[str]) -> set[str]:
         """Take the maintenance locks of `block_ids` (waiting, in id order: no deadlocks);
-        the ids that have no row once the locks are held."""
+        the ids that have no row once the locks are held.
+
+        Two statements: a statement reads the snapshot it began with, so a check in the
+        statement that waited for the locks missed a row committed meanwhile (a block
+        uploaded again and promoted under its lock), and gc deleted a named object."""
+        ids = sorted(block_ids)
+        self._all(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(b))::text FROM unnest(%s::text[]) AS b"
+            " ORDER BY b",
+            (LOCK_CLASS, ids),
+        )
         rows = self._all(
-            "SELECT b FROM (SELECT b, pg_advisory_xact_lock(%s, hashtext(b))::text AS l"
-            "  FROM unnest(%s::text[]) AS b ORDER BY b) AS locked"
-            " WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE block_id = locked.b)",
-            (LOCK_CLASS, sorted(block_ids)),
+            "SELECT b FROM unnest(%s::text[]) AS b"
+            " WHERE NOT EXISTS (SELECT 1 FROM blocks WHERE block_id = b)",
+            (ids,),
         )
         return {r[0] for r in rows}
 
@@ -440,13 +456,43 @@ class MaintenanceTx:
         )
         return [(r[0], r[1]) for r in rows]
 
-    def claim_deletions(self, limit: int) -> list[tuple[str, int]]:
-        """Row-lock up to `limit` tombstones another transaction does not hold: objects
-        whose rows were deleted (block_id, stored bytes), by a run that may have died."""
+    def drifted_usage(self, limit: int) -> list[int]:
+        """Namespaces whose `bytes_used` is not what their live files hold (no lock: a
+        commit may be moving it; `recount_usage` decides under the row lock)."""
         rows = self._all(
-            "SELECT block_id, stored_size FROM block_deletions"
-            " ORDER BY block_id LIMIT %s FOR UPDATE SKIP LOCKED",
+            f"SELECT n.ns_id FROM namespaces n WHERE n.bytes_used <> ({_LIVE_BYTES_OF_NS})"
+            " ORDER BY n.ns_id LIMIT %s",
             (limit,),
+        )
+        return [r[0] for r in rows]
+
+    def recount_usage(self, ns_id: int) -> bool:
+        """Set the namespace's `bytes_used` to what its live files hold; True if it was off.
+
+        The row lock first, in its own statement: the sum is then read from a snapshot
+        taken with the lock held, so no commit lands between the count and the write."""
+        self._all("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE", (ns_id,))
+        return bool(
+            self._count(
+                f"UPDATE namespaces n SET bytes_used = ({_LIVE_BYTES_OF_NS})"
+                f" WHERE n.ns_id = %s AND n.bytes_used <> ({_LIVE_BYTES_OF_NS})",
+                (ns_id,),
+            )
+        )
+
+    def claim_deletions(
+        self, limit: int, *, block_ids: Sequence[str] | None = None
+    ) -> list[tuple[str, int]]:
+        """Row-lock up to `limit` tombstones (of `block_ids` only, when given) that another
+        transaction does not hold: (block_id, stored bytes) of objects whose rows were
+        deleted, by this run or by one that may have died. Taken before the blocks'
+        maintenance locks, by every caller: one lock order, no deadlock."""
+        only = " WHERE block_id = ANY(%s)" if block_ids is not None else ""
+        params: list[Any] = [list(block_ids)] if block_ids is not None else []
+        rows = self._all(
+            f"SELECT block_id, stored_size FROM block_deletions{only}"
+            " ORDER BY block_id LIMIT %s FOR UPDATE SKIP LOCKED",
+            [*params, limit],
         )
         return [(r[0], r[1]) for r in rows]
 

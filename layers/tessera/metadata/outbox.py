@@ -62,7 +62,9 @@ def dead_letter(conn: psycopg.Connection[Any], refused: list[tuple[ChangeEvent, 
             " WHERE o.ns_id = r.ns_id AND o.seq = r.seq"
             " RETURNING o.ns_id, o.seq, o.event_id, o.kind, o.payload, o.created_at, r.error)"
             " INSERT INTO outbox_dead (ns_id, seq, event_id, kind, payload, created_at, error)"
-            " SELECT * FROM gone ON CONFLICT DO NOTHING",
+            " SELECT * FROM gone ON CONFLICT (ns_id, seq) DO UPDATE SET event_id ="
+            " EXCLUDED.event_id, kind = EXCLUDED.kind, payload = EXCLUDED.payload,"
+            " created_at = EXCLUDED.created_at, dead_at = now(), error = EXCLUDED.error",
             (
                 [e.ns_id for e, _ in refused],
                 [e.seq for e, _ in refused],
