@@ -465,12 +465,13 @@ def test_one_state_machine_per_workflow_with_retries_catch_alarm_logs_and_tracin
 
 def test_with_failure_alarm_catches_every_task_and_keeps_the_retries() -> None:
     from infra.constructs.workflows import with_failure_alarm
-    from tessera.maintenance.workflows import state_machine_definition
+    from tessera.maintenance.workflows import WORKFLOWS, state_machine_definition
 
     asl = with_failure_alarm(state_machine_definition("gc", "arn:fn"), "arn:topic", "gc")
-    tasks = [s for n, s in asl["States"].items() if s["Type"] == "Task" and n != "NotifyFailure"]
-    assert len(tasks) == 4  # purge_trash, purge_versions, expire_uploads, delete_blocks
-    for task in tasks:
+    tasks = {n: s for n, s in asl["States"].items() if s["Type"] == "Task" and n != "NotifyFailure"}
+    assert sorted(tasks) == sorted(WORKFLOWS["gc"].step_names)  # purge_trash ... recount_usage
+    assert "recount_usage" in tasks
+    for task in tasks.values():
         assert task["Retry"] and task["Catch"][0]["Next"] == "NotifyFailure"
     assert asl["States"]["NotifyFailure"]["Parameters"]["TopicArn"] == "arn:topic"
     assert asl["States"]["NotifyFailure"]["Next"] == "Failed"
