@@ -6,6 +6,7 @@ takes a namespace takes its `ns_id` first (the shard key).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -238,6 +239,14 @@ def _file(row: Sequence[Any]) -> FileRow:
     return FileRow(*row[:8], version=version)  # type: ignore[misc]
 
 
+# `ns<N>-<seq>-<write>`: the key, and a token of this write (`_journal_params`). The key
+# alone would name a new event the same as an old one when a seq is handed out again (a
+# database restored to an earlier point): the change table would take it for the event it
+# holds, and its bus consumers would never see it. With the token it refuses it (relay:
+# outbox_dead, an alarm).
+_EVENT_ID = "'ns' || %(ns)s || '-' || ns.latest_seq || '-' || %(write)s"
+
+
 # Bump the namespace's seq, append the journal rows, write the outbox row (CTEs); then queue
 # the NOTIFY (delivered at COMMIT). One statement. `guard` names a CTE that must have
 # returned a row for anything to be written (`nf`: the new file row).
@@ -256,9 +265,9 @@ def _journal_ctes(guard: str | None = None, grow: str | None = None) -> str:
         "  f text, r bigint, op text, k text, pk text, par text, pd text, sz bigint, ch text,"
         "  mt timestamptz)),"
         " o AS (INSERT INTO outbox (ns_id, seq, event_id, kind, payload)"
-        "  SELECT %(ns)s, ns.latest_seq, 'ns' || %(ns)s || '-' || ns.latest_seq, %(kind)s,"
+        f"  SELECT %(ns)s, ns.latest_seq, {_EVENT_ID}, %(kind)s,"
         "  %(payload)s::jsonb || jsonb_build_object('ns_id', %(ns)s::bigint,"
-        "  'seq', ns.latest_seq, 'event_id', 'ns' || %(ns)s || '-' || ns.latest_seq)"
+        f"  'seq', ns.latest_seq, 'event_id', {_EVENT_ID})"
         "  FROM ns)"
     )
 
@@ -365,15 +374,19 @@ def _journal_params(
         "kind": kind,
         "payload": Jsonb(payload),
         "chan": NOTIFY_CHANNEL,
+        "write": secrets.token_hex(6),
     }
 
 
 def _journal_result(
-    ns_id: int, n: int, last: int, kind: str, payload: dict[str, Any]
+    params: dict[str, Any], last: int, payload: dict[str, Any]
 ) -> tuple[list[int], ChangeEvent]:
-    event_id = f"ns{ns_id}-{last}"
+    """The seqs and the event of a journal write made with `params` (`_journal_params`),
+    whose last seq is `last`."""
+    ns_id, n = params["ns"], params["n"]
+    event_id = f"ns{ns_id}-{last}-{params['write']}"  # as _EVENT_ID
     full = {**payload, "ns_id": ns_id, "seq": last, "event_id": event_id}
-    event = ChangeEvent(event_id, ns_id, last, kind, full, announced=True)
+    event = ChangeEvent(event_id, ns_id, last, params["kind"], full, announced=True)
     return list(range(last - n + 1, last + 1)), event
 
 
@@ -979,7 +992,7 @@ class Store:
         row = self._one(_WRITE_NEW_FILE_SQL if create else _WRITE_VERSION_SQL, params)
         if row is None:
             return None
-        _, event = _journal_result(ns_id, len(journal), int(row[0]), "file", payload)
+        _, event = _journal_result(params, int(row[0]), payload)
         return WrittenVersion(row[1], set(row[2]), event, bool(row[3]))
 
     def set_block_state(self, block_ids: Sequence[str], state: str) -> None:
@@ -1008,8 +1021,9 @@ class Store:
 
         Takes the namespace row lock: call it late in the transaction.
         """
-        row = self._one(_JOURNAL_SQL, _journal_params(ns_id, rows, kind, payload))
-        return _journal_result(ns_id, len(rows), int(row[0]), kind, payload)
+        params = _journal_params(ns_id, rows, kind, payload)
+        row = self._one(_JOURNAL_SQL, params)
+        return _journal_result(params, int(row[0]), payload)
 
     def journal_after(
         self, ns_id: int, after_seq: int, scope: KeyScope, *, limit: int

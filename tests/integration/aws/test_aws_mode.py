@@ -121,7 +121,7 @@ def test_aws_mode_serves_the_api_through_the_lambda_handlers(
     # The emulated pipe: stream record -> change_router -> the bus -> a rule's queue.
     seen: set[str] = set()
     deadline = time.monotonic() + 20
-    while f"ns{entry['ns_id']}" not in {e.rsplit("-", 1)[0] for e in seen}:
+    while f"ns{entry['ns_id']}" not in {e.split("-")[0] for e in seen}:
         assert time.monotonic() < deadline, f"no bus event for the commits; saw {seen}"
         for m in sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=1).get("Messages", []):
             seen.add(json.loads(m["Body"])["detail"]["event_id"])

@@ -28,7 +28,6 @@ from tessera.adapters.aws import (
     changes_model,
 )
 from tessera.blocks import decode_block, scan_file
-from tessera.ports import ChangeEvent
 
 from .flow import Client, lambda_client, lambda_send
 from .lambda_events import Context, stream_record
@@ -239,23 +238,29 @@ def test_a_failed_sweep_leaves_its_rows_pending(
 def test_an_event_the_table_refuses_is_dead_lettered_and_the_rest_delivered(
     lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings
 ) -> None:
-    """The table holds another event at one row's key (as after restoring the database to
-    an earlier point, which reuses seqs): that row goes to outbox_dead, the table keeps its
-    item, and the rows queued behind it are delivered all the same."""
+    """The database goes back to an earlier point (a restore) while the table keeps what
+    was relayed: the next commit gets a seq the table holds. Its event id differs (a token
+    per write), so the table refuses it instead of taking it for the old one: the row goes
+    to outbox_dead, the table keeps its item, and the rows behind it are delivered."""
     ann, ns = _new_user(lambdas)
-    for i in range(3):
+    for i in range(2):
         assert ann.upload(f"/d{i}.txt", _write(tmp_path, f"d{i}.txt", 20 + i))[0] == 200
-    outbox = _outbox(lambdas.database_url, {ns})
-    _, seq, poison = outbox[1]
-    lambdas.outbox_relay.feed.publish(ChangeEvent("before-the-restore", ns, seq, "file"))
+    before = _outbox(lambdas.database_url, {ns})
+    assert lambdas.outbox_relay.handler({"min_age_s": 0}, Context())["dead"] == []
+    _, reused, _ = before[-1]
+    with psycopg.connect(lambdas.database_url) as conn:  # back to before the last commit
+        conn.execute("DELETE FROM journal WHERE ns_id = %s AND seq = %s", (ns, reused))
+        conn.execute("UPDATE namespaces SET latest_seq = %s WHERE ns_id = %s", (reused - 1, ns))
+    for i in range(2, 4):
+        assert ann.upload(f"/d{i}.txt", _write(tmp_path, f"d{i}.txt", 20 + i))[0] == 200
+    after = _outbox(lambdas.database_url, {ns})
+    assert [seq for _, seq, _ in after] == [reused, reused + 1]
+    poison = after[0][2]
+    assert poison != before[-1][2]
 
     result = lambdas.outbox_relay.handler({"min_age_s": 0}, Context())
     assert result["dead"] == [poison] and result["failed"] == []
-    assert _feed_items(aws_settings, {ns}) == [
-        outbox[0],
-        (ns, seq, "before-the-restore"),
-        outbox[2],
-    ]
+    assert _feed_items(aws_settings, {ns}) == [*before, after[1]]
     assert _outbox(lambdas.database_url, {ns}) == []
     with psycopg.connect(lambdas.database_url) as conn:
         dead = conn.execute("SELECT event_id FROM outbox_dead WHERE ns_id = %s", (ns,)).fetchall()

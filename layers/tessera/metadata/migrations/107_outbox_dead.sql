@@ -1,5 +1,6 @@
 -- Events the change feed refuses for good: its key (ns_id, seq) already holds another event,
--- so the journal and the feed disagree (a bug; docs/deploy.md, "Dead-lettered events").
+-- so the journal and the feed disagree (a database restored to an earlier point hands a seq
+-- out again; docs/deploy.md, "Dead-lettered events").
 -- The relay used to retry such a row at every sweep, and since it
 -- claims the oldest rows first, every event queued behind it waited forever. It now moves the
 -- row here, delivers the rest, and counts it in `OutboxDeadLettered` (an alarm).
