@@ -166,6 +166,28 @@ def test_gc_sets_right_the_quota_counters_that_drifted(world: World) -> None:
     assert _gc(world, days=0).usage_corrected == 0
 
 
+def test_the_recount_reaches_the_last_namespace_chunk_by_chunk(
+    database_url: str, tmp_path: Path
+) -> None:
+    from .test_maintenance_world import make_world
+
+    gen = make_world(database_url, tmp_path, batch_size=1, step_budget_s=0.0)
+    w = next(gen)
+    try:
+        for who in (ALICE, BOB):
+            w.put(who, "/x.bin", secrets.token_bytes(BLOCK))
+        with w.svc.db.pool.connection() as conn:  # the newest namespace drifts
+            conn.execute(
+                "UPDATE namespaces SET bytes_used = 7"
+                " WHERE ns_id = (SELECT max(ns_id) FROM namespaces)"
+            )
+        result = run_workflow(w.ctx, "gc")
+        assert isinstance(result, GcResult) and result.usage_corrected == 1
+        assert usage_drift(w.svc.db) == []
+    finally:
+        gen.close()
+
+
 def test_old_versions_go_but_latest_and_shared_blocks_stay(world: World) -> None:
     common = secrets.token_bytes(BLOCK)
     v1 = common + secrets.token_bytes(BLOCK)

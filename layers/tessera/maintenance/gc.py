@@ -16,8 +16,10 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
    (see `tessera.metadata.maintenance` for why that is safe). It first deletes the objects
    an interrupted run left behind (their rows' tombstones).
 5. `recount_usage`: namespaces whose `bytes_used` (the quota counter every write moves)
-   differs from what their live files hold are set right, each under its row lock: drift
-   from code deployed before its migration, or from a bug, does not last.
+   differs from what their live files hold are set right, in chunks by id: the drift is
+   read in one snapshot and taken off the counter, so no count runs under a row lock (a
+   row a writer holds is left for the next run). Drift from code deployed before its
+   migration, or from a bug, does not last.
 """
 
 from __future__ import annotations
@@ -168,20 +170,23 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 
 
 def recount_usage(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
-    """Set right the quota counters that drifted (see the module docstring)."""
+    """Set right the quota counters that drifted (see the module docstring): every
+    namespace, a chunk by id per transaction, in one call. It never reports `more`: a call
+    resumed from the start would never get past the first chunks, and a chunk costs one
+    statement (an index probe per live file)."""
     result = GcResult()
-
-    def batch() -> int:
+    after = 0
+    while True:
         with ctx.repo.transaction() as tx:
-            drifted = tx.drifted_usage(ctx.settings.batch_size)
-        for ns_id in drifted:  # one namespace per transaction: its commits wait that long
-            with ctx.repo.transaction() as tx:
-                result.usage_corrected += int(tx.recount_usage(ns_id))
+            last, drifted = tx.usage_drift(after, ctx.settings.batch_size)
+            result.usage_corrected += sum(
+                tx.correct_usage(ns_id, drift) for ns_id, drift in drifted
+            )
         if drifted:
             log.warning("gc: quota counters of %d namespace(s) had drifted", len(drifted))
-        return len(drifted)
-
-    return _loop(ctx, batch, result)
+        if last == after:  # past the last namespace
+            return result
+        after = last
 
 
 def _delete_objects_in(

@@ -456,27 +456,28 @@ class MaintenanceTx:
         )
         return [(r[0], r[1]) for r in rows]
 
-    def drifted_usage(self, limit: int) -> list[int]:
-        """Namespaces whose `bytes_used` is not what their live files hold (no lock: a
-        commit may be moving it; `recount_usage` decides under the row lock)."""
+    def usage_drift(self, after: int, limit: int) -> tuple[int, list[tuple[int, int]]]:
+        """For the `limit` namespaces after `after` (by id): the last id looked at, and
+        (ns_id, drift) of those whose `bytes_used` is off by `drift` from what their live
+        files hold. One statement, so one snapshot: a write moves the counter and the files
+        in one transaction, so a drift read here stays the same whatever commits next."""
         rows = self._all(
-            f"SELECT n.ns_id FROM namespaces n WHERE n.bytes_used <> ({_LIVE_BYTES_OF_NS})"
-            " ORDER BY n.ns_id LIMIT %s",
-            (limit,),
+            "WITH n AS (SELECT ns_id, bytes_used FROM namespaces WHERE ns_id > %s"
+            " ORDER BY ns_id LIMIT %s)"
+            f" SELECT n.ns_id, n.bytes_used - ({_LIVE_BYTES_OF_NS}) FROM n ORDER BY n.ns_id",
+            (after, limit),
         )
-        return [r[0] for r in rows]
+        last = rows[-1][0] if rows else after
+        return last, [(r[0], r[1]) for r in rows if r[1] != 0]
 
-    def recount_usage(self, ns_id: int) -> bool:
-        """Set the namespace's `bytes_used` to what its live files hold; True if it was off.
-
-        The row lock first, in its own statement: the sum is then read from a snapshot
-        taken with the lock held, so no commit lands between the count and the write."""
-        self._all("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE", (ns_id,))
+    def correct_usage(self, ns_id: int, drift: int) -> bool:
+        """Take `drift` off the namespace's `bytes_used`, unless a writer holds its row (then
+        the next run does it); True when corrected. Relative, so no count under the lock."""
         return bool(
             self._count(
-                f"UPDATE namespaces n SET bytes_used = ({_LIVE_BYTES_OF_NS})"
-                f" WHERE n.ns_id = %s AND n.bytes_used <> ({_LIVE_BYTES_OF_NS})",
-                (ns_id,),
+                "UPDATE namespaces SET bytes_used = bytes_used - %s WHERE ns_id ="
+                " (SELECT ns_id FROM namespaces WHERE ns_id = %s FOR UPDATE SKIP LOCKED)",
+                (drift, ns_id),
             )
         )
 
