@@ -14,10 +14,13 @@ from .conftest import put_file
 
 
 class RefusingFeed(ChangeFeed):
-    """Records what it delivers; refuses `conflicts` for good and fails at `down` (an outage
-    that starts at that event)."""
+    """The local feed, refusing `conflicts` for good and failing at `down` (an outage that
+    starts at that event); records what it delivered."""
 
-    def __init__(self, conflicts: Iterable[str] = (), down: str | None = None) -> None:
+    def __init__(
+        self, inner: ChangeFeed, conflicts: Iterable[str] = (), down: str | None = None
+    ) -> None:
+        self.inner = inner
         self.conflicts = set(conflicts)
         self.down = down
         self.delivered: list[str] = []
@@ -27,6 +30,7 @@ class RefusingFeed(ChangeFeed):
             raise ConnectionError("the feed is unreachable")
         if event.event_id in self.conflicts:
             raise ChangeConflictError(f"seq {event.seq} holds another event")
+        self.inner.publish(event)
         self.delivered.append(event.event_id)
 
     def publish_many(self, events: Sequence[ChangeEvent]) -> None:
@@ -37,7 +41,7 @@ class RefusingFeed(ChangeFeed):
             self.publish(event)
 
     def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
-        raise NotImplementedError
+        return self.inner.wait(cursors, timeout)
 
 
 def _outbox(services: Services, table: str = "outbox") -> list[tuple[str, ...]]:
@@ -57,7 +61,7 @@ def test_a_refused_event_is_dead_lettered_and_the_rest_delivered(
 ) -> None:
     events = _queue(services, alice, 5)
     poison = events[1]
-    feed = RefusingFeed(conflicts={poison})
+    feed = RefusingFeed(services.feed, conflicts={poison})
     result = relay_outbox(services.db, feed, batch=3)
     assert result.dead == [poison] and result.failed == []
     assert result.relayed == 4 and sorted(feed.delivered) == sorted(set(events) - {poison})
@@ -76,7 +80,7 @@ def test_an_outage_while_sending_one_by_one_keeps_the_rest_pending(
     services: Services, alice: Principal
 ) -> None:
     events = _queue(services, alice, 4)
-    feed = RefusingFeed(conflicts={events[0]}, down=events[2])
+    feed = RefusingFeed(services.feed, conflicts={events[0]}, down=events[2])
     result = relay_outbox(services.db, feed)
     assert result.dead == [events[0]] and feed.delivered == [events[1]]
     assert result.failed == events[2:] and result.relayed == 1

@@ -282,8 +282,7 @@ def write_version(
         raise _PathTaken
     if written.over_quota:  # the transaction rolls back, the counters with it
         raise over_quota(view, mount.owner_id, f"{display!r} needs {size} bytes")
-    server_time, created, event = written.server_time, written.created, written.event
-    gone = sorted(created - {b[0] for b in blocks if b[2] is not None})
+    gone = sorted(written.created - {b[0] for b in blocks if b[2] is not None})
     if gone:  # gc deleted a block this commit meant to reuse: the client uploads it again
         raise Unprocessable(
             f"{len(gone)} block(s) are no longer stored; upload them again", blocks=gone[:20]
@@ -297,9 +296,9 @@ def write_version(
         rev,
         False,
         None,
-        VersionInfo(size, digest, mtime, server_time),
+        VersionInfo(size, digest, mtime, written.server_time),
     )
-    return file_entry(view, mount, row), event
+    return file_entry(view, mount, row), written.event
 
 
 def _request_hash(req: CommitRequest) -> str:
