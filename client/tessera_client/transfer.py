@@ -168,7 +168,8 @@ class Transfers:
 
         `on_result` is called on this thread with each file's result as soon as it is known,
         so the caller records committed files while later windows still upload, not all of
-        them after the last commit."""
+        them after the last commit; one commit's committed files inside one transaction of
+        the state database, so their records join it."""
         results: list[UploadResult] = []
 
         def emit(result: UploadResult) -> None:
@@ -330,10 +331,20 @@ class Transfers:
                     commits.append(committer.submit(self._commit, ready, sessions))
 
             def hand_over(*, block: bool) -> None:
-                """Emit the results of the commits that are back (all of them: `block`)."""
+                """Emit the results of the commits that are back (all of them: `block`).
+                A commit's committed files are emitted in one state transaction: recording
+                one is two writes, and a commit of the state database per file cost the
+                client more CPU than recording it. The rest (conflicts, refusals) may
+                rename files or download: they go after, outside it."""
                 while commits and (block or commits[0].done()):
-                    for result in commits.popleft().result():
-                        emit(result)
+                    results = commits.popleft().result()
+                    with self.state.transaction():
+                        for result in results:
+                            if result.entry is not None:
+                                emit(result)
+                    for result in results:
+                        if result.entry is None:
+                            emit(result)
 
             def finish(puts: list[tuple[Encoded, Future[None]]]) -> None:
                 """Wait for a window's PUTs, record what arrived, commit what is complete."""

@@ -4,6 +4,7 @@ blocks are still being sent, and a crash between the two loses nothing."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from tessera_client import transfer
 from tessera_client.api import Api, ApiError
 from tessera_client.config import Home
 from tessera_client.fs import RealFilesystem, SafeFilesystem
+from tessera_client.planner import Entry, EntryKind
 from tessera_client.state import StateDB
-from tessera_client.transfer import Transfers, UploadItem
+from tessera_client.transfer import Transfers, UploadItem, UploadResult
 
 from .conftest import Cloud, Device, make_device
 
@@ -180,6 +182,36 @@ def test_slow_commits_do_not_hold_up_the_next_and_later_windows_go_together(
     assert starts[1] < first_back, "the second commit waited for the first"
     assert len(starts) == 3, "the windows that finished meanwhile were not committed together"
     assert _listed(api) == {i.path for i in items}
+    api.close()
+
+
+def test_a_commits_files_are_recorded_in_one_state_transaction(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's records of one commit's files are written together: a reader of the
+    state database sees none of a commit's files until it has seen all of them."""
+    monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 4)
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = RecordingApi(inproc_cloud.url, Home(a.home))
+    items = _items(a, 8)
+    xfer = _transfers(a, api)
+    reader = sqlite3.connect(a.home / "state.db")
+    recorded: list[tuple[int, int]] = []  # (files recorded, files a reader sees)
+
+    def record(r: UploadResult) -> None:
+        assert r.entry is not None
+        xfer.state.put_base(Entry(r.item.path, EntryKind.FILE, r.entry.content_hash))
+        (seen,) = reader.execute("SELECT count(*) FROM base").fetchone()
+        recorded.append((len(recorded) + 1, seen))
+
+    try:
+        xfer.upload(items, on_result=record)
+    finally:
+        xfer.close()
+        reader.close()
+    assert len(recorded) == len(items)
+    assert any(seen < done for done, seen in recorded), recorded
+    assert xfer.state.base_tree().keys() == {i.path for i in items}
     api.close()
 
 

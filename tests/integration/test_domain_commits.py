@@ -173,6 +173,37 @@ def test_idempotent_retry_returns_first_result(services: Services, alice: Princi
         commits.commit(services, alice, req.model_copy(update={"path": "/other"}))
 
 
+def test_a_retried_batch_returns_its_first_results(services: Services, alice: Principal) -> None:
+    """A batch writes its idempotent responses and staged copies once, after its last
+    entry: a retry still gets each entry's first result and writes nothing twice, a key
+    given twice in one batch gets its first entry's result, and the key of an entry that
+    failed stays free for the corrected request."""
+    upload_id = upload_blocks(services, alice, "/up", [b"one", b"two"])
+    one = commit_request("/one", [b"one"], upload_id, idempotency_key="b-1")
+    bad = commit_request("/bad", [b"never uploaded"], upload_id, idempotency_key="b-2")
+    two = commit_request("/two", [b"two"], upload_id, idempotency_key="b-3")
+    batch = CommitBatchRequest(entries=[one, bad, two, one])
+    first = commits.commit_batch(services, alice, batch).entries
+    assert [(e.tag, e.status) for e in first] == [
+        ("success", 200),
+        ("failure", 422),
+        ("success", 200),
+        ("success", 200),
+    ]
+    assert first[3].entry == first[0].entry
+    again = commits.commit_batch(services, alice, batch).entries
+    assert [e.entry for e in again] == [e.entry for e in first]
+    assert first[0].entry is not None
+    with services.db.transaction() as store:
+        assert len(store.versions(first[0].entry.ns_id, first[0].entry.file_id, 10)) == 1
+        states = store.conn.execute(
+            "SELECT state FROM upload_blocks WHERE upload_id = %s", (upload_id,)
+        ).fetchall()
+    assert sorted(s for (s,) in states) == ["staged", "staged"]
+    fixed = commit_request("/bad", [b"one"], upload_id, idempotency_key="b-2")
+    assert commits.commit(services, alice, fixed).path_display == "/bad"
+
+
 def test_batch_items_succeed_or_fail_alone(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/exists", b"v1")
     good = [b"good file"]

@@ -356,14 +356,16 @@ def _commit_in(
     view: View,
     req: CommitRequest,
     staged: _StagedSizes,
+    after: _AfterCommits,
     root_reads: CommitReads | None = None,
     sessions: Mapping[str, SessionReads] | None = None,
     target: _Target | None = None,
 ) -> tuple[FileEntry, ChangeEvent | None]:
-    """One commit inside an open transaction (or savepoint). `root_reads`: what
-    `Store.view_for_commit` already locked and read in the caller's root namespace;
-    `sessions`: upload sessions a batch already read (`Store.session_for_commits`);
-    `target`: `_target(svc, view, req)`, when the caller has it."""
+    """One commit inside an open transaction (or savepoint); what it leaves for the end of
+    the transaction goes to `after`. `root_reads`: what `Store.view_for_commit` already
+    locked and read in the caller's root namespace; `sessions`: upload sessions a batch
+    already read (`Store.session_for_commits`); `target`: `_target(svc, view, req)`, when
+    the caller has it."""
     path, mount, rel, key = target or _target(svc, view, req)
     ids = _block_ids(req)
     # the namespace first, before any file row or idempotency key: lock order
@@ -383,9 +385,11 @@ def _commit_in(
         digest = _request_hash(req)
         first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
         if first is not None:
-            if first[0] != digest or first[1] is None:
+            # the first request's response, or an earlier entry's of this batch (unwritten)
+            response = first[1] or after.responses.get(req.idempotency_key)
+            if first[0] != digest or response is None:
                 raise Unprocessable("idempotency_key was already used for a different commit")
-            return FileEntry.model_validate(first[1]), None
+            return FileEntry.model_validate(response), None
     blocks = _check_blocks(svc, store, view, req, ids, rows, staged)
     display, journal = ensure_parents_found(store, view, mount, rel, rows.kinds)
     version = functools.partial(
@@ -412,10 +416,28 @@ def _commit_in(
         written = version(file_id=row.file_id, rev=row.latest_rev + 1, display=row.path_display)
     result, event = written
     if blocks.staged_now and req.upload_id is not None:
-        store.mark_staged(req.upload_id, blocks.staged_now)
+        after.staged.setdefault(req.upload_id, {}).update(dict.fromkeys(blocks.staged_now))
     if req.idempotency_key is not None:
-        store.store_idempotent_response(view.user.user_id, req.idempotency_key, dump(result))
+        after.responses[req.idempotency_key] = dump(result)
     return result, event
+
+
+@dataclass
+class _AfterCommits:
+    """What a transaction's commits write once, after the last of them: the staged copies
+    their versions now reference (upload_id -> block ids) and the responses their
+    idempotency keys return. Written entry by entry, they were two statements of an entry's
+    five in a batch (bench/bench_aws.py's initial sync: 1,000 entries)."""
+
+    staged: dict[str, dict[str, None]] = dataclasses.field(default_factory=dict)
+    responses: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
+
+    def write(self, store: Store, user_id: str) -> None:
+        """Write them in `store`'s transaction."""
+        for upload_id, block_ids in sorted(self.staged.items()):
+            store.mark_staged(upload_id, list(block_ids))
+        if self.responses:
+            store.store_idempotent_responses(user_id, self.responses)
 
 
 def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry:
@@ -437,6 +459,7 @@ def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry
         root_reads[:] = [reads] if reads is not None else []
         return found
 
+    after = _AfterCommits()
     with view_transaction(svc, principal, read_view=read_view) as (store, view):
         result, event = _commit_in(
             svc,
@@ -444,8 +467,10 @@ def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry
             view,
             req,
             _StagedSizes(svc.block_store),
+            after,
             root_reads[0] if root_reads else None,
         )
+        after.write(store, view.user.user_id)
     publish(svc.feed, [event])
     return result
 
@@ -539,6 +564,7 @@ def _commit_entries(
     failure raises _EntryFailed."""
     results: list[CommitBatchItem | None] = [None] * len(req.entries)
     events: list[ChangeEvent | None] = []
+    after = _AfterCommits()
     with view_transaction(svc, principal, pipeline=True) as (store, view):
         sessions = _batch_sessions(store, view, req.entries)
         # ask the block store about the whole batch's staged copies at once (on S3, one
@@ -568,6 +594,7 @@ def _commit_entries(
                         view,
                         req.entries[i],
                         staged,
+                        after,
                         sessions=sessions,
                         target=targets[i],
                     )
@@ -580,4 +607,5 @@ def _commit_entries(
                 {".tag": "success", "entry": entry, "status": 200}
             )
             events.append(event)
+        after.write(store, view.user.user_id)
     return [r for r in results if r is not None], events

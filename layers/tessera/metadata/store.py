@@ -1137,11 +1137,12 @@ class Store:
         )
         return (found[0], found[1])
 
-    def store_idempotent_response(self, user_id: str, key: str, response: dict[str, Any]) -> None:
-        """The response a retry with `key` gets."""
+    def store_idempotent_responses(self, user_id: str, responses: Mapping[str, Any]) -> None:
+        """The response a retry with each key of `responses` gets (keys claimed already)."""
         self.conn.execute(
-            "UPDATE idempotency_keys SET response = %s WHERE user_id = %s AND key = %s",
-            (Jsonb(response), user_id, key),
+            "UPDATE idempotency_keys k SET response = r.value FROM jsonb_each(%s) AS r"
+            " WHERE k.user_id = %s AND k.key = r.key",
+            (Jsonb(responses), user_id),
         )
 
     # -- account --------------------------------------------------------------------------
