@@ -18,7 +18,7 @@ from tessera.domain.models import (
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
-from .conftest import commit_request, get_file, put_file, usage_drift
+from .conftest import commit_request, get_file, put_file, upload_blocks, usage_drift
 
 
 def _quota(services: Services, who: Principal, quota: int) -> None:
@@ -124,4 +124,23 @@ def test_the_counters_follow_folders_shares_and_editors(
     assert (_used(services, alice), _used(services, bob)) == (175, 0)
     files.delete(services, bob, DeleteRequest(path="/Team/sub"))
     assert _used(services, alice) == 135
+    assert_counters_match(services)
+
+
+def test_an_upload_replacing_a_file_needs_only_what_it_adds(
+    services: Services, alice: Principal
+) -> None:
+    """Upload start counts a file that replaces a live one by the bytes it adds, as its
+    commit does: an edit that does not grow a file passes near the quota, one that grows it
+    past the quota is refused before any block is sent."""
+    put_file(services, alice, "/report", b"r" * 900)
+    _quota(services, alice, 1000)  # 900 used
+    edit = [b"e" * 950]
+    upload_id = upload_blocks(services, alice, "/report", edit)
+    commits.commit(services, alice, commit_request("/report", edit, upload_id, parent_rev=1))
+    assert _used(services, alice) == 950
+    with pytest.raises(QuotaExceeded, match="need 100 bytes"):  # 1,050 of 1,000
+        upload_blocks(services, alice, "/report", [b"g" * 1050])
+    with pytest.raises(QuotaExceeded, match="need 60 bytes"):  # a new file counts whole
+        upload_blocks(services, alice, "/new", [b"n" * 60])
     assert_counters_match(services)

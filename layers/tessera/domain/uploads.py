@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+from collections.abc import Sequence
 from datetime import timedelta
 
 from tessera.domain import paths
@@ -23,20 +24,34 @@ from tessera.domain.models import (
 from tessera.domain.object_keys import staging_key
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, over_quota, view_transaction
-from tessera.metadata.store import Store
+from tessera.metadata.store import MountRow, Store
 from tessera.ports import Principal
 
 MAX_PRESIGN_S = 900
 
 
-def _check_quotas(store: Store, view: View, incoming: dict[str, int]) -> None:
-    """413 when the files would take an owner over their quota. A namespace's files count
-    against its owner's quota (`Store.usage`), so an editor writing into a shared folder
-    spends the owner's quota, not their own."""
+def _check_quotas(store: Store, view: View, files: Sequence[tuple[MountRow, str, int]]) -> None:
+    """413 when the files (mount, path key in it, size) would take an owner over their
+    quota. A file replacing a live one needs only what it adds, as its commit will count
+    it: an edit that does not grow a file is never refused, even near the quota. A
+    namespace's files count against its owner's quota (`Store.usage`), so an editor writing
+    into a shared folder spends the owner's quota, not their own."""
+    by_ns: dict[int, dict[str, int]] = {}
+    owners: dict[int, str] = {}
+    for mount, key, size in files:
+        by_ns.setdefault(mount.ns_id, {})[key] = size  # the last of one path counts
+        owners[mount.ns_id] = mount.owner_id
+    incoming: dict[str, int] = {}  # bytes per owner of the namespaces written to
+    for ns_id, sizes in by_ns.items():
+        live = store.live_sizes(ns_id, list(sizes))
+        grow = sum(size - live.get(key, 0) for key, size in sizes.items())
+        incoming[owners[ns_id]] = incoming.get(owners[ns_id], 0) + grow
     for owner_id, size in sorted(incoming.items()):
+        if size <= 0:
+            continue
         owner = view.user if owner_id == view.user.user_id else store.get_user(owner_id)
         assert owner is not None  # namespaces.owner_id references users
-        if size and store.usage(owner_id) + size > owner.quota_bytes:
+        if store.usage(owner_id) + size > owner.quota_bytes:
             raise over_quota(view, owner_id, f"these files need {size} bytes", owner.quota_bytes)
 
 
@@ -52,7 +67,7 @@ def start_upload(
         raise PayloadTooLarge(f"an upload holds at most {settings.max_blocks_per_request} blocks")
     with view_transaction(svc, principal) as (store, view):
         sizes: dict[str, int] = {}
-        incoming: dict[str, int] = {}  # bytes per owner of the namespaces written to
+        written: list[tuple[MountRow, str, int]] = []
         for f in req.files:
             path = paths.canonical(f.path)
             check_block_list(
@@ -62,11 +77,11 @@ def start_upload(
             if rel == paths.ROOT:
                 raise Unprocessable(f"{path!r} is a folder, not a file")
             check_access(mount, Action.WRITE, view)
-            incoming[mount.owner_id] = incoming.get(mount.owner_id, 0) + f.size
+            written.append((mount, paths.path_key(rel), f.size))
             for b in f.blocks:
                 if sizes.setdefault(b.id, b.size) != b.size:
                     raise Unprocessable(f"block {b.id} is declared with two sizes")
-        _check_quotas(store, view, incoming)
+        _check_quotas(store, view, written)
         readable = store.readable_blocks(view.ns_ids, list(sizes))
         needed = [bid for bid in sizes if bid not in readable]
         upload_id = "up_" + secrets.token_hex(16)

@@ -748,6 +748,16 @@ class Store:
         )
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def live_sizes(self, ns_id: int, keys: Sequence[str]) -> dict[str, int]:
+        """path_key → size of the latest version of the live files among `keys`."""
+        rows = self._all(
+            "SELECT f.path_key, v.size FROM files f JOIN file_versions v ON v.ns_id = f.ns_id"
+            " AND v.file_id = f.file_id AND v.rev = f.latest_rev"
+            " WHERE f.ns_id = %s AND f.path_key = ANY(%s) AND NOT f.is_deleted",
+            (ns_id, list(keys)),
+        )
+        return {r[0]: r[1] for r in rows}
+
     def insert_file(
         self,
         ns_id: int,
