@@ -57,6 +57,17 @@ class Filesystem(ABC):
     def listdir(self, rel: str) -> list[str]:
         """Names inside folder `rel` ('' is the top)."""
 
+    def scandir(self, rel: str) -> list[tuple[str, Stat]]:
+        """The entries of folder `rel` with their facts (never following a symlink); an
+        entry gone between the listing and its stat is left out."""
+        entries = []
+        for name in self.listdir(rel):
+            try:
+                entries.append((name, self.lstat(f"{rel}/{name}" if rel else name)))
+            except FileNotFoundError:
+                continue
+        return entries
+
     @abstractmethod
     def mkdir(self, rel: str) -> None:
         """Create folder `rel` (its parent must exist); no error when it already exists."""
@@ -102,6 +113,10 @@ class Filesystem(ABC):
         return True
 
 
+def _stat_of(st: os.stat_result) -> Stat:
+    return Stat(_kind_of(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def _kind_of(mode: int) -> Kind:
     if stat_mod.S_ISLNK(mode):
         return Kind.SYMLINK
@@ -117,16 +132,26 @@ class RealFilesystem(Filesystem):
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._top = str(self.root)  # joined as a str: a Path's __fspath__ per call added up
 
     def _abs(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if rel else str(self.root)
+        return os.path.join(self._top, rel) if rel else self._top
 
     def lstat(self, rel: str) -> Stat:
-        st = os.lstat(self._abs(rel))
-        return Stat(_kind_of(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+        return _stat_of(os.lstat(self._abs(rel)))
 
     def listdir(self, rel: str) -> list[str]:
         return os.listdir(self._abs(rel))
+
+    def scandir(self, rel: str) -> list[tuple[str, Stat]]:
+        entries = []
+        with os.scandir(self._abs(rel)) as found:
+            for entry in found:
+                try:
+                    entries.append((entry.name, _stat_of(entry.stat(follow_symlinks=False))))
+                except FileNotFoundError:
+                    continue
+        return entries
 
     def mkdir(self, rel: str) -> None:
         try:
@@ -364,6 +389,21 @@ class SafeFilesystem(Filesystem):
 
     def listdir(self, rel: str) -> list[str]:
         return self.inner.listdir(self._check_dir(rel))
+
+    def scandir(self, rel: str) -> list[tuple[str, Stat]]:
+        """`rel` is checked once, as `listdir` does; its entries need no check on the way
+        (`rel` is their only folder), only of their names: one `lstat` would refuse is left
+        out. A scan walks every folder this way: an `lstat` per entry checked each folder
+        above it again, one more system call per level for every file."""
+        rel = self._check_dir(rel)
+        entries = []
+        for name, st in self.inner.scandir(rel):
+            try:
+                canonical_rel(f"{rel}/{name}" if rel else name)
+            except UnsafePathError:
+                continue
+            entries.append((name, st))
+        return entries
 
     def mkdir(self, rel: str) -> None:
         rel = self._check(rel)

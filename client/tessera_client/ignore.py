@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
+
 import pathspec
 
 from tessera_client.fs import TEMP_PREFIX
@@ -21,11 +24,19 @@ BUILTIN_PATTERNS = [
 ]
 
 
+# The built-in patterns name files and folders at any depth (none holds a '/'), so one
+# regex tests each name of a path against all of them. Through pathspec they cost a pattern
+# match each for every file of every scan: over half of a scan of unchanged files.
+_BUILTIN = re.compile("|".join(fnmatch.translate(p) for p in BUILTIN_PATTERNS))
+
+
 class IgnoreRules:
-    """Built-in ignores plus the patterns of a `.tesseraignore` file."""
+    """Built-in ignores plus the patterns of a `.tesseraignore` file. A built-in ignore
+    holds whatever the file says (`!.DS_Store` does not sync them)."""
 
     def __init__(self, user_patterns: list[str] | None = None) -> None:
-        self._spec = pathspec.GitIgnoreSpec.from_lines([*BUILTIN_PATTERNS, *(user_patterns or [])])
+        lines = [line for line in user_patterns or [] if line.strip()]
+        self._spec = pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
     @classmethod
     def from_text(cls, text: str) -> IgnoreRules:
@@ -34,4 +45,6 @@ class IgnoreRules:
 
     def ignored(self, rel: str, *, is_dir: bool = False) -> bool:
         """True when `rel` (relative POSIX path) must not be synced."""
-        return bool(self._spec.match_file(rel + "/" if is_dir else rel))
+        if any(_BUILTIN.match(name) for name in rel.split("/")):
+            return True
+        return self._spec is not None and bool(self._spec.match_file(rel + "/" if is_dir else rel))

@@ -64,18 +64,14 @@ class Scanner:
         while stack:
             folder = stack.pop()
             try:
-                names = sorted(self.fs.listdir(folder))
+                entries = sorted(self.fs.scandir(folder))
             except OSError as e:
                 out.skipped.append((folder or ".", f"cannot list folder: {e.strerror or e}"))
                 continue
-            for name in names:
+            for name, st in entries:
                 rel = f"{folder}/{name}" if folder else name
                 if unicodedata.normalize("NFC", rel) != rel:
                     out.skipped.append((rel, "name is not in Unicode NFC form; rename it"))
-                    continue
-                try:
-                    st = self.fs.lstat(rel)
-                except (FileNotFoundError, ValueError):
                     continue
                 if rules.ignored(rel, is_dir=st.kind == Kind.DIR):
                     continue

@@ -117,3 +117,43 @@ def test_conflicted_copy_names() -> None:
         conflicted_copy_name(".bashrc", "lap", d, 1)
         == ".bashrc (lap's conflicted copy 2026-11-26 2)"
     )
+
+
+def _tree(fs: RealFilesystem | FakeFilesystem) -> None:
+    fs.mkdir("docs")
+    fs.mkdir("docs/sub")
+    if isinstance(fs, FakeFilesystem):
+        fs.write_file("docs/a.txt", b"abc")
+        fs.symlink("/etc", "docs/link")
+    else:
+        (fs.root / "docs/a.txt").write_bytes(b"abc")
+        os.symlink("/etc", fs.root / "docs/link")
+
+
+@pytest.mark.parametrize("kind", ["real", "fake"])
+def test_scandir_gives_each_entry_with_its_lstat(kind: str, tmp_path: Path) -> None:
+    """A scan reads a folder's entries and their facts in one call, as `lstat` would give
+    them: a symlink is reported, never followed."""
+    inner = RealFilesystem(tmp_path) if kind == "real" else FakeFilesystem()
+    _tree(inner)
+    fs = SafeFilesystem(inner)
+    entries = dict(fs.scandir("docs"))
+    assert entries == {name: fs.lstat(f"docs/{name}") for name in ("a.txt", "link", "sub")}
+    assert [entries[n].kind for n in ("a.txt", "link", "sub")] == [
+        Kind.FILE,
+        Kind.SYMLINK,
+        Kind.DIR,
+    ]
+    assert entries["a.txt"].size == 3
+    with pytest.raises(SymlinkError):  # the folder itself is checked, as listdir does
+        fs.scandir("docs/link")
+
+
+def test_scandir_leaves_out_the_names_lstat_refuses(tmp_path: Path) -> None:
+    """A name no path may hold (a backslash) is left out, as a scan that asked `lstat`
+    about it did; a name in another Unicode form is kept, for the scanner to report."""
+    (tmp_path / "back\\slash").write_bytes(b"x")
+    (tmp_path / "cafe\u0301").write_bytes(b"x")
+    (tmp_path / "plain").write_bytes(b"x")
+    names = {name for name, _ in SafeFilesystem(RealFilesystem(tmp_path)).scandir("")}
+    assert names == {"cafe\u0301", "plain"}

@@ -18,6 +18,8 @@ from tessera_client.ignore import IgnoreRules
         ".tesseraignore",
         ".tessera-tmp-123-ab",
         "deep/.tessera-tmp-1",
+        ".tessera-cache/inside.txt",
+        "a/~$lock/b",
     ],
 )
 def test_builtin_ignores(path: str) -> None:
@@ -36,3 +38,9 @@ def test_user_patterns_follow_gitignore_rules() -> None:
     assert rules.ignored("build", is_dir=True) and rules.ignored("build/out.bin")
     assert not rules.ignored("build")  # a file named build is not the folder pattern
     assert rules.ignored("top.txt") and not rules.ignored("sub/top.txt")
+
+
+def test_a_tesseraignore_cannot_sync_what_is_ignored_built_in() -> None:
+    rules = IgnoreRules.from_text("!.DS_Store\n!*.swp\n*.log\n")
+    assert rules.ignored(".DS_Store") and rules.ignored("a/b.swp")
+    assert rules.ignored("x.log") and not rules.ignored("x.txt")
