@@ -28,6 +28,10 @@ from typing import Any
 from tessera_client.paths import path_key
 from tessera_client.planner import Entry, EntryKind
 
+# A row's kind by its stored value: `EntryKind(value)` took a fifth of loading a 20,000-entry
+# tree, which every sync round does twice.
+_KINDS = {kind.value: kind for kind in EntryKind}
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS base (
     key TEXT PRIMARY KEY, path TEXT NOT NULL, kind TEXT NOT NULL, file_id TEXT NOT NULL,
@@ -103,7 +107,7 @@ class StateDB:
                 " FROM base"
             ).fetchall()
         return {
-            r[0]: Entry(r[1], EntryKind(r[2]), r[5], r[6], r[3], r[4], r[7], r[8]) for r in rows
+            r[0]: Entry(r[1], _KINDS[r[2]], r[5], r[6], r[3], r[4], r[7], r[8]) for r in rows
         }
 
     def base_blocks(self, path: str) -> list[str]:
@@ -151,7 +155,7 @@ class StateDB:
             rows = self._db.execute(
                 "SELECT key, path, kind, file_id, rev, content_hash, size FROM remote"
             ).fetchall()
-        return {r[0]: Entry(r[1], EntryKind(r[2]), r[5], r[6], r[3], r[4]) for r in rows}
+        return {r[0]: Entry(r[1], _KINDS[r[2]], r[5], r[6], r[3], r[4]) for r in rows}
 
     def put_remote(self, entry: Entry, access: str | None = None) -> None:
         """Record a file or folder listed by the server."""
