@@ -106,9 +106,7 @@ class StateDB:
                 "SELECT key, path, kind, file_id, rev, content_hash, size, mtime_ns, inode"
                 " FROM base"
             ).fetchall()
-        return {
-            r[0]: Entry(r[1], _KINDS[r[2]], r[5], r[6], r[3], r[4], r[7], r[8]) for r in rows
-        }
+        return {r[0]: Entry(r[1], _KINDS[r[2]], r[5], r[6], r[3], r[4], r[7], r[8]) for r in rows}
 
     def base_blocks(self, path: str) -> list[str]:
         """The block ids of a synced file (empty when unknown)."""
