@@ -199,7 +199,11 @@ def test_a_retried_batch_returns_its_first_results(services: Services, alice: Pr
         states = store.conn.execute(
             "SELECT state FROM upload_blocks WHERE upload_id = %s", (upload_id,)
         ).fetchall()
+        unanswered = store.conn.execute(
+            "SELECT count(*) FROM idempotency_keys WHERE response IS NULL"
+        ).fetchall()
     assert sorted(s for (s,) in states) == ["staged", "staged"]
+    assert unanswered == [(0,)]  # the failed entry's key was claimed ahead and given up
     fixed = commit_request("/bad", [b"one"], upload_id, idempotency_key="b-2")
     assert commits.commit(services, alice, fixed).path_display == "/bad"
 

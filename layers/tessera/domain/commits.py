@@ -383,7 +383,7 @@ def _commit_in(
         )
     if req.idempotency_key is not None:
         digest = _request_hash(req)
-        first = store.claim_idempotency(view.user.user_id, req.idempotency_key, digest)
+        first = after.claim(store, view.user.user_id, req.idempotency_key, digest)
         if first is not None:
             # the first request's response, or an earlier entry's of this batch (unwritten)
             response = first[1] or after.responses.get(req.idempotency_key)
@@ -424,13 +424,47 @@ def _commit_in(
 
 @dataclass
 class _AfterCommits:
-    """What a transaction's commits write once, after the last of them: the staged copies
-    their versions now reference (upload_id -> block ids) and the responses their
-    idempotency keys return. Written entry by entry, they were two statements of an entry's
-    five in a batch (bench/bench_aws.py's initial sync: 1,000 entries)."""
+    """What a transaction's commits share: the idempotency keys a batch claimed at once,
+    and what they write once, after the last of them: the staged copies their versions now
+    reference (upload_id -> block ids) and the responses their idempotency keys return.
+    Claimed and written entry by entry, these were three statements of an entry's five in a
+    batch (bench/bench_aws.py's initial sync: 1,000 entries)."""
 
     staged: dict[str, dict[str, None]] = dataclasses.field(default_factory=dict)
     responses: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
+    #: keys claimed ahead for the entries (`claim_all`), each with what an earlier
+    #: transaction stored for it (hash, response) or None when this one claimed it
+    ahead: dict[str, tuple[str, dict[str, object] | None] | None] = dataclasses.field(
+        default_factory=dict
+    )
+    #: keys claimed ahead that an entry holds: its request hash
+    held: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def claim_all(self, store: Store, user_id: str, claims: Mapping[str, str]) -> None:
+        """Claim every key of `claims` (key -> request hash) in one statement. The caller
+        holds the namespaces the entries write to: the lock order (namespaces, then keys)."""
+        self.ahead = {key: None for key in claims} | store.claim_idempotency_keys(user_id, claims)
+
+    def claim(
+        self, store: Store, user_id: str, key: str, request_hash: str
+    ) -> tuple[str, dict[str, object] | None] | None:
+        """`Store.claim_idempotency` for one entry, from the claims made ahead when there
+        are: None when this entry holds the key now, else the first holder's (hash,
+        response), its response None while unwritten."""
+        if key not in self.ahead:
+            return store.claim_idempotency(user_id, key, request_hash)
+        if (earlier := self.ahead[key]) is not None:
+            return earlier
+        if key in self.held:
+            return self.held[key], None
+        self.held[key] = request_hash
+        return None
+
+    def release(self, key: str | None) -> None:
+        """An entry that held `key` failed (in its savepoint): another entry may take it,
+        and unless one does, `write` gives it up, as the savepoint undid a claim of its own."""
+        if key is not None and key not in self.responses:
+            self.held.pop(key, None)
 
     def write(self, store: Store, user_id: str) -> None:
         """Write them in `store`'s transaction."""
@@ -438,6 +472,9 @@ class _AfterCommits:
             store.mark_staged(upload_id, list(block_ids))
         if self.responses:
             store.store_idempotent_responses(user_id, self.responses)
+        unused = [k for k, earlier in self.ahead.items() if earlier is None and k not in self.held]
+        if unused:
+            store.release_idempotency_keys(user_id, unused)
 
 
 def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry:
@@ -584,7 +621,19 @@ def _commit_entries(
                 targets[i] = _target(svc, view, request)
             except TesseraError as exc:
                 results[i] = _failure(exc)
-        for i in sorted(targets, key=lambda i: (targets[i].mount.ns_id, targets[i].key)):
+        order = sorted(targets, key=lambda i: (targets[i].mount.ns_id, targets[i].key))
+        for ns_id in sorted({targets[i].mount.ns_id for i in order}):
+            store.lock_namespace(ns_id)  # before any idempotency key: the lock order
+        after.claim_all(
+            store,
+            view.user.user_id,
+            {
+                key: _request_hash(req.entries[i])
+                for i in reversed(order)  # the first entry of a key claims it
+                if (key := req.entries[i].idempotency_key) is not None
+            },
+        )
+        for i in order:
             isolated = savepoints is None or i in savepoints
             try:
                 with store.savepoint() if isolated else contextlib.nullcontext():
@@ -601,6 +650,7 @@ def _commit_entries(
             except TesseraError as exc:
                 if not isolated:
                     raise _EntryFailed(i) from exc
+                after.release(req.entries[i].idempotency_key)
                 results[i] = _failure(exc)
                 continue
             results[i] = CommitBatchItem.model_validate(

@@ -1147,6 +1147,39 @@ class Store:
         )
         return (found[0], found[1])
 
+    def claim_idempotency_keys(
+        self, user_id: str, claims: Mapping[str, str]
+    ) -> dict[str, tuple[str, dict[str, Any] | None]]:
+        """`claim_idempotency` of every key of `claims` (key -> request hash) at once, in
+        key order; for the keys claimed earlier, the first request's (hash, response)."""
+        keys = sorted(claims)
+        if not keys:
+            return {}
+        claimed = self._all(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash)"
+            " SELECT %s, c.key, c.hash FROM unnest(%s::text[], %s::text[]) AS c(key, hash)"
+            " ORDER BY c.key ON CONFLICT (user_id, key) DO NOTHING RETURNING key",
+            (user_id, keys, [claims[k] for k in keys]),
+        )
+        earlier = sorted(set(keys) - {r[0] for r in claimed})
+        if not earlier:
+            return {}
+        # a statement of its own: the INSERT's snapshot predates a claim it waited for
+        rows = self._all(
+            "SELECT key, request_hash, response FROM idempotency_keys"
+            " WHERE user_id = %s AND key = ANY(%s)",
+            (user_id, earlier),
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def release_idempotency_keys(self, user_id: str, keys: Sequence[str]) -> None:
+        """Give up claims this transaction made and did not use (no response stored)."""
+        self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE user_id = %s AND key = ANY(%s)"
+            " AND response IS NULL",
+            (user_id, list(keys)),
+        )
+
     def store_idempotent_responses(self, user_id: str, responses: Mapping[str, Any]) -> None:
         """The response a retry with each key of `responses` gets (keys claimed already)."""
         self.conn.execute(
