@@ -208,6 +208,26 @@ def test_a_retried_batch_returns_its_first_results(services: Services, alice: Pr
     assert commits.commit(services, alice, fixed).path_display == "/bad"
 
 
+def test_a_key_left_by_a_failed_entry_answers_the_entry_that_took_it(
+    services: Services, alice: Principal
+) -> None:
+    """Two entries of one batch give one key: the first (claimed ahead for it) fails, the
+    second takes the key and commits. A retry gets the second's result, and the first is
+    refused as a reuse of the key (the review of session 11 found the first's request
+    stored with the second's response)."""
+    put_file(services, alice, "/a", b"v1")
+    upload_id = upload_blocks(services, alice, "/up", [b"x", b"y"])
+    stale = commit_request("/a", [b"x"], upload_id, parent_rev=7, idempotency_key="k")
+    new = commit_request("/b", [b"y"], upload_id, idempotency_key="k")
+    batch = CommitBatchRequest(entries=[stale, new])
+    first = commits.commit_batch(services, alice, batch).entries
+    assert [(e.tag, e.status) for e in first] == [("failure", 409), ("success", 200)]
+    again = commits.commit_batch(services, alice, batch).entries
+    assert [(e.tag, e.status) for e in again] == [("failure", 422), ("success", 200)]
+    assert again[1].entry == first[1].entry
+    assert commits.commit(services, alice, new) == first[1].entry
+
+
 def test_batch_items_succeed_or_fail_alone(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/exists", b"v1")
     good = [b"good file"]

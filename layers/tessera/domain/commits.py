@@ -471,7 +471,11 @@ class _AfterCommits:
         for upload_id, block_ids in sorted(self.staged.items()):
             store.mark_staged(upload_id, list(block_ids))
         if self.responses:
-            store.store_idempotent_responses(user_id, self.responses)
+            # a key claimed ahead holds the hash of the entry it was claimed for, which may
+            # have failed and left it to another entry: the request it answers is the holder's
+            store.store_idempotent_responses(
+                user_id, {k: (self.held.get(k), r) for k, r in self.responses.items()}
+            )
         unused = [k for k, earlier in self.ahead.items() if earlier is None and k not in self.held]
         if unused:
             store.release_idempotency_keys(user_id, unused)

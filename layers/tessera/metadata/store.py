@@ -1180,12 +1180,16 @@ class Store:
             (user_id, list(keys)),
         )
 
-    def store_idempotent_responses(self, user_id: str, responses: Mapping[str, Any]) -> None:
-        """The response a retry with each key of `responses` gets (keys claimed already)."""
+    def store_idempotent_responses(
+        self, user_id: str, responses: Mapping[str, tuple[str | None, Any]]
+    ) -> None:
+        """The response a retry with each key of `responses` (key -> (request hash or None
+        to keep the claimed one, response)) gets; the keys are claimed already."""
         self.conn.execute(
-            "UPDATE idempotency_keys k SET response = r.value FROM jsonb_each(%s) AS r"
-            " WHERE k.user_id = %s AND k.key = r.key",
-            (Jsonb(responses), user_id),
+            "UPDATE idempotency_keys k SET response = r.value->'response',"
+            " request_hash = COALESCE(r.value->>'hash', k.request_hash)"
+            " FROM jsonb_each(%s) AS r WHERE k.user_id = %s AND k.key = r.key",
+            (Jsonb({k: {"hash": h, "response": r} for k, (h, r) in responses.items()}), user_id),
         )
 
     # -- account --------------------------------------------------------------------------
