@@ -385,11 +385,9 @@ def _commit_in(
         digest = _request_hash(req)
         first = after.claim(store, view.user.user_id, req.idempotency_key, digest)
         if first is not None:
-            # the first request's response, or an earlier entry's of this batch (unwritten)
-            response = first[1] or after.responses.get(req.idempotency_key)
-            if first[0] != digest or response is None:
+            if first[0] != digest or first[1] is None:
                 raise Unprocessable("idempotency_key was already used for a different commit")
-            return FileEntry.model_validate(response), None
+            return FileEntry.model_validate(first[1]), None
     blocks = _check_blocks(svc, store, view, req, ids, rows, staged)
     display, journal = ensure_parents_found(store, view, mount, rel, rows.kinds)
     version = functools.partial(
@@ -448,15 +446,16 @@ class _AfterCommits:
     def claim(
         self, store: Store, user_id: str, key: str, request_hash: str
     ) -> tuple[str, dict[str, object] | None] | None:
-        """`Store.claim_idempotency` for one entry, from the claims made ahead when there
-        are: None when this entry holds the key now, else the first holder's (hash,
-        response), its response None while unwritten."""
+        """Claim `key` for one entry, from the claims made ahead when there are: None when
+        this entry holds the key now, else the first holder's (hash, response) — for an
+        earlier entry of this transaction, its response not written yet (None if it has
+        none)."""
         if key not in self.ahead:
-            return store.claim_idempotency(user_id, key, request_hash)
+            return store.claim_idempotency_keys(user_id, {key: request_hash}).get(key)
         if (earlier := self.ahead[key]) is not None:
             return earlier
         if key in self.held:
-            return self.held[key], None
+            return self.held[key], self.responses.get(key)
         self.held[key] = request_hash
         return None
 

@@ -1129,29 +1129,12 @@ class Store:
 
     # -- idempotency ----------------------------------------------------------------------
 
-    def claim_idempotency(
-        self, user_id: str, key: str, request_hash: str
-    ) -> tuple[str, dict[str, Any] | None] | None:
-        """Claim `key` for this request: None when claimed now, else the first request's
-        (hash, stored response). Waits for a concurrent claimer's transaction to end."""
-        row = self._one(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
-            " ON CONFLICT (user_id, key) DO NOTHING RETURNING key",
-            (user_id, key, request_hash),
-        )
-        if row is not None:
-            return None
-        found = self._one(
-            "SELECT request_hash, response FROM idempotency_keys WHERE user_id = %s AND key = %s",
-            (user_id, key),
-        )
-        return (found[0], found[1])
-
     def claim_idempotency_keys(
         self, user_id: str, claims: Mapping[str, str]
     ) -> dict[str, tuple[str, dict[str, Any] | None]]:
-        """`claim_idempotency` of every key of `claims` (key -> request hash) at once, in
-        key order; for the keys claimed earlier, the first request's (hash, response)."""
+        """Claim every key of `claims` (key -> request hash) for its request, in key order
+        (waiting for a concurrent claimer's transaction to end); for the keys claimed
+        earlier, the first request's (hash, stored response)."""
         keys = sorted(claims)
         if not keys:
             return {}
