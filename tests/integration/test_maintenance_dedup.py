@@ -9,7 +9,7 @@ import pytest
 
 from tessera.blocks import BlockIntegrityError, block_id
 from tessera.domain.errors import TesseraError
-from tessera.maintenance import DedupResult
+from tessera.maintenance import DedupResult, GcResult
 from tessera.maintenance.dedup import verify_staged
 from tests.concurrency import run_at_once
 
@@ -128,6 +128,32 @@ def test_poisoned_first_upload_is_not_promoted_and_honest_one_is(world: World) -
     assert result.promoted == 1 and result.dropped == 1
     assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bad) == [("live",)]
     assert world.get(ALICE, "/x.bin") == data
+
+
+def test_a_quarantined_copy_is_kept_for_the_retention_then_its_object_goes(
+    world: World,
+) -> None:
+    """gc deletes the object of a quarantined copy once it has been kept for
+    quarantine_retention_days; the row stays, so the version that named it stays damaged."""
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(MALLORY, "/x.bin", data, poison=frozenset({0}))
+    assert _dedup(world).quarantined == 1
+    assert len(world.keys_under("quarantine/")) == 1
+    retention = world.ctx.settings.quarantine_retention_days
+
+    early = world.run_as(GcResult, "gc", days=retention - 1)
+    assert early.quarantine_deleted == 0
+    assert len(world.keys_under("quarantine/")) == 1
+    late = world.run_as(GcResult, "gc", days=retention + 1)
+    assert late.quarantine_deleted == 1
+    assert world.keys_under("quarantine/") == []
+    bad = block_id(chunks(data)[0])
+    assert world.sql("SELECT state, object_gone FROM upload_blocks WHERE block_id = %s", bad) == [
+        ("quarantined", True)
+    ]
+    with pytest.raises((TesseraError, BlockIntegrityError)):
+        world.get(MALLORY, "/x.bin")
+    assert world.run_as(GcResult, "gc", days=retention + 1).quarantine_deleted == 0
 
 
 def test_two_dedup_runs_at_once_settle_each_copy_exactly_once(world: World) -> None:

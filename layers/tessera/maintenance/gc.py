@@ -10,7 +10,9 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
 3. `expire_uploads`: sessions past their expiry (+ `upload_grace_hours`) are expired, and
    their staged copies that no version names are deleted; so are the objects of copies
    dedup-verify promoted or dropped more than `settled_copy_grace_s` ago (download URLs
-   issued for a copy before it was settled stay valid that long).
+   issued for a copy before it was settled stay valid that long), and of copies it
+   quarantined more than `quarantine_retention_days` ago (kept that long for inspection;
+   their rows stay, so the versions that named them still answer "damaged").
 4. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — the
    row re-checked and deleted under its row lock, the object after that has committed
    (see `tessera.metadata.maintenance` for why that is safe). It first deletes the objects
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from tessera.domain.object_keys import canonical_key
+from tessera.domain.object_keys import canonical_key, quarantine_key
 from tessera.metadata.maintenance import MaintenanceTx
 
 from .context import MaintenanceContext, log
@@ -88,10 +90,12 @@ def purge_versions(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 
 def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     """Expire abandoned upload sessions and delete their staged copies nothing names; delete
-    the objects of copies dedup settled (promoted/dropped) longer than the grace ago."""
+    the objects of copies dedup settled (promoted/dropped) longer than the grace ago, and of
+    copies it quarantined longer than the quarantine retention ago."""
     result = GcResult()
     cutoff = as_of - timedelta(hours=ctx.settings.upload_grace_hours)
     settled_before = as_of - timedelta(seconds=ctx.settings.settled_copy_grace_s)
+    quarantined_before = as_of - timedelta(days=ctx.settings.quarantine_retention_days)
     size = ctx.settings.batch_size
 
     def settled_batch() -> int:
@@ -101,6 +105,16 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
             ctx.parallel(ctx.store.delete, [c[2] for c in copies])
             tx.mark_objects_gone([(c[0], c[1]) for c in copies])
         result.settled_deleted += len(copies)
+        return len(copies)
+
+    def quarantined_batch() -> int:
+        with ctx.repo.transaction() as tx:
+            copies = tx.lock_quarantined_copies(quarantined_before, size)
+            # dedup moved each to its quarantine key (none when the upload never arrived:
+            # deleting an absent object is a no-op)
+            ctx.parallel(ctx.store.delete, [quarantine_key(c[2]) for c in copies])
+            tx.mark_objects_gone([(c[0], c[1]) for c in copies])
+        result.quarantine_deleted += len(copies)
         return len(copies)
 
     def batch() -> int:
@@ -116,8 +130,11 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
         result.staged_deleted += len(copies)
         return expired + len(copies)
 
-    _loop(ctx, settled_batch, result)
-    return result if result.more else _loop(ctx, batch, result)
+    for step in (settled_batch, quarantined_batch, batch):
+        _loop(ctx, step, result)
+        if result.more:
+            break
+    return result
 
 
 def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:

@@ -60,6 +60,7 @@ class GcResult(StepResult):
     sessions_expired: int = 0
     staged_deleted: int = 0  # staged copies of expired sessions, deleted
     settled_deleted: int = 0  # objects of promoted/dropped copies, deleted after the grace
+    quarantine_deleted: int = 0  # objects of quarantined copies, deleted after the retention
     blocks_deleted: int = 0
     blocks_skipped: int = 0  # candidates found referenced again at the re-check
     interrupted_deleted: int = 0  # objects an interrupted run left behind, deleted

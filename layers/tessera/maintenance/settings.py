@@ -24,6 +24,9 @@ class MaintenanceSettings(Settings):
     # a promoted/dropped staged copy's object is kept this long: presigned GETs issued for it
     # before dedup settled it stay valid for presign_ttl_s (900 s), and must keep working
     settled_copy_grace_s: int = 1200
+    # a staged copy that failed verification is kept (quarantine/...) this long, for
+    # inspection, before gc deletes its object; its row stays, so its versions stay damaged
+    quarantine_retention_days: int = 30
     # cold storage
     cold_after_days: int = 90  # blocks unread this long move to the cold tier
     # scrub

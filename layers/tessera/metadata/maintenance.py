@@ -394,6 +394,20 @@ class MaintenanceTx:
         )
         return [(r[0], r[1], r[2]) for r in rows]
 
+    def lock_quarantined_copies(
+        self, quarantined_before: datetime, limit: int
+    ) -> list[tuple[str, str, str]]:
+        """Row-lock quarantined copies settled before `quarantined_before` whose objects are
+        still kept. Versions may name them: nothing ever serves a quarantined copy, so they
+        do not keep its object. Returns (upload_id, block_id, staged_key)."""
+        rows = self._all(
+            "SELECT upload_id, block_id, staged_key FROM upload_blocks"
+            " WHERE state = 'quarantined' AND NOT object_gone AND updated_at < %s"
+            " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (quarantined_before, limit),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def mark_objects_gone(self, copies: Sequence[tuple[str, str]]) -> None:
         """Record that the objects of (upload_id, block_id) copies are deleted."""
         self._count(
