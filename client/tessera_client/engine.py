@@ -204,6 +204,14 @@ class SyncEngine:
             if key in base:
                 local[key] = base[key]
         remote = self.state.remote_tree()
+        # A path the scan left out (ignored, skipped, in a folder it could not list) is not
+        # deleted on either side, nor downloaded: the planner would take its absence from
+        # the local tree for a local delete.
+        for key in (remote.keys() | base.keys()) - local.keys():
+            known = remote.get(key) or base[key]
+            if scan.left_alone(key, known.path, is_dir=not known.is_file):
+                remote.pop(key, None)
+                base.pop(key, None)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
         ops = self._mass_delete_gate(the_plan, base, result)
         self._execute(ops, scan, result)

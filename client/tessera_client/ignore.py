@@ -48,3 +48,10 @@ class IgnoreRules:
         if any(_BUILTIN.match(name) for name in rel.split("/")):
             return True
         return self._spec is not None and bool(self._spec.match_file(rel + "/" if is_dir else rel))
+
+    def covers(self, rel: str, *, is_dir: bool = False) -> bool:
+        """True when `rel` or a folder above it is ignored: a scan never looks inside an
+        ignored folder, so nothing below it is synced whatever the patterns say of it."""
+        parts = rel.split("/")
+        above = ("/".join(parts[:i]) for i in range(1, len(parts)))
+        return any(self.ignored(a, is_dir=True) for a in above) or self.ignored(rel, is_dir=is_dir)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from tessera.blocks import FileChangedError, FileManifest, scan_file
 from tessera_client.fs import Kind, SafeFilesystem, Stat
 from tessera_client.ignore import IGNORE_FILE, IgnoreRules
-from tessera_client.paths import path_key
+from tessera_client.paths import ancestors, path_key
 from tessera_client.planner import Entry, EntryKind
 
 
@@ -27,6 +27,22 @@ class LocalScan:
     stats: dict[str, Stat] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unstable: list[str] = field(default_factory=list)
+    #: path keys of what is there but this pass did not look at (skipped entries, folders
+    #: it could not list: everything below them too). Absent from `tree`, they are not gone.
+    unseen: set[str] = field(default_factory=set)
+    #: the ignore rules this pass applied
+    rules: IgnoreRules = field(default_factory=IgnoreRules)
+
+    def left_alone(self, key: str, path: str, *, is_dir: bool) -> bool:
+        """Whether the entry at `key` (spelled `path`), missing from `tree`, is missing
+        because this pass did not look at it — ignored, skipped, or inside a folder it
+        could not list — rather than because it is gone. Such a path is not synced either
+        way until a pass sees it: deleting it elsewhere would delete what is still here."""
+        if self.unseen and ("" in self.unseen or key in self.unseen):
+            return True
+        if self.unseen and any(a in self.unseen for a in ancestors(key)):
+            return True
+        return self.rules.covers(path, is_dir=is_dir)
 
 
 @dataclass
@@ -57,8 +73,8 @@ class Scanner:
 
     def scan(self, base: dict[str, Entry], exclude: set[str] | None = None) -> LocalScan:
         """One pass over the whole folder. `exclude`: path keys kept out (local-only copies)."""
-        out = LocalScan()
         rules = self.rules()
+        out = LocalScan(rules=rules)
         seen: set[str] = set()
         stack = [""]
         while stack:
@@ -67,11 +83,13 @@ class Scanner:
                 entries = sorted(self.fs.scandir(folder))
             except OSError as e:
                 out.skipped.append((folder or ".", f"cannot list folder: {e.strerror or e}"))
+                out.unseen.add(path_key(folder))
                 continue
             for name, st in entries:
                 rel = f"{folder}/{name}" if folder else name
                 if unicodedata.normalize("NFC", rel) != rel:
                     out.skipped.append((rel, "name is not in Unicode NFC form; rename it"))
+                    out.unseen.add(path_key(rel))
                     continue
                 if rules.ignored(rel, is_dir=st.kind == Kind.DIR):
                     continue
@@ -80,9 +98,11 @@ class Scanner:
                     continue
                 if st.kind == Kind.SYMLINK:
                     out.skipped.append((rel, "symlink (never followed)"))
+                    out.unseen.add(key)
                     continue
                 if st.kind not in (Kind.FILE, Kind.DIR):
                     out.skipped.append((rel, "not a regular file or folder"))
+                    out.unseen.add(key)
                     continue
                 if key in seen:
                     other = next(e.path for k, e in out.tree.items() if k == key)
@@ -126,6 +146,7 @@ class Scanner:
         disk = self.fs.local_path(rel)
         if disk is None:
             out.skipped.append((rel, "cannot be hashed on this filesystem"))
+            out.unseen.add(key)
             return None
         try:
             manifest = scan_file(disk)
@@ -135,6 +156,7 @@ class Scanner:
             return None
         except OSError as e:
             out.skipped.append((rel, f"cannot read: {e.strerror or e}"))
+            out.unseen.add(key)
             return None
         if not _same(after, st):
             out.unstable.append(rel)

@@ -44,3 +44,13 @@ def test_a_tesseraignore_cannot_sync_what_is_ignored_built_in() -> None:
     rules = IgnoreRules.from_text("!.DS_Store\n!*.swp\n*.log\n")
     assert rules.ignored(".DS_Store") and rules.ignored("a/b.swp")
     assert rules.ignored("x.log") and not rules.ignored("x.txt")
+
+
+def test_an_ignored_folder_covers_everything_below_it() -> None:
+    rules = IgnoreRules.from_text("build/\n*.tmp\n")
+    assert rules.covers("build/out/x.o")
+    assert rules.covers("src/x.tmp/inside.c")
+    assert rules.covers("a/.DS_Store/b")
+    assert rules.covers("build", is_dir=True)
+    assert not rules.covers("src/build.c")
+    assert not rules.covers("src/main.c")

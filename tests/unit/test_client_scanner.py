@@ -34,6 +34,12 @@ def test_scan_reports_symlinks_clashes_and_non_nfc_names(tmp_path: Path) -> None
     assert "clashes" in reasons["a.txt"]
     assert "NFC" in reasons["cafe\u0301.txt"]
     assert scan.tree["sub"].kind == EntryKind.FOLDER
+    # what it did not look at is not gone: not to be synced either way
+    assert scan.unseen == {"link", "caf\u00e9.txt"}
+    for path in ["link", "link/inside.txt", "caf\u00e9.txt", "debug.log", ".DS_Store"]:
+        assert scan.left_alone(path, path, is_dir=False), path
+    for path in ["gone.txt", "sub/gone.txt"]:
+        assert not scan.left_alone(path, path, is_dir=False), path
 
 
 def test_unchanged_files_are_not_rehashed(tmp_path: Path) -> None:

@@ -1,0 +1,86 @@
+"""What a device does not look at, it leaves alone: a path it ignores, skips or cannot
+list is neither downloaded nor deleted on any side — its absence from the scan is not a
+delete."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+
+from .conftest import Cloud, Device, make_device, snapshot
+
+
+def _pair(cloud: Cloud, devices: list[Device], tmp_path: Path) -> tuple[Device, Device]:
+    email = cloud.user()
+    return (
+        make_device(devices, tmp_path, cloud, "A", email),
+        make_device(devices, tmp_path, cloud, "B", email),
+    )
+
+
+def test_what_one_device_ignores_is_neither_downloaded_there_nor_deleted(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    a, b = _pair(inproc_cloud, devices, tmp_path)
+    b.write(".tesseraignore", "*.log\nbuild/\n")
+    a.write("notes.log", "a log A keeps")
+    a.write("build/out.o", "A's build output")
+    a.write("keep.txt", "synced")
+    a.sync()
+    b.sync()
+    a.sync()
+    assert (a.folder / "notes.log").read_text() == "a log A keeps"
+    assert (a.folder / "build" / "out.o").read_text() == "A's build output"
+    assert sorted(snapshot(b.folder)) == [".tesseraignore", "keep.txt"]
+
+
+def test_a_synced_file_that_becomes_ignored_stays_on_every_device(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    a, b = _pair(inproc_cloud, devices, tmp_path)
+    a.write("data.log", "v1")
+    a.sync()
+    b.sync()
+    b.write(".tesseraignore", "*.log\n")
+    b.write("data.log", "B's edit, ignored from now on")
+    b.sync()
+    a.sync()
+    assert (a.folder / "data.log").read_text() == "v1"
+    assert (b.folder / "data.log").read_text() == "B's edit, ignored from now on"
+
+
+def test_a_skipped_name_is_not_deleted_elsewhere(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A tool rewrote a synced file under its NFD name: the scan skips that name (and says
+    so), and the file it was must not be deleted on the server and the other device."""
+    a, b = _pair(inproc_cloud, devices, tmp_path)
+    name = unicodedata.normalize("NFC", "café.txt")
+    a.write(name, "v1")
+    a.sync()
+    b.sync()
+    (a.folder / name).rename(a.folder / unicodedata.normalize("NFD", name))
+    first, second = a.sync(), a.sync()
+    assert "NFC" in first.stdout + first.stderr + second.stdout + second.stderr
+    b.sync()
+    assert (b.folder / name).read_text() == "v1"
+
+
+def test_a_folder_turned_into_a_symlink_keeps_its_files_elsewhere(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """The scan never follows a symlink, so it does not see the files under one: they are
+    not gone."""
+    a, b = _pair(inproc_cloud, devices, tmp_path)
+    a.write("docs/a.txt", "doc")
+    a.write("docs/deep/b.txt", "deeper")
+    a.sync()
+    b.sync()
+    moved = tmp_path / "docs-elsewhere"
+    (a.folder / "docs").rename(moved)
+    os.symlink(moved, a.folder / "docs")
+    a.sync()
+    b.sync()
+    assert (b.folder / "docs" / "a.txt").read_text() == "doc"
+    assert (b.folder / "docs" / "deep" / "b.txt").read_text() == "deeper"
