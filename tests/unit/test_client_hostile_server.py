@@ -176,7 +176,7 @@ def test_symlinked_folder_is_never_written_through(tmp_path: Path, evil: Evil) -
     )
     evil.add_file("/link/pwned.txt", b"pwned", fid="p")
     problems: list[str] = []
-    engine.reporter.problem = problems.append  # type: ignore[method-assign]
+    engine.reporter.problem = problems.append  # type: ignore[method-assign,assignment]
     engine.run_once()
     engine.close()
     assert list(outside.iterdir()) == []
