@@ -374,16 +374,18 @@ class SyncEngine:
             assert op.local is not None and op.remote is not None
             if not self._unchanged(op.path, stats):
                 return True
-            self.fs.rename(op.path, op.copy_path)
-            stats[path_key(op.copy_path)] = stats.pop(path_key(op.path))
-            self.state.add_conflict(
-                op.copy_path, op.path, "edited on two devices", local_only=False
+            # the planner saw neither the local-only copies (kept out of the scan) nor
+            # anything created since: the rename below would replace whatever holds the name
+            copy = (
+                op.copy_path if not self.fs.exists(op.copy_path) else self._free_copy_name(op.path)
             )
-            self.reporter.event(f"conflict: your edit of {op.path} kept as {op.copy_path}")
+            self.fs.rename(op.path, copy)
+            stats[path_key(copy)] = stats.pop(path_key(op.path))
+            self.state.add_conflict(copy, op.path, "edited on two devices", local_only=False)
+            self.reporter.event(f"conflict: your edit of {op.path} kept as {copy}")
             manifest = self.scanner.manifest(op.path)
             if manifest is not None:
-                st = stats[path_key(op.copy_path)]
-                uploads.append((UploadItem(op.copy_path, manifest, st, None), None))
+                uploads.append((UploadItem(copy, manifest, stats[path_key(copy)], None), None))
             self._download(op.path, op.remote, None)
             return True
         if k == OpKind.DELETE_LOCAL:

@@ -153,6 +153,30 @@ def test_shared_folder_viewer_cannot_change_it(
     assert (viewer.folder / c["path"]).exists()
 
 
+def test_a_second_refused_edit_the_same_day_keeps_the_first_copy(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A viewer's refused edit is kept in a local-only conflicted copy; a second one the
+    same day, after the owner changed the file, must not be renamed onto the first."""
+    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
+    viewer_email = inproc_cloud.user()
+    viewer = make_device(devices, tmp_path, inproc_cloud, "viewer", viewer_email)
+    owner.write("Team/x.txt", "owner v1")
+    owner.sync()
+    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    viewer.sync()
+    viewer.write("Team/x.txt", "viewer edit #1")
+    viewer.sync()
+    owner.write("Team/x.txt", "owner v2")
+    owner.sync()
+    viewer.write("Team/x.txt", "viewer edit #2")
+    viewer.sync()
+    files = snapshot(viewer.folder)
+    assert files["Team/x.txt"] == b"owner v2"
+    copies = sorted(v for k, v in files.items() if "conflicted copy" in k)
+    assert copies == [b"viewer edit #1", b"viewer edit #2"]
+
+
 def test_mass_delete_pauses_until_confirmed(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
