@@ -3,6 +3,11 @@ trash and undelete, against real PostgreSQL and the real local block store."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
+import psycopg
 import pytest
 
 from tessera.blocks import block_id
@@ -23,6 +28,7 @@ from tessera.domain.models import (
     TrashListRequest,
 )
 from tessera.domain.services import Services
+from tessera.metadata.store import Store
 from tessera.ports import Principal, StorageTier
 
 from .conftest import commit_request, get_file, put_file, store_put, upload_blocks
@@ -220,6 +226,16 @@ def test_move_keeps_id_and_history(services: Services, alice: Principal) -> None
         files.move(services, alice, MoveRequest(from_path="/nope", to_path="/x"))
 
 
+def test_a_folder_renamed_in_case_only(services: Services, alice: Principal) -> None:
+    """Same key, new spelling: the folder and what is in it are shown with the new name."""
+    e = put_file(services, alice, "/docs/sub/a", b"a")
+    renamed = files.move(services, alice, MoveRequest(from_path="/docs", to_path="/Docs"))
+    assert isinstance(renamed, FolderEntry) and renamed.path_display == "/Docs"
+    meta = files.metadata(services, alice, MetadataRequest(file_id=e.file_id))
+    assert meta.path_display == "/Docs/sub/a"
+    assert files.metadata(services, alice, MetadataRequest(path="/docs")).path_display == "/Docs"
+
+
 def test_create_folder(services: Services, alice: Principal) -> None:
     made = files.create_folder(services, alice, "/New/Deep")
     assert made.path_display == "/New/Deep"
@@ -272,3 +288,90 @@ def test_reusing_a_block_whose_copy_is_gone_needs_an_upload(
         store.conn.execute("DELETE FROM upload_blocks")
     with pytest.raises(Unprocessable, match="never uploaded"):
         commits.commit(services, alice, commit_request("/v2", [data], None))
+
+
+def race_held(
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    held_at: str,
+    first: Callable[[], object],
+    second: Callable[[], object],
+) -> tuple[object, object]:
+    """Run `second` while `first` holds its locks: `first` stops once its call of
+    `Store.<held_at>` has returned, `second` starts and runs until it waits for a lock, then
+    both finish. What each returned or raised."""
+    original = getattr(Store, held_at)
+    holding, release = threading.Event(), threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def held(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)
+        if threading.current_thread().name == "first":
+            holding.set()
+            release.wait(10)
+        return result
+
+    def run(name: str, call: Callable[[], object]) -> threading.Thread:
+        def outcome() -> None:
+            try:
+                outcomes[name] = call()
+            except Exception as exc:
+                outcomes[name] = exc
+
+        thread = threading.Thread(target=outcome, name=name)
+        thread.start()
+        return thread
+
+    monkeypatch.setattr(Store, held_at, held)
+    threads = [run("first", first)]
+    assert holding.wait(10)
+    threads.append(run("second", second))
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        for _ in range(250):  # until `second` waits for a lock `first` holds
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).fetchone()
+            if row and row[0]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the second request never waited for a lock")
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    return outcomes["first"], outcomes["second"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda svc, who: files.move(svc, who, MoveRequest(from_path="/f", to_path="/g")),
+        lambda svc, who: files.delete(svc, who, DeleteRequest(path="/f")),
+        lambda svc, who: files.restore(svc, who, RestoreRequest(path="/f", rev=1)),
+    ],
+    ids=["move", "delete", "restore"],
+)
+def test_a_change_waiting_for_a_delete_of_its_entry_is_409(
+    services: Services,
+    alice: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Services, Principal], object],
+) -> None:
+    """The entry is located before its lock is taken: when a delete held the lock
+    meanwhile, the change answers 409 instead of moving, deleting or restoring the
+    deleted entry."""
+    e = put_file(services, alice, "/f", b"f")
+    deleted, waited = race_held(
+        monkeypatch,
+        database_url,
+        "append_journal",
+        lambda: files.delete(services, alice, DeleteRequest(path="/f")),
+        lambda: change(services, alice),
+    )
+    assert isinstance(deleted, FileEntry)
+    assert isinstance(waited, Conflict) and "changed during the request" in str(waited)
+    history = files.revisions(services, alice, RevisionsRequest(file_id=e.file_id))
+    assert history.is_deleted and [v.rev for v in history.entries] == [1]
+    trash = files.trash_list(services, alice, TrashListRequest()).entries
+    assert [t.path_display for t in trash] == ["/f"]

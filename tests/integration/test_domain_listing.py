@@ -57,6 +57,19 @@ def test_list_non_recursive_and_recursive(services: Services, alice: Principal) 
     ]
 
 
+def test_listing_a_mount_spelled_with_another_length(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """The listed folder is found inside a mount reached in a spelling of another length
+    (case folding: "ß" → "ss")."""
+    put_file(services, alice, "/Straße/Sub/a", b"a")
+    sharing.account(services, bob)
+    sharing.share(services, alice, ShareRequest(path="/Straße", email=bob.email, access="viewer"))
+    for who in (alice, bob):
+        sub = listing.list_folder(services, who, "/STRASSE/sub", False, None)
+        assert _paths(sub) == [("file", "/Straße/Sub/a")]
+
+
 def test_paging_then_continue_sees_only_changes(services: Services, alice: Principal) -> None:
     for i in range(7):
         put_file(services, alice, f"/f{i}", b"x")

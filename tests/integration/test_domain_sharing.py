@@ -5,21 +5,24 @@ from __future__ import annotations
 import pytest
 
 from tessera.domain import files, sharing
-from tessera.domain.errors import Forbidden, NotFound, Unprocessable
+from tessera.domain.errors import Conflict, Forbidden, NotFound, Unprocessable
 from tessera.domain.models import (
     DeleteRequest,
     FileEntry,
+    FolderEntry,
     MetadataRequest,
     MoveRequest,
     RestoreRequest,
     RevisionsRequest,
     ShareRequest,
+    TrashListRequest,
     UnshareRequest,
 )
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
 from .conftest import get_file, put_file
+from .test_domain_files import race_held
 
 
 def _share(svc: Services, owner: Principal, path: str, who: Principal, access: str) -> None:
@@ -60,6 +63,80 @@ def test_member_mount_name_clash_gets_a_suffix(
     _share(services, alice, "/Team", bob, "viewer")
     assert get_file(services, bob, "/Team (2)/a") == b"a"
     assert get_file(services, bob, "/team/mine") == b"bob's own"
+
+
+def test_a_mount_spelled_with_another_length_resolves_by_components(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """Case folding may change a name's length ("ß" → "ss"): a path reaching a mount in
+    another spelling still lands at the same place inside it."""
+    put_file(services, alice, "/Straße/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Straße", bob, "editor")
+    written = put_file(services, bob, "/STRASSE/x", b"x")
+    assert written.path_display == "/Straße/x"
+    assert get_file(services, alice, "/Straße/x") == b"x"
+    assert get_file(services, bob, "/STRASSE/A") == b"a"
+
+
+def test_the_trash_of_a_folder_spelled_with_another_length_moves_intact(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """An entry deleted while its folder was spelled with another length ("ß" → "ss")
+    keeps its name when the folder becomes a shared namespace."""
+    put_file(services, alice, "/STRASSE/x", b"x")
+    files.delete(services, alice, DeleteRequest(path="/STRASSE"))
+    put_file(services, alice, "/Straße/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Straße", bob, "editor")
+    trash = files.trash_list(services, bob, TrashListRequest(path="/Straße")).entries
+    assert [t.path_display for t in trash] == ["/Straße/x"]
+
+
+def test_a_commit_into_a_folder_being_shared_moves_along(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit into the folder still running when it is shared holds the root namespace:
+    the share waits for it, and the new file moves into the shared namespace with the
+    rest instead of staying in the root, hidden under the mount."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    committed, shared = race_held(
+        monkeypatch,
+        database_url,
+        "write_version",
+        lambda: put_file(services, alice, "/Team/new", b"new"),
+        lambda: sharing.share(
+            services, alice, ShareRequest(path="/Team", email=bob.email, access="editor")
+        ),
+    )
+    assert isinstance(committed, FileEntry) and not isinstance(shared, Exception)
+    for who in (alice, bob):
+        assert get_file(services, who, "/Team/new") == b"new"
+
+
+def test_nothing_is_restored_under_a_mount(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """A folder shared with bob took the place of one he had deleted: restoring his own
+    would hide it (and what it held) under the mount, so it is refused."""
+    old = put_file(services, bob, "/Team/old.txt", b"mine")
+    folder = files.metadata(services, bob, MetadataRequest(path="/Team"))
+    files.delete(services, bob, DeleteRequest(path="/Team"))
+    put_file(services, alice, "/Team/a", b"a")
+    _share(services, alice, "/Team", bob, "editor")
+    assert isinstance(folder, FolderEntry)
+    for restore in (
+        RestoreRequest(file_id=folder.file_id),
+        RestoreRequest(file_id=old.file_id, rev=1),
+    ):
+        with pytest.raises(Conflict, match="mounted at or above '/Team"):
+            files.restore(services, bob, restore)
+    assert files.revisions(services, bob, RevisionsRequest(file_id=old.file_id)).is_deleted
 
 
 def test_roles(services: Services, alice: Principal, bob: Principal, carol: Principal) -> None:

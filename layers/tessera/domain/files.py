@@ -173,14 +173,44 @@ def _journal(row: FileRow, op: str, path_key: str, path_display: str) -> NewJour
     )
 
 
+def _relock(store: Store, loc: Located, what: str) -> FileRow:
+    """The located entry again, its namespace and row locked for the change.
+
+    It was located before the lock, so a change that held the lock meanwhile may have
+    moved, deleted, undeleted or shared it: 409 then, rather than changing it where it no
+    longer is."""
+    assert loc.row is not None
+    store.lock_namespace(loc.mount.ns_id)
+    row = store.file_by_id(loc.row.file_id, lock=True)
+    if row is None or (row.ns_id, row.path_key, row.is_deleted) != (
+        loc.row.ns_id,
+        loc.row.path_key,
+        loc.row.is_deleted,
+    ):
+        raise Conflict(f"{what!r} changed during the request; retry")
+    return row
+
+
+def _reopen_path(store: Store, view: View, mount: MountRow, row: FileRow) -> list[NewJournal]:
+    """Make the old path of a deleted entry ready for it again: its missing parent folders
+    are created (their journal rows returned). 409 when a live entry took the path, or a
+    shared folder has been mounted at or above it since: the entry would lie hidden under
+    the mount, in a namespace the path no longer leads to."""
+    where = view.view_path(mount, row.path_display)
+    if store.live_path_taken(row.ns_id, row.path_key):
+        raise Conflict(f"{where!r} is taken; move it first")
+    if view.resolve(where)[0].ns_id != row.ns_id:
+        raise Conflict(f"a shared folder is mounted at or above {where!r}; it cannot go back")
+    _, journal = ensure_parents(store, view, mount, row.path_display)
+    return journal
+
+
 def _undelete_subtree(
     store: Store, view: View, mount: MountRow, row: FileRow
 ) -> tuple[list[NewJournal], list[FileRow]]:
     """Make a deleted entry live again at its old path, and with a folder everything that
     was deleted with it (entries whose path was taken since stay in the trash)."""
-    if store.live_path_taken(row.ns_id, row.path_key):
-        raise Conflict(f"{view.view_path(mount, row.path_display)!r} is taken; move it first")
-    _, journal = ensure_parents(store, view, mount, row.path_display)
+    journal = _reopen_path(store, view, mount, row)
     restored = [row]
     if row.kind == "folder":
         lo, hi = paths.subtree_range(row.path_key)
@@ -203,9 +233,7 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be restored")
         check_access(loc.mount, Action.WRITE, view)
-        store.lock_namespace(loc.mount.ns_id)
-        row = store.file_by_id(loc.row.file_id, lock=True)
-        assert row is not None  # located just above in this transaction
+        row = _relock(store, loc, req.path or req.file_id or "")
         mount = loc.mount
         if req.rev is None:
             if not row.is_deleted:
@@ -228,13 +256,7 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
             old = store.version(row.ns_id, row.file_id, req.rev)
             if old is None:
                 raise NotFound(f"no rev {req.rev} of this file")
-            journal = []
-            if row.is_deleted:
-                if store.live_path_taken(row.ns_id, row.path_key):
-                    raise Conflict(
-                        f"{view.view_path(mount, row.path_display)!r} is taken; move it first"
-                    )
-                _, journal = ensure_parents(store, view, mount, row.path_display)
+            journal = _reopen_path(store, view, mount, row) if row.is_deleted else []
             blocks = store.version_blocks(row.ns_id, row.file_id, req.rev)
             counts: dict[str, int] = {}
             for b in blocks:
@@ -276,13 +298,12 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
                 "moving into or out of a shared folder is not supported: copy, then delete"
             )
         if loc.row.kind == "folder":
-            if paths.is_within(paths.path_key(dst), src_view_key):
+            dst_key = paths.path_key(dst)  # the source's key: a rename in case only
+            if dst_key != src_view_key and paths.is_within(dst_key, src_view_key):
                 raise Unprocessable("a folder cannot be moved into itself")
             if view.mounts_below(src_view_key):
                 raise Unprocessable("the folder holds a shared folder; move that out first")
-        store.lock_namespace(loc.mount.ns_id)
-        row = store.file_by_id(loc.row.file_id, lock=True)
-        assert row is not None
+        row = _relock(store, loc, req.from_path)
         new_key = paths.path_key(dst_rel)
         if new_key != row.path_key and store.live_path_taken(row.ns_id, new_key):
             raise Conflict(f"{dst!r} already exists")
@@ -349,9 +370,7 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
             assert isinstance(result, FolderEntry)
         else:
             check_access(loc.mount, Action.WRITE, view)
-            store.lock_namespace(loc.mount.ns_id)
-            row = store.file_by_id(loc.row.file_id, lock=True)
-            assert row is not None
+            row = _relock(store, loc, req.path)
             if row.kind == "file" and req.parent_rev not in (None, row.latest_rev):
                 raise Conflict(
                     f"{req.path!r} is at rev {row.latest_rev}, not {req.parent_rev}",

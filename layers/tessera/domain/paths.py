@@ -84,10 +84,13 @@ def is_within(path: str, base: str) -> bool:
 
 
 def relative(path: str, base: str) -> str:
-    """`path` relative to `base` as a "/"-rooted path ("/" when equal). Needs `is_within`."""
+    """`path` relative to `base` as a "/"-rooted path ("/" when equal). Needs `path` within
+    `base` by key: the two may be spelled differently, even in length (case folding turns
+    "ß" into "ss"), so `base`'s components are cut off, not its characters."""
     if base == ROOT:
         return path
-    return path[len(base) :] or ROOT
+    rest = path.split("/")[base.count("/") + 1 :]
+    return "/" + "/".join(rest) if rest else ROOT
 
 
 def subtree_range(key: str) -> tuple[str, str]:

@@ -78,7 +78,12 @@ def _info(store: Store, view: View, mount: MountRow) -> ShareInfo:
 
 def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent | None]) -> MountRow:
     """Turn a folder of the caller's root namespace into a shared namespace, mounted at the
-    same path: its entries move in one transaction, keeping file_ids and history."""
+    same path: its entries move in one transaction, keeping file_ids and history.
+
+    The root namespace is taken first (the lock order) and the folder located under the
+    lock: a commit into the folder that is still running is waited for and its entry moves
+    along, instead of staying in the root namespace, hidden under the new mount."""
+    store.lock_namespace(view.root.ns_id)
     loc = locate(store, view, path=path)
     row = loc.row
     assert row is not None
@@ -94,7 +99,7 @@ def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent |
     lo, hi = paths.subtree_range(row.path_key)
     ids = [r.file_id for r in store.subtree(root.ns_id, lo, hi)]
     ids += [r.file_id for r in store.subtree(root.ns_id, lo, hi, deleted=True)]
-    store.move_to_namespace(root.ns_id, ns_id, ids, len(row.path_key), len(row.path_display))
+    store.move_to_namespace(root.ns_id, ns_id, ids, len(row.path_key), row.path_display.count("/"))
     # The folder row becomes the namespace root. The owner's root journal logs only the
     # mount appearing at the same path: their devices then see the same entries (same
     # file_ids and revs) under it, so nothing is deleted and fetched again.

@@ -855,22 +855,25 @@ class Store:
         )
 
     def move_to_namespace(
-        self, from_ns: int, to_ns: int, file_ids: Sequence[str], key_chars: int, display_chars: int
+        self, from_ns: int, to_ns: int, file_ids: Sequence[str], key_chars: int, depth: int
     ) -> None:
         """Move entries (with their versions and block lists) to another namespace, cutting
-        the first `key_chars` characters off their path keys and `display_chars` off their
-        display paths (the folder that becomes the new namespace's root)."""
+        the folder that becomes the new namespace's root off their paths: its `key_chars`
+        characters off their path keys, its `depth` components off their display paths (an
+        entry deleted before the folder was renamed may spell it differently, even in
+        length: case folding turns "ß" into "ss")."""
         ids = list(file_ids)
         self.conn.execute(
             "UPDATE files SET ns_id = %s, path_key = substr(path_key, %s),"
-            " path_display = substr(path_display, %s),"
+            " path_display = '/'"
+            "  || array_to_string((string_to_array(path_display, '/'))[%s:], '/'),"
             " parent_key = CASE WHEN length(parent_key) <= %s THEN '/'"
             " ELSE substr(parent_key, %s) END"
             " WHERE ns_id = %s AND file_id = ANY(%s)",
             (
                 to_ns,
                 key_chars + 1,
-                display_chars + 1,
+                depth + 2,  # 1-based, after the empty string before the leading "/"
                 key_chars,
                 key_chars + 1,
                 from_ns,
