@@ -17,9 +17,10 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from tessera_client.blockhttp import BlockHttp
 from tessera_client.config import Home, Tokens
@@ -33,6 +34,36 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, details: dict[str, Any]) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.details = status, code, message, details
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The JSON of a successful answer; one that is not JSON is an `ApiError` (see `parse`)."""
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(
+            502, "malformed_response", f"the server's answer to {response.url.path} is not JSON", {}
+        ) from None
+
+
+def parse(model: type[M], answer: Any) -> M:
+    """`answer` read as a `model`. An answer that does not fit (a server bug, a lying
+    server, or a newer server's shape) is an `ApiError` like a refused request, so the step
+    that asked fails alone and the round, or the daemon, goes on."""
+    try:
+        return model.model_validate(answer)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the top level"
+        raise ApiError(
+            502,
+            "malformed_response",
+            f"the server's {model.__name__} does not fit at {where}: {first['msg']}",
+            {},
+        ) from None
 
 
 class NotLoggedIn(Exception):
@@ -211,7 +242,7 @@ class Api:
         response = self.raw(method, route, body if method != "GET" else None)
         if response.status_code >= 400:
             raise error_from(response)
-        return response.json()
+        return json_body(response)
 
     def transfer(
         self, method: str, url: str, headers: dict[str, str], content: bytes | None = None

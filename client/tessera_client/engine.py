@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.api.models import FileEntry
-from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable
+from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable, parse
 from tessera_client.config import Home, Settings
 from tessera_client.fs import Filesystem, RealFilesystem, SafeFilesystem, Stat, SymlinkError
 from tessera_client.memory import tune_allocator
@@ -150,7 +150,11 @@ class SyncEngine:
         if tag == "deleted":
             self.state.delete_remote(rel)
         elif tag == "file":
-            entry = FileEntry.model_validate(raw)
+            try:
+                entry = parse(FileEntry, raw)
+            except ApiError as e:  # that entry alone: the listing goes on
+                self._skip(rel, f"{e.message}; left out")
+                return 0
             self.state.put_remote(
                 Entry(rel, EntryKind.FILE, entry.content_hash, entry.size, entry.file_id, entry.rev)
             )
@@ -514,7 +518,7 @@ class SyncEngine:
         self.state.delete_base(op.src)
         self.state.delete_remote(op.src)
         if raw.get(".tag") == "file":
-            self._record_file(op.path, FileEntry.model_validate(raw), st, blocks)
+            self._record_file(op.path, parse(FileEntry, raw), st, blocks)
         self.reporter.event(f"moved {op.src} -> {op.path} on the server")
         return True
 

@@ -47,7 +47,7 @@ from tessera.blocks import (
     default_workers,
     encode_block,
 )
-from tessera_client.api import Api, ApiError, error_from
+from tessera_client.api import Api, ApiError, error_from, json_body, parse
 from tessera_client.fs import Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
@@ -211,7 +211,7 @@ class Transfers:
                     for i in fresh
                 ]
             }
-            started = UploadStartResponse.model_validate(self.api.call("/v1/uploads", body))
+            started = parse(UploadStartResponse, self.api.call("/v1/uploads", body))
             needed = {n.id: [n.key_version, n.key] for n in started.needed}
             with self.state.transaction():  # one write for the whole batch
                 for item in fresh:
@@ -427,7 +427,7 @@ class Transfers:
                 "upload_id": upload_id,
                 "blocks": [{"id": b[1], "size": len(b[3]), "sha256": b[4]} for b in blocks],
             }
-            urls = UploadUrlsResponse.model_validate(self.api.call("/v1/uploads/urls", body)).urls
+            urls = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body)).urls
             puts += [
                 (b, self.pool.submit(self._put, u.method, u.url, u.headers, b[3]))
                 for b, u in zip(blocks, urls, strict=True)
@@ -470,13 +470,13 @@ class Transfers:
         ]
         if len(ready) == 1:
             try:
-                entry = FileEntry.model_validate(self.api.call("/v1/commit", bodies[0]))
+                entry = parse(FileEntry, self.api.call("/v1/commit", bodies[0]))
                 results.append(UploadResult(ready[0], entry=entry))
             except ApiError as e:
                 results.append(UploadResult(ready[0], status=e.status, error=e))
         elif ready:
-            answer = CommitBatchResponse.model_validate(
-                self.api.call("/v1/commit_batch", {"entries": bodies})
+            answer = parse(
+                CommitBatchResponse, self.api.call("/v1/commit_batch", {"entries": bodies})
             )
             for item, res in zip(ready, answer.entries, strict=True):
                 if res.entry is not None:
@@ -515,11 +515,11 @@ class Transfers:
         """
         response = self.api.raw("POST", "/v1/download", {"file_id": file_id, "rev": rev})
         if response.status_code == 202:
-            body = response.json()
+            body = json_body(response)
             raise RestoringError(path, float(body.get("retry_after", 60)))
         if response.status_code >= 400:
             raise error_from(response)
-        answer = DownloadResponse.model_validate(response.json())
+        answer = parse(DownloadResponse, json_body(response))
         self._verify_plan(path, answer, expected_hash)
         folder = parent_of(path)
         if folder:

@@ -159,6 +159,26 @@ def test_traversal_and_absolute_paths_never_touch_the_disk(tmp_path: Path, evil:
     assert not result.problems or all("escape" not in p for p in result.problems)
 
 
+def test_an_answer_that_does_not_fit_fails_alone(tmp_path: Path, evil: Evil) -> None:
+    """A malformed listing entry or download answer (a server bug, a lie, a newer shape) is
+    reported and left out; the round goes on with the rest instead of crashing."""
+    evil.add_file("/listed-badly.txt", b"x", fid="lb")
+    evil.entries[-1]["rev"] = "not a number"
+    evil.add_file("/served-badly.txt", b"y", fid="sb")
+    evil.files["sb"] = {"entry": evil.files["sb"]["entry"], "blocks": "not a list"}
+    evil.add_file("/ok.txt", b"fine", fid="ok")
+    problems: list[str] = []
+    engine = _engine(tmp_path, evil)
+    engine.reporter.problem = problems.append  # type: ignore[method-assign,assignment]
+    result = engine.run_once()
+    engine.close()
+    folder = tmp_path / "root" / "sync"
+    assert sorted(p.name for p in folder.iterdir()) == ["ok.txt"]
+    reported = problems + result.problems
+    assert any("listed-badly.txt" in p and "does not fit" in p for p in reported), reported
+    assert any("served-badly.txt" in p and "does not fit" in p for p in reported), reported
+
+
 def test_symlinked_folder_is_never_written_through(tmp_path: Path, evil: Evil) -> None:
     outside = tmp_path / "root" / "outside"
     outside.mkdir(parents=True)
