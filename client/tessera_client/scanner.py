@@ -105,9 +105,16 @@ class Scanner:
                     out.unseen.add(key)
                     continue
                 if key in seen:
-                    other = next(e.path for k, e in out.tree.items() if k == key)
-                    out.skipped.append((rel, f"name clashes with {other!r} (case/Unicode)"))
-                    continue
+                    kept = out.tree.get(key)
+                    synced = base.get(key)
+                    if not (kept and kept.is_file and synced and synced.path == rel):
+                        other = kept.path if kept else key
+                        out.skipped.append((rel, f"name clashes with {other!r} (case/Unicode)"))
+                        continue
+                    # the synced spelling keeps the path; the newcomer that sorted first is
+                    # the one reported, or it would be sent as a new version of the file
+                    out.skipped.append((kept.path, f"name clashes with {rel!r} (case/Unicode)"))
+                    del out.tree[key], out.stats[key]
                 seen.add(key)
                 if st.kind == Kind.DIR:
                     out.tree[key] = Entry(rel, EntryKind.FOLDER, inode=st.inode)

@@ -42,6 +42,19 @@ def test_scan_reports_symlinks_clashes_and_non_nfc_names(tmp_path: Path) -> None
         assert not scan.left_alone(path, path, is_dir=False), path
 
 
+def test_a_clash_keeps_the_synced_spelling(tmp_path: Path) -> None:
+    """`NOTES.txt` appearing beside synced `notes.txt` sorts first, yet `notes.txt` keeps
+    the path and `NOTES.txt` is reported: never sent as a new version of `notes.txt`."""
+    (tmp_path / "notes.txt").write_text("synced")
+    scanner = _scanner(tmp_path)
+    base = dict(scanner.scan({}).tree)
+    (tmp_path / "NOTES.txt").write_text("an unrelated new file")
+    scan = scanner.scan(base)
+    assert scan.tree["notes.txt"].path == "notes.txt"
+    assert scan.tree["notes.txt"].content_hash == base["notes.txt"].content_hash
+    assert "clashes" in dict(scan.skipped)["NOTES.txt"]
+
+
 def test_unchanged_files_are_not_rehashed(tmp_path: Path) -> None:
     f = tmp_path / "f.bin"
     f.write_bytes(b"content")
