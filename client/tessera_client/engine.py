@@ -437,14 +437,7 @@ class SyncEngine:
             self.state.delete_base(op.path)
             return True
         if k == OpKind.DELETE_FOLDER_REMOTE:
-            try:
-                self.api.call("/v1/delete", {"path": server_path(op.path)})
-            except ApiError as e:
-                if e.status not in (404, 403):
-                    raise
-            self.state.delete_base(op.path)
-            self.state.delete_remote(op.path)
-            return True
+            return self._delete_remote_folder(op)
         if k == OpKind.RECORD:
             assert op.remote is not None
             st = stats.get(path_key(op.path))
@@ -499,6 +492,27 @@ class SyncEngine:
         self.reporter.event(f"deleted {op.path} on the server")
         return True
 
+    def _delete_remote_folder(self, op: Op) -> bool:
+        """Delete a folder on the server once it is empty there. The files this device
+        deleted in it went first (folder deletions come last in a plan), so what is still
+        listed was added elsewhere since the last pull: a folder delete takes its contents
+        along, and that work would leave every device. Then the folder stays, and the next
+        pull brings what is in it."""
+        try:
+            inside = self.api.call("/v1/list_folder", {"path": server_path(op.path), "limit": 1})
+            if inside.get("entries"):
+                self.reporter.problem(
+                    f"kept {op.path} on the server: it holds files added on another device"
+                )
+                return True
+            self.api.call("/v1/delete", {"path": server_path(op.path)})
+        except ApiError as e:
+            if e.status not in (404, 403):
+                raise
+        self.state.delete_base(op.path)
+        self.state.delete_remote(op.path)
+        return True
+
     def _move_remote(self, op: Op, stats: dict[str, Stat]) -> bool:
         assert op.remote is not None
         try:
@@ -518,7 +532,27 @@ class SyncEngine:
         self.state.delete_base(op.src)
         self.state.delete_remote(op.src)
         if raw.get(".tag") == "file":
-            self._record_file(op.path, parse(FileEntry, raw), st, blocks)
+            now = parse(FileEntry, raw)
+            assert op.remote is not None
+            # The move answers the file as it is now, which may be a rev another device
+            # committed after the planner looked (a move takes no parent rev). What is here
+            # is the rev that was moved: recorded as synced, a newer one then arrives as a
+            # remote change (downloaded, or a conflict if edited here too), never taken for
+            # what this disk holds.
+            here = Entry(
+                op.path,
+                EntryKind.FILE,
+                op.remote.content_hash,
+                op.remote.size,
+                now.file_id,
+                op.remote.rev,
+                st.mtime_ns,
+                st.inode,
+            )
+            self.state.put_base(here, blocks)
+            self.state.put_remote(
+                Entry(op.path, EntryKind.FILE, now.content_hash, now.size, now.file_id, now.rev)
+            )
         self.reporter.event(f"moved {op.src} -> {op.path} on the server")
         return True
 
