@@ -345,6 +345,15 @@ class SyncEngine:
         except FileNotFoundError:
             return None
 
+    def _taken(self, path: str, src: str) -> bool:
+        """Whether something other than `src` is at `path`. On a disk that ignores case, a
+        rename in case only finds `src` itself there (same inode): not taken."""
+        there = self._stat(path)
+        if there is None:
+            return False
+        mine = self._stat(src)
+        return not (mine is not None and there.inode and there.inode == mine.inode)
+
     def _unchanged(self, rel: str, stats: dict[str, Stat]) -> bool:
         before = stats.get(path_key(rel))
         now = self._stat(rel)
@@ -402,15 +411,16 @@ class SyncEngine:
             return self._delete_remote(op)
         if k == OpKind.MOVE_LOCAL:
             assert op.remote is not None
-            if not self._unchanged(op.src, stats) or self._stat(op.path) is not None:
+            if not self._unchanged(op.src, stats) or self._taken(op.path, op.src):
                 return True
             if parent_of(op.path):
                 self.fs.makedirs(parent_of(op.path))
             self.fs.rename(op.src, op.path)
             old = self.state.base_tree().get(path_key(op.src))
+            blocks = self.state.base_blocks(op.src)
             self.state.delete_base(op.src)
             if old is not None:
-                self.state.put_base(replace(old, path=op.path), self.state.base_blocks(op.src))
+                self.state.put_base(replace(old, path=op.path), blocks)
             stats[path_key(op.path)] = stats.pop(path_key(op.src))
             self.reporter.event(f"moved {op.src} -> {op.path}")
             return True

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from enum import StrEnum
 
-from tessera_client.paths import ancestors, conflicted_copy_name, is_under, path_key
+from tessera_client.paths import ancestors, conflicted_copy_name, is_under, parent_of, path_key
 
 
 class EntryKind(StrEnum):
@@ -171,6 +171,33 @@ def _detect_local_moves(
         base[pick] = _moved(base.pop(old_key), dst)
 
 
+def _detect_respellings(
+    local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry], ops: list[Op]
+) -> None:
+    """A name changed in case or Unicode form only keeps its path key, so no per-path rule
+    sees the rename. Renamed on one side while the other still spells it as the base does,
+    the other side follows with a move (remotely only when the server holds the base rev:
+    the executor records that rev as what was moved). A folder's contents follow their
+    folder: only an entry whose own name changed (its parent spelled as before) moves."""
+    for key, b in sorted(base.items()):
+        lo, r = local.get(key), remote.get(key)
+        if lo is None or r is None or lo.kind != b.kind or r.kind != b.kind:
+            continue
+        if r.path != b.path and lo.path == b.path and parent_of(r.path) == parent_of(b.path):
+            ops.append(Op(OpKind.MOVE_LOCAL, r.path, src=lo.path, local=lo, remote=r))
+            local[key] = _moved(lo, r.path)
+            base[key] = _moved(b, r.path)
+        elif (
+            lo.path != b.path
+            and r.path == b.path
+            and parent_of(lo.path) == parent_of(b.path)
+            and (not r.is_file or (r.file_id, r.rev) == (b.file_id, b.rev))
+        ):
+            ops.append(Op(OpKind.MOVE_REMOTE, lo.path, src=r.path, local=lo, remote=r))
+            remote[key] = _moved(r, lo.path)
+            base[key] = _moved(b, lo.path)
+
+
 def _conflict_path(path: str, device: str, day: date, taken: set[str]) -> str:
     attempt = 0
     while True:
@@ -248,6 +275,7 @@ def plan(
     moves: list[Op] = []
     _detect_remote_moves(lw, rw, bw, moves)
     _detect_local_moves(lw, rw, bw, moves)
+    _detect_respellings(lw, rw, bw, moves)
 
     skips: list[Op] = []
     for key in sorted(set(lw) | set(rw)):

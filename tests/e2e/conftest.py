@@ -22,6 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tessera_client.api import Api, RetryPolicy
+from tessera_client.config import Home
+from tessera_client.engine import SyncEngine
+
 PASSWORD = "correct horse battery"
 _users = itertools.count(1)
 REPO = Path(__file__).resolve().parents[2]
@@ -247,9 +251,6 @@ def make_device(
     if cli:
         d.login()
     else:
-        from tessera_client.api import Api
-        from tessera_client.config import Home
-
         home = Home(d.home)
         api = Api(cloud.url, home)
         try:
@@ -272,3 +273,25 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> f
             return time.monotonic() - start
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s")
+
+
+@pytest.fixture
+def engines(inproc_cloud: Cloud, tmp_path: Path) -> Iterator[tuple[SyncEngine, SyncEngine]]:
+    """Two devices of one user, as sync engines in this process."""
+    email = inproc_cloud.user()
+    made = []
+    for name in ("A", "B"):
+        home = Home(tmp_path / f"home-{name}")
+        api = Api(inproc_cloud.url, home)
+        api.login(email, PASSWORD)
+        api.close()
+        settings = home.load_settings()
+        settings.server_url, settings.device_name = inproc_cloud.url, name
+        home.save_settings(settings)
+        folder = tmp_path / f"folder-{name}"
+        folder.mkdir()
+        policy = RetryPolicy(attempts=2, base=0.01, cap=0.05)
+        made.append(SyncEngine(home, settings, folder, Api(inproc_cloud.url, home, policy=policy)))
+    yield made[0], made[1]
+    for engine in made:
+        engine.close()

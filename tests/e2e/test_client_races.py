@@ -6,38 +6,10 @@ nothing another device did may be lost."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from tessera_client.api import Api, RetryPolicy
-from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
 
-from .conftest import PASSWORD, Cloud, snapshot
-
-
-@pytest.fixture
-def engines(inproc_cloud: Cloud, tmp_path: Path) -> Iterator[tuple[SyncEngine, SyncEngine]]:
-    """Two devices of one user, as sync engines in this process."""
-    email = inproc_cloud.user()
-    made = []
-    for name in ("A", "B"):
-        home = Home(tmp_path / f"home-{name}")
-        api = Api(inproc_cloud.url, home)
-        api.login(email, PASSWORD)
-        api.close()
-        settings = home.load_settings()
-        settings.server_url, settings.device_name = inproc_cloud.url, name
-        home.save_settings(settings)
-        folder = tmp_path / f"folder-{name}"
-        folder.mkdir()
-        policy = RetryPolicy(attempts=2, base=0.01, cap=0.05)
-        made.append(SyncEngine(home, settings, folder, Api(inproc_cloud.url, home, policy=policy)))
-    yield made[0], made[1]
-    for engine in made:
-        engine.close()
+from .conftest import snapshot
 
 
 def test_a_rename_racing_an_edit_elsewhere_keeps_the_edit(
