@@ -171,6 +171,28 @@ def test_share_and_unshare_show_up_in_continue(
     assert ("deleted", "/Team (2)") in b_changes
 
 
+@pytest.mark.parametrize("own_team", [False, True], ids=["same-path", "new-path"])
+def test_a_share_left_and_rejoined_is_sent_again(
+    services: Services, alice: Principal, bob: Principal, own_team: bool
+) -> None:
+    """Bob leaves a shared folder and is added back between two continues: his cursor
+    sends the mount point's deletion, so it must send what the folder holds again, whether
+    it is mounted at the same path or (his own /Team took that) at another."""
+    put_file(services, alice, "/Team/a", b"a")
+    sharing.account(services, bob)
+    share = ShareRequest(path="/Team", email=bob.email, access="editor")
+    sharing.share(services, alice, share)
+    cursor = listing.list_folder(services, bob, "/", True, None).cursor
+    files.delete(services, bob, DeleteRequest(path="/Team"))  # bob leaves
+    if own_team:
+        put_file(services, bob, "/Team/mine", b"mine")
+    sharing.share(services, alice, share)
+    mount = "/Team (2)" if own_team else "/Team"
+    changes, _ = _drain(services, bob, cursor)
+    assert changes[-2:] == [("folder", mount), ("file", f"{mount}/a")]
+    assert changes.index(("deleted", "/Team")) < changes.index(("folder", mount))
+
+
 def test_longpoll_returns_at_once_with_pending_pages(services: Services, alice: Principal) -> None:
     for i in range(3):
         put_file(services, alice, f"/p{i}", b"p")

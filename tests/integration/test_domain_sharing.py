@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tessera.domain import files, sharing
+from tessera.domain import files, listing, paths, sharing
 from tessera.domain.errors import Conflict, Forbidden, NotFound, Unprocessable
 from tessera.domain.models import (
     DeleteRequest,
@@ -19,9 +19,10 @@ from tessera.domain.models import (
     UnshareRequest,
 )
 from tessera.domain.services import Services
+from tessera.metadata.db import Database
 from tessera.ports import Principal
 
-from .conftest import get_file, put_file
+from .conftest import get_file, put_file, usage_drift
 from .test_domain_files import race_held
 
 
@@ -119,6 +120,57 @@ def test_a_commit_into_a_folder_being_shared_moves_along(
         assert get_file(services, who, "/Team/new") == b"new"
 
 
+def test_a_folder_created_while_its_parent_is_shared_moves_along(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """create_folder holds the root namespace: a share of the folder above waits for it,
+    and the new folder moves into the shared namespace with the rest."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    created, shared = race_held(
+        monkeypatch,
+        database_url,
+        "insert_file",
+        lambda: files.create_folder(services, alice, "/Team/sub"),
+        lambda: _share(services, alice, "/Team", bob, "editor"),
+    )
+    assert isinstance(created, FolderEntry) and not isinstance(shared, Exception)
+    for who in (alice, bob):
+        found = files.metadata(services, who, MetadataRequest(path="/Team/sub"))
+        assert isinstance(found, FolderEntry) and found.file_id == created.file_id
+
+
+def test_a_folder_created_under_a_folder_being_shared_is_409(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create_folder that waited for a share of the folder above it finds the path now
+    leads into the shared folder: 409 (retry), never a folder left in the root namespace,
+    hidden under the mount."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    root_ns = sharing.account(services, alice).root_ns_id
+    shared, created = race_held(
+        monkeypatch,
+        database_url,
+        "add_member",
+        lambda: _share(services, alice, "/Team", bob, "editor"),
+        lambda: files.create_folder(services, alice, "/Team/sub"),
+    )
+    assert not isinstance(shared, Exception)
+    assert isinstance(created, Conflict) and "changed during the request" in str(created)
+    with services.db.transaction() as store:
+        assert store.subtree(root_ns, *paths.subtree_range("/team")) == []
+    assert isinstance(files.create_folder(services, alice, "/Team/sub"), FolderEntry)
+
+
 def test_nothing_is_restored_under_a_mount(
     services: Services, alice: Principal, bob: Principal
 ) -> None:
@@ -180,6 +232,46 @@ def test_unshare_removes_access(services: Services, alice: Principal, bob: Princ
     with pytest.raises(NotFound):
         files.metadata(services, bob, MetadataRequest(file_id=e.file_id))
     assert get_file(services, alice, "/S/f") == b"f"
+
+
+def test_the_owner_alone_deletes_a_shared_folder_into_the_trash(
+    services: Services, alice: Principal, bob: Principal, db: Database
+) -> None:
+    """Once nobody else is a member, the owner's delete of the mount point sends the folder
+    and what it holds to their trash, restorable with file_ids and history; what was in
+    the trash before stays there."""
+    a = put_file(services, alice, "/Team/a", b"a")
+    put_file(services, alice, "/Team/sub/b", b"b")
+    put_file(services, alice, "/Team/old", b"old")
+    files.delete(services, alice, DeleteRequest(path="/Team/old"))
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    cursor = listing.list_folder(services, alice, "/", True, None).cursor
+    deleted = files.delete(services, alice, DeleteRequest(path="/Team"))
+    assert isinstance(deleted, FolderEntry) and deleted.path_display == "/Team"
+    assert sharing.shares(services, alice).shares == []
+    with pytest.raises(NotFound):
+        files.metadata(services, alice, MetadataRequest(path="/Team/a"))
+    assert ("deleted", "/Team") in [
+        (e.tag, e.path_display)
+        for e in listing.list_folder_continue(services, alice, cursor, None).entries
+    ]
+    trash = files.trash_list(services, alice, TrashListRequest()).entries
+    assert sorted(t.path_display for t in trash) == [
+        "/Team",
+        "/Team/a",
+        "/Team/old",
+        "/Team/sub",
+        "/Team/sub/b",
+    ]
+    files.restore(services, alice, RestoreRequest(path="/Team"))
+    assert get_file(services, alice, "/Team/sub/b") == b"b"
+    back = files.metadata(services, alice, MetadataRequest(file_id=a.file_id))
+    assert isinstance(back, FileEntry) and back.path_display == "/Team/a"
+    assert back.ns_id == sharing.account(services, alice).root_ns_id
+    assert files.revisions(services, alice, RevisionsRequest(path="/Team/old")).is_deleted
+    assert usage_drift(db) == []
 
 
 def test_share_errors(services: Services, alice: Principal, bob: Principal) -> None:

@@ -31,7 +31,7 @@ from tessera.domain.models import (
 )
 from tessera.domain.object_keys import canonical_key
 from tessera.domain.services import Services
-from tessera.domain.sharing import leave_share
+from tessera.domain.sharing import delete_share, leave_share
 from tessera.domain.views import (
     Located,
     View,
@@ -189,6 +189,19 @@ def _relock(store: Store, loc: Located, what: str) -> FileRow:
     ):
         raise Conflict(f"{what!r} changed during the request; retry")
     return row
+
+
+def _lock_resolved(store: Store, view: View, path: str, mount: MountRow) -> None:
+    """Take the namespace that `path` resolved to, before any file row (the lock order).
+
+    The view was read before the lock, so a share that held it meanwhile may have turned a
+    folder at or above `path` into a mount point: 409 then, rather than writing into the
+    root namespace, hidden under the mount (the view is read again, under the lock)."""
+    store.lock_namespace(mount.ns_id)
+    found = store.user_view(view.user.user_id)
+    assert found is not None  # users are never removed
+    if View(found[0], tuple(found[1])).resolve(path)[0].ns_id != mount.ns_id:
+        raise Conflict(f"{path!r} changed during the request; retry")
 
 
 def _reopen_path(store: Store, view: View, mount: MountRow, row: FileRow) -> list[NewJournal]:
@@ -356,7 +369,8 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
 
 def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry | FolderEntry:
     """Soft-delete a file or folder into the trash (a folder takes its contents along).
-    A member who is not the owner deleting a shared folder's mount point leaves the share."""
+    Deleting a shared folder's mount point: a member who is not the owner leaves the share;
+    the owner deletes the folder, once nobody else is a member (`sharing.delete_share`)."""
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path)
@@ -364,8 +378,9 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
             if loc.mount.kind != "shared":
                 raise Unprocessable("the root cannot be deleted")
             if loc.mount.access == "owner":
-                raise Unprocessable("unshare the folder before deleting it")
-            events.append(leave_share(store, view.user, loc.mount))
+                events.append(delete_share(store, view, loc.mount))
+            else:
+                events.append(leave_share(store, view.user, loc.mount))
             result: FileEntry | FolderEntry | DeletedEntry = entry(view, loc)
             assert isinstance(result, FolderEntry)
         else:
@@ -406,6 +421,7 @@ def create_folder(svc: Services, principal: Principal, path: str) -> FolderEntry
         if rel == paths.ROOT:
             raise Conflict(f"{canon!r} already exists")
         check_access(mount, Action.WRITE, view)
+        _lock_resolved(store, view, canon, mount)
         display, journal = ensure_parents(store, view, mount, rel)
         key = paths.path_key(rel)
         fid = new_file_id()

@@ -37,6 +37,7 @@ from tessera.domain.views import (
     file_entry,
     folder_entry,
     mount_entry,
+    mount_file_id,
     view_transaction,
 )
 from tessera.metadata.store import FileRow, JournalRow, KeyScope, MountRow, Store
@@ -248,7 +249,13 @@ def list_folder(
 
 def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
     """Follow a change of the caller's mounts: drop namespaces that left the view (a
-    `deleted` entry for their mount point), snapshot the ones that joined it."""
+    `deleted` entry for their mount point), snapshot the ones that joined it.
+
+    A namespace unmounted and mounted again since the cursor (the caller left and was
+    added back) is snapshotted again too, even at the same path: the caller's root
+    journal sends its mount point's `deleted` entry, which takes everything under it on
+    the client, and the namespace's own journal holds only what changed since. So is one
+    mounted at another path: what was sent lies under the old one."""
     try:
         fresh = _scope(store, view, cursor.path, cursor.recursive)
     except (NotFound, Unprocessable):
@@ -260,10 +267,18 @@ def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
         if p.ns not in new_ids and p.mount != paths.ROOT:
             removed.append(DeletedEntry(**entry_names(p.mount)))
     heads = store.latest_seqs([p.ns for p in fresh])
+    root_ns, root_seq = cursor.root
+    unmounted = store.deleted_since(
+        root_ns, root_seq, [mount_file_id(p.ns) for p in fresh if p.ns in old]
+    )
     parts = []
     for p in fresh:
         kept = old.get(p.ns)
-        if kept is not None and kept.folder == p.folder:
+        if (
+            kept is not None
+            and (kept.folder, kept.mount) == (p.folder, p.mount)
+            and mount_file_id(p.ns) not in unmounted
+        ):
             parts.append(kept)
         else:
             p.seq = heads.get(p.ns, 0)

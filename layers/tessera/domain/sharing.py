@@ -6,7 +6,7 @@ from __future__ import annotations
 from tessera.domain import paths
 from tessera.domain.acl import Action, require
 from tessera.domain.changes import publish
-from tessera.domain.errors import NotFound, Unprocessable
+from tessera.domain.errors import Conflict, NotFound, Unprocessable
 from tessera.domain.models import (
     AccountResponse,
     ShareInfo,
@@ -16,7 +16,7 @@ from tessera.domain.models import (
     UnshareRequest,
 )
 from tessera.domain.services import Services
-from tessera.domain.views import View, locate, view_transaction
+from tessera.domain.views import View, locate, mount_file_id, new_file_id, view_transaction
 from tessera.metadata.store import MountRow, NewJournal, Store, UserRow
 from tessera.ports import ChangeEvent, Principal
 
@@ -29,7 +29,13 @@ def _mount_journal(
     store.bump_membership(user.user_id)
     key = paths.path_key(mount_path)
     row = NewJournal(
-        f"ns:{ns_id}", 0, op, "folder", key, paths.path_key(paths.parent(mount_path)), mount_path
+        mount_file_id(ns_id),
+        0,
+        op,
+        "folder",
+        key,
+        paths.path_key(paths.parent(mount_path)),
+        mount_path,
     )
     _, event = store.append_journal(
         user.root_ns_id,
@@ -61,6 +67,42 @@ def leave_share(store: Store, user: UserRow, mount: MountRow) -> ChangeEvent:
     """Remove the caller (not the owner) from a shared namespace."""
     store.remove_member(mount.ns_id, user.user_id)
     return _mount_journal(store, user, mount.ns_id, mount.mount_path, "delete")
+
+
+def delete_share(store: Store, view: View, mount: MountRow) -> ChangeEvent:
+    """The owner deletes a shared folder nobody else is a member of: it turns back into a
+    folder of their root namespace (its entries move back, keeping file_ids and history)
+    and goes to the trash with what it holds, restorable like any deleted folder. The
+    namespace is left empty, without members. 422 while others are members.
+
+    Both namespaces are taken first, in ns_id order (the lock order); `share` takes the
+    shared one before adding a member, so none joins meanwhile."""
+    root = view.root
+    for ns_id in sorted((root.ns_id, mount.ns_id)):
+        store.lock_namespace(ns_id)
+    if any(m.user_id != view.user.user_id for m in store.members(mount.ns_id)):
+        raise Unprocessable("others are members: unshare the folder before deleting it")
+    store.remove_member(mount.ns_id, view.user.user_id)
+    folder = new_file_id()
+    parent_key = paths.path_key(paths.parent(mount.mount_path))
+    if not store.insert_file(
+        root.ns_id, folder, mount.mount_key, parent_key, mount.mount_path, "folder"
+    ):
+        raise Conflict(f"{mount.mount_path!r} is taken in your own folders")
+    live = [r.file_id for r in store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT))]
+    trash = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
+    store.move_to_namespace(
+        mount.ns_id,
+        root.ns_id,
+        live + [r.file_id for r in trash],
+        0,
+        0,
+        under=(mount.mount_key, mount.mount_path),
+    )
+    store.mark_deleted(root.ns_id, [folder, *live], view.user.user_id)
+    # The root journal logs only the mount point going away: to the owner's devices that
+    # is the folder and everything under it deleted, as a folder delete would log.
+    return _mount_journal(store, view.user, mount.ns_id, mount.mount_path, "delete")
 
 
 def _info(store: Store, view: View, mount: MountRow) -> ShareInfo:
@@ -128,7 +170,13 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
             raise NotFound(f"no user with email {req.email!r} (they must sign in once first)")
         if target.user_id == view.user.user_id:
             raise Unprocessable("you cannot share a folder with yourself")
+        # In ns_id order (the lock order); holding the shared namespace, no member joins
+        # a share that `delete_share` is deleting.
+        for ns_id in sorted({mount.ns_id, target.root_ns_id}):
+            store.lock_namespace(ns_id)
         existing = {m.user_id: m for m in store.members(mount.ns_id)}
+        if view.user.user_id not in existing:  # deleted while this request waited
+            raise Conflict(f"{req.path!r} changed during the request; retry")
         if target.user_id in existing:
             if existing[target.user_id].access == "owner":
                 raise Unprocessable("the owner's access cannot be changed")

@@ -224,13 +224,19 @@ def folder_entry(view: View, mount: MountRow, row: FileRow) -> FolderEntry:
     )
 
 
+def mount_file_id(ns_id: int) -> str:
+    """The file_id of a namespace's mount point: its folder entries and the journal rows
+    that log it appearing in, or leaving, a member's root namespace."""
+    return f"ns:{ns_id}"
+
+
 def mount_entry(mount: MountRow) -> FolderEntry:
     """The folder entry of a mount point (or of the root for the root namespace)."""
     return FolderEntry(
         name=paths.name(mount.mount_path),
         path_display=mount.mount_path,
         path_lower=mount.mount_key,
-        file_id=f"ns:{mount.ns_id}",
+        file_id=mount_file_id(mount.ns_id),
         ns_id=mount.ns_id,
         shared_ns_id=mount.ns_id if mount.kind == "shared" else None,
         access=mount.access,  # type: ignore[arg-type]

@@ -855,30 +855,40 @@ class Store:
         )
 
     def move_to_namespace(
-        self, from_ns: int, to_ns: int, file_ids: Sequence[str], key_chars: int, depth: int
+        self,
+        from_ns: int,
+        to_ns: int,
+        file_ids: Sequence[str],
+        key_chars: int,
+        depth: int,
+        *,
+        under: tuple[str, str] = ("", ""),
     ) -> None:
         """Move entries (with their versions and block lists) to another namespace, cutting
         the folder that becomes the new namespace's root off their paths: its `key_chars`
         characters off their path keys, its `depth` components off their display paths (an
         entry deleted before the folder was renamed may spell it differently, even in
-        length: case folding turns "ß" into "ss")."""
+        length: case folding turns "ß" into "ss"). `under` (key, display path of a folder)
+        puts them below that folder instead: a namespace's root turning back into a folder."""
         ids = list(file_ids)
+        under_key, under_display = under
         self.conn.execute(
-            "UPDATE files SET ns_id = %s, path_key = substr(path_key, %s),"
-            " path_display = '/'"
-            "  || array_to_string((string_to_array(path_display, '/'))[%s:], '/'),"
-            " parent_key = CASE WHEN length(parent_key) <= %s THEN '/'"
-            " ELSE substr(parent_key, %s) END"
-            " WHERE ns_id = %s AND file_id = ANY(%s)",
-            (
-                to_ns,
-                key_chars + 1,
-                depth + 2,  # 1-based, after the empty string before the leading "/"
-                key_chars,
-                key_chars + 1,
-                from_ns,
-                ids,
-            ),
+            "UPDATE files SET ns_id = %(to)s, path_key = %(uk)s || substr(path_key, %(cut)s + 1),"
+            " path_display = %(ud)s || '/'"
+            "  || array_to_string((string_to_array(path_display, '/'))[%(depth)s:], '/'),"
+            " parent_key = CASE WHEN length(parent_key) <= %(cut)s OR parent_key = '/'"
+            "  THEN coalesce(nullif(%(uk)s, ''), '/')"
+            "  ELSE %(uk)s || substr(parent_key, %(cut)s + 1) END"
+            " WHERE ns_id = %(from)s AND file_id = ANY(%(ids)s)",
+            {
+                "to": to_ns,
+                "uk": under_key,
+                "ud": under_display,
+                "cut": key_chars,
+                "depth": depth + 2,  # 1-based, after the empty string before the leading "/"
+                "from": from_ns,
+                "ids": ids,
+            },
         )
         self.conn.execute(
             "UPDATE file_versions SET ns_id = %s WHERE ns_id = %s AND file_id = ANY(%s)",
@@ -1054,6 +1064,15 @@ class Store:
             [ns_id, after_seq, *params, selves, scope.folder_key, limit],
         )
         return [JournalRow(*r) for r in rows]
+
+    def deleted_since(self, ns_id: int, after_seq: int, file_ids: Sequence[str]) -> set[str]:
+        """Which of `file_ids` a namespace's journal logged a delete of after `after_seq`."""
+        rows = self._all(
+            "SELECT DISTINCT file_id FROM journal WHERE ns_id = %s AND seq > %s"
+            " AND op = 'delete' AND file_id = ANY(%s)",
+            (ns_id, after_seq, list(file_ids)),
+        )
+        return {r[0] for r in rows}
 
     # -- upload sessions ------------------------------------------------------------------
 
