@@ -25,6 +25,7 @@ from tessera.api.models import FileEntry
 from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable, parse
 from tessera_client.config import Home, Settings
 from tessera_client.fs import Filesystem, RealFilesystem, SafeFilesystem, Stat, SymlinkError
+from tessera_client.ignore import IgnoreRules
 from tessera_client.memory import tune_allocator
 from tessera_client.paths import (
     UnsafePathError,
@@ -442,7 +443,12 @@ class SyncEngine:
             return True
         if k == OpKind.DELETE_FOLDER_LOCAL:
             with contextlib.suppress(FileNotFoundError):
-                if not self.fs.listdir(op.path):
+                left = self.fs.listdir(op.path)
+                # Finder's .DS_Store and the like would keep every deleted folder here, and
+                # the next round would create it on the server again
+                if all(IgnoreRules.is_litter(name) for name in left):
+                    for name in left:
+                        self.fs.remove(f"{op.path}/{name}")
                     self.fs.rmdir(op.path)
             self.state.delete_base(op.path)
             return True

@@ -49,6 +49,13 @@ class IgnoreRules:
             return True
         return self._spec is not None and bool(self._spec.match_file(rel + "/" if is_dir else rel))
 
+    @staticmethod
+    def is_litter(name: str) -> bool:
+        """Whether a file named `name` is what programs leave behind on their own (Finder's
+        `.DS_Store`, Office lock files, editor swap files, a killed download's temp file):
+        built-in ignores, never the user's work."""
+        return _BUILTIN.match(name) is not None
+
     def covers(self, rel: str, *, is_dir: bool = False) -> bool:
         """True when `rel` or a folder above it is ignored: a scan never looks inside an
         ignored folder, so nothing below it is synced whatever the patterns say of it."""

@@ -5,8 +5,11 @@ delete."""
 from __future__ import annotations
 
 import os
+import shutil
 import unicodedata
 from pathlib import Path
+
+from tessera_client.engine import SyncEngine
 
 from .conftest import Cloud, Device, make_device, snapshot
 
@@ -84,3 +87,21 @@ def test_a_folder_turned_into_a_symlink_keeps_its_files_elsewhere(
     b.sync()
     assert (b.folder / "docs" / "a.txt").read_text() == "doc"
     assert (b.folder / "docs" / "deep" / "b.txt").read_text() == "deeper"
+
+
+def test_a_folder_deleted_elsewhere_goes_despite_the_litter_in_it(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """Finder leaves `.DS_Store` in every folder it shows: a folder deleted on another device
+    must still go here, not come back to the server at the next round."""
+    a, b = engines
+    (a.folder / "proj").mkdir()
+    (a.folder / "proj" / "x.txt").write_text("x")
+    a.run_once()
+    b.run_once()
+    (b.folder / "proj" / ".DS_Store").write_bytes(b"finder")
+    shutil.rmtree(a.folder / "proj")
+    a.run_once()
+    b.run_once()
+    a.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {}
