@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tessera.domain import files, listing, paths, sharing
-from tessera.domain.errors import Conflict, Forbidden, NotFound, Unprocessable
+from tessera.domain.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
 from tessera.domain.models import (
     DeleteRequest,
     FileEntry,
@@ -116,6 +116,34 @@ def test_a_commit_into_a_folder_being_shared_moves_along(
         ),
     )
     assert isinstance(committed, FileEntry) and not isinstance(shared, Exception)
+    for who in (alice, bob):
+        assert get_file(services, who, "/Team/new") == b"new"
+
+
+def test_a_commit_waiting_for_a_share_of_its_folder_is_retried_not_hidden(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit that read alice's view before she shared the folder, and got the root
+    namespace after the share, would write into the root under what is now a mount point,
+    where nobody sees it: it answers 503 instead, and its retry lands in the share."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    shared, committed = race_held(
+        monkeypatch,
+        database_url,
+        "move_to_namespace",
+        lambda: sharing.share(
+            services, alice, ShareRequest(path="/Team", email=bob.email, access="editor")
+        ),
+        lambda: put_file(services, alice, "/Team/new", b"new"),
+    )
+    assert not isinstance(shared, Exception), shared
+    assert isinstance(committed, Unavailable), committed
+    put_file(services, alice, "/Team/new", b"new")  # the client's retry
     for who in (alice, bob):
         assert get_file(services, who, "/Team/new") == b"new"
 

@@ -21,6 +21,7 @@ from tessera.domain.errors import (
     NotFound,
     PayloadTooLarge,
     TesseraError,
+    Unavailable,
     Unprocessable,
 )
 from tessera.domain.models import (
@@ -381,6 +382,10 @@ def _commit_in(
             user_id=view.user.user_id,
             session=sessions.get(req.upload_id) if sessions and req.upload_id else None,
         )
+    if rows.membership_version != view.user.membership_version:
+        # a share or unshare committed after the view was read: the path may lead into
+        # another namespace now (written here, the file would lie hidden under a mount)
+        raise Unavailable("your shared folders changed during this commit; retry it")
     if req.idempotency_key is not None:
         digest = _request_hash(req)
         first = after.claim(store, view.user.user_id, req.idempotency_key, digest)

@@ -153,6 +153,9 @@ class CommitReads:
     session: UploadRow | None  # the caller's session, FOR SHARE until the transaction ends,
     # so gc cannot expire it (and delete its staged copies) meanwhile
     expected: dict[str, UploadBlockRow]  # the session's expected blocks among them
+    # the caller's `membership_version` as of the lock: a share or unshare that committed
+    # since the caller's view was read changes it (the view may route the path wrongly)
+    membership_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,8 @@ def _lock_and_read_sql(ns: str = "%(ns)s", ns_ids: str = "%(ns_ids)s::bigint[]")
         f"WITH lk AS (SELECT latest_seq FROM namespaces WHERE ns_id = {ns} FOR UPDATE),"
         f" r AS ({_readable_sql(ns_ids)})"
         " SELECT (SELECT latest_seq FROM lk), seen.latest_seq, k.keys, k.kinds, k.displays,"
-        "  rb.ids, rb.sizes, rb.states, rb.staged"
+        "  rb.ids, rb.sizes, rb.states, rb.staged,"
+        "  (SELECT membership_version FROM users WHERE user_id = %(user)s)"
         f" FROM (SELECT latest_seq FROM namespaces WHERE ns_id = {ns}) AS seen"
         " CROSS JOIN (SELECT array_agg(path_key) AS keys, array_agg(kind) AS kinds,"
         f"  array_agg(path_display) AS displays FROM files WHERE ns_id = {ns}"
@@ -644,7 +648,13 @@ class Store:
         Every statement is sent before a result is read, so in a pipelined transaction (a
         batch) they all cost one round trip."""
         ids = list(block_ids)
-        params = {"ns": ns_id, "keys": list(parent_keys), "ns_ids": list(ns_ids), "ids": ids}
+        params = {
+            "ns": ns_id,
+            "keys": list(parent_keys),
+            "ns_ids": list(ns_ids),
+            "ids": ids,
+            "user": user_id,
+        }
         reads = self.conn.execute(_LOCK_AND_READ_SQL, params)
         sent = None if session else self._session_reads(upload_id, user_id, ids)
         return self._commit_reads(reads.fetchone(), params, session or _session_values(sent))
@@ -678,7 +688,7 @@ class Store:
         stale) and the session's reads."""
         if row is not None and row[0] != row[1]:  # stale: run it again, the lock now held
             row = self._one(_LOCK_AND_READ_SQL, params)
-        columns = [c or () for c in row[2:]] if row else [()] * 7
+        columns = [c or () for c in row[2:9]] if row else [()] * 7
         kinds = {k: (kind, display) for k, kind, display in zip(*columns[:3], strict=True)}
         readable = {b[0]: ReadableBlock(*b) for b in zip(*columns[3:], strict=True)}
         return CommitReads(
@@ -686,6 +696,7 @@ class Store:
             readable=readable,
             session=session.session,
             expected=session.expected,
+            membership_version=row[9] if row else None,
         )
 
     def lock_namespace(self, ns_id: int) -> None:
