@@ -160,6 +160,30 @@ def test_urls_only_for_needed_blocks(services: Services, alice: Principal) -> No
         uploads.upload_urls(services, alice, UploadUrlsRequest(upload_id=upload_id, blocks=[other]))
 
 
+def test_a_committed_block_gets_no_url_for_other_bytes(
+    services: Services, alice: Principal
+) -> None:
+    """Once committed, a staged copy is what versions and dedup-verify rely on: a PUT URL
+    for other bytes at its key would let its uploader change it after they looked. A URL
+    for the same bytes (a client resuming) is still given."""
+    chunks = [b"committed bytes"]
+    upload_id = upload_blocks(services, alice, "/c", chunks)
+    commits.commit(services, alice, commit_request("/c", chunks, upload_id))
+    bid = block_id(chunks[0])
+    with services.db.transaction() as store:
+        row = store.upload_blocks(upload_id, [bid])[bid]
+    assert row.state == "staged" and row.stored_size is not None and row.sha256 is not None
+
+    def ask(size: int, sha256: str) -> object:
+        block = UploadUrlBlock(id=bid, size=size, sha256=sha256)
+        req = UploadUrlsRequest(upload_id=upload_id, blocks=[block])
+        return uploads.upload_urls(services, alice, req)
+
+    assert ask(row.stored_size, row.sha256)
+    with pytest.raises(Conflict, match="committed"):
+        ask(row.stored_size, base64.b64encode(hashlib.sha256(b"garbage").digest()).decode())
+
+
 def test_idempotent_retry_returns_first_result(services: Services, alice: Principal) -> None:
     chunks = [b"idem"]
     upload_id = upload_blocks(services, alice, "/i", chunks)

@@ -9,8 +9,9 @@ import pytest
 
 from tessera.blocks import BlockIntegrityError, block_id
 from tessera.domain.errors import TesseraError
-from tessera.maintenance import DedupResult, GcResult
+from tessera.maintenance import DedupResult, GcResult, dedup
 from tessera.maintenance.dedup import verify_staged
+from tessera.maintenance.verify import check_stored
 from tests.concurrency import run_at_once
 
 from .test_maintenance_world import (
@@ -154,6 +155,32 @@ def test_a_quarantined_copy_is_kept_for_the_retention_then_its_object_goes(
     with pytest.raises((TesseraError, BlockIntegrityError)):
         world.get(MALLORY, "/x.bin")
     assert world.run_as(GcResult, "gc", days=retention + 1).quarantine_deleted == 0
+
+
+def test_bytes_put_after_verification_never_become_the_canonical_block(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An uploader who PUTs other bytes at their staged key between dedup's check and its
+    copy (a presigned URL for other bytes, used at the right moment) must not make those
+    bytes everyone's copy of the block: the canonical object is verified itself."""
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(MALLORY, "/x.bin", data)
+    def swapped_after(*args: object, **kwargs: object) -> object:
+        verdict = check_stored(*args, **kwargs)  # type: ignore[arg-type]
+        key = str(args[2])
+        if key.startswith("staging/"):
+            world.store.put(key, secrets.token_bytes(300))
+        return verdict
+
+    monkeypatch.setattr(dedup, "check_stored", swapped_after)
+    assert _dedup(world).promoted == 0
+    assert world.keys_under("blocks/") == []
+    monkeypatch.undo()
+    assert _dedup(world).quarantined == 2  # the next run reads what is there now
+
+    world.put(ALICE, "/x.bin", data)  # the honest upload
+    assert _dedup(world).promoted == 2
+    assert world.get(ALICE, "/x.bin") == data
 
 
 def test_two_dedup_runs_at_once_settle_each_copy_exactly_once(world: World) -> None:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.commits import check_block_list
-from tessera.domain.errors import NotFound, PayloadTooLarge, Unprocessable
+from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from tessera.domain.models import (
     BlockKey,
     PresignedUrl,
@@ -124,6 +124,10 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
             row = rows.get(b.id)
             if row is None:
                 raise Unprocessable(f"block {b.id} is not needed by this upload session")
+            if row.state != "expected" and (b.size, b.sha256) != (row.stored_size, row.sha256):
+                # a committed copy is what versions (and dedup-verify) rely on: other bytes
+                # for it would be written after they looked
+                raise Conflict(f"block {b.id} is committed in this session; it cannot change")
             if b.size > settings.max_stored_block_size:
                 raise PayloadTooLarge(
                     f"encoded block {b.id} is larger than {settings.max_stored_block_size} bytes"

@@ -104,6 +104,15 @@ def _settle(
                 result.bytes_freed += check.stored_size
             else:
                 store.copy(copy.staged_key, target)
+                # What was copied is what the staged key held at the copy, not what was
+                # verified: its uploader may have PUT other bytes there in between. So the
+                # canonical object is verified itself; if it is not the block, it goes, and
+                # the copy is settled by the next run (which reads what is there now).
+                promoted = check_stored(store, ctx.keys, target, bid, expect_plain_size=copy.size)
+                if not promoted.ok:
+                    store.delete(target)
+                    log.warning("dedup: %s changed after it was verified", copy.staged_key)
+                    return
                 tx.block(bid, for_update=True)
                 tx.mark_live(
                     bid,
