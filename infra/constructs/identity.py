@@ -25,6 +25,11 @@ class Identity(Construct):
             standard_attributes=cognito.StandardAttributes(
                 email=cognito.StandardAttribute(required=True, mutable=True)
             ),
+            # The API takes the caller's email from the token (it is how shares find
+            # people): a new address must be verified before it replaces the old one, or a
+            # user could claim someone else's address, and their shares, before its owner
+            # signs in.
+            keep_original=cognito.KeepOriginalAttrs(email=True),
             password_policy=cognito.PasswordPolicy(
                 min_length=12,
                 require_lowercase=True,
@@ -57,4 +62,5 @@ class Identity(Construct):
             id_token_validity=Duration.hours(1),
             refresh_token_validity=Duration.days(30),
             enable_token_revocation=True,
+            write_attributes=cognito.ClientAttributes(),  # the CLI changes no attribute
         )

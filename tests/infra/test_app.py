@@ -355,12 +355,14 @@ def test_cognito_pool_password_policy_and_threat_protection(dev: Synth) -> None:
                 "RequireNumbers": True, "RequireSymbols": True})},
             "UserPoolTier": "PLUS",
             "UserPoolAddOns": {"AdvancedSecurityMode": "ENFORCED"},
+            # the email claim names the caller: a new address counts once verified
+            "UserAttributeUpdateSettings": {"AttributesRequireVerificationBeforeUpdate": ["email"]},
         },
     )  # fmt: skip
     dev.app_template.has_resource_properties(
         "AWS::Cognito::UserPoolClient",
         {"GenerateSecret": False, "ExplicitAuthFlows": Match.array_with(
-            ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"])},
+            ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"]), "WriteAttributes": []},
     )  # fmt: skip
 
 
