@@ -149,6 +149,16 @@ class KeyService(ABC):
     def _load_secret(self, version: int) -> bytes:
         """The 32-byte secret of `version`; KeyError when the version is unknown."""
 
+    @abstractmethod
+    def versions(self) -> list[int]:
+        """Every key version there is, oldest first, from what the backend already holds
+        (no call to the secret store per question)."""
+
+    def knows(self, version: int) -> bool:
+        """Whether `version` is a key version. Ask before loading a version that came from
+        outside (a cursor's): loading an unknown one can cost a secret-store call."""
+        return version in self.versions()
+
     def secret(self, version: int) -> bytes:
         """The secret of `version`, loaded once per process (once per cold start on Lambda)."""
         if version not in self._cache:

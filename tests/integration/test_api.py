@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
 from tessera.blocks import block_id, content_hash
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
-from .conftest import Caller, put_file, upload_blocks
+from .conftest import Caller, api_event, put_file, upload_blocks
 
 
 def _commit_body(
@@ -131,9 +134,21 @@ def test_malformed_bodies_are_422(
     assert any(f["field"] == field for f in out["error"]["fields"]), out
 
 
-def test_invalid_json_is_422(call: Caller, alice: Principal) -> None:
-    status, out, _ = call("POST", "/v1/commit", None, alice, raw_body="{not json")
+@pytest.mark.parametrize("raw", ["{not json", "[" * 50_000], ids=["malformed", "deeply-nested"])
+def test_invalid_json_is_422(call: Caller, alice: Principal, raw: str) -> None:
+    status, out, _ = call("POST", "/v1/commit", None, alice, raw_body=raw)
     assert status == 422 and "JSON" in out["error"]["message"]
+
+
+def test_a_body_that_is_not_utf8_is_422(services: Services, alice: Principal) -> None:
+    """The gateway passes such a body base64-encoded; decoding it failed outside the parser."""
+    from tessera.api import build_resolver
+
+    event = api_event("POST", "/v1/list_folder", None, alice)
+    event.update(body=base64.b64encode(b"\xff{}").decode(), isBase64Encoded=True)
+    response = build_resolver(services).resolve(event, None)  # type: ignore[arg-type]
+    assert response["statusCode"] == 422
+    assert json.loads(response["body"])["error"]["code"] == "invalid"
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from unittest import mock
 
 import pytest
 
@@ -112,6 +113,24 @@ def test_listing_missing_or_file_or_bad_path(services: Services, alice: Principa
         listing.list_folder(services, alice, "/f", False, None)
     with pytest.raises(InvalidPath):
         listing.list_folder(services, alice, "/../x", False, None)
+
+
+def test_a_forged_cursor_loads_no_key(services: Services, alice: Principal) -> None:
+    """A cursor names the key version it is signed with, and anyone signed in can send one:
+    the version is checked against the known ones before any secret is loaded (on AWS,
+    loading an unknown version was an SSM GetParameter per forged cursor)."""
+    real_load = services.keys._load_secret
+    loaded: list[int] = []
+
+    def load(version: int) -> bytes:
+        loaded.append(version)
+        return real_load(version)
+
+    with mock.patch.object(services.keys, "_load_secret", load):
+        for version in ("99", "0", "-1", "9" * 1200):
+            with pytest.raises(InvalidCursor):
+                listing.list_folder_continue(services, alice, f"c1.{version}.e30.AAAA", None)
+    assert loaded == []
 
 
 def test_forged_and_foreign_cursors(services: Services, alice: Principal, bob: Principal) -> None:

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from unittest import mock
 
 import httpx
 import jwt
 import pytest
+from argon2 import PasswordHasher
 
 from tessera.adapters.local import (
     FilesystemBlockStore,
@@ -138,8 +143,9 @@ def test_bad_credentials(env: Env, email: str, password: str) -> None:
 
 
 def test_token_endpoint_rejects_malformed_bodies(env: Env) -> None:
-    r = httpx.post(env.url + "/v1/auth/token", content=b"{not json")
-    assert r.status_code == 422
+    for body in (b"{not json", b"[" * 50_000, b"\xff"):
+        r = httpx.post(env.url + "/v1/auth/token", content=body)
+        assert r.status_code == 422, r.text
     r = httpx.post(env.url + "/v1/auth/token", json={"email": "a@b.c"})
     assert r.status_code == 400
 
@@ -241,6 +247,71 @@ def test_password_guessing_is_throttled(env: Env) -> None:
     assert r.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(r.headers["retry-after"]) <= 60
     assert _login(env).status_code == 200  # other users are not affected
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"email": "a" * 250 + "@example.com", "password": PASSWORD}, 422),
+        ({"email": "alice@example.com", "password": "x" * 1025}, 401),
+        (b'{"email": "alice@example.com", "password": "\\ud800"}', 401),
+        (b'{"email": "\\ud800@example.com", "password": "guess guess"}', 401),
+    ],
+    ids=["long-email", "long-password", "surrogate-password", "surrogate-email"],
+)
+def test_unusable_credentials_get_a_clear_error_not_a_500(
+    env: Env, body: dict[str, str] | bytes, status: int
+) -> None:
+    """Over-long ones are refused before any hashing; a lone surrogate (no UTF-8 form)
+    reached argon2 or PostgreSQL and failed there."""
+    if isinstance(body, bytes):
+        r = httpx.post(env.url + "/v1/auth/token", content=body)
+    else:
+        r = httpx.post(env.url + "/v1/auth/token", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == ("invalid" if status == 422 else "unauthorized")
+
+
+def test_concurrent_sign_ins_check_a_few_passwords_at_a_time(env: Env) -> None:
+    """Each argon2id check takes 64 MiB: sign-ins for made-up addresses (no lockout applies)
+    wait for one of `hash_slots`, and get 429 + Retry-After when none frees up soon."""
+    users = LocalUsers(env.database, hash_slots=2, hash_wait_s=0.05)
+    lock = threading.Lock()
+    running, peak = 0, 0
+
+    class SlowHasher(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+            nonlocal running, peak
+            with lock:
+                running += 1
+                peak = max(peak, running)
+            try:
+                time.sleep(0.2)
+                return super().verify(hash, password)
+            finally:
+                with lock:
+                    running -= 1
+
+    server = Server()
+    server.start(create_app(Gateway(token_endpoint=LocalIdentity(users, env.issuer))))
+    try:
+        with mock.patch.object(users, "_hasher", SlowHasher()):
+
+            def sign_in(_: int) -> httpx.Response:
+                email = f"{uuid.uuid4().hex}@example.com"
+                return httpx.post(
+                    server.base_url + "/v1/auth/token", json={"email": email, "password": "x"}
+                )
+
+            with ThreadPoolExecutor(8) as pool:
+                responses = list(pool.map(sign_in, range(8)))
+    finally:
+        server.stop()
+    assert peak <= 2
+    assert {r.status_code for r in responses} == {401, 429}
+    refused = [r for r in responses if r.status_code == 429]
+    assert all(r.headers["retry-after"] == "1" for r in refused)
+    assert refused[0].json()["error"]["code"] == "rate_limited"
 
 
 def test_api_requests_are_throttled_per_user_with_retry_after(env: Env) -> None:

@@ -160,6 +160,10 @@ def test_longpoll_bad_requests(cloud: tuple[str, str]) -> None:
     assert r.json()["error"]["code"] == "invalid"
     r = httpx.post(base_url + "/v1/list_folder/longpoll", json={"cursor": "x"})
     assert r.status_code == 401
+    for body in (b"[" * 50_000, b"\xff"):  # nested too deep, not UTF-8
+        r = client.http.post("/v1/list_folder/longpoll", content=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "invalid"
 
 
 def test_another_users_cursor_is_refused(cloud: tuple[str, str], database_url: str) -> None:

@@ -266,6 +266,9 @@ class _Keys(KeyService):
     def _load_secret(self, version: int) -> bytes:
         return self.secrets[version]
 
+    def versions(self) -> list[int]:
+        return sorted(self.secrets)
+
 
 def test_block_key_is_hmac_sha256_of_the_id_under_the_versioned_secret() -> None:
     bid = block_id(TEXT)

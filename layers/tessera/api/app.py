@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from pydantic import BaseModel, ValidationError
 
 import tessera
@@ -60,14 +61,19 @@ def principal_of(event: dict[str, Any]) -> Principal:
     return Principal(user_id=sub, email=email)
 
 
-def _parse(route: Route, raw: str | None) -> BaseModel | None:
-    """The request model of a body; 422 on malformed JSON or a body that does not fit."""
+def _parse(route: Route, event: BaseProxyEvent) -> BaseModel | None:
+    """The request model of a body; 422 on malformed JSON or a body that does not fit.
+
+    Decoding is part of parsing: a base64 body that is not UTF-8 raises `UnicodeDecodeError`
+    (a `ValueError`), and JSON nested past the recursion limit `RecursionError`.
+    """
     if route.request is None:
         return None
     try:
+        raw = event.decoded_body
         data = json.loads(raw) if raw else {}
-    except ValueError as exc:
-        raise _BodyError("the body is not valid JSON", []) from exc
+    except (ValueError, RecursionError) as exc:
+        raise _BodyError("the body is not valid JSON in UTF-8, or is nested too deep", []) from exc
     try:
         return route.request.model_validate(data)
     except ValidationError as exc:
@@ -99,7 +105,7 @@ def build_resolver(services: Services) -> APIGatewayRestResolver:
         def handler() -> Response[str]:
             event = app.current_event
             principal = principal_of(event.raw_event)
-            request = _parse(route, event.decoded_body)
+            request = _parse(route, event)
             return _respond(route.handler(services, principal, request))
 
         handler.__name__ = "route_" + route.path.replace("/", "_")

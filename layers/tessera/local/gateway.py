@@ -138,7 +138,7 @@ async def json_body(request: Request, limit: int) -> dict[str, Any]:
     raw = await read_body(request, limit)
     try:
         data = json.loads(raw or b"{}")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the limit
         raise Unprocessable("the body is not valid JSON") from exc
     if not isinstance(data, dict):
         raise Unprocessable("the body must be a JSON object")

@@ -25,7 +25,7 @@ def native_longpoll(services: Services, feed: PostgresChangeFeed) -> Longpoll:
     async def longpoll(principal: Principal, body: bytes) -> dict[str, Any] | None:
         try:
             req = LongpollRequest.model_validate(json.loads(body or b"{}"))
-        except (ValueError, ValidationError):
+        except (ValueError, RecursionError, ValidationError):  # RecursionError: deep nesting
             return None  # the API answers malformed bodies, with its exact 422
         plan = plan_longpoll(services, principal, req)  # HMAC check only: no I/O
         changed = plan.ready or await feed.wait_async(plan.watch, plan.timeout)

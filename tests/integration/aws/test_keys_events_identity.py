@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from typing import Any
+from unittest import mock
 
 import jwt
 import pytest
@@ -94,6 +95,39 @@ def test_a_cold_start_reads_parameter_store_once(
         aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
     fresh = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
     assert fresh.secret(1) == old  # read by its own GetParameter: the same secret
+
+
+def test_unknown_versions_cost_no_parameter_store_call(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    """A cursor names its key version, and anyone signed in can forge one: `knows` answers
+    from the cold start's listing; a version newer than any listed (another process may have
+    rotated) lists again, but at most every `RELIST_S`."""
+    prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
+    create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
+    keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
+    keys.load_current()
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    aws_clients.ssm.meta.events.register("before-call.ssm", record)
+    try:
+        assert not any(keys.knows(v) for v in (0, 2, 99, 10**1000))
+        assert keys.knows(1)
+        assert calls == []
+        create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
+        calls.clear()
+        later = time.monotonic() + keys.RELIST_S
+        with mock.patch("tessera.adapters.aws.keys.time.monotonic", return_value=later):
+            assert keys.knows(2)  # rotated by another process, listed again
+            assert not keys.knows(3)  # not again so soon
+            keys.secret(2)  # came with the listing
+        assert calls == ["GetParametersByPath"]
+        assert keys.versions() == [1, 2] and keys.current_version() == 1
+    finally:
+        aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
 
 
 def test_key_blob_is_bound_to_its_version(

@@ -31,9 +31,20 @@ def test_rotation_keeps_old_versions(key_service_harness: KeyServiceHarness) -> 
     assert fresh.block_key(BLOCK)[0] == new_version
     assert fresh.block_key(BLOCK)[1] != old_key
     assert fresh.block_key(BLOCK, old_version) == (old_version, old_key)
+    assert fresh.versions() == sorted([old_version, new_version])
 
 
 def test_unknown_version_is_an_error(key_service_harness: KeyServiceHarness) -> None:
     keys = key_service_harness.open()
     with pytest.raises(KeyError):
         keys.block_key(BLOCK, 10_000)
+
+
+def test_known_versions(key_service_harness: KeyServiceHarness) -> None:
+    """`knows` answers from what the service holds: callers ask it before loading a version
+    that came from outside (a cursor's)."""
+    keys = key_service_harness.open()
+    current = keys.current_version()
+    assert current in keys.versions()
+    assert keys.knows(current)
+    assert not keys.knows(10_000) and not keys.knows(0) and not keys.knows(-1)

@@ -10,6 +10,7 @@ cold start. Rotation adds a version (`create_key_version`); old versions stay re
 from __future__ import annotations
 
 import base64
+import time
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
@@ -86,25 +87,49 @@ def ensure_key_version(kms: KMSClient, ssm: SSMClient, key_id: str, prefix: str)
 class KmsKeyService(KeyService):
     """Secrets decrypted by KMS from Parameter Store, once per process."""
 
+    #: The version listing is read again, to learn of a rotation by another process, at most
+    #: this often: a cursor may name any version, and forged ones must not cost SSM calls.
+    RELIST_S = 60.0
+
     def __init__(self, kms: KMSClient, ssm: SSMClient, prefix: str) -> None:
         super().__init__()
         self._kms = kms
         self._ssm = ssm
         self._prefix = prefix
         self._current: int | None = None
+        self._known: frozenset[int] = frozenset()
+        self._next_listing = 0.0
         # What the version listing brought along, so the current secret needs no second
         # SSM call at cold start; each value is used once, then the decrypted key is cached.
         self._listed: dict[int, str] = {}
+
+    def _list(self) -> None:
+        listed = stored_key_versions(self._ssm, self._prefix, decrypt=True)
+        self._known = frozenset(listed)
+        self._listed.update((v, blob) for v, blob in listed.items() if v not in self._cache)
+        self._next_listing = time.monotonic() + self.RELIST_S
 
     def current_version(self) -> int:
         """The newest stored version, looked up once per process (rotation applies on the
         next cold start). Raises KeyError when no version exists yet."""
         if self._current is None:
-            self._listed = stored_key_versions(self._ssm, self._prefix, decrypt=True)
-            if not self._listed:
+            self._list()
+            if not self._known:
                 raise KeyError(f"no block-key versions under {self._prefix}")
-            self._current = max(self._listed)
+            self._current = max(self._known)
         return self._current
+
+    def versions(self) -> list[int]:
+        """The versions the last listing found (at cold start, or at a later `knows`)."""
+        self.current_version()
+        return sorted(self._known)
+
+    def knows(self, version: int) -> bool:
+        """From the last listing; a version newer than any listed (a process started after
+        a rotation may have signed a cursor with it) lists again, at most every `RELIST_S`."""
+        if version > max(self.versions()) and time.monotonic() >= self._next_listing:
+            self._list()
+        return version in self._known
 
     def _load_secret(self, version: int) -> bytes:
         value = self._listed.pop(version, None)

@@ -13,8 +13,9 @@ import os
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Mapping
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,14 @@ AUDIENCE = "tessera"
 ACCESS_TTL = 3600
 REFRESH_TTL = 30 * 24 * 3600
 MIN_PASSWORD = 8
+#: Longer passwords are refused (422) when set and fail (401) at sign-in without being hashed:
+#: far beyond any passphrase, and a bound on what an anonymous caller makes argon2 read.
+MAX_PASSWORD = 1024
+#: RFC 5321's limit on an address; a longer one is refused before any other work.
+MAX_EMAIL = 254
+#: Memory the password checks running at once may take: argon2id takes `memory_cost` KiB
+#: (64 MiB with the library's parameters) per check, so 4 checks, fewer on fewer cores.
+HASH_MEMORY_BUDGET_KIB = 256 * 1024
 _ALGORITHM = "ES256"
 
 
@@ -121,28 +130,78 @@ class JwtIssuer(Identity):
         return self._decode(token, f"{self.audience}:refresh", "refresh")
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a str with a lone surrogate (JSON's `"\\ud800"`): neither argon2 nor
+    PostgreSQL takes one, and they would fail with a `UnicodeEncodeError` (a 500)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize_email(email: str) -> str:
     """The case-folded, trimmed form users are stored and looked up under."""
     cleaned = email.strip().casefold()
     local, at, domain = cleaned.partition("@")
-    if not at or not local or not domain or len(cleaned) > 254 or any(c.isspace() for c in cleaned):
-        raise Unprocessable(f"not an email address: {email!r}")
+    if (
+        not at
+        or not local
+        or not domain
+        or len(cleaned) > MAX_EMAIL
+        or any(c.isspace() for c in cleaned)
+        or not _is_utf8(cleaned)
+    ):
+        raise Unprocessable(f"not an email address: {email[:MAX_EMAIL]!r}")
     return cleaned
 
 
-class LocalUsers:
-    """The local user directory: create users, check passwords (argon2id)."""
+def password_can_match(password: str) -> bool:
+    """Whether `password` could be a stored one (`add` refuses the others): when not, a
+    sign-in fails without hashing it."""
+    return len(password) <= MAX_PASSWORD and _is_utf8(password)
 
-    def __init__(self, conninfo: str) -> None:
+
+class LocalUsers:
+    """The local user directory: create users, check passwords (argon2id).
+
+    Sign-ins check passwords `hash_slots` at a time (by default as many as there are cores,
+    within `HASH_MEMORY_BUDGET_KIB`): each argon2id check takes 64 MiB and ~0.3 s of a core,
+    so unbounded concurrent sign-ins — which need no account — took the gateway past 1.4 GiB.
+    A sign-in that finds no free slot within `hash_wait_s` gets 429 with Retry-After rather
+    than waiting on: it waits in one of the gateway's worker threads, which the API shares.
+    """
+
+    def __init__(
+        self, conninfo: str, *, hash_slots: int | None = None, hash_wait_s: float = 1.0
+    ) -> None:
         self.conninfo = conninfo
         self._hasher = PasswordHasher()  # argon2id with the library's current parameters
         self._dummy_hash = self._hasher.hash("not-a-real-password")
+        if hash_slots is None:
+            by_memory = HASH_MEMORY_BUDGET_KIB // self._hasher.memory_cost
+            hash_slots = max(1, min(os.cpu_count() or 1, by_memory))
+        self._hash_slots = threading.BoundedSemaphore(hash_slots)
+        self.hash_wait_s = hash_wait_s
+
+    @contextmanager
+    def _hash_slot(self) -> Iterator[None]:
+        """Hold one of the password-check slots; `TooManyRequests` when none frees up soon."""
+        if not self._hash_slots.acquire(timeout=self.hash_wait_s):
+            raise TooManyRequests("too many sign-ins at once; try again shortly", 1)
+        try:
+            yield
+        finally:
+            self._hash_slots.release()
 
     def add(self, email: str, password: str) -> Principal:
         """Create a user; `Conflict` when the email is taken."""
         address = normalize_email(email)
-        if len(password) < MIN_PASSWORD:
-            raise Unprocessable(f"a password needs at least {MIN_PASSWORD} characters")
+        if len(password) < MIN_PASSWORD or not password_can_match(password):
+            raise Unprocessable(
+                f"a password needs at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
+                "characters of Unicode text"
+            )
         with psycopg.connect(self.conninfo) as conn:
             user_id = local_users.insert_user(conn, address, self._hasher.hash(password))
         if user_id is None:
@@ -150,12 +209,16 @@ class LocalUsers:
         return Principal(user_id=str(user_id), email=address)
 
     def authenticate(self, email: str, password: str) -> Principal:
-        """The user with these credentials; `Unauthorized` (same message) otherwise."""
+        """The user with these credentials; `Unauthorized` (same message) otherwise;
+        `TooManyRequests` when the password-check slots stay busy."""
+        if not password_can_match(password):
+            raise Unauthorized("wrong email or password")
         try:
             address = normalize_email(email)
         except Unprocessable:
             address = ""
-        with psycopg.connect(self.conninfo) as conn:
+        # the slot before the connection: a waiting sign-in holds no database connection
+        with self._hash_slot(), psycopg.connect(self.conninfo) as conn:
             found = local_users.find_by_email(conn, address) if address else None
             # hash even for unknown users, so timing does not reveal who has an account
             stored = found[1] if found else self._dummy_hash
@@ -186,15 +249,21 @@ class LoginThrottle:
 
     What Cognito does against password guessing, in memory (one local gateway process).
     Checked before the password is hashed, so a guessing loop costs no argon2 time.
+    Anyone can fail a sign-in for any address, so at most `max_keys` addresses are kept: the
+    one that failed least recently goes first. Failures cost a password check each (at most
+    a few a second, see `LocalUsers`), so filling it takes far longer than `window_s`: what
+    goes has expired anyway, and a lockout cannot be flushed by failing for other addresses.
     """
 
-    def __init__(self, max_failures: int = 5, window_s: float = 60.0) -> None:
-        self.max_failures, self.window_s = max_failures, window_s
+    def __init__(
+        self, max_failures: int = 5, window_s: float = 60.0, max_keys: int = 10_000
+    ) -> None:
+        self.max_failures, self.window_s, self.max_keys = max_failures, window_s, max_keys
         self._lock = threading.Lock()
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(key, deque())
+        failures = self._failures.get(key, deque())
         while failures and failures[0] <= now - self.window_s:
             failures.popleft()
         return failures
@@ -212,7 +281,12 @@ class LoginThrottle:
         """Record a failed attempt."""
         now = time.monotonic()
         with self._lock:
-            self._recent(key, now).append(now)
+            failures = self._recent(key, now)
+            failures.append(now)
+            self._failures[key] = failures
+            self._failures.move_to_end(key)
+            while len(self._failures) > self.max_keys:
+                self._failures.popitem(last=False)
 
     def succeeded(self, key: str) -> None:
         """Forget the failures of `key`."""
@@ -242,6 +316,12 @@ class LocalIdentity:
         if not isinstance(email, str) or not isinstance(password, str):
             raise BadRequest('send {"email", "password"} or {"refresh_token"}')
         key = email.strip().casefold()
+        if len(key) > MAX_EMAIL:
+            raise Unprocessable(f"an email address has at most {MAX_EMAIL} characters")
+        # refused before the throttle: costs no hashing, and uncounted, floods of these
+        # cannot push other addresses' failures out of it
+        if not password_can_match(password):
+            raise Unauthorized("wrong email or password")
         self.throttle.check(key)
         try:
             principal = self.users.authenticate(email, password)
