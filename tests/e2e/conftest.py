@@ -251,18 +251,23 @@ def make_device(
     if cli:
         d.login()
     else:
-        home = Home(d.home)
-        api = Api(cloud.url, home)
-        try:
-            api.login(email, PASSWORD)
-            api.call("/v1/account", method="GET")
-        finally:
-            api.close()
-        settings = home.load_settings()
-        settings.server_url, settings.email, settings.device_name = cloud.url, email, name
-        home.save_settings(settings)
+        sign_in(cloud, email, Home(d.home), name)
     devices.append(d)
     return d
+
+
+def sign_in(cloud: Cloud, email: str, home: Home, name: str) -> Home:
+    """`tessera login`'s steps in-process: tokens and settings of device `name` in `home`."""
+    api = Api(cloud.url, home)
+    try:
+        api.login(email, PASSWORD)
+        api.call("/v1/account", method="GET")
+    finally:
+        api.close()
+    settings = home.load_settings()
+    settings.server_url, settings.email, settings.device_name = cloud.url, email, name
+    home.save_settings(settings)
+    return home
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> float:
@@ -281,17 +286,12 @@ def engines(inproc_cloud: Cloud, tmp_path: Path) -> Iterator[tuple[SyncEngine, S
     email = inproc_cloud.user()
     made = []
     for name in ("A", "B"):
-        home = Home(tmp_path / f"home-{name}")
-        api = Api(inproc_cloud.url, home)
-        api.login(email, PASSWORD)
-        api.close()
-        settings = home.load_settings()
-        settings.server_url, settings.device_name = inproc_cloud.url, name
-        home.save_settings(settings)
+        home = sign_in(inproc_cloud, email, Home(tmp_path / f"home-{name}"), name)
         folder = tmp_path / f"folder-{name}"
         folder.mkdir()
         policy = RetryPolicy(attempts=2, base=0.01, cap=0.05)
-        made.append(SyncEngine(home, settings, folder, Api(inproc_cloud.url, home, policy=policy)))
+        api = Api(inproc_cloud.url, home, policy=policy)
+        made.append(SyncEngine(home, home.load_settings(), folder, api))
     yield made[0], made[1]
     for engine in made:
         engine.close()

@@ -10,21 +10,15 @@ import pytest
 from tessera_client.api import Api
 from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
-from tests.e2e.conftest import PASSWORD, Cloud
+from tests.e2e.conftest import Cloud, sign_in
 
 pytestmark = pytest.mark.e2e
 
 
 def _device(cloud: Cloud, email: str, root: Path, name: str) -> tuple[Home, Path]:
-    home, folder = Home(root / f"home-{name}"), root / f"folder-{name}"
+    folder = root / f"folder-{name}"
     folder.mkdir(parents=True)
-    api = Api(cloud.url, home)
-    api.login(email, PASSWORD)
-    api.close()
-    settings = home.load_settings()
-    settings.server_url, settings.device_name = cloud.url, name
-    home.save_settings(settings)
-    return home, folder
+    return sign_in(cloud, email, Home(root / f"home-{name}"), name), folder
 
 
 def _engine(cloud: Cloud, home: Home, folder: Path, seen: list[str]) -> SyncEngine:
