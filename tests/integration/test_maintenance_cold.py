@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -15,7 +16,10 @@ import pytest
 
 from tessera.domain.models import RestoringResponse
 from tessera.maintenance import ColdResult
-from tessera.ports import StorageTier
+from tessera.maintenance.verify import check_stored
+from tessera.metadata.maintenance import MaintenanceTx
+from tessera.metadata.store import Store, VersionBlockRow
+from tessera.ports import BlockStore, StorageTier
 
 from .test_maintenance_world import (
     ALICE,
@@ -130,3 +134,184 @@ def test_cold_storage_on_s3_glacier_and_restore(s3_world: World) -> None:
         head = w.store.head(key)
         assert head is not None and head.tier is StorageTier.HOT  # copied back to STANDARD
     assert w.get(ALICE, path) == data
+
+
+class _Killed(BaseException):
+    """The process dies here (not an error any step would catch)."""
+
+
+def _unread_since_100_days(w: World, block_id: str | None = None) -> None:
+    """Age the blocks' last read (all of them, or `block_id`'s) past the cold threshold."""
+    with w.svc.db.pool.connection() as conn:
+        conn.execute(
+            "UPDATE blocks SET last_access = now() - interval '100 days'"
+            " WHERE block_id = COALESCE(%s, block_id)",
+            (block_id,),
+        )
+
+
+def _killed(*_: object) -> None:
+    """A `BlockStore.set_tier` that dies before moving anything."""
+    raise _Killed
+
+
+def test_a_run_killed_before_moving_leaves_the_block_served_hot_then_moved(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database agrees first: a run killed between marking a block cold and moving
+    its object leaves a cold row over a hot object, served as it is, and the next run moves
+    it. (Moving the object first left a live row over a cold object: downloads failed and
+    never restored it, and scrub quarantined intact bytes.)"""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/f.bin", data)
+    world.run("dedup")
+    with monkeypatch.context() as patch:
+        patch.setattr(type(world.store), "set_tier", _killed)
+        with pytest.raises(_Killed):
+            _cold(world, days=91)
+    key = world.keys_under("blocks/")[0]
+    head = world.store.head(key)
+    assert head is not None and head.tier is StorageTier.HOT
+    assert world.get(ALICE, "/f.bin") == data  # a cold row, its object still hot: served
+
+    result = _cold(world, days=91)  # the read is older than this run's cutoff
+    assert result.blocks_moved == 1 and result.errors == []
+    head = world.store.head(key)
+    assert head is not None and head.tier is StorageTier.COLD
+    assert world.sql("SELECT state, storage_class FROM blocks") == [("cold", "cold")]
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    world.store_clock.advance(hours=2)
+    assert _cold(world, days=91).restores_completed == 1
+    assert world.get(ALICE, "/f.bin") == data
+
+
+def test_a_run_killed_after_moving_leaves_a_cold_row_that_restores(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed once the object has moved, before recording it: the row already says cold, so
+    a download starts a restore (the object moved first, the row said live: downloads got
+    a URL that failed, and no restore was ever started)."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/f.bin", data)
+    world.run("dedup")
+    set_tier = type(world.store).set_tier
+
+    def moved_then_killed(self: BlockStore, key: str, tier: StorageTier) -> None:
+        set_tier(self, key, tier)
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(world.store), "set_tier", moved_then_killed)
+        with pytest.raises(_Killed):
+            _cold(world, days=91)
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    world.store_clock.advance(hours=2)
+    assert _cold(world, days=91).restores_completed == 1
+    assert world.get(ALICE, "/f.bin") == data
+    assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
+
+
+def test_a_block_marked_cold_and_read_before_its_move_is_live_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/f.bin", data)
+    world.run("dedup")
+    _unread_since_100_days(world)
+    with monkeypatch.context() as patch:
+        patch.setattr(type(world.store), "set_tier", _killed)
+        with pytest.raises(_Killed):
+            _cold(world, days=0)
+    assert world.get(ALICE, "/f.bin") == data  # read today
+    assert _cold(world, days=0).blocks_moved == 0
+    assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
+    head = world.store.head(world.keys_under("blocks/")[0])
+    assert head is not None and head.tier is StorageTier.HOT
+
+
+def test_a_download_that_read_the_block_live_sees_it_moved(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download read the block's row as live, then cold storage marked and moved it
+    before the download recorded its read: the answer is `restoring`, not a URL of an
+    object that can no longer be read."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/f.bin", data)
+    world.run("dedup")
+    _unread_since_100_days(world)
+    read = Store.version_blocks
+    moved: list[int] = []
+
+    def version_blocks(self: Store, ns_id: int, file_id: str, rev: int) -> list[VersionBlockRow]:
+        rows = read(self, ns_id, file_id, rev)
+        if not moved:
+            moved.append(_cold(world, days=0).blocks_moved)
+        return rows
+
+    monkeypatch.setattr(Store, "version_blocks", version_blocks)
+    answer = world.get(ALICE, "/f.bin")
+    assert moved == [1]
+    assert isinstance(answer, RestoringResponse)
+    assert _states(world) == {"restoring"}
+
+
+def test_a_commit_reusing_old_blocks_keeps_them_hot(world: World) -> None:
+    """A version built from blocks unread for long is as good as a read of them: they do
+    not go cold right after the commit."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/old.bin", data)
+    world.run("dedup")
+    _unread_since_100_days(world)
+    staged = world.keys_under("staging/")
+    world.put(ALICE, "/new.bin", data)
+    assert world.keys_under("staging/") == staged  # the block was reused, not uploaded
+    assert _cold(world, days=0).blocks_moved == 0
+    assert _states(world) == {"live"}
+
+
+@pytest.mark.aws
+def test_a_read_while_move_cold_runs_on_s3_keeps_the_block_hot(
+    s3_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download lands between the run's candidate read and `mark_cold`: the block stays
+    live and hot and the run carries on. (Moved first, the object could not be moved back
+    from GLACIER unrestored: the run crashed and left a live row over a cold object.)"""
+    w = s3_world
+    data = secrets.token_bytes(BLOCK)
+    path = f"/{uuid.uuid4().hex}.bin"
+    w.put(ALICE, path, data)
+    w.run("dedup")
+    bid = str(w.sql("SELECT block_id FROM blocks ORDER BY created_at DESC LIMIT 1")[0][0])
+    _unread_since_100_days(w, bid)
+    mark = MaintenanceTx.mark_cold
+
+    def read_first(self: MaintenanceTx, block_id: str, cutoff: datetime) -> bool:
+        if block_id == bid:
+            assert w.get(ALICE, path) == data
+        return mark(self, block_id, cutoff)
+
+    monkeypatch.setattr(MaintenanceTx, "mark_cold", read_first)
+    result = _cold(w, days=0)
+    assert result.errors == []
+    assert w.sql("SELECT state, storage_class FROM blocks WHERE block_id = %s", bid) == [
+        ("live", "hot")
+    ]
+    head = w.store.head(f"blocks/{bid[3:]}")
+    assert head is not None and head.tier is StorageTier.HOT
+    assert w.get(ALICE, path) == data
+
+
+@pytest.mark.aws
+def test_scrub_check_of_an_unrestored_glacier_object_is_a_verdict(s3_world: World) -> None:
+    """`check_stored` answers "unreadable" for an object S3 will not serve until restored,
+    rather than raising S3's own error out of scrub."""
+    w = s3_world
+    data = secrets.token_bytes(BLOCK)
+    path = f"/{uuid.uuid4().hex}.bin"
+    w.put(ALICE, path, data)
+    w.run("dedup")
+    bid = str(w.sql("SELECT block_id FROM blocks ORDER BY created_at DESC LIMIT 1")[0][0])
+    key = f"blocks/{bid[3:]}"
+    w.store.set_tier(key, StorageTier.COLD)
+    check = check_stored(w.store, w.svc.keys, key, bid)
+    assert not check.ok and check.reason == "unreadable: not_restored"

@@ -7,11 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import BlockIntegrityError, block_id
+from tessera.domain import files
 from tessera.domain.errors import TesseraError
+from tessera.domain.models import RestoreRequest
 from tessera.maintenance import DedupResult, GcResult, dedup
 from tessera.maintenance.dedup import verify_staged
 from tessera.maintenance.verify import check_stored
+from tessera.metadata.store import Store, VersionBlockRow
 from tests.concurrency import run_at_once
 
 from .test_maintenance_world import (
@@ -165,6 +169,7 @@ def test_bytes_put_after_verification_never_become_the_canonical_block(
     bytes everyone's copy of the block: the canonical object is verified itself."""
     data = secrets.token_bytes(2 * BLOCK)
     world.put(MALLORY, "/x.bin", data)
+
     def swapped_after(*args: object, **kwargs: object) -> object:
         verdict = check_stored(*args, **kwargs)  # type: ignore[arg-type]
         key = str(args[2])
@@ -239,3 +244,58 @@ def test_urls_issued_before_dedup_settles_a_copy_keep_working_until_gc_grace(
     assert world.keys_under("staging/") == []
     assert world.get(ALICE, "/a.bin") == data and world.get(BOB, "/b.bin") == data
     assert world.run("gc", hours=grace_h + 0.05).settled_deleted == 0  # type: ignore[attr-defined]
+
+
+def _rotated_shared_block(w: World) -> bytes:
+    """Bob's block, promoted under key version 1; after a rotation, alice's staged copy of
+    it under version 2 (she cannot read bob's), then a second rev of her file."""
+    shared = secrets.token_bytes(BLOCK)
+    w.put(BOB, "/b.bin", shared)
+    _dedup(w)
+    keys = w.svc.keys
+    assert isinstance(keys, KeyFileKeyService)
+    keys.rotate()
+    w.put(ALICE, "/a.bin", shared)
+    w.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    return shared
+
+
+def test_a_restore_racing_dedup_never_names_a_settled_copy(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restore carries the old version's staged copies forward as a commit does (locked
+    FOR SHARE): dedup settling one after restore read it leaves the new version on the
+    canonical block, not on a dropped copy whose object gc deletes."""
+    shared = _rotated_shared_block(world)
+    read = Store.version_blocks
+    raced: list[DedupResult] = []
+
+    def version_blocks(self: Store, ns_id: int, file_id: str, rev: int) -> list[VersionBlockRow]:
+        rows = read(self, ns_id, file_id, rev)
+        if not raced:
+            raced.append(_dedup(world))  # alice's copy is dropped meanwhile
+        return rows
+
+    monkeypatch.setattr(Store, "version_blocks", version_blocks)
+    files.restore(world.svc, ALICE, RestoreRequest(path="/a.bin", rev=1))
+    monkeypatch.undo()
+    assert raced[0].dropped == 1
+    assert world.sql("SELECT count(*) FROM version_blocks WHERE staged_key IS NOT NULL") == [(0,)]
+    assert world.get(ALICE, "/a.bin") == shared
+    _collect_settled(world)
+    assert world.get(ALICE, "/a.bin") == shared
+
+
+def test_a_version_naming_a_dropped_copy_gets_the_blocks_key_version(world: World) -> None:
+    """A verified copy is served as the canonical block: with the block's key version, not
+    the copy's (as a version left naming a dropped copy by an earlier restore race)."""
+    shared = _rotated_shared_block(world)
+    assert _dedup(world).dropped == 1
+    with world.svc.db.pool.connection() as conn:
+        conn.execute(
+            "UPDATE version_blocks v SET staged_key = u.staged_key FROM upload_blocks u, files f"
+            " WHERE u.state = 'dropped' AND v.block_id = u.block_id AND v.rev = 1"
+            " AND f.ns_id = v.ns_id AND f.file_id = v.file_id AND f.path_key = '/a.bin'"
+        )
+    assert world.sql("SELECT count(*) FROM version_blocks WHERE staged_key IS NOT NULL") == [(1,)]
+    assert world.get(ALICE, "/a.bin", rev=1) == shared

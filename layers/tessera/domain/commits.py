@@ -86,7 +86,7 @@ class _Blocks:
     staged_now: list[str]  # the session's blocks this commit stages
 
 
-def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, ReadableBlock]:
+def settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, ReadableBlock]:
     """Pin the staged copies that readable blocks would be carried forward with.
 
     A block the caller reads only through another version's unverified staged copy keeps
@@ -94,7 +94,8 @@ def _settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Read
     UPDATE, repoints every version naming it, then deletes the object) either waits for
     this commit — and then repoints this version too — or has already settled it: verified
     (promoted/dropped) copies give way to the canonical block; a copy that is gone or
-    quarantined grants nothing, and the block must be uploaded again.
+    quarantined grants nothing, and the block must be uploaded again. Restoring an old
+    version carries its blocks forward the same way (`files.restore`).
     """
     carried = [r.staged_key for r in readable.values() if r.staged_key is not None]
     if not carried:
@@ -146,7 +147,7 @@ def _check_blocks(
             raise NotFound(f"no upload session {req.upload_id!r}")
         if session.expires_at <= svc.clock.now():
             raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
-    readable = _settled(store, rows.readable)
+    readable = settled(store, rows.readable)
     missing = [i for i in ids if i not in readable]
     session_rows = {i: rows.expected[i] for i in missing if i in rows.expected}
     # a PUT URL was issued for these, so they may have arrived: ask the block store

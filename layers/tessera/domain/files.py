@@ -9,7 +9,7 @@ import base64
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.changes import publish
-from tessera.domain.commits import ensure_parents, write_version
+from tessera.domain.commits import ensure_parents, settled, write_version
 from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
 from tessera.domain.models import (
     DeletedEntry,
@@ -46,7 +46,15 @@ from tessera.domain.views import (
     require_file,
     view_transaction,
 )
-from tessera.metadata.store import FileRow, MountRow, NewJournal, Store, VersionInfo, VersionRow
+from tessera.metadata.store import (
+    FileRow,
+    MountRow,
+    NewJournal,
+    ReadableBlock,
+    Store,
+    VersionInfo,
+    VersionRow,
+)
 from tessera.ports import ChangeEvent, Principal, StorageTier
 
 
@@ -82,7 +90,12 @@ def download(
 ) -> DownloadResponse | RestoringResponse:
     """Presigned GETs and keys for a file's blocks at a rev. A block not yet verified is
     served from the staged copy this version was committed with (never anyone else's);
-    cold blocks start a restore and the answer is `restoring`."""
+    cold blocks start a restore and the answer is `restoring`, unless their object is still
+    hot (marked cold, not moved yet: served as it is).
+
+    The read is recorded first: it takes the rows' locks, so a block cold storage is moving
+    (it holds the row) is seen once moved, as cold, and one it has yet to mark stays live
+    (`maintenance.cold`): a block whose row said live is never handed out as it moves."""
     settings, bs = svc.settings, svc.block_store
     with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path, file_id=req.file_id)
@@ -92,23 +105,25 @@ def download(
         if version is None:
             raise NotFound(f"no rev {rev} of this file")
         vblocks = store.version_blocks(row.ns_id, row.file_id, rev)
+        now_state = store.touch_blocks([vb.block_id for vb in vblocks])
         sources: list[str] = []
         cold: list[str] = []
         for vb in vblocks:
+            state = now_state.get(vb.block_id, vb.state)
             live_key = canonical_key(vb.block_id)
             # an unverified version is served its own staged copy, never the canonical block
             # (a copy dedup-verify already vouched for gives way to the canonical block)
             verified = vb.staged_state in ("promoted", "dropped")
-            if (vb.staged_key is not None and not verified) or vb.state == "staged":
+            if (vb.staged_key is not None and not verified) or state == "staged":
                 if vb.staged_key is None or vb.staged_state == "quarantined":
                     raise BlockUnavailable(
                         f"block {vb.block_id} failed verification", block_id=vb.block_id
                     )
                 sources.append(vb.staged_key)
                 continue
-            if vb.state == "quarantined":
+            if state == "quarantined":
                 raise BlockUnavailable(f"block {vb.block_id} is damaged", block_id=vb.block_id)
-            if vb.state in ("cold", "restoring"):
+            if state in ("cold", "restoring"):
                 head = bs.head(live_key)
                 if head is None or not (head.tier == StorageTier.HOT or head.restored):
                     cold.append(vb.block_id)
@@ -120,7 +135,6 @@ def download(
             return RestoringResponse(
                 retry_after=settings.restore_retry_after_s, blocks=list(dict.fromkeys(cold))
             )
-        store.touch_blocks([vb.block_id for vb in vblocks])
         result_entry = _version_entry(view, loc, row, version)
     blocks: list[DownloadBlock] = []
     offset = 0
@@ -271,10 +285,22 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
                 raise NotFound(f"no rev {req.rev} of this file")
             journal = _reopen_path(store, view, mount, row) if row.is_deleted else []
             blocks = store.version_blocks(row.ns_id, row.file_id, req.rev)
+            # the old version's staged copies are pinned as a commit pins them: dedup may
+            # have settled one since it was read, and the new version must not name it
+            old_blocks = {
+                b.block_id: ReadableBlock(b.block_id, b.size, b.state, b.staged_key) for b in blocks
+            }
+            carried = settled(store, old_blocks)
+            damaged = [b.block_id for b in blocks if b.block_id not in carried]
+            if damaged:
+                raise Unprocessable(
+                    f"rev {req.rev} has {len(set(damaged))} block(s) that failed"
+                    " verification; upload the file again",
+                    blocks=list(dict.fromkeys(damaged))[:20],
+                )
             counts: dict[str, int] = {}
             for b in blocks:
                 counts[b.block_id] = counts.get(b.block_id, 0) + 1
-            sizes = {b.block_id: b.size for b in blocks}
             result, event = write_version(
                 svc,
                 store,
@@ -287,8 +313,8 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
                 size=old.size,
                 digest=old.content_hash,
                 mtime=old.mtime,
-                blocks=[(b.block_id, b.size, b.staged_key) for b in blocks],
-                refs=[(i, sizes[i], 0, n) for i, n in counts.items()],
+                blocks=[(b.block_id, b.size, carried[b.block_id].staged_key) for b in blocks],
+                refs=[(i, carried[i].size, 0, n) for i, n in counts.items()],
                 journal=journal,
                 op="restore",
             )

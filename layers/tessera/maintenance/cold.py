@@ -1,9 +1,16 @@
 """Cold storage: blocks unread for `cold_after_days` move to the cold tier; restores end.
 
 - `move_cold`: for each live block whose last read (access analytics, else its creation) is
-  older than the threshold, under the per-block lock: `BlockStore.set_tier(COLD)` (S3:
-  CopyObject to Glacier Flexible Retrieval; local: the `cold/` directory), then state
-  `cold` — unless a read landed meanwhile, in which case the object goes back to hot.
+  older than the threshold: first the database agrees — state `cold` committed, under the
+  row lock and only if still unread (`mark_cold`), its `storage_class` still `hot` — then,
+  under the per-block lock and the row lock again, the object moves
+  (`BlockStore.set_tier(COLD)`; S3: CopyObject to Glacier Flexible Retrieval; local: the
+  `cold/` directory) and `storage_class` becomes `cold`. Moving the object first left, in a
+  run killed in between (or, on S3, one whose `mark_cold` lost to a read and could not move
+  an unrestored object back), a live row over a cold object: downloads handed out a failing
+  URL, never started a restore, and scrub quarantined intact bytes. Now a row marked cold
+  whose object is still hot is served hot by downloads (they head cold blocks) and is moved
+  by the next run (`unmoved_cold`), or made live again when read since.
 - `complete_restores`: a download that touches a cold block starts a restore and marks it
   `restoring` (it answers 202 until then). For each restoring block: once the store says
   the object is readable (`restored`, or hot), make it hot again for good and mark it live,
@@ -16,6 +23,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from tessera.domain.object_keys import canonical_key
+from tessera.metadata.maintenance import BlockRow
 from tessera.ports import StorageTier
 
 from .context import MaintenanceContext, log
@@ -23,28 +31,23 @@ from .results import ColdResult
 
 
 def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
-    """Move blocks unread since `cold_after_days` before `as_of` to the cold tier."""
+    """Move blocks unread since `cold_after_days` before `as_of` to the cold tier; first
+    those a run marked cold but died before moving."""
     result = ColdResult()
     cutoff = as_of - timedelta(days=ctx.settings.cold_after_days)
+    with ctx.repo.transaction() as tx:
+        unmoved = tx.unmoved_cold(ctx.settings.batch_size)
+    for row in unmoved:
+        _move(ctx, row, cutoff, result)
     for _ in ctx.batches():
         with ctx.repo.transaction() as tx:
             candidates = tx.cold_candidates(cutoff, ctx.settings.batch_size)
         moved = 0
         for row in candidates:
-            key = canonical_key(row.block_id)
             with ctx.repo.transaction() as tx:
-                if not tx.block_lock(row.block_id, wait=False):
-                    continue  # another step is working on this block
-                if ctx.store.head(key) is None:
-                    result.errors.append(f"{row.block_id}: live but no object at {key}")
-                    continue
-                ctx.store.set_tier(key, StorageTier.COLD)
-                if tx.mark_cold(row.block_id, cutoff):
-                    moved += 1
-                    result.bytes_moved += row.stored_size or 0
-                else:  # read (or changed) since we picked it: leave it hot
-                    ctx.store.set_tier(key, StorageTier.HOT)
-        result.blocks_moved += moved
+                marked = tx.mark_cold(row.block_id, cutoff)
+            if marked and _move(ctx, row, cutoff, result):
+                moved += 1
         if len(candidates) < ctx.settings.batch_size:
             break
         if moved == 0:  # a full batch of blocks we could not move: try again next run
@@ -52,6 +55,30 @@ def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
     else:
         result.more = True
     return result
+
+
+def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: ColdResult) -> bool:
+    """Move the object of a block marked cold to the cold tier and record it, holding the
+    per-block lock and the row lock (a download recording a read waits, then sees the block
+    cold). A block read since `cutoff` — its object never left the hot tier — is live again.
+    False when it was not moved; one another run or step holds stays for the next run."""
+    key = canonical_key(row.block_id)
+    with ctx.repo.transaction() as tx:
+        if not tx.block_lock(row.block_id, wait=False):
+            return False  # another step is working on this block
+        unread = tx.lock_unmoved(row.block_id, cutoff)
+        if unread is None:
+            return False
+        if not unread or ctx.store.head(key) is None:
+            tx.set_state(row.block_id, "live", from_states=["cold"])
+            if unread:  # live again, so scrub repairs or quarantines it
+                result.errors.append(f"{row.block_id}: live but no object at {key}")
+            return False
+        ctx.store.set_tier(key, StorageTier.COLD)
+        tx.set_state(row.block_id, "cold", from_states=["cold"])  # storage_class: cold
+    result.blocks_moved += 1
+    result.bytes_moved += row.stored_size or 0
+    return True
 
 
 def complete_restores(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tessera.blocks import BlockError, decode_block, stored_key_version
 from tessera.domain.errors import TesseraError
-from tessera.ports import BlockStore, KeyService
+from tessera.ports import BlockStore, KeyService, StorageTier
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,15 @@ def check_stored(
         stored = store.get(key)
     except KeyError:
         return Check(False, "missing")
-    except TesseraError as exc:  # e.g. a cold object that was not restored
+    except TesseraError as exc:  # e.g. a cold object that was not restored (local store)
         return Check(False, f"unreadable: {exc.code}")
+    except Exception:
+        # S3's ColdObjectError is the adapter's own type: ask the port whether the object
+        # is cold and unrestored (a verdict), else it was the store failing (not one)
+        head = store.head(key)
+        if head is None or head.tier is not StorageTier.COLD or head.restored:
+            raise
+        return Check(False, "unreadable: not_restored")
     try:
         version = stored_key_version(stored)
         _, block_key = keys.block_key(block_id, version)

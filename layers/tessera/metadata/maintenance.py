@@ -530,17 +530,42 @@ class MaintenanceTx:
         )
         return [_block(r) for r in rows]
 
+    def unmoved_cold(self, limit: int) -> list[BlockRow]:
+        """Blocks marked cold whose object is not recorded as moved (`storage_class` still
+        hot): a run died between `mark_cold` and the move. Walks the cold rows
+        (`blocks_state`), once per run."""
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM blocks WHERE state = 'cold' AND storage_class = 'hot'"
+            " LIMIT %s",
+            (limit,),
+        )
+        return [_block(r) for r in rows]
+
     def mark_cold(self, block_id: str, cutoff: datetime) -> bool:
-        """live → cold, if the block is still live and still unread since `cutoff`."""
+        """live → cold, the object still hot (`storage_class`), if the block is still live
+        and unread since `cutoff` once its row is locked; a row another transaction holds
+        (a download recording a read, a commit reusing the block) is left live."""
         return (
             self._count(
-                "UPDATE blocks SET state = 'cold', storage_class = 'cold', updated_at = now()"
-                " WHERE block_id = %s AND state = 'live'"
-                " AND COALESCE(last_access, created_at) < %s",
+                "UPDATE blocks SET state = 'cold', storage_class = 'hot', updated_at = now()"
+                " WHERE block_id = (SELECT block_id FROM blocks WHERE block_id = %s"
+                "  AND state = 'live' AND COALESCE(last_access, created_at) < %s"
+                "  FOR UPDATE SKIP LOCKED)",
                 (block_id, cutoff),
             )
             == 1
         )
+
+    def lock_unmoved(self, block_id: str, cutoff: datetime) -> bool | None:
+        """Row-lock a block marked cold whose object has not moved yet: whether it is still
+        unread since `cutoff`; None when it is no longer such a block or another
+        transaction holds its row."""
+        rows = self._all(
+            "SELECT COALESCE(last_access, created_at) < %s FROM blocks WHERE block_id = %s"
+            " AND state = 'cold' AND storage_class = 'hot' FOR UPDATE SKIP LOCKED",
+            (cutoff, block_id),
+        )
+        return bool(rows[0][0]) if rows else None
 
     def restoring_blocks(self, limit: int) -> list[BlockRow]:
         """Blocks a download asked to restore from the cold tier."""

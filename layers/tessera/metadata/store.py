@@ -281,7 +281,10 @@ _NOTIFY = (
 _JOURNAL_SQL = f"WITH {_journal_ctes()} SELECT ns.latest_seq, {_NOTIFY} FROM ns"
 
 # A version's rows, after the journal CTEs: every part reads `ns`, so nothing is written
-# when the journal's guard held it back.
+# when the journal's guard held it back. A reused block counts as read (`last_access`),
+# else cold storage could move the blocks of a version just committed; at most once an
+# hour, as `Store.touch_blocks`: `last_access` is indexed (cold candidates), and an
+# unchanged value keeps the refcount bump a HOT update.
 _VERSION_CTES = (
     " v AS (INSERT INTO file_versions (ns_id, file_id, rev, size, content_hash, author_id,"
     "  mtime, journal_seq, path_display) SELECT %(ns)s, %(fid)s, %(rev)s, %(size)s,"
@@ -293,7 +296,9 @@ _VERSION_CTES = (
     "  SELECT t.b, t.s, t.k, t.c, 'staged' FROM ns, jsonb_to_recordset(%(refs)s::jsonb)"
     "  AS t(b text, s int, k int, c bigint) ORDER BY t.b"
     "  ON CONFLICT (block_id) DO UPDATE SET refcount = blocks.refcount + EXCLUDED.refcount,"
-    "  zero_since = NULL, updated_at = now() RETURNING block_id, xmax = 0 AS fresh)"
+    "  zero_since = NULL, last_access = CASE WHEN blocks.last_access >= now() - interval"
+    "  '1 hour' THEN blocks.last_access ELSE now() END, updated_at = now()"
+    "  RETURNING block_id, xmax = 0 AS fresh)"
 )
 
 
@@ -955,10 +960,13 @@ class Store:
         return [VersionRow(*r) for r in rows]
 
     def version_blocks(self, ns_id: int, file_id: str, rev: int) -> list[VersionBlockRow]:
-        """The ordered blocks of a version with their state and key versions."""
+        """The ordered blocks of a version with their state and key versions: a verified
+        (promoted or dropped) staged copy is served as the canonical block, so with the
+        block's key version, not the copy's (they differ after a key rotation)."""
         rows = self._all(
             "SELECT vb.ordinal, vb.block_id, vb.size, vb.staged_key, b.state,"
-            " COALESCE(ub.key_version, b.key_version), ub.state"
+            " CASE WHEN ub.state IN ('promoted', 'dropped') THEN b.key_version"
+            " ELSE COALESCE(ub.key_version, b.key_version) END, ub.state"
             " FROM version_blocks vb JOIN blocks b USING (block_id)"
             " LEFT JOIN upload_blocks ub ON ub.staged_key = vb.staged_key"
             " AND ub.block_id = vb.block_id"
@@ -1036,13 +1044,17 @@ class Store:
             (state, list(block_ids)),
         )
 
-    def touch_blocks(self, block_ids: Sequence[str]) -> None:
-        """Record reads for access analytics (at most one write per block per hour)."""
-        self.conn.execute(
+    def touch_blocks(self, block_ids: Sequence[str]) -> dict[str, str]:
+        """Record reads for access analytics (at most one write per block per hour); the
+        state of each row written, read once its lock was held (after a cold-storage move
+        that held it: `maintenance.cold`)."""
+        rows = self._all(
             "UPDATE blocks SET last_access = now() WHERE block_id = ANY(%s)"
-            " AND (last_access IS NULL OR last_access < now() - interval '1 hour')",
+            " AND (last_access IS NULL OR last_access < now() - interval '1 hour')"
+            " RETURNING block_id, state",
             (list(block_ids),),
         )
+        return {r[0]: r[1] for r in rows}
 
     # -- journal, outbox, notify ----------------------------------------------------------
 
