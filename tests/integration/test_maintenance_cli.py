@@ -52,11 +52,12 @@ def test_admin_run_dedup_and_gc_print_what_they_did(world: World, state_dir: Pat
     world.delete(ALICE, "/a.bin")
     world.delete(BOB, "/b.bin")
     as_of = (datetime.now(UTC) + timedelta(days=31)).isoformat()
-    out = runner.invoke(app, ["run", "gc", "--state", str(state_dir), "--as-of", as_of])
+    args = ["run", "gc", "--state", str(state_dir), "--allow-future"]
+    out = runner.invoke(app, [*args, "--as-of", as_of])
     assert out.exit_code == 0, out.output
     assert "trash files purged" in out.stdout and "versions purged" in out.stdout
     later = (datetime.now(UTC) + timedelta(days=33)).isoformat()
-    out = runner.invoke(app, ["run", "gc", "--state", str(state_dir), "--as-of", later, "--json"])
+    out = runner.invoke(app, [*args, "--as-of", later, "--json"])
     assert json.loads(out.stdout)["blocks_deleted"] == 2
     assert world.keys_under("blocks/") == []
     runs = world.sql("SELECT workflow, step FROM maintenance_runs ORDER BY run_id")
@@ -73,6 +74,7 @@ def test_admin_run_dedup_and_gc_print_what_they_did(world: World, state_dir: Pat
     [
         (["run", "compact"], "unknown workflow 'compact'"),
         (["run", "gc", "--as-of", "yesterday"], "not an ISO-8601"),
+        (["run", "gc", "--as-of", (datetime.now(UTC) + timedelta(days=31)).isoformat()], "future"),
         (["run", "gc", "--step", "nope"], "has no step 'nope'"),
     ],
 )

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -100,6 +101,14 @@ def run(
         str | None, typer.Option("--step", help="Run only this step of the workflow, once.")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    allow_future: Annotated[
+        bool,
+        typer.Option(
+            "--allow-future",
+            help="Accept an --as-of in the future: gc then deletes now what its retention "
+            "keeps until then (trash, old versions).",
+        ),
+    ] = False,
 ) -> None:
     """Run one maintenance workflow now and print what it did."""
     from tessera.domain.errors import TesseraError
@@ -115,6 +124,14 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         when = parse_as_of(as_of)
+        if when is not None and when > datetime.now(UTC) and not allow_future:
+            # not a preview: the run acts, and what users may still restore would go now
+            typer.echo(
+                f"error: --as-of {as_of} is in the future: the run would delete now what is "
+                "kept until then (add --allow-future if that is what you want)",
+                err=True,
+            )
+            raise typer.Exit(2)
         with open_state(state) as ctx:
             result = (
                 run_step(ctx, workflow, step, as_of=when)
