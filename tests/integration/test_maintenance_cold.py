@@ -269,6 +269,16 @@ def test_a_commit_reusing_old_blocks_keeps_them_hot(world: World) -> None:
     assert _states(world) == {"live"}
 
 
+def _verified_file(w: World) -> tuple[str, bytes, str]:
+    """A new one-block file of alice's, its block verified (canonical): path, bytes, id."""
+    data = secrets.token_bytes(BLOCK)
+    path = f"/{uuid.uuid4().hex}.bin"
+    w.put(ALICE, path, data)
+    w.run("dedup")
+    bid = str(w.sql("SELECT block_id FROM blocks ORDER BY created_at DESC LIMIT 1")[0][0])
+    return path, data, bid
+
+
 @pytest.mark.aws
 def test_a_read_while_move_cold_runs_on_s3_keeps_the_block_hot(
     s3_world: World, monkeypatch: pytest.MonkeyPatch
@@ -277,11 +287,7 @@ def test_a_read_while_move_cold_runs_on_s3_keeps_the_block_hot(
     live and hot and the run carries on. (Moved first, the object could not be moved back
     from GLACIER unrestored: the run crashed and left a live row over a cold object.)"""
     w = s3_world
-    data = secrets.token_bytes(BLOCK)
-    path = f"/{uuid.uuid4().hex}.bin"
-    w.put(ALICE, path, data)
-    w.run("dedup")
-    bid = str(w.sql("SELECT block_id FROM blocks ORDER BY created_at DESC LIMIT 1")[0][0])
+    path, data, bid = _verified_file(w)
     _unread_since_100_days(w, bid)
     mark = MaintenanceTx.mark_cold
 
@@ -306,11 +312,7 @@ def test_scrub_check_of_an_unrestored_glacier_object_is_a_verdict(s3_world: Worl
     """`check_stored` answers "unreadable" for an object S3 will not serve until restored,
     rather than raising S3's own error out of scrub."""
     w = s3_world
-    data = secrets.token_bytes(BLOCK)
-    path = f"/{uuid.uuid4().hex}.bin"
-    w.put(ALICE, path, data)
-    w.run("dedup")
-    bid = str(w.sql("SELECT block_id FROM blocks ORDER BY created_at DESC LIMIT 1")[0][0])
+    bid = _verified_file(w)[2]
     key = f"blocks/{bid[3:]}"
     w.store.set_tier(key, StorageTier.COLD)
     check = check_stored(w.store, w.svc.keys, key, bid)

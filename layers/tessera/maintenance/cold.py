@@ -75,7 +75,7 @@ def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: Cold
                 result.errors.append(f"{row.block_id}: live but no object at {key}")
             return False
         ctx.store.set_tier(key, StorageTier.COLD)
-        tx.set_state(row.block_id, "cold", from_states=["cold"])  # storage_class: cold
+        tx.mark_moved(row.block_id)
     result.blocks_moved += 1
     result.bytes_moved += row.stored_size or 0
     return True

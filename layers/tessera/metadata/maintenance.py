@@ -567,6 +567,14 @@ class MaintenanceTx:
         )
         return bool(rows[0][0]) if rows else None
 
+    def mark_moved(self, block_id: str) -> None:
+        """Record that a block marked cold has its object in the cold tier now."""
+        self._count(
+            "UPDATE blocks SET storage_class = 'cold', updated_at = now()"
+            " WHERE block_id = %s AND state = 'cold'",
+            (block_id,),
+        )
+
     def restoring_blocks(self, limit: int) -> list[BlockRow]:
         """Blocks a download asked to restore from the cold tier."""
         rows = self._all(
