@@ -82,7 +82,7 @@ class Filesystem(ABC):
 
     @abstractmethod
     def rename(self, src: str, dst: str) -> None:
-        """Atomically rename `src` to `dst`, replacing a file at `dst`."""
+        """Atomically and durably rename `src` to `dst`, replacing a file at `dst`."""
 
     @abstractmethod
     def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
@@ -115,6 +115,18 @@ class Filesystem(ABC):
 
 def _stat_of(st: os.stat_result) -> Stat:
     return Stat(_kind_of(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _fsync_dir(path: str) -> None:
+    """Flush a folder's entries to stable storage (POSIX; Windows has no handle for it and
+    NTFS journals renames itself)."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _kind_of(mode: int) -> Kind:
@@ -168,6 +180,11 @@ class RealFilesystem(Filesystem):
 
     def rename(self, src: str, dst: str) -> None:
         os.replace(self._abs(src), self._abs(dst))
+        # Make the rename itself durable before the caller records it as done: without it a
+        # power cut can leave the state database saying "synced" over a folder that lost
+        # the new name, and the next round would take the missing file for a delete.
+        for folder in dict.fromkeys((parent_of(dst), parent_of(src))):
+            _fsync_dir(self._abs(folder))
 
     def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
         for n in itertools.count():

@@ -157,3 +157,30 @@ def test_scandir_leaves_out_the_names_lstat_refuses(tmp_path: Path) -> None:
     (tmp_path / "plain").write_bytes(b"x")
     names = {name for name, _ in SafeFilesystem(RealFilesystem(tmp_path)).scandir("")}
     assert names == {"cafe\u0301", "plain"}
+
+
+def test_real_rename_flushes_the_folders_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rename is only durable once its folder is flushed; the engine records a download
+    # (or move) as done right after it, so an unflushed rename lost to a power cut would
+    # read as a local delete next round.
+    fs = RealFilesystem(tmp_path)
+    fs.mkdir("a")
+    fs.mkdir("b")
+    (tmp_path / "a" / "x").write_bytes(b"1")
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    fs.rename("a/x", "b/y")
+    assert sorted(flushed) == [str(tmp_path / "a"), str(tmp_path / "b")]
+    flushed.clear()
+    (tmp_path / "top").write_bytes(b"2")
+    fs.rename("top", "b/top")
+    assert sorted(flushed) == [str(tmp_path), str(tmp_path / "b")]
+    assert (tmp_path / "b" / "top").read_bytes() == b"2"
