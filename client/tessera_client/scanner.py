@@ -5,15 +5,19 @@ content hash; anything else is chunked and hashed. A file that changes between t
 around hashing (or while it is read) is still being written: it is left out of this pass and
 reported as unstable, so it is never uploaded half-done. Symlinks and special files are
 reported as skipped; names that clash by case or Unicode form are reported, not merged.
+A download's temp file left by a client that was killed is removed once it is a day old.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 import unicodedata
 from dataclasses import dataclass, field
 
 from tessera.blocks import FileChangedError, FileManifest, scan_file
-from tessera_client.fs import Kind, SafeFilesystem, Stat
+from tessera_client.fs import TEMP_PREFIX, Kind, SafeFilesystem, Stat
 from tessera_client.ignore import IGNORE_FILE, IgnoreRules
 from tessera_client.paths import ancestors, path_key
 from tessera_client.planner import Entry, EntryKind
@@ -43,6 +47,12 @@ class LocalScan:
         if self.unseen and any(a in self.unseen for a in ancestors(key)):
             return True
         return self.rules.covers(path, is_dir=is_dir)
+
+
+# A download killed midway leaves its temp file behind (ignored, so never synced). Like
+# Syncthing's walker, a scan removes the ones another process left and nobody wrote to for
+# a day: a download still running writes to its file far more often than that.
+STALE_TEMP_NS = 24 * 3600 * 10**9
 
 
 @dataclass
@@ -76,6 +86,7 @@ class Scanner:
         rules = self.rules()
         out = LocalScan(rules=rules)
         seen: set[str] = set()
+        now_ns = time.time_ns()
         stack = [""]
         while stack:
             folder = stack.pop()
@@ -92,6 +103,9 @@ class Scanner:
                     out.unseen.add(path_key(rel))
                     continue
                 if rules.ignored(rel, is_dir=st.kind == Kind.DIR):
+                    if st.kind == Kind.FILE and _stale_temp(name, st, now_ns):
+                        with contextlib.suppress(OSError):  # gone, or not ours to remove
+                            self.fs.remove(rel)
                     continue
                 key = path_key(rel)
                 if exclude and key in exclude:
@@ -181,3 +195,12 @@ class Scanner:
 
 def _same(a: Stat, b: Stat) -> bool:
     return (a.size, a.mtime_ns, a.inode) == (b.size, b.mtime_ns, b.inode)
+
+
+def _stale_temp(name: str, st: Stat, now_ns: int) -> bool:
+    """Whether `name` is a download's temp file that another process (its pid is in the
+    name) left and nobody has written to for STALE_TEMP_NS."""
+    if not name.startswith(TEMP_PREFIX):
+        return False
+    owner = name[len(TEMP_PREFIX) :].split("-", 1)[0]
+    return owner != str(os.getpid()) and now_ns - st.mtime_ns > STALE_TEMP_NS

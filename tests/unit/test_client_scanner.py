@@ -91,3 +91,19 @@ def test_watcher_wakes_once_things_settle(tmp_path: Path) -> None:
         assert time.monotonic() - start <= MAX_SETTLE_S + 0.5  # bounded (+ a loaded CI's sleep)
     finally:
         watcher.stop()
+
+
+def test_a_scan_removes_temp_files_another_process_left_a_day_ago(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    old = time.time_ns() - 2 * 24 * 3600 * 10**9
+    left = tmp_path / "sub" / ".tessera-tmp-999999999-0a1b2c3d"  # a killed client's
+    writing = tmp_path / ".tessera-tmp-999999998-4e5f6a7b"  # another client still at work
+    ours = tmp_path / f".tessera-tmp-{os.getpid()}-8c9d0e1f"  # this process's download
+    for temp in (left, writing, ours):
+        temp.write_bytes(b"partial download")
+    os.utime(left, ns=(old, old))
+    os.utime(ours, ns=(old, old))
+    scan = _scanner(tmp_path).scan({})
+    assert not left.exists()
+    assert writing.exists() and ours.exists()
+    assert set(scan.tree) == {"sub"}  # temp files are never synced
