@@ -9,6 +9,7 @@ Commits carry idempotency keys, so retrying them is safe.
 
 from __future__ import annotations
 
+import copy
 import random
 import ssl
 import threading
@@ -50,20 +51,47 @@ def json_body(response: httpx.Response) -> Any:
 
 
 def parse(model: type[M], answer: Any) -> M:
-    """`answer` read as a `model`. An answer that does not fit (a server bug, a lying
-    server, or a newer server's shape) is an `ApiError` like a refused request, so the step
-    that asked fails alone and the round, or the daemon, goes on."""
+    """`answer` read as a `model`, ignoring fields the model does not know: a newer server
+    adds fields, and an older client must go on reading what it knows (the shared models
+    refuse unknown fields, which is right for the requests the server reads). An answer that
+    still does not fit (a server bug, a lying server, a changed shape) is an `ApiError` like
+    a refused request, so the step that asked fails alone and the round, or the daemon,
+    goes on."""
     try:
         return model.model_validate(answer)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "the top level"
-        raise ApiError(
-            502,
-            "malformed_response",
-            f"the server's {model.__name__} does not fit at {where}: {first['msg']}",
-            {},
-        ) from None
+        errors = e.errors()
+    if all(error["type"] == "extra_forbidden" for error in errors):
+        try:
+            return model.model_validate(_without(answer, [error["loc"] for error in errors]))
+        except ValidationError as e:
+            errors = e.errors()
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "the top level"
+    raise ApiError(
+        502,
+        "malformed_response",
+        f"the server's {model.__name__} does not fit at {where}: {first['msg']}",
+        {},
+    ) from None
+
+
+def _without(answer: Any, locations: list[tuple[int | str, ...]]) -> Any:
+    """A copy of `answer` without the fields at `locations` (pydantic error locations: keys
+    and list indexes, and the tags of tagged unions, which name no key and are stepped
+    over)."""
+    stripped = copy.deepcopy(answer)
+    for location in locations:
+        node = stripped
+        for part in location[:-1]:
+            inside = (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and part < len(node)
+            )
+            if inside:
+                node = node[part]
+        if isinstance(node, dict):
+            node.pop(location[-1], None)
+    return stripped
 
 
 class NotLoggedIn(Exception):

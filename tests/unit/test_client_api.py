@@ -18,12 +18,14 @@ from time import time
 import httpx
 import pytest
 
+from tessera.api.models import FileEntry, ListFolderResponse
 from tessera_client.api import (
     Api,
     ApiError,
     NotLoggedIn,
     RetryPolicy,
     ServerUnreachable,
+    parse,
     parse_retry_after,
     send_with_retry,
 )
@@ -235,3 +237,40 @@ def test_the_trust_store_is_loaded_only_where_tls_can_happen(
         assert isinstance(trust, ssl.SSLContext)
         assert trust.verify_mode == ssl.CERT_REQUIRED and trust.check_hostname
         assert trust.cert_store_stats()["x509_ca"] == 0
+
+
+def _listing(**extra_entry_fields: object) -> dict[str, object]:
+    entry = {
+        ".tag": "file",
+        "name": "a.txt",
+        "path_display": "/a.txt",
+        "path_lower": "/a.txt",
+        "file_id": "f1",
+        "rev": 3,
+        "size": 5,
+        "content_hash": "b3:" + "ab" * 32,
+        "server_modified": "2026-11-27T01:00:00Z",
+        "ns_id": 1,
+        **extra_entry_fields,
+    }
+    return {"entries": [entry, {".tag": "folder", "name": "d", "path_display": "/d",
+                                "path_lower": "/d", "file_id": "d1", "ns_id": 1, "since": "v9"}],
+            "cursor": "c1", "has_more": False, "server_region": "eu"}  # fmt: skip
+
+
+def test_a_newer_servers_extra_fields_are_ignored() -> None:
+    # A newer server adds fields, at the top and inside tagged entries; an older client
+    # reads what it knows instead of failing every listing (a 502 before).
+    answer = _listing(thumbnail="t.png", labels={"color": "red"})
+    listing = parse(ListFolderResponse, answer)
+    assert [e.path_display for e in listing.entries] == ["/a.txt", "/d"]
+    first = listing.entries[0]
+    assert isinstance(first, FileEntry) and first.rev == 3 and listing.cursor == "c1"
+    assert answer["server_region"] == "eu"  # the caller's answer is left as it was
+
+
+def test_an_answer_that_does_not_fit_is_still_refused_beside_extra_fields() -> None:
+    with pytest.raises(ApiError) as info:
+        parse(ListFolderResponse, _listing(rev="three", thumbnail="t.png"))
+    assert info.value.status == 502 and info.value.code == "malformed_response"
+    assert "entries.0" in info.value.message
