@@ -340,3 +340,20 @@ def test_api_requests_are_throttled_per_user_with_retry_after(env: Env) -> None:
         assert httpx.get(server.base_url + "/v1/health").status_code == 200
     finally:
         server.stop()
+
+
+def test_a_gateway_bug_is_logged_with_its_traceback_and_answered_bare(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = env.issuer.issue(env.principal).access_token
+    boom = RuntimeError("secret internals: password=hunter2")
+    with (
+        mock.patch.object(EchoResolver, "resolve", side_effect=boom),
+        caplog.at_level("ERROR", logger="tessera.local.gateway"),
+    ):
+        r = _call(env, token)
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal", "message": "internal error"}}
+    logged = [rec for rec in caplog.records if rec.name == "tessera.local.gateway"]
+    assert logged and "POST /v1/account" in logged[0].getMessage()
+    assert logged[0].exc_info is not None and logged[0].exc_info[1] is boom

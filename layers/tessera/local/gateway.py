@@ -289,7 +289,9 @@ def create_app(gw: Gateway) -> Starlette:
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, TesseraError):
             return error_response(exc)
-        # anything else is a bug: answer like the API does, never leaking internals
+        # anything else is a bug: logged with its traceback for whoever runs the gateway,
+        # answered like the API does, never leaking internals to the caller
+        log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, 500)
 
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
