@@ -195,7 +195,13 @@ class ChangeEvent:
     announced: bool = False
 
 
-class ChangeConflictError(Exception):
+class ChangeRefusedError(Exception):
+    """The feed will never take this event, however often it is sent: it holds another
+    event at its key (ChangeConflictError), or the event breaks one of the feed's limits
+    (a DynamoDB item over 400 KB). The relay moves such an event to `outbox_dead`."""
+
+
+class ChangeConflictError(ChangeRefusedError):
     """The feed already holds another event at this event's (ns_id, seq): the journal and
     the feed disagree, so publishing it again can never succeed (a feed that keeps events
     by key, such as the DynamoDB table, raises it; it never overwrites)."""
@@ -208,12 +214,13 @@ class ChangeFeed(ABC):
     def publish(self, event: ChangeEvent) -> None:
         """Deliver `event`; delivering the same event_id twice has no further effect.
 
-        Raises ChangeConflictError when the feed holds another event at its key."""
+        Raises ChangeRefusedError when the feed will never take it (ChangeConflictError:
+        it holds another event at its key)."""
 
     def publish_many(self, events: Sequence[ChangeEvent]) -> None:
         """Deliver several events (a batch commit's); backends may need fewer round trips.
 
-        The same event twice in `events` is delivered once. On ChangeConflictError some
+        The same event twice in `events` is delivered once. On ChangeRefusedError some
         of the others may not have been delivered: `publish` them one by one to find out."""
         for event in events:
             self.publish(event)

@@ -637,3 +637,22 @@ def test_crossing_batches_do_not_deadlock(services: Services, alice: Principal) 
     for t in threads:
         t.join(60)
     assert errors == []
+
+
+def test_a_commit_event_names_its_upload_session_not_each_block(
+    services: Services, alice: Principal
+) -> None:
+    # The event travels to DynamoDB (400 KB an item) and EventBridge (256 KB a request):
+    # a list of the version's staged copies grew with the file and stalled the relay.
+    chunks = split_blocks(bytes(range(256)) * 64, block_size=16)  # 1,024 blocks
+    upload_id = upload_blocks(services, alice, "/many.bin", chunks)
+    commits.commit(services, alice, commit_request("/many.bin", chunks, upload_id))
+    with services.db.transaction() as store:
+        row = store.conn.execute(
+            "SELECT payload, octet_length(payload::text) FROM outbox ORDER BY created_at DESC"
+            " LIMIT 1"
+        ).fetchone()
+    assert row is not None
+    payload, size = row
+    assert payload["upload_ids"] == [upload_id]
+    assert size < 1024

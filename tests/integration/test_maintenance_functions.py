@@ -69,8 +69,8 @@ def test_dedup_function_from_the_queue_and_gc_steps_from_the_state_machine(
 
     dedup = _handler("dedup_verify")
     # an SQS batch from the EventBridge rule (a commit event): only that session is verified
-    staged = [{"block_id": "b3:0", "staged_key": f"staging/{upload_ids[0]}/0/00"}]
-    body = {"detail-type": "file", "detail": {"kind": "file", "payload": {"staged": staged}}}
+    payload = {"op": "commit", "upload_ids": [upload_ids[0]]}
+    body = {"detail-type": "file", "detail": {"kind": "file", "payload": payload}}
     event = {"Records": [{"messageId": "1", "body": json.dumps(body)}]}
     first = dedup(event, None)
     assert (first["promoted"], first["dropped"]) == (2, 0)

@@ -109,20 +109,13 @@ def test_queue_messages_name_upload_sessions() -> None:
                     "detail-type": "file",
                     "detail": {
                         "kind": "file",
-                        "payload": {
-                            "op": "commit",
-                            "staged": [
-                                {"block_id": "b3:00", "staged_key": "staging/up_d/00"},
-                                {"block_id": "b3:01", "staged_key": "blocks/01"},
-                                {"block_id": "b3:02", "staged_key": 5},
-                            ],
-                        },
+                        "payload": {"op": "commit", "upload_ids": ["up_d", "up_e", 5]},
                     },
                 }
             )
         },
     ]
-    assert _upload_ids(records) == ["up_a", "up_b", "up_c", "up_d"]
+    assert _upload_ids(records) == ["up_a", "up_b", "up_c", "up_d", "up_e"]
     assert _upload_ids("garbage") == []
 
 

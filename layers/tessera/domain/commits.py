@@ -33,6 +33,7 @@ from tessera.domain.models import (
     FileEntry,
     dump,
 )
+from tessera.domain.object_keys import staged_upload_id
 from tessera.domain.services import Services
 from tessera.domain.views import (
     View,
@@ -276,7 +277,10 @@ def write_version(
             "file_id": file_id,
             "rev": rev,
             "path": display,
-            "staged": [{"block_id": b[0], "staged_key": b[2]} for b in blocks if b[2]],
+            # the sessions whose staged copies this version names (dedup verifies them):
+            # a few ids, where a list of the copies grew with the file past the 256 KB an
+            # EventBridge request and the 400 KB a DynamoDB item may hold
+            "upload_ids": sorted({u for b in blocks if b[2] and (u := staged_upload_id(b[2]))}),
         },
         create=(key, parent_key) if create else None,
     )

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tessera.domain.errors import BadRequest
-from tessera.domain.object_keys import staged_upload_id
 
 from . import cold, dedup, gc, scrub
 from .context import MaintenanceContext, log
@@ -121,9 +120,9 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
 
 
 def _upload_ids(records: Any) -> list[str]:
-    """Upload sessions named by SQS messages: an `upload_id` at the top of the body, in its
-    EventBridge `detail` or the change's `payload`, or in the staging keys of a commit's
-    `payload.staged` list (`object_keys.staged_upload_id`). Unreadable messages name none."""
+    """Upload sessions named by SQS messages: an `upload_id`, or a list `upload_ids` (a
+    commit's event), at the top of the body, in its EventBridge `detail` or the change's
+    `payload`. Unreadable messages name none."""
     ids: set[str] = set()
     for record in records if isinstance(records, list) else []:
         try:
@@ -133,12 +132,10 @@ def _upload_ids(records: Any) -> list[str]:
         detail = body.get("detail") if isinstance(body, dict) else None
         payload = detail.get("payload") if isinstance(detail, dict) else None
         for source in (body, detail, payload):
-            if isinstance(source, dict) and isinstance(source.get("upload_id"), str):
-                ids.add(source["upload_id"])
-        staged = payload.get("staged") if isinstance(payload, dict) else None
-        for item in staged if isinstance(staged, list) else []:
-            key = item.get("staged_key") if isinstance(item, dict) else None
-            upload_id = staged_upload_id(key) if isinstance(key, str) else None
-            if upload_id is not None:
-                ids.add(upload_id)
+            if not isinstance(source, dict):
+                continue
+            named = source.get("upload_ids")
+            for upload_id in [source.get("upload_id"), *(named if isinstance(named, list) else [])]:
+                if isinstance(upload_id, str):
+                    ids.add(upload_id)
     return sorted(ids)

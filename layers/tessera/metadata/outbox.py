@@ -5,8 +5,9 @@ commit (fast path) and this sweep guarantees delivery when that failed. Rows are
 with `FOR UPDATE SKIP LOCKED`, so concurrent sweeps share the work instead of repeating
 it; `ChangeFeed.publish` is idempotent on event_id, so a row published twice (fast path +
 sweep, or a sweep that died before its commit) still lands once. At-least-once, no dupes.
-A row the feed refuses for good (ChangeConflictError: its key holds another event) goes to
-`outbox_dead` instead of holding back every row behind it.
+A row the feed refuses for good (ChangeRefusedError: its key holds another event, or it
+breaks a limit of the feed) goes to `outbox_dead` instead of holding back every row
+behind it.
 
 The outbox is a queue (migration 106): a delivered row is deleted in the transaction that
 claimed it, so the table holds only what is pending and needs no index to find it.
@@ -21,7 +22,7 @@ from typing import Any
 import psycopg
 
 from tessera.metadata.db import Database
-from tessera.ports import ChangeConflictError, ChangeEvent, ChangeFeed
+from tessera.ports import ChangeEvent, ChangeFeed, ChangeRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,9 @@ def relay_outbox(
     Each batch goes to the feed at once (`publish_many`: on DynamoDB, one BatchGetItem to
     skip what the fast path already delivered, then BatchWriteItem for the rest). A batch
     that fails stays pending and the sweep stops there: the next sweep retries it, and a
-    feed outage costs one batch, not fifty. A batch the feed refuses for a conflict is sent
-    again event by event, and the events refused are moved to `outbox_dead`
+    feed outage costs one batch, not fifty. A batch the feed refuses for good (a conflict,
+    an event over its size limit) is sent again event by event, and the events refused are
+    moved to `outbox_dead`
     (`RelayResult.dead`). Then one query measures the lag left (`RelayResult.lag_s`).
     """
     result = RelayResult()
@@ -142,7 +144,7 @@ def _publish(
     try:
         feed.publish_many(events)
         return events, [], []
-    except ChangeConflictError:
+    except ChangeRefusedError:
         pass  # which of them? each alone below
     except Exception:
         log.warning("relay of %d events failed", len(events), exc_info=True)
@@ -152,10 +154,10 @@ def _publish(
     for n, event in enumerate(events):
         try:
             feed.publish(event)
-        except ChangeConflictError as exc:
+        except ChangeRefusedError as exc:
             log.error(
-                "the change feed refuses event %s for good (%s); moved to outbox_dead, the "
-                'feed keeps the event it holds (see docs/deploy.md, "Dead-lettered events")',
+                "the change feed refuses event %s for good (%s); moved to outbox_dead"
+                ' (see docs/deploy.md, "Dead-lettered events")',
                 event.event_id,
                 exc,
             )

@@ -268,6 +268,33 @@ def test_an_event_the_table_refuses_is_dead_lettered_and_the_rest_delivered(
 
 
 @pytest.mark.usefixtures("broken_fast_path")
+def test_an_event_over_the_tables_item_limit_is_dead_lettered_not_retried_for_ever(
+    lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings
+) -> None:
+    """DynamoDB refuses an item over 400 KB however often it is sent; the relay, which
+    claims the oldest rows first, stalled behind such a row for good (nothing was relayed
+    again). Now it goes to outbox_dead and the rows behind it are delivered."""
+    ann, ns = _new_user(lambdas)
+    for i in range(3):
+        assert ann.upload(f"/o{i}.txt", _write(tmp_path, f"o{i}.txt", 30 + i))[0] == 200
+    rows = _outbox(lambdas.database_url, {ns})
+    poison = rows[0][2]
+    with psycopg.connect(lambdas.database_url) as conn:
+        conn.execute(
+            "UPDATE outbox SET payload = payload || jsonb_build_object('bulk', repeat('x', %s))"
+            " WHERE event_id = %s",
+            (500_000, poison),
+        )
+    result = lambdas.outbox_relay.handler({"min_age_s": 0}, Context())
+    assert result["dead"] == [poison] and result["failed"] == []
+    assert _feed_items(aws_settings, {ns}) == rows[1:]
+    assert _outbox(lambdas.database_url, {ns}) == []
+    with psycopg.connect(lambdas.database_url) as conn:
+        error = conn.execute("SELECT error FROM outbox_dead WHERE event_id = %s", (poison,))
+        assert "DynamoDB refuses" in error.fetchone()[0]  # type: ignore[index]
+
+
+@pytest.mark.usefixtures("broken_fast_path")
 def test_concurrent_sweeps_share_the_work_without_duplicates(
     lambdas: SimpleNamespace, tmp_path: Path, aws_settings: AwsSettings
 ) -> None:

@@ -29,13 +29,14 @@ from tessera.adapters.aws.keys import (
 )
 from tessera.adapters.aws.s3 import ColdObjectError, S3BlockStore
 from tessera.adapters.aws.settings import AwsSettings, SettingsError
-from tessera.ports import ChangeConflictError  # what DynamoChangeFeed raises
+from tessera.ports import ChangeConflictError, ChangeRefusedError  # DynamoChangeFeed raises
 
 __all__ = [
     "AwsClients",
     "AwsSettings",
     "ChangeConflictError",
     "ChangeRecordBase",
+    "ChangeRefusedError",
     "CognitoIdentity",
     "CognitoUsers",
     "ColdObjectError",

@@ -23,9 +23,16 @@ from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
 from pynamodb.exceptions import PutError
 from pynamodb.models import Model
 
-from tessera.ports import ChangeConflictError, ChangeEvent, ChangeFeed
+from tessera.ports import ChangeConflictError, ChangeEvent, ChangeFeed, ChangeRefusedError
 
 _BATCH_GET_MAX = 100  # keys per BatchGetItem
+
+
+def _raise_if_invalid(exc: PutError, what: str) -> None:
+    """ChangeRefusedError for a write DynamoDB refuses as invalid (an item over 400 KB):
+    sent again it is refused again, so the relay must not retry it for ever."""
+    if exc.cause_response_code == "ValidationException":
+        raise ChangeRefusedError(f"DynamoDB refuses {what}: {exc.cause_response_message}") from exc
 
 
 class ChangeRecordBase(Model):
@@ -126,10 +133,12 @@ class DynamoChangeFeed(ChangeFeed):
         )
 
     def publish(self, event: ChangeEvent) -> None:
-        """Create the item unless (ns_id, seq) exists; the same event_id again is a no-op."""
+        """Create the item unless (ns_id, seq) exists; the same event_id again is a no-op.
+        An item DynamoDB refuses as invalid (over 400 KB) raises ChangeRefusedError."""
         try:
             self._item(event).save(condition=self._model.seq.does_not_exist())
         except PutError as exc:
+            _raise_if_invalid(exc, f"event {event.event_id}")
             if exc.cause_response_code != "ConditionalCheckFailedException":
                 raise
             existing = self._model.get(event.ns_id, event.seq, consistent_read=True)
@@ -153,9 +162,13 @@ class DynamoChangeFeed(ChangeFeed):
         its one fresh event with `publish` (`tessera.domain.changes.publish`)."""
         for start in range(0, len(events), _BATCH_GET_MAX):
             missing = self._not_there(events[start : start + _BATCH_GET_MAX])
-            with self._model.batch_write() as batch:
-                for event in missing:
-                    batch.save(self._item(event))
+            try:
+                with self._model.batch_write() as batch:
+                    for event in missing:
+                        batch.save(self._item(event))
+            except PutError as exc:
+                _raise_if_invalid(exc, f"a batch of {len(missing)} events")
+                raise
 
     def _not_there(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
         """The events with no item yet, each key once (BatchWriteItem refuses a request
