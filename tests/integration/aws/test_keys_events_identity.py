@@ -8,7 +8,7 @@ import hmac
 import json
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import jwt
@@ -157,6 +157,28 @@ def test_eventbridge_publisher_batches_and_reports_failures(
     # EventBridge refuses entries without a source one by one: each is reported, none lost.
     refused = EventBridgePublisher(aws_clients.events, aws_settings.event_bus, source="")
     assert [e.event_id for e in refused.publish(events[:12])] == [f"e{i}" for i in range(12)]
+
+
+def test_eventbridge_requests_stay_under_its_size_limit(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    # PutEvents refuses a request over 256 KB whole (moto does not check): ten events of
+    # 60 KB went as one request. Now each request stays under the limit, and an event
+    # larger than a request may be is reported refused without being sent.
+    sent: list[list[int]] = []
+
+    class Recording:
+        def put_events(self, **kwargs: Any) -> Any:
+            sent.append([len(e["Detail"].encode()) for e in kwargs["Entries"]])
+            return aws_clients.events.put_events(**kwargs)
+
+    publisher = EventBridgePublisher(cast(Any, Recording()), aws_settings.event_bus)
+    bulky = [ChangeEvent(f"b{i}", 1, i, "file", {"note": "x" * 60_000}) for i in range(10)]
+    huge = ChangeEvent("huge", 1, 99, "file", {"note": "x" * 300_000})
+    assert publisher.publish([*bulky[:5], huge, *bulky[5:]]) == [huge]
+    assert sum(len(request) for request in sent) == 10
+    assert all(sum(request) < 256 * 1024 for request in sent)
+    assert len(sent) == 3  # four, four and two: as full as the limit allows
 
 
 # --- identity --------------------------------------------------------------------------

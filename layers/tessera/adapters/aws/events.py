@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
 
-_BATCH = 10  # PutEvents takes at most 10 entries
+_BATCH = 10  # PutEvents takes at most 10 entries...
+_REQUEST_BYTES = 256 * 1024  # ...of at most 256 KB together (refused whole when over)
 
 
 def detail_of(event: ChangeEvent) -> dict[str, object]:
@@ -49,24 +50,45 @@ class EventBridgePublisher:
         }
 
     def publish(self, events: Iterable[ChangeEvent]) -> list[ChangeEvent]:
-        """Put every event on the bus; the events EventBridge refused (empty: all in)."""
+        """Put every event on the bus; the events EventBridge refused (empty: all in).
+
+        Requests hold at most 10 entries and 256 KB: EventBridge refuses a larger request
+        whole, and the stream consumer would retry the batch (sending its first events
+        again) until it went to the dead-letter queue. An event larger than a request may
+        be is refused without asking."""
         failed: list[ChangeEvent] = []
-        batch: list[ChangeEvent] = []
+        batch: list[tuple[ChangeEvent, PutEventsRequestEntryTypeDef]] = []
+        size = 0
         for event in events:
-            batch.append(event)
-            if len(batch) == _BATCH:
+            entry = self._entry(event)
+            n = _entry_size(entry)
+            if n > _REQUEST_BYTES:
+                failed.append(event)
+                continue
+            if batch and (len(batch) == _BATCH or size + n > _REQUEST_BYTES):
                 failed += self._put(batch)
-                batch = []
+                batch, size = [], 0
+            batch.append((event, entry))
+            size += n
         if batch:
             failed += self._put(batch)
         return failed
 
-    def _put(self, batch: Sequence[ChangeEvent]) -> list[ChangeEvent]:
-        resp = self._events.put_events(Entries=[self._entry(e) for e in batch])
+    def _put(
+        self, batch: Sequence[tuple[ChangeEvent, PutEventsRequestEntryTypeDef]]
+    ) -> list[ChangeEvent]:
+        resp = self._events.put_events(Entries=[entry for _event, entry in batch])
         if not resp.get("FailedEntryCount"):
             return []
         # Result entries are positional: an ErrorCode marks a refused entry.
-        return [e for e, r in zip(batch, resp["Entries"], strict=True) if r.get("ErrorCode")]
+        return [e for (e, _), r in zip(batch, resp["Entries"], strict=True) if r.get("ErrorCode")]
+
+
+def _entry_size(entry: PutEventsRequestEntryTypeDef) -> int:
+    """An entry's size as EventBridge counts it: its Source, DetailType, Detail and
+    Resources in UTF-8 (and 14 bytes for a Time, which ours leave to EventBridge)."""
+    texts = [entry.get("Source", ""), entry.get("DetailType", ""), entry.get("Detail", "")]
+    return sum(len(t.encode()) for t in [*texts, *entry.get("Resources", [])])
 
 
 class PublishFailed(Exception):
