@@ -10,6 +10,7 @@ from botocore.exceptions import UnknownServiceError
 from botocore.loaders import Loader
 from botocore.utils import parse_timestamp
 
+from tessera.adapters.aws.changes import changes_model
 from tessera.adapters.aws.clients import AwsClients, fast_timestamp
 from tessera.adapters.aws.settings import AwsSettings
 
@@ -73,3 +74,15 @@ def test_an_unknown_service_is_still_refused_with_botocore_s_message() -> None:
     clients = AwsClients(AwsSettings(endpoint_url="http://127.0.0.1:9"))
     with pytest.raises(UnknownServiceError, match=r"Valid service names are: .*\bkms\b"):
         clients.client("no-such-service")
+
+
+def test_the_change_tables_client_gives_up_in_seconds() -> None:
+    # A commit publishes its event inside the request: PynamoDB's defaults (15 s connect,
+    # 30 s read, three retries) held the response of a committed write for minutes when
+    # DynamoDB did not answer.
+    model = changes_model("changes", region="eu-west-1", host="http://127.0.0.1:9")
+    config = model._get_connection().connection.client.meta.config
+    # botocore's Config sets these attributes from its options at run time
+    timeouts = (getattr(config, "connect_timeout"), getattr(config, "read_timeout"))  # noqa: B009
+    assert timeouts == (1, 2)
+    assert getattr(config, "retries")["total_max_attempts"] == 2  # noqa: B009

@@ -93,7 +93,14 @@ def changes_model(
             "region": region,
             "host": host,
             "billing_mode": "PAY_PER_REQUEST",
-            "max_retry_attempts": 3,
+            # PynamoDB's defaults (15 s to connect, 30 s to read, 3 retries) let a DynamoDB
+            # brownout hold a commit's response for minutes after its transaction committed:
+            # the client saw a 504 for a write that happened, and waiting Lambdas used up the
+            # function's concurrency. A call answers in milliseconds or not at all; the
+            # relay delivers what the fast path could not.
+            "connect_timeout_seconds": 1,
+            "read_timeout_seconds": 2,
+            "max_retry_attempts": 1,
             "stream_view_type": "NEW_IMAGE",  # used by create_table (AWS mode, tests)
         },
     )
