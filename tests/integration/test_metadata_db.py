@@ -4,8 +4,11 @@ back whole, and only a failed statement costs the connection its prepared statem
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
 from tessera.domain.errors import NotFound, Unavailable
 from tessera.metadata import Database
@@ -76,3 +79,33 @@ def test_a_failed_statement_still_rolls_back_the_whole_transaction(database_url:
         with db.transaction() as store:  # the connection is usable, the write undone
             assert store.get_user("u-rolled-back") is None
             assert store.conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def _pid(db: Database) -> int:
+    with db.transaction() as store:
+        return int(store.conn.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+
+
+def test_a_connection_closed_while_idle_is_replaced_before_use(database_url: str) -> None:
+    # RDS Proxy closes idle connections; a Lambda frozen meanwhile noticed nothing, and its
+    # next request failed (503) on the dead connection instead of getting a new one.
+    with Database(database_url, min_size=1, max_size=1, idle_check_s=0.2) as db:
+        pid = _pid(db)
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.3)
+        assert _pid(db) != pid
+
+
+def test_only_a_connection_idle_for_a_while_is_checked(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[object] = []
+    monkeypatch.setattr(ConnectionPool, "check_connection", staticmethod(checked.append))
+    with Database(database_url, min_size=1, max_size=1, idle_check_s=60) as db:
+        for _ in range(4):
+            _pid(db)
+        assert len(checked) == 1  # the new connection, once: a busy one costs nothing
+        db.idle_check_s = 0
+        _pid(db)
+        assert len(checked) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext, suppress
 
@@ -35,6 +37,14 @@ _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 SESSION_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
 
 
+#: A pooled connection unused for this long is checked (one round trip) before it is handed
+#: out: RDS Proxy, a firewall or `idle_session_timeout` may have closed it meanwhile, and a
+#: Lambda frozen between invocations notices nothing until its next request fails (503).
+IDLE_CHECK_S = 60.0
+
+_Conn = psycopg.Connection[tuple[object, ...]]
+
+
 class Database:
     """A psycopg 3 pool over the metadata database; `transaction()` yields a `Store`."""
 
@@ -45,10 +55,13 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 10.0,
+        idle_check_s: float = IDLE_CHECK_S,
     ) -> None:
         # A callable makes a fresh conninfo per new connection (RDS IAM auth tokens expire).
         self.conninfo = conninfo
-        self.pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] = ConnectionPool(
+        self.idle_check_s = idle_check_s
+        self._returned_at: weakref.WeakKeyDictionary[_Conn, float] = weakref.WeakKeyDictionary()
+        self.pool: ConnectionPool[_Conn] = ConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
@@ -60,7 +73,18 @@ class Database:
             open=True,
             name="tessera-metadata",
             timeout=timeout,  # for a free connection: well inside API Gateway's 29 s
+            check=self._check_if_idle,
+            reset=self._note_returned,
         )
+
+    def _note_returned(self, conn: _Conn) -> None:
+        self._returned_at[conn] = time.monotonic()
+
+    def _check_if_idle(self, conn: _Conn) -> None:
+        """The pool's check before handing `conn` out: a round trip only for a connection
+        idle for `idle_check_s` (a busy one costs nothing); a dead one is replaced."""
+        if time.monotonic() - self._returned_at.get(conn, 0.0) >= self.idle_check_s:
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def transaction(
