@@ -82,6 +82,12 @@ class SyncEngine:
                 "to sync a second folder"
             )
         self.state.set_meta("folder", str(self.folder))
+        # The base is what this folder and one account on one server agreed on: against
+        # another's listing its files would all read as deleted there, and be deleted here.
+        account = f"{settings.server_url} {settings.email.casefold()}"
+        if self.state.get_meta("account") not in (None, account):
+            self.state.forget_sync()
+        self.state.set_meta("account", account)
         self.scanner = Scanner(self.fs)
         self.reporter = reporter or Reporter()
         self.allow_mass_delete = allow_mass_delete
@@ -128,7 +134,12 @@ class SyncEngine:
                 answer = self.api.call("/v1/list_folder/continue", {"cursor": cursor})
         except ApiError as e:
             if e.code == "invalid_cursor" and cursor is not None:
-                self.state.set_meta("cursor", None)
+                # The server does not know where this device was (new keys, a restore, another
+                # account): listed afresh, the tree is compared with the disk as at a first
+                # sync. Against the old base, every file the new listing lacks would have been
+                # taken for deleted on the server, and deleted here.
+                self.reporter.event("the server reset this device's place: comparing afresh")
+                self.state.forget_sync()
                 return self.pull()
             raise
         changed = 0

@@ -184,6 +184,16 @@ class StateDB:
         with self.transaction() as db:
             db.execute("DELETE FROM remote")
 
+    def forget_sync(self) -> None:
+        """Forget what this device knows of the server: the remote mirror, the cursor, the
+        synced base and the work in flight. The next round compares a fresh listing with
+        the disk as a first sync does: equal files are recorded, different ones kept as
+        conflicted copies, and nothing is taken for deleted on either side."""
+        with self.transaction() as db:
+            for table in ("remote", "base", "pending"):
+                db.execute(f"DELETE FROM {table}")
+            db.execute("DELETE FROM meta WHERE key = 'cursor'")
+
     # -- meta ---------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:

@@ -8,7 +8,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from tessera_client.api import Api, RetryPolicy
 from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import TEMP_PREFIX, FakeFilesystem
+from tessera_client.planner import Entry, EntryKind
 
 KEY = bytes(range(32))
 
@@ -33,6 +34,7 @@ class Evil:
     blobs: dict[str, bytes] = field(default_factory=dict)  # url path -> stored bytes
     base: str = ""
     restoring: int = 0  # answer this many downloads with 202 (cold storage) first
+    reset_cursors: bool = False  # answer list_folder/continue with invalid_cursor
     posted: list[str] = field(default_factory=list)  # the routes the client called
 
     def add_file(
@@ -102,6 +104,8 @@ def evil() -> Iterator[Evil]:
             state.posted.append(self.path)
             if self.path == "/v1/list_folder":
                 self._send(200, {"entries": state.entries, "cursor": "c1", "has_more": False})
+            elif self.path == "/v1/list_folder/continue" and state.reset_cursors:
+                self._send(400, {"error": {"code": "invalid_cursor", "message": "unknown key"}})
             elif self.path == "/v1/list_folder/continue":
                 self._send(200, {"entries": [], "cursor": "c1", "has_more": False})
             elif self.path == "/v1/download" and state.restoring > 0:
@@ -294,3 +298,43 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temp(tmp_path: Path, evil: E
     assert result.problems
     assert fake.read_file("doc.txt") == b"server version"
     assert not [n for n in fake.nodes if TEMP_PREFIX in n]
+
+
+def _synced(engine: SyncEngine, tmp_path: Path, name: str, data: bytes) -> Path:
+    """A file on disk that the state database records as synced (base and mirror)."""
+    path = tmp_path / "root" / "sync" / name
+    path.write_bytes(data)
+    st = path.stat()
+    entry = Entry(name, EntryKind.FILE, content_hash([block_id(data)]), len(data), "f-" + name, 1)
+    engine.state.put_base(replace(entry, mtime_ns=st.st_mtime_ns, inode=st.st_ino))
+    engine.state.put_remote(entry)
+    return path
+
+
+def test_a_cursor_the_server_no_longer_knows_deletes_nothing(tmp_path: Path, evil: Evil) -> None:
+    """A server with new keys (or restored, or another account's) refuses the cursor: the
+    fresh listing lacks the synced files, which read as deleted there against the old base,
+    and were deleted here."""
+    engine = _engine(tmp_path, evil)
+    kept = [_synced(engine, tmp_path, f"notes{i}.txt", b"mine %d" % i) for i in range(3)]
+    engine.state.set_meta("cursor", "issued-by-the-old-server")
+    evil.reset_cursors = True
+    engine.run_once()
+    engine.close()
+    assert all(p.read_bytes() == b"mine %d" % i for i, p in enumerate(kept))
+    assert "/v1/list_folder" in evil.posted  # listed afresh
+    assert "/v1/uploads" in evil.posted  # and offered as this device's files (refused here)
+
+
+def test_another_account_on_the_same_home_deletes_nothing(tmp_path: Path, evil: Evil) -> None:
+    engine = _engine(tmp_path, evil)
+    kept = _synced(engine, tmp_path, "diary.txt", b"private")
+    engine.state.set_meta("cursor", None)  # a listing from scratch, as after a fresh login
+    engine.close()
+    home = Home(tmp_path / "home")
+    other = Settings(server_url=evil.base, email="someone.else@example.com", device_name="dev")
+    api = Api(evil.base, home, policy=RetryPolicy(attempts=2, base=0.01))
+    engine = SyncEngine(home, other, tmp_path / "root" / "sync", api)
+    engine.run_once()
+    engine.close()
+    assert kept.read_bytes() == b"private"
