@@ -276,8 +276,7 @@ class SyncEngine:
         if downloads:
             self._download_all(downloads, stats, result)
         committed: set[str] = set()
-        if uploads:
-            result.ops += len(uploads)
+        if uploads:  # each file counts as work done in `_after_upload` (or not)
             try:
                 committed = self._upload(uploads, result)
             except ApiError as e:
@@ -596,15 +595,21 @@ class SyncEngine:
         return {path_key(r.item.path) for r in results if r.entry is not None}
 
     def _after_upload(self, r: UploadResult, remote: Entry | None, result: RoundResult) -> None:
+        """Record an upload's outcome. A refusal that the next round would meet again (quota,
+        size, a bad request) is a problem, not work done: counted as work, it made every
+        round start the next at once, for ever."""
         path = r.item.path
         if r.entry is not None:
             ids = [b.id for b in r.item.manifest.blocks]
             self._record_file(path, r.entry, r.item.stat, ids)
             self.reporter.event(f"uploaded {path}")
+            result.ops += 1
             return
         if r.error is None:
-            return  # the file changed while uploading: next round
+            result.ops += 1  # the file changed while uploading: the next round sends it
+            return
         if r.status == 409 or r.status == 403:
+            result.ops += 1
             viewer = r.status == 403
             copy = self._free_copy_name(path)
             if self.fs.exists(path) and same_stat(self.fs.lstat(path), r.item.stat):

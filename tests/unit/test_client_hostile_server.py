@@ -338,3 +338,15 @@ def test_another_account_on_the_same_home_deletes_nothing(tmp_path: Path, evil: 
     engine.run_once()
     engine.close()
     assert kept.read_bytes() == b"private"
+
+
+def test_an_upload_the_server_keeps_refusing_ends_the_run(tmp_path: Path, evil: Evil) -> None:
+    """A refusal the next round meets again (here the server has no upload route; over
+    quota is the same) was counted as work done, so every round started the next at once:
+    `--once` ran all its rounds, the daemon spun."""
+    engine = _engine(tmp_path, evil)
+    (tmp_path / "root" / "sync" / "big.bin").write_bytes(b"more than the quota allows")
+    result = engine.run_once()
+    engine.close()
+    assert any("big.bin" in p for p in result.problems), result.problems
+    assert evil.posted.count("/v1/uploads") == 1
