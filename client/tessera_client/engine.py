@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.api.models import FileEntry
-from tessera_client.api import Api, ApiError, NotLoggedIn, ServerUnreachable, parse
+from tessera_client.api import Api, ApiError, ServerUnreachable, parse
 from tessera_client.config import Home, Settings
 from tessera_client.fs import Filesystem, RealFilesystem, SafeFilesystem, Stat, SymlinkError
 from tessera_client.ignore import IgnoreRules
@@ -105,6 +105,7 @@ class SyncEngine:
         self._wake = threading.Event()
         self._remote_changed = threading.Event()  # set by the long-poll: pull before planning
         self._remote_changed.set()
+        self._pulled = threading.Event()  # set by each pull: the long-poll may ask again
         self._stop = threading.Event()
         self._reported_skips: set[tuple[str, str]] = set()
 
@@ -149,6 +150,7 @@ class SyncEngine:
                     changed += self._apply_remote(raw)
                 self.state.set_meta("cursor", answer["cursor"])
             if not answer.get("has_more"):
+                self._pulled.set()
                 return changed
             answer = self.api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
 
@@ -685,15 +687,29 @@ class SyncEngine:
         self._wake.set()
 
     def _longpoll_loop(self) -> None:
+        """Wake a pulling round whenever the server has news after the stored cursor.
+
+        After news (or with no cursor yet) it waits for that round's pull: asked again
+        with the same cursor, the server answers at once, and the thread sent hundreds of
+        requests a second while a long round uploaded. Whatever goes wrong is reported
+        and retried: a thread that ended here left the daemon deaf to the server."""
         while not self._stop.is_set():
             try:
-                if self.longpoll():
-                    self._remote_changed.set()
-                    self._wake.set()
-            except (ApiError, ServerUnreachable, NotLoggedIn) as e:
+                self._pulled.clear()
+                news = self.longpoll()
+            except Exception as e:
                 self.reporter.problem(f"waiting for the server: {e}")
                 self._remote_changed.set()
+                self._wake.set()
                 self._stop.wait(2.0)
+                continue
+            if news:
+                self._remote_changed.set()
+                self._wake.set()
+                deadline = time.monotonic() + self.settings.scan_interval_s
+                while not (self._stop.is_set() or self._pulled.wait(0.5)):
+                    if time.monotonic() >= deadline:
+                        break
 
     def run_daemon(self, on_round: Callable[[RoundResult], None] | None = None) -> None:
         """Sync continuously: watcher events and long-poll wake a round; full scans regularly."""
@@ -734,7 +750,7 @@ class SyncEngine:
                         time.sleep(self.settings.debounce_ms / 1000)
                 if r.retry_after:
                     next_scan = time.monotonic() + r.retry_after
-                else:
+                elif full:  # a folder busier than the interval still gets its full rounds
                     next_scan = time.monotonic() + self.settings.scan_interval_s
         finally:
             watcher.stop()

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -350,3 +351,49 @@ def test_an_upload_the_server_keeps_refusing_ends_the_run(tmp_path: Path, evil: 
     engine.close()
     assert any("big.bin" in p for p in result.problems), result.problems
     assert evil.posted.count("/v1/uploads") == 1
+
+
+def test_the_long_poll_waits_for_the_pull_after_news(tmp_path: Path, evil: Evil) -> None:
+    """With news pending (or no cursor yet) the server answers a long-poll at once: asked
+    again before the round pulled, the thread sent hundreds of requests a second (and with
+    no cursor spun without any)."""
+    engine = _engine(tmp_path, evil)
+    asked: list[str | None] = []
+
+    def news() -> bool:
+        asked.append(engine.state.cursor)
+        return True
+
+    engine.longpoll = news  # type: ignore[method-assign]
+    poller = threading.Thread(target=engine._longpoll_loop, daemon=True)
+    poller.start()
+    time.sleep(0.5)
+    assert asked == [None]  # then it waits for a pull
+    engine.pull()  # the round it woke
+    time.sleep(0.3)
+    engine.stop()
+    poller.join(5)
+    engine.close()
+    assert asked == [None, "c1"]
+
+
+def test_the_long_poll_outlives_an_unexpected_error(tmp_path: Path, evil: Evil) -> None:
+    engine = _engine(tmp_path, evil)
+    engine.state.set_meta("cursor", "c1")
+    calls: list[int] = []
+
+    def broken() -> bool:
+        calls.append(1)
+        raise AttributeError("'list' object has no attribute 'get'")  # a malformed answer
+
+    engine.longpoll = broken  # type: ignore[method-assign]
+    problems: list[str] = []
+    engine.reporter.problem = problems.append  # type: ignore[method-assign,assignment]
+    poller = threading.Thread(target=engine._longpoll_loop, daemon=True)
+    poller.start()
+    time.sleep(0.2)
+    alive = poller.is_alive()
+    engine.stop()
+    poller.join(5)
+    engine.close()
+    assert alive and calls and any("waiting for the server" in p for p in problems)
