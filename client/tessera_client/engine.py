@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import asdict, replace
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tessera.api.models import FileEntry
 from tessera_client.api import Api, ApiError, ServerUnreachable, parse
@@ -74,6 +75,7 @@ class SyncEngine:
         self.home, self.settings, self.api = home, settings, api
         self.folder = folder.resolve()
         self.fs = SafeFilesystem(filesystem or RealFilesystem(self.folder))
+        self._lock = _hold_device_lock(home)
         self.state = StateDB(home.state_file)
         bound = self.state.get_meta("folder")
         if bound and bound != str(self.folder):
@@ -110,11 +112,12 @@ class SyncEngine:
         self._reported_skips: set[tuple[str, str]] = set()
 
     def close(self) -> None:
-        """Stop transfers and close the state database."""
+        """Stop transfers, close the state database and let another sync of this device run."""
         self._stop.set()
         self._wake.set()
         self.transfers.close()
         self.state.close()
+        self._lock.close()
 
     def _on_progress(self, path: str, nbytes: int) -> None:
         total = self._sizes.get(path, 0)
@@ -773,3 +776,35 @@ def _implied_folders(ops: list[Op]) -> set[str]:
 
 
 _FOLDER_SAFE = frozenset({OpKind.UPLOAD, OpKind.CREATE_FOLDER_REMOTE})
+
+
+def _hold_device_lock(home: Home) -> IO[str]:
+    """Lock this device's state for as long as the returned file is open, or raise SyncError.
+
+    Two syncs of one device (the daemon and a `tessera sync --once` beside it) both uploaded
+    the same edit: the second got a 409 and renamed the file to a conflicted copy, and the
+    next round took that rename for the user's and renamed the file on every device. POSIX
+    only: elsewhere the lock is advisory and not taken.
+    """
+    home.ensure()
+    handle = open(home.path / "sync.lock", "a+", encoding="utf-8")  # noqa: SIM115 (held open)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip()
+        handle.close()
+        holder = f"pid {pid}" if pid else "another process"
+        raise SyncError(
+            f"this device ({home.path}) is already syncing ({holder}); stop that sync "
+            "first, or use another TESSERA_HOME"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

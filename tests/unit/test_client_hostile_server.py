@@ -22,6 +22,7 @@ from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import TEMP_PREFIX, FakeFilesystem
 from tessera_client.planner import Entry, EntryKind
+from tessera_client.reporting import SyncError
 
 KEY = bytes(range(32))
 
@@ -397,3 +398,19 @@ def test_the_long_poll_outlives_an_unexpected_error(tmp_path: Path, evil: Evil) 
     poller.join(5)
     engine.close()
     assert alive and calls and any("waiting for the server" in p for p in problems)
+
+
+def test_one_device_syncs_in_one_process_at_a_time(tmp_path: Path, evil: Evil) -> None:
+    """The daemon and a `tessera sync --once` beside it both uploaded an edit: the loser of
+    the race renamed it to a conflicted copy, and that rename went to every device."""
+    first = _engine(tmp_path, evil)
+    home = Home(tmp_path / "home")
+
+    def another() -> SyncEngine:
+        settings = Settings(server_url=evil.base, device_name="dev")
+        return SyncEngine(home, settings, tmp_path / "root" / "sync", Api(evil.base, home))
+
+    with pytest.raises(SyncError, match=f"already syncing \\(pid {os.getpid()}\\)"):
+        another()
+    first.close()
+    another().close()  # free again once the first one is closed
