@@ -219,6 +219,7 @@ class SyncEngine:
         for path, reason in scan.skipped:
             self._skip(path, reason)
         result.unstable = len(scan.unstable)
+        self._vouch_for_rehashed(scan, base)
         unstable = {path_key(p) for p in scan.unstable}
         local = dict(scan.tree)
         for key in unstable:  # being written: act as if unchanged until it settles
@@ -238,6 +239,23 @@ class SyncEngine:
         self._execute(ops, scan, result)
         self.state.set_meta("last_sync", str(time.time()))
         return result
+
+    def _vouch_for_rehashed(self, scan: LocalScan, base: dict[str, Entry]) -> None:
+        """Files recorded racily clean (mtime 0 in the base: hashed at every scan) that this
+        scan found unchanged get their stat recorded, so the next scan trusts it."""
+        for key, synced in base.items():
+            here = scan.tree.get(key)
+            if (
+                synced.is_file
+                and not synced.mtime_ns
+                and here is not None
+                and here.mtime_ns
+                and here.content_hash == synced.content_hash
+            ):
+                self.state.put_base(
+                    replace(synced, mtime_ns=here.mtime_ns, inode=here.inode),
+                    self.state.base_blocks(synced.path),
+                )
 
     def _mass_delete_gate(
         self, the_plan: Plan, base: dict[str, Entry], result: RoundResult

@@ -21,6 +21,16 @@ from typing import BinaryIO
 from tessera_client.paths import UnsafePathError, ancestors, canonical_rel, parent_of
 
 TEMP_PREFIX = ".tessera-tmp-"
+# The coarsest modification time a filesystem the client may sync keeps (FAT: 2 s; HFS+:
+# 1 s). A file written again within it can keep its size and mtime.
+MTIME_GRANULARITY_NS = 2 * 10**9
+
+
+def racily_clean(mtime_ns: int, seen_ns: int) -> bool:
+    """Whether a file's stat, taken at `seen_ns`, cannot vouch for its content later: it
+    was modified so shortly before that a second write could leave size and mtime as they
+    were (Git's "racy clean" index entries)."""
+    return seen_ns - mtime_ns < MTIME_GRANULARITY_NS
 
 
 class Kind(StrEnum):

@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from tessera.blocks import FileChangedError, FileManifest, scan_file
-from tessera_client.fs import TEMP_PREFIX, Kind, SafeFilesystem, Stat
+from tessera_client.fs import TEMP_PREFIX, Kind, SafeFilesystem, Stat, racily_clean
 from tessera_client.ignore import IGNORE_FILE, IgnoreRules
 from tessera_client.paths import ancestors, path_key
 from tessera_client.planner import Entry, EntryKind
@@ -59,6 +59,7 @@ STALE_TEMP_NS = 24 * 3600 * 10**9
 class _Cached:
     stat: Stat
     manifest: FileManifest
+    hashed_ns: int  # when the file was hashed: its stat vouches for it only if not racy
 
 
 class Scanner:
@@ -135,7 +136,7 @@ class Scanner:
                     out.stats[key] = st
                     stack.append(rel)
                     continue
-                entry = self._file_entry(rel, key, st, base.get(key), out)
+                entry = self._file_entry(rel, key, st, base.get(key), out, now_ns)
                 if entry is not None:
                     out.tree[key] = entry
                     out.stats[key] = st
@@ -143,10 +144,17 @@ class Scanner:
         return out
 
     def _file_entry(
-        self, rel: str, key: str, st: Stat, base: Entry | None, out: LocalScan
+        self, rel: str, key: str, st: Stat, base: Entry | None, out: LocalScan, now_ns: int
     ) -> Entry | None:
+        # A stat vouches for content only when the file was not modified just before it was
+        # taken (`racily_clean`): on a filesystem with 1-2 s mtimes a same-size save right
+        # after hashing kept size and mtime, and the edit was never uploaded.
         cached = self._cache.get(key)
-        if cached is not None and _same(cached.stat, st):
+        if (
+            cached is not None
+            and _same(cached.stat, st)
+            and not racily_clean(st.mtime_ns, cached.hashed_ns)
+        ):
             m = cached.manifest
             return Entry(
                 rel, EntryKind.FILE, m.content_hash, m.size, mtime_ns=st.mtime_ns, inode=st.inode
@@ -155,6 +163,7 @@ class Scanner:
             base is not None
             and base.is_file
             and (base.size, base.mtime_ns, base.inode) == (st.size, st.mtime_ns, st.inode)
+            and not racily_clean(st.mtime_ns, now_ns)
         ):
             return Entry(
                 rel,
@@ -182,7 +191,7 @@ class Scanner:
         if not _same(after, st):
             out.unstable.append(rel)
             return None
-        self._cache[key] = _Cached(st, manifest)
+        self._cache[key] = _Cached(st, manifest, now_ns)
         return Entry(
             rel,
             EntryKind.FILE,

@@ -21,10 +21,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tessera_client.fs import racily_clean
 from tessera_client.paths import path_key
 from tessera_client.planner import Entry, EntryKind
 
@@ -117,7 +118,11 @@ class StateDB:
         return list(json.loads(row[0])) if row else []
 
     def put_base(self, entry: Entry, blocks: list[str] | None = None) -> None:
-        """Record that both sides agree on `entry`."""
+        """Record that both sides agree on `entry`. A stat taken so soon after the file was
+        written that a second write could keep it (`fs.racily_clean`) is stored with mtime
+        0, so the next scan hashes the file instead of trusting it."""
+        if entry.mtime_ns and racily_clean(entry.mtime_ns, time.time_ns()):
+            entry = replace(entry, mtime_ns=0)
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO base VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -414,3 +414,19 @@ def test_one_device_syncs_in_one_process_at_a_time(tmp_path: Path, evil: Evil) -
         another()
     first.close()
     another().close()  # free again once the first one is closed
+
+
+def test_a_racily_recorded_file_found_unchanged_is_trusted_again(
+    tmp_path: Path, evil: Evil
+) -> None:
+    engine = _engine(tmp_path, evil)
+    path = _synced(engine, tmp_path, "report.txt", b"final")
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(an_hour_ago, an_hour_ago))
+    synced = engine.state.base_tree()["report.txt"]
+    engine.state.put_base(replace(synced, mtime_ns=0))  # recorded racily clean
+    engine.state.set_meta("cursor", "c1")
+    engine.round()
+    recorded = engine.state.base_tree()["report.txt"]
+    engine.close()
+    assert (recorded.mtime_ns, recorded.content_hash) == (an_hour_ago, synced.content_hash)

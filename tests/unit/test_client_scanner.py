@@ -58,6 +58,8 @@ def test_a_clash_keeps_the_synced_spelling(tmp_path: Path) -> None:
 def test_unchanged_files_are_not_rehashed(tmp_path: Path) -> None:
     f = tmp_path / "f.bin"
     f.write_bytes(b"content")
+    an_hour_ago = time.time_ns() - 3600 * 10**9  # a stat taken just after a write is racy
+    os.utime(f, ns=(an_hour_ago, an_hour_ago))
     st = f.stat()
     base = {
         "f.bin": Entry(
@@ -107,3 +109,21 @@ def test_a_scan_removes_temp_files_another_process_left_a_day_ago(tmp_path: Path
     assert not left.exists()
     assert writing.exists() and ours.exists()
     assert set(scan.tree) == {"sub"}  # temp files are never synced
+
+
+def test_a_same_size_rewrite_within_the_mtime_granularity_is_hashed_again(
+    tmp_path: Path,
+) -> None:
+    # On FAT (2 s mtimes) or HFS+ (1 s) a save right after the scan hashed the file kept
+    # its size and mtime: trusted, the edit was never uploaded.
+    f = tmp_path / "draft.txt"
+    f.write_bytes(b"draft one")
+    scanner = _scanner(tmp_path)
+    first = scanner.scan({}).tree["draft.txt"].content_hash
+    st = f.stat()
+    with open(f, "r+b") as same_inode:
+        same_inode.write(b"draft two")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # the coarse clock did not move
+    again = scanner.scan({}).tree["draft.txt"]
+    assert again.content_hash != first
+    assert (again.size, again.mtime_ns, again.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tessera_client.planner import Entry, EntryKind
@@ -62,3 +63,13 @@ def test_pending_and_conflicts(tmp_path: Path) -> None:
     assert db.conflicts() == []
     db.set_meta("cursor", None)
     assert db.cursor is None
+
+
+def test_a_stat_recorded_right_after_a_write_is_not_trusted_later(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    now = time.time_ns()
+    db.put_base(Entry("fresh.txt", EntryKind.FILE, "b3:aa", 5, "id:1", 1, now - 10**8, 7))
+    db.put_base(Entry("old.txt", EntryKind.FILE, "b3:bb", 5, "id:2", 1, now - 60 * 10**9, 8))
+    tree = db.base_tree()
+    assert tree["fresh.txt"].mtime_ns == 0  # hashed again next scan
+    assert tree["old.txt"].mtime_ns == now - 60 * 10**9
