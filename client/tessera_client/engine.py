@@ -450,7 +450,7 @@ class SyncEngine:
             if parent_of(op.path):
                 self.fs.makedirs(parent_of(op.path))
             self.fs.rename(op.src, op.path)
-            old = self.state.base_tree().get(path_key(op.src))
+            old = self.state.base_entry(op.src)  # one row: a renamed folder moves each file
             blocks = self.state.base_blocks(op.src)
             self.state.delete_base(op.src)
             if old is not None:

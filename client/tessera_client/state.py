@@ -67,6 +67,15 @@ class ConflictRecord:
     created_at: float
 
 
+_BASE_ENTRY = "path, kind, file_id, rev, content_hash, size, mtime_ns, inode"
+
+
+def _base_entry(row: Any) -> Entry:
+    """The Entry of a base row's `_BASE_ENTRY` columns."""
+    path, kind, file_id, rev, content_hash, size, mtime_ns, inode = row
+    return Entry(path, _KINDS[kind], content_hash, size, file_id, rev, mtime_ns, inode)
+
+
 class StateDB:
     """The state database of one device."""
 
@@ -103,11 +112,16 @@ class StateDB:
     def base_tree(self) -> dict[str, Entry]:
         """The synced tree, keyed by path key."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT key, path, kind, file_id, rev, content_hash, size, mtime_ns, inode"
-                " FROM base"
-            ).fetchall()
-        return {r[0]: Entry(r[1], _KINDS[r[2]], r[5], r[6], r[3], r[4], r[7], r[8]) for r in rows}
+            rows = self._db.execute(f"SELECT key, {_BASE_ENTRY} FROM base").fetchall()
+        return {r[0]: _base_entry(r[1:]) for r in rows}
+
+    def base_entry(self, path: str) -> Entry | None:
+        """The synced entry at `path` (any spelling), or None."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_BASE_ENTRY} FROM base WHERE key = ?", (path_key(path),)
+            ).fetchone()
+        return _base_entry(row) if row else None
 
     def base_blocks(self, path: str) -> list[str]:
         """The block ids of a synced file (empty when unknown)."""

@@ -23,6 +23,7 @@ def test_base_tree_round_trips_and_survives_reopen(tmp_path: Path) -> None:
     assert tree["docs/ä.txt"] == e
     assert tree["docs"].kind == EntryKind.FOLDER
     assert db.base_blocks("DOCS/ä.TXT") == ["b3:x", "b3:y"]
+    assert db.base_entry("DOCS/ä.TXT") == e and db.base_entry("docs/none.txt") is None
     assert db.cursor == "c1"
     assert db.get_pending("upload", "docs/ä.txt") == {"upload_id": "up_1", "sent": ["b3:x"]}
     assert db._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
