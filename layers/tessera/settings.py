@@ -41,6 +41,10 @@ class Settings:
     longpoll_min_s: float = 30.0
     longpoll_max_s: float = 480.0
     longpoll_backoff_s: int = 0
+    # A long-poll on an older cursor answers "changes" at once (the caller lists and gets a
+    # fresh cursor): a feed that keeps recent history only (the changes table's 7-day TTL)
+    # cannot tell it of changes made between the cursor and then.
+    longpoll_cursor_max_age_s: int = 6 * 86_400
     # Per-user request throttling of the local gateway (API Gateway's dev stage: 50/s, 100).
     api_rate_limit: float = 50.0
     api_burst_limit: int = 100

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from datetime import timedelta
 from unittest import mock
 
 import pytest
@@ -159,6 +161,22 @@ def test_longpoll_wakes_on_commit_and_times_out(services: Services, alice: Princ
     started = time.monotonic()
     woke = listing.longpoll(services, alice, LongpollRequest(cursor=cursor, timeout=8))
     assert woke.changes is True and time.monotonic() - started < 5
+
+
+def test_a_cursor_older_than_the_feeds_memory_is_told_to_list(
+    services: Services, alice: Principal
+) -> None:
+    # The changes table keeps 7 days: a long-poll on an older cursor waited for changes it
+    # no longer holds, while list_folder/continue had them. Now it answers at once.
+    put_file(services, alice, "/seed", b"s")
+    cursor = listing.list_folder(services, alice, "/", True, None).cursor
+    request = LongpollRequest(cursor=cursor, timeout=30)
+    assert listing.plan_longpoll(services, alice, request).ready is False
+    later = services.clock.now() + timedelta(seconds=services.settings.longpoll_cursor_max_age_s)
+    aged = dataclasses.replace(services, clock=mock.Mock(now=lambda: later + timedelta(hours=1)))
+    assert listing.plan_longpoll(aged, alice, request).ready is True
+    fresh = listing.list_folder_continue(aged, alice, cursor, None).cursor  # what it does next
+    assert listing.plan_longpoll(aged, alice, LongpollRequest(cursor=fresh)).ready is False
 
 
 def test_share_and_unshare_show_up_in_continue(

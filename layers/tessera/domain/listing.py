@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from tessera.domain import paths
@@ -68,6 +69,7 @@ class _Cursor:
     parts: list[_Part]
     root: list[int]  # [root ns, seq]: the caller's root is always watched (mount changes)
     more: bool  # the page that made this cursor had more to send
+    issued: int = 0  # when it was encoded (epoch s); cursors from before the field: 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,10 +80,12 @@ def _cursor_key(keys: KeyService, version: int) -> bytes:
     return hmac.new(keys.secret(version), b"tessera list_folder cursor", hashlib.sha256).digest()
 
 
-def encode_cursor(keys: KeyService, cursor: _Cursor) -> str:
-    """`c1.<key version>.<payload>.<hmac>` (base64url): opaque and tamper-proof."""
+def encode_cursor(keys: KeyService, cursor: _Cursor, now: datetime) -> str:
+    """`c1.<key version>.<payload>.<hmac>` (base64url): opaque and tamper-proof, stamped
+    with the time `now` it is issued at."""
     version = keys.current_version()
-    raw = json.dumps(asdict(cursor), separators=(",", ":")).encode()
+    fields = {**asdict(cursor), "issued": int(now.timestamp())}
+    raw = json.dumps(fields, separators=(",", ":")).encode()
     payload = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     body = f"{_VERSION}.{version}.{payload}"
     sig = hmac.new(_cursor_key(keys, version), body.encode(), hashlib.sha256).digest()
@@ -244,9 +248,7 @@ def list_folder(
             False,
         )
         entries = _page(store, view, cursor, _limit(svc, limit))
-    return ListFolderResponse(
-        entries=entries, cursor=encode_cursor(svc.keys, cursor), has_more=cursor.more
-    )
+    return _page_answer(svc, entries, cursor)
 
 
 def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
@@ -300,8 +302,15 @@ def list_folder_continue(
         if cursor.membership != view.user.membership_version:
             entries = _rescope(store, view, cursor)
         entries += _page(store, view, cursor, max(_limit(svc, limit) - len(entries), 1))
+    return _page_answer(svc, entries, cursor)
+
+
+def _page_answer(svc: Services, entries: list[Entry], cursor: _Cursor) -> ListFolderResponse:
+    """A page of a listing and the cursor that continues it."""
     return ListFolderResponse(
-        entries=entries, cursor=encode_cursor(svc.keys, cursor), has_more=cursor.more
+        entries=entries,
+        cursor=encode_cursor(svc.keys, cursor, svc.clock.now()),
+        has_more=cursor.more,
     )
 
 
@@ -325,7 +334,10 @@ def plan_longpoll(svc: Services, principal: Principal, req: LongpollRequest) -> 
     settings = svc.settings
     backoff = settings.longpoll_backoff_s or None
     timeout = min(max(float(req.timeout), settings.longpoll_min_s), settings.longpoll_max_s)
-    if cursor.more or any(p.snap is not None for p in cursor.parts):
+    # A cursor older than the change feed's memory (the DynamoDB table keeps 7 days) could
+    # wait for ever on changes the feed no longer holds: the caller lists instead.
+    aged = svc.clock.now().timestamp() - cursor.issued > settings.longpoll_cursor_max_age_s
+    if aged or cursor.more or any(p.snap is not None for p in cursor.parts):
         return LongpollPlan(watch={}, timeout=timeout, backoff=backoff, ready=True)
     watch = {p.ns: p.seq for p in cursor.parts if not p.point}
     root_ns, root_seq = cursor.root
