@@ -79,6 +79,8 @@ class SyncEngine:
         self.state = StateDB(home.state_file)
         bound = self.state.get_meta("folder")
         if bound and bound != str(self.folder):
+            self.state.close()
+            self._lock.close()
             raise SyncError(
                 f"this device ({home.path}) already syncs {bound}; use another TESSERA_HOME "
                 "to sync a second folder"

@@ -430,3 +430,17 @@ def test_a_racily_recorded_file_found_unchanged_is_trusted_again(
     recorded = engine.state.base_tree()["report.txt"]
     engine.close()
     assert (recorded.mtime_ns, recorded.content_hash) == (an_hour_ago, synced.content_hash)
+
+
+def test_a_second_folder_on_one_device_is_refused_and_leaves_it_usable(
+    tmp_path: Path, evil: Evil
+) -> None:
+    _engine(tmp_path, evil).close()  # binds the device to root/sync
+    home = Home(tmp_path / "home")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    settings = Settings(server_url=evil.base, device_name="dev")
+    with pytest.raises(SyncError, match="already syncs"):
+        SyncEngine(home, settings, other, Api(evil.base, home))
+    # the refusal let go of the device: the bound folder still syncs
+    SyncEngine(home, settings, tmp_path / "root" / "sync", Api(evil.base, home)).close()
