@@ -440,7 +440,9 @@ def test_a_second_folder_on_one_device_is_refused_and_leaves_it_usable(
     other = tmp_path / "elsewhere"
     other.mkdir()
     settings = Settings(server_url=evil.base, device_name="dev")
-    with pytest.raises(SyncError, match="already syncs"):
+    with pytest.raises(SyncError, match="already syncs") as refused:
         SyncEngine(home, settings, other, Api(evil.base, home))
-    # the refusal let go of the device: the bound folder still syncs
+    # the refusal let go of the device (not only once the error is collected): the bound
+    # folder still syncs while the caller still holds the error
     SyncEngine(home, settings, tmp_path / "root" / "sync", Api(evil.base, home)).close()
+    assert refused.value is not None
