@@ -252,6 +252,10 @@ def _jsonable_record(record: dict[str, Any]) -> dict[str, Any]:
 #: Seconds between the emulator's listings of the change stream's shards.
 SHARD_LISTING_S = 10.0
 
+#: Deliveries of a shard's failed stream records before they are given up, as the deployed
+#: pipe's `maximum_retry_attempts` (infra/constructs/events.py) then sends them to its DLQ.
+PIPE_MAX_ATTEMPTS = 10
+
 
 #: Seconds between outbox sweeps: the deployed schedule's rate (infra/constructs/workflows.py,
 #: every minute). The sweep delivers every event the fast path left to it, a second of CPU
@@ -284,6 +288,9 @@ class Emulator:
         self._thread = threading.Thread(target=self._run, name="aws-emulator", daemon=True)
         self._iterators: dict[str, str] = {}
         self._finished: set[str] = set()  # closed shards read to their end
+        # shard -> (records the router has not taken yet, deliveries made): as on AWS, a
+        # shard moves on only once they are in or given up
+        self._retrying: dict[str, tuple[list[dict[str, Any]], int]] = {}
         self._shards_listed = float("-inf")  # monotonic time of the last shard listing
 
     def start(self) -> None:
@@ -321,20 +328,50 @@ class Emulator:
         if not self._iterators or time.monotonic() - self._shards_listed >= SHARD_LISTING_S:
             self._open_shards("TRIM_HORIZON")
         delivered = 0
-        for shard, iterator in list(self._iterators.items()):
-            page = self._streams.get_records(ShardIterator=iterator, Limit=100)
-            if page.get("NextShardIterator"):
-                self._iterators[shard] = page["NextShardIterator"]
-            else:  # a closed shard, read to its end
-                del self._iterators[shard]
-                self._finished.add(shard)
-            records = [_jsonable_record(r) for r in page.get("Records", [])]
-            if records:
-                resp = self._router({"Records": records}, _context())
-                if resp.get("batchItemFailures"):
-                    log.warning("change router failed on %s", resp["batchItemFailures"])
-                delivered += len(records)
+        for shard in [*self._iterators, *(s for s in self._retrying if s not in self._iterators)]:
+            records, attempts = self._retrying.pop(shard, ([], 0))
+            if not records:
+                records, attempts = self._read(shard), 0
+            if not records:
+                continue
+            left = self._deliver(records)
+            delivered += len(records) - len(left)
+            if not left:
+                continue
+            if attempts + 1 < PIPE_MAX_ATTEMPTS:
+                self._retrying[shard] = (left, attempts + 1)
+            else:
+                log.error("change router gave up on %d stream records of %s", len(left), shard)
         return delivered
+
+    def _read(self, shard: str) -> list[dict[str, Any]]:
+        """The next page of an open shard's records (none from a finished one)."""
+        iterator = self._iterators.get(shard)
+        if iterator is None:
+            return []
+        page = self._streams.get_records(ShardIterator=iterator, Limit=100)
+        if page.get("NextShardIterator"):
+            self._iterators[shard] = page["NextShardIterator"]
+        else:  # a closed shard, read to its end
+            del self._iterators[shard]
+            self._finished.add(shard)
+        return [_jsonable_record(r) for r in page.get("Records", [])]
+
+    def _deliver(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Hand `records` to the router; those it did not take, to be delivered again: all
+        of them when it raised, else from the first it reported failed on, as a pipe with
+        ReportBatchItemFailures retries (the records before it are in)."""
+        try:
+            resp = self._router({"Records": records}, _context())
+        except Exception:
+            log.warning("change router failed on %d stream records", len(records), exc_info=True)
+            return records
+        failed = {f.get("itemIdentifier") for f in resp.get("batchItemFailures") or []}
+        for n, record in enumerate(records):
+            if record["dynamodb"].get("SequenceNumber") in failed:
+                log.warning("change router failed from stream record %d of %d", n, len(records))
+                return records[n:]
+        return []
 
     def _run(self) -> None:
         next_relay = time.monotonic() + self._relay_every

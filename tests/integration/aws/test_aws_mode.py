@@ -214,3 +214,38 @@ def test_the_emulator_lists_stream_shards_now_and_then(aws_cloud: AwsLocalCloud)
         assert "DescribeStream" in calls
     finally:
         events.unregister("before-call", record)
+
+
+def test_the_emulated_pipe_delivers_again_from_the_record_the_router_failed_on(
+    aws_cloud: AwsLocalCloud,
+) -> None:
+    """As the deployed pipe (ReportBatchItemFailures) does: the records before the first
+    reported failure are in, the rest are delivered again. They were dropped here."""
+    from tessera.adapters.aws import DynamoChangeFeed, changes_model
+    from tessera.local.aws_mode import Emulator
+    from tessera.ports import ChangeEvent
+
+    settings = aws_cloud.aws
+    assert settings is not None
+    real = aws_cloud.functions["change_router"].handler
+    batches: list[list[str]] = []
+
+    def flaky(event: dict[str, Any], context: Any) -> Any:
+        seqs = [r["dynamodb"]["SequenceNumber"] for r in event["Records"]]
+        batches.append(seqs)
+        if len(batches) == 1:  # the second record of the first batch fails
+            return {"batchItemFailures": [{"itemIdentifier": seqs[1]}]}
+        return real(event, context)
+
+    pipe = Emulator(settings, aws_cloud.functions["outbox_relay"].handler, flaky)
+    pipe._open_shards("LATEST")
+    model = changes_model(
+        settings.changes_table, region=settings.region, host=settings.endpoint_url
+    )
+    ns = int(uuid.uuid4().int % 2**52)
+    DynamoChangeFeed(model).publish_many(
+        [ChangeEvent(f"pipe-{ns}-{n}", ns, n, "file", {"n": n}) for n in (1, 2, 3)]
+    )
+    assert pipe.pump_once() == 1  # the first record went in
+    assert pipe.pump_once() == 2
+    assert len(batches) == 2 and batches[1] == batches[0][1:]
