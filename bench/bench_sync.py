@@ -47,19 +47,10 @@ def _env(home: Path, device: str) -> dict[str, str]:
 
 
 def _login(url: str, home: Path, email: str, device: str) -> None:
-    from tessera_client.api import Api
+    from tessera_client.api import sign_in
     from tessera_client.config import Home
 
-    h = Home(home)
-    api = Api(url, h)
-    try:
-        api.login(email, PASSWORD)
-        api.call("/v1/account", method="GET")
-    finally:
-        api.close()
-    settings = h.load_settings()
-    settings.server_url, settings.email, settings.device_name = url, email, device
-    h.save_settings(settings)
+    sign_in(Home(home), url, email, PASSWORD, device)
 
 
 def _engine(url: str, home: Path, folder: Path, device: str) -> Any:

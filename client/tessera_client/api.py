@@ -279,3 +279,22 @@ class Api:
         return send_with_retry(
             self.blocks, self.policy, method, url, headers=headers, content=content
         )
+
+
+def sign_in(
+    home: Home, server_url: str, email: str, password: str, device: str | None = None
+) -> dict[str, Any]:
+    """`tessera login`: store this device's tokens, provision the account, then save the
+    settings (server, email, and `device` as the device name when given); the account."""
+    settings = home.load_settings()
+    settings.server_url, settings.email = server_url.rstrip("/"), email
+    if device:
+        settings.device_name = device
+    api = Api(settings.server_url, home)
+    try:
+        api.login(email, password)
+        account: dict[str, Any] = api.call("/v1/account", method="GET")  # also provisions
+    finally:
+        api.close()
+    home.save_settings(settings)
+    return account

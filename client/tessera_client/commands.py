@@ -24,7 +24,14 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 from rich.text import Text
 
-from tessera_client.api import Api, ApiError, NotLoggedIn, RetryPolicy, ServerUnreachable
+from tessera_client.api import (
+    Api,
+    ApiError,
+    NotLoggedIn,
+    RetryPolicy,
+    ServerUnreachable,
+    sign_in,
+)
 from tessera_client.config import Home, Settings
 from tessera_client.paths import UnsafePathError, canonical_rel
 from tessera_client.reporting import Reporter, RoundResult, SyncError
@@ -161,22 +168,13 @@ def login(
         if password is None:
             password = typer.prompt("Password", hide_input=True)
         home = _home()
-        settings = home.load_settings()
-        settings.server_url, settings.email = server.rstrip("/"), email
-        if device:
-            settings.device_name = device
-        api = Api(settings.server_url, home)
         try:
-            api.login(email, password)
+            account = sign_in(home, server, email, password, device)
         except ApiError as e:
             if e.status in (400, 401, 403):
                 raise UserError("wrong email or password") from None
             raise
-        try:
-            account = api.call("/v1/account", method="GET")  # also provisions a new user
-        finally:
-            api.close()
-        home.save_settings(settings)
+        settings = home.load_settings()
         used = f"{_size(account.get('used_bytes'))} of {_size(account.get('quota_bytes'))} used"
         out.print(f"Logged in to {settings.server_url} as {email} (device {settings.device_name}).")
         out.print(used)

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tessera_client.api import Api, RetryPolicy
+from tessera_client.api import sign_in as client_sign_in
 from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
 
@@ -257,16 +258,8 @@ def make_device(
 
 
 def sign_in(cloud: Cloud, email: str, home: Home, name: str) -> Home:
-    """`tessera login`'s steps in-process: tokens and settings of device `name` in `home`."""
-    api = Api(cloud.url, home)
-    try:
-        api.login(email, PASSWORD)
-        api.call("/v1/account", method="GET")
-    finally:
-        api.close()
-    settings = home.load_settings()
-    settings.server_url, settings.email, settings.device_name = cloud.url, email, name
-    home.save_settings(settings)
+    """`tessera login` in-process: tokens and settings of device `name` in `home`."""
+    client_sign_in(home, cloud.url, email, PASSWORD, name)
     return home
 
 
