@@ -257,6 +257,7 @@ class SyncEngine:
                 self.state.put_base(
                     replace(synced, mtime_ns=here.mtime_ns, inode=here.inode),
                     self.state.base_blocks(synced.path),
+                    seen_ns=scan.hashed_ns[key],
                 )
 
     def _mass_delete_gate(
@@ -290,13 +291,14 @@ class SyncEngine:
         uploads: list[tuple[UploadItem, Entry | None]] = []
         downloads: list[Op] = []
         stats = dict(scan.stats)
+        hashed = scan.hashed_ns
         implied = _implied_folders(ops)
         for op in ops:
             if result.disk_full and op.kind in (OpKind.DOWNLOAD, OpKind.CONFLICT):
                 continue
             if op.kind == OpKind.CREATE_FOLDER_REMOTE and path_key(op.path) in implied:
                 continue  # the commits below create it
-            step = partial(self._run_op, op, stats, uploads, downloads)
+            step = partial(self._run_op, op, stats, hashed, uploads, downloads)
             result.ops += int(self._guarded(op, result, step))
         if downloads:
             self._download_all(downloads, stats, result)
@@ -316,7 +318,7 @@ class SyncEngine:
                     self.state.put_remote(Entry(op.path, EntryKind.FOLDER))
                     result.ops += 1
                 else:  # no commit landed inside it: create it on its own
-                    step = partial(self._run_op, op, stats, uploads, downloads)
+                    step = partial(self._run_op, op, stats, hashed, uploads, downloads)
                     result.ops += int(self._guarded(op, result, step))
 
     def _guarded(self, op: Op, result: RoundResult, step: Callable[[], bool]) -> bool:
@@ -399,9 +401,12 @@ class SyncEngine:
         self,
         op: Op,
         stats: dict[str, Stat],
+        hashed: dict[str, int],
         uploads: list[tuple[UploadItem, Entry | None]],
         downloads: list[Op],
     ) -> bool:
+        """Run one planned operation (`stats` and `hashed`: the scan's, by path key); True
+        when it was work done. Uploads and downloads are only queued, for the caller."""
         k = op.kind
         if k == OpKind.SKIP:
             self._skip(op.path, op.reason)
@@ -413,7 +418,8 @@ class SyncEngine:
             if manifest is None or st is None:
                 return True  # not hashed this pass (trusted from base): nothing new to send
             parent = op.remote.rev if op.remote is not None else None
-            uploads.append((UploadItem(op.path, manifest, st, parent), op.remote))
+            item = UploadItem(op.path, manifest, st, parent, hashed[path_key(op.path)])
+            uploads.append((item, op.remote))
             self._sizes[op.path] = manifest.size
             return False
         if k == OpKind.DOWNLOAD:
@@ -434,7 +440,10 @@ class SyncEngine:
             self.reporter.event(f"conflict: your edit of {op.path} kept as {copy}")
             manifest = self.scanner.manifest(op.path)
             if manifest is not None:
-                uploads.append((UploadItem(copy, manifest, stats[path_key(copy)], None), None))
+                seen = hashed[path_key(op.path)]
+                uploads.append(
+                    (UploadItem(copy, manifest, stats[path_key(copy)], None, seen), None)
+                )
             self._download(op.path, op.remote, None)
             return True
         if k == OpKind.DELETE_LOCAL:
@@ -461,7 +470,7 @@ class SyncEngine:
             self.reporter.event(f"moved {op.src} -> {op.path}")
             return True
         if k == OpKind.MOVE_REMOTE:
-            return self._move_remote(op, stats)
+            return self._move_remote(op, stats, hashed)
         if k == OpKind.CREATE_FOLDER_LOCAL:
             self.fs.makedirs(op.path)
             st = self.fs.lstat(op.path)
@@ -491,9 +500,11 @@ class SyncEngine:
             return self._delete_remote_folder(op)
         if k == OpKind.RECORD:
             assert op.remote is not None
-            st = stats.get(path_key(op.path))
+            key = path_key(op.path)
+            st = stats.get(key)
             self.state.put_base(
-                replace(op.remote, mtime_ns=st.mtime_ns if st else 0, inode=st.inode if st else 0)
+                replace(op.remote, mtime_ns=st.mtime_ns if st else 0, inode=st.inode if st else 0),
+                seen_ns=hashed.get(key, 0),
             )
             return False
         if k == OpKind.FORGET:
@@ -509,7 +520,15 @@ class SyncEngine:
         self._record_file(path, entry, st, blocks)
         self.reporter.event(f"downloaded {path}")
 
-    def _record_file(self, path: str, entry: FileEntry, st: Stat, blocks: list[str]) -> None:
+    def _record_file(
+        self,
+        path: str,
+        entry: FileEntry,
+        st: Stat,
+        blocks: list[str],
+        seen_ns: int | None = None,
+    ) -> None:
+        """Record a file both sides now hold (`seen_ns`: as for `StateDB.put_base`)."""
         e = Entry(
             path,
             EntryKind.FILE,
@@ -520,7 +539,7 @@ class SyncEngine:
             st.mtime_ns,
             st.inode,
         )
-        self.state.put_base(e, blocks)
+        self.state.put_base(e, blocks, seen_ns=seen_ns)
         self.state.put_remote(replace(e, mtime_ns=0, inode=0))
 
     def _delete_remote(self, op: Op) -> bool:
@@ -564,7 +583,7 @@ class SyncEngine:
         self.state.delete_remote(op.path)
         return True
 
-    def _move_remote(self, op: Op, stats: dict[str, Stat]) -> bool:
+    def _move_remote(self, op: Op, stats: dict[str, Stat], hashed: dict[str, int]) -> bool:
         assert op.remote is not None
         try:
             raw = self.api.call(
@@ -600,7 +619,7 @@ class SyncEngine:
                 st.mtime_ns,
                 st.inode,
             )
-            self.state.put_base(here, blocks)
+            self.state.put_base(here, blocks, seen_ns=hashed.get(path_key(op.path), 0))
             self.state.put_remote(
                 Entry(op.path, EntryKind.FILE, now.content_hash, now.size, now.file_id, now.rev)
             )
@@ -626,7 +645,7 @@ class SyncEngine:
         path = r.item.path
         if r.entry is not None:
             ids = [b.id for b in r.item.manifest.blocks]
-            self._record_file(path, r.entry, r.item.stat, ids)
+            self._record_file(path, r.entry, r.item.stat, ids, r.item.hashed_ns)
             self.reporter.event(f"uploaded {path}")
             result.ops += 1
             return

@@ -29,8 +29,10 @@ MTIME_GRANULARITY_NS = 2 * 10**9
 def racily_clean(mtime_ns: int, seen_ns: int) -> bool:
     """Whether a file's stat, taken at `seen_ns`, cannot vouch for its content later: it
     was modified so shortly before that a second write could leave size and mtime as they
-    were (Git's "racy clean" index entries)."""
-    return seen_ns - mtime_ns < MTIME_GRANULARITY_NS
+    were (Git's "racy clean" index entries). An mtime well in the future (another device's
+    clock, a camera's date) is not racy: any write sets it to now, so it changes. A
+    `seen_ns` of 0 (content never read) vouches for nothing."""
+    return seen_ns <= 0 or abs(seen_ns - mtime_ns) < MTIME_GRANULARITY_NS
 
 
 class Kind(StrEnum):
@@ -127,16 +129,26 @@ def _stat_of(st: os.stat_result) -> Stat:
     return Stat(_kind_of(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+# What fsync of a folder raises where the filesystem cannot do it (SMB/CIFS, some FUSE
+# mounts: EINVAL) or the folder cannot be opened for reading (EACCES). The rename is done
+# by then; such a filesystem orders its entries as it does, as Syncthing and borg accept.
+_FSYNC_DIR_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES})
+
+
 def _fsync_dir(path: str) -> None:
-    """Flush a folder's entries to stable storage (POSIX; Windows has no handle for it and
-    NTFS journals renames itself)."""
+    """Flush a folder's entries to stable storage where the filesystem can (POSIX; Windows
+    has no handle for it and NTFS journals renames itself)."""
     if os.name == "nt":
         return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno not in _FSYNC_DIR_UNSUPPORTED:
+            raise
 
 
 def _kind_of(mode: int) -> Kind:

@@ -36,6 +36,9 @@ class LocalScan:
     unseen: set[str] = field(default_factory=set)
     #: the ignore rules this pass applied
     rules: IgnoreRules = field(default_factory=IgnoreRules)
+    #: per file key in `tree`, when the content its hash names was read from the file (no
+    #: later than that): what decides whether its stat may vouch for it (`racily_clean`)
+    hashed_ns: dict[str, int] = field(default_factory=dict)
 
     def left_alone(self, key: str, path: str, *, is_dir: bool) -> bool:
         """Whether the entry at `key` (spelled `path`), missing from `tree`, is missing
@@ -130,6 +133,7 @@ class Scanner:
                     # the one reported, or it would be sent as a new version of the file
                     out.skipped.append((kept.path, f"name clashes with {rel!r} (case/Unicode)"))
                     del out.tree[key], out.stats[key]
+                    out.hashed_ns.pop(key, None)
                 seen.add(key)
                 if st.kind == Kind.DIR:
                     out.tree[key] = Entry(rel, EntryKind.FOLDER, inode=st.inode)
@@ -156,6 +160,7 @@ class Scanner:
             and not racily_clean(st.mtime_ns, cached.hashed_ns)
         ):
             m = cached.manifest
+            out.hashed_ns[key] = cached.hashed_ns
             return Entry(
                 rel, EntryKind.FILE, m.content_hash, m.size, mtime_ns=st.mtime_ns, inode=st.inode
             )
@@ -165,6 +170,8 @@ class Scanner:
             and (base.size, base.mtime_ns, base.inode) == (st.size, st.mtime_ns, st.inode)
             and not racily_clean(st.mtime_ns, now_ns)
         ):
+            # a recorded stat was vouched for when it was recorded, so it still holds now
+            out.hashed_ns[key] = now_ns
             return Entry(
                 rel,
                 EntryKind.FILE,
@@ -191,7 +198,8 @@ class Scanner:
         if not _same(after, st):
             out.unstable.append(rel)
             return None
-        self._cache[key] = _Cached(st, manifest, now_ns)
+        self._cache[key] = _Cached(st, manifest, now_ns)  # read after now_ns: no later
+        out.hashed_ns[key] = now_ns
         return Entry(
             rel,
             EntryKind.FILE,

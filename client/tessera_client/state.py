@@ -131,11 +131,19 @@ class StateDB:
             ).fetchone()
         return list(json.loads(row[0])) if row else []
 
-    def put_base(self, entry: Entry, blocks: list[str] | None = None) -> None:
-        """Record that both sides agree on `entry`. A stat taken so soon after the file was
-        written that a second write could keep it (`fs.racily_clean`) is stored with mtime
-        0, so the next scan hashes the file instead of trusting it."""
-        if entry.mtime_ns and racily_clean(entry.mtime_ns, time.time_ns()):
+    def put_base(
+        self, entry: Entry, blocks: list[str] | None = None, *, seen_ns: int | None = None
+    ) -> None:
+        """Record that both sides agree on `entry`.
+
+        `seen_ns` is when the content that `entry.content_hash` names was read from the file
+        (a scan's `hashed_ns`); by default now, for content this client has just written and
+        checked. A stat that a second write within the mtime granularity of that moment
+        could have kept (`fs.racily_clean`) is stored with mtime 0, so the next scan hashes
+        the file instead of trusting it. Judged against the time of recording instead, a
+        save made while a slow upload ran was recorded as the uploaded content."""
+        seen = time.time_ns() if seen_ns is None else seen_ns
+        if entry.mtime_ns and racily_clean(entry.mtime_ns, seen):
             entry = replace(entry, mtime_ns=0)
         with self.transaction() as db:
             db.execute(

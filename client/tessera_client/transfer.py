@@ -84,12 +84,14 @@ class LocalChangedError(Exception):
 
 @dataclass
 class UploadItem:
-    """A local file to commit: where, what (its manifest), on top of which rev."""
+    """A local file to commit: where, what (its manifest), on top of which rev, and when
+    the manifest's content was read from the file (`LocalScan.hashed_ns`)."""
 
     path: str
     manifest: FileManifest
     stat: Stat
     parent_rev: int | None
+    hashed_ns: int
 
 
 #: a block to send: (item, block id, upload id, key version, key (base64))

@@ -77,7 +77,7 @@ def _items(device: Device, count: int) -> list[UploadItem]:
     for i in range(count):
         rel = f"f{i:02d}.bin"
         device.write(rel, os.urandom(20_000 + i))
-        items.append(UploadItem(rel, scan_file(device.folder / rel), fs.lstat(rel), None))
+        items.append(UploadItem(rel, scan_file(device.folder / rel), fs.lstat(rel), None, 0))
     return items
 
 

@@ -5,9 +5,15 @@ nothing another device did may be lost."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
+from typing import Any
+
+import pytest
 
 from tessera_client.engine import SyncEngine
+from tessera_client.fs import MTIME_GRANULARITY_NS
 
 from .conftest import snapshot
 
@@ -45,3 +51,33 @@ def test_a_folder_deleted_here_keeps_what_another_device_added_to_it(
     assert (
         snapshot(a.folder) == snapshot(b.folder) == {"proj": None, "proj/new.txt": b"B's new work"}
     )
+
+
+def test_a_save_during_a_slow_upload_of_a_just_written_file_is_not_lost(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On FAT (2 s mtimes) a same-size save right after the scan read a file keeps its size
+    and mtime. When the upload then took longer than the granularity, the file's stat was
+    recorded as vouching for the uploaded content, and the save was never sent."""
+    a, b = engines
+    doc = a.folder / "doc.txt"
+    doc.write_bytes(b"version-1")
+    mtime = time.time_ns() - MTIME_GRANULARITY_NS // 4  # the scan reads it within 2 s
+    os.utime(doc, ns=(mtime, mtime))
+    real_commit = a.transfers._commit
+    saved: list[bool] = []
+
+    def commit(items: Any, sessions: Any) -> Any:
+        if not saved:
+            saved.append(True)
+            doc.write_bytes(b"version-2")  # the same size, and the coarse clock kept its mtime
+            os.utime(doc, ns=(mtime, mtime))
+            while time.time_ns() < mtime + MTIME_GRANULARITY_NS + 3 * 10**8:
+                time.sleep(0.05)  # a slow upload: recorded well after the granularity
+        return real_commit(items, sessions)
+
+    monkeypatch.setattr(a.transfers, "_commit", commit)
+    a.run_once()
+    b.run_once()
+    assert saved
+    assert snapshot(b.folder) == {"doc.txt": b"version-2"}

@@ -184,3 +184,47 @@ def test_real_rename_flushes_the_folders_it_changed(
     fs.rename("top", "b/top")
     assert sorted(flushed) == [str(tmp_path), str(tmp_path / "b")]
     assert (tmp_path / "b" / "top").read_bytes() == b"2"
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOTSUP, errno.EACCES])
+def test_a_rename_on_a_filesystem_that_cannot_flush_folders_still_succeeds(
+    code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SMB/CIFS and some FUSE mounts refuse fsync on a folder (EINVAL): raised after the
+    # rename was done, it failed every download there and aborted conflict handling.
+    fs = RealFilesystem(tmp_path)
+    (tmp_path / "x").write_bytes(b"1")
+
+    def refusing(fd: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", refusing)
+    fs.rename("x", "y")
+    assert (tmp_path / "y").read_bytes() == b"1"
+
+
+def test_a_failing_folder_flush_is_still_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = RealFilesystem(tmp_path)
+    (tmp_path / "x").write_bytes(b"1")
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError) as raised:
+        fs.rename("x", "y")
+    assert raised.value.errno == errno.EIO
+
+
+def test_racily_clean_knows_future_mtimes_and_unread_content() -> None:
+    from tessera_client.fs import MTIME_GRANULARITY_NS, racily_clean
+
+    now = 10**18
+    assert racily_clean(now - MTIME_GRANULARITY_NS // 2, now)
+    assert not racily_clean(now - 2 * MTIME_GRANULARITY_NS, now)
+    # another device's clock an hour ahead: any write here sets the mtime to now, so it moves
+    assert not racily_clean(now + 3600 * 10**9, now)
+    assert racily_clean(now + MTIME_GRANULARITY_NS // 2, now)
+    assert racily_clean(now - 3600 * 10**9, 0)  # content never read vouches for nothing

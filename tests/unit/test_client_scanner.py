@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tessera_client.fs import RealFilesystem, SafeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.scanner import Scanner
@@ -127,3 +129,49 @@ def test_a_same_size_rewrite_within_the_mtime_granularity_is_hashed_again(
     again = scanner.scan({}).tree["draft.txt"]
     assert again.content_hash != first
     assert (again.size, again.mtime_ns, again.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_a_file_dated_in_the_future_is_hashed_once_not_at_every_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # downloads take the uploader's mtime: a device whose clock runs an hour ahead made
+    # every other device read its files again at every scan
+    from tessera_client import scanner as scanner_module
+
+    f = tmp_path / "from-the-future.bin"
+    f.write_bytes(b"content")
+    in_an_hour = time.time_ns() + 3600 * 10**9
+    os.utime(f, ns=(in_an_hour, in_an_hour))
+    hashed: list[str] = []
+    real_scan_file = scanner_module.scan_file
+
+    def counting(path: str) -> object:
+        hashed.append(path)
+        return real_scan_file(path)
+
+    monkeypatch.setattr(scanner_module, "scan_file", counting)
+    scanner = _scanner(tmp_path)
+    first = scanner.scan({})
+    again = scanner.scan({})
+    assert len(hashed) == 1
+    assert again.tree["from-the-future.bin"] == first.tree["from-the-future.bin"]
+    assert again.hashed_ns["from-the-future.bin"] == first.hashed_ns["from-the-future.bin"]
+
+
+def test_the_scan_says_when_each_file_was_read(tmp_path: Path) -> None:
+    (tmp_path / "new.txt").write_text("new")
+    trusted = tmp_path / "trusted.txt"
+    trusted.write_text("old")
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(trusted, ns=(an_hour_ago, an_hour_ago))
+    st = trusted.stat()
+    base = {
+        "trusted.txt": Entry(
+            "trusted.txt", content_hash="b3:t", size=3, mtime_ns=an_hour_ago, inode=st.st_ino
+        )
+    }
+    before = time.time_ns()
+    scan = _scanner(tmp_path).scan(base)
+    after = time.time_ns()
+    assert set(scan.hashed_ns) == {"new.txt", "trusted.txt"}
+    assert all(before <= t <= after for t in scan.hashed_ns.values())

@@ -74,3 +74,17 @@ def test_a_stat_recorded_right_after_a_write_is_not_trusted_later(tmp_path: Path
     tree = db.base_tree()
     assert tree["fresh.txt"].mtime_ns == 0  # hashed again next scan
     assert tree["old.txt"].mtime_ns == now - 60 * 10**9
+
+
+def test_a_stat_is_judged_against_when_the_content_was_read_not_when_it_is_recorded(
+    tmp_path: Path,
+) -> None:
+    # A file hashed 1 s after its mtime and recorded after a slow upload: a same-size save
+    # meanwhile could have kept that mtime, so the stat must not vouch for the hash.
+    db = StateDB(tmp_path / "state.db")
+    mtime = time.time_ns() - 3600 * 10**9
+    entry = Entry("slow.txt", EntryKind.FILE, "b3:aa", 5, "id:1", 1, mtime, 7)
+    db.put_base(entry, seen_ns=mtime + 10**9)
+    assert db.base_tree()["slow.txt"].mtime_ns == 0
+    db.put_base(entry, seen_ns=mtime + 3 * 10**9)
+    assert db.base_tree()["slow.txt"].mtime_ns == mtime

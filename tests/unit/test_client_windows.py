@@ -22,6 +22,7 @@ def _work(sizes: list[int]) -> tuple[list[Work], list[UploadItem]]:
             FileManifest(f"b3:{n:064x}", size, (BlockRef(f"b3:{n:064x}", 0, size),)),
             Stat(Kind.FILE, size, 0, n),
             None,
+            0,
         )
         for n, size in enumerate(sizes)
     ]
