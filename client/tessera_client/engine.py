@@ -773,8 +773,13 @@ class SyncEngine:
                 # a round woken only by local events skips the pull: the long-poll says when
                 # the server has news (and a stale parent rev is a 409, never a lost edit)
                 full = time.monotonic() >= next_scan
-                pull = full or self._remote_changed.is_set()
-                self._remote_changed.clear()
+                pull = full
+                # cleared only when seen set: news arriving between a check and a clear was
+                # dropped, and the long-poll thread then waited a whole scan interval for a
+                # pull that never came
+                if self._remote_changed.is_set():
+                    self._remote_changed.clear()
+                    pull = True
                 try:
                     r = self.round(pull=pull)
                 except (ApiError, ServerUnreachable) as e:

@@ -22,7 +22,7 @@ from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import TEMP_PREFIX, FakeFilesystem
 from tessera_client.planner import Entry, EntryKind
-from tessera_client.reporting import SyncError
+from tessera_client.reporting import RoundResult, SyncError
 
 KEY = bytes(range(32))
 
@@ -446,3 +446,43 @@ def test_a_second_folder_on_one_device_is_refused_and_leaves_it_usable(
     # folder still syncs while the caller still holds the error
     SyncEngine(home, settings, tmp_path / "root" / "sync", Api(evil.base, home)).close()
     assert refused.value is not None
+
+
+class _NewsRightAfterTheCheck(threading.Event):
+    """The long-poll thread's flag, set by that thread just after the daemon's second look
+    at it (the moment between checking and clearing the flag)."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__()
+        self._wake, self._looks = wake, 0
+
+    def is_set(self) -> bool:
+        self._looks += 1
+        seen = super().is_set()
+        if self._looks == 2:
+            self.set()
+            self._wake.set()
+        return seen
+
+
+def test_news_arriving_as_the_daemon_checks_for_it_still_gets_a_pull(
+    tmp_path: Path, evil: Evil
+) -> None:
+    engine = _engine(tmp_path, evil)
+    engine._remote_changed = _NewsRightAfterTheCheck(engine._wake)
+    engine.longpoll = lambda: bool(time.sleep(0.05))  # type: ignore[method-assign]
+    pulls: list[bool] = []
+
+    def round_(pull: bool = True) -> RoundResult:
+        pulls.append(pull)
+        if len(pulls) < 3:
+            engine._wake.set()  # something changed here: another round, without news
+        if len(pulls) == 3:
+            engine.stop()
+        return RoundResult()
+
+    engine.round = round_  # type: ignore[method-assign]
+    engine.run_daemon()
+    engine.close()
+    # the first round is a full one; the news came in as the second was decided
+    assert pulls[0] and pulls[2], pulls
