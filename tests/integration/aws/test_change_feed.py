@@ -257,3 +257,30 @@ def test_the_model_makes_its_client_on_the_session_it_is_given(
         pool.submit(feed.publish, event).result()
     assert feed.changes_after(event.ns_id, 0) == [event]
     assert made == ["dynamodb"]
+
+
+def test_publish_many_sends_again_what_dynamodb_left_unprocessed(
+    feed: DynamoChangeFeed, model: type[ChangeRecordBase], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DynamoDB may write part of a BatchWriteItem and hand the rest back (a throttled
+    # partition); moto never does. With one attempt PynamoDB gave up on them at once.
+    ns = _ns()
+    events = [ChangeEvent(f"ev-{i}", ns, i, "file", {"rev": i}) for i in range(1, 11)]
+    connection = model._get_connection()
+    real_write = connection.batch_write_item
+    calls: list[int] = []
+
+    def half_processed(*, put_items: Any, delete_items: Any = None, **kw: Any) -> Any:
+        calls.append(len(put_items))
+        if len(calls) > 1:
+            return real_write(put_items=put_items, delete_items=delete_items, **kw)
+        kept, left = put_items[:5], put_items[5:]
+        real_write(put_items=kept, delete_items=delete_items, **kw)
+        return {
+            "UnprocessedItems": {model.Meta.table_name: [{"PutRequest": {"Item": i}} for i in left]}
+        }
+
+    monkeypatch.setattr(connection, "batch_write_item", half_processed)
+    feed.publish_many(events)
+    assert feed.changes_after(ns, 0, limit=1000) == events
+    assert calls == [10, 5]  # only what was left went again

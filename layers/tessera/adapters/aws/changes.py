@@ -26,6 +26,12 @@ from pynamodb.models import Model
 from tessera.ports import ChangeConflictError, ChangeEvent, ChangeFeed, ChangeRefusedError
 
 _BATCH_GET_MAX = 100  # keys per BatchGetItem
+# Unprocessed or throttled batch writes: sent again after 0.1, 0.2, 0.4 s.
+_UNPROCESSED_ATTEMPTS = 4
+_UNPROCESSED_PAUSE_S = 0.1
+_THROTTLED = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
 
 
 def _raise_if_invalid(exc: PutError, what: str) -> None:
@@ -168,14 +174,26 @@ class DynamoChangeFeed(ChangeFeed):
         path has mostly delivered already (one read, no write); the fast path itself sends
         its one fresh event with `publish` (`tessera.domain.changes.publish`)."""
         for start in range(0, len(events), _BATCH_GET_MAX):
-            missing = self._not_there(events[start : start + _BATCH_GET_MAX])
+            self._write_missing(events[start : start + _BATCH_GET_MAX])
+
+    def _write_missing(self, events: Sequence[ChangeEvent]) -> None:
+        """Write those of `events` not there yet. Items DynamoDB leaves unprocessed (it
+        throttles a hot partition) are sent again after a pause, as AWS asks: with the
+        model's one attempt, PynamoDB gave up on them at once and the sweep stopped there."""
+        for attempt in range(_UNPROCESSED_ATTEMPTS):
+            missing = self._not_there(events)
+            batch = self._model.batch_write()
             try:
-                with self._model.batch_write() as batch:
+                with batch:
                     for event in missing:
                         batch.save(self._item(event))
+                return
             except PutError as exc:
                 _raise_if_invalid(exc, f"a batch of {len(missing)} events")
-                raise
+                throttled = batch.failed_operations or exc.cause_response_code in _THROTTLED
+                if not throttled or attempt + 1 == _UNPROCESSED_ATTEMPTS:
+                    raise
+            time.sleep(_UNPROCESSED_PAUSE_S * 2**attempt)
 
     def _not_there(self, events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
         """The events with no item yet, each key once (BatchWriteItem refuses a request
