@@ -78,12 +78,16 @@ class Database:
         )
 
     def _note_returned(self, conn: _Conn) -> None:
-        self._returned_at[conn] = time.monotonic()
+        self._returned_at[conn] = time.time()
 
     def _check_if_idle(self, conn: _Conn) -> None:
         """The pool's check before handing `conn` out: a round trip only for a connection
-        idle for `idle_check_s` (a busy one costs nothing); a dead one is replaced."""
-        if time.monotonic() - self._returned_at.get(conn, 0.0) >= self.idle_check_s:
+        idle for `idle_check_s` (a busy one costs nothing); a dead one is replaced.
+
+        Idleness is wall time: a Lambda's monotonic clock stands still while its
+        environment is frozen between invocations, so a connection idle through a long
+        freeze looked fresh (SnapStart and Lambda extensions report it too)."""
+        if time.time() - self._returned_at.get(conn, 0.0) >= self.idle_check_s:
             ConnectionPool.check_connection(conn)
 
     @contextmanager

@@ -119,8 +119,9 @@ def test_unknown_versions_cost_no_parameter_store_call(
         assert calls == []
         create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
         calls.clear()
-        later = time.monotonic() + keys.RELIST_S
-        with mock.patch("tessera.adapters.aws.keys.time.monotonic", return_value=later):
+        # wall time: a frozen Lambda's monotonic clock does not move between invocations
+        later = time.time() + keys.RELIST_S
+        with mock.patch("tessera.adapters.aws.keys.time.time", return_value=later):
             assert keys.knows(2)  # rotated by another process, listed again
             assert not keys.knows(3)  # not again so soon
             keys.secret(2)  # came with the listing

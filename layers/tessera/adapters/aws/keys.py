@@ -107,7 +107,8 @@ class KmsKeyService(KeyService):
         listed = stored_key_versions(self._ssm, self._prefix, decrypt=True)
         self._known = frozenset(listed)
         self._listed.update((v, blob) for v, blob in listed.items() if v not in self._cache)
-        self._next_listing = time.monotonic() + self.RELIST_S
+        # wall time: a frozen Lambda's monotonic clock stands still between invocations
+        self._next_listing = time.time() + self.RELIST_S
 
     def current_version(self) -> int:
         """The newest stored version, looked up once per process (rotation applies on the
@@ -127,7 +128,7 @@ class KmsKeyService(KeyService):
     def knows(self, version: int) -> bool:
         """From the last listing; a version newer than any listed (a process started after
         a rotation may have signed a cursor with it) lists again, at most every `RELIST_S`."""
-        if version > max(self.versions()) and time.monotonic() >= self._next_listing:
+        if version > max(self.versions()) and time.time() >= self._next_listing:
             self._list()
         return version in self._known
 
