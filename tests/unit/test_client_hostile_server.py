@@ -470,7 +470,12 @@ def test_news_arriving_as_the_daemon_checks_for_it_still_gets_a_pull(
 ) -> None:
     engine = _engine(tmp_path, evil)
     engine._remote_changed = _NewsRightAfterTheCheck(engine._wake)
-    engine.longpoll = lambda: bool(time.sleep(0.05))  # type: ignore[method-assign]
+
+    def quiet_longpoll() -> bool:
+        time.sleep(0.05)
+        return False
+
+    engine.longpoll = quiet_longpoll  # type: ignore[method-assign]
     pulls: list[bool] = []
 
     def round_(pull: bool = True) -> RoundResult:
