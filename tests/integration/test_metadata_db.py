@@ -97,7 +97,7 @@ def test_a_connection_closed_while_idle_is_replaced_before_use(database_url: str
         assert _pid(db) != pid
 
 
-def test_only_a_connection_idle_for_a_while_is_checked(
+def test_only_a_connection_idle_for_a_while_is_checked_and_idleness_is_wall_time(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[object] = []
@@ -106,24 +106,11 @@ def test_only_a_connection_idle_for_a_while_is_checked(
         for _ in range(4):
             _pid(db)
         assert len(checked) == 1  # the new connection, once: a busy one costs nothing
-        db.idle_check_s = 0
-        _pid(db)
-        assert len(checked) == 2
-
-
-def test_idleness_is_wall_time_which_moves_while_a_lambda_is_frozen(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Lambda's monotonic clock stands still while its environment is frozen between
-    # invocations: counted on it, a connection idle through a long freeze looked fresh.
-    checked: list[object] = []
-    monkeypatch.setattr(ConnectionPool, "check_connection", staticmethod(checked.append))
-    with Database(database_url, min_size=1, max_size=1, idle_check_s=60) as db:
-        _pid(db)
-        assert len(checked) == 1  # the new connection
         deadline = time.monotonic() + 5  # a pool worker takes it back (and notes when)
         while db.pool.get_stats().get("pool_available") != 1 and time.monotonic() < deadline:
             time.sleep(0.01)
+        # Lambda's monotonic clock stands still while its environment is frozen between
+        # invocations: counted on it, a connection idle through a long freeze looked fresh.
         thawed = time.time() + 600  # ten minutes frozen; the monotonic clock saw none of it
         monkeypatch.setattr(time, "time", lambda: thawed)
         _pid(db)
