@@ -244,21 +244,23 @@ class SyncEngine:
 
     def _vouch_for_rehashed(self, scan: LocalScan, base: dict[str, Entry]) -> None:
         """Files recorded racily clean (mtime 0 in the base: hashed at every scan) that this
-        scan found unchanged get their stat recorded, so the next scan trusts it."""
-        for key, synced in base.items():
-            here = scan.tree.get(key)
-            if (
-                synced.is_file
-                and not synced.mtime_ns
-                and here is not None
-                and here.mtime_ns
-                and here.content_hash == synced.content_hash
-            ):
-                self.state.put_base(
-                    replace(synced, mtime_ns=here.mtime_ns, inode=here.inode),
-                    self.state.base_blocks(synced.path),
-                    seen_ns=scan.hashed_ns[key],
-                )
+        scan found unchanged get their stat recorded, so the next scan trusts it (one
+        transaction: after an upload of freshly written files that is every one of them)."""
+        with self.state.transaction():
+            for key, synced in base.items():
+                here = scan.tree.get(key)
+                if (
+                    synced.is_file
+                    and not synced.mtime_ns
+                    and here is not None
+                    and here.mtime_ns
+                    and here.content_hash == synced.content_hash
+                ):
+                    self.state.put_base(
+                        replace(synced, mtime_ns=here.mtime_ns, inode=here.inode),
+                        self.state.base_blocks(synced.path),
+                        seen_ns=scan.hashed_ns[key],
+                    )
 
     def _mass_delete_gate(
         self, the_plan: Plan, base: dict[str, Entry], result: RoundResult
