@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -44,6 +45,12 @@ from tessera.ports import Identity, Principal
 log = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024 * 1024
+# A long-poll body is a cursor (at most 64 KiB) and a timeout; it is held for the whole wait.
+LONGPOLL_MAX_BODY = 128 * 1024
+# In AWS mode the longpoll function blocks a thread for its whole wait (30-480 s). On AWS it has
+# a concurrency of its own; here its own threads, so idle devices cannot take the threads
+# (40 by default) every other request waits for.
+LONGPOLL_THREADS = 256
 PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
 _TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
 
@@ -228,6 +235,7 @@ def proxy_response(result: Mapping[str, Any]) -> Response:
 
 def create_app(gw: Gateway) -> Starlette:
     """The gateway's ASGI app over `gw`'s collaborators."""
+    longpoll_threads = anyio.CapacityLimiter(LONGPOLL_THREADS)
 
     async def put_block(request: Request) -> Response:
         if gw.block_store is None:
@@ -260,15 +268,18 @@ def create_app(gw: Gateway) -> Starlette:
 
     async def longpoll(request: Request) -> Response:
         principal = bearer_principal(request, gw.identity)
-        body = await read_body(request, gw.max_body)
+        body = await read_body(request, LONGPOLL_MAX_BODY)
         if gw.longpoll is not None:
-            waiting = asyncio.ensure_future(gw.longpoll(principal, body))
-            if not await _done_before_disconnect(request, waiting):
+            native = asyncio.ensure_future(gw.longpoll(principal, body))
+            if not await _done_before_disconnect(request, native):
                 return Response(status_code=408)  # nobody is listening any more
-            result = waiting.result()
+            result = native.result()
             if result is not None:
                 return JSONResponse(result)
-        return await _resolve(request, body, principal)
+        resolved = asyncio.ensure_future(_resolve(request, body, principal, longpoll_threads))
+        if not await _done_before_disconnect(request, resolved):
+            return Response(status_code=408)
+        return resolved.result()
 
     async def api(request: Request) -> Response:
         principal = None
@@ -278,12 +289,26 @@ def create_app(gw: Gateway) -> Starlette:
                 gw.throttle.take(principal.user_id)
         return await _resolve(request, await read_body(request, gw.max_body), principal)
 
-    async def _resolve(request: Request, body: bytes, principal: Principal | None) -> Response:
+    async def _resolve(
+        request: Request,
+        body: bytes,
+        principal: Principal | None,
+        threads: anyio.CapacityLimiter | None = None,
+    ) -> Response:
+        """Run the API on a worker thread. A long-poll runs on `threads` and is abandoned to
+        finish on its own when its caller stops waiting; any other call runs on Starlette's
+        shared pool and is waited for, so a stopping server does not cut a commit short."""
         if gw.resolver is None:
             raise TesseraError("the API is not wired into this gateway")
         event = proxy_event(request, body, principal)
         context = LambdaContext(aws_request_id=event["requestContext"]["requestId"])
-        result = await run_in_threadpool(gw.resolver.resolve, event, context)
+        result = await anyio.to_thread.run_sync(
+            gw.resolver.resolve,
+            event,
+            context,
+            abandon_on_cancel=threads is not None,
+            limiter=threads,
+        )
         return proxy_response(result)
 
     async def on_error(request: Request, exc: Exception) -> Response:

@@ -1,0 +1,90 @@
+"""Long-polls the API answers on threads (AWS mode's longpoll function) do not starve the rest.
+
+On AWS the longpoll function has a concurrency of its own; the local gateway gives it threads
+of its own, so devices idling in long-polls cannot take the threads every API call needs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tessera.adapters.local import JwtIssuer
+from tessera.local.gateway import LONGPOLL_MAX_BODY, Gateway, create_app
+from tessera.local.server import Server
+from tessera.ports import Principal
+
+# more long-polls than Starlette's shared pool has threads (40)
+IDLE_DEVICES = 48
+
+
+class BlockingLongpoll:
+    """Stand-in for the Lambda functions: a long-poll blocks its thread until `release`."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.waiting = threading.Semaphore(0)
+
+    def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if event["path"] == "/v1/list_folder/longpoll":
+            self.waiting.release()
+            self.release.wait(30)
+            body = {"changes": False}
+        else:
+            body = {"path": event["path"]}
+        return {"statusCode": 200, "headers": {}, "body": json.dumps(body)}
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], BlockingLongpoll]]:
+    issuer = JwtIssuer(tmp_path / "jwt.pem")
+    token = issuer.issue(Principal(user_id="u1", email="u1@example.com")).access_token
+    resolver = BlockingLongpoll()
+    server = Server()
+    server.start(create_app(Gateway(identity=issuer, resolver=resolver)))
+    try:
+        yield server.base_url, {"Authorization": f"Bearer {token}"}, resolver
+    finally:
+        resolver.release.set()
+        server.stop()
+
+
+def test_idle_longpolls_leave_threads_for_api_calls(
+    gateway: tuple[str, dict[str, str], BlockingLongpoll],
+) -> None:
+    url, headers, resolver = gateway
+    with ThreadPoolExecutor(IDLE_DEVICES) as devices:
+        polls = [
+            devices.submit(
+                httpx.post,
+                url + "/v1/list_folder/longpoll",
+                json={"cursor": "c", "timeout": 30},
+                headers=headers,
+                timeout=35,
+            )
+            for _ in range(IDLE_DEVICES)
+        ]
+        for _ in range(IDLE_DEVICES):
+            assert resolver.waiting.acquire(timeout=10), "a long-poll never reached the API"
+        # every long-poll holds a thread; an API call still gets one at once
+        r = httpx.post(url + "/v1/account", json={}, headers=headers, timeout=5)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"path": "/v1/account"}
+        resolver.release.set()
+        assert all(p.result().json() == {"changes": False} for p in polls)
+
+
+def test_longpoll_body_is_capped(gateway: tuple[str, dict[str, str], BlockingLongpoll]) -> None:
+    url, headers, _resolver = gateway
+    # a cursor padded to megabytes would be held for the whole wait
+    padded = b'{"cursor": "c"' + b" " * LONGPOLL_MAX_BODY + b"}"
+    r = httpx.post(url + "/v1/list_folder/longpoll", content=padded, headers=headers)
+    assert r.status_code == 413
+    assert "request body over" in r.json()["error"]["message"]
