@@ -6,14 +6,15 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tessera.adapters.local import FilesystemBlockStore, NotRestored
+from tessera.adapters.local import FilesystemBlockStore, NotRestored, block_store
 from tessera.domain.errors import BadRequest
 from tessera.local.gateway import Gateway, create_app
 from tessera.local.server import Server
@@ -133,3 +134,63 @@ def test_missing_object_and_unsigned_urls(served: tuple[FilesystemBlockStore, st
     assert httpx.get(store.presign_get("blocks/nothing").url).status_code == 404
     assert httpx.get(base + "/blocks/blocks/dd").status_code == 403
     assert httpx.put(base + "/blocks/blocks/dd?size=1", content=b"x").status_code == 403
+
+
+def test_a_torn_restore_marker_does_not_break_the_block(tmp_path: Path) -> None:
+    store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
+    store.put("blocks/ee", b"archived")
+    store.set_tier("blocks/ee", StorageTier.COLD)
+    store.restore("blocks/ee")
+    assert not list((tmp_path / "tmp").iterdir()), "the marker went through a temp file"
+    marker = tmp_path / "restores" / "blocks/ee.json"
+    marker.write_bytes(b"")  # what a crash mid-write left before markers were atomic
+    head = store.head("blocks/ee")
+    assert head is not None and (head.restoring, head.restored) == (False, False)
+    store.restore("blocks/ee")  # starts again instead of failing on the torn marker
+    assert store.get("blocks/ee") == b"archived"
+
+
+def test_folders_made_for_a_write_are_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
+    synced: list[Path] = []
+    real = block_store._fsync_dir
+    monkeypatch.setattr(block_store, "_fsync_dir", lambda p: (synced.append(p), real(p)))
+    store.put("staging/up1/ff", b"data")
+    # the new folders' entries, not only the object's, are on disk before the PUT is acked
+    hot = tmp_path / "hot"
+    assert synced == [hot, hot / "staging", hot / "staging" / "up1"]
+
+
+def test_stale_temp_files_are_removed_at_start(tmp_path: Path) -> None:
+    FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
+    stale, fresh = tmp_path / "tmp" / "put-stale", tmp_path / "tmp" / "put-fresh"
+    stale.write_bytes(b"left by a crash")
+    fresh.write_bytes(b"an upload in flight in another process")
+    old = time.time() - block_store.STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
+    assert not stale.exists()
+    assert fresh.exists()
+
+
+def test_a_block_gone_after_its_url_was_checked_is_404(
+    served: tuple[FilesystemBlockStore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = served
+    store.put("blocks/gg", b"soon collected")
+    url = store.presign_get("blocks/gg").url
+    head = httpx.head(url)
+    assert (head.status_code, head.headers["content-length"]) == (200, "14")
+    checked = store.open_get
+
+    def collected_meanwhile(key: str, query: Mapping[str, str]) -> Path:
+        path = checked(key, query)
+        store.delete(key)  # gc between the URL check and the read
+        return path
+
+    monkeypatch.setattr(store, "open_get", collected_meanwhile)
+    r = httpx.get(url)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"

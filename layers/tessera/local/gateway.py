@@ -17,17 +17,18 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tessera.adapters.local.block_store import FilesystemBlockStore
@@ -52,6 +53,7 @@ LONGPOLL_MAX_BODY = 128 * 1024
 # (40 by default) every other request waits for.
 LONGPOLL_THREADS = 256
 PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
+BINARY = "application/octet-stream"
 _TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
 
 
@@ -256,8 +258,19 @@ def create_app(gw: Gateway) -> Starlette:
     async def get_block(request: Request) -> Response:
         if gw.block_store is None:
             raise NotFound("this gateway stores no blocks")
-        path = gw.block_store.open_get(request.path_params["key"], request.query_params)
-        return FileResponse(path, media_type="application/octet-stream")
+        key = request.path_params["key"]
+        path = gw.block_store.open_get(key, request.query_params)
+        # Opened here, before the answer starts: a tier move or gc delete after the check
+        # then reads to the end (the open file keeps its data), or is a clean 404.
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"no object at {key}") from None
+        headers = {"Content-Length": str(os.fstat(f.fileno()).st_size)}
+        if request.method == "HEAD":
+            f.close()
+            return Response(headers=headers, media_type=BINARY)
+        return StreamingResponse(_file_chunks(f), headers=headers, media_type=BINARY)
 
     async def token(request: Request) -> Response:
         if gw.token_endpoint is None:
@@ -352,6 +365,16 @@ async def _disconnected(request: Request) -> None:
     """Returns when the client closes the connection (its body was already read)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def _file_chunks(f: BinaryIO) -> AsyncIterator[bytes]:
+    """The rest of `f`, a MiB at a time, read off the event loop; closed at the end, also
+    when the client hangs up."""
+    try:
+        while chunk := await run_in_threadpool(f.read, 1024 * 1024):
+            yield chunk
+    finally:
+        f.close()
 
 
 async def _stream(request: Request) -> AsyncIterator[bytes]:

@@ -22,9 +22,12 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
 from tessera.domain.errors import BadRequest, Forbidden, NotFound
@@ -38,6 +41,9 @@ from tessera.ports import (
 )
 
 MAX_EXPIRES_IN = 900
+# A temp file untouched this long belongs to no write in flight (a PUT URL lives 15 minutes
+# and an upload writes as it goes): a crash left it, and the next start removes it.
+STALE_TEMP_S = 3600
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:=-]{0,127}$")
 
 
@@ -66,9 +72,7 @@ class _PutSink:
         self.store, self.key, self.size, self.sha256 = store, key, size, sha256
         self.received = 0
         self.hash = hashlib.sha256()
-        fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="put-")
-        self.tmp = Path(name)
-        self.file = os.fdopen(fd, "wb")
+        self.file, self.tmp = store._temp_file()
 
     def write(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -113,7 +117,8 @@ class FilesystemBlockStore(BlockStore):
         self.restore_delay = restore_delay
         self.clock: Clock = clock or SystemClock()
         for sub in ("hot", "cold", "restores", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            _make_dirs(self.root / sub)
+        self._remove_stale_temps()
 
     # -- paths and atomic writes --------------------------------------------------------
 
@@ -123,27 +128,43 @@ class FilesystemBlockStore(BlockStore):
     def _restore_path(self, key: str) -> Path:
         return self.root / "restores" / (validate_key(key) + ".json")
 
+    def _temp_file(self) -> tuple[BinaryIO, Path]:
+        """A new private file under `tmp/`, open for writing."""
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="put-")
+        return os.fdopen(fd, "wb"), Path(name)
+
+    def _remove_stale_temps(self) -> None:
+        cutoff = time.time() - STALE_TEMP_S
+        for entry in os.scandir(self.root / "tmp"):
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except FileNotFoundError:  # another process cleaned up first
+                continue
+
     def _install(self, tmp: Path, key: str) -> None:
         """Rename a complete, fsynced temp file to hot `key` (dropping any cold copy)."""
-        dst = self._path("hot", key)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dst)
+        _rename_durably(tmp, self._path("hot", key))
         self._path("cold", key).unlink(missing_ok=True)
         self._restore_path(key).unlink(missing_ok=True)
-        _fsync_dir(dst.parent)
 
-    def _write_atomic(self, key: str, chunks: Iterable[bytes]) -> None:
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="put-")
+    def _write_durably(self, chunks: Iterable[bytes], install: Callable[[Path], None]) -> None:
+        """Write `chunks` to a temp file, fsync it, then `install(temp)` renames it into place;
+        the temp file is removed if anything fails."""
+        f, tmp = self._temp_file()
         try:
-            with os.fdopen(fd, "wb") as f:
+            with f:
                 for chunk in chunks:
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            self._install(Path(name), key)
+            install(tmp)
         except BaseException:
-            Path(name).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+
+    def _write_atomic(self, key: str, chunks: Iterable[bytes]) -> None:
+        self._write_durably(chunks, lambda tmp: self._install(tmp, key))
 
     # -- BlockStore ---------------------------------------------------------------------
 
@@ -223,10 +244,8 @@ class FilesystemBlockStore(BlockStore):
             return  # already there
         if not src.is_file():
             raise KeyError(key)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
+        _rename_durably(src, dst)
         self._restore_path(key).unlink(missing_ok=True)
-        _fsync_dir(dst.parent)
 
     def restore(self, key: str, *, days: int = 7) -> None:
         """Start a restore of a cold object; it becomes readable after `restore_delay` s."""
@@ -242,19 +261,25 @@ class FilesystemBlockStore(BlockStore):
             "ready_at": (now + timedelta(seconds=self.restore_delay)).isoformat(),
             "expires_at": (now + timedelta(days=days)).isoformat(),
         }
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(state))
+        # atomic: a reader never sees half a marker, and a crash leaves the old one or none
+        self._write_durably([json.dumps(state).encode()], partial(_rename_durably, dst=marker))
 
     def _restore_state(self, key: str) -> tuple[bool, bool]:
         """(restoring, restored) of a cold object."""
-        marker = self._restore_path(key)
-        if not marker.is_file():
+        try:
+            state = json.loads(self._restore_path(key).read_bytes())
+            ready_at = datetime.fromisoformat(state["ready_at"])
+            expires_at = datetime.fromisoformat(state["expires_at"])
+        except FileNotFoundError:
             return False, False
-        state = json.loads(marker.read_text())
+        except (ValueError, KeyError, TypeError):
+            # a marker torn by a crash before writes were atomic: no restore, so `restore`
+            # can start one again instead of every read of the block failing for good
+            return False, False
         now = self.clock.now()
-        if now >= datetime.fromisoformat(state["expires_at"]):
+        if now >= expires_at:
             return False, False
-        ready = now >= datetime.fromisoformat(state["ready_at"])
+        ready = now >= ready_at
         return not ready, ready
 
     def _readable_path(self, key: str) -> Path:
@@ -398,6 +423,23 @@ class FilesystemBlockStore(BlockStore):
             return self._readable_path(key)
         except KeyError as exc:
             raise NotFound(f"no object at {key}") from exc
+
+
+def _rename_durably(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst` so that the rename survives a crash (parents made durably too)."""
+    _make_dirs(dst.parent)
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+
+
+def _make_dirs(path: Path) -> None:
+    """`mkdir -p` whose new folders survive a crash: each folder created is fsynced into its
+    parent, as a file renamed into a new folder is lost with the folder's entry."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    path.mkdir(exist_ok=True)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
