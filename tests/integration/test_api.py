@@ -140,6 +140,25 @@ def test_invalid_json_is_422(call: Caller, alice: Principal, raw: str) -> None:
     assert status == 422 and "JSON" in out["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/share", {"path": "/docs", "email": "a\u0000@b.c", "access": "editor"}),
+        ("/v1/metadata", {"file_id": "id:\u0000"}),
+        ("/v1/commit", _commit_body("/a.txt", b"x", None, idempotency_key="k\u0000")),
+    ],
+    ids=["share-email", "file-id", "idempotency-key"],
+)
+def test_nul_in_any_text_is_422_not_500(
+    call: Caller, alice: Principal, route: str, body: dict[str, object]
+) -> None:
+    """PostgreSQL text cannot hold NUL: the value reached psycopg and failed there (500)."""
+    status, out, _ = call("POST", route, body, alice)
+    assert status == 422, out
+    assert out["error"]["code"] == "invalid"
+    assert "NUL" in out["error"]["message"]
+
+
 def test_a_body_that_is_not_utf8_is_422(services: Services, alice: Principal) -> None:
     """The gateway passes such a body base64-encoded; decoding it failed outside the parser."""
     from tessera.api import build_resolver

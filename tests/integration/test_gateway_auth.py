@@ -256,8 +256,9 @@ def test_password_guessing_is_throttled(env: Env) -> None:
         ({"email": "alice@example.com", "password": "x" * 1025}, 401),
         (b'{"email": "alice@example.com", "password": "\\ud800"}', 401),
         (b'{"email": "\\ud800@example.com", "password": "guess guess"}', 401),
+        (b'{"email": "a\\u0000@example.com", "password": "guess guess"}', 401),
     ],
-    ids=["long-email", "long-password", "surrogate-password", "surrogate-email"],
+    ids=["long-email", "long-password", "surrogate-password", "surrogate-email", "nul-email"],
 )
 def test_unusable_credentials_get_a_clear_error_not_a_500(
     env: Env, body: dict[str, str] | bytes, status: int

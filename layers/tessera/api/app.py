@@ -74,6 +74,14 @@ def _parse(route: Route, event: BaseProxyEvent) -> BaseModel | None:
         data = json.loads(raw) if raw else {}
     except (ValueError, RecursionError) as exc:
         raise _BodyError("the body is not valid JSON in UTF-8, or is nested too deep", []) from exc
+    # PostgreSQL text cannot hold NUL (psycopg raises DataError: a 500), and no name, id or
+    # email has one; JSON can only spell it as an escape, so only such bodies are walked
+    try:
+        nul = raw is not None and "\\u0000" in raw and _has_nul(data)
+    except RecursionError as exc:
+        raise _BodyError("the body is nested too deep", []) from exc
+    if nul:
+        raise _BodyError("body: text may not contain NUL characters (\\u0000)", [])
     try:
         return route.request.model_validate(data)
     except ValidationError as exc:
@@ -83,6 +91,16 @@ def _parse(route: Route, event: BaseProxyEvent) -> BaseModel | None:
         ]
         first = fields[0]
         raise _BodyError(f"{first['field']}: {first['message']}", fields) from exc
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class _BodyError(Exception):

@@ -150,6 +150,7 @@ def normalize_email(email: str) -> str:
         or not domain
         or len(cleaned) > MAX_EMAIL
         or any(c.isspace() for c in cleaned)
+        or not cleaned.isprintable()  # NUL and other control characters
         or not _is_utf8(cleaned)
     ):
         raise Unprocessable(f"not an email address: {email[:MAX_EMAIL]!r}")
