@@ -621,7 +621,12 @@ class SyncEngine:
                 st.mtime_ns,
                 st.inode,
             )
-            self.state.put_base(here, blocks, seen_ns=hashed.get(path_key(op.path), 0))
+            # The stat vouches for the moved content only if the file holds it: a rename that
+            # came with an edit (sent by the UPLOAD that follows, which may not land) is
+            # recorded unvouched, so the next scan reads the file again.
+            held = op.local is not None and op.local.content_hash == op.remote.content_hash
+            seen = hashed.get(path_key(op.path), 0) if held else 0
+            self.state.put_base(here, blocks, seen_ns=seen)
             self.state.put_remote(
                 Entry(op.path, EntryKind.FILE, now.content_hash, now.size, now.file_id, now.rev)
             )

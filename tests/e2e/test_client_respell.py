@@ -4,7 +4,14 @@ sent, and an edit after a rename on the server a download retried for ever."""
 
 from __future__ import annotations
 
+import os
+import time
+from typing import Any
+
+import pytest
+
 from tessera_client.engine import SyncEngine
+from tessera_client.fs import MTIME_GRANULARITY_NS
 
 from .conftest import snapshot
 
@@ -40,3 +47,35 @@ def test_a_folder_renamed_in_case_only_follows_with_its_files(
     a.run_once()
     b.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == {"Docs": None, "Docs/a.txt": b"a"}
+
+
+def test_an_edit_that_came_with_a_rename_is_sent_after_a_failed_upload(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename with a same-size edit is a server-side move, then an upload. The move used
+    to record the edited file's stat as vouching for the moved (old) content: when the
+    upload did not land, the next process trusted that stat and never sent the edit."""
+    a, b = engines
+    (a.folder / "notes.txt").write_text("teh draft")
+    a.run_once()
+    b.run_once()
+    (a.folder / "notes.txt").rename(a.folder / "Notes.txt")
+    (a.folder / "Notes.txt").write_text("the draft")  # same size
+    past = time.time_ns() - 10 * MTIME_GRANULARITY_NS  # well clear of racy-clean
+    os.utime(a.folder / "Notes.txt", ns=(past, past))
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # the process dies during the upload
+
+    monkeypatch.setattr(a.transfers, "upload", killed)
+    with pytest.raises(KeyboardInterrupt):
+        a.run_once()
+    monkeypatch.undo()
+    a.close()
+    restarted = SyncEngine(a.home, a.home.load_settings(), a.folder, a.api)
+    try:
+        assert not restarted.run_once().problems
+    finally:
+        restarted.close()
+    b.run_once()
+    assert snapshot(b.folder) == {"Notes.txt": b"the draft"}
