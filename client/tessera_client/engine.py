@@ -661,23 +661,34 @@ class SyncEngine:
             return
         if r.status == 409 or r.status == 403:
             result.ops += 1
-            viewer = r.status == 403
-            copy = self._free_copy_name(path)
-            if self.fs.exists(path) and same_stat(self.fs.lstat(path), r.item.stat):
-                self.fs.rename(path, copy)
-                reason = "read-only shared folder" if viewer else "changed on another device"
-                self.state.add_conflict(copy, path, reason, local_only=viewer)
-                self.reporter.event(f"conflict: your edit of {path} kept as {copy}")
-                if viewer:
-                    self.reporter.problem(
-                        f"{path} is in a folder shared with you read-only: your change is "
-                        f"kept locally as {copy} (see `tessera conflicts`)"
-                    )
-                    if remote is not None:
-                        with contextlib.suppress(ApiError, LocalChangedError):
-                            self._download(path, remote, None)
+            # guarded like any step: runs from the upload's callback, where an error would end
+            # the round (and the daemon) instead of this file's conflict
+            self._guarded(
+                Op(OpKind.UPLOAD, path), result, lambda: self._keep_refused_edit(r, remote)
+            )
             return
         result.problems.append(f"could not upload {path}: {r.error.message} ({r.status})")
+
+    def _keep_refused_edit(self, r: UploadResult, remote: Entry | None) -> bool:
+        """An edit the server refused (409: changed on another device; 403: a read-only
+        share) moves to a conflicted copy, so the server's version can take its place."""
+        path = r.item.path
+        viewer = r.status == 403
+        copy = self._free_copy_name(path)
+        if self.fs.exists(path) and same_stat(self.fs.lstat(path), r.item.stat):
+            self.fs.rename(path, copy)
+            reason = "read-only shared folder" if viewer else "changed on another device"
+            self.state.add_conflict(copy, path, reason, local_only=viewer)
+            self.reporter.event(f"conflict: your edit of {path} kept as {copy}")
+            if viewer:
+                self.reporter.problem(
+                    f"{path} is in a folder shared with you read-only: your change is "
+                    f"kept locally as {copy} (see `tessera conflicts`)"
+                )
+                if remote is not None:
+                    with contextlib.suppress(ApiError, LocalChangedError):
+                        self._download(path, remote, None)
+        return True
 
     def _free_copy_name(self, path: str) -> str:
         taken = set(self.state.remote_tree())

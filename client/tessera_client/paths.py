@@ -68,7 +68,9 @@ def is_under(rel: str, folder: str) -> bool:
 def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> str:
     """Dropbox's convention: `name (<device>'s conflicted copy YYYY-MM-DD).ext`.
 
-    `attempt` > 0 adds a counter when that name is taken.
+    `attempt` > 0 adds a counter when that name is taken. The stem is shortened (at a
+    character boundary) when the copy's name or path would pass the server's limits: a copy
+    that cannot be named keeps neither side.
     """
     folder, _, name = rel.rpartition("/")
     stem, dot, ext = name.rpartition(".")
@@ -76,5 +78,18 @@ def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> 
         stem, ext = name, ""
     suffix = f" ({device}'s conflicted copy {day.isoformat()}"
     suffix += f" {attempt + 1})" if attempt else ")"
-    new = stem + suffix + ("." + ext if ext else "")
+    tail = suffix + ("." + ext if ext else "")
+    room = min(
+        server_paths.MAX_NAME_BYTES,
+        server_paths.MAX_PATH_BYTES - len(folder.encode()) - 2,  # the leading and inner `/`
+    )
+    if len(tail.encode()) >= room:  # an extension too long to keep: it joins the stem
+        stem, tail = name, suffix
+    new = _utf8_prefix(stem, room - len(tail.encode())) + tail
     return f"{folder}/{new}" if folder else new
+
+
+def _utf8_prefix(text: str, limit: int) -> str:
+    """The longest start of `text` that is at most `limit` UTF-8 bytes (never half a
+    character)."""
+    return text.encode()[: max(limit, 0)].decode("utf-8", "ignore")

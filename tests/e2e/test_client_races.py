@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import date
 from typing import Any
 
 import pytest
@@ -81,3 +82,37 @@ def test_a_save_during_a_slow_upload_of_a_just_written_file_is_not_lost(
     b.run_once()
     assert saved
     assert snapshot(b.folder) == {"doc.txt": b"version-2"}
+
+
+def test_a_conflict_the_disk_refuses_is_a_problem_not_a_crash(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload that meets a newer rev (409) moves the local edit to a conflicted copy
+    from the upload's callback; an error there (here the rename is refused) ended the round
+    and the daemon instead of being this file's problem."""
+    a, b = engines
+    (a.folder / "doc.txt").write_text("v1")
+    a.run_once()
+    b.run_once()
+    (a.folder / "doc.txt").write_text("v2 from A")
+    a.run_once()
+    (b.folder / "doc.txt").write_text("v2 from B, longer")
+
+    def refused(src: str, dst: str) -> None:
+        raise PermissionError(13, "Permission denied", src)
+
+    monkeypatch.setattr(b.fs, "rename", refused)
+    result = b.round(pull=False)  # uploads against the old rev: 409
+    assert any("doc.txt" in p and "Permission denied" in p for p in result.problems), result
+    monkeypatch.undo()
+    b.run_once()
+    a.run_once()
+    copy = f"doc (B's conflicted copy {date.today()}).txt"
+    assert (
+        snapshot(a.folder)
+        == snapshot(b.folder)
+        == {
+            "doc.txt": b"v2 from A",
+            copy: b"v2 from B, longer",
+        }
+    )

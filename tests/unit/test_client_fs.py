@@ -119,6 +119,27 @@ def test_conflicted_copy_names() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "docs/" + "報" * 72 + ".txt",  # 216 + 4 bytes: the copy's name would be 261
+        "x" * 20 + "." + "e" * 230,  # an extension too long to keep beside the suffix
+        "/".join(["d" * 250] * 15 + ["g" * 150, "f" * 170 + ".txt"]),  # 4,091 of 4,096 bytes
+    ],
+    ids=["long-cjk-name", "long-extension", "long-path"],
+)
+def test_conflicted_copy_names_stay_within_the_servers_limits(rel: str) -> None:
+    """A copy name past 255 bytes was refused on disk and by the server: the conflict that
+    needed it stopped the daemon, or left both versions unsynced every round."""
+    canonical_rel(rel)  # the original is a valid path
+    names = {conflicted_copy_name(rel, "lap", date(2026, 11, 26), n) for n in range(3)}
+    assert len(names) == 3
+    for name in names:
+        assert canonical_rel(name) == name  # within the name and path limits, NFC
+        assert "'s conflicted copy 2026-11-26" in name
+        assert name.rpartition("/")[0] == rel.rpartition("/")[0]
+
+
 def _tree(fs: RealFilesystem | FakeFilesystem) -> None:
     fs.mkdir("docs")
     fs.mkdir("docs/sub")
