@@ -172,6 +172,69 @@ def test_a_folder_created_while_its_parent_is_shared_moves_along(
         assert isinstance(found, FolderEntry) and found.file_id == created.file_id
 
 
+def _root_entries_at(services: Services, who: Principal, key: str) -> list[str]:
+    """Live entries of `who`'s root namespace at or under `key`."""
+    root_ns = sharing.account(services, who).root_ns_id
+    with services.db.transaction() as store:
+        below = [r.path_display for r in store.subtree(root_ns, *paths.subtree_range(key))]
+        return [key, *below] if store.live_path_taken(root_ns, key) else below
+
+
+def test_a_move_to_where_a_share_is_being_mounted_is_409(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bob moves a file to /Docs while alice shares her Docs with him (mounted at /Docs):
+    the move read his view before the mount and got his root namespace after it. It made a
+    folder /Docs in his root, hidden under the mount, with the file in it: 409 now."""
+    put_file(services, alice, "/Docs/a.txt", b"a")
+    put_file(services, bob, "/notes.txt", b"bob's notes")
+    shared, moved = race_held(
+        monkeypatch,
+        database_url,
+        "members",  # the share holds bob's root namespace from here
+        lambda: _share(services, alice, "/Docs", bob, "editor"),
+        lambda: files.move(
+            services, bob, MoveRequest(from_path="/notes.txt", to_path="/Docs/notes.txt")
+        ),
+    )
+    assert not isinstance(shared, Exception), shared
+    assert isinstance(moved, Conflict) and "changed during the request" in str(moved), moved
+    assert get_file(services, bob, "/notes.txt") == b"bob's notes"
+    assert _root_entries_at(services, bob, "/docs") == []
+    assert get_file(services, bob, "/Docs/a.txt") == b"a"
+
+
+def test_an_undelete_under_where_a_share_is_being_mounted_is_409(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bob undeletes /Docs/x.txt (his own, deleted with its folder) while alice's Docs is
+    mounted at /Docs for him: restored into his root, it lay hidden under the mount."""
+    put_file(services, alice, "/Docs/a.txt", b"a")
+    mine = put_file(services, bob, "/Docs/x.txt", b"bob's x")
+    files.delete(services, bob, DeleteRequest(path="/Docs"))
+    shared, restored = race_held(
+        monkeypatch,
+        database_url,
+        "members",
+        lambda: _share(services, alice, "/Docs", bob, "editor"),
+        lambda: files.restore(services, bob, RestoreRequest(file_id=mine.file_id)),
+    )
+    assert not isinstance(shared, Exception), shared
+    assert isinstance(restored, Conflict), restored
+    assert _root_entries_at(services, bob, "/docs") == []
+    # still in the trash, and restorable once the path is free again
+    trash = files.trash_list(services, bob, TrashListRequest(path="/")).entries
+    assert "/Docs/x.txt" in [t.path_display for t in trash]
+
+
 def test_a_folder_created_under_a_folder_being_shared_is_409(
     services: Services,
     alice: Principal,

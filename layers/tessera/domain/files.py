@@ -36,6 +36,7 @@ from tessera.domain.views import (
     Located,
     View,
     check_access,
+    check_mounts_unchanged,
     entry,
     entry_names,
     file_entry,
@@ -187,14 +188,15 @@ def _journal(row: FileRow, op: str, path_key: str, path_display: str) -> NewJour
     )
 
 
-def _relock(store: Store, loc: Located, what: str) -> FileRow:
+def _relock(store: Store, view: View, loc: Located, what: str) -> FileRow:
     """The located entry again, its namespace and row locked for the change.
 
     It was located before the lock, so a change that held the lock meanwhile may have
-    moved, deleted, undeleted or shared it: 409 then, rather than changing it where it no
-    longer is."""
+    moved, deleted, undeleted or shared it, or mounted a share where the change leads: 409
+    then, rather than changing it where it no longer is."""
     assert loc.row is not None
     store.lock_namespace(loc.mount.ns_id)
+    check_mounts_unchanged(store, view, what)
     row = store.file_by_id(loc.row.file_id, lock=True)
     if row is None or (row.ns_id, row.path_key, row.is_deleted) != (
         loc.row.ns_id,
@@ -260,7 +262,7 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be restored")
         check_access(loc.mount, Action.WRITE, view)
-        row = _relock(store, loc, req.path or req.file_id or "")
+        row = _relock(store, view, loc, req.path or req.file_id or "")
         mount = loc.mount
         if req.rev is None:
             if not row.is_deleted:
@@ -342,7 +344,7 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
                 raise Unprocessable("a folder cannot be moved into itself")
             if view.mounts_below(src_view_key):
                 raise Unprocessable("the folder holds a shared folder; move that out first")
-        row = _relock(store, loc, req.from_path)
+        row = _relock(store, view, loc, req.from_path)
         new_key = paths.path_key(dst_rel)
         if new_key != row.path_key and store.live_path_taken(row.ns_id, new_key):
             raise Conflict(f"{dst!r} already exists")
@@ -411,7 +413,7 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
             assert isinstance(result, FolderEntry)
         else:
             check_access(loc.mount, Action.WRITE, view)
-            row = _relock(store, loc, req.path)
+            row = _relock(store, view, loc, req.path)
             if row.kind == "file" and req.parent_rev not in (None, row.latest_rev):
                 raise Conflict(
                     f"{req.path!r} is at rev {row.latest_rev}, not {req.parent_rev}",

@@ -16,7 +16,14 @@ from tessera.domain.models import (
     UnshareRequest,
 )
 from tessera.domain.services import Services
-from tessera.domain.views import View, locate, mount_file_id, new_file_id, view_transaction
+from tessera.domain.views import (
+    View,
+    check_mounts_unchanged,
+    locate,
+    mount_file_id,
+    new_file_id,
+    view_transaction,
+)
 from tessera.metadata.store import MountRow, NewJournal, Store, UserRow
 from tessera.ports import ChangeEvent, Principal
 
@@ -126,6 +133,7 @@ def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent |
     lock: a commit into the folder that is still running is waited for and its entry moves
     along, instead of staying in the root namespace, hidden under the new mount."""
     store.lock_namespace(view.root.ns_id)
+    check_mounts_unchanged(store, view, path)  # a share of a folder above or below it
     loc = locate(store, view, path=path)
     row = loc.row
     assert row is not None

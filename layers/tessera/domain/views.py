@@ -157,6 +157,16 @@ def locate(
     return Located(mount, rel, row)
 
 
+def check_mounts_unchanged(store: Store, view: View, what: str) -> None:
+    """409 when the caller's shared folders changed since `view` was read. Call it holding
+    the namespace lock: a share, unshare or leave takes it too, so a path resolved with the
+    old view could otherwise lead to where a mount now is (the change would lie hidden
+    under the mount, or nest one share in another)."""
+    now = store.get_user(view.user.user_id)
+    if now is None or now.membership_version != view.user.membership_version:
+        raise Conflict(f"{what!r} changed during the request (your shared folders); retry")
+
+
 def require_file(loc: Located, what: str) -> FileRow:
     """The located entry as a file (422 for a folder or mount point)."""
     if loc.row is None or loc.row.kind != "file":
