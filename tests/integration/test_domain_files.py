@@ -151,6 +151,28 @@ def test_quarantined_block_is_503(services: Services, alice: Principal) -> None:
     assert info.value.status == 503
 
 
+def test_restoring_a_rev_whose_block_is_quarantined_is_422(
+    services: Services, alice: Principal
+) -> None:
+    """Scrub found rev 1's only copy of a block damaged: restoring rev 1 made a new latest
+    rev that no device could download (503 for ever, with no notice to upload it again)."""
+    first = put_file(services, alice, "/q", b"damaged later")
+    put_file(services, alice, "/q", b"fine", parent_rev=1)
+    bad = block_id(b"damaged later")
+    with services.db.transaction() as store:  # verified once, then found damaged by scrub
+        store.conn.execute(
+            "UPDATE version_blocks SET staged_key = NULL WHERE block_id = %s", (bad,)
+        )
+        store.set_block_state([bad], "quarantined")
+    with pytest.raises(Unprocessable) as info:
+        files.restore(services, alice, RestoreRequest(file_id=first.file_id, rev=1))
+    assert "failed verification" in info.value.message
+    assert info.value.to_body()["error"]["blocks"] == [bad]
+    assert [
+        e.rev for e in files.revisions(services, alice, RevisionsRequest(path="/q")).entries
+    ] == [2, 1]
+
+
 def test_revisions_and_restore(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/r", b"one")
     put_file(services, alice, "/r", b"two", parent_rev=1)

@@ -293,7 +293,13 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
                 b.block_id: ReadableBlock(b.block_id, b.size, b.state, b.staged_key) for b in blocks
             }
             carried = settled(store, old_blocks)
-            damaged = [b.block_id for b in blocks if b.block_id not in carried]
+            # a block with no good copy: its staged copy failed, or scrub quarantined it
+            damaged = [
+                b.block_id
+                for b in blocks
+                if b.block_id not in carried
+                or (carried[b.block_id].staged_key is None and b.state == "quarantined")
+            ]
             if damaged:
                 raise Unprocessable(
                     f"rev {req.rev} has {len(set(damaged))} block(s) that failed"
