@@ -173,6 +173,35 @@ def test_restoring_a_rev_whose_block_is_quarantined_is_422(
     ] == [2, 1]
 
 
+def test_an_entry_undeleted_under_a_respelled_folder_takes_its_spelling(
+    services: Services, alice: Principal
+) -> None:
+    """`/Straße` deleted, `/STRASSE` made since: `a.txt` came back displayed
+    `/Straße/a.txt` under `/STRASSE`, and a move of the folder then cut its display by
+    characters ("ß" is "ss" by key, one character shorter): `/Docsa.txt`."""
+    a = put_file(services, alice, "/Straße/a.txt", b"a")
+    files.delete(services, alice, DeleteRequest(path="/Straße"))
+    put_file(services, alice, "/STRASSE/b.txt", b"b")
+    back = files.restore(services, alice, RestoreRequest(file_id=a.file_id))
+    assert isinstance(back, FileEntry) and back.path_display == "/STRASSE/a.txt"
+    files.move(services, alice, MoveRequest(from_path="/strasse", to_path="/Docs"))
+    moved = files.metadata(services, alice, MetadataRequest(path="/Docs/a.txt"))
+    assert isinstance(moved, FileEntry) and moved.path_display == "/Docs/a.txt"
+    assert get_file(services, alice, "/Docs/a.txt") == b"a"
+
+
+def test_a_move_cuts_a_childs_display_by_components(services: Services, alice: Principal) -> None:
+    """Rows written before undelete respelled them keep the old spelling under the folder."""
+    put_file(services, alice, "/STRASSE/b.txt", b"b")
+    with services.db.transaction() as store:
+        store.conn.execute(
+            "UPDATE files SET path_display = '/Straße/b.txt' WHERE path_key = '/strasse/b.txt'"
+        )
+    files.move(services, alice, MoveRequest(from_path="/STRASSE", to_path="/Docs"))
+    moved = files.metadata(services, alice, MetadataRequest(path="/Docs/b.txt"))
+    assert isinstance(moved, FileEntry) and moved.path_display == "/Docs/b.txt"
+
+
 def test_revisions_and_restore(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/r", b"one")
     put_file(services, alice, "/r", b"two", parent_rev=1)

@@ -5,6 +5,7 @@ caller's view: what they cannot see is 404, what they can see but not change is 
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 from tessera.domain import paths
 from tessera.domain.acl import Action
@@ -220,26 +221,43 @@ def _lock_resolved(store: Store, view: View, path: str, mount: MountRow) -> None
         raise Conflict(f"{path!r} changed during the request; retry")
 
 
-def _reopen_path(store: Store, view: View, mount: MountRow, row: FileRow) -> list[NewJournal]:
+def _reopen_path(
+    store: Store, view: View, mount: MountRow, row: FileRow
+) -> tuple[str, list[NewJournal]]:
     """Make the old path of a deleted entry ready for it again: its missing parent folders
-    are created (their journal rows returned). 409 when a live entry took the path, or a
-    shared folder has been mounted at or above it since: the entry would lie hidden under
-    the mount, in a namespace the path no longer leads to."""
+    are created. Returns the path spelled as the live folders above it are (a folder
+    deleted as `/Straße` may have come back as `/STRASSE`) and the created folders' journal
+    rows. 409 when a live entry took the path, or a shared folder has been mounted at or
+    above it since: the entry would lie hidden under the mount, in a namespace the path no
+    longer leads to."""
     where = view.view_path(mount, row.path_display)
     if store.live_path_taken(row.ns_id, row.path_key):
         raise Conflict(f"{where!r} is taken; move it first")
     if view.resolve(where)[0].ns_id != row.ns_id:
         raise Conflict(f"a shared folder is mounted at or above {where!r}; it cannot go back")
-    _, journal = ensure_parents(store, view, mount, row.path_display)
-    return journal
+    return ensure_parents(store, view, mount, row.path_display)
+
+
+def _respell(store: Store, rows: list[FileRow], old: str, new: str) -> list[FileRow]:
+    """`rows`, at or below the path displayed `old`, displayed under `new` instead (the same
+    path by key): every entry's display starts with its folder's."""
+    if new == old:
+        return rows
+    out = []
+    for r in rows:
+        display = new if r.path_display == old else new + paths.relative(r.path_display, old)
+        store.rename(r.ns_id, r.file_id, r.path_key, paths.path_key(paths.parent(display)), display)
+        out.append(dataclasses.replace(r, path_display=display))
+    return out
 
 
 def _undelete_subtree(
     store: Store, view: View, mount: MountRow, row: FileRow
 ) -> tuple[list[NewJournal], list[FileRow]]:
     """Make a deleted entry live again at its old path, and with a folder everything that
-    was deleted with it (entries whose path was taken since stay in the trash)."""
-    journal = _reopen_path(store, view, mount, row)
+    was deleted with it (entries whose path was taken since stay in the trash). The
+    entries come back spelled as the live folders above them are; `row`'s is first."""
+    display, journal = _reopen_path(store, view, mount, row)
     restored = [row]
     if row.kind == "folder":
         lo, hi = paths.subtree_range(row.path_key)
@@ -248,6 +266,7 @@ def _undelete_subtree(
                 child.ns_id, child.path_key
             ):
                 restored.append(child)
+    restored = _respell(store, restored, row.path_display, display)
     if store.undelete(row.ns_id, [r.file_id for r in restored]):
         raise over_quota(view, mount.owner_id, f"restoring {row.path_display!r}")
     journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]
@@ -267,7 +286,8 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
         if req.rev is None:
             if not row.is_deleted:
                 raise Unprocessable("the entry is not deleted: give the rev to restore")
-            journal, _ = _undelete_subtree(store, view, mount, row)
+            journal, restored = _undelete_subtree(store, view, mount, row)
+            row = restored[0]
             _, event = store.append_journal(
                 mount.ns_id,
                 journal,
@@ -285,7 +305,10 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
             old = store.version(row.ns_id, row.file_id, req.rev)
             if old is None:
                 raise NotFound(f"no rev {req.rev} of this file")
-            journal = _reopen_path(store, view, mount, row) if row.is_deleted else []
+            journal = []
+            if row.is_deleted:
+                display, journal = _reopen_path(store, view, mount, row)
+                row = _respell(store, [row], row.path_display, display)[0]
             blocks = store.version_blocks(row.ns_id, row.file_id, req.rev)
             # the old version's staged copies are pinned as a commit pins them: dedup may
             # have settled one since it was read, and the new version must not name it
@@ -360,11 +383,13 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
         if row.kind == "folder":
             lo, hi = paths.subtree_range(row.path_key)
             for child in store.subtree(row.ns_id, lo, hi):
+                # by components: a child may spell the folder otherwise, even in another
+                # length ("ß" / "ss"), if it was undeleted under a re-spelled folder
                 moved.append(
                     (
                         child,
                         new_key + child.path_key[len(row.path_key) :],
-                        new_display + child.path_display[len(row.path_display) :],
+                        new_display + paths.relative(child.path_display, row.path_display),
                     )
                 )
         for r, k, d in moved:
