@@ -85,11 +85,5 @@ def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> 
     )
     if len(tail.encode()) >= room:  # an extension too long to keep: it joins the stem
         stem, tail = name, suffix
-    new = _utf8_prefix(stem, room - len(tail.encode())) + tail
+    new = server_paths.utf8_prefix(stem, room - len(tail.encode())) + tail
     return f"{folder}/{new}" if folder else new
-
-
-def _utf8_prefix(text: str, limit: int) -> str:
-    """The longest start of `text` that is at most `limit` UTF-8 bytes (never half a
-    character)."""
-    return text.encode()[: max(limit, 0)].decode("utf-8", "ignore")

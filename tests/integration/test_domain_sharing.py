@@ -66,6 +66,22 @@ def test_member_mount_name_clash_gets_a_suffix(
     assert get_file(services, bob, "/team/mine") == b"bob's own"
 
 
+def test_a_long_shared_name_that_clashes_still_fits_the_name_limit(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """A 255-byte folder name plus " (2)" made a mount path no request could name: the
+    member could neither use the share nor leave it."""
+    long = "/" + "é" * 127  # 254 bytes
+    put_file(services, alice, long + "/a", b"a")
+    put_file(services, bob, long + "/mine", b"bob's own")
+    _share(services, alice, long, bob, "editor")
+    (mount,) = sharing.shares(services, bob).shares
+    assert mount.path_display == "/" + "é" * 125 + " (2)"  # 250 + 4 bytes
+    assert get_file(services, bob, mount.path_display + "/a") == b"a"
+    files.delete(services, bob, DeleteRequest(path=mount.path_display))  # leaves the share
+    assert sharing.shares(services, bob).shares == []
+
+
 def test_a_mount_spelled_with_another_length_resolves_by_components(
     services: Services, alice: Principal, bob: Principal
 ) -> None:

@@ -93,6 +93,12 @@ def relative(path: str, base: str) -> str:
     return "/" + "/".join(rest) if rest else ROOT
 
 
+def utf8_prefix(text: str, limit: int) -> str:
+    """The longest start of `text` that is at most `limit` UTF-8 bytes (never half a
+    character): for names that grow a suffix and must stay within MAX_NAME_BYTES."""
+    return text.encode()[: max(limit, 0)].decode("utf-8", "ignore")
+
+
 def subtree_range(key: str) -> tuple[str, str]:
     """Half-open key range [lo, hi) of everything strictly below `key` (C collation)."""
     prefix = ROOT if key == ROOT else key + "/"

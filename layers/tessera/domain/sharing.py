@@ -59,11 +59,15 @@ def _mount_journal(
 
 
 def _free_mount_path(store: Store, user: UserRow, name: str) -> str:
-    """`/<name>`, or `/<name> (2)`, `/<name> (3)`… when the member already has that path."""
+    """`/<name>`, or `/<name> (2)`, `/<name> (3)`… when the member already has that path
+    (the name shortened to leave room for the suffix within MAX_NAME_BYTES: a longer mount
+    name made every path under it invalid, even the one to leave the share by)."""
     taken = store.mount_keys(user.user_id)
     n = 1
     while True:
-        candidate = "/" + (name if n == 1 else f"{name} ({n})")
+        suffix = "" if n == 1 else f" ({n})"
+        fitted = paths.utf8_prefix(name, paths.MAX_NAME_BYTES - len(suffix.encode()))
+        candidate = "/" + fitted + suffix
         key = paths.path_key(candidate)
         if key not in taken and not store.live_path_taken(user.root_ns_id, key):
             return candidate
