@@ -358,3 +358,18 @@ def test_a_gateway_bug_is_logged_with_its_traceback_and_answered_bare(
     logged = [rec for rec in caplog.records if rec.name == "tessera.local.gateway"]
     assert logged and "POST /v1/account" in logged[0].getMessage()
     assert logged[0].exc_info is not None and logged[0].exc_info[1] is boom
+
+
+def test_a_sign_in_during_a_database_outage_is_503_not_500(env: Env) -> None:
+    users = LocalUsers("postgresql://tessera@127.0.0.1:1/none?connect_timeout=1")
+    server = Server()
+    server.start(create_app(Gateway(token_endpoint=LocalIdentity(users, env.issuer))))
+    try:
+        r = httpx.post(
+            server.base_url + "/v1/auth/token", json={"email": "a@b.c", "password": PASSWORD}
+        )
+    finally:
+        server.stop()
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "2"
+    assert r.json()["error"]["code"] == "unavailable"

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tessera.adapters.local import PostgresChangeFeed
+from tessera.domain.errors import Unavailable
 from tessera.domain.services import Services
 from tessera.metadata import NOTIFY_CHANNEL
 from tessera.ports import ChangeEvent, ChangeFeed, Principal
@@ -209,3 +210,18 @@ def test_a_commits_event_is_announced_and_still_wakes_a_long_poll(
     waiter.join(10)
     assert results == [True]
     assert len(handed) == 2 and all(e.announced for e in handed)
+
+
+def test_a_database_outage_is_unavailable_not_a_crash() -> None:
+    """The long-poll's wait met a database that is down with a bare OperationalError (or
+    RuntimeError from the listener): 500 with a traceback, where every other request says
+    503 + Retry-After."""
+    down = PostgresChangeFeed("postgresql://tessera@127.0.0.1:1/none?connect_timeout=1")
+    try:
+        with pytest.raises(Unavailable) as waited:
+            asyncio.run(down.wait_async({1: 0}, 1.0))
+        assert waited.value.status == 503 and waited.value.retry_after == 2
+        with pytest.raises(Unavailable):
+            down.wait({1: 0}, 1.0)
+    finally:
+        down.close()

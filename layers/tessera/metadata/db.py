@@ -19,6 +19,26 @@ from tessera.metadata.store import Store
 #: or aborted the transaction for a transient reason.
 RETRY_AFTER_S = 2
 
+
+@contextmanager
+def unavailable_on_db_errors() -> Iterator[None]:
+    """Raise a transient database failure (`psycopg.OperationalError`, which a pool timeout
+    is too) as `Unavailable`: 503 + Retry-After, not 500.
+
+    No free connection in time, the server gone or restarting, a lost connection, a
+    serialization failure, deadlock, lock or statement timeout, a full disk: a transaction
+    did not commit (or, lost during COMMIT itself, may have: commits carry idempotency keys
+    for that retry), and the same request may well succeed in a moment.
+    """
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise Unavailable(
+            f"the metadata database is unavailable ({type(exc).__name__}); retry shortly",
+            retry_after=RETRY_AFTER_S,
+        ) from exc
+
+
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
@@ -107,26 +127,15 @@ class Database:
         `timeout`, connection lost, serialization failure, deadlock, timeouts) is raised as
         `Unavailable` (503 + Retry-After); other errors pass through.
         """
-        try:
-            with self.pool.connection() as conn:
-                try:
-                    with conn.pipeline() if pipeline else nullcontext():
-                        if repeatable_read:
-                            conn.execute(_SNAPSHOT)
-                        yield Store(conn)
-                except BaseException:
-                    _roll_back_keeping_statements(conn)
-                    raise
-        except psycopg.OperationalError as exc:
-            # No free connection in time, the server gone or restarting, a lost connection,
-            # a serialization failure, deadlock, lock or statement timeout, a full disk: the
-            # transaction did not commit (or, lost during COMMIT itself, may have: commits
-            # carry idempotency keys for that retry), and the same request may well succeed
-            # in a moment. So the client hears 503 + Retry-After and retries, not 500.
-            raise Unavailable(
-                f"the metadata database is unavailable ({type(exc).__name__}); retry shortly",
-                retry_after=RETRY_AFTER_S,
-            ) from exc
+        with unavailable_on_db_errors(), self.pool.connection() as conn:
+            try:
+                with conn.pipeline() if pipeline else nullcontext():
+                    if repeatable_read:
+                        conn.execute(_SNAPSHOT)
+                    yield Store(conn)
+            except BaseException:
+                _roll_back_keeping_statements(conn)
+                raise
 
     def close(self) -> None:
         """Close every pooled connection."""

@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from tessera.domain.errors import Unavailable
+from tessera.metadata.db import RETRY_AFTER_S, unavailable_on_db_errors
 from tessera.metadata.feed_queries import CHANNEL, latest_seqs, parse_payload, publish_heads
 from tessera.ports import ChangeEvent, ChangeFeed
 
@@ -163,12 +165,17 @@ class PostgresChangeFeed(ChangeFeed):
                 listener.start()
                 listener.ready.wait(10)
                 if listener.error is not None or not listener.ready.is_set():
-                    raise RuntimeError(f"change feed cannot LISTEN: {listener.error}")
+                    raise Unavailable(
+                        f"the change feed cannot listen to the database ({listener.error});"
+                        " retry shortly",
+                        retry_after=RETRY_AFTER_S,
+                    )
                 self._listener = listener
             return self._listener
 
     def _changed(self, cursors: Mapping[int, int]) -> bool:
-        with self._conn_pool().connection() as conn:
+        # a database outage is a 503 for the long-poll, as for any request
+        with unavailable_on_db_errors(), self._conn_pool().connection() as conn:
             heads = latest_seqs(conn, cursors.keys())
         return any(heads.get(ns, 0) > seq for ns, seq in cursors.items())
 

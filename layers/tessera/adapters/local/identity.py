@@ -36,6 +36,7 @@ from tessera.domain.errors import (
     Unprocessable,
 )
 from tessera.metadata import local_users
+from tessera.metadata.db import unavailable_on_db_errors
 from tessera.ports import Identity, Principal
 
 ISSUER = "tessera-local"
@@ -195,6 +196,13 @@ class LocalUsers:
         finally:
             self._hash_slots.release()
 
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for one call; a database outage is `Unavailable` (503 + Retry-After
+        at the token endpoint), not a 500."""
+        with unavailable_on_db_errors(), psycopg.connect(self.conninfo) as conn:
+            yield conn
+
     def add(self, email: str, password: str) -> Principal:
         """Create a user; `Conflict` when the email is taken."""
         address = normalize_email(email)
@@ -203,7 +211,7 @@ class LocalUsers:
                 f"a password needs at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
                 "characters of Unicode text"
             )
-        with psycopg.connect(self.conninfo) as conn:
+        with self._connection() as conn:
             user_id = local_users.insert_user(conn, address, self._hasher.hash(password))
         if user_id is None:
             raise Conflict(f"a user with email {address} already exists")
@@ -219,7 +227,7 @@ class LocalUsers:
         except Unprocessable:
             address = ""
         # the slot before the connection: a waiting sign-in holds no database connection
-        with self._hash_slot(), psycopg.connect(self.conninfo) as conn:
+        with self._hash_slot(), self._connection() as conn:
             found = local_users.find_by_email(conn, address) if address else None
             # hash even for unknown users, so timing does not reveal who has an account
             stored = found[1] if found else self._dummy_hash
@@ -240,7 +248,7 @@ class LocalUsers:
             uid = uuid.UUID(user_id)
         except ValueError:
             return None
-        with psycopg.connect(self.conninfo) as conn:
+        with self._connection() as conn:
             email = local_users.find_by_id(conn, uid)
         return None if email is None else Principal(user_id=str(uid), email=email)
 
