@@ -46,7 +46,7 @@ from tessera.adapters.aws import (
     create_key_version,
     list_key_versions,
 )
-from tessera.adapters.local.secret_files import write_private
+from tessera.local.demo import ensure_demo_user
 from tessera.local.lifecycle import ServedCloud, Stoppable
 from tessera.local.throttle import RequestThrottle
 from tessera.settings import Settings
@@ -54,7 +54,6 @@ from tessera.settings import Settings
 log = logging.getLogger(__name__)
 
 LONGPOLL_PATH = "/v1/list_folder/longpoll"
-DEMO_EMAIL = "demo@tessera.local"
 
 # moto accepts any credentials, boto3 and PynamoDB insist on having some.
 _FAKE_CREDENTIALS = {
@@ -486,9 +485,7 @@ class AwsLocalCloud(ServedCloud):
                 relay_every=self.relay_every,
             )
             if self.demo:
-                self.demo_login = _demo_user(users)
-                login = "{}\n{}\n".format(*self.demo_login).encode()
-                write_private(self.state.demo_credentials, login, exclusive=False)
+                self.demo_login = ensure_demo_user(self.state.demo_credentials, users.create_user)
         except BaseException:
             self.stop()
             raise
@@ -530,19 +527,6 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         env[f"TESSERA_{f.name.upper()}"] = str(int(value) if isinstance(value, bool) else value)
     return env
-
-
-def _demo_user(users: CognitoUsers) -> tuple[str, str]:
-    import secrets
-
-    from tessera.domain.errors import Conflict
-
-    password = "Demo-" + secrets.token_urlsafe(12)
-    try:
-        users.create_user(DEMO_EMAIL, password)
-    except Conflict:
-        log.warning("%s already exists in the pool; its password is unchanged", DEMO_EMAIL)
-    return DEMO_EMAIL, password
 
 
 def add_user(

@@ -30,9 +30,9 @@ from tessera.adapters.local.block_store import FilesystemBlockStore
 from tessera.adapters.local.change_feed import PostgresChangeFeed
 from tessera.adapters.local.identity import JwtIssuer, LocalIdentity, LocalUsers
 from tessera.adapters.local.key_file import KeyFileKeyService
-from tessera.adapters.local.secret_files import load_or_create, write_private
-from tessera.domain.errors import Conflict
+from tessera.adapters.local.secret_files import load_or_create
 from tessera.domain.services import Services
+from tessera.local.demo import ensure_demo_user
 from tessera.local.gateway import Gateway, create_app
 from tessera.local.lifecycle import ServedCloud
 from tessera.local.postgres import EmbeddedPostgres
@@ -44,7 +44,6 @@ from tessera.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DEMO_EMAIL = "demo@tessera.local"
 
 #: A background task: started with the wired services, returns how to stop it (or None).
 BackgroundTask = Callable[[Any], Callable[[], None] | None]
@@ -167,7 +166,7 @@ class LocalCloud(ServedCloud):
             self._wire_api(gateway, keys)
             self._app = create_app(gateway)
             if self.demo:
-                self.demo_login = ensure_demo_user(self.state, users)
+                self.demo_login = ensure_demo_user(self.state.demo_credentials, users.add)
         except BaseException:
             self.stop()
             raise
@@ -226,18 +225,3 @@ def _maintenance_tasks() -> list[BackgroundTask]:
         return []
     start: BackgroundTask = import_module("tessera.maintenance.scheduler").start
     return [start]
-
-
-def ensure_demo_user(state: StatePaths, users: LocalUsers) -> tuple[str, str] | None:
-    """Create the demo user on first start; (email, password) from the credentials file."""
-    path = state.demo_credentials
-    if not path.exists():
-        password = secrets.token_urlsafe(12)
-        try:
-            users.add(DEMO_EMAIL, password)
-        except Conflict:
-            log.warning("%s exists but %s is missing; not resetting its password", DEMO_EMAIL, path)
-            return None
-        write_private(path, f"{DEMO_EMAIL}\n{password}\n".encode(), exclusive=True)
-    email, password = path.read_text().split()[:2]
-    return email, password
