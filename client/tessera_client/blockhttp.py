@@ -15,17 +15,46 @@ by the httpx client, which honours the proxy.
 from __future__ import annotations
 
 import http.client
+import re
 import ssl
 import threading
 import urllib.request
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
 #: What a connection kept from an earlier request raises when the server has closed it
 #: meanwhile: the request is sent again, once, on a new connection.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+# What would split or end the request line or a header: in a URL or a header name, control
+# characters and spaces; in a header value, control characters but tab.
+_UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
+_UNSENDABLE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class UnusableUrl(ValueError):
+    """A block URL or header from the server that cannot be sent (a bad port, a line break
+    in a header, not http(s)). The server's answer is at fault, not the network: it is not
+    retried, and fails the block's file alone."""
+
+
+def _checked(url: str, headers: Mapping[str, str]) -> SplitResult:
+    """`url` split, once it and `headers` are known to be sendable (else `UnusableUrl`)."""
+    shown = url.split("?")[0]
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsed lazily: raises ValueError for a bad port
+    except ValueError as exc:
+        raise UnusableUrl(f"{shown}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnusableUrl(f"not an http(s) URL: {shown}")
+    if _UNSENDABLE.search(url):
+        raise UnusableUrl(f"{shown}: a space or control character in the URL")
+    for name, value in headers.items():
+        if _UNSENDABLE.search(name) or _UNSENDABLE_VALUE.search(value):
+            raise UnusableUrl(f"{shown}: header {name[:40]!r} holds a control character")
+    return parts
 
 
 class BlockHttp:
@@ -64,16 +93,15 @@ class BlockHttp:
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
     ) -> httpx.Response:
-        """Send one request; transport failures raise `httpx.TransportError` subclasses."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise httpx.UnsupportedProtocol(f"not an http(s) URL: {url.split('?')[0]}")
-        if self._proxied(parts.scheme, parts.hostname):
+        """Send one request; transport failures raise `httpx.TransportError` subclasses, a
+        URL or header that cannot be sent `UnusableUrl`."""
+        parts = _checked(url, headers or {})
+        if self._proxied(parts.scheme, parts.hostname or ""):
             return self._fallback.request(method, url, headers=headers, content=content)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        key = (parts.scheme, parts.hostname, parts.port)
+        key = (parts.scheme, parts.hostname or "", parts.port)
         pool = self._pool()
         kept = pool.pop(key, None)
         conn = kept or self._connect(*key)

@@ -48,6 +48,7 @@ from tessera.blocks import (
     encode_block,
 )
 from tessera_client.api import Api, ApiError, error_from, json_body, parse
+from tessera_client.blockhttp import UnusableUrl
 from tessera_client.fs import Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
@@ -437,7 +438,10 @@ class Transfers:
         return puts
 
     def _put(self, method: str, url: str, headers: dict[str, str], data: bytes) -> None:
-        response = self.api.transfer(method, url, headers, data)
+        try:
+            response = self.api.transfer(method, url, headers, data)
+        except UnusableUrl as e:
+            raise ApiError(502, "block_upload_failed", f"the server sent {e}", {}) from e
         if response.status_code >= 300:
             raise ApiError(response.status_code, "block_upload_failed", response.text[:200], {})
 
@@ -564,7 +568,10 @@ class Transfers:
             raise IntegrityError(f"{path}: the server sent another version than it listed")
 
     def _fetch(self, block: Any) -> bytes:
-        response = self.api.transfer(block.method, block.url, block.headers)
+        try:
+            response = self.api.transfer(block.method, block.url, block.headers)
+        except UnusableUrl as e:
+            raise IntegrityError(f"block {block.id}: the server sent {e}") from e
         if response.status_code != 200:
             raise ApiError(response.status_code, "block_download_failed", response.text[:200], {})
         try:

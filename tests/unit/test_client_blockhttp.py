@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tessera_client.api import RetryPolicy, ServerUnreachable, send_with_retry
-from tessera_client.blockhttp import BlockHttp
+from tessera_client.blockhttp import BlockHttp, UnusableUrl
 
 
 class _Store(BaseHTTPRequestHandler):
@@ -136,10 +136,26 @@ def test_an_unreachable_store_is_a_transport_error_the_retry_policy_handles(
     assert len(sleeps) == 2
 
 
-def test_only_http_urls_are_sent(blocks: BlockHttp) -> None:
-    for url in ("file:///etc/passwd", "ftp://example.com/x", "http:///nohost"):
-        with pytest.raises(httpx.UnsupportedProtocol):
-            blocks.request("GET", url)
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("file:///etc/passwd", {}),
+        ("ftp://example.com/x", {}),
+        ("http:///nohost", {}),
+        ("http://example.com:99999/x", {}),
+        ("http://[::1/x", {}),
+        ("http://example.com/a b", {}),
+        ("http://example.com/x", {"x-amz-meta": "v\r\nInjected: yes"}),
+        ("http://example.com/x", {"bad name": "v"}),
+    ],
+)
+def test_only_sendable_urls_and_headers_are_sent(
+    blocks: BlockHttp, url: str, headers: dict[str, str]
+) -> None:
+    """The server's answer is at fault, not the network: not a TransportError (which is
+    retried and then taken for an outage), and not a bare ValueError (which ended rounds)."""
+    with pytest.raises(UnusableUrl):
+        blocks.request("GET", url, headers=headers)
 
 
 def test_a_proxy_in_the_environment_is_honoured(

@@ -185,6 +185,25 @@ def test_an_answer_that_does_not_fit_fails_alone(tmp_path: Path, evil: Evil) -> 
     assert any("served-badly.txt" in p and "does not fit" in p for p in reported), reported
 
 
+def test_a_block_url_that_cannot_be_sent_fails_its_file_alone(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """A bad port or a line break in a header raised ValueError out of the HTTP layer:
+    not a transport error, so it ended every round (downloads come first) and the daemon."""
+    evil.add_file("/bad-port.txt", b"x", fid="bp")
+    evil.files["bp"]["blocks"][0]["url"] = evil.base.rsplit(":", 1)[0] + ":99999/blk/bp"
+    evil.add_file("/bad-header.txt", b"y", fid="bh")
+    evil.files["bh"]["blocks"][0]["headers"] = {"x-amz-meta": "v\r\nInjected: yes"}
+    evil.add_file("/ok.txt", b"fine", fid="ok")
+    engine = _engine(tmp_path, evil)
+    result = engine.run_once()
+    engine.close()
+    folder = tmp_path / "root" / "sync"
+    assert sorted(p.name for p in folder.iterdir()) == ["ok.txt"]
+    assert any("bad-port.txt" in p and "99999" in p for p in result.problems), result
+    assert any("bad-header.txt" in p and "control character" in p for p in result.problems)
+
+
 def test_symlinked_folder_is_never_written_through(tmp_path: Path, evil: Evil) -> None:
     outside = tmp_path / "root" / "outside"
     outside.mkdir(parents=True)
