@@ -11,6 +11,7 @@ import errno
 import io
 import itertools
 import os
+import secrets
 import stat as stat_mod
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from typing import BinaryIO
 from tessera_client.paths import UnsafePathError, ancestors, canonical_rel, parent_of
 
 TEMP_PREFIX = ".tessera-tmp-"
+# Names this process's temp files (after TEMP_PREFIX), so a scan leaves them alone. Not the
+# pid alone: a client that always runs with one pid (PID 1 in a container) took the temp
+# files its killed predecessor left for its own, and never removed them.
+TEMP_OWNER = f"{os.getpid()}.{secrets.token_hex(4)}"
 # The coarsest modification time a filesystem the client may sync keeps (FAT: 2 s; HFS+:
 # 1 s). A file written again within it can keep its size and mtime.
 MTIME_GRANULARITY_NS = 2 * 10**9
@@ -210,7 +215,7 @@ class RealFilesystem(Filesystem):
 
     def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
         for n in itertools.count():
-            name = f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+            name = f"{TEMP_PREFIX}{TEMP_OWNER}-{os.urandom(4).hex()}"
             rel = f"{folder}/{name}" if folder else name
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             try:

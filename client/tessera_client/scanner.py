@@ -11,13 +11,19 @@ A download's temp file left by a client that was killed is removed once it is a 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import unicodedata
 from dataclasses import dataclass, field
 
 from tessera.blocks import FileChangedError, FileManifest, scan_file
-from tessera_client.fs import TEMP_PREFIX, Kind, SafeFilesystem, Stat, racily_clean
+from tessera_client.fs import (
+    TEMP_OWNER,
+    TEMP_PREFIX,
+    Kind,
+    SafeFilesystem,
+    Stat,
+    racily_clean,
+)
 from tessera_client.ignore import IGNORE_FILE, IgnoreRules
 from tessera_client.paths import ancestors, path_key
 from tessera_client.planner import Entry, EntryKind
@@ -215,9 +221,9 @@ def _same(a: Stat, b: Stat) -> bool:
 
 
 def _stale_temp(name: str, st: Stat, now_ns: int) -> bool:
-    """Whether `name` is a download's temp file that another process (its pid is in the
-    name) left and nobody has written to for STALE_TEMP_NS."""
+    """Whether `name` is a download's temp file that another process (its `TEMP_OWNER` is
+    in the name) left and nobody has written to for STALE_TEMP_NS."""
     if not name.startswith(TEMP_PREFIX):
         return False
     owner = name[len(TEMP_PREFIX) :].split("-", 1)[0]
-    return owner != str(os.getpid()) and now_ns - st.mtime_ns > STALE_TEMP_NS
+    return owner != TEMP_OWNER and now_ns - st.mtime_ns > STALE_TEMP_NS

@@ -185,9 +185,7 @@ def test_an_answer_that_does_not_fit_fails_alone(tmp_path: Path, evil: Evil) -> 
     assert any("served-badly.txt" in p and "does not fit" in p for p in reported), reported
 
 
-def test_a_block_url_that_cannot_be_sent_fails_its_file_alone(
-    tmp_path: Path, evil: Evil
-) -> None:
+def test_a_block_url_that_cannot_be_sent_fails_its_file_alone(tmp_path: Path, evil: Evil) -> None:
     """A bad port or a line break in a header raised ValueError out of the HTTP layer:
     not a transport error, so it ended every round (downloads come first) and the daemon."""
     evil.add_file("/bad-port.txt", b"x", fid="bp")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tessera_client.fs import RealFilesystem, SafeFilesystem
+from tessera_client.fs import TEMP_OWNER, RealFilesystem, SafeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.scanner import Scanner
 from tessera_client.watcher import MAX_SETTLE_S, Watcher
@@ -102,13 +102,15 @@ def test_a_scan_removes_temp_files_another_process_left_a_day_ago(tmp_path: Path
     old = time.time_ns() - 2 * 24 * 3600 * 10**9
     left = tmp_path / "sub" / ".tessera-tmp-999999999-0a1b2c3d"  # a killed client's
     writing = tmp_path / ".tessera-tmp-999999998-4e5f6a7b"  # another client still at work
-    ours = tmp_path / f".tessera-tmp-{os.getpid()}-8c9d0e1f"  # this process's download
-    for temp in (left, writing, ours):
+    ours = tmp_path / f".tessera-tmp-{TEMP_OWNER}-8c9d0e1f"  # this process's download
+    # a killed client that ran with this pid too (PID 1 in a container)
+    same_pid = tmp_path / f".tessera-tmp-{os.getpid()}.0badf00d-9a8b7c6d"
+    for temp in (left, writing, ours, same_pid):
         temp.write_bytes(b"partial download")
-    os.utime(left, ns=(old, old))
-    os.utime(ours, ns=(old, old))
+    for temp in (left, ours, same_pid):
+        os.utime(temp, ns=(old, old))
     scan = _scanner(tmp_path).scan({})
-    assert not left.exists()
+    assert not left.exists() and not same_pid.exists()
     assert writing.exists() and ours.exists()
     assert set(scan.tree) == {"sub"}  # temp files are never synced
 
