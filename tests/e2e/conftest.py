@@ -263,6 +263,13 @@ def sign_in(cloud: Cloud, email: str, home: Home, name: str) -> Home:
     return home
 
 
+def synced_on_both(a: SyncEngine, b: SyncEngine, rel: str, text: str) -> None:
+    """Write `rel` on device `a` and sync it to `b`: a file both devices have."""
+    (a.folder / rel).write_text(text)
+    a.run_once()
+    b.run_once()
+
+
 def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> float:
     """Poll until `predicate()` is true; the time it took."""
     start = time.monotonic()

@@ -16,16 +16,14 @@ import pytest
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import MTIME_GRANULARITY_NS
 
-from .conftest import snapshot
+from .conftest import snapshot, synced_on_both
 
 
 def test_a_rename_racing_an_edit_elsewhere_keeps_the_edit(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:
     a, b = engines
-    (a.folder / "doc.txt").write_text("v1")
-    a.run_once()
-    b.run_once()
+    synced_on_both(a, b, "doc.txt", "v1")
     (b.folder / "doc.txt").write_text("v2, B's edit")
     b.run_once()
     (a.folder / "doc.txt").rename(a.folder / "doc2.txt")
@@ -91,9 +89,7 @@ def test_a_conflict_the_disk_refuses_is_a_problem_not_a_crash(
     from the upload's callback; an error there (here the rename is refused) ended the round
     and the daemon instead of being this file's problem."""
     a, b = engines
-    (a.folder / "doc.txt").write_text("v1")
-    a.run_once()
-    b.run_once()
+    synced_on_both(a, b, "doc.txt", "v1")
     (a.folder / "doc.txt").write_text("v2 from A")
     a.run_once()
     (b.folder / "doc.txt").write_text("v2 from B, longer")

@@ -13,16 +13,14 @@ import pytest
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import MTIME_GRANULARITY_NS
 
-from .conftest import snapshot
+from .conftest import snapshot, synced_on_both
 
 
 def test_a_case_only_rename_and_an_edit_after_it_reach_the_other_device(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:
     a, b = engines
-    (a.folder / "Report.txt").write_text("v1")
-    a.run_once()
-    b.run_once()
+    synced_on_both(a, b, "Report.txt", "v1")
     (b.folder / "Report.txt").rename(b.folder / "REPORT.txt")
     assert not b.run_once().problems
     a_round = a.run_once()
@@ -56,9 +54,7 @@ def test_an_edit_that_came_with_a_rename_is_sent_after_a_failed_upload(
     to record the edited file's stat as vouching for the moved (old) content: when the
     upload did not land, the next process trusted that stat and never sent the edit."""
     a, b = engines
-    (a.folder / "notes.txt").write_text("teh draft")
-    a.run_once()
-    b.run_once()
+    synced_on_both(a, b, "notes.txt", "teh draft")
     (a.folder / "notes.txt").rename(a.folder / "Notes.txt")
     (a.folder / "Notes.txt").write_text("the draft")  # same size
     past = time.time_ns() - 10 * MTIME_GRANULARITY_NS  # well clear of racy-clean

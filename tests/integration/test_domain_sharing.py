@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import pytest
 
 from tessera.domain import files, listing, paths, sharing
@@ -24,6 +27,14 @@ from tessera.ports import Principal
 
 from .conftest import get_file, put_file, usage_drift
 from .test_domain_files import race_held
+
+Race = Callable[[str, Callable[[], object], Callable[[], object]], tuple[object, object]]
+
+
+@pytest.fixture
+def race(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Race:
+    """`race_held` for this test: `race(held_at, first, second)`."""
+    return partial(race_held, monkeypatch, database_url)
 
 
 def _share(svc: Services, owner: Principal, path: str, who: Principal, access: str) -> None:
@@ -114,17 +125,14 @@ def test_a_commit_into_a_folder_being_shared_moves_along(
     services: Services,
     alice: Principal,
     bob: Principal,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    race: Race,
 ) -> None:
     """A commit into the folder still running when it is shared holds the root namespace:
     the share waits for it, and the new file moves into the shared namespace with the
     rest instead of staying in the root, hidden under the mount."""
     put_file(services, alice, "/Team/a", b"a")
     _meet(services, bob)
-    committed, shared = race_held(
-        monkeypatch,
-        database_url,
+    committed, shared = race(
         "write_version",
         lambda: put_file(services, alice, "/Team/new", b"new"),
         lambda: sharing.share(
@@ -140,17 +148,14 @@ def test_a_commit_waiting_for_a_share_of_its_folder_is_retried_not_hidden(
     services: Services,
     alice: Principal,
     bob: Principal,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    race: Race,
 ) -> None:
     """A commit that read alice's view before she shared the folder, and got the root
     namespace after the share, would write into the root under what is now a mount point,
     where nobody sees it: it answers 503 instead, and its retry lands in the share."""
     put_file(services, alice, "/Team/a", b"a")
     _meet(services, bob)
-    shared, committed = race_held(
-        monkeypatch,
-        database_url,
+    shared, committed = race(
         "move_to_namespace",
         lambda: sharing.share(
             services, alice, ShareRequest(path="/Team", email=bob.email, access="editor")
@@ -168,16 +173,13 @@ def test_a_folder_created_while_its_parent_is_shared_moves_along(
     services: Services,
     alice: Principal,
     bob: Principal,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    race: Race,
 ) -> None:
     """create_folder holds the root namespace: a share of the folder above waits for it,
     and the new folder moves into the shared namespace with the rest."""
     put_file(services, alice, "/Team/a", b"a")
     _meet(services, bob)
-    created, shared = race_held(
-        monkeypatch,
-        database_url,
+    created, shared = race(
         "insert_file",
         lambda: files.create_folder(services, alice, "/Team/sub"),
         lambda: _share(services, alice, "/Team", bob, "editor"),
@@ -200,17 +202,14 @@ def test_a_move_to_where_a_share_is_being_mounted_is_409(
     services: Services,
     alice: Principal,
     bob: Principal,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    race: Race,
 ) -> None:
     """Bob moves a file to /Docs while alice shares her Docs with him (mounted at /Docs):
     the move read his view before the mount and got his root namespace after it. It made a
     folder /Docs in his root, hidden under the mount, with the file in it: 409 now."""
     put_file(services, alice, "/Docs/a.txt", b"a")
     put_file(services, bob, "/notes.txt", b"bob's notes")
-    shared, moved = race_held(
-        monkeypatch,
-        database_url,
+    shared, moved = race(
         "members",  # the share holds bob's root namespace from here
         lambda: _share(services, alice, "/Docs", bob, "editor"),
         lambda: files.move(
@@ -228,17 +227,14 @@ def test_an_undelete_under_where_a_share_is_being_mounted_is_409(
     services: Services,
     alice: Principal,
     bob: Principal,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    race: Race,
 ) -> None:
     """Bob undeletes /Docs/x.txt (his own, deleted with its folder) while alice's Docs is
     mounted at /Docs for him: restored into his root, it lay hidden under the mount."""
     put_file(services, alice, "/Docs/a.txt", b"a")
     mine = put_file(services, bob, "/Docs/x.txt", b"bob's x")
     files.delete(services, bob, DeleteRequest(path="/Docs"))
-    shared, restored = race_held(
-        monkeypatch,
-        database_url,
+    shared, restored = race(
         "members",
         lambda: _share(services, alice, "/Docs", bob, "editor"),
         lambda: files.restore(services, bob, RestoreRequest(file_id=mine.file_id)),
@@ -255,8 +251,7 @@ def test_a_folder_created_under_a_folder_being_shared_is_409(
     services: Services,
     alice: Principal,
     bob: Principal,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    race: Race,
 ) -> None:
     """A create_folder that waited for a share of the folder above it finds the path now
     leads into the shared folder: 409 (retry), never a folder left in the root namespace,
@@ -264,9 +259,7 @@ def test_a_folder_created_under_a_folder_being_shared_is_409(
     put_file(services, alice, "/Team/a", b"a")
     _meet(services, bob)
     root_ns = sharing.account(services, alice).root_ns_id
-    shared, created = race_held(
-        monkeypatch,
-        database_url,
+    shared, created = race(
         "add_member",
         lambda: _share(services, alice, "/Team", bob, "editor"),
         lambda: files.create_folder(services, alice, "/Team/sub"),

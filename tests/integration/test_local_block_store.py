@@ -156,7 +156,12 @@ def test_folders_made_for_a_write_are_made_durable(
     store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
     synced: list[Path] = []
     real = block_store._fsync_dir
-    monkeypatch.setattr(block_store, "_fsync_dir", lambda p: (synced.append(p), real(p)))
+
+    def recorded(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(block_store, "_fsync_dir", recorded)
     store.put("staging/up1/ff", b"data")
     # the new folders' entries, not only the object's, are on disk before the PUT is acked
     hot = tmp_path / "hot"
