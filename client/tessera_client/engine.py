@@ -375,7 +375,10 @@ class SyncEngine:
     def _recorded(self, op: Op, fut: Future[Fetched]) -> bool:
         """Record a finished download in the state database (main thread only)."""
         entry, st, blocks = fut.result()
-        self._record_file(op.path, entry, st, blocks)
+        assert op.remote is not None
+        # recorded under the server's spelling: downloaded into a file respelled here, the
+        # next round then sends the respelling as a move (planner._detect_respellings)
+        self._record_file(op.remote.path, entry, st, blocks)
         self.reporter.event(f"downloaded {op.path}")
         return True
 
@@ -519,7 +522,7 @@ class SyncEngine:
         entry, st, blocks = self.transfers.download(
             path, remote.file_id, remote.rev, remote.content_hash, expect
         )
-        self._record_file(path, entry, st, blocks)
+        self._record_file(remote.path, entry, st, blocks)  # the server's spelling, as above
         self.reporter.event(f"downloaded {path}")
 
     def _record_file(

@@ -230,16 +230,20 @@ def _plan_file(
         if lo is not None:
             return Op(OpKind.UPLOAD, path, local=lo, remote=r)
         return Op(OpKind.DELETE_REMOTE, path, remote=r) if r is not None else None
+    # Steps act on the local spelling when there is a local file: one respelled here
+    # (`Foo.txt` -> `foo.txt`) while another device edited it is not at the server's
+    # spelling on a case-sensitive disk, and a step there found nothing, every round. The
+    # next round respells it to match the server.
     if remote_changed and not local_changed:
         if r is not None:
-            return Op(OpKind.DOWNLOAD, r.path, local=lo, remote=r)
+            return Op(OpKind.DOWNLOAD, path, local=lo, remote=r)
         return Op(OpKind.DELETE_LOCAL, path, local=lo) if lo is not None else None
     # both sides changed
     if lo is not None and r is not None:
         if lo.content_hash == r.content_hash:
             return Op(OpKind.RECORD, r.path, local=lo, remote=r)
         copy = _conflict_path(lo.path, device, day, taken)
-        return Op(OpKind.CONFLICT, r.path, local=lo, remote=r, copy_path=copy)
+        return Op(OpKind.CONFLICT, path, local=lo, remote=r, copy_path=copy)
     if lo is not None:  # modified here, deleted there: keep the modification
         return Op(OpKind.UPLOAD, path, local=lo, remote=None, reason="modified-vs-deleted")
     if r is not None:  # deleted here, modified there: keep the modification
