@@ -78,41 +78,24 @@ def test_an_edit_that_came_with_a_rename_is_sent_after_a_failed_upload(
     assert snapshot(b.folder) == {"Notes.txt": b"the draft"}
 
 
-def test_a_respelling_here_racing_an_edit_elsewhere_settles(
-    engines: tuple[SyncEngine, SyncEngine],
+@pytest.mark.parametrize("edited_here", [False, True], ids=["respelled", "respelled-and-edited"])
+def test_a_respelling_here_racing_an_edit_elsewhere_keeps_every_change(
+    engines: tuple[SyncEngine, SyncEngine], edited_here: bool
 ) -> None:
-    """B respells Foo.txt as foo.txt while A edits Foo.txt. The download was planned at the
-    server's spelling, where this case-sensitive disk has nothing: the step failed every
-    round, for ever, and neither change reached the other device."""
+    """B respells Foo.txt as foo.txt (and maybe edits it) while A edits Foo.txt. The
+    download or conflict was planned at the server's spelling, where this case-sensitive
+    disk has nothing: the step failed every round, for ever, and neither change reached
+    the other device."""
     a, b = engines
     synced_on_both(a, b, "Foo.txt", "v1")
     (b.folder / "Foo.txt").rename(b.folder / "foo.txt")
+    expected = {"foo.txt": b"v2 from A"}  # the respelling is sent as a move once downloaded
+    if edited_here:
+        (b.folder / "foo.txt").write_text("v2 from B")
+        expected[f"foo (B's conflicted copy {date.today()}).txt"] = b"v2 from B"
     (a.folder / "Foo.txt").write_text("v2 from A")
     a.run_once()
     result = b.run_once()
     assert not result.problems, result
     a.run_once()
-    # both changes kept: the edit, and the respelling (sent as a move once downloaded)
-    assert snapshot(a.folder) == snapshot(b.folder) == {"foo.txt": b"v2 from A"}
-
-
-def test_a_respelling_and_an_edit_here_racing_an_edit_elsewhere_keep_all_three(
-    engines: tuple[SyncEngine, SyncEngine],
-) -> None:
-    a, b = engines
-    synced_on_both(a, b, "Foo.txt", "v1")
-    (b.folder / "Foo.txt").rename(b.folder / "foo.txt")
-    (b.folder / "foo.txt").write_text("v2 from B")
-    (a.folder / "Foo.txt").write_text("v2 from A")
-    a.run_once()
-    assert not b.run_once().problems
-    a.run_once()
-    copy = f"foo (B's conflicted copy {date.today()}).txt"
-    assert (
-        snapshot(a.folder)
-        == snapshot(b.folder)
-        == {
-            "foo.txt": b"v2 from A",
-            copy: b"v2 from B",
-        }
-    )
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
