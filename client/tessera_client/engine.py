@@ -423,7 +423,14 @@ class SyncEngine:
             if manifest is None or st is None:
                 return True  # not hashed this pass (trusted from base): nothing new to send
             parent = op.remote.rev if op.remote is not None else None
-            item = UploadItem(op.path, manifest, st, parent, hashed[path_key(op.path)])
+            item = UploadItem(
+                op.path,
+                manifest,
+                st,
+                parent,
+                hashed[path_key(op.path)],
+                (op.remote.file_id or None) if op.remote is not None else None,
+            )
             uploads.append((item, op.remote))
             self._sizes[op.path] = manifest.size
             return False
@@ -551,7 +558,12 @@ class SyncEngine:
         assert op.remote is not None
         try:
             self.api.call(
-                "/v1/delete", {"path": server_path(op.remote.path), "parent_rev": op.remote.rev}
+                "/v1/delete",
+                {
+                    "path": server_path(op.remote.path),
+                    "parent_rev": op.remote.rev,
+                    "parent_file_id": op.remote.file_id or None,
+                },
             )
         except ApiError as e:
             if e.status == 403:  # read-only share: put the server's file back

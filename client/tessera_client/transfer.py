@@ -85,14 +85,15 @@ class LocalChangedError(Exception):
 
 @dataclass
 class UploadItem:
-    """A local file to commit: where, what (its manifest), on top of which rev, and when
-    the manifest's content was read from the file (`LocalScan.hashed_ns`)."""
+    """A local file to commit: where, what (its manifest), on top of which rev of which
+    file, and when the manifest's content was read from the file (`LocalScan.hashed_ns`)."""
 
     path: str
     manifest: FileManifest
     stat: Stat
     parent_rev: int | None
     hashed_ns: int
+    parent_file_id: str | None = None
 
 
 #: a block to send: (item, block id, upload id, key version, key (base64))
@@ -465,6 +466,7 @@ class Transfers:
             {
                 "path": server_path(i.path),
                 "parent_rev": i.parent_rev,
+                "parent_file_id": i.parent_file_id,
                 "upload_id": sessions[i.path]["upload_id"],
                 "blocks": [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
                 "size": i.manifest.size,

@@ -112,3 +112,30 @@ def test_a_conflict_the_disk_refuses_is_a_problem_not_a_crash(
             copy: b"v2 from B, longer",
         }
     )
+
+
+def test_an_edit_of_a_file_made_again_elsewhere_at_the_same_rev_is_a_conflict(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """B deletes doc.txt and makes a new doc.txt (rev 1 again) while A, not pulled since,
+    edits the old one: A's commit at parent rev 1 landed on top of B's new file, with no
+    conflicted copy. It names the file it edited now: a 409, and both are kept."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    (b.folder / "doc.txt").unlink()
+    b.run_once()
+    (b.folder / "doc.txt").write_text("B's new file")
+    b.run_once()
+    (a.folder / "doc.txt").write_text("A's edit of the old one")
+    a.round(pull=False)
+    a.run_once()
+    b.run_once()
+    copy = f"doc (A's conflicted copy {date.today()}).txt"
+    assert (
+        snapshot(a.folder)
+        == snapshot(b.folder)
+        == {
+            "doc.txt": b"B's new file",
+            copy: b"A's edit of the old one",
+        }
+    )

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from tessera.blocks import block_id, content_hash
-from tessera.domain import commits, uploads
+from tessera.domain import commits, files, uploads
 from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from tessera.domain.models import (
     BlockSpec,
     CommitBatchRequest,
     CommitBatchResponse,
+    DeleteRequest,
     UploadFileSpec,
     UploadStartRequest,
     UploadUrlBlock,
@@ -65,6 +66,35 @@ def test_stale_parent_rev_is_409_with_current_rev(services: Services, alice: Pri
     assert body["rev"] == 2 and body["file_id"] == e.file_id
     with pytest.raises(Conflict):  # a "new" file where one exists
         put_file(services, alice, "/F", b"new")
+
+
+def test_a_file_made_again_at_the_same_rev_is_409_for_the_old_ones_editor(
+    services: Services, alice: Principal
+) -> None:
+    """Deleted and made again elsewhere, the new file is at rev 1 like the old one was: a
+    stale device's edit of the old file (parent_rev 1) landed as the new file's rev 2, no
+    409, no conflicted copy. `parent_file_id` tells them apart, for commits and deletes."""
+    old = put_file(services, alice, "/a.txt", b"old")
+    files.delete(services, alice, DeleteRequest(path="/a.txt"))
+    new = put_file(services, alice, "/a.txt", b"made again")
+    assert new.rev == 1 and new.file_id != old.file_id
+    chunks = split_blocks(b"the stale edit", 64 * 1024)
+    upload_id = upload_blocks(services, alice, "/a.txt", chunks)
+    stale = commit_request("/a.txt", chunks, upload_id, parent_rev=1)
+    with pytest.raises(Conflict) as info:
+        commits.commit(services, alice, stale.model_copy(update={"parent_file_id": old.file_id}))
+    body = info.value.to_body()["error"]
+    assert (body["rev"], body["file_id"]) == (1, new.file_id)
+    with pytest.raises(Conflict):
+        files.delete(
+            services,
+            alice,
+            DeleteRequest(path="/a.txt", parent_rev=1, parent_file_id=old.file_id),
+        )
+    assert get_file(services, alice, "/a.txt") == b"made again"
+    # the right file at the right rev goes through
+    ok = commits.commit(services, alice, stale.model_copy(update={"parent_file_id": new.file_id}))
+    assert (ok.file_id, ok.rev) == (new.file_id, 2)
 
 
 def test_only_readable_blocks_are_skipped(

@@ -313,7 +313,7 @@ def _request_hash(req: CommitRequest) -> str:
 
 
 def _row_to_update(
-    store: Store, ns_id: int, key: str, path: str, parent_rev: int | None
+    store: Store, ns_id: int, key: str, path: str, parent_rev: int | None, parent_id: str | None
 ) -> FileRow:
     """The file at `key`, locked, when it is at `parent_rev`; else 409 with its rev."""
     row = store.file_by_path(ns_id, key, lock=True)
@@ -323,13 +323,21 @@ def _row_to_update(
         raise Conflict(f"{path!r} changed during the commit; retry", rev=None)
     if row.kind != "file":
         raise Conflict(f"{path!r} is a folder, not a file")
-    if parent_rev != row.latest_rev:
+    check_parent(row, path, parent_rev, parent_id)
+    return row
+
+
+def check_parent(row: FileRow, path: str, parent_rev: int | None, parent_id: str | None) -> None:
+    """409 (with the file's rev and id) unless the file at `path` is the one the client
+    changed: at `parent_rev`, and `parent_id` when given. The rev alone cannot tell a file
+    deleted and made again elsewhere from the one the client saw: both may be at rev 1."""
+    if parent_rev != row.latest_rev or parent_id not in (None, row.file_id):
+        seen = f"rev {parent_rev}" if parent_id in (None, row.file_id) else "another file"
         raise Conflict(
-            f"{path!r} is at rev {row.latest_rev}, not {parent_rev}",
+            f"{path!r} is at rev {row.latest_rev} of {row.file_id}, not {seen}",
             rev=row.latest_rev,
             file_id=row.file_id,
         )
-    return row
 
 
 class _Target(NamedTuple):
@@ -420,7 +428,7 @@ def _commit_in(
         with contextlib.suppress(_PathTaken):
             written = version(file_id=new_file_id(), rev=1, display=display, create=True)
     if written is None:
-        row = _row_to_update(store, mount.ns_id, key, path, req.parent_rev)
+        row = _row_to_update(store, mount.ns_id, key, path, req.parent_rev, req.parent_file_id)
         written = version(file_id=row.file_id, rev=row.latest_rev + 1, display=row.path_display)
     result, event = written
     if blocks.staged_now and req.upload_id is not None:

@@ -10,7 +10,7 @@ import dataclasses
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.changes import publish
-from tessera.domain.commits import ensure_parents, settled, write_version
+from tessera.domain.commits import check_parent, ensure_parents, settled, write_version
 from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
 from tessera.domain.models import (
     DeletedEntry,
@@ -445,12 +445,8 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
         else:
             check_access(loc.mount, Action.WRITE, view)
             row = _relock(store, view, loc, req.path)
-            if row.kind == "file" and req.parent_rev not in (None, row.latest_rev):
-                raise Conflict(
-                    f"{req.path!r} is at rev {row.latest_rev}, not {req.parent_rev}",
-                    rev=row.latest_rev,
-                    file_id=row.file_id,
-                )
+            if row.kind == "file" and req.parent_rev is not None:
+                check_parent(row, req.path, req.parent_rev, req.parent_file_id)
             ids = [row.file_id]
             if row.kind == "folder":
                 view_key = paths.path_key(view.view_path(loc.mount, row.path_display))

@@ -172,6 +172,11 @@ class CommitRequest(Model):
     parent_rev: int | None = Field(
         default=None, ge=0, description="rev the client edited; null for a new file"
     )
+    parent_file_id: FileId | None = Field(
+        default=None,
+        description="file_id of the file the client edited: 409 when the path now holds another"
+        " file, even at the same rev (deleted and made again elsewhere)",
+    )
     blocks: list[BlockSpec]
     size: int = Field(ge=0)
     content_hash: ContentHash
@@ -339,10 +344,12 @@ class MoveRequest(Model):
 
 
 class DeleteRequest(Model):
-    """POST /v1/delete: soft delete into the trash. `parent_rev` guards files (409 if stale)."""
+    """POST /v1/delete: soft delete into the trash. `parent_rev` and `parent_file_id` guard
+    files (409 if stale, or if the path holds another file)."""
 
     path: PathStr
     parent_rev: int | None = Field(default=None, ge=1)
+    parent_file_id: FileId | None = None
 
 
 class CreateFolderRequest(Model):
