@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,14 @@ def synced_on_both(a: SyncEngine, b: SyncEngine, rel: str, text: str) -> None:
     (a.folder / rel).write_text(text)
     a.run_once()
     b.run_once()
+
+
+def kept_both(name: str, device: str, theirs: str, mine: str) -> dict[str, bytes | None]:
+    """The folder after a conflict on `name`: the server's version under the name, the
+    edit of `device` beside it as its conflicted copy of today."""
+    stem, _, ext = name.rpartition(".")
+    copy = f"{stem} ({device}'s conflicted copy {date.today()}).{ext}"
+    return {name: theirs.encode(), copy: mine.encode()}
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> float:

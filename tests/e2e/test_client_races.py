@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from datetime import date
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import MTIME_GRANULARITY_NS
 
-from .conftest import snapshot, synced_on_both
+from .conftest import kept_both, snapshot, synced_on_both
 
 
 def test_a_rename_racing_an_edit_elsewhere_keeps_the_edit(
@@ -103,15 +102,8 @@ def test_a_conflict_the_disk_refuses_is_a_problem_not_a_crash(
     monkeypatch.undo()
     b.run_once()
     a.run_once()
-    copy = f"doc (B's conflicted copy {date.today()}).txt"
-    assert (
-        snapshot(a.folder)
-        == snapshot(b.folder)
-        == {
-            "doc.txt": b"v2 from A",
-            copy: b"v2 from B, longer",
-        }
-    )
+    both = kept_both("doc.txt", "B", theirs="v2 from A", mine="v2 from B, longer")
+    assert snapshot(a.folder) == snapshot(b.folder) == both
 
 
 def test_an_edit_of_a_file_made_again_elsewhere_at_the_same_rev_is_a_conflict(
@@ -130,12 +122,5 @@ def test_an_edit_of_a_file_made_again_elsewhere_at_the_same_rev_is_a_conflict(
     a.round(pull=False)
     a.run_once()
     b.run_once()
-    copy = f"doc (A's conflicted copy {date.today()}).txt"
-    assert (
-        snapshot(a.folder)
-        == snapshot(b.folder)
-        == {
-            "doc.txt": b"B's new file",
-            copy: b"A's edit of the old one",
-        }
-    )
+    both = kept_both("doc.txt", "A", theirs="B's new file", mine="A's edit of the old one")
+    assert snapshot(a.folder) == snapshot(b.folder) == both

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import date
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import MTIME_GRANULARITY_NS
 
-from .conftest import snapshot, synced_on_both
+from .conftest import kept_both, snapshot, synced_on_both
 
 
 def test_a_case_only_rename_and_an_edit_after_it_reach_the_other_device(
@@ -89,10 +88,11 @@ def test_a_respelling_here_racing_an_edit_elsewhere_keeps_every_change(
     a, b = engines
     synced_on_both(a, b, "Foo.txt", "v1")
     (b.folder / "Foo.txt").rename(b.folder / "foo.txt")
-    expected = {"foo.txt": b"v2 from A"}  # the respelling is sent as a move once downloaded
+    # the respelling is sent as a move once downloaded
+    expected: dict[str, bytes | None] = {"foo.txt": b"v2 from A"}
     if edited_here:
         (b.folder / "foo.txt").write_text("v2 from B")
-        expected[f"foo (B's conflicted copy {date.today()}).txt"] = b"v2 from B"
+        expected = kept_both("foo.txt", "B", theirs="v2 from A", mine="v2 from B")
     (a.folder / "Foo.txt").write_text("v2 from A")
     a.run_once()
     result = b.run_once()
