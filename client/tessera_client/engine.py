@@ -374,12 +374,8 @@ class SyncEngine:
 
     def _recorded(self, op: Op, fut: Future[Fetched]) -> bool:
         """Record a finished download in the state database (main thread only)."""
-        entry, st, blocks = fut.result()
         assert op.remote is not None
-        # recorded under the server's spelling: downloaded into a file respelled here, the
-        # next round then sends the respelling as a move (planner._detect_respellings)
-        self._record_file(op.remote.path, entry, st, blocks)
-        self.reporter.event(f"downloaded {op.path}")
+        self._record_download(op.path, op.remote, fut.result())
         return True
 
     def _stat(self, rel: str) -> Stat | None:
@@ -526,10 +522,17 @@ class SyncEngine:
 
     def _download(self, path: str, remote: Entry, expect: Stat | None) -> None:
         self._sizes[path] = remote.size
-        entry, st, blocks = self.transfers.download(
+        fetched = self.transfers.download(
             path, remote.file_id, remote.rev, remote.content_hash, expect
         )
-        self._record_file(remote.path, entry, st, blocks)  # the server's spelling, as above
+        self._record_download(path, remote, fetched)
+
+    def _record_download(self, path: str, remote: Entry, fetched: Fetched) -> None:
+        """Record `remote`, downloaded into `path`, under the server's spelling: a file
+        respelled here then has its respelling sent as a move next round
+        (`planner._detect_respellings`)."""
+        entry, st, blocks = fetched
+        self._record_file(remote.path, entry, st, blocks)
         self.reporter.event(f"downloaded {path}")
 
     def _record_file(

@@ -72,14 +72,12 @@ def _parse(route: Route, event: BaseProxyEvent) -> BaseModel | None:
     try:
         raw = event.decoded_body
         data = json.loads(raw) if raw else {}
+        # PostgreSQL text cannot hold NUL (psycopg raises DataError: a 500), and no name,
+        # id or email has one; JSON can only spell it as an escape, so only such bodies
+        # are walked
+        nul = raw is not None and "\\u0000" in raw and _has_nul(data)
     except (ValueError, RecursionError) as exc:
         raise _BodyError("the body is not valid JSON in UTF-8, or is nested too deep", []) from exc
-    # PostgreSQL text cannot hold NUL (psycopg raises DataError: a 500), and no name, id or
-    # email has one; JSON can only spell it as an escape, so only such bodies are walked
-    try:
-        nul = raw is not None and "\\u0000" in raw and _has_nul(data)
-    except RecursionError as exc:
-        raise _BodyError("the body is nested too deep", []) from exc
     if nul:
         raise _BodyError("body: text may not contain NUL characters (\\u0000)", [])
     try:

@@ -282,17 +282,18 @@ def create_app(gw: Gateway) -> Starlette:
     async def longpoll(request: Request) -> Response:
         principal = bearer_principal(request, gw.identity)
         body = await read_body(request, LONGPOLL_MAX_BODY)
-        if gw.longpoll is not None:
-            native = asyncio.ensure_future(gw.longpoll(principal, body))
-            if not await _done_before_disconnect(request, native):
-                return Response(status_code=408)  # nobody is listening any more
-            result = native.result()
-            if result is not None:
-                return JSONResponse(result)
-        resolved = asyncio.ensure_future(_resolve(request, body, principal, longpoll_threads))
-        if not await _done_before_disconnect(request, resolved):
-            return Response(status_code=408)
-        return resolved.result()
+
+        async def answer() -> Response:
+            if gw.longpoll is not None:
+                result = await gw.longpoll(principal, body)
+                if result is not None:
+                    return JSONResponse(result)
+            return await _resolve(request, body, principal, longpoll_threads)
+
+        waiting = asyncio.ensure_future(answer())
+        if not await _done_before_disconnect(request, waiting):
+            return Response(status_code=408)  # nobody is listening any more
+        return waiting.result()
 
     async def api(request: Request) -> Response:
         principal = None

@@ -270,11 +270,9 @@ class FilesystemBlockStore(BlockStore):
             state = json.loads(self._restore_path(key).read_bytes())
             ready_at = datetime.fromisoformat(state["ready_at"])
             expires_at = datetime.fromisoformat(state["expires_at"])
-        except FileNotFoundError:
-            return False, False
-        except (ValueError, KeyError, TypeError):
-            # a marker torn by a crash before writes were atomic: no restore, so `restore`
-            # can start one again instead of every read of the block failing for good
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            # none, or one torn by a crash before markers were written atomically: no
+            # restore, so `restore` can start one instead of every read failing for good
             return False, False
         now = self.clock.now()
         if now >= expires_at:
