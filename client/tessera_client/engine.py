@@ -25,7 +25,14 @@ from typing import IO, Any
 from tessera.api.models import FileEntry
 from tessera_client.api import Api, ApiError, ServerUnreachable, parse
 from tessera_client.config import Home, Settings
-from tessera_client.fs import Filesystem, RealFilesystem, SafeFilesystem, Stat, SymlinkError
+from tessera_client.fs import (
+    DiskFullError,
+    Filesystem,
+    RealFilesystem,
+    SafeFilesystem,
+    Stat,
+    SymlinkError,
+)
 from tessera_client.ignore import IgnoreRules
 from tessera_client.memory import tune_allocator
 from tessera_client.paths import (
@@ -42,7 +49,6 @@ from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.scanner import LocalScan, Scanner
 from tessera_client.state import StateDB
 from tessera_client.transfer import (
-    DiskFullError,
     IntegrityError,
     LocalChangedError,
     RestoringError,
@@ -54,6 +60,7 @@ from tessera_client.transfer import (
 
 LARGE_FILE = 8 * 1024 * 1024
 FILE_WORKERS = 4  # files downloaded at once (each also fetches its blocks in parallel)
+DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be written
 Fetched = tuple[FileEntry, Stat, list[str]]
 
 
@@ -735,6 +742,10 @@ class SyncEngine:
                 self.reporter.problem(f"{e}; retrying")
                 time.sleep(min(5.0, 0.5 + (now - outage_since) / 4))
                 continue
+            except DiskFullError as e:  # the state database: nothing more can be recorded
+                total.disk_full = True
+                total.problems.append(_disk_full_problem(e))
+                break
             outage_since = None
             total.ops += r.ops
             total.problems += [p for p in r.problems if p not in total.problems]
@@ -757,7 +768,13 @@ class SyncEngine:
     def _write_stats(self) -> None:
         """Leave the transfer figures of this run in `logs/last-sync.json` (tests, benchmarks)."""
         self.home.ensure()
-        (self.home.log_dir / "last-sync.json").write_text(json.dumps(asdict(self.transfers.stats)))
+        try:
+            (self.home.log_dir / "last-sync.json").write_text(
+                json.dumps(asdict(self.transfers.stats))
+            )
+        except OSError as e:
+            if e.errno != errno.ENOSPC:  # figures are not worth failing a sync over
+                raise
 
     def stop(self) -> None:
         """Ask the daemon to stop."""
@@ -818,15 +835,21 @@ class SyncEngine:
                     pull = True
                 try:
                     r = self.round(pull=pull)
+                    for p in r.problems:
+                        self.reporter.problem(p)
+                    if on_round:  # (it may record a status in the state database)
+                        on_round(r)
                 except (ApiError, ServerUnreachable) as e:
                     self._remote_changed.set()
                     self.reporter.problem(f"sync paused: {e}; retrying")
                     self._stop.wait(2.0)
                     continue
-                for p in r.problems:
-                    self.reporter.problem(p)
-                if on_round:
-                    on_round(r)
+                except DiskFullError as e:
+                    # the state database cannot be written; the disk may be freed any time
+                    self._remote_changed.set()
+                    self.reporter.problem(f"sync paused: {_disk_full_problem(e)}")
+                    self._stop.wait(DISK_FULL_WAIT_S)
+                    continue
                 if r.ops or r.unstable:
                     self._wake.set()  # follow-up round: confirm quiescence
                     if not r.ops:
@@ -838,6 +861,10 @@ class SyncEngine:
         finally:
             watcher.stop()
             self._stop.set()
+
+
+def _disk_full_problem(error: DiskFullError) -> str:
+    return f"{error.strerror}; free some space and sync again (nothing was lost)"
 
 
 def _implied_folders(ops: list[Op]) -> set[str]:

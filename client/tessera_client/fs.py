@@ -59,6 +59,10 @@ class Stat:
     inode: int
 
 
+class DiskFullError(OSError):
+    """The disk is full: downloads stop, nothing half-written is left in place."""
+
+
 class SymlinkError(OSError):
     """A symlink stands where the client would have to follow it."""
 

@@ -15,6 +15,7 @@ only the sync loop does, so contention is nil.
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import threading
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tessera_client.fs import racily_clean
+from tessera_client.fs import DiskFullError, racily_clean
 from tessera_client.paths import path_key
 from tessera_client.planner import Entry, EntryKind
 
@@ -76,10 +77,16 @@ def _base_entry(row: Any) -> Entry:
     return Entry(path, _KINDS[kind], content_hash, size, file_id, rev, mtime_ns, inode)
 
 
+def _disk_full(error: sqlite3.OperationalError) -> bool:
+    """SQLite's "database or disk is full" (its own page limit, or the disk's)."""
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 class StateDB:
     """The state database of one device."""
 
     def __init__(self, path: Path | str) -> None:
+        self._path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -99,13 +106,21 @@ class StateDB:
             if self._db.in_transaction:
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                # a COMMIT that failed (the disk filled up as the WAL grew) leaves the
+                # transaction open, and every later one would have joined it as "nested"
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError) and _disk_full(e):
+                    raise DiskFullError(
+                        errno.ENOSPC,
+                        f"the disk is full: the state database {self._path} cannot be written",
+                    ) from e
                 raise
-            self._db.execute("COMMIT")
 
     # -- synced base --------------------------------------------------------------------
 

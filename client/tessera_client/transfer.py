@@ -49,7 +49,7 @@ from tessera.blocks import (
 )
 from tessera_client.api import Api, ApiError, error_from, json_body, parse
 from tessera_client.blockhttp import UnusableUrl
-from tessera_client.fs import Kind, SafeFilesystem, Stat
+from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
@@ -61,10 +61,6 @@ WINDOW_BLOCKS = 128  # small files: few /v1/uploads/urls round trips (the server
 TAIL_WINDOW_BYTES = 1024 * 1024
 
 Progress = Callable[[str, int], None]
-
-
-class DiskFullError(OSError):
-    """The disk is full: downloads stop, nothing half-written is left in place."""
 
 
 class RestoringError(Exception):

@@ -4,6 +4,7 @@ in place: traversal paths, symlink tricks, wrong block content, wrong hashes, a 
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import threading
@@ -20,7 +21,7 @@ from tessera.blocks import block_id, content_hash, encode_block
 from tessera_client.api import Api, RetryPolicy
 from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
-from tessera_client.fs import TEMP_PREFIX, FakeFilesystem
+from tessera_client.fs import TEMP_PREFIX, DiskFullError, FakeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.reporting import RoundResult, SyncError
 
@@ -137,6 +138,12 @@ def _engine(tmp_path: Path, evil: Evil, fs: FakeFilesystem | None = None) -> Syn
     folder = tmp_path / "root" / "sync"
     folder.mkdir(parents=True)
     return SyncEngine(home, settings, folder, api, filesystem=fs)
+
+
+def _quiet_longpoll() -> bool:
+    """A long-poll that never has news (the daemon tests drive the rounds themselves)."""
+    time.sleep(0.05)
+    return False
 
 
 def _outside_files(tmp_path: Path) -> list[str]:
@@ -284,6 +291,57 @@ def test_full_disk_stops_downloads_without_corruption(tmp_path: Path, evil: Evil
     for name, data in (("a-small.txt", b"s" * 1000), ("c-after.bin", b"c" * 10)):
         assert name not in fake.nodes or fake.read_file(name) == data  # whole, or not there
     assert not [n for n in fake.nodes if TEMP_PREFIX in n]
+
+
+def test_a_full_disk_under_the_state_database_pauses_the_sync_and_loses_nothing(
+    tmp_path: Path, evil: Evil
+) -> None:
+    files = {f"/doc-{i:03}-{'x' * 100}.txt": f"content {i}".encode() for i in range(200)}
+    for i, (path, data) in enumerate(files.items()):
+        evil.add_file(path, data, fid=f"f{i}")
+    engine = _engine(tmp_path, evil)
+    db = engine.state._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    stats = engine.home.log_dir / "last-sync.json"
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    stats.symlink_to("/dev/full")  # the run's figures cannot be written either
+    result = engine.run_once()
+    assert result.disk_full
+    assert any("state database" in p and "free some space" in p for p in result.problems)
+    folder = tmp_path / "root" / "sync"
+    for path, data in files.items():
+        here = folder / path[1:]
+        assert not here.exists() or here.read_bytes() == data  # whole, or not there
+    db.execute("PRAGMA max_page_count = 1000000")
+    stats.unlink()
+    result = engine.run_once()
+    engine.close()
+    assert result.problems == [] and not result.disk_full
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p[1:] for p in files)
+
+
+def test_the_daemon_waits_out_a_full_disk_under_its_state_database(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(tmp_path, evil)
+    monkeypatch.setattr("tessera_client.engine.DISK_FULL_WAIT_S", 0.01)
+    engine.longpoll = _quiet_longpoll  # type: ignore[method-assign]
+    problems: list[str] = []
+    monkeypatch.setattr(engine.reporter, "problem", problems.append)
+    rounds: list[bool] = []
+
+    def round_(pull: bool = True) -> RoundResult:
+        rounds.append(pull)
+        if len(rounds) == 1:
+            raise DiskFullError(errno.ENOSPC, "the disk is full: the state database x")
+        engine.stop()
+        return RoundResult()
+
+    engine.round = round_  # type: ignore[method-assign]
+    engine.run_daemon()
+    engine.close()
+    assert len(rounds) == 2 and rounds[1]  # it went on, and pulled again
+    assert any(p.startswith("sync paused: the disk is full") for p in problems)
 
 
 def test_cold_blocks_are_waited_for_and_then_downloaded(
@@ -487,12 +545,7 @@ def test_news_arriving_as_the_daemon_checks_for_it_still_gets_a_pull(
 ) -> None:
     engine = _engine(tmp_path, evil)
     engine._remote_changed = _NewsRightAfterTheCheck(engine._wake)
-
-    def quiet_longpoll() -> bool:
-        time.sleep(0.05)
-        return False
-
-    engine.longpoll = quiet_longpoll  # type: ignore[method-assign]
+    engine.longpoll = _quiet_longpoll  # type: ignore[method-assign]
     pulls: list[bool] = []
 
     def round_(pull: bool = True) -> RoundResult:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 
+import pytest
+
+from tessera_client.fs import DiskFullError
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.state import StateDB
 
@@ -88,3 +92,21 @@ def test_a_stat_is_judged_against_when_the_content_was_read_not_when_it_is_recor
     assert db.base_tree()["slow.txt"].mtime_ns == 0
     db.put_base(entry, seen_ns=mtime + 3 * 10**9)
     assert db.base_tree()["slow.txt"].mtime_ns == mtime
+
+
+def test_a_full_disk_is_a_disk_full_error_and_leaves_no_transaction_open(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "s.db")
+    db.put_base(Entry("kept.txt", EntryKind.FILE, "b3:aa", 1))
+    # SQLite's own page limit fails a write exactly as a full disk does (SQLITE_FULL)
+    pages = db._db.execute("PRAGMA page_count").fetchone()[0]
+    db._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(DiskFullError, match="state database") as full, db.transaction():
+        for i in range(1000):
+            db.put_base(Entry(f"f{i}.txt", EntryKind.FILE, "b3:bb", 1), ["b3:x" * 50])
+    assert full.value.errno == errno.ENOSPC
+    assert not db._db.in_transaction  # the next transaction is its own, not a joined one
+    db._db.execute("PRAGMA max_page_count = 1000000")
+    db.put_base(Entry("after.txt", EntryKind.FILE, "b3:cc", 1))
+    db.close()
+    tree = StateDB(tmp_path / "s.db").base_tree()
+    assert sorted(tree) == ["after.txt", "kept.txt"]  # all of the failed transaction, or none
