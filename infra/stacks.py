@@ -1,5 +1,5 @@
-"""The two stacks: `Data` (stateful: network, keys, database, bucket, changes table) and `App`
-(stateless: functions, API, identity, event plumbing, workflows, observability).
+"""The two stacks: `Data` (stateful: network, keys, database, bucket, changes table, user pool)
+and `App` (stateless: functions, API, event plumbing, workflows, observability).
 
 Splitting there lets the app stack be destroyed and redeployed freely while the data stays;
 every security group rule and key policy lives in the data stack, so references only point
@@ -16,13 +16,7 @@ from constructs import Construct
 
 from infra.config import StageConfig
 from infra.constructs.api import Api
-from infra.constructs.blocks import (
-    BLOCKS_PREFIX,
-    STAGING_PREFIX,
-    BlocksBucket,
-    blocks_bucket_name,
-    blocks_objects_arn,
-)
+from infra.constructs.blocks import BlocksBucket, blocks_bucket_name, blocks_objects_arn
 from infra.constructs.changes import ChangesTable
 from infra.constructs.database import CLUSTER_PORT, DB_NAME, DB_USER, PROXY_PORT, Database
 from infra.constructs.events import EVENT_SOURCE, ChangeStream
@@ -36,6 +30,7 @@ from infra.constructs.network import Network
 from infra.constructs.observability import Observability
 from infra.constructs.workflows import Workflows
 from infra.nag import acknowledge
+from tessera.domain.object_keys import CANONICAL_PREFIX, QUARANTINE_PREFIX, STAGING_PREFIX
 
 # Long-poll waits at most this long (API Gateway's integration timeout is 29 s).
 LONGPOLL_MAX_S = 25
@@ -67,6 +62,11 @@ class DataStack(Stack):
         )
         self.blocks = BlocksBucket(self, "Blocks", config=config, key=self.keys.blocks)
         self.changes = ChangesTable(self, "Changes", config=config, key=self.keys.database)
+        # Users are their Cognito `sub`s: a new pool would give every user a new id, cut off
+        # from their files (their email row already belongs to the old one).
+        self.identity = Identity(self, "Identity", config=config)
+        CfnOutput(self, "UserPoolId", value=self.identity.user_pool.user_pool_id)
+        CfnOutput(self, "UserPoolClientId", value=self.identity.client.user_pool_client_id)
 
     @property
     def key_param_prefix(self) -> str:
@@ -85,7 +85,7 @@ class AppStack(Stack):
         self.data = data
         self.messaging = Messaging(self, "Messaging", config=config)
         self.layer = TesseraLayer(self, "Layer", config=config).layer
-        self.identity = Identity(self, "Identity", config=config)
+        self.identity = data.identity
         placement = Placement(vpc=data.network.vpc, security_group=data.network.functions_sg)
         self.functions: dict[str, TesseraFunction] = {}
 
@@ -205,8 +205,6 @@ class AppStack(Stack):
             dead_letter_queues=self.messaging.dlqs, alarm_action=self.messaging.alarm_action,
         )  # fmt: skip
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)
-        CfnOutput(self, "UserPoolId", value=self.identity.user_pool.user_pool_id)
-        CfnOutput(self, "UserPoolClientId", value=self.identity.client.user_pool_client_id)
         CfnOutput(self, "BlocksBucket", value=blocks_bucket_name(config))
 
     def _async_failures_to_dlq(self, fn: lambda_.Function, name: str) -> None:
@@ -291,24 +289,29 @@ class AppStack(Stack):
         # Changes table: writers put items (idempotent on event_id), long-poll reads. The
         # actions are those DynamoChangeFeed calls: publish = conditional PutItem (+ GetItem
         # when the key is taken); publish_many = BatchGetItem then BatchWriteItem.
-        for fn in (api, relay, dedup):
+        # (Scrub too: it announces the damage it finds, `maintenance.damage.publish_damage`.)
+        for fn in (api, relay, dedup, scrub):
             table.grant(fn, *CHANGES_WRITER_ACTIONS)
             data.keys.database.grant(fn, "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
         table.grant(longpoll, "dynamodb:Query", "dynamodb:GetItem")
         data.keys.database.grant_decrypt(longpoll)
-        # The blocks bucket, by prefix and action (see `_grant_objects`).
-        staging, blocks = STAGING_PREFIX, BLOCKS_PREFIX
+        # The blocks bucket, by prefix and action (see `_grant_objects`); each line is what
+        # one function's code calls (moto does not enforce IAM: a missing one fails on AWS).
+        staging, blocks, quarantine = STAGING_PREFIX, CANONICAL_PREFIX, QUARANTINE_PREFIX
         self._grant_objects(api, ["s3:GetObject"], [staging, blocks])
         self._grant_objects(api, ["s3:PutObject"], [staging])
         self._grant_objects(api, ["s3:RestoreObject"], [blocks])
+        # dedup: verify, promote (CopyObject), quarantine a bad copy, drop a promoted object
+        # that changed under it, delete settled copies
         self._grant_objects(dedup, ["s3:GetObject"], [staging, blocks])
-        self._grant_objects(dedup, ["s3:PutObject"], [blocks])  # promotion (CopyObject)
-        self._grant_objects(dedup, ["s3:DeleteObject"], [staging])
-        self._grant_objects(gc, ["s3:DeleteObject"], [staging, blocks])
+        self._grant_objects(dedup, ["s3:PutObject"], [blocks, quarantine])
+        self._grant_objects(dedup, ["s3:DeleteObject"], [staging, blocks])
+        self._grant_objects(gc, ["s3:DeleteObject"], [staging, blocks, quarantine])
         self._grant_objects(cold, ["s3:GetObject", "s3:PutObject"], [blocks])  # re-class copy
         self._grant_objects(cold, ["s3:RestoreObject"], [blocks])
-        self._grant_objects(scrub, ["s3:GetObject"], [blocks])
-        self._grant_objects(scrub, ["s3:PutObject"], [blocks])  # repair from a duplicate
+        # scrub: re-verify, and repair from a verified duplicate (a staged copy)
+        self._grant_objects(scrub, ["s3:GetObject"], [staging, blocks])
+        self._grant_objects(scrub, ["s3:PutObject"], [blocks])
         # Migrations: the cluster secret, and creating the first block-key version.
         # (Not `secret.grant_read`: it writes the role into the data stack's key policy, a
         # reference from data to app that would make the stacks depend on each other.)

@@ -1,4 +1,4 @@
-"""The blocks bucket (content-addressed `blocks/`, per-upload `staging/`) and its access logs."""
+"""The blocks bucket (the key layout is `tessera.domain.object_keys`) and its access logs."""
 
 from __future__ import annotations
 
@@ -9,13 +9,6 @@ from constructs import Construct
 
 from infra.config import StageConfig
 from infra.nag import acknowledge
-
-STAGING_PREFIX = "staging/"
-BLOCKS_PREFIX = "blocks/"
-STAGING_EXPIRY_DAYS = 7
-# The cold-storage workflow moves unread blocks itself (default after 90 days, DESIGN §7);
-# this rule is only the safety net for blocks it has not reached.
-GLACIER_SAFETY_NET_DAYS = 180
 
 
 def blocks_bucket_name(config: StageConfig) -> str:
@@ -66,21 +59,12 @@ class BlocksBucket(Construct):
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix="blocks-bucket/",
             lifecycle_rules=[
-                s3.LifecycleRule(
-                    id="expire-abandoned-staging",
-                    prefix=STAGING_PREFIX,
-                    expiration=Duration.days(STAGING_EXPIRY_DAYS),
-                ),
-                s3.LifecycleRule(
-                    id="blocks-glacier-safety-net",
-                    prefix=BLOCKS_PREFIX,
-                    transitions=[
-                        s3.Transition(
-                            storage_class=s3.StorageClass.GLACIER,
-                            transition_after=Duration.days(GLACIER_SAFETY_NET_DAYS),
-                        )
-                    ],
-                ),
+                # No age-based rule on `staging/` or `blocks/`: S3 counts an object's age, not
+                # when it was last read or whether a version still needs it. A staged copy is a
+                # committed version's only bytes until dedup promotes it, and a canonical block
+                # archived behind the database's back reads as damaged (a live block is never
+                # restored). gc deletes abandoned copies and the cold-storage workflow tiers
+                # unread blocks, both from the database's state (docs/maintenance.md).
                 s3.LifecycleRule(
                     id="abort-incomplete-multipart",
                     abort_incomplete_multipart_upload_after=Duration.days(1),

@@ -123,6 +123,9 @@ class Workflows(Construct):
             assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"),
             description="EventBridge Scheduler: start the maintenance runs and the relay",
         )
+        # Scheduler delivers dead-letter events with this role, and the queue is encrypted
+        # with the messaging key: without these, failed runs would be dropped, not queued.
+        messaging.key.grant(self.scheduler_role, "kms:GenerateDataKey", "kms:Decrypt")
         for wf in WORKFLOWS:
             machine = self._state_machine(config, wf, functions[wf.function], messaging)
             self.state_machines[wf.id] = machine

@@ -138,12 +138,6 @@ def test_blocks_bucket_lifecycle_and_cors(dev: Synth) -> None:
         {
             "LifecycleConfiguration": {
                 "Rules": Match.array_with([
-                    Match.object_like({"Prefix": "staging/", "ExpirationInDays": 7,
-                                       "Status": "Enabled"}),
-                    Match.object_like({
-                        "Prefix": "blocks/",
-                        "Transitions": [{"StorageClass": "GLACIER", "TransitionInDays": 180}],
-                    }),
                     Match.object_like({"AbortIncompleteMultipartUpload":
                                        {"DaysAfterInitiation": 1}}),
                 ])
@@ -156,6 +150,17 @@ def test_blocks_bucket_lifecycle_and_cors(dev: Synth) -> None:
             },
         },
     )  # fmt: skip
+
+
+def test_no_lifecycle_rule_deletes_or_archives_what_the_database_relies_on(dev: Synth) -> None:
+    """S3 counts an object's age, not its last read nor whether a version needs it: an
+    unpromoted staged copy is a commit's only bytes, and an archived `live` block is never
+    restored (downloads fail and scrub quarantines it). gc and cold storage do both."""
+    for bucket in resources(dev.data_template, "AWS::S3::Bucket").values():
+        if "BucketName" not in bucket["Properties"]:
+            continue  # the access-log bucket
+        for rule in bucket["Properties"]["LifecycleConfiguration"]["Rules"]:
+            assert "ExpirationInDays" not in rule and "Transitions" not in rule, rule
 
 
 def test_changes_table(dev: Synth, prod: Synth) -> None:
@@ -347,7 +352,7 @@ def test_longpoll_has_its_own_function_and_timeout_within_the_gateway_limit(dev:
 
 
 def test_cognito_pool_password_policy_and_threat_protection(dev: Synth) -> None:
-    dev.app_template.has_resource_properties(
+    dev.data_template.has_resource_properties(
         "AWS::Cognito::UserPool",
         {
             "Policies": {"PasswordPolicy": Match.object_like({
@@ -359,11 +364,19 @@ def test_cognito_pool_password_policy_and_threat_protection(dev: Synth) -> None:
             "UserAttributeUpdateSettings": {"AttributesRequireVerificationBeforeUpdate": ["email"]},
         },
     )  # fmt: skip
-    dev.app_template.has_resource_properties(
+    dev.data_template.has_resource_properties(
         "AWS::Cognito::UserPoolClient",
         {"GenerateSecret": False, "ExplicitAuthFlows": Match.array_with(
             ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_USER_SRP_AUTH"]), "WriteAttributes": []},
     )  # fmt: skip
+
+
+def test_the_user_pool_lives_with_the_data(dev: Synth, prod: Synth) -> None:
+    """Users are their pool's `sub`s: the app stack is redeployed freely, a pool must not be."""
+    for synth in (dev, prod):
+        synth.app_template.resource_count_is("AWS::Cognito::UserPool", 0)
+        synth.data_template.resource_count_is("AWS::Cognito::UserPool", 1)
+    prod.data_template.has_resource("AWS::Cognito::UserPool", {"DeletionPolicy": "Retain"})
 
 
 def test_functions_arm64_python312_traced_with_layer_and_powertools(dev: Synth) -> None:
@@ -501,6 +514,19 @@ def test_schedules(dev: Synth) -> None:
         target = schedule["Properties"]["Target"]
         assert target["DeadLetterConfig"]["Arn"] and "RetryPolicy" in target
         assert schema in schedule["DependsOn"]  # nothing runs before the schema exists
+    # failed runs reach the (KMS-encrypted) dead-letter queue through the schedules' role
+    role = next(r for r in resources(dev.app_template, "AWS::IAM::Role") if "SchedulerRole" in r)
+    granted = [
+        st
+        for policy in resources(dev.app_template, "AWS::IAM::Policy").values()
+        if {"Ref": role} in policy["Properties"]["Roles"]
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert any(
+        "kms:GenerateDataKey" in json.dumps(st["Action"])
+        and "Messaging" in json.dumps(st["Resource"])
+        for st in granted
+    )
     relay = next(s for s in schedules if s["Properties"]["ScheduleExpression"] == "rate(1 minute)")
     assert "OutboxRelayFunction" in json.dumps(relay["Properties"]["Target"]["Arn"])
     # the AWS mode of the local cloud sweeps on the same schedule
@@ -601,6 +627,35 @@ def _actions(synth: Synth, function: str, service: str) -> set[str]:
     return found
 
 
+def _object_grants(synth: Synth, function: str) -> set[tuple[str, str]]:
+    """(s3 action, key prefix) pairs the IAM policies of `function` grant on bucket objects."""
+    found: set[tuple[str, str]] = set()
+    for lid, policy in resources(synth.app_template, "AWS::IAM::Policy").items():
+        if lid.startswith(function):
+            for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+                acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+                arns = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+                for arn in arns:
+                    text = json.dumps(arn)
+                    for prefix in ("staging/", "blocks/", "quarantine/"):
+                        if f"/{prefix}*" in text:
+                            found |= {(a, prefix) for a in acts if a.startswith("s3:")}
+    return found
+
+
+def test_maintenance_functions_may_touch_every_prefix_their_code_does(dev: Synth) -> None:
+    """moto does not enforce IAM: a missing grant fails a workflow step only on AWS."""
+    get, put, delete = "s3:GetObject", "s3:PutObject", "s3:DeleteObject"
+    # dedup copies a bad staged copy to quarantine/ and may delete a promoted object
+    assert {(put, "quarantine/"), (delete, "blocks/"), (delete, "staging/")} <= _object_grants(
+        dev, "DedupVerifyFunction"
+    )
+    # gc deletes quarantined copies once they expire
+    assert (delete, "quarantine/") in _object_grants(dev, "GcFunction")
+    # scrub repairs from a staged duplicate: it must read it
+    assert {(get, "staging/"), (put, "blocks/")} <= _object_grants(dev, "ScrubFunction")
+
+
 def test_functions_get_only_their_own_bucket_actions(dev: Synth) -> None:
     assert _actions(dev, "ApiFunction", "s3") == {"s3:GetObject", "s3:PutObject",
                                                   "s3:RestoreObject", "s3:ListBucket"}  # fmt: skip
@@ -615,7 +670,7 @@ def test_changes_table_writers_may_call_what_the_feed_calls(dev: Synth) -> None:
 
     writer = set(CHANGES_WRITER_ACTIONS)
     assert {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"} <= writer
-    for function in ("ApiFunction", "OutboxRelayFunction", "DedupVerifyFunction"):
+    for function in ("ApiFunction", "OutboxRelayFunction", "DedupVerifyFunction", "ScrubFunction"):
         assert _actions(dev, function, "dynamodb") == writer, function
     assert _actions(dev, "LongpollFunction", "dynamodb") == {"dynamodb:Query", "dynamodb:GetItem"}
 
