@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from blake3 import blake3
 
 from tessera.api.models import (
     CommitBatchResponse,
+    DownloadBlock,
     DownloadResponse,
     FileEntry,
     UploadStartResponse,
@@ -517,28 +519,25 @@ class Transfers:
         `expect_local` is what the planner saw at `path` (None: nothing). If the local file
         no longer matches it when the download is ready, it is left alone (LocalChangedError).
         """
-        response = self.api.raw("POST", "/v1/download", {"file_id": file_id, "rev": rev})
-        if response.status_code == 202:
-            body = json_body(response)
-            raise RestoringError(path, float(body.get("retry_after", 60)))
-        if response.status_code >= 400:
-            raise error_from(response)
-        answer = parse(DownloadResponse, json_body(response))
-        self._verify_plan(path, answer, expected_hash)
+        first = self._download_page(path, file_id, rev, 0)
+        if expected_hash and first.entry.content_hash != expected_hash:
+            raise IntegrityError(f"{path}: the server sent another version than it listed")
+        plan = _BlockPlan(path, first.entry)
         folder = parent_of(path)
         if folder:
             self.fs.makedirs(folder)
         tmp, handle = self.fs.create_temp(folder)
         try:
             with handle:
-                for plaintext in self._fetch_blocks(answer):
+                for plaintext in self._fetch_blocks(path, file_id, rev, first, plan):
                     handle.write(plaintext)
                     self.stats.block_bytes_down += len(plaintext)
                     if self.progress:
                         self.progress(path, len(plaintext))
+                plan.check_complete()
                 self.fs.fsync(handle)
-            if answer.entry.mtime is not None:
-                self.fs.set_mtime(tmp, int(answer.entry.mtime.timestamp() * 1e9))
+            if first.entry.mtime is not None:
+                self.fs.set_mtime(tmp, int(first.entry.mtime.timestamp() * 1e9))
             self._check_local(path, expect_local)
             self.fs.rename(tmp, path)
         except BaseException as e:
@@ -548,28 +547,46 @@ class Transfers:
                 raise DiskFullError(errno.ENOSPC, f"disk full while downloading {path}") from e
             raise
         self.stats.files_down += 1
-        return answer.entry, self.fs.lstat(path), [b.id for b in answer.blocks]
+        return first.entry, self.fs.lstat(path), plan.ids
 
-    def _verify_plan(self, path: str, answer: DownloadResponse, expected_hash: str) -> None:
-        """Refuse a block list that does not add up to the file the server announced."""
-        entry = answer.entry
-        offset = 0
-        for b in answer.blocks:
-            if b.offset != offset or b.size <= 0 or b.size > MAX_BLOCK_SIZE:
+    def _download_page(
+        self, path: str, file_id: str, rev: int, from_block: int, limit: int | None = None
+    ) -> DownloadResponse:
+        """One page of the file's blocks (with their URLs) from block number `from_block`."""
+        body: dict[str, Any] = {"file_id": file_id, "rev": rev, "from_block": from_block}
+        if limit is not None:
+            body["limit"] = limit
+        response = self.api.raw("POST", "/v1/download", body)
+        if response.status_code == 202:
+            answer = json_body(response)
+            raise RestoringError(path, float(answer.get("retry_after", 60)))
+        if response.status_code >= 400:
+            raise error_from(response)
+        return parse(DownloadResponse, json_body(response))
+
+    def _blocks(
+        self, path: str, file_id: str, rev: int, answer: DownloadResponse, plan: _BlockPlan
+    ) -> Iterator[tuple[int, DownloadBlock]]:
+        """(block number, block) of the whole file, asking for each page as it is needed: a
+        page's URLs expire, so they are fetched only when their turn is near."""
+        while True:
+            for block in answer.blocks:
+                yield plan.add(block), block
+            if answer.next_block is None:
+                return
+            if not answer.blocks or answer.next_block != len(plan.ids):
                 raise IntegrityError(f"{path}: the server sent a malformed block list")
-            offset += b.size
-        if offset != entry.size:
-            raise IntegrityError(f"{path}: blocks add up to {offset} bytes, not {entry.size}")
-        if content_hash([b.id for b in answer.blocks]) != entry.content_hash:
-            raise IntegrityError(f"{path}: the block list does not match the content hash")
-        if expected_hash and entry.content_hash != expected_hash:
-            raise IntegrityError(f"{path}: the server sent another version than it listed")
+            answer = self._download_page(path, file_id, rev, answer.next_block)
 
-    def _fetch(self, block: Any) -> bytes:
-        try:
-            response = self.api.transfer(block.method, block.url, block.headers)
-        except UnusableUrl as e:
-            raise IntegrityError(f"block {block.id}: the server sent {e}") from e
+    def _fetch(self, path: str, file_id: str, rev: int, number: int, block: DownloadBlock) -> bytes:
+        response = self._get(block)
+        if response.status_code == 403:  # its URL expired while earlier blocks came: renew it
+            renewed = self._download_page(path, file_id, rev, number, limit=1).blocks
+            same = (block.id, block.offset, block.size)
+            if not renewed or (renewed[0].id, renewed[0].offset, renewed[0].size) != same:
+                raise IntegrityError(f"{path}: the server renewed block {number} as another")
+            block = renewed[0]
+            response = self._get(block)
         if response.status_code != 200:
             raise ApiError(response.status_code, "block_download_failed", response.text[:200], {})
         try:
@@ -581,12 +598,24 @@ class Transfers:
         self.stats.blocks_down += 1
         return plaintext
 
-    def _fetch_blocks(self, answer: DownloadResponse) -> Iterator[bytes]:
+    def _get(self, block: DownloadBlock) -> httpx.Response:
+        try:
+            return self.api.transfer(block.method, block.url, block.headers)
+        except UnusableUrl as e:
+            raise IntegrityError(f"block {block.id}: the server sent {e}") from e
+
+    def _fetch_blocks(
+        self, path: str, file_id: str, rev: int, first: DownloadResponse, plan: _BlockPlan
+    ) -> Iterator[bytes]:
         """The plaintext blocks in order, fetched `threads` at a time."""
         pending: deque[Future[bytes]] = deque()
-        blocks = iter(answer.blocks)
-        for block in blocks:
-            pending.append(self.pool.submit(self._fetch, block))
+        blocks = self._blocks(path, file_id, rev, first, plan)
+
+        def fetch(item: tuple[int, DownloadBlock]) -> Future[bytes]:
+            return self.pool.submit(self._fetch, path, file_id, rev, *item)
+
+        for item in blocks:
+            pending.append(fetch(item))
             if len(pending) >= self.threads:
                 break
         try:
@@ -594,7 +623,7 @@ class Transfers:
                 data = pending.popleft().result()
                 nxt = next(blocks, None)
                 if nxt is not None:
-                    pending.append(self.pool.submit(self._fetch, nxt))
+                    pending.append(fetch(nxt))
                 yield data
         finally:
             for fut in pending:
@@ -611,6 +640,35 @@ class Transfers:
             raise LocalChangedError(f"{path} changed locally since the plan; left alone")
         if now.kind == Kind.SYMLINK:
             raise LocalChangedError(f"{path} is a symlink; left alone")
+
+
+class _BlockPlan:
+    """A download's block list, checked as its pages come: contiguous, each block at most
+    `MAX_BLOCK_SIZE`, never past the file's size, and in the end the file's content hash."""
+
+    def __init__(self, path: str, entry: FileEntry) -> None:
+        self.path, self.entry = path, entry
+        self.ids: list[str] = []
+        self.offset = 0
+
+    def add(self, block: DownloadBlock) -> int:
+        """Take the next block; returns its number."""
+        if block.offset != self.offset or not 0 < block.size <= MAX_BLOCK_SIZE:
+            raise IntegrityError(f"{self.path}: the server sent a malformed block list")
+        self.offset += block.size
+        if self.offset > self.entry.size:
+            raise IntegrityError(f"{self.path}: blocks add up to more than {self.entry.size} bytes")
+        self.ids.append(block.id)
+        return len(self.ids) - 1
+
+    def check_complete(self) -> None:
+        """Refuse a block list that does not add up to the file the server announced."""
+        if self.offset != self.entry.size:
+            raise IntegrityError(
+                f"{self.path}: blocks add up to {self.offset} bytes, not {self.entry.size}"
+            )
+        if content_hash(self.ids) != self.entry.content_hash:
+            raise IntegrityError(f"{self.path}: the block list does not match the content hash")
 
 
 def _windows(work: list[Work], items: list[UploadItem]) -> Iterator[list[Work]]:

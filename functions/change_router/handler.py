@@ -5,8 +5,10 @@ with this function as target (a bare list of records). Only INSERTs are events: 
 writes each event once and TTL expiry shows up as REMOVE. The batch's events go to the bus
 ten to a PutEvents call (one call per record made a 1,000-file sync cost 1,000 calls); a
 record whose event EventBridge refuses is reported in `batchItemFailures`, so only it is
-retried. When a PutEvents call fails outright, the invocation fails and the whole batch is
-retried: the bus consumers de-duplicate on `event_id`.
+retried (named as each source expects: a stream mapping by SequenceNumber, a Pipe by eventID;
+a Pipe matches no SequenceNumber, so it took the batch as delivered or bisected all of it).
+When a PutEvents call fails outright, the invocation fails and the whole batch is retried:
+the bus consumers de-duplicate on `event_id`.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ def handler(
         if record.dynamodb is not None and record.dynamodb.sequence_number in refused:
             raise PublishFailed(f"EventBridge refused the event of record {record.event_id}")
 
-    return process_partial_response(
+    response = process_partial_response(
         event=batch, record_handler=outcome, processor=processor, context=context
     )
+    if isinstance(event, list):  # an EventBridge Pipe names a record by its eventID
+        event_ids = {r["dynamodb"]["SequenceNumber"]: r["eventID"] for r in event}
+        response = {
+            "batchItemFailures": [
+                {"itemIdentifier": event_ids[f["itemIdentifier"]]}
+                for f in response["batchItemFailures"]
+            ]
+        }
+    return response

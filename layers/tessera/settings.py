@@ -35,6 +35,10 @@ class Settings:
     max_commits_per_batch: int = 1_000
     upload_ttl_s: int = 3600
     presign_ttl_s: int = 900  # ≤ 15 min (DESIGN §9)
+    # Blocks per /v1/download answer: a GET URL signed with Lambda's role credentials is
+    # ~1.7 KB, so all 10,000 blocks of a big file (17 MB) broke Lambda's 6 MB response
+    # limit, and the last URLs of a slow download expired before their turn came.
+    download_page_blocks: int = 500
     default_quota_bytes: int = 100 * 1024 * MIB
     list_limit: int = 2_000
     # Long-poll: Dropbox's 30-480 s; tests lower the floor.

@@ -178,6 +178,7 @@ class CloudProcess:
     def start(self) -> None:
         env = dict(os.environ)
         env.pop("DATABASE_URL", None)
+        env["TESSERA_DOWNLOAD_PAGE_BLOCKS"] = "2"  # a file of 3+ blocks comes in pages
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "client"), str(REPO / "layers")])
         self.state.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.state.parent / "cloud.log", "ab")  # noqa: SIM115 (handed to the child)

@@ -292,13 +292,17 @@ def get_file(
     file_id: str | None = None,
     rev: int | None = None,
 ) -> bytes:
-    """Download, decrypt, decompress and re-hash a file the way a client does."""
-    result = files.download(svc, who, DownloadRequest(path=path, file_id=file_id, rev=rev))
-    assert isinstance(result, DownloadResponse), result
+    """Download, decrypt, decompress and re-hash a file the way a client does (page by page)."""
     out = bytearray()
-    for b in result.blocks:
-        assert b.offset == len(out)
-        out += decode_block(store_get(svc, b.url), b.id, base64.b64decode(b.key))
+    from_block: int | None = 0
+    while from_block is not None:
+        req = DownloadRequest(path=path, file_id=file_id, rev=rev, from_block=from_block)
+        result = files.download(svc, who, req)
+        assert isinstance(result, DownloadResponse), result
+        for b in result.blocks:
+            assert b.offset == len(out)
+            out += decode_block(store_get(svc, b.url), b.id, base64.b64decode(b.key))
+        rev, from_block = result.entry.rev, result.next_block
     return bytes(out)
 
 

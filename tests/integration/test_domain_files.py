@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import psycopg
 import pytest
@@ -139,6 +140,44 @@ def test_cold_blocks_answer_restoring_then_serve(services: Services, alice: Prin
     assert answer.retry_after == services.settings.restore_retry_after_s
     # the local store restores at once (restore_delay=0): the next ask is served
     assert get_file(services, alice, "/cold") == data
+
+
+def test_download_comes_in_pages_that_add_up_to_the_file(
+    services: Services, alice: Principal
+) -> None:
+    """A big file's whole block list with a URL each broke Lambda's 6 MB response limit,
+    and its last URLs expired before a slow download reached them."""
+    paged = replace(services, settings=replace(services.settings, download_page_blocks=2))
+    data = bytes(range(256)) * 1028  # 4 blocks of 64 KiB, and a short one
+    put_file(services, alice, "/big.bin", data)
+    first = files.download(paged, alice, DownloadRequest(path="/big.bin"))
+    assert isinstance(first, DownloadResponse)
+    assert [b.offset for b in first.blocks] == [0, 65536] and first.next_block == 2
+    last = files.download(paged, alice, DownloadRequest(path="/big.bin", from_block=4))
+    assert isinstance(last, DownloadResponse)
+    assert [b.offset for b in last.blocks] == [4 * 65536] and last.next_block is None
+    one = files.download(paged, alice, DownloadRequest(path="/big.bin", from_block=1, limit=1))
+    assert isinstance(one, DownloadResponse)
+    assert [b.offset for b in one.blocks] == [65536] and one.next_block == 2
+    assert get_file(paged, alice, "/big.bin") == data
+    with pytest.raises(Unprocessable, match="past the file's 5 blocks"):
+        files.download(paged, alice, DownloadRequest(path="/big.bin", from_block=5))
+    empty = put_file(services, alice, "/empty", b"")
+    answer = files.download(paged, alice, DownloadRequest(file_id=empty.file_id))
+    assert isinstance(answer, DownloadResponse) and answer.blocks == [] and not answer.next_block
+
+
+def test_the_first_page_finds_a_damaged_block_anywhere_in_the_file(
+    services: Services, alice: Principal
+) -> None:
+    paged = replace(services, settings=replace(services.settings, download_page_blocks=1))
+    data = b"a" * 65536 + b"b" * 65536
+    put_file(services, alice, "/two", data)
+    with services.db.transaction() as store:  # the second block found damaged by scrub
+        store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
+        store.set_block_state([block_id(b"b" * 65536)], "quarantined")
+    with pytest.raises(BlockUnavailable):
+        files.download(paged, alice, DownloadRequest(path="/two"))
 
 
 def test_quarantined_block_is_503(services: Services, alice: Principal) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from tessera.metadata import migrate
 from tessera.metadata import store as store_module
-from tessera.metadata.db import SESSION_OPTIONS
+from tessera.metadata.db import Database
 
 # The tables that grow with use: a sequential scan of any of them per request is a bug.
 GROWING = (
@@ -61,7 +61,7 @@ def test_no_statement_scans_a_growing_table(
     empty_database_url: str, name: str, analyzed: bool
 ) -> None:
     migrate(empty_database_url)
-    with psycopg.connect(empty_database_url, autocommit=True, options=SESSION_OPTIONS) as conn:
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
         if conn.info.server_version < 160000:
             pytest.skip("EXPLAIN (GENERIC_PLAN) needs PostgreSQL 16")
         if analyzed:
@@ -72,3 +72,21 @@ def test_no_statement_scans_a_growing_table(
         line.strip() for line in plan if re.search(rf"Seq Scan on ({'|'.join(GROWING)})\b", line)
     ]
     assert scans == [], "\n".join(plan)
+
+
+def test_sessions_get_their_settings_from_the_database_not_startup_options(
+    empty_database_url: str,
+) -> None:
+    """RDS Proxy refuses a connection that sends startup options (`options=-c ...`)."""
+    migrate(empty_database_url)
+    db = Database(empty_database_url, min_size=1, max_size=1)
+    try:
+        assert "options" not in db.pool.kwargs
+        with db.pool.connection() as conn:
+            settings = [
+                conn.execute(f"SHOW {name}").fetchone()
+                for name in ("plan_cache_mode", "enable_seqscan")
+            ]
+        assert settings == [("force_generic_plan",), ("off",)]
+    finally:
+        db.close()

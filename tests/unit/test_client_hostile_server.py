@@ -7,6 +7,7 @@ import base64
 import errno
 import json
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tessera.blocks import block_id, content_hash, encode_block
+from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
 from tessera_client.api import Api, RetryPolicy
 from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
@@ -39,6 +40,10 @@ class Evil:
     restoring: int = 0  # answer this many downloads with 202 (cold storage) first
     reset_cursors: bool = False  # answer list_folder/continue with invalid_cursor
     posted: list[str] = field(default_factory=list)  # the routes the client called
+    page_blocks: int = 10**6  # blocks per /v1/download answer
+    expired: set[str] = field(default_factory=set)  # block URLs that answer 403 until renewed
+    stuck_pages: bool = False  # answer every page after the first with no blocks
+    renew_wrong: bool = False  # a renewal answers with the next block instead
 
     def add_file(
         self,
@@ -83,6 +88,36 @@ class Evil:
             ],
         }
 
+    def add_blocks_file(self, path: str, pieces: list[bytes], *, fid: str) -> None:
+        """List a file of several blocks, honestly."""
+        self.add_file(path, pieces[0], fid=fid)
+        ids = [block_id(p) for p in pieces]
+        entry = self.files[fid]["entry"]  # (also the listed one)
+        entry["size"], entry["content_hash"] = sum(map(len, pieces)), content_hash(ids)
+        blocks, offset = [], 0
+        for i, (piece, bid) in enumerate(zip(pieces, ids, strict=True)):
+            self.blobs[f"/blk/{fid}/{i}"] = bytes(encode_block(piece, bid, KEY, 1))
+            blocks.append({**self.files[fid]["blocks"][0], "id": bid, "offset": offset,
+                           "size": len(piece), "url": f"{self.base}/blk/{fid}/{i}"})  # fmt: skip
+            offset += len(piece)
+        self.files[fid]["blocks"] = blocks
+
+    def download_page(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A page of the answer, as the server pages it; a renewal (`limit`) gets new URLs."""
+        answer = self.files[body["file_id"]]
+        first, limit = body.get("from_block", 0), body.get("limit")
+        size = min(limit or self.page_blocks, self.page_blocks)
+        blocks = answer["blocks"][first : first + size]
+        if self.stuck_pages and first:
+            blocks = []
+        if limit:
+            if self.renew_wrong:
+                blocks = answer["blocks"][first + 1 : first + 2]
+            blocks = [{**b, "url": b["url"] + "?renewed"} for b in blocks]
+        after = first + len(blocks)
+        more = after < len(answer["blocks"]) or (self.stuck_pages and not blocks)
+        return {**answer, "blocks": blocks, "next_block": after if more else None}
+
 
 @pytest.fixture
 def evil() -> Iterator[Evil]:
@@ -97,8 +132,11 @@ def evil() -> Iterator[Evil]:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            if self.path in state.blobs:
-                self._send(200, None, state.blobs[self.path])
+            path, _, query = self.path.partition("?")
+            if path in state.expired and query != "renewed":
+                self._send(403, None, b"<Error><Code>AccessDenied</Code>Request has expired")
+            elif path in state.blobs:
+                self._send(200, None, state.blobs[path])
             else:
                 self._send(200, {"used_bytes": 0, "quota_bytes": 1})
 
@@ -115,7 +153,7 @@ def evil() -> Iterator[Evil]:
                 state.restoring -= 1
                 self._send(202, {"restoring": True, "retry_after": 1, "blocks": []})
             elif self.path == "/v1/download":
-                self._send(200, state.files[body["file_id"]])
+                self._send(200, state.download_page(body))
             else:
                 self._send(404, {"error": {"code": "not_found", "message": self.path}})
 
@@ -138,6 +176,15 @@ def _engine(tmp_path: Path, evil: Evil, fs: FakeFilesystem | None = None) -> Syn
     folder = tmp_path / "root" / "sync"
     folder.mkdir(parents=True)
     return SyncEngine(home, settings, folder, api, filesystem=fs)
+
+
+def _real_blocks(tmp_path: Path, size: int) -> list[bytes]:
+    """`size` random bytes cut as the client cuts them (its scan must find the same hash)."""
+    sample = tmp_path / "sample.bin"
+    sample.write_bytes(random.Random(size).randbytes(size))
+    pieces = [data for _ref, data in iter_chunks(sample)]
+    sample.unlink()
+    return pieces
 
 
 def _quiet_longpoll() -> bool:
@@ -342,6 +389,42 @@ def test_the_daemon_waits_out_a_full_disk_under_its_state_database(
     engine.close()
     assert len(rounds) == 2 and rounds[1]  # it went on, and pulled again
     assert any(p.startswith("sync paused: the disk is full") for p in problems)
+
+
+def test_a_file_comes_in_pages_and_expired_block_urls_are_renewed(
+    tmp_path: Path, evil: Evil
+) -> None:
+    pieces = _real_blocks(tmp_path, 6 * 1024 * 1024)
+    assert len(pieces) >= 5
+    evil.add_blocks_file("/big.bin", pieces, fid="big")
+    evil.page_blocks = 2
+    evil.expired = {"/blk/big/1", "/blk/big/4"}  # their URLs ran out while others came
+    engine = _engine(tmp_path, evil)
+    result = engine.run_once()
+    engine.close()
+    assert result.problems == []
+    assert (tmp_path / "root" / "sync" / "big.bin").read_bytes() == b"".join(pieces)
+    pages = (len(pieces) + 1) // 2
+    assert evil.posted.count("/v1/download") == pages + 2  # and two renewals
+
+
+@pytest.mark.parametrize("lie", ["pages for ever", "renews another block"])
+def test_a_server_lying_in_its_pages_gets_no_file(tmp_path: Path, evil: Evil, lie: str) -> None:
+    pieces = [b"one" * 500, b"two" * 500, b"six" * 500]  # (refused before any scan)
+    evil.add_blocks_file("/doc.bin", pieces, fid="d")
+    evil.page_blocks = 1
+    if lie == "pages for ever":
+        evil.stuck_pages = True
+    else:  # block 1's bytes would be block 2's: the list and its hash are still right
+        evil.expired = {"/blk/d/1"}
+        evil.renew_wrong = True
+    engine = _engine(tmp_path, evil)
+    result = engine.run_once()
+    engine.close()
+    assert any("doc.bin" in p for p in result.problems), result.problems
+    folder = tmp_path / "root" / "sync"
+    assert not (folder / "doc.bin").exists()
+    assert not [n for n in os.listdir(folder) if TEMP_PREFIX in n]
 
 
 def test_cold_blocks_are_waited_for_and_then_downloaded(

@@ -97,7 +97,11 @@ def download(
 
     The read is recorded first: it takes the rows' locks, so a block cold storage is moving
     (it holds the row) is seen once moved, as cold, and one it has yet to mark stays live
-    (`maintenance.cold`): a block whose row said live is never handed out as it moves."""
+    (`maintenance.cold`): a block whose row said live is never handed out as it moves.
+
+    The answer holds one page of blocks (`DownloadRequest`). The first page checks and
+    records the whole version (a damaged or cold block anywhere is known before any byte
+    is fetched, and every restore starts at once); a later page, its own blocks."""
     settings, bs = svc.settings, svc.block_store
     with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path, file_id=req.file_id)
@@ -107,10 +111,16 @@ def download(
         if version is None:
             raise NotFound(f"no rev {rev} of this file")
         vblocks = store.version_blocks(row.ns_id, row.file_id, rev)
-        now_state = store.touch_blocks([vb.block_id for vb in vblocks])
+        first = req.from_block
+        if first and first >= len(vblocks):
+            raise Unprocessable(f"from_block {first} is past the file's {len(vblocks)} blocks")
+        size = min(req.limit or settings.download_page_blocks, settings.download_page_blocks)
+        page = vblocks[first : first + size]
+        checked = vblocks if first == 0 else page
+        now_state = store.touch_blocks([vb.block_id for vb in checked])
         sources: list[str] = []
         cold: list[str] = []
-        for vb in vblocks:
+        for vb in checked:
             state = now_state.get(vb.block_id, vb.state)
             live_key = canonical_key(vb.block_id)
             # an unverified version is served its own staged copy, never the canonical block
@@ -139,8 +149,8 @@ def download(
             )
         result_entry = _version_entry(view, loc, row, version)
     blocks: list[DownloadBlock] = []
-    offset = 0
-    for vb, source in zip(vblocks, sources, strict=True):
+    offset = sum(vb.size for vb in vblocks[:first])
+    for vb, source in zip(page, sources[: len(page)], strict=True):
         get = bs.presign_get(source, expires_in=min(settings.presign_ttl_s, 900))
         kv, key = svc.keys.block_key(vb.block_id, vb.key_version)
         blocks.append(
@@ -156,7 +166,10 @@ def download(
             )
         )
         offset += vb.size
-    return DownloadResponse(entry=result_entry, blocks=blocks)
+    after = first + len(page)
+    return DownloadResponse(
+        entry=result_entry, blocks=blocks, next_block=after if after < len(vblocks) else None
+    )
 
 
 def revisions(svc: Services, principal: Principal, req: RevisionsRequest) -> RevisionsResponse:

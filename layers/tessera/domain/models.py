@@ -247,9 +247,13 @@ class MetadataRequest(PathOrId):
 
 
 class DownloadRequest(PathOrId):
-    """POST /v1/download: a file's blocks at `rev` (default: latest)."""
+    """POST /v1/download: a page of a file's blocks at `rev` (default: latest), from the
+    block numbered `from_block` (0 = the first), at most `limit` of them (and at most the
+    server's page)."""
 
     rev: int | None = Field(default=None, ge=1)
+    from_block: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, ge=1)
 
 
 class DownloadBlock(Model):
@@ -266,10 +270,13 @@ class DownloadBlock(Model):
 
 
 class DownloadResponse(Model):
-    """200: everything needed to rebuild the file."""
+    """200: the file's entry and a page of its blocks (offsets are the file's). Ask again
+    with `from_block = next_block` while it is not null. A page's URLs expire after
+    `presign_ttl_s`: ask again from the block whose URL expired."""
 
     entry: FileEntry
     blocks: list[DownloadBlock]
+    next_block: int | None = None
 
 
 class RestoringResponse(Model):

@@ -359,15 +359,16 @@ class Emulator:
     def _deliver(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Hand `records` to the router; those it did not take, to be delivered again: all
         of them when it raised, else from the first it reported failed on, as a pipe with
-        ReportBatchItemFailures retries (the records before it are in)."""
+        ReportBatchItemFailures retries (the records before it are in). As on AWS, the pipe
+        hands over a bare list and names records by eventID."""
         try:
-            resp = self._router({"Records": records}, _context())
+            resp = self._router(records, _context())
         except Exception:
             log.warning("change router failed on %d stream records", len(records), exc_info=True)
             return records
         failed = {f.get("itemIdentifier") for f in resp.get("batchItemFailures") or []}
         for n, record in enumerate(records):
-            if record["dynamodb"].get("SequenceNumber") in failed:
+            if record.get("eventID") in failed:
                 log.warning("change router failed from stream record %d of %d", n, len(records))
                 return records[n:]
         return []

@@ -42,7 +42,8 @@ def unavailable_on_db_errors() -> Iterator[None]:
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
-# Settings of every pooled session.
+# Sessions get `plan_cache_mode = force_generic_plan` and `enable_seqscan = off` from the
+# database itself (migration 111: RDS Proxy refuses startup options). Why each:
 # Generic plans: psycopg prepares a statement after its fifth run, but PostgreSQL still plans
 # it anew per run while it guesses a custom plan may beat the generic one. Every statement
 # here is a keyed lookup whose plan does not depend on its parameter values, and re-planning
@@ -54,7 +55,6 @@ _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
 # went from 1.7 to 2.9 ms of PostgreSQL CPU over 5,000 commits, where it stays near 0.8 ms
 # with this (docs/metadata.md, "Plans: no sequential scans"). Where no index serves, a
 # query still scans.
-SESSION_OPTIONS = "-c plan_cache_mode=force_generic_plan -c enable_seqscan=off"
 
 
 #: A pooled connection unused for this long is checked (one round trip) before it is handed
@@ -88,7 +88,6 @@ class Database:
             kwargs={
                 "autocommit": False,
                 "row_factory": tuple_row,
-                "options": SESSION_OPTIONS,
             },
             open=True,
             name="tessera-metadata",

@@ -349,9 +349,13 @@ def test_change_router_reports_partial_failures(
         return {**e, "DetailType": ""} if event.event_id == "route-2" else e
 
     monkeypatch.setattr(router.publisher, "_entry", entry)
-    resp = router.handler({"Records": records}, Context())
+    resp = router.handler({"Records": records}, Context())  # a stream mapping: SequenceNumber
     assert resp == {
         "batchItemFailures": [{"itemIdentifier": records[1]["dynamodb"]["SequenceNumber"]}]
+    }
+    # an EventBridge Pipe (the deployed source) matches failures on eventID only
+    assert router.handler(records, Context()) == {
+        "batchItemFailures": [{"itemIdentifier": records[1]["eventID"]}]
     }
 
 
