@@ -48,6 +48,47 @@ def test_healthy_blocks_pass(world: World) -> None:
     assert (result.checked, result.ok, result.damaged) == (4, 4, 0)
 
 
+def test_a_duplicate_changed_between_its_check_and_the_copy_repairs_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duplicate in an open session can be PUT again with other bytes after scrub checked
+    it: the copy brought those into the canonical key, marked live, with no damage noted."""
+    data, bad = _damaged_file(world, 0)
+    world.put(BOB, "/b.bin", data)  # bob's staged copies: duplicates to repair from
+    copy = world.store.copy
+
+    def put_again_then_copy(source: str, target: str) -> None:
+        path = Path(world.store.root) / "hot" / source  # type: ignore[attr-defined]
+        path.write_bytes(path.read_bytes()[:-1] + b"!")  # the uploader's other bytes
+        copy(source, target)
+
+    monkeypatch.setattr(world.store, "copy", put_again_then_copy)
+    result = _scrub(world)
+    assert (result.damaged, result.repaired, result.unrepaired) == (1, 0, 1)
+    with world.svc.db.transaction() as store:
+        row = store.conn.execute("SELECT state FROM blocks WHERE block_id = %s", (bad,))
+        assert row.fetchone() == ("quarantined",)
+
+
+def test_a_size_a_lying_first_committer_declared_is_corrected_by_verification(
+    world: World,
+) -> None:
+    """The first commit naming a block made its row with that commit's declared size; a
+    verified copy kept it, and scrub then took the intact block for damaged (no duplicate
+    could match the wrong size either): one client could deny a block to everyone."""
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    with world.svc.db.transaction() as store:  # as a lying first committer left it
+        store.conn.execute("UPDATE blocks SET size = size + 1")
+    world.run("dedup")
+    result = _scrub(world)
+    assert (result.damaged, result.unrepaired) == (0, 0)
+    with world.svc.db.transaction() as store:
+        sizes = {size for (size,) in store.conn.execute("SELECT size FROM blocks")}
+    assert sizes == {BLOCK}
+    assert world.get(ALICE, "/a.bin") == data
+
+
 def test_damaged_block_is_repaired_from_a_staged_duplicate(world: World) -> None:
     data, _ = _damaged_file(world, 0)
     world.put(BOB, "/b.bin", data)  # bob's copies wait for dedup: a verified duplicate

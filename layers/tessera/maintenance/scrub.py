@@ -74,6 +74,13 @@ def _repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubRes
             dup = check_stored(ctx.store, ctx.keys, key, bid, expect_plain_size=row.size)
             if dup.ok:
                 ctx.store.copy(key, canonical_key(bid))
+                # What was copied is what the key held at the copy, not what was verified: an
+                # open session's uploader may PUT other bytes there meanwhile (as dedup knows).
+                copied = check_stored(
+                    ctx.store, ctx.keys, canonical_key(bid), bid, expect_plain_size=row.size
+                )
+                if not copied.ok:
+                    continue
                 tx.block(bid, for_update=True)
                 tx.mark_live(
                     bid, size=row.size, stored_size=dup.stored_size, key_version=dup.key_version

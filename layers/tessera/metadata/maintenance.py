@@ -137,17 +137,20 @@ class MaintenanceTx:
         return _block(rows[0]) if rows else None
 
     def mark_live(self, block_id: str, *, size: int, stored_size: int, key_version: int) -> None:
-        """Record a verified canonical copy: state live, hot, its stored size and key version.
+        """Record a verified canonical copy: state live, hot, its verified size, stored size
+        and key version.
 
         Creates the row (refcount 0, so gc reclaims it unless a version comes to use it)
-        when no commit made one.
+        when no commit made one. The size is the verified one: the row was made with the
+        size the first commit naming the block declared, and a wrong one kept made scrub
+        take the intact block for damaged.
         """
         self._count(
             "INSERT INTO blocks (block_id, size, stored_size, key_version, state, storage_class)"
             " VALUES (%s, %s, %s, %s, 'live', 'hot')"
             " ON CONFLICT (block_id) DO UPDATE SET state = 'live', storage_class = 'hot',"
-            " stored_size = EXCLUDED.stored_size, key_version = EXCLUDED.key_version,"
-            " updated_at = now()",
+            " size = EXCLUDED.size, stored_size = EXCLUDED.stored_size,"
+            " key_version = EXCLUDED.key_version, updated_at = now()",
             (block_id, size, stored_size, key_version),
         )
 
