@@ -81,7 +81,7 @@ def test_sessions_get_their_settings_from_the_database_not_startup_options(
     migrate(empty_database_url)
     db = Database(empty_database_url, min_size=1, max_size=1)
     try:
-        assert "options" not in db.pool.kwargs
+        assert isinstance(db.pool.kwargs, dict) and "options" not in db.pool.kwargs
         with db.pool.connection() as conn:
             settings = [
                 conn.execute(f"SHOW {name}").fetchone()
