@@ -522,14 +522,14 @@ class Transfers:
         first = self._download_page(path, file_id, rev, 0)
         if expected_hash and first.entry.content_hash != expected_hash:
             raise IntegrityError(f"{path}: the server sent another version than it listed")
-        plan = _BlockPlan(path, first.entry)
+        plan = _BlockPlan(path, file_id, rev, first.entry)
         folder = parent_of(path)
         if folder:
             self.fs.makedirs(folder)
         tmp, handle = self.fs.create_temp(folder)
         try:
             with handle:
-                for plaintext in self._fetch_blocks(path, file_id, rev, first, plan):
+                for plaintext in self._fetch_blocks(first, plan):
                     handle.write(plaintext)
                     self.stats.block_bytes_down += len(plaintext)
                     if self.progress:
@@ -565,7 +565,7 @@ class Transfers:
         return parse(DownloadResponse, json_body(response))
 
     def _blocks(
-        self, path: str, file_id: str, rev: int, answer: DownloadResponse, plan: _BlockPlan
+        self, answer: DownloadResponse, plan: _BlockPlan
     ) -> Iterator[tuple[int, DownloadBlock]]:
         """(block number, block) of the whole file, asking for each page as it is needed: a
         page's URLs expire, so they are fetched only when their turn is near."""
@@ -575,16 +575,17 @@ class Transfers:
             if answer.next_block is None:
                 return
             if not answer.blocks or answer.next_block != len(plan.ids):
-                raise IntegrityError(f"{path}: the server sent a malformed block list")
-            answer = self._download_page(path, file_id, rev, answer.next_block)
+                raise IntegrityError(f"{plan.path}: the server sent a malformed block list")
+            answer = self._download_page(plan.path, plan.file_id, plan.rev, answer.next_block)
 
-    def _fetch(self, path: str, file_id: str, rev: int, number: int, block: DownloadBlock) -> bytes:
+    def _fetch(self, plan: _BlockPlan, number: int, block: DownloadBlock) -> bytes:
         response = self._get(block)
         if response.status_code == 403:  # its URL expired while earlier blocks came: renew it
-            renewed = self._download_page(path, file_id, rev, number, limit=1).blocks
+            page = self._download_page(plan.path, plan.file_id, plan.rev, number, limit=1)
+            renewed = page.blocks
             same = (block.id, block.offset, block.size)
             if not renewed or (renewed[0].id, renewed[0].offset, renewed[0].size) != same:
-                raise IntegrityError(f"{path}: the server renewed block {number} as another")
+                raise IntegrityError(f"{plan.path}: the server renewed block {number} as another")
             block = renewed[0]
             response = self._get(block)
         if response.status_code != 200:
@@ -604,15 +605,13 @@ class Transfers:
         except UnusableUrl as e:
             raise IntegrityError(f"block {block.id}: the server sent {e}") from e
 
-    def _fetch_blocks(
-        self, path: str, file_id: str, rev: int, first: DownloadResponse, plan: _BlockPlan
-    ) -> Iterator[bytes]:
+    def _fetch_blocks(self, first: DownloadResponse, plan: _BlockPlan) -> Iterator[bytes]:
         """The plaintext blocks in order, fetched `threads` at a time."""
         pending: deque[Future[bytes]] = deque()
-        blocks = self._blocks(path, file_id, rev, first, plan)
+        blocks = self._blocks(first, plan)
 
         def fetch(item: tuple[int, DownloadBlock]) -> Future[bytes]:
-            return self.pool.submit(self._fetch, path, file_id, rev, *item)
+            return self.pool.submit(self._fetch, plan, *item)
 
         for item in blocks:
             pending.append(fetch(item))
@@ -643,11 +642,12 @@ class Transfers:
 
 
 class _BlockPlan:
-    """A download's block list, checked as its pages come: contiguous, each block at most
-    `MAX_BLOCK_SIZE`, never past the file's size, and in the end the file's content hash."""
+    """A download's file (`path`, `file_id` at `rev`) and its block list, checked as its
+    pages come: contiguous, each block at most `MAX_BLOCK_SIZE`, never past the file's size,
+    and in the end the file's content hash."""
 
-    def __init__(self, path: str, entry: FileEntry) -> None:
-        self.path, self.entry = path, entry
+    def __init__(self, path: str, file_id: str, rev: int, entry: FileEntry) -> None:
+        self.path, self.file_id, self.rev, self.entry = path, file_id, rev, entry
         self.ids: list[str] = []
         self.offset = 0
 

@@ -150,6 +150,7 @@ def download(
         result_entry = _version_entry(view, loc, row, version)
     blocks: list[DownloadBlock] = []
     offset = sum(vb.size for vb in vblocks[:first])
+    # `sources` follows `checked`, which begins with the page (the page, or the whole file)
     for vb, source in zip(page, sources[: len(page)], strict=True):
         get = bs.presign_get(source, expires_in=min(settings.presign_ttl_s, 900))
         kv, key = svc.keys.block_key(vb.block_id, vb.key_version)
