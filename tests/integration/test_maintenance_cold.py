@@ -317,3 +317,34 @@ def test_scrub_check_of_an_unrestored_glacier_object_is_a_verdict(s3_world: Worl
     w.store.set_tier(key, StorageTier.COLD)
     check = check_stored(w.store, w.svc.keys, key, bid)
     assert not check.ok and check.reason == "unreadable: not_restored"
+
+
+def test_a_run_killed_after_moving_then_a_commit_reusing_the_block_leaves_it_cold(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed once the object has moved, then a commit reuses the block (a read): the next
+    run finds the object already cold and records the move. (It took the read for "never
+    moved" and made the row live over a cold object: downloads got a URL that failed, and
+    no restore was ever started.)"""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/f.bin", data)
+    world.run("dedup")
+    _unread_since_100_days(world)
+    set_tier = type(world.store).set_tier
+
+    def moved_then_killed(self: BlockStore, key: str, tier: StorageTier) -> None:
+        set_tier(self, key, tier)
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(world.store), "set_tier", moved_then_killed)
+        with pytest.raises(_Killed):
+            _cold(world, days=0)
+    world.put(ALICE, "/copy.bin", data)  # reuses the block: counts as a read today
+    result = _cold(world, days=0)
+    assert result.blocks_moved == 1 and result.errors == []
+    assert world.sql("SELECT state, storage_class FROM blocks") == [("cold", "cold")]
+    assert isinstance(world.get(ALICE, "/copy.bin"), RestoringResponse)
+    world.store_clock.advance(hours=2)
+    assert _cold(world, days=0).restores_completed == 1
+    assert world.get(ALICE, "/copy.bin") == data

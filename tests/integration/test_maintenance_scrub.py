@@ -9,7 +9,9 @@ import pytest
 
 from tessera.blocks import block_id
 from tessera.domain.errors import TesseraError
-from tessera.maintenance import ScrubResult
+from tessera.domain.models import RestoringResponse
+from tessera.maintenance import ColdResult, ScrubResult
+from tessera.ports import StorageTier
 
 from .test_maintenance_world import (
     ALICE,
@@ -130,3 +132,22 @@ def test_missing_object_is_reported(world: World) -> None:
     world.store.delete("blocks/" + block_id(data)[3:])
     result = _scrub(world)
     assert result.unrepaired == 1 and "missing" in result.errors[0]
+
+
+def test_a_live_block_whose_object_is_cold_is_marked_cold_not_quarantined(world: World) -> None:
+    """An object in the cold tier under a live row (moved outside Tessera, or left by an
+    interrupted move) holds intact bytes: scrub records it cold, so a download restores it,
+    instead of quarantining it and marking its versions damaged."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    world.run("dedup")
+    bid = block_id(data)
+    world.store.set_tier(f"blocks/{bid[3:]}", StorageTier.COLD)
+    result = _scrub(world)
+    assert (result.checked, result.found_cold, result.damaged) == (1, 1, 0)
+    assert world.sql("SELECT state, storage_class FROM blocks") == [("cold", "cold")]
+    assert world.sql("SELECT count(*) FROM damaged_versions") == [(0,)]
+    assert isinstance(world.get(ALICE, "/a.bin"), RestoringResponse)
+    world.store_clock.advance(hours=2)
+    assert world.run_as(ColdResult, "cold", days=0).restores_completed == 1
+    assert world.get(ALICE, "/a.bin") == data

@@ -60,7 +60,8 @@ def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
 def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: ColdResult) -> bool:
     """Move the object of a block marked cold to the cold tier and record it, holding the
     per-block lock and the row lock (a download recording a read waits, then sees the block
-    cold). A block read since `cutoff` — its object never left the hot tier — is live again.
+    cold). A block read since `cutoff` whose object never left the hot tier is live again;
+    one whose object a killed run already moved is recorded moved (a read restores it).
     False when it was not moved; one another run or step holds stays for the next run."""
     key = canonical_key(row.block_id)
     with ctx.repo.transaction() as tx:
@@ -69,12 +70,17 @@ def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: Cold
         unread = tx.lock_unmoved(row.block_id, cutoff)
         if unread is None:
             return False
-        if not unread or ctx.store.head(key) is None:
+        head = ctx.store.head(key)
+        # A run killed after the move, before recording it, left the object cold: whether
+        # read since or not, the row must say so (a read of it starts a restore).
+        already_cold = head is not None and head.tier is StorageTier.COLD
+        if not already_cold and (not unread or head is None):
             tx.set_state(row.block_id, "live", from_states=["cold"])
             if unread:  # live again, so scrub repairs or quarantines it
                 result.errors.append(f"{row.block_id}: live but no object at {key}")
             return False
-        ctx.store.set_tier(key, StorageTier.COLD)
+        if not already_cold:
+            ctx.store.set_tier(key, StorageTier.COLD)
         tx.mark_moved(row.block_id)
     result.blocks_moved += 1
     result.bytes_moved += row.stored_size or 0

@@ -87,3 +87,4 @@ class ScrubResult(StepResult):
     damaged: int = 0  # missing, wrong size, failed decryption or re-hash
     repaired: int = 0  # rewritten from a verified duplicate
     unrepaired: int = 0  # no duplicate: block quarantined, owners told
+    found_cold: int = 0  # live row over a cold object: recorded cold, restored on read

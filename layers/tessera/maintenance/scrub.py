@@ -3,9 +3,11 @@
 A sample of `scrub_sample` live blocks, starting at a random block id, is read and decoded
 exactly as a client would (the key version in the metadata, decrypt, decompress, re-hash).
 A block that fails is re-checked under the per-block lock (a concurrent promotion may have
-just rewritten it); if it is still damaged, it is rewritten from a duplicate — a staged copy
-of the same id that verifies — or, with none, quarantined (downloads refuse it), and the
-versions using it are marked damaged and their namespaces told.
+just rewritten it). An object found in the cold tier, unrestored, under a live row is not
+damage: the row is recorded cold, and the next download restores it. A block still damaged
+is rewritten from a duplicate — a staged copy of the same id that verifies — or, with
+none, quarantined (downloads refuse it), and the versions using it are marked damaged and
+their namespaces told.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tessera.metadata.maintenance import BlockRow
 from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import ScrubResult
-from .verify import Check, check_stored
+from .verify import NOT_RESTORED, Check, check_stored
 
 
 def _check(ctx: MaintenanceContext, row: BlockRow) -> Check:
@@ -67,6 +69,13 @@ def _repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubRes
         check = _check(ctx, row)
         if check.ok:
             result.ok += 1
+            return
+        if check.reason == NOT_RESTORED:
+            # Intact as far as anyone knows, only in the wrong tier for a live row: record
+            # it cold, so the next download restores it instead of failing on it.
+            tx.set_state(bid, "cold", from_states=["live"])
+            result.found_cold += 1
+            log.warning("scrub: %s is live but its object is cold: recorded cold", bid)
             return
         result.damaged += 1
         log.error("scrub: %s is damaged: %s", bid, check.reason)

@@ -8,6 +8,10 @@ from tessera.blocks import BlockError, decode_block, stored_key_version
 from tessera.domain.errors import TesseraError
 from tessera.ports import BlockStore, KeyService, StorageTier
 
+NOT_RESTORED = "unreadable: not_restored"
+"""The verdict on an object in the cold tier that was not restored: intact as far as anyone
+knows, just not readable now."""
+
 
 @dataclass(frozen=True)
 class Check:
@@ -46,7 +50,7 @@ def check_stored(
         head = store.head(key)
         if head is None or head.tier is not StorageTier.COLD or head.restored:
             raise
-        return Check(False, "unreadable: not_restored")
+        return Check(False, NOT_RESTORED)
     try:
         version = stored_key_version(stored)
         _, block_key = keys.block_key(block_id, version)
