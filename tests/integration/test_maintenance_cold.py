@@ -14,8 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tessera.domain.errors import TesseraError
 from tessera.domain.models import RestoringResponse
-from tessera.maintenance import ColdResult
+from tessera.maintenance import ColdResult, ScrubResult
 from tessera.maintenance.verify import check_stored
 from tessera.metadata.maintenance import MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
@@ -348,3 +349,57 @@ def test_a_run_killed_after_moving_then_a_commit_reusing_the_block_leaves_it_col
     world.store_clock.advance(hours=2)
     assert _cold(world, days=0).restores_completed == 1
     assert world.get(ALICE, "/copy.bin") == data
+
+
+def _cold_file(w: World) -> tuple[bytes, str]:
+    """Alice's one-block /f.bin, gone cold: (its bytes, its object's key)."""
+    data = secrets.token_bytes(BLOCK)
+    w.put(ALICE, "/f.bin", data)
+    w.run("dedup")
+    assert _cold(w, days=91).blocks_moved == 1
+    return data, w.keys_under("blocks/")[0]
+
+
+def test_a_cold_block_whose_object_is_lost_answers_unavailable(world: World) -> None:
+    """A download of a cold block with no object answers 503 `block_unavailable` (it asked
+    the store to restore a missing object and answered 500 for ever), and scrub, which
+    checks a cold block's presence without restoring it, records the damage and tells the
+    namespace."""
+    world.store.delete(_cold_file(world)[1])
+    with pytest.raises(TesseraError) as caught:
+        world.get(ALICE, "/f.bin")
+    assert caught.value.code == "block_unavailable"
+    assert _states(world) == {"cold"}
+
+    result = world.run_as(ScrubResult, "scrub")
+    assert (result.checked, result.damaged, result.unrepaired) == (1, 1, 1)
+    assert _states(world) == {"quarantined"}
+    assert [e.kind for e in world.feed.events if e.kind == "block_damaged"] == ["block_damaged"]
+
+
+def test_a_restoring_block_whose_object_is_lost_is_quarantined(world: World) -> None:
+    data, key = _cold_file(world)
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    world.store.delete(key)
+
+    result = _cold(world, days=91)
+    assert result.lost == 1 and key in result.errors[0]
+    assert _states(world) == {"quarantined"}
+    assert [e.kind for e in world.feed.events if e.kind == "block_damaged"] == ["block_damaged"]
+    with pytest.raises(TesseraError) as caught:
+        world.get(ALICE, "/f.bin")
+    assert caught.value.code == "block_unavailable"
+
+    world.put(ALICE, "/f.bin", data)  # the owner's client uploads it again
+    world.run("dedup")
+    assert world.get(ALICE, "/f.bin", rev=1) == data
+
+
+def test_scrub_repairs_a_lost_cold_block_from_a_staged_duplicate(world: World) -> None:
+    data, key = _cold_file(world)
+    world.store.delete(key)
+    world.put(BOB, "/b.bin", data)  # bob's session staged the same block
+    result = world.run_as(ScrubResult, "scrub")
+    assert (result.damaged, result.repaired) == (1, 1)
+    assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
+    assert world.get(ALICE, "/f.bin") == data

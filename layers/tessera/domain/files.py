@@ -137,7 +137,14 @@ def download(
                 raise BlockUnavailable(f"block {vb.block_id} is damaged", block_id=vb.block_id)
             if state in ("cold", "restoring"):
                 head = bs.head(live_key)
-                if head is None or not (head.tier == StorageTier.HOT or head.restored):
+                # no restore can bring it back; scrub (cold) or complete_restores (restoring)
+                # records the loss and tells the namespace
+                if head is None:
+                    raise BlockUnavailable(
+                        f"block {vb.block_id} is missing from the cold tier",
+                        block_id=vb.block_id,
+                    )
+                if not (head.tier == StorageTier.HOT or head.restored):
                     cold.append(vb.block_id)
             sources.append(live_key)
         if cold:

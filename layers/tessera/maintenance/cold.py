@@ -27,6 +27,7 @@ from tessera.metadata.maintenance import BlockRow
 from tessera.ports import StorageTier
 
 from .context import MaintenanceContext, log
+from .damage import publish_damage
 from .results import ColdResult
 
 
@@ -96,7 +97,7 @@ def complete_restores(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
         key = canonical_key(row.block_id)
         head = ctx.store.head(key)
         if head is None:
-            result.errors.append(f"{row.block_id}: restoring but no object at {key}")
+            _quarantine_lost(ctx, row.block_id, key, as_of, result)
             continue
         if head.tier is StorageTier.HOT or head.restored:
             with ctx.repo.transaction() as tx:
@@ -108,4 +109,23 @@ def complete_restores(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
             ctx.store.restore(key, days=ctx.settings.restore_days)
             result.restores_started += 1
             log.info("cold: restore of %s (re)started", row.block_id)
+    publish_damage(ctx, as_of)
     return result
+
+
+def _quarantine_lost(
+    ctx: MaintenanceContext, block_id: str, key: str, as_of: datetime, result: ColdResult
+) -> None:
+    """A restoring block with no object (lost from the cold tier) can never be restored:
+    quarantine it and record its versions damaged (downloads answer `block_unavailable`,
+    the namespaces are told, and the owner's next upload of it is promoted by dedup)."""
+    with ctx.repo.transaction() as tx:
+        tx.block_lock(block_id)
+        if ctx.store.head(key) is not None:  # put back meanwhile (dedup promoted a copy)
+            return
+        if not tx.set_state(block_id, "quarantined", from_states=["restoring"]):
+            return
+        tx.record_damage(block_id, staged_key=None, reason="missing from the cold tier", at=as_of)
+    result.lost += 1
+    result.errors.append(f"{block_id}: restoring but no object at {key}: quarantined")
+    log.error("cold: %s is restoring but has no object at %s: quarantined", block_id, key)

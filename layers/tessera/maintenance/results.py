@@ -76,6 +76,7 @@ class ColdResult(StepResult):
     bytes_moved: int = 0
     restores_started: int = 0  # restores (re-)issued for blocks waiting on one
     restores_completed: int = 0
+    lost: int = 0  # restoring, but no object: quarantined, its versions' owners told
 
 
 @dataclass

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from tessera.domain.object_keys import canonical_key
 from tessera.metadata.maintenance import BlockRow
+from tessera.ports import StorageTier
 
 from .context import MaintenanceContext, log
 from .damage import publish_damage
@@ -25,6 +26,15 @@ from .verify import NOT_RESTORED, Check, check_stored
 
 
 def _check(ctx: MaintenanceContext, row: BlockRow) -> Check:
+    if row.state == "cold":
+        head = ctx.store.head(canonical_key(row.block_id))
+        if head is None:
+            return Check(False, "missing")
+        if head.tier is StorageTier.COLD and not head.restored:
+            # reading it needs a restore (hours, and a fee on S3): check what head can tell
+            if row.stored_size is not None and head.size != row.stored_size:
+                return Check(False, f"stored size {head.size}, metadata says {row.stored_size}")
+            return Check(True, stored_size=head.size)
     check = check_stored(
         ctx.store,
         ctx.keys,
@@ -43,7 +53,7 @@ def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None)
     result = ScrubResult()
     start = start if start is not None else "b3:" + secrets.token_hex(32)
     with ctx.repo.transaction() as tx:
-        sample = tx.sample_live(start, ctx.settings.scrub_sample)
+        sample = tx.sample_stored(start, ctx.settings.scrub_sample)
     for row in sample:
         result.checked += 1
         try:
@@ -63,14 +73,14 @@ def _repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubRes
     with ctx.repo.transaction() as tx:
         tx.block_lock(bid)
         row = tx.block(bid)
-        if row is None or row.state != "live":
+        if row is None or row.state not in ("live", "cold"):
             result.ok += 1  # deleted, moved or already handled since it was sampled
             return
         check = _check(ctx, row)
         if check.ok:
             result.ok += 1
             return
-        if check.reason == NOT_RESTORED:
+        if check.reason == NOT_RESTORED and row.state == "live":
             # Intact as far as anyone knows, only in the wrong tier for a live row: record
             # it cold, so the next download restores it instead of failing on it.
             tx.set_state(bid, "cold", from_states=["live"])
@@ -97,7 +107,7 @@ def _repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubRes
                 result.repaired += 1
                 log.warning("scrub: repaired %s from %s", bid, key)
                 return
-        tx.set_state(bid, "quarantined", from_states=["live"])
+        tx.set_state(bid, "quarantined", from_states=[row.state])
         tx.record_damage(bid, staged_key=None, reason=check.reason, at=as_of)
         result.unrepaired += 1
         result.errors.append(f"{bid}: {check.reason} (no duplicate to repair from)")

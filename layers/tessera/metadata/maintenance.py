@@ -601,9 +601,10 @@ class MaintenanceTx:
 
     # -- scrub ----------------------------------------------------------------------------
 
-    def sample_live(self, start: str, limit: int) -> list[BlockRow]:
-        """Up to `limit` live blocks from block id `start` on, wrapping around."""
-        sql = f"SELECT {_BLOCK_COLS} FROM blocks WHERE state = 'live' AND block_id {{}} %s"
+    def sample_stored(self, start: str, limit: int) -> list[BlockRow]:
+        """Up to `limit` live or cold blocks from block id `start` on, wrapping around."""
+        sql = f"SELECT {_BLOCK_COLS} FROM blocks WHERE state IN ('live', 'cold')"
+        sql += " AND block_id {} %s"
         sql += " ORDER BY block_id LIMIT %s"
         rows = self._all(sql.format(">="), (start, limit))
         if len(rows) < limit:
