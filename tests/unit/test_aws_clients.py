@@ -1,17 +1,25 @@
 """The AWS clients: timestamps parsed as botocore does (ISO 8601 natively), service names
-checked without walking every service botocore ships."""
+checked without walking every service botocore ships, and which failures are transient."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from botocore.exceptions import UnknownServiceError
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+    UnknownServiceError,
+)
 from botocore.loaders import Loader
 from botocore.utils import parse_timestamp
+from pynamodb.exceptions import QueryError
 
 from tessera.adapters.aws.changes import changes_model
 from tessera.adapters.aws.clients import AwsClients, fast_timestamp
+from tessera.adapters.aws.errors import is_transient
 from tessera.adapters.aws.settings import AwsSettings
 
 
@@ -86,3 +94,31 @@ def test_the_change_tables_client_gives_up_in_seconds() -> None:
     timeouts = (getattr(config, "connect_timeout"), getattr(config, "read_timeout"))  # noqa: B009
     assert timeouts == (1, 2)
     assert getattr(config, "retries")["total_max_attempts"] == 2  # noqa: B009
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    answer: Any = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {}}
+    answer["ResponseMetadata"]["HTTPStatusCode"] = status
+    return ClientError(answer, "Op")
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (_client_error("SlowDown", 503), True),  # S3
+        (_client_error("ThrottlingException", 400), True),  # KMS, SSM, EventBridge
+        (_client_error("ProvisionedThroughputExceededException", 400), True),  # DynamoDB
+        (_client_error("InternalError", 500), True),
+        (_client_error("Whatever", 502), True),
+        (ReadTimeoutError(endpoint_url="https://s3"), True),
+        (EndpointConnectionError(endpoint_url="https://kms"), True),
+        (QueryError("query failed", cause=_client_error("ThrottlingException", 400)), True),
+        (_client_error("AccessDenied", 403), False),  # a missing grant: a bug to see
+        (_client_error("NoSuchKey", 404), False),
+        (_client_error("ValidationException", 400), False),
+        (QueryError("query failed", cause=_client_error("ValidationException", 400)), False),
+        (ValueError("not AWS"), False),
+    ],
+)
+def test_which_aws_failures_are_transient(error: Exception, transient: bool) -> None:
+    assert is_transient(error) is transient

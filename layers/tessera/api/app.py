@@ -26,6 +26,7 @@ from tessera.ports import Principal
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
+_BACKEND_BUSY = "a storage service is busy or out of reach; retry shortly"
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response[str]:
@@ -107,6 +108,13 @@ class _BodyError(Exception):
         self.message, self.fields = message, fields
 
 
+def _error_response(exc: TesseraError) -> Response[str]:
+    headers = {}
+    if isinstance(exc, TooManyRequests | Unavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    return _json(exc.status, exc.to_body(), headers)
+
+
 def _respond(result: BaseModel) -> Response[str]:
     if isinstance(result, RestoringResponse):
         return _json(202, dump(result), {"Retry-After": str(result.retry_after)})
@@ -140,10 +148,7 @@ def build_resolver(services: Services) -> APIGatewayRestResolver:
 
     @app.exception_handler(TesseraError)  # type: ignore[untyped-decorator]
     def tessera_error(exc: TesseraError) -> Response[str]:
-        headers = {}
-        if isinstance(exc, TooManyRequests | Unavailable):
-            headers["Retry-After"] = str(exc.retry_after)
-        return _json(exc.status, exc.to_body(), headers)
+        return _error_response(exc)
 
     @app.exception_handler(_BodyError)  # type: ignore[untyped-decorator]
     def body_error(exc: _BodyError) -> Response[str]:
@@ -151,6 +156,9 @@ def build_resolver(services: Services) -> APIGatewayRestResolver:
 
     @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
     def unexpected(exc: Exception) -> Response[str]:
+        if services.is_transient(exc):
+            log.warning("backend unavailable in %s", app.current_event.path, exc_info=True)
+            return _error_response(Unavailable(_BACKEND_BUSY, retry_after=2))
         log.exception("unhandled error in %s", app.current_event.path)
         return _error(500, "internal", "internal error")
 

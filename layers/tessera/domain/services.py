@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tessera.metadata import Database
@@ -19,3 +20,6 @@ class Services:
     feed: ChangeFeed
     settings: Settings = field(default_factory=Settings)
     clock: Clock = field(default_factory=SystemClock)
+    # Whether an error an adapter let through is a backend failing for a while (AWS
+    # throttling, a timeout), which the API answers 503 + Retry-After instead of 500.
+    is_transient: Callable[[BaseException], bool] = field(default=lambda _exc: False)

@@ -7,6 +7,7 @@ upload → PUT to presigned S3 URLs → commit → list → long-poll wakes → 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ from tessera.adapters.aws import (
 from tessera.blocks import decode_block, scan_file
 
 from .flow import Client, lambda_client, lambda_send
-from .lambda_events import Context, stream_record
+from .lambda_events import Context, rest_event, stream_record
 
 pytestmark = pytest.mark.aws
 
@@ -427,3 +428,42 @@ def test_relay_publishes_its_lag_as_relay_lag_seconds(
     assert answer["relayed"] >= 1 and answer["failed"] == [] and answer["dead"] == []
     assert answer["lag_s"] == 0
     assert record["OutboxDeadLettered"] in (0, [0])  # published at 0 too, for its alarm
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "answer"),
+    [("SlowDown", 503, 503), ("ThrottlingException", 400, 503), ("AccessDenied", 403, 500)],
+)
+def test_aws_throttling_is_503_with_retry_after_not_500(
+    lambdas: SimpleNamespace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+    status: int,
+    answer: int,
+) -> None:
+    """An AWS call still throttled after botocore's retries answers 503 `unavailable` with
+    Retry-After, so the client comes back shortly; a failure that is a bug (a missing grant)
+    stays a 500. moto never throttles: the store's call raises what botocore would."""
+    from botocore.exceptions import ClientError
+
+    def refused(*_: object, **__: object) -> None:
+        answer: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        raise ClientError(answer, "ListObjectsV2")
+
+    monkeypatch.setattr(lambdas.api.services.block_store, "sizes", refused)
+    claims = _claims()
+    answers: list[dict[str, Any]] = []
+
+    def send(path: str, body: Any) -> tuple[int, Any]:
+        answers.append(lambdas.api.handler(rest_event(path, body, claims=claims), Context()))
+        return answers[-1]["statusCode"], json.loads(answers[-1]["body"])
+
+    status_, body = Client(send).upload("/a.bin", _write(tmp_path, "a.bin", 1000))
+    assert status_ == answer, body
+    if answer == 503:
+        assert body["error"]["code"] == "unavailable"
+        assert int(answers[-1]["multiValueHeaders"]["Retry-After"][0]) >= 1
+    else:
+        assert body["error"]["code"] == "internal"
+    assert send("/v1/list_folder", {"path": ""})[0] == 200  # the function is fine afterwards

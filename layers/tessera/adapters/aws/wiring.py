@@ -13,6 +13,7 @@ from datetime import timedelta
 from tessera.adapters.aws.changes import DynamoChangeFeed, changes_model
 from tessera.adapters.aws.clients import AwsClients, lazy
 from tessera.adapters.aws.database import db_conninfo
+from tessera.adapters.aws.errors import is_transient
 from tessera.adapters.aws.events import EventBridgePublisher
 from tessera.adapters.aws.identity import CognitoUsers
 from tessera.adapters.aws.keys import KmsKeyService
@@ -106,4 +107,5 @@ class AwsRuntime:
             keys=self.key_service(),
             feed=self.change_feed(),
             settings=self.settings,
+            is_transient=is_transient,
         )
