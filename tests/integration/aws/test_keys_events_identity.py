@@ -303,3 +303,14 @@ def test_iam_auth_conninfo_uses_fresh_tokens(aws_clients: AwsClients) -> None:
     assert "X-Amz-Signature" in conninfo and "Action=connect" in conninfo
     with pytest.raises(SettingsError, match="TESSERA_DB_HOST"):
         db_conninfo(AwsSettings(db_iam_auth=True), aws_clients.rds)
+
+
+def test_a_refused_password_creates_no_user(users: CognitoUsers) -> None:
+    """The pool refuses a weak password: nothing is left behind, so the same email can
+    sign up again with a good one (a half-created user made every retry a 409)."""
+    email = f"cat-{uuid.uuid4().hex[:6]}@example.com"
+    with pytest.raises(BadRequest, match="password"):
+        users.create_user(email, "short")
+    sub = users.create_user(email, "Secret-passw0rd!")
+    tokens = users.token({"email": email, "password": "Secret-passw0rd!"})
+    assert tokens.access_token and sub

@@ -90,7 +90,10 @@ class CognitoUsers:
         self._client_id = client_id
 
     def create_user(self, email: str, password: str) -> str:
-        """Create a confirmed user with a permanent password; the user's `sub`."""
+        """Create a confirmed user with a permanent password; the user's `sub`.
+
+        Two calls: a user whose password is then refused is deleted again, else every
+        retry of the same email would be a 409 for a user nobody can sign in as."""
         try:
             resp = self._idp.admin_create_user(
                 UserPoolId=self._pool_id,
@@ -101,13 +104,17 @@ class CognitoUsers:
                 ],
                 MessageAction="SUPPRESS",
             )
+        except self._idp.exceptions.UsernameExistsException:
+            raise Conflict(f"user {email} already exists") from None
+        try:
             self._idp.admin_set_user_password(
                 UserPoolId=self._pool_id, Username=email, Password=password, Permanent=True
             )
-        except self._idp.exceptions.UsernameExistsException:
-            raise Conflict(f"user {email} already exists") from None
-        except self._idp.exceptions.InvalidPasswordException as exc:
-            raise BadRequest(f"password rejected by the pool policy: {exc}") from None
+        except Exception as exc:
+            self._idp.admin_delete_user(UserPoolId=self._pool_id, Username=email)
+            if isinstance(exc, self._idp.exceptions.InvalidPasswordException):
+                raise BadRequest(f"password rejected by the pool policy: {exc}") from None
+            raise
         attributes = {a["Name"]: a["Value"] for a in resp["User"].get("Attributes", [])}
         return attributes["sub"]
 
