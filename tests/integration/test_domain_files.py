@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tessera.blocks import block_id
-from tessera.domain import commits, files
+from tessera.domain import commits, files, listing
 from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
 from tessera.domain.models import (
     DeletedEntry,
@@ -465,3 +465,34 @@ def test_a_change_waiting_for_a_delete_of_its_entry_is_409(
     assert history.is_deleted and [v.rev for v in history.entries] == [1]
     trash = files.trash_list(services, alice, TrashListRequest()).entries
     assert [t.path_display for t in trash] == ["/f"]
+
+
+def test_an_undelete_racing_the_trash_purge_journals_only_what_it_restored(
+    services: Services, alice: Principal, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc purges a child of the folder between the undelete reading the trash and making it
+    live: the journal names only the entries that came back. (It named every child read, so
+    clients were told of a file that no longer exists.)"""
+    put_file(services, alice, "/d/x", b"x")
+    put_file(services, alice, "/d/y", b"y")
+    files.delete(services, alice, DeleteRequest(path="/d"))
+    cursor = listing.list_folder(services, alice, "", True, None).cursor
+    undelete = Store.undelete
+
+    def purged_meanwhile(self: Store, ns_id: int, file_ids: list[str]) -> object:
+        with psycopg.connect(database_url, autocommit=True) as gc, gc.transaction():
+            row = gc.execute("SELECT file_id FROM files WHERE path_key = '/d/y'").fetchone()
+            assert row is not None
+            for table in ("version_blocks", "file_versions", "files"):
+                gc.execute(f"DELETE FROM {table} WHERE file_id = %s", (row[0],))
+        return undelete(self, ns_id, file_ids)
+
+    monkeypatch.setattr(Store, "undelete", purged_meanwhile)
+    files.restore(services, alice, RestoreRequest(path="/d"))
+    changes = listing.list_folder_continue(services, alice, cursor, None)
+    assert [(e.tag, e.path_display) for e in changes.entries] == [
+        ("folder", "/d"),
+        ("file", "/d/x"),
+    ]
+    with pytest.raises(NotFound):
+        files.metadata(services, alice, MetadataRequest(path="/d/y"))

@@ -288,8 +288,11 @@ def _undelete_subtree(
             ):
                 restored.append(child)
     restored = _respell(store, restored, row.path_display, display)
-    if store.undelete(row.ns_id, [r.file_id for r in restored]):
+    back, over = store.undelete(row.ns_id, [r.file_id for r in restored])
+    if over:
         raise over_quota(view, mount.owner_id, f"restoring {row.path_display!r}")
+    # the children were read without a lock: gc may have purged some since (`row` is locked)
+    restored = [r for r in restored if r.file_id in back]
     journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]
     return journal, restored
 

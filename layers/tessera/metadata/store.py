@@ -847,9 +847,10 @@ class Store:
             {"user": user_id, "ns": ns_id, "ids": list(file_ids)},
         )
 
-    def undelete(self, ns_id: int, file_ids: Sequence[str]) -> bool:
-        """Make deleted entries live again; True when that took the namespace's owner over
-        their quota (see `write_version`)."""
+    def undelete(self, ns_id: int, file_ids: Sequence[str]) -> tuple[set[str], bool]:
+        """Make deleted entries live again: (the ids that came back, whether that took the
+        namespace's owner over their quota, see `write_version`). An entry gc purged since
+        it was read is not among them."""
         row = self._one(
             "WITH d AS (UPDATE files SET is_deleted = false, deleted_at = NULL,"
             " deleted_by = NULL WHERE ns_id = %(ns)s AND file_id = ANY(%(ids)s) AND is_deleted"
@@ -857,10 +858,13 @@ class Store:
             f" g AS ({_LIVE_BYTES}),"
             " ns AS (UPDATE namespaces SET bytes_used = bytes_used + (SELECT * FROM g)"
             "  WHERE ns_id = %(ns)s RETURNING bytes_used, owner_id)"
-            f" SELECT {_over_quota('SELECT * FROM g')} FROM ns",
+            f" SELECT (SELECT array_agg(file_id) FROM d), {_over_quota('SELECT * FROM g')}"
+            " FROM ns",
             {"ns": ns_id, "ids": list(file_ids)},
         )
-        return bool(row and row[0])
+        if row is None:
+            return set(), False
+        return set(row[0] or ()), bool(row[1])
 
     def rename(self, ns_id: int, file_id: str, key: str, parent_key: str, display: str) -> None:
         """Change an entry's path (a move keeps file_id and history)."""
