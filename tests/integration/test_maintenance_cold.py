@@ -16,7 +16,7 @@ import pytest
 
 from tessera.domain.errors import TesseraError
 from tessera.domain.models import RestoringResponse
-from tessera.maintenance import ColdResult, ScrubResult
+from tessera.maintenance import ColdResult, DedupResult, ScrubResult
 from tessera.maintenance.verify import check_stored
 from tessera.metadata.maintenance import MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
@@ -403,3 +403,18 @@ def test_scrub_repairs_a_lost_cold_block_from_a_staged_duplicate(world: World) -
     assert (result.damaged, result.repaired) == (1, 1)
     assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
     assert world.get(ALICE, "/f.bin") == data
+
+
+def test_a_fresh_upload_of_a_cold_block_brings_it_back_hot(world: World) -> None:
+    """Bob uploads bytes whose block is in the cold tier (alice's, unread for months): dedup
+    promotes his verified copy over the cold object instead of dropping it, so neither his
+    download nor hers waits hours on a restore."""
+    data, _ = _cold_file(world)
+    world.put(BOB, "/b.bin", data)
+    result = world.run_as(DedupResult, "dedup")
+    assert (result.promoted, result.dropped) == (1, 0)
+    assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
+    assert world.get(BOB, "/b.bin") == data
+    assert world.get(ALICE, "/f.bin") == data
+    head = world.store.head(world.keys_under("blocks/")[0])
+    assert head is not None and head.tier is StorageTier.HOT

@@ -5,9 +5,12 @@ not prove it may read the server's copy. For each one, without holding any lock:
 take the block key of the key version in its header, decode (decrypt, decompress, re-hash).
 Then, under the per-block maintenance lock and the copy's row lock:
 
-- verified, and a canonical copy exists → repoint the versions to it, drop the staged copy;
-- verified, and none exists (or it is lost or quarantined) → copy it to `blocks/<hex>`,
-  mark the block live, repoint the versions, then drop the staged copy;
+- verified, and a live canonical copy exists in the hot tier → repoint the versions to it,
+  drop the staged copy;
+- verified, and none exists (or it is lost, quarantined, or cold) → copy it to
+  `blocks/<hex>`, mark the block live, repoint the versions, then drop the staged copy. A
+  fresh upload of a cold block replaces the cold object: its uploader (and anyone else)
+  reads it at once instead of waiting hours on a restore;
 - not verified → quarantine: move it to `quarantine/...`, mark the versions that use it
   damaged and tell their namespaces on the change feed. It is never promoted, and no
   version is ever pointed at the canonical block on its account.
@@ -25,13 +28,12 @@ from datetime import datetime
 
 from tessera.domain.object_keys import canonical_key, quarantine_key
 from tessera.metadata.maintenance import StagedCopy
+from tessera.ports import StorageTier
 
 from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import DedupResult
 from .verify import Check, check_stored
-
-_CANONICAL_STATES = ("live", "cold", "restoring")
 
 
 def verify_staged(
@@ -93,12 +95,8 @@ def _settle(
             result.verified += 1
             row = tx.block(bid)
             target = canonical_key(bid)
-            canonical = (
-                row is not None
-                and row.state in _CANONICAL_STATES
-                and store.head(target) is not None
-            )
-            if canonical:
+            head = store.head(target) if row is not None and row.state == "live" else None
+            if head is not None and head.tier is StorageTier.HOT:
                 tx.settle_copy(copy, "dropped")
                 result.dropped += 1
                 result.bytes_freed += check.stored_size
