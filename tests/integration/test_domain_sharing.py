@@ -424,3 +424,66 @@ def test_an_editor_spends_the_owners_quota_not_their_own(
     assert sharing.account(services, alice).used_bytes == 9
     with pytest.raises(QuotaExceeded, match="your quota"):
         put_file(services, alice, "/Team/d", b"12")
+
+
+def test_a_commit_waiting_for_the_owners_delete_of_the_share_is_retried_not_lost(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """A commit that read alice's view while she deleted her shared folder, and got the
+    shared namespace after the delete, would write into a namespace nobody is a member of
+    any more (not even in the trash): it answers 503, and its retry lands in her root."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    deleted, committed = race(
+        "move_to_namespace",
+        lambda: files.delete(services, alice, DeleteRequest(path="/Team")),
+        lambda: put_file(services, alice, "/Team/new", b"new"),
+    )
+    assert isinstance(deleted, FolderEntry), deleted
+    assert isinstance(committed, Unavailable), committed
+    put_file(services, alice, "/Team/new", b"new")  # the client's retry
+    assert get_file(services, alice, "/Team/new") == b"new"
+
+
+def test_an_edit_waiting_for_a_change_to_viewer_is_retried_and_refused(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """Alice makes bob a viewer while his commit waits for the shared namespace: it does
+    not go through as an editor's; it answers 503, and its retry is refused."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    changed, committed = race(
+        "add_member",
+        lambda: _share(services, alice, "/Team", bob, "viewer"),
+        lambda: put_file(services, bob, "/Team/b", b"b"),
+    )
+    assert not isinstance(changed, Exception), changed
+    assert isinstance(committed, Unavailable), committed
+    with pytest.raises(Forbidden):
+        put_file(services, bob, "/Team/b", b"b")
+
+
+def test_a_second_delete_of_a_deleted_share_is_409_and_leaves_no_decoy(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """Two deletes of the same shared folder (a client's retry racing the first): the
+    second is 409, instead of trashing an empty folder of the same name that a restore by
+    path would then bring back in place of the real one."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    first, second = race(
+        "move_to_namespace",
+        lambda: files.delete(services, alice, DeleteRequest(path="/Team")),
+        lambda: files.delete(services, alice, DeleteRequest(path="/Team")),
+    )
+    assert isinstance(first, FolderEntry), first
+    assert isinstance(second, Conflict), second
+    trash = files.trash_list(services, alice, TrashListRequest()).entries
+    assert sorted(t.path_display for t in trash) == ["/Team", "/Team/a"]
+    files.restore(services, alice, RestoreRequest(path="/Team"))
+    assert get_file(services, alice, "/Team/a") == b"a"

@@ -91,9 +91,13 @@ def delete_share(store: Store, view: View, mount: MountRow) -> ChangeEvent:
     root = view.root
     for ns_id in sorted((root.ns_id, mount.ns_id)):
         store.lock_namespace(ns_id)
-    if any(m.user_id != view.user.user_id for m in store.members(mount.ns_id)):
+    members = {m.user_id for m in store.members(mount.ns_id)}
+    if view.user.user_id not in members:  # deleted while this request waited (a retry)
+        raise Conflict(f"{mount.mount_path!r} changed during the request; retry")
+    if members != {view.user.user_id}:
         raise Unprocessable("others are members: unshare the folder before deleting it")
     store.remove_member(mount.ns_id, view.user.user_id)
+    store.bump_seq(mount.ns_id)  # a commit waiting for it must not write into it now
     folder = new_file_id()
     parent_key = paths.path_key(paths.parent(mount.mount_path))
     if not store.insert_file(
@@ -189,10 +193,18 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
         existing = {m.user_id: m for m in store.members(mount.ns_id)}
         if view.user.user_id not in existing:  # deleted while this request waited
             raise Conflict(f"{req.path!r} changed during the request; retry")
-        if target.user_id in existing:
-            if existing[target.user_id].access == "owner":
+        member = existing.get(target.user_id)
+        if member is not None:
+            if member.access == "owner":
                 raise Unprocessable("the owner's access cannot be changed")
-            store.add_member(mount.ns_id, target.user_id, req.access, "", "")
+            if member.access != req.access:
+                store.add_member(mount.ns_id, target.user_id, req.access, "", "")
+                # their requests in flight read the old access: the membership version
+                # (and the seq, for a commit waiting on the namespace) make them retry
+                events.append(
+                    _mount_journal(store, target, mount.ns_id, member.mount_path, "upsert")
+                )
+                store.bump_seq(mount.ns_id)
         else:
             mount_path = _free_mount_path(store, target, mount.name)
             store.add_member(
