@@ -248,7 +248,6 @@ def sync(
             raise UserError(f"{folder} is not a folder")
         if home.path == folder or folder in home.path.parents:
             raise UserError(f"TESSERA_HOME ({home.path}) must not be inside the synced folder")
-        folder.mkdir(parents=True, exist_ok=True)
         api = _api(home, settings)
         if settings.folder != str(folder):
             settings.folder = str(folder)

@@ -99,6 +99,8 @@ class SyncEngine:
         if self.state.get_meta("account") not in (None, account):
             self.state.forget_sync()
         self.state.set_meta("account", account)
+        if filesystem is None and not self.folder.is_dir():
+            self._missing_folder()
         self.scanner = Scanner(self.fs)
         self.reporter = reporter or Reporter()
         self.allow_mass_delete = allow_mass_delete
@@ -207,6 +209,20 @@ class SyncEngine:
             self._stop.wait(float(answer["backoff"]))
         return bool(answer.get("changes"))
 
+    def _missing_folder(self) -> None:
+        """Create a folder never synced; refuse to when this device synced files from it:
+        created empty, every one of them would read as deleted here, and be deleted on the
+        server and on every other device."""
+        if not self.state.has_base():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return
+        self.state.close()
+        self._lock.close()
+        raise SyncError(
+            f"{self.folder} is missing, but this device synced files from it: if it is on a "
+            "drive, mount it; if you moved or renamed it, put it back. Nothing was changed."
+        )
+
     # -- one round ----------------------------------------------------------------------
 
     def _skip(self, path: str, reason: str) -> None:
@@ -279,6 +295,8 @@ class SyncEngine:
             deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
         )
         if not mass or self.allow_mass_delete:
+            if mass:  # approved once, for this deletion: a daemon's next one pauses again
+                self.allow_mass_delete = False
             if self.state.get_meta("paused_deletes"):
                 self.state.set_meta("paused_deletes", None)
             return the_plan.ops

@@ -130,6 +130,11 @@ class StateDB:
             rows = self._db.execute(f"SELECT key, {_BASE_ENTRY} FROM base").fetchall()
         return {r[0]: _base_entry(r[1:]) for r in rows}
 
+    def has_base(self) -> bool:
+        """Whether anything was ever synced (the base holds an entry)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM base LIMIT 1").fetchone() is not None
+
     def base_entry(self, path: str) -> Entry | None:
         """The synced entry at `path` (any spelling), or None."""
         with self._lock:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tessera_client.engine import SyncEngine
 from tests.e2e.conftest import Cloud, Device, make_device, snapshot, tessera_cmd
 
 pytestmark = pytest.mark.e2e
@@ -270,3 +271,43 @@ def test_an_expired_upload_session_is_dropped_and_started_afresh(
     with sqlite3.connect(a.home / "state.db") as db:
         assert db.execute("SELECT count(*) FROM pending").fetchone()[0] == 0
     assert [e["name"] for e in a.json("ls")] == ["doc.bin"]
+
+
+def test_a_missing_synced_folder_is_not_created_empty(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """The synced folder is gone (an unmounted drive, a move): `tessera sync` refuses with
+    what to do, instead of creating it empty, where every file reads as deleted here (up to
+    9 files were below the mass-delete gate, and deleted on the server)."""
+    import shutil
+
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    for i in range(3):
+        a.write(f"f{i}.txt", f"file {i}")
+    a.sync()
+    shutil.rmtree(a.folder)
+    r = a.run("sync", str(a.folder), "--once", check=None)
+    assert r.returncode != 0 and "missing" in r.stderr and "mount" in r.stderr
+    assert not a.folder.exists()
+    assert len(a.json("ls")) == 3  # nothing deleted on the server
+
+
+def test_an_approved_mass_delete_approves_only_that_one(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """`--allow-mass-delete` lets the paused deletion through, not every later one: a daemon
+    started with it pauses the next mass delete again."""
+    a, _ = engines
+    for i in range(24):
+        (a.folder / f"f{i:02}.txt").write_text(f"file {i}")
+    a.run_once()
+    for i in range(12):
+        (a.folder / f"f{i:02}.txt").unlink()
+    a.allow_mass_delete = True  # what `tessera sync --allow-mass-delete` sets
+    first = a.run_once()
+    assert first.paused_deletes == 0 and len(a.state.base_tree()) == 12
+    for i in range(12, 24):
+        (a.folder / f"f{i:02}.txt").unlink()
+    second = a.run_once()
+    assert second.paused_deletes == 12 and len(a.state.base_tree()) == 12
