@@ -79,11 +79,12 @@ class Scanner:
         self._cache: dict[str, _Cached] = {}
 
     def rules(self) -> IgnoreRules:
-        """Built-in ignores plus the folder's `.tesseraignore`."""
+        """Built-in ignores plus the folder's `.tesseraignore`; OSError when it is there
+        but cannot be read (a symlink, a folder, no permission)."""
         try:
             with self.fs.open_read(IGNORE_FILE) as f:
                 return IgnoreRules.from_text(f.read().decode("utf-8", "replace"))
-        except (FileNotFoundError, OSError):
+        except FileNotFoundError:
             return IgnoreRules()
 
     def manifest(self, rel: str) -> FileManifest | None:
@@ -93,7 +94,15 @@ class Scanner:
 
     def scan(self, base: dict[str, Entry], exclude: set[str] | None = None) -> LocalScan:
         """One pass over the whole folder. `exclude`: path keys kept out (local-only copies)."""
-        rules = self.rules()
+        try:
+            rules = self.rules()
+        except OSError as e:
+            # Without the user's rules, ignored files would be uploaded, and ignored files
+            # deleted here since would be deleted on the server: this pass looks at nothing.
+            out = LocalScan(unseen={""})
+            reason = f"cannot read it ({e.strerror or e}); nothing syncs until it can be read"
+            out.skipped.append((IGNORE_FILE, reason))
+            return out
         out = LocalScan(rules=rules)
         seen: set[str] = set()
         now_ns = time.time_ns()

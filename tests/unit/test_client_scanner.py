@@ -177,3 +177,23 @@ def test_the_scan_says_when_each_file_was_read(tmp_path: Path) -> None:
     after = time.time_ns()
     assert set(scan.hashed_ns) == {"new.txt", "trusted.txt"}
     assert all(before <= t <= after for t in scan.hashed_ns.values())
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder"])
+def test_an_unreadable_ignore_file_leaves_everything_alone(tmp_path: Path, kind: str) -> None:
+    """`.tesseraignore` that cannot be read (a symlink, as dotfile managers make; a folder)
+    is reported, and the pass syncs nothing: without its rules, ignored files would be
+    uploaded, and ignored files deleted here since would be deleted on the server."""
+    (tmp_path / "secret.key").write_text("k")
+    (tmp_path / "notes.txt").write_text("n")
+    rules = tmp_path / "rules.txt"
+    rules.write_text("*.key\n")
+    if kind == "symlink":
+        os.symlink(rules, tmp_path / ".tesseraignore")
+    else:
+        (tmp_path / ".tesseraignore").mkdir()
+    scan = _scanner(tmp_path).scan({})
+    assert scan.tree == {}
+    assert ".tesseraignore" in dict(scan.skipped)
+    for path in ["secret.key", "notes.txt", "gone.txt"]:
+        assert scan.left_alone(path, path, is_dir=False), path
