@@ -646,6 +646,10 @@ class SyncEngine:
         blocks = self.state.base_blocks(op.src)
         self.state.delete_base(op.src)
         self.state.delete_remote(op.src)
+        # A folder's children just left the mirror, and come back only with a pull: the next
+        # round must pull before it plans, or it reads them as deleted on the server (a
+        # case-only rename: same keys) and deletes them here. The long-poll may be slower.
+        self._remote_changed.set()
         if raw.get(".tag") == "file":
             now = parse(FileEntry, raw)
             assert op.remote is not None

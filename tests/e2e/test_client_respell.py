@@ -47,6 +47,30 @@ def test_a_folder_renamed_in_case_only_follows_with_its_files(
     assert snapshot(a.folder) == snapshot(b.folder) == {"Docs": None, "Docs/a.txt": b"a"}
 
 
+@pytest.mark.parametrize("new_name", ["Docs", "papers"])
+def test_the_daemons_round_after_a_folder_move_pulls_before_it_plans(
+    engines: tuple[SyncEngine, SyncEngine], new_name: str
+) -> None:
+    """A daemon's follow-up round skips the pull unless the long-poll has news, and the
+    long-poll is often slower than the round: after a server-side folder move (which drops
+    the folder's children from the remote mirror) it pulls anyway. Planned on that mirror,
+    a case-only rename's children read as deleted on the server, and were deleted here."""
+    a, _ = engines
+    (a.folder / "docs").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (a.folder / "docs" / name).write_text(name)
+    a.run_once()
+    (a.folder / "docs").rename(a.folder / new_name)
+    a._remote_changed.clear()  # the long-poll has not seen the move yet
+    a.round(pull=True)  # sends the move
+    a.round(pull=a._remote_changed.is_set())  # the follow-up round, as the daemon runs it
+    assert snapshot(a.folder) == {
+        new_name: None,
+        f"{new_name}/a.txt": b"a.txt",
+        f"{new_name}/b.txt": b"b.txt",
+    }
+
+
 def test_an_edit_that_came_with_a_rename_is_sent_after_a_failed_upload(
     engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
