@@ -594,7 +594,7 @@ class SyncEngine:
                 },
             )
         except ApiError as e:
-            if e.status == 403:  # read-only share: put the server's file back
+            if _read_only(e):  # put the server's file back
                 self.state.delete_base(op.path)
                 self.reporter.problem(f"{op.path} is read-only for you; restored it")
                 return True
@@ -622,7 +622,7 @@ class SyncEngine:
                 return True
             self.api.call("/v1/delete", {"path": server_path(op.path)})
         except ApiError as e:
-            if e.status not in (404, 403):
+            if e.status != 404 and not _read_only(e):
                 raise
         self.state.delete_base(op.path)
         self.state.delete_remote(op.path)
@@ -635,7 +635,7 @@ class SyncEngine:
                 "/v1/move", {"from_path": server_path(op.src), "to_path": server_path(op.path)}
             )
         except ApiError as e:
-            if e.status in (403, 409, 422, 404):
+            if e.status in (409, 422, 404) or _read_only(e):
                 # cannot move there: forget the old pairing; the next round restores or
                 # uploads each side on its own (nothing is lost)
                 self.state.delete_base(op.src)
@@ -706,7 +706,7 @@ class SyncEngine:
         if r.error is None:
             result.ops += 1  # the file changed while uploading: the next round sends it
             return
-        if r.status == 409 or r.status == 403:
+        if r.status == 409 or (r.error is not None and _read_only(r.error)):
             result.ops += 1
             # guarded like any step: runs from the upload's callback, where an error would end
             # the round (and the daemon) instead of this file's conflict
@@ -720,7 +720,7 @@ class SyncEngine:
         """An edit the server refused (409: changed on another device; 403: a read-only
         share) moves to a conflicted copy, so the server's version can take its place."""
         path = r.item.path
-        viewer = r.status == 403
+        viewer = r.error is not None and _read_only(r.error)
         copy = self._free_copy_name(path)
         if self.fs.exists(path) and same_stat(self.fs.lstat(path), r.item.stat):
             self.fs.rename(path, copy)
@@ -905,6 +905,13 @@ def _implied_folders(ops: list[Op]) -> set[str]:
 
 
 _FOLDER_SAFE = frozenset({OpKind.UPLOAD, OpKind.CREATE_FOLDER_REMOTE})
+
+
+def _read_only(error: ApiError) -> bool:
+    """Whether the server refused a change as a viewer's (`forbidden`): only then is the
+    edit kept aside and the server's file put back. Another 403 (a firewall's rate rule, a
+    proxy) is a problem for this round, retried by the next, never a reason to undo work."""
+    return error.status == 403 and error.code == "forbidden"
 
 
 def _hold_device_lock(home: Home) -> IO[str]:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from tessera_client.engine import SyncEngine
-from tests.e2e.conftest import Cloud, Device, make_device, snapshot, tessera_cmd
+from tests.e2e.conftest import (
+    Cloud,
+    Device,
+    make_device,
+    snapshot,
+    synced_on_both,
+    tessera_cmd,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -311,3 +318,32 @@ def test_an_approved_mass_delete_approves_only_that_one(
         (a.folder / f"f{i:02}.txt").unlink()
     second = a.run_once()
     assert second.paused_deletes == 12 and len(a.state.base_tree()) == 12
+
+
+def test_a_403_that_is_not_a_viewers_refusal_undoes_nothing(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A firewall's 403 (AWS WAF's rate rule answers `{"message": "Forbidden"}`) is not the
+    server refusing a viewer: the edit stays where it is and goes up once the block lifts,
+    instead of being renamed to a local-only conflicted copy and the server's file put
+    back over it."""
+    from tessera_client.api import ApiError
+
+    a, b = engines
+    synced_on_both(a, b, "notes.txt", "draft")
+    (a.folder / "notes.txt").write_text("my edit")
+    call = a.api.call
+
+    def firewall(path: str, body: object = None, **kwargs: object) -> object:
+        if path in ("/v1/uploads", "/v1/commit", "/v1/commit_batch"):
+            raise ApiError(403, "http_error", "Forbidden", {})
+        return call(path, body, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(a.api, "call", firewall)
+    result = a.run_once()
+    assert result.problems
+    assert snapshot(a.folder) == {"notes.txt": b"my edit"}
+    monkeypatch.undo()
+    assert a.run_once().problems == []
+    b.run_once()
+    assert snapshot(b.folder) == {"notes.txt": b"my edit"}
