@@ -426,16 +426,21 @@ def test_an_editor_spends_the_owners_quota_not_their_own(
         put_file(services, alice, "/Team/d", b"12")
 
 
+def _owner_alone_in_team(services: Services, alice: Principal, bob: Principal) -> None:
+    """Alice's /Team (holding /Team/a), shared with bob and unshared: hers alone again."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+
+
 def test_a_commit_waiting_for_the_owners_delete_of_the_share_is_retried_not_lost(
     services: Services, alice: Principal, bob: Principal, race: Race
 ) -> None:
     """A commit that read alice's view while she deleted her shared folder, and got the
     shared namespace after the delete, would write into a namespace nobody is a member of
     any more (not even in the trash): it answers 503, and its retry lands in her root."""
-    put_file(services, alice, "/Team/a", b"a")
-    _meet(services, bob)
-    _share(services, alice, "/Team", bob, "editor")
-    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    _owner_alone_in_team(services, alice, bob)
     deleted, committed = race(
         "move_to_namespace",
         lambda: files.delete(services, alice, DeleteRequest(path="/Team")),
@@ -472,10 +477,7 @@ def test_a_second_delete_of_a_deleted_share_is_409_and_leaves_no_decoy(
     """Two deletes of the same shared folder (a client's retry racing the first): the
     second is 409, instead of trashing an empty folder of the same name that a restore by
     path would then bring back in place of the real one."""
-    put_file(services, alice, "/Team/a", b"a")
-    _meet(services, bob)
-    _share(services, alice, "/Team", bob, "editor")
-    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    _owner_alone_in_team(services, alice, bob)
     first, second = race(
         "move_to_namespace",
         lambda: files.delete(services, alice, DeleteRequest(path="/Team")),

@@ -156,6 +156,20 @@ def _killed(*_: object) -> None:
     raise _Killed
 
 
+def _cold_killed_after_moving(w: World, monkeypatch: pytest.MonkeyPatch, *, days: float) -> None:
+    """A cold-storage run killed right after its first object moved, before recording it."""
+    set_tier = type(w.store).set_tier
+
+    def moved_then_killed(self: BlockStore, key: str, tier: StorageTier) -> None:
+        set_tier(self, key, tier)
+        raise _Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(w.store), "set_tier", moved_then_killed)
+        with pytest.raises(_Killed):
+            _cold(w, days=days)
+
+
 def test_a_run_killed_before_moving_leaves_the_block_served_hot_then_moved(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,16 +209,7 @@ def test_a_run_killed_after_moving_leaves_a_cold_row_that_restores(
     data = secrets.token_bytes(BLOCK)
     world.put(ALICE, "/f.bin", data)
     world.run("dedup")
-    set_tier = type(world.store).set_tier
-
-    def moved_then_killed(self: BlockStore, key: str, tier: StorageTier) -> None:
-        set_tier(self, key, tier)
-        raise _Killed
-
-    with monkeypatch.context() as patch:
-        patch.setattr(type(world.store), "set_tier", moved_then_killed)
-        with pytest.raises(_Killed):
-            _cold(world, days=91)
+    _cold_killed_after_moving(world, monkeypatch, days=91)
     assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
     world.store_clock.advance(hours=2)
     assert _cold(world, days=91).restores_completed == 1
@@ -331,16 +336,7 @@ def test_a_run_killed_after_moving_then_a_commit_reusing_the_block_leaves_it_col
     world.put(ALICE, "/f.bin", data)
     world.run("dedup")
     _unread_since_100_days(world)
-    set_tier = type(world.store).set_tier
-
-    def moved_then_killed(self: BlockStore, key: str, tier: StorageTier) -> None:
-        set_tier(self, key, tier)
-        raise _Killed
-
-    with monkeypatch.context() as patch:
-        patch.setattr(type(world.store), "set_tier", moved_then_killed)
-        with pytest.raises(_Killed):
-            _cold(world, days=0)
+    _cold_killed_after_moving(world, monkeypatch, days=0)
     world.put(ALICE, "/copy.bin", data)  # reuses the block: counts as a read today
     result = _cold(world, days=0)
     assert result.blocks_moved == 1 and result.errors == []
