@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from tessera.api.models import FileEntry
 from tessera_client.api import Api, ApiError, ServerUnreachable, parse
@@ -86,9 +86,7 @@ class SyncEngine:
         self.state = StateDB(home.state_file)
         bound = self.state.get_meta("folder")
         if bound and bound != str(self.folder):
-            self.state.close()
-            self._lock.close()
-            raise SyncError(
+            self._refuse(
                 f"this device ({home.path}) already syncs {bound}; use another TESSERA_HOME "
                 "to sync a second folder"
             )
@@ -216,12 +214,16 @@ class SyncEngine:
         if not self.state.has_base():
             self.folder.mkdir(parents=True, exist_ok=True)
             return
-        self.state.close()
-        self._lock.close()
-        raise SyncError(
+        self._refuse(
             f"{self.folder} is missing, but this device synced files from it: if it is on a "
             "drive, mount it; if you moved or renamed it, put it back. Nothing was changed."
         )
+
+    def _refuse(self, message: str) -> NoReturn:
+        """Give up starting: let go of the state database and the device lock, then raise."""
+        self.state.close()
+        self._lock.close()
+        raise SyncError(message)
 
     # -- one round ----------------------------------------------------------------------
 
@@ -706,7 +708,7 @@ class SyncEngine:
         if r.error is None:
             result.ops += 1  # the file changed while uploading: the next round sends it
             return
-        if r.status == 409 or (r.error is not None and _read_only(r.error)):
+        if r.status == 409 or _read_only(r.error):
             result.ops += 1
             # guarded like any step: runs from the upload's callback, where an error would end
             # the round (and the daemon) instead of this file's conflict

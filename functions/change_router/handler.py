@@ -28,7 +28,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from tessera.adapters.aws.changes import stream_image_to_event
+from tessera.adapters.aws.changes import named_by_event_id, stream_image_to_event
 from tessera.adapters.aws.events import PublishFailed
 from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
 
@@ -76,11 +76,5 @@ def handler(
         event=batch, record_handler=outcome, processor=processor, context=context
     )
     if isinstance(event, list):  # an EventBridge Pipe names a record by its eventID
-        event_ids = {r["dynamodb"]["SequenceNumber"]: r["eventID"] for r in event}
-        response = {
-            "batchItemFailures": [
-                {"itemIdentifier": event_ids[f["itemIdentifier"]]}
-                for f in response["batchItemFailures"]
-            ]
-        }
+        response = named_by_event_id(event, response)
     return response

@@ -17,21 +17,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute
 from pynamodb.exceptions import PutError
 from pynamodb.models import Model
 
+from tessera.adapters.aws.errors import is_transient
 from tessera.ports import ChangeConflictError, ChangeEvent, ChangeFeed, ChangeRefusedError
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
 _BATCH_GET_MAX = 100  # keys per BatchGetItem
 # Unprocessed or throttled batch writes: sent again after 0.1, 0.2, 0.4 s.
 _UNPROCESSED_ATTEMPTS = 4
 _UNPROCESSED_PAUSE_S = 0.1
-_THROTTLED = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
 
 
 def _raise_if_invalid(exc: PutError, what: str) -> None:
@@ -190,7 +191,7 @@ class DynamoChangeFeed(ChangeFeed):
                 return
             except PutError as exc:
                 _raise_if_invalid(exc, f"a batch of {len(missing)} events")
-                throttled = batch.failed_operations or exc.cause_response_code in _THROTTLED
+                throttled = batch.failed_operations or is_transient(exc)
                 if not throttled or attempt + 1 == _UNPROCESSED_ATTEMPTS:
                     raise
             time.sleep(_UNPROCESSED_PAUSE_S * 2**attempt)
@@ -253,6 +254,21 @@ def create_changes_table(model: type[ChangeRecordBase]) -> None:
     """Create the table with its stream (AWS mode and tests; CDK owns it on AWS)."""
     if not model.exists():
         model.create_table(wait=True)
+
+
+def named_by_event_id(
+    records: Sequence[Mapping[str, Any]], response: PartialItemFailureResponse
+) -> PartialItemFailureResponse:
+    """`response`, its failures named by SequenceNumber (a stream mapping's), renamed by the
+    records' eventID: an EventBridge Pipe matches no other identifier, so it took the batch
+    as delivered or bisected all of it."""
+    event_ids = {r["dynamodb"]["SequenceNumber"]: r["eventID"] for r in records}
+    return {
+        "batchItemFailures": [
+            {"itemIdentifier": event_ids[f["itemIdentifier"]]}
+            for f in response["batchItemFailures"]
+        ]
+    }
 
 
 def stream_image_to_event(image: Mapping[str, Any]) -> ChangeEvent:
