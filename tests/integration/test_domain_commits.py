@@ -28,6 +28,7 @@ from tessera.ports import Principal
 from tests.concurrency import run_at_once
 
 from .conftest import commit_request, get_file, put_file, split_blocks, upload_blocks
+from .test_domain_files import race_held
 
 
 def _spec(path: str, chunks: list[bytes]) -> UploadFileSpec:
@@ -204,14 +205,45 @@ def test_a_committed_block_gets_no_url_for_other_bytes(
         row = store.upload_blocks(upload_id, [bid])[bid]
     assert row.state == "staged" and row.stored_size is not None and row.sha256 is not None
 
-    def ask(size: int, sha256: str) -> object:
-        block = UploadUrlBlock(id=bid, size=size, sha256=sha256)
-        req = UploadUrlsRequest(upload_id=upload_id, blocks=[block])
-        return uploads.upload_urls(services, alice, req)
-
-    assert ask(row.stored_size, row.sha256)
+    assert _ask_url(services, alice, upload_id, bid, row.stored_size, row.sha256)
     with pytest.raises(Conflict, match="committed"):
-        ask(row.stored_size, base64.b64encode(hashlib.sha256(b"garbage").digest()).decode())
+        _ask_url(services, alice, upload_id, bid, row.stored_size, _GARBAGE_SHA)
+
+
+_GARBAGE_SHA = base64.b64encode(hashlib.sha256(b"garbage").digest()).decode()
+
+
+def _ask_url(
+    svc: Services, who: Principal, upload_id: str, bid: str, size: int, sha256: str
+) -> object:
+    block = UploadUrlBlock(id=bid, size=size, sha256=sha256)
+    return uploads.upload_urls(svc, who, UploadUrlsRequest(upload_id=upload_id, blocks=[block]))
+
+
+def test_a_url_asked_while_a_commit_takes_the_copy_is_refused(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """The session's own commit takes the copy after `upload_urls` read it as still
+    expected: the checksum it records must not replace the one the commit relied on."""
+    chunks = [b"raced bytes"]
+    upload_id = upload_blocks(services, alice, "/r", chunks)
+    bid = block_id(chunks[0])
+    with services.db.transaction() as store:
+        before = store.upload_blocks(upload_id, [bid])[bid]
+    assert before.stored_size is not None and before.sha256 is not None
+
+    committed, asked = race_held(
+        monkeypatch,
+        database_url,
+        "mark_staged",
+        lambda: commits.commit(services, alice, commit_request("/r", chunks, upload_id)),
+        lambda: _ask_url(services, alice, upload_id, bid, before.stored_size or 0, _GARBAGE_SHA),
+    )
+    assert not isinstance(committed, Exception)
+    assert isinstance(asked, Conflict)
+    with services.db.transaction() as store:
+        after = store.upload_blocks(upload_id, [bid])[bid]
+    assert (after.state, after.sha256) == ("staged", before.sha256)
 
 
 def test_idempotent_retry_returns_first_result(services: Services, alice: Principal) -> None:

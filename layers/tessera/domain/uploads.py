@@ -124,10 +124,6 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
             row = rows.get(b.id)
             if row is None:
                 raise Unprocessable(f"block {b.id} is not needed by this upload session")
-            if row.state != "expected" and (b.size, b.sha256) != (row.stored_size, row.sha256):
-                # a committed copy is what versions (and dedup-verify) rely on: other bytes
-                # for it would be written after they looked
-                raise Conflict(f"block {b.id} is committed in this session; it cannot change")
             if b.size > settings.max_stored_block_size:
                 raise PayloadTooLarge(
                     f"encoded block {b.id} is larger than {settings.max_stored_block_size} bytes"
@@ -136,10 +132,14 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
                 puts.append((row.staged_key, b.size, base64.b64decode(b.sha256, validate=True)))
             except binascii.Error as exc:
                 raise Unprocessable(f"sha256 of block {b.id} is not base64") from exc
-        signed = svc.block_store.presign_puts(puts, expires_in=max(ttl, 1))
-        store.set_upload_blocks_stored(
+        recorded = store.set_upload_blocks_stored(
             req.upload_id, [(b.id, b.size, b.sha256) for b in req.blocks]
         )
+        if refused := sorted({b.id for b in req.blocks} - recorded):
+            # a committed copy is what versions (and dedup-verify) rely on: other bytes for
+            # it would be written after they looked
+            raise Conflict(f"block {refused[0]} is committed in this session; it cannot change")
+        signed = svc.block_store.presign_puts(puts, expires_in=max(ttl, 1))
     urls = [
         PresignedUrl(
             id=b.id, method=p.method, url=p.url, headers=dict(p.headers), expires_at=p.expires_at

@@ -1150,15 +1150,21 @@ class Store:
 
     def set_upload_blocks_stored(
         self, upload_id: str, issued: Sequence[tuple[str, int, str]]
-    ) -> None:
+    ) -> set[str]:
         """Record the encoded size and checksum PUT URLs were issued for: (block_id,
-        stored_size, sha256) each, in one statement (rows taken in block-id order)."""
+        stored_size, sha256) each, in one statement (rows taken in block-id order). A copy a
+        commit has taken keeps its checksum unless it is the same; the ids recorded."""
         rows = sorted(issued)
-        self.conn.execute(
+        # The guard is in the UPDATE, not only in the caller's earlier read: a commit of the
+        # same session may take the copy in between, and this UPDATE then waits for it and
+        # re-checks the row as that commit left it.
+        recorded = self._all(
             "UPDATE upload_blocks u SET stored_size = t.size, sha256 = t.sha, updated_at = now()"
             " FROM unnest(%(ids)s::text[], %(sizes)s::bigint[], %(shas)s::text[])"
             "  AS t(block_id, size, sha)"
-            " WHERE u.upload_id = %(upload)s AND u.block_id = t.block_id",
+            " WHERE u.upload_id = %(upload)s AND u.block_id = t.block_id"
+            " AND (u.state = 'expected' OR (u.stored_size = t.size AND u.sha256 = t.sha))"
+            " RETURNING u.block_id",
             {
                 "upload": upload_id,
                 "ids": [r[0] for r in rows],
@@ -1166,6 +1172,7 @@ class Store:
                 "shas": [r[2] for r in rows],
             },
         )
+        return {r[0] for r in recorded}
 
     def lock_staged_copies(self, staged_keys: Sequence[str]) -> dict[str, str]:
         """Lock staged copies FOR SHARE (dedup-verify cannot settle them until this
