@@ -610,20 +610,19 @@ class SyncEngine:
         return True
 
     def _delete_remote_folder(self, op: Op) -> bool:
-        """Delete a folder on the server once it is empty there. The files this device
-        deleted in it went first (folder deletions come last in a plan), so what is still
-        listed was added elsewhere since the last pull: a folder delete takes its contents
-        along, and that work would leave every device. Then the folder stays, and the next
-        pull brings what is in it."""
+        """Delete a folder on the server only while it is empty there (`if_empty`, checked
+        under the server's lock). The files this device deleted in it went first (folder
+        deletions come last in a plan), so anything still in it was added elsewhere since
+        the last pull: a folder delete takes its contents along, and that work would leave
+        every device. Then the folder stays, and the next pull brings what is in it."""
         try:
-            inside = self.api.call("/v1/list_folder", {"path": server_path(op.path), "limit": 1})
-            if inside.get("entries"):
+            self.api.call("/v1/delete", {"path": server_path(op.path), "if_empty": True})
+        except ApiError as e:
+            if e.status == 409:
                 self.reporter.problem(
                     f"kept {op.path} on the server: it holds files added on another device"
                 )
                 return True
-            self.api.call("/v1/delete", {"path": server_path(op.path)})
-        except ApiError as e:
             if e.status != 404 and not _read_only(e):
                 raise
         self.state.delete_base(op.path)

@@ -272,6 +272,20 @@ def test_delete_trash_undelete(services: Services, alice: Principal) -> None:
     assert files.trash_list(services, alice, TrashListRequest()).entries == []
 
 
+def test_a_folder_delete_if_empty_takes_nothing_along(
+    services: Services, alice: Principal
+) -> None:
+    put_file(services, alice, "/full/x", b"x")
+    files.create_folder(services, alice, "/empty")
+    with pytest.raises(Conflict, match="not empty"):
+        files.delete(services, alice, DeleteRequest(path="/full", if_empty=True))
+    assert get_file(services, alice, "/full/x") == b"x"
+    deleted = files.delete(services, alice, DeleteRequest(path="/empty", if_empty=True))
+    assert isinstance(deleted, FolderEntry)
+    trash = files.trash_list(services, alice, TrashListRequest()).entries
+    assert [t.path_display for t in trash] == ["/empty"]
+
+
 def test_delete_with_stale_parent_rev_and_undelete_of_file(
     services: Services, alice: Principal
 ) -> None:
@@ -465,6 +479,25 @@ def test_a_change_waiting_for_a_delete_of_its_entry_is_409(
     assert history.is_deleted and [v.rev for v in history.entries] == [1]
     trash = files.trash_list(services, alice, TrashListRequest()).entries
     assert [t.path_display for t in trash] == ["/f"]
+
+
+def test_a_folder_delete_if_empty_waiting_for_a_commit_into_it_is_409(
+    services: Services, alice: Principal, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client saw the folder empty; another device's file lands in it while the delete
+    waits for the lock. The file must not go to the trash with the folder."""
+    files.create_folder(services, alice, "/proj")
+    committed, deleted = race_held(
+        monkeypatch,
+        database_url,
+        "write_version",
+        lambda: put_file(services, alice, "/proj/new", b"B's new work"),
+        lambda: files.delete(services, alice, DeleteRequest(path="/proj", if_empty=True)),
+    )
+    assert isinstance(committed, FileEntry)
+    assert isinstance(deleted, Conflict) and "not empty" in str(deleted)
+    assert get_file(services, alice, "/proj/new") == b"B's new work"
+    assert files.trash_list(services, alice, TrashListRequest()).entries == []
 
 
 def test_an_undelete_racing_the_trash_purge_journals_only_what_it_restored(

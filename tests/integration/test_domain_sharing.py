@@ -471,6 +471,25 @@ def test_an_edit_waiting_for_a_change_to_viewer_is_retried_and_refused(
         put_file(services, bob, "/Team/b", b"b")
 
 
+def test_a_shared_folder_deleted_if_empty_stays_while_it_holds_anything(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """`if_empty` guards a mount point too: neither the owner's delete nor a member's leave
+    takes along (or hides) a file they had not seen."""
+    _owner_alone_in_team(services, alice, bob)
+    with pytest.raises(Conflict, match="not empty"):
+        files.delete(services, alice, DeleteRequest(path="/Team", if_empty=True))
+    _share(services, alice, "/Team", bob, "editor")
+    with pytest.raises(Conflict, match="not empty"):
+        files.delete(services, bob, DeleteRequest(path="/Team", if_empty=True))
+    assert get_file(services, bob, "/Team/a") == b"a"
+    files.delete(services, alice, DeleteRequest(path="/Team/a"))
+    left = files.delete(services, bob, DeleteRequest(path="/Team", if_empty=True))
+    assert isinstance(left, FolderEntry) and sharing.shares(services, bob).shares == []
+    deleted = files.delete(services, alice, DeleteRequest(path="/Team", if_empty=True))
+    assert isinstance(deleted, FolderEntry) and sharing.shares(services, alice).shares == []
+
+
 def test_a_second_delete_of_a_deleted_share_is_409_and_leaves_no_decoy(
     services: Services, alice: Principal, bob: Principal, race: Race
 ) -> None:

@@ -32,7 +32,7 @@ from tessera.domain.models import (
 )
 from tessera.domain.object_keys import canonical_key
 from tessera.domain.services import Services
-from tessera.domain.sharing import delete_share, leave_share
+from tessera.domain.sharing import check_empty, delete_share, leave_share
 from tessera.domain.views import (
     Located,
     View,
@@ -461,8 +461,10 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
             if loc.mount.kind != "shared":
                 raise Unprocessable("the root cannot be deleted")
             if loc.mount.access == "owner":
-                events.append(delete_share(store, view, loc.mount))
+                events.append(delete_share(store, view, loc.mount, if_empty=req.if_empty))
             else:
+                if req.if_empty:
+                    check_empty(store, loc.mount.ns_id, paths.ROOT, loc.mount.mount_path)
                 events.append(leave_share(store, view.user, loc.mount))
             result: FileEntry | FolderEntry | DeletedEntry = entry(view, loc)
             assert isinstance(result, FolderEntry)
@@ -476,6 +478,8 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
                 view_key = paths.path_key(view.view_path(loc.mount, row.path_display))
                 if view.mounts_below(view_key):
                     raise Unprocessable("the folder holds a shared folder; unshare it first")
+                if req.if_empty:
+                    check_empty(store, row.ns_id, row.path_key, req.path)
                 lo, hi = paths.subtree_range(row.path_key)
                 ids += [c.file_id for c in store.subtree(row.ns_id, lo, hi)]
             store.mark_deleted(row.ns_id, ids, view.user.user_id)

@@ -352,11 +352,13 @@ class MoveRequest(Model):
 
 class DeleteRequest(Model):
     """POST /v1/delete: soft delete into the trash. `parent_rev` and `parent_file_id` guard
-    files (409 if stale, or if the path holds another file)."""
+    files (409 if stale, or if the path holds another file); `if_empty` guards folders (409
+    if it holds anything)."""
 
     path: PathStr
     parent_rev: int | None = Field(default=None, ge=1)
     parent_file_id: FileId | None = None
+    if_empty: bool = False
 
 
 class CreateFolderRequest(Model):

@@ -74,17 +74,27 @@ def _free_mount_path(store: Store, user: UserRow, name: str) -> str:
         n += 1
 
 
+def check_empty(store: Store, ns_id: int, folder_key: str, path: str) -> None:
+    """409 when the folder at `folder_key` of a namespace holds a live entry: a delete with
+    `if_empty` must not take along what another device added since the caller listed it."""
+    if store.holds_entries(ns_id, *paths.subtree_range(folder_key)):
+        raise Conflict(f"{path!r} is not empty: it holds entries added since you listed it")
+
+
 def leave_share(store: Store, user: UserRow, mount: MountRow) -> ChangeEvent:
     """Remove the caller (not the owner) from a shared namespace."""
     store.remove_member(mount.ns_id, user.user_id)
     return _mount_journal(store, user, mount.ns_id, mount.mount_path, "delete")
 
 
-def delete_share(store: Store, view: View, mount: MountRow) -> ChangeEvent:
+def delete_share(
+    store: Store, view: View, mount: MountRow, *, if_empty: bool = False
+) -> ChangeEvent:
     """The owner deletes a shared folder nobody else is a member of: it turns back into a
     folder of their root namespace (its entries move back, keeping file_ids and history)
     and goes to the trash with what it holds, restorable like any deleted folder. The
-    namespace is left empty, without members. 422 while others are members.
+    namespace is left empty, without members. 422 while others are members; with
+    `if_empty`, 409 while it holds anything.
 
     Both namespaces are taken first, in ns_id order (the lock order); `share` takes the
     shared one before adding a member, so none joins meanwhile."""
@@ -96,6 +106,8 @@ def delete_share(store: Store, view: View, mount: MountRow) -> ChangeEvent:
         raise Conflict(f"{mount.mount_path!r} changed during the request; retry")
     if members != {view.user.user_id}:
         raise Unprocessable("others are members: unshare the folder before deleting it")
+    if if_empty:
+        check_empty(store, mount.ns_id, paths.ROOT, mount.mount_path)
     store.remove_member(mount.ns_id, view.user.user_id)
     store.bump_seq(mount.ns_id)  # a commit waiting for it must not write into it now
     folder = new_file_id()

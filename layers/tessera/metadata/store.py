@@ -830,6 +830,15 @@ class Store:
         )
         return [_file(r) for r in rows]
 
+    def holds_entries(self, ns_id: int, lo: str, hi: str) -> bool:
+        """Whether any live entry lies in the key range [lo, hi) of a namespace."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM files WHERE ns_id = %s AND path_key >= %s"
+            " AND path_key < %s AND NOT is_deleted)",
+            (ns_id, lo, hi),
+        ).fetchone()
+        return bool(row and row[0])
+
     def list_page(
         self, ns_id: int, scope: KeyScope, *, after_key: str, limit: int
     ) -> list[FileRow]:
