@@ -9,14 +9,16 @@ import pytest
 
 from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import BlockIntegrityError, block_id
-from tessera.domain import files
-from tessera.domain.errors import TesseraError
-from tessera.domain.models import RestoreRequest
+from tessera.domain import commits, files, sharing
+from tessera.domain.errors import TesseraError, Unprocessable
+from tessera.domain.models import RestoreRequest, ShareRequest
 from tessera.maintenance import DedupResult, GcResult, dedup
 from tessera.maintenance.dedup import verify_staged
 from tessera.maintenance.verify import check_stored
 from tessera.metadata.store import Store, VersionBlockRow
 from tests.concurrency import run_at_once
+
+from .conftest import commit_request
 
 from .test_maintenance_world import (
     ALICE,
@@ -119,6 +121,33 @@ def test_poisoned_staged_block_is_quarantined_and_never_served(world: World) -> 
     assert world.sql("SELECT count(*) FROM damaged_versions WHERE notified_at IS NULL") == [(0,)]
 
 
+def test_a_poisoned_copy_in_a_shared_folder_does_not_reach_a_members_own_files(
+    world: World,
+) -> None:
+    """Mallory, an editor of bob's shared folder, commits garbage there under the ids of
+    content bob is about to upload. An unverified copy counts only for writes into its own
+    namespace: bob's upload into his root sends his own bytes, and dedup-verify, which
+    quarantines mallory's copy, leaves his version whole."""
+    data = secrets.token_bytes(2 * BLOCK)
+    for who in (BOB, MALLORY):
+        sharing.account(world.svc, who)
+    files.create_folder(world.svc, BOB, "/Team")
+    sharing.share(world.svc, BOB, ShareRequest(path="/Team", email=MALLORY.email, access="editor"))
+    bait = world.put(MALLORY, "/Team/bait.bin", data, poison=frozenset({0, 1}))
+    staged = len(world.keys_under("staging/"))
+    # the commit checks what start_upload told: claiming the ids alone is not enough
+    with pytest.raises(Unprocessable, match="never uploaded"):
+        commits.commit(world.svc, BOB, commit_request("/mine.bin", chunks(data), None))
+
+    world.put(BOB, "/mine.bin", data)
+
+    assert len(world.keys_under("staging/")) == staged + 2  # his own bytes were sent
+    result = _dedup(world)
+    assert (result.quarantined, result.promoted) == (2, 2)
+    assert world.sql("SELECT DISTINCT file_id FROM damaged_versions") == [(bait.file_id,)]
+    assert world.get(BOB, "/mine.bin") == data
+
+
 def test_poisoned_first_upload_is_not_promoted_and_honest_one_is(world: World) -> None:
     data = secrets.token_bytes(2 * BLOCK)
     world.put(MALLORY, "/x.bin", data, poison=frozenset({0}))
@@ -207,7 +236,7 @@ def test_urls_issued_before_dedup_settles_a_copy_keep_working_until_gc_grace(
 ) -> None:
     """A download URL issued for a staged copy stays valid for presign_ttl_s: dedup must not
     delete the copy under it; gc deletes it only after settled_copy_grace_s."""
-    from tessera.domain import files
+    from tessera.domain import commits, files, sharing
     from tessera.domain.models import DownloadRequest, DownloadResponse
 
     data = secrets.token_bytes(3 * BLOCK)

@@ -67,6 +67,7 @@ def start_upload(
         raise PayloadTooLarge(f"an upload holds at most {settings.max_blocks_per_request} blocks")
     with view_transaction(svc, principal) as (store, view):
         sizes: dict[str, int] = {}
+        by_target: dict[int, list[str]] = {}  # ns_id → the blocks of the files written there
         written: list[tuple[MountRow, str, int]] = []
         for f in req.files:
             path = paths.canonical(f.path)
@@ -78,12 +79,18 @@ def start_upload(
                 raise Unprocessable(f"{path!r} is a folder, not a file")
             check_access(mount, Action.WRITE, view)
             written.append((mount, paths.path_key(rel), f.size))
+            by_target.setdefault(mount.ns_id, []).extend(b.id for b in f.blocks)
             for b in f.blocks:
                 if sizes.setdefault(b.id, b.size) != b.size:
                     raise Unprocessable(f"block {b.id} is declared with two sizes")
         _check_quotas(store, view, written)
-        readable = store.readable_blocks(view.ns_ids, list(sizes))
-        needed = [bid for bid in sizes if bid not in readable]
+        # needed unless readable for every namespace a file holding it is written into:
+        # what the commit of each file will check (`Store.readable_blocks`)
+        unreadable: set[str] = set()
+        for ns_id, ids in by_target.items():
+            readable = store.readable_blocks(view.ns_ids, ids, target=ns_id)
+            unreadable.update(bid for bid in ids if bid not in readable)
+        needed = [bid for bid in sizes if bid in unreadable]
         upload_id = "up_" + secrets.token_hex(16)
         expires_at = svc.clock.now() + timedelta(seconds=settings.upload_ttl_s)
         version = svc.keys.current_version()

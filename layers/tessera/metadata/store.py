@@ -406,8 +406,16 @@ def _journal_result(
 # joins, the generic plan psycopg prepares on a young, never-analyzed database scanned
 # `blocks` (and `upload_blocks`) whole for every commit, and kept doing so as they grew:
 # a 1,000-file sync into a fresh deployment read 8 M rows of `blocks`.
-def _readable_sql(ns_ids: str = "%(ns_ids)s::bigint[]") -> str:
-    """The probe for the blocks `%(ids)s` in the namespaces of the SQL array `ns_ids`."""
+# A block a namespace holds only through an unverified staged copy (its probe's first row
+# is staged: verified rows sort first) counts only for writes into that namespace. Any
+# editor of a shared folder can commit garbage under a block id; counted everywhere, it
+# would tie a member's commit into their own root to that copy, and dedup-verify would then
+# quarantine the block under their version.
+def _readable_sql(
+    ns_ids: str = "%(ns_ids)s::bigint[]", target: str = "%(target)s::bigint"
+) -> str:
+    """The probe for the blocks `%(ids)s` in the namespaces of the SQL array `ns_ids`, for
+    a write into the namespace `target`."""
     return (
         "SELECT DISTINCT ON (q.block_id) q.block_id, r.size, b.state, r.staged_key"
         f" FROM unnest({ns_ids}) AS n(ns_id)"
@@ -419,6 +427,7 @@ def _readable_sql(ns_ids: str = "%(ns_ids)s::bigint[]") -> str:
         "  AND NOT EXISTS (SELECT 1 FROM upload_blocks ub WHERE ub.staged_key = vb.staged_key"
         "   AND ub.state = 'quarantined' OFFSET 0)"
         "  ORDER BY vb.staged_key DESC NULLS FIRST LIMIT 1) AS r"
+        f" WHERE r.staged_key IS NULL OR n.ns_id = {target}"
         " ORDER BY q.block_id, (r.staged_key IS NULL) DESC"
     )
 
@@ -436,7 +445,7 @@ def _lock_and_read_sql(ns: str = "%(ns)s", ns_ids: str = "%(ns_ids)s::bigint[]")
     namespaces are the SQL array `ns_ids`."""
     return (
         f"WITH lk AS (SELECT latest_seq FROM namespaces WHERE ns_id = {ns} FOR UPDATE),"
-        f" r AS ({_readable_sql(ns_ids)})"
+        f" r AS ({_readable_sql(ns_ids, ns)})"
         " SELECT (SELECT latest_seq FROM lk), seen.latest_seq, k.keys, k.kinds, k.displays,"
         "  rb.ids, rb.sizes, rb.states, rb.staged,"
         "  (SELECT membership_version FROM users WHERE user_id = %(user)s)"
@@ -998,13 +1007,16 @@ class Store:
         return [VersionBlockRow(*r) for r in rows]
 
     def readable_blocks(
-        self, ns_ids: Sequence[int], block_ids: Sequence[str]
+        self, ns_ids: Sequence[int], block_ids: Sequence[str], *, target: int
     ) -> dict[str, ReadableBlock]:
         """Which of `block_ids` a version in one of `ns_ids` holds (the (ns_id, block_id)
-        index), with the block's state; quarantined blocks are left out."""
+        index) for a write into namespace `target`, with the block's state; quarantined
+        blocks are left out, and so are those held only through an unverified staged copy
+        of a namespace other than `target`."""
         if not block_ids:
             return {}
-        rows = self._all(_READABLE_SQL, {"ns_ids": list(ns_ids), "ids": list(block_ids)})
+        params = {"ns_ids": list(ns_ids), "ids": list(block_ids), "target": target}
+        rows = self._all(_READABLE_SQL, params)
         return {r[0]: ReadableBlock(*r) for r in rows}
 
     def write_version(
