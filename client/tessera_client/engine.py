@@ -586,27 +586,32 @@ class SyncEngine:
 
     def _delete_remote(self, op: Op) -> bool:
         assert op.remote is not None
+        return self._delete_remote_file(op.path, op.remote)
+
+    def _delete_remote_file(self, path: str, remote: Entry) -> bool:
+        """Delete the server's file `remote`, synced here at `path`, if it is still the
+        rev this device saw."""
         try:
             self.api.call(
                 "/v1/delete",
                 {
-                    "path": server_path(op.remote.path),
-                    "parent_rev": op.remote.rev,
-                    "parent_file_id": op.remote.file_id or None,
+                    "path": server_path(remote.path),
+                    "parent_rev": remote.rev,
+                    "parent_file_id": remote.file_id or None,
                 },
             )
         except ApiError as e:
             if _read_only(e):  # put the server's file back
-                self.state.delete_base(op.path)
-                self.reporter.problem(f"{op.path} is read-only for you; restored it")
+                self.state.delete_base(path)
+                self.reporter.problem(f"{path} is read-only for you; restored it")
                 return True
             if e.status == 409:  # changed on the server meanwhile: re-plan
                 return True
             if e.status != 404:
                 raise
-        self.state.delete_base(op.path)
-        self.state.delete_remote(op.remote.path)
-        self.reporter.event(f"deleted {op.path} on the server")
+        self.state.delete_base(path)
+        self.state.delete_remote(remote.path)
+        self.reporter.event(f"deleted {path} on the server")
         return True
 
     def _delete_remote_folder(self, op: Op) -> bool:
@@ -636,6 +641,12 @@ class SyncEngine:
                 "/v1/move", {"from_path": server_path(op.src), "to_path": server_path(op.path)}
             )
         except ApiError as e:
+            if e.status == 422 and e.details.get("reason") == "across_namespaces":
+                # into or out of a shared folder: a move there is a delete of the source
+                # (if it is still the rev moved) and, next round, an upload of the
+                # destination as a new file; the source stays in the trash meanwhile
+                self.reporter.event(f"{op.src} -> {op.path} crosses a shared folder")
+                return self._delete_remote_file(op.src, op.remote)
             if e.status in (409, 422, 404) or _read_only(e):
                 # cannot move there: forget the old pairing; the next round restores or
                 # uploads each side on its own (nothing is lost)

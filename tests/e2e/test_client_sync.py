@@ -347,3 +347,34 @@ def test_a_403_that_is_not_a_viewers_refusal_undoes_nothing(
     assert a.run_once().problems == []
     b.run_once()
     assert snapshot(b.folder) == {"notes.txt": b"my edit"}
+
+
+def test_a_file_moved_into_or_out_of_a_shared_folder_moves_not_copies(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """The server moves only within a namespace (422 across a shared folder's edge): the
+    client then deletes the source, if still the rev moved, and uploads the destination as
+    a new file. Before, the source came back from the server: every such move was a copy."""
+    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
+    editor_email = inproc_cloud.user()
+    editor = make_device(devices, tmp_path, inproc_cloud, "editor", editor_email)
+    owner.write("Team/spec.md", "the spec")
+    owner.write("notes.txt", "owner's notes")
+    owner.sync()
+    owner.run("share", "Team", editor_email, "--access", "editor")
+    editor.sync()
+
+    (owner.folder / "notes.txt").rename(owner.folder / "Team" / "notes.txt")  # in
+    owner.sync()
+    (editor.folder / "Team" / "spec.md").rename(editor.folder / "spec.md")  # out
+    editor.sync()
+    owner.sync()
+
+    assert snapshot(owner.folder) == {"Team": None, "Team/notes.txt": b"owner's notes"}
+    assert snapshot(editor.folder) == {
+        "Team": None,
+        "Team/notes.txt": b"owner's notes",
+        "spec.md": b"the spec",
+    }
+    trash = {e["path_display"] for e in owner.json("trash")}
+    assert {"/notes.txt", "/Team/spec.md"} <= trash

@@ -389,7 +389,8 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
         dst_mount, dst_rel = view.resolve(dst)
         if dst_mount.ns_id != loc.mount.ns_id or dst_rel == paths.ROOT:
             raise Unprocessable(
-                "moving into or out of a shared folder is not supported: copy, then delete"
+                "moving into or out of a shared folder is not supported: copy, then delete",
+                reason="across_namespaces",
             )
         if loc.row.kind == "folder":
             dst_key = paths.path_key(dst)  # the source's key: a rename in case only
