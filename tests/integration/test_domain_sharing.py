@@ -13,6 +13,7 @@ from tessera.domain.models import (
     DeleteRequest,
     FileEntry,
     FolderEntry,
+    LongpollRequest,
     MetadataRequest,
     MoveRequest,
     RestoreRequest,
@@ -419,10 +420,10 @@ def test_an_editor_spends_the_owners_quota_not_their_own(
     put_file(services, bob, "/Team/b", b"12345678")  # alice: 1 + 8 of 10
     with pytest.raises(QuotaExceeded, match="shared folder's owner") as info:
         put_file(services, bob, "/Team/c", b"12")  # would be 11 of 10
-    assert info.value.status == 413
+    assert info.value.status == 413 and "10 bytes" not in info.value.message  # hers to know
     put_file(services, bob, "/mine", b"x" * 100)  # bob's own quota is untouched
     assert sharing.account(services, alice).used_bytes == 9
-    with pytest.raises(QuotaExceeded, match="your quota"):
+    with pytest.raises(QuotaExceeded, match="your quota of 10 bytes"):
         put_file(services, alice, "/Team/d", b"12")
 
 
@@ -508,3 +509,21 @@ def test_a_second_delete_of_a_deleted_share_is_409_and_leaves_no_decoy(
     assert sorted(t.path_display for t in trash) == ["/Team", "/Team/a"]
     files.restore(services, alice, RestoreRequest(path="/Team"))
     assert get_file(services, alice, "/Team/a") == b"a"
+
+
+def test_a_removed_members_old_cursor_learns_nothing_of_the_share(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """Removing bob journals the mount's removal in his root, so a cursor from before
+    answers its long-poll at once whatever happens in the share (its timing tells him
+    nothing), and the cursor his next listing gives him no longer watches it."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    old = listing.list_folder(services, bob, "", True, None).cursor
+    sharing.unshare(services, alice, UnshareRequest(path="/Team", email=bob.email))
+
+    assert listing.longpoll(services, bob, LongpollRequest(cursor=old, timeout=5)).changes
+    new = listing.list_folder_continue(services, bob, old, None).cursor
+    put_file(services, alice, "/Team/b", b"b")
+    assert not listing.longpoll(services, bob, LongpollRequest(cursor=new, timeout=1)).changes

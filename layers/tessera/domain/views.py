@@ -186,10 +186,11 @@ def check_access(mount: MountRow, action: Action, view: View) -> None:
 def over_quota(view: View, owner_id: str, what: str, quota: int | None = None) -> QuotaExceeded:
     """413 for `what` (e.g. "these files need 10 bytes"), which would take the owner of
     the namespace written to over their quota (of `quota` bytes, when known): the caller's,
-    or a shared folder's owner's."""
+    or a shared folder's owner's. Another owner's quota is never named: that is their
+    account's business, not their editors'."""
     mine = owner_id == view.user.user_id
     whose = "your quota" if mine else "the quota of the shared folder's owner"
-    of = f" of {quota} bytes" if quota is not None else ""
+    of = f" of {quota} bytes" if quota is not None and mine else ""
     return QuotaExceeded(f"{what}: over {whose}{of}; delete files you no longer need")
 
 
