@@ -400,11 +400,13 @@ def race_held(
     held_at: str,
     first: Callable[[], object],
     second: Callable[[], object],
+    *,
+    on: type = Store,
 ) -> tuple[object, object]:
     """Run `second` while `first` holds its locks: `first` stops once its call of
-    `Store.<held_at>` has returned, `second` starts and runs until it waits for a lock, then
+    `<on>.<held_at>` has returned, `second` starts and runs until it waits for a lock, then
     both finish. What each returned or raised."""
-    original = getattr(Store, held_at)
+    original = getattr(on, held_at)
     holding, release = threading.Event(), threading.Event()
     outcomes: dict[str, object] = {}
 
@@ -426,7 +428,7 @@ def race_held(
         thread.start()
         return thread
 
-    monkeypatch.setattr(Store, held_at, held)
+    monkeypatch.setattr(on, held_at, held)
     threads = [run("first", first)]
     assert holding.wait(10)
     threads.append(run("second", second))

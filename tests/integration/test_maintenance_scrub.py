@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from tessera.blocks import block_id
-from tessera.domain.errors import TesseraError
+from tessera.domain.errors import TesseraError, Unprocessable
 from tessera.domain.models import RestoringResponse
 from tessera.maintenance import ColdResult, ScrubResult
+from tessera.metadata.maintenance import MaintenanceTx
 from tessera.ports import StorageTier
 
 from .test_maintenance_world import (
@@ -20,6 +21,7 @@ from .test_maintenance_world import (
     World,
     chunks,
 )
+from .test_domain_files import race_held
 
 
 def _scrub(w: World) -> ScrubResult:
@@ -41,6 +43,32 @@ def _damaged_file(w: World, index: int) -> tuple[bytes, str]:
     bad = block_id(chunks(data)[index])
     _corrupt(w, bad)
     return data, bad
+
+
+def test_a_commit_reusing_a_block_scrub_is_quarantining_uploads_it_again(
+    world: World, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """Scrub lists the versions naming a block it quarantines; a commit reusing the block
+    that waited for its row meanwhile was not among them, and would have named a
+    quarantined block with no damage recorded. It is refused instead (422: upload again),
+    and the client's next round sends the block."""
+    data, bad = _damaged_file(world, 0)
+    scrubbed, reused = race_held(
+        monkeypatch,
+        database_url,
+        "set_state",
+        lambda: _scrub(world),
+        lambda: world.put(ALICE, "/again.bin", data),
+        on=MaintenanceTx,
+    )
+    assert isinstance(scrubbed, ScrubResult) and scrubbed.unrepaired == 1
+    assert isinstance(reused, Unprocessable) and reused.details["blocks"] == [bad]
+    paths = world.sql(
+        "SELECT DISTINCT f.path_key FROM damaged_versions d JOIN files f USING (ns_id, file_id)"
+    )
+    assert paths == [("/a.bin",)]
+    assert world.put(ALICE, "/again.bin", data)  # a fresh upload sends the block
+    assert world.get(ALICE, "/again.bin") == data
 
 
 def test_healthy_blocks_pass(world: World) -> None:

@@ -288,8 +288,12 @@ def write_version(
         raise _PathTaken
     if written.over_quota:  # the transaction rolls back, the counters with it
         raise over_quota(view, mount.owner_id, f"{display!r} needs {size} bytes")
-    gone = sorted(written.created - {b[0] for b in blocks if b[2] is not None})
-    if gone:  # gc deleted a block this commit meant to reuse: the client uploads it again
+    # A canonical block this commit meant to reuse that gc deleted (its row is new), or
+    # that scrub quarantined meanwhile (too late for scrub to list this version damaged):
+    # the client uploads it again.
+    reused = {b[0] for b in blocks if b[2] is None}
+    gone = sorted((written.created | written.quarantined) & reused)
+    if gone:
         raise Unprocessable(
             f"{len(gone)} block(s) are no longer stored; upload them again", blocks=gone[:20]
         )

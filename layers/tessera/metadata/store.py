@@ -166,6 +166,9 @@ class WrittenVersion:
     created: set[str]  # block ids whose `blocks` row this version created
     event: ChangeEvent
     over_quota: bool  # the version grew its owner's usage past their quota
+    # blocks quarantined by the time this version's refcount bump got their row: scrub
+    # took them while the commit ran (it waits for the row, then sees the new state)
+    quarantined: set[str]
 
 
 @dataclass(frozen=True)
@@ -298,7 +301,7 @@ _VERSION_CTES = (
     "  ON CONFLICT (block_id) DO UPDATE SET refcount = blocks.refcount + EXCLUDED.refcount,"
     "  zero_since = NULL, last_access = CASE WHEN blocks.last_access >= now() - interval"
     "  '1 hour' THEN blocks.last_access ELSE now() END, updated_at = now()"
-    "  RETURNING block_id, xmax = 0 AS fresh)"
+    "  RETURNING block_id, xmax = 0 AS fresh, state)"
 )
 
 
@@ -317,7 +320,8 @@ def _over_quota(grow: str) -> str:
 def _version_result(grow: str) -> str:
     return (
         " SELECT ns.latest_seq, (SELECT server_time FROM v),"
-        f" ARRAY(SELECT block_id FROM b WHERE fresh), {_over_quota(grow)}, {_NOTIFY} FROM ns"
+        f" ARRAY(SELECT block_id FROM b WHERE fresh), {_over_quota(grow)},"
+        f" ARRAY(SELECT block_id FROM b WHERE state = 'quarantined'), {_NOTIFY} FROM ns"
     )
 
 
@@ -1069,7 +1073,7 @@ class Store:
         if row is None:
             return None
         _, event = _journal_result(params, int(row[0]), payload)
-        return WrittenVersion(row[1], set(row[2]), event, bool(row[3]))
+        return WrittenVersion(row[1], set(row[2]), event, bool(row[3]), set(row[4]))
 
     def set_block_state(self, block_ids: Sequence[str], state: str) -> None:
         """Set the state of blocks (e.g. cold → restoring when a download asks for them)."""
