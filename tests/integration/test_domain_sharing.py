@@ -108,18 +108,32 @@ def test_a_mount_spelled_with_another_length_resolves_by_components(
     assert get_file(services, bob, "/STRASSE/A") == b"a"
 
 
-def test_the_trash_of_a_folder_spelled_with_another_length_moves_intact(
+def test_what_the_owner_deleted_before_sharing_is_not_shared(
     services: Services, alice: Principal, bob: Principal
 ) -> None:
-    """An entry deleted while its folder was spelled with another length ("ß" → "ss")
-    keeps its name when the folder becomes a shared namespace."""
-    put_file(services, alice, "/STRASSE/x", b"x")
-    files.delete(services, alice, DeleteRequest(path="/STRASSE"))
-    put_file(services, alice, "/Straße/a", b"a")
+    """Alice's trash under a folder she shares stays hers: bob neither lists nor restores
+    it. She restores it once the folder is hers alone again (while it is shared, the path
+    leads into the share: 409, and it stays in her trash)."""
+    secret = put_file(services, alice, "/Team/salaries.xlsx", b"last year's")
+    files.delete(services, alice, DeleteRequest(path="/Team/salaries.xlsx"))
+    put_file(services, alice, "/Team/a", b"a")
     _meet(services, bob)
-    _share(services, alice, "/Straße", bob, "editor")
-    trash = files.trash_list(services, bob, TrashListRequest(path="/Straße")).entries
-    assert [t.path_display for t in trash] == ["/Straße/x"]
+    _share(services, alice, "/Team", bob, "editor")
+
+    assert files.trash_list(services, bob, TrashListRequest(path="/Team")).entries == []
+    with pytest.raises(NotFound):
+        files.restore(services, bob, RestoreRequest(file_id=secret.file_id))
+    with pytest.raises(NotFound):
+        files.revisions(services, bob, RevisionsRequest(file_id=secret.file_id))
+    trash = files.trash_list(services, alice, TrashListRequest()).entries
+    assert [t.path_display for t in trash] == ["/Team/salaries.xlsx"]
+    with pytest.raises(Conflict, match="no longer shared"):
+        files.restore(services, alice, RestoreRequest(file_id=secret.file_id))
+
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    files.delete(services, alice, DeleteRequest(path="/Team"))
+    files.restore(services, alice, RestoreRequest(file_id=secret.file_id))
+    assert get_file(services, alice, "/Team/salaries.xlsx") == b"last year's"
 
 
 def test_a_commit_into_a_folder_being_shared_moves_along(

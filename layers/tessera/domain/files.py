@@ -255,7 +255,10 @@ def _reopen_path(
     if store.live_path_taken(row.ns_id, row.path_key):
         raise Conflict(f"{where!r} is taken; move it first")
     if view.resolve(where)[0].ns_id != row.ns_id:
-        raise Conflict(f"a shared folder is mounted at or above {where!r}; it cannot go back")
+        raise Conflict(
+            f"a shared folder is mounted at or above {where!r}; it can go back once that"
+            " folder is no longer shared"
+        )
     return ensure_parents(store, view, mount, row.path_display)
 
 

@@ -147,7 +147,11 @@ def _info(store: Store, view: View, mount: MountRow) -> ShareInfo:
 
 def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent | None]) -> MountRow:
     """Turn a folder of the caller's root namespace into a shared namespace, mounted at the
-    same path: its entries move in one transaction, keeping file_ids and history.
+    same path: its live entries move in one transaction, keeping file_ids and history.
+
+    What the owner deleted there before stays in their root's trash: the members were not
+    meant to see it (a file deleted last week is not shared today). It lists in the owner's
+    trash and can be restored once the folder is no longer shared.
 
     The root namespace is taken first (the lock order) and the folder located under the
     lock: a commit into the folder that is still running is waited for and its entry moves
@@ -168,7 +172,6 @@ def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent |
     ns_id = store.create_namespace("shared", view.user.user_id, name)
     lo, hi = paths.subtree_range(row.path_key)
     ids = [r.file_id for r in store.subtree(root.ns_id, lo, hi)]
-    ids += [r.file_id for r in store.subtree(root.ns_id, lo, hi, deleted=True)]
     store.move_to_namespace(root.ns_id, ns_id, ids, len(row.path_key), row.path_display.count("/"))
     # The folder row becomes the namespace root. The owner's root journal logs only the
     # mount appearing at the same path: their devices then see the same entries (same
