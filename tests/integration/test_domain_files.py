@@ -272,9 +272,7 @@ def test_delete_trash_undelete(services: Services, alice: Principal) -> None:
     assert files.trash_list(services, alice, TrashListRequest()).entries == []
 
 
-def test_a_folder_delete_if_empty_takes_nothing_along(
-    services: Services, alice: Principal
-) -> None:
+def test_a_folder_delete_if_empty_takes_nothing_along(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/full/x", b"x")
     files.create_folder(services, alice, "/empty")
     with pytest.raises(Conflict, match="not empty"):

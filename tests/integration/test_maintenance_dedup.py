@@ -19,7 +19,6 @@ from tessera.metadata.store import Store, VersionBlockRow
 from tests.concurrency import run_at_once
 
 from .conftest import commit_request
-
 from .test_maintenance_world import (
     ALICE,
     BLOCK,
@@ -236,7 +235,7 @@ def test_urls_issued_before_dedup_settles_a_copy_keep_working_until_gc_grace(
 ) -> None:
     """A download URL issued for a staged copy stays valid for presign_ttl_s: dedup must not
     delete the copy under it; gc deletes it only after settled_copy_grace_s."""
-    from tessera.domain import commits, files, sharing
+    from tessera.domain import files
     from tessera.domain.models import DownloadRequest, DownloadResponse
 
     data = secrets.token_bytes(3 * BLOCK)

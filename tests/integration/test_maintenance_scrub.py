@@ -14,6 +14,7 @@ from tessera.maintenance import ColdResult, ScrubResult
 from tessera.metadata.maintenance import MaintenanceTx
 from tessera.ports import StorageTier
 
+from .test_domain_files import race_held
 from .test_maintenance_world import (
     ALICE,
     BLOCK,
@@ -21,7 +22,6 @@ from .test_maintenance_world import (
     World,
     chunks,
 )
-from .test_domain_files import race_held
 
 
 def _scrub(w: World) -> ScrubResult:

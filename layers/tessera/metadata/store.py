@@ -415,9 +415,7 @@ def _journal_result(
 # editor of a shared folder can commit garbage under a block id; counted everywhere, it
 # would tie a member's commit into their own root to that copy, and dedup-verify would then
 # quarantine the block under their version.
-def _readable_sql(
-    ns_ids: str = "%(ns_ids)s::bigint[]", target: str = "%(target)s::bigint"
-) -> str:
+def _readable_sql(ns_ids: str = "%(ns_ids)s::bigint[]", target: str = "%(target)s::bigint") -> str:
     """The probe for the blocks `%(ids)s` in the namespaces of the SQL array `ns_ids`, for
     a write into the namespace `target`."""
     return (
