@@ -16,7 +16,7 @@ import pytest
 
 from tessera.domain.errors import TesseraError
 from tessera.domain.models import RestoringResponse
-from tessera.maintenance import ColdResult, DedupResult, ScrubResult
+from tessera.maintenance import ColdResult, DedupResult, ScrubResult, run_step
 from tessera.maintenance.verify import check_stored
 from tessera.metadata.maintenance import MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
@@ -66,6 +66,39 @@ def test_unread_file_goes_cold_and_comes_back_unchanged(world: World) -> None:
     assert world.get(ALICE, "/archive.tar") == data
     # the restore counted as a read: it does not go straight back to the cold tier
     assert _cold(world, days=91).blocks_moved == 0
+
+
+def test_restores_are_checked_across_calls_each_block_once_a_pass(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Out of budget after each block, a call says `more` and the next checks a block this
+    pass has not (one waiting on its restore goes to the back); the pass ends once each was
+    checked, instead of looping for the hours a restore takes."""
+    gen = make_world(database_url, tmp_path, batch_size=1, step_budget_s=0.0)
+    w = next(gen)
+    try:
+        data = secrets.token_bytes(3 * BLOCK)
+        w.put(ALICE, "/archive.tar", data)
+        w.run("dedup")
+        w.run("cold", days=91)
+        assert isinstance(w.get(ALICE, "/archive.tar"), RestoringResponse)
+
+        def one_pass() -> list[ColdResult]:
+            calls = [run_step(w.ctx, "cold", "complete_restores")]
+            while calls[-1].more:
+                calls.append(run_step(w.ctx, "cold", "complete_restores"))
+                assert len(calls) <= 10, "the pass does not end"
+            return [c for c in calls if isinstance(c, ColdResult)]
+
+        waiting = one_pass()
+        assert [c.more for c in waiting] == [True, True, True, False]
+        assert sum(c.restores_completed for c in waiting) == 0
+        w.store_clock.advance(hours=2)  # the restores are done
+        done = one_pass()
+        assert [c.restores_completed for c in done] == [1, 1, 1, 0]
+        assert w.get(ALICE, "/archive.tar") == data
+    finally:
+        gen.close()
 
 
 def test_a_block_read_through_another_file_stays_hot(world: World) -> None:

@@ -19,7 +19,7 @@ from tessera.blocks import block_id
 from tessera.domain import object_keys, uploads
 from tessera.domain.errors import Unprocessable
 from tessera.domain.models import UploadStartRequest
-from tessera.maintenance import GcResult, run_workflow
+from tessera.maintenance import GcResult, run_step, run_workflow
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
 from .conftest import usage_drift
@@ -184,6 +184,33 @@ def test_the_recount_reaches_the_last_namespace_chunk_by_chunk(
         result = run_workflow(w.ctx, "gc")
         assert isinstance(result, GcResult) and result.usage_corrected == 1
         assert usage_drift(w.svc.db) == []
+    finally:
+        gen.close()
+
+
+def test_a_recount_out_of_budget_resumes_where_it_stopped(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A call whose budget is spent says `more`; the next goes on after the last namespace
+    done. Started over each time, a pass over many namespaces never reached the end."""
+    from .test_maintenance_world import make_world
+
+    gen = make_world(database_url, tmp_path, batch_size=1, step_budget_s=0.0)
+    w = next(gen)
+    try:
+        for who in (ALICE, BOB):
+            w.put(who, "/x.bin", secrets.token_bytes(BLOCK))
+        with w.svc.db.pool.connection() as conn:  # the newest namespace drifts
+            conn.execute(
+                "UPDATE namespaces SET bytes_used = 7"
+                " WHERE ns_id = (SELECT max(ns_id) FROM namespaces)"
+            )
+            namespaces = conn.execute("SELECT count(*) FROM namespaces").fetchone()[0]  # type: ignore[index]
+        calls = [run_step(w.ctx, "gc", "recount_usage") for _ in range(namespaces + 1)]
+        assert [r.more for r in calls] == [True] * namespaces + [False]
+        assert sum(r.usage_corrected for r in calls if isinstance(r, GcResult)) == 1
+        assert usage_drift(w.svc.db) == []
+        assert w.sql("SELECT count(*) FROM maintenance_cursors") == [(0,)]  # the pass ended
     finally:
         gen.close()
 

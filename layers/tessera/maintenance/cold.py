@@ -88,29 +88,57 @@ def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: Cold
     return True
 
 
+_RESTORES = "cold.complete_restores"  # when its pass began (`MaintenanceTx.pass_started`)
+
+
 def complete_restores(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
-    """Mark blocks whose restore finished live again; re-issue restores that were lost."""
+    """Mark blocks whose restore finished live again; re-issue restores that were lost.
+
+    A pass checks every restoring block once, the longest unchecked first, a batch at a
+    time within the step's budget. A block still restoring is recorded as checked, so when
+    the budget runs out (`more`) the next call goes on with the blocks this pass has not
+    checked, not the same ones again: a restore takes hours, and the blocks waiting on it
+    must not starve the rest, nor keep the state machine looping until they are done."""
     result = ColdResult()
     with ctx.repo.transaction() as tx:
-        restoring = tx.restoring_blocks(ctx.settings.batch_size * ctx.settings.max_batches_per_step)
-    for row in restoring:
-        key = canonical_key(row.block_id)
-        head = ctx.store.head(key)
-        if head is None:
-            _quarantine_lost(ctx, row.block_id, key, as_of, result)
-            continue
-        if head.tier is StorageTier.HOT or head.restored:
+        started = tx.pass_started(_RESTORES)
+    for _ in ctx.batches():
+        with ctx.repo.transaction() as tx:
+            batch = tx.restoring_blocks(ctx.settings.batch_size, checked_before=started)
+        if not batch:
             with ctx.repo.transaction() as tx:
-                tx.block_lock(row.block_id)
-                ctx.store.set_tier(key, StorageTier.HOT)
-                if tx.mark_restored(row.block_id, as_of):
-                    result.restores_completed += 1
-        elif not head.restoring:
-            ctx.store.restore(key, days=ctx.settings.restore_days)
-            result.restores_started += 1
-            log.info("cold: restore of %s (re)started", row.block_id)
+                tx.set_pass_position(_RESTORES, None)
+            break
+        waiting = [row.block_id for row in batch if _check_restore(ctx, row, as_of, result)]
+        with ctx.repo.transaction() as tx:
+            tx.requeue_restoring(waiting)
+    else:
+        result.more = True
     publish_damage(ctx, as_of)
     return result
+
+
+def _check_restore(
+    ctx: MaintenanceContext, row: BlockRow, as_of: datetime, result: ColdResult
+) -> bool:
+    """Settle one restoring block if its restore is done or lost; True while it waits."""
+    key = canonical_key(row.block_id)
+    head = ctx.store.head(key)
+    if head is None:
+        _quarantine_lost(ctx, row.block_id, key, as_of, result)
+        return False
+    if head.tier is StorageTier.HOT or head.restored:
+        with ctx.repo.transaction() as tx:
+            tx.block_lock(row.block_id)
+            ctx.store.set_tier(key, StorageTier.HOT)
+            if tx.mark_restored(row.block_id, as_of):
+                result.restores_completed += 1
+        return False
+    if not head.restoring:
+        ctx.store.restore(key, days=ctx.settings.restore_days)
+        result.restores_started += 1
+        log.info("cold: restore of %s (re)started", row.block_id)
+    return True
 
 
 def _quarantine_lost(

@@ -186,24 +186,30 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     return result if result.more else _loop(ctx, batch, result)
 
 
+_RECOUNT = "gc.recount_usage"  # its pass position (`MaintenanceTx.pass_position`)
+
+
 def recount_usage(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     """Set right the quota counters that drifted (see the module docstring): every
-    namespace, a chunk by id per transaction, in one call. It never reports `more`: a call
-    resumed from the start would never get past the first chunks, and a chunk costs one
-    statement (an index probe per live file)."""
+    namespace, a chunk by id per transaction. When the step's budget is spent it reports
+    `more`, and the next call resumes after the last namespace done (recorded with each
+    chunk): started over, a pass over many namespaces would never get past the first."""
     result = GcResult()
-    after = 0
-    while True:
+
+    def chunk() -> int:
         with ctx.repo.transaction() as tx:
+            after = int(tx.pass_position(_RECOUNT) or 0)
             last, drifted = tx.usage_drift(after, ctx.settings.batch_size)
             result.usage_corrected += sum(
                 tx.correct_usage(ns_id, drift) for ns_id, drift in drifted
             )
+            done = last == after  # past the last namespace
+            tx.set_pass_position(_RECOUNT, None if done else str(last))
         if drifted:
             log.warning("gc: quota counters of %d namespace(s) had drifted", len(drifted))
-        if last == after:  # past the last namespace
-            return result
-        after = last
+        return 0 if done else 1
+
+    return _loop(ctx, chunk, result)
 
 
 def _delete_objects_in(

@@ -578,14 +578,24 @@ class MaintenanceTx:
             (block_id,),
         )
 
-    def restoring_blocks(self, limit: int) -> list[BlockRow]:
-        """Blocks a download asked to restore from the cold tier."""
+    def restoring_blocks(self, limit: int, *, checked_before: datetime) -> list[BlockRow]:
+        """Blocks a download asked to restore from the cold tier and not checked since
+        `checked_before` (see `requeue_restoring`), the longest unchecked first."""
         rows = self._all(
-            f"SELECT {_BLOCK_COLS} FROM blocks WHERE state = 'restoring'"
+            f"SELECT {_BLOCK_COLS} FROM blocks WHERE state = 'restoring' AND updated_at < %s"
             " ORDER BY updated_at LIMIT %s",
-            (limit,),
+            (checked_before, limit),
         )
         return [_block(r) for r in rows]
+
+    def requeue_restoring(self, block_ids: Sequence[str]) -> None:
+        """Record blocks still restoring as checked now (the back of the queue)."""
+        if block_ids:
+            self._count(
+                "UPDATE blocks SET updated_at = now() WHERE block_id = ANY(%s)"
+                " AND state = 'restoring'",
+                (list(block_ids),),
+            )
 
     def mark_restored(self, block_id: str, at: datetime) -> bool:
         """restoring → live (hot), counting the restore as a read at `at`."""
@@ -610,6 +620,35 @@ class MaintenanceTx:
         if len(rows) < limit:
             rows += self._all(sql.format("<"), (start, limit - len(rows)))
         return [_block(r) for r in rows]
+
+    # -- resumable passes -----------------------------------------------------------------
+
+    def pass_position(self, step: str) -> str | None:
+        """Where the last call of `step` stopped its pass (None: start from the beginning)."""
+        rows = self._all("SELECT position FROM maintenance_cursors WHERE step = %s", (step,))
+        return str(rows[0][0]) if rows else None
+
+    def pass_started(self, step: str) -> datetime:
+        """When `step`'s pass under way began; now (the database's clock) if none is."""
+        rows = self._all(
+            "INSERT INTO maintenance_cursors (step, position) VALUES (%s, now()::text)"
+            " ON CONFLICT (step) DO UPDATE SET position = maintenance_cursors.position"
+            " RETURNING position::timestamptz",
+            (step,),
+        )
+        started: datetime = rows[0][0]
+        return started
+
+    def set_pass_position(self, step: str, position: str | None) -> None:
+        """Record where `step`'s pass stopped; None once it has reached the end."""
+        if position is None:
+            self._count("DELETE FROM maintenance_cursors WHERE step = %s", (step,))
+            return
+        self._count(
+            "INSERT INTO maintenance_cursors (step, position) VALUES (%s, %s)"
+            " ON CONFLICT (step) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+            (step, position),
+        )
 
     # -- run log --------------------------------------------------------------------------
 
