@@ -10,6 +10,7 @@ Commits carry idempotency keys, so retrying them is safe.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import ssl
 import threading
@@ -35,6 +36,15 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, details: dict[str, Any]) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.details = status, code, message, details
+
+    @property
+    def refused(self) -> bool:
+        """Whether the server judged the request itself (a 4xx of its own making, not a
+        timeout or a rate limit): sent again unchanged, it meets the same answer. Anything
+        else (5xx, 408, 429, a proxy's page) may pass on a later try."""
+        return (
+            400 <= self.status < 500 and self.status not in (408, 429) and self.code != "http_error"
+        )
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -115,7 +125,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """How long to wait before retry number `attempt` (0-based)."""
-        if retry_after is not None:
+        if retry_after is not None and math.isfinite(retry_after):
             return min(max(retry_after, 0.0), self.max_wait)
         return self.rng.uniform(0, min(self.cap, self.base * 2**attempt))
 
@@ -162,9 +172,10 @@ def send_with_retry(
 def error_from(response: httpx.Response) -> ApiError:
     """The ApiError an error response stands for."""
     try:
-        err = response.json().get("error", {})
+        body = response.json()
     except ValueError:
-        err = {}
+        body = {}
+    err = body.get("error", {}) if isinstance(body, dict) else {}
     if not isinstance(err, dict):
         err = {}
     code = str(err.get("code", "http_error"))

@@ -7,6 +7,7 @@ every path is canonicalised and no symlink is ever followed, wherever it sits on
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import itertools
@@ -106,8 +107,11 @@ class Filesystem(ABC):
         """Atomically and durably rename `src` to `dst`, replacing a file at `dst`."""
 
     @abstractmethod
-    def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
-        """Create a new empty temp file in `folder` (never an existing one); its path + handle."""
+    def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
+        """Create a new empty temp file in `folder` (never an existing one); its path + handle.
+        With the permissions of the file `like` when there is one: a download that replaces
+        a file (renamed over it) must not make a private file world-readable, nor take a
+        script's execute bit away."""
 
     @abstractmethod
     def open_read(self, rel: str) -> BinaryIO:
@@ -217,17 +221,23 @@ class RealFilesystem(Filesystem):
         for folder in dict.fromkeys((parent_of(dst), parent_of(src))):
             _fsync_dir(self._abs(folder))
 
-    def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
+    def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
+        mode = None
+        if like is not None:
+            with contextlib.suppress(FileNotFoundError):
+                mode = stat_mod.S_IMODE(os.lstat(self._abs(like)).st_mode)
         for n in itertools.count():
             name = f"{TEMP_PREFIX}{TEMP_OWNER}-{os.urandom(4).hex()}"
             rel = f"{folder}/{name}" if folder else name
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             try:
-                fd = os.open(self._abs(rel), flags, 0o644)
+                fd = os.open(self._abs(rel), flags, 0o644 if mode is None else 0o600)
             except FileExistsError:
                 if n > 100:
                     raise
                 continue
+            if mode is not None:
+                os.fchmod(fd, mode)  # exactly the old file's bits (os.open's go through umask)
             return rel, os.fdopen(fd, "wb")
         raise AssertionError("unreachable")
 
@@ -369,7 +379,8 @@ class FakeFilesystem(Filesystem):
             self.nodes[dst + p[len(src) :]] = n
         node.mtime_ns = node.mtime_ns or next(self._clock)
 
-    def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
+    def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
+        # permissions are not modelled here: `like` changes nothing
         name = f"{TEMP_PREFIX}{next(self._inodes)}"
         rel = f"{folder}/{name}" if folder else name
         self._new(rel, Kind.FILE)
@@ -469,8 +480,9 @@ class SafeFilesystem(Filesystem):
     def rename(self, src: str, dst: str) -> None:
         self.inner.rename(self._check(src), self._check(dst))
 
-    def create_temp(self, folder: str) -> tuple[str, BinaryIO]:
-        return self.inner.create_temp(self._check_dir(folder))
+    def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
+        checked = None if like is None else self._check(like)
+        return self.inner.create_temp(self._check_dir(folder), like=checked)
 
     def open_read(self, rel: str) -> BinaryIO:
         rel = self._check(rel)

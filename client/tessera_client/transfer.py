@@ -235,8 +235,11 @@ class Transfers:
         try:
             sessions = self._start_session(items)
         except ApiError as e:
-            if len(items) == 1:
-                emit(UploadResult(items[0], status=e.status, error=e))
+            if len(items) == 1 or not e.refused:
+                # the server down or throttling after every retry: split up, each file
+                # would wait out the same retries again, for hours on a large batch
+                for item in items:
+                    emit(UploadResult(item, status=e.status, error=e))
                 return
             # one bad file must not block the others: retry them one by one
             for item in items:
@@ -500,7 +503,10 @@ class Transfers:
             for r in results:
                 if r.entry is not None:
                     self.stats.files_up += 1
-                if r.status != 0:  # done (committed or refused): the session is no longer ours
+                # done (committed or refused): the session is no longer ours. After a
+                # failure that may pass (5xx, 429, a proxy's page), it is kept: its blocks
+                # were sent, and the next round commits them with the same idempotency key
+                if r.entry is not None or (r.error is not None and r.error.refused):
                     self.state.drop_pending("upload", path_key(r.item.path))
         return results
 
@@ -526,7 +532,7 @@ class Transfers:
         folder = parent_of(path)
         if folder:
             self.fs.makedirs(folder)
-        tmp, handle = self.fs.create_temp(folder)
+        tmp, handle = self.fs.create_temp(folder, like=path)
         try:
             with handle:
                 for plaintext in self._fetch_blocks(first, plan):

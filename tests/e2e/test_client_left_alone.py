@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tessera_client.engine import SyncEngine
 
-from .conftest import Cloud, Device, make_device, snapshot
+from .conftest import Cloud, Device, make_device, snapshot, synced_on_both
 
 
 def _pair(cloud: Cloud, devices: list[Device], tmp_path: Path) -> tuple[Device, Device]:
@@ -105,3 +105,19 @@ def test_a_folder_deleted_elsewhere_goes_despite_the_litter_in_it(
     b.run_once()
     a.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == {}
+
+
+def test_a_download_over_a_file_keeps_its_permissions(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """The new content is written beside the file and renamed over it: the temp file takes
+    the old one's mode, so a private file stays private and a script stays executable."""
+    a, b = engines
+    for name, mode in (("secret.txt", 0o600), ("run.sh", 0o755)):
+        synced_on_both(a, b, name, "v1")
+        (b.folder / name).chmod(mode)
+        (a.folder / name).write_text("v2 from A")
+        a.run_once()
+        b.run_once()
+        assert (b.folder / name).read_text() == "v2 from A"
+        assert (b.folder / name).stat().st_mode & 0o777 == mode, name

@@ -243,3 +243,62 @@ def test_a_failure_mid_upload_keeps_the_files_already_committed(
     assert sum(1 for kind, _ in api.log if kind == "put") == 4
     assert _listed(api) == {i.path for i in items}
     api.close()
+
+
+class OutageApi(RecordingApi):
+    """The server answering 503 (after the client's own retries) to the first `down`
+    calls of one route."""
+
+    def __init__(self, server: str, home: Home, route: str, down: int) -> None:
+        super().__init__(server, home, latency=0.0)
+        self.route, self.down, self.calls = route, down, 0
+
+    def call(self, route: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
+        if route == self.route:
+            self.calls += 1
+            if self.calls <= self.down:
+                raise ApiError(503, "unavailable", "try again shortly", {})
+        return super().call(route, body, method)
+
+
+def test_a_commit_the_server_could_not_take_keeps_its_sent_blocks(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A 503 is no refusal: the session (its blocks sent, its idempotency key) stays, and
+    the next round commits it without sending a block again. Dropped, every block of a
+    large file went up again."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = OutageApi(inproc_cloud.url, Home(a.home), "/v1/commit", down=1)
+    [item] = _items(a, 1)
+    xfer = _transfers(a, api)
+    try:
+        [failed] = xfer.upload([item])
+        assert failed.entry is None and failed.status == 503
+        puts = sum(1 for kind, _ in api.log if kind == "put")
+        assert puts > 0
+        [done] = xfer.upload([item])
+    finally:
+        xfer.close()
+    assert done.entry is not None
+    assert sum(1 for kind, _ in api.log if kind == "put") == puts  # nothing sent again
+    assert _listed(api) == {item.path}
+    api.close()
+
+
+def test_an_outage_at_upload_start_is_not_retried_file_by_file(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A batch refused for one bad file is retried a file at a time; one the server could
+    not take at all (5xx after every retry) is not: each file would wait out the same
+    retries again, for hours on a batch of a thousand."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = OutageApi(inproc_cloud.url, Home(a.home), "/v1/uploads", down=100)
+    items = _items(a, 5)
+    xfer = _transfers(a, api)
+    try:
+        results = xfer.upload(items)
+    finally:
+        xfer.close()
+    assert api.calls == 1
+    assert sorted(r.status for r in results) == [503] * 5
+    api.close()

@@ -214,6 +214,13 @@ def test_public_routes_need_no_token(env: Env) -> None:
     assert httpx.get(env.url + "/v1/openapi.json").status_code == 200
 
 
+def test_public_routes_take_no_large_body(env: Env) -> None:
+    """Without a token, nobody gets to make the gateway hold the API's body limit."""
+    r = httpx.post(env.url + "/v1/health", content=b"x" * (64 * 1024))
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == "too_large"
+
+
 def test_body_size_limit(env: Env) -> None:
     token = _login(env).json()["access_token"]
     r = httpx.post(

@@ -33,7 +33,7 @@ class BlockingLongpoll:
         self.waiting = threading.Semaphore(0)
 
     def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
-        if event["path"] == "/v1/list_folder/longpoll":
+        if event["path"].rstrip("/") == "/v1/list_folder/longpoll":  # as the resolver matches
             self.waiting.release()
             self.release.wait(30)
             body = {"changes": False}
@@ -56,15 +56,16 @@ def gateway(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], BlockingLongp
         server.stop()
 
 
+@pytest.mark.parametrize("slash", ["", "/"], ids=["path", "path with a trailing slash"])
 def test_idle_longpolls_leave_threads_for_api_calls(
-    gateway: tuple[str, dict[str, str], BlockingLongpoll],
+    gateway: tuple[str, dict[str, str], BlockingLongpoll], slash: str
 ) -> None:
     url, headers, resolver = gateway
     with ThreadPoolExecutor(IDLE_DEVICES) as devices:
         polls = [
             devices.submit(
                 httpx.post,
-                url + "/v1/list_folder/longpoll",
+                url + "/v1/list_folder/longpoll" + slash,
                 json={"cursor": "c", "timeout": 30},
                 headers=headers,
                 timeout=35,

@@ -205,7 +205,8 @@ def test_a_recount_out_of_budget_resumes_where_it_stopped(
                 "UPDATE namespaces SET bytes_used = 7"
                 " WHERE ns_id = (SELECT max(ns_id) FROM namespaces)"
             )
-            namespaces = conn.execute("SELECT count(*) FROM namespaces").fetchone()[0]  # type: ignore[index]
+        [(namespaces,)] = w.sql("SELECT count(*) FROM namespaces")
+        assert isinstance(namespaces, int)
         calls = [run_step(w.ctx, "gc", "recount_usage") for _ in range(namespaces + 1)]
         assert [r.more for r in calls] == [True] * namespaces + [False]
         assert sum(r.usage_corrected for r in calls if isinstance(r, GcResult)) == 1

@@ -155,6 +155,27 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
 
 
+def test_a_retry_after_that_is_not_a_number_backs_off_as_usual() -> None:
+    """`Retry-After: nan` parses as a float; slept as one, it raised ValueError."""
+    delay = RetryPolicy(rng=random.Random(1)).delay(0, parse_retry_after("nan"))
+    assert 0 <= delay <= 0.2
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "refused"),
+    [
+        (422, "invalid", True),
+        (409, "conflict", True),
+        (503, "unavailable", False),
+        (429, "rate_limited", False),
+        (408, "timeout", False),
+        (403, "http_error", False),  # a proxy's page, not the server's word
+    ],
+)
+def test_only_the_servers_own_judgement_is_a_refusal(status: int, code: str, refused: bool) -> None:
+    assert ApiError(status, code, "m", {}).refused is refused
+
+
 def test_access_token_is_refreshed_on_401(server: tuple[str, Script], tmp_path: Path) -> None:
     url, script = server
     home = Home(tmp_path / "home")
@@ -208,6 +229,10 @@ def test_error_bodies_become_api_errors(server: tuple[str, Script], tmp_path: Pa
     with pytest.raises(ApiError) as info:
         api.call("/v1/commit", {})
     assert (info.value.status, info.value.code, info.value.details) == (409, "conflict", {"rev": 4})
+    script.answers["/v1/commit"] = [(400, {}, ["not", "an", "object"])]
+    with pytest.raises(ApiError) as info:  # not AttributeError
+        api.call("/v1/commit", {})
+    assert (info.value.status, info.value.code) == (400, "http_error")
     api.close()
 
 

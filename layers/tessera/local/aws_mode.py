@@ -47,13 +47,13 @@ from tessera.adapters.aws import (
     list_key_versions,
 )
 from tessera.local.demo import ensure_demo_user
+from tessera.local.gateway import is_longpoll
 from tessera.local.lifecycle import ServedCloud, Stoppable
 from tessera.local.throttle import RequestThrottle
 from tessera.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LONGPOLL_PATH = "/v1/list_folder/longpoll"
 
 # moto accepts any credentials, boto3 and PynamoDB insist on having some.
 _FAKE_CREDENTIALS = {
@@ -224,7 +224,7 @@ class LambdaDispatcher:
 
     def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         """Invoke the function API Gateway would route `event` to."""
-        handler = self._longpoll if event.get("path") == LONGPOLL_PATH else self._api
+        handler = self._longpoll if is_longpoll(str(event.get("path", ""))) else self._api
         result: dict[str, Any] = handler(event, context)
         return result
 

@@ -53,6 +53,10 @@ LONGPOLL_MAX_BODY = 128 * 1024
 # (40 by default) every other request waits for.
 LONGPOLL_THREADS = 256
 PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
+LONGPOLL_PATH = "/v1/list_folder/longpoll"
+# What a public route's request may carry: nothing it reads, so no one reaches for the
+# authenticated routes' limit without signing in.
+PUBLIC_MAX_BODY = 4 * 1024
 BINARY = "application/octet-stream"
 _TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
 
@@ -296,11 +300,15 @@ def create_app(gw: Gateway) -> Starlette:
         return waiting.result()
 
     async def api(request: Request) -> Response:
-        principal = None
-        if request.url.path not in PUBLIC_ROUTES:
-            principal = bearer_principal(request, gw.identity)
-            if gw.throttle is not None:
-                gw.throttle.take(principal.user_id)
+        if is_longpoll(request.url.path):
+            # `/v1/list_folder/longpoll/` too: the resolver matches it, and would hold a
+            # thread of the shared pool for the whole wait
+            return await longpoll(request)
+        if request.url.path in PUBLIC_ROUTES:
+            return await _resolve(request, await read_body(request, PUBLIC_MAX_BODY), None)
+        principal = bearer_principal(request, gw.identity)
+        if gw.throttle is not None:
+            gw.throttle.take(principal.user_id)
         return await _resolve(request, await read_body(request, gw.max_body), principal)
 
     async def _resolve(
@@ -339,11 +347,17 @@ def create_app(gw: Gateway) -> Starlette:
             Route("/blocks/{key:path}", put_block, methods=["PUT"]),
             Route("/blocks/{key:path}", get_block, methods=["GET", "HEAD"]),
             Route("/v1/auth/token", token, methods=["POST"]),
-            Route("/v1/list_folder/longpoll", longpoll, methods=["POST"]),
+            Route(LONGPOLL_PATH, longpoll, methods=["POST"]),
             Route("/v1/{rest:path}", api, methods=methods),
         ],
         exception_handlers={TesseraError: on_error, Exception: on_error},
     )
+
+
+def is_longpoll(path: str) -> bool:
+    """Whether a request path is the long-poll's (API Gateway and the resolver take it with
+    a trailing slash too)."""
+    return path.rstrip("/") == LONGPOLL_PATH
 
 
 async def _done_before_disconnect(request: Request, work: asyncio.Future[Any]) -> bool:
