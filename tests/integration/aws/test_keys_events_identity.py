@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import time
 import uuid
 from typing import Any, cast
@@ -28,7 +29,7 @@ from tessera.adapters.aws import (
     list_key_versions,
     principal_from_claims,
 )
-from tessera.domain.errors import BadRequest, Conflict, Unauthorized
+from tessera.domain.errors import BadRequest, Conflict, Unauthorized, Unavailable
 from tessera.ports import ChangeEvent
 
 pytestmark = pytest.mark.aws
@@ -314,3 +315,25 @@ def test_a_refused_password_creates_no_user(users: CognitoUsers) -> None:
     sub = users.create_user(email, "Secret-passw0rd!")
     tokens = users.token({"email": email, "password": "Secret-passw0rd!"})
     assert tokens.access_token and sub
+
+
+def test_a_key_set_out_of_reach_is_unavailable_not_unauthorized(
+    users: CognitoUsers, aws_settings: AwsSettings
+) -> None:
+    """A valid token checked while the pool's JWKS cannot be fetched: 503 (retry), not 401
+    (which sends the client to sign in again), and the message does not name the URL."""
+    email = f"cy-{uuid.uuid4().hex[:6]}@example.com"
+    users.create_user(email, "Secret-passw0rd!")
+    token = users.token({"email": email, "password": "Secret-passw0rd!"}).access_token
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    unreachable = CognitoIdentity(
+        region=aws_settings.region,
+        pool_id=aws_settings.user_pool_id,
+        client_id=aws_settings.user_pool_client_id,
+        endpoint_url=f"http://127.0.0.1:{port}",
+    )
+    with pytest.raises(Unavailable) as info:
+        unreachable.verify(token)
+    assert info.value.status == 503 and "127.0.0.1" not in info.value.message

@@ -9,14 +9,17 @@ exchange a password or refresh token for tokens (`POST /v1/auth/token`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
 from tessera.adapters.tokens import TokenPair, verified_claims
-from tessera.domain.errors import BadRequest, Conflict, TooManyRequests, Unauthorized
+from tessera.domain.errors import BadRequest, Conflict, TooManyRequests, Unauthorized, Unavailable
 from tessera.ports import Identity, Principal
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
@@ -59,7 +62,7 @@ class CognitoIdentity(Identity):
         """The verified claims as API Gateway passes them to the API (string values)."""
         claims = verified_claims(
             token,
-            lambda t: self._jwks.get_signing_key_from_jwt(t).key,
+            self._signing_key,
             algorithm="RS256",
             issuer=self._issuer,
             require=["exp", "iss", "sub", "token_use"],
@@ -69,6 +72,19 @@ class CognitoIdentity(Identity):
         if use not in {"id", "access"} or audience != self._client_id:
             raise Unauthorized("token was not issued to this app client")
         return {k: v if isinstance(v, str) else str(v) for k, v in claims.items()}
+
+    def _signing_key(self, token: str) -> Any:
+        import jwt
+
+        try:
+            return self._jwks.get_signing_key_from_jwt(token).key
+        except jwt.PyJWKClientConnectionError:
+            # the pool's key set is out of reach: nothing is wrong with the token, and a
+            # 401 would send the client to sign in again for nothing (nor name the URL)
+            log.warning("cannot fetch the Cognito key set", exc_info=True)
+            raise Unavailable(
+                "cannot check sign-ins right now; retry shortly", retry_after=5
+            ) from None
 
     def verify(self, token: str) -> Principal:
         """The caller of a valid token; `Unauthorized` otherwise."""
