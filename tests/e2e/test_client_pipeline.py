@@ -92,6 +92,15 @@ def _transfers(device: Device, api: Api) -> Transfers:
     return Transfers(api, fs, StateDB(device.home / "state.db"), device=device.name, threads=4)
 
 
+def _upload(device: Device, api: Api, items: list[UploadItem]) -> list[UploadResult]:
+    """One upload through fresh `Transfers`, closed after."""
+    xfer = _transfers(device, api)
+    try:
+        return xfer.upload(items)
+    finally:
+        xfer.close()
+
+
 def test_files_are_committed_while_later_blocks_upload(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,11 +108,7 @@ def test_files_are_committed_while_later_blocks_upload(
     a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
     api = RecordingApi(inproc_cloud.url, Home(a.home))
     items = _items(a, 8)
-    xfer = _transfers(a, api)
-    try:
-        results = xfer.upload(items)
-    finally:
-        xfer.close()
+    results = _upload(a, api, items)
     assert sorted(r.item.path for r in results if r.entry is not None) == [i.path for i in items]
     first_commit = min(t for kind, t in api.log if kind == "commit")
     last_put = max(t for kind, t in api.log if kind == "put")
@@ -294,11 +299,7 @@ def test_an_outage_at_upload_start_is_not_retried_file_by_file(
     a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
     api = OutageApi(inproc_cloud.url, Home(a.home), "/v1/uploads", down=100)
     items = _items(a, 5)
-    xfer = _transfers(a, api)
-    try:
-        results = xfer.upload(items)
-    finally:
-        xfer.close()
+    results = _upload(a, api, items)
     assert api.calls == 1
     assert sorted(r.status for r in results) == [503] * 5
     api.close()

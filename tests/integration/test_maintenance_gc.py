@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,9 +167,10 @@ def test_gc_sets_right_the_quota_counters_that_drifted(world: World) -> None:
     assert _gc(world, days=0).usage_corrected == 0
 
 
-def test_the_recount_reaches_the_last_namespace_chunk_by_chunk(
-    database_url: str, tmp_path: Path
-) -> None:
+@contextmanager
+def _newest_namespace_drifted(database_url: str, tmp_path: Path) -> Iterator[World]:
+    """A world of one-namespace chunks and no time budget, whose newest namespace's
+    counter is off."""
     from .test_maintenance_world import make_world
 
     gen = make_world(database_url, tmp_path, batch_size=1, step_budget_s=0.0)
@@ -176,16 +178,23 @@ def test_the_recount_reaches_the_last_namespace_chunk_by_chunk(
     try:
         for who in (ALICE, BOB):
             w.put(who, "/x.bin", secrets.token_bytes(BLOCK))
-        with w.svc.db.pool.connection() as conn:  # the newest namespace drifts
+        with w.svc.db.pool.connection() as conn:
             conn.execute(
                 "UPDATE namespaces SET bytes_used = 7"
                 " WHERE ns_id = (SELECT max(ns_id) FROM namespaces)"
             )
+        yield w
+    finally:
+        gen.close()
+
+
+def test_the_recount_reaches_the_last_namespace_chunk_by_chunk(
+    database_url: str, tmp_path: Path
+) -> None:
+    with _newest_namespace_drifted(database_url, tmp_path) as w:
         result = run_workflow(w.ctx, "gc")
         assert isinstance(result, GcResult) and result.usage_corrected == 1
         assert usage_drift(w.svc.db) == []
-    finally:
-        gen.close()
 
 
 def test_a_recount_out_of_budget_resumes_where_it_stopped(
@@ -193,18 +202,7 @@ def test_a_recount_out_of_budget_resumes_where_it_stopped(
 ) -> None:
     """A call whose budget is spent says `more`; the next goes on after the last namespace
     done. Started over each time, a pass over many namespaces never reached the end."""
-    from .test_maintenance_world import make_world
-
-    gen = make_world(database_url, tmp_path, batch_size=1, step_budget_s=0.0)
-    w = next(gen)
-    try:
-        for who in (ALICE, BOB):
-            w.put(who, "/x.bin", secrets.token_bytes(BLOCK))
-        with w.svc.db.pool.connection() as conn:  # the newest namespace drifts
-            conn.execute(
-                "UPDATE namespaces SET bytes_used = 7"
-                " WHERE ns_id = (SELECT max(ns_id) FROM namespaces)"
-            )
+    with _newest_namespace_drifted(database_url, tmp_path) as w:
         [(namespaces,)] = w.sql("SELECT count(*) FROM namespaces")
         assert isinstance(namespaces, int)
         calls = [run_step(w.ctx, "gc", "recount_usage") for _ in range(namespaces + 1)]
@@ -212,8 +210,6 @@ def test_a_recount_out_of_budget_resumes_where_it_stopped(
         assert sum(r.usage_corrected for r in calls if isinstance(r, GcResult)) == 1
         assert usage_drift(w.svc.db) == []
         assert w.sql("SELECT count(*) FROM maintenance_cursors") == [(0,)]  # the pass ended
-    finally:
-        gen.close()
 
 
 def test_old_versions_go_but_latest_and_shared_blocks_stay(world: World) -> None:
