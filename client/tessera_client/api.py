@@ -30,6 +30,11 @@ from tessera_client.config import Home, Tokens
 RETRY_STATUSES = {500, 502, 503, 504, 429}
 
 
+# The code of an error answer that is not the server's own `{"error": {...}}` body (a
+# proxy's or firewall's page).
+FOREIGN_ERROR = "http_error"
+
+
 class ApiError(Exception):
     """An error answer from the server (`{"error": {"code", "message"}}`)."""
 
@@ -43,7 +48,9 @@ class ApiError(Exception):
         timeout or a rate limit): sent again unchanged, it meets the same answer. Anything
         else (5xx, 408, 429, a proxy's page) may pass on a later try."""
         return (
-            400 <= self.status < 500 and self.status not in (408, 429) and self.code != "http_error"
+            400 <= self.status < 500
+            and self.status not in (408, 429)
+            and self.code != FOREIGN_ERROR
         )
 
 
@@ -178,7 +185,7 @@ def error_from(response: httpx.Response) -> ApiError:
     err = body.get("error", {}) if isinstance(body, dict) else {}
     if not isinstance(err, dict):
         err = {}
-    code = str(err.get("code", "http_error"))
+    code = str(err.get("code", FOREIGN_ERROR))
     message = str(err.get("message", response.reason_phrase or "error"))
     details = {k: v for k, v in err.items() if k not in ("code", "message")}
     return ApiError(response.status_code, code, message, details)

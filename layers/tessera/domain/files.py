@@ -467,9 +467,7 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
             if loc.mount.access == "owner":
                 events.append(delete_share(store, view, loc.mount, if_empty=req.if_empty))
             else:
-                if req.if_empty:
-                    check_empty(store, loc.mount.ns_id, paths.ROOT, loc.mount.mount_path)
-                events.append(leave_share(store, view.user, loc.mount))
+                events.append(leave_share(store, view.user, loc.mount, if_empty=req.if_empty))
             result: FileEntry | FolderEntry | DeletedEntry = entry(view, loc)
             assert isinstance(result, FolderEntry)
         else:

@@ -81,8 +81,13 @@ def check_empty(store: Store, ns_id: int, folder_key: str, path: str) -> None:
         raise Conflict(f"{path!r} is not empty: it holds entries added since you listed it")
 
 
-def leave_share(store: Store, user: UserRow, mount: MountRow) -> ChangeEvent:
-    """Remove the caller (not the owner) from a shared namespace."""
+def leave_share(
+    store: Store, user: UserRow, mount: MountRow, *, if_empty: bool = False
+) -> ChangeEvent:
+    """Remove the caller (not the owner) from a shared namespace; with `if_empty`, 409
+    while it holds anything."""
+    if if_empty:
+        check_empty(store, mount.ns_id, paths.ROOT, mount.mount_path)
     store.remove_member(mount.ns_id, user.user_id)
     return _mount_journal(store, user, mount.ns_id, mount.mount_path, "delete")
 
