@@ -16,13 +16,13 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from tessera_client.blockhttp import BlockHttp
 from tessera_client.config import Home, Tokens
@@ -55,6 +55,8 @@ class ApiError(Exception):
 
 
 M = TypeVar("M", bound=BaseModel)
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 def json_body(response: httpx.Response) -> Any:
@@ -93,6 +95,19 @@ def parse(model: type[M], answer: Any) -> M:
     ) from None
 
 
+def paired(asked: Sequence[A], answered: Sequence[B], what: str) -> list[tuple[A, B]]:
+    """Each thing asked for with its answer, in order. An answer list of another length (a
+    server bug or a lie) is an `ApiError` like any answer that does not fit, not a crash."""
+    if len(asked) != len(answered):
+        raise ApiError(
+            502,
+            "malformed_response",
+            f"the server answered {len(answered)} {what} for the {len(asked)} asked for",
+            {},
+        )
+    return list(zip(asked, answered, strict=True))
+
+
 def _without(answer: Any, locations: list[tuple[int | str, ...]]) -> Any:
     """A copy of `answer` without the fields at `locations` (pydantic error locations: keys
     and list indexes, and the tags of tagged unions, which name no key and are stepped
@@ -109,6 +124,14 @@ def _without(answer: Any, locations: list[tuple[int | str, ...]]) -> Any:
         if isinstance(node, dict):
             node.pop(location[-1], None)
     return stripped
+
+
+class TokenAnswer(BaseModel):
+    """What `POST /v1/auth/token` answers (the fields the client uses)."""
+
+    access_token: str = Field(min_length=1)
+    refresh_token: str = Field(min_length=1)
+    expires_in: float = Field(default=300, gt=0, allow_inf_nan=False)
 
 
 class NotLoggedIn(Exception):
@@ -243,11 +266,11 @@ class Api:
         )
         if response.status_code != 200:
             raise error_from(response)
-        data = response.json()
+        answer = parse(TokenAnswer, json_body(response))
         tokens = Tokens(
-            refresh_token=data["refresh_token"],
-            access_token=data["access_token"],
-            expires_at=time.time() + float(data.get("expires_in", 300)),
+            refresh_token=answer.refresh_token,
+            access_token=answer.access_token,
+            expires_at=time.time() + answer.expires_in,
         )
         self.home.save_tokens(tokens)
         self._tokens = tokens

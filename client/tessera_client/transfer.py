@@ -49,7 +49,7 @@ from tessera.blocks import (
     default_workers,
     encode_block,
 )
-from tessera_client.api import Api, ApiError, error_from, json_body, parse
+from tessera_client.api import Api, ApiError, error_from, json_body, paired, parse
 from tessera_client.blockhttp import UnusableUrl
 from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
@@ -435,7 +435,7 @@ class Transfers:
             urls = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body)).urls
             puts += [
                 (b, self.pool.submit(self._put, u.method, u.url, u.headers, b[3]))
-                for b, u in zip(blocks, urls, strict=True)
+                for b, u in paired(blocks, urls, "block URLs")
             ]
         return puts
 
@@ -487,7 +487,7 @@ class Transfers:
             answer = parse(
                 CommitBatchResponse, self.api.call("/v1/commit_batch", {"entries": bodies})
             )
-            for item, res in zip(ready, answer.entries, strict=True):
+            for item, res in paired(ready, answer.entries, "commit results"):
                 if res.entry is not None:
                     results.append(UploadResult(item, entry=res.entry))
                 else:

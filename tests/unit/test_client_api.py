@@ -218,6 +218,31 @@ def test_expired_refresh_token_asks_to_log_in_again(
     api.close()
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"access_token": "a"},  # no refresh token
+        {"access_token": "a", "refresh_token": "r", "expires_in": "NaN"},
+        ["not", "an", "object"],
+    ],
+)
+def test_a_malformed_token_answer_is_an_api_error_and_keeps_the_old_tokens(
+    server: tuple[str, Script], tmp_path: Path, answer: object
+) -> None:
+    """It raised KeyError or TypeError out of the sign-in (a traceback, not a message)."""
+    url, script = server
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r1"))
+    script.answers["/v1/auth/token"] = [(200, {}, answer)]
+    api = Api(url, home, policy=policy(Sleeps()))
+    with pytest.raises(ApiError) as info:
+        api.call("/v1/account", method="GET")
+    api.close()
+    assert (info.value.status, info.value.code) == (502, "malformed_response")
+    stored = home.load_tokens()
+    assert stored is not None and stored.refresh_token == "r1"
+
+
 def test_error_bodies_become_api_errors(server: tuple[str, Script], tmp_path: Path) -> None:
     url, script = server
     home = Home(tmp_path / "home")

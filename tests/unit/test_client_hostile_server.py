@@ -10,7 +10,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,6 +44,8 @@ class Evil:
     expired: set[str] = field(default_factory=set)  # block URLs that answer 403 until renewed
     stuck_pages: bool = False  # answer every page after the first with no blocks
     renew_wrong: bool = False  # a renewal answers with the next block instead
+    # upload routes (`/v1/uploads`, ...) -> how they answer a request body
+    answers: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
 
     def add_file(
         self,
@@ -154,8 +156,14 @@ def evil() -> Iterator[Evil]:
                 self._send(202, {"restoring": True, "retry_after": 1, "blocks": []})
             elif self.path == "/v1/download":
                 self._send(200, state.download_page(body))
+            elif self.path in state.answers:
+                self._send(200, state.answers[self.path](body))
             else:
                 self._send(404, {"error": {"code": "not_found", "message": self.path}})
+
+        def do_PUT(self) -> None:  # a presigned block PUT
+            self.rfile.read(int(self.headers["Content-Length"] or 0))
+            self._send(200, None, b"")
 
         def log_message(self, *args: object) -> None:
             pass
@@ -644,3 +652,74 @@ def test_news_arriving_as_the_daemon_checks_for_it_still_gets_a_pull(
     engine.close()
     # the first round is a full one; the news came in as the second was decided
     assert pulls[0] and pulls[2], pulls
+
+
+def _uploads_answer(key: bytes = KEY) -> Callable[[dict[str, Any]], Any]:
+    """`/v1/uploads`: every block needed, under `key`."""
+
+    def answer(body: dict[str, Any]) -> Any:
+        ids = {b["id"] for f in body["files"] for b in f["blocks"]}
+        needed = [{"id": i, "key_version": 1, "key": base64.b64encode(key).decode()} for i in ids]
+        return {"upload_id": "u1", "expires_at": "2099-01-01T00:00:00Z", "needed": needed}
+
+    return answer
+
+
+def _urls_answer(evil: Evil, drop: int = 0) -> Callable[[dict[str, Any]], Any]:
+    """`/v1/uploads/urls`: a PUT URL per block, less the last `drop` of them."""
+
+    def answer(body: dict[str, Any]) -> Any:
+        blocks = body["blocks"][: len(body["blocks"]) - drop]
+        urls = [
+            {"id": b["id"], "method": "PUT", "url": f"{evil.base}/put/{b['id']}"} for b in blocks
+        ]
+        return {"urls": urls}
+
+    return answer
+
+
+def _commit_batch_answer(drop: int) -> Callable[[dict[str, Any]], Any]:
+    """`/v1/commit_batch`: a result per entry, less the last `drop` of them."""
+
+    def answer(body: dict[str, Any]) -> Any:
+        entries = []
+        for n, e in enumerate(body["entries"][: len(body["entries"]) - drop]):
+            name = e["path"].rsplit("/", 1)[-1]
+            entry = {".tag": "file", "name": name, "path_display": e["path"],
+                     "path_lower": e["path"].lower(), "file_id": f"f{n}", "rev": 1,
+                     "size": e["size"], "content_hash": e["content_hash"],
+                     "server_modified": "2026-11-26T01:00:00Z", "ns_id": 1}  # fmt: skip
+            entries.append({".tag": "success", "entry": entry})
+        return {"entries": entries}
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "lie",
+    ["short key", "missing URL", "missing commit result"],
+)
+def test_a_malformed_upload_answer_is_reported_not_a_crash(
+    tmp_path: Path, evil: Evil, lie: str
+) -> None:
+    """A key of the wrong length, or fewer URLs or commit results than asked for, raised
+    ValueError deep in the upload (the cipher, `zip(strict=True)`): not an `ApiError`, so
+    it ended the round and the daemon. Now each is the server's malformed answer (502),
+    reported, and the round ends normally."""
+    evil.answers = {
+        "/v1/uploads": _uploads_answer(KEY[:16] if lie == "short key" else KEY),
+        "/v1/uploads/urls": _urls_answer(evil, drop=1 if lie == "missing URL" else 0),
+        "/v1/commit_batch": _commit_batch_answer(drop=1 if lie == "missing commit result" else 0),
+    }
+    engine = _engine(tmp_path, evil)
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "root" / "sync" / name).write_bytes(name.encode() * 1000)
+    result = engine.run_once(max_rounds=1)
+    engine.close()
+    reported = "\n".join(result.problems)
+    expected = {
+        "short key": "does not fit at needed.0.key",
+        "missing URL": "answered 1 block URLs for the 2 asked for",
+        "missing commit result": "answered 1 commit results for the 2 asked for",
+    }[lie]
+    assert expected in reported, reported

@@ -22,6 +22,13 @@ BlockId = Annotated[
     ),
 ]
 ContentHash = Annotated[str, Field(pattern=r"^b3:[0-9a-f]{64}$")]
+# Base64 (with its padding) of exactly 32 bytes: a SHA-256 digest or an AES-256 block key.
+# Checked on answers too: a key of another length would fail deep in the cipher.
+BASE64_OF_32_BYTES = r"^[A-Za-z0-9+/]{43}=$"
+BlockKeyB64 = Annotated[
+    str,
+    Field(pattern=BASE64_OF_32_BYTES, description="base64 of the 32-byte AES-256-GCM block key"),
+]
 # Raw paths are checked by tessera.domain.paths (422 with a clear message), not by a regex.
 PathStr = Annotated[str, Field(max_length=8192, description="a path in the caller's view")]
 FileId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -117,7 +124,7 @@ class BlockKey(Model):
 
     id: BlockId
     key_version: int
-    key: str = Field(description="base64 of the 32-byte AES-256-GCM block key")
+    key: BlockKeyB64
 
 
 class UploadStartResponse(Model):
@@ -134,7 +141,7 @@ class UploadUrlBlock(Model):
     id: BlockId
     size: int = Field(ge=1, description="bytes of the encoded (stored) block")
     sha256: str = Field(
-        pattern=r"^[A-Za-z0-9+/]{43}=$", description="base64 SHA-256 of the encoded block"
+        pattern=BASE64_OF_32_BYTES, description="base64 SHA-256 of the encoded block"
     )
 
 
@@ -266,7 +273,7 @@ class DownloadBlock(Model):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
     key_version: int
-    key: str = Field(description="base64 of the 32-byte block key")
+    key: BlockKeyB64
 
 
 class DownloadResponse(Model):
