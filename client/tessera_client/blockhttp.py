@@ -24,6 +24,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import httpx
 
+from tessera.blocks import MAX_STORED_SIZE
+
 #: What a connection kept from an earlier request raises when the server has closed it
 #: meanwhile: the request is sent again, once, on a new connection.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
@@ -35,8 +37,9 @@ _UNSENDABLE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 class UnusableUrl(ValueError):
     """A block URL or header from the server that cannot be sent (a bad port, a line break
-    in a header, not http(s)). The server's answer is at fault, not the network: it is not
-    retried, and fails the block's file alone."""
+    in a header, not http(s)), or one that answers with more than any block holds. The
+    server's answer is at fault, not the network: it is not retried, and fails the block's
+    file alone."""
 
 
 def _checked(url: str, headers: Mapping[str, str]) -> SplitResult:
@@ -67,10 +70,14 @@ class BlockHttp:
         timeout: float,
         ssl_context: ssl.SSLContext | None = None,
         proxies: Mapping[str, str] | None = None,
+        max_answer: int = MAX_STORED_SIZE,
     ) -> None:
         """`fallback` sends what must go through a proxy; `ssl_context` defaults to httpx's,
-        `proxies` to the environment's (read once, as httpx does)."""
+        `proxies` to the environment's (read once, as httpx does). An answer body longer
+        than `max_answer` bytes is refused as it arrives (`UnusableUrl`): a block URL that
+        streams without end would otherwise fill the client's memory."""
         self._fallback = fallback
+        self._max_answer = max_answer
         self._timeout = timeout
         self._ssl = ssl_context
         self._proxies = urllib.request.getproxies_environment() if proxies is None else proxies
@@ -97,7 +104,7 @@ class BlockHttp:
         URL or header that cannot be sent `UnusableUrl`."""
         parts = _checked(url, headers or {})
         if self._proxied(parts.scheme, parts.hostname or ""):
-            return self._fallback.request(method, url, headers=headers, content=content)
+            return self._through_proxy(method, url, headers, content)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
@@ -114,7 +121,8 @@ class BlockHttp:
                 self._discard(kept)
                 conn = self._connect(*key)
                 response = _send(conn, method, target, headers or {}, content)
-            body = response.read()
+            body = response.read(self._max_answer + 1)
+            self._check_size(url, len(body))
         except BaseException as exc:
             self._discard(conn)
             if isinstance(exc, ssl.SSLError):
@@ -134,6 +142,33 @@ class BlockHttp:
             content=body,
             request=httpx.Request(method, url),
         )
+
+    def _through_proxy(
+        self, method: str, url: str, headers: dict[str, str] | None, content: bytes | None
+    ) -> httpx.Response:
+        """The request sent by the httpx client (which honours the proxy), its answer read
+        up to `max_answer` bytes."""
+        with self._fallback.stream(method, url, headers=headers, content=content) as streamed:
+            body = bytearray()
+            for chunk in streamed.iter_bytes():
+                body += chunk
+                self._check_size(url, len(body))
+            # the body is decoded now: the headers that described its encoding go
+            decoded = [
+                (name, value)
+                for name, value in streamed.headers.multi_items()
+                if name not in ("content-encoding", "content-length")
+            ]
+            return httpx.Response(
+                streamed.status_code, headers=decoded, content=bytes(body), request=streamed.request
+            )
+
+    def _check_size(self, url: str, received: int) -> None:
+        if received > self._max_answer:
+            raise UnusableUrl(
+                f"{url.split('?')[0]}: the answer is longer than any block"
+                f" ({self._max_answer} bytes)"
+            )
 
     def _proxied(self, scheme: str, host: str) -> bool:
         """True when the environment routes `scheme://host` through a proxy (as httpx would)."""

@@ -183,6 +183,35 @@ def test_a_proxy_in_the_environment_is_honoured(
     direct.close()
 
 
+def test_an_answer_longer_than_any_block_is_refused_as_it_arrives(
+    store: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block URL answering with more than a stored block can hold (a lying or broken
+    server, an endless stream) was read whole into memory. Now it is refused after
+    `max_answer` bytes, directly or through a proxy, and the connection is not reused."""
+    fallback = httpx.Client()
+    capped = BlockHttp(fallback, timeout=5, max_answer=1000)
+    store.objects["/fits"] = (b"x" * 1000, {})  # type: ignore[attr-defined]
+    store.objects["/huge"] = (b"x" * 1001, {})  # type: ignore[attr-defined]
+    with pytest.raises(UnusableUrl, match="longer than any block"):
+        capped.request("GET", _url(store, "/huge"))
+    assert capped.request("GET", _url(store, "/fits")).content == b"x" * 1000
+    assert store.connections == 2  # type: ignore[attr-defined]
+    capped.close()
+
+    def proxy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"y" * (1001 if "huge" in str(request.url) else 10))
+
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    proxied = BlockHttp(
+        httpx.Client(transport=httpx.MockTransport(proxy)), timeout=5, max_answer=1000
+    )
+    with pytest.raises(UnusableUrl, match="longer than any block"):
+        proxied.request("GET", _url(store, "/huge"))
+    assert proxied.request("GET", _url(store, "/small")).content == b"y" * 10
+    fallback.close()
+
+
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])

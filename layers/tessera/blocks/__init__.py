@@ -18,6 +18,7 @@ from tessera.blocks.chunking import (
     scan_file,
 )
 from tessera.blocks.codec import (
+    MAX_STORED_SIZE,
     decode_block,
     decode_many,
     encode_block,
@@ -37,6 +38,7 @@ from tessera.blocks.workers import default_workers
 __all__ = [
     "AVG_BLOCK_SIZE",
     "MAX_BLOCK_SIZE",
+    "MAX_STORED_SIZE",
     "MIN_BLOCK_SIZE",
     "BlockError",
     "BlockFormatError",

@@ -43,6 +43,8 @@ _HEADER = struct.Struct(">4sBBI")  # magic, version, flags, key_version
 HEADER_SIZE = _HEADER.size  # 10, the authenticated header
 PREFIX_SIZE = HEADER_SIZE + NONCE_SIZE  # 22, everything before the ciphertext
 MIN_STORED_SIZE = PREFIX_SIZE + TAG_SIZE  # 38, an empty raw plaintext
+# A compressed body is shorter than its plaintext, else the block is stored raw.
+MAX_STORED_SIZE = MIN_STORED_SIZE + MAX_BLOCK_SIZE
 MAX_KEY_VERSION = 2**32 - 1
 # Incompressibility probe (see _worth_compressing): 4 slices of 8 KiB from blocks > 64 KiB.
 PROBE_THRESHOLD = 64 * 1024
