@@ -126,6 +126,9 @@ def test_refresh_grant(env: Env) -> None:
     r = httpx.post(env.url + "/v1/auth/token", json={"refresh_token": pair["refresh_token"]})
     assert r.status_code == 200, r.text
     assert _call(env, r.json()["access_token"]).status_code == 200
+    # the same refresh token back, as Cognito answers: a session ends 30 days after its
+    # sign-in, however often it refreshes (a new one each time never ended)
+    assert r.json()["refresh_token"] == pair["refresh_token"]
     # an access token is not a refresh token
     r = httpx.post(env.url + "/v1/auth/token", json={"refresh_token": pair["access_token"]})
     assert r.status_code == 401

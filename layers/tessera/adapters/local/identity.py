@@ -3,7 +3,10 @@
 Access tokens carry what a Cognito access token carries and API Gateway's authorizer checks:
 `iss`, `aud`, `sub` (the user_id), `email`, `iat`, `exp` (1 h), `token_use="access"`.
 Refresh tokens are signed by the same key for a different audience (`<aud>:refresh`) and
-live 30 days, so neither kind is accepted where the other is expected.
+live 30 days, so neither kind is accepted where the other is expected. A refresh answers
+with a new access token and the same refresh token, as Cognito does: a session ends 30
+days after its sign-in however often it refreshes (a new refresh token each time had let
+a stolen one renew itself for ever).
 """
 
 from __future__ import annotations
@@ -100,12 +103,16 @@ class JwtIssuer(Identity):
         return jwt.encode(claims, self._private, algorithm=_ALGORITHM)
 
     def issue(self, principal: Principal) -> TokenPair:
-        """A fresh access + refresh token pair for `principal`."""
+        """A fresh access + refresh token pair for `principal` (a sign-in)."""
+        refresh = self._encode(principal, f"{self.audience}:refresh", "refresh", self.refresh_ttl)
+        return self.refreshed(principal, refresh)
+
+    def refreshed(self, principal: Principal, refresh_token: str) -> TokenPair:
+        """A fresh access token for `principal` beside `refresh_token`, returned unchanged:
+        the session keeps the expiry of its sign-in."""
         return TokenPair(
             access_token=self._encode(principal, self.audience, "access", self.access_ttl),
-            refresh_token=self._encode(
-                principal, f"{self.audience}:refresh", "refresh", self.refresh_ttl
-            ),
+            refresh_token=refresh_token,
             expires_in=self.access_ttl,
         )
 
@@ -320,7 +327,7 @@ class LocalIdentity:
             current = self.users.get(principal.user_id)
             if current is None:
                 raise Unauthorized("the user no longer exists")
-            return self.issuer.issue(current)
+            return self.issuer.refreshed(current, refresh)
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
             raise BadRequest('send {"email", "password"} or {"refresh_token"}')
