@@ -325,6 +325,72 @@ def test_concurrent_sign_ins_check_a_few_passwords_at_a_time(env: Env) -> None:
     assert refused[0].json()["error"]["code"] == "rate_limited"
 
 
+def test_a_flood_of_sign_ins_leaves_the_api_its_threads(env: Env) -> None:
+    """Sign-ins waiting for a password-check slot held threads of the pool every API call
+    runs on: forty of them and the API stopped answering. They now run on threads of
+    their own (`SIGN_IN_THREADS`), and a sign-in finding them all busy gets 429 at once."""
+    users = LocalUsers(env.database, hash_slots=1, hash_wait_s=30)
+    release = threading.Event()
+    hashing = threading.Event()
+
+    class StuckHasher(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+            hashing.set()
+            release.wait(30)
+            return super().verify(hash, password)
+
+    gateway = Gateway(
+        identity=env.issuer,
+        token_endpoint=LocalIdentity(users, env.issuer),
+        resolver=EchoResolver(),
+    )
+    server = Server()
+    server.start(create_app(gateway))
+    token = env.issuer.issue(env.principal).access_token
+
+    def sign_in(_: int) -> int:
+        body = {"email": f"{uuid.uuid4().hex}@example.com", "password": "guess guess"}
+        return httpx.post(server.base_url + "/v1/auth/token", json=body, timeout=60).status_code
+
+    try:
+        with mock.patch.object(users, "_hasher", StuckHasher()), ThreadPoolExecutor(60) as pool:
+            flood = [pool.submit(sign_in, n) for n in range(60)]
+            assert hashing.wait(10)
+            time.sleep(0.5)  # the rest of the flood arrives
+            answer = httpx.post(
+                server.base_url + "/v1/account",
+                json={},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+            release.set()
+            statuses = [f.result() for f in flood]
+    finally:
+        release.set()
+        server.stop()
+    assert set(statuses) == {401, 429}
+
+
+def test_sign_ins_are_throttled_per_address(env: Env) -> None:
+    from tessera.local.throttle import RequestThrottle
+
+    gateway = Gateway(
+        token_endpoint=LocalIdentity(LocalUsers(env.database), env.issuer),
+        sign_in_throttle=RequestThrottle(rate=0.01, burst=2),
+    )
+    server = Server()
+    server.start(create_app(gateway))
+    try:
+        body = {"email": "alice@example.com", "password": PASSWORD}
+        answers = [httpx.post(server.base_url + "/v1/auth/token", json=body) for _ in range(3)]
+    finally:
+        server.stop()
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["code"] == "rate_limited"
+    assert int(answers[2].headers["retry-after"]) >= 1
+
+
 def test_api_requests_are_throttled_per_user_with_retry_after(env: Env) -> None:
     """Like API Gateway's stage throttling: 429 in the API's error shape, with Retry-After;
     another user and the public routes are not affected."""

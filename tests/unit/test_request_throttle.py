@@ -48,3 +48,20 @@ def test_buckets_are_per_caller_and_never_exceed_the_burst() -> None:
 def test_nonsense_limits_are_refused(rate: float, burst: int) -> None:
     with pytest.raises(ValueError, match="rate must be"):
         RequestThrottle(rate, burst)
+
+
+def test_past_max_keys_only_the_full_buckets_are_forgotten() -> None:
+    """Per-address buckets for sign-ins must not grow without end; dropping a bucket that
+    is still draining would hand its caller a fresh burst, so only full ones go."""
+    clock = Clock()
+    throttle = RequestThrottle(rate=1, burst=2, clock=clock, max_keys=3)
+    for n in range(3):
+        throttle.take(f"passer-by {n}")
+    clock.now += 10  # their buckets have refilled
+    throttle.take("flooder")
+    throttle.take("flooder")  # the fourth key: the full buckets are forgotten
+    assert list(throttle._buckets) == ["flooder"]
+    for n in range(3, 6):
+        throttle.take(f"passer-by {n}")  # past max_keys again, but none is full
+    with pytest.raises(TooManyRequests):
+        throttle.take("flooder")  # its draining bucket was kept

@@ -475,6 +475,7 @@ class AwsLocalCloud(ServedCloud):
                     self.functions["api"].handler, self.functions["longpoll"].handler
                 ),
                 throttle=RequestThrottle.from_settings(self.settings),
+                sign_in_throttle=RequestThrottle.for_sign_ins(),
             )
             self._server = Server(self.host, self.port)
             self.base_url = self._server.base_url

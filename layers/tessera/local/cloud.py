@@ -161,6 +161,7 @@ class LocalCloud(ServedCloud):
                 token_endpoint=LocalIdentity(users, issuer),
                 max_body=max(16 * 1024 * 1024, self.settings.max_stored_block_size),
                 throttle=RequestThrottle.from_settings(self.settings),
+                sign_in_throttle=RequestThrottle.for_sign_ins(),
             )
             self._feed = PostgresChangeFeed(self.conninfo)
             self._wire_api(gateway, keys)

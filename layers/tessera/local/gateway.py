@@ -37,6 +37,7 @@ from tessera.domain.errors import (
     NotFound,
     PayloadTooLarge,
     TesseraError,
+    TooManyRequests,
     Unauthorized,
     Unprocessable,
 )
@@ -52,6 +53,10 @@ LONGPOLL_MAX_BODY = 128 * 1024
 # a concurrency of its own; here its own threads, so idle devices cannot take the threads
 # (40 by default) every other request waits for.
 LONGPOLL_THREADS = 256
+# A sign-in may wait up to a second for a password-check slot, in a worker thread: on
+# threads of its own, so a flood of sign-ins cannot take the ones every API call needs.
+# When they are all busy the answer is 429 at once.
+SIGN_IN_THREADS = 8
 PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
 LONGPOLL_PATH = "/v1/list_folder/longpoll"
 # What a public route's request may carry: nothing it reads, so no one reaches for the
@@ -109,6 +114,8 @@ class Gateway:
     # per-user throttling of the API routes (not the long-poll, which holds an event, nor
     # the presigned block URLs, which are S3's on AWS)
     throttle: RequestThrottle | None = None
+    # per-address throttling of the token endpoint (sign-ins need no account)
+    sign_in_throttle: RequestThrottle | None = None
 
 
 def error_response(err: TesseraError) -> JSONResponse:
@@ -167,6 +174,11 @@ def bearer_principal(request: Request, identity: Identity | None) -> Principal:
     return identity.verify(token.strip())
 
 
+def client_address(request: Request) -> str:
+    """The address the request came from (API Gateway's `sourceIp`)."""
+    return request.client.host if request.client else "127.0.0.1"
+
+
 def proxy_event(request: Request, body: bytes, principal: Principal | None) -> dict[str, Any]:
     """The API Gateway REST proxy event (`{proxy+}` resource) for `request`."""
     headers: dict[str, str] = {}
@@ -217,7 +229,7 @@ def proxy_event(request: Request, body: bytes, principal: Principal | None) -> d
             "requestId": str(uuid.uuid4()),
             "requestTimeEpoch": int(now * 1000),
             "identity": {
-                "sourceIp": request.client.host if request.client else "127.0.0.1",
+                "sourceIp": client_address(request),
                 "userAgent": request.headers.get("user-agent", ""),
             },
             "authorizer": authorizer,
@@ -242,6 +254,7 @@ def proxy_response(result: Mapping[str, Any]) -> Response:
 def create_app(gw: Gateway) -> Starlette:
     """The gateway's ASGI app over `gw`'s collaborators."""
     longpoll_threads = anyio.CapacityLimiter(LONGPOLL_THREADS)
+    sign_in_threads = anyio.CapacityLimiter(SIGN_IN_THREADS)
 
     async def put_block(request: Request) -> Response:
         if gw.block_store is None:
@@ -279,8 +292,14 @@ def create_app(gw: Gateway) -> Starlette:
     async def token(request: Request) -> Response:
         if gw.token_endpoint is None:
             raise Unauthorized("this gateway issues no tokens")
+        if gw.sign_in_throttle is not None:
+            gw.sign_in_throttle.take(client_address(request))
         body = await json_body(request, 64 * 1024)
-        pair = await run_in_threadpool(gw.token_endpoint.token, body)
+        if sign_in_threads.available_tokens < 1:
+            raise TooManyRequests("too many sign-ins at once; try again shortly", 1)
+        pair = await anyio.to_thread.run_sync(
+            gw.token_endpoint.token, body, limiter=sign_in_threads
+        )
         return JSONResponse(pair.to_body(), headers={"Cache-Control": "no-store"})
 
     async def longpoll(request: Request) -> Response:
