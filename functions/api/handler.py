@@ -26,7 +26,8 @@ with lambda_init():
 
     runtime = AwsRuntime.from_env()
     services = runtime.services()
-    resolver = build_resolver(services)
+    # the long-poll has a function of its own: here it would wait out this one's timeout
+    resolver = build_resolver(services, longpoll=False)
     # On AWS, init runs before the first request is routed (ahead of any, with provisioned
     # concurrency): the SSM + KMS round trips for the block-key secret belong here.
     services.keys.load_current()

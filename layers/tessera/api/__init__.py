@@ -14,11 +14,12 @@ if TYPE_CHECKING:
     from tessera.domain.services import Services
 
 
-def build_resolver(services: Services) -> APIGatewayRestResolver:
-    """The API app wired to `services`; call `.resolve(event, context)` with a REST proxy event."""
+def build_resolver(services: Services, *, longpoll: bool = True) -> APIGatewayRestResolver:
+    """The API app wired to `services`; call `.resolve(event, context)` with a REST proxy
+    event. `longpoll=False` leaves out the long-poll's route (the api function's)."""
     from tessera.api.app import build_resolver as _build
 
-    return _build(services)
+    return _build(services, longpoll=longpoll)
 
 
 __all__ = ["build_resolver"]

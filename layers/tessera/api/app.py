@@ -17,8 +17,8 @@ from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 from pydantic import BaseModel, ValidationError
 
 import tessera
-from tessera.api.routes import ROUTES, Route
-from tessera.domain.errors import TesseraError, TooManyRequests, Unauthorized, Unavailable
+from tessera.api.routes import LONGPOLL_PATH, ROUTES, Route, is_longpoll
+from tessera.domain.errors import TesseraError, Unauthorized, Unavailable
 from tessera.domain.models import HealthResponse, RestoringResponse, dump
 from tessera.domain.services import Services
 from tessera.ports import Principal
@@ -109,10 +109,7 @@ class _BodyError(Exception):
 
 
 def _error_response(exc: TesseraError) -> Response[str]:
-    headers = {}
-    if isinstance(exc, TooManyRequests | Unavailable):
-        headers["Retry-After"] = str(exc.retry_after)
-    return _json(exc.status, exc.to_body(), headers)
+    return _json(exc.status, exc.to_body(), exc.headers())
 
 
 def _respond(result: BaseModel) -> Response[str]:
@@ -121,8 +118,13 @@ def _respond(result: BaseModel) -> Response[str]:
     return _json(200, dump(result))
 
 
-def build_resolver(services: Services) -> APIGatewayRestResolver:
-    """The API app wired to `services`; `.resolve(event, context)` takes REST proxy events."""
+def build_resolver(services: Services, *, longpoll: bool = True) -> APIGatewayRestResolver:
+    """The API app wired to `services`; `.resolve(event, context)` takes REST proxy events.
+
+    Without `longpoll` (the api function: API Gateway routes the long-poll to a function of
+    its own) the long-poll's route answers 404: the api function sees it only as a path its
+    resource did not match (with a trailing slash), and waiting there would hold an api
+    function, sized for quick calls, until its timeout."""
     app = APIGatewayRestResolver()
 
     def register(route: Route) -> None:
@@ -136,7 +138,8 @@ def build_resolver(services: Services) -> APIGatewayRestResolver:
         app.route(route.path, method=route.method)(handler)
 
     for route in ROUTES:
-        register(route)
+        if longpoll or route.path != LONGPOLL_PATH:
+            register(route)
 
     @app.get("/v1/health")
     def health() -> Response[str]:
@@ -164,6 +167,8 @@ def build_resolver(services: Services) -> APIGatewayRestResolver:
 
     @app.not_found
     def not_found(exc: Exception) -> Response[str]:
+        if is_longpoll(app.current_event.path):
+            return _error(404, "not_found", f"the long-poll is POST {LONGPOLL_PATH}")
         return _error(404, "not_found", "no such route")
 
     return app

@@ -16,6 +16,16 @@ from tessera.ports import Principal
 
 Handler = Callable[[Services, Principal, Any], BaseModel]
 
+# The long-poll's route: on AWS a resource (and a Lambda function) of its own, locally
+# answered on the gateway's event loop; everything else is one `{proxy+}` resource.
+LONGPOLL_PATH = "/v1/list_folder/longpoll"
+
+
+def is_longpoll(path: str) -> bool:
+    """Whether a request path is the long-poll's (API Gateway's `{proxy+}` and the resolver
+    take it with a trailing slash too)."""
+    return path.rstrip("/") == LONGPOLL_PATH
+
 
 @dataclass(frozen=True)
 class Route:
@@ -104,7 +114,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST",
-        "/v1/list_folder/longpoll",
+        LONGPOLL_PATH,
         "Wait for a change after a cursor",
         m.LongpollRequest,
         m.LongpollResponse,

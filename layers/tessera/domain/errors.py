@@ -14,6 +14,7 @@ class TesseraError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal"
+    retry_after: int | None = None  # seconds to wait, for the errors that pass (429, 503)
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -26,6 +27,10 @@ class TesseraError(Exception):
         if self.details:
             error.update(self.details)
         return {"error": error}
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers of the error's answer: `Retry-After` when it has a wait."""
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 class BadRequest(TesseraError):

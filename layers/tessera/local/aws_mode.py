@@ -46,8 +46,8 @@ from tessera.adapters.aws import (
     create_key_version,
     list_key_versions,
 )
+from tessera.api.routes import is_longpoll
 from tessera.local.demo import ensure_demo_user
-from tessera.local.gateway import is_longpoll
 from tessera.local.lifecycle import ServedCloud, Stoppable
 from tessera.local.throttle import RequestThrottle
 from tessera.settings import Settings

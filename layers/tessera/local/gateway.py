@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tessera.adapters.local.block_store import FilesystemBlockStore
+from tessera.api.routes import LONGPOLL_PATH, is_longpoll
 from tessera.domain.errors import (
     BadRequest,
     NotFound,
@@ -58,7 +59,6 @@ LONGPOLL_THREADS = 256
 # When they are all busy the answer is 429 at once.
 SIGN_IN_THREADS = 8
 PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
-LONGPOLL_PATH = "/v1/list_folder/longpoll"
 # What a public route's request may carry: nothing it reads, so no one reaches for the
 # authenticated routes' limit without signing in.
 PUBLIC_MAX_BODY = 4 * 1024
@@ -120,10 +120,7 @@ class Gateway:
 
 def error_response(err: TesseraError) -> JSONResponse:
     """The JSON error of DESIGN §5 (with Retry-After / WWW-Authenticate where they apply)."""
-    headers: dict[str, str] = {}
-    retry_after = getattr(err, "retry_after", None)
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
+    headers = err.headers()
     if isinstance(err, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
@@ -371,12 +368,6 @@ def create_app(gw: Gateway) -> Starlette:
         ],
         exception_handlers={TesseraError: on_error, Exception: on_error},
     )
-
-
-def is_longpoll(path: str) -> bool:
-    """Whether a request path is the long-poll's (API Gateway and the resolver take it with
-    a trailing slash too)."""
-    return path.rstrip("/") == LONGPOLL_PATH
 
 
 async def _done_before_disconnect(request: Request, work: asyncio.Future[Any]) -> bool:

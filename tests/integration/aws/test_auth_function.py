@@ -134,8 +134,26 @@ def test_bodies_without_credentials_are_400_as_on_the_local_gateway(
     assert answer["error"]["code"] == "bad_request"
 
 
-def test_cognito_throttling_is_429_with_retry_after(aws_settings: AwsSettings) -> None:
-    # moto never throttles: a stubbed client answers InitiateAuth with Cognito's error.
+@pytest.mark.parametrize(
+    ("cognito_error", "cognito_status", "status", "code", "says"),
+    [
+        ("TooManyRequestsException", 400, 429, "rate_limited", "throttled"),
+        ("PasswordResetRequiredException", 400, 401, "unauthorized", "reset its password"),
+        ("UserNotConfirmedException", 400, 401, "unauthorized", "not confirmed"),
+        ("InternalErrorException", 500, 503, "unavailable", "retry shortly"),
+    ],
+)
+def test_cognito_refusals_get_their_own_answer_not_a_500(
+    aws_settings: AwsSettings,
+    cognito_error: str,
+    cognito_status: int,
+    status: int,
+    code: str,
+    says: str,
+) -> None:
+    """An account to reset or confirm, and Cognito failing for a while, answered 500
+    ("internal error"): the user learnt nothing, and the client did not retry."""
+    # moto answers none of these: a stubbed client answers InitiateAuth with Cognito's error
     client = boto3.client(
         "cognito-idp",
         region_name=aws_settings.region,
@@ -145,12 +163,14 @@ def test_cognito_throttling_is_429_with_retry_after(aws_settings: AwsSettings) -
     users = CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
     with Stubber(client) as stub:
         stub.add_client_error(
-            "initiate_auth", service_error_code="TooManyRequestsException", http_status_code=400
+            "initiate_auth", service_error_code=cognito_error, http_status_code=cognito_status
         )
         result = token_endpoint(users, _event({"email": "a@example.com", "password": PASSWORD}))
-    assert result["statusCode"] == 429
-    assert int(result["headers"]["Retry-After"]) >= 1
-    assert json.loads(result["body"])["error"]["code"] == "rate_limited"
+    body = json.loads(result["body"])
+    assert (result["statusCode"], body["error"]["code"]) == (status, code), body
+    assert says in body["error"]["message"]
+    if status in (429, 503):
+        assert int(result["headers"]["Retry-After"]) >= 1
 
 
 def test_settings_without_a_pool_fail_the_cold_start() -> None:

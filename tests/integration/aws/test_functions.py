@@ -99,6 +99,13 @@ def test_full_flow_through_the_handlers(
     status, changes = ann.call("/v1/list_folder/continue", {"cursor": listing["cursor"]})
     assert status == 200
     assert [e["name"] for e in changes["entries"]] == ["small.txt"]
+
+    # API Gateway's `{proxy+}` hands the api function the long-poll with a trailing slash:
+    # it answers at once, where it had waited (up to the Lambda's timeout) for a change
+    status, body = ann.send(
+        "/v1/list_folder/longpoll/", {"cursor": changes["cursor"], "timeout": 30}
+    )
+    assert status == 404 and "/v1/list_folder/longpoll" in body["error"]["message"], body
     assert ann.download("/docs/big.bin") == plain
 
     # A stale parent is a 409 carrying the current rev; nothing is lost.

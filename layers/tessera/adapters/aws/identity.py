@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from tessera.adapters.aws.errors import is_transient
 from tessera.adapters.tokens import TokenPair, verified_claims
 from tessera.domain.errors import BadRequest, Conflict, TooManyRequests, Unauthorized, Unavailable
 from tessera.ports import Identity, Principal
@@ -95,6 +96,11 @@ class CognitoIdentity(Identity):
 _THROTTLED = frozenset(
     {"TooManyRequestsException", "LimitExceededException", "ThrottlingException"}
 )
+# Sign-ins refused for the account's state, not its credentials: what the user must do.
+_ACCOUNT_STATES = {
+    "PasswordResetRequiredException": "this account must reset its password before signing in",
+    "UserNotConfirmedException": "this account is not confirmed yet; confirm it, then sign in",
+}
 
 
 class CognitoUsers:
@@ -141,14 +147,25 @@ class CognitoUsers:
                 AuthFlow=flow,  # type: ignore[arg-type]
                 AuthParameters=params,
             )
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+        except Exception as exc:
+            code = (
+                exc.response.get("Error", {}).get("Code", "")
+                if isinstance(exc, ClientError)
+                else ""
+            )
             if code in {"NotAuthorizedException", "UserNotFoundException"}:
                 raise Unauthorized("wrong email, password or refresh token") from None
+            if code in _ACCOUNT_STATES:
+                raise Unauthorized(_ACCOUNT_STATES[code]) from None
             if code in _THROTTLED:
                 # Cognito sends no Retry-After; its quotas are per second.
                 raise TooManyRequests(
                     "sign-in is throttled; retry shortly", retry_after=2
+                ) from None
+            if is_transient(exc):  # a 5xx or a lost connection, after botocore's retries
+                log.warning("Cognito sign-in failed for a while", exc_info=True)
+                raise Unavailable(
+                    "cannot sign in right now; retry shortly", retry_after=5
                 ) from None
             raise
         result = resp.get("AuthenticationResult")

@@ -6,7 +6,8 @@ the local gateway's AWS mode).
 Answers, as the local gateway's token endpoint does: 200 with the token body
 (`Cache-Control: no-store`); 401 for a wrong email, password or refresh token; 422 for a body
 that is not a JSON object; 400 for an object without `{email, password}` or `{refresh_token}`
-as strings; 429 + `Retry-After` when Cognito throttles.
+as strings; 429 + `Retry-After` when Cognito throttles, 503 + `Retry-After` when it fails
+for a while.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tessera.adapters.aws.identity import CognitoUsers
-from tessera.domain.errors import TesseraError, TooManyRequests, Unprocessable
+from tessera.domain.errors import TesseraError, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ def token_endpoint(users: CognitoUsers, event: Mapping[str, Any]) -> dict[str, A
     try:
         tokens = users.token(token_request_body(event))
     except TesseraError as exc:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else {}
-        return _response(exc.status, exc.to_body(), headers)
+        return _response(exc.status, exc.to_body(), exc.headers())
     except Exception:
         log.exception("token endpoint failed")
         return _response(500, TesseraError("internal error").to_body())
