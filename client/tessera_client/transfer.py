@@ -401,7 +401,9 @@ class Transfers:
                 raise
             hand_over(block=True)
         for item in items:
-            if item.path in changed:
+            # changed meanwhile, or waiting for a block another file shares and was to send
+            # but changed: the next round sends it
+            if item.path not in submitted:
                 emit(UploadResult(item, status=0))
 
     def _encode_window(self, window: list[Work]) -> list[Future[tuple[bytes, str]]]:

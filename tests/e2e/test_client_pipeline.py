@@ -250,6 +250,29 @@ def test_a_failure_mid_upload_keeps_the_files_already_committed(
     api.close()
 
 
+def test_a_file_whose_shared_block_was_to_come_from_a_changed_file_gets_a_result(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """Two files share a block, sent once, read from the first. When the first changed
+    before its read, the block never went and the second file was left with no result:
+    a round that reports nothing to do next, with a file not uploaded."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = RecordingApi(inproc_cloud.url, Home(a.home), latency=0.0)
+    fs = SafeFilesystem(RealFilesystem(a.folder))
+    same = os.urandom(30_000)
+    items = []
+    for rel in ("first.bin", "second.bin"):
+        a.write(rel, same)
+        items.append(UploadItem(rel, scan_file(a.folder / rel), fs.lstat(rel), None, 0))
+    a.write("first.bin", os.urandom(30_000))  # after its scan: its block reads differently
+    results = _upload(a, api, items)
+    assert sorted((r.item.path, r.status) for r in results) == [
+        ("first.bin", 0),
+        ("second.bin", 0),
+    ]
+    api.close()
+
+
 class OutageApi(RecordingApi):
     """The server answering 503 (after the client's own retries) to the first `down`
     calls of one route."""

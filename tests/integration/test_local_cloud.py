@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import psycopg
@@ -183,8 +184,10 @@ def test_local_users(database_url: str) -> None:
     users = LocalUsers(database_url)
     created = users.add("  Carol@Example.COM ", PASSWORD)
     assert created.email == "carol@example.com"
-    with pytest.raises(Conflict):
+    hasher = mock.Mock(wraps=users._hasher)
+    with pytest.raises(Conflict), mock.patch.object(users, "_hasher", hasher):
         users.add("CAROL@example.com", "another password")
+    hasher.hash.assert_not_called()  # the demo user is added at each start: no argon2 for it
     with pytest.raises(Unprocessable):
         users.add("dave@example.com", "short")
     for bad in ("", "no-at-sign", "@example.com", "a b@example.com"):

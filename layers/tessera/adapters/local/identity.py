@@ -211,17 +211,21 @@ class LocalUsers:
             yield conn
 
     def add(self, email: str, password: str) -> Principal:
-        """Create a user; `Conflict` when the email is taken."""
+        """Create a user; `Conflict` when the email is taken (found before the password is
+        hashed: the demo user is added at every start of the local cloud)."""
         address = normalize_email(email)
         if len(password) < MIN_PASSWORD or not password_can_match(password):
             raise Unprocessable(
                 f"a password needs at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
                 "characters of Unicode text"
             )
+        taken = Conflict(f"a user with email {address} already exists")
         with self._connection() as conn:
+            if local_users.find_by_email(conn, address) is not None:
+                raise taken
             user_id = local_users.insert_user(conn, address, self._hasher.hash(password))
-        if user_id is None:
-            raise Conflict(f"a user with email {address} already exists")
+        if user_id is None:  # added meanwhile
+            raise taken
         return Principal(user_id=str(user_id), email=address)
 
     def authenticate(self, email: str, password: str) -> Principal:
