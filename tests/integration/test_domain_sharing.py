@@ -541,3 +541,63 @@ def test_a_removed_members_old_cursor_learns_nothing_of_the_share(
     new = listing.list_folder_continue(services, bob, old, None).cursor
     put_file(services, alice, "/Team/b", b"b")
     assert not listing.longpoll(services, bob, LongpollRequest(cursor=new, timeout=1)).changes
+
+
+def test_a_folder_created_by_an_editor_made_viewer_meanwhile_is_409(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """create_folder checked the access it read before the lock: it only checked that the
+    path still led to the same namespace, so a viewer's folder went in."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    changed, created = race(
+        "add_member",
+        lambda: _share(services, alice, "/Team", bob, "viewer"),
+        lambda: files.create_folder(services, bob, "/Team/x/y"),
+    )
+    assert not isinstance(changed, Exception), changed
+    assert isinstance(created, Conflict) and "changed during the request" in str(created)
+    with pytest.raises(Forbidden):
+        files.create_folder(services, bob, "/Team/x/y")
+    assert [e.name for e in listing.list_folder(services, alice, "/Team", False, None).entries] == [
+        "a"
+    ]
+
+
+def test_a_member_removed_while_their_access_changes_stays_removed(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """unshare took no lock on the shared namespace: it removed bob while a share read him
+    as a member, and the share's upsert then put him back with an empty mount path (the
+    share's entries at the top of his folder)."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    changed, removed = race(
+        "members",  # the share has read bob as a member, and holds the namespace
+        lambda: _share(services, alice, "/Team", bob, "viewer"),
+        lambda: sharing.unshare(services, alice, UnshareRequest(path="/Team", email=bob.email)),
+    )
+    assert not isinstance(changed, Exception), changed
+    assert not isinstance(removed, Exception), removed
+    assert [m.email for m in sharing.shares(services, alice).shares[0].members] == [alice.email]
+    assert listing.list_folder(services, bob, "", True, None).entries == []
+
+
+def test_leaving_a_share_if_empty_waiting_for_a_commit_into_it_is_409(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """A member's client saw the shared folder empty and leaves it with `if_empty`: a file
+    the owner commits meanwhile keeps them in (it was checked without the lock)."""
+    files.create_folder(services, alice, "/Team")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    committed, left = race(
+        "write_version",
+        lambda: put_file(services, alice, "/Team/new", b"new work"),
+        lambda: files.delete(services, bob, DeleteRequest(path="/Team", if_empty=True)),
+    )
+    assert isinstance(committed, FileEntry), committed
+    assert isinstance(left, Conflict) and "not empty" in str(left)
+    assert get_file(services, bob, "/Team/new") == b"new work"

@@ -233,13 +233,11 @@ def _lock_resolved(store: Store, view: View, path: str, mount: MountRow) -> None
     """Take the namespace that `path` resolved to, before any file row (the lock order).
 
     The view was read before the lock, so a share that held it meanwhile may have turned a
-    folder at or above `path` into a mount point: 409 then, rather than writing into the
-    root namespace, hidden under the mount (the view is read again, under the lock)."""
+    folder at or above `path` into a mount point, or changed the caller's access to it
+    (made them a viewer): 409 then, rather than writing into the root namespace, hidden
+    under the mount, or writing with the access they had."""
     store.lock_namespace(mount.ns_id)
-    found = store.user_view(view.user.user_id)
-    assert found is not None  # users are never removed
-    if View(found[0], tuple(found[1])).resolve(path)[0].ns_id != mount.ns_id:
-        raise Conflict(f"{path!r} changed during the request; retry")
+    check_mounts_unchanged(store, view, path)
 
 
 def _reopen_path(

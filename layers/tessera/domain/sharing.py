@@ -74,6 +74,14 @@ def _free_mount_path(store: Store, user: UserRow, name: str) -> str:
         n += 1
 
 
+def lock_in_order(store: Store, *ns_ids: int) -> None:
+    """Take namespaces in ns_id order (the lock order). A membership change takes the
+    shared namespace, so it queues behind the writes in flight there, and the members'
+    roots, where it journals the mount point appearing or going."""
+    for ns_id in sorted(set(ns_ids)):
+        store.lock_namespace(ns_id)
+
+
 def check_empty(store: Store, ns_id: int, folder_key: str, path: str) -> None:
     """409 when the folder at `folder_key` of a namespace holds a live entry: a delete with
     `if_empty` must not take along what another device added since the caller listed it."""
@@ -86,9 +94,12 @@ def leave_share(
 ) -> ChangeEvent:
     """Remove the caller (not the owner) from a shared namespace; with `if_empty`, 409
     while it holds anything."""
+    lock_in_order(store, mount.ns_id, user.root_ns_id)
     if if_empty:
         check_empty(store, mount.ns_id, paths.ROOT, mount.mount_path)
-    store.remove_member(mount.ns_id, user.user_id)
+    if store.remove_member(mount.ns_id, user.user_id) is None:  # removed while this waited
+        raise Conflict(f"{mount.mount_path!r} changed during the request; retry")
+    store.bump_seq(mount.ns_id)  # a commit of theirs waiting for it must not write now
     return _mount_journal(store, user, mount.ns_id, mount.mount_path, "delete")
 
 
@@ -104,8 +115,7 @@ def delete_share(
     Both namespaces are taken first, in ns_id order (the lock order); `share` takes the
     shared one before adding a member, so none joins meanwhile."""
     root = view.root
-    for ns_id in sorted((root.ns_id, mount.ns_id)):
-        store.lock_namespace(ns_id)
+    lock_in_order(store, root.ns_id, mount.ns_id)
     members = {m.user_id for m in store.members(mount.ns_id)}
     if view.user.user_id not in members:  # deleted while this request waited (a retry)
         raise Conflict(f"{mount.mount_path!r} changed during the request; retry")
@@ -206,10 +216,9 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
             raise NotFound(f"no user with email {req.email!r} (they must sign in once first)")
         if target.user_id == view.user.user_id:
             raise Unprocessable("you cannot share a folder with yourself")
-        # In ns_id order (the lock order); holding the shared namespace, no member joins
-        # a share that `delete_share` is deleting.
-        for ns_id in sorted({mount.ns_id, target.root_ns_id}):
-            store.lock_namespace(ns_id)
+        # holding the shared namespace, no member joins a share that `delete_share` is
+        # deleting, nor is removed by `unshare` while their access changes here
+        lock_in_order(store, mount.ns_id, target.root_ns_id)
         existing = {m.user_id: m for m in store.members(mount.ns_id)}
         if view.user.user_id not in existing:  # deleted while this request waited
             raise Conflict(f"{req.path!r} changed during the request; retry")
@@ -267,13 +276,16 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
                     raise NotFound(f"{req.email!r} is not a member of this shared folder")
                 if targets[0].access == "owner":
                     raise Unprocessable("the owner cannot be removed; delete the folder instead")
-            for m in targets:
-                removed = store.remove_member(mount.ns_id, m.user_id)
-                user = store.get_user(m.user_id)
-                if removed and user:
+            users = [u for u in map(store.get_user, (m.user_id for m in targets)) if u]
+            lock_in_order(store, mount.ns_id, *(u.root_ns_id for u in users))
+            for user in users:
+                removed = store.remove_member(mount.ns_id, user.user_id)
+                if removed:
                     events.append(
                         _mount_journal(store, user, mount.ns_id, removed.mount_path, "delete")
                     )
+            # their commits waiting for the namespace must not write into it now
+            store.bump_seq(mount.ns_id)
             info = _info(store, view, mount)
     publish(svc.feed, events)
     return info
