@@ -601,3 +601,23 @@ def test_leaving_a_share_if_empty_waiting_for_a_commit_into_it_is_409(
     assert isinstance(committed, FileEntry), committed
     assert isinstance(left, Conflict) and "not empty" in str(left)
     assert get_file(services, bob, "/Team/new") == b"new work"
+
+
+def test_a_commit_waiting_for_its_members_removal_is_retried_not_landed(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """Bob's commit waits for the shared namespace while alice removes him: it must not
+    land in the share once he is out (unshare took no lock there: it landed)."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    removed, committed = race(
+        "remove_member",
+        lambda: sharing.unshare(services, alice, UnshareRequest(path="/Team", email=bob.email)),
+        lambda: put_file(services, bob, "/Team/b", b"b"),
+    )
+    assert not isinstance(removed, Exception), removed
+    assert isinstance(committed, Unavailable), committed
+    assert [e.name for e in listing.list_folder(services, alice, "/Team", False, None).entries] == [
+        "a"
+    ]
