@@ -30,7 +30,12 @@ from infra.constructs.network import Network
 from infra.constructs.observability import Observability
 from infra.constructs.workflows import Workflows
 from infra.nag import acknowledge
-from tessera.domain.object_keys import CANONICAL_PREFIX, QUARANTINE_PREFIX, STAGING_PREFIX
+from tessera.domain.object_keys import (
+    CANONICAL_PREFIX,
+    LANDING_PREFIX,
+    QUARANTINE_PREFIX,
+    STAGING_PREFIX,
+)
 
 # Long-poll waits at most this long (API Gateway's integration timeout is 29 s).
 LONGPOLL_MAX_S = 25
@@ -298,20 +303,24 @@ class AppStack(Stack):
         # The blocks bucket, by prefix and action (see `_grant_objects`); each line is what
         # one function's code calls (moto does not enforce IAM: a missing one fails on AWS).
         staging, blocks, quarantine = STAGING_PREFIX, CANONICAL_PREFIX, QUARANTINE_PREFIX
+        landing = LANDING_PREFIX
         self._grant_objects(api, ["s3:GetObject"], [staging, blocks])
         self._grant_objects(api, ["s3:PutObject"], [staging])
         self._grant_objects(api, ["s3:RestoreObject"], [blocks])
-        # dedup: verify, promote (CopyObject), quarantine a bad copy, drop a promoted object
-        # that changed under it, delete settled copies
-        self._grant_objects(dedup, ["s3:GetObject"], [staging, blocks])
-        self._grant_objects(dedup, ["s3:PutObject"], [blocks, quarantine])
-        self._grant_objects(dedup, ["s3:DeleteObject"], [staging, blocks])
+        # dedup: verify, promote (CopyObject; over a cold block by way of a landing key),
+        # quarantine a bad copy, drop a promoted object that changed under it, delete
+        # settled copies
+        self._grant_objects(dedup, ["s3:GetObject"], [staging, blocks, landing])
+        self._grant_objects(dedup, ["s3:PutObject"], [blocks, quarantine, landing])
+        self._grant_objects(dedup, ["s3:DeleteObject"], [staging, blocks, landing])
         self._grant_objects(gc, ["s3:DeleteObject"], [staging, blocks, quarantine])
         self._grant_objects(cold, ["s3:GetObject", "s3:PutObject"], [blocks])  # re-class copy
         self._grant_objects(cold, ["s3:RestoreObject"], [blocks])
-        # scrub: re-verify, and repair from a verified duplicate (a staged copy)
-        self._grant_objects(scrub, ["s3:GetObject"], [staging, blocks])
-        self._grant_objects(scrub, ["s3:PutObject"], [blocks])
+        # scrub: re-verify, and repair from a verified duplicate (a staged copy, verified
+        # again at a landing key before it replaces the canonical object)
+        self._grant_objects(scrub, ["s3:GetObject"], [staging, blocks, landing])
+        self._grant_objects(scrub, ["s3:PutObject"], [blocks, landing])
+        self._grant_objects(scrub, ["s3:DeleteObject"], [landing])
         # Migrations: the cluster secret, and creating the first block-key version.
         # (Not `secret.grant_read`: it writes the role into the data stack's key policy, a
         # reference from data to app that would make the stacks depend on each other.)

@@ -637,7 +637,7 @@ def _object_grants(synth: Synth, function: str) -> set[tuple[str, str]]:
                 arns = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
                 for arn in arns:
                     text = json.dumps(arn)
-                    for prefix in ("staging/", "blocks/", "quarantine/"):
+                    for prefix in ("staging/", "blocks/", "quarantine/", "landing/"):
                         if f"/{prefix}*" in text:
                             found |= {(a, prefix) for a in acts if a.startswith("s3:")}
     return found
@@ -654,6 +654,10 @@ def test_maintenance_functions_may_touch_every_prefix_their_code_does(dev: Synth
     assert (delete, "quarantine/") in _object_grants(dev, "GcFunction")
     # scrub repairs from a staged duplicate: it must read it
     assert {(get, "staging/"), (put, "blocks/")} <= _object_grants(dev, "ScrubFunction")
+    # both verify a copy at a landing key before it replaces a canonical object
+    landing = {(get, "landing/"), (put, "landing/"), (delete, "landing/")}
+    assert landing <= _object_grants(dev, "DedupVerifyFunction")
+    assert landing <= _object_grants(dev, "ScrubFunction")
 
 
 def test_functions_get_only_their_own_bucket_actions(dev: Synth) -> None:

@@ -447,3 +447,34 @@ def test_a_fresh_upload_of_a_cold_block_brings_it_back_hot(world: World) -> None
     assert world.get(ALICE, "/f.bin") == data
     head = world.store.head(world.keys_under("blocks/")[0])
     assert head is not None and head.tier is StorageTier.HOT
+
+
+def test_bytes_put_after_verification_never_replace_a_cold_block(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob uploads a cold block's bytes, and PUTs garbage at his staged key after dedup read
+    it. The copy over the cold object did not verify and was deleted: the cold object, the
+    block's only copy, was gone with it, for alice too. It now lands at a landing key first."""
+    from tessera.maintenance import dedup
+
+    data, key = _cold_file(world)
+    world.put(BOB, "/b.bin", data)
+
+    def swapped_after(*args: object, **kwargs: object) -> object:
+        verdict = check_stored(*args, **kwargs)  # type: ignore[arg-type]
+        read = str(args[2])
+        if read.startswith("staging/"):
+            world.store.put(read, secrets.token_bytes(300))
+        return verdict
+
+    monkeypatch.setattr(dedup, "check_stored", swapped_after)
+    assert world.run_as(DedupResult, "dedup").promoted == 0
+    monkeypatch.undo()
+    head = world.store.head(key)
+    assert head is not None and head.tier is StorageTier.COLD  # untouched
+    assert world.keys_under("landing/") == []
+    assert world.sql("SELECT state FROM blocks") == [("cold",)]
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    world.store_clock.advance(hours=2)
+    _cold(world, days=91)
+    assert world.get(ALICE, "/f.bin") == data

@@ -9,7 +9,10 @@
   (blocks grouped 128 to a folder) and `staging/<upload_id>/<hex>`; S3 lists the key's
   folder for them (`staging_folder`);
 - `quarantine/<upload_id>/<hex>`: a staged copy that failed verification, out of reach
-  of downloads.
+  of downloads;
+- `landing/<source key>`: where maintenance copies a staged copy to verify it before it
+  replaces a canonical object that may hold the block (a cold one: its only copy). No
+  client is ever given a URL for it, so what was verified there stays what it holds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 CANONICAL_PREFIX = "blocks/"
 STAGING_PREFIX = "staging/"
 QUARANTINE_PREFIX = "quarantine/"
+LANDING_PREFIX = "landing/"
 
 
 def _hex(block_id: str) -> str:
@@ -76,3 +80,8 @@ def staged_upload_id(key: str) -> str | None:
 def quarantine_key(staged_key: str) -> str:
     """Where a staged copy that failed verification is kept."""
     return QUARANTINE_PREFIX + staged_key.removeprefix(STAGING_PREFIX)
+
+
+def landing_key(source_key: str) -> str:
+    """Where maintenance lands a copy of `source_key` to verify it (see the module doc)."""
+    return LANDING_PREFIX + source_key

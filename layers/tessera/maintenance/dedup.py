@@ -10,7 +10,10 @@ Then, under the per-block maintenance lock and the copy's row lock:
 - verified, and none exists (or it is lost, quarantined, or cold) → copy it to
   `blocks/<hex>`, mark the block live, repoint the versions, then drop the staged copy. A
   fresh upload of a cold block replaces the cold object: its uploader (and anyone else)
-  reads it at once instead of waiting hours on a restore;
+  reads it at once instead of waiting hours on a restore. Where `blocks/<hex>` may hold
+  the block (cold, restoring), the copy is verified at a landing key before it replaces
+  it (`verify.copy_verified`): an uploader's PUT of other bytes after the read must not
+  destroy the only good copy;
 - not verified → quarantine: move it to `quarantine/...`, mark the versions that use it
   damaged and tell their namespaces on the change feed. It is never promoted, and no
   version is ever pointed at the canonical block on its account.
@@ -33,7 +36,7 @@ from tessera.ports import StorageTier
 from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import DedupResult
-from .verify import Check, check_stored
+from .verify import Check, check_stored, copy_verified
 
 
 def verify_staged(
@@ -101,14 +104,20 @@ def _settle(
                 result.dropped += 1
                 result.bytes_freed += check.stored_size
             else:
-                store.copy(copy.staged_key, target)
-                # What was copied is what the staged key held at the copy, not what was
-                # verified: its uploader may have PUT other bytes there in between. So the
-                # canonical object is verified itself; if it is not the block, it goes, and
-                # the copy is settled by the next run (which reads what is there now).
-                promoted = check_stored(store, ctx.keys, target, bid, expect_plain_size=copy.size)
+                # A cold or restoring row's object (or a live row's, out of the hot tier)
+                # is the block: a copy that does not verify must never replace it.
+                promoted = copy_verified(
+                    store,
+                    ctx.keys,
+                    copy.staged_key,
+                    target,
+                    bid,
+                    plain_size=copy.size,
+                    keep_target=row is not None and row.state in ("live", "cold", "restoring"),
+                )
                 if not promoted.ok:
-                    store.delete(target)
+                    # its uploader PUT other bytes since it was read: the next run settles
+                    # the copy (reading what is there now)
                     log.warning("dedup: %s changed after it was verified", copy.staged_key)
                     return
                 tx.block(bid, for_update=True)

@@ -22,7 +22,7 @@ from tessera.ports import StorageTier
 from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import ScrubResult
-from .verify import NOT_RESTORED, Check, check_stored
+from .verify import NOT_RESTORED, Check, check_stored, copy_verified
 
 
 def _check(ctx: MaintenanceContext, row: BlockRow) -> Check:
@@ -92,11 +92,17 @@ def _repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubRes
         for key in tx.duplicate_copies(bid):
             dup = check_stored(ctx.store, ctx.keys, key, bid, expect_plain_size=row.size)
             if dup.ok:
-                ctx.store.copy(key, canonical_key(bid))
-                # What was copied is what the key held at the copy, not what was verified: an
-                # open session's uploader may PUT other bytes there meanwhile (as dedup knows).
-                copied = check_stored(
-                    ctx.store, ctx.keys, canonical_key(bid), bid, expect_plain_size=row.size
+                # the canonical object is not replaced by a copy that does not verify: a
+                # repair is rare, and what it held may be intact after all (a cold row's
+                # restored copy expiring between the head and the read)
+                copied = copy_verified(
+                    ctx.store,
+                    ctx.keys,
+                    key,
+                    canonical_key(bid),
+                    bid,
+                    plain_size=row.size,
+                    keep_target=True,
                 )
                 if not copied.ok:
                     continue

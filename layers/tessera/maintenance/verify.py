@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from tessera.blocks import BlockError, decode_block, stored_key_version
 from tessera.domain.errors import TesseraError
+from tessera.domain.object_keys import landing_key
 from tessera.ports import BlockStore, KeyService, StorageTier
 
 NOT_RESTORED = "unreadable: not_restored"
@@ -64,3 +65,31 @@ def check_stored(
     if expect_plain_size is not None and len(plain) != expect_plain_size:
         return Check(False, f"size {len(plain)}, declared {expect_plain_size}")
     return Check(True, stored_size=len(stored), key_version=version, plain_size=len(plain))
+
+
+def copy_verified(
+    store: BlockStore,
+    keys: KeyService,
+    source: str,
+    target: str,
+    block_id: str,
+    *,
+    plain_size: int,
+    keep_target: bool,
+) -> Check:
+    """Copy block `block_id` from `source` to `target`, verified where it lands.
+
+    `source` may be a staging key, whose uploader may PUT other bytes there while their URL
+    lasts: what a copy takes is not what was read before, so it is verified after the copy.
+    With `keep_target` (the target may hold the block already: a cold object is its only
+    copy) it lands at `landing_key(source)` first, a key no client writes, and only bytes
+    verified there reach `target`; otherwise it lands at `target`, and is deleted again
+    when it does not verify. The verdict on what landed."""
+    landing = landing_key(source) if keep_target else target
+    store.copy(source, landing)
+    check = check_stored(store, keys, landing, block_id, expect_plain_size=plain_size)
+    if check.ok and landing != target:
+        store.copy(landing, target)
+    if landing != target or not check.ok:
+        store.delete(landing)
+    return check
