@@ -81,10 +81,10 @@ def test_dedup_function_from_the_queue_and_gc_steps_from_the_state_machine(
     gc = _handler("gc")
     as_of = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     for step in WORKFLOWS["gc"].step_names:
-        result = gc({"step": step, "input": {"as_of": as_of}}, None)
+        result = gc({"step": step, "input": {"as_of": as_of, "allow_future": True}}, None)
         assert result["more"] is False and result["errors"] == []
     assert aws_world.get(ALICE, path) == data
-    whole = gc({"as_of": as_of}, None)  # a direct invoke runs the whole workflow
+    whole = gc({"as_of": as_of, "allow_future": True}, None)  # a direct invoke: all steps
     assert whole["blocks_deleted"] == 0
 
 
@@ -98,3 +98,9 @@ def test_functions_reject_bad_events(aws_world: World) -> None:
         gc({"step": "purge_trash", "input": {"as_of": "soon"}}, None)
     with pytest.raises(BadRequest, match="not triggered by a queue"):
         gc({"Records": []}, None)
+    # a mistyped year in an execution's input purged trash still within its retention
+    later = (datetime.now(UTC) + timedelta(days=400)).isoformat()
+    with pytest.raises(BadRequest, match="in the future"):
+        gc({"step": "purge_trash", "input": {"as_of": later}}, None)
+    with pytest.raises(BadRequest, match="in the future"):
+        gc({"as_of": later, "allow_future": "yes"}, None)  # only `true` allows it

@@ -86,12 +86,16 @@ def test_results_sum_across_batches() -> None:
     assert DedupResult(dropped=2).to_dict()["dropped"] == 2
 
 
-def test_as_of_is_iso_8601_in_utc() -> None:
-    assert parse_as_of(None) is None and parse_as_of("") is None
-    assert parse_as_of("2027-01-02T03:04:05Z") == datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert parse_as_of("2027-01-02") == datetime(2027, 1, 2, tzinfo=UTC)
+def test_as_of_is_iso_8601_in_utc_and_not_later_than_now_unless_allowed() -> None:
+    now = datetime(2027, 6, 1, tzinfo=UTC)
+    assert parse_as_of(None, now=now) is None and parse_as_of("", now=now) is None
+    assert parse_as_of("2027-01-02T03:04:05Z", now=now) == datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert parse_as_of("2027-01-02", now=now) == datetime(2027, 1, 2, tzinfo=UTC)
     with pytest.raises(BadRequest, match="ISO-8601"):
-        parse_as_of("next tuesday")
+        parse_as_of("next tuesday", now=now)
+    with pytest.raises(BadRequest, match="in the future"):
+        parse_as_of("2072-01-02", now=now)
+    assert parse_as_of("2072-01-02", now=now, allow_future=True) == datetime(2072, 1, 2, tzinfo=UTC)
 
 
 def test_queue_messages_name_upload_sessions() -> None:

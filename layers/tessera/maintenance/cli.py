@@ -123,15 +123,7 @@ def run(
         raise typer.Exit(2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        when = parse_as_of(as_of)
-        if when is not None and when > datetime.now(UTC) and not allow_future:
-            # not a preview: the run acts, and what users may still restore would go now
-            typer.echo(
-                f"error: --as-of {as_of} is in the future: the run would delete now what is "
-                "kept until then (add --allow-future if that is what you want)",
-                err=True,
-            )
-            raise typer.Exit(2)
+        when = parse_as_of(as_of, now=datetime.now(UTC), allow_future=allow_future)
         with open_state(state) as ctx:
             result = (
                 run_step(ctx, workflow, step, as_of=when)

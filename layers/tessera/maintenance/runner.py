@@ -41,15 +41,25 @@ RESULTS: dict[str, type[StepResult]] = {
 }
 
 
-def parse_as_of(value: str | None) -> datetime | None:
-    """An ISO-8601 instant (naive means UTC); BadRequest when it is not one."""
+def parse_as_of(
+    value: str | None, *, now: datetime, allow_future: bool = False
+) -> datetime | None:
+    """An ISO-8601 instant (naive means UTC); BadRequest when it is not one, or when it is
+    later than `now` without `allow_future`: a run as of then is not a preview, it deletes
+    now the trash and versions kept until then."""
     if value is None or value == "":
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
         raise BadRequest(f"as_of {value!r} is not an ISO-8601 date/time") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    when = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if when > now and not allow_future:
+        raise BadRequest(
+            f"as_of {value} is in the future: the run would delete now what is kept until "
+            "then (allow the future explicitly if that is what you want)"
+        )
+    return when
 
 
 def run_step(
@@ -96,6 +106,7 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
     - `{"step": S, "input": {"as_of"?: ISO}}` (Step Functions Task): run step S once;
       the result says `more` when the state machine should invoke it again.
     - `{}` or `{"as_of"?}` (direct invoke): run the whole workflow.
+    An `as_of` in the future is refused unless `"allow_future": true` comes with it.
     - an SQS batch (`Records`, dedup only): verify the staged copies of the upload
       sessions named in the messages (`upload_id` in the body or its `detail`), or all.
     """
@@ -107,7 +118,9 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
         return result.to_dict()
     raw_input = event.get("input")
     params: Mapping[str, Any] = raw_input if isinstance(raw_input, Mapping) else event
-    as_of = parse_as_of(params.get("as_of"))
+    as_of = parse_as_of(
+        params.get("as_of"), now=ctx.clock.now(), allow_future=params.get("allow_future") is True
+    )
     step = event.get("step")
     if step is None:
         return run_workflow(ctx, name, as_of=as_of).to_dict()
