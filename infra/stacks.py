@@ -294,8 +294,9 @@ class AppStack(Stack):
         # Changes table: writers put items (idempotent on event_id), long-poll reads. The
         # actions are those DynamoChangeFeed calls: publish = conditional PutItem (+ GetItem
         # when the key is taken); publish_many = BatchGetItem then BatchWriteItem.
-        # (Scrub too: it announces the damage it finds, `maintenance.damage.publish_damage`.)
-        for fn in (api, relay, dedup, scrub):
+        # (Scrub and cold storage too: they announce the damage they find, a lost object
+        # of a block being restored among it, `maintenance.damage.publish_damage`.)
+        for fn in (api, relay, dedup, scrub, cold):
             table.grant(fn, *CHANGES_WRITER_ACTIONS)
             data.keys.database.grant(fn, "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
         table.grant(longpoll, "dynamodb:Query", "dynamodb:GetItem")

@@ -674,7 +674,9 @@ def test_changes_table_writers_may_call_what_the_feed_calls(dev: Synth) -> None:
 
     writer = set(CHANGES_WRITER_ACTIONS)
     assert {"dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"} <= writer
-    for function in ("ApiFunction", "OutboxRelayFunction", "DedupVerifyFunction", "ScrubFunction"):
+    writers = ("ApiFunction", "OutboxRelayFunction", "DedupVerifyFunction", "ScrubFunction")
+    # cold storage too: a restore whose object is lost is damage it announces
+    for function in (*writers, "ColdStorageFunction"):
         assert _actions(dev, function, "dynamodb") == writer, function
     assert _actions(dev, "LongpollFunction", "dynamodb") == {"dynamodb:Query", "dynamodb:GetItem"}
 
