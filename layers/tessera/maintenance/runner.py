@@ -41,9 +41,7 @@ RESULTS: dict[str, type[StepResult]] = {
 }
 
 
-def parse_as_of(
-    value: str | None, *, now: datetime, allow_future: bool = False
-) -> datetime | None:
+def parse_as_of(value: str | None, *, now: datetime, allow_future: bool = False) -> datetime | None:
     """An ISO-8601 instant (naive means UTC); BadRequest when it is not one, or when it is
     later than `now` without `allow_future`: a run as of then is not a preview, it deletes
     now the trash and versions kept until then."""
