@@ -467,18 +467,24 @@ def test_a_commit_waiting_for_the_owners_delete_of_the_share_is_retried_not_lost
     assert get_file(services, alice, "/Team/new") == b"new"
 
 
+def _made_viewer_during(
+    svc: Services, alice: Principal, bob: Principal, race: Race, change: Callable[[], object]
+) -> tuple[object, object]:
+    """Bob, an editor of alice's /Team (holding `a`), makes `change` while alice makes him
+    a viewer: (the share's outcome, the change's)."""
+    put_file(svc, alice, "/Team/a", b"a")
+    _meet(svc, bob)
+    _share(svc, alice, "/Team", bob, "editor")
+    return race("add_member", lambda: _share(svc, alice, "/Team", bob, "viewer"), change)
+
+
 def test_an_edit_waiting_for_a_change_to_viewer_is_retried_and_refused(
     services: Services, alice: Principal, bob: Principal, race: Race
 ) -> None:
     """Alice makes bob a viewer while his commit waits for the shared namespace: it does
     not go through as an editor's; it answers 503, and its retry is refused."""
-    put_file(services, alice, "/Team/a", b"a")
-    _meet(services, bob)
-    _share(services, alice, "/Team", bob, "editor")
-    changed, committed = race(
-        "add_member",
-        lambda: _share(services, alice, "/Team", bob, "viewer"),
-        lambda: put_file(services, bob, "/Team/b", b"b"),
+    changed, committed = _made_viewer_during(
+        services, alice, bob, race, lambda: put_file(services, bob, "/Team/b", b"b")
     )
     assert not isinstance(changed, Exception), changed
     assert isinstance(committed, Unavailable), committed
@@ -548,13 +554,8 @@ def test_a_folder_created_by_an_editor_made_viewer_meanwhile_is_409(
 ) -> None:
     """create_folder checked the access it read before the lock: it only checked that the
     path still led to the same namespace, so a viewer's folder went in."""
-    put_file(services, alice, "/Team/a", b"a")
-    _meet(services, bob)
-    _share(services, alice, "/Team", bob, "editor")
-    changed, created = race(
-        "add_member",
-        lambda: _share(services, alice, "/Team", bob, "viewer"),
-        lambda: files.create_folder(services, bob, "/Team/x/y"),
+    changed, created = _made_viewer_during(
+        services, alice, bob, race, lambda: files.create_folder(services, bob, "/Team/x/y")
     )
     assert not isinstance(changed, Exception), changed
     assert isinstance(created, Conflict) and "changed during the request" in str(created)

@@ -28,6 +28,7 @@ from .test_maintenance_world import (
     BOB,
     World,
     make_world,
+    swap_staged_after_dedup_reads,
 )
 
 
@@ -455,19 +456,9 @@ def test_bytes_put_after_verification_never_replace_a_cold_block(
     """Bob uploads a cold block's bytes, and PUTs garbage at his staged key after dedup read
     it. The copy over the cold object did not verify and was deleted: the cold object, the
     block's only copy, was gone with it, for alice too. It now lands at a landing key first."""
-    from tessera.maintenance import dedup
-
     data, key = _cold_file(world)
     world.put(BOB, "/b.bin", data)
-
-    def swapped_after(*args: object, **kwargs: object) -> object:
-        verdict = check_stored(*args, **kwargs)  # type: ignore[arg-type]
-        read = str(args[2])
-        if read.startswith("staging/"):
-            world.store.put(read, secrets.token_bytes(300))
-        return verdict
-
-    monkeypatch.setattr(dedup, "check_stored", swapped_after)
+    swap_staged_after_dedup_reads(world, monkeypatch)
     assert world.run_as(DedupResult, "dedup").promoted == 0
     monkeypatch.undo()
     head = world.store.head(key)

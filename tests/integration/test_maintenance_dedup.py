@@ -12,9 +12,8 @@ from tessera.blocks import BlockIntegrityError, block_id
 from tessera.domain import commits, files, sharing
 from tessera.domain.errors import TesseraError, Unprocessable
 from tessera.domain.models import RestoreRequest, ShareRequest
-from tessera.maintenance import DedupResult, GcResult, dedup
+from tessera.maintenance import DedupResult, GcResult
 from tessera.maintenance.dedup import verify_staged
-from tessera.maintenance.verify import check_stored
 from tessera.metadata.store import Store, VersionBlockRow
 from tests.concurrency import run_at_once
 
@@ -26,6 +25,7 @@ from .test_maintenance_world import (
     MALLORY,
     World,
     chunks,
+    swap_staged_after_dedup_reads,
 )
 
 
@@ -197,15 +197,7 @@ def test_bytes_put_after_verification_never_become_the_canonical_block(
     bytes everyone's copy of the block: the canonical object is verified itself."""
     data = secrets.token_bytes(2 * BLOCK)
     world.put(MALLORY, "/x.bin", data)
-
-    def swapped_after(*args: object, **kwargs: object) -> object:
-        verdict = check_stored(*args, **kwargs)  # type: ignore[arg-type]
-        key = str(args[2])
-        if key.startswith("staging/"):
-            world.store.put(key, secrets.token_bytes(300))
-        return verdict
-
-    monkeypatch.setattr(dedup, "check_stored", swapped_after)
+    swap_staged_after_dedup_reads(world, monkeypatch)
     assert _dedup(world).promoted == 0
     assert world.keys_under("blocks/") == []
     monkeypatch.undo()

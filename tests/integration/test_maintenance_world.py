@@ -19,6 +19,7 @@ from typing import TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
+import pytest
 
 from tessera.adapters.local.block_store import FilesystemBlockStore
 from tessera.adapters.local.change_feed import PostgresChangeFeed
@@ -219,6 +220,22 @@ class World:
     def sql(self, query: str, *params: object) -> list[tuple[object, ...]]:
         with self.svc.db.pool.connection() as conn:
             return conn.execute(query.encode(), params).fetchall()
+
+
+def swap_staged_after_dedup_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, each staged copy dedup reads holds other bytes right after the read:
+    an uploader's PUT through a second URL, timed between dedup's check and its copy."""
+    from tessera.maintenance import dedup
+    from tessera.maintenance.verify import check_stored
+
+    def swapped_after(*args: object, **kwargs: object) -> object:
+        verdict = check_stored(*args, **kwargs)  # type: ignore[arg-type]
+        key = str(args[2])
+        if key.startswith("staging/"):
+            world.store.put(key, secrets.token_bytes(300))
+        return verdict
+
+    monkeypatch.setattr(dedup, "check_stored", swapped_after)
 
 
 def make_world(
