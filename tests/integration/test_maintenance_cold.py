@@ -469,3 +469,29 @@ def test_bytes_put_after_verification_never_replace_a_cold_block(
     world.store_clock.advance(hours=2)
     _cold(world, days=91)
     assert world.get(ALICE, "/f.bin") == data
+
+
+def test_a_cold_block_whose_restored_copy_expires_during_scrub_stays_cold(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head says the cold object is restored, the read finds it no longer is (the restored
+    copy expired in between): intact as far as anyone knows. It was quarantined, for every
+    owner, though its bytes were fine."""
+    from dataclasses import replace
+
+    data, _ = _cold_file(world)
+    head = world.store.head
+
+    def restored_head(key: str) -> object:
+        found = head(key)
+        return None if found is None else replace(found, restored=True)
+
+    monkeypatch.setattr(world.store, "head", restored_head)
+    result = world.run_as(ScrubResult, "scrub")
+    monkeypatch.undo()
+    assert (result.checked, result.damaged) == (1, 0)
+    assert world.sql("SELECT state FROM blocks") == [("cold",)]
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    world.store_clock.advance(hours=2)
+    _cold(world, days=91)
+    assert world.get(ALICE, "/f.bin") == data
