@@ -24,8 +24,10 @@ SIGN_IN_BURST = 30
 class RequestThrottle:
     """Token buckets per caller key (a user id, or a client address for sign-ins).
 
-    At most `max_keys` buckets are kept: past that, the full ones go (a full bucket is the
-    same as none), so callers that come and go cannot grow it without end."""
+    Past `max_keys` buckets, the full ones go (a full bucket is the same as none), so
+    callers that come and go cannot grow it without end. The next sweep waits until the
+    buckets left have doubled: one per request would cost every request a walk of them all
+    while that many callers are active at once."""
 
     def __init__(
         self,
@@ -40,6 +42,7 @@ class RequestThrottle:
         self.rate, self.burst, self._clock, self.max_keys = rate, burst, clock, max_keys
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._sweep_above = max_keys
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestThrottle:
@@ -63,10 +66,11 @@ class RequestThrottle:
                 wait = (1.0 - tokens) / self.rate
                 raise TooManyRequests("too many requests; retry later", max(1, math.ceil(wait)))
             self._buckets[key] = (tokens - 1.0, now)
-            if len(self._buckets) > self.max_keys:
+            if len(self._buckets) > self._sweep_above:
                 self._forget_full(now)
 
     def _forget_full(self, now: float) -> None:
         """Drop the buckets that have refilled to the burst (under the lock)."""
         full = now - self.burst / self.rate
         self._buckets = {k: (t, at) for k, (t, at) in self._buckets.items() if at > full}
+        self._sweep_above = max(self.max_keys, 2 * len(self._buckets))

@@ -104,9 +104,10 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
     - `{"step": S, "input": {"as_of"?: ISO}}` (Step Functions Task): run step S once;
       the result says `more` when the state machine should invoke it again.
     - `{}` or `{"as_of"?}` (direct invoke): run the whole workflow.
-    An `as_of` in the future is refused unless `"allow_future": true` comes with it.
     - an SQS batch (`Records`, dedup only): verify the staged copies of the upload
       sessions named in the messages (`upload_id` in the body or its `detail`), or all.
+
+    An `as_of` in the future is refused unless `"allow_future": true` comes with it.
     """
     if "Records" in event:
         if name != "dedup":
