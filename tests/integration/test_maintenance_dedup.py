@@ -14,10 +14,12 @@ from tessera.domain.errors import TesseraError, Unprocessable
 from tessera.domain.models import RestoreRequest, ShareRequest
 from tessera.maintenance import DedupResult, GcResult
 from tessera.maintenance.dedup import verify_staged
+from tessera.metadata.maintenance import MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
 from tests.concurrency import run_at_once
 
 from .conftest import commit_request
+from .test_domain_files import race_held
 from .test_maintenance_world import (
     ALICE,
     BLOCK,
@@ -319,3 +321,49 @@ def test_a_version_naming_a_dropped_copy_gets_the_blocks_key_version(world: Worl
         )
     assert world.sql("SELECT count(*) FROM version_blocks WHERE staged_key IS NOT NULL") == [(1,)]
     assert world.get(ALICE, "/a.bin", rev=1) == shared
+
+
+@pytest.mark.parametrize("poisoned", [False, True], ids=["verified", "quarantined"])
+def test_a_commit_naming_its_sessions_copy_waits_for_dedup_settling_it(
+    world: World, monkeypatch: pytest.MonkeyPatch, database_url: str, poisoned: bool
+) -> None:
+    """One session sends a block once for files in two namespaces (a staged copy counts
+    only in its own namespace, so the second commit names it through the session). When
+    dedup settles the copy between the two commits, the second one waits for it and then
+    takes the canonical block, or, for a quarantined copy, answers 422 (send it again).
+    Before, it read the copy unlocked and named a settled copy: one whose object then
+    outlived gc, or a quarantined one with no damage recorded for the new version."""
+    data = secrets.token_bytes(BLOCK)
+    for who in (ALICE, BOB):
+        sharing.account(world.svc, who)
+    files.create_folder(world.svc, BOB, "/Team")
+    sharing.share(world.svc, BOB, ShareRequest(path="/Team", email=ALICE.email, access="editor"))
+    sessions: list[str] = []
+    poison = frozenset({0}) if poisoned else frozenset()
+    world.put(ALICE, "/a.bin", data, poison=poison, before_commit=sessions.append)
+
+    deduped, second = race_held(
+        monkeypatch,
+        database_url,
+        "settle_copy",
+        lambda: _dedup(world),
+        lambda: commits.commit(
+            world.svc, ALICE, commit_request("/Team/b.bin", chunks(data), sessions[0])
+        ),
+        on=MaintenanceTx,
+    )
+
+    assert isinstance(deduped, DedupResult) and deduped.quarantined == int(poisoned)
+    assert world.sql("SELECT count(*) FROM version_blocks WHERE staged_key IS NOT NULL") == [
+        (int(poisoned),)  # /a.bin, damaged, still names the quarantined copy
+    ]
+    if poisoned:
+        assert isinstance(second, Unprocessable) and second.details["blocks"] == [
+            block_id(data)
+        ]
+        assert world.put(ALICE, "/Team/b.bin", data)  # a fresh upload sends the block
+        assert _dedup(world).promoted == 1
+    else:
+        assert not isinstance(second, Exception), second
+        _collect_settled(world)
+    assert world.get(ALICE, "/Team/b.bin") == data

@@ -51,6 +51,7 @@ from tessera.metadata.store import (
     ReadableBlock,
     SessionReads,
     Store,
+    UploadBlockRow,
     UserRow,
     VersionInfo,
 )
@@ -112,6 +113,20 @@ def settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Reada
     return out
 
 
+def _verified_session_copies(
+    expected: dict[str, UploadBlockRow], ids: Sequence[str]
+) -> dict[str, ReadableBlock]:
+    """The caller's own session copies among `ids` that dedup-verify has settled since an
+    earlier commit of the session staged them (read locked: `Store.session_for_commits`).
+    A verified (promoted/dropped) copy is the canonical block, as in `settled`: naming the
+    copy instead would keep its object past gc for as long as the version lives."""
+    return {
+        i: ReadableBlock(i, r.size, "live", None)
+        for i in ids
+        if (r := expected.get(i)) and r.state in ("promoted", "dropped")
+    }
+
+
 class _StagedSizes:
     """The sizes of the staged objects a request's commits rely on, asked of the block
     store (`BlockStore.sizes`) and remembered for the request: a batch asks for all its
@@ -149,8 +164,12 @@ def _check_blocks(
         if session.expires_at <= svc.clock.now():
             raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
     readable = settled(store, rows.readable)
+    readable |= _verified_session_copies(rows.expected, [i for i in ids if i not in readable])
     missing = [i for i in ids if i not in readable]
-    session_rows = {i: rows.expected[i] for i in missing if i in rows.expected}
+    # a copy dedup quarantined grants nothing: like one never sent, it must be sent again
+    session_rows = {
+        i: r for i in missing if (r := rows.expected.get(i)) and r.state in ("expected", "staged")
+    }
     # a PUT URL was issued for these, so they may have arrived: ask the block store
     issued = {i: r for i, r in session_rows.items() if r.stored_size is not None}
     uploaded: set[str] = set()

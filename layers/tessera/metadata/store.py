@@ -688,12 +688,24 @@ class Store:
         self, upload_id: str | None, user_id: str, block_ids: list[str]
     ) -> tuple[Any, Any] | None:
         """Send the reads of the caller's upload session (its row FOR SHARE, its expected
-        blocks among `block_ids`); their cursors, unread."""
+        blocks among `block_ids`, FOR KEY SHARE); their cursors, unread.
+
+        A commit may name a copy an earlier commit of the session staged, and dedup-verify
+        settles copies under the row's FOR UPDATE: with the row locked, this commit either
+        lands first (and dedup repoints its version too) or reads the copy as dedup left
+        it (`commits._check_blocks`), never one settled meanwhile. KEY SHARE, not SHARE:
+        it must not hold back the plain UPDATEs of the rows (staging them, recording a
+        URL's checksum), which a commit of the same session holding its namespace's lock
+        may be waiting to make while this one waits for that lock."""
         if upload_id is None:
             return None
         session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
         expected = (
-            self.conn.execute(_UPLOAD_BLOCKS_SQL, (upload_id, block_ids)) if block_ids else None
+            self.conn.execute(
+                _UPLOAD_BLOCKS_SQL + " ORDER BY block_id FOR KEY SHARE", (upload_id, block_ids)
+            )
+            if block_ids
+            else None
         )
         return session, expected
 
