@@ -314,7 +314,10 @@ class AppStack(Stack):
         self._grant_objects(dedup, ["s3:GetObject"], [staging, blocks, landing])
         self._grant_objects(dedup, ["s3:PutObject"], [blocks, quarantine, landing])
         self._grant_objects(dedup, ["s3:DeleteObject"], [staging, blocks, landing])
-        self._grant_objects(gc, ["s3:DeleteObject"], [staging, blocks, quarantine])
+        # gc: expired and settled copies, unreferenced blocks, and (listed) the landing
+        # objects of runs killed mid-copy
+        self._grant_objects(gc, ["s3:DeleteObject"], [staging, blocks, quarantine, landing])
+        self._grant_listing(gc, [landing])
         self._grant_objects(cold, ["s3:GetObject", "s3:PutObject"], [blocks])  # re-class copy
         self._grant_objects(cold, ["s3:RestoreObject"], [blocks])
         # scrub: re-verify, and repair from a verified duplicate (a staged copy, verified
@@ -342,22 +345,26 @@ class AppStack(Stack):
         )
         del router  # the router only needs the bus (granted with its environment)
 
+    def _grant_listing(self, fn: lambda_.Function, prefixes: list[str]) -> None:
+        """s3:ListBucket on the blocks bucket, for keys under `prefixes` only."""
+        fn.add_to_role_policy(iam.PolicyStatement(
+            actions=["s3:ListBucket"],
+            resources=[f"arn:{Aws.PARTITION}:s3:::{blocks_bucket_name(self.config)}"],
+            conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
+        ))  # fmt: skip
+
     def _grant_objects(self, fn: lambda_.Function, actions: list[str], prefixes: list[str]) -> None:
         """`actions` on the blocks bucket's objects under `prefixes`, plus what KMS needs.
 
         Object keys are content hashes and upload ids, so a prefix is the narrowest scope;
         readers also get s3:ListBucket on those prefixes so a missing key is a 404, not a 403.
         """
-        bucket_arn = f"arn:{Aws.PARTITION}:s3:::{blocks_bucket_name(self.config)}"
         fn.add_to_role_policy(iam.PolicyStatement(
             actions=actions, resources=[blocks_objects_arn(self.config, p) for p in prefixes],
         ))  # fmt: skip
         key = self.data.keys.blocks
         if "s3:GetObject" in actions:
-            fn.add_to_role_policy(iam.PolicyStatement(
-                actions=["s3:ListBucket"], resources=[bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
-            ))  # fmt: skip
+            self._grant_listing(fn, prefixes)
             key.grant(fn, "kms:Decrypt")
         if "s3:PutObject" in actions:
             key.grant(fn, "kms:GenerateDataKey", "kms:Decrypt")

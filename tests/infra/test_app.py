@@ -658,12 +658,26 @@ def test_maintenance_functions_may_touch_every_prefix_their_code_does(dev: Synth
     landing = {(get, "landing/"), (put, "landing/"), (delete, "landing/")}
     assert landing <= _object_grants(dev, "DedupVerifyFunction")
     assert landing <= _object_grants(dev, "ScrubFunction")
+    # gc lists landing/ for the landing objects of killed runs, and deletes them
+    assert (delete, "landing/") in _object_grants(dev, "GcFunction")
+    assert _listed_prefixes(dev, "GcFunction") == {"landing/*"}
+
+
+def _listed_prefixes(synth: Synth, function: str) -> set[str]:
+    """The `s3:prefix` patterns the IAM policies of `function` may list the bucket with."""
+    found: set[str] = set()
+    for lid, policy in resources(synth.app_template, "AWS::IAM::Policy").items():
+        if lid.startswith(function):
+            for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+                if st["Action"] == "s3:ListBucket":
+                    found |= set(st["Condition"]["StringLike"]["s3:prefix"])
+    return found
 
 
 def test_functions_get_only_their_own_bucket_actions(dev: Synth) -> None:
     assert _actions(dev, "ApiFunction", "s3") == {"s3:GetObject", "s3:PutObject",
                                                   "s3:RestoreObject", "s3:ListBucket"}  # fmt: skip
-    assert _actions(dev, "GcFunction", "s3") == {"s3:DeleteObject"}
+    assert _actions(dev, "GcFunction", "s3") == {"s3:DeleteObject", "s3:ListBucket"}
     assert _actions(dev, "LongpollFunction", "s3") == set()
     assert _actions(dev, "ChangeRouterFunction", "s3") == set()
 

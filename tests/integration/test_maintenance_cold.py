@@ -16,9 +16,9 @@ import pytest
 
 from tessera.domain.errors import TesseraError
 from tessera.domain.models import RestoringResponse
-from tessera.maintenance import ColdResult, DedupResult, ScrubResult, run_step
+from tessera.maintenance import ColdResult, DedupResult, GcResult, ScrubResult, run_step
 from tessera.maintenance.verify import check_stored
-from tessera.metadata.maintenance import MaintenanceTx
+from tessera.metadata.maintenance import LOCK_CLASS, MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
 from tessera.ports import BlockStore, StorageTier
 
@@ -495,3 +495,40 @@ def test_a_cold_block_whose_restored_copy_expires_during_scrub_stays_cold(
     world.store_clock.advance(hours=2)
     _cold(world, days=91)
     assert world.get(ALICE, "/f.bin") == data
+
+
+class _Killed(Exception):
+    """The run's process dying, at the point where it is raised."""
+
+
+def test_gc_deletes_the_landing_object_a_killed_promotion_left(
+    world: World, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """A dedup run killed between landing a copy of a cold block and copying it over the
+    cold object left the landing object for ever. gc deletes it, unless a step holds the
+    block's maintenance lock: that one is still using its landing."""
+    data, _ = _cold_file(world)
+    world.put(BOB, "/b.bin", data)
+    copy = world.store.copy
+
+    def killed_after_landing(source: str, target: str) -> None:
+        if source.startswith("landing/"):
+            raise _Killed
+        copy(source, target)
+
+    monkeypatch.setattr(world.store, "copy", killed_after_landing)
+    with pytest.raises(_Killed):
+        world.run("dedup")
+    monkeypatch.undo()
+    landed = world.keys_under("landing/")
+    assert len(landed) == 1
+    block = world.sql("SELECT block_id FROM blocks")[0][0]
+
+    with psycopg.connect(database_url, autocommit=True) as step:  # a live step's lock
+        step.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, block))
+        assert world.run_as(GcResult, "gc").landings_deleted == 0
+        assert world.keys_under("landing/") == landed
+    assert world.run_as(GcResult, "gc").landings_deleted == 1
+    assert world.keys_under("landing/") == []
+    assert world.run_as(DedupResult, "dedup").promoted == 1  # the next run lands it afresh
+    assert world.get(BOB, "/b.bin") == data

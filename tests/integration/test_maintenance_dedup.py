@@ -358,9 +358,7 @@ def test_a_commit_naming_its_sessions_copy_waits_for_dedup_settling_it(
         (int(poisoned),)  # /a.bin, damaged, still names the quarantined copy
     ]
     if poisoned:
-        assert isinstance(second, Unprocessable) and second.details["blocks"] == [
-            block_id(data)
-        ]
+        assert isinstance(second, Unprocessable) and second.details["blocks"] == [block_id(data)]
         assert world.put(ALICE, "/Team/b.bin", data)  # a fresh upload sends the block
         assert _dedup(world).promoted == 1
     else:

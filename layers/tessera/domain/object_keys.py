@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from tessera.blocks import is_block_id
+
 CANONICAL_PREFIX = "blocks/"
 STAGING_PREFIX = "staging/"
 QUARANTINE_PREFIX = "quarantine/"
@@ -85,3 +87,10 @@ def quarantine_key(staged_key: str) -> str:
 def landing_key(source_key: str) -> str:
     """Where maintenance lands a copy of `source_key` to verify it (see the module doc)."""
     return LANDING_PREFIX + source_key
+
+
+def landed_block_id(key: str) -> str | None:
+    """The block a landing key holds a copy of (its source is a staging key, whose name
+    ends in the block's hex), else None."""
+    candidate = "b3:" + key.rsplit("/", 1)[-1].rpartition("-")[2]
+    return candidate if key.startswith(LANDING_PREFIX) and is_block_id(candidate) else None

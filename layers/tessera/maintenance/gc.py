@@ -12,7 +12,8 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
    dedup-verify promoted or dropped more than `settled_copy_grace_s` ago (download URLs
    issued for a copy before it was settled stay valid that long), and of copies it
    quarantined more than `quarantine_retention_days` ago (kept that long for inspection;
-   their rows stay, so the versions that named them still answer "damaged").
+   their rows stay, so the versions that named them still answer "damaged"). First, the
+   landing objects of dedup or scrub runs killed between their two copies are deleted.
 4. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — the
    row re-checked and deleted under its row lock, the object after that has committed
    (see `tessera.metadata.maintenance` for why that is safe). It first deletes the objects
@@ -30,7 +31,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from tessera.domain.object_keys import canonical_key, quarantine_key
+from tessera.domain.object_keys import (
+    LANDING_PREFIX,
+    canonical_key,
+    landed_block_id,
+    quarantine_key,
+)
 from tessera.metadata.maintenance import MaintenanceTx
 
 from .context import MaintenanceContext, log
@@ -130,11 +136,31 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
         result.staged_deleted += len(copies)
         return expired + len(copies)
 
+    _delete_stale_landings(ctx, result)
     for step in (settled_batch, quarantined_batch, batch):
         _loop(ctx, step, result)
         if result.more:
             break
     return result
+
+
+def _delete_stale_landings(ctx: MaintenanceContext, result: GcResult) -> None:
+    """Delete the landing objects runs killed mid-copy left behind (`verify.copy_verified`).
+
+    A step holds its block's maintenance lock for as long as its landing object exists, so
+    one whose lock is free is stale. The lock is held while the object is deleted: a step
+    starting meanwhile waits, then lands its copy afresh. There are none but after a kill,
+    so the listing is short and one pass does them all.
+    """
+    for key in list(ctx.store.list_keys(LANDING_PREFIX)):
+        block = landed_block_id(key)
+        if block is None:
+            log.warning("gc: %s is not a landing key maintenance writes; left alone", key)
+            continue
+        with ctx.repo.transaction() as tx:
+            if tx.block_lock(block, wait=False):
+                ctx.store.delete(key)
+                result.landings_deleted += 1
 
 
 def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:

@@ -61,6 +61,7 @@ class GcResult(StepResult):
     staged_deleted: int = 0  # staged copies of expired sessions, deleted
     settled_deleted: int = 0  # objects of promoted/dropped copies, deleted after the grace
     quarantine_deleted: int = 0  # objects of quarantined copies, deleted after the retention
+    landings_deleted: int = 0  # landing objects of killed dedup/scrub runs, deleted
     blocks_deleted: int = 0
     blocks_skipped: int = 0  # candidates found referenced again at the re-check
     interrupted_deleted: int = 0  # objects an interrupted run left behind, deleted
