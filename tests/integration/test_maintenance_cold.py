@@ -497,10 +497,6 @@ def test_a_cold_block_whose_restored_copy_expires_during_scrub_stays_cold(
     assert world.get(ALICE, "/f.bin") == data
 
 
-class _Killed(Exception):
-    """The run's process dying, at the point where it is raised."""
-
-
 def test_gc_deletes_the_landing_object_a_killed_promotion_left(
     world: World, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
