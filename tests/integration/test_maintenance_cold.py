@@ -26,6 +26,7 @@ from .test_maintenance_world import (
     ALICE,
     BLOCK,
     BOB,
+    Killed,
     World,
     make_world,
     swap_staged_after_dedup_reads,
@@ -171,10 +172,6 @@ def test_cold_storage_on_s3_glacier_and_restore(s3_world: World) -> None:
     assert w.get(ALICE, path) == data
 
 
-class _Killed(BaseException):
-    """The process dies here (not an error any step would catch)."""
-
-
 def _unread_since_100_days(w: World, block_id: str | None = None) -> None:
     """Age the blocks' last read (all of them, or `block_id`'s) past the cold threshold."""
     with w.svc.db.pool.connection() as conn:
@@ -187,7 +184,7 @@ def _unread_since_100_days(w: World, block_id: str | None = None) -> None:
 
 def _killed(*_: object) -> None:
     """A `BlockStore.set_tier` that dies before moving anything."""
-    raise _Killed
+    raise Killed
 
 
 def _cold_killed_after_moving(w: World, monkeypatch: pytest.MonkeyPatch, *, days: float) -> None:
@@ -196,11 +193,11 @@ def _cold_killed_after_moving(w: World, monkeypatch: pytest.MonkeyPatch, *, days
 
     def moved_then_killed(self: BlockStore, key: str, tier: StorageTier) -> None:
         set_tier(self, key, tier)
-        raise _Killed
+        raise Killed
 
     with monkeypatch.context() as patch:
         patch.setattr(type(w.store), "set_tier", moved_then_killed)
-        with pytest.raises(_Killed):
+        with pytest.raises(Killed):
             _cold(w, days=days)
 
 
@@ -216,7 +213,7 @@ def test_a_run_killed_before_moving_leaves_the_block_served_hot_then_moved(
     world.run("dedup")
     with monkeypatch.context() as patch:
         patch.setattr(type(world.store), "set_tier", _killed)
-        with pytest.raises(_Killed):
+        with pytest.raises(Killed):
             _cold(world, days=91)
     key = world.keys_under("blocks/")[0]
     head = world.store.head(key)
@@ -260,7 +257,7 @@ def test_a_block_marked_cold_and_read_before_its_move_is_live_again(
     _unread_since_100_days(world)
     with monkeypatch.context() as patch:
         patch.setattr(type(world.store), "set_tier", _killed)
-        with pytest.raises(_Killed):
+        with pytest.raises(Killed):
             _cold(world, days=0)
     assert world.get(ALICE, "/f.bin") == data  # read today
     assert _cold(world, days=0).blocks_moved == 0
@@ -509,11 +506,11 @@ def test_gc_deletes_the_landing_object_a_killed_promotion_left(
 
     def killed_after_landing(source: str, target: str) -> None:
         if source.startswith("landing/"):
-            raise _Killed
+            raise Killed
         copy(source, target)
 
     monkeypatch.setattr(world.store, "copy", killed_after_landing)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         world.run("dedup")
     monkeypatch.undo()
     landed = world.keys_under("landing/")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tessera.adapters.local.key_file import KeyFileKeyService
-from tessera.blocks import BlockIntegrityError, block_id
+from tessera.blocks import BlockIntegrityError, block_id, encode_block
 from tessera.domain import commits, files, sharing
 from tessera.domain.errors import TesseraError, Unprocessable
 from tessera.domain.models import RestoreRequest, ShareRequest
@@ -25,6 +25,7 @@ from .test_maintenance_world import (
     BLOCK,
     BOB,
     MALLORY,
+    Killed,
     World,
     chunks,
     swap_staged_after_dedup_reads,
@@ -365,3 +366,46 @@ def test_a_commit_naming_its_sessions_copy_waits_for_dedup_settling_it(
         assert not isinstance(second, Exception), second
         _collect_settled(world)
     assert world.get(ALICE, "/Team/b.bin") == data
+
+
+@pytest.mark.parametrize("killed", ["settling", "moving"])
+def test_a_run_killed_while_quarantining_leaves_no_object_behind(
+    world: World, monkeypatch: pytest.MonkeyPatch, killed: str
+) -> None:
+    """dedup moved a bad copy to quarantine/ inside the transaction that settles it: a run
+    killed before the commit left that object with no row naming it, and when the next
+    run then promoted the copy (its uploader PUT the true bytes through a URL still valid),
+    nothing ever deleted it. The move now follows the commit, and gc deletes both keys of
+    a quarantined row after the retention, wherever a kill left the bytes."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(MALLORY, "/x.bin", data, poison=frozenset({0}))
+    if killed == "settling":
+        settle = MaintenanceTx.settle_copy
+
+        def settle_then_die(tx: MaintenanceTx, copy: object, state: str) -> None:
+            settle(tx, copy, state)  # type: ignore[arg-type]
+            raise Killed
+
+        monkeypatch.setattr(MaintenanceTx, "settle_copy", settle_then_die)
+    else:
+        copy = world.store.copy
+
+        def die_moving(source: str, target: str) -> None:
+            if target.startswith("quarantine/"):
+                raise Killed
+            copy(source, target)
+
+        monkeypatch.setattr(world.store, "copy", die_moving)
+    with pytest.raises(Killed):
+        _dedup(world)
+    monkeypatch.undo()
+    if killed == "settling":  # rolled back: the copy is still to settle
+        [(staged,)] = world.sql("SELECT staged_key FROM upload_blocks")
+        bid = block_id(data)
+        version, key = world.svc.keys.block_key(bid)
+        world.store.put(str(staged), bytes(encode_block(data, bid, key, version)))
+        assert _dedup(world).promoted == 1
+        assert world.get(MALLORY, "/x.bin") == data
+    world.run("gc", days=world.ctx.settings.quarantine_retention_days + 1)
+    assert world.keys_under("quarantine/") == []
+    assert world.keys_under("staging/") == []

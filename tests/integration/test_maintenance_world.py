@@ -222,6 +222,10 @@ class World:
             return conn.execute(query.encode(), params).fetchall()
 
 
+class Killed(BaseException):
+    """The process dies here (not an error any step would catch)."""
+
+
 def swap_staged_after_dedup_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on, each staged copy dedup reads holds other bytes right after the read:
     an uploader's PUT through a second URL, timed between dedup's check and its copy."""

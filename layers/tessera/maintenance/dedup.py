@@ -21,7 +21,8 @@ Then, under the per-block maintenance lock and the copy's row lock:
 A promoted or dropped copy's object is not deleted here: download URLs issued for it before
 it was settled stay valid for up to `presign_ttl_s`. gc's `expire_uploads` deletes it once
 it has been settled for `settled_copy_grace_s`. A quarantined copy is moved at once (its
-bytes are bad anyway), after the transaction that settled it has committed.
+bytes are bad anyway), after the transaction that settled it has committed; gc deletes
+both its keys after `quarantine_retention_days`, so a run killed midway leaves nothing.
 """
 
 from __future__ import annotations
@@ -70,15 +71,13 @@ def _settle(
 ) -> None:
     """Apply the verdict on one copy, if no other worker settled it meanwhile."""
     store, bid = ctx.store, seen.block_id
-    delete_after: str | None = None
+    quarantined: str | None = None
     with ctx.repo.transaction() as tx:
         tx.block_lock(bid)
         copy = tx.lock_staged_copy(seen.upload_id, bid)
         if copy is None or copy.staged_key != seen.staged_key:
             return  # settled by a concurrent run, or expired and collected by gc
         if not check.ok:
-            if check.reason != "missing":
-                store.copy(copy.staged_key, quarantine_key(copy.staged_key))
             tx.settle_copy(copy, "quarantined")
             damaged = tx.record_damage(
                 bid, staged_key=copy.staged_key, reason=check.reason, at=as_of
@@ -92,7 +91,7 @@ def _settle(
                 tx.set_state(bid, "quarantined", from_states=["staged"])
             result.quarantined += 1
             result.versions_damaged += damaged
-            delete_after = copy.staged_key
+            quarantined = copy.staged_key
             log.warning("dedup: quarantined %s (%s): %s", copy.staged_key, bid, check.reason)
         else:
             result.verified += 1
@@ -131,5 +130,10 @@ def _settle(
                 tx.settle_copy(copy, "promoted")
                 result.promoted += 1
             tx.repoint_versions(copy.staged_key)
-    if delete_after is not None:
-        store.delete(delete_after)
+    if quarantined is not None:
+        # only once the row says quarantined: moved before, then rolled back, the copy
+        # left a quarantine/ object no row names, for ever; gc deletes both keys of a
+        # quarantined row after the retention, wherever a killed run left the bytes
+        if check.reason != "missing":
+            store.copy(quarantined, quarantine_key(quarantined))
+        store.delete(quarantined)

@@ -116,9 +116,10 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     def quarantined_batch() -> int:
         with ctx.repo.transaction() as tx:
             copies = tx.lock_quarantined_copies(quarantined_before, size)
-            # dedup moved each to its quarantine key (none when the upload never arrived:
-            # deleting an absent object is a no-op)
-            ctx.parallel(ctx.store.delete, [quarantine_key(c[2]) for c in copies])
+            # dedup moved each to its quarantine key after settling it: a run killed in
+            # between left it at its staged key (deleting an absent object is a no-op)
+            keys = [k for c in copies for k in (quarantine_key(c[2]), c[2])]
+            ctx.parallel(ctx.store.delete, keys)
             tx.mark_objects_gone([(c[0], c[1]) for c in copies])
         result.quarantine_deleted += len(copies)
         return len(copies)
