@@ -134,6 +134,23 @@ def test_malformed_bodies_are_422(
     assert any(f["field"] == field for f in out["error"]["fields"]), out
 
 
+@pytest.mark.parametrize("mtime", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+def test_an_mtime_with_no_utc_form_is_422_and_breaks_no_listing(
+    call: Caller, alice: Principal, mtime: str
+) -> None:
+    """Year 10000 once in UTC: PostgreSQL stored it, then every read of the row failed to
+    load it (a 500 on each listing of the folder, for every member of a shared one)."""
+    empty = {"path": "/p", "blocks": [], "size": 0, "content_hash": content_hash([])}
+    status, out, _ = call("POST", "/v1/commit", {**empty, "mtime": mtime}, alice)
+    assert status == 422 and out["error"]["fields"][0]["field"] == "mtime", out
+    status, out, _ = call(
+        "POST", "/v1/commit", {**empty, "mtime": "2026-11-27T12:00:00+09:00"}, alice
+    )
+    assert status == 200 and out["mtime"] == "2026-11-27T03:00:00Z", out
+    status, out, _ = call("POST", "/v1/list_folder", {"path": ""}, alice)
+    assert status == 200 and [e["name"] for e in out["entries"]] == ["p"]
+
+
 @pytest.mark.parametrize("raw", ["{not json", "[" * 50_000], ids=["malformed", "deeply-nested"])
 def test_invalid_json_is_422(call: Caller, alice: Principal, raw: str) -> None:
     status, out, _ = call("POST", "/v1/commit", None, alice, raw_body=raw)

@@ -8,10 +8,10 @@ Field names here are the wire contract: keep them stable.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 BlockId = Annotated[
     str,
@@ -32,6 +32,23 @@ BlockKeyB64 = Annotated[
 # Raw paths are checked by tessera.domain.paths (422 with a clear message), not by a regex.
 PathStr = Annotated[str, Field(max_length=8192, description="a path in the caller's view")]
 FileId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A client's time in UTC (a naive one is taken as UTC already).
+
+    Refused when it has no UTC form Python can hold: `9999-12-31T23:59:59-14:00` is year
+    10000 in UTC, which PostgreSQL stores but no reader of the row could load again (every
+    listing of its folder failed with a 500)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range: in UTC it must fall within the years 1 to 9999") from None
+
+
+ClientTime = Annotated[datetime, AfterValidator(_in_utc)]
 Access = Literal["owner", "editor", "viewer"]
 
 
@@ -187,7 +204,7 @@ class CommitRequest(Model):
     blocks: list[BlockSpec]
     size: int = Field(ge=0)
     content_hash: ContentHash
-    mtime: datetime | None = None
+    mtime: ClientTime | None = None
     upload_id: str | None = Field(default=None, max_length=64)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
