@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 
 import pytest
 
 from tessera.blocks import block_id, content_hash
+from tessera.domain import paths
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
@@ -149,6 +151,43 @@ def test_an_mtime_with_no_utc_form_is_422_and_breaks_no_listing(
     assert status == 200 and out["mtime"] == "2026-11-27T03:00:00Z", out
     status, out, _ = call("POST", "/v1/list_folder", {"path": ""}, alice)
     assert status == 200 and [e["name"] for e in out["entries"]] == ["p"]
+
+
+def _cjk_path(size: int) -> str:
+    """A path of `size` UTF-8 bytes of random CJK names (text that does not compress)."""
+    rng = random.Random(size)
+    names, left = [], size
+    while left > 0:
+        take = min(left - 1, 252)
+        name = "".join(chr(rng.randrange(0x4E00, 0x9FA5)) for _ in range(take // 3))
+        name += "a" * (take - len(name.encode()))
+        names.append(name)
+        left -= 1 + take
+    return "/" + "/".join(names)
+
+
+def test_the_longest_path_is_stored_and_a_longer_one_is_422(call: Caller, alice: Principal) -> None:
+    """PostgreSQL indexes a path's key in btree entries of at most 2,704 bytes: a 3.4 KB
+    path that does not compress failed there, as a 503 the client retried for ever."""
+    longest = _cjk_path(paths.MAX_PATH_BYTES)
+    assert len(longest.encode()) == paths.MAX_PATH_BYTES
+    status, out, _ = call("POST", "/v1/create_folder", {"path": longest}, alice)
+    assert status == 200, out
+    for path in (longest + "b", _cjk_path(3400)):
+        status, out, _ = call("POST", "/v1/create_folder", {"path": path}, alice)
+        assert status == 422 and "longer than 2048 bytes" in out["error"]["message"], out
+
+
+def test_a_move_that_would_make_a_path_too_long_is_422_and_moves_nothing(
+    call: Caller, alice: Principal
+) -> None:
+    deep = "/x/" + "/".join(["a" * 200] * 9)  # 1,811 bytes
+    assert call("POST", "/v1/create_folder", {"path": deep}, alice)[0] == 200
+    status, out, _ = call(
+        "POST", "/v1/move", {"from_path": "/x", "to_path": "/" + "b" * 250}, alice
+    )
+    assert status == 422 and "would be longer than 2048 bytes" in out["error"]["message"], out
+    assert call("POST", "/v1/metadata", {"path": deep}, alice)[0] == 200
 
 
 @pytest.mark.parametrize("raw", ["{not json", "[" * 50_000], ids=["malformed", "deeply-nested"])

@@ -124,7 +124,7 @@ def test_conflicted_copy_names() -> None:
     [
         "docs/" + "報" * 72 + ".txt",  # 216 + 4 bytes: the copy's name would be 261
         "x" * 20 + "." + "e" * 230,  # an extension too long to keep beside the suffix
-        "/".join(["d" * 250] * 15 + ["g" * 150, "f" * 170 + ".txt"]),  # 4,091 of 4,096 bytes
+        "/".join(["d" * 250] * 7 + ["g" * 111, "f" * 170 + ".txt"]),  # 2,044 of 2,048 bytes
     ],
     ids=["long-cjk-name", "long-extension", "long-path"],
 )

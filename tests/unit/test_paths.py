@@ -42,7 +42,8 @@ def test_canonical_accepts(raw: str, want: str) -> None:
         ("C:\\Windows", "start with '/'"),
         ("/" + "x" * 256, "longer than 255"),
         ("/" + "é" * 128, "longer than 255"),  # 256 UTF-8 bytes
-        ("/" + "/".join(["d" * 200] * 21), "longer than 4096"),
+        ("/" + "/".join(["d" * 200] * 11), "longer than 2048 bytes"),
+        ("/" + "/".join(["\u0587" * 127] * 5), "longer than 2048 bytes once case-folded"),
     ],
 )
 def test_canonical_rejects(raw: str, fragment: str) -> None:

@@ -411,12 +411,11 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
             for child in store.subtree(row.ns_id, lo, hi):
                 # by components: a child may spell the folder otherwise, even in another
                 # length ("ß" / "ss"), if it was undeleted under a re-spelled folder
+                suffix = paths.relative(child.path_display, row.path_display)
+                if problem := paths.length_problem(dst + suffix):
+                    raise Unprocessable(f"moved there, {dst + suffix!r} would be {problem}")
                 moved.append(
-                    (
-                        child,
-                        new_key + child.path_key[len(row.path_key) :],
-                        new_display + paths.relative(child.path_display, row.path_display),
-                    )
+                    (child, new_key + child.path_key[len(row.path_key) :], new_display + suffix)
                 )
         for r, k, d in moved:
             store.rename(r.ns_id, r.file_id, k, paths.path_key(paths.parent(d)), d)

@@ -15,7 +15,10 @@ from tessera.domain.errors import InvalidPath
 
 ROOT = "/"
 MAX_NAME_BYTES = 255
-MAX_PATH_BYTES = 4096
+# A path's key is what PostgreSQL indexes (files, ns_members), and a btree entry holds at
+# most 2,704 bytes: a longer key that does not compress (CJK text) failed there, as a 503
+# the client retried for ever. The path and its key must each fit this many UTF-8 bytes.
+MAX_PATH_BYTES = 2048
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -28,8 +31,8 @@ def canonical(raw: str, *, field: str = "path") -> str:
     path = unicodedata.normalize("NFC", raw)
     if path.endswith("/"):
         path = path[:-1]
-    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
-        raise InvalidPath(f"{field} is longer than {MAX_PATH_BYTES} bytes", field=field)
+    if problem := length_problem(path):
+        raise InvalidPath(f"{field} is {problem}", field=field)
     for name in path[1:].split("/"):
         if name == "":
             raise InvalidPath(f"{field} has an empty component: {raw!r}", field=field)
@@ -45,6 +48,15 @@ def canonical(raw: str, *, field: str = "path") -> str:
                 field=field,
             )
     return path
+
+
+def length_problem(path: str) -> str | None:
+    """Why `path` is too long to store (its UTF-8 bytes or its key's), else None."""
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        return f"longer than {MAX_PATH_BYTES} bytes"
+    if len(path_key(path).encode("utf-8")) > MAX_PATH_BYTES:
+        return f"longer than {MAX_PATH_BYTES} bytes once case-folded"
+    return None
 
 
 def path_key(path: str) -> str:
