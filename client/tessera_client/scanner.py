@@ -58,6 +58,14 @@ class LocalScan:
         return self.rules.covers(path, is_dir=is_dir)
 
 
+def _is_synced(synced: Entry | None, path: str, here: Entry | Stat) -> bool:
+    """Whether the entry at `path` is the synced one of its key: same spelling, or the
+    same file renamed in case only (same inode)."""
+    if synced is None:
+        return False
+    return synced.path == path or (synced.inode != 0 and synced.inode == here.inode)
+
+
 # A download killed midway leaves its temp file behind (ignored, so never synced). Like
 # Syncthing's walker, a scan removes the ones another process left and nobody wrote to for
 # a day: a download still running writes to its file far more often than that.
@@ -138,17 +146,29 @@ class Scanner:
                     out.unseen.add(key)
                     continue
                 if key in seen:
+                    # Two spellings of one key: the one left out is not gone, nor is what
+                    # is in it (a folder's synced files, deleted on the server otherwise).
+                    out.unseen.add(key)
                     kept = out.tree.get(key)
                     synced = base.get(key)
-                    if not (kept and kept.is_file and synced and synced.path == rel):
+                    if not (
+                        kept is not None
+                        and kept.is_file
+                        and synced is not None
+                        and not _is_synced(synced, kept.path, kept)
+                    ):
                         other = kept.path if kept else key
                         out.skipped.append((rel, f"name clashes with {other!r} (case/Unicode)"))
                         continue
-                    # the synced spelling keeps the path; the newcomer that sorted first is
-                    # the one reported, or it would be sent as a new version of the file
+                    # A file that sorted first but is not the synced one would be sent as a
+                    # new version of it: the synced spelling (or the renamed file, by its
+                    # inode) keeps the path; with neither, both stay here, unsynced.
                     out.skipped.append((kept.path, f"name clashes with {rel!r} (case/Unicode)"))
                     del out.tree[key], out.stats[key]
                     out.hashed_ns.pop(key, None)
+                    if not _is_synced(synced, rel, st):
+                        out.skipped.append((rel, f"name clashes with {kept.path!r} (case/Unicode)"))
+                        continue
                 seen.add(key)
                 if st.kind == Kind.DIR:
                     out.tree[key] = Entry(rel, EntryKind.FOLDER, inode=st.inode)

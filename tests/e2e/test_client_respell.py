@@ -123,3 +123,31 @@ def test_a_respelling_here_racing_an_edit_elsewhere_keeps_every_change(
     assert not result.problems, result
     a.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == expected
+
+
+def test_a_folder_respelled_with_a_new_file_never_deletes_the_synced_ones(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """`docs` renamed `Docs` on A, with a new `Docs/sub/x.txt`. B creates `Docs/sub` before
+    it moves `docs` (and then cannot: the name is taken), so on its case-sensitive disk
+    both folders stand. Its scan reported the second spelling and skipped it, and the
+    synced files in it, missing from the scan, were deleted on the server and on A."""
+    a, b = engines
+    (a.folder / "docs").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (a.folder / "docs" / name).write_text(name)
+    a.run_once()
+    b.run_once()
+    (a.folder / "docs").rename(a.folder / "Docs")
+    (a.folder / "Docs" / "sub").mkdir()
+    (a.folder / "Docs" / "sub" / "x.txt").write_text("x")
+    a.run_once()
+    b.run_once()
+    b.run_once()  # scans both spellings
+    a.run_once()
+    files = {"a.txt": b"a.txt", "b.txt": b"b.txt"}
+    assert {k: v for k, v in snapshot(a.folder).items() if v} == {
+        **{f"Docs/{n}": c for n, c in files.items()},
+        "Docs/sub/x.txt": b"x",
+    }
+    assert {f"docs/{n}": c for n, c in files.items()}.items() <= snapshot(b.folder).items()

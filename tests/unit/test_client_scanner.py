@@ -37,7 +37,7 @@ def test_scan_reports_symlinks_clashes_and_non_nfc_names(tmp_path: Path) -> None
     assert "NFC" in reasons["cafe\u0301.txt"]
     assert scan.tree["sub"].kind == EntryKind.FOLDER
     # what it did not look at is not gone: not to be synced either way
-    assert scan.unseen == {"link", "caf\u00e9.txt"}
+    assert scan.unseen == {"link", "caf\u00e9.txt", "a.txt"}  # a clash: "a.txt" is not gone
     for path in ["link", "link/inside.txt", "caf\u00e9.txt", "debug.log", ".DS_Store"]:
         assert scan.left_alone(path, path, is_dir=False), path
     for path in ["gone.txt", "sub/gone.txt"]:
@@ -55,6 +55,47 @@ def test_a_clash_keeps_the_synced_spelling(tmp_path: Path) -> None:
     assert scan.tree["notes.txt"].path == "notes.txt"
     assert scan.tree["notes.txt"].content_hash == base["notes.txt"].content_hash
     assert "clashes" in dict(scan.skipped)["NOTES.txt"]
+
+
+@pytest.mark.parametrize("renamed", [True, False], ids=["renamed", "rewritten"])
+def test_a_clash_without_the_synced_spelling_sends_no_other_files_content(
+    tmp_path: Path, renamed: bool
+) -> None:
+    """Synced `Notes.txt` became `notes.txt`, and an unrelated `NOTES.txt` appeared. The
+    first to sort was kept and went up as the synced file's new version, replacing it on
+    every device. The renamed file (same inode) keeps the path; with neither the synced
+    spelling nor its inode here, both are left alone, unsynced, and reported."""
+    (tmp_path / "Notes.txt").write_text("synced")
+    scanner = _scanner(tmp_path)
+    base = dict(scanner.scan({}).tree)
+    (tmp_path / "NOTES.txt").write_text("an unrelated new file")
+    if renamed:
+        (tmp_path / "Notes.txt").rename(tmp_path / "notes.txt")
+    else:  # written before the old one goes, so not on its inode
+        (tmp_path / "notes.txt").write_text("synced, saved anew")
+        (tmp_path / "Notes.txt").unlink()
+    scan = scanner.scan(base)
+    skipped = dict(scan.skipped)
+    assert "clashes" in skipped["NOTES.txt"]
+    if renamed:
+        assert scan.tree["notes.txt"].path == "notes.txt"
+        assert scan.tree["notes.txt"].content_hash == base["notes.txt"].content_hash
+    else:
+        assert "notes.txt" not in scan.tree and "clashes" in skipped["notes.txt"]
+        assert scan.left_alone("notes.txt", "Notes.txt", is_dir=False)
+
+
+def test_the_files_of_a_clashing_folder_are_left_alone(tmp_path: Path) -> None:
+    """A second spelling of a synced folder is skipped, and the synced files in it are
+    not taken for deleted (they were deleted on the server)."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a")
+    scanner = _scanner(tmp_path)
+    base = dict(scanner.scan({}).tree)
+    (tmp_path / "Docs").mkdir()  # sorts first: kept
+    scan = scanner.scan(base)
+    assert scan.tree["docs"].path == "Docs" and "docs/a.txt" not in scan.tree
+    assert scan.left_alone("docs/a.txt", "docs/a.txt", is_dir=False)
 
 
 def test_unchanged_files_are_not_rehashed(tmp_path: Path) -> None:
