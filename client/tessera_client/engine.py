@@ -628,7 +628,11 @@ class SyncEngine:
                     f"kept {op.path} on the server: it holds files added on another device"
                 )
                 return True
-            if e.status != 404 and not _read_only(e):
+            if _read_only(e):  # as for its files: the server's listing brings it back
+                self.state.delete_base(op.path)
+                self.reporter.problem(f"{op.path} is read-only for you; restored it")
+                return True
+            if e.status != 404:
                 raise
         self.state.delete_base(op.path)
         self.state.delete_remote(op.path)

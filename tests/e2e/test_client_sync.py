@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -159,6 +160,26 @@ def test_shared_folder_viewer_cannot_change_it(
     assert not [p for p in snapshot(owner.folder) if "conflicted" in p]
     viewer.sync()  # quiescent: the local-only copy is never uploaded
     assert (viewer.folder / c["path"]).exists()
+
+
+def test_a_viewers_deleted_folder_comes_back_with_its_files(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """The refused folder delete dropped the folder's contents from the device's copy of
+    the server's listing: nothing recorded them any more, so they never came back."""
+    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
+    viewer_email = inproc_cloud.user()
+    viewer = make_device(devices, tmp_path, inproc_cloud, "viewer", viewer_email)
+    owner.write("Team/sub/x.txt", "x")
+    owner.sync()
+    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    viewer.sync()
+    shutil.rmtree(viewer.folder / "Team" / "sub")
+    viewer.sync()  # both deletes refused
+    viewer.sync()
+    assert (viewer.folder / "Team" / "sub" / "x.txt").read_text() == "x"
+    owner.sync()
+    assert (owner.folder / "Team" / "sub" / "x.txt").read_text() == "x"
 
 
 def test_a_second_refused_edit_the_same_day_keeps_the_first_copy(
