@@ -16,6 +16,7 @@ from constructs import Construct
 
 from infra.config import StageConfig, retention
 from infra.nag import acknowledge
+from tessera.domain.models import MAX_CURSOR_CHARS
 
 # API Gateway's regional integration timeout is 29 s: long-poll answers well inside it.
 LONGPOLL_INTEGRATION_TIMEOUT = Duration.seconds(29)
@@ -26,7 +27,7 @@ _LONGPOLL_SCHEMA = apigw.JsonSchema(
     required=["cursor"],
     properties={
         "cursor": apigw.JsonSchema(
-            type=apigw.JsonSchemaType.STRING, min_length=1, max_length=65536
+            type=apigw.JsonSchemaType.STRING, min_length=1, max_length=MAX_CURSOR_CHARS
         ),
         "timeout": apigw.JsonSchema(type=apigw.JsonSchemaType.INTEGER, minimum=1, maximum=3600),
     },

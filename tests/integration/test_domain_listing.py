@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import hmac
 import threading
 import time
+import zlib
 from datetime import timedelta
 from unittest import mock
 
@@ -133,6 +137,24 @@ def test_a_forged_cursor_loads_no_key(services: Services, alice: Principal) -> N
             with pytest.raises(InvalidCursor):
                 listing.list_folder_continue(services, alice, f"c1.{version}.e30.AAAA", None)
     assert loaded == []
+
+
+def test_a_cursor_issued_before_compression_still_continues(
+    services: Services, alice: Principal
+) -> None:
+    """Devices hold c1 cursors (plain JSON) from before c2 (compressed): they go on."""
+    put_file(services, alice, "/a", b"a")
+    cursor = listing.list_folder(services, alice, "/", True, None).cursor
+    tag, version, payload, _ = cursor.split(".")
+    assert tag == "c2"
+    plain = zlib.decompress(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    body = f"c1.{version}." + base64.urlsafe_b64encode(plain).decode().rstrip("=")
+    key = listing._cursor_key(services.keys, int(version))
+    sig = hmac.new(key, body.encode(), hashlib.sha256).digest()
+    old = body + "." + base64.urlsafe_b64encode(sig).decode().rstrip("=")
+    put_file(services, alice, "/b", b"b")
+    page = listing.list_folder_continue(services, alice, old, None)
+    assert [e.path_display for e in page.entries] == ["/b"]
 
 
 def test_forged_and_foreign_cursors(services: Services, alice: Principal, bob: Principal) -> None:

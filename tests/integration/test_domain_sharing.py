@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from functools import partial
 
@@ -622,3 +623,46 @@ def test_a_commit_waiting_for_its_members_removal_is_retried_not_landed(
     assert [e.name for e in listing.list_folder(services, alice, "/Team", False, None).entries] == [
         "a"
     ]
+
+
+def _emoji_name(rng: random.Random) -> str:
+    """A 252-byte name of random emoji: text JSON escaped to 12 bytes a character."""
+    return "".join(chr(rng.randrange(0x1F300, 0x1F5FF)) for _ in range(63))
+
+
+def test_sixty_shares_named_in_emoji_leave_the_members_cursor_usable(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """Anyone may share folders with bob unasked. Each is a part of his cursor with its
+    mount path, escaped to 12 bytes an emoji: sixty made a cursor past the length a
+    continue or long-poll accepts, and his sync stopped."""
+    from tessera.domain.models import ListFolderContinueRequest
+
+    _meet(services, alice, bob)
+    rng = random.Random(60)
+    for _ in range(60):
+        name = _emoji_name(rng)
+        files.create_folder(services, alice, f"/{name}")
+        _share(services, alice, f"/{name}", bob, "viewer")
+    cursor = listing.list_folder(services, bob, "", recursive=True, limit=None).cursor
+    request = ListFolderContinueRequest(cursor=cursor)  # within the accepted length
+    put_file(services, alice, f"/{name}/new.txt", b"new")
+    page = listing.list_folder_continue(services, bob, request.cursor, None)
+    assert [e.path_display for e in page.entries] == [f"/{name}/new.txt"]
+
+
+def test_a_user_is_given_at_most_max_shared_folders(
+    services: Services, alice: Principal, bob: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sharing, "MAX_SHARED_FOLDERS", 2)
+    _meet(services, alice, bob)
+    for name in ("a", "b"):
+        files.create_folder(services, alice, f"/{name}")
+        _share(services, alice, f"/{name}", bob, "viewer")
+    files.create_folder(services, alice, "/c")
+    with pytest.raises(Unprocessable, match="already has 2 shared folders"):
+        _share(services, alice, "/c", bob, "viewer")
+    _share(services, alice, "/a", bob, "editor")  # a change of access is no new folder
+    sharing.unshare(services, bob, UnshareRequest(path="/b"))
+    _share(services, alice, "/c", bob, "viewer")
+    assert sorted(s.path_display for s in sharing.shares(services, bob).shares) == ["/a", "/c"]

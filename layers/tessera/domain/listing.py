@@ -16,6 +16,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import zlib
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -44,7 +45,11 @@ from tessera.domain.views import (
 from tessera.metadata.store import FileRow, JournalRow, KeyScope, MountRow, Store
 from tessera.ports import KeyService, Principal
 
-_VERSION = "c1"
+# c2: the JSON is compressed (zlib) and keeps its non-ASCII text as UTF-8: a mount named in
+# emoji took 12 bytes a character escaped, and sixty such shares made a cursor too long to
+# send back. c1 (plain, escaped JSON) is still read.
+_VERSION = "c2"
+_READABLE_VERSIONS = ("c1", "c2")
 
 
 @dataclass
@@ -81,11 +86,11 @@ def _cursor_key(keys: KeyService, version: int) -> bytes:
 
 
 def encode_cursor(keys: KeyService, cursor: _Cursor, now: datetime) -> str:
-    """`c1.<key version>.<payload>.<hmac>` (base64url): opaque and tamper-proof, stamped
+    """`c2.<key version>.<payload>.<hmac>` (base64url): opaque and tamper-proof, stamped
     with the time `now` it is issued at."""
     version = keys.current_version()
     fields = {**asdict(cursor), "issued": int(now.timestamp())}
-    raw = json.dumps(fields, separators=(",", ":")).encode()
+    raw = zlib.compress(json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode())
     payload = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     body = f"{_VERSION}.{version}.{payload}"
     sig = hmac.new(_cursor_key(keys, version), body.encode(), hashlib.sha256).digest()
@@ -96,7 +101,7 @@ def decode_cursor(keys: KeyService, text: str, user_id: str) -> _Cursor:
     """The cursor behind `text`, checked: signature first, then that it is the caller's."""
     try:
         tag, version_text, payload, sig = text.split(".")
-        if tag != _VERSION:
+        if tag not in _READABLE_VERSIONS:
             raise ValueError("unknown cursor version")
         version = int(version_text)
         if not keys.knows(version):  # before loading it: on AWS, a forged one cost SSM calls
@@ -108,7 +113,9 @@ def decode_cursor(keys: KeyService, text: str, user_id: str) -> _Cursor:
         raise InvalidCursor("the cursor is malformed or was not issued by this server") from exc
     if not hmac.compare_digest(want, given):
         raise InvalidCursor("the cursor is malformed or was not issued by this server")
-    data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    # signed by this server, so never a decompression bomb
+    data: dict[str, Any] = json.loads(zlib.decompress(raw) if tag == "c2" else raw)
     cursor = _Cursor(**{**data, "parts": [_Part(**p) for p in data["parts"]]})
     if cursor.user != user_id:
         raise InvalidCursor("the cursor belongs to another user")

@@ -319,10 +319,17 @@ class ListFolderRequest(Model):
     limit: int | None = Field(default=None, ge=1, le=10_000)
 
 
+# A cursor holds a part per namespace of the listing, with its mount path: a user can be
+# given up to `sharing.MAX_SHARED_FOLDERS` shared folders without asking, each named with up
+# to 255 bytes, and their cursor must still fit (compressed; ~0.8 MB at worst).
+MAX_CURSOR_CHARS = 1 << 20
+CursorStr = Annotated[str, Field(min_length=1, max_length=MAX_CURSOR_CHARS)]
+
+
 class ListFolderContinueRequest(Model):
     """POST /v1/list_folder/continue."""
 
-    cursor: str = Field(min_length=1, max_length=65536)
+    cursor: CursorStr
     limit: int | None = Field(default=None, ge=1, le=10_000)
 
 
@@ -337,7 +344,7 @@ class ListFolderResponse(Model):
 class LongpollRequest(Model):
     """POST /v1/list_folder/longpoll. `timeout` is clamped to 30-480 s."""
 
-    cursor: str = Field(min_length=1, max_length=65536)
+    cursor: CursorStr
     timeout: int = Field(default=30, ge=1, le=3600)
 
 

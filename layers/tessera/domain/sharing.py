@@ -58,11 +58,23 @@ def _mount_journal(
     return event
 
 
+# A user is given shared folders without being asked, and each is a part of their listing
+# cursors: so many that those no longer fit (`models.MAX_CURSOR_CHARS`) would stop their
+# sync, at anyone's whim.
+MAX_SHARED_FOLDERS = 1000
+
+
 def _free_mount_path(store: Store, user: UserRow, name: str) -> str:
     """`/<name>`, or `/<name> (2)`, `/<name> (3)`… when the member already has that path
     (the name shortened to leave room for the suffix within MAX_NAME_BYTES: a longer mount
-    name made every path under it invalid, even the one to leave the share by)."""
+    name made every path under it invalid, even the one to leave the share by).
+    422 when they already have `MAX_SHARED_FOLDERS` shared folders."""
     taken = store.mount_keys(user.user_id)
+    if len(taken) > MAX_SHARED_FOLDERS:  # their root is one of them
+        raise Unprocessable(
+            f"{user.email} already has {MAX_SHARED_FOLDERS} shared folders; they must leave"
+            " one first"
+        )
     n = 1
     while True:
         suffix = "" if n == 1 else f" ({n})"
