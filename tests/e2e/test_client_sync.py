@@ -136,15 +136,24 @@ def test_modify_vs_delete_keeps_the_modification(
     assert snapshot(a.folder) == snapshot(b.folder)
 
 
+def _team_with_a_viewer(
+    cloud: Cloud, devices: list[Device], tmp_path: Path, path: str, text: str
+) -> tuple[Device, Device]:
+    """An owner's device with `path` (under `Team`) holding `text`, `Team` shared with a
+    viewer, and the viewer's device: (owner, viewer)."""
+    owner = make_device(devices, tmp_path, cloud, "owner", cloud.user())
+    viewer_email = cloud.user()
+    viewer = make_device(devices, tmp_path, cloud, "viewer", viewer_email)
+    owner.write(path, text)
+    owner.sync()
+    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    return owner, viewer
+
+
 def test_shared_folder_viewer_cannot_change_it(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
-    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
-    viewer_email = inproc_cloud.user()
-    viewer = make_device(devices, tmp_path, inproc_cloud, "viewer", viewer_email)
-    owner.write("Team/spec.md", "the spec")
-    owner.sync()
-    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/spec.md", "the spec")
     assert [s["access"] for s in viewer.json("shares")] == ["viewer"]
     viewer.sync()
     assert (viewer.folder / "Team" / "spec.md").read_text() == "the spec"
@@ -167,12 +176,7 @@ def test_a_viewers_deleted_folder_comes_back_with_its_files(
 ) -> None:
     """The refused folder delete dropped the folder's contents from the device's copy of
     the server's listing: nothing recorded them any more, so they never came back."""
-    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
-    viewer_email = inproc_cloud.user()
-    viewer = make_device(devices, tmp_path, inproc_cloud, "viewer", viewer_email)
-    owner.write("Team/sub/x.txt", "x")
-    owner.sync()
-    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/sub/x.txt", "x")
     viewer.sync()
     shutil.rmtree(viewer.folder / "Team" / "sub")
     viewer.sync()  # both deletes refused
@@ -187,12 +191,7 @@ def test_a_second_refused_edit_the_same_day_keeps_the_first_copy(
 ) -> None:
     """A viewer's refused edit is kept in a local-only conflicted copy; a second one the
     same day, after the owner changed the file, must not be renamed onto the first."""
-    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
-    viewer_email = inproc_cloud.user()
-    viewer = make_device(devices, tmp_path, inproc_cloud, "viewer", viewer_email)
-    owner.write("Team/x.txt", "owner v1")
-    owner.sync()
-    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/x.txt", "owner v1")
     viewer.sync()
     viewer.write("Team/x.txt", "viewer edit #1")
     viewer.sync()

@@ -28,6 +28,7 @@ from .test_maintenance_world import (
     BOB,
     Killed,
     World,
+    die_copying,
     make_world,
     swap_staged_after_dedup_reads,
 )
@@ -502,14 +503,7 @@ def test_gc_deletes_the_landing_object_a_killed_promotion_left(
     block's maintenance lock: that one is still using its landing."""
     data, _ = _cold_file(world)
     world.put(BOB, "/b.bin", data)
-    copy = world.store.copy
-
-    def killed_after_landing(source: str, target: str) -> None:
-        if source.startswith("landing/"):
-            raise Killed
-        copy(source, target)
-
-    monkeypatch.setattr(world.store, "copy", killed_after_landing)
+    die_copying(world, monkeypatch, source="landing/")  # after landing it
     with pytest.raises(Killed):
         world.run("dedup")
     monkeypatch.undo()

@@ -28,6 +28,7 @@ from .test_maintenance_world import (
     Killed,
     World,
     chunks,
+    die_copying,
     swap_staged_after_dedup_reads,
 )
 
@@ -388,14 +389,7 @@ def test_a_run_killed_while_quarantining_leaves_no_object_behind(
 
         monkeypatch.setattr(MaintenanceTx, "settle_copy", settle_then_die)
     else:
-        copy = world.store.copy
-
-        def die_moving(source: str, target: str) -> None:
-            if target.startswith("quarantine/"):
-                raise Killed
-            copy(source, target)
-
-        monkeypatch.setattr(world.store, "copy", die_moving)
+        die_copying(world, monkeypatch, target="quarantine/")
     with pytest.raises(Killed):
         _dedup(world)
     monkeypatch.undo()

@@ -226,6 +226,21 @@ class Killed(BaseException):
     """The process dies here (not an error any step would catch)."""
 
 
+def die_copying(
+    world: World, monkeypatch: pytest.MonkeyPatch, *, source: str = "", target: str = ""
+) -> None:
+    """From now on, the run dies (`Killed`) when it copies a key under `source` to a key
+    under `target` (each "" for any), before the copy."""
+    copy = world.store.copy
+
+    def copy_or_die(src: str, dst: str) -> None:
+        if src.startswith(source) and dst.startswith(target):
+            raise Killed
+        copy(src, dst)
+
+    monkeypatch.setattr(world.store, "copy", copy_or_die)
+
+
 def swap_staged_after_dedup_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on, each staged copy dedup reads holds other bytes right after the read:
     an uploader's PUT through a second URL, timed between dedup's check and its copy."""
