@@ -226,10 +226,7 @@ def test_a_run_killed_before_moving_leaves_the_block_served_hot_then_moved(
     head = world.store.head(key)
     assert head is not None and head.tier is StorageTier.COLD
     assert world.sql("SELECT state, storage_class FROM blocks") == [("cold", "cold")]
-    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
-    world.store_clock.advance(hours=2)
-    assert _cold(world, days=91).restores_completed == 1
-    assert world.get(ALICE, "/f.bin") == data
+    assert _restored_on_demand(world, data).restores_completed == 1
 
 
 def test_a_run_killed_after_moving_leaves_a_cold_row_that_restores(
@@ -242,10 +239,7 @@ def test_a_run_killed_after_moving_leaves_a_cold_row_that_restores(
     world.put(ALICE, "/f.bin", data)
     world.run("dedup")
     _cold_killed_after_moving(world, monkeypatch, days=91)
-    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
-    world.store_clock.advance(hours=2)
-    assert _cold(world, days=91).restores_completed == 1
-    assert world.get(ALICE, "/f.bin") == data
+    assert _restored_on_demand(world, data).restores_completed == 1
     assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
 
 
@@ -388,6 +382,16 @@ def _cold_file(w: World) -> tuple[bytes, str]:
     return data, w.keys_under("blocks/")[0]
 
 
+def _restored_on_demand(w: World, data: bytes) -> ColdResult:
+    """Alice's cold /f.bin answers "restoring", then, once the store's restore is done and
+    cold storage has seen it through, reads as `data`: the cold storage run's result."""
+    assert isinstance(w.get(ALICE, "/f.bin"), RestoringResponse)
+    w.store_clock.advance(hours=2)  # the store's restore takes an hour
+    result = _cold(w, days=91)
+    assert w.get(ALICE, "/f.bin") == data
+    return result
+
+
 def test_a_cold_block_whose_object_is_lost_answers_unavailable(world: World) -> None:
     """A download of a cold block with no object answers 503 `block_unavailable` (it asked
     the store to restore a missing object and answered 500 for ever), and scrub, which
@@ -463,10 +467,7 @@ def test_bytes_put_after_verification_never_replace_a_cold_block(
     assert head is not None and head.tier is StorageTier.COLD  # untouched
     assert world.keys_under("landing/") == []
     assert world.sql("SELECT state FROM blocks") == [("cold",)]
-    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
-    world.store_clock.advance(hours=2)
-    _cold(world, days=91)
-    assert world.get(ALICE, "/f.bin") == data
+    _restored_on_demand(world, data)
 
 
 def test_a_cold_block_whose_restored_copy_expires_during_scrub_stays_cold(
@@ -489,10 +490,7 @@ def test_a_cold_block_whose_restored_copy_expires_during_scrub_stays_cold(
     monkeypatch.undo()
     assert (result.checked, result.damaged) == (1, 0)
     assert world.sql("SELECT state FROM blocks") == [("cold",)]
-    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
-    world.store_clock.advance(hours=2)
-    _cold(world, days=91)
-    assert world.get(ALICE, "/f.bin") == data
+    _restored_on_demand(world, data)
 
 
 def test_gc_deletes_the_landing_object_a_killed_promotion_left(

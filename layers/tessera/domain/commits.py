@@ -88,6 +88,11 @@ class _Blocks:
     staged_now: list[str]  # the session's blocks this commit stages
 
 
+# The states dedup-verify leaves a staged copy in once its bytes proved to be the block:
+# from then on the copy stands for the canonical block.
+VERIFIED_COPY_STATES = ("promoted", "dropped")
+
+
 def settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, ReadableBlock]:
     """Pin the staged copies that readable blocks would be carried forward with.
 
@@ -108,7 +113,7 @@ def settled(store: Store, readable: dict[str, ReadableBlock]) -> dict[str, Reada
         state = states.get(r.staged_key) if r.staged_key is not None else None
         if r.staged_key is None or state == "staged":
             out[bid] = r
-        elif state in ("promoted", "dropped"):
+        elif state in VERIFIED_COPY_STATES:
             out[bid] = dataclasses.replace(r, staged_key=None)
     return out
 
@@ -123,7 +128,7 @@ def _verified_session_copies(
     return {
         i: ReadableBlock(i, r.size, "live", None)
         for i in ids
-        if (r := expected.get(i)) and r.state in ("promoted", "dropped")
+        if (r := expected.get(i)) and r.state in VERIFIED_COPY_STATES
     }
 
 

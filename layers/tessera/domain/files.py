@@ -10,7 +10,13 @@ import dataclasses
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.changes import publish
-from tessera.domain.commits import check_parent, ensure_parents, settled, write_version
+from tessera.domain.commits import (
+    VERIFIED_COPY_STATES,
+    check_parent,
+    ensure_parents,
+    settled,
+    write_version,
+)
 from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
 from tessera.domain.models import (
     DeletedEntry,
@@ -125,7 +131,7 @@ def download(
             live_key = canonical_key(vb.block_id)
             # an unverified version is served its own staged copy, never the canonical block
             # (a copy dedup-verify already vouched for gives way to the canonical block)
-            verified = vb.staged_state in ("promoted", "dropped")
+            verified = vb.staged_state in VERIFIED_COPY_STATES
             if (vb.staged_key is not None and not verified) or state == "staged":
                 if vb.staged_key is None or vb.staged_state == "quarantined":
                     raise BlockUnavailable(
