@@ -39,6 +39,12 @@ def test_other_database_errors_pass_through(db: Database) -> None:
         store.conn.execute("SELECT * FROM no_such_table")
 
 
+def test_a_program_limit_is_not_transient(db: Database) -> None:
+    # An OperationalError, but one no retry cures: as a 503 a client retried it for ever.
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded), db.transaction() as store:
+        store.conn.execute("SELECT repeat('x', 3000)::tsvector").fetchone()
+
+
 def _prepared_on(db: Database) -> set[str]:
     """The statements prepared on the pool's one connection."""
     with db.transaction() as store:

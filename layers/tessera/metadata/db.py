@@ -29,9 +29,15 @@ def unavailable_on_db_errors() -> Iterator[None]:
     serialization failure, deadlock, lock or statement timeout, a full disk: a transaction
     did not commit (or, lost during COMMIT itself, may have: commits carry idempotency keys
     for that retry), and the same request may well succeed in a moment.
+
+    A program limit (an index row, an array or a statement too large) is an
+    `OperationalError` too, but the same request fails the same way every time: it passes
+    through as a 500, so a client does not retry it for ever.
     """
     try:
         yield
+    except psycopg.errors.ProgramLimitExceeded:
+        raise
     except psycopg.OperationalError as exc:
         raise Unavailable(
             f"the metadata database is unavailable ({type(exc).__name__}); retry shortly",
