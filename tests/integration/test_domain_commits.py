@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import threading
 from typing import Any
@@ -332,6 +333,36 @@ def test_batch_items_succeed_or_fail_alone(services: Services, alice: Principal)
     assert get_file(services, alice, "/good2") == b"good file"
 
 
+def test_a_batch_entry_over_the_limits_reads_nothing(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry refused by its block list is refused before the batch reads its session:
+    its block ids, as many as the body holds, never reach the database."""
+    limited = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, max_blocks_per_request=2)
+    )
+    small, large = [b"one", b"two"], [b"a", b"b", b"c"]
+    upload_id = upload_blocks(services, alice, "/small", small + large)
+    asked: list[int] = []
+    session_for_commits = Store.session_for_commits
+
+    def counting(store: Store, upload_id: str, user_id: str, block_ids: list[str]) -> Any:
+        asked.append(len(block_ids))
+        return session_for_commits(store, upload_id, user_id, block_ids)
+
+    monkeypatch.setattr(Store, "session_for_commits", counting)
+    batch = CommitBatchRequest(
+        entries=[
+            commit_request("/large", large, upload_id),
+            commit_request("/small", small, upload_id),
+        ]
+    )
+    result = commits.commit_batch(limited, alice, batch)
+    assert [(e.tag, e.status) for e in result.entries] == [("failure", 413), ("success", 200)]
+    assert asked == [2]
+    assert get_file(services, alice, "/small") == b"onetwo"
+
+
 def test_a_late_failure_leaves_nothing_of_the_first_attempt(
     services: Services, alice: Principal
 ) -> None:
@@ -618,8 +649,6 @@ def test_viewer_cannot_upload_or_commit(
 
 
 def test_quota_is_enforced_at_upload_start(services: Services, alice: Principal) -> None:
-    import dataclasses
-
     from tessera.domain.errors import QuotaExceeded
 
     small = dataclasses.replace(
@@ -653,7 +682,6 @@ def test_concurrent_retries_of_one_idempotency_key_write_once(
 
 
 def test_expired_upload_session_is_404(services: Services, alice: Principal) -> None:
-    import dataclasses
     from datetime import timedelta
 
     chunks = [b"late"]

@@ -652,7 +652,15 @@ def _commit_entries(
     events: list[ChangeEvent | None] = []
     after = _AfterCommits()
     with view_transaction(svc, principal, pipeline=True) as (store, view):
-        sessions = _batch_sessions(store, view, req.entries)
+        targets: dict[int, _Target] = {}
+        for i, request in enumerate(req.entries):
+            try:  # refused before any statement: nothing to roll back, no rerun
+                targets[i] = _target(svc, view, request)
+            except TesseraError as exc:
+                results[i] = _failure(exc)
+        # only entries within the limits: a refused one's block ids, up to the body's
+        # size, would all go to the database first
+        sessions = _batch_sessions(store, view, [req.entries[i] for i in targets])
         # ask the block store about the whole batch's staged copies at once (on S3, one
         # listing per run of keys): entry by entry, each would ask on its own
         staged.sizes(
@@ -664,12 +672,6 @@ def _commit_entries(
             ]
         )
 
-        targets: dict[int, _Target] = {}
-        for i, request in enumerate(req.entries):
-            try:  # refused before any statement: nothing to roll back, no rerun
-                targets[i] = _target(svc, view, request)
-            except TesseraError as exc:
-                results[i] = _failure(exc)
         order = sorted(targets, key=lambda i: (targets[i].mount.ns_id, targets[i].key))
         for ns_id in sorted({targets[i].mount.ns_id for i in order}):
             store.lock_namespace(ns_id)  # before any idempotency key: the lock order
