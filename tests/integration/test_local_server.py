@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -75,3 +76,98 @@ def test_sigterm_while_the_server_starts_stops_it() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "returned" in done.stdout
+
+
+async def _echo_body(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """Answer with the request's body, or record that the client went away."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    length = str(len(body)).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _closed_by_server(conn: socket.socket) -> bool:
+    """Whether the server closes `conn` (within the socket's timeout) without answering."""
+    try:
+        return conn.recv(4096) == b""
+    except TimeoutError:
+        return False
+
+
+def _slow_server() -> Server:
+    server = Server(head_timeout_s=0.5, body_idle_timeout_s=0.5)
+    server.start(_echo_body)
+    return server
+
+
+def test_a_silent_connection_is_closed() -> None:
+    server = _slow_server()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            assert _closed_by_server(conn)
+    finally:
+        server.stop()
+
+
+def test_a_head_sent_a_byte_at_a_time_is_cut_off() -> None:
+    """Slowloris: each byte comes well within the deadline, the head as a whole does not."""
+    server = _slow_server()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # closed already
+                    break
+                time.sleep(0.05)
+            assert _closed_by_server(conn)
+    finally:
+        server.stop()
+
+
+def test_a_stalled_body_is_cut_off_and_a_steady_one_is_not() -> None:
+    server = _slow_server()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfive.")
+            assert _closed_by_server(conn)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            for part in (b"one..", b"two.."):  # 0.6 s in all, each part within 0.5 s
+                time.sleep(0.3)
+                conn.sendall(part)
+            reply = b""
+            while not reply.endswith(b"two..") and (more := conn.recv(4096)):
+                reply += more
+            assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"one..two.."), reply
+    finally:
+        server.stop()
+
+
+def test_a_kept_alive_connection_gets_a_new_head_deadline_per_request() -> None:
+    server = _slow_server()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            for body in (b"one", b"two", b"three", b"four"):  # 0.9 s on one connection
+                conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+                conn.sendall(body)
+                reply = b""
+                while not reply.endswith(body) and (more := conn.recv(4096)):
+                    reply += more
+                assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(body), reply
+                time.sleep(0.3)
+    finally:
+        server.stop()

@@ -4,6 +4,8 @@ for tests or in the main thread for `tessera local up` (where uvicorn handles SI
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import signal
 import socket
 import threading
@@ -11,15 +13,91 @@ import time
 from types import FrameType
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 _BACKLOG = 4096
+#: Seconds a client has to send a request's line and headers, from the connection's start
+#: or the previous response's end.
+HEAD_TIMEOUT_S = 30.0
+#: Seconds a request body may stall (nothing received while the app waits for more).
+BODY_IDLE_TIMEOUT_S = 60.0
+
+
+class _DeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol with the two deadlines API Gateway and nginx keep.
+
+    uvicorn times out only an idle keep-alive connection: one that never sends a byte, or
+    sends a request's head or body a byte at a time, is held for ever (slowloris). Each
+    costs a socket, not a thread, but a few thousand of them use up the process's file
+    descriptors, and then no device can connect.
+    """
+
+    def __init__(
+        self, *args: Any, head_timeout_s: float, body_idle_s: float, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timeout_s, self._body_idle_s = head_timeout_s, body_idle_s
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._deadline_passed)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.conn.their_state is h11.SEND_BODY and self.flow.read_paused:
+            # the app has not taken what it was sent: the stall is ours, not the client's
+            self._arm(self._body_idle_s)
+            return
+        if not self.transport.is_closing():
+            self.transport.close()  # the app, if it is reading the body, sees a disconnect
+
+    def _follow(self) -> None:
+        """(Re)arm the deadline for what the connection waits on from the client."""
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            if self._deadline is None:  # from the wait's start, not from the last byte
+                self._arm(self._head_timeout_s)
+        elif state is h11.SEND_BODY:
+            self._arm(self._body_idle_s)  # from the last byte
+        else:
+            self._disarm()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._follow()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow()  # the next request's head has its own time
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
 
 class Server:
     """uvicorn over a pre-bound socket; `base_url` is known before serving starts."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+        body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -33,6 +111,9 @@ class Server:
         self.host, self.port = host, self.sock.getsockname()[1]
         self._thread: threading.Thread | None = None
         self._uvicorn: uvicorn.Server | None = None
+        self._protocol = functools.partial(
+            _DeadlineH11, head_timeout_s=head_timeout_s, body_idle_s=body_idle_timeout_s
+        )
 
     def _make(self, app: Any) -> uvicorn.Server:
         config = uvicorn.Config(
@@ -41,6 +122,7 @@ class Server:
             lifespan="off",
             timeout_graceful_shutdown=2,  # open long-polls are cut after this
             backlog=_BACKLOG,
+            http=self._protocol,  # type: ignore[arg-type]  # uvicorn calls it like a class
         )
         self._uvicorn = uvicorn.Server(config)
         return self._uvicorn
