@@ -272,14 +272,19 @@ def plan(
 ) -> Plan:
     """Reconcile three trees into an ordered list of operations (no I/O).
 
-    Order: folder creations (outermost first), moves, file operations, then folder
-    deletions (innermost first) — so a folder is only removed once it is empty.
+    Order: respellings, folder creations (outermost first), moves, file operations, then
+    folder deletions (innermost first) — so a folder is only removed once it is empty.
+    Respellings go first: a folder created inside a respelled one (`Docs/sub` where the
+    disk still has `docs`) would otherwise make the new spelling beside the old one on a
+    case-sensitive disk, and the move to it then fails. A respelling keeps its parent, so
+    it needs no folder created before it.
     """
     lw, rw, bw = dict(local), dict(remote), dict(base)
     moves: list[Op] = []
     _detect_remote_moves(lw, rw, bw, moves)
     _detect_local_moves(lw, rw, bw, moves)
-    _detect_respellings(lw, rw, bw, moves)
+    respellings: list[Op] = []
+    _detect_respellings(lw, rw, bw, respellings)
 
     skips: list[Op] = []
     for key in sorted(set(lw) | set(rw)):
@@ -333,4 +338,4 @@ def plan(
             deletes.append(Op(OpKind.FORGET, b.path))
     creates.sort(key=lambda op: op.path.count("/"))
     deletes.sort(key=lambda op: -op.path.count("/"))
-    return Plan(ops=skips + creates + moves + file_ops + deletes)
+    return Plan(ops=skips + respellings + creates + moves + file_ops + deletes)

@@ -1,0 +1,33 @@
+"""The order of a plan's steps, where one step would get in another's way."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from tessera_client.paths import path_key
+from tessera_client.planner import Entry, EntryKind, OpKind, plan
+
+
+def _tree(*entries: Entry) -> dict[str, Entry]:
+    return {path_key(e.path): e for e in entries}
+
+
+def test_a_respelled_folder_moves_before_a_folder_is_made_inside_it() -> None:
+    """Made first, `Docs/sub` would put a second spelling beside `docs` on a case-sensitive
+    disk, and the move of `docs` to `Docs` would find its name taken."""
+    synced = Entry("docs/a.txt", content_hash="h1", file_id="f1", rev=1, inode=7)
+    base = _tree(Entry("docs", EntryKind.FOLDER, file_id="d1"), synced)
+    local = _tree(Entry("docs", EntryKind.FOLDER), synced)
+    remote = _tree(
+        Entry("Docs", EntryKind.FOLDER, file_id="d1"),
+        Entry("Docs/a.txt", content_hash="h1", file_id="f1", rev=1),
+        Entry("Docs/sub", EntryKind.FOLDER, file_id="d2"),
+    )
+    steps = [
+        (op.kind, op.path)
+        for op in plan(local, remote, base, device="b", day=date(2026, 11, 27)).actionable
+    ]
+    assert steps == [
+        (OpKind.MOVE_LOCAL, "Docs"),
+        (OpKind.CREATE_FOLDER_LOCAL, "Docs/sub"),
+    ]
