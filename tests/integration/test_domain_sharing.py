@@ -95,6 +95,48 @@ def test_a_long_shared_name_that_clashes_still_fits_the_name_limit(
     assert sharing.shares(services, bob).shares == []
 
 
+def test_a_path_the_owner_may_store_is_one_every_member_may_name(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """The length limit is the stored (namespace-relative) path's. Applied to view paths,
+    a file the owner could make was one a member with a longer mount point could not edit,
+    and their client refused its path from the server."""
+    deepest = "/" + "/".join(["d" * 200] * 10) + "/" + "e" * 37  # 2048 bytes inside /Team
+    put_file(services, alice, "/Team/readme", b"r")
+    put_file(services, bob, "/Team/mine", b"bob's own")
+    _share(services, alice, "/Team", bob, "editor")
+    put_file(services, alice, "/Team" + deepest, b"v1")  # stored as `deepest`
+    seen = "/Team (2)" + deepest
+    assert paths.canonical(seen) == seen  # what a member's client checks
+    meta = files.metadata(services, bob, MetadataRequest(path=seen))
+    assert isinstance(meta, FileEntry) and meta.path_display == seen
+    assert put_file(services, bob, seen, b"v2", parent_rev=1).rev == 2
+    assert get_file(services, alice, "/Team" + deepest) == b"v2"
+    with pytest.raises(Unprocessable, match="longer than 2048 bytes inside '/Team \\(2\\)'"):
+        put_file(services, bob, seen + "e", b"one byte too many to store")
+
+
+def test_a_shared_folder_whose_paths_would_not_fit_back_is_not_deleted(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """Deleted, a shared folder's entries move back below its mount point in the owner's
+    root namespace, where the longest path a member could store inside does not fit: it
+    became a path no request could name, or, if it did not compress, one the database
+    refused to index (a 500). Now the delete is refused, naming the path."""
+    deepest = "/" + "/".join(["d" * 200] * 10) + "/" + "e" * 37  # 2048 bytes inside /Team
+    put_file(services, alice, "/Team/readme", b"r")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    put_file(services, bob, "/Team" + deepest, b"bob's deep file")
+    sharing.unshare(services, alice, UnshareRequest(path="/Team", email=bob.email))
+    with pytest.raises(Unprocessable, match="inside would be longer than 2048 bytes"):
+        files.delete(services, alice, DeleteRequest(path="/Team"))
+    assert get_file(services, alice, "/Team" + deepest) == b"bob's deep file"
+    files.move(services, alice, MoveRequest(from_path="/Team" + deepest, to_path="/Team/shallow"))
+    files.delete(services, alice, DeleteRequest(path="/Team"))
+    assert sharing.shares(services, alice).shares == []
+
+
 def test_a_mount_spelled_with_another_length_resolves_by_components(
     services: Services, alice: Principal, bob: Principal
 ) -> None:

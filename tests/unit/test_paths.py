@@ -42,8 +42,8 @@ def test_canonical_accepts(raw: str, want: str) -> None:
         ("C:\\Windows", "start with '/'"),
         ("/" + "x" * 256, "longer than 255"),
         ("/" + "é" * 128, "longer than 255"),  # 256 UTF-8 bytes
-        ("/" + "/".join(["d" * 200] * 11), "longer than 2048 bytes"),
-        ("/" + "/".join(["\u0587" * 127] * 5), "longer than 2048 bytes once case-folded"),
+        ("/" + "/".join(["d" * 200] * 21), "longer than 4096 bytes"),  # a view path's limit
+        ("/" + "/".join(["\u0587" * 127] * 10), "longer than 4096 bytes once case-folded"),
     ],
 )
 def test_canonical_rejects(raw: str, fragment: str) -> None:
@@ -52,6 +52,17 @@ def test_canonical_rejects(raw: str, fragment: str) -> None:
     assert info.value.status == 422
     assert info.value.code == "invalid_path"
     assert fragment in info.value.message
+
+
+def test_a_stored_path_has_half_a_view_paths_length() -> None:
+    """A view path is a mount's path and a stored path below it, each up to 2048 bytes."""
+    stored = "/" + "/".join(["d" * 200] * 10) + "/" + "e" * 37  # 2048 bytes
+    assert paths.length_problem(stored) is None
+    assert paths.length_problem(stored + "e") == "longer than 2048 bytes"
+    assert paths.length_problem("/" + "/".join(["\u0587" * 127] * 5)) == (
+        "longer than 2048 bytes once case-folded"
+    )
+    assert paths.canonical(stored + "/" + stored[1:]) == stored + "/" + stored[1:]
 
 
 def test_name_of_255_bytes_is_fine() -> None:

@@ -418,7 +418,7 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
                 # by components: a child may spell the folder otherwise, even in another
                 # length ("ß" / "ss"), if it was undeleted under a re-spelled folder
                 suffix = paths.relative(child.path_display, row.path_display)
-                if problem := paths.length_problem(dst + suffix):
+                if problem := paths.length_problem(dst_rel + suffix):
                     raise Unprocessable(f"moved there, {dst + suffix!r} would be {problem}")
                 moved.append(
                     (child, new_key + child.path_key[len(row.path_key) :], new_display + suffix)

@@ -2,7 +2,8 @@
 
 A canonical path starts with "/", is NFC, has no trailing "/" (the root is "/"), and none of
 its components is empty, ".", "..", or holds NUL, a control character or a backslash. Names
-are at most 255 UTF-8 bytes, paths at most 4096. Paths are compared by `path_key`: NFC +
+are at most 255 UTF-8 bytes; a path stored in a namespace at most 2048 bytes, a view path
+(a mount's path, then a path inside it) at most 4096. Paths are compared by `path_key`: NFC +
 case fold, so two spellings that differ only in case or Unicode form are one file.
 """
 
@@ -19,6 +20,10 @@ MAX_NAME_BYTES = 255
 # most 2,704 bytes: a longer key that does not compress (CJK text) failed there, as a 503
 # the client retried for ever. The path and its key must each fit this many UTF-8 bytes.
 MAX_PATH_BYTES = 2048
+# A view path is a mount's path (stored in the root namespace) and a path stored inside the
+# mounted namespace, so every member's view of a stored path fits this: the owner's limit is
+# not a member's, whose mount (`/Team (2)/deeper`) may be longer.
+MAX_VIEW_PATH_BYTES = 2 * MAX_PATH_BYTES
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -31,7 +36,7 @@ def canonical(raw: str, *, field: str = "path") -> str:
     path = unicodedata.normalize("NFC", raw)
     if path.endswith("/"):
         path = path[:-1]
-    if problem := length_problem(path):
+    if problem := length_problem(path, MAX_VIEW_PATH_BYTES):
         raise InvalidPath(f"{field} is {problem}", field=field)
     for name in path[1:].split("/"):
         if name == "":
@@ -50,12 +55,13 @@ def canonical(raw: str, *, field: str = "path") -> str:
     return path
 
 
-def length_problem(path: str) -> str | None:
-    """Why `path` is too long to store (its UTF-8 bytes or its key's), else None."""
-    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
-        return f"longer than {MAX_PATH_BYTES} bytes"
-    if len(path_key(path).encode("utf-8")) > MAX_PATH_BYTES:
-        return f"longer than {MAX_PATH_BYTES} bytes once case-folded"
+def length_problem(path: str, limit: int = MAX_PATH_BYTES) -> str | None:
+    """Why `path` is too long (its UTF-8 bytes or its key's over `limit`; by default, too
+    long to store in a namespace), else None."""
+    if len(path.encode("utf-8")) > limit:
+        return f"longer than {limit} bytes"
+    if len(path_key(path).encode("utf-8")) > limit:
+        return f"longer than {limit} bytes once case-folded"
     return None
 
 

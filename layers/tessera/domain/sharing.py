@@ -135,6 +135,16 @@ def delete_share(
         raise Unprocessable("others are members: unshare the folder before deleting it")
     if if_empty:
         check_empty(store, mount.ns_id, paths.ROOT, mount.mount_path)
+    live = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT))
+    trash = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
+    for where, rows in (("inside", live), ("in its trash", trash)):
+        for row in rows:
+            # stored inside the share, a path may be too long below the mount point
+            if problem := paths.length_problem(paths.join(mount.mount_path, row.path_display)):
+                raise Unprocessable(
+                    f"{row.path_display!r} {where} would be {problem} in your own folders:"
+                    " move it to a shorter path (or purge it), then delete the folder"
+                )
     store.remove_member(mount.ns_id, view.user.user_id)
     store.bump_seq(mount.ns_id)  # a commit waiting for it must not write into it now
     folder = new_file_id()
@@ -143,17 +153,15 @@ def delete_share(
         root.ns_id, folder, mount.mount_key, parent_key, mount.mount_path, "folder"
     ):
         raise Conflict(f"{mount.mount_path!r} is taken in your own folders")
-    live = [r.file_id for r in store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT))]
-    trash = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
     store.move_to_namespace(
         mount.ns_id,
         root.ns_id,
-        live + [r.file_id for r in trash],
+        [r.file_id for r in (*live, *trash)],
         0,
         0,
         under=(mount.mount_key, mount.mount_path),
     )
-    store.mark_deleted(root.ns_id, [folder, *live], view.user.user_id)
+    store.mark_deleted(root.ns_id, [folder, *(r.file_id for r in live)], view.user.user_id)
     # The root journal logs only the mount point going away: to the owner's devices that
     # is the folder and everything under it deleted, as a folder delete would log.
     return _mount_journal(store, view.user, mount.ns_id, mount.mount_path, "delete")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from tessera.domain import paths
 from tessera.domain.acl import Action, require
-from tessera.domain.errors import Conflict, NotFound, QuotaExceeded, Unprocessable
+from tessera.domain.errors import Conflict, InvalidPath, NotFound, QuotaExceeded, Unprocessable
 from tessera.domain.models import DeletedEntry, FileEntry, FolderEntry
 from tessera.metadata.store import FileRow, MountRow, Store, UserRow
 from tessera.ports import Principal
@@ -57,13 +57,18 @@ class View:
         return next((m for m in self.mounts if m.ns_id == ns_id), None)
 
     def resolve(self, path: str) -> tuple[MountRow, str]:
-        """(mount, ns-relative canonical path) of a canonical view path: deepest mount wins."""
+        """(mount, ns-relative canonical path) of a canonical view path: deepest mount wins.
+        422 when the ns-relative path is too long to store (`paths.MAX_PATH_BYTES`)."""
         key = paths.path_key(path)
         best = self.root
         for m in self.mounts[1:]:
             if paths.is_within(key, m.mount_key) and len(m.mount_key) > len(best.mount_key):
                 best = m
-        return best, paths.relative(path, best.mount_path)
+        rel = paths.relative(path, best.mount_path)
+        if problem := paths.length_problem(rel):
+            inside = f" inside {best.mount_path!r}" if best is not self.root else ""
+            raise InvalidPath(f"path is {problem}{inside}")
+        return best, rel
 
     def view_path(self, mount: MountRow, rel_display: str) -> str:
         """A ns-relative display path as the caller sees it."""
