@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tessera.blocks import block_id
-from tessera.domain import commits, files, listing
+from tessera.domain import commits, files, listing, sharing
 from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
 from tessera.domain.models import (
     DeletedEntry,
@@ -26,6 +26,7 @@ from tessera.domain.models import (
     RestoreRequest,
     RestoringResponse,
     RevisionsRequest,
+    ShareRequest,
     TrashListRequest,
 )
 from tessera.domain.services import Services
@@ -282,6 +283,44 @@ def test_a_folder_delete_if_empty_takes_nothing_along(services: Services, alice:
     assert isinstance(deleted, FolderEntry)
     trash = files.trash_list(services, alice, TrashListRequest()).entries
     assert [t.path_display for t in trash] == ["/empty"]
+
+
+def test_a_delete_guarded_for_a_file_never_takes_what_replaced_it(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """A device deleting the file it synced sends its rev and id. When the path has become
+    a folder since, or a shared folder's mount point, the guard was ignored: the folder
+    and all in it went to the trash (or the member left the share), reported as done."""
+    old = put_file(services, alice, "/Report", b"the file a device synced")
+    files.delete(services, alice, DeleteRequest(path="/Report"))
+    put_file(services, alice, "/Report/inside.txt", b"made since")
+    stale = {"parent_rev": old.rev, "parent_file_id": old.file_id}
+    for guard in (stale, {"parent_file_id": old.file_id}, {"parent_rev": old.rev}):
+        with pytest.raises(Conflict, match="is a folder now"):
+            files.delete(services, alice, DeleteRequest(path="/Report", **guard))
+    assert get_file(services, alice, "/Report/inside.txt") == b"made since"
+
+    mine = put_file(services, bob, "/Team", b"bob's file")
+    files.delete(services, bob, DeleteRequest(path="/Team"))
+    put_file(services, alice, "/Team/plan.txt", b"plan")
+    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="editor"))
+    with pytest.raises(Conflict, match="is a folder now"):
+        files.delete(
+            services,
+            bob,
+            DeleteRequest(path="/Team", parent_rev=mine.rev, parent_file_id=mine.file_id),
+        )
+    assert [s.path_display for s in sharing.shares(services, bob).shares] == ["/Team"]
+
+
+def test_a_delete_guarded_by_file_id_alone_checks_it(services: Services, alice: Principal) -> None:
+    first = put_file(services, alice, "/f", b"1")
+    files.delete(services, alice, DeleteRequest(path="/f"))
+    second = put_file(services, alice, "/f", b"another file at the same path")
+    with pytest.raises(Conflict, match="not another file"):
+        files.delete(services, alice, DeleteRequest(path="/f", parent_file_id=first.file_id))
+    files.delete(services, alice, DeleteRequest(path="/f", parent_file_id=second.file_id))
+    assert files.revisions(services, alice, RevisionsRequest(file_id=second.file_id)).is_deleted
 
 
 def test_delete_with_stale_parent_rev_and_undelete_of_file(

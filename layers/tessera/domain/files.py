@@ -462,8 +462,12 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
     Deleting a shared folder's mount point: a member who is not the owner leaves the share;
     the owner deletes the folder, once nobody else is a member (`sharing.delete_share`)."""
     events: list[ChangeEvent | None] = []
+    guarded = req.parent_rev is not None or req.parent_file_id is not None
     with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path)
+        if guarded and (loc.row is None or loc.row.kind != "file"):
+            # the client saw a file here: what stands here now is not its to delete
+            raise Conflict(f"{req.path!r} is a folder now, not the file you saw")
         if loc.row is None:
             if loc.mount.kind != "shared":
                 raise Unprocessable("the root cannot be deleted")
@@ -476,8 +480,11 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
         else:
             check_access(loc.mount, Action.WRITE, view)
             row = _relock(store, view, loc, req.path)
-            if row.kind == "file" and req.parent_rev is not None:
-                check_parent(row, req.path, req.parent_rev, req.parent_file_id)
+            if guarded:
+                if row.kind != "file":  # it became a folder while this request waited
+                    raise Conflict(f"{req.path!r} is a folder now, not the file you saw")
+                rev = row.latest_rev if req.parent_rev is None else req.parent_rev
+                check_parent(row, req.path, rev, req.parent_file_id)
             ids = [row.file_id]
             if row.kind == "folder":
                 view_key = paths.path_key(view.view_path(loc.mount, row.path_display))
