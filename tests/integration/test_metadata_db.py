@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from tessera.domain.errors import NotFound, Unavailable
+from tessera.domain.errors import NotFound, PayloadTooLarge, Unavailable
 from tessera.metadata import Database
 from tessera.metadata.db import RETRY_AFTER_S
 
@@ -39,10 +39,20 @@ def test_other_database_errors_pass_through(db: Database) -> None:
         store.conn.execute("SELECT * FROM no_such_table")
 
 
-def test_a_program_limit_is_not_transient(db: Database) -> None:
-    # An OperationalError, but one no retry cures: as a 503 a client retried it for ever.
-    with pytest.raises(psycopg.errors.ProgramLimitExceeded), db.transaction() as store:
-        store.conn.execute("SELECT repeat('x', 3000)::tsvector").fetchone()
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT repeat('x', 3000)::tsvector",  # 54000 program_limit_exceeded
+        "SELECT jsonb_build_object(" + ", ".join(["'k', 1"] * 60) + ")",  # 54023: 120 args
+    ],
+)
+def test_a_program_limit_is_not_transient(db: Database, statement: str) -> None:
+    # An OperationalError, but one no retry cures: as a 503 (or a 500) a client retried it
+    # for ever.
+    with pytest.raises(PayloadTooLarge) as caught, db.transaction() as store:
+        store.conn.execute(statement).fetchone()
+    assert caught.value.status == 413
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
 
 
 def _prepared_on(db: Database) -> set[str]:

@@ -12,7 +12,7 @@ from psycopg.pq import PipelineStatus, TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import ConnectionPool
 
-from tessera.domain.errors import Unavailable
+from tessera.domain.errors import PayloadTooLarge, Unavailable
 from tessera.metadata.store import Store
 
 #: Seconds a client is told to wait before retrying when the database is unreachable, busy
@@ -30,15 +30,18 @@ def unavailable_on_db_errors() -> Iterator[None]:
     did not commit (or, lost during COMMIT itself, may have: commits carry idempotency keys
     for that retry), and the same request may well succeed in a moment.
 
-    A program limit (an index row, an array or a statement too large) is an
-    `OperationalError` too, but the same request fails the same way every time: it passes
-    through as a 500, so a client does not retry it for ever.
+    A program limit (SQLSTATE class 54: an index row, an array or a statement too large)
+    is an `OperationalError` too, but the same request fails the same way every time: it
+    is 413, so a client gives that request up instead of retrying it for ever (a 500 is
+    retried as well, and a sync client recommitted it every round).
     """
     try:
         yield
-    except psycopg.errors.ProgramLimitExceeded:
-        raise
     except psycopg.OperationalError as exc:
+        if (exc.sqlstate or "").startswith("54"):
+            raise PayloadTooLarge(
+                f"the request exceeds a limit of the metadata database ({type(exc).__name__})"
+            ) from exc
         raise Unavailable(
             f"the metadata database is unavailable ({type(exc).__name__}); retry shortly",
             retry_after=RETRY_AFTER_S,
