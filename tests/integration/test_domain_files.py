@@ -285,6 +285,50 @@ def test_a_folder_delete_if_empty_takes_nothing_along(services: Services, alice:
     assert [t.path_display for t in trash] == ["/empty"]
 
 
+# `ẞ` (3 UTF-8 bytes) and `ss` (2) share a key: a name spelled one way can land in a folder
+# spelled the other, and an entry is stored spelled as the folders above it are.
+_WIDE, _NARROW = "\u1e9e" * 85, "ss" * 85  # 255 and 170 bytes
+
+
+def test_an_entry_is_refused_when_its_folders_spelling_makes_it_too_long(
+    services: Services, alice: Principal
+) -> None:
+    """The request's path fit, but stored under the folders' longer spelling it did not:
+    it became a path no later request could name."""
+    wide = "/" + "/".join([_WIDE] * 8)  # 2048 bytes, the longest a stored path may be
+    files.create_folder(services, alice, wide)
+    narrow = "/" + "/".join([_NARROW] * 8)  # the same folders, 1368 bytes
+    with pytest.raises(Unprocessable, match="spelled as the folders above it"):
+        put_file(services, alice, narrow + "/n.txt", b"would be stored 2054 bytes long")
+    with pytest.raises(Unprocessable, match="spelled as the folders above it"):
+        files.create_folder(services, alice, narrow + "/sub")
+    put_file(services, alice, "/moving/n.txt", b"n")
+    # the folder fits there (1792 + 251 bytes as stored), its file (6 more) does not
+    to = narrow[: -len(_NARROW) - 1] + "/" + "m" * 250
+    with pytest.raises(Unprocessable, match="would be longer than 2048 bytes"):
+        files.move(services, alice, MoveRequest(from_path="/moving", to_path=to))
+    assert get_file(services, alice, "/moving/n.txt") == b"n"
+
+
+def test_an_undelete_under_a_longer_spelling_that_would_not_fit_is_refused(
+    services: Services, alice: Principal
+) -> None:
+    narrow = "/" + "/".join([_NARROW] * 8)
+    put_file(services, alice, narrow + "/" + "n" * 250, b"deep")  # 1619 bytes
+    files.delete(services, alice, DeleteRequest(path="/" + _NARROW))
+    files.create_folder(services, alice, "/" + "/".join([_WIDE] * 7))
+    (deleted,) = [
+        t
+        for t in files.trash_list(services, alice, TrashListRequest()).entries
+        if t.path_display == narrow
+    ]
+    # back under the wide folders, its file would be stored 2214 bytes long
+    with pytest.raises(Unprocessable, match="spelled as the folders above it"):
+        files.restore(services, alice, RestoreRequest(file_id=deleted.file_id))
+    trash = files.trash_list(services, alice, TrashListRequest()).entries
+    assert deleted.file_id in {t.file_id for t in trash}  # still there, nothing half-restored
+
+
 def test_a_delete_guarded_for_a_file_never_takes_what_replaced_it(
     services: Services, alice: Principal, bob: Principal
 ) -> None:

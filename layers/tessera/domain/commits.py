@@ -18,6 +18,7 @@ from tessera.domain.acl import Action
 from tessera.domain.changes import publish
 from tessera.domain.errors import (
     Conflict,
+    InvalidPath,
     NotFound,
     PayloadTooLarge,
     TesseraError,
@@ -247,7 +248,18 @@ def ensure_parents_found(
         kind, parent_display = found[key]
         if kind == "file":
             raise Conflict(f"{view.view_path(mount, display)!r} is a file, not a folder")
-    return paths.join(parent_display, "/" + paths.name(rel)), created
+    return stored_display(paths.join(parent_display, "/" + paths.name(rel))), created
+
+
+def stored_display(display: str) -> str:
+    """`display`, the spelling an entry is stored under, if it fits (422 otherwise).
+
+    The request's path passed the limit, but an entry is stored spelled as the folders
+    above it are, which may be longer by key-equal names (`ẞ` is 3 bytes, its key `ss`
+    2): stored over the limit, it would be a path no later request could name."""
+    if problem := paths.length_problem(display):
+        raise InvalidPath(f"spelled as the folders above it, {display!r} would be {problem}")
+    return display
 
 
 class _PathTaken(Exception):

@@ -15,6 +15,7 @@ from tessera.domain.commits import (
     check_parent,
     ensure_parents,
     settled,
+    stored_display,
     write_version,
 )
 from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
@@ -274,6 +275,7 @@ def _respell(store: Store, rows: list[FileRow], old: str, new: str) -> list[File
     out = []
     for r in rows:
         display = new if r.path_display == old else new + paths.relative(r.path_display, old)
+        display = stored_display(display)
         store.rename(r.ns_id, r.file_id, r.path_key, paths.path_key(paths.parent(display)), display)
         out.append(dataclasses.replace(r, path_display=display))
     return out
@@ -418,7 +420,7 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
                 # by components: a child may spell the folder otherwise, even in another
                 # length ("ß" / "ss"), if it was undeleted under a re-spelled folder
                 suffix = paths.relative(child.path_display, row.path_display)
-                if problem := paths.length_problem(dst_rel + suffix):
+                if problem := paths.length_problem(new_display + suffix):
                     raise Unprocessable(f"moved there, {dst + suffix!r} would be {problem}")
                 moved.append(
                     (child, new_key + child.path_key[len(row.path_key) :], new_display + suffix)
