@@ -99,6 +99,14 @@ async def _echo_body(
     await send({"type": "http.response.body", "body": body})
 
 
+def _reply(conn: socket.socket, ending: bytes) -> bytes:
+    """What the server sends until it ends with `ending` or closes the connection."""
+    reply = b""
+    while not reply.endswith(ending) and (more := conn.recv(4096)):
+        reply += more
+    return reply
+
+
 def _closed_by_server(conn: socket.socket) -> bool:
     """Whether the server closes `conn` (within the socket's timeout) without answering."""
     try:
@@ -149,9 +157,7 @@ def test_a_stalled_body_is_cut_off_and_a_steady_one_is_not() -> None:
             for part in (b"one..", b"two.."):  # 0.6 s in all, each part within 0.5 s
                 time.sleep(0.3)
                 conn.sendall(part)
-            reply = b""
-            while not reply.endswith(b"two..") and (more := conn.recv(4096)):
-                reply += more
+            reply = _reply(conn, b"two..")
             assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"one..two.."), reply
     finally:
         server.stop()
@@ -164,10 +170,39 @@ def test_a_kept_alive_connection_gets_a_new_head_deadline_per_request() -> None:
             for body in (b"one", b"two", b"three", b"four"):  # 0.9 s on one connection
                 conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
                 conn.sendall(body)
-                reply = b""
-                while not reply.endswith(body) and (more := conn.recv(4096)):
-                    reply += more
+                reply = _reply(conn, body)
                 assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(body), reply
                 time.sleep(0.3)
+    finally:
+        server.stop()
+
+
+async def _answers_at_once(
+    scope: dict[str, Any],
+    receive: object,
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """Answer before reading the body, as a 413 does."""
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_the_next_head_after_an_early_answer_gets_its_whole_deadline() -> None:
+    """The body's last bytes, sent after the answer, end the request and start waiting
+    for the next head within one read: the body's deadline, armed at its first bytes, was
+    kept as the head's, and cut the next request short."""
+    server = Server(head_timeout_s=0.5, body_idle_timeout_s=0.5)
+    server.start(_answers_at_once)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfive.")
+            assert _reply(conn, b"ok").endswith(b"ok")
+            time.sleep(0.35)
+            conn.sendall(b"five.")  # the body's end: the next head is due from now
+            time.sleep(0.25)  # past the body's deadline, well within the head's
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _reply(conn, b"ok").endswith(b"ok")
     finally:
         server.stop()

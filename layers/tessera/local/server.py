@@ -40,33 +40,37 @@ class _DeadlineH11(H11Protocol):
         super().__init__(*args, **kwargs)
         self._head_timeout_s, self._body_idle_s = head_timeout_s, body_idle_s
         self._deadline: asyncio.TimerHandle | None = None
+        self._armed_for: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
 
-    def _arm(self, seconds: float) -> None:
+    def _arm(self, state: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
         self._disarm()
+        seconds = self._head_timeout_s if state is h11.IDLE else self._body_idle_s
         self._deadline = self.loop.call_later(seconds, self._deadline_passed)
+        self._armed_for = state
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-            self._deadline = None
+        self._deadline, self._armed_for = None, None
 
     def _deadline_passed(self) -> None:
-        self._deadline = None
-        if self.conn.their_state is h11.SEND_BODY and self.flow.read_paused:
-            # the app has not taken what it was sent: the stall is ours, not the client's
-            self._arm(self._body_idle_s)
+        state, self._deadline, self._armed_for = self._armed_for, None, None
+        if self.transport.is_closing():
             return
-        if not self.transport.is_closing():
-            self.transport.close()  # the app, if it is reading the body, sees a disconnect
+        if state is h11.SEND_BODY and self.flow.read_paused:
+            # the app has not taken what it was sent: the stall is ours, not the client's
+            self._arm(h11.SEND_BODY)
+            return
+        self.transport.close()  # the app, if it is reading the body, sees a disconnect
 
     def _follow(self) -> None:
         """(Re)arm the deadline for what the connection waits on from the client."""
         state = self.conn.their_state
         if state is h11.IDLE:
-            if self._deadline is None:  # from the wait's start, not from the last byte
-                self._arm(self._head_timeout_s)
+            if self._armed_for is not h11.IDLE:  # from the wait's start, not the last byte
+                self._arm(h11.IDLE)
         elif state is h11.SEND_BODY:
-            self._arm(self._body_idle_s)  # from the last byte
+            self._arm(h11.SEND_BODY)  # from the last byte
         else:
             self._disarm()
 
