@@ -79,10 +79,16 @@ def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> 
     suffix = f" ({device}'s conflicted copy {day.isoformat()}"
     suffix += f" {attempt + 1})" if attempt else ")"
     tail = suffix + ("." + ext if ext else "")
+    # The server limits a path as stored in its namespace; this side sees view paths, a
+    # shared folder's mount point in front. A path within the stored limit is budgeted
+    # against it (exact outside a shared folder, cautious inside one); a longer one can
+    # only lie in a shared folder, whose mount point's length is unknown here: it gets
+    # the view limit, and the server says (422) when the copy's stored part does not fit.
+    stored = len(rel.encode()) + 1 <= server_paths.MAX_PATH_BYTES
+    limit = server_paths.MAX_PATH_BYTES if stored else server_paths.MAX_VIEW_PATH_BYTES
     room = min(
-        server_paths.MAX_NAME_BYTES,
-        server_paths.MAX_PATH_BYTES - len(folder.encode()) - 2,  # the leading and inner `/`
-    )
+        server_paths.MAX_NAME_BYTES, limit - len(folder.encode()) - 2
+    )  # the leading and inner `/`
     if len(tail.encode()) >= room:  # an extension too long to keep: it joins the stem
         stem, tail = name, suffix
     new = server_paths.utf8_prefix(stem, room - len(tail.encode())) + tail

@@ -125,8 +125,10 @@ def test_conflicted_copy_names() -> None:
         "docs/" + "報" * 72 + ".txt",  # 216 + 4 bytes: the copy's name would be 261
         "x" * 20 + "." + "e" * 230,  # an extension too long to keep beside the suffix
         "/".join(["d" * 250] * 7 + ["g" * 111, "f" * 170 + ".txt"]),  # 2,044 of 2,048 bytes
+        # only a view path through a shared folder's mount point passes 2,048 bytes
+        "Team (2)/" + "/".join(["d" * 250] * 12 + ["report.txt"]),
     ],
-    ids=["long-cjk-name", "long-extension", "long-path"],
+    ids=["long-cjk-name", "long-extension", "long-path", "long-view-path"],
 )
 def test_conflicted_copy_names_stay_within_the_servers_limits(rel: str) -> None:
     """A copy name past 255 bytes was refused on disk and by the server: the conflict that
@@ -138,6 +140,11 @@ def test_conflicted_copy_names_stay_within_the_servers_limits(rel: str) -> None:
         assert canonical_rel(name) == name  # within the name and path limits, NFC
         assert "'s conflicted copy 2026-11-26" in name
         assert name.rpartition("/")[0] == rel.rpartition("/")[0]
+        if len(rel.encode()) < 2048:  # stored as seen, the copy must fit as the original did
+            assert len(name.encode()) < 2048
+        else:  # its stem and extension kept: a copy named only by its suffix tells nothing
+            copy = name.rpartition("/")[2]
+            assert copy.startswith("report (lap's conflicted copy") and copy.endswith(").txt")
 
 
 def _tree(fs: RealFilesystem | FakeFilesystem) -> None:
