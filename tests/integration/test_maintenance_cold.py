@@ -409,6 +409,22 @@ def test_a_cold_block_whose_object_is_lost_answers_unavailable(world: World) -> 
     assert [e.kind for e in world.feed.events if e.kind == "block_damaged"] == ["block_damaged"]
 
 
+def test_a_download_asking_for_a_restore_never_unquarantines_a_block(world: World) -> None:
+    """A download reads a block's state unlocked (a block read within the hour is not
+    written, so not locked), and scrub may quarantine it before the download marks it
+    `restoring`: that mark used to overwrite `quarantined`, and the restore then made the
+    damaged block `live`, served again."""
+    _cold_file(world)
+    (block_id,) = [str(r[0]) for r in world.sql("SELECT block_id FROM blocks")]
+    world.sql("UPDATE blocks SET state = 'quarantined' WHERE block_id = %s RETURNING 1", block_id)
+    with world.svc.db.transaction() as store:  # the download's mark, after scrub's verdict
+        store.mark_restoring([block_id])
+    assert _states(world) == {"quarantined"}
+    world.sql("UPDATE blocks SET state = 'cold' WHERE block_id = %s RETURNING 1", block_id)
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    assert _states(world) == {"restoring"}
+
+
 def test_a_restoring_block_whose_object_is_lost_is_quarantined(world: World) -> None:
     data, key = _cold_file(world)
     assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)

@@ -157,7 +157,7 @@ def download(
         if cold:
             for bid in dict.fromkeys(cold):
                 bs.restore(canonical_key(bid), days=settings.restore_days)
-            store.set_block_state(list(dict.fromkeys(cold)), "restoring")
+            store.mark_restoring(list(dict.fromkeys(cold)))
             return RestoringResponse(
                 retry_after=settings.restore_retry_after_s, blocks=list(dict.fromkeys(cold))
             )

@@ -1085,11 +1085,16 @@ class Store:
         _, event = _journal_result(params, int(row[0]), payload)
         return WrittenVersion(row[1], set(row[2]), event, bool(row[3]), set(row[4]))
 
-    def set_block_state(self, block_ids: Sequence[str], state: str) -> None:
-        """Set the state of blocks (e.g. cold → restoring when a download asks for them)."""
+    def mark_restoring(self, block_ids: Sequence[str]) -> None:
+        """cold → restoring, when a download has asked the store to restore the blocks.
+
+        Only a cold (or restoring) row: the download read the state without its lock, and
+        scrub may have quarantined the block since; overwritten, `restoring` would become
+        `live` once restored, and downloads would stop refusing the damaged block."""
         self.conn.execute(
-            "UPDATE blocks SET state = %s, updated_at = now() WHERE block_id = ANY(%s)",
-            (state, list(block_ids)),
+            "UPDATE blocks SET state = 'restoring', updated_at = now()"
+            " WHERE block_id = ANY(%s) AND state IN ('cold', 'restoring')",
+            (list(block_ids),),
         )
 
     def touch_blocks(self, block_ids: Sequence[str]) -> dict[str, str]:
