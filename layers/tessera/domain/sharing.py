@@ -143,7 +143,8 @@ def delete_share(
             if problem := paths.length_problem(paths.join(mount.mount_path, row.path_display)):
                 raise Unprocessable(
                     f"{row.path_display!r} {where} would be {problem} in your own folders:"
-                    " move it to a shorter path (or purge it), then delete the folder"
+                    " move it to a shorter path (restore it first if deleted), then delete"
+                    " the folder"
                 )
     store.remove_member(mount.ns_id, view.user.user_id)
     store.bump_seq(mount.ns_id)  # a commit waiting for it must not write into it now
