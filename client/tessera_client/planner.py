@@ -178,15 +178,17 @@ def _detect_respellings(
     sees the rename. Renamed on one side while the other still spells it as the base does,
     the other side follows with a move (remotely only when the server holds the base rev:
     the executor records that rev as what was moved). A folder's contents follow their
-    folder: only an entry whose own name changed (its parent spelled as before) moves."""
-    for key, b in sorted(base.items()):
-        lo, r = local.get(key), remote.get(key)
+    folder: only an entry whose own name changed (its parent spelled as before) moves, and
+    the entries below a respelled folder are spelled under its new name from then on, so
+    every later step (a move, a download) names them where they will be."""
+    for key in sorted(base):
+        b, lo, r = base[key], local.get(key), remote.get(key)
         if lo is None or r is None or lo.kind != b.kind or r.kind != b.kind:
             continue
         if r.path != b.path and lo.path == b.path and parent_of(r.path) == parent_of(b.path):
             ops.append(Op(OpKind.MOVE_LOCAL, r.path, src=lo.path, local=lo, remote=r))
-            local[key] = _moved(lo, r.path)
-            base[key] = _moved(b, r.path)
+            _respell(local, key, lo.path, r.path)
+            _respell(base, key, b.path, r.path)
         elif (
             lo.path != b.path
             and r.path == b.path
@@ -194,8 +196,17 @@ def _detect_respellings(
             and (not r.is_file or (r.file_id, r.rev) == (b.file_id, b.rev))
         ):
             ops.append(Op(OpKind.MOVE_REMOTE, lo.path, src=r.path, local=lo, remote=r))
-            remote[key] = _moved(r, lo.path)
-            base[key] = _moved(b, lo.path)
+            _respell(remote, key, r.path, lo.path)
+            _respell(base, key, b.path, lo.path)
+
+
+def _respell(tree: dict[str, Entry], key: str, old: str, new: str) -> None:
+    """The entry at `key`, spelled `old`, and every entry below it spelled under `new`
+    (keys stay: a respelling changes no key)."""
+    tree[key] = _moved(tree[key], new)
+    for k, e in tree.items():
+        if is_under(e.path, old):
+            tree[k] = _moved(e, new + e.path[len(old) :])
 
 
 def _conflict_path(path: str, device: str, day: date, taken: set[str]) -> str:
@@ -280,11 +291,11 @@ def plan(
     it needs no folder created before it.
     """
     lw, rw, bw = dict(local), dict(remote), dict(base)
+    respellings: list[Op] = []
+    _detect_respellings(lw, rw, bw, respellings)
     moves: list[Op] = []
     _detect_remote_moves(lw, rw, bw, moves)
     _detect_local_moves(lw, rw, bw, moves)
-    respellings: list[Op] = []
-    _detect_respellings(lw, rw, bw, respellings)
 
     skips: list[Op] = []
     for key in sorted(set(lw) | set(rw)):

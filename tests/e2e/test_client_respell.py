@@ -157,3 +157,28 @@ def test_a_folder_respelled_with_a_new_file_never_deletes_the_synced_ones(
             "Docs/sub/x.txt": b"x",
         }
     )
+
+
+def test_a_folder_respelled_with_an_edit_inside_arrives_as_one_folder(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """`docs` renamed `Docs` on A, and `a.txt` in it edited: B fetched the edit into the
+    old spelling, and on its case-sensitive disk made `docs` again beside `Docs`."""
+    a, b = engines
+    (a.folder / "docs").mkdir()
+    (a.folder / "docs" / "a.txt").write_text("v1")
+    a.run_once()
+    b.run_once()
+    (a.folder / "docs").rename(a.folder / "Docs")
+    (a.folder / "Docs" / "a.txt").write_text("v2, edited after the rename")
+    a.run_once()
+    assert not b.run_once().problems
+    a.run_once()
+    assert (
+        snapshot(a.folder)
+        == snapshot(b.folder)
+        == {
+            "Docs": None,
+            "Docs/a.txt": b"v2, edited after the rename",
+        }
+    )
