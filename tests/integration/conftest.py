@@ -45,6 +45,7 @@ from tessera.domain.models import (
 from tessera.domain.services import Services
 from tessera.local.postgres import drop_database, ensure_database
 from tessera.metadata import Database, migrate
+from tessera.metadata.store import Store
 from tessera.ports import Principal
 from tessera.settings import Settings
 
@@ -136,6 +137,11 @@ def services(
     )
     yield svc
     feed.close()
+
+
+def set_block_state(store: Store, block_ids: list[str], state: str) -> None:
+    """Put blocks in `state`, as maintenance would have (cold storage, scrub's verdict)."""
+    store.conn.execute("UPDATE blocks SET state = %s WHERE block_id = ANY(%s)", (state, block_ids))
 
 
 def principal(name: str) -> Principal:

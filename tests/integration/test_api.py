@@ -13,7 +13,7 @@ from tessera.domain import paths
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
-from .conftest import Caller, api_event, put_file, upload_blocks
+from .conftest import Caller, api_event, put_file, set_block_state, upload_blocks
 
 
 def _commit_body(
@@ -286,7 +286,7 @@ def test_restoring_is_202_with_retry_after(
     bs.set_tier("blocks/" + bid[3:], StorageTier.COLD)
     with services.db.transaction() as store:
         store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
-        store.set_block_state([bid], "cold")
+        set_block_state(store, [bid], "cold")
     status, body, headers = call("POST", "/v1/download", {"path": "/cold"}, alice)
     assert status == 202 and body["restoring"] is True
     assert headers["Retry-After"] == str(services.settings.restore_retry_after_s)
@@ -298,7 +298,7 @@ def test_unavailable_carries_retry_after(
     put_file(services, alice, "/q", b"q")
     with services.db.transaction() as store:
         store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
-        store.set_block_state([block_id(b"q")], "quarantined")
+        set_block_state(store, [block_id(b"q")], "quarantined")
     status, body, headers = call("POST", "/v1/download", {"path": "/q"}, alice)
     assert status == 503 and "Retry-After" in headers
     assert body["error"]["code"] == "block_unavailable"

@@ -33,7 +33,14 @@ from tessera.domain.services import Services
 from tessera.metadata.store import Store
 from tessera.ports import Principal, StorageTier
 
-from .conftest import commit_request, get_file, put_file, store_put, upload_blocks
+from .conftest import (
+    commit_request,
+    get_file,
+    put_file,
+    set_block_state,
+    store_put,
+    upload_blocks,
+)
 
 
 def test_metadata_by_path_and_id(services: Services, alice: Principal) -> None:
@@ -135,7 +142,7 @@ def test_cold_blocks_answer_restoring_then_serve(services: Services, alice: Prin
     bs.set_tier(hot_key, StorageTier.COLD)
     with services.db.transaction() as store:  # promoted (verified), then moved to cold
         store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
-        store.set_block_state([bid], "cold")
+        set_block_state(store, [bid], "cold")
     answer = files.download(services, alice, DownloadRequest(path="/cold"))
     assert isinstance(answer, RestoringResponse) and answer.blocks == [bid]
     assert answer.retry_after == services.settings.restore_retry_after_s
@@ -176,7 +183,7 @@ def test_the_first_page_finds_a_damaged_block_anywhere_in_the_file(
     put_file(services, alice, "/two", data)
     with services.db.transaction() as store:  # the second block found damaged by scrub
         store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
-        store.set_block_state([block_id(b"b" * 65536)], "quarantined")
+        set_block_state(store, [block_id(b"b" * 65536)], "quarantined")
     with pytest.raises(BlockUnavailable):
         files.download(paged, alice, DownloadRequest(path="/two"))
 
@@ -185,7 +192,7 @@ def test_quarantined_block_is_503(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/bad", b"bad block")
     with services.db.transaction() as store:  # verified once, then found damaged by scrub
         store.conn.execute("UPDATE version_blocks SET staged_key = NULL")
-        store.set_block_state([block_id(b"bad block")], "quarantined")
+        set_block_state(store, [block_id(b"bad block")], "quarantined")
     with pytest.raises(BlockUnavailable) as info:
         files.download(services, alice, DownloadRequest(path="/bad"))
     assert info.value.status == 503
@@ -203,7 +210,7 @@ def test_restoring_a_rev_whose_block_is_quarantined_is_422(
         store.conn.execute(
             "UPDATE version_blocks SET staged_key = NULL WHERE block_id = %s", (bad,)
         )
-        store.set_block_state([bad], "quarantined")
+        set_block_state(store, [bad], "quarantined")
     with pytest.raises(Unprocessable) as info:
         files.restore(services, alice, RestoreRequest(file_id=first.file_id, rev=1))
     assert "failed verification" in info.value.message
@@ -443,7 +450,7 @@ def _promote_without_repoint(services: Services, data: bytes) -> str:
         store.conn.execute(
             "UPDATE upload_blocks SET state = 'promoted' WHERE staged_key = %s", (staged,)
         )
-        store.set_block_state([bid], "live")
+        set_block_state(store, [bid], "live")
     return staged
 
 
