@@ -33,14 +33,20 @@ def test_a_case_only_rename_and_an_edit_after_it_reach_the_other_device(
     assert snapshot(a.folder) == snapshot(b.folder) == {"REPORT.txt": b"v2 after the rename"}
 
 
+def _synced_docs(a: SyncEngine, b: SyncEngine, files: dict[str, str]) -> None:
+    """A folder `docs` holding `files` (name: text), made on A and synced to B."""
+    (a.folder / "docs").mkdir()
+    for name, text in files.items():
+        (a.folder / "docs" / name).write_text(text)
+    a.run_once()
+    b.run_once()
+
+
 def test_a_folder_renamed_in_case_only_follows_with_its_files(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:
     a, b = engines
-    (a.folder / "docs").mkdir()
-    (a.folder / "docs" / "a.txt").write_text("a")
-    a.run_once()
-    b.run_once()
+    _synced_docs(a, b, {"a.txt": "a"})
     (a.folder / "docs").rename(a.folder / "Docs")
     a.run_once()
     b.run_once()
@@ -134,29 +140,28 @@ def test_a_folder_respelled_with_a_new_file_never_deletes_the_synced_ones(
     skipped it, and the synced files in it, missing from the scan, were deleted on the
     server and on A. Now B moves `docs` first, and both devices end up alike."""
     a, b = engines
-    (a.folder / "docs").mkdir()
-    for name in ("a.txt", "b.txt"):
-        (a.folder / "docs" / name).write_text(name)
-    a.run_once()
-    b.run_once()
+    _synced_docs(a, b, {"a.txt": "a.txt", "b.txt": "b.txt"})
     (a.folder / "docs").rename(a.folder / "Docs")
     (a.folder / "Docs" / "sub").mkdir()
     (a.folder / "Docs" / "sub" / "x.txt").write_text("x")
+    assert _followed(a, b) == {
+        "Docs": None,
+        "Docs/a.txt": b"a.txt",
+        "Docs/b.txt": b"b.txt",
+        "Docs/sub": None,
+        "Docs/sub/x.txt": b"x",
+    }
+
+
+def _followed(a: SyncEngine, b: SyncEngine) -> dict[str, bytes | None]:
+    """Send A's changes, let B take them without a problem (and scan again, when a second
+    spelling would show), then A take B's: both folders, once alike."""
     a.run_once()
     assert not b.run_once().problems
-    b.run_once()  # would scan both spellings, if there were two
+    b.run_once()
     a.run_once()
-    assert (
-        snapshot(a.folder)
-        == snapshot(b.folder)
-        == {
-            "Docs": None,
-            "Docs/a.txt": b"a.txt",
-            "Docs/b.txt": b"b.txt",
-            "Docs/sub": None,
-            "Docs/sub/x.txt": b"x",
-        }
-    )
+    assert snapshot(a.folder) == snapshot(b.folder)
+    return snapshot(a.folder)
 
 
 def test_a_folder_respelled_with_an_edit_inside_arrives_as_one_folder(
@@ -165,20 +170,7 @@ def test_a_folder_respelled_with_an_edit_inside_arrives_as_one_folder(
     """`docs` renamed `Docs` on A, and `a.txt` in it edited: B fetched the edit into the
     old spelling, and on its case-sensitive disk made `docs` again beside `Docs`."""
     a, b = engines
-    (a.folder / "docs").mkdir()
-    (a.folder / "docs" / "a.txt").write_text("v1")
-    a.run_once()
-    b.run_once()
+    _synced_docs(a, b, {"a.txt": "v1"})
     (a.folder / "docs").rename(a.folder / "Docs")
     (a.folder / "Docs" / "a.txt").write_text("v2, edited after the rename")
-    a.run_once()
-    assert not b.run_once().problems
-    a.run_once()
-    assert (
-        snapshot(a.folder)
-        == snapshot(b.folder)
-        == {
-            "Docs": None,
-            "Docs/a.txt": b"v2, edited after the rename",
-        }
-    )
+    assert _followed(a, b) == {"Docs": None, "Docs/a.txt": b"v2, edited after the rename"}

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -115,43 +116,47 @@ def _closed_by_server(conn: socket.socket) -> bool:
         return False
 
 
-def _slow_server() -> Server:
+@contextmanager
+def _slow_server(app: Any = _echo_body) -> Iterator[Server]:
+    """A server whose deadlines are half a second, serving `app`."""
     server = Server(head_timeout_s=0.5, body_idle_timeout_s=0.5)
-    server.start(_echo_body)
-    return server
+    server.start(app)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def test_a_silent_connection_is_closed() -> None:
-    server = _slow_server()
-    try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
-            assert _closed_by_server(conn)
-    finally:
-        server.stop()
+    with (
+        _slow_server() as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn,
+    ):
+        assert _closed_by_server(conn)
 
 
 def test_a_head_sent_a_byte_at_a_time_is_cut_off() -> None:
     """Slowloris: each byte comes well within the deadline, the head as a whole does not."""
-    server = _slow_server()
-    try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
-            for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
-                try:
-                    conn.sendall(bytes([byte]))
-                except OSError:  # closed already
-                    break
-                time.sleep(0.05)
-            assert _closed_by_server(conn)
-    finally:
-        server.stop()
+    with (
+        _slow_server() as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn,
+    ):
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:  # closed already
+                break
+            time.sleep(0.05)
+        assert _closed_by_server(conn)
 
 
 def test_a_stalled_body_is_cut_off_and_a_steady_one_is_not() -> None:
-    server = _slow_server()
-    try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
-            conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfive.")
-            assert _closed_by_server(conn)
+    with (
+        _slow_server() as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn,
+    ):
+        conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfive.")
+        assert _closed_by_server(conn)
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
             conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
             for part in (b"one..", b"two.."):  # 0.6 s in all, each part within 0.5 s
@@ -159,22 +164,19 @@ def test_a_stalled_body_is_cut_off_and_a_steady_one_is_not() -> None:
                 conn.sendall(part)
             reply = _reply(conn, b"two..")
             assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"one..two.."), reply
-    finally:
-        server.stop()
 
 
 def test_a_kept_alive_connection_gets_a_new_head_deadline_per_request() -> None:
-    server = _slow_server()
-    try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
-            for body in (b"one", b"two", b"three", b"four"):  # 0.9 s on one connection
-                conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
-                conn.sendall(body)
-                reply = _reply(conn, body)
-                assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(body), reply
-                time.sleep(0.3)
-    finally:
-        server.stop()
+    with (
+        _slow_server() as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn,
+    ):
+        for body in (b"one", b"two", b"three", b"four"):  # 0.9 s on one connection
+            conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            conn.sendall(body)
+            reply = _reply(conn, body)
+            assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(body), reply
+            time.sleep(0.3)
 
 
 async def _answers_at_once(
@@ -193,16 +195,14 @@ def test_the_next_head_after_an_early_answer_gets_its_whole_deadline() -> None:
     """The body's last bytes, sent after the answer, end the request and start waiting
     for the next head within one read: the body's deadline, armed at its first bytes, was
     kept as the head's, and cut the next request short."""
-    server = Server(head_timeout_s=0.5, body_idle_timeout_s=0.5)
-    server.start(_answers_at_once)
-    try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
-            conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfive.")
-            assert _reply(conn, b"ok").endswith(b"ok")
-            time.sleep(0.35)
-            conn.sendall(b"five.")  # the body's end: the next head is due from now
-            time.sleep(0.25)  # past the body's deadline, well within the head's
-            conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert _reply(conn, b"ok").endswith(b"ok")
-    finally:
-        server.stop()
+    with (
+        _slow_server(_answers_at_once) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn,
+    ):
+        conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nfive.")
+        assert _reply(conn, b"ok").endswith(b"ok")
+        time.sleep(0.35)
+        conn.sendall(b"five.")  # the body's end: the next head is due from now
+        time.sleep(0.25)  # past the body's deadline, well within the head's
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _reply(conn, b"ok").endswith(b"ok")
