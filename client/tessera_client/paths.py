@@ -86,9 +86,8 @@ def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> 
     # the view limit, and the server says (422) when the copy's stored part does not fit.
     stored = len(rel.encode()) + 1 <= server_paths.MAX_PATH_BYTES
     limit = server_paths.MAX_PATH_BYTES if stored else server_paths.MAX_VIEW_PATH_BYTES
-    room = min(
-        server_paths.MAX_NAME_BYTES, limit - len(folder.encode()) - 2
-    )  # the leading and inner `/`
+    # less the leading and the inner `/`
+    room = min(server_paths.MAX_NAME_BYTES, limit - len(folder.encode()) - 2)
     if len(tail.encode()) >= room:  # an extension too long to keep: it joins the stem
         stem, tail = name, suffix
     new = server_paths.utf8_prefix(stem, room - len(tail.encode())) + tail
