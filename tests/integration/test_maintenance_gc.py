@@ -20,7 +20,7 @@ from tessera.blocks import block_id
 from tessera.domain import object_keys, uploads
 from tessera.domain.errors import Unprocessable
 from tessera.domain.models import UploadStartRequest
-from tessera.maintenance import GcResult, run_step, run_workflow
+from tessera.maintenance import GcResult, MaintenanceSettings, run_step, run_workflow
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
 from .conftest import usage_drift
@@ -149,6 +149,28 @@ def test_a_row_committed_while_gc_waits_for_the_block_lock_keeps_its_object(
         promoter.commit()  # the row lands as the lock goes
         waiting.join(10)
     assert found == [set()]
+
+
+def test_idempotency_keys_are_deleted_after_the_retention(world: World) -> None:
+    world.put(ALICE, "/old.bin", secrets.token_bytes(BLOCK), idempotency_key="dev-old")
+    world.put(ALICE, "/new.bin", secrets.token_bytes(BLOCK), idempotency_key="dev-new")
+    world.put(BOB, "/bob.bin", secrets.token_bytes(BLOCK), idempotency_key="dev-old")
+    aged = world.sql(
+        "UPDATE idempotency_keys SET created_at = now() - interval '8 days'"
+        " WHERE key = 'dev-old' RETURNING user_id"
+    )
+    assert len(aged) == 2
+
+    assert _gc(world, days=0).idempotency_keys_expired == 2  # 7 days old and more
+    assert world.sql("SELECT key FROM idempotency_keys") == [("dev-new",)]
+    assert _gc(world, days=6).idempotency_keys_expired == 0
+    assert _gc(world, days=8).idempotency_keys_expired == 1
+    assert world.sql("SELECT count(*) FROM idempotency_keys") == [(0,)]
+
+
+def test_the_key_retention_must_outlast_an_upload_session() -> None:
+    with pytest.raises(ValueError, match="idempotency_retention_days"):
+        MaintenanceSettings(upload_ttl_s=2 * 86_400, idempotency_retention_days=1)
 
 
 def test_gc_sets_right_the_quota_counters_that_drifted(world: World) -> None:

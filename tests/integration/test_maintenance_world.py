@@ -101,10 +101,12 @@ class World:
         *,
         poison: frozenset[int] = frozenset(),
         before_commit: Callable[[str], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> FileEntry:
         """Upload and commit `data` at `path`; blocks at the `poison` ordinals are uploaded
         with the right id but other bytes (an attacker claiming content it does not have).
-        `before_commit(upload_id)` runs after the uploads, before the commit."""
+        `before_commit(upload_id)` runs after the uploads, before the commit, which carries
+        `idempotency_key` when given."""
         parts = chunks(data)
         ids = [block_id(c) for c in parts]
         spec = [{"id": i, "size": len(c)} for i, c in zip(ids, parts, strict=True)]
@@ -165,6 +167,7 @@ class World:
                     "size": len(data),
                     "content_hash": digest,
                     "upload_id": started.upload_id,
+                    "idempotency_key": idempotency_key,
                 }
             ),
         )

@@ -1,6 +1,6 @@
 """Garbage collection: retention, abandoned uploads, and blocks nothing references.
 
-Four steps, each a loop of short transactions (so no lock a commit could wait on is held
+Six steps, each a loop of short transactions (so no lock a commit could wait on is held
 for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKIP LOCKED`):
 
 1. `purge_trash`: files in the trash longer than `trash_retention_days` lose all their
@@ -14,11 +14,13 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
    quarantined more than `quarantine_retention_days` ago (kept that long for inspection;
    their rows stay, so the versions that named them still answer "damaged"). First, the
    landing objects of dedup or scrub runs killed between their two copies are deleted.
-4. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — the
+4. `expire_idempotency_keys`: the keys commits claimed (with the response a retry gets) are
+   deleted `idempotency_retention_days` after their claim, long after any retry.
+5. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — the
    row re-checked and deleted under its row lock, the object after that has committed
    (see `tessera.metadata.maintenance` for why that is safe). It first deletes the objects
    an interrupted run left behind (their rows' tombstones).
-5. `recount_usage`: namespaces whose `bytes_used` (the quota counter every write moves)
+6. `recount_usage`: namespaces whose `bytes_used` (the quota counter every write moves)
    differs from what their live files hold are set right, in chunks by id: the drift is
    read in one snapshot and taken off the counter, so no count runs under a row lock (a
    row a writer holds is left for the next run). Drift from code deployed before its
@@ -143,6 +145,21 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
         if result.more:
             break
     return result
+
+
+def expire_idempotency_keys(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
+    """Delete idempotency keys older than the retention: every commit claims one, and the
+    response a retry would get is kept with it, so without this the table only grows."""
+    result = GcResult()
+    cutoff = as_of - timedelta(days=ctx.settings.idempotency_retention_days)
+
+    def batch() -> int:
+        with ctx.repo.transaction(durable=False) as tx:  # a lost delete is simply redone
+            expired = tx.expire_idempotency_keys(cutoff, ctx.settings.batch_size)
+        result.idempotency_keys_expired += expired
+        return expired
+
+    return _loop(ctx, batch, result)
 
 
 def _delete_stale_landings(ctx: MaintenanceContext, result: GcResult) -> None:

@@ -65,6 +65,7 @@ class GcResult(StepResult):
     blocks_deleted: int = 0
     blocks_skipped: int = 0  # candidates found referenced again at the re-check
     interrupted_deleted: int = 0  # objects an interrupted run left behind, deleted
+    idempotency_keys_expired: int = 0  # keys (and their stored responses) past the retention
     usage_corrected: int = 0  # namespaces whose `bytes_used` had drifted, set right
     bytes_freed: int = 0
 

@@ -27,6 +27,10 @@ class MaintenanceSettings(Settings):
     # a staged copy that failed verification is kept (quarantine/...) this long, for
     # inspection, before gc deletes its object; its row stays, so its versions stay damaged
     quarantine_retention_days: int = 30
+    # a request's idempotency key, with the response a retry gets, is kept this long: far
+    # longer than a client retries (minutes), or resumes a commit (its upload session lives
+    # upload_ttl_s)
+    idempotency_retention_days: int = 7
     # cold storage
     cold_after_days: int = 90  # blocks unread this long move to the cold tier
     # scrub
@@ -44,6 +48,12 @@ class MaintenanceSettings(Settings):
     scrub_interval_s: float = 86400.0
 
     def __post_init__(self) -> None:
+        if self.idempotency_retention_days * 86_400 <= self.upload_ttl_s:
+            raise ValueError(
+                f"idempotency_retention_days ({self.idempotency_retention_days}) must be"
+                f" longer than upload_ttl_s ({self.upload_ttl_s} s): a client resuming a"
+                " commit would find its key gone and commit again"
+            )
         if self.settled_copy_grace_s <= self.presign_ttl_s:
             raise ValueError(
                 f"settled_copy_grace_s ({self.settled_copy_grace_s}) must be longer than"

@@ -437,6 +437,18 @@ class MaintenanceTx:
             (limit,),
         )
 
+    # -- gc: idempotency keys -------------------------------------------------------------
+
+    def expire_idempotency_keys(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` idempotency keys claimed before `cutoff`, oldest first (a
+        key a request is claiming right now is skipped, not waited for)."""
+        return self._count(
+            "DELETE FROM idempotency_keys WHERE (user_id, key) IN"
+            " (SELECT user_id, key FROM idempotency_keys WHERE created_at < %s"
+            "  ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (cutoff, limit),
+        )
+
     # -- gc: unreferenced blocks ----------------------------------------------------------
 
     def lock_unreferenced_blocks(
