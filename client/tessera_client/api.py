@@ -4,7 +4,9 @@ backoff, typed errors.
 Every request goes through `RetryPolicy`: network errors and 5xx are retried with
 exponential backoff and full jitter; 429 and 503 wait what `Retry-After` says. Access
 tokens are refreshed transparently from the stored refresh token (on expiry or on a 401).
-Commits carry idempotency keys, so retrying them is safe.
+Commits carry idempotency keys, so retrying them is safe; so do restores, moves, deletes and
+folder creations (`KEYED_ROUTES`): a retry after a lost answer gets the first answer again,
+where it used to say 404 or "not deleted" about what the first attempt had done.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ssl
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -28,6 +31,8 @@ from tessera_client.blockhttp import BlockHttp
 from tessera_client.config import Home, Tokens
 
 RETRY_STATUSES = {500, 502, 503, 504, 429}
+# Writes `Api.call` gives a fresh idempotency key, sent again with each retry of the call
+KEYED_ROUTES = frozenset({"/v1/restore", "/v1/move", "/v1/delete", "/v1/create_folder"})
 
 
 # The code of an error answer that is not the server's own `{"error": {...}}` body (a
@@ -307,7 +312,10 @@ class Api:
         return response
 
     def call(self, route: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
-        """An authenticated JSON call; an error answer raises ApiError."""
+        """An authenticated JSON call; an error answer raises ApiError. A call to one of
+        `KEYED_ROUTES` carries an idempotency key of its own unless `body` has one."""
+        if route in KEYED_ROUTES and body is not None and "idempotency_key" not in body:
+            body = {**body, "idempotency_key": uuid.uuid4().hex}
         response = self.raw(method, route, body if method != "GET" else None)
         if response.status_code >= 400:
             raise error_from(response)

@@ -176,6 +176,30 @@ def test_only_the_servers_own_judgement_is_a_refusal(status: int, code: str, ref
     assert ApiError(status, code, "m", {}).refused is refused
 
 
+def test_a_write_is_retried_with_the_key_it_was_first_sent_with(
+    server: Server, tmp_path: Path
+) -> None:
+    """The answer to the first attempt was lost (a 502 here): the server must see the same
+    key again, so that it answers as it did instead of moving twice or saying 404."""
+    url, script = server
+    moved = {"from_path": "/a", "to_path": "/b"}
+    script.answers["/v1/move"] = [(502, {}, {}), (200, {}, {"ok": 1}), (200, {}, {"ok": 2})]
+    script.answers["/v1/list_folder"] = [(200, {}, {"entries": []})]
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=time() + 3600))
+    api = Api(url, home, policy=policy(Sleeps()))
+    assert api.call("/v1/move", moved) == {"ok": 1}
+    assert api.call("/v1/move", moved) == {"ok": 2}
+    api.call("/v1/list_folder", {"path": ""})
+    bodies = [json.loads(b) for _m, p, _h, b in script.seen if p == "/v1/move"]
+    keys = [b.pop("idempotency_key") for b in bodies]
+    assert bodies == [moved] * 3
+    assert keys[0] == keys[1] != keys[2]  # a retry keeps its key; a new call has its own
+    listed = next(b for _m, p, _h, b in script.seen if p == "/v1/list_folder")
+    assert json.loads(listed) == {"path": ""}  # reads carry no key
+    api.close()
+
+
 def test_access_token_is_refreshed_on_401(server: tuple[str, Script], tmp_path: Path) -> None:
     url, script = server
     home = Home(tmp_path / "home")

@@ -162,7 +162,7 @@ ROUTES: tuple[Route, ...] = (
         "Create a folder",
         m.CreateFolderRequest,
         m.FolderEntry,
-        lambda s, p, r: files.create_folder(s, p, r.path),
+        lambda s, p, r: files.create_folder(s, p, r.path, idempotency_key=r.idempotency_key),
         (401, 403, 409, 422),
     ),
     Route(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +24,7 @@ from tessera.domain.errors import (
     Unavailable,
     Unprocessable,
 )
+from tessera.domain.idempotency import refuse_reuse, request_hash
 from tessera.domain.models import (
     CommitBatchItem,
     CommitBatchRequest,
@@ -347,11 +347,6 @@ def write_version(
     return file_entry(view, mount, row), written.event
 
 
-def _request_hash(req: CommitRequest) -> str:
-    body = req.model_dump_json(exclude={"idempotency_key"})
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
 def _row_to_update(
     store: Store, ns_id: int, key: str, path: str, parent_rev: int | None, parent_id: str | None
 ) -> FileRow:
@@ -440,11 +435,11 @@ def _commit_in(
         # another namespace now (written here, the file would lie hidden under a mount)
         raise Unavailable("your shared folders changed during this commit; retry it")
     if req.idempotency_key is not None:
-        digest = _request_hash(req)
+        digest = request_hash(req)
         first = after.claim(store, view.user.user_id, req.idempotency_key, digest)
         if first is not None:
             if first[0] != digest or first[1] is None:
-                raise Unprocessable("idempotency_key was already used for a different commit")
+                raise refuse_reuse()
             return FileEntry.model_validate(first[1]), None
     blocks = _check_blocks(svc, store, view, req, ids, rows, staged)
     display, journal = ensure_parents_found(store, view, mount, rel, rows.kinds)
@@ -691,7 +686,7 @@ def _commit_entries(
             store,
             view.user.user_id,
             {
-                key: _request_hash(req.entries[i])
+                key: request_hash(req.entries[i])
                 for i in reversed(order)  # the first entry of a key claims it
                 if (key := req.entries[i].idempotency_key) is not None
             },

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 
+from pydantic import TypeAdapter
+
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.changes import publish
@@ -19,7 +21,9 @@ from tessera.domain.commits import (
     write_version,
 )
 from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
+from tessera.domain.idempotency import remember, replayed
 from tessera.domain.models import (
+    CreateFolderRequest,
     DeletedEntry,
     DeleteRequest,
     DownloadBlock,
@@ -65,6 +69,10 @@ from tessera.metadata.store import (
     VersionRow,
 )
 from tessera.ports import ChangeEvent, Principal, StorageTier
+
+# what a retried restore, move or delete answers again (`idempotency.replayed`)
+_ENTRY: TypeAdapter[FileEntry | FolderEntry] = TypeAdapter(FileEntry | FolderEntry)
+_FOLDER: TypeAdapter[FolderEntry] = TypeAdapter(FolderEntry)
 
 
 def metadata(
@@ -310,6 +318,8 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
     """With `rev`: that version's blocks become a new rev (undeleting the file if needed).
     Without: undelete a deleted file or folder (with what was deleted along with it)."""
     with view_transaction(svc, principal) as (store, view):
+        if (first := replayed(store, view.user.user_id, req, _ENTRY)) is not None:
+            return first
         loc = locate(store, view, path=req.path, file_id=req.file_id, include_deleted=True)
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be restored")
@@ -382,6 +392,7 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
                 journal=journal,
                 op="restore",
             )
+        remember(store, view.user.user_id, req, result)
     publish(svc.feed, [event])
     return result
 
@@ -389,6 +400,8 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
 def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | FolderEntry:
     """Move or rename a file or folder; file_id and history stay. Within one namespace."""
     with view_transaction(svc, principal) as (store, view):
+        if (first := replayed(store, view.user.user_id, req, _ENTRY)) is not None:
+            return first
         dst = paths.canonical(req.to_path, field="to_path")
         loc = locate(store, view, path=req.from_path, what="from_path")
         if loc.row is None:
@@ -455,6 +468,7 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
             if row.kind == "file"
             else folder_entry(view, loc.mount, renamed)
         )
+        remember(store, view.user.user_id, req, result)
     publish(svc.feed, [event])
     return result
 
@@ -466,6 +480,8 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
     events: list[ChangeEvent | None] = []
     guarded = req.parent_rev is not None or req.parent_file_id is not None
     with view_transaction(svc, principal) as (store, view):
+        if (first := replayed(store, view.user.user_id, req, _ENTRY)) is not None:
+            return first
         loc = locate(store, view, path=req.path)
         if guarded and (loc.row is None or loc.row.kind != "file"):
             # the client saw a file here: what stands here now is not its to delete
@@ -505,14 +521,21 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
             )
             events.append(event)
             result = entry(view, Located(loc.mount, loc.rel, row))
+        assert not isinstance(result, DeletedEntry)
+        remember(store, view.user.user_id, req, result)
     publish(svc.feed, events)
-    assert not isinstance(result, DeletedEntry)
     return result
 
 
-def create_folder(svc: Services, principal: Principal, path: str) -> FolderEntry:
-    """Create a folder (and missing parents); 409 when the path is taken."""
+def create_folder(
+    svc: Services, principal: Principal, path: str, *, idempotency_key: str | None = None
+) -> FolderEntry:
+    """Create a folder (and missing parents); 409 when the path is taken. A retry with the
+    `idempotency_key` of a create that worked gets its answer, not a 409."""
+    req = CreateFolderRequest.model_construct(path=path, idempotency_key=idempotency_key)
     with view_transaction(svc, principal) as (store, view):
+        if (first := replayed(store, view.user.user_id, req, _FOLDER)) is not None:
+            return first
         canon = paths.canonical(path)
         mount, rel = view.resolve(canon)
         if rel == paths.ROOT:
@@ -534,6 +557,7 @@ def create_folder(svc: Services, principal: Principal, path: str) -> FolderEntry
         )
         row = FileRow(mount.ns_id, fid, key, display, "folder", 0, False, None)
         result = folder_entry(view, mount, row)
+        remember(store, view.user.user_id, req, result)
     publish(svc.feed, [event])
     return result
 

@@ -32,6 +32,14 @@ BlockKeyB64 = Annotated[
 # Raw paths are checked by tessera.domain.paths (422 with a clear message), not by a regex.
 PathStr = Annotated[str, Field(max_length=8192, description="a path in the caller's view")]
 FileId = Annotated[str, Field(min_length=1, max_length=64)]
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        description="one per request, the same on each retry (the first response is kept 7 days)",
+    ),
+]
 
 
 def _in_utc(value: datetime) -> datetime:
@@ -58,6 +66,13 @@ class Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", populate_by_name=True, serialize_by_alias=True, frozen=True
     )
+
+
+class Idempotent(Model):
+    """A write a client may retry after losing the answer: the same `idempotency_key` (per
+    user) gets the first response again and writes nothing; with another request, 422."""
+
+    idempotency_key: IdempotencyKey | None = None
 
 
 def dump(model: BaseModel) -> dict[str, Any]:
@@ -189,7 +204,7 @@ class UploadUrlsResponse(Model):
 # Commits
 
 
-class CommitRequest(Model):
+class CommitRequest(Idempotent):
     """POST /v1/commit: a new version of the file at `path`."""
 
     path: PathStr
@@ -206,7 +221,6 @@ class CommitRequest(Model):
     content_hash: ContentHash
     mtime: ClientTime | None = None
     upload_id: str | None = Field(default=None, max_length=64)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class CommitBatchRequest(Model):
@@ -368,20 +382,20 @@ class RevisionsResponse(Model):
     entries: list[FileEntry]
 
 
-class RestoreRequest(PathOrId):
+class RestoreRequest(PathOrId, Idempotent):
     """POST /v1/restore: make `rev` the latest (a new rev); no rev on a deleted file: undelete."""
 
     rev: int | None = Field(default=None, ge=1)
 
 
-class MoveRequest(Model):
+class MoveRequest(Idempotent):
     """POST /v1/move: keeps file_id and history."""
 
     from_path: PathStr
     to_path: PathStr
 
 
-class DeleteRequest(Model):
+class DeleteRequest(Idempotent):
     """POST /v1/delete: soft delete into the trash. `parent_rev` and `parent_file_id` guard
     files (409 if stale, or if the path holds another file); `if_empty` guards folders (409
     if it holds anything)."""
@@ -392,7 +406,7 @@ class DeleteRequest(Model):
     if_empty: bool = False
 
 
-class CreateFolderRequest(Model):
+class CreateFolderRequest(Idempotent):
     """POST /v1/create_folder."""
 
     path: PathStr
