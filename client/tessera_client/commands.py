@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from tessera_client.api import (
@@ -139,6 +140,19 @@ def _emit(data: Any, as_json: bool, render: Callable[[], None]) -> None:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
         render()
+
+
+def _when(stamp: str | None) -> str:
+    """A server timestamp to the second, in UTC (tables; `--json` keeps the full one)."""
+    if not stamp:
+        return ""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return stamp
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _size(n: int | None) -> str:
@@ -387,26 +401,44 @@ def history(
         def render() -> None:
             if answer.get("is_deleted"):
                 out.print("(deleted — `tessera undelete` brings it back)")
-            table = Table("rev", "size", "modified", "server time", box=None)
+            table = Table("rev", "size", "modified (UTC)", "server time (UTC)", box=None)
             for e in answer["entries"]:
                 table.add_row(
                     str(e["rev"]),
                     _size(e["size"]),
-                    str(e.get("mtime") or ""),
-                    str(e["server_modified"]),
+                    _when(e.get("mtime")),
+                    _when(e["server_modified"]),
                 )
             out.print(table)
 
         _emit(answer, as_json, render)
 
 
+# Several deleted files can have had one path; a path names the live one, else the one
+# deleted last: the others are reached by the file_id `tessera trash` shows.
+FileIdOption = Annotated[
+    str | None,
+    typer.Option("--id", help="The file's id (from `tessera trash`), instead of its PATH."),
+]
+
+
+def _path_or_id(path: str | None, file_id: str | None, settings: Settings) -> dict[str, str]:
+    """The request's `path` or `file_id`, from exactly one of the two arguments."""
+    if path is not None and file_id is None:
+        return {"path": _server_path(path, settings)}
+    if file_id is not None and path is None:
+        return {"file_id": file_id}
+    raise UserError("give the file's PATH or its --id (from `tessera trash`), not both")
+
+
 def restore(
-    path: Annotated[str, typer.Argument(help="The file.")],
     rev: Annotated[int, typer.Option("--rev", help="The version to bring back.")],
+    path: Annotated[str | None, typer.Argument(help="The file.")] = None,
+    file_id: FileIdOption = None,
 ) -> None:
     """Make an old version the current one (a new version; history is kept)."""
     with friendly_errors(), _server() as (api, settings):
-        entry = api.call("/v1/restore", {"path": _server_path(path, settings), "rev": rev})
+        entry = api.call("/v1/restore", {**_path_or_id(path, file_id, settings), "rev": rev})
         out.print(f"Restored {entry['path_display']} to rev {rev} (now rev {entry['rev']}).")
 
 
@@ -427,20 +459,30 @@ def trash(as_json: JsonOption = False) -> None:
         entries = answer["entries"]
 
         def render() -> None:
-            table = Table("path", "kind", "size", "deleted at", box=None)
+            # ids in full: `tessera undelete --id` takes them
+            table = Table(
+                "path", "kind", "size", "deleted at (UTC)", Column("id", no_wrap=True), box=None
+            )
             for e in entries:
                 table.add_row(
-                    e["path_display"], e["kind"], _size(e.get("size")), str(e["deleted_at"])
+                    e["path_display"],
+                    e["kind"],
+                    _size(e.get("size")),
+                    _when(e["deleted_at"]),
+                    e["file_id"],
                 )
             out.print(table if entries else "The trash is empty.")
 
         _emit(entries, as_json, render)
 
 
-def undelete(path: Annotated[str, typer.Argument(help="The deleted file or folder.")]) -> None:
+def undelete(
+    path: Annotated[str | None, typer.Argument(help="The deleted file or folder.")] = None,
+    file_id: FileIdOption = None,
+) -> None:
     """Bring back a deleted file or folder from the trash."""
     with friendly_errors(), _server() as (api, settings):
-        entry = api.call("/v1/restore", {"path": _server_path(path, settings)})
+        entry = api.call("/v1/restore", _path_or_id(path, file_id, settings))
         out.print(f"Restored {entry['path_display']}.")
 
 

@@ -398,3 +398,27 @@ def test_a_file_moved_into_or_out_of_a_shared_folder_moves_not_copies(
     }
     trash = {e["path_display"] for e in owner.json("trash")}
     assert {"/notes.txt", "/Team/spec.md"} <= trash
+
+
+def test_undelete_by_id_reaches_either_of_two_files_deleted_at_one_path(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A path names the file deleted last: the one deleted before it is reached by its id."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user(), cli=True)
+    for text in ("first notes", "second notes"):
+        a.write("notes.txt", text)
+        a.sync()
+        (a.folder / "notes.txt").unlink()
+        a.sync()
+    trashed = sorted(
+        (e for e in a.json("trash") if e["path_display"] == "/notes.txt"),
+        key=lambda e: e["deleted_at"],
+    )
+    assert len(trashed) == 2 and trashed[0]["file_id"] != trashed[1]["file_id"]
+    assert trashed[0]["file_id"] in a.run("trash").stdout  # the table shows the ids
+
+    both = a.run("undelete", "notes.txt", "--id", trashed[0]["file_id"], check=1)
+    assert "not both" in both.stdout + both.stderr
+    a.run("undelete", "--id", trashed[0]["file_id"])
+    a.sync()
+    assert (a.folder / "notes.txt").read_text() == "first notes"
