@@ -174,3 +174,26 @@ def test_a_folder_respelled_with_an_edit_inside_arrives_as_one_folder(
     (a.folder / "docs").rename(a.folder / "Docs")
     (a.folder / "Docs" / "a.txt").write_text("v2, edited after the rename")
     assert _followed(a, b) == {"Docs": None, "Docs/a.txt": b"v2, edited after the rename"}
+
+
+@pytest.mark.parametrize("made", ["folder", "file"])
+def test_a_folder_respelled_here_takes_in_what_another_device_made_in_it(
+    engines: tuple[SyncEngine, SyncEngine], made: str
+) -> None:
+    """A renames `docs` to `Docs` while B makes `docs/sub` (or `docs/new.txt`): what B made
+    must come to A inside `Docs`, not in a second `docs` beside it."""
+    a, b = engines
+    _synced_docs(a, b, {"a.txt": "a"})
+    if made == "folder":
+        (b.folder / "docs" / "sub").mkdir()
+        expected: dict[str, bytes | None] = {"Docs/sub": None}
+    else:
+        (b.folder / "docs" / "new.txt").write_text("new")
+        expected = {"Docs/new.txt": b"new"}
+    assert not b.run_once().problems
+    (a.folder / "docs").rename(a.folder / "Docs")
+    result = a.run_once()
+    assert not result.problems, result
+    b.run_once()
+    expected |= {"Docs": None, "Docs/a.txt": b"a"}
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
