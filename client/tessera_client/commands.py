@@ -375,7 +375,7 @@ def ls(
             entries += answer["entries"]
 
         def render() -> None:
-            table = Table("name", "kind", "size", "rev", "modified", box=None)
+            table = Table("name", "kind", "size", "rev", "modified (UTC)", box=None)
             for e in sorted(entries, key=lambda e: (e[".tag"] != "folder", e["name"].lower())):
                 kind = e[".tag"] + (f" (shared, {e['access']})" if e.get("access") else "")
                 table.add_row(
@@ -383,7 +383,7 @@ def ls(
                     kind,
                     _size(e.get("size")),
                     str(e.get("rev", "")),
-                    str(e.get("mtime") or ""),
+                    _when(e.get("mtime")),
                 )
             out.print(table)
 
@@ -424,11 +424,13 @@ FileIdOption = Annotated[
 
 def _path_or_id(path: str | None, file_id: str | None, settings: Settings) -> dict[str, str]:
     """The request's `path` or `file_id`, from exactly one of the two arguments."""
-    if path is not None and file_id is None:
+    if path is not None and file_id is not None:
+        raise UserError("give the file's PATH or its --id, not both")
+    if path is not None:
         return {"path": _server_path(path, settings)}
-    if file_id is not None and path is None:
+    if file_id is not None:
         return {"file_id": file_id}
-    raise UserError("give the file's PATH or its --id (from `tessera trash`), not both")
+    raise UserError("give the file's PATH, or its --id (`tessera trash` shows ids)")
 
 
 def restore(
@@ -460,8 +462,14 @@ def trash(as_json: JsonOption = False) -> None:
 
         def render() -> None:
             # ids in full: `tessera undelete --id` takes them
+            widest = max((len(e["file_id"]) for e in entries), default=0)
             table = Table(
-                "path", "kind", "size", "deleted at (UTC)", Column("id", no_wrap=True), box=None
+                "path",
+                "kind",
+                "size",
+                "deleted at (UTC)",
+                Column("id", no_wrap=True, min_width=widest),
+                box=None,
             )
             for e in entries:
                 table.add_row(

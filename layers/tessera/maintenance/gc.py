@@ -14,7 +14,7 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
    quarantined more than `quarantine_retention_days` ago (kept that long for inspection;
    their rows stay, so the versions that named them still answer "damaged"). First, the
    landing objects of dedup or scrub runs killed between their two copies are deleted.
-4. `expire_idempotency_keys`: the keys commits claimed (with the response a retry gets) are
+4. `expire_idempotency_keys`: the keys writes claimed (with the response a retry gets) are
    deleted `idempotency_retention_days` after their claim, long after any retry.
 5. `delete_blocks`: blocks at refcount 0 for longer than `gc_grace_hours` are deleted — the
    row re-checked and deleted under its row lock, the object after that has committed
