@@ -24,7 +24,7 @@ from tessera.domain.errors import (
     Unavailable,
     Unprocessable,
 )
-from tessera.domain.idempotency import refuse_reuse, request_hash
+from tessera.domain.idempotency import first_answer, request_hash
 from tessera.domain.models import (
     CommitBatchItem,
     CommitBatchRequest,
@@ -438,9 +438,7 @@ def _commit_in(
         digest = request_hash(req)
         first = after.claim(store, view.user.user_id, req.idempotency_key, digest)
         if first is not None:
-            if first[0] != digest or first[1] is None:
-                raise refuse_reuse()
-            return FileEntry.model_validate(first[1]), None
+            return first_answer(first, digest, FileEntry.model_validate), None
     blocks = _check_blocks(svc, store, view, req, ids, rows, staged)
     display, journal = ensure_parents_found(store, view, mount, rel, rows.kinds)
     version = functools.partial(

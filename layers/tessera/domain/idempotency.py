@@ -15,7 +15,8 @@ attempt moved the entry away. Keys are per request, so the two orders never meet
 from __future__ import annotations
 
 import hashlib
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -33,9 +34,15 @@ def request_hash(req: Idempotent) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def refuse_reuse() -> Unprocessable:
-    """The answer to a key sent again with another request."""
-    return Unprocessable("idempotency_key was already used for a different request")
+def first_answer(
+    earlier: tuple[str, dict[str, Any] | None], digest: str, load: Callable[[Any], T]
+) -> T:
+    """The answer stored with a key an earlier request holds (`earlier`: its request hash
+    and response), loaded, when this request (`digest`) is that one; 422 otherwise."""
+    first_hash, response = earlier
+    if first_hash != digest or response is None:
+        raise Unprocessable("idempotency_key was already used for a different request")
+    return load(response)
 
 
 def replayed(store: Store, user_id: str, req: Idempotent, answer: TypeAdapter[T]) -> T | None:
@@ -48,10 +55,7 @@ def replayed(store: Store, user_id: str, req: Idempotent, answer: TypeAdapter[T]
     earlier = store.claim_idempotency_keys(user_id, {req.idempotency_key: digest})
     if req.idempotency_key not in earlier:
         return None
-    first_hash, response = earlier[req.idempotency_key]
-    if first_hash != digest or response is None:
-        raise refuse_reuse()
-    return answer.validate_python(response)
+    return first_answer(earlier[req.idempotency_key], digest, answer.validate_python)
 
 
 def remember(store: Store, user_id: str, req: Idempotent, response: BaseModel) -> None:
