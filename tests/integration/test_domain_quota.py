@@ -4,13 +4,18 @@ sum it stands for through every kind of write."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from tessera.domain import commits, files, sharing
 from tessera.domain.errors import NotFound, QuotaExceeded
 from tessera.domain.models import (
+    CommitBatchItem,
     CommitBatchRequest,
+    CommitRequest,
     DeleteRequest,
+    FileEntry,
     RestoreRequest,
     ShareRequest,
     TrashListRequest,
@@ -19,6 +24,7 @@ from tessera.domain.services import Services
 from tessera.ports import Principal
 
 from .conftest import commit_request, get_file, put_file, upload_blocks, usage_drift
+from .test_domain_files import race_held
 
 
 def _quota(services: Services, who: Principal, quota: int) -> None:
@@ -143,4 +149,94 @@ def test_an_upload_replacing_a_file_needs_only_what_it_adds(
         upload_blocks(services, alice, "/report", [b"g" * 1050])
     with pytest.raises(QuotaExceeded, match="need 60 bytes"):  # a new file counts whole
         upload_blocks(services, alice, "/new", [b"n" * 60])
+    assert_counters_match(services)
+
+
+def _two_namespaces_near_the_quota(
+    services: Services, alice: Principal, bob: Principal
+) -> tuple[bytes, bytes]:
+    """Alice's root holds 100 bytes, her /Team (bob edits it) 100 more, of a 300-byte quota:
+    room for one more copy of either, not for both. Returns (root's data, /Team's data)."""
+    mine, team = b"m" * 100, b"t" * 100
+    put_file(services, alice, "/mine", mine)
+    put_file(services, alice, "/Team/a", team)
+    sharing.account(services, bob)  # bob exists once he made a request
+    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email))
+    _quota(services, alice, 300)
+    return mine, team
+
+
+def _copy(path: str, data: bytes) -> CommitRequest:
+    return commit_request(path, [data], None)  # blocks already stored: no upload session
+
+
+@pytest.mark.parametrize(
+    "bobs_write",
+    [
+        lambda svc, bob, team: commits.commit(svc, bob, _copy("/Team/copy", team)),
+        lambda svc, bob, team: commits.commit_batch(
+            svc, bob, CommitBatchRequest(entries=[_copy("/Team/copy", team)])
+        ).entries[0],
+        lambda svc, bob, team: files.restore(svc, bob, RestoreRequest(path="/Team/gone")),
+    ],
+    ids=["commit", "batch", "undelete"],
+)
+def test_writes_racing_in_two_namespaces_of_one_owner_stay_within_the_quota(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    bobs_write: Callable[[Services, Principal, bytes], object],
+) -> None:
+    """Each write checks the owner's usage across their namespaces, but a write in another
+    namespace did not wait for it: alice's commit in her root and bob's in her shared folder
+    both saw room for one more file and both landed, past her quota. Writes that add to one
+    owner's usage now queue on that owner, so the second one sees the first."""
+    mine, team = _two_namespaces_near_the_quota(services, alice, bob)
+    put_file(services, bob, "/Team/gone", team)
+    files.delete(services, bob, DeleteRequest(path="/Team/gone"))
+    first, second = race_held(
+        monkeypatch,
+        database_url,
+        "write_version",
+        lambda: commits.commit(services, alice, _copy("/copy", mine)),
+        lambda: bobs_write(services, bob, team),
+    )
+    assert isinstance(first, FileEntry)
+    if isinstance(second, CommitBatchItem):
+        assert second.status == 413, second
+    else:
+        assert isinstance(second, QuotaExceeded), second
+    assert _used(services, alice) == 300
+    assert_counters_match(services)
+
+
+def test_a_batch_over_two_namespaces_of_one_owner_queues_on_the_owner_first(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lock order: the owner's usage before any namespace. A batch that took its two
+    namespaces first and then waited for alice's usage, held by bob's commit about to take
+    one of those namespaces, deadlocked with it (PostgreSQL then aborts one)."""
+    mine, team = _two_namespaces_near_the_quota(services, alice, bob)
+    _quota(services, alice, 10_000)
+    bobs, batch = race_held(
+        monkeypatch,
+        database_url,
+        "lock_usage",
+        lambda: commits.commit(services, bob, _copy("/Team/from-bob", team)),
+        lambda: commits.commit_batch(
+            services,
+            alice,
+            CommitBatchRequest(entries=[_copy("/copy", mine), _copy("/Team/copy", team)]),
+        ),
+    )
+    assert isinstance(bobs, FileEntry), bobs
+    assert not isinstance(batch, Exception), batch
+    assert [e.status for e in batch.entries] == [200, 200]
+    assert _used(services, alice) == 500
     assert_counters_match(services)

@@ -421,6 +421,10 @@ def _commit_in(
     if root_reads is not None and mount is view.root and rel == path:
         rows = root_reads
     else:
+        # The root's statement above needs none (that user owns no other namespace), nor a
+        # batch's entry (the batch took its owners' before its namespaces: `lock_usage`).
+        if req.size and target is None:
+            store.lock_usage([mount.owner_id])
         rows = store.lock_for_commit(
             mount.ns_id,
             parent_keys(rel),
@@ -678,6 +682,7 @@ def _commit_entries(
         )
 
         order = sorted(targets, key=lambda i: (targets[i].mount.ns_id, targets[i].key))
+        store.lock_usage(targets[i].mount.owner_id for i in order if req.entries[i].size)
         for ns_id in sorted({targets[i].mount.ns_id for i in order}):
             store.lock_namespace(ns_id)  # before any idempotency key: the lock order
         after.claim_all(

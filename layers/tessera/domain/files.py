@@ -324,6 +324,7 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be restored")
         check_access(loc.mount, Action.WRITE, view)
+        store.lock_usage([loc.mount.owner_id])  # a restore adds to its owner's usage
         row = _relock(store, view, loc, req.path or req.file_id or "")
         mount = loc.mount
         if req.rev is None:

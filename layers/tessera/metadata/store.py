@@ -7,7 +7,7 @@ takes a namespace takes its `ns_id` first (the shard key).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +19,8 @@ from psycopg.types.json import Jsonb
 from tessera.ports import ChangeEvent
 
 NOTIFY_CHANNEL = "tessera_changes"
+# Advisory lock class of `Store.lock_usage` (int4); maintenance.LOCK_CLASS is 0x7E55_0001.
+USAGE_LOCK_CLASS = 0x7E55_0002
 
 _FILE_COLS = (
     "f.ns_id, f.file_id, f.path_key, f.path_display, f.kind, f.latest_rev, f.is_deleted,"
@@ -308,8 +310,9 @@ _VERSION_CTES = (
 def _over_quota(grow: str) -> str:
     """True when the SQL expression `grow` (bytes a write added to the namespace `ns`) is
     positive and the namespace's owner is now over their quota: the namespace's new
-    `bytes_used` plus their other namespaces' (read without a lock, so two writers racing in
-    two namespaces of one owner may both pass; in one namespace they queue on its row)."""
+    `bytes_used` plus their other namespaces'. Writers in one namespace queue on its row;
+    writers in two namespaces of one owner read each other's bytes only when they queued on
+    `Store.lock_usage` before this statement (its snapshot is taken after the wait)."""
     return (
         f"({grow}) > 0 AND (SELECT quota_bytes FROM users WHERE user_id = ns.owner_id)"
         " < ns.bytes_used + (SELECT COALESCE(sum(o.bytes_used), 0) FROM namespaces o"
@@ -744,6 +747,27 @@ class Store:
         two writers never hold each other's next lock."""
         # Not fetched: in pipeline mode the lock travels with the caller's next query.
         self.conn.execute("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE", (ns_id,))
+
+    def lock_usage(self, owner_ids: Iterable[str]) -> None:
+        """Queue behind every other write that adds to these owners' usage, until the
+        transaction ends: a transaction-scoped advisory lock per owner.
+
+        A write checks its owner's quota against the sum of all their namespaces, but it
+        locks only its own namespace: two writers in two namespaces of one owner (her root,
+        her shared folder where an editor writes) each saw room for one more file and both
+        committed, past the quota. Taken before the namespace (lock order: usage, namespace,
+        file rows); a holder then only waits for rows, never for another usage lock, so a
+        writer waiting here holds nothing a holder needs. Locked in hash order, so two
+        writers of several owners (a batch) never hold each other's next lock."""
+        ids = sorted(set(owner_ids))
+        if not ids:
+            return
+        # Not fetched: in pipeline mode the lock travels with the caller's next query.
+        self.conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, h) FROM"
+            " (SELECT DISTINCT hashtext(o) AS h FROM unnest(%s::text[]) AS o ORDER BY h) AS s",
+            (USAGE_LOCK_CLASS, ids),
+        )
 
     def latest_seqs(self, ns_ids: Sequence[int]) -> dict[int, int]:
         """The latest journal seq of each namespace."""
