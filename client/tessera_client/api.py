@@ -219,6 +219,20 @@ def error_from(response: httpx.Response) -> ApiError:
     return ApiError(response.status_code, code, message, details)
 
 
+def _refuses_keys(response: httpx.Response) -> bool:
+    """Whether the server refused a request for its `idempotency_key` field. The key sent is
+    always well formed, so a server that judges the field at all does not know it."""
+    if response.status_code != 422:
+        return False
+    error = error_from(response)
+    fields = error.details.get("fields")
+    return (
+        error.code == "invalid"
+        and isinstance(fields, list)
+        and any(isinstance(f, dict) and f.get("field") == "idempotency_key" for f in fields)
+    )
+
+
 def _server_trust(base: str, proxies: Mapping[str, str]) -> ssl.SSLContext | bool:
     """What the API client verifies TLS with: the default trust store, unless the server
     is plain http and reached without a proxy (`proxies`: the environment's), when no TLS
@@ -253,6 +267,7 @@ class Api:
         self.blocks = BlockHttp(self.http, timeout=timeout, proxies=proxies)  # block URLs
         self._lock = threading.Lock()
         self._tokens: Tokens | None = home.load_tokens()
+        self._unkeyed: set[str] = set()  # KEYED_ROUTES this server takes no key on
 
     def close(self) -> None:
         """Close the connection pools."""
@@ -313,10 +328,24 @@ class Api:
 
     def call(self, route: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
         """An authenticated JSON call; an error answer raises ApiError. A call to one of
-        `KEYED_ROUTES` carries an idempotency key of its own unless `body` has one."""
-        if route in KEYED_ROUTES and body is not None and "idempotency_key" not in body:
-            body = {**body, "idempotency_key": uuid.uuid4().hex}
-        response = self.raw(method, route, body if method != "GET" else None)
+        `KEYED_ROUTES` carries an idempotency key of its own unless `body` has one.
+
+        A server from before keys on that route refuses the field (422, nothing done): the
+        call is sent again without it, and later calls to the route go without one, as
+        they did before, so a new client keeps working against a server not yet upgraded."""
+        sent = None if method == "GET" else body
+        if (
+            sent is None
+            or route not in KEYED_ROUTES
+            or "idempotency_key" in sent
+            or route in self._unkeyed
+        ):
+            response = self.raw(method, route, sent)
+        else:
+            response = self.raw(method, route, {**sent, "idempotency_key": uuid.uuid4().hex})
+            if _refuses_keys(response):
+                self._unkeyed.add(route)
+                response = self.raw(method, route, sent)
         if response.status_code >= 400:
             raise error_from(response)
         return json_body(response)

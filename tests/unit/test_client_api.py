@@ -200,6 +200,51 @@ def test_a_write_is_retried_with_the_key_it_was_first_sent_with(
     api.close()
 
 
+# What a server from before keys on a route answers the field (as the server does for any
+# field it does not know: tests/integration/test_api.py::test_malformed_bodies_are_422).
+UNKNOWN_KEY = {
+    "error": {
+        "code": "invalid",
+        "message": "idempotency_key: Extra inputs are not permitted",
+        "fields": [{"field": "idempotency_key", "message": "Extra inputs are not permitted"}],
+    }
+}
+
+
+def test_a_server_that_takes_no_key_on_a_route_gets_the_call_without_one(
+    server: Server, tmp_path: Path
+) -> None:
+    """Version skew: a new client against a server not yet upgraded. The refusal did
+    nothing, so the call goes again without the key, and later calls to that route go
+    without one; other routes keep theirs. Any other 422 is the caller's to see."""
+    url, script = server
+    script.answers["/v1/delete"] = [
+        (422, {}, UNKNOWN_KEY),
+        (200, {}, {"ok": 1}),
+        (200, {}, {"ok": 2}),
+    ]
+    script.answers["/v1/move"] = [
+        (422, {}, {"error": {"code": "invalid", "fields": [{"field": "to_path"}]}})
+    ]
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=time() + 3600))
+    api = Api(url, home, policy=policy(Sleeps()))
+    assert api.call("/v1/delete", {"path": "/a"}) == {"ok": 1}
+    assert api.call("/v1/delete", {"path": "/b"}) == {"ok": 2}
+    with pytest.raises(ApiError) as refused:
+        api.call("/v1/move", {"from_path": "/a", "to_path": ""})
+    assert refused.value.status == 422
+    sent = [(p, json.loads(b)) for _m, p, _h, b in script.seen]
+    assert [(p, "idempotency_key" in b) for p, b in sent] == [
+        ("/v1/delete", True),
+        ("/v1/delete", False),
+        ("/v1/delete", False),
+        ("/v1/move", True),
+    ]
+    assert [b["path"] for p, b in sent if p == "/v1/delete"] == ["/a", "/a", "/b"]
+    api.close()
+
+
 def test_access_token_is_refreshed_on_401(server: tuple[str, Script], tmp_path: Path) -> None:
     url, script = server
     home = Home(tmp_path / "home")
