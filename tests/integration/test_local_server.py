@@ -3,6 +3,7 @@ connections, and no window where SIGTERM is swallowed while the server starts.""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def _closed_by_server(conn: socket.socket) -> bool:
 @contextmanager
 def _slow_server(app: Any = _echo_body) -> Iterator[Server]:
     """A server whose deadlines are half a second, serving `app`."""
-    server = Server(head_timeout_s=0.5, body_idle_timeout_s=0.5)
+    server = Server(head_timeout_s=0.5, body_idle_timeout_s=0.5, send_idle_timeout_s=0.5)
     server.start(app)
     try:
         yield server
@@ -206,3 +207,74 @@ def test_the_next_head_after_an_early_answer_gets_its_whole_deadline() -> None:
         time.sleep(0.25)  # past the body's deadline, well within the head's
         conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _reply(conn, b"ok").endswith(b"ok")
+
+
+async def _echo_body_later(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """`_echo_body`, after a second of other work (past the body's half-second deadline)."""
+    await asyncio.sleep(1.0)
+    await _echo_body(scope, receive, send)
+
+
+def test_a_body_held_back_for_100_continue_waits_for_the_app() -> None:
+    """With `Expect: 100-continue` the client sends the body only once told to go on, which
+    uvicorn does when the app first asks for it: until then the silence is the server's,
+    and the body's deadline cut the request off before the client could send a byte."""
+    with (
+        _slow_server(_echo_body_later) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn,
+    ):
+        conn.sendall(
+            b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert _reply(conn, b"\r\n\r\n").startswith(b"HTTP/1.1 100"), "no 100 Continue"
+        conn.sendall(b"body")
+        reply = _reply(conn, b"body")
+        assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"body"), reply
+
+
+RESPONSE_SIZE = 64 * 1024 * 1024  # well past what the socket buffers of both ends hold
+
+
+async def _large_answer(
+    scope: dict[str, Any],
+    receive: object,
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    length = str(RESPONSE_SIZE).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+    )
+    chunk = b"x" * (1024 * 1024)
+    for _ in range(RESPONSE_SIZE // len(chunk)):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _receive(conn: socket.socket, wanted: int) -> int:
+    """Bytes received until `wanted` came, or the server ended the connection (EOF or reset)."""
+    received = 0
+    try:
+        while received < wanted and (more := conn.recv(1024 * 1024)):
+            received += len(more)
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def test_a_response_nobody_reads_is_cut_off_and_one_read_steadily_is_not() -> None:
+    """A client that never reads its answer held the socket, and the answer's unsent
+    bytes, for as long as it liked: the send waited for buffer room for ever."""
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _slow_server(_large_answer) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(request)
+            time.sleep(1.5)  # reads nothing, well past the half second
+            received = _receive(conn, RESPONSE_SIZE)
+            assert received < RESPONSE_SIZE, "the whole answer came: the stall was never cut"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(request)
+            assert _receive(conn, RESPONSE_SIZE) >= RESPONSE_SIZE  # head and body

@@ -23,24 +23,34 @@ _BACKLOG = 4096
 HEAD_TIMEOUT_S = 30.0
 #: Seconds a request body may stall (nothing received while the app waits for more).
 BODY_IDLE_TIMEOUT_S = 60.0
+#: Seconds a response may stall (the client reads nothing while the socket's buffers are full).
+SEND_IDLE_TIMEOUT_S = 60.0
 
 
 class _DeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol with the two deadlines API Gateway and nginx keep.
+    """uvicorn's h11 protocol with the deadlines API Gateway and nginx keep.
 
     uvicorn times out only an idle keep-alive connection: one that never sends a byte, or
-    sends a request's head or body a byte at a time, is held for ever (slowloris). Each
-    costs a socket, not a thread, but a few thousand of them use up the process's file
-    descriptors, and then no device can connect.
+    sends a request's head or body a byte at a time, is held for ever (slowloris), and so
+    is one that never reads its answer (the response waits for buffer room that never
+    comes, holding its unsent bytes too). Each costs a socket, not a thread, but a few
+    thousand of them use up the process's file descriptors, and then no device can connect.
     """
 
     def __init__(
-        self, *args: Any, head_timeout_s: float, body_idle_s: float, **kwargs: Any
+        self,
+        *args: Any,
+        head_timeout_s: float,
+        body_idle_s: float,
+        send_idle_s: float,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._head_timeout_s, self._body_idle_s = head_timeout_s, body_idle_s
+        self._send_idle_s = send_idle_s
         self._deadline: asyncio.TimerHandle | None = None
         self._armed_for: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
+        self._send_deadline: asyncio.TimerHandle | None = None
 
     def _arm(self, state: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
         self._disarm()
@@ -57,11 +67,17 @@ class _DeadlineH11(H11Protocol):
         state, self._deadline, self._armed_for = self._armed_for, None, None
         if self.transport.is_closing():
             return
-        if state is h11.SEND_BODY and self.flow.read_paused:
-            # the app has not taken what it was sent: the stall is ours, not the client's
+        if state is h11.SEND_BODY and (self.flow.read_paused or self._continue_unsent()):
+            # the app has not taken what it was sent, or not yet asked for the body the
+            # client holds back until it is told to go on: the stall is ours, not the client's
             self._arm(h11.SEND_BODY)
             return
         self.transport.close()  # the app, if it is reading the body, sees a disconnect
+
+    def _continue_unsent(self) -> bool:
+        """Whether the client waits for a `100 Continue` that uvicorn sends only when the
+        app first asks for the body (`Expect: 100-continue`)."""
+        return self.cycle is not None and self.cycle.waiting_for_100_continue
 
     def _follow(self) -> None:
         """(Re)arm the deadline for what the connection waits on from the client."""
@@ -86,8 +102,28 @@ class _DeadlineH11(H11Protocol):
         super().on_response_complete()
         self._follow()  # the next request's head has its own time
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_deadline is None:
+            self._send_deadline = self.loop.call_later(self._send_idle_s, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_send_deadline()
+
+    def _cancel_send_deadline(self) -> None:
+        if self._send_deadline is not None:
+            self._send_deadline.cancel()
+            self._send_deadline = None
+
+    def _send_stalled(self) -> None:
+        self._send_deadline = None
+        # abort, not close: close waits for the unsent bytes to go, and they never would
+        self.transport.abort()  # the app's sends end: uvicorn marks the cycle disconnected
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel_send_deadline()
         super().connection_lost(exc)
 
 
@@ -101,6 +137,7 @@ class Server:
         *,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+        send_idle_timeout_s: float = SEND_IDLE_TIMEOUT_S,
     ) -> None:
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,7 +153,10 @@ class Server:
         self._thread: threading.Thread | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._protocol = functools.partial(
-            _DeadlineH11, head_timeout_s=head_timeout_s, body_idle_s=body_idle_timeout_s
+            _DeadlineH11,
+            head_timeout_s=head_timeout_s,
+            body_idle_s=body_idle_timeout_s,
+            send_idle_s=send_idle_timeout_s,
         )
 
     def _make(self, app: Any) -> uvicorn.Server:
