@@ -64,6 +64,10 @@ class DiskFullError(OSError):
     """The disk is full: downloads stop, nothing half-written is left in place."""
 
 
+class PathTooLongError(OSError):
+    """A path the server holds is too long to create in this synced folder (ENAMETOOLONG)."""
+
+
 class SymlinkError(OSError):
     """A symlink stands where the client would have to follow it."""
 
@@ -129,6 +133,11 @@ class Filesystem(ABC):
         """The path on disk, when there is one (the block scanner reads files by path)."""
         return None
 
+    def check_fits(self, rel: str) -> None:
+        """Raise PathTooLongError when a file at `rel` could not be created here (a name or
+        a whole path over the system's limits). Nothing is limited unless a filesystem says."""
+        return None  # no limits known (the fake filesystem's paths are only strings)
+
     def exists(self, rel: str) -> bool:
         """True when anything (even a symlink) sits at `rel`."""
         try:
@@ -180,6 +189,7 @@ class RealFilesystem(Filesystem):
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self._top = str(self.root)  # joined as a str: a Path's __fspath__ per call added up
+        self._name_path_max: tuple[int, int] | None = None
 
     def _abs(self, rel: str) -> str:
         return os.path.join(self._top, rel) if rel else self._top
@@ -254,6 +264,38 @@ class RealFilesystem(Filesystem):
 
     def local_path(self, rel: str) -> Path | None:
         return Path(self._abs(rel))
+
+    def check_fits(self, rel: str) -> None:
+        # Found before a download fetches the blocks, not at its final rename: the temp
+        # file's short name fits where the file's does not, so every round fetched the
+        # whole file again only to fail at the end.
+        name_max, path_max = self._limits()
+        for name in rel.split("/"):
+            if len(os.fsencode(name)) > name_max:
+                raise PathTooLongError(
+                    errno.ENAMETOOLONG,
+                    f"the name {name[:40]!r}... is {len(os.fsencode(name))} bytes, over this "
+                    f"filesystem's {name_max}; shorten it on another device",
+                )
+        length = len(os.fsencode(self._abs(rel)))
+        if length >= path_max:  # the limit counts the terminating NUL
+            raise PathTooLongError(
+                errno.ENAMETOOLONG,
+                f"the path would be {length} bytes here, over this system's {path_max - 1};"
+                " sync into a folder with a shorter path, or shorten it on another device",
+            )
+
+    def _limits(self) -> tuple[int, int]:
+        """(NAME_MAX, PATH_MAX) of the synced folder's filesystem, asked once."""
+        if self._name_path_max is None:
+            try:
+                self._name_path_max = (
+                    os.pathconf(self._top, "PC_NAME_MAX"),
+                    os.pathconf(self._top, "PC_PATH_MAX"),
+                )
+            except (AttributeError, OSError, ValueError):  # Windows: no pathconf
+                self._name_path_max = (2**31, 2**31)
+        return self._name_path_max
 
 
 @dataclass
@@ -498,6 +540,9 @@ class SafeFilesystem(Filesystem):
 
     def local_path(self, rel: str) -> Path | None:
         return self.inner.local_path(self._check(rel))
+
+    def check_fits(self, rel: str) -> None:
+        self.inner.check_fits(self._check(rel))
 
     def makedirs(self, rel: str) -> None:
         """Create `rel` and every missing folder above it, refusing symlinks on the way."""

@@ -29,6 +29,7 @@ from typing import Any
 from tessera_client.fs import DiskFullError, racily_clean
 from tessera_client.paths import path_key
 from tessera_client.planner import Entry, EntryKind
+from tessera_client.reporting import SyncError
 
 # A row's kind by its stored value: `EntryKind(value)` took a fifth of loading a 20,000-entry
 # tree, which every sync round does twice.
@@ -88,8 +89,15 @@ class StateDB:
     def __init__(self, path: Path | str) -> None:
         self._path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            # SQLite opens no database whose path is over 512 bytes, far below PATH_MAX
+            raise SyncError(
+                f"cannot open this device's state database {str(path)!r}: {e}; check that "
+                "its folder exists and is writable, or set TESSERA_HOME to a shorter path"
+            ) from None
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)

@@ -527,6 +527,7 @@ class Transfers:
         `expect_local` is what the planner saw at `path` (None: nothing). If the local file
         no longer matches it when the download is ready, it is left alone (LocalChangedError).
         """
+        self.fs.check_fits(path)
         first = self._download_page(path, file_id, rev, 0)
         if expected_hash and first.entry.content_hash != expected_hash:
             raise IntegrityError(f"{path}: the server sent another version than it listed")

@@ -6,15 +6,18 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
 from tests.e2e.conftest import (
     Cloud,
     Device,
     make_device,
+    sign_in,
     snapshot,
     synced_on_both,
     tessera_cmd,
@@ -422,3 +425,51 @@ def test_undelete_by_id_reaches_either_of_two_files_deleted_at_one_path(
     a.run("undelete", "--id", trashed[0]["file_id"])
     a.sync()
     assert (a.folder / "notes.txt").read_text() == "first notes"
+
+
+def _folder_of_length(base: Path, length: int) -> Path:
+    """A new folder under `base` whose absolute path is exactly `length` bytes."""
+    path = base
+    while (room := length - len(os.fsencode(path)) - 1) > 0:  # 1: the slash
+        path = path / ("d" * (room if room <= 200 else min(200, room - 2)))  # never 0 left
+    assert len(os.fsencode(path)) == length, path
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass
+class _DeepDevice(Device):
+    """A device whose synced folder is `deep` (its home stays short: SQLite's own limit on
+    a database's path is far below PATH_MAX)."""
+
+    deep: Path = Path()
+
+    @property
+    def folder(self) -> Path:
+        return self.deep
+
+
+def test_a_path_too_long_for_this_device_is_refused_before_its_blocks_come(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """B's synced folder is deep: the server's path fits A's disk, not B's PATH_MAX. The
+    temp file's short name fitted where the file's did not, so every round fetched the
+    whole file only to fail at the final rename."""
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    rel = "/".join(["p" * 200] * 8 + ["f" * 200 + ".bin"])  # 1,812 bytes: the server keeps it
+    a.write(rel, os.urandom(300_000))
+    a.write("short.txt", "fits everywhere")
+    a.sync()
+    # B's folder is as deep as leaves the file's folder (and a temp file in it) within
+    # PATH_MAX, and the file itself over it
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX")
+    parent = len(rel) - len("f" * 200 + ".bin") - 1
+    deep = _folder_of_length(tmp_path / "b-root", limit - parent - 100 - 1)
+    b = _DeepDevice("B", tmp_path, inproc_cloud.url, email, deep=deep)
+    sign_in(inproc_cloud, email, Home(b.home), "B")
+    devices.append(b)
+    synced = b.sync(check=None)
+    assert "would be" in synced.stdout + synced.stderr, synced.stdout + synced.stderr
+    assert (b.folder / "short.txt").read_text() == "fits everywhere"
+    assert b.stats()["block_bytes_down"] < 300_000  # short.txt's, not the long one's

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tessera_client.fs import FakeFilesystem, Kind, RealFilesystem, SafeFilesystem, SymlinkError
+from tessera_client.fs import (
+    FakeFilesystem,
+    Kind,
+    PathTooLongError,
+    RealFilesystem,
+    SafeFilesystem,
+    SymlinkError,
+)
 from tessera_client.paths import UnsafePathError, canonical_rel, conflicted_copy_name
 
 BAD = [
@@ -256,3 +263,22 @@ def test_racily_clean_knows_future_mtimes_and_unread_content() -> None:
     assert not racily_clean(now + 3600 * 10**9, now)
     assert racily_clean(now + MTIME_GRANULARITY_NS // 2, now)
     assert racily_clean(now - 3600 * 10**9, 0)  # content never read vouches for nothing
+
+
+def test_names_and_paths_over_the_systems_limits_are_refused_before_any_write(
+    tmp_path: Path,
+) -> None:
+    """Found before a download fetches the blocks, not at its final rename. (The safe
+    wrapper refuses names over 255 bytes anywhere; some filesystems allow fewer: eCryptfs
+    143.)"""
+    fs = RealFilesystem(tmp_path)
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    path_max = os.pathconf(tmp_path, "PC_PATH_MAX")
+    fs.check_fits("a/" + "n" * name_max)  # at the limits: fine
+    with pytest.raises(PathTooLongError, match=f"over this filesystem's {name_max}") as name:
+        fs.check_fits("a/" + "n" * (name_max + 1))
+    assert name.value.errno == errno.ENAMETOOLONG
+    deep = "/".join(["d" * 200] * (path_max // 201 + 1))  # every name fits, the whole does not
+    with pytest.raises(PathTooLongError, match=f"over this system's {path_max - 1}"):
+        fs.check_fits(deep)
+    assert list(tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ import pytest
 
 from tessera_client.fs import DiskFullError
 from tessera_client.planner import Entry, EntryKind
+from tessera_client.reporting import SyncError
 from tessera_client.state import StateDB
 
 
@@ -110,3 +111,12 @@ def test_a_full_disk_is_a_disk_full_error_and_leaves_no_transaction_open(tmp_pat
     db.close()
     tree = StateDB(tmp_path / "s.db").base_tree()
     assert sorted(tree) == ["after.txt", "kept.txt"]  # all of the failed transaction, or none
+
+
+def test_a_state_database_that_cannot_be_opened_says_why_and_what_to_do(tmp_path: Path) -> None:
+    """A home deeper than SQLite's 512-byte path limit (or gone) failed with a traceback."""
+    deep = tmp_path.joinpath(*["d" * 200] * 3)
+    deep.mkdir(parents=True)
+    for path in (deep / "state.db", tmp_path / "gone" / "state.db"):
+        with pytest.raises(SyncError, match="cannot open this device's state database"):
+            StateDB(path)
