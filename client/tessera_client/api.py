@@ -33,6 +33,9 @@ from tessera_client.config import Home, Tokens
 RETRY_STATUSES = {500, 502, 503, 504, 429}
 # Writes `Api.call` gives a fresh idempotency key, sent again with each retry of the call
 KEYED_ROUTES = frozenset({"/v1/restore", "/v1/move", "/v1/delete", "/v1/create_folder"})
+# Seconds a route a server refused keys on goes without them before a call tries one again
+UNKEYED_RECHECK_S = 3600.0
+_now = time.monotonic  # the clock of that wait (a test's own)
 
 
 # The code of an error answer that is not the server's own `{"error": {...}}` body (a
@@ -267,7 +270,8 @@ class Api:
         self.blocks = BlockHttp(self.http, timeout=timeout, proxies=proxies)  # block URLs
         self._lock = threading.Lock()
         self._tokens: Tokens | None = home.load_tokens()
-        self._unkeyed: set[str] = set()  # KEYED_ROUTES this server takes no key on
+        # KEYED_ROUTES this server took no key on, and when that was learnt (monotonic)
+        self._unkeyed: dict[str, float] = {}
 
     def close(self) -> None:
         """Close the connection pools."""
@@ -332,20 +336,25 @@ class Api:
 
         A server from before keys on that route refuses the field (422, nothing done): the
         call is sent again without it, and later calls to the route go without one, as
-        they did before, so a new client keeps working against a server not yet upgraded."""
+        they did before, so a new client keeps working against a server not yet upgraded.
+        A daemon tries the key again after `UNKEYED_RECHECK_S`: the server may be upgraded
+        by then."""
         sent = None if method == "GET" else body
+        learnt, now = self._unkeyed.get(route), _now()
         if (
             sent is None
             or route not in KEYED_ROUTES
             or "idempotency_key" in sent
-            or route in self._unkeyed
+            or (learnt is not None and now - learnt < UNKEYED_RECHECK_S)
         ):
             response = self.raw(method, route, sent)
         else:
             response = self.raw(method, route, {**sent, "idempotency_key": uuid.uuid4().hex})
             if _refuses_keys(response):
-                self._unkeyed.add(route)
+                self._unkeyed[route] = now
                 response = self.raw(method, route, sent)
+            else:
+                self._unkeyed.pop(route, None)
         if response.status_code >= 400:
             raise error_from(response)
         return json_body(response)

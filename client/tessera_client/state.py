@@ -91,15 +91,15 @@ class StateDB:
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.OperationalError as e:
             # SQLite opens no database whose path is over 512 bytes, far below PATH_MAX
             raise SyncError(
                 f"cannot open this device's state database {str(path)!r}: {e}; check that "
                 "its folder exists and is writable, or set TESSERA_HOME to a shorter path"
             ) from None
+        self._db.execute("PRAGMA busy_timeout=5000")  # first: WAL's switch may wait too
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:

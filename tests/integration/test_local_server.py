@@ -236,45 +236,66 @@ def test_a_body_held_back_for_100_continue_waits_for_the_app() -> None:
         assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"body"), reply
 
 
-RESPONSE_SIZE = 64 * 1024 * 1024  # well past what the socket buffers of both ends hold
+def _answer_of(size: int) -> Callable[..., Awaitable[None]]:
+    """An app answering `size` bytes, written a MiB at a time (as block downloads are)."""
+
+    async def answer(
+        scope: dict[str, Any],
+        receive: object,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        length = str(size).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
+        )
+        chunk = b"x" * (1024 * 1024)
+        for _ in range(size // len(chunk)):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return answer
 
 
-async def _large_answer(
-    scope: dict[str, Any],
-    receive: object,
-    send: Callable[[dict[str, Any]], Awaitable[None]],
-) -> None:
-    length = str(RESPONSE_SIZE).encode()
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length)]}
-    )
-    chunk = b"x" * (1024 * 1024)
-    for _ in range(RESPONSE_SIZE // len(chunk)):
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-
-
-def _receive(conn: socket.socket, wanted: int) -> int:
-    """Bytes received until `wanted` came, or the server ended the connection (EOF or reset)."""
+def _receive(conn: socket.socket, wanted: int, *, pace_s: float = 0.0) -> int:
+    """Bytes received (32 KiB a read, `pace_s` apart) until `wanted` came, or the server
+    ended the connection (EOF or reset)."""
     received = 0
     try:
-        while received < wanted and (more := conn.recv(1024 * 1024)):
+        while received < wanted and (more := conn.recv(32 * 1024)):
             received += len(more)
+            time.sleep(pace_s)
     except ConnectionResetError:
         pass
     return received
 
 
-def test_a_response_nobody_reads_is_cut_off_and_one_read_steadily_is_not() -> None:
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_a_response_nobody_reads_is_cut_off() -> None:
     """A client that never reads its answer held the socket, and the answer's unsent
     bytes, for as long as it liked: the send waited for buffer room for ever."""
-    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-    with _slow_server(_large_answer) as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
-            conn.sendall(request)
-            time.sleep(1.5)  # reads nothing, well past the half second
-            received = _receive(conn, RESPONSE_SIZE)
-            assert received < RESPONSE_SIZE, "the whole answer came: the stall was never cut"
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
-            conn.sendall(request)
-            assert _receive(conn, RESPONSE_SIZE) >= RESPONSE_SIZE  # head and body
+    size = 64 * 1024 * 1024  # well past what the socket buffers of both ends hold
+    with (
+        _slow_server(_answer_of(size)) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn,
+    ):
+        conn.sendall(REQUEST)
+        time.sleep(1.5)  # reads nothing, well past the half second
+        assert _receive(conn, size) < size, "the whole answer came: the stall was never cut"
+
+
+def test_a_response_read_slowly_but_steadily_is_not_cut_off() -> None:
+    """At 32 KiB every 50 ms, draining one MiB the app wrote takes longer than the half
+    second: a deadline reset only when the buffer drained to its low-water mark cut this
+    reader off, though it took bytes all along. (Small socket buffers, so the server sees
+    each read's progress: with the kernel's autotuned ones it sees a third of a few MiB.)"""
+    size = 2 * 1024 * 1024
+    with _slow_server(_answer_of(size)) as server:
+        server.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # inherited
+        with socket.socket() as conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            conn.settimeout(5)
+            conn.connect(("127.0.0.1", server.port))
+            conn.sendall(REQUEST)
+            assert _receive(conn, size, pace_s=0.05) >= size  # head and body

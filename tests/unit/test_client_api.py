@@ -20,6 +20,7 @@ import pytest
 
 from tessera.api.models import FileEntry, ListFolderResponse
 from tessera_client.api import (
+    UNKEYED_RECHECK_S,
     Api,
     ApiError,
     NotLoggedIn,
@@ -242,6 +243,27 @@ def test_a_server_that_takes_no_key_on_a_route_gets_the_call_without_one(
         ("/v1/move", True),
     ]
     assert [b["path"] for p, b in sent if p == "/v1/delete"] == ["/a", "/a", "/b"]
+    api.close()
+
+
+def test_a_route_that_went_without_keys_tries_one_again_an_hour_later(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon outlives the server's upgrade: it sends keys again, and keeps them."""
+    url, script = server
+    script.answers["/v1/delete"] = [(422, {}, UNKNOWN_KEY)] + [(200, {}, {"ok": 1})] * 4
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=time() + 3600))
+    api = Api(url, home, policy=policy(Sleeps()))
+    clock = [1000.0]
+    monkeypatch.setattr("tessera_client.api._now", lambda: clock[0])
+    for advance in (0, UNKEYED_RECHECK_S - 1, 2, UNKEYED_RECHECK_S * 2):
+        clock[0] += advance
+        api.call("/v1/delete", {"path": "/a"})
+    keyed = [
+        "idempotency_key" in json.loads(b) for _m, p, _h, b in script.seen if p == "/v1/delete"
+    ]
+    assert keyed == [True, False, False, True, True]  # refused, resent; an hour on: upgraded
     api.close()
 
 

@@ -409,21 +409,23 @@ def _commit_in(
     root_reads: CommitReads | None = None,
     sessions: Mapping[str, SessionReads] | None = None,
     target: _Target | None = None,
+    usage_locked: bool = False,
 ) -> tuple[FileEntry, ChangeEvent | None]:
     """One commit inside an open transaction (or savepoint); what it leaves for the end of
     the transaction goes to `after`. `root_reads`: what `Store.view_for_commit` already
     locked and read in the caller's root namespace; `sessions`: upload sessions a batch
     already read (`Store.session_for_commits`); `target`: `_target(svc, view, req)`, when
-    the caller has it."""
+    the caller has it; `usage_locked`: the caller holds the owner's `Store.lock_usage`
+    (a batch takes its owners' before its namespaces: the lock order)."""
     path, mount, rel, key = target or _target(svc, view, req)
     ids = _block_ids(req)
     # the namespace first, before any file row or idempotency key: lock order
     if root_reads is not None and mount is view.root and rel == path:
         rows = root_reads
     else:
-        # The root's statement above needs none (that user owns no other namespace), nor a
-        # batch's entry (the batch took its owners' before its namespaces: `lock_usage`).
-        if req.size and target is None:
+        # The root's statement above needs none (a user who sees their root alone writes
+        # in no other namespace of theirs), nor a batch's entry (`usage_locked`).
+        if req.size and not usage_locked:
             store.lock_usage([mount.owner_id])
         rows = store.lock_for_commit(
             mount.ns_id,
@@ -707,6 +709,7 @@ def _commit_entries(
                         after,
                         sessions=sessions,
                         target=targets[i],
+                        usage_locked=True,
                     )
             except TesseraError as exc:
                 if not isolated:

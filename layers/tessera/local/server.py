@@ -105,18 +105,28 @@ class _DeadlineH11(H11Protocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_deadline is None:
-            self._send_deadline = self.loop.call_later(self._send_idle_s, self._send_stalled)
+            self._arm_send(self.transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self._cancel_send_deadline()
+
+    def _arm_send(self, unsent: int) -> None:
+        self._send_deadline = self.loop.call_later(self._send_idle_s, self._send_due, unsent)
 
     def _cancel_send_deadline(self) -> None:
         if self._send_deadline is not None:
             self._send_deadline.cancel()
             self._send_deadline = None
 
-    def _send_stalled(self) -> None:
+    def _send_due(self, unsent_then: int) -> None:
+        """Writing is still paused: abort unless the client took some bytes meanwhile. A
+        slow reader may take a whole window to drain one chunk below the low-water mark
+        (`resume_writing`), so only a window without any progress counts as a stall."""
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < unsent_then:
+            self._arm_send(unsent)
+            return
         self._send_deadline = None
         # abort, not close: close waits for the unsent bytes to go, and they never would
         self.transport.abort()  # the app's sends end: uvicorn marks the cycle disconnected

@@ -758,8 +758,9 @@ class Store:
         committed, past the quota. Taken before the namespace (lock order: usage, namespace,
         file rows); a holder then only waits for rows, never for another usage lock, so a
         writer waiting here holds nothing a holder needs. Locked in hash order, so two
-        writers of several owners (a batch) never hold each other's next lock."""
-        ids = sorted(set(owner_ids))
+        writers of several owners (a batch) never hold each other's next lock. A round trip
+        of its own outside pipeline mode."""
+        ids = list(owner_ids)
         if not ids:
             return
         # Not fetched: in pipeline mode the lock travels with the caller's next query.
