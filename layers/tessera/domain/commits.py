@@ -423,10 +423,6 @@ def _commit_in(
     if root_reads is not None and mount is view.root and rel == path:
         rows = root_reads
     else:
-        # The root's statement above needs none (a user who sees their root alone writes
-        # in no other namespace of theirs), nor a batch's entry (`usage_locked`).
-        if req.size and not usage_locked:
-            store.lock_usage([mount.owner_id])
         rows = store.lock_for_commit(
             mount.ns_id,
             parent_keys(rel),
@@ -435,6 +431,9 @@ def _commit_in(
             upload_id=req.upload_id,
             user_id=view.user.user_id,
             session=sessions.get(req.upload_id) if sessions and req.upload_id else None,
+            # The root's statement above needs none (a user who sees their root alone writes
+            # in no other namespace of theirs), nor a batch's entry (`usage_locked`).
+            usage_of=mount.owner_id if req.size and not usage_locked else None,
         )
     if rows.membership_version != view.user.membership_version:
         # a share or unshare committed after the view was read: the path may lead into

@@ -653,6 +653,7 @@ class Store:
         upload_id: str | None,
         user_id: str,
         session: SessionReads | None = None,
+        usage_of: str | None = None,
     ) -> CommitReads:
         """Take the namespace row (`lock_namespace`), then read what a commit checks: the
         live entries at `parent_keys`, which of `block_ids` a version in `ns_ids` holds,
@@ -665,7 +666,20 @@ class Store:
         locked is not the seq as seen), the statement runs again: with the lock held, its
         new snapshot is current.
         Every statement is sent before a result is read, so in a pipelined transaction (a
-        batch) they all cost one round trip."""
+        batch) they all cost one round trip. `usage_of`: first queue on that owner's usage
+        (`lock_usage`), in the same round trip."""
+        if usage_of is not None:
+            with self.conn.pipeline():  # nested in a batch's own: the same round trip
+                self.lock_usage([usage_of])
+                return self.lock_for_commit(
+                    ns_id,
+                    parent_keys,
+                    ns_ids=ns_ids,
+                    block_ids=block_ids,
+                    upload_id=upload_id,
+                    user_id=user_id,
+                    session=session,
+                )
         ids = list(block_ids)
         params = {
             "ns": ns_id,
