@@ -271,10 +271,10 @@ class RealFilesystem(Filesystem):
         # whole file again only to fail at the end.
         name_max, path_max = self._limits()
         for name in rel.split("/"):
-            if len(os.fsencode(name)) > name_max:
+            if (size := len(os.fsencode(name))) > name_max:
                 raise PathTooLongError(
                     errno.ENAMETOOLONG,
-                    f"the name {name[:40]!r}... is {len(os.fsencode(name))} bytes, over this "
+                    f"the name {name[:40]!r}... is {size} bytes, over this "
                     f"filesystem's {name_max}; shorten it on another device",
                 )
         length = len(os.fsencode(self._abs(rel)))

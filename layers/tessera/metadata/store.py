@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -668,18 +668,6 @@ class Store:
         Every statement is sent before a result is read, so in a pipelined transaction (a
         batch) they all cost one round trip. `usage_of`: first queue on that owner's usage
         (`lock_usage`), in the same round trip."""
-        if usage_of is not None:
-            with self.conn.pipeline():  # nested in a batch's own: the same round trip
-                self.lock_usage([usage_of])
-                return self.lock_for_commit(
-                    ns_id,
-                    parent_keys,
-                    ns_ids=ns_ids,
-                    block_ids=block_ids,
-                    upload_id=upload_id,
-                    user_id=user_id,
-                    session=session,
-                )
         ids = list(block_ids)
         params = {
             "ns": ns_id,
@@ -688,9 +676,13 @@ class Store:
             "ids": ids,
             "user": user_id,
         }
-        reads = self.conn.execute(_LOCK_AND_READ_SQL, params)
-        sent = None if session else self._session_reads(upload_id, user_id, ids)
-        return self._commit_reads(reads.fetchone(), params, session or _session_values(sent))
+        # pipelined, the usage lock travels with the reads (nested in a batch's own: the same)
+        with self.conn.pipeline() if usage_of is not None else nullcontext():
+            if usage_of is not None:
+                self.lock_usage([usage_of])
+            reads = self.conn.execute(_LOCK_AND_READ_SQL, params)
+            sent = None if session else self._session_reads(upload_id, user_id, ids)
+            return self._commit_reads(reads.fetchone(), params, session or _session_values(sent))
 
     def session_for_commits(
         self, upload_id: str | None, user_id: str, block_ids: Sequence[str]
