@@ -21,6 +21,7 @@ from tessera.domain import object_keys, uploads
 from tessera.domain.errors import Unprocessable
 from tessera.domain.models import UploadStartRequest
 from tessera.maintenance import GcResult, MaintenanceSettings, run_step, run_workflow
+from tessera.metadata.maintenance import MaintenanceTx
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
 from .conftest import usage_drift
@@ -311,6 +312,34 @@ def test_expired_session_keeps_copies_that_a_version_still_names(world: World) -
     assert _gc(world, days=2).staged_deleted == 2  # the settled rows are cleaned up
     assert world.keys_under("staging/") == []
     assert world.get(ALICE, "/kept.bin") == data
+
+
+def test_a_copy_named_after_gc_chose_it_is_kept(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc chooses abandoned copies in one statement, from a snapshot taken before it locks
+    them: a commit carrying a copy can lock it FOR SHARE and commit in between. The window
+    is too short to hit on purpose, so the choice is made stale here: it returns copies of
+    expired sessions (locked, as the real one does) whatever the versions say. The deletion
+    must re-check them after the lock and keep what a version names."""
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(ALICE, "/kept.bin", data)  # committed from staged copies, not yet verified
+
+    def chosen_before_the_commit(tx: MaintenanceTx, limit: int, _settled: datetime) -> object:
+        rows = tx.conn.execute(
+            "SELECT u.upload_id, u.block_id, u.staged_key, COALESCE(u.stored_size, 0)"
+            " FROM upload_blocks u JOIN upload_sessions s USING (upload_id)"
+            " WHERE s.state = 'expired' LIMIT %s FOR UPDATE OF u",
+            (limit,),
+        ).fetchall()
+        return [tuple(r) for r in rows]
+
+    monkeypatch.setattr(MaintenanceTx, "lock_abandoned_copies", chosen_before_the_commit)
+    result = _gc(world, days=1)
+    assert (result.sessions_expired, result.staged_deleted, result.bytes_freed) == (1, 0, 0)
+    assert len(world.keys_under("staging/")) == 2
+    assert world.get(ALICE, "/kept.bin") == data
+    assert_nothing_dangles(world)
 
 
 # ---------------------------------------------------------------------------------------

@@ -129,8 +129,7 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     def batch() -> int:
         with ctx.repo.transaction() as tx:
             expired = tx.expire_sessions(cutoff, size)
-            copies = tx.lock_abandoned_copies(size, settled_before)
-            tx.delete_copies([(c[0], c[1]) for c in copies])
+            copies = tx.delete_abandoned_copies(tx.lock_abandoned_copies(size, settled_before))
             # the rows stay locked (and their deletion uncommitted) until the objects are gone
             ctx.parallel(ctx.store.delete, [c[2] for c in copies])
             result.bytes_freed += sum(c[3] for c in copies)

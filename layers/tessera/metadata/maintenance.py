@@ -419,13 +419,26 @@ class MaintenanceTx:
             ([c[0] for c in copies], [c[1] for c in copies]),
         )
 
-    def delete_copies(self, copies: Sequence[tuple[str, str]]) -> None:
-        """Forget (upload_id, block_id) copies whose objects are being deleted."""
-        self._count(
-            "DELETE FROM upload_blocks WHERE (upload_id, block_id) IN"
-            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+    def delete_abandoned_copies(
+        self, copies: Sequence[tuple[str, str, str, int]]
+    ) -> list[tuple[str, str, str, int]]:
+        """Forget the locked copies (as `lock_abandoned_copies` returns them) that a version
+        still does not name; those deleted, whose objects the caller then deletes.
+
+        The re-check is a statement of its own, run once the rows are locked: the locking
+        statement judged "no version names it" from a snapshot taken before it locked. A
+        commit carrying the copy (`commits.settled`) locks its row FOR SHARE, so one that
+        commits from now on waits for this transaction, and one that committed in between
+        is seen here.
+        """
+        rows = self._all(
+            "DELETE FROM upload_blocks u WHERE (u.upload_id, u.block_id) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[]))"
+            "   AND NOT EXISTS (SELECT 1 FROM version_blocks v WHERE v.staged_key = u.staged_key)"
+            " RETURNING u.upload_id, u.block_id, u.staged_key, COALESCE(u.stored_size, 0)",
             ([c[0] for c in copies], [c[1] for c in copies]),
         )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def delete_empty_sessions(self, limit: int) -> int:
         """Delete expired sessions with no copies left."""
