@@ -4,6 +4,7 @@ nothing again (the client retries every request on a network error or a 5xx)."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from tessera.domain import files
@@ -142,3 +143,34 @@ def test_a_retry_racing_the_first_request_waits_and_gets_its_answer(
     )
     assert isinstance(first, FileEntry) and first.path_display == "/b.txt"
     assert second == first
+
+
+def test_a_key_gc_deletes_while_it_is_claimed_again_keeps_the_new_answer(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """A key past its retention is claimed by a new request just as gc deletes it: the
+    claim saw the old row (it conflicted), then found it gone. The new request must still
+    hold the key, so its own retry gets its answer, not a 404 from doing it twice."""
+    put_file(services, alice, "/a.txt", b"a")
+    files.move(
+        services, alice, MoveRequest(from_path="/a.txt", to_path="/b.txt", idempotency_key="k")
+    )
+    original = Store._all
+
+    def gc_deletes_after_the_claim_conflicts(
+        self: Store, sql: str, params: object = ()
+    ) -> list[object]:
+        rows = original(self, sql, params)  # type: ignore[arg-type]
+        if sql.startswith("INSERT INTO idempotency_keys") and not rows:
+            monkeypatch.setattr(Store, "_all", original)  # once
+            with psycopg.connect(database_url, autocommit=True) as gc:
+                gc.execute("DELETE FROM idempotency_keys WHERE key = 'k'")  # as gc does
+        return rows
+
+    monkeypatch.setattr(Store, "_all", gc_deletes_after_the_claim_conflicts)
+    req = MoveRequest(from_path="/b.txt", to_path="/c.txt", idempotency_key="k")
+    first = files.move(services, alice, req)
+    assert Store._all is original, "the claim never conflicted with the old key"
+
+    assert files.move(services, alice, req) == first
+    assert get_file(services, alice, "/c.txt") == b"a"

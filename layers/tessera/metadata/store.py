@@ -1271,25 +1271,30 @@ class Store:
         """Claim every key of `claims` (key -> request hash) for its request, in key order
         (waiting for a concurrent claimer's transaction to end); for the keys claimed
         earlier, the first request's (hash, stored response)."""
+        earlier: dict[str, tuple[str, dict[str, Any] | None]] = {}
         keys = sorted(claims)
-        if not keys:
-            return {}
-        claimed = self._all(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash)"
-            " SELECT %s, c.key, c.hash FROM unnest(%s::text[], %s::text[]) AS c(key, hash)"
-            " ORDER BY c.key ON CONFLICT (user_id, key) DO NOTHING RETURNING key",
-            (user_id, keys, [claims[k] for k in keys]),
-        )
-        earlier = sorted(set(keys) - {r[0] for r in claimed})
-        if not earlier:
-            return {}
-        # a statement of its own: the INSERT's snapshot predates a claim it waited for
-        rows = self._all(
-            "SELECT key, request_hash, response FROM idempotency_keys"
-            " WHERE user_id = %s AND key = ANY(%s)",
-            (user_id, earlier),
-        )
-        return {r[0]: (r[1], r[2]) for r in rows}
+        while keys:
+            claimed = self._all(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash)"
+                " SELECT %s, c.key, c.hash FROM unnest(%s::text[], %s::text[]) AS c(key, hash)"
+                " ORDER BY c.key ON CONFLICT (user_id, key) DO NOTHING RETURNING key",
+                (user_id, keys, [claims[k] for k in keys]),
+            )
+            taken = sorted(set(keys) - {r[0] for r in claimed})
+            if not taken:
+                break
+            # a statement of its own: the INSERT's snapshot predates a claim it waited for
+            rows = self._all(
+                "SELECT key, request_hash, response FROM idempotency_keys"
+                " WHERE user_id = %s AND key = ANY(%s)",
+                (user_id, taken),
+            )
+            earlier |= {r[0]: (r[1], r[2]) for r in rows}
+            # DO NOTHING locks no row: gc may delete a key past its retention between the
+            # two statements. That key is free again, and is claimed in the next round, so
+            # this request's answer is kept for its own retries.
+            keys = sorted(set(taken) - earlier.keys())
+        return earlier
 
     def release_idempotency_keys(self, user_id: str, keys: Sequence[str]) -> None:
         """Give up claims this transaction made and did not use (no response stored)."""
