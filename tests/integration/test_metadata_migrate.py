@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
+import pytest
 
 from tessera.metadata import migrate
-from tessera.metadata.migrate import available_migrations
+from tessera.metadata.migrate import NO_TRANSACTION, Migration, available_migrations
 
 
 def test_migrate_is_idempotent_and_ordered(empty_database_url: str) -> None:
@@ -32,6 +34,77 @@ def test_concurrent_migrations_apply_each_file_once(empty_database_url: str) -> 
         t.join(60)
     applied = sorted(n for r in results for n in r)
     assert applied == [m.number for m in available_migrations()]
+
+
+def _index_valid(url: str, name: str) -> bool | None:
+    """Whether index `name` is valid; None when there is none."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE c.relname = %s",
+            (name,),
+        ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def _build_unique_index(number: int) -> Migration:
+    return Migration(
+        number,
+        "unique_v",
+        f"{NO_TRANSACTION}\n-- a build that fails leaves an invalid index: drop it first\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS t_v;\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY t_v ON t (v);\n-- trailing comment\n",
+    )
+
+
+def test_a_no_transaction_migration_builds_concurrently_and_repairs_a_failed_build(
+    empty_database_url: str,
+) -> None:
+    shipped = migrate(empty_database_url)
+    assert 113 in shipped and _index_valid(empty_database_url, "idempotency_keys_created")
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v int)")
+        conn.execute("INSERT INTO t VALUES (1), (1)")
+
+    build = _build_unique_index(900)
+    assert len(build.statements()) == 2 and not build.transactional
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        migrate(empty_database_url, [build])
+    assert _index_valid(empty_database_url, "t_v") is False  # what the failed build left
+
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM t WHERE ctid = (SELECT max(ctid) FROM t)")
+    assert migrate(empty_database_url, [build]) == [900]
+    assert _index_valid(empty_database_url, "t_v") is True
+    assert migrate(empty_database_url, [build]) == []
+
+
+def test_a_migrator_waiting_for_the_lock_lets_a_concurrent_build_finish(
+    empty_database_url: str,
+) -> None:
+    """The second start waits for the lock while the first builds an index CONCURRENTLY,
+    which waits for every session holding a snapshot: waiting inside PostgreSQL for the lock
+    made the two a deadlock, and one of them failed."""
+    migrate(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v int)")
+    plan = [Migration(900, "slow", "SELECT pg_sleep(1.5)"), _build_unique_index(901)]
+    outcomes: list[object] = []
+
+    def start() -> None:
+        try:
+            outcomes.append(migrate(empty_database_url, plan))
+        except psycopg.Error as exc:
+            outcomes.append(exc)
+
+    first, second = threading.Thread(target=start), threading.Thread(target=start)
+    first.start()
+    time.sleep(0.5)  # the first holds the lock, sleeping in 900
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert len(outcomes) == 2 and [900, 901] in outcomes and [] in outcomes, outcomes
+    assert _index_valid(empty_database_url, "t_v") is True
 
 
 def test_namespace_tables_lead_with_ns_id(database_url: str) -> None:
