@@ -202,17 +202,34 @@ def test_invalid_json_is_422(call: Caller, alice: Principal, raw: str) -> None:
         ("/v1/share", {"path": "/docs", "email": "a\u0000@b.c", "access": "editor"}),
         ("/v1/metadata", {"file_id": "id:\u0000"}),
         ("/v1/commit", _commit_body("/a.txt", b"x", None, idempotency_key="k\u0000")),
+        ("/v1/commit", _commit_body("/a\ud800b.txt", b"x", None)),
+        ("/v1/share", {"path": "/docs", "email": "a\udfff@b.c", "access": "editor"}),
+        ("/v1/commit", _commit_body("/a.txt", b"x", None, idempotency_key="k\udc80")),
     ],
-    ids=["share-email", "file-id", "idempotency-key"],
+    ids=[
+        "share-email",
+        "file-id",
+        "idempotency-key",
+        "path-surrogate",
+        "email-surrogate",
+        "key-surrogate",
+    ],
 )
-def test_nul_in_any_text_is_422_not_500(
+def test_nul_or_a_lone_surrogate_in_any_text_is_422_not_500(
     call: Caller, alice: Principal, route: str, body: dict[str, object]
 ) -> None:
-    """PostgreSQL text cannot hold NUL: the value reached psycopg and failed there (500)."""
+    """PostgreSQL text holds neither: the value reached psycopg (or the path's UTF-8 length
+    check) and failed there (500)."""
     status, out, _ = call("POST", route, body, alice)
     assert status == 422, out
     assert out["error"]["code"] == "invalid"
     assert "NUL" in out["error"]["message"]
+
+
+def test_a_surrogate_pair_is_one_character_and_welcome(call: Caller, alice: Principal) -> None:
+    status, out, _ = call("POST", "/v1/create_folder", {"path": "/\U0001f600"}, alice)
+    assert status == 200, out
+    assert out["path_display"] == "/\U0001f600"
 
 
 def test_a_body_that_is_not_utf8_is_422(services: Services, alice: Principal) -> None:

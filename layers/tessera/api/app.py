@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from functools import cache
 from typing import Any
 
@@ -73,14 +74,18 @@ def _parse(route: Route, event: BaseProxyEvent) -> BaseModel | None:
     try:
         raw = event.decoded_body
         data = json.loads(raw) if raw else {}
-        # PostgreSQL text cannot hold NUL (psycopg raises DataError: a 500), and no name,
-        # id or email has one; JSON can only spell it as an escape, so only such bodies
-        # are walked
-        nul = raw is not None and "\\u0000" in raw and _has_nul(data)
+        # PostgreSQL text holds neither NUL nor a lone surrogate (psycopg raises: a 500),
+        # and no name, id or email has one; JSON can only spell them as escapes, so only
+        # such bodies are walked
+        unstorable = raw is not None and _MAY_BE_UNSTORABLE.search(raw) and _unstorable(data)
     except (ValueError, RecursionError) as exc:
         raise _BodyError("the body is not valid JSON in UTF-8, or is nested too deep", []) from exc
-    if nul:
-        raise _BodyError("body: text may not contain NUL characters (\\u0000)", [])
+    if unstorable:
+        raise _BodyError(
+            "body: text may not contain NUL characters (\\u0000)"
+            " or unpaired surrogates (\\ud800-\\udfff)",
+            [],
+        )
     try:
         return route.request.model_validate(data)
     except ValidationError as exc:
@@ -92,14 +97,27 @@ def _parse(route: Route, event: BaseProxyEvent) -> BaseModel | None:
         raise _BodyError(f"{first['field']}: {first['message']}", fields) from exc
 
 
-def _has_nul(value: object) -> bool:
+_MAY_BE_UNSTORABLE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # \u0000, \ud800-\udfff
+
+
+def _unstorable(value: object) -> bool:
+    """Whether any text in `value` holds NUL or a surrogate left unpaired (a pair decodes to
+    one character: only a lone one stays a surrogate, and UTF-8 cannot encode it)."""
     if isinstance(value, str):
-        return "\x00" in value
+        return "\x00" in value or (not value.isascii() and not _encodable(value))
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        return any(_unstorable(v) for v in value)
     return False
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _BodyError(Exception):
