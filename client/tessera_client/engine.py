@@ -104,6 +104,9 @@ class SyncEngine:
         self.allow_mass_delete = allow_mass_delete
         self._progress: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
+        # a move across a shared folder's edge, by the destination's path key: the source
+        # (path here, server entry) to delete once the destination's upload has landed
+        self._moved_from: dict[str, tuple[str, Entry]] = {}
         self.transfers = Transfers(
             api,
             self.fs,
@@ -322,6 +325,7 @@ class SyncEngine:
         stats = dict(scan.stats)
         hashed = scan.hashed_ns
         implied = _implied_folders(ops)
+        self._moved_from.clear()
         for op in ops:
             if result.disk_full and op.kind in (OpKind.DOWNLOAD, OpKind.CONFLICT):
                 continue
@@ -505,7 +509,7 @@ class SyncEngine:
             self.reporter.event(f"moved {op.src} -> {op.path}")
             return True
         if k == OpKind.MOVE_REMOTE:
-            return self._move_remote(op, stats, hashed)
+            return self._move_remote(op, stats, hashed, uploads, downloads)
         if k == OpKind.CREATE_FOLDER_LOCAL:
             self.fs.makedirs(op.path)
             st = self.fs.lstat(op.path)
@@ -638,7 +642,14 @@ class SyncEngine:
         self.state.delete_remote(op.path)
         return True
 
-    def _move_remote(self, op: Op, stats: dict[str, Stat], hashed: dict[str, int]) -> bool:
+    def _move_remote(
+        self,
+        op: Op,
+        stats: dict[str, Stat],
+        hashed: dict[str, int],
+        uploads: list[tuple[UploadItem, Entry | None]],
+        downloads: list[Op],
+    ) -> bool:
         assert op.remote is not None
         try:
             raw = self.api.call(
@@ -646,11 +657,14 @@ class SyncEngine:
             )
         except ApiError as e:
             if e.status == 422 and e.details.get("reason") == "across_namespaces":
-                # into or out of a shared folder: a move there is a delete of the source
-                # (if it is still the rev moved) and, next round, an upload of the
-                # destination as a new file; the source stays in the trash meanwhile
+                # into or out of a shared folder: the destination is uploaded as a new file,
+                # and the source deleted (if still the rev moved) only once that landed
+                # (`_after_upload`). Deleted first, an upload then refused (a read-only
+                # share, the quota) left the file on no server and no other device.
                 self.reporter.event(f"{op.src} -> {op.path} crosses a shared folder")
-                return self._delete_remote_file(op.src, op.remote)
+                self._moved_from[path_key(op.path)] = (op.src, op.remote)
+                upload = Op(OpKind.UPLOAD, op.path, local=op.local)
+                return self._run_op(upload, stats, hashed, uploads, downloads)
             if e.status in (409, 422, 404) or _read_only(e):
                 # cannot move there: forget the old pairing; the next round restores or
                 # uploads each side on its own (nothing is lost)
@@ -713,15 +727,24 @@ class SyncEngine:
         size, a bad request) is a problem, not work done: counted as work, it made every
         round start the next at once, for ever."""
         path = r.item.path
+        source = self._moved_from.pop(path_key(path), None)
         if r.entry is not None:
             ids = [b.id for b in r.item.manifest.blocks]
             self._record_file(path, r.entry, r.item.stat, ids, r.item.hashed_ns)
             self.reporter.event(f"uploaded {path}")
             result.ops += 1
+            if source is not None:  # the moved file is safe at its destination
+                delete = Op(OpKind.DELETE_REMOTE, source[0], remote=source[1])
+                self._guarded(delete, result, lambda: self._delete_remote_file(*source))
             return
         if r.error is None:
             result.ops += 1  # the file changed while uploading: the next round sends it
             return
+        if source is not None:
+            # the move did not land: the source stays on the server, and the next round
+            # brings it back here rather than read it as deleted
+            self.state.delete_base(source[0])
+            self.reporter.event(f"kept {source[0]} on the server: its move to {path} was refused")
         if r.status == 409 or _read_only(r.error):
             result.ops += 1
             # guarded like any step: runs from the upload's callback, where an error would end

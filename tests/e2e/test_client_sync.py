@@ -403,6 +403,33 @@ def test_a_file_moved_into_or_out_of_a_shared_folder_moves_not_copies(
     assert {"/notes.txt", "/Team/spec.md"} <= trash
 
 
+def test_a_file_moved_into_a_read_only_share_stays_on_the_server(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """The server refuses the move (422: across a shared folder's edge), then the upload
+    into the viewer's share (403). The client deleted the source before the upload was
+    refused: the file was gone from the server and every other device."""
+    owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/spec.md", "x")
+    laptop = make_device(devices, tmp_path, inproc_cloud, "laptop", viewer.email)
+    viewer.write("notes.txt", "the viewer's notes")
+    viewer.sync()
+    laptop.sync()
+
+    (viewer.folder / "notes.txt").rename(viewer.folder / "Team" / "notes.txt")
+    viewer.sync()
+    viewer.sync()
+    laptop.sync()
+    owner.sync()
+
+    assert (viewer.folder / "notes.txt").read_text() == "the viewer's notes"
+    [c] = viewer.json("conflicts")
+    assert c["local_only"] and c["original"] == "Team/notes.txt"
+    assert (viewer.folder / c["path"]).read_text() == "the viewer's notes"
+    assert (laptop.folder / "notes.txt").read_text() == "the viewer's notes"
+    assert not viewer.json("trash")
+    assert "Team/notes.txt" not in snapshot(owner.folder)
+
+
 def test_undelete_by_id_reaches_either_of_two_files_deleted_at_one_path(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
