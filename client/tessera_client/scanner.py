@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tessera.blocks import FileChangedError, FileManifest, scan_file
@@ -64,6 +65,23 @@ def _is_synced(synced: Entry | None, path: str, here: Entry | Stat) -> bool:
     if synced is None:
         return False
     return synced.path == path or (synced.inode != 0 and synced.inode == here.inode)
+
+
+def _synced_first(
+    folder: str, base: dict[str, Entry]
+) -> Callable[[tuple[str, Stat]], tuple[str, bool, str]]:
+    """The order a folder's listing is walked in: by path key, and of two spellings of one
+    key the synced one first, so it is the one kept. By name alone, a new `Docs` sorted
+    before the synced `docs` and was kept in its place: its files were sent as new versions
+    of the synced ones, and the synced folder was renamed on the server."""
+
+    def order(item: tuple[str, Stat]) -> tuple[str, bool, str]:
+        name, st = item
+        rel = f"{folder}/{name}" if folder else name
+        key = path_key(rel)
+        return key, not _is_synced(base.get(key), rel, st), name
+
+    return order
 
 
 # A download killed midway leaves its temp file behind (ignored, so never synced). Like
@@ -118,7 +136,7 @@ class Scanner:
         while stack:
             folder = stack.pop()
             try:
-                entries = sorted(self.fs.scandir(folder))
+                entries = sorted(self.fs.scandir(folder), key=_synced_first(folder, base))
             except OSError as e:
                 out.skipped.append((folder or ".", f"cannot list folder: {e.strerror or e}"))
                 out.unseen.add(path_key(folder))

@@ -53,6 +53,23 @@ def test_a_folder_renamed_in_case_only_follows_with_its_files(
     assert snapshot(a.folder) == snapshot(b.folder) == {"Docs": None, "Docs/a.txt": b"a"}
 
 
+def test_a_new_folder_spelled_like_a_synced_one_changes_nothing_elsewhere(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """An unrelated `Docs` (unzipped, copied in) next to the synced `docs` sorted first and
+    was taken for it: its `a.txt` became a new version of the synced one on every device,
+    and the synced folder was renamed `Docs` on the server."""
+    a, b = engines
+    _synced_docs(a, b, {"a.txt": "synced"})
+    (a.folder / "Docs").mkdir()
+    (a.folder / "Docs" / "a.txt").write_text("unrelated")
+    assert a.run_once().ops == 0  # `Docs` is skipped (name clash): nothing to send
+    b.run_once()
+    assert snapshot(b.folder) == {"docs": None, "docs/a.txt": b"synced"}
+    assert (a.folder / "Docs" / "a.txt").read_text() == "unrelated"
+    assert (a.folder / "docs" / "a.txt").read_text() == "synced"
+
+
 @pytest.mark.parametrize("new_name", ["Docs", "papers"])
 def test_the_daemons_round_after_a_folder_move_pulls_before_it_plans(
     engines: tuple[SyncEngine, SyncEngine], new_name: str

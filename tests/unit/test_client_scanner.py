@@ -85,17 +85,22 @@ def test_a_clash_without_the_synced_spelling_sends_no_other_files_content(
         assert scan.left_alone("notes.txt", "Notes.txt", is_dir=False)
 
 
-def test_the_files_of_a_clashing_folder_are_left_alone(tmp_path: Path) -> None:
-    """A second spelling of a synced folder is skipped, and the synced files in it are
-    not taken for deleted (they were deleted on the server)."""
+def test_a_new_spelling_of_a_synced_folder_is_skipped_not_taken_for_it(tmp_path: Path) -> None:
+    """`Docs` sorts before the synced `docs`, and was kept in its place: its `a.txt` was
+    sent as a new version of the synced one, and the synced folder renamed on the server.
+    The synced spelling is kept; the new one is skipped, and nothing in it is synced."""
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "a.txt").write_text("a")
+    (tmp_path / "docs" / "a.txt").write_text("synced")
     scanner = _scanner(tmp_path)
     base = dict(scanner.scan({}).tree)
-    (tmp_path / "Docs").mkdir()  # sorts first: kept
+    (tmp_path / "Docs").mkdir()
+    (tmp_path / "Docs" / "a.txt").write_text("unrelated")
+    (tmp_path / "Docs" / "b.txt").write_text("unrelated too")
     scan = scanner.scan(base)
-    assert scan.tree["docs"].path == "Docs" and "docs/a.txt" not in scan.tree
-    assert scan.left_alone("docs/a.txt", "docs/a.txt", is_dir=False)
+    assert scan.tree["docs"].path == "docs"
+    assert scan.tree["docs/a.txt"].content_hash == base["docs/a.txt"].content_hash
+    assert "docs/b.txt" not in scan.tree
+    assert [path for path, _ in scan.skipped] == ["Docs"]
 
 
 def test_unchanged_files_are_not_rehashed(tmp_path: Path) -> None:
