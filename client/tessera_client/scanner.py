@@ -38,8 +38,9 @@ class LocalScan:
     stats: dict[str, Stat] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unstable: list[str] = field(default_factory=list)
-    #: path keys of what is there but this pass did not look at (skipped entries, folders
-    #: it could not list: everything below them too). Absent from `tree`, they are not gone.
+    #: path keys of what is there but this pass did not look at (ignored or skipped
+    #: entries, folders it could not list: everything below them too). Absent from `tree`,
+    #: they are not gone.
     unseen: set[str] = field(default_factory=set)
     #: the ignore rules this pass applied
     rules: IgnoreRules = field(default_factory=IgnoreRules)
@@ -151,6 +152,9 @@ class Scanner:
                     if st.kind == Kind.FILE and _stale_temp(name, st, now_ns):
                         with contextlib.suppress(OSError):  # gone, or not ours to remove
                             self.fs.remove(rel)
+                    # by key: the rules match this spelling, and another device may have
+                    # renamed the synced file in case only, a spelling they do not match
+                    out.unseen.add(path_key(rel))
                     continue
                 key = path_key(rel)
                 if exclude and key in exclude:

@@ -53,6 +53,27 @@ def test_a_synced_file_that_becomes_ignored_stays_on_every_device(
     assert (b.folder / "data.log").read_text() == "B's edit, ignored from now on"
 
 
+def test_an_ignored_file_renamed_in_case_elsewhere_is_not_deleted(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """B ignores `*.log`; A renames the synced `notes.log` to `Notes.LOG`, a spelling the
+    rule does not match (rules are case-sensitive): B read the file's absence from its scan
+    as a delete, and deleted it on the server and on A."""
+    a, b = _pair(inproc_cloud, devices, tmp_path)
+    a.write("notes.log", "v1")
+    a.sync()
+    b.sync()
+    b.write(".tesseraignore", "*.log\n")
+    b.sync()
+    (a.folder / "notes.log").rename(a.folder / "Notes.LOG")
+    a.sync()
+    b.sync()
+    a.sync()
+    assert (a.folder / "Notes.LOG").read_text() == "v1"
+    assert (b.folder / "notes.log").read_text() == "v1"
+    assert not a.json("trash")
+
+
 def test_a_skipped_name_is_not_deleted_elsewhere(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:

@@ -37,7 +37,16 @@ def test_scan_reports_symlinks_clashes_and_non_nfc_names(tmp_path: Path) -> None
     assert "NFC" in reasons["cafe\u0301.txt"]
     assert scan.tree["sub"].kind == EntryKind.FOLDER
     # what it did not look at is not gone: not to be synced either way
-    assert scan.unseen == {"link", "caf\u00e9.txt", "a.txt"}  # a clash: "a.txt" is not gone
+    # a clash: "a.txt" is not gone; ignored entries by key, whatever the spelling
+    assert scan.unseen == {
+        "link",
+        "caf\u00e9.txt",
+        "a.txt",
+        "debug.log",
+        ".ds_store",
+        ".tesseraignore",
+    }
+    assert scan.left_alone("debug.log", "DEBUG.LOG", is_dir=False)
     for path in ["link", "link/inside.txt", "caf\u00e9.txt", "debug.log", ".DS_Store"]:
         assert scan.left_alone(path, path, is_dir=False), path
     for path in ["gone.txt", "sub/gone.txt"]:
