@@ -60,7 +60,10 @@ from tessera_client.transfer import (
 
 LARGE_FILE = 8 * 1024 * 1024
 FILE_WORKERS = 4  # files downloaded at once (each also fetches its blocks in parallel)
-DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be written
+DISK_FULL_WAIT_S = 30.0
+# Left in a synced folder that holds something: its absence with nothing else marks a folder
+# that is not the one synced (an empty mount point), not one the user emptied.
+FOLDER_MARKER = ".tessera-folder"  # the daemon's pause when its state database cannot be written
 Fetched = tuple[FileEntry, Stat, list[str]]
 
 
@@ -265,7 +268,10 @@ class SyncEngine:
                 remote.pop(key, None)
                 base.pop(key, None)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
-        ops = self._mass_delete_gate(the_plan, base, result)
+        emptied = not scan.tree and not self.fs.exists(FOLDER_MARKER)
+        ops = self._mass_delete_gate(the_plan, base, result, emptied=emptied)
+        if not result.paused_deletes and scan.tree and not self.fs.exists(FOLDER_MARKER):
+            self._mark_folder()
         self._execute(ops, scan, result)
         self.state.set_meta("last_sync", str(time.time()))
         return result
@@ -291,14 +297,23 @@ class SyncEngine:
                     )
 
     def _mass_delete_gate(
-        self, the_plan: Plan, base: dict[str, Entry], result: RoundResult
+        self, the_plan: Plan, base: dict[str, Entry], result: RoundResult, *, emptied: bool
     ) -> list[Op]:
+        """The plan's operations, less its deletions when they are too many to be sure of
+        (paused until `--allow-mass-delete`). `emptied`: the folder holds nothing to sync,
+        nor the marker (`FOLDER_MARKER`) a round leaves in a folder that does. That pauses
+        any deletion, however few files: it is what a drive not mounted under the synced
+        folder looks like (its empty mount point), and below the thresholds it deleted every
+        file on the server and the other devices. A folder the user emptied keeps the hidden
+        marker, so its deletions go as usual."""
         deletes = the_plan.deletes
         files = sum(1 for e in base.values() if e.is_file)
         s = self.settings
         mass = deletes > s.mass_delete_files or (
             deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
         )
+        emptied = emptied and deletes > 0
+        mass = mass or emptied
         if not mass or self.allow_mass_delete:
             if mass:  # approved once, for this deletion: a daemon's next one pauses again
                 self.allow_mass_delete = False
@@ -306,8 +321,13 @@ class SyncEngine:
                 self.state.set_meta("paused_deletes", None)
             return the_plan.ops
         result.paused_deletes = deletes
+        why = (
+            f"{self.folder} is empty (is the drive holding it mounted?)"
+            if emptied
+            else f"this would delete {deletes} of {files} files"
+        )
         result.problems.append(
-            f"paused: this would delete {deletes} of {files} files; if that is intended, run "
+            f"paused: {why}; if deleting them everywhere is intended, run "
             "`tessera sync --allow-mass-delete`"
         )
         self.state.set_meta("paused_deletes", str(deletes))
@@ -318,6 +338,12 @@ class SyncEngine:
             OpKind.DELETE_FOLDER_REMOTE,
         )
         return [op for op in the_plan.ops if op.kind not in held]
+
+    def _mark_folder(self) -> None:
+        """Leave `FOLDER_MARKER` in the folder (ignored, never synced: `.tessera*`)."""
+        temp, handle = self.fs.create_temp("")
+        handle.close()
+        self.fs.rename(temp, FOLDER_MARKER)
 
     def _execute(self, ops: list[Op], scan: LocalScan, result: RoundResult) -> None:
         uploads: list[tuple[UploadItem, Entry | None]] = []

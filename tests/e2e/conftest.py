@@ -26,7 +26,7 @@ import pytest
 from tessera_client.api import Api, RetryPolicy
 from tessera_client.api import sign_in as client_sign_in
 from tessera_client.config import Home
-from tessera_client.engine import SyncEngine
+from tessera_client.engine import FOLDER_MARKER, SyncEngine
 
 PASSWORD = "correct horse battery"
 _users = itertools.count(1)
@@ -39,11 +39,13 @@ def tessera_cmd(*args: str) -> list[str]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every file (bytes) and folder (None) under `folder`, by relative path."""
+    """Every file (bytes) and folder (None) under `folder`, by relative path, but the
+    client's marker of a synced folder (`FOLDER_MARKER`)."""
     out: dict[str, bytes | None] = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder).as_posix()
-        out[rel] = None if p.is_dir() else p.read_bytes()
+        if rel != FOLDER_MARKER:
+            out[rel] = None if p.is_dir() else p.read_bytes()
     return out
 
 

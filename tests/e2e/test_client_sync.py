@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tessera_client.config import Home
-from tessera_client.engine import SyncEngine
+from tessera_client.engine import FOLDER_MARKER, SyncEngine
 from tests.e2e.conftest import (
     Cloud,
     Device,
@@ -341,6 +341,36 @@ def test_an_approved_mass_delete_approves_only_that_one(
         (a.folder / f"f{i:02}.txt").unlink()
     second = a.run_once()
     assert second.paused_deletes == 12 and len(a.state.base_tree()) == 12
+
+
+def test_an_empty_mount_point_pauses_even_a_few_deletes(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A drive not mounted under the synced folder leaves its mount point empty: below the
+    mass-delete thresholds, every file was deleted on the server and the other device. A
+    folder the user emptied still holds the hidden marker, and its deletions go."""
+    a, b = engines
+    for name in ("a.txt", "b.txt"):
+        (a.folder / name).write_text(name)
+    a.run_once()
+    b.run_once()
+    assert (a.folder / FOLDER_MARKER).is_file()
+
+    (b.folder / "a.txt").unlink()  # emptied by its user: the marker stays
+    (b.folder / "b.txt").unlink()
+    assert b.run_once().paused_deletes == 0
+    a.run_once()
+    assert snapshot(a.folder) == {}
+
+    (a.folder / "c.txt").write_text("c")
+    a.run_once()
+    b.run_once()
+    for entry in a.folder.iterdir():  # the drive is unmounted: nothing at all is left
+        entry.unlink()
+    paused = a.run_once()
+    assert paused.paused_deletes == 1 and "is the drive" in paused.problems[0], paused
+    b.run_once()
+    assert snapshot(b.folder) == {"c.txt": b"c"}
 
 
 def test_a_403_that_is_not_a_viewers_refusal_undoes_nothing(

@@ -10,7 +10,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +21,7 @@ import pytest
 from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
 from tessera_client.api import Api, RetryPolicy
 from tessera_client.config import Home, Settings, Tokens
-from tessera_client.engine import SyncEngine
+from tessera_client.engine import FOLDER_MARKER, SyncEngine
 from tessera_client.fs import TEMP_PREFIX, DiskFullError, FakeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.reporting import RoundResult, SyncError
@@ -211,6 +211,11 @@ def _outside_files(tmp_path: Path) -> list[str]:
     )
 
 
+def _theirs(paths: Iterable[Path]) -> list[Path]:
+    """`paths` but the client's own marker of a synced folder."""
+    return [p for p in paths if p.name != FOLDER_MARKER]
+
+
 def test_traversal_and_absolute_paths_never_touch_the_disk(tmp_path: Path, evil: Evil) -> None:
     bad = ["/../escape.txt", "/a/../../escape2.txt", "/C:/x.txt", "//etc/x.txt", "/a\\..\\b.txt"]
     bad += ["/nul\x00.txt", "/../"]
@@ -222,7 +227,7 @@ def test_traversal_and_absolute_paths_never_touch_the_disk(tmp_path: Path, evil:
     engine.close()
     folder = tmp_path / "root" / "sync"
     assert (folder / "ok.txt").read_bytes() == b"fine"
-    assert sorted(p.name for p in folder.rglob("*")) == ["ok.txt"]
+    assert sorted(p.name for p in _theirs(folder.rglob("*"))) == ["ok.txt"]
     assert _outside_files(tmp_path) == []
     assert not result.problems or all("escape" not in p for p in result.problems)
 
@@ -241,7 +246,7 @@ def test_an_answer_that_does_not_fit_fails_alone(tmp_path: Path, evil: Evil) -> 
     result = engine.run_once()
     engine.close()
     folder = tmp_path / "root" / "sync"
-    assert sorted(p.name for p in folder.iterdir()) == ["ok.txt"]
+    assert sorted(p.name for p in _theirs(folder.iterdir())) == ["ok.txt"]
     reported = problems + result.problems
     assert any("listed-badly.txt" in p and "does not fit" in p for p in reported), reported
     assert any("served-badly.txt" in p and "does not fit" in p for p in reported), reported
@@ -259,7 +264,7 @@ def test_a_block_url_that_cannot_be_sent_fails_its_file_alone(tmp_path: Path, ev
     result = engine.run_once()
     engine.close()
     folder = tmp_path / "root" / "sync"
-    assert sorted(p.name for p in folder.iterdir()) == ["ok.txt"]
+    assert sorted(p.name for p in _theirs(folder.iterdir())) == ["ok.txt"]
     assert any("bad-port.txt" in p and "99999" in p for p in result.problems), result
     assert any("bad-header.txt" in p and "control character" in p for p in result.problems)
 
@@ -372,7 +377,7 @@ def test_a_full_disk_under_the_state_database_pauses_the_sync_and_loses_nothing(
     result = engine.run_once()
     engine.close()
     assert result.problems == [] and not result.disk_full
-    assert sorted(p.name for p in folder.iterdir()) == sorted(p[1:] for p in files)
+    assert sorted(p.name for p in _theirs(folder.iterdir())) == sorted(p[1:] for p in files)
 
 
 def test_the_daemon_waits_out_a_full_disk_under_its_state_database(
