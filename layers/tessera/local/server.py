@@ -50,6 +50,7 @@ class _DeadlineH11(H11Protocol):
         self._send_idle_s = send_idle_s
         self._deadline: asyncio.TimerHandle | None = None
         self._armed_for: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
+        self._awaited_continue = False  # the client still waited for 100 Continue last time
         self._send_deadline: asyncio.TimerHandle | None = None
 
     def _arm(self, state: type[h11.IDLE] | type[h11.SEND_BODY]) -> None:
@@ -57,6 +58,7 @@ class _DeadlineH11(H11Protocol):
         seconds = self._head_timeout_s if state is h11.IDLE else self._body_idle_s
         self._deadline = self.loop.call_later(seconds, self._deadline_passed)
         self._armed_for = state
+        self._awaited_continue = False
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -67,10 +69,17 @@ class _DeadlineH11(H11Protocol):
         state, self._deadline, self._armed_for = self._armed_for, None, None
         if self.transport.is_closing():
             return
-        if state is h11.SEND_BODY and (self.flow.read_paused or self._continue_unsent()):
+        held_back = self._continue_unsent()
+        if state is h11.SEND_BODY and (
+            self.flow.read_paused or held_back or self._awaited_continue
+        ):
             # the app has not taken what it was sent, or not yet asked for the body the
-            # client holds back until it is told to go on: the stall is ours, not the client's
+            # client holds back until it is told to go on: the stall is ours, not the
+            # client's. Nor is it when the 100 Continue went out during this window: the
+            # client's whole window starts from it (cut here, a body sent a moment after
+            # the 100 met a closed connection)
             self._arm(h11.SEND_BODY)
+            self._awaited_continue = held_back
             return
         self.transport.close()  # the app, if it is reading the body, sees a disconnect
 
