@@ -535,7 +535,10 @@ class SyncEngine:
             self.reporter.event(f"moved {op.src} -> {op.path}")
             return True
         if k == OpKind.MOVE_REMOTE:
-            return self._move_remote(op, stats, hashed, uploads, downloads)
+            run = partial(
+                self._run_op, stats=stats, hashed=hashed, uploads=uploads, downloads=downloads
+            )
+            return self._move_remote(op, stats, hashed, run)
         if k == OpKind.CREATE_FOLDER_LOCAL:
             self.fs.makedirs(op.path)
             st = self.fs.lstat(op.path)
@@ -669,13 +672,10 @@ class SyncEngine:
         return True
 
     def _move_remote(
-        self,
-        op: Op,
-        stats: dict[str, Stat],
-        hashed: dict[str, int],
-        uploads: list[tuple[UploadItem, Entry | None]],
-        downloads: list[Op],
+        self, op: Op, stats: dict[str, Stat], hashed: dict[str, int], run: Callable[[Op], bool]
     ) -> bool:
+        """`/v1/move` of a file moved here; `run` runs another operation in this round (the
+        upload a move across a shared folder's edge turns into)."""
         assert op.remote is not None
         try:
             raw = self.api.call(
@@ -689,8 +689,7 @@ class SyncEngine:
                 # share, the quota) left the file on no server and no other device.
                 self.reporter.event(f"{op.src} -> {op.path} crosses a shared folder")
                 self._moved_from[path_key(op.path)] = (op.src, op.remote)
-                upload = Op(OpKind.UPLOAD, op.path, local=op.local)
-                return self._run_op(upload, stats, hashed, uploads, downloads)
+                return run(Op(OpKind.UPLOAD, op.path, local=op.local))
             if e.status in (409, 422, 404) or _read_only(e):
                 # cannot move there: forget the old pairing; the next round restores or
                 # uploads each side on its own (nothing is lost)
