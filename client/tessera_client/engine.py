@@ -340,10 +340,12 @@ class SyncEngine:
         return [op for op in the_plan.ops if op.kind not in held]
 
     def _mark_folder(self) -> None:
-        """Leave `FOLDER_MARKER` in the folder (ignored, never synced: `.tessera*`)."""
-        temp, handle = self.fs.create_temp("")
-        handle.close()
-        self.fs.rename(temp, FOLDER_MARKER)
+        """Leave `FOLDER_MARKER` in the folder (ignored, never synced: `.tessera*`). Best
+        effort: without it, only the emptied folder's pause is stricter (any deletion)."""
+        with contextlib.suppress(OSError):  # a read-only folder, a full disk
+            temp, handle = self.fs.create_temp("")
+            handle.close()
+            self.fs.rename(temp, FOLDER_MARKER)
 
     def _execute(self, ops: list[Op], scan: LocalScan, result: RoundResult) -> None:
         uploads: list[tuple[UploadItem, Entry | None]] = []
