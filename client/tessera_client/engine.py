@@ -60,10 +60,10 @@ from tessera_client.transfer import (
 
 LARGE_FILE = 8 * 1024 * 1024
 FILE_WORKERS = 4  # files downloaded at once (each also fetches its blocks in parallel)
-DISK_FULL_WAIT_S = 30.0
+DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be written
 # Left in a synced folder that holds something: its absence with nothing else marks a folder
 # that is not the one synced (an empty mount point), not one the user emptied.
-FOLDER_MARKER = ".tessera-folder"  # the daemon's pause when its state database cannot be written
+FOLDER_MARKER = ".tessera-folder"
 Fetched = tuple[FileEntry, Stat, list[str]]
 
 
@@ -268,9 +268,9 @@ class SyncEngine:
                 remote.pop(key, None)
                 base.pop(key, None)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
-        emptied = not scan.tree and not self.fs.exists(FOLDER_MARKER)
-        ops = self._mass_delete_gate(the_plan, base, result, emptied=emptied)
-        if not result.paused_deletes and scan.tree and not self.fs.exists(FOLDER_MARKER):
+        marked = self.fs.exists(FOLDER_MARKER)
+        ops = self._mass_delete_gate(the_plan, base, result, emptied=not scan.tree and not marked)
+        if not result.paused_deletes and scan.tree and not marked:
             self._mark_folder()
         self._execute(ops, scan, result)
         self.state.set_meta("last_sync", str(time.time()))
