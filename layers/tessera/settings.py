@@ -30,6 +30,10 @@ class Settings:
     max_block_size: int = 4 * MIB
     max_stored_block_size: int = 4 * MIB + 64 * 1024
     max_blocks_per_request: int = 10_000
+    # A longer list comes in parts (POST /v1/uploads/blocks). FastCDC cuts no block below
+    # 256 KiB but a file's last, so a 50 GiB file has at most 204,801; the cap bounds the
+    # rows a client cutting smaller could make one file cost.
+    max_blocks_per_file: int = 262_144
     max_file_size: int = 50 * 1024 * MIB
     max_files_per_upload: int = 1_000
     max_commits_per_batch: int = 1_000

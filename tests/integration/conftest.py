@@ -32,6 +32,7 @@ from tessera.adapters.local import FilesystemBlockStore, KeyFileKeyService, Post
 from tessera.blocks import block_id, content_hash, decode_block, encode_block
 from tessera.domain import commits, files, uploads
 from tessera.domain.models import (
+    BlockKey,
     BlockSpec,
     CommitRequest,
     DownloadRequest,
@@ -210,17 +211,32 @@ def upload_blocks(
         blocks=[BlockSpec(id=i, size=len(c)) for i, c in zip(ids, chunks, strict=True)],
     )
     started = uploads.start_upload(svc, who, UploadStartRequest(files=[spec]))
-    by_id = dict(zip(ids, chunks, strict=True))
+    send_needed(svc, who, started.upload_id, started.needed, chunks, put=put)
+    return started.upload_id
+
+
+def send_needed(
+    svc: Services,
+    who: Principal,
+    upload_id: str,
+    needed: list[BlockKey],
+    chunks: list[bytes],
+    *,
+    put: bool = True,
+) -> None:
+    """Encode the `needed` blocks among `chunks` under their keys, ask for their PUT URLs
+    and (with `put`) PUT them into the block store."""
+    by_id = {block_id(c): c for c in chunks}
     encoded = {
         n.id: bytes(encode_block(by_id[n.id], n.id, base64.b64decode(n.key), n.key_version))
-        for n in started.needed
+        for n in needed
     }
     if encoded:
         urls = uploads.upload_urls(
             svc,
             who,
             UploadUrlsRequest(
-                upload_id=started.upload_id,
+                upload_id=upload_id,
                 blocks=[
                     UploadUrlBlock(
                         id=i,
@@ -234,7 +250,6 @@ def upload_blocks(
         if put:
             for u in urls.urls:
                 store_put(svc, u.url, encoded[u.id], u.headers)
-    return started.upload_id
 
 
 def commit_request(

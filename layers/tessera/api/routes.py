@@ -53,6 +53,15 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST",
+        "/v1/uploads/blocks",
+        "Append part of a long file's block list: which of its blocks to send",
+        m.UploadBlocksRequest,
+        m.UploadBlocksResponse,
+        uploads.append_blocks,
+        (401, 403, 404, 409, 413, 422),
+    ),
+    Route(
+        "POST",
         "/v1/uploads/urls",
         "Presigned PUTs for encoded blocks",
         m.UploadUrlsRequest,

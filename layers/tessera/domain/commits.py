@@ -26,6 +26,7 @@ from tessera.domain.errors import (
 )
 from tessera.domain.idempotency import first_answer, request_hash
 from tessera.domain.models import (
+    BlockSpec,
     CommitBatchItem,
     CommitBatchRequest,
     CommitBatchResponse,
@@ -60,15 +61,43 @@ from tessera.ports import BlockStore, ChangeEvent, Principal
 from tessera.settings import Settings
 
 
+def check_file_size(settings: Settings, size: int, what: str) -> None:
+    """413 for a file over the size limit."""
+    if size > settings.max_file_size:
+        raise PayloadTooLarge(f"{what} is larger than {settings.max_file_size} bytes")
+
+
+def with_block_list(svc: Services, user_id: str, req: CommitRequest) -> CommitRequest:
+    """The commit with its block list: the request's own (at most a request's worth), or
+    the one its upload session holds for the path (appended in parts). That list is only
+    read here; `check_block_list` then holds it to the commit's size and content hash."""
+    if req.blocks is not None:
+        if len(req.blocks) > svc.settings.max_blocks_per_request:
+            raise PayloadTooLarge(
+                f"a commit carries at most {svc.settings.max_blocks_per_request} blocks; send a"
+                " longer list in parts (blocks: null, with the upload session holding it)"
+            )
+        return req
+    if req.upload_id is None:
+        raise Unprocessable("a commit without blocks names the upload session that holds them")
+    path = paths.canonical(req.path)
+    with svc.db.transaction() as store:
+        listed = store.session_file_blocks(req.upload_id, user_id, paths.path_key(path))
+    if listed is None:
+        raise NotFound(f"upload session {req.upload_id!r} holds no block list for {path!r}")
+    # from the database, checked when appended: no need to validate 200,000 models again
+    blocks = [BlockSpec.model_construct(id=bid, size=size) for bid, size in listed]
+    return req.model_copy(update={"blocks": blocks})
+
+
 def check_block_list(
     settings: Settings, size: int, digest: str, blocks: list[tuple[str, int]], what: str
 ) -> None:
     """Limits (413) and consistency (422) of a declared file: its blocks add up to `size`
     and hash to `digest`."""
-    if size > settings.max_file_size:
-        raise PayloadTooLarge(f"{what} is larger than {settings.max_file_size} bytes")
-    if len(blocks) > settings.max_blocks_per_request:
-        raise PayloadTooLarge(f"{what} has more than {settings.max_blocks_per_request} blocks")
+    check_file_size(settings, size, what)
+    if len(blocks) > settings.max_blocks_per_file:
+        raise PayloadTooLarge(f"{what} has more than {settings.max_blocks_per_file} blocks")
     for bid, bsize in blocks:
         if bsize > settings.max_block_size:
             raise PayloadTooLarge(
@@ -191,7 +220,8 @@ def _check_blocks(
             blocks=never[:20],
         )
     known = {i: r.size for i, r in readable.items()} | {i: r.size for i, r in session_rows.items()}
-    for b in req.blocks:
+    blocks = _block_list(req)
+    for b in blocks:
         if known[b.id] != b.size:
             raise Unprocessable(f"block {b.id} has size {known[b.id]}, not {b.size}")
     # a block readable only through an unverified staged copy stays tied to that copy:
@@ -199,11 +229,11 @@ def _check_blocks(
     staged_key: dict[str, str | None] = {i: r.staged_key for i, r in readable.items()}
     staged_key |= {i: r.staged_key for i, r in session_rows.items()}
     counts: dict[str, int] = {}
-    for b in req.blocks:
+    for b in blocks:
         counts[b.id] = counts.get(b.id, 0) + 1
     key_version = {i: r.key_version for i, r in session_rows.items()}
     return _Blocks(
-        ordered=[(b.id, b.size, staged_key[b.id]) for b in req.blocks],
+        ordered=[(b.id, b.size, staged_key[b.id]) for b in blocks],
         refs=[(i, known[i], key_version.get(i, 0), n) for i, n in counts.items()],
         staged_now=list(session_rows),
     )
@@ -390,7 +420,11 @@ def _target(svc: Services, view: View, req: CommitRequest) -> _Target:
     path, and write access there."""
     path = paths.canonical(req.path)
     check_block_list(
-        svc.settings, req.size, req.content_hash, [(b.id, b.size) for b in req.blocks], path
+        svc.settings,
+        req.size,
+        req.content_hash,
+        [(b.id, b.size) for b in _block_list(req)],
+        path,
     )
     mount, rel = view.resolve(path)
     if rel == paths.ROOT:
@@ -542,6 +576,7 @@ def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry
     For a caller without shared folders, every path is in their root namespace, so the
     view's statement also takes that namespace and reads what the commit checks
     (`Store.view_for_commit`): one round trip less than resolving the path first."""
+    req = with_block_list(svc, principal.user_id, req)
     path = paths.canonical(req.path)
     ids = _block_ids(req)
     root_reads: list[CommitReads] = []
@@ -573,7 +608,13 @@ def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry
 
 def _block_ids(req: CommitRequest) -> list[str]:
     """The request's distinct block ids, in order."""
-    return list(dict.fromkeys(b.id for b in req.blocks))
+    return list(dict.fromkeys(b.id for b in _block_list(req)))
+
+
+def _block_list(req: CommitRequest) -> list[BlockSpec]:
+    """The blocks of a commit that `with_block_list` has filled in."""
+    assert req.blocks is not None, "with_block_list fills in the list first"
+    return req.blocks
 
 
 def _batch_sessions(
@@ -621,13 +662,22 @@ def commit_batch(
     before any statement (`_target`: path, block list, access) costs no rerun at all."""
     if len(req.entries) > svc.settings.max_commits_per_batch:
         raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
+    entries: list[CommitRequest] = []
+    refused: dict[int, TesseraError] = {}  # before any statement of the batch's transaction
+    for i, entry in enumerate(req.entries):
+        try:
+            entries.append(with_block_list(svc, principal.user_id, entry))
+        except TesseraError as exc:
+            refused[i] = exc
+            entries.append(entry)
+    req = req.model_copy(update={"entries": entries})
     staged = _StagedSizes(svc.block_store)
     failed: set[int] = set()
     while True:
         every = len(failed) >= _FAILURES_BEFORE_ALL_SAVEPOINTS
         try:
             results, events = _commit_entries(
-                svc, principal, req, staged, savepoints=None if every else failed
+                svc, principal, req, refused, staged, savepoints=None if every else failed
             )
             break
         except _EntryFailed as exc:
@@ -651,19 +701,24 @@ def _commit_entries(
     svc: Services,
     principal: Principal,
     req: CommitBatchRequest,
+    refused: Mapping[int, TesseraError],
     staged: _StagedSizes,
     *,
     savepoints: Container[int] | None,
 ) -> tuple[list[CommitBatchItem], list[ChangeEvent | None]]:
-    """Commit every entry in one transaction. The entries at the indexes `savepoints` (None:
-    all) run in a savepoint each, and their failure is their result; any other entry's
-    failure raises _EntryFailed."""
+    """Commit every entry in one transaction but those `refused` already (their error is
+    their result). The entries at the indexes `savepoints` (None: all) run in a savepoint
+    each, and their failure is their result; any other entry's failure raises
+    _EntryFailed."""
     results: list[CommitBatchItem | None] = [None] * len(req.entries)
     events: list[ChangeEvent | None] = []
     after = _AfterCommits()
     with view_transaction(svc, principal, pipeline=True) as (store, view):
         targets: dict[int, _Target] = {}
         for i, request in enumerate(req.entries):
+            if i in refused:
+                results[i] = _failure(refused[i])
+                continue
             try:  # refused before any statement: nothing to roll back, no rerun
                 targets[i] = _target(svc, view, request)
             except TesseraError as exc:

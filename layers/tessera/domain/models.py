@@ -142,7 +142,10 @@ class UploadFileSpec(Model):
     path: PathStr
     size: int = Field(ge=0)
     content_hash: ContentHash
-    blocks: list[BlockSpec]
+    blocks: list[BlockSpec] | None = Field(
+        description="null: the list is longer than one request may carry, and comes in parts"
+        " (POST /v1/uploads/blocks)"
+    )
 
 
 class UploadStartRequest(Model):
@@ -164,6 +167,21 @@ class UploadStartResponse(Model):
 
     upload_id: str
     expires_at: datetime
+    needed: list[BlockKey]
+
+
+class UploadBlocksRequest(Model):
+    """POST /v1/uploads/blocks: part of the block list of a file declared without one."""
+
+    upload_id: str = Field(min_length=1, max_length=64)
+    path: PathStr
+    first: int = Field(ge=0, description="index in the file's list of the first block sent")
+    blocks: list[BlockSpec] = Field(min_length=1)
+
+
+class UploadBlocksResponse(Model):
+    """Which blocks of the part to upload, as `UploadStartResponse.needed`."""
+
     needed: list[BlockKey]
 
 
@@ -216,7 +234,9 @@ class CommitRequest(Idempotent):
         description="file_id of the file the client edited: 409 when the path now holds another"
         " file, even at the same rev (deleted and made again elsewhere)",
     )
-    blocks: list[BlockSpec]
+    blocks: list[BlockSpec] | None = Field(
+        description="null: the list the upload session holds for this path (appended in parts)"
+    )
     size: int = Field(ge=0)
     content_hash: ContentHash
     mtime: ClientTime | None = None

@@ -6,16 +6,19 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 
 from tessera.domain import paths
 from tessera.domain.acl import Action
-from tessera.domain.commits import check_block_list
+from tessera.domain.commits import check_block_list, check_file_size
 from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from tessera.domain.models import (
     BlockKey,
+    BlockSpec,
     PresignedUrl,
+    UploadBlocksRequest,
+    UploadBlocksResponse,
     UploadStartRequest,
     UploadStartResponse,
     UploadUrlsRequest,
@@ -24,7 +27,7 @@ from tessera.domain.models import (
 from tessera.domain.object_keys import staging_key
 from tessera.domain.services import Services
 from tessera.domain.views import View, check_access, over_quota, view_transaction
-from tessera.metadata.store import MountRow, Store
+from tessera.metadata.store import MountRow, Store, UploadRow
 from tessera.ports import Principal
 
 MAX_PRESIGN_S = 900
@@ -55,34 +58,60 @@ def _check_quotas(store: Store, view: View, files: Sequence[tuple[MountRow, str,
             raise over_quota(view, owner_id, f"these files need {size} bytes", owner.quota_bytes)
 
 
+def _declare(sizes: dict[str, int], blocks: Sequence[BlockSpec]) -> None:
+    """Note each block's declared size; 422 for a block declared with two."""
+    for b in blocks:
+        if sizes.setdefault(b.id, b.size) != b.size:
+            raise Unprocessable(f"block {b.id} is declared with two sizes")
+
+
+def _block_keys(svc: Services, blocks: Iterable[tuple[str, int]]) -> list[BlockKey]:
+    """The key of each (block_id, key_version) the caller must upload."""
+    keys = []
+    for bid, version in blocks:
+        kv, key = svc.keys.block_key(bid, version)
+        keys.append(BlockKey(id=bid, key_version=kv, key=base64.b64encode(key).decode()))
+    return keys
+
+
 def start_upload(
     svc: Services, principal: Principal, req: UploadStartRequest
 ) -> UploadStartResponse:
     """Open a session for the files the caller is about to commit. A block is needed unless
-    the caller can already read it; the key of every needed block is returned."""
+    the caller can already read it; the key of every needed block is returned. A file
+    declared without blocks has its list appended in parts (`append_blocks`)."""
     settings = svc.settings
     if len(req.files) > settings.max_files_per_upload:
         raise PayloadTooLarge(f"an upload holds at most {settings.max_files_per_upload} files")
-    if sum(len(f.blocks) for f in req.files) > settings.max_blocks_per_request:
-        raise PayloadTooLarge(f"an upload holds at most {settings.max_blocks_per_request} blocks")
+    if sum(len(f.blocks or ()) for f in req.files) > settings.max_blocks_per_request:
+        raise PayloadTooLarge(
+            f"an upload holds at most {settings.max_blocks_per_request} blocks; send a longer"
+            " list in parts (blocks: null, then POST /v1/uploads/blocks)"
+        )
     with view_transaction(svc, principal) as (store, view):
         sizes: dict[str, int] = {}
         by_target: dict[int, list[str]] = {}  # ns_id → the blocks of the files written there
         written: list[tuple[MountRow, str, int]] = []
+        in_parts: dict[str, tuple[str, int, str]] = {}  # path key → the upload_files row
         for f in req.files:
             path = paths.canonical(f.path)
-            check_block_list(
-                settings, f.size, f.content_hash, [(b.id, b.size) for b in f.blocks], path
-            )
+            if f.blocks is None:
+                check_file_size(settings, f.size, path)
+            else:
+                check_block_list(
+                    settings, f.size, f.content_hash, [(b.id, b.size) for b in f.blocks], path
+                )
             mount, rel = view.resolve(path)
             if rel == paths.ROOT:
                 raise Unprocessable(f"{path!r} is a folder, not a file")
             check_access(mount, Action.WRITE, view)
             written.append((mount, paths.path_key(rel), f.size))
-            by_target.setdefault(mount.ns_id, []).extend(b.id for b in f.blocks)
-            for b in f.blocks:
-                if sizes.setdefault(b.id, b.size) != b.size:
-                    raise Unprocessable(f"block {b.id} is declared with two sizes")
+            if f.blocks is None:
+                key = paths.path_key(path)
+                in_parts[key] = (key, f.size, f.content_hash)
+            else:
+                by_target.setdefault(mount.ns_id, []).extend(b.id for b in f.blocks)
+                _declare(sizes, f.blocks)
         _check_quotas(store, view, written)
         # needed unless readable for every namespace a file holding it is written into:
         # what the commit of each file will check (`Store.readable_blocks`)
@@ -102,12 +131,95 @@ def start_upload(
                 (bid, sizes[bid], version, staging_key(upload_id, bid, ordinal))
                 for ordinal, bid in enumerate(needed)
             ],
+            list(in_parts.values()),
         )
-    keys = []
-    for bid in needed:
-        kv, key = svc.keys.block_key(bid, version)
-        keys.append(BlockKey(id=bid, key_version=kv, key=base64.b64encode(key).decode()))
-    return UploadStartResponse(upload_id=upload_id, expires_at=expires_at, needed=keys)
+    return UploadStartResponse(
+        upload_id=upload_id,
+        expires_at=expires_at,
+        needed=_block_keys(svc, ((bid, version) for bid in needed)),
+    )
+
+
+def append_blocks(
+    svc: Services, principal: Principal, req: UploadBlocksRequest
+) -> UploadBlocksResponse:
+    """Append part of the block list of a file the session declared without one; which of
+    the part's blocks the caller must upload, with their keys.
+
+    Parts come in order: `first` is the index of the part's first block, so a retried part
+    (its answer lost) matches what is there and appends nothing twice; another list there
+    is 409. The commit then names the session instead of sending the list."""
+    settings = svc.settings
+    if len(req.blocks) > settings.max_blocks_per_request:
+        raise PayloadTooLarge(f"a part holds at most {settings.max_blocks_per_request} blocks")
+    path = paths.canonical(req.path)
+    with view_transaction(svc, principal) as (store, view):
+        _open_session(store, view, svc.clock.now(), req.upload_id)
+        mount, _rel = view.resolve(path)
+        check_access(mount, Action.WRITE, view)
+        key = paths.path_key(path)
+        declared = store.lock_upload_file(req.upload_id, key)
+        if declared is None:
+            raise NotFound(
+                f"upload session {req.upload_id!r} declared no file {path!r} without its blocks"
+            )
+        if req.first > declared.block_count:
+            raise Unprocessable(
+                f"{path!r} has {declared.block_count} blocks so far: send the part from"
+                f" first={declared.block_count}"
+            )
+        part = [(b.id, b.size) for b in req.blocks]
+        known = store.upload_file_blocks(req.upload_id, key, req.first, len(part))
+        if part[: len(known)] != known:
+            raise Conflict(
+                f"{path!r} holds other blocks from index {req.first}; start a new upload"
+            )
+        new = part[len(known) :]
+        if declared.block_count + len(new) > settings.max_blocks_per_file:
+            raise PayloadTooLarge(f"{path} has more than {settings.max_blocks_per_file} blocks")
+        if declared.block_bytes + sum(size for _, size in new) > declared.size:
+            raise Unprocessable(f"the blocks of {path!r} add up to more than its size")
+        for bid, size in new:
+            if size > settings.max_block_size:
+                raise PayloadTooLarge(
+                    f"block {bid} of {path} is larger than {settings.max_block_size} bytes"
+                )
+        sizes: dict[str, int] = {}
+        _declare(sizes, req.blocks)
+        expected = store.upload_blocks(req.upload_id, list(sizes))
+        for row in expected.values():
+            if row.size != sizes[row.block_id]:
+                raise Unprocessable(f"block {row.block_id} is declared with two sizes")
+        readable = store.readable_blocks(view.ns_ids, list(sizes), target=mount.ns_id)
+        needed = [bid for bid in sizes if bid not in readable and bid not in expected]
+        version = svc.keys.current_version()
+        base = store.expected_block_count(req.upload_id)
+        store.append_upload_file_blocks(
+            req.upload_id,
+            key,
+            req.first + len(known),
+            new,
+            [
+                (bid, sizes[bid], version, staging_key(req.upload_id, bid, base + i))
+                for i, bid in enumerate(needed)
+            ],
+        )
+        # a block an earlier part (or file) of the session expects is needed still, until
+        # a commit has staged it
+        waiting = [(r.block_id, r.key_version) for r in expected.values() if r.state == "expected"]
+    return UploadBlocksResponse(
+        needed=_block_keys(svc, [*waiting, *((bid, version) for bid in needed)])
+    )
+
+
+def _open_session(store: Store, view: View, now: datetime, upload_id: str) -> UploadRow:
+    """The caller's open, unexpired session; 404 otherwise."""
+    session = store.get_upload(upload_id, view.user.user_id)
+    if session is None or session.state != "open":
+        raise NotFound(f"no upload session {upload_id!r}")
+    if session.expires_at <= now:
+        raise NotFound(f"upload session {upload_id!r} has expired; start a new upload")
+    return session
 
 
 def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> UploadUrlsResponse:
@@ -116,12 +228,8 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
     if len(req.blocks) > settings.max_blocks_per_request:
         raise PayloadTooLarge(f"ask for at most {settings.max_blocks_per_request} URLs at once")
     with view_transaction(svc, principal) as (store, view):
-        session = store.get_upload(req.upload_id, view.user.user_id)
         now = svc.clock.now()
-        if session is None or session.state != "open":
-            raise NotFound(f"no upload session {req.upload_id!r}")
-        if session.expires_at <= now:
-            raise NotFound(f"upload session {req.upload_id!r} has expired; start a new upload")
+        session = _open_session(store, view, now, req.upload_id)
         rows = store.upload_blocks(req.upload_id, [b.id for b in req.blocks])
         ttl = int(
             min(settings.presign_ttl_s, MAX_PRESIGN_S, (session.expires_at - now).total_seconds())

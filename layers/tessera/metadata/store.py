@@ -126,6 +126,16 @@ class UploadRow:
 
 
 @dataclass(frozen=True)
+class UploadFileRow:
+    """A file of an upload session whose block list comes in parts, and how far it got."""
+
+    size: int
+    content_hash: str
+    block_count: int
+    block_bytes: int
+
+
+@dataclass(frozen=True)
 class UploadBlockRow:
     """A block an upload session expects, and its staged copy."""
 
@@ -1189,17 +1199,37 @@ class Store:
         user_id: str,
         expires_at: datetime,
         blocks: Sequence[tuple[str, int, int, str]],
+        files_in_parts: Sequence[tuple[str, int, str]] = (),
     ) -> None:
-        """A session expecting blocks (block_id, size, key_version, staged_key)."""
+        """A session expecting blocks (block_id, size, key_version, staged_key), and files
+        whose block list comes in parts (path_key, size, content_hash)."""
         self.conn.execute(
             "INSERT INTO upload_sessions (upload_id, user_id, expires_at) VALUES (%s, %s, %s)",
             (upload_id, user_id, expires_at),
         )
+        self._expect_blocks(upload_id, blocks)
+        if files_in_parts:
+            self.conn.execute(
+                "INSERT INTO upload_files (upload_id, path_key, size, content_hash)"
+                " SELECT %s, k, s, h FROM unnest(%s::text[], %s::bigint[], %s::text[])"
+                " AS t(k, s, h)",
+                (
+                    upload_id,
+                    [f[0] for f in files_in_parts],
+                    [f[1] for f in files_in_parts],
+                    [f[2] for f in files_in_parts],
+                ),
+            )
+
+    def _expect_blocks(self, upload_id: str, blocks: Sequence[tuple[str, int, int, str]]) -> None:
+        """Add blocks (block_id, size, key_version, staged_key) a session expects; one it
+        expects already keeps its row."""
         if blocks:
             self.conn.execute(
                 "INSERT INTO upload_blocks (upload_id, block_id, size, key_version, staged_key)"
                 " SELECT %s, b, s, k, sk"
-                " FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS t(b, s, k, sk)",
+                " FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS t(b, s, k, sk)"
+                " ON CONFLICT (upload_id, block_id) DO NOTHING",
                 (
                     upload_id,
                     [b[0] for b in blocks],
@@ -1208,6 +1238,69 @@ class Store:
                     [b[3] for b in blocks],
                 ),
             )
+
+    def lock_upload_file(self, upload_id: str, path_key: str) -> UploadFileRow | None:
+        """A file of the session declared without its block list, locked until the
+        transaction ends (its parts are appended one at a time)."""
+        row = self._one(
+            "SELECT size, content_hash, block_count, block_bytes FROM upload_files"
+            " WHERE upload_id = %s AND path_key = %s FOR UPDATE",
+            (upload_id, path_key),
+        )
+        return UploadFileRow(*row) if row else None
+
+    def upload_file_blocks(
+        self, upload_id: str, path_key: str, first: int = 0, count: int | None = None
+    ) -> list[tuple[str, int]]:
+        """(block_id, size) of a file's appended list from index `first`, in order."""
+        rows = self._all(
+            "SELECT block_id, size FROM upload_file_blocks"
+            " WHERE upload_id = %s AND path_key = %s AND ordinal >= %s"
+            " AND (%s::int IS NULL OR ordinal < %s + %s) ORDER BY ordinal",
+            (upload_id, path_key, first, count, first, count),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def session_file_blocks(
+        self, upload_id: str, user_id: str, path_key: str
+    ) -> list[tuple[str, int]] | None:
+        """The whole appended list of a file of the caller's session; None when the session
+        (or another user's) declared no such file."""
+        if not self._one(
+            "SELECT 1 FROM upload_files f JOIN upload_sessions s USING (upload_id)"
+            " WHERE f.upload_id = %s AND s.user_id = %s AND f.path_key = %s",
+            (upload_id, user_id, path_key),
+        ):
+            return None
+        return self.upload_file_blocks(upload_id, path_key)
+
+    def append_upload_file_blocks(
+        self,
+        upload_id: str,
+        path_key: str,
+        first: int,
+        blocks: Sequence[tuple[str, int]],
+        expect: Sequence[tuple[str, int, int, str]],
+    ) -> None:
+        """Append blocks (block_id, size) at index `first` of a file's list (locked by
+        `lock_upload_file`), and the blocks the session now expects for them."""
+        self.conn.execute(
+            "INSERT INTO upload_file_blocks (upload_id, path_key, ordinal, block_id, size)"
+            " SELECT %s, %s, %s + t.n - 1, t.b, t.s"
+            " FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS t(b, s, n)",
+            (upload_id, path_key, first, [b[0] for b in blocks], [b[1] for b in blocks]),
+        )
+        self.conn.execute(
+            "UPDATE upload_files SET block_count = %s, block_bytes = block_bytes + %s"
+            " WHERE upload_id = %s AND path_key = %s",
+            (first + len(blocks), sum(b[1] for b in blocks), upload_id, path_key),
+        )
+        self._expect_blocks(upload_id, expect)
+
+    def expected_block_count(self, upload_id: str) -> int:
+        """How many blocks the session expects or expected (the next staged key's ordinal)."""
+        row = self._one("SELECT count(*) FROM upload_blocks WHERE upload_id = %s", (upload_id,))
+        return int(row[0])
 
     def get_upload(self, upload_id: str, user_id: str) -> UploadRow | None:
         """The caller's open session (another user's is None, like a missing one)."""

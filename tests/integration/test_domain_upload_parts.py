@@ -1,0 +1,220 @@
+"""A file whose block list is longer than one request may carry: declared without blocks,
+its list appended in parts (`uploads.append_blocks`), committed by naming the session.
+
+The services here carry 3 blocks a request, so a 7-block file stands for one of more than
+10,000 blocks (about 10 GiB) without writing gigabytes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tessera.blocks import block_id, content_hash
+from tessera.domain import commits, uploads
+from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from tessera.domain.models import (
+    BlockSpec,
+    CommitBatchRequest,
+    CommitRequest,
+    UploadBlocksRequest,
+    UploadFileSpec,
+    UploadStartRequest,
+)
+from tessera.domain.services import Services
+from tessera.ports import Principal
+
+from .conftest import Caller, commit_request, get_file, send_needed
+
+CHUNKS = [f"block {n} of a long file ".encode() * (n + 1) for n in range(7)]
+
+
+@pytest.fixture
+def limited(services: Services) -> Services:
+    """The services with 3 blocks a request and 10 a file."""
+    settings = dataclasses.replace(
+        services.settings, max_blocks_per_request=3, max_blocks_per_file=10
+    )
+    return dataclasses.replace(services, settings=settings)
+
+
+def specs(chunks: list[bytes]) -> list[BlockSpec]:
+    return [BlockSpec(id=block_id(c), size=len(c)) for c in chunks]
+
+
+def start_in_parts(svc: Services, who: Principal, path: str, chunks: list[bytes]) -> str:
+    """Declare `chunks` at `path` without its block list; the upload_id."""
+    spec = UploadFileSpec(
+        path=path,
+        size=sum(len(c) for c in chunks),
+        content_hash=content_hash(block_id(c) for c in chunks),
+        blocks=None,
+    )
+    started = uploads.start_upload(svc, who, UploadStartRequest(files=[spec]))
+    assert started.needed == []  # the blocks come with the parts
+    return started.upload_id
+
+
+def append(
+    svc: Services, who: Principal, upload_id: str, path: str, first: int, chunks: list[bytes]
+) -> list[str]:
+    """Append `chunks` from index `first`, send what is needed; the ids that were needed."""
+    req = UploadBlocksRequest(upload_id=upload_id, path=path, first=first, blocks=specs(chunks))
+    needed = uploads.append_blocks(svc, who, req).needed
+    send_needed(svc, who, upload_id, needed, chunks)
+    return [n.id for n in needed]
+
+
+def append_all(svc: Services, who: Principal, upload_id: str, path: str) -> None:
+    for first in range(0, len(CHUNKS), 3):
+        append(svc, who, upload_id, path, first, CHUNKS[first : first + 3])
+
+
+def commit_from_session(path: str, upload_id: str | None, chunks: list[bytes]) -> CommitRequest:
+    req = commit_request(path, chunks, upload_id)
+    return req.model_copy(update={"blocks": None})
+
+
+def test_a_long_file_goes_up_in_parts_and_comes_back_whole(
+    limited: Services, alice: Principal
+) -> None:
+    with pytest.raises(PayloadTooLarge, match="in parts"):  # what a client must do instead
+        uploads.start_upload(
+            limited,
+            alice,
+            UploadStartRequest(
+                files=[
+                    UploadFileSpec(
+                        path="/long.bin",
+                        size=sum(len(c) for c in CHUNKS),
+                        content_hash=content_hash(block_id(c) for c in CHUNKS),
+                        blocks=specs(CHUNKS),
+                    )
+                ]
+            ),
+        )
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    append_all(limited, alice, upload_id, "/long.bin")
+    with pytest.raises(PayloadTooLarge, match="in parts"):  # the list inline: too long
+        commits.commit(limited, alice, commit_request("/long.bin", CHUNKS, upload_id))
+    entry = commits.commit(limited, alice, commit_from_session("/long.bin", upload_id, CHUNKS))
+    assert entry.size == sum(len(c) for c in CHUNKS)
+    assert get_file(limited, alice, "/long.bin") == b"".join(CHUNKS)
+
+
+def test_a_retried_part_appends_nothing_twice(limited: Services, alice: Principal) -> None:
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    req = UploadBlocksRequest(
+        upload_id=upload_id, path="/long.bin", first=0, blocks=specs(CHUNKS[:3])
+    )
+    first = uploads.append_blocks(limited, alice, req).needed
+    again = uploads.append_blocks(limited, alice, req).needed  # its answer was lost
+    assert [n.id for n in again] == [n.id for n in first] == [block_id(c) for c in CHUNKS[:3]]
+    # a part overlapping the list's end appends only what is new
+    append(limited, alice, upload_id, "/long.bin", 2, CHUNKS[2:5])
+    append(limited, alice, upload_id, "/long.bin", 5, CHUNKS[5:])
+    send_needed(limited, alice, upload_id, first, CHUNKS[:3])
+    commits.commit(limited, alice, commit_from_session("/long.bin", upload_id, CHUNKS))
+    assert get_file(limited, alice, "/long.bin") == b"".join(CHUNKS)
+
+
+def test_parts_come_in_order_and_never_rewrite_the_list(
+    limited: Services, alice: Principal
+) -> None:
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    append(limited, alice, upload_id, "/long.bin", 0, CHUNKS[:3])
+    with pytest.raises(Unprocessable, match="first=3"):  # a gap
+        append(limited, alice, upload_id, "/long.bin", 4, CHUNKS[4:6])
+    with pytest.raises(Conflict, match="other blocks"):
+        append(limited, alice, upload_id, "/long.bin", 1, [CHUNKS[6], CHUNKS[5]])
+
+
+def test_parts_stay_within_the_declared_size_and_the_block_cap(
+    limited: Services, alice: Principal
+) -> None:
+    upload_id = start_in_parts(limited, alice, "/short.bin", CHUNKS[:2])
+    with pytest.raises(Unprocessable, match="more than its size"):
+        append(limited, alice, upload_id, "/short.bin", 0, CHUNKS[:3])
+    tiny = [bytes([n]) for n in range(11)]  # 1-byte blocks: over 10 a file
+    upload_id = start_in_parts(limited, alice, "/tiny.bin", tiny)
+    for first in range(0, 9, 3):
+        append(limited, alice, upload_id, "/tiny.bin", first, tiny[first : first + 3])
+    with pytest.raises(PayloadTooLarge, match="more than 10 blocks"):
+        append(limited, alice, upload_id, "/tiny.bin", 9, tiny[9:])
+
+
+def test_an_unfinished_list_is_refused_at_commit(limited: Services, alice: Principal) -> None:
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    append(limited, alice, upload_id, "/long.bin", 0, CHUNKS[:3])
+    with pytest.raises(Unprocessable, match="not the sum of its block sizes"):
+        commits.commit(limited, alice, commit_from_session("/long.bin", upload_id, CHUNKS))
+
+
+def test_a_list_is_only_the_callers_own_session_and_path(
+    limited: Services, alice: Principal, bob: Principal
+) -> None:
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    append_all(limited, alice, upload_id, "/long.bin")
+    with pytest.raises(Unprocessable, match="names the upload session"):
+        commits.commit(limited, alice, commit_from_session("/long.bin", None, CHUNKS))
+    with pytest.raises(NotFound, match="no block list"):  # declared at another path
+        commits.commit(limited, alice, commit_from_session("/other.bin", upload_id, CHUNKS))
+    with pytest.raises(NotFound):  # another user's session: as if there were none
+        commits.commit(limited, bob, commit_from_session("/long.bin", upload_id, CHUNKS))
+    with pytest.raises(NotFound):
+        append(limited, bob, upload_id, "/long.bin", 7, CHUNKS[:1])
+
+
+def test_blocks_the_caller_can_read_are_not_needed_again(
+    limited: Services, alice: Principal
+) -> None:
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    append_all(limited, alice, upload_id, "/long.bin")
+    commits.commit(limited, alice, commit_from_session("/long.bin", upload_id, CHUNKS))
+    copy_id = start_in_parts(limited, alice, "/copy.bin", CHUNKS)
+    assert append(limited, alice, copy_id, "/copy.bin", 0, CHUNKS[:3]) == []
+    assert append(limited, alice, copy_id, "/copy.bin", 3, CHUNKS[3:6]) == []
+
+
+def test_a_batch_entry_without_its_list_fails_alone(limited: Services, alice: Principal) -> None:
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    append_all(limited, alice, upload_id, "/long.bin")
+    batch = CommitBatchRequest(
+        entries=[
+            commit_from_session("/long.bin", upload_id, CHUNKS),
+            commit_from_session("/lost.bin", upload_id, CHUNKS),
+        ]
+    )
+    result = commits.commit_batch(limited, alice, batch)
+    assert [(e.tag, e.status) for e in result.entries] == [("success", 200), ("failure", 404)]
+    assert get_file(limited, alice, "/long.bin") == b"".join(CHUNKS)
+
+
+def test_the_api_takes_parts(call: Caller, services: Services, alice: Principal) -> None:
+    chunks = CHUNKS[:2]
+    ids = [block_id(c) for c in chunks]
+    status, started, _ = call(
+        "POST",
+        "/v1/uploads",
+        {
+            "files": [
+                {
+                    "path": "/a.bin",
+                    "size": sum(len(c) for c in chunks),
+                    "content_hash": content_hash(ids),
+                    "blocks": None,
+                }
+            ]
+        },
+        alice,
+    )
+    assert status == 200, started
+    part = {"id": ids[0], "size": len(chunks[0])}
+    body = {"upload_id": started["upload_id"], "path": "/a.bin", "first": 0, "blocks": [part]}
+    status, answer, _ = call("POST", "/v1/uploads/blocks", body, alice)
+    assert status == 200, answer
+    assert [n["id"] for n in answer["needed"]] == [ids[0]]
+    status, answer, _ = call("POST", "/v1/uploads/blocks", {**body, "first": 5}, alice)
+    assert status == 422, answer
+    status, doc, _ = call("GET", "/v1/openapi.json")
+    assert "/v1/uploads/blocks" in doc["paths"]
