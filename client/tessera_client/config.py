@@ -44,6 +44,7 @@ class Settings:
     transfer_threads: int = 8
     longpoll_timeout_s: int = 60
     batch_files: int = 1000  # files per upload session: the server's max_files_per_upload
+    batch_blocks: int = 10_000  # blocks per request: the server's max_blocks_per_request
     outage_wait_s: float = 120.0
     retry_attempts: int = 8
 

@@ -117,6 +117,7 @@ class SyncEngine:
             device=settings.device_name,
             threads=settings.transfer_threads,
             batch_files=settings.batch_files,
+            batch_blocks=settings.batch_blocks,
             progress=self._on_progress,
         )
         self._wake = threading.Event()

@@ -5,8 +5,9 @@ Tables:
   size, mtime, inode, block list). The planner's third tree.
 - `remote`: the server's tree as last listed (kept current from the cursor).
 - `meta`: the cursor and other single values.
-- `pending`: work in flight (upload sessions and the blocks already sent), so a killed
-  client resumes instead of starting over.
+- `pending`: work in flight (upload sessions), so a killed client resumes instead of
+  starting over; `pending_sent`: the blocks each has sent so far, a row per block (a
+  file's whole list rewritten after every window cost O(blocks²) on a huge file).
 - `conflicts`: conflicted copies and local-only copies the user should look at.
 
 One connection, guarded by a lock: the executor's transfer threads never write here;
@@ -50,6 +51,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (
     kind TEXT NOT NULL, key TEXT NOT NULL, payload TEXT NOT NULL, updated_at REAL NOT NULL,
     PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS pending_sent (
+    kind TEXT NOT NULL, key TEXT NOT NULL, block_id TEXT NOT NULL,
+    PRIMARY KEY (kind, key, block_id)
 );
 CREATE TABLE IF NOT EXISTS conflicts (
     path TEXT PRIMARY KEY, original TEXT NOT NULL, reason TEXT NOT NULL,
@@ -245,7 +250,7 @@ class StateDB:
         the disk as a first sync does: equal files are recorded, different ones kept as
         conflicted copies, and nothing is taken for deleted on either side."""
         with self.transaction() as db:
-            for table in ("remote", "base", "pending"):
+            for table in ("remote", "base", "pending", "pending_sent"):
                 db.execute(f"DELETE FROM {table}")
             db.execute("DELETE FROM meta WHERE key = 'cursor'")
 
@@ -281,17 +286,35 @@ class StateDB:
         return dict(json.loads(row[0])) if row else None
 
     def put_pending(self, kind: str, key: str, payload: dict[str, Any]) -> None:
-        """Record (or update) a piece of work in flight."""
+        """Record a piece of work in flight, with nothing sent for it yet."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pending VALUES (?,?,?,?)",
                 (kind, key, json.dumps(payload), time.time()),
             )
+            db.execute("DELETE FROM pending_sent WHERE kind = ? AND key = ?", (kind, key))
+
+    def add_pending_sent(self, kind: str, key: str, block_ids: list[str]) -> None:
+        """Blocks the work in flight has sent."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO pending_sent VALUES (?,?,?)",
+                [(kind, key, block) for block in block_ids],
+            )
+
+    def pending_sent(self, kind: str, key: str) -> set[str]:
+        """The blocks the work in flight has sent so far."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT block_id FROM pending_sent WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchall()
+        return {r[0] for r in rows}
 
     def drop_pending(self, kind: str, key: str) -> None:
         """The work is done (or abandoned)."""
         with self.transaction() as db:
             db.execute("DELETE FROM pending WHERE kind = ? AND key = ?", (kind, key))
+            db.execute("DELETE FROM pending_sent WHERE kind = ? AND key = ?", (kind, key))
 
     def list_pending(self, kind: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
         """All work in flight (optionally of one kind)."""

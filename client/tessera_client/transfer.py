@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import functools
 import hashlib
 import uuid
 from collections import deque
@@ -36,12 +37,14 @@ from tessera.api.models import (
     DownloadBlock,
     DownloadResponse,
     FileEntry,
+    UploadBlocksResponse,
     UploadStartResponse,
     UploadUrlsResponse,
 )
 from tessera.blocks import (
     MAX_BLOCK_SIZE,
     BlockError,
+    BlockRef,
     FileChangedError,
     FileManifest,
     content_hash,
@@ -93,6 +96,12 @@ class UploadItem:
     hashed_ns: int
     parent_file_id: str | None = None
 
+    @functools.cached_property
+    def block_refs(self) -> dict[str, BlockRef]:
+        """The manifest's blocks by id (a block the file holds twice reads the same bytes
+        at either offset): each block of a huge file is found without a scan of them all."""
+        return {b.id: b for b in self.manifest.blocks}
+
 
 #: a block to send: (item, block id, upload id, key version, key (base64))
 Work = tuple[UploadItem, str, str, int, str]
@@ -143,6 +152,7 @@ class Transfers:
         device: str,
         threads: int = 8,
         batch_files: int = 1000,
+        batch_blocks: int = 10_000,
         progress: Progress | None = None,
     ) -> None:
         self.api, self.fs, self.state = api, fs, state
@@ -153,6 +163,7 @@ class Transfers:
         self.encoder = ThreadPoolExecutor(default_workers(), thread_name_prefix="tessera-encode")
         self.threads = threads
         self.batch_files = batch_files
+        self.batch_blocks = batch_blocks
         self.progress = progress
         self.stats = TransferStats()
 
@@ -179,9 +190,24 @@ class Transfers:
             if on_result is not None:
                 on_result(result)
 
-        for start in range(0, len(items), self.batch_files):
-            self._upload_batch(items[start : start + self.batch_files], emit)
+        for batch in self._batches(items):
+            self._upload_batch(batch, emit)
         return results
+
+    def _batches(self, items: list[UploadItem]) -> Iterator[list[UploadItem]]:
+        """Runs of at most `batch_files` files whose block lists fit one request together
+        (`batch_blocks`); a file with a longer list goes alone, its list in parts."""
+        batch: list[UploadItem] = []
+        blocks = 0
+        for item in items:
+            count = len(item.manifest.blocks)
+            if batch and (len(batch) >= self.batch_files or blocks + count > self.batch_blocks):
+                yield batch
+                batch, blocks = [], 0
+            batch.append(item)
+            blocks += count
+        if batch:
+            yield batch
 
     def _pending_key(self, item: UploadItem) -> str:
         return path_key(item.path)
@@ -192,13 +218,16 @@ class Transfers:
         fresh: list[UploadItem] = []
         now = datetime.now(UTC).timestamp()
         for item in items:
-            rec = self.state.get_pending("upload", self._pending_key(item))
+            key = self._pending_key(item)
+            rec = self.state.get_pending("upload", key)
             if (
                 rec
                 and rec["content_hash"] == item.manifest.content_hash
                 and rec["expires_at"] - 60 > now
             ):
-                sessions[item.path] = rec
+                # "sent" in the record itself: written by a client before pending_sent
+                sent = self.state.pending_sent("upload", key) | set(rec.pop("sent", ()))
+                sessions[item.path] = {**rec, "sent": sent}
             else:
                 fresh.append(item)
         if fresh:
@@ -208,13 +237,18 @@ class Transfers:
                         "path": server_path(i.path),
                         "size": i.manifest.size,
                         "content_hash": i.manifest.content_hash,
-                        "blocks": [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
+                        "blocks": None
+                        if self._in_parts(i)
+                        else [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
                     }
                     for i in fresh
                 ]
             }
             started = parse(UploadStartResponse, self.api.call("/v1/uploads", body))
             needed = {n.id: [n.key_version, n.key] for n in started.needed}
+            for item in fresh:
+                if self._in_parts(item):
+                    needed |= self._append_parts(started.upload_id, item)
             with self.state.transaction():  # one write for the whole batch
                 for item in fresh:
                     rec = {
@@ -224,12 +258,34 @@ class Transfers:
                         "needed": {
                             b.id: needed[b.id] for b in item.manifest.blocks if b.id in needed
                         },
-                        "sent": [],
+                        "in_parts": self._in_parts(item),
                         "idempotency_key": f"{self.device}-{uuid.uuid4().hex}",
                     }
                     self.state.put_pending("upload", self._pending_key(item), rec)
-                    sessions[item.path] = rec
+                    sessions[item.path] = {**rec, "sent": set()}
         return sessions
+
+    def _in_parts(self, item: UploadItem) -> bool:
+        """Whether the file's block list is longer than one request may carry."""
+        return len(item.manifest.blocks) > self.batch_blocks
+
+    def _append_parts(self, upload_id: str, item: UploadItem) -> dict[str, list[Any]]:
+        """Send a long file's block list to its session in parts; the blocks needed, with
+        their key versions and keys. A part is retried safely: it names where it starts."""
+        needed: dict[str, list[Any]] = {}
+        blocks = item.manifest.blocks
+        for first in range(0, len(blocks), self.batch_blocks):
+            body = {
+                "upload_id": upload_id,
+                "path": server_path(item.path),
+                "first": first,
+                "blocks": [
+                    {"id": b.id, "size": b.size} for b in blocks[first : first + self.batch_blocks]
+                ],
+            }
+            answer = parse(UploadBlocksResponse, self.api.call("/v1/uploads/blocks", body))
+            needed |= {n.id: [n.key_version, n.key] for n in answer.needed}
+        return needed
 
     def _upload_batch(self, items: list[UploadItem], emit: Callable[[UploadResult], None]) -> None:
         try:
@@ -249,7 +305,7 @@ class Transfers:
         seen: set[tuple[str, str]] = set()
         for item in items:
             rec = sessions[item.path]
-            sent = set(rec["sent"])
+            sent = rec["sent"]
             for ref in item.manifest.blocks:
                 if ref.id in rec["needed"] and ref.id not in sent:
                     if (rec["upload_id"], ref.id) in seen:
@@ -277,7 +333,7 @@ class Transfers:
                 emit(UploadResult(item, status=0))
 
     def _read_block(self, item: UploadItem, block: str) -> bytes:
-        ref = next(b for b in item.manifest.blocks if b.id == block)
+        ref = item.block_refs[block]
         with self.fs.open_read(item.path) as f:
             f.seek(ref.offset)
             data = f.read(ref.size)
@@ -310,7 +366,7 @@ class Transfers:
         outstanding: dict[str, set[str]] = {}
         for item in items:
             rec = sessions[item.path]
-            outstanding[item.path] = set(rec["needed"]) - set(rec["sent"])
+            outstanding[item.path] = set(rec["needed"]) - rec["sent"]
             for block in rec["needed"]:
                 waiting.setdefault((rec["upload_id"], block), []).append(item.path)
         submitted: set[str] = set()
@@ -353,7 +409,7 @@ class Transfers:
 
             def finish(puts: list[tuple[Encoded, Future[None]]]) -> None:
                 """Wait for a window's PUTs, record what arrived, commit what is complete."""
-                dirty: set[str] = set()
+                arrived: dict[str, list[str]] = {}  # path → the blocks it waited for
                 for b, put in puts:
                     put.result()
                     self.stats.blocks_up += 1
@@ -361,12 +417,12 @@ class Transfers:
                     if self.progress:
                         self.progress(b[0].path, len(b[3]))
                     for path in waiting.get((b[2], b[1]), ()):
-                        sessions[path]["sent"].append(b[1])
+                        sessions[path]["sent"].add(b[1])
                         outstanding[path].discard(b[1])
-                        dirty.add(path)
+                        arrived.setdefault(path, []).append(b[1])
                 with self.state.transaction():  # one write per window, not one per block
-                    for path in dirty:
-                        self.state.put_pending("upload", path_key(path), sessions[path])
+                    for path, blocks in arrived.items():
+                        self.state.add_pending_sent("upload", path_key(path), blocks)
                 commit_ready()
                 hand_over(block=False)
 
@@ -471,7 +527,10 @@ class Transfers:
                 "parent_rev": i.parent_rev,
                 "parent_file_id": i.parent_file_id,
                 "upload_id": sessions[i.path]["upload_id"],
-                "blocks": [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
+                # a long list is the session's already (`_append_parts`)
+                "blocks": None
+                if sessions[i.path].get("in_parts")
+                else [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
                 "size": i.manifest.size,
                 "content_hash": i.manifest.content_hash,
                 "mtime": _iso(i.stat.mtime_ns),

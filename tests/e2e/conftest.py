@@ -6,11 +6,13 @@ command in subprocesses (`sync --once`, or a daemon).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -97,6 +99,15 @@ class Device:
 
     def stats(self) -> dict[str, int]:
         return dict(json.loads((self.home / "logs" / "last-sync.json").read_text()))
+
+    def pending_sent(self) -> int:
+        """Blocks the device's uploads in flight have sent so far (0 before its state
+        database has the table, or while it is locked)."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.home / "state.db")) as db:
+                return int(db.execute("SELECT count(*) FROM pending_sent").fetchone()[0])
+        except sqlite3.Error:
+            return 0
 
     def start_daemon(self) -> subprocess.Popen[str]:
         self.folder.mkdir(parents=True, exist_ok=True)

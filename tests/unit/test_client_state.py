@@ -120,3 +120,20 @@ def test_a_state_database_that_cannot_be_opened_says_why_and_what_to_do(tmp_path
     for path in (deep / "state.db", tmp_path / "gone" / "state.db"):
         with pytest.raises(SyncError, match="cannot open this device's state database"):
             StateDB(path)
+
+
+def test_the_blocks_sent_go_with_their_pending_work(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    db.put_pending("upload", "big.bin", {"upload_id": "up_1"})
+    db.add_pending_sent("upload", "big.bin", ["b3:a", "b3:b"])
+    db.add_pending_sent("upload", "big.bin", ["b3:b", "b3:c"])  # a block sent again
+    db.add_pending_sent("upload", "other.bin", ["b3:z"])
+    assert db.pending_sent("upload", "big.bin") == {"b3:a", "b3:b", "b3:c"}
+    db.put_pending("upload", "big.bin", {"upload_id": "up_2"})  # a new session: none sent
+    assert db.pending_sent("upload", "big.bin") == set()
+    db.add_pending_sent("upload", "big.bin", ["b3:d"])
+    db.drop_pending("upload", "big.bin")
+    assert db.pending_sent("upload", "big.bin") == set()
+    assert db.pending_sent("upload", "other.bin") == {"b3:z"}
+    db.forget_sync()
+    assert db.pending_sent("upload", "other.bin") == set()
