@@ -268,6 +268,8 @@ def test_a_file_longer_than_a_request_goes_up_in_parts(
     import dataclasses
     import time
 
+    import psycopg
+
     from tessera_client.config import Home
 
     email = inproc_cloud.user()
@@ -290,6 +292,13 @@ def test_a_file_longer_than_a_request_goes_up_in_parts(
     proc.wait()
     a.sync()
     assert sorted(e["name"] for e in a.json("ls")) == ["small.txt", "video.bin"]
+    with psycopg.connect(inproc_cloud.conninfo) as db:
+        appended = db.execute(
+            "SELECT f.block_count FROM upload_files f JOIN upload_sessions s USING (upload_id)"
+            " JOIN users u USING (user_id) WHERE u.email = %s",
+            (email,),
+        ).fetchall()
+    assert appended and all(count >= 10 for (count,) in appended)  # the list went in parts
     b = make_device(devices, tmp_path, inproc_cloud, "B", email)
     b.sync()
     assert (b.folder / "video.bin").read_bytes() == data
