@@ -263,15 +263,18 @@ def sync(
         if home.path == folder or folder in home.path.parents:
             raise UserError(f"TESSERA_HOME ({home.path}) must not be inside the synced folder")
         api = _api(home, settings)
-        if settings.folder != str(folder):
-            settings.folder = str(folder)
-            home.save_settings(settings)
         from tessera_client.engine import SyncEngine  # pydantic models: only when syncing
 
         reporter = ConsoleReporter(quiet=quiet)
         engine = SyncEngine(
             home, settings, folder, api, allow_mass_delete=allow_mass_delete, reporter=reporter
         )
+        # only once the engine took the folder on: the other commands map their paths from
+        # it, and a refused one (another folder this device does not sync, a typo) would
+        # send `rm`, `restore` and `share` to the wrong files
+        if settings.folder != str(folder):
+            settings.folder = str(folder)
+            home.save_settings(settings)
         try:
             if once:
                 result = engine.run_once()

@@ -304,6 +304,23 @@ def test_a_file_longer_than_a_request_goes_up_in_parts(
     assert (b.folder / "video.bin").read_bytes() == data
 
 
+def test_a_refused_sync_of_another_folder_leaves_the_commands_on_the_synced_one(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """`tessera sync DIR` for a folder this device does not sync (a subfolder, a typo) is
+    refused, and `rm`, `restore` and `share` still map paths from the synced folder: they
+    had been sent to the wrong files, `docs/report.txt` deleted as `/report.txt`."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    a.write("report.txt", "top")
+    a.write("docs/report.txt", "in docs")
+    a.sync()
+    r = a.run("sync", str(a.folder / "docs"), "--once", check=None)
+    assert r.returncode != 0 and "a second folder" in " ".join(r.stderr.split())
+    a.run("rm", str(a.folder / "docs" / "report.txt"))
+    assert [e["path_display"] for e in a.json("trash")] == ["/docs/report.txt"]
+    assert [e["name"] for e in a.json("ls")] == ["docs", "report.txt"]
+
+
 def test_an_expired_upload_session_is_dropped_and_started_afresh(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
