@@ -309,7 +309,9 @@ class Api:
                 try:
                     tokens = self._token_request({"refresh_token": tokens.refresh_token})
                 except ApiError as e:
-                    if e.status in (400, 401, 403):
+                    # the server's own refusal; a firewall's or proxy's 403 page (a rate
+                    # rule) says nothing of the refresh token, and passes
+                    if e.refused and e.status in (400, 401, 403):
                         raise NotLoggedIn(
                             "your session has expired; run `tessera login` again"
                         ) from e

@@ -309,6 +309,24 @@ def test_expired_refresh_token_asks_to_log_in_again(
     api.close()
 
 
+def test_a_firewalls_403_on_refresh_is_not_a_lost_session(
+    server: tuple[str, Script], tmp_path: Path
+) -> None:
+    """A WAF rate rule's 403 page while the token is refreshed passes: it had ended the
+    daemon with "your session has expired" though the refresh token was still good."""
+    url, script = server
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r1"))
+    script.answers["/v1/auth/token"] = [(403, {}, {"message": "Forbidden"})]
+    api = Api(url, home, policy=policy(Sleeps()))
+    with pytest.raises(ApiError) as info:
+        api.call("/v1/account", method="GET")
+    api.close()
+    assert info.value.status == 403 and not info.value.refused
+    stored = home.load_tokens()
+    assert stored is not None and stored.refresh_token == "r1"
+
+
 @pytest.mark.parametrize(
     "answer",
     [
