@@ -147,8 +147,15 @@ class Filesystem(ABC):
         return True
 
 
+# The mtimes the state database (SQLite INTEGER, 64 bits) can hold: 1677-2262. ext4 keeps
+# them up to 2446 (`touch -d 2400-01-01`), btrfs and tmpfs further: past 2262 a round
+# failed as it recorded the file, every round.
+_MTIME_NS_RANGE = (-(2**63), 2**63 - 1)
+
+
 def _stat_of(st: os.stat_result) -> Stat:
-    return Stat(_kind_of(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+    mtime_ns = min(max(st.st_mtime_ns, _MTIME_NS_RANGE[0]), _MTIME_NS_RANGE[1])
+    return Stat(_kind_of(st.st_mode), st.st_size, mtime_ns, st.st_ino)
 
 
 # What fsync of a folder raises where the filesystem cannot do it (SMB/CIFS, some FUSE

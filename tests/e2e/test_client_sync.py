@@ -321,6 +321,27 @@ def test_a_refused_sync_of_another_folder_leaves_the_commands_on_the_synced_one(
     assert [e["name"] for e in a.json("ls")] == ["docs", "report.txt"]
 
 
+def test_a_file_dated_past_2262_syncs(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """ext4 keeps mtimes up to 2446 (an archive's bogus date, `touch -d 2400-01-01`); past
+    2262 the nanoseconds overflow SQLite's 64-bit integers, and every round failed as it
+    recorded the file."""
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    f = a.write("from-the-future.txt", "dated 2400")
+    year_2400_ns = 13_569_465_600 * 10**9
+    os.utime(f, ns=(year_2400_ns, year_2400_ns))
+    if os.stat(f).st_mtime_ns < 2**63:
+        pytest.skip("this filesystem keeps no mtime past 2262")
+    a.sync()
+    a.sync()  # and the next round finds it as it was recorded
+    assert a.stats()["files_up"] == 0
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    b.sync()
+    assert (b.folder / "from-the-future.txt").read_text() == "dated 2400"
+
+
 def test_an_expired_upload_session_is_dropped_and_started_afresh(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
