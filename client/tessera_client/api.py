@@ -320,21 +320,38 @@ class Api:
 
     # -- calls --------------------------------------------------------------------------
 
-    def raw(self, method: str, route: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        """An authenticated call; a 401 refreshes the token once and retries."""
+    def raw(
+        self,
+        method: str,
+        route: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """An authenticated call; a 401 refreshes the token once and retries. `timeout`:
+        this call's own, in seconds, where it may take longer than others (a long-poll)."""
         url = self.base + route
+        own = {} if timeout is None else {"timeout": timeout}
         for refresh in (False, True):
             headers = {"Authorization": f"Bearer {self._access_token(force_refresh=refresh)}"}
             response = send_with_retry(
-                self.http, self.policy, method, url, json=body, headers=headers
+                self.http, self.policy, method, url, json=body, headers=headers, **own
             )
             if response.status_code != 401:
                 return response
         return response
 
-    def call(self, route: str, body: dict[str, Any] | None = None, method: str = "POST") -> Any:
+    def call(
+        self,
+        route: str,
+        body: dict[str, Any] | None = None,
+        method: str = "POST",
+        *,
+        timeout: float | None = None,
+    ) -> Any:
         """An authenticated JSON call; an error answer raises ApiError. A call to one of
         `KEYED_ROUTES` carries an idempotency key of its own unless `body` has one.
+        `timeout` as `raw`'s.
 
         A server from before keys on that route refuses the field (422, nothing done): the
         call is sent again without it, and later calls to the route go without one, as
@@ -349,7 +366,7 @@ class Api:
             or "idempotency_key" in sent
             or (learnt is not None and now - learnt < UNKEYED_RECHECK_S)
         ):
-            response = self.raw(method, route, sent)
+            response = self.raw(method, route, sent, timeout=timeout)
         else:
             response = self.raw(method, route, {**sent, "idempotency_key": uuid.uuid4().hex})
             if _refuses_keys(response):

@@ -61,6 +61,9 @@ from tessera_client.transfer import (
 LARGE_FILE = 8 * 1024 * 1024
 FILE_WORKERS = 4  # files downloaded at once (each also fetches its blocks in parallel)
 DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be written
+# Seconds a long-poll's answer may take beyond the wait it asked for (the network, the
+# server reading the request and its cursor)
+LONGPOLL_GRACE_S = 30.0
 # Left in a synced folder that holds something: its absence with nothing else marks a folder
 # that is not the one synced (an empty mount point), not one the user emptied.
 FOLDER_MARKER = ".tessera-folder"
@@ -206,9 +209,12 @@ class SyncEngine:
         cursor = self.state.cursor
         if cursor is None:
             return True
+        # the server holds the call for the whole `timeout` once it has read it: with the
+        # client's usual read timeout (60 s, as the long-poll's) every idle poll timed out
         answer = self.api.call(
             "/v1/list_folder/longpoll",
             {"cursor": cursor, "timeout": self.settings.longpoll_timeout_s},
+            timeout=self.settings.longpoll_timeout_s + LONGPOLL_GRACE_S,
         )
         if answer.get("backoff"):
             self._stop.wait(float(answer["backoff"]))

@@ -728,3 +728,29 @@ def test_a_malformed_upload_answer_is_reported_not_a_crash(
         "missing commit result": "answered 1 commit results for the 2 asked for",
     }[lie]
     assert expected in reported, reported
+
+
+def test_an_idle_long_poll_is_answered_not_timed_out(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server holds a long-poll for the whole wait it was asked for; the client's read
+    timeout was that same wait (60 s), so every idle poll ended in a timeout, was retried,
+    and after 8 tries read as the server unreachable. (Scaled down: 1 s waits.)"""
+    monkeypatch.setattr("tessera_client.engine.LONGPOLL_GRACE_S", 1.0)
+
+    def hold(body: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(body["timeout"] + 0.2)  # its wait, after reading the request
+        return {"changes": False}
+
+    evil.answers["/v1/list_folder/longpoll"] = hold
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+    settings = Settings(server_url=evil.base, device_name="dev", longpoll_timeout_s=1)
+    api = Api(evil.base, home, policy=RetryPolicy(attempts=1), timeout=1.0)
+    (tmp_path / "sync").mkdir()
+    engine = SyncEngine(home, settings, tmp_path / "sync", api)
+    engine.state.set_meta("cursor", "c1")
+    try:
+        assert engine.longpoll() is False
+    finally:
+        engine.close()
