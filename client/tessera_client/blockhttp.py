@@ -19,7 +19,7 @@ import re
 import ssl
 import threading
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import SplitResult, urlsplit
 
 import httpx
@@ -138,7 +138,7 @@ class BlockHttp:
             pool[key] = conn
         return httpx.Response(
             response.status,
-            headers=response.getheaders(),
+            headers=_opaque(response.getheaders()),
             content=body,
             request=httpx.Request(method, url),
         )
@@ -150,17 +150,12 @@ class BlockHttp:
         up to `max_answer` bytes."""
         with self._fallback.stream(method, url, headers=headers, content=content) as streamed:
             body = bytearray()
-            for chunk in streamed.iter_bytes():
+            for chunk in streamed.iter_raw():
                 body += chunk
                 self._check_size(url, len(body))
-            # the body is decoded now: the headers that described its encoding go
-            decoded = [
-                (name, value)
-                for name, value in streamed.headers.multi_items()
-                if name not in ("content-encoding", "content-length")
-            ]
+            headers = _opaque(streamed.headers.multi_items(), "content-length")
             return httpx.Response(
-                streamed.status_code, headers=decoded, content=bytes(body), request=streamed.request
+                streamed.status_code, headers=headers, content=bytes(body), request=streamed.request
             )
 
     def _check_size(self, url: str, received: int) -> None:
@@ -213,3 +208,13 @@ def _send(
 ) -> http.client.HTTPResponse:
     conn.request(method, target, body=content, headers=headers)
     return conn.getresponse()
+
+
+def _opaque(headers: Iterable[tuple[str, str]], *dropped: str) -> list[tuple[str, str]]:
+    """An answer's headers without `Content-Encoding` (and `dropped`): a block's bytes are
+    opaque and verified by their own tag, never decoded. S3 keeps whatever
+    `Content-Encoding` an uploader sent with a presigned PUT (the header is not signed),
+    and decoding by it (`gzip` over bytes that are not) raised out of every sync that
+    fetched the block."""
+    gone = {"content-encoding", *dropped}
+    return [(name, value) for name, value in headers if name.lower() not in gone]

@@ -45,11 +45,18 @@ class _Store(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         found = self.server.objects.get(self.path)  # type: ignore[attr-defined]
-        self._answer(200, found[0]) if found else self._answer(404, b"<Error>NoSuchKey</Error>")
+        if not found:
+            self._answer(404, b"<Error>NoSuchKey</Error>")
+            return
+        # as S3 does, an object answers with the Content-Encoding it was PUT with
+        encoding = found[1].get("content-encoding")
+        self._answer(200, found[0], {"Content-Encoding": encoding} if encoding else {})
 
-    def _answer(self, status: int, body: bytes) -> None:
+    def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         mode = self.server.mode  # type: ignore[attr-defined]
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("ETag", '"e"')
         if mode == "close":
@@ -102,6 +109,31 @@ def test_a_put_arrives_whole_with_its_signed_headers_and_reads_back(
     assert got.content == body
     missing = blocks.request("GET", _url(store, "/nothing"))
     assert missing.status_code == 404 and b"NoSuchKey" in missing.content
+
+
+def test_a_block_is_read_as_stored_whatever_encoding_it_claims(
+    store: ThreadingHTTPServer, blocks: BlockHttp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An uploader can PUT a block with `Content-Encoding: gzip` (S3 keeps the unsigned
+    header): decoding by it raised `DecodingError` out of every sync that fetched it."""
+    body = bytes(range(256)) * 4  # not gzip
+    url = _url(store, "/blocks/poisoned")
+    blocks.request("PUT", url, headers={"Content-Encoding": "gzip"}, content=body)
+    got = blocks.request("GET", url)
+    assert got.content == body and "content-encoding" not in got.headers
+    # the same through a proxy (the httpx client's path)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    proxied = httpx.Client(
+        transport=httpx.MockTransport(
+            lambda _request: httpx.Response(
+                200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(body)
+            )
+        )
+    )
+    routed = BlockHttp(proxied, timeout=5)
+    assert routed.request("GET", url).content == body
+    routed.close()
+    proxied.close()
 
 
 @pytest.mark.parametrize(
@@ -167,7 +199,7 @@ def test_a_proxy_in_the_environment_is_honoured(
 
     def proxy(request: httpx.Request) -> httpx.Response:
         seen.append(str(request.url))
-        return httpx.Response(200, content=b"via proxy")
+        return httpx.Response(200, stream=httpx.ByteStream(b"via proxy"))  # as it arrives
 
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("NO_PROXY", "localhost")
@@ -200,7 +232,8 @@ def test_an_answer_longer_than_any_block_is_refused_as_it_arrives(
     capped.close()
 
     def proxy(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"y" * (1001 if "huge" in str(request.url) else 10))
+        body = b"y" * (1001 if "huge" in str(request.url) else 10)
+        return httpx.Response(200, stream=httpx.ByteStream(body))
 
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     proxied = BlockHttp(

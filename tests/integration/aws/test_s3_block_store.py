@@ -138,6 +138,24 @@ def test_put_get_head_copy_delete_list(store: S3BlockStore) -> None:
         store.copy(staged, _key())
 
 
+def test_a_copy_takes_no_header_its_uploader_chose(
+    store: S3BlockStore, aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    """A presigned PUT signs no Content-Encoding: an uploader's `gzip` on a staged block
+    must not travel onto the canonical block (every holder's client decoded by it)."""
+    encoded = b"\x01encoded block, not gzip"
+    staged = f"staging/{uuid.uuid4().hex}/{'cd' * 32}"
+    req = store.presign_put(staged, size=len(encoded), sha256=hashlib.sha256(encoded).digest())
+    headers = {**req.headers, "Content-Encoding": "gzip", "Content-Type": "text/html"}
+    assert httpx.put(req.url, headers=headers, content=encoded).status_code == 200
+    final = _key()
+    store.copy(staged, final)
+    head = aws_clients.s3.head_object(Bucket=aws_settings.bucket, Key=final)
+    assert "ContentEncoding" not in head
+    assert head["ContentType"] == "application/octet-stream"
+    assert store.get(final) == encoded
+
+
 def test_list_keys_follows_pages(aws_clients: AwsClients, aws_settings: AwsSettings) -> None:
     store = S3BlockStore(aws_clients.s3, aws_settings.bucket, list_page_size=10)
     prefix = f"staging/{uuid.uuid4().hex}/"

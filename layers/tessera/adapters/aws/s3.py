@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 MAX_EXPIRES = 900  # DESIGN §9: presigned URLs live at most 15 minutes
 COLD_CLASS = "GLACIER"
 HOT_CLASS = "STANDARD"
+BLOCK_CONTENT_TYPE = "application/octet-stream"  # a stored block: opaque bytes
 # Classes whose objects need a restore before a GET (GLACIER_IR is instant: hot).
 _COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 _ONGOING = re.compile(r'ongoing-request="(true|false)"')
@@ -206,7 +207,11 @@ class S3BlockStore(BlockStore):
                 Key=dst,
                 CopySource={"Bucket": self._bucket, "Key": src},
                 StorageClass=storage_class,  # type: ignore[arg-type]
-                MetadataDirective="COPY",
+                # never the source's headers: a presigned PUT signs no Content-Encoding or
+                # Content-Type, so an uploader's `gzip` would travel onto the canonical
+                # block every holder downloads
+                MetadataDirective="REPLACE",
+                ContentType=BLOCK_CONTENT_TYPE,
             )
 
     def delete(self, key: str) -> None:
