@@ -14,6 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tessera.blocks import block_id
+from tessera.domain import object_keys
 from tessera.domain.errors import TesseraError
 from tessera.domain.models import RestoringResponse
 from tessera.maintenance import ColdResult, DedupResult, GcResult, ScrubResult, run_step
@@ -28,6 +30,7 @@ from .test_maintenance_world import (
     BOB,
     Killed,
     World,
+    chunks,
     die_copying,
     make_world,
     swap_staged_after_dedup_reads,
@@ -100,6 +103,31 @@ def test_restores_are_checked_across_calls_each_block_once_a_pass(
         done = one_pass()
         assert [c.restores_completed for c in done] == [1, 1, 1, 0]
         assert w.get(ALICE, "/archive.tar") == data
+    finally:
+        gen.close()
+
+
+def test_blocks_whose_objects_are_lost_do_not_hold_back_the_others(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A live block whose object is gone was set live again and was the oldest candidate
+    in every batch: a full batch of them moved nothing, and every run stopped there. They
+    now go to scrub's repair (quarantined, their holders told) and the others move."""
+    gen = make_world(database_url, tmp_path, batch_size=2)
+    w = next(gen)
+    try:
+        lost = secrets.token_bytes(3 * BLOCK)
+        w.put(ALICE, "/lost.bin", lost)
+        w.put(ALICE, "/kept.bin", secrets.token_bytes(BLOCK))
+        w.run("dedup")
+        lost_ids = [block_id(c) for c in chunks(lost)]
+        for bid in lost_ids:  # older than the kept block: the first candidates
+            w.store.delete(object_keys.canonical_key(bid))
+            _unread_since_100_days(w, bid)
+        w.run("cold", days=91)
+        assert _states(w) == {"quarantined", "cold"}
+        assert w.sql("SELECT count(*) FROM blocks WHERE state = 'cold'") == [(1,)]
+        assert w.sql("SELECT count(DISTINCT block_id) FROM damaged_versions") == [(3,)]
     finally:
         gen.close()
 

@@ -9,10 +9,10 @@ import pytest
 
 from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import BlockIntegrityError, block_id, encode_block
-from tessera.domain import commits, files, sharing
+from tessera.domain import commits, files, object_keys, sharing
 from tessera.domain.errors import TesseraError, Unprocessable
 from tessera.domain.models import RestoreRequest, ShareRequest
-from tessera.maintenance import DedupResult, GcResult
+from tessera.maintenance import DedupResult, GcResult, ScrubResult
 from tessera.maintenance.dedup import verify_staged
 from tessera.metadata.maintenance import MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
@@ -210,6 +210,41 @@ def test_bytes_put_after_verification_never_become_the_canonical_block(
     world.put(ALICE, "/x.bin", data)  # the honest upload
     assert _dedup(world).promoted == 2
     assert world.get(ALICE, "/x.bin") == data
+
+
+def test_a_promoted_block_is_recorded_as_the_bytes_the_copy_took(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An uploader holding two URLs for one staged copy may PUT another valid encoding of
+    the block (raw where the first was zstd) between dedup's read and its copy. The row
+    recorded the first read's stored size: scrub then found the canonical object's size
+    wrong and quarantined intact bytes every holder downloads."""
+    from tessera.blocks import codec
+    from tessera.maintenance import dedup
+    from tessera.maintenance.verify import check_stored
+
+    data = b"a block that compresses well " * (BLOCK // 29)
+    world.put(MALLORY, "/x.txt", data)
+    (bid,) = {block_id(c) for c in chunks(data)}
+
+    def raw_after(*args: object, **kwargs: object) -> object:
+        verdict = check_stored(*args, **kwargs)  # type: ignore[arg-type]
+        key = str(args[2])
+        if key.startswith("staging/"):
+            version, block_key = world.ctx.keys.block_key(bid)
+            with monkeypatch.context() as m:
+                m.setattr(codec, "_worth_compressing", lambda _plaintext: False)
+                world.store.put(key, bytes(codec.encode_block(data, bid, block_key, version)))
+        return verdict
+
+    monkeypatch.setattr(dedup, "check_stored", raw_after)
+    assert _dedup(world).promoted == 1
+    monkeypatch.undo()
+    stored = world.store.get(object_keys.canonical_key(bid))
+    assert world.sql("SELECT stored_size FROM blocks WHERE block_id = %s", bid) == [(len(stored),)]
+    scrubbed = world.run_as(ScrubResult, "scrub")
+    assert (scrubbed.damaged, scrubbed.unrepaired) == (0, 0)
+    assert world.get(MALLORY, "/x.txt") == data
 
 
 def test_two_dedup_runs_at_once_settle_each_copy_exactly_once(world: World) -> None:

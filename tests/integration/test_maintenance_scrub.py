@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tessera.blocks import block_id
+from tessera.domain import object_keys
 from tessera.domain.errors import TesseraError, Unprocessable
 from tessera.domain.models import RestoringResponse
 from tessera.maintenance import ColdResult, ScrubResult
@@ -100,6 +103,39 @@ def test_a_duplicate_changed_between_its_check_and_the_copy_repairs_nothing(
         assert row.fetchone() == ("quarantined",)
 
 
+def test_a_repair_is_recorded_as_the_bytes_the_copy_took(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duplicate PUT again after scrub checked it, as another valid encoding (raw where
+    it was zstd): the row recorded the checked copy's stored size, and the next scrub
+    found the repaired block's size wrong."""
+    from tessera.blocks import codec
+
+    data = b"a block that compresses well " * (BLOCK // 29)
+    world.put(ALICE, "/a.txt", data)
+    world.run("dedup")
+    bid = block_id(data)
+    _corrupt(world, bid)
+    world.put(BOB, "/b.txt", data)  # bob's staged copy: a duplicate to repair from
+    copy = world.store.copy
+
+    def put_raw_then_copy(source: str, target: str) -> None:
+        if source.startswith("staging/"):
+            version, key = world.ctx.keys.block_key(bid)
+            with monkeypatch.context() as m:
+                m.setattr(codec, "_worth_compressing", lambda _plaintext: False)
+                world.store.put(source, bytes(codec.encode_block(data, bid, key, version)))
+        copy(source, target)
+
+    monkeypatch.setattr(world.store, "copy", put_raw_then_copy)
+    assert _scrub(world).repaired == 1
+    monkeypatch.undo()
+    stored = world.store.get(object_keys.canonical_key(bid))
+    assert world.sql("SELECT stored_size FROM blocks WHERE block_id = %s", bid) == [(len(stored),)]
+    assert _scrub(world).damaged == 0
+    assert world.get(ALICE, "/a.txt") == data
+
+
 def test_a_size_a_lying_first_committer_declared_is_corrected_by_verification(
     world: World,
 ) -> None:
@@ -151,6 +187,26 @@ def test_damaged_block_without_duplicate_is_quarantined_until_reuploaded(world: 
     assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bad) == [("live",)]
     assert world.get(ALICE, "/a.bin", rev=1) == data
     assert _scrub(world).damaged == 0
+
+
+def test_a_block_that_went_cold_while_scrub_checked_it_is_left_for_later(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cold step takes a block live → cold without the block's lock: a quarantine
+    that no longer matched still recorded damage and told its holders so."""
+    _, bad = _damaged_file(world, 0)
+    set_state = MaintenanceTx.set_state
+
+    def cold_first(tx: MaintenanceTx, block_id: str, state: str, **kw: Any) -> bool:
+        if state == "quarantined":
+            tx.mark_cold(block_id, datetime.now(UTC) + timedelta(days=1))
+        return set_state(tx, block_id, state, **kw)
+
+    monkeypatch.setattr(MaintenanceTx, "set_state", cold_first)
+    result = _scrub(world)
+    assert (result.damaged, result.unrepaired) == (1, 0)
+    assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bad) == [("cold",)]
+    assert world.sql("SELECT count(*) FROM damaged_versions") == [(0,)]
 
 
 def test_missing_object_is_reported(world: World) -> None:

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Literal
 
 from tessera.domain.object_keys import canonical_key
 from tessera.metadata.maintenance import BlockRow
@@ -28,7 +29,10 @@ from tessera.ports import StorageTier
 
 from .context import MaintenanceContext, log
 from .damage import publish_damage
-from .results import ColdResult
+from .results import ColdResult, ScrubResult
+from .scrub import repair
+
+Moved = Literal["moved", "kept", "lost"]  # what `_move` did with a block
 
 
 def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
@@ -38,8 +42,7 @@ def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
     cutoff = as_of - timedelta(days=ctx.settings.cold_after_days)
     with ctx.repo.transaction() as tx:
         unmoved = tx.unmoved_cold(ctx.settings.batch_size)
-    for row in unmoved:
-        _move(ctx, row, cutoff, result)
+    lost = [row.block_id for row in unmoved if _move(ctx, row, cutoff, result) == "lost"]
     for _ in ctx.batches():
         with ctx.repo.transaction() as tx:
             candidates = tx.cold_candidates(cutoff, ctx.settings.batch_size)
@@ -47,45 +50,56 @@ def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
         for row in candidates:
             with ctx.repo.transaction() as tx:
                 marked = tx.mark_cold(row.block_id, cutoff)
-            if marked and _move(ctx, row, cutoff, result):
-                moved += 1
+            outcome = _move(ctx, row, cutoff, result) if marked else "kept"
+            moved += outcome == "moved"
+            if outcome == "lost":
+                lost.append(row.block_id)
+        # A live block whose object is gone goes to scrub's repair now: left live, it was
+        # the oldest candidate again in every batch, and a full batch of them stopped
+        # every run before any other block moved.
+        for bid in lost:
+            repair(ctx, bid, as_of, ScrubResult())
         if len(candidates) < ctx.settings.batch_size:
             break
-        if moved == 0:  # a full batch of blocks we could not move: try again next run
+        if moved == 0 and not lost:  # a full batch we could not move: next run
             break
+        lost = []
     else:
         result.more = True
+    publish_damage(ctx, as_of)
     return result
 
 
-def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: ColdResult) -> bool:
+def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: ColdResult) -> Moved:
     """Move the object of a block marked cold to the cold tier and record it, holding the
     per-block lock and the row lock (a download recording a read waits, then sees the block
     cold). A block read since `cutoff` whose object never left the hot tier is live again;
     one whose object a killed run already moved is recorded moved (a read restores it).
-    False when it was not moved; one another run or step holds stays for the next run."""
+    "kept" when it was not moved (one another run or step holds stays for the next run),
+    "lost" when it is live again because its object is gone."""
     key = canonical_key(row.block_id)
     with ctx.repo.transaction() as tx:
         if not tx.block_lock(row.block_id, wait=False):
-            return False  # another step is working on this block
+            return "kept"  # another step is working on this block
         unread = tx.lock_unmoved(row.block_id, cutoff)
         if unread is None:
-            return False
+            return "kept"
         head = ctx.store.head(key)
         # A run killed after the move, before recording it, left the object cold: whether
         # read since or not, the row must say so (a read of it starts a restore).
         already_cold = head is not None and head.tier is StorageTier.COLD
         if not already_cold and (not unread or head is None):
             tx.set_state(row.block_id, "live", from_states=["cold"])
-            if unread:  # live again, so scrub repairs or quarantines it
+            if unread:  # live again, for scrub's repair to mend or quarantine
                 result.errors.append(f"{row.block_id}: live but no object at {key}")
-            return False
+                return "lost"
+            return "kept"
         if not already_cold:
             ctx.store.set_tier(key, StorageTier.COLD)
         tx.mark_moved(row.block_id)
     result.blocks_moved += 1
     result.bytes_moved += row.stored_size or 0
-    return True
+    return "moved"
 
 
 _RESTORES = "cold.complete_restores"  # when its pass began (`MaintenanceTx.pass_started`)

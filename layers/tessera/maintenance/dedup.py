@@ -120,11 +120,14 @@ def _settle(
                     log.warning("dedup: %s changed after it was verified", copy.staged_key)
                     return
                 tx.block(bid, for_update=True)
+                # what the copy took and verified where it landed: the first read's
+                # bytes may have been replaced since by another valid encoding (another
+                # stored size, another key version) through a second URL
                 tx.mark_live(
                     bid,
-                    size=check.plain_size,
-                    stored_size=check.stored_size,
-                    key_version=check.key_version,
+                    size=promoted.plain_size,
+                    stored_size=promoted.stored_size,
+                    key_version=promoted.key_version,
                 )
                 tx.clear_damage(bid)
                 tx.settle_copy(copy, "promoted")

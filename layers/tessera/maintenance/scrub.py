@@ -67,12 +67,14 @@ def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None)
         if healthy:
             result.ok += 1
         else:
-            _repair(ctx, row.block_id, as_of, result)
+            repair(ctx, row.block_id, as_of, result)
     publish_damage(ctx, as_of)
     return result
 
 
-def _repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResult) -> None:
+def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResult) -> None:
+    """Check one block again under its lock; repair it from a verified duplicate, or
+    quarantine it and record the damage. A block moved on meanwhile is left alone."""
     with ctx.repo.transaction() as tx:
         tx.block_lock(bid)
         row = tx.block(bid)
@@ -110,13 +112,21 @@ def _repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubRes
                 if not copied.ok:
                     continue
                 tx.block(bid, for_update=True)
-                tx.mark_live(
-                    bid, size=row.size, stored_size=dup.stored_size, key_version=dup.key_version
+                tx.mark_live(  # what the copy took (see dedup's promotion)
+                    bid,
+                    size=row.size,
+                    stored_size=copied.stored_size,
+                    key_version=copied.key_version,
                 )
                 result.repaired += 1
                 log.warning("scrub: repaired %s from %s", bid, key)
                 return
-        tx.set_state(bid, "quarantined", from_states=[row.state])
+        if not tx.set_state(bid, "quarantined", from_states=[row.state]):
+            # moved on since it was read (to cold by the cold step, to restoring by a
+            # download; neither waits for the block's lock): the next scrub looks again
+            # rather than tell its holders of damage on a block still served
+            log.warning("scrub: %s changed state while it was checked; left for later", bid)
+            return
         tx.record_damage(bid, staged_key=None, reason=check.reason, at=as_of)
         result.unrepaired += 1
         result.errors.append(f"{bid}: {check.reason} (no duplicate to repair from)")
