@@ -498,6 +498,8 @@ class Transfers:
         return puts
 
     def _put(self, method: str, url: str, headers: dict[str, str], data: bytes) -> None:
+        if method != "PUT":  # as `_get`: a block is stored, nothing else
+            raise ApiError(502, "block_upload_failed", f"the server asks for a {method[:20]!r}", {})
         try:
             response = self.api.transfer(method, url, headers, data)
         except UnusableUrl as e:
@@ -668,6 +670,10 @@ class Transfers:
         return plaintext
 
     def _get(self, block: DownloadBlock) -> httpx.Response:
+        # a block is fetched, nothing else: the server's answer must not have this device
+        # send a DELETE or POST to whatever its URL names (a service on this machine)
+        if block.method != "GET":
+            raise IntegrityError(f"block {block.id}: the server asks for a {block.method[:20]!r}")
         try:
             return self.api.transfer(block.method, block.url, block.headers)
         except UnusableUrl as e:

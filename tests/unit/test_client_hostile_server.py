@@ -269,6 +269,46 @@ def test_a_block_url_that_cannot_be_sent_fails_its_file_alone(tmp_path: Path, ev
     assert any("bad-header.txt" in p and "control character" in p for p in result.problems)
 
 
+@pytest.fixture
+def bystander() -> Iterator[tuple[str, list[str]]]:
+    """Another service on this machine: its URL, and the methods of the requests it got."""
+    received: list[str] = []
+
+    class Bystander(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            received.append(self.command)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_DELETE = do_POST = do_PUT = _record
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Bystander)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_block_url_with_another_method_is_never_sent(
+    tmp_path: Path, evil: Evil, bystander: tuple[str, list[str]]
+) -> None:
+    """The server picks each block request's method: a `DELETE` (or `POST`) at a service
+    on this machine was sent as asked, blind. A block is fetched with GET, nothing else."""
+    url, received = bystander
+    evil.add_file("/wipe.txt", b"x", fid="w")
+    block = evil.files["w"]["blocks"][0]
+    block["method"], block["url"] = "DELETE", f"{url}/_all"
+    engine = _engine(tmp_path, evil)
+    result = engine.run_once()
+    engine.close()
+    assert received == []
+    assert any("wipe.txt" in p and "DELETE" in p for p in result.problems), result.problems
+
+
 def test_symlinked_folder_is_never_written_through(tmp_path: Path, evil: Evil) -> None:
     outside = tmp_path / "root" / "outside"
     outside.mkdir(parents=True)
@@ -754,3 +794,23 @@ def test_an_idle_long_poll_is_answered_not_timed_out(
         assert engine.longpoll() is False
     finally:
         engine.close()
+
+
+def test_an_upload_url_with_another_method_is_never_sent(
+    tmp_path: Path, evil: Evil, bystander: tuple[str, list[str]]
+) -> None:
+    """As for downloads: a block is stored with PUT, whatever method the server names."""
+    url, received = bystander
+    urls = _urls_answer(evil)
+    evil.answers = {
+        "/v1/uploads": _uploads_answer(),
+        "/v1/uploads/urls": lambda body: {
+            "urls": [{**u, "method": "POST", "url": f"{url}/api"} for u in urls(body)["urls"]]
+        },
+    }
+    engine = _engine(tmp_path, evil)
+    (tmp_path / "root" / "sync" / "a.txt").write_bytes(b"a" * 1000)
+    result = engine.run_once(max_rounds=1)
+    engine.close()
+    assert received == []
+    assert any("POST" in p for p in result.problems), result.problems
