@@ -142,6 +142,15 @@ class TokenAnswer(BaseModel):
     expires_in: float = Field(default=300, gt=0, allow_inf_nan=False)
 
 
+class ListPage(BaseModel):
+    """A page of `/v1/list_folder(/continue)`: its entries are read one by one (one that
+    does not fit is left out, the listing goes on), the page itself must fit."""
+
+    entries: list[Any]
+    cursor: str = Field(min_length=1)
+    has_more: bool = False
+
+
 class NotLoggedIn(Exception):
     """No credentials on this device."""
 
@@ -331,7 +340,7 @@ class Api:
         """An authenticated call; a 401 refreshes the token once and retries. `timeout`:
         this call's own, in seconds, where it may take longer than others (a long-poll)."""
         url = self.base + route
-        own = {} if timeout is None else {"timeout": timeout}
+        own: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         for refresh in (False, True):
             headers = {"Authorization": f"Bearer {self._access_token(force_refresh=refresh)}"}
             response = send_with_retry(

@@ -153,9 +153,9 @@ class BlockHttp:
             for chunk in streamed.iter_raw():
                 body += chunk
                 self._check_size(url, len(body))
-            headers = _opaque(streamed.headers.multi_items(), "content-length")
+            kept = _opaque(streamed.headers.multi_items(), "content-length")
             return httpx.Response(
-                streamed.status_code, headers=headers, content=bytes(body), request=streamed.request
+                streamed.status_code, headers=kept, content=bytes(body), request=streamed.request
             )
 
     def _check_size(self, url: str, received: int) -> None:

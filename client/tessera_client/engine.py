@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from tessera.api.models import FileEntry
-from tessera_client.api import Api, ApiError, ServerUnreachable, parse
+from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse
 from tessera_client.config import Home, Settings
 from tessera_client.fs import (
     DiskFullError,
@@ -167,16 +167,26 @@ class SyncEngine:
             raise
         changed = 0
         while True:
+            # a page that does not fit (entries not objects, no cursor) is the server's
+            # malformed answer (ApiError): it had raised KeyError out of the round
+            page = parse(ListPage, answer)
             with self.state.transaction():
-                for raw in answer["entries"]:
+                for raw in page.entries:
                     changed += self._apply_remote(raw)
-                self.state.set_meta("cursor", answer["cursor"])
-            if not answer.get("has_more"):
+                self.state.set_meta("cursor", page.cursor)
+            if not page.has_more:
                 self._pulled.set()
                 return changed
-            answer = self.api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
+            answer = self.api.call("/v1/list_folder/continue", {"cursor": page.cursor})
+            if answer.get("has_more") and answer.get("cursor") == page.cursor:
+                raise ApiError(
+                    502, "malformed_response", "the server's listing does not move on", {}
+                )
 
-    def _apply_remote(self, raw: dict[str, Any]) -> int:
+    def _apply_remote(self, raw: Any) -> int:
+        if not isinstance(raw, dict):  # that entry alone: the listing goes on
+            self._skip("", f"an entry of the server's listing is not an object: {raw!r:.40}")
+            return 0
         tag = raw.get(".tag")
         try:
             rel = canonical_rel(str(raw.get("path_display", "")))

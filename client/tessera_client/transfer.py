@@ -37,6 +37,7 @@ from tessera.api.models import (
     DownloadBlock,
     DownloadResponse,
     FileEntry,
+    RestoringResponse,
     UploadBlocksResponse,
     UploadStartResponse,
     UploadUrlsResponse,
@@ -58,6 +59,8 @@ from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
+# The longest a download waits for cold storage before asking again (a restore takes hours)
+MAX_RESTORE_WAIT_S = 3600
 WINDOW_BYTES = 16 * 1024 * 1024
 WINDOW_BLOCKS = 128  # small files: few /v1/uploads/urls round trips (the server allows 10k)
 # Near the end windows shrink, each to half of what is left but not below this: the last
@@ -628,8 +631,9 @@ class Transfers:
             body["limit"] = limit
         response = self.api.raw("POST", "/v1/download", body)
         if response.status_code == 202:
-            answer = json_body(response)
-            raise RestoringError(path, float(answer.get("retry_after", 60)))
+            # bounded: a wait of 1e12 s overflowed the daemon's timer and ended it
+            answer = parse(RestoringResponse, json_body(response))
+            raise RestoringError(path, float(min(max(answer.retry_after, 1), MAX_RESTORE_WAIT_S)))
         if response.status_code >= 400:
             raise error_from(response)
         return parse(DownloadResponse, json_body(response))

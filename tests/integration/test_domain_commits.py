@@ -162,7 +162,7 @@ def test_declared_hash_and_sizes_are_checked(services: Services, alice: Principa
         commits.commit(services, alice, req.model_copy(update={"content_hash": "b3:" + "0" * 64}))
     with pytest.raises(Unprocessable, match="sum of its block sizes"):
         commits.commit(services, alice, req.model_copy(update={"size": 7}))
-    wrong = [BlockSpec(id=b.id, size=b.size + 1) for b in req.blocks]
+    wrong = [BlockSpec(id=b.id, size=b.size + 1) for b in req.blocks or ()]
     with pytest.raises(Unprocessable):
         commits.commit(services, alice, req.model_copy(update={"blocks": wrong, "size": 8}))
     assert commits.commit(services, alice, req).rev == 1

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
-from tessera_client.api import Api, RetryPolicy
+from tessera_client.api import Api, ApiError, RetryPolicy
 from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import FOLDER_MARKER, SyncEngine
 from tessera_client.fs import TEMP_PREFIX, DiskFullError, FakeFilesystem
@@ -38,6 +38,8 @@ class Evil:
     blobs: dict[str, bytes] = field(default_factory=dict)  # url path -> stored bytes
     base: str = ""
     restoring: int = 0  # answer this many downloads with 202 (cold storage) first
+    restoring_after: Any = 1  # the 202's retry_after
+    endless_pages: bool = False  # every listing page says has_more, with the same cursor
     reset_cursors: bool = False  # answer list_folder/continue with invalid_cursor
     posted: list[str] = field(default_factory=list)  # the routes the client called
     page_blocks: int = 10**6  # blocks per /v1/download answer
@@ -146,14 +148,18 @@ def evil() -> Iterator[Evil]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"] or 0)) or b"{}")
             state.posted.append(self.path)
             if self.path == "/v1/list_folder":
-                self._send(200, {"entries": state.entries, "cursor": "c1", "has_more": False})
+                more = state.endless_pages
+                self._send(200, {"entries": state.entries, "cursor": "c1", "has_more": more})
             elif self.path == "/v1/list_folder/continue" and state.reset_cursors:
                 self._send(400, {"error": {"code": "invalid_cursor", "message": "unknown key"}})
             elif self.path == "/v1/list_folder/continue":
-                self._send(200, {"entries": [], "cursor": "c1", "has_more": False})
+                more = state.endless_pages
+                self._send(200, {"entries": [], "cursor": "c1", "has_more": more})
             elif self.path == "/v1/download" and state.restoring > 0:
                 state.restoring -= 1
-                self._send(202, {"restoring": True, "retry_after": 1, "blocks": []})
+                self._send(
+                    202, {"restoring": True, "retry_after": state.restoring_after, "blocks": []}
+                )
             elif self.path == "/v1/download":
                 self._send(200, state.download_page(body))
             elif self.path in state.answers:
@@ -814,3 +820,45 @@ def test_an_upload_url_with_another_method_is_never_sent(
     engine.close()
     assert received == []
     assert any("POST" in p for p in result.problems), result.problems
+
+
+@pytest.mark.parametrize("retry_after", [1e12, "soon", None])
+def test_a_cold_storage_answer_that_does_not_fit_ends_nothing(
+    tmp_path: Path, evil: Evil, retry_after: Any
+) -> None:
+    """A 202 whose wait overflowed the daemon's timer (1e12 s) ended it; one that was not
+    a number raised out of the round. The wait is bounded, and a malformed one reported."""
+    evil.add_file("/frozen.bin", b"cold", fid="f")
+    evil.restoring, evil.restoring_after = 1, retry_after
+    engine = _engine(tmp_path, evil)
+    result = engine.round()
+    engine.close()
+    if retry_after == 1e12:
+        assert 1 <= result.retry_after <= 3600
+    else:
+        assert any("frozen.bin" in p for p in result.problems), result.problems
+
+
+def test_a_listing_that_does_not_fit_ends_nothing(tmp_path: Path, evil: Evil) -> None:
+    """An entry that is not an object raised AttributeError out of the round; it is left
+    out, and the others are synced."""
+    evil.add_file("/ok.txt", b"fine", fid="ok")
+    evil.entries.append("x")  # type: ignore[arg-type]
+    problems: list[str] = []
+    engine = _engine(tmp_path, evil)
+    engine.reporter.problem = problems.append  # type: ignore[method-assign,assignment]
+    result = engine.run_once()
+    engine.close()
+    assert (tmp_path / "root" / "sync" / "ok.txt").read_bytes() == b"fine"
+    assert any("not an object" in p for p in problems + result.problems)
+
+
+def test_a_listing_that_never_moves_on_ends_the_pull(tmp_path: Path, evil: Evil) -> None:
+    """Pages that all say `has_more` with the same cursor kept the pull asking for ever;
+    now the pull fails as on any malformed answer (the daemon reports it and retries)."""
+    evil.endless_pages = True
+    engine = _engine(tmp_path, evil)
+    with pytest.raises(ApiError, match="does not move on"):
+        engine.round()
+    engine.close()
+    assert evil.posted.count("/v1/list_folder/continue") == 1
