@@ -57,6 +57,8 @@ class Settings:
     api_rate_limit: float = 50.0
     api_burst_limit: int = 100
     restore_retry_after_s: int = 60
+    # Block-store requests a download makes at once (HEADs and restores of cold blocks)
+    io_workers: int = 16
     restore_days: int = 7
     trash_retention_days: int = 30
 

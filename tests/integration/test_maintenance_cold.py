@@ -6,8 +6,10 @@ S3 on moto (storage classes and RestoreObject)."""
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -72,6 +74,41 @@ def test_unread_file_goes_cold_and_comes_back_unchanged(world: World) -> None:
     assert world.get(ALICE, "/archive.tar") == data
     # the restore counted as a read: it does not go straight back to the cold tier
     assert _cold(world, days=91).blocks_moved == 0
+
+
+def test_a_cold_file_is_asked_about_and_restored_block_by_block_at_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first page of a download asks the cold tier about every block: one HEAD, then
+    one restore, after another, a cold file of a thousand blocks outlasted the API's 29 s
+    on S3 (15-30 ms a request), and no restore was ever recorded."""
+    data = secrets.token_bytes(24 * BLOCK)
+    world.put(ALICE, "/archive.tar", data)
+    world.run("dedup")
+    _cold(world, days=91)
+    at_once = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def slowly(call: Callable[..., object]) -> Callable[..., object]:
+        def timed(*args: object, **kwargs: object) -> object:
+            with lock:
+                at_once["now"] += 1
+                at_once["most"] = max(at_once["most"], at_once["now"])
+            time.sleep(0.02)  # a request's round trip
+            try:
+                return call(*args, **kwargs)
+            finally:
+                with lock:
+                    at_once["now"] -= 1
+
+        return timed
+
+    monkeypatch.setattr(world.store, "head", slowly(world.store.head))
+    monkeypatch.setattr(world.store, "restore", slowly(world.store.restore))
+    answer = world.get(ALICE, "/archive.tar")
+    assert isinstance(answer, RestoringResponse) and len(answer.blocks) == 24
+    assert at_once["most"] > 1
+    assert _states(world) == {"restoring"}
 
 
 def test_restores_are_checked_across_calls_each_block_once_a_pass(

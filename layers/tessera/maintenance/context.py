@@ -6,12 +6,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tessera.metadata import Database
 from tessera.metadata.maintenance import MaintenanceRepository
+from tessera.parallel import parallel_map
 from tessera.ports import BlockStore, ChangeFeed, Clock, KeyService, SystemClock
 from tessera.settings import Settings
 
@@ -70,8 +70,4 @@ class MaintenanceContext:
 
     def parallel(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`fn` over `items` on `io_workers` threads (block-store I/O), results in order."""
-        todo = list(items)
-        if len(todo) <= 1 or self.settings.io_workers <= 1:
-            return [fn(i) for i in todo]
-        with ThreadPoolExecutor(min(self.settings.io_workers, len(todo))) as pool:
-            return list(pool.map(fn, todo))
+        return parallel_map(fn, items, self.settings.io_workers)
