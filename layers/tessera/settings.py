@@ -36,6 +36,9 @@ class Settings:
     max_blocks_per_file: int = 262_144
     max_file_size: int = 50 * 1024 * MIB
     max_files_per_upload: int = 1_000
+    # PUT URLs per /v1/uploads/urls answer: one signed with Lambda's role credentials is
+    # ~2 KB, and more than ~3,000 broke Lambda's 6 MB response limit (a 502 on every retry)
+    max_urls_per_request: int = 1_000
     max_commits_per_batch: int = 1_000
     upload_ttl_s: int = 3600
     presign_ttl_s: int = 900  # ≤ 15 min (DESIGN §9)

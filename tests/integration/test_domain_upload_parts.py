@@ -6,6 +6,7 @@ The services here carry 3 blocks a request, so a 7-block file stands for one of 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 
 import pytest
@@ -20,6 +21,8 @@ from tessera.domain.models import (
     UploadBlocksRequest,
     UploadFileSpec,
     UploadStartRequest,
+    UploadUrlBlock,
+    UploadUrlsRequest,
 )
 from tessera.domain.services import Services
 from tessera.ports import Principal
@@ -218,3 +221,28 @@ def test_the_api_takes_parts(call: Caller, services: Services, alice: Principal)
     assert status == 422, answer
     status, doc, _ = call("GET", "/v1/openapi.json")
     assert "/v1/uploads/blocks" in doc["paths"]
+
+
+def test_urls_come_a_bounded_number_at_a_time(services: Services, alice: Principal) -> None:
+    """Each signed URL is ~2 KB on AWS: an answer of 10,000 broke Lambda's 6 MB limit."""
+    limited = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, max_urls_per_request=2)
+    )
+    ids = [block_id(c) for c in CHUNKS[:3]]
+    spec = UploadFileSpec(
+        path="/three.bin",
+        size=sum(len(c) for c in CHUNKS[:3]),
+        content_hash=content_hash(ids),
+        blocks=specs(CHUNKS[:3]),
+    )
+    started = uploads.start_upload(limited, alice, UploadStartRequest(files=[spec]))
+    sha = base64.b64encode(b"\0" * 32).decode()
+    asked = [UploadUrlBlock(id=i, size=100, sha256=sha) for i in ids]
+    with pytest.raises(PayloadTooLarge, match="at most 2 URLs"):
+        uploads.upload_urls(
+            limited, alice, UploadUrlsRequest(upload_id=started.upload_id, blocks=asked)
+        )
+    answer = uploads.upload_urls(
+        limited, alice, UploadUrlsRequest(upload_id=started.upload_id, blocks=asked[:2])
+    )
+    assert len(answer.urls) == 2

@@ -225,8 +225,8 @@ def _open_session(store: Store, view: View, now: datetime, upload_id: str) -> Up
 def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> UploadUrlsResponse:
     """Presigned PUTs for encoded blocks of the caller's own, unexpired session."""
     settings = svc.settings
-    if len(req.blocks) > settings.max_blocks_per_request:
-        raise PayloadTooLarge(f"ask for at most {settings.max_blocks_per_request} URLs at once")
+    if len(req.blocks) > settings.max_urls_per_request:
+        raise PayloadTooLarge(f"ask for at most {settings.max_urls_per_request} URLs at once")
     with view_transaction(svc, principal) as (store, view):
         now = svc.clock.now()
         session = _open_session(store, view, now, req.upload_id)
