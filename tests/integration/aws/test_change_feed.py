@@ -157,6 +157,35 @@ def test_wait_sees_past_and_future_changes(feed: DynamoChangeFeed) -> None:
     assert 0.25 < woke < 4  # woken by the change (at 0.3 s), not by the 5 s timeout
 
 
+def test_a_wait_over_many_namespaces_ends_by_its_timeout(
+    model: type[ChangeRecordBase], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round looked at the clock only once it had asked every namespace: one begun near
+    the end of the wait ran a whole round past it (400 shared folders at 10 ms a query:
+    4 s; on Lambda, past the function's timeout). The first round still asks them all
+    (a fake clock: each query takes 1/64 s)."""
+    now = [0.0]
+    feed = DynamoChangeFeed(
+        model,
+        min_interval=0.5,
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=lambda: now[0],
+    )
+    asked: list[int] = []
+    query = model.query
+
+    def slow_query(ns_id: int, *args: Any, **kwargs: Any) -> Any:
+        asked.append(ns_id)
+        now[0] += 1 / 64  # a query's round trip (exact in binary: the sums are too)
+        return query(ns_id, *args, **kwargs)
+
+    monkeypatch.setattr(model, "query", slow_query)
+    # the first round takes 4 s of a 4.5 s wait; the second begins at 4.5 s, at its end
+    assert feed.wait({_ns(): 0 for _ in range(256)}, timeout=4.5) is False
+    assert len(asked) == 256
+    assert now[0] == 4.5
+
+
 def test_concurrent_publishers_write_once(feed: DynamoChangeFeed) -> None:
     ns = _ns()
     events = [ChangeEvent(f"ev-{i}", ns, i, "file") for i in range(1, 11)]

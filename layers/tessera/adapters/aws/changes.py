@@ -129,12 +129,14 @@ class DynamoChangeFeed(ChangeFeed):
         min_interval: float = 0.05,
         max_interval: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._model = model
         self._ttl = ttl
         self._min_interval = min_interval
         self._max_interval = max_interval
         self._sleep = sleep
+        self._clock = clock
 
     def _item(self, event: ChangeEvent) -> ChangeRecordBase:
         return self._model(
@@ -223,8 +225,14 @@ class DynamoChangeFeed(ChangeFeed):
         query = self._model.query(ns_id, self._model.seq > seq, consistent_read=True, limit=limit)
         return [item.to_event() for item in query]
 
-    def _any_after(self, cursors: Mapping[int, int]) -> bool:
+    def _any_after(self, cursors: Mapping[int, int], deadline: float | None) -> bool:
+        """Whether a namespace has an item after its cursor seq. Past `deadline` the rest
+        are not asked (False): a round begun near the end of a wait, for a caller with
+        hundreds of shared folders or meeting one slow query, had run past the function's
+        timeout (a 502 for "no changes")."""
         for ns_id, seq in cursors.items():
+            if deadline is not None and self._clock() >= deadline:
+                return False
             query = self._model.query(
                 ns_id,
                 self._model.seq > seq,
@@ -238,12 +246,14 @@ class DynamoChangeFeed(ChangeFeed):
 
     def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
         """Poll until a namespace has an item after its cursor seq, or `timeout` seconds."""
-        deadline = time.monotonic() + max(timeout, 0.0)
+        deadline = self._clock() + max(timeout, 0.0)
         interval = self._min_interval
+        first = True  # asks every namespace: a change made before the call counts
         while True:
-            if self._any_after(cursors):
+            if self._any_after(cursors, None if first else deadline):
                 return True
-            remaining = deadline - time.monotonic()
+            first = False
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 return False
             self._sleep(min(interval, remaining))
