@@ -190,6 +190,55 @@ def test_gc_sets_right_the_quota_counters_that_drifted(world: World) -> None:
     assert _gc(world, days=0).usage_corrected == 0
 
 
+def test_two_recounts_at_once_take_a_drift_off_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gc runs at once (an hourly run past its hour, the CLI beside the scheduler) read
+    the same drift; the second took it off again once the first had committed."""
+    from tessera.maintenance.gc import recount_usage
+
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    with world.svc.db.pool.connection() as conn:
+        conn.execute(
+            "UPDATE namespaces SET bytes_used = bytes_used + 12345 WHERE owner_id = %s",
+            (ALICE.user_id,),
+        )
+    first_read, first_done = threading.Event(), threading.Event()
+    usage_drift_of, correct = MaintenanceTx.usage_drift, MaintenanceTx.correct_usage
+
+    def reading(tx: MaintenanceTx, after: int, limit: int) -> tuple[int, list[tuple[int, int]]]:
+        found = usage_drift_of(tx, after, limit)
+        if threading.current_thread().name == "second" and found[1]:
+            first_done.wait(5)  # holds the stale drift until the first run has committed
+        return found
+
+    def correcting(tx: MaintenanceTx, ns_id: int, drift: int) -> bool:
+        if threading.current_thread().name == "first":
+            first_read.set()
+            time.sleep(0.5)  # the second run reads meanwhile (unless it must wait)
+        return correct(tx, ns_id, drift)
+
+    monkeypatch.setattr(MaintenanceTx, "usage_drift", reading)
+    monkeypatch.setattr(MaintenanceTx, "correct_usage", correcting)
+
+    def first() -> None:
+        recount_usage(world.ctx, datetime.now(UTC))
+        first_done.set()
+
+    runs = [threading.Thread(target=first, name="first")]
+    runs.append(
+        threading.Thread(
+            target=lambda: first_read.wait(5) and recount_usage(world.ctx, datetime.now(UTC)),
+            name="second",
+        )
+    )
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(20)
+    assert usage_drift(world.svc.db) == []
+
+
 @contextmanager
 def _newest_namespace_drifted(database_url: str, tmp_path: Path) -> Iterator[World]:
     """A world of one-namespace chunks and no time budget, whose newest namespace's

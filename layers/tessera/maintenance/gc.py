@@ -241,6 +241,7 @@ def recount_usage(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 
     def chunk() -> int:
         with ctx.repo.transaction() as tx:
+            tx.lock_pass(_RECOUNT)
             after = int(tx.pass_position(_RECOUNT) or 0)
             last, drifted = tx.usage_drift(after, ctx.settings.batch_size)
             result.usage_corrected += sum(

@@ -33,6 +33,7 @@ from psycopg.types.json import Jsonb
 from tessera.metadata.db import Database
 
 LOCK_CLASS = 0x7E55_0001  # advisory lock class of the per-block maintenance lock (int4)
+PASS_LOCK_CLASS = 0x7E55_0002  # ... and of a step's pass position (`lock_pass`)
 
 # The bytes of the live files' latest versions in namespace `n` (what `bytes_used` keeps).
 _LIVE_BYTES_OF_NS = (
@@ -647,6 +648,12 @@ class MaintenanceTx:
         return [_block(r) for r in rows]
 
     # -- resumable passes -----------------------------------------------------------------
+
+    def lock_pass(self, step: str) -> None:
+        """Wait for any other run's chunk of `step`'s pass, until the transaction ends: two
+        runs at once read the same position, and both applied its chunk (a correction
+        taken off twice). Each statement after it reads what the other committed."""
+        self._all("SELECT pg_advisory_xact_lock(%s, hashtext(%s))::text", (PASS_LOCK_CLASS, step))
 
     def pass_position(self, step: str) -> str | None:
         """Where the last call of `step` stopped its pass (None: start from the beginning)."""
