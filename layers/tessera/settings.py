@@ -60,8 +60,10 @@ class Settings:
     api_rate_limit: float = 50.0
     api_burst_limit: int = 100
     restore_retry_after_s: int = 60
-    # Block-store requests a download makes at once (HEADs and restores of cold blocks)
+    # Block-store requests a download makes at once (HEADs and restores of cold blocks),
+    # and the cold blocks it asks about in all (at 16 at a time, ~3 s on S3)
     io_workers: int = 16
+    max_cold_checks: int = 2_000
     restore_days: int = 7
     trash_retention_days: int = 30
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -24,15 +22,6 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.e2e
 
 
-def _sent_blocks(home: Path) -> int:
-    try:
-        with sqlite3.connect(home / "state.db") as db:
-            rows = db.execute("SELECT payload FROM pending WHERE kind='upload'").fetchall()
-    except sqlite3.Error:
-        return 0
-    return sum(len(json.loads(r[0])["sent"]) for r in rows)
-
-
 def test_server_restarted_mid_sync(
     cloud_process: tuple[CloudProcess, Cloud], devices: list[Device], tmp_path: Path
 ) -> None:
@@ -50,9 +39,7 @@ def test_server_restarted_mid_sync(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(
-        lambda: _sent_blocks(a.home) >= 1 or sync.poll() is not None, timeout=60, interval=0.01
-    )
+    wait_for(lambda: a.pending_sent() >= 1 or sync.poll() is not None, timeout=60, interval=0.01)
     proc.stop()  # the server goes away mid-upload...
     time.sleep(1.0)
     proc.start()  # ...and comes back on the same port with the same state

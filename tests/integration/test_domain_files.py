@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 import pytest
@@ -173,6 +174,28 @@ def test_download_comes_in_pages_that_add_up_to_the_file(
     empty = put_file(services, alice, "/empty", b"")
     answer = files.download(paged, alice, DownloadRequest(file_id=empty.file_id))
     assert isinstance(answer, DownloadResponse) and answer.blocks == [] and not answer.next_block
+
+
+def test_a_later_page_reads_its_own_blocks_not_the_whole_version(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each page read every block of the version: 400 pages of a 200,000-block file
+    (parts make such files) read 80 million rows."""
+    paged = replace(services, settings=replace(services.settings, download_page_blocks=2))
+    data = bytes(range(256)) * 2560  # 10 blocks of 64 KiB
+    put_file(services, alice, "/big.bin", data)
+    read: list[int] = []
+    version_blocks = Store.version_blocks
+
+    def counting(store: Store, *args: Any, **kwargs: Any) -> Any:
+        rows = version_blocks(store, *args, **kwargs)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(Store, "version_blocks", counting)
+    assert get_file(paged, alice, "/big.bin") == data
+    assert read[0] == 10  # the first page checks the whole version
+    assert len(read) == 5 and max(read[1:]) <= 3  # a page, and one more: is there a next?
 
 
 def test_the_first_page_finds_a_damaged_block_anywhere_in_the_file(

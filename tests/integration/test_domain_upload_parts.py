@@ -28,6 +28,7 @@ from tessera.domain.services import Services
 from tessera.ports import Principal
 
 from .conftest import Caller, commit_request, get_file, send_needed
+from .test_domain_files import race_held
 
 CHUNKS = [f"block {n} of a long file ".encode() * (n + 1) for n in range(7)]
 
@@ -45,15 +46,19 @@ def specs(chunks: list[bytes]) -> list[BlockSpec]:
     return [BlockSpec(id=block_id(c), size=len(c)) for c in chunks]
 
 
-def start_in_parts(svc: Services, who: Principal, path: str, chunks: list[bytes]) -> str:
-    """Declare `chunks` at `path` without its block list; the upload_id."""
-    spec = UploadFileSpec(
+def in_parts(path: str, chunks: list[bytes]) -> UploadFileSpec:
+    """`chunks` at `path`, declared without its block list."""
+    return UploadFileSpec(
         path=path,
         size=sum(len(c) for c in chunks),
         content_hash=content_hash(block_id(c) for c in chunks),
         blocks=None,
     )
-    started = uploads.start_upload(svc, who, UploadStartRequest(files=[spec]))
+
+
+def start_in_parts(svc: Services, who: Principal, path: str, chunks: list[bytes]) -> str:
+    """Declare `chunks` at `path` without its block list; the upload_id."""
+    started = uploads.start_upload(svc, who, UploadStartRequest(files=[in_parts(path, chunks)]))
     assert started.needed == []  # the blocks come with the parts
     return started.upload_id
 
@@ -246,3 +251,60 @@ def test_urls_come_a_bounded_number_at_a_time(services: Services, alice: Princip
         limited, alice, UploadUrlsRequest(upload_id=started.upload_id, blocks=asked[:2])
     )
     assert len(answer.urls) == 2
+
+
+def test_a_late_copy_of_an_earlier_part_changes_nothing(
+    limited: Services, alice: Principal
+) -> None:
+    """A part sent again after the next (its answer lost, a gateway's 504) set the list's
+    count back: the next part was refused (422 "first=3"), and the block cap could be
+    passed by a part's worth."""
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    append(limited, alice, upload_id, "/long.bin", 0, CHUNKS[:3])
+    append(limited, alice, upload_id, "/long.bin", 3, CHUNKS[3:6])
+    append(limited, alice, upload_id, "/long.bin", 0, CHUNKS[:3])  # the late copy
+    append(limited, alice, upload_id, "/long.bin", 6, CHUNKS[6:])
+    commits.commit(limited, alice, commit_from_session("/long.bin", upload_id, CHUNKS))
+    tiny = [bytes([n]) for n in range(11)]
+    upload_id = start_in_parts(limited, alice, "/tiny.bin", tiny)
+    for first in range(0, 9, 3):
+        append(limited, alice, upload_id, "/tiny.bin", first, tiny[first : first + 3])
+    append(limited, alice, upload_id, "/tiny.bin", 7, tiny[7:8])  # late
+    with pytest.raises(PayloadTooLarge, match="more than 10 blocks"):
+        append(limited, alice, upload_id, "/tiny.bin", 8, tiny[8:])
+
+
+def test_parts_of_two_files_at_once_stage_under_distinct_keys(
+    limited: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """The keys a part adds are numbered on from the session's count: two parts of two
+    files at once took the same numbers, and S3's listing of a commit's run of keys
+    (one key a number) missed its own."""
+    other = [c + b"!" for c in CHUNKS]
+    files = [in_parts("/a.bin", CHUNKS), in_parts("/b.bin", other)]
+    upload_id = uploads.start_upload(limited, alice, UploadStartRequest(files=files)).upload_id
+    race_held(
+        monkeypatch,
+        database_url,
+        "expected_block_count",
+        lambda: append(limited, alice, upload_id, "/a.bin", 0, CHUNKS[:3]),
+        lambda: append(limited, alice, upload_id, "/b.bin", 0, other[:3]),
+    )
+    with limited.db.transaction() as store:
+        keys = store.conn.execute(
+            "SELECT staged_key FROM upload_blocks WHERE upload_id = %s", (upload_id,)
+        ).fetchall()
+    ordinals = [k.rsplit("/", 1)[1].split("-")[0] for (k,) in keys]
+    assert len(ordinals) == 6 and len(set(ordinals)) == 6
+
+
+def test_a_path_declared_twice_with_parts_is_refused(limited: Services, alice: Principal) -> None:
+    """The quota counts a path's last declaration: an inline one of 1 byte after one of
+    50 GiB in parts let the parts stage 50 GiB past the quota."""
+    long_spec = in_parts("/a.bin", CHUNKS)
+    short = UploadFileSpec(
+        path="/A.bin", size=1, content_hash=content_hash([block_id(b"x")]), blocks=specs([b"x"])
+    )
+    for files in ([long_spec, short], [short, long_spec]):
+        with pytest.raises(Unprocessable, match="declared twice"):
+            uploads.start_upload(limited, alice, UploadStartRequest(files=files))

@@ -10,8 +10,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -24,7 +26,7 @@ from tessera.maintenance import ColdResult, DedupResult, GcResult, ScrubResult, 
 from tessera.maintenance.verify import check_stored
 from tessera.metadata.maintenance import LOCK_CLASS, MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
-from tessera.ports import BlockStore, StorageTier
+from tessera.ports import BlockStore, StorageTier, StoredObject
 
 from .test_maintenance_world import (
     ALICE,
@@ -109,6 +111,42 @@ def test_a_cold_file_is_asked_about_and_restored_block_by_block_at_once(
     assert isinstance(answer, RestoringResponse) and len(answer.blocks) == 24
     assert at_once["most"] > 1
     assert _states(world) == {"restoring"}
+
+
+def test_a_huge_cold_file_is_restored_over_several_requests(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first page asked the cold tier about every cold block of the version: for one
+    of 200,000 blocks, minutes of HEADs before any restore, in one request. A request now
+    asks about `max_cold_checks`, the blocks not yet restoring first, and the client's
+    retries go on from there."""
+    gen = make_world(database_url, tmp_path)
+    w = next(gen)
+    try:
+        w.svc = replace(w.svc, settings=replace(w.svc.settings, max_cold_checks=5))
+        data = secrets.token_bytes(12 * BLOCK)
+        w.put(ALICE, "/archive.tar", data)
+        w.run("dedup")
+        _cold(w, days=91)
+        heads: list[str] = []
+        head = w.store.head
+
+        def counted(key: str) -> StoredObject | None:
+            heads.append(key)
+            return head(key)
+
+        monkeypatch.setattr(w.store, "head", counted)
+        for restoring in (5, 10, 12):
+            heads.clear()
+            answer = w.get(ALICE, "/archive.tar")
+            assert isinstance(answer, RestoringResponse) and len(answer.blocks) == 12
+            assert len(heads) <= 5
+            assert w.sql("SELECT count(*) FROM blocks WHERE state = 'restoring'") == [(restoring,)]
+        w.store_clock.advance(hours=2)
+        _cold(w, days=91)
+        assert w.get(ALICE, "/archive.tar") == data
+    finally:
+        gen.close()
 
 
 def test_restores_are_checked_across_calls_each_block_once_a_pass(
@@ -339,8 +377,8 @@ def test_a_download_that_read_the_block_live_sees_it_moved(
     read = Store.version_blocks
     moved: list[int] = []
 
-    def version_blocks(self: Store, ns_id: int, file_id: str, rev: int) -> list[VersionBlockRow]:
-        rows = read(self, ns_id, file_id, rev)
+    def version_blocks(self: Store, *args: Any, **kwargs: Any) -> list[VersionBlockRow]:
+        rows = read(self, *args, **kwargs)
         if not moved:
             moved.append(_cold(world, days=0).blocks_moved)
         return rows
@@ -557,8 +595,6 @@ def test_a_cold_block_whose_restored_copy_expires_during_scrub_stays_cold(
     """Head says the cold object is restored, the read finds it no longer is (the restored
     copy expired in between): intact as far as anyone knows. It was quarantined, for every
     owner, though its bytes were fine."""
-    from dataclasses import replace
-
     data, _ = _cold_file(world)
     head = world.store.head
 

@@ -127,25 +127,39 @@ def download(
         version = store.version(row.ns_id, row.file_id, rev)
         if version is None:
             raise NotFound(f"no rev {rev} of this file")
-        vblocks = store.version_blocks(row.ns_id, row.file_id, rev)
         first = req.from_block
-        if first and first >= len(vblocks):
-            raise Unprocessable(f"from_block {first} is past the file's {len(vblocks)} blocks")
         size = min(req.limit or settings.download_page_blocks, settings.download_page_blocks)
-        page = vblocks[first : first + size]
-        checked = vblocks if first == 0 else page
+        # a later page reads its own blocks (and one more: is there a next?), not the whole
+        # version's: 400 pages of a 200,000-block file read 200,000 rows each
+        checked = store.version_blocks(
+            row.ns_id, row.file_id, rev, first, None if first == 0 else size + 1
+        )
+        if first and not checked:
+            every = store.version_blocks(row.ns_id, row.file_id, rev)
+            raise Unprocessable(f"from_block {first} is past the file's {len(every)} blocks")
+        page = checked[:size]
+        more = len(checked) > size
+        if first:
+            checked = page
         now_state = store.touch_blocks([vb.block_id for vb in checked])
         states = [now_state.get(vb.block_id, vb.state) for vb in checked]
-        # the cold tier's blocks asked about all at once: one by one, a cold file of a
-        # thousand blocks outlasted the API's 29 s on S3, and no restore was ever recorded
-        asked = {
-            canonical_key(vb.block_id)
-            for vb, state in zip(checked, states, strict=True)
-            if state in ("cold", "restoring") and not _own_copy(vb, state)
-        }
+        # The cold tier is asked about `io_workers` blocks at once (one by one, a cold file
+        # of a thousand blocks outlasted the API's 29 s on S3, and no restore was ever
+        # recorded), and about `max_cold_checks` a request: those not yet restoring first,
+        # so each request of a huge cold file starts more restores, and the client's
+        # retries (202) go on from there.
+        frozen = sorted(
+            (
+                (state != "cold", canonical_key(vb.block_id))
+                for vb, state in zip(checked, states, strict=True)
+                if state in ("cold", "restoring") and not _own_copy(vb, state)
+            )
+        )
+        asked = list(dict.fromkeys(key for _, key in frozen))[: settings.max_cold_checks]
         heads = dict(zip(asked, parallel_map(bs.head, asked, settings.io_workers), strict=True))
         sources: list[str] = []
-        cold: dict[str, None] = {}
+        cold: dict[str, None] = {}  # to restore now
+        waiting: dict[str, None] = {}  # not asked about this time
         for vb, state in zip(checked, states, strict=True):
             live_key = canonical_key(vb.block_id)
             if _own_copy(vb, state):
@@ -157,7 +171,9 @@ def download(
                 continue
             if state == "quarantined":
                 raise BlockUnavailable(f"block {vb.block_id} is damaged", block_id=vb.block_id)
-            if state in ("cold", "restoring"):
+            if state in ("cold", "restoring") and live_key not in heads:
+                waiting[vb.block_id] = None
+            elif state in ("cold", "restoring"):
                 head = heads[live_key]
                 # no restore can bring it back; scrub (cold) or complete_restores (restoring)
                 # records the loss and tells the namespace
@@ -169,7 +185,7 @@ def download(
                 if not (head.tier == StorageTier.HOT or head.restored):
                     cold[vb.block_id] = None
             sources.append(live_key)
-        if cold:
+        if cold or waiting:
             parallel_map(
                 lambda bid: bs.restore(canonical_key(bid), days=settings.restore_days),
                 cold,
@@ -177,11 +193,11 @@ def download(
             )
             store.mark_restoring(list(cold))
             return RestoringResponse(
-                retry_after=settings.restore_retry_after_s, blocks=list(dict.fromkeys(cold))
+                retry_after=settings.restore_retry_after_s, blocks=list(cold | waiting)
             )
         result_entry = _version_entry(view, loc, row, version)
+        offset = store.version_offset(row.ns_id, row.file_id, rev, first) if first else 0
     blocks: list[DownloadBlock] = []
-    offset = sum(vb.size for vb in vblocks[:first])
     # `sources` follows `checked`, which begins with the page (the page, or the whole file)
     for vb, source in zip(page, sources[: len(page)], strict=True):
         get = bs.presign_get(source, expires_in=min(settings.presign_ttl_s, 900))
@@ -199,9 +215,8 @@ def download(
             )
         )
         offset += vb.size
-    after = first + len(page)
     return DownloadResponse(
-        entry=result_entry, blocks=blocks, next_block=after if after < len(vblocks) else None
+        entry=result_entry, blocks=blocks, next_block=first + len(page) if more else None
     )
 
 

@@ -93,6 +93,7 @@ def start_upload(
         by_target: dict[int, list[str]] = {}  # ns_id → the blocks of the files written there
         written: list[tuple[MountRow, str, int]] = []
         in_parts: dict[str, tuple[str, int, str]] = {}  # path key → the upload_files row
+        declared: set[str] = set()  # path keys
         for f in req.files:
             path = paths.canonical(f.path)
             if f.blocks is None:
@@ -106,8 +107,13 @@ def start_upload(
                 raise Unprocessable(f"{path!r} is a folder, not a file")
             check_access(mount, Action.WRITE, view)
             written.append((mount, paths.path_key(rel), f.size))
+            key = paths.path_key(path)
+            if key in in_parts or (f.blocks is None and key in declared):
+                # the quota counts the last declaration of a path: an inline one after
+                # a long one had let its parts stage any size
+                raise Unprocessable(f"{path!r} is declared twice, once with its list in parts")
+            declared.add(key)
             if f.blocks is None:
-                key = paths.path_key(path)
                 in_parts[key] = (key, f.size, f.content_hash)
             else:
                 by_target.setdefault(mount.ns_id, []).extend(b.id for b in f.blocks)

@@ -1045,10 +1045,13 @@ class Store:
         )
         return [VersionRow(*r) for r in rows]
 
-    def version_blocks(self, ns_id: int, file_id: str, rev: int) -> list[VersionBlockRow]:
-        """The ordered blocks of a version with their state and key versions: a verified
-        (promoted or dropped) staged copy is served as the canonical block, so with the
-        block's key version, not the copy's (they differ after a key rotation)."""
+    def version_blocks(
+        self, ns_id: int, file_id: str, rev: int, first: int = 0, limit: int | None = None
+    ) -> list[VersionBlockRow]:
+        """The ordered blocks of a version (from block number `first`, at most `limit`)
+        with their state and key versions: a verified (promoted or dropped) staged copy is
+        served as the canonical block, so with the block's key version, not the copy's
+        (they differ after a key rotation)."""
         rows = self._all(
             "SELECT vb.ordinal, vb.block_id, vb.size, vb.staged_key, b.state,"
             " CASE WHEN ub.state IN ('promoted', 'dropped') THEN b.key_version"
@@ -1056,10 +1059,22 @@ class Store:
             " FROM version_blocks vb JOIN blocks b USING (block_id)"
             " LEFT JOIN upload_blocks ub ON ub.staged_key = vb.staged_key"
             " AND ub.block_id = vb.block_id"
-            " WHERE vb.ns_id = %s AND vb.file_id = %s AND vb.rev = %s ORDER BY vb.ordinal",
-            (ns_id, file_id, rev),
+            " WHERE vb.ns_id = %(ns)s AND vb.file_id = %(fid)s AND vb.rev = %(rev)s"
+            " AND vb.ordinal >= %(first)s"
+            " AND (%(limit)s::int IS NULL OR vb.ordinal < %(first)s + %(limit)s)"
+            " ORDER BY vb.ordinal",
+            {"ns": ns_id, "fid": file_id, "rev": rev, "first": first, "limit": limit},
         )
         return [VersionBlockRow(*r) for r in rows]
+
+    def version_offset(self, ns_id: int, file_id: str, rev: int, ordinal: int) -> int:
+        """Where block number `ordinal` of a version begins: the bytes of the blocks before."""
+        row = self._one(
+            "SELECT COALESCE(sum(size), 0) FROM version_blocks"
+            " WHERE ns_id = %s AND file_id = %s AND rev = %s AND ordinal < %s",
+            (ns_id, file_id, rev, ordinal),
+        )
+        return int(row[0])
 
     def readable_blocks(
         self, ns_ids: Sequence[int], block_ids: Sequence[str], *, target: int
@@ -1241,7 +1256,13 @@ class Store:
 
     def lock_upload_file(self, upload_id: str, path_key: str) -> UploadFileRow | None:
         """A file of the session declared without its block list, locked until the
-        transaction ends (its parts are appended one at a time)."""
+        transaction ends (its parts are appended one at a time), and the session's row
+        before it: the staged keys a part adds are numbered on from the session's count,
+        and two parts of two files at once took the same numbers (a commit's listing of
+        its run of keys then missed its own)."""
+        self.conn.execute(
+            "SELECT 1 FROM upload_sessions WHERE upload_id = %s FOR NO KEY UPDATE", (upload_id,)
+        )
         row = self._one(
             "SELECT size, content_hash, block_count, block_bytes FROM upload_files"
             " WHERE upload_id = %s AND path_key = %s FOR UPDATE",
@@ -1291,8 +1312,10 @@ class Store:
             (upload_id, path_key, first, [b[0] for b in blocks], [b[1] for b in blocks]),
         )
         self.conn.execute(
-            "UPDATE upload_files SET block_count = %s, block_bytes = block_bytes + %s"
-            " WHERE upload_id = %s AND path_key = %s",
+            # never back: a late copy of an earlier part (its answer lost, sent again after
+            # the next) appends nothing, and must not make the list look shorter
+            "UPDATE upload_files SET block_count = GREATEST(block_count, %s),"
+            " block_bytes = block_bytes + %s WHERE upload_id = %s AND path_key = %s",
             (first + len(blocks), sum(b[1] for b in blocks), upload_id, path_key),
         )
         self._expect_blocks(upload_id, expect)

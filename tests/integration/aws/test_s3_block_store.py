@@ -224,6 +224,13 @@ def test_sizes_lists_each_run_of_staged_keys_once(
     lists.clear()
     assert store.sizes([keys[3], keys[4], keys[299]]) == {keys[3]: 4, keys[4]: 5, keys[299]: 300}
     assert sorted(lists) == [(prefix, f"{prefix}00000003", 2), (prefix, f"{prefix}0000012b", 1)]
+    # a long run is listed in parts, side by side (one was page after page in its commit)
+    monkeypatch.setattr("tessera.adapters.aws.s3._RUN_KEYS", 100)
+    lists.clear()
+    assert len(store.sizes(keys)) == 299
+    assert sorted(lists) == [
+        (prefix, object_keys.run_start_after(prefix, first), 100) for first in (0, 100, 200)
+    ]
 
 
 def test_sizes_of_an_earlier_layout_lists_the_keys_folder(store: S3BlockStore) -> None:

@@ -308,6 +308,9 @@ class S3BlockStore(BlockStore):
 #: Keys whose ordinals lie further apart are listed apart, so a listing reads at most this
 #: many keys that were not asked for.
 _RUN_GAP = 128
+#: A run's most ordinals (4 pages): a longer one is listed in parts, side by side. A file of
+#: 200,000 blocks in one run was 200 ListObjectsV2 pages one after another in its commit.
+_RUN_KEYS = 4_000
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,7 @@ def _listings(keys: Sequence[str]) -> list[_Listing]:
         ordered = sorted(found)
         first = previous = ordered[0]
         for ordinal in ordered[1:]:
-            if ordinal - previous > _RUN_GAP:
+            if ordinal - previous > _RUN_GAP or ordinal - first >= _RUN_KEYS:
                 listings.append(_Listing(prefix, first, previous))
                 first = ordinal
             previous = ordinal
