@@ -377,10 +377,11 @@ class Api:
         ):
             response = self.raw(method, route, sent, timeout=timeout)
         else:
-            response = self.raw(method, route, {**sent, "idempotency_key": uuid.uuid4().hex})
+            keyed = {**sent, "idempotency_key": uuid.uuid4().hex}
+            response = self.raw(method, route, keyed, timeout=timeout)
             if _refuses_keys(response):
                 self._unkeyed[route] = now
-                response = self.raw(method, route, sent)
+                response = self.raw(method, route, sent, timeout=timeout)
             else:
                 self._unkeyed.pop(route, None)
         if response.status_code >= 400:

@@ -166,10 +166,10 @@ class SyncEngine:
                 return self.pull()
             raise
         changed = 0
+        # a page that does not fit (not an object, no cursor) is the server's malformed
+        # answer (ApiError): it had raised KeyError out of the round
+        page = parse(ListPage, answer)
         while True:
-            # a page that does not fit (entries not objects, no cursor) is the server's
-            # malformed answer (ApiError): it had raised KeyError out of the round
-            page = parse(ListPage, answer)
             with self.state.transaction():
                 for raw in page.entries:
                     changed += self._apply_remote(raw)
@@ -178,10 +178,12 @@ class SyncEngine:
                 self._pulled.set()
                 return changed
             answer = self.api.call("/v1/list_folder/continue", {"cursor": page.cursor})
-            if answer.get("has_more") and answer.get("cursor") == page.cursor:
+            following = parse(ListPage, answer)
+            if following.has_more and following.cursor == page.cursor:
                 raise ApiError(
                     502, "malformed_response", "the server's listing does not move on", {}
                 )
+            page = following
 
     def _apply_remote(self, raw: Any) -> int:
         if not isinstance(raw, dict):  # that entry alone: the listing goes on

@@ -62,7 +62,7 @@ from tessera_client.state import StateDB
 # The longest a download waits for cold storage before asking again (a restore takes hours)
 MAX_RESTORE_WAIT_S = 3600
 WINDOW_BYTES = 16 * 1024 * 1024
-WINDOW_BLOCKS = 128  # small files: few /v1/uploads/urls round trips (the server allows 10k)
+WINDOW_BLOCKS = 128  # small files: few /v1/uploads/urls round trips (the server allows 1,000)
 # Near the end windows shrink, each to half of what is left but not below this: the last
 # window's commit overlaps no PUT, so its size is the sync's tail (a 110-file commit after
 # the last PUT was 0.3-0.5 s of a 1,000-file sync).

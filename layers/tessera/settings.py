@@ -40,7 +40,8 @@ class Settings:
     # ~2 KB, and more than ~3,000 broke Lambda's 6 MB response limit (a 502 on every retry)
     max_urls_per_request: int = 1_000
     max_commits_per_batch: int = 1_000
-    upload_ttl_s: int = 3600
+    upload_ttl_s: int = 3600  # from the session's last use (URLs, parts)
+    upload_max_lifetime_s: int = 48 * 3600
     presign_ttl_s: int = 900  # ≤ 15 min (DESIGN §9)
     # Blocks per /v1/download answer: a GET URL signed with Lambda's role credentials is
     # ~1.7 KB, so all 10,000 blocks of a big file (17 MB) broke Lambda's 6 MB response
@@ -60,9 +61,11 @@ class Settings:
     api_rate_limit: float = 50.0
     api_burst_limit: int = 100
     restore_retry_after_s: int = 60
-    # Block-store requests a download makes at once (HEADs and restores of cold blocks),
-    # and the cold blocks it asks about in all (at 16 at a time, ~3 s on S3)
+    # Block-store requests made at once (S3 round trips dominate): a download's HEADs and
+    # restores of cold blocks, maintenance's reads, copies and deletes
     io_workers: int = 16
+    # Cold blocks a download asks the cold tier about (at 16 at a time, ~3 s on S3), and
+    # names in its 202 (its answer stays far below Lambda's 6 MB)
     max_cold_checks: int = 2_000
     restore_days: int = 7
     trash_retention_days: int = 30

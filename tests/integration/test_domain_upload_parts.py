@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import pytest
 
@@ -308,3 +310,26 @@ def test_a_path_declared_twice_with_parts_is_refused(limited: Services, alice: P
     for files in ([long_spec, short], [short, long_spec]):
         with pytest.raises(Unprocessable, match="declared twice"):
             uploads.start_upload(limited, alice, UploadStartRequest(files=files))
+
+
+def test_a_session_in_use_outlives_its_first_hour(services: Services, alice: Principal) -> None:
+    """A session's expiry was fixed at its start: an upload that took longer than the hour
+    (10 GiB below ~25 Mbit/s) failed at the hour and started over, every round. Each use
+    (URLs, parts) now moves it on an hour; a session left idle still expires."""
+    now = [datetime.now(UTC)]
+    clocked = dataclasses.replace(services, clock=mock.Mock(now=lambda: now[0]))
+    chunks = CHUNKS[:2]
+    spec = UploadFileSpec(
+        path="/slow.bin",
+        size=sum(len(c) for c in chunks),
+        content_hash=content_hash(block_id(c) for c in chunks),
+        blocks=specs(chunks),
+    )
+    started = uploads.start_upload(clocked, alice, UploadStartRequest(files=[spec]))
+    for needed in started.needed:  # a block every 50 minutes
+        now[0] += timedelta(minutes=50)
+        send_needed(clocked, alice, started.upload_id, [needed], chunks)
+    commits.commit(clocked, alice, commit_request("/slow.bin", chunks, started.upload_id))
+    now[0] += timedelta(minutes=61)
+    with pytest.raises(NotFound, match="expired"):
+        send_needed(clocked, alice, started.upload_id, started.needed, chunks)

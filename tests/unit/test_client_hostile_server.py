@@ -39,7 +39,7 @@ class Evil:
     base: str = ""
     restoring: int = 0  # answer this many downloads with 202 (cold storage) first
     restoring_after: Any = 1  # the 202's retry_after
-    endless_pages: bool = False  # every listing page says has_more, with the same cursor
+    continue_page: Any = None  # when set: the first page says has_more, the next is this
     reset_cursors: bool = False  # answer list_folder/continue with invalid_cursor
     posted: list[str] = field(default_factory=list)  # the routes the client called
     page_blocks: int = 10**6  # blocks per /v1/download answer
@@ -148,13 +148,14 @@ def evil() -> Iterator[Evil]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"] or 0)) or b"{}")
             state.posted.append(self.path)
             if self.path == "/v1/list_folder":
-                more = state.endless_pages
+                more = state.continue_page is not None
                 self._send(200, {"entries": state.entries, "cursor": "c1", "has_more": more})
             elif self.path == "/v1/list_folder/continue" and state.reset_cursors:
                 self._send(400, {"error": {"code": "invalid_cursor", "message": "unknown key"}})
+            elif self.path == "/v1/list_folder/continue" and state.continue_page is not None:
+                self._send(200, state.continue_page)
             elif self.path == "/v1/list_folder/continue":
-                more = state.endless_pages
-                self._send(200, {"entries": [], "cursor": "c1", "has_more": more})
+                self._send(200, {"entries": [], "cursor": "c1", "has_more": False})
             elif self.path == "/v1/download" and state.restoring > 0:
                 state.restoring -= 1
                 self._send(
@@ -853,12 +854,22 @@ def test_a_listing_that_does_not_fit_ends_nothing(tmp_path: Path, evil: Evil) ->
     assert any("not an object" in p for p in problems + result.problems)
 
 
-def test_a_listing_that_never_moves_on_ends_the_pull(tmp_path: Path, evil: Evil) -> None:
-    """Pages that all say `has_more` with the same cursor kept the pull asking for ever;
-    now the pull fails as on any malformed answer (the daemon reports it and retries)."""
-    evil.endless_pages = True
+@pytest.mark.parametrize(
+    ("page", "reported"),
+    [
+        ({"entries": [], "cursor": "c1", "has_more": True}, "does not move on"),
+        (["not", "a", "page"], "does not fit"),
+    ],
+)
+def test_a_listing_that_never_moves_on_ends_the_pull(
+    tmp_path: Path, evil: Evil, page: Any, reported: str
+) -> None:
+    """Pages that all say `has_more` with the same cursor kept the pull asking for ever,
+    and a page that is not an object raised AttributeError out of the daemon; now the pull
+    fails as on any malformed answer (the daemon reports it and retries)."""
+    evil.continue_page = page
     engine = _engine(tmp_path, evil)
-    with pytest.raises(ApiError, match="does not move on"):
+    with pytest.raises(ApiError, match=reported):
         engine.round()
     engine.close()
     assert evil.posted.count("/v1/list_folder/continue") == 1

@@ -582,7 +582,7 @@ def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry
     root_reads: list[CommitReads] = []
 
     def read_view(store: Store) -> tuple[UserRow, list[MountRow]] | None:
-        if len(ids) > svc.settings.max_blocks_per_request:  # _commit_in refuses it: 413
+        if len(ids) > svc.settings.max_blocks_per_request:  # a long list (in parts): no fast path
             return store.user_view(principal.user_id)
         found, reads = store.view_for_commit(
             principal.user_id, parent_keys(path), block_ids=ids, upload_id=req.upload_id

@@ -118,7 +118,8 @@ def download(
 
     The answer holds one page of blocks (`DownloadRequest`). The first page checks and
     records the whole version (a damaged or cold block anywhere is known before any byte
-    is fetched, and every restore starts at once); a later page, its own blocks."""
+    is fetched, and the restores start at once, `max_cold_checks` a request); a later
+    page, its own blocks."""
     settings, bs = svc.settings, svc.block_store
     with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path, file_id=req.file_id)
@@ -193,7 +194,8 @@ def download(
             )
             store.mark_restoring(list(cold))
             return RestoringResponse(
-                retry_after=settings.restore_retry_after_s, blocks=list(cold | waiting)
+                retry_after=settings.restore_retry_after_s,
+                blocks=list(cold | waiting)[: settings.max_cold_checks],
             )
         result_entry = _version_entry(view, loc, row, version)
         offset = store.version_offset(row.ns_id, row.file_id, rev, first) if first else 0

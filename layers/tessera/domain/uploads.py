@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import secrets
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from tessera.domain import paths
 from tessera.domain.acl import Action
@@ -160,11 +161,13 @@ def append_blocks(
         raise PayloadTooLarge(f"a part holds at most {settings.max_blocks_per_request} blocks")
     path = paths.canonical(req.path)
     with view_transaction(svc, principal) as (store, view):
-        _open_session(store, view, svc.clock.now(), req.upload_id)
         mount, _rel = view.resolve(path)
         check_access(mount, Action.WRITE, view)
         key = paths.path_key(path)
         declared = store.lock_upload_file(req.upload_id, key)
+        # read once the session is locked: a part that waited behind another sees the
+        # session as gc or the clock left it meanwhile
+        _open_session(svc, store, view, req.upload_id)
         if declared is None:
             raise NotFound(
                 f"upload session {req.upload_id!r} declared no file {path!r} without its blocks"
@@ -218,14 +221,26 @@ def append_blocks(
     )
 
 
-def _open_session(store: Store, view: View, now: datetime, upload_id: str) -> UploadRow:
-    """The caller's open, unexpired session; 404 otherwise."""
+def _open_session(svc: Services, store: Store, view: View, upload_id: str) -> UploadRow:
+    """The caller's open, unexpired session (404 otherwise), its expiry moved on to
+    `upload_ttl_s` from now: a session in use lives on, up to `upload_max_lifetime_s`
+    from its start. With a fixed hour, a file whose upload took longer (10 GiB below
+    ~25 Mbit/s) failed at the hour and started over, every round."""
     session = store.get_upload(upload_id, view.user.user_id)
+    now = svc.clock.now()
     if session is None or session.state != "open":
         raise NotFound(f"no upload session {upload_id!r}")
     if session.expires_at <= now:
         raise NotFound(f"upload session {upload_id!r} has expired; start a new upload")
-    return session
+    settings = svc.settings
+    expires_at = store.extend_upload(
+        upload_id,
+        now + timedelta(seconds=settings.upload_ttl_s),
+        timedelta(seconds=settings.upload_max_lifetime_s),
+    )
+    if expires_at is None:  # gc expired it meanwhile
+        raise NotFound(f"upload session {upload_id!r} has expired; start a new upload")
+    return dataclasses.replace(session, expires_at=expires_at)
 
 
 def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> UploadUrlsResponse:
@@ -234,8 +249,8 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
     if len(req.blocks) > settings.max_urls_per_request:
         raise PayloadTooLarge(f"ask for at most {settings.max_urls_per_request} URLs at once")
     with view_transaction(svc, principal) as (store, view):
+        session = _open_session(svc, store, view, req.upload_id)
         now = svc.clock.now()
-        session = _open_session(store, view, now, req.upload_id)
         rows = store.upload_blocks(req.upload_id, [b.id for b in req.blocks])
         ttl = int(
             min(settings.presign_ttl_s, MAX_PRESIGN_S, (session.expires_at - now).total_seconds())

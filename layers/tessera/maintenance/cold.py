@@ -43,10 +43,11 @@ def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
     with ctx.repo.transaction() as tx:
         unmoved = tx.unmoved_cold(ctx.settings.batch_size)
     lost = [row.block_id for row in unmoved if _move(ctx, row, cutoff, result) == "lost"]
+    _repair_lost(ctx, lost, as_of, result)
     for _ in ctx.batches():
         with ctx.repo.transaction() as tx:
             candidates = tx.cold_candidates(cutoff, ctx.settings.batch_size)
-        moved = 0
+        moved, lost = 0, []
         for row in candidates:
             with ctx.repo.transaction() as tx:
                 marked = tx.mark_cold(row.block_id, cutoff)
@@ -54,20 +55,29 @@ def move_cold(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
             moved += outcome == "moved"
             if outcome == "lost":
                 lost.append(row.block_id)
-        # A live block whose object is gone goes to scrub's repair now: left live, it was
-        # the oldest candidate again in every batch, and a full batch of them stopped
-        # every run before any other block moved.
-        for bid in lost:
-            repair(ctx, bid, as_of, ScrubResult())
+        _repair_lost(ctx, lost, as_of, result)
         if len(candidates) < ctx.settings.batch_size:
             break
         if moved == 0 and not lost:  # a full batch we could not move: next run
             break
-        lost = []
     else:
         result.more = True
     publish_damage(ctx, as_of)
     return result
+
+
+def _repair_lost(
+    ctx: MaintenanceContext, lost: list[str], as_of: datetime, result: ColdResult
+) -> None:
+    """Hand live blocks whose objects are gone to scrub's repair at once: left live, each
+    was the oldest candidate again in every batch, and a full batch of them stopped every
+    run before any other block moved."""
+    for bid in lost:
+        repaired = ScrubResult()
+        repair(ctx, bid, as_of, repaired)
+        result.repaired += repaired.repaired
+        result.lost += repaired.unrepaired
+        result.errors += repaired.errors
 
 
 def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: ColdResult) -> Moved:

@@ -79,6 +79,7 @@ class ColdResult(StepResult):
     restores_started: int = 0  # restores (re-)issued for blocks waiting on one
     restores_completed: int = 0
     lost: int = 0  # restoring, but no object: quarantined, its versions' owners told
+    repaired: int = 0  # live, but no object: rewritten from a verified duplicate
 
 
 @dataclass

@@ -40,7 +40,6 @@ class MaintenanceSettings(Settings):
     lock_budget_ms: int = 50  # a gc delete batch stops taking blocks after this long
     max_batches_per_step: int = 50  # one Lambda invocation's worth; the state machine loops
     step_budget_s: float = 600.0  # ... or this long (Lambda stops at 15 min), whichever first
-    io_workers: int = 8  # parallel block-store reads/deletes (S3 round trips dominate)
     # local in-process scheduler intervals (seconds; 0 disables a workflow)
     dedup_interval_s: float = 10.0
     gc_interval_s: float = 3600.0

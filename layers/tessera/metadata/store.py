@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -1329,6 +1329,19 @@ class Store:
         """The caller's open session (another user's is None, like a missing one)."""
         row = self._one(_UPLOAD_SQL, (upload_id, user_id))
         return UploadRow(*row) if row else None
+
+    def extend_upload(
+        self, upload_id: str, until: datetime, max_lifetime: timedelta
+    ) -> datetime | None:
+        """Move an open session's expiry on to `until` (never back, never past
+        `max_lifetime` from its start); its expiry, None when it is no longer open."""
+        row = self._one(
+            "UPDATE upload_sessions SET expires_at = GREATEST(expires_at,"
+            " LEAST(%s, created_at + %s)) WHERE upload_id = %s AND state = 'open'"
+            " RETURNING expires_at",
+            (until, max_lifetime, upload_id),
+        )
+        return row[0] if row else None
 
     def upload_blocks(self, upload_id: str, block_ids: Sequence[str]) -> dict[str, UploadBlockRow]:
         """The session's expected blocks among `block_ids`."""

@@ -142,6 +142,10 @@ class AwsClients:
             signature_version="s3v4" if service == "s3" else None,
             # A custom endpoint (moto) has no virtual-host DNS for buckets.
             s3={"addressing_style": "path"} if self.settings.endpoint_url else None,
+            # threads share a client: `io_workers` (16) block-store calls at once, and the
+            # presigning ones beside them, each kept its connection (botocore's 10 had
+            # dropped and reopened them)
+            max_pool_connections=32,
         )
         return self.create_client(
             service,

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +26,7 @@ from tessera.domain.object_keys import (
     staged_upload_id,
     staging_folder,
 )
+from tessera.parallel import parallel_map
 from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
 
 if TYPE_CHECKING:
@@ -258,9 +258,8 @@ class S3BlockStore(BlockStore):
             found = self._listed(listings[0]) if listings else {}
         else:
             found = {}
-            with ThreadPoolExecutor(max_workers=min(16, len(listings))) as pool:
-                for part in pool.map(self._listed, listings):
-                    found.update(part)
+            for part in parallel_map(self._listed, listings, 16):
+                found.update(part)
         found |= super().sizes(others)
         return {key: found[key] for key in keys if key in found}
 
