@@ -109,6 +109,25 @@ class Device:
         except sqlite3.Error:
             return 0
 
+    def sync_killed_midway(self, sent: int = 1) -> int:
+        """`tessera sync --once`, killed once its uploads have sent `sent` blocks (or it
+        ended first, or after 60 s); the blocks sent by then."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            tessera_cmd("sync", str(self.folder), "--once", "-q"),
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        done = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and done < sent:
+            done = self.pending_sent()
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        return done
+
     def start_daemon(self) -> subprocess.Popen[str]:
         self.folder.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(

@@ -40,22 +40,15 @@ class RecordingApi(Api):
         self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
 
-    def call(
-        self,
-        route: str,
-        body: dict[str, Any] | None = None,
-        method: str = "POST",
-        *,
-        timeout: float | None = None,
-    ) -> Any:
+    def call(self, route: str, *args: Any, **kwargs: Any) -> Any:
         if not route.startswith("/v1/commit"):
-            return super().call(route, body, method, timeout=timeout)
+            return super().call(route, *args, **kwargs)
         with self._lock:
             earlier = sum(1 for kind, _ in self.log if kind == "commit")
             self.log.append(("commit", time.monotonic()))
         if earlier < self.slow_commits:
             time.sleep(self.commit_delay)
-        answer = super().call(route, body, method)
+        answer = super().call(route, *args, **kwargs)
         with self._lock:
             self.log.append(("committed", time.monotonic()))
         return answer
@@ -288,19 +281,12 @@ class OutageApi(RecordingApi):
         super().__init__(server, home, latency=0.0)
         self.route, self.down, self.calls = route, down, 0
 
-    def call(
-        self,
-        route: str,
-        body: dict[str, Any] | None = None,
-        method: str = "POST",
-        *,
-        timeout: float | None = None,
-    ) -> Any:
+    def call(self, route: str, *args: Any, **kwargs: Any) -> Any:
         if route == self.route:
             self.calls += 1
             if self.calls <= self.down:
                 raise ApiError(503, "unavailable", "try again shortly", {})
-        return super().call(route, body, method, timeout=timeout)
+        return super().call(route, *args, **kwargs)
 
 
 def test_a_commit_the_server_could_not_take_keeps_its_sent_blocks(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from tests.e2e.conftest import (
     sign_in,
     snapshot,
     synced_on_both,
-    tessera_cmd,
 )
 
 pytestmark = pytest.mark.e2e
@@ -228,25 +226,12 @@ def test_mass_delete_pauses_until_confirmed(
 def test_client_killed_mid_upload_resumes_with_what_is_missing(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
-    import time
 
     email = inproc_cloud.user()
     a = make_device(devices, tmp_path, inproc_cloud, "A", email)
     data = os.urandom(40 * 1024 * 1024)
     a.write("big.bin", data)
-    proc = subprocess.Popen(
-        tessera_cmd("sync", str(a.folder), "--once", "-q"),
-        env=a.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    sent = 0
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None and sent < 3:
-        sent = a.pending_sent()
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    sent = a.sync_killed_midway(3)
     assert sent >= 3, "the upload finished before it could be killed"
     a.sync()
     stats = a.stats()
@@ -266,7 +251,6 @@ def test_a_file_longer_than_a_request_goes_up_in_parts(
     the device's `batch_blocks`) goes up with its block list in parts, killed midway too,
     and comes down whole on another device."""
     import dataclasses
-    import time
 
     import psycopg
 
@@ -279,17 +263,7 @@ def test_a_file_longer_than_a_request_goes_up_in_parts(
     data = os.urandom(12 * 1024 * 1024)  # ~12 blocks of ~1 MiB
     a.write("video.bin", data)
     a.write("small.txt", "a file in a batch of its own")
-    proc = subprocess.Popen(
-        tessera_cmd("sync", str(a.folder), "--once", "-q"),
-        env=a.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None and not a.pending_sent():
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    a.sync_killed_midway()
     a.sync()
     assert sorted(e["name"] for e in a.json("ls")) == ["small.txt", "video.bin"]
     with psycopg.connect(inproc_cloud.conninfo) as db:

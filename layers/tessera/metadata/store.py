@@ -507,6 +507,11 @@ _UPLOAD_BLOCKS_SQL = (
 )
 
 
+def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as columns, each a list: the arrays an `unnest(...)` insert takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 def _session_values(sent: tuple[Any, Any] | None) -> SessionReads:
     """The results of `Store._session_reads`'s cursors (None: no session asked for)."""
     if sent is None:
@@ -1228,12 +1233,7 @@ class Store:
                 "INSERT INTO upload_files (upload_id, path_key, size, content_hash)"
                 " SELECT %s, k, s, h FROM unnest(%s::text[], %s::bigint[], %s::text[])"
                 " AS t(k, s, h)",
-                (
-                    upload_id,
-                    [f[0] for f in files_in_parts],
-                    [f[1] for f in files_in_parts],
-                    [f[2] for f in files_in_parts],
-                ),
+                (upload_id, *_columns(files_in_parts)),
             )
 
     def _expect_blocks(self, upload_id: str, blocks: Sequence[tuple[str, int, int, str]]) -> None:
@@ -1245,13 +1245,7 @@ class Store:
                 " SELECT %s, b, s, k, sk"
                 " FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS t(b, s, k, sk)"
                 " ON CONFLICT (upload_id, block_id) DO NOTHING",
-                (
-                    upload_id,
-                    [b[0] for b in blocks],
-                    [b[1] for b in blocks],
-                    [b[2] for b in blocks],
-                    [b[3] for b in blocks],
-                ),
+                (upload_id, *_columns(blocks)),
             )
 
     def lock_upload_file(self, upload_id: str, path_key: str) -> UploadFileRow | None:
