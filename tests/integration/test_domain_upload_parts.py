@@ -15,7 +15,13 @@ import pytest
 
 from tessera.blocks import block_id, content_hash
 from tessera.domain import commits, uploads
-from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from tessera.domain.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unprocessable,
+)
 from tessera.domain.models import (
     BlockSpec,
     CommitBatchRequest,
@@ -29,7 +35,7 @@ from tessera.domain.models import (
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
-from .conftest import Caller, commit_request, get_file, send_needed
+from .conftest import Caller, commit_request, get_file, send_needed, upload_blocks
 from .test_domain_files import race_held
 
 CHUNKS = [f"block {n} of a long file ".encode() * (n + 1) for n in range(7)]
@@ -333,3 +339,26 @@ def test_a_session_in_use_outlives_its_first_hour(services: Services, alice: Pri
     now[0] += timedelta(minutes=61)
     with pytest.raises(NotFound, match="expired"):
         send_needed(clocked, alice, started.upload_id, started.needed, chunks)
+
+
+def test_uploads_in_progress_hold_no_more_than_the_quota(
+    services: Services, alice: Principal
+) -> None:
+    """Staged blocks count against no quota, and sessions in use live two days: open
+    sessions could hold any multiple of a user's quota. What they expect, uncommitted, is
+    held to the quota (or the largest file, if more)."""
+    limited = dataclasses.replace(
+        services,
+        settings=dataclasses.replace(
+            services.settings, default_quota_bytes=3000, max_file_size=2000
+        ),
+    )
+    files = {f"/f{n}.bin": [bytes([n]) * 1000] for n in range(4)}
+    started = {path: upload_blocks(limited, alice, path, chunks) for path, chunks in files.items()
+               if path != "/f3.bin"}  # fmt: skip
+    with pytest.raises(TooManyRequests, match="not yet committed") as refused:
+        upload_blocks(limited, alice, "/f3.bin", files["/f3.bin"])
+    assert refused.value.retry_after == 60
+    upload_blocks(limited, alice, "/again.bin", files["/f0.bin"])  # the same block: once
+    commits.commit(limited, alice, commit_request("/f1.bin", files["/f1.bin"], started["/f1.bin"]))
+    upload_blocks(limited, alice, "/f3.bin", files["/f3.bin"])  # f1's block is committed

@@ -49,7 +49,7 @@ ROUTES: tuple[Route, ...] = (
         m.UploadStartRequest,
         m.UploadStartResponse,
         uploads.start_upload,
-        (401, 403, 413, 422),
+        (401, 403, 413, 422, 429),
     ),
     Route(
         "POST",
@@ -58,7 +58,7 @@ ROUTES: tuple[Route, ...] = (
         m.UploadBlocksRequest,
         m.UploadBlocksResponse,
         uploads.append_blocks,
-        (401, 403, 404, 409, 413, 422),
+        (401, 403, 404, 409, 413, 422, 429),
     ),
     Route(
         "POST",

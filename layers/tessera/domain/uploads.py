@@ -13,7 +13,13 @@ from datetime import timedelta
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.commits import check_block_list, check_file_size
-from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from tessera.domain.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unprocessable,
+)
 from tessera.domain.models import (
     BlockKey,
     BlockSpec,
@@ -64,6 +70,25 @@ def _declare(sizes: dict[str, int], blocks: Sequence[BlockSpec]) -> None:
     for b in blocks:
         if sizes.setdefault(b.id, b.size) != b.size:
             raise Unprocessable(f"block {b.id} is declared with two sizes")
+
+
+def _check_pending(
+    svc: Services, store: Store, view: View, needed: Sequence[tuple[str, int]]
+) -> None:
+    """Hold the bytes a user's open sessions may expect, uncommitted, to their quota (or
+    the largest file, if more): staging counts against no quota, and sessions kept alive
+    by use could hold any multiple of it for two days. Over it: 413 when these blocks
+    alone are, else 429 until the others are committed or expire."""
+    cap = max(view.user.quota_bytes, svc.settings.max_file_size)
+    asked = sum(size for _, size in needed)
+    if asked > cap:
+        raise PayloadTooLarge(f"these blocks hold {asked} bytes: over the {cap} an upload may")
+    if needed and store.pending_upload_bytes(view.user.user_id, svc.clock.now(), needed) > cap:
+        raise TooManyRequests(
+            f"your uploads in progress would hold more than {cap} bytes not yet committed;"
+            " commit them, or wait for them to expire",
+            retry_after=60,
+        )
 
 
 def _block_keys(svc: Services, blocks: Iterable[tuple[str, int]]) -> list[BlockKey]:
@@ -127,6 +152,7 @@ def start_upload(
             readable = store.readable_blocks(view.ns_ids, ids, target=ns_id)
             unreadable.update(bid for bid in ids if bid not in readable)
         needed = [bid for bid in sizes if bid in unreadable]
+        _check_pending(svc, store, view, [(bid, sizes[bid]) for bid in needed])
         upload_id = "up_" + secrets.token_hex(16)
         expires_at = svc.clock.now() + timedelta(seconds=settings.upload_ttl_s)
         version = svc.keys.current_version()
@@ -201,6 +227,7 @@ def append_blocks(
                 raise Unprocessable(f"block {row.block_id} is declared with two sizes")
         readable = store.readable_blocks(view.ns_ids, list(sizes), target=mount.ns_id)
         needed = [bid for bid in sizes if bid not in readable and bid not in expected]
+        _check_pending(svc, store, view, [(bid, sizes[bid]) for bid in needed])
         version = svc.keys.current_version()
         base = store.expected_block_count(req.upload_id)
         store.append_upload_file_blocks(

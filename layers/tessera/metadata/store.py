@@ -1324,6 +1324,22 @@ class Store:
         row = self._one(_UPLOAD_SQL, (upload_id, user_id))
         return UploadRow(*row) if row else None
 
+    def pending_upload_bytes(
+        self, user_id: str, now: datetime, more: Sequence[tuple[str, int]] = ()
+    ) -> int:
+        """Bytes of the distinct blocks the user's open sessions expect and no commit has
+        staged yet, with `more` (block_id, size) counted in: a block two sessions expect
+        (a client that lost its record and started again) counts once."""
+        row = self._one(
+            "SELECT COALESCE(sum(size), 0) FROM ("
+            " SELECT b.block_id, b.size FROM upload_sessions s JOIN upload_blocks b"
+            "  USING (upload_id) WHERE s.user_id = %s AND s.state = 'open'"
+            "  AND s.expires_at > %s AND b.state = 'expected'"
+            " UNION SELECT * FROM unnest(%s::text[], %s::int[])) AS t(block_id, size)",
+            (user_id, now, *(_columns(more) if more else ([], []))),
+        )
+        return int(row[0])
+
     def extend_upload(
         self, upload_id: str, until: datetime, max_lifetime: timedelta
     ) -> datetime | None:
