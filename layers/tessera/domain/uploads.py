@@ -242,7 +242,11 @@ def append_blocks(
         )
         # a block an earlier part (or file) of the session expects is needed still, until
         # a commit has staged it
-        waiting = [(r.block_id, r.key_version) for r in expected.values() if r.state == "expected"]
+        waiting = [
+            (bid, expected[bid].key_version)
+            for bid in sizes  # in the part's order
+            if bid in expected and expected[bid].state == "expected"
+        ]
     return UploadBlocksResponse(
         needed=_block_keys(svc, [*waiting, *((bid, version) for bid in needed)])
     )
