@@ -383,7 +383,16 @@ def test_sign_ins_are_throttled_per_address(env: Env) -> None:
     server.start(create_app(gateway))
     try:
         body = {"email": "alice@example.com", "password": PASSWORD}
-        answers = [httpx.post(server.base_url + "/v1/auth/token", json=body) for _ in range(3)]
+        # a made-up X-Forwarded-For each time: it had been taken as the caller's address,
+        # a fresh bucket per value
+        answers = [
+            httpx.post(
+                server.base_url + "/v1/auth/token",
+                json=body,
+                headers={"X-Forwarded-For": f"10.0.0.{n}"},
+            )
+            for n in range(3)
+        ]
     finally:
         server.stop()
     assert [a.status_code for a in answers] == [200, 200, 429]

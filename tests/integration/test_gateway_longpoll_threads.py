@@ -89,3 +89,40 @@ def test_longpoll_body_is_capped(gateway: tuple[str, dict[str, str], BlockingLon
     r = httpx.post(url + "/v1/list_folder/longpoll", content=padded, headers=headers)
     assert r.status_code == 413
     assert "request body over" in r.json()["error"]["message"]
+
+
+def test_longpolls_whose_callers_left_still_hold_their_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that hangs up frees its slot at once, but its thread runs out the wait
+    (up to 480 s): callers that connect and leave grew threads without bound. The slot is
+    held until the thread returns; past the cap a long-poll is answered 429."""
+    from tessera.local import gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "LONGPOLL_THREADS", 4)
+    issuer = JwtIssuer(tmp_path / "jwt.pem")
+    token = issuer.issue(Principal(user_id="u1", email="u1@example.com")).access_token
+    resolver = BlockingLongpoll()
+    server = Server()
+    server.start(create_app(Gateway(identity=issuer, resolver=resolver)))
+    statuses: list[int] = []
+    try:
+        for _ in range(8):  # each hangs up before its answer
+            try:
+                r = httpx.post(
+                    server.base_url + "/v1/list_folder/longpoll",
+                    json={"cursor": "c", "timeout": 30},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=0.5,
+                )
+                statuses.append(r.status_code)
+            except httpx.ReadTimeout:
+                statuses.append(0)
+        running = 0
+        while resolver.waiting.acquire(timeout=0.5):
+            running += 1
+        assert running == 4
+        assert statuses.count(429) == 4
+    finally:
+        resolver.release.set()
+        server.stop()

@@ -120,7 +120,9 @@ def _closed_by_server(conn: socket.socket) -> bool:
 @contextmanager
 def _slow_server(app: Any = _echo_body) -> Iterator[Server]:
     """A server whose deadlines are half a second, serving `app`."""
-    server = Server(head_timeout_s=0.5, body_idle_timeout_s=0.5, send_idle_timeout_s=0.5)
+    server = Server(
+        head_timeout_s=0.5, body_idle_timeout_s=0.5, body_min_bytes=4, send_idle_timeout_s=0.5
+    )
     server.start(app)
     try:
         yield server
@@ -165,6 +167,26 @@ def test_a_stalled_body_is_cut_off_and_a_steady_one_is_not() -> None:
                 conn.sendall(part)
             reply = _reply(conn, b"two..")
             assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"one..two.."), reply
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_off() -> None:
+    """Each byte well within the idle window kept the body going: a byte a minute held a
+    connection for days. A window must bring `body_min_bytes` (here 4)."""
+    with (
+        _slow_server() as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn,
+    ):
+        conn.sendall(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        cut = False
+        for _ in range(30):  # a byte every 0.2 s: at most 3 a 0.5 s window
+            try:
+                conn.sendall(b"x")
+            except OSError:  # closed already
+                cut = True
+                break
+            time.sleep(0.2)
+        assert cut, "the trickle was never cut off"
+        assert _closed_by_server(conn)
 
 
 def test_a_kept_alive_connection_gets_a_new_head_deadline_per_request() -> None:

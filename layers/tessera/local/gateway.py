@@ -18,6 +18,7 @@ import base64
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -251,6 +252,10 @@ def proxy_response(result: Mapping[str, Any]) -> Response:
 def create_app(gw: Gateway) -> Starlette:
     """The gateway's ASGI app over `gw`'s collaborators."""
     longpoll_threads = anyio.CapacityLimiter(LONGPOLL_THREADS)
+    # held until a long-poll's thread returns, not until its caller leaves: anyio hands a
+    # limiter's token back when the waiting task is cancelled, while the abandoned thread
+    # runs out its wait (up to 480 s), so callers that hung up at once grew threads unbounded
+    longpolls_running = threading.BoundedSemaphore(LONGPOLL_THREADS)
     sign_in_threads = anyio.CapacityLimiter(SIGN_IN_THREADS)
 
     async def put_block(request: Request) -> Response:
@@ -340,13 +345,20 @@ def create_app(gw: Gateway) -> Starlette:
             raise TesseraError("the API is not wired into this gateway")
         event = proxy_event(request, body, principal)
         context = LambdaContext(aws_request_id=event["requestContext"]["requestId"])
-        result = await anyio.to_thread.run_sync(
-            gw.resolver.resolve,
-            event,
-            context,
-            abandon_on_cancel=threads is not None,
-            limiter=threads,
-        )
+        if threads is None:
+            result = await anyio.to_thread.run_sync(gw.resolver.resolve, event, context)
+            return proxy_response(result)
+        if not longpolls_running.acquire(blocking=False):
+            raise TooManyRequests("too many long-polls waiting; try again shortly", 5)
+        resolve = gw.resolver.resolve
+
+        def run() -> dict[str, Any]:
+            try:
+                return resolve(event, context)
+            finally:
+                longpolls_running.release()
+
+        result = await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=threads)
         return proxy_response(result)
 
     async def on_error(request: Request, exc: Exception) -> Response:

@@ -21,8 +21,10 @@ _BACKLOG = 4096
 #: Seconds a client has to send a request's line and headers, from the connection's start
 #: or the previous response's end.
 HEAD_TIMEOUT_S = 30.0
-#: Seconds a request body may stall (nothing received while the app waits for more).
+#: Seconds a request body may stall (less than `BODY_MIN_BYTES` received while the app
+#: waits for more): a body a byte a minute had been held for days.
 BODY_IDLE_TIMEOUT_S = 60.0
+BODY_MIN_BYTES = 32 * 1024  # a window's worth: about 0.5 KB/s, Apache's MinRate
 #: Seconds a response may stall (the client reads nothing while the socket's buffers are full).
 SEND_IDLE_TIMEOUT_S = 60.0
 
@@ -42,11 +44,14 @@ class _DeadlineH11(H11Protocol):
         *args: Any,
         head_timeout_s: float,
         body_idle_s: float,
+        body_min_bytes: int,
         send_idle_s: float,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._head_timeout_s, self._body_idle_s = head_timeout_s, body_idle_s
+        self._body_min_bytes = body_min_bytes
+        self._received = 0  # bytes since the deadline was last armed
         self._send_idle_s = send_idle_s
         self._deadline: asyncio.TimerHandle | None = None
         self._armed_for: type[h11.IDLE] | type[h11.SEND_BODY] | None = None
@@ -59,6 +64,7 @@ class _DeadlineH11(H11Protocol):
         self._deadline = self.loop.call_later(seconds, self._deadline_passed)
         self._armed_for = state
         self._awaited_continue = False
+        self._received = 0
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -95,7 +101,10 @@ class _DeadlineH11(H11Protocol):
             if self._armed_for is not h11.IDLE:  # from the wait's start, not the last byte
                 self._arm(h11.IDLE)
         elif state is h11.SEND_BODY:
-            self._arm(h11.SEND_BODY)  # from the last byte
+            # a new window once the body has moved on `body_min_bytes` since the last, or
+            # as it begins: a byte now and then does not keep a connection
+            if self._armed_for is not h11.SEND_BODY or self._received >= self._body_min_bytes:
+                self._arm(h11.SEND_BODY)
         else:
             self._disarm()
 
@@ -104,6 +113,7 @@ class _DeadlineH11(H11Protocol):
         self._follow()
 
     def data_received(self, data: bytes) -> None:
+        self._received += len(data)
         super().data_received(data)
         self._follow()
 
@@ -156,6 +166,7 @@ class Server:
         *,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+        body_min_bytes: int = BODY_MIN_BYTES,
         send_idle_timeout_s: float = SEND_IDLE_TIMEOUT_S,
     ) -> None:
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -175,6 +186,7 @@ class Server:
             _DeadlineH11,
             head_timeout_s=head_timeout_s,
             body_idle_s=body_idle_timeout_s,
+            body_min_bytes=body_min_bytes,
             send_idle_s=send_idle_timeout_s,
         )
 
@@ -185,6 +197,9 @@ class Server:
             lifespan="off",
             timeout_graceful_shutdown=2,  # open long-polls are cut after this
             backlog=_BACKLOG,
+            # the peer's own address: a local client's X-Forwarded-For had been taken as
+            # its address, a fresh sign-in throttle bucket per made-up value
+            proxy_headers=False,
             http=self._protocol,  # type: ignore[arg-type]  # uvicorn calls it like a class
         )
         self._uvicorn = uvicorn.Server(config)
