@@ -268,7 +268,10 @@ class LoginThrottle:
     """Refuses password attempts for an email after `max_failures` failures in `window_s`.
 
     What Cognito does against password guessing, in memory (one local gateway process).
-    Checked before the password is hashed, so a guessing loop costs no argon2 time.
+    Checked before the password is hashed, so a guessing loop costs no argon2 time. An
+    attempt counts as a failure from the moment it is let through until it succeeds (or
+    is given up unjudged): checked, then recorded once judged, 8 guesses at once (the
+    sign-in threads) all passed the check while the first were hashed.
     Anyone can fail a sign-in for any address, so at most `max_keys` addresses are kept: the
     one that failed least recently goes first. Failures cost a password check each (at most
     a few a second, see `LocalUsers`), so filling it takes far longer than `window_s`: what
@@ -288,25 +291,31 @@ class LoginThrottle:
             failures.popleft()
         return failures
 
-    def check(self, key: str) -> None:
-        """Raise `TooManyRequests` (with Retry-After) while `key` is locked out."""
+    def attempt(self, key: str) -> float:
+        """Let an attempt for `key` through, counted as a failure until it succeeds; its
+        stamp (for `abandon`). `TooManyRequests` (with Retry-After) while `key` is locked
+        out."""
         now = time.monotonic()
         with self._lock:
             failures = self._recent(key, now)
             if len(failures) >= self.max_failures:
                 wait = failures[0] + self.window_s - now
                 raise TooManyRequests("too many failed sign-ins; try again later", math.ceil(wait))
-
-    def failed(self, key: str) -> None:
-        """Record a failed attempt."""
-        now = time.monotonic()
-        with self._lock:
-            failures = self._recent(key, now)
             failures.append(now)
             self._failures[key] = failures
             self._failures.move_to_end(key)
             while len(self._failures) > self.max_keys:
                 self._failures.popitem(last=False)
+        return now
+
+    def abandon(self, key: str, stamp: float) -> None:
+        """Uncount an attempt that was never judged (no password-check slot, no database)."""
+        with self._lock:
+            failures = self._failures.get(key)
+            if failures is not None and stamp in failures:
+                failures.remove(stamp)
+                if not failures:
+                    del self._failures[key]
 
     def succeeded(self, key: str) -> None:
         """Forget the failures of `key`."""
@@ -342,11 +351,13 @@ class LocalIdentity:
         # cannot push other addresses' failures out of it
         if not password_can_match(password):
             raise Unauthorized("wrong email or password")
-        self.throttle.check(key)
+        stamp = self.throttle.attempt(key)
         try:
             principal = self.users.authenticate(email, password)
         except Unauthorized:
-            self.throttle.failed(key)
+            raise  # counted already
+        except BaseException:
+            self.throttle.abandon(key, stamp)
             raise
         self.throttle.succeeded(key)
         return self.issuer.issue(principal)
