@@ -23,7 +23,7 @@ import functools
 import hashlib
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -240,9 +240,7 @@ class Transfers:
                         "path": server_path(i.path),
                         "size": i.manifest.size,
                         "content_hash": i.manifest.content_hash,
-                        "blocks": None
-                        if self._in_parts(i)
-                        else [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
+                        "blocks": None if self._in_parts(i) else _block_specs(i.manifest.blocks),
                     }
                     for i in fresh
                 ]
@@ -282,9 +280,7 @@ class Transfers:
                 "upload_id": upload_id,
                 "path": server_path(item.path),
                 "first": first,
-                "blocks": [
-                    {"id": b.id, "size": b.size} for b in blocks[first : first + self.batch_blocks]
-                ],
+                "blocks": _block_specs(blocks[first : first + self.batch_blocks]),
             }
             answer = parse(UploadBlocksResponse, self.api.call("/v1/uploads/blocks", body))
             needed |= {n.id: [n.key_version, n.key] for n in answer.needed}
@@ -535,7 +531,7 @@ class Transfers:
                 # a long list is the session's already (`_append_parts`)
                 "blocks": None
                 if sessions[i.path].get("in_parts")
-                else [{"id": b.id, "size": b.size} for b in i.manifest.blocks],
+                else _block_specs(i.manifest.blocks),
                 "size": i.manifest.size,
                 "content_hash": i.manifest.content_hash,
                 "mtime": _iso(i.stat.mtime_ns),
@@ -747,6 +743,11 @@ class _BlockPlan:
             )
         if content_hash(self.ids) != self.entry.content_hash:
             raise IntegrityError(f"{self.path}: the block list does not match the content hash")
+
+
+def _block_specs(blocks: Iterable[BlockRef]) -> list[dict[str, Any]]:
+    """A block list as the API takes it: id and size of each block."""
+    return [{"id": b.id, "size": b.size} for b in blocks]
 
 
 def _windows(work: list[Work], items: list[UploadItem]) -> Iterator[list[Work]]:

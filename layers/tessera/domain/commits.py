@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -67,6 +67,21 @@ def check_file_size(settings: Settings, size: int, what: str) -> None:
         raise PayloadTooLarge(f"{what} is larger than {settings.max_file_size} bytes")
 
 
+def check_block_count(settings: Settings, count: int, what: str) -> None:
+    """413 for a file of more blocks than a file may have."""
+    if count > settings.max_blocks_per_file:
+        raise PayloadTooLarge(f"{what} has more than {settings.max_blocks_per_file} blocks")
+
+
+def check_block_sizes(settings: Settings, blocks: Iterable[tuple[str, int]], what: str) -> None:
+    """413 for a block (id, plaintext size) over the block size limit."""
+    for bid, bsize in blocks:
+        if bsize > settings.max_block_size:
+            raise PayloadTooLarge(
+                f"block {bid} of {what} is larger than {settings.max_block_size} bytes"
+            )
+
+
 def with_block_list(svc: Services, user_id: str, req: CommitRequest) -> CommitRequest:
     """The commit with its block list: the request's own (at most a request's worth), or
     the one its upload session holds for the path (appended in parts). That list is only
@@ -96,13 +111,8 @@ def check_block_list(
     """Limits (413) and consistency (422) of a declared file: its blocks add up to `size`
     and hash to `digest`."""
     check_file_size(settings, size, what)
-    if len(blocks) > settings.max_blocks_per_file:
-        raise PayloadTooLarge(f"{what} has more than {settings.max_blocks_per_file} blocks")
-    for bid, bsize in blocks:
-        if bsize > settings.max_block_size:
-            raise PayloadTooLarge(
-                f"block {bid} of {what} is larger than {settings.max_block_size} bytes"
-            )
+    check_block_count(settings, len(blocks), what)
+    check_block_sizes(settings, blocks, what)
     if sum(b[1] for b in blocks) != size:
         raise Unprocessable(f"{what}: size {size} is not the sum of its block sizes")
     if content_hash(b[0] for b in blocks) != digest:

@@ -12,7 +12,12 @@ from datetime import timedelta
 
 from tessera.domain import paths
 from tessera.domain.acl import Action
-from tessera.domain.commits import check_block_list, check_file_size
+from tessera.domain.commits import (
+    check_block_count,
+    check_block_list,
+    check_block_sizes,
+    check_file_size,
+)
 from tessera.domain.errors import (
     Conflict,
     NotFound,
@@ -22,7 +27,6 @@ from tessera.domain.errors import (
 )
 from tessera.domain.models import (
     BlockKey,
-    BlockSpec,
     PresignedUrl,
     UploadBlocksRequest,
     UploadBlocksResponse,
@@ -65,11 +69,11 @@ def _check_quotas(store: Store, view: View, files: Sequence[tuple[MountRow, str,
             raise over_quota(view, owner_id, f"these files need {size} bytes", owner.quota_bytes)
 
 
-def _declare(sizes: dict[str, int], blocks: Sequence[BlockSpec]) -> None:
-    """Note each block's declared size; 422 for a block declared with two."""
-    for b in blocks:
-        if sizes.setdefault(b.id, b.size) != b.size:
-            raise Unprocessable(f"block {b.id} is declared with two sizes")
+def _declare(sizes: dict[str, int], blocks: Iterable[tuple[str, int]]) -> None:
+    """Note each block's (id, declared size); 422 for a block declared with two."""
+    for bid, size in blocks:
+        if sizes.setdefault(bid, size) != size:
+            raise Unprocessable(f"block {bid} is declared with two sizes")
 
 
 def _check_pending(
@@ -143,7 +147,7 @@ def start_upload(
                 in_parts[key] = (key, f.size, f.content_hash)
             else:
                 by_target.setdefault(mount.ns_id, []).extend(b.id for b in f.blocks)
-                _declare(sizes, f.blocks)
+                _declare(sizes, ((b.id, b.size) for b in f.blocks))
         _check_quotas(store, view, written)
         # needed unless readable for every namespace a file holding it is written into:
         # what the commit of each file will check (`Store.readable_blocks`)
@@ -210,21 +214,14 @@ def append_blocks(
                 f"{path!r} holds other blocks from index {req.first}; start a new upload"
             )
         new = part[len(known) :]
-        if declared.block_count + len(new) > settings.max_blocks_per_file:
-            raise PayloadTooLarge(f"{path} has more than {settings.max_blocks_per_file} blocks")
+        check_block_count(settings, declared.block_count + len(new), path)
         if declared.block_bytes + sum(size for _, size in new) > declared.size:
             raise Unprocessable(f"the blocks of {path!r} add up to more than its size")
-        for bid, size in new:
-            if size > settings.max_block_size:
-                raise PayloadTooLarge(
-                    f"block {bid} of {path} is larger than {settings.max_block_size} bytes"
-                )
+        check_block_sizes(settings, new, path)
         sizes: dict[str, int] = {}
-        _declare(sizes, req.blocks)
+        _declare(sizes, part)
         expected = store.upload_blocks(req.upload_id, list(sizes))
-        for row in expected.values():
-            if row.size != sizes[row.block_id]:
-                raise Unprocessable(f"block {row.block_id} is declared with two sizes")
+        _declare(sizes, ((row.block_id, row.size) for row in expected.values()))
         readable = store.readable_blocks(view.ns_ids, list(sizes), target=mount.ns_id)
         needed = [bid for bid in sizes if bid not in readable and bid not in expected]
         _check_pending(svc, store, view, [(bid, sizes[bid]) for bid in needed])

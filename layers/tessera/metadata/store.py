@@ -507,9 +507,10 @@ _UPLOAD_BLOCKS_SQL = (
 )
 
 
-def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """Rows as columns, each a list: the arrays an `unnest(...)` insert takes."""
-    return [list(column) for column in zip(*rows, strict=True)]
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows of `width` values as columns, each a list (empty ones for no rows): the arrays
+    an `unnest(...)` takes."""
+    return [list(column) for column in zip(*rows, strict=True)] or [[] for _ in range(width)]
 
 
 def _session_values(sent: tuple[Any, Any] | None) -> SessionReads:
@@ -1233,7 +1234,7 @@ class Store:
                 "INSERT INTO upload_files (upload_id, path_key, size, content_hash)"
                 " SELECT %s, k, s, h FROM unnest(%s::text[], %s::bigint[], %s::text[])"
                 " AS t(k, s, h)",
-                (upload_id, *_columns(files_in_parts)),
+                (upload_id, *_columns(files_in_parts, 3)),
             )
 
     def _expect_blocks(self, upload_id: str, blocks: Sequence[tuple[str, int, int, str]]) -> None:
@@ -1245,7 +1246,7 @@ class Store:
                 " SELECT %s, b, s, k, sk"
                 " FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[]) AS t(b, s, k, sk)"
                 " ON CONFLICT (upload_id, block_id) DO NOTHING",
-                (upload_id, *_columns(blocks)),
+                (upload_id, *_columns(blocks, 4)),
             )
 
     def lock_upload_file(self, upload_id: str, path_key: str) -> UploadFileRow | None:
@@ -1303,7 +1304,7 @@ class Store:
             "INSERT INTO upload_file_blocks (upload_id, path_key, ordinal, block_id, size)"
             " SELECT %s, %s, %s + t.n - 1, t.b, t.s"
             " FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS t(b, s, n)",
-            (upload_id, path_key, first, [b[0] for b in blocks], [b[1] for b in blocks]),
+            (upload_id, path_key, first, *_columns(blocks, 2)),
         )
         self.conn.execute(
             # never back: a late copy of an earlier part (its answer lost, sent again after
@@ -1336,7 +1337,7 @@ class Store:
             "  USING (upload_id) WHERE s.user_id = %s AND s.state = 'open'"
             "  AND s.expires_at > %s AND b.state = 'expected'"
             " UNION SELECT * FROM unnest(%s::text[], %s::int[])) AS t(block_id, size)",
-            (user_id, now, *(_columns(more) if more else ([], []))),
+            (user_id, now, *_columns(more, 2)),
         )
         return int(row[0])
 
