@@ -206,6 +206,28 @@ def test_a_batch_entry_without_its_list_fails_alone(limited: Services, alice: Pr
     assert get_file(limited, alice, "/long.bin") == b"".join(CHUNKS)
 
 
+def test_a_commit_retried_after_its_session_is_gone_gets_its_first_answer(
+    limited: Services, alice: Principal
+) -> None:
+    """The list was read before the idempotency key was claimed: a commit retried after gc
+    had deleted its session (48 h on at most) answered 404, not its first sending's answer."""
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    append_all(limited, alice, upload_id, "/long.bin")
+    req = commit_from_session("/long.bin", upload_id, CHUNKS).model_copy(
+        update={"idempotency_key": "long-1"}
+    )
+    first = commits.commit(limited, alice, req)
+    with limited.db.transaction() as store:  # what gc's expire_uploads ends with
+        store.conn.execute("DELETE FROM upload_sessions WHERE upload_id = %s", (upload_id,))
+    assert commits.commit(limited, alice, req) == first
+    batch = commits.commit_batch(limited, alice, CommitBatchRequest(entries=[req]))
+    assert [e.entry for e in batch.entries] == [first]
+    with pytest.raises(Unprocessable, match="different request"):  # the key, another file
+        commits.commit(limited, alice, req.model_copy(update={"size": first.size - 1}))
+    with pytest.raises(NotFound, match="no block list"):  # no key: no answer to give
+        commits.commit(limited, alice, req.model_copy(update={"idempotency_key": None}))
+
+
 def test_the_api_takes_parts(call: Caller, services: Services, alice: Principal) -> None:
     chunks = CHUNKS[:2]
     ids = [block_id(c) for c in chunks]

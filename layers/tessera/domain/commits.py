@@ -99,7 +99,9 @@ def with_block_list(svc: Services, user_id: str, req: CommitRequest) -> CommitRe
     with svc.db.transaction() as store:
         listed = store.session_file_blocks(req.upload_id, user_id, paths.path_key(path))
     if listed is None:
-        raise NotFound(f"upload session {req.upload_id!r} holds no block list for {path!r}")
+        # left as it came: `_commit_in` refuses it (404) once it has claimed its idempotency
+        # key, whose stored answer a retry gets after gc has deleted the session
+        return req
     # from the database, checked when appended: no need to validate 200,000 models again
     blocks = [BlockSpec.model_construct(id=bid, size=size) for bid, size in listed]
     return req.model_copy(update={"blocks": blocks})
@@ -429,13 +431,10 @@ def _target(svc: Services, view: View, req: CommitRequest) -> _Target:
     """The commit's target, after the checks that need no database: the block list, the
     path, and write access there."""
     path = paths.canonical(req.path)
-    check_block_list(
-        svc.settings,
-        req.size,
-        req.content_hash,
-        [(b.id, b.size) for b in _block_list(req)],
-        path,
-    )
+    if req.blocks is not None:  # None: no list in its session (`_commit_in` refuses it)
+        check_block_list(
+            svc.settings, req.size, req.content_hash, [(b.id, b.size) for b in req.blocks], path
+        )
     mount, rel = view.resolve(path)
     if rel == paths.ROOT:
         raise Conflict(f"{path!r} is a folder, not a file")
@@ -488,6 +487,8 @@ def _commit_in(
         first = after.claim(store, view.user.user_id, req.idempotency_key, digest)
         if first is not None:
             return first_answer(first, digest, FileEntry.model_validate), None
+    if req.blocks is None:
+        raise NotFound(f"upload session {req.upload_id!r} holds no block list for {path!r}")
     blocks = _check_blocks(svc, store, view, req, ids, rows, staged)
     display, journal = ensure_parents_found(store, view, mount, rel, rows.kinds)
     version = functools.partial(
@@ -617,8 +618,8 @@ def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry
 
 
 def _block_ids(req: CommitRequest) -> list[str]:
-    """The request's distinct block ids, in order."""
-    return list(dict.fromkeys(b.id for b in _block_list(req)))
+    """The request's distinct block ids, in order (none when its session holds no list)."""
+    return list(dict.fromkeys(b.id for b in req.blocks or ()))
 
 
 def _block_list(req: CommitRequest) -> list[BlockSpec]:

@@ -30,7 +30,7 @@ T = TypeVar("T")
 def request_hash(req: Idempotent) -> str:
     """What identifies a request apart from its key: its body (each request type has its
     own fields, so two types never hash alike)."""
-    body = req.model_dump_json(exclude={"idempotency_key"})
+    body = req.model_dump_json(exclude={"idempotency_key", *req.unhashed})
     return hashlib.sha256(body.encode()).hexdigest()
 
 
