@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tessera.blocks import block_id, content_hash
+from tessera.blocks import block_id, content_hash, stored_size_limit
 from tessera.domain import commits, files, uploads
 from tessera.domain.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from tessera.domain.models import (
@@ -183,6 +183,17 @@ def test_limits_are_413(services: Services, alice: Principal) -> None:
     )
     with pytest.raises(PayloadTooLarge):
         uploads.upload_urls(services, alice, UploadUrlsRequest(upload_id=upload_id, blocks=[huge]))
+    # a 5-byte block's stored form is at most 5 bytes and the format's 38: not 4 MiB of staging
+    bound = stored_size_limit(len(b"small"))
+
+    def asking(size: int) -> UploadUrlsRequest:
+        return UploadUrlsRequest(
+            upload_id=upload_id, blocks=[huge.model_copy(update={"size": size})]
+        )
+
+    with pytest.raises(PayloadTooLarge, match=f"at most {bound} bytes stored"):
+        uploads.upload_urls(services, alice, asking(bound + 1))
+    assert len(uploads.upload_urls(services, alice, asking(bound)).urls) == 1
 
 
 def test_urls_only_for_needed_blocks(services: Services, alice: Principal) -> None:

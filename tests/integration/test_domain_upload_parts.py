@@ -272,7 +272,7 @@ def test_urls_come_a_bounded_number_at_a_time(services: Services, alice: Princip
     )
     started = uploads.start_upload(limited, alice, UploadStartRequest(files=[spec]))
     sha = base64.b64encode(b"\0" * 32).decode()
-    asked = [UploadUrlBlock(id=i, size=100, sha256=sha) for i in ids]
+    asked = [UploadUrlBlock(id=block_id(c), size=len(c), sha256=sha) for c in CHUNKS[:3]]
     with pytest.raises(PayloadTooLarge, match="at most 2 URLs"):
         uploads.upload_urls(
             limited, alice, UploadUrlsRequest(upload_id=started.upload_id, blocks=asked)

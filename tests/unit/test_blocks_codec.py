@@ -27,6 +27,7 @@ from tessera.blocks import (
     encode_block,
     encode_many,
     stored_key_version,
+    stored_size_limit,
 )
 from tessera.blocks.memory import uninitialized_bytearray
 from tessera.domain.errors import TesseraError
@@ -52,6 +53,7 @@ def test_round_trip(data: bytes, key: bytes, version: int) -> None:
     stored = encode_block(data, bid, key, version)
     assert decode_block(stored, bid, key) == data
     assert stored_key_version(stored) == version
+    assert len(stored) <= stored_size_limit(len(data))  # what the server signs URLs for
 
 
 def test_round_trip_of_a_max_size_block_and_memoryview_input() -> None:

@@ -25,6 +25,7 @@ from tessera.blocks.codec import (
     encode_file,
     encode_many,
     stored_key_version,
+    stored_size_limit,
 )
 from tessera.blocks.errors import (
     BlockError,
@@ -59,4 +60,5 @@ __all__ = [
     "iter_chunks",
     "scan_file",
     "stored_key_version",
+    "stored_size_limit",
 ]

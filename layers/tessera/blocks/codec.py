@@ -43,8 +43,6 @@ _HEADER = struct.Struct(">4sBBI")  # magic, version, flags, key_version
 HEADER_SIZE = _HEADER.size  # 10, the authenticated header
 PREFIX_SIZE = HEADER_SIZE + NONCE_SIZE  # 22, everything before the ciphertext
 MIN_STORED_SIZE = PREFIX_SIZE + TAG_SIZE  # 38, an empty raw plaintext
-# A compressed body is shorter than its plaintext, else the block is stored raw.
-MAX_STORED_SIZE = MIN_STORED_SIZE + MAX_BLOCK_SIZE
 MAX_KEY_VERSION = 2**32 - 1
 # Incompressibility probe (see _worth_compressing): 4 slices of 8 KiB from blocks > 64 KiB.
 PROBE_THRESHOLD = 64 * 1024
@@ -68,6 +66,15 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     if d is None:
         d = _local.dctx = zstandard.ZstdDecompressor()
     return d
+
+
+def stored_size_limit(size: int) -> int:
+    """The most bytes the stored form of a `size`-byte block takes: a compressed body is
+    shorter than its plaintext, else the block is stored raw."""
+    return MIN_STORED_SIZE + size
+
+
+MAX_STORED_SIZE = stored_size_limit(MAX_BLOCK_SIZE)
 
 
 def encode_block(

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
+from tessera.blocks import stored_size_limit
 from tessera.domain import paths
 from tessera.domain.acl import Action
 from tessera.domain.commits import (
@@ -288,9 +289,13 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
             row = rows.get(b.id)
             if row is None:
                 raise Unprocessable(f"block {b.id} is not needed by this upload session")
-            if b.size > settings.max_stored_block_size:
+            # bounded by the block's own size: by the cap alone, 1-byte blocks could each
+            # stage 4 MiB (held to the quota by their declared sizes) until the session expired
+            limit = min(settings.max_stored_block_size, stored_size_limit(row.size))
+            if b.size > limit:
                 raise PayloadTooLarge(
-                    f"encoded block {b.id} is larger than {settings.max_stored_block_size} bytes"
+                    f"encoded block {b.id} of {row.size} bytes takes at most {limit} bytes stored,"
+                    f" not {b.size}"
                 )
             try:
                 puts.append((row.staged_key, b.size, base64.b64decode(b.sha256, validate=True)))
