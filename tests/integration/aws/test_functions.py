@@ -29,6 +29,7 @@ from tessera.adapters.aws import (
     changes_model,
 )
 from tessera.blocks import decode_block, scan_file
+from tessera.metadata.outbox import RelayResult
 
 from .flow import Client, lambda_client, lambda_send
 from .lambda_events import Context, rest_event, stream_record
@@ -223,6 +224,24 @@ def test_relay_delivers_every_event_once_when_the_fast_path_fails(
     # A second sweep finds nothing of ours to do; the table still holds each event once.
     lambdas.outbox_relay.handler({"min_age_s": 0}, Context())
     assert _feed_items(aws_settings, {ns}) == expected
+
+
+def test_a_sweep_lasts_as_long_as_the_function_may(
+    lambdas: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fixed 50 batches a sweep fell behind for good above 83 writes/s: the sweep goes on
+    until the function's time is nearly spent (the budget itself: test_outbox_relay.py)."""
+    relay = lambdas.outbox_relay
+    budgets: list[float] = []
+
+    def sweep(*args: Any, budget_s: float, **kwargs: Any) -> RelayResult:
+        budgets.append(budget_s)
+        return RelayResult()
+
+    monkeypatch.setattr(relay, "relay_outbox", sweep)
+    relay.handler({}, Context(remaining_ms=55_000))
+    relay.handler({}, Context(remaining_ms=3_000))
+    assert budgets == [55 - relay.RESERVE_S, 0.0]
 
 
 @pytest.mark.usefixtures("broken_fast_path")
