@@ -22,6 +22,10 @@ from infra.stacks import AppStack, DataStack
 FEATURE_FLAGS: dict[str, Any] = {
     # Access logs delivered via a bucket policy (works with BUCKET_OWNER_ENFORCED), not ACLs.
     "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True,
+    # A function's version hash includes its layers: the code is in the layer, and without
+    # this a deploy that changes only the layer publishes no new version, so prod's `live`
+    # alias (the API's) kept running the old code while every other function ran the new.
+    "@aws-cdk/aws-lambda:recognizeLayerVersion": True,
 }
 
 

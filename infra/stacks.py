@@ -288,8 +288,9 @@ class AppStack(Stack):
         for fn in (api, longpoll, relay, *maintenance.values()):
             proxy.grant_connect(fn, DB_USER)
         # Block keys: read the encrypted versions, decrypt them with the block-key CMK.
-        # (Long-poll too: cursors are signed with a key derived from them.)
-        for fn in (api, longpoll, dedup, scrub):
+        # (Long-poll too: cursors are signed with a key derived from them; cold storage
+        # repairs a block whose object is lost as scrub does, `maintenance.cold._repair_lost`.)
+        for fn in (api, longpoll, dedup, scrub, cold):
             self._grant_block_keys_read(fn)
         # Changes table: writers put items (idempotent on event_id), long-poll reads. The
         # actions are those DynamoChangeFeed calls: publish = conditional PutItem (+ GetItem
@@ -321,10 +322,12 @@ class AppStack(Stack):
         self._grant_objects(cold, ["s3:GetObject", "s3:PutObject"], [blocks])  # re-class copy
         self._grant_objects(cold, ["s3:RestoreObject"], [blocks])
         # scrub: re-verify, and repair from a verified duplicate (a staged copy, verified
-        # again at a landing key before it replaces the canonical object)
-        self._grant_objects(scrub, ["s3:GetObject"], [staging, blocks, landing])
-        self._grant_objects(scrub, ["s3:PutObject"], [blocks, landing])
-        self._grant_objects(scrub, ["s3:DeleteObject"], [landing])
+        # again at a landing key before it replaces the canonical object); cold storage
+        # runs the same repair on a block whose object it finds lost
+        for fn in (scrub, cold):
+            self._grant_objects(fn, ["s3:GetObject"], [staging, blocks, landing])
+            self._grant_objects(fn, ["s3:PutObject"], [blocks, landing])
+            self._grant_objects(fn, ["s3:DeleteObject"], [landing])
         # Migrations: the cluster secret, and creating the first block-key version.
         # (Not `secret.grant_read`: it writes the role into the data stack's key policy, a
         # reference from data to app that would make the stacks depend on each other.)

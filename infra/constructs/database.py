@@ -92,6 +92,9 @@ class Database(Construct):
         )
         self.proxy = self.cluster.add_proxy(
             "Proxy",
+            # a name per stage: by default CDK names it "Proxy", and proxy names are unique
+            # per account and region (a second stage, or app, would fail to create its own)
+            db_proxy_name=f"{config.prefix}-proxy",
             secrets=[self.secret],
             vpc=vpc,
             iam_auth=True,

@@ -217,11 +217,19 @@ def test_aurora_serverless_v2_encrypted_backed_up_and_protected_in_prod(
     assert dev_cluster["Properties"]["ServerlessV2ScalingConfiguration"]["MinCapacity"] == 0
 
 
-def test_rds_proxy_requires_iam_auth_and_tls(dev: Synth) -> None:
+def test_rds_proxy_requires_iam_auth_and_tls(dev: Synth, prod: Synth) -> None:
     dev.data_template.has_resource_properties(
         "AWS::RDS::DBProxy",
         {"RequireTLS": True, "Auth": [Match.object_like({"IAMAuth": "REQUIRED"})]},
     )
+    # proxy names are unique per account and region: CDK's default ("Proxy") let only one
+    # stage (or one app) deploy there
+    names = [
+        proxy["Properties"]["DBProxyName"]
+        for synth in (dev, prod)
+        for proxy in resources(synth.data_template, "AWS::RDS::DBProxy").values()
+    ]
+    assert names == ["tessera-dev-proxy", "tessera-prod-proxy"]
 
 
 def test_vpc_has_no_nat_and_the_endpoints_the_functions_use(dev: Synth) -> None:
@@ -658,6 +666,12 @@ def test_maintenance_functions_may_touch_every_prefix_their_code_does(dev: Synth
     landing = {(get, "landing/"), (put, "landing/"), (delete, "landing/")}
     assert landing <= _object_grants(dev, "DedupVerifyFunction")
     assert landing <= _object_grants(dev, "ScrubFunction")
+    # cold storage repairs a block whose object it finds lost as scrub does: the same reads,
+    # writes and block keys (missing, the daily cold run failed on each such block)
+    assert {(get, "staging/"), (put, "blocks/")} | landing <= _object_grants(
+        dev, "ColdStorageFunction"
+    )
+    assert _actions(dev, "ColdStorageFunction", "ssm") == _actions(dev, "ScrubFunction", "ssm")
     # gc lists landing/ for the landing objects of killed runs, and deletes them
     assert (delete, "landing/") in _object_grants(dev, "GcFunction")
     assert _listed_prefixes(dev, "GcFunction") == {"landing/*"}
@@ -696,6 +710,32 @@ def test_changes_table_writers_may_call_what_the_feed_calls(dev: Synth) -> None:
 
 
 # --- layer and function plumbing ---------------------------------------------------------------
+
+
+def test_a_change_to_the_layer_alone_publishes_a_new_function_version(tmp_path: Path) -> None:
+    """prod's API runs the `live` alias of a published version, and the code is in the layer:
+    a version whose hash left the layer out stayed the same, and `live` the old code."""
+    from aws_cdk import App, Stack
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk.assertions import Template
+
+    from infra.app import FEATURE_FLAGS
+
+    def version_ids(layer_source: str) -> set[str]:
+        layer = tmp_path / f"layer{len(layer_source)}"
+        (layer / "python").mkdir(parents=True)
+        (layer / "python" / "module.py").write_text(layer_source)
+        app = App(context=FEATURE_FLAGS, outdir=str(tmp_path / f"out{len(layer_source)}"))
+        stack = Stack(app, "Stack")
+        function = lambda_.Function(
+            stack, "Function", runtime=lambda_.Runtime.PYTHON_3_12, handler="index.handler",
+            code=lambda_.Code.from_inline("def handler(event, context): pass"),
+            layers=[lambda_.LayerVersion(stack, "Layer", code=lambda_.Code.from_asset(str(layer)))],
+        )  # fmt: skip
+        assert function.current_version is not None
+        return set(resources(Template.from_stack(stack), "AWS::Lambda::Version"))
+
+    assert version_ids("VALUE = 1\n") != version_ids("VALUE = 22\n")
 
 
 def test_layer_requirements_come_from_pyproject_minus_laptop_only_packages() -> None:
