@@ -17,6 +17,7 @@ with lambda_init():
     from aws_lambda_powertools import Logger, Metrics, Tracer
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
+    from tessera.adapters.aws import DeadlineFeed, gateway_deadline
     from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
     from tessera.api import build_resolver
 
@@ -25,7 +26,9 @@ with lambda_init():
     metrics = Metrics(namespace="Tessera", service="tessera-longpoll")
 
     runtime = AwsRuntime.from_env()
-    services = runtime.services(lazy_db=True)  # waits use DynamoDB, not Aurora
+    # waits use DynamoDB, not Aurora, and end before API Gateway gives up on the request
+    feed = DeadlineFeed(runtime.change_feed())
+    services = runtime.services(lazy_db=True, feed=feed)
     resolver = build_resolver(services)
 
 
@@ -34,4 +37,5 @@ with lambda_init():
 @metrics.log_metrics(raise_on_empty_metrics=False, capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Resolve one long-poll request (API Gateway REST proxy event)."""
+    feed.deadline = gateway_deadline(event)
     return resolver.resolve(event, context)

@@ -226,6 +226,23 @@ def test_relay_delivers_every_event_once_when_the_fast_path_fails(
     assert _feed_items(aws_settings, {ns}) == expected
 
 
+def test_a_longpoll_answers_before_the_gateway_gives_up(lambdas: SimpleNamespace) -> None:
+    """API Gateway ends a request 29 s after it received it, a cold start included; the
+    wait counted from the handler's start, so after a slow start a full wait answered 504."""
+    claims = _claims()
+    client = lambda_client(lambdas, claims)
+    status, listing = client.call("/v1/list_folder", {"path": ""})
+    assert status == 200, listing
+    event = rest_event(
+        "/v1/list_folder/longpoll", {"cursor": listing["cursor"], "timeout": 30}, claims=claims
+    )
+    event["requestContext"]["requestTimeEpoch"] = int((time.time() - 27.5) * 1000)
+    started = time.monotonic()
+    answer = lambdas.longpoll.handler(event, Context())
+    assert (answer["statusCode"], json.loads(answer["body"])["changes"]) == (200, False)
+    assert time.monotonic() - started < 5  # a wait of 20 s or more, before
+
+
 def test_a_sweep_lasts_as_long_as_the_function_may(
     lambdas: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

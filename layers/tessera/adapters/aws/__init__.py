@@ -3,9 +3,11 @@ Cognito, Aurora. Configured by one `AwsSettings` read from the environment."""
 
 from tessera.adapters.aws.changes import (
     ChangeRecordBase,
+    DeadlineFeed,
     DynamoChangeFeed,
     changes_model,
     create_changes_table,
+    gateway_deadline,
     stream_image_to_event,
 )
 from tessera.adapters.aws.clients import AwsClients
@@ -40,6 +42,7 @@ __all__ = [
     "CognitoIdentity",
     "CognitoUsers",
     "ColdObjectError",
+    "DeadlineFeed",
     "DynamoChangeFeed",
     "EventBridgePublisher",
     "KmsKeyService",
@@ -51,6 +54,7 @@ __all__ = [
     "create_key_version",
     "db_conninfo",
     "ensure_key_version",
+    "gateway_deadline",
     "iam_conninfo",
     "list_key_versions",
     "principal_from_claims",

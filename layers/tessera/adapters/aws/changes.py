@@ -260,6 +260,44 @@ class DynamoChangeFeed(ChangeFeed):
             interval = min(interval * 1.5, self._max_interval)
 
 
+#: API Gateway's integration timeout, counted from when it received the request
+GATEWAY_TIMEOUT_S = 29.0
+#: what a long-poll leaves of it for its answer to be made and sent back
+GATEWAY_MARGIN_S = 2.0
+
+
+def gateway_deadline(event: Mapping[str, Any]) -> float:
+    """When a wait for API Gateway's request `event` must end (epoch seconds): before the
+    gateway gives up on it. No end for an event without the time it was received."""
+    received = (event.get("requestContext") or {}).get("requestTimeEpoch")
+    if not isinstance(received, int | float):
+        return float("inf")
+    return received / 1000 + GATEWAY_TIMEOUT_S - GATEWAY_MARGIN_S
+
+
+class DeadlineFeed(ChangeFeed):
+    """A change feed whose waits end by `deadline` (epoch seconds; set per request) whatever
+    timeout they ask for. API Gateway ends a request 29 s after it received it, a Lambda
+    cold start included, while the long-poll's wait counts from the handler's start: after
+    a slow start a full wait answered 504 instead of "no changes"."""
+
+    def __init__(self, inner: ChangeFeed, clock: Callable[[], float] = time.time) -> None:
+        self.inner = inner
+        self.deadline = float("inf")
+        self._clock = clock
+
+    def publish(self, event: ChangeEvent) -> None:
+        self.inner.publish(event)
+
+    def publish_many(self, events: Sequence[ChangeEvent]) -> None:
+        self.inner.publish_many(events)
+
+    def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
+        """`inner.wait`, ending by the deadline (past it, one look: a change already there
+        still counts)."""
+        return self.inner.wait(cursors, min(timeout, self.deadline - self._clock()))
+
+
 def create_changes_table(model: type[ChangeRecordBase]) -> None:
     """Create the table with its stream (AWS mode and tests; CDK owns it on AWS)."""
     if not model.exists():

@@ -21,6 +21,7 @@ from tessera.adapters.aws.s3 import S3BlockStore
 from tessera.adapters.aws.settings import AwsSettings
 from tessera.domain.services import Services
 from tessera.metadata import Database
+from tessera.ports import ChangeFeed
 from tessera.settings import Settings
 
 # What the functions' X-Ray tracers patch (`Tracer(patch_modules=TRACED_MODULES)`): botocore,
@@ -99,13 +100,14 @@ class AwsRuntime:
             max_size=self.settings.pool_max_size,
         )
 
-    def services(self, *, lazy_db: bool = False) -> Services:
-        """Every port on its AWS adapter, in the domain's `Services` container."""
+    def services(self, *, lazy_db: bool = False, feed: ChangeFeed | None = None) -> Services:
+        """Every port on its AWS adapter (the change feed: `feed`, when given), in the
+        domain's `Services` container."""
         return Services(
             db=self.database(lazy=lazy_db),
             block_store=self.block_store(),
             keys=self.key_service(),
-            feed=self.change_feed(),
+            feed=feed or self.change_feed(),
             settings=self.settings,
             is_transient=is_transient,
         )
