@@ -574,6 +574,31 @@ def test_a_second_delete_of_a_deleted_share_is_409_and_leaves_no_decoy(
     assert get_file(services, alice, "/Team/a") == b"a"
 
 
+@pytest.mark.parametrize("limit", [1, 2])
+def test_a_listing_of_shared_folders_ends_whatever_its_page_size(
+    services: Services, alice: Principal, bob: Principal, limit: int
+) -> None:
+    """A mount point's entry opens its part's snapshot: with limit=1 every page was that
+    entry again (has_more, the same cursor), and the listing never ended."""
+    for name in ("x", "y"):
+        put_file(services, alice, f"/S/{name}.txt", name.encode())
+        put_file(services, alice, f"/T/{name}.txt", name.encode())
+    _meet(services, bob)
+    _share(services, alice, "/S", bob, "viewer")
+    _share(services, alice, "/T", bob, "viewer")
+    put_file(services, bob, "/mine.txt", b"m")
+    page = listing.list_folder(services, bob, "", True, limit)
+    seen = [e.path_display for e in page.entries]
+    for _ in range(20):
+        if not page.has_more:
+            break
+        page = listing.list_folder_continue(services, bob, page.cursor, limit)
+        assert len(page.entries) <= limit
+        seen += [e.path_display for e in page.entries]
+    assert not page.has_more
+    assert sorted(seen) == ["/S", "/S/x.txt", "/S/y.txt", "/T", "/T/x.txt", "/T/y.txt", "/mine.txt"]
+
+
 def test_a_removed_members_old_cursor_learns_nothing_of_the_share(
     services: Services, alice: Principal, bob: Principal
 ) -> None:

@@ -199,7 +199,13 @@ def _page(store: Store, view: View, cursor: _Cursor, limit: int) -> list[Entry]:
         mount = _mount_row(view, part)
         if part.snap is not None:
             if part.snap == "" and part.show_mount:
+                if len(entries) >= limit:  # no room for it on this page
+                    more = True
+                    break
                 entries.append(mount_entry(mount))
+                # sent: a page that ends right after it must not send it again (with
+                # limit=1 every page was that entry alone, and the listing never ended)
+                part.show_mount = False
             if part.point:
                 part.snap = None
                 continue
