@@ -523,6 +523,34 @@ def test_gc_skips_a_block_whose_row_a_commit_holds(world: World, database_url: s
     assert _gc(world, days=45).blocks_deleted == 0  # refcount 1 now: kept for good
 
 
+def test_a_folders_entries_leave_the_trash_before_the_folder(
+    database_url: str, tmp_path: Path
+) -> None:
+    """They share the folder's deleted_at: a batch took any of them, and a run that stopped
+    between batches left /A/B/c with /A/B purged (undeleting /A restored c, folderless)."""
+    from tessera.domain.commits import parent_keys
+
+    from .test_maintenance_world import make_world
+
+    gen = make_world(database_url, tmp_path, batch_size=8, step_budget_s=0.0)  # 1 a step
+    w = next(gen)
+    try:
+        for path in ("/A/B/c.bin", "/A/B/C/d.bin", "/A/e.bin", "/A/Z/f.bin"):
+            w.put(ALICE, path, secrets.token_bytes(1000))
+        w.delete(ALICE, "/A")
+        as_of = datetime.now(UTC) + timedelta(days=31)
+        for _ in range(20):
+            left = {key for (key,) in w.sql("SELECT path_key FROM files WHERE is_deleted")}
+            orphans = {key for key in left if not set(parent_keys(key)) <= left}
+            assert not orphans, f"purged before their entries: the folders of {orphans}"
+            if not left:
+                break
+            run_step(w.ctx, "gc", "purge_trash", as_of=as_of)
+        assert not left
+    finally:
+        gen.close()
+
+
 def test_a_step_stops_at_its_budget_and_says_more(database_url: str, tmp_path: Path) -> None:
     from tessera.maintenance import run_step
 

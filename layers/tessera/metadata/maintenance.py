@@ -267,10 +267,13 @@ class MaintenanceTx:
     # -- gc: trash and version retention --------------------------------------------------
 
     def lock_trashed_files(self, cutoff: datetime, limit: int) -> list[tuple[int, str]]:
-        """Row-lock files deleted before `cutoff` (skipping rows a user is touching)."""
+        """Row-lock files deleted before `cutoff` (skipping rows a user is touching), a
+        folder's entries before the folder: they share its `deleted_at`, and a run that
+        stopped between batches left /A/B/c with /A/B purged, and undeleting /A then
+        restored c with no folder to hold it."""
         rows = self._all(
             "SELECT ns_id, file_id FROM files WHERE is_deleted AND deleted_at < %s"
-            " ORDER BY deleted_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            " ORDER BY deleted_at, path_key DESC LIMIT %s FOR UPDATE SKIP LOCKED",
             (cutoff, limit),
         )
         return [(r[0], r[1]) for r in rows]
