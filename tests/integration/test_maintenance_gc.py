@@ -540,7 +540,7 @@ def test_a_folders_entries_leave_the_trash_before_the_folder(
         w.delete(ALICE, "/A")
         as_of = datetime.now(UTC) + timedelta(days=31)
         for _ in range(20):
-            left = {key for (key,) in w.sql("SELECT path_key FROM files WHERE is_deleted")}
+            left = {str(key) for (key,) in w.sql("SELECT path_key FROM files WHERE is_deleted")}
             orphans = {key for key in left if not set(parent_keys(key)) <= left}
             assert not orphans, f"purged before their entries: the folders of {orphans}"
             if not left:
