@@ -733,3 +733,24 @@ def test_a_user_is_given_at_most_max_shared_folders(
     sharing.unshare(services, bob, UnshareRequest(path="/b"))
     _share(services, alice, "/c", bob, "viewer")
     assert sorted(s.path_display for s in sharing.shares(services, bob).shares) == ["/a", "/c"]
+
+
+def test_a_members_devices_learn_their_new_access(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """A change of access logs the mount point again in the member's root: the entry his
+    devices get carries the access he has now (it came with `access` null)."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    first = listing.list_folder(services, bob, "", True, None)
+    assert _mount_access(first.entries) == ["editor"]
+
+    _share(services, alice, "/Team", bob, "viewer")
+    after = listing.list_folder_continue(services, bob, first.cursor, None)
+    assert _mount_access(after.entries) == ["viewer"]
+
+
+def _mount_access(entries: object) -> list[str | None]:
+    assert isinstance(entries, list)
+    return [e.access for e in entries if isinstance(e, FolderEntry) and e.shared_ns_id]

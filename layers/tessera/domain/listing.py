@@ -171,11 +171,15 @@ def _journal_entry(view: View, mount: MountRow, j: JournalRow) -> Entry:
         return DeletedEntry(**names)
     if j.kind == "folder":
         shared = int(j.file_id[3:]) if j.file_id.startswith("ns:") else None
+        # a mount point's row is logged again when the member's access changes: the entry
+        # carries the access the caller has now, as a snapshot's `mount_entry` does
+        shared_mount = view.mount_of(shared) if shared is not None else None
         return FolderEntry(
             **names,
             file_id=j.file_id,
             ns_id=j.ns_id,
             shared_ns_id=shared,
+            access=shared_mount.access if shared_mount else None,  # type: ignore[arg-type]
         )
     assert j.size is not None and j.content_hash is not None
     return FileEntry(
