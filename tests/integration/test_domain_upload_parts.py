@@ -384,3 +384,26 @@ def test_uploads_in_progress_hold_no_more_than_the_quota(
     upload_blocks(limited, alice, "/again.bin", files["/f0.bin"])  # the same block: once
     commits.commit(limited, alice, commit_request("/f1.bin", files["/f1.bin"], started["/f1.bin"]))
     upload_blocks(limited, alice, "/f3.bin", files["/f3.bin"])  # f1's block is committed
+
+
+def test_two_uploads_started_at_once_cannot_both_pass_the_cap(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """Each start read the sum of the uploads in progress before the other had written
+    its session: both saw room, and together they held more than the cap lets them. The
+    second now waits for the first and is refused."""
+    limited = dataclasses.replace(
+        services,
+        settings=dataclasses.replace(
+            services.settings, default_quota_bytes=3000, max_file_size=2000
+        ),
+    )
+
+    def start(n: int) -> str:
+        return upload_blocks(limited, alice, f"/f{n}.bin", [bytes([n]) * 2000], put=False)
+
+    first, second = race_held(
+        monkeypatch, database_url, "pending_upload_bytes", lambda: start(1), lambda: start(2)
+    )
+    assert isinstance(first, str)
+    assert isinstance(second, TooManyRequests)

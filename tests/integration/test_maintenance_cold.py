@@ -24,7 +24,8 @@ from tessera.domain.errors import TesseraError
 from tessera.domain.models import RestoringResponse
 from tessera.maintenance import ColdResult, DedupResult, GcResult, ScrubResult, run_step
 from tessera.maintenance.verify import check_stored
-from tessera.metadata.maintenance import LOCK_CLASS, MaintenanceTx
+from tessera.metadata.locks import LockClass
+from tessera.metadata.maintenance import MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
 from tessera.ports import BlockStore, StorageTier, StoredObject
 
@@ -629,7 +630,7 @@ def test_gc_deletes_the_landing_object_a_killed_promotion_left(
     block = world.sql("SELECT block_id FROM blocks")[0][0]
 
     with psycopg.connect(database_url, autocommit=True) as step:  # a live step's lock
-        step.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_CLASS, block))
+        step.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LockClass.BLOCK, block))
         assert world.run_as(GcResult, "gc").landings_deleted == 0
         assert world.keys_under("landing/") == landed
     assert world.run_as(GcResult, "gc").landings_deleted == 1

@@ -128,7 +128,7 @@ def test_a_row_committed_while_gc_waits_for_the_block_lock_keeps_its_object(
     used to share the statement that waited for the lock, and so its snapshot: a row
     committed meanwhile (a block uploaded again and promoted under the lock) went unseen,
     and gc deleted an object that row named."""
-    from tessera.metadata.maintenance import LOCK_CLASS
+    from tessera.metadata.locks import LockClass
 
     bid = "b3:" + "ab" * 32
     found: list[set[str]] = []
@@ -138,7 +138,7 @@ def test_a_row_committed_while_gc_waits_for_the_block_lock_keeps_its_object(
             found.append(tx.lock_absent_blocks([bid]))
 
     with psycopg.connect(database_url) as promoter:
-        promoter.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_CLASS, bid))
+        promoter.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LockClass.BLOCK, bid))
         waiting = threading.Thread(target=gc_check)
         waiting.start()
         time.sleep(0.5)  # gc's statement now waits for the lock (its limit: 2 s)

@@ -88,7 +88,10 @@ def _check_pending(
     asked = sum(size for _, size in needed)
     if asked > cap:
         raise PayloadTooLarge(f"these blocks hold {asked} bytes: over the {cap} an upload may")
-    if needed and store.pending_upload_bytes(view.user.user_id, svc.clock.now(), needed) > cap:
+    if not needed:
+        return
+    store.lock_pending_uploads(view.user.user_id)  # until the session is written
+    if store.pending_upload_bytes(view.user.user_id, svc.clock.now(), needed) > cap:
         raise TooManyRequests(
             f"your uploads in progress would hold more than {cap} bytes not yet committed;"
             " commit them, or wait for them to expire",

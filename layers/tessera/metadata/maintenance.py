@@ -31,9 +31,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from tessera.metadata.db import Database
-
-LOCK_CLASS = 0x7E55_0001  # advisory lock class of the per-block maintenance lock (int4)
-PASS_LOCK_CLASS = 0x7E55_0002  # ... and of a step's pass position (`lock_pass`)
+from tessera.metadata.locks import LockClass
 
 # The bytes of the live files' latest versions in namespace `n` (what `bytes_used` keeps).
 _LIVE_BYTES_OF_NS = (
@@ -106,7 +104,7 @@ class MaintenanceTx:
         With `wait=False`, returns False instead of waiting when another step holds it.
         """
         fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-        row = self._all(f"SELECT {fn}(%s, hashtext(%s))::text", (LOCK_CLASS, block_id))[0]
+        row = self._all(f"SELECT {fn}(%s, hashtext(%s))::text", (LockClass.BLOCK, block_id))[0]
         return wait or row[0] == "true"
 
     def lock_absent_blocks(self, block_ids: Sequence[str]) -> set[str]:
@@ -120,7 +118,7 @@ class MaintenanceTx:
         self._all(
             "SELECT pg_advisory_xact_lock(%s, hashtext(b))::text FROM unnest(%s::text[]) AS b"
             " ORDER BY b",
-            (LOCK_CLASS, ids),
+            (LockClass.BLOCK, ids),
         )
         rows = self._all(
             "SELECT b FROM unnest(%s::text[]) AS b"
@@ -656,7 +654,7 @@ class MaintenanceTx:
         """Wait for any other run's chunk of `step`'s pass, until the transaction ends: two
         runs at once read the same position, and both applied its chunk (a correction
         taken off twice). Each statement after it reads what the other committed."""
-        self._all("SELECT pg_advisory_xact_lock(%s, hashtext(%s))::text", (PASS_LOCK_CLASS, step))
+        self._all("SELECT pg_advisory_xact_lock(%s, hashtext(%s))::text", (LockClass.PASS, step))
 
     def pass_position(self, step: str) -> str | None:
         """Where the last call of `step` stopped its pass (None: start from the beginning)."""
@@ -749,7 +747,6 @@ class MaintenanceRepository:
 
 
 __all__ = [
-    "LOCK_CLASS",
     "BlockRow",
     "DamageNotice",
     "MaintenanceRepository",

@@ -16,11 +16,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from tessera.metadata.locks import LockClass
 from tessera.ports import ChangeEvent
 
 NOTIFY_CHANNEL = "tessera_changes"
-# Advisory lock class of `Store.lock_usage` (int4); maintenance.LOCK_CLASS is 0x7E55_0001.
-USAGE_LOCK_CLASS = 0x7E55_0002
 
 _FILE_COLS = (
     "f.ns_id, f.file_id, f.path_key, f.path_display, f.kind, f.latest_rev, f.is_deleted,"
@@ -789,7 +788,7 @@ class Store:
         self.conn.execute(
             "SELECT pg_advisory_xact_lock(%s, h) FROM"
             " (SELECT DISTINCT hashtext(o) AS h FROM unnest(%s::text[]) AS o ORDER BY h) AS s",
-            (USAGE_LOCK_CLASS, ids),
+            (LockClass.USAGE, ids),
         )
 
     def latest_seqs(self, ns_ids: Sequence[int]) -> dict[int, int]:
@@ -1324,6 +1323,16 @@ class Store:
         """The caller's open session (another user's is None, like a missing one)."""
         row = self._one(_UPLOAD_SQL, (upload_id, user_id))
         return UploadRow(*row) if row else None
+
+    def lock_pending_uploads(self, user_id: str) -> None:
+        """Queue behind the user's other requests that add to their uploads in progress,
+        until the transaction ends (a transaction-scoped advisory lock): two that read the
+        sum at once each saw room under the cap, and both went past it. Taken once the
+        request holds what it locks before (an `append_blocks` its session's file row)."""
+        self.conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+            (LockClass.PENDING_UPLOADS, user_id),
+        )
 
     def pending_upload_bytes(
         self, user_id: str, now: datetime, more: Sequence[tuple[str, int]] = ()
