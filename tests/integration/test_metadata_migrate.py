@@ -9,7 +9,12 @@ import psycopg
 import pytest
 
 from tessera.metadata import migrate
-from tessera.metadata.migrate import NO_TRANSACTION, Migration, available_migrations
+from tessera.metadata.migrate import (
+    NO_TRANSACTION,
+    Migration,
+    MigrationBlocked,
+    available_migrations,
+)
 
 
 def test_migrate_is_idempotent_and_ordered(empty_database_url: str) -> None:
@@ -105,6 +110,58 @@ def test_a_migrator_waiting_for_the_lock_lets_a_concurrent_build_finish(
     second.join(30)
     assert len(outcomes) == 2 and [900, 901] in outcomes and [] in outcomes, outcomes
     assert _index_valid(empty_database_url, "t_v") is True
+
+
+_ADD_COLUMN = Migration(900, "add_w", "ALTER TABLE t ADD COLUMN w int")
+
+
+def _table_t(url: str) -> None:
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v int)")
+
+
+def _columns_of_t(url: str) -> list[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 't'"
+            " ORDER BY ordinal_position"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_a_migration_behind_a_long_transaction_gives_way_and_says_why(
+    empty_database_url: str,
+) -> None:
+    """An ALTER TABLE waiting for a transaction that holds the table queues every later
+    query of the table behind it: unbounded, a migration stopped the service for as long
+    as that transaction lasted. It now waits `lock_timeout_s` a try, then fails naming
+    the cause. (Without the bound, it waits here until the holder gives up after 15 s, and
+    then succeeds.)"""
+    _table_t(empty_database_url)
+    with psycopg.connect(empty_database_url) as holder:
+        holder.execute("SELECT * FROM t")  # an open transaction: ACCESS SHARE on t
+        give_up = threading.Timer(15, holder.rollback)
+        give_up.start()
+        try:
+            with pytest.raises(MigrationBlocked, match=r"900_add_w waited 0.2 s .* 2 times"):
+                migrate(empty_database_url, [_ADD_COLUMN], lock_timeout_s=0.2, lock_attempts=2)
+        finally:
+            give_up.cancel()
+    assert _columns_of_t(empty_database_url) == ["v"]
+    assert migrate(empty_database_url, [_ADD_COLUMN]) == [900]  # not recorded: runs now
+    assert _columns_of_t(empty_database_url) == ["v", "w"]
+
+
+def test_a_migration_goes_through_once_the_long_transaction_ends(empty_database_url: str) -> None:
+    _table_t(empty_database_url)
+    with psycopg.connect(empty_database_url) as holder:
+        holder.execute("SELECT * FROM t")
+        threading.Timer(0.5, holder.rollback).start()
+        assert migrate(
+            empty_database_url, [_ADD_COLUMN], lock_timeout_s=0.2, lock_attempts=30
+        ) == [900]
+    assert _columns_of_t(empty_database_url) == ["v", "w"]
 
 
 def test_namespace_tables_lead_with_ns_id(database_url: str) -> None:

@@ -10,6 +10,11 @@ without blocking its writers. Its row is written after its last statement, so a 
 fails or is killed midway runs the whole file again: each of its statements must be safe to
 repeat (`DROP INDEX CONCURRENTLY IF EXISTS` before the build, since a failed build leaves an
 invalid index behind under the same name).
+
+A transactional file waits at most `lock_timeout_s` for each table lock it takes, and is
+tried again after a pause, up to `lock_attempts` times: an `ALTER TABLE` waiting behind a
+long transaction queues every later query of that table behind itself, so a migration that
+waited without a bound stopped the service for as long as that transaction lasted.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ _LOCK_POLL_S = 0.2
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 NO_TRANSACTION = "-- tessera: no-transaction"
 _STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
+LOCK_TIMEOUT_S = 5.0
+LOCK_ATTEMPTS = 20  # with the pauses, about two minutes: the deploy function has five
+
+
+class MigrationBlocked(RuntimeError):
+    """A migration did not get its table locks within its attempts: a long transaction
+    holds them."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +78,16 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-def migrate(conninfo: str, migrations: Sequence[Migration] | None = None) -> list[int]:
+def migrate(
+    conninfo: str,
+    migrations: Sequence[Migration] | None = None,
+    *,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+    lock_attempts: int = LOCK_ATTEMPTS,
+) -> list[int]:
     """Apply every pending migration (by default, those shipped: `available_migrations`) to
-    the database at `conninfo`; returns the numbers applied."""
+    the database at `conninfo`; returns the numbers applied. `MigrationBlocked` when a
+    transactional file waited `lock_timeout_s` for a table lock `lock_attempts` times."""
     applied_now: list[int] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         _lock(conn)
@@ -81,7 +100,7 @@ def migrate(conninfo: str, migrations: Sequence[Migration] | None = None) -> lis
             done = {row[0] for row in conn.execute("SELECT number FROM schema_migrations")}
             for mig in available_migrations() if migrations is None else migrations:
                 if mig.number not in done:
-                    _apply(conn, mig)
+                    _apply(conn, mig, lock_timeout_s, lock_attempts)
                     applied_now.append(mig.number)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
@@ -97,16 +116,42 @@ def _lock(conn: psycopg.Connection) -> None:
         time.sleep(_LOCK_POLL_S)
 
 
-def _apply(conn: psycopg.Connection, mig: Migration) -> None:
-    record = "INSERT INTO schema_migrations (number, name) VALUES (%s, %s)"
+_RECORD = "INSERT INTO schema_migrations (number, name) VALUES (%s, %s)"
+
+
+def _apply(conn: psycopg.Connection, mig: Migration, lock_timeout_s: float, attempts: int) -> None:
     if mig.transactional:
-        with conn.transaction():
-            conn.execute(mig.sql.encode("utf-8"))
-            conn.execute(record, (mig.number, mig.name))
+        _apply_in_transaction(conn, mig, lock_timeout_s, attempts)
         return
+    # No lock timeout here: `CREATE INDEX CONCURRENTLY` waits for older transactions, but
+    # blocks no reader or writer while it does.
     for statement in mig.statements():
         conn.execute(statement.encode("utf-8"))
-    conn.execute(record, (mig.number, mig.name))
+    conn.execute(_RECORD, (mig.number, mig.name))
+
+
+def _apply_in_transaction(
+    conn: psycopg.Connection, mig: Migration, lock_timeout_s: float, attempts: int
+) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    (f"{max(1, round(lock_timeout_s * 1000))}ms",),
+                )
+                conn.execute(mig.sql.encode("utf-8"))
+                conn.execute(_RECORD, (mig.number, mig.name))
+            return
+        except psycopg.errors.LockNotAvailable as e:
+            if attempt == attempts:
+                raise MigrationBlocked(
+                    f"migration {mig.number:03d}_{mig.name} waited {lock_timeout_s:g} s for a"
+                    f" table lock {attempts} times ({e}): a long transaction holds it. Find"
+                    " it in pg_stat_activity, end it, and run the migrations again"
+                ) from e
+            # the queries that queued behind this one's wait go through meanwhile
+            time.sleep(min(lock_timeout_s, 1.0))
 
 
 def main() -> None:
