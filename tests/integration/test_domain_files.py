@@ -303,6 +303,21 @@ def test_delete_trash_undelete(services: Services, alice: Principal) -> None:
     assert files.trash_list(services, alice, TrashListRequest()).entries == []
 
 
+def test_an_undeleted_folder_brings_back_only_what_was_deleted_with_it(
+    services: Services, alice: Principal
+) -> None:
+    put_file(services, alice, "/d/before", b"b")
+    files.delete(services, alice, DeleteRequest(path="/d/before"))
+    put_file(services, alice, "/d/x", b"x")
+    put_file(services, alice, "/d/sub/y", b"y")
+    files.delete(services, alice, DeleteRequest(path="/d"))
+    files.restore(services, alice, RestoreRequest(path="/d"))
+    assert get_file(services, alice, "/d/x") == b"x"
+    assert get_file(services, alice, "/d/sub/y") == b"y"
+    trash = files.trash_list(services, alice, TrashListRequest()).entries
+    assert [t.path_display for t in trash] == ["/d/before"]
+
+
 def test_a_folder_delete_if_empty_takes_nothing_along(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/full/x", b"x")
     files.create_folder(services, alice, "/empty")

@@ -318,9 +318,12 @@ def _respell(store: Store, rows: list[FileRow], old: str, new: str) -> list[File
     out = []
     for r in rows:
         display = new if r.path_display == old else new + paths.relative(r.path_display, old)
-        display = stored_display(display)
-        store.rename(r.ns_id, r.file_id, r.path_key, paths.path_key(paths.parent(display)), display)
-        out.append(dataclasses.replace(r, path_display=display))
+        out.append(dataclasses.replace(r, path_display=stored_display(display)))
+    store.rename(
+        out[0].ns_id,
+        [(r.file_id, r.path_key, paths.path_key(paths.parent(r.path_display)), r.path_display)
+         for r in out],
+    )  # fmt: skip
     return out
 
 
@@ -333,12 +336,9 @@ def _undelete_subtree(
     display, journal = _reopen_path(store, view, mount, row)
     restored = [row]
     if row.kind == "folder":
+        assert row.deleted_at is not None  # a deleted row
         lo, hi = paths.subtree_range(row.path_key)
-        for child in store.subtree(row.ns_id, lo, hi, deleted=True):
-            if child.deleted_at == row.deleted_at and not store.live_path_taken(
-                child.ns_id, child.path_key
-            ):
-                restored.append(child)
+        restored += store.deleted_along(row.ns_id, lo, hi, row.deleted_at)
     restored = _respell(store, restored, row.path_display, display)
     back, over = store.undelete(row.ns_id, [r.file_id for r in restored])
     if over:
@@ -474,9 +474,10 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
                 moved.append(
                     (child, new_key + child.path_key[len(row.path_key) :], new_display + suffix)
                 )
-        for r, k, d in moved:
-            store.rename(r.ns_id, r.file_id, k, paths.path_key(paths.parent(d)), d)
-            journal.append(_journal(r, "upsert", k, d))
+        store.rename(
+            row.ns_id, [(r.file_id, k, paths.path_key(paths.parent(d)), d) for r, k, d in moved]
+        )
+        journal += [_journal(r, "upsert", k, d) for r, k, d in moved]
         _, event = store.append_journal(
             row.ns_id,
             journal,

@@ -889,13 +889,31 @@ class Store:
         # The state is spelled out, not a parameter: each has its own partial index, and a
         # generic plan for `is_deleted = $4` could use neither.
         state = "f.is_deleted" if deleted else "NOT f.is_deleted"
+        return self._subtree_rows(ns_id, lo, hi, state, ())
+
+    def deleted_along(self, ns_id: int, lo: str, hi: str, deleted_at: datetime) -> list[FileRow]:
+        """The deleted entries of a key range that were deleted at `deleted_at` (with their
+        folder) and whose path no live entry holds since: what undeleting the folder brings
+        back, by key. One query, where a probe per entry took 4 s for 20,000 entries."""
+        return self._subtree_rows(
+            ns_id,
+            lo,
+            hi,
+            "f.is_deleted AND f.deleted_at = %s AND NOT EXISTS (SELECT 1 FROM files l"
+            " WHERE l.ns_id = f.ns_id AND l.path_key = f.path_key AND NOT l.is_deleted)",
+            (deleted_at,),
+        )
+
+    def _subtree_rows(
+        self, ns_id: int, lo: str, hi: str, where: str, params: Sequence[Any]
+    ) -> list[FileRow]:
         rows = self._all(
             f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
             " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
             " AND v.rev = f.latest_rev"
-            f" WHERE f.ns_id = %s AND f.path_key >= %s AND f.path_key < %s AND {state}"
+            f" WHERE f.ns_id = %s AND f.path_key >= %s AND f.path_key < %s AND {where}"
             " ORDER BY f.path_key",
-            (ns_id, lo, hi),
+            (ns_id, lo, hi, *params),
         )
         return [_file(r) for r in rows]
 
@@ -938,10 +956,14 @@ class Store:
         """Make deleted entries live again: (the ids that came back, whether that took the
         namespace's owner over their quota, see `write_version`). An entry gc purged since
         it was read is not among them."""
+        # joined, not `file_id = ANY(ids)`: under generic plans (migration 111) PostgreSQL
+        # took the trash index and tested each of its rows against the whole array, not a
+        # hash of it (a hash is only built for a constant array): 2.2 s for 20,000 entries.
         row = self._one(
-            "WITH d AS (UPDATE files SET is_deleted = false, deleted_at = NULL,"
-            " deleted_by = NULL WHERE ns_id = %(ns)s AND file_id = ANY(%(ids)s) AND is_deleted"
-            " RETURNING file_id, latest_rev, kind),"
+            "WITH d AS (UPDATE files f SET is_deleted = false, deleted_at = NULL,"
+            " deleted_by = NULL FROM unnest(%(ids)s::text[]) AS i(file_id)"
+            " WHERE f.ns_id = %(ns)s AND f.file_id = i.file_id AND f.is_deleted"
+            " RETURNING f.file_id, f.latest_rev, f.kind),"
             f" g AS ({_LIVE_BYTES}),"
             " ns AS (UPDATE namespaces SET bytes_used = bytes_used + (SELECT * FROM g)"
             "  WHERE ns_id = %(ns)s RETURNING bytes_used, owner_id)"
@@ -953,12 +975,17 @@ class Store:
             return set(), False
         return set(row[0] or ()), bool(row[1])
 
-    def rename(self, ns_id: int, file_id: str, key: str, parent_key: str, display: str) -> None:
-        """Change an entry's path (a move keeps file_id and history)."""
+    def rename(self, ns_id: int, renames: Sequence[tuple[str, str, str, str]]) -> None:
+        """Change entries' paths (a move keeps file_id and history): (file_id, path_key,
+        parent_key, path_display) each, in one statement, where a statement per entry took
+        2 s to move a folder of 20,000. No entry may take a path another of them leaves
+        (unique index on the live paths, checked row by row): a move's never do."""
         self.conn.execute(
-            "UPDATE files SET path_key = %s, parent_key = %s, path_display = %s"
-            " WHERE ns_id = %s AND file_id = %s",
-            (key, parent_key, display, ns_id, file_id),
+            "UPDATE files f SET path_key = r.key, parent_key = r.parent, path_display = r.display"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+            " AS r(file_id, key, parent, display)"
+            " WHERE f.ns_id = %s AND f.file_id = r.file_id",
+            (*_columns(renames, 4), ns_id),
         )
 
     def move_to_namespace(
