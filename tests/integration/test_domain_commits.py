@@ -757,3 +757,35 @@ def test_a_commit_event_names_its_upload_session_not_each_block(
     payload, size = row
     assert payload["upload_ids"] == [upload_id]
     assert size < 1024
+
+
+def test_two_batches_sharing_blocks_in_opposite_orders_both_commit(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+) -> None:
+    """Each batch entry bumped its own blocks' refcounts, so a batch took the rows of the
+    blocks in its entries' order: alice's /a names block y and /b block x, bob's the other
+    way round, and each held the row the other wanted next (deadlock: one answered 503).
+    A batch now locks all its blocks first, in id order."""
+    x, y = sorted([b"shared block one", b"shared block two"], key=block_id)
+    for who in (alice, bob):  # each can read both blocks
+        put_file(services, who, "/seed-x", x)
+        put_file(services, who, "/seed-y", y)
+
+    def batch(who: Principal, first: bytes, second: bytes) -> CommitBatchResponse:
+        entries = [commit_request("/a", [first], None), commit_request("/b", [second], None)]
+        return commits.commit_batch(services, who, CommitBatchRequest(entries=entries))
+
+    alices, bobs = race_held(
+        monkeypatch,
+        database_url,
+        "write_version",
+        lambda: batch(alice, y, x),
+        lambda: batch(bob, x, y),
+    )
+    for answer in (alices, bobs):
+        assert isinstance(answer, CommitBatchResponse), answer
+        assert [e.tag for e in answer.entries] == ["success", "success"]

@@ -761,6 +761,8 @@ def _commit_entries(
                 if (key := req.entries[i].idempotency_key) is not None
             },
         )
+        # the blocks after the namespaces and keys, every entry's at once: the lock order
+        store.lock_blocks(b.id for i in order for b in req.entries[i].blocks or ())
         for i in order:
             isolated = savepoints is None or i in savepoints
             try:

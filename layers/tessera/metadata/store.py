@@ -1173,6 +1173,21 @@ class Store:
         _, event = _journal_result(params, int(row[0]), payload)
         return WrittenVersion(row[1], set(row[2]), event, bool(row[3]), set(row[4]))
 
+    def lock_blocks(self, block_ids: Iterable[str]) -> None:
+        """Lock the `blocks` rows of these ids that exist, in id order, until the
+        transaction ends: as a batch's entries each bump their own blocks' refcounts,
+        two batches sharing blocks took them in their entries' order, not the ids', and
+        could each hold a row the other wanted next (a deadlock: one failed, 503).
+        FOR NO KEY UPDATE, the lock a refcount bump takes."""
+        ids = sorted(set(block_ids))
+        if ids:
+            # Not fetched: in pipeline mode the lock travels with the caller's next query.
+            self.conn.execute(
+                "SELECT 1 FROM blocks WHERE block_id = ANY(%s) ORDER BY block_id"
+                " FOR NO KEY UPDATE",
+                (ids,),
+            )
+
     def mark_restoring(self, block_ids: Sequence[str]) -> None:
         """cold → restoring, when a download has asked the store to restore the blocks.
 
