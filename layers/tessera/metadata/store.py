@@ -1183,8 +1183,7 @@ class Store:
         if ids:
             # Not fetched: in pipeline mode the lock travels with the caller's next query.
             self.conn.execute(
-                "SELECT 1 FROM blocks WHERE block_id = ANY(%s) ORDER BY block_id"
-                " FOR NO KEY UPDATE",
+                "SELECT 1 FROM blocks WHERE block_id = ANY(%s) ORDER BY block_id FOR NO KEY UPDATE",
                 (ids,),
             )
 
