@@ -754,3 +754,24 @@ def test_a_members_devices_learn_their_new_access(
 def _mount_access(entries: object) -> list[str | None]:
     assert isinstance(entries, list)
     return [e.access for e in entries if isinstance(e, FolderEntry) and e.shared_ns_id]
+
+
+def test_two_users_sharing_with_each_other_at_once_do_not_deadlock(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """Each share took the sharer's root, then the other's: held crosswise, a deadlock
+    (one answered 503 after PostgreSQL's deadlock timeout). Both roots are now taken
+    first, in order: Bob's share waits for Alice's, then finds his shared folders changed
+    (Alice's is mounted in his root now) and answers 409, and his retry goes through."""
+    put_file(services, alice, "/A/a", b"a")
+    put_file(services, bob, "/B/b", b"b")
+    alices, bobs = race(
+        "create_namespace",
+        lambda: _share(services, alice, "/A", bob, "editor"),
+        lambda: _share(services, bob, "/B", alice, "editor"),
+    )
+    assert alices is None
+    assert isinstance(bobs, Conflict) and "retry" in bobs.message, bobs
+    _share(services, bob, "/B", alice, "editor")
+    assert get_file(services, bob, "/A/a") == b"a"
+    assert get_file(services, alice, "/B/b") == b"b"

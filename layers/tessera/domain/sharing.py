@@ -224,6 +224,11 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
     """Share a folder with a user by email (owner only); sharing again changes their access."""
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal) as (store, view):
+        target = store.user_by_email(req.email)
+        if target is None:
+            raise NotFound(f"no user with email {req.email!r} (they must sign in once first)")
+        if target.user_id == view.user.user_id:
+            raise Unprocessable("you cannot share a folder with yourself")
         loc = locate(store, view, path=req.path)
         if loc.row is None:
             if loc.mount.kind != "shared":
@@ -231,12 +236,11 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
             require(loc.mount.access, Action.SHARE, loc.mount.mount_path)
             mount = loc.mount
         else:
+            # both roots now, in order: `_make_shared` takes the caller's, and the target's
+            # came after it, so Alice sharing with Bob while Bob shared with Alice each
+            # held the root the other wanted next (a deadlock: one answered 503)
+            lock_in_order(store, view.root.ns_id, target.root_ns_id)
             mount = _make_shared(store, view, req.path, events)
-        target = store.user_by_email(req.email)
-        if target is None:
-            raise NotFound(f"no user with email {req.email!r} (they must sign in once first)")
-        if target.user_id == view.user.user_id:
-            raise Unprocessable("you cannot share a folder with yourself")
         # holding the shared namespace, no member joins a share that `delete_share` is
         # deleting, nor is removed by `unshare` while their access changes here
         lock_in_order(store, mount.ns_id, target.root_ns_id)
