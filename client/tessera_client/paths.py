@@ -23,10 +23,11 @@ class UnsafePathError(ValueError):
 def canonical_rel(path: str) -> str:
     """Turn a server path (`/a/b`) into a safe relative POSIX path (`a/b`), NFC.
 
-    Applies the server's own rules (`tessera.domain.paths.canonical`: no `.`/`..` or empty
-    components, no NUL/control characters or backslashes, length limits) and rejects, rather
-    than repairs, anything else suspicious on a disk: drive letters, a doubled leading `/`,
-    a trailing `/`, and the root itself.
+    Applies the server's own rules for a path a write names (`tessera.domain.paths.target`:
+    no `.`/`..` or empty components, no NUL/control characters or backslashes, no line
+    separators or bidirectional controls that disguise a name, length limits) and rejects,
+    rather than repairs, anything else suspicious on a disk: drive letters, a doubled
+    leading `/`, a trailing `/`, and the root itself.
     """
     if not isinstance(path, str) or path in ("", "/"):
         raise UnsafePathError("empty path or the root")
@@ -34,7 +35,7 @@ def canonical_rel(path: str) -> str:
     if body.startswith("/") or body.endswith("/") or _DRIVE.match(body):
         raise UnsafePathError(f"absolute or malformed path {path!r}")
     try:
-        return server_paths.canonical("/" + body)[1:]
+        return server_paths.target("/" + body)[1:]
     except TesseraError as e:
         raise UnsafePathError(e.message) from None
 

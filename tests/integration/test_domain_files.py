@@ -13,8 +13,14 @@ import psycopg
 import pytest
 
 from tessera.blocks import block_id
-from tessera.domain import commits, files, listing, sharing
-from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
+from tessera.domain import commits, files, listing, paths, sharing
+from tessera.domain.errors import (
+    BlockUnavailable,
+    Conflict,
+    InvalidPath,
+    NotFound,
+    Unprocessable,
+)
 from tessera.domain.models import (
     DeletedEntry,
     DeleteRequest,
@@ -657,3 +663,33 @@ def test_an_undelete_racing_the_trash_purge_journals_only_what_it_restored(
     ]
     with pytest.raises(NotFound):
         files.metadata(services, alice, MetadataRequest(path="/d/y"))
+
+
+_DISGUISED = "/invoice\u202efdp.exe"  # reads as "invoiceexe.pdf"
+
+
+def test_no_write_names_what_disguises_how_a_name_reads(
+    services: Services, alice: Principal
+) -> None:
+    with pytest.raises(InvalidPath, match="U\\+202E"):
+        put_file(services, alice, _DISGUISED, b"x")
+    with pytest.raises(InvalidPath, match="U\\+202E"):
+        files.create_folder(services, alice, _DISGUISED)
+    put_file(services, alice, "/plain.pdf", b"p")
+    with pytest.raises(InvalidPath, match="U\\+202E"):
+        files.move(services, alice, MoveRequest(from_path="/plain.pdf", to_path=_DISGUISED))
+    assert get_file(services, alice, "/plain.pdf") == b"p"
+
+
+def test_a_name_stored_before_the_rule_can_be_renamed_and_deleted(
+    services: Services, alice: Principal
+) -> None:
+    root = files.metadata(services, alice, MetadataRequest(path="/"))
+    assert isinstance(root, FolderEntry)
+    with services.db.transaction() as store:
+        assert store.insert_file(
+            root.ns_id, "id:old", paths.path_key(_DISGUISED), "/", _DISGUISED, "folder"
+        )
+    renamed = files.move(services, alice, MoveRequest(from_path=_DISGUISED, to_path="/invoice"))
+    assert renamed.path_display == "/invoice"
+    files.delete(services, alice, DeleteRequest(path="/invoice"))

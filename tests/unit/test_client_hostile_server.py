@@ -225,7 +225,7 @@ def _theirs(paths: Iterable[Path]) -> list[Path]:
 
 def test_traversal_and_absolute_paths_never_touch_the_disk(tmp_path: Path, evil: Evil) -> None:
     bad = ["/../escape.txt", "/a/../../escape2.txt", "/C:/x.txt", "//etc/x.txt", "/a\\..\\b.txt"]
-    bad += ["/nul\x00.txt", "/../"]
+    bad += ["/nul\x00.txt", "/../", "/invoice\u202efdp.exe"]
     for i, p in enumerate(bad):
         evil.add_file(p, b"evil", fid=f"bad{i}")
     evil.add_file("/ok.txt", b"fine", fid="ok")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 import pytest
@@ -52,6 +53,31 @@ def test_canonical_rejects(raw: str, fragment: str) -> None:
     assert info.value.status == 422
     assert info.value.code == "invalid_path"
     assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "code_point"),
+    [
+        ("invoice\u202efdp.exe", "U+202E"),  # reads as "invoiceexe.pdf"
+        ("a\u202ab", "U+202A"),
+        ("a\u2066b\u2069", "U+2066"),
+        ("two\u2028lines", "U+2028"),
+        ("two\u2029paras", "U+2029"),
+        ("next\u0085line", "U+0085"),
+    ],
+)
+def test_a_write_may_not_name_what_disguises_how_a_name_reads(name: str, code_point: str) -> None:
+    assert paths.canonical("/d/" + name) == "/d/" + name  # still addressable to read
+    with pytest.raises(InvalidPath, match=re.escape(code_point)) as info:
+        paths.target("/d/" + name, field="to_path")
+    assert info.value.status == 422 and info.value.details["field"] == "to_path"
+
+
+@pytest.mark.parametrize(
+    "name", ["\u05e9\u05dc\u05d5\u05dd\u200f.txt", "\U0001f468\u200d\U0001f469.png"]
+)
+def test_right_to_left_marks_and_emoji_joiners_are_plain_names(name: str) -> None:
+    assert paths.target("/" + name) == "/" + name
 
 
 def test_a_stored_path_has_half_a_view_paths_length() -> None:

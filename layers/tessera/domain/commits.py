@@ -430,7 +430,7 @@ class _Target(NamedTuple):
 def _target(svc: Services, view: View, req: CommitRequest) -> _Target:
     """The commit's target, after the checks that need no database: the block list, the
     path, and write access there."""
-    path = paths.canonical(req.path)
+    path = paths.target(req.path)
     if req.blocks is not None:  # None: no list in its session (`_commit_in` refuses it)
         check_block_list(
             svc.settings, req.size, req.content_hash, [(b.id, b.size) for b in req.blocks], path
@@ -588,7 +588,7 @@ def commit(svc: Services, principal: Principal, req: CommitRequest) -> FileEntry
     view's statement also takes that namespace and reads what the commit checks
     (`Store.view_for_commit`): one round trip less than resolving the path first."""
     req = with_block_list(svc, principal.user_id, req)
-    path = paths.canonical(req.path)
+    path = paths.target(req.path)
     ids = _block_ids(req)
     root_reads: list[CommitReads] = []
 

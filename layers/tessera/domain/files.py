@@ -438,7 +438,7 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
     with view_transaction(svc, principal) as (store, view):
         if (first := replayed(store, view.user.user_id, req, _ENTRY)) is not None:
             return first
-        dst = paths.canonical(req.to_path, field="to_path")
+        dst = paths.target(req.to_path, field="to_path")
         loc = locate(store, view, path=req.from_path, what="from_path")
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be moved")
@@ -573,7 +573,7 @@ def create_folder(
     with view_transaction(svc, principal) as (store, view):
         if (first := replayed(store, view.user.user_id, req, _FOLDER)) is not None:
             return first
-        canon = paths.canonical(path)
+        canon = paths.target(path)
         mount, rel = view.resolve(canon)
         if rel == paths.ROOT:
             raise Conflict(f"{canon!r} already exists")

@@ -25,6 +25,11 @@ MAX_PATH_BYTES = 2048
 # not a member's, whose mount (`/Team (2)/deeper`) may be longer.
 MAX_VIEW_PATH_BYTES = 2 * MAX_PATH_BYTES
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+# What changes how a name reads without being seen: line and paragraph separators (one name
+# shown on two lines of a listing or a log) and the bidirectional embeddings, overrides and
+# isolates (U+202E shows "invoice\u202efdp.exe" as "invoiceexe.pdf"). Not LRM/RLM, which
+# right-to-left names may carry, nor ZWJ, which joins emoji.
+_DISGUISING = re.compile("[\u0085\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def canonical(raw: str, *, field: str = "path") -> str:
@@ -52,6 +57,21 @@ def canonical(raw: str, *, field: str = "path") -> str:
                 f"{field} has a name longer than {MAX_NAME_BYTES} bytes: {name[:40]!r}…",
                 field=field,
             )
+    return path
+
+
+def target(raw: str, *, field: str = "path") -> str:
+    """The canonical form of a path a write names (a commit, an upload, a new folder, a
+    move's destination): `canonical`, and 422 for a name that disguises how it reads
+    (`_DISGUISING`). Only writes are held to it: an entry stored before the rule can still
+    be read, moved to a plain name and deleted."""
+    path = canonical(raw, field=field)
+    if match := _DISGUISING.search(path):
+        raise InvalidPath(
+            f"{field} holds U+{ord(match[0]):04X}, which changes how a name reads without"
+            " being seen (a line break or a bidirectional control); rename it",
+            field=field,
+        )
     return path
 
 

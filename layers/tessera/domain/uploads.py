@@ -129,7 +129,7 @@ def start_upload(
         in_parts: dict[str, tuple[str, int, str]] = {}  # path key → the upload_files row
         declared: set[str] = set()  # path keys
         for f in req.files:
-            path = paths.canonical(f.path)
+            path = paths.target(f.path)
             if f.blocks is None:
                 check_file_size(settings, f.size, path)
             else:
