@@ -224,16 +224,17 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
     """Share a folder with a user by email (owner only); sharing again changes their access."""
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal) as (store, view):
-        target = store.user_by_email(req.email)
-        if target is None:
-            raise NotFound(f"no user with email {req.email!r} (they must sign in once first)")
-        if target.user_id == view.user.user_id:
-            raise Unprocessable("you cannot share a folder with yourself")
         loc = locate(store, view, path=req.path)
         if loc.row is None:
             if loc.mount.kind != "shared":
                 raise Unprocessable("the root cannot be shared")
             require(loc.mount.access, Action.SHARE, loc.mount.mount_path)
+        target = store.user_by_email(req.email)
+        if target is None:
+            raise NotFound(f"no user with email {req.email!r} (they must sign in once first)")
+        if target.user_id == view.user.user_id:
+            raise Unprocessable("you cannot share a folder with yourself")
+        if loc.row is None:
             mount = loc.mount
         else:
             # both roots now, in order: `_make_shared` takes the caller's, and the target's
