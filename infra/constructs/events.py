@@ -14,7 +14,7 @@ from constructs import Construct
 
 from infra.config import StageConfig
 from infra.constructs.messaging import Messaging
-from infra.nag import acknowledge_invoke_versions
+from infra.nag import acknowledge, acknowledge_invoke_versions
 
 EVENT_SOURCE = "tessera"
 # Detail-types that can leave staged blocks behind (DESIGN §5): each wakes dedup-verify.
@@ -53,6 +53,16 @@ class ChangeStream(Construct):
                 ],
                 resources=[table.table_stream_arn],
             )
+        )
+        # EventBridge Pipes also lists the source's streams (its documented source
+        # permissions). On "*", as CDK's own `Table.grant_stream_read` grants it: a narrower
+        # resource would be a cross-stack token cdk-nag names by its export, stage by stage.
+        role.add_to_policy(iam.PolicyStatement(actions=["dynamodb:ListStreams"], resources=["*"]))
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "dynamodb:ListStreams only lists stream ARNs (no data); EventBridge Pipes needs it"
+            " for a DynamoDB stream source, and CDK's grant_stream_read grants it on *",
         )
         if table.encryption_key is not None:
             table.encryption_key.grant(role, "kms:Decrypt")

@@ -436,6 +436,10 @@ def test_stream_pipe_dedup_rule_and_queue_trigger(dev: Synth) -> None:
     assert params["OnPartialBatchItemFailure"] == "AUTOMATIC_BISECT"
     assert params["DeadLetterConfig"]["Arn"]
     assert "StreamArn" in json.dumps(stream["Source"])
+    # EventBridge Pipes' documented permissions for a DynamoDB stream source
+    role = json.dumps(resources(dev.app_template, "AWS::IAM::Policy"))
+    for action in ("DescribeStream", "GetRecords", "GetShardIterator", "ListStreams"):
+        assert f"dynamodb:{action}" in role
     assert "ChangeRouterFunction" in json.dumps(stream["Target"])
     dev.app_template.has_resource_properties(
         "AWS::Events::Rule",
@@ -580,6 +584,8 @@ STAR_ALLOWED = {
     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery",
     "logs:DeleteLogDelivery", "logs:ListLogDeliveries", "logs:PutResourcePolicy",
     "logs:DescribeResourcePolicies", "logs:DescribeLogGroups",
+    # The stream pipe lists its source's streams: stream ARNs, no data (`infra.constructs.events`).
+    "dynamodb:ListStreams",
 }  # fmt: skip
 
 
