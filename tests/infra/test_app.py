@@ -350,6 +350,16 @@ def test_prod_reserves_concurrency_and_keeps_api_environments_warm(prod: Synth) 
     assert "Aliaslive" in json.dumps(proxy["Properties"]["Integration"]["Uri"])
 
 
+def test_the_concurrency_a_stage_reserves_is_what_deploy_md_asks_of_the_account(
+    dev: Synth, prod: Synth
+) -> None:
+    """docs/deploy.md ("What you need") gives these sums: an account must have 100 more."""
+    for synth, total in ((dev, 9), (prod, 509)):
+        functions = resources(synth.app_template, "AWS::Lambda::Function").values()
+        reserved = [f["Properties"].get("ReservedConcurrentExecutions", 0) for f in functions]
+        assert sum(reserved) == total
+
+
 def test_longpoll_has_its_own_function_and_timeout_within_the_gateway_limit(dev: Synth) -> None:
     methods = resources(dev.app_template, "AWS::ApiGateway::Method").values()
     post = next(m for m in methods if "LongpollFunction" in json.dumps(m))
