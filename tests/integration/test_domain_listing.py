@@ -252,6 +252,48 @@ def test_a_share_left_and_rejoined_is_sent_again(
     assert changes.index(("deleted", "/Team")) < changes.index(("folder", mount))
 
 
+@pytest.mark.parametrize("listed", ["/Team", "/team/Sub"])
+@pytest.mark.parametrize("recursive", [False, True])
+def test_a_listing_inside_a_rejoined_share_learns_what_went_meanwhile(
+    services: Services, alice: Principal, bob: Principal, listed: str, recursive: bool
+) -> None:
+    """Bob lists a folder inside a shared folder (no journal of his holds its mount point),
+    leaves, and is added back after Alice deleted a file there: his continue snapshots the
+    folder again, and first sends the listed folder's `deleted` entry. It re-sent only what
+    is there now, so his copy kept the deleted file."""
+    put_file(services, alice, "/Team/Sub/old", b"old")
+    sharing.account(services, bob)
+    share = ShareRequest(path="/Team", email=bob.email, access="editor")
+    sharing.share(services, alice, share)
+    cursor = listing.list_folder(services, bob, listed, recursive, None).cursor
+    files.delete(services, bob, DeleteRequest(path="/Team"))  # bob leaves
+    files.delete(services, alice, DeleteRequest(path="/Team/Sub/old"))
+    put_file(services, alice, "/Team/Sub/new", b"new")
+    sharing.share(services, alice, share)
+    changes, cursor = _drain(services, bob, cursor)
+    assert changes[0] == ("deleted", listed)
+    shallow = listed == "/Team" and not recursive  # lists /Team/Sub, not what it holds
+    assert (("folder", "/Team/Sub") if shallow else ("file", "/Team/Sub/new")) in changes
+    assert ("file", "/Team/Sub/old") not in changes
+    assert _drain(services, bob, cursor)[0] == []  # sent once
+
+
+def test_a_root_listing_of_a_rejoined_share_gets_no_extra_deletion(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """The caller's root holds the mount point, so its journal already tells of the
+    leaving: the listed root itself is never sent as deleted."""
+    put_file(services, alice, "/Team/a", b"a")
+    sharing.account(services, bob)
+    share = ShareRequest(path="/Team", email=bob.email, access="editor")
+    sharing.share(services, alice, share)
+    cursor = listing.list_folder(services, bob, "", True, None).cursor
+    files.delete(services, bob, DeleteRequest(path="/Team"))
+    sharing.share(services, alice, share)
+    changes, _ = _drain(services, bob, cursor)
+    assert [c for c in changes if c[0] == "deleted"] == [("deleted", "/Team")]
+
+
 def test_longpoll_returns_at_once_with_pending_pages(services: Services, alice: Principal) -> None:
     for i in range(3):
         put_file(services, alice, f"/p{i}", b"p")

@@ -276,7 +276,11 @@ def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
     added back) is snapshotted again too, even at the same path: the caller's root
     journal sends its mount point's `deleted` entry, which takes everything under it on
     the client, and the namespace's own journal holds only what changed since. So is one
-    mounted at another path: what was sent lies under the old one."""
+    mounted at another path: what was sent lies under the old one.
+
+    When the listed folder itself lies inside a namespace snapshotted again, no journal
+    the listing reads holds that mount point: the listed folder's own `deleted` entry
+    comes first, else what was deleted while the caller was away stayed on the client."""
     try:
         fresh = _scope(store, view, cursor.path, cursor.recursive)
     except (NotFound, Unprocessable):
@@ -304,9 +308,19 @@ def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
         else:
             p.seq = heads.get(p.ns, 0)
             parts.append(p)
+    if parts and parts[0] is fresh[0] and not _covered(cursor.path, removed):
+        removed.append(DeletedEntry(**entry_names(cursor.path)))
     cursor.parts = parts
     cursor.membership = view.user.membership_version
     return removed
+
+
+def _covered(path: str, deleted: list[Entry]) -> bool:
+    """`path` is the root, or lies in a folder among `deleted` (gone on the client)."""
+    key = paths.path_key(path)
+    return path == paths.ROOT or any(
+        key == e.path_lower or key.startswith(e.path_lower + "/") for e in deleted
+    )
 
 
 def list_folder_continue(
