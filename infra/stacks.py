@@ -19,7 +19,7 @@ from infra.constructs.api import Api
 from infra.constructs.blocks import BlocksBucket, blocks_bucket_name, blocks_objects_arn
 from infra.constructs.changes import ChangesTable
 from infra.constructs.database import CLUSTER_PORT, DB_NAME, DB_USER, PROXY_PORT, Database
-from infra.constructs.events import EVENT_SOURCE, ChangeStream
+from infra.constructs.events import EVENT_SOURCE, ChangeStream, RestoreEvents
 from infra.constructs.function import FunctionSpec, Placement, TesseraFunction
 from infra.constructs.identity import Identity
 from infra.constructs.keys import Keys
@@ -141,15 +141,16 @@ class AppStack(Stack):
                     description,
                     timeout=MAINTENANCE_TIMEOUT,
                     memory_mb=1024,
-                    reserved_concurrency=1 if name != "dedup_verify" else 4,
+                    reserved_concurrency=reserved,
                     environment=maintenance_env,
                 )
             )
-            for name, description in (
-                ("dedup_verify", "verify staged blocks, promote or quarantine"),
-                ("gc", "garbage collection of trash, old versions and blocks"),
-                ("cold_storage", "move unread blocks to Glacier"),
-                ("scrub", "re-verify a sample of stored blocks"),
+            # A queue's poller runs two at a time (Lambda's least), beside the workflow's one.
+            for name, description, reserved in (
+                ("dedup_verify", "verify staged blocks, promote or quarantine", 4),
+                ("gc", "garbage collection of trash, old versions and blocks", 1),
+                ("cold_storage", "move unread blocks to Glacier, settle restores", 3),
+                ("scrub", "re-verify a sample of stored blocks", 1),
             )
         }
         migrate = function(FunctionSpec(
@@ -188,6 +189,19 @@ class AppStack(Stack):
             lambda_event_sources.SqsEventSource(
                 self.stream.dedup_queue,
                 batch_size=10,
+                max_batching_window=Duration.seconds(30),
+                max_concurrency=2,
+            )
+        )
+        # S3's restore completions trigger cold storage directly (settled within a minute,
+        # where a file past `max_cold_checks` blocks waited for the daily run).
+        self.restores = RestoreEvents(
+            self, "RestoreEvents", bucket_name=blocks_bucket_name(config), messaging=self.messaging
+        )
+        maintenance["cold_storage"].add_event_source(
+            lambda_event_sources.SqsEventSource(
+                self.restores.queue,
+                batch_size=100,
                 max_batching_window=Duration.seconds(30),
                 max_concurrency=2,
             )

@@ -1,5 +1,5 @@
 """The change stream: DynamoDB stream → EventBridge Pipe → `change_router` → `tessera` bus →
-rule → dedup queue."""
+rule → dedup queue; and S3's restore completions: default bus → rule → restores queue."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from constructs import Construct
 from infra.config import StageConfig
 from infra.constructs.messaging import Messaging
 from infra.nag import acknowledge, acknowledge_invoke_versions
+from tessera.domain.object_keys import CANONICAL_PREFIX
+from tessera.maintenance.runner import RESTORE_COMPLETED
 
 EVENT_SOURCE = "tessera"
 # Detail-types that can leave staged blocks behind (DESIGN §5): each wakes dedup-verify.
@@ -123,6 +125,45 @@ class ChangeStream(Construct):
             targets=[
                 targets.SqsQueue(
                     self.dedup_queue,
+                    dead_letter_queue=rule_dlq,
+                    retry_attempts=8,
+                    max_event_age=Duration.hours(6),
+                )
+            ],
+        )
+
+
+class RestoreEvents(Construct):
+    """`queue`: S3's "Object Restore Completed" events for the canonical blocks of the
+    blocks bucket (on the default bus), for the cold-storage function to settle at once."""
+
+    def __init__(
+        self, scope: Construct, id: str, *, bucket_name: str, messaging: Messaging
+    ) -> None:
+        super().__init__(scope, id)
+        rule_dlq = messaging.dead_letter_queue(
+            "RestoreRuleDlq", purpose="the restore-completed rule to the restores queue"
+        )
+        self.dlq = messaging.dead_letter_queue("RestoresDlq", purpose="the restores queue")
+        # Visibility above the consumer's 15-minute timeout, as Lambda requires.
+        self.queue = messaging.work_queue(
+            "RestoresQueue", visibility=Duration.minutes(30), dlq=self.dlq
+        )
+        events.Rule(
+            self,
+            "Completed",
+            description="a block's restore from the cold tier finished: settle it",
+            event_pattern=events.EventPattern(
+                source=["aws.s3"],
+                detail_type=[RESTORE_COMPLETED],
+                detail={
+                    "bucket": {"name": [bucket_name]},
+                    "object": {"key": [{"prefix": CANONICAL_PREFIX}]},
+                },
+            ),
+            targets=[
+                targets.SqsQueue(
+                    self.queue,
                     dead_letter_queue=rule_dlq,
                     retry_attempts=8,
                     max_event_age=Duration.hours(6),

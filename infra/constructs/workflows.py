@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
@@ -27,41 +26,14 @@ from constructs import Construct
 from infra.config import StageConfig, retention
 from infra.constructs.messaging import Messaging
 from infra.nag import acknowledge, acknowledge_invoke_versions
+from tessera.maintenance.workflows import WORKFLOWS, Workflow, state_machine_definition
 
 
-@dataclass(frozen=True)
-class Workflow:
-    """A maintenance workflow (its `tessera.maintenance` name), its function and schedule."""
+def construct_id(wf: Workflow) -> str:
+    """The construct id of a workflow's resources: its function's name in CamelCase
+    (`cold_storage` → `ColdStorage`)."""
+    return "".join(part.title() for part in wf.function.split("_"))
 
-    id: str
-    name: str  # tessera.maintenance.WORKFLOWS key
-    function: str  # folder under functions/
-    schedule: scheduler.ScheduleExpression
-    description: str
-
-
-WORKFLOWS: tuple[Workflow, ...] = (
-    Workflow(
-        "DedupVerify", "dedup", "dedup_verify",
-        scheduler.ScheduleExpression.rate(Duration.hours(1)),
-        "hourly sweep of staged blocks (the dedup queue also triggers the function)",
-    ),
-    Workflow(
-        "Gc", "gc", "gc",
-        scheduler.ScheduleExpression.cron(hour="3", minute="15"),
-        "daily garbage collection",
-    ),
-    Workflow(
-        "ColdStorage", "cold", "cold_storage",
-        scheduler.ScheduleExpression.cron(hour="4", minute="15"),
-        "daily move of unread blocks to Glacier Flexible Retrieval",
-    ),
-    Workflow(
-        "Scrub", "scrub", "scrub",
-        scheduler.ScheduleExpression.cron(week_day="SUN", hour="5", minute="15"),
-        "weekly re-verification of a sample of stored blocks",
-    ),
-)  # fmt: skip
 
 NOTIFY_STATE = "NotifyFailure"
 FAILED_STATE = "Failed"
@@ -126,14 +98,15 @@ class Workflows(Construct):
         # Scheduler delivers dead-letter events with this role, and the queue is encrypted
         # with the messaging key: without these, failed runs would be dropped, not queued.
         messaging.key.grant(self.scheduler_role, "kms:GenerateDataKey", "kms:Decrypt")
-        for wf in WORKFLOWS:
+        for wf in WORKFLOWS.values():
+            wf_id = construct_id(wf)
             machine = self._state_machine(config, wf, functions[wf.function], messaging)
-            self.state_machines[wf.id] = machine
-            self.schedules[wf.id] = scheduler.Schedule(
+            self.state_machines[wf_id] = machine
+            self.schedules[wf_id] = scheduler.Schedule(
                 self,
-                f"{wf.id}Schedule",
-                description=f"Tessera {config.stage}: {wf.description}",
-                schedule=wf.schedule,
+                f"{wf_id}Schedule",
+                description=f"Tessera {config.stage}: {wf.name} ({wf.schedule}): {wf.description}",
+                schedule=scheduler.ScheduleExpression.expression(wf.schedule),
                 target=scheduler_targets.StepFunctionsStartExecution(
                     machine,
                     # The execution input; a step reads `as_of` from it (absent: now).
@@ -168,21 +141,20 @@ class Workflows(Construct):
         function: lambda_.IFunction,
         messaging: Messaging,
     ) -> sfn.StateMachine:
-        from tessera.maintenance.workflows import state_machine_definition
-
+        wf_id = construct_id(wf)
         topic: sns.ITopic = messaging.alarm_topic
         asl = with_failure_alarm(
             state_machine_definition(wf.name, function.function_arn), topic.topic_arn, wf.name
         )
         log_group = logs.LogGroup(
             self,
-            f"{wf.id}Logs",
+            f"{wf_id}Logs",
             retention=retention(config),
             removal_policy=RemovalPolicy.DESTROY,
         )
         machine = sfn.StateMachine(
             self,
-            wf.id,
+            wf_id,
             state_machine_name=f"{config.prefix}-{wf.function.replace('_', '-')}",
             definition_body=sfn.DefinitionBody.from_string(json.dumps(asl)),
             tracing_enabled=True,
@@ -207,7 +179,7 @@ class Workflows(Construct):
         )
         failed = cloudwatch.Alarm(
             self,
-            f"{wf.id}FailedAlarm",
+            f"{wf_id}FailedAlarm",
             alarm_description=f"{wf.name} maintenance runs failed",
             metric=machine.metric_failed(period=Duration.minutes(5), statistic="Sum"),
             threshold=0,

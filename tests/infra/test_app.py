@@ -354,7 +354,7 @@ def test_the_concurrency_a_stage_reserves_is_what_deploy_md_asks_of_the_account(
     dev: Synth, prod: Synth
 ) -> None:
     """docs/deploy.md ("What you need") gives these sums: an account must have 100 more."""
-    for synth, total in ((dev, 9), (prod, 509)):
+    for synth, total in ((dev, 11), (prod, 511)):
         functions = resources(synth.app_template, "AWS::Lambda::Function").values()
         reserved = [f["Properties"].get("ReservedConcurrentExecutions", 0) for f in functions]
         assert sum(reserved) == total
@@ -458,10 +458,34 @@ def test_stream_pipe_dedup_rule_and_queue_trigger(dev: Synth) -> None:
              "DedupQueue"), "Arn"]}, "DeadLetterConfig": Match.any_value(),
              "RetryPolicy": Match.any_value()})]},
     )  # fmt: skip
-    mappings = resources(dev.app_template, "AWS::Lambda::EventSourceMapping").values()
-    assert len(mappings) == 1
-    mapping = json.dumps(next(iter(mappings))["Properties"])
-    assert "DedupQueue" in mapping and "DedupVerifyFunction" in mapping
+    sources = resources(dev.app_template, "AWS::Lambda::EventSourceMapping").values()
+    mappings = [json.dumps(m["Properties"]) for m in sources]
+    assert any("DedupQueue" in m and "DedupVerifyFunction" in m for m in mappings)
+
+
+def test_restore_completions_reach_cold_storage_by_a_queue(dev: Synth) -> None:
+    """S3 sends its events to EventBridge (set on the bucket itself, no custom resource);
+    a rule on the default bus queues the blocks bucket's restore completions, and the queue
+    triggers the cold-storage function."""
+    dev.data_template.has_resource_properties(
+        "AWS::S3::Bucket",
+        {"NotificationConfiguration": {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}},
+    )
+    assert not resources(dev.data_template, "Custom::S3BucketNotifications")
+    rules = [r["Properties"] for r in resources(dev.app_template, "AWS::Events::Rule").values()
+             if r["Properties"]["EventPattern"].get("source") == ["aws.s3"]]  # fmt: skip
+    assert len(rules) == 1 and "EventBusName" not in rules[0]  # the default bus
+    pattern = rules[0]["EventPattern"]
+    assert pattern["detail-type"] == ["Object Restore Completed"]
+    assert pattern["detail"]["object"] == {"key": [{"prefix": "blocks/"}]}
+    assert "-blocks-" in json.dumps(pattern["detail"]["bucket"])
+    target = json.dumps(rules[0]["Targets"])
+    assert "RestoresQueue" in target and "DeadLetterConfig" in target
+    mappings = [m["Properties"] for m in
+                resources(dev.app_template, "AWS::Lambda::EventSourceMapping").values()
+                if "RestoresQueue" in json.dumps(m["Properties"])]  # fmt: skip
+    assert len(mappings) == 1 and "ColdStorageFunction" in json.dumps(mappings[0])
+    assert mappings[0]["BatchSize"] == 100
 
 
 def test_every_queue_is_kms_encrypted_tls_only_and_every_dlq_alarmed(dev: Synth) -> None:
@@ -474,7 +498,8 @@ def test_every_queue_is_kms_encrypted_tls_only_and_every_dlq_alarmed(dev: Synth)
                 for q in p["Properties"]["Queues"]]  # fmt: skip
     assert len(tls_only) == len(queues)
     dlqs = [lid for lid in queues if "Dlq" in lid]
-    assert len(dlqs) == 5  # stream pipe, bus rule, dedup queue, schedules, relay async runs
+    # stream pipe, bus rule, dedup queue, restore rule, restores queue, schedules, relay runs
+    assert len(dlqs) == 7
     alarms = json.dumps(resources(dev.app_template, "AWS::CloudWatch::Alarm"))
     for lid in dlqs:
         assert lid in alarms, f"no alarm on {lid}"
@@ -498,6 +523,17 @@ def test_one_state_machine_per_workflow_with_retries_catch_alarm_logs_and_tracin
         assert '\\"Retry\\"' in definition and '\\"Catch\\"' in definition, lid
         assert "sns:publish" in definition and "NotifyFailure" in definition, lid
         assert '\\"step\\"' in definition, lid
+
+
+def test_each_workflow_runs_on_the_schedule_its_spec_names(dev: Synth) -> None:
+    """The schedules have one home, `tessera.maintenance.workflows` (the CLI lists them):
+    the app once kept its own, and the two disagreed on every workflow (cold storage:
+    hourly in one, daily in the other)."""
+    from tessera.maintenance.workflows import WORKFLOWS
+
+    schedules = {p["Properties"]["ScheduleExpression"] for p in
+                 resources(dev.app_template, "AWS::Scheduler::Schedule").values()}  # fmt: skip
+    assert schedules == {wf.schedule for wf in WORKFLOWS.values()} | {"rate(1 minute)"}
 
 
 def test_with_failure_alarm_catches_every_task_and_keeps_the_retries() -> None:

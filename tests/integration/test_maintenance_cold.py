@@ -5,6 +5,7 @@ S3 on moto (storage classes and RestoreObject)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -23,6 +24,7 @@ from tessera.domain import object_keys
 from tessera.domain.errors import TesseraError
 from tessera.domain.models import RestoringResponse
 from tessera.maintenance import ColdResult, DedupResult, GcResult, ScrubResult, run_step
+from tessera.maintenance.runner import handle_event
 from tessera.maintenance.verify import check_stored
 from tessera.metadata.locks import LockClass
 from tessera.metadata.maintenance import MaintenanceTx
@@ -239,6 +241,28 @@ def test_a_lost_restore_is_started_again(world: World) -> None:
     world.store_clock.advance(hours=2)
     assert _cold(world, days=91).restores_completed == 1
     assert world.get(ALICE, "/f.bin") == data
+
+
+def test_a_reported_restore_is_settled_once_the_store_shows_it(world: World) -> None:
+    """A restore reported done before the store shows it (an event delivered early, or a
+    forged one) settles nothing; the next report, or the scheduled pass, does."""
+    data, key = _cold_file(world)
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    event = {"Records": [{"body": json.dumps(_restore_completed(key))}]}
+    assert handle_event(world.ctx, "cold", event)["restores_completed"] == 0
+    assert _states(world) == {"restoring"}
+    world.store_clock.advance(hours=2)  # the store's restore takes an hour
+    assert handle_event(world.ctx, "cold", event)["restores_completed"] == 1
+    assert _states(world) == {"live"}
+    assert world.get(ALICE, "/f.bin") == data
+
+
+def _restore_completed(key: str) -> dict[str, object]:
+    return {
+        "source": "aws.s3",
+        "detail-type": "Object Restore Completed",
+        "detail": {"object": {"key": key}},
+    }
 
 
 @pytest.fixture

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from tessera.domain.object_keys import canonical_key
 from tessera.local.aws_mode import load_function
 from tessera.maintenance.workflows import WORKFLOWS
+from tessera.ports import StorageTier
 
 from .test_maintenance_world import (
     ALICE,
@@ -86,6 +88,58 @@ def test_dedup_function_from_the_queue_and_gc_steps_from_the_state_machine(
     assert aws_world.get(ALICE, path) == data
     whole = gc({"as_of": as_of, "allow_future": True}, None)  # a direct invoke: all steps
     assert whole["blocks_deleted"] == 0
+
+
+def restore_completed(key: str) -> dict[str, Any]:
+    """An SQS record carrying S3's "Object Restore Completed" event for `key`, as the
+    EventBridge rule puts it on the restores queue (AWS's documented event shape)."""
+    event = {
+        "version": "0",
+        "id": secrets.token_hex(8),
+        "detail-type": "Object Restore Completed",
+        "source": "aws.s3",
+        "account": "123456789012",
+        "time": datetime.now(UTC).isoformat(),
+        "region": "us-east-1",
+        "resources": ["arn:aws:s3:::blocks"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": "blocks"},
+            "object": {"key": key, "size": 1024, "etag": "e"},
+            "request-id": "r",
+            "requester": "s3.amazonaws.com",
+            "restore-expiry-time": "2026-12-04T00:00:00Z",
+            "source-storage-class": "GLACIER",
+        },
+    }
+    return {"messageId": secrets.token_hex(4), "body": json.dumps(event)}
+
+
+def test_cold_storage_function_settles_the_restores_s3_reports(aws_world: World) -> None:
+    """A restore S3 reports done (its event, by way of the queue) is settled at once: the
+    block is copied back to STANDARD and live, where it waited for the daily run."""
+    data = secrets.token_bytes(2 * BLOCK)
+    path = f"/{secrets.token_hex(8)}.bin"
+    aws_world.put(ALICE, path, data)
+    aws_world.run("dedup")
+    cold = _handler("cold_storage")
+    as_of = (datetime.now(UTC) + timedelta(days=91)).isoformat()
+    cold({"step": "move_cold", "input": {"as_of": as_of, "allow_future": True}}, None)
+    ids = [str(r[0]) for r in aws_world.sql("SELECT block_id FROM blocks ORDER BY block_id")]
+    assert not isinstance(aws_world.get(ALICE, path), bytes)  # restores started
+    keys = [canonical_key(i) for i in ids]
+
+    reported = cold({"Records": [restore_completed(keys[0]), {"body": "not json"}]}, None)
+    assert reported["restores_completed"] == 1
+    states = aws_world.sql("SELECT state FROM blocks ORDER BY block_id")
+    assert states == [("live",), ("restoring",)]
+    head = aws_world.store.head(keys[0])
+    assert head is not None and head.tier is StorageTier.HOT
+    again = cold({"Records": [restore_completed(keys[0])]}, None)  # delivered twice
+    assert again["restores_completed"] == 0
+
+    cold({"Records": [restore_completed(keys[1])]}, None)
+    assert aws_world.get(ALICE, path) == data
 
 
 def test_functions_reject_bad_events(aws_world: World) -> None:

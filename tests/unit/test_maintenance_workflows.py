@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tessera.domain.errors import BadRequest
-from tessera.domain.object_keys import quarantine_key
+from tessera.domain.object_keys import canonical_block_id, quarantine_key
 from tessera.maintenance import (
     WORKFLOWS,
     DedupResult,
@@ -19,7 +20,7 @@ from tessera.maintenance import (
     parse_as_of,
     state_machine_definition,
 )
-from tessera.maintenance.runner import RESULTS, STEPS, _upload_ids
+from tessera.maintenance.runner import RESULTS, STEPS, _bodies, _restored_block, _upload_ids
 from tessera.maintenance.workflows import workflow
 from tessera.settings import Settings
 
@@ -119,8 +120,35 @@ def test_queue_messages_name_upload_sessions() -> None:
             )
         },
     ]
-    assert _upload_ids(records) == ["up_a", "up_b", "up_c", "up_d", "up_e"]
-    assert _upload_ids("garbage") == []
+    assert _upload_ids(_bodies(records)) == ["up_a", "up_b", "up_c", "up_d", "up_e"]
+    assert _bodies("garbage") == []
+
+
+def _restore_event(key: object, detail_type: str = "Object Restore Completed") -> dict[str, Any]:
+    """An S3 event as EventBridge puts it on a queue (only the fields Tessera reads vary)."""
+    return {
+        "version": "0",
+        "source": "aws.s3",
+        "detail-type": detail_type,
+        "detail": {
+            "version": "0",
+            "bucket": {"name": "tessera-dev-blocks-123456789012-eu-west-1"},
+            "object": {"key": key, "size": 1048, "etag": "x"},
+            "source-storage-class": "GLACIER",
+        },
+    }
+
+
+def test_restore_events_name_canonical_blocks_only() -> None:
+    hex_id = "ab" * 32
+    assert _restored_block(_restore_event("blocks/" + hex_id)) == "b3:" + hex_id
+    assert _restored_block(_restore_event(f"staging/up_1/00000001-{hex_id}")) is None
+    assert _restored_block(_restore_event("blocks/" + "zz" * 32)) is None
+    assert _restored_block(_restore_event("blocks/" + hex_id + "/x")) is None
+    assert _restored_block(_restore_event(7)) is None
+    assert _restored_block(_restore_event("blocks/" + hex_id, "Object Created")) is None
+    assert _restored_block({**_restore_event("blocks/" + hex_id), "source": "tessera"}) is None
+    assert _restored_block({**_restore_event("blocks/" + hex_id), "detail": "x"}) is None
 
 
 def test_settings_widen_the_server_settings_from_the_environment() -> None:
@@ -137,6 +165,8 @@ def test_settings_widen_the_server_settings_from_the_environment() -> None:
 def test_store_keys() -> None:
     bid = "b3:" + "ab" * 32
     assert canonical_key(bid) == "blocks/" + "ab" * 32
+    assert canonical_block_id(canonical_key(bid)) == bid
+    assert canonical_block_id("landing/blocks/" + "ab" * 32) is None
     assert quarantine_key("staging/up_1/" + "ab" * 32) == "quarantine/up_1/" + "ab" * 32
 
 

@@ -34,6 +34,12 @@ def canonical_key(block_id: str) -> str:
     return CANONICAL_PREFIX + _hex(block_id)
 
 
+def canonical_block_id(key: str) -> str | None:
+    """The block a canonical key holds (the inverse of `canonical_key`), else None."""
+    candidate = "b3:" + key.removeprefix(CANONICAL_PREFIX)
+    return candidate if key.startswith(CANONICAL_PREFIX) and is_block_id(candidate) else None
+
+
 def staging_prefix(upload_id: str) -> str:
     """The prefix under which every block of one upload session is staged."""
     return f"{STAGING_PREFIX}{upload_id}/"

@@ -15,11 +15,13 @@
   `restoring` (it answers 202 until then). For each restoring block: once the store says
   the object is readable (`restored`, or hot), make it hot again for good and mark it live,
   counting the restore as a read; if the store has no restore under way (lost or expired),
-  start one again.
+  start one again. `settle_reported_restores` does the same for the blocks the store
+  reported restored (S3's events), between the scheduled passes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -138,6 +140,25 @@ def complete_restores(ctx: MaintenanceContext, as_of: datetime) -> ColdResult:
             tx.requeue_restoring(waiting)
     else:
         result.more = True
+    publish_damage(ctx, as_of)
+    return result
+
+
+def settle_reported_restores(
+    ctx: MaintenanceContext, block_ids: Sequence[str], as_of: datetime
+) -> ColdResult:
+    """Settle the restoring blocks among `block_ids`, which the store reported restored
+    (on S3, its "Object Restore Completed" events), as `complete_restores` settles each.
+
+    The scheduled pass runs daily on AWS: without the events, a file with more cold blocks
+    than a download asks about (`max_cold_checks`) waited for it. A block no longer
+    restoring (a pass or an earlier copy of the event settled it) is left alone; one the
+    store does not show restored yet waits for the next event or pass."""
+    result = ColdResult()
+    with ctx.repo.transaction() as tx:
+        rows = tx.restoring_among(sorted(set(block_ids)))
+    for row in rows:
+        _check_restore(ctx, row, as_of, result)
     publish_damage(ctx, as_of)
     return result
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tessera.domain.errors import BadRequest
+from tessera.domain.object_keys import canonical_block_id
 
 from . import cold, dedup, gc, scrub
 from .context import MaintenanceContext, log
@@ -105,17 +106,18 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
     - `{"step": S, "input": {"as_of"?: ISO}}` (Step Functions Task): run step S once;
       the result says `more` when the state machine should invoke it again.
     - `{}` or `{"as_of"?}` (direct invoke): run the whole workflow.
-    - an SQS batch (`Records`, dedup only): verify the staged copies of the upload
-      sessions named in the messages (`upload_id` in the body or its `detail`), or all.
+    - an SQS batch (`Records`): for dedup, verify the staged copies of the upload
+      sessions named in the messages (`upload_id` in the body or its `detail`), or all;
+      for cold, settle the restores S3 reported done (EventBridge's "Object Restore
+      Completed" events, one a message).
 
     An `as_of` in the future is refused unless `"allow_future": true` comes with it.
     """
     if "Records" in event:
-        if name != "dedup":
+        take = QUEUED.get(name)
+        if take is None:
             raise BadRequest(f"{name} is not triggered by a queue")
-        uploads = _upload_ids(event["Records"])
-        result = dedup.verify_staged(ctx, ctx.clock.now(), upload_ids=uploads or None)
-        return result.to_dict()
+        return take(ctx, _bodies(event["Records"])).to_dict()
     raw_input = event.get("input")
     params: Mapping[str, Any] = raw_input if isinstance(raw_input, Mapping) else event
     as_of = parse_as_of(
@@ -132,17 +134,32 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
         raise BadRequest(str(exc.args[0])) from exc
 
 
-def _upload_ids(records: Any) -> list[str]:
-    """Upload sessions named by SQS messages: an `upload_id`, or a list `upload_ids` (a
-    commit's event), at the top of the body, in its EventBridge `detail` or the change's
-    `payload`. Unreadable messages name none."""
-    ids: set[str] = set()
+def _bodies(records: Any) -> list[dict[str, Any]]:
+    """The JSON object each SQS record carries; unreadable ones are left out."""
+    out: list[dict[str, Any]] = []
     for record in records if isinstance(records, list) else []:
         try:
             body = json.loads(record.get("body") or "{}")
         except (ValueError, AttributeError):
             continue
-        detail = body.get("detail") if isinstance(body, dict) else None
+        if isinstance(body, dict):
+            out.append(body)
+    return out
+
+
+def _verify_named_uploads(ctx: MaintenanceContext, bodies: list[dict[str, Any]]) -> StepResult:
+    """dedup-verify the upload sessions the messages name, or every session if none."""
+    uploads = _upload_ids(bodies)
+    return dedup.verify_staged(ctx, ctx.clock.now(), upload_ids=uploads or None)
+
+
+def _upload_ids(bodies: list[dict[str, Any]]) -> list[str]:
+    """Upload sessions named by SQS messages: an `upload_id`, or a list `upload_ids` (a
+    commit's event), at the top of the body, in its EventBridge `detail` or the change's
+    `payload`."""
+    ids: set[str] = set()
+    for body in bodies:
+        detail = body.get("detail")
         payload = detail.get("payload") if isinstance(detail, dict) else None
         for source in (body, detail, payload):
             if not isinstance(source, dict):
@@ -152,3 +169,31 @@ def _upload_ids(records: Any) -> list[str]:
                 if isinstance(upload_id, str):
                     ids.add(upload_id)
     return sorted(ids)
+
+
+RESTORE_COMPLETED = "Object Restore Completed"  # S3's EventBridge detail-type
+
+
+def _settle_reported_restores(ctx: MaintenanceContext, bodies: list[dict[str, Any]]) -> StepResult:
+    """Settle the blocks whose restore S3 reported done."""
+    ids = [block_id for body in bodies if (block_id := _restored_block(body)) is not None]
+    return cold.settle_reported_restores(ctx, ids, ctx.clock.now())
+
+
+def _restored_block(body: dict[str, Any]) -> str | None:
+    """The block an S3 "Object Restore Completed" event names; None for any other event or
+    key (a staged copy never goes cold)."""
+    if body.get("source") != "aws.s3" or body.get("detail-type") != RESTORE_COMPLETED:
+        return None
+    detail = body.get("detail")
+    obj = detail.get("object") if isinstance(detail, dict) else None
+    key = obj.get("key") if isinstance(obj, dict) else None
+    return canonical_block_id(key) if isinstance(key, str) else None
+
+
+QueueHandler = Callable[[MaintenanceContext, list[dict[str, Any]]], StepResult]
+#: the workflows a queue triggers, and what each does with a batch of message bodies
+QUEUED: dict[str, QueueHandler] = {
+    "dedup": _verify_named_uploads,
+    "cold": _settle_reported_restores,
+}

@@ -29,7 +29,7 @@ class Workflow:
     function: str  # folder under functions/ holding its Lambda handler
     description: str
     steps: tuple[Step, ...]
-    schedule: str  # EventBridge Scheduler expression on AWS
+    schedule: str  # its EventBridge Scheduler expression on AWS (the one home of it)
     setting: str  # the Settings field holding the local scheduler's interval (seconds)
 
     def step(self, name: str) -> Step:
@@ -53,7 +53,7 @@ WORKFLOWS: dict[str, Workflow] = {
             function="dedup_verify",
             description="Verify staged block copies; promote, drop as duplicate or quarantine.",
             steps=(Step("verify", "decode each staged copy (decrypt, decompress, re-hash)"),),
-            schedule="rate(5 minutes)",
+            schedule="rate(1 hour)",  # a sweep: the dedup queue triggers it for each commit
             setting="dedup_interval_s",
         ),
         Workflow(
@@ -71,7 +71,7 @@ WORKFLOWS: dict[str, Workflow] = {
                 Step("delete_blocks", "delete blocks at refcount 0 past the grace period"),
                 Step("recount_usage", "correct namespaces whose quota counter drifted"),
             ),
-            schedule="rate(1 hour)",
+            schedule="cron(15 3 * * ? *)",  # daily, 03:15 UTC
             setting="gc_interval_s",
         ),
         Workflow(
@@ -84,7 +84,8 @@ WORKFLOWS: dict[str, Workflow] = {
                 ),
                 Step("move_cold", "move blocks unread past the threshold to the cold tier"),
             ),
-            schedule="rate(1 hour)",
+            # daily, 04:15 UTC: S3's restore-completed events settle restores in between
+            schedule="cron(15 4 * * ? *)",
             setting="cold_interval_s",
         ),
         Workflow(
@@ -92,7 +93,7 @@ WORKFLOWS: dict[str, Workflow] = {
             function="scrub",
             description="Re-verify a sample of live blocks; report and repair damage.",
             steps=(Step("scrub", "re-verify a sample of live blocks, repair from duplicates"),),
-            schedule="rate(1 day)",
+            schedule="cron(15 5 ? * SUN *)",  # weekly, Sunday 05:15 UTC
             setting="scrub_interval_s",
         ),
     )

@@ -615,6 +615,15 @@ class MaintenanceTx:
         )
         return [_block(r) for r in rows]
 
+    def restoring_among(self, block_ids: Sequence[str]) -> list[BlockRow]:
+        """Those of `block_ids` still restoring, in id order."""
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM blocks JOIN unnest(%s::text[]) AS t(id)"
+            " ON block_id = t.id WHERE state = 'restoring' ORDER BY block_id",
+            (list(block_ids),),
+        )
+        return [_block(r) for r in rows]
+
     def requeue_restoring(self, block_ids: Sequence[str]) -> None:
         """Record blocks still restoring as checked now (the back of the queue)."""
         if block_ids:
