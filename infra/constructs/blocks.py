@@ -9,6 +9,20 @@ from constructs import Construct
 
 from infra.config import StageConfig
 from infra.nag import acknowledge
+from tessera.domain.object_keys import (
+    CANONICAL_PREFIX,
+    LANDING_PREFIX,
+    QUARANTINE_PREFIX,
+    STAGING_PREFIX,
+)
+
+# Days a noncurrent object version is kept, by key prefix (`tessera.domain.object_keys`).
+NONCURRENT_RETENTION_DAYS = {
+    CANONICAL_PREFIX: 30,
+    STAGING_PREFIX: 1,
+    LANDING_PREFIX: 1,
+    QUARANTINE_PREFIX: 1,
+}
 
 
 def blocks_bucket_name(config: StageConfig) -> str:
@@ -55,7 +69,9 @@ class BlocksBucket(Construct):
             encryption_key=key,
             bucket_key_enabled=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
-            versioned=False,  # blocks are immutable and content-addressed; gc deletes for good
+            # A safety net under gc: an object it deletes (or that anything overwrites) stays
+            # a noncurrent version for a while, recoverable by hand (docs/deploy.md).
+            versioned=True,
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix="blocks-bucket/",
             lifecycle_rules=[
@@ -69,6 +85,19 @@ class BlocksBucket(Construct):
                     id="abort-incomplete-multipart",
                     abort_incomplete_multipart_upload_after=Duration.days(1),
                 ),
+                # How long a deleted or replaced object is kept: a canonical block long
+                # enough for a gc bug to surface (a download's 503, scrub's sample); every
+                # other key a day, for every upload's staged copy is deleted once promoted,
+                # and kept for weeks it would double what new data costs.
+                *(
+                    s3.LifecycleRule(
+                        id=f"noncurrent-{prefix.rstrip('/')}",
+                        prefix=prefix,
+                        noncurrent_version_expiration=Duration.days(days),
+                    )
+                    for prefix, days in NONCURRENT_RETENTION_DAYS.items()
+                ),
+                s3.LifecycleRule(id="expired-delete-markers", expired_object_delete_marker=True),
             ],
             # Clients PUT and GET blocks straight to S3 with presigned URLs; a browser client
             # needs CORS, and the checksum header must be allowed and the ETag readable.

@@ -152,6 +152,26 @@ def test_blocks_bucket_lifecycle_and_cors(dev: Synth) -> None:
     )  # fmt: skip
 
 
+def test_blocks_bucket_keeps_what_is_deleted_for_a_while(dev: Synth) -> None:
+    """Versioned: an object gc deletes stays a noncurrent version, a canonical block for 30
+    days (time for a gc bug to show), any other key for a day (each staged copy is deleted
+    once promoted: kept longer, it would double what new data costs). Every prefix of the
+    key layout has its rule."""
+    from tessera.domain import object_keys
+
+    bucket = next(b["Properties"] for b in resources(dev.data_template, "AWS::S3::Bucket")
+                  .values() if "BucketName" in b["Properties"])  # fmt: skip
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = bucket["LifecycleConfiguration"]["Rules"]
+    kept = {r["Prefix"]: r["NoncurrentVersionExpiration"]["NoncurrentDays"]
+            for r in rules if "NoncurrentVersionExpiration" in r}  # fmt: skip
+    prefixes = {v for k, v in vars(object_keys).items() if k.endswith("_PREFIX")}
+    assert set(kept) == prefixes
+    assert kept[object_keys.CANONICAL_PREFIX] == 30
+    assert {days for prefix, days in kept.items() if prefix != "blocks/"} == {1}
+    assert any(r.get("ExpiredObjectDeleteMarker") for r in rules)
+
+
 def test_no_lifecycle_rule_deletes_or_archives_what_the_database_relies_on(dev: Synth) -> None:
     """S3 counts an object's age, not its last read nor whether a version needs it: an
     unpromoted staged copy is a commit's only bytes, and an archived `live` block is never

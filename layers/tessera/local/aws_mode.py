@@ -125,6 +125,11 @@ def provision(
     aws = AwsClients(base)
     if base.bucket not in {b["Name"] for b in aws.s3.list_buckets().get("Buckets", [])}:
         aws.s3.create_bucket(Bucket=base.bucket)
+        # versioned, as deployed (infra/constructs/blocks.py): every AWS test then runs the
+        # S3 adapter over delete markers and noncurrent versions
+        aws.s3.put_bucket_versioning(
+            Bucket=base.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
     create_changes_table(changes_model(base.changes_table, region=region, host=endpoint_url))
     if base.event_bus not in {b["Name"] for b in aws.events.list_event_buses()["EventBuses"]}:
         aws.events.create_event_bus(Name=base.event_bus)

@@ -240,3 +240,24 @@ def test_sizes_of_an_earlier_layout_lists_the_keys_folder(store: S3BlockStore) -
     for key in grouped[1:]:
         store.put(key, b"abc")
     assert store.sizes(grouped) == {grouped[1]: 3, grouped[2]: 3}
+
+
+def test_a_deleted_block_is_recovered_by_removing_its_delete_marker(
+    store: S3BlockStore, aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    """The bucket is versioned, as deployed: what gc deletes is gone for every reader (no
+    head, no size) yet kept, and docs/deploy.md's recovery (delete the delete marker) brings
+    the object back as it was, in its tier."""
+    s3, bucket, key = aws_clients.s3, aws_settings.bucket, _key()
+    store.put(key, b"block bytes")
+    store.set_tier(key, StorageTier.COLD)  # a copy in place: a second version
+    store.delete(key)
+    assert store.head(key) is None and store.sizes([key]) == {}
+
+    markers = s3.list_object_versions(Bucket=bucket, Prefix=key)["DeleteMarkers"]
+    assert [m["IsLatest"] for m in markers] == [True]
+    s3.delete_object(Bucket=bucket, Key=key, VersionId=markers[0]["VersionId"])
+    head = store.head(key)
+    assert head is not None and head.tier is StorageTier.COLD
+    store.restore(key, days=1)  # moto restores at once
+    assert store.get(key) == b"block bytes"
