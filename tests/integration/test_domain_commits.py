@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import secrets
 import threading
 from typing import Any
 
@@ -789,3 +790,40 @@ def test_two_batches_sharing_blocks_in_opposite_orders_both_commit(
     for answer in (alices, bobs):
         assert isinstance(answer, CommitBatchResponse), answer
         assert [e.tag for e in answer.entries] == ["success", "success"]
+
+
+def test_two_batches_uploading_the_same_new_blocks_in_opposite_orders_both_commit(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+) -> None:
+    """As above, with blocks no one had stored yet: each entry inserted its blocks' rows,
+    and an insert waits for another transaction's insert of the same id. Alice's batch held
+    y's new row and wanted x's, Bob's the other way round (deadlock: one answered 503). A
+    batch now creates its sessions' new rows first, in id order."""
+    x, y = sorted([secrets.token_bytes(64), secrets.token_bytes(64)], key=block_id)
+    sessions = {who.user_id: upload_blocks(services, who, "/new", [x, y]) for who in (alice, bob)}
+
+    def batch(who: Principal, first: bytes, second: bytes) -> CommitBatchResponse:
+        upload_id = sessions[who.user_id]
+        entries = [
+            commit_request("/a", [first], upload_id),
+            commit_request("/b", [second], upload_id),
+        ]
+        return commits.commit_batch(services, who, CommitBatchRequest(entries=entries))
+
+    alices, bobs = race_held(
+        monkeypatch,
+        database_url,
+        "write_version",
+        lambda: batch(alice, y, x),
+        lambda: batch(bob, x, y),
+    )
+    for answer in (alices, bobs):
+        assert isinstance(answer, CommitBatchResponse), answer
+        assert [e.tag for e in answer.entries] == ["success", "success"]
+    with services.db.transaction() as store:
+        rows = store.conn.execute("SELECT refcount FROM blocks ORDER BY block_id").fetchall()
+    assert rows == [(2,), (2,)]

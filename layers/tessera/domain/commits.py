@@ -218,7 +218,7 @@ def _check_blocks(
         i: r for i in missing if (r := rows.expected.get(i)) and r.state in ("expected", "staged")
     }
     # a PUT URL was issued for these, so they may have arrived: ask the block store
-    issued = {i: r for i, r in session_rows.items() if r.stored_size is not None}
+    issued = {i: r for i, r in session_rows.items() if _may_have_arrived(r)}
     uploaded: set[str] = set()
     if issued and req.upload_id is not None:
         keys = [r.staged_key for r in issued.values()]
@@ -249,6 +249,12 @@ def _check_blocks(
         refs=[(i, known[i], key_version.get(i, 0), n) for i, n in counts.items()],
         staged_now=list(session_rows),
     )
+
+
+def _may_have_arrived(row: UploadBlockRow) -> bool:
+    """The session's copy of the block may be in the block store: its PUT URL was issued,
+    and dedup has not quarantined what arrived (a quarantined copy grants nothing)."""
+    return row.stored_size is not None and row.state in ("expected", "staged")
 
 
 def ensure_parents(
@@ -762,7 +768,15 @@ def _commit_entries(
             },
         )
         # the blocks after the namespaces and keys, every entry's at once: the lock order
-        store.lock_blocks(b.id for i in order for b in req.entries[i].blocks or ())
+        store.lock_blocks(
+            (b.id for i in order for b in req.entries[i].blocks or ()),
+            create=(
+                (r.block_id, r.size, r.key_version)
+                for reads in sessions.values()
+                for r in reads.expected.values()
+                if _may_have_arrived(r)
+            ),
+        )
         for i in order:
             isolated = savepoints is None or i in savepoints
             try:

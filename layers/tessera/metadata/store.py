@@ -1174,12 +1174,31 @@ class Store:
         _, event = _journal_result(params, int(row[0]), payload)
         return WrittenVersion(row[1], set(row[2]), event, bool(row[3]), set(row[4]))
 
-    def lock_blocks(self, block_ids: Iterable[str]) -> None:
+    def lock_blocks(
+        self, block_ids: Iterable[str], *, create: Iterable[tuple[str, int, int]] = ()
+    ) -> None:
         """Lock the `blocks` rows of these ids that exist, in id order, until the
         transaction ends: as a batch's entries each bump their own blocks' refcounts,
         two batches sharing blocks took them in their entries' order, not the ids', and
         could each hold a row the other wanted next (a deadlock: one failed, 503).
-        FOR NO KEY UPDATE, the lock a refcount bump takes."""
+        FOR NO KEY UPDATE, the lock a refcount bump takes.
+
+        First the rows of `create` (block_id, size, key_version: blocks a batch's sessions
+        staged) that do not exist are made, in id order, at refcount 0: an insert waits for
+        another transaction's insert of the same id, so new blocks deadlocked the same way.
+        A row no entry takes up after all stays at refcount 0 until gc reclaims it. No entry
+        can take one for a canonical block it reuses (the case `write_version`'s "no longer
+        stored" check guards): a version naming the block would have had to commit its
+        refcount bump, which waits for this insert."""
+        rows = sorted(set(create))
+        if rows:
+            self.conn.execute(
+                "INSERT INTO blocks (block_id, size, key_version, refcount, state)"
+                " SELECT t.b, t.s, t.k, 0, 'staged'"
+                " FROM unnest(%s::text[], %s::int[], %s::int[]) AS t(b, s, k)"
+                " ORDER BY t.b ON CONFLICT (block_id) DO NOTHING",
+                _columns(rows, 3),
+            )
         ids = sorted(set(block_ids))
         if ids:
             # Not fetched: in pipeline mode the lock travels with the caller's next query.
