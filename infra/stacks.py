@@ -12,6 +12,7 @@ from aws_cdk import ArnFormat, Aws, CfnOutput, Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as lambda_event_sources
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.config import StageConfig
@@ -185,27 +186,13 @@ class AppStack(Stack):
         self.stream.bus.grant_put_events_to(router)
         # Commit events on the dedup queue trigger dedup-verify directly (an SQS batch names
         # the upload sessions to verify); the hourly workflow sweeps whatever is left.
-        maintenance["dedup_verify"].add_event_source(
-            lambda_event_sources.SqsEventSource(
-                self.stream.dedup_queue,
-                batch_size=10,
-                max_batching_window=Duration.seconds(30),
-                max_concurrency=2,
-            )
-        )
+        _triggered_by(maintenance["dedup_verify"], self.stream.dedup_queue, batch_size=10)
         # S3's restore completions trigger cold storage directly (settled within a minute,
         # where a file past `max_cold_checks` blocks waited for the daily run).
         self.restores = RestoreEvents(
             self, "RestoreEvents", bucket_name=blocks_bucket_name(config), messaging=self.messaging
         )
-        maintenance["cold_storage"].add_event_source(
-            lambda_event_sources.SqsEventSource(
-                self.restores.queue,
-                batch_size=100,
-                max_batching_window=Duration.seconds(30),
-                max_concurrency=2,
-            )
-        )
+        _triggered_by(maintenance["cold_storage"], self.restores.queue, batch_size=100)
         self.workflows = Workflows(
             self, "Workflows", config=config, functions=maintenance, relay=relay,
             messaging=self.messaging,
@@ -433,3 +420,16 @@ class AppStack(Stack):
 
 def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) + "Function"
+
+
+def _triggered_by(fn: lambda_.Function, queue: sqs.IQueue, *, batch_size: int) -> None:
+    """`fn` takes `queue`'s messages in batches of up to `batch_size` (gathered for at most
+    30 s), two pollers at most: the function reserves more, for its workflow's runs too."""
+    fn.add_event_source(
+        lambda_event_sources.SqsEventSource(
+            queue,
+            batch_size=batch_size,
+            max_batching_window=Duration.seconds(30),
+            max_concurrency=2,
+        )
+    )

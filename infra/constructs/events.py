@@ -10,6 +10,7 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_pipes as pipes
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.config import StageConfig
@@ -108,29 +109,47 @@ class ChangeStream(Construct):
         # The role's policy must exist before the pipe starts reading the stream.
         self.pipe.node.add_dependency(role.node.find_child("DefaultPolicy"))
 
-        rule_dlq = messaging.dead_letter_queue("RuleDlq", purpose="the bus rule to the dedup queue")
-        self.dedup_dlq = messaging.dead_letter_queue("DedupDlq", purpose="the dedup queue")
-        # Visibility above the consumer's 15-minute timeout, as Lambda requires.
-        self.dedup_queue = messaging.work_queue(
-            "DedupQueue", visibility=Duration.minutes(30), dlq=self.dedup_dlq
-        )
-        events.Rule(
+        self.dedup_queue = queue_fed_by_rule(
             self,
             "ToDedup",
-            event_bus=self.bus,
+            name="Dedup",
+            messaging=messaging,
             description="committed files may hold staged blocks: wake dedup-verify",
-            event_pattern=events.EventPattern(
-                source=[EVENT_SOURCE], detail_type=DEDUP_DETAIL_TYPES
-            ),
-            targets=[
-                targets.SqsQueue(
-                    self.dedup_queue,
-                    dead_letter_queue=rule_dlq,
-                    retry_attempts=8,
-                    max_event_age=Duration.hours(6),
-                )
-            ],
+            pattern=events.EventPattern(source=[EVENT_SOURCE], detail_type=DEDUP_DETAIL_TYPES),
+            bus=self.bus,
         )
+
+
+def queue_fed_by_rule(
+    scope: Construct,
+    rule_id: str,
+    *,
+    name: str,
+    messaging: Messaging,
+    description: str,
+    pattern: events.EventPattern,
+    bus: events.IEventBus | None = None,
+) -> sqs.Queue:
+    """The work queue `<name>Queue` and the rule `rule_id` on `bus` (None: the default bus)
+    that puts the events matching `pattern` on it; each with its alarmed dead-letter queue."""
+    what = f"the {name.lower()} queue"
+    rule_dlq = messaging.dead_letter_queue(f"{name}RuleDlq", purpose=f"the rule to {what}")
+    dlq = messaging.dead_letter_queue(f"{name}Dlq", purpose=what)
+    # Visibility above the consumer's 15-minute timeout, as Lambda requires.
+    queue = messaging.work_queue(f"{name}Queue", visibility=Duration.minutes(30), dlq=dlq)
+    events.Rule(
+        scope,
+        rule_id,
+        event_bus=bus,
+        description=description,
+        event_pattern=pattern,
+        targets=[
+            targets.SqsQueue(
+                queue, dead_letter_queue=rule_dlq, retry_attempts=8, max_event_age=Duration.hours(6)
+            )
+        ],
+    )
+    return queue
 
 
 class RestoreEvents(Construct):
@@ -141,19 +160,13 @@ class RestoreEvents(Construct):
         self, scope: Construct, id: str, *, bucket_name: str, messaging: Messaging
     ) -> None:
         super().__init__(scope, id)
-        rule_dlq = messaging.dead_letter_queue(
-            "RestoreRuleDlq", purpose="the restore-completed rule to the restores queue"
-        )
-        self.dlq = messaging.dead_letter_queue("RestoresDlq", purpose="the restores queue")
-        # Visibility above the consumer's 15-minute timeout, as Lambda requires.
-        self.queue = messaging.work_queue(
-            "RestoresQueue", visibility=Duration.minutes(30), dlq=self.dlq
-        )
-        events.Rule(
+        self.queue = queue_fed_by_rule(
             self,
             "Completed",
+            name="Restores",
+            messaging=messaging,
             description="a block's restore from the cold tier finished: settle it",
-            event_pattern=events.EventPattern(
+            pattern=events.EventPattern(
                 source=["aws.s3"],
                 detail_type=[RESTORE_COMPLETED],
                 detail={
@@ -161,12 +174,4 @@ class RestoreEvents(Construct):
                     "object": {"key": [{"prefix": CANONICAL_PREFIX}]},
                 },
             ),
-            targets=[
-                targets.SqsQueue(
-                    self.queue,
-                    dead_letter_queue=rule_dlq,
-                    retry_attempts=8,
-                    max_event_age=Duration.hours(6),
-                )
-            ],
         )

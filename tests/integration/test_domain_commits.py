@@ -760,51 +760,30 @@ def test_a_commit_event_names_its_upload_session_not_each_block(
     assert size < 1024
 
 
-def test_two_batches_sharing_blocks_in_opposite_orders_both_commit(
+@pytest.mark.parametrize("new", [False, True], ids=["stored", "new"])
+def test_two_batches_naming_two_blocks_in_opposite_orders_both_commit(
     services: Services,
     alice: Principal,
     bob: Principal,
     monkeypatch: pytest.MonkeyPatch,
     database_url: str,
+    new: bool,
 ) -> None:
-    """Each batch entry bumped its own blocks' refcounts, so a batch took the rows of the
-    blocks in its entries' order: alice's /a names block y and /b block x, bob's the other
-    way round, and each held the row the other wanted next (deadlock: one answered 503).
-    A batch now locks all its blocks first, in id order."""
-    x, y = sorted([b"shared block one", b"shared block two"], key=block_id)
-    for who in (alice, bob):  # each can read both blocks
-        put_file(services, who, "/seed-x", x)
-        put_file(services, who, "/seed-y", y)
-
-    def batch(who: Principal, first: bytes, second: bytes) -> CommitBatchResponse:
-        entries = [commit_request("/a", [first], None), commit_request("/b", [second], None)]
-        return commits.commit_batch(services, who, CommitBatchRequest(entries=entries))
-
-    alices, bobs = race_held(
-        monkeypatch,
-        database_url,
-        "write_version",
-        lambda: batch(alice, y, x),
-        lambda: batch(bob, x, y),
-    )
-    for answer in (alices, bobs):
-        assert isinstance(answer, CommitBatchResponse), answer
-        assert [e.tag for e in answer.entries] == ["success", "success"]
-
-
-def test_two_batches_uploading_the_same_new_blocks_in_opposite_orders_both_commit(
-    services: Services,
-    alice: Principal,
-    bob: Principal,
-    monkeypatch: pytest.MonkeyPatch,
-    database_url: str,
-) -> None:
-    """As above, with blocks no one had stored yet: each entry inserted its blocks' rows,
-    and an insert waits for another transaction's insert of the same id. Alice's batch held
-    y's new row and wanted x's, Bob's the other way round (deadlock: one answered 503). A
-    batch now creates its sessions' new rows first, in id order."""
+    """Alice's batch names block y in /a and x in /b, Bob's the other way round. Each entry
+    bumped its own blocks' rows (or inserted them, for blocks no one had stored: an insert
+    waits for another transaction's insert of the same id), so a batch took them in its
+    entries' order, and each held the row the other wanted next: a deadlock, and one
+    answered 503. A batch now creates its sessions' new rows, then locks all its blocks,
+    in id order."""
     x, y = sorted([secrets.token_bytes(64), secrets.token_bytes(64)], key=block_id)
-    sessions = {who.user_id: upload_blocks(services, who, "/new", [x, y]) for who in (alice, bob)}
+    sessions: dict[str, str | None] = {}
+    for who in (alice, bob):
+        if new:  # each uploads both in a session
+            sessions[who.user_id] = upload_blocks(services, who, "/new", [x, y])
+        else:  # each can read both already
+            put_file(services, who, "/seed-x", x)
+            put_file(services, who, "/seed-y", y)
+            sessions[who.user_id] = None
 
     def batch(who: Principal, first: bytes, second: bytes) -> CommitBatchResponse:
         upload_id = sessions[who.user_id]
@@ -826,4 +805,5 @@ def test_two_batches_uploading_the_same_new_blocks_in_opposite_orders_both_commi
         assert [e.tag for e in answer.entries] == ["success", "success"]
     with services.db.transaction() as store:
         rows = store.conn.execute("SELECT refcount FROM blocks ORDER BY block_id").fetchall()
-    assert rows == [(2,), (2,)]
+    holders = 2 if new else 4  # the two batches (and the two seeds)
+    assert rows == [(holders,), (holders,)]
