@@ -321,12 +321,17 @@ class AppStack(Stack):
         self._grant_objects(gc, ["s3:DeleteObject"], [staging, blocks, quarantine, landing])
         self._grant_listing(gc, [landing])
         self._grant_objects(cold, ["s3:GetObject", "s3:PutObject"], [blocks])  # re-class copy
+        # ... whose superseded version (the same bytes) it deletes: kept, it cost 30 days
+        self._grant_objects(cold, ["s3:DeleteObjectVersion"], [blocks])
         self._grant_objects(cold, ["s3:RestoreObject"], [blocks])
-        # scrub: re-verify, and repair from a verified duplicate (a staged copy, verified
-        # again at a landing key before it replaces the canonical object); cold storage
-        # runs the same repair on a block whose object it finds lost
+        # scrub: re-verify, and repair from a verified duplicate (a staged copy, or an
+        # earlier version of the block's object, verified again at a landing key before it
+        # replaces the canonical object); cold storage runs the same repair on a block
+        # whose object it finds lost
         for fn in (scrub, cold):
             self._grant_objects(fn, ["s3:GetObject"], [staging, blocks, landing])
+            self._grant_objects(fn, ["s3:GetObjectVersion"], [blocks])
+            self._grant_listing(fn, [blocks], action="s3:ListBucketVersions")
             self._grant_objects(fn, ["s3:PutObject"], [blocks, landing])
             self._grant_objects(fn, ["s3:DeleteObject"], [landing])
         # Migrations: the cluster secret, and creating the first block-key version.
@@ -349,10 +354,12 @@ class AppStack(Stack):
         )
         del router  # the router only needs the bus (granted with its environment)
 
-    def _grant_listing(self, fn: lambda_.Function, prefixes: list[str]) -> None:
-        """s3:ListBucket on the blocks bucket, for keys under `prefixes` only."""
+    def _grant_listing(
+        self, fn: lambda_.Function, prefixes: list[str], *, action: str = "s3:ListBucket"
+    ) -> None:
+        """`action` (a listing) on the blocks bucket, for keys under `prefixes` only."""
         fn.add_to_role_policy(iam.PolicyStatement(
-            actions=["s3:ListBucket"],
+            actions=[action],
             resources=[f"arn:{Aws.PARTITION}:s3:::{blocks_bucket_name(self.config)}"],
             conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
         ))  # fmt: skip

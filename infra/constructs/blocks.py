@@ -9,20 +9,7 @@ from constructs import Construct
 
 from infra.config import StageConfig
 from infra.nag import acknowledge
-from tessera.domain.object_keys import (
-    CANONICAL_PREFIX,
-    LANDING_PREFIX,
-    QUARANTINE_PREFIX,
-    STAGING_PREFIX,
-)
-
-# Days a noncurrent object version is kept, by key prefix (`tessera.domain.object_keys`).
-NONCURRENT_RETENTION_DAYS = {
-    CANONICAL_PREFIX: 30,
-    STAGING_PREFIX: 1,
-    LANDING_PREFIX: 1,
-    QUARANTINE_PREFIX: 1,
-}
+from tessera.domain.object_keys import NONCURRENT_RETENTION_DAYS
 
 
 def blocks_bucket_name(config: StageConfig) -> str:

@@ -48,6 +48,16 @@ class StoredObject:
     restored: bool = False  # a cold object has a readable restored copy
 
 
+@dataclass(frozen=True)
+class EarlierVersion:
+    """A version of an object the store kept when the object was overwritten or deleted
+    (S3 bucket versioning: a noncurrent version), for repair to bring back."""
+
+    version_id: str
+    size: int
+    tier: StorageTier = StorageTier.HOT
+
+
 class BlockStore(ABC):
     """Stores encoded blocks (compressed + encrypted, never plaintext) under string keys.
 
@@ -100,8 +110,14 @@ class BlockStore(ABC):
         """Store `data` at `key` (server-side writes: promotion, repair, tests)."""
 
     @abstractmethod
-    def copy(self, src: str, dst: str) -> None:
-        """Copy an object within the store (S3 CopyObject); `dst` ends up hot."""
+    def copy(self, src: str, dst: str, *, version: str | None = None) -> None:
+        """Copy an object within the store (S3 CopyObject); `dst` ends up hot. With
+        `version`, the copy is of that earlier version of `src` (`earlier_versions`)."""
+
+    @abstractmethod
+    def earlier_versions(self, key: str) -> list[EarlierVersion]:
+        """The versions of `key` the store kept when it was overwritten or deleted, newest
+        first (none once they expire): what a repair can copy back."""
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -744,18 +744,27 @@ def test_maintenance_functions_may_touch_every_prefix_their_code_does(dev: Synth
         dev, "ColdStorageFunction"
     )
     assert _actions(dev, "ColdStorageFunction", "ssm") == _actions(dev, "ScrubFunction", "ssm")
+    # both repair from an earlier version of the block's object: list and copy it
+    for function in ("ScrubFunction", "ColdStorageFunction"):
+        assert ("s3:GetObjectVersion", "blocks/") in _object_grants(dev, function)
+        assert _listed_prefixes(dev, function, "s3:ListBucketVersions") == {"blocks/*"}
+    # cold storage deletes the version a tier move superseded (the same bytes), no other
+    assert ("s3:DeleteObjectVersion", "blocks/") in _object_grants(dev, "ColdStorageFunction")
+    for function in ("ApiFunction", "GcFunction", "DedupVerifyFunction", "ScrubFunction"):
+        assert "s3:DeleteObjectVersion" not in _actions(dev, function, "s3"), function
     # gc lists landing/ for the landing objects of killed runs, and deletes them
     assert (delete, "landing/") in _object_grants(dev, "GcFunction")
     assert _listed_prefixes(dev, "GcFunction") == {"landing/*"}
 
 
-def _listed_prefixes(synth: Synth, function: str) -> set[str]:
-    """The `s3:prefix` patterns the IAM policies of `function` may list the bucket with."""
+def _listed_prefixes(synth: Synth, function: str, action: str = "s3:ListBucket") -> set[str]:
+    """The `s3:prefix` patterns the IAM policies of `function` may list the bucket with
+    (`action`: its objects, or their versions)."""
     found: set[str] = set()
     for lid, policy in resources(synth.app_template, "AWS::IAM::Policy").items():
         if lid.startswith(function):
             for st in policy["Properties"]["PolicyDocument"]["Statement"]:
-                if st["Action"] == "s3:ListBucket":
+                if st["Action"] == action:
                     found |= set(st["Condition"]["StringLike"]["s3:prefix"])
     return found
 

@@ -199,3 +199,77 @@ def test_a_block_gone_after_its_url_was_checked_is_404(
     r = httpx.get(url)
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
+
+
+def test_earlier_versions_expire_after_their_days(tmp_path: Path) -> None:
+    """As S3's `noncurrent-blocks` rule: a block's earlier versions are kept 30 days, then
+    the next delete (hourly at most) removes them, and their folders with them."""
+    clock = FakeClock()
+    store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32), clock=clock)
+    old, young = "blocks/" + "a" * 64, "blocks/" + "b" * 64
+    store.put(old, b"old block")
+    store.delete(old)  # the first delete: a pass (nothing to expire)
+    clock.at += timedelta(minutes=30)
+    store.put(young, b"young block")
+    store.delete(young)
+    clock.at += timedelta(days=29, hours=23, minutes=40)  # old: 30 days and 10 min
+    assert [v.size for v in store.earlier_versions(old)] == [9]  # kept until a pass
+    store.delete("blocks/" + "c" * 64)  # an hour since the last pass: a pass
+    assert store.earlier_versions(old) == []
+    assert not (tmp_path / "versions" / old).exists()
+    assert [v.size for v in store.earlier_versions(young)] == [11]
+    clock.at += timedelta(minutes=30)  # young is past its days now
+    store.delete("blocks/" + "c" * 64)  # within the hour: no pass
+    assert [v.size for v in store.earlier_versions(young)] == [11]
+    assert store.expire_versions() == 1
+    assert os.listdir(tmp_path / "versions") == []
+
+
+def test_only_blocks_keep_earlier_versions(tmp_path: Path) -> None:
+    """Staged copies are deleted once promoted: kept, they would double the disk each
+    upload takes. And a store told to keep none keeps none."""
+    store = FilesystemBlockStore(tmp_path / "a", "http://x", secrets.token_bytes(32))
+    staged = "staging/" + "1" * 32 + "/00000000-" + "a" * 64
+    store.put(staged, b"staged")
+    store.delete(staged)
+    assert store.earlier_versions(staged) == []
+    none = FilesystemBlockStore(
+        tmp_path / "b", "http://x", secrets.token_bytes(32), keep_versions_days=0
+    )
+    none.put("blocks/" + "a" * 64, b"block")
+    none.delete("blocks/" + "a" * 64)
+    assert none.earlier_versions("blocks/" + "a" * 64) == []
+
+
+@pytest.mark.parametrize("version", ["../../hot/blocks/x", "latest", "0" * 16 + "-zz-hot"])
+def test_a_version_id_not_the_stores_own_is_absent(tmp_path: Path, version: str) -> None:
+    """A version id becomes a path: one of another shape is refused before any path is
+    made of it, however it was got."""
+    store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
+    key = "blocks/" + "a" * 64
+    store.put(key, b"block")
+    store.delete(key)
+    with pytest.raises(KeyError):
+        store.copy(key, "blocks/" + "b" * 64, version=version)
+    assert store.head("blocks/" + "b" * 64) is None
+
+
+def test_an_overwrite_keeps_the_old_bytes_readable_until_it_lands(tmp_path: Path) -> None:
+    """The old object is linked into versions/, never moved out first: a reader racing
+    the overwrite finds the old bytes or the new, never no object (S3's atomic PUT)."""
+    store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
+    key = "blocks/" + "a" * 64
+    store.put(key, b"old")
+    seen: list[bytes] = []
+    rename = block_store._rename_durably
+
+    def read_then_rename(src: Path, dst: Path) -> None:
+        seen.append(store.get(key))
+        rename(src, dst)
+
+    block_store._rename_durably = read_then_rename  # type: ignore[assignment]
+    try:
+        store.put(key, b"new")
+    finally:
+        block_store._rename_durably = rename  # type: ignore[assignment]
+    assert seen == [b"old"] and store.get(key) == b"new"

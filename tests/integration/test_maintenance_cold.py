@@ -203,6 +203,8 @@ def test_blocks_whose_objects_are_lost_do_not_hold_back_the_others(
         for bid in lost_ids:  # older than the kept block: the first candidates
             w.store.delete(object_keys.canonical_key(bid))
             _unread_since_100_days(w, bid)
+        w.store_clock.advance(days=31)  # past their earlier versions' days: truly lost
+        w.store.expire_versions()  # type: ignore[attr-defined]
         result = _cold(w, days=91)
         assert (result.blocks_moved, result.lost, result.repaired) == (1, 3, 0)
         assert _states(w) == {"quarantined", "cold"}

@@ -22,7 +22,13 @@ from tessera.domain.errors import Unprocessable
 from tessera.domain.models import UploadStartRequest
 from tessera.maintenance import GcResult, MaintenanceSettings, run_step, run_workflow
 from tessera.metadata.maintenance import MaintenanceTx
-from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
+from tessera.ports import (
+    BlockStore,
+    EarlierVersion,
+    PresignedRequest,
+    StorageTier,
+    StoredObject,
+)
 
 from .conftest import usage_drift
 from .test_maintenance_world import (
@@ -434,8 +440,11 @@ class GatedStore(BlockStore):
     def put(self, key: str, data: bytes) -> None:
         self.inner.put(key, data)
 
-    def copy(self, src: str, dst: str) -> None:
-        self.inner.copy(src, dst)
+    def copy(self, src: str, dst: str, *, version: str | None = None) -> None:
+        self.inner.copy(src, dst, version=version)
+
+    def earlier_versions(self, key: str) -> list[EarlierVersion]:
+        return self.inner.earlier_versions(key)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

@@ -16,6 +16,7 @@ from tessera.domain.models import RestoringResponse
 from tessera.maintenance import ColdResult, ScrubResult
 from tessera.metadata.maintenance import MaintenanceTx
 from tessera.ports import StorageTier
+from tests.corruption import with_last_byte_flipped
 
 from .test_domain_files import race_held
 from .test_maintenance_world import (
@@ -90,10 +91,10 @@ def test_a_duplicate_changed_between_its_check_and_the_copy_repairs_nothing(
     world.put(BOB, "/b.bin", data)  # bob's staged copies: duplicates to repair from
     copy = world.store.copy
 
-    def put_again_then_copy(source: str, target: str) -> None:
+    def put_again_then_copy(source: str, target: str, **kw: Any) -> None:
         path = Path(world.store.root) / "hot" / source  # type: ignore[attr-defined]
         path.write_bytes(path.read_bytes()[:-1] + b"!")  # the uploader's other bytes
-        copy(source, target)
+        copy(source, target, **kw)
 
     monkeypatch.setattr(world.store, "copy", put_again_then_copy)
     result = _scrub(world)
@@ -119,13 +120,13 @@ def test_a_repair_is_recorded_as_the_bytes_the_copy_took(
     world.put(BOB, "/b.txt", data)  # bob's staged copy: a duplicate to repair from
     copy = world.store.copy
 
-    def put_raw_then_copy(source: str, target: str) -> None:
+    def put_raw_then_copy(source: str, target: str, **kw: Any) -> None:
         if source.startswith("staging/"):
             version, key = world.ctx.keys.block_key(bid)
             with monkeypatch.context() as m:
                 m.setattr(codec, "_worth_compressing", lambda _plaintext: False)
                 world.store.put(source, bytes(codec.encode_block(data, bid, key, version)))
-        copy(source, target)
+        copy(source, target, **kw)
 
     monkeypatch.setattr(world.store, "copy", put_raw_then_copy)
     assert _scrub(world).repaired == 1
@@ -209,13 +210,72 @@ def test_a_block_that_went_cold_while_scrub_checked_it_is_left_for_later(
     assert world.sql("SELECT count(*) FROM damaged_versions") == [(0,)]
 
 
-def test_missing_object_is_reported(world: World) -> None:
+def _deleted_block(w: World) -> tuple[bytes, str]:
+    """Alice's verified one-block /a.bin with its object deleted, as a gc bug would: (its
+    bytes, its block id)."""
+    data = secrets.token_bytes(BLOCK)
+    w.put(ALICE, "/a.bin", data)
+    w.run("dedup")
+    bid = block_id(data)
+    w.store.delete(object_keys.canonical_key(bid))
+    return data, bid
+
+
+def test_a_deleted_block_is_repaired_from_its_earlier_version(world: World) -> None:
+    """The store keeps what a block held when it was deleted (the versioned bucket): scrub
+    copies it back, verified, where it used to quarantine the block and mark the file
+    damaged."""
+    data, bid = _deleted_block(world)
+    result = _scrub(world)
+    assert (result.damaged, result.repaired, result.unrepaired) == (1, 1, 0)
+    assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bid) == [("live",)]
+    assert world.sql("SELECT count(*) FROM damaged_versions") == [(0,)]
+    assert world.get(ALICE, "/a.bin") == data
+    assert _scrub(world).damaged == 0
+
+
+def test_a_block_overwritten_with_bad_bytes_is_repaired_from_its_earlier_version(
+    world: World,
+) -> None:
+    """The newest earlier version that verifies wins: one holding bad bytes is passed
+    over, and the canonical object is never replaced by it."""
+    data = secrets.token_bytes(2 * BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    world.run("dedup")
+    key = object_keys.canonical_key(block_id(chunks(data)[0]))
+    good = world.store.get(key)
+    world.store.put(key, with_last_byte_flipped(good))
+    world.store.put(key, good[: len(good) // 2])  # overwritten twice: a bad version first
+    result = _scrub(world)
+    assert (result.damaged, result.repaired) == (1, 1)
+    assert world.store.get(key) == good
+    assert world.get(ALICE, "/a.bin") == data
+
+
+def test_a_block_whose_earlier_versions_expired_is_quarantined(world: World) -> None:
+    _, bid = _deleted_block(world)
+    world.store_clock.advance(days=31)
+    world.store.expire_versions()  # type: ignore[attr-defined]
+    result = _scrub(world)
+    assert (result.damaged, result.repaired, result.unrepaired) == (1, 0, 1)
+    assert "missing (no duplicate or earlier version to repair from)" in result.errors[0]
+    assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bid) == [("quarantined",)]
+
+
+def test_a_cold_earlier_version_is_reported_for_recovery_by_hand(world: World) -> None:
+    """An earlier version in the cold tier needs a restore (hours) before a copy: the
+    block is quarantined as before, and the report says where its bytes are."""
     data = secrets.token_bytes(BLOCK)
     world.put(ALICE, "/a.bin", data)
     world.run("dedup")
-    world.store.delete("blocks/" + block_id(data)[3:])
+    world.run("cold", days=91)  # unread for 90 days
+    key = object_keys.canonical_key(block_id(data))
+    head = world.store.head(key)
+    assert head is not None and head.tier is StorageTier.COLD
+    world.store.delete(key)
     result = _scrub(world)
-    assert result.unrepaired == 1 and "missing" in result.errors[0]
+    assert (result.damaged, result.repaired, result.unrepaired) == (1, 0, 1)
+    assert "earlier version is in the cold tier" in result.errors[0]
 
 
 def test_a_live_block_whose_object_is_cold_is_marked_cold_not_quarantined(world: World) -> None:

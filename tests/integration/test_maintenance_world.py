@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
@@ -236,10 +236,10 @@ def die_copying(
     under `target` (each "" for any), before the copy."""
     copy = world.store.copy
 
-    def copy_or_die(src: str, dst: str) -> None:
+    def copy_or_die(src: str, dst: str, **kw: Any) -> None:
         if src.startswith(source) and dst.startswith(target):
             raise Killed
-        copy(src, dst)
+        copy(src, dst, **kw)
 
     monkeypatch.setattr(world.store, "copy", copy_or_die)
 

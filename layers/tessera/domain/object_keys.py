@@ -24,6 +24,18 @@ STAGING_PREFIX = "staging/"
 QUARANTINE_PREFIX = "quarantine/"
 LANDING_PREFIX = "landing/"
 
+#: Days the store keeps an object's earlier version once it is overwritten or deleted, by
+#: key prefix (S3 lifecycle rules on the versioned bucket; the local store keeps those of
+#: `blocks/` only). A block gc deleted or a bug overwrote is repaired from one (scrub) or
+#: recovered by hand (docs/deploy.md) within that time; every staged copy is deleted once
+#: promoted, and kept longer those copies would double what new data costs.
+NONCURRENT_RETENTION_DAYS = {
+    CANONICAL_PREFIX: 30,
+    STAGING_PREFIX: 1,
+    LANDING_PREFIX: 1,
+    QUARANTINE_PREFIX: 1,
+}
+
 
 def _hex(block_id: str) -> str:
     return block_id.removeprefix("b3:")

@@ -5,9 +5,10 @@ exactly as a client would (the key version in the metadata, decrypt, decompress,
 A block that fails is re-checked under the per-block lock (a concurrent promotion may have
 just rewritten it). An object found in the cold tier, unrestored, under a live row is not
 damage: the row is recorded cold, and the next download restores it. A block still damaged
-is rewritten from a duplicate — a staged copy of the same id that verifies — or, with
-none, quarantined (downloads refuse it), and the versions using it are marked damaged and
-their namespaces told.
+is rewritten from a duplicate that verifies: a staged copy of the same id, else an earlier
+version of its object the store kept (the bucket is versioned: a block a bug deleted or
+overwrote is kept 30 days). With none, it is quarantined (downloads refuse it), and the
+versions using it are marked damaged and their namespaces told.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import secrets
 from datetime import datetime
 
 from tessera.domain.object_keys import canonical_key
-from tessera.metadata.maintenance import BlockRow
-from tessera.ports import StorageTier
+from tessera.metadata.maintenance import BlockRow, MaintenanceTx
+from tessera.ports import EarlierVersion, StorageTier
 
 from .context import MaintenanceContext, log
 from .damage import publish_damage
@@ -73,8 +74,9 @@ def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None)
 
 
 def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResult) -> None:
-    """Check one block again under its lock; repair it from a verified duplicate, or
-    quarantine it and record the damage. A block moved on meanwhile is left alone."""
+    """Check one block again under its lock; repair it from a verified duplicate or earlier
+    version, or quarantine it and record the damage. A block moved on meanwhile is left
+    alone."""
     with ctx.repo.transaction() as tx:
         tx.block_lock(bid)
         row = tx.block(bid)
@@ -94,33 +96,20 @@ def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResu
             return
         result.damaged += 1
         log.error("scrub: %s is damaged: %s", bid, check.reason)
-        for key in tx.duplicate_copies(bid):
-            dup = check_stored(ctx.store, ctx.keys, key, bid, expect_plain_size=row.size)
-            if dup.ok:
-                # the canonical object is not replaced by a copy that does not verify: a
-                # repair is rare, and what it held may be intact after all (a cold row's
-                # restored copy expiring between the head and the read)
-                copied = copy_verified(
-                    ctx.store,
-                    ctx.keys,
-                    key,
-                    canonical_key(bid),
-                    bid,
-                    plain_size=row.size,
-                    keep_target=True,
-                )
-                if not copied.ok:
-                    continue
-                tx.block(bid, for_update=True)
-                tx.mark_live(  # what the copy took (see dedup's promotion)
-                    bid,
-                    size=row.size,
-                    stored_size=copied.stored_size,
-                    key_version=copied.key_version,
-                )
-                result.repaired += 1
-                log.warning("scrub: repaired %s from %s", bid, key)
-                return
+        versions = ctx.store.earlier_versions(canonical_key(bid))
+        repaired = _copy_back(ctx, tx, row, versions)
+        if repaired is not None:
+            source, copied = repaired
+            tx.block(bid, for_update=True)
+            tx.mark_live(  # what the copy took (see dedup's promotion)
+                bid,
+                size=row.size,
+                stored_size=copied.stored_size,
+                key_version=copied.key_version,
+            )
+            result.repaired += 1
+            log.warning("scrub: repaired %s from %s", bid, source)
+            return
         if not tx.set_state(bid, "quarantined", from_states=[row.state]):
             # moved on since it was read (to cold by the cold step, to restoring by a
             # download; neither waits for the block's lock): the next scrub looks again
@@ -129,4 +118,44 @@ def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResu
             return
         tx.record_damage(bid, staged_key=None, reason=check.reason, at=as_of)
         result.unrepaired += 1
-        result.errors.append(f"{bid}: {check.reason} (no duplicate to repair from)")
+        if any(v.tier is StorageTier.COLD for v in versions):
+            why = "an earlier version is in the cold tier: recover it by hand, docs/deploy.md"
+        else:
+            why = "no duplicate or earlier version to repair from"
+        result.errors.append(f"{bid}: {check.reason} ({why})")
+
+
+def _copy_back(
+    ctx: MaintenanceContext, tx: MaintenanceTx, row: BlockRow, versions: list[EarlierVersion]
+) -> tuple[str, Check] | None:
+    """Copy the first duplicate of the block that verifies over its canonical object: a
+    staged copy, else one of its hot earlier `versions`, newest first (a cold one needs a
+    restore first). Where it came from and what the copy took; None when none verified.
+
+    The canonical object is never replaced by a copy that does not verify: a repair is
+    rare, and what it held may be intact after all (a cold row's restored copy expiring
+    between the head and the read)."""
+    bid, target = row.block_id, canonical_key(row.block_id)
+    sources: list[tuple[str, str | None]] = [(key, None) for key in tx.duplicate_copies(bid)]
+    sources += [(target, v.version_id) for v in versions if v.tier is StorageTier.HOT]
+    for key, version in sources:
+        if version is None:  # a staged copy: read first, not copied when it is bad
+            dup = check_stored(ctx.store, ctx.keys, key, bid, expect_plain_size=row.size)
+            if not dup.ok:
+                continue
+        try:
+            copied = copy_verified(
+                ctx.store,
+                ctx.keys,
+                key,
+                target,
+                bid,
+                plain_size=row.size,
+                keep_target=True,
+                version=version,
+            )
+        except KeyError:  # gone since it was listed (expired, or its session settled)
+            continue
+        if copied.ok:
+            return (key if version is None else f"{key} version {version}"), copied
+    return None

@@ -76,8 +76,10 @@ def copy_verified(
     *,
     plain_size: int,
     keep_target: bool,
+    version: str | None = None,
 ) -> Check:
-    """Copy block `block_id` from `source` to `target`, verified where it lands.
+    """Copy block `block_id` from `source` (its earlier `version`, if given) to `target`,
+    verified where it lands.
 
     `source` may be a staging key, whose uploader may PUT other bytes there while their URL
     lasts: what a copy takes is not what was read before, so it is verified after the copy.
@@ -86,7 +88,7 @@ def copy_verified(
     verified there reach `target`; otherwise it lands at `target`, and is deleted again
     when it does not verify. The verdict on what landed."""
     landing = landing_key(source) if keep_target else target
-    store.copy(source, landing)
+    store.copy(source, landing, version=version)
     check = check_stored(store, keys, landing, block_id, expect_plain_size=plain_size)
     if check.ok and landing != target:
         store.copy(landing, target)

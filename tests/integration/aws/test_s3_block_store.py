@@ -250,7 +250,7 @@ def test_a_deleted_block_is_recovered_by_removing_its_delete_marker(
     the object back as it was, in its tier."""
     s3, bucket, key = aws_clients.s3, aws_settings.bucket, _key()
     store.put(key, b"block bytes")
-    store.set_tier(key, StorageTier.COLD)  # a copy in place: a second version
+    store.set_tier(key, StorageTier.COLD)  # a copy in place (its hot original is deleted)
     store.delete(key)
     assert store.head(key) is None and store.sizes([key]) == {}
 

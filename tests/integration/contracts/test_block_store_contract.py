@@ -156,6 +156,46 @@ def test_cold_tier_needs_restore(block_store_harness: BlockStoreHarness) -> None
     head = store.head(key)
     assert head is not None and head.tier is StorageTier.HOT
     assert store.get(key) == b"cold bytes"
+    # the moves kept no second copy of the same bytes (on S3 each is a copy in place,
+    # which left the hot original a noncurrent version, paid for 30 more days)
+    assert store.earlier_versions(key) == []
+
+
+def test_a_block_overwritten_or_deleted_keeps_its_earlier_versions(
+    block_store_harness: BlockStoreHarness,
+) -> None:
+    """What scrub repairs a block from: the store keeps what a canonical key held before
+    each overwrite or delete (S3: the versioned bucket), newest first, for a copy back."""
+    store = block_store_harness.store
+    key, restored = _key(), _key()
+    assert store.earlier_versions(key) == []
+    store.put(key, b"first")
+    store.put(key, b"second!")
+    assert [v.size for v in store.earlier_versions(key)] == [5]
+    store.delete(key)
+    versions = store.earlier_versions(key)
+    assert [(v.size, v.tier) for v in versions] == [(7, StorageTier.HOT), (5, StorageTier.HOT)]
+    assert store.head(key) is None
+    store.copy(key, restored, version=versions[1].version_id)
+    assert store.get(restored) == b"first"
+    store.copy(key, key, version=versions[0].version_id)  # the block back under its key
+    assert store.get(key) == b"second!"
+    with pytest.raises(KeyError):
+        store.copy(_key(), restored, version=versions[0].version_id)  # another key's
+
+
+def test_an_earlier_version_in_the_cold_tier_needs_a_restore(
+    block_store_harness: BlockStoreHarness,
+) -> None:
+    store = block_store_harness.store
+    key = _key()
+    store.put(key, b"cold block")
+    store.set_tier(key, StorageTier.COLD)
+    store.delete(key)
+    versions = store.earlier_versions(key)
+    assert [(v.size, v.tier) for v in versions] == [(10, StorageTier.COLD)]
+    with pytest.raises(block_store_harness.not_restored_error):
+        store.copy(key, _key(), version=versions[0].version_id)
 
 
 def test_presigned_put_then_get(block_store_harness: BlockStoreHarness) -> None:

@@ -4,6 +4,10 @@ Presigned PUTs are SigV4 and sign `content-length` and `x-amz-checksum-sha256`, 
 accepts exactly the bytes the API agreed to (on real AWS; moto does not check signatures,
 expiry or checksums). Cold blocks live in GLACIER: `set_tier` copies the object onto
 itself with a new storage class, `restore` starts a temporary readable copy.
+
+The bucket is versioned (`infra/constructs/blocks.py`): an object overwritten or deleted
+is kept as a noncurrent version for a while (`NONCURRENT_RETENTION_DAYS`), which
+`earlier_versions` lists and `copy(..., version=)` brings back.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ from tessera.domain.object_keys import (
     staging_folder,
 )
 from tessera.parallel import parallel_map
-from tessera.ports import BlockStore, PresignedRequest, StorageTier, StoredObject
+from tessera.ports import (
+    BlockStore,
+    EarlierVersion,
+    PresignedRequest,
+    StorageTier,
+    StoredObject,
+)
 
 if TYPE_CHECKING:
     from botocore.credentials import ReadOnlyCredentials
@@ -41,7 +51,7 @@ BLOCK_CONTENT_TYPE = "application/octet-stream"  # a stored block: opaque bytes
 # Classes whose objects need a restore before a GET (GLACIER_IR is instant: hot).
 _COLD_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 _ONGOING = re.compile(r'ongoing-request="(true|false)"')
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchVersion"})
 _COLD_ERRORS = frozenset({"InvalidObjectState", "ObjectNotInActiveTierError"})
 
 
@@ -196,16 +206,23 @@ class S3BlockStore(BlockStore):
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
         self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, ChecksumSHA256=checksum)
 
-    def copy(self, src: str, dst: str) -> None:
-        """CopyObject into the STANDARD class; KeyError when `src` is absent."""
-        self._copy(src, dst, HOT_CLASS)
+    def copy(self, src: str, dst: str, *, version: str | None = None) -> None:
+        """CopyObject (of `version` of `src`, if given) into the STANDARD class; KeyError
+        when `src` (or that version) is absent."""
+        self._copy(src, dst, HOT_CLASS, version=version)
 
-    def _copy(self, src: str, dst: str, storage_class: str) -> None:
+    def _copy(
+        self, src: str, dst: str, storage_class: str, *, version: str | None = None
+    ) -> str | None:
+        """CopyObject; the version id of the source it copied (None: an unversioned bucket)."""
+        source: dict[str, str] = {"Bucket": self._bucket, "Key": src}
+        if version is not None:
+            source["VersionId"] = version
         with _object_errors(src):
-            self._s3.copy_object(
+            resp = self._s3.copy_object(
                 Bucket=self._bucket,
                 Key=dst,
-                CopySource={"Bucket": self._bucket, "Key": src},
+                CopySource=source,  # type: ignore[arg-type]
                 StorageClass=storage_class,  # type: ignore[arg-type]
                 # never the source's headers: a presigned PUT signs no Content-Encoding or
                 # Content-Type, so an uploader's `gzip` would travel onto the canonical
@@ -213,6 +230,28 @@ class S3BlockStore(BlockStore):
                 MetadataDirective="REPLACE",
                 ContentType=BLOCK_CONTENT_TYPE,
             )
+        return resp.get("CopySourceVersionId")
+
+    def earlier_versions(self, key: str) -> list[EarlierVersion]:
+        """The noncurrent versions of `key` (ListObjectVersions), newest first, as S3
+        lists them; their tier from their storage class (a cold one needs a restore)."""
+        found: list[EarlierVersion] = []
+        pages = self._s3.get_paginator("list_object_versions").paginate(
+            Bucket=self._bucket, Prefix=key
+        )
+        for page in pages:
+            for item in page.get("Versions", []):
+                if item["Key"] != key or item["IsLatest"]:
+                    continue
+                cold = item.get("StorageClass", HOT_CLASS) in _COLD_CLASSES
+                found.append(
+                    EarlierVersion(
+                        version_id=item["VersionId"],
+                        size=int(item["Size"]),
+                        tier=StorageTier.COLD if cold else StorageTier.HOT,
+                    )
+                )
+        return found
 
     def delete(self, key: str) -> None:
         """DeleteObject (S3 already treats a missing key as success)."""
@@ -279,13 +318,18 @@ class S3BlockStore(BlockStore):
         """Copy the object onto itself with the tier's storage class (no-op if already there).
 
         Moving a cold object back to hot needs a restored copy (ColdObjectError otherwise).
+        The version the copy superseded holds the same bytes, so it is deleted: kept as a
+        noncurrent version, every block moved to the cold tier would have been paid for
+        in the hot tier for another 30 days.
         """
         current = self.head(key)
         if current is None:
             raise KeyError(key)
         if current.tier == tier:
             return
-        self._copy(key, key, COLD_CLASS if tier == StorageTier.COLD else HOT_CLASS)
+        copied = self._copy(key, key, COLD_CLASS if tier == StorageTier.COLD else HOT_CLASS)
+        if copied is not None:
+            self._s3.delete_object(Bucket=self._bucket, Key=key, VersionId=copied)
 
     def restore(self, key: str, *, days: int = 7) -> None:
         """RestoreObject; a restore already under way or a hot object is not an error."""

@@ -1,9 +1,15 @@
 """BlockStore on the local filesystem, behind signed, expiring URLs served by the gateway.
 
 Layout under `root`: `hot/<key>` readable objects, `cold/<key>` objects in the cold tier,
-`restores/<key>.json` the state of a restore of a cold object, `tmp/` uploads in flight.
-Every write goes to a temp file, is fsynced and renamed into place, so a crash never
-leaves a torn object behind.
+`restores/<key>.json` the state of a restore of a cold object, `tmp/` uploads in flight,
+`versions/<key>/<version id>` what a canonical block (`blocks/`) held before it was
+overwritten or deleted. Every write goes to a temp file, is fsynced and renamed into place,
+so a crash never leaves a torn object behind.
+
+Earlier versions mirror the versioned S3 bucket as deployed: kept
+`NONCURRENT_RETENTION_DAYS["blocks/"]` days, for scrub to repair a block from. Only those of
+`blocks/`: S3 keeps staged copies a day too, but only because versioning is bucket-wide,
+and on a laptop they would double the disk every upload takes for that day.
 
 Presigned URLs mirror S3's: a PUT URL binds key, exact size, SHA-256 of the body and expiry;
 a GET URL binds key and expiry; both are HMAC-SHA256 signed. The gateway hands requests to
@@ -16,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import re
+import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
@@ -31,9 +39,11 @@ from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
 from tessera.domain.errors import BadRequest, Forbidden, NotFound
+from tessera.domain.object_keys import CANONICAL_PREFIX, NONCURRENT_RETENTION_DAYS
 from tessera.ports import (
     BlockStore,
     Clock,
+    EarlierVersion,
     PresignedRequest,
     StorageTier,
     StoredObject,
@@ -45,6 +55,11 @@ MAX_EXPIRES_IN = 900
 # and an upload writes as it goes): a crash left it, and the next start removes it.
 STALE_TEMP_S = 3600
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:=-]{0,127}$")
+# <microseconds since the epoch>-<random>-<tier>: sorts by age, and the random part tells
+# apart two versions of one key made in the same microsecond
+_VERSION_ID = re.compile(r"^(\d{16})-[0-9a-f]{8}-(hot|cold)$")
+# How often deletes look for earlier versions past their days (S3 expires them daily)
+VERSION_EXPIRY_INTERVAL = timedelta(hours=1)
 
 
 class NotRestored(Forbidden):
@@ -108,7 +123,9 @@ class FilesystemBlockStore(BlockStore):
         *,
         restore_delay: float = 0.0,
         clock: Clock | None = None,
+        keep_versions_days: float = NONCURRENT_RETENTION_DAYS[CANONICAL_PREFIX],
     ) -> None:
+        """`keep_versions_days`: how long earlier versions of blocks are kept (0: none)."""
         if len(signing_secret) < 32:
             raise ValueError("the URL signing secret must be at least 32 bytes")
         self.root = Path(root)
@@ -116,7 +133,9 @@ class FilesystemBlockStore(BlockStore):
         self._secret = signing_secret
         self.restore_delay = restore_delay
         self.clock: Clock = clock or SystemClock()
-        for sub in ("hot", "cold", "restores", "tmp"):
+        self.keep_versions_days = keep_versions_days
+        self._next_expiry = self.clock.now()  # the first delete expires old versions
+        for sub in ("hot", "cold", "restores", "tmp", "versions"):
             _make_dirs(self.root / sub)
         self._remove_stale_temps()
 
@@ -143,10 +162,82 @@ class FilesystemBlockStore(BlockStore):
                 continue
 
     def _install(self, tmp: Path, key: str) -> None:
-        """Rename a complete, fsynced temp file to hot `key` (dropping any cold copy)."""
+        """Rename a complete, fsynced temp file to hot `key` (dropping any cold copy, kept
+        as an earlier version as S3 keeps what an overwrite replaced)."""
+        self._keep_versions(key)
         _rename_durably(tmp, self._path("hot", key))
         self._path("cold", key).unlink(missing_ok=True)
         self._restore_path(key).unlink(missing_ok=True)
+
+    # -- earlier versions ---------------------------------------------------------------
+
+    def _keep_versions(self, key: str) -> None:
+        """Link what `key` holds (hot or cold) into `versions/` before it is replaced or
+        removed. A link, not a move: the object stays readable under its key until the
+        replacing rename, as an S3 overwrite is atomic for readers."""
+        if self.keep_versions_days <= 0 or not key.startswith(CANONICAL_PREFIX):
+            return
+        for tier in ("hot", "cold"):
+            current = self._path(tier, key)
+            if not current.is_file():
+                continue
+            micros = int(self.clock.now().timestamp() * 1_000_000)
+            version = self._version_path(key, f"{micros:016d}-{secrets.token_hex(4)}-{tier}")
+            _make_dirs(version.parent)
+            try:
+                os.link(current, version)
+            except FileNotFoundError:  # moved or removed since the check
+                continue
+            _fsync_dir(version.parent)
+
+    def _version_path(self, key: str, version: str) -> Path:
+        return self.root / "versions" / validate_key(key) / version
+
+    def earlier_versions(self, key: str) -> list[EarlierVersion]:
+        """What `key` held before each overwrite or delete still kept, newest first."""
+        folder = self.root / "versions" / validate_key(key)
+        try:
+            names = sorted(os.listdir(folder), reverse=True)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            match = _VERSION_ID.match(name)
+            if match is None:
+                continue
+            try:
+                size = os.stat(folder / name).st_size
+            except FileNotFoundError:  # expired meanwhile
+                continue
+            found.append(EarlierVersion(name, size, StorageTier(match.group(2))))
+        return found
+
+    def _readable_version(self, key: str, version: str) -> Path:
+        match = _VERSION_ID.match(version)
+        path = self._version_path(key, version)
+        if match is None or not path.is_file():
+            raise KeyError(f"{key} version {version}")
+        if match.group(2) == "cold":  # S3 copies no GLACIER version without a restore
+            raise NotRestored(f"{key} version {version} is in the cold tier")
+        return path
+
+    def expire_versions(self) -> int:
+        """Remove the earlier versions older than `keep_versions_days` (S3's lifecycle
+        rule `noncurrent-blocks`); the number removed. Deletes call it hourly."""
+        cutoff = self.clock.now() - timedelta(days=self.keep_versions_days)
+        cutoff_micros = int(cutoff.timestamp() * 1_000_000)
+        removed = 0
+        base = self.root / "versions"
+        for dirpath, _dirs, files in os.walk(base, topdown=False):
+            for name in files:
+                match = _VERSION_ID.match(name)
+                if match is not None and int(match.group(1)) < cutoff_micros:
+                    Path(dirpath, name).unlink(missing_ok=True)
+                    removed += 1
+            if dirpath != str(base):
+                with contextlib.suppress(OSError):  # not empty: a version is still kept
+                    os.rmdir(dirpath)
+        return removed
 
     def _write_durably(self, chunks: Iterable[bytes], install: Callable[[Path], None]) -> None:
         """Write `chunks` to a temp file, fsync it, then `install(temp)` renames it into place;
@@ -193,13 +284,23 @@ class FilesystemBlockStore(BlockStore):
             restored=restored,
         )
 
-    def copy(self, src: str, dst: str) -> None:
-        """Copy `src` to hot `dst`; a cold source must have been restored first."""
-        with self._readable_path(src).open("rb") as f:
+    def copy(self, src: str, dst: str, *, version: str | None = None) -> None:
+        """Copy `src` (or its earlier `version`) to hot `dst`; a cold source must have
+        been restored first (a cold version cannot be)."""
+        source = (
+            self._readable_path(src) if version is None else self._readable_version(src, version)
+        )
+        with source.open("rb") as f:
             self._write_atomic(dst, iter(lambda: f.read(1 << 20), b""))
 
     def delete(self, key: str) -> None:
-        """Remove the object from both tiers; a missing key is fine."""
+        """Remove the object from both tiers (a block's is kept as an earlier version); a
+        missing key is fine."""
+        self._keep_versions(key)
+        now = self.clock.now()
+        if now >= self._next_expiry:
+            self._next_expiry = now + VERSION_EXPIRY_INTERVAL
+            self.expire_versions()
         self._path("hot", key).unlink(missing_ok=True)
         self._path("cold", key).unlink(missing_ok=True)
         self._restore_path(key).unlink(missing_ok=True)
