@@ -254,7 +254,9 @@ def test_a_version_id_not_the_stores_own_is_absent(tmp_path: Path, version: str)
     assert store.head("blocks/" + "b" * 64) is None
 
 
-def test_an_overwrite_keeps_the_old_bytes_readable_until_it_lands(tmp_path: Path) -> None:
+def test_an_overwrite_keeps_the_old_bytes_readable_until_it_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The old object is linked into versions/, never moved out first: a reader racing
     the overwrite finds the old bytes or the new, never no object (S3's atomic PUT)."""
     store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
@@ -267,9 +269,6 @@ def test_an_overwrite_keeps_the_old_bytes_readable_until_it_lands(tmp_path: Path
         seen.append(store.get(key))
         rename(src, dst)
 
-    block_store._rename_durably = read_then_rename  # type: ignore[assignment]
-    try:
-        store.put(key, b"new")
-    finally:
-        block_store._rename_durably = rename  # type: ignore[assignment]
+    monkeypatch.setattr(block_store, "_rename_durably", read_then_rename)
+    store.put(key, b"new")
     assert seen == [b"old"] and store.get(key) == b"new"

@@ -162,6 +162,23 @@ def test_scrub_function_repairs_blocks_from_the_buckets_earlier_versions(
     assert aws_world.sql("SELECT DISTINCT state FROM blocks") == [("live",)]
 
 
+def test_scrub_functions_inventory_finds_a_deleted_block_among_the_listed(
+    aws_world: World,
+) -> None:
+    """The inventory step pages through ListObjectsV2 from the pass's position."""
+    data = secrets.token_bytes(3 * BLOCK)
+    path = f"/{secrets.token_hex(8)}.bin"
+    aws_world.put(ALICE, path, data)
+    aws_world.run("dedup")
+    ids = [str(r[0]) for r in aws_world.sql("SELECT block_id FROM blocks ORDER BY block_id")]
+    aws_world.store.delete(canonical_key(ids[2]))
+
+    result = _handler("scrub")({"step": "inventory", "input": {}}, None)
+    assert (result["inventoried"], result["damaged"], result["repaired"]) == (3, 1, 1)
+    assert result["checked"] == 0 and result["more"] is False
+    assert aws_world.get(ALICE, path) == data
+
+
 def test_functions_reject_bad_events(aws_world: World) -> None:
     from tessera.domain.errors import BadRequest
 

@@ -15,12 +15,14 @@ from tessera.parallel import parallel_map
 from tessera.ports import BlockStore, ChangeFeed, Clock, KeyService, SystemClock
 from tessera.settings import Settings
 
+from .results import StepResult
 from .settings import MaintenanceSettings
 
 log = logging.getLogger("tessera.maintenance")
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S", bound=StepResult)
 
 
 @dataclass
@@ -67,6 +69,15 @@ class MaintenanceContext:
             if self.stopping.is_set() or (n and time.monotonic() >= deadline):
                 return
             yield n
+
+    def run_batches(self, batch: Callable[[], int], result: S) -> S:
+        """Run `batch` until it does nothing (returns 0) or the step's budget (`batches`)
+        is spent; then `result` says `more`."""
+        for _ in self.batches():
+            if batch() == 0:
+                return result
+        result.more = True
+        return result
 
     def parallel(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`fn` over `items` on `io_workers` threads (block-store I/O), results in order."""

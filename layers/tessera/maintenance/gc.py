@@ -30,7 +30,6 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from tessera.domain.object_keys import (
@@ -43,15 +42,6 @@ from tessera.metadata.maintenance import MaintenanceTx
 
 from .context import MaintenanceContext, log
 from .results import GcResult
-
-
-def _loop(ctx: MaintenanceContext, batch: Callable[[], int], result: GcResult) -> GcResult:
-    """Run `batch` until it does nothing or the step's budget (batches, time) is spent."""
-    for _ in ctx.batches():
-        if batch() == 0:
-            return result
-    result.more = True
-    return result
 
 
 def _purge_batch_size(ctx: MaintenanceContext) -> int:
@@ -74,7 +64,7 @@ def purge_trash(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
                 result.versions_purged += versions
         return len(files)
 
-    return _loop(ctx, batch, result)
+    return ctx.run_batches(batch, result)
 
 
 def purge_versions(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
@@ -93,7 +83,7 @@ def purge_versions(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
                 after = versions[-1]
         return len(versions)
 
-    return _loop(ctx, batch, result)
+    return ctx.run_batches(batch, result)
 
 
 def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
@@ -140,7 +130,7 @@ def expire_uploads(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
 
     _delete_stale_landings(ctx, result)
     for step in (settled_batch, quarantined_batch, batch):
-        _loop(ctx, step, result)
+        ctx.run_batches(step, result)
         if result.more:
             break
     return result
@@ -158,7 +148,7 @@ def expire_idempotency_keys(ctx: MaintenanceContext, as_of: datetime) -> GcResul
         result.idempotency_keys_expired += expired
         return expired
 
-    return _loop(ctx, batch, result)
+    return ctx.run_batches(batch, result)
 
 
 def _delete_stale_landings(ctx: MaintenanceContext, result: GcResult) -> None:
@@ -225,8 +215,8 @@ def delete_blocks(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
             log.info("gc: %d unreferenced-looking blocks kept at the re-check", skipped)
         return len(candidates)
 
-    _loop(ctx, leftovers, result)
-    return result if result.more else _loop(ctx, batch, result)
+    ctx.run_batches(leftovers, result)
+    return result if result.more else ctx.run_batches(batch, result)
 
 
 _RECOUNT = "gc.recount_usage"  # its pass position (`MaintenanceTx.pass_position`)
@@ -253,7 +243,7 @@ def recount_usage(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
             log.warning("gc: quota counters of %d namespace(s) had drifted", len(drifted))
         return 0 if done else 1
 
-    return _loop(ctx, chunk, result)
+    return ctx.run_batches(chunk, result)
 
 
 def _delete_objects_in(

@@ -84,11 +84,12 @@ class ColdResult(StepResult):
 
 @dataclass
 class ScrubResult(StepResult):
-    """scrub: the sample re-verified and the damage found and repaired."""
+    """scrub: the blocks inventoried, the sample re-verified, the damage found and repaired."""
 
-    checked: int = 0
-    ok: int = 0
+    inventoried: int = 0  # blocks the inventory compared with the store's listing
+    checked: int = 0  # blocks of the sample
+    ok: int = 0  # sampled blocks, or suspects re-checked, found intact
     damaged: int = 0  # missing, wrong size, failed decryption or re-hash
-    repaired: int = 0  # rewritten from a verified duplicate
-    unrepaired: int = 0  # no duplicate: block quarantined, owners told
+    repaired: int = 0  # rewritten from a verified duplicate or earlier version
+    unrepaired: int = 0  # none: block quarantined, owners told
     found_cold: int = 0  # live row over a cold object: recorded cold, restored on read

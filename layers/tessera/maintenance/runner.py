@@ -32,6 +32,7 @@ STEPS: dict[tuple[str, str], StepFn] = {
     ("gc", "recount_usage"): gc.recount_usage,
     ("cold", "complete_restores"): cold.complete_restores,
     ("cold", "move_cold"): cold.move_cold,
+    ("scrub", "inventory"): scrub.inventory,
     ("scrub", "scrub"): scrub.scrub,
 }
 

@@ -1,4 +1,12 @@
-"""Scrub: re-verify a sample of live blocks; report damage and repair what can be repaired.
+"""Scrub: check that every block has its object, re-verify a sample of them; report
+damage and repair what can be repaired.
+
+The inventory (step `inventory`) lists the store's canonical objects beside the live and
+cold rows, in block id order, a chunk at a time (a pass resumes where the last call
+stopped): every block whose object is missing, or not the size its row records, goes to the
+repair below. One LIST reads 1,000 keys, so a whole pass costs little; it finds what a bug
+deleted or overwrote within the week, while the object's earlier version is still kept.
+Damage that keeps the size (a flipped bit) takes reading the block: the sample does that.
 
 A sample of `scrub_sample` live blocks, starting at a random block id, is read and decoded
 exactly as a client would (the key version in the metadata, decrypt, decompress, re-hash).
@@ -16,7 +24,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from tessera.domain.object_keys import canonical_key
+from tessera.domain.object_keys import CANONICAL_PREFIX, canonical_key
 from tessera.metadata.maintenance import BlockRow, MaintenanceTx
 from tessera.ports import EarlierVersion, StorageTier
 
@@ -50,6 +58,67 @@ def _check(ctx: MaintenanceContext, row: BlockRow) -> Check:
         # its restored copy expired between the head and the read: as intact as head said
         return Check(True, stored_size=row.stored_size or 0)
     return check
+
+
+_INVENTORY = "scrub.inventory"  # its pass position (`MaintenanceTx.pass_position`)
+
+
+def inventory(ctx: MaintenanceContext, as_of: datetime) -> ScrubResult:
+    """Compare the store's listing of canonical objects with the live and cold rows, a
+    chunk of `batch_size` rows per batch, resuming the pass under way; repair (or
+    quarantine) each block whose object is missing or of another size than its row says."""
+    result = ScrubResult()
+
+    def chunk() -> int:
+        with ctx.repo.transaction() as tx:
+            after = tx.pass_position(_INVENTORY) or ""
+            rows = tx.stored_after(after, ctx.settings.batch_size)
+            if not rows:  # the pass is done: the next run starts another
+                tx.set_pass_position(_INVENTORY, None)
+                return 0
+        suspects, position = _compare_with_listing(ctx, after, rows, result)
+        for bid in suspects:
+            repair(ctx, bid, as_of, result)
+        last = len(rows) < ctx.settings.batch_size and position == rows[-1].block_id
+        with ctx.repo.transaction() as tx:  # after the repairs: a killed run redoes them
+            tx.set_pass_position(_INVENTORY, None if last else position)
+        return 0 if last else len(rows)
+
+    ctx.run_batches(chunk, result)
+    publish_damage(ctx, as_of)
+    return result
+
+
+def _compare_with_listing(
+    ctx: MaintenanceContext, after: str, rows: list[BlockRow], result: ScrubResult
+) -> tuple[list[str], str]:
+    """The ids among `rows` (in id order, after block id `after`) whose object the listing
+    lacks or shows at another stored size, and the block id the comparison got to.
+
+    Keys sort as block ids do (the same lowercase hex after a fixed prefix). The listing
+    also holds objects without a live row (gc's pending deletes): twice the rows' count is
+    listed, and rows past the last key listed wait for the next chunk."""
+    limit = 2 * len(rows)
+    listed = dict(
+        ctx.store.list_sizes(
+            CANONICAL_PREFIX,
+            start_after=canonical_key(after) if after else None,
+            limit=limit,
+        )
+    )
+    covered = rows
+    if len(listed) == limit:  # more keys follow: only rows up to the last one are covered
+        last = max(listed)
+        covered = [r for r in rows if canonical_key(r.block_id) <= last]
+        if not covered:  # that many objects without a row: go on past them
+            return [], "b3:" + last.removeprefix(CANONICAL_PREFIX)
+    suspects = []
+    for row in covered:
+        size = listed.get(canonical_key(row.block_id))
+        if size is None or (row.stored_size is not None and size != row.stored_size):
+            suspects.append(row.block_id)
+    result.inventoried += len(covered)
+    return suspects, covered[-1].block_id
 
 
 def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None) -> ScrubResult:

@@ -91,8 +91,13 @@ WORKFLOWS: dict[str, Workflow] = {
         Workflow(
             name="scrub",
             function="scrub",
-            description="Re-verify a sample of live blocks; report and repair damage.",
-            steps=(Step("scrub", "re-verify a sample of live blocks, repair from duplicates"),),
+            description=(
+                "Check every block's object is there; re-verify a sample; report and repair damage."
+            ),
+            steps=(
+                Step("inventory", "list every block's object beside its row, repair what lacks"),
+                Step("scrub", "re-verify a sample of live blocks, repair from duplicates"),
+            ),
             schedule="cron(15 5 ? * SUN *)",  # weekly, Sunday 05:15 UTC
             setting="scrub_interval_s",
         ),

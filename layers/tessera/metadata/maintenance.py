@@ -649,12 +649,21 @@ class MaintenanceTx:
 
     def sample_stored(self, start: str, limit: int) -> list[BlockRow]:
         """Up to `limit` live or cold blocks from block id `start` on, wrapping around."""
-        sql = f"SELECT {_BLOCK_COLS} FROM blocks WHERE state IN ('live', 'cold')"
-        sql += " AND block_id {} %s"
-        sql += " ORDER BY block_id LIMIT %s"
-        rows = self._all(sql.format(">="), (start, limit))
+        rows = self._stored(">=", start, limit)
         if len(rows) < limit:
-            rows += self._all(sql.format("<"), (start, limit - len(rows)))
+            rows += self._stored("<", start, limit - len(rows))
+        return rows
+
+    def stored_after(self, after: str, limit: int) -> list[BlockRow]:
+        """The next `limit` live or cold blocks after block id `after`, in id order."""
+        return self._stored(">", after, limit)
+
+    def _stored(self, op: str, bound: str, limit: int) -> list[BlockRow]:
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM blocks WHERE state IN ('live', 'cold')"
+            f" AND block_id {op} %s ORDER BY block_id LIMIT %s",
+            (bound, limit),
+        )
         return [_block(r) for r in rows]
 
     # -- resumable passes -----------------------------------------------------------------
