@@ -50,6 +50,16 @@ def aws_world(
     )
 
 
+def _stored_file(w: World, blocks: int) -> tuple[str, bytes, list[str]]:
+    """Alice's verified file of `blocks` blocks: its path, its bytes, its block ids in
+    id order."""
+    data = secrets.token_bytes(blocks * BLOCK)
+    path = f"/{secrets.token_hex(8)}.bin"
+    w.put(ALICE, path, data)
+    w.run("dedup")
+    return path, data, [str(r[0]) for r in w.sql("SELECT block_id FROM blocks ORDER BY 1")]
+
+
 def _handler(function: str) -> Any:
     module: ModuleType = load_function(function)  # a cold start
     return module.handler
@@ -118,14 +128,10 @@ def restore_completed(key: str) -> dict[str, Any]:
 def test_cold_storage_function_settles_the_restores_s3_reports(aws_world: World) -> None:
     """A restore S3 reports done (its event, by way of the queue) is settled at once: the
     block is copied back to STANDARD and live, where it waited for the daily run."""
-    data = secrets.token_bytes(2 * BLOCK)
-    path = f"/{secrets.token_hex(8)}.bin"
-    aws_world.put(ALICE, path, data)
-    aws_world.run("dedup")
+    path, data, ids = _stored_file(aws_world, 2)
     cold = _handler("cold_storage")
     as_of = (datetime.now(UTC) + timedelta(days=91)).isoformat()
     cold({"step": "move_cold", "input": {"as_of": as_of, "allow_future": True}}, None)
-    ids = [str(r[0]) for r in aws_world.sql("SELECT block_id FROM blocks ORDER BY block_id")]
     assert not isinstance(aws_world.get(ALICE, path), bytes)  # restores started
     keys = [canonical_key(i) for i in ids]
 
@@ -147,11 +153,7 @@ def test_scrub_function_repairs_blocks_from_the_buckets_earlier_versions(
 ) -> None:
     """On the versioned bucket, a block deleted (a gc bug) and one overwritten with bad
     bytes are copied back from their noncurrent versions, not quarantined."""
-    data = secrets.token_bytes(2 * BLOCK)
-    path = f"/{secrets.token_hex(8)}.bin"
-    aws_world.put(ALICE, path, data)
-    aws_world.run("dedup")
-    ids = [str(r[0]) for r in aws_world.sql("SELECT block_id FROM blocks ORDER BY block_id")]
+    path, data, ids = _stored_file(aws_world, 2)
     deleted, overwritten = (canonical_key(i) for i in ids)
     aws_world.store.delete(deleted)
     aws_world.store.put(overwritten, b"not a block")
@@ -166,11 +168,7 @@ def test_scrub_functions_inventory_finds_a_deleted_block_among_the_listed(
     aws_world: World,
 ) -> None:
     """The inventory step pages through ListObjectsV2 from the pass's position."""
-    data = secrets.token_bytes(3 * BLOCK)
-    path = f"/{secrets.token_hex(8)}.bin"
-    aws_world.put(ALICE, path, data)
-    aws_world.run("dedup")
-    ids = [str(r[0]) for r in aws_world.sql("SELECT block_id FROM blocks ORDER BY block_id")]
+    path, data, ids = _stored_file(aws_world, 3)
     aws_world.store.delete(canonical_key(ids[2]))
 
     result = _handler("scrub")({"step": "inventory", "input": {}}, None)
