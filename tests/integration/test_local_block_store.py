@@ -272,3 +272,26 @@ def test_an_overwrite_keeps_the_old_bytes_readable_until_it_lands(
     monkeypatch.setattr(block_store, "_rename_durably", read_then_rename)
     store.put(key, b"new")
     assert seen == [b"old"] and store.get(key) == b"new"
+
+
+def test_an_expiry_pass_racing_a_delete_loses_no_earlier_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An expiry pass removes empty version folders: one removed between the delete making
+    it and linking into it left the delete keeping nothing."""
+    store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
+    key = "blocks/" + "a" * 64
+    store.put(key, b"block")
+    make_dirs = block_store._make_dirs
+    raced: list[Path] = []
+
+    def make_then_expire(path: Path) -> None:
+        make_dirs(path)
+        if path.parent.name == "blocks" and not raced:
+            raced.append(path)
+            store.expire_versions()  # the folder is empty: the pass removes it
+            assert not path.exists()
+
+    monkeypatch.setattr(block_store, "_make_dirs", make_then_expire)
+    store.delete(key)
+    assert raced and [v.size for v in store.earlier_versions(key)] == [5]

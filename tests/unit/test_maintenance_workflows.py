@@ -87,6 +87,17 @@ def test_results_sum_across_batches() -> None:
     assert DedupResult(dropped=2).to_dict()["dropped"] == 2
 
 
+def test_a_result_reports_its_first_errors_and_counts_the_rest() -> None:
+    """A step's answer lives in Step Functions' state (256 KB at most): an inventory that
+    met thousands of lost blocks failed its run on its own report."""
+    errors = [f"b3:{n:064x}: missing (no duplicate or earlier version)" for n in range(5000)]
+    reported = GcResult(errors=errors).to_dict()
+    assert reported["errors"][:50] == errors[:50]
+    assert reported["errors"][50:] == ["... and 4950 more"]
+    assert len(json.dumps(reported)) < 16_000
+    assert GcResult(errors=errors[:50]).to_dict()["errors"] == errors[:50]
+
+
 def test_as_of_is_iso_8601_in_utc_and_not_later_than_now_unless_allowed() -> None:
     now = datetime(2027, 6, 1, tzinfo=UTC)
     assert parse_as_of(None, now=now) is None and parse_as_of("", now=now) is None

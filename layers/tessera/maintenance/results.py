@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
+#: Errors a result reports, the first ones then a count of the rest: a step's answer is kept
+#: in Step Functions' state (at most 256 KB) and the run log, and a run that met thousands
+#: of damaged blocks would fail on its own report.
+MAX_REPORTED_ERRORS = 50
+
 
 @dataclass
 class StepResult:
@@ -26,8 +31,13 @@ class StepResult:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (what the Lambda functions return)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """A JSON-ready dict (what the Lambda functions return), with at most
+        `MAX_REPORTED_ERRORS` errors and a line counting those left out."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if len(self.errors) > MAX_REPORTED_ERRORS:
+            left_out = len(self.errors) - MAX_REPORTED_ERRORS
+            out["errors"] = [*self.errors[:MAX_REPORTED_ERRORS], f"... and {left_out} more"]
+        return out
 
     def counters(self) -> dict[str, int]:
         """The integer counters only, in declaration order (for tables and logs)."""

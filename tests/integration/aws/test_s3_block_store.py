@@ -261,3 +261,32 @@ def test_a_deleted_block_is_recovered_by_removing_its_delete_marker(
     assert head is not None and head.tier is StorageTier.COLD
     store.restore(key, days=1)  # moto restores at once
     assert store.get(key) == b"block bytes"
+
+
+@pytest.mark.parametrize(
+    ("source", "copy", "deleted"),
+    [("v1", "v2", ["v1"]), ("null", "null", []), (None, None, [])],
+    ids=["versioned", "suspended", "unversioned"],
+)
+def test_a_tier_move_deletes_only_a_version_its_copy_left_behind(
+    aws_clients: AwsClients, source: str | None, copy: str | None, deleted: list[str]
+) -> None:
+    """With versioning suspended, a copy in place replaces the `null` version (S3's
+    documented behaviour; moto answers no version ids there, so its answers are stubbed
+    here): deleting the version the copy superseded would have deleted the block."""
+    from botocore.stub import Stubber
+
+    s3 = aws_clients.s3
+    key = _key()
+    answer: dict[str, Any] = {"CopyObjectResult": {}}
+    if source is not None:
+        answer |= {"CopySourceVersionId": source, "VersionId": copy}
+    with Stubber(s3) as stub:
+        stub.add_response("head_object", {"ContentLength": 5, "StorageClass": "STANDARD"})
+        stub.add_response("copy_object", answer)
+        for version in deleted:
+            stub.add_response(
+                "delete_object", {}, {"Bucket": "b", "Key": key, "VersionId": version}
+            )
+        S3BlockStore(s3, "b").set_tier(key, StorageTier.COLD)
+        stub.assert_no_pending_responses()  # and an unexpected delete would have raised

@@ -213,8 +213,9 @@ class S3BlockStore(BlockStore):
 
     def _copy(
         self, src: str, dst: str, storage_class: str, *, version: str | None = None
-    ) -> str | None:
-        """CopyObject; the version id of the source it copied (None: an unversioned bucket)."""
+    ) -> tuple[str | None, str | None]:
+        """CopyObject; the version ids of the source it copied and of the copy (None: an
+        unversioned bucket)."""
         source: dict[str, str] = {"Bucket": self._bucket, "Key": src}
         if version is not None:
             source["VersionId"] = version
@@ -230,7 +231,7 @@ class S3BlockStore(BlockStore):
                 MetadataDirective="REPLACE",
                 ContentType=BLOCK_CONTENT_TYPE,
             )
-        return resp.get("CopySourceVersionId")
+        return resp.get("CopySourceVersionId"), resp.get("VersionId")
 
     def earlier_versions(self, key: str) -> list[EarlierVersion]:
         """The noncurrent versions of `key` (ListObjectVersions), newest first, as S3
@@ -327,9 +328,12 @@ class S3BlockStore(BlockStore):
             raise KeyError(key)
         if current.tier == tier:
             return
-        copied = self._copy(key, key, COLD_CLASS if tier == StorageTier.COLD else HOT_CLASS)
-        if copied is not None:
-            self._s3.delete_object(Bucket=self._bucket, Key=key, VersionId=copied)
+        source, copy = self._copy(key, key, COLD_CLASS if tier == StorageTier.COLD else HOT_CLASS)
+        # Only a version the copy left behind: were versioning ever suspended, the copy
+        # would have replaced the `null` version in place, and deleting that would delete
+        # the block.
+        if source is not None and source not in ("null", copy):
+            self._s3.delete_object(Bucket=self._bucket, Key=key, VersionId=source)
 
     def restore(self, key: str, *, days: int = 7) -> None:
         """RestoreObject; a restore already under way or a hot object is not an error."""

@@ -183,12 +183,16 @@ class FilesystemBlockStore(BlockStore):
                 continue
             micros = int(self.clock.now().timestamp() * 1_000_000)
             version = self._version_path(key, f"{micros:016d}-{secrets.token_hex(4)}-{tier}")
-            _make_dirs(version.parent)
-            try:
-                os.link(current, version)
-            except FileNotFoundError:  # moved or removed since the check
-                continue
-            _fsync_dir(version.parent)
+            while True:
+                _make_dirs(version.parent)
+                try:
+                    os.link(current, version)
+                except FileNotFoundError:
+                    if current.is_file():
+                        continue  # an expiry pass removed the empty folder just made
+                    break  # the object moved or went since the check: nothing to keep
+                _fsync_dir(version.parent)
+                break
 
     def _version_path(self, key: str, version: str) -> Path:
         return self.root / "versions" / validate_key(key) / version
