@@ -321,8 +321,6 @@ class AppStack(Stack):
         self._grant_objects(gc, ["s3:DeleteObject"], [staging, blocks, quarantine, landing])
         self._grant_listing(gc, [landing])
         self._grant_objects(cold, ["s3:GetObject", "s3:PutObject"], [blocks])  # re-class copy
-        # ... whose superseded version (the same bytes) it deletes: kept, it cost 30 days
-        self._grant_objects(cold, ["s3:DeleteObjectVersion"], [blocks])
         self._grant_objects(cold, ["s3:RestoreObject"], [blocks])
         # scrub: re-verify, and repair from a verified duplicate (a staged copy, or an
         # earlier version of the block's object, verified again at a landing key before it
@@ -332,6 +330,9 @@ class AppStack(Stack):
             self._grant_objects(fn, ["s3:GetObject"], [staging, blocks, landing])
             self._grant_objects(fn, ["s3:GetObjectVersion"], [blocks])
             self._grant_listing(fn, [blocks], action="s3:ListBucketVersions")
+            # undo a delete (remove its markers); cold also drops the version a tier move
+            # superseded (the same bytes: kept, it was paid for 30 more days)
+            self._grant_objects(fn, ["s3:DeleteObjectVersion"], [blocks])
             self._grant_objects(fn, ["s3:PutObject"], [blocks, landing])
             self._grant_objects(fn, ["s3:DeleteObject"], [landing])
         # Migrations: the cluster secret, and creating the first block-key version.

@@ -115,6 +115,12 @@ class BlockStore(ABC):
         `version`, the copy is of that earlier version of `src` (`earlier_versions`)."""
 
     @abstractmethod
+    def undelete(self, key: str) -> bool:
+        """Bring back what a delete of `key` removed, in its tier, when the store kept it
+        (S3: remove the delete markers over its newest version); True when `key` has an
+        object now that it had none. A key with an object is left alone (False)."""
+
+    @abstractmethod
     def earlier_versions(self, key: str) -> list[EarlierVersion]:
         """The versions of `key` the store kept when it was overwritten or deleted, newest
         first (none once they expire): what a repair can copy back."""

@@ -748,9 +748,11 @@ def test_maintenance_functions_may_touch_every_prefix_their_code_does(dev: Synth
     for function in ("ScrubFunction", "ColdStorageFunction"):
         assert ("s3:GetObjectVersion", "blocks/") in _object_grants(dev, function)
         assert _listed_prefixes(dev, function, "s3:ListBucketVersions") == {"blocks/*"}
-    # cold storage deletes the version a tier move superseded (the same bytes), no other
-    assert ("s3:DeleteObjectVersion", "blocks/") in _object_grants(dev, "ColdStorageFunction")
-    for function in ("ApiFunction", "GcFunction", "DedupVerifyFunction", "ScrubFunction"):
+    # both undo a block's delete (its markers); cold storage also deletes the version a
+    # tier move superseded (the same bytes); no other function may delete a version
+    for function in ("ScrubFunction", "ColdStorageFunction"):
+        assert ("s3:DeleteObjectVersion", "blocks/") in _object_grants(dev, function)
+    for function in ("ApiFunction", "GcFunction", "DedupVerifyFunction"):
         assert "s3:DeleteObjectVersion" not in _actions(dev, function, "s3"), function
     # gc lists landing/ for the landing objects of killed runs, and deletes them
     assert (delete, "landing/") in _object_grants(dev, "GcFunction")

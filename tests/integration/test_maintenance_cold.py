@@ -39,6 +39,7 @@ from .test_maintenance_world import (
     World,
     chunks,
     die_copying,
+    lose,
     make_world,
     swap_staged_after_dedup_reads,
 )
@@ -201,10 +202,8 @@ def test_blocks_whose_objects_are_lost_do_not_hold_back_the_others(
         w.run("dedup")
         lost_ids = [block_id(c) for c in chunks(lost)]
         for bid in lost_ids:  # older than the kept block: the first candidates
-            w.store.delete(object_keys.canonical_key(bid))
+            lose(w, object_keys.canonical_key(bid))
             _unread_since_100_days(w, bid)
-        w.store_clock.advance(days=31)  # past their earlier versions' days: truly lost
-        w.store.expire_versions()  # type: ignore[attr-defined]
         result = _cold(w, days=91)
         assert (result.blocks_moved, result.lost, result.repaired) == (1, 3, 0)
         assert _states(w) == {"quarantined", "cold"}
@@ -529,7 +528,7 @@ def test_a_cold_block_whose_object_is_lost_answers_unavailable(world: World) -> 
     the store to restore a missing object and answered 500 for ever), and scrub, which
     checks a cold block's presence without restoring it, records the damage and tells the
     namespace."""
-    world.store.delete(_cold_file(world)[1])
+    lose(world, _cold_file(world)[1])
     with pytest.raises(TesseraError) as caught:
         world.get(ALICE, "/f.bin")
     assert caught.value.code == "block_unavailable"
@@ -560,7 +559,7 @@ def test_a_download_asking_for_a_restore_never_unquarantines_a_block(world: Worl
 def test_a_restoring_block_whose_object_is_lost_is_quarantined(world: World) -> None:
     data, key = _cold_file(world)
     assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
-    world.store.delete(key)
+    lose(world, key)
 
     result = _cold(world, days=91)
     assert result.lost == 1 and key in result.errors[0]
@@ -575,9 +574,25 @@ def test_a_restoring_block_whose_object_is_lost_is_quarantined(world: World) -> 
     assert world.get(ALICE, "/f.bin", rev=1) == data
 
 
+def test_a_restoring_block_whose_object_was_deleted_is_undeleted_and_restored(
+    world: World,
+) -> None:
+    """Deleted by a bug while a download waited for its restore: the delete is undone (the
+    store kept the object), and the restore goes on, where it was quarantined for good."""
+    data, key = _cold_file(world)
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    world.store.delete(key)
+    result = _cold(world, days=91)
+    assert (result.lost, result.repaired) == (0, 1)
+    assert _states(world) == {"restoring"}
+    world.store_clock.advance(hours=2)
+    _cold(world, days=91)
+    assert world.get(ALICE, "/f.bin") == data
+
+
 def test_scrub_repairs_a_lost_cold_block_from_a_staged_duplicate(world: World) -> None:
     data, key = _cold_file(world)
-    world.store.delete(key)
+    lose(world, key)
     world.put(BOB, "/b.bin", data)  # bob's session staged the same block
     result = world.run_as(ScrubResult, "scrub")
     assert (result.damaged, result.repaired) == (1, 1)

@@ -446,6 +446,9 @@ class GatedStore(BlockStore):
     def earlier_versions(self, key: str) -> list[EarlierVersion]:
         return self.inner.earlier_versions(key)
 
+    def undelete(self, key: str) -> bool:
+        return self.inner.undelete(key)
+
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 

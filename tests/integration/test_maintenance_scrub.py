@@ -26,6 +26,7 @@ from .test_maintenance_world import (
     BOB,
     World,
     chunks,
+    lose,
     make_world,
 )
 
@@ -223,10 +224,10 @@ def _deleted_block(w: World) -> tuple[bytes, str]:
     return data, bid
 
 
-def test_a_deleted_block_is_repaired_from_its_earlier_version(world: World) -> None:
+def test_a_deleted_block_comes_back(world: World) -> None:
     """The store keeps what a block held when it was deleted (the versioned bucket): scrub
-    copies it back, verified, where it used to quarantine the block and mark the file
-    damaged."""
+    undoes the delete and checks what came back, where it used to quarantine the block and
+    mark the file damaged."""
     data, bid = _deleted_block(world)
     result = _scrub(world)
     assert (result.damaged, result.repaired, result.unrepaired) == (1, 1, 0)
@@ -255,29 +256,58 @@ def test_a_block_overwritten_with_bad_bytes_is_repaired_from_its_earlier_version
 
 
 def test_a_block_whose_earlier_versions_expired_is_quarantined(world: World) -> None:
-    _, bid = _deleted_block(world)
-    world.store_clock.advance(days=31)
-    world.store.expire_versions()  # type: ignore[attr-defined]
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    world.run("dedup")
+    bid = block_id(data)
+    lose(world, object_keys.canonical_key(bid))
     result = _scrub(world)
     assert (result.damaged, result.repaired, result.unrepaired) == (1, 0, 1)
     assert "missing (no duplicate or earlier version to repair from)" in result.errors[0]
     assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bid) == [("quarantined",)]
 
 
-def test_a_cold_earlier_version_is_reported_for_recovery_by_hand(world: World) -> None:
-    """An earlier version in the cold tier needs a restore (hours) before a copy: the
-    block is quarantined as before, and the report says where its bytes are."""
+def _cold_block(w: World) -> tuple[bytes, str]:
+    """Alice's one-block /a.bin, unread for 90 days and moved to the cold tier: (its
+    bytes, its block's key)."""
     data = secrets.token_bytes(BLOCK)
-    world.put(ALICE, "/a.bin", data)
-    world.run("dedup")
-    world.run("cold", days=91)  # unread for 90 days
+    w.put(ALICE, "/a.bin", data)
+    w.run("dedup")
+    w.run("cold", days=91)
     key = object_keys.canonical_key(block_id(data))
-    head = world.store.head(key)
+    head = w.store.head(key)
     assert head is not None and head.tier is StorageTier.COLD
+    return data, key
+
+
+def test_a_deleted_cold_block_comes_back_in_the_cold_tier(world: World) -> None:
+    """No copy can be made of a cold earlier version before a restore (hours), and a
+    quarantine is for good: the delete itself is undone (S3: its delete markers removed),
+    and the block is back where it was, restored by the next download as before."""
+    data, key = _cold_block(world)
     world.store.delete(key)
     result = _scrub(world)
+    assert (result.damaged, result.repaired, result.unrepaired) == (1, 1, 0)
+    head = world.store.head(key)
+    assert head is not None and head.tier is StorageTier.COLD
+    assert world.sql("SELECT state FROM blocks") == [("cold",)]
+    assert isinstance(world.get(ALICE, "/a.bin"), RestoringResponse)
+    world.store_clock.advance(hours=2)
+    world.run("cold", days=91)
+    assert world.get(ALICE, "/a.bin") == data
+
+
+def test_a_cold_block_overwritten_names_its_cold_version_for_recovery_by_hand(
+    world: World,
+) -> None:
+    """Overwritten, not deleted, a cold block's good bytes are an earlier version in the
+    cold tier: the block is quarantined, and the report names that version."""
+    _, key = _cold_block(world)
+    world.store.put(key, b"not a block")
+    result = _scrub(world)
     assert (result.damaged, result.repaired, result.unrepaired) == (1, 0, 1)
-    assert "earlier version is in the cold tier" in result.errors[0]
+    (version,) = world.store.earlier_versions(key)
+    assert f"earlier version {version.version_id} is in the cold tier" in result.errors[0]
 
 
 def test_a_live_block_whose_object_is_cold_is_marked_cold_not_quarantined(world: World) -> None:

@@ -229,6 +229,14 @@ class Killed(BaseException):
     """The process dies here (not an error any step would catch)."""
 
 
+def lose(world: World, key: str) -> None:
+    """Delete `key`'s object for good: past the days the store keeps what a delete removed
+    (its earlier versions), so no undelete or copy from one can bring it back."""
+    world.store.delete(key)
+    world.store_clock.advance(days=31)
+    world.store.expire_versions()  # type: ignore[attr-defined]
+
+
 def die_copying(
     world: World, monkeypatch: pytest.MonkeyPatch, *, source: str = "", target: str = ""
 ) -> None:

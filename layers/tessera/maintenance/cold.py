@@ -189,12 +189,17 @@ def _check_restore(
 def _quarantine_lost(
     ctx: MaintenanceContext, block_id: str, key: str, as_of: datetime, result: ColdResult
 ) -> None:
-    """A restoring block with no object (lost from the cold tier) can never be restored:
-    quarantine it and record its versions damaged (downloads answer `block_unavailable`,
-    the namespaces are told, and the owner's next upload of it is promoted by dedup)."""
+    """A restoring block with no object: undelete it if the store kept it (the restore
+    goes on); else it is lost and can never be restored: quarantine it and record its
+    versions damaged (downloads answer `block_unavailable`, the namespaces are told, and
+    the owner's next upload of it is promoted by dedup)."""
     with ctx.repo.transaction() as tx:
         tx.block_lock(block_id)
         if ctx.store.head(key) is not None:  # put back meanwhile (dedup promoted a copy)
+            return
+        if ctx.store.undelete(key):  # deleted by mistake, and kept: the restore goes on
+            result.repaired += 1
+            log.warning("cold: %s is restoring but had been deleted: its object is back", block_id)
             return
         if not tx.set_state(block_id, "quarantined", from_states=["restoring"]):
             return

@@ -37,7 +37,7 @@ from tessera.ports import StorageTier
 from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import DedupResult
-from .verify import Check, check_stored, copy_verified
+from .verify import MISSING, Check, check_stored, copy_verified
 
 
 def verify_staged(
@@ -137,6 +137,6 @@ def _settle(
         # only once the row says quarantined: moved before, then rolled back, the copy
         # left a quarantine/ object no row names, for ever; gc deletes both keys of a
         # quarantined row after the retention, wherever a killed run left the bytes
-        if check.reason != "missing":
+        if check.reason != MISSING:
             store.copy(quarantined, quarantine_key(quarantined))
         store.delete(quarantined)

@@ -89,7 +89,7 @@ class ColdResult(StepResult):
     restores_started: int = 0  # restores (re-)issued for blocks waiting on one
     restores_completed: int = 0
     lost: int = 0  # restoring, but no object: quarantined, its versions' owners told
-    repaired: int = 0  # live, but no object: rewritten from a verified duplicate
+    repaired: int = 0  # no object: undeleted, or rewritten from a verified duplicate
 
 
 @dataclass
@@ -100,6 +100,6 @@ class ScrubResult(StepResult):
     checked: int = 0  # blocks of the sample
     ok: int = 0  # sampled blocks, or suspects re-checked, found intact
     damaged: int = 0  # missing, wrong size, failed decryption or re-hash
-    repaired: int = 0  # rewritten from a verified duplicate or earlier version
+    repaired: int = 0  # undeleted, or rewritten from a verified duplicate or earlier version
     unrepaired: int = 0  # none: block quarantined, owners told
     found_cold: int = 0  # live row over a cold object: recorded cold, restored on read

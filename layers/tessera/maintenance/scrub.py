@@ -31,14 +31,14 @@ from tessera.ports import EarlierVersion, StorageTier
 from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import ScrubResult
-from .verify import NOT_RESTORED, Check, check_stored, copy_verified
+from .verify import MISSING, NOT_RESTORED, Check, check_stored, copy_verified
 
 
 def _check(ctx: MaintenanceContext, row: BlockRow) -> Check:
     if row.state == "cold":
         head = ctx.store.head(canonical_key(row.block_id))
         if head is None:
-            return Check(False, "missing")
+            return Check(False, MISSING)
         if head.tier is StorageTier.COLD and not head.restored:
             # reading it needs a restore (hours, and a fee on S3): check what head can tell
             if row.stored_size is not None and head.size != row.stored_size:
@@ -153,8 +153,18 @@ def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResu
             result.ok += 1  # deleted, moved or already handled since it was sampled
             return
         check = _check(ctx, row)
+        # Deleted by mistake, and kept by the store: back as it was, in its tier (a copy
+        # from an earlier version cannot take a cold one), if it checks out
+        undeleted = check.reason == MISSING and ctx.store.undelete(canonical_key(bid))
+        if undeleted:
+            check = _check(ctx, row)
         if check.ok:
-            result.ok += 1
+            if undeleted:
+                result.damaged += 1
+                result.repaired += 1
+                log.warning("scrub: %s had been deleted: its object is back", bid)
+            else:
+                result.ok += 1
             return
         if check.reason == NOT_RESTORED and row.state == "live":
             # Intact as far as anyone knows, only in the wrong tier for a live row: record
@@ -187,8 +197,9 @@ def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResu
             return
         tx.record_damage(bid, staged_key=None, reason=check.reason, at=as_of)
         result.unrepaired += 1
-        if any(v.tier is StorageTier.COLD for v in versions):
-            why = "an earlier version is in the cold tier: recover it by hand, docs/deploy.md"
+        cold = [v.version_id for v in versions if v.tier is StorageTier.COLD]
+        if cold:
+            why = f"earlier version {cold[0]} is in the cold tier: docs/deploy.md"
         else:
             why = "no duplicate or earlier version to repair from"
         result.errors.append(f"{bid}: {check.reason} ({why})")

@@ -9,6 +9,9 @@ from tessera.domain.errors import TesseraError
 from tessera.domain.object_keys import landing_key
 from tessera.ports import BlockStore, KeyService, StorageTier
 
+MISSING = "missing"
+"""The verdict on a key with no object."""
+
 NOT_RESTORED = "unreadable: not_restored"
 """The verdict on an object in the cold tier that was not restored: intact as far as anyone
 knows, just not readable now."""
@@ -42,7 +45,7 @@ def check_stored(
     try:
         stored = store.get(key)
     except KeyError:
-        return Check(False, "missing")
+        return Check(False, MISSING)
     except TesseraError as exc:  # e.g. a cold object that was not restored (local store)
         return Check(False, f"unreadable: {exc.code}")
     except Exception:

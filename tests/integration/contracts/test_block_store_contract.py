@@ -306,3 +306,25 @@ def test_presigned_get_is_bound_to_its_key(block_store_harness: BlockStoreHarnes
     r = httpx.put(req.url, content=b"overwrite")
     assert r.status_code == 403
     assert store.get(mine) == b"mine"
+
+
+def test_a_deleted_block_is_undeleted_in_its_tier(block_store_harness: BlockStoreHarness) -> None:
+    """What scrub does first for a block whose object is missing: undo the delete (S3:
+    remove its delete markers, however many deletes stacked them), which works for a
+    cold object too, where a copy of a cold version would need a restore first."""
+    store = block_store_harness.store
+    hot, cold = _key(), _key()
+    store.put(hot, b"old")
+    store.put(hot, b"newest")
+    store.delete(hot)
+    store.delete(hot)  # a retried delete of a key already gone
+    store.put(cold, b"cold block")
+    store.set_tier(cold, StorageTier.COLD)
+    store.delete(cold)
+    assert store.undelete(hot) and store.undelete(cold)
+    assert store.get(hot) == b"newest"
+    head = store.head(cold)
+    assert head is not None and (head.tier, head.size) == (StorageTier.COLD, 10)
+    assert not store.undelete(hot)  # it has an object: left alone
+    assert store.get(hot) == b"newest"
+    assert not store.undelete(_key())  # never written: nothing to bring back

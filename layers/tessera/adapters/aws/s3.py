@@ -233,6 +233,25 @@ class S3BlockStore(BlockStore):
             )
         return resp.get("CopySourceVersionId"), resp.get("VersionId")
 
+    def undelete(self, key: str) -> bool:
+        """Delete every delete marker of `key` (they hold no data), when it has no current
+        object but a noncurrent version: the newest version is the object again. A
+        delete of a key already deleted (gc's retry) stacks another marker: all go."""
+        if self.head(key) is not None:
+            return False
+        versions, markers = [], []
+        pages = self._s3.get_paginator("list_object_versions").paginate(
+            Bucket=self._bucket, Prefix=key
+        )
+        for page in pages:
+            versions += [v for v in page.get("Versions", []) if v["Key"] == key]
+            markers += [m["VersionId"] for m in page.get("DeleteMarkers", []) if m["Key"] == key]
+        if not versions or not markers:
+            return False
+        for marker in markers:
+            self._s3.delete_object(Bucket=self._bucket, Key=key, VersionId=marker)
+        return self.head(key) is not None
+
     def earlier_versions(self, key: str) -> list[EarlierVersion]:
         """The noncurrent versions of `key` (ListObjectVersions), newest first, as S3
         lists them; their tier from their storage class (a cold one needs a restore)."""

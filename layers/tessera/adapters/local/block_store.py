@@ -216,6 +216,21 @@ class FilesystemBlockStore(BlockStore):
             found.append(EarlierVersion(name, size, StorageTier(match.group(2))))
         return found
 
+    def undelete(self, key: str) -> bool:
+        """Move the newest earlier version of `key` back into its tier, when `key` has no
+        object (S3: its delete markers removed)."""
+        if self.head(key) is not None:
+            return False
+        for version in self.earlier_versions(key):
+            try:
+                _rename_durably(
+                    self._version_path(key, version.version_id), self._path(version.tier, key)
+                )
+            except FileNotFoundError:  # expired meanwhile: the next one
+                continue
+            return True
+        return False
+
     def _readable_version(self, key: str, version: str) -> Path:
         match = _VERSION_ID.match(version)
         path = self._version_path(key, version)
