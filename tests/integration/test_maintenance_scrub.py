@@ -216,10 +216,7 @@ def test_a_block_that_went_cold_while_scrub_checked_it_is_left_for_later(
 def _deleted_block(w: World) -> tuple[bytes, str]:
     """Alice's verified one-block /a.bin with its object deleted, as a gc bug would: (its
     bytes, its block id)."""
-    data = secrets.token_bytes(BLOCK)
-    w.put(ALICE, "/a.bin", data)
-    w.run("dedup")
-    bid = block_id(data)
+    data, (bid,) = _stored_blocks(w, 1)
     w.store.delete(object_keys.canonical_key(bid))
     return data, bid
 
@@ -256,10 +253,7 @@ def test_a_block_overwritten_with_bad_bytes_is_repaired_from_its_earlier_version
 
 
 def test_a_block_whose_earlier_versions_expired_is_quarantined(world: World) -> None:
-    data = secrets.token_bytes(BLOCK)
-    world.put(ALICE, "/a.bin", data)
-    world.run("dedup")
-    bid = block_id(data)
+    _, (bid,) = _stored_blocks(world, 1)
     lose(world, object_keys.canonical_key(bid))
     result = _scrub(world)
     assert (result.damaged, result.repaired, result.unrepaired) == (1, 0, 1)

@@ -42,7 +42,11 @@ from tessera.ports import (
 if TYPE_CHECKING:
     from botocore.credentials import ReadOnlyCredentials
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import PaginatorConfigTypeDef
+    from mypy_boto3_s3.type_defs import (
+        DeleteMarkerEntryTypeDef,
+        ObjectVersionTypeDef,
+        PaginatorConfigTypeDef,
+    )
 
 MAX_EXPIRES = 900  # DESIGN §9: presigned URLs live at most 15 minutes
 COLD_CLASS = "GLACIER"
@@ -239,39 +243,44 @@ class S3BlockStore(BlockStore):
         delete of a key already deleted (gc's retry) stacks another marker: all go."""
         if self.head(key) is not None:
             return False
-        versions, markers = [], []
-        pages = self._s3.get_paginator("list_object_versions").paginate(
-            Bucket=self._bucket, Prefix=key
-        )
-        for page in pages:
-            versions += [v for v in page.get("Versions", []) if v["Key"] == key]
-            markers += [m["VersionId"] for m in page.get("DeleteMarkers", []) if m["Key"] == key]
+        versions, markers = self._versions_of(key)
         if not versions or not markers:
             return False
         for marker in markers:
-            self._s3.delete_object(Bucket=self._bucket, Key=key, VersionId=marker)
+            self._s3.delete_object(Bucket=self._bucket, Key=key, VersionId=marker["VersionId"])
         return self.head(key) is not None
 
     def earlier_versions(self, key: str) -> list[EarlierVersion]:
         """The noncurrent versions of `key` (ListObjectVersions), newest first, as S3
         lists them; their tier from their storage class (a cold one needs a restore)."""
-        found: list[EarlierVersion] = []
+        return [
+            EarlierVersion(
+                version_id=item["VersionId"],
+                size=int(item["Size"]),
+                tier=(
+                    StorageTier.COLD
+                    if item.get("StorageClass", HOT_CLASS) in _COLD_CLASSES
+                    else StorageTier.HOT
+                ),
+            )
+            for item in self._versions_of(key)[0]
+            if not item["IsLatest"]
+        ]
+
+    def _versions_of(
+        self, key: str
+    ) -> tuple[list[ObjectVersionTypeDef], list[DeleteMarkerEntryTypeDef]]:
+        """The versions and the delete markers of exactly `key`, newest first
+        (ListObjectVersions, whose prefix also matches longer keys)."""
+        versions: list[ObjectVersionTypeDef] = []
+        markers: list[DeleteMarkerEntryTypeDef] = []
         pages = self._s3.get_paginator("list_object_versions").paginate(
             Bucket=self._bucket, Prefix=key
         )
         for page in pages:
-            for item in page.get("Versions", []):
-                if item["Key"] != key or item["IsLatest"]:
-                    continue
-                cold = item.get("StorageClass", HOT_CLASS) in _COLD_CLASSES
-                found.append(
-                    EarlierVersion(
-                        version_id=item["VersionId"],
-                        size=int(item["Size"]),
-                        tier=StorageTier.COLD if cold else StorageTier.HOT,
-                    )
-                )
-        return found
+            versions += [v for v in page.get("Versions", []) if v["Key"] == key]
+            markers += [m for m in page.get("DeleteMarkers", []) if m["Key"] == key]
+        return versions, markers
 
     def delete(self, key: str) -> None:
         """DeleteObject (S3 already treats a missing key as success)."""

@@ -181,7 +181,7 @@ class FilesystemBlockStore(BlockStore):
             current = self._path(tier, key)
             if not current.is_file():
                 continue
-            micros = int(self.clock.now().timestamp() * 1_000_000)
+            micros = _micros(self.clock.now())
             version = self._version_path(key, f"{micros:016d}-{secrets.token_hex(4)}-{tier}")
             while True:
                 _make_dirs(version.parent)
@@ -243,8 +243,7 @@ class FilesystemBlockStore(BlockStore):
     def expire_versions(self) -> int:
         """Remove the earlier versions older than `keep_versions_days` (S3's lifecycle
         rule `noncurrent-blocks`); the number removed. Deletes call it hourly."""
-        cutoff = self.clock.now() - timedelta(days=self.keep_versions_days)
-        cutoff_micros = int(cutoff.timestamp() * 1_000_000)
+        cutoff_micros = _micros(self.clock.now() - timedelta(days=self.keep_versions_days))
         removed = 0
         base = self.root / "versions"
         for dirpath, _dirs, files in os.walk(base, topdown=False):
@@ -541,6 +540,11 @@ class FilesystemBlockStore(BlockStore):
             return self._readable_path(key)
         except KeyError as exc:
             raise NotFound(f"no object at {key}") from exc
+
+
+def _micros(at: datetime) -> int:
+    """Microseconds since the epoch: how a version id records its age."""
+    return int(at.timestamp() * 1_000_000)
 
 
 def _rename_durably(src: Path, dst: Path) -> None:
