@@ -151,7 +151,7 @@ class AppStack(Stack):
                 ("dedup_verify", "verify staged blocks, promote or quarantine", 4),
                 ("gc", "garbage collection of trash, old versions and blocks", 1),
                 ("cold_storage", "move unread blocks to Glacier, settle restores", 3),
-                ("scrub", "re-verify a sample of stored blocks", 1),
+                ("scrub", "check reported blocks, list every block, re-verify a sample", 3),
             )
         }
         migrate = function(FunctionSpec(
@@ -187,6 +187,9 @@ class AppStack(Stack):
         # Commit events on the dedup queue trigger dedup-verify directly (an SQS batch names
         # the upload sessions to verify); the hourly workflow sweeps whatever is left.
         _triggered_by(maintenance["dedup_verify"], self.stream.dedup_queue, batch_size=10)
+        # A client's report of a block it could not read triggers scrub's check of it (an
+        # SQS batch names the blocks); the weekly workflow sweeps whatever is left.
+        _triggered_by(maintenance["scrub"], self.stream.scrub_queue, batch_size=100)
         # S3's restore completions trigger cold storage directly (settled within a minute,
         # where a file past `max_cold_checks` blocks waited for the daily run).
         self.restores = RestoreEvents(

@@ -417,6 +417,8 @@ class SyncEngine:
             self.reporter.event(f"{e.path}: restoring from cold storage, will retry")
         except (IntegrityError, UnsafePathError, SymlinkError) as e:
             result.problems.append(f"refused {op.path}: {e}")
+            if isinstance(e, IntegrityError):  # a reported block: retried once it is checked
+                result.retry_after = max(result.retry_after, e.retry_after)
         except LocalChangedError:
             return True  # re-planned next round
         except ApiError as e:

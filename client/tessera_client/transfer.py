@@ -33,6 +33,7 @@ import httpx
 from blake3 import blake3
 
 from tessera.api.models import (
+    BlockReportResponse,
     CommitBatchResponse,
     DownloadBlock,
     DownloadResponse,
@@ -53,7 +54,15 @@ from tessera.blocks import (
     default_workers,
     encode_block,
 )
-from tessera_client.api import Api, ApiError, error_from, json_body, paired, parse
+from tessera_client.api import (
+    Api,
+    ApiError,
+    ServerUnreachable,
+    error_from,
+    json_body,
+    paired,
+    parse,
+)
 from tessera_client.blockhttp import UnusableUrl
 from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
@@ -80,7 +89,20 @@ class RestoringError(Exception):
 
 
 class IntegrityError(Exception):
-    """The server sent something that does not verify; nothing was written."""
+    """The server sent something that does not verify; nothing was written. `retry_after`:
+    seconds until another try is worth it (a reported block being checked), else 0."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# A block the server checks on a report is repaired (or quarantined) within seconds locally
+# and a minute on AWS (the scrub queue gathers its batch for up to 30 s)
+REPORT_RETRY_S = 30.0
+# A block URL's answers that say its object is not there: S3 answers 403, not 404, to a
+# signer without s3:ListBucket (a 403 is first taken for an expired URL and renewed)
+_MISSING = (403, 404, 410)
 
 
 class LocalChangedError(Exception):
@@ -658,16 +680,35 @@ class Transfers:
                 raise IntegrityError(f"{plan.path}: the server renewed block {number} as another")
             block = renewed[0]
             response = self._get(block)
+        if response.status_code in _MISSING:
+            raise self._reported(plan, block, f"is not in the store ({response.status_code})")
         if response.status_code != 200:
             raise ApiError(response.status_code, "block_download_failed", response.text[:200], {})
         try:
             plaintext = decode_block(response.content, block.id, base64.b64decode(block.key))
         except (BlockError, ValueError) as e:
-            raise IntegrityError(f"block {block.id} does not verify: {e}") from e
+            raise self._reported(plan, block, f"does not verify: {e}") from e
         if len(plaintext) != block.size:
             raise IntegrityError(f"block {block.id} has {len(plaintext)} bytes, not {block.size}")
         self.stats.blocks_down += 1
         return plaintext
+
+    def _reported(self, plan: _BlockPlan, block: DownloadBlock, what: str) -> IntegrityError:
+        """The error of a block that failed here, once the server is told (POST
+        /v1/blocks/report), so it checks and repairs the stored block now instead of at its
+        weekly scrub; when it queued that check, the error says to try again soon."""
+        message = f"block {block.id} {what}"
+        body = {"file_id": plan.file_id, "rev": plan.rev, "block_id": block.id}
+        try:
+            answer = parse(
+                BlockReportResponse,
+                self.api.call("/v1/blocks/report", {**body, "reason": message[:500]}),
+            )
+        except (ApiError, ServerUnreachable) as e:  # an older server, or none: still refused
+            return IntegrityError(f"{message} (could not report it: {e})")
+        if answer.queued:
+            return IntegrityError(f"{message}; reported: {answer.detail}", REPORT_RETRY_S)
+        return IntegrityError(f"{message}; the server says: {answer.detail}")
 
     def _get(self, block: DownloadBlock) -> httpx.Response:
         # a block is fetched, nothing else: the server's answer must not have this device

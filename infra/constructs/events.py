@@ -1,5 +1,6 @@
 """The change stream: DynamoDB stream → EventBridge Pipe → `change_router` → `tessera` bus →
-rule → dedup queue; and S3's restore completions: default bus → rule → restores queue."""
+rules → dedup and scrub queues; and S3's restore completions: default bus → rule → restores
+queue."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ from infra.config import StageConfig
 from infra.constructs.messaging import Messaging
 from infra.nag import acknowledge, acknowledge_invoke_versions
 from tessera.domain.object_keys import CANONICAL_PREFIX
+from tessera.domain.reports import REPORTED
 from tessera.maintenance.runner import RESTORE_COMPLETED
 
 EVENT_SOURCE = "tessera"
 # Detail-types that can leave staged blocks behind (DESIGN §5): each wakes dedup-verify.
 DEDUP_DETAIL_TYPES = ["tessera.file"]
+# A client reported a block unreadable (POST /v1/blocks/report): scrub checks it now.
+SCRUB_DETAIL_TYPES = [f"tessera.{REPORTED}"]
 
 
 class ChangeStream(Construct):
-    """`bus`, the stream `pipe`, and `dedup_queue` (fed by a rule on the bus)."""
+    """`bus`, the stream `pipe`, and `dedup_queue` and `scrub_queue` (each fed by a rule
+    on the bus)."""
 
     def __init__(
         self,
@@ -116,6 +121,15 @@ class ChangeStream(Construct):
             messaging=messaging,
             description="committed files may hold staged blocks: wake dedup-verify",
             pattern=events.EventPattern(source=[EVENT_SOURCE], detail_type=DEDUP_DETAIL_TYPES),
+            bus=self.bus,
+        )
+        self.scrub_queue = queue_fed_by_rule(
+            self,
+            "ToScrub",
+            name="Scrub",
+            messaging=messaging,
+            description="a client could not read a block: wake scrub to check it",
+            pattern=events.EventPattern(source=[EVENT_SOURCE], detail_type=SCRUB_DETAIL_TYPES),
             bus=self.bus,
         )
 

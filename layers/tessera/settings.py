@@ -69,6 +69,9 @@ class Settings:
     max_cold_checks: int = 2_000
     restore_days: int = 7
     trash_retention_days: int = 30
+    # A block a client reports unreadable (POST /v1/blocks/report) is checked again at most
+    # this often: each check reads the block, and a report is no more than a client's say
+    block_recheck_s: int = 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:

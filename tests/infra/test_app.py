@@ -374,7 +374,7 @@ def test_the_concurrency_a_stage_reserves_is_what_deploy_md_asks_of_the_account(
     dev: Synth, prod: Synth
 ) -> None:
     """docs/deploy.md ("What you need") gives these sums: an account must have 100 more."""
-    for synth, total in ((dev, 11), (prod, 511)):
+    for synth, total in ((dev, 13), (prod, 513)):
         functions = resources(synth.app_template, "AWS::Lambda::Function").values()
         reserved = [f["Properties"].get("ReservedConcurrentExecutions", 0) for f in functions]
         assert sum(reserved) == total
@@ -481,6 +481,21 @@ def test_stream_pipe_dedup_rule_and_queue_trigger(dev: Synth) -> None:
     sources = resources(dev.app_template, "AWS::Lambda::EventSourceMapping").values()
     mappings = [json.dumps(m["Properties"]) for m in sources]
     assert any("DedupQueue" in m and "DedupVerifyFunction" in m for m in mappings)
+
+
+def test_block_reports_reach_scrub_by_a_queue(dev: Synth) -> None:
+    """A `block_reported` event (POST /v1/blocks/report) on the bus is queued for the scrub
+    function, which the queue triggers: a reported block is checked within a minute."""
+    dev.app_template.has_resource_properties(
+        "AWS::Events::Rule",
+        {"EventPattern": {"source": ["tessera"], "detail-type": ["tessera.block_reported"]},
+         "Targets": [Match.object_like({"Arn": {"Fn::GetAtt": [Match.string_like_regexp(
+             "ScrubQueue"), "Arn"]}, "DeadLetterConfig": Match.any_value()})]},
+    )  # fmt: skip
+    mappings = [m["Properties"] for m in
+                resources(dev.app_template, "AWS::Lambda::EventSourceMapping").values()
+                if "ScrubQueue" in json.dumps(m["Properties"])]  # fmt: skip
+    assert len(mappings) == 1 and "ScrubFunction" in json.dumps(mappings[0])
 
 
 def test_restore_completions_reach_cold_storage_by_a_queue(dev: Synth) -> None:

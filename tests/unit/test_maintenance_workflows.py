@@ -20,7 +20,7 @@ from tessera.maintenance import (
     parse_as_of,
     state_machine_definition,
 )
-from tessera.maintenance.runner import RESULTS, STEPS, _bodies, _restored_block, _upload_ids
+from tessera.maintenance.runner import RESULTS, STEPS, _bodies, _named, _restored_block
 from tessera.maintenance.workflows import workflow
 from tessera.settings import Settings
 
@@ -131,7 +131,7 @@ def test_queue_messages_name_upload_sessions() -> None:
             )
         },
     ]
-    assert _upload_ids(_bodies(records)) == ["up_a", "up_b", "up_c", "up_d", "up_e"]
+    assert _named(_bodies(records), "upload_id") == ["up_a", "up_b", "up_c", "up_d", "up_e"]
     assert _bodies("garbage") == []
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tessera.domain import commits, files, listing, sharing, uploads
+from tessera.domain import commits, files, listing, reports, sharing, uploads
 from tessera.domain import models as m
 from tessera.domain.services import Services
 from tessera.ports import Principal
@@ -96,6 +96,15 @@ ROUTES: tuple[Route, ...] = (
         files.download,
         (401, 404, 422, 503),
         ((202, m.RestoringResponse, "blocks are being restored from cold storage"),),
+    ),
+    Route(
+        "POST",
+        "/v1/blocks/report",
+        "Report a block that failed to download or decode: the server checks it now",
+        m.BlockReportRequest,
+        m.BlockReportResponse,
+        reports.report_block,
+        (401, 404, 422),
     ),
     Route(
         "POST",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from tessera.ports import ChangeEvent, ChangeFeed
 
@@ -36,3 +38,26 @@ def publish(feed: ChangeFeed, events: Iterable[ChangeEvent | None]) -> None:
             ", ".join(event.event_id for event in ready),
             exc_info=True,
         )
+
+
+def side_event(
+    ns_id: int, kind: str, ident: str, payload: dict[str, Any], *, prefix: str
+) -> ChangeEvent:
+    """An event about a namespace that is no change of its journal (a damage notice, a
+    block report), named by `ident`: its id (`prefix` + a digest) is deterministic, so a
+    retry never duplicates it, and so is its seq, which is negative.
+
+    Such an event takes no journal seq: on the changes table, (ns_id, the namespace's
+    latest seq) already holds that journal event, and the two would collide (the event
+    refused, and had it gone first, the relay would have stopped at the journal event for
+    good). A negative seq is a key of its own that a long-poll (`seq > cursor`, cursors
+    from 0) never sees, while the table's stream still carries the event to the bus; the
+    local feed's heads only move forward, so there it is a no-op."""
+    digest = hashlib.sha256(f"{ns_id}:{ident}".encode()).hexdigest()
+    return ChangeEvent(
+        event_id=prefix + digest[:32],
+        ns_id=ns_id,
+        seq=-1 - int(digest[:13], 16),  # below 0, above -2**52: exact in JSON and DynamoDB
+        kind=kind,
+        payload=payload,
+    )

@@ -153,7 +153,7 @@ def download(
             (
                 (state != "cold", canonical_key(vb.block_id))
                 for vb, state in zip(checked, states, strict=True)
-                if state in ("cold", "restoring") and not _own_copy(vb, state)
+                if state in ("cold", "restoring") and not serves_own_copy(vb, state)
             )
         )
         asked = list(dict.fromkeys(key for _, key in frozen))[: settings.max_cold_checks]
@@ -163,7 +163,7 @@ def download(
         waiting: dict[str, None] = {}  # not asked about this time
         for vb, state in zip(checked, states, strict=True):
             live_key = canonical_key(vb.block_id)
-            if _own_copy(vb, state):
+            if serves_own_copy(vb, state):
                 if vb.staged_key is None or vb.staged_state == "quarantined":
                     raise BlockUnavailable(
                         f"block {vb.block_id} failed verification", block_id=vb.block_id
@@ -222,7 +222,7 @@ def download(
     )
 
 
-def _own_copy(vb: VersionBlockRow, state: str) -> bool:
+def serves_own_copy(vb: VersionBlockRow, state: str) -> bool:
     """Whether a download serves the version its own staged copy: an unverified version
     is served that copy, never the canonical block (a copy dedup-verify already vouched
     for gives way to the canonical block)."""

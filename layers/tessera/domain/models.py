@@ -353,6 +353,26 @@ class RestoringResponse(Model):
     blocks: list[BlockId] = Field(default_factory=list)
 
 
+class BlockReportRequest(Model):
+    """POST /v1/blocks/report: a block of `rev` of a file failed on the caller's device (its
+    object was missing, or did not decode), so the server should check it now rather than
+    at its weekly scrub."""
+
+    file_id: FileId
+    rev: int = Field(ge=1)
+    block_id: BlockId
+    reason: str = Field(default="", max_length=500, description="what the client saw")
+
+
+class BlockReportResponse(Model):
+    """200: whether a check of the stored block is queued (`queued`), and why not if not
+    (it was checked a moment ago, or is not a stored block the report can be about)."""
+
+    block_id: BlockId
+    queued: bool
+    detail: str
+
+
 class ListFolderRequest(Model):
     """POST /v1/list_folder. `path` "" or "/" is the root of the caller's view."""
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 
+from tessera.domain.changes import side_event
 from tessera.metadata.maintenance import DamageNotice
 from tessera.ports import ChangeEvent
 
@@ -12,23 +12,13 @@ from .context import MaintenanceContext, log
 
 
 def damage_event(notice: DamageNotice) -> ChangeEvent:
-    """The `block_damaged` event of a damaged version: its id is deterministic (a retry
-    never duplicates it), and so is its seq, which is negative.
-
-    A damage notice is not a journal change, so it takes no journal seq: on the changes
-    table, (ns_id, the namespace's latest seq) already holds that journal event, and the
-    notice collided with it (ChangeConflictError: the notice never went out, and had it
-    gone first, the relay would have stopped at that journal event for good). A negative
-    seq is a key of its own that a long-poll (`seq > cursor`, cursors from 0) never sees,
-    while the table's stream still carries the notice to the bus; the local feed's heads
-    only move forward, so there it is a no-op, as before."""
-    ident = f"{notice.ns_id}:{notice.file_id}:{notice.rev}:{notice.block_id}:{notice.staged_key}"
-    digest = hashlib.sha256(ident.encode()).hexdigest()
-    return ChangeEvent(
-        event_id="damaged-" + digest[:32],
-        ns_id=notice.ns_id,
-        seq=-1 - int(digest[:13], 16),  # below 0, above -2**52: exact in JSON and DynamoDB
-        kind="block_damaged",
+    """The `block_damaged` event of a damaged version (`side_event`: not a journal change;
+    a retry never duplicates it)."""
+    return side_event(
+        notice.ns_id,
+        "block_damaged",
+        f"{notice.file_id}:{notice.rev}:{notice.block_id}:{notice.staged_key}",
+        prefix="damaged-",
         payload={
             "file_id": notice.file_id,
             "rev": notice.rev,

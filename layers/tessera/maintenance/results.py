@@ -97,7 +97,7 @@ class ScrubResult(StepResult):
     """scrub: the blocks inventoried, the sample re-verified, the damage found and repaired."""
 
     inventoried: int = 0  # blocks the inventory compared with the store's listing
-    checked: int = 0  # blocks of the sample
+    checked: int = 0  # blocks of the sample, or reported by clients, read and decoded
     ok: int = 0  # sampled blocks, or suspects re-checked, found intact
     damaged: int = 0  # missing, wrong size, failed decryption or re-hash
     repaired: int = 0  # undeleted, or rewritten from a verified duplicate or earlier version

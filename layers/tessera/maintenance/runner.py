@@ -32,6 +32,7 @@ STEPS: dict[tuple[str, str], StepFn] = {
     ("gc", "recount_usage"): gc.recount_usage,
     ("cold", "complete_restores"): cold.complete_restores,
     ("cold", "move_cold"): cold.move_cold,
+    ("scrub", "reported"): scrub.reported,
     ("scrub", "inventory"): scrub.inventory,
     ("scrub", "scrub"): scrub.scrub,
 }
@@ -110,7 +111,8 @@ def handle_event(ctx: MaintenanceContext, name: str, event: Mapping[str, Any]) -
     - an SQS batch (`Records`): for dedup, verify the staged copies of the upload
       sessions named in the messages (`upload_id` in the body or its `detail`), or all;
       for cold, settle the restores S3 reported done (EventBridge's "Object Restore
-      Completed" events, one a message).
+      Completed" events, one a message); for scrub, check the blocks clients reported
+      unreadable (`block_reported` events), or every pending report.
 
     An `as_of` in the future is refused unless `"allow_future": true` comes with it.
     """
@@ -150,14 +152,20 @@ def _bodies(records: Any) -> list[dict[str, Any]]:
 
 def _verify_named_uploads(ctx: MaintenanceContext, bodies: list[dict[str, Any]]) -> StepResult:
     """dedup-verify the upload sessions the messages name, or every session if none."""
-    uploads = _upload_ids(bodies)
+    uploads = _named(bodies, "upload_id")
     return dedup.verify_staged(ctx, ctx.clock.now(), upload_ids=uploads or None)
 
 
-def _upload_ids(bodies: list[dict[str, Any]]) -> list[str]:
-    """Upload sessions named by SQS messages: an `upload_id`, or a list `upload_ids` (a
-    commit's event), at the top of the body, in its EventBridge `detail` or the change's
-    `payload`."""
+def _check_reported_blocks(ctx: MaintenanceContext, bodies: list[dict[str, Any]]) -> StepResult:
+    """Check the reported blocks the messages name, or every pending report if none."""
+    blocks = _named(bodies, "block_id")
+    return scrub.reported(ctx, ctx.clock.now(), block_ids=blocks or None)
+
+
+def _named(bodies: list[dict[str, Any]], field: str) -> list[str]:
+    """The ids SQS messages name: a `<field>`, or a list `<field>s` (a commit's event
+    names its `upload_ids`), at the top of the body, in its EventBridge `detail` or the
+    change's `payload`."""
     ids: set[str] = set()
     for body in bodies:
         detail = body.get("detail")
@@ -165,10 +173,10 @@ def _upload_ids(bodies: list[dict[str, Any]]) -> list[str]:
         for source in (body, detail, payload):
             if not isinstance(source, dict):
                 continue
-            named = source.get("upload_ids")
-            for upload_id in [source.get("upload_id"), *(named if isinstance(named, list) else [])]:
-                if isinstance(upload_id, str):
-                    ids.add(upload_id)
+            named = source.get(field + "s")
+            for value in [source.get(field), *(named if isinstance(named, list) else [])]:
+                if isinstance(value, str):
+                    ids.add(value)
     return sorted(ids)
 
 
@@ -197,4 +205,5 @@ QueueHandler = Callable[[MaintenanceContext, list[dict[str, Any]]], StepResult]
 QUEUED: dict[str, QueueHandler] = {
     "dedup": _verify_named_uploads,
     "cold": _settle_reported_restores,
+    "scrub": _check_reported_blocks,
 }

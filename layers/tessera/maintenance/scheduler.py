@@ -1,4 +1,6 @@
-"""The local in-process scheduler: runs each workflow every `<name>_interval_s` seconds.
+"""The local in-process scheduler: runs each workflow every `<name>_interval_s` seconds,
+and a step with a `setting` of its own on its own every that many seconds (on AWS a queue
+triggers it: the laptop has no bus).
 
 `tessera local up` calls `start(services)` with its wired `Services` and calls the returned
 function on shutdown. One daemon thread runs the workflows one at a time (they are safe to
@@ -15,7 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .context import MaintenanceContext, log
-from .runner import run_workflow
+from .results import StepResult
+from .runner import run_step, run_workflow
 from .settings import MaintenanceSettings
 from .workflows import WORKFLOWS
 
@@ -23,7 +26,8 @@ FIRST_RUN_DELAY_S = 5.0
 
 
 class MaintenanceScheduler:
-    """Runs workflows on fixed intervals in a background thread."""
+    """Runs jobs on fixed intervals in a background thread: a job is a workflow's name, or
+    `<workflow>.<step>` for one step alone."""
 
     def __init__(self, ctx: MaintenanceContext, intervals: Mapping[str, float]) -> None:
         self.ctx = ctx
@@ -38,6 +42,10 @@ class MaintenanceScheduler:
         intervals = {
             name: float(getattr(ctx.settings, wf.setting)) for name, wf in WORKFLOWS.items()
         }
+        for name, wf in WORKFLOWS.items():
+            for step in wf.steps:
+                if step.setting is not None:
+                    intervals[f"{name}.{step.name}"] = float(getattr(ctx.settings, step.setting))
         return cls(ctx, intervals)
 
     def start(self, first_run_delay: float = FIRST_RUN_DELAY_S) -> None:
@@ -69,12 +77,22 @@ class MaintenanceScheduler:
             if self._stop.wait(max(0.0, due[name] - time.monotonic())):
                 return
             try:
-                result = run_workflow(self.ctx, name)
+                result = self._run(name)
                 log.info("scheduled %s: %s", name, result.counters())
             except Exception:  # keep the scheduler alive; the next run retries
                 log.exception("scheduled maintenance run %s failed", name)
             self.runs[name] += 1
             due[name] = time.monotonic() + self.intervals[name]
+
+    def _run(self, job: str) -> StepResult:
+        """Run a workflow, or one step of it until it has nothing left (or stopping)."""
+        name, _, step = job.partition(".")
+        if not step:
+            return run_workflow(self.ctx, name)
+        while True:
+            result = run_step(self.ctx, name, step)
+            if not result.more or self.ctx.stopping.is_set():
+                return result
 
 
 def start(services: Any) -> Callable[[], None]:

@@ -1,5 +1,11 @@
-"""Scrub: check that every block has its object, re-verify a sample of them; report
-damage and repair what can be repaired.
+"""Scrub: check the blocks clients could not read and that every block has its object,
+re-verify a sample of them; report damage and repair what can be repaired.
+
+The blocks clients reported unreadable (step `reported`, POST /v1/blocks/report) are read
+and decoded first, oldest report first. On AWS each report's event (`block_reported`, via
+the change feed and the bus) puts it on the scrub queue, which runs this check within a
+minute; locally the scheduler runs the step every `reported_interval_s`. The weekly run
+sweeps up any report whose event went astray.
 
 The inventory (step `inventory`) lists the store's canonical objects beside the live and
 cold rows, in block id order, a chunk at a time (a pass resumes where the last call
@@ -22,6 +28,7 @@ versions using it are marked damaged and their namespaces told.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import datetime
 
 from tessera.domain.object_keys import CANONICAL_PREFIX, canonical_key
@@ -121,6 +128,29 @@ def _compare_with_listing(
     return suspects, covered[-1].block_id
 
 
+def reported(
+    ctx: MaintenanceContext, as_of: datetime, *, block_ids: Sequence[str] | None = None
+) -> ScrubResult:
+    """Check the blocks clients reported unreadable, `batch_size` a batch, oldest report
+    first (only those among `block_ids`, if given: the scrub queue's messages name them);
+    repair or quarantine each one that fails, then record its report as checked."""
+    result = ScrubResult()
+
+    def batch() -> int:
+        with ctx.repo.transaction() as tx:
+            rows = tx.reported_blocks(ctx.settings.batch_size, only=block_ids)
+        for row in rows:
+            if row.state in ("live", "cold"):  # else moved on: restored, quarantined...
+                _verify(ctx, row, as_of, result)
+        with ctx.repo.transaction() as tx:  # after the checks: a killed run redoes them
+            tx.mark_reports_checked([row.block_id for row in rows])
+        return 0 if len(rows) < ctx.settings.batch_size else len(rows)
+
+    ctx.run_batches(batch, result)
+    publish_damage(ctx, as_of)
+    return result
+
+
 def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None) -> ScrubResult:
     """Re-verify `scrub_sample` live blocks from `start` (default: a random block id)."""
     result = ScrubResult()
@@ -128,18 +158,25 @@ def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None)
     with ctx.repo.transaction() as tx:
         sample = tx.sample_stored(start, ctx.settings.scrub_sample)
     for row in sample:
-        result.checked += 1
-        try:
-            healthy = _check(ctx, row).ok
-        except Exception:  # e.g. moved to the cold tier meanwhile: settled by the re-check
-            log.info("scrub: %s unreadable on the first pass", row.block_id, exc_info=True)
-            healthy = False
-        if healthy:
-            result.ok += 1
-        else:
-            repair(ctx, row.block_id, as_of, result)
+        _verify(ctx, row, as_of, result)
     publish_damage(ctx, as_of)
     return result
+
+
+def _verify(ctx: MaintenanceContext, row: BlockRow, as_of: datetime, result: ScrubResult) -> None:
+    """Read and decode one block as a client would; repair it (under its lock) if it fails.
+
+    The first read takes no lock, so a download is never kept waiting on a healthy block."""
+    result.checked += 1
+    try:
+        healthy = _check(ctx, row).ok
+    except Exception:  # e.g. moved to the cold tier meanwhile: settled by the re-check
+        log.info("scrub: %s unreadable on the first pass", row.block_id, exc_info=True)
+        healthy = False
+    if healthy:
+        result.ok += 1
+    else:
+        repair(ctx, row.block_id, as_of, result)
 
 
 def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResult) -> None:

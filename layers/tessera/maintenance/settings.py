@@ -45,6 +45,7 @@ class MaintenanceSettings(Settings):
     gc_interval_s: float = 3600.0
     cold_interval_s: float = 3600.0
     scrub_interval_s: float = 86400.0
+    reported_interval_s: float = 10.0  # scrub's `reported` step alone (AWS: the scrub queue)
 
     def __post_init__(self) -> None:
         if self.idempotency_retention_days * 86_400 <= self.upload_ttl_s:

@@ -19,6 +19,9 @@ class Step:
 
     name: str
     description: str
+    # The Settings field holding how often the local scheduler also runs this step on its
+    # own (seconds): where AWS triggers it from a queue, on events the laptop has no bus for
+    setting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,13 +95,20 @@ WORKFLOWS: dict[str, Workflow] = {
             name="scrub",
             function="scrub",
             description=(
-                "Check every block's object is there; re-verify a sample; report and repair damage."
+                "Check reported blocks and that every block's object is there; re-verify a"
+                " sample; report and repair damage."
             ),
             steps=(
+                Step(
+                    "reported",
+                    "check the blocks clients reported unreadable, repair what fails",
+                    setting="reported_interval_s",
+                ),
                 Step("inventory", "list every block's object beside its row, repair what lacks"),
                 Step("scrub", "re-verify a sample of live blocks, repair from duplicates"),
             ),
-            schedule="cron(15 5 ? * SUN *)",  # weekly, Sunday 05:15 UTC
+            # weekly, Sunday 05:15 UTC: the scrub queue triggers `reported` for each report
+            schedule="cron(15 5 ? * SUN *)",
             setting="scrub_interval_s",
         ),
     )

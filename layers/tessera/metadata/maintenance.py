@@ -239,6 +239,29 @@ class MaintenanceTx:
             [reason, at, *params],
         )
 
+    # -- block reports (scrub's `reported` step) -------------------------------------------
+
+    def reported_blocks(self, limit: int, only: Sequence[str] | None = None) -> list[BlockRow]:
+        """Up to `limit` blocks clients reported unreadable whose check is still to do,
+        oldest report first (only those among `only`, if given), whatever their state:
+        a check of a block moved on settles its report too."""
+        among = " AND block_id = ANY(%s)" if only is not None else ""
+        params: list[Any] = [list(only)] if only is not None else []
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM block_reports r JOIN blocks USING (block_id)"
+            f" WHERE r.checked_at IS NULL{among} ORDER BY r.reported_at LIMIT %s",
+            [*params, limit],
+        )
+        return [_block(r) for r in rows]
+
+    def mark_reports_checked(self, block_ids: Sequence[str]) -> None:
+        """Record the pending reports of `block_ids` as checked now."""
+        self._count(
+            "UPDATE block_reports SET checked_at = now()"
+            " WHERE block_id = ANY(%s) AND checked_at IS NULL",
+            (list(block_ids),),
+        )
+
     def unnotified_damage(self, limit: int) -> list[DamageNotice]:
         """Damaged versions whose namespace has not been told yet, oldest first."""
         rows = self._all(

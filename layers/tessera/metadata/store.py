@@ -105,6 +105,15 @@ class VersionBlockRow:
 
 
 @dataclass(frozen=True)
+class BlockReport:
+    """A block reported unreadable: when, and when scrub checked it (None: still to)."""
+
+    reported_at: datetime
+    checked_at: datetime | None
+    new: bool  # this report queued the check (else one was queued, or done a moment ago)
+
+
+@dataclass(frozen=True)
 class ReadableBlock:
     """A block the caller can already read, and the staged copy to reuse if not yet live."""
 
@@ -1079,12 +1088,19 @@ class Store:
         return [VersionRow(*r) for r in rows]
 
     def version_blocks(
-        self, ns_id: int, file_id: str, rev: int, first: int = 0, limit: int | None = None
+        self,
+        ns_id: int,
+        file_id: str,
+        rev: int,
+        first: int = 0,
+        limit: int | None = None,
+        *,
+        block_id: str | None = None,
     ) -> list[VersionBlockRow]:
-        """The ordered blocks of a version (from block number `first`, at most `limit`)
-        with their state and key versions: a verified (promoted or dropped) staged copy is
-        served as the canonical block, so with the block's key version, not the copy's
-        (they differ after a key rotation)."""
+        """The ordered blocks of a version (from block number `first`, at most `limit`;
+        only those of `block_id` if given) with their state and key versions: a verified
+        (promoted or dropped) staged copy is served as the canonical block, so with the
+        block's key version, not the copy's (they differ after a key rotation)."""
         rows = self._all(
             "SELECT vb.ordinal, vb.block_id, vb.size, vb.staged_key, b.state,"
             " CASE WHEN ub.state IN ('promoted', 'dropped') THEN b.key_version"
@@ -1095,8 +1111,16 @@ class Store:
             " WHERE vb.ns_id = %(ns)s AND vb.file_id = %(fid)s AND vb.rev = %(rev)s"
             " AND vb.ordinal >= %(first)s"
             " AND (%(limit)s::int IS NULL OR vb.ordinal < %(first)s + %(limit)s)"
+            " AND (%(bid)s::text IS NULL OR vb.block_id = %(bid)s)"
             " ORDER BY vb.ordinal",
-            {"ns": ns_id, "fid": file_id, "rev": rev, "first": first, "limit": limit},
+            {
+                "ns": ns_id,
+                "fid": file_id,
+                "rev": rev,
+                "first": first,
+                "limit": limit,
+                "bid": block_id,
+            },  # fmt: skip
         )
         return [VersionBlockRow(*r) for r in rows]
 
@@ -1230,6 +1254,36 @@ class Store:
             (list(block_ids),),
         )
         return {r[0]: r[1] for r in rows}
+
+    # -- block reports --------------------------------------------------------------------
+
+    def report_block(
+        self, block_id: str, *, reason: str, user_id: str, recheck_s: int
+    ) -> BlockReport:
+        """Queue a check of a stored block (`block_reports`), unless one is queued already
+        or the last one ended less than `recheck_s` ago; the report as it now stands."""
+        queued = self._one(
+            "INSERT INTO block_reports AS r (block_id, reason, reported_by) VALUES (%s, %s, %s)"
+            " ON CONFLICT (block_id) DO UPDATE SET reason = EXCLUDED.reason,"
+            " reported_by = EXCLUDED.reported_by, reported_at = now(), checked_at = NULL"
+            " WHERE r.checked_at < now() - make_interval(secs => %s)"
+            " RETURNING reported_at",
+            (block_id, reason, user_id, recheck_s),
+        )
+        if queued is not None:
+            return BlockReport(queued[0], None, new=True)
+        row = self._one(
+            "SELECT reported_at, checked_at FROM block_reports WHERE block_id = %s", (block_id,)
+        )
+        return BlockReport(row[0], row[1], new=False)
+
+    def queue_event(self, event: ChangeEvent) -> None:
+        """Write an event that is no journal change (`changes.side_event`) to the outbox:
+        the relay delivers it if the publication after the commit fails."""
+        self.conn.execute(
+            "INSERT INTO outbox (ns_id, seq, event_id, kind, payload) VALUES (%s, %s, %s, %s, %s)",
+            (event.ns_id, event.seq, event.event_id, event.kind, Jsonb(event.payload)),
+        )
 
     # -- journal, outbox, notify ----------------------------------------------------------
 

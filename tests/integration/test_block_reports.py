@@ -1,0 +1,163 @@
+"""Blocks a client could not read (POST /v1/blocks/report): who may report which block, how
+often a block is checked, and scrub's `reported` step repairing them at once."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import replace
+
+import pytest
+
+from tessera.blocks import BlockError, block_id
+from tessera.domain import reports, sharing
+from tessera.domain.errors import NotFound
+from tessera.domain.models import BlockReportRequest, BlockReportResponse, FileEntry, ShareRequest
+from tessera.domain.object_keys import canonical_key
+from tessera.maintenance import ScrubResult
+from tessera.maintenance.runner import handle_event, run_step
+from tessera.maintenance.scheduler import MaintenanceScheduler
+from tessera.ports import Principal
+
+from .test_maintenance_world import ALICE, BLOCK, BOB, MALLORY, World, chunks
+
+
+def _report(w: World, who: Principal, entry: FileEntry, bid: str) -> BlockReportResponse:
+    req = BlockReportRequest(file_id=entry.file_id, rev=entry.rev, block_id=bid, reason="test")
+    return reports.report_block(w.svc, who, req)
+
+
+def _reported(w: World, **kw: object) -> ScrubResult:
+    result = run_step(w.ctx, "scrub", "reported", **kw)  # type: ignore[arg-type]
+    assert isinstance(result, ScrubResult)
+    return result
+
+
+def _overwritten(w: World, path: str = "/a.bin") -> tuple[bytes, FileEntry, str]:
+    """Alice's verified two-block file whose second block a bug overwrote with other bytes
+    (the store keeps what it held): (its bytes, its entry, that block's id)."""
+    data = secrets.token_bytes(2 * BLOCK)
+    entry = w.put(ALICE, path, data)
+    w.run("dedup")
+    bad = block_id(chunks(data)[1])
+    w.store.put(canonical_key(bad), secrets.token_bytes(300))
+    with pytest.raises(BlockError):
+        w.get(ALICE, path)
+    return data, entry, bad
+
+
+def _report_events(w: World) -> list[str]:
+    return [e.payload["block_id"] for e in w.feed.events if e.kind == reports.REPORTED]
+
+
+def _pending(w: World) -> list[str]:
+    return [str(r[0]) for r in w.sql("SELECT block_id FROM block_reports WHERE checked_at IS NULL")]
+
+
+def test_a_reported_block_is_checked_and_repaired_at_once(world: World) -> None:
+    data, entry, bad = _overwritten(world)
+    answer = _report(world, ALICE, entry, bad)
+    assert answer.queued and "queued" in answer.detail
+    # the event that wakes scrub on AWS: through the outbox, on a seq no long-poll sees
+    [event] = [e for e in world.feed.events if e.kind == reports.REPORTED]
+    assert event.seq < 0 and event.payload == {"block_id": bad}
+    outbox = world.sql("SELECT seq, kind FROM outbox WHERE event_id = %s", event.event_id)
+    assert outbox in ([], [(event.seq, reports.REPORTED)])  # (the relay may have taken it)
+    result = _reported(world)
+    assert (result.checked, result.damaged, result.repaired) == (1, 1, 1)
+    assert world.get(ALICE, "/a.bin") == data
+    assert _pending(world) == []
+    again = _report(world, ALICE, entry, bad)  # checked a moment ago: no new check
+    assert not again.queued and "checked at" in again.detail
+    assert _report_events(world) == [bad]
+
+
+def test_a_block_is_checked_once_however_often_it_is_reported(world: World) -> None:
+    _data, entry, bad = _overwritten(world)
+    assert _report(world, ALICE, entry, bad).queued
+    assert _report(world, ALICE, entry, bad).queued  # still queued: no second check
+    assert _report_events(world) == [bad] and _pending(world) == [bad]
+    _reported(world)
+    world.svc.settings = replace(world.svc.settings, block_recheck_s=0)
+    assert _report(world, ALICE, entry, bad).queued  # the window passed: checked again
+    assert _report_events(world) == [bad, bad]
+    assert (_reported(world).checked, _pending(world)) == (1, [])
+
+
+def test_a_healthy_reported_block_is_checked_and_left_alone(world: World) -> None:
+    data = secrets.token_bytes(BLOCK)
+    entry = world.put(ALICE, "/ok.bin", data)
+    world.run("dedup")
+    assert _report(world, ALICE, entry, block_id(data)).queued
+    result = _reported(world)
+    assert (result.checked, result.ok, result.damaged) == (1, 1, 0)
+    assert _pending(world) == []
+
+
+def test_only_a_block_of_a_version_the_caller_can_read_may_be_reported(world: World) -> None:
+    data = secrets.token_bytes(BLOCK)
+    entry = world.put(ALICE, "/Team/doc.bin", data)
+    world.run("dedup")
+    bid = block_id(data)
+    with pytest.raises(NotFound):  # another user's file: as if it did not exist
+        _report(world, MALLORY, entry, bid)
+    with pytest.raises(NotFound, match="not in rev"):
+        _report(world, ALICE, entry, block_id(b"another block"))
+    with pytest.raises(NotFound, match="no rev 9"):
+        _report(world, ALICE, entry.model_copy(update={"rev": 9}), bid)
+    assert _pending(world) == [] and _report_events(world) == []
+    sharing.account(world.svc, BOB)  # Bob signs in once
+    sharing.share(world.svc, ALICE, ShareRequest(path="/Team", email=BOB.email, access="viewer"))
+    assert _report(world, BOB, entry, bid).queued  # a viewer reads, so may report
+
+
+def test_a_block_still_served_from_its_own_upload_is_not_queued(world: World) -> None:
+    """Before dedup verified it, a version is served its own staged copy: dedup checks it
+    without a report, and the canonical block a check would read is not what failed."""
+    data = secrets.token_bytes(BLOCK)
+    entry = world.put(ALICE, "/new.bin", data)
+    answer = _report(world, ALICE, entry, block_id(data))
+    assert not answer.queued and "being verified" in answer.detail
+    assert _pending(world) == []
+
+
+def test_a_queue_message_checks_the_blocks_it_names_only(world: World) -> None:
+    _d1, first, bad1 = _overwritten(world, "/one.bin")
+    data2, second, bad2 = _overwritten(world, "/two.bin")
+    _report(world, ALICE, first, bad1)
+    _report(world, ALICE, second, bad2)
+    # a block_reported event as the bus puts it on the scrub queue
+    [event] = [e for e in world.feed.events if e.payload.get("block_id") == bad2]
+    body = {
+        "source": "tessera",
+        "detail-type": f"tessera.{event.kind}",
+        "detail": {"event_id": event.event_id, "kind": event.kind, "payload": event.payload},
+    }
+    answer = handle_event(world.ctx, "scrub", {"Records": [{"body": json.dumps(body)}]})
+    assert (answer["checked"], answer["repaired"]) == (1, 1)
+    assert world.get(ALICE, "/two.bin") == data2
+    assert _pending(world) == [bad1]  # for the next message, or the weekly sweep
+
+
+def test_a_report_of_a_block_quarantined_since_is_settled_without_a_read(world: World) -> None:
+    _data, entry, bad = _overwritten(world)
+    _report(world, ALICE, entry, bad)
+    world.sql("UPDATE blocks SET state = 'quarantined' WHERE block_id = %s RETURNING 1", bad)
+    assert (_reported(world).checked, _pending(world)) == (0, [])
+
+
+def test_the_local_scheduler_checks_reports_on_their_own_interval(world: World) -> None:
+    assert MaintenanceScheduler.from_context(world.ctx).intervals["scrub.reported"] == 10.0
+    data, entry, bad = _overwritten(world)
+    _report(world, ALICE, entry, bad)
+    sched = MaintenanceScheduler(world.ctx, {"scrub.reported": 0.1})
+    sched.start(first_run_delay=0)
+    try:
+        deadline = time.monotonic() + 30
+        while _pending(world) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sched.stop()
+    assert sched.runs["scrub.reported"] >= 1
+    assert world.get(ALICE, "/a.bin") == data
