@@ -1120,7 +1120,7 @@ class Store:
                 "first": first,
                 "limit": limit,
                 "bid": block_id,
-            },  # fmt: skip
+            },
         )
         return [VersionBlockRow(*r) for r in rows]
 
