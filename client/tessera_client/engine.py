@@ -49,6 +49,7 @@ from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.scanner import LocalScan, Scanner
 from tessera_client.state import StateDB
 from tessera_client.transfer import (
+    BlockReportedError,
     IntegrityError,
     LocalChangedError,
     RestoringError,
@@ -415,10 +416,11 @@ class SyncEngine:
         except RestoringError as e:
             result.retry_after = max(result.retry_after, e.retry_after)
             self.reporter.event(f"{e.path}: restoring from cold storage, will retry")
+        except BlockReportedError as e:  # a problem only if the server's check cannot mend it
+            result.retry_after = max(result.retry_after, e.retry_after)
+            self.reporter.event(f"{op.path}: {e}; will retry")
         except (IntegrityError, UnsafePathError, SymlinkError) as e:
             result.problems.append(f"refused {op.path}: {e}")
-            if isinstance(e, IntegrityError):  # a reported block: retried once it is checked
-                result.retry_after = max(result.retry_after, e.retry_after)
         except LocalChangedError:
             return True  # re-planned next round
         except ApiError as e:

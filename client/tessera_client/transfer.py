@@ -89,17 +89,22 @@ class RestoringError(Exception):
 
 
 class IntegrityError(Exception):
-    """The server sent something that does not verify; nothing was written. `retry_after`:
-    seconds until another try is worth it (a reported block being checked), else 0."""
+    """The server sent something that does not verify; nothing was written."""
 
-    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+
+class BlockReportedError(IntegrityError):
+    """A block failed here, and the server queued a check (and repair) of it: try again in
+    `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
 # A block the server checks on a report is repaired (or quarantined) within seconds locally
-# and a minute on AWS (the scrub queue gathers its batch for up to 30 s)
-REPORT_RETRY_S = 30.0
+# and a minute on AWS (the scrub queue gathers its batch for up to 30 s): asked again before
+# then, the server answers that the check is still queued, and the device waits again
+REPORT_RETRY_S = 15.0
 # A block URL's answers that say its object is not there: S3 answers 403, not 404, to a
 # signer without s3:ListBucket (a 403 is first taken for an expired URL and renewed)
 _MISSING = (403, 404, 410)
@@ -707,7 +712,7 @@ class Transfers:
         except (ApiError, ServerUnreachable) as e:  # an older server, or none: still refused
             return IntegrityError(f"{message} (could not report it: {e})")
         if answer.queued:
-            return IntegrityError(f"{message}; reported: {answer.detail}", REPORT_RETRY_S)
+            return BlockReportedError(f"{message}; reported: {answer.detail}", REPORT_RETRY_S)
         return IntegrityError(f"{message}; the server says: {answer.detail}")
 
     def _get(self, block: DownloadBlock) -> httpx.Response:

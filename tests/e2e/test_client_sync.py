@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tessera_client.config import Home
@@ -582,3 +584,39 @@ def test_a_path_too_long_for_this_device_is_refused_before_its_blocks_come(
     assert "would be" in synced.stdout + synced.stderr, synced.stdout + synced.stderr
     assert (b.folder / "short.txt").read_text() == "fits everywhere"
     assert b.stats()["block_bytes_down"] < 300_000  # short.txt's, not the long one's
+
+
+def test_a_block_lost_from_the_store_is_reported_and_mended_within_one_sync(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A bug deletes a stored block. The device that meets it tells the server, whose scrub
+    brings it back at once (the store kept what the delete removed), and the same `tessera
+    sync` downloads the file on its next try: no wait for the weekly scrub, no problem left."""
+    from tessera.adapters.local.block_store import FilesystemBlockStore
+    from tessera.blocks import scan_file
+    from tessera.domain.object_keys import canonical_key
+
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    data = os.urandom(3 * 1024 * 1024)
+    a.write("photo.raw", data)
+    a.sync()
+    lost = scan_file(a.folder / "photo.raw").blocks[1].id
+    store = FilesystemBlockStore(inproc_cloud.root / "state" / "blocks", "http://x", bytes(32))
+
+    def ready() -> bool:
+        """Dedup verified the block, and the cloud's first scrub is over (its inventory
+        would find the loss itself)."""
+        with psycopg.connect(inproc_cloud.conninfo) as conn:
+            runs = conn.execute("SELECT 1 FROM maintenance_runs WHERE step = 'scrub'").fetchall()
+        return bool(runs) and store.head(canonical_key(lost)) is not None
+
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert time.monotonic() < deadline, "the local cloud's maintenance never ran"
+        time.sleep(0.2)
+    store.delete(canonical_key(lost))
+    r = b.sync()
+    assert (b.folder / "photo.raw").read_bytes() == data
+    assert "reported: a check of the stored block is queued" in r.stderr

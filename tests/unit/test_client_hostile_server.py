@@ -25,6 +25,7 @@ from tessera_client.engine import FOLDER_MARKER, SyncEngine
 from tessera_client.fs import TEMP_PREFIX, DiskFullError, FakeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.reporting import RoundResult, SyncError
+from tessera_client.transfer import REPORT_RETRY_S
 
 KEY = bytes(range(32))
 
@@ -141,6 +142,8 @@ def evil() -> Iterator[Evil]:
                 self._send(403, None, b"<Error><Code>AccessDenied</Code>Request has expired")
             elif path in state.blobs:
                 self._send(200, None, state.blobs[path])
+            elif path.startswith("/blk/"):  # a block whose object is gone
+                self._send(404, None, b"<Error><Code>NoSuchKey</Code></Error>")
             else:
                 self._send(200, {"used_bytes": 0, "quota_bytes": 1})
 
@@ -378,7 +381,51 @@ def test_corrupt_update_leaves_the_local_file_alone(tmp_path: Path, evil: Evil) 
     result = engine.run_once()
     engine.close()
     assert (folder / "doc.txt").read_bytes() == b"version one"
-    assert result.problems
+    assert result.problems and "could not report it" in result.problems[0]  # an older server
+
+
+def _answer_reports(evil: Evil, *, queued: bool) -> list[dict[str, Any]]:
+    """Have the server take block reports (answering `queued`); the reports it gets."""
+    got: list[dict[str, Any]] = []
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        got.append(body)
+        detail = "a check is queued" if queued else "checked a moment ago: it is intact"
+        return {"block_id": body["block_id"], "queued": queued, "detail": detail}
+
+    evil.answers["/v1/blocks/report"] = answer
+    return got
+
+
+def test_a_block_that_does_not_verify_is_reported_and_tried_again_soon(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """The server learns of a damaged block from the device that met it, and checks it at
+    once rather than at its weekly scrub: the device tries again once that is done."""
+    got = _answer_reports(evil, queued=True)
+    evil.add_file("/doc.txt", b"the real bytes", fid="d", served=b"a damaged block")
+    engine = _engine(tmp_path, evil)
+    result = engine.round()
+    engine.close()
+    bid = block_id(b"the real bytes")
+    assert [(r["file_id"], r["rev"], r["block_id"]) for r in got] == [("d", 1, bid)]
+    assert got[0]["reason"].startswith(f"block {bid} does not verify")
+    # not a problem (yet): the server may well mend it before the next try
+    assert (result.retry_after, result.problems) == (REPORT_RETRY_S, [])
+    assert not (tmp_path / "root" / "sync" / "doc.txt").exists()
+
+
+def test_a_block_missing_from_the_store_is_reported(tmp_path: Path, evil: Evil) -> None:
+    got = _answer_reports(evil, queued=False)
+    evil.add_file("/doc.txt", b"gone", fid="d")
+    del evil.blobs["/blk/d"]  # its object is gone: the store answers 404
+    engine = _engine(tmp_path, evil)
+    result = engine.round()
+    engine.close()
+    assert got and "is not in the store (404)" in got[0]["reason"]
+    # checked a moment ago: trying again soon would meet the same fault
+    assert result.retry_after == 0
+    assert "the server says: checked a moment ago" in result.problems[0]
 
 
 def test_full_disk_stops_downloads_without_corruption(tmp_path: Path, evil: Evil) -> None:
