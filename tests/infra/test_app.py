@@ -533,8 +533,9 @@ def test_every_queue_is_kms_encrypted_tls_only_and_every_dlq_alarmed(dev: Synth)
                 for q in p["Properties"]["Queues"]]  # fmt: skip
     assert len(tls_only) == len(queues)
     dlqs = [lid for lid in queues if "Dlq" in lid]
-    # stream pipe, bus rule, dedup queue, restore rule, restores queue, schedules, relay runs
-    assert len(dlqs) == 7
+    # stream pipe, the two bus rules, dedup queue, scrub queue, restore rule, restores queue,
+    # schedules, relay runs
+    assert len(dlqs) == 9
     alarms = json.dumps(resources(dev.app_template, "AWS::CloudWatch::Alarm"))
     for lid in dlqs:
         assert lid in alarms, f"no alarm on {lid}"
