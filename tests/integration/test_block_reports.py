@@ -48,7 +48,7 @@ def _overwritten(w: World, path: str = "/a.bin") -> tuple[bytes, FileEntry, str]
 
 
 def _report_events(w: World) -> list[str]:
-    return [e.payload["block_id"] for e in w.feed.events if e.kind == reports.REPORTED]
+    return [str(e.payload["block_id"]) for e in w.feed.events if e.kind == reports.REPORTED]
 
 
 def _pending(w: World) -> list[str]:
