@@ -281,6 +281,10 @@ def test_other_users_ids_are_404_and_cursor_400(
     call("GET", "/v1/account", None, bob)
     assert call("POST", "/v1/metadata", {"file_id": e.file_id}, bob)[0] == 404
     assert call("POST", "/v1/download", {"file_id": e.file_id}, bob)[0] == 404
+    report = {"file_id": e.file_id, "rev": e.rev, "block_id": block_id(b"p")}
+    assert call("POST", "/v1/blocks/report", report, bob)[0] == 404
+    status, body, _ = call("POST", "/v1/blocks/report", {**report, "block_id": "b3:x"}, alice)
+    assert status == 422 and body["error"]["fields"][0]["field"] == "block_id"
     status, body, _ = call("POST", "/v1/commit", _commit_body("/next", b"n", upload_id), bob)
     assert status == 404
     status, body, _ = call("POST", "/v1/list_folder/continue", {"cursor": listing["cursor"]}, bob)
