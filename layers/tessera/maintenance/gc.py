@@ -30,6 +30,7 @@ for long), each safe to run twice at once (rows are claimed with `FOR UPDATE SKI
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from tessera.domain.object_keys import (
@@ -142,11 +143,45 @@ def expire_idempotency_keys(ctx: MaintenanceContext, as_of: datetime) -> GcResul
     result = GcResult()
     cutoff = as_of - timedelta(days=ctx.settings.idempotency_retention_days)
 
+    def count(expired: int) -> None:
+        result.idempotency_keys_expired += expired
+
+    return _expire(ctx, result, lambda tx, n: tx.expire_idempotency_keys(cutoff, n), count)
+
+
+def expire_run_records(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
+    """Delete the records of maintenance step runs older than `run_history_days`: a local
+    cloud runs dedup and scrub's `reported` step every 10 s, two records each time.
+
+    Records tell what really ran, so a run as of a later time (`as_of`) counts their age
+    from now: it would delete the records of the runs that led to it."""
+    result = GcResult()
+    cutoff = min(as_of, ctx.clock.now()) - timedelta(days=ctx.settings.run_history_days)
+
+    def count(expired: int) -> None:
+        result.run_records_expired += expired
+
+    return _expire(ctx, result, lambda tx, n: tx.expire_runs(cutoff, n), count)
+
+
+def _expire(
+    ctx: MaintenanceContext,
+    result: GcResult,
+    expire: Callable[[MaintenanceTx, int], int],
+    count: Callable[[int], None],
+) -> GcResult:
+    """Delete rows `batch_size` a transaction (`expire(tx, limit)`: how many it deleted),
+    `count` each batch's, until a batch is not full or the step's budget is spent.
+
+    A batch that is not full ends the step: each run of a step writes its own record, which
+    a run as of a later time (`as_of`) takes for expired, so "until one deletes none" had
+    the runner delete one record and write another for ever."""
+
     def batch() -> int:
         with ctx.repo.transaction(durable=False) as tx:  # a lost delete is simply redone
-            expired = tx.expire_idempotency_keys(cutoff, ctx.settings.batch_size)
-        result.idempotency_keys_expired += expired
-        return expired
+            expired = expire(tx, ctx.settings.batch_size)
+        count(expired)
+        return expired if expired == ctx.settings.batch_size else 0
 
     return ctx.run_batches(batch, result)
 

@@ -76,6 +76,7 @@ class GcResult(StepResult):
     blocks_skipped: int = 0  # candidates found referenced again at the re-check
     interrupted_deleted: int = 0  # objects an interrupted run left behind, deleted
     idempotency_keys_expired: int = 0  # keys (and their stored responses) past the retention
+    run_records_expired: int = 0  # records of maintenance step runs past the retention
     usage_corrected: int = 0  # namespaces whose `bytes_used` had drifted, set right
     bytes_freed: int = 0
 

@@ -28,6 +28,7 @@ STEPS: dict[tuple[str, str], StepFn] = {
     ("gc", "purge_versions"): gc.purge_versions,
     ("gc", "expire_uploads"): gc.expire_uploads,
     ("gc", "expire_idempotency_keys"): gc.expire_idempotency_keys,
+    ("gc", "expire_run_records"): gc.expire_run_records,
     ("gc", "delete_blocks"): gc.delete_blocks,
     ("gc", "recount_usage"): gc.recount_usage,
     ("cold", "complete_restores"): cold.complete_restores,

@@ -31,6 +31,8 @@ class MaintenanceSettings(Settings):
     # longer than a client retries (minutes), or resumes a commit (its upload session lives
     # upload_ttl_s)
     idempotency_retention_days: int = 7
+    # the record of what each maintenance step run did (`maintenance_runs`) is kept this long
+    run_history_days: int = 30
     # cold storage
     cold_after_days: int = 90  # blocks unread this long move to the cold tier
     # scrub

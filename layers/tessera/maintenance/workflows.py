@@ -71,6 +71,7 @@ WORKFLOWS: dict[str, Workflow] = {
                 Step("purge_versions", "delete non-latest versions past the version retention"),
                 Step("expire_uploads", "expire abandoned upload sessions and their staged copies"),
                 Step("expire_idempotency_keys", "delete idempotency keys past the retention"),
+                Step("expire_run_records", "delete records of maintenance runs past the retention"),
                 Step("delete_blocks", "delete blocks at refcount 0 past the grace period"),
                 Step("recount_usage", "correct namespaces whose quota counter drifted"),
             ),

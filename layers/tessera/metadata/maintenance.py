@@ -487,6 +487,15 @@ class MaintenanceTx:
             (cutoff, limit),
         )
 
+    def expire_runs(self, cutoff: datetime, limit: int) -> int:
+        """Delete up to `limit` records of step runs that finished before `cutoff`, oldest
+        first (by id: the primary key's order, which is the order they were written)."""
+        return self._count(
+            "DELETE FROM maintenance_runs WHERE run_id IN (SELECT run_id FROM maintenance_runs"
+            " WHERE finished_at < %s ORDER BY run_id LIMIT %s)",
+            (cutoff, limit),
+        )
+
     # -- gc: unreferenced blocks ----------------------------------------------------------
 
     def lock_unreferenced_blocks(
