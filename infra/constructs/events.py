@@ -114,23 +114,20 @@ class ChangeStream(Construct):
         # The role's policy must exist before the pipe starts reading the stream.
         self.pipe.node.add_dependency(role.node.find_child("DefaultPolicy"))
 
-        self.dedup_queue = queue_fed_by_rule(
-            self,
-            "ToDedup",
-            name="Dedup",
-            messaging=messaging,
-            description="committed files may hold staged blocks: wake dedup-verify",
-            pattern=events.EventPattern(source=[EVENT_SOURCE], detail_type=DEDUP_DETAIL_TYPES),
-            bus=self.bus,
+        def fed_by_bus(name: str, detail_types: list[str], description: str) -> sqs.Queue:
+            """The work queue `<name>Queue`, fed Tessera's events of `detail_types` by the
+            rule `To<name>` on the bus."""
+            pattern = events.EventPattern(source=[EVENT_SOURCE], detail_type=detail_types)
+            return queue_fed_by_rule(
+                self, f"To{name}", name=name, messaging=messaging, description=description,
+                pattern=pattern, bus=self.bus,
+            )  # fmt: skip
+
+        self.dedup_queue = fed_by_bus(
+            "Dedup", DEDUP_DETAIL_TYPES, "committed files may hold staged blocks: wake dedup-verify"
         )
-        self.scrub_queue = queue_fed_by_rule(
-            self,
-            "ToScrub",
-            name="Scrub",
-            messaging=messaging,
-            description="a client could not read a block: wake scrub to check it",
-            pattern=events.EventPattern(source=[EVENT_SOURCE], detail_type=SCRUB_DETAIL_TYPES),
-            bus=self.bus,
+        self.scrub_queue = fed_by_bus(
+            "Scrub", SCRUB_DETAIL_TYPES, "a client could not read a block: wake scrub to check it"
         )
 
 
