@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tessera.blocks import block_id
 from tessera.domain.object_keys import canonical_key
 from tessera.local.aws_mode import load_function
 from tessera.maintenance.workflows import WORKFLOWS
@@ -175,6 +176,31 @@ def test_scrub_functions_inventory_finds_a_deleted_block_among_the_listed(
     assert (result["inventoried"], result["damaged"], result["repaired"]) == (3, 1, 1)
     assert result["checked"] == 0 and result["more"] is False
     assert aws_world.get(ALICE, path) == data
+
+
+def test_scrub_function_checks_the_blocks_clients_report_from_its_queue(
+    aws_world: World,
+) -> None:
+    """A client's report of a block S3 lost reaches the scrub function as the bus puts its
+    event on the scrub queue, and the block is undeleted at once, not at the weekly run."""
+    from tessera.adapters.aws.events import detail_of
+    from tessera.domain import reports
+    from tessera.domain.models import BlockReportRequest
+
+    data = secrets.token_bytes(2 * BLOCK)
+    entry = aws_world.put(ALICE, "/photo.raw", data)
+    aws_world.run("dedup")
+    lost = block_id(data[:BLOCK])
+    aws_world.store.delete(canonical_key(lost))
+    req = BlockReportRequest(file_id=entry.file_id, rev=entry.rev, block_id=lost)
+    assert reports.report_block(aws_world.svc, ALICE, req).queued
+    [event] = [e for e in aws_world.feed.events if e.kind == reports.REPORTED]
+    # the change router's entry for it (`EventBridgePublisher`), as the rule queues it
+    body = {"source": "tessera", "detail-type": f"tessera.{event.kind}", "detail": detail_of(event)}
+    record = {"messageId": "1", "body": json.dumps(body, default=str)}
+    result = _handler("scrub")({"Records": [record]}, None)
+    assert (result["checked"], result["damaged"], result["repaired"]) == (1, 1, 1)
+    assert aws_world.get(ALICE, "/photo.raw") == data
 
 
 def test_functions_reject_bad_events(aws_world: World) -> None:

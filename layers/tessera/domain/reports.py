@@ -1,4 +1,5 @@
-"""Blocks a client could not read, reported so the server checks them now (DESIGN §8).
+"""Blocks a client could not read, reported so the server checks them now (not in DESIGN:
+see the README's decisions).
 
 A download fails on the device when a block's object is missing or does not decode, and
 until now the server learnt of it only at its weekly scrub. A report queues a check of the
