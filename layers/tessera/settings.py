@@ -72,6 +72,11 @@ class Settings:
     # A block a client reports unreadable (POST /v1/blocks/report) is checked again at most
     # this often: each check reads the block, and a report is no more than a client's say
     block_recheck_s: int = 3600
+    # The local block store keeps what an overwrite or delete of a block removed this long
+    # (days; 0 keeps nothing), as the blocks bucket keeps noncurrent versions (its lifecycle
+    # rule: `object_keys.NONCURRENT_RETENTION_DAYS`, a test keeps the two equal). It is what
+    # scrub repairs a lost block from; a laptop short of disk may keep them less
+    local_block_versions_days: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:

@@ -26,6 +26,7 @@ import pytest
 from tessera.adapters.local import LocalUsers
 from tessera.blocks import block_id, content_hash, decode_block, encode_block
 from tessera.domain.errors import Conflict, Unauthorized, Unprocessable
+from tessera.domain.object_keys import CANONICAL_PREFIX, NONCURRENT_RETENTION_DAYS
 from tessera.local import LocalCloud
 from tessera.settings import Settings
 
@@ -318,14 +319,24 @@ def test_public_url_is_where_block_urls_point(tmp_path: Path, database_url: str)
     cloud = LocalCloud(
         tmp_path / "state",
         port=0,
-        settings=Settings(database_url=database_url),
+        settings=Settings(database_url=database_url, local_block_versions_days=0),
         maintenance=False,
         public_url="http://tessera.test:8790/",
     )
     try:
         assert cloud.prepare() == "http://tessera.test:8790"
         assert cloud.services is not None
-        url = cloud.services.block_store.presign_get("blocks/aa").url
+        store = cloud.services.block_store
+        url = store.presign_get("blocks/aa").url
         assert url.startswith("http://tessera.test:8790/blocks/blocks/aa?")
+        # TESSERA_LOCAL_BLOCK_VERSIONS_DAYS=0: a laptop short of disk keeps no old blocks
+        store.put("blocks/" + "ab" * 32, b"first")
+        store.delete("blocks/" + "ab" * 32)
+        assert store.earlier_versions("blocks/" + "ab" * 32) == []
     finally:
         cloud.stop()
+
+
+def test_the_local_store_keeps_old_blocks_as_long_as_the_bucket() -> None:
+    keep = NONCURRENT_RETENTION_DAYS[CANONICAL_PREFIX]
+    assert Settings().local_block_versions_days == keep

@@ -153,7 +153,11 @@ class LocalCloud(ServedCloud):
             self._server = Server(self.host, self.port)
             self.base_url = self.public_url or self._server.base_url
             block_store = FilesystemBlockStore(
-                self.state.blocks, self.base_url, url_secret, restore_delay=self.restore_delay
+                self.state.blocks,
+                self.base_url,
+                url_secret,
+                restore_delay=self.restore_delay,
+                keep_versions_days=self.settings.local_block_versions_days,
             )
             gateway = Gateway(
                 block_store=block_store,

@@ -53,7 +53,12 @@ def open_state(state: Path, database_url: str | None = None) -> Iterator[Mainten
     try:
         migrate(conninfo)
         secret = load_or_create(paths.url_signing_key, lambda: secrets.token_bytes(32))
-        store = FilesystemBlockStore(paths.blocks, "http://127.0.0.1", secret)
+        store = FilesystemBlockStore(
+            paths.blocks,
+            "http://127.0.0.1",
+            secret,
+            keep_versions_days=settings.local_block_versions_days,
+        )
         feed = PostgresChangeFeed(conninfo)
         try:
             with Database(conninfo, min_size=1, max_size=2) as db:
