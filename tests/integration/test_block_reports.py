@@ -92,7 +92,23 @@ def test_a_healthy_reported_block_is_checked_and_left_alone(world: World) -> Non
     assert _report(world, ALICE, entry, block_id(data)).queued
     result = _reported(world)
     assert (result.checked, result.ok, result.damaged) == (1, 1, 0)
+    assert result.inventoried == 0  # an intact block leaves the rest of its file alone
     assert _pending(world) == []
+
+
+def test_a_lost_block_has_the_rest_of_its_file_looked_over(world: World) -> None:
+    """A bug that deleted one block of a file deleted others: one report mends them all,
+    so the client's next try finds the file whole, not the next lost block of it."""
+    data = secrets.token_bytes(3 * BLOCK)
+    entry = world.put(ALICE, "/three.bin", data)
+    world.run("dedup")
+    ids = [block_id(c) for c in chunks(data)]
+    for bid in ids[1:]:
+        world.store.delete(canonical_key(bid))
+    assert _report(world, ALICE, entry, ids[1]).queued
+    result = _reported(world)
+    assert (result.checked, result.inventoried, result.repaired) == (1, 3, 2)
+    assert world.get(ALICE, "/three.bin") == data
 
 
 def test_only_a_block_of_a_version_the_caller_can_read_may_be_reported(world: World) -> None:

@@ -53,6 +53,7 @@ def report_block(
             return _answer(bid, False, _NOT_CHECKED.get(vb.state, f"the block is {vb.state}"))
         report = store.report_block(
             bid,
+            (row.ns_id, row.file_id, req.rev),
             reason=req.reason or "unreadable",
             user_id=principal.user_id,
             recheck_s=svc.settings.block_recheck_s,

@@ -133,22 +133,47 @@ def reported(
 ) -> ScrubResult:
     """Check the blocks clients reported unreadable, `batch_size` a batch, oldest report
     first (only those among `block_ids`, if given: the scrub queue's messages name them);
-    repair or quarantine each one that fails, then record its report as checked."""
+    repair or quarantine each one that fails, then record its report as checked.
+
+    A reported block found damaged is seldom alone (a bug that deleted one block of a file
+    deleted others): the other blocks of the version it was read for are then checked as
+    the inventory checks, by their objects' presence and size, so the client's next try
+    finds the file whole, not the next lost block of it."""
     result = ScrubResult()
+    looked_over: set[tuple[int, str, int]] = set()  # versions whose blocks were checked
 
     def batch() -> int:
         with ctx.repo.transaction() as tx:
-            rows = tx.reported_blocks(ctx.settings.batch_size, only=block_ids)
-        for row in rows:
-            if row.state in ("live", "cold"):  # else moved on: restored, quarantined...
-                _verify(ctx, row, as_of, result)
+            reports = tx.reported_blocks(ctx.settings.batch_size, only=block_ids)
+        for report in reports:
+            if report.block.state not in ("live", "cold"):  # moved on: quarantined...
+                continue
+            damaged = result.damaged
+            _verify(ctx, report.block, as_of, result)
+            if result.damaged > damaged and report.version not in looked_over:
+                looked_over.add(report.version)
+                _check_version(ctx, report.version, as_of, result)
         with ctx.repo.transaction() as tx:  # after the checks: a killed run redoes them
-            tx.mark_reports_checked([row.block_id for row in rows])
-        return 0 if len(rows) < ctx.settings.batch_size else len(rows)
+            tx.mark_reports_checked([report.block.block_id for report in reports])
+        return 0 if len(reports) < ctx.settings.batch_size else len(reports)
 
     ctx.run_batches(batch, result)
     publish_damage(ctx, as_of)
     return result
+
+
+def _check_version(
+    ctx: MaintenanceContext, version: tuple[int, str, int], as_of: datetime, result: ScrubResult
+) -> None:
+    """Repair each block of `version` whose object is missing or of another size than its
+    row records (`head()`, `io_workers` at a time: no block is read)."""
+    with ctx.repo.transaction() as tx:
+        rows = tx.version_stored_blocks(version)
+    heads = ctx.parallel(lambda row: ctx.store.head(canonical_key(row.block_id)), rows)
+    for row, head in zip(rows, heads, strict=True):
+        result.inventoried += 1
+        if head is None or (row.stored_size is not None and head.size != row.stored_size):
+            repair(ctx, row.block_id, as_of, result)
 
 
 def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None) -> ScrubResult:

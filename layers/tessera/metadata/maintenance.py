@@ -65,6 +65,15 @@ class BlockRow:
 
 
 @dataclass(frozen=True)
+class ReportedBlock:
+    """A block a client reported unreadable, and the version it read it for (ns_id,
+    file_id, rev)."""
+
+    block: BlockRow
+    version: tuple[int, str, int]
+
+
+@dataclass(frozen=True)
 class DamageNotice:
     """A damaged version whose namespace has not yet been told (see `damaged_versions`)."""
 
@@ -241,16 +250,27 @@ class MaintenanceTx:
 
     # -- block reports (scrub's `reported` step) -------------------------------------------
 
-    def reported_blocks(self, limit: int, only: Sequence[str] | None = None) -> list[BlockRow]:
+    def reported_blocks(self, limit: int, only: Sequence[str] | None = None) -> list[ReportedBlock]:
         """Up to `limit` blocks clients reported unreadable whose check is still to do,
         oldest report first (only those among `only`, if given), whatever their state:
         a check of a block moved on settles its report too."""
         among = " AND block_id = ANY(%s)" if only is not None else ""
         params: list[Any] = [list(only)] if only is not None else []
         rows = self._all(
-            f"SELECT {_BLOCK_COLS} FROM block_reports r JOIN blocks USING (block_id)"
+            f"SELECT {_BLOCK_COLS}, r.ns_id, r.file_id, r.rev"
+            " FROM block_reports r JOIN blocks USING (block_id)"
             f" WHERE r.checked_at IS NULL{among} ORDER BY r.reported_at LIMIT %s",
             [*params, limit],
+        )
+        return [ReportedBlock(_block(r), (r[6], r[7], r[8])) for r in rows]
+
+    def version_stored_blocks(self, version: tuple[int, str, int]) -> list[BlockRow]:
+        """The live or cold blocks of a version (ns_id, file_id, rev), each once, in id order."""
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM blocks WHERE block_id IN (SELECT block_id"
+            " FROM version_blocks WHERE ns_id = %s AND file_id = %s AND rev = %s)"
+            " AND state IN ('live', 'cold') ORDER BY block_id",
+            version,
         )
         return [_block(r) for r in rows]
 

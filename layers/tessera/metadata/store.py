@@ -1258,17 +1258,26 @@ class Store:
     # -- block reports --------------------------------------------------------------------
 
     def report_block(
-        self, block_id: str, *, reason: str, user_id: str, recheck_s: int
+        self,
+        block_id: str,
+        version: tuple[int, str, int],
+        *,
+        reason: str,
+        user_id: str,
+        recheck_s: int,
     ) -> BlockReport:
-        """Queue a check of a stored block (`block_reports`), unless one is queued already
-        or the last one ended less than `recheck_s` ago; the report as it now stands."""
+        """Queue a check of a stored block read for `version` (ns_id, file_id, rev) in
+        `block_reports`, unless one is queued already or the last one ended less than
+        `recheck_s` ago; the report as it now stands."""
         queued = self._one(
-            "INSERT INTO block_reports AS r (block_id, reason, reported_by) VALUES (%s, %s, %s)"
-            " ON CONFLICT (block_id) DO UPDATE SET reason = EXCLUDED.reason,"
+            "INSERT INTO block_reports AS r (block_id, ns_id, file_id, rev, reason, reported_by)"
+            " VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (block_id) DO UPDATE SET ns_id = EXCLUDED.ns_id,"
+            " file_id = EXCLUDED.file_id, rev = EXCLUDED.rev, reason = EXCLUDED.reason,"
             " reported_by = EXCLUDED.reported_by, reported_at = now(), checked_at = NULL"
             " WHERE r.checked_at < now() - make_interval(secs => %s)"
             " RETURNING reported_at",
-            (block_id, reason, user_id, recheck_s),
+            (block_id, *version, reason, user_id, recheck_s),
         )
         if queued is not None:
             return BlockReport(queued[0], None, new=True)
