@@ -21,8 +21,9 @@ import contextlib
 import errno
 import functools
 import hashlib
+import threading
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -105,6 +106,10 @@ class BlockReportedError(IntegrityError):
 # and a minute on AWS (the scrub queue gathers its batch for up to 30 s): asked again before
 # then, the server answers that the check is still queued, and the device waits again
 REPORT_RETRY_S = 15.0
+# How many times a device waits for the check of one block; then it refuses the file as it
+# did before reports (a server whose checks never run had one `sync --once` wait for it
+# round after round, 7 minutes); a later round reports it again
+REPORT_WAITS = 4
 # A block URL's answers that say its object is not there: S3 answers 403, not 404, to a
 # signer without s3:ListBucket (a 403 is first taken for an expired URL and renewed)
 _MISSING = (403, 404, 410)
@@ -196,6 +201,8 @@ class Transfers:
         self.batch_blocks = batch_blocks
         self.progress = progress
         self.stats = TransferStats()
+        self._report_waits: Counter[str] = Counter()  # block id -> checks waited for
+        self._report_lock = threading.Lock()  # (blocks come on the transfer threads)
 
     def close(self) -> None:
         """Stop the transfer threads."""
@@ -711,9 +718,16 @@ class Transfers:
             )
         except (ApiError, ServerUnreachable) as e:  # an older server, or none: still refused
             return IntegrityError(f"{message} (could not report it: {e})")
-        if answer.queued:
-            return BlockReportedError(f"{message}; reported: {answer.detail}", REPORT_RETRY_S)
-        return IntegrityError(f"{message}; the server says: {answer.detail}")
+        if not answer.queued:
+            return IntegrityError(f"{message}; the server says: {answer.detail}")
+        with self._report_lock:
+            self._report_waits[block.id] += 1
+            waits = self._report_waits[block.id]
+            if waits > REPORT_WAITS:
+                del self._report_waits[block.id]  # a later sync waits for it again
+        if waits > REPORT_WAITS:
+            return IntegrityError(f"{message}; reported {waits} times, not checked yet")
+        return BlockReportedError(f"{message}; reported: {answer.detail}", REPORT_RETRY_S)
 
     def _get(self, block: DownloadBlock) -> httpx.Response:
         # a block is fetched, nothing else: the server's answer must not have this device

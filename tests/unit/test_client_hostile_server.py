@@ -25,7 +25,7 @@ from tessera_client.engine import FOLDER_MARKER, SyncEngine
 from tessera_client.fs import TEMP_PREFIX, DiskFullError, FakeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.reporting import RoundResult, SyncError
-from tessera_client.transfer import REPORT_RETRY_S
+from tessera_client.transfer import REPORT_RETRY_S, REPORT_WAITS
 
 KEY = bytes(range(32))
 
@@ -413,6 +413,21 @@ def test_a_block_that_does_not_verify_is_reported_and_tried_again_soon(
     # not a problem (yet): the server may well mend it before the next try
     assert (result.retry_after, result.problems) == (REPORT_RETRY_S, [])
     assert not (tmp_path / "root" / "sync" / "doc.txt").exists()
+
+
+def test_a_device_waits_for_a_check_that_never_comes_a_few_times_only(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose checks never run (its maintenance off, its queue broken) answers
+    "queued" for ever: one `sync --once` waited for it 30 rounds."""
+    monkeypatch.setattr("tessera_client.transfer.REPORT_RETRY_S", 0.01)
+    got = _answer_reports(evil, queued=True)
+    evil.add_file("/doc.txt", b"the real bytes", fid="d", served=b"a damaged block")
+    engine = _engine(tmp_path, evil)
+    result = engine.run_once()
+    engine.close()
+    assert len(got) == REPORT_WAITS + 1
+    assert result.problems and "not checked yet" in result.problems[0]
 
 
 def test_a_block_missing_from_the_store_is_reported(tmp_path: Path, evil: Evil) -> None:
