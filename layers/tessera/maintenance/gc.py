@@ -173,9 +173,9 @@ def _expire(
     """Delete rows `batch_size` a transaction (`expire(tx, limit)`: how many it deleted),
     `count` each batch's, until a batch is not full or the step's budget is spent.
 
-    A batch that is not full ends the step: each run of a step writes its own record, which
-    a run as of a later time (`as_of`) takes for expired, so "until one deletes none" had
-    the runner delete one record and write another for ever."""
+    A batch that is not full ends the step: rows that expire meanwhile wait for the next
+    run, where "until one deletes none" chased them (each call of `expire_run_records`
+    writes a run record of its own)."""
 
     def batch() -> int:
         with ctx.repo.transaction(durable=False) as tx:  # a lost delete is simply redone
