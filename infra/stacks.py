@@ -189,7 +189,8 @@ class AppStack(Stack):
         _triggered_by(maintenance["dedup_verify"], self.stream.dedup_queue, batch_size=10)
         # A client's report of a block it could not read triggers scrub's check of it (an
         # SQS batch names the blocks); the weekly workflow sweeps whatever is left.
-        _triggered_by(maintenance["scrub"], self.stream.scrub_queue, batch_size=100)
+        # (Ten a batch: each is a block read, perhaps a file's blocks looked over.)
+        _triggered_by(maintenance["scrub"], self.stream.scrub_queue, batch_size=10)
         # S3's restore completions trigger cold storage directly (settled within a minute,
         # where a file past `max_cold_checks` blocks waited for the daily run).
         self.restores = RestoreEvents(

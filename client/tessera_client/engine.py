@@ -867,7 +867,7 @@ class SyncEngine:
             if r.ops == 0 and r.unstable:
                 time.sleep(self.settings.debounce_ms / 1000)
             if r.ops == 0 and r.retry_after:
-                self.reporter.event(f"waiting {r.retry_after:.0f}s for cold storage")
+                self.reporter.event(f"waiting {r.retry_after:.0f}s to try again")
                 time.sleep(min(r.retry_after, 60))
             if r.ops == 0 and r.problems and not r.unstable and not r.retry_after:
                 break

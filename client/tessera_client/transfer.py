@@ -702,6 +702,9 @@ class Transfers:
             raise self._reported(plan, block, f"does not verify: {e}") from e
         if len(plaintext) != block.size:
             raise IntegrityError(f"block {block.id} has {len(plaintext)} bytes, not {block.size}")
+        if self._report_waits:  # it came whole: a later loss of it is waited for afresh
+            with self._report_lock:
+                self._report_waits.pop(block.id, None)
         self.stats.blocks_down += 1
         return plaintext
 

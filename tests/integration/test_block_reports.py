@@ -16,8 +16,9 @@ from tessera.domain.errors import NotFound
 from tessera.domain.models import BlockReportRequest, BlockReportResponse, FileEntry, ShareRequest
 from tessera.domain.object_keys import canonical_key
 from tessera.maintenance import ScrubResult
-from tessera.maintenance.runner import handle_event, run_step
+from tessera.maintenance.runner import ReportsLeft, handle_event, run_step
 from tessera.maintenance.scheduler import MaintenanceScheduler
+from tessera.metadata.outbox import relay_outbox
 from tessera.ports import Principal
 
 from .test_maintenance_world import ALICE, BLOCK, BOB, MALLORY, World, chunks
@@ -63,7 +64,10 @@ def test_a_reported_block_is_checked_and_repaired_at_once(world: World) -> None:
     [event] = [e for e in world.feed.events if e.kind == reports.REPORTED]
     assert event.seq < 0 and event.payload == {"block_id": bad}
     outbox = world.sql("SELECT seq, kind FROM outbox WHERE event_id = %s", event.event_id)
-    assert outbox in ([], [(event.seq, reports.REPORTED)])  # (the relay may have taken it)
+    assert outbox == [(event.seq, reports.REPORTED)]  # in the report's own transaction
+    # the relay delivers it to the local feed like any event (its seq moves no head)
+    relayed = relay_outbox(world.svc.db, world.feed.inner, min_age_s=0)
+    assert relayed.dead == [] and world.sql("SELECT 1 FROM outbox") == []
     result = _reported(world)
     assert (result.checked, result.damaged, result.repaired) == (1, 1, 1)
     assert world.get(ALICE, "/a.bin") == data
@@ -83,6 +87,70 @@ def test_a_block_is_checked_once_however_often_it_is_reported(world: World) -> N
     assert _report(world, ALICE, entry, bad).queued  # the window passed: checked again
     assert _report_events(world) == [bad, bad]
     assert (_reported(world).checked, _pending(world)) == (1, [])
+
+
+def test_a_report_is_answered_from_the_callers_own_reports_only(world: World) -> None:
+    """Blocks are shared by content: an answer telling of another user's report (or its
+    check) would tell its caller that someone else holds that content, and failed to read
+    it. Each user's report is their own: checked once an hour for each of them."""
+    data = secrets.token_bytes(BLOCK)
+    mine = world.put(ALICE, "/a.bin", data)
+    theirs = world.put(BOB, "/same.bin", data)
+    world.run("dedup")
+    bid = block_id(data)
+    assert _report(world, ALICE, mine, bid).queued
+    _reported(world)
+    answer = _report(world, BOB, theirs, bid)  # as if Alice had never reported it
+    assert answer.queued and "checked" not in answer.detail
+    assert "checked at" in _report(world, ALICE, mine, bid).detail  # her own report
+    assert (_reported(world).checked, _pending(world)) == (1, [])
+
+
+def test_a_check_that_fails_holds_back_no_report_and_is_retried(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report whose check keeps failing stays claimed, is taken again once its claim is
+    stale, and the reports behind it are checked meanwhile: as the first step of scrub, a
+    failure that stopped it had stopped the weekly inventory and sample too."""
+    data1, first, bad1 = _overwritten(world, "/one.bin")
+    data2, second, bad2 = _overwritten(world, "/two.bin")
+    _report(world, ALICE, first, bad1)
+    _report(world, ALICE, second, bad2)
+    earlier = world.store.earlier_versions
+
+    def broken(key: str) -> object:
+        if key == canonical_key(bad1):
+            raise OSError("the store is unwell")
+        return earlier(key)
+
+    monkeypatch.setattr(world.store, "earlier_versions", broken)
+    result = _reported(world)
+    assert result.repaired == 1 and "the store is unwell" in result.errors[0]
+    assert world.get(ALICE, "/two.bin") == data2
+    assert _pending(world) == [bad1] and _reported(world).checked == 0  # still claimed
+    monkeypatch.undo()
+    world.sql("UPDATE block_reports SET claimed_at = now() - interval '1 hour' RETURNING 1")
+    assert _reported(world).repaired == 1  # its claim went stale: taken again
+    assert world.get(ALICE, "/one.bin") == data1
+
+
+def test_a_queue_batch_left_unfinished_is_delivered_again(world: World) -> None:
+    """Reports a queue-triggered run had no budget left for waited for the weekly run; the
+    invocation now fails, and SQS delivers the batch again."""
+    _d1, first, bad1 = _overwritten(world, "/one.bin")
+    _d2, second, bad2 = _overwritten(world, "/two.bin")
+    _report(world, ALICE, first, bad1)
+    _report(world, ALICE, second, bad2)
+    settings = world.ctx.settings
+    world.ctx.settings = replace(settings, max_batches_per_step=1)  # budget for one
+    bodies = [{"detail": {"payload": {"block_id": b}}} for b in (bad1, bad2)]
+    records = [{"body": json.dumps(body)} for body in bodies]
+    with pytest.raises(ReportsLeft):
+        handle_event(world.ctx, "scrub", {"Records": records})
+    assert len(_pending(world)) == 1
+    world.ctx.settings = settings
+    assert handle_event(world.ctx, "scrub", {"Records": records})["repaired"] == 1
+    assert _pending(world) == []
 
 
 def test_a_healthy_reported_block_is_checked_and_left_alone(world: World) -> None:

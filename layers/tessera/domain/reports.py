@@ -7,9 +7,11 @@ stored block (`maintenance.scrub.reported`): it is read and decoded as a client 
 repaired (undeleted, or copied back from a duplicate or an earlier version) or quarantined
 at once. The client downloads again on its next round.
 
-Only a block of a version the caller can read may be reported, and a block is checked at
-most once per `block_recheck_s`: a report costs the server one read of a block the caller
-could fetch anyway, however often it is sent.
+Only a block of a version the caller can read may be reported, and a user's reports of a
+block are checked at most once per `block_recheck_s`: a report costs the server one read of
+a block the caller could fetch anyway, however often it is sent. The answer tells of the
+caller's own reports only: blocks are shared by content, and another user's report would
+tell the caller that someone else holds that content.
 """
 
 from __future__ import annotations

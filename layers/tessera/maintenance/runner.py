@@ -157,10 +157,19 @@ def _verify_named_uploads(ctx: MaintenanceContext, bodies: list[dict[str, Any]])
     return dedup.verify_staged(ctx, ctx.clock.now(), upload_ids=uploads or None)
 
 
+class ReportsLeft(Exception):
+    """A queue batch's reports outlasted the step's budget: failing the invocation has SQS
+    deliver the batch again (the reports checked by then are not checked twice), where
+    returning would have left the rest for the weekly run."""
+
+
 def _check_reported_blocks(ctx: MaintenanceContext, bodies: list[dict[str, Any]]) -> StepResult:
     """Check the reported blocks the messages name, or every pending report if none."""
     blocks = _named(bodies, "block_id")
-    return scrub.reported(ctx, ctx.clock.now(), block_ids=blocks or None)
+    result = scrub.reported(ctx, ctx.clock.now(), block_ids=blocks or None)
+    if result.more:
+        raise ReportsLeft(f"reports left after {result.checked} checks: {result.to_dict()}")
+    return result
 
 
 def _named(bodies: list[dict[str, Any]], field: str) -> list[str]:

@@ -28,6 +28,7 @@ versions using it are marked damaged and their namespaces told.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -128,34 +129,50 @@ def _compare_with_listing(
     return suspects, covered[-1].block_id
 
 
+# A report a run took and never marked checked (the run died, or its check failed) is
+# taken again after this long; beyond a Lambda's 15 minutes, so never while a run holds it
+REPORT_CLAIM_STALE_S = 1800.0
+
+
 def reported(
     ctx: MaintenanceContext, as_of: datetime, *, block_ids: Sequence[str] | None = None
 ) -> ScrubResult:
-    """Check the blocks clients reported unreadable, `batch_size` a batch, oldest report
-    first (only those among `block_ids`, if given: the scrub queue's messages name them);
-    repair or quarantine each one that fails, then record its report as checked.
+    """Check the blocks clients reported unreadable, one report a batch, oldest first (only
+    those of blocks among `block_ids`, if given: the scrub queue's messages name them);
+    repair or quarantine each one that fails, then record its reports checked.
+
+    Each report is claimed first, so runs at once (two queue pollers, the weekly run)
+    share the work; one whose check fails is recorded in `errors` and left claimed, taken
+    again once its claim goes stale, and holds back no report behind it.
 
     A reported block found damaged is seldom alone (a bug that deleted one block of a file
     deleted others): the other blocks of the version it was read for are then checked as
-    the inventory checks, by their objects' presence and size, so the client's next try
-    finds the file whole, not the next lost block of it."""
+    the inventory checks, by their objects' presence and size (`_check_version`), so the
+    client's next try finds the file mended, not its next lost block."""
     result = ScrubResult()
     looked_over: set[tuple[int, str, int]] = set()  # versions whose blocks were checked
+    deadline = time.monotonic() + ctx.settings.step_budget_s
 
     def batch() -> int:
         with ctx.repo.transaction() as tx:
-            reports = tx.reported_blocks(ctx.settings.batch_size, only=block_ids)
-        for report in reports:
-            if report.block.state not in ("live", "cold"):  # moved on: quarantined...
-                continue
-            damaged = result.damaged
-            _verify(ctx, report.block, as_of, result)
-            if result.damaged > damaged and report.version not in looked_over:
-                looked_over.add(report.version)
-                _check_version(ctx, report.version, as_of, result)
-        with ctx.repo.transaction() as tx:  # after the checks: a killed run redoes them
-            tx.mark_reports_checked([report.block.block_id for report in reports])
-        return 0 if len(reports) < ctx.settings.batch_size else len(reports)
+            report = tx.claim_report(block_ids, stale_s=REPORT_CLAIM_STALE_S)
+        if report is None:
+            return 0
+        bid = report.block.block_id
+        try:
+            if report.block.state in ("live", "cold"):  # else moved on: quarantined...
+                damaged = result.damaged
+                _verify(ctx, report.block, as_of, result)
+                if result.damaged > damaged and report.version not in looked_over:
+                    looked_over.add(report.version)
+                    _check_version(ctx, report.version, as_of, result, deadline)
+        except Exception as e:
+            log.exception("scrub: the check of reported block %s failed", bid)
+            result.errors.append(f"{bid}: {e}")
+            return 1
+        with ctx.repo.transaction() as tx:  # after the check: a killed run redoes it
+            tx.mark_block_checked(bid)
+        return 1
 
     ctx.run_batches(batch, result)
     publish_damage(ctx, as_of)
@@ -163,17 +180,30 @@ def reported(
 
 
 def _check_version(
-    ctx: MaintenanceContext, version: tuple[int, str, int], as_of: datetime, result: ScrubResult
+    ctx: MaintenanceContext,
+    version: tuple[int, str, int],
+    as_of: datetime,
+    result: ScrubResult,
+    deadline: float,
 ) -> None:
     """Repair each block of `version` whose object is missing or of another size than its
-    row records (`head()`, `io_workers` at a time: no block is read)."""
+    row records (`head()`, `io_workers` at a time: no block is read), `batch_size` blocks a
+    chunk, until `batch_size` were repaired or `deadline` (monotonic) passed: a huge file
+    lost whole is mended a chunk per report (its client reports the next lost block), or
+    by the weekly inventory."""
     with ctx.repo.transaction() as tx:
         rows = tx.version_stored_blocks(version)
-    heads = ctx.parallel(lambda row: ctx.store.head(canonical_key(row.block_id)), rows)
-    for row, head in zip(rows, heads, strict=True):
-        result.inventoried += 1
-        if head is None or (row.stored_size is not None and head.size != row.stored_size):
-            repair(ctx, row.block_id, as_of, result)
+    size, suspects = ctx.settings.batch_size, 0
+    for start in range(0, len(rows), size):
+        if suspects >= size or time.monotonic() >= deadline:
+            return
+        chunk = rows[start : start + size]
+        heads = ctx.parallel(lambda row: ctx.store.head(canonical_key(row.block_id)), chunk)
+        for row, head in zip(chunk, heads, strict=True):
+            result.inventoried += 1
+            if head is None or (row.stored_size is not None and head.size != row.stored_size):
+                suspects += 1
+                repair(ctx, row.block_id, as_of, result)
 
 
 def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None) -> ScrubResult:

@@ -250,19 +250,25 @@ class MaintenanceTx:
 
     # -- block reports (scrub's `reported` step) -------------------------------------------
 
-    def reported_blocks(self, limit: int, only: Sequence[str] | None = None) -> list[ReportedBlock]:
-        """Up to `limit` blocks clients reported unreadable whose check is still to do,
-        oldest report first (only those among `only`, if given), whatever their state:
-        a check of a block moved on settles its report too."""
-        among = " AND block_id = ANY(%s)" if only is not None else ""
-        params: list[Any] = [list(only)] if only is not None else []
-        rows = self._all(
-            f"SELECT {_BLOCK_COLS}, r.ns_id, r.file_id, r.rev"
-            " FROM block_reports r JOIN blocks USING (block_id)"
-            f" WHERE r.checked_at IS NULL{among} ORDER BY r.reported_at LIMIT %s",
-            [*params, limit],
-        )
-        return [ReportedBlock(_block(r), (r[6], r[7], r[8])) for r in rows]
+    def claim_report(
+        self, only: Sequence[str] | None = None, *, stale_s: float
+    ) -> ReportedBlock | None:
+        """Claim the oldest report whose check is still to do (of a block among `only`, if
+        given) and no other run holds: claimed less than `stale_s` ago, or locked now.
+        Its block comes whatever its state: a check of a block moved on settles it too."""
+        among = " AND block_id = ANY(%(only)s)" if only is not None else ""
+        row = self.conn.execute(
+            "UPDATE block_reports r SET claimed_at = now() FROM blocks b"
+            " WHERE (r.block_id, r.reported_by) = (SELECT block_id, reported_by"
+            "  FROM block_reports WHERE checked_at IS NULL"
+            "  AND (claimed_at IS NULL OR claimed_at < now() - make_interval(secs => %(stale)s))"
+            f" {among} ORDER BY reported_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " AND b.block_id = r.block_id"
+            f" RETURNING {', '.join('b.' + c for c in _BLOCK_COLS.split(', '))},"
+            " r.ns_id, r.file_id, r.rev",
+            {"only": list(only or ()), "stale": stale_s},
+        ).fetchone()
+        return None if row is None else ReportedBlock(_block(row), (row[6], row[7], row[8]))
 
     def version_stored_blocks(self, version: tuple[int, str, int]) -> list[BlockRow]:
         """The live or cold blocks of a version (ns_id, file_id, rev), each once, in id order."""
@@ -274,12 +280,12 @@ class MaintenanceTx:
         )
         return [_block(r) for r in rows]
 
-    def mark_reports_checked(self, block_ids: Sequence[str]) -> None:
-        """Record the pending reports of `block_ids` as checked now."""
+    def mark_block_checked(self, block_id: str) -> None:
+        """Record every pending report of a block checked now: one check serves them all."""
         self._count(
             "UPDATE block_reports SET checked_at = now()"
-            " WHERE block_id = ANY(%s) AND checked_at IS NULL",
-            (list(block_ids),),
+            " WHERE block_id = %s AND checked_at IS NULL",
+            (block_id,),
         )
 
     def unnotified_damage(self, limit: int) -> list[DamageNotice]:

@@ -106,7 +106,7 @@ class VersionBlockRow:
 
 @dataclass(frozen=True)
 class BlockReport:
-    """A block reported unreadable: when, and when scrub checked it (None: still to)."""
+    """A user's report of a block: when, and when scrub checked it (None: still to)."""
 
     reported_at: datetime
     checked_at: datetime | None
@@ -1267,22 +1267,24 @@ class Store:
         recheck_s: int,
     ) -> BlockReport:
         """Queue a check of a stored block read for `version` (ns_id, file_id, rev) in
-        `block_reports`, unless one is queued already or the last one ended less than
-        `recheck_s` ago; the report as it now stands."""
+        `block_reports`, unless `user_id`'s last report of it is still queued or was
+        checked less than `recheck_s` ago; that report as it now stands."""
         queued = self._one(
-            "INSERT INTO block_reports AS r (block_id, ns_id, file_id, rev, reason, reported_by)"
+            "INSERT INTO block_reports AS r (block_id, reported_by, ns_id, file_id, rev, reason)"
             " VALUES (%s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (block_id) DO UPDATE SET ns_id = EXCLUDED.ns_id,"
+            " ON CONFLICT (block_id, reported_by) DO UPDATE SET ns_id = EXCLUDED.ns_id,"
             " file_id = EXCLUDED.file_id, rev = EXCLUDED.rev, reason = EXCLUDED.reason,"
-            " reported_by = EXCLUDED.reported_by, reported_at = now(), checked_at = NULL"
+            " reported_at = now(), claimed_at = NULL, checked_at = NULL"
             " WHERE r.checked_at < now() - make_interval(secs => %s)"
             " RETURNING reported_at",
-            (block_id, *version, reason, user_id, recheck_s),
+            (block_id, user_id, *version, reason, recheck_s),
         )
         if queued is not None:
             return BlockReport(queued[0], None, new=True)
         row = self._one(
-            "SELECT reported_at, checked_at FROM block_reports WHERE block_id = %s", (block_id,)
+            "SELECT reported_at, checked_at FROM block_reports"
+            " WHERE block_id = %s AND reported_by = %s",
+            (block_id, user_id),
         )
         return BlockReport(row[0], row[1], new=False)
 
