@@ -114,6 +114,14 @@ def test_a_damage_notice_keeps_clear_of_the_journal(feed: DynamoChangeFeed) -> N
     assert feed.changes_after(ns, 0) == [journal]
     assert feed.wait({ns: 7}, timeout=0) is False
     assert feed.changes_after(other, 0) == relayed
+    # a block report's event comes by the relay's sweep too, among journal events (twice:
+    # the fast path and the sweep), and stays as clear of the journal
+    bid = "b3:" + "2" * 64
+    report = changes.side_event(other, "block_reported", bid, {"block_id": bid}, prefix="reported-")
+    feed.publish_many([report, *relayed])
+    feed.publish_many([report])
+    assert feed.changes_after(other, 0) == relayed
+    assert report in feed.changes_after(other, -(2**53))
 
 
 def test_racing_publish_many_write_each_event_once(feed: DynamoChangeFeed) -> None:
