@@ -7,6 +7,7 @@ import json
 import secrets
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ from tessera.maintenance.scheduler import MaintenanceScheduler
 from tessera.metadata.outbox import relay_outbox
 from tessera.ports import Principal
 
-from .test_maintenance_world import ALICE, BLOCK, BOB, MALLORY, World, chunks
+from .test_maintenance_world import ALICE, BLOCK, BOB, MALLORY, World, chunks, make_world
 
 
 def _report(w: World, who: Principal, entry: FileEntry, bid: str) -> BlockReportResponse:
@@ -109,9 +110,10 @@ def test_a_report_is_answered_from_the_callers_own_reports_only(world: World) ->
 def test_a_check_that_fails_holds_back_no_report_and_is_retried(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A report whose check keeps failing stays claimed, is taken again once its claim is
-    stale, and the reports behind it are checked meanwhile: as the first step of scrub, a
-    failure that stopped it had stopped the weekly inventory and sample too."""
+    """A report whose check fails is put off a minute, and the reports behind it are
+    checked meanwhile (as the first step of scrub, a failure that stopped it had stopped
+    the weekly inventory and sample too); a queue batch holding it fails, so SQS delivers
+    it again."""
     data1, first, bad1 = _overwritten(world, "/one.bin")
     data2, second, bad2 = _overwritten(world, "/two.bin")
     _report(world, ALICE, first, bad1)
@@ -127,11 +129,62 @@ def test_a_check_that_fails_holds_back_no_report_and_is_retried(
     result = _reported(world)
     assert result.repaired == 1 and "the store is unwell" in result.errors[0]
     assert world.get(ALICE, "/two.bin") == data2
-    assert _pending(world) == [bad1] and _reported(world).checked == 0  # still claimed
+    assert _pending(world) == [bad1] and _reported(world).checked == 0  # put off
+    world.sql("UPDATE block_reports SET claimed_until = now() RETURNING 1")  # a minute on
+    message = {"body": json.dumps({"detail": {"payload": {"block_id": bad1}}})}
+    with pytest.raises(ReportsLeft, match="unwell"):  # as a queue batch: delivered again
+        handle_event(world.ctx, "scrub", {"Records": [message]})
     monkeypatch.undo()
-    world.sql("UPDATE block_reports SET claimed_at = now() - interval '1 hour' RETURNING 1")
-    assert _reported(world).repaired == 1  # its claim went stale: taken again
+    world.sql("UPDATE block_reports SET claimed_until = now() RETURNING 1")
+    assert _reported(world).repaired == 1
     assert world.get(ALICE, "/one.bin") == data1
+
+
+def test_a_blocks_reports_are_claimed_together_by_one_run(world: World) -> None:
+    """Two users' reports of one block: one run claims both and reads the block once; a
+    run at the same time finds nothing to claim."""
+    data = secrets.token_bytes(BLOCK)
+    mine = world.put(ALICE, "/a.bin", data)
+    theirs = world.put(BOB, "/b.bin", data)
+    world.run("dedup")
+    bid = block_id(data)
+    _report(world, ALICE, mine, bid)
+    _report(world, BOB, theirs, bid)
+    with world.ctx.repo.transaction() as tx:
+        claimed = tx.claim_reports(10, hold_s=60)
+    with world.ctx.repo.transaction() as tx:
+        assert tx.claim_reports(10, hold_s=60) == []
+    assert [r.block.block_id for r in claimed] == [bid]
+    assert claimed[0].version[1] == mine.file_id  # the oldest report's version
+
+
+def test_a_files_look_over_is_bounded_and_goes_on_at_the_next_report(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A file lost whole is mended `batch_size` blocks per report, not all in one check
+    that outlasts the function: its client reports the next lost block, and so on."""
+    gen = make_world(database_url, tmp_path, batch_size=2)
+    w = next(gen)
+    try:
+        data = secrets.token_bytes(6 * BLOCK)
+        entry = w.put(ALICE, "/six.bin", data)
+        w.run("dedup")
+        ids = [block_id(c) for c in chunks(data)]
+        for bid in ids:
+            w.store.delete(canonical_key(bid))
+
+        def lost() -> list[str]:
+            return [b for b in ids if w.store.head(canonical_key(b)) is None]
+
+        _report(w, ALICE, entry, ids[0])
+        assert _reported(w).repaired == 1 + 2  # the block reported, and two more
+        assert len(lost()) == 3
+        while lost():  # each try of the client reports the next lost block
+            _report(w, ALICE, entry, lost()[0])
+            assert _reported(w).repaired >= 1
+        assert w.get(ALICE, "/six.bin") == data
+    finally:
+        gen.close()
 
 
 def test_a_queue_batch_left_unfinished_is_delivered_again(world: World) -> None:
@@ -142,14 +195,15 @@ def test_a_queue_batch_left_unfinished_is_delivered_again(world: World) -> None:
     _report(world, ALICE, first, bad1)
     _report(world, ALICE, second, bad2)
     settings = world.ctx.settings
-    world.ctx.settings = replace(settings, max_batches_per_step=1)  # budget for one
+    world.ctx.settings = replace(settings, step_budget_s=0.0)  # spent before the first
     bodies = [{"detail": {"payload": {"block_id": b}}} for b in (bad1, bad2)]
     records = [{"body": json.dumps(body)} for body in bodies]
     with pytest.raises(ReportsLeft):
         handle_event(world.ctx, "scrub", {"Records": records})
-    assert len(_pending(world)) == 1
+    assert sorted(_pending(world)) == sorted([bad1, bad2])
     world.ctx.settings = settings
-    assert handle_event(world.ctx, "scrub", {"Records": records})["repaired"] == 1
+    # delivered again: the blocks the run claimed and left were freed, not held
+    assert handle_event(world.ctx, "scrub", {"Records": records})["repaired"] == 2
     assert _pending(world) == []
 
 

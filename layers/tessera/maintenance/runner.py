@@ -158,16 +158,17 @@ def _verify_named_uploads(ctx: MaintenanceContext, bodies: list[dict[str, Any]])
 
 
 class ReportsLeft(Exception):
-    """A queue batch's reports outlasted the step's budget: failing the invocation has SQS
-    deliver the batch again (the reports checked by then are not checked twice), where
-    returning would have left the rest for the weekly run."""
+    """A queue batch's reports outlasted the step's budget, or a check failed: failing the
+    invocation has SQS deliver the batch again after its visibility timeout (the reports
+    checked by then are not checked twice; after five tries it goes to the dead-letter
+    queue, alarmed), where returning would have left the rest for the weekly run."""
 
 
 def _check_reported_blocks(ctx: MaintenanceContext, bodies: list[dict[str, Any]]) -> StepResult:
     """Check the reported blocks the messages name, or every pending report if none."""
     blocks = _named(bodies, "block_id")
     result = scrub.reported(ctx, ctx.clock.now(), block_ids=blocks or None)
-    if result.more:
+    if result.more or result.errors:
         raise ReportsLeft(f"reports left after {result.checked} checks: {result.to_dict()}")
     return result
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from tessera.domain.object_keys import CANONICAL_PREFIX, canonical_key
-from tessera.metadata.maintenance import BlockRow, MaintenanceTx
+from tessera.metadata.maintenance import BlockRow, MaintenanceTx, ReportedBlock
 from tessera.ports import EarlierVersion, StorageTier
 
 from .context import MaintenanceContext, log
@@ -129,21 +129,27 @@ def _compare_with_listing(
     return suspects, covered[-1].block_id
 
 
-# A report a run took and never marked checked (the run died, or its check failed) is
-# taken again after this long; beyond a Lambda's 15 minutes, so never while a run holds it
-REPORT_CLAIM_STALE_S = 1800.0
+# A block's reports claimed by a run are held this long: past a Lambda's 15 minutes (so no
+# run still holds them) and below the scrub queue's 30-minute visibility timeout (so the
+# redelivery of a batch a killed run left finds them free)
+REPORT_HOLD_S = 16 * 60.0
+# A check that failed is tried again this long after (by this run's queue message, which
+# fails and comes back, or the next run)
+REPORT_RETRY_S = 60.0
+REPORTS_PER_BATCH = 50  # blocks claimed at a time
 
 
 def reported(
     ctx: MaintenanceContext, as_of: datetime, *, block_ids: Sequence[str] | None = None
 ) -> ScrubResult:
-    """Check the blocks clients reported unreadable, one report a batch, oldest first (only
-    those of blocks among `block_ids`, if given: the scrub queue's messages name them);
-    repair or quarantine each one that fails, then record its reports checked.
+    """Check the blocks clients reported unreadable, oldest report first (only blocks among
+    `block_ids`, if given: the scrub queue's messages name them); repair or quarantine each
+    one that fails, then record its reports checked.
 
-    Each report is claimed first, so runs at once (two queue pollers, the weekly run)
-    share the work; one whose check fails is recorded in `errors` and left claimed, taken
-    again once its claim goes stale, and holds back no report behind it.
+    A block's reports are claimed together first (`claim_reports`), so runs at once (queue
+    pollers, the weekly run) never read one block twice. A check that fails is recorded in
+    `errors` and put off for `REPORT_RETRY_S`: it holds back no report behind it. Claimed
+    blocks the step's budget leaves unchecked are freed at once.
 
     A reported block found damaged is seldom alone (a bug that deleted one block of a file
     deleted others): the other blocks of the version it was read for are then checked as
@@ -155,28 +161,48 @@ def reported(
 
     def batch() -> int:
         with ctx.repo.transaction() as tx:
-            report = tx.claim_report(block_ids, stale_s=REPORT_CLAIM_STALE_S)
-        if report is None:
-            return 0
-        bid = report.block.block_id
-        try:
-            if report.block.state in ("live", "cold"):  # else moved on: quarantined...
-                damaged = result.damaged
-                _verify(ctx, report.block, as_of, result)
-                if result.damaged > damaged and report.version not in looked_over:
-                    looked_over.add(report.version)
-                    _check_version(ctx, report.version, as_of, result, deadline)
-        except Exception as e:
-            log.exception("scrub: the check of reported block %s failed", bid)
-            result.errors.append(f"{bid}: {e}")
-            return 1
-        with ctx.repo.transaction() as tx:  # after the check: a killed run redoes it
-            tx.mark_block_checked(bid)
-        return 1
+            claimed = tx.claim_reports(REPORTS_PER_BATCH, block_ids, hold_s=REPORT_HOLD_S)
+        for n, report in enumerate(claimed):
+            bid = report.block.block_id
+            if time.monotonic() >= deadline:
+                with ctx.repo.transaction() as tx:
+                    for left in claimed[n:]:
+                        tx.put_off_reports(left.block.block_id, 0)
+                return len(claimed)  # the budget is spent: `more`
+            try:
+                _check_reported(ctx, report, as_of, result, looked_over, deadline)
+            except Exception as e:  # whatever it was: tried again later, not in a loop now
+                log.exception("scrub: the check of reported block %s failed", bid)
+                result.errors.append(f"{bid}: {e}")
+                with ctx.repo.transaction() as tx:
+                    tx.put_off_reports(bid, REPORT_RETRY_S)
+                continue
+            with ctx.repo.transaction() as tx:  # after the check: a killed run redoes it
+                tx.mark_block_checked(bid)
+        return len(claimed)
 
     ctx.run_batches(batch, result)
     publish_damage(ctx, as_of)
     return result
+
+
+def _check_reported(
+    ctx: MaintenanceContext,
+    report: ReportedBlock,
+    as_of: datetime,
+    result: ScrubResult,
+    looked_over: set[tuple[int, str, int]],
+    deadline: float,
+) -> None:
+    """Check one reported block (one that moved on, quarantined or restoring, needs no
+    check); when it was damaged, the rest of its version too, once per run."""
+    if report.block.state not in ("live", "cold"):
+        return
+    damaged = result.damaged
+    _verify(ctx, report.block, as_of, result)
+    if result.damaged > damaged and report.version not in looked_over:
+        looked_over.add(report.version)
+        _check_version(ctx, report.version, as_of, result, deadline)
 
 
 def _check_version(
@@ -189,21 +215,23 @@ def _check_version(
     """Repair each block of `version` whose object is missing or of another size than its
     row records (`head()`, `io_workers` at a time: no block is read), `batch_size` blocks a
     chunk, until `batch_size` were repaired or `deadline` (monotonic) passed: a huge file
-    lost whole is mended a chunk per report (its client reports the next lost block), or
-    by the weekly inventory."""
-    with ctx.repo.transaction() as tx:
-        rows = tx.version_stored_blocks(version)
-    size, suspects = ctx.settings.batch_size, 0
-    for start in range(0, len(rows), size):
-        if suspects >= size or time.monotonic() >= deadline:
-            return
-        chunk = rows[start : start + size]
+    lost whole is mended a part per report (its client reports the next lost block), or by
+    the weekly inventory."""
+    size, after, repairs = ctx.settings.batch_size, "", 0
+    while True:
+        with ctx.repo.transaction() as tx:
+            chunk = tx.version_stored_blocks(version, after, size)
         heads = ctx.parallel(lambda row: ctx.store.head(canonical_key(row.block_id)), chunk)
         for row, head in zip(chunk, heads, strict=True):
+            if repairs >= size or time.monotonic() >= deadline:
+                return
             result.inventoried += 1
             if head is None or (row.stored_size is not None and head.size != row.stored_size):
-                suspects += 1
+                repairs += 1
                 repair(ctx, row.block_id, as_of, result)
+        if len(chunk) < size:
+            return
+        after = chunk[-1].block_id
 
 
 def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None) -> ScrubResult:

@@ -250,35 +250,39 @@ class MaintenanceTx:
 
     # -- block reports (scrub's `reported` step) -------------------------------------------
 
-    def claim_report(
-        self, only: Sequence[str] | None = None, *, stale_s: float
-    ) -> ReportedBlock | None:
-        """Claim the oldest report whose check is still to do (of a block among `only`, if
-        given) and no other run holds: claimed less than `stale_s` ago, or locked now.
-        Its block comes whatever its state: a check of a block moved on settles it too."""
+    def claim_reports(
+        self, limit: int, only: Sequence[str] | None = None, *, hold_s: float
+    ) -> list[ReportedBlock]:
+        """Claim the pending reports of up to `limit` blocks, oldest report first (of blocks
+        among `only`, if given), for `hold_s` seconds: each block with every pending report
+        of it, so two runs never check one block for two users. Reports another run holds,
+        or locks now, are skipped. One per block, whatever its state: a check of a block
+        moved on settles its reports too."""
         among = " AND block_id = ANY(%(only)s)" if only is not None else ""
-        row = self.conn.execute(
-            "UPDATE block_reports r SET claimed_at = now() FROM blocks b"
-            " WHERE (r.block_id, r.reported_by) = (SELECT block_id, reported_by"
-            "  FROM block_reports WHERE checked_at IS NULL"
-            "  AND (claimed_at IS NULL OR claimed_at < now() - make_interval(secs => %(stale)s))"
-            f" {among} ORDER BY reported_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            " AND b.block_id = r.block_id"
-            f" RETURNING {', '.join('b.' + c for c in _BLOCK_COLS.split(', '))},"
-            " r.ns_id, r.file_id, r.rev",
-            {"only": list(only or ()), "stale": stale_s},
-        ).fetchone()
-        return None if row is None else ReportedBlock(_block(row), (row[6], row[7], row[8]))
-
-    def version_stored_blocks(self, version: tuple[int, str, int]) -> list[BlockRow]:
-        """The live or cold blocks of a version (ns_id, file_id, rev), each once, in id order."""
+        free = "{t}checked_at IS NULL AND ({t}claimed_until IS NULL OR {t}claimed_until < now())"
         rows = self._all(
-            f"SELECT {_BLOCK_COLS} FROM blocks WHERE block_id IN (SELECT block_id"
-            " FROM version_blocks WHERE ns_id = %s AND file_id = %s AND rev = %s)"
-            " AND state IN ('live', 'cold') ORDER BY block_id",
-            version,
+            "WITH picked AS (SELECT DISTINCT block_id FROM (SELECT block_id FROM block_reports"
+            f"  WHERE {free.format(t='')}{among} ORDER BY reported_at LIMIT %(limit)s"
+            "  FOR UPDATE SKIP LOCKED) oldest)"
+            " UPDATE block_reports r SET claimed_until = now() + make_interval(secs => %(hold)s)"
+            " FROM blocks b WHERE r.block_id IN (SELECT block_id FROM picked)"
+            f" AND {free.format(t='r.')} AND b.block_id = r.block_id"
+            f" RETURNING {', '.join('b.' + c for c in _BLOCK_COLS.split(', '))},"
+            " r.ns_id, r.file_id, r.rev, r.reported_at",
+            {"only": list(only or ()), "limit": limit, "hold": hold_s},
         )
-        return [_block(r) for r in rows]
+        blocks: dict[str, ReportedBlock] = {}
+        for r in sorted(rows, key=lambda r: r[9]):  # the oldest report's version first
+            blocks.setdefault(r[0], ReportedBlock(_block(r), (r[6], r[7], r[8])))
+        return list(blocks.values())
+
+    def put_off_reports(self, block_id: str, seconds: float) -> None:
+        """Let a block's pending reports be claimed again in `seconds` (0: at once)."""
+        self._count(
+            "UPDATE block_reports SET claimed_until = now() + make_interval(secs => %s)"
+            " WHERE block_id = %s AND checked_at IS NULL",
+            (seconds, block_id),
+        )
 
     def mark_block_checked(self, block_id: str) -> None:
         """Record every pending report of a block checked now: one check serves them all."""
@@ -287,6 +291,19 @@ class MaintenanceTx:
             " WHERE block_id = %s AND checked_at IS NULL",
             (block_id,),
         )
+
+    def version_stored_blocks(
+        self, version: tuple[int, str, int], after: str, limit: int
+    ) -> list[BlockRow]:
+        """The next `limit` live or cold blocks of a version (ns_id, file_id, rev) after
+        block id `after`, each once, in id order."""
+        rows = self._all(
+            f"SELECT {_BLOCK_COLS} FROM blocks WHERE block_id IN (SELECT block_id"
+            " FROM version_blocks WHERE ns_id = %s AND file_id = %s AND rev = %s)"
+            " AND state IN ('live', 'cold') AND block_id > %s ORDER BY block_id LIMIT %s",
+            (*version, after, limit),
+        )
+        return [_block(r) for r in rows]
 
     def unnotified_damage(self, limit: int) -> list[DamageNotice]:
         """Damaged versions whose namespace has not been told yet, oldest first."""

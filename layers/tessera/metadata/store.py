@@ -1274,7 +1274,7 @@ class Store:
             " VALUES (%s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (block_id, reported_by) DO UPDATE SET ns_id = EXCLUDED.ns_id,"
             " file_id = EXCLUDED.file_id, rev = EXCLUDED.rev, reason = EXCLUDED.reason,"
-            " reported_at = now(), claimed_at = NULL, checked_at = NULL"
+            " reported_at = now(), claimed_until = NULL, checked_at = NULL"
             " WHERE r.checked_at < now() - make_interval(secs => %s)"
             " RETURNING reported_at",
             (block_id, user_id, *version, reason, recheck_s),

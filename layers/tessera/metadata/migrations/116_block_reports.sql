@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS block_reports (
     rev          bigint NOT NULL,
     reason       text NOT NULL,
     reported_at  timestamptz NOT NULL DEFAULT now(),
-    claimed_at   timestamptz,               -- a check took it (retaken when it goes stale)
+    claimed_until timestamptz,              -- a check holds it until then (or a failed one
+                                            -- put it off): null or past, it may be taken
     checked_at   timestamptz,               -- null: the check is still to do
     PRIMARY KEY (block_id, reported_by)
 );
