@@ -90,6 +90,22 @@ def test_a_block_is_checked_once_however_often_it_is_reported(world: World) -> N
     assert (_reported(world).checked, _pending(world)) == (1, [])
 
 
+def test_a_report_queued_too_long_is_announced_again(world: World) -> None:
+    """A queued report whose event led to no check (its queue message dead-lettered) is
+    announced again by the next report, rather than wait for the weekly run; the claim a
+    run may hold on it is kept, so the block is not read twice at once."""
+    _data, entry, bad = _overwritten(world)
+    assert _report(world, ALICE, entry, bad).queued
+    world.sql("UPDATE block_reports SET claimed_until = now() + interval '5 minutes' RETURNING 1")
+    assert _report(world, ALICE, entry, bad).queued
+    assert _report_events(world) == [bad]  # queued a moment ago: nothing new to announce
+    world.sql("UPDATE block_reports SET reported_at = now() - interval '21 minutes' RETURNING 1")
+    assert _report(world, ALICE, entry, bad).queued
+    assert _report_events(world) == [bad, bad] and _pending(world) == [bad]
+    held = world.sql("SELECT claimed_until > now() FROM block_reports")
+    assert held == [(True,)]
+
+
 def test_a_report_is_answered_from_the_callers_own_reports_only(world: World) -> None:
     """Blocks are shared by content: an answer telling of another user's report (or its
     check) would tell its caller that someone else holds that content, and failed to read

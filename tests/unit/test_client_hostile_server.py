@@ -430,6 +430,27 @@ def test_a_device_waits_for_a_check_that_never_comes_a_few_times_only(
     assert result.problems and "not checked yet" in result.problems[0]
 
 
+def test_a_block_that_came_whole_is_waited_for_afresh_when_it_fails_again(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon that waited for a block's check once, and got the block whole, waits for
+    it the full `REPORT_WAITS` times when it is lost again (the count had only grown)."""
+    monkeypatch.setattr("tessera_client.transfer.REPORT_RETRY_S", 0.01)
+    got = _answer_reports(evil, queued=True)
+    data = b"the real bytes"
+    evil.add_file("/doc.txt", data, fid="d", served=b"a damaged block")
+    engine = _engine(tmp_path, evil)
+    assert engine.round().retry_after > 0  # waited for once
+    evil.blobs["/blk/d"] = bytes(encode_block(data, block_id(data), KEY, 1))  # mended
+    assert engine.run_once().problems == []
+    got.clear()
+    evil.add_file("/copy.txt", data, fid="e", served=b"a damaged block")  # lost again
+    engine.state.set_meta("cursor", None)  # a full listing: it sees the new file
+    result = engine.run_once()
+    engine.close()
+    assert len(got) == REPORT_WAITS + 1 and "not checked yet" in result.problems[0]
+
+
 def test_a_block_missing_from_the_store_is_reported(tmp_path: Path, evil: Evil) -> None:
     got = _answer_reports(evil, queued=False)
     evil.add_file("/doc.txt", b"gone", fid="d")

@@ -25,6 +25,10 @@ from tessera.domain.views import locate, require_file, view_transaction
 from tessera.ports import ChangeEvent, Principal
 
 REPORTED = "block_reported"  # the event's kind (on AWS, detail-type `tessera.block_reported`)
+# A report still queued this long after it was made has lost what was to wake its check
+# (a queue message dead-lettered after five failed tries): the next report announces it
+# again. A check comes within a minute, or a minute after a failed one, so this is ample.
+RESEND_AFTER_S = 20 * 60
 
 # Why a block in another state is not checked on a report
 _NOT_CHECKED = {
@@ -59,6 +63,7 @@ def report_block(
             reason=req.reason or "unreadable",
             user_id=principal.user_id,
             recheck_s=svc.settings.block_recheck_s,
+            resend_s=RESEND_AFTER_S,
         )
         if report.new:
             ident = f"{bid}:{report.reported_at.isoformat()}"

@@ -1265,19 +1265,24 @@ class Store:
         reason: str,
         user_id: str,
         recheck_s: int,
+        resend_s: int,
     ) -> BlockReport:
         """Queue a check of a stored block read for `version` (ns_id, file_id, rev) in
-        `block_reports`, unless `user_id`'s last report of it is still queued or was
-        checked less than `recheck_s` ago; that report as it now stands."""
+        `block_reports`, unless `user_id`'s last report of it was checked less than
+        `recheck_s` ago, or is still queued and was made less than `resend_s` ago; that
+        report as it now stands (`new`: the caller announces it). A queued report older
+        than that has lost what was to wake its check: it is made anew, its claim kept."""
         queued = self._one(
             "INSERT INTO block_reports AS r (block_id, reported_by, ns_id, file_id, rev, reason)"
             " VALUES (%s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (block_id, reported_by) DO UPDATE SET ns_id = EXCLUDED.ns_id,"
             " file_id = EXCLUDED.file_id, rev = EXCLUDED.rev, reason = EXCLUDED.reason,"
-            " reported_at = now(), claimed_until = NULL, checked_at = NULL"
+            " reported_at = now(), checked_at = NULL,"
+            " claimed_until = CASE WHEN r.checked_at IS NULL THEN r.claimed_until END"
             " WHERE r.checked_at < now() - make_interval(secs => %s)"
+            " OR (r.checked_at IS NULL AND r.reported_at < now() - make_interval(secs => %s))"
             " RETURNING reported_at",
-            (block_id, user_id, *version, reason, recheck_s),
+            (block_id, user_id, *version, reason, recheck_s, resend_s),
         )
         if queued is not None:
             return BlockReport(queued[0], None, new=True)
