@@ -64,11 +64,15 @@ class MaintenanceContext:
         """Batch numbers for one step invocation: at most `max_batches_per_step`, and none
         once `step_budget_s` has passed or `stopping` is set (the caller then reports
         `more`)."""
-        deadline = time.monotonic() + self.settings.step_budget_s
+        deadline = self.deadline()
         for n in range(self.settings.max_batches_per_step):
             if self.stopping.is_set() or (n and time.monotonic() >= deadline):
                 return
             yield n
+
+    def deadline(self) -> float:
+        """When a step begun now is to stop (monotonic): `step_budget_s` from now."""
+        return time.monotonic() + self.settings.step_budget_s
 
     def run_batches(self, batch: Callable[[], int], result: S) -> S:
         """Run `batch` until it does nothing (returns 0) or the step's budget (`batches`)

@@ -142,11 +142,9 @@ def expire_idempotency_keys(ctx: MaintenanceContext, as_of: datetime) -> GcResul
     response a retry would get is kept with it, so without this the table only grows."""
     result = GcResult()
     cutoff = as_of - timedelta(days=ctx.settings.idempotency_retention_days)
-
-    def count(expired: int) -> None:
-        result.idempotency_keys_expired += expired
-
-    return _expire(ctx, result, lambda tx, n: tx.expire_idempotency_keys(cutoff, n), count)
+    keys = _expire(ctx, result, lambda tx, n: tx.expire_idempotency_keys(cutoff, n))
+    result.idempotency_keys_expired = keys
+    return result
 
 
 def expire_run_records(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
@@ -157,33 +155,32 @@ def expire_run_records(ctx: MaintenanceContext, as_of: datetime) -> GcResult:
     from now: it would delete the records of the runs that led to it."""
     result = GcResult()
     cutoff = min(as_of, ctx.clock.now()) - timedelta(days=ctx.settings.run_history_days)
-
-    def count(expired: int) -> None:
-        result.run_records_expired += expired
-
-    return _expire(ctx, result, lambda tx, n: tx.expire_runs(cutoff, n), count)
+    result.run_records_expired = _expire(ctx, result, lambda tx, n: tx.expire_runs(cutoff, n))
+    return result
 
 
 def _expire(
-    ctx: MaintenanceContext,
-    result: GcResult,
-    expire: Callable[[MaintenanceTx, int], int],
-    count: Callable[[int], None],
-) -> GcResult:
-    """Delete rows `batch_size` a transaction (`expire(tx, limit)`: how many it deleted),
-    `count` each batch's, until a batch is not full or the step's budget is spent.
+    ctx: MaintenanceContext, result: GcResult, expire: Callable[[MaintenanceTx, int], int]
+) -> int:
+    """Delete rows `batch_size` a transaction (`expire(tx, limit)`: how many it deleted)
+    until a batch is not full or the step's budget is spent (then `result` says `more`);
+    how many were deleted.
 
     A batch that is not full ends the step: rows that expire meanwhile wait for the next
     run, where "until one deletes none" chased them (each call of `expire_run_records`
     writes a run record of its own)."""
 
+    deleted = 0
+
     def batch() -> int:
+        nonlocal deleted
         with ctx.repo.transaction(durable=False) as tx:  # a lost delete is simply redone
             expired = expire(tx, ctx.settings.batch_size)
-        count(expired)
+        deleted += expired
         return expired if expired == ctx.settings.batch_size else 0
 
-    return ctx.run_batches(batch, result)
+    ctx.run_batches(batch, result)
+    return deleted
 
 
 def _delete_stale_landings(ctx: MaintenanceContext, result: GcResult) -> None:

@@ -39,10 +39,9 @@ class MaintenanceScheduler:
     @classmethod
     def from_context(cls, ctx: MaintenanceContext) -> MaintenanceScheduler:
         """A scheduler with the intervals of `ctx.settings`."""
-        intervals = {
-            name: float(getattr(ctx.settings, wf.setting)) for name, wf in WORKFLOWS.items()
-        }
+        intervals: dict[str, float] = {}
         for name, wf in WORKFLOWS.items():
+            intervals[name] = float(getattr(ctx.settings, wf.setting))
             for step in wf.steps:
                 if step.setting is not None:
                     intervals[f"{name}.{step.name}"] = float(getattr(ctx.settings, step.setting))

@@ -157,7 +157,7 @@ def reported(
     client's next try finds the file mended, not its next lost block."""
     result = ScrubResult()
     looked_over: set[tuple[int, str, int]] = set()  # versions whose blocks were checked
-    deadline = time.monotonic() + ctx.settings.step_budget_s
+    deadline = ctx.deadline()
 
     def batch() -> int:
         with ctx.repo.transaction() as tx:

@@ -87,6 +87,7 @@ class DamageNotice:
 
 
 _BLOCK_COLS = "block_id, size, stored_size, key_version, refcount, state"
+_BLOCK_COLS_OF_B = ", ".join("b." + c for c in _BLOCK_COLS.split(", "))  # (`blocks b`)
 
 
 def _block(row: Sequence[Any]) -> BlockRow:
@@ -267,8 +268,7 @@ class MaintenanceTx:
             " UPDATE block_reports r SET claimed_until = now() + make_interval(secs => %(hold)s)"
             " FROM blocks b WHERE r.block_id IN (SELECT block_id FROM picked)"
             f" AND {free.format(t='r.')} AND b.block_id = r.block_id"
-            f" RETURNING {', '.join('b.' + c for c in _BLOCK_COLS.split(', '))},"
-            " r.ns_id, r.file_id, r.rev, r.reported_at",
+            f" RETURNING {_BLOCK_COLS_OF_B}, r.ns_id, r.file_id, r.rev, r.reported_at",
             {"only": list(only or ()), "limit": limit, "hold": hold_s},
         )
         blocks: dict[str, ReportedBlock] = {}
