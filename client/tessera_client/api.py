@@ -2,7 +2,8 @@
 backoff, typed errors.
 
 Every request goes through `RetryPolicy`: network errors and 5xx are retried with
-exponential backoff and full jitter; 429 and 503 wait what `Retry-After` says. Access
+exponential backoff and full jitter; 429 and 503 wait what `Retry-After` says, unless it
+asks for longer than `RetryPolicy.max_wait`: that answer is the caller's at once. Access
 tokens are refreshed transparently from the stored refresh token (on expiry or on a 401).
 Commits carry idempotency keys, so retrying them is safe; so do restores, moves, deletes and
 folder creations (`KEYED_ROUTES`): a retry after a lost answer gets the first answer again,
@@ -161,7 +162,7 @@ class ServerUnreachable(Exception):
 
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with full jitter; honours Retry-After (capped at `max_wait`)."""
+    """Exponential backoff with full jitter; honours Retry-After up to `max_wait`."""
 
     attempts: int = 8
     base: float = 0.2
@@ -210,9 +211,13 @@ def send_with_retry(
                 raise ServerUnreachable(f"cannot reach {url.split('?')[0]}: {e}") from e
             policy.sleep(policy.delay(attempt, None))
             continue
-        if response.status_code not in retry_statuses or last:
+        wait = parse_retry_after(response.headers.get("Retry-After"))
+        # A longer wait than a call may hold its caller (a day's budget spent): the answer
+        # is the caller's to handle, where sleeping `max_wait` eight times ignored it anyway
+        too_long = wait is not None and wait > policy.max_wait
+        if response.status_code not in retry_statuses or last or too_long:
             return response
-        policy.sleep(policy.delay(attempt, parse_retry_after(response.headers.get("Retry-After"))))
+        policy.sleep(policy.delay(attempt, wait))
     raise AssertionError("unreachable")
 
 

@@ -72,6 +72,10 @@ class Settings:
     # A block a client reports unreadable (POST /v1/blocks/report) is checked again at most
     # this often: each check reads the block, and a report is no more than a client's say
     block_recheck_s: int = 3600
+    # Checks a user's reports may queue in an hour: a client reports the block of a file it
+    # failed to read, a few an hour at most; a hostile member who reported every block
+    # they can read made the server read that much
+    block_reports_per_hour: int = 60
     # The local block store keeps what an overwrite or delete of a block removed this long
     # (days; 0 keeps nothing), as the blocks bucket keeps noncurrent versions (its lifecycle
     # rule: `object_keys.NONCURRENT_RETENTION_DAYS`, a test keeps the two equal). It is what

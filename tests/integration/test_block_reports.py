@@ -13,7 +13,7 @@ import pytest
 
 from tessera.blocks import BlockError, block_id
 from tessera.domain import reports, sharing
-from tessera.domain.errors import NotFound
+from tessera.domain.errors import NotFound, TooManyRequests
 from tessera.domain.models import BlockReportRequest, BlockReportResponse, FileEntry, ShareRequest
 from tessera.domain.object_keys import canonical_key
 from tessera.maintenance import ScrubResult
@@ -88,6 +88,36 @@ def test_a_block_is_checked_once_however_often_it_is_reported(world: World) -> N
     assert _report(world, ALICE, entry, bad).queued  # the window passed: checked again
     assert _report_events(world) == [bad, bad]
     assert (_reported(world).checked, _pending(world)) == (1, [])
+
+
+def test_a_users_reports_queue_a_bounded_number_of_checks_an_hour(world: World) -> None:
+    """Past `block_reports_per_hour` new checks, a report is refused (429, with the wait
+    until the oldest leaves the hour) and leaves no row or event; a repeat of a report
+    already queued adds no check and is still answered, and another user has a budget of
+    their own."""
+    world.svc.settings = replace(world.svc.settings, block_reports_per_hour=2)
+    data = secrets.token_bytes(3 * BLOCK)
+    entry = world.put(ALICE, "/a.bin", data)
+    shared = world.put(BOB, "/a.bin", data)
+    world.run("dedup")
+    first, second, third = (block_id(c) for c in chunks(data))
+    assert _report(world, ALICE, entry, first).queued
+    assert _report(world, ALICE, entry, second).queued
+    with pytest.raises(TooManyRequests) as refused:
+        _report(world, ALICE, entry, third)
+    assert 3500 < (refused.value.retry_after or 0) <= 3600
+    assert _report(world, ALICE, entry, first).queued  # queued already: no new check
+    assert _report_events(world) == [first, second]
+    assert sorted(_pending(world)) == sorted([first, second])
+    assert _report(world, BOB, shared, third).queued
+    # an hour on, the oldest report has left the window
+    world.sql(
+        "UPDATE block_reports SET reported_at = reported_at - interval '61 minutes'"
+        " WHERE reported_by = %s AND block_id = %s RETURNING 1",
+        ALICE.user_id,
+        first,
+    )
+    assert _report(world, ALICE, entry, third).queued
 
 
 def test_a_report_queued_too_long_is_announced_again(world: World) -> None:

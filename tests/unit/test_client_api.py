@@ -106,6 +106,18 @@ def test_retry_after_is_honoured_on_503_and_429(server: tuple[str, Script]) -> N
     assert len(script.seen) == 3
 
 
+def test_a_retry_after_longer_than_the_policy_waits_is_answered_at_once(server: Server) -> None:
+    """A server that asks for a longer wait than `max_wait` (a user's hourly budget spent)
+    is not asked again `attempts` times, `max_wait` apart: its answer is the caller's."""
+    url, script = server
+    script.answers["/x"] = [(429, {"Retry-After": "3600"}, {}), (200, {}, {})]
+    sleeps = Sleeps()
+    with httpx.Client() as client:
+        r = send_with_retry(client, policy(sleeps), "POST", url + "/x", json={})
+    assert r.status_code == 429 and r.headers["Retry-After"] == "3600"
+    assert sleeps == [] and len(script.seen) == 1
+
+
 def test_5xx_backs_off_exponentially_with_jitter(server: tuple[str, Script]) -> None:
     url, script = server
     server_error: Answer = (500, {}, {})

@@ -9,15 +9,19 @@ at once. The client downloads again on its next round.
 
 Only a block of a version the caller can read may be reported, and a user's reports of a
 block are checked at most once per `block_recheck_s`: a report costs the server one read of
-a block the caller could fetch anyway, however often it is sent. The answer tells of the
-caller's own reports only: blocks are shared by content, and another user's report would
-tell the caller that someone else holds that content.
+a block the caller could fetch anyway, however often it is sent. A user's reports queue at
+most `block_reports_per_hour` checks an hour (429 past that): a member who reported every
+block of a large shared folder would have had the server read all of it. The answer tells
+of the caller's own reports only: blocks are shared by content, and another user's report
+would tell the caller that someone else holds that content.
 """
 
 from __future__ import annotations
 
+import math
+
 from tessera.domain.changes import publish, side_event
-from tessera.domain.errors import NotFound
+from tessera.domain.errors import NotFound, TooManyRequests
 from tessera.domain.files import serves_own_copy
 from tessera.domain.models import BlockReportRequest, BlockReportResponse
 from tessera.domain.services import Services
@@ -29,6 +33,7 @@ REPORTED = "block_reported"  # the event's kind (on AWS, detail-type `tessera.bl
 # (a queue message dead-lettered after five failed tries): the next report announces it
 # again. A check comes within a minute, or a minute after a failed one, so this is ample.
 RESEND_AFTER_S = 20 * 60
+BUDGET_WINDOW_S = 3600  # the window of `block_reports_per_hour`
 
 # Why a block in another state is not checked on a report
 _NOT_CHECKED = {
@@ -57,6 +62,7 @@ def report_block(
             return _answer(bid, False, _NOT_CHECKED["staged"])
         if vb.state not in ("live", "cold"):
             return _answer(bid, False, _NOT_CHECKED.get(vb.state, f"the block is {vb.state}"))
+        queued_lately, frees_in = store.recent_reports(principal.user_id, BUDGET_WINDOW_S)
         report = store.report_block(
             bid,
             (row.ns_id, row.file_id, req.rev),
@@ -65,6 +71,13 @@ def report_block(
             recheck_s=svc.settings.block_recheck_s,
             resend_s=RESEND_AFTER_S,
         )
+        if report.new and queued_lately >= svc.settings.block_reports_per_hour:
+            # raised inside the transaction: the report just written is rolled back
+            raise TooManyRequests(
+                f"you reported {queued_lately} blocks in the last hour, the most a user may:"
+                " try again later",
+                max(1, math.ceil(frees_in)),
+            )
         if report.new:
             ident = f"{bid}:{report.reported_at.isoformat()}"
             event = side_event(row.ns_id, REPORTED, ident, {"block_id": bid}, prefix="reported-")

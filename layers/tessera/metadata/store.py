@@ -1293,6 +1293,17 @@ class Store:
         )
         return BlockReport(row[0], row[1], new=False)
 
+    def recent_reports(self, user_id: str, within_s: int) -> tuple[int, float]:
+        """How many checks `user_id`'s reports queued in the last `within_s` seconds, and
+        the seconds until the oldest of them leaves that window (0 when none)."""
+        count, wait = self._one(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM min(reported_at)"
+            " + make_interval(secs => %s) - now()), 0) FROM block_reports"
+            " WHERE reported_by = %s AND reported_at > now() - make_interval(secs => %s)",
+            (within_s, user_id, within_s),
+        )
+        return int(count), max(float(wait), 0.0)
+
     def queue_event(self, event: ChangeEvent) -> None:
         """Write an event that is no journal change (`changes.side_event`) to the outbox:
         the relay delivers it if the publication after the commit fails."""
