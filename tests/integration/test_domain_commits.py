@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from tessera.blocks import block_id, content_hash, stored_size_limit
 from tessera.domain import commits, files, uploads
@@ -221,6 +222,14 @@ def test_a_committed_block_gets_no_url_for_other_bytes(
     assert _ask_url(services, alice, upload_id, bid, row.stored_size, row.sha256)
     with pytest.raises(Conflict, match="committed"):
         _ask_url(services, alice, upload_id, bid, row.stored_size, _GARBAGE_SHA)
+    # named twice, the recorded bytes beside other ones: the first passed the check and a
+    # URL was signed for each
+    twice = [
+        UploadUrlBlock(id=bid, size=row.stored_size, sha256=sha)
+        for sha in (row.sha256, _GARBAGE_SHA)
+    ]
+    with pytest.raises(ValidationError, match="more than once"):
+        UploadUrlsRequest(upload_id=upload_id, blocks=twice)
 
 
 _GARBAGE_SHA = base64.b64encode(hashlib.sha256(b"garbage").digest()).decode()

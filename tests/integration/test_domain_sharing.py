@@ -25,6 +25,7 @@ from tessera.domain.models import (
 )
 from tessera.domain.services import Services
 from tessera.metadata.db import Database
+from tessera.metadata.store import Store
 from tessera.ports import Principal
 
 from .conftest import get_file, put_file, usage_drift
@@ -652,6 +653,58 @@ def test_a_member_removed_while_their_access_changes_stays_removed(
     assert not isinstance(removed, Exception), removed
     assert [m.email for m in sharing.shares(services, alice).shares[0].members] == [alice.email]
     assert listing.list_folder(services, bob, "", True, None).entries == []
+
+
+def test_unsharing_a_folder_its_owner_deletes_meanwhile_is_409(
+    services: Services, alice: Principal, bob: Principal, race: Race
+) -> None:
+    """unshare read the members before it took the locks: once the owner's delete of the
+    folder went first, no owner was left to answer with (StopIteration, a 500). A shared
+    folder is deleted once its owner is its only member."""
+    files.create_folder(services, alice, "/Team")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    deleted, unshared = race(
+        "mark_deleted",
+        lambda: files.delete(services, alice, DeleteRequest(path="/Team")),
+        lambda: sharing.unshare(services, alice, UnshareRequest(path="/Team")),
+    )
+    assert not isinstance(deleted, Exception), deleted
+    assert isinstance(unshared, Conflict) and "changed" in str(unshared)
+    assert sharing.shares(services, alice).shares == []
+    assert sharing.shares(services, bob).shares == []
+
+
+def test_unsharing_everyone_else_while_a_member_joins_is_409(
+    services: Services, alice: Principal, bob: Principal, carol: Principal, race: Race
+) -> None:
+    """ "Remove everyone else" named the members it read before the locks: one added
+    meanwhile stayed."""
+    files.create_folder(services, alice, "/Team")
+    _meet(services, bob, carol)
+    _share(services, alice, "/Team", bob, "editor")
+    joined, unshared = race(
+        "add_member",
+        lambda: _share(services, alice, "/Team", carol, "viewer"),
+        lambda: sharing.unshare(services, alice, UnshareRequest(path="/Team")),
+    )
+    assert not isinstance(joined, Exception), joined
+    assert isinstance(unshared, Conflict) and "members changed" in str(unshared)
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))  # the retry
+    assert [m.email for m in sharing.shares(services, alice).shares[0].members] == [alice.email]
+
+
+def test_the_shares_listing_leaves_out_a_share_deleted_as_it_is_read(
+    services: Services, alice: Principal, bob: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view names the mount, and by the time its members are read the owner deleted
+    it: it is left out, where the listing failed (StopIteration, a 500)."""
+    files.create_folder(services, alice, "/Team")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    monkeypatch.setattr(Store, "members", lambda self, ns_id: [])
+    assert sharing.shares(services, bob).shares == []
 
 
 def test_leaving_a_share_if_empty_waiting_for_a_commit_into_it_is_409(

@@ -204,6 +204,17 @@ class UploadUrlsRequest(Model):
     upload_id: str = Field(min_length=1, max_length=64)
     blocks: list[UploadUrlBlock] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _each_block_once(self) -> UploadUrlsRequest:
+        # The same id twice, once with the checksum recorded at commit and once with other
+        # bytes, passed the check that a committed copy cannot change, and signed a PUT
+        # over it
+        ids = [b.id for b in self.blocks]
+        if len(set(ids)) != len(ids):
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"block {twice} is named more than once")
+        return self
+
 
 class PresignedUrl(Model):
     """A request the client makes straight to the block store."""

@@ -168,9 +168,21 @@ def delete_share(
     return _mount_journal(store, view.user, mount.ns_id, mount.mount_path, "delete")
 
 
-def _info(store: Store, view: View, mount: MountRow) -> ShareInfo:
+def _held_info(store: Store, view: View, mount: MountRow) -> ShareInfo:
+    """`_info` of a shared folder whose namespace the caller holds, checked still shared."""
+    info = _info(store, view, mount)
+    if info is None:
+        raise Conflict(f"{mount.mount_path!r} changed during the request; retry")
+    return info
+
+
+def _info(store: Store, view: View, mount: MountRow) -> ShareInfo | None:
+    """The shared folder as `mount` shows it; None when it has no owner any more (deleted
+    since the view was read: its members went with it)."""
     members = store.members(mount.ns_id)
-    owner = next(m for m in members if m.access == "owner")
+    owner = next((m for m in members if m.access == "owner"), None)
+    if owner is None:
+        return None
     return ShareInfo(
         ns_id=mount.ns_id,
         path_display=mount.mount_path,
@@ -266,7 +278,7 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
                 mount.ns_id, target.user_id, req.access, mount_path, paths.path_key(mount_path)
             )
             events.append(_mount_journal(store, target, mount.ns_id, mount_path, "upsert"))
-        info = _info(store, view, mount)
+        info = _held_info(store, view, mount)
     publish(svc.feed, events)
     return info
 
@@ -280,6 +292,8 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
             raise Unprocessable(f"{req.path!r} is not a shared folder's mount point")
         mount = loc.mount
         members = store.members(mount.ns_id)
+        if not members:  # the owner deleted it since the view was read
+            raise Conflict(f"{req.path!r} changed during the request; retry")
         own_email = view.user.email.lower()
         if mount.access != "owner":
             if req.email is not None and req.email.lower() != own_email:
@@ -304,6 +318,11 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
                     raise Unprocessable("the owner cannot be removed; delete the folder instead")
             users = [u for u in map(store.get_user, (m.user_id for m in targets)) if u]
             lock_in_order(store, mount.ns_id, *(u.root_ns_id for u in users))
+            # read before the locks (they name the members' roots to take): the owner
+            # deleting the folder meanwhile left no owner to answer with (a 500), and a
+            # member added meanwhile was not removed with "everyone else"
+            if {m.user_id for m in store.members(mount.ns_id)} != {m.user_id for m in members}:
+                raise Conflict("the shared folder's members changed meanwhile; try again")
             for user in users:
                 removed = store.remove_member(mount.ns_id, user.user_id)
                 if removed:
@@ -312,7 +331,7 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
                     )
             # their commits waiting for the namespace must not write into it now
             store.bump_seq(mount.ns_id)
-            info = _info(store, view, mount)
+            info = _held_info(store, view, mount)
     publish(svc.feed, events)
     return info
 
@@ -321,7 +340,11 @@ def shares(svc: Services, principal: Principal) -> SharesResponse:
     """Every shared folder in the caller's view."""
     with view_transaction(svc, principal) as (store, view):
         return SharesResponse(
-            shares=[_info(store, view, m) for m in view.mounts if m.kind == "shared"]
+            shares=[
+                info
+                for m in view.mounts
+                if m.kind == "shared" and (info := _info(store, view, m)) is not None
+            ]
         )
 
 
