@@ -26,6 +26,7 @@ from tessera.api.models import FileEntry
 from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse
 from tessera_client.config import Home, Settings
 from tessera_client.fs import (
+    FOLDER_MARKER,
     DiskFullError,
     Filesystem,
     RealFilesystem,
@@ -65,9 +66,6 @@ DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be 
 # Seconds a long-poll's answer may take beyond the wait it asked for (the network, the
 # server reading the request and its cursor)
 LONGPOLL_GRACE_S = 30.0
-# Left in a synced folder that holds something: its absence with nothing else marks a folder
-# that is not the one synced (an empty mount point), not one the user emptied.
-FOLDER_MARKER = ".tessera-folder"
 Fetched = tuple[FileEntry, Stat, list[str]]
 
 
@@ -360,7 +358,7 @@ class SyncEngine:
         return [op for op in the_plan.ops if op.kind not in held]
 
     def _mark_folder(self) -> None:
-        """Leave `FOLDER_MARKER` in the folder (ignored, never synced: `.tessera*`). Best
+        """Leave `FOLDER_MARKER` in the folder (ignored, never synced: built in). Best
         effort: without it, only the emptied folder's pause is stricter (any deletion)."""
         with contextlib.suppress(OSError):  # a read-only folder, a full disk
             temp, handle = self.fs.create_temp("")

@@ -23,6 +23,9 @@ from typing import BinaryIO
 from tessera_client.paths import UnsafePathError, ancestors, canonical_rel, parent_of
 
 TEMP_PREFIX = ".tessera-tmp-"
+# Left in a synced folder that holds something: its absence with nothing else marks a folder
+# that is not the one synced (an empty mount point), not one the user emptied.
+FOLDER_MARKER = ".tessera-folder"
 # Names this process's temp files (after TEMP_PREFIX), so a scan leaves them alone. Not the
 # pid alone: a client that always runs with one pid (PID 1 in a container) took the temp
 # files its killed predecessor left for its own, and never removed them.

@@ -7,13 +7,16 @@ import re
 
 import pathspec
 
-from tessera_client.fs import TEMP_PREFIX
+from tessera_client.fs import FOLDER_MARKER, TEMP_PREFIX
 
 IGNORE_FILE = ".tesseraignore"
 
-BUILTIN_PATTERNS = [
+# What programs leave behind on their own: never synced, and removed with a folder deleted
+# elsewhere. The client's own names only: `.tessera*` also held the user's `.tesseract` or
+# `.tessera-notes.md`, never synced, and deleted with such a folder, the only copy.
+LITTER_PATTERNS = [
     f"{TEMP_PREFIX}*",  # the executor's own temp files
-    ".tessera*",  # .tesseraignore itself and any client bookkeeping
+    FOLDER_MARKER,
     ".DS_Store",
     "Thumbs.db",
     "desktop.ini",
@@ -22,12 +25,16 @@ BUILTIN_PATTERNS = [
     "*.swx",
     ".~lock.*#",  # LibreOffice lock files
 ]
+# Never synced either, but written by the user (a `.tesseraignore` in a subfolder too) or
+# holding a device's home or a local cloud's state: kept
+BUILTIN_PATTERNS = [*LITTER_PATTERNS, IGNORE_FILE, ".tessera"]
 
 
 # The built-in patterns name files and folders at any depth (none holds a '/'), so one
 # regex tests each name of a path against all of them. Through pathspec they cost a pattern
 # match each for every file of every scan: over half of a scan of unchanged files.
 _BUILTIN = re.compile("|".join(fnmatch.translate(p) for p in BUILTIN_PATTERNS))
+_LITTER = re.compile("|".join(fnmatch.translate(p) for p in LITTER_PATTERNS))
 
 
 class IgnoreRules:
@@ -54,7 +61,7 @@ class IgnoreRules:
         """Whether a file named `name` is what programs leave behind on their own (Finder's
         `.DS_Store`, Office lock files, editor swap files, a killed download's temp file):
         built-in ignores, never the user's work."""
-        return _BUILTIN.match(name) is not None
+        return _LITTER.match(name) is not None
 
     def covers(self, rel: str, *, is_dir: bool = False) -> bool:
         """True when `rel` or a folder above it is ignored: a scan never looks inside an

@@ -28,7 +28,8 @@ import pytest
 from tessera_client.api import Api, RetryPolicy
 from tessera_client.api import sign_in as client_sign_in
 from tessera_client.config import Home
-from tessera_client.engine import FOLDER_MARKER, SyncEngine
+from tessera_client.engine import SyncEngine
+from tessera_client.fs import FOLDER_MARKER
 
 PASSWORD = "correct horse battery"
 _users = itertools.count(1)

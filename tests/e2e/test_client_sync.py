@@ -13,7 +13,8 @@ import psycopg
 import pytest
 
 from tessera_client.config import Home
-from tessera_client.engine import FOLDER_MARKER, SyncEngine
+from tessera_client.engine import SyncEngine
+from tessera_client.fs import FOLDER_MARKER
 from tests.e2e.conftest import (
     Cloud,
     Device,

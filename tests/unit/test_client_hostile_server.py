@@ -21,8 +21,8 @@ import pytest
 from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
 from tessera_client.api import Api, ApiError, RetryPolicy
 from tessera_client.config import Home, Settings, Tokens
-from tessera_client.engine import FOLDER_MARKER, SyncEngine
-from tessera_client.fs import TEMP_PREFIX, DiskFullError, FakeFilesystem
+from tessera_client.engine import SyncEngine
+from tessera_client.fs import FOLDER_MARKER, TEMP_PREFIX, DiskFullError, FakeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.reporting import RoundResult, SyncError
 from tessera_client.transfer import REPORT_RETRY_S, REPORT_WAITS

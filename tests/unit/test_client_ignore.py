@@ -18,7 +18,9 @@ from tessera_client.ignore import IgnoreRules
         ".tesseraignore",
         ".tessera-tmp-123-ab",
         "deep/.tessera-tmp-1",
-        ".tessera-cache/inside.txt",
+        ".tessera-folder",
+        "sub/.tesseraignore",
+        ".tessera/local/state.db",
         "a/~$lock/b",
     ],
 )
@@ -26,9 +28,29 @@ def test_builtin_ignores(path: str) -> None:
     assert IgnoreRules().ignored(path)
 
 
-@pytest.mark.parametrize("path", ["report.docx", "a/b.txt", "tessera.txt", "swp", "Thumbs.db.txt"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "report.docx",
+        "a/b.txt",
+        "tessera.txt",
+        "swp",
+        "Thumbs.db.txt",
+        ".tesseract",  # a user's own names that begin as the client's do
+        "a/.tessera-notes.md",
+        ".tesseraignore.bak",
+    ],
+)
 def test_ordinary_files_are_synced(path: str) -> None:
     assert not IgnoreRules().ignored(path)
+
+
+def test_litter_is_what_programs_leave_not_what_the_user_wrote() -> None:
+    """A folder deleted elsewhere is removed here with its litter: a `.tesseraignore` the
+    user wrote in it is no litter (nor was their `.tesseract`, once ignored as `.tessera*`)."""
+    assert IgnoreRules.is_litter(".DS_Store") and IgnoreRules.is_litter(".tessera-tmp-1.ab")
+    assert not IgnoreRules.is_litter(".tesseraignore")
+    assert not IgnoreRules.is_litter(".tesseract")
 
 
 def test_user_patterns_follow_gitignore_rules() -> None:
