@@ -809,7 +809,8 @@ class SyncEngine:
         path = r.item.path
         viewer = r.error is not None and _read_only(r.error)
         copy = self._free_copy_name(path)
-        if self.fs.exists(path) and same_stat(self.fs.lstat(path), r.item.stat):
+        now = self.fs.lstat_if_any(path)
+        if now is not None and same_stat(now, r.item.stat):
             self.fs.rename(path, copy)
             reason = "read-only shared folder" if viewer else "changed on another device"
             self.state.add_conflict(copy, path, reason, local_only=viewer)

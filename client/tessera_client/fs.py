@@ -142,12 +142,18 @@ class Filesystem(ABC):
         return None  # no limits known (the fake filesystem's paths are only strings)
 
     def exists(self, rel: str) -> bool:
-        """True when anything (even a symlink) sits at `rel`."""
+        """True when anything (even a symlink) sits at `rel` (`lstat_if_any`)."""
+        return self.lstat_if_any(rel) is not None
+
+    def lstat_if_any(self, rel: str) -> Stat | None:
+        """What sits at `rel` (even a symlink), or None. None too when a folder on the way
+        is now a file or a symlink: nothing there is the client's (every step at `rel`
+        refuses it), and a conflicted copy's folder made a symlink had raised out of every
+        round."""
         try:
-            self.lstat(rel)
-        except FileNotFoundError:
-            return False
-        return True
+            return self.lstat(rel)
+        except (FileNotFoundError, NotADirectoryError, SymlinkError):
+            return None
 
 
 # The mtimes the state database (SQLite INTEGER, 64 bits) can hold: 1677-2262. ext4 keeps

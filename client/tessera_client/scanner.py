@@ -237,12 +237,12 @@ class Scanner:
                 mtime_ns=st.mtime_ns,
                 inode=st.inode,
             )
-        disk = self.fs.local_path(rel)
-        if disk is None:
-            out.skipped.append((rel, "cannot be hashed on this filesystem"))
-            out.unseen.add(key)
-            return None
         try:
+            disk = self.fs.local_path(rel)  # checks the folders on the way again
+            if disk is None:
+                out.skipped.append((rel, "cannot be hashed on this filesystem"))
+                out.unseen.add(key)
+                return None
             manifest = scan_file(disk)
             after = self.fs.lstat(rel)
         except (FileChangedError, FileNotFoundError):

@@ -548,10 +548,7 @@ class Transfers:
         ready: list[UploadItem] = []
         results: list[UploadResult] = []
         for item in items:
-            try:
-                now = self.fs.lstat(item.path)
-            except FileNotFoundError:
-                now = None
+            now = self.fs.lstat_if_any(item.path)
             if now is None or not same_stat(now, item.stat):
                 results.append(UploadResult(item, status=0))  # changed again: next round
             else:

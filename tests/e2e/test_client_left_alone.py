@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tessera_client.engine import SyncEngine
 
-from .conftest import Cloud, Device, make_device, snapshot, synced_on_both
+from .conftest import Cloud, Device, kept_both, make_device, snapshot, synced_on_both
 
 
 def _pair(cloud: Cloud, devices: list[Device], tmp_path: Path) -> tuple[Device, Device]:
@@ -142,3 +142,29 @@ def test_a_download_over_a_file_keeps_its_permissions(
         b.run_once()
         assert (b.folder / name).read_text() == "v2 from A"
         assert (b.folder / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_conflicted_copys_folder_turned_into_a_symlink_ends_no_round(
+    engines: tuple[SyncEngine, SyncEngine], tmp_path: Path
+) -> None:
+    """Each round first forgets the conflicted copies the user dealt with: one whose folder
+    became a symlink raised SymlinkError out of every round, so the device synced nothing
+    until the user undid it."""
+    a, b = engines
+    (a.folder / "docs").mkdir()
+    synced_on_both(a, b, "docs/a.txt", "v1")
+    (a.folder / "docs" / "a.txt").write_text("A's edit")
+    (b.folder / "docs" / "a.txt").write_text("B's edit")
+    a.run_once()
+    b.run_once()
+    copy = list(kept_both("docs/a.txt", "B", "", ""))[1]
+    assert [c.path for c in b.state.conflicts()] == [copy]
+    moved = tmp_path / "docs-elsewhere"
+    (b.folder / "docs").rename(moved)
+    os.symlink(moved, b.folder / "docs")
+    (b.folder / "new.txt").write_text("made after")
+    b.run_once()
+    assert b.state.conflicts() == []
+    a.run_once()
+    assert (a.folder / "new.txt").read_text() == "made after"
+    assert (a.folder / "docs" / "a.txt").read_text() == "A's edit"
