@@ -29,6 +29,7 @@ from tessera_client.fs import (
     FOLDER_MARKER,
     DiskFullError,
     Filesystem,
+    Kind,
     RealFilesystem,
     SafeFilesystem,
     Stat,
@@ -458,24 +459,18 @@ class SyncEngine:
         self._record_download(op.path, op.remote, fut.result())
         return True
 
-    def _stat(self, rel: str) -> Stat | None:
-        try:
-            return self.fs.lstat(rel)
-        except FileNotFoundError:
-            return None
-
     def _taken(self, path: str, src: str) -> bool:
         """Whether something other than `src` is at `path`. On a disk that ignores case, a
         rename in case only finds `src` itself there (same inode): not taken."""
-        there = self._stat(path)
+        there = self.fs.lstat_if_any(path)
         if there is None:
             return False
-        mine = self._stat(src)
+        mine = self.fs.lstat_if_any(src)
         return not (mine is not None and there.inode and there.inode == mine.inode)
 
     def _unchanged(self, rel: str, stats: dict[str, Stat]) -> bool:
         before = stats.get(path_key(rel))
-        now = self._stat(rel)
+        now = self.fs.lstat_if_any(rel)
         return before is not None and now is not None and same_stat(before, now)
 
     def _run_op(
@@ -489,9 +484,8 @@ class SyncEngine:
         """Run one planned operation (`stats` and `hashed`: the scan's, by path key); True
         when it was work done. Uploads and downloads are only queued, for the caller."""
         k = op.kind
-        if k == OpKind.SKIP:
-            self._skip(op.path, op.reason)
-            return False
+        if k == OpKind.SET_ASIDE:
+            return self._set_aside(op, stats)
         if k == OpKind.UPLOAD:
             assert op.local is not None
             manifest = self.scanner.manifest(op.path)
@@ -603,6 +597,27 @@ class SyncEngine:
             return False
         raise AssertionError(f"unknown operation {op}")
 
+    def _set_aside(self, op: Op, stats: dict[str, Stat]) -> bool:
+        """Move a local file or folder that is the other kind on the server, where neither
+        side kept what the base has, to a conflicted copy's name, and forget the base at and
+        below its path: the next round uploads the copy and brings the server's."""
+        assert op.local is not None
+        if op.local.is_file:
+            unchanged = self._unchanged(op.path, stats)
+        else:
+            now = self.fs.lstat_if_any(op.path)
+            unchanged = now is not None and now.kind == Kind.DIR
+        if not unchanged:
+            return True  # changed since the scan: the next round looks again
+        copy = op.copy_path if not self.fs.exists(op.copy_path) else self._free_copy_name(op.path)
+        self.fs.rename(op.path, copy)
+        self.state.delete_base(op.path, recursive=True)
+        what, other = ("file", "folder") if op.local.is_file else ("folder", "file")
+        reason = f"a {other} of this name on the server"
+        self.state.add_conflict(copy, op.path, reason, local_only=False)
+        self.reporter.event(f"conflict: your {what} {op.path} kept as {copy} ({reason})")
+        return True
+
     def _download(self, path: str, remote: Entry, expect: Stat | None) -> None:
         self._sizes[path] = remote.size
         fetched = self.transfers.download(
@@ -675,13 +690,17 @@ class SyncEngine:
         under the server's lock). The files this device deleted in it went first (folder
         deletions come last in a plan), so anything still in it was added elsewhere since
         the last pull: a folder delete takes its contents along, and that work would leave
-        every device. Then the folder stays, and the next pull brings what is in it."""
+        every device. Then the folder stays, and is made again here: what it holds may be
+        what this device never brings (it ignores it, or cannot name it), and the folder,
+        still missing here, was deleted again every round without end."""
         try:
             self.api.call("/v1/delete", {"path": server_path(op.path), "if_empty": True})
         except ApiError as e:
             if e.status == 409:
+                self.fs.makedirs(op.path)
                 self.reporter.problem(
-                    f"kept {op.path} on the server: it holds files added on another device"
+                    f"kept {op.path}: on the server it holds files this device does not have"
+                    " (added on another device, or ignored here)"
                 )
                 return True
             if _read_only(e):  # as for its files: the server's listing brings it back

@@ -13,13 +13,18 @@ Rules, per path, after move detection:
 | changed | changed | equal content: record; both edited: conflicted copy of the   |
 |         |         | local edit + download; modify-vs-delete: keep the modification |
 
+A path that is a file on one side and a folder on the other (`_resolve_kind_changes`): the
+side that still has what the base has gives way (its old kind is deleted this round, the
+new one travels the next); when neither does, the local one is set aside as a conflicted
+copy and the server's comes down the next round.
+
 Nothing the user wrote is ever dropped: a local version is only deleted or overwritten
 when it equals the base, which the server holds in its history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from enum import StrEnum
@@ -69,9 +74,9 @@ class OpKind(StrEnum):
     DELETE_FOLDER_LOCAL = "delete_folder_local"
     DELETE_FOLDER_REMOTE = "delete_folder_remote"
     CONFLICT = "conflict"
+    SET_ASIDE = "set_aside"
     RECORD = "record"
     FORGET = "forget"
-    SKIP = "skip"
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ class Op:
     - `local`: the local entry the step expects (the executor re-checks it before it
       touches the disk, and turns a mismatch into a conflict instead of overwriting).
     - `remote`: the remote entry the step acts on or expects (parent rev for uploads).
-    - `copy_path`: for a conflict, where the local edit goes.
+    - `copy_path`: for a conflict, where the local edit goes; for a set-aside, where the
+      local file or folder goes.
     """
 
     kind: OpKind
@@ -105,11 +111,6 @@ class Plan:
         """How many files this plan deletes on either side."""
         kinds = (OpKind.DELETE_LOCAL, OpKind.DELETE_REMOTE)
         return sum(1 for op in self.ops if op.kind in kinds)
-
-    @property
-    def actionable(self) -> list[Op]:
-        """The operations that change something (not skips)."""
-        return [op for op in self.ops if op.kind != OpKind.SKIP]
 
 
 def _moved(entry: Entry, path: str) -> Entry:
@@ -228,8 +229,13 @@ def _plan_file(
     day: date,
     taken: set[str],
 ) -> Op | None:
+    # A rev below the base's, of the same file: the server went back (restored from a
+    # backup, or a listing that named the file twice). What the local copy holds may be
+    # nowhere on the server now, so it is no longer "as synced": it is kept (a conflicted
+    # copy when the contents differ), where it had been overwritten with the older rev.
+    went_back = r is not None and b is not None and r.file_id == b.file_id and r.rev < b.rev
     local_changed = (lo is None) != (b is None) or (
-        lo is not None and b is not None and lo.content_hash != b.content_hash
+        lo is not None and b is not None and (went_back or lo.content_hash != b.content_hash)
     )
     remote_changed = (r is None) != (b is None) or (
         r is not None and b is not None and (r.file_id, r.rev) != (b.file_id, b.rev)
@@ -260,6 +266,75 @@ def _plan_file(
     if r is not None:  # deleted here, modified there: keep the modification
         return Op(OpKind.DOWNLOAD, r.path, local=None, remote=r, reason="deleted-vs-modified")
     return Op(OpKind.FORGET, path)
+
+
+def _resolve_kind_changes(
+    lw: dict[str, Entry],
+    rw: dict[str, Entry],
+    bw: dict[str, Entry],
+    device: str,
+    day: date,
+    taken: set[str],
+) -> list[Op]:
+    """Paths that are a file on one side and a folder on the other, or of another kind than
+    the base: the trees are trimmed so the per-path rules act on them, and the local ones
+    neither side can take are set aside (the ops returned). Outermost first: what is
+    trimmed takes everything below it along. Before, such a path was skipped for good, the
+    new side never synced and a `--once` said "in sync".
+
+    - Both sides hold it, as different kinds: the side whose whole subtree is as the base
+      has it gives way. The local one: the server's subtree waits a round, so the local
+      one is deleted as if the server had deleted it (only what the server holds in its
+      history). The server's: the local subtree waits a round, so the server's is deleted
+      as if deleted here. Neither: the local one is set aside under a conflicted copy's
+      name and the base below it forgotten; the next round brings the server's and
+      uploads the copy.
+    - One side holds it as another kind than the base (the other deleted it, or made the
+      same change): the base's entry is of a path that no longer exists, and is dropped,
+      so the present side counts as new (the base below a folder is forgotten by the
+      per-path rules: gone from both sides)."""
+    ops: list[Op] = []
+    for key in sorted(set(lw) | set(rw), key=lambda k: (k.count("/"), k)):
+        lo, r, b = lw.get(key), rw.get(key), bw.get(key)
+        kinds = {e.kind for e in (lo, r) if e is not None}  # none: trimmed with a folder
+        if lo is not None and r is not None and lo.kind != r.kind:
+            if b is not None and b.kind == lo.kind and _as_in_base(lw, bw, key, _same_content):
+                _trim(rw, key)
+            elif b is not None and b.kind == r.kind and _as_in_base(rw, bw, key, _same_rev):
+                _trim(lw, key)
+            else:
+                copy = _conflict_path(lo.path, device, day, taken)
+                ops.append(Op(OpKind.SET_ASIDE, lo.path, local=lo, copy_path=copy))
+                for tree in (lw, rw, bw):
+                    _trim(tree, key)
+        elif b is not None and kinds and b.kind not in kinds:
+            del bw[key]
+    return ops
+
+
+def _as_in_base(
+    tree: dict[str, Entry], base: Tree, key: str, same: Callable[[Entry, Entry], bool]
+) -> bool:
+    """Whether `tree` holds at `key` and below exactly what `base` does."""
+    keys = {k for t in (tree, base) for k in t if k == key or is_under(k, key)}
+    return all(
+        k in tree and k in base and tree[k].kind == base[k].kind and same(tree[k], base[k])
+        for k in keys
+    )
+
+
+def _same_content(local: Entry, base: Entry) -> bool:
+    return not local.is_file or local.content_hash == base.content_hash
+
+
+def _same_rev(remote: Entry, base: Entry) -> bool:
+    return not remote.is_file or (remote.file_id, remote.rev) == (base.file_id, base.rev)
+
+
+def _trim(tree: dict[str, Entry], key: str) -> None:
+    """Drop the entry at `key` and everything below it."""
+    for k in [k for k in tree if k == key or is_under(k, key)]:
+        del tree[k]
 
 
 def _final_file_keys(ops: list[Op], local: Tree, remote: Tree) -> set[str]:
@@ -293,23 +368,13 @@ def plan(
     lw, rw, bw = dict(local), dict(remote), dict(base)
     respellings: list[Op] = []
     _detect_respellings(lw, rw, bw, respellings)
+    # before moves: a move into a path about to change kind would find no folder there
+    taken = set(lw) | set(rw)
+    set_aside = _resolve_kind_changes(lw, rw, bw, device, day, taken)
     moves: list[Op] = []
     _detect_remote_moves(lw, rw, bw, moves)
     _detect_local_moves(lw, rw, bw, moves)
 
-    skips: list[Op] = []
-    for key in sorted(set(lw) | set(rw)):
-        kinds = {e.kind for e in (lw.get(key), rw.get(key)) if e is not None}
-        if len(kinds) > 1:
-            path = (lw.get(key) or rw[key]).path
-            skips.append(
-                Op(OpKind.SKIP, path, reason="a file on one side is a folder on the other")
-            )
-            for tree in (lw, rw, bw):
-                for k in [k for k in tree if k == key or is_under(k, key)]:
-                    del tree[k]
-
-    taken = set(lw) | set(rw)
     file_ops: list[Op] = []
     file_keys = {k for t in (lw, rw, bw) for k, e in t.items() if e.is_file}
     for key in sorted(file_keys):
@@ -349,4 +414,4 @@ def plan(
             deletes.append(Op(OpKind.FORGET, b.path))
     creates.sort(key=lambda op: op.path.count("/"))
     deletes.sort(key=lambda op: -op.path.count("/"))
-    return Plan(ops=skips + respellings + creates + moves + file_ops + deletes)
+    return Plan(ops=set_aside + respellings + creates + moves + file_ops + deletes)

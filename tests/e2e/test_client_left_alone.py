@@ -168,3 +168,23 @@ def test_a_conflicted_copys_folder_turned_into_a_symlink_ends_no_round(
     a.run_once()
     assert (a.folder / "new.txt").read_text() == "made after"
     assert (a.folder / "docs" / "a.txt").read_text() == "A's edit"
+
+
+def test_a_folder_deleted_here_that_holds_what_this_device_ignores_is_kept(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """The server keeps a folder that is not empty (`if_empty`): one holding only what this
+    device ignores was deleted here again every round, and `--once` never ended in sync."""
+    a, b = engines
+    (b.folder / ".tesseraignore").write_text("*.log\n")
+    (a.folder / "proj").mkdir()
+    (a.folder / "proj" / "run.log").write_text("A's log")
+    (a.folder / "proj" / "a.txt").write_text("synced")
+    a.run_once()
+    b.run_once()
+    shutil.rmtree(b.folder / "proj")
+    result = b.run_once()
+    assert not [p for p in result.problems if "quiescent" in p], result.problems
+    a.run_once()
+    assert snapshot(b.folder) == {".tesseraignore": b"*.log\n", "proj": None}
+    assert snapshot(a.folder) == {"proj": None, "proj/run.log": b"A's log"}

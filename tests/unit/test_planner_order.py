@@ -25,7 +25,7 @@ def test_a_respelled_folder_moves_before_a_folder_is_made_inside_it() -> None:
     )
     steps = [
         (op.kind, op.path)
-        for op in plan(local, remote, base, device="b", day=date(2026, 11, 27)).actionable
+        for op in plan(local, remote, base, device="b", day=date(2026, 11, 27)).ops
     ]
     assert steps == [
         (OpKind.MOVE_LOCAL, "Docs"),
@@ -40,7 +40,7 @@ def _respelled_docs(*remote_files: Entry) -> list[tuple[OpKind, str, str]]:
     base = _tree(Entry("docs", EntryKind.FOLDER, file_id="d1"), synced)
     local = _tree(Entry("docs", EntryKind.FOLDER), synced)
     remote = _tree(Entry("Docs", EntryKind.FOLDER, file_id="d1"), *remote_files)
-    ops = plan(local, remote, base, device="b", day=date(2026, 11, 27)).actionable
+    ops = plan(local, remote, base, device="b", day=date(2026, 11, 27)).ops
     return [(op.kind, op.src, op.path) for op in ops]
 
 

@@ -1,0 +1,70 @@
+"""A path that is a file on one device and a folder on another: the side that changed it
+wins, and when both did, the local one is kept as a conflicted copy. Such a path used to be
+skipped for good (the new side never synced) while `sync --once` said it was in sync."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+
+from tessera_client.engine import SyncEngine
+
+from .conftest import snapshot, synced_on_both
+
+
+def _copy(name: str, device: str) -> str:
+    return f"{name} ({device}'s conflicted copy {date.today()})"
+
+
+def test_a_file_replaced_by_a_folder_elsewhere_is_replaced_here(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    a, b = engines
+    synced_on_both(a, b, "x", "the file")
+    (a.folder / "x").unlink()
+    (a.folder / "x").mkdir()
+    (a.folder / "x" / "new.txt").write_text("in the folder now")
+    a.run_once()
+    result = b.run_once()
+    assert result.problems == []
+    assert (
+        snapshot(b.folder)
+        == snapshot(a.folder)
+        == {
+            "x": None,
+            "x/new.txt": b"in the folder now",
+        }
+    )
+
+
+def test_a_folder_replaced_by_a_file_here_goes_to_the_server(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    a, b = engines
+    (a.folder / "x").mkdir()
+    synced_on_both(a, b, "x/old.txt", "old")
+    shutil.rmtree(b.folder / "x")
+    (b.folder / "x").write_text("a file now")
+    b.run_once()
+    a.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {"x": b"a file now"}
+
+
+def test_a_file_edited_there_and_made_a_folder_here_keeps_both(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """Neither side kept what both had: the local folder is set aside as a conflicted copy,
+    the server's file takes the name, and the copy goes up with what it holds."""
+    a, b = engines
+    synced_on_both(a, b, "x", "v1")
+    (a.folder / "x").write_text("A's edit")
+    a.run_once()
+    (b.folder / "x").unlink()
+    (b.folder / "x").mkdir()
+    (b.folder / "x" / "mine.txt").write_text("B's new work")
+    b.run_once()
+    a.run_once()
+    copy = _copy("x", "B")
+    expected = {"x": b"A's edit", copy: None, f"{copy}/mine.txt": b"B's new work"}
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
+    assert [c.path for c in b.state.conflicts()] == [copy]
