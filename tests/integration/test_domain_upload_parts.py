@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import secrets
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
 
 from tessera.blocks import block_id, content_hash
-from tessera.domain import commits, uploads
+from tessera.domain import commits, sharing, uploads
 from tessera.domain.errors import (
     Conflict,
     NotFound,
@@ -22,10 +23,12 @@ from tessera.domain.errors import (
     TooManyRequests,
     Unprocessable,
 )
+from tessera.domain.files import create_folder
 from tessera.domain.models import (
     BlockSpec,
     CommitBatchRequest,
     CommitRequest,
+    ShareRequest,
     UploadBlocksRequest,
     UploadFileSpec,
     UploadStartRequest,
@@ -116,6 +119,25 @@ def test_a_long_file_goes_up_in_parts_and_comes_back_whole(
     entry = commits.commit(limited, alice, commit_from_session("/long.bin", upload_id, CHUNKS))
     assert entry.size == sum(len(c) for c in CHUNKS)
     assert get_file(limited, alice, "/long.bin") == b"".join(CHUNKS)
+
+
+def test_a_file_whose_view_path_is_longer_than_an_index_entry_goes_up_in_parts(
+    limited: Services, alice: Principal, bob: Principal
+) -> None:
+    """A shared folder's mount point in front of a path makes a view path of up to 4,096
+    bytes. The session's rows were keyed by it, past the 2,704 bytes of a btree entry:
+    such a file answered 413, though its owner with a shorter mount could upload it."""
+    # names that do not compress (the index compresses a long key before it measures it)
+    mount = "/" + "/".join(secrets.token_hex(100) for _ in range(10))  # 2,010 bytes
+    create_folder(limited, alice, mount)
+    sharing.account(limited, bob)
+    sharing.share(limited, alice, ShareRequest(path=mount, email=bob.email, access="editor"))
+    path = mount + "/" + "/".join(secrets.token_hex(100) for _ in range(5))  # 3,015 bytes
+    upload_id = start_in_parts(limited, alice, path, CHUNKS)
+    append_all(limited, alice, upload_id, path)
+    entry = commits.commit(limited, alice, commit_from_session(path, upload_id, CHUNKS))
+    assert entry.size == sum(len(c) for c in CHUNKS)
+    assert get_file(limited, alice, path) == b"".join(CHUNKS)
 
 
 def test_a_retried_part_appends_nothing_twice(limited: Services, alice: Principal) -> None:

@@ -15,6 +15,7 @@ from tessera.metadata.migrate import (
     MigrationBlocked,
     available_migrations,
 )
+from tessera.metadata.store import Store
 
 
 def test_migrate_is_idempotent_and_ordered(empty_database_url: str) -> None:
@@ -208,3 +209,40 @@ def test_a_path_is_indexed_once_per_deletion_state(database_url: str) -> None:
     assert set(by_path) == {"files_live_path", "files_deleted_path"}
     assert "WHERE (NOT is_deleted)" in by_path["files_live_path"]
     assert "WHERE is_deleted" in by_path["files_deleted_path"]
+
+
+def test_part_uploaded_lists_in_flight_keep_their_blocks_when_keyed_by_path_hash(
+    empty_database_url: str,
+) -> None:
+    """Migration 118 keys a session's part-uploaded files by their path key's hash: a list
+    appended before it is found by the store after it, whole."""
+    before = [m for m in available_migrations() if m.number < 118]
+    migrate(empty_database_url, before)
+    key = "/team/" + "é" * 10
+    with psycopg.connect(empty_database_url) as conn:
+        conn.execute(
+            "INSERT INTO users (user_id, email, email_key, quota_bytes)"
+            " VALUES ('u1', 'u1@x', 'u1@x', 1)"
+        )
+        conn.execute(
+            "INSERT INTO upload_sessions (upload_id, user_id, expires_at)"
+            " VALUES ('up1', 'u1', now() + interval '1 hour')"
+        )
+        conn.execute(
+            "INSERT INTO upload_files (upload_id, path_key, size, content_hash, block_count)"
+            " VALUES ('up1', %s, 10, 'c', 2)",
+            (key,),
+        )
+        conn.execute(
+            "INSERT INTO upload_file_blocks (upload_id, path_key, ordinal, block_id, size)"
+            " VALUES ('up1', %s, 0, 'b3:aa', 4), ('up1', %s, 1, 'b3:bb', 6)",
+            (key, key),
+        )
+    assert migrate(empty_database_url) == [
+        m.number for m in available_migrations() if m.number >= 118
+    ]
+    with psycopg.connect(empty_database_url) as conn:
+        store = Store(conn)
+        assert store.session_file_blocks("up1", "u1", key) == [("b3:aa", 4), ("b3:bb", 6)]
+        locked = store.lock_upload_file("up1", key)
+        assert locked is not None and locked.block_count == 2

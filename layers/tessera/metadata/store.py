@@ -6,6 +6,7 @@ takes a namespace takes its `ns_id` first (the shard key).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -26,6 +27,12 @@ _FILE_COLS = (
     " f.deleted_at"
 )
 _VERSION_COLS = "v.size, v.content_hash, v.mtime, v.server_time"
+
+
+def _path_hash(path_key: str) -> bytes:
+    """What a session's part-uploaded file is keyed by (migration 118): its view path key
+    may be longer than a btree entry can be."""
+    return hashlib.sha256(path_key.encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -1371,11 +1378,12 @@ class Store:
         )
         self._expect_blocks(upload_id, blocks)
         if files_in_parts:
+            keys, sizes, hashes = _columns(files_in_parts, 3)
             self.conn.execute(
-                "INSERT INTO upload_files (upload_id, path_key, size, content_hash)"
-                " SELECT %s, k, s, h FROM unnest(%s::text[], %s::bigint[], %s::text[])"
-                " AS t(k, s, h)",
-                (upload_id, *_columns(files_in_parts, 3)),
+                "INSERT INTO upload_files (upload_id, path_key, path_hash, size, content_hash)"
+                " SELECT %s, k, kh, s, h"
+                " FROM unnest(%s::text[], %s::bytea[], %s::bigint[], %s::text[]) AS t(k, kh, s, h)",
+                (upload_id, keys, [_path_hash(k) for k in keys], sizes, hashes),
             )
 
     def _expect_blocks(self, upload_id: str, blocks: Sequence[tuple[str, int, int, str]]) -> None:
@@ -1401,8 +1409,8 @@ class Store:
         )
         row = self._one(
             "SELECT size, content_hash, block_count, block_bytes FROM upload_files"
-            " WHERE upload_id = %s AND path_key = %s FOR UPDATE",
-            (upload_id, path_key),
+            " WHERE upload_id = %s AND path_hash = %s FOR UPDATE",
+            (upload_id, _path_hash(path_key)),
         )
         return UploadFileRow(*row) if row else None
 
@@ -1412,9 +1420,9 @@ class Store:
         """(block_id, size) of a file's appended list from index `first`, in order."""
         rows = self._all(
             "SELECT block_id, size FROM upload_file_blocks"
-            " WHERE upload_id = %s AND path_key = %s AND ordinal >= %s"
+            " WHERE upload_id = %s AND path_hash = %s AND ordinal >= %s"
             " AND (%s::int IS NULL OR ordinal < %s + %s) ORDER BY ordinal",
-            (upload_id, path_key, first, count, first, count),
+            (upload_id, _path_hash(path_key), first, count, first, count),
         )
         return [(r[0], r[1]) for r in rows]
 
@@ -1425,8 +1433,8 @@ class Store:
         (or another user's) declared no such file."""
         if not self._one(
             "SELECT 1 FROM upload_files f JOIN upload_sessions s USING (upload_id)"
-            " WHERE f.upload_id = %s AND s.user_id = %s AND f.path_key = %s",
-            (upload_id, user_id, path_key),
+            " WHERE f.upload_id = %s AND s.user_id = %s AND f.path_hash = %s",
+            (upload_id, user_id, _path_hash(path_key)),
         ):
             return None
         return self.upload_file_blocks(upload_id, path_key)
@@ -1442,17 +1450,17 @@ class Store:
         """Append blocks (block_id, size) at index `first` of a file's list (locked by
         `lock_upload_file`), and the blocks the session now expects for them."""
         self.conn.execute(
-            "INSERT INTO upload_file_blocks (upload_id, path_key, ordinal, block_id, size)"
+            "INSERT INTO upload_file_blocks (upload_id, path_hash, ordinal, block_id, size)"
             " SELECT %s, %s, %s + t.n - 1, t.b, t.s"
             " FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS t(b, s, n)",
-            (upload_id, path_key, first, *_columns(blocks, 2)),
+            (upload_id, _path_hash(path_key), first, *_columns(blocks, 2)),
         )
         self.conn.execute(
             # never back: a late copy of an earlier part (its answer lost, sent again after
             # the next) appends nothing, and must not make the list look shorter
             "UPDATE upload_files SET block_count = GREATEST(block_count, %s),"
-            " block_bytes = block_bytes + %s WHERE upload_id = %s AND path_key = %s",
-            (first + len(blocks), sum(b[1] for b in blocks), upload_id, path_key),
+            " block_bytes = block_bytes + %s WHERE upload_id = %s AND path_hash = %s",
+            (first + len(blocks), sum(b[1] for b in blocks), upload_id, _path_hash(path_key)),
         )
         self._expect_blocks(upload_id, expect)
 
