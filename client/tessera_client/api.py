@@ -2,8 +2,8 @@
 backoff, typed errors.
 
 Every request goes through `RetryPolicy`: network errors and 5xx are retried with
-exponential backoff and full jitter; 429 and 503 wait what `Retry-After` says, unless it
-asks for longer than `RetryPolicy.max_wait`: that answer is the caller's at once. Access
+exponential backoff and full jitter; 429 and 503 wait what `Retry-After` says, unless a
+429 asks for longer than `RetryPolicy.max_wait`: that answer is the caller's at once. Access
 tokens are refreshed transparently from the stored refresh token (on expiry or on a 401).
 Commits carry idempotency keys, so retrying them is safe; so do restores, moves, deletes and
 folder creations (`KEYED_ROUTES`): a retry after a lost answer gets the first answer again,
@@ -212,9 +212,10 @@ def send_with_retry(
             policy.sleep(policy.delay(attempt, None))
             continue
         wait = parse_retry_after(response.headers.get("Retry-After"))
-        # A longer wait than a call may hold its caller (a day's budget spent): the answer
-        # is the caller's to handle, where sleeping `max_wait` eight times ignored it anyway
-        too_long = wait is not None and wait > policy.max_wait
+        # A 429 asking for a longer wait than a call may hold its caller (an hourly budget
+        # spent) is the caller's to handle, where sleeping `max_wait` eight times ignored
+        # it anyway. A 503's is an outage: waited out as before, not retried every round.
+        too_long = response.status_code == 429 and wait is not None and wait > policy.max_wait
         if response.status_code not in retry_statuses or last or too_long:
             return response
         policy.sleep(policy.delay(attempt, wait))

@@ -113,6 +113,8 @@ class SyncEngine:
         # a move across a shared folder's edge, by the destination's path key: the source
         # (path here, server entry) to delete once the destination's upload has landed
         self._moved_from: dict[str, tuple[str, Entry]] = {}
+        # Folders (path keys) that hold, on the server, what the last scan left alone
+        self._holding_unseen: set[str] = set()
         self.transfers = Transfers(
             api,
             self.fs,
@@ -281,11 +283,13 @@ class SyncEngine:
         # A path the scan left out (ignored, skipped, in a folder it could not list) is not
         # deleted on either side, nor downloaded: the planner would take its absence from
         # the local tree for a local delete.
+        self._holding_unseen = set()
         for key in (remote.keys() | base.keys()) - local.keys():
             known = remote.get(key) or base[key]
             if scan.left_alone(key, known.path, is_dir=not known.is_file):
                 remote.pop(key, None)
                 base.pop(key, None)
+                self._holding_unseen.update(path_key(a) for a in ancestors(known.path))
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
         marked = self.fs.exists(FOLDER_MARKER)
         ops = self._mass_delete_gate(the_plan, base, result, emptied=not scan.tree and not marked)
@@ -690,18 +694,23 @@ class SyncEngine:
         under the server's lock). The files this device deleted in it went first (folder
         deletions come last in a plan), so anything still in it was added elsewhere since
         the last pull: a folder delete takes its contents along, and that work would leave
-        every device. Then the folder stays, and is made again here: what it holds may be
-        what this device never brings (it ignores it, or cannot name it), and the folder,
-        still missing here, was deleted again every round without end."""
+        every device. Then the folder stays, and the next pull brings what is in it. When it
+        holds what this device leaves alone (ignores, or cannot name), no pull ever brings
+        that: the base is forgotten, so the next round makes the folder here as the server
+        has it (it was deleted again every round, without end)."""
         try:
             self.api.call("/v1/delete", {"path": server_path(op.path), "if_empty": True})
         except ApiError as e:
             if e.status == 409:
-                self.fs.makedirs(op.path)
-                self.reporter.problem(
-                    f"kept {op.path}: on the server it holds files this device does not have"
-                    " (added on another device, or ignored here)"
-                )
+                if path_key(op.path) in self._holding_unseen:
+                    self.state.delete_base(op.path)
+                    self.reporter.problem(
+                        f"kept {op.path}: on the server it holds files this device ignores"
+                    )
+                else:
+                    self.reporter.problem(
+                        f"kept {op.path} on the server: it holds files added on another device"
+                    )
                 return True
             if _read_only(e):  # as for its files: the server's listing brings it back
                 self.state.delete_base(op.path)

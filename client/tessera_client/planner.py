@@ -275,12 +275,13 @@ def _resolve_kind_changes(
     device: str,
     day: date,
     taken: set[str],
-) -> list[Op]:
+) -> tuple[list[Op], set[str]]:
     """Paths that are a file on one side and a folder on the other, or of another kind than
     the base: the trees are trimmed so the per-path rules act on them, and the local ones
-    neither side can take are set aside (the ops returned). Outermost first: what is
-    trimmed takes everything below it along. Before, such a path was skipped for good, the
-    new side never synced and a `--once` said "in sync".
+    neither side can take are set aside (the ops returned, with the folders no deletion may
+    take this round: they hold files moved into what was trimmed, which wait a round).
+    Outermost first: what is trimmed takes everything below it along. Before, such a path
+    was skipped for good, the new side never synced and a `--once` said "in sync".
 
     - Both sides hold it, as different kinds: the side whose whole subtree is as the base
       has it gives way. The local one: the server's subtree waits a round, so the local
@@ -294,22 +295,30 @@ def _resolve_kind_changes(
       so the present side counts as new (the base below a folder is forgotten by the
       per-path rules: gone from both sides)."""
     ops: list[Op] = []
+    held: set[str] = set()
     for key in sorted(set(lw) | set(rw), key=lambda k: (k.count("/"), k)):
         lo, r, b = lw.get(key), rw.get(key), bw.get(key)
         kinds = {e.kind for e in (lo, r) if e is not None}  # none: trimmed with a folder
         if lo is not None and r is not None and lo.kind != r.kind:
             if b is not None and b.kind == lo.kind and _as_in_base(lw, bw, key, _same_content):
-                _trim(rw, key)
+                held |= _moved_in(rw, bw, key, _trim(rw, key), remote=True)
             elif b is not None and b.kind == r.kind and _as_in_base(rw, bw, key, _same_rev):
-                _trim(lw, key)
+                held |= _moved_in(lw, bw, key, _trim(lw, key), remote=False)
             else:
                 copy = _conflict_path(lo.path, device, day, taken)
                 ops.append(Op(OpKind.SET_ASIDE, lo.path, local=lo, copy_path=copy))
-                for tree in (lw, rw, bw):
-                    _trim(tree, key)
+                held |= _moved_in(rw, bw, key, _trim(rw, key), remote=True)
+                held |= _moved_in(lw, bw, key, _trim(lw, key), remote=False)
+                _trim(bw, key)
         elif b is not None and kinds and b.kind not in kinds:
             del bw[key]
-    return ops
+    # they wait a round (the next round's move detection moves them), and the folders
+    # above them are not deleted meanwhile
+    holding = {a for k in held for a in ancestors(k)}  # a key's prefixes are keys
+    for k in held:
+        for tree in (lw, rw, bw):
+            tree.pop(k, None)
+    return ops, holding
 
 
 def _as_in_base(
@@ -331,10 +340,31 @@ def _same_rev(remote: Entry, base: Entry) -> bool:
     return not remote.is_file or (remote.file_id, remote.rev) == (base.file_id, base.rev)
 
 
-def _trim(tree: dict[str, Entry], key: str) -> None:
-    """Drop the entry at `key` and everything below it."""
-    for k in [k for k in tree if k == key or is_under(k, key)]:
-        del tree[k]
+def _trim(tree: dict[str, Entry], key: str) -> dict[str, Entry]:
+    """Drop the entry at `key` and everything below it; what was dropped."""
+    return {k: tree.pop(k) for k in [k for k in tree if k == key or is_under(k, key)]}
+
+
+def _moved_in(
+    tree: dict[str, Entry], base: Tree, key: str, trimmed: Tree, *, remote: bool
+) -> set[str]:
+    """The base files (outside `key`) that one side moved into the subtree trimmed from it
+    (by the server: the same file_id; here: the same inode or content). They wait a round:
+    taken for deleted, they were deleted on the other side and sent again as new files
+    (their history lost), and a dozen paused the sync as a mass delete."""
+    files = [e for e in trimmed.values() if e.is_file]
+    ids = {e.file_id for e in files if e.file_id}
+    inodes = {e.inode for e in files if e.inode}
+    contents = {e.content_hash for e in files}
+    return {
+        k
+        for k, b in base.items()
+        if b.is_file
+        and k not in tree
+        and k != key
+        and not is_under(k, key)
+        and (b.file_id in ids if remote else (b.inode in inodes or b.content_hash in contents))
+    }
 
 
 def _final_file_keys(ops: list[Op], local: Tree, remote: Tree) -> set[str]:
@@ -358,8 +388,9 @@ def plan(
 ) -> Plan:
     """Reconcile three trees into an ordered list of operations (no I/O).
 
-    Order: respellings, folder creations (outermost first), moves, file operations, then
-    folder deletions (innermost first) — so a folder is only removed once it is empty.
+    Order: respellings, set-asides, folder creations (outermost first), moves, file
+    operations, then folder deletions (innermost first) — so a folder is only removed once
+    it is empty. A set-aside names the local spelling a respelling made.
     Respellings go first: a folder created inside a respelled one (`Docs/sub` where the
     disk still has `docs`) would otherwise make the new spelling beside the old one on a
     case-sensitive disk, and the move to it then fails. A respelling keeps its parent, so
@@ -370,7 +401,7 @@ def plan(
     _detect_respellings(lw, rw, bw, respellings)
     # before moves: a move into a path about to change kind would find no folder there
     taken = set(lw) | set(rw)
-    set_aside = _resolve_kind_changes(lw, rw, bw, device, day, taken)
+    set_aside, holding = _resolve_kind_changes(lw, rw, bw, device, day, taken)
     moves: list[Op] = []
     _detect_remote_moves(lw, rw, bw, moves)
     _detect_local_moves(lw, rw, bw, moves)
@@ -393,6 +424,8 @@ def plan(
         keep = key in needed_folders
         survives = keep or (lo is not None and (r is not None or b is None))
         survives = survives or (r is not None and lo is None and b is None)
+        if not survives and key in holding:
+            continue  # decided the next round, once what it holds has moved on
         if survives:
             needed_folders.update(path_key(a) for a in ancestors(key))
         if lo is not None and r is not None:
@@ -414,4 +447,4 @@ def plan(
             deletes.append(Op(OpKind.FORGET, b.path))
     creates.sort(key=lambda op: op.path.count("/"))
     deletes.sort(key=lambda op: -op.path.count("/"))
-    return Plan(ops=set_aside + respellings + creates + moves + file_ops + deletes)
+    return Plan(ops=respellings + set_aside + creates + moves + file_ops + deletes)

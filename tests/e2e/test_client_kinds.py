@@ -68,3 +68,23 @@ def test_a_file_edited_there_and_made_a_folder_here_keeps_both(
     expected = {"x": b"A's edit", copy: None, f"{copy}/mine.txt": b"B's new work"}
     assert snapshot(a.folder) == snapshot(b.folder) == expected
     assert [c.path for c in b.state.conflicts()] == [copy]
+
+
+def test_a_folder_made_a_file_here_that_holds_what_this_device_ignores_keeps_both(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """The server keeps the folder (it holds a file this device ignores, so `if_empty`
+    refuses its delete): the local file is then set aside, and the folder comes back."""
+    a, b = engines
+    (b.folder / ".tesseraignore").write_text("*.log\n")
+    (a.folder / "logs").mkdir()
+    (a.folder / "logs" / "run.log").write_text("A's log")
+    synced_on_both(a, b, "logs/a.txt", "synced")
+    shutil.rmtree(b.folder / "logs")
+    (b.folder / "logs").write_text("B's file")
+    result = b.run_once()
+    assert not [p for p in result.problems if "quiescent" in p], result.problems
+    a.run_once()
+    copy = _copy("logs", "B")
+    assert snapshot(b.folder) == {".tesseraignore": b"*.log\n", "logs": None, copy: b"B's file"}
+    assert snapshot(a.folder) == {"logs": None, "logs/run.log": b"A's log", copy: b"B's file"}

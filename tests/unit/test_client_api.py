@@ -116,6 +116,11 @@ def test_a_retry_after_longer_than_the_policy_waits_is_answered_at_once(server: 
         r = send_with_retry(client, policy(sleeps), "POST", url + "/x", json={})
     assert r.status_code == 429 and r.headers["Retry-After"] == "3600"
     assert sleeps == [] and len(script.seen) == 1
+    # an outage's long wait (a proxy's maintenance page) is waited out, capped, as before
+    script.answers["/y"] = [(503, {"Retry-After": "3600"}, {}), (200, {}, {})]
+    with httpx.Client() as client:
+        r = send_with_retry(client, policy(sleeps), "POST", url + "/y", json={})
+    assert r.status_code == 200 and sleeps == [RetryPolicy().max_wait]
 
 
 def test_5xx_backs_off_exponentially_with_jitter(server: tuple[str, Script]) -> None:

@@ -1,12 +1,13 @@
-"""The planner's per-path rules where the property tests do not reach: a server whose
-history goes back."""
+"""The planner's rules where the property tests do not reach: a server whose history goes
+back, and files moved into a path that changed kind."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 
 from tessera_client.paths import path_key
-from tessera_client.planner import Entry, OpKind, plan
+from tessera_client.planner import Entry, EntryKind, OpKind, plan
 
 DAY = date(2026, 11, 27)
 
@@ -38,3 +39,29 @@ def test_a_newer_rev_still_downloads() -> None:
     newer = Entry("notes.txt", content_hash="h6", file_id="f1", rev=6)
     ops = plan(_tree(synced), _tree(newer), _tree(synced), device="d", day=DAY).ops
     assert [(op.kind, op.remote) for op in ops] == [(OpKind.DOWNLOAD, newer)]
+
+
+def test_files_moved_into_a_file_made_a_folder_elsewhere_are_moved_not_deleted() -> None:
+    """Another device replaced the file `notes` with a folder and moved a dozen files into
+    it. This round deletes the old file only; the dozen wait, and the next round moves them
+    (taken for deleted, they were deleted here, fetched again, and paused the sync as a
+    mass delete)."""
+    old = Entry("notes", content_hash="h0", file_id="f0", rev=1, inode=100)
+    moved = [
+        Entry(f"docs/{n}.txt", content_hash=f"h{n}", file_id=f"f{n}", rev=1, inode=100 + n)
+        for n in range(1, 13)
+    ]
+    docs = Entry("docs", EntryKind.FOLDER, file_id="d1")
+    base = _tree(old, docs, *moved)
+    remote = _tree(
+        docs,
+        Entry("notes", EntryKind.FOLDER, file_id="d2"),
+        *(replace(e, path="notes/" + e.path.removeprefix("docs/"), inode=0) for e in moved),
+    )
+    first = plan(base, remote, base, device="d", day=DAY)
+    assert [(op.kind, op.path) for op in first.ops] == [(OpKind.DELETE_LOCAL, "notes")]
+    after = _tree(docs, *moved)  # here and in the base, once the old file is gone
+    second = plan(after, remote, after, device="d", day=DAY)
+    kinds = [op.kind for op in second.ops]
+    assert kinds == [OpKind.CREATE_FOLDER_LOCAL] + [OpKind.MOVE_LOCAL] * 12
+    assert second.deletes == 0
