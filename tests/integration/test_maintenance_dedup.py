@@ -67,6 +67,25 @@ def test_same_content_from_two_users_is_stored_once(world: World) -> None:
     assert (again.verified, again.promoted, again.dropped) == (0, 0, 0)
 
 
+def test_a_verified_copy_replaces_a_canonical_object_of_another_size(world: World) -> None:
+    """The canonical object was cut short (or overwritten) and no scrub has seen it yet.
+    Another user's upload of the block verifies: it was dropped on the strength of a HEAD
+    alone, gc deleted it, and the only good bytes were gone. Now it replaces the
+    canonical, and both users read the block."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    _dedup(world)
+    bid = block_id(data)
+    key = object_keys.canonical_key(bid)
+    world.store.put(key, secrets.token_bytes(100))  # not the block, and not its size
+    world.put(BOB, "/b.bin", data)
+    result = _dedup(world)
+    assert (result.verified, result.promoted, result.dropped) == (1, 1, 0)
+    _collect_settled(world)
+    assert world.get(ALICE, "/a.bin") == data
+    assert world.get(BOB, "/b.bin") == data
+
+
 def test_a_user_who_uploaded_verified_content_may_skip_it_next_time(world: World) -> None:
     data = secrets.token_bytes(2 * BLOCK)
     world.put(ALICE, "/a.bin", data)

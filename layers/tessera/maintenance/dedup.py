@@ -98,7 +98,12 @@ def _settle(
             row = tx.block(bid)
             target = canonical_key(bid)
             head = store.head(target) if row is not None and row.state == "live" else None
-            if head is not None and head.tier is StorageTier.HOT:
+            # A canonical object of another size than its row records is not the block (cut
+            # short, or overwritten): the verified copy replaces it below. Dropped for it,
+            # the copy was deleted by gc, the only good bytes, and scrub quarantined the
+            # block for every version naming it.
+            intact = head is not None and row is not None and row.stored_size in (None, head.size)
+            if head is not None and head.tier is StorageTier.HOT and intact:
                 tx.settle_copy(copy, "dropped")
                 result.dropped += 1
                 result.bytes_freed += check.stored_size
