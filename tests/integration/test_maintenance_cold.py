@@ -590,6 +590,28 @@ def test_a_restoring_block_whose_object_was_deleted_is_undeleted_and_restored(
     assert world.get(ALICE, "/f.bin") == data
 
 
+def test_a_restoring_block_gc_deletes_meanwhile_is_not_undeleted(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc deletes the row, then the object, of a block no version names any more, between
+    cold storage's listing of the restoring blocks and its look at the object: the object
+    was undeleted with no row to name it, and stayed in the store for good."""
+    _data, key = _cold_file(world)
+    assert isinstance(world.get(ALICE, "/f.bin"), RestoringResponse)
+    head = world.store.head
+
+    def gc_first(k: str) -> object:
+        if k == key and world.sql("SELECT 1 FROM blocks"):
+            world.sql("DELETE FROM blocks RETURNING 1")
+            world.store.delete(key)
+        return head(k)
+
+    monkeypatch.setattr(world.store, "head", gc_first)
+    result = _cold(world, days=91)
+    assert (result.lost, result.repaired) == (0, 0)
+    assert world.keys_under("blocks/") == []
+
+
 def test_scrub_repairs_a_lost_cold_block_from_a_staged_duplicate(world: World) -> None:
     data, key = _cold_file(world)
     lose(world, key)

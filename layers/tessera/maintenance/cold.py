@@ -195,6 +195,9 @@ def _quarantine_lost(
     the owner's next upload of it is promoted by dedup)."""
     with ctx.repo.transaction() as tx:
         tx.block_lock(block_id)
+        row = tx.block(block_id)
+        if row is None or row.state != "restoring":
+            return  # settled meanwhile, or gone: gc deleted the row, then the object
         if ctx.store.head(key) is not None:  # put back meanwhile (dedup promoted a copy)
             return
         if ctx.store.undelete(key):  # deleted by mistake, and kept: the restore goes on
