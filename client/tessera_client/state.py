@@ -21,7 +21,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -293,6 +293,21 @@ class StateDB:
                 (kind, key, json.dumps(payload), time.time()),
             )
             db.execute("DELETE FROM pending_sent WHERE kind = ? AND key = ?", (kind, key))
+
+    def extend_pending(self, kind: str, keys: Iterable[str], expires_at: float) -> None:
+        """The server moved on the expiry of the session these works in flight use (what
+        is sent for them is kept)."""
+        with self.transaction() as db:
+            for key in keys:
+                row = db.execute(
+                    "SELECT payload FROM pending WHERE kind = ? AND key = ?", (kind, key)
+                ).fetchone()
+                if row is not None:
+                    payload = {**json.loads(row[0]), "expires_at": expires_at}
+                    db.execute(
+                        "UPDATE pending SET payload = ? WHERE kind = ? AND key = ?",
+                        (json.dumps(payload), kind, key),
+                    )
 
     def add_pending_sent(self, kind: str, key: str, block_ids: list[str]) -> None:
         """Blocks the work in flight has sent."""

@@ -523,7 +523,12 @@ class Transfers:
                 "upload_id": upload_id,
                 "blocks": [{"id": b[1], "size": len(b[3]), "sha256": b[4]} for b in blocks],
             }
-            urls = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body)).urls
+            answer = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body))
+            if answer.expires_at is not None:
+                # in use, the session lives on: a resume past its first hour had started over
+                paths = {path_key(b[0].path) for b in blocks}
+                self.state.extend_pending("upload", paths, answer.expires_at.timestamp())
+            urls = answer.urls
             puts += [
                 (b, self.pool.submit(self._put, u.method, u.url, u.headers, b[3]))
                 for b, u in paired(blocks, urls, "block URLs")

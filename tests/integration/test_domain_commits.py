@@ -24,6 +24,7 @@ from tessera.domain.models import (
     UploadStartRequest,
     UploadUrlBlock,
     UploadUrlsRequest,
+    UploadUrlsResponse,
 )
 from tessera.domain.services import Services
 from tessera.metadata.store import Store
@@ -233,6 +234,23 @@ def test_a_committed_block_gets_no_url_for_other_bytes(
 
 
 _GARBAGE_SHA = base64.b64encode(hashlib.sha256(b"garbage").digest()).decode()
+
+
+def test_urls_answer_with_the_session_expiry_they_moved_on(
+    services: Services, alice: Principal
+) -> None:
+    """A session in use lives on: the answer says until when, so a client resuming it
+    later does not start over at the first answer's hour."""
+    upload_id = upload_blocks(services, alice, "/e", [b"some bytes"])
+    bid = block_id(b"some bytes")
+    with services.db.transaction() as store:
+        row = store.upload_blocks(upload_id, [bid])[bid]
+    assert row.stored_size is not None and row.sha256 is not None
+    answer = _ask_url(services, alice, upload_id, bid, row.stored_size, row.sha256)
+    assert isinstance(answer, UploadUrlsResponse)
+    with services.db.transaction() as store:
+        session = store.get_upload(upload_id, alice.user_id)
+    assert session is not None and answer.expires_at == session.expires_at
 
 
 def _ask_url(

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -858,6 +859,28 @@ def test_a_malformed_upload_answer_is_reported_not_a_crash(
         "missing commit result": "answered 1 commit results for the 2 asked for",
     }[lie]
     assert expected in reported, reported
+
+
+def test_a_session_the_server_keeps_alive_is_resumed_past_its_first_hour(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """Each `/v1/uploads/urls` moves the session's expiry on (up to 48 h from its start).
+    The client kept the first answer's hour: an upload interrupted past it started a new
+    session, and sent every block again."""
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    later = datetime(2099, 1, 1, tzinfo=UTC)
+    start, urls = _uploads_answer(), _urls_answer(evil)
+    evil.answers = {
+        "/v1/uploads": lambda body: {**start(body), "expires_at": soon.isoformat()},
+        "/v1/uploads/urls": lambda body: {**urls(body), "expires_at": later.isoformat()},
+        "/v1/commit": lambda body: {},  # an answer that is none: the commit may pass later
+    }
+    engine = _engine(tmp_path, evil)
+    (tmp_path / "root" / "sync" / "a.txt").write_bytes(b"a" * 1000)
+    engine.run_once(max_rounds=1)
+    pending = engine.state.get_pending("upload", "a.txt")
+    engine.close()
+    assert pending is not None and pending["expires_at"] == later.timestamp()
 
 
 def test_an_idle_long_poll_is_answered_not_timed_out(

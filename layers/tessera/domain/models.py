@@ -227,9 +227,11 @@ class PresignedUrl(Model):
 
 
 class UploadUrlsResponse(Model):
-    """One presigned PUT per block, in request order."""
+    """One presigned PUT per block, in request order, and the session's expiry this request
+    moved on (a client resuming the session later knows it still lives)."""
 
     urls: list[PresignedUrl]
+    expires_at: datetime | None = None
 
 
 # ---------------------------------------------------------------------------------------

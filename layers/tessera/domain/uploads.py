@@ -318,4 +318,4 @@ def upload_urls(svc: Services, principal: Principal, req: UploadUrlsRequest) -> 
         )
         for b, p in zip(req.blocks, signed, strict=True)
     ]
-    return UploadUrlsResponse(urls=urls)
+    return UploadUrlsResponse(urls=urls, expires_at=session.expires_at)
