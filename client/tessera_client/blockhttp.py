@@ -54,6 +54,16 @@ def _checked(url: str, headers: Mapping[str, str]) -> SplitResult:
         raise UnusableUrl(f"not an http(s) URL: {shown}")
     if _UNSENDABLE.search(url):
         raise UnusableUrl(f"{shown}: a space or control character in the URL")
+    # What `http.client` would fail to encode (UnicodeError, a ValueError no caller took for
+    # the server's fault: it ended the sync, and the daemon, every round)
+    try:
+        url.encode("ascii")
+        parts.hostname.encode("idna")
+        for name, value in headers.items():
+            name.encode("ascii")
+            value.encode("latin-1")
+    except UnicodeError as exc:
+        raise UnusableUrl(f"{shown}: cannot be sent as HTTP ({exc})") from None
     for name, value in headers.items():
         if _UNSENDABLE.search(name) or _UNSENDABLE_VALUE.search(value):
             raise UnusableUrl(f"{shown}: header {name[:40]!r} holds a control character")
@@ -123,6 +133,11 @@ class BlockHttp:
                 response = _send(conn, method, target, headers or {}, content)
             body = response.read(self._max_answer + 1)
             self._check_size(url, len(body))
+            declared = response.getheader("Content-Length") or ""
+            if method != "HEAD" and declared.isdigit() and len(body) < int(declared):
+                # the connection closed early: `read(amt)` returns what came, no error. Taken
+                # whole, a cut block failed to decode and was reported as damaged in store
+                raise http.client.IncompleteRead(body, int(declared) - len(body))
         except BaseException as exc:
             self._discard(conn)
             if isinstance(exc, ssl.SSLError):

@@ -62,9 +62,10 @@ class _Store(BaseHTTPRequestHandler):
         if mode == "close":
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        # "cut": the connection drops a tenth of the way through the body
+        self.wfile.write(body[: len(body) // 10] if mode == "cut" else body)
         # "drop": promise keep-alive, then close anyway (an idle timeout on the server)
-        self.close_connection = mode in ("close", "drop")
+        self.close_connection = mode in ("close", "drop", "cut")
 
 
 @pytest.fixture
@@ -179,6 +180,10 @@ def test_an_unreachable_store_is_a_transport_error_the_retry_policy_handles(
         ("http://example.com/a b", {}),
         ("http://example.com/x", {"x-amz-meta": "v\r\nInjected: yes"}),
         ("http://example.com/x", {"bad name": "v"}),
+        # what http.client cannot encode: it raised UnicodeError, which ended every round
+        ("http://example.com/blöck", {}),
+        ("http://example.com/x", {"x-amz-meta": "\u20ac"}),
+        ("http://" + "a" * 64 + ".example.com/x", {}),
     ],
 )
 def test_only_sendable_urls_and_headers_are_sent(
@@ -213,6 +218,25 @@ def test_a_proxy_in_the_environment_is_honoured(
     assert len(seen) == 1
     routed.close()
     direct.close()
+
+
+def test_an_answer_cut_short_is_a_network_error_not_a_block(store: ThreadingHTTPServer) -> None:
+    """The connection closes before the Content-Length promised has come: `read(amt)`
+    returns what came, without an error. Taken as the block, it failed to decode and the
+    client reported the stored block as damaged; now it is retried like any network error."""
+    store.mode = "cut"  # type: ignore[attr-defined]
+    store.objects["/cut"] = (b"x" * 100, {})  # type: ignore[attr-defined]
+    fallback = httpx.Client()
+    cut = BlockHttp(fallback, timeout=5)
+    with pytest.raises(httpx.NetworkError):
+        cut.request("GET", _url(store, "/cut"))
+    sleeps: list[float] = []
+    policy = RetryPolicy(attempts=2, sleep=sleeps.append)
+    with pytest.raises(ServerUnreachable):
+        send_with_retry(cut, policy, "GET", _url(store, "/cut"))
+    assert len(sleeps) == 1  # retried
+    cut.close()
+    fallback.close()
 
 
 def test_an_answer_longer_than_any_block_is_refused_as_it_arrives(
