@@ -39,6 +39,7 @@ from tessera.api.models import (
     DownloadBlock,
     DownloadResponse,
     FileEntry,
+    PresignedUrl,
     RestoringResponse,
     UploadBlocksResponse,
     UploadStartResponse,
@@ -519,21 +520,38 @@ class Transfers:
             by_session.setdefault(e[2], []).append(e)
         puts: list[tuple[Encoded, Future[None]]] = []
         for upload_id, blocks in by_session.items():
-            body = {
-                "upload_id": upload_id,
-                "blocks": [{"id": b[1], "size": len(b[3]), "sha256": b[4]} for b in blocks],
-            }
-            answer = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body))
-            if answer.expires_at is not None:
-                # in use, the session lives on: a resume past its first hour had started over
-                paths = {path_key(b[0].path) for b in blocks}
-                self.state.extend_pending("upload", paths, answer.expires_at.timestamp())
-            urls = answer.urls
             puts += [
-                (b, self.pool.submit(self._put, u.method, u.url, u.headers, b[3]))
-                for b, u in paired(blocks, urls, "block URLs")
+                (b, self.pool.submit(self._put_block, b, u))
+                for b, u in self._block_urls(upload_id, blocks)
             ]
         return puts
+
+    def _block_urls(
+        self, upload_id: str, blocks: list[Encoded]
+    ) -> list[tuple[Encoded, PresignedUrl]]:
+        """Each encoded block of a session with its PUT URL (`/v1/uploads/urls`)."""
+        body = {
+            "upload_id": upload_id,
+            "blocks": [{"id": b[1], "size": len(b[3]), "sha256": b[4]} for b in blocks],
+        }
+        answer = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body))
+        if answer.expires_at is not None:
+            # in use, the session lives on: a resume past its first hour had started over
+            paths = {path_key(b[0].path) for b in blocks}
+            self.state.extend_pending("upload", paths, answer.expires_at.timestamp())
+        return paired(blocks, answer.urls, "block URLs")
+
+    def _put_block(self, block: Encoded, url: PresignedUrl) -> None:
+        """PUT an encoded block; its URL renewed once when the store refuses it (403): a
+        window's URLs are signed while the window before is still sending, and on a slow
+        link (or after a suspend) they expired first, which failed the whole upload."""
+        try:
+            self._put(url.method, url.url, url.headers, block[3])
+        except ApiError as e:
+            if e.status != 403:
+                raise
+            [(_, fresh)] = self._block_urls(block[2], [block])
+            self._put(fresh.method, fresh.url, fresh.headers, block[3])
 
     def _put(self, method: str, url: str, headers: dict[str, str], data: bytes) -> None:
         if method != "PUT":  # as `_get`: a block is stored, nothing else

@@ -48,6 +48,7 @@ class Evil:
     expired: set[str] = field(default_factory=set)  # block URLs that answer 403 until renewed
     stuck_pages: bool = False  # answer every page after the first with no blocks
     renew_wrong: bool = False  # a renewal answers with the next block instead
+    put_paths: list[str] = field(default_factory=list)  # the block PUTs, in order
     # upload routes (`/v1/uploads`, ...) -> how they answer a request body
     answers: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
 
@@ -174,7 +175,11 @@ def evil() -> Iterator[Evil]:
 
         def do_PUT(self) -> None:  # a presigned block PUT
             self.rfile.read(int(self.headers["Content-Length"] or 0))
-            self._send(200, None, b"")
+            state.put_paths.append(self.path)
+            if "/expired/" in self.path:
+                self._send(403, None, b"<Error><Code>AccessDenied</Code>Request has expired")
+            else:
+                self._send(200, None, b"")
 
         def log_message(self, *args: object) -> None:
             pass
@@ -881,6 +886,38 @@ def test_a_session_the_server_keeps_alive_is_resumed_past_its_first_hour(
     pending = engine.state.get_pending("upload", "a.txt")
     engine.close()
     assert pending is not None and pending["expires_at"] == later.timestamp()
+
+
+def test_a_put_url_that_expired_before_its_turn_is_renewed(tmp_path: Path, evil: Evil) -> None:
+    """A window's URLs are signed while the window before still sends: on a slow link (or
+    after a suspend) they expire before their turn, and the store answers 403. That failed
+    the upload, every round; now the block's URL is renewed, once."""
+    asked: list[str] = []
+
+    def urls(body: dict[str, Any]) -> Any:
+        blocks = []
+        for b in body["blocks"]:
+            first = b["id"] not in asked
+            asked.append(b["id"])
+            path = f"/put/expired/{b['id']}" if first else f"/put/{b['id']}"
+            blocks.append({"id": b["id"], "method": "PUT", "url": evil.base + path})
+        return {"urls": blocks}
+
+    evil.answers = {
+        "/v1/uploads": _uploads_answer(),
+        "/v1/uploads/urls": urls,
+        "/v1/commit_batch": _commit_batch_answer(drop=0),
+    }
+    engine = _engine(tmp_path, evil)
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "root" / "sync" / name).write_bytes(name.encode() * 1000)
+    result = engine.run_once(max_rounds=1)
+    engine.close()
+    assert not [p for p in result.problems if "upload" in p], result.problems
+    assert "/v1/commit_batch" in evil.posted
+    assert sorted(evil.put_paths) == sorted(
+        [f"/put/expired/{b}" for b in set(asked)] + [f"/put/{b}" for b in set(asked)]
+    )
 
 
 def test_an_idle_long_poll_is_answered_not_timed_out(
