@@ -18,6 +18,7 @@ import http.client
 import re
 import ssl
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable, Mapping
 from urllib.parse import SplitResult, urlsplit
@@ -33,6 +34,10 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 # characters and spaces; in a header value, control characters but tab.
 _UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
 _UNSENDABLE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: The longest an answer may take to arrive whole (a block is at most 4 MiB: 15 minutes is
+#: under 5 KB/s), and the size of each read of it
+MAX_REQUEST_S = 900.0
+_READ_SIZE = 256 * 1024
 
 
 class UnusableUrl(ValueError):
@@ -131,8 +136,11 @@ class BlockHttp:
                 self._discard(kept)
                 conn = self._connect(*key)
                 response = _send(conn, method, target, headers or {}, content)
-            body = response.read(self._max_answer + 1)
-            self._check_size(url, len(body))
+            # `read1`: one read of the socket at most, so the deadline is checked between
+            # reads; `read()` then marks the answer done (`read1` leaves it open at its end,
+            # and the connection refused its next request)
+            body = self._gather(url, iter(lambda: response.read1(_READ_SIZE), b""))
+            response.read()
             declared = response.getheader("Content-Length") or ""
             if method != "HEAD" and declared.isdigit() and len(body) < int(declared):
                 # the connection closed early: `read(amt)` returns what came, no error. Taken
@@ -164,14 +172,27 @@ class BlockHttp:
         """The request sent by the httpx client (which honours the proxy), its answer read
         up to `max_answer` bytes."""
         with self._fallback.stream(method, url, headers=headers, content=content) as streamed:
-            body = bytearray()
-            for chunk in streamed.iter_raw():
-                body += chunk
-                self._check_size(url, len(body))
+            body = self._gather(url, streamed.iter_raw())
             kept = _opaque(streamed.headers.multi_items(), "content-length")
             return httpx.Response(
-                streamed.status_code, headers=kept, content=bytes(body), request=streamed.request
+                streamed.status_code, headers=kept, content=body, request=streamed.request
             )
+
+    def _gather(self, url: str, chunks: Iterable[bytes]) -> bytes:
+        """An answer's body from its chunks, refused past `max_answer` bytes (`UnusableUrl`)
+        or `MAX_REQUEST_S` seconds (`httpx.ReadTimeout`): the socket's timeout bounds each
+        read only, and a store sending a byte a minute held a round (or the daemon) for as
+        long as it liked."""
+        deadline = time.monotonic() + MAX_REQUEST_S
+        body = bytearray()
+        for chunk in chunks:
+            body += chunk
+            self._check_size(url, len(body))
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(
+                    f"{url.split('?')[0]}: the answer took over {MAX_REQUEST_S} s"
+                )
+        return bytes(body)
 
     def _check_size(self, url: str, received: int) -> None:
         if received > self._max_answer:

@@ -9,6 +9,7 @@ import datetime
 import ipaddress
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,8 +63,15 @@ class _Store(BaseHTTPRequestHandler):
         if mode == "close":
             self.send_header("Connection", "close")
         self.end_headers()
-        # "cut": the connection drops a tenth of the way through the body
-        self.wfile.write(body[: len(body) // 10] if mode == "cut" else body)
+        # "cut": the connection drops a tenth of the way through the body; "slow": it comes
+        # a tenth at a time, 0.2 s apart
+        if mode == "slow":
+            for n in range(0, len(body), max(1, len(body) // 10)):
+                self.wfile.write(body[n : n + max(1, len(body) // 10)])
+                self.wfile.flush()
+                time.sleep(0.2)
+        else:
+            self.wfile.write(body[: len(body) // 10] if mode == "cut" else body)
         # "drop": promise keep-alive, then close anyway (an idle timeout on the server)
         self.close_connection = mode in ("close", "drop", "cut")
 
@@ -236,6 +244,24 @@ def test_an_answer_cut_short_is_a_network_error_not_a_block(store: ThreadingHTTP
         send_with_retry(cut, policy, "GET", _url(store, "/cut"))
     assert len(sleeps) == 1  # retried
     cut.close()
+    fallback.close()
+
+
+def test_an_answer_that_trickles_in_is_cut_off_at_the_deadline(
+    store: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read is within the socket's timeout, but the whole answer takes longer than any
+    block should: a store sending a byte a minute held the round for as long as it liked."""
+    monkeypatch.setattr("tessera_client.blockhttp.MAX_REQUEST_S", 0.5)
+    store.mode = "slow"  # type: ignore[attr-defined]
+    store.objects["/slow"] = (b"x" * 100, {})  # type: ignore[attr-defined]
+    fallback = httpx.Client()
+    slow = BlockHttp(fallback, timeout=5)
+    started = time.monotonic()
+    with pytest.raises(httpx.TimeoutException):
+        slow.request("GET", _url(store, "/slow"))
+    assert time.monotonic() - started < 1.5  # not the whole 2 s the answer takes
+    slow.close()
     fallback.close()
 
 
