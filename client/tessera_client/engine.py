@@ -264,6 +264,7 @@ class SyncEngine:
         result = RoundResult()
         if pull:
             self.pull()
+        self._adopt_commits()
         base = self.state.base_tree()
         for c in self.state.conflicts():  # the user dealt with it: forget it
             if not self.fs.exists(c.path):
@@ -298,6 +299,27 @@ class SyncEngine:
         self._execute(ops, scan, result)
         self.state.set_meta("last_sync", str(time.time()))
         return result
+
+    def _adopt_commits(self) -> None:
+        """Record the uploads whose commit landed though this device never recorded its
+        answer (lost on the way, or the process killed first): the server's file at the
+        path holds the content the session was for. Left to the planner, an edit made since
+        read as changed on both sides, and went up as a conflicted copy of the device's own
+        upload. Recorded with no stat, so the next scan hashes the file."""
+        pending = self.state.list_pending("upload")
+        if not pending:
+            return
+        remote = self.state.remote_tree()
+        for _kind, key, session in pending:
+            r = remote.get(key)
+            if r is None or not r.is_file or r.content_hash != session.get("content_hash"):
+                continue
+            b = self.state.base_entry(r.path)
+            if b is not None and (b.file_id, b.rev) == (r.file_id, r.rev):
+                continue
+            with self.state.transaction():
+                self.state.put_base(replace(r, mtime_ns=0, inode=0))
+                self.state.drop_pending("upload", key)
 
     def _vouch_for_rehashed(self, scan: LocalScan, base: dict[str, Entry]) -> None:
         """Files recorded racily clean (mtime 0 in the base: hashed at every scan) that this
@@ -614,8 +636,11 @@ class SyncEngine:
         if not unchanged:
             return True  # changed since the scan: the next round looks again
         copy = op.copy_path if not self.fs.exists(op.copy_path) else self._free_copy_name(op.path)
-        self.fs.rename(op.path, copy)
+        # the base first: killed between the two, the next round sets the path aside again
+        # (nothing in the base), where a rename left first read as the server's files there
+        # deleted here, and deleted them on the server
         self.state.delete_base(op.path, recursive=True)
+        self.fs.rename(op.path, copy)
         what, other = ("file", "folder") if op.local.is_file else ("folder", "file")
         reason = f"a {other} of this name on the server"
         self.state.add_conflict(copy, op.path, reason, local_only=False)

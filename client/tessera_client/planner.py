@@ -295,25 +295,30 @@ def _resolve_kind_changes(
       so the present side counts as new (the base below a folder is forgotten by the
       per-path rules: gone from both sides)."""
     ops: list[Op] = []
-    held: set[str] = set()
+    clashes: list[str] = []
+    trimmed: list[tuple[Tree, bool]] = []  # what was trimmed, and whether from the remote
     for key in sorted(set(lw) | set(rw), key=lambda k: (k.count("/"), k)):
         lo, r, b = lw.get(key), rw.get(key), bw.get(key)
         kinds = {e.kind for e in (lo, r) if e is not None}  # none: trimmed with a folder
         if lo is not None and r is not None and lo.kind != r.kind:
+            clashes.append(key)
             if b is not None and b.kind == lo.kind and _as_in_base(lw, bw, key, _same_content):
-                held |= _moved_in(rw, bw, key, _trim(rw, key), remote=True)
+                trimmed.append((_trim(rw, key), True))
             elif b is not None and b.kind == r.kind and _as_in_base(rw, bw, key, _same_rev):
-                held |= _moved_in(lw, bw, key, _trim(lw, key), remote=False)
+                trimmed.append((_trim(lw, key), False))
             else:
                 copy = _conflict_path(lo.path, device, day, taken)
                 ops.append(Op(OpKind.SET_ASIDE, lo.path, local=lo, copy_path=copy))
-                held |= _moved_in(rw, bw, key, _trim(rw, key), remote=True)
-                held |= _moved_in(lw, bw, key, _trim(lw, key), remote=False)
+                trimmed += [(_trim(rw, key), True), (_trim(lw, key), False)]
                 _trim(bw, key)
         elif b is not None and kinds and b.kind not in kinds:
             del bw[key]
-    # they wait a round (the next round's move detection moves them), and the folders
-    # above them are not deleted meanwhile
+    # Files moved into what was trimmed wait a round (the next round's move detection
+    # moves them), and the folders above them are not deleted meanwhile. Never one of
+    # what a clash trimmed: two clashes each holding the other's (a swap, or two files of
+    # one content) waited for each other for ever, with nothing planned.
+    held = {k for entries, remote in trimmed for k in _moved_in(lw, rw, bw, entries, remote=remote)}
+    held = {k for k in held if not any(k == c or is_under(k, c) for c in clashes)}
     holding = {a for k in held for a in ancestors(k)}  # a key's prefixes are keys
     for k in held:
         for tree in (lw, rw, bw):
@@ -345,24 +350,22 @@ def _trim(tree: dict[str, Entry], key: str) -> dict[str, Entry]:
     return {k: tree.pop(k) for k in [k for k in tree if k == key or is_under(k, key)]}
 
 
-def _moved_in(
-    tree: dict[str, Entry], base: Tree, key: str, trimmed: Tree, *, remote: bool
-) -> set[str]:
-    """The base files (outside `key`) that one side moved into the subtree trimmed from it
-    (by the server: the same file_id; here: the same inode or content). They wait a round:
-    taken for deleted, they were deleted on the other side and sent again as new files
-    (their history lost), and a dozen paused the sync as a mass delete."""
+def _moved_in(lw: Tree, rw: Tree, base: Tree, trimmed: Tree, *, remote: bool) -> set[str]:
+    """The base files one side no longer holds where they were, and moved into a subtree
+    trimmed from it (by the server: the same file_id; here: the same inode or content).
+    They wait a round: taken for deleted, they were deleted on the other side and sent
+    again as new files (their history lost), and a dozen paused the sync as a mass
+    delete."""
     files = [e for e in trimmed.values() if e.is_file]
     ids = {e.file_id for e in files if e.file_id}
     inodes = {e.inode for e in files if e.inode}
     contents = {e.content_hash for e in files}
+    side = rw if remote else lw
     return {
         k
         for k, b in base.items()
         if b.is_file
-        and k not in tree
-        and k != key
-        and not is_under(k, key)
+        and k not in side
         and (b.file_id in ids if remote else (b.inode in inodes or b.content_hash in contents))
     }
 

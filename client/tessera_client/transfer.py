@@ -426,20 +426,9 @@ class Transfers:
                     commits.append(committer.submit(self._commit, ready, sessions))
 
             def hand_over(*, block: bool) -> None:
-                """Emit the results of the commits that are back (all of them: `block`).
-                A commit's committed files are emitted in one state transaction: recording
-                one is two writes, and a commit of the state database per file cost the
-                client more CPU than recording it. The rest (conflicts, refusals) may
-                rename files or download: they go after, outside it."""
+                """Emit the results of the commits that are back (all of them: `block`)."""
                 while commits and (block or commits[0].done()):
-                    results = commits.popleft().result()
-                    with self.state.transaction():
-                        for result in results:
-                            if result.entry is not None:
-                                emit(result)
-                    for result in results:
-                        if result.entry is None:
-                            emit(result)
+                    self._hand_over(commits.popleft().result(), emit)
 
             def finish(puts: list[tuple[Encoded, Future[None]]]) -> None:
                 """Wait for a window's PUTs, record what arrived, commit what is complete."""
@@ -486,8 +475,7 @@ class Transfers:
                 wait(commits)  # a commit in flight still records what it committed
                 for commit in commits:
                     if commit.exception() is None:  # and its files are recorded as such
-                        for result in commit.result():
-                            emit(result)
+                        self._hand_over(commit.result(), emit)
                 raise
             hand_over(block=True)
         for item in items:
@@ -615,16 +603,28 @@ class Transfers:
                         (err.model_extra or {}) if err else {},
                     )
                     results.append(UploadResult(item, status=res.status, error=api_err))
+        self.stats.files_up += sum(r.entry is not None for r in results)
+        return results
+
+    def _hand_over(self, results: list[UploadResult], emit: Callable[[UploadResult], None]) -> None:
+        """Emit a commit's results. The committed files are emitted (recorded) in one state
+        transaction with their sessions dropped: recording one is two writes, and a commit
+        of the state database per file cost more CPU than recording it; and dropped on the
+        commit thread before, a kill before the record left neither (`SyncEngine` adopts a
+        commit from its session). The rest (conflicts, refusals) may rename files or
+        download: they go after, outside it."""
         with self.state.transaction():
             for r in results:
-                if r.entry is not None:
-                    self.stats.files_up += 1
                 # done (committed or refused): the session is no longer ours. After a
                 # failure that may pass (5xx, 429, a proxy's page), it is kept: its blocks
                 # were sent, and the next round commits them with the same idempotency key
                 if r.entry is not None or (r.error is not None and r.error.refused):
                     self.state.drop_pending("upload", path_key(r.item.path))
-        return results
+                if r.entry is not None:
+                    emit(r)
+        for r in results:
+            if r.entry is None:
+                emit(r)
 
     # -- downloads ----------------------------------------------------------------------
 

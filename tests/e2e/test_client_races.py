@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tessera_client.api import ApiError
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import MTIME_GRANULARITY_NS
 
@@ -124,3 +125,30 @@ def test_an_edit_of_a_file_made_again_elsewhere_at_the_same_rev_is_a_conflict(
     b.run_once()
     both = kept_both("doc.txt", "A", theirs="B's new file", mine="A's edit of the old one")
     assert snapshot(a.folder) == snapshot(b.folder) == both
+
+
+def test_an_edit_after_a_commit_whose_answer_was_lost_is_no_conflict(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """The commit landed, its answer did not (a dropped connection, or the process killed
+    before it recorded it). An edit made before the next round read as changed on both
+    sides, and went up as a conflicted copy of the device's own upload."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    (a.folder / "doc.txt").write_text("v2")
+    call = a.api.call
+
+    def answer_lost(route: str, *args: Any, **kwargs: Any) -> Any:
+        answer = call(route, *args, **kwargs)
+        if route.startswith("/v1/commit"):
+            raise ApiError(502, "bad_gateway", "the answer was lost on the way", {})
+        return answer
+
+    a.api.call = answer_lost  # type: ignore[method-assign]
+    a.round()
+    del a.api.call
+    (a.folder / "doc.txt").write_text("v3, written before the next round")
+    a.run_once()
+    b.run_once()
+    expected = {"doc.txt": b"v3, written before the next round"}
+    assert snapshot(a.folder) == snapshot(b.folder) == expected

@@ -9,6 +9,8 @@ from datetime import date
 from tessera_client.paths import path_key
 from tessera_client.planner import Entry, EntryKind, OpKind, plan
 
+from .test_planner_properties import Model
+
 DAY = date(2026, 11, 27)
 
 
@@ -65,3 +67,45 @@ def test_files_moved_into_a_file_made_a_folder_elsewhere_are_moved_not_deleted()
     kinds = [op.kind for op in second.ops]
     assert kinds == [OpKind.CREATE_FOLDER_LOCAL] + [OpKind.MOVE_LOCAL] * 12
     assert second.deletes == 0
+
+
+def _converged(local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry]) -> Model:
+    """The trees after rounds of planning and applying, once a plan is empty (at most 5)."""
+    model = Model(local, remote, base)
+    for _ in range(5):
+        ops = plan(model.local, model.remote, model.base, device="d", day=DAY).ops
+        if not ops:
+            return model
+        model.apply(ops)
+    raise AssertionError(f"no convergence in 5 rounds: {ops}")
+
+
+def test_two_folders_made_files_of_each_others_contents_converge() -> None:
+    """Each clash held the file moved into the other's trimmed subtree, each waited for the
+    other, and every plan was empty while the sides differed."""
+    folder = EntryKind.FOLDER
+    synced = _tree(
+        Entry("a", folder, file_id="d:a"),
+        Entry("a/x", content_hash="h1", file_id="f1", rev=1, inode=1),
+        Entry("b", folder, file_id="d:b"),
+        Entry("b/y", content_hash="h2", file_id="f2", rev=1, inode=2),
+    )
+    swapped = _tree(Entry("a", content_hash="h2", inode=2), Entry("b", content_hash="h1", inode=1))
+    model = _converged(swapped, synced, synced)
+    assert model.view(model.local) == model.view(model.remote) == model.view(swapped)
+
+
+def test_two_clashes_of_one_content_converge() -> None:
+    folder = EntryKind.FOLDER
+    synced = _tree(
+        Entry("a", content_hash="h0", file_id="f1", rev=1, inode=100),
+        Entry("c", folder, file_id="d:c"),
+        Entry("c/a", content_hash="h0", file_id="f2", rev=1, inode=101),
+    )
+    here = _tree(
+        Entry("a", folder),
+        Entry("a/a", content_hash="h0", inode=100),
+        Entry("c", content_hash="h0", inode=101),
+    )
+    model = _converged(here, synced, synced)
+    assert model.view(model.local) == model.view(model.remote) == model.view(here)
