@@ -14,13 +14,16 @@ by the httpx client, which honours the proxy.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
+import socket
 import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from urllib.parse import SplitResult, urlsplit
 
 import httpx
@@ -34,10 +37,9 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 # characters and spaces; in a header value, control characters but tab.
 _UNSENDABLE = re.compile(r"[\x00-\x20\x7f]")
 _UNSENDABLE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-#: The longest an answer may take to arrive whole (a block is at most 4 MiB: 15 minutes is
-#: under 5 KB/s), and the size of each read of it
+#: The longest a request and its answer may take (a block is at most 4 MiB: 15 minutes is
+#: under 5 KB/s)
 MAX_REQUEST_S = 900.0
-_READ_SIZE = 256 * 1024
 
 
 class UnusableUrl(ValueError):
@@ -129,18 +131,14 @@ class BlockHttp:
         conn = kept or self._connect(*key)
         try:
             try:
-                response = _send(conn, method, target, headers or {}, content)
+                response, body = self._exchange(conn, method, target, headers or {}, content)
             except _STALE:
                 if kept is None:
                     raise
                 self._discard(kept)
                 conn = self._connect(*key)
-                response = _send(conn, method, target, headers or {}, content)
-            # `read1`: one read of the socket at most, so the deadline is checked between
-            # reads; `read()` then marks the answer done (`read1` leaves it open at its end,
-            # and the connection refused its next request)
-            body = self._gather(url, iter(lambda: response.read1(_READ_SIZE), b""))
-            response.read()
+                response, body = self._exchange(conn, method, target, headers or {}, content)
+            self._check_size(url, len(body))
             declared = response.getheader("Content-Length") or ""
             if method != "HEAD" and declared.isdigit() and len(body) < int(declared):
                 # the connection closed early: `read(amt)` returns what came, no error. Taken
@@ -166,6 +164,24 @@ class BlockHttp:
             request=httpx.Request(method, url),
         )
 
+    def _exchange(
+        self,
+        conn: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        content: bytes | None,
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """Send the request and read its answer (up to `max_answer` + 1 bytes) within
+        `MAX_REQUEST_S` (`TimeoutError` past it)."""
+        with _WATCHDOG.watching(conn, MAX_REQUEST_S) as late:
+            conn.request(method, target, body=content, headers=headers)
+            response = conn.getresponse()
+            body = response.read(self._max_answer + 1)
+        if late.is_set():
+            raise TimeoutError(f"the exchange took over {MAX_REQUEST_S} s")
+        return response, body
+
     def _through_proxy(
         self, method: str, url: str, headers: dict[str, str] | None, content: bytes | None
     ) -> httpx.Response:
@@ -179,10 +195,9 @@ class BlockHttp:
             )
 
     def _gather(self, url: str, chunks: Iterable[bytes]) -> bytes:
-        """An answer's body from its chunks, refused past `max_answer` bytes (`UnusableUrl`)
-        or `MAX_REQUEST_S` seconds (`httpx.ReadTimeout`): the socket's timeout bounds each
-        read only, and a store sending a byte a minute held a round (or the daemon) for as
-        long as it liked."""
+        """An answer's body from its chunks (through a proxy), refused past `max_answer`
+        bytes (`UnusableUrl`) or `MAX_REQUEST_S` seconds (`httpx.ReadTimeout`, as
+        `_Watchdog` bounds a direct one)."""
         deadline = time.monotonic() + MAX_REQUEST_S
         body = bytearray()
         for chunk in chunks:
@@ -235,15 +250,53 @@ class BlockHttp:
             self._open.discard(conn)
 
 
-def _send(
-    conn: http.client.HTTPConnection,
-    method: str,
-    target: str,
-    headers: dict[str, str],
-    content: bytes | None,
-) -> http.client.HTTPResponse:
-    conn.request(method, target, body=content, headers=headers)
-    return conn.getresponse()
+class _Watchdog:
+    """Shuts down the connections whose exchange runs past its deadline. The socket's
+    timeout bounds each read only: a store sending a byte a minute held a round (or the
+    daemon) for as long as it liked. Reading in small pieces to look at a clock between
+    them cost three to five times the CPU of one read, so one thread watches them all."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[http.client.HTTPConnection, tuple[float, threading.Event]] = {}
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def watching(
+        self, conn: http.client.HTTPConnection, seconds: float
+    ) -> Iterator[threading.Event]:
+        """Watch `conn` for `seconds`; the event is set if it was shut down for it."""
+        late = threading.Event()
+        with self._cond:
+            self._due[conn] = (time.monotonic() + seconds, late)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tessera-block-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        try:
+            yield late
+        finally:
+            with self._cond:
+                self._due.pop(conn, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for conn, (due, late) in list(self._due.items()):
+                    if due <= now:
+                        del self._due[conn]
+                        late.set()
+                        if conn.sock is not None:  # a blocked read returns at once
+                            with contextlib.suppress(OSError):
+                                conn.sock.shutdown(socket.SHUT_RDWR)
+                soonest = min((due for due, _ in self._due.values()), default=now + 3600)
+                self._cond.wait(soonest - now)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _opaque(headers: Iterable[tuple[str, str]], *dropped: str) -> list[tuple[str, str]]:
