@@ -140,7 +140,8 @@ class BlockHttp:
                 response, body = self._exchange(conn, method, target, headers or {}, content)
             self._check_size(url, len(body))
             declared = response.getheader("Content-Length") or ""
-            if method != "HEAD" and declared.isdigit() and len(body) < int(declared):
+            bodiless = method == "HEAD" or response.status in (204, 304) or response.status < 200
+            if not bodiless and declared.isdigit() and len(body) < int(declared):
                 # the connection closed early: `read(amt)` returns what came, no error. Taken
                 # whole, a cut block failed to decode and was reported as damaged in store
                 raise http.client.IncompleteRead(body, int(declared) - len(body))
@@ -175,11 +176,15 @@ class BlockHttp:
         """Send the request and read its answer (up to `max_answer` + 1 bytes) within
         `MAX_REQUEST_S` (`TimeoutError` past it)."""
         with _WATCHDOG.watching(conn, MAX_REQUEST_S) as late:
-            conn.request(method, target, body=content, headers=headers)
-            response = conn.getresponse()
-            body = response.read(self._max_answer + 1)
-        if late.is_set():
-            raise TimeoutError(f"the exchange took over {MAX_REQUEST_S} s")
+            try:
+                conn.request(method, target, body=content, headers=headers)
+                response = conn.getresponse()
+                body = response.read(self._max_answer + 1)
+            finally:
+                # whatever its shutdown made the exchange raise (a reset, which a kept
+                # connection would have sent again on a new one, for another deadline)
+                if late.is_set():
+                    raise TimeoutError(f"the exchange took over {MAX_REQUEST_S} s")
         return response, body
 
     def _through_proxy(
@@ -286,12 +291,18 @@ class _Watchdog:
             while True:
                 now = time.monotonic()
                 for conn, (due, late) in list(self._due.items()):
-                    if due <= now:
-                        del self._due[conn]
-                        late.set()
-                        if conn.sock is not None:  # a blocked read returns at once
-                            with contextlib.suppress(OSError):
-                                conn.sock.shutdown(socket.SHUT_RDWR)
+                    if due > now:
+                        continue
+                    if conn.sock is None:  # still connecting (bounded by its timeout)
+                        self._due[conn] = (now + 1.0, late)
+                        continue
+                    del self._due[conn]
+                    late.set()
+                    # the plain socket's shutdown (a blocked read returns at once):
+                    # `SSLSocket.shutdown` unwraps the TLS object under the reading
+                    # thread's feet, a ValueError there
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
                 soonest = min((due for due, _ in self._due.values()), default=now + 3600)
                 self._cond.wait(soonest - now)
 

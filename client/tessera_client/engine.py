@@ -302,23 +302,34 @@ class SyncEngine:
 
     def _adopt_commits(self) -> None:
         """Record the uploads whose commit landed though this device never recorded its
-        answer (lost on the way, or the process killed first): the server's file at the
-        path holds the content the session was for. Left to the planner, an edit made since
-        read as changed on both sides, and went up as a conflicted copy of the device's own
-        upload. Recorded with no stat, so the next scan hashes the file."""
+        answer (lost on the way, or the process killed first). Left to the planner, an edit
+        made since read as changed on both sides, and went up as a conflicted copy of the
+        device's own upload. Only a commit this device sent, in a session still alive, and
+        only what it would have made: at the path, its content at the rev after the one it
+        was sent on, of the file it was sent for (a new file: one this device knows under
+        no other path). Any session whose content the server's file held was adopted
+        before: a stale one, its file renamed meanwhile and renamed back elsewhere, took
+        the file for deleted here, and deleted it everywhere. Recorded with no stat, so the
+        next scan hashes the file."""
         pending = self.state.list_pending("upload")
         if not pending:
             return
-        remote = self.state.remote_tree()
+        remote, base, now = self.state.remote_tree(), self.state.base_tree(), time.time()
+        known = {e.file_id for e in base.values() if e.file_id}
         for _kind, key, session in pending:
-            r = remote.get(key)
-            if r is None or not r.is_file or r.content_hash != session.get("content_hash"):
+            sent, r = session.get("commit"), remote.get(key)
+            if not sent or r is None or not r.is_file:
                 continue
-            b = self.state.base_entry(r.path)
-            if b is not None and (b.file_id, b.rev) == (r.file_id, r.rev):
+            same_file = r.file_id == sent["file_id"] if sent["file_id"] else r.file_id not in known
+            made = r.content_hash == session.get("content_hash") and same_file
+            if not made or r.rev != (sent["parent_rev"] or 0) + 1:
                 continue
+            if self.state.session_expiry(session) <= now:
+                continue
+            b = base.get(key)
             with self.state.transaction():
-                self.state.put_base(replace(r, mtime_ns=0, inode=0))
+                if b is None or (b.file_id, b.rev) != (r.file_id, r.rev):
+                    self.state.put_base(replace(r, mtime_ns=0, inode=0))
                 self.state.drop_pending("upload", key)
 
     def _vouch_for_rehashed(self, scan: LocalScan, base: dict[str, Entry]) -> None:

@@ -21,7 +21,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (
     kind TEXT NOT NULL, key TEXT NOT NULL, payload TEXT NOT NULL, updated_at REAL NOT NULL,
     PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS session_expiry (
+    upload_id TEXT PRIMARY KEY, expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pending_sent (
     kind TEXT NOT NULL, key TEXT NOT NULL, block_id TEXT NOT NULL,
@@ -294,20 +297,38 @@ class StateDB:
             )
             db.execute("DELETE FROM pending_sent WHERE kind = ? AND key = ?", (kind, key))
 
-    def extend_pending(self, kind: str, keys: Iterable[str], expires_at: float) -> None:
-        """The server moved on the expiry of the session these works in flight use (what
-        is sent for them is kept)."""
+    def merge_pending(self, kind: str, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Add fields to works in flight (by key; what is sent for them is kept)."""
         with self.transaction() as db:
-            for key in keys:
+            for key, fields in changes.items():
                 row = db.execute(
                     "SELECT payload FROM pending WHERE kind = ? AND key = ?", (kind, key)
                 ).fetchone()
                 if row is not None:
-                    payload = {**json.loads(row[0]), "expires_at": expires_at}
                     db.execute(
                         "UPDATE pending SET payload = ? WHERE kind = ? AND key = ?",
-                        (json.dumps(payload), kind, key),
+                        (json.dumps({**json.loads(row[0]), **fields}), kind, key),
                     )
+
+    def extend_session(self, upload_id: str, expires_at: float) -> None:
+        """The server moved an upload session's expiry on (its own row: rewriting the
+        records of the session's files, a 10 GiB file's list of blocks among them, after
+        every window was the O(blocks²) of old again). Long-expired rows go."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO session_expiry VALUES (?, ?)", (upload_id, expires_at)
+            )
+            db.execute("DELETE FROM session_expiry WHERE expires_at < ?", (time.time() - 86_400,))
+
+    def session_expiry(self, record: Mapping[str, Any]) -> float:
+        """When the upload session of a work in flight expires: as its start said, or as the
+        server moved it on since."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT expires_at FROM session_expiry WHERE upload_id = ?",
+                (record.get("upload_id"),),
+            ).fetchone()
+        return max(float(record.get("expires_at", 0.0)), row[0] if row else 0.0)
 
     def add_pending_sent(self, kind: str, key: str, block_ids: list[str]) -> None:
         """Blocks the work in flight has sent."""

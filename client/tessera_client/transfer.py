@@ -261,7 +261,7 @@ class Transfers:
             if (
                 rec
                 and rec["content_hash"] == item.manifest.content_hash
-                and rec["expires_at"] - 60 > now
+                and self.state.session_expiry(rec) - 60 > now
             ):
                 # "sent" in the record itself: written by a client before pending_sent
                 sent = self.state.pending_sent("upload", key) | set(rec.pop("sent", ()))
@@ -525,8 +525,7 @@ class Transfers:
         answer = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body))
         if answer.expires_at is not None:
             # in use, the session lives on: a resume past its first hour had started over
-            paths = {path_key(b[0].path) for b in blocks}
-            self.state.extend_pending("upload", paths, answer.expires_at.timestamp())
+            self.state.extend_session(upload_id, answer.expires_at.timestamp())
         return paired(blocks, answer.urls, "block URLs")
 
     def _put_block(self, block: Encoded, url: PresignedUrl) -> None:
@@ -581,6 +580,16 @@ class Transfers:
             }
             for i in ready
         ]
+        # what a commit that lands unanswered is known by (`SyncEngine._adopt_commits`)
+        self.state.merge_pending(
+            "upload",
+            {
+                path_key(i.path): {
+                    "commit": {"parent_rev": i.parent_rev, "file_id": i.parent_file_id}
+                }
+                for i in ready
+            },
+        )
         if len(ready) == 1:
             try:
                 entry = parse(FileEntry, self.api.call("/v1/commit", bodies[0]))

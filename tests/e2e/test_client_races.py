@@ -152,3 +152,32 @@ def test_an_edit_after_a_commit_whose_answer_was_lost_is_no_conflict(
     b.run_once()
     expected = {"doc.txt": b"v3, written before the next round"}
     assert snapshot(a.folder) == snapshot(b.folder) == expected
+
+
+@pytest.mark.parametrize("commit", [None, {"parent_rev": None, "file_id": None}])
+def test_a_stale_session_is_not_taken_for_a_landed_commit(
+    engines: tuple[SyncEngine, SyncEngine], commit: dict[str, Any] | None
+) -> None:
+    """A's session for `p.txt` outlived its upload (renamed to `q.txt` before the commit
+    went out, or its commit failed and the file was renamed since). B renames the file
+    back to `p.txt`: the server's `p.txt` holds the session's content. Taken for A's own
+    commit, it read as deleted here, and was deleted on every device."""
+    a, b = engines
+    synced_on_both(a, b, "q.txt", "the content")
+    synced = a.state.base_entry("q.txt")
+    assert synced is not None
+    session = {
+        "upload_id": "up_stale",
+        "expires_at": time.time() + 3600,
+        "content_hash": synced.content_hash,
+        "needed": {},
+        "idempotency_key": "A-stale",
+    }
+    a.state.put_pending(
+        "upload", "p.txt", session if commit is None else {**session, "commit": commit}
+    )
+    (b.folder / "q.txt").rename(b.folder / "p.txt")
+    b.run_once()
+    a.run_once()
+    b.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {"p.txt": b"the content"}

@@ -45,6 +45,11 @@ class _Store(BaseHTTPRequestHandler):
         self._answer(200, b"")
 
     def do_GET(self) -> None:
+        if self.path == "/not-modified":  # a 304 may carry the Content-Length of the object
+            self.send_response(304)
+            self.send_header("Content-Length", "10")
+            self.end_headers()
+            return
         found = self.server.objects.get(self.path)  # type: ignore[attr-defined]
         if not found:
             self._answer(404, b"<Error>NoSuchKey</Error>")
@@ -55,6 +60,8 @@ class _Store(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         mode = self.server.mode  # type: ignore[attr-defined]
+        if mode == "stall":  # nothing for 2 s, not even the status line
+            time.sleep(2)
         self.send_response(status)
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -228,6 +235,12 @@ def test_a_proxy_in_the_environment_is_honoured(
     direct.close()
 
 
+def test_an_answer_without_a_body_is_not_cut_short(
+    store: ThreadingHTTPServer, blocks: BlockHttp
+) -> None:
+    assert blocks.request("GET", _url(store, "/not-modified")).status_code == 304
+
+
 def test_an_answer_cut_short_is_a_network_error_not_a_block(store: ThreadingHTTPServer) -> None:
     """The connection closes before the Content-Length promised has come: `read(amt)`
     returns what came, without an error. Taken as the block, it failed to decode and the
@@ -253,14 +266,24 @@ def test_an_answer_that_trickles_in_is_cut_off_at_the_deadline(
     """Each read is within the socket's timeout, but the whole answer takes longer than any
     block should: a store sending a byte a minute held the round for as long as it liked."""
     monkeypatch.setattr("tessera_client.blockhttp.MAX_REQUEST_S", 0.5)
-    store.mode = "slow"  # type: ignore[attr-defined]
     store.objects["/slow"] = (b"x" * 100, {})  # type: ignore[attr-defined]
     fallback = httpx.Client()
     slow = BlockHttp(fallback, timeout=5)
+    store.mode = "slow"  # type: ignore[attr-defined]
     started = time.monotonic()
     with pytest.raises(httpx.TimeoutException):
         slow.request("GET", _url(store, "/slow"))
     assert time.monotonic() - started < 1.5  # not the whole 2 s the answer takes
+    # a kept connection cut off before the answer began (a reset, as a server that closed
+    # an idle connection gives) was sent again on a new one, for another whole deadline
+    store.mode = "keep"  # type: ignore[attr-defined]
+    slow.request("GET", _url(store, "/slow"))
+    store.mode, store.connections = "stall", 0  # type: ignore[attr-defined]
+    started = time.monotonic()
+    with pytest.raises(httpx.TimeoutException):
+        slow.request("GET", _url(store, "/slow"))
+    assert time.monotonic() - started < 0.9
+    assert store.connections == 0  # type: ignore[attr-defined]
     slow.close()
     fallback.close()
 

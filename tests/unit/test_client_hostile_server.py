@@ -884,8 +884,9 @@ def test_a_session_the_server_keeps_alive_is_resumed_past_its_first_hour(
     (tmp_path / "root" / "sync" / "a.txt").write_bytes(b"a" * 1000)
     engine.run_once(max_rounds=1)
     pending = engine.state.get_pending("upload", "a.txt")
+    assert pending is not None and pending["expires_at"] == soon.timestamp()
+    assert engine.state.session_expiry(pending) == later.timestamp()
     engine.close()
-    assert pending is not None and pending["expires_at"] == later.timestamp()
 
 
 def test_a_put_url_that_expired_before_its_turn_is_renewed(tmp_path: Path, evil: Evil) -> None:
