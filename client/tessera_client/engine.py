@@ -304,25 +304,31 @@ class SyncEngine:
         """Record the uploads whose commit landed though this device never recorded its
         answer (lost on the way, or the process killed first). Left to the planner, an edit
         made since read as changed on both sides, and went up as a conflicted copy of the
-        device's own upload. Only a commit this device sent, in a session still alive, and
-        only what it would have made: at the path, its content at the rev after the one it
-        was sent on, of the file it was sent for (a new file: one this device knows under
-        no other path). Any session whose content the server's file held was adopted
-        before: a stale one, its file renamed meanwhile and renamed back elsewhere, took
-        the file for deleted here, and deleted it everywhere. Recorded with no stat, so the
-        next scan hashes the file."""
+        device's own upload. Only a commit this device sent, in a session still alive, for
+        a file still here, and only what it would have made: at the path, its content at
+        the rev after the one it was sent on, of the file it was sent for, which the base
+        knows under no other path. Any session whose content the server's file held was
+        adopted before: a stale one, its file renamed meanwhile and renamed back elsewhere,
+        took the file for deleted here, and deleted it everywhere. Recorded with no stat,
+        so the next scan hashes the file."""
         pending = self.state.list_pending("upload")
         if not pending:
             return
         remote, base, now = self.state.remote_tree(), self.state.base_tree(), time.time()
-        known = {e.file_id for e in base.values() if e.file_id}
+        elsewhere = {e.file_id: k for k, e in base.items() if e.file_id}
         for _kind, key, session in pending:
             sent, r = session.get("commit"), remote.get(key)
             if not sent or r is None or not r.is_file:
                 continue
-            same_file = r.file_id == sent["file_id"] if sent["file_id"] else r.file_id not in known
-            made = r.content_hash == session.get("content_hash") and same_file
-            if not made or r.rev != (sent["parent_rev"] or 0) + 1:
+            made = (
+                r.content_hash == session.get("content_hash")
+                and r.rev == (sent["parent_rev"] or 0) + 1
+                and sent["file_id"] in (None, r.file_id)
+                and elsewhere.get(r.file_id, key) == key
+            )
+            # a file deleted here since gains nothing (the planner brings it back), and
+            # another device's new file of that content at the path was deleted for it
+            if not made or self.fs.lstat_if_any(r.path) is None:
                 continue
             if self.state.session_expiry(session) <= now:
                 continue

@@ -181,3 +181,31 @@ def test_a_stale_session_is_not_taken_for_a_landed_commit(
     a.run_once()
     b.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == {"p.txt": b"the content"}
+
+
+def test_a_session_of_a_file_deleted_here_adopts_nothing(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A's commit of a new `p.txt` failed (its session kept, as after a 5xx), and the user
+    deleted the file. B then makes a `p.txt` of the same content: it is what A's commit
+    would have made, but adopted, it read as deleted here and was deleted everywhere."""
+    a, b = engines
+    (b.folder / "p.txt").write_text("the content")
+    b.run_once()
+    made = b.state.base_entry("p.txt")
+    assert made is not None
+    a.state.put_pending(
+        "upload",
+        "p.txt",
+        {
+            "upload_id": "up_failed",
+            "expires_at": time.time() + 3600,
+            "content_hash": made.content_hash,
+            "needed": {},
+            "idempotency_key": "A-failed",
+            "commit": {"parent_rev": None, "file_id": None},
+        },
+    )
+    a.run_once()
+    b.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {"p.txt": b"the content"}
