@@ -22,6 +22,7 @@ from tessera.maintenance.scheduler import MaintenanceScheduler
 from tessera.metadata.outbox import relay_outbox
 from tessera.ports import Principal
 
+from .test_domain_files import race_held
 from .test_maintenance_world import ALICE, BLOCK, BOB, MALLORY, World, chunks, make_world
 
 
@@ -118,6 +119,28 @@ def test_a_users_reports_queue_a_bounded_number_of_checks_an_hour(world: World) 
         first,
     )
     assert _report(world, ALICE, entry, third).queued
+
+
+def test_reports_at_once_stay_within_the_budget(
+    world: World, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget is counted before the insert: without a lock, a report counted while
+    another was between its count and its commit saw the same room, and both went in."""
+    world.svc.settings = replace(world.svc.settings, block_reports_per_hour=1)
+    data = secrets.token_bytes(2 * BLOCK)
+    entry = world.put(ALICE, "/a.bin", data)
+    world.run("dedup")
+    one, two = (block_id(c) for c in chunks(data))
+    first, second = race_held(
+        monkeypatch,
+        database_url,
+        "recent_reports",
+        lambda: _report(world, ALICE, entry, one),
+        lambda: _report(world, ALICE, entry, two),
+    )
+    assert isinstance(first, BlockReportResponse) and first.queued
+    assert isinstance(second, TooManyRequests)
+    assert _pending(world) == [one]
 
 
 def test_a_report_queued_too_long_is_announced_again(world: World) -> None:

@@ -24,3 +24,5 @@ class LockClass(enum.IntEnum):
     PASS = 0x7E55_0003
     #: a user's uploads in progress, held to their cap (`Store.lock_pending_uploads`)
     PENDING_UPLOADS = 0x7E55_0004
+    #: a user's block reports, held to their hourly budget (`Store.recent_reports`)
+    REPORTS = 0x7E55_0005

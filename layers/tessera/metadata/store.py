@@ -1302,7 +1302,12 @@ class Store:
 
     def recent_reports(self, user_id: str, within_s: int) -> tuple[int, float]:
         """How many checks `user_id`'s reports queued in the last `within_s` seconds, and
-        the seconds until the oldest of them leaves that window (0 when none)."""
+        the seconds until the oldest of them leaves that window (0 when none). The user's
+        other reports wait until this transaction ends (an advisory lock): counted at once,
+        a burst of them each saw room under the budget, and all went past it."""
+        self.conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LockClass.REPORTS, user_id)
+        )
         count, wait = self._one(
             "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM min(reported_at)"
             " + make_interval(secs => %s) - now()), 0) FROM block_reports"
