@@ -154,7 +154,27 @@ def test_an_edit_after_a_commit_whose_answer_was_lost_is_no_conflict(
     assert snapshot(a.folder) == snapshot(b.folder) == expected
 
 
-@pytest.mark.parametrize("commit", [None, {"parent_rev": None, "file_id": None}])
+NEW_FILE_COMMIT = {"parent_rev": None, "file_id": None}
+
+
+def _leave_session(
+    device: SyncEngine, path: str, content_hash: str, commit: dict[str, Any] | None
+) -> None:
+    """A pending upload session for `path` of that content, as an upload that did not
+    finish leaves it (`commit`: the commit it sent, if it sent one)."""
+    session: dict[str, Any] = {
+        "upload_id": "up_left",
+        "expires_at": time.time() + 3600,
+        "content_hash": content_hash,
+        "needed": {},
+        "idempotency_key": "left-behind",
+    }
+    if commit is not None:
+        session["commit"] = commit
+    device.state.put_pending("upload", path, session)
+
+
+@pytest.mark.parametrize("commit", [None, NEW_FILE_COMMIT])
 def test_a_stale_session_is_not_taken_for_a_landed_commit(
     engines: tuple[SyncEngine, SyncEngine], commit: dict[str, Any] | None
 ) -> None:
@@ -166,16 +186,7 @@ def test_a_stale_session_is_not_taken_for_a_landed_commit(
     synced_on_both(a, b, "q.txt", "the content")
     synced = a.state.base_entry("q.txt")
     assert synced is not None
-    session = {
-        "upload_id": "up_stale",
-        "expires_at": time.time() + 3600,
-        "content_hash": synced.content_hash,
-        "needed": {},
-        "idempotency_key": "A-stale",
-    }
-    a.state.put_pending(
-        "upload", "p.txt", session if commit is None else {**session, "commit": commit}
-    )
+    _leave_session(a, "p.txt", synced.content_hash, commit)
     (b.folder / "q.txt").rename(b.folder / "p.txt")
     b.run_once()
     a.run_once()
@@ -194,18 +205,7 @@ def test_a_session_of_a_file_deleted_here_adopts_nothing(
     b.run_once()
     made = b.state.base_entry("p.txt")
     assert made is not None
-    a.state.put_pending(
-        "upload",
-        "p.txt",
-        {
-            "upload_id": "up_failed",
-            "expires_at": time.time() + 3600,
-            "content_hash": made.content_hash,
-            "needed": {},
-            "idempotency_key": "A-failed",
-            "commit": {"parent_rev": None, "file_id": None},
-        },
-    )
+    _leave_session(a, "p.txt", made.content_hash, NEW_FILE_COMMIT)
     a.run_once()
     b.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == {"p.txt": b"the content"}
