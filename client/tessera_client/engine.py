@@ -554,11 +554,7 @@ class SyncEngine:
             assert op.local is not None and op.remote is not None
             if not self._unchanged(op.path, stats):
                 return True
-            # the planner saw neither the local-only copies (kept out of the scan) nor
-            # anything created since: the rename below would replace whatever holds the name
-            copy = (
-                op.copy_path if not self.fs.exists(op.copy_path) else self._free_copy_name(op.path)
-            )
+            copy = self._planned_copy_name(op)
             self.fs.rename(op.path, copy)
             stats[path_key(copy)] = stats.pop(path_key(op.path))
             self.state.add_conflict(copy, op.path, "edited on two devices", local_only=False)
@@ -652,7 +648,7 @@ class SyncEngine:
             unchanged = now is not None and now.kind == Kind.DIR
         if not unchanged:
             return True  # changed since the scan: the next round looks again
-        copy = op.copy_path if not self.fs.exists(op.copy_path) else self._free_copy_name(op.path)
+        copy = self._planned_copy_name(op)
         # the base first: killed between the two, the next round sets the path aside again
         # (nothing in the base), where a rename left first read as the server's files there
         # deleted here, and deleted them on the server
@@ -894,6 +890,12 @@ class SyncEngine:
                     with contextlib.suppress(ApiError, LocalChangedError):
                         self._download(path, remote, None)
         return True
+
+    def _planned_copy_name(self, op: Op) -> str:
+        """The conflicted copy's name the plan chose, or a free one: the planner saw neither
+        the local-only copies (kept out of the scan) nor anything created since, and a
+        rename to its name would replace whatever holds it."""
+        return op.copy_path if not self.fs.exists(op.copy_path) else self._free_copy_name(op.path)
 
     def _free_copy_name(self, path: str) -> str:
         taken = set(self.state.remote_tree())

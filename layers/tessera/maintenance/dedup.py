@@ -102,8 +102,12 @@ def _settle(
             # short, or overwritten): the verified copy replaces it below. Dropped for it,
             # the copy was deleted by gc, the only good bytes, and scrub quarantined the
             # block for every version naming it.
-            intact = head is not None and row is not None and row.stored_size in (None, head.size)
-            if head is not None and head.tier is StorageTier.HOT and intact:
+            if (
+                head is not None
+                and head.tier is StorageTier.HOT
+                and row is not None
+                and row.stored_size in (None, head.size)
+            ):
                 tx.settle_copy(copy, "dropped")
                 result.dropped += 1
                 result.bytes_freed += check.stored_size
