@@ -96,7 +96,7 @@ def test_a_duplicate_changed_between_its_check_and_the_copy_repairs_nothing(
 
     def put_again_then_copy(source: str, target: str, **kw: Any) -> None:
         path = Path(world.store.root) / "hot" / source  # type: ignore[attr-defined]
-        path.write_bytes(path.read_bytes()[:-1] + b"!")  # the uploader's other bytes
+        path.write_bytes(with_last_byte_flipped(path.read_bytes()))  # the uploader's other bytes
         copy(source, target, **kw)
 
     monkeypatch.setattr(world.store, "copy", put_again_then_copy)
