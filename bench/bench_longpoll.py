@@ -5,6 +5,8 @@ The local cloud runs as a subprocess (`python -m tessera.local up`, embedded Pos
 exactly as `make run` starts it; the clients are httpx (async) in this process.
 Targets (issue 3): wake-up p50 <= 50 ms, p99 <= 200 ms; >= 1,000 idle long-polls held.
 `TESSERA_BENCH_LONGPOLLS` (default 1000) and `TESSERA_BENCH_WAKEUPS` (default 100) size it.
+The gateway lets one user hold `LONGPOLLS_PER_USER` long-polls at once, so the idle ones come
+from as many users as that takes, members of one shared folder: one commit wakes them all.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import psutil
 
 from bench.common import Figure, human_bytes, print_figures
 from tessera.blocks import content_hash
+from tessera.local.gateway import LONGPOLLS_PER_USER
 
 EMAIL = "bench@tessera.local"
 PASSWORD = "bench-password"
+SHARED = "/idle"
 
 
 def _start_cloud(state: Path) -> tuple[subprocess.Popen[str], str]:
@@ -45,9 +49,21 @@ def _start_cloud(state: Path) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("the local cloud did not start")
 
 
-def _add_user(state: Path) -> None:
-    cmd = [sys.executable, "-m", "tessera.local", "adduser", EMAIL, "--password", PASSWORD]
-    subprocess.run([*cmd, "--state", str(state)], check=True, capture_output=True)
+def _member(i: int) -> str:
+    return f"member{i}@tessera.local"
+
+
+def _add_users(state: Path, emails: list[str]) -> None:
+    for email in emails:
+        cmd = [sys.executable, "-m", "tessera.local", "adduser", email, "--password", PASSWORD]
+        subprocess.run([*cmd, "--state", str(state)], check=True, capture_output=True)
+
+
+async def _sign_in(base_url: str, email: str) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        r = await client.post("/v1/auth/token", json={"email": email, "password": PASSWORD})
+        r.raise_for_status()
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -109,11 +125,16 @@ async def _wakeups(
     return after_return, end_to_end
 
 
-async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> dict[str, Any]:
-    # httpx's pool costs O(connections) per request: many small clients keep the client
-    # side from being what is measured
-    per_client = 100
-    headers = {"Authorization": f"Bearer {token}"}
+async def _idle(
+    base_url: str,
+    owner: dict[str, str],
+    members: list[dict[str, str]],
+    n: int,
+    gateway: psutil.Process,
+) -> dict[str, Any]:
+    # one client per member, each as many long-polls as a user may hold: httpx's pool costs
+    # O(connections) per request, so small clients keep the client side from being measured
+    per_client = LONGPOLLS_PER_USER
     clients = [
         httpx.AsyncClient(
             base_url=base_url,
@@ -121,18 +142,19 @@ async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> d
             timeout=180,
             limits=httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client),
         )
-        for _ in range(-(-n // per_client))
+        for headers in members
     ]
     # the commit goes on a client of its own: the pollers' pools are all busy
-    committer = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60)
+    committer = httpx.AsyncClient(base_url=base_url, headers=owner, timeout=60)
     try:
-        cursor = await _cursor(committer)
+        cursors = [await _cursor(client) for client in clients]
         rss_before = gateway.memory_info().rss
         started = time.perf_counter()
         tasks = [
             asyncio.create_task(
                 clients[i // per_client].post(
-                    "/v1/list_folder/longpoll", json={"cursor": cursor, "timeout": 170}
+                    "/v1/list_folder/longpoll",
+                    json={"cursor": cursors[i // per_client], "timeout": 170},
                 )
             )
             for i in range(n)
@@ -150,7 +172,7 @@ async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> d
         rss_held = gateway.memory_info().rss
         threads = gateway.num_threads()
         sent = time.perf_counter()
-        await _commit_empty(committer, "/idle-wake.txt")
+        await _commit_empty(committer, f"{SHARED}/wake.txt")
         results = await asyncio.gather(*tasks, return_exceptions=True)
         all_woken_ms = (time.perf_counter() - sent) * 1000
     finally:
@@ -173,20 +195,24 @@ async def _idle(base_url: str, token: str, n: int, gateway: psutil.Process) -> d
     }
 
 
-async def _run(base_url: str, gateway: psutil.Process) -> list[Figure]:
+async def _run(
+    base_url: str, gateway: psutil.Process, idle_n: int, members: list[str]
+) -> list[Figure]:
     wakeups = int(os.environ.get("TESSERA_BENCH_WAKEUPS", "100"))
-    idle_n = int(os.environ.get("TESSERA_BENCH_LONGPOLLS", "1000"))
-    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        r = await client.post("/v1/auth/token", json={"email": EMAIL, "password": PASSWORD})
-        r.raise_for_status()
-        token = r.json()["access_token"]
-        client.headers["Authorization"] = f"Bearer {token}"
+    owner = await _sign_in(base_url, EMAIL)
+    members_signed_in = [await _sign_in(base_url, email) for email in members]
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, headers=owner) as client:
         await _commit_empty(client, "/warm.txt")
-        async with httpx.AsyncClient(
-            base_url=base_url, timeout=60, headers=client.headers
-        ) as poller:
+        r = await client.post("/v1/create_folder", json={"path": SHARED})
+        r.raise_for_status()
+        for email, headers in zip(members, members_signed_in, strict=True):
+            # a user is provisioned by their first request; a share needs them known
+            (await client.get("/v1/account", headers=headers)).raise_for_status()
+            r = await client.post("/v1/share", json={"path": SHARED, "email": email})
+            r.raise_for_status()
+        async with httpx.AsyncClient(base_url=base_url, timeout=60, headers=owner) as poller:
             after_return, end_to_end = await _wakeups(client, poller, wakeups)
-    idle = await _idle(base_url, token, idle_n, gateway)
+    idle = await _idle(base_url, owner, members_signed_in, idle_n, gateway)
     p50, p99 = _percentile(after_return, 50), _percentile(after_return, 99)
     growth = idle["rss_held"] - idle["rss_before"]
     return [
@@ -225,9 +251,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tessera-bench-longpoll-") as tmp:
         state = Path(tmp) / "state"
         proc, base_url = _start_cloud(state)
+        idle_n = int(os.environ.get("TESSERA_BENCH_LONGPOLLS", "1000"))
+        members = [_member(i) for i in range(-(-idle_n // LONGPOLLS_PER_USER))]
         try:
-            _add_user(state)
-            figures = asyncio.run(_run(base_url, psutil.Process(proc.pid)))
+            _add_users(state, [EMAIL, *members])
+            figures = asyncio.run(_run(base_url, psutil.Process(proc.pid), idle_n, members))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)

@@ -19,6 +19,7 @@ import pytest
 from tessera.adapters.local import JwtIssuer
 from tessera.local.gateway import LONGPOLL_MAX_BODY, Gateway, create_app
 from tessera.local.server import Server
+from tessera.local.throttle import RequestThrottle
 from tessera.ports import Principal
 
 # more long-polls than Starlette's shared pool has threads (40)
@@ -125,4 +126,60 @@ def test_longpolls_whose_callers_left_still_hold_their_threads(
         assert statuses.count(429) == 4
     finally:
         resolver.release.set()
+        server.stop()
+
+
+def _longpoll(url: str, token: str, timeout: float = 35) -> httpx.Response:
+    return httpx.post(
+        url + "/v1/list_folder/longpoll",
+        json={"cursor": "c", "timeout": 30},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout,
+    )
+
+
+def test_a_users_waiting_longpolls_are_capped(tmp_path: Path) -> None:
+    """Each waiting long-poll holds a socket for minutes: one account's thousand used up the
+    gateway's file descriptors. Past the cap its next one is 429; others' still wait."""
+    issuer = JwtIssuer(tmp_path / "jwt.pem")
+    mine, theirs = (
+        issuer.issue(Principal(user_id=u, email=f"{u}@example.com")).access_token
+        for u in ("u1", "u2")
+    )
+    resolver = BlockingLongpoll()
+    server = Server()
+    server.start(create_app(Gateway(identity=issuer, resolver=resolver, longpolls_per_user=2)))
+    try:
+        with ThreadPoolExecutor(3) as devices:
+            held = [devices.submit(_longpoll, server.base_url, mine) for _ in range(2)]
+            for _ in held:
+                assert resolver.waiting.acquire(timeout=10), "a long-poll never reached the API"
+            refused = _longpoll(server.base_url, mine)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "rate_limited"
+            assert int(refused.headers["Retry-After"]) > 0
+            other = devices.submit(_longpoll, server.base_url, theirs)
+            assert resolver.waiting.acquire(timeout=10), "another user's long-poll was refused"
+            resolver.release.set()
+            assert [p.result().status_code for p in [*held, other]] == [200, 200, 200]
+        assert _longpoll(server.base_url, mine).status_code == 200  # the places came back
+    finally:
+        resolver.release.set()
+        server.stop()
+
+
+def test_longpolls_are_throttled_like_every_route(tmp_path: Path) -> None:
+    """A stale cursor's long-poll is answered at once: sent in a loop, unthrottled, it was a
+    database query each, past the limit every other route keeps."""
+    issuer = JwtIssuer(tmp_path / "jwt.pem")
+    token = issuer.issue(Principal(user_id="u1", email="u1@example.com")).access_token
+    resolver = BlockingLongpoll()
+    resolver.release.set()  # answered at once
+    server = Server()
+    throttle = RequestThrottle(rate=0.01, burst=3)
+    server.start(create_app(Gateway(identity=issuer, resolver=resolver, throttle=throttle)))
+    try:
+        statuses = [_longpoll(server.base_url, token).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]
+    finally:
         server.stop()

@@ -36,7 +36,7 @@ class FakeClock:
 def served(tmp_path: Path) -> Iterator[tuple[FilesystemBlockStore, str]]:
     server = Server()
     store = FilesystemBlockStore(tmp_path / "blocks", server.base_url, secrets.token_bytes(32))
-    server.start(create_app(Gateway(block_store=store, max_body=64 * 1024)))
+    server.start(create_app(Gateway(block_store=store, max_block_body=64 * 1024)))
     try:
         yield store, server.base_url
     finally:

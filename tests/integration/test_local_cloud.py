@@ -26,6 +26,7 @@ import pytest
 from tessera.adapters.local import LocalUsers
 from tessera.blocks import block_id, content_hash, decode_block, encode_block
 from tessera.domain.errors import Conflict, Unauthorized, Unprocessable
+from tessera.domain.models import MAX_CURSOR_CHARS
 from tessera.domain.object_keys import CANONICAL_PREFIX, NONCURRENT_RETENTION_DAYS
 from tessera.local import LocalCloud
 from tessera.settings import Settings
@@ -166,6 +167,16 @@ def test_longpoll_bad_requests(cloud: tuple[str, str]) -> None:
         r = client.http.post("/v1/list_folder/longpoll", content=body)
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "invalid"
+
+
+def test_a_longest_cursor_reaches_the_longpoll(cloud: tuple[str, str]) -> None:
+    """A cursor may be as long as the API allows (a user given a thousand shared folders):
+    the long-poll's body limit took 128 KiB, and refused every long-poll of such a user."""
+    base_url, email = cloud
+    client = Client(base_url, email)
+    body = {"cursor": "x" * MAX_CURSOR_CHARS, "timeout": 1}
+    r = client.http.post("/v1/list_folder/longpoll", json=body)
+    assert r.status_code == 400, r.text  # read and checked: not this server's cursor
 
 
 def test_another_users_cursor_is_refused(cloud: tuple[str, str], database_url: str) -> None:

@@ -33,7 +33,7 @@ from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.adapters.local.secret_files import load_or_create
 from tessera.domain.services import Services
 from tessera.local.demo import ensure_demo_user
-from tessera.local.gateway import Gateway, create_app
+from tessera.local.gateway import MAX_BLOCK_BODY, Gateway, create_app
 from tessera.local.lifecycle import ServedCloud
 from tessera.local.postgres import EmbeddedPostgres
 from tessera.local.relay import start_relay
@@ -163,7 +163,7 @@ class LocalCloud(ServedCloud):
                 block_store=block_store,
                 identity=issuer,
                 token_endpoint=LocalIdentity(users, issuer),
-                max_body=max(16 * 1024 * 1024, self.settings.max_stored_block_size),
+                max_block_body=max(MAX_BLOCK_BODY, self.settings.max_stored_block_size),
                 throttle=RequestThrottle.from_settings(self.settings),
                 sign_in_throttle=RequestThrottle.for_sign_ins(),
             )

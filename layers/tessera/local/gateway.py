@@ -43,14 +43,24 @@ from tessera.domain.errors import (
     Unauthorized,
     Unprocessable,
 )
-from tessera.local.throttle import RequestThrottle
+from tessera.domain.models import MAX_CURSOR_CHARS
+from tessera.local.throttle import LongpollLimit, RequestThrottle
 from tessera.ports import Identity, Principal
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 16 * 1024 * 1024
-# A long-poll body is a cursor (at most 64 KiB) and a timeout; it is held for the whole wait.
-LONGPOLL_MAX_BODY = 128 * 1024
+# An API request's body, as on AWS: Lambda takes a synchronous event of at most 6 MiB, body
+# and envelope together. A body is parsed whole (JSON: ~20 times its size in objects), so the
+# 16 MiB this was took ~350 MB a request.
+MAX_API_BODY = 6 * 1024 * 1024 - 256 * 1024
+# A stored block's upload (the block URLs: S3's on AWS), at least this much.
+MAX_BLOCK_BODY = 16 * 1024 * 1024
+# A long-poll body is a cursor and a timeout. A cursor may be up to `MAX_CURSOR_CHARS` (a
+# user given a thousand shared folders, unasked); the 128 KiB this was refused every
+# long-poll of a user given 510 of them with long names.
+LONGPOLL_MAX_BODY = MAX_CURSOR_CHARS + 4 * 1024
+# Long-polls waiting at once per user: one per device, and room to spare.
+LONGPOLLS_PER_USER = 100
 # In AWS mode the longpoll function blocks a thread for its whole wait (30-480 s). On AWS it has
 # a concurrency of its own; here its own threads, so idle devices cannot take the threads
 # (40 by default) every other request waits for.
@@ -111,10 +121,12 @@ class Gateway:
     token_endpoint: TokenEndpoint | None = None
     resolver: Resolver | None = None
     longpoll: Longpoll | None = None
-    max_body: int = MAX_BODY
-    # per-user throttling of the API routes (not the long-poll, which holds an event, nor
-    # the presigned block URLs, which are S3's on AWS)
+    max_block_body: int = MAX_BLOCK_BODY
+    # per-user throttling of the API routes, the long-poll too, as API Gateway's stage
+    # throttling counts every route (not the presigned block URLs, which are S3's on AWS);
+    # unthrottled, a stale cursor's long-poll answered at once could be sent in a loop
     throttle: RequestThrottle | None = None
+    longpolls_per_user: int = LONGPOLLS_PER_USER
     # per-address throttling of the token endpoint (sign-ins need no account)
     sign_in_throttle: RequestThrottle | None = None
 
@@ -257,14 +269,15 @@ def create_app(gw: Gateway) -> Starlette:
     # runs out its wait (up to 480 s), so callers that hung up at once grew threads unbounded
     longpolls_running = threading.BoundedSemaphore(LONGPOLL_THREADS)
     sign_in_threads = anyio.CapacityLimiter(SIGN_IN_THREADS)
+    held_longpolls = LongpollLimit(gw.longpolls_per_user)
 
     async def put_block(request: Request) -> Response:
         if gw.block_store is None:
             raise NotFound("this gateway stores no blocks")
         key = request.path_params["key"]
         declared = _content_length(request)
-        if declared is not None and declared > gw.max_body:
-            raise PayloadTooLarge(f"block over {gw.max_body} bytes")
+        if declared is not None and declared > gw.max_block_body:
+            raise PayloadTooLarge(f"block over {gw.max_block_body} bytes")
         await gw.block_store.accept_put_async(
             key,
             request.query_params,
@@ -306,19 +319,22 @@ def create_app(gw: Gateway) -> Starlette:
 
     async def longpoll(request: Request) -> Response:
         principal = bearer_principal(request, gw.identity)
-        body = await read_body(request, LONGPOLL_MAX_BODY)
+        if gw.throttle is not None:
+            gw.throttle.take(principal.user_id)
+        with held_longpolls.hold(principal.user_id):
+            body = await read_body(request, LONGPOLL_MAX_BODY)
 
-        async def answer() -> Response:
-            if gw.longpoll is not None:
-                result = await gw.longpoll(principal, body)
-                if result is not None:
-                    return JSONResponse(result)
-            return await _resolve(request, body, principal, longpoll_threads)
+            async def answer() -> Response:
+                if gw.longpoll is not None:
+                    result = await gw.longpoll(principal, body)
+                    if result is not None:
+                        return JSONResponse(result)
+                return await _resolve(request, body, principal, longpoll_threads)
 
-        waiting = asyncio.ensure_future(answer())
-        if not await _done_before_disconnect(request, waiting):
-            return Response(status_code=408)  # nobody is listening any more
-        return waiting.result()
+            waiting = asyncio.ensure_future(answer())
+            if not await _done_before_disconnect(request, waiting):
+                return Response(status_code=408)  # nobody is listening any more
+            return waiting.result()
 
     async def api(request: Request) -> Response:
         if is_longpoll(request.url.path):
@@ -330,7 +346,7 @@ def create_app(gw: Gateway) -> Starlette:
         principal = bearer_principal(request, gw.identity)
         if gw.throttle is not None:
             gw.throttle.take(principal.user_id)
-        return await _resolve(request, await read_body(request, gw.max_body), principal)
+        return await _resolve(request, await read_body(request, MAX_API_BODY), principal)
 
     async def _resolve(
         request: Request,

@@ -7,10 +7,11 @@ An empty bucket answers 429 `rate_limited` with Retry-After, as the API's own 42
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from tessera.domain.errors import TooManyRequests
 from tessera.settings import Settings
@@ -19,6 +20,8 @@ from tessera.settings import Settings
 # A sign-in costs a password check (~0.3 s of a core); a device refreshes once an hour.
 SIGN_IN_RATE = 2.0
 SIGN_IN_BURST = 30
+# The Retry-After of a long-poll refused because its account holds too many already.
+LONGPOLL_FULL_RETRY_S = 30
 
 
 class RequestThrottle:
@@ -74,3 +77,42 @@ class RequestThrottle:
         full = now - self.burst / self.rate
         self._buckets = {k: (t, at) for k, (t, at) in self._buckets.items() if at > full}
         self._sweep_above = max(self.max_keys, 2 * len(self._buckets))
+
+
+class LongpollLimit:
+    """At most `limit` long-polls waiting at once per caller key (a user id).
+
+    A token bucket bounds how often a caller may ask, not how many of their requests wait
+    at once: a long-poll is held for up to eight minutes, and each costs the gateway a
+    socket, so one account's thousand long-polls used up the process's file descriptors,
+    and then no device could connect."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """One of `key`'s places for the block's duration; `TooManyRequests` when all are
+        taken."""
+        with self._lock:
+            held = self._held.get(key, 0)
+            if held >= self.limit:
+                raise TooManyRequests(
+                    f"{self.limit} long-polls of this account are waiting already;"
+                    " close some (each device needs one)",
+                    LONGPOLL_FULL_RETRY_S,
+                )
+            self._held[key] = held + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._held[key] - 1
+                if left:
+                    self._held[key] = left
+                else:
+                    del self._held[key]
