@@ -113,7 +113,14 @@ def test_wrong_credentials_are_401_json(
 
 @pytest.mark.parametrize(
     ("body", "raw"),
-    [(None, None), (None, "{not json"), (None, "\xff"), (["a", "list"], None), ("text", None)],
+    [
+        (None, None),
+        (None, "{not json"),
+        (None, "\xff"),
+        (["a", "list"], None),
+        ("text", None),
+        (None, "[" * 50_000),  # nested past the parser's limit: it had answered 500
+    ],
 )
 def test_unparseable_bodies_are_422(auth: ModuleType, body: Any, raw: str | None) -> None:
     status, _, answer = _call(auth, _event(body, raw=raw))
@@ -141,6 +148,7 @@ def test_bodies_without_credentials_are_400_as_on_the_local_gateway(
         ("PasswordResetRequiredException", 400, 401, "unauthorized", "reset its password"),
         ("UserNotConfirmedException", 400, 401, "unauthorized", "not confirmed"),
         ("InternalErrorException", 500, 503, "unavailable", "retry shortly"),
+        ("InvalidParameterException", 400, 400, "bad_request", "refused the sign-in's fields"),
     ],
 )
 def test_cognito_refusals_get_their_own_answer_not_a_500(

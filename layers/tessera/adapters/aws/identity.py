@@ -157,6 +157,8 @@ class CognitoUsers:
                 raise Unauthorized("wrong email, password or refresh token") from None
             if code in _ACCOUNT_STATES:
                 raise Unauthorized(_ACCOUNT_STATES[code]) from None
+            if code == "InvalidParameterException":  # e.g. a password past Cognito's 256
+                raise BadRequest(f"Cognito refused the sign-in's fields: {exc}") from None
             if code in _THROTTLED:
                 # Cognito sends no Retry-After; its quotas are per second.
                 raise TooManyRequests(

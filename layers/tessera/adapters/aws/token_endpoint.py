@@ -5,9 +5,10 @@ the local gateway's AWS mode).
 
 Answers, as the local gateway's token endpoint does: 200 with the token body
 (`Cache-Control: no-store`); 401 for a wrong email, password or refresh token; 422 for a body
-that is not a JSON object; 400 for an object without `{email, password}` or `{refresh_token}`
-as strings; 429 + `Retry-After` when Cognito throttles, 503 + `Retry-After` when it fails
-for a while.
+that is not a JSON object (or is nested too deep); 400 for an object without
+`{email, password}` or `{refresh_token}` as strings, or with fields Cognito refuses
+(`InvalidParameterException`); 429 + `Retry-After` when Cognito throttles, 503 +
+`Retry-After` when it fails for a while.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def token_request_body(event: Mapping[str, Any]) -> dict[str, Any]:
     try:
         text = base64.b64decode(raw).decode() if event.get("isBase64Encoded") else str(raw)
         body = json.loads(text)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+    except (binascii.Error, UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: nested past the parser's limit. API Gateway's request model checks
+        # only a body of its content type, so a `text/plain` one reaches this function
         raise Unprocessable("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise Unprocessable("the request body must be a JSON object")

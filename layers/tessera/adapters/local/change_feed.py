@@ -165,9 +165,11 @@ class PostgresChangeFeed(ChangeFeed):
                 listener.start()
                 listener.ready.wait(10)
                 if listener.error is not None or not listener.ready.is_set():
+                    # the driver's message names the database's host, socket or user: it
+                    # goes to the log, not to the caller
+                    log.warning("the change feed cannot listen: %s", listener.error)
                     raise Unavailable(
-                        f"the change feed cannot listen to the database ({listener.error});"
-                        " retry shortly",
+                        "the change feed cannot listen to the database; retry shortly",
                         retry_after=RETRY_AFTER_S,
                     )
                 self._listener = listener
