@@ -15,7 +15,7 @@ import re
 import psycopg
 import pytest
 
-from tessera.metadata import migrate
+from tessera.metadata import migrate, outbox
 from tessera.metadata import store as store_module
 from tessera.metadata.db import Database
 
@@ -34,9 +34,12 @@ GROWING = (
     "upload_sessions",
     "idempotency_keys",
 )
+# the request path's (the store) and the outbox relay's, which runs every minute
+SQL_MODULES = {"store": store_module, "outbox": outbox}
 STATEMENTS = sorted(
-    name
-    for name, value in vars(store_module).items()
+    f"{module}.{name}"
+    for module, namespace in SQL_MODULES.items()
+    for name, value in vars(namespace).items()
     if name.isupper() and name.endswith("_SQL") and isinstance(value, str)
 )
 
@@ -50,9 +53,12 @@ def _numbered(sql: str) -> str:
 
 
 def test_the_shared_statements_are_found() -> None:
-    assert {"_LOCK_AND_READ_SQL", "_VIEW_LOCKING_ROOT_SQL", "_WRITE_NEW_FILE_SQL"} <= set(
-        STATEMENTS
-    )
+    assert {
+        "store._LOCK_AND_READ_SQL",
+        "store._VIEW_LOCKING_ROOT_SQL",
+        "store._WRITE_NEW_FILE_SQL",
+        "outbox._CLAIM_SQL",
+    } <= set(STATEMENTS)
 
 
 @pytest.mark.parametrize("analyzed", [False, True], ids=["never-analyzed", "analyzed-empty"])
@@ -66,7 +72,8 @@ def test_no_statement_scans_a_growing_table(
             pytest.skip("EXPLAIN (GENERIC_PLAN) needs PostgreSQL 16")
         if analyzed:
             conn.execute("ANALYZE")
-        sql = _numbered(getattr(store_module, name))
+        module, _, attribute = name.partition(".")
+        sql = _numbered(getattr(SQL_MODULES[module], attribute))
         plan = [line for (line,) in conn.execute(f"EXPLAIN (GENERIC_PLAN) {sql}")]
     scans = [
         line.strip() for line in plan if re.search(rf"Seq Scan on ({'|'.join(GROWING)})\b", line)

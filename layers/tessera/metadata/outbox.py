@@ -29,17 +29,37 @@ from tessera.ports import ChangeEvent, ChangeFeed, ChangeRefusedError
 log = logging.getLogger(__name__)
 
 
+# The relay's statements (the `_SQL` names: `tests/integration/test_metadata_plans.py` checks
+# their plans). Oldest first by the `outbox_by_age` index (migration 119): without it every
+# claim sorted the whole table, and a backlog drained in time quadratic in its length.
+_CLAIM_SQL = (
+    "SELECT ns_id, seq, event_id, kind, payload FROM outbox"
+    " WHERE created_at <= now() - make_interval(secs => %s)"
+    " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+_REMOVE_SQL = (
+    "DELETE FROM outbox o USING unnest(%s::bigint[], %s::bigint[]) AS r(ns_id, seq)"
+    " WHERE o.ns_id = r.ns_id AND o.seq = r.seq"
+)
+_DEAD_LETTER_SQL = (
+    "WITH gone AS (DELETE FROM outbox o"
+    " USING unnest(%s::bigint[], %s::bigint[], %s::text[]) AS r(ns_id, seq, error)"
+    " WHERE o.ns_id = r.ns_id AND o.seq = r.seq"
+    " RETURNING o.ns_id, o.seq, o.event_id, o.kind, o.payload, o.created_at, r.error)"
+    " INSERT INTO outbox_dead (ns_id, seq, event_id, kind, payload, created_at, error)"
+    " SELECT * FROM gone ON CONFLICT (ns_id, seq) DO UPDATE SET event_id ="
+    " EXCLUDED.event_id, kind = EXCLUDED.kind, payload = EXCLUDED.payload,"
+    " created_at = EXCLUDED.created_at, dead_at = now(), error = EXCLUDED.error"
+)
+_OLDEST_AGE_SQL = "SELECT extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
+
+
 def claim_pending(
     conn: psycopg.Connection[Any], *, limit: int, min_age_s: float = 0.0
 ) -> list[ChangeEvent]:
     """Lock up to `limit` pending rows older than `min_age_s`, oldest first, skipping
     rows another sweep holds. The locks last until the transaction ends."""
-    rows = conn.execute(
-        "SELECT ns_id, seq, event_id, kind, payload FROM outbox"
-        " WHERE created_at <= now() - make_interval(secs => %s)"
-        " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
-        (min_age_s, limit),
-    ).fetchall()
+    rows = conn.execute(_CLAIM_SQL, (min_age_s, limit)).fetchall()
     return [
         ChangeEvent(event_id=str(e), ns_id=int(ns), seq=int(seq), kind=str(k), payload=p or {})
         for ns, seq, e, k, p in rows
@@ -49,25 +69,14 @@ def claim_pending(
 def remove_relayed(conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> None:
     """Delete the rows of `events`, which reached the change feed."""
     if events:
-        conn.execute(
-            "DELETE FROM outbox o USING unnest(%s::bigint[], %s::bigint[]) AS r(ns_id, seq)"
-            " WHERE o.ns_id = r.ns_id AND o.seq = r.seq",
-            ([e.ns_id for e in events], [e.seq for e in events]),
-        )
+        conn.execute(_REMOVE_SQL, ([e.ns_id for e in events], [e.seq for e in events]))
 
 
 def dead_letter(conn: psycopg.Connection[Any], refused: list[tuple[ChangeEvent, str]]) -> None:
     """Move the rows of `refused` (event, why the feed refused it) to `outbox_dead`."""
     if refused:
         conn.execute(
-            "WITH gone AS (DELETE FROM outbox o"
-            " USING unnest(%s::bigint[], %s::bigint[], %s::text[]) AS r(ns_id, seq, error)"
-            " WHERE o.ns_id = r.ns_id AND o.seq = r.seq"
-            " RETURNING o.ns_id, o.seq, o.event_id, o.kind, o.payload, o.created_at, r.error)"
-            " INSERT INTO outbox_dead (ns_id, seq, event_id, kind, payload, created_at, error)"
-            " SELECT * FROM gone ON CONFLICT (ns_id, seq) DO UPDATE SET event_id ="
-            " EXCLUDED.event_id, kind = EXCLUDED.kind, payload = EXCLUDED.payload,"
-            " created_at = EXCLUDED.created_at, dead_at = now(), error = EXCLUDED.error",
+            _DEAD_LETTER_SQL,
             (
                 [e.ns_id for e, _ in refused],
                 [e.seq for e, _ in refused],
@@ -83,10 +92,8 @@ def pending_count(conn: psycopg.Connection[Any]) -> int:
 
 def oldest_pending_age_s(conn: psycopg.Connection[Any]) -> float:
     """Seconds since the oldest row still to relay was written, 0 when none: the relay lag
-    (metric `RelayLagSeconds`). A scan of the pending rows, which are all the table holds."""
-    row = conn.execute(
-        "SELECT extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox"
-    ).fetchone()
+    (metric `RelayLagSeconds`): the first entry of `outbox_by_age`."""
+    row = conn.execute(_OLDEST_AGE_SQL).fetchone()
     return max(0.0, float(row[0])) if row and row[0] is not None else 0.0
 
 
