@@ -81,6 +81,12 @@ def test_dedup_function_from_the_queue_and_gc_steps_from_the_state_machine(
     upload_ids = [str(r[0]) for r in aws_world.sql("SELECT DISTINCT upload_id FROM upload_blocks")]
 
     dedup = _handler("dedup_verify")
+    # a file event naming no session (a delete, a move, a folder): nothing to verify. It
+    # had set off a sweep of every staged copy
+    for payload in ({"op": "delete"}, {"op": "commit", "upload_ids": []}):
+        body = {"detail-type": "file", "detail": {"kind": "file", "payload": payload}}
+        idle = dedup({"Records": [{"messageId": "0", "body": json.dumps(body)}]}, None)
+        assert (idle["promoted"], idle["dropped"]) == (0, 0), idle
     # an SQS batch from the EventBridge rule (a commit event): only that session is verified
     payload = {"op": "commit", "upload_ids": [upload_ids[0]]}
     body = {"detail-type": "file", "detail": {"kind": "file", "payload": payload}}

@@ -152,9 +152,16 @@ def _bodies(records: Any) -> list[dict[str, Any]]:
 
 
 def _verify_named_uploads(ctx: MaintenanceContext, bodies: list[dict[str, Any]]) -> StepResult:
-    """dedup-verify the upload sessions the messages name, or every session if none."""
+    """dedup-verify the upload sessions the messages name; nothing when they name none.
+
+    Every file event reaches the queue (deletes, moves, folders, commits of blocks already
+    stored), and one naming no session had set off a sweep of every staged copy (up to
+    25,000 reads), racing the runs the uploads' own events started. What no event names,
+    the hourly sweep verifies."""
     uploads = _named(bodies, "upload_id")
-    return dedup.verify_staged(ctx, ctx.clock.now(), upload_ids=uploads or None)
+    if not uploads:
+        return DedupResult()
+    return dedup.verify_staged(ctx, ctx.clock.now(), upload_ids=uploads)
 
 
 class ReportsLeft(Exception):
