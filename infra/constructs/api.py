@@ -190,24 +190,32 @@ class Api(Construct):
 
 
 # API Gateway answers some requests itself (throttled, no or bad token, a body the validator
-# refuses); clients get the same error shape as from the API (DESIGN §5), and a 429 says
-# when to retry, as the API's own 429/503 do.
+# refuses, a function it could not invoke); clients get the same error shape as from the API
+# (DESIGN §5), and a 429 or 503 says when to retry, as the API's own do.
 RETRY_AFTER_THROTTLED_S = 1
-_GATEWAY_ERRORS: list[tuple[apigw.ResponseType, str, str, str]] = [
-    (apigw.ResponseType.THROTTLED, "429", "rate_limited", "too many requests; retry later"),
-    (apigw.ResponseType.QUOTA_EXCEEDED, "429", "rate_limited", "request quota exceeded"),
-    (apigw.ResponseType.UNAUTHORIZED, "401", "unauthorized", "missing or invalid token"),
-    (apigw.ResponseType.ACCESS_DENIED, "403", "forbidden", "access denied"),
-    (apigw.ResponseType.BAD_REQUEST_BODY, "400", "invalid", "request body is malformed"),
-]
+RETRY_AFTER_UNAVAILABLE_S = 2
+# (type, status, code, message, Retry-After seconds or None)
+_GATEWAY_ERRORS: list[tuple[apigw.ResponseType, str, str, str, int | None]] = [
+    (apigw.ResponseType.THROTTLED, "429", "rate_limited", "too many requests; retry later",
+     RETRY_AFTER_THROTTLED_S),
+    (apigw.ResponseType.QUOTA_EXCEEDED, "429", "rate_limited", "request quota exceeded",
+     RETRY_AFTER_THROTTLED_S),
+    (apigw.ResponseType.UNAUTHORIZED, "401", "unauthorized", "missing or invalid token", None),
+    (apigw.ResponseType.ACCESS_DENIED, "403", "forbidden", "access denied", None),
+    (apigw.ResponseType.BAD_REQUEST_BODY, "400", "invalid", "request body is malformed", None),
+    # Lambda throttling the function (its reserved concurrency full: every long-poll slot
+    # held by an idle device) reaches the caller as this, a bare 504 without Retry-After
+    (apigw.ResponseType.INTEGRATION_FAILURE, "503", "unavailable",
+     "the service could not take the request; retry shortly", RETRY_AFTER_UNAVAILABLE_S),
+]  # fmt: skip
 
 
 def _gateway_errors(api: apigw.RestApi) -> None:
-    """Gateway responses in Tessera's JSON error shape; the 429s carry Retry-After."""
-    for response_type, status, code, message in _GATEWAY_ERRORS:
+    """Gateway responses in Tessera's JSON error shape; the 429s and 503 carry Retry-After."""
+    for response_type, status, code, message, retry_after in _GATEWAY_ERRORS:
         headers = {"Content-Type": "'application/json'"}
-        if status == "429":
-            headers["Retry-After"] = f"'{RETRY_AFTER_THROTTLED_S}'"
+        if retry_after is not None:
+            headers["Retry-After"] = f"'{retry_after}'"
         api.add_gateway_response(
             f"Gateway{response_type.response_type}",
             type=response_type,

@@ -352,6 +352,14 @@ def test_gateway_errors_use_the_api_error_shape_and_429_says_when_to_retry(dev: 
         body = json.loads(responses[kind]["ResponseTemplates"]["application/json"])
         assert body["error"]["code"] == "rate_limited"
     assert responses["UNAUTHORIZED"]["StatusCode"] == "401"
+    # a throttled function (its reserved concurrency full) had been a bare 504: retried at
+    # once, eight times, where a 503 with Retry-After is waited out
+    failed = responses["INTEGRATION_FAILURE"]
+    assert failed["StatusCode"] == "503"
+    assert failed["ResponseParameters"]["gatewayresponse.header.Retry-After"] == "'2'"
+    assert json.loads(failed["ResponseTemplates"]["application/json"])["error"]["code"] == (
+        "unavailable"
+    )
     for props in responses.values():
         assert set(json.loads(props["ResponseTemplates"]["application/json"])) == {"error"}
 
