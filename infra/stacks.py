@@ -304,9 +304,9 @@ class AppStack(Stack):
         # of a block being restored among it, `maintenance.damage.publish_damage`.)
         for fn in (api, relay, dedup, scrub, cold):
             table.grant(fn, *CHANGES_WRITER_ACTIONS)
-            data.keys.database.grant(fn, "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
+            self._grant_changes_key(fn, "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
         table.grant(longpoll, "dynamodb:Query", "dynamodb:GetItem")
-        data.keys.database.grant_decrypt(longpoll)
+        self._grant_changes_key(longpoll, "kms:Decrypt")
         # The blocks bucket, by prefix and action (see `_grant_objects`); each line is what
         # one function's code calls (moto does not enforce IAM: a missing one fails on AWS).
         staging, blocks, quarantine = STAGING_PREFIX, CANONICAL_PREFIX, QUARANTINE_PREFIX
@@ -414,6 +414,16 @@ class AppStack(Stack):
             resource_name=self.data.key_param_prefix.lstrip("/") + suffix,
             arn_format=ArnFormat.SLASH_RESOURCE_NAME,
         )
+
+    def _grant_changes_key(self, fn: lambda_.Function, *actions: str) -> None:
+        """The changes table's key for `actions`, by way of DynamoDB only: it is the database
+        key, which also encrypts Aurora and its master secret, and a function that reads the
+        table has no business decrypting those."""
+        fn.add_to_role_policy(iam.PolicyStatement(
+            actions=list(actions),
+            resources=[self.data.keys.database.key_arn],
+            conditions={"StringEquals": {"kms:ViaService": f"dynamodb.{Aws.REGION}.amazonaws.com"}},
+        ))  # fmt: skip
 
     def _grant_block_keys_read(self, fn: lambda_.Function) -> None:
         fn.add_to_role_policy(iam.PolicyStatement(

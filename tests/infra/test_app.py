@@ -637,6 +637,24 @@ def test_schedules(dev: Synth) -> None:
     assert RELAY_EVERY_S == 60
 
 
+def test_the_database_key_reaches_functions_only_by_way_of_dynamodb(dev: Synth) -> None:
+    """The changes table shares its key with Aurora and its master secret: the functions
+    that use the table get it through DynamoDB alone (migrate reads the secret)."""
+    statements = [
+        (name, st)
+        for name, policy in resources(dev.app_template, "AWS::IAM::Policy").items()
+        if "FunctionRole" in name
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "KeysDatabase" in json.dumps(st["Resource"])
+    ]
+    users = {name.split("Function")[0] for name, _ in statements}
+    assert {"Api", "Longpoll", "OutboxRelay", "DedupVerify", "Scrub", "ColdStorage"} <= users
+    for name, st in statements:
+        if not name.startswith("MigrateFunction"):
+            via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+            assert "dynamodb." in json.dumps(via), (name, st)
+
+
 def test_dashboard_and_service_alarms(dev: Synth) -> None:
     dev.app_template.resource_count_is("AWS::CloudWatch::Dashboard", 1)
     alarms = json.dumps(resources(dev.app_template, "AWS::CloudWatch::Alarm"))
