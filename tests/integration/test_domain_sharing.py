@@ -180,6 +180,51 @@ def test_what_the_owner_deleted_before_sharing_is_not_shared(
     assert get_file(services, alice, "/Team/salaries.xlsx") == b"last year's"
 
 
+def test_what_the_owner_deleted_while_alone_in_a_share_is_not_shared_again(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """Unsharing everyone keeps the shared namespace, so what Alice deleted while alone in
+    it sat in its trash: whoever she shared it with next listed it, read its history and
+    restored it. It now goes to her own trash when someone joins, as on a first share."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    secret = put_file(services, alice, "/Team/salaries.xlsx", b"this year's")
+    files.delete(services, alice, DeleteRequest(path="/Team/salaries.xlsx"))
+    _share(services, alice, "/Team", bob, "viewer")
+
+    assert files.trash_list(services, bob, TrashListRequest(path="/Team")).entries == []
+    with pytest.raises(NotFound):
+        files.revisions(services, bob, RevisionsRequest(file_id=secret.file_id))
+    with pytest.raises(NotFound):
+        files.restore(services, bob, RestoreRequest(file_id=secret.file_id))
+    trash = files.trash_list(services, alice, TrashListRequest()).entries
+    assert [t.path_display for t in trash] == ["/Team/salaries.xlsx"]
+    assert get_file(services, bob, "/Team/a") == b"a"  # the live files are still shared
+    assert usage_drift(services.db) == []
+
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    files.delete(services, alice, DeleteRequest(path="/Team"))
+    files.restore(services, alice, RestoreRequest(file_id=secret.file_id))
+    assert get_file(services, alice, "/Team/salaries.xlsx") == b"this year's"
+
+
+def test_a_share_is_not_mounted_over_what_the_member_deleted(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """Mounted at a path where Bob's own deleted folder lay, the share hid it: restoring
+    it was 409 (it would lie under the mount), and the trash purged it 30 days later."""
+    mine = put_file(services, bob, "/Team/notes.txt", b"bob's notes")
+    files.delete(services, bob, DeleteRequest(path="/Team"))
+    put_file(services, alice, "/Team/a", b"a")
+    _share(services, alice, "/Team", bob, "editor")
+    (mount,) = sharing.shares(services, bob).shares
+    assert mount.path_display == "/Team (2)"
+    files.restore(services, bob, RestoreRequest(file_id=mine.file_id))
+    assert get_file(services, bob, "/Team/notes.txt") == b"bob's notes"
+
+
 def test_a_commit_into_a_folder_being_shared_moves_along(
     services: Services,
     alice: Principal,
@@ -333,21 +378,26 @@ def test_a_folder_created_under_a_folder_being_shared_is_409(
 def test_nothing_is_restored_under_a_mount(
     services: Services, alice: Principal, bob: Principal
 ) -> None:
-    """A folder shared with bob took the place of one he had deleted: restoring his own
-    would hide it (and what it held) under the mount, so it is refused."""
-    old = put_file(services, bob, "/Team/old.txt", b"mine")
-    folder = files.metadata(services, bob, MetadataRequest(path="/Team"))
-    files.delete(services, bob, DeleteRequest(path="/Team"))
+    """What Alice deleted in a folder she shares lies in her own trash under its mount
+    point (deleted before the first share, or while she was alone in it): restoring it
+    would hide it (and what it held) under the mount, so it is refused. (A member's own
+    trash never lies there: a share is mounted beside it.)"""
     put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    old = put_file(services, alice, "/Team/old/old.txt", b"mine")
+    folder = files.metadata(services, alice, MetadataRequest(path="/Team/old"))
+    files.delete(services, alice, DeleteRequest(path="/Team/old"))
     _share(services, alice, "/Team", bob, "editor")
     assert isinstance(folder, FolderEntry)
     for restore in (
         RestoreRequest(file_id=folder.file_id),
         RestoreRequest(file_id=old.file_id, rev=1),
     ):
-        with pytest.raises(Conflict, match="mounted at or above '/Team"):
-            files.restore(services, bob, restore)
-    assert files.revisions(services, bob, RevisionsRequest(file_id=old.file_id)).is_deleted
+        with pytest.raises(Conflict, match="mounted at or above '/Team/old"):
+            files.restore(services, alice, restore)
+    assert files.revisions(services, alice, RevisionsRequest(file_id=old.file_id)).is_deleted
 
 
 def test_roles(services: Services, alice: Principal, bob: Principal, carol: Principal) -> None:

@@ -3,6 +3,8 @@ each member; plus the account summary."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tessera.domain import paths
 from tessera.domain.acl import Action, require
 from tessera.domain.changes import publish
@@ -24,7 +26,7 @@ from tessera.domain.views import (
     new_file_id,
     view_transaction,
 )
-from tessera.metadata.store import MountRow, NewJournal, Store, UserRow
+from tessera.metadata.store import FileRow, MountRow, NewJournal, Store, UserRow
 from tessera.ports import ChangeEvent, Principal
 
 
@@ -81,7 +83,13 @@ def _free_mount_path(store: Store, user: UserRow, name: str) -> str:
         fitted = paths.utf8_prefix(name, paths.MAX_NAME_BYTES - len(suffix.encode()))
         candidate = "/" + fitted + suffix
         key = paths.path_key(candidate)
-        if key not in taken and not store.live_path_taken(user.root_ns_id, key):
+        if (
+            key not in taken
+            and not store.live_path_taken(user.root_ns_id, key)
+            # nor over what they deleted there: a mount hides it, and it could not be
+            # restored (409) until they left the share or the trash was purged
+            and not store.holds_trash(user.root_ns_id, key, *paths.subtree_range(key))
+        ):
             return candidate
         n += 1
 
@@ -137,15 +145,7 @@ def delete_share(
         check_empty(store, mount.ns_id, paths.ROOT, mount.mount_path)
     live = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT))
     trash = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
-    for where, rows in (("inside", live), ("in its trash", trash)):
-        for row in rows:
-            # stored inside the share, a path may be too long below the mount point
-            if problem := paths.length_problem(paths.join(mount.mount_path, row.path_display)):
-                raise Unprocessable(
-                    f"{row.path_display!r} {where} would be {problem} in your own folders:"
-                    " move it to a shorter path (restore it first if deleted), then delete"
-                    " the folder"
-                )
+    _check_paths_fit_root(mount, (("inside", live), ("in its trash", trash)), "delete")
     store.remove_member(mount.ns_id, view.user.user_id)
     store.bump_seq(mount.ns_id)  # a commit waiting for it must not write into it now
     folder = new_file_id()
@@ -166,6 +166,43 @@ def delete_share(
     # The root journal logs only the mount point going away: to the owner's devices that
     # is the folder and everything under it deleted, as a folder delete would log.
     return _mount_journal(store, view.user, mount.ns_id, mount.mount_path, "delete")
+
+
+def _check_paths_fit_root(
+    mount: MountRow, rows: Sequence[tuple[str, Sequence[FileRow]]], then: str
+) -> None:
+    """422 when an entry of the shared folder, moved back into the owner's root under its
+    mount point, would have a path too long there (stored inside the share, a path may be
+    too long below the mount point). `rows` are (where they are, entries); `then` is what
+    the owner does once they moved it."""
+    for where, entries in rows:
+        for row in entries:
+            if problem := paths.length_problem(paths.join(mount.mount_path, row.path_display)):
+                raise Unprocessable(
+                    f"{row.path_display!r} {where} would be {problem} in your own folders:"
+                    f" move it to a shorter path (restore it first if deleted), then {then}"
+                    " the folder"
+                )
+
+
+def _keep_trash_private(store: Store, view: View, mount: MountRow) -> None:
+    """Move a shared folder's trash into its owner's own trash, as `_make_shared` leaves it
+    there on a first share: the owner is about to let someone in again after being alone in
+    it (`unshare` of everyone keeps the namespace), and what they deleted meanwhile was
+    listed, restorable and downloadable by whoever joined next. It lists in the owner's
+    trash under the mount point and can be restored once the folder is no longer shared."""
+    trash = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
+    if not trash:
+        return
+    _check_paths_fit_root(mount, (("in its trash", trash),), "share")
+    store.move_to_namespace(
+        mount.ns_id,
+        view.root.ns_id,
+        [r.file_id for r in trash],
+        0,
+        0,
+        under=(mount.mount_key, mount.mount_path),
+    )
 
 
 def _held_info(store: Store, view: View, mount: MountRow) -> ShareInfo:
@@ -255,8 +292,9 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
             lock_in_order(store, view.root.ns_id, target.root_ns_id)
             mount = _make_shared(store, view, req.path, events)
         # holding the shared namespace, no member joins a share that `delete_share` is
-        # deleting, nor is removed by `unshare` while their access changes here
-        lock_in_order(store, mount.ns_id, target.root_ns_id)
+        # deleting, nor is removed by `unshare` while their access changes here; the
+        # caller's root, for the trash of a folder they were alone in
+        lock_in_order(store, view.root.ns_id, mount.ns_id, target.root_ns_id)
         existing = {m.user_id: m for m in store.members(mount.ns_id)}
         if view.user.user_id not in existing:  # deleted while this request waited
             raise Conflict(f"{req.path!r} changed during the request; retry")
@@ -273,6 +311,8 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
                 )
                 store.bump_seq(mount.ns_id)
         else:
+            if existing.keys() == {view.user.user_id}:
+                _keep_trash_private(store, view, mount)
             mount_path = _free_mount_path(store, target, mount.name)
             store.add_member(
                 mount.ns_id, target.user_id, req.access, mount_path, paths.path_key(mount_path)

@@ -897,6 +897,16 @@ class Store:
             is not None
         )
 
+    def holds_trash(self, ns_id: int, key: str, lo: str, hi: str) -> bool:
+        """True when a deleted entry holds `key` or lies in the key range below it [lo, hi)
+        (`paths.subtree_range(key)`; index `files_deleted_path`)."""
+        row = self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM files WHERE ns_id = %s AND is_deleted"
+            " AND (path_key = %s OR (path_key >= %s AND path_key < %s)))",
+            (ns_id, key, lo, hi),
+        ).fetchone()
+        return bool(row and row[0])
+
     def subtree(self, ns_id: int, lo: str, hi: str, *, deleted: bool = False) -> list[FileRow]:
         """Entries strictly below a folder (key range from `paths.subtree_range`), by key.
 
