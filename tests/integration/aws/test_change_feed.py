@@ -170,8 +170,7 @@ def test_a_wait_over_many_namespaces_ends_by_its_timeout(
 ) -> None:
     """A round looked at the clock only once it had asked every namespace: one begun near
     the end of the wait ran a whole round past it (400 shared folders at 10 ms a query:
-    4 s; on Lambda, past the function's timeout). The first round still asks them all
-    (a fake clock: each query takes 1/64 s)."""
+    4 s; on Lambda, past the function's timeout). A fake clock: each query takes 1/64 s."""
     now = [0.0]
     feed = DynamoChangeFeed(
         model,
@@ -192,6 +191,43 @@ def test_a_wait_over_many_namespaces_ends_by_its_timeout(
     assert feed.wait({_ns(): 0 for _ in range(256)}, timeout=4.5) is False
     assert len(asked) == 256
     assert now[0] == 4.5
+    # a first round longer than the wait ends with it too (it had asked them all: on AWS,
+    # a first round of slow queries ran past API Gateway's 29 s)
+    asked.clear()
+    now[0] = 0.0
+    assert feed.wait({_ns(): 0 for _ in range(256)}, timeout=2.0) is False
+    assert len(asked) == 128 and now[0] == 2.0
+    # and a wait with no time left still asks one: a change made before the call counts
+    asked.clear()
+    assert feed.wait({_ns(): 0 for _ in range(8)}, timeout=0) is False
+    assert len(asked) == 1
+
+
+def test_a_wait_over_many_namespaces_is_paced(
+    model: type[ChangeRecordBase], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds came every 0.05-0.5 s whatever their size: a user given a thousand shared
+    folders unasked made each of their devices 2,000 strongly consistent reads a second.
+    Now a wait asks at most `max_queries_per_s` a second (a fake clock; queries take no
+    time)."""
+    now = [0.0]
+    feed = DynamoChangeFeed(
+        model,
+        max_queries_per_s=100,
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=lambda: now[0],
+    )
+    asked: list[int] = []
+    monkeypatch.setattr(model, "query", lambda ns_id, *a, **k: asked.append(ns_id) or iter(()))
+    assert feed.wait({_ns(): 0 for _ in range(500)}, timeout=20.0) is False
+    # rounds of 500 at 0, 5, 10, 15 s (and none at 20 s, the wait's end): 4
+    assert len(asked) == 4 * 500
+    assert now[0] == 20.0
+    # a few namespaces are asked as often as before
+    asked.clear()
+    now[0] = 0.0
+    assert feed.wait({_ns(): 0, _ns(): 0}, timeout=10.0) is False
+    assert len(asked) > 2 * 19  # every 0.5 s at the slowest
 
 
 def test_concurrent_publishers_write_once(feed: DynamoChangeFeed) -> None:

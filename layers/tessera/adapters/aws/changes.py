@@ -13,6 +13,7 @@ A long-poll queries `seq > cursor` per namespace, with a short, growing backoff.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -128,6 +129,7 @@ class DynamoChangeFeed(ChangeFeed):
         ttl: timedelta = timedelta(days=7),
         min_interval: float = 0.05,
         max_interval: float = 0.5,
+        max_queries_per_s: float = 100.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -135,6 +137,7 @@ class DynamoChangeFeed(ChangeFeed):
         self._ttl = ttl
         self._min_interval = min_interval
         self._max_interval = max_interval
+        self._max_queries_per_s = max_queries_per_s
         self._sleep = sleep
         self._clock = clock
 
@@ -225,38 +228,46 @@ class DynamoChangeFeed(ChangeFeed):
         query = self._model.query(ns_id, self._model.seq > seq, consistent_read=True, limit=limit)
         return [item.to_event() for item in query]
 
-    def _any_after(self, cursors: Mapping[int, int], deadline: float | None) -> bool:
-        """Whether a namespace has an item after its cursor seq. Past `deadline` the rest
-        are not asked (False): a round begun near the end of a wait, for a caller with
-        hundreds of shared folders or meeting one slow query, had run past the function's
-        timeout (a 502 for "no changes")."""
-        for ns_id, seq in cursors.items():
-            if deadline is not None and self._clock() >= deadline:
-                return False
-            query = self._model.query(
-                ns_id,
-                self._model.seq > seq,
-                consistent_read=True,
-                limit=1,
-                attributes_to_get=["ns_id", "seq"],
-            )
-            if next(iter(query), None) is not None:
-                return True
-        return False
+    def _has_after(self, ns_id: int, seq: int) -> bool:
+        """Whether namespace `ns_id` has an item after `seq` (one strongly consistent read)."""
+        query = self._model.query(
+            ns_id,
+            self._model.seq > seq,
+            consistent_read=True,
+            limit=1,
+            attributes_to_get=["ns_id", "seq"],
+        )
+        return next(iter(query), None) is not None
 
     def wait(self, cursors: Mapping[int, int], timeout: float) -> bool:
-        """Poll until a namespace has an item after its cursor seq, or `timeout` seconds."""
+        """Poll until a namespace has an item after its cursor seq, or `timeout` seconds.
+
+        A round asks each namespace once, in an order drawn per call, and past the deadline
+        asks no more (at least one is asked: a change made before the call counts). A round
+        had asked every namespace whatever the clock, and for a caller with hundreds of
+        shared folders, or meeting slow queries, ran past the function's timeout: a 502 for
+        "no changes". The draw spreads a cut round's misses over calls. Rounds come at most
+        `max_queries_per_s` queries a second: a user can be given a thousand shared folders
+        unasked, and each of their devices then cost 2,000 reads a second, where a round
+        of 1,000 now comes every 10 s (one of a few namespaces, every 0.05-0.5 s as before).
+        """
         deadline = self._clock() + max(timeout, 0.0)
-        interval = self._min_interval
-        first = True  # asks every namespace: a change made before the call counts
+        order = list(cursors.items())
+        random.shuffle(order)
+        interval, asked = self._min_interval, False
         while True:
-            if self._any_after(cursors, None if first else deadline):
-                return True
-            first = False
+            started = self._clock()
+            for ns_id, seq in order:
+                if asked and self._clock() >= deadline:
+                    return False
+                asked = True
+                if self._has_after(ns_id, seq):
+                    return True
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return False
-            self._sleep(min(interval, remaining))
+            paced = len(order) / self._max_queries_per_s - (self._clock() - started)
+            self._sleep(min(max(interval, paced), remaining))
             interval = min(interval * 1.5, self._max_interval)
 
 
