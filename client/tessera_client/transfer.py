@@ -73,6 +73,10 @@ from tessera_client.state import StateDB
 # The longest a download waits for cold storage before asking again (a restore takes hours)
 MAX_RESTORE_WAIT_S = 3600
 WINDOW_BYTES = 16 * 1024 * 1024
+# What a batch's largest request (its commit) may carry, about: the server takes bodies of
+# 5 MiB (Lambda's 6 MiB event, the body's quotes escaped in it), and a thousand files with
+# long paths came to 5.3 MB, refused every round.
+BATCH_BYTES = 2 * 1024 * 1024
 WINDOW_BLOCKS = 128  # small files: few /v1/uploads/urls round trips (the server allows 1,000)
 # Near the end windows shrink, each to half of what is left but not below this: the last
 # window's commit overlaps no PUT, so its size is the sync's tail (a 110-file commit after
@@ -228,24 +232,9 @@ class Transfers:
             if on_result is not None:
                 on_result(result)
 
-        for batch in self._batches(items):
+        for batch in _batches(items, self.batch_files, self.batch_blocks):
             self._upload_batch(batch, emit)
         return results
-
-    def _batches(self, items: list[UploadItem]) -> Iterator[list[UploadItem]]:
-        """Runs of at most `batch_files` files whose block lists fit one request together
-        (`batch_blocks`); a file with a longer list goes alone, its list in parts."""
-        batch: list[UploadItem] = []
-        blocks = 0
-        for item in items:
-            count = len(item.manifest.blocks)
-            if batch and (len(batch) >= self.batch_files or blocks + count > self.batch_blocks):
-                yield batch
-                batch, blocks = [], 0
-            batch.append(item)
-            blocks += count
-        if batch:
-            yield batch
 
     def _pending_key(self, item: UploadItem) -> str:
         return path_key(item.path)
@@ -835,6 +824,35 @@ class _BlockPlan:
             )
         if content_hash(self.ids) != self.entry.content_hash:
             raise IntegrityError(f"{self.path}: the block list does not match the content hash")
+
+
+def _batches(
+    items: list[UploadItem], max_files: int, max_blocks: int
+) -> Iterator[list[UploadItem]]:
+    """Runs of at most `max_files` files whose block lists fit one request together
+    (`max_blocks`), and whose requests stay near `BATCH_BYTES`; a file with a longer list
+    goes alone, its list in parts."""
+    batch: list[UploadItem] = []
+    blocks = size = 0
+    for item in items:
+        count, adds = len(item.manifest.blocks), _request_bytes(item)
+        if batch and (
+            len(batch) >= max_files or blocks + count > max_blocks or size + adds > BATCH_BYTES
+        ):
+            yield batch
+            batch, blocks, size = [], 0, 0
+        batch.append(item)
+        blocks += count
+        size += adds
+    if batch:
+        yield batch
+
+
+def _request_bytes(item: UploadItem) -> int:
+    """About what `item` adds to its batch's commit, at most: its path (three times its
+    UTF-8: a JSON encoder escaping non-ASCII writes 6 bytes for a 2-byte character), the
+    other fields, ~100 bytes a block."""
+    return 3 * len(item.path.encode()) + 400 + 100 * len(item.manifest.blocks)
 
 
 def _block_specs(blocks: Iterable[BlockRef]) -> list[dict[str, Any]]:

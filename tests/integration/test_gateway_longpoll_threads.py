@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,9 +33,11 @@ class BlockingLongpoll:
     def __init__(self) -> None:
         self.release = threading.Event()
         self.waiting = threading.Semaphore(0)
+        self.bodies: list[str] = []
 
     def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         if event["path"].rstrip("/") == "/v1/list_folder/longpoll":  # as the resolver matches
+            self.bodies.append(event["body"])
             self.waiting.release()
             self.release.wait(30)
             body = {"changes": False}
@@ -90,6 +93,59 @@ def test_longpoll_body_is_capped(gateway: tuple[str, dict[str, str], BlockingLon
     r = httpx.post(url + "/v1/list_folder/longpoll", content=padded, headers=headers)
     assert r.status_code == 413
     assert "request body over" in r.json()["error"]["message"]
+
+
+def test_a_padded_longpoll_body_is_held_without_its_padding(
+    gateway: tuple[str, dict[str, str], BlockingLongpoll],
+) -> None:
+    """The limit takes the longest cursor (~1 MiB): a short one padded up to it held a
+    megabyte for the whole wait, a hundred times per account."""
+    url, headers, resolver = gateway
+    padded = b'{"cursor": "c",' + b" " * (LONGPOLL_MAX_BODY // 2) + b'"timeout": 30}'
+    with ThreadPoolExecutor(1) as device:
+        poll = device.submit(
+            httpx.post, url + "/v1/list_folder/longpoll", content=padded, headers=headers
+        )
+        assert resolver.waiting.acquire(timeout=10)
+        assert json.loads(resolver.bodies[0]) == {"cursor": "c", "timeout": 30}
+        assert len(resolver.bodies[0]) < 100
+        resolver.release.set()
+        assert poll.result().status_code == 200
+
+
+def test_a_longpoll_whose_caller_left_keeps_its_place_until_its_thread_returns(
+    tmp_path: Path,
+) -> None:
+    """In AWS mode a wait runs on a thread that outlives a caller who hangs up. Given back
+    when the caller left, one account's dropped long-polls took every thread (256) for the
+    whole wait, and everyone else's were refused."""
+    issuer = JwtIssuer(tmp_path / "jwt.pem")
+    mine, theirs = (
+        issuer.issue(Principal(user_id=u, email=f"{u}@example.com")).access_token
+        for u in ("u1", "u2")
+    )
+    resolver = BlockingLongpoll()
+    server = Server()
+    server.start(create_app(Gateway(identity=issuer, resolver=resolver, longpolls_per_user=2)))
+    try:
+        for _ in range(2):
+            with pytest.raises(httpx.ReadTimeout):  # hangs up; its thread waits on
+                _longpoll(server.base_url, mine, timeout=0.5)
+            assert resolver.waiting.acquire(timeout=10)
+        refused = _longpoll(server.base_url, mine, timeout=5)
+        assert refused.status_code == 429, refused.text
+        with ThreadPoolExecutor(1) as device:
+            other = device.submit(_longpoll, server.base_url, theirs)
+            assert resolver.waiting.acquire(timeout=10), "another user's long-poll was refused"
+            resolver.release.set()
+            assert other.result().status_code == 200
+        deadline = time.monotonic() + 10  # the threads return: their places come back
+        while _longpoll(server.base_url, mine).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        resolver.release.set()
+        server.stop()
 
 
 def test_longpolls_whose_callers_left_still_hold_their_threads(

@@ -44,15 +44,16 @@ from tessera.domain.errors import (
     Unprocessable,
 )
 from tessera.domain.models import MAX_CURSOR_CHARS
-from tessera.local.throttle import LongpollLimit, RequestThrottle
+from tessera.local.throttle import LongpollLimit, LongpollSlot, RequestThrottle
 from tessera.ports import Identity, Principal
 
 log = logging.getLogger(__name__)
 
-# An API request's body, as on AWS: Lambda takes a synchronous event of at most 6 MiB, body
-# and envelope together. A body is parsed whole (JSON: ~20 times its size in objects), so the
-# 16 MiB this was took ~350 MB a request.
-MAX_API_BODY = 6 * 1024 * 1024 - 256 * 1024
+# An API request's body, within what passes on AWS: Lambda takes a synchronous event of at
+# most 6 MiB, and the body is a JSON string in it, its quotes escaped (a block list is ~9 %
+# quotes), beside the headers. A body is parsed whole (JSON: ~20 times its size in
+# objects), so the 16 MiB this was took ~350 MB a request.
+MAX_API_BODY = 5 * 1024 * 1024
 # A stored block's upload (the block URLs: S3's on AWS), at least this much.
 MAX_BLOCK_BODY = 16 * 1024 * 1024
 # A long-poll body is a cursor and a timeout. A cursor may be up to `MAX_CURSOR_CHARS` (a
@@ -61,6 +62,8 @@ MAX_BLOCK_BODY = 16 * 1024 * 1024
 LONGPOLL_MAX_BODY = MAX_CURSOR_CHARS + 4 * 1024
 # Long-polls waiting at once per user: one per device, and room to spare.
 LONGPOLLS_PER_USER = 100
+# A long-poll body longer than this is re-encoded without padding before its wait.
+_COMPACT_ABOVE = 16 * 1024
 # In AWS mode the longpoll function blocks a thread for its whole wait (30-480 s). On AWS it has
 # a concurrency of its own; here its own threads, so idle devices cannot take the threads
 # (40 by default) every other request waits for.
@@ -173,6 +176,19 @@ async def json_body(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Unprocessable("the body must be a JSON object")
     return data
+
+
+def _compact(body: bytes) -> bytes:
+    """A long-poll's body without its padding, before it is held for the wait: the limit
+    must take the longest cursor (~1 MiB), and a short one padded with whitespace up to it
+    held a megabyte per long-poll, a hundred of them per account. A body that is not JSON
+    is kept as it is (the API answers it with its exact 422, at once)."""
+    if len(body) <= _COMPACT_ABOVE:
+        return body
+    try:
+        return json.dumps(json.loads(body), separators=(",", ":")).encode()
+    except (ValueError, RecursionError):
+        return body
 
 
 def bearer_principal(request: Request, identity: Identity | None) -> Principal:
@@ -321,20 +337,24 @@ def create_app(gw: Gateway) -> Starlette:
         principal = bearer_principal(request, gw.identity)
         if gw.throttle is not None:
             gw.throttle.take(principal.user_id)
-        with held_longpolls.hold(principal.user_id):
-            body = await read_body(request, LONGPOLL_MAX_BODY)
+        slot = held_longpolls.take(principal.user_id)
+        try:
+            body = _compact(await read_body(request, LONGPOLL_MAX_BODY))
 
             async def answer() -> Response:
                 if gw.longpoll is not None:
                     result = await gw.longpoll(principal, body)
                     if result is not None:
                         return JSONResponse(result)
-                return await _resolve(request, body, principal, longpoll_threads)
+                return await _resolve(request, body, principal, (longpoll_threads, slot))
 
             waiting = asyncio.ensure_future(answer())
             if not await _done_before_disconnect(request, waiting):
                 return Response(status_code=408)  # nobody is listening any more
             return waiting.result()
+        finally:
+            if not slot.handed_over:
+                slot.give_back()
 
     async def api(request: Request) -> Response:
         if is_longpoll(request.url.path):
@@ -352,27 +372,34 @@ def create_app(gw: Gateway) -> Starlette:
         request: Request,
         body: bytes,
         principal: Principal | None,
-        threads: anyio.CapacityLimiter | None = None,
+        waiting: tuple[anyio.CapacityLimiter, LongpollSlot] | None = None,
     ) -> Response:
-        """Run the API on a worker thread. A long-poll runs on `threads` and is abandoned to
-        finish on its own when its caller stops waiting; any other call runs on Starlette's
-        shared pool and is waited for, so a stopping server does not cut a commit short."""
+        """Run the API on a worker thread. A long-poll runs on its own threads, holding its
+        caller's place until the thread returns, and is abandoned to finish on its own when
+        its caller stops waiting; any other call runs on Starlette's shared pool and is
+        waited for, so a stopping server does not cut a commit short."""
         if gw.resolver is None:
             raise TesseraError("the API is not wired into this gateway")
         event = proxy_event(request, body, principal)
         context = LambdaContext(aws_request_id=event["requestContext"]["requestId"])
-        if threads is None:
+        if waiting is None:
             result = await anyio.to_thread.run_sync(gw.resolver.resolve, event, context)
             return proxy_response(result)
+        threads, slot = waiting
         if not longpolls_running.acquire(blocking=False):
             raise TooManyRequests("too many long-polls waiting; try again shortly", 5)
         resolve = gw.resolver.resolve
 
         def run() -> dict[str, Any]:
+            # taken over here, not before: a caller who leaves while the thread has not
+            # started gives it back itself (a thread that never runs never would)
+            slot.handed_over = True
             try:
                 return resolve(event, context)
             finally:
                 longpolls_running.release()
+                slot.give_back()
+
 
         result = await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=threads)
         return proxy_response(result)

@@ -7,11 +7,10 @@ An empty bucket answers 429 `rate_limited` with Retry-After, as the API's own 42
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from tessera.domain.errors import TooManyRequests
 from tessera.settings import Settings
@@ -79,6 +78,30 @@ class RequestThrottle:
         self._sweep_above = max(self.max_keys, 2 * len(self._buckets))
 
 
+class LongpollSlot:
+    """One long-poll's place in its caller's `LongpollLimit`, given back once. In AWS mode
+    the wait runs on a thread that outlives a caller who hung up: the place is then
+    `handed_over` to that thread, which gives it back when it returns (given back when the
+    caller left, one account's dropped long-polls took every thread for the whole wait)."""
+
+    def __init__(self, limit: LongpollLimit, key: str) -> None:
+        self._limit, self._key = limit, key
+        self._given_back = False
+        self.handed_over = False
+
+    def give_back(self) -> None:
+        """Free the place (only the first call counts)."""
+        with self._limit.lock:
+            if self._given_back:
+                return
+            self._given_back = True
+            left = self._limit.held[self._key] - 1
+            if left:
+                self._limit.held[self._key] = left
+            else:
+                del self._limit.held[self._key]
+
+
 class LongpollLimit:
     """At most `limit` long-polls waiting at once per caller key (a user id).
 
@@ -91,28 +114,18 @@ class LongpollLimit:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.limit = limit
-        self._lock = threading.Lock()
-        self._held: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.held: dict[str, int] = {}
 
-    @contextlib.contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        """One of `key`'s places for the block's duration; `TooManyRequests` when all are
-        taken."""
-        with self._lock:
-            held = self._held.get(key, 0)
+    def take(self, key: str) -> LongpollSlot:
+        """One of `key`'s places; `TooManyRequests` when all are taken."""
+        with self.lock:
+            held = self.held.get(key, 0)
             if held >= self.limit:
                 raise TooManyRequests(
                     f"{self.limit} long-polls of this account are waiting already;"
                     " close some (each device needs one)",
                     LONGPOLL_FULL_RETRY_S,
                 )
-            self._held[key] = held + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                left = self._held[key] - 1
-                if left:
-                    self._held[key] = left
-                else:
-                    del self._held[key]
+            self.held[key] = held + 1
+        return LongpollSlot(self, key)
