@@ -148,7 +148,6 @@ def test_bodies_without_credentials_are_400_as_on_the_local_gateway(
         ("PasswordResetRequiredException", 400, 401, "unauthorized", "reset its password"),
         ("UserNotConfirmedException", 400, 401, "unauthorized", "not confirmed"),
         ("InternalErrorException", 500, 503, "unavailable", "retry shortly"),
-        ("InvalidParameterException", 400, 400, "bad_request", "refused the sign-in's fields"),
     ],
 )
 def test_cognito_refusals_get_their_own_answer_not_a_500(
@@ -187,3 +186,25 @@ def test_settings_without_a_pool_fail_the_cold_start() -> None:
 
     with pytest.raises(SettingsError, match="user_pool_id"):
         AwsRuntime(aws=AwsSettings(user_pool_client_id="c")).users()
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"email": "a" * 120 + "@example.com"}, {"password": "p" * 257}],
+    ids=["email past 128", "password past 256"],
+)
+def test_credentials_longer_than_cognito_takes_are_401_without_asking_it(
+    aws_settings: AwsSettings, credentials: dict[str, str]
+) -> None:
+    """Cognito refuses them with InvalidParameterException, a 500 here (which a
+    misconfigured app client raises too, so it stays one)."""
+    client = boto3.client(
+        "cognito-idp", region_name=aws_settings.region, aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )  # fmt: skip
+    users = CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
+    body = {"email": "a@example.com", "password": PASSWORD, **credentials}
+    with Stubber(client):  # no answer queued: any call to Cognito fails the test
+        result = token_endpoint(users, _event(body))
+    assert result["statusCode"] == 401, result
+    assert json.loads(result["body"])["error"]["code"] == "unauthorized"

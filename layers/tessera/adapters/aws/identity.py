@@ -92,6 +92,9 @@ class CognitoIdentity(Identity):
         return principal_from_claims(self.claims(token))
 
 
+# The longest username and password Cognito takes (its API's limits).
+COGNITO_MAX_USERNAME = 128
+COGNITO_MAX_PASSWORD = 256
 # Cognito's throttling error codes (per-second quotas on InitiateAuth).
 _THROTTLED = frozenset(
     {"TooManyRequestsException", "LimitExceededException", "ThrottlingException"}
@@ -157,8 +160,6 @@ class CognitoUsers:
                 raise Unauthorized("wrong email, password or refresh token") from None
             if code in _ACCOUNT_STATES:
                 raise Unauthorized(_ACCOUNT_STATES[code]) from None
-            if code == "InvalidParameterException":  # e.g. a password past Cognito's 256
-                raise BadRequest(f"Cognito refused the sign-in's fields: {exc}") from None
             if code in _THROTTLED:
                 # Cognito sends no Retry-After; its quotas are per second.
                 raise TooManyRequests(
@@ -188,6 +189,13 @@ class CognitoUsers:
             refresh = str(fields["refresh_token"])
             result = self._auth("REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": refresh})
         elif fields["email"] and fields["password"]:
+            if (
+                len(str(fields["email"])) > COGNITO_MAX_USERNAME
+                or len(str(fields["password"])) > COGNITO_MAX_PASSWORD
+            ):
+                # no user has such credentials; Cognito would refuse the call itself with an
+                # InvalidParameterException, which a misconfigured client also raises (a 500)
+                raise Unauthorized("wrong email, password or refresh token")
             result = self._auth(
                 "USER_PASSWORD_AUTH",
                 {"USERNAME": str(fields["email"]), "PASSWORD": str(fields["password"])},

@@ -6,9 +6,8 @@ the local gateway's AWS mode).
 Answers, as the local gateway's token endpoint does: 200 with the token body
 (`Cache-Control: no-store`); 401 for a wrong email, password or refresh token; 422 for a body
 that is not a JSON object (or is nested too deep); 400 for an object without
-`{email, password}` or `{refresh_token}` as strings, or with fields Cognito refuses
-(`InvalidParameterException`); 429 + `Retry-After` when Cognito throttles, 503 +
-`Retry-After` when it fails for a while.
+`{email, password}` or `{refresh_token}` as strings; 429 + `Retry-After` when Cognito
+throttles, 503 + `Retry-After` when it fails for a while.
 """
 
 from __future__ import annotations
