@@ -185,16 +185,22 @@ def test_what_the_owner_deleted_while_alone_in_a_share_is_not_shared_again(
 ) -> None:
     """Unsharing everyone keeps the shared namespace, so what Alice deleted while alone in
     it sat in its trash: whoever she shared it with next listed it, read its history and
-    restored it. It now goes to her own trash when someone joins, as on a first share."""
+    restored it. It now goes to her own trash when someone joins, as on a first share;
+    what was deleted while others were in it stays for them."""
     put_file(services, alice, "/Team/a", b"a")
+    put_file(services, alice, "/Team/report.docx", b"the report")
     _meet(services, bob)
     _share(services, alice, "/Team", bob, "editor")
+    files.delete(services, bob, DeleteRequest(path="/Team/report.docx"))  # by mistake
     sharing.unshare(services, alice, UnshareRequest(path="/Team"))
     secret = put_file(services, alice, "/Team/salaries.xlsx", b"this year's")
     files.delete(services, alice, DeleteRequest(path="/Team/salaries.xlsx"))
-    _share(services, alice, "/Team", bob, "viewer")
+    _share(services, alice, "/Team", bob, "editor")
 
-    assert files.trash_list(services, bob, TrashListRequest(path="/Team")).entries == []
+    bobs = files.trash_list(services, bob, TrashListRequest(path="/Team")).entries
+    assert [t.path_display for t in bobs] == ["/Team/report.docx"]
+    files.restore(services, bob, RestoreRequest(path="/Team/report.docx"))
+    assert get_file(services, bob, "/Team/report.docx") == b"the report"
     with pytest.raises(NotFound):
         files.revisions(services, bob, RevisionsRequest(file_id=secret.file_id))
     with pytest.raises(NotFound):
@@ -385,7 +391,7 @@ def test_nothing_is_restored_under_a_mount(
     put_file(services, alice, "/Team/a", b"a")
     _meet(services, bob)
     _share(services, alice, "/Team", bob, "editor")
-    sharing.unshare(services, alice, UnshareRequest(path="/Team"))
+    files.delete(services, bob, DeleteRequest(path="/Team"))  # the last member leaves
     old = put_file(services, alice, "/Team/old/old.txt", b"mine")
     folder = files.metadata(services, alice, MetadataRequest(path="/Team/old"))
     files.delete(services, alice, DeleteRequest(path="/Team/old"))

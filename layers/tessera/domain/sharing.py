@@ -119,6 +119,7 @@ def leave_share(
         check_empty(store, mount.ns_id, paths.ROOT, mount.mount_path)
     if store.remove_member(mount.ns_id, user.user_id) is None:  # removed while this waited
         raise Conflict(f"{mount.mount_path!r} changed during the request; retry")
+    store.mark_alone(mount.ns_id)
     store.bump_seq(mount.ns_id)  # a commit of theirs waiting for it must not write now
     return _mount_journal(store, user, mount.ns_id, mount.mount_path, "delete")
 
@@ -186,12 +187,20 @@ def _check_paths_fit_root(
 
 
 def _keep_trash_private(store: Store, view: View, mount: MountRow) -> None:
-    """Move a shared folder's trash into its owner's own trash, as `_make_shared` leaves it
-    there on a first share: the owner is about to let someone in again after being alone in
-    it (`unshare` of everyone keeps the namespace), and what they deleted meanwhile was
-    listed, restorable and downloadable by whoever joined next. It lists in the owner's
-    trash under the mount point and can be restored once the folder is no longer shared."""
-    trash = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
+    """Move what was deleted in a shared folder while its owner was alone in it (since
+    `unshare` of everyone, or the last member leaving: the namespace stays) into her own
+    trash, as `_make_shared` leaves what she deleted before a first share: whoever joined
+    next listed, restored and downloaded it. What was deleted while others were in it
+    stays, for them to restore. It lists in her trash under the mount point and can be
+    restored once the folder is no longer shared."""
+    since = store.end_alone(mount.ns_id)
+    if since is None:
+        return
+    trash = [
+        row
+        for row in store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
+        if row.deleted_at is not None and row.deleted_at >= since
+    ]
     if not trash:
         return
     _check_paths_fit_root(mount, (("in its trash", trash),), "share")
@@ -369,6 +378,7 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
                     events.append(
                         _mount_journal(store, user, mount.ns_id, removed.mount_path, "delete")
                     )
+            store.mark_alone(mount.ns_id)
             # their commits waiting for the namespace must not write into it now
             store.bump_seq(mount.ns_id)
             info = _held_info(store, view, mount)

@@ -659,6 +659,25 @@ class Store:
         )
         return MemberRow(*row) if row else None
 
+    def mark_alone(self, ns_id: int) -> None:
+        """Note the moment a shared namespace's owner is left its only member (kept while
+        she stays alone in it: the first moment counts)."""
+        self.conn.execute(
+            "UPDATE namespaces SET alone_since = now() WHERE ns_id = %s AND alone_since IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM ns_members WHERE ns_id = %s AND access <> 'owner')",
+            (ns_id, ns_id),
+        )
+
+    def end_alone(self, ns_id: int) -> datetime | None:
+        """Forget when the owner was left alone in a namespace; when that was (None: she
+        never was, or not since the column exists)."""
+        row = self._one(
+            "UPDATE namespaces n SET alone_since = NULL FROM namespaces o"
+            " WHERE n.ns_id = %s AND o.ns_id = n.ns_id RETURNING o.alone_since",
+            (ns_id,),
+        )
+        return row[0] if row else None
+
     def members(self, ns_id: int) -> list[MemberRow]:
         """Members of a namespace, owner first."""
         rows = self._all(
