@@ -243,7 +243,9 @@ class DynamoChangeFeed(ChangeFeed):
         """Poll until a namespace has an item after its cursor seq, or `timeout` seconds.
 
         A round asks each namespace once, in an order drawn per call, and past the deadline
-        asks no more (at least one is asked: a change made before the call counts). A round
+        asks no more, after at least one (a wait with no time left still asks one: with a
+        single namespace, a change made before the call counts; with more, the caller's
+        next long-poll asks in another order). A round
         had asked every namespace whatever the clock, and for a caller with hundreds of
         shared folders, or meeting slow queries, ran past the function's timeout: a 502 for
         "no changes". The draw spreads a cut round's misses over calls. Rounds come at most
