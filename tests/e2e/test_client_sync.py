@@ -600,7 +600,7 @@ def test_a_block_lost_from_the_store_is_reported_and_mended_within_one_sync(
     email = inproc_cloud.user()
     a = make_device(devices, tmp_path, inproc_cloud, "A", email)
     b = make_device(devices, tmp_path, inproc_cloud, "B", email)
-    data = os.urandom(3 * 1024 * 1024)
+    data = os.urandom(5 * 1024 * 1024)  # past the 4 MiB largest block: two at least
     a.write("photo.raw", data)
     a.sync()
     lost = scan_file(a.folder / "photo.raw").blocks[1].id
