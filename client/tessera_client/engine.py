@@ -67,6 +67,9 @@ DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be 
 # Seconds a long-poll's answer may take beyond the wait it asked for (the network, the
 # server reading the request and its cursor)
 LONGPOLL_GRACE_S = 30.0
+# The state's note that this device left `FOLDER_MARKER` in its folder: a folder without it
+# is then not this one (an unmounted drive's mount point, another drive)
+MARKED_META = "folder_marked"
 Fetched = tuple[FileEntry, Stat, list[str]]
 
 
@@ -293,7 +296,10 @@ class SyncEngine:
                 self._holding_unseen.update(path_key(a) for a in ancestors(known.path))
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
         marked = self.fs.exists(FOLDER_MARKER)
-        ops = self._mass_delete_gate(the_plan, base, result, emptied=not scan.tree and not marked)
+        # not the folder this device synced: the marker it left there is gone, or (a state
+        # from before the marker was recorded) the folder is empty
+        foreign = not marked and (bool(self.state.get_meta(MARKED_META)) or not scan.tree)
+        ops = self._mass_delete_gate(the_plan, base, result, foreign=foreign)
         if not result.paused_deletes and scan.tree and not marked:
             self._mark_folder()
         self._execute(ops, scan, result)
@@ -359,23 +365,25 @@ class SyncEngine:
                     )
 
     def _mass_delete_gate(
-        self, the_plan: Plan, base: dict[str, Entry], result: RoundResult, *, emptied: bool
+        self, the_plan: Plan, base: dict[str, Entry], result: RoundResult, *, foreign: bool
     ) -> list[Op]:
         """The plan's operations, less its deletions when they are too many to be sure of
-        (paused until `--allow-mass-delete`). `emptied`: the folder holds nothing to sync,
-        nor the marker (`FOLDER_MARKER`) a round leaves in a folder that does. That pauses
-        any deletion, however few files: it is what a drive not mounted under the synced
-        folder looks like (its empty mount point), and below the thresholds it deleted every
-        file on the server and the other devices. A folder the user emptied keeps the hidden
-        marker, so its deletions go as usual."""
+        (paused until `--allow-mass-delete`). `foreign`: the folder lacks the marker
+        (`FOLDER_MARKER`) a round leaves in it. With deletions planned, that pauses every
+        operation, however few files: it is what a drive not mounted under the synced folder
+        looks like (its empty mount point, or another drive), and below the thresholds it
+        deleted every file on the server and the other devices. Only the deletions paused,
+        the server's new files came down into the mount point, and the next round, finding
+        a folder no longer empty, deleted the rest. A folder the user emptied keeps the
+        hidden marker, so its deletions go as usual."""
         deletes = the_plan.deletes
         files = sum(1 for e in base.values() if e.is_file)
         s = self.settings
         mass = deletes > s.mass_delete_files or (
             deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
         )
-        emptied = emptied and deletes > 0
-        mass = mass or emptied
+        foreign = foreign and deletes > 0
+        mass = mass or foreign
         if not mass or self.allow_mass_delete:
             if mass:  # approved once, for this deletion: a daemon's next one pauses again
                 self.allow_mass_delete = False
@@ -384,8 +392,10 @@ class SyncEngine:
             return the_plan.ops
         result.paused_deletes = deletes
         why = (
-            f"{self.folder} is empty (is the drive holding it mounted?)"
-            if emptied
+            f"{self.folder} does not look like the folder this device synced (its hidden"
+            f" {FOLDER_MARKER} is gone, and {deletes} files with it: is the drive holding"
+            " it mounted?); nothing is synced until it is back"
+            if foreign
             else f"this would delete {deletes} of {files} files"
         )
         result.problems.append(
@@ -393,6 +403,8 @@ class SyncEngine:
             "`tessera sync --allow-mass-delete`"
         )
         self.state.set_meta("paused_deletes", str(deletes))
+        if foreign:
+            return []
         held = (
             OpKind.DELETE_LOCAL,
             OpKind.DELETE_REMOTE,
@@ -402,12 +414,15 @@ class SyncEngine:
         return [op for op in the_plan.ops if op.kind not in held]
 
     def _mark_folder(self) -> None:
-        """Leave `FOLDER_MARKER` in the folder (ignored, never synced: built in). Best
-        effort: without it, only the emptied folder's pause is stricter (any deletion)."""
-        with contextlib.suppress(OSError):  # a read-only folder, a full disk
+        """Leave `FOLDER_MARKER` in the folder (ignored, never synced: built in), and note in
+        the state that it is there: from then on a folder without it is not this one. Best
+        effort: without it, only an empty folder is taken for another (a read-only folder,
+        a full disk)."""
+        with contextlib.suppress(OSError):
             temp, handle = self.fs.create_temp("")
             handle.close()
             self.fs.rename(temp, FOLDER_MARKER)
+            self.state.set_meta(MARKED_META, "1")
 
     def _execute(self, ops: list[Op], scan: LocalScan, result: RoundResult) -> None:
         uploads: list[tuple[UploadItem, Entry | None]] = []

@@ -18,13 +18,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
+from tessera.blocks import open_regular
 from tessera_client.paths import UnsafePathError, ancestors, canonical_rel, parent_of
 
 TEMP_PREFIX = ".tessera-tmp-"
-# Left in a synced folder that holds something: its absence with nothing else marks a folder
-# that is not the one synced (an empty mount point), not one the user emptied.
+# Left in a synced folder that holds something: its absence marks a folder that is not the
+# one synced (an empty mount point, another drive), not one the user emptied.
 FOLDER_MARKER = ".tessera-folder"
 # Names this process's temp files (after TEMP_PREFIX), so a scan leaves them alone. Not the
 # pid alone: a client that always runs with one pid (PID 1 in a container) took the temp
@@ -268,8 +269,9 @@ class RealFilesystem(Filesystem):
         raise AssertionError("unreachable")
 
     def open_read(self, rel: str) -> BinaryIO:
-        fd = os.open(self._abs(rel), os.O_RDONLY | os.O_NOFOLLOW)
-        return os.fdopen(fd, "rb")
+        # a FIFO would block the open for ever, and SIGINT with it (Python retries an
+        # interrupted open): one named `.tesseraignore` hung every scan
+        return cast(BinaryIO, open_regular(self._abs(rel), follow_symlinks=False))
 
     def fsync(self, handle: BinaryIO) -> None:
         handle.flush()
@@ -508,19 +510,25 @@ class SafeFilesystem(Filesystem):
         return self.inner.listdir(self._check_dir(rel))
 
     def scandir(self, rel: str) -> list[tuple[str, Stat]]:
-        """`rel` is checked once, as `listdir` does; its entries need no check on the way
-        (`rel` is their only folder), only of their names: one `lstat` would refuse is left
-        out. A scan walks every folder this way: an `lstat` per entry checked each folder
-        above it again, one more system call per level for every file."""
+        return self.scan_folder(rel)[0]
+
+    def scan_folder(self, rel: str) -> tuple[list[tuple[str, Stat]], list[tuple[str, str]]]:
+        """`scandir`, and the names it left out with why (names no path may hold: not
+        UTF-8, control characters, a backslash...), for the scan to tell the user. `rel`
+        is checked once, as `listdir` does; its entries need no check on the way (`rel` is
+        their only folder), only of their names. A scan walks every folder this way: an
+        `lstat` per entry checked each folder above it again, one more system call per
+        level for every file."""
         rel = self._check_dir(rel)
-        entries = []
+        entries, refused = [], []
         for name, st in self.inner.scandir(rel):
             try:
                 canonical_rel(f"{rel}/{name}" if rel else name)
-            except UnsafePathError:
+            except UnsafePathError as e:
+                refused.append((name, str(e)))
                 continue
             entries.append((name, st))
-        return entries
+        return entries, refused
 
     def mkdir(self, rel: str) -> None:
         rel = self._check(rel)

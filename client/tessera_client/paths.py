@@ -31,6 +31,10 @@ def canonical_rel(path: str) -> str:
     """
     if not isinstance(path, str) or path in ("", "/"):
         raise UnsafePathError("empty path or the root")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a name's bytes that are not UTF-8, as the OS hands them over
+        raise UnsafePathError("the name is not valid UTF-8") from None
     body = path[1:] if path.startswith("/") else path
     if body.startswith("/") or body.endswith("/") or _DRIVE.match(body):
         raise UnsafePathError(f"absolute or malformed path {path!r}")

@@ -98,6 +98,12 @@ class _Cached:
     hashed_ns: int  # when the file was hashed: its stat vouches for it only if not racy
 
 
+def _printable(rel: str) -> str:
+    """`rel` as it can be shown: bytes that are not UTF-8 as `\\xNN`, controls escaped."""
+    text = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 class Scanner:
     """Walks one synced folder; remembers manifests so unchanged files are not re-hashed."""
 
@@ -110,7 +116,9 @@ class Scanner:
         but cannot be read (a symlink, a folder, no permission)."""
         try:
             with self.fs.open_read(IGNORE_FILE) as f:
-                return IgnoreRules.from_text(f.read().decode("utf-8", "replace"))
+                # utf-8-sig: an editor's byte-order mark made the first rule `\ufeff*.key`,
+                # which matched nothing (git skips it too)
+                return IgnoreRules.from_text(f.read().decode("utf-8-sig", "replace"))
         except FileNotFoundError:
             return IgnoreRules()
 
@@ -137,11 +145,15 @@ class Scanner:
         while stack:
             folder = stack.pop()
             try:
-                entries = sorted(self.fs.scandir(folder), key=_synced_first(folder, base))
+                found, refused = self.fs.scan_folder(folder)
             except OSError as e:
                 out.skipped.append((folder or ".", f"cannot list folder: {e.strerror or e}"))
                 out.unseen.add(path_key(folder))
                 continue
+            for name, why in refused:  # no path may hold it: the server has none such
+                shown = f"{folder}/{name}" if folder else name
+                out.skipped.append((_printable(shown), f"{why}; rename it to sync it"))
+            entries = sorted(found, key=_synced_first(folder, base))
             for name, st in entries:
                 rel = f"{folder}/{name}" if folder else name
                 if unicodedata.normalize("NFC", rel) != rel:

@@ -428,6 +428,37 @@ def test_an_empty_mount_point_pauses_even_a_few_deletes(
     assert snapshot(b.folder) == {"c.txt": b"c"}
 
 
+def test_a_folder_without_its_marker_syncs_nothing_until_it_is_back(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """Only the deletions of an empty mount point paused: the server's new files came down
+    into it, and the next round, the folder no longer empty, deleted every other file on
+    the server and the other devices. Another drive mounted there went up whole."""
+    a, b = engines
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (a.folder / name).write_text(name)
+    a.run_once()
+    b.run_once()
+    for entry in a.folder.iterdir():  # a's drive is unmounted
+        entry.unlink()
+    (b.folder / "new.txt").write_text("made on b")
+    b.run_once()
+    for _ in range(2):
+        paused = a.run_once()
+        assert paused.paused_deletes == 3 and "is the drive" in paused.problems[0], paused
+        assert snapshot(a.folder) == {}  # nothing came down into the mount point
+    (a.folder / "other-drive.txt").write_text("not this folder's")  # another drive
+    assert a.run_once().paused_deletes == 3
+    b.run_once()
+    assert set(snapshot(b.folder)) == {"a.txt", "b.txt", "c.txt", "new.txt"}
+
+    (a.folder / "other-drive.txt").unlink()  # the drive is back, marker and all
+    for name in ("a.txt", "b.txt", "c.txt", FOLDER_MARKER):
+        shutil.copyfile(b.folder / name, a.folder / name)
+    assert a.run_once().paused_deletes == 0
+    assert set(snapshot(a.folder)) == {"a.txt", "b.txt", "c.txt", "new.txt"}
+
+
 def test_a_403_that_is_not_a_viewers_refusal_undoes_nothing(
     engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:

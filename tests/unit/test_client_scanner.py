@@ -53,6 +53,24 @@ def test_scan_reports_symlinks_clashes_and_non_nfc_names(tmp_path: Path) -> None
         assert not scan.left_alone(path, path, is_dir=False), path
 
 
+def test_names_no_path_may_hold_are_reported_not_fatal(tmp_path: Path) -> None:
+    """A name whose bytes are not UTF-8 raised UnicodeEncodeError out of every scan (the
+    daemon and `sync --once` ended with a traceback naming no file); names with control
+    characters or a backslash were left out without a word."""
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"caf\xe9"))
+    (tmp_path / os.fsdecode(b"caf\xe9") / "in.txt").write_text("inside")
+    (tmp_path / os.fsdecode(b"r\xe9sum\xe9.txt")).write_text("latin-1")
+    (tmp_path / "back\\slash").write_text("b")
+    (tmp_path / "bell\x07").write_text("c")
+    (tmp_path / "ok.txt").write_text("fine")
+    scan = _scanner(tmp_path).scan({})
+    assert sorted(e.path for e in scan.tree.values()) == ["ok.txt"]
+    reasons = dict(scan.skipped)
+    assert set(reasons) == {"caf\\xe9", "r\\xe9sum\\xe9.txt", "back\\slash", "bell\\x07"}
+    assert "not valid UTF-8; rename it" in reasons["r\\xe9sum\\xe9.txt"]
+    assert all("rename it to sync it" in why for why in reasons.values())
+
+
 def test_a_clash_keeps_the_synced_spelling(tmp_path: Path) -> None:
     """`NOTES.txt` appearing beside synced `notes.txt` sorts first, yet `notes.txt` keeps
     the path and `NOTES.txt` is reported: never sent as a new version of `notes.txt`."""
@@ -234,17 +252,20 @@ def test_the_scan_says_when_each_file_was_read(tmp_path: Path) -> None:
     assert all(before <= t <= after for t in scan.hashed_ns.values())
 
 
-@pytest.mark.parametrize("kind", ["symlink", "folder"])
+@pytest.mark.parametrize("kind", ["symlink", "folder", "fifo"])
 def test_an_unreadable_ignore_file_leaves_everything_alone(tmp_path: Path, kind: str) -> None:
-    """`.tesseraignore` that cannot be read (a symlink, as dotfile managers make; a folder)
-    is reported, and the pass syncs nothing: without its rules, ignored files would be
-    uploaded, and ignored files deleted here since would be deleted on the server."""
+    """`.tesseraignore` that cannot be read (a symlink, as dotfile managers make; a folder;
+    a FIFO, whose open had blocked every scan for ever, Ctrl-C too) is reported, and the
+    pass syncs nothing: without its rules, ignored files would be uploaded, and ignored
+    files deleted here since would be deleted on the server."""
     (tmp_path / "secret.key").write_text("k")
     (tmp_path / "notes.txt").write_text("n")
     rules = tmp_path / "rules.txt"
     rules.write_text("*.key\n")
     if kind == "symlink":
         os.symlink(rules, tmp_path / ".tesseraignore")
+    elif kind == "fifo":
+        os.mkfifo(tmp_path / ".tesseraignore")
     else:
         (tmp_path / ".tesseraignore").mkdir()
     scan = _scanner(tmp_path).scan({})
@@ -252,3 +273,13 @@ def test_an_unreadable_ignore_file_leaves_everything_alone(tmp_path: Path, kind:
     assert ".tesseraignore" in dict(scan.skipped)
     for path in ["secret.key", "notes.txt", "gone.txt"]:
         assert scan.left_alone(path, path, is_dir=False), path
+
+
+def test_an_ignore_file_saved_with_a_byte_order_mark_keeps_its_first_rule(tmp_path: Path) -> None:
+    """An editor's BOM made the first rule `\\ufeff*.key`, which matched nothing: the
+    private keys it named were uploaded."""
+    (tmp_path / ".tesseraignore").write_bytes(b"\xef\xbb\xbf*.key\r\nbuild/\r\n")
+    (tmp_path / "id.key").write_text("private")
+    (tmp_path / "notes.txt").write_text("n")
+    scan = _scanner(tmp_path).scan({})
+    assert sorted(e.path for e in scan.tree.values()) == ["notes.txt"]

@@ -15,6 +15,7 @@ from tessera.blocks.chunking import (
     BlockRef,
     FileManifest,
     iter_chunks,
+    open_regular,
     scan_file,
 )
 from tessera.blocks.codec import (
@@ -58,6 +59,7 @@ __all__ = [
     "encode_many",
     "is_block_id",
     "iter_chunks",
+    "open_regular",
     "scan_file",
     "stored_key_version",
     "stored_size_limit",

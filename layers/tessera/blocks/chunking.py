@@ -136,7 +136,7 @@ def cut_file(
     """
     # (window index, file offset, view, job or its result), in file order
     pending: deque[tuple[int, int, memoryview, Future[T] | T]] = deque()
-    with _open_regular(path) as f:
+    with open_regular(path) as f:
         before = os.fstat(f.fileno())
         pooled = (workers or default_workers()) > 1 and before.st_size > inline_max
         pool = shared_pool() if pooled else None
@@ -210,13 +210,14 @@ def _digest(data: memoryview) -> bytes:
     return blake3(data).digest()
 
 
-def _open_regular(path: str | os.PathLike[str]) -> io.FileIO:
+def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> io.FileIO:
     """Open `path` for reading; only regular files (a FIFO would block, a device never ends).
 
     O_NONBLOCK keeps `open` from hanging on a FIFO swapped in after a check; it has no effect
-    on reads of regular files.
+    on reads of regular files. Without `follow_symlinks`, a symlink is refused (ELOOP).
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
