@@ -1521,16 +1521,18 @@ class Store:
     def pending_upload_bytes(
         self, user_id: str, now: datetime, more: Sequence[tuple[str, int]] = ()
     ) -> int:
-        """Bytes of the distinct blocks the user's open sessions expect and no commit has
-        staged yet, with `more` (block_id, size) counted in: a block two sessions expect
-        (a client that lost its record and started again) counts once."""
+        """Bytes of the blocks the user's open sessions expect and no commit has staged yet,
+        with `more` (block_id, size) counted in. A block two sessions expect counts twice:
+        each session has a staged object of its own for it, which holds bytes until a
+        commit checks them, so counted once, the same made-up block list declared in any
+        number of sessions held that many times the cap."""
         row = self._one(
             "SELECT COALESCE(sum(size), 0) FROM ("
-            " SELECT b.block_id, b.size FROM upload_sessions s JOIN upload_blocks b"
+            " SELECT b.size FROM upload_sessions s JOIN upload_blocks b"
             "  USING (upload_id) WHERE s.user_id = %s AND s.state = 'open'"
             "  AND s.expires_at > %s AND b.state = 'expected'"
-            " UNION SELECT * FROM unnest(%s::text[], %s::int[])) AS t(block_id, size)",
-            (user_id, now, *_columns(more, 2)),
+            " UNION ALL SELECT * FROM unnest(%s::int[])) AS t(size)",
+            (user_id, now, [size for _, size in more]),
         )
         return int(row[0])
 
