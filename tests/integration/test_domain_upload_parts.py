@@ -36,6 +36,7 @@ from tessera.domain.models import (
     UploadUrlsRequest,
 )
 from tessera.domain.services import Services
+from tessera.metadata.store import Store
 from tessera.ports import Principal
 
 from .conftest import Caller, commit_request, get_file, send_needed, upload_blocks
@@ -225,6 +226,27 @@ def test_a_batch_entry_without_its_list_fails_alone(limited: Services, alice: Pr
     )
     result = commits.commit_batch(limited, alice, batch)
     assert [(e.tag, e.status) for e in result.entries] == [("success", 200), ("failure", 404)]
+    assert get_file(limited, alice, "/long.bin") == b"".join(CHUNKS)
+
+
+def test_a_batch_reads_lists_sent_in_parts_up_to_a_largest_files_worth(
+    limited: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each entry naming a list sent in parts read it whole: a thousand entries naming one
+    list of 262,144 blocks (a 250 KB request) read 262 M rows. A batch now reads lists up
+    to one largest file's worth (10 blocks here); later such entries are refused unread."""
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)  # 7 blocks
+    append_all(limited, alice, upload_id, "/long.bin")
+    reads: list[object] = []
+    read = Store.session_file_blocks
+    monkeypatch.setattr(
+        Store, "session_file_blocks", lambda self, *a: reads.append(a) or read(self, *a)
+    )
+    entry = commit_from_session("/long.bin", upload_id, CHUNKS)
+    result = commits.commit_batch(limited, alice, CommitBatchRequest(entries=[entry] * 6))
+    assert len(reads) == 2  # 7, then 7 more past the 10: the rest unread
+    assert result.entries[0].tag == "success"
+    assert [e.status for e in result.entries[2:]] == [413] * 4
     assert get_file(limited, alice, "/long.bin") == b"".join(CHUNKS)
 
 

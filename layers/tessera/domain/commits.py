@@ -681,9 +681,21 @@ def commit_batch(
         raise PayloadTooLarge(f"a batch holds at most {svc.settings.max_commits_per_batch} commits")
     entries: list[CommitRequest] = []
     refused: dict[int, TesseraError] = {}  # before any statement of the batch's transaction
+    # Block lists sent in parts are read from the database, up to a largest file's each: a
+    # batch of a thousand entries naming one such list read it a thousand times (262 M
+    # rows from a 250 KB request). A batch reads lists of one largest file's worth; an
+    # entry past that is refused unread (413), to be committed in a batch of its own.
+    budget = svc.settings.max_blocks_per_file
     for i, entry in enumerate(req.entries):
         try:
+            if entry.blocks is None and budget <= 0:
+                raise PayloadTooLarge(
+                    "this batch's block lists sent in parts are as long as a batch reads;"
+                    " commit this file in a batch of its own"
+                )
             entries.append(with_block_list(svc, principal.user_id, entry))
+            if entry.blocks is None:
+                budget -= len(entries[-1].blocks or ())
         except TesseraError as exc:
             refused[i] = exc
             entries.append(entry)
