@@ -64,6 +64,7 @@ from tessera_client.transfer import (
 LARGE_FILE = 8 * 1024 * 1024
 FILE_WORKERS = 4  # files downloaded at once (each also fetches its blocks in parallel)
 DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be written
+FOLDER_ERROR_WAIT_S = 10.0  # the daemon's pause when the synced folder's disk fails
 # Seconds a long-poll's answer may take beyond the wait it asked for (the network, the
 # server reading the request and its cursor)
 LONGPOLL_GRACE_S = 30.0
@@ -1007,8 +1008,19 @@ class SyncEngine:
         """Sync continuously: watcher events and long-poll wake a round; full scans regularly."""
         from tessera_client.watcher import Watcher
 
-        watcher = Watcher(self.folder, self._wake, debounce_s=self.settings.debounce_ms / 1000)
-        watcher.start()
+        watching = Watcher(self.folder, self._wake, debounce_s=self.settings.debounce_ms / 1000)
+        watcher: Watcher | None = watching
+        try:
+            watching.start()
+        except OSError as e:  # inotify's watch limit, a filesystem that cannot be watched
+            hint = (
+                " (on Linux, raise fs.inotify.max_user_watches)" if e.errno == errno.ENOSPC else ""
+            )
+            self.reporter.problem(
+                f"cannot watch {self.folder} for changes ({e.strerror or e}){hint}; local"
+                f" changes are found by the full scan every {self.settings.scan_interval_s:g} s"
+            )
+            watcher = None
         poller = threading.Thread(target=self._longpoll_loop, name="tessera-longpoll", daemon=True)
         poller.start()
         next_scan = 0.0
@@ -1017,7 +1029,8 @@ class SyncEngine:
                 timeout = max(0.0, next_scan - time.monotonic())
                 if self._wake.wait(timeout):
                     self._wake.clear()
-                    watcher.settle()
+                    if watcher is not None:
+                        watcher.settle()
                 if self._stop.is_set():
                     break
                 # a round woken only by local events skips the pull: the long-poll says when
@@ -1047,6 +1060,15 @@ class SyncEngine:
                     self.reporter.problem(f"sync paused: {_disk_full_problem(e)}")
                     self._stop.wait(DISK_FULL_WAIT_S)
                     continue
+                except OSError as e:
+                    # the folder's disk failing (EIO: a drive pulled, a stale network mount)
+                    # beyond what the scan takes as unseen: it ended the daemon
+                    self._remote_changed.set()
+                    self.reporter.problem(
+                        f"sync paused: cannot use {self.folder} ({e.strerror or e}); retrying"
+                    )
+                    self._stop.wait(FOLDER_ERROR_WAIT_S)
+                    continue
                 if r.ops or r.unstable:
                     self._wake.set()  # follow-up round: confirm quiescence
                     if not r.ops:
@@ -1056,7 +1078,8 @@ class SyncEngine:
                 elif full:  # a folder busier than the interval still gets its full rounds
                     next_scan = time.monotonic() + self.settings.scan_interval_s
         finally:
-            watcher.stop()
+            if watcher is not None:
+                watcher.stop()
             self._stop.set()
 
 

@@ -540,6 +540,57 @@ def test_the_daemon_waits_out_a_full_disk_under_its_state_database(
     assert any(p.startswith("sync paused: the disk is full") for p in problems)
 
 
+def test_the_daemon_waits_out_a_failing_folder_disk(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An I/O error outside what the scan takes as unseen (the marker's check on a pulled
+    drive or a stale network mount: EIO) ended the daemon with a traceback."""
+    engine = _engine(tmp_path, evil)
+    monkeypatch.setattr("tessera_client.engine.FOLDER_ERROR_WAIT_S", 0.01)
+    engine.longpoll = _quiet_longpoll  # type: ignore[method-assign]
+    problems: list[str] = []
+    monkeypatch.setattr(engine.reporter, "problem", problems.append)
+    rounds: list[bool] = []
+
+    def round_(pull: bool = True) -> RoundResult:
+        rounds.append(pull)
+        if len(rounds) == 1:
+            raise OSError(errno.EIO, "Input/output error", ".tessera-folder")
+        engine.stop()
+        return RoundResult()
+
+    engine.round = round_  # type: ignore[method-assign]
+    engine.run_daemon()
+    engine.close()
+    assert len(rounds) == 2 and rounds[1]  # it went on, and pulled again
+    assert any("sync paused: cannot use" in p and "Input/output error" in p for p in problems)
+
+
+def test_the_daemon_runs_on_full_scans_when_the_folder_cannot_be_watched(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inotify's watch limit reached: the watcher's start raised, and the daemon never ran."""
+    from tessera_client.watcher import Watcher
+
+    def no_watches(self: Watcher) -> None:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(Watcher, "start", no_watches)
+    engine = _engine(tmp_path, evil)
+    engine.longpoll = _quiet_longpoll  # type: ignore[method-assign]
+    problems: list[str] = []
+    monkeypatch.setattr(engine.reporter, "problem", problems.append)
+
+    def round_(pull: bool = True) -> RoundResult:
+        engine.stop()
+        return RoundResult()
+
+    engine.round = round_  # type: ignore[method-assign]
+    engine.run_daemon()
+    engine.close()
+    assert any("max_user_watches" in p and "full scan" in p for p in problems), problems
+
+
 def test_a_file_comes_in_pages_and_expired_block_urls_are_renewed(
     tmp_path: Path, evil: Evil
 ) -> None:
