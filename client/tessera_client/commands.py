@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from tessera_client.api import (
     ServerUnreachable,
     sign_in,
 )
-from tessera_client.config import Home, Settings
+from tessera_client.config import DamagedFileError, Home, Settings
 from tessera_client.paths import UnsafePathError, canonical_rel
 from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.state import StateDB
@@ -79,8 +80,15 @@ def friendly_errors() -> Iterator[None]:
         }.get(e.status, "")
         say_error(e.message + (f" — {hint}" if hint else ""))
         raise typer.Exit(EXIT_ERROR) from None
-    except (UserError, SyncError, UnsafePathError) as e:
+    except (UserError, SyncError, UnsafePathError, DamagedFileError) as e:
         say_error(str(e))
+        raise typer.Exit(EXIT_ERROR) from None
+    except sqlite3.DatabaseError as e:
+        say_error(
+            f"this device's state database cannot be read ({e}); move {_home().state_file}"
+            " aside and sync again: it compares the folder and the server afresh (files on"
+            " one side only are kept, never deleted)"
+        )
         raise typer.Exit(EXIT_ERROR) from None
 
 
@@ -327,6 +335,11 @@ def _daemon(engine: Any, reporter: ConsoleReporter, folder: Path) -> None:
 
 def status(as_json: JsonOption = False) -> None:
     """Show this device's login, folder, last sync, pending work and conflicts."""
+    with friendly_errors():
+        _status(as_json)
+
+
+def _status(as_json: bool) -> None:
     home = _home()
     settings = home.load_settings()
     tokens = home.load_tokens()
@@ -531,6 +544,11 @@ def shares(as_json: JsonOption = False) -> None:
 
 def conflicts(as_json: JsonOption = False) -> None:
     """List conflicted copies (and local-only copies of edits to read-only shares)."""
+    with friendly_errors():
+        _conflicts(as_json)
+
+
+def _conflicts(as_json: bool) -> None:
     home = _home()
     rows: list[dict[str, Any]] = []
     if home.state_file.exists():

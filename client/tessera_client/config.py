@@ -92,11 +92,17 @@ class Home:
         self.log_dir.mkdir(exist_ok=True)
 
     def load_settings(self) -> Settings:
-        """Read `config.json` (defaults when absent); `TESSERA_DEVICE` overrides the name."""
+        """Read `config.json` (defaults when absent); `TESSERA_DEVICE` overrides the name.
+        `DamagedFileError` when it cannot be read as one."""
         data: dict[str, Any] = {}
         if self.config_file.exists():
-            data = json.loads(self.config_file.read_text("utf-8"))
-        settings = Settings.from_json(data)
+            data = _read_json(self.config_file, "fix it or delete it, then `tessera login`")
+        try:
+            settings = Settings.from_json(data)
+        except (TypeError, ValueError) as e:
+            raise DamagedFileError(
+                f"{self.config_file} is damaged ({e}); fix it or delete it, then `tessera login`"
+            ) from None
         if os.environ.get("TESSERA_DEVICE"):
             settings.device_name = os.environ["TESSERA_DEVICE"]
         return settings
@@ -107,11 +113,16 @@ class Home:
         _write_private(self.config_file, json.dumps(asdict(settings), indent=2))
 
     def load_tokens(self) -> Tokens | None:
-        """The stored tokens, or None when logged out."""
+        """The stored tokens, or None when logged out; `DamagedFileError` when they cannot
+        be read."""
         if not self.tokens_file.exists():
             return None
-        data = json.loads(self.tokens_file.read_text("utf-8"))
-        return Tokens(**data)
+        todo = "delete it and run `tessera login`"
+        data = _read_json(self.tokens_file, todo)
+        try:
+            return Tokens(**data)
+        except TypeError as e:
+            raise DamagedFileError(f"{self.tokens_file} is damaged ({e}); {todo}") from None
 
     def save_tokens(self, tokens: Tokens) -> None:
         """Store tokens with mode 0600 (written to a 0600 temp file, then renamed)."""
@@ -125,6 +136,22 @@ class Home:
         except FileNotFoundError:
             return False
         return True
+
+
+class DamagedFileError(Exception):
+    """A file of the client's home that cannot be read as what it should hold: the message
+    names it and says what to do."""
+
+
+def _read_json(path: Path, todo: str) -> dict[str, Any]:
+    """The JSON object in `path`; `DamagedFileError` (saying `todo`) for anything else."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedFileError(f"{path} is damaged ({e}); {todo}") from None
+    if not isinstance(data, dict):
+        raise DamagedFileError(f"{path} is damaged (not a JSON object); {todo}")
+    return data
 
 
 def _write_private(path: Path, text: str) -> None:

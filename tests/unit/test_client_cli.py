@@ -54,6 +54,30 @@ def test_status_and_conflicts_json(home: Home, tmp_path: Path) -> None:
     assert rows[0]["original"] == "a.txt" and rows[0]["local_only"] is True
 
 
+@pytest.mark.parametrize(
+    ("damaged", "content", "says"),
+    [
+        ("config.json", b"{not json", "fix it or delete it"),
+        ("config.json", b"[1, 2]", "not a JSON object"),
+        ("tokens.json", b'{"refresh": 1}', "run `tessera login`"),
+        ("state.db", b"this is not an SQLite file" * 100, "compares the folder and the server"),
+    ],
+)
+def test_a_damaged_home_file_is_one_clear_line(
+    home: Home, damaged: str, content: bytes, says: str
+) -> None:
+    """A damaged config, tokens file or state database raised a traceback out of every
+    command that read it (`status` and `conflicts` had no error handling at all)."""
+    home.save_settings(Settings(server_url="http://127.0.0.1:9", retry_attempts=1))
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+    (home.path / damaged).write_bytes(content)
+    readers = [["status"], ["conflicts"]] if damaged == "state.db" else [["status"], ["ls"]]
+    for args in readers:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1, (args, r.output)
+        assert says in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
+
+
 def test_sync_refuses_a_home_inside_the_folder(home: Home, tmp_path: Path) -> None:
     home.save_settings(Settings(server_url="http://x"))
     r = runner.invoke(app, ["sync", str(tmp_path), "--once"])
