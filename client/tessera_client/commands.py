@@ -293,7 +293,10 @@ def sync(
                 if result.problems:
                     raise typer.Exit(EXIT_ERROR)
                 if not quiet:
-                    out.print(f"In sync: {folder}")
+                    left_out = (
+                        f" ({result.skipped} left out, as said above)" if result.skipped else ""
+                    )
+                    out.print(f"In sync: {folder}{left_out}")
                 return
             _daemon(engine, reporter, folder)
         finally:

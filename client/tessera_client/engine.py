@@ -277,6 +277,7 @@ class SyncEngine:
         scan = self.scanner.scan(base, exclude=local_only)
         for path, reason in scan.skipped:
             self._skip(path, reason)
+        result.skipped = len(scan.skipped)
         result.unstable = len(scan.unstable)
         self._vouch_for_rehashed(scan, base)
         unstable = {path_key(p) for p in scan.unstable}
@@ -949,6 +950,7 @@ class SyncEngine:
             total.problems += [p for p in r.problems if p not in total.problems]
             total.paused_deletes = max(total.paused_deletes, r.paused_deletes)
             total.disk_full = total.disk_full or r.disk_full
+            total.skipped = r.skipped  # what is still left out at the end
             if r.disk_full or (r.quiescent and r.ops == 0):
                 break
             if r.ops == 0 and r.unstable:

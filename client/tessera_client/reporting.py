@@ -19,6 +19,7 @@ class RoundResult:
     paused_deletes: int = 0
     retry_after: float = 0.0
     disk_full: bool = False
+    skipped: int = 0  # what the scan left out and reported (symlinks, unreadable, names)
 
     @property
     def quiescent(self) -> bool:
