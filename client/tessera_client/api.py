@@ -299,6 +299,22 @@ class Api:
         """Exchange email + password for tokens and store them."""
         return self._token_request({"email": email, "password": password})
 
+    def revoke(self) -> None:
+        """Sign this device's session out on the server: its refresh token stops working
+        (the access token lives out its hour). Raises ApiError, ServerUnreachable."""
+        tokens = self._tokens
+        if tokens is None:
+            return
+        response = send_with_retry(
+            self.http,
+            self.policy,
+            "POST",
+            self.base + "/v1/auth/revoke",
+            json={"refresh_token": tokens.refresh_token},
+        )
+        if response.status_code != 200:
+            raise error_from(response)
+
     def _token_request(self, body: dict[str, str]) -> Tokens:
         response = send_with_retry(
             self.http, self.policy, "POST", self.base + "/v1/auth/token", json=body

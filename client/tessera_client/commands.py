@@ -14,7 +14,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +34,7 @@ from tessera_client.api import (
     ServerUnreachable,
     sign_in,
 )
-from tessera_client.config import DamagedFileError, Home, Settings
+from tessera_client.config import DamagedFileError, Home, Settings, hold_device_lock
 from tessera_client.paths import UnsafePathError, canonical_rel
 from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.state import StateDB
@@ -203,12 +203,37 @@ def login(
 
 
 def logout() -> None:
-    """Forget this device's credentials."""
-    home = _home()
-    if home.clear_tokens():
-        out.print("Logged out.")
-    else:
-        out.print("Not logged in.")
+    """Sign this device out: its session ends on the server, and its tokens are deleted."""
+    with friendly_errors():
+        home = _home()
+        if home.load_tokens() is None:
+            out.print("Not logged in.")
+            return
+        # a running sync would write back the tokens it holds at its next refresh
+        with closing(hold_device_lock(home)):
+            untold = _sign_out_on_server(home, home.load_settings())
+            home.clear_tokens()
+        if untold is None:
+            out.print("Logged out (the session is ended on the server too).")
+        else:
+            out.print(
+                f"Logged out on this device; the server could not be told ({untold}), so"
+                " its session ends by itself within 30 days"
+            )
+
+
+def _sign_out_on_server(home: Home, settings: Settings) -> str | None:
+    """End this device's session on the server; why not, when it could not."""
+    if not settings.server_url:
+        return "no server configured"
+    api = Api(settings.server_url, home, policy=RetryPolicy(attempts=2))
+    try:
+        api.revoke()
+    except (ApiError, ServerUnreachable) as e:
+        return str(e)
+    finally:
+        api.close()
+    return None
 
 
 # -- sync -----------------------------------------------------------------------------

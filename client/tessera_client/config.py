@@ -18,7 +18,9 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from tessera_client.reporting import SyncError
 
 DEFAULT_HOME = "~/.tessera"
 
@@ -163,3 +165,36 @@ def _write_private(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
+
+
+def hold_device_lock(home: Home) -> IO[str]:
+    """Lock this device's state for as long as the returned file is open, or raise SyncError.
+
+    Two syncs of one device (the daemon and a `tessera sync --once` beside it) both uploaded
+    the same edit: the second got a 409 and renamed the file to a conflicted copy, and the
+    next round took that rename for the user's and renamed the file on every device. POSIX
+    only: elsewhere the lock is advisory and not taken. `tessera logout` takes it too: a
+    running sync would write back the tokens it holds at its next refresh.
+    """
+    home.ensure()
+    handle = open(home.path / "sync.lock", "a+", encoding="utf-8")  # noqa: SIM115 (held open)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip()
+        handle.close()
+        holder = f"pid {pid}" if pid else "another process"
+        raise SyncError(
+            f"this device ({home.path}) is already syncing ({holder}); stop that sync "
+            "first, or use another TESSERA_HOME"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

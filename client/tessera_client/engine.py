@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +19,11 @@ from dataclasses import asdict, replace
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 from tessera.api.models import FileEntry
 from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse
-from tessera_client.config import Home, Settings
+from tessera_client.config import Home, Settings, hold_device_lock
 from tessera_client.fs import (
     FOLDER_MARKER,
     DiskFullError,
@@ -92,7 +91,7 @@ class SyncEngine:
         self.home, self.settings, self.api = home, settings, api
         self.folder = folder.resolve()
         self.fs = SafeFilesystem(filesystem or RealFilesystem(self.folder))
-        self._lock = _hold_device_lock(home)
+        self._lock = hold_device_lock(home)
         self.state = StateDB(home.state_file)
         bound = self.state.get_meta("folder")
         if bound and bound != str(self.folder):
@@ -1112,35 +1111,3 @@ def _read_only(error: ApiError) -> bool:
     edit kept aside and the server's file put back. Another 403 (a firewall's rate rule, a
     proxy) is a problem for this round, retried by the next, never a reason to undo work."""
     return error.status == 403 and error.code == "forbidden"
-
-
-def _hold_device_lock(home: Home) -> IO[str]:
-    """Lock this device's state for as long as the returned file is open, or raise SyncError.
-
-    Two syncs of one device (the daemon and a `tessera sync --once` beside it) both uploaded
-    the same edit: the second got a 409 and renamed the file to a conflicted copy, and the
-    next round took that rename for the user's and renamed the file on every device. POSIX
-    only: elsewhere the lock is advisory and not taken.
-    """
-    home.ensure()
-    handle = open(home.path / "sync.lock", "a+", encoding="utf-8")  # noqa: SIM115 (held open)
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        return handle
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        pid = handle.read().strip()
-        handle.close()
-        holder = f"pid {pid}" if pid else "another process"
-        raise SyncError(
-            f"this device ({home.path}) is already syncing ({holder}); stop that sync "
-            "first, or use another TESSERA_HOME"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle

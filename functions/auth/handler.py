@@ -1,7 +1,9 @@
-"""Lambda `auth`: `POST /v1/auth/token` (API Gateway REST proxy, no authorizer).
+"""Lambda `auth`: `POST /v1/auth/token` and `POST /v1/auth/revoke` (API Gateway REST proxy,
+no authorizer).
 
 `{"email","password"}` or `{"refresh_token"}` → Cognito `InitiateAuth` on the public CLI app
-client → `{"access_token","refresh_token","token_type":"Bearer","expires_in"}`; see
+client → `{"access_token","refresh_token","token_type":"Bearer","expires_in"}`; a revoke's
+`{"refresh_token"}` → Cognito `RevokeToken` → `{}`; see
 `tessera.adapters.aws.token_endpoint`. Its own function so the unauthenticated route has its
 own small role (no database, no bucket, no keys) and its own concurrency. Events are never
 logged: they carry passwords.
@@ -24,5 +26,5 @@ users = AwsRuntime.from_env().users()
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId", log_event=False)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Answer one token request."""
+    """Answer one token or revoke request."""
     return token_endpoint(users, event)

@@ -51,7 +51,21 @@ _TOKEN_SCHEMA = apigw.JsonSchema(
     additional_properties=False,
 )
 
+# The revoke request: {refresh_token} (`tessera logout`).
+_REVOKE_SCHEMA = apigw.JsonSchema(
+    schema=apigw.JsonSchemaVersion.DRAFT4,
+    type=apigw.JsonSchemaType.OBJECT,
+    properties={
+        "refresh_token": apigw.JsonSchema(
+            type=apigw.JsonSchemaType.STRING, min_length=1, max_length=8192
+        ),
+    },
+    required=["refresh_token"],
+    additional_properties=False,
+)
+
 TOKEN_PATH = "/v1/auth/token"
+REVOKE_PATH = "/v1/auth/revoke"
 
 
 class Api(Construct):
@@ -88,12 +102,13 @@ class Api(Construct):
                 data_trace_enabled=False,  # bodies carry block keys: never log them
                 throttling_rate_limit=config.api_rate_limit,
                 throttling_burst_limit=config.api_burst_limit,
-                # The one unauthenticated route that does work gets a far lower limit.
+                # The unauthenticated routes that do work get a far lower limit.
                 method_options={
-                    f"{TOKEN_PATH}/POST": apigw.MethodDeploymentOptions(
+                    f"{path}/POST": apigw.MethodDeploymentOptions(
                         throttling_rate_limit=config.auth_rate_limit,
                         throttling_burst_limit=config.auth_burst_limit,
                     )
+                    for path in (TOKEN_PATH, REVOKE_PATH)
                 },
                 access_log_destination=apigw.LogGroupLogDestination(access_logs),
                 access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
@@ -156,28 +171,30 @@ class Api(Construct):
             request_models={"application/json": longpoll_model},
             **_opts(authed),
         )
-        token_model = self.rest_api.add_model(
-            "TokenRequest", content_type="application/json", schema=_TOKEN_SCHEMA
-        )
-        token = (
-            v1.add_resource("auth")
-            .add_resource("token")
-            .add_method(
+        auth = v1.add_resource("auth")
+        for name, schema, relays in (
+            ("token", _TOKEN_SCHEMA, "InitiateAuth"),
+            ("revoke", _REVOKE_SCHEMA, "RevokeToken"),
+        ):
+            model = self.rest_api.add_model(
+                f"{name.capitalize()}Request", content_type="application/json", schema=schema
+            )
+            method = auth.add_resource(name).add_method(
                 "POST",
                 apigw.LambdaIntegration(auth_function, proxy=True),
                 authorization_type=apigw.AuthorizationType.NONE,
                 request_validator=validator,
-                request_models={"application/json": token_model},
+                request_models={"application/json": model},
             )
-        )
-        for rule in ("AwsSolutions-APIG4", "AwsSolutions-COG4"):
-            acknowledge(
-                token,
-                rule,
-                "POST /v1/auth/token is how a client obtains a Cognito token, so it cannot "
-                "require one; it only relays InitiateAuth on the public app client, with its "
-                "own stage throttling, body validation and the WAF rate rule in front",
-            )
+            for rule in ("AwsSolutions-APIG4", "AwsSolutions-COG4"):
+                acknowledge(
+                    method,
+                    rule,
+                    f"POST /v1/auth/{name} is how a client obtains (or signs out) a Cognito "
+                    f"token, so it cannot require one; it only relays {relays} on the public "
+                    "app client, with its own stage throttling, body validation and the WAF "
+                    "rate rule in front",
+                )
         _gateway_errors(self.rest_api)
         self.stage = self.rest_api.deployment_stage
         self.web_acl = _web_acl(self, config)

@@ -6,13 +6,14 @@ import json
 import os
 import shutil
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tessera_client.config import Home
+from tessera_client.config import Home, hold_device_lock
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import FOLDER_MARKER
 from tests.e2e.conftest import (
@@ -568,6 +569,28 @@ def test_undelete_by_id_reaches_either_of_two_files_deleted_at_one_path(
     a.run("undelete", "--id", trashed[0]["file_id"])
     a.sync()
     assert (a.folder / "notes.txt").read_text() == "first notes"
+
+
+def test_logout_ends_the_session_on_the_server_too(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """`tessera logout` only deleted the device's tokens: a copy of its refresh token (a
+    stolen laptop's backup) kept working for 30 days. And a running sync wrote the tokens
+    back at its next refresh, so the device was logged in again."""
+    import httpx
+
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user(), cli=True)
+    refresh = json.loads((a.home / "tokens.json").read_text())["refresh_token"]
+    with closing(hold_device_lock(Home(a.home))):  # a sync running on this device
+        busy = a.run("logout", check=1)
+        assert "already syncing" in busy.stdout + busy.stderr
+    assert (a.home / "tokens.json").exists()  # still logged in
+    out = a.run("logout").stdout
+    assert "ended on the server too" in " ".join(out.split())
+    assert not (a.home / "tokens.json").exists()
+    r = httpx.post(inproc_cloud.url + "/v1/auth/token", json={"refresh_token": refresh})
+    assert r.status_code == 401 and "signed out" in r.json()["error"]["message"]
+    assert "Not logged in" in a.run("logout").stdout
 
 
 def _folder_of_length(base: Path, length: int) -> Path:

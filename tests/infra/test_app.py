@@ -278,30 +278,38 @@ def test_every_api_method_but_health_uses_the_cognito_authorizer(dev: Synth) -> 
             continue
         part = paths[props["ResourceId"]["Ref"]]["Properties"]["PathPart"]
         unauthenticated.append((props["HttpMethod"], part))
-    assert sorted(unauthenticated) == [("GET", "health"), ("POST", "token")]
-    # GET /v1/health, ANY /v1/{proxy+}, POST /v1/list_folder/longpoll, POST /v1/auth/token
-    assert len(methods) == 4
+    assert sorted(unauthenticated) == [("GET", "health"), ("POST", "revoke"), ("POST", "token")]
+    # GET /v1/health, ANY /v1/{proxy+}, POST /v1/list_folder/longpoll, POST /v1/auth/token,
+    # POST /v1/auth/revoke
+    assert len(methods) == 5
 
 
-def test_token_route_has_no_authorizer_but_validation_throttling_and_its_own_function(
+def test_token_routes_have_no_authorizer_but_validation_throttling_and_their_own_function(
     dev: Synth,
 ) -> None:
     methods = resources(dev.app_template, "AWS::ApiGateway::Method").values()
-    token = next(m["Properties"] for m in methods if "AuthFunction" in json.dumps(m))
-    assert token["HttpMethod"] == "POST"
-    assert token["AuthorizationType"] == "NONE" and "AuthorizerId" not in token
-    assert token["RequestValidatorId"] and token["RequestModels"]["application/json"]
+    routes = [m["Properties"] for m in methods if "AuthFunction" in json.dumps(m)]
+    assert len(routes) == 2  # token, revoke
+    for route in routes:
+        assert route["HttpMethod"] == "POST"
+        assert route["AuthorizationType"] == "NONE" and "AuthorizerId" not in route
+        assert route["RequestValidatorId"] and route["RequestModels"]["application/json"]
     dev.app_template.has_resource_properties(
         "AWS::ApiGateway::Model",
         {"Schema": Match.object_like({"additionalProperties": False,
          "properties": Match.object_like({"refresh_token": Match.any_value()})})},
     )  # fmt: skip
     dev.app_template.has_resource_properties(
-        "AWS::ApiGateway::Stage",
-        {"MethodSettings": Match.array_with([Match.object_like({
-            "HttpMethod": "POST", "ResourcePath": "/~1v1~1auth~1token",
-            "ThrottlingRateLimit": 5, "ThrottlingBurstLimit": 10})])},
-    )  # fmt: skip
+        "AWS::ApiGateway::Model",
+        {"Schema": Match.object_like({"required": ["refresh_token"]})},
+    )  # the revoke's
+    for path in ("token", "revoke"):
+        dev.app_template.has_resource_properties(
+            "AWS::ApiGateway::Stage",
+            {"MethodSettings": Match.array_with([Match.object_like({
+                "HttpMethod": "POST", "ResourcePath": f"/~1v1~1auth~1{path}",
+                "ThrottlingRateLimit": 5, "ThrottlingBurstLimit": 10})])},
+        )  # fmt: skip
     functions = resources(dev.app_template, "AWS::Lambda::Function")
     auth_id, auth = next((lid, f) for lid, f in functions.items() if lid.startswith("AuthFunction"))
     props = auth["Properties"]

@@ -133,6 +133,28 @@ def test_refresh_grant(env: Env) -> None:
     assert r.status_code == 401
 
 
+def test_a_signed_out_session_refreshes_no_more(env: Env) -> None:
+    """`tessera logout` only deleted the device's tokens: a stolen refresh token kept
+    working for its 30 days, and nothing could end it short of a new signing key."""
+    pair, other = _login(env).json(), _login(env).json()
+    revoke = env.url + "/v1/auth/revoke"
+    r = httpx.post(revoke, json={"refresh_token": pair["refresh_token"]})
+    assert r.status_code == 200 and r.json() == {}
+    assert r.headers["Cache-Control"] == "no-store"
+    r = httpx.post(env.url + "/v1/auth/token", json={"refresh_token": pair["refresh_token"]})
+    assert r.status_code == 401 and "signed out" in r.json()["error"]["message"]
+    # the session's access token lives out its hour, as Cognito's do; other sessions go on
+    assert _call(env, pair["access_token"]).status_code == 200
+    r = httpx.post(env.url + "/v1/auth/token", json={"refresh_token": other["refresh_token"]})
+    assert r.status_code == 200
+    # twice, or a token that is none: nothing to sign out, and no error (RFC 7009)
+    for token in (pair["refresh_token"], "not-a-token", pair["access_token"]):
+        assert httpx.post(revoke, json={"refresh_token": token}).status_code == 200
+    for body in ({}, {"refresh_token": 5}, {"refresh_token": ""}):
+        assert httpx.post(revoke, json=body).status_code == 400
+    assert httpx.post(revoke, content=b"[").status_code == 422
+
+
 @pytest.mark.parametrize(
     ("email", "password"),
     [("alice@example.com", "wrong password"), ("nobody@example.com", PASSWORD), ("", "")],

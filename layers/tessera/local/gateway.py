@@ -2,7 +2,8 @@
 
 - `PUT/GET /blocks/<key>?...&sig=` — presigned block URLs, checked by the block store
   (`accept_put_async` / `open_get`) before anything is stored or sent.
-- `POST /v1/auth/token` — the local JWT issuer's token endpoint.
+- `POST /v1/auth/token`, `POST /v1/auth/revoke` — the local JWT issuer's token endpoint, and
+  signing a refresh token's session out.
 - `POST /v1/list_folder/longpoll` — answered natively on the event loop, so an idle long-poll
   costs an `asyncio.Event`, not a thread.
 - every other `/v1/*` route — the bearer token is verified like the Cognito authorizer does
@@ -87,10 +88,15 @@ class Resolver(Protocol):
 
 
 class TokenEndpoint(Protocol):
-    """`POST /v1/auth/token`: the local JWT issuer, or Cognito in AWS mode."""
+    """`POST /v1/auth/token` and `/v1/auth/revoke`: the local JWT issuer, or Cognito in
+    AWS mode."""
 
     def token(self, body: Mapping[str, Any]) -> Any:
         """Tokens for a JSON body; the result has `to_body()`. Raises TesseraError."""
+        ...
+
+    def revoke(self, body: Mapping[str, Any]) -> None:
+        """Sign out the session of the body's refresh token. Raises TesseraError."""
         ...
 
 
@@ -320,18 +326,28 @@ def create_app(gw: Gateway) -> Starlette:
             return Response(headers=headers, media_type=BINARY)
         return StreamingResponse(_file_chunks(f), headers=headers, media_type=BINARY)
 
-    async def token(request: Request) -> Response:
+    def token_endpoint() -> TokenEndpoint:
         if gw.token_endpoint is None:
             raise Unauthorized("this gateway issues no tokens")
+        return gw.token_endpoint
+
+    async def token(request: Request) -> Response:
+        pair = await _sign_in_call(request, token_endpoint().token)
+        return JSONResponse(pair.to_body(), headers={"Cache-Control": "no-store"})
+
+    async def revoke(request: Request) -> Response:
+        await _sign_in_call(request, token_endpoint().revoke)
+        return JSONResponse({}, headers={"Cache-Control": "no-store"})
+
+    async def _sign_in_call(request: Request, call: Callable[[dict[str, Any]], Any]) -> Any:
+        """`call` with the request's JSON body on the sign-in threads, throttled per client
+        address (the token routes need no account)."""
         if gw.sign_in_throttle is not None:
             gw.sign_in_throttle.take(client_address(request))
         body = await json_body(request, 64 * 1024)
         if sign_in_threads.available_tokens < 1:
             raise TooManyRequests("too many sign-ins at once; try again shortly", 1)
-        pair = await anyio.to_thread.run_sync(
-            gw.token_endpoint.token, body, limiter=sign_in_threads
-        )
-        return JSONResponse(pair.to_body(), headers={"Cache-Control": "no-store"})
+        return await anyio.to_thread.run_sync(call, body, limiter=sign_in_threads)
 
     async def longpoll(request: Request) -> Response:
         principal = bearer_principal(request, gw.identity)
@@ -400,7 +416,6 @@ def create_app(gw: Gateway) -> Starlette:
                 longpolls_running.release()
                 slot.give_back()
 
-
         result = await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=threads)
         return proxy_response(result)
 
@@ -418,6 +433,7 @@ def create_app(gw: Gateway) -> Starlette:
             Route("/blocks/{key:path}", put_block, methods=["PUT"]),
             Route("/blocks/{key:path}", get_block, methods=["GET", "HEAD"]),
             Route("/v1/auth/token", token, methods=["POST"]),
+            Route("/v1/auth/revoke", revoke, methods=["POST"]),
             Route(LONGPOLL_PATH, longpoll, methods=["POST"]),
             Route("/v1/{rest:path}", api, methods=methods),
         ],

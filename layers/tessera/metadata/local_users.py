@@ -1,8 +1,10 @@
-"""SQL for the local cloud's user table (`local_users`, migration 050)."""
+"""SQL for the local cloud's user table (`local_users`, migration 050) and its signed-out
+refresh tokens (`local_revoked_tokens`, migration 052)."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -38,3 +40,20 @@ def set_password(conn: psycopg.Connection[Any], user_id: uuid.UUID, password_has
     conn.execute(
         "UPDATE local_users SET password_hash = %s WHERE user_id = %s", (password_hash, user_id)
     )
+
+
+def revoke_token(conn: psycopg.Connection[Any], jti: str, expires_at: datetime) -> None:
+    """Refuse refresh token `jti` from now on; kept until `expires_at`, when it expires
+    anyway (those past it are deleted on the way)."""
+    conn.execute("DELETE FROM local_revoked_tokens WHERE expires_at < now()")
+    conn.execute(
+        "INSERT INTO local_revoked_tokens (jti, expires_at) VALUES (%s, %s)"
+        " ON CONFLICT (jti) DO NOTHING",
+        (jti, expires_at),
+    )
+
+
+def token_revoked(conn: psycopg.Connection[Any], jti: str) -> bool:
+    """Whether refresh token `jti` was signed out."""
+    row = conn.execute("SELECT 1 FROM local_revoked_tokens WHERE jti = %s", (jti,)).fetchone()
+    return row is not None

@@ -208,3 +208,49 @@ def test_credentials_longer_than_cognito_takes_are_401_without_asking_it(
         result = token_endpoint(users, _event(body))
     assert result["statusCode"] == 401, result
     assert json.loads(result["body"])["error"]["code"] == "unauthorized"
+
+
+def _revoke_event(token: Any) -> dict[str, Any]:
+    event = _event({"refresh_token": token})
+    event["resource"] = event["path"] = event["requestContext"]["resourcePath"] = "/v1/auth/revoke"
+    return event
+
+
+@pytest.mark.parametrize(
+    ("cognito_error", "status"),
+    [
+        (None, 200),
+        ("UnauthorizedException", 200),  # not one of this client's refresh tokens: RFC 7009
+        ("UnsupportedTokenTypeException", 200),
+        ("TooManyRequestsException", 429),
+        ("InternalErrorException", 503),
+    ],
+)
+def test_revoke_signs_a_refresh_token_out_with_cognito(
+    aws_settings: AwsSettings, cognito_error: str | None, status: int
+) -> None:
+    """`tessera logout` only deleted the device's tokens: a stolen refresh token kept working
+    for its 30 days. The revoke route relays Cognito's RevokeToken (moto has none: stubbed)."""
+    client = boto3.client(
+        "cognito-idp", region_name=aws_settings.region, aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )  # fmt: skip
+    users = CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
+    expected = {"Token": "the-refresh-token", "ClientId": aws_settings.user_pool_client_id}
+    with Stubber(client) as stub:
+        if cognito_error is None:
+            stub.add_response("revoke_token", {}, expected)
+        else:
+            stub.add_client_error(
+                "revoke_token",
+                service_error_code=cognito_error,
+                http_status_code=500 if cognito_error == "InternalErrorException" else 400,
+                expected_params=expected,
+            )
+        result = token_endpoint(users, _revoke_event("the-refresh-token"))
+        stub.assert_no_pending_responses()
+    assert result["statusCode"] == status, result
+    if status == 200:
+        assert json.loads(result["body"]) == {}
+    with Stubber(client):  # no call to Cognito for a body without a token
+        assert token_endpoint(users, _revoke_event(None))["statusCode"] == 400

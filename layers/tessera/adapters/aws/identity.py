@@ -106,6 +106,27 @@ _ACCOUNT_STATES = {
 }
 
 
+# What RevokeToken answers for a token that is not a refresh token of this app client.
+_NOT_A_TOKEN = frozenset(
+    {"UnauthorizedException", "UnsupportedTokenTypeException", "NotAuthorizedException"}
+)
+
+
+def _error_code(exc: Exception) -> str:
+    """The Cognito error code of a failed call ("" for anything but a ClientError)."""
+    return exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+
+
+def _raise_if_passing(exc: Exception, code: str) -> None:
+    """429 when Cognito throttles (it sends no Retry-After; its quotas are per second), 503
+    when it fails for a while (a 5xx or a lost connection, after botocore's retries)."""
+    if code in _THROTTLED:
+        raise TooManyRequests("sign-in is throttled; retry shortly", retry_after=2) from None
+    if is_transient(exc):
+        log.warning("Cognito failed for a while", exc_info=True)
+        raise Unavailable("cannot sign in right now; retry shortly", retry_after=5) from None
+
+
 class CognitoUsers:
     """Admin operations on one user pool: users and password / refresh-token sign-in."""
 
@@ -151,30 +172,34 @@ class CognitoUsers:
                 AuthParameters=params,
             )
         except Exception as exc:
-            code = (
-                exc.response.get("Error", {}).get("Code", "")
-                if isinstance(exc, ClientError)
-                else ""
-            )
+            code = _error_code(exc)
             if code in {"NotAuthorizedException", "UserNotFoundException"}:
                 raise Unauthorized("wrong email, password or refresh token") from None
             if code in _ACCOUNT_STATES:
                 raise Unauthorized(_ACCOUNT_STATES[code]) from None
-            if code in _THROTTLED:
-                # Cognito sends no Retry-After; its quotas are per second.
-                raise TooManyRequests(
-                    "sign-in is throttled; retry shortly", retry_after=2
-                ) from None
-            if is_transient(exc):  # a 5xx or a lost connection, after botocore's retries
-                log.warning("Cognito sign-in failed for a while", exc_info=True)
-                raise Unavailable(
-                    "cannot sign in right now; retry shortly", retry_after=5
-                ) from None
+            _raise_if_passing(exc, code)
             raise
         result = resp.get("AuthenticationResult")
         if not result:
             raise Unauthorized(f"sign-in needs a further challenge: {resp.get('ChallengeName')}")
         return dict(result)
+
+    def revoke(self, body: Mapping[str, Any]) -> None:
+        """`POST /v1/auth/revoke`: {refresh_token} → its session signed out (Cognito
+        `RevokeToken`: the refresh token and the tokens it issued stop working; API
+        Gateway's authorizer still takes an ID token until its hour is up). A token Cognito
+        does not take as one of this client's needs no signing out (RFC 7009)."""
+        refresh = body.get("refresh_token")
+        if not isinstance(refresh, str) or not refresh:
+            raise BadRequest('send {"refresh_token"}')
+        try:
+            self._idp.revoke_token(Token=refresh, ClientId=self._client_id)
+        except Exception as exc:
+            code = _error_code(exc)
+            if code in _NOT_A_TOKEN:
+                return
+            _raise_if_passing(exc, code)
+            raise
 
     def token(self, body: Mapping[str, Any]) -> TokenPair:
         """`POST /v1/auth/token`: {email, password} or {refresh_token} → the token body.

@@ -1,13 +1,14 @@
-"""`POST /v1/auth/token` on AWS: an API Gateway REST proxy event → `CognitoUsers.token` → a
-proxy response. The route has no authorizer (it is how a client gets a token), so this is
-the whole of its logic; the sign-in itself lives in `CognitoUsers` (one home, shared with
-the local gateway's AWS mode).
+"""`POST /v1/auth/token` (and `/v1/auth/revoke`) on AWS: an API Gateway REST proxy event →
+`CognitoUsers.token` (`.revoke`) → a proxy response. The routes have no authorizer (they
+are how a client gets a token), so this is the whole of their logic; the sign-in itself
+lives in `CognitoUsers` (one home, shared with the local gateway's AWS mode).
 
 Answers, as the local gateway's token endpoint does: 200 with the token body
 (`Cache-Control: no-store`); 401 for a wrong email, password or refresh token; 422 for a body
 that is not a JSON object (or is nested too deep); 400 for an object without
 `{email, password}` or `{refresh_token}` as strings; 429 + `Retry-After` when Cognito
-throttles, 503 + `Retry-After` when it fails for a while.
+throttles, 503 + `Retry-After` when it fails for a while. A revoke answers 200 `{}`, also
+for a token that is not one (RFC 7009), and 400 without `{"refresh_token"}`.
 """
 
 from __future__ import annotations
@@ -55,13 +56,23 @@ def _response(
     }
 
 
+REVOKE_PATH = "/v1/auth/revoke"
+
+
 def token_endpoint(users: CognitoUsers, event: Mapping[str, Any]) -> dict[str, Any]:
-    """Answer one `POST /v1/auth/token` proxy event (never raises)."""
+    """Answer one `POST /v1/auth/token` or `POST /v1/auth/revoke` proxy event (by its
+    resource; never raises)."""
     try:
-        tokens = users.token(token_request_body(event))
+        body = token_request_body(event)
+        route = str(event.get("resource") or event.get("path") or "")
+        if route.rstrip("/") == REVOKE_PATH:
+            users.revoke(body)
+            answer: Mapping[str, Any] = {}
+        else:
+            answer = users.token(body).to_body()
     except TesseraError as exc:
         return _response(exc.status, exc.to_body(), exc.headers())
     except Exception:
         log.exception("token endpoint failed")
         return _response(500, TesseraError("internal error").to_body())
-    return _response(200, tokens.to_body())
+    return _response(200, answer)

@@ -6,7 +6,9 @@ Refresh tokens are signed by the same key for a different audience (`<aud>:refre
 live 30 days, so neither kind is accepted where the other is expected. A refresh answers
 with a new access token and the same refresh token, as Cognito does: a session ends 30
 days after its sign-in however often it refreshes (a new refresh token each time had let
-a stolen one renew itself for ever).
+a stolen one renew itself for ever), or when it is signed out (`POST /v1/auth/revoke`:
+`tessera logout`), whichever comes first. An access token lives out its hour either way,
+as Cognito's do behind API Gateway's authorizer.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +120,7 @@ class JwtIssuer(Identity):
             expires_in=self.access_ttl,
         )
 
-    def _decode(self, token: str, audience: str, token_use: str) -> Principal:
+    def _decode(self, token: str, audience: str, token_use: str) -> dict[str, Any]:
         claims = verified_claims(
             token,
             lambda _: self._public,
@@ -127,15 +131,33 @@ class JwtIssuer(Identity):
         )
         if claims.get("token_use") != token_use or not isinstance(claims.get("email"), str):
             raise Unauthorized(f"not an {token_use} token")
-        return Principal(user_id=str(claims["sub"]), email=claims["email"])
+        return claims
 
     def verify(self, token: str) -> Principal:
         """The caller of a valid access token; `Unauthorized` for anything else."""
-        return self._decode(token, self.audience, "access")
+        return _principal(self._decode(token, self.audience, "access"))
 
-    def verify_refresh(self, token: str) -> Principal:
-        """The caller of a valid refresh token; `Unauthorized` for anything else."""
-        return self._decode(token, f"{self.audience}:refresh", "refresh")
+    def verify_refresh(self, token: str) -> RefreshSession:
+        """The session of a valid refresh token; `Unauthorized` for anything else."""
+        claims = self._decode(token, f"{self.audience}:refresh", "refresh")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise Unauthorized("not a refresh token")
+        expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
+        return RefreshSession(_principal(claims), jti, expires_at)
+
+
+@dataclass(frozen=True)
+class RefreshSession:
+    """What a refresh token names: its user, its id, and when it expires."""
+
+    principal: Principal
+    jti: str
+    expires_at: datetime
+
+
+def _principal(claims: Mapping[str, Any]) -> Principal:
+    return Principal(user_id=str(claims["sub"]), email=str(claims["email"]))
 
 
 def _is_utf8(text: str) -> bool:
@@ -263,6 +285,22 @@ class LocalUsers:
             email = local_users.find_by_id(conn, uid)
         return None if email is None else Principal(user_id=str(uid), email=email)
 
+    def session_user(self, session: RefreshSession) -> Principal:
+        """The user a refresh token's session still stands for; `Unauthorized` when it was
+        signed out or the user is gone."""
+        with self._connection() as conn:
+            if local_users.token_revoked(conn, session.jti):
+                raise Unauthorized("this session was signed out; sign in again")
+        current = self.get(session.principal.user_id)
+        if current is None:
+            raise Unauthorized("the user no longer exists")
+        return current
+
+    def revoke(self, session: RefreshSession) -> None:
+        """Sign a refresh token's session out: its refresh grant is refused from now on."""
+        with self._connection() as conn:
+            local_users.revoke_token(conn, session.jti, session.expires_at)
+
 
 class LoginThrottle:
     """Refuses password attempts for an email after `max_failures` failures in `window_s`.
@@ -336,10 +374,7 @@ class LocalIdentity:
         """Answer `POST /v1/auth/token` with `{"email","password"}` or `{"refresh_token"}`."""
         refresh = body.get("refresh_token")
         if isinstance(refresh, str):
-            principal = self.issuer.verify_refresh(refresh)
-            current = self.users.get(principal.user_id)
-            if current is None:
-                raise Unauthorized("the user no longer exists")
+            current = self.users.session_user(self.issuer.verify_refresh(refresh))
             return self.issuer.refreshed(current, refresh)
         email, password = body.get("email"), body.get("password")
         if not isinstance(email, str) or not isinstance(password, str):
@@ -361,3 +396,15 @@ class LocalIdentity:
             raise
         self.throttle.succeeded(key)
         return self.issuer.issue(principal)
+
+    def revoke(self, body: Mapping[str, Any]) -> None:
+        """Answer `POST /v1/auth/revoke` with `{"refresh_token"}`: sign its session out. A
+        token that is not a valid one needs no signing out (RFC 7009: no error either)."""
+        refresh = body.get("refresh_token")
+        if not isinstance(refresh, str) or not refresh:
+            raise BadRequest('send {"refresh_token"}')
+        try:
+            session = self.issuer.verify_refresh(refresh)
+        except Unauthorized:
+            return
+        self.users.revoke(session)
