@@ -21,7 +21,7 @@ _STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
         "log_retention": "TWO_WEEKS",
         "api_rate_limit": 50,
         "api_burst_limit": 100,
-        "auth_rate_limit": 5,  # POST /v1/auth/token: unauthenticated, so throttled hard
+        "auth_rate_limit": 5,  # POST /v1/auth/token and /revoke: unauthenticated, throttled hard
         "auth_burst_limit": 10,
         "api_reserved_concurrency": 0,  # 0 = unreserved (an account's default 1000 pool)
         "longpoll_reserved_concurrency": 0,

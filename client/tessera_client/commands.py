@@ -84,12 +84,20 @@ def friendly_errors() -> Iterator[None]:
         say_error(str(e))
         raise typer.Exit(EXIT_ERROR) from None
     except sqlite3.DatabaseError as e:
-        say_error(
-            f"this device's state database cannot be read ({e}); move {_home().state_file}"
-            " aside and sync again: it compares the folder and the server afresh (files on"
-            " one side only are kept, never deleted)"
-        )
+        if getattr(e, "sqlite_errorcode", None) in _NOT_A_DATABASE:
+            say_error(
+                f"this device's state database is damaged ({e}); move {_home().state_file}"
+                " aside and sync again: it compares the folder and the server afresh (files"
+                " on one side only are kept, never deleted)"
+            )
+        else:  # locked, read-only, an I/O error: passing, and the state is still good
+            say_error(f"this device's state database: {e}; try again")
         raise typer.Exit(EXIT_ERROR) from None
+
+
+# SQLite's answers for a file that is not a database, or a damaged one (SQLITE_NOTADB,
+# SQLITE_CORRUPT): only then is moving it aside the cure
+_NOT_A_DATABASE = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
 
 
 def _home() -> Home:
@@ -206,12 +214,22 @@ def logout() -> None:
     """Sign this device out: its session ends on the server, and its tokens are deleted."""
     with friendly_errors():
         home = _home()
-        if home.load_tokens() is None:
-            out.print("Not logged in.")
+        try:
+            if home.load_tokens() is None:
+                out.print("Not logged in.")
+                return
+            settings = home.load_settings()
+        except DamagedFileError as e:  # nothing the server can be told: forget them
+            home.clear_tokens()
+            out.print(f"Logged out on this device ({e})")
             return
-        # a running sync would write back the tokens it holds at its next refresh
-        with closing(hold_device_lock(home)):
-            untold = _sign_out_on_server(home, home.load_settings())
+        try:
+            lock = hold_device_lock(home)
+        except SyncError:
+            # it would write back the tokens it holds at its next refresh
+            raise UserError("a sync is running on this device; stop it, then log out") from None
+        with closing(lock):
+            untold = _sign_out_on_server(home, settings)
             home.clear_tokens()
         if untold is None:
             out.print("Logged out (the session is ended on the server too).")

@@ -277,6 +277,10 @@ class SyncEngine:
         for path, reason in scan.skipped:
             self._skip(path, reason)
         result.skipped = len(scan.skipped)
+        if "" in scan.unseen:  # the folder itself, or its rules, could not be read
+            result.problems.append(
+                "nothing here was synced this round: see what was skipped above"
+            )
         result.unstable = len(scan.unstable)
         self._vouch_for_rehashed(scan, base)
         unstable = {path_key(p) for p in scan.unstable}
@@ -297,9 +301,12 @@ class SyncEngine:
                 self._holding_unseen.update(path_key(a) for a in ancestors(known.path))
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
         marked = self.fs.exists(FOLDER_MARKER)
+        noted = bool(self.state.get_meta(MARKED_META))
+        if marked and not noted:  # left by a client from before the note was kept
+            self.state.set_meta(MARKED_META, "1")
         # not the folder this device synced: the marker it left there is gone, or (a state
         # from before the marker was recorded) the folder is empty
-        foreign = not marked and (bool(self.state.get_meta(MARKED_META)) or not scan.tree)
+        foreign = not marked and (noted or not scan.tree)
         ops = self._mass_delete_gate(the_plan, base, result, foreign=foreign)
         if not result.paused_deletes and scan.tree and not marked:
             self._mark_folder()
@@ -383,7 +390,14 @@ class SyncEngine:
         mass = deletes > s.mass_delete_files or (
             deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
         )
-        foreign = foreign and deletes > 0
+        held = (
+            OpKind.DELETE_LOCAL,
+            OpKind.DELETE_REMOTE,
+            OpKind.DELETE_FOLDER_LOCAL,
+            OpKind.DELETE_FOLDER_REMOTE,
+        )
+        # folders too: a base of folders alone plans no file deletion
+        foreign = foreign and any(op.kind in held for op in the_plan.ops)
         mass = mass or foreign
         if not mass or self.allow_mass_delete:
             if mass:  # approved once, for this deletion: a daemon's next one pauses again
@@ -391,27 +405,24 @@ class SyncEngine:
             if self.state.get_meta("paused_deletes"):
                 self.state.set_meta("paused_deletes", None)
             return the_plan.ops
-        result.paused_deletes = deletes
-        why = (
-            f"{self.folder} does not look like the folder this device synced (its hidden"
-            f" {FOLDER_MARKER} is gone, and {deletes} files with it: is the drive holding"
-            " it mounted?); nothing is synced until it is back"
-            if foreign
-            else f"this would delete {deletes} of {files} files"
-        )
-        result.problems.append(
-            f"paused: {why}; if deleting them everywhere is intended, run "
-            "`tessera sync --allow-mass-delete`"
-        )
-        self.state.set_meta("paused_deletes", str(deletes))
+        if foreign:
+            result.problems.append(
+                f"paused: {self.folder} does not look like the folder this device synced"
+                f" (its hidden {FOLDER_MARKER} is gone, and what it held with it: is the"
+                " drive holding it mounted?); nothing syncs until it is back. If this is the"
+                f" folder, put the marker back (`touch {self.folder / FOLDER_MARKER}`); if"
+                " deleting what is gone everywhere is intended, run"
+                " `tessera sync --allow-mass-delete`"
+            )
+        else:
+            result.problems.append(
+                f"paused: this would delete {deletes} of {files} files; if deleting them"
+                " everywhere is intended, run `tessera sync --allow-mass-delete`"
+            )
+        result.paused_deletes = max(deletes, 1)
+        self.state.set_meta("paused_deletes", str(result.paused_deletes))
         if foreign:
             return []
-        held = (
-            OpKind.DELETE_LOCAL,
-            OpKind.DELETE_REMOTE,
-            OpKind.DELETE_FOLDER_LOCAL,
-            OpKind.DELETE_FOLDER_REMOTE,
-        )
         return [op for op in the_plan.ops if op.kind not in held]
 
     def _mark_folder(self) -> None:

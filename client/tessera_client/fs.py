@@ -271,7 +271,10 @@ class RealFilesystem(Filesystem):
     def open_read(self, rel: str) -> BinaryIO:
         # a FIFO would block the open for ever, and SIGINT with it (Python retries an
         # interrupted open): one named `.tesseraignore` hung every scan
-        return cast(BinaryIO, open_regular(self._abs(rel), follow_symlinks=False))
+        # buffered, as `open` hands them out: a read of a block's size gets all of it even
+        # where the filesystem answers in pieces (FUSE, network mounts)
+        raw = open_regular(self._abs(rel), follow_symlinks=False)
+        return cast(BinaryIO, io.BufferedReader(raw))
 
     def fsync(self, handle: BinaryIO) -> None:
         handle.flush()

@@ -150,9 +150,11 @@ class Scanner:
                 out.skipped.append((folder or ".", f"cannot list folder: {e.strerror or e}"))
                 out.unseen.add(path_key(folder))
                 continue
-            for name, why in refused:  # no path may hold it: the server has none such
-                shown = f"{folder}/{name}" if folder else name
-                out.skipped.append((_printable(shown), f"{why}; rename it to sync it"))
+            for name, why in refused:
+                rel = f"{folder}/{name}" if folder else name
+                out.skipped.append((_printable(rel), f"{why}; rename it to sync it"))
+                # not gone: the server may hold one stored before a rule refused it
+                out.unseen.add(path_key(rel))
             entries = sorted(found, key=_synced_first(folder, base))
             for name, st in entries:
                 rel = f"{folder}/{name}" if folder else name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,33 @@ def test_a_damaged_home_file_is_one_clear_line(
         r = runner.invoke(app, args)
         assert r.exit_code == 1, (args, r.output)
         assert says in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
+
+
+def test_a_busy_state_database_is_not_called_damaged(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Locked, read-only or failing I/O is passing: moving the state aside, the cure for a
+    damaged one, would lose the synced base (files deleted since would come back)."""
+    home.ensure()
+    StateDB(home.state_file).close()
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr("tessera_client.commands.StateDB", busy)
+    r = runner.invoke(app, ["status"])
+    assert r.exit_code == 1 and "database is locked; try again" in r.output
+    assert "aside" not in r.output and "Traceback" not in r.output
+
+
+def test_logout_of_damaged_tokens_forgets_them(home: Home) -> None:
+    """Logging out is the cure for damaged tokens, and it failed on them."""
+    home.save_settings(Settings(server_url="http://127.0.0.1:9", retry_attempts=1))
+    home.ensure()
+    (home.path / "tokens.json").write_text("{not json")
+    r = runner.invoke(app, ["logout"])
+    assert r.exit_code == 0 and "Logged out on this device" in r.output, r.output
+    assert not (home.path / "tokens.json").exists()
 
 
 def test_sync_refuses_a_home_inside_the_folder(home: Home, tmp_path: Path) -> None:

@@ -222,6 +222,7 @@ def _revoke_event(token: Any) -> dict[str, Any]:
         (None, 200),
         ("UnauthorizedException", 200),  # not one of this client's refresh tokens: RFC 7009
         ("UnsupportedTokenTypeException", 200),
+        ("InvalidParameterException", 200),  # characters no token has
         ("TooManyRequestsException", 429),
         ("InternalErrorException", 503),
     ],
@@ -252,5 +253,7 @@ def test_revoke_signs_a_refresh_token_out_with_cognito(
     assert result["statusCode"] == status, result
     if status == 200:
         assert json.loads(result["body"]) == {}
-    with Stubber(client):  # no call to Cognito for a body without a token
+    with Stubber(client):  # no call to Cognito for a body without a token, or elsewhere
         assert token_endpoint(users, _revoke_event(None))["statusCode"] == 400
+        misrouted = {**_revoke_event("t"), "resource": "/{proxy+}", "path": "/v1/auth/other"}
+        assert token_endpoint(users, misrouted)["statusCode"] == 404

@@ -106,9 +106,15 @@ _ACCOUNT_STATES = {
 }
 
 
-# What RevokeToken answers for a token that is not a refresh token of this app client.
+# What RevokeToken answers for a token that is not a refresh token of this app client
+# (InvalidParameterException: characters no token has).
 _NOT_A_TOKEN = frozenset(
-    {"UnauthorizedException", "UnsupportedTokenTypeException", "NotAuthorizedException"}
+    {
+        "UnauthorizedException",
+        "UnsupportedTokenTypeException",
+        "NotAuthorizedException",
+        "InvalidParameterException",
+    }
 )
 
 

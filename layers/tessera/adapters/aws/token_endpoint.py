@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tessera.adapters.aws.identity import CognitoUsers
-from tessera.domain.errors import TesseraError, Unprocessable
+from tessera.domain.errors import NotFound, TesseraError, Unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,21 @@ def _response(
     }
 
 
+TOKEN_PATH = "/v1/auth/token"
 REVOKE_PATH = "/v1/auth/revoke"
 
 
 def token_endpoint(users: CognitoUsers, event: Mapping[str, Any]) -> dict[str, Any]:
     """Answer one `POST /v1/auth/token` or `POST /v1/auth/revoke` proxy event (by its
-    resource; never raises)."""
+    resource: anything else is 404, never taken for a sign-in; never raises)."""
     try:
+        route = str(event.get("resource") or event.get("path") or "").rstrip("/")
+        if route not in (TOKEN_PATH, REVOKE_PATH):
+            raise NotFound(f"no route {route!r} here")
         body = token_request_body(event)
-        route = str(event.get("resource") or event.get("path") or "")
-        if route.rstrip("/") == REVOKE_PATH:
+        answer: Mapping[str, Any] = {}
+        if route == REVOKE_PATH:
             users.revoke(body)
-            answer: Mapping[str, Any] = {}
         else:
             answer = users.token(body).to_body()
     except TesseraError as exc:
