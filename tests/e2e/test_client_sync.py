@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tessera_client.config import Home, hold_device_lock
-from tessera_client.engine import SyncEngine
+from tessera_client.engine import MARKED_META, SyncEngine
 from tessera_client.fs import FOLDER_MARKER
 from tests.e2e.conftest import (
     Cloud,
@@ -458,6 +458,36 @@ def test_a_folder_without_its_marker_syncs_nothing_until_it_is_back(
         shutil.copyfile(b.folder / name, a.folder / name)
     assert a.run_once().paused_deletes == 0
     assert set(snapshot(a.folder)) == {"a.txt", "b.txt", "c.txt", "new.txt"}
+
+
+def test_a_marker_an_older_client_left_counts_as_this_folders(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A client from before the note left the marker but no note in its state: the note is
+    taken from the marker found there, or such a device never held anything back."""
+    a, b = engines
+    for name in ("a.txt", "b.txt"):
+        (a.folder / name).write_text(name)
+    a.run_once()
+    b.run_once()
+    a.state.set_meta(MARKED_META, None)  # an older client's state
+    a.run_once()
+    (a.folder / FOLDER_MARKER).unlink()  # another drive, holding one of the names
+    (a.folder / "a.txt").unlink()
+    paused = a.run_once()
+    assert paused.paused_deletes == 1 and FOLDER_MARKER in paused.problems[0], paused
+    b.run_once()
+    assert set(snapshot(b.folder)) == {"a.txt", "b.txt"}
+
+
+def test_a_round_that_could_read_nothing_says_so(engines: tuple[SyncEngine, SyncEngine]) -> None:
+    """`.tesseraignore` that cannot be read (here a folder): the round looks at nothing, and
+    `sync --once` had ended with "In sync"."""
+    a, _ = engines
+    (a.folder / "x.txt").write_text("x")
+    (a.folder / ".tesseraignore").mkdir()
+    result = a.run_once()
+    assert any("nothing here was synced" in p for p in result.problems), result
 
 
 def test_a_403_that_is_not_a_viewers_refusal_undoes_nothing(
