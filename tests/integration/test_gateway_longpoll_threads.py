@@ -119,14 +119,7 @@ def test_a_longpoll_whose_caller_left_keeps_its_place_until_its_thread_returns(
     """In AWS mode a wait runs on a thread that outlives a caller who hangs up. Given back
     when the caller left, one account's dropped long-polls took every thread (256) for the
     whole wait, and everyone else's were refused."""
-    issuer = JwtIssuer(tmp_path / "jwt.pem")
-    mine, theirs = (
-        issuer.issue(Principal(user_id=u, email=f"{u}@example.com")).access_token
-        for u in ("u1", "u2")
-    )
-    resolver = BlockingLongpoll()
-    server = Server()
-    server.start(create_app(Gateway(identity=issuer, resolver=resolver, longpolls_per_user=2)))
+    server, resolver, (mine, theirs) = _two_users_two_places_each(tmp_path)
     try:
         for _ in range(2):
             with pytest.raises(httpx.ReadTimeout):  # hangs up; its thread waits on
@@ -194,17 +187,24 @@ def _longpoll(url: str, token: str, timeout: float = 35) -> httpx.Response:
     )
 
 
-def test_a_users_waiting_longpolls_are_capped(tmp_path: Path) -> None:
-    """Each waiting long-poll holds a socket for minutes: one account's thousand used up the
-    gateway's file descriptors. Past the cap its next one is 429; others' still wait."""
+def _two_users_two_places_each(tmp_path: Path) -> tuple[Server, BlockingLongpoll, list[str]]:
+    """A started gateway whose users may hold two long-polls each, its blocking resolver,
+    and two users' access tokens."""
     issuer = JwtIssuer(tmp_path / "jwt.pem")
-    mine, theirs = (
+    tokens = [
         issuer.issue(Principal(user_id=u, email=f"{u}@example.com")).access_token
         for u in ("u1", "u2")
-    )
+    ]
     resolver = BlockingLongpoll()
     server = Server()
     server.start(create_app(Gateway(identity=issuer, resolver=resolver, longpolls_per_user=2)))
+    return server, resolver, tokens
+
+
+def test_a_users_waiting_longpolls_are_capped(tmp_path: Path) -> None:
+    """Each waiting long-poll holds a socket for minutes: one account's thousand used up the
+    gateway's file descriptors. Past the cap its next one is 429; others' still wait."""
+    server, resolver, (mine, theirs) = _two_users_two_places_each(tmp_path)
     try:
         with ThreadPoolExecutor(3) as devices:
             held = [devices.submit(_longpoll, server.base_url, mine) for _ in range(2)]

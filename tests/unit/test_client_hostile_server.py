@@ -516,11 +516,13 @@ def test_a_full_disk_under_the_state_database_pauses_the_sync_and_loses_nothing(
     assert sorted(p.name for p in _theirs(folder.iterdir())) == sorted(p[1:] for p in files)
 
 
-def test_the_daemon_waits_out_a_full_disk_under_its_state_database(
-    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _daemon_after_a_failing_round(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch, failure: Exception, wait: str
+) -> tuple[list[bool], list[str]]:
+    """Run the daemon (its pause `wait` shortened) whose first round raises `failure` and
+    whose second stops it: the rounds' `pull` and the problems reported."""
     engine = _engine(tmp_path, evil)
-    monkeypatch.setattr("tessera_client.engine.DISK_FULL_WAIT_S", 0.01)
+    monkeypatch.setattr(f"tessera_client.engine.{wait}", 0.01)
     engine.longpoll = _quiet_longpoll  # type: ignore[method-assign]
     problems: list[str] = []
     monkeypatch.setattr(engine.reporter, "problem", problems.append)
@@ -529,13 +531,23 @@ def test_the_daemon_waits_out_a_full_disk_under_its_state_database(
     def round_(pull: bool = True) -> RoundResult:
         rounds.append(pull)
         if len(rounds) == 1:
-            raise DiskFullError(errno.ENOSPC, "the disk is full: the state database x")
+            raise failure
         engine.stop()
         return RoundResult()
 
     engine.round = round_  # type: ignore[method-assign]
     engine.run_daemon()
     engine.close()
+    return rounds, problems
+
+
+def test_the_daemon_waits_out_a_full_disk_under_its_state_database(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = DiskFullError(errno.ENOSPC, "the disk is full: the state database x")
+    rounds, problems = _daemon_after_a_failing_round(
+        tmp_path, evil, monkeypatch, full, "DISK_FULL_WAIT_S"
+    )
     assert len(rounds) == 2 and rounds[1]  # it went on, and pulled again
     assert any(p.startswith("sync paused: the disk is full") for p in problems)
 
@@ -545,23 +557,10 @@ def test_the_daemon_waits_out_a_failing_folder_disk(
 ) -> None:
     """An I/O error outside what the scan takes as unseen (the marker's check on a pulled
     drive or a stale network mount: EIO) ended the daemon with a traceback."""
-    engine = _engine(tmp_path, evil)
-    monkeypatch.setattr("tessera_client.engine.FOLDER_ERROR_WAIT_S", 0.01)
-    engine.longpoll = _quiet_longpoll  # type: ignore[method-assign]
-    problems: list[str] = []
-    monkeypatch.setattr(engine.reporter, "problem", problems.append)
-    rounds: list[bool] = []
-
-    def round_(pull: bool = True) -> RoundResult:
-        rounds.append(pull)
-        if len(rounds) == 1:
-            raise OSError(errno.EIO, "Input/output error", ".tessera-folder")
-        engine.stop()
-        return RoundResult()
-
-    engine.round = round_  # type: ignore[method-assign]
-    engine.run_daemon()
-    engine.close()
+    failing = OSError(errno.EIO, "Input/output error", ".tessera-folder")
+    rounds, problems = _daemon_after_a_failing_round(
+        tmp_path, evil, monkeypatch, failing, "FOLDER_ERROR_WAIT_S"
+    )
     assert len(rounds) == 2 and rounds[1]  # it went on, and pulled again
     assert any("sync paused: cannot use" in p and "Input/output error" in p for p in problems)
 

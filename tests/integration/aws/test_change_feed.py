@@ -165,19 +165,27 @@ def test_wait_sees_past_and_future_changes(feed: DynamoChangeFeed) -> None:
     assert 0.25 < woke < 4  # woken by the change (at 0.3 s), not by the 5 s timeout
 
 
+def _on_a_fake_clock(
+    model: type[ChangeRecordBase], **options: float
+) -> tuple[DynamoChangeFeed, list[float]]:
+    """A feed whose clock is `now[0]`, moved on only by its sleeps (and by the caller)."""
+    now = [0.0]
+    feed = DynamoChangeFeed(
+        model,
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=lambda: now[0],
+        **options,  # type: ignore[arg-type]
+    )
+    return feed, now
+
+
 def test_a_wait_over_many_namespaces_ends_by_its_timeout(
     model: type[ChangeRecordBase], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A round looked at the clock only once it had asked every namespace: one begun near
     the end of the wait ran a whole round past it (400 shared folders at 10 ms a query:
     4 s; on Lambda, past the function's timeout). A fake clock: each query takes 1/64 s."""
-    now = [0.0]
-    feed = DynamoChangeFeed(
-        model,
-        min_interval=0.5,
-        sleep=lambda s: now.__setitem__(0, now[0] + s),
-        clock=lambda: now[0],
-    )
+    feed, now = _on_a_fake_clock(model, min_interval=0.5)
     asked: list[int] = []
     query = model.query
 
@@ -210,15 +218,13 @@ def test_a_wait_over_many_namespaces_is_paced(
     folders unasked made each of their devices 2,000 strongly consistent reads a second.
     Now a wait asks at most `max_queries_per_s` a second (a fake clock; queries take no
     time)."""
-    now = [0.0]
-    feed = DynamoChangeFeed(
-        model,
-        max_queries_per_s=100,
-        sleep=lambda s: now.__setitem__(0, now[0] + s),
-        clock=lambda: now[0],
-    )
+    feed, now = _on_a_fake_clock(model, max_queries_per_s=100)
     asked: list[int] = []
-    monkeypatch.setattr(model, "query", lambda ns_id, *a, **k: asked.append(ns_id) or iter(()))
+    def instant_query(ns_id: int, *args: Any, **kwargs: Any) -> Any:
+        asked.append(ns_id)
+        return iter(())
+
+    monkeypatch.setattr(model, "query", instant_query)
     assert feed.wait({_ns(): 0 for _ in range(500)}, timeout=20.0) is False
     # rounds of 500 at 0, 5, 10, 15 s (and none at 20 s, the wait's end): 4
     assert len(asked) == 4 * 500
