@@ -29,6 +29,7 @@ from tessera.domain.errors import Conflict, Unauthorized, Unprocessable
 from tessera.domain.models import MAX_CURSOR_CHARS
 from tessera.domain.object_keys import CANONICAL_PREFIX, NONCURRENT_RETENTION_DAYS
 from tessera.local import LocalCloud
+from tessera.local.cloud import MissingKeyFile
 from tessera.settings import Settings
 
 PASSWORD = "local cloud password"
@@ -109,6 +110,27 @@ def cloud(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str]]:
         email = f"u{uuid.uuid4().hex[:8]}@example.com"
         LocalUsers(database_url).add(email, PASSWORD)
         yield base_url, email
+
+
+def test_a_lost_key_file_is_not_made_anew_over_stored_blocks(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A missing `keys.json` was made anew at start: every block became unreadable, and
+    maintenance quarantined them all, for good (the old file put back did not undo it)."""
+    settings = Settings(database_url=database_url)
+    state = tmp_path / "state"
+    with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
+        email = f"u{uuid.uuid4().hex[:8]}@example.com"
+        LocalUsers(database_url).add(email, PASSWORD)
+        Client(base_url, email).put_file("/kept.bin", os.urandom(BLOCK + 1))
+    key_file = state / "keys.json"
+    key_file.rename(tmp_path / "keys.json.bak")
+    with pytest.raises(MissingKeyFile, match="holds 2 blocks encrypted under it"):
+        LocalCloud(state, port=0, settings=settings, maintenance=False).prepare()
+    assert not key_file.exists()
+    (tmp_path / "keys.json.bak").rename(key_file)  # put back: it starts, as before
+    with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
+        assert Client(base_url, email).get_file("/kept.bin")
 
 
 def test_upload_commit_list_download_through_the_gateway(cloud: tuple[str, str]) -> None:
@@ -317,6 +339,7 @@ def test_local_up_fails_clearly(tmp_path: Path, database_url: str) -> None:
         r = up(taken.getsockname()[1])
     assert r.returncode == 1
     assert "cannot listen on 127.0.0.1" in r.stderr
+    assert "--port 0" in " ".join(r.stderr.split())  # what to do about it
     assert "Traceback" not in r.stderr
 
     (state / "keys.json").chmod(0o644)  # created by the first attempt
@@ -324,6 +347,22 @@ def test_local_up_fails_clearly(tmp_path: Path, database_url: str) -> None:
     assert r.returncode == 1
     assert "keys.json has mode 0644" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_adduser_finds_no_cloud_where_none_runs(tmp_path: Path) -> None:
+    """The default state dir is relative: run elsewhere, `adduser` made a new, empty cloud
+    there (a 46 MB database) and added the user to it, one the running cloud never saw."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    cmd = [sys.executable, "-m", "tessera.local", "adduser", "carol@example.com"]
+    r = subprocess.run(
+        [*cmd, "--password", PASSWORD, "--state", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 1 and "no local cloud at" in r.stderr, r.stderr
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_public_url_is_where_block_urls_point(tmp_path: Path, database_url: str) -> None:

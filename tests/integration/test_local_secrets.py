@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tessera.adapters.local import InsecureSecretFile, JwtIssuer, KeyFileKeyService
+from tessera.adapters.local.secret_files import write_private
 
 
 def _mode(path: Path) -> int:
@@ -76,3 +78,29 @@ def test_jwt_signing_key_is_0600_and_refused_when_loose(tmp_path: Path) -> None:
     os.chmod(path, 0o604)
     with pytest.raises(InsecureSecretFile):
         JwtIssuer(path)
+
+
+@pytest.mark.parametrize("exclusive", [True, False], ids=["created", "replaced"])
+def test_a_secret_file_is_never_left_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exclusive: bool
+) -> None:
+    """Created in place, a full disk (or a kill) mid-write left an empty key file, and every
+    later start failed on it. Now it is whole, or not there (and no temp file stays)."""
+    path = tmp_path / "keys.json"
+    if not exclusive:
+        write_private(path, b"the old secret", exclusive=True)
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_private(path, b"a new secret", exclusive=exclusive)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if exclusive else ["keys.json"])
+    if not exclusive:
+        assert path.read_bytes() == b"the old secret"
+    write_private(path, b"a new secret", exclusive=False)
+    with pytest.raises(FileExistsError):  # two processes creating it: one wins
+        write_private(path, b"another", exclusive=True)
+    assert path.read_bytes() == b"a new secret" and _mode(path) == 0o600

@@ -65,7 +65,7 @@ def up(
 ) -> None:
     """Start the local cloud: PostgreSQL, the API and the block store behind one URL."""
     from tessera.adapters.local.secret_files import InsecureSecretFile
-    from tessera.local.cloud import LocalCloud
+    from tessera.local.cloud import LocalCloud, MissingKeyFile
     from tessera.settings import Settings
 
     cloud: LocalCloud | AwsLocalCloud
@@ -91,7 +91,8 @@ def up(
         )
     try:
         url = cloud.prepare()
-    except (OSError, InsecureSecretFile) as exc:  # port taken, unreadable state, loose key file
+    except (OSError, InsecureSecretFile, MissingKeyFile) as exc:
+        # port taken, unreadable state, a loose or lost key file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"Tessera local cloud: {url}  (state: {cloud.state.root})", err=False)
@@ -138,8 +139,17 @@ def adduser(
         typer.echo(f"created {email} (user id {sub})")
         return
     paths = StatePaths(Path(state).expanduser().resolve())
-    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    conninfo, embedded = open_database(paths, Settings.from_env().database_url or None)
+    database_url = Settings.from_env().database_url or None
+    if database_url is None and not paths.pgdata.is_dir():
+        # the default state dir is relative: run elsewhere, this made a new, empty cloud
+        # there and added the user to it, one the running cloud never saw
+        typer.echo(
+            f"error: no local cloud at {paths.root}; pass --state with the state dir of the"
+            " cloud `tessera local up` runs (or run this where it runs)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    conninfo, embedded = open_database(paths, database_url)
     try:
         migrate(conninfo)
         principal = LocalUsers(conninfo).add(email, password)

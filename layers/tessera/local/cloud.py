@@ -90,6 +90,32 @@ def open_database(
     return embedded.start(), embedded
 
 
+class MissingKeyFile(Exception):
+    """The block-key file is gone while the database holds blocks encrypted under it."""
+
+
+def _check_block_keys_kept(key_file: Path, conninfo: str) -> None:
+    """Refuse to start with a new block-key file over a database that holds blocks: their
+    keys derive from the old one's secrets. Made quietly, it left every block unreadable,
+    and maintenance then quarantined them, for good (the old file put back did not undo
+    it). A backup that could not read the 0600 file, or a state dir started afresh over a
+    shared `DATABASE_URL`, lose it this way."""
+    if key_file.exists():
+        return
+    db = Database(conninfo, min_size=0, max_size=1)
+    try:
+        with db.transaction() as store:
+            held = store.stored_block_count()
+    finally:
+        db.close()
+    if held:
+        raise MissingKeyFile(
+            f"{key_file} is missing, but the database holds {held} blocks encrypted under it:"
+            " put it back from a backup of the state dir (a new one would make every block"
+            " unreadable). To start afresh instead, move the whole state dir aside."
+        )
+
+
 class LocalCloud(ServedCloud):
     """PostgreSQL + local adapters + the API behind the gateway, started and stopped as one.
 
@@ -146,6 +172,7 @@ class LocalCloud(ServedCloud):
         try:
             self.conninfo, self._embedded = open_database(self.state, self.database_url)
             migrate(self.conninfo)
+            _check_block_keys_kept(self.state.key_file, self.conninfo)
             keys = KeyFileKeyService(self.state.key_file)
             url_secret = load_or_create(self.state.url_signing_key, lambda: secrets.token_bytes(32))
             issuer = JwtIssuer(self.state.jwt_key)

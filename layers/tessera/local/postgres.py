@@ -3,7 +3,8 @@
 Several processes may hold the same server (`tessera local up` and `tessera local adduser`):
 pgserver keeps a list of holder pids next to the data and stops the server when the last
 holder lets go. A holder that died without letting go (SIGKILL, power loss) would keep the
-server from ever stopping, so dead pids are pruned before attaching.
+server from ever stopping, so dead pids are pruned before attaching; and a `postmaster.pid`
+left by a crash whose pid now belongs to another process is removed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,32 @@ def _prune_dead_holders(pgdata: Path) -> None:
     alive = [p for p in pids or [] if psutil.pid_exists(p)]
     if alive != pids:
         holders.write_text(json.dumps(alive))
+
+
+def _drop_stale_postmaster_pid(pgdata: Path) -> None:
+    """Delete `postmaster.pid` when the pid it names is alive but is not this data's server.
+
+    After a crash or power loss the file stays, and once its pid is handed to another
+    process pgserver takes the server for running: the start failed with a traceback, and
+    its cleanup stopped, then killed, that other process. A file naming a dead pid is
+    PostgreSQL's own to handle; one whose process cannot be looked at is kept."""
+    import psutil
+
+    marker = pgdata / "postmaster.pid"
+    try:
+        pid = int(marker.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    try:
+        process = psutil.Process(pid)
+        ours = "postgres" in process.name() and str(pgdata) in " ".join(process.cmdline())
+    except psutil.NoSuchProcess:
+        return
+    except psutil.AccessDenied:
+        return
+    if not ours:
+        log.warning("removing %s: pid %d is not its server (a stale file)", marker, pid)
+        marker.unlink(missing_ok=True)
 
 
 def drop_database(conninfo: str, name: str) -> None:
@@ -81,6 +108,7 @@ class EmbeddedPostgres:
         self.pgdata.mkdir(parents=True, exist_ok=True)
         with PostgresServer._lock:  # the same inter-process lock pgserver takes
             _prune_dead_holders(self.pgdata)
+            _drop_stale_postmaster_pid(self.pgdata)
         self._server = get_server(self.pgdata, cleanup_mode="stop")
         ensure_database(self._server.get_uri(), DATABASE)
         url: str = self._server.get_uri(database=DATABASE)

@@ -5,6 +5,7 @@ for tests or in the main thread for `tessera local up` (where uvicorn handles SI
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import signal
 import socket
@@ -175,7 +176,14 @@ class Server:
             self.sock.bind((host, port))
         except OSError as exc:
             self.sock.close()
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            hint = (
+                " (another `tessera local up`? stop it, or pass --port N, or --port 0 for any)"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise OSError(
+                exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}"
+            ) from exc
         # listen now: a client told the URL before uvicorn has started waits in the backlog
         # instead of being refused
         self.sock.listen(_BACKLOG)

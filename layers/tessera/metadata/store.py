@@ -1498,6 +1498,11 @@ class Store:
         )
         self._expect_blocks(upload_id, expect)
 
+    def stored_block_count(self) -> int:
+        """How many blocks the database holds rows for (any state)."""
+        row = self._one("SELECT count(*) FROM blocks", ())
+        return int(row[0]) if row else 0
+
     def expected_block_count(self, upload_id: str) -> int:
         """How many blocks the session expects or expected (the next staged key's ordinal)."""
         row = self._one("SELECT count(*) FROM upload_blocks WHERE upload_id = %s", (upload_id,))

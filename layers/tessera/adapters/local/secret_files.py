@@ -7,6 +7,7 @@ follows, so a loose `chmod` is caught the same way everywhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -28,22 +29,42 @@ def check_private(path: Path) -> None:
 
 
 def write_private(path: Path, data: bytes, *, exclusive: bool) -> None:
-    """Write `data` to `path` with mode 0600, durably.
+    """Write `data` to `path` with mode 0600, durably, whole or not at all.
 
-    `exclusive` creates the file (O_EXCL: two processes starting at once never both win);
-    otherwise the file is replaced atomically through a private temp file and a rename.
+    Written to a private temp file first, then put in place: with `exclusive` by a hard
+    link, which fails when `path` exists (two processes starting at once never both win),
+    otherwise by a rename. Written in place, a full disk or a kill mid-write left an empty
+    key file, and every later start failed on it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    target = path if exclusive else path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    fd = os.open(target, flags, 0o600)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if exclusive:
+            _link_exclusive(temp, path)
+        else:
+            os.replace(temp, path)
     finally:
-        os.close(fd)
-    if not exclusive:
-        os.replace(target, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def _link_exclusive(temp: Path, path: Path) -> None:
+    """Put `temp` at `path`; FileExistsError when something is there already."""
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        # a filesystem without hard links (FAT, some FUSE mounts): a rename, after a check
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.rename(temp, path)
 
 
 def load_or_create(path: Path, create: Callable[[], bytes]) -> bytes:
