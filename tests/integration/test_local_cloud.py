@@ -284,6 +284,7 @@ def test_local_up_subprocess_stops_cleanly_and_restarts_with_everything(tmp_path
     state = tmp_path / "state"
     proc, url, printed = _up(state)
     assert f"tessera login --server {url} --email demo@tessera.local --password" in printed
+    assert "Metadata database" not in printed  # the embedded one: nothing to warn of
     assert "tessera sync ~/Tessera" in printed
     try:
         assert httpx.get(url + "/v1/health").json()["status"] == "ok"
@@ -347,6 +348,15 @@ def test_local_up_fails_clearly(tmp_path: Path, database_url: str) -> None:
     assert r.returncode == 1
     assert "keys.json has mode 0644" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_banner_names_a_database_from_the_environment_without_its_password() -> None:
+    """DATABASE_URL is a name many shells export for something else: `local up` used it
+    without a word, migrating Tessera's tables into that database."""
+    from tessera.local.cli import _where
+
+    said = _where("postgresql://app:s3cret@db.example:6543/myapp")
+    assert said == "db.example:6543/myapp" and "s3cret" not in said
 
 
 def test_adduser_finds_no_cloud_where_none_runs(tmp_path: Path) -> None:

@@ -96,6 +96,9 @@ def up(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"Tessera local cloud: {url}  (state: {cloud.state.root})", err=False)
+    if isinstance(cloud, LocalCloud) and cloud.database_url:
+        # DATABASE_URL is a name many shells export for something else: say it is used
+        typer.echo(f"Metadata database: {_where(cloud.database_url)} (from DATABASE_URL)")
     if cloud.demo_login is not None:
         email, password = cloud.demo_login
         typer.echo(
@@ -160,6 +163,14 @@ def adduser(
         if embedded is not None:
             embedded.stop()
     typer.echo(f"created {principal.email} (user id {principal.user_id})")
+
+
+def _where(conninfo: str) -> str:
+    """A conninfo's host and database, without its password."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = conninfo_to_dict(conninfo)
+    return f"{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}/{parts.get('dbname')}"
 
 
 def main() -> None:
