@@ -84,7 +84,8 @@ def friendly_errors() -> Iterator[None]:
         say_error(str(e))
         raise typer.Exit(EXIT_ERROR) from None
     except sqlite3.DatabaseError as e:
-        if getattr(e, "sqlite_errorcode", None) in _NOT_A_DATABASE:
+        # the extended code's low byte is the primary one (SQLITE_CORRUPT_INDEX is 779)
+        if ((getattr(e, "sqlite_errorcode", None) or 0) & 0xFF) in _NOT_A_DATABASE:
             say_error(
                 f"this device's state database is damaged ({e}); move {_home().state_file}"
                 " aside and sync again: it compares the folder and the server afresh (files"

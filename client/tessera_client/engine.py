@@ -278,9 +278,8 @@ class SyncEngine:
             self._skip(path, reason)
         result.skipped = len(scan.skipped)
         if "" in scan.unseen:  # the folder itself, or its rules, could not be read
-            result.problems.append(
-                "nothing here was synced this round: see what was skipped above"
-            )
+            why = "; ".join(f"{path}: {reason}" for path, reason in scan.skipped)
+            result.problems.append(f"nothing here was synced this round ({why})")
         result.unstable = len(scan.unstable)
         self._vouch_for_rehashed(scan, base)
         unstable = {path_key(p) for p in scan.unstable}

@@ -125,8 +125,10 @@ def test_a_lost_key_file_is_not_made_anew_over_stored_blocks(
         Client(base_url, email).put_file("/kept.bin", os.urandom(BLOCK + 1))
     key_file = state / "keys.json"
     key_file.rename(tmp_path / "keys.json.bak")
-    with pytest.raises(MissingKeyFile, match="holds 2 blocks encrypted under it"):
+    with pytest.raises(MissingKeyFile, match="holds 2 blocks encrypted under it") as refused:
         LocalCloud(state, port=0, settings=settings, maintenance=False).prepare()
+    # its blocks are in the DATABASE_URL's database: a new state dir would not help
+    assert "unset DATABASE_URL" in str(refused.value)
     assert not key_file.exists()
     (tmp_path / "keys.json.bak").rename(key_file)  # put back: it starts, as before
     with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
@@ -353,9 +355,9 @@ def test_local_up_fails_clearly(tmp_path: Path, database_url: str) -> None:
 def test_the_banner_names_a_database_from_the_environment_without_its_password() -> None:
     """DATABASE_URL is a name many shells export for something else: `local up` used it
     without a word, migrating Tessera's tables into that database."""
-    from tessera.local.cli import _where
+    from tessera.local.postgres import describe_database
 
-    said = _where("postgresql://app:s3cret@db.example:6543/myapp")
+    said = describe_database("postgresql://app:s3cret@db.example:6543/myapp")
     assert said == "db.example:6543/myapp" and "s3cret" not in said
 
 

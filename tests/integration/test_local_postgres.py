@@ -45,7 +45,7 @@ def test_a_stale_postmaster_pid_naming_another_process_is_removed(tmp_path: Path
     assert not marker.exists()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    for text in (f"{dead.pid}\n{tmp_path}\n", "garbage\n"):  # PostgreSQL's own to handle
+    for text in (f"{dead.pid}\n{tmp_path}\n", "garbage\n", "-7\n"):  # PostgreSQL's own
         marker.write_text(text)
         _drop_stale_postmaster_pid(tmp_path)
         assert marker.read_text() == text
@@ -55,6 +55,8 @@ def test_the_embedded_server_starts_over_a_stale_pid_and_kills_nobody(tmp_path: 
     pgdata = tmp_path / "pg"
     server = EmbeddedPostgres(pgdata)
     server.start()
+    _drop_stale_postmaster_pid(pgdata)  # the running server's own: kept
+    assert (pgdata / "postmaster.pid").exists()
     server.stop()
     bystander = subprocess.Popen(["sleep", "60"])
     try:

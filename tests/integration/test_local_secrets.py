@@ -100,7 +100,13 @@ def test_a_secret_file_is_never_left_half_written(
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if exclusive else ["keys.json"])
     if not exclusive:
         assert path.read_bytes() == b"the old secret"
+    # a temp file a kill left under this pid's name blocks nothing (a container's pid 1)
+    (tmp_path / f".keys.json.{os.getpid()}.tmp").write_bytes(b"")
     write_private(path, b"a new secret", exclusive=False)
     with pytest.raises(FileExistsError):  # two processes creating it: one wins
         write_private(path, b"another", exclusive=True)
     assert path.read_bytes() == b"a new secret" and _mode(path) == 0o600
+    fresh = tmp_path / "url-signing.key"
+    (tmp_path / f".url-signing.key.{os.getpid()}.tmp").write_bytes(b"")
+    write_private(fresh, b"x" * 32, exclusive=True)
+    assert fresh.read_bytes() == b"x" * 32

@@ -79,21 +79,27 @@ def test_a_damaged_home_file_is_one_clear_line(
         assert says in " ".join(r.output.split()) and "Traceback" not in r.output, r.output
 
 
+@pytest.mark.parametrize(("code", "damaged"), [(None, False), (5, False), (11, True), (779, True)])
 def test_a_busy_state_database_is_not_called_damaged(
-    home: Home, monkeypatch: pytest.MonkeyPatch
+    home: Home, monkeypatch: pytest.MonkeyPatch, code: int | None, damaged: bool
 ) -> None:
-    """Locked, read-only or failing I/O is passing: moving the state aside, the cure for a
-    damaged one, would lose the synced base (files deleted since would come back)."""
+    """Locked (5), read-only or failing I/O is passing: moving the state aside, the cure for
+    a damaged one (SQLITE_CORRUPT 11, and its extended codes: 779 a damaged index), would
+    lose the synced base (files deleted since would come back)."""
     home.ensure()
     StateDB(home.state_file).close()
 
-    def busy(*args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("database is locked")
+    def failing(*args: object, **kwargs: object) -> None:
+        error = sqlite3.OperationalError("database is locked" if not damaged else "malformed")
+        if code is not None:
+            error.sqlite_errorcode = code
+        raise error
 
-    monkeypatch.setattr("tessera_client.commands.StateDB", busy)
+    monkeypatch.setattr("tessera_client.commands.StateDB", failing)
     r = runner.invoke(app, ["status"])
-    assert r.exit_code == 1 and "database is locked; try again" in r.output
-    assert "aside" not in r.output and "Traceback" not in r.output
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert ("aside" in said) is damaged and ("try again" in said) is not damaged, said
 
 
 def test_logout_of_damaged_tokens_forgets_them(home: Home) -> None:

@@ -66,6 +66,7 @@ def up(
     """Start the local cloud: PostgreSQL, the API and the block store behind one URL."""
     from tessera.adapters.local.secret_files import InsecureSecretFile
     from tessera.local.cloud import LocalCloud, MissingKeyFile
+    from tessera.local.postgres import describe_database
     from tessera.settings import Settings
 
     cloud: LocalCloud | AwsLocalCloud
@@ -98,7 +99,9 @@ def up(
     typer.echo(f"Tessera local cloud: {url}  (state: {cloud.state.root})", err=False)
     if isinstance(cloud, LocalCloud) and cloud.database_url:
         # DATABASE_URL is a name many shells export for something else: say it is used
-        typer.echo(f"Metadata database: {_where(cloud.database_url)} (from DATABASE_URL)")
+        typer.echo(
+            f"Metadata database: {describe_database(cloud.database_url)} (from DATABASE_URL)"
+        )
     if cloud.demo_login is not None:
         email, password = cloud.demo_login
         typer.echo(
@@ -163,14 +166,6 @@ def adduser(
         if embedded is not None:
             embedded.stop()
     typer.echo(f"created {principal.email} (user id {principal.user_id})")
-
-
-def _where(conninfo: str) -> str:
-    """A conninfo's host and database, without its password."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    parts = conninfo_to_dict(conninfo)
-    return f"{parts.get('host') or 'localhost'}:{parts.get('port') or 5432}/{parts.get('dbname')}"
 
 
 def main() -> None:

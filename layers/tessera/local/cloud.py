@@ -35,7 +35,7 @@ from tessera.domain.services import Services
 from tessera.local.demo import ensure_demo_user
 from tessera.local.gateway import MAX_BLOCK_BODY, Gateway, create_app
 from tessera.local.lifecycle import ServedCloud
-from tessera.local.postgres import EmbeddedPostgres
+from tessera.local.postgres import EmbeddedPostgres, describe_database
 from tessera.local.relay import start_relay
 from tessera.local.server import Server
 from tessera.local.throttle import RequestThrottle
@@ -94,7 +94,7 @@ class MissingKeyFile(Exception):
     """The block-key file is gone while the database holds blocks encrypted under it."""
 
 
-def _check_block_keys_kept(key_file: Path, conninfo: str) -> None:
+def _check_block_keys_kept(key_file: Path, conninfo: str, *, external: bool) -> None:
     """Refuse to start with a new block-key file over a database that holds blocks: their
     keys derive from the old one's secrets. Made quietly, it left every block unreadable,
     and maintenance then quarantined them, for good (the old file put back did not undo
@@ -109,10 +109,18 @@ def _check_block_keys_kept(key_file: Path, conninfo: str) -> None:
     finally:
         db.close()
     if held:
+        where, afresh = (
+            (
+                f"the database at {describe_database(conninfo)} (DATABASE_URL)",
+                "unset DATABASE_URL, or point it at an empty database",
+            )
+            if external
+            else ("the database", "move the whole state dir aside")
+        )
         raise MissingKeyFile(
-            f"{key_file} is missing, but the database holds {held} blocks encrypted under it:"
-            " put it back from a backup of the state dir (a new one would make every block"
-            " unreadable). To start afresh instead, move the whole state dir aside."
+            f"{key_file} is missing, but {where} holds {held} blocks encrypted under it: put"
+            " it back from a backup of the state dir (a new one would make every block"
+            f" unreadable). To start afresh instead, {afresh}."
         )
 
 
@@ -172,7 +180,9 @@ class LocalCloud(ServedCloud):
         try:
             self.conninfo, self._embedded = open_database(self.state, self.database_url)
             migrate(self.conninfo)
-            _check_block_keys_kept(self.state.key_file, self.conninfo)
+            _check_block_keys_kept(
+                self.state.key_file, self.conninfo, external=self._embedded is None
+            )
             keys = KeyFileKeyService(self.state.key_file)
             url_secret = load_or_create(self.state.url_signing_key, lambda: secrets.token_bytes(32))
             issuer = JwtIssuer(self.state.jwt_key)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 DATABASE = "tessera"
 
@@ -58,14 +59,24 @@ def _drop_stale_postmaster_pid(pgdata: Path) -> None:
         return
     try:
         process = psutil.Process(pid)
-        ours = "postgres" in process.name() and str(pgdata) in " ".join(process.cmdline())
-    except psutil.NoSuchProcess:
+        # the postmaster runs in its data dir: compared as files, not as spellings (a
+        # case-insensitive disk, a bind mount or a rename spell it otherwise, and taking
+        # a running server for a stranger would remove its pid file, which stops it)
+        ours = process.name().startswith("postgres") and os.path.samefile(process.cwd(), pgdata)
+    except (psutil.NoSuchProcess, ValueError):  # gone, or a pid no process has (negative)
         return
-    except psutil.AccessDenied:
+    except (psutil.AccessDenied, OSError):  # cannot tell: kept
         return
     if not ours:
         log.warning("removing %s: pid %d is not its server (a stale file)", marker, pid)
         marker.unlink(missing_ok=True)
+
+
+def describe_database(conninfo: str) -> str:
+    """A conninfo's host, port and database, without its password."""
+    parts = conninfo_to_dict(conninfo)
+    host, port = parts.get("host") or "localhost", parts.get("port") or 5432
+    return f"{host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
 
 
 def drop_database(conninfo: str, name: str) -> None:
@@ -94,7 +105,7 @@ class EmbeddedPostgres:
     """One pgserver-managed PostgreSQL over `pgdata`; `start()` returns the conninfo."""
 
     def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
+        self.pgdata = pgdata.resolve()
         self._server: Any = None
 
     def start(self) -> str:

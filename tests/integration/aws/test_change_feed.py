@@ -220,6 +220,7 @@ def test_a_wait_over_many_namespaces_is_paced(
     time)."""
     feed, now = _on_a_fake_clock(model, max_queries_per_s=100)
     asked: list[int] = []
+
     def instant_query(ns_id: int, *args: Any, **kwargs: Any) -> Any:
         asked.append(ns_id)
         return iter(())
