@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -239,9 +240,12 @@ def test_a_batch_reads_lists_sent_in_parts_up_to_a_largest_files_worth(
     append_all(limited, alice, upload_id, "/long.bin")
     reads: list[object] = []
     read = Store.session_file_blocks
-    monkeypatch.setattr(
-        Store, "session_file_blocks", lambda self, *a: reads.append(a) or read(self, *a)
-    )
+
+    def counted(self: Store, *args: Any) -> Any:
+        reads.append(args)
+        return read(self, *args)
+
+    monkeypatch.setattr(Store, "session_file_blocks", counted)
     entry = commit_from_session("/long.bin", upload_id, CHUNKS)
     result = commits.commit_batch(limited, alice, CommitBatchRequest(entries=[entry] * 6))
     assert len(reads) == 2  # 7, then 7 more past the 10: the rest unread
