@@ -402,3 +402,15 @@ def test_public_url_is_where_block_urls_point(tmp_path: Path, database_url: str)
 def test_the_local_store_keeps_old_blocks_as_long_as_the_bucket() -> None:
     keep = NONCURRENT_RETENTION_DAYS[CANONICAL_PREFIX]
     assert Settings().local_block_versions_days == keep
+
+
+def test_serving_beyond_this_machine_says_what_that_means() -> None:
+    """`--host 0.0.0.0` printed `http://0.0.0.0:8790` as the URL to log in with, which no
+    other machine can use, and said nothing of passwords crossing the network in clear."""
+    from tessera.local.cli import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None) is None
+    wildcard = exposure_warning("0.0.0.0", None) or ""
+    assert "plain HTTP" in wildcard and "--public-url" in wildcard
+    named = exposure_warning("0.0.0.0", "http://nas.local:8790") or ""
+    assert "plain HTTP" in named and "--public-url" not in named

@@ -102,6 +102,8 @@ def up(
         typer.echo(
             f"Metadata database: {describe_database(cloud.database_url)} (from DATABASE_URL)"
         )
+    if warning := exposure_warning(host, public_url):
+        typer.echo(warning, err=True)
     if cloud.demo_login is not None:
         email, password = cloud.demo_login
         typer.echo(
@@ -166,6 +168,22 @@ def adduser(
         if embedded is not None:
             embedded.stop()
     typer.echo(f"created {principal.email} (user id {principal.user_id})")
+
+
+def exposure_warning(host: str, public_url: str | None) -> str | None:
+    """What to tell someone serving beyond this machine, or None when it is not."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    said = (
+        f"warning: listening on {host}: passwords and tokens travel in plain HTTP, so keep"
+        " it to a network you trust, or put it behind TLS (a reverse proxy)"
+    )
+    if public_url is None and host in ("0.0.0.0", "::", ""):
+        said += (
+            f"; and http://{host or '0.0.0.0'}:... works from no other machine: pass"
+            " --public-url http://THIS-MACHINE:PORT (block URLs point there too)"
+        )
+    return said
 
 
 def main() -> None:
