@@ -63,9 +63,8 @@ def _drop_stale_postmaster_pid(pgdata: Path) -> None:
         # case-insensitive disk, a bind mount or a rename spell it otherwise, and taking
         # a running server for a stranger would remove its pid file, which stops it)
         ours = process.name().startswith("postgres") and os.path.samefile(process.cwd(), pgdata)
-    except (psutil.NoSuchProcess, ValueError):  # gone, or a pid no process has (negative)
-        return
-    except (psutil.AccessDenied, OSError):  # cannot tell: kept
+    # gone, a pid no process has (negative), or one that cannot be looked at: kept
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError, OSError):
         return
     if not ours:
         log.warning("removing %s: pid %d is not its server (a stale file)", marker, pid)

@@ -85,21 +85,13 @@ class LongpollSlot:
     caller left, one account's dropped long-polls took every thread for the whole wait)."""
 
     def __init__(self, limit: LongpollLimit, key: str) -> None:
-        self._limit, self._key = limit, key
-        self._given_back = False
+        self.limit, self.key = limit, key
+        self.given_back = False
         self.handed_over = False
 
     def give_back(self) -> None:
         """Free the place (only the first call counts)."""
-        with self._limit.lock:
-            if self._given_back:
-                return
-            self._given_back = True
-            left = self._limit.held[self._key] - 1
-            if left:
-                self._limit.held[self._key] = left
-            else:
-                del self._limit.held[self._key]
+        self.limit.give_back(self)
 
 
 class LongpollLimit:
@@ -114,18 +106,31 @@ class LongpollLimit:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.limit = limit
-        self.lock = threading.Lock()
-        self.held: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
 
     def take(self, key: str) -> LongpollSlot:
         """One of `key`'s places; `TooManyRequests` when all are taken."""
-        with self.lock:
-            held = self.held.get(key, 0)
+        with self._lock:
+            held = self._held.get(key, 0)
             if held >= self.limit:
                 raise TooManyRequests(
                     f"{self.limit} long-polls of this account are waiting already;"
                     " close some (each device needs one)",
                     LONGPOLL_FULL_RETRY_S,
                 )
-            self.held[key] = held + 1
+            self._held[key] = held + 1
         return LongpollSlot(self, key)
+
+    def give_back(self, slot: LongpollSlot) -> None:
+        """Free `slot`'s place, once however often it is given back (the caller and the
+        thread it handed the wait to may both)."""
+        with self._lock:
+            if slot.given_back:
+                return
+            slot.given_back = True
+            left = self._held[slot.key] - 1
+            if left:
+                self._held[slot.key] = left
+            else:
+                del self._held[slot.key]
