@@ -37,6 +37,7 @@ from tessera.domain.object_keys import (
     QUARANTINE_PREFIX,
     STAGING_PREFIX,
 )
+from tessera.maintenance.workflows import WORKFLOWS
 
 # Long-poll waits at most this long (API Gateway's integration timeout is 29 s).
 LONGPOLL_MAX_S = 25
@@ -294,8 +295,10 @@ class AppStack(Stack):
             proxy.grant_connect(fn, DB_USER)
         # Block keys: read the encrypted versions, decrypt them with the block-key CMK.
         # (Long-poll too: cursors are signed with a key derived from them; cold storage
-        # repairs a block whose object is lost as scrub does, `maintenance.cold._repair_lost`.)
-        for fn in (api, longpoll, dedup, scrub, cold):
+        # repairs a block whose object is lost as scrub does, `maintenance.cold._repair_lost`;
+        # the maintenance functions that decode blocks first check the keys' fingerprints.)
+        decoders = [maintenance[w.function] for w in WORKFLOWS.values() if w.decodes_blocks]
+        for fn in (api, longpoll, *decoders):
             self._grant_block_keys_read(fn)
         # Changes table: writers put items (idempotent on event_id), long-poll reads. The
         # actions are those DynamoChangeFeed calls: publish = conditional PutItem (+ GetItem

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
-from tessera.blocks.ids import derive_block_key
+from tessera.blocks.ids import derive_block_key, key_fingerprint
 
 # ---------------------------------------------------------------------------------------
 # Blocks
@@ -196,6 +196,11 @@ class KeyService(ABC):
         """(key_version, 32-byte AES key) for `block_id`."""
         v = self.current_version() if version is None else version
         return v, derive_block_key(self.secret(v), block_id)
+
+    def fingerprints(self) -> dict[int, bytes]:
+        """Each key version's fingerprint (`tessera.blocks.key_fingerprint`), to compare with
+        the ones the metadata recorded (`tessera.metadata.key_check`)."""
+        return {v: key_fingerprint(self.secret(v)) for v in self.versions()}
 
 
 # ---------------------------------------------------------------------------------------

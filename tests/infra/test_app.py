@@ -809,6 +809,15 @@ def test_maintenance_functions_may_touch_every_prefix_their_code_does(dev: Synth
     assert _listed_prefixes(dev, "GcFunction") == {"landing/*"}
 
 
+def test_the_maintenance_functions_that_decode_blocks_read_the_block_keys(dev: Synth) -> None:
+    """They compare the keys with the recorded fingerprints at each cold start (refusing
+    to judge any block under a swapped secret): without the grant, that start fails."""
+    readers = {"DedupVerifyFunction", "ScrubFunction", "ColdStorageFunction"}
+    for function in (*readers, "GcFunction", "OutboxRelayFunction"):
+        granted = {"ssm:GetParametersByPath", "ssm:GetParameter"} <= _actions(dev, function, "ssm")
+        assert granted == (function in readers), function
+
+
 def _listed_prefixes(synth: Synth, function: str, action: str = "s3:ListBucket") -> set[str]:
     """The `s3:prefix` patterns the IAM policies of `function` may list the bucket with
     (`action`: its objects, or their versions)."""

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from tessera.adapters.local import LocalUsers
+from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import block_id, content_hash, decode_block, encode_block
 from tessera.domain.errors import Conflict, Unauthorized, Unprocessable
 from tessera.domain.models import MAX_CURSOR_CHARS
@@ -133,6 +134,32 @@ def test_a_lost_key_file_is_not_made_anew_over_stored_blocks(
     (tmp_path / "keys.json.bak").rename(key_file)  # put back: it starts, as before
     with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
         assert Client(base_url, email).get_file("/kept.bin")
+
+
+def test_a_key_file_from_another_state_dir_is_refused(tmp_path: Path, database_url: str) -> None:
+    """A `keys.json` copied from another state dir (or two state dirs over one
+    DATABASE_URL) started: every block failed authentication, and maintenance quarantined
+    each, for good. Its secrets are now compared with the fingerprints recorded at the
+    first start, and `local up` refuses, with one line, before anything is served."""
+    settings = Settings(database_url=database_url)
+    state = tmp_path / "state"
+    with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
+        email = f"u{uuid.uuid4().hex[:8]}@example.com"
+        LocalUsers(database_url).add(email, PASSWORD)
+        Client(base_url, email).put_file("/kept.bin", os.urandom(BLOCK + 1))
+    key_file = state / "keys.json"
+    key_file.rename(tmp_path / "keys.json.bak")
+    KeyFileKeyService(key_file)  # another state dir's key file: another secret, version 1
+    cmd = [sys.executable, "-m", "tessera.local", "up", "--state", str(state), "--port", "0"]
+    env = {**os.environ, "DATABASE_URL": database_url}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    said = " ".join(r.stderr.split())
+    assert "key version 1's secret is not the one recorded on" in said
+    assert "Put back the key file" in said
+    (tmp_path / "keys.json.bak").replace(key_file)  # the right one back: it starts
+    with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
+        assert len(Client(base_url, email).get_file("/kept.bin")) == BLOCK + 1
 
 
 def test_upload_commit_list_download_through_the_gateway(cloud: tuple[str, str]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.maintenance import scheduler
 from tessera.maintenance.cli import app
 from tessera.maintenance.runner import run_workflow
@@ -87,6 +88,23 @@ def test_admin_run_refuses_bad_input(state_dir: Path, args: list[str], message: 
 def test_admin_run_refuses_a_dir_that_is_not_a_state_dir(tmp_path: Path) -> None:
     out = runner.invoke(app, ["run", "gc", "--state", str(tmp_path / "nothing")])
     assert out.exit_code == 2 and "not a local cloud state dir" in out.output
+
+
+def test_admin_run_refuses_a_key_file_that_is_not_the_databases(
+    world: World, state_dir: Path
+) -> None:
+    """Under another state dir's `keys.json`, `admin run scrub` judged every block it
+    read damaged, and quarantined it for good."""
+    world.put(ALICE, "/a.bin", secrets.token_bytes(2 * BLOCK))
+    world.run("dedup")
+    args = ["run", "scrub", "--state", str(state_dir), "--json"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output  # the first run records the keys' fingerprints
+    (state_dir / "keys.json").unlink()
+    KeyFileKeyService(state_dir / "keys.json")  # another secret under version 1
+    out = runner.invoke(app, args)
+    assert out.exit_code == 2 and "key version 1's secret is not the one" in out.output
+    assert world.sql("SELECT DISTINCT state FROM blocks") == [("live",)]
 
 
 def test_admin_workflows_lists_steps_and_prints_asl() -> None:

@@ -21,6 +21,7 @@ from tessera.local.aws_mode import load_function
 from tessera.maintenance.workflows import WORKFLOWS
 from tessera.ports import StorageTier
 
+from .aws.moto_env import shared_aws_settings
 from .test_maintenance_world import (
     ALICE,
     BLOCK,
@@ -38,8 +39,6 @@ def aws_world(
 ) -> Iterator[World]:
     """A world on moto, with the Lambda environment of that deployment in os.environ."""
     from tessera.adapters.aws.wiring import AwsRuntime
-
-    from .aws.moto_env import shared_aws_settings
 
     settings = replace(shared_aws_settings(), database_url=database_url)
     for key, value in settings.to_env().items():
@@ -207,6 +206,42 @@ def test_scrub_function_checks_the_blocks_clients_report_from_its_queue(
     result = _handler("scrub")({"Records": [record]}, None)
     assert (result["checked"], result["damaged"], result["repaired"]) == (1, 1, 1)
     assert aws_world.get(ALICE, "/photo.raw") == data
+
+
+def test_a_key_parameter_put_again_stops_the_functions_before_they_judge_a_block(
+    aws_world: World,
+) -> None:
+    """A block-key parameter put again with another data key (deleted by hand, then made
+    anew by a deploy's `ensure_key_version`): every block failed authentication, and scrub
+    quarantined each one it sampled, for good. A cold start now compares each version's
+    secret with the fingerprint recorded at the first one, and refuses."""
+    import base64
+
+    from tessera.adapters.aws import AwsClients
+    from tessera.metadata.key_check import BlockKeysMismatch
+
+    path, data, _ = _stored_file(aws_world, 2)
+    scrub = {"step": "scrub", "input": {}}
+    assert _handler("scrub")(scrub, None)["ok"] == 2  # records version 1's fingerprint
+    settings = replace(shared_aws_settings(), database_url="")
+    clients = AwsClients(settings)
+    name = f"{settings.key_param_prefix}/v1"
+    kept = clients.ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    other = clients.kms.generate_data_key(
+        KeyId=settings.kms_key_id,
+        KeySpec="AES_256",
+        EncryptionContext={"purpose": "tessera-block-key", "version": "1"},
+    )["CiphertextBlob"]
+    put = {"Name": name, "Type": "SecureString", "Overwrite": True}
+    clients.ssm.put_parameter(**put, Value=base64.b64encode(other).decode())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(BlockKeysMismatch, match="key version 1's secret is not the one"):
+            _handler("scrub")(scrub, None)
+    finally:  # the moto deployment is shared by the session's AWS tests
+        clients.ssm.put_parameter(**put, Value=kept)  # type: ignore[arg-type]
+    assert aws_world.sql("SELECT DISTINCT state FROM blocks") == [("live",)]
+    assert _handler("scrub")(scrub, None)["ok"] == 2  # the right one back: it runs again
+    assert aws_world.get(ALICE, path) == data
 
 
 def test_functions_reject_bad_events(aws_world: World) -> None:

@@ -34,7 +34,13 @@ from tessera.blocks.errors import (
     BlockIntegrityError,
     FileChangedError,
 )
-from tessera.blocks.ids import block_id, content_hash, derive_block_key, is_block_id
+from tessera.blocks.ids import (
+    block_id,
+    content_hash,
+    derive_block_key,
+    is_block_id,
+    key_fingerprint,
+)
 from tessera.blocks.workers import default_workers
 
 __all__ = [
@@ -59,6 +65,7 @@ __all__ = [
     "encode_many",
     "is_block_id",
     "iter_chunks",
+    "key_fingerprint",
     "open_regular",
     "scan_file",
     "stored_key_version",

@@ -55,3 +55,16 @@ def derive_block_key(secret: bytes, block_id: str) -> bytes:
     """
     digest_of(block_id)  # refuse anything that is not a block id before keying on it
     return hmac.new(secret, block_id.encode("ascii"), hashlib.sha256).digest()
+
+
+# Never a block id (which `derive_block_key` requires), so a fingerprint is never a block key
+_FINGERPRINT_MESSAGE = b"tessera key fingerprint v1"
+
+
+def key_fingerprint(secret: bytes) -> bytes:
+    """A 32-byte fingerprint of a key-version's secret: HMAC-SHA256(secret, a fixed text).
+
+    Safe to store beside the blocks (it reveals nothing of the secret, and no block id is
+    that text), so a start can tell the secret it holds from the one blocks were stored
+    under."""
+    return hmac.new(secret, _FINGERPRINT_MESSAGE, hashlib.sha256).digest()

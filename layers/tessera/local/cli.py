@@ -67,6 +67,7 @@ def up(
     from tessera.adapters.local.secret_files import InsecureSecretFile
     from tessera.local.cloud import LocalCloud, MissingKeyFile
     from tessera.local.postgres import describe_database
+    from tessera.metadata.key_check import BlockKeysMismatch
     from tessera.settings import Settings
 
     cloud: LocalCloud | AwsLocalCloud
@@ -92,8 +93,8 @@ def up(
         )
     try:
         url = cloud.prepare()
-    except (OSError, InsecureSecretFile, MissingKeyFile) as exc:
-        # port taken, unreadable state, a loose or lost key file
+    except (OSError, InsecureSecretFile, MissingKeyFile, BlockKeysMismatch) as exc:
+        # port taken, unreadable state, a loose, lost or swapped key file
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"Tessera local cloud: {url}  (state: {cloud.state.root})", err=False)

@@ -40,6 +40,7 @@ from tessera.local.relay import start_relay
 from tessera.local.server import Server
 from tessera.local.throttle import RequestThrottle
 from tessera.metadata import Database, migrate
+from tessera.metadata.key_check import check_block_keys
 from tessera.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ class LocalCloud(ServedCloud):
             min_size=self.settings.pool_min_size,
             max_size=self.settings.pool_max_size,
         )
+        check_block_keys(self._db, keys)  # before any block is served or judged
         self.services = Services(
             db=self._db,
             block_store=gateway.block_store,

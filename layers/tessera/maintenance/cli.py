@@ -41,6 +41,7 @@ def open_state(state: Path, database_url: str | None = None) -> Iterator[Mainten
     from tessera.adapters.local.secret_files import load_or_create
     from tessera.local.cloud import StatePaths, open_database
     from tessera.metadata import Database, migrate
+    from tessera.metadata.key_check import check_block_keys
 
     from .context import MaintenanceContext
     from .settings import MaintenanceSettings
@@ -62,10 +63,12 @@ def open_state(state: Path, database_url: str | None = None) -> Iterator[Mainten
         feed = PostgresChangeFeed(conninfo)
         try:
             with Database(conninfo, min_size=1, max_size=2) as db:
+                keys = KeyFileKeyService(paths.key_file)
+                check_block_keys(db, keys)  # a swapped key file: every block looks damaged
                 yield MaintenanceContext.build(
                     db=db,
                     store=store,
-                    keys=KeyFileKeyService(paths.key_file),
+                    keys=keys,
                     feed=feed,
                     settings=settings,
                 )
@@ -117,6 +120,7 @@ def run(
 ) -> None:
     """Run one maintenance workflow now and print what it did."""
     from tessera.domain.errors import TesseraError
+    from tessera.metadata.key_check import BlockKeysMismatch
 
     from .runner import parse_as_of, run_step, run_workflow
 
@@ -138,7 +142,7 @@ def run(
     except TesseraError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
-    except (FileNotFoundError, KeyError) as exc:
+    except (FileNotFoundError, KeyError, BlockKeysMismatch) as exc:
         typer.echo(f"error: {exc.args[0] if exc.args else exc}", err=True)
         raise typer.Exit(2) from exc
     if json_output:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tessera.metadata.key_check import check_block_keys
+
 from .context import MaintenanceContext
 from .runner import handle_event
 from .settings import MaintenanceSettings
@@ -34,12 +36,15 @@ def aws_context() -> MaintenanceContext:
 
 def make_handler(name: str, build: Callable[[], MaintenanceContext] = aws_context) -> Handler:
     """The Lambda handler of workflow `name`: parse the event, run the step, return its result."""
-    workflow(name)  # fail at import on a typo, not at the first invocation
+    decodes_blocks = workflow(name).decodes_blocks  # a typo fails at import, not later
     ctx: list[MaintenanceContext] = []
 
     def handler(event: Mapping[str, Any], _context: Any) -> dict[str, Any]:
         if not ctx:
-            ctx.append(build())
+            built = build()
+            if decodes_blocks:  # under a swapped secret, every block would look damaged
+                check_block_keys(built.repo.db, built.keys)
+            ctx.append(built)
         return handle_event(ctx[0], name, event)
 
     return handler

@@ -34,6 +34,9 @@ class Workflow:
     steps: tuple[Step, ...]
     schedule: str  # its EventBridge Scheduler expression on AWS (the one home of it)
     setting: str  # the Settings field holding the local scheduler's interval (seconds)
+    # Its steps decrypt stored blocks: its function is given the block keys (infra), and
+    # compares them with the recorded fingerprints at its cold start (`lambdas`)
+    decodes_blocks: bool = False
 
     def step(self, name: str) -> Step:
         """The step called `name`; KeyError naming the valid steps otherwise."""
@@ -58,6 +61,7 @@ WORKFLOWS: dict[str, Workflow] = {
             steps=(Step("verify", "decode each staged copy (decrypt, decompress, re-hash)"),),
             schedule="rate(1 hour)",  # a sweep: the dedup queue triggers it for each commit
             setting="dedup_interval_s",
+            decodes_blocks=True,
         ),
         Workflow(
             name="gc",
@@ -91,6 +95,7 @@ WORKFLOWS: dict[str, Workflow] = {
             # daily, 04:15 UTC: S3's restore-completed events settle restores in between
             schedule="cron(15 4 * * ? *)",
             setting="cold_interval_s",
+            decodes_blocks=True,
         ),
         Workflow(
             name="scrub",
@@ -111,6 +116,7 @@ WORKFLOWS: dict[str, Workflow] = {
             # weekly, Sunday 05:15 UTC: the scrub queue triggers `reported` for each report
             schedule="cron(15 5 ? * SUN *)",
             setting="scrub_interval_s",
+            decodes_blocks=True,
         ),
     )
 }

@@ -1498,6 +1498,19 @@ class Store:
         )
         self._expect_blocks(upload_id, expect)
 
+    def record_key_fingerprints(
+        self, found: Mapping[int, bytes]
+    ) -> dict[int, tuple[bytes, datetime]]:
+        """Record the fingerprint of each key version in `found` that has none yet; then
+        every recorded one: version → (fingerprint, when it was recorded)."""
+        self.conn.cursor().executemany(
+            "INSERT INTO key_fingerprints (key_version, fingerprint) VALUES (%s, %s)"
+            " ON CONFLICT (key_version) DO NOTHING",
+            list(found.items()),
+        )
+        rows = self._all("SELECT key_version, fingerprint, recorded_at FROM key_fingerprints")
+        return {int(v): (bytes(fp), at) for v, fp, at in rows}
+
     def stored_block_count(self) -> int:
         """How many blocks the database holds rows for (any state)."""
         row = self._one("SELECT count(*) FROM blocks", ())

@@ -1,0 +1,61 @@
+"""`check_block_keys`: each key version's secret against the fingerprint the metadata
+recorded the first time a process met it (real PostgreSQL, real key files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tessera.adapters.local.key_file import KeyFileKeyService
+from tessera.blocks import BlockFormatError, derive_block_key, key_fingerprint
+from tessera.metadata import Database
+from tessera.metadata.key_check import BlockKeysMismatch, check_block_keys
+
+
+def test_the_first_start_records_and_later_starts_compare(db: Database, tmp_path: Path) -> None:
+    keys = KeyFileKeyService(tmp_path / "keys.json")
+    check_block_keys(db, keys)
+    check_block_keys(db, keys)  # the same secrets: nothing to say
+    assert keys.rotate() == 2
+    check_block_keys(db, keys)  # a rotation's new version is recorded at its first start
+    recorded = {v: bytes(fp) for v, fp in db_rows(db)}
+    assert recorded == {v: key_fingerprint(keys.secret(v)) for v in (1, 2)}
+
+    swapped = KeyFileKeyService(tmp_path / "other.json")  # version 1 only, another secret
+    with pytest.raises(BlockKeysMismatch) as refused:
+        check_block_keys(db, swapped)
+    said = str(refused.value)
+    assert "key version 1's secret is not the one recorded" in said
+    assert "key version 2 (recorded on" in said and "is missing" in said
+    assert {v: bytes(fp) for v, fp in db_rows(db)} == recorded  # nothing overwritten
+
+
+def test_a_version_missing_from_the_key_file_is_refused(db: Database, tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    keys = KeyFileKeyService(path)
+    keys.rotate()
+    check_block_keys(db, keys)
+    state = json.loads(path.read_text())
+    del state["versions"]["1"]  # an older copy of the file lost its first version
+    path.write_text(json.dumps(state))
+    with pytest.raises(BlockKeysMismatch, match=r"key version 1 \(recorded on .*\) is missing"):
+        check_block_keys(db, KeyFileKeyService(path))
+
+
+def test_a_fingerprint_is_never_a_block_key(tmp_path: Path) -> None:
+    """Stored beside the blocks, a fingerprint must not be any block's key: the text it
+    keys on is no block id (which `derive_block_key` insists on)."""
+    secret = KeyFileKeyService(tmp_path / "keys.json").secret(1)
+    assert key_fingerprint(secret) != key_fingerprint(bytes(32))
+    assert key_fingerprint(secret) == key_fingerprint(bytes(secret))
+    with pytest.raises(BlockFormatError):
+        derive_block_key(secret, "tessera key fingerprint v1")
+
+
+def db_rows(db: Database) -> list[tuple[int, bytes]]:
+    with db.transaction() as store:
+        return store.conn.execute(
+            "SELECT key_version, fingerprint FROM key_fingerprints ORDER BY 1"
+        ).fetchall()
