@@ -77,10 +77,19 @@ class Device:
         return env
 
     def run(
-        self, *args: str, check: int | None = 0, timeout: float = 120
+        self,
+        *args: str,
+        check: int | None = 0,
+        timeout: float = 120,
+        prefix: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess[str]:
+        """`tessera ARGS` on this device (behind the command `prefix`, if any)."""
         r = subprocess.run(
-            tessera_cmd(*args), env=self.env(), capture_output=True, text=True, timeout=timeout
+            [*prefix, *tessera_cmd(*args)],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check is not None:
             assert r.returncode == check, (
@@ -91,9 +100,11 @@ class Device:
     def login(self) -> None:
         self.run("login", "--server", self.server, "--email", self.email, "--password", PASSWORD)
 
-    def sync(self, *extra: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+    def sync(
+        self, *extra: str, check: int | None = 0, prefix: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
         self.folder.mkdir(parents=True, exist_ok=True)
-        return self.run("sync", str(self.folder), "--once", *extra, check=check)
+        return self.run("sync", str(self.folder), "--once", *extra, check=check, prefix=prefix)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json").stdout)

@@ -9,7 +9,10 @@ import shutil
 import unicodedata
 from pathlib import Path
 
+import pytest
 from tessera_client.engine import SyncEngine
+
+from tests.permissions import permission_bound_prefix
 
 from .conftest import Cloud, Device, kept_both, make_device, snapshot, synced_on_both
 
@@ -51,6 +54,35 @@ def test_a_synced_file_that_becomes_ignored_stays_on_every_device(
     a.sync()
     assert (a.folder / "data.log").read_text() == "v1"
     assert (b.folder / "data.log").read_text() == "B's edit, ignored from now on"
+
+
+@pytest.mark.parametrize("unreadable", ["docs", ".tesseraignore"])
+def test_what_a_device_cannot_read_is_deleted_nowhere(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, unreadable: str
+) -> None:
+    """A folder the scan cannot list, or rules it cannot read, leave what they hold
+    unseen: its synced files are not taken for deleted (below the mass-delete gate, they
+    would have gone from the server and every device without a question)."""
+    a, b = _pair(inproc_cloud, devices, tmp_path)
+    a.write(".tesseraignore", "*.tmp\n")
+    a.write("docs/a.txt", "one")
+    a.write("docs/b.txt", "two")
+    a.write("keep.txt", "kept")
+    a.sync()
+    b.sync()
+    before, a_before = snapshot(b.folder), snapshot(a.folder)  # rules stay on their device
+    (a.folder / unreadable).chmod(0)
+    try:
+        r = a.sync(check=None, prefix=permission_bound_prefix())
+    finally:
+        (a.folder / unreadable).chmod(0o755)
+    said = " ".join((r.stdout + r.stderr).split())
+    assert "cannot list folder" in said or "cannot read it" in said, said
+    b.sync()
+    assert snapshot(b.folder) == before
+    assert not a.json("trash") and not b.json("trash")
+    a.sync()
+    assert snapshot(a.folder) == a_before
 
 
 def test_an_ignored_file_renamed_in_case_elsewhere_is_not_deleted(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from tessera.blocks import (
 )
 from tessera.blocks.workers import shared_pool
 from tests.corruption import with_last_byte_flipped
+from tests.permissions import permission_bound_prefix
 
 MiB = 1024 * 1024
 MakeFile = Callable[[bytes], Path]
@@ -347,13 +350,17 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
         scan_file(fifo)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads chmod-000 files; see test_blocks_cli")
-def test_unreadable_file_raises_permission_error(make_file: MakeFile) -> None:
+def test_unreadable_file_raises_permission_error_naming_it(make_file: MakeFile) -> None:
+    """In a subprocess file permissions apply to, even when the tests run as root."""
     p = make_file(b"secret")
     p.chmod(0)
-    with pytest.raises(PermissionError) as info:
-        scan_file(p)
-    assert info.value.filename == str(p)
+    probe = (
+        "import sys\nfrom tessera.blocks import scan_file\n"
+        "try:\n    scan_file(sys.argv[1])\nexcept PermissionError as e:\n    print(e.filename)"
+    )
+    cmd = [*permission_bound_prefix(), sys.executable, "-c", probe, str(p)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert (r.returncode, r.stdout.strip()) == (0, str(p)), r.stderr
 
 
 def test_a_small_file_growing_after_its_only_read_is_reported(make_file: MakeFile) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from typer.testing import CliRunner
 
 from tessera.blocks import chunking, scan_file
 from tessera_client.cli import app
+from tests.permissions import permission_bound_prefix
 
 TESSERA = Path(sys.executable).parent / "tessera"
 
@@ -60,13 +60,7 @@ def test_unreadable_file_gives_a_clear_message_and_exit_1(tmp_path: Path) -> Non
     p = tmp_path / "secret.bin"
     p.write_bytes(b"secret")
     p.chmod(0)
-    prefix: tuple[str, ...] = ()
-    if os.geteuid() == 0:  # root reads chmod-000 files unless it drops its DAC override
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and util-linux setpriv is not installed")
-        prefix = (setpriv, "--bounding-set=-dac_override,-dac_read_search")
-    r = run(p, prefix=prefix)
+    r = run(p, prefix=permission_bound_prefix())
     assert r.returncode == 1, r.stderr
     assert "permission denied" in r.stderr
     assert "Traceback" not in r.stderr
