@@ -145,6 +145,28 @@ def test_scheduler_runs_workflows_until_stopped(world: World) -> None:
     assert world.ctx.stopping.is_set()  # a step still running would end after its batch
 
 
+def test_a_failed_run_leaves_the_scheduler_running(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One store (or database) hiccup raised out of a run: the scheduler thread must log it
+    and try again at the next interval, not end (dedup, gc and scrub would never run again
+    until the local cloud restarted)."""
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    failures: list[str] = []
+    get = world.store.get
+
+    def get_failing_once(key: str) -> bytes:
+        if not failures:
+            failures.append(key)
+            raise RuntimeError("the block store hiccuped")
+        return get(key)
+
+    monkeypatch.setattr(world.store, "get", get_failing_once)
+    sched = MaintenanceScheduler(world.ctx, {"dedup": 0.1})
+    _run_until_verified(world, sched.start, sched.stop)
+    assert failures and sched.runs["dedup"] >= 2  # the failed run, then one that verified
+
+
 def test_a_stopping_context_ends_a_run_after_its_batch_and_leaves_the_rest(
     world: World,
 ) -> None:

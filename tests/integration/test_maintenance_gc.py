@@ -332,6 +332,30 @@ def test_old_versions_go_but_latest_and_shared_blocks_stay(world: World) -> None
     assert_nothing_dangles(world)
 
 
+def test_a_version_is_kept_while_it_was_current_within_the_retention(world: World) -> None:
+    """A version written 40 days ago but replaced only 10 days ago was the file's content
+    20 days ago: restoring "as of three weeks ago" needs it, so its own age alone must not
+    purge it (the test above writes every version in the same instant, where the two
+    conditions are one)."""
+    revs = [secrets.token_bytes(BLOCK + n) for n in range(3)]
+    for data in revs:
+        world.put(ALICE, "/doc.txt", data)
+    world.run("dedup")
+    for rev, days in ((1, 40), (2, 10)):
+        world.sql(
+            "UPDATE file_versions SET server_time = now() - make_interval(days => %s)"
+            " WHERE rev = %s RETURNING rev",
+            days,
+            rev,
+        )
+    assert _gc(world, days=0).versions_purged == 0  # rev 1 was current until 10 days ago
+    assert world.sql("SELECT rev FROM file_versions ORDER BY rev") == [(1,), (2,), (3,)]
+    assert _gc(world, days=21).versions_purged == 1  # now replaced 31 days before as_of
+    assert world.sql("SELECT rev FROM file_versions ORDER BY rev") == [(2,), (3,)]
+    assert world.get(ALICE, "/doc.txt") == revs[2]
+    assert_nothing_dangles(world)
+
+
 def test_a_block_shared_with_another_user_survives_the_other_purge(world: World) -> None:
     data = secrets.token_bytes(2 * BLOCK)
     world.put(ALICE, "/a.bin", data)
