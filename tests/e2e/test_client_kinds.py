@@ -7,9 +7,13 @@ from __future__ import annotations
 import shutil
 from datetime import date
 
+import pytest
+
 from tessera_client.engine import SyncEngine
 
 from .conftest import snapshot, synced_on_both
+
+pytestmark = pytest.mark.e2e
 
 
 def _copy(name: str, device: str) -> str:

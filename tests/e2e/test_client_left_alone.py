@@ -10,11 +10,13 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from tessera_client.engine import SyncEngine
 
+from tessera_client.engine import SyncEngine
 from tests.permissions import permission_bound_prefix
 
 from .conftest import Cloud, Device, kept_both, make_device, snapshot, synced_on_both
+
+pytestmark = pytest.mark.e2e
 
 
 def _pair(cloud: Cloud, devices: list[Device], tmp_path: Path) -> tuple[Device, Device]:

@@ -24,6 +24,8 @@ from tessera_client.transfer import Transfers, UploadItem, UploadResult
 
 from .conftest import Cloud, Device, make_device
 
+pytestmark = pytest.mark.e2e
+
 
 class RecordingApi(Api):
     """The real client API, noting when block PUTs and commits start (and failing a PUT
@@ -36,7 +38,10 @@ class RecordingApi(Api):
         self.latency = latency  # a block store's, so windows overlap commits
         self.log: list[tuple[str, float]] = []
         self.fail_put_after = fail_put_after
-        self.slow_commits, self.commit_delay = 0, 0.0  # the first `slow_commits` are slow
+        # the first `slow_commits` commits wait until `puts_before_commits` PUTs are done
+        self.slow_commits, self.puts_before_commits = 0, 0
+        self._puts_done = 0
+        self._enough_puts = threading.Event()
         self.in_flight = self.most_in_flight = 0
         self._lock = threading.Lock()
 
@@ -47,7 +52,7 @@ class RecordingApi(Api):
             earlier = sum(1 for kind, _ in self.log if kind == "commit")
             self.log.append(("commit", time.monotonic()))
         if earlier < self.slow_commits:
-            time.sleep(self.commit_delay)
+            assert self._enough_puts.wait(30), "the PUTs a slow commit waits for never came"
         answer = super().call(route, *args, **kwargs)
         with self._lock:
             self.log.append(("committed", time.monotonic()))
@@ -65,7 +70,12 @@ class RecordingApi(Api):
             if self.fail_put_after is not None and puts >= self.fail_put_after:
                 raise ApiError(503, "unavailable", "the block store is down", {})
             time.sleep(self.latency)
-            return super().transfer(method, url, headers, content)
+            answer = super().transfer(method, url, headers, content)
+            with self._lock:
+                self._puts_done += 1
+                if self._puts_done >= self.puts_before_commits:
+                    self._enough_puts.set()
+            return answer
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -172,8 +182,10 @@ def test_slow_commits_do_not_hold_up_the_next_and_later_windows_go_together(
     monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 2)
     a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
     api = RecordingApi(inproc_cloud.url, Home(a.home), latency=0.05)
-    api.slow_commits, api.commit_delay = 2, 1.0
     items = _items(a, 10)  # five windows of two files
+    # the first two commits come back only once every window is sent, so windows 3-5 are
+    # all done while both are out, however slow this machine is
+    api.slow_commits, api.puts_before_commits = 2, len(items)
     handed: list[str] = []
     xfer = _transfers(a, api)
     try:

@@ -18,6 +18,8 @@ from tessera_client.fs import MTIME_GRANULARITY_NS
 
 from .conftest import kept_both, snapshot, synced_on_both
 
+pytestmark = pytest.mark.e2e
+
 
 def test_a_rename_racing_an_edit_elsewhere_keeps_the_edit(
     engines: tuple[SyncEngine, SyncEngine],

@@ -15,6 +15,8 @@ from tessera_client.fs import MTIME_GRANULARITY_NS
 
 from .conftest import kept_both, snapshot, synced_on_both
 
+pytestmark = pytest.mark.e2e
+
 
 def test_a_case_only_rename_and_an_edit_after_it_reach_the_other_device(
     engines: tuple[SyncEngine, SyncEngine],

@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -377,6 +377,25 @@ def test_a_missing_synced_folder_is_not_created_empty(
     assert r.returncode != 0 and "missing" in r.stderr and "mount" in r.stderr
     assert not a.folder.exists()
     assert len(a.json("ls")) == 3  # nothing deleted on the server
+
+
+def test_more_deletions_than_the_file_limit_pause_whatever_their_share(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """The absolute limit (`mass_delete_files`, 50 by default: 200 of 1,000 files is only
+    20 %) pauses on its own; the limit is lowered here so that the share rule, which needs
+    at least `mass_delete_min` (10) deletions, cannot be what fires."""
+    a, _ = engines
+    a.settings = replace(a.settings, mass_delete_files=5)
+    for i in range(30):
+        (a.folder / f"f{i:02}.txt").write_text(f"file {i}")
+    a.run_once()
+    for i in range(6):  # 20 % of the files, fewer than mass_delete_min
+        (a.folder / f"f{i:02}.txt").unlink()
+    result = a.run_once()
+    assert result.paused_deletes == 6 and len(a.state.base_tree()) == 30
+    listed = a.api.call("/v1/list_folder", {"path": "", "recursive": True})["entries"]
+    assert len(listed) == 30  # nothing deleted on the server
 
 
 def test_an_approved_mass_delete_approves_only_that_one(

