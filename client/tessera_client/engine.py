@@ -591,7 +591,9 @@ class SyncEngine:
                 uploads.append(
                     (UploadItem(copy, manifest, stats[path_key(copy)], None, seen), None)
                 )
-            self._download(op.path, op.remote, None)
+            # the server's file takes the permissions of the one moved aside (a private
+            # file stays private; a script stays executable)
+            self._download(op.path, op.remote, None, mode_from=copy)
             return True
         if k == OpKind.DELETE_LOCAL:
             if self._unchanged(op.path, stats):
@@ -686,10 +688,12 @@ class SyncEngine:
         self.reporter.event(f"conflict: your {what} {op.path} kept as {copy} ({reason})")
         return True
 
-    def _download(self, path: str, remote: Entry, expect: Stat | None) -> None:
+    def _download(
+        self, path: str, remote: Entry, expect: Stat | None, *, mode_from: str | None = None
+    ) -> None:
         self._sizes[path] = remote.size
         fetched = self.transfers.download(
-            path, remote.file_id, remote.rev, remote.content_hash, expect
+            path, remote.file_id, remote.rev, remote.content_hash, expect, mode_from=mode_from
         )
         self._record_download(path, remote, fetched)
 
@@ -914,7 +918,7 @@ class SyncEngine:
                 )
                 if remote is not None:
                     with contextlib.suppress(ApiError, LocalChangedError):
-                        self._download(path, remote, None)
+                        self._download(path, remote, None, mode_from=copy)
         return True
 
     def _planned_copy_name(self, op: Op) -> str:

@@ -633,11 +633,15 @@ class Transfers:
         rev: int,
         expected_hash: str,
         expect_local: Stat | None,
+        *,
+        mode_from: str | None = None,
     ) -> tuple[FileEntry, Stat, list[str]]:
         """Download `rev` of a file into `path`, verified, atomically. Returns (entry, stat, ids).
 
         `expect_local` is what the planner saw at `path` (None: nothing). If the local file
         no longer matches it when the download is ready, it is left alone (LocalChangedError).
+        The new file takes the permissions of the file at `mode_from` (default: `path`):
+        a conflict moves the local file aside first, and its copy's are the ones to keep.
         """
         self.fs.check_fits(path)
         first = self._download_page(path, file_id, rev, 0)
@@ -645,9 +649,14 @@ class Transfers:
             raise IntegrityError(f"{path}: the server sent another version than it listed")
         plan = _BlockPlan(path, file_id, rev, first.entry)
         folder = parent_of(path)
-        if folder:
-            self.fs.makedirs(folder)
-        tmp, handle = self.fs.create_temp(folder, like=path)
+        try:
+            if folder:
+                self.fs.makedirs(folder)
+            tmp, handle = self.fs.create_temp(folder, like=mode_from or path)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:  # out of inodes, or of room for a folder
+                raise _disk_full(path) from e
+            raise
         try:
             with handle:
                 for plaintext in self._fetch_blocks(first, plan):
@@ -658,14 +667,16 @@ class Transfers:
                 plan.check_complete()
                 self.fs.fsync(handle)
             if first.entry.mtime is not None:
-                self.fs.set_mtime(tmp, int(first.entry.mtime.timestamp() * 1e9))
+                # a time this disk cannot hold keeps the download's own
+                with contextlib.suppress(OverflowError, ValueError):
+                    self.fs.set_mtime(tmp, int(first.entry.mtime.timestamp() * 1e9))
             self._check_local(path, expect_local)
             self.fs.rename(tmp, path)
         except BaseException as e:
             with contextlib.suppress(OSError):
                 self.fs.remove(tmp)
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                raise DiskFullError(errno.ENOSPC, f"disk full while downloading {path}") from e
+                raise _disk_full(path) from e
             raise
         self.stats.files_down += 1
         return first.entry, self.fs.lstat(path), plan.ids
@@ -884,3 +895,9 @@ def _windows(work: list[Work], items: list[UploadItem]) -> Iterator[list[Work]]:
 def _window_cap(left: int) -> int:
     """The bytes a window may hold when `left` bytes are still to be sent."""
     return max(TAIL_WINDOW_BYTES, min(WINDOW_BYTES, left // 2))
+
+
+def _disk_full(path: str) -> DiskFullError:
+    """What a download out of room raises: the round then stops its other downloads at
+    once, instead of failing each with its own message."""
+    return DiskFullError(errno.ENOSPC, f"disk full while downloading {path}")

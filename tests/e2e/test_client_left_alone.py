@@ -182,6 +182,30 @@ def test_a_download_over_a_file_keeps_its_permissions(
         assert (b.folder / name).stat().st_mode & 0o777 == mode, name
 
 
+def test_the_server_side_of_a_conflict_keeps_the_local_files_permissions(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A conflict moves the local file to its conflicted copy before the server's version
+    comes down: the download found nothing at the path to take the mode of, and a private
+    file came back readable by everyone (0644), a script not executable."""
+    a, b = engines
+    for name, mode in (("secret.txt", 0o600), ("run.sh", 0o755)):
+        synced_on_both(a, b, name, "v1")
+        (b.folder / name).chmod(mode)
+        (a.folder / name).write_text("A's edit")
+        (b.folder / name).write_text("B's edit")
+        a.run_once()
+        b.run_once()  # a conflict: B's edit kept as a copy, A's comes down in its place
+        assert (b.folder / name).read_text() == "A's edit"
+        [copy] = [p for p in b.folder.iterdir() if "conflicted copy" in p.name]
+        assert copy.read_text() == "B's edit"
+        assert (b.folder / name).stat().st_mode & 0o777 == mode, name
+        assert copy.stat().st_mode & 0o777 == mode, name
+        copy.unlink()
+        b.run_once()
+        a.run_once()
+
+
 def test_a_conflicted_copys_folder_turned_into_a_symlink_ends_no_round(
     engines: tuple[SyncEngine, SyncEngine], tmp_path: Path
 ) -> None:

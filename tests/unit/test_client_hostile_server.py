@@ -489,6 +489,38 @@ def test_full_disk_stops_downloads_without_corruption(tmp_path: Path, evil: Evil
     assert not [n for n in fake.nodes if TEMP_PREFIX in n]
 
 
+def test_no_room_for_a_new_file_stops_downloads_as_a_full_disk(tmp_path: Path, evil: Evil) -> None:
+    """Out of inodes (or of room for a new folder), the temp file cannot be created: that
+    ENOSPC came before the download's full-disk handling, so every queued download failed
+    on its own, each with its own message, instead of the round stopping them once."""
+
+    class NoInodesLeft(FakeFilesystem):
+        def create_temp(self, folder: str, *, like: str | None = None) -> Any:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    for n in range(3):
+        evil.add_file(f"/f{n}.txt", b"x" * 10, fid=f"f{n}")
+    engine = _engine(tmp_path, evil, fs=NoInodesLeft())
+    result = engine.run_once(max_rounds=1)
+    engine.close()
+    assert result.disk_full
+    assert [p for p in result.problems if "disk is full" in p] == result.problems, result.problems
+
+
+def test_a_modification_time_without_a_zone_is_taken_as_utc_not_a_crash(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """A naive `mtime` in year 1 failed `.timestamp()` (local time before the epoch's
+    reach) with a ValueError out of the round: a traceback, every round."""
+    evil.add_file("/old.txt", b"from the dawn of time", fid="o")
+    evil.entries[0]["mtime"] = "0001-01-01T00:00:00"
+    engine = _engine(tmp_path, evil)
+    result = engine.run_once()
+    engine.close()
+    assert result.problems == []
+    assert (tmp_path / "root" / "sync" / "old.txt").read_bytes() == b"from the dawn of time"
+
+
 def test_a_full_disk_under_the_state_database_pauses_the_sync_and_loses_nothing(
     tmp_path: Path, evil: Evil
 ) -> None:
@@ -845,12 +877,13 @@ def test_news_arriving_as_the_daemon_checks_for_it_still_gets_a_pull(
     assert pulls[0] and pulls[2], pulls
 
 
-def _uploads_answer(key: bytes = KEY) -> Callable[[dict[str, Any]], Any]:
-    """`/v1/uploads`: every block needed, under `key`."""
+def _uploads_answer(key: bytes = KEY, key_version: int = 1) -> Callable[[dict[str, Any]], Any]:
+    """`/v1/uploads`: every block needed, under `key` of `key_version`."""
 
     def answer(body: dict[str, Any]) -> Any:
         ids = {b["id"] for f in body["files"] for b in f["blocks"]}
-        needed = [{"id": i, "key_version": 1, "key": base64.b64encode(key).decode()} for i in ids]
+        key64 = base64.b64encode(key).decode()
+        needed = [{"id": i, "key_version": key_version, "key": key64} for i in ids]
         return {"upload_id": "u1", "expires_at": "2099-01-01T00:00:00Z", "needed": needed}
 
     return answer
@@ -888,7 +921,7 @@ def _commit_batch_answer(drop: int) -> Callable[[dict[str, Any]], Any]:
 
 @pytest.mark.parametrize(
     "lie",
-    ["short key", "missing URL", "missing commit result"],
+    ["short key", "key version out of range", "missing URL", "missing commit result"],
 )
 def test_a_malformed_upload_answer_is_reported_not_a_crash(
     tmp_path: Path, evil: Evil, lie: str
@@ -898,7 +931,10 @@ def test_a_malformed_upload_answer_is_reported_not_a_crash(
     it ended the round and the daemon. Now each is the server's malformed answer (502),
     reported, and the round ends normally."""
     evil.answers = {
-        "/v1/uploads": _uploads_answer(KEY[:16] if lie == "short key" else KEY),
+        "/v1/uploads": _uploads_answer(
+            KEY[:16] if lie == "short key" else KEY,
+            2**32 if lie == "key version out of range" else 1,
+        ),
         "/v1/uploads/urls": _urls_answer(evil, drop=1 if lie == "missing URL" else 0),
         "/v1/commit_batch": _commit_batch_answer(drop=1 if lie == "missing commit result" else 0),
     }
@@ -910,6 +946,7 @@ def test_a_malformed_upload_answer_is_reported_not_a_crash(
     reported = "\n".join(result.problems)
     expected = {
         "short key": "does not fit at needed.0.key",
+        "key version out of range": "does not fit at needed.0.key_version",
         "missing URL": "answered 1 block URLs for the 2 asked for",
         "missing commit result": "answered 1 commit results for the 2 asked for",
     }[lie]

@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from tessera.blocks.codec import MAX_KEY_VERSION
+
 BlockId = Annotated[
     str,
     Field(
@@ -29,6 +31,9 @@ BlockKeyB64 = Annotated[
     str,
     Field(pattern=BASE64_OF_32_BYTES, description="base64 of the 32-byte AES-256-GCM block key"),
 ]
+# The key version a stored block's header can name (4 bytes): checked on answers too, where
+# another number failed the client's encoder with a ValueError, a crash every round
+KeyVersion = Annotated[int, Field(ge=0, le=MAX_KEY_VERSION)]
 # Raw paths are checked by tessera.domain.paths (422 with a clear message), not by a regex.
 PathStr = Annotated[str, Field(max_length=8192, description="a path in the caller's view")]
 FileId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -98,7 +103,7 @@ class FileEntry(Model):
     rev: int
     size: int
     content_hash: str
-    mtime: datetime | None = Field(default=None, description="client modification time")
+    mtime: ClientTime | None = Field(default=None, description="client modification time")
     server_modified: datetime
     ns_id: int
 
@@ -161,7 +166,7 @@ class BlockKey(Model):
     """A block the caller must upload, with the key to encode it under."""
 
     id: BlockId
-    key_version: int
+    key_version: KeyVersion
     key: BlockKeyB64
 
 
@@ -344,7 +349,7 @@ class DownloadBlock(Model):
     method: str
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
-    key_version: int
+    key_version: KeyVersion
     key: BlockKeyB64
 
 
