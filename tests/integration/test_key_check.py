@@ -44,6 +44,36 @@ def test_a_version_missing_from_the_key_file_is_refused(db: Database, tmp_path: 
         check_block_keys(db, KeyFileKeyService(path))
 
 
+def test_a_maintenance_function_refusing_the_keys_leaves_no_pool_open(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The handler builds its context again at the next invocation (a queue redelivers):
+    each refused start left a connection pool open, for as long as the sandbox lived."""
+    from tessera.adapters.local.block_store import FilesystemBlockStore
+    from tessera.maintenance.context import MaintenanceContext
+    from tessera.maintenance.lambdas import make_handler
+
+    with Database(database_url, min_size=0, max_size=1) as first:
+        check_block_keys(first, KeyFileKeyService(tmp_path / "keys.json"))
+    built: list[MaintenanceContext] = []
+
+    def build() -> MaintenanceContext:
+        ctx = MaintenanceContext.build(
+            db=Database(database_url, min_size=1, max_size=1),
+            store=FilesystemBlockStore(tmp_path / "blocks", "http://127.0.0.1", b"k" * 32),
+            keys=KeyFileKeyService(tmp_path / "other.json"),  # another secret: refused
+            feed=None,
+        )
+        built.append(ctx)
+        return ctx
+
+    handler = make_handler("scrub", build=build)
+    for _ in range(2):
+        with pytest.raises(BlockKeysMismatch):
+            handler({"step": "scrub", "input": {}}, None)
+    assert len(built) == 2 and all(ctx.repo.db.pool.closed for ctx in built)
+
+
 def test_a_fingerprint_is_never_a_block_key(tmp_path: Path) -> None:
     """Stored beside the blocks, a fingerprint must not be any block's key: the text it
     keys on is no block id (which `derive_block_key` insists on)."""

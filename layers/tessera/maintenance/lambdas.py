@@ -43,7 +43,11 @@ def make_handler(name: str, build: Callable[[], MaintenanceContext] = aws_contex
         if not ctx:
             built = build()
             if decodes_blocks:  # under a swapped secret, every block would look damaged
-                check_block_keys(built.repo.db, built.keys)
+                try:
+                    check_block_keys(built.repo.db, built.keys)
+                except BaseException:  # the next invocation builds anew: no pool left open
+                    built.repo.db.close()
+                    raise
             ctx.append(built)
         return handle_event(ctx[0], name, event)
 
