@@ -637,6 +637,27 @@ def test_a_fresh_upload_of_a_cold_block_brings_it_back_hot(world: World) -> None
     assert head is not None and head.tier is StorageTier.HOT
 
 
+def test_a_promotion_that_cannot_lock_the_row_leaves_the_cold_object_alone(
+    world: World, database_url: str
+) -> None:
+    """Dedup copied a fresh upload over the cold object, then waited for the row's lock
+    (a download or a batch commit holds it across S3 calls) and gave up after 2 s: the
+    object was hot new bytes under a row still describing the cold ones, and a later
+    dedup dropped copies against it on a HEAD alone. The row is now locked first."""
+    data, key = _cold_file(world)
+    world.put(BOB, "/b.bin", data)
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT 1 FROM blocks FOR UPDATE")  # until this block ends
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            world.run_as(DedupResult, "dedup")
+    head = world.store.head(key)
+    assert head is not None and head.tier is StorageTier.COLD  # untouched
+    assert world.sql("SELECT state FROM blocks") == [("cold",)]
+    assert world.run_as(DedupResult, "dedup").promoted == 1  # the lock free: promoted
+    assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
+    assert world.get(ALICE, "/f.bin") == data
+
+
 def test_bytes_put_after_verification_never_replace_a_cold_block(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

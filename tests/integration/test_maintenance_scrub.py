@@ -159,6 +159,25 @@ def test_a_size_a_lying_first_committer_declared_is_corrected_by_verification(
     assert world.get(ALICE, "/a.bin") == data
 
 
+@pytest.mark.parametrize("column", ["key_version", "stored_size"])
+def test_intact_bytes_a_stale_row_misdescribes_mend_the_row_not_quarantine(
+    world: World, column: str
+) -> None:
+    """A promotion or repair whose row update was lost leaves a valid encoding of the block
+    under a row naming another key version or stored size: downloads were handed the wrong
+    key, and scrub, finding no duplicate, quarantined the good bytes for every holder."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    world.run("dedup")
+    before = world.sql(f"SELECT {column} FROM blocks")
+    world.sql(f"UPDATE blocks SET {column} = {column} + 1 RETURNING 1")  # a stale row
+    result = _scrub(world)
+    assert (result.damaged, result.repaired, result.unrepaired) == (1, 1, 0)
+    assert world.sql(f"SELECT {column} FROM blocks") == before
+    assert world.sql("SELECT state FROM blocks") == [("live",)]
+    assert world.get(ALICE, "/a.bin") == data
+
+
 def test_damaged_block_is_repaired_from_a_staged_duplicate(world: World) -> None:
     data, _ = _damaged_file(world, 0)
     world.put(BOB, "/b.bin", data)  # bob's copies wait for dedup: a verified duplicate

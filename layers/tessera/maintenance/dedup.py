@@ -113,7 +113,11 @@ def _settle(
                 result.bytes_freed += check.stored_size
             else:
                 # A cold or restoring row's object (or a live row's, out of the hot tier)
-                # is the block: a copy that does not verify must never replace it.
+                # is the block: a copy that does not verify must never replace it. The row
+                # is locked first: given up on after the copy (a download or a batch commit
+                # holds it across S3 calls), it left new bytes under a row describing the
+                # old ones, and later copies were dropped against them on a HEAD alone.
+                tx.block(bid, for_update=True)
                 promoted = copy_verified(
                     store,
                     ctx.keys,
@@ -128,7 +132,6 @@ def _settle(
                     # the copy (reading what is there now)
                     log.warning("dedup: %s changed after it was verified", copy.staged_key)
                     return
-                tx.block(bid, for_update=True)
                 # what the copy took and verified where it landed: the first read's
                 # bytes may have been replaced since by another valid encoding (another
                 # stored size, another key version) through a second URL

@@ -30,6 +30,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from tessera.domain.object_keys import CANONICAL_PREFIX, canonical_key
@@ -61,7 +62,8 @@ def _check(ctx: MaintenanceContext, row: BlockRow) -> Check:
         expect_key_version=row.key_version,
     )
     if check.ok and row.stored_size is not None and check.stored_size != row.stored_size:
-        return Check(False, f"stored size {check.stored_size}, metadata says {row.stored_size}")
+        why = f"stored size {check.stored_size}, metadata says {row.stored_size}"
+        return replace(check, ok=False, reason=why, unrecorded=True)
     if row.state == "cold" and check.reason == NOT_RESTORED:
         # its restored copy expired between the head and the read: as intact as head said
         return Check(True, stored_size=row.stored_size or 0)
@@ -294,12 +296,23 @@ def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResu
             log.warning("scrub: %s is live but its object is cold: recorded cold", bid)
             return
         result.damaged += 1
+        if check.unrecorded and row.state == "live":
+            # Intact bytes its row misdescribes (a copy landed, then its row update was
+            # lost): downloaders were handed the wrong key version. The row is mended,
+            # where quarantine had told every holder of damage over good bytes.
+            tx.block(bid, for_update=True)
+            tx.mark_live(
+                bid, size=row.size, stored_size=check.stored_size, key_version=check.key_version
+            )
+            result.repaired += 1
+            log.warning("scrub: %s's row was mended: %s", bid, check.reason)
+            return
         log.error("scrub: %s is damaged: %s", bid, check.reason)
         versions = ctx.store.earlier_versions(canonical_key(bid))
+        tx.block(bid, for_update=True)  # before the copy, as dedup's promotion does
         repaired = _copy_back(ctx, tx, row, versions)
         if repaired is not None:
             source, copied = repaired
-            tx.block(bid, for_update=True)
             tx.mark_live(  # what the copy took (see dedup's promotion)
                 bid,
                 size=row.size,

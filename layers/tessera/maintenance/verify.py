@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tessera.blocks import BlockError, decode_block, stored_key_version
 from tessera.domain.errors import TesseraError
@@ -26,6 +26,9 @@ class Check:
     stored_size: int = 0
     key_version: int = 0
     plain_size: int = 0
+    # The bytes are the block, but not as the metadata records them (another stored size
+    # or key version): the row is what is wrong, not the object
+    unrecorded: bool = False
 
 
 def check_stored(
@@ -63,11 +66,13 @@ def check_stored(
         return Check(False, f"{exc.code}: {exc.message}", stored_size=len(stored))
     except KeyError:
         return Check(False, "unknown key version", stored_size=len(stored))
-    if expect_key_version is not None and version != expect_key_version:
-        return Check(False, f"key version {version}, metadata says {expect_key_version}")
     if expect_plain_size is not None and len(plain) != expect_plain_size:
         return Check(False, f"size {len(plain)}, declared {expect_plain_size}")
-    return Check(True, stored_size=len(stored), key_version=version, plain_size=len(plain))
+    found = Check(True, stored_size=len(stored), key_version=version, plain_size=len(plain))
+    if expect_key_version is not None and version != expect_key_version:
+        why = f"key version {version}, metadata says {expect_key_version}"
+        return replace(found, ok=False, reason=why, unrecorded=True)
+    return found
 
 
 def copy_verified(
