@@ -209,6 +209,22 @@ def test_a_check_that_fails_holds_back_no_report_and_is_retried(
     assert world.get(ALICE, "/one.bin") == data1
 
 
+def test_a_reported_block_found_beyond_repair_ends_its_queue_batch(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quarantine is a verdict, reported among the step's errors: it failed the queue
+    batch as a failed check does, so SQS delivered it again (its report already checked)
+    and counted a Lambda error, five times, then dead-lettered it and alarmed."""
+    _data, entry, bad = _overwritten(world)
+    _report(world, ALICE, entry, bad)
+    monkeypatch.setattr(world.store, "earlier_versions", lambda key: [])  # all expired
+    message = {"body": json.dumps({"detail": {"payload": {"block_id": bad}}})}
+    result = handle_event(world.ctx, "scrub", {"Records": [message]})
+    assert (result["damaged"], result["unrepaired"], result["put_off"]) == (1, 1, 0)
+    assert world.sql("SELECT state FROM blocks WHERE block_id = %s", bad) == [("quarantined",)]
+    assert _pending(world) == []
+
+
 def test_a_blocks_reports_are_claimed_together_by_one_run(world: World) -> None:
     """Two users' reports of one block: one run claims both and reads the block once; a
     run at the same time finds nothing to claim."""

@@ -104,3 +104,4 @@ class ScrubResult(StepResult):
     repaired: int = 0  # undeleted, or rewritten from a verified duplicate or earlier version
     unrepaired: int = 0  # none: block quarantined, owners told
     found_cold: int = 0  # live row over a cold object: recorded cold, restored on read
+    put_off: int = 0  # reported blocks whose check failed (not a verdict): tried again later

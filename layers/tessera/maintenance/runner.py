@@ -168,14 +168,15 @@ class ReportsLeft(Exception):
     """A queue batch's reports outlasted the step's budget, or a check failed: failing the
     invocation has SQS deliver the batch again after its visibility timeout (the reports
     checked by then are not checked twice; after five tries it goes to the dead-letter
-    queue, alarmed), where returning would have left the rest for the weekly run."""
+    queue, alarmed), where returning would have left the rest for the weekly run. A verdict
+    is no failure: a block found beyond repair (quarantined, its holders told) is done."""
 
 
 def _check_reported_blocks(ctx: MaintenanceContext, bodies: list[dict[str, Any]]) -> StepResult:
     """Check the reported blocks the messages name, or every pending report if none."""
     blocks = _named(bodies, "block_id")
     result = scrub.reported(ctx, ctx.clock.now(), block_ids=blocks or None)
-    if result.more or result.errors:
+    if result.more or result.put_off:
         raise ReportsLeft(f"reports left after {result.checked} checks: {result.to_dict()}")
     return result
 

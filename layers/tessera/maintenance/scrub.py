@@ -176,6 +176,7 @@ def reported(
             except Exception as e:  # whatever it was: tried again later, not in a loop now
                 log.exception("scrub: the check of reported block %s failed", bid)
                 result.errors.append(f"{bid}: {e}")
+                result.put_off += 1
                 with ctx.repo.transaction() as tx:
                     tx.put_off_reports(bid, REPORT_RETRY_S)
                 continue
