@@ -356,6 +356,21 @@ def test_a_version_is_kept_while_it_was_current_within_the_retention(world: Worl
     assert_nothing_dangles(world)
 
 
+def test_a_purge_run_as_of_the_past_still_gives_freed_blocks_their_grace(world: World) -> None:
+    """A block freed by a run `--as-of` ten days ago was noted as freed then: the next
+    ordinary run deleted it at once, without the day's grace that lets an upload which
+    was told the block exists commit it."""
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    world.run("dedup")
+    world.delete(ALICE, "/a.bin")
+    world.sql("UPDATE files SET deleted_at = now() - interval '60 days' RETURNING 1")
+    world.sql("UPDATE upload_sessions SET state = 'expired' RETURNING 1")  # done long ago
+    assert _gc(world, days=-10).trash_files_purged == 1  # 50 days in the trash then
+    print("DBG", world.sql("SELECT refcount, zero_since, updated_at, now() FROM blocks"))
+    assert _gc(world, days=0).blocks_deleted == 0  # freed now, whatever the run's as-of
+    assert _gc(world, days=2).blocks_deleted == 1
+
+
 def test_a_block_shared_with_another_user_survives_the_other_purge(world: World) -> None:
     data = secrets.token_bytes(2 * BLOCK)
     world.put(ALICE, "/a.bin", data)

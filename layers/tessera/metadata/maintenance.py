@@ -398,7 +398,9 @@ class MaintenanceTx:
         return freed
 
     def release_refs(self, freed: dict[str, int], at: datetime) -> int:
-        """Decrement refcounts (rows locked in block-id order); blocks reaching 0 note `at`.
+        """Decrement refcounts (rows locked in block-id order); blocks reaching 0 note `at`,
+        or now if `at` is past: a run as of last week (`--as-of`) releases them now, and
+        noting last week had the next ordinary run delete them without their grace.
 
         Returns how many blocks reached refcount 0.
         """
@@ -410,7 +412,8 @@ class MaintenanceTx:
         )
         rows = self._all(
             "UPDATE blocks b SET refcount = GREATEST(b.refcount - d.n, 0),"
-            " zero_since = CASE WHEN b.refcount - d.n <= 0 THEN %s ELSE b.zero_since END,"
+            " zero_since = CASE WHEN b.refcount - d.n <= 0"
+            "   THEN GREATEST(%s::timestamptz, now()) ELSE b.zero_since END,"
             " updated_at = now()"
             " FROM unnest(%s::text[], %s::bigint[]) AS d(block_id, n)"
             " WHERE b.block_id = d.block_id RETURNING b.refcount",
