@@ -395,6 +395,28 @@ def test_an_inventory_pass_resumes_where_its_budget_ran_out(
         gen.close()
 
 
+def test_an_inventory_chunk_of_many_repairs_stops_between_them_when_out_of_time(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The budget was looked at only between chunks: one chunk of hundreds of repairs ran
+    the function past Lambda's 15 minutes, which fails the weekly run. A call now stops
+    after the repair that spent it, and the next resumes at the first suspect left."""
+    gen = make_world(database_url, tmp_path, batch_size=5, step_budget_s=0.0)
+    w = next(gen)
+    try:
+        data, ids = _stored_blocks(w, 5)
+        for n in (1, 2, 4):
+            w.store.delete(object_keys.canonical_key(ids[n]))
+        calls = [_inventory(w)]
+        while calls[-1].more:
+            calls.append(_inventory(w))
+        assert [c.repaired for c in calls] == [1, 1, 1]
+        assert [c.more for c in calls] == [True, True, False]
+        assert w.get(ALICE, "/a.bin") == data
+    finally:
+        gen.close()
+
+
 def test_objects_without_a_row_between_blocks_hold_no_pass_back(
     database_url: str, tmp_path: Path
 ) -> None:

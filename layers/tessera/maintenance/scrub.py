@@ -76,8 +76,13 @@ _INVENTORY = "scrub.inventory"  # its pass position (`MaintenanceTx.pass_positio
 def inventory(ctx: MaintenanceContext, as_of: datetime) -> ScrubResult:
     """Compare the store's listing of canonical objects with the live and cold rows, a
     chunk of `batch_size` rows per batch, resuming the pass under way; repair (or
-    quarantine) each block whose object is missing or of another size than its row says."""
+    quarantine) each block whose object is missing or of another size than its row says.
+
+    The step's budget is looked at between repairs too (a chunk can hold hundreds, a
+    second each on S3, which ran the function past Lambda's 15 minutes): the pass then
+    resumes at the first suspect left, having repaired at least one."""
     result = ScrubResult()
+    deadline = ctx.deadline()
 
     def chunk() -> int:
         with ctx.repo.transaction() as tx:
@@ -87,9 +92,18 @@ def inventory(ctx: MaintenanceContext, as_of: datetime) -> ScrubResult:
                 tx.set_pass_position(_INVENTORY, None)
                 return 0
         suspects, position = _compare_with_listing(ctx, after, rows, result)
-        for bid in suspects:
+        cut_short = False
+        for n, bid in enumerate(suspects):
+            if n and (time.monotonic() >= deadline or ctx.stopping.is_set()):
+                position = max((r.block_id for r in rows if r.block_id < bid), default=after)
+                cut_short = True
+                break
             repair(ctx, bid, as_of, result)
-        last = len(rows) < ctx.settings.batch_size and position == rows[-1].block_id
+        last = (
+            not cut_short
+            and len(rows) < ctx.settings.batch_size
+            and position == rows[-1].block_id
+        )
         with ctx.repo.transaction() as tx:  # after the repairs: a killed run redoes them
             tx.set_pass_position(_INVENTORY, None if last else position)
         return 0 if last else len(rows)
