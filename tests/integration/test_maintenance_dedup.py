@@ -143,6 +143,48 @@ def test_poisoned_staged_block_is_quarantined_and_never_served(world: World) -> 
     assert world.sql("SELECT count(*) FROM damaged_versions WHERE notified_at IS NULL") == [(0,)]
 
 
+def test_a_made_up_key_version_is_judged_without_asking_the_key_service(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored block's header names its key version, and the uploader writes it: each
+    made-up version cost a secret-store call (SSM), a batch of them at once was
+    throttled, and the error failed the batch, every run."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(MALLORY, "/forged.bin", data)
+    [staged] = world.keys_under("staging/")
+    bid = block_id(data)
+    world.store.put(staged, bytes(encode_block(data, bid, bytes(32), 999_999)))
+    loaded: list[int] = []
+    load = world.ctx.keys._load_secret
+    monkeypatch.setattr(world.ctx.keys, "_load_secret", lambda v: loaded.append(v) or load(v))
+    result = _dedup(world)
+    assert result.quarantined == 1 and 999_999 not in loaded
+    assert world.sql("SELECT reason FROM damaged_versions") == [("unknown key version 999999",)]
+
+
+def test_a_copy_that_cannot_be_read_now_waits_and_holds_back_no_other(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One staged copy whose read failed (the store or the key service failing for a
+    while) failed the whole batch, and every run met it first again."""
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    world.put(BOB, "/b.bin", secrets.token_bytes(BLOCK))
+    [unwell, well] = world.keys_under("staging/")
+    get = world.store.get
+
+    def failing(key: str) -> bytes:
+        if key == unwell:
+            raise OSError("the store is unwell")
+        return get(key)
+
+    monkeypatch.setattr(world.store, "get", failing)
+    result = _dedup(world)
+    assert (result.promoted, result.quarantined) == (1, 0)
+    assert len(result.errors) == 1 and "unwell" in result.errors[0]
+    monkeypatch.undo()
+    assert _dedup(world).promoted == 1  # its turn came at the next run
+
+
 def test_a_poisoned_copy_in_a_shared_folder_does_not_reach_a_members_own_files(
     world: World,
 ) -> None:

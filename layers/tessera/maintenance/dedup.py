@@ -49,14 +49,10 @@ def verify_staged(
     after = ("", "")
     for _ in ctx.batches():
         copies = ctx.repo.staged_copies(ctx.settings.batch_size, after=after, upload_ids=upload_ids)
-        checks = ctx.parallel(
-            lambda c: check_stored(
-                ctx.store, ctx.keys, c.staged_key, c.block_id, expect_plain_size=c.size
-            ),
-            copies,
-        )
+        checks = ctx.parallel(lambda c: _read(ctx, c, result), copies)
         for copy, check in zip(copies, checks, strict=True):
-            _settle(ctx, copy, check, as_of, result)
+            if check is not None:
+                _settle(ctx, copy, check, as_of, result)
         if len(copies) < ctx.settings.batch_size:
             break
         after = (copies[-1].upload_id, copies[-1].block_id)
@@ -64,6 +60,20 @@ def verify_staged(
         result.more = True
     publish_damage(ctx, as_of)
     return result
+
+
+def _read(ctx: MaintenanceContext, copy: StagedCopy, result: DedupResult) -> Check | None:
+    """The verdict on one staged copy; None when reading it failed (the store or the key
+    service failing for a while): that copy waits for the next run, and the rest of the
+    batch goes on, where one failure had failed the batch, and every run met it again."""
+    try:
+        return check_stored(
+            ctx.store, ctx.keys, copy.staged_key, copy.block_id, expect_plain_size=copy.size
+        )
+    except Exception as e:
+        log.warning("dedup: could not read %s: left for later", copy.staged_key, exc_info=True)
+        result.errors.append(f"{copy.staged_key}: {e}")
+        return None
 
 
 def _settle(
