@@ -98,6 +98,18 @@ class IntegrityError(Exception):
     """The server sent something that does not verify; nothing was written."""
 
 
+class SessionLost(Exception):
+    """A block a resumed file was still to send was committed in its session meanwhile, by
+    another of the session's files (a file's record knows only its own sends): the server
+    refuses a URL for it (409), and the session cannot finish this file. Its files start
+    afresh next round, where the 409 had ended every upload for as long as the session
+    lived (an hour past its last use)."""
+
+
+# The code of an `ApiError` the block store answered (a PUT), not the API
+BLOCK_UPLOAD_FAILED = "block_upload_failed"
+
+
 class BlockReportedError(IntegrityError):
     """A block failed here, and the server queued a check (and repair) of it: try again in
     `retry_after` seconds."""
@@ -344,10 +356,15 @@ class Transfers:
 
         try:
             self._send_and_commit(list(_windows(work, items)), items, sessions, emit_once)
-        except ApiError as e:
-            if e.status not in (404, 410):
+        except (ApiError, SessionLost) as e:
+            if isinstance(e, ApiError) and (
+                e.status not in (404, 410) or e.code == BLOCK_UPLOAD_FAILED
+            ):
+                # a store answering 404 to a PUT (a missing bucket, a proxy) is no lost
+                # session: taken for one, every round started afresh, without a word
                 raise
-            # the session expired or vanished: forget it, the next round starts afresh
+            # the session expired, vanished or cannot finish these files: forget it, the
+            # next round starts afresh
             left = [item for item in items if item.path not in done]
             with self.state.transaction():
                 for item in left:
@@ -511,7 +528,12 @@ class Transfers:
             "upload_id": upload_id,
             "blocks": [{"id": b[1], "size": len(b[3]), "sha256": b[4]} for b in blocks],
         }
-        answer = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body))
+        try:
+            answer = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body))
+        except ApiError as e:
+            if e.status == 409:
+                raise SessionLost(e.message) from e
+            raise
         if answer.expires_at is not None:
             # in use, the session lives on: a resume past its first hour had started over
             self.state.extend_session(upload_id, answer.expires_at.timestamp())
@@ -531,13 +553,13 @@ class Transfers:
 
     def _put(self, method: str, url: str, headers: dict[str, str], data: bytes) -> None:
         if method != "PUT":  # as `_get`: a block is stored, nothing else
-            raise ApiError(502, "block_upload_failed", f"the server asks for a {method[:20]!r}", {})
+            raise ApiError(502, BLOCK_UPLOAD_FAILED, f"the server asks for a {method[:20]!r}", {})
         try:
             response = self.api.transfer(method, url, headers, data)
         except UnusableUrl as e:
-            raise ApiError(502, "block_upload_failed", f"the server sent {e}", {}) from e
+            raise ApiError(502, BLOCK_UPLOAD_FAILED, f"the server sent {e}", {}) from e
         if response.status_code >= 300:
-            raise ApiError(response.status_code, "block_upload_failed", response.text[:200], {})
+            raise ApiError(response.status_code, BLOCK_UPLOAD_FAILED, response.text[:200], {})
 
     def _commit(
         self, items: list[UploadItem], sessions: dict[str, dict[str, Any]]

@@ -49,7 +49,8 @@ class Evil:
     stuck_pages: bool = False  # answer every page after the first with no blocks
     renew_wrong: bool = False  # a renewal answers with the next block instead
     put_paths: list[str] = field(default_factory=list)  # the block PUTs, in order
-    # upload routes (`/v1/uploads`, ...) -> how they answer a request body
+    # upload routes (`/v1/uploads`, ...) -> how they answer a request body: a JSON value
+    # (status 200), or (status, JSON value)
     answers: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
 
     def add_file(
@@ -169,7 +170,8 @@ def evil() -> Iterator[Evil]:
             elif self.path == "/v1/download":
                 self._send(200, state.download_page(body))
             elif self.path in state.answers:
-                self._send(200, state.answers[self.path](body))
+                answer = state.answers[self.path](body)
+                self._send(*(answer if isinstance(answer, tuple) else (200, answer)))
             else:
                 self._send(404, {"error": {"code": "not_found", "message": self.path}})
 
@@ -178,6 +180,8 @@ def evil() -> Iterator[Evil]:
             state.put_paths.append(self.path)
             if "/expired/" in self.path:
                 self._send(403, None, b"<Error><Code>AccessDenied</Code>Request has expired")
+            elif "/gone/" in self.path:  # a bucket that is not there
+                self._send(404, None, b"<Error><Code>NoSuchBucket</Code></Error>")
             else:
                 self._send(200, None, b"")
 
@@ -1006,6 +1010,61 @@ def test_a_put_url_that_expired_before_its_turn_is_renewed(tmp_path: Path, evil:
     assert sorted(evil.put_paths) == sorted(
         [f"/put/expired/{b}" for b in set(asked)] + [f"/put/{b}" for b in set(asked)]
     )
+
+
+def test_a_block_committed_in_its_session_meanwhile_starts_the_file_afresh(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """Two files sharing a block in one session, resumed in different calls: one sends
+    the block and commits, and the other, whose record knows only its own sends, asks for
+    the block's URL again: 409 (committed in this session). That ended every upload, each
+    round, for as long as the session lived; the file now starts afresh next round."""
+    urls = _urls_answer(evil)
+    refused: list[str] = []
+
+    def urls_once_refused(body: dict[str, Any]) -> Any:
+        if not refused:
+            refused.append(body["blocks"][0]["id"])
+            message = f"block {refused[0]} is committed in this session; it cannot change"
+            return 409, {"error": {"code": "conflict", "message": message}}
+        return urls(body)
+
+    evil.answers = {
+        "/v1/uploads": _uploads_answer(),
+        "/v1/uploads/urls": urls_once_refused,
+        "/v1/commit_batch": _commit_batch_answer(drop=0),
+    }
+    engine = _engine(tmp_path, evil)
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "root" / "sync" / name).write_bytes(name.encode() * 1000)
+    result = engine.run_once()
+    engine.close()
+    assert result.problems == [] and refused
+    assert evil.posted.count("/v1/uploads") == 2  # a fresh session the next round
+    assert "/v1/commit_batch" in evil.posted
+
+
+def test_a_block_store_answering_404_is_reported_not_taken_for_a_lost_session(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """A missing bucket (or a proxy) answering 404 to every PUT was taken for an expired
+    session: the files were forgotten without a word and started afresh, every round."""
+    evil.answers = {
+        "/v1/uploads": _uploads_answer(),
+        "/v1/uploads/urls": lambda body: {
+            "urls": [
+                {"id": b["id"], "method": "PUT", "url": f"{evil.base}/put/gone/{b['id']}"}
+                for b in body["blocks"]
+            ]
+        },
+    }
+    engine = _engine(tmp_path, evil)
+    (tmp_path / "root" / "sync" / "a.txt").write_bytes(b"a" * 1000)
+    result = engine.run_once(max_rounds=1)
+    kept = engine.state.get_pending("upload", "a.txt")
+    engine.close()
+    assert any("(404)" in p and "upload" in p for p in result.problems), result.problems
+    assert kept is not None  # kept for a retry
 
 
 def test_an_idle_long_poll_is_answered_not_timed_out(
