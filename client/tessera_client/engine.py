@@ -500,12 +500,19 @@ class SyncEngine:
         return False
 
     def _download_all(self, ops: list[Op], stats: dict[str, Stat], result: RoundResult) -> None:
-        """Download many files at once (small files are round-trip bound, not bandwidth bound)."""
-        full = threading.Event()
+        """Download many files at once (small files are round-trip bound, not bandwidth bound).
+
+        The server out of reach stops the rest at once (each queued download had waited out
+        its own retries, minutes for a few files), and the downloads that finished are
+        still recorded before the outage is raised: left unrecorded, a file the server
+        changed again meanwhile came back as a conflict with itself."""
+        full, unreachable = threading.Event(), threading.Event()
 
         def fetch(op: Op) -> Fetched:
             if full.is_set():
                 raise DiskFullError(errno.ENOSPC, "disk full")
+            if unreachable.is_set():
+                raise ServerUnreachable("the server went out of reach during the downloads")
             assert op.remote is not None
             expect = stats.get(path_key(op.path)) if op.local else None
             self._sizes[op.path] = op.remote.size
@@ -515,12 +522,21 @@ class SyncEngine:
             except DiskFullError:
                 full.set()
                 raise
+            except ServerUnreachable:
+                unreachable.set()
+                raise
 
+        outage: ServerUnreachable | None = None
         with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="tessera-file") as pool:
             futures = {pool.submit(fetch, op): op for op in ops}
             for fut in as_completed(futures):
                 op = futures[fut]
-                result.ops += int(self._guarded(op, result, partial(self._recorded, op, fut)))
+                try:
+                    result.ops += int(self._guarded(op, result, partial(self._recorded, op, fut)))
+                except ServerUnreachable as e:
+                    outage = outage or e
+        if outage is not None:
+            raise outage
 
     def _recorded(self, op: Op, fut: Future[Fetched]) -> bool:
         """Record a finished download in the state database (main thread only)."""

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
-from tessera_client.api import Api, ApiError, RetryPolicy
+from tessera_client.api import Api, ApiError, RetryPolicy, ServerUnreachable
 from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import FOLDER_MARKER, TEMP_PREFIX, DiskFullError, FakeFilesystem
@@ -49,6 +50,7 @@ class Evil:
     stuck_pages: bool = False  # answer every page after the first with no blocks
     renew_wrong: bool = False  # a renewal answers with the next block instead
     put_paths: list[str] = field(default_factory=list)  # the block PUTs, in order
+    blob_delay: float = 0.0  # seconds each block GET takes
     # upload routes (`/v1/uploads`, ...) -> how they answer a request body: a JSON value
     # (status 200), or (status, JSON value)
     answers: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
@@ -144,6 +146,7 @@ def evil() -> Iterator[Evil]:
             if path in state.expired and query != "renewed":
                 self._send(403, None, b"<Error><Code>AccessDenied</Code>Request has expired")
             elif path in state.blobs:
+                time.sleep(state.blob_delay)
                 self._send(200, None, state.blobs[path])
             elif path.startswith("/blk/"):  # a block whose object is gone
                 self._send(404, None, b"<Error><Code>NoSuchKey</Code></Error>")
@@ -472,6 +475,32 @@ def test_a_block_missing_from_the_store_is_reported(tmp_path: Path, evil: Evil) 
     # checked a moment ago: trying again soon would meet the same fault
     assert result.retry_after == 0
     assert "the server says: checked a moment ago" in result.problems[0]
+
+
+def test_an_outage_during_downloads_stops_the_rest_and_records_what_came(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """The block store out of reach: the first download to give up ended the round while
+    the others went on, each waiting out its own retries (minutes), and those that did
+    come were renamed into place but never recorded (a later server edit of one then
+    looked like a conflict with itself)."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    evil.blob_delay = 0.2
+    evil.add_file("/a0.txt", b"out of reach", fid="f0")
+    evil.files["f0"]["blocks"][0]["url"] = f"{dead}/blk/f0"
+    for n in range(1, 12):
+        evil.add_file(f"/a{n}.txt", f"file {n}".encode(), fid=f"f{n}")
+    engine = _engine(tmp_path, evil)
+    with pytest.raises(ServerUnreachable):
+        engine.round()
+    folder = tmp_path / "root" / "sync"
+    came = {p.name for p in folder.iterdir() if p.name.startswith("a")}
+    recorded = {e.path for e in engine.state.base_tree().values()}
+    engine.close()
+    assert came == recorded, (came, recorded)  # whatever came is recorded
+    assert len(came) < 11  # the queued ones were not each waited for
 
 
 def test_full_disk_stops_downloads_without_corruption(tmp_path: Path, evil: Evil) -> None:
