@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import json
 import threading
 import time
 import zlib
@@ -24,6 +25,7 @@ from tessera.domain.models import (
     ShareRequest,
     UnshareRequest,
 )
+from tessera.domain.models import dump
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
@@ -44,6 +46,32 @@ def _drain(
         cursor = page.cursor
         if not page.has_more:
             return out, cursor
+
+
+@pytest.mark.parametrize("letter", ["a", "é", "中", "😀"])
+def test_a_page_of_long_names_stays_within_what_a_lambda_answer_holds(
+    services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch, letter: str
+) -> None:
+    """A page was bounded by its count alone: 2,000 entries of long non-Latin paths came
+    to 8.7 MB in Lambda's envelope (escaped twice), past its 6 MB, so the same page failed
+    on every retry. Pages now end at `PAGE_BYTES` (lowered here), each entry once."""
+    monkeypatch.setattr(listing, "PAGE_BYTES", 40_000)
+    longest = letter * (250 // len(letter.encode()))  # a name holds 255 bytes
+    names = [f"{n:02}{longest}" for n in range(12)]
+    for name in names:
+        files.create_folder(services, alice, f"/{name}")
+    page = listing.list_folder(services, alice, "", True, None)
+    seen, pages = [e.name for e in page.entries], [page]
+    while page.has_more:
+        page = listing.list_folder_continue(services, alice, page.cursor, None)
+        seen += [e.name for e in page.entries]
+        pages.append(page)
+    assert sorted(seen) == names  # each once
+    if letter != "a":
+        assert len(pages) > 1
+    for p in pages:  # the body as the api function answers it, in Lambda's envelope
+        enveloped = json.dumps({"body": json.dumps(dump(p), separators=(",", ":"))})
+        assert len(enveloped) <= listing.PAGE_BYTES
 
 
 def test_list_non_recursive_and_recursive(services: Services, alice: Principal) -> None:

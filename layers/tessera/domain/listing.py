@@ -194,45 +194,90 @@ def _journal_entry(view: View, mount: MountRow, j: JournalRow) -> Entry:
     )
 
 
+# What a page's entries may come to on the wire, about: a Lambda answer holds at most 6 MB,
+# and 2,000 entries of long non-Latin paths (each path twice, and the name) came to 8.7 MB
+# once escaped (`\uXXXX`, then escaped again in Lambda's envelope): a 5xx for the same
+# page on every retry, a listing that never ended. Pages of short paths never meet it.
+PAGE_BYTES = 4 * 1024 * 1024
+# An entry's fixed fields (tag, ids, rev, size, hash, times) on the wire, with room to spare
+_ENTRY_BYTES = 400
+
+
+def _wire_bytes(entry: Entry) -> int:
+    """An upper bound of `entry`'s size in a Lambda answer: a UTF-8 byte of its names can
+    take up to 4 there (a 2-byte letter is 6 escaped, 7 in the envelope)."""
+    names = (entry.name, entry.path_display, entry.path_lower)
+    return _ENTRY_BYTES + 4 * sum(len(s.encode("utf-8", "surrogatepass")) for s in names)
+
+
+class _PageBudget:
+    """The entries a page may still take, by count and by bytes (at least one a page)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.count, self.bytes = limit, 0, 0
+
+    @property
+    def room(self) -> int:
+        return self.limit - self.count
+
+    def take(self, entries: list[Entry]) -> int:
+        """How many of `entries`, in order, the page takes (counted in)."""
+        taken = 0
+        for entry in entries[: self.room]:
+            size = _wire_bytes(entry)
+            if self.count and self.bytes + size > PAGE_BYTES:
+                break
+            self.count, self.bytes, taken = self.count + 1, self.bytes + size, taken + 1
+        return taken
+
+
 def _page(store: Store, view: View, cursor: _Cursor, limit: int) -> list[Entry]:
-    """Send up to `limit` entries, advancing `cursor` in place."""
+    """Send up to `limit` entries (fewer when they would pass `PAGE_BYTES`), advancing
+    `cursor` in place."""
     entries: list[Entry] = []
+    budget = _PageBudget(limit)
     heads = store.latest_seqs([p.ns for p in cursor.parts] + [view.root.ns_id])
     more = False
     for part in cursor.parts:
         mount = _mount_row(view, part)
         if part.snap is not None:
             if part.snap == "" and part.show_mount:
-                if len(entries) >= limit:  # no room for it on this page
+                entry = mount_entry(mount)
+                if not budget.take([entry]):  # no room for it on this page
                     more = True
                     break
-                entries.append(mount_entry(mount))
+                entries.append(entry)
                 # sent: a page that ends right after it must not send it again (with
                 # limit=1 every page was that entry alone, and the listing never ended)
                 part.show_mount = False
             if part.point:
                 part.snap = None
                 continue
-            room = limit - len(entries)
             rows = store.list_page(
-                part.ns, _key_scope(part, cursor.recursive), after_key=part.snap, limit=room + 1
+                part.ns,
+                _key_scope(part, cursor.recursive),
+                after_key=part.snap,
+                limit=budget.room + 1,
             )
-            entries += [_row_entry(view, mount, r) for r in rows[:room]]
-            if len(rows) > room:
-                part.snap = rows[room - 1].path_key if room > 0 else part.snap
+            fresh = [_row_entry(view, mount, r) for r in rows[: budget.room]]
+            taken = budget.take(fresh)
+            entries += fresh[:taken]
+            if taken < len(rows):
+                part.snap = rows[taken - 1].path_key if taken else part.snap
                 more = True
                 break
             part.snap = None
         if part.point:
             continue
-        room = limit - len(entries)
         jrows = store.journal_after(
-            part.ns, part.seq, _key_scope(part, cursor.recursive), limit=room + 1
+            part.ns, part.seq, _key_scope(part, cursor.recursive), limit=budget.room + 1
         )
-        entries += [_journal_entry(view, mount, j) for j in jrows[:room]]
-        if len(jrows) > room:
-            if room > 0:
-                part.seq = jrows[room - 1].seq
+        fresh = [_journal_entry(view, mount, j) for j in jrows[: budget.room]]
+        taken = budget.take(fresh)
+        entries += fresh[:taken]
+        if taken < len(jrows):
+            if taken:
+                part.seq = jrows[taken - 1].seq
             more = True
             break
         part.seq = heads.get(part.ns, part.seq)
