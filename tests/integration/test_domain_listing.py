@@ -258,6 +258,29 @@ def test_share_and_unshare_show_up_in_continue(
     assert ("deleted", "/Team (2)") in b_changes
 
 
+@pytest.mark.parametrize("listed", ["/Docs", "/Team (2)/Docs"], ids=["own", "in-a-share"])
+def test_a_listed_folder_deleted_as_the_shares_change_still_reports_its_deletion(
+    services: Services, alice: Principal, bob: Principal, listed: str
+) -> None:
+    """Bob lists a folder, deletes it, and then a share changes (his view is re-scoped):
+    the listing dropped every namespace, so the deletion never came and nothing did
+    again; listed inside a mounted share, the whole mount was sent deleted."""
+    put_file(services, alice, "/Team/Docs/t.txt", b"team")
+    put_file(services, bob, "/Team/mine.txt", b"bob's own /Team")
+    put_file(services, bob, "/Docs/d.txt", b"docs")
+    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="editor"))
+    cursor = listing.list_folder(services, bob, listed, True, None).cursor
+    files.delete(services, bob, DeleteRequest(path=listed))
+    put_file(services, alice, "/Other/o.txt", b"o")  # a share change: bob's view moves
+    sharing.share(services, alice, ShareRequest(path="/Other", email=bob.email, access="viewer"))
+    changes, cursor = _drain(services, bob, cursor)
+    assert ("deleted", listed) in changes
+    assert ("deleted", "/Team (2)") not in changes
+    put_file(services, bob, f"{listed}/new.txt", b"again")
+    changes, _ = _drain(services, bob, cursor)
+    assert ("file", f"{listed}/new.txt") in changes
+
+
 @pytest.mark.parametrize("own_team", [False, True], ids=["same-path", "new-path"])
 def test_a_share_left_and_rejoined_is_sent_again(
     services: Services, alice: Principal, bob: Principal, own_team: bool

@@ -329,7 +329,10 @@ def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
     try:
         fresh = _scope(store, view, cursor.path, cursor.recursive)
     except (NotFound, Unprocessable):
-        fresh = []  # the listed folder itself went away; its deletion is in the journal
+        # The listed folder itself went away: read on in the namespaces still mounted where
+        # they were, whose journals hold its deletion (and what comes there next). Dropped
+        # all, the listing went dead, and one inside a share sent the whole mount deleted.
+        fresh = [p for p in cursor.parts if _mounted_at(view, p)]
     old = {p.ns: p for p in cursor.parts}
     new_ids = {p.ns for p in fresh}
     removed: list[Entry] = []
@@ -358,6 +361,12 @@ def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
     cursor.parts = parts
     cursor.membership = view.user.membership_version
     return removed
+
+
+def _mounted_at(view: View, part: _Part) -> bool:
+    """Whether the part's namespace is still in the view, mounted where the part has it."""
+    mount = view.mount_of(part.ns)
+    return mount is not None and mount.mount_path == part.mount
 
 
 def _covered(path: str, deleted: list[Entry]) -> bool:
