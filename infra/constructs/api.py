@@ -219,11 +219,15 @@ _GATEWAY_ERRORS: list[tuple[apigw.ResponseType, str, str, str, int | None]] = [
      RETRY_AFTER_THROTTLED_S),
     (apigw.ResponseType.UNAUTHORIZED, "401", "unauthorized", "missing or invalid token", None),
     (apigw.ResponseType.ACCESS_DENIED, "403", "forbidden", "access denied", None),
-    (apigw.ResponseType.BAD_REQUEST_BODY, "400", "invalid", "request body is malformed", None),
+    # 422 as the app answers a malformed body (docs/api.md), where it had been 400 on AWS
+    (apigw.ResponseType.BAD_REQUEST_BODY, "422", "invalid", "request body is malformed", None),
+    (apigw.ResponseType.REQUEST_TOO_LARGE, "413", "too_large", "request body too large", None),
     # Lambda throttling the function (its reserved concurrency full: every long-poll slot
     # held by an idle device) reaches the caller as this, a bare 504 without Retry-After
     (apigw.ResponseType.INTEGRATION_FAILURE, "503", "unavailable",
      "the service could not take the request; retry shortly", RETRY_AFTER_UNAVAILABLE_S),
+    (apigw.ResponseType.INTEGRATION_TIMEOUT, "503", "unavailable",
+     "the service took too long to answer; retry shortly", RETRY_AFTER_UNAVAILABLE_S),
 ]  # fmt: skip
 
 

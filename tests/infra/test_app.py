@@ -368,6 +368,16 @@ def test_gateway_errors_use_the_api_error_shape_and_429_says_when_to_retry(dev: 
     assert json.loads(failed["ResponseTemplates"]["application/json"])["error"]["code"] == (
         "unavailable"
     )
+    # a malformed body is 422 `invalid` in either mode; too large, 413 `too_large`; a
+    # function past the 29 s integration timeout, a 503 to retry, in the API's error shape
+    wanted = {
+        "BAD_REQUEST_BODY": ("422", "invalid"),
+        "REQUEST_TOO_LARGE": ("413", "too_large"),
+        "INTEGRATION_TIMEOUT": ("503", "unavailable"),
+    }
+    for kind, (status, code) in wanted.items():
+        body = json.loads(responses[kind]["ResponseTemplates"]["application/json"])
+        assert (responses[kind]["StatusCode"], body["error"]["code"]) == (status, code), kind
     for props in responses.values():
         assert set(json.loads(props["ResponseTemplates"]["application/json"])) == {"error"}
 

@@ -136,6 +136,19 @@ def test_malformed_bodies_are_422(
     assert any(f["field"] == field for f in out["error"]["fields"]), out
 
 
+@pytest.mark.parametrize("timeout", ["30", True, 30.5])
+def test_a_long_poll_timeout_that_is_not_an_integer_is_422_as_on_aws(
+    call: Caller, alice: Principal, timeout: object
+) -> None:
+    """API Gateway's model takes a JSON integer only: "30" and true (taken as 1) were
+    answered here and refused there."""
+    cursor = call("POST", "/v1/list_folder", {"path": ""}, alice)[1]["cursor"]
+    status, out, _ = call(
+        "POST", "/v1/list_folder/longpoll", {"cursor": cursor, "timeout": timeout}, alice
+    )
+    assert status == 422 and out["error"]["fields"][0]["field"] == "timeout", out
+
+
 @pytest.mark.parametrize("mtime", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
 def test_an_mtime_with_no_utc_form_is_422_and_breaks_no_listing(
     call: Caller, alice: Principal, mtime: str

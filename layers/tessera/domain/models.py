@@ -425,7 +425,8 @@ class LongpollRequest(Model):
     """POST /v1/list_folder/longpoll. `timeout` is clamped to 30-480 s."""
 
     cursor: CursorStr
-    timeout: int = Field(default=30, ge=1, le=3600)
+    # strict: API Gateway's model takes a JSON integer only ("30" and true were 200 locally)
+    timeout: int = Field(default=30, ge=1, le=3600, strict=True)
 
 
 class LongpollResponse(Model):
