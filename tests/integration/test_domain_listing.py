@@ -24,8 +24,8 @@ from tessera.domain.models import (
     MoveRequest,
     ShareRequest,
     UnshareRequest,
+    dump,
 )
-from tessera.domain.models import dump
 from tessera.domain.services import Services
 from tessera.ports import Principal
 

@@ -156,7 +156,12 @@ def test_a_made_up_key_version_is_judged_without_asking_the_key_service(
     world.store.put(staged, bytes(encode_block(data, bid, bytes(32), 999_999)))
     loaded: list[int] = []
     load = world.ctx.keys._load_secret
-    monkeypatch.setattr(world.ctx.keys, "_load_secret", lambda v: loaded.append(v) or load(v))
+
+    def spied(version: int) -> bytes:
+        loaded.append(version)
+        return load(version)
+
+    monkeypatch.setattr(world.ctx.keys, "_load_secret", spied)
     result = _dedup(world)
     assert result.quarantined == 1 and 999_999 not in loaded
     assert world.sql("SELECT reason FROM damaged_versions") == [("unknown key version 999999",)]
@@ -169,7 +174,7 @@ def test_a_copy_that_cannot_be_read_now_waits_and_holds_back_no_other(
     while) failed the whole batch, and every run met it first again."""
     world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
     world.put(BOB, "/b.bin", secrets.token_bytes(BLOCK))
-    [unwell, well] = world.keys_under("staging/")
+    unwell, _ = world.keys_under("staging/")
     get = world.store.get
 
     def failing(key: str) -> bytes:

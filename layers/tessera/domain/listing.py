@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -220,7 +221,7 @@ class _PageBudget:
     def room(self) -> int:
         return self.limit - self.count
 
-    def take(self, entries: list[Entry]) -> int:
+    def take(self, entries: Sequence[Entry]) -> int:
         """How many of `entries`, in order, the page takes (counted in)."""
         taken = 0
         for entry in entries[: self.room]:
@@ -272,9 +273,9 @@ def _page(store: Store, view: View, cursor: _Cursor, limit: int) -> list[Entry]:
         jrows = store.journal_after(
             part.ns, part.seq, _key_scope(part, cursor.recursive), limit=budget.room + 1
         )
-        fresh = [_journal_entry(view, mount, j) for j in jrows[: budget.room]]
-        taken = budget.take(fresh)
-        entries += fresh[:taken]
+        news = [_journal_entry(view, mount, j) for j in jrows[: budget.room]]
+        taken = budget.take(news)
+        entries += news[:taken]
         if taken < len(jrows):
             if taken:
                 part.seq = jrows[taken - 1].seq

@@ -100,9 +100,7 @@ def inventory(ctx: MaintenanceContext, as_of: datetime) -> ScrubResult:
                 break
             repair(ctx, bid, as_of, result)
         last = (
-            not cut_short
-            and len(rows) < ctx.settings.batch_size
-            and position == rows[-1].block_id
+            not cut_short and len(rows) < ctx.settings.batch_size and position == rows[-1].block_id
         )
         with ctx.repo.transaction() as tx:  # after the repairs: a killed run redoes them
             tx.set_pass_position(_INVENTORY, None if last else position)
