@@ -70,6 +70,10 @@ def is_under(rel: str, folder: str) -> bool:
     return rel.startswith(folder + "/")
 
 
+# The most of a device's name a conflicted copy's name carries (UTF-8 bytes)
+MAX_DEVICE_LABEL_BYTES = 64
+
+
 def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> str:
     """Dropbox's convention: `name (<device>'s conflicted copy YYYY-MM-DD).ext`.
 
@@ -81,7 +85,10 @@ def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> 
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:  # no extension, or a dot file like `.bashrc`
         stem, ext = name, ""
-    suffix = f" ({device}'s conflicted copy {day.isoformat()}"
+    # a device named with a `/` put the copy in a folder that is not there, and the
+    # conflict failed every round; a long name left no room for the file's own
+    label = server_paths.plain_name(device, limit=MAX_DEVICE_LABEL_BYTES)
+    suffix = f" ({label}'s conflicted copy {day.isoformat()}"
     suffix += f" {attempt + 1})" if attempt else ")"
     tail = suffix + ("." + ext if ext else "")
     # The server limits a path as stored in its namespace; this side sees view paths, a

@@ -127,6 +127,22 @@ def test_conflicted_copy_names() -> None:
 
 
 @pytest.mark.parametrize(
+    "device",
+    ["work/laptop", "C:\\pc", "tab\there", "bidi\u202eevil", "x" * 300, "中" * 100],
+)
+def test_a_device_name_never_leaves_the_copys_folder_or_its_limits(device: str) -> None:
+    """`--device work/laptop` put the copy in a folder `report (work` that is not there:
+    the rename failed every round and the conflict never resolved. A device name now
+    brings no separator, control or disguising character, and at most 64 bytes."""
+    name = conflicted_copy_name("docs/report.txt", device, date(2026, 11, 26))
+    assert canonical_rel(name) == name
+    assert name.startswith("docs/report (") and name.count("/") == 1
+    assert name.endswith("'s conflicted copy 2026-11-26).txt")
+    label = name.removeprefix("docs/report (").split("'s conflicted copy")[0]
+    assert len(label.encode()) <= 64 and not set(label) & set("/\\\t\u202e")
+
+
+@pytest.mark.parametrize(
     "rel",
     [
         "docs/" + "報" * 72 + ".txt",  # 216 + 4 bytes: the copy's name would be 261

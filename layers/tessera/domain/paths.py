@@ -75,6 +75,14 @@ def target(raw: str, *, field: str = "path") -> str:
     return path
 
 
+def plain_name(text: str, *, limit: int = MAX_NAME_BYTES) -> str:
+    """`text` made fit to be part of a name a write may create: each folder separator,
+    control character, backslash or disguising character (see `target`) becomes `-`, and
+    it is cut to `limit` UTF-8 bytes (a device's name in a conflicted copy's name)."""
+    plain = _DISGUISING.sub("-", _FORBIDDEN.sub("-", text.replace("/", "-")))
+    return utf8_prefix(plain, limit)
+
+
 def length_problem(path: str, limit: int = MAX_PATH_BYTES) -> str | None:
     """Why `path` is too long (its UTF-8 bytes or its key's over `limit`; by default, too
     long to store in a namespace), else None."""
