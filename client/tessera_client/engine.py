@@ -149,6 +149,14 @@ class SyncEngine:
             self._progress[path] = self._progress.get(path, 0) + nbytes
             self.reporter.transfer(path, self._progress[path], total)
 
+    def _end_progress(self, path: str) -> None:
+        """A file's transfer is over (done, failed, or left for the next round): its bar
+        ends, whatever it reached (an upload sends only the blocks the server lacks), and
+        its counters go: kept, a daemon held one of each for every file it ever sent."""
+        total = self._sizes.pop(path, 0)
+        if self._progress.pop(path, None) is not None:
+            self.reporter.transfer(path, total, total)
+
     # -- remote -------------------------------------------------------------------------
 
     def pull(self) -> int:
@@ -535,6 +543,8 @@ class SyncEngine:
                     result.ops += int(self._guarded(op, result, partial(self._recorded, op, fut)))
                 except ServerUnreachable as e:
                     outage = outage or e
+                finally:
+                    self._end_progress(op.path)
         if outage is not None:
             raise outage
 
@@ -708,9 +718,12 @@ class SyncEngine:
         self, path: str, remote: Entry, expect: Stat | None, *, mode_from: str | None = None
     ) -> None:
         self._sizes[path] = remote.size
-        fetched = self.transfers.download(
-            path, remote.file_id, remote.rev, remote.content_hash, expect, mode_from=mode_from
-        )
+        try:
+            fetched = self.transfers.download(
+                path, remote.file_id, remote.rev, remote.content_hash, expect, mode_from=mode_from
+            )
+        finally:
+            self._end_progress(path)
         self._record_download(path, remote, fetched)
 
     def _record_download(self, path: str, remote: Entry, fetched: Fetched) -> None:
@@ -876,10 +889,14 @@ class SyncEngine:
         """Upload, recording each file as its commit comes back; the path keys of the
         files committed."""
         remote_of = {item.path: remote for item, remote in uploads}
-        results = self.transfers.upload(
-            [item for item, _ in uploads],
-            on_result=lambda r: self._after_upload(r, remote_of.get(r.item.path), result),
-        )
+        try:
+            results = self.transfers.upload(
+                [item for item, _ in uploads],
+                on_result=lambda r: self._after_upload(r, remote_of.get(r.item.path), result),
+            )
+        finally:
+            for item, _ in uploads:
+                self._end_progress(item.path)
         return {path_key(r.item.path) for r in results if r.entry is not None}
 
     def _after_upload(self, r: UploadResult, remote: Entry | None, result: RoundResult) -> None:
@@ -887,6 +904,7 @@ class SyncEngine:
         size, a bad request) is a problem, not work done: counted as work, it made every
         round start the next at once, for ever."""
         path = r.item.path
+        self._end_progress(path)
         source = self._moved_from.pop(path_key(path), None)
         if r.entry is not None:
             ids = [b.id for b in r.item.manifest.blocks]

@@ -443,8 +443,8 @@ class Transfers:
                     put.result()
                     self.stats.blocks_up += 1
                     self.stats.block_bytes_up += len(b[3])
-                    if self.progress:
-                        self.progress(b[0].path, len(b[3]))
+                    if self.progress:  # of the file's own bytes: the bar's total is its size
+                        self.progress(b[0].path, b[0].block_refs[b[1]].size)
                     for path in waiting.get((b[2], b[1]), ()):
                         sessions[path]["sent"].add(b[1])
                         outstanding[path].discard(b[1])

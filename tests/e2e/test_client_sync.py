@@ -16,6 +16,7 @@ import pytest
 from tessera_client.config import Home, hold_device_lock
 from tessera_client.engine import MARKED_META, SyncEngine
 from tessera_client.fs import FOLDER_MARKER
+from tessera_client.reporting import Reporter
 from tests.e2e.conftest import (
     Cloud,
     Device,
@@ -396,6 +397,35 @@ def test_more_deletions_than_the_file_limit_pause_whatever_their_share(
     assert result.paused_deletes == 6 and len(a.state.base_tree()) == 30
     listed = a.api.call("/v1/list_folder", {"path": "", "recursive": True})["entries"]
     assert len(listed) == 30  # nothing deleted on the server
+
+
+class ProgressLog(Reporter):
+    """The transfer progress an engine reports, per file, in order."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[tuple[int, int]]] = {}
+
+    def transfer(self, path: str, done: int, total: int) -> None:
+        self.seen.setdefault(path, []).append((done, total))
+
+
+def test_a_large_transfers_progress_ends_at_its_size_and_is_forgotten(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """An upload counted its compressed bytes against the file's size, so a compressible
+    file's bar stopped short and stayed on screen; and every file a daemon ever sent kept
+    its counters for good."""
+    a, b = engines
+    a.reporter, b.reporter = ProgressLog(), ProgressLog()
+    (a.folder / "log.txt").write_bytes(b"a line of a log that compresses well\n" * 300_000)
+    a.run_once()
+    b.run_once()
+    for engine in (a, b):
+        assert isinstance(engine.reporter, ProgressLog)
+        steps = engine.reporter.seen["log.txt"]
+        assert steps[-1] == (11_100_000, 11_100_000), steps[-3:]
+        assert all(done <= total for done, total in steps)
+        assert not engine._sizes and not engine._progress
 
 
 def test_an_approved_mass_delete_approves_only_that_one(
