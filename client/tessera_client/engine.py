@@ -461,12 +461,7 @@ class SyncEngine:
             self._download_all(downloads, stats, result)
         committed: set[str] = set()
         if uploads:  # each file counts as work done in `_after_upload` (or not)
-            try:
-                committed = self._upload(uploads, result)
-            except ApiError as e:
-                result.problems.append(
-                    f"upload of {len(uploads)} file(s): {e.message} ({e.status})"
-                )
+            committed = self._upload(uploads, result)
         created = {a for key in committed for a in ancestors(key)}
         for op in ops:
             if op.kind == OpKind.CREATE_FOLDER_REMOTE and path_key(op.path) in implied:
@@ -887,17 +882,24 @@ class SyncEngine:
         self, uploads: list[tuple[UploadItem, Entry | None]], result: RoundResult
     ) -> set[str]:
         """Upload, recording each file as its commit comes back; the path keys of the
-        files committed."""
+        files committed. An upload the server stops is a problem naming the files it
+        left (not those already committed and recorded)."""
         remote_of = {item.path: remote for item, remote in uploads}
+        handled: list[UploadResult] = []
+
+        def after(r: UploadResult) -> None:
+            handled.append(r)
+            self._after_upload(r, remote_of.get(r.item.path), result)
+
         try:
-            results = self.transfers.upload(
-                [item for item, _ in uploads],
-                on_result=lambda r: self._after_upload(r, remote_of.get(r.item.path), result),
-            )
+            self.transfers.upload([item for item, _ in uploads], on_result=after)
+        except ApiError as e:
+            left = len(uploads) - len(handled)
+            result.problems.append(f"upload of {left} file(s): {e.message} ({e.status})")
         finally:
             for item, _ in uploads:
                 self._end_progress(item.path)
-        return {path_key(r.item.path) for r in results if r.entry is not None}
+        return {path_key(r.item.path) for r in handled if r.entry is not None}
 
     def _after_upload(self, r: UploadResult, remote: Entry | None, result: RoundResult) -> None:
         """Record an upload's outcome. A refusal that the next round would meet again (quota,

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
+from tessera_client import transfer
 from tessera_client.api import Api, ApiError, RetryPolicy, ServerUnreachable
 from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
@@ -1094,6 +1095,39 @@ def test_a_block_store_answering_404_is_reported_not_taken_for_a_lost_session(
     engine.close()
     assert any("(404)" in p and "upload" in p for p in result.problems), result.problems
     assert kept is not None  # kept for a retry
+
+
+def test_an_upload_stopped_midway_names_only_the_files_it_left(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The problem said "upload of 3 file(s)" when the first was committed and recorded
+    before the server stopped the upload: it names the files left now."""
+    monkeypatch.setattr(transfer, "WINDOW_BLOCKS", 1)  # a window, a URL call, per file
+    urls, commit = _urls_answer(evil), _commit_batch_answer(drop=0)
+    asked: list[Any] = []
+
+    def urls_until_the_third(body: dict[str, Any]) -> Any:
+        asked.append(body)
+        if len(asked) > 2:  # the first window is committed by then
+            return 400, {"error": {"code": "invalid", "message": "no more"}}
+        return urls(body)
+
+    evil.answers = {
+        "/v1/uploads": _uploads_answer(),
+        "/v1/uploads/urls": urls_until_the_third,
+        "/v1/commit": lambda body: commit({"entries": [body]})["entries"][0]["entry"],
+        "/v1/commit_batch": commit,
+    }
+    engine = _engine(tmp_path, evil)
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (tmp_path / "root" / "sync" / name).write_bytes(name.encode() * 1000)
+    result = engine.run_once(max_rounds=1)
+    recorded = {e.path for e in engine.state.base_tree().values()}
+    engine.close()
+    assert "a.txt" in recorded
+    assert [p for p in result.problems if "upload of" in p] == [
+        "upload of 2 file(s): no more (400)"
+    ]
 
 
 def test_an_idle_long_poll_is_answered_not_timed_out(
