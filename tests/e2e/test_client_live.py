@@ -39,12 +39,21 @@ def test_server_restarted_mid_sync(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: a.pending_sent() >= 1 or sync.poll() is not None, timeout=60, interval=0.01)
+    sent_before = 10  # blocks recorded sent when the server goes away, at least
+    wait_for(
+        lambda: a.pending_sent() >= sent_before or sync.poll() is not None,
+        timeout=60,
+        interval=0.01,
+    )
+    assert sync.poll() is None, "the sync was over before the server could go away"
     proc.stop()  # the server goes away mid-upload...
     time.sleep(1.0)
     proc.start()  # ...and comes back on the same port with the same state
     _out, err = sync.communicate(timeout=180)
     assert sync.returncode == 0, err
+    blocks = len(a.json("blocks", str(a.folder / "media" / "big.bin"))["blocks"])
+    # resumed where it was (the PUTs in flight, 8 at most, sent again), not sent again whole
+    assert a.stats()["blocks_up"] < blocks + sent_before
     b.sync()
     assert snapshot(b.folder) == snapshot(a.folder)
     assert (b.folder / "media" / "big.bin").read_bytes() == data

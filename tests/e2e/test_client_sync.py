@@ -43,6 +43,7 @@ def test_create_edit_rename_delete_undelete_across_devices(
     a.sync()
     b.sync()
     assert snapshot(b.folder) == snapshot(a.folder)
+    [moved_id] = {e["file_id"] for e in a.json("history", "Docs/deep/er/still/n.txt")["entries"]}
 
     # B edits, renames (a move, not a re-upload) and deletes; A follows
     b.write("hello.txt", "hello, edited")
@@ -55,9 +56,10 @@ def test_create_edit_rename_delete_undelete_across_devices(
     assert not (a.folder / "zero.bin").exists()
     assert (a.folder / "Docs" / "moved.txt").read_text() == "nested"
 
-    # the move kept the history; the edit made a new rev
+    # the move kept the file (its id and history: no delete and upload); the edit made a rev
     revs = a.json("history", "Docs/moved.txt")["entries"]
-    assert len(revs) >= 1
+    assert {e["file_id"] for e in revs} == {moved_id}
+    assert not any(e["path_display"].endswith("/n.txt") for e in a.json("trash"))
     assert [e["rev"] for e in a.json("history", "hello.txt")["entries"]][:2] == [2, 1]
 
     # undelete from the trash, and it comes back on both devices
