@@ -213,6 +213,20 @@ def test_longpoll_wakes_on_commit_and_times_out(services: Services, alice: Princ
     assert woke.changes is True and time.monotonic() - started < 5
 
 
+def test_a_configured_backoff_is_in_every_long_poll_answer(
+    services: Services, alice: Principal
+) -> None:
+    """`longpoll_backoff_s` sheds load: each answer tells the device to wait before its
+    next long-poll (0, the default, says nothing)."""
+    cursor = listing.list_folder(services, alice, "/", True, None).cursor
+    request = LongpollRequest(cursor=cursor, timeout=1)
+    assert listing.longpoll(services, alice, request).backoff is None
+    shed = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, longpoll_backoff_s=7)
+    )
+    assert listing.longpoll(shed, alice, request).backoff == 7
+
+
 def test_a_cursor_older_than_the_feeds_memory_is_told_to_list(
     services: Services, alice: Principal
 ) -> None:

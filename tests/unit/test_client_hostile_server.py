@@ -1130,6 +1130,26 @@ def test_an_upload_stopped_midway_names_only_the_files_it_left(
     ]
 
 
+def test_a_long_polls_backoff_is_waited_before_the_next(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server shedding load answers `backoff`: the device waits that long (or until it
+    is stopped) before it long-polls again, instead of at once."""
+    engine = _engine(tmp_path, evil)
+    engine.state.set_meta("cursor", "c1")
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False  # not stopped
+
+    monkeypatch.setattr(engine.api, "call", lambda *a, **k: {"changes": False, "backoff": 7})
+    monkeypatch.setattr(engine._stop, "wait", wait)
+    assert engine.longpoll() is False
+    engine.close()
+    assert waits == [7.0]
+
+
 def test_an_idle_long_poll_is_answered_not_timed_out(
     tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
 ) -> None:
