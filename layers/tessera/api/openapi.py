@@ -8,7 +8,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 import tessera
-from tessera.api.routes import ROUTES
+from tessera.api.routes import COMMON_ERRORS, ROUTES
 from tessera.domain.models import ErrorBody, HealthResponse
 
 _REF = "#/components/schemas/{model}"
@@ -20,6 +20,7 @@ _ERROR_TEXT = {
     409: "conflict (stale parent_rev, path taken)",
     413: "over a size limit",
     422: "malformed body or invalid path",
+    429: "throttled; retry after Retry-After",
     503: "unavailable; retry after Retry-After",
 }
 
@@ -54,7 +55,7 @@ def build_openapi() -> dict[str, Any]:
                 "description": text,
                 "content": {"application/json": {"schema": _ref(model)}},
             }
-        for status in route.errors:
+        for status in sorted({*route.errors, *COMMON_ERRORS}):
             responses[str(status)] = {
                 "description": _ERROR_TEXT.get(status, "error"),
                 "content": {"application/json": {"schema": _ref(ErrorBody)}},

@@ -29,7 +29,8 @@ def is_longpoll(path: str) -> bool:
 
 @dataclass(frozen=True)
 class Route:
-    """One route: method, path, models in and out, the domain call, and its errors."""
+    """One route: method, path, models in and out, the domain call, and its errors (those
+    of its own: every route may also answer 429 and 503, `COMMON_ERRORS`)."""
 
     method: str
     path: str
@@ -40,6 +41,10 @@ class Route:
     errors: tuple[int, ...] = (400, 401, 403, 404, 422)
     extra_responses: tuple[tuple[int, type[BaseModel], str], ...] = ()
 
+
+# What any route may answer: throttled (the per-user bucket, API Gateway's stage limits), or
+# the database (or an AWS service) unavailable for a while; both with Retry-After
+COMMON_ERRORS = (429, 503)
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -67,7 +72,7 @@ ROUTES: tuple[Route, ...] = (
         m.UploadUrlsRequest,
         m.UploadUrlsResponse,
         uploads.upload_urls,
-        (401, 404, 413, 422),
+        (401, 404, 409, 413, 422),
     ),
     Route(
         "POST",
@@ -154,7 +159,7 @@ ROUTES: tuple[Route, ...] = (
         m.RestoreRequest,
         m.FileEntry | m.FolderEntry,
         files.restore,
-        (401, 403, 404, 409, 422),
+        (401, 403, 404, 409, 413, 422),
     ),
     Route(
         "POST",
@@ -198,6 +203,7 @@ ROUTES: tuple[Route, ...] = (
         m.ShareRequest,
         m.ShareInfo,
         sharing.share,
+        (400, 401, 403, 404, 409, 422),
     ),
     Route(
         "POST",
@@ -206,6 +212,7 @@ ROUTES: tuple[Route, ...] = (
         m.UnshareRequest,
         m.ShareInfo,
         sharing.unshare,
+        (400, 401, 403, 404, 409, 422),
     ),
     Route(
         "POST",
