@@ -29,6 +29,7 @@ from tessera.ports import (
     StorageTier,
     StoredObject,
 )
+from tests.concurrency import wait_for_a_lock_waiter
 
 from .conftest import usage_drift
 from .test_maintenance_world import (
@@ -147,7 +148,7 @@ def test_a_row_committed_while_gc_waits_for_the_block_lock_keeps_its_object(
         promoter.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LockClass.BLOCK, bid))
         waiting = threading.Thread(target=gc_check)
         waiting.start()
-        time.sleep(0.5)  # gc's statement now waits for the lock (its limit: 2 s)
+        wait_for_a_lock_waiter(database_url)  # gc's statement waits for the lock (2 s at most)
         promoter.execute(
             "INSERT INTO blocks (block_id, size, stored_size, key_version, state)"
             " VALUES (%s, 1, 1, 1, 'live')",
@@ -249,21 +250,26 @@ def test_two_recounts_at_once_take_a_drift_off_once(
     monkeypatch.setattr(MaintenanceTx, "usage_drift", reading)
     monkeypatch.setattr(MaintenanceTx, "correct_usage", correcting)
 
+    done: list[str] = []  # the runs that returned (one that raised is missing: a thread's
+    # exception is only a warning, and the drift would still be right)
+
     def first() -> None:
         recount_usage(world.ctx, datetime.now(UTC))
+        done.append("first")
         first_done.set()
 
+    def second() -> None:
+        assert first_read.wait(5)
+        recount_usage(world.ctx, datetime.now(UTC))
+        done.append("second")
+
     runs = [threading.Thread(target=first, name="first")]
-    runs.append(
-        threading.Thread(
-            target=lambda: first_read.wait(5) and recount_usage(world.ctx, datetime.now(UTC)),
-            name="second",
-        )
-    )
+    runs.append(threading.Thread(target=second, name="second"))
     for run in runs:
         run.start()
     for run in runs:
         run.join(20)
+    assert sorted(done) == ["first", "second"]  # both ran through (neither raised)
     assert usage_drift(world.svc.db) == []
 
 

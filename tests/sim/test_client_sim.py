@@ -46,7 +46,7 @@ class Faults:
         self._lock = threading.Lock()  # drawn by the transfer threads too
 
     def draw(self) -> str | None:
-        """"drop", "lose" or None (no fault) for the next request."""
+        """ "drop", "lose" or None (no fault) for the next request."""
         with self._lock:
             if self.rng.random() >= self.rate:
                 return None
