@@ -70,13 +70,13 @@ def test_health_and_openapi_need_no_auth(call: Caller) -> None:
         for method, op in ops.items():
             if path != "/v1/health":
                 assert {"429", "503"} <= set(op["responses"]), (method, path)
-    for path, status in [
+    for path, code in [
         ("/v1/uploads/urls", "409"),
         ("/v1/share", "409"),
         ("/v1/unshare", "409"),
         ("/v1/restore", "413"),
     ]:
-        assert status in doc["paths"][path]["post"]["responses"], (path, status)
+        assert code in doc["paths"][path]["post"]["responses"], (path, code)
 
 
 def test_no_claims_is_401(call: Caller) -> None:
