@@ -258,6 +258,35 @@ def test_a_reported_restore_is_settled_once_the_store_shows_it(world: World) -> 
     assert world.get(ALICE, "/f.bin") == data
 
 
+def test_one_restore_that_cannot_be_settled_holds_back_no_other(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tier change that failed for one block (its restored copy lapsed, or its object
+    deleted, since the head) ended the pass: every pass met it first, and no restore
+    behind it was ever settled."""
+    data, key = _cold_file(world)
+    world.put(ALICE, "/g.bin", other := secrets.token_bytes(BLOCK))
+    world.run("dedup")
+    assert _cold(world, days=91).blocks_moved == 1
+    for path in ("/f.bin", "/g.bin"):
+        assert isinstance(world.get(ALICE, path), RestoringResponse)
+    world.store_clock.advance(hours=2)
+    set_tier = world.store.set_tier
+
+    def failing(k: str, tier: StorageTier) -> None:
+        if k == key:
+            raise KeyError(k)
+        set_tier(k, tier)
+
+    monkeypatch.setattr(world.store, "set_tier", failing)
+    result = _cold(world, days=91)
+    assert result.restores_completed == 1 and len(result.errors) == 1
+    assert world.get(ALICE, "/g.bin") == other
+    monkeypatch.undo()
+    assert _cold(world, days=91).restores_completed == 1  # its turn, next pass
+    assert world.get(ALICE, "/f.bin") == data
+
+
 def _restore_completed(key: str) -> dict[str, object]:
     return {
         "source": "aws.s3",
@@ -390,6 +419,30 @@ def test_a_block_marked_cold_and_read_before_its_move_is_live_again(
     assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
     head = world.store.head(world.keys_under("blocks/")[0])
     assert head is not None and head.tier is StorageTier.HOT
+
+
+def test_a_block_read_before_its_move_whose_object_is_gone_goes_to_repair(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marked cold, read since, and its object gone (a bug deleted it): it was set live
+    again without a word, its object missing until the weekly inventory. It now goes to
+    scrub's repair at once, as one unread does (here: undeleted from the store's earlier
+    version)."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/f.bin", data)
+    world.run("dedup")
+    _unread_since_100_days(world)
+    with monkeypatch.context() as patch:
+        patch.setattr(type(world.store), "set_tier", _killed)
+        with pytest.raises(Killed):
+            _cold(world, days=0)
+    assert world.get(ALICE, "/f.bin") == data  # read today
+    [key] = world.keys_under("blocks/")
+    world.store.delete(key)
+    result = _cold(world, days=0)
+    assert (result.blocks_moved, result.repaired, result.lost) == (0, 1, 0)
+    assert world.store.head(key) is not None
+    assert world.get(ALICE, "/f.bin") == data
 
 
 def test_a_download_that_read_the_block_live_sees_it_moved(

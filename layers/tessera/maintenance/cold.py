@@ -102,7 +102,8 @@ def _move(ctx: MaintenanceContext, row: BlockRow, cutoff: datetime, result: Cold
         already_cold = head is not None and head.tier is StorageTier.COLD
         if not already_cold and (not unread or head is None):
             tx.set_state(row.block_id, "live", from_states=["cold"])
-            if unread:  # live again, for scrub's repair to mend or quarantine
+            if head is None:  # live again, for scrub's repair to mend or quarantine (read
+                # since or not: kept, a read one was left without its object, unreported)
                 result.errors.append(f"{row.block_id}: live but no object at {key}")
                 return "lost"
             return "kept"
@@ -166,7 +167,21 @@ def settle_reported_restores(
 def _check_restore(
     ctx: MaintenanceContext, row: BlockRow, as_of: datetime, result: ColdResult
 ) -> bool:
-    """Settle one restoring block if its restore is done or lost; True while it waits."""
+    """Settle one restoring block if its restore is done or lost; True while it waits, or
+    when settling it failed (the next pass or event tries again): one block's failure (its
+    restored copy lapsed, or its object deleted, between the head and the tier change)
+    had ended the whole pass, and every pass met it first."""
+    try:
+        return _settle_restore(ctx, row, as_of, result)
+    except Exception as e:
+        log.exception("cold: settling the restore of %s failed", row.block_id)
+        result.errors.append(f"{row.block_id}: {e}")
+        return True
+
+
+def _settle_restore(
+    ctx: MaintenanceContext, row: BlockRow, as_of: datetime, result: ColdResult
+) -> bool:
     key = canonical_key(row.block_id)
     head = ctx.store.head(key)
     if head is None:
