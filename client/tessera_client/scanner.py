@@ -122,6 +122,15 @@ class Scanner:
         except FileNotFoundError:
             return IgnoreRules()
 
+    def _same_file(self, rel: str, st: Stat) -> bool:
+        """Whether `rel` names the file (or folder) `st` describes: on a disk that finds a
+        decomposed name by its NFC spelling too, it does; elsewhere it is absent, or
+        another file."""
+        try:
+            return self.fs.lstat_if_any(rel) == st
+        except OSError:
+            return False
+
     def manifest(self, rel: str) -> FileManifest | None:
         """The cached manifest of a file scanned in this pass (None when unknown)."""
         cached = self._cache.get(path_key(rel))
@@ -159,9 +168,15 @@ class Scanner:
             for name, st in entries:
                 rel = f"{folder}/{name}" if folder else name
                 if unicodedata.normalize("NFC", rel) != rel:
-                    out.skipped.append((rel, "name is not in Unicode NFC form; rename it"))
-                    out.unseen.add(path_key(rel))
-                    continue
+                    if not self._same_file(unicodedata.normalize("NFC", rel), st):
+                        out.skipped.append((rel, "name is not in Unicode NFC form; rename it"))
+                        out.unseen.add(path_key(rel))
+                        continue
+                    # The disk keeps names decomposed (HFS+: every name it stores, so a
+                    # download written as NFC came back decomposed and was never synced
+                    # again) and finds them by their NFC spelling too: the same file
+                    name = unicodedata.normalize("NFC", name)
+                    rel = unicodedata.normalize("NFC", rel)
                 if rules.ignored(rel, is_dir=st.kind == Kind.DIR):
                     if st.kind == Kind.FILE and _stale_temp(name, st, now_ns):
                         with contextlib.suppress(OSError):  # gone, or not ours to remove

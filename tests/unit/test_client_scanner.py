@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
 
-from tessera_client.fs import TEMP_OWNER, RealFilesystem, SafeFilesystem
+from tessera_client.fs import TEMP_OWNER, FakeFilesystem, RealFilesystem, SafeFilesystem, _Node
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.scanner import Scanner
 from tessera_client.watcher import MAX_SETTLE_S, Watcher
@@ -17,6 +18,35 @@ from tessera_client.watcher import MAX_SETTLE_S, Watcher
 
 def _scanner(root: Path) -> Scanner:
     return Scanner(SafeFilesystem(RealFilesystem(root)))
+
+
+class DecomposingFilesystem(FakeFilesystem):
+    """A disk like HFS+: it lists every name decomposed (NFD), and finds a path by either
+    spelling."""
+
+    def _node(self, rel: str) -> _Node:
+        return super()._node(unicodedata.normalize("NFC", rel))
+
+    def listdir(self, rel: str) -> list[str]:
+        return [unicodedata.normalize("NFD", n) for n in super().listdir(rel)]
+
+
+def test_a_disk_that_decomposes_names_syncs_them_under_their_nfc_spelling() -> None:
+    """HFS+ lists every name decomposed: each was skipped ("not in NFC form; rename it",
+    which no rename could cure there), and a download written under its NFC name came
+    back decomposed and was never synced again. A decomposed name the disk also finds by
+    its NFC spelling is that file, under its NFC name."""
+    fake = DecomposingFilesystem()
+    fake.mkdir("\u00dcber")
+    fake.write_file("\u00dcber/caf\u00e9.txt", b"x")
+    st = fake.lstat("\u00dcber/caf\u00e9.txt")  # synced before: a fake disk is not hashed
+    synced = Entry(
+        "\u00dcber/caf\u00e9.txt", EntryKind.FILE, "b3:x", 1, "f", 1, st.mtime_ns, st.inode
+    )
+    scan = Scanner(SafeFilesystem(fake)).scan({"\u00fcber/caf\u00e9.txt": synced})
+    assert sorted(scan.tree) == ["\u00fcber", "\u00fcber/caf\u00e9.txt"]
+    assert scan.tree["\u00fcber/caf\u00e9.txt"].path == "\u00dcber/caf\u00e9.txt"
+    assert scan.skipped == [] and scan.unseen == set()
 
 
 def test_scan_reports_symlinks_clashes_and_non_nfc_names(tmp_path: Path) -> None:
