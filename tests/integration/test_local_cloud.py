@@ -113,17 +113,24 @@ def cloud(tmp_path: Path, database_url: str) -> Iterator[tuple[str, str]]:
         yield base_url, email
 
 
+def _a_cloud_that_stored_a_file(tmp_path: Path, settings: Settings) -> tuple[Path, str]:
+    """A local cloud's state dir (stopped) in which a user stored `/kept.bin`: (the state
+    dir, the user's email)."""
+    state = tmp_path / "state"
+    with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
+        email = f"u{uuid.uuid4().hex[:8]}@example.com"
+        LocalUsers(settings.database_url).add(email, PASSWORD)
+        Client(base_url, email).put_file("/kept.bin", os.urandom(BLOCK + 1))
+    return state, email
+
+
 def test_a_lost_key_file_is_not_made_anew_over_stored_blocks(
     tmp_path: Path, database_url: str
 ) -> None:
     """A missing `keys.json` was made anew at start: every block became unreadable, and
     maintenance quarantined them all, for good (the old file put back did not undo it)."""
     settings = Settings(database_url=database_url)
-    state = tmp_path / "state"
-    with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
-        email = f"u{uuid.uuid4().hex[:8]}@example.com"
-        LocalUsers(database_url).add(email, PASSWORD)
-        Client(base_url, email).put_file("/kept.bin", os.urandom(BLOCK + 1))
+    state, email = _a_cloud_that_stored_a_file(tmp_path, settings)
     key_file = state / "keys.json"
     key_file.rename(tmp_path / "keys.json.bak")
     with pytest.raises(MissingKeyFile, match="holds 2 blocks encrypted under it") as refused:
@@ -142,11 +149,7 @@ def test_a_key_file_from_another_state_dir_is_refused(tmp_path: Path, database_u
     each, for good. Its secrets are now compared with the fingerprints recorded at the
     first start, and `local up` refuses, with one line, before anything is served."""
     settings = Settings(database_url=database_url)
-    state = tmp_path / "state"
-    with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
-        email = f"u{uuid.uuid4().hex[:8]}@example.com"
-        LocalUsers(database_url).add(email, PASSWORD)
-        Client(base_url, email).put_file("/kept.bin", os.urandom(BLOCK + 1))
+    state, email = _a_cloud_that_stored_a_file(tmp_path, settings)
     key_file = state / "keys.json"
     key_file.rename(tmp_path / "keys.json.bak")
     KeyFileKeyService(key_file)  # another state dir's key file: another secret, version 1

@@ -403,9 +403,9 @@ def test_a_run_killed_after_moving_leaves_a_cold_row_that_restores(
     assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
 
 
-def test_a_block_marked_cold_and_read_before_its_move_is_live_again(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _marked_cold_then_read(world: World, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """Alice's one-block /f.bin, marked cold by a run killed before the move, then read
+    today: its bytes."""
     data = secrets.token_bytes(BLOCK)
     world.put(ALICE, "/f.bin", data)
     world.run("dedup")
@@ -414,7 +414,14 @@ def test_a_block_marked_cold_and_read_before_its_move_is_live_again(
         patch.setattr(type(world.store), "set_tier", _killed)
         with pytest.raises(Killed):
             _cold(world, days=0)
-    assert world.get(ALICE, "/f.bin") == data  # read today
+    assert world.get(ALICE, "/f.bin") == data
+    return data
+
+
+def test_a_block_marked_cold_and_read_before_its_move_is_live_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _marked_cold_then_read(world, monkeypatch)
     assert _cold(world, days=0).blocks_moved == 0
     assert world.sql("SELECT state, storage_class FROM blocks") == [("live", "hot")]
     head = world.store.head(world.keys_under("blocks/")[0])
@@ -428,15 +435,7 @@ def test_a_block_read_before_its_move_whose_object_is_gone_goes_to_repair(
     again without a word, its object missing until the weekly inventory. It now goes to
     scrub's repair at once, as one unread does (here: undeleted from the store's earlier
     version)."""
-    data = secrets.token_bytes(BLOCK)
-    world.put(ALICE, "/f.bin", data)
-    world.run("dedup")
-    _unread_since_100_days(world)
-    with monkeypatch.context() as patch:
-        patch.setattr(type(world.store), "set_tier", _killed)
-        with pytest.raises(Killed):
-            _cold(world, days=0)
-    assert world.get(ALICE, "/f.bin") == data  # read today
+    data = _marked_cold_then_read(world, monkeypatch)
     [key] = world.keys_under("blocks/")
     world.store.delete(key)
     result = _cold(world, days=0)

@@ -936,6 +936,20 @@ def _urls_answer(evil: Evil, drop: int = 0) -> Callable[[dict[str, Any]], Any]:
     return answer
 
 
+def _two_new_files(tmp_path: Path, evil: Evil, urls: Callable[[dict[str, Any]], Any]) -> SyncEngine:
+    """An engine over two new files to upload, the server answering `/v1/uploads/urls`
+    with `urls` (and the other upload routes honestly)."""
+    evil.answers = {
+        "/v1/uploads": _uploads_answer(),
+        "/v1/uploads/urls": urls,
+        "/v1/commit_batch": _commit_batch_answer(drop=0),
+    }
+    engine = _engine(tmp_path, evil)
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "root" / "sync" / name).write_bytes(name.encode() * 1000)
+    return engine
+
+
 def _commit_batch_answer(drop: int) -> Callable[[dict[str, Any]], Any]:
     """`/v1/commit_batch`: a result per entry, less the last `drop` of them."""
 
@@ -1025,14 +1039,7 @@ def test_a_put_url_that_expired_before_its_turn_is_renewed(tmp_path: Path, evil:
             blocks.append({"id": b["id"], "method": "PUT", "url": evil.base + path})
         return {"urls": blocks}
 
-    evil.answers = {
-        "/v1/uploads": _uploads_answer(),
-        "/v1/uploads/urls": urls,
-        "/v1/commit_batch": _commit_batch_answer(drop=0),
-    }
-    engine = _engine(tmp_path, evil)
-    for name in ("a.txt", "b.txt"):
-        (tmp_path / "root" / "sync" / name).write_bytes(name.encode() * 1000)
+    engine = _two_new_files(tmp_path, evil, urls)
     result = engine.run_once(max_rounds=1)
     engine.close()
     assert not [p for p in result.problems if "upload" in p], result.problems
@@ -1059,14 +1066,7 @@ def test_a_block_committed_in_its_session_meanwhile_starts_the_file_afresh(
             return 409, {"error": {"code": "conflict", "message": message}}
         return urls(body)
 
-    evil.answers = {
-        "/v1/uploads": _uploads_answer(),
-        "/v1/uploads/urls": urls_once_refused,
-        "/v1/commit_batch": _commit_batch_answer(drop=0),
-    }
-    engine = _engine(tmp_path, evil)
-    for name in ("a.txt", "b.txt"):
-        (tmp_path / "root" / "sync" / name).write_bytes(name.encode() * 1000)
+    engine = _two_new_files(tmp_path, evil, urls_once_refused)
     result = engine.run_once()
     engine.close()
     assert result.problems == [] and refused
