@@ -20,8 +20,9 @@ def test_the_first_start_records_and_later_starts_compare(db: Database, tmp_path
     check_block_keys(db, keys)  # the same secrets: nothing to say
     assert keys.rotate() == 2
     check_block_keys(db, keys)  # a rotation's new version is recorded at its first start
-    recorded = {v: bytes(fp) for v, fp in db_rows(db)}
+    recorded = fingerprints(db)
     assert recorded == {v: key_fingerprint(keys.secret(v)) for v in (1, 2)}
+    stored_under(db, 1, 2)
 
     swapped = KeyFileKeyService(tmp_path / "other.json")  # version 1 only, another secret
     with pytest.raises(BlockKeysMismatch) as refused:
@@ -29,7 +30,35 @@ def test_the_first_start_records_and_later_starts_compare(db: Database, tmp_path
     said = str(refused.value)
     assert "key version 1's secret is not the one recorded" in said
     assert "key version 2 (recorded on" in said and "is missing" in said
-    assert {v: bytes(fp) for v, fp in db_rows(db)} == recorded  # nothing overwritten
+    assert fingerprints(db) == recorded  # nothing overwritten
+
+
+def test_a_refused_start_records_nothing_and_the_right_keys_start_again(
+    db: Database, tmp_path: Path
+) -> None:
+    """A swapped key file with more versions than the database knew: its extra versions
+    were recorded before the comparison refused it, and the right file, put back, was
+    then refused for ever for lacking them."""
+    right = KeyFileKeyService(tmp_path / "keys.json")
+    check_block_keys(db, right)
+    stored_under(db, 1)
+    wrong = KeyFileKeyService(tmp_path / "other.json")
+    wrong.rotate()  # versions 1 and 2, another secret under 1
+    with pytest.raises(BlockKeysMismatch):
+        check_block_keys(db, wrong)
+    assert set(fingerprints(db)) == {1}
+    check_block_keys(db, right)
+
+
+def test_a_version_no_block_uses_may_change_or_go(db: Database, tmp_path: Path) -> None:
+    """A key file made anew over a database whose blocks gc collected (or that never held
+    any) was refused for ever, though no block was at risk: its record is replaced."""
+    first = KeyFileKeyService(tmp_path / "keys.json")
+    first.rotate()
+    check_block_keys(db, first)  # versions 1 and 2 recorded, no block stored
+    anew = KeyFileKeyService(tmp_path / "anew.json")  # version 1 only, another secret
+    check_block_keys(db, anew)
+    assert fingerprints(db) == {1: key_fingerprint(anew.secret(1))}
 
 
 def test_a_version_missing_from_the_key_file_is_refused(db: Database, tmp_path: Path) -> None:
@@ -37,6 +66,7 @@ def test_a_version_missing_from_the_key_file_is_refused(db: Database, tmp_path: 
     keys = KeyFileKeyService(path)
     keys.rotate()
     check_block_keys(db, keys)
+    stored_under(db, 1)
     state = json.loads(path.read_text())
     del state["versions"]["1"]  # an older copy of the file lost its first version
     path.write_text(json.dumps(state))
@@ -55,6 +85,7 @@ def test_a_maintenance_function_refusing_the_keys_leaves_no_pool_open(
 
     with Database(database_url, min_size=0, max_size=1) as first:
         check_block_keys(first, KeyFileKeyService(tmp_path / "keys.json"))
+        stored_under(first, 1)
     built: list[MaintenanceContext] = []
 
     def build() -> MaintenanceContext:
@@ -84,8 +115,18 @@ def test_a_fingerprint_is_never_a_block_key(tmp_path: Path) -> None:
         derive_block_key(secret, "tessera key fingerprint v1")
 
 
-def db_rows(db: Database) -> list[tuple[int, bytes]]:
+def fingerprints(db: Database) -> dict[int, bytes]:
+    """The recorded fingerprint of each key version."""
     with db.transaction() as store:
-        return store.conn.execute(
-            "SELECT key_version, fingerprint FROM key_fingerprints ORDER BY 1"
-        ).fetchall()
+        return {v: fp for v, (fp, _) in store.key_fingerprints().items()}
+
+
+def stored_under(db: Database, *versions: int) -> None:
+    """A block row stored under each of `versions`."""
+    with db.transaction() as store:
+        for v in versions:
+            store.conn.execute(
+                "INSERT INTO blocks (block_id, size, stored_size, key_version, state)"
+                " VALUES (%s, 1, 1, %s, 'live')",
+                (f"b3:{v:064x}", v),
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -165,6 +166,22 @@ def test_a_made_up_key_version_is_judged_without_asking_the_key_service(
     result = _dedup(world)
     assert result.quarantined == 1 and 999_999 not in loaded
     assert world.sql("SELECT reason FROM damaged_versions") == [("unknown key version 999999",)]
+
+
+def test_an_upload_under_a_key_rotated_since_the_listing_is_verified(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On AWS a process lists the key versions at most once a minute: an upload under a
+    version another process rotated in meanwhile was judged "unknown key version" and
+    quarantined for good. The version after the newest listed is loaded, as before."""
+    KeyFileKeyService(tmp_path / "keys.json").rotate()  # another process rotates
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/new.bin", data)  # encoded under version 2
+    monkeypatch.setattr(world.ctx.keys, "versions", lambda: [1])  # a listing of before
+    result = _dedup(world)
+    assert (result.promoted, result.quarantined) == (1, 0)
+    assert world.sql("SELECT key_version FROM blocks") == [(2,)]
+    assert world.get(ALICE, "/new.bin") == data
 
 
 def test_a_copy_that_cannot_be_read_now_waits_and_holds_back_no_other(

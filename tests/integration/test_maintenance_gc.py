@@ -372,7 +372,6 @@ def test_a_purge_run_as_of_the_past_still_gives_freed_blocks_their_grace(world: 
     world.sql("UPDATE files SET deleted_at = now() - interval '60 days' RETURNING 1")
     world.sql("UPDATE upload_sessions SET state = 'expired' RETURNING 1")  # done long ago
     assert _gc(world, days=-10).trash_files_purged == 1  # 50 days in the trash then
-    print("DBG", world.sql("SELECT refcount, zero_since, updated_at, now() FROM blocks"))
     assert _gc(world, days=0).blocks_deleted == 0  # freed now, whatever the run's as-of
     assert _gc(world, days=2).blocks_deleted == 1
 

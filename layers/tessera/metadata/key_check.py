@@ -6,8 +6,12 @@ every block it reads damaged and quarantines it, and uploads are encrypted under
 right secret cannot read back. The secrets live apart from the metadata (the local key
 file, KMS-encrypted parameters), so they can be swapped without it: a state dir's
 `keys.json` copied from another, two state dirs over one `DATABASE_URL`, a parameter put
-again by hand. So the metadata records each version's fingerprint the first time a process
-meets it, and every later start compares before it serves or judges a block.
+again by hand. So the metadata records each version's fingerprint the first time a check
+meets it, and later checks compare: the local cloud's start and `tessera admin run`
+before they serve or judge a block, and on AWS the cold start of each maintenance
+function that decodes blocks. The AWS API functions do not check (a query at every cold
+start): after a parameter put again, they hand out keys under it until a decoding
+function's next start refuses and alarms (docs/maintenance.md).
 """
 
 from __future__ import annotations
@@ -21,22 +25,38 @@ class BlockKeysMismatch(Exception):
 
 
 def check_block_keys(db: Database, keys: KeyService) -> None:
-    """Record the fingerprint of each key version met for the first time; raise
-    `BlockKeysMismatch` when a version's secret differs from the one recorded, or a
-    recorded version is missing from the key service."""
+    """Compare each key version's secret with the fingerprint recorded for it; raise
+    `BlockKeysMismatch`, recording nothing, when one differs (or is missing from the key
+    service) while blocks are stored under it. A version no block uses may change (a new
+    key file over a database whose blocks gc collected): its record is replaced. Then
+    record the versions met for the first time.
+
+    Compared before anything is recorded: recorded first, a refused start's extra
+    versions were kept, and the right key file, put back, was then refused for lacking
+    them."""
     found = keys.fingerprints()
     with db.transaction() as store:
-        recorded = store.record_key_fingerprints(found)
-    wrong = sorted(v for v, (fp, _) in recorded.items() if v in found and found[v] != fp)
-    missing = sorted(v for v in recorded if v not in found)
-    if not wrong and not missing:
-        return
-    problems = [
-        f"key version {v}'s secret is not the one recorded on {recorded[v][1]:%Y-%m-%d}"
-        for v in wrong
-    ] + [f"key version {v} (recorded on {recorded[v][1]:%Y-%m-%d}) is missing" for v in missing]
-    raise BlockKeysMismatch(
-        f"the block keys do not match this database: {'; '.join(problems)}. Blocks stored"
-        " under those versions cannot be read with these keys, and nothing was served or"
-        " checked. Put back the key file (or key parameters) this database was used with."
-    )
+        recorded = store.key_fingerprints()
+        changed = sorted(v for v, (fp, _) in recorded.items() if v in found and found[v] != fp)
+        missing = sorted(v for v in recorded if v not in found)
+        problems = [
+            f"key version {v}'s secret is not the one recorded on {recorded[v][1]:%Y-%m-%d}"
+            for v in changed
+            if store.key_version_in_use(v)
+        ] + [
+            f"key version {v} (recorded on {recorded[v][1]:%Y-%m-%d}) is missing"
+            for v in missing
+            if store.key_version_in_use(v)
+        ]
+        if not problems:
+            store.forget_key_fingerprints(missing)
+            store.set_key_fingerprints(
+                {v: fp for v, fp in found.items() if v not in recorded or v in changed}
+            )
+    if problems:
+        raise BlockKeysMismatch(
+            f"the block keys do not match this database: {'; '.join(problems)}. Blocks"
+            " stored under those versions cannot be read with these keys, and nothing was"
+            " served or checked. Put back the key file (or key parameters) this database"
+            " was used with."
+        )

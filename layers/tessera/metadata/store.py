@@ -1498,18 +1498,39 @@ class Store:
         )
         self._expect_blocks(upload_id, expect)
 
-    def record_key_fingerprints(
-        self, found: Mapping[int, bytes]
-    ) -> dict[int, tuple[bytes, datetime]]:
-        """Record the fingerprint of each key version in `found` that has none yet; then
-        every recorded one: version → (fingerprint, when it was recorded)."""
+    def key_fingerprints(self) -> dict[int, tuple[bytes, datetime]]:
+        """Every recorded key version's fingerprint: version → (fingerprint, recorded at),
+        the rows locked until the transaction ends (two starts at once record in turn)."""
+        rows = self._all(
+            "SELECT key_version, fingerprint, recorded_at FROM key_fingerprints FOR UPDATE"
+        )
+        return {int(v): (bytes(fp), at) for v, fp, at in rows}
+
+    def set_key_fingerprints(self, found: Mapping[int, bytes]) -> None:
+        """Record these versions' fingerprints (a version recorded before is replaced)."""
         self.conn.cursor().executemany(
             "INSERT INTO key_fingerprints (key_version, fingerprint) VALUES (%s, %s)"
-            " ON CONFLICT (key_version) DO NOTHING",
+            " ON CONFLICT (key_version) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+            " recorded_at = now()",
             list(found.items()),
         )
-        rows = self._all("SELECT key_version, fingerprint, recorded_at FROM key_fingerprints")
-        return {int(v): (bytes(fp), at) for v, fp, at in rows}
+
+    def forget_key_fingerprints(self, versions: Iterable[int]) -> None:
+        """Forget the fingerprints of these versions."""
+        self._all(
+            "DELETE FROM key_fingerprints WHERE key_version = ANY(%s) RETURNING 1",
+            (list(versions),),
+        )
+
+    def key_version_in_use(self, version: int) -> bool:
+        """Whether any block, or any upload's block, is stored under key `version` (asked
+        only of a version whose secret changed: without an index, it may read the tables)."""
+        row = self._one(
+            "SELECT EXISTS (SELECT 1 FROM blocks WHERE key_version = %(v)s)"
+            " OR EXISTS (SELECT 1 FROM upload_blocks WHERE key_version = %(v)s)",
+            {"v": version},
+        )
+        return bool(row[0])
 
     def stored_block_count(self) -> int:
         """How many blocks the database holds rows for (any state)."""
