@@ -101,9 +101,13 @@ class IntegrityError(Exception):
 class SessionLost(Exception):
     """A block a resumed file was still to send was committed in its session meanwhile, by
     another of the session's files (a file's record knows only its own sends): the server
-    refuses a URL for it (409), and the session cannot finish this file. Its files start
-    afresh next round, where the 409 had ended every upload for as long as the session
-    lived (an hour past its last use)."""
+    refuses a URL for it (409), and the session cannot finish this file. The session's
+    files not yet committed start afresh next round, where the 409 had ended every upload
+    for as long as the session lived (an hour past its last use)."""
+
+    def __init__(self, upload_id: str, message: str) -> None:
+        super().__init__(message)
+        self.upload_id = upload_id
 
 
 # The code of an `ApiError` the block store answered (a PUT), not the API
@@ -349,13 +353,17 @@ class Transfers:
                     kv, key = rec["needed"][ref.id]
                     work.append((item, ref.id, rec["upload_id"], kv, key))
         done: set[str] = set()
+        submitted: set[str] = set()  # handed to a commit: its session record is the marker
+        # a commit that landed without its answer is adopted by (`SyncEngine`)
 
         def emit_once(result: UploadResult) -> None:
             done.add(result.item.path)
             emit(result)
 
         try:
-            self._send_and_commit(list(_windows(work, items)), items, sessions, emit_once)
+            self._send_and_commit(
+                list(_windows(work, items)), items, sessions, emit_once, submitted
+            )
         except (ApiError, SessionLost) as e:
             if isinstance(e, ApiError) and (
                 e.status not in (404, 410) or e.code == BLOCK_UPLOAD_FAILED
@@ -363,11 +371,21 @@ class Transfers:
                 # a store answering 404 to a PUT (a missing bucket, a proxy) is no lost
                 # session: taken for one, every round started afresh, without a word
                 raise
-            # the session expired, vanished or cannot finish these files: forget it, the
-            # next round starts afresh
+            # the session expired or vanished: forget it, the next round starts afresh; one
+            # that cannot finish some files: forget it for those (not another session's,
+            # nor those sent to a commit, whose records a commit that landed needs)
             left = [item for item in items if item.path not in done]
+            if isinstance(e, SessionLost):
+                forgotten = [
+                    item
+                    for item in left
+                    if sessions[item.path]["upload_id"] == e.upload_id
+                    and item.path not in submitted
+                ]
+            else:
+                forgotten = left
             with self.state.transaction():
-                for item in left:
+                for item in forgotten:
                     self.state.drop_pending("upload", self._pending_key(item))
             for item in left:
                 emit(UploadResult(item, status=0))
@@ -392,6 +410,7 @@ class Transfers:
         items: list[UploadItem],
         sessions: dict[str, dict[str, Any]],
         emit: Callable[[UploadResult], None],
+        submitted: set[str],
     ) -> None:
         """Send every window and commit every file, pipelined: a window's PUTs are queued
         while the last one's are still in flight, and the window after is read and encoded
@@ -399,7 +418,7 @@ class Transfers:
         and the files whose blocks have all arrived are committed, on a commit thread, while
         later windows upload; `emit` gets each commit's results on this thread once it is
         back. Files that changed while they were read get status 0 (the next round uploads
-        them again)."""
+        them again). `submitted` gets the files handed to a commit."""
         changed: set[str] = set()
         # which files wait for a block: a block sent is recorded once per window for each
         waiting: dict[tuple[str, str], list[str]] = {}
@@ -409,7 +428,6 @@ class Transfers:
             outstanding[item.path] = set(rec["needed"]) - rec["sent"]
             for block in rec["needed"]:
                 waiting.setdefault((rec["upload_id"], block), []).append(item.path)
-        submitted: set[str] = set()
         commits: deque[Future[list[UploadResult]]] = deque()  # in submission order
         # Two commits in flight: a window's commit reads its staged blocks back from the
         # store while the one before writes, and the last window's commit need not wait
@@ -532,7 +550,7 @@ class Transfers:
             answer = parse(UploadUrlsResponse, self.api.call("/v1/uploads/urls", body))
         except ApiError as e:
             if e.status == 409:
-                raise SessionLost(e.message) from e
+                raise SessionLost(upload_id, e.message) from e
             raise
         if answer.expires_at is not None:
             # in use, the session lives on: a resume past its first hour had started over
