@@ -336,6 +336,18 @@ def test_a_folder_delete_if_empty_takes_nothing_along(services: Services, alice:
     assert [t.path_display for t in trash] == ["/empty"]
 
 
+def test_a_folder_delete_if_empty_of_what_is_a_file_now_is_409(
+    services: Services, alice: Principal
+) -> None:
+    """A device deleted the empty folder `d` it saw; another had replaced it with a file
+    `d` meanwhile: `if_empty` was checked of folders only, so the file went to the trash,
+    and from every device, unasked."""
+    put_file(services, alice, "/d", b"another device's file")
+    with pytest.raises(Conflict, match="is a file now"):
+        files.delete(services, alice, DeleteRequest(path="/d", if_empty=True))
+    assert get_file(services, alice, "/d") == b"another device's file"
+
+
 # `ẞ` (3 UTF-8 bytes) and `ss` (2) share a key: a name spelled one way can land in a folder
 # spelled the other, and an entry is stored spelled as the folders above it are.
 _WIDE, _NARROW = "\u1e9e" * 85, "ss" * 85  # 255 and 170 bytes

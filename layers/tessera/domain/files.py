@@ -540,6 +540,10 @@ def delete(svc: Services, principal: Principal, req: DeleteRequest) -> FileEntry
                     raise Conflict(f"{req.path!r} is a folder now, not the file you saw")
                 rev = row.latest_rev if req.parent_rev is None else req.parent_rev
                 check_parent(row, req.path, rev, req.parent_file_id)
+            elif req.if_empty and row.kind != "folder":
+                # the caller deletes the (empty) folder it saw; another device put a file
+                # in its place since: trashed, it went from every device unasked
+                raise Conflict(f"{req.path!r} is a file now, not the folder you saw")
             ids = [row.file_id]
             if row.kind == "folder":
                 view_key = paths.path_key(view.view_path(loc.mount, row.path_display))

@@ -465,7 +465,7 @@ class MoveRequest(Idempotent):
 class DeleteRequest(Idempotent):
     """POST /v1/delete: soft delete into the trash. `parent_rev` and `parent_file_id` guard
     files (409 if stale, or if the path holds another file); `if_empty` guards folders (409
-    if it holds anything)."""
+    if it holds anything, or is a file now)."""
 
     path: PathStr
     parent_rev: int | None = Field(default=None, ge=1)
