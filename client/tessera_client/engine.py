@@ -789,19 +789,21 @@ class SyncEngine:
         every device. Then the folder stays, and the next pull brings what is in it. When it
         holds what this device leaves alone (ignores, or cannot name), no pull ever brings
         that: the base is forgotten, so the next round makes the folder here as the server
-        has it (it was deleted again every round, without end)."""
+        has it (it was deleted again every round, without end). So with any 409: what it
+        holds may be nothing a pull brings (a name this device refuses), or a file in its
+        place now."""
         try:
             self.api.call("/v1/delete", {"path": server_path(op.path), "if_empty": True})
         except ApiError as e:
             if e.status == 409:
+                self.state.delete_base(op.path)
                 if path_key(op.path) in self._holding_unseen:
-                    self.state.delete_base(op.path)
                     self.reporter.problem(
                         f"kept {op.path}: on the server it holds files this device ignores"
                     )
                 else:
                     self.reporter.problem(
-                        f"kept {op.path} on the server: it holds files added on another device"
+                        f"kept {op.path} on the server: it holds what another device put there"
                     )
                 return True
             if _read_only(e):  # as for its files: the server's listing brings it back

@@ -360,6 +360,29 @@ def test_symlinked_folder_is_never_written_through(tmp_path: Path, evil: Evil) -
     assert "/v1/delete" not in evil.posted and "/v1/download" not in evil.posted
 
 
+def test_a_folder_the_server_keeps_comes_back_here_once(tmp_path: Path, evil: Evil) -> None:
+    """A folder deleted here that the server keeps (409: it holds what this device never
+    lists, such as a name it refuses) was planned for deletion again every round, without
+    end: the base is forgotten, and the next round makes the folder here as the server
+    has it."""
+    evil.entries.append(
+        {".tag": "folder", "name": "d", "path_display": "/d", "path_lower": "/d",
+         "file_id": "d1", "ns_id": 1}  # fmt: skip
+    )
+    folder = tmp_path / "root" / "sync" / "d"
+    engine = _engine(tmp_path, evil)
+    engine.run_once()
+    assert folder.is_dir()
+    folder.rmdir()
+    refusal = {"error": {"code": "conflict", "message": "/d is not empty"}}
+    evil.answers["/v1/delete"] = lambda body: (409, refusal)
+    result = engine.run_once()
+    engine.close()
+    assert folder.is_dir()  # made again, as the server has it
+    assert evil.posted.count("/v1/delete") == 1
+    assert not any("quiescent" in p for p in result.problems), result.problems
+
+
 @pytest.mark.parametrize(
     "lie",
     [
