@@ -366,8 +366,14 @@ def test_a_folder_the_server_keeps_comes_back_here_once(tmp_path: Path, evil: Ev
     end: the base is forgotten, and the next round makes the folder here as the server
     has it."""
     evil.entries.append(
-        {".tag": "folder", "name": "d", "path_display": "/d", "path_lower": "/d",
-         "file_id": "d1", "ns_id": 1}  # fmt: skip
+        {
+            ".tag": "folder",
+            "name": "d",
+            "path_display": "/d",
+            "path_lower": "/d",
+            "file_id": "d1",
+            "ns_id": 1,
+        }  # fmt: skip
     )
     folder = tmp_path / "root" / "sync" / "d"
     engine = _engine(tmp_path, evil)
