@@ -373,7 +373,7 @@ def test_a_folder_the_server_keeps_comes_back_here_once(tmp_path: Path, evil: Ev
             "path_lower": "/d",
             "file_id": "d1",
             "ns_id": 1,
-        }  # fmt: skip
+        }
     )
     folder = tmp_path / "root" / "sync" / "d"
     engine = _engine(tmp_path, evil)
