@@ -822,10 +822,11 @@ class SyncEngine:
         """`/v1/move` of a file moved here; `run` runs another operation in this round (the
         upload a move across a shared folder's edge turns into)."""
         assert op.remote is not None
+        body = {"from_path": server_path(op.src), "to_path": server_path(op.path)}
+        if op.remote.file_id:  # only the file this device saw there (else 409: replanned)
+            body["parent_file_id"] = op.remote.file_id
         try:
-            raw = self.api.call(
-                "/v1/move", {"from_path": server_path(op.src), "to_path": server_path(op.path)}
-            )
+            raw = self.api.call("/v1/move", body)
         except ApiError as e:
             if e.status == 422 and e.details.get("reason") == "across_namespaces":
                 # into or out of a shared folder: the destination is uploaded as a new file,

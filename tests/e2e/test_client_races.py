@@ -35,6 +35,27 @@ def test_a_rename_racing_an_edit_elsewhere_keeps_the_edit(
     assert snapshot(a.folder) == snapshot(b.folder) == {"doc2.txt": b"v2, B's edit"}
 
 
+def test_a_rename_of_a_file_another_device_replaced_moves_nothing_of_theirs(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """B deletes doc.txt and writes a new doc.txt; A, not pulled since, renames its
+    doc.txt: the move took B's new file, A recorded it under its own content, and the two
+    devices stayed apart, each "in sync" (an edit of A's then replaced B's work). The move
+    names the file A saw: refused, A's rename goes up as its own file, and B's stays."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    (b.folder / "doc.txt").unlink()
+    b.run_once()
+    (b.folder / "doc.txt").write_text("B's new doc")
+    b.run_once()
+    (a.folder / "doc.txt").rename(a.folder / "doc2.txt")
+    a.round(pull=False)
+    a.run_once()
+    b.run_once()
+    expected = {"doc.txt": b"B's new doc", "doc2.txt": b"v1"}
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
+
+
 def test_a_folder_deleted_here_keeps_what_another_device_added_to_it(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:

@@ -451,6 +451,24 @@ def test_delete_with_stale_parent_rev_and_undelete_of_file(
     assert get_file(services, alice, "/f") == b"2"
 
 
+def test_a_move_of_another_entry_than_the_one_seen_is_409(
+    services: Services, alice: Principal
+) -> None:
+    """A device renames the doc.txt it saw; another deleted that one and put a new doc.txt
+    there meanwhile: the move took the new file, the device recorded it under its own
+    content, and the two devices diverged without a word (an edit then overwrote the
+    other's work). With the id it saw, the move is refused and replanned."""
+    seen = put_file(services, alice, "/doc.txt", b"v1")
+    files.delete(services, alice, DeleteRequest(path="/doc.txt"))
+    other = put_file(services, alice, "/doc.txt", b"another device's doc")
+    stale = MoveRequest(from_path="/doc.txt", to_path="/doc2.txt", parent_file_id=seen.file_id)
+    with pytest.raises(Conflict, match="another entry now"):
+        files.move(services, alice, stale)
+    assert get_file(services, alice, "/doc.txt") == b"another device's doc"
+    right = MoveRequest(from_path="/doc.txt", to_path="/doc2.txt", parent_file_id=other.file_id)
+    assert files.move(services, alice, right).path_display == "/doc2.txt"
+
+
 def test_move_keeps_id_and_history(services: Services, alice: Principal) -> None:
     e = put_file(services, alice, "/a/one", b"1")
     put_file(services, alice, "/a/one", b"2", parent_rev=1)

@@ -457,6 +457,10 @@ def move(svc: Services, principal: Principal, req: MoveRequest) -> FileEntry | F
             if view.mounts_below(src_view_key):
                 raise Unprocessable("the folder holds a shared folder; move that out first")
         row = _relock(store, view, loc, req.from_path)
+        if req.parent_file_id is not None and row.file_id != req.parent_file_id:
+            # another device deleted what the caller saw and put another file there: moved,
+            # it was recorded under the caller's content, and the devices diverged unsaid
+            raise Conflict(f"{req.from_path!r} holds another entry now than the one you saw")
         new_key = paths.path_key(dst_rel)
         if new_key != row.path_key and store.live_path_taken(row.ns_id, new_key):
             raise Conflict(f"{dst!r} already exists")

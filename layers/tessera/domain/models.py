@@ -456,10 +456,12 @@ class RestoreRequest(PathOrId, Idempotent):
 
 
 class MoveRequest(Idempotent):
-    """POST /v1/move: keeps file_id and history."""
+    """POST /v1/move: keeps file_id and history. `parent_file_id` guards the source: 409
+    unless `from_path` holds that file (or folder) now."""
 
     from_path: PathStr
     to_path: PathStr
+    parent_file_id: FileId | None = None
 
 
 class DeleteRequest(Idempotent):
