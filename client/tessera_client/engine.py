@@ -306,6 +306,7 @@ class SyncEngine:
                 remote.pop(key, None)
                 base.pop(key, None)
                 self._holding_unseen.update(path_key(a) for a in ancestors(known.path))
+        leaving = self._shares_removed_here(local, remote, base)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
         marked = self.fs.exists(FOLDER_MARKER)
         noted = bool(self.state.get_meta(MARKED_META))
@@ -317,9 +318,48 @@ class SyncEngine:
         ops = self._mass_delete_gate(the_plan, base, result, foreign=foreign)
         if not result.paused_deletes and scan.tree and not marked:
             self._mark_folder()
+        if not foreign:  # a folder that is not the one synced (a drive not mounted) leaves none
+            for path in leaving:
+                result.ops += int(
+                    self._guarded(
+                        Op(OpKind.DELETE_FOLDER_REMOTE, path),
+                        result,
+                        partial(self._leave_share, path),
+                    )
+                )
         self._execute(ops, scan, result)
         self.state.set_meta("last_sync", str(time.time()))
         return result
+
+    def _shares_removed_here(
+        self, local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry]
+    ) -> list[str]:
+        """The folders shared with this user (not by them) that were synced and are gone
+        from here (deleted, or renamed: a mount point moves nowhere on the server), taken
+        with all they hold out of `remote` and `base`: planned as the deletion (or the
+        move) of each file, an editor's `rm -rf Team` emptied the folder for every member
+        (a rename: each file uploaded into their own space, then deleted from the share).
+        Removing one leaves the share instead (`_leave_share`); a renamed one's files go
+        up as this user's own."""
+        gone = [
+            (key, path)
+            for key, (path, access) in self.state.shared_mounts().items()
+            if access != "owner" and key in base and key not in local
+        ]
+        for key, _ in gone:
+            for tree in (remote, base):
+                for below in [k for k in tree if k == key or k.startswith(key + "/")]:
+                    del tree[below]
+        return [path for _, path in gone]
+
+    def _leave_share(self, path: str) -> bool:
+        """Leave the shared folder mounted at `path` (its files stay for the others), and
+        forget what this device knew of it."""
+        self.api.call("/v1/delete", {"path": server_path(path)})
+        self.state.delete_base(path, recursive=True)
+        self.state.delete_remote(path)
+        self.reporter.event(f"left the shared folder {path} (its files stay for the others)")
+        return True
 
     def _adopt_commits(self) -> None:
         """Record the uploads whose commit landed though this device never recorded its

@@ -218,6 +218,15 @@ class StateDB:
             ).fetchall()
         return {r[0]: Entry(r[1], _KINDS[r[2]], r[5], r[6], r[3], r[4]) for r in rows}
 
+    def shared_mounts(self) -> dict[str, tuple[str, str]]:
+        """The mount points of shared folders in the mirror: path key → (path, the
+        caller's access)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, path, access FROM remote WHERE access IS NOT NULL"
+            ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
     def put_remote(self, entry: Entry, access: str | None = None) -> None:
         """Record a file or folder listed by the server."""
         with self.transaction() as db:

@@ -601,6 +601,41 @@ def test_a_file_moved_into_or_out_of_a_shared_folder_moves_not_copies(
     assert {"/notes.txt", "/Team/spec.md"} <= trash
 
 
+@pytest.mark.parametrize("how", ["deleted", "renamed"])
+def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, how: str
+) -> None:
+    """An editor's `rm -rf Team` was planned as a delete of each file: the folder was
+    emptied for every member, then the editor left it. Renamed (a mount point moves nowhere
+    on the server), each file was uploaded into the editor's own space and deleted from the
+    share, past the mass-delete gate. Removing the mount point leaves the share now: its
+    files stay for the others, and a renamed one's go up as the editor's own."""
+    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
+    editor_email = inproc_cloud.user()
+    editor = make_device(devices, tmp_path, inproc_cloud, "editor", editor_email)
+    owner.write("Team/spec.md", "the spec")
+    owner.write("Team/plan/q1.txt", "the plan")
+    owner.sync()
+    owner.run("share", "Team", editor_email, "--access", "editor")
+    editor.sync()
+    team = snapshot(owner.folder)
+    if how == "deleted":
+        shutil.rmtree(editor.folder / "Team")
+    else:
+        (editor.folder / "Team").rename(editor.folder / "Team copy")
+    editor.sync()
+    owner.sync()
+    assert snapshot(owner.folder) == team  # nothing left the owner's folder
+    assert not owner.json("trash")
+    members = {m["email"] for s in owner.json("shares") for m in s["members"]}
+    assert editor_email not in members  # the editor left
+    mine = {"Team copy": None, "Team copy/spec.md": b"the spec", "Team copy/plan": None,
+            "Team copy/plan/q1.txt": b"the plan"} if how == "renamed" else {}  # fmt: skip
+    assert snapshot(editor.folder) == mine
+    editor.sync()  # and it stays so
+    assert snapshot(editor.folder) == mine
+
+
 def test_a_file_moved_into_a_read_only_share_stays_on_the_server(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
