@@ -21,13 +21,13 @@ LITTER_PATTERNS = [
     "Thumbs.db",
     "desktop.ini",
     "~$*",  # Office lock files
-    "*.swp",
-    "*.swx",
     ".~lock.*#",  # LibreOffice lock files
 ]
-# Never synced either, but written by the user (a `.tesseraignore` in a subfolder too) or
-# holding a device's home or a local cloud's state: kept
-BUILTIN_PATTERNS = [*LITTER_PATTERNS, IGNORE_FILE, ".tessera"]
+# Never synced either, but written by the user (a `.tesseraignore` in a subfolder too),
+# holding a device's home or a local cloud's state, or an editor's unsaved work (vim's swap
+# files, which it recovers a crashed session from: removed with a folder deleted
+# elsewhere, they were its only copy): kept
+BUILTIN_PATTERNS = [*LITTER_PATTERNS, IGNORE_FILE, ".tessera", "*.swp", "*.swx"]
 
 
 # The built-in patterns name files and folders at any depth (none holds a '/'), so one

@@ -51,6 +51,10 @@ def test_litter_is_what_programs_leave_not_what_the_user_wrote() -> None:
     assert IgnoreRules.is_litter(".DS_Store") and IgnoreRules.is_litter(".tessera-tmp-1.ab")
     assert not IgnoreRules.is_litter(".tesseraignore")
     assert not IgnoreRules.is_litter(".tesseract")
+    # vim's swap files hold the unsaved work it recovers a crash from: never synced, but
+    # removed with a folder deleted elsewhere, they were its only copy
+    for swap in (".notes.txt.swp", ".notes.txt.swx"):
+        assert IgnoreRules().ignored(swap) and not IgnoreRules.is_litter(swap)
 
 
 def test_user_patterns_follow_gitignore_rules() -> None:
