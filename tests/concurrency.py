@@ -34,7 +34,7 @@ def run_at_once(
 
 
 def wait_for_a_lock_waiter(conninfo: str, timeout: float = 10) -> None:
-    """Return once some session of the database waits for a lock (a race test's other
+    """Return once some session of this database waits for a lock (a race test's other
     side is blocked where the test means it to be), or fail after `timeout` seconds: a
     sleep in its place let a slow machine run the race in another order, and pass."""
     import time
@@ -44,7 +44,11 @@ def wait_for_a_lock_waiter(conninfo: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(conninfo, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            if conn.execute("SELECT 1 FROM pg_locks WHERE NOT granted LIMIT 1").fetchone():
+            waiting = conn.execute(
+                "SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                " WHERE NOT l.granted AND d.datname = current_database() LIMIT 1"
+            ).fetchone()
+            if waiting:
                 return
             time.sleep(0.01)
     raise AssertionError(f"no session waited for a lock within {timeout} s")

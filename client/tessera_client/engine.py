@@ -238,7 +238,9 @@ class SyncEngine:
         # client's usual read timeout (60 s, as the long-poll's) every idle poll timed out
         answer = self.api.call(
             "/v1/list_folder/longpoll",
-            {"cursor": cursor, "timeout": self.settings.longpoll_timeout_s},
+            # a whole number: the server takes no other (`90.0` in a hand-edited config was
+            # refused on every long-poll)
+            {"cursor": cursor, "timeout": int(self.settings.longpoll_timeout_s)},
             timeout=self.settings.longpoll_timeout_s + LONGPOLL_GRACE_S,
         )
         if answer.get("backoff"):

@@ -128,7 +128,16 @@ def test_conflicted_copy_names() -> None:
 
 @pytest.mark.parametrize(
     "device",
-    ["work/laptop", "C:\\pc", "tab\there", "bidi\u202eevil", "x" * 300, "中" * 100],
+    [
+        "work/laptop",
+        "C:\\pc",
+        "tab\there",
+        "bidi\u202eevil",
+        "x" * 300,
+        "中" * 100,
+        "cafe\u0301",  # decomposed: the copy's name was not canonical, refused every round
+        "bad\udcffbytes",  # TESSERA_DEVICE of bytes that are not UTF-8: a crash in `plan`
+    ],
 )
 def test_a_device_name_never_leaves_the_copys_folder_or_its_limits(device: str) -> None:
     """`--device work/laptop` put the copy in a folder `report (work` that is not there:

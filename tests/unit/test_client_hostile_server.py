@@ -1172,11 +1172,19 @@ def test_a_long_polls_backoff_is_waited_before_the_next(
         waits.append(seconds)
         return False  # not stopped
 
-    monkeypatch.setattr(engine.api, "call", lambda *a, **k: {"changes": False, "backoff": 7})
+    sent: list[Any] = []
+
+    def call(route: str, body: Any, **kwargs: Any) -> Any:
+        sent.append(body)
+        return {"changes": False, "backoff": 7}
+
+    engine.settings.longpoll_timeout_s = 90.0  # type: ignore[assignment]  # a hand-edited config
+    monkeypatch.setattr(engine.api, "call", call)
     monkeypatch.setattr(engine._stop, "wait", wait)
     assert engine.longpoll() is False
     engine.close()
     assert waits == [7.0]
+    assert sent[0]["timeout"] == 90 and isinstance(sent[0]["timeout"], int)  # the server's type
 
 
 def test_an_idle_long_poll_is_answered_not_timed_out(

@@ -76,11 +76,14 @@ def target(raw: str, *, field: str = "path") -> str:
 
 
 def plain_name(text: str, *, limit: int = MAX_NAME_BYTES) -> str:
-    """`text` made fit to be part of a name a write may create: each folder separator,
-    control character, backslash or disguising character (see `target`) becomes `-`, and
-    it is cut to `limit` UTF-8 bytes (a device's name in a conflicted copy's name)."""
+    """`text` made fit to be part of a name a write may create: in NFC, each folder
+    separator, control character, backslash or disguising character (see `target`) made
+    `-`, what has no UTF-8 form (the lone surrogates of undecodable bytes in an
+    environment variable) made `?`, and cut to `limit` UTF-8 bytes (a device's name in a
+    conflicted copy's name)."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
     plain = _DISGUISING.sub("-", _FORBIDDEN.sub("-", text.replace("/", "-")))
-    return utf8_prefix(plain, limit)
+    return utf8_prefix(unicodedata.normalize("NFC", plain), limit)
 
 
 def length_problem(path: str, limit: int = MAX_PATH_BYTES) -> str | None:
