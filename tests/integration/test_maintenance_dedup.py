@@ -207,6 +207,25 @@ def test_a_copy_that_cannot_be_read_now_waits_and_holds_back_no_other(
     assert _dedup(world).promoted == 1  # its turn came at the next run
 
 
+def test_a_run_whose_every_read_fails_fails(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store down: skipping each copy, a run walked every staged copy of the table,
+    each with its failing call, and a queue's batch was taken as done. It fails instead
+    (the batch comes again, a state machine retries), leaving every copy for later."""
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    world.put(BOB, "/b.bin", secrets.token_bytes(BLOCK))
+
+    def down(key: str) -> bytes:
+        raise OSError("the store is down")
+
+    monkeypatch.setattr(world.store, "get", down)
+    with pytest.raises(OSError, match="down"):
+        _dedup(world)
+    monkeypatch.undo()
+    assert _dedup(world).promoted == 2
+
+
 def test_a_poisoned_copy_in_a_shared_folder_does_not_reach_a_members_own_files(
     world: World,
 ) -> None:

@@ -49,9 +49,17 @@ def verify_staged(
     after = ("", "")
     for _ in ctx.batches():
         copies = ctx.repo.staged_copies(ctx.settings.batch_size, after=after, upload_ids=upload_ids)
-        checks = ctx.parallel(lambda c: _read(ctx, c, result), copies)
+        checks = ctx.parallel(lambda c: _read(ctx, c), copies)
+        failed = [c for c in checks if isinstance(c, Exception)]
+        if failed and len(failed) == len(copies):
+            # every read failed: the store or the key service is down, not a copy. The run
+            # fails (a queue's batch comes again, a state machine retries), rather than
+            # walk every staged copy, each with its failing call.
+            raise failed[0]
         for copy, check in zip(copies, checks, strict=True):
-            if check is not None:
+            if isinstance(check, Exception):
+                result.errors.append(f"{copy.staged_key}: {check}")
+            else:
                 _settle(ctx, copy, check, as_of, result)
         if len(copies) < ctx.settings.batch_size:
             break
@@ -62,8 +70,8 @@ def verify_staged(
     return result
 
 
-def _read(ctx: MaintenanceContext, copy: StagedCopy, result: DedupResult) -> Check | None:
-    """The verdict on one staged copy; None when reading it failed (the store or the key
+def _read(ctx: MaintenanceContext, copy: StagedCopy) -> Check | Exception:
+    """The verdict on one staged copy, or why reading it failed (the store or the key
     service failing for a while): that copy waits for the next run, and the rest of the
     batch goes on, where one failure had failed the batch, and every run met it again."""
     try:
@@ -72,8 +80,7 @@ def _read(ctx: MaintenanceContext, copy: StagedCopy, result: DedupResult) -> Che
         )
     except Exception as e:
         log.warning("dedup: could not read %s: left for later", copy.staged_key, exc_info=True)
-        result.errors.append(f"{copy.staged_key}: {e}")
-        return None
+        return e
 
 
 def _settle(
