@@ -131,10 +131,14 @@ def _settle(
             else:
                 # A cold or restoring row's object (or a live row's, out of the hot tier)
                 # is the block: a copy that does not verify must never replace it. The row
-                # is locked first: given up on after the copy (a download or a batch commit
-                # holds it across S3 calls), it left new bytes under a row describing the
-                # old ones, and later copies were dropped against them on a HEAD alone.
-                tx.block(bid, for_update=True)
+                # is locked before the verified copy replaces it: given up on after (a
+                # download or a batch commit holds it across S3 calls), it left new bytes
+                # under a row describing the old ones, and later copies were dropped
+                # against them on a HEAD alone. Not across the copies and the read before:
+                # a commit needing the row waits holding its namespace.
+                def lock_row() -> object:
+                    return tx.block(bid, for_update=True)
+
                 promoted = copy_verified(
                     store,
                     ctx.keys,
@@ -143,12 +147,14 @@ def _settle(
                     bid,
                     plain_size=copy.size,
                     keep_target=row is not None and row.state in ("live", "cold", "restoring"),
+                    before_replacing=lock_row,
                 )
                 if not promoted.ok:
                     # its uploader PUT other bytes since it was read: the next run settles
                     # the copy (reading what is there now)
                     log.warning("dedup: %s changed after it was verified", copy.staged_key)
                     return
+                lock_row()  # (taken already when the copy replaced an object)
                 # what the copy took and verified where it landed: the first read's
                 # bytes may have been replaced since by another valid encoding (another
                 # stored size, another key version) through a second URL

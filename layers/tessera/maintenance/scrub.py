@@ -322,7 +322,6 @@ def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResu
             return
         log.error("scrub: %s is damaged: %s", bid, check.reason)
         versions = ctx.store.earlier_versions(canonical_key(bid))
-        tx.block(bid, for_update=True)  # before the copy, as dedup's promotion does
         repaired = _copy_back(ctx, tx, row, versions)
         if repaired is not None:
             source, copied = repaired
@@ -379,6 +378,8 @@ def _copy_back(
                 plain_size=row.size,
                 keep_target=True,
                 version=version,
+                # the row locked before the copy replaces the object, as dedup's promotion
+                before_replacing=lambda: tx.block(bid, for_update=True),
             )
         except KeyError:  # gone since it was listed (expired, or its session settled)
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from tessera.blocks import BlockError, decode_block, stored_key_version
@@ -92,6 +93,7 @@ def copy_verified(
     plain_size: int,
     keep_target: bool,
     version: str | None = None,
+    before_replacing: Callable[[], object] | None = None,
 ) -> Check:
     """Copy block `block_id` from `source` (its earlier `version`, if given) to `target`,
     verified where it lands.
@@ -101,12 +103,20 @@ def copy_verified(
     With `keep_target` (the target may hold the block already: a cold object is its only
     copy) it lands at `landing_key(source)` first, a key no client writes, and only bytes
     verified there reach `target`; otherwise it lands at `target`, and is deleted again
-    when it does not verify. The verdict on what landed."""
+    when it does not verify. `before_replacing` runs once the landed copy verified, just
+    before it replaces `target` (the caller locks the block's row there: not across the
+    copies and the read before). The verdict on what landed."""
     landing = landing_key(source) if keep_target else target
     store.copy(source, landing, version=version)
-    check = check_stored(store, keys, landing, block_id, expect_plain_size=plain_size)
-    if check.ok and landing != target:
-        store.copy(landing, target)
+    try:
+        check = check_stored(store, keys, landing, block_id, expect_plain_size=plain_size)
+        if check.ok and landing != target:
+            if before_replacing is not None:
+                before_replacing()  # may give up (a lock timeout): the landing goes too
+            store.copy(landing, target)
+    except Exception:
+        store.delete(landing)
+        raise
     if landing != target or not check.ok:
         store.delete(landing)
     return check
