@@ -207,9 +207,7 @@ def test_a_copy_that_cannot_be_read_now_waits_and_holds_back_no_other(
     assert _dedup(world).promoted == 1  # its turn came at the next run
 
 
-def test_a_run_whose_every_read_fails_fails(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_run_whose_every_read_fails_fails(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store down: skipping each copy, a run walked every staged copy of the table,
     each with its failing call, and a queue's batch was taken as done. It fails instead
     (the batch comes again, a state machine retries), leaving every copy for later."""
