@@ -237,18 +237,22 @@ def error_from(response: httpx.Response) -> ApiError:
     return ApiError(response.status_code, code, message, details)
 
 
-def _refuses_keys(response: httpx.Response) -> bool:
-    """Whether the server refused a request for its `idempotency_key` field. The key sent is
-    always well formed, so a server that judges the field at all does not know it."""
-    if response.status_code != 422:
-        return False
-    error = error_from(response)
+def refuses_field(error: ApiError, field: str) -> bool:
+    """Whether the server refused a request for its `field`: one the client always sends
+    well formed, so a server that judges it at all is from before it (and the request is
+    sent again without it)."""
     fields = error.details.get("fields")
     return (
-        error.code == "invalid"
+        error.status == 422
+        and error.code == "invalid"
         and isinstance(fields, list)
-        and any(isinstance(f, dict) and f.get("field") == "idempotency_key" for f in fields)
+        and any(isinstance(f, dict) and f.get("field") == field for f in fields)
     )
+
+
+def _refuses_keys(response: httpx.Response) -> bool:
+    """Whether the server refused a request for its `idempotency_key` field."""
+    return response.status_code == 422 and refuses_field(error_from(response), "idempotency_key")
 
 
 def _server_trust(base: str, proxies: Mapping[str, str]) -> ssl.SSLContext | bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tessera.api.models import FileEntry
-from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse
+from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse, refuses_field
 from tessera_client.config import Home, Settings, hold_device_lock
 from tessera_client.fs import (
     FOLDER_MARKER,
@@ -308,7 +308,7 @@ class SyncEngine:
                 remote.pop(key, None)
                 base.pop(key, None)
                 self._holding_unseen.update(path_key(a) for a in ancestors(known.path))
-        leaving = self._shares_removed_here(local, remote, base)
+        leaving, leaving_files = self._shares_removed_here(local, remote, base)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
         marked = self.fs.exists(FOLDER_MARKER)
         noted = bool(self.state.get_meta(MARKED_META))
@@ -317,10 +317,14 @@ class SyncEngine:
         # not the folder this device synced: the marker it left there is gone, or (a state
         # from before the marker was recorded) the folder is empty
         foreign = not marked and (noted or not scan.tree)
-        ops = self._mass_delete_gate(the_plan, base, result, foreign=foreign)
+        ops = self._mass_delete_gate(
+            the_plan, base, result, foreign=foreign, leaving_files=leaving_files
+        )
         if not result.paused_deletes and scan.tree and not marked:
             self._mark_folder()
-        if not foreign:  # a folder that is not the one synced (a drive not mounted) leaves none
+        # a folder that is not the one synced (a drive not mounted) leaves none, nor does a
+        # round whose deletions are paused: the files of the shares it would leave count
+        if not foreign and not result.paused_deletes:
             for path in leaving:
                 result.ops += int(
                     self._guarded(
@@ -335,24 +339,26 @@ class SyncEngine:
 
     def _shares_removed_here(
         self, local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry]
-    ) -> list[str]:
+    ) -> tuple[list[str], int]:
         """The folders shared with this user (not by them) that were synced and are gone
         from here (deleted, or renamed: a mount point moves nowhere on the server), taken
         with all they hold out of `remote` and `base`: planned as the deletion (or the
         move) of each file, an editor's `rm -rf Team` emptied the folder for every member
         (a rename: each file uploaded into their own space, then deleted from the share).
         Removing one leaves the share instead (`_leave_share`); a renamed one's files go
-        up as this user's own."""
+        up as this user's own. Their paths, and how many synced files they held."""
         gone = [
             (key, path)
             for key, (path, access) in self.state.shared_mounts().items()
             if access != "owner" and key in base and key not in local
         ]
+        files = 0
         for key, _ in gone:
+            files += sum(1 for k, e in base.items() if e.is_file and k.startswith(key + "/"))
             for tree in (remote, base):
                 for below in [k for k in tree if k == key or k.startswith(key + "/")]:
                     del tree[below]
-        return [path for _, path in gone]
+        return [path for _, path in gone], files
 
     def _leave_share(self, path: str) -> bool:
         """Leave the shared folder mounted at `path` (its files stay for the others), and
@@ -422,7 +428,13 @@ class SyncEngine:
                     )
 
     def _mass_delete_gate(
-        self, the_plan: Plan, base: dict[str, Entry], result: RoundResult, *, foreign: bool
+        self,
+        the_plan: Plan,
+        base: dict[str, Entry],
+        result: RoundResult,
+        *,
+        foreign: bool,
+        leaving_files: int = 0,
     ) -> list[Op]:
         """The plan's operations, less its deletions when they are too many to be sure of
         (paused until `--allow-mass-delete`). `foreign`: the folder lacks the marker
@@ -432,9 +444,11 @@ class SyncEngine:
         deleted every file on the server and the other devices. Only the deletions paused,
         the server's new files came down into the mount point, and the next round, finding
         a folder no longer empty, deleted the rest. A folder the user emptied keeps the
-        hidden marker, so its deletions go as usual."""
-        deletes = the_plan.deletes
-        files = sum(1 for e in base.values() if e.is_file)
+        hidden marker, so its deletions go as usual. `leaving_files`: the files of the shared
+        folders the round would leave (taken out of `base`): gone from here, they count as
+        deletions (an `rm -rf ~/Tessera/*` left every share at once, unasked)."""
+        deletes = the_plan.deletes + leaving_files
+        files = sum(1 for e in base.values() if e.is_file) + leaving_files
         s = self.settings
         mass = deletes > s.mass_delete_files or (
             deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
@@ -831,14 +845,16 @@ class SyncEngine:
         every device. Then the folder stays, and the next pull brings what is in it. When it
         holds what this device leaves alone (ignores, or cannot name), no pull ever brings
         that: the base is forgotten, so the next round makes the folder here as the server
-        has it (it was deleted again every round, without end). So with any 409: what it
-        holds may be nothing a pull brings (a name this device refuses), or a file in its
-        place now."""
+        has it (it was deleted again every round, without end). So with any 409 once none
+        of its synced contents is left to delete (what it holds may be nothing a pull brings,
+        a name this device refuses, or a file in its place now); one whose file deletes
+        did not all go through (a 5xx) keeps its base, and the next round finishes them."""
         try:
             self.api.call("/v1/delete", {"path": server_path(op.path), "if_empty": True})
         except ApiError as e:
             if e.status == 409:
-                self.state.delete_base(op.path)
+                if not self.state.has_base_below(op.path):
+                    self.state.delete_base(op.path)
                 if path_key(op.path) in self._holding_unseen:
                     self.reporter.problem(
                         f"kept {op.path}: on the server it holds files this device ignores"
@@ -858,6 +874,16 @@ class SyncEngine:
         self.state.delete_remote(op.path)
         return True
 
+    def _move_call(self, body: dict[str, Any]) -> Any:
+        """`/v1/move` with `body`; sent again without its `parent_file_id` to a server from
+        before that guard (which refuses the field: every rename became a copy)."""
+        try:
+            return self.api.call("/v1/move", body)
+        except ApiError as e:
+            if "parent_file_id" not in body or not refuses_field(e, "parent_file_id"):
+                raise
+        return self.api.call("/v1/move", {k: v for k, v in body.items() if k != "parent_file_id"})
+
     def _move_remote(
         self, op: Op, stats: dict[str, Stat], hashed: dict[str, int], run: Callable[[Op], bool]
     ) -> bool:
@@ -868,7 +894,7 @@ class SyncEngine:
         if op.remote.file_id:  # only the file this device saw there (else 409: replanned)
             body["parent_file_id"] = op.remote.file_id
         try:
-            raw = self.api.call("/v1/move", body)
+            raw = self._move_call(body)
         except ApiError as e:
             if e.status == 422 and e.details.get("reason") == "across_namespaces":
                 # into or out of a shared folder: the destination is uploaded as a new file,

@@ -208,6 +208,15 @@ class StateDB:
                     "DELETE FROM base WHERE substr(key, 1, ?) = ?", (len(key) + 1, key + "/")
                 )
 
+    def has_base_below(self, path: str) -> bool:
+        """Whether anything below folder `path` is recorded synced."""
+        key = path_key(path)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM base WHERE substr(key, 1, ?) = ? LIMIT 1", (len(key) + 1, key + "/")
+            ).fetchone()
+        return row is not None
+
     # -- remote mirror ------------------------------------------------------------------
 
     def remote_tree(self) -> dict[str, Entry]:

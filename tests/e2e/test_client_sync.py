@@ -637,6 +637,31 @@ def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
     assert snapshot(editor.folder) == mine
 
 
+def test_leaving_a_large_share_waits_for_the_mass_delete_approval(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """Leaving takes its files off every device of the user, and the member cannot undo
+    it (only the owner can share again): an `rm -rf ~/Tessera/*` left every share at once,
+    unasked. The files of the shares a round would leave count as its deletions."""
+    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
+    viewer_email = inproc_cloud.user()
+    viewer = make_device(devices, tmp_path, inproc_cloud, "viewer", viewer_email)
+    for i in range(12):
+        owner.write(f"Team/f{i:02}.txt", f"file {i}")
+    owner.sync()
+    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    viewer.sync()
+    shutil.rmtree(viewer.folder / "Team")
+    r = viewer.sync(check=3)
+    assert "--allow-mass-delete" in r.stderr
+    members = {m["email"] for s in owner.json("shares") for m in s["members"]}
+    assert viewer_email in members  # not left: paused
+    viewer.sync("--allow-mass-delete")
+    members = {m["email"] for s in owner.json("shares") for m in s["members"]}
+    assert viewer_email not in members
+    assert len(owner.json("ls", "Team")) == 12
+
+
 def test_a_file_moved_into_a_read_only_share_stays_on_the_server(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:

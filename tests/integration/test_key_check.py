@@ -12,6 +12,7 @@ from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import BlockFormatError, derive_block_key, key_fingerprint
 from tessera.metadata import Database
 from tessera.metadata.key_check import BlockKeysMismatch, check_block_keys
+from tests.concurrency import run_at_once
 
 
 def test_the_first_start_records_and_later_starts_compare(db: Database, tmp_path: Path) -> None:
@@ -48,6 +49,21 @@ def test_a_refused_start_records_nothing_and_the_right_keys_start_again(
         check_block_keys(db, wrong)
     assert set(fingerprints(db)) == {1}
     check_block_keys(db, right)
+
+
+def test_two_starts_with_different_keys_at_once_are_not_both_let_in(
+    db: Database, tmp_path: Path
+) -> None:
+    """An upgraded database holds blocks but no fingerprint yet; two processes start at
+    once with different key files: each read no record, each wrote its own, the last one
+    winning, and both served. One at a time, the second meets the first's record."""
+    stored_under(db, 1)
+    files = iter([tmp_path / "one.json", tmp_path / "two.json"])
+    keys = [KeyFileKeyService(next(files)) for _ in range(2)]
+    starts = iter(keys)
+    _, errors = run_at_once(lambda: check_block_keys(db, next(starts)), threads=2)
+    assert [type(e) for e in errors] == [BlockKeysMismatch]
+    assert set(fingerprints(db)) == {1}
 
 
 def test_a_version_no_block_uses_may_change_or_go(db: Database, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import socket
 import threading
 import time
@@ -358,6 +359,65 @@ def test_symlinked_folder_is_never_written_through(tmp_path: Path, evil: Evil) -
     # reported, not silently dropped: what is under the link is left alone on both sides
     assert any("link" in p and "symlink" in p for p in problems), problems
     assert "/v1/delete" not in evil.posted and "/v1/download" not in evil.posted
+
+
+def test_a_folder_whose_files_could_not_all_be_deleted_stays_deleted_here(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """The delete of a file in a folder deleted here failed (a 5xx), so the folder's own
+    delete met 409 (not empty): its base was forgotten, the next round made the folder
+    here again, and it stayed, empty, on every device. It keeps its base while a synced
+    file below it is still to be deleted, and the next round finishes the job."""
+    evil.entries.append(
+        {
+            ".tag": "folder",
+            "name": "d",
+            "path_display": "/d",
+            "path_lower": "/d",
+            "file_id": "d1",
+            "ns_id": 1,
+        }
+    )
+    evil.add_file("/d/a.txt", b"a", fid="fa")
+    engine = _engine(tmp_path, evil)
+    engine.run_once()
+    shutil.rmtree(tmp_path / "root" / "sync" / "d")
+    unwell = {"error": {"code": "internal", "message": "unwell"}}
+    refusal = {"error": {"code": "conflict", "message": "/d is not empty"}}
+    evil.answers["/v1/delete"] = lambda body: (
+        (500, unwell) if body["path"] == "/d/a.txt" else (409, refusal)
+    )
+    engine.run_once(max_rounds=1)
+    kept = set(engine.state.base_tree())
+    engine.close()
+    assert {"d", "d/a.txt"} <= kept  # both still to be deleted
+    assert not (tmp_path / "root" / "sync" / "d").exists()
+
+
+def test_a_rename_reaches_a_server_from_before_the_move_guard(tmp_path: Path, evil: Evil) -> None:
+    """A server from before `parent_file_id` refuses the field (422, nothing done): the
+    move is sent again without it, where every rename had become a copy."""
+    evil.add_file("/a.txt", b"hello", fid="f1")
+    engine = _engine(tmp_path, evil)
+    engine.run_once()
+    folder = tmp_path / "root" / "sync"
+    (folder / "a.txt").rename(folder / "b.txt")
+    sent: list[dict[str, Any]] = []
+
+    def old_server(body: dict[str, Any]) -> Any:
+        sent.append(body)
+        if "parent_file_id" in body:
+            field = [{"field": "parent_file_id", "message": "extra inputs are not permitted"}]
+            return 422, {"error": {"code": "invalid", "message": "invalid", "fields": field}}
+        moved = dict(evil.entries[0])
+        moved.update(name="b.txt", path_display="/b.txt", path_lower="/b.txt")
+        return moved
+
+    evil.answers["/v1/move"] = old_server
+    engine.run_once(max_rounds=1)  # (the listing, the server's, never shows the move)
+    engine.close()
+    assert [("parent_file_id" in b) for b in sent] == [True, False]
+    assert "/v1/uploads" not in evil.posted  # moved, not copied
 
 
 def test_a_folder_the_server_keeps_comes_back_here_once(tmp_path: Path, evil: Evil) -> None:

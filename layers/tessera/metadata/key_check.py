@@ -33,7 +33,12 @@ def check_block_keys(db: Database, keys: KeyService) -> None:
 
     Compared before anything is recorded: recorded first, a refused start's extra
     versions were kept, and the right key file, put back, was then refused for lacking
-    them."""
+    them. Checks run one at a time (`Store.key_fingerprints` locks): two starts with
+    different secrets, at once, were both let in.
+
+    Left: a version no block uses yet may change while a process still holds the old
+    secret (two state dirs over one database, both running): its later blocks are then
+    unreadable to the other, until its restart is refused."""
     found = keys.fingerprints()
     with db.transaction() as store:
         recorded = store.key_fingerprints()

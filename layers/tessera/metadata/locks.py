@@ -26,3 +26,5 @@ class LockClass(enum.IntEnum):
     PENDING_UPLOADS = 0x7E55_0004
     #: a user's block reports, held to their hourly budget (`Store.recent_reports`)
     REPORTS = 0x7E55_0005
+    #: the block keys' check: starts compare and record one at a time (`Store.key_fingerprints`)
+    KEY_CHECK = 0x7E55_0006

@@ -132,6 +132,35 @@ def test_unknown_versions_cost_no_parameter_store_call(
         aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
 
 
+def test_a_missing_version_costs_one_parameter_store_call_a_minute(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    """Maintenance loads the version after the newest it lists (a rotation since its
+    listing), and a stored block's header, which its uploader writes, names it: every
+    block naming a version that does not exist cost a GetParameter."""
+    prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
+    create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
+    keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
+    keys.load_current()
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    aws_clients.ssm.meta.events.register("before-call.ssm", record)
+    try:
+        for _ in range(3):
+            with pytest.raises(KeyError):
+                keys.secret(2)
+        assert calls == ["GetParameter"]
+        create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
+        later = time.time() + keys.RELIST_S
+        with mock.patch("tessera.adapters.aws.keys.time.time", return_value=later):
+            assert len(keys.secret(2)) == 32  # rotated in since: asked again, a minute on
+    finally:
+        aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
+
+
 def test_key_blob_is_bound_to_its_version(
     aws_clients: AwsClients, aws_settings: AwsSettings
 ) -> None:

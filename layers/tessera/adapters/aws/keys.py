@@ -102,6 +102,11 @@ class KmsKeyService(KeyService):
         # What the version listing brought along, so the current secret needs no second
         # SSM call at cold start; each value is used once, then the decrypted key is cached.
         self._listed: dict[int, str] = {}
+        # Versions SSM had no parameter for, and until when to take its word (wall time): a
+        # stored block's header names its version, its uploader writes it, and each block
+        # naming the one after the newest cost a GetParameter (maintenance loads that one:
+        # a rotation since this process listed may have made it)
+        self._missing: dict[int, float] = {}
 
     def _list(self) -> None:
         listed = stored_key_versions(self._ssm, self._prefix, decrypt=True)
@@ -135,12 +140,15 @@ class KmsKeyService(KeyService):
     def _load_secret(self, version: int) -> bytes:
         value = self._listed.pop(version, None)
         if value is None:
+            if time.time() < self._missing.get(version, 0.0):
+                raise KeyError(f"unknown key version {version}")
             try:
                 value = self._ssm.get_parameter(
                     Name=_param_name(self._prefix, version), WithDecryption=True
                 )["Parameter"]["Value"]
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
+                    self._missing[version] = time.time() + self.RELIST_S
                     raise KeyError(f"unknown key version {version}") from None
                 raise
         plaintext = self._kms.decrypt(
