@@ -51,10 +51,11 @@ def verify_staged(
         copies = ctx.repo.staged_copies(ctx.settings.batch_size, after=after, upload_ids=upload_ids)
         checks = ctx.parallel(lambda c: _read(ctx, c), copies)
         failed = [c for c in checks if isinstance(c, Exception)]
-        if failed and len(failed) == len(copies):
+        if len(failed) > 1 and len(failed) == len(copies):
             # every read failed: the store or the key service is down, not a copy. The run
             # fails (a queue's batch comes again, a state machine retries), rather than
-            # walk every staged copy, each with its failing call.
+            # walk every staged copy, each with its failing call. (One copy alone may be
+            # the trouble: failing for it, a queue's batch went to its dead letters.)
             raise failed[0]
         for copy, check in zip(copies, checks, strict=True):
             if isinstance(check, Exception):
