@@ -21,6 +21,16 @@ from .conftest import kept_both, snapshot, synced_on_both
 pytestmark = pytest.mark.e2e
 
 
+def _replaced_on_b(a: SyncEngine, b: SyncEngine, text: str) -> None:
+    """doc.txt ("v1") synced on both; then B deletes it and writes a new doc.txt holding
+    `text` (another file, at rev 1 again), while A does not pull."""
+    synced_on_both(a, b, "doc.txt", "v1")
+    (b.folder / "doc.txt").unlink()
+    b.run_once()
+    (b.folder / "doc.txt").write_text(text)
+    b.run_once()
+
+
 def test_a_rename_racing_an_edit_elsewhere_keeps_the_edit(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:
@@ -43,11 +53,7 @@ def test_a_rename_of_a_file_another_device_replaced_moves_nothing_of_theirs(
     devices stayed apart, each "in sync" (an edit of A's then replaced B's work). The move
     names the file A saw: refused, A's rename goes up as its own file, and B's stays."""
     a, b = engines
-    synced_on_both(a, b, "doc.txt", "v1")
-    (b.folder / "doc.txt").unlink()
-    b.run_once()
-    (b.folder / "doc.txt").write_text("B's new doc")
-    b.run_once()
+    _replaced_on_b(a, b, "B's new doc")
     (a.folder / "doc.txt").rename(a.folder / "doc2.txt")
     a.round(pull=False)
     a.run_once()
@@ -137,11 +143,7 @@ def test_an_edit_of_a_file_made_again_elsewhere_at_the_same_rev_is_a_conflict(
     edits the old one: A's commit at parent rev 1 landed on top of B's new file, with no
     conflicted copy. It names the file it edited now: a 409, and both are kept."""
     a, b = engines
-    synced_on_both(a, b, "doc.txt", "v1")
-    (b.folder / "doc.txt").unlink()
-    b.run_once()
-    (b.folder / "doc.txt").write_text("B's new file")
-    b.run_once()
+    _replaced_on_b(a, b, "B's new file")
     (a.folder / "doc.txt").write_text("A's edit of the old one")
     a.round(pull=False)
     a.run_once()

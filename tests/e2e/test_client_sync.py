@@ -149,13 +149,23 @@ def _team_with_a_viewer(
 ) -> tuple[Device, Device]:
     """An owner's device with `path` (under `Team`) holding `text`, `Team` shared with a
     viewer, and the viewer's device: (owner, viewer)."""
+    return _shared_team(cloud, devices, tmp_path, {path: text}, "viewer")
+
+
+def _shared_team(
+    cloud: Cloud, devices: list[Device], tmp_path: Path, files: dict[str, str], access: str
+) -> tuple[Device, Device]:
+    """An owner's device holding `files` (by path: under `Team`, or not), `Team` shared
+    with a member of `access`, and the member's device (named as the access): (owner,
+    member)."""
     owner = make_device(devices, tmp_path, cloud, "owner", cloud.user())
-    viewer_email = cloud.user()
-    viewer = make_device(devices, tmp_path, cloud, "viewer", viewer_email)
-    owner.write(path, text)
+    member_email = cloud.user()
+    member = make_device(devices, tmp_path, cloud, access, member_email)
+    for path, text in files.items():
+        owner.write(path, text)
     owner.sync()
-    owner.run("share", "Team", viewer_email, "--access", "viewer")
-    return owner, viewer
+    owner.run("share", "Team", member_email, "--access", access)
+    return owner, member
 
 
 def test_shared_folder_viewer_cannot_change_it(
@@ -577,13 +587,8 @@ def test_a_file_moved_into_or_out_of_a_shared_folder_moves_not_copies(
     """The server moves only within a namespace (422 across a shared folder's edge): the
     client then deletes the source, if still the rev moved, and uploads the destination as
     a new file. Before, the source came back from the server: every such move was a copy."""
-    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
-    editor_email = inproc_cloud.user()
-    editor = make_device(devices, tmp_path, inproc_cloud, "editor", editor_email)
-    owner.write("Team/spec.md", "the spec")
-    owner.write("notes.txt", "owner's notes")
-    owner.sync()
-    owner.run("share", "Team", editor_email, "--access", "editor")
+    files = {"Team/spec.md": "the spec", "notes.txt": "owner's notes"}
+    owner, editor = _shared_team(inproc_cloud, devices, tmp_path, files, "editor")
     editor.sync()
 
     (owner.folder / "notes.txt").rename(owner.folder / "Team" / "notes.txt")  # in
@@ -611,13 +616,8 @@ def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
     on the server), each file was uploaded into the editor's own space and deleted from the
     share, past the mass-delete gate. Removing the mount point leaves the share now: its
     files stay for the others, and a renamed one's go up as the editor's own."""
-    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
-    editor_email = inproc_cloud.user()
-    editor = make_device(devices, tmp_path, inproc_cloud, "editor", editor_email)
-    owner.write("Team/spec.md", "the spec")
-    owner.write("Team/plan/q1.txt", "the plan")
-    owner.sync()
-    owner.run("share", "Team", editor_email, "--access", "editor")
+    files = {"Team/spec.md": "the spec", "Team/plan/q1.txt": "the plan"}
+    owner, editor = _shared_team(inproc_cloud, devices, tmp_path, files, "editor")
     editor.sync()
     team = snapshot(owner.folder)
     if how == "deleted":
@@ -629,7 +629,7 @@ def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
     assert snapshot(owner.folder) == team  # nothing left the owner's folder
     assert not owner.json("trash")
     members = {m["email"] for s in owner.json("shares") for m in s["members"]}
-    assert editor_email not in members  # the editor left
+    assert editor.email not in members  # the editor left
     mine = {"Team copy": None, "Team copy/spec.md": b"the spec", "Team copy/plan": None,
             "Team copy/plan/q1.txt": b"the plan"} if how == "renamed" else {}  # fmt: skip
     assert snapshot(editor.folder) == mine
@@ -643,13 +643,9 @@ def test_leaving_a_large_share_waits_for_the_mass_delete_approval(
     """Leaving takes its files off every device of the user, and the member cannot undo
     it (only the owner can share again): an `rm -rf ~/Tessera/*` left every share at once,
     unasked. The files of the shares a round would leave count as its deletions."""
-    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
-    viewer_email = inproc_cloud.user()
-    viewer = make_device(devices, tmp_path, inproc_cloud, "viewer", viewer_email)
-    for i in range(12):
-        owner.write(f"Team/f{i:02}.txt", f"file {i}")
-    owner.sync()
-    owner.run("share", "Team", viewer_email, "--access", "viewer")
+    files = {f"Team/f{i:02}.txt": f"file {i}" for i in range(12)}
+    owner, viewer = _shared_team(inproc_cloud, devices, tmp_path, files, "viewer")
+    viewer_email = viewer.email
     viewer.sync()
     shutil.rmtree(viewer.folder / "Team")
     r = viewer.sync(check=3)

@@ -100,6 +100,20 @@ class Evil:
             ],
         }
 
+    def add_folder(self, path: str, *, fid: str) -> None:
+        """List a folder."""
+        name = path.rsplit("/", 1)[-1]
+        self.entries.append(
+            {
+                ".tag": "folder",
+                "name": name,
+                "path_display": path,
+                "path_lower": path.lower(),
+                "file_id": fid,
+                "ns_id": 1,
+            }
+        )
+
     def add_blocks_file(self, path: str, pieces: list[bytes], *, fid: str) -> None:
         """List a file of several blocks, honestly."""
         self.add_file(path, pieces[0], fid=fid)
@@ -339,16 +353,7 @@ def test_symlinked_folder_is_never_written_through(tmp_path: Path, evil: Evil) -
     outside.mkdir(parents=True)
     engine = _engine(tmp_path, evil)
     os.symlink(outside, tmp_path / "root" / "sync" / "link")
-    evil.entries.append(
-        {
-            ".tag": "folder",
-            "name": "link",
-            "path_display": "/link",
-            "path_lower": "/link",
-            "file_id": "d1",
-            "ns_id": 1,
-        }
-    )
+    evil.add_folder("/link", fid="d1")
     evil.add_file("/link/pwned.txt", b"pwned", fid="p")
     problems: list[str] = []
     engine.reporter.problem = problems.append  # type: ignore[method-assign,assignment]
@@ -368,16 +373,7 @@ def test_a_folder_whose_files_could_not_all_be_deleted_stays_deleted_here(
     delete met 409 (not empty): its base was forgotten, the next round made the folder
     here again, and it stayed, empty, on every device. It keeps its base while a synced
     file below it is still to be deleted, and the next round finishes the job."""
-    evil.entries.append(
-        {
-            ".tag": "folder",
-            "name": "d",
-            "path_display": "/d",
-            "path_lower": "/d",
-            "file_id": "d1",
-            "ns_id": 1,
-        }
-    )
+    evil.add_folder("/d", fid="d1")
     evil.add_file("/d/a.txt", b"a", fid="fa")
     engine = _engine(tmp_path, evil)
     engine.run_once()
@@ -425,16 +421,7 @@ def test_a_folder_the_server_keeps_comes_back_here_once(tmp_path: Path, evil: Ev
     lists, such as a name it refuses) was planned for deletion again every round, without
     end: the base is forgotten, and the next round makes the folder here as the server
     has it."""
-    evil.entries.append(
-        {
-            ".tag": "folder",
-            "name": "d",
-            "path_display": "/d",
-            "path_lower": "/d",
-            "file_id": "d1",
-            "ns_id": 1,
-        }
-    )
+    evil.add_folder("/d", fid="d1")
     folder = tmp_path / "root" / "sync" / "d"
     engine = _engine(tmp_path, evil)
     engine.run_once()

@@ -9,6 +9,8 @@ import json
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 from unittest import mock
 
@@ -71,6 +73,21 @@ def test_key_versions_envelope_and_rotation(
         fresh.secret(3)
 
 
+@contextmanager
+def _ssm_calls(aws_clients: AwsClients) -> Iterator[list[str]]:
+    """The names of the SSM calls made inside the block, in order."""
+    calls: list[str] = []
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    aws_clients.ssm.meta.events.register("before-call.ssm", record)
+    try:
+        yield calls
+    finally:
+        aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
+
+
 def test_a_cold_start_reads_parameter_store_once(
     aws_clients: AwsClients, aws_settings: AwsSettings
 ) -> None:
@@ -79,21 +96,13 @@ def test_a_cold_start_reads_parameter_store_once(
     prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
     for _ in range(2):
         create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
-    calls: list[str] = []
-
-    def record(model: Any, **_: Any) -> None:
-        calls.append(model.name)
-
-    aws_clients.ssm.meta.events.register("before-call.ssm", record)
-    try:
+    with _ssm_calls(aws_clients) as calls:
         keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
         keys.load_current()
         assert keys.current_version() == 2
         assert calls == ["GetParametersByPath"]
         old = keys.secret(1)
         assert calls == ["GetParametersByPath"]
-    finally:
-        aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
     fresh = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
     assert fresh.secret(1) == old  # read by its own GetParameter: the same secret
 
@@ -104,17 +113,8 @@ def test_unknown_versions_cost_no_parameter_store_call(
     """A cursor names its key version, and anyone signed in can forge one: `knows` answers
     from the cold start's listing; a version newer than any listed (another process may have
     rotated) lists again, but at most every `RELIST_S`."""
-    prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
-    create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
-    keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
-    keys.load_current()
-    calls: list[str] = []
-
-    def record(model: Any, **_: Any) -> None:
-        calls.append(model.name)
-
-    aws_clients.ssm.meta.events.register("before-call.ssm", record)
-    try:
+    keys, prefix = _one_version_loaded(aws_clients, aws_settings)
+    with _ssm_calls(aws_clients) as calls:
         assert not any(keys.knows(v) for v in (0, 2, 99, 10**1000))
         assert keys.knows(1)
         assert calls == []
@@ -128,8 +128,6 @@ def test_unknown_versions_cost_no_parameter_store_call(
             keys.secret(2)  # came with the listing
         assert calls == ["GetParametersByPath"]
         assert keys.versions() == [1, 2] and keys.current_version() == 1
-    finally:
-        aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
 
 
 def test_a_missing_version_costs_one_parameter_store_call_a_minute(
@@ -138,17 +136,8 @@ def test_a_missing_version_costs_one_parameter_store_call_a_minute(
     """Maintenance loads the version after the newest it lists (a rotation since its
     listing), and a stored block's header, which its uploader writes, names it: every
     block naming a version that does not exist cost a GetParameter."""
-    prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
-    create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
-    keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
-    keys.load_current()
-    calls: list[str] = []
-
-    def record(model: Any, **_: Any) -> None:
-        calls.append(model.name)
-
-    aws_clients.ssm.meta.events.register("before-call.ssm", record)
-    try:
+    keys, prefix = _one_version_loaded(aws_clients, aws_settings)
+    with _ssm_calls(aws_clients) as calls:
         for _ in range(3):
             with pytest.raises(KeyError):
                 keys.secret(2)
@@ -157,8 +146,18 @@ def test_a_missing_version_costs_one_parameter_store_call_a_minute(
         later = time.time() + keys.RELIST_S
         with mock.patch("tessera.adapters.aws.keys.time.time", return_value=later):
             assert len(keys.secret(2)) == 32  # rotated in since: asked again, a minute on
-    finally:
-        aws_clients.ssm.meta.events.unregister("before-call.ssm", record)
+
+
+def _one_version_loaded(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> tuple[KmsKeyService, str]:
+    """A key service over a fresh prefix holding version 1, loaded as at a cold start:
+    (it, the prefix)."""
+    prefix = f"/tessera/test-{uuid.uuid4().hex[:8]}"
+    create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
+    keys = KmsKeyService(aws_clients.kms, aws_clients.ssm, prefix)
+    keys.load_current()
+    return keys, prefix
 
 
 def test_key_blob_is_bound_to_its_version(
