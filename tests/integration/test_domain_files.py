@@ -577,7 +577,7 @@ def race_held(
         result = original(*args, **kwargs)
         if threading.current_thread().name == "first":
             holding.set()
-            release.wait(10)
+            release.wait(60)
         return result
 
     def run(name: str, call: Callable[[], object]) -> threading.Thread:
@@ -596,9 +596,12 @@ def race_held(
     assert holding.wait(10)
     threads.append(run("second", second))
     with psycopg.connect(database_url, autocommit=True) as admin:
-        for _ in range(250):  # until `second` waits for a lock `first` holds
+        # until `second` waits for a lock `first` holds: seconds on a loaded 2-core machine
+        # (5 s was once too few while the suite shared it), and the passing case pays none
+        for _ in range(1500):
             row = admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
             ).fetchone()
             if row and row[0]:
                 break
@@ -607,7 +610,7 @@ def race_held(
             pytest.fail("the second request never waited for a lock")
     release.set()
     for thread in threads:
-        thread.join(10)
+        thread.join(60)
     return outcomes["first"], outcomes["second"]
 
 
