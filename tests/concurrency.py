@@ -44,9 +44,11 @@ def wait_for_a_lock_waiter(conninfo: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(conninfo, autocommit=True) as conn:
         while time.monotonic() < deadline:
+            # by session, not `pg_locks`: a wait for a row's lock is on its transaction id,
+            # a lock that names no database
             waiting = conn.execute(
-                "SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-                " WHERE NOT l.granted AND d.datname = current_database() LIMIT 1"
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database() LIMIT 1"
             ).fetchone()
             if waiting:
                 return

@@ -4,7 +4,6 @@ trash and undelete, against real PostgreSQL and the real local block store."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -39,6 +38,7 @@ from tessera.domain.models import (
 from tessera.domain.services import Services
 from tessera.metadata.store import Store
 from tessera.ports import Principal, StorageTier
+from tests.concurrency import wait_for_a_lock_waiter
 
 from .conftest import (
     commit_request,
@@ -595,19 +595,9 @@ def race_held(
     threads = [run("first", first)]
     assert holding.wait(10)
     threads.append(run("second", second))
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        # until `second` waits for a lock `first` holds: seconds on a loaded 2-core machine
-        # (5 s was once too few while the suite shared it), and the passing case pays none
-        for _ in range(1500):
-            row = admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND datname = current_database()"
-            ).fetchone()
-            if row and row[0]:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the second request never waited for a lock")
+    # until `second` waits for a lock `first` holds: seconds on a loaded 2-core machine (5 s
+    # was once too few while the suite shared it), and the passing case pays none
+    wait_for_a_lock_waiter(database_url, timeout=30)
     release.set()
     for thread in threads:
         thread.join(60)

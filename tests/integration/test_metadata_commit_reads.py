@@ -5,7 +5,6 @@ while this one waited; the view's variant locks only when the root is the whole 
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -18,6 +17,7 @@ from tessera.domain.services import Services
 from tessera.metadata import Database
 from tessera.metadata.store import NewJournal, Store
 from tessera.ports import Principal
+from tests.concurrency import wait_for_a_lock_waiter
 
 from .conftest import put_file
 
@@ -140,17 +140,7 @@ def test_what_a_writer_committed_while_the_lock_was_awaited_is_read(
 
     waiting = threading.Thread(target=committer)
     waiting.start()
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        for _ in range(200):  # until the commit's statement waits for the namespace lock
-            row = admin.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'WITH %%FOR UPDATE%%'"
-            ).fetchone()
-            if row and row[0]:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the commit's statement never waited for the lock")
+    wait_for_a_lock_waiter(database_url, timeout=30)  # the commit waits for the namespace
     release.set()
     thread.join(10)
     waiting.join(10)
