@@ -350,9 +350,11 @@ class AppStack(Stack):
             resources=[data.database.secret.secret_arn],
         ))  # fmt: skip
         data.keys.database.grant_decrypt(migrate)
-        data.keys.block_key_secret.grant(migrate, "kms:GenerateDataKey")
+        # creating the first block-key version, and comparing each version's secret with
+        # the fingerprints the database recorded (a parameter put again fails the deploy)
+        data.keys.block_key_secret.grant(migrate, "kms:GenerateDataKey", "kms:Decrypt")
         migrate.add_to_role_policy(iam.PolicyStatement(
-            actions=["ssm:GetParametersByPath", "ssm:PutParameter"],
+            actions=["ssm:GetParametersByPath", "ssm:GetParameter", "ssm:PutParameter"],
             resources=[self._param_arn(""), self._param_arn("/*")],
         ))  # fmt: skip
         acknowledge(

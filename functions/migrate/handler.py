@@ -1,9 +1,12 @@
 """Custom-resource handler (via the CDK provider framework): apply the schema on deploy.
 
-Create/Update: apply every pending migration (`tessera.metadata.migrate`), then make sure the
-first block-key version exists (`tessera.adapters.aws.keys.ensure_key_version`). Delete: leave
-the database alone (the data outlives the app stack). Both steps are idempotent, so a retried
-or repeated deploy is harmless.
+Create/Update: apply every pending migration (`tessera.metadata.migrate`), make sure the
+first block-key version exists (`tessera.adapters.aws.keys.ensure_key_version`), then compare
+the key versions' secrets with the fingerprints the database recorded
+(`tessera.metadata.key_check`): a deploy over a key parameter put again (deleted by hand, then
+made anew by this very step) fails, naming the version, before the new API functions hand out
+keys under it. Delete: leave the database alone (the data outlives the app stack). The steps
+are idempotent, so a retried or repeated deploy is harmless.
 
 Environment (set by infra/stacks.py, read by `AwsSettings`): TESSERA_DB_SECRET_ARN (the
 cluster's master secret), TESSERA_DB_HOST, TESSERA_DB_PORT, TESSERA_DB_NAME,
@@ -24,6 +27,7 @@ def apply(
     conninfo: Callable[[], str],
     migrate: Callable[[str], list[int]],
     ensure_block_key: Callable[[], int | None],
+    check_block_keys: Callable[[str], None],
 ) -> dict[str, Any]:
     """The provider-framework response for one custom-resource `event`."""
     request = event.get("RequestType")
@@ -31,8 +35,10 @@ def apply(
         return {"PhysicalResourceId": event.get("PhysicalResourceId", PHYSICAL_ID)}
     if request not in ("Create", "Update"):
         raise ValueError(f"unknown custom resource RequestType {request!r}")
-    applied = migrate(conninfo())
+    url = conninfo()
+    applied = migrate(url)
     created_key = ensure_block_key()
+    check_block_keys(url)
     return {
         "PhysicalResourceId": PHYSICAL_ID,
         "Data": {
@@ -49,6 +55,16 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
 
     settings = AwsSettings.from_env()
     clients = AwsClients(settings)
+
+    def check_keys(url: str) -> None:
+        from tessera.adapters.aws.keys import KmsKeyService
+        from tessera.metadata import Database
+        from tessera.metadata.key_check import check_block_keys
+
+        keys = KmsKeyService(clients.kms, clients.ssm, settings.key_param_prefix)
+        with Database(url, min_size=0, max_size=1) as db:
+            check_block_keys(db, keys)
+
     return apply(
         event,
         conninfo=lambda: secret_conninfo(settings, clients.secretsmanager),
@@ -56,4 +72,5 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
         ensure_block_key=lambda: ensure_key_version(
             clients.kms, clients.ssm, settings.kms_key_id, settings.key_param_prefix
         ),
+        check_block_keys=check_keys,
     )

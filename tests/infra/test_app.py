@@ -821,11 +821,14 @@ def test_maintenance_functions_may_touch_every_prefix_their_code_does(dev: Synth
 
 def test_the_maintenance_functions_that_decode_blocks_read_the_block_keys(dev: Synth) -> None:
     """They compare the keys with the recorded fingerprints at each cold start (refusing
-    to judge any block under a swapped secret): without the grant, that start fails."""
-    readers = {"DedupVerifyFunction", "ScrubFunction", "ColdStorageFunction"}
+    to judge any block under a swapped secret), as the deploy's migrate function does:
+    without the grant, that start fails."""
+    readers = {"DedupVerifyFunction", "ScrubFunction", "ColdStorageFunction", "MigrateFunction"}
     for function in (*readers, "GcFunction", "OutboxRelayFunction"):
         granted = {"ssm:GetParametersByPath", "ssm:GetParameter"} <= _actions(dev, function, "ssm")
         assert granted == (function in readers), function
+    # the deploy's migrate function compares the secrets too: it decrypts them
+    assert "kms:Decrypt" in _actions(dev, "MigrateFunction", "kms")
 
 
 def _listed_prefixes(synth: Synth, function: str, action: str = "s3:ListBucket") -> set[str]:

@@ -26,9 +26,12 @@ def test_create_applies_migrations_once_and_bootstraps_the_block_key(
     empty_database_url: str,
 ) -> None:
     import boto3
+    import psycopg
     from moto import mock_aws
 
-    from tessera.adapters.aws.keys import ensure_key_version, list_key_versions
+    from tessera.adapters.aws.keys import KmsKeyService, ensure_key_version, list_key_versions
+    from tessera.metadata import Database
+    from tessera.metadata.key_check import BlockKeysMismatch, check_block_keys
     from tessera.metadata.migrate import available_migrations, migrate
 
     handler = _load()
@@ -37,22 +40,38 @@ def test_create_applies_migrations_once_and_bootstraps_the_block_key(
         ssm = boto3.client("ssm", region_name="us-east-1")
         key_id = kms.create_key()["KeyMetadata"]["KeyId"]
 
-        def ensure() -> int | None:
-            return ensure_key_version(kms, ssm, key_id, "/tessera/test/block-keys")
+        prefix = "/tessera/test/block-keys"
 
+        def ensure() -> int | None:
+            return ensure_key_version(kms, ssm, key_id, prefix)
+
+        def check(url: str) -> None:
+            with Database(url, min_size=0, max_size=1) as db:
+                check_block_keys(db, KmsKeyService(kms, ssm, prefix))
+
+        steps = {"migrate": migrate, "ensure_block_key": ensure, "check_block_keys": check}
         first = handler.apply(
-            {"RequestType": "Create"},
-            conninfo=lambda: empty_database_url, migrate=migrate, ensure_block_key=ensure,
-        )  # fmt: skip
+            {"RequestType": "Create"}, conninfo=lambda: empty_database_url, **steps
+        )
         expected = ",".join(str(m.number) for m in available_migrations())
         assert first["PhysicalResourceId"] == handler.PHYSICAL_ID
         assert first["Data"] == {"Applied": expected, "BlockKeyVersionCreated": "1"}
-        again = handler.apply(
-            {"RequestType": "Update", "PhysicalResourceId": handler.PHYSICAL_ID},
-            conninfo=lambda: empty_database_url, migrate=migrate, ensure_block_key=ensure,
-        )  # fmt: skip
+        update = {"RequestType": "Update", "PhysicalResourceId": handler.PHYSICAL_ID}
+        again = handler.apply(update, conninfo=lambda: empty_database_url, **steps)
         assert again["Data"] == {"Applied": "", "BlockKeyVersionCreated": ""}
-        assert list_key_versions(ssm, "/tessera/test/block-keys") == [1]
+        assert list_key_versions(ssm, prefix) == [1]
+
+        # a block stored under version 1, then its parameter deleted and made anew (by
+        # this step, as a deploy would): the deploy fails before new functions use it
+        with psycopg.connect(empty_database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO blocks (block_id, size, stored_size, key_version, state)"
+                " VALUES (%s, 1, 1, 1, 'live')",
+                ("b3:" + "0" * 64,),
+            )
+        ssm.delete_parameter(Name=f"{prefix}/v1")
+        with pytest.raises(BlockKeysMismatch, match="key version 1's secret is not the one"):
+            handler.apply(update, conninfo=lambda: empty_database_url, **steps)
 
 
 def test_delete_leaves_the_database_alone() -> None:
@@ -64,6 +83,7 @@ def test_delete_leaves_the_database_alone() -> None:
     out = handler.apply(
         {"RequestType": "Delete", "PhysicalResourceId": "tessera-schema"},
         conninfo=lambda: "unused", migrate=fail, ensure_block_key=lambda: None,
+        check_block_keys=fail,
     )  # fmt: skip
     assert out == {"PhysicalResourceId": "tessera-schema"}
 
@@ -74,6 +94,7 @@ def test_unknown_request_type_is_an_error() -> None:
         handler.apply(
             {"RequestType": "Poke"},
             conninfo=lambda: "unused", migrate=lambda _c: [], ensure_block_key=lambda: None,
+            check_block_keys=lambda _c: None,
         )  # fmt: skip
 
 

@@ -9,9 +9,10 @@ file, KMS-encrypted parameters), so they can be swapped without it: a state dir'
 again by hand. So the metadata records each version's fingerprint the first time a check
 meets it, and later checks compare: the local cloud's start and `tessera admin run`
 before they serve or judge a block, and on AWS the cold start of each maintenance
-function that decodes blocks. The AWS API functions do not check (a query at every cold
-start): after a parameter put again, they hand out keys under it until a decoding
-function's next start refuses and alarms (docs/maintenance.md).
+function that decodes blocks and the deploy's migrate function. The AWS API functions do
+not check (a query at every cold start): after a parameter put again by hand, they hand
+out keys under it until a decoding function's next start refuses and alarms
+(docs/maintenance.md).
 """
 
 from __future__ import annotations
