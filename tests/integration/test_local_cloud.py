@@ -407,6 +407,36 @@ def test_adduser_finds_no_cloud_where_none_runs(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_passwd_sets_a_new_password_and_signs_every_device_out(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A lost password (the demo user's credentials file gone) had no way back, and one
+    that leaked kept every device signed in for 30 days. `tessera local passwd` sets a
+    new one and ends the sessions begun before it."""
+    settings = Settings(database_url=database_url)
+    state, email = _a_cloud_that_stored_a_file(tmp_path, settings)
+    with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
+        token = f"{base_url}/v1/auth/token"
+        signed_in = httpx.post(token, json={"email": email, "password": PASSWORD}).json()
+        time.sleep(1.1)  # a token's times are whole seconds
+        env = {**os.environ, "DATABASE_URL": database_url}
+        cmd = [sys.executable, "-m", "tessera.local", "passwd", email.upper()]
+        r = subprocess.run(
+            [*cmd, "--password", "a new passphrase", "--state", str(state)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0 and "set a new password" in r.stdout, r.stderr
+        old = httpx.post(token, json={"refresh_token": signed_in["refresh_token"]})
+        assert old.status_code == 401 and "password was changed" in old.text
+        assert httpx.post(token, json={"email": email, "password": PASSWORD}).status_code == 401
+        assert Client(base_url, email, "a new passphrase").get_file("/kept.bin")
+    r = subprocess.run(
+        [*cmd[:-1], "nobody@example.com", "--password", "x" * 12, "--state", str(state)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 1 and "no user with email nobody@example.com" in r.stderr
+
+
 def test_public_url_is_where_block_urls_point(tmp_path: Path, database_url: str) -> None:
     cloud = LocalCloud(
         tmp_path / "state",

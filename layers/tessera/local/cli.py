@@ -7,6 +7,8 @@ group keeps `tessera --help` fast.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -131,9 +133,6 @@ def adduser(
     """Create a user of the local cloud (works while `tessera local up` is running)."""
     from tessera.adapters.local.identity import LocalUsers
     from tessera.domain.errors import TesseraError
-    from tessera.local.cloud import StatePaths, open_database
-    from tessera.metadata import migrate
-    from tessera.settings import Settings
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
@@ -147,11 +146,29 @@ def adduser(
             raise typer.Exit(1) from exc
         typer.echo(f"created {email} (user id {sub})")
         return
+    with _local_database(state) as conninfo:
+        try:
+            principal = LocalUsers(conninfo).add(email, password)
+        except TesseraError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(f"created {principal.email} (user id {principal.user_id})")
+
+
+@contextmanager
+def _local_database(state: Path) -> Iterator[str]:
+    """The migrated metadata database of the local cloud in `state` (its embedded
+    PostgreSQL started for the block, unless `DATABASE_URL` names one): its conninfo.
+    Exits 1 when `state` holds no local cloud."""
+    from tessera.local.cloud import StatePaths, open_database
+    from tessera.metadata import migrate
+    from tessera.settings import Settings
+
     paths = StatePaths(Path(state).expanduser().resolve())
     database_url = Settings.from_env().database_url or None
     if database_url is None and not paths.pgdata.is_dir():
         # the default state dir is relative: run elsewhere, this made a new, empty cloud
-        # there and added the user to it, one the running cloud never saw
+        # there and acted on it, one the running cloud never saw
         typer.echo(
             f"error: no local cloud at {paths.root}; pass --state with the state dir of the"
             " cloud `tessera local up` runs (or run this where it runs)",
@@ -161,14 +178,34 @@ def adduser(
     conninfo, embedded = open_database(paths, database_url)
     try:
         migrate(conninfo)
-        principal = LocalUsers(conninfo).add(email, password)
-    except TesseraError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from exc
+        yield conninfo
     finally:
         if embedded is not None:
             embedded.stop()
-    typer.echo(f"created {principal.email} (user id {principal.user_id})")
+
+
+@app.command()
+def passwd(
+    email: Annotated[str, typer.Argument(help="The user's email address.")],
+    password: Annotated[
+        str | None, typer.Option(help="The new password (prompted for when omitted).")
+    ] = None,
+    state: StateOption = DEFAULT_STATE,
+) -> None:
+    """Set a local user's password anew, signing out every device that signed in before
+    (a lost password, the demo user's lost credentials, or one that leaked)."""
+    from tessera.adapters.local.identity import LocalUsers
+    from tessera.domain.errors import TesseraError
+
+    if password is None:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    with _local_database(state) as conninfo:
+        try:
+            principal = LocalUsers(conninfo).reset_password(email, password)
+        except TesseraError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(f"set a new password for {principal.email}; its devices sign in again")
 
 
 def exposure_warning(host: str, public_url: str | None) -> str | None:

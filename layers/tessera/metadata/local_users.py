@@ -53,6 +53,22 @@ def revoke_token(conn: psycopg.Connection[Any], jti: str, expires_at: datetime) 
     )
 
 
+def reset_password(conn: psycopg.Connection[Any], user_id: uuid.UUID, password_hash: str) -> None:
+    """Set a user's password anew, and sign out every session signed in before now."""
+    conn.execute(
+        "UPDATE local_users SET password_hash = %s, sessions_after = now() WHERE user_id = %s",
+        (password_hash, user_id),
+    )
+
+
+def sessions_after(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> datetime | None:
+    """When the user's password was last set anew: sessions begun before are signed out."""
+    row = conn.execute(
+        "SELECT sessions_after FROM local_users WHERE user_id = %s", (user_id,)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 def token_revoked(conn: psycopg.Connection[Any], jti: str) -> bool:
     """Whether refresh token `jti` was signed out."""
     row = conn.execute("SELECT 1 FROM local_revoked_tokens WHERE jti = %s", (jti,)).fetchone()

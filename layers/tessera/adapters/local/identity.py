@@ -38,6 +38,7 @@ from tessera.adapters.tokens import TokenPair, verified_claims
 from tessera.domain.errors import (
     BadRequest,
     Conflict,
+    NotFound,
     TooManyRequests,
     Unauthorized,
     Unprocessable,
@@ -144,7 +145,8 @@ class JwtIssuer(Identity):
         if not isinstance(jti, str) or not jti:
             raise Unauthorized("not a refresh token")
         expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
-        return RefreshSession(_principal(claims), jti, expires_at)
+        issued_at = datetime.fromtimestamp(int(claims["iat"]), UTC)
+        return RefreshSession(_principal(claims), jti, expires_at, issued_at)
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class RefreshSession:
     principal: Principal
     jti: str
     expires_at: datetime
+    issued_at: datetime
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
@@ -236,11 +239,7 @@ class LocalUsers:
         """Create a user; `Conflict` when the email is taken (found before the password is
         hashed: the demo user is added at every start of the local cloud)."""
         address = normalize_email(email)
-        if len(password) < MIN_PASSWORD or not password_can_match(password):
-            raise Unprocessable(
-                f"a password needs at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
-                "characters of Unicode text"
-            )
+        _check_new_password(password)
         taken = Conflict(f"a user with email {address} already exists")
         with self._connection() as conn:
             if local_users.find_by_email(conn, address) is not None:
@@ -249,6 +248,18 @@ class LocalUsers:
         if user_id is None:  # added meanwhile
             raise taken
         return Principal(user_id=str(user_id), email=address)
+
+    def reset_password(self, email: str, password: str) -> Principal:
+        """Set a user's password anew (`tessera local passwd`: a lost one, or one that
+        leaked) and sign out every session begun before; `NotFound` for no such user."""
+        address = normalize_email(email)
+        _check_new_password(password)
+        with self._connection() as conn:
+            found = local_users.find_by_email(conn, address)
+            if found is None:
+                raise NotFound(f"no user with email {address}")
+            local_users.reset_password(conn, found[0], self._hasher.hash(password))
+        return Principal(user_id=str(found[0]), email=address)
 
     def authenticate(self, email: str, password: str) -> Principal:
         """The user with these credentials; `Unauthorized` (same message) otherwise;
@@ -291,6 +302,11 @@ class LocalUsers:
         with self._connection() as conn:
             if local_users.token_revoked(conn, session.jti):
                 raise Unauthorized("this session was signed out; sign in again")
+            reset = local_users.sessions_after(conn, uuid.UUID(session.principal.user_id))
+            if reset is not None and session.issued_at < reset:
+                raise Unauthorized(
+                    "the password was changed since this session began; sign in again"
+                )
         current = self.get(session.principal.user_id)
         if current is None:
             raise Unauthorized("the user no longer exists")
@@ -300,6 +316,15 @@ class LocalUsers:
         """Sign a refresh token's session out: its refresh grant is refused from now on."""
         with self._connection() as conn:
             local_users.revoke_token(conn, session.jti, session.expires_at)
+
+
+def _check_new_password(password: str) -> None:
+    """`Unprocessable` for a password a user may not be given."""
+    if len(password) < MIN_PASSWORD or not password_can_match(password):
+        raise Unprocessable(
+            f"a password needs at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
+            "characters of Unicode text"
+        )
 
 
 class LoginThrottle:
