@@ -29,6 +29,10 @@ DEFAULT_STATE = Path(".tessera/local")
 StateOption = Annotated[
     Path, typer.Option("--state", help="State directory (database, blocks, keys).")
 ]
+EmailArgument = Annotated[str, typer.Argument(help="The user's email address.")]
+PasswordOption = Annotated[
+    str | None, typer.Option(help="The password (prompted for when omitted).")
+]
 
 
 class Backend(StrEnum):
@@ -122,37 +126,40 @@ def up(
 
 @app.command()
 def adduser(
-    email: Annotated[str, typer.Argument(help="The new user's email address.")],
-    password: Annotated[
-        str | None, typer.Option(help="Password (prompted for when omitted).")
-    ] = None,
+    email: EmailArgument,
+    password: PasswordOption = None,
     state: StateOption = DEFAULT_STATE,
     backend: BackendOption = Backend.LOCAL,
     aws_endpoint: AwsEndpointOption = None,
 ) -> None:
     """Create a user of the local cloud (works while `tessera local up` is running)."""
     from tessera.adapters.local.identity import LocalUsers
-    from tessera.domain.errors import TesseraError
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     if backend is Backend.AWS:  # the user lives in the (moto) Cognito pool
         from tessera.local.aws_mode import add_user
 
-        try:
+        with _refusal_exits():
             sub = add_user(state, email, password, aws_endpoint)
-        except TesseraError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(1) from exc
         typer.echo(f"created {email} (user id {sub})")
         return
-    with _local_database(state) as conninfo:
-        try:
-            principal = LocalUsers(conninfo).add(email, password)
-        except TesseraError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(1) from exc
+    with _local_database(state) as conninfo, _refusal_exits():
+        principal = LocalUsers(conninfo).add(email, password)
     typer.echo(f"created {principal.email} (user id {principal.user_id})")
+
+
+@contextmanager
+def _refusal_exits() -> Iterator[None]:
+    """A refusal (`TesseraError`: a taken email, a password too short, no such user) is one
+    line on stderr and exit status 1, not a traceback."""
+    from tessera.domain.errors import TesseraError
+
+    try:
+        yield
+    except TesseraError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @contextmanager
@@ -186,25 +193,18 @@ def _local_database(state: Path) -> Iterator[str]:
 
 @app.command()
 def passwd(
-    email: Annotated[str, typer.Argument(help="The user's email address.")],
-    password: Annotated[
-        str | None, typer.Option(help="The new password (prompted for when omitted).")
-    ] = None,
+    email: EmailArgument,
+    password: PasswordOption = None,
     state: StateOption = DEFAULT_STATE,
 ) -> None:
     """Set a local user's password anew, signing out every device that signed in before
     (a lost password, the demo user's lost credentials, or one that leaked)."""
     from tessera.adapters.local.identity import LocalUsers
-    from tessera.domain.errors import TesseraError
 
     if password is None:
         password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
-    with _local_database(state) as conninfo:
-        try:
-            principal = LocalUsers(conninfo).reset_password(email, password)
-        except TesseraError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(1) from exc
+    with _local_database(state) as conninfo, _refusal_exits():
+        principal = LocalUsers(conninfo).reset_password(email, password)
     typer.echo(f"set a new password for {principal.email}; its devices sign in again")
 
 
