@@ -312,8 +312,8 @@ def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResu
         if check.unrecorded and row.state == "live":
             # Intact bytes its row misdescribes (a copy landed, then its row update was
             # lost): downloaders were handed the wrong key version. The row is mended,
-            # where quarantine had told every holder of damage over good bytes.
-            tx.block(bid, for_update=True)
+            # where quarantine had told every holder of damage over good bytes. (The
+            # upsert locks the row itself.)
             tx.mark_live(
                 bid, size=row.size, stored_size=check.stored_size, key_version=check.key_version
             )

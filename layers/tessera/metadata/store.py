@@ -1516,12 +1516,13 @@ class Store:
             list(found.items()),
         )
 
-    def forget_key_fingerprints(self, versions: Iterable[int]) -> None:
-        """Forget the fingerprints of these versions."""
-        self._all(
-            "DELETE FROM key_fingerprints WHERE key_version = ANY(%s) RETURNING 1",
-            (list(versions),),
-        )
+    def forget_key_fingerprints(self, versions: Sequence[int]) -> None:
+        """Forget the fingerprints of these versions (no statement when there are none:
+        every start asks)."""
+        if versions:
+            self.conn.execute(
+                "DELETE FROM key_fingerprints WHERE key_version = ANY(%s)", (list(versions),)
+            )
 
     def key_version_in_use(self, version: int) -> bool:
         """Whether any block, or any upload's block, is stored under key `version` (asked
