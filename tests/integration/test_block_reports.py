@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tessera.blocks import BlockError, block_id
@@ -19,8 +20,10 @@ from tessera.domain.object_keys import canonical_key
 from tessera.maintenance import ScrubResult
 from tessera.maintenance.runner import ReportsLeft, handle_event, run_step
 from tessera.maintenance.scheduler import MaintenanceScheduler
+from tessera.metadata.locks import LockClass
 from tessera.metadata.outbox import relay_outbox
 from tessera.ports import Principal
+from tests.concurrency import run_at_once
 
 from .test_domain_files import race_held
 from .test_maintenance_world import ALICE, BLOCK, BOB, MALLORY, World, chunks, make_world
@@ -241,6 +244,64 @@ def test_a_blocks_reports_are_claimed_together_by_one_run(world: World) -> None:
         assert tx.claim_reports(10, hold_s=60) == []
     assert [r.block.block_id for r in claimed] == [bid]
     assert claimed[0].version[1] == mine.file_id  # the oldest report's version
+
+
+def _reported_twice(w: World, blocks: int) -> list[str]:
+    """`blocks` blocks of Alice's, each reported by two users, the block's reports
+    oldest-first next to each other: runs at once that each take the oldest report they
+    can lock took two reports of one block."""
+    data = secrets.token_bytes(blocks * BLOCK)
+    entry = w.put(ALICE, "/many.bin", data)
+    ids = [block_id(c) for c in chunks(data)]
+    for n, bid in enumerate(ids):
+        for k, who in enumerate(("user-a", "user-b")):
+            w.sql(
+                "INSERT INTO block_reports (block_id, reported_by, ns_id, file_id, rev, reason,"
+                " reported_at) VALUES (%s, %s, %s, %s, %s, 'test', now() - make_interval("
+                "secs => %s)) RETURNING 1",
+                bid,
+                who,
+                entry.ns_id,
+                entry.file_id,
+                entry.rev,
+                1000 - 2 * n - k,
+            )
+    return ids
+
+
+def test_runs_claiming_one_blocks_reports_at_once_never_deadlock(world: World) -> None:
+    """Each run locked the oldest report it could (skipping locked ones), then the rest of
+    that block's: two runs took one report each of the same block and waited for each
+    other's, and PostgreSQL ended one with a deadlock error."""
+    ids = _reported_twice(world, 60)
+
+    def claim() -> list[str]:
+        with world.ctx.repo.transaction() as tx:
+            return [r.block.block_id for r in tx.claim_reports(1, hold_s=60)]
+
+    claimed: list[str] = []
+    for _ in range(3 * len(ids)):
+        results, errors = run_at_once(claim, 2)
+        assert errors == []
+        claimed += [bid for result in results for bid in result]
+        if not any(results):
+            break
+    assert sorted(claimed) == sorted(ids)  # each block by one run, none left
+
+
+def test_a_block_whose_reports_another_run_holds_is_skipped_not_waited_for(
+    world: World, database_url: str
+) -> None:
+    first, second = _reported_twice(world, 2)
+    with psycopg.connect(database_url) as other:  # another run settling `first`'s reports
+        other.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LockClass.BLOCK_REPORTS, first)
+        )
+        with world.ctx.repo.transaction() as tx:
+            claimed = tx.claim_reports(10, hold_s=60)
+        assert [r.block.block_id for r in claimed] == [second]
+    with world.ctx.repo.transaction() as tx:  # released: taken by the next run
+        assert [r.block.block_id for r in tx.claim_reports(10, hold_s=60)] == [first]
 
 
 def test_a_files_look_over_is_bounded_and_goes_on_at_the_next_report(

@@ -28,3 +28,5 @@ class LockClass(enum.IntEnum):
     REPORTS = 0x7E55_0005
     #: the block keys' check: starts compare and record one at a time (`Store.key_fingerprints`)
     KEY_CHECK = 0x7E55_0006
+    #: a block's pending reports: claimed and settled by one run at a time (`claim_reports`)
+    BLOCK_REPORTS = 0x7E55_0007

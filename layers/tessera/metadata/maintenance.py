@@ -256,28 +256,51 @@ class MaintenanceTx:
     ) -> list[ReportedBlock]:
         """Claim the pending reports of up to `limit` blocks, oldest report first (of blocks
         among `only`, if given), for `hold_s` seconds: each block with every pending report
-        of it, so two runs never check one block for two users. Reports another run holds,
-        or locks now, are skipped. One per block, whatever its state: a check of a block
-        moved on settles its reports too."""
+        of it, so two runs never check one block for two users. Reports another run holds
+        are skipped. One per block, whatever its state: a check of a block moved on settles
+        its reports too.
+
+        Every writer of a block's reports takes the block's reports lock first
+        (`_lock_reports_of`); a claim skips a block whose lock is held rather than wait.
+        Locking the reports themselves (`SKIP LOCKED` on the oldest, then the block's
+        others) let two claims each lock one report of a block and wait for the other's: a
+        deadlock, and one scrub run failed."""
         among = " AND block_id = ANY(%(only)s)" if only is not None else ""
         free = "{t}checked_at IS NULL AND ({t}claimed_until IS NULL OR {t}claimed_until < now())"
         rows = self._all(
-            "WITH picked AS (SELECT DISTINCT block_id FROM (SELECT block_id FROM block_reports"
-            f"  WHERE {free.format(t='')}{among} ORDER BY reported_at LIMIT %(limit)s"
-            "  FOR UPDATE SKIP LOCKED) oldest)"
+            "WITH oldest AS MATERIALIZED (SELECT DISTINCT block_id FROM (SELECT block_id"
+            f"  FROM block_reports WHERE {free.format(t='')}{among} ORDER BY reported_at"
+            "  LIMIT %(limit)s) o),"
+            " picked AS MATERIALIZED (SELECT block_id FROM oldest"
+            "  WHERE pg_try_advisory_xact_lock(%(lock)s, hashtext(block_id)))"
             " UPDATE block_reports r SET claimed_until = now() + make_interval(secs => %(hold)s)"
             " FROM blocks b WHERE r.block_id IN (SELECT block_id FROM picked)"
             f" AND {free.format(t='r.')} AND b.block_id = r.block_id"
             f" RETURNING {_BLOCK_COLS_OF_B}, r.ns_id, r.file_id, r.rev, r.reported_at",
-            {"only": list(only or ()), "limit": limit, "hold": hold_s},
+            {
+                "only": list(only or ()),
+                "limit": limit,
+                "hold": hold_s,
+                "lock": LockClass.BLOCK_REPORTS,
+            },
         )
         blocks: dict[str, ReportedBlock] = {}
         for r in sorted(rows, key=lambda r: r[9]):  # the oldest report's version first
             blocks.setdefault(r[0], ReportedBlock(_block(r), (r[6], r[7], r[8])))
         return list(blocks.values())
 
+    def _lock_reports_of(self, block_id: str) -> None:
+        """Take a block's reports lock (waiting) before writing its reports, as
+        `claim_reports` does: a claim whose hold ran out may be claiming them again, row by
+        row in its own order."""
+        self._all(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))::text",
+            (LockClass.BLOCK_REPORTS, block_id),
+        )
+
     def put_off_reports(self, block_id: str, seconds: float) -> None:
         """Let a block's pending reports be claimed again in `seconds` (0: at once)."""
+        self._lock_reports_of(block_id)
         self._count(
             "UPDATE block_reports SET claimed_until = now() + make_interval(secs => %s)"
             " WHERE block_id = %s AND checked_at IS NULL",
@@ -286,6 +309,7 @@ class MaintenanceTx:
 
     def mark_block_checked(self, block_id: str) -> None:
         """Record every pending report of a block checked now: one check serves them all."""
+        self._lock_reports_of(block_id)
         self._count(
             "UPDATE block_reports SET checked_at = now()"
             " WHERE block_id = %s AND checked_at IS NULL",
