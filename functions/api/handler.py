@@ -1,8 +1,9 @@
 """Lambda `api`: the whole REST API (API Gateway REST proxy events, Cognito authorizer).
 
 Cold start: read settings, wire the AWS adapters into `Services`, build the Powertools
-resolver and load the current block-key secret — once, here at import, inside
-`lambda_init` (no garbage collection while init builds; what it built is then frozen).
+resolver and load the current block-key secret, checked against the database's record of
+it (`guard_block_keys`) — once, here at import, inside `lambda_init` (no garbage
+collection while init builds; what it built is then frozen).
 Each invocation only resolves the event; after each transaction the domain publishes the
 newest event of each namespace to the changes table (the outbox relay delivers the rest).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from tessera.coldstart import lambda_init
 
 with lambda_init():
+    from contextlib import suppress
     from typing import Any
 
     from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -19,6 +21,8 @@ with lambda_init():
 
     from tessera.adapters.aws.wiring import TRACED_MODULES, AwsRuntime
     from tessera.api import build_resolver
+    from tessera.domain.errors import Unavailable
+    from tessera.metadata.key_check import guard_block_keys
 
     logger = Logger(service="tessera-api")
     tracer = Tracer(service="tessera-api", patch_modules=TRACED_MODULES)
@@ -30,7 +34,9 @@ with lambda_init():
     resolver = build_resolver(services, longpoll=False)
     # On AWS, init runs before the first request is routed (ahead of any, with provisioned
     # concurrency): the SSM + KMS round trips for the block-key secret belong here.
-    services.keys.load_current()
+    guard_block_keys(services.db, services.keys)
+    with suppress(Unavailable):  # keys refused (logged): each request answers 503 instead
+        services.keys.load_current()
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

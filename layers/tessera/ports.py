@@ -8,7 +8,7 @@ contract tests (`tests/integration/contracts/`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -162,6 +162,7 @@ class KeyService(ABC):
 
     def __init__(self) -> None:
         self._cache: dict[int, bytes] = {}
+        self._vouch: Callable[[int, bytes], None] | None = None
 
     @abstractmethod
     def current_version(self) -> int:
@@ -184,8 +185,17 @@ class KeyService(ABC):
     def secret(self, version: int) -> bytes:
         """The secret of `version`, loaded once per process (once per cold start on Lambda)."""
         if version not in self._cache:
-            self._cache[version] = self._load_secret(version)
+            secret = self._load_secret(version)
+            if self._vouch is not None:
+                self._vouch(version, secret)  # raises: not kept, loaded again next time
+            self._cache[version] = secret
         return self._cache[version]
+
+    def watch(self, vouch: Callable[[int, bytes], None]) -> None:
+        """Pass each secret loaded from now on to `vouch` (version, secret) before it is
+        kept or used; what `vouch` raises, `secret` raises
+        (`tessera.metadata.key_check.guard_block_keys`)."""
+        self._vouch = vouch
 
     def load_current(self) -> None:
         """Load the current version's secret now: a Lambda's init calls this so that its

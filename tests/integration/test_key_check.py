@@ -10,8 +10,14 @@ import pytest
 
 from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import BlockFormatError, derive_block_key, key_fingerprint
+from tessera.domain.errors import Unavailable
 from tessera.metadata import Database
-from tessera.metadata.key_check import BlockKeysMismatch, check_block_keys
+from tessera.metadata.key_check import (
+    KEYS_REFUSED_RETRY_S,
+    BlockKeysMismatch,
+    check_block_keys,
+    guard_block_keys,
+)
 from tests.concurrency import run_at_once
 
 
@@ -88,6 +94,48 @@ def test_a_version_missing_from_the_key_file_is_refused(db: Database, tmp_path: 
     path.write_text(json.dumps(state))
     with pytest.raises(BlockKeysMismatch, match=r"key version 1 \(recorded on .*\) is missing"):
         check_block_keys(db, KeyFileKeyService(path))
+
+
+def test_a_guarded_key_service_hands_out_no_key_under_a_swapped_secret(
+    db: Database, tmp_path: Path
+) -> None:
+    """Checked as each secret is first loaded: refused (503, the record kept), loaded
+    and checked again at the next use, so the right file put back is taken up at once."""
+    right = tmp_path / "keys.json"
+    check_block_keys(db, KeyFileKeyService(right))
+    stored_under(db, 1)
+    recorded = fingerprints(db)
+    swapped = tmp_path / "swapped.json"
+    keys = KeyFileKeyService(swapped)  # another secret under version 1
+    guard_block_keys(db, keys)
+    block = "b3:" + "cd" * 32
+    with pytest.raises(Unavailable, match="block keys do not match") as refused:
+        keys.block_key(block)
+    assert refused.value.retry_after == KEYS_REFUSED_RETRY_S
+    assert fingerprints(db) == recorded
+    swapped.write_bytes(right.read_bytes())  # the operator puts the right keys back
+    keys = KeyFileKeyService(swapped)
+    guard_block_keys(db, keys)
+    assert keys.block_key(block) == (1, derive_block_key(KeyFileKeyService(right).secret(1), block))
+
+
+def test_a_version_a_guarded_key_service_first_meets_is_recorded(
+    db: Database, tmp_path: Path
+) -> None:
+    """A rotation while the process runs: its new version is recorded at first use, so a
+    process holding another secret under it is refused once a block uses it."""
+    keys = KeyFileKeyService(tmp_path / "keys.json")
+    check_block_keys(db, keys)
+    guard_block_keys(db, keys)
+    assert keys.rotate() == 2
+    version, _ = keys.block_key("b3:" + "cd" * 32)
+    assert version == 2 and fingerprints(db) == {v: key_fingerprint(keys.secret(v)) for v in (1, 2)}
+    stored_under(db, 2)
+    other = KeyFileKeyService(tmp_path / "other.json")
+    other.rotate()
+    guard_block_keys(db, other)
+    with pytest.raises(Unavailable):
+        other.block_key("b3:" + "cd" * 32, 2)
 
 
 def test_a_maintenance_function_refusing_the_keys_leaves_no_pool_open(

@@ -40,7 +40,7 @@ from tessera.local.relay import start_relay
 from tessera.local.server import Server
 from tessera.local.throttle import RequestThrottle
 from tessera.metadata import Database, migrate
-from tessera.metadata.key_check import check_block_keys
+from tessera.metadata.key_check import check_block_keys, guard_block_keys
 from tessera.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,7 @@ class LocalCloud(ServedCloud):
             max_size=self.settings.pool_max_size,
         )
         check_block_keys(self._db, keys)  # before any block is served or judged
+        guard_block_keys(self._db, keys)  # and a version a rotation makes while it runs
         self.services = Services(
             db=self._db,
             block_store=gateway.block_store,

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -510,3 +511,47 @@ def test_aws_throttling_is_503_with_retry_after_not_500(
     else:
         assert body["error"]["code"] == "internal"
     assert send("/v1/list_folder", {"path": ""})[0] == 200  # the function is fine afterwards
+
+
+def test_the_api_function_refuses_block_keys_the_database_does_not_know(
+    aws_settings: AwsSettings, database_url: str, tmp_path: Path
+) -> None:
+    """A key parameter put again by hand between deploys: the API function checked no
+    secret, and handed out block keys under the new one until a maintenance function's
+    start refused. Its cold start now checks the secret against the record: refused, every
+    request that needs a key answers 503 with what to do, and the record is kept."""
+    from tessera.local.aws_mode import environment, load_function
+
+    wrong = b"\x01" * 32
+    with psycopg.connect(database_url, autocommit=True) as conn:  # blocks under version 1
+        conn.execute(
+            "INSERT INTO key_fingerprints (key_version, fingerprint) VALUES (1, %s)", (wrong,)
+        )
+        conn.execute(
+            "INSERT INTO blocks (block_id, size, stored_size, key_version, state)"
+            " VALUES (%s, 1, 1, 1, 'live')",
+            ("b3:" + "ab" * 32,),
+        )
+    env = replace(aws_settings, database_url=database_url).to_env()
+    with environment({**env, "POWERTOOLS_METRICS_DISABLED": "true"}):
+        api = load_function("api")  # its start is refused, but it starts
+    try:
+        answers: list[dict[str, Any]] = []
+        claims = _claims()
+
+        def send(path: str, body: Any) -> tuple[int, Any]:
+            answers.append(api.handler(rest_event(path, body, claims=claims), Context()))
+            return answers[-1]["statusCode"], json.loads(answers[-1]["body"])
+
+        status, body = Client(send).upload("/a.bin", _write(tmp_path, "a.bin", 1000))
+        assert status == 503 and body["error"]["code"] == "unavailable", body
+        assert "block keys do not match" in body["error"]["message"]
+        assert answers[-1]["multiValueHeaders"]["Retry-After"] == ["300"]
+        with psycopg.connect(database_url) as conn:
+            kept = conn.execute("SELECT fingerprint FROM key_fingerprints").fetchall()
+        assert kept == [(wrong,)]
+        with psycopg.connect(database_url, autocommit=True) as conn:  # the operator's fix
+            conn.execute("DELETE FROM key_fingerprints")
+        assert Client(send).upload("/a.bin", tmp_path / "a.bin")[0] == 200  # no restart
+    finally:
+        api.services.db.close()
