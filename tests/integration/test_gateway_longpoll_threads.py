@@ -7,6 +7,7 @@ of its own, so devices idling in long-polls cannot take the threads every API ca
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -175,6 +176,43 @@ def test_longpolls_whose_callers_left_still_hold_their_threads(
         assert statuses.count(429) == 4
     finally:
         resolver.release.set()
+        server.stop()
+
+
+def test_longpolls_whose_callers_left_before_their_thread_started_give_their_place_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller that hangs up at once is gone before its thread starts, and anyio then
+    never runs it: the thread's place, given back only by the thread, was lost, and after
+    `LONGPOLL_THREADS` such callers every long-poll was refused 429 until a restart."""
+    from tessera.local import gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "LONGPOLL_THREADS", 2)
+    issuer = JwtIssuer(tmp_path / "jwt.pem")
+    token = issuer.issue(Principal(user_id="u1", email="u1@example.com")).access_token
+    resolver = BlockingLongpoll()
+    resolver.release.set()  # a thread that starts answers at once
+    server = Server()
+    server.start(create_app(Gateway(identity=issuer, resolver=resolver)))
+    host, port = server.base_url.removeprefix("http://").split(":")
+    body = json.dumps({"cursor": "c", "timeout": 30}).encode()
+    request = (
+        f"POST /v1/list_folder/longpoll HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    try:
+
+        def ask_and_hang_up() -> None:
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(request)
+
+        with ThreadPoolExecutor(16) as callers:  # at once: a few lost their place
+            list(callers.map(lambda _: ask_and_hang_up(), range(400)))
+        time.sleep(0.5)  # the threads that did start return at once
+        r = _longpoll(server.base_url, token, timeout=10)
+        assert r.status_code == 200, r.text
+    finally:
         server.stop()
 
 

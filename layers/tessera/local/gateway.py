@@ -405,8 +405,11 @@ def create_app(gw: Gateway) -> Starlette:
         if not longpolls_running.acquire(blocking=False):
             raise TooManyRequests("too many long-polls waiting; try again shortly", 5)
         resolve = gw.resolver.resolve
+        start = _ThreadStart()
 
         def run() -> dict[str, Any]:
+            if not start.begin():
+                return {}  # its caller left first, and gave its places back
             # taken over here, not before: a caller who leaves while the thread has not
             # started gives it back itself (a thread that never runs never would)
             slot.handed_over = True
@@ -416,7 +419,12 @@ def create_app(gw: Gateway) -> Starlette:
                 longpolls_running.release()
                 slot.give_back()
 
-        result = await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=threads)
+        try:
+            result = await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=threads)
+        except BaseException:  # cancelled: the caller hung up, or the server stops
+            if start.abandon():
+                longpolls_running.release()
+            raise
         return proxy_response(result)
 
     async def on_error(request: Request, exc: Exception) -> Response:
@@ -439,6 +447,33 @@ def create_app(gw: Gateway) -> Starlette:
         ],
         exception_handlers={TesseraError: on_error, Exception: on_error},
     )
+
+
+class _ThreadStart:
+    """Whether a long-poll's thread started, or its caller stopped waiting first: anyio
+    runs no thread for a call cancelled before its worker takes it up, so the thread's
+    places, which the thread gives back, were lost, and after `LONGPOLL_THREADS` callers
+    that hung up at once every long-poll was refused until a restart. Decided once, under
+    a lock, by whichever comes first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "queued"
+
+    def begin(self) -> bool:
+        """The thread starts: True unless its caller had already left."""
+        return self._settle("started")
+
+    def abandon(self) -> bool:
+        """The caller left: True when the thread had not started (and now never will)."""
+        return self._settle("abandoned")
+
+    def _settle(self, state: str) -> bool:
+        with self._lock:
+            if self._state != "queued":
+                return False
+            self._state = state
+            return True
 
 
 async def _done_before_disconnect(request: Request, work: asyncio.Future[Any]) -> bool:
