@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import random
+import sys
+import threading
 
 import pytest
 
@@ -12,6 +14,7 @@ from tessera.blocks import block_id, content_hash
 from tessera.domain import paths
 from tessera.domain.services import Services
 from tessera.ports import Principal
+from tests.concurrency import run_at_once
 
 from .conftest import Caller, api_event, put_file, set_block_state, upload_blocks
 
@@ -462,3 +465,45 @@ def test_an_unreachable_database_is_503_with_retry_after(
         headers.setdefault(name, values[0])
     assert headers["Retry-After"] == str(RETRY_AFTER_S)
     assert '"unavailable"' in response["body"] and "OperationalError" not in response["body"]
+
+
+def test_requests_at_once_are_each_answered_for_their_own_caller(services: Services) -> None:
+    """The local gateway resolves requests on many threads at once. Powertools keeps the
+    event being resolved on its router class, shared by every thread: a request was routed
+    with another's path and answered with another user's account (their listing, their
+    block keys), and a commit could run twice."""
+    from tessera.api import build_resolver
+
+    from .conftest import principal
+
+    resolver = build_resolver(services)
+    users = [principal(f"racer{n}") for n in range(8)]
+    for who in users:  # their accounts exist before the race
+        resolver.resolve(api_event("GET", "/v1/account", None, who), None)  # type: ignore[arg-type]
+    turn = iter(range(len(users)))
+    lock = threading.Lock()
+
+    def calls() -> list[str]:
+        with lock:
+            n = next(turn)
+        who, wrong = users[n], []
+        for i in range(60):
+            if (i + n) % 3 == 0:  # another route, another method, in between
+                answer = resolver.resolve(api_event("GET", "/v1/health"), None)  # type: ignore[arg-type]
+                if json.loads(answer["body"]).get("status") != "ok":
+                    wrong.append(answer["body"])
+                continue
+            answer = resolver.resolve(api_event("GET", "/v1/account", None, who), None)  # type: ignore[arg-type]
+            body = json.loads(answer["body"])
+            if body.get("email") != who.email:
+                wrong.append(answer["body"])
+        return wrong
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often: the race shows in a few calls
+    try:
+        results, errors = run_at_once(calls, threads=len(users))
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == [] and len(results) == len(users)
+    assert [w for wrong in results for w in wrong] == []

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ValidationError
 
 import tessera
@@ -136,6 +139,47 @@ def _respond(result: BaseModel) -> Response[str]:
     return _json(200, dump(result))
 
 
+class _PerThreadResolver(APIGatewayRestResolver):
+    """Powertools' REST resolver, safe to call on many threads at once, as the local
+    gateway does (on Lambda one invocation runs at a time: nothing changes there).
+
+    Powertools keeps the event being resolved on its router class (`BaseRouter
+    .current_event`, shared by every resolver and thread) and the route it matched in the
+    instance's `context`: a thread that took its turn between another's assignment and its
+    use routed that other request, and answered one user with another's account, listing
+    or block keys. Here both are the calling thread's own."""
+
+    _threads = threading.local()
+
+    def resolve(self, event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
+        """Resolve `event` with this thread's own event and routing context."""
+        self._threads.event = self._to_proxy_event(dict(event))
+        self._threads.context = {}
+        return super().resolve(event, context)
+
+    @property  # type: ignore[override]
+    def current_event(self) -> BaseProxyEvent:
+        """The event this thread is resolving."""
+        event: BaseProxyEvent = self._threads.event
+        return event
+
+    @current_event.setter
+    def current_event(self, value: BaseProxyEvent) -> None:
+        self._threads.event = value
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """This thread's routing context (Powertools' `append_context`)."""
+        if not hasattr(self._threads, "context"):
+            self._threads.context = {}
+        found: dict[str, Any] = self._threads.context
+        return found
+
+    @context.setter
+    def context(self, value: dict[str, Any]) -> None:
+        self._threads.context = value
+
+
 def build_resolver(services: Services, *, longpoll: bool = True) -> APIGatewayRestResolver:
     """The API app wired to `services`; `.resolve(event, context)` takes REST proxy events.
 
@@ -143,7 +187,7 @@ def build_resolver(services: Services, *, longpoll: bool = True) -> APIGatewayRe
     its own) the long-poll's route answers 404: the api function sees it only as a path its
     resource did not match (with a trailing slash), and waiting there would hold an api
     function, sized for quick calls, until its timeout."""
-    app = APIGatewayRestResolver()
+    app = _PerThreadResolver()
 
     def register(route: Route) -> None:
         def handler() -> Response[str]:

@@ -296,8 +296,20 @@ class DeadlineFeed(ChangeFeed):
 
     def __init__(self, inner: ChangeFeed, clock: Callable[[], float] = time.time) -> None:
         self.inner = inner
-        self.deadline = float("inf")
+        self._requests = threading.local()
         self._clock = clock
+
+    @property
+    def deadline(self) -> float:
+        """The deadline of the request this thread serves (none until one is set): the
+        local gateway's AWS mode runs many long-polls at once, on threads, through one
+        function, and each request's deadline overwrote the others'."""
+        deadline: float = getattr(self._requests, "deadline", float("inf"))
+        return deadline
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self._requests.deadline = value
 
     def publish(self, event: ChangeEvent) -> None:
         self.inner.publish(event)
