@@ -23,7 +23,7 @@ import httpx
 import psycopg
 import pytest
 
-from tessera.adapters.local import LocalUsers
+from tessera.adapters.local import JwtIssuer, LocalIdentity, LocalUsers
 from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import block_id, content_hash, decode_block, encode_block
 from tessera.domain.errors import Conflict, Unauthorized, Unprocessable
@@ -259,13 +259,30 @@ def test_local_users(database_url: str) -> None:
     for bad in ("", "no-at-sign", "@example.com", "a b@example.com"):
         with pytest.raises(Unprocessable):
             users.add(bad, PASSWORD)
-    assert users.authenticate("carol@EXAMPLE.com", PASSWORD) == created
+    assert users.authenticate("carol@EXAMPLE.com", PASSWORD).principal == created
     with pytest.raises(Unauthorized):
         users.authenticate("carol@example.com", "another password")
     with psycopg.connect(database_url) as conn:
         (stored,) = conn.execute("SELECT password_hash FROM local_users").fetchone() or ("",)
     assert stored.startswith("$argon2id$")
     assert PASSWORD not in stored
+
+
+def test_a_password_reset_signs_out_the_sessions_before_it_and_none_after(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The reset was a time to the microsecond and a token's `iat` whole seconds: a
+    sign-in in the second after a reset was signed out at its first refresh, an hour on."""
+    users, issuer = LocalUsers(database_url), JwtIssuer(tmp_path / "jwt.pem")
+    identity = LocalIdentity(users, issuer)
+    users.add("erin@example.com", PASSWORD)
+    credentials = {"email": "erin@example.com", "password": PASSWORD}
+    before = identity.token(credentials).refresh_token
+    users.reset_password("erin@example.com", PASSWORD)
+    after = identity.token(credentials).refresh_token  # at once, in the same second
+    assert identity.token({"refresh_token": after}).refresh_token == after
+    with pytest.raises(Unauthorized, match="password was changed"):
+        identity.token({"refresh_token": before})
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,7 +435,6 @@ def test_passwd_sets_a_new_password_and_signs_every_device_out(
     with LocalCloud(state, port=0, settings=settings, maintenance=False) as base_url:
         token = f"{base_url}/v1/auth/token"
         signed_in = httpx.post(token, json={"email": email, "password": PASSWORD}).json()
-        time.sleep(1.1)  # a token's times are whole seconds
         env = {**os.environ, "DATABASE_URL": database_url}
         cmd = [sys.executable, "-m", "tessera.local", "passwd", email.upper()]
         r = subprocess.run(

@@ -21,12 +21,14 @@ def insert_user(conn: psycopg.Connection[Any], email: str, password_hash: str) -
     return None if row is None else user_id
 
 
-def find_by_email(conn: psycopg.Connection[Any], email: str) -> tuple[uuid.UUID, str] | None:
-    """(user_id, password_hash) of the user with this case-folded email, or None."""
+def find_by_email(conn: psycopg.Connection[Any], email: str) -> tuple[uuid.UUID, str, int] | None:
+    """(user_id, password_hash, sessions generation) of the user with this case-folded
+    email, or None."""
     row = conn.execute(
-        "SELECT user_id, password_hash FROM local_users WHERE email = %s", (email,)
+        "SELECT user_id, password_hash, sessions_generation FROM local_users WHERE email = %s",
+        (email,),
     ).fetchone()
-    return None if row is None else (row[0], row[1])
+    return None if row is None else (row[0], row[1], int(row[2]))
 
 
 def find_by_id(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> str | None:
@@ -54,19 +56,22 @@ def revoke_token(conn: psycopg.Connection[Any], jti: str, expires_at: datetime) 
 
 
 def reset_password(conn: psycopg.Connection[Any], user_id: uuid.UUID, password_hash: str) -> None:
-    """Set a user's password anew, and sign out every session signed in before now."""
+    """Set a user's password anew, and move its sessions generation on: every session
+    signed in before is signed out."""
     conn.execute(
-        "UPDATE local_users SET password_hash = %s, sessions_after = now() WHERE user_id = %s",
+        "UPDATE local_users SET password_hash = %s,"
+        " sessions_generation = sessions_generation + 1 WHERE user_id = %s",
         (password_hash, user_id),
     )
 
 
-def sessions_after(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> datetime | None:
-    """When the user's password was last set anew: sessions begun before are signed out."""
+def sessions_generation(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> int | None:
+    """The user's sessions generation (how often the password was set anew): a session
+    signed in under an earlier one is signed out. None when there is no such user."""
     row = conn.execute(
-        "SELECT sessions_after FROM local_users WHERE user_id = %s", (user_id,)
+        "SELECT sessions_generation FROM local_users WHERE user_id = %s", (user_id,)
     ).fetchone()
-    return None if row is None else row[0]
+    return None if row is None else int(row[0])
 
 
 def token_revoked(conn: psycopg.Connection[Any], jti: str) -> bool:

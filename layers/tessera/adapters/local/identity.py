@@ -7,8 +7,10 @@ live 30 days, so neither kind is accepted where the other is expected. A refresh
 with a new access token and the same refresh token, as Cognito does: a session ends 30
 days after its sign-in however often it refreshes (a new refresh token each time had let
 a stolen one renew itself for ever), or when it is signed out (`POST /v1/auth/revoke`:
-`tessera logout`), whichever comes first. An access token lives out its hour either way,
-as Cognito's do behind API Gateway's authorizer.
+`tessera logout`), or the password is set anew (`tessera local passwd`: a refresh token
+carries the user's sessions generation, `gen`, which that moves on), whichever comes
+first. An access token lives out its hour either way, as Cognito's do behind API
+Gateway's authorizer.
 """
 
 from __future__ import annotations
@@ -93,9 +95,17 @@ class JwtIssuer(Identity):
         self.issuer, self.audience = issuer, audience
         self.access_ttl, self.refresh_ttl = access_ttl, refresh_ttl
 
-    def _encode(self, principal: Principal, audience: str, token_use: str, ttl: int) -> str:
+    def _encode(
+        self,
+        principal: Principal,
+        audience: str,
+        token_use: str,
+        ttl: int,
+        **extra: object,
+    ) -> str:
         now = int(time.time())
         claims = {
+            **extra,
             "iss": self.issuer,
             "aud": audience,
             "sub": principal.user_id,
@@ -107,9 +117,12 @@ class JwtIssuer(Identity):
         }
         return jwt.encode(claims, self._private, algorithm=_ALGORITHM)
 
-    def issue(self, principal: Principal) -> TokenPair:
-        """A fresh access + refresh token pair for `principal` (a sign-in)."""
-        refresh = self._encode(principal, f"{self.audience}:refresh", "refresh", self.refresh_ttl)
+    def issue(self, principal: Principal, generation: int = 0) -> TokenPair:
+        """A fresh access + refresh token pair for `principal` (a sign-in), its session
+        under the user's sessions `generation` (`LocalUsers.authenticate`)."""
+        refresh = self._encode(
+            principal, f"{self.audience}:refresh", "refresh", self.refresh_ttl, gen=generation
+        )
         return self.refreshed(principal, refresh)
 
     def refreshed(self, principal: Principal, refresh_token: str) -> TokenPair:
@@ -144,19 +157,30 @@ class JwtIssuer(Identity):
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise Unauthorized("not a refresh token")
+        generation = claims.get("gen", 0)  # none: signed in before generations
+        if not isinstance(generation, int) or isinstance(generation, bool):
+            raise Unauthorized("not a refresh token")
         expires_at = datetime.fromtimestamp(int(claims["exp"]), UTC)
-        issued_at = datetime.fromtimestamp(int(claims["iat"]), UTC)
-        return RefreshSession(_principal(claims), jti, expires_at, issued_at)
+        return RefreshSession(_principal(claims), jti, expires_at, generation)
 
 
 @dataclass(frozen=True)
 class RefreshSession:
-    """What a refresh token names: its user, its id, and when it expires."""
+    """What a refresh token names: its user, its id, when it expires, and the user's
+    sessions generation it was signed in under."""
 
     principal: Principal
     jti: str
     expires_at: datetime
-    issued_at: datetime
+    generation: int
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A user whose credentials checked, and their sessions generation now."""
+
+    principal: Principal
+    generation: int
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
@@ -261,7 +285,7 @@ class LocalUsers:
             local_users.reset_password(conn, found[0], self._hasher.hash(password))
         return Principal(user_id=str(found[0]), email=address)
 
-    def authenticate(self, email: str, password: str) -> Principal:
+    def authenticate(self, email: str, password: str) -> SignedIn:
         """The user with these credentials; `Unauthorized` (same message) otherwise;
         `TooManyRequests` when the password-check slots stay busy."""
         if not password_can_match(password):
@@ -284,7 +308,7 @@ class LocalUsers:
                 raise Unauthorized("wrong email or password")
             if self._hasher.check_needs_rehash(stored):
                 local_users.set_password(conn, found[0], self._hasher.hash(password))
-        return Principal(user_id=str(found[0]), email=address)
+        return SignedIn(Principal(user_id=str(found[0]), email=address), found[2])
 
     def get(self, user_id: str) -> Principal | None:
         """The user `user_id`, or None when there is no such user."""
@@ -302,8 +326,8 @@ class LocalUsers:
         with self._connection() as conn:
             if local_users.token_revoked(conn, session.jti):
                 raise Unauthorized("this session was signed out; sign in again")
-            reset = local_users.sessions_after(conn, uuid.UUID(session.principal.user_id))
-            if reset is not None and session.issued_at < reset:
+            current = local_users.sessions_generation(conn, uuid.UUID(session.principal.user_id))
+            if current is not None and session.generation < current:
                 raise Unauthorized(
                     "the password was changed since this session began; sign in again"
                 )
@@ -413,14 +437,14 @@ class LocalIdentity:
             raise Unauthorized("wrong email or password")
         stamp = self.throttle.attempt(key)
         try:
-            principal = self.users.authenticate(email, password)
+            signed_in = self.users.authenticate(email, password)
         except Unauthorized:
             raise  # counted already
         except BaseException:
             self.throttle.abandon(key, stamp)
             raise
         self.throttle.succeeded(key)
-        return self.issuer.issue(principal)
+        return self.issuer.issue(signed_in.principal, signed_in.generation)
 
     def revoke(self, body: Mapping[str, Any]) -> None:
         """Answer `POST /v1/auth/revoke` with `{"refresh_token"}`: sign its session out. A
