@@ -97,6 +97,19 @@ class PipLayerBundler:
         self._install = install
         self._bytecode_python = bytecode_python
 
+    def inputs(self) -> dict[str, str]:
+        """What the built layer depends on besides the `layers/` sources. CDK's asset hash
+        covers the sources and the bundling options as JSON, where this bundler (a jsii
+        reference) shows none of its fields: a sources-only build (`-c bundle=false`) left
+        in `cdk.out` was deployed as the layer, and a dependency bump alone never was."""
+        interpreter = find_interpreter(self._bytecode_python) if self._install else None
+        return {
+            "TESSERA_LAYER_REQUIREMENTS": " ".join(sorted(self._requirements)),
+            "TESSERA_LAYER_INSTALL": "1" if self._install else "0",
+            "TESSERA_LAYER_PLATFORM": f"{PLATFORM} cp{PYTHON_VERSION}",
+            "TESSERA_LAYER_BYTECODE": "1" if interpreter else "0",
+        }
+
     def try_bundle(self, output_dir: str, options: Any = None, **_: Any) -> bool:
         """Build the layer into `output_dir`; never falls back to Docker."""
         target = Path(output_dir) / "python"
@@ -148,17 +161,22 @@ class TesseraLayer(Construct):
             compatible_runtimes=[RUNTIME],
             compatible_architectures=[ARCHITECTURE],
             removal_policy=RemovalPolicy.RETAIN,  # old versions stay for rollbacks
-            code=lambda_.Code.from_asset(
-                str(config.layers_root),
-                exclude=["**/__pycache__", "*.egg-info"],
-                bundling=_bundling(bundler),
-            ),
+            code=layer_code(config.layers_root, bundler),
         )
 
 
-def _bundling(bundler: PipLayerBundler) -> Any:
+def layer_code(layers_root: Path, bundler: PipLayerBundler) -> lambda_.AssetCode:
+    """The layer's asset: `layers_root` built by `bundler`, hashed over both."""
     from aws_cdk import BundlingOptions, DockerImage
 
-    # `image` is mandatory in BundlingOptions but never used: local bundling always succeeds
-    # or raises, so CDK never falls back to Docker.
-    return BundlingOptions(image=DockerImage.from_registry("unused"), local=bundler)
+    return lambda_.Code.from_asset(
+        str(layers_root),
+        exclude=["**/__pycache__", "*.egg-info"],
+        # `image` is mandatory but never used: local bundling always succeeds or raises, so
+        # CDK never falls back to Docker; `environment`, unused by local bundling, is hashed
+        bundling=BundlingOptions(
+            image=DockerImage.from_registry("unused"),
+            local=bundler,
+            environment=bundler.inputs(),
+        ),
+    )

@@ -893,6 +893,45 @@ def test_a_change_to_the_layer_alone_publishes_a_new_function_version(tmp_path: 
     assert version_ids("VALUE = 1\n") != version_ids("VALUE = 22\n")
 
 
+def test_the_layers_asset_hash_covers_what_it_is_built_with(tmp_path: Path) -> None:
+    """CDK hashed the layer over its sources and the bundling options as JSON, where the
+    bundler shows none of its fields: a sources-only build (`-c bundle=false`) left in
+    `cdk.out` was deployed as the layer (every function failed at import), and a
+    dependency bump alone was never deployed."""
+    from aws_cdk import App, Stack
+    from aws_cdk import aws_lambda as lambda_
+    from aws_cdk.assertions import Template
+
+    from infra.app import FEATURE_FLAGS
+    from infra.constructs.layer import PipLayerBundler, layer_code
+
+    root = tmp_path / "layers"
+    (root / "tessera").mkdir(parents=True)
+    (root / "tessera" / "__init__.py").write_text("VALUE = 1\n")
+
+    class NoPip(PipLayerBundler):
+        """Builds the sources only, whatever `install` says: no network in tests."""
+
+        def try_bundle(self, output_dir: str, options: Any = None, **_: Any) -> bool:
+            (Path(output_dir) / "python").mkdir()
+            return True
+
+    def layer_key(requirements: list[str], *, install: bool) -> str:
+        app = App(
+            context=FEATURE_FLAGS, outdir=str(tmp_path / f"out{len(list(tmp_path.iterdir()))}")
+        )
+        stack = Stack(app, "Stack")
+        code = layer_code(root, NoPip(root, requirements, install=install))
+        lambda_.LayerVersion(stack, "Layer", code=code)
+        [layer] = resources(Template.from_stack(stack), "AWS::Lambda::LayerVersion").values()
+        return str(layer["Properties"]["Content"]["S3Key"])
+
+    sources_only = layer_key(["psycopg==3.2.1"], install=False)
+    assert sources_only == layer_key(["psycopg==3.2.1"], install=False)  # still cached
+    assert layer_key(["psycopg==3.2.1"], install=True) != sources_only
+    assert layer_key(["psycopg==3.2.2"], install=False) != sources_only
+
+
 def test_layer_requirements_come_from_pyproject_minus_laptop_only_packages() -> None:
     from infra.constructs.layer import layer_requirements
 
