@@ -132,3 +132,35 @@ def test_only_a_connection_idle_for_a_while_is_checked_and_idleness_is_wall_time
         _pid(db)
         monkeypatch.undo()
         assert len(checked) == 2
+
+
+def test_a_maintenance_step_that_lost_the_database_is_retried_by_its_state_machine(
+    database_url: str,
+) -> None:
+    """Lambda reports an exception's class name as its error, and a state machine retries
+    the names it lists: a database out of reach for a moment (a failover, a proxy that
+    could not lend a connection) or a connection it cut failed the whole daily run and
+    paged, where a retry a few seconds on would have gone through."""
+    from tessera.maintenance.workflows import state_machine_definition
+    from tessera.metadata.maintenance import MaintenanceRepository
+
+    definition = state_machine_definition("gc", "arn:aws:lambda:eu-west-1:1:function:gc")
+    retried = definition["States"]["purge_trash"]["Retry"][0]["ErrorEquals"]
+    raised: list[str] = []
+    with (
+        Database("host=127.0.0.1 port=1 dbname=none connect_timeout=1", timeout=1) as gone,
+        pytest.raises(Exception) as unreachable,
+        MaintenanceRepository(gone).transaction(),
+    ):
+        pass
+    raised.append(type(unreachable.value).__name__)
+    with (
+        Database(database_url, min_size=1, max_size=1) as db,
+        pytest.raises(psycopg.OperationalError) as cut,
+        MaintenanceRepository(db).transaction() as tx,
+    ):
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (tx.conn.info.backend_pid,))
+        tx.conn.execute(b"SELECT 1")
+    raised.append(type(cut.value).__name__)
+    assert raised and set(raised) <= set(retried), (raised, retried)

@@ -121,17 +121,29 @@ WORKFLOWS: dict[str, Workflow] = {
     )
 }
 
-# Errors worth retrying inside the state machine: Lambda's own transient failures, and a
-# step that lost a race for a lock (psycopg's error class names, which Lambda reports as
-# the error type); anything else fails the run.
+# Errors worth retrying inside the state machine (by class name, which Lambda reports as
+# the error type; Step Functions matches names, not their bases): Lambda's own transient
+# failures, a step that lost a race for a lock, and the database out of reach for a moment
+# (a failover, a proxy that could not lend a connection, a connection it cut), which
+# failed a whole daily run and paged; anything else fails the run.
 _RETRYABLE = [
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
+    "Lambda.ClientExecutionTimeoutException",
     "LockNotAvailable",
     "DeadlockDetected",
     "SerializationFailure",
+    "PoolTimeout",
+    "OperationalError",
+    "ConnectionTimeout",
+    "AdminShutdown",
+    "CrashShutdown",
+    "CannotConnectNow",
+    "ConnectionException",
+    "ConnectionFailure",
+    "SqlclientUnableToEstablishSqlconnection",
 ]
 
 
