@@ -127,7 +127,33 @@ def test_unknown_versions_cost_no_parameter_store_call(
             assert not keys.knows(3)  # not again so soon
             keys.secret(2)  # came with the listing
         assert calls == ["GetParametersByPath"]
-        assert keys.versions() == [1, 2] and keys.current_version() == 1
+        assert keys.versions() == [1, 2] and keys.current_version() == 2  # listed with it
+
+
+def test_a_rotation_reaches_a_warm_function_within_a_minute(
+    aws_clients: AwsClients, aws_settings: AwsSettings
+) -> None:
+    """The current version was listed once per process: after a rotation (a secret that
+    leaked), a warm function went on handing out keys under the old one until its next
+    cold start, hours on. A listing that fails keeps the version it had."""
+    from botocore.exceptions import ClientError
+
+    keys, prefix = _one_version_loaded(aws_clients, aws_settings)
+    create_key_version(aws_clients.kms, aws_clients.ssm, aws_settings.kms_key_id, prefix)
+    with _ssm_calls(aws_clients) as calls:
+        assert keys.current_version() == 1 and calls == []  # not listed again so soon
+        later = time.time() + keys.RELIST_S
+        with mock.patch("tessera.adapters.aws.keys.time.time", return_value=later):
+            assert keys.block_key("b3:" + "ab" * 32)[0] == 2
+            assert keys.current_version() == 2
+        assert calls == ["GetParametersByPath"]
+    throttled = ClientError({"Error": {"Code": "ThrottlingException"}}, "GetParametersByPath")
+    much_later = time.time() + 3 * keys.RELIST_S
+    with (
+        mock.patch("tessera.adapters.aws.keys.time.time", return_value=much_later),
+        mock.patch("tessera.adapters.aws.keys.stored_key_versions", side_effect=throttled),
+    ):
+        assert keys.current_version() == 2
 
 
 def test_a_missing_version_costs_one_parameter_store_call_a_minute(

@@ -10,12 +10,15 @@ cold start. Rotation adds a version (`create_key_version`); old versions stay re
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from typing import TYPE_CHECKING
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tessera.ports import KeyService
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient
@@ -88,7 +91,9 @@ class KmsKeyService(KeyService):
     """Secrets decrypted by KMS from Parameter Store, once per process."""
 
     #: The version listing is read again, to learn of a rotation by another process, at most
-    #: this often: a cursor may name any version, and forged ones must not cost SSM calls.
+    #: this often: a cursor may name any version, and forged ones must not cost SSM calls;
+    #: and at least this often when the current version is asked for, so a rotation (after
+    #: a leak) reaches a warm function within a minute, not at its next cold start, hours on.
     RELIST_S = 60.0
 
     def __init__(self, kms: KMSClient, ssm: SSMClient, prefix: str) -> None:
@@ -109,20 +114,29 @@ class KmsKeyService(KeyService):
         self._missing: dict[int, float] = {}
 
     def _list(self) -> None:
+        # wall time: a frozen Lambda's monotonic clock stands still between invocations;
+        # pushed on before the call, so a failing listing is not tried at every request
+        self._next_listing = time.time() + self.RELIST_S
         listed = stored_key_versions(self._ssm, self._prefix, decrypt=True)
         self._known = frozenset(listed)
         self._listed.update((v, blob) for v, blob in listed.items() if v not in self._cache)
-        # wall time: a frozen Lambda's monotonic clock stands still between invocations
-        self._next_listing = time.time() + self.RELIST_S
+        if listed:
+            self._current = max(listed)
 
     def current_version(self) -> int:
-        """The newest stored version, looked up once per process (rotation applies on the
-        next cold start). Raises KeyError when no version exists yet."""
+        """The newest stored version, listed again at most every `RELIST_S`. Raises
+        KeyError when no version exists yet. A listing that fails after the first keeps
+        the version it had (logged): uploads go on under it."""
         if self._current is None:
             self._list()
-            if not self._known:
-                raise KeyError(f"no block-key versions under {self._prefix}")
-            self._current = max(self._known)
+        elif time.time() >= self._next_listing:
+            try:
+                self._list()
+            except (ClientError, BotoCoreError):
+                log.warning("listing the block-key versions failed; still on version %d",
+                            self._current, exc_info=True)  # fmt: skip
+        if self._current is None:
+            raise KeyError(f"no block-key versions under {self._prefix}")
         return self._current
 
     def versions(self) -> list[int]:
