@@ -37,6 +37,7 @@ from tessera.adapters.local.block_store import FilesystemBlockStore
 from tessera.api.routes import LONGPOLL_PATH, is_longpoll
 from tessera.domain.errors import (
     BadRequest,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
     TesseraError,
@@ -313,6 +314,8 @@ def create_app(gw: Gateway) -> Starlette:
         if gw.block_store is None:
             raise NotFound("this gateway stores no blocks")
         key = request.path_params["key"]
+        if request.method == "HEAD":  # the method is signed: S3 refuses a HEAD with it
+            raise Forbidden("this URL is signed for GET", reason="signature")
         path = gw.block_store.open_get(key, request.query_params)
         # Opened here, before the answer starts: a tier move or gc delete after the check
         # then reads to the end (the open file keeps its data), or is a clean 404.
@@ -321,9 +324,6 @@ def create_app(gw: Gateway) -> Starlette:
         except FileNotFoundError:
             raise NotFound(f"no object at {key}") from None
         headers = {"Content-Length": str(os.fstat(f.fileno()).st_size)}
-        if request.method == "HEAD":
-            f.close()
-            return Response(headers=headers, media_type=BINARY)
         return StreamingResponse(_file_chunks(f), headers=headers, media_type=BINARY)
 
     def token_endpoint() -> TokenEndpoint:

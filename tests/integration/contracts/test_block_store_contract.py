@@ -239,28 +239,43 @@ def test_presign_refuses_more_than_15_minutes(block_store_harness: BlockStoreHar
         store.presign_put(_key(), size=1, sha256=b"\0" * 32, expires_in=901)
 
 
+def _without_checksum(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() != "x-amz-checksum-sha256"}
+
+
 @pytest.mark.parametrize(
     ("check", "mutate", "status"),
     [
-        ("presign_wrong_checksum", lambda body: (with_last_byte_flipped(body), None), 400),
-        ("presign_wrong_size", lambda body: (body + b"extra", None), 400),
-        ("presign_wrong_size", lambda body: (body[:-10], None), 400),
-        ("presign_signature", lambda body: (body, {"sig": "0" * 64}), 403),
-        ("presign_signature", lambda body: (body, {"size": "4"}), 403),
+        # S3: the body's checksum is not the header's (BadDigest)
+        ("presign_wrong_checksum", lambda body, h: (with_last_byte_flipped(body), None, h), 400),
+        # S3: a signed header missing, or not the signed value (SignatureDoesNotMatch)
+        ("presign_wrong_checksum", lambda body, h: (body, None, _without_checksum(h)), 403),
+        ("presign_wrong_size", lambda body, h: (body + b"extra", None, h), 403),
+        ("presign_wrong_size", lambda body, h: (body[:-10], None, h), 403),
+        ("presign_signature", lambda body, h: (body, {"sig": "0" * 64}, h), 403),
+        ("presign_signature", lambda body, h: (body, {"size": "4"}, h), 403),
     ],
-    ids=["checksum", "too-long", "too-short", "tampered-sig", "tampered-size"],
+    ids=[
+        "checksum",
+        "no-checksum-header",
+        "too-long",
+        "too-short",
+        "tampered-sig",
+        "tampered-size",
+    ],
 )
 def test_presigned_put_rejects_bad_requests(
     block_store_harness: BlockStoreHarness, check: str, mutate: object, status: int
 ) -> None:
+    """Each as S3 answers it: the URL signs `content-length` and `x-amz-checksum-sha256`
+    (a client that sent neither passed every local test and failed every upload on AWS)."""
     block_store_harness.require(check)
     store = block_store_harness.store
     key = _key("staging/up2")
     body = os.urandom(1000)
     req = store.presign_put(key, size=len(body), sha256=hashlib.sha256(body).digest())
-    sent, query = mutate(body)  # type: ignore[operator]
+    sent, query, headers = mutate(body, dict(req.headers))  # type: ignore[operator]
     url = _tamper(req.url, **query) if query else req.url
-    headers = {k: v for k, v in req.headers.items() if k.lower() != "x-amz-checksum-sha256"}
     r = httpx.put(url, content=sent, headers=headers)
     assert r.status_code == status, r.text
     assert "error" in r.json()
