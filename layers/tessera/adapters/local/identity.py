@@ -326,8 +326,9 @@ class LocalUsers:
         with self._connection() as conn:
             if local_users.token_revoked(conn, session.jti):
                 raise Unauthorized("this session was signed out; sign in again")
-            current = local_users.sessions_generation(conn, uuid.UUID(session.principal.user_id))
-            if current is not None and session.generation < current:
+            uid = uuid.UUID(session.principal.user_id)
+            generation = local_users.sessions_generation(conn, uid)
+            if generation is not None and session.generation < generation:
                 raise Unauthorized(
                     "the password was changed since this session began; sign in again"
                 )
