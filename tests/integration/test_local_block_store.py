@@ -3,13 +3,17 @@ files, and its HTTP face through the gateway (413, cold objects)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -297,3 +301,52 @@ def test_an_expiry_pass_racing_a_delete_loses_no_earlier_version(
     monkeypatch.setattr(block_store, "_make_dirs", make_then_expire)
     store.delete(key)
     assert raced and [v.size for v in store.earlier_versions(key)] == [5]
+
+
+def test_a_full_disk_is_503_to_retry_later_not_a_500(
+    served: tuple[FilesystemBlockStore, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's disk filling up mid-upload was a 500 `internal` with a traceback (a
+    bug, to the client); it is the server out of room for a while: 503 + Retry-After, and
+    the temp file goes."""
+    store, _ = served
+    body = os.urandom(2000)
+    req = store.presign_put("staging/u/ff", size=len(body), sha256=hashlib.sha256(body).digest())
+
+    def full(self: object, chunk: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(block_store._PutSink, "write", full)
+    r = httpx.put(req.url, content=body, headers=dict(req.headers))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+    assert "disk is full" in r.json()["error"]["message"]
+    assert int(r.headers["retry-after"]) >= 1
+    assert not list((store.root / "tmp").iterdir()) and store.head("staging/u/ff") is None
+
+
+def test_a_caller_hanging_up_mid_upload_is_no_error(
+    served: tuple[FilesystemBlockStore, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A laptop that sleeps, a cancelled sync: logged as an unhandled error with its
+    traceback, for an ordinary event."""
+    store, _ = served
+    body = os.urandom(4000)
+    req = store.presign_put("staging/u/gg", size=len(body), sha256=hashlib.sha256(body).digest())
+    target = urlsplit(req.url)
+    head = (
+        f"PUT {target.path}?{target.query} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+        + "\r\n"
+    ).encode()
+    with (
+        caplog.at_level(logging.ERROR),
+        socket.create_connection((target.hostname, target.port)) as sock,
+    ):
+        sock.sendall(head + body[:1000])  # then hangs up
+    deadline = time.monotonic() + 5
+    while list((store.root / "tmp").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert not list((store.root / "tmp").iterdir()) and store.head("staging/u/gg") is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

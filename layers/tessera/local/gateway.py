@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import Any, BinaryIO, Protocol
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -43,6 +44,7 @@ from tessera.domain.errors import (
     TesseraError,
     TooManyRequests,
     Unauthorized,
+    Unavailable,
     Unprocessable,
 )
 from tessera.domain.models import MAX_CURSOR_CHARS
@@ -74,6 +76,11 @@ LONGPOLL_THREADS = 256
 # threads of its own, so a flood of sign-ins cannot take the ones every API call needs.
 # When they are all busy the answer is 429 at once.
 SIGN_IN_THREADS = 8
+# The gateway's disk full (the block store's, mid-upload): the server out of room for a
+# while, not a bug. A client waits and tries again; whoever runs it frees space.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_FULL = "the server's disk is full; try again later"
+DISK_FULL_RETRY_S = 60
 PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
 # What a public route's request may carry: nothing it reads, so no one reaches for the
 # authenticated routes' limit without signing in.
@@ -435,6 +442,17 @@ def create_app(gw: Gateway) -> Starlette:
         log.error("unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, 500)
 
+    async def on_hang_up(request: Request, exc: Exception) -> Response:
+        # a laptop that slept, a cancelled sync: no one to answer, and no bug to log
+        log.debug("%s %s: the caller hung up", request.method, request.url.path)
+        return Response(status_code=400)
+
+    async def on_os_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            log.error("%s %s: the disk is full (%s)", request.method, request.url.path, exc)
+            return error_response(Unavailable(DISK_FULL, retry_after=DISK_FULL_RETRY_S))
+        return await on_error(request, exc)
+
     methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
     return Starlette(
         routes=[
@@ -445,7 +463,14 @@ def create_app(gw: Gateway) -> Starlette:
             Route(LONGPOLL_PATH, longpoll, methods=["POST"]),
             Route("/v1/{rest:path}", api, methods=methods),
         ],
-        exception_handlers={TesseraError: on_error, Exception: on_error},
+        # by class, not only `Exception`: Starlette logs what reaches that handler a second
+        # time, with its traceback, as a server error
+        exception_handlers={
+            TesseraError: on_error,
+            ClientDisconnect: on_hang_up,
+            OSError: on_os_error,
+            Exception: on_error,
+        },
     )
 
 
