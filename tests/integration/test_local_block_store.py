@@ -58,6 +58,7 @@ def served(tmp_path: Path) -> Iterator[tuple[FilesystemBlockStore, str]]:
         "",
         ".hidden/x",
         "blocks/" + "a" * 200,
+        "blocks/ab\n",  # `$` matches before a final newline
     ],
 )
 def test_unsafe_keys_are_refused(tmp_path: Path, key: str) -> None:
@@ -350,3 +351,39 @@ def test_a_caller_hanging_up_mid_upload_is_no_error(
     time.sleep(0.2)
     assert not list((store.root / "tmp").iterdir()) and store.head("staging/u/gg") is None
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("read", ["get", "copy"])
+def test_an_object_gone_between_its_lookup_and_its_read_is_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """gc's delete or a tier move between the lookup and the read raised
+    FileNotFoundError, which maintenance took for a store failure (S3: NoSuchKey); a
+    moved object is looked up again in its new tier."""
+    store = FilesystemBlockStore(tmp_path, "http://x", secrets.token_bytes(32))
+    looked_up = store._readable_path
+    store.put("blocks/mm", b"moved")
+    store.put("blocks/gg", b"collected")
+
+    def moved(key: str) -> None:
+        store.set_tier(key, StorageTier.COLD)
+        store.restore(key, days=1)
+
+    after_lookup = {"blocks/mm": moved, "blocks/gg": store.delete}
+
+    def meanwhile(key: str) -> Path:
+        path = looked_up(key)
+        if key in after_lookup:  # the first lookup only: then it moves, or goes
+            after_lookup.pop(key)(key)
+        return path
+
+    monkeypatch.setattr(store, "_readable_path", meanwhile)
+    if read == "get":
+        assert store.get("blocks/mm") == b"moved"
+        with pytest.raises(KeyError):
+            store.get("blocks/gg")
+    else:
+        store.copy("blocks/mm", "staging/u/mm")
+        assert store.get("staging/u/mm") == b"moved"
+        with pytest.raises(KeyError):
+            store.copy("blocks/gg", "staging/u/gg")

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 from urllib.parse import quote, urlencode
 
 from tessera.domain.errors import BadRequest, Forbidden, NotFound
@@ -50,11 +50,13 @@ from tessera.ports import (
     SystemClock,
 )
 
+T = TypeVar("T")
+
 MAX_EXPIRES_IN = 900
 # A temp file untouched this long belongs to no write in flight (a PUT URL lives 15 minutes
 # and an upload writes as it goes): a crash left it, and the next start removes it.
 STALE_TEMP_S = 3600
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:=-]{0,127}$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:=-]{0,127}")  # whole (`$` let "\n" end one)
 # <microseconds since the epoch>-<random>-<tier>: sorts by age, and the random part tells
 # apart two versions of one key made in the same microsecond
 _VERSION_ID = re.compile(r"^(\d{16})-[0-9a-f]{8}-(hot|cold)$")
@@ -71,7 +73,7 @@ class NotRestored(Forbidden):
 def validate_key(key: str) -> str:
     """`key` if it is a safe relative object key (no `..`, no absolute path, no odd bytes)."""
     parts = key.split("/")
-    if len(key) > 512 or not all(_SEGMENT.match(p) for p in parts):
+    if len(key) > 512 or not all(_SEGMENT.fullmatch(p) for p in parts):
         raise BadRequest(f"invalid object key {key!r}")
     return key
 
@@ -283,7 +285,7 @@ class FilesystemBlockStore(BlockStore):
 
     def get(self, key: str) -> bytes:
         """The object's bytes; KeyError when absent, `NotRestored` when cold and unrestored."""
-        return self._readable_path(key).read_bytes()
+        return self._with_readable(key, Path.read_bytes)
 
     def head(self, key: str) -> StoredObject | None:
         """Size, tier and restore state of the object at `key`."""
@@ -305,11 +307,15 @@ class FilesystemBlockStore(BlockStore):
     def copy(self, src: str, dst: str, *, version: str | None = None) -> None:
         """Copy `src` (or its earlier `version`) to hot `dst`; a cold source must have
         been restored first (a cold version cannot be)."""
-        source = (
-            self._readable_path(src) if version is None else self._readable_version(src, version)
-        )
-        with source.open("rb") as f:
-            self._write_atomic(dst, iter(lambda: f.read(1 << 20), b""))
+
+        def copy_from(source: Path) -> None:
+            with source.open("rb") as f:
+                self._write_atomic(dst, iter(lambda: f.read(1 << 20), b""))
+
+        if version is None:
+            self._with_readable(src, copy_from)
+        else:
+            copy_from(self._readable_version(src, version))
 
     def delete(self, key: str) -> None:
         """Remove the object from both tiers (a block's is kept as an earlier version); a
@@ -398,6 +404,19 @@ class FilesystemBlockStore(BlockStore):
             return False, False
         ready = now >= ready_at
         return not ready, ready
+
+    def _with_readable(self, key: str, use: Callable[[Path], T]) -> T:
+        """`use` on the object's readable path, looked up again once when the file went
+        meanwhile: a tier move renames it into the other tier (a read failed with
+        FileNotFoundError, which maintenance took for a store failure and ended its step);
+        gone again, it was deleted: KeyError, as S3's NoSuchKey."""
+        try:
+            return use(self._readable_path(key))
+        except FileNotFoundError:
+            try:
+                return use(self._readable_path(key))
+            except FileNotFoundError:
+                raise KeyError(key) from None
 
     def _readable_path(self, key: str) -> Path:
         hot = self._path("hot", key)
