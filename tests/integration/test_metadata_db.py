@@ -164,3 +164,28 @@ def test_a_maintenance_step_that_lost_the_database_is_retried_by_its_state_machi
         tx.conn.execute(b"SELECT 1")
     raised.append(type(cut.value).__name__)
     assert raised and set(raised) <= set(retried), (raised, retried)
+
+
+@pytest.mark.parametrize("notify", [True, False], ids=["local", "aws"])
+def test_journal_writes_notify_only_where_a_change_feed_listens(
+    database_url: str, notify: bool
+) -> None:
+    """On AWS the change feed is DynamoDB, and nothing LISTENs: each commit NOTIFYed all
+    the same, and PostgreSQL serialises the commits of transactions that sent a NOTIFY on
+    one database-wide lock."""
+    from tessera.metadata import NOTIFY_CHANNEL
+    from tessera.metadata.store import NewJournal
+
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        with (
+            Database(database_url, min_size=1, max_size=1, notify=notify) as db,
+            db.transaction() as store,
+        ):
+            store.create_user(f"u-{notify}", f"{notify}@example.com", 10**9)
+            user = store.get_user(f"u-{notify}")
+            assert user is not None
+            row = NewJournal("f1", 1, "upsert", "file", "/a", "/", "/a", 1)
+            store.append_journal(user.root_ns_id, [row], kind="file", payload={})
+        heard = list(listener.notifies(timeout=1, stop_after=1))
+    assert len(heard) == (1 if notify else 0)

@@ -85,9 +85,11 @@ class Database:
         max_size: int = 10,
         timeout: float = 10.0,
         idle_check_s: float = IDLE_CHECK_S,
+        notify: bool = True,
     ) -> None:
         # A callable makes a fresh conninfo per new connection (RDS IAM auth tokens expire).
         self.conninfo = conninfo
+        self.notify = notify  # journal writes NOTIFY the local change feed (`Store`)
         self.idle_check_s = idle_check_s
         self._returned_at: weakref.WeakKeyDictionary[_Conn, float] = weakref.WeakKeyDictionary()
         self.pool: ConnectionPool[_Conn] = ConnectionPool(
@@ -140,7 +142,7 @@ class Database:
                 with conn.pipeline() if pipeline else nullcontext():
                     if repeatable_read:
                         conn.execute(_SNAPSHOT)
-                    yield Store(conn)
+                    yield Store(conn, notify=self.notify)
             except BaseException:
                 _roll_back_keeping_statements(conn)
                 raise

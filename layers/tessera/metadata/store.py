@@ -379,6 +379,12 @@ _WRITE_NEW_FILE_SQL = (
     f" {_journal_ctes('nf', grow='%(size)s')},{_VERSION_CTES}" + _version_result("%(size)s")
 )
 
+# The statements above without their NOTIFY (`Store.notify` off), column for column.
+_QUIET = {
+    sql: sql.replace(_NOTIFY, "NULL")
+    for sql in (_JOURNAL_SQL, _WRITE_VERSION_SQL, _WRITE_NEW_FILE_SQL)
+}
+
 # The bytes of the live files among entries just changed (`d`: file_id, latest_rev, kind).
 _LIVE_BYTES = (
     "SELECT COALESCE(sum(v.size), 0) FROM d JOIN file_versions v ON v.ns_id = %(ns)s"
@@ -542,10 +548,20 @@ def _session_values(sent: tuple[Any, Any] | None) -> SessionReads:
 
 
 class Store:
-    """Data access inside one transaction (from `Database.transaction()`)."""
+    """Data access inside one transaction (from `Database.transaction()`).
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    With `notify` (the local cloud: its change feed listens), a journal write NOTIFYs
+    `NOTIFY_CHANNEL`. Without (AWS: the feed is DynamoDB, and nothing listens), it does
+    not: PostgreSQL serialises the commits of every transaction that sent a NOTIFY on one
+    database-wide lock, for a wake-up no one was waiting for."""
+
+    def __init__(self, conn: psycopg.Connection[Any], *, notify: bool = True) -> None:
         self.conn = conn
+        self.notify = notify
+
+    def _notifying(self, sql: str) -> str:
+        """`sql` as it is, or without its NOTIFY (a NULL in its place) when not `notify`."""
+        return sql if self.notify else _QUIET[sql]
 
     def _one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         return self.conn.execute(sql, params).fetchone()
@@ -1228,7 +1244,9 @@ class Store:
         )
         if create is not None:
             params.update(key=create[0], parent=create[1])
-        row = self._one(_WRITE_NEW_FILE_SQL if create else _WRITE_VERSION_SQL, params)
+        row = self._one(
+            self._notifying(_WRITE_NEW_FILE_SQL if create else _WRITE_VERSION_SQL), params
+        )
         if row is None:
             return None
         _, event = _journal_result(params, int(row[0]), payload)
@@ -1365,7 +1383,7 @@ class Store:
         Takes the namespace row lock: call it late in the transaction.
         """
         params = _journal_params(ns_id, rows, kind, payload)
-        row = self._one(_JOURNAL_SQL, params)
+        row = self._one(self._notifying(_JOURNAL_SQL), params)
         return _journal_result(params, int(row[0]), payload)
 
     def journal_after(

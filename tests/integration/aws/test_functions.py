@@ -555,3 +555,10 @@ def test_the_api_function_refuses_block_keys_the_database_does_not_know(
         assert Client(send).upload("/a.bin", tmp_path / "a.bin")[0] == 200  # no restart
     finally:
         api.services.db.close()
+
+
+def test_the_functions_commit_without_notifying(lambdas: SimpleNamespace) -> None:
+    """Nothing LISTENs on AWS (the change feed is DynamoDB): a NOTIFY would serialise
+    every commit on PostgreSQL's notify lock for nothing."""
+    assert lambdas.api.services.db.notify is False
+    assert lambdas.longpoll.services.db.notify is False

@@ -98,6 +98,7 @@ class AwsRuntime:
             conninfo,
             min_size=0 if lazy else self.settings.pool_min_size,
             max_size=self.settings.pool_max_size,
+            notify=False,  # the change feed is DynamoDB: no one listens (`Store`)
         )
 
     def services(self, *, lazy_db: bool = False, feed: ChangeFeed | None = None) -> Services:
