@@ -213,6 +213,7 @@ class AppStack(Stack):
             self, "Observability", config=config, rest_api=self.api.rest_api,
             cluster=data.database.cluster,
             functions=[f.function for f in self.functions.values()],
+            api_function=self.functions["api"].function,
             dead_letter_queues=self.messaging.dlqs, alarm_action=self.messaging.alarm_action,
         )  # fmt: skip
         CfnOutput(self, "ApiUrl", value=self.api.rest_api.url)

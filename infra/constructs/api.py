@@ -257,14 +257,55 @@ def _opts(options: apigw.MethodOptions) -> dict[str, Any]:
     }
 
 
+# Sign-ins and token refreshes one client IP may make in WAF's 5-minute window: a device
+# refreshes hourly, so an office of hundreds behind one address stays far below. The
+# gateway's own throttle on the auth routes is shared by every caller: one address sending
+# 50 a second had every user's refresh refused, and every device signed out within the hour.
+AUTH_REQUESTS_PER_IP = 100
+# The share of the stage's rate one caller (one bearer token) may take: the stage's
+# throttle is shared too, and one runaway client used it all.
+CALLER_SHARE = 0.5
+
+
 def _web_acl(scope: Construct, config: StageConfig) -> wafv2.CfnWebACL:
-    """Rate limit per client IP plus AWS's known-bad-inputs rules. (The common rule set is not
-    used: its 8 KB body limit would block `commit_batch` and `uploads` requests.)"""
+    """Rate limits per client IP, per IP on the auth routes and per caller, plus AWS's
+    known-bad-inputs rules. (The common rule set is not used: its 8 KB body limit would
+    block `commit_batch` and `uploads` requests.)"""
 
     def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
         return wafv2.CfnWebACL.VisibilityConfigProperty(
             cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
         )
+
+    def rate_rule(
+        name: str, priority: int, rate: wafv2.CfnWebACL.RateBasedStatementProperty
+    ) -> wafv2.CfnWebACL.RuleProperty:
+        return wafv2.CfnWebACL.RuleProperty(
+            name=name,
+            priority=priority,
+            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+            statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=rate),
+            visibility_config=visibility(name),
+        )
+
+    on_auth_routes = wafv2.CfnWebACL.StatementProperty(
+        byte_match_statement=wafv2.CfnWebACL.ByteMatchStatementProperty(
+            field_to_match=wafv2.CfnWebACL.FieldToMatchProperty(uri_path={}),
+            positional_constraint="CONTAINS",
+            search_string="/v1/auth/",
+            text_transformations=[
+                wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="LOWERCASE")
+            ],
+        )
+    )
+    by_bearer = wafv2.CfnWebACL.RateBasedStatementCustomKeyProperty(
+        header=wafv2.CfnWebACL.RateLimitHeaderProperty(
+            name="authorization",
+            text_transformations=[
+                wafv2.CfnWebACL.TextTransformationProperty(priority=0, type="NONE")
+            ],
+        )
+    )
 
     return wafv2.CfnWebACL(
         scope,
@@ -273,20 +314,34 @@ def _web_acl(scope: Construct, config: StageConfig) -> wafv2.CfnWebACL:
         default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
         visibility_config=visibility(f"{config.prefix}-waf"),
         rules=[
-            wafv2.CfnWebACL.RuleProperty(
-                name="rate-limit-per-ip",
-                priority=0,
-                action=wafv2.CfnWebACL.RuleActionProperty(block={}),
-                statement=wafv2.CfnWebACL.StatementProperty(
-                    rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
-                        limit=config.api_rate_limit * 300, aggregate_key_type="IP"
-                    )
+            rate_rule(
+                "rate-limit-per-ip",
+                0,
+                wafv2.CfnWebACL.RateBasedStatementProperty(
+                    limit=config.api_rate_limit * 300, aggregate_key_type="IP"
                 ),
-                visibility_config=visibility("rate-limit-per-ip"),
+            ),
+            rate_rule(
+                "auth-rate-limit-per-ip",
+                1,
+                wafv2.CfnWebACL.RateBasedStatementProperty(
+                    limit=AUTH_REQUESTS_PER_IP,
+                    aggregate_key_type="IP",
+                    scope_down_statement=on_auth_routes,
+                ),
+            ),
+            rate_rule(  # requests without the header (the auth routes) are not counted
+                "rate-limit-per-caller",
+                2,
+                wafv2.CfnWebACL.RateBasedStatementProperty(
+                    limit=int(config.api_rate_limit * 300 * CALLER_SHARE),
+                    aggregate_key_type="CUSTOM_KEYS",
+                    custom_keys=[by_bearer],
+                ),
             ),
             wafv2.CfnWebACL.RuleProperty(
                 name="aws-known-bad-inputs",
-                priority=1,
+                priority=3,
                 override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
                 statement=wafv2.CfnWebACL.StatementProperty(
                     managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(

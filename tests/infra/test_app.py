@@ -349,6 +349,25 @@ def test_api_stage_logs_traces_throttles_and_validates(dev: Synth) -> None:
     dev.app_template.resource_count_is("AWS::WAFv2::WebACLAssociation", 1)
 
 
+def test_no_one_client_can_take_the_shared_throttles(dev: Synth) -> None:
+    """The stage's and the auth routes' throttles are shared by every caller: one address
+    sending 50 sign-ins a second refused everyone's token refresh (all devices signed out
+    within the hour), and one runaway client took the whole stage. WAF limits each."""
+    [acl] = resources(dev.app_template, "AWS::WAFv2::WebACL").values()
+    rules = {r["Name"]: r for r in acl["Properties"]["Rules"]}
+    auth = rules["auth-rate-limit-per-ip"]["Statement"]["RateBasedStatement"]
+    assert auth["AggregateKeyType"] == "IP" and auth["Limit"] == 100
+    assert auth["ScopeDownStatement"]["ByteMatchStatement"]["SearchString"] == "/v1/auth/"
+    caller = rules["rate-limit-per-caller"]["Statement"]["RateBasedStatement"]
+    assert caller["CustomKeys"] == [
+        {"Header": {"Name": "authorization", "TextTransformations": [
+            {"Priority": 0, "Type": "NONE"}]}}
+    ]  # fmt: skip
+    assert caller["Limit"] == 50 * 300 // 2  # half the dev stage's 5-minute rate
+    assert len({r["Priority"] for r in rules.values()}) == len(rules)
+    assert all("Block" in r["Action"] for n, r in rules.items() if "rate" in n)
+
+
 def test_gateway_errors_use_the_api_error_shape_and_429_says_when_to_retry(dev: Synth) -> None:
     responses = {
         r["Properties"]["ResponseType"]: r["Properties"]
@@ -678,7 +697,7 @@ def test_dashboard_and_service_alarms(dev: Synth) -> None:
     alarms = json.dumps(resources(dev.app_template, "AWS::CloudWatch::Alarm"))
     for metric in (
         "5XXError",
-        "Latency",
+        "Duration",
         "RelayLagSeconds",
         "OutboxRelayFailed",
         "OutboxDeadLettered",
@@ -695,6 +714,12 @@ def test_dashboard_and_service_alarms(dev: Synth) -> None:
     dead = next(a["Properties"] for a in resources(dev.app_template, "AWS::CloudWatch::Alarm")
                 .values() if a["Properties"].get("MetricName") == "OutboxDeadLettered")  # fmt: skip
     assert (dead["EvaluationPeriods"], dead["DatapointsToAlarm"]) == (1, 1)  # counted once
+    # latency: the api function's, not the gateway's, which long-polls' 20-25 s waits fill
+    assert '"Latency"' not in alarms
+    slow = next(a["Properties"] for a in resources(dev.app_template, "AWS::CloudWatch::Alarm")
+                .values() if a["Properties"].get("MetricName") == "Duration")  # fmt: skip
+    assert (slow["ExtendedStatistic"], slow["Threshold"]) == ("p99", 10_000)
+    assert "ApiFunction" in json.dumps(slow["Dimensions"])
 
 
 # --- least privilege --------------------------------------------------------------------------
