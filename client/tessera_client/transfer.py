@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 from blake3 import blake3
@@ -51,10 +51,12 @@ from tessera.blocks import (
     BlockRef,
     FileChangedError,
     FileManifest,
+    block_id,
     content_hash,
     decode_block,
     default_workers,
     encode_block,
+    scan_file,
 )
 from tessera_client.api import (
     Api,
@@ -183,6 +185,9 @@ class TransferStats:
     blocks_up: int = 0
     block_bytes_down: int = 0
     blocks_down: int = 0
+    #: blocks a download took from the local file it replaced, not from the network
+    block_bytes_reused: int = 0
+    blocks_reused: int = 0
     files_up: int = 0
     files_down: int = 0
 
@@ -698,10 +703,10 @@ class Transfers:
                 raise _disk_full(path) from e
             raise
         try:
-            with handle:
-                for plaintext in self._fetch_blocks(first, plan):
+            # closed before the rename: Windows replaces no file that is open
+            with handle, self._local_blocks(path, mode_from or path, first) as here:
+                for plaintext in self._fetch_blocks(first, plan, here):
                     handle.write(plaintext)
-                    self.stats.block_bytes_down += len(plaintext)
                     if self.progress:
                         self.progress(path, len(plaintext))
                 plan.check_complete()
@@ -811,13 +816,51 @@ class Transfers:
         except UnusableUrl as e:
             raise IntegrityError(f"block {block.id}: the server sent {e}") from e
 
-    def _fetch_blocks(self, first: DownloadResponse, plan: _BlockPlan) -> Iterator[bytes]:
-        """The plaintext blocks in order, fetched `threads` at a time."""
+    def _local_blocks(self, path: str, source: str, first: DownloadResponse) -> _LocalBlocks:
+        """The blocks of the local file `source` (the version a download replaces, or a
+        conflict's copy of it) that the download may read from disk. A one-byte edit
+        elsewhere fetched the whole file again; now only the blocks this device lacks travel.
+
+        Read only when the last synced version at `path` shares a block with the first page
+        of the new one (a file rewritten whole would be read for nothing), and each block
+        is hashed again when taken (the file may change meanwhile). Nothing when the file
+        cannot be read: every block is then fetched, as before."""
+        if not first.blocks or (first.next_block is None and len(first.blocks) < 2):
+            return _LocalBlocks.none()
+        synced = set(self.state.base_blocks(path))
+        if not synced.intersection(b.id for b in first.blocks):
+            return _LocalBlocks.none()
+        try:
+            disk = self.fs.local_path(source)
+            if disk is None or self.fs.lstat(source).kind != Kind.FILE:
+                return _LocalBlocks.none()
+            manifest = scan_file(disk)
+            return _LocalBlocks(self.fs.open_read(source), manifest.blocks)
+        except (OSError, BlockError):  # gone, unreadable, changing: fetched instead
+            return _LocalBlocks.none()
+
+    def _block(
+        self, plan: _BlockPlan, here: _LocalBlocks, number: int, block: DownloadBlock
+    ) -> bytes:
+        """Block `number`'s plaintext: from the local file when it holds it, else fetched."""
+        plaintext = here.read(block.id, block.size)
+        if plaintext is not None:
+            self.stats.blocks_reused += 1
+            self.stats.block_bytes_reused += len(plaintext)
+            return plaintext
+        plaintext = self._fetch(plan, number, block)
+        self.stats.block_bytes_down += len(plaintext)
+        return plaintext
+
+    def _fetch_blocks(
+        self, first: DownloadResponse, plan: _BlockPlan, here: _LocalBlocks
+    ) -> Iterator[bytes]:
+        """The plaintext blocks in order, fetched (or read from `here`) `threads` at a time."""
         pending: deque[Future[bytes]] = deque()
         blocks = self._blocks(first, plan)
 
         def fetch(item: tuple[int, DownloadBlock]) -> Future[bytes]:
-            return self.pool.submit(self._fetch, plan, *item)
+            return self.pool.submit(self._block, plan, here, *item)
 
         for item in blocks:
             pending.append(fetch(item))
@@ -845,6 +888,42 @@ class Transfers:
             raise LocalChangedError(f"{path} changed locally since the plan; left alone")
         if now.kind == Kind.SYMLINK:
             raise LocalChangedError(f"{path} is a symlink; left alone")
+
+
+class _LocalBlocks:
+    """Blocks of a local file a download may take instead of fetching them: block id →
+    (offset, size) from a scan, read back and hashed again when taken, so a file that
+    changed since gives up only the blocks that no longer match."""
+
+    def __init__(self, handle: BinaryIO | None, blocks: Iterable[BlockRef]) -> None:
+        self._handle = handle
+        self._where = {b.id: (b.offset, b.size) for b in blocks}
+        self._lock = threading.Lock()  # one file position for the transfer threads
+
+    @classmethod
+    def none(cls) -> _LocalBlocks:
+        """No local blocks: every block is fetched."""
+        return cls(None, ())
+
+    def read(self, wanted: str, size: int) -> bytes | None:
+        """Block `wanted`'s bytes from the file, or None when it does not hold them (now)."""
+        spot = self._where.get(wanted)
+        if self._handle is None or spot is None or spot[1] != size:
+            return None
+        try:
+            with self._lock:
+                self._handle.seek(spot[0])
+                data = self._handle.read(size)
+        except OSError:
+            return None
+        return data if len(data) == size and block_id(data) == wanted else None
+
+    def __enter__(self) -> _LocalBlocks:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
 
 class _BlockPlan:

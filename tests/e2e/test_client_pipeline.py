@@ -338,3 +338,45 @@ def test_an_outage_at_upload_start_is_not_retried_file_by_file(
     assert api.calls == 1
     assert sorted(r.status for r in results) == [503] * 5
     api.close()
+
+
+def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A download takes the blocks it shares with the local file from disk (here a
+    conflict's copy); the file changing between the scan and the read costs only the
+    blocks that changed, fetched: the result is the server's version all the same."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    old = os.urandom(12 * 1024 * 1024)
+    new = bytearray(old)
+    new[6 * 1024 * 1024] ^= 0xFF
+    a.write("f.bin", bytes(new))
+    fs = SafeFilesystem(RealFilesystem(a.folder))
+    item = UploadItem("f.bin", scan_file(a.folder / "f.bin"), fs.lstat("f.bin"), None, 0)
+    [uploaded] = _upload(a, api, [item])
+    assert uploaded.entry is not None
+    (a.folder / "f.bin").unlink()
+    a.write("copy.bin", old)  # the local version, moved aside
+    before = scan_file(a.folder / "copy.bin")
+    xfer = _transfers(a, api)
+    xfer.state.put_base(Entry("f.bin", EntryKind.FILE, before.content_hash, len(old)),
+                        [b.id for b in before.blocks])  # fmt: skip
+
+    def scanned_then_changed(path: Path) -> object:
+        manifest = scan_file(path)
+        with open(path, "r+b") as f:  # its first block changes after the scan
+            f.write(b"\0" * 10)
+        return manifest
+
+    monkeypatch.setattr(transfer, "scan_file", scanned_then_changed)
+    try:
+        xfer.download("f.bin", uploaded.entry.file_id, uploaded.entry.rev, "", None,
+                      mode_from="copy.bin")  # fmt: skip
+    finally:
+        xfer.close()
+        api.close()
+    assert (a.folder / "f.bin").read_bytes() == bytes(new)
+    stats = xfer.stats
+    assert stats.blocks_reused >= len(before.blocks) - 3 and stats.blocks_down >= 2, stats
+    assert stats.block_bytes_down + stats.block_bytes_reused == len(new)

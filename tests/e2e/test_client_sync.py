@@ -97,6 +97,37 @@ def test_large_multi_block_file_and_small_edit(
     assert a.stats()["block_bytes_up"] <= 8 * 1024 * 1024
     b.sync()
     assert (b.folder / "big" / "video.bin").read_bytes() == bytes(data)
+    # and only they come down: the rest is read from B's copy (it fetched all 24 MiB)
+    down = b.stats()
+    assert down["block_bytes_down"] <= 8 * 1024 * 1024, down
+    assert down["block_bytes_down"] + down["block_bytes_reused"] == len(data)
+
+
+def test_a_conflicts_server_side_comes_down_as_its_changed_blocks_only(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """The local file is moved aside as the conflicted copy first: the server's version,
+    one block away from it, is read from the copy but for that block."""
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    data = bytearray(os.urandom(16 * 1024 * 1024))
+    a.write("big.bin", bytes(data))
+    a.sync()
+    b.sync()
+    theirs, mine = bytearray(data), bytearray(data)
+    theirs[100] ^= 0xFF
+    mine[-100] ^= 0xFF
+    a.write("big.bin", bytes(theirs))
+    b.write("big.bin", bytes(mine))
+    a.sync()
+    b.sync()
+    files = snapshot(b.folder)
+    [copy] = [k for k in files if "conflicted copy" in k]
+    assert (files["big.bin"], files[copy]) == (bytes(theirs), bytes(mine))
+    down = b.stats()
+    assert down["block_bytes_down"] <= 8 * 1024 * 1024, down
+    assert down["block_bytes_down"] + down["block_bytes_reused"] == len(theirs)
 
 
 def test_conflict_from_two_devices_keeps_both(
