@@ -7,6 +7,8 @@ import json
 import random
 import sys
 import threading
+import time
+from typing import Any
 
 import pytest
 
@@ -507,3 +509,33 @@ def test_requests_at_once_are_each_answered_for_their_own_caller(services: Servi
         sys.setswitchinterval(interval)
     assert errors == [] and len(results) == len(users)
     assert [w for wrong in results for w in wrong] == []
+
+
+def test_a_routes_first_calls_at_once_all_answer(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Powertools builds a route's middleware stack at its first call, unlocked: two first
+    calls at once wrapped it twice, and the route answered 500 until a restart."""
+    from aws_lambda_powertools.event_handler import api_gateway
+
+    from tessera.api import build_resolver
+
+    def slow_debug(message: object, *args: Any, **kwargs: Any) -> None:
+        if str(message).startswith("Building middleware stack"):
+            time.sleep(0.002)  # a slow build: the first calls at once overlap in it
+
+    monkeypatch.setattr(api_gateway.logger, "debug", slow_debug)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(5):
+            resolver = build_resolver(services)  # its routes not called yet
+
+            def health(resolver: Any = resolver) -> int:
+                return int(resolver.resolve(api_event("GET", "/v1/health"), None)["statusCode"])
+
+            results, errors = run_at_once(health, threads=8)
+            assert errors == [] and results == [200] * 8
+            assert health() == 200  # and after
+    finally:
+        sys.setswitchinterval(interval)

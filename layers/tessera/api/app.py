@@ -147,9 +147,17 @@ class _PerThreadResolver(APIGatewayRestResolver):
     .current_event`, shared by every resolver and thread) and the route it matched in the
     instance's `context`: a thread that took its turn between another's assignment and its
     use routed that other request, and answered one user with another's account, listing
-    or block keys. Here both are the calling thread's own."""
+    or block keys. Here both are the calling thread's own. And a route builds its middleware
+    stack at its first call, unlocked: two first calls at once wrapped it twice, and the
+    route answered 500 until a restart; here every stack is built before the first call
+    (`build_middleware_stacks`)."""
 
     _threads = threading.local()
+
+    def build_middleware_stacks(self) -> None:
+        """Build each registered route's middleware stack now, on one thread."""
+        for route in (*self._static_routes, *self._dynamic_routes):
+            route._build_middleware_stack(router_middlewares=self._router_middlewares, app=self)
 
     def resolve(self, event: Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
         """Resolve `event` with this thread's own event and routing context."""
@@ -233,4 +241,5 @@ def build_resolver(services: Services, *, longpoll: bool = True) -> APIGatewayRe
             return _error(404, "not_found", f"the long-poll is POST {LONGPOLL_PATH}")
         return _error(404, "not_found", "no such route")
 
+    app.build_middleware_stacks()
     return app
