@@ -44,4 +44,5 @@ with lambda_init():
 @metrics.log_metrics(raise_on_empty_metrics=False, capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Resolve one API Gateway REST proxy event."""
+    services.keys.refresh()  # a rotation, once a minute: here, before any lock is held
     return resolver.resolve(event, context)

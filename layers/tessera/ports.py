@@ -197,6 +197,12 @@ class KeyService(ABC):
         (`tessera.metadata.key_check.guard_block_keys`)."""
         self._vouch = vouch
 
+    def refresh(self) -> None:
+        """Learn of a rotation another process made, where the backend caches what it
+        listed (at most once a minute). Call it where no transaction or lock is held: a
+        Lambda invocation's start. The key file is read again at each call anyway."""
+        return None  # by default nothing is cached, so there is nothing to refresh
+
     def load_current(self) -> None:
         """Load the current version's secret now: a Lambda's init calls this so that its
         first request (every sync starts with a cursor or an upload) does not wait for it."""

@@ -49,6 +49,7 @@ def make_handler(name: str, build: Callable[[], MaintenanceContext] = aws_contex
                     built.repo.db.close()
                     raise
             ctx.append(built)
+        ctx[0].keys.refresh()  # a rotation, once a minute: here, before any lock is held
         return handle_event(ctx[0], name, event)
 
     return handler

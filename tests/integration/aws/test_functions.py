@@ -562,3 +562,22 @@ def test_the_functions_commit_without_notifying(lambdas: SimpleNamespace) -> Non
     every commit on PostgreSQL's notify lock for nothing."""
     assert lambdas.api.services.db.notify is False
     assert lambdas.longpoll.services.db.notify is False
+
+
+def test_each_invocation_refreshes_the_block_keys_before_it_runs(
+    lambdas: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation reaches a warm function at its next invocation's start (once a minute),
+    before any lock is held: asked inside a transaction, an SSM round trip held its locks."""
+    refreshed: list[str] = []
+    keys = lambdas.api.services.keys
+    monkeypatch.setattr(keys, "refresh", lambda: refreshed.append("refresh"))
+    original = keys.current_version
+
+    def current() -> int:
+        refreshed.append("current")
+        return original()
+
+    monkeypatch.setattr(keys, "current_version", current)
+    status, _ = lambda_send(lambdas.api.handler, _claims())("/v1/account", None)
+    assert status == 200 and refreshed[:1] == ["refresh"]

@@ -92,7 +92,7 @@ class KmsKeyService(KeyService):
 
     #: The version listing is read again, to learn of a rotation by another process, at most
     #: this often: a cursor may name any version, and forged ones must not cost SSM calls;
-    #: and at least this often when the current version is asked for, so a rotation (after
+    #: and (`refresh`, at each invocation's start) at least this often, so a rotation (after
     #: a leak) reaches a warm function within a minute, not at its next cold start, hours on.
     RELIST_S = 60.0
 
@@ -124,20 +124,26 @@ class KmsKeyService(KeyService):
             self._current = max(listed)
 
     def current_version(self) -> int:
-        """The newest stored version, listed again at most every `RELIST_S`. Raises
-        KeyError when no version exists yet. A listing that fails after the first keeps
-        the version it had (logged): uploads go on under it."""
+        """The newest stored version as last listed: at the first call, then by `refresh`
+        (never here: callers ask inside transactions, holding locks, where an SSM round
+        trip, throttled or slow, would hold them too). Raises KeyError when no version
+        exists yet."""
         if self._current is None:
             self._list()
-        elif time.time() >= self._next_listing:
-            try:
-                self._list()
-            except (ClientError, BotoCoreError):
-                log.warning("listing the block-key versions failed; still on version %d",
-                            self._current, exc_info=True)  # fmt: skip
         if self._current is None:
             raise KeyError(f"no block-key versions under {self._prefix}")
         return self._current
+
+    def refresh(self) -> None:
+        """List the versions again once the last listing is `RELIST_S` old. A listing that
+        fails keeps what the last one found (logged): uploads go on under that version."""
+        if self._current is None or time.time() < self._next_listing:
+            return
+        try:
+            self._list()
+        except (ClientError, BotoCoreError):
+            log.warning("listing the block-key versions failed; still on version %d",
+                        self._current, exc_info=True)  # fmt: skip
 
     def versions(self) -> list[int]:
         """The versions the last listing found (at cold start, or at a later `knows`)."""
