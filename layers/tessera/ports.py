@@ -7,6 +7,7 @@ contract tests (`tests/integration/contracts/`).
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -154,15 +155,27 @@ class BlockStore(ABC):
 # Keys
 
 
+class KeyRefused(Exception):
+    """What a `KeyService.watch` check raises for a secret it refuses (not for a failure
+    to check): remembered for `KeyService.REFUSED_S`, so each use meanwhile costs no
+    secret-store call."""
+
+
 class KeyService(ABC):
     """Holds the versioned block-key secrets and derives per-block keys (DESIGN §3).
 
     `K = HMAC-SHA256(secret[key_version], block_id)`. Backends only load secrets.
     """
 
+    #: How long a refused secret stays refused before it is loaded and checked again:
+    #: every request while keys are refused cost a secret-store call and a check, and the
+    #: calls of every function together outran SSM's quota; a fix takes minutes anyway.
+    REFUSED_S = 60.0
+
     def __init__(self) -> None:
         self._cache: dict[int, bytes] = {}
         self._vouch: Callable[[int, bytes], None] | None = None
+        self._refused: dict[int, tuple[float, KeyRefused]] = {}  # version → (until, why)
 
     @abstractmethod
     def current_version(self) -> int:
@@ -183,18 +196,26 @@ class KeyService(ABC):
         return version in self.versions()
 
     def secret(self, version: int) -> bytes:
-        """The secret of `version`, loaded once per process (once per cold start on Lambda)."""
+        """The secret of `version`, loaded once per process (once per cold start on Lambda)
+        unless a `watch` check refuses it: then loaded and checked again `REFUSED_S` on."""
         if version not in self._cache:
+            refused = self._refused.get(version)
+            if refused is not None and time.time() < refused[0]:  # wall time, as Lambda's
+                raise refused[1].with_traceback(None)
             secret = self._load_secret(version)
             if self._vouch is not None:
-                self._vouch(version, secret)  # raises: not kept, loaded again next time
+                try:
+                    self._vouch(version, secret)
+                except KeyRefused as why:
+                    self._refused[version] = (time.time() + self.REFUSED_S, why)
+                    raise
             self._cache[version] = secret
         return self._cache[version]
 
     def watch(self, vouch: Callable[[int, bytes], None]) -> None:
         """Pass each secret loaded from now on to `vouch` (version, secret) before it is
-        kept or used; what `vouch` raises, `secret` raises
-        (`tessera.metadata.key_check.guard_block_keys`)."""
+        kept or used; what `vouch` raises, `secret` raises, and a `KeyRefused` it keeps
+        raising for `REFUSED_S` (`tessera.metadata.key_check.guard_block_keys`)."""
         self._vouch = vouch
 
     def refresh(self) -> None:

@@ -4,8 +4,11 @@ recorded the first time a process met it (real PostgreSQL, real key files)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from unittest import mock
 
+import psycopg
 import pytest
 
 from tessera.adapters.local.key_file import KeyFileKeyService
@@ -18,6 +21,7 @@ from tessera.metadata.key_check import (
     check_block_keys,
     guard_block_keys,
 )
+from tessera.metadata.locks import LockClass
 from tests.concurrency import run_at_once
 
 
@@ -136,6 +140,48 @@ def test_a_version_a_guarded_key_service_first_meets_is_recorded(
     guard_block_keys(db, other)
     with pytest.raises(Unavailable):
         other.block_key("b3:" + "cd" * 32, 2)
+
+
+def test_a_refused_secret_is_not_loaded_again_for_a_minute(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request while keys were refused loaded the secret again (an SSM call and a
+    KMS decrypt on AWS) and checked it: every function together outran SSM's quota."""
+    check_block_keys(db, KeyFileKeyService(tmp_path / "keys.json"))
+    stored_under(db, 1)
+    keys = KeyFileKeyService(tmp_path / "swapped.json")
+    guard_block_keys(db, keys)
+    loads: list[int] = []
+    load = keys._load_secret
+    monkeypatch.setattr(keys, "_load_secret", lambda v: loads.append(v) or load(v))
+    for _ in range(3):
+        with pytest.raises(Unavailable, match="block keys do not match"):
+            keys.block_key("b3:" + "cd" * 32)
+    assert loads == [1]
+    later = time.time() + keys.REFUSED_S
+    with mock.patch("tessera.ports.time.time", return_value=later), pytest.raises(Unavailable):
+        keys.block_key("b3:" + "cd" * 32)
+    assert loads == [1, 1]  # checked again: a fix is taken up within the minute
+
+
+def test_a_start_whose_keys_are_recorded_waits_for_no_other_check(
+    db: Database, database_url: str, tmp_path: Path
+) -> None:
+    """Every check took one global lock: the cold starts of a scale-out checked in turn.
+    Only a check that records takes it now."""
+    keys = KeyFileKeyService(tmp_path / "keys.json")
+    check_block_keys(db, keys)
+    with psycopg.connect(database_url) as other:  # a check that records, in progress
+        other.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LockClass.KEY_CHECK,))
+        done, errors = run_at_once(lambda: check_block_keys(db, keys), threads=1, timeout=5)
+        assert errors == [] and done == [None], "the check waited for the other's lock"
+        with (  # one that must record still waits its turn
+            pytest.raises(Unavailable),
+            Database(database_url, min_size=1, max_size=1, timeout=1) as short,
+            short.transaction() as store,
+        ):
+            store.conn.execute("SET LOCAL lock_timeout = '300ms'")
+            store.key_fingerprints()
 
 
 def test_a_maintenance_function_refusing_the_keys_leaves_no_pool_open(

@@ -163,6 +163,13 @@ def test_a_maintenance_step_that_lost_the_database_is_retried_by_its_state_machi
             admin.execute("SELECT pg_terminate_backend(%s)", (tx.conn.info.backend_pid,))
         tx.conn.execute(b"SELECT 1")
     raised.append(type(cut.value).__name__)
+    with (  # through `Database.transaction`, as the key check at a function's start
+        Database("host=127.0.0.1 port=1 dbname=none connect_timeout=1", timeout=1) as gone,
+        pytest.raises(Unavailable) as wrapped,
+        gone.transaction(),
+    ):
+        pass
+    raised.append(type(wrapped.value).__name__)
     assert raised and set(raised) <= set(retried), (raised, retried)
 
 

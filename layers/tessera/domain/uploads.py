@@ -122,6 +122,10 @@ def start_upload(
             f"an upload holds at most {settings.max_blocks_per_request} blocks; send a longer"
             " list in parts (blocks: null, then POST /v1/uploads/blocks)"
         )
+    # the keys first: refused (503), a session made before counted against the user's
+    # uploads in progress at every retry, and held back their uploads once keys were back
+    version = svc.keys.current_version()
+    svc.keys.secret(version)
     with view_transaction(svc, principal) as (store, view):
         sizes: dict[str, int] = {}
         by_target: dict[int, list[str]] = {}  # ns_id → the blocks of the files written there
@@ -163,7 +167,6 @@ def start_upload(
         _check_pending(svc, store, view, [(bid, sizes[bid]) for bid in needed])
         upload_id = "up_" + secrets.token_hex(16)
         expires_at = svc.clock.now() + timedelta(seconds=settings.upload_ttl_s)
-        version = svc.keys.current_version()
         store.create_upload(
             upload_id,
             view.user.user_id,

@@ -137,6 +137,7 @@ _RETRYABLE = [
     "SerializationFailure",
     "PoolTimeout",
     "OperationalError",
+    "Unavailable",  # the same, through `Database.transaction` (the key check at a start)
     "ConnectionTimeout",
     "AdminShutdown",
     "CrashShutdown",

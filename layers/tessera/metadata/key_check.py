@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from tessera.blocks import key_fingerprint
 from tessera.domain.errors import Unavailable
 from tessera.metadata.db import Database
-from tessera.ports import KeyService
+from tessera.ports import KeyRefused, KeyService
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ KEYS_REFUSED_RETRY_S = 300
 
 class BlockKeysMismatch(Exception):
     """The key service's secrets are not the ones the database's blocks were stored under."""
+
+
+class BlockKeysRefused(Unavailable, KeyRefused):
+    """A request's answer while the block keys are refused: 503, remembered by the key
+    service for `KeyService.REFUSED_S`."""
 
 
 def check_block_keys(db: Database, keys: KeyService) -> None:
@@ -79,7 +84,7 @@ def guard_block_keys(db: Database, keys: KeyService) -> None:
             check_block_key(db, version, secret)
         except BlockKeysMismatch as refused:
             log.error("block keys refused: %s", refused)
-            raise Unavailable(KEYS_REFUSED, retry_after=KEYS_REFUSED_RETRY_S) from refused
+            raise BlockKeysRefused(KEYS_REFUSED, retry_after=KEYS_REFUSED_RETRY_S) from refused
 
     keys.watch(vouch)
 
@@ -87,7 +92,14 @@ def guard_block_keys(db: Database, keys: KeyService) -> None:
 def _compare(db: Database, found: Mapping[int, bytes], *, every_version: bool) -> None:
     """Compare the fingerprints `found` with the records and record the new ones; with
     `every_version`, `found` is all the key service has, and a recorded version it lacks
-    is missing."""
+    is missing. The common case, every fingerprint as recorded, takes no lock: the cold
+    starts of a scale-out each checked under the one global lock, in turn."""
+    with db.transaction() as store:
+        recorded = store.key_fingerprints(lock=False)
+    if all(recorded.get(v, (None,))[0] == fp for v, fp in found.items()) and (
+        not every_version or recorded.keys() <= found.keys()
+    ):
+        return
     with db.transaction() as store:
         recorded = store.key_fingerprints()
         changed = sorted(v for v, (fp, _) in recorded.items() if v in found and found[v] != fp)

@@ -1516,12 +1516,13 @@ class Store:
         )
         self._expect_blocks(upload_id, expect)
 
-    def key_fingerprints(self) -> dict[int, tuple[bytes, datetime]]:
+    def key_fingerprints(self, *, lock: bool = True) -> dict[int, tuple[bytes, datetime]]:
         """Every recorded key version's fingerprint: version → (fingerprint, recorded at).
-        Checks read and record one at a time, until the transaction ends: row locks hold
-        no version not recorded yet, and two starts with different secrets both recorded
-        theirs, the last one winning."""
-        self._one("SELECT pg_advisory_xact_lock(%s, 0)::text", (LockClass.KEY_CHECK,))
+        With `lock`, checks that may record read and record one at a time, until the
+        transaction ends: row locks hold no version not recorded yet, and two starts with
+        different secrets both recorded theirs, the last one winning."""
+        if lock:
+            self._one("SELECT pg_advisory_xact_lock(%s, 0)::text", (LockClass.KEY_CHECK,))
         rows = self._all("SELECT key_version, fingerprint, recorded_at FROM key_fingerprints")
         return {int(v): (bytes(fp), at) for v, fp, at in rows}
 

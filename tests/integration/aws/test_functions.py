@@ -26,6 +26,7 @@ from tessera.adapters.aws import (
     AwsClients,
     AwsSettings,
     DynamoChangeFeed,
+    KmsKeyService,
     S3BlockStore,
     changes_model,
 )
@@ -514,7 +515,7 @@ def test_aws_throttling_is_503_with_retry_after_not_500(
 
 
 def test_the_api_function_refuses_block_keys_the_database_does_not_know(
-    aws_settings: AwsSettings, database_url: str, tmp_path: Path
+    aws_settings: AwsSettings, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A key parameter put again by hand between deploys: the API function checked no
     secret, and handed out block keys under the new one until a maintenance function's
@@ -533,6 +534,8 @@ def test_the_api_function_refuses_block_keys_the_database_does_not_know(
             ("b3:" + "ab" * 32,),
         )
     env = replace(aws_settings, database_url=database_url).to_env()
+    # checked again at each request, not a minute on
+    monkeypatch.setattr(KmsKeyService, "REFUSED_S", 0)
     with environment({**env, "POWERTOOLS_METRICS_DISABLED": "true"}):
         api = load_function("api")  # its start is refused, but it starts
     try:
@@ -549,7 +552,9 @@ def test_the_api_function_refuses_block_keys_the_database_does_not_know(
         assert answers[-1]["multiValueHeaders"]["Retry-After"] == ["300"]
         with psycopg.connect(database_url) as conn:
             kept = conn.execute("SELECT fingerprint FROM key_fingerprints").fetchall()
+            sessions = conn.execute("SELECT count(*) FROM upload_sessions").fetchone()
         assert kept == [(wrong,)]
+        assert sessions == (0,)  # none made: it would count against the user's uploads
         with psycopg.connect(database_url, autocommit=True) as conn:  # the operator's fix
             conn.execute("DELETE FROM key_fingerprints")
         assert Client(send).upload("/a.bin", tmp_path / "a.bin")[0] == 200  # no restart
