@@ -258,13 +258,15 @@ def _opts(options: apigw.MethodOptions) -> dict[str, Any]:
 
 
 # Sign-ins and token refreshes one client IP may make in WAF's 5-minute window: a device
-# refreshes hourly, so an office of hundreds behind one address stays far below. The
-# gateway's own throttle on the auth routes is shared by every caller: one address sending
-# 50 a second had every user's refresh refused, and every device signed out within the hour.
-AUTH_REQUESTS_PER_IP = 100
+# refreshes hourly, so an office of a thousand behind one address stays below it, and one
+# waking all at once is slowed (429, Retry-After), not refused. The gateway's own throttle
+# on the auth routes is shared by every caller: one address sending 50 a second had every
+# user's refresh refused, and every device signed out within the hour.
+AUTH_REQUESTS_PER_IP = 500
 # The share of the stage's rate one caller (one bearer token) may take: the stage's
 # throttle is shared too, and one runaway client used it all.
 CALLER_SHARE = 0.5
+_RATE_LIMITED = "rate_limited"  # the WAF response body of a rate rule
 
 
 def _web_acl(scope: Construct, config: StageConfig) -> wafv2.CfnWebACL:
@@ -277,13 +279,27 @@ def _web_acl(scope: Construct, config: StageConfig) -> wafv2.CfnWebACL:
             cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
         )
 
+    # A rate rule answers as the API's throttle does (429, its error shape, Retry-After):
+    # WAF's own 403 told a client nothing of when to come back.
+    throttled = wafv2.CfnWebACL.RuleActionProperty(
+        block=wafv2.CfnWebACL.BlockActionProperty(
+            custom_response=wafv2.CfnWebACL.CustomResponseProperty(
+                response_code=429,
+                custom_response_body_key=_RATE_LIMITED,
+                response_headers=[
+                    wafv2.CfnWebACL.CustomHTTPHeaderProperty(name="Retry-After", value="60")
+                ],
+            )
+        )
+    )
+
     def rate_rule(
         name: str, priority: int, rate: wafv2.CfnWebACL.RateBasedStatementProperty
     ) -> wafv2.CfnWebACL.RuleProperty:
         return wafv2.CfnWebACL.RuleProperty(
             name=name,
             priority=priority,
-            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+            action=throttled,
             statement=wafv2.CfnWebACL.StatementProperty(rate_based_statement=rate),
             visibility_config=visibility(name),
         )
@@ -312,6 +328,14 @@ def _web_acl(scope: Construct, config: StageConfig) -> wafv2.CfnWebACL:
         "WebAcl",
         scope="REGIONAL",
         default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+        custom_response_bodies={
+            _RATE_LIMITED: wafv2.CfnWebACL.CustomResponseBodyProperty(
+                content_type="APPLICATION_JSON",
+                content=json.dumps(
+                    {"error": {"code": "rate_limited", "message": "too many requests; retry later"}}
+                ),
+            )
+        },
         visibility_config=visibility(f"{config.prefix}-waf"),
         rules=[
             rate_rule(

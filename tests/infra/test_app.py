@@ -356,7 +356,7 @@ def test_no_one_client_can_take_the_shared_throttles(dev: Synth) -> None:
     [acl] = resources(dev.app_template, "AWS::WAFv2::WebACL").values()
     rules = {r["Name"]: r for r in acl["Properties"]["Rules"]}
     auth = rules["auth-rate-limit-per-ip"]["Statement"]["RateBasedStatement"]
-    assert auth["AggregateKeyType"] == "IP" and auth["Limit"] == 100
+    assert auth["AggregateKeyType"] == "IP" and auth["Limit"] == 500
     assert auth["ScopeDownStatement"]["ByteMatchStatement"]["SearchString"] == "/v1/auth/"
     caller = rules["rate-limit-per-caller"]["Statement"]["RateBasedStatement"]
     assert caller["CustomKeys"] == [
@@ -365,7 +365,13 @@ def test_no_one_client_can_take_the_shared_throttles(dev: Synth) -> None:
     ]  # fmt: skip
     assert caller["Limit"] == 50 * 300 // 2  # half the dev stage's 5-minute rate
     assert len({r["Priority"] for r in rules.values()}) == len(rules)
-    assert all("Block" in r["Action"] for n, r in rules.items() if "rate" in n)
+    # blocked as the API throttles: 429 in its error shape, with when to come back
+    for name in ("rate-limit-per-ip", "auth-rate-limit-per-ip", "rate-limit-per-caller"):
+        answer = rules[name]["Action"]["Block"]["CustomResponse"]
+        assert answer["ResponseCode"] == 429, name
+        assert answer["ResponseHeaders"] == [{"Name": "Retry-After", "Value": "60"}]
+        body = acl["Properties"]["CustomResponseBodies"][answer["CustomResponseBodyKey"]]
+        assert json.loads(body["Content"])["error"]["code"] == "rate_limited"
 
 
 def test_gateway_errors_use_the_api_error_shape_and_429_says_when_to_retry(dev: Synth) -> None:
