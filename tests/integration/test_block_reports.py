@@ -292,13 +292,15 @@ def test_runs_claiming_one_blocks_reports_at_once_never_deadlock(world: World) -
 def test_a_block_whose_reports_another_run_holds_is_skipped_not_waited_for(
     world: World, database_url: str
 ) -> None:
+    """Looked past, too: a run whose `limit` oldest reports were all of held blocks found
+    nothing to claim, and stopped with reports left."""
     first, second = _reported_twice(world, 2)
     with psycopg.connect(database_url) as other:  # another run settling `first`'s reports
         other.execute(
             "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LockClass.BLOCK_REPORTS, first)
         )
-        with world.ctx.repo.transaction() as tx:
-            claimed = tx.claim_reports(10, hold_s=60)
+        with world.ctx.repo.transaction() as tx:  # one block: not the held oldest
+            claimed = tx.claim_reports(1, hold_s=60)
         assert [r.block.block_id for r in claimed] == [second]
     with world.ctx.repo.transaction() as tx:  # released: taken by the next run
         assert [r.block.block_id for r in tx.claim_reports(10, hold_s=60)] == [first]

@@ -33,6 +33,9 @@ from psycopg.types.json import Jsonb
 from tessera.metadata.db import Database
 from tessera.metadata.locks import LockClass
 
+# How far past `limit` oldest reports a claim looks for blocks no other run holds.
+CLAIM_LOOKAHEAD = 4
+
 # The bytes of the live files' latest versions in namespace `n` (what `bytes_used` keeps).
 _LIVE_BYTES_OF_NS = (
     "SELECT COALESCE(sum(v.size), 0) FROM files f JOIN file_versions v ON v.ns_id = f.ns_id"
@@ -260,19 +263,24 @@ class MaintenanceTx:
         are skipped. One per block, whatever its state: a check of a block moved on settles
         its reports too.
 
-        Every writer of a block's reports takes the block's reports lock first
-        (`_lock_reports_of`); a claim skips a block whose lock is held rather than wait.
-        Locking the reports themselves (`SKIP LOCKED` on the oldest, then the block's
-        others) let two claims each lock one report of a block and wait for the other's: a
-        deadlock, and one scrub run failed."""
+        Every writer of a block's reports (but a new report's insert) takes the block's
+        reports lock first (`_lock_reports_of`); a claim skips a block whose lock is held
+        rather than wait, looking on among the oldest `CLAIM_LOOKAHEAD` times `limit`
+        reports (a run that met only held blocks found nothing, and stopped). Locking the
+        reports themselves (`SKIP LOCKED` on the oldest, then the block's others) let two
+        claims each lock one report of a block and wait for the other's: a deadlock, and
+        one scrub run failed. The locks are tried in age order, and no more than taken."""
         among = " AND block_id = ANY(%(only)s)" if only is not None else ""
         free = "{t}checked_at IS NULL AND ({t}claimed_until IS NULL OR {t}claimed_until < now())"
         rows = self._all(
-            "WITH oldest AS MATERIALIZED (SELECT DISTINCT block_id FROM (SELECT block_id"
-            f"  FROM block_reports WHERE {free.format(t='')}{among} ORDER BY reported_at"
-            "  LIMIT %(limit)s) o),"
-            " picked AS MATERIALIZED (SELECT block_id FROM oldest"
-            "  WHERE pg_try_advisory_xact_lock(%(lock)s, hashtext(block_id)))"
+            "WITH oldest AS MATERIALIZED (SELECT block_id, min(reported_at) AS first FROM"
+            f"  (SELECT block_id, reported_at FROM block_reports WHERE {free.format(t='')}"
+            f"  {among} ORDER BY reported_at LIMIT %(look)s) o GROUP BY block_id),"
+            # the lock's filter over the sorted rows, not under the sort: tried in order,
+            # and only until `limit` are taken (a volatile filter is not pushed down)
+            " picked AS MATERIALIZED (SELECT block_id FROM (SELECT block_id FROM oldest"
+            "  ORDER BY first) s WHERE pg_try_advisory_xact_lock(%(lock)s, hashtext(block_id))"
+            "  LIMIT %(limit)s)"
             " UPDATE block_reports r SET claimed_until = now() + make_interval(secs => %(hold)s)"
             " FROM blocks b WHERE r.block_id IN (SELECT block_id FROM picked)"
             f" AND {free.format(t='r.')} AND b.block_id = r.block_id"
@@ -280,6 +288,7 @@ class MaintenanceTx:
             {
                 "only": list(only or ()),
                 "limit": limit,
+                "look": limit * CLAIM_LOOKAHEAD,
                 "hold": hold_s,
                 "lock": LockClass.BLOCK_REPORTS,
             },
