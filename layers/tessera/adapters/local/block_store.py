@@ -308,14 +308,13 @@ class FilesystemBlockStore(BlockStore):
         """Copy `src` (or its earlier `version`) to hot `dst`; a cold source must have
         been restored first (a cold version cannot be)."""
 
-        def copy_from(source: Path) -> None:
-            with source.open("rb") as f:
-                self._write_atomic(dst, iter(lambda: f.read(1 << 20), b""))
-
+        # the source opened alone: a missing destination folder is no missing source
         if version is None:
-            self._with_readable(src, copy_from)
+            source = self._with_readable(src, lambda path: path.open("rb"))
         else:
-            copy_from(self._readable_version(src, version))
+            source = self._readable_version(src, version).open("rb")
+        with source:
+            self._write_atomic(dst, iter(lambda: source.read(1 << 20), b""))
 
     def delete(self, key: str) -> None:
         """Remove the object from both tiers (a block's is kept as an earlier version); a
