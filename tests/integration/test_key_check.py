@@ -153,7 +153,12 @@ def test_a_refused_secret_is_not_loaded_again_for_a_minute(
     guard_block_keys(db, keys)
     loads: list[int] = []
     load = keys._load_secret
-    monkeypatch.setattr(keys, "_load_secret", lambda v: loads.append(v) or load(v))
+
+    def counted(version: int) -> bytes:
+        loads.append(version)
+        return load(version)
+
+    monkeypatch.setattr(keys, "_load_secret", counted)
     for _ in range(3):
         with pytest.raises(Unavailable, match="block keys do not match"):
             keys.block_key("b3:" + "cd" * 32)
