@@ -2,8 +2,8 @@
 
 - propagation latency with two daemons: a new 1 MiB file closed on A is complete on B
   (p50 ≤ 0.5 s, p95 ≤ 1.0 s);
-- a one-byte edit in the middle of a 256 MiB synced file uploads ≤ 8 MiB of blocks, and a
-  rename uploads none;
+- a one-byte edit in the middle of a 256 MiB synced file uploads ≤ 8 MiB of blocks, another
+  device downloads ≤ 8 MiB of them (the rest read from its copy), and a rename uploads none;
 - initial sync of 1,000 x 150 KiB files + one 1 GiB file: wall time and bytes sent;
 - peak client RSS while `tessera sync --once` uploads a 4 GiB file (≤ 200 MB).
 
@@ -119,15 +119,23 @@ def latency(url: str, work: Path, email: str, samples: int) -> list[Figure]:
 
 
 def edit_and_rename(url: str, work: Path, email: str) -> list[Figure]:
-    """One byte changed in the middle of a big synced file; then a rename."""
+    """One byte changed in the middle of a big synced file, followed by another device;
+    then a rename."""
     size = scaled(256 * MiB)
     home, folder = work / "edit-home", work / "edit-folder"
+    other_home, other_folder = work / "follow-home", work / "follow-folder"
     _login(url, home, email, "E")
+    _login(url, other_home, email, "F")
     folder.mkdir()
+    other_folder.mkdir()
     shutil.copyfile(random_file(f"sync-edit-{size}.bin", size), folder / "big.bin")
     engine = _engine(url, home, folder, "E")
+    other = _engine(url, other_home, other_folder, "F")
     try:
         engine.run_once()
+        started = time.perf_counter()
+        other.run_once()
+        whole_s = time.perf_counter() - started
         before = engine.transfers.stats.block_bytes_up
         with (folder / "big.bin").open("r+b") as f:
             f.seek(size // 2)
@@ -136,18 +144,34 @@ def edit_and_rename(url: str, work: Path, email: str) -> list[Figure]:
             f.write(bytes([b[0] ^ 0xFF]))
         engine.run_once()
         edit = engine.transfers.stats.block_bytes_up - before
+        down_before = other.transfers.stats.block_bytes_down
+        started = time.perf_counter()
+        other.run_once()
+        follow_s = time.perf_counter() - started
+        down = other.transfers.stats.block_bytes_down - down_before
         before = engine.transfers.stats.block_bytes_up
         (folder / "big.bin").rename(folder / "renamed.bin")
         engine.run_once()
         rename = engine.transfers.stats.block_bytes_up - before
     finally:
         engine.close()
+        other.close()
     return [
         Figure(
             f"1-byte edit in {human_bytes(size)}: block bytes uploaded",
             human_bytes(edit),
             "≤ 8 MiB",
             edit <= 8 * MiB,
+        ),
+        Figure(
+            "the edit on another device: block bytes downloaded",
+            human_bytes(down),
+            "≤ 8 MiB",
+            down <= 8 * MiB,
+        ),
+        Figure(
+            "the edit on another device: sync time / the whole file's first sync",
+            f"{follow_s:.2f} s / {whole_s:.2f} s",
         ),
         Figure("rename: block bytes uploaded", human_bytes(rename), "0", rename == 0),
     ]

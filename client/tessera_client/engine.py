@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tessera.api.models import FileEntry
+from tessera.blocks import FileManifest
 from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse, refuses_field
 from tessera_client.config import Home, Settings, hold_device_lock
 from tessera_client.fs import (
@@ -669,8 +670,8 @@ class SyncEngine:
                     (UploadItem(copy, manifest, stats[path_key(copy)], None, seen), None)
                 )
             # the server's file takes the permissions of the one moved aside (a private
-            # file stays private; a script stays executable)
-            self._download(op.path, op.remote, None, mode_from=copy)
+            # file stays private; a script stays executable), and its blocks in common
+            self._download(op.path, op.remote, None, mode_from=copy, manifest=manifest)
             return True
         if k == OpKind.DELETE_LOCAL:
             if self._unchanged(op.path, stats):
@@ -766,12 +767,24 @@ class SyncEngine:
         return True
 
     def _download(
-        self, path: str, remote: Entry, expect: Stat | None, *, mode_from: str | None = None
+        self,
+        path: str,
+        remote: Entry,
+        expect: Stat | None,
+        *,
+        mode_from: str | None = None,
+        manifest: FileManifest | None = None,
     ) -> None:
         self._sizes[path] = remote.size
         try:
             fetched = self.transfers.download(
-                path, remote.file_id, remote.rev, remote.content_hash, expect, mode_from=mode_from
+                path,
+                remote.file_id,
+                remote.rev,
+                remote.content_hash,
+                expect,
+                mode_from=mode_from,
+                local_manifest=manifest,
             )
         finally:
             self._end_progress(path)

@@ -227,8 +227,16 @@ class Transfers:
         self.batch_blocks = batch_blocks
         self.progress = progress
         self.stats = TransferStats()
+        # downloads run on several threads at once, and their blocks on the transfer threads
+        self._stats_lock = threading.Lock()
         self._report_waits: Counter[str] = Counter()  # block id -> checks waited for
         self._report_lock = threading.Lock()  # (blocks come on the transfer threads)
+
+    def _count(self, **added: int) -> None:
+        """Add to `stats` (unlocked, updates from threads at once were lost)."""
+        with self._stats_lock:
+            for name, n in added.items():
+                setattr(self.stats, name, getattr(self.stats, name) + n)
 
     def close(self) -> None:
         """Stop the transfer threads."""
@@ -680,6 +688,7 @@ class Transfers:
         expect_local: Stat | None,
         *,
         mode_from: str | None = None,
+        local_manifest: FileManifest | None = None,
     ) -> tuple[FileEntry, Stat, list[str]]:
         """Download `rev` of a file into `path`, verified, atomically. Returns (entry, stat, ids).
 
@@ -687,6 +696,8 @@ class Transfers:
         no longer matches it when the download is ready, it is left alone (LocalChangedError).
         The new file takes the permissions of the file at `mode_from` (default: `path`):
         a conflict moves the local file aside first, and its copy's are the ones to keep.
+        Blocks that file holds are read from it, not fetched; `local_manifest`, its scan
+        when the caller has one, spares reading it whole to find them.
         """
         self.fs.check_fits(path)
         first = self._download_page(path, file_id, rev, 0)
@@ -704,7 +715,8 @@ class Transfers:
             raise
         try:
             # closed before the rename: Windows replaces no file that is open
-            with handle, self._local_blocks(path, mode_from or path, first) as here:
+            source = mode_from or path
+            with handle, self._local_blocks(path, source, first, local_manifest) as here:
                 for plaintext in self._fetch_blocks(first, plan, here):
                     handle.write(plaintext)
                     if self.progress:
@@ -723,7 +735,7 @@ class Transfers:
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 raise _disk_full(path) from e
             raise
-        self.stats.files_down += 1
+        self._count(files_down=1)
         return first.entry, self.fs.lstat(path), plan.ids
 
     def _download_page(
@@ -779,7 +791,7 @@ class Transfers:
         if self._report_waits:  # it came whole: a later loss of it is waited for afresh
             with self._report_lock:
                 self._report_waits.pop(block.id, None)
-        self.stats.blocks_down += 1
+        self._count(blocks_down=1, block_bytes_down=len(plaintext))
         return plaintext
 
     def _reported(self, plan: _BlockPlan, block: DownloadBlock, what: str) -> IntegrityError:
@@ -816,25 +828,31 @@ class Transfers:
         except UnusableUrl as e:
             raise IntegrityError(f"block {block.id}: the server sent {e}") from e
 
-    def _local_blocks(self, path: str, source: str, first: DownloadResponse) -> _LocalBlocks:
+    def _local_blocks(
+        self, path: str, source: str, first: DownloadResponse, manifest: FileManifest | None
+    ) -> _LocalBlocks:
         """The blocks of the local file `source` (the version a download replaces, or a
         conflict's copy of it) that the download may read from disk. A one-byte edit
         elsewhere fetched the whole file again; now only the blocks this device lacks travel.
 
-        Read only when the last synced version at `path` shares a block with the first page
-        of the new one (a file rewritten whole would be read for nothing), and each block
-        is hashed again when taken (the file may change meanwhile). Nothing when the file
-        cannot be read: every block is then fetched, as before."""
+        Without its `manifest`, the file is read whole to find them, and only when the last
+        synced version at `path` shares a block with the new one's first page (a file
+        rewritten whole would be read for nothing). Each block taken is hashed again (the
+        file may change meanwhile). Nothing when the file cannot be read: every block is
+        then fetched, as before."""
         if not first.blocks or (first.next_block is None and len(first.blocks) < 2):
             return _LocalBlocks.none()
-        synced = set(self.state.base_blocks(path))
-        if not synced.intersection(b.id for b in first.blocks):
+        likely = {b.id for b in manifest.blocks} if manifest else set(self.state.base_blocks(path))
+        if likely.isdisjoint(b.id for b in first.blocks):
             return _LocalBlocks.none()
         try:
-            disk = self.fs.local_path(source)
-            if disk is None or self.fs.lstat(source).kind != Kind.FILE:
+            if self.fs.lstat(source).kind != Kind.FILE:
                 return _LocalBlocks.none()
-            manifest = scan_file(disk)
+            if manifest is None:
+                disk = self.fs.local_path(source)
+                if disk is None:
+                    return _LocalBlocks.none()
+                manifest = scan_file(disk)
             return _LocalBlocks(self.fs.open_read(source), manifest.blocks)
         except (OSError, BlockError):  # gone, unreadable, changing: fetched instead
             return _LocalBlocks.none()
@@ -845,12 +863,9 @@ class Transfers:
         """Block `number`'s plaintext: from the local file when it holds it, else fetched."""
         plaintext = here.read(block.id, block.size)
         if plaintext is not None:
-            self.stats.blocks_reused += 1
-            self.stats.block_bytes_reused += len(plaintext)
+            self._count(blocks_reused=1, block_bytes_reused=len(plaintext))
             return plaintext
-        plaintext = self._fetch(plan, number, block)
-        self.stats.block_bytes_down += len(plaintext)
-        return plaintext
+        return self._fetch(plan, number, block)
 
     def _fetch_blocks(
         self, first: DownloadResponse, plan: _BlockPlan, here: _LocalBlocks

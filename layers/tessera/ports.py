@@ -7,6 +7,7 @@ contract tests (`tests/integration/contracts/`).
 
 from __future__ import annotations
 
+import copy
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -201,13 +202,14 @@ class KeyService(ABC):
         if version not in self._cache:
             refused = self._refused.get(version)
             if refused is not None and time.time() < refused[0]:  # wall time, as Lambda's
-                raise refused[1].with_traceback(None)
+                raise copy.copy(refused[1])  # a fresh one per request (threads at once)
             secret = self._load_secret(version)
             if self._vouch is not None:
                 try:
                     self._vouch(version, secret)
                 except KeyRefused as why:
-                    self._refused[version] = (time.time() + self.REFUSED_S, why)
+                    # kept without its traceback and cause: they hold the check's frames
+                    self._refused[version] = (time.time() + self.REFUSED_S, copy.copy(why))
                     raise
             self._cache[version] = secret
         return self._cache[version]

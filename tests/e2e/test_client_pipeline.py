@@ -363,7 +363,7 @@ def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
     xfer.state.put_base(Entry("f.bin", EntryKind.FILE, before.content_hash, len(old)),
                         [b.id for b in before.blocks])  # fmt: skip
 
-    def scanned_then_changed(path: Path) -> object:
+    def scanned_then_changed(path: Path) -> object:  # (or no scan: see below)
         manifest = scan_file(path)
         with open(path, "r+b") as f:  # its first block changes after the scan
             f.write(b"\0" * 10)
@@ -380,3 +380,37 @@ def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
     stats = xfer.stats
     assert stats.blocks_reused >= len(before.blocks) - 3 and stats.blocks_down >= 2, stats
     assert stats.block_bytes_down + stats.block_bytes_reused == len(new)
+
+
+def test_a_download_given_the_local_files_scan_reads_it_no_more(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conflict has just scanned the file it moves aside: the download takes that scan
+    instead of reading the whole file again (nor needs a synced version to predict it)."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    old = os.urandom(8 * 1024 * 1024)
+    new = bytearray(old)
+    new[-100] ^= 0xFF
+    a.write("f.bin", bytes(new))
+    fs = SafeFilesystem(RealFilesystem(a.folder))
+    item = UploadItem("f.bin", scan_file(a.folder / "f.bin"), fs.lstat("f.bin"), None, 0)
+    [uploaded] = _upload(a, api, [item])
+    assert uploaded.entry is not None
+    (a.folder / "f.bin").unlink()
+    a.write("copy.bin", old)
+    scanned = scan_file(a.folder / "copy.bin")
+
+    def no_scan(path: Path) -> object:
+        raise AssertionError(f"{path} read whole again")
+
+    monkeypatch.setattr(transfer, "scan_file", no_scan)
+    xfer = _transfers(a, api)
+    try:
+        xfer.download("f.bin", uploaded.entry.file_id, uploaded.entry.rev, "", None,
+                      mode_from="copy.bin", local_manifest=scanned)  # fmt: skip
+    finally:
+        xfer.close()
+        api.close()
+    assert (a.folder / "f.bin").read_bytes() == bytes(new)
+    assert xfer.stats.blocks_reused >= len(scanned.blocks) - 2 and xfer.stats.blocks_down >= 1

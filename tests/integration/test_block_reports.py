@@ -306,6 +306,29 @@ def test_a_block_whose_reports_another_run_holds_is_skipped_not_waited_for(
         assert [r.block.block_id for r in tx.claim_reports(10, hold_s=60)] == [first]
 
 
+def test_a_block_many_users_reported_fills_no_claims_lookahead(
+    world: World, database_url: str
+) -> None:
+    """The lookahead counted reports: a lost block that many users reported, held by
+    another run, filled it alone, and a run found nothing else to claim."""
+    first, second = _reported_twice(world, 2)
+    world.sql(
+        "INSERT INTO block_reports (block_id, reported_by, ns_id, file_id, rev, reason,"
+        " reported_at) SELECT block_id, 'user-' || n, ns_id, file_id, rev, reason,"
+        " reported_at - make_interval(secs => n) FROM block_reports,"
+        " generate_series(1, 10) AS n WHERE block_id = %s AND reported_by = 'user-a'"
+        " RETURNING 1",
+        first,
+    )
+    with psycopg.connect(database_url) as other:  # another run settling `first`'s reports
+        other.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LockClass.BLOCK_REPORTS, first)
+        )
+        with world.ctx.repo.transaction() as tx:
+            claimed = tx.claim_reports(1, hold_s=60)
+        assert [r.block.block_id for r in claimed] == [second]
+
+
 def test_a_files_look_over_is_bounded_and_goes_on_at_the_next_report(
     database_url: str, tmp_path: Path
 ) -> None:

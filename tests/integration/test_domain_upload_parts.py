@@ -22,6 +22,7 @@ from tessera.domain.errors import (
     NotFound,
     PayloadTooLarge,
     TooManyRequests,
+    Unavailable,
     Unprocessable,
 )
 from tessera.domain.files import create_folder
@@ -458,3 +459,23 @@ def test_two_uploads_started_at_once_cannot_both_pass_the_cap(
     )
     assert isinstance(first, str)
     assert isinstance(second, TooManyRequests)
+
+
+def test_a_part_refused_for_its_keys_records_nothing(
+    limited: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys refused (503) after the part was recorded: its blocks counted against the
+    user's uploads in progress at every retry. The key is loaded first now."""
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+
+    def refused(version: int) -> bytes:
+        raise Unavailable("the server's block keys do not match its database")
+
+    monkeypatch.setattr(limited.keys, "secret", refused)
+    req = UploadBlocksRequest(
+        upload_id=upload_id, path="/long.bin", first=0, blocks=specs(CHUNKS[:3])
+    )
+    with pytest.raises(Unavailable):
+        uploads.append_blocks(limited, alice, req)
+    with limited.db.transaction() as store:
+        assert store.expected_block_count(upload_id) == 0

@@ -122,10 +122,7 @@ def start_upload(
             f"an upload holds at most {settings.max_blocks_per_request} blocks; send a longer"
             " list in parts (blocks: null, then POST /v1/uploads/blocks)"
         )
-    # the keys first: refused (503), a session made before counted against the user's
-    # uploads in progress at every retry, and held back their uploads once keys were back
-    version = svc.keys.current_version()
-    svc.keys.secret(version)
+    version = _current_key_version(svc)
     with view_transaction(svc, principal) as (store, view):
         sizes: dict[str, int] = {}
         by_target: dict[int, list[str]] = {}  # ns_id → the blocks of the files written there
@@ -197,6 +194,7 @@ def append_blocks(
     if len(req.blocks) > settings.max_blocks_per_request:
         raise PayloadTooLarge(f"a part holds at most {settings.max_blocks_per_request} blocks")
     path = paths.canonical(req.path)
+    version = _current_key_version(svc)
     with view_transaction(svc, principal) as (store, view):
         mount, _rel = view.resolve(path)
         check_access(mount, Action.WRITE, view)
@@ -232,7 +230,6 @@ def append_blocks(
         readable = store.readable_blocks(view.ns_ids, list(sizes), target=mount.ns_id)
         needed = [bid for bid in sizes if bid not in readable and bid not in expected]
         _check_pending(svc, store, view, [(bid, sizes[bid]) for bid in needed])
-        version = svc.keys.current_version()
         base = store.expected_block_count(req.upload_id)
         store.append_upload_file_blocks(
             req.upload_id,
@@ -254,6 +251,16 @@ def append_blocks(
     return UploadBlocksResponse(
         needed=_block_keys(svc, [*waiting, *((bid, version) for bid in needed)])
     )
+
+
+def _current_key_version(svc: Services) -> int:
+    """The key version new blocks go under, its secret loaded (and checked, where keys are
+    guarded) before any transaction: refused (503) after it, an upload's session or part
+    was recorded all the same, and counted against the user's uploads in progress at every
+    retry, holding back their uploads once the keys were back."""
+    version = svc.keys.current_version()
+    svc.keys.secret(version)
+    return version
 
 
 def _open_session(svc: Services, store: Store, view: View, upload_id: str) -> UploadRow:

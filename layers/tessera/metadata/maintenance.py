@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 from tessera.metadata.db import Database
 from tessera.metadata.locks import LockClass
 
-# How far past `limit` oldest reports a claim looks for blocks no other run holds.
+# How far past `limit` blocks reported longest ago a claim looks for ones no run holds.
 CLAIM_LOOKAHEAD = 4
 
 # The bytes of the live files' latest versions in namespace `n` (what `bytes_used` keeps).
@@ -265,17 +265,19 @@ class MaintenanceTx:
 
         Every writer of a block's reports (but a new report's insert) takes the block's
         reports lock first (`_lock_reports_of`); a claim skips a block whose lock is held
-        rather than wait, looking on among the oldest `CLAIM_LOOKAHEAD` times `limit`
-        reports (a run that met only held blocks found nothing, and stopped). Locking the
+        rather than wait, looking on among the `CLAIM_LOOKAHEAD` times `limit` blocks
+        reported longest ago (a run that met only held blocks found nothing, and stopped;
+        pending reports are few: each user's are held to an hourly budget). Locking the
         reports themselves (`SKIP LOCKED` on the oldest, then the block's others) let two
         claims each lock one report of a block and wait for the other's: a deadlock, and
         one scrub run failed. The locks are tried in age order, and no more than taken."""
         among = " AND block_id = ANY(%(only)s)" if only is not None else ""
         free = "{t}checked_at IS NULL AND ({t}claimed_until IS NULL OR {t}claimed_until < now())"
         rows = self._all(
-            "WITH oldest AS MATERIALIZED (SELECT block_id, min(reported_at) AS first FROM"
-            f"  (SELECT block_id, reported_at FROM block_reports WHERE {free.format(t='')}"
-            f"  {among} ORDER BY reported_at LIMIT %(look)s) o GROUP BY block_id),"
+            # blocks, not reports: one lost block many users reported filled the window
+            "WITH oldest AS MATERIALIZED (SELECT block_id, min(reported_at) AS first"
+            f"  FROM block_reports WHERE {free.format(t='')}{among}"
+            "  GROUP BY block_id ORDER BY first LIMIT %(look)s),"
             # the lock's filter over the sorted rows, not under the sort: tried in order,
             # and only until `limit` are taken (a volatile filter is not pushed down)
             " picked AS MATERIALIZED (SELECT block_id FROM (SELECT block_id FROM oldest"
