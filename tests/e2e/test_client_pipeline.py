@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tessera.api.models import FileEntry
 from tessera.blocks import scan_file
 from tessera_client import transfer
 from tessera_client.api import Api, ApiError
@@ -340,6 +341,19 @@ def test_an_outage_at_upload_start_is_not_retried_file_by_file(
     api.close()
 
 
+def _on_the_server_and_moved_aside(device: Device, api: Api, new: bytes, old: bytes) -> FileEntry:
+    """`new` committed as `f.bin`, which is then gone here, and `old` in `copy.bin` (the
+    local version a conflict moved aside); the server's entry."""
+    device.write("f.bin", new)
+    fs = SafeFilesystem(RealFilesystem(device.folder))
+    item = UploadItem("f.bin", scan_file(device.folder / "f.bin"), fs.lstat("f.bin"), None, 0)
+    [uploaded] = _upload(device, api, [item])
+    assert uploaded.entry is not None
+    (device.folder / "f.bin").unlink()
+    device.write("copy.bin", old)
+    return uploaded.entry
+
+
 def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -351,13 +365,7 @@ def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
     old = os.urandom(12 * 1024 * 1024)
     new = bytearray(old)
     new[6 * 1024 * 1024] ^= 0xFF
-    a.write("f.bin", bytes(new))
-    fs = SafeFilesystem(RealFilesystem(a.folder))
-    item = UploadItem("f.bin", scan_file(a.folder / "f.bin"), fs.lstat("f.bin"), None, 0)
-    [uploaded] = _upload(a, api, [item])
-    assert uploaded.entry is not None
-    (a.folder / "f.bin").unlink()
-    a.write("copy.bin", old)  # the local version, moved aside
+    uploaded = _on_the_server_and_moved_aside(a, api, bytes(new), old)
     before = scan_file(a.folder / "copy.bin")
     xfer = _transfers(a, api)
     xfer.state.put_base(Entry("f.bin", EntryKind.FILE, before.content_hash, len(old)),
@@ -371,7 +379,7 @@ def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
 
     monkeypatch.setattr(transfer, "scan_file", scanned_then_changed)
     try:
-        xfer.download("f.bin", uploaded.entry.file_id, uploaded.entry.rev, "", None,
+        xfer.download("f.bin", uploaded.file_id, uploaded.rev, "", None,
                       mode_from="copy.bin")  # fmt: skip
     finally:
         xfer.close()
@@ -392,13 +400,7 @@ def test_a_download_given_the_local_files_scan_reads_it_no_more(
     old = os.urandom(8 * 1024 * 1024)
     new = bytearray(old)
     new[-100] ^= 0xFF
-    a.write("f.bin", bytes(new))
-    fs = SafeFilesystem(RealFilesystem(a.folder))
-    item = UploadItem("f.bin", scan_file(a.folder / "f.bin"), fs.lstat("f.bin"), None, 0)
-    [uploaded] = _upload(a, api, [item])
-    assert uploaded.entry is not None
-    (a.folder / "f.bin").unlink()
-    a.write("copy.bin", old)
+    uploaded = _on_the_server_and_moved_aside(a, api, bytes(new), old)
     scanned = scan_file(a.folder / "copy.bin")
 
     def no_scan(path: Path) -> object:
@@ -407,7 +409,7 @@ def test_a_download_given_the_local_files_scan_reads_it_no_more(
     monkeypatch.setattr(transfer, "scan_file", no_scan)
     xfer = _transfers(a, api)
     try:
-        xfer.download("f.bin", uploaded.entry.file_id, uploaded.entry.rev, "", None,
+        xfer.download("f.bin", uploaded.file_id, uploaded.rev, "", None,
                       mode_from="copy.bin", local_manifest=scanned)  # fmt: skip
     finally:
         xfer.close()

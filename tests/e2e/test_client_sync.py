@@ -98,9 +98,15 @@ def test_large_multi_block_file_and_small_edit(
     b.sync()
     assert (b.folder / "big" / "video.bin").read_bytes() == bytes(data)
     # and only they come down: the rest is read from B's copy (it fetched all 24 MiB)
-    down = b.stats()
+    _only_changed_blocks_came_down(b, len(data))
+
+
+def _only_changed_blocks_came_down(device: Device, size: int) -> None:
+    """`device`'s last sync fetched a block or two (≤ 8 MiB) of a `size`-byte file, and
+    read the rest from its own copy."""
+    down = device.stats()
     assert down["block_bytes_down"] <= 8 * 1024 * 1024, down
-    assert down["block_bytes_down"] + down["block_bytes_reused"] == len(data)
+    assert down["block_bytes_down"] + down["block_bytes_reused"] == size
 
 
 def test_a_conflicts_server_side_comes_down_as_its_changed_blocks_only(
@@ -125,9 +131,7 @@ def test_a_conflicts_server_side_comes_down_as_its_changed_blocks_only(
     files = snapshot(b.folder)
     [copy] = [k for k in files if "conflicted copy" in k]
     assert (files["big.bin"], files[copy]) == (bytes(theirs), bytes(mine))
-    down = b.stats()
-    assert down["block_bytes_down"] <= 8 * 1024 * 1024, down
-    assert down["block_bytes_down"] + down["block_bytes_reused"] == len(theirs)
+    _only_changed_blocks_came_down(b, len(theirs))
 
 
 def test_conflict_from_two_devices_keeps_both(
