@@ -34,6 +34,7 @@ import httpx
 from blake3 import blake3
 
 from tessera.api.models import (
+    MAX_HAVE_BLOCKS,
     BlockReportResponse,
     CommitBatchResponse,
     DownloadBlock,
@@ -66,6 +67,7 @@ from tessera_client.api import (
     json_body,
     paired,
     parse,
+    refuses_field,
 )
 from tessera_client.blockhttp import UnusableUrl
 from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
@@ -698,25 +700,38 @@ class Transfers:
         a conflict moves the local file aside first, and its copy's are the ones to keep.
         Blocks that file holds are read from it, not fetched; `local_manifest`, its scan
         when the caller has one, spares reading it whole to find them.
+
+        The server is told which blocks this device should hold (`have`: the last synced
+        version's, or the manifest's), so none of those, cold, waits for a restore. One of
+        them not read back after all (the file changed) is asked for again alone, without
+        saying so: fetched, or, cold, restored (`RestoringError`) for a later round.
         """
         self.fs.check_fits(path)
-        first = self._download_page(path, file_id, rev, 0)
-        if expected_hash and first.entry.content_hash != expected_hash:
-            raise IntegrityError(f"{path}: the server sent another version than it listed")
-        plan = _BlockPlan(path, file_id, rev, first.entry)
+        held = (
+            {b.id for b in local_manifest.blocks}
+            if local_manifest
+            else set(self.state.base_blocks(path))
+        )
+        have = frozenset(held) if len(held) <= MAX_HAVE_BLOCKS else frozenset()
+        first = self._first_page(path, file_id, rev, expected_hash, have)
+        here = self._local_blocks(path, mode_from or path, first, local_manifest)
+        if have and here.empty:  # none to read after all: the server checks them too
+            have = frozenset()
+            first = self._first_page(path, file_id, rev, expected_hash, have)
+        plan = _BlockPlan(path, file_id, rev, first.entry, have)
         folder = parent_of(path)
         try:
             if folder:
                 self.fs.makedirs(folder)
             tmp, handle = self.fs.create_temp(folder, like=mode_from or path)
         except OSError as e:
+            here.close()
             if e.errno == errno.ENOSPC:  # out of inodes, or of room for a folder
                 raise _disk_full(path) from e
             raise
         try:
             # closed before the rename: Windows replaces no file that is open
-            source = mode_from or path
-            with handle, self._local_blocks(path, source, first, local_manifest) as here:
+            with handle, here:
                 for plaintext in self._fetch_blocks(first, plan, here):
                     handle.write(plaintext)
                     if self.progress:
@@ -738,14 +753,35 @@ class Transfers:
         self._count(files_down=1)
         return first.entry, self.fs.lstat(path), plan.ids
 
+    def _first_page(
+        self, path: str, file_id: str, rev: int, expected_hash: str, have: frozenset[str]
+    ) -> DownloadResponse:
+        """The download's first page, of the version the listing named."""
+        first = self._download_page(path, file_id, rev, 0, have=have)
+        if expected_hash and first.entry.content_hash != expected_hash:
+            raise IntegrityError(f"{path}: the server sent another version than it listed")
+        return first
+
     def _download_page(
-        self, path: str, file_id: str, rev: int, from_block: int, limit: int | None = None
+        self,
+        path: str,
+        file_id: str,
+        rev: int,
+        from_block: int,
+        limit: int | None = None,
+        *,
+        have: frozenset[str] = frozenset(),
     ) -> DownloadResponse:
         """One page of the file's blocks (with their URLs) from block number `from_block`."""
         body: dict[str, Any] = {"file_id": file_id, "rev": rev, "from_block": from_block}
         if limit is not None:
             body["limit"] = limit
+        if have:
+            body["have"] = sorted(have)
         response = self.api.raw("POST", "/v1/download", body)
+        if have and response.status_code == 422 and refuses_field(error_from(response), "have"):
+            del body["have"]  # a server from before `have`
+            response = self.api.raw("POST", "/v1/download", body)
         if response.status_code == 202:
             # bounded: a wait of 1e12 s overflowed the daemon's timer and ended it
             answer = parse(RestoringResponse, json_body(response))
@@ -766,17 +802,27 @@ class Transfers:
                 return
             if not answer.blocks or answer.next_block != len(plan.ids):
                 raise IntegrityError(f"{plan.path}: the server sent a malformed block list")
-            answer = self._download_page(plan.path, plan.file_id, plan.rev, answer.next_block)
+            answer = self._download_page(
+                plan.path, plan.file_id, plan.rev, answer.next_block, have=plan.have
+            )
+
+    def _renewed(
+        self, plan: _BlockPlan, number: int, block: DownloadBlock, *, have: frozenset[str]
+    ) -> DownloadBlock:
+        """Block `number` asked for again, alone (a fresh URL): it must be the same block,
+        else a server could put one block's bytes where another belongs."""
+        renewed = self._download_page(
+            plan.path, plan.file_id, plan.rev, number, limit=1, have=have
+        ).blocks
+        same = (block.id, block.offset, block.size)
+        if not renewed or (renewed[0].id, renewed[0].offset, renewed[0].size) != same:
+            raise IntegrityError(f"{plan.path}: the server renewed block {number} as another")
+        return renewed[0]
 
     def _fetch(self, plan: _BlockPlan, number: int, block: DownloadBlock) -> bytes:
         response = self._get(block)
         if response.status_code == 403:  # its URL expired while earlier blocks came: renew it
-            page = self._download_page(plan.path, plan.file_id, plan.rev, number, limit=1)
-            renewed = page.blocks
-            same = (block.id, block.offset, block.size)
-            if not renewed or (renewed[0].id, renewed[0].offset, renewed[0].size) != same:
-                raise IntegrityError(f"{plan.path}: the server renewed block {number} as another")
-            block = renewed[0]
+            block = self._renewed(plan, number, block, have=plan.have)
             response = self._get(block)
         if response.status_code in _MISSING:
             raise self._reported(plan, block, f"is not in the store ({response.status_code})")
@@ -840,7 +886,7 @@ class Transfers:
         rewritten whole would be read for nothing). Each block taken is hashed again (the
         file may change meanwhile). Nothing when the file cannot be read: every block is
         then fetched, as before."""
-        if not first.blocks or (first.next_block is None and len(first.blocks) < 2):
+        if not first.blocks:
             return _LocalBlocks.none()
         likely = {b.id for b in manifest.blocks} if manifest else set(self.state.base_blocks(path))
         if likely.isdisjoint(b.id for b in first.blocks):
@@ -860,11 +906,14 @@ class Transfers:
     def _block(
         self, plan: _BlockPlan, here: _LocalBlocks, number: int, block: DownloadBlock
     ) -> bytes:
-        """Block `number`'s plaintext: from the local file when it holds it, else fetched."""
+        """Block `number`'s plaintext: from the local file when it holds it, else fetched
+        (one the server was told this device holds, asked for again: it may be cold)."""
         plaintext = here.read(block.id, block.size)
         if plaintext is not None:
             self._count(blocks_reused=1, block_bytes_reused=len(plaintext))
             return plaintext
+        if block.id in plan.have:
+            block = self._renewed(plan, number, block, have=plan.have - {block.id})
         return self._fetch(plan, number, block)
 
     def _fetch_blocks(
@@ -920,6 +969,11 @@ class _LocalBlocks:
         """No local blocks: every block is fetched."""
         return cls(None, ())
 
+    @property
+    def empty(self) -> bool:
+        """Whether no block can be read here."""
+        return self._handle is None
+
     def read(self, wanted: str, size: int) -> bytes | None:
         """Block `wanted`'s bytes from the file, or None when it does not hold them (now)."""
         spot = self._where.get(wanted)
@@ -933,21 +987,29 @@ class _LocalBlocks:
             return None
         return data if len(data) == size and block_id(data) == wanted else None
 
+    def close(self) -> None:
+        """Close the file (again: nothing)."""
+        if self._handle is not None:
+            self._handle.close()
+
     def __enter__(self) -> _LocalBlocks:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._handle is not None:
-            self._handle.close()
+        self.close()
 
 
 class _BlockPlan:
     """A download's file (`path`, `file_id` at `rev`) and its block list, checked as its
     pages come: contiguous, each block at most `MAX_BLOCK_SIZE`, never past the file's size,
-    and in the end the file's content hash."""
+    and in the end the file's content hash. `have`: the blocks the server was told this
+    device holds."""
 
-    def __init__(self, path: str, file_id: str, rev: int, entry: FileEntry) -> None:
+    def __init__(
+        self, path: str, file_id: str, rev: int, entry: FileEntry, have: frozenset[str]
+    ) -> None:
         self.path, self.file_id, self.rev, self.entry = path, file_id, rev, entry
+        self.have = have
         self.ids: list[str] = []
         self.offset = 0
 

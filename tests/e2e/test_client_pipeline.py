@@ -14,14 +14,14 @@ import httpx
 import pytest
 
 from tessera.api.models import FileEntry
-from tessera.blocks import scan_file
+from tessera.blocks import FileManifest, scan_file
 from tessera_client import transfer
 from tessera_client.api import Api, ApiError
 from tessera_client.config import Home
 from tessera_client.fs import RealFilesystem, SafeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.state import StateDB
-from tessera_client.transfer import Transfers, UploadItem, UploadResult
+from tessera_client.transfer import Transfers, TransferStats, UploadItem, UploadResult
 
 from .conftest import Cloud, Device, make_device
 
@@ -341,17 +341,23 @@ def test_an_outage_at_upload_start_is_not_retried_file_by_file(
     api.close()
 
 
-def _on_the_server_and_moved_aside(device: Device, api: Api, new: bytes, old: bytes) -> FileEntry:
-    """`new` committed as `f.bin`, which is then gone here, and `old` in `copy.bin` (the
-    local version a conflict moved aside); the server's entry."""
-    device.write("f.bin", new)
+def _edited_elsewhere(
+    device: Device, api: Api, size: int, at: int
+) -> tuple[FileEntry, bytes, bytes]:
+    """A `size`-byte file whose byte `at` another device changed: that version committed
+    as `f.bin`, which is then gone here, and the version before in `copy.bin` (the local
+    one a conflict moved aside). The server's entry, the old bytes and the new."""
+    old = os.urandom(size)
+    new = bytearray(old)
+    new[at] ^= 0xFF
+    device.write("f.bin", bytes(new))
     fs = SafeFilesystem(RealFilesystem(device.folder))
     item = UploadItem("f.bin", scan_file(device.folder / "f.bin"), fs.lstat("f.bin"), None, 0)
     [uploaded] = _upload(device, api, [item])
     assert uploaded.entry is not None
     (device.folder / "f.bin").unlink()
     device.write("copy.bin", old)
-    return uploaded.entry
+    return uploaded.entry, old, bytes(new)
 
 
 def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
@@ -362,10 +368,7 @@ def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
     blocks that changed, fetched: the result is the server's version all the same."""
     a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
     api = Api(inproc_cloud.url, Home(a.home))
-    old = os.urandom(12 * 1024 * 1024)
-    new = bytearray(old)
-    new[6 * 1024 * 1024] ^= 0xFF
-    uploaded = _on_the_server_and_moved_aside(a, api, bytes(new), old)
+    uploaded, old, new = _edited_elsewhere(a, api, 12 * 1024 * 1024, at=6 * 1024 * 1024)
     before = scan_file(a.folder / "copy.bin")
     xfer = _transfers(a, api)
     xfer.state.put_base(Entry("f.bin", EntryKind.FILE, before.content_hash, len(old)),
@@ -384,7 +387,7 @@ def test_a_download_reads_only_the_blocks_the_local_file_still_holds(
     finally:
         xfer.close()
         api.close()
-    assert (a.folder / "f.bin").read_bytes() == bytes(new)
+    assert (a.folder / "f.bin").read_bytes() == new
     stats = xfer.stats
     assert stats.blocks_reused >= len(before.blocks) - 3 and stats.blocks_down >= 2, stats
     assert stats.block_bytes_down + stats.block_bytes_reused == len(new)
@@ -397,22 +400,87 @@ def test_a_download_given_the_local_files_scan_reads_it_no_more(
     instead of reading the whole file again (nor needs a synced version to predict it)."""
     a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
     api = Api(inproc_cloud.url, Home(a.home))
-    old = os.urandom(8 * 1024 * 1024)
-    new = bytearray(old)
-    new[-100] ^= 0xFF
-    uploaded = _on_the_server_and_moved_aside(a, api, bytes(new), old)
+    uploaded, _, new = _edited_elsewhere(a, api, 8 * 1024 * 1024, at=-100)
     scanned = scan_file(a.folder / "copy.bin")
 
     def no_scan(path: Path) -> object:
         raise AssertionError(f"{path} read whole again")
 
     monkeypatch.setattr(transfer, "scan_file", no_scan)
-    xfer = _transfers(a, api)
+    stats = _download_over_the_copy(a, api, uploaded, scanned)
+    assert (a.folder / "f.bin").read_bytes() == new
+    assert stats.blocks_reused >= len(scanned.blocks) - 2 and stats.blocks_down >= 1
+
+
+def _download_over_the_copy(
+    device: Device, api: Api, entry: FileEntry, manifest: FileManifest
+) -> TransferStats:
+    """Download `entry` into `f.bin` as a conflict does, given the scan of `copy.bin`; the
+    transfer figures. `api` is closed after."""
+    xfer = _transfers(device, api)
     try:
-        xfer.download("f.bin", uploaded.file_id, uploaded.rev, "", None,
-                      mode_from="copy.bin", local_manifest=scanned)  # fmt: skip
+        xfer.download("f.bin", entry.file_id, entry.rev, "", None,
+                      mode_from="copy.bin", local_manifest=manifest)  # fmt: skip
     finally:
         xfer.close()
         api.close()
-    assert (a.folder / "f.bin").read_bytes() == bytes(new)
-    assert xfer.stats.blocks_reused >= len(scanned.blocks) - 2 and xfer.stats.blocks_down >= 1
+    return xfer.stats
+
+
+def _haves_asked(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[list[str] | None]:
+    """What each `/v1/download` request through `api` said the device holds, from now on."""
+    asked: list[list[str] | None] = []
+    raw = api.raw
+
+    def recorded(method: str, path: str, body: Any = None) -> httpx.Response:
+        if path == "/v1/download":
+            asked.append(body.get("have"))
+        return raw(method, path, body)
+
+    monkeypatch.setattr(api, "raw", recorded)
+    return asked
+
+
+def test_a_download_says_what_it_holds_and_asks_again_when_it_does_not(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server is told the blocks this device should hold (so none, cold, waits for a
+    restore); one the local copy no longer holds is asked for again alone, without saying
+    so (cold, it is then restored), and the file comes whole all the same."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    uploaded, old, new = _edited_elsewhere(a, api, 6 * 1024 * 1024, at=-100)
+    held = scan_file(a.folder / "copy.bin")
+    (a.folder / "copy.bin").write_bytes(os.urandom(len(old)))  # not what it held any more
+    asked = _haves_asked(api, monkeypatch)
+    stats = _download_over_the_copy(a, api, uploaded, held)
+    assert (a.folder / "f.bin").read_bytes() == new
+    ids = sorted(b.id for b in held.blocks)
+    assert asked[0] == ids and len(asked) > 1
+    for again in asked[1:]:  # each asked alone, the others still held
+        assert again is not None and len(set(ids) - set(again)) == 1
+    assert stats.blocks_reused == 0
+
+
+def test_a_download_with_nothing_to_read_here_lets_the_server_check_every_block(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synced version's blocks were said held, but its file is gone: the first page is
+    asked for again without them (one request, not one per block), so the server checks
+    them all (and restores the cold ones)."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    uploaded, _, data = _edited_elsewhere(a, api, 6 * 1024 * 1024, at=-100)
+    held = scan_file(a.folder / "copy.bin")
+    (a.folder / "copy.bin").unlink()
+    asked = _haves_asked(api, monkeypatch)
+    xfer = _transfers(a, api)
+    xfer.state.put_base(Entry("f.bin", EntryKind.FILE, held.content_hash, len(data)),
+                        [b.id for b in held.blocks])  # fmt: skip
+    try:
+        xfer.download("f.bin", uploaded.file_id, uploaded.rev, "", None)
+    finally:
+        xfer.close()
+        api.close()
+    assert (a.folder / "f.bin").read_bytes() == data
+    assert asked == [sorted(b.id for b in held.blocks), None]

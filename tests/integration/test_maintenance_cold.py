@@ -20,9 +20,9 @@ import psycopg
 import pytest
 
 from tessera.blocks import block_id
-from tessera.domain import object_keys
+from tessera.domain import files, object_keys
 from tessera.domain.errors import TesseraError
-from tessera.domain.models import RestoringResponse
+from tessera.domain.models import DownloadRequest, DownloadResponse, RestoringResponse
 from tessera.maintenance import ColdResult, DedupResult, GcResult, ScrubResult, run_step
 from tessera.maintenance.runner import handle_event
 from tessera.maintenance.verify import check_stored
@@ -51,6 +51,26 @@ def _cold(w: World, days: float) -> ColdResult:
 
 def _states(w: World) -> set[str]:
     return {str(r[0]) for r in w.sql("SELECT DISTINCT state FROM blocks")}
+
+
+def test_a_download_of_a_cold_file_restores_only_what_the_device_lacks(world: World) -> None:
+    """A one-byte edit of a cold file elsewhere: the device holds all of it but a block,
+    and waited (hours, on Glacier) for every block's restore before it could fetch that
+    one. The blocks it says it holds (`have`) are not restored, nor waited for."""
+    data = secrets.token_bytes(3 * BLOCK)
+    world.put(ALICE, "/archive.tar", data)
+    world.run("dedup")
+    _cold(world, days=91)
+    held = [block_id(c) for c in chunks(data)[:2]]
+    answer = files.download(world.svc, ALICE, DownloadRequest(path="/archive.tar", have=held))
+    assert isinstance(answer, RestoringResponse) and len(answer.blocks) == 1  # the third
+    assert answer.blocks == [block_id(chunks(data)[2])]
+    world.store_clock.advance(hours=2)
+    assert _cold(world, days=91).restores_completed == 1
+    answer = files.download(world.svc, ALICE, DownloadRequest(path="/archive.tar", have=held))
+    assert isinstance(answer, DownloadResponse)  # the held ones: read from the device's copy
+    assert [b.id for b in answer.blocks] == [block_id(c) for c in chunks(data)]
+    assert world.fetch_block(answer.blocks[2]) == chunks(data)[2]
 
 
 def test_unread_file_goes_cold_and_comes_back_unchanged(world: World) -> None:

@@ -29,6 +29,7 @@ from tessera.domain import commits, files, object_keys, uploads
 from tessera.domain.models import (
     CommitRequest,
     DeleteRequest,
+    DownloadBlock,
     DownloadRequest,
     DownloadResponse,
     FileEntry,
@@ -183,18 +184,19 @@ class World:
 
     def fetch(self, answer: DownloadResponse) -> bytes:
         """Fetch and decode the blocks of a download answer through its presigned GETs."""
-        out = bytearray()
-        for b in answer.blocks:
-            if isinstance(self.store, FilesystemBlockStore):  # the gateway's check, in-process
-                url = urlsplit(b.url)
-                key = unquote(url.path.removeprefix("/blocks/"))
-                stored = self.store.open_get(key, dict(parse_qsl(url.query))).read_bytes()
-            else:  # a real HTTP GET of the presigned URL
-                response = httpx.get(b.url, headers=b.headers)
-                response.raise_for_status()
-                stored = response.content
-            out += decode_block(stored, b.id, base64.b64decode(b.key))
-        return bytes(out)
+        return b"".join(self.fetch_block(b) for b in answer.blocks)
+
+    def fetch_block(self, b: DownloadBlock) -> bytes:
+        """Fetch and decode one block of a download answer through its presigned GET."""
+        if isinstance(self.store, FilesystemBlockStore):  # the gateway's check, in-process
+            url = urlsplit(b.url)
+            key = unquote(url.path.removeprefix("/blocks/"))
+            stored = self.store.open_get(key, dict(parse_qsl(url.query))).read_bytes()
+        else:  # a real HTTP GET of the presigned URL
+            response = httpx.get(b.url, headers=b.headers)
+            response.raise_for_status()
+            stored = response.content
+        return decode_block(stored, b.id, base64.b64decode(b.key))
 
     def delete(self, who: Principal, path: str) -> None:
         files.delete(self.svc, who, DeleteRequest(path=path))

@@ -4,6 +4,7 @@ Importing this module pulls in pydantic only (no Powertools, no psycopg).
 """
 
 from tessera.domain.models import (
+    MAX_HAVE_BLOCKS,
     Access,
     AccountResponse,
     BlockId,
@@ -64,6 +65,7 @@ from tessera.domain.models import (
 )
 
 __all__ = [
+    "MAX_HAVE_BLOCKS",
     "Access",
     "AccountResponse",
     "BlockId",

@@ -143,7 +143,13 @@ def download(
         if first:
             checked = page
         now_state = store.touch_blocks([vb.block_id for vb in checked])
-        states = [now_state.get(vb.block_id, vb.state) for vb in checked]
+        # what the device holds is read from its copy: a cold one of those needs no
+        # restore (a one-byte edit of a cold file waited hours for all of its blocks)
+        have = set(req.have)
+        states = [
+            "live" if vb.block_id in have else now_state.get(vb.block_id, vb.state)
+            for vb in checked
+        ]
         # The cold tier is asked about `io_workers` blocks at once (one by one, a cold file
         # of a thousand blocks outlasted the API's 29 s on S3, and no restore was ever
         # recorded), and about `max_cold_checks` a request: those not yet restoring first,

@@ -330,14 +330,20 @@ class MetadataRequest(PathOrId):
     include_deleted: bool = False
 
 
+#: The most block ids a download may say its device holds (`DownloadRequest.have`).
+MAX_HAVE_BLOCKS = 10_000
+
+
 class DownloadRequest(PathOrId):
     """POST /v1/download: a page of a file's blocks at `rev` (default: latest), from the
     block numbered `from_block` (0 = the first), at most `limit` of them (and at most the
-    server's page)."""
+    server's page). `have`: blocks the device holds already (read from its own copy, so
+    none of them, cold, waits for a restore)."""
 
     rev: int | None = Field(default=None, ge=1)
     from_block: int = Field(default=0, ge=0)
     limit: int | None = Field(default=None, ge=1)
+    have: list[BlockId] = Field(default_factory=list, max_length=MAX_HAVE_BLOCKS)
 
 
 class DownloadBlock(Model):
