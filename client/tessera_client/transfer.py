@@ -22,6 +22,7 @@ import errno
 import functools
 import hashlib
 import threading
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -74,6 +75,9 @@ from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
+# How long a server that refused a download's `have` is taken at its word (then asked again:
+# it may have been upgraded meanwhile)
+HAVE_RECHECK_S = 3600.0
 # The longest a download waits for cold storage before asking again (a restore takes hours)
 MAX_RESTORE_WAIT_S = 3600
 WINDOW_BYTES = 16 * 1024 * 1024
@@ -231,6 +235,7 @@ class Transfers:
         self.stats = TransferStats()
         # downloads run on several threads at once, and their blocks on the transfer threads
         self._stats_lock = threading.Lock()
+        self._have_refused_at: float | None = None  # when the server refused `have`
         self._report_waits: Counter[str] = Counter()  # block id -> checks waited for
         self._report_lock = threading.Lock()  # (blocks come on the transfer threads)
 
@@ -701,33 +706,33 @@ class Transfers:
         Blocks that file holds are read from it, not fetched; `local_manifest`, its scan
         when the caller has one, spares reading it whole to find them.
 
-        The server is told which blocks this device should hold (`have`: the last synced
-        version's, or the manifest's), so none of those, cold, waits for a restore. One of
-        them not read back after all (the file changed) is asked for again alone, without
-        saying so: fetched, or, cold, restored (`RestoringError`) for a later round.
+        The server is told which of them this device holds (`have`), so none of those,
+        cold, waits for a restore. One not read back after all (the file changed meanwhile)
+        is asked for again alone, without saying so: fetched, or, cold, restored
+        (`RestoringError`) for a later round.
         """
         self.fs.check_fits(path)
-        held = (
-            {b.id for b in local_manifest.blocks}
-            if local_manifest
-            else set(self.state.base_blocks(path))
-        )
-        have = frozenset(held) if len(held) <= MAX_HAVE_BLOCKS else frozenset()
-        first = self._first_page(path, file_id, rev, expected_hash, have)
-        here = self._local_blocks(path, mode_from or path, first, local_manifest)
-        if have and here.empty:  # none to read after all: the server checks them too
-            have = frozenset()
-            first = self._first_page(path, file_id, rev, expected_hash, have)
-        plan = _BlockPlan(path, file_id, rev, first.entry, have)
-        folder = parent_of(path)
+        here = self._local_blocks(path, mode_from or path, local_manifest)
         try:
-            if folder:
-                self.fs.makedirs(folder)
-            tmp, handle = self.fs.create_temp(folder, like=mode_from or path)
-        except OSError as e:
+            have = here.ids(MAX_HAVE_BLOCKS) if self._have_taken() else frozenset()
+            first = self._download_page(path, file_id, rev, 0, have=have)
+            if expected_hash and first.entry.content_hash != expected_hash:
+                raise IntegrityError(f"{path}: the server sent another version than it listed")
+            # a server from before `have` checked every block
+            plan = _BlockPlan(
+                path, file_id, rev, first.entry, have if self._have_taken() else frozenset()
+            )
+            folder = parent_of(path)
+            try:
+                if folder:
+                    self.fs.makedirs(folder)
+                tmp, handle = self.fs.create_temp(folder, like=mode_from or path)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:  # out of inodes, or of room for a folder
+                    raise _disk_full(path) from e
+                raise
+        except BaseException:
             here.close()
-            if e.errno == errno.ENOSPC:  # out of inodes, or of room for a folder
-                raise _disk_full(path) from e
             raise
         try:
             # closed before the rename: Windows replaces no file that is open
@@ -753,14 +758,11 @@ class Transfers:
         self._count(files_down=1)
         return first.entry, self.fs.lstat(path), plan.ids
 
-    def _first_page(
-        self, path: str, file_id: str, rev: int, expected_hash: str, have: frozenset[str]
-    ) -> DownloadResponse:
-        """The download's first page, of the version the listing named."""
-        first = self._download_page(path, file_id, rev, 0, have=have)
-        if expected_hash and first.entry.content_hash != expected_hash:
-            raise IntegrityError(f"{path}: the server sent another version than it listed")
-        return first
+    def _have_taken(self) -> bool:
+        """Whether the server takes `have` (it refused it less than `HAVE_RECHECK_S` ago: it
+        is asked again after, as it may have been upgraded)."""
+        refused = self._have_refused_at
+        return refused is None or time.monotonic() - refused > HAVE_RECHECK_S
 
     def _download_page(
         self,
@@ -776,11 +778,18 @@ class Transfers:
         body: dict[str, Any] = {"file_id": file_id, "rev": rev, "from_block": from_block}
         if limit is not None:
             body["limit"] = limit
-        if have:
+        # the first page checks the whole version, a later one its own blocks; a single
+        # later block asked for again (limit 1) is checked alone: `have` would be dead weight
+        if have and (from_block == 0 or limit is None):
             body["have"] = sorted(have)
         response = self.api.raw("POST", "/v1/download", body)
-        if have and response.status_code == 422 and refuses_field(error_from(response), "have"):
-            del body["have"]  # a server from before `have`
+        if (
+            "have" in body
+            and response.status_code == 422
+            and refuses_field(error_from(response), "have")
+        ):  # a server from before `have`
+            self._have_refused_at = time.monotonic()
+            del body["have"]
             response = self.api.raw("POST", "/v1/download", body)
         if response.status_code == 202:
             # bounded: a wait of 1e12 s overflowed the daemon's timer and ended it
@@ -822,7 +831,7 @@ class Transfers:
     def _fetch(self, plan: _BlockPlan, number: int, block: DownloadBlock) -> bytes:
         response = self._get(block)
         if response.status_code == 403:  # its URL expired while earlier blocks came: renew it
-            block = self._renewed(plan, number, block, have=plan.have)
+            block = self._renewed(plan, number, block, have=plan.have - {block.id})
             response = self._get(block)
         if response.status_code in _MISSING:
             raise self._reported(plan, block, f"is not in the store ({response.status_code})")
@@ -874,22 +883,17 @@ class Transfers:
         except UnusableUrl as e:
             raise IntegrityError(f"block {block.id}: the server sent {e}") from e
 
-    def _local_blocks(
-        self, path: str, source: str, first: DownloadResponse, manifest: FileManifest | None
-    ) -> _LocalBlocks:
+    def _local_blocks(self, path: str, source: str, manifest: FileManifest | None) -> _LocalBlocks:
         """The blocks of the local file `source` (the version a download replaces, or a
         conflict's copy of it) that the download may read from disk. A one-byte edit
         elsewhere fetched the whole file again; now only the blocks this device lacks travel.
 
-        Without its `manifest`, the file is read whole to find them, and only when the last
-        synced version at `path` shares a block with the new one's first page (a file
-        rewritten whole would be read for nothing). Each block taken is hashed again (the
-        file may change meanwhile). Nothing when the file cannot be read: every block is
-        then fetched, as before."""
-        if not first.blocks:
-            return _LocalBlocks.none()
-        likely = {b.id for b in manifest.blocks} if manifest else set(self.state.base_blocks(path))
-        if likely.isdisjoint(b.id for b in first.blocks):
+        Without its `manifest`, the file is read whole to find them, when a version of
+        `path` was synced here (one seen first has nothing to share; a file rewritten whole
+        is read for nothing, beside the whole file fetched). Each block taken is hashed
+        again (the file may change meanwhile). Nothing when the file cannot be read: every
+        block is then fetched, as before."""
+        if manifest is None and not self.state.base_blocks(path):
             return _LocalBlocks.none()
         try:
             if self.fs.lstat(source).kind != Kind.FILE:
@@ -912,7 +916,7 @@ class Transfers:
         if plaintext is not None:
             self._count(blocks_reused=1, block_bytes_reused=len(plaintext))
             return plaintext
-        if block.id in plan.have:
+        if block.id in plan.have:  # told held: asked for again without it (it may be cold)
             block = self._renewed(plan, number, block, have=plan.have - {block.id})
         return self._fetch(plan, number, block)
 
@@ -969,10 +973,11 @@ class _LocalBlocks:
         """No local blocks: every block is fetched."""
         return cls(None, ())
 
-    @property
-    def empty(self) -> bool:
-        """Whether no block can be read here."""
-        return self._handle is None
+    def ids(self, limit: int) -> frozenset[str]:
+        """The ids of the first `limit` blocks the file holds (in file order)."""
+        if self._handle is None:
+            return frozenset()
+        return frozenset(list(self._where)[:limit])
 
     def read(self, wanted: str, size: int) -> bytes | None:
         """Block `wanted`'s bytes from the file, or None when it does not hold them (now)."""

@@ -225,6 +225,9 @@ def test_quarantined_block_is_503(services: Services, alice: Principal) -> None:
     with pytest.raises(BlockUnavailable) as info:
         files.download(services, alice, DownloadRequest(path="/bad"))
     assert info.value.status == 503
+    # said held (`have`), it is refused all the same: `have` only spares cold blocks
+    with pytest.raises(BlockUnavailable):
+        files.download(services, alice, DownloadRequest(path="/bad", have=[block_id(b"bad block")]))
 
 
 def test_restoring_a_rev_whose_block_is_quarantined_is_422(

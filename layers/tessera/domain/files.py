@@ -144,11 +144,13 @@ def download(
             checked = page
         now_state = store.touch_blocks([vb.block_id for vb in checked])
         # what the device holds is read from its copy: a cold one of those needs no
-        # restore (a one-byte edit of a cold file waited hours for all of its blocks)
+        # restore (a one-byte edit of a cold file waited hours for all of its blocks);
+        # anything else about it (damaged, a staged copy) is judged as ever
         have = set(req.have)
+        states = [now_state.get(vb.block_id, vb.state) for vb in checked]
         states = [
-            "live" if vb.block_id in have else now_state.get(vb.block_id, vb.state)
-            for vb in checked
+            "live" if s in ("cold", "restoring") and vb.block_id in have else s
+            for vb, s in zip(checked, states, strict=True)
         ]
         # The cold tier is asked about `io_workers` blocks at once (one by one, a cold file
         # of a thousand blocks outlasted the API's 29 s on S3, and no restore was ever
