@@ -34,8 +34,9 @@ from tessera_client.config import Home, Tokens
 RETRY_STATUSES = {500, 502, 503, 504, 429}
 # Writes `Api.call` gives a fresh idempotency key, sent again with each retry of the call
 KEYED_ROUTES = frozenset({"/v1/restore", "/v1/move", "/v1/delete", "/v1/create_folder"})
-# Seconds a route a server refused keys on goes without them before a call tries one again
-UNKEYED_RECHECK_S = 3600.0
+# Seconds a route goes without an optional field its server refused (a server from before
+# it: idempotency keys, a move's guard, a download's held blocks) before a call tries again
+REFUSED_FIELD_RECHECK_S = 3600.0
 _now = time.monotonic  # the clock of that wait (a test's own)
 
 
@@ -250,11 +251,6 @@ def refuses_field(error: ApiError, field: str) -> bool:
     )
 
 
-def _refuses_keys(response: httpx.Response) -> bool:
-    """Whether the server refused a request for its `idempotency_key` field."""
-    return response.status_code == 422 and refuses_field(error_from(response), "idempotency_key")
-
-
 def _server_trust(base: str, proxies: Mapping[str, str]) -> ssl.SSLContext | bool:
     """What the API client verifies TLS with: the default trust store, unless the server
     is plain http and reached without a proxy (`proxies`: the environment's), when no TLS
@@ -289,8 +285,8 @@ class Api:
         self.blocks = BlockHttp(self.http, timeout=timeout, proxies=proxies)  # block URLs
         self._lock = threading.Lock()
         self._tokens: Tokens | None = home.load_tokens()
-        # KEYED_ROUTES this server took no key on, and when that was learnt (monotonic)
-        self._unkeyed: dict[str, float] = {}
+        # (route, optional field) this server refused, and when that was learnt (monotonic)
+        self._refused: dict[tuple[str, str], float] = {}
 
     def close(self) -> None:
         """Close the connection pools."""
@@ -376,40 +372,65 @@ class Api:
                 return response
         return response
 
+    def send(
+        self,
+        method: str,
+        route: str,
+        body: dict[str, Any],
+        *,
+        optional: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """`raw`, where `body`'s `optional` fields are ones a server from before them
+        refuses (422 naming the field, nothing done): the call is sent again without it,
+        and later calls to the route go without it, so a new client keeps working against
+        a server not yet upgraded. After `REFUSED_FIELD_RECHECK_S` a call tries the field
+        again (a daemon outlives the upgrade)."""
+        now = _now()
+        dropped = {name for name in optional if not self.takes(route, name)}
+        while True:
+            sent = {k: v for k, v in body.items() if k not in dropped}
+            response = self.raw(method, route, sent, timeout=timeout)
+            refused = (
+                [f for f in optional if f in sent and refuses_field(error_from(response), f)]
+                if response.status_code == 422
+                else []
+            )
+            if not refused:
+                break
+            for name in refused:
+                self._refused[(route, name)] = now
+            dropped.update(refused)
+        for name in optional:
+            if name in sent:
+                self._refused.pop((route, name), None)
+        return response
+
+    def takes(self, route: str, field: str) -> bool:
+        """Whether calls to `route` carry the optional `field` now (`send`)."""
+        learnt = self._refused.get((route, field))
+        return learnt is None or _now() - learnt >= REFUSED_FIELD_RECHECK_S
+
     def call(
         self,
         route: str,
         body: dict[str, Any] | None = None,
         method: str = "POST",
         *,
+        optional: Sequence[str] = (),
         timeout: float | None = None,
     ) -> Any:
         """An authenticated JSON call; an error answer raises ApiError. A call to one of
-        `KEYED_ROUTES` carries an idempotency key of its own unless `body` has one.
-        `timeout` as `raw`'s.
-
-        A server from before keys on that route refuses the field (422, nothing done): the
-        call is sent again without it, and later calls to the route go without one, as
-        they did before, so a new client keeps working against a server not yet upgraded.
-        A daemon tries the key again after `UNKEYED_RECHECK_S`: the server may be upgraded
-        by then."""
-        sent = None if method == "GET" else body
-        learnt, now = self._unkeyed.get(route), _now()
-        if (
-            sent is None
-            or route not in KEYED_ROUTES
-            or "idempotency_key" in sent
-            or (learnt is not None and now - learnt < UNKEYED_RECHECK_S)
-        ):
-            response = self.raw(method, route, sent, timeout=timeout)
+        `KEYED_ROUTES` carries an idempotency key of its own unless `body` has one: an
+        optional field (`send`), as are `optional`. `timeout` as `raw`'s."""
+        if method == "GET" or body is None:
+            response = self.raw(method, route, None if method == "GET" else body, timeout=timeout)
+        elif route in KEYED_ROUTES and "idempotency_key" not in body:
+            keyed = {**body, "idempotency_key": uuid.uuid4().hex}
+            optional = (*optional, "idempotency_key")
+            response = self.send(method, route, keyed, optional=optional, timeout=timeout)
         else:
-            keyed = {**sent, "idempotency_key": uuid.uuid4().hex}
-            response = self.raw(method, route, keyed, timeout=timeout)
-            if _refuses_keys(response):
-                self._unkeyed[route] = now
-                response = self.raw(method, route, sent, timeout=timeout)
-            else:
-                self._unkeyed.pop(route, None)
+            response = self.send(method, route, body, optional=optional, timeout=timeout)
         if response.status_code >= 400:
             raise error_from(response)
         return json_body(response)

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from tessera.api.models import FileEntry
 from tessera.blocks import FileManifest
-from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse, refuses_field
+from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse
 from tessera_client.config import Home, Settings, hold_device_lock
 from tessera_client.fs import (
     FOLDER_MARKER,
@@ -887,16 +887,6 @@ class SyncEngine:
         self.state.delete_remote(op.path)
         return True
 
-    def _move_call(self, body: dict[str, Any]) -> Any:
-        """`/v1/move` with `body`; sent again without its `parent_file_id` to a server from
-        before that guard (which refuses the field: every rename became a copy)."""
-        try:
-            return self.api.call("/v1/move", body)
-        except ApiError as e:
-            if "parent_file_id" not in body or not refuses_field(e, "parent_file_id"):
-                raise
-        return self.api.call("/v1/move", {k: v for k, v in body.items() if k != "parent_file_id"})
-
     def _move_remote(
         self, op: Op, stats: dict[str, Stat], hashed: dict[str, int], run: Callable[[Op], bool]
     ) -> bool:
@@ -907,7 +897,8 @@ class SyncEngine:
         if op.remote.file_id:  # only the file this device saw there (else 409: replanned)
             body["parent_file_id"] = op.remote.file_id
         try:
-            raw = self._move_call(body)
+            # a server from before the guard refuses it: every rename became a copy
+            raw = self.api.call("/v1/move", body, optional=("parent_file_id",))
         except ApiError as e:
             if e.status == 422 and e.details.get("reason") == "across_namespaces":
                 # into or out of a shared folder: the destination is uploaded as a new file,

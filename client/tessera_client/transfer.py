@@ -22,7 +22,6 @@ import errno
 import functools
 import hashlib
 import threading
-import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -68,16 +67,13 @@ from tessera_client.api import (
     json_body,
     paired,
     parse,
-    refuses_field,
 )
 from tessera_client.blockhttp import UnusableUrl
 from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
-# How long a server that refused a download's `have` is taken at its word (then asked again:
-# it may have been upgraded meanwhile)
-HAVE_RECHECK_S = 3600.0
+_DOWNLOAD = "/v1/download"
 # The longest a download waits for cold storage before asking again (a restore takes hours)
 MAX_RESTORE_WAIT_S = 3600
 WINDOW_BYTES = 16 * 1024 * 1024
@@ -235,7 +231,6 @@ class Transfers:
         self.stats = TransferStats()
         # downloads run on several threads at once, and their blocks on the transfer threads
         self._stats_lock = threading.Lock()
-        self._have_refused_at: float | None = None  # when the server refused `have`
         self._report_waits: Counter[str] = Counter()  # block id -> checks waited for
         self._report_lock = threading.Lock()  # (blocks come on the transfer threads)
 
@@ -714,14 +709,13 @@ class Transfers:
         self.fs.check_fits(path)
         here = self._local_blocks(path, mode_from or path, local_manifest)
         try:
-            have = here.ids(MAX_HAVE_BLOCKS) if self._have_taken() else frozenset()
+            have = here.ids(MAX_HAVE_BLOCKS)
             first = self._download_page(path, file_id, rev, 0, have=have)
             if expected_hash and first.entry.content_hash != expected_hash:
                 raise IntegrityError(f"{path}: the server sent another version than it listed")
-            # a server from before `have` checked every block
-            plan = _BlockPlan(
-                path, file_id, rev, first.entry, have if self._have_taken() else frozenset()
-            )
+            if not self.api.takes(_DOWNLOAD, "have"):  # a server from before it checked all
+                have = frozenset()
+            plan = _BlockPlan(path, file_id, rev, first.entry, have)
             folder = parent_of(path)
             try:
                 if folder:
@@ -758,12 +752,6 @@ class Transfers:
         self._count(files_down=1)
         return first.entry, self.fs.lstat(path), plan.ids
 
-    def _have_taken(self) -> bool:
-        """Whether the server takes `have` (it refused it less than `HAVE_RECHECK_S` ago: it
-        is asked again after, as it may have been upgraded)."""
-        refused = self._have_refused_at
-        return refused is None or time.monotonic() - refused > HAVE_RECHECK_S
-
     def _download_page(
         self,
         path: str,
@@ -782,15 +770,7 @@ class Transfers:
         # later block asked for again (limit 1) is checked alone: `have` would be dead weight
         if have and (from_block == 0 or limit is None):
             body["have"] = sorted(have)
-        response = self.api.raw("POST", "/v1/download", body)
-        if (
-            "have" in body
-            and response.status_code == 422
-            and refuses_field(error_from(response), "have")
-        ):  # a server from before `have`
-            self._have_refused_at = time.monotonic()
-            del body["have"]
-            response = self.api.raw("POST", "/v1/download", body)
+        response = self.api.send("POST", _DOWNLOAD, body, optional=("have",))
         if response.status_code == 202:
             # bounded: a wait of 1e12 s overflowed the daemon's timer and ended it
             answer = parse(RestoringResponse, json_body(response))

@@ -432,10 +432,10 @@ def _haves_asked(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[list[str] | 
     asked: list[list[str] | None] = []
     raw = api.raw
 
-    def recorded(method: str, path: str, body: Any = None) -> httpx.Response:
+    def recorded(method: str, path: str, body: Any = None, **kw: Any) -> httpx.Response:
         if path == "/v1/download":
             asked.append(body.get("have"))
-        return raw(method, path, body)
+        return raw(method, path, body, **kw)
 
     monkeypatch.setattr(api, "raw", recorded)
     return asked
@@ -499,12 +499,12 @@ def test_a_server_from_before_have_is_asked_without_it_from_then_on(
     refusal = {"error": {"code": "invalid", "message": "extra field",
                          "fields": [{"field": "have", "message": "not permitted"}]}}  # fmt: skip
 
-    def older(method: str, path: str, body: Any = None) -> httpx.Response:
+    def older(method: str, path: str, body: Any = None, **kw: Any) -> httpx.Response:
         if path == "/v1/download" and body.get("from_block") == 0:
             sent.append("have" in body)
             if "have" in body:
                 return httpx.Response(422, json=refusal)
-        return raw(method, path, body)
+        return raw(method, path, body, **kw)
 
     monkeypatch.setattr(api, "raw", older)
     xfer = _transfers(a, api)

@@ -20,7 +20,7 @@ import pytest
 
 from tessera.api.models import FileEntry, ListFolderResponse
 from tessera_client.api import (
-    UNKEYED_RECHECK_S,
+    REFUSED_FIELD_RECHECK_S,
     Api,
     ApiError,
     NotLoggedIn,
@@ -274,7 +274,7 @@ def test_a_route_that_went_without_keys_tries_one_again_an_hour_later(
     api = Api(url, home, policy=policy(Sleeps()))
     clock = [1000.0]
     monkeypatch.setattr("tessera_client.api._now", lambda: clock[0])
-    for advance in (0, UNKEYED_RECHECK_S - 1, 2, UNKEYED_RECHECK_S * 2):
+    for advance in (0, REFUSED_FIELD_RECHECK_S - 1, 2, REFUSED_FIELD_RECHECK_S * 2):
         clock[0] += advance
         api.call("/v1/delete", {"path": "/a"})
     keyed = [
