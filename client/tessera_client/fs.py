@@ -18,12 +18,16 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from tessera.blocks import open_regular
 from tessera_client.paths import UnsafePathError, ancestors, canonical_rel, parent_of
 
 TEMP_PREFIX = ".tessera-tmp-"
+# A download's temp file kept when it fails, named after its target, so the next attempt
+# (a later round, another process) resumes it. A temp file all the same: never synced, and
+# removed by a scan once nobody has written to it for a day.
+PARTIAL_PREFIX = f"{TEMP_PREFIX}part."
 # Left in a synced folder that holds something: its absence marks a folder that is not the
 # one synced (an empty mount point, another drive), not one the user emptied.
 FOLDER_MARKER = ".tessera-folder"
@@ -120,6 +124,15 @@ class Filesystem(ABC):
         With the permissions of the file `like` when there is one: a download that replaces
         a file (renamed over it) must not make a private file world-readable, nor take a
         script's execute bit away."""
+
+    @abstractmethod
+    def open_partial(
+        self, folder: str, key: str, *, like: str | None = None
+    ) -> tuple[str, BinaryIO]:
+        """Open the partial download `key` in `folder` to read and write at position 0,
+        keeping what it holds (empty when new); its path + handle. Permissions as
+        `create_temp`'s. Refuses anything but a plain file of its own (a symlink, a folder,
+        a hard link to another file): the download would write through it."""
 
     @abstractmethod
     def open_read(self, rel: str) -> BinaryIO:
@@ -248,11 +261,15 @@ class RealFilesystem(Filesystem):
         for folder in dict.fromkeys((parent_of(dst), parent_of(src))):
             _fsync_dir(self._abs(folder))
 
-    def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
-        mode = None
+    def _mode_of(self, like: str | None) -> int | None:
+        """The permission bits of the file `like`, when there is one."""
         if like is not None:
             with contextlib.suppress(FileNotFoundError):
-                mode = stat_mod.S_IMODE(os.lstat(self._abs(like)).st_mode)
+                return stat_mod.S_IMODE(os.lstat(self._abs(like)).st_mode)
+        return None
+
+    def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
+        mode = self._mode_of(like)
         for n in itertools.count():
             name = f"{TEMP_PREFIX}{TEMP_OWNER}-{os.urandom(4).hex()}"
             rel = f"{folder}/{name}" if folder else name
@@ -267,6 +284,28 @@ class RealFilesystem(Filesystem):
                 os.fchmod(fd, mode)  # exactly the old file's bits (os.open's go through umask)
             return rel, os.fdopen(fd, "wb")
         raise AssertionError("unreachable")
+
+    def open_partial(
+        self, folder: str, key: str, *, like: str | None = None
+    ) -> tuple[str, BinaryIO]:
+        mode = self._mode_of(like)
+        name = f"{PARTIAL_PREFIX}{key}"
+        rel = f"{folder}/{name}" if folder else name
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+        fd = os.open(self._abs(rel), flags, 0o644 if mode is None else 0o600)
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise OSError(errno.EEXIST, "not a partial download of this client's", rel)
+            if mode is not None:
+                os.fchmod(fd, mode)
+            # a resumed download may only read it: the scan's stale-temp sweep must not
+            # take it for abandoned meanwhile
+            os.utime(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return rel, os.fdopen(fd, "r+b")
 
     def open_read(self, rel: str) -> BinaryIO:
         # a FIFO would block the open for ever, and SIGINT with it (Python retries an
@@ -328,21 +367,54 @@ class _Node:
     target: str = ""
 
 
-class _FakeWriter(io.RawIOBase):
-    """A write handle on a fake file that charges every byte to the fake disk."""
+class _FakeHandle(io.RawIOBase):
+    """A read-write handle on a fake file that charges every byte it adds to the fake disk."""
 
     def __init__(self, fs: FakeFilesystem, rel: str) -> None:
         super().__init__()
-        self.fs, self.rel = fs, rel
+        self.fs, self.rel, self.position = fs, rel, 0
+
+    def _data(self) -> bytearray:
+        return self.fs.nodes[self.rel].data
+
+    def readable(self) -> bool:
+        return True
 
     def writable(self) -> bool:
         return True
 
-    def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        data = bytes(b)
-        self.fs.charge(len(data))
-        self.fs.nodes[self.rel].data.extend(data)
-        return len(data)
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        start = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self._data())}
+        self.position = start[whence] + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, b: Any) -> int:
+        chunk = self._data()[self.position : self.position + len(b)]
+        b[: len(chunk)] = chunk
+        self.position += len(chunk)
+        return len(chunk)
+
+    def write(self, b: Any) -> int:
+        data, added = self._data(), bytes(b)
+        self.fs.charge(max(0, self.position + len(added) - len(data)))
+        data.extend(bytes(max(0, self.position - len(data))))
+        data[self.position : self.position + len(added)] = added
+        self.position += len(added)
+        return len(added)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.position if size is None else size
+        data = self._data()
+        if self.fs.space_left is not None:
+            self.fs.space_left += max(0, len(data) - size)
+        del data[size:]
+        return size
 
 
 class FakeFilesystem(Filesystem):
@@ -447,7 +519,18 @@ class FakeFilesystem(Filesystem):
         name = f"{TEMP_PREFIX}{next(self._inodes)}"
         rel = f"{folder}/{name}" if folder else name
         self._new(rel, Kind.FILE)
-        return rel, io.BufferedWriter(_FakeWriter(self, rel))  # type: ignore[type-var]
+        return rel, io.BufferedWriter(_FakeHandle(self, rel))
+
+    def open_partial(
+        self, folder: str, key: str, *, like: str | None = None
+    ) -> tuple[str, BinaryIO]:
+        name = f"{PARTIAL_PREFIX}{key}"
+        rel = f"{folder}/{name}" if folder else name
+        if rel not in self.nodes:
+            self._new(rel, Kind.FILE)
+        elif self.nodes[rel].kind != Kind.FILE:
+            raise OSError(errno.EEXIST, "not a partial download of this client's", rel)
+        return rel, io.BufferedRandom(_FakeHandle(self, rel))
 
     def open_read(self, rel: str) -> BinaryIO:
         n = self._node(rel)
@@ -552,6 +635,12 @@ class SafeFilesystem(Filesystem):
     def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
         checked = None if like is None else self._check(like)
         return self.inner.create_temp(self._check_dir(folder), like=checked)
+
+    def open_partial(
+        self, folder: str, key: str, *, like: str | None = None
+    ) -> tuple[str, BinaryIO]:
+        checked = None if like is None else self._check(like)
+        return self.inner.open_partial(self._check_dir(folder), key, like=checked)
 
     def open_read(self, rel: str) -> BinaryIO:
         rel = self._check(rel)

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import io
 import threading
 import uuid
 from collections import Counter, deque
@@ -69,7 +70,7 @@ from tessera_client.api import (
     parse,
 )
 from tessera_client.blockhttp import UnusableUrl
-from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
+from tessera_client.fs import PARTIAL_PREFIX, DiskFullError, Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
@@ -701,6 +702,10 @@ class Transfers:
         Blocks that file holds are read from it, not fetched; `local_manifest`, its scan
         when the caller has one, spares reading it whole to find them.
 
+        A download that fails leaves its temp file (`open_partial`, named after `path`):
+        the next attempt, in this process or another, keeps the blocks it finds there at
+        their offsets, each hashed again, and fetches only the rest. A full disk removes it.
+
         The server is told which of them this device holds (`have`), so none of those,
         cold, waits for a restore. One not read back after all (the file changed meanwhile)
         is asked for again alone, without saying so: fetched, or, cold, restored
@@ -720,7 +725,7 @@ class Transfers:
             try:
                 if folder:
                     self.fs.makedirs(folder)
-                tmp, handle = self.fs.create_temp(folder, like=mode_from or path)
+                tmp, handle, partial = self._open_temp(folder, path, like=mode_from or path)
             except OSError as e:
                 if e.errno == errno.ENOSPC:  # out of inodes, or of room for a folder
                     raise _disk_full(path) from e
@@ -730,12 +735,16 @@ class Transfers:
             raise
         try:
             # closed before the rename: Windows replaces no file that is open
-            with handle, here:
-                for plaintext in self._fetch_blocks(first, plan, here):
-                    handle.write(plaintext)
+            with handle, here, partial:
+                for plaintext, in_place in self._fetch_blocks(first, plan, here, partial):
+                    if in_place:  # an earlier attempt wrote it there
+                        handle.seek(len(plaintext), io.SEEK_CUR)
+                    else:
+                        handle.write(plaintext)
                     if self.progress:
                         self.progress(path, len(plaintext))
                 plan.check_complete()
+                handle.truncate()  # a partial of a longer version held more
                 self.fs.fsync(handle)
             if first.entry.mtime is not None:
                 # a time this disk cannot hold keeps the download's own
@@ -744,13 +753,42 @@ class Transfers:
             self._check_local(path, expect_local)
             self.fs.rename(tmp, path)
         except BaseException as e:
+            disk_full = isinstance(e, OSError) and e.errno == errno.ENOSPC
             with contextlib.suppress(OSError):
-                self.fs.remove(tmp)
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                if disk_full or not self._resumable(tmp):
+                    self.fs.remove(tmp)
+            if disk_full:
                 raise _disk_full(path) from e
             raise
         self._count(files_down=1)
         return first.entry, self.fs.lstat(path), plan.ids
+
+    def _open_temp(
+        self, folder: str, path: str, *, like: str
+    ) -> tuple[str, BinaryIO, _PartialBlocks]:
+        """The temp file a download of `path` writes, with what an earlier attempt left in
+        it: the partial download of `path`, or, when something else sits under its name, a
+        fresh temp file (nothing resumed)."""
+        try:
+            tmp, handle = self.fs.open_partial(folder, _partial_key(path), like=like)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            tmp, handle = self.fs.create_temp(folder, like=like)
+            return tmp, handle, _PartialBlocks.none()
+        try:
+            size = self.fs.lstat(tmp).size
+            return tmp, handle, _PartialBlocks(self.fs.open_read(tmp) if size else None, size)
+        except BaseException:
+            handle.close()
+            raise
+
+    def _resumable(self, tmp: str) -> bool:
+        """Whether a failed download's temp file is kept for the next attempt: a partial
+        download holding something."""
+        if not tmp.rpartition("/")[2].startswith(PARTIAL_PREFIX):
+            return False
+        return self.fs.lstat(tmp).size > 0
 
     def _download_page(
         self,
@@ -888,27 +926,37 @@ class Transfers:
             return _LocalBlocks.none()
 
     def _block(
-        self, plan: _BlockPlan, here: _LocalBlocks, number: int, block: DownloadBlock
-    ) -> bytes:
-        """Block `number`'s plaintext: from the local file when it holds it, else fetched
-        (one the server was told this device holds, asked for again: it may be cold)."""
-        plaintext = here.read(block.id, block.size)
+        self,
+        plan: _BlockPlan,
+        partial: _PartialBlocks,
+        here: _LocalBlocks,
+        number: int,
+        block: DownloadBlock,
+    ) -> tuple[bytes, bool]:
+        """Block `number`'s plaintext, and whether it is in place already: in the partial
+        download, else from the local file when it holds it, else fetched (one the server
+        was told this device holds, asked for again: it may be cold)."""
+        plaintext = partial.read(block)
+        in_place = plaintext is not None
+        if plaintext is None:
+            plaintext = here.read(block)
         if plaintext is not None:
             self._count(blocks_reused=1, block_bytes_reused=len(plaintext))
-            return plaintext
+            return plaintext, in_place
         if block.id in plan.have:  # told held: asked for again without it (it may be cold)
             block = self._renewed(plan, number, block, have=plan.have - {block.id})
-        return self._fetch(plan, number, block)
+        return self._fetch(plan, number, block), False
 
     def _fetch_blocks(
-        self, first: DownloadResponse, plan: _BlockPlan, here: _LocalBlocks
-    ) -> Iterator[bytes]:
-        """The plaintext blocks in order, fetched (or read from `here`) `threads` at a time."""
-        pending: deque[Future[bytes]] = deque()
+        self, first: DownloadResponse, plan: _BlockPlan, here: _LocalBlocks, partial: _PartialBlocks
+    ) -> Iterator[tuple[bytes, bool]]:
+        """The plaintext blocks in order, each with whether it is in place in the partial
+        download already; fetched (or read from `here`) `threads` at a time."""
+        pending: deque[Future[tuple[bytes, bool]]] = deque()
         blocks = self._blocks(first, plan)
 
-        def fetch(item: tuple[int, DownloadBlock]) -> Future[bytes]:
-            return self.pool.submit(self._block, plan, here, *item)
+        def fetch(item: tuple[int, DownloadBlock]) -> Future[tuple[bytes, bool]]:
+            return self.pool.submit(self._block, plan, partial, here, *item)
 
         for item in blocks:
             pending.append(fetch(item))
@@ -948,6 +996,11 @@ class _LocalBlocks:
         self._where = {b.id: (b.offset, b.size) for b in blocks}
         self._lock = threading.Lock()  # one file position for the transfer threads
 
+    def _offset(self, block: DownloadBlock) -> int | None:
+        """Where the file may hold `block`, if anywhere."""
+        spot = self._where.get(block.id)
+        return spot[0] if spot is not None and spot[1] == block.size else None
+
     @classmethod
     def none(cls) -> _LocalBlocks:
         """No local blocks: every block is fetched."""
@@ -959,18 +1012,18 @@ class _LocalBlocks:
             return frozenset()
         return frozenset(list(self._where)[:limit])
 
-    def read(self, wanted: str, size: int) -> bytes | None:
-        """Block `wanted`'s bytes from the file, or None when it does not hold them (now)."""
-        spot = self._where.get(wanted)
-        if self._handle is None or spot is None or spot[1] != size:
+    def read(self, block: DownloadBlock) -> bytes | None:
+        """`block`'s bytes from the file, or None when it does not hold them (now)."""
+        offset = self._offset(block)
+        if self._handle is None or offset is None:
             return None
         try:
             with self._lock:
-                self._handle.seek(spot[0])
-                data = self._handle.read(size)
+                self._handle.seek(offset)
+                data = self._handle.read(block.size)
         except OSError:
             return None
-        return data if len(data) == size and block_id(data) == wanted else None
+        return data if len(data) == block.size and block_id(data) == block.id else None
 
     def close(self) -> None:
         """Close the file (again: nothing)."""
@@ -982,6 +1035,25 @@ class _LocalBlocks:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class _PartialBlocks(_LocalBlocks):
+    """What an earlier, failed download of the path left in the temp file this one writes:
+    a block sits at its own offset when that attempt wrote it (of this version or of
+    another: each is hashed again when taken). The download writes nothing over one it
+    takes; it reads only ahead of where it writes."""
+
+    def __init__(self, handle: BinaryIO | None, size: int) -> None:
+        super().__init__(handle, ())
+        self._size = size
+
+    @classmethod
+    def none(cls) -> _PartialBlocks:
+        """Nothing left by an earlier attempt."""
+        return cls(None, 0)
+
+    def _offset(self, block: DownloadBlock) -> int | None:
+        return block.offset if block.offset + block.size <= self._size else None
 
 
 class _BlockPlan:
@@ -1076,6 +1148,11 @@ def _windows(work: list[Work], items: list[UploadItem]) -> Iterator[list[Work]]:
 def _window_cap(left: int) -> int:
     """The bytes a window may hold when `left` bytes are still to be sent."""
     return max(TAIL_WINDOW_BYTES, min(WINDOW_BYTES, left // 2))
+
+
+def _partial_key(path: str) -> str:
+    """The name (after `PARTIAL_PREFIX`) of the partial download of `path`."""
+    return blake3(path.encode()).hexdigest()[:32]
 
 
 def _disk_full(path: str) -> DiskFullError:

@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -29,7 +29,7 @@ from tessera_client.api import Api, RetryPolicy
 from tessera_client.api import sign_in as client_sign_in
 from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
-from tessera_client.fs import FOLDER_MARKER
+from tessera_client.fs import FOLDER_MARKER, PARTIAL_PREFIX
 
 PASSWORD = "correct horse battery"
 _users = itertools.count(1)
@@ -121,9 +121,19 @@ class Device:
         except sqlite3.Error:
             return 0
 
-    def sync_killed_midway(self, sent: int = 1) -> int:
-        """`tessera sync --once`, killed once its uploads have sent `sent` blocks (or it
-        ended first, or after 60 s); the blocks sent by then."""
+    def partial_bytes(self) -> int:
+        """What the device's partial downloads hold so far, in bytes."""
+        if not self.folder.is_dir():
+            return 0
+        return sum(
+            p.stat().st_size for p in self.folder.iterdir() if p.name.startswith(PARTIAL_PREFIX)
+        )
+
+    def sync_killed_midway(self, sent: int = 1, *, progress: str = "pending_sent") -> int:
+        """`tessera sync --once`, killed once the device's `progress` (a method: the blocks
+        its uploads sent, by default, or `partial_bytes`) reached `sent` (or it ended
+        first, or after 60 s); that figure by then."""
+        done_so_far: Callable[[], int] = getattr(self, progress)
         self.folder.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
             tessera_cmd("sync", str(self.folder), "--once", "-q"),
@@ -134,7 +144,7 @@ class Device:
         done = 0
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None and done < sent:
-            done = self.pending_sent()
+            done = done_so_far()
             time.sleep(0.02)
         proc.kill()
         proc.wait()

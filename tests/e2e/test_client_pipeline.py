@@ -3,6 +3,7 @@ blocks are still being sent, and a crash between the two loses nothing."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -14,11 +15,11 @@ import httpx
 import pytest
 
 from tessera.api.models import FileEntry
-from tessera.blocks import FileManifest, scan_file
+from tessera.blocks import BlockRef, FileManifest, scan_file
 from tessera_client import transfer
 from tessera_client.api import Api, ApiError
 from tessera_client.config import Home
-from tessera_client.fs import RealFilesystem, SafeFilesystem
+from tessera_client.fs import TEMP_PREFIX, RealFilesystem, SafeFilesystem
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.state import StateDB
 from tessera_client.transfer import Transfers, TransferStats, UploadItem, UploadResult
@@ -518,3 +519,120 @@ def test_a_server_from_before_have_is_asked_without_it_from_then_on(
         xfer.close()
         api.close()
     assert sent == [True, False, False]  # refused, sent again without; then left out
+
+
+def _uploaded(device: Device, api: Api, rel: str, data: bytes) -> FileEntry:
+    """`data` committed as `rel`, then gone here: the server's entry."""
+    device.write(rel, data)
+    fs = SafeFilesystem(RealFilesystem(device.folder))
+    [uploaded] = _upload(device, api, [UploadItem(rel, scan_file(device.folder / rel),
+                                                  fs.lstat(rel), None, 0)])  # fmt: skip
+    assert uploaded.entry is not None
+    (device.folder / rel).unlink()
+    return uploaded.entry
+
+
+def _download(device: Device, api: Api, entry: FileEntry) -> TransferStats:
+    """Download `entry` into `f.bin` through fresh `Transfers` (closed after): its figures."""
+    xfer = _transfers(device, api)
+    try:
+        xfer.download("f.bin", entry.file_id, entry.rev, "", None)
+    finally:
+        xfer.close()
+    return xfer.stats
+
+
+def _blocks_of(device: Device, data: bytes) -> list[BlockRef]:
+    """The blocks `data` is cut into."""
+    scratch = device.home / "scratch.bin"
+    scratch.write_bytes(data)
+    return list(scan_file(scratch).blocks)
+
+
+def _partials(device: Device) -> list[Path]:
+    return [p for p in device.folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def _left_whole(
+    device: Device, api: Api, entry: FileEntry, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Download `entry` into `f.bin` with its final rename failing: the partial download,
+    whole, that it leaves."""
+    with monkeypatch.context() as m:
+        m.setattr(RealFilesystem, "rename", lambda *_: _raise(OSError(errno.EIO, "I/O error")))
+        with pytest.raises(OSError):
+            _download(device, api, entry)
+    [partial] = _partials(device)
+    return partial
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
+def test_a_download_cut_off_resumes_where_it_stopped(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A download that fails past its retries keeps what it wrote: the next one (here
+    through a new `Transfers`, as after a restart) fetches only the blocks it lacks."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    data = os.urandom(10 * 1024 * 1024)
+    blocks = _blocks_of(a, data)
+    api = Api(inproc_cloud.url, Home(a.home))
+    entry = _uploaded(a, api, "f.bin", data)
+    cut = RecordingApi(inproc_cloud.url, Home(a.home), fail_put_after=len(blocks) // 2, latency=0)
+    with pytest.raises(ApiError):
+        _download(a, cut, entry)
+    cut.close()
+    [partial] = _partials(a)
+    held = partial.stat().st_size
+    kept = [b for b in blocks if b.offset + b.size <= held]
+    assert kept and held == sum(b.size for b in kept)  # whole blocks, in order
+    assert not (a.folder / "f.bin").exists()
+    stats = _download(a, api, entry)
+    api.close()
+    assert (a.folder / "f.bin").read_bytes() == data
+    assert (stats.blocks_reused, stats.blocks_down) == (len(kept), len(blocks) - len(kept))
+    assert _partials(a) == []
+
+
+def test_a_partial_of_another_version_gives_what_still_matches(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial download left by an older version: blocks the new one has at the same
+    offsets stay, the rest is fetched, and what the partial held past the new, shorter,
+    version is cut off."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    old = os.urandom(12 * 1024 * 1024)
+    new = bytearray(old[: 9 * 1024 * 1024])
+    new[2 * 1024 * 1024] ^= 0xFF
+    partial = _left_whole(a, api, _uploaded(a, api, "f.bin", old), monkeypatch)
+    blocks = _blocks_of(a, bytes(new))
+    same = [
+        b for b in blocks if old[b.offset : b.offset + b.size] == new[b.offset : b.offset + b.size]
+    ]
+    assert 3 <= len(same) < len(blocks)
+    stats = _download(a, api, _uploaded(a, api, "g.bin", bytes(new)))
+    api.close()
+    assert (a.folder / "f.bin").read_bytes() == new and not partial.exists()
+    assert (stats.blocks_reused, stats.blocks_down) == (len(same), len(blocks) - len(same))
+
+
+def test_a_damaged_partial_gives_up_only_its_damaged_block(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each block taken from a partial download is hashed again: one byte changed there
+    (a bad sector, a torn write when the process was killed) costs that block, fetched."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    data = os.urandom(6 * 1024 * 1024)
+    entry = _uploaded(a, api, "f.bin", data)
+    partial = _left_whole(a, api, entry, monkeypatch)
+    with open(partial, "r+b") as f:
+        f.seek(3 * 1024 * 1024)
+        f.write(b"\0")
+    stats = _download(a, api, entry)
+    api.close()
+    assert (a.folder / "f.bin").read_bytes() == data
+    assert stats.blocks_down == 1 and stats.blocks_reused == len(_blocks_of(a, data)) - 1

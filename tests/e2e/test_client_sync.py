@@ -296,6 +296,28 @@ def test_client_killed_mid_upload_resumes_with_what_is_missing(
     assert (b.folder / "big.bin").read_bytes() == data
 
 
+def test_client_killed_mid_download_resumes_with_what_is_missing(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A device killed while a big file comes down keeps the blocks it wrote (its partial
+    download): the next sync fetches only the rest, and no temp file is left after."""
+    email = inproc_cloud.user()
+    a = make_device(devices, tmp_path, inproc_cloud, "A", email)
+    data = os.urandom(40 * 1024 * 1024)
+    a.write("big.bin", data)
+    a.sync()
+    b = make_device(devices, tmp_path, inproc_cloud, "B", email)
+    held = b.sync_killed_midway(8 * 1024 * 1024, progress="partial_bytes")
+    assert held >= 8 * 1024 * 1024, "the download finished before it could be killed"
+    assert not (b.folder / "big.bin").exists()
+    b.sync()
+    assert (b.folder / "big.bin").read_bytes() == data
+    stats = b.stats()
+    assert stats["block_bytes_reused"] >= held - 4 * 1024 * 1024  # (a torn last block)
+    assert stats["block_bytes_down"] + stats["block_bytes_reused"] == len(data)
+    assert b.partial_bytes() == 0
+
+
 def test_a_file_longer_than_a_request_goes_up_in_parts(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
+import stat
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 import pytest
 
 from tessera_client.fs import (
+    PARTIAL_PREFIX,
     FakeFilesystem,
+    Filesystem,
     Kind,
     PathTooLongError,
     RealFilesystem,
@@ -307,3 +312,62 @@ def test_names_and_paths_over_the_systems_limits_are_refused_before_any_write(
     with pytest.raises(PathTooLongError, match=f"over this system's {path_max - 1}"):
         fs.check_fits(deep)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("make", [RealFilesystem, FakeFilesystem])
+def test_a_partial_download_is_opened_again_with_what_it_holds(
+    tmp_path: Path, make: Callable[..., Filesystem]
+) -> None:
+    """A download's partial temp file is found again by its key, its bytes kept, to be
+    overwritten from the start; another key is another file."""
+    fs = SafeFilesystem(make(tmp_path) if make is RealFilesystem else make())
+    fs.mkdir("d")
+    rel, handle = fs.open_partial("d", "k1")
+    with handle:
+        handle.write(b"first attempt")
+    assert rel == f"d/{PARTIAL_PREFIX}k1"
+    again, handle = fs.open_partial("d", "k1")
+    with handle:
+        assert again == rel and handle.read(5) == b"first"
+        handle.seek(0)
+        handle.write(b"FIRST")
+        handle.seek(0, io.SEEK_END)
+        handle.write(b"!")
+    with fs.open_read(rel) as f:
+        assert f.read() == b"FIRST attempt!"
+    other, handle = fs.open_partial("d", "k2")
+    handle.close()
+    assert other != rel and fs.lstat(other).size == 0
+
+
+def test_a_partial_download_is_never_written_through_something_else(tmp_path: Path) -> None:
+    """Under a partial download's name, a symlink, a folder or a hard link to another
+    file is refused: the download would write through it (into a file outside the folder,
+    or into another synced file)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.write_bytes(b"not the client's")
+    fs = SafeFilesystem(RealFilesystem(root))
+    os.symlink(outside, root / f"{PARTIAL_PREFIX}link")
+    (root / f"{PARTIAL_PREFIX}dir").mkdir()
+    (root / "synced.txt").write_bytes(b"a synced file")
+    os.link(root / "synced.txt", root / f"{PARTIAL_PREFIX}hard")
+    for key in ("link", "dir", "hard"):
+        with pytest.raises(OSError):
+            fs.open_partial("", key)
+    assert outside.read_bytes() == b"not the client's"
+    assert (root / "synced.txt").read_bytes() == b"a synced file"
+
+
+def test_a_partial_download_takes_the_permissions_of_the_file_it_replaces(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "private.txt").write_bytes(b"secret")
+    os.chmod(tmp_path / "private.txt", 0o600)
+    fs = SafeFilesystem(RealFilesystem(tmp_path))
+    rel, handle = fs.open_partial("", "k", like="private.txt")
+    handle.close()
+    os.chmod(tmp_path / rel, 0o644)  # as an earlier attempt, for another file, left it
+    rel, handle = fs.open_partial("", "k", like="private.txt")
+    handle.close()
+    assert stat.S_IMODE(os.lstat(tmp_path / rel).st_mode) == 0o600

@@ -26,7 +26,13 @@ from tessera_client import transfer
 from tessera_client.api import Api, ApiError, RetryPolicy, ServerUnreachable
 from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
-from tessera_client.fs import FOLDER_MARKER, TEMP_PREFIX, DiskFullError, FakeFilesystem
+from tessera_client.fs import (
+    FOLDER_MARKER,
+    PARTIAL_PREFIX,
+    TEMP_PREFIX,
+    DiskFullError,
+    FakeFilesystem,
+)
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.reporting import RoundResult, SyncError
 from tessera_client.transfer import REPORT_RETRY_S, REPORT_WAITS
@@ -47,6 +53,7 @@ class Evil:
     continue_page: Any = None  # when set: the first page says has_more, the next is this
     reset_cursors: bool = False  # answer list_folder/continue with invalid_cursor
     posted: list[str] = field(default_factory=list)  # the routes the client called
+    fetched: list[str] = field(default_factory=list)  # the blocks served, by URL path
     page_blocks: int = 10**6  # blocks per /v1/download answer
     expired: set[str] = field(default_factory=set)  # block URLs that answer 403 until renewed
     stuck_pages: bool = False  # answer every page after the first with no blocks
@@ -163,6 +170,7 @@ def evil() -> Iterator[Evil]:
                 self._send(403, None, b"<Error><Code>AccessDenied</Code>Request has expired")
             elif path in state.blobs:
                 time.sleep(state.blob_delay)
+                state.fetched.append(path)
                 self._send(200, None, state.blobs[path])
             elif path.startswith("/blk/"):  # a block whose object is gone
                 self._send(404, None, b"<Error><Code>NoSuchKey</Code></Error>")
@@ -453,8 +461,16 @@ def test_wrong_content_is_never_put_in_place(
     result = engine.run_once()
     engine.close()
     assert not (folder / "doc.txt").exists()
-    assert [p.name for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
+    _assert_only_verified_partials(folder, b"the real content")
     assert result.problems
+
+
+def _assert_only_verified_partials(folder: Path, content: bytes) -> None:
+    """No temp file is left in `folder` but partial downloads (kept for the next attempt),
+    and those hold only blocks that verified: the start of `content`."""
+    temps = [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert all(p.name.startswith(PARTIAL_PREFIX) for p in temps), temps
+    assert all(content.startswith(p.read_bytes()) for p in temps)
 
 
 def test_corrupt_update_leaves_the_local_file_alone(tmp_path: Path, evil: Evil) -> None:
@@ -606,6 +622,9 @@ def test_no_room_for_a_new_file_stops_downloads_as_a_full_disk(tmp_path: Path, e
 
     class NoInodesLeft(FakeFilesystem):
         def create_temp(self, folder: str, *, like: str | None = None) -> Any:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def open_partial(self, folder: str, key: str, *, like: str | None = None) -> Any:
             raise OSError(errno.ENOSPC, "No space left on device")
 
     for n in range(3):
@@ -765,7 +784,7 @@ def test_a_server_lying_in_its_pages_gets_no_file(tmp_path: Path, evil: Evil, li
     assert any("doc.bin" in p for p in result.problems), result.problems
     folder = tmp_path / "root" / "sync"
     assert not (folder / "doc.bin").exists()
-    assert not [n for n in os.listdir(folder) if TEMP_PREFIX in n]
+    _assert_only_verified_partials(folder, b"".join(pieces))
 
 
 def test_cold_blocks_are_waited_for_and_then_downloaded(
@@ -783,7 +802,9 @@ def test_cold_blocks_are_waited_for_and_then_downloaded(
     assert any("restoring from cold storage" in e for e in events)
 
 
-def test_a_failed_rename_leaves_the_old_file_and_no_temp(tmp_path: Path, evil: Evil) -> None:
+def test_a_failed_rename_leaves_the_old_file_and_resumes_the_download(
+    tmp_path: Path, evil: Evil
+) -> None:
     fake = FakeFilesystem()
     evil.add_file("/doc.txt", b"server version", fid="d")
     engine = _engine(tmp_path, evil, fs=fake)
@@ -795,9 +816,19 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temp(tmp_path: Path, evil: E
     engine.state.set_meta("cursor", None)
     fake.fail_rename = True
     result = engine.run_once()
-    engine.close()
     assert result.problems
     assert fake.read_file("doc.txt") == b"server version"
+    [partial] = [n for n in fake.nodes if TEMP_PREFIX in n]
+    assert fake.read_file(partial) == b"server version 2"  # for the next attempt
+    # written now, as on a real disk (the fake's clock starts in 1970, where the scan's
+    # sweep takes every temp file for abandoned)
+    fake.nodes[partial].mtime_ns = time.time_ns()
+    fake.fail_rename = False
+    fetched = len(evil.fetched)
+    assert engine.run_once().problems == []
+    engine.close()
+    assert fake.read_file("doc.txt") == b"server version 2"
+    assert len(evil.fetched) == fetched  # resumed: nothing fetched again
     assert not [n for n in fake.nodes if TEMP_PREFIX in n]
 
 

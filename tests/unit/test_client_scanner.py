@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tessera_client.fs import TEMP_OWNER, FakeFilesystem, RealFilesystem, SafeFilesystem, _Node
+from tessera_client.fs import (
+    PARTIAL_PREFIX,
+    TEMP_OWNER,
+    FakeFilesystem,
+    RealFilesystem,
+    SafeFilesystem,
+    _Node,
+)
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.scanner import Scanner
 from tessera_client.watcher import MAX_SETTLE_S, Watcher
@@ -213,13 +220,15 @@ def test_a_scan_removes_temp_files_another_process_left_a_day_ago(tmp_path: Path
     ours = tmp_path / f".tessera-tmp-{TEMP_OWNER}-8c9d0e1f"  # this process's download
     # a killed client that ran with this pid too (PID 1 in a container)
     same_pid = tmp_path / f".tessera-tmp-{os.getpid()}.0badf00d-9a8b7c6d"
-    for temp in (left, writing, ours, same_pid):
+    # partial downloads, kept for the next attempt: one nobody resumed for two days
+    abandoned, resumable = (tmp_path / f"{PARTIAL_PREFIX}{key * 32}" for key in "ab")
+    for temp in (left, writing, ours, same_pid, abandoned, resumable):
         temp.write_bytes(b"partial download")
-    for temp in (left, ours, same_pid):
+    for temp in (left, ours, same_pid, abandoned):
         os.utime(temp, ns=(old, old))
     scan = _scanner(tmp_path).scan({})
-    assert not left.exists() and not same_pid.exists()
-    assert writing.exists() and ours.exists()
+    assert not left.exists() and not same_pid.exists() and not abandoned.exists()
+    assert writing.exists() and ours.exists() and resumable.exists()
     assert set(scan.tree) == {"sub"}  # temp files are never synced
 
 
