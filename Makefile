@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 STATE  ?= .tessera/local
 
-.PHONY: run test bench lint install clean
+.PHONY: run test bench lint install layer-lock clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy layers/tessera client/tessera_client tests
+
+# Resolve the Lambda layer's wheels again from pyproject.toml (needs the package index)
+layer-lock: $(STAMP)
+	$(PY) -m infra.constructs.layer
 
 clean:
 	rm -rf $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,10 @@
 """The one Lambda layer: the `tessera` package from `layers/` plus its runtime dependencies.
 
 Built on this machine, without Docker: `pip install --platform manylinux2014_aarch64
---only-binary=:all:` fetches the Lambda platform's wheels. With `-c bundle=false` (the
-tests) the layer holds the `tessera` sources only, so synth never touches the network.
+--only-binary=:all:` fetches the Lambda platform's wheels, exactly those `infra/layer.lock`
+names (version and sha256 of each: `make layer-lock` resolves them again from
+pyproject.toml). With `-c bundle=false` (the tests) the layer holds the `tessera` sources
+only, so synth never touches the network.
 
 The layer ships bytecode compiled by a Python 3.12 interpreter: Lambda mounts layers
 read-only under /opt, so without `.pyc` files every cold start compiles every module it
@@ -12,9 +14,13 @@ based, so they stay valid whatever mtimes the asset zip gives the sources.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,19 @@ RUNTIME = lambda_.Runtime.PYTHON_3_12
 PYTHON_VERSION = "3.12"  # must match RUNTIME: the wheels are chosen for this interpreter
 ARCHITECTURE = lambda_.Architecture.ARM_64
 PLATFORM = "manylinux2014_aarch64"
+# pip's options that choose the Lambda platform's wheels (binary only: nothing is built here)
+_PIP_PLATFORM = [
+    "--platform", PLATFORM, "--implementation", "cp",
+    "--python-version", PYTHON_VERSION, "--only-binary=:all:",
+]  # fmt: skip
+# Every wheel the layer is built from, pinned with its hash: what a deploy ships is what
+# was locked, not whatever the index served that day (the layer's hash covers this file).
+LOCK = REPO_ROOT / "infra" / "layer.lock"
+_LOCK_HEADER = """\
+# The Lambda layer's wheels (CPython 3.12, manylinux2014_aarch64), each pinned with its
+# sha256: the layer is built from exactly these (pip --require-hashes --no-deps).
+# Made by `make layer-lock` from pyproject.toml's requirements; do not edit by hand.
+"""
 
 # Dependencies of the base install and the `server` extra that the functions never import:
 # the embedded PostgreSQL and the local gateway (laptop only), the file watcher (client
@@ -49,6 +68,41 @@ def layer_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[s
     project = tomllib.loads(pyproject.read_text("utf-8"))["project"]
     wanted = [*project["dependencies"], *project["optional-dependencies"]["server"]]
     return [req for req in wanted if _name_of(req) not in _NOT_IN_LAYER]
+
+
+def _canonical(name: str) -> str:
+    """A distribution's name as PEP 503 compares them (`PyJWT`, `pyjwt`, `py_jwt` alike)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def write_lock(lock: Path = LOCK, requirements: list[str] | None = None) -> None:
+    """Resolve `requirements` (the layer's, by default) for the Lambda platform and write
+    each wheel of the result, pinned with its sha256, into `lock`. Needs the package index."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run",
+             "--ignore-installed", "--report", str(report), *_PIP_PLATFORM,
+             *(layer_requirements() if requirements is None else requirements)],
+            check=True,
+        )  # fmt: skip
+        resolved = json.loads(report.read_text("utf-8"))["install"]
+    pins = sorted(
+        f"{_canonical(wheel['metadata']['name'])}=={wheel['metadata']['version']}"
+        f" --hash=sha256:{wheel['download_info']['archive_info']['hashes']['sha256']}"
+        for wheel in resolved
+    )
+    lock.write_text(_LOCK_HEADER + "\n".join(pins) + "\n", "utf-8")
+
+
+def locked_versions(lock: Path = LOCK) -> dict[str, str]:
+    """The lock's pins: canonical distribution name → version."""
+    pins = {}
+    for line in lock.read_text("utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, _, rest = line.partition("==")
+            pins[_canonical(name)] = rest.split()[0]
+    return pins
 
 
 def find_interpreter(explicit: str = "") -> str | None:
@@ -82,18 +136,19 @@ def compile_bytecode(target: Path, interpreter: str) -> None:
 
 @jsii.implements(ILocalBundling)
 class PipLayerBundler:
-    """Local bundling: copy `tessera` into `python/`, then (optionally) pip the wheels there."""
+    """Local bundling: copy `tessera` into `python/`, then (optionally) pip the wheels the
+    `lock` names there."""
 
     def __init__(
         self,
         layers_root: Path,
-        requirements: list[str],
+        lock: Path,
         *,
         install: bool,
         bytecode_python: str = "",
     ) -> None:
         self._layers_root = layers_root
-        self._requirements = requirements
+        self._lock = lock
         self._install = install
         self._bytecode_python = bytecode_python
 
@@ -104,7 +159,7 @@ class PipLayerBundler:
         in `cdk.out` was deployed as the layer, and a dependency bump alone never was."""
         interpreter = find_interpreter(self._bytecode_python) if self._install else None
         return {
-            "TESSERA_LAYER_REQUIREMENTS": " ".join(sorted(self._requirements)),
+            "TESSERA_LAYER_LOCK": hashlib.sha256(self._lock.read_bytes()).hexdigest(),
             "TESSERA_LAYER_INSTALL": "1" if self._install else "0",
             "TESSERA_LAYER_PLATFORM": f"{PLATFORM} cp{PYTHON_VERSION}",
             "TESSERA_LAYER_BYTECODE": "1" if interpreter else "0",
@@ -124,9 +179,8 @@ class PipLayerBundler:
         subprocess.run(
             [
                 sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
-                "--platform", PLATFORM, "--implementation", "cp",
-                "--python-version", PYTHON_VERSION, "--only-binary=:all:",
-                "--target", str(target), *self._requirements,
+                *_PIP_PLATFORM, "--no-deps", "--require-hashes",
+                "--target", str(target), "--requirement", str(self._lock),
             ],
             check=True,
         )  # fmt: skip
@@ -150,7 +204,7 @@ class TesseraLayer(Construct):
         super().__init__(scope, id)
         bundler = PipLayerBundler(
             config.layers_root,
-            layer_requirements(),
+            LOCK,
             install=config.bundle,
             bytecode_python=config.bytecode_python,
         )
@@ -180,3 +234,8 @@ def layer_code(layers_root: Path, bundler: PipLayerBundler) -> lambda_.AssetCode
             environment=bundler.inputs(),
         ),
     )
+
+
+if __name__ == "__main__":  # `make layer-lock`
+    write_lock()
+    print(f"wrote {LOCK.relative_to(REPO_ROOT)}: {len(locked_versions())} wheels")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -947,20 +949,67 @@ def test_the_layers_asset_hash_covers_what_it_is_built_with(tmp_path: Path) -> N
             (Path(output_dir) / "python").mkdir()
             return True
 
-    def layer_key(requirements: list[str], *, install: bool) -> str:
-        app = App(
-            context=FEATURE_FLAGS, outdir=str(tmp_path / f"out{len(list(tmp_path.iterdir()))}")
-        )
+    def layer_key(pins: str, *, install: bool) -> str:
+        n = len(list(tmp_path.iterdir()))
+        lock = tmp_path / f"layer{n}.lock"
+        lock.write_text(pins)
+        app = App(context=FEATURE_FLAGS, outdir=str(tmp_path / f"out{n}"))
         stack = Stack(app, "Stack")
-        code = layer_code(root, NoPip(root, requirements, install=install))
+        code = layer_code(root, NoPip(root, lock, install=install))
         lambda_.LayerVersion(stack, "Layer", code=code)
         [layer] = resources(Template.from_stack(stack), "AWS::Lambda::LayerVersion").values()
         return str(layer["Properties"]["Content"]["S3Key"])
 
-    sources_only = layer_key(["psycopg==3.2.1"], install=False)
-    assert sources_only == layer_key(["psycopg==3.2.1"], install=False)  # still cached
-    assert layer_key(["psycopg==3.2.1"], install=True) != sources_only
-    assert layer_key(["psycopg==3.2.2"], install=False) != sources_only
+    sources_only = layer_key("psycopg==3.2.1 --hash=sha256:00", install=False)
+    assert sources_only == layer_key("psycopg==3.2.1 --hash=sha256:00", install=False)
+    assert layer_key("psycopg==3.2.1 --hash=sha256:00", install=True) != sources_only
+    # a new version, or the same version's wheel published again (another hash)
+    assert layer_key("psycopg==3.2.2 --hash=sha256:00", install=False) != sources_only
+    assert layer_key("psycopg==3.2.1 --hash=sha256:01", install=False) != sources_only
+
+
+def test_the_layer_lock_pins_every_requirement_with_its_hash() -> None:
+    """`infra/layer.lock` holds a version of each of the layer's requirements that meets
+    pyproject.toml's specifier, each with its wheel's sha256: a bump in pyproject.toml
+    without `make layer-lock` fails here, not at the deploy."""
+    from packaging.requirements import Requirement
+
+    from infra.constructs.layer import _NOT_IN_LAYER, LOCK, layer_requirements, locked_versions
+
+    pinned = locked_versions()
+    for line in LOCK.read_text().splitlines():
+        assert line.startswith("#") or re.fullmatch(r"\S+==\S+ --hash=sha256:[0-9a-f]{64}", line)
+    for spec in map(Requirement, layer_requirements()):
+        name = spec.name.lower().replace("_", "-")
+        assert name in pinned, f"{spec.name} is not in {LOCK.name}: run `make layer-lock`"
+        assert spec.specifier.contains(pinned[name], prereleases=True), (
+            f"{LOCK.name} pins {name}=={pinned[name]}, outside {spec}: run `make layer-lock`"
+        )
+    assert {"psycopg-binary", "psycopg-pool"} <= pinned.keys()  # psycopg's extras
+    assert not _NOT_IN_LAYER & pinned.keys()
+
+
+def test_the_layer_is_installed_from_the_lock_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip installs the lock's wheels, checked against their hashes, and nothing they might
+    pull in besides (whatever the index serves that day)."""
+    from infra.constructs import layer
+
+    ran: list[list[str]] = []
+
+    def run(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        ran.append(args)
+        return subprocess.CompletedProcess(args, 1, "", "")  # (no Python 3.12 for bytecode)
+
+    monkeypatch.setattr(layer.subprocess, "run", run)
+    root = tmp_path / "layers"
+    (root / "tessera").mkdir(parents=True)
+    bundler = layer.PipLayerBundler(root, layer.LOCK, install=True, bytecode_python="/none")
+    assert bundler.try_bundle(str(tmp_path / "out"))
+    pip = ran[0]
+    assert pip[pip.index("--requirement") + 1] == str(layer.LOCK)
+    assert {"--require-hashes", "--no-deps", "--only-binary=:all:"} <= set(pip)
 
 
 def test_layer_requirements_come_from_pyproject_minus_laptop_only_packages() -> None:
