@@ -1002,7 +1002,7 @@ def test_the_layer_is_installed_from_the_lock_alone(
         ran.append(args)
         return subprocess.CompletedProcess(args, 1, "", "")  # (no Python 3.12 for bytecode)
 
-    monkeypatch.setattr(layer.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)
     root = tmp_path / "layers"
     (root / "tessera").mkdir(parents=True)
     bundler = layer.PipLayerBundler(root, layer.LOCK, install=True, bytecode_python="/none")
