@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import itertools
 import os
@@ -126,13 +127,18 @@ class Filesystem(ABC):
         script's execute bit away."""
 
     @abstractmethod
-    def open_partial(
-        self, folder: str, key: str, *, like: str | None = None
-    ) -> tuple[str, BinaryIO]:
+    def open_partial(self, folder: str, key: str) -> tuple[str, BinaryIO]:
         """Open the partial download `key` in `folder` to read and write at position 0,
-        keeping what it holds (empty when new); its path + handle. Permissions as
-        `create_temp`'s. Refuses anything but a plain file of its own (a symlink, a folder,
-        a hard link to another file): the download would write through it."""
+        keeping what it holds (empty when new); its path + handle. Private (0600) while it
+        is written: `give_mode` sets its final bits. Refuses (OSError) anything but a plain
+        file of this user's own (a symlink, a folder, a hard link to another file, one
+        another user made there first: the download would write through it), and one that
+        another download (another process) has open: two writers would mix their blocks."""
+
+    def give_mode(self, handle: BinaryIO, *, like: str | None) -> None:
+        """Give the open file the permission bits of the file `like`, or a new file's when
+        there is none (see `create_temp`)."""
+        return None  # permissions are not modelled here
 
     @abstractmethod
     def open_read(self, rel: str) -> BinaryIO:
@@ -174,6 +180,40 @@ class Filesystem(ABC):
 # them up to 2446 (`touch -d 2400-01-01`), btrfs and tmpfs further: past 2262 a round
 # failed as it recorded the file, every round.
 _MTIME_NS_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _current_umask() -> int:
+    # read by setting it: at import, before the client starts any thread that makes files
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _current_umask()
+
+
+def _own_partial(fd: int, rel: str, *, lock: bool) -> None:
+    """Check that `fd` is a partial download this user may write (see `open_partial`), make
+    it private and writable, and, with `lock`, hold it for this download (until closed);
+    closes `fd` when refused, or when not `lock`."""
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+            raise OSError(errno.EEXIST, "not a partial download of this client's", rel)
+        os.fchmod(fd, 0o600)
+        if lock:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OSError(errno.EBUSY, "another download is writing it", rel) from None
+            # a resumed download may only read it: the scan's stale-temp sweep must not
+            # take it for abandoned meanwhile
+            os.utime(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not lock:
+        os.close(fd)
 
 
 def _stat_of(st: os.stat_result) -> Stat:
@@ -285,27 +325,22 @@ class RealFilesystem(Filesystem):
             return rel, os.fdopen(fd, "wb")
         raise AssertionError("unreachable")
 
-    def open_partial(
-        self, folder: str, key: str, *, like: str | None = None
-    ) -> tuple[str, BinaryIO]:
-        mode = self._mode_of(like)
+    def open_partial(self, folder: str, key: str) -> tuple[str, BinaryIO]:
         name = f"{PARTIAL_PREFIX}{key}"
         rel = f"{folder}/{name}" if folder else name
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-        fd = os.open(self._abs(rel), flags, 0o644 if mode is None else 0o600)
+        path = self._abs(rel)
         try:
-            st = os.fstat(fd)
-            if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                raise OSError(errno.EEXIST, "not a partial download of this client's", rel)
-            if mode is not None:
-                os.fchmod(fd, mode)
-            # a resumed download may only read it: the scan's stale-temp sweep must not
-            # take it for abandoned meanwhile
-            os.utime(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except PermissionError:
+            # an attempt whose final rename failed left it with a read-only file's bits
+            _own_partial(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), rel, lock=False)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        _own_partial(fd, rel, lock=True)
         return rel, os.fdopen(fd, "r+b")
+
+    def give_mode(self, handle: BinaryIO, *, like: str | None) -> None:
+        mode = self._mode_of(like)
+        os.fchmod(handle.fileno(), 0o644 & ~_UMASK if mode is None else mode)
 
     def open_read(self, rel: str) -> BinaryIO:
         # a FIFO would block the open for ever, and SIGINT with it (Python retries an
@@ -521,9 +556,7 @@ class FakeFilesystem(Filesystem):
         self._new(rel, Kind.FILE)
         return rel, io.BufferedWriter(_FakeHandle(self, rel))
 
-    def open_partial(
-        self, folder: str, key: str, *, like: str | None = None
-    ) -> tuple[str, BinaryIO]:
+    def open_partial(self, folder: str, key: str) -> tuple[str, BinaryIO]:
         name = f"{PARTIAL_PREFIX}{key}"
         rel = f"{folder}/{name}" if folder else name
         if rel not in self.nodes:
@@ -636,11 +669,11 @@ class SafeFilesystem(Filesystem):
         checked = None if like is None else self._check(like)
         return self.inner.create_temp(self._check_dir(folder), like=checked)
 
-    def open_partial(
-        self, folder: str, key: str, *, like: str | None = None
-    ) -> tuple[str, BinaryIO]:
-        checked = None if like is None else self._check(like)
-        return self.inner.open_partial(self._check_dir(folder), key, like=checked)
+    def open_partial(self, folder: str, key: str) -> tuple[str, BinaryIO]:
+        return self.inner.open_partial(self._check_dir(folder), key)
+
+    def give_mode(self, handle: BinaryIO, *, like: str | None) -> None:
+        self.inner.give_mode(handle, like=None if like is None else self._check(like))
 
     def open_read(self, rel: str) -> BinaryIO:
         rel = self._check(rel)

@@ -23,6 +23,7 @@ import functools
 import hashlib
 import io
 import threading
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -70,7 +71,7 @@ from tessera_client.api import (
     parse,
 )
 from tessera_client.blockhttp import UnusableUrl
-from tessera_client.fs import PARTIAL_PREFIX, DiskFullError, Kind, SafeFilesystem, Stat
+from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
@@ -705,6 +706,7 @@ class Transfers:
         A download that fails leaves its temp file (`open_partial`, named after `path`):
         the next attempt, in this process or another, keeps the blocks it finds there at
         their offsets, each hashed again, and fetches only the rest. A full disk removes it.
+        While another process writes it, a download takes a fresh temp file instead.
 
         The server is told which of them this device holds (`have`), so none of those,
         cold, waits for a restore. One not read back after all (the file changed meanwhile)
@@ -725,7 +727,7 @@ class Transfers:
             try:
                 if folder:
                     self.fs.makedirs(folder)
-                tmp, handle, partial = self._open_temp(folder, path, like=mode_from or path)
+                tmp, temp = self._open_temp(folder, path, like=mode_from or path)
             except OSError as e:
                 if e.errno == errno.ENOSPC:  # out of inodes, or of room for a folder
                     raise _disk_full(path) from e
@@ -735,17 +737,16 @@ class Transfers:
             raise
         try:
             # closed before the rename: Windows replaces no file that is open
-            with handle, here, partial:
-                for plaintext, in_place in self._fetch_blocks(first, plan, here, partial):
-                    if in_place:  # an earlier attempt wrote it there
-                        handle.seek(len(plaintext), io.SEEK_CUR)
-                    else:
-                        handle.write(plaintext)
+            with here, temp:
+                for plaintext, in_place in self._fetch_blocks(first, plan, here, temp):
+                    temp.put(plaintext, in_place=in_place)
                     if self.progress:
                         self.progress(path, len(plaintext))
                 plan.check_complete()
-                handle.truncate()  # a partial of a longer version held more
-                self.fs.fsync(handle)
+                temp.handle.truncate()  # a partial of a longer version held more
+                if temp.resumable:  # private until now
+                    self.fs.give_mode(temp.handle, like=mode_from or path)
+                self.fs.fsync(temp.handle)
             if first.entry.mtime is not None:
                 # a time this disk cannot hold keeps the download's own
                 with contextlib.suppress(OverflowError, ValueError):
@@ -755,40 +756,33 @@ class Transfers:
         except BaseException as e:
             disk_full = isinstance(e, OSError) and e.errno == errno.ENOSPC
             with contextlib.suppress(OSError):
-                if disk_full or not self._resumable(tmp):
+                if disk_full or not temp.resumable or self.fs.lstat(tmp).size == 0:
                     self.fs.remove(tmp)
+                else:  # kept: written now, whatever old mtime the server's gave it
+                    self.fs.set_mtime(tmp, time.time_ns())
             if disk_full:
                 raise _disk_full(path) from e
             raise
         self._count(files_down=1)
         return first.entry, self.fs.lstat(path), plan.ids
 
-    def _open_temp(
-        self, folder: str, path: str, *, like: str
-    ) -> tuple[str, BinaryIO, _PartialBlocks]:
+    def _open_temp(self, folder: str, path: str, *, like: str) -> tuple[str, _TempFile]:
         """The temp file a download of `path` writes, with what an earlier attempt left in
-        it: the partial download of `path`, or, when something else sits under its name, a
-        fresh temp file (nothing resumed)."""
+        it: the partial download of `path`; or, when another process writes that one or
+        something else sits under its name, a fresh temp file (nothing resumed)."""
         try:
-            tmp, handle = self.fs.open_partial(folder, _partial_key(path), like=like)
+            tmp, handle = self.fs.open_partial(folder, _partial_key(path))
+            resumable = True
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise
             tmp, handle = self.fs.create_temp(folder, like=like)
-            return tmp, handle, _PartialBlocks.none()
+            resumable = False
         try:
-            size = self.fs.lstat(tmp).size
-            return tmp, handle, _PartialBlocks(self.fs.open_read(tmp) if size else None, size)
+            return tmp, _TempFile(handle, resumable=resumable)
         except BaseException:
             handle.close()
             raise
-
-    def _resumable(self, tmp: str) -> bool:
-        """Whether a failed download's temp file is kept for the next attempt: a partial
-        download holding something."""
-        if not tmp.rpartition("/")[2].startswith(PARTIAL_PREFIX):
-            return False
-        return self.fs.lstat(tmp).size > 0
 
     def _download_page(
         self,
@@ -928,7 +922,7 @@ class Transfers:
     def _block(
         self,
         plan: _BlockPlan,
-        partial: _PartialBlocks,
+        temp: _TempFile,
         here: _LocalBlocks,
         number: int,
         block: DownloadBlock,
@@ -936,7 +930,7 @@ class Transfers:
         """Block `number`'s plaintext, and whether it is in place already: in the partial
         download, else from the local file when it holds it, else fetched (one the server
         was told this device holds, asked for again: it may be cold)."""
-        plaintext = partial.read(block)
+        plaintext = temp.read(block)
         in_place = plaintext is not None
         if plaintext is None:
             plaintext = here.read(block)
@@ -948,7 +942,7 @@ class Transfers:
         return self._fetch(plan, number, block), False
 
     def _fetch_blocks(
-        self, first: DownloadResponse, plan: _BlockPlan, here: _LocalBlocks, partial: _PartialBlocks
+        self, first: DownloadResponse, plan: _BlockPlan, here: _LocalBlocks, temp: _TempFile
     ) -> Iterator[tuple[bytes, bool]]:
         """The plaintext blocks in order, each with whether it is in place in the partial
         download already; fetched (or read from `here`) `threads` at a time."""
@@ -956,7 +950,7 @@ class Transfers:
         blocks = self._blocks(first, plan)
 
         def fetch(item: tuple[int, DownloadBlock]) -> Future[tuple[bytes, bool]]:
-            return self.pool.submit(self._block, plan, partial, here, *item)
+            return self.pool.submit(self._block, plan, temp, here, *item)
 
         for item in blocks:
             pending.append(fetch(item))
@@ -1019,11 +1013,15 @@ class _LocalBlocks:
             return None
         try:
             with self._lock:
-                self._handle.seek(offset)
-                data = self._handle.read(block.size)
+                data = self._read_at(self._handle, offset, block.size)
         except OSError:
             return None
         return data if len(data) == block.size and block_id(data) == block.id else None
+
+    def _read_at(self, handle: BinaryIO, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` (under the lock)."""
+        handle.seek(offset)
+        return handle.read(size)
 
     def close(self) -> None:
         """Close the file (again: nothing)."""
@@ -1037,23 +1035,37 @@ class _LocalBlocks:
         self.close()
 
 
-class _PartialBlocks(_LocalBlocks):
-    """What an earlier, failed download of the path left in the temp file this one writes:
-    a block sits at its own offset when that attempt wrote it (of this version or of
-    another: each is hashed again when taken). The download writes nothing over one it
-    takes; it reads only ahead of where it writes."""
+class _TempFile(_LocalBlocks):
+    """The temp file a download writes, block after block, and, when it is the path's
+    partial download (`resumable`), what an earlier, failed attempt left in it: a block sits
+    at its own offset when that attempt wrote it (of this version or of another: each is
+    hashed again when taken), and the download writes nothing over it. The transfer threads
+    read only ahead of where the writer is, through its own handle and lock: the very file
+    it writes, not whatever the name leads to by then."""
 
-    def __init__(self, handle: BinaryIO | None, size: int) -> None:
+    def __init__(self, handle: BinaryIO, *, resumable: bool) -> None:
         super().__init__(handle, ())
-        self._size = size
-
-    @classmethod
-    def none(cls) -> _PartialBlocks:
-        """Nothing left by an earlier attempt."""
-        return cls(None, 0)
+        self.handle, self.resumable = handle, resumable
+        self._held = handle.seek(0, io.SEEK_END) if resumable else 0
+        handle.seek(0)
 
     def _offset(self, block: DownloadBlock) -> int | None:
-        return block.offset if block.offset + block.size <= self._size else None
+        return block.offset if block.offset + block.size <= self._held else None
+
+    def _read_at(self, handle: BinaryIO, offset: int, size: int) -> bytes:
+        position = handle.tell()  # the writer's, kept
+        try:
+            return super()._read_at(handle, offset, size)
+        finally:
+            handle.seek(position)
+
+    def put(self, plaintext: bytes, *, in_place: bool) -> None:
+        """Write the next block, or step over it where it is in place already."""
+        with self._lock:
+            if in_place:
+                self.handle.seek(len(plaintext), io.SEEK_CUR)
+            else:
+                self.handle.write(plaintext)
 
 
 class _BlockPlan:
@@ -1151,8 +1163,9 @@ def _window_cap(left: int) -> int:
 
 
 def _partial_key(path: str) -> str:
-    """The name (after `PARTIAL_PREFIX`) of the partial download of `path`."""
-    return blake3(path.encode()).hexdigest()[:32]
+    """The name (after `PARTIAL_PREFIX`) of the partial download of `path` (of its key: a
+    respelling in case or Unicode form elsewhere still finds it)."""
+    return blake3(path_key(path).encode()).hexdigest()[:32]
 
 
 def _disk_full(path: str) -> DiskFullError:

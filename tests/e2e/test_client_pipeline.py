@@ -21,6 +21,7 @@ from tessera_client.api import Api, ApiError
 from tessera_client.config import Home
 from tessera_client.fs import TEMP_PREFIX, RealFilesystem, SafeFilesystem
 from tessera_client.planner import Entry, EntryKind
+from tessera_client.scanner import Scanner
 from tessera_client.state import StateDB
 from tessera_client.transfer import Transfers, TransferStats, UploadItem, UploadResult
 
@@ -522,8 +523,10 @@ def test_a_server_from_before_have_is_asked_without_it_from_then_on(
 
 
 def _uploaded(device: Device, api: Api, rel: str, data: bytes) -> FileEntry:
-    """`data` committed as `rel`, then gone here: the server's entry."""
-    device.write(rel, data)
+    """`data` committed as `rel`, last changed three days ago, then gone here: the server's
+    entry."""
+    written = time.time_ns() - 3 * 24 * 3600 * 10**9
+    os.utime(device.write(rel, data), ns=(written, written))
     fs = SafeFilesystem(RealFilesystem(device.folder))
     [uploaded] = _upload(device, api, [UploadItem(rel, scan_file(device.folder / rel),
                                                   fs.lstat(rel), None, 0)])  # fmt: skip
@@ -557,11 +560,13 @@ def _left_whole(
     device: Device, api: Api, entry: FileEntry, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
     """Download `entry` into `f.bin` with its final rename failing: the partial download,
-    whole, that it leaves."""
+    whole, that it leaves (and the next round's scan keeps, though it was given the file's
+    mtime, days old, before the rename)."""
     with monkeypatch.context() as m:
         m.setattr(RealFilesystem, "rename", lambda *_: _raise(OSError(errno.EIO, "I/O error")))
         with pytest.raises(OSError):
             _download(device, api, entry)
+    Scanner(SafeFilesystem(RealFilesystem(device.folder))).scan({})
     [partial] = _partials(device)
     return partial
 
@@ -636,3 +641,25 @@ def test_a_damaged_partial_gives_up_only_its_damaged_block(
     api.close()
     assert (a.folder / "f.bin").read_bytes() == data
     assert stats.blocks_down == 1 and stats.blocks_reused == len(_blocks_of(a, data)) - 1
+
+
+def test_a_partial_another_download_writes_is_left_to_it(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """Two downloads of one path at once (two clients on one folder): the second finds the
+    partial download held, writes a fresh temp file, and touches nothing of the first's."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    data = os.urandom(3 * 1024 * 1024)
+    entry = _uploaded(a, api, "f.bin", data)
+    fs = SafeFilesystem(RealFilesystem(a.folder))
+    rel, held = fs.open_partial("", transfer._partial_key("f.bin"))
+    with held:
+        held.write(b"the other download's first block")
+        held.flush()
+        stats = _download(a, api, entry)
+    api.close()
+    assert (a.folder / "f.bin").read_bytes() == data
+    assert stats.blocks_reused == 0
+    assert (a.folder / rel).read_bytes() == b"the other download's first block"
+    assert [p.name for p in _partials(a)] == [rel]

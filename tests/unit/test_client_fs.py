@@ -9,6 +9,7 @@ import stat
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -341,9 +342,10 @@ def test_a_partial_download_is_opened_again_with_what_it_holds(
 
 
 def test_a_partial_download_is_never_written_through_something_else(tmp_path: Path) -> None:
-    """Under a partial download's name, a symlink, a folder or a hard link to another
-    file is refused: the download would write through it (into a file outside the folder,
-    or into another synced file)."""
+    """Under a partial download's name, a symlink, a folder, a hard link to another file
+    or a file another user made there first is refused: the download would write through
+    it (into a file outside the folder, into another synced file, into a file that user
+    can still write, to be renamed into place as the synced file)."""
     root, outside = tmp_path / "root", tmp_path / "outside"
     root.mkdir()
     outside.write_bytes(b"not the client's")
@@ -352,22 +354,65 @@ def test_a_partial_download_is_never_written_through_something_else(tmp_path: Pa
     (root / f"{PARTIAL_PREFIX}dir").mkdir()
     (root / "synced.txt").write_bytes(b"a synced file")
     os.link(root / "synced.txt", root / f"{PARTIAL_PREFIX}hard")
-    for key in ("link", "dir", "hard"):
+    keys = ["link", "dir", "hard"]
+    if os.geteuid() == 0:  # (only root can give a file away)
+        (root / f"{PARTIAL_PREFIX}planted").write_bytes(b"")
+        os.chown(root / f"{PARTIAL_PREFIX}planted", 65534, 65534)
+        keys.append("planted")
+    for key in keys:
         with pytest.raises(OSError):
             fs.open_partial("", key)
     assert outside.read_bytes() == b"not the client's"
     assert (root / "synced.txt").read_bytes() == b"a synced file"
 
 
-def test_a_partial_download_takes_the_permissions_of_the_file_it_replaces(
-    tmp_path: Path,
-) -> None:
-    (tmp_path / "private.txt").write_bytes(b"secret")
-    os.chmod(tmp_path / "private.txt", 0o600)
+def test_a_partial_download_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    """Another download (another process: two homes on one folder) finds the partial
+    download held, and writes elsewhere; two writers would mix their blocks."""
     fs = SafeFilesystem(RealFilesystem(tmp_path))
-    rel, handle = fs.open_partial("", "k", like="private.txt")
+    rel, first = fs.open_partial("", "k")
+    with first:
+        with pytest.raises(OSError) as held:
+            fs.open_partial("", "k")
+        assert held.value.errno == errno.EBUSY
+    again, handle = fs.open_partial("", "k")  # let go when closed
     handle.close()
-    os.chmod(tmp_path / rel, 0o644)  # as an earlier attempt, for another file, left it
-    rel, handle = fs.open_partial("", "k", like="private.txt")
+    assert again == rel
+
+
+def test_a_partial_download_is_private_until_it_takes_its_files_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partial download is written as 0600 (another user must not read a private file
+    before it is in place) and takes the permissions of the file it replaces at the end;
+    one left read-only (its rename failed after it took a read-only file's bits) opens
+    again, where O_RDWR failed every retry for any user but root."""
+    (tmp_path / "private.txt").write_bytes(b"secret")
+    (tmp_path / "script.sh").write_bytes(b"#!/bin/sh")
+    os.chmod(tmp_path / "private.txt", 0o600)
+    os.chmod(tmp_path / "script.sh", 0o755)
+    fs = SafeFilesystem(RealFilesystem(tmp_path))
+
+    def mode(rel: str) -> int:
+        return stat.S_IMODE(os.lstat(tmp_path / rel).st_mode)
+
+    real_open = os.open
+
+    def as_a_user(path: Any, flags: int, mode: int = 0o777, **kw: Any) -> int:
+        """os.open with a user's permission check, whoever runs the tests."""
+        if flags & os.O_RDWR and os.path.exists(path) and not os.stat(path).st_mode & 0o200:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(os, "open", as_a_user)
+    new_file = 0o644 & ~os.umask(os.umask(0o022))  # (no file there: a new file's bits)
+    for like, expected in (("script.sh", 0o755), ("private.txt", 0o600), ("new.txt", new_file)):
+        rel, handle = fs.open_partial("", "k")
+        with handle:
+            assert mode(rel) == 0o600
+            fs.give_mode(handle, like=like)
+        assert mode(rel) == expected
+    os.chmod(tmp_path / rel, 0o444)
+    rel, handle = fs.open_partial("", "k")
     handle.close()
-    assert stat.S_IMODE(os.lstat(tmp_path / rel).st_mode) == 0o600
+    assert mode(rel) == 0o600
