@@ -182,9 +182,24 @@ def _detect_respellings(
     folder: only an entry whose own name changed (its parent spelled as before) moves, and
     the entries below a respelled folder are spelled under its new name from then on, so
     every later step (a move, a download) names them where they will be."""
-    for key in sorted(base):
-        b, lo, r = base[key], local.get(key), remote.get(key)
-        if lo is None or r is None or lo.kind != b.kind or r.kind != b.kind:
+    _spell_base_under_its_folders(base)
+    for key in sorted(base.keys() | (local.keys() & remote.keys())):
+        b, lo, r = base.get(key), local.get(key), remote.get(key)
+        if lo is None or r is None or lo.kind != r.kind or lo.path == r.path:
+            continue
+        if (b is None or b.path not in (lo.path, r.path)) and (
+            parent_of(lo.path) == parent_of(r.path)
+        ):
+            # one name spelled two ways, neither as synced (never synced: a first sync, or
+            # both sides renamed it): the server's spelling is kept. Left as it was, this
+            # case-sensitive disk took the server's folder for another beside the local one,
+            # and the clash of the two then hid the local one and every edit in it.
+            ops.append(Op(OpKind.MOVE_LOCAL, r.path, src=lo.path, local=lo, remote=r))
+            _respell(local, key, lo.path, r.path)
+            if b is not None:
+                _respell(base, key, b.path, r.path)
+            continue
+        if b is None or lo.kind != b.kind:
             continue
         if r.path != b.path and lo.path == b.path and parent_of(r.path) == parent_of(b.path):
             ops.append(Op(OpKind.MOVE_LOCAL, r.path, src=lo.path, local=lo, remote=r))
@@ -199,6 +214,20 @@ def _detect_respellings(
             ops.append(Op(OpKind.MOVE_REMOTE, lo.path, src=r.path, local=lo, remote=r))
             _respell(remote, key, r.path, lo.path)
             _respell(base, key, b.path, lo.path)
+
+
+def _spell_base_under_its_folders(base: dict[str, Entry]) -> None:
+    """The synced entries below a folder respelled in an earlier round, spelled under the
+    folder's name as recorded now. The executor records a respelled folder alone (its
+    records are per path), so a file's record kept the old spelling of its folder, and a
+    file renamed in case in it afterwards, on either side, looked unlike its record: the
+    rename was never sent ("In sync")."""
+    for key in sorted(base):  # a folder's key sorts before those below it
+        entry = base[key]
+        folder = parent_of(entry.path)
+        recorded = base.get(path_key(folder)) if folder else None
+        if recorded is not None and recorded.path != folder:
+            base[key] = _moved(entry, f"{recorded.path}/{entry.path.rsplit('/', 1)[1]}")
 
 
 def _respell(tree: dict[str, Entry], key: str, old: str, new: str) -> None:

@@ -216,3 +216,54 @@ def test_a_folder_respelled_here_takes_in_what_another_device_made_in_it(
     b.run_once()
     expected |= {"Docs": None, "Docs/a.txt": b"a"}
     assert snapshot(a.folder) == snapshot(b.folder) == expected
+
+
+def test_a_file_respelled_in_a_folder_respelled_before_reaches_the_other_device(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """The folder's respelling was recorded for the folder alone: its file's record kept
+    `docs/a.txt`, and a rename of the file in case afterwards was never sent."""
+    a, b = engines
+    _synced_docs(a, b, {"a.txt": "a"})
+    (a.folder / "docs").rename(a.folder / "Docs")
+    a.run_once()
+    b.run_once()
+    (a.folder / "Docs" / "a.txt").rename(a.folder / "Docs" / "A.txt")
+    assert not a.run_once().problems
+    assert not b.run_once().problems
+    assert snapshot(a.folder) == snapshot(b.folder) == {"Docs": None, "Docs/A.txt": b"a"}
+
+
+def test_one_folder_spelled_two_ways_before_any_sync_stays_one_folder(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A device's first sync finds its `Docs` where the server has `docs`: on this
+    case-sensitive disk the server's files came down into a second folder beside it, whose
+    spelling then hid `Docs` (a name clash) and every later edit in it."""
+    a, b = engines
+    (a.folder / "docs").mkdir()
+    (a.folder / "docs" / "theirs.txt").write_text("theirs")
+    a.run_once()
+    (b.folder / "Docs").mkdir()
+    (b.folder / "Docs" / "mine.txt").write_text("mine")
+    assert not b.run_once().problems
+    a.run_once()
+    expected = {"docs": None, "docs/mine.txt": b"mine", "docs/theirs.txt": b"theirs"}
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
+
+
+def test_one_file_spelled_two_ways_before_any_sync_keeps_both_under_the_servers_name(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """`Notes.txt` here, `notes.txt` on the server, never synced: the server's keeps its
+    name and this one is kept beside it as a conflicted copy (the next round had renamed
+    the server's file to this device's spelling)."""
+    a, b = engines
+    (a.folder / "notes.txt").write_text("theirs")
+    a.run_once()
+    (b.folder / "Notes.txt").write_text("mine")
+    assert not b.run_once().problems
+    assert not b.run_once().problems
+    a.run_once()
+    expected = kept_both("notes.txt", "B", "theirs", "mine")
+    assert snapshot(a.folder) == snapshot(b.folder) == expected

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
 from tessera_client.paths import path_key
 from tessera_client.planner import Entry, EntryKind, OpKind, plan
 
@@ -61,3 +63,47 @@ def test_a_file_changed_in_a_respelled_folder_is_fetched_where_the_folder_went()
         (OpKind.MOVE_LOCAL, "docs", "Docs"),
         (OpKind.DOWNLOAD, "", "Docs/a.txt"),
     ]
+
+
+def test_a_file_renamed_in_case_in_a_folder_respelled_before_is_sent() -> None:
+    """`docs` became `Docs` in an earlier round, which recorded the folder alone: its file's
+    record still says `docs/a.txt`. Renamed `A.txt` here (or on the server), the file
+    looked unlike its record on both sides and the rename was never sent."""
+    base = _tree(
+        Entry("Docs", EntryKind.FOLDER, file_id="d1"),
+        Entry("docs/a.txt", content_hash="h1", file_id="f1", rev=1, inode=7),
+    )
+    folder = Entry("Docs", EntryKind.FOLDER, file_id="d1")
+    synced = Entry("Docs/a.txt", content_hash="h1", file_id="f1", rev=1, inode=7)
+    renamed = Entry("Docs/A.txt", content_hash="h1", file_id="f1", rev=1, inode=7)
+    day = date(2026, 11, 28)
+    here = plan(_tree(folder, renamed), _tree(folder, synced), base, device="b", day=day)
+    assert [(op.kind, op.src, op.path) for op in here.ops] == [
+        (OpKind.MOVE_REMOTE, "Docs/a.txt", "Docs/A.txt")
+    ]
+    there = plan(_tree(folder, synced), _tree(folder, renamed), base, device="b", day=day)
+    assert [(op.kind, op.src, op.path) for op in there.ops] == [
+        (OpKind.MOVE_LOCAL, "Docs/a.txt", "Docs/A.txt")
+    ]
+
+
+@pytest.mark.parametrize("synced", [None, "DOCS"], ids=["never synced", "both renamed"])
+def test_one_folder_spelled_two_ways_takes_the_servers_spelling_first(synced: str | None) -> None:
+    """`Docs` here, `docs` on the server, neither as synced: the local folder is renamed to
+    the server's spelling before anything goes into it, and its file goes up under it."""
+    base = {} if synced is None else _tree(Entry(synced, EntryKind.FOLDER, file_id="d1"))
+    local = _tree(
+        Entry("Docs", EntryKind.FOLDER), Entry("Docs/mine.txt", content_hash="h1", inode=7)
+    )
+    remote = _tree(
+        Entry("docs", EntryKind.FOLDER, file_id="d1"),
+        Entry("docs/theirs.txt", content_hash="h2", file_id="f2", rev=1),
+    )
+    ops = plan(local, remote, base, device="b", day=date(2026, 11, 28)).ops
+    assert (ops[0].kind, ops[0].src, ops[0].path) == (OpKind.MOVE_LOCAL, "Docs", "docs")
+    transfers = {(op.kind, op.path) for op in ops if op.kind != OpKind.RECORD}
+    assert transfers == {
+        (OpKind.MOVE_LOCAL, "docs"),
+        (OpKind.UPLOAD, "docs/mine.txt"),
+        (OpKind.DOWNLOAD, "docs/theirs.txt"),
+    }
