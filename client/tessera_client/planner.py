@@ -122,8 +122,10 @@ def _detect_remote_moves(
 ) -> None:
     """A base file whose file_id now sits at another remote path moved on the server.
 
-    When the local copy is untouched, move it locally (no download); the per-path rules
-    then download a newer rev if the move also changed the content.
+    The local copy moves there too (no download); the per-path rules then download a newer
+    rev if the move also changed the content, upload an edit made here meanwhile, or keep
+    both when both sides changed it. An edit here used to keep the old path: every device
+    ended with the edit under the old name and the file unedited under the new one.
     """
     by_id = {e.file_id: k for k, e in remote.items() if e.is_file and e.file_id}
     for old_key, b in sorted(base.items()):
@@ -136,7 +138,7 @@ def _detect_remote_moves(
         if old_remote is not None and old_remote.file_id == b.file_id:
             continue
         lo = local.get(old_key)
-        if lo is None or not lo.is_file or lo.content_hash != b.content_hash:
+        if lo is None or not lo.is_file:
             continue
         dst = remote[new_key].path
         ops.append(Op(OpKind.MOVE_LOCAL, dst, src=lo.path, local=lo, remote=remote[new_key]))
@@ -150,14 +152,18 @@ def _detect_local_moves(
     """A base file gone locally whose content (and inode) appears at a new path was moved.
 
     Matched by content hash + inode; when inodes differ, only a unique content match
-    counts. The server side must be untouched, then the move is sent as a move.
+    counts. The move is sent as a move, also when the server has a newer rev of the file:
+    the rev this device moved is the one it synced (what the executor records), and the
+    per-path rules then download the newer one where the file went. Sent as an upload of
+    the old content beside a download of the edit, that left every device with the edit
+    under the old name and the file unedited under the new one.
     """
     new_local = {k: e for k, e in local.items() if e.is_file and k not in base}
     for old_key, b in sorted(base.items()):
         if not b.is_file or old_key in local:
             continue
         r = remote.get(old_key)
-        if r is None or r.file_id != b.file_id or r.rev != b.rev:
+        if r is None or r.file_id != b.file_id or r.rev < b.rev:
             continue
         same = [
             k for k, e in new_local.items() if e.content_hash == b.content_hash and k not in remote
@@ -167,7 +173,8 @@ def _detect_local_moves(
         if pick is None:
             continue
         dst = new_local.pop(pick).path
-        ops.append(Op(OpKind.MOVE_REMOTE, dst, src=r.path, local=local[pick], remote=r))
+        synced = replace(r, content_hash=b.content_hash, size=b.size, rev=b.rev)
+        ops.append(Op(OpKind.MOVE_REMOTE, dst, src=r.path, local=local[pick], remote=synced))
         remote[pick] = _moved(remote.pop(old_key), dst)
         base[pick] = _moved(base.pop(old_key), dst)
 

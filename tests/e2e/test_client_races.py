@@ -45,6 +45,47 @@ def test_a_rename_racing_an_edit_elsewhere_keeps_the_edit(
     assert snapshot(a.folder) == snapshot(b.folder) == {"doc2.txt": b"v2, B's edit"}
 
 
+def test_a_rename_here_and_an_edit_elsewhere_both_arrive(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A renames doc.txt while B's edit is already on the server (A pulls it this time):
+    the rename was sent as an upload of the old text beside a download of the edit, and
+    every device ended with the edit under the old name and the old text under the new."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    (b.folder / "doc.txt").write_text("v2, B's edit")
+    b.run_once()
+    (a.folder / "doc.txt").rename(a.folder / "doc2.txt")
+    assert not a.run_once().problems
+    b.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {"doc2.txt": b"v2, B's edit"}
+
+
+@pytest.mark.parametrize("elsewhere", ["renamed", "renamed, then edited"])
+def test_an_edit_here_and_a_rename_elsewhere_both_arrive(
+    engines: tuple[SyncEngine, SyncEngine], elsewhere: str
+) -> None:
+    """B edits doc.txt while A's rename of it is on the server: the edit went up under the
+    old name, beside the unedited file under the new one. Now it follows the rename (and,
+    when A edited it too, both are kept under the new name)."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    (a.folder / "doc.txt").rename(a.folder / "doc2.txt")
+    a.run_once()
+    if elsewhere == "renamed, then edited":
+        (a.folder / "doc2.txt").write_text("v2, A's edit")
+        a.run_once()
+    (b.folder / "doc.txt").write_text("v2, B's edit")
+    assert not b.run_once().problems
+    a.run_once()
+    expected = (
+        {"doc2.txt": b"v2, B's edit"}
+        if elsewhere == "renamed"
+        else kept_both("doc2.txt", "B", "v2, A's edit", "v2, B's edit")
+    )
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
+
+
 def test_a_rename_of_a_file_another_device_replaced_moves_nothing_of_theirs(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:

@@ -43,6 +43,35 @@ def test_a_newer_rev_still_downloads() -> None:
     assert [(op.kind, op.remote) for op in ops] == [(OpKind.DOWNLOAD, newer)]
 
 
+def test_a_rename_here_of_a_file_edited_elsewhere_moves_the_synced_rev_then_downloads() -> None:
+    """The move names the rev this device synced, which the executor records for the
+    moved file (its content is what the disk holds): recorded as the newer rev, the old
+    text would have gone up over the edit. The edit then comes down where the file went."""
+    synced = Entry("doc.txt", content_hash="h1", size=2, file_id="f1", rev=1, inode=7)
+    renamed = replace(synced, path="doc2.txt")
+    edited = Entry("doc.txt", content_hash="h2", size=3, file_id="f1", rev=2)
+    ops = plan(_tree(renamed), _tree(edited), _tree(synced), device="d", day=DAY).ops
+    assert [(op.kind, op.src, op.path) for op in ops] == [
+        (OpKind.MOVE_REMOTE, "doc.txt", "doc2.txt"),
+        (OpKind.DOWNLOAD, "", "doc2.txt"),
+    ]
+    moved, download = ops
+    assert moved.remote is not None and download.remote is not None
+    assert (moved.remote.file_id, moved.remote.rev, moved.remote.content_hash) == ("f1", 1, "h1")
+    assert (download.remote.rev, download.remote.content_hash) == (2, "h2")
+
+
+def test_an_edit_here_of_a_file_renamed_elsewhere_follows_it_and_goes_up() -> None:
+    synced = Entry("doc.txt", content_hash="h1", file_id="f1", rev=1, inode=7)
+    edited = replace(synced, content_hash="h2")
+    renamed = Entry("doc2.txt", content_hash="h1", file_id="f1", rev=1)
+    ops = plan(_tree(edited), _tree(renamed), _tree(synced), device="d", day=DAY).ops
+    assert [(op.kind, op.src, op.path) for op in ops] == [
+        (OpKind.MOVE_LOCAL, "doc.txt", "doc2.txt"),
+        (OpKind.UPLOAD, "", "doc2.txt"),
+    ]
+
+
 def test_files_moved_into_a_file_made_a_folder_elsewhere_are_moved_not_deleted() -> None:
     """Another device replaced the file `notes` with a folder and moved a dozen files into
     it. This round deletes the old file only; the dozen wait, and the next round moves them
