@@ -117,6 +117,11 @@ class SyncEngine:
         # a move across a shared folder's edge, by the destination's path key: the source
         # (path here, server entry) to delete once the destination's upload has landed
         self._moved_from: dict[str, tuple[str, Entry]] = {}
+        # files (path keys) this round meant to move on the server and did not (refused, or
+        # sent as an upload): a download planned where they were to go is left to the next
+        # round, which plans it from what the server holds (done now, it recorded there a
+        # file the server does not have)
+        self._unmoved: set[str] = set()
         # Folders (path keys) that hold, on the server, what the last scan left alone
         self._holding_unseen: set[str] = set()
         self.transfers = Transfers(
@@ -507,6 +512,7 @@ class SyncEngine:
         hashed = scan.hashed_ns
         implied = _implied_folders(ops)
         self._moved_from.clear()
+        self._unmoved.clear()
         for op in ops:
             if result.disk_full and op.kind in (OpKind.DOWNLOAD, OpKind.CONFLICT):
                 continue
@@ -652,6 +658,8 @@ class SyncEngine:
             self._sizes[op.path] = manifest.size
             return False
         if k == OpKind.DOWNLOAD:
+            if path_key(op.path) in self._unmoved:
+                return True  # (the next round looks again)
             downloads.append(op)
             return False
         if k == OpKind.CONFLICT:
@@ -694,6 +702,9 @@ class SyncEngine:
             if old is not None:
                 self.state.put_base(replace(old, path=op.path), blocks)
             stats[path_key(op.path)] = stats.pop(path_key(op.src))
+            if path_key(op.src) in hashed:  # an edit made here goes up from there this round
+                hashed[path_key(op.path)] = hashed.pop(path_key(op.src))
+            self.scanner.moved(op.src, op.path)
             self.reporter.event(f"moved {op.src} -> {op.path}")
             return True
         if k == OpKind.MOVE_REMOTE:
@@ -720,10 +731,15 @@ class SyncEngine:
                 left = self.fs.listdir(op.path)
                 # Finder's .DS_Store and the like would keep every deleted folder here, and
                 # the next round would create it on the server again
-                if all(IgnoreRules.is_litter(name) for name in left):
-                    for name in left:
-                        self.fs.remove(f"{op.path}/{name}")
-                    self.fs.rmdir(op.path)
+                if not all(IgnoreRules.is_litter(name) for name in left):
+                    # kept for what is never synced (an editor's swap file, an ignored
+                    # file): its record stays, so no round takes it for a new folder to
+                    # create on the server again, where every device got it back, empty.
+                    # Each round plans this again, and it is no work while so.
+                    return False
+                for name in left:
+                    self.fs.remove(f"{op.path}/{name}")
+                self.fs.rmdir(op.path)
             self.state.delete_base(op.path)
             return True
         if k == OpKind.DELETE_FOLDER_REMOTE:
@@ -906,12 +922,14 @@ class SyncEngine:
                 # (`_after_upload`). Deleted first, an upload then refused (a read-only
                 # share, the quota) left the file on no server and no other device.
                 self.reporter.event(f"{op.src} -> {op.path} crosses a shared folder")
+                self._unmoved.add(path_key(op.path))
                 self._moved_from[path_key(op.path)] = (op.src, op.remote)
                 return run(Op(OpKind.UPLOAD, op.path, local=op.local))
             if e.status in (409, 422, 404) or _read_only(e):
                 # cannot move there: forget the old pairing; the next round restores or
                 # uploads each side on its own (nothing is lost)
                 self.state.delete_base(op.src)
+                self._unmoved.add(path_key(op.path))
                 self.reporter.problem(f"could not move {op.src} on the server: {e.message}")
                 return True
             raise
@@ -923,6 +941,11 @@ class SyncEngine:
         # round must pull before it plans, or it reads them as deleted on the server (a
         # case-only rename: same keys) and deletes them here. The long-poll may be slower.
         self._remote_changed.set()
+        if raw.get(".tag") == "folder":
+            # its record, respelled (the files below keep theirs: the planner spells them
+            # under it). Without it, a rename in case made in it before the next round
+            # found neither spelling synced, and was undone to the server's.
+            self.state.put_base(Entry(op.path, EntryKind.FOLDER, inode=st.inode))
         if raw.get(".tag") == "file":
             now = parse(FileEntry, raw)
             assert op.remote is not None

@@ -152,11 +152,14 @@ def _detect_local_moves(
     """A base file gone locally whose content (and inode) appears at a new path was moved.
 
     Matched by content hash + inode; when inodes differ, only a unique content match
-    counts. The move is sent as a move, also when the server has a newer rev of the file:
-    the rev this device moved is the one it synced (what the executor records), and the
-    per-path rules then download the newer one where the file went. Sent as an upload of
-    the old content beside a download of the edit, that left every device with the edit
-    under the old name and the file unedited under the new one.
+    counts. The move is sent as a move, also when the server has a newer rev of the file,
+    though then only for the same inode (a copy kept while the file was deleted, Finder's
+    Duplicate then Trash, is no rename of the file another device edited): the rev this
+    device moved is the one it synced (what the executor records), and the per-path rules
+    then download the newer one where the file went (the executor skips that download
+    when the move was refused or became an upload). Sent as an upload of the old content
+    beside a download of the edit, the two had left every device with the edit under the
+    old name and the file unedited under the new one.
     """
     new_local = {k: e for k, e in local.items() if e.is_file and k not in base}
     for old_key, b in sorted(base.items()):
@@ -169,7 +172,7 @@ def _detect_local_moves(
             k for k, e in new_local.items() if e.content_hash == b.content_hash and k not in remote
         ]
         exact = [k for k in same if b.inode and new_local[k].inode == b.inode]
-        pick = exact[0] if exact else (same[0] if len(same) == 1 else None)
+        pick = exact[0] if exact else (same[0] if len(same) == 1 and r.rev == b.rev else None)
         if pick is None:
             continue
         dst = new_local.pop(pick).path
@@ -194,13 +197,15 @@ def _detect_respellings(
         b, lo, r = base.get(key), local.get(key), remote.get(key)
         if lo is None or r is None or lo.kind != r.kind or lo.path == r.path:
             continue
-        if (b is None or b.path not in (lo.path, r.path)) and (
-            parent_of(lo.path) == parent_of(r.path)
-        ):
+        apart = b is None or (
+            b.path not in (lo.path, r.path) and parent_of(b.path) == parent_of(r.path)
+        )
+        if apart and parent_of(lo.path) == parent_of(r.path):
             # one name spelled two ways, neither as synced (never synced: a first sync, or
             # both sides renamed it): the server's spelling is kept. Left as it was, this
             # case-sensitive disk took the server's folder for another beside the local one,
-            # and the clash of the two then hid the local one and every edit in it.
+            # and the clash of the two then hid the local one and every edit in it. (A
+            # record whose folder is spelled otherwise is stale, not a rename: left alone.)
             ops.append(Op(OpKind.MOVE_LOCAL, r.path, src=lo.path, local=lo, remote=r))
             _respell(local, key, lo.path, r.path)
             if b is not None:

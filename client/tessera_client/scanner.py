@@ -136,6 +136,12 @@ class Scanner:
         cached = self._cache.get(path_key(rel))
         return cached.manifest if cached else None
 
+    def moved(self, src: str, dst: str) -> None:
+        """The file scanned at `src` was renamed `dst` (by the executor): its manifest is
+        found there (an edit made here then goes up from there in this round, not the next)."""
+        if (cached := self._cache.pop(path_key(src), None)) is not None:
+            self._cache[path_key(dst)] = cached
+
     def scan(self, base: dict[str, Entry], exclude: set[str] | None = None) -> LocalScan:
         """One pass over the whole folder. `exclude`: path keys kept out (local-only copies)."""
         try:

@@ -166,6 +166,34 @@ def test_a_folder_deleted_elsewhere_goes_despite_the_litter_in_it(
     assert snapshot(a.folder) == snapshot(b.folder) == {}
 
 
+@pytest.mark.parametrize("kept", [".x.txt.swp", "build.log"], ids=["vim swap", "ignored"])
+def test_a_folder_deleted_elsewhere_kept_here_for_what_is_not_synced_stays_deleted_there(
+    engines: tuple[SyncEngine, SyncEngine], kept: str
+) -> None:
+    """A folder deleted on another device that holds what this device never syncs (an
+    editor's swap file: its unsaved work; a file its ignore rules leave out) stays here
+    for it, but deleted on the server: it was created there again at the next round, and
+    came back, empty, on every device. A file put in it later brings it back, as ever."""
+    a, b = engines
+    (a.folder / "proj").mkdir()
+    (a.folder / "proj" / "x.txt").write_text("x")
+    a.run_once()
+    b.run_once()
+    (b.folder / ".tesseraignore").write_text("*.log\n")
+    (b.folder / "proj" / kept).write_text("not synced")
+    shutil.rmtree(a.folder / "proj")
+    a.run_once()
+    assert b.run_once().problems == []
+    assert b.run_once().ops == 0  # nothing to do, each round
+    a.run_once()
+    assert "proj" not in snapshot(a.folder)
+    assert snapshot(b.folder)["proj/" + kept] == b"not synced"
+    (b.folder / "proj" / "new.txt").write_text("new work")
+    b.run_once()
+    a.run_once()
+    assert snapshot(a.folder) == {"proj": None, "proj/new.txt": b"new work"}
+
+
 def test_a_download_over_a_file_keeps_its_permissions(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:

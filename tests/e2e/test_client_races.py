@@ -76,7 +76,8 @@ def test_an_edit_here_and_a_rename_elsewhere_both_arrive(
         (a.folder / "doc2.txt").write_text("v2, A's edit")
         a.run_once()
     (b.folder / "doc.txt").write_text("v2, B's edit")
-    assert not b.run_once().problems
+    assert not b.round().problems  # moved, and the edit (or its copy) sent from there
+    assert b.round().ops == 0  # (it had waited for a round that hashed it again)
     a.run_once()
     expected = (
         {"doc2.txt": b"v2, B's edit"}

@@ -267,3 +267,19 @@ def test_one_file_spelled_two_ways_before_any_sync_keeps_both_under_the_servers_
     a.run_once()
     expected = kept_both("notes.txt", "B", "theirs", "mine")
     assert snapshot(a.folder) == snapshot(b.folder) == expected
+
+
+def test_a_file_respelled_right_after_its_folder_keeps_its_new_spelling(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """The folder's move recorded nothing for the folder: a rename in case of a file in it
+    made before the next round found neither spelling synced, and was undone to the
+    server's."""
+    a, b = engines
+    _synced_docs(a, b, {"a.txt": "a"})
+    (a.folder / "docs").rename(a.folder / "Docs")
+    a.round()  # the folder's move, sent
+    (a.folder / "Docs" / "a.txt").rename(a.folder / "Docs" / "A.txt")
+    assert not a.run_once().problems
+    b.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {"Docs": None, "Docs/A.txt": b"a"}

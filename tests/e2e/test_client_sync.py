@@ -742,6 +742,26 @@ def test_a_file_moved_into_a_read_only_share_stays_on_the_server(
     assert "Team/notes.txt" not in snapshot(owner.folder)
 
 
+def test_a_viewers_rename_of_a_file_edited_since_records_nothing_the_server_lacks(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A viewer renames a file the owner has edited since: the move is refused (403), and
+    the edit's download planned where the file was to go had come down there all the same,
+    recorded as synced: a `spec2.md` no server holds, and the viewer's own rename lost."""
+    owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/spec.md", "v1")
+    viewer.sync()
+    owner.write("Team/spec.md", "v2, the owner's")
+    owner.sync()
+    (viewer.folder / "Team" / "spec.md").rename(viewer.folder / "Team" / "spec2.md")
+    viewer.sync()
+    viewer.sync()
+    owner.sync()
+    assert (viewer.folder / "Team" / "spec.md").read_text() == "v2, the owner's"
+    kept = {p: text for p, text in snapshot(viewer.folder).items() if "spec2" in p}
+    assert list(kept.values()) == [b"v1"], kept  # the viewer's rename, not the owner's edit
+    assert not any("spec2" in p for p in snapshot(owner.folder))
+
+
 def test_undelete_by_id_reaches_either_of_two_files_deleted_at_one_path(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:

@@ -107,3 +107,15 @@ def test_one_folder_spelled_two_ways_takes_the_servers_spelling_first(synced: st
         (OpKind.UPLOAD, "docs/mine.txt"),
         (OpKind.DOWNLOAD, "docs/theirs.txt"),
     }
+
+
+def test_a_record_under_a_folder_spelled_otherwise_is_stale_not_a_rename() -> None:
+    """The record of `docs/a.txt` with no record of its folder (respelled `Docs` since):
+    `Docs/A.txt` here against `Docs/a.txt` on the server is a rename made here, not one
+    name spelled two ways with neither synced; it is not undone to the server's spelling."""
+    base = _tree(Entry("docs/a.txt", content_hash="h1", file_id="f1", rev=1, inode=7))
+    folder = Entry("Docs", EntryKind.FOLDER, file_id="d1")
+    local = _tree(folder, Entry("Docs/A.txt", content_hash="h1", file_id="f1", rev=1, inode=7))
+    remote = _tree(folder, Entry("Docs/a.txt", content_hash="h1", file_id="f1", rev=1))
+    ops = plan(local, remote, base, device="b", day=date(2026, 11, 28)).ops
+    assert not [op for op in ops if op.kind == OpKind.MOVE_LOCAL]

@@ -61,6 +61,20 @@ def test_a_rename_here_of_a_file_edited_elsewhere_moves_the_synced_rev_then_down
     assert (download.remote.rev, download.remote.content_hash) == (2, "h2")
 
 
+def test_a_copy_kept_as_a_file_edited_elsewhere_is_deleted_is_no_rename() -> None:
+    """Finder's Duplicate then Trash: the copy holds the synced content under another
+    inode. Taken for a rename of the file another device edited, the edit was renamed on
+    every device and came down over the copy."""
+    synced = Entry("doc.txt", content_hash="h1", size=2, file_id="f1", rev=1, inode=7)
+    copy = Entry("doc copy.txt", content_hash="h1", size=2, inode=8)
+    edited = Entry("doc.txt", content_hash="h2", size=3, file_id="f1", rev=2)
+    ops = plan(_tree(copy), _tree(edited), _tree(synced), device="d", day=DAY).ops
+    assert sorted((op.kind, op.path) for op in ops) == [
+        (OpKind.DOWNLOAD, "doc.txt"),
+        (OpKind.UPLOAD, "doc copy.txt"),
+    ]
+
+
 def test_an_edit_here_of_a_file_renamed_elsewhere_follows_it_and_goes_up() -> None:
     synced = Entry("doc.txt", content_hash="h1", file_id="f1", rev=1, inode=7)
     edited = replace(synced, content_hash="h2")
