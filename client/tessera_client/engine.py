@@ -34,6 +34,7 @@ from tessera_client.fs import (
     SafeFilesystem,
     Stat,
     SymlinkError,
+    out_of_room,
 )
 from tessera_client.ignore import IgnoreRules
 from tessera_client.memory import tune_allocator
@@ -560,7 +561,7 @@ class SyncEngine:
         except ApiError as e:
             result.problems.append(f"{op.kind.value} {op.path}: {e.message} ({e.status})")
         except OSError as e:
-            if e.errno == errno.ENOSPC:
+            if out_of_room(e):
                 result.disk_full = True
             result.problems.append(f"{op.kind.value} {op.path}: {e.strerror or e}")
         return False
@@ -1120,7 +1121,7 @@ class SyncEngine:
                 json.dumps(asdict(self.transfers.stats))
             )
         except OSError as e:
-            if e.errno != errno.ENOSPC:  # figures are not worth failing a sync over
+            if not out_of_room(e):  # figures are not worth failing a sync over
                 raise
 
     def stop(self) -> None:

@@ -73,6 +73,13 @@ class DiskFullError(OSError):
     """The disk is full: downloads stop, nothing half-written is left in place."""
 
 
+def out_of_room(error: BaseException) -> bool:
+    """Whether `error` says the disk has no room for what was written: full (ENOSPC, also
+    out of inodes) or the user's disk quota used up (EDQUOT, on shared machines), which
+    was taken for a one-off failure of each file, retried every round."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class PathTooLongError(OSError):
     """A path the server holds is too long to create in this synced folder (ENAMETOOLONG)."""
 
@@ -455,8 +462,9 @@ class _FakeHandle(io.RawIOBase):
 class FakeFilesystem(Filesystem):
     """An in-memory folder for tests, with injectable faults.
 
-    `space_left` (bytes, None = unlimited) makes writes fail with ENOSPC once used up,
-    like a full disk; `fail_rename` makes renames fail with EIO.
+    `space_left` (bytes, None = unlimited) makes writes fail with `full_errno` (ENOSPC)
+    once used up, like a full disk (EDQUOT: a used-up quota); `fail_rename` makes renames
+    fail with EIO.
     """
 
     def __init__(self) -> None:
@@ -464,6 +472,7 @@ class FakeFilesystem(Filesystem):
         self._inodes = itertools.count(2)
         self._clock = itertools.count(1_000_000_000)
         self.space_left: int | None = None
+        self.full_errno = errno.ENOSPC
         self.fail_rename = False
         self.fsyncs = 0
 
@@ -471,7 +480,7 @@ class FakeFilesystem(Filesystem):
         """Take `n` bytes of the fake disk, or fail like a full disk."""
         if self.space_left is not None:
             if n > self.space_left:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                raise OSError(self.full_errno, os.strerror(self.full_errno))
             self.space_left -= n
 
     def _node(self, rel: str) -> _Node:

@@ -71,7 +71,7 @@ from tessera_client.api import (
     parse,
 )
 from tessera_client.blockhttp import UnusableUrl
-from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat
+from tessera_client.fs import DiskFullError, Kind, SafeFilesystem, Stat, out_of_room
 from tessera_client.paths import parent_of, path_key, server_path
 from tessera_client.state import StateDB
 
@@ -729,7 +729,7 @@ class Transfers:
                     self.fs.makedirs(folder)
                 tmp, temp = self._open_temp(folder, path, like=mode_from or path)
             except OSError as e:
-                if e.errno == errno.ENOSPC:  # out of inodes, or of room for a folder
+                if out_of_room(e):  # out of inodes, or of room for a folder
                     raise _disk_full(path) from e
                 raise
         except BaseException:
@@ -754,7 +754,7 @@ class Transfers:
             self._check_local(path, expect_local)
             self.fs.rename(tmp, path)
         except BaseException as e:
-            disk_full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+            disk_full = out_of_room(e)
             with contextlib.suppress(OSError):
                 if disk_full or not temp.resumable or self.fs.lstat(tmp).size == 0:
                     self.fs.remove(tmp)
@@ -774,7 +774,7 @@ class Transfers:
             tmp, handle = self.fs.open_partial(folder, _partial_key(path))
             resumable = True
         except OSError as e:
-            if e.errno == errno.ENOSPC:
+            if out_of_room(e):
                 raise
             tmp, handle = self.fs.create_temp(folder, like=like)
             resumable = False

@@ -596,10 +596,15 @@ def test_an_outage_during_downloads_stops_the_rest_and_records_what_came(
     assert len(came) < 11  # the queued ones were not each waited for
 
 
-def test_full_disk_stops_downloads_without_corruption(tmp_path: Path, evil: Evil) -> None:
+@pytest.mark.parametrize("full", [errno.ENOSPC, errno.EDQUOT], ids=["disk", "quota"])
+def test_full_disk_stops_downloads_without_corruption(
+    tmp_path: Path, evil: Evil, full: int
+) -> None:
+    """A full disk, or the user's disk quota used up (each file had failed on its own,
+    every round), stops the downloads for the round and leaves nothing half-written."""
     fake = FakeFilesystem()
     fake.write_file("keep.txt", b"precious")
-    fake.space_left = 3 * 1024 * 1024
+    fake.space_left, fake.full_errno = 3 * 1024 * 1024, full
     evil.add_file("/a-small.txt", b"s" * 1000, fid="s")
     # its first blocks fit, not all: what it wrote (its partial download) goes too
     evil.add_blocks_file("/big.bin", _real_blocks(tmp_path, 6 * 1024 * 1024), fid="b")
