@@ -118,11 +118,12 @@ class SyncEngine:
         # a move across a shared folder's edge, by the destination's path key: the source
         # (path here, server entry) to delete once the destination's upload has landed
         self._moved_from: dict[str, tuple[str, Entry]] = {}
-        # files (path keys) this round meant to move on the server and did not (refused, or
-        # sent as an upload): a download planned where they were to go is left to the next
-        # round, which plans it from what the server holds (done now, it recorded there a
-        # file the server does not have)
+        # files (path keys) this round meant to move on the server and did not (refused,
+        # failed, or sent as an upload): a download planned where they were to go is left
+        # to the next round, which plans it from what the server holds (done now, it
+        # recorded there a file the server does not have, over the file renamed here)
         self._unmoved: set[str] = set()
+        self._kept_told: set[str] = set()  # kept folders (path keys) the user was told of
         # Folders (path keys) that hold, on the server, what the last scan left alone
         self._holding_unseen: set[str] = set()
         self.transfers = Transfers(
@@ -466,8 +467,13 @@ class SyncEngine:
             OpKind.DELETE_FOLDER_LOCAL,
             OpKind.DELETE_FOLDER_REMOTE,
         )
-        # folders too: a base of folders alone plans no file deletion
-        foreign = foreign and any(op.kind in held for op in the_plan.ops)
+        # folders too: a base of folders alone plans no file deletion (but not one kept for
+        # what it holds unsynced: its delete, planned each round, deletes nothing)
+        foreign = foreign and any(
+            op.kind in held
+            and not (op.kind == OpKind.DELETE_FOLDER_LOCAL and self._holds_unsynced(op.path))
+            for op in the_plan.ops
+        )
         mass = mass or foreign
         if not mass or self.allow_mass_delete:
             if mass:  # approved once, for this deletion: a daemon's next one pauses again
@@ -728,19 +734,27 @@ class SyncEngine:
             self.state.put_remote(Entry(op.path, EntryKind.FOLDER))
             return True
         if k == OpKind.DELETE_FOLDER_LOCAL:
+            if self._holds_unsynced(op.path) and not self.state.has_remote(op.path):
+                # kept for what is never synced (an editor's swap file, an ignored file):
+                # its record stays, so no round takes it for a new folder to create on the
+                # server again, where every device got it back, empty. Each round plans
+                # this again, no work while so. (Something the server has there now, a
+                # file of that name: the record goes, and the next round sets it aside.)
+                if path_key(op.path) not in self._kept_told:
+                    self._kept_told.add(path_key(op.path))
+                    self.reporter.event(
+                        f"kept {op.path} here, deleted elsewhere: it holds files not synced"
+                        " (ignored, or an editor's unsaved work)"
+                    )
+                return False
             with contextlib.suppress(FileNotFoundError):
-                left = self.fs.listdir(op.path)
                 # Finder's .DS_Store and the like would keep every deleted folder here, and
                 # the next round would create it on the server again
-                if not all(IgnoreRules.is_litter(name) for name in left):
-                    # kept for what is never synced (an editor's swap file, an ignored
-                    # file): its record stays, so no round takes it for a new folder to
-                    # create on the server again, where every device got it back, empty.
-                    # Each round plans this again, and it is no work while so.
-                    return False
-                for name in left:
-                    self.fs.remove(f"{op.path}/{name}")
-                self.fs.rmdir(op.path)
+                left = self.fs.listdir(op.path)
+                if all(IgnoreRules.is_litter(name) for name in left):
+                    for name in left:
+                        self.fs.remove(f"{op.path}/{name}")
+                    self.fs.rmdir(op.path)
             self.state.delete_base(op.path)
             return True
         if k == OpKind.DELETE_FOLDER_REMOTE:
@@ -758,6 +772,14 @@ class SyncEngine:
             self.state.delete_base(op.path)
             return False
         raise AssertionError(f"unknown operation {op}")
+
+    def _holds_unsynced(self, rel: str) -> bool:
+        """Whether folder `rel` holds what is never synced and is no litter (an ignored
+        file, an editor's swap file): a delete from elsewhere leaves it here."""
+        try:
+            return not all(IgnoreRules.is_litter(name) for name in self.fs.listdir(rel))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     def _set_aside(self, op: Op, stats: dict[str, Stat]) -> bool:
         """Move a local file or folder that is the other kind on the server, where neither
@@ -913,6 +935,9 @@ class SyncEngine:
         body = {"from_path": server_path(op.src), "to_path": server_path(op.path)}
         if op.remote.file_id:  # only the file this device saw there (else 409: replanned)
             body["parent_file_id"] = op.remote.file_id
+        # until it lands, a download planned where it goes waits a round (any failure: the
+        # file there is not the one the server moves)
+        self._unmoved.add(path_key(op.path))
         try:
             # a server from before the guard refuses it: every rename became a copy
             raw = self.api.call("/v1/move", body, optional=("parent_file_id",))
@@ -923,17 +948,16 @@ class SyncEngine:
                 # (`_after_upload`). Deleted first, an upload then refused (a read-only
                 # share, the quota) left the file on no server and no other device.
                 self.reporter.event(f"{op.src} -> {op.path} crosses a shared folder")
-                self._unmoved.add(path_key(op.path))
                 self._moved_from[path_key(op.path)] = (op.src, op.remote)
                 return run(Op(OpKind.UPLOAD, op.path, local=op.local))
             if e.status in (409, 422, 404) or _read_only(e):
                 # cannot move there: forget the old pairing; the next round restores or
                 # uploads each side on its own (nothing is lost)
                 self.state.delete_base(op.src)
-                self._unmoved.add(path_key(op.path))
                 self.reporter.problem(f"could not move {op.src} on the server: {e.message}")
                 return True
             raise
+        self._unmoved.discard(path_key(op.path))
         st = stats.get(path_key(op.path)) or self.fs.lstat(op.path)
         blocks = self.state.base_blocks(op.src)
         self.state.delete_base(op.src)

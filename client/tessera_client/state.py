@@ -227,6 +227,14 @@ class StateDB:
             ).fetchall()
         return {r[0]: Entry(r[1], _KINDS[r[2]], r[5], r[6], r[3], r[4]) for r in rows}
 
+    def has_remote(self, path: str) -> bool:
+        """Whether the server's tree, as last listed, holds anything at `path`."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM remote WHERE key = ?", (path_key(path),)
+            ).fetchone()
+        return row is not None
+
     def shared_mounts(self) -> dict[str, tuple[str, str]]:
         """The mount points of shared folders in the mirror: path key → (path, the
         caller's access)."""

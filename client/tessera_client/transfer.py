@@ -900,21 +900,20 @@ class Transfers:
         conflict's copy of it) that the download may read from disk. A one-byte edit
         elsewhere fetched the whole file again; now only the blocks this device lacks travel.
 
-        Without its `manifest`, the file is read whole to find them, when a version of
-        `path` was synced here (one seen first has nothing to share; a file rewritten whole
-        is read for nothing, beside the whole file fetched). Each block taken is hashed
-        again (the file may change meanwhile). Nothing when the file cannot be read: every
-        block is then fetched, as before."""
-        if manifest is None and not self.state.base_blocks(path):
+        Without its `manifest`, these are the blocks of the version of `path` synced here
+        (one seen first has nothing to share), and the file is chunked only once the
+        download wants one of them (`_SyncedBlocks`): a file rewritten whole elsewhere
+        shares none, and was read whole for nothing. Each block taken is hashed again (the
+        file may change meanwhile). Nothing when the file cannot be read: every block is
+        then fetched, as before."""
+        synced = self.state.base_blocks(path) if manifest is None else []
+        if manifest is None and not synced:
             return _LocalBlocks.none()
         try:
             if self.fs.lstat(source).kind != Kind.FILE:
                 return _LocalBlocks.none()
             if manifest is None:
-                disk = self.fs.local_path(source)
-                if disk is None:
-                    return _LocalBlocks.none()
-                manifest = scan_file(disk)
+                return _SyncedBlocks(self.fs, source, synced)
             return _LocalBlocks(self.fs.open_read(source), manifest.blocks)
         except (OSError, BlockError):  # gone, unreadable, changing: fetched instead
             return _LocalBlocks.none()
@@ -1033,6 +1032,41 @@ class _LocalBlocks:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class _SyncedBlocks(_LocalBlocks):
+    """The local file as last synced, by the block ids the state database recorded for
+    it: named to the server at once (`have`), and the file chunked (as a scan does, to
+    find where each block is) only when the download first wants one of them."""
+
+    def __init__(self, fs: SafeFilesystem, source: str, synced: list[str]) -> None:
+        super().__init__(None, ())
+        self._fs, self._source, self._synced = fs, source, synced
+        self._wanted = frozenset(synced)
+        self._chunked = False
+
+    def ids(self, limit: int) -> frozenset[str]:
+        return frozenset(self._synced[:limit])
+
+    def _offset(self, block: DownloadBlock) -> int | None:
+        if block.id not in self._wanted:
+            return None
+        with self._lock:  # once, whichever transfer thread asks first
+            if not self._chunked:
+                self._chunked = True
+                self._chunk()
+        return super()._offset(block)
+
+    def _chunk(self) -> None:
+        disk = self._fs.local_path(self._source)
+        if disk is None:
+            return
+        try:
+            blocks = scan_file(disk).blocks
+            self._handle = self._fs.open_read(self._source)
+        except (OSError, BlockError):  # gone, unreadable, changing: fetched instead
+            return
+        self._where = {b.id: (b.offset, b.size) for b in blocks}
 
 
 class _TempFile(_LocalBlocks):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tessera_client.engine import SyncEngine
+from tessera_client.fs import FOLDER_MARKER
 from tests.permissions import permission_bound_prefix
 
 from .conftest import Cloud, Device, kept_both, make_device, snapshot, synced_on_both
@@ -192,6 +193,32 @@ def test_a_folder_deleted_elsewhere_kept_here_for_what_is_not_synced_stays_delet
     b.run_once()
     a.run_once()
     assert snapshot(a.folder) == {"proj": None, "proj/new.txt": b"new work"}
+
+
+def test_a_file_put_elsewhere_where_a_kept_folder_was_comes_here(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """The folder kept here for an editor's swap file keeps its record; a file another
+    device then puts under its name had been planned away every round (the folder looked
+    unchanged here), never coming down, while the sync said "In sync". Now the folder is
+    set aside and the file comes down; the marker's loss pauses nothing meanwhile."""
+    a, b = engines
+    (a.folder / "proj").mkdir()
+    (a.folder / "proj" / "x.txt").write_text("x")
+    a.run_once()
+    b.run_once()
+    (b.folder / "proj" / ".x.txt.swp").write_text("unsaved work")
+    shutil.rmtree(a.folder / "proj")
+    a.run_once()
+    b.run_once()
+    (b.folder / FOLDER_MARKER).unlink()  # a cleaner took the hidden files
+    assert not any("paused" in p for p in b.run_once().problems)
+    (a.folder / "proj").write_text("a file now")
+    a.run_once()
+    assert b.run_once().problems == []
+    assert (b.folder / "proj").read_text() == "a file now"
+    [aside] = [p for p in b.folder.iterdir() if "conflicted copy" in p.name]
+    assert (aside / ".x.txt.swp").read_text() == "unsaved work"
 
 
 def test_a_download_over_a_file_keeps_its_permissions(

@@ -663,3 +663,34 @@ def test_a_partial_another_download_writes_is_left_to_it(
     assert stats.blocks_reused == 0
     assert (a.folder / rel).read_bytes() == b"the other download's first block"
     assert [p.name for p in _partials(a)] == [rel]
+
+
+def test_a_file_rewritten_whole_elsewhere_is_not_read_here(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synced version's blocks are named to the server from the state database, and
+    the local file is chunked only when the download wants one of them: a file rewritten
+    whole elsewhere shares none, and was read whole here for nothing."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    old, new = os.urandom(6 * 1024 * 1024), os.urandom(6 * 1024 * 1024)
+    entry = _uploaded(a, api, "g.bin", new)
+    a.write("f.bin", old)
+    synced = _blocks_of(a, old)
+    xfer = _transfers(a, api)
+    xfer.state.put_base(Entry("f.bin", EntryKind.FILE, "b3:synced", len(old)),
+                        [b.id for b in synced])  # fmt: skip
+    asked = _haves_asked(api, monkeypatch)
+
+    def no_read(path: Path) -> object:
+        raise AssertionError(f"{path} read whole")
+
+    monkeypatch.setattr(transfer, "scan_file", no_read)
+    try:
+        xfer.download("f.bin", entry.file_id, entry.rev, "", xfer.fs.lstat("f.bin"))
+    finally:
+        xfer.close()
+        api.close()
+    assert (a.folder / "f.bin").read_bytes() == new
+    assert asked[0] == sorted(b.id for b in synced)  # told, without reading the file
+    assert xfer.stats.blocks_reused == 0

@@ -61,6 +61,33 @@ def test_a_rename_here_and_an_edit_elsewhere_both_arrive(
     assert snapshot(a.folder) == snapshot(b.folder) == {"doc2.txt": b"v2, B's edit"}
 
 
+def test_a_rename_whose_move_fails_keeps_the_renamed_file_until_it_lands(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move fails (a 503 past its retries) while B's edit waits on the server: the
+    edit's download planned where the file was going came down over the renamed file and
+    was recorded there as the file moved; the next round undid the rename."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    (b.folder / "doc.txt").write_text("v2, B's edit")
+    b.run_once()
+    (a.folder / "doc.txt").rename(a.folder / "doc2.txt")
+    call = a.api.call
+
+    def moves_fail(route: str, *args: Any, **kwargs: Any) -> Any:
+        if route == "/v1/move":
+            raise ApiError(503, "unavailable", "try again", {})
+        return call(route, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(a.api, "call", moves_fail)
+        assert a.round().problems
+    assert snapshot(a.folder) == {"doc2.txt": b"v1"}  # nothing came down over it
+    assert not a.run_once().problems
+    b.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {"doc2.txt": b"v2, B's edit"}
+
+
 @pytest.mark.parametrize("elsewhere", ["renamed", "renamed, then edited"])
 def test_an_edit_here_and_a_rename_elsewhere_both_arrive(
     engines: tuple[SyncEngine, SyncEngine], elsewhere: str
