@@ -762,6 +762,25 @@ def test_a_viewers_rename_of_a_file_edited_since_records_nothing_the_server_lack
     assert not any("spec2" in p for p in snapshot(owner.folder))
 
 
+def test_a_viewers_rename_in_case_only_is_put_back_once(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A viewer renames a shared file in case only: the move is refused (403), and its
+    record forgotten. The next round had recorded the server's spelling and the one after
+    sent the move again, refused again: a problem every other sync, without end. Now the
+    server's spelling, found with neither spelling synced, is put back here, once."""
+    owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/spec.md", "v1")
+    viewer.sync()
+    (viewer.folder / "Team" / "spec.md").rename(viewer.folder / "Team" / "SPEC.md")
+    first = viewer.sync(check=None)
+    assert "may not change it" in first.stderr
+    for _ in range(2):
+        viewer.sync()  # and no problem again
+    assert sorted(os.listdir(viewer.folder / "Team")) == ["spec.md"]
+    owner.sync()
+    assert sorted(os.listdir(owner.folder / "Team")) == ["spec.md"]
+
+
 def test_undelete_by_id_reaches_either_of_two_files_deleted_at_one_path(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
