@@ -780,6 +780,8 @@ class SyncEngine:
             return not all(IgnoreRules.is_litter(name) for name in self.fs.listdir(rel))
         except (FileNotFoundError, NotADirectoryError):
             return False
+        except OSError:  # cannot tell (a folder it may not list): kept, it deletes nothing
+            return True
 
     def _set_aside(self, op: Op, stats: dict[str, Stat]) -> bool:
         """Move a local file or folder that is the other kind on the server, where neither
@@ -1077,7 +1079,7 @@ class SyncEngine:
                 )
                 if remote is not None:
                     with contextlib.suppress(ApiError, LocalChangedError):
-                        self._download(path, remote, None, mode_from=copy)
+                        self._download(path, remote, None, mode_from=copy, manifest=r.item.manifest)
         return True
 
     def _planned_copy_name(self, op: Op) -> str:

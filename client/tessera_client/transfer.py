@@ -910,10 +910,14 @@ class Transfers:
         if manifest is None and not synced:
             return _LocalBlocks.none()
         try:
-            if self.fs.lstat(source).kind != Kind.FILE:
+            disk = self.fs.local_path(source)
+            if self.fs.lstat(source).kind != Kind.FILE or (manifest is None and disk is None):
                 return _LocalBlocks.none()
-            if manifest is None:
+            if manifest is None and source == path:
                 return _SyncedBlocks(self.fs, source, synced)
+            if manifest is None:  # another file (a copy made of it): its own blocks
+                assert disk is not None
+                manifest = scan_file(disk)
             return _LocalBlocks(self.fs.open_read(source), manifest.blocks)
         except (OSError, BlockError):  # gone, unreadable, changing: fetched instead
             return _LocalBlocks.none()
@@ -1043,7 +1047,7 @@ class _SyncedBlocks(_LocalBlocks):
         super().__init__(None, ())
         self._fs, self._source, self._synced = fs, source, synced
         self._wanted = frozenset(synced)
-        self._chunked = False
+        self._chunked = self._closed = False
 
     def ids(self, limit: int) -> frozenset[str]:
         return frozenset(self._synced[:limit])
@@ -1052,21 +1056,28 @@ class _SyncedBlocks(_LocalBlocks):
         if block.id not in self._wanted:
             return None
         with self._lock:  # once, whichever transfer thread asks first
+            if self._closed:  # (a failed download's threads still running)
+                return None
             if not self._chunked:
                 self._chunked = True
                 self._chunk()
         return super()._offset(block)
 
     def _chunk(self) -> None:
-        disk = self._fs.local_path(self._source)
-        if disk is None:
-            return
         try:
+            disk = self._fs.local_path(self._source)
+            if disk is None:
+                return
             blocks = scan_file(disk).blocks
             self._handle = self._fs.open_read(self._source)
         except (OSError, BlockError):  # gone, unreadable, changing: fetched instead
             return
         self._where = {b.id: (b.offset, b.size) for b in blocks}
+
+    def close(self) -> None:
+        with self._lock:  # after a chunk under way: its handle is closed too
+            self._closed = True
+        super().close()
 
 
 class _TempFile(_LocalBlocks):

@@ -196,7 +196,7 @@ def test_a_folder_deleted_elsewhere_kept_here_for_what_is_not_synced_stays_delet
 
 
 def test_a_file_put_elsewhere_where_a_kept_folder_was_comes_here(
-    engines: tuple[SyncEngine, SyncEngine],
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The folder kept here for an editor's swap file keeps its record; a file another
     device then puts under its name had been planned away every round (the folder looked
@@ -213,6 +213,17 @@ def test_a_file_put_elsewhere_where_a_kept_folder_was_comes_here(
     b.run_once()
     (b.folder / FOLDER_MARKER).unlink()  # a cleaner took the hidden files
     assert not any("paused" in p for p in b.run_once().problems)
+    (b.folder / FOLDER_MARKER).unlink()
+    listdir = b.fs.listdir
+
+    def unlistable(rel: str) -> list[str]:  # (and one it may not list: kept, no crash)
+        if rel == "proj":
+            raise PermissionError(13, "Permission denied", rel)
+        return listdir(rel)
+
+    with monkeypatch.context() as m:
+        m.setattr(b.fs, "listdir", unlistable)
+        assert not any("paused" in p for p in b.run_once().problems)
     (a.folder / "proj").write_text("a file now")
     a.run_once()
     assert b.run_once().problems == []

@@ -694,3 +694,25 @@ def test_a_file_rewritten_whole_elsewhere_is_not_read_here(
     assert (a.folder / "f.bin").read_bytes() == new
     assert asked[0] == sorted(b.id for b in synced)  # told, without reading the file
     assert xfer.stats.blocks_reused == 0
+
+
+def test_a_download_over_a_copy_names_the_copys_blocks_not_the_synced_ones(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a copy (a viewer's refused edit moved aside) the blocks named to the server
+    are the copy's own, read from it: the synced version's, from the state database, are
+    not what it holds (each would have been asked for again, one by one)."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    uploaded, old, _ = _edited_elsewhere(a, api, 4 * 1024 * 1024, at=-100)
+    synced = _blocks_of(a, os.urandom(len(old)))  # another version than the copy's
+    xfer = _transfers(a, api)
+    xfer.state.put_base(Entry("f.bin", EntryKind.FILE, "b3:synced", len(old)),
+                        [b.id for b in synced])  # fmt: skip
+    asked = _haves_asked(api, monkeypatch)
+    try:
+        xfer.download("f.bin", uploaded.file_id, uploaded.rev, "", None, mode_from="copy.bin")
+    finally:
+        xfer.close()
+        api.close()
+    assert asked[0] == sorted(b.id for b in _blocks_of(a, old))
