@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import io
 import itertools
 import os
@@ -209,10 +208,7 @@ def _own_partial(fd: int, rel: str, *, lock: bool) -> None:
             raise OSError(errno.EEXIST, "not a partial download of this client's", rel)
         os.fchmod(fd, 0o600)
         if lock:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OSError(errno.EBUSY, "another download is writing it", rel) from None
+            _hold(fd, rel)
             # a resumed download may only read it: the scan's stale-temp sweep must not
             # take it for abandoned meanwhile
             os.utime(fd)
@@ -221,6 +217,19 @@ def _own_partial(fd: int, rel: str, *, lock: bool) -> None:
         raise
     if not lock:
         os.close(fd)
+
+
+def _hold(fd: int, rel: str) -> None:
+    """Hold the file of `fd` for this download alone, until closed: another finds it held
+    (EBUSY). POSIX advisory locks; none where there are none (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(errno.EBUSY, "another download is writing it", rel) from None
 
 
 def _stat_of(st: os.stat_result) -> Stat:
@@ -414,10 +423,12 @@ class _FakeHandle(io.RawIOBase):
 
     def __init__(self, fs: FakeFilesystem, rel: str) -> None:
         super().__init__()
-        self.fs, self.rel, self.position = fs, rel, 0
+        # the node, not its path: as an open file on disk, it stays this file when renamed
+        # or deleted
+        self.fs, self.node, self.position = fs, fs.nodes[rel], 0
 
     def _data(self) -> bytearray:
-        return self.fs.nodes[self.rel].data
+        return self.node.data
 
     def readable(self) -> bool:
         return True
@@ -429,8 +440,10 @@ class _FakeHandle(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        start = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self._data())}
-        self.position = start[whence] + offset
+        if whence == io.SEEK_END:
+            self.position = len(self._data()) + offset
+        else:
+            self.position = (self.position if whence == io.SEEK_CUR else 0) + offset
         return self.position
 
     def tell(self) -> int:

@@ -736,7 +736,10 @@ class Transfers:
             here.close()
             raise
         try:
-            # closed before the rename: Windows replaces no file that is open
+            # renamed while still open, so the partial's lock holds until it is in place: a
+            # second client on this folder could open it between a close and the rename,
+            # and write its blocks into the file then put in place (POSIX renames an open
+            # file; the client's filesystem layer is POSIX only)
             with here, temp:
                 for plaintext, in_place in self._fetch_blocks(first, plan, here, temp):
                     temp.put(plaintext, in_place=in_place)
@@ -747,12 +750,12 @@ class Transfers:
                 if temp.resumable:  # private until now
                     self.fs.give_mode(temp.handle, like=mode_from or path)
                 self.fs.fsync(temp.handle)
-            if first.entry.mtime is not None:
-                # a time this disk cannot hold keeps the download's own
-                with contextlib.suppress(OverflowError, ValueError):
-                    self.fs.set_mtime(tmp, int(first.entry.mtime.timestamp() * 1e9))
-            self._check_local(path, expect_local)
-            self.fs.rename(tmp, path)
+                if first.entry.mtime is not None:
+                    # a time this disk cannot hold keeps the download's own
+                    with contextlib.suppress(OverflowError, ValueError):
+                        self.fs.set_mtime(tmp, int(first.entry.mtime.timestamp() * 1e9))
+                self._check_local(path, expect_local)
+                self.fs.rename(tmp, path)
         except BaseException as e:
             disk_full = out_of_room(e)
             with contextlib.suppress(OSError):

@@ -716,3 +716,30 @@ def test_a_download_over_a_copy_names_the_copys_blocks_not_the_synced_ones(
         xfer.close()
         api.close()
     assert asked[0] == sorted(b.id for b in _blocks_of(a, old))
+
+
+def test_a_partial_stays_held_until_it_is_in_place(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download renames its partial into place while it still holds it: closed first,
+    another client's download could open it in between and write into the file then put
+    in place."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    entry = _uploaded(a, api, "f.bin", os.urandom(2 * 1024 * 1024))
+    other = SafeFilesystem(RealFilesystem(a.folder))  # another client's view of the folder
+    tried: list[int] = []
+    rename = RealFilesystem.rename
+
+    def rename_after_a_try(fs: RealFilesystem, src: str, dst: str) -> None:
+        try:
+            other.open_partial("", transfer._partial_key("f.bin"))[1].close()
+            tried.append(0)
+        except OSError as e:
+            tried.append(e.errno or 0)
+        rename(fs, src, dst)
+
+    monkeypatch.setattr(RealFilesystem, "rename", rename_after_a_try)
+    _download(a, api, entry)
+    api.close()
+    assert tried == [errno.EBUSY]
