@@ -149,19 +149,25 @@ def test_a_folder_turned_into_a_symlink_keeps_its_files_elsewhere(
     assert (b.folder / "docs" / "deep" / "b.txt").read_text() == "deeper"
 
 
+def _deleted_on_a_holding(a: SyncEngine, b: SyncEngine, name: str, text: str) -> None:
+    """A folder `proj` (with a file) synced on both; B puts `name` (holding `text`, and
+    never synced) in it, then A deletes the folder and syncs."""
+    (a.folder / "proj").mkdir()
+    (a.folder / "proj" / "x.txt").write_text("x")
+    a.run_once()
+    b.run_once()
+    (b.folder / "proj" / name).write_text(text)
+    shutil.rmtree(a.folder / "proj")
+    a.run_once()
+
+
 def test_a_folder_deleted_elsewhere_goes_despite_the_litter_in_it(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:
     """Finder leaves `.DS_Store` in every folder it shows: a folder deleted on another device
     must still go here, not come back to the server at the next round."""
     a, b = engines
-    (a.folder / "proj").mkdir()
-    (a.folder / "proj" / "x.txt").write_text("x")
-    a.run_once()
-    b.run_once()
-    (b.folder / "proj" / ".DS_Store").write_bytes(b"finder")
-    shutil.rmtree(a.folder / "proj")
-    a.run_once()
+    _deleted_on_a_holding(a, b, ".DS_Store", "finder")
     b.run_once()
     a.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == {}
@@ -176,14 +182,8 @@ def test_a_folder_deleted_elsewhere_kept_here_for_what_is_not_synced_stays_delet
     for it, but deleted on the server: it was created there again at the next round, and
     came back, empty, on every device. A file put in it later brings it back, as ever."""
     a, b = engines
-    (a.folder / "proj").mkdir()
-    (a.folder / "proj" / "x.txt").write_text("x")
-    a.run_once()
-    b.run_once()
     (b.folder / ".tesseraignore").write_text("*.log\n")
-    (b.folder / "proj" / kept).write_text("not synced")
-    shutil.rmtree(a.folder / "proj")
-    a.run_once()
+    _deleted_on_a_holding(a, b, kept, "not synced")
     assert b.run_once().problems == []
     assert b.run_once().ops == 0  # nothing to do, each round
     a.run_once()
@@ -203,13 +203,7 @@ def test_a_file_put_elsewhere_where_a_kept_folder_was_comes_here(
     unchanged here), never coming down, while the sync said "In sync". Now the folder is
     set aside and the file comes down; the marker's loss pauses nothing meanwhile."""
     a, b = engines
-    (a.folder / "proj").mkdir()
-    (a.folder / "proj" / "x.txt").write_text("x")
-    a.run_once()
-    b.run_once()
-    (b.folder / "proj" / ".x.txt.swp").write_text("unsaved work")
-    shutil.rmtree(a.folder / "proj")
-    a.run_once()
+    _deleted_on_a_holding(a, b, ".x.txt.swp", "unsaved work")
     b.run_once()
     (b.folder / FOLDER_MARKER).unlink()  # a cleaner took the hidden files
     assert not any("paused" in p for p in b.run_once().problems)
