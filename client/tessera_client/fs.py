@@ -198,30 +198,39 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _own_partial(fd: int, rel: str, *, lock: bool) -> None:
-    """Check that `fd` is a partial download this user may write (see `open_partial`), make
-    it private and writable, and, with `lock`, hold it for this download (until closed);
-    closes `fd` when refused, or when not `lock`."""
+def _own_partial(fd: int, rel: str, path: str) -> None:
+    """Hold `fd` for this download (until closed), check that it is a partial download
+    this user may write and still the file at `path` (see `open_partial`), and make it
+    private and writable; closes `fd` when refused. Locked first, so nothing is changed in
+    a file another download holds (its final permissions, set before its rename), and
+    checked against `path` after, since another download may have renamed it into place
+    between this one's open and its lock."""
     try:
+        _hold(fd, rel)
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
             raise OSError(errno.EEXIST, "not a partial download of this client's", rel)
+        there = os.lstat(path)
+        if (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
+            raise OSError(errno.EBUSY, "another download put it in place meanwhile", rel)
         os.fchmod(fd, 0o600)
-        if lock:
-            _hold(fd, rel)
-            # a resumed download may only read it: the scan's stale-temp sweep must not
-            # take it for abandoned meanwhile
-            os.utime(fd)
+        # a resumed download may only read it: the scan's stale-temp sweep must not take it
+        # for abandoned meanwhile
+        os.utime(fd)
     except BaseException:
         os.close(fd)
         raise
-    if not lock:
-        os.close(fd)
+
+
+# Filesystems without advisory locks (some network and FUSE mounts) refuse flock so
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 def _hold(fd: int, rel: str) -> None:
     """Hold the file of `fd` for this download alone, until closed: another finds it held
-    (EBUSY). POSIX advisory locks; none where there are none (Windows)."""
+    (EBUSY). Where the filesystem has no locks, unheld (a partial is then resumed as it
+    was before locks; refused, every download there left an empty one behind). The import
+    keeps this module importable where there is no `fcntl` (the real filesystem is POSIX)."""
     try:
         import fcntl
     except ImportError:
@@ -230,6 +239,9 @@ def _hold(fd: int, rel: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise OSError(errno.EBUSY, "another download is writing it", rel) from None
+    except OSError as e:
+        if e.errno not in _NO_LOCKS:
+            raise
 
 
 def _stat_of(st: os.stat_result) -> Stat:
@@ -349,9 +361,11 @@ class RealFilesystem(Filesystem):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except PermissionError:
             # an attempt whose final rename failed left it with a read-only file's bits
-            _own_partial(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), rel, lock=False)
+            readonly = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            _own_partial(readonly, rel, path)
+            os.close(readonly)
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-        _own_partial(fd, rel, lock=True)
+        _own_partial(fd, rel, path)
         return rel, os.fdopen(fd, "r+b")
 
     def give_mode(self, handle: BinaryIO, *, like: str | None) -> None:

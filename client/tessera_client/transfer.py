@@ -189,7 +189,8 @@ class TransferStats:
     blocks_up: int = 0
     block_bytes_down: int = 0
     blocks_down: int = 0
-    #: blocks a download took from the local file it replaced, not from the network
+    #: blocks a download took from disk, not from the network: from the local file it
+    #: replaced, or already in place in its partial download
     block_bytes_reused: int = 0
     blocks_reused: int = 0
     files_up: int = 0
@@ -735,39 +736,52 @@ class Transfers:
         except BaseException:
             here.close()
             raise
+        left = False  # whether a failure's temp file was kept or removed while still held
         try:
             # renamed while still open, so the partial's lock holds until it is in place: a
             # second client on this folder could open it between a close and the rename,
             # and write its blocks into the file then put in place (POSIX renames an open
             # file; the client's filesystem layer is POSIX only)
             with here, temp:
-                for plaintext, in_place in self._fetch_blocks(first, plan, here, temp):
-                    temp.put(plaintext, in_place=in_place)
-                    if self.progress:
-                        self.progress(path, len(plaintext))
-                plan.check_complete()
-                temp.handle.truncate()  # a partial of a longer version held more
-                if temp.resumable:  # private until now
-                    self.fs.give_mode(temp.handle, like=mode_from or path)
-                self.fs.fsync(temp.handle)
-                if first.entry.mtime is not None:
-                    # a time this disk cannot hold keeps the download's own
-                    with contextlib.suppress(OverflowError, ValueError):
-                        self.fs.set_mtime(tmp, int(first.entry.mtime.timestamp() * 1e9))
-                self._check_local(path, expect_local)
-                self.fs.rename(tmp, path)
+                try:
+                    for plaintext, in_place in self._fetch_blocks(first, plan, here, temp):
+                        temp.put(plaintext, in_place=in_place)
+                        if self.progress:
+                            self.progress(path, len(plaintext))
+                    plan.check_complete()
+                    temp.handle.truncate()  # a partial of a longer version held more
+                    if temp.resumable:  # private until now
+                        self.fs.give_mode(temp.handle, like=mode_from or path)
+                    self.fs.fsync(temp.handle)
+                    if first.entry.mtime is not None:
+                        # a time this disk cannot hold keeps the download's own
+                        with contextlib.suppress(OverflowError, ValueError):
+                            self.fs.set_mtime(tmp, int(first.entry.mtime.timestamp() * 1e9))
+                    self._check_local(path, expect_local)
+                    self.fs.rename(tmp, path)
+                except BaseException as e:
+                    left = True
+                    self._leave(tmp, temp, e)  # still held: by name, it is still this one
+                    raise
         except BaseException as e:
-            disk_full = out_of_room(e)
-            with contextlib.suppress(OSError):
-                if disk_full or not temp.resumable or self.fs.lstat(tmp).size == 0:
-                    self.fs.remove(tmp)
-                else:  # kept: written now, whatever old mtime the server's gave it
-                    self.fs.set_mtime(tmp, time.time_ns())
-            if disk_full:
+            if out_of_room(e):
+                if not left:  # the close's last flush
+                    with contextlib.suppress(OSError):
+                        self.fs.remove(tmp)
                 raise _disk_full(path) from e
             raise
         self._count(files_down=1)
         return first.entry, self.fs.lstat(path), plan.ids
+
+    def _leave(self, tmp: str, temp: _TempFile, error: BaseException) -> None:
+        """A failed download's temp file: kept for the next attempt when it is a partial
+        download holding something (touched: written now, whatever old mtime the server's
+        gave it, so the scan's sweep keeps it); removed otherwise, and on a full disk."""
+        with contextlib.suppress(OSError):
+            if out_of_room(error) or not temp.resumable or self.fs.lstat(tmp).size == 0:
+                self.fs.remove(tmp)
+            else:
+                self.fs.set_mtime(tmp, time.time_ns())
 
     def _open_temp(self, folder: str, path: str, *, like: str) -> tuple[str, _TempFile]:
         """The temp file a download of `path` writes, with what an earlier attempt left in
@@ -993,8 +1007,12 @@ class _LocalBlocks:
 
     def __init__(self, handle: BinaryIO | None, blocks: Iterable[BlockRef]) -> None:
         self._handle = handle
-        self._where = {b.id: (b.offset, b.size) for b in blocks}
+        self._know(blocks)
         self._lock = threading.Lock()  # one file position for the transfer threads
+
+    def _know(self, blocks: Iterable[BlockRef]) -> None:
+        """Where each of `blocks` is in the file."""
+        self._where = {b.id: (b.offset, b.size) for b in blocks}
 
     def _offset(self, block: DownloadBlock) -> int | None:
         """Where the file may hold `block`, if anywhere."""
@@ -1075,7 +1093,7 @@ class _SyncedBlocks(_LocalBlocks):
             self._handle = self._fs.open_read(self._source)
         except (OSError, BlockError):  # gone, unreadable, changing: fetched instead
             return
-        self._where = {b.id: (b.offset, b.size) for b in blocks}
+        self._know(blocks)
 
     def close(self) -> None:
         with self._lock:  # after a chunk under way: its handle is closed too
@@ -1093,7 +1111,7 @@ class _TempFile(_LocalBlocks):
 
     def __init__(self, handle: BinaryIO, *, resumable: bool) -> None:
         super().__init__(handle, ())
-        self.handle, self.resumable = handle, resumable
+        self.handle, self.resumable = handle, resumable  # (never None, unlike `_handle`)
         self._held = handle.seek(0, io.SEEK_END) if resumable else 0
         handle.seek(0)
 

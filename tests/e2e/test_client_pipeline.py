@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -743,3 +744,6 @@ def test_a_partial_stays_held_until_it_is_in_place(
     _download(a, api, entry)
     api.close()
     assert tried == [errno.EBUSY]
+    # nor did the other's try change it: its final bits (a new file's) were set already
+    new_file = 0o644 & ~os.umask(os.umask(0o022))
+    assert stat.S_IMODE((a.folder / "f.bin").stat().st_mode) == new_file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import stat
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tessera_client import fs as fs_module
 from tessera_client.fs import (
     PARTIAL_PREFIX,
     FakeFilesystem,
@@ -416,3 +418,47 @@ def test_a_partial_download_is_private_until_it_takes_its_files_permissions(
     rel, handle = fs.open_partial("", "k")
     handle.close()
     assert mode(rel) == 0o600
+
+
+def test_a_partial_renamed_into_place_between_the_open_and_the_lock_is_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another download renames the partial into place (and lets go of it) between this
+    one's open and its lock: the lock then succeeds on the synced file, which this one
+    made private and wrote its own blocks into. It is refused, untouched."""
+    fs = SafeFilesystem(RealFilesystem(tmp_path))
+    rel, handle = fs.open_partial("", "k")
+    with handle:
+        handle.write(b"the other download's file")
+    os.chmod(tmp_path / rel, 0o644)
+    hold = fs_module._hold
+
+    def renamed_first(fd: int, name: str) -> None:
+        os.rename(tmp_path / rel, tmp_path / "doc.txt")  # the other download, finishing
+        hold(fd, name)
+
+    monkeypatch.setattr(fs_module, "_hold", renamed_first)
+    with pytest.raises(OSError):
+        fs.open_partial("", "k")
+    placed = tmp_path / "doc.txt"
+    assert placed.read_bytes() == b"the other download's file"
+    assert stat.S_IMODE(placed.stat().st_mode) == 0o644
+
+
+def test_a_filesystem_without_locks_still_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network and FUSE mounts refuse flock (ENOLCK): every download there had fallen
+    back to a fresh temp file, never resuming, and left an empty partial behind."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    fs = SafeFilesystem(RealFilesystem(tmp_path))
+    rel, handle = fs.open_partial("", "k")
+    with handle:
+        handle.write(b"first attempt")
+    again, handle = fs.open_partial("", "k")
+    with handle:
+        assert again == rel and handle.read() == b"first attempt"
