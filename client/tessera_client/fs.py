@@ -329,12 +329,13 @@ class RealFilesystem(Filesystem):
         for folder in dict.fromkeys((parent_of(dst), parent_of(src))):
             _fsync_dir(self._abs(folder))
 
-    def _mode_of(self, like: str | None) -> int | None:
-        """The permission bits of the file `like`, when there is one."""
+    def _mode_of(self, like: str | None) -> int:
+        """The permission bits of the file `like`, or a new file's (0644 less the umask)
+        when there is none."""
         if like is not None:
             with contextlib.suppress(FileNotFoundError):
                 return stat_mod.S_IMODE(os.lstat(self._abs(like)).st_mode)
-        return None
+        return 0o644 & ~_UMASK
 
     def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
         mode = self._mode_of(like)
@@ -343,13 +344,12 @@ class RealFilesystem(Filesystem):
             rel = f"{folder}/{name}" if folder else name
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             try:
-                fd = os.open(self._abs(rel), flags, 0o644 if mode is None else 0o600)
+                fd = os.open(self._abs(rel), flags, 0o600)
             except FileExistsError:
                 if n > 100:
                     raise
                 continue
-            if mode is not None:
-                os.fchmod(fd, mode)  # exactly the old file's bits (os.open's go through umask)
+            os.fchmod(fd, mode)  # exactly these bits (os.open's go through the umask)
             return rel, os.fdopen(fd, "wb")
         raise AssertionError("unreachable")
 
@@ -369,8 +369,7 @@ class RealFilesystem(Filesystem):
         return rel, os.fdopen(fd, "r+b")
 
     def give_mode(self, handle: BinaryIO, *, like: str | None) -> None:
-        mode = self._mode_of(like)
-        os.fchmod(handle.fileno(), 0o644 & ~_UMASK if mode is None else mode)
+        os.fchmod(handle.fileno(), self._mode_of(like))
 
     def open_read(self, rel: str) -> BinaryIO:
         # a FIFO would block the open for ever, and SIGINT with it (Python retries an

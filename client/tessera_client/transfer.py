@@ -736,7 +736,6 @@ class Transfers:
         except BaseException:
             here.close()
             raise
-        left = False  # whether a failure's temp file was kept or removed while still held
         try:
             # renamed while still open, so the partial's lock holds until it is in place: a
             # second client on this folder could open it between a close and the rename,
@@ -760,14 +759,10 @@ class Transfers:
                     self._check_local(path, expect_local)
                     self.fs.rename(tmp, path)
                 except BaseException as e:
-                    left = True
                     self._leave(tmp, temp, e)  # still held: by name, it is still this one
                     raise
         except BaseException as e:
             if out_of_room(e):
-                if not left:  # the close's last flush
-                    with contextlib.suppress(OSError):
-                        self.fs.remove(tmp)
                 raise _disk_full(path) from e
             raise
         self._count(files_down=1)
@@ -1111,9 +1106,15 @@ class _TempFile(_LocalBlocks):
 
     def __init__(self, handle: BinaryIO, *, resumable: bool) -> None:
         super().__init__(handle, ())
-        self.handle, self.resumable = handle, resumable  # (never None, unlike `_handle`)
+        self.resumable = resumable
         self._held = handle.seek(0, io.SEEK_END) if resumable else 0
         handle.seek(0)
+
+    @property
+    def handle(self) -> BinaryIO:
+        """The temp file's handle (never None, unlike the base's)."""
+        assert self._handle is not None
+        return self._handle
 
     def _offset(self, block: DownloadBlock) -> int | None:
         return block.offset if block.offset + block.size <= self._held else None
