@@ -1033,7 +1033,7 @@ class _LocalBlocks:
         try:
             with self._lock:
                 data = self._read_at(self._handle, offset, block.size)
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: closed meanwhile, the download failed)
             return None
         return data if len(data) == block.size and block_id(data) == block.id else None
 
