@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def test_same_content_from_two_users_is_stored_once(world: World) -> None:
     result = _dedup(world)
 
     assert (result.verified, result.promoted, result.dropped, result.quarantined) == (10, 5, 5, 0)
+    assert result.canonical_replaced == 0
     _collect_settled(world)
     assert len(world.keys_under("blocks/")) == 5
     assert world.bytes_under("blocks/") <= 1.05 * len(data) + 5 * 64  # one copy (+ headers)
@@ -68,20 +70,34 @@ def test_same_content_from_two_users_is_stored_once(world: World) -> None:
     assert (again.verified, again.promoted, again.dropped) == (0, 0, 0)
 
 
-def test_a_verified_copy_replaces_a_canonical_object_of_another_size(world: World) -> None:
-    """The canonical object was cut short (or overwritten) and no scrub has seen it yet.
-    Another user's upload of the block verifies: it was dropped on the strength of a HEAD
-    alone, gc deleted it, and the only good bytes were gone. Now it replaces the
-    canonical, and both users read the block."""
+def _flip_a_byte(stored: bytes) -> bytes:
+    middle = len(stored) // 2
+    return stored[:middle] + bytes([stored[middle] ^ 1]) + stored[middle + 1 :]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda _stored: secrets.token_bytes(100), _flip_a_byte],
+    ids=["another-size", "same-size"],
+)
+def test_a_verified_copy_replaces_a_canonical_object_that_is_not_the_block(
+    world: World, damage: Callable[[bytes], bytes]
+) -> None:
+    """The canonical object was cut short, overwritten or damaged at its own size, and no
+    scrub has seen it yet. Another user's upload of the block verifies: it was dropped on
+    the strength of a HEAD alone, gc deleted it, and the only good bytes were gone. Now
+    the canonical object is read and verified first, the copy replaces it, and both users
+    read the block."""
     data = secrets.token_bytes(BLOCK)
     world.put(ALICE, "/a.bin", data)
     _dedup(world)
     bid = block_id(data)
     key = object_keys.canonical_key(bid)
-    world.store.put(key, secrets.token_bytes(100))  # not the block, and not its size
+    world.store.put(key, damage(world.store.get(key)))
     world.put(BOB, "/b.bin", data)
     result = _dedup(world)
     assert (result.verified, result.promoted, result.dropped) == (1, 1, 0)
+    assert result.canonical_replaced == 1
     _collect_settled(world)
     assert world.get(ALICE, "/a.bin") == data
     assert world.get(BOB, "/b.bin") == data

@@ -5,9 +5,9 @@ not prove it may read the server's copy. For each one, without holding any lock:
 take the block key of the key version in its header, decode (decrypt, decompress, re-hash).
 Then, under the per-block maintenance lock and the copy's row lock:
 
-- verified, and a live canonical copy exists in the hot tier → repoint the versions to it,
-  drop the staged copy;
-- verified, and none exists (or it is lost, quarantined, or cold) → copy it to
+- verified, and a live canonical copy exists in the hot tier, read and verified too (as its
+  row records it) → repoint the versions to it, drop the staged copy;
+- verified, and none exists (or it is lost, damaged, quarantined, or cold) → copy it to
   `blocks/<hex>`, mark the block live, repoint the versions, then drop the staged copy. A
   fresh upload of a cold block replaces the cold object: its uploader (and anyone else)
   reads it at once instead of waiting hours on a restore. Where `blocks/<hex>` may hold
@@ -28,6 +28,7 @@ both its keys after `quarantine_retention_days`, so a run killed midway leaves n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from tessera.domain.object_keys import canonical_key, quarantine_key
@@ -49,19 +50,20 @@ def verify_staged(
     after = ("", "")
     for _ in ctx.batches():
         copies = ctx.repo.staged_copies(ctx.settings.batch_size, after=after, upload_ids=upload_ids)
-        checks = ctx.parallel(lambda c: _read(ctx, c), copies)
-        failed = [c for c in checks if isinstance(c, Exception)]
+        live = ctx.repo.live_blocks([c.block_id for c in copies])
+        reads = ctx.parallel(lambda c: _read(ctx, c, c.block_id in live), copies)
+        failed = [r for r in reads if isinstance(r, Exception)]
         if len(failed) > 1 and len(failed) == len(copies):
             # every read failed: the store or the key service is down, not a copy. The run
             # fails (a queue's batch comes again, a state machine retries), rather than
             # walk every staged copy, each with its failing call. (One copy alone may be
             # the trouble: failing for it, a queue's batch went to its dead letters.)
             raise failed[0]
-        for copy, check in zip(copies, checks, strict=True):
-            if isinstance(check, Exception):
-                result.errors.append(f"{copy.staged_key}: {check}")
+        for copy, read in zip(copies, reads, strict=True):
+            if isinstance(read, Exception):
+                result.errors.append(f"{copy.staged_key}: {read}")
             else:
-                _settle(ctx, copy, check, as_of, result)
+                _settle(ctx, copy, read, as_of, result)
         if len(copies) < ctx.settings.batch_size:
             break
         after = (copies[-1].upload_id, copies[-1].block_id)
@@ -71,24 +73,51 @@ def verify_staged(
     return result
 
 
-def _read(ctx: MaintenanceContext, copy: StagedCopy) -> Check | Exception:
-    """The verdict on one staged copy, or why reading it failed (the store or the key
-    service failing for a while): that copy waits for the next run, and the rest of the
-    batch goes on, where one failure had failed the batch, and every run met it again."""
+@dataclass(frozen=True)
+class _Verdicts:
+    """What reading one staged copy found, before any lock is taken."""
+
+    copy: Check
+    # The canonical object's verdict, read when the copy verified and the block's row was
+    # live: the copy is dropped only for a canonical object that is the block. A HEAD
+    # alone dropped it for one damaged at the same size, gc deleted the good bytes, and
+    # scrub could then only quarantine the block for every version naming it.
+    canonical: Check | None
+
+
+def _read(ctx: MaintenanceContext, copy: StagedCopy, live: bool) -> _Verdicts | Exception:
+    """The verdicts on one staged copy (and on the canonical object, when the copy verified
+    and its block is `live`), or why reading failed (the store or the key service failing
+    for a while): that copy waits for the next run, and the rest of the batch goes on,
+    where one failure had failed the batch, and every run met it again."""
     try:
-        return check_stored(
+        check = check_stored(
             ctx.store, ctx.keys, copy.staged_key, copy.block_id, expect_plain_size=copy.size
         )
+        canonical = None
+        if check.ok and live:
+            canonical = check_stored(
+                ctx.store,
+                ctx.keys,
+                canonical_key(copy.block_id),
+                copy.block_id,
+                expect_plain_size=copy.size,
+            )
+        return _Verdicts(check, canonical)
     except Exception as e:
         log.warning("dedup: could not read %s: left for later", copy.staged_key, exc_info=True)
         return e
 
 
 def _settle(
-    ctx: MaintenanceContext, seen: StagedCopy, check: Check, as_of: datetime, result: DedupResult
+    ctx: MaintenanceContext,
+    seen: StagedCopy,
+    verdicts: _Verdicts,
+    as_of: datetime,
+    result: DedupResult,
 ) -> None:
-    """Apply the verdict on one copy, if no other worker settled it meanwhile."""
-    store, bid = ctx.store, seen.block_id
+    """Apply the verdicts on one copy, if no other worker settled it meanwhile."""
+    store, bid, check, canonical = ctx.store, seen.block_id, verdicts.copy, verdicts.canonical
     quarantined: str | None = None
     with ctx.repo.transaction() as tx:
         tx.block_lock(bid)
@@ -116,20 +145,35 @@ def _settle(
             row = tx.block(bid)
             target = canonical_key(bid)
             head = store.head(target) if row is not None and row.state == "live" else None
-            # A canonical object of another size than its row records is not the block (cut
-            # short, or overwritten): the verified copy replaces it below. Dropped for it,
-            # the copy was deleted by gc, the only good bytes, and scrub quarantined the
-            # block for every version naming it.
+            if canonical is None and head is not None and head.tier is StorageTier.HOT:
+                # made live since the batch was listed (often by this run: two uploads of
+                # one block in a batch): read now, under the lock, as the HEAD is
+                canonical = check_stored(
+                    store, ctx.keys, target, bid, expect_plain_size=copy.size
+                )
+            # The canonical object must be the block as its row records it (verified, at
+            # the stored size and key version downloads are given) and still be that
+            # object, in the hot tier. Anything else (cut short, overwritten, damaged at
+            # its size, another encoding, moved cold) the verified copy replaces below.
+            # Another maintenance step may replace the object after the read, but only
+            # with verified bytes.
             if (
                 head is not None
                 and head.tier is StorageTier.HOT
                 and row is not None
+                and canonical is not None
+                and canonical.ok
+                and canonical.key_version == row.key_version
+                and head.size == canonical.stored_size
                 and row.stored_size in (None, head.size)
             ):
                 tx.settle_copy(copy, "dropped")
                 result.dropped += 1
                 result.bytes_freed += check.stored_size
             else:
+                if canonical is not None and not canonical.ok:
+                    result.canonical_replaced += 1
+                    log.warning("dedup: %s did not verify (%s): replaced", target, canonical.reason)
                 # A cold or restoring row's object (or a live row's, out of the hot tier)
                 # is the block: a copy that does not verify must never replace it. The row
                 # is locked before the verified copy replaces it: given up on after (a

@@ -59,6 +59,7 @@ class DedupResult(StepResult):
     quarantined: int = 0  # failed verification: never promoted, never served
     versions_damaged: int = 0  # versions marked damaged by a quarantine
     bytes_freed: int = 0  # stored bytes of dropped copies
+    canonical_replaced: int = 0  # live canonical objects that were not the block, replaced
 
 
 @dataclass

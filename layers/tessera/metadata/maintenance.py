@@ -876,6 +876,15 @@ class MaintenanceRepository:
             )
         return [StagedCopy(*r) for r in rows]
 
+    def live_blocks(self, block_ids: Sequence[str]) -> set[str]:
+        """Those of `block_ids` whose row is live: a canonical object should hold them."""
+        with self.transaction() as tx:
+            rows = tx._all(
+                "SELECT block_id FROM blocks WHERE block_id = ANY(%s) AND state = 'live'",
+                (list(block_ids),),
+            )
+        return {r[0] for r in rows}
+
 
 __all__ = [
     "BlockRow",
