@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from tessera.domain.object_keys import canonical_key, quarantine_key
 from tessera.metadata.maintenance import StagedCopy
@@ -51,7 +52,7 @@ def verify_staged(
     for _ in ctx.batches():
         copies = ctx.repo.staged_copies(ctx.settings.batch_size, after=after, upload_ids=upload_ids)
         live = ctx.repo.live_blocks([c.block_id for c in copies])
-        reads = ctx.parallel(lambda c: _read(ctx, c, c.block_id in live), copies)
+        reads = ctx.parallel(partial(_read, ctx, live), copies)
         failed = [r for r in reads if isinstance(r, Exception)]
         if len(failed) > 1 and len(failed) == len(copies):
             # every read failed: the store or the key service is down, not a copy. The run
@@ -85,9 +86,9 @@ class _Verdicts:
     canonical: Check | None
 
 
-def _read(ctx: MaintenanceContext, copy: StagedCopy, live: bool) -> _Verdicts | Exception:
+def _read(ctx: MaintenanceContext, live: set[str], copy: StagedCopy) -> _Verdicts | Exception:
     """The verdicts on one staged copy (and on the canonical object, when the copy verified
-    and its block is `live`), or why reading failed (the store or the key service failing
+    and its block is in `live`), or why reading failed (the store or the key service failing
     for a while): that copy waits for the next run, and the rest of the batch goes on,
     where one failure had failed the batch, and every run met it again."""
     try:
@@ -95,7 +96,7 @@ def _read(ctx: MaintenanceContext, copy: StagedCopy, live: bool) -> _Verdicts | 
             ctx.store, ctx.keys, copy.staged_key, copy.block_id, expect_plain_size=copy.size
         )
         canonical = None
-        if check.ok and live:
+        if check.ok and copy.block_id in live:
             canonical = check_stored(
                 ctx.store,
                 ctx.keys,
@@ -148,9 +149,7 @@ def _settle(
             if canonical is None and head is not None and head.tier is StorageTier.HOT:
                 # made live since the batch was listed (often by this run: two uploads of
                 # one block in a batch): read now, under the lock, as the HEAD is
-                canonical = check_stored(
-                    store, ctx.keys, target, bid, expect_plain_size=copy.size
-                )
+                canonical = check_stored(store, ctx.keys, target, bid, expect_plain_size=copy.size)
             # The canonical object must be the block as its row records it (verified, at
             # the stored size and key version downloads are given) and still be that
             # object, in the hot tier. Anything else (cut short, overwritten, damaged at
@@ -174,6 +173,7 @@ def _settle(
                 if canonical is not None and not canonical.ok:
                     result.canonical_replaced += 1
                     log.warning("dedup: %s did not verify (%s): replaced", target, canonical.reason)
+
                 # A cold or restoring row's object (or a live row's, out of the hot tier)
                 # is the block: a copy that does not verify must never replace it. The row
                 # is locked before the verified copy replaces it: given up on after (a
