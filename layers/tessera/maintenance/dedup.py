@@ -93,7 +93,12 @@ def _read(ctx: MaintenanceContext, live: set[str], copy: StagedCopy) -> _Verdict
     where one failure had failed the batch, and every run met it again."""
     try:
         check = check_stored(
-            ctx.store, ctx.keys, copy.staged_key, copy.block_id, expect_plain_size=copy.size
+            ctx.store,
+            ctx.keys,
+            copy.staged_key,
+            copy.block_id,
+            expect_plain_size=copy.size,
+            issued_key_version=copy.key_version,
         )
         canonical = None
         if check.ok and copy.block_id in live:

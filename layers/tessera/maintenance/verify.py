@@ -18,6 +18,17 @@ NOT_RESTORED = "unreadable: not_restored"
 knows, just not readable now."""
 
 
+class KeyUnavailableError(Exception):
+    """The key of a version handed out before cannot be had now: no verdict on the block."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"key version {version} was handed out for this block but cannot be loaded now"
+            " (the key service failing, or not yet aware of a rotation): checked again later"
+        )
+        self.version = version
+
+
 @dataclass(frozen=True)
 class Check:
     """The verdict on one stored object; `reason` says what is wrong when not `ok`."""
@@ -40,11 +51,17 @@ def check_stored(
     *,
     expect_plain_size: int | None = None,
     expect_key_version: int | None = None,
+    issued_key_version: int | None = None,
 ) -> Check:
     """Read `key` and decode it as block `block_id` (decrypt, decompress, re-hash).
 
     The block key comes from the key version in the stored header; `expect_key_version`
     additionally requires that version (the one the metadata hands to downloaders).
+    `issued_key_version` is the one an upload's uploader was given. It existed when it
+    was handed out, so a header naming it whose key cannot be had now is no verdict: the
+    key service is failing, or answering from a stale memory (AWS: a "not found" kept for
+    a minute, met by a rotation within it), and the upload is intact as far as anyone
+    knows. `KeyUnavailableError` says so, and the object is checked again later.
     """
     try:
         stored = store.get(key)
@@ -66,14 +83,19 @@ def check_stored(
         # after the newest this process lists is loaded, as a rotation since its listing
         # (on AWS, read again at most once a minute) made it: judged unknown, an upload
         # under a freshly rotated key was quarantined for good.
-        if not keys.knows(version) and version != max(keys.versions(), default=0) + 1:
+        vouched = version == issued_key_version
+        unlisted = not keys.knows(version) and version != max(keys.versions(), default=0) + 1
+        if unlisted and not vouched:
             return Check(False, f"unknown key version {version}", stored_size=len(stored))
-        _, block_key = keys.block_key(block_id, version)
+        try:
+            _, block_key = keys.block_key(block_id, version)
+        except KeyError:
+            if vouched:
+                raise KeyUnavailableError(version) from None
+            return Check(False, f"unknown key version {version}", stored_size=len(stored))
         plain = decode_block(stored, block_id, block_key)
     except BlockError as exc:
         return Check(False, f"{exc.code}: {exc.message}", stored_size=len(stored))
-    except KeyError:
-        return Check(False, "unknown key version", stored_size=len(stored))
     if expect_plain_size is not None and len(plain) != expect_plain_size:
         return Check(False, f"size {len(plain)}, declared {expect_plain_size}")
     found = Check(True, stored_size=len(stored), key_version=version, plain_size=len(plain))

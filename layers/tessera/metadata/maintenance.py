@@ -53,6 +53,7 @@ class StagedCopy:
     staged_key: str
     size: int  # declared plaintext bytes
     stored_size: int | None
+    key_version: int  # the version whose key the uploader was given: it existed then
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class MaintenanceTx:
     def lock_staged_copy(self, upload_id: str, block_id: str) -> StagedCopy | None:
         """Row-lock the copy if it still awaits verification (state `staged`)."""
         rows = self._all(
-            "SELECT upload_id, block_id, staged_key, size, stored_size FROM upload_blocks"
+            "SELECT upload_id, block_id, staged_key, size, stored_size, key_version"
+            " FROM upload_blocks"
             " WHERE upload_id = %s AND block_id = %s AND state = 'staged' FOR UPDATE",
             (upload_id, block_id),
         )
@@ -869,7 +871,8 @@ class MaintenanceRepository:
         params.append(limit)
         with self.transaction() as tx:
             rows = tx._all(
-                "SELECT upload_id, block_id, staged_key, size, stored_size FROM upload_blocks"
+                "SELECT upload_id, block_id, staged_key, size, stored_size, key_version"
+                " FROM upload_blocks"
                 f" WHERE state = 'staged' AND (upload_id, block_id) > (%s, %s){only}"
                 " ORDER BY upload_id, block_id LIMIT %s",
                 params,
