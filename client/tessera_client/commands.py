@@ -574,6 +574,30 @@ def share(
         out.print(f"Shared {entry['path_display']} with {email} as {access}.")
 
 
+def unshare(
+    path: Annotated[str, typer.Argument(help="The shared folder.")],
+    email: Annotated[
+        str | None,
+        typer.Argument(help="The member to remove (the owner; without it, everyone else)."),
+    ] = None,
+) -> None:
+    """Stop sharing a folder with someone, or with everyone; a member leaves it."""
+    with friendly_errors(), _server() as (api, settings):
+        request = {"path": _server_path(path, settings)}
+        if email is not None:
+            request["email"] = email
+        entry = api.call("/v1/unshare", request)
+    where = entry["path_display"]
+    if entry["access"] != "owner":
+        # what the owner shared leaves this device at its next sync; edits not yet
+        # synced stay (docs/client.md)
+        out.print(f"Left {where}: it leaves your devices at their next sync.")
+    elif email is not None:
+        out.print(f"{email} no longer has {where}.")
+    else:
+        out.print(f"{where} is shared with no one now; its files stay yours.")
+
+
 def shares(as_json: JsonOption = False) -> None:
     """List the shared folders you own or were given."""
     with friendly_errors(), _server() as (api, _settings):
@@ -645,6 +669,7 @@ def register(app: typer.Typer) -> None:
         trash,
         undelete,
         share,
+        unshare,
         shares,
         conflicts,
     ):

@@ -694,6 +694,54 @@ def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
     assert snapshot(editor.folder) == mine
 
 
+def test_the_owner_removes_a_member_and_the_share_leaves_their_device(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """`tessera unshare Team EMAIL`: the owner takes a member's access away (the API had
+    it, the CLI had no way to say it). The folder leaves the member's device at its next
+    sync, except an edit of theirs not yet synced, and stays the owner's."""
+    files = {"Team/spec.md": "the spec", "Team/plan.txt": "the plan"}
+    owner, editor = _shared_team(inproc_cloud, devices, tmp_path, files, "editor")
+    editor.sync()
+    team = snapshot(owner.folder)
+    editor.write("Team/notes.txt", "not synced yet")
+    said = owner.run("unshare", "Team", editor.email).stdout
+    assert f"{editor.email} no longer has /Team." in said
+    [share] = owner.json("shares")
+    assert [m["email"] for m in share["members"]] == [owner.email]
+    assert editor.json("shares") == []
+    editor.sync()
+    assert snapshot(editor.folder) == {"Team": None, "Team/notes.txt": b"not synced yet"}
+    owner.sync()
+    assert snapshot(owner.folder) == team
+
+
+def test_a_member_leaves_a_share_and_the_others_keep_it(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """`tessera unshare Team` by a member leaves it; the owner and their files stay."""
+    owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/x.txt", "x")
+    viewer.sync()
+    assert "Left /Team" in viewer.run("unshare", "Team").stdout
+    viewer.sync()
+    assert snapshot(viewer.folder) == {}
+    [share] = owner.json("shares")
+    assert viewer.email not in {m["email"] for m in share["members"]}
+    owner.sync()
+    assert (owner.folder / "Team" / "x.txt").read_text() == "x"
+    said = owner.run("unshare", "Team").stdout  # everyone else: no one is left to remove
+    assert "/Team is shared with no one now" in said
+
+
+def test_unsharing_a_folder_that_is_not_shared_says_so(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    a.write("Mine/x.txt", "x")
+    a.sync()
+    assert "not a shared folder" in a.run("unshare", "Mine", check=1).stderr
+
+
 def test_leaving_a_large_share_waits_for_the_mass_delete_approval(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
