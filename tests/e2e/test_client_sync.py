@@ -733,6 +733,21 @@ def test_a_member_leaves_a_share_and_the_others_keep_it(
     assert "/Team is shared with no one now" in said
 
 
+def test_account_shows_the_storage_used_of_the_quota(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """The storage used was shown once, at login: `tessera account` shows it any time."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    a.write("a.bin", "x" * 3000)
+    a.sync()
+    info = a.json("account")
+    assert (info["email"], info["used_bytes"]) == (a.email, 3000)
+    percent = 100 * 3000 / info["quota_bytes"]
+    assert a.run("account").stdout.strip() == (
+        f"{a.email}: 2.9 KiB of {info['quota_bytes'] / 2**30:.1f} GiB used ({percent:.0f} %)"
+    )
+
+
 def test_unsharing_a_folder_that_is_not_shared_says_so(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
