@@ -277,19 +277,24 @@ def _sign_out_on_server(home: Home, settings: Settings) -> str | None:
 # -- sync -----------------------------------------------------------------------------
 
 
+def _transfer_bars() -> Progress:
+    """Progress bars for files on their way: name, bar, bytes, speed (on stderr)."""
+    return Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
 class ConsoleReporter(Reporter):
     """Prints events and problems; progress bars for large transfers."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=err,
-            transient=True,
-        )
+        self.progress = _transfer_bars()
         self._tasks: dict[str, Any] = {}
         self.status = "starting"
 
@@ -526,6 +531,61 @@ def restore(
         out.print(f"Restored {entry['path_display']} to rev {rev} (now rev {entry['rev']}).")
 
 
+def get(
+    path: Annotated[str | None, typer.Argument(help="The file on the server.")] = None,
+    rev: Annotated[
+        int | None, typer.Option("--rev", help="The version (default: the current one).")
+    ] = None,
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", "-o", help="Where to save it: a new file, or a folder to put it in."),
+    ] = None,
+    file_id: FileIdOption = None,
+) -> None:
+    """Download a file, or an earlier version of it, without syncing (never over a file)."""
+    with friendly_errors(), _server() as (api, settings):
+        from tessera_client.getfile import download_to, target  # the transfers: only here
+        from tessera_client.transfer import (
+            BlockReportedError,
+            IntegrityError,
+            LocalChangedError,
+            RestoringError,
+        )
+
+        entry = api.call("/v1/metadata", _path_or_id(path, file_id, settings))
+        if entry[".tag"] != "file":
+            raise UserError(f"{entry['path_display']} is a folder; `tessera ls` lists it")
+        dest = target(to, entry["name"])
+        latest = rev in (None, entry["rev"])
+        bars = _transfer_bars()
+        bars.disable = not err.is_terminal  # (it left a blank line in a pipe)
+        # an earlier version's size is not listed: its bar counts on without an end
+        task = bars.add_task(entry["name"], total=entry["size"] if latest else None)
+        try:
+            with bars:
+                download_to(
+                    api,
+                    dest,
+                    entry["file_id"],
+                    entry["rev"] if rev is None else rev,
+                    content_hash=entry["content_hash"] if latest else "",
+                    device=settings.device_name,
+                    progress=lambda _name, nbytes: bars.advance(task, nbytes),
+                )
+        except RestoringError as e:
+            minutes = max(1, round(e.retry_after / 60))
+            raise UserError(
+                f"{entry['path_display']} is in cold storage: its restore has begun; run this"
+                f" again in about {minutes} min"
+            ) from None
+        except BlockReportedError as e:
+            raise UserError(f"{e}; run this again in a minute") from None
+        except (IntegrityError, LocalChangedError, OSError) as e:
+            raise UserError(f"{entry['path_display']} was not saved: {e}") from None
+        version = "" if latest else f" (rev {rev})"
+        out.print(f"Saved {entry['path_display']}{version} as {dest}.", soft_wrap=True)
+
+
 def rm(path: Annotated[str, typer.Argument(help="File or folder to delete.")]) -> None:
     """Delete a file or folder on the server (it goes to the trash)."""
     with friendly_errors(), _server() as (api, settings):
@@ -684,6 +744,7 @@ def register(app: typer.Typer) -> None:
         status,
         ls,
         history,
+        get,
         restore,
         rm,
         trash,

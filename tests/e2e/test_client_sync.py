@@ -748,6 +748,32 @@ def test_account_shows_the_storage_used_of_the_quota(
     )
 
 
+def test_get_saves_a_file_or_an_earlier_version_without_syncing(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """`tessera get`: a version seen in `history` could only be looked at by restoring it
+    (a new version for every device), and a file only had by syncing the whole tree."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    first = os.urandom(9 * 1024 * 1024)  # several blocks, and a progress bar
+    a.write("Docs/report.bin", first)
+    a.sync()
+    a.write("Docs/report.bin", first[:1000] + b"edited" + first[1000:])
+    a.sync()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    said = a.run("get", "Docs/report.bin", "--rev", "1", "--to", str(elsewhere)).stdout
+    assert said == f"Saved /Docs/report.bin (rev 1) as {elsewhere / 'report.bin'}.\n"
+    assert (elsewhere / "report.bin").read_bytes() == first
+    a.run("get", "Docs/report.bin", "--to", str(elsewhere / "now.bin"))
+    assert (elsewhere / "now.bin").read_bytes() == (a.folder / "Docs/report.bin").read_bytes()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["now.bin", "report.bin"]  # no temp
+    # never over a file, and nothing changed on the server
+    refused = a.run("get", "Docs/report.bin", "--to", str(elsewhere / "now.bin"), check=1)
+    assert "exists" in refused.stderr
+    assert [e["rev"] for e in a.json("history", "Docs/report.bin")["entries"]] == [2, 1]
+    assert "is a folder" in a.run("get", "Docs", "--to", str(elsewhere), check=1).stderr
+
+
 def test_unsharing_a_folder_that_is_not_shared_says_so(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:

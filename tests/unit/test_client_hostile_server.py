@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
 from tessera_client import transfer
 from tessera_client.api import Api, ApiError, RetryPolicy, ServerUnreachable
+from tessera_client.cli import app
 from tessera_client.config import Home, Settings, Tokens
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import (
@@ -1365,3 +1367,56 @@ def test_a_listing_that_never_moves_on_ends_the_pull(
         engine.round()
     engine.close()
     assert evil.posted.count("/v1/list_folder/continue") == 1
+
+
+def _get(
+    evil: Evil, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[int, str]:
+    """`tessera get ARGS` against the fake server (its metadata answers by path):
+    (exit code, output)."""
+    home = Home(tmp_path / "home")
+    monkeypatch.setenv("TESSERA_HOME", str(home.path))
+    home.save_settings(Settings(server_url=evil.base, device_name="dev", retry_attempts=1))
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+    evil.answers["/v1/metadata"] = lambda body: next(
+        e for e in evil.entries if e["path_display"] == body["path"]
+    )
+    result = CliRunner().invoke(app, ["get", *args])
+    return result.exit_code, " ".join(result.output.split())  # (as the terminal wraps it)
+
+
+def test_get_never_saves_under_a_name_that_leads_elsewhere(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evil.add_file("/x.bin", b"payload", fid="f1")
+    evil.entries[0]["name"] = "../escape.bin"
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    code, said = _get(evil, tmp_path, monkeypatch, "x.bin", "--to", str(saved))
+    assert code == 1 and "give --to FILE" in said
+    assert _outside_files(tmp_path) == [] and "/v1/download" not in evil.posted
+
+
+def test_get_of_content_that_does_not_verify_saves_nothing(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evil.add_file("/x.bin", b"the file", fid="f1", served=b"something else")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    code, said = _get(evil, tmp_path, monkeypatch, "x.bin", "--to", str(saved))
+    assert code == 1 and "was not saved" in said and "Traceback" not in said
+    assert list(saved.iterdir()) == []  # nor a partial download: it holds nothing
+
+
+def test_get_of_a_cold_file_says_when_to_come_back(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evil.add_file("/x.bin", b"the file", fid="f1")
+    evil.restoring, evil.restoring_after = 1, 600
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    code, said = _get(evil, tmp_path, monkeypatch, "x.bin", "--to", str(saved))
+    assert code == 1 and "cold storage" in said and "about 10 min" in said
+    assert list(saved.iterdir()) == []
+    code, said = _get(evil, tmp_path, monkeypatch, "x.bin", "--to", str(saved))  # later
+    assert code == 0 and (saved / "x.bin").read_bytes() == b"the file"
