@@ -100,19 +100,17 @@ def _read(ctx: MaintenanceContext, live: set[str], copy: StagedCopy) -> _Verdict
             expect_plain_size=copy.size,
             issued_key_version=copy.key_version,
         )
-        canonical = None
-        if check.ok and copy.block_id in live:
-            canonical = check_stored(
-                ctx.store,
-                ctx.keys,
-                canonical_key(copy.block_id),
-                copy.block_id,
-                expect_plain_size=copy.size,
-            )
-        return _Verdicts(check, canonical)
+        live_and_verified = check.ok and copy.block_id in live
+        return _Verdicts(check, _check_canonical(ctx, copy) if live_and_verified else None)
     except Exception as e:
         log.warning("dedup: could not read %s: left for later", copy.staged_key, exc_info=True)
         return e
+
+
+def _check_canonical(ctx: MaintenanceContext, copy: StagedCopy) -> Check:
+    """The verdict on the canonical object of `copy`'s block."""
+    bid = copy.block_id
+    return check_stored(ctx.store, ctx.keys, canonical_key(bid), bid, expect_plain_size=copy.size)
 
 
 def _settle(
@@ -154,7 +152,7 @@ def _settle(
             if canonical is None and head is not None and head.tier is StorageTier.HOT:
                 # made live since the batch was listed (often by this run: two uploads of
                 # one block in a batch): read now, under the lock, as the HEAD is
-                canonical = check_stored(store, ctx.keys, target, bid, expect_plain_size=copy.size)
+                canonical = _check_canonical(ctx, copy)
             # The canonical object must be the block as its row records it (verified, at
             # the stored size and key version downloads are given) and still be that
             # object, in the hot tier. Anything else (cut short, overwritten, damaged at
