@@ -220,6 +220,7 @@ def test_blocks_whose_objects_are_lost_do_not_hold_back_the_others(
         w.put(ALICE, "/lost.bin", lost)
         w.put(ALICE, "/kept.bin", secrets.token_bytes(BLOCK))
         w.run("dedup")
+        w.collect_settled()  # as 91 days on
         lost_ids = [block_id(c) for c in chunks(lost)]
         for bid in lost_ids:  # older than the kept block: the first candidates
             lose(w, object_keys.canonical_key(bid))
@@ -581,6 +582,7 @@ def _cold_file(w: World) -> tuple[bytes, str]:
     data = secrets.token_bytes(BLOCK)
     w.put(ALICE, "/f.bin", data)
     w.run("dedup")
+    w.collect_settled()  # as 91 days on
     assert _cold(w, days=91).blocks_moved == 1
     return data, w.keys_under("blocks/")[0]
 

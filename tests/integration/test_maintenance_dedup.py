@@ -41,7 +41,7 @@ def _dedup(w: World) -> DedupResult:
 
 def _collect_settled(w: World) -> None:
     """gc past the settled-copy grace: the objects of promoted/dropped copies go."""
-    w.run("gc", hours=w.ctx.settings.settled_copy_grace_s / 3600 + 0.1)
+    w.collect_settled()
     assert w.keys_under("staging/") == []
 
 

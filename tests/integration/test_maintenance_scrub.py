@@ -47,6 +47,7 @@ def _damaged_file(w: World, index: int) -> tuple[bytes, str]:
     data = secrets.token_bytes(2 * BLOCK)
     w.put(ALICE, "/a.bin", data)
     w.run("dedup")
+    w.collect_settled()  # (the promoted copy's object would repair it)
     bad = block_id(chunks(data)[index])
     _corrupt(w, bad)
     return data, bad
@@ -190,6 +191,25 @@ def test_damaged_block_is_repaired_from_a_staged_duplicate(world: World) -> None
     assert world.get(BOB, "/b.bin") == data
 
 
+def test_damaged_block_is_repaired_from_a_duplicate_dedup_dropped_and_gc_kept(
+    world: World,
+) -> None:
+    """A duplicate dedup dropped is kept for gc's grace (URLs issued for it live on): it is
+    a verified copy of the block all that while. The canonical object damaged then, scrub
+    quarantined the block for every version naming it, with good bytes beside it."""
+    data = secrets.token_bytes(BLOCK)
+    world.put(ALICE, "/a.bin", data)
+    world.run("dedup")
+    world.put(BOB, "/b.bin", data)
+    world.run("dedup")  # bob's copy: dropped, its object kept for the grace
+    bid = block_id(data)
+    _corrupt(world, bid)
+    result = _scrub(world)
+    assert (result.damaged, result.repaired, result.unrepaired) == (1, 1, 0)
+    assert world.get(ALICE, "/a.bin") == data
+    assert world.get(BOB, "/b.bin") == data
+
+
 def test_damaged_block_without_duplicate_is_quarantined_until_reuploaded(world: World) -> None:
     data, bad = _damaged_file(world, 1)
 
@@ -286,6 +306,7 @@ def _cold_block(w: World) -> tuple[bytes, str]:
     data = secrets.token_bytes(BLOCK)
     w.put(ALICE, "/a.bin", data)
     w.run("dedup")
+    w.collect_settled()
     w.run("cold", days=91)
     key = object_keys.canonical_key(block_id(data))
     head = w.store.head(key)
@@ -353,6 +374,7 @@ def _stored_blocks(w: World, count: int) -> tuple[bytes, list[str]]:
     data = secrets.token_bytes(count * BLOCK)
     w.put(ALICE, "/a.bin", data)
     w.run("dedup")
+    w.collect_settled()
     return data, sorted(block_id(c) for c in chunks(data))
 
 

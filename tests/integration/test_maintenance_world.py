@@ -209,6 +209,11 @@ class World:
         as_of = datetime.now(UTC) + timedelta(days=days, hours=hours)
         return run_workflow(self.ctx, name, as_of=as_of)
 
+    def collect_settled(self) -> None:
+        """gc past the settled-copy grace: the objects of the copies dedup promoted or
+        dropped are deleted, as they are long after an upload."""
+        self.run("gc", hours=self.ctx.settings.settled_copy_grace_s / 3600 + 0.1)
+
     def run_as(self, kind: type[R], name: str, *, days: float = 0, hours: float = 0) -> R:
         """`run`, checking that the workflow answered with a `kind` result."""
         result = self.run(name, days=days, hours=hours)

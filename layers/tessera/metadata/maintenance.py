@@ -227,10 +227,14 @@ class MaintenanceTx:
         return int(rows[0][0])
 
     def duplicate_copies(self, block_id: str) -> list[str]:
-        """Staging keys of copies of `block_id` that may still be stored (scrub repair)."""
+        """Staging keys of copies of `block_id` that may still be stored (scrub repair):
+        those awaiting dedup, and those it settled whose objects gc has yet to delete (a
+        dropped duplicate was verified, and is kept `settled_copy_grace_s`)."""
         rows = self._all(
             "SELECT staged_key FROM upload_blocks WHERE block_id = %s"
-            " AND state IN ('staged', 'expected') ORDER BY updated_at DESC",
+            " AND (state IN ('staged', 'expected')"
+            " OR (state IN ('dropped', 'promoted') AND NOT object_gone))"
+            " ORDER BY updated_at DESC",
             (block_id,),
         )
         return [r[0] for r in rows]
