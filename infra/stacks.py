@@ -19,7 +19,7 @@ from infra.config import StageConfig
 from infra.constructs.api import Api
 from infra.constructs.blocks import BlocksBucket, blocks_bucket_name, blocks_objects_arn
 from infra.constructs.changes import ChangesTable
-from infra.constructs.database import CLUSTER_PORT, DB_NAME, DB_USER, PROXY_PORT, Database
+from infra.constructs.database import APP_DB_USER, CLUSTER_PORT, DB_NAME, PROXY_PORT, Database
 from infra.constructs.events import EVENT_SOURCE, ChangeStream, RestoreEvents
 from infra.constructs.function import FunctionSpec, Placement, TesseraFunction
 from infra.constructs.identity import Identity
@@ -160,6 +160,7 @@ class AppStack(Stack):
             timeout=Duration.minutes(5),
             environment={
                 "TESSERA_DB_SECRET_ARN": data.database.secret.secret_arn,
+                "TESSERA_APP_DB_SECRET_ARN": data.database.app_secret.secret_arn,
                 "TESSERA_DB_HOST": data.database.cluster.cluster_endpoint.hostname,
                 "TESSERA_DB_PORT": str(CLUSTER_PORT),
                 "TESSERA_DB_NAME": DB_NAME,
@@ -251,7 +252,7 @@ class AppStack(Stack):
             "TESSERA_DB_HOST": self.data.database.proxy.endpoint,
             "TESSERA_DB_PORT": str(PROXY_PORT),
             "TESSERA_DB_NAME": DB_NAME,
-            "TESSERA_DB_USER": DB_USER,
+            "TESSERA_DB_USER": APP_DB_USER,
             "TESSERA_DB_IAM_AUTH": "1",
         }
 
@@ -293,7 +294,7 @@ class AppStack(Stack):
         dedup, gc = maintenance["dedup_verify"], maintenance["gc"]
         cold, scrub = maintenance["cold_storage"], maintenance["scrub"]
         for fn in (api, longpoll, relay, *maintenance.values()):
-            proxy.grant_connect(fn, DB_USER)
+            proxy.grant_connect(fn, APP_DB_USER)
         # Block keys: read the encrypted versions, decrypt them with the block-key CMK.
         # (Long-poll too: cursors are signed with a key derived from them; cold storage
         # repairs a block whose object is lost as scrub does, `maintenance.cold._repair_lost`;
@@ -343,12 +344,13 @@ class AppStack(Stack):
             self._grant_objects(fn, ["s3:DeleteObjectVersion"], [blocks])
             self._grant_objects(fn, ["s3:PutObject"], [blocks, landing])
             self._grant_objects(fn, ["s3:DeleteObject"], [landing])
-        # Migrations: the cluster secret, and creating the first block-key version.
-        # (Not `secret.grant_read`: it writes the role into the data stack's key policy, a
-        # reference from data to app that would make the stacks depend on each other.)
+        # Migrations: the cluster secret, the runtime role's (it makes the role), and
+        # creating the first block-key version. (Not `secret.grant_read`: it writes the role
+        # into the data stack's key policy, a reference from data to app that would make
+        # the stacks depend on each other.)
         migrate.add_to_role_policy(iam.PolicyStatement(
             actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-            resources=[data.database.secret.secret_arn],
+            resources=[data.database.secret.secret_arn, data.database.app_secret.secret_arn],
         ))  # fmt: skip
         data.keys.database.grant_decrypt(migrate)
         # creating the first block-key version, and comparing each version's secret with

@@ -1,16 +1,18 @@
 """Custom-resource handler (via the CDK provider framework): apply the schema on deploy.
 
-Create/Update: apply every pending migration (`tessera.metadata.migrate`), make sure the
-first block-key version exists (`tessera.adapters.aws.keys.ensure_key_version`), then compare
-the key versions' secrets with the fingerprints the database recorded
-(`tessera.metadata.key_check`): a deploy over a key parameter put again (deleted by hand, then
-made anew by this very step) fails, naming the version, before the new API functions hand out
-keys under it. Delete: leave the database alone (the data outlives the app stack). The steps
-are idempotent, so a retried or repeated deploy is harmless.
+Create/Update: apply every pending migration (`tessera.metadata.migrate`), grant the
+runtime role the data (`tessera.metadata.roles.ensure_app_role`: the other functions
+connect as it, never as the master user), make sure the first block-key version exists
+(`tessera.adapters.aws.keys.ensure_key_version`), then compare the key versions' secrets
+with the fingerprints the database recorded (`tessera.metadata.key_check`): a deploy over
+a key parameter put again (deleted by hand, then made anew by this very step) fails, naming
+the version, before the new API functions hand out keys under it. Delete: leave the
+database alone (the data outlives the app stack). The steps are idempotent, so a retried
+or repeated deploy is harmless.
 
 Environment (set by infra/stacks.py, read by `AwsSettings`): TESSERA_DB_SECRET_ARN (the
-cluster's master secret), TESSERA_DB_HOST, TESSERA_DB_PORT, TESSERA_DB_NAME,
-TESSERA_KMS_KEY_ID, TESSERA_KEY_PARAM_PREFIX.
+cluster's master secret), TESSERA_APP_DB_SECRET_ARN (the runtime role's), TESSERA_DB_HOST,
+TESSERA_DB_PORT, TESSERA_DB_NAME, TESSERA_KMS_KEY_ID, TESSERA_KEY_PARAM_PREFIX.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def apply(
     *,
     conninfo: Callable[[], str],
     migrate: Callable[[str], list[int]],
+    grant_app_role: Callable[[str], bool],
     ensure_block_key: Callable[[], int | None],
     check_block_keys: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -37,12 +40,14 @@ def apply(
         raise ValueError(f"unknown custom resource RequestType {request!r}")
     url = conninfo()
     applied = migrate(url)
+    role_created = grant_app_role(url)
     created_key = ensure_block_key()
     check_block_keys(url)
     return {
         "PhysicalResourceId": PHYSICAL_ID,
         "Data": {
             "Applied": ",".join(str(n) for n in applied),
+            "AppRoleCreated": "true" if role_created else "",
             "BlockKeyVersionCreated": "" if created_key is None else str(created_key),
         },
     }
@@ -50,8 +55,15 @@ def apply(
 
 def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     """Lambda entry point."""
-    from tessera.adapters.aws import AwsClients, AwsSettings, ensure_key_version, secret_conninfo
+    from tessera.adapters.aws import (
+        AwsClients,
+        AwsSettings,
+        app_credentials,
+        ensure_key_version,
+        secret_conninfo,
+    )
     from tessera.metadata.migrate import migrate
+    from tessera.metadata.roles import ensure_app_role
 
     settings = AwsSettings.from_env()
     clients = AwsClients(settings)
@@ -69,6 +81,9 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
         event,
         conninfo=lambda: secret_conninfo(settings, clients.secretsmanager),
         migrate=migrate,
+        grant_app_role=lambda url: ensure_app_role(
+            url, *app_credentials(settings, clients.secretsmanager)
+        ),
         ensure_block_key=lambda: ensure_key_version(
             clients.kms, clients.ssm, settings.kms_key_id, settings.key_param_prefix
         ),

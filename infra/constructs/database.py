@@ -7,15 +7,19 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
+from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from infra.config import StageConfig, retention
 from infra.nag import acknowledge
 
 DB_NAME = "tessera"
-# The proxy maps IAM identities to this user's password (the cluster secret), so the
-# functions connect as it with an IAM token and never see a password.
+# The master user: the migrate function only (it owns the schema).
 DB_USER = "tessera"
+# The runtime role (`tessera.metadata.roles`: rows, never the schema). The proxy maps IAM
+# identities to its password (its own secret), so the functions connect as it with an IAM
+# token and never see a password.
+APP_DB_USER = "tessera_app"
 # Not the default 5432 (AwsSolutions-RDS11); the proxy still listens on 5432.
 CLUSTER_PORT = 5433
 PROXY_PORT = 5432
@@ -85,17 +89,36 @@ class Database(Construct):
         self.secret = self.cluster.secret
         # The rotation function runs in the functions' security group: the interface
         # endpoints (Secrets Manager) only admit that group, and it already reaches the cluster.
+        isolated = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
         self.cluster.add_rotation_single_user(
-            automatically_after=Duration.days(30),
+            automatically_after=Duration.days(30), security_group=clients, vpc_subnets=isolated
+        )
+        # The runtime role's password: the migrate function creates the role with it, and
+        # its rotation (single user: the role changes its own password) keeps the role's
+        # name, which the functions' IAM grants and environment name. Not rotated when the
+        # schedule is made: that is this stack's deploy, before the app stack's migrate
+        # function has made the role to log in as.
+        self.app_secret = rds.DatabaseSecret(
+            self, "AppSecret", username=APP_DB_USER, encryption_key=key
+        ).attach(self.cluster)
+        secretsmanager.SecretRotation(
+            self,
+            "AppSecretRotation",
+            application=secretsmanager.SecretRotationApplication.POSTGRES_ROTATION_SINGLE_USER,
+            secret=self.app_secret,
+            target=self.cluster,
+            vpc=vpc,
+            vpc_subnets=isolated,
             security_group=clients,
-            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED),
+            automatically_after=Duration.days(30),
+            rotate_immediately_on_update=False,
         )
         self.proxy = self.cluster.add_proxy(
             "Proxy",
             # a name per stage: by default CDK names it "Proxy", and proxy names are unique
             # per account and region (a second stage, or app, would fail to create its own)
             db_proxy_name=f"{config.prefix}-proxy",
-            secrets=[self.secret],
+            secrets=[self.secret, self.app_secret],
             vpc=vpc,
             iam_auth=True,
             require_tls=True,

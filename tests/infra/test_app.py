@@ -242,7 +242,8 @@ def test_aurora_serverless_v2_encrypted_backed_up_and_protected_in_prod(
 def test_rds_proxy_requires_iam_auth_and_tls(dev: Synth, prod: Synth) -> None:
     dev.data_template.has_resource_properties(
         "AWS::RDS::DBProxy",
-        {"RequireTLS": True, "Auth": [Match.object_like({"IAMAuth": "REQUIRED"})]},
+        # (two secrets: the master user's and the runtime role's; IAM for each)
+        {"RequireTLS": True, "Auth": [Match.object_like({"IAMAuth": "REQUIRED"})] * 2},
     )
     # proxy names are unique per account and region: CDK's default ("Proxy") let only one
     # stage (or one app) deploy there
@@ -252,6 +253,38 @@ def test_rds_proxy_requires_iam_auth_and_tls(dev: Synth, prod: Synth) -> None:
         for proxy in resources(synth.data_template, "AWS::RDS::DBProxy").values()
     ]
     assert names == ["tessera-dev-proxy", "tessera-prod-proxy"]
+
+
+def test_the_functions_connect_as_the_runtime_role_never_the_master_user(dev: Synth) -> None:
+    """The master user owns the schema: a function taken over could drop every table. The
+    functions connect as `tessera_app` (rows only: `tessera.metadata.roles`), through the
+    proxy, which holds both secrets; each secret rotates."""
+    proxy = next(iter(resources(dev.data_template, "AWS::RDS::DBProxy").values()))
+    assert len(proxy["Properties"]["Auth"]) == 2
+    schedules = resources(dev.data_template, "AWS::SecretsManager::RotationSchedule").values()
+    # the runtime role's is not rotated as it is made: its role does not exist until the
+    # app stack's migrate function makes it
+    assert sorted(str(r["Properties"].get("RotateImmediatelyOnUpdate")) for r in schedules) == [
+        "False",
+        "None",
+    ]
+    app_secret = next(
+        secret
+        for secret in resources(dev.data_template, "AWS::SecretsManager::Secret").values()
+        if "tessera_app" in json.dumps(secret["Properties"])
+    )
+    assert app_secret["Properties"]["KmsKeyId"]
+    functions = resources(dev.app_template, "AWS::Lambda::Function")
+    users = {
+        f["Properties"]["Environment"]["Variables"]["TESSERA_DB_USER"]
+        for f in functions.values()
+        if "TESSERA_DB_USER" in f["Properties"].get("Environment", {}).get("Variables", {})
+    }
+    assert users == {"tessera_app"}
+    policies = json.dumps(resources(dev.app_template, "AWS::IAM::Policy"))
+    assert "rds-db:connect" in policies
+    assert ":dbuser:" in policies and "/tessera_app" in policies
+    assert '/tessera"' not in policies  # no grant to connect as the master user
 
 
 def test_vpc_has_no_nat_and_the_endpoints_the_functions_use(dev: Synth) -> None:
@@ -506,6 +539,7 @@ def test_db_functions_get_proxy_iam_settings_and_the_migration_gets_the_secret(d
     assert "TESSERA_DB_HOST" not in router  # outside the VPC, no database
     migrate = next(v for lid, v in env.items() if lid.startswith("MigrateFunction"))
     assert migrate["TESSERA_DB_SECRET_ARN"] and migrate["TESSERA_KEY_PARAM_PREFIX"]
+    assert migrate["TESSERA_APP_DB_SECRET_ARN"]
     dev.app_template.has_resource_properties(
         "Custom::TesseraSchema", {"Fingerprint": Match.string_like_regexp("^[0-9a-f]{64}$")}
     )

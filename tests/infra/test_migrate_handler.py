@@ -33,6 +33,7 @@ def test_create_applies_migrations_once_and_bootstraps_the_block_key(
     from tessera.metadata import Database
     from tessera.metadata.key_check import BlockKeysMismatch, check_block_keys
     from tessera.metadata.migrate import available_migrations, migrate
+    from tessera.metadata.roles import ensure_app_role
 
     handler = _load()
     with mock_aws():
@@ -49,16 +50,25 @@ def test_create_applies_migrations_once_and_bootstraps_the_block_key(
             with Database(url, min_size=0, max_size=1) as db:
                 check_block_keys(db, KmsKeyService(kms, ssm, prefix))
 
-        steps = {"migrate": migrate, "ensure_block_key": ensure, "check_block_keys": check}
+        steps = {
+            "migrate": migrate,
+            "grant_app_role": lambda url: ensure_app_role(url, "tessera_app_it", "pw"),
+            "ensure_block_key": ensure,
+            "check_block_keys": check,
+        }
         first = handler.apply(
             {"RequestType": "Create"}, conninfo=lambda: empty_database_url, **steps
         )
         expected = ",".join(str(m.number) for m in available_migrations())
         assert first["PhysicalResourceId"] == handler.PHYSICAL_ID
-        assert first["Data"] == {"Applied": expected, "BlockKeyVersionCreated": "1"}
+        assert first["Data"] == {
+            "Applied": expected,
+            "AppRoleCreated": "true",
+            "BlockKeyVersionCreated": "1",
+        }
         update = {"RequestType": "Update", "PhysicalResourceId": handler.PHYSICAL_ID}
         again = handler.apply(update, conninfo=lambda: empty_database_url, **steps)
-        assert again["Data"] == {"Applied": "", "BlockKeyVersionCreated": ""}
+        assert again["Data"] == {"Applied": "", "AppRoleCreated": "", "BlockKeyVersionCreated": ""}
         assert list_key_versions(ssm, prefix) == [1]
 
         # a block stored under version 1, then its parameter deleted and made anew (by
@@ -82,8 +92,8 @@ def test_delete_leaves_the_database_alone() -> None:
 
     out = handler.apply(
         {"RequestType": "Delete", "PhysicalResourceId": "tessera-schema"},
-        conninfo=lambda: "unused", migrate=fail, ensure_block_key=lambda: None,
-        check_block_keys=fail,
+        conninfo=lambda: "unused", migrate=fail, grant_app_role=fail,
+        ensure_block_key=lambda: None, check_block_keys=fail,
     )  # fmt: skip
     assert out == {"PhysicalResourceId": "tessera-schema"}
 
@@ -93,8 +103,8 @@ def test_unknown_request_type_is_an_error() -> None:
     with pytest.raises(ValueError, match="RequestType 'Poke'"):
         handler.apply(
             {"RequestType": "Poke"},
-            conninfo=lambda: "unused", migrate=lambda _c: [], ensure_block_key=lambda: None,
-            check_block_keys=lambda _c: None,
+            conninfo=lambda: "unused", migrate=lambda _c: [], grant_app_role=lambda _c: False,
+            ensure_block_key=lambda: None, check_block_keys=lambda _c: None,
         )  # fmt: skip
 
 
@@ -110,3 +120,21 @@ def test_conninfo_from_secret_requires_tls_and_prefers_the_stack_settings() -> N
     assert params["host"] == "cluster.local" and params["port"] == "5433"
     assert params["sslmode"] == "require" and params["password"] == "p w'x"
     assert params["dbname"] == "tessera" and params["user"] == "tessera"
+
+
+def test_the_runtime_roles_credentials_come_from_its_secret() -> None:
+    import json
+
+    import boto3
+    from moto import mock_aws
+
+    from tessera.adapters.aws import AwsSettings, SettingsError, app_credentials
+
+    with mock_aws():
+        sm = boto3.client("secretsmanager", region_name="us-east-1")
+        value = {"username": "tessera_app", "password": "p w'x", "engine": "postgres"}
+        arn = sm.create_secret(Name="app", SecretString=json.dumps(value))["ARN"]
+        settings = AwsSettings.from_env({"TESSERA_APP_DB_SECRET_ARN": arn})
+        assert app_credentials(settings, sm) == ("tessera_app", "p w'x")
+        with pytest.raises(SettingsError, match="app_db_secret_arn"):
+            app_credentials(AwsSettings.from_env({}), sm)

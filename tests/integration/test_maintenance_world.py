@@ -281,11 +281,14 @@ def make_world(
     *,
     store: BlockStore | None = None,
     keys: KeyService | None = None,
+    migrate_schema: bool = True,
     **settings: object,
 ) -> Generator[World, None, None]:
     """A world on database `url`: the local block store and key file under `tmp` unless
-    `store` / `keys` are given; `settings` override `MaintenanceSettings` defaults."""
-    migrate(url)
+    `store` / `keys` are given; `settings` override `MaintenanceSettings` defaults. The
+    schema is migrated first unless `migrate_schema` is False (a role that may not)."""
+    if migrate_schema:
+        migrate(url)
     db = Database(url, min_size=1, max_size=8)
     store_clock = MovableClock()
     if store is None:

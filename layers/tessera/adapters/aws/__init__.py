@@ -12,6 +12,7 @@ from tessera.adapters.aws.changes import (
 )
 from tessera.adapters.aws.clients import AwsClients
 from tessera.adapters.aws.database import (
+    app_credentials,
     conninfo_from_secret,
     db_conninfo,
     iam_conninfo,
@@ -48,6 +49,7 @@ __all__ = [
     "KmsKeyService",
     "S3BlockStore",
     "SettingsError",
+    "app_credentials",
     "changes_model",
     "conninfo_from_secret",
     "create_changes_table",

@@ -73,5 +73,18 @@ def conninfo_from_secret(secret: Mapping[str, Any], settings: AwsSettings) -> st
 def secret_conninfo(settings: AwsSettings, secretsmanager: Any) -> str:
     """Load the cluster secret `settings.db_secret_arn` and make its conninfo."""
     settings.require("db_secret_arn")
-    raw = secretsmanager.get_secret_value(SecretId=settings.db_secret_arn)["SecretString"]
-    return conninfo_from_secret(json.loads(raw), settings)
+    return conninfo_from_secret(_secret(secretsmanager, settings.db_secret_arn), settings)
+
+
+def app_credentials(settings: AwsSettings, secretsmanager: Any) -> tuple[str, str]:
+    """(username, password) of the runtime role, from `settings.app_db_secret_arn`."""
+    settings.require("app_db_secret_arn")
+    secret = _secret(secretsmanager, settings.app_db_secret_arn)
+    return str(secret["username"]), str(secret["password"])
+
+
+def _secret(secretsmanager: Any, arn: str) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(
+        secretsmanager.get_secret_value(SecretId=arn)["SecretString"]
+    )
+    return parsed

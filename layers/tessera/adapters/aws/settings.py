@@ -59,6 +59,9 @@ class AwsSettings:
     db_iam_auth: bool = False
     # The cluster's master secret (JSON: username, password, host...): the migrate function only.
     db_secret_arn: str = ""
+    # The runtime role's secret (JSON: username, password): the migrate function makes the
+    # role from it (`tessera.metadata.roles`); the other functions connect as it, by IAM.
+    app_db_secret_arn: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
@@ -83,6 +86,7 @@ class AwsSettings:
             db_user=env.get("TESSERA_DB_USER") or "tessera",
             db_iam_auth=_flag(env, "TESSERA_DB_IAM_AUTH"),
             db_secret_arn=env.get("TESSERA_DB_SECRET_ARN", ""),
+            app_db_secret_arn=env.get("TESSERA_APP_DB_SECRET_ARN", ""),
         )
 
     def require(self, *names: str) -> None:
@@ -111,6 +115,7 @@ class AwsSettings:
             "TESSERA_DB_USER": self.db_user,
             "TESSERA_DB_IAM_AUTH": "1" if self.db_iam_auth else "",
             "TESSERA_DB_SECRET_ARN": self.db_secret_arn,
+            "TESSERA_APP_DB_SECRET_ARN": self.app_db_secret_arn,
         }
         if self.endpoint_url:
             env["TESSERA_AWS_ENDPOINT"] = self.endpoint_url
