@@ -156,7 +156,7 @@ class AppStack(Stack):
             )
         }
         migrate = function(FunctionSpec(
-            "migrate", "schema migrations and the first block-key version, on deploy",
+            "migrate", "schema migrations, the runtime role, the first block-key version",
             timeout=Duration.minutes(5),
             environment={
                 "TESSERA_DB_SECRET_ARN": data.database.secret.secret_arn,
