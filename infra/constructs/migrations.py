@@ -16,11 +16,14 @@ from infra.nag import acknowledge, acknowledge_invoke_versions
 
 
 def migrations_fingerprint(layers_root: Path) -> str:
-    """SHA-256 over every migration file's name and bytes: a new or changed migration changes
-    it, which makes CloudFormation update the custom resource, which runs `migrate()`."""
+    """SHA-256 over every migration file's name and bytes, and the runtime role's grants
+    (`tessera/metadata/roles.py`): a new or changed migration, or grant, changes it, which
+    makes CloudFormation update the custom resource, which runs the migrate function. (With
+    the migrations alone, the deploy that moved the functions to the runtime role never
+    made it: no migration had changed, and every function lost the database.)"""
     digest = hashlib.sha256()
-    folder = layers_root / "tessera" / "metadata" / "migrations"
-    for path in sorted(folder.glob("*.sql")):
+    metadata = layers_root / "tessera" / "metadata"
+    for path in [*sorted((metadata / "migrations").glob("*.sql")), metadata / "roles.py"]:
         digest.update(path.name.encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())

@@ -1097,18 +1097,21 @@ def test_relay_async_failures_go_to_a_dead_letter_queue(dev: Synth) -> None:
     assert "OutboxRelayFunction" in config and "OutboxRelayFunctionDlq" in config
 
 
-def test_migrations_fingerprint_follows_the_migration_files(tmp_path: Path) -> None:
+def test_migrations_fingerprint_follows_the_migrations_and_the_role_grants(tmp_path: Path) -> None:
     from infra.constructs.migrations import migrations_fingerprint
 
     folder = tmp_path / "tessera" / "metadata" / "migrations"
     folder.mkdir(parents=True)
+    (folder.parent / "roles.py").write_text("GRANT = 'SELECT'")  # the runtime role's grants
     (folder / "001_init.sql").write_text("CREATE TABLE a ();")
     first = migrations_fingerprint(tmp_path)
     assert migrations_fingerprint(tmp_path) == first
     (folder / "002_more.sql").write_text("CREATE TABLE b ();")
     second = migrations_fingerprint(tmp_path)
     (folder / "002_more.sql").write_text("CREATE TABLE c ();")
-    assert len({first, second, migrations_fingerprint(tmp_path)}) == 3
+    third = migrations_fingerprint(tmp_path)
+    (folder.parent / "roles.py").write_text("GRANT = 'SELECT, INSERT'")
+    assert len({first, second, third, migrations_fingerprint(tmp_path)}) == 4
 
 
 def test_stage_defaults_and_single_overrides() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -26,12 +30,54 @@ from .test_maintenance_world import ALICE, BLOCK, BOB, World, make_world
 
 
 @pytest.fixture
-def app_url(database_url: str) -> str:
-    """`database_url` logged in as a runtime role made by `ensure_app_role`."""
+def app_role(database_url: str) -> Iterator[str]:
+    """A runtime role made by `ensure_app_role` (password "a password"), dropped after."""
     role = f"app_{uuid.uuid4().hex[:8]}"
     assert ensure_app_role(database_url, role, "a password") is True
     assert ensure_app_role(database_url, role, "another") is False  # idempotent, as it was
-    return make_conninfo(database_url, user=role, password="a password")
+    yield role
+    with psycopg.connect(database_url, autocommit=True) as conn:  # roles are cluster-wide
+        conn.execute(f'DROP OWNED BY "{role}"')
+        conn.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.fixture
+def app_url(database_url: str, app_role: str) -> str:
+    """`database_url` logged in as the runtime role."""
+    return make_conninfo(database_url, user=app_role, password="a password")
+
+
+def test_the_role_holds_a_scram_verifier_of_its_first_password_never_sent_itself(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the verifier is sent (a failing statement is logged with its text), and it is
+    the first password's: a later call, a rotation's turn, changes nothing."""
+    sent: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def recorded(conn: psycopg.Connection[Any], query: Any, *args: Any, **kw: Any) -> Any:
+        sent.append(query if isinstance(query, str) else query.as_string(conn))
+        return execute(conn, query, *args, **kw)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", recorded)
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    ensure_app_role(database_url, role, "a password")
+    ensure_app_role(database_url, role, "another")
+    monkeypatch.undo()
+    assert sent and not [q for q in sent if "a password" in q or "another" in q]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
+        (stored,) = row.fetchone() or ("",)
+        conn.execute(f'DROP OWNED BY "{role}"')
+        conn.execute(f'DROP ROLE "{role}"')
+    method, _, rest = stored.partition("$")
+    iterations, _, rest = rest.partition(":")
+    salt, _, rest = rest.partition("$")
+    stored_key, _, _server_key = rest.partition(":")
+    assert method == "SCRAM-SHA-256"
+    salted = hashlib.pbkdf2_hmac("sha256", b"a password", base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    assert base64.b64decode(stored_key) == hashlib.sha256(client_key).digest()
 
 
 @pytest.fixture

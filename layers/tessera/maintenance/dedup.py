@@ -39,7 +39,14 @@ from tessera.ports import StorageTier
 from .context import MaintenanceContext, log
 from .damage import publish_damage
 from .results import DedupResult
-from .verify import MISSING, Check, check_stored, copy_verified
+from .verify import (
+    MISSING,
+    NOT_RESTORED,
+    Check,
+    KeyUnavailableError,
+    check_stored,
+    copy_verified,
+)
 
 
 def verify_staged(
@@ -54,12 +61,15 @@ def verify_staged(
         live = ctx.repo.live_blocks([c.block_id for c in copies])
         reads = ctx.parallel(partial(_read, ctx, live), copies)
         failed = [r for r in reads if isinstance(r, Exception)]
-        if len(failed) > 1 and len(failed) == len(copies):
+        down = [e for e in failed if not isinstance(e, KeyUnavailableError)]
+        if len(down) > 1 and len(down) == len(copies):
             # every read failed: the store or the key service is down, not a copy. The run
             # fails (a queue's batch comes again, a state machine retries), rather than
             # walk every staged copy, each with its failing call. (One copy alone may be
-            # the trouble: failing for it, a queue's batch went to its dead letters.)
-            raise failed[0]
+            # the trouble: failing for it, a queue's batch went to its dead letters. A key
+            # version not to be had is not the service down: a batch of copies under a
+            # lost one failed every run, and held back every copy after them.)
+            raise down[0]
         for copy, read in zip(copies, reads, strict=True):
             if isinstance(read, Exception):
                 result.errors.append(f"{copy.staged_key}: {read}")
@@ -152,7 +162,12 @@ def _settle(
             if canonical is None and head is not None and head.tier is StorageTier.HOT:
                 # made live since the batch was listed (often by this run: two uploads of
                 # one block in a batch): read now, under the lock, as the HEAD is
-                canonical = _check_canonical(ctx, copy)
+                try:
+                    canonical = _check_canonical(ctx, copy)
+                except Exception as e:  # the store failing: this copy waits, the run goes on
+                    log.warning("dedup: could not read %s: left for later", target, exc_info=True)
+                    result.errors.append(f"{copy.staged_key}: {e}")
+                    return
             # The canonical object must be the block as its row records it (verified, at
             # the stored size and key version downloads are given) and still be that
             # object, in the hot tier. Anything else (cut short, overwritten, damaged at
@@ -173,7 +188,7 @@ def _settle(
                 result.dropped += 1
                 result.bytes_freed += check.stored_size
             else:
-                if canonical is not None and not canonical.ok:
+                if canonical is not None and not canonical.ok and canonical.reason != NOT_RESTORED:
                     result.canonical_replaced += 1
                     log.warning("dedup: %s did not verify (%s): replaced", target, canonical.reason)
 

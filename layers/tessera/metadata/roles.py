@@ -30,8 +30,13 @@ def ensure_app_role(conninfo: str, role: str, password: str) -> bool:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('tessera app role'))")
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         if exists is None:
+            # the SCRAM verifier, made here (libpq), never the password: a statement that
+            # fails is logged with its text, and the database's logs go to CloudWatch
+            verifier = conn.pgconn.encrypt_password(
+                password.encode(), role.encode(), b"scram-sha-256"
+            ).decode()
             conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role_name, sql.Literal(password))
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role_name, sql.Literal(verifier))
             )
         database = conn.execute("SELECT current_database()").fetchone()
         assert database is not None
