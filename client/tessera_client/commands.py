@@ -532,7 +532,7 @@ def restore(
 
 
 def get(
-    path: Annotated[str | None, typer.Argument(help="The file on the server.")] = None,
+    path: Annotated[str, typer.Argument(help="The file on the server.")],
     rev: Annotated[
         int | None, typer.Option("--rev", help="The version (default: the current one).")
     ] = None,
@@ -540,7 +540,6 @@ def get(
         Path | None,
         typer.Option("--to", "-o", help="Where to save it: a new file, or a folder to put it in."),
     ] = None,
-    file_id: FileIdOption = None,
 ) -> None:
     """Download a file, or an earlier version of it, without syncing (never over a file)."""
     with friendly_errors(), _server() as (api, settings):
@@ -552,16 +551,17 @@ def get(
             RestoringError,
         )
 
-        entry = api.call("/v1/metadata", _path_or_id(path, file_id, settings))
+        # (a deleted file is not served: `tessera undelete` brings it back first)
+        entry = api.call("/v1/metadata", {"path": _server_path(path, settings)})
         if entry[".tag"] != "file":
             raise UserError(f"{entry['path_display']} is a folder; `tessera ls` lists it")
-        dest = target(to, entry["name"])
         latest = rev in (None, entry["rev"])
         bars = _transfer_bars()
         bars.disable = not err.is_terminal  # (it left a blank line in a pipe)
         # an earlier version's size is not listed: its bar counts on without an end
         task = bars.add_task(entry["name"], total=entry["size"] if latest else None)
         try:
+            dest = target(to, entry["name"])
             with bars:
                 download_to(
                     api,

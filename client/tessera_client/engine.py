@@ -59,6 +59,7 @@ from tessera_client.transfer import (
     Transfers,
     UploadItem,
     UploadResult,
+    rename_unless_taken,
     same_stat,
 )
 
@@ -674,7 +675,7 @@ class SyncEngine:
             if not self._unchanged(op.path, stats):
                 return True
             copy = self._planned_copy_name(op)
-            self.fs.rename(op.path, copy)
+            rename_unless_taken(self.fs, op.path, copy)
             stats[path_key(copy)] = stats.pop(path_key(op.path))
             self.state.add_conflict(copy, op.path, "edited on two devices", local_only=False)
             self.reporter.event(f"conflict: your edit of {op.path} kept as {copy}")
@@ -702,7 +703,7 @@ class SyncEngine:
                 return True
             if parent_of(op.path):
                 self.fs.makedirs(parent_of(op.path))
-            self.fs.rename(op.src, op.path)
+            rename_unless_taken(self.fs, op.src, op.path)
             old = self.state.base_entry(op.src)  # one row: a renamed folder moves each file
             blocks = self.state.base_blocks(op.src)
             self.state.delete_base(op.src)
@@ -800,7 +801,7 @@ class SyncEngine:
         # (nothing in the base), where a rename left first read as the server's files there
         # deleted here, and deleted them on the server
         self.state.delete_base(op.path, recursive=True)
-        self.fs.rename(op.path, copy)
+        rename_unless_taken(self.fs, op.path, copy)
         what, other = ("file", "folder") if op.local.is_file else ("folder", "file")
         reason = f"a {other} of this name on the server"
         self.state.add_conflict(copy, op.path, reason, local_only=False)
@@ -1068,7 +1069,7 @@ class SyncEngine:
         copy = self._free_copy_name(path)
         now = self.fs.lstat_if_any(path)
         if now is not None and same_stat(now, r.item.stat):
-            self.fs.rename(path, copy)
+            rename_unless_taken(self.fs, path, copy)
             reason = "read-only shared folder" if viewer else "changed on another device"
             self.state.add_conflict(copy, path, reason, local_only=viewer)
             self.reporter.event(f"conflict: your edit of {path} kept as {copy}")

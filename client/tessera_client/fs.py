@@ -8,6 +8,7 @@ every path is canonicalised and no symlink is ever followed, wherever it sits on
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import io
 import itertools
@@ -122,8 +123,10 @@ class Filesystem(ABC):
         """Delete the empty folder `rel`."""
 
     @abstractmethod
-    def rename(self, src: str, dst: str) -> None:
-        """Atomically and durably rename `src` to `dst`, replacing a file at `dst`."""
+    def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
+        """Atomically and durably rename `src` to `dst`, replacing a file at `dst`; with
+        `replace=False`, `FileExistsError` when anything is at `dst`, atomically where the
+        system allows it (a file put there since the caller looked is never written over)."""
 
     @abstractmethod
     def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
@@ -255,6 +258,52 @@ def _stat_of(st: os.stat_result) -> Stat:
 _FSYNC_DIR_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES})
 
 
+def _rename_noreplace(src: str, dst: str) -> None:
+    """Rename `src` to `dst` unless something is at `dst` (`FileExistsError`): in one step
+    where the system has one (Linux `renameat2(RENAME_NOREPLACE)`, macOS
+    `renamex_np(RENAME_EXCL)`); else, for a file, a hard link and the old name's unlink; else
+    a look first, which leaves a moment between the look and the rename."""
+    call = _NOREPLACE_CALL
+    if call is not None:
+        fn, flag, *dirfds = call
+        if fn(*dirfds[:1], os.fsencode(src), *dirfds[1:], os.fsencode(dst), flag) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in _NOREPLACE_UNSUPPORTED:
+            raise OSError(code, os.strerror(code), dst)
+    if not os.path.isdir(src):
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                raise
+        else:
+            os.unlink(src)
+            return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "exists", dst)
+    os.rename(src, dst)
+
+
+def _noreplace_call() -> tuple[Any, ...] | None:
+    """The system's rename-unless-taken call, with its flag (and, Linux, its folder fds)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if hasattr(libc, "renameat2"):  # glibc 2.28+: (olddirfd, old, newdirfd, new, flags)
+        at_fdcwd = -100
+        return (libc.renameat2, 1, at_fdcwd, at_fdcwd)  # RENAME_NOREPLACE
+    if hasattr(libc, "renamex_np"):  # macOS 10.12+: (old, new, flags)
+        return (libc.renamex_np, 4)  # RENAME_EXCL
+    return None
+
+
+_NOREPLACE_CALL = _noreplace_call()
+# a filesystem (or kernel) without the flag: the fallbacks instead
+_NOREPLACE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP})
+
+
 def _fsync_dir(path: str) -> None:
     """Flush a folder's entries to stable storage where the filesystem can (POSIX; Windows
     has no handle for it and NTFS journals renames itself)."""
@@ -321,8 +370,11 @@ class RealFilesystem(Filesystem):
     def rmdir(self, rel: str) -> None:
         os.rmdir(self._abs(rel))
 
-    def rename(self, src: str, dst: str) -> None:
-        os.replace(self._abs(src), self._abs(dst))
+    def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
+        if replace:
+            os.replace(self._abs(src), self._abs(dst))
+        else:
+            _rename_noreplace(self._abs(src), self._abs(dst))
         # Make the rename itself durable before the caller records it as done: without it a
         # power cut can leave the state database saying "synced" over a folder that lost
         # the new name, and the next round would take the missing file for a delete.
@@ -570,11 +622,13 @@ class FakeFilesystem(Filesystem):
             raise OSError(errno.ENOTEMPTY, "folder not empty", rel)
         del self.nodes[rel]
 
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
         if self.fail_rename:
             raise OSError(errno.EIO, "injected rename failure", src)
         node = self._node(src)
         self._parent_dir(dst)
+        if not replace and dst in self.nodes:
+            raise FileExistsError(errno.EEXIST, "exists", dst)
         if dst in self.nodes and self.nodes[dst].kind == Kind.DIR:
             raise IsADirectoryError(errno.EISDIR, "is a folder", dst)
         moved = {p: n for p, n in self.nodes.items() if p == src or p.startswith(src + "/")}
@@ -697,8 +751,8 @@ class SafeFilesystem(Filesystem):
     def rmdir(self, rel: str) -> None:
         self.inner.rmdir(self._check(rel))
 
-    def rename(self, src: str, dst: str) -> None:
-        self.inner.rename(self._check(src), self._check(dst))
+    def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
+        self.inner.rename(self._check(src), self._check(dst), replace=replace)
 
     def create_temp(self, folder: str, *, like: str | None = None) -> tuple[str, BinaryIO]:
         checked = None if like is None else self._check(like)

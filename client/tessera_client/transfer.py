@@ -146,6 +146,16 @@ class LocalChangedError(Exception):
     """The local file changed since the plan was made; it was left alone."""
 
 
+def rename_unless_taken(fs: SafeFilesystem, src: str, dst: str) -> None:
+    """Rename `src` to `dst` unless something took `dst` since the plan looked: then
+    `LocalChangedError`, and the next round plans from what is there. A file made at a
+    new file's path between the look and the rename was written over, lost."""
+    try:
+        fs.rename(src, dst, replace=False)
+    except FileExistsError:
+        raise LocalChangedError(f"{dst} appeared locally since the plan; left alone") from None
+
+
 @dataclass
 class UploadItem:
     """A local file to commit: where, what (its manifest), on top of which rev of which
@@ -757,7 +767,10 @@ class Transfers:
                         with contextlib.suppress(OverflowError, ValueError):
                             self.fs.set_mtime(tmp, int(first.entry.mtime.timestamp() * 1e9))
                     self._check_local(path, expect_local)
-                    self.fs.rename(tmp, path)
+                    if expect_local is None:  # a new file: never over one made meanwhile
+                        rename_unless_taken(self.fs, tmp, path)
+                    else:
+                        self.fs.rename(tmp, path)
                 except BaseException as e:
                     self._leave(tmp, temp, e)  # still held: by name, it is still this one
                     raise

@@ -564,7 +564,9 @@ def _left_whole(
     whole, that it leaves (and the next round's scan keeps, though it was given the file's
     mtime, days old, before the rename)."""
     with monkeypatch.context() as m:
-        m.setattr(RealFilesystem, "rename", lambda *_: _raise(OSError(errno.EIO, "I/O error")))
+        m.setattr(
+            RealFilesystem, "rename", lambda *_, **_kw: _raise(OSError(errno.EIO, "I/O error"))
+        )
         with pytest.raises(OSError):
             _download(device, api, entry)
     Scanner(SafeFilesystem(RealFilesystem(device.folder))).scan({})
@@ -574,6 +576,29 @@ def _left_whole(
 
 def _raise(error: BaseException) -> None:
     raise error
+
+
+def test_a_file_made_where_a_download_lands_is_never_written_over(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new file's download looks that nothing is at its path, then renames into place:
+    a file the user made in between was replaced, and lost. The rename refuses now; the
+    download keeps its partial, and the next round plans from what is there."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    api = Api(inproc_cloud.url, Home(a.home))
+    entry = _uploaded(a, api, "f.bin", os.urandom(1024 * 1024))
+    check_local = Transfers._check_local
+
+    def user_saves_meanwhile(xfer: Transfers, path: str, expect: Any) -> None:
+        check_local(xfer, path, expect)
+        (a.folder / path).write_bytes(b"the user's new work")
+
+    monkeypatch.setattr(Transfers, "_check_local", user_saves_meanwhile)
+    with pytest.raises(transfer.LocalChangedError):
+        _download(a, api, entry)
+    api.close()
+    assert (a.folder / "f.bin").read_bytes() == b"the user's new work"
+    assert len(_partials(a)) == 1  # the download, for the next try
 
 
 def test_a_download_cut_off_resumes_where_it_stopped(
@@ -732,13 +757,13 @@ def test_a_partial_stays_held_until_it_is_in_place(
     tried: list[int] = []
     rename = RealFilesystem.rename
 
-    def rename_after_a_try(fs: RealFilesystem, src: str, dst: str) -> None:
+    def rename_after_a_try(fs: RealFilesystem, src: str, dst: str, **kw: bool) -> None:
         try:
             other.open_partial("", transfer._partial_key("f.bin"))[1].close()
             tried.append(0)
         except OSError as e:
             tried.append(e.errno or 0)
-        rename(fs, src, dst)
+        rename(fs, src, dst, **kw)
 
     monkeypatch.setattr(RealFilesystem, "rename", rename_after_a_try)
     _download(a, api, entry)

@@ -192,7 +192,7 @@ def test_a_conflict_the_disk_refuses_is_a_problem_not_a_crash(
     a.run_once()
     (b.folder / "doc.txt").write_text("v2 from B, longer")
 
-    def refused(src: str, dst: str) -> None:
+    def refused(src: str, dst: str, **_kw: bool) -> None:
         raise PermissionError(13, "Permission denied", src)
 
     monkeypatch.setattr(b.fs, "rename", refused)

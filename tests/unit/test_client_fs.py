@@ -254,6 +254,45 @@ def test_real_rename_flushes_the_folders_it_changed(
     assert (tmp_path / "b" / "top").read_bytes() == b"2"
 
 
+@pytest.mark.parametrize("way", ["system call", "hard link", "look first"])
+def test_a_rename_that_must_not_replace_leaves_what_it_finds(
+    way: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file made at a new file's path between the plan's look and the rename was written
+    over: `replace=False` refuses, in one step where the system can (renameat2 here), else
+    by a hard link (a file) or a look first (a folder, or links refused)."""
+    if way != "system call":
+        monkeypatch.setattr(fs_module, "_NOREPLACE_CALL", None)
+    if way == "look first":
+        monkeypatch.setattr(os, "link", lambda *_a, **_k: _raise(OSError(errno.EPERM, "no")))
+    else:
+        assert way == "hard link" or fs_module._NOREPLACE_CALL is not None
+    fs = SafeFilesystem(RealFilesystem(tmp_path))
+    (tmp_path / "new").write_bytes(b"downloaded")
+    (tmp_path / "mine").write_bytes(b"the user's")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "taken").mkdir()
+    for src, dst in (("new", "mine"), ("folder", "taken"), ("new", "taken")):
+        with pytest.raises(FileExistsError):
+            fs.rename(src, dst, replace=False)
+    assert (tmp_path / "mine").read_bytes() == b"the user's"
+    assert (tmp_path / "new").read_bytes() == b"downloaded"
+    fs.rename("new", "free", replace=False)
+    fs.rename("folder", "free folder", replace=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["free", "free folder", "mine", "taken"]
+    assert (tmp_path / "free").read_bytes() == b"downloaded"
+    fake = FakeFilesystem()
+    fake.write_file("a", b"1")
+    fake.write_file("b", b"2")
+    with pytest.raises(FileExistsError):
+        fake.rename("a", "b", replace=False)
+    assert fake.read_file("b") == b"2"
+
+
+def _raise(error: BaseException) -> None:
+    raise error
+
+
 @pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOTSUP, errno.EACCES])
 def test_a_rename_on_a_filesystem_that_cannot_flush_folders_still_succeeds(
     code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -1420,3 +1420,16 @@ def test_get_of_a_cold_file_says_when_to_come_back(
     assert list(saved.iterdir()) == []
     code, said = _get(evil, tmp_path, monkeypatch, "x.bin", "--to", str(saved))  # later
     assert code == 0 and (saved / "x.bin").read_bytes() == b"the file"
+
+
+def test_get_from_a_folder_deleted_under_the_shell_says_so(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Path.cwd()` fails once the current folder is gone: it was a traceback."""
+    evil.add_file("/x.bin", b"the file", fid="f1")
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    code, said = _get(evil, tmp_path, monkeypatch, "x.bin")
+    assert code == 1 and "was not saved" in said and "Traceback" not in said
