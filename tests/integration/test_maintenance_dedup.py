@@ -40,6 +40,24 @@ def _dedup(w: World) -> DedupResult:
     return w.run_as(DedupResult, "dedup")
 
 
+def _store_unwell_for(
+    w: World, monkeypatch: pytest.MonkeyPatch, key: str, *, after: int = 0
+) -> None:
+    """The store fails every read of `key` after its first `after`."""
+    get = w.store.get
+    reads = 0
+
+    def failing(k: str) -> bytes:
+        nonlocal reads
+        if k == key:
+            reads += 1
+            if reads > after:
+                raise OSError("the store is unwell")
+        return get(k)
+
+    monkeypatch.setattr(w.store, "get", failing)
+
+
 def _collect_settled(w: World) -> None:
     """gc past the settled-copy grace: the objects of promoted/dropped copies go."""
     w.collect_settled()
@@ -128,17 +146,8 @@ def test_a_canonical_object_unreadable_under_the_lock_leaves_its_copy_for_later(
     world.put(ALICE, "/a.bin", data)
     world.put(BOB, "/b.bin", data)
     world.put(ALICE, "/other.bin", secrets.token_bytes(BLOCK))
-    key = object_keys.canonical_key(block_id(data))
-    get = world.store.get
-    reads: list[str] = []
-
-    def failing(k: str) -> bytes:
-        reads.append(k)
-        if k == key and reads.count(key) > 1:  # after the first promotion's check of it
-            raise OSError("the store is unwell")
-        return get(k)
-
-    monkeypatch.setattr(world.store, "get", failing)
+    # (read once by the first promotion, to check what it copied)
+    _store_unwell_for(world, monkeypatch, object_keys.canonical_key(block_id(data)), after=1)
     result = _dedup(world)
     assert (result.promoted, result.dropped) == (2, 0)
     assert len(result.errors) == 1 and "unwell" in result.errors[0]
@@ -279,14 +288,7 @@ def test_a_copy_that_cannot_be_read_now_waits_and_holds_back_no_other(
     world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
     world.put(BOB, "/b.bin", secrets.token_bytes(BLOCK))
     unwell, _ = world.keys_under("staging/")
-    get = world.store.get
-
-    def failing(key: str) -> bytes:
-        if key == unwell:
-            raise OSError("the store is unwell")
-        return get(key)
-
-    monkeypatch.setattr(world.store, "get", failing)
+    _store_unwell_for(world, monkeypatch, unwell)
     result = _dedup(world)
     assert (result.promoted, result.quarantined) == (1, 0)
     assert len(result.errors) == 1 and "unwell" in result.errors[0]
