@@ -259,6 +259,30 @@ _FSYNC_DIR_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUP
 
 
 def _rename_noreplace(src: str, dst: str) -> None:
+    """Rename `src` to `dst` unless something else is at `dst` (`FileExistsError`).
+
+    `dst` may be `src` itself under another spelling (`Foo.txt` to `foo.txt` on a disk that
+    ignores case, or normalization): that is a respelling, done as such; refused, it was
+    refused every round."""
+    try:
+        _rename_exclusive(src, dst)
+    except FileExistsError:
+        if not _one_entry(src, dst):
+            raise
+        os.rename(src, dst)
+
+
+def _one_entry(a: str, b: str) -> bool:
+    """Whether paths `a` and `b` name one directory entry (not two hard links to a file)."""
+    try:
+        first, second = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    same = (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    return same and (stat_mod.S_ISDIR(first.st_mode) or first.st_nlink == 1)
+
+
+def _rename_exclusive(src: str, dst: str) -> None:
     """Rename `src` to `dst` unless something is at `dst` (`FileExistsError`): in one step
     where the system has one (Linux `renameat2(RENAME_NOREPLACE)`, macOS
     `renamex_np(RENAME_EXCL)`); else, for a file, a hard link and the old name's unlink; else

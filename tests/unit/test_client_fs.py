@@ -289,6 +289,22 @@ def test_a_rename_that_must_not_replace_leaves_what_it_finds(
     assert fake.read_file("b") == b"2"
 
 
+def test_a_rename_that_must_not_replace_respells_one_entry_but_not_onto_a_hard_link(
+    tmp_path: Path,
+) -> None:
+    """On a disk that ignores case `foo.txt` is `Foo.txt`: refused as taken, a respelling
+    was refused every round. (Here two spellings of one path stand in for it.) Two hard
+    links are two entries: the other is kept."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "Foo.txt").write_bytes(b"mine")
+    fs_module._rename_noreplace(str(tmp_path / "Foo.txt"), str(tmp_path / "sub/../Foo.txt"))
+    assert (tmp_path / "Foo.txt").read_bytes() == b"mine"
+    os.link(tmp_path / "Foo.txt", tmp_path / "linked.txt")
+    with pytest.raises(FileExistsError):
+        fs_module._rename_noreplace(str(tmp_path / "Foo.txt"), str(tmp_path / "linked.txt"))
+    assert (tmp_path / "Foo.txt").exists() and (tmp_path / "linked.txt").exists()
+
+
 def _raise(error: BaseException) -> None:
     raise error
 
