@@ -273,13 +273,17 @@ def _rename_noreplace(src: str, dst: str) -> None:
 
 
 def _one_entry(a: str, b: str) -> bool:
-    """Whether paths `a` and `b` name one directory entry (not two hard links to a file)."""
+    """Whether paths `a` and `b` name one directory entry (not two hard links to a file):
+    the same file, and a folder, or a file of one name, or `b` not spelled so on disk."""
     try:
         first, second = os.lstat(a), os.lstat(b)
+        if (first.st_dev, first.st_ino) != (second.st_dev, second.st_ino):
+            return False
+        if stat_mod.S_ISDIR(first.st_mode) or first.st_nlink == 1:
+            return True
+        return os.path.basename(b) not in os.listdir(os.path.dirname(b) or ".")
     except OSError:
         return False
-    same = (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
-    return same and (stat_mod.S_ISDIR(first.st_mode) or first.st_nlink == 1)
 
 
 def _rename_exclusive(src: str, dst: str) -> None:
@@ -287,6 +291,9 @@ def _rename_exclusive(src: str, dst: str) -> None:
     where the system has one (Linux `renameat2(RENAME_NOREPLACE)`, macOS
     `renamex_np(RENAME_EXCL)`); else, for a file, a hard link and the old name's unlink; else
     a look first, which leaves a moment between the look and the rename."""
+    if os.name == "nt":  # Windows' rename refuses a taken name itself
+        os.rename(src, dst)
+        return
     call = _NOREPLACE_CALL
     if call is not None:
         fn, flag, *dirfds = call
@@ -294,8 +301,8 @@ def _rename_exclusive(src: str, dst: str) -> None:
             return
         code = ctypes.get_errno()
         if code not in _NOREPLACE_UNSUPPORTED:
-            raise OSError(code, os.strerror(code), dst)
-    if not os.path.isdir(src):
+            raise OSError(code, os.strerror(code), src, None, dst)
+    if not stat_mod.S_ISDIR(os.lstat(src).st_mode):
         try:
             os.link(src, dst, follow_symlinks=False)
         except OSError as e:
@@ -311,6 +318,8 @@ def _rename_exclusive(src: str, dst: str) -> None:
 
 def _noreplace_call() -> tuple[Any, ...] | None:
     """The system's rename-unless-taken call, with its flag (and, Linux, its folder fds)."""
+    if os.name == "nt":  # (CDLL(None) is a TypeError there)
+        return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -325,7 +334,7 @@ def _noreplace_call() -> tuple[Any, ...] | None:
 
 _NOREPLACE_CALL = _noreplace_call()
 # a filesystem (or kernel) without the flag: the fallbacks instead
-_NOREPLACE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP})
+_NOREPLACE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def _fsync_dir(path: str) -> None:

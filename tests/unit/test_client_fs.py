@@ -305,6 +305,32 @@ def test_a_rename_that_must_not_replace_respells_one_entry_but_not_onto_a_hard_l
     assert (tmp_path / "Foo.txt").exists() and (tmp_path / "linked.txt").exists()
 
 
+def test_one_entry_on_a_disk_that_ignores_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file with another hard link is still one entry under a second spelling there: the
+    disk spells it otherwise (its listing), while a hard link is listed as named."""
+    (tmp_path / "Foo.txt").write_bytes(b"mine")
+    os.link(tmp_path / "Foo.txt", tmp_path / "backup.txt")
+    lstat = os.lstat
+
+    def ignoring_case(path: Any, *args: Any, **kw: Any) -> os.stat_result:
+        named = Path(path)
+        return lstat(named.with_name("Foo.txt") if named.name == "foo.txt" else named)
+
+    monkeypatch.setattr(os, "lstat", ignoring_case)
+    assert fs_module._one_entry(str(tmp_path / "Foo.txt"), str(tmp_path / "foo.txt"))
+    assert not fs_module._one_entry(str(tmp_path / "Foo.txt"), str(tmp_path / "backup.txt"))
+
+
+def test_the_filesystem_layer_asks_no_c_library_on_windows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ctypes.CDLL(None)` is a TypeError there: the module failed to import."""
+    monkeypatch.setattr(os, "name", "nt")
+    assert fs_module._noreplace_call() is None
+
+
 def _raise(error: BaseException) -> None:
     raise error
 
