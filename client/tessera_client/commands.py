@@ -454,12 +454,7 @@ def ls(
 ) -> None:
     """List a folder on the server."""
     with friendly_errors(), _server() as (api, settings):
-        target = _server_path(path, settings)
-        answer = api.call("/v1/list_folder", {"path": target})
-        entries = list(answer["entries"])
-        while answer.get("has_more"):
-            answer = api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
-            entries += answer["entries"]
+        entries = _listing(api, _server_path(path, settings))
 
         def render() -> None:
             table = Table("name", "kind", "size", "rev", "modified (UTC)", box=None)
@@ -475,6 +470,16 @@ def ls(
             out.print(table)
 
         _emit(entries, as_json, render)
+
+
+def _listing(api: Api, path: str, *, recursive: bool = False) -> list[dict[str, Any]]:
+    """Every entry of a folder's listing (its subtree's, `recursive`), page by page."""
+    answer = api.call("/v1/list_folder", {"path": path, "recursive": recursive})
+    entries = list(answer["entries"])
+    while answer.get("has_more"):
+        answer = api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
+        entries += answer["entries"]
+    return entries
 
 
 def history(
@@ -532,58 +537,104 @@ def restore(
 
 
 def get(
-    path: Annotated[str, typer.Argument(help="The file on the server.")],
+    path: Annotated[str, typer.Argument(help="The file or folder on the server.")],
     rev: Annotated[
-        int | None, typer.Option("--rev", help="The version (default: the current one).")
+        int | None, typer.Option("--rev", help="A file's version (default: the current one).")
     ] = None,
     to: Annotated[
         Path | None,
-        typer.Option("--to", "-o", help="Where to save it: a new file, or a folder to put it in."),
+        typer.Option("--to", "-o", help="Where to save it: a new name, or a folder to put it in."),
     ] = None,
 ) -> None:
-    """Download a file, or an earlier version of it, without syncing (never over a file)."""
+    """Download a file (or an earlier version of it) or a folder, without syncing (never
+    over a file)."""
     with friendly_errors(), _server() as (api, settings):
-        from tessera_client.getfile import download_to, target  # the transfers: only here
-        from tessera_client.transfer import (
-            BlockReportedError,
-            IntegrityError,
-            LocalChangedError,
-            RestoringError,
-        )
-
         # (a deleted file is not served: `tessera undelete` brings it back first)
         entry = api.call("/v1/metadata", {"path": _server_path(path, settings)})
-        if entry[".tag"] != "file":
-            raise UserError(f"{entry['path_display']} is a folder; `tessera ls` lists it")
-        latest = rev in (None, entry["rev"])
-        bars = _transfer_bars()
-        bars.disable = not err.is_terminal  # (it left a blank line in a pipe)
-        # an earlier version's size is not listed: its bar counts on without an end
-        task = bars.add_task(entry["name"], total=entry["size"] if latest else None)
-        try:
-            dest = target(to, entry["name"])
-            with bars:
-                download_to(
-                    api,
-                    dest,
-                    entry["file_id"],
-                    entry["rev"] if rev is None else rev,
-                    content_hash=entry["content_hash"] if latest else "",
-                    device=settings.device_name,
-                    progress=lambda _name, nbytes: bars.advance(task, nbytes),
-                )
-        except RestoringError as e:
-            minutes = max(1, round(e.retry_after / 60))
-            raise UserError(
-                f"{entry['path_display']} is in cold storage: its restore has begun; run this"
-                f" again in about {minutes} min"
-            ) from None
-        except BlockReportedError as e:
-            raise UserError(f"{e}; run this again in a minute") from None
-        except (IntegrityError, LocalChangedError, OSError) as e:
-            raise UserError(f"{entry['path_display']} was not saved: {e}") from None
-        version = "" if latest else f" (rev {rev})"
-        out.print(f"Saved {entry['path_display']}{version} as {dest}.", soft_wrap=True)
+        if entry[".tag"] == "folder":
+            if rev is not None:
+                raise UserError("--rev names a version of a file; a folder has none")
+            _get_folder(api, settings, entry, to)
+        else:
+            _get_file(api, settings, entry, rev, to)
+
+
+def _get_file(
+    api: Api, settings: Settings, entry: dict[str, Any], rev: int | None, to: Path | None
+) -> None:
+    from tessera_client.getfile import download_to, target  # the transfers: only here
+    from tessera_client.transfer import (
+        BlockReportedError,
+        IntegrityError,
+        LocalChangedError,
+        RestoringError,
+    )
+
+    latest = rev in (None, entry["rev"])
+    # an earlier version's size is not listed: its bar counts on without an end
+    bars, advance = _one_bar(entry["name"], entry["size"] if latest else None)
+    try:
+        dest = target(to, entry["name"])
+        with bars:
+            download_to(
+                api,
+                dest,
+                entry["file_id"],
+                entry["rev"] if rev is None else rev,
+                content_hash=entry["content_hash"] if latest else "",
+                device=settings.device_name,
+                progress=advance,
+            )
+    except RestoringError as e:
+        raise _come_back_after_restore(entry["path_display"], e.retry_after) from None
+    except BlockReportedError as e:
+        raise UserError(f"{e}; run this again in a minute") from None
+    except (IntegrityError, LocalChangedError, OSError) as e:
+        raise UserError(f"{entry['path_display']} was not saved: {e}") from None
+    version = "" if latest else f" (rev {rev})"
+    out.print(f"Saved {entry['path_display']}{version} as {dest}.", soft_wrap=True)
+
+
+def _get_folder(api: Api, settings: Settings, folder: dict[str, Any], to: Path | None) -> None:
+    from tessera_client.getfile import download_folder, folder_contents, target
+
+    where = folder["path_display"]
+    folders, files = folder_contents(folder, _listing(api, where, recursive=True))
+    bars, advance = _one_bar(folder["name"], sum(f.size for f in files))
+    try:
+        dest = target(to, folder["name"])
+        with bars:
+            result = download_folder(
+                api, dest, folders, files, device=settings.device_name, progress=advance
+            )
+    except OSError as e:
+        raise UserError(f"{where} was not saved: {e}") from None
+    for problem in result.problems:
+        err.print(f"left out {problem}", style="yellow", markup=False, soft_wrap=True)
+    files_saved = f"{result.saved} file{'' if result.saved == 1 else 's'}"
+    there = f", {result.kept} there already" if result.kept else ""
+    out.print(f"Saved {where} as {dest}: {files_saved}{there}.", soft_wrap=True)
+    if result.restore_wait_s:
+        raise _come_back_after_restore(f"files of {where}", result.restore_wait_s)
+    if result.problems:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _one_bar(name: str, total: int | None) -> tuple[Progress, Callable[[str, int], None]]:
+    """A progress bar for `get` (none in a pipe, where it left a blank line) and what
+    advances it."""
+    bars = _transfer_bars()
+    bars.disable = not err.is_terminal
+    task = bars.add_task(name, total=total)
+    return bars, lambda _name, nbytes: bars.advance(task, nbytes)
+
+
+def _come_back_after_restore(what: str, retry_after: float) -> UserError:
+    minutes = max(1, round(retry_after / 60))
+    return UserError(
+        f"{what} in cold storage: the restore has begun; run this again in about"
+        f" {minutes} min (what was saved stays)"
+    )
 
 
 def rm(path: Annotated[str, typer.Argument(help="File or folder to delete.")]) -> None:

@@ -1,20 +1,30 @@
-"""One file, or one of its versions, downloaded outside any synced folder (`tessera get`).
+"""Files, or one file's earlier version, downloaded outside any synced folder (`tessera get`).
 
 The same download as a sync's (`Transfers.download`: verified block by block, resumable
-from its partial download, renamed into place only once whole), into a folder of the
-user's choosing, with a state database of its own in memory: there is no synced version
-here to take blocks from, and nothing of the sync's state is touched.
+from its partial download, renamed into place only once whole, never over a file), into a
+folder of the user's choosing, with a state database of its own in memory: there is no
+synced version here to take blocks from, and nothing of the sync's state is touched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from tessera.blocks import scan_file
 from tessera_client.api import Api
-from tessera_client.fs import RealFilesystem, SafeFilesystem
+from tessera_client.fs import DiskFullError, Kind, RealFilesystem, SafeFilesystem
 from tessera_client.paths import UnsafePathError, canonical_rel
 from tessera_client.state import StateDB
-from tessera_client.transfer import Progress, Transfers
+from tessera_client.transfer import (
+    IntegrityError,
+    LocalChangedError,
+    Progress,
+    RestoringError,
+    Transfers,
+)
 
 
 class TargetExistsError(FileExistsError):
@@ -35,6 +45,107 @@ def target(to: Path | None, server_name: str) -> Path:
     if not plain:
         raise UnsafePathError(f"the server named the file {server_name!r}; give --to FILE")
     return dest / server_name
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file below the folder `get` saves: its path under that folder, and its version."""
+
+    rel: str
+    file_id: str
+    rev: int
+    content_hash: str
+    size: int
+
+
+def folder_contents(
+    folder: Mapping[str, Any], entries: Iterable[Mapping[str, Any]]
+) -> tuple[list[str], list[RemoteFile]]:
+    """The folders and files of a recursive listing below `folder` (entries of the API),
+    by their paths under it: what is not below it is left out."""
+    inside = folder["path_lower"] + "/"
+    cut = len(folder["path_display"]) + 1
+    folders, files = [], []
+    for e in entries:
+        if not e["path_lower"].startswith(inside):
+            continue
+        rel = e["path_display"][cut:]
+        if e[".tag"] == "folder":
+            folders.append(rel)
+        elif e[".tag"] == "file":
+            files.append(RemoteFile(rel, e["file_id"], e["rev"], e["content_hash"], e["size"]))
+    return folders, files
+
+
+@dataclass
+class FolderResult:
+    """What `download_folder` did."""
+
+    saved: int = 0  # files downloaded
+    kept: int = 0  # files there already with the same content (an earlier run's)
+    problems: list[str] = field(default_factory=list)  # files left, and why
+    restore_wait_s: float = 0.0  # > 0: files in cold storage are being restored
+
+
+def download_folder(
+    api: Api,
+    dest: Path,
+    folders: Iterable[str],
+    files: Iterable[RemoteFile],
+    *,
+    device: str = "",
+    progress: Progress | None = None,
+) -> FolderResult:
+    """Download `files` (and make `folders`) under `dest`, a folder made if it is not there.
+
+    Never over a file: one there already with the same content counts as `kept` (so a run
+    cut off, or waiting on cold storage, is taken up by running it again), anything else
+    there is left alone and reported. Each path goes through the safe filesystem layer (a
+    server's `../x` or a symlink on the way is refused). A full disk stops it."""
+    dest.mkdir(exist_ok=True)
+    fs = SafeFilesystem(RealFilesystem(dest))
+    state = StateDB(":memory:")
+    transfers = Transfers(api, fs, state, device=device, progress=progress)
+    result = FolderResult()
+    try:
+        for rel in folders:
+            try:
+                fs.makedirs(rel)
+            except (UnsafePathError, OSError) as e:
+                result.problems.append(f"{rel}: {e}")
+        for f in files:
+            try:
+                if _already_here(fs, f):
+                    result.kept += 1
+                else:
+                    transfers.download(f.rel, f.file_id, f.rev, f.content_hash, None)
+                    result.saved += 1
+            except RestoringError as e:
+                result.restore_wait_s = max(result.restore_wait_s, e.retry_after)
+            except DiskFullError:
+                raise
+            except (IntegrityError, LocalChangedError, UnsafePathError, OSError) as e:
+                result.problems.append(f"{f.rel}: {e}")
+    finally:
+        transfers.close()
+        state.close()
+    return result
+
+
+def _already_here(fs: SafeFilesystem, f: RemoteFile) -> bool:
+    """Whether `f` is in place already; `LocalChangedError` when something else is."""
+    here = fs.lstat_if_any(f.rel)
+    if here is None:
+        return False
+    disk = fs.local_path(f.rel)
+    if (
+        here.kind == Kind.FILE
+        and here.size == f.size
+        and disk is not None
+        and scan_file(disk).content_hash == f.content_hash
+    ):
+        return True
+    raise LocalChangedError("something else is there; left alone")
 
 
 def download_to(

@@ -771,7 +771,34 @@ def test_get_saves_a_file_or_an_earlier_version_without_syncing(
     refused = a.run("get", "Docs/report.bin", "--to", str(elsewhere / "now.bin"), check=1)
     assert "exists" in refused.stderr
     assert [e["rev"] for e in a.json("history", "Docs/report.bin")["entries"]] == [2, 1]
-    assert "is a folder" in a.run("get", "Docs", "--to", str(elsewhere), check=1).stderr
+    assert "a folder has none" in a.run("get", "Docs", "--rev", "1", check=1).stderr
+
+
+def test_get_saves_a_folder_and_runs_again_for_what_is_missing(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A folder comes whole (an empty one too). Run again, it takes what is missing and
+    never writes over a file, which it reports."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    a.write("Docs/a.txt", "a")
+    a.write("Docs/c.txt", "c")
+    a.write("Docs/sub/b.bin", os.urandom(2 * 1024 * 1024))
+    (a.folder / "Docs" / "empty").mkdir()
+    a.sync()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    said = a.run("get", "Docs", "--to", str(elsewhere)).stdout
+    assert said == f"Saved /Docs as {elsewhere / 'Docs'}: 3 files.\n"
+    assert snapshot(elsewhere) == {
+        k: v for k, v in snapshot(a.folder).items() if k.startswith("Docs")
+    }
+    (elsewhere / "Docs" / "a.txt").unlink()
+    (elsewhere / "Docs" / "sub" / "b.bin").write_bytes(b"the user's own")
+    again = a.run("get", "Docs", "--to", str(elsewhere), check=1)
+    assert again.stdout.endswith(": 1 file, 1 there already.\n")
+    assert "left out sub/b.bin: something else is there" in again.stderr
+    assert (elsewhere / "Docs" / "a.txt").read_text() == "a"
+    assert (elsewhere / "Docs" / "sub" / "b.bin").read_bytes() == b"the user's own"
 
 
 def test_unsharing_a_folder_that_is_not_shared_says_so(

@@ -1433,3 +1433,19 @@ def test_get_from_a_folder_deleted_under_the_shell_says_so(
     gone.rmdir()
     code, said = _get(evil, tmp_path, monkeypatch, "x.bin")
     assert code == 1 and "was not saved" in said and "Traceback" not in said
+
+
+def test_get_of_a_folder_never_saves_outside_it(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing below the folder naming `../` paths, or names no disk can hold, saves
+    nothing anywhere else: each file is refused, the others come."""
+    evil.add_folder("/Docs", fid="d1")
+    evil.add_file("/Docs/../../escape.bin", b"payload", fid="f1")
+    evil.add_file("/Docs/ok.bin", b"fine", fid="f2")
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    code, said = _get(evil, tmp_path, monkeypatch, "Docs", "--to", str(saved))
+    assert code == 1 and "left out ../../escape.bin" in said
+    assert (saved / "Docs" / "ok.bin").read_bytes() == b"fine"
+    assert _outside_files(tmp_path) == ["saved/Docs/ok.bin"]
