@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.blocks import scan_file
-from tessera_client.api import Api
+from tessera_client.api import Api, ApiError
 from tessera_client.fs import DiskFullError, Kind, RealFilesystem, SafeFilesystem
 from tessera_client.paths import UnsafePathError, canonical_rel
 from tessera_client.state import StateDB
@@ -117,6 +117,8 @@ def download_folder(
             try:
                 if _already_here(fs, f):
                     result.kept += 1
+                    if progress is not None:  # (its bytes count as done)
+                        progress(f.rel, f.size)
                 else:
                     transfers.download(f.rel, f.file_id, f.rev, f.content_hash, None)
                     result.saved += 1
@@ -124,7 +126,8 @@ def download_folder(
                 result.restore_wait_s = max(result.restore_wait_s, e.retry_after)
             except DiskFullError:
                 raise
-            except (IntegrityError, LocalChangedError, UnsafePathError, OSError) as e:
+            except (ApiError, IntegrityError, LocalChangedError, UnsafePathError, OSError) as e:
+                # (ApiError: e.g. deleted on the server since the listing)
                 result.problems.append(f"{f.rel}: {e}")
     finally:
         transfers.close()

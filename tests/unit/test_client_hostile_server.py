@@ -62,6 +62,7 @@ class Evil:
     renew_wrong: bool = False  # a renewal answers with the next block instead
     put_paths: list[str] = field(default_factory=list)  # the block PUTs, in order
     blob_delay: float = 0.0  # seconds each block GET takes
+    gone: set[str] = field(default_factory=set)  # file ids whose download answers 404
     # upload routes (`/v1/uploads`, ...) -> how they answer a request body: a JSON value
     # (status 200), or (status, JSON value)
     answers: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
@@ -191,6 +192,8 @@ def evil() -> Iterator[Evil]:
                 self._send(200, state.continue_page)
             elif self.path == "/v1/list_folder/continue":
                 self._send(200, {"entries": [], "cursor": "c1", "has_more": False})
+            elif self.path == "/v1/download" and body.get("file_id") in state.gone:
+                self._send(404, {"error": {"code": "not_found", "message": "no such file"}})
             elif self.path == "/v1/download" and state.restoring > 0:
                 state.restoring -= 1
                 self._send(
@@ -1443,9 +1446,12 @@ def test_get_of_a_folder_never_saves_outside_it(
     evil.add_folder("/Docs", fid="d1")
     evil.add_file("/Docs/../../escape.bin", b"payload", fid="f1")
     evil.add_file("/Docs/ok.bin", b"fine", fid="f2")
+    evil.add_file("/Docs/deleted since.bin", b"gone", fid="f3")
+    evil.gone.add("f3")  # deleted on the server since the listing: the others still come
     saved = tmp_path / "saved"
     saved.mkdir()
     code, said = _get(evil, tmp_path, monkeypatch, "Docs", "--to", str(saved))
     assert code == 1 and "left out ../../escape.bin" in said
+    assert "left out deleted since.bin: 404 not_found: no such file" in said
     assert (saved / "Docs" / "ok.bin").read_bytes() == b"fine"
     assert _outside_files(tmp_path) == ["saved/Docs/ok.bin"]
