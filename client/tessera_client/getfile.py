@@ -8,7 +8,8 @@ synced version here to take blocks from, and nothing of the sync's state is touc
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,9 @@ def download_folder(
     there is left alone and reported. Each path goes through the safe filesystem layer (a
     server's `../x` or a symlink on the way is refused). A full disk stops it."""
     dest.mkdir(exist_ok=True)
-    fs = SafeFilesystem(RealFilesystem(dest))
-    state = StateDB(":memory:")
-    transfers = Transfers(api, fs, state, device=device, progress=progress)
     result = FolderResult()
-    try:
+    with _transfers_into(api, dest, device, progress) as transfers:
+        fs = transfers.fs
         for rel in folders:
             try:
                 fs.makedirs(rel)
@@ -129,10 +128,24 @@ def download_folder(
             except (ApiError, IntegrityError, LocalChangedError, UnsafePathError, OSError) as e:
                 # (ApiError: e.g. deleted on the server since the listing)
                 result.problems.append(f"{f.rel}: {e}")
+    return result
+
+
+@contextmanager
+def _transfers_into(
+    api: Api, folder: Path, device: str, progress: Progress | None
+) -> Iterator[Transfers]:
+    """Transfers into `folder` through the safe filesystem layer, with a state database of
+    their own, in memory; closed after."""
+    state = StateDB(":memory:")
+    transfers = Transfers(
+        api, SafeFilesystem(RealFilesystem(folder)), state, device=device, progress=progress
+    )
+    try:
+        yield transfers
     finally:
         transfers.close()
         state.close()
-    return result
 
 
 def _already_here(fs: SafeFilesystem, f: RemoteFile) -> bool:
@@ -176,12 +189,5 @@ def download_to(
         raise FileNotFoundError(f"{dest.parent} is not a folder")
     if dest.is_symlink() or dest.exists():
         raise TargetExistsError(f"{dest} exists; choose another name, or move it aside")
-    state = StateDB(":memory:")
-    transfers = Transfers(
-        api, SafeFilesystem(RealFilesystem(dest.parent)), state, device=device, progress=progress
-    )
-    try:
+    with _transfers_into(api, dest.parent, device, progress) as transfers:
         transfers.download(name, file_id, rev, content_hash, None)
-    finally:
-        transfers.close()
-        state.close()

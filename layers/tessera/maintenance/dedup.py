@@ -27,14 +27,13 @@ both its keys after `quarantine_retention_days`, so a run killed midway leaves n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
 
 from tessera.domain.object_keys import canonical_key, quarantine_key
-from tessera.metadata.maintenance import StagedCopy
-from tessera.ports import StorageTier
+from tessera.metadata.maintenance import BlockRow, StagedCopy
+from tessera.ports import StorageTier, StoredObject
 
 from .context import MaintenanceContext, log
 from .damage import publish_damage
@@ -58,8 +57,7 @@ def verify_staged(
     after = ("", "")
     for _ in ctx.batches():
         copies = ctx.repo.staged_copies(ctx.settings.batch_size, after=after, upload_ids=upload_ids)
-        live = ctx.repo.live_blocks([c.block_id for c in copies])
-        reads = ctx.parallel(partial(_read, ctx, live), copies)
+        reads = ctx.parallel(partial(_read_copy, ctx), copies)
         failed = [r for r in reads if isinstance(r, Exception)]
         down = [e for e in failed if not isinstance(e, KeyUnavailableError)]
         if len(down) > 1 and len(down) == len(copies):
@@ -70,11 +68,16 @@ def verify_staged(
             # version not to be had is not the service down: a batch of copies under a
             # lost one failed every run, and held back every copy after them.)
             raise down[0]
+        live = ctx.repo.live_blocks([c.block_id for c in copies])
+        canonicals = _read_canonicals(ctx, copies, reads, live)
         for copy, read in zip(copies, reads, strict=True):
+            canonical = canonicals.get(copy.block_id)
             if isinstance(read, Exception):
                 result.errors.append(f"{copy.staged_key}: {read}")
+            elif isinstance(canonical, Exception):
+                result.errors.append(f"{copy.staged_key}: {canonical}")
             else:
-                _settle(ctx, copy, read, as_of, result)
+                _settle(ctx, copy, read, canonical, as_of, result)
         if len(copies) < ctx.settings.batch_size:
             break
         after = (copies[-1].upload_id, copies[-1].block_id)
@@ -84,54 +87,91 @@ def verify_staged(
     return result
 
 
-@dataclass(frozen=True)
-class _Verdicts:
-    """What reading one staged copy found, before any lock is taken."""
-
-    copy: Check
-    # The canonical object's verdict, read when the copy verified and the block's row was
-    # live: the copy is dropped only for a canonical object that is the block. A HEAD
-    # alone dropped it for one damaged at the same size, gc deleted the good bytes, and
-    # scrub could then only quarantine the block for every version naming it.
-    canonical: Check | None
-
-
-def _read(ctx: MaintenanceContext, live: set[str], copy: StagedCopy) -> _Verdicts | Exception:
-    """The verdicts on one staged copy (and on the canonical object, when the copy verified
-    and its block is in `live`), or why reading failed (the store or the key service failing
-    for a while): that copy waits for the next run, and the rest of the batch goes on,
-    where one failure had failed the batch, and every run met it again."""
+def _read(what: str, read: Callable[[], Check]) -> Check | Exception:
+    """The verdict of `read`, or why reading `what` failed (the store or the key service
+    failing for a while): that copy waits for the next run, and the rest of the batch goes
+    on, where one failure had failed the batch, and every run met it again."""
     try:
-        check = check_stored(
+        return read()
+    except Exception as e:
+        log.warning("dedup: could not read %s: left for later", what, exc_info=True)
+        return e
+
+
+def _read_copy(ctx: MaintenanceContext, copy: StagedCopy) -> Check | Exception:
+    """The verdict on one staged copy."""
+    return _read(
+        copy.staged_key,
+        lambda: check_stored(
             ctx.store,
             ctx.keys,
             copy.staged_key,
             copy.block_id,
             expect_plain_size=copy.size,
             issued_key_version=copy.key_version,
-        )
-        live_and_verified = check.ok and copy.block_id in live
-        return _Verdicts(check, _check_canonical(ctx, copy) if live_and_verified else None)
-    except Exception as e:
-        log.warning("dedup: could not read %s: left for later", copy.staged_key, exc_info=True)
-        return e
+        ),
+    )
 
 
-def _check_canonical(ctx: MaintenanceContext, copy: StagedCopy) -> Check:
+def _read_canonicals(
+    ctx: MaintenanceContext,
+    copies: Sequence[StagedCopy],
+    reads: Sequence[Check | Exception],
+    live: set[str],
+) -> dict[str, Check | Exception]:
+    """The verdict on the canonical object of each block in `live` a copy of which
+    verified, by block id: read once a batch (however many copies of the block it holds),
+    outside the locks. A copy is dropped only for a canonical object that is the block: a
+    HEAD alone dropped it for one damaged at the same size, gc deleted the good bytes, and
+    scrub could then only quarantine the block for every version naming it."""
+    verified = {
+        copy.block_id: copy
+        for copy, read in zip(copies, reads, strict=True)
+        if isinstance(read, Check) and read.ok and copy.block_id in live
+    }
+    found = ctx.parallel(partial(_read_canonical, ctx), list(verified.values()))
+    return dict(zip(verified, found, strict=True))
+
+
+def _read_canonical(ctx: MaintenanceContext, copy: StagedCopy) -> Check | Exception:
     """The verdict on the canonical object of `copy`'s block."""
-    bid = copy.block_id
-    return check_stored(ctx.store, ctx.keys, canonical_key(bid), bid, expect_plain_size=copy.size)
+    bid, key = copy.block_id, canonical_key(copy.block_id)
+    return _read(
+        key, lambda: check_stored(ctx.store, ctx.keys, key, bid, expect_plain_size=copy.size)
+    )
+
+
+def _holds_the_block(
+    row: BlockRow | None, head: StoredObject | None, canonical: Check | None
+) -> bool:
+    """Whether the canonical object is the block as its row records it (verified, at the
+    stored size and key version downloads are given) and still that object, in the hot
+    tier. Anything else (cut short, overwritten, damaged at its size, another encoding,
+    moved cold) a verified copy replaces. Another maintenance step may replace the object
+    after the read, but only with verified bytes."""
+    return (
+        head is not None
+        and head.tier is StorageTier.HOT
+        and row is not None
+        and canonical is not None
+        and canonical.ok
+        and canonical.key_version == row.key_version
+        and head.size == canonical.stored_size
+        and row.stored_size in (None, head.size)
+    )
 
 
 def _settle(
     ctx: MaintenanceContext,
     seen: StagedCopy,
-    verdicts: _Verdicts,
+    check: Check,
+    canonical: Check | None,
     as_of: datetime,
     result: DedupResult,
 ) -> None:
-    """Apply the verdicts on one copy, if no other worker settled it meanwhile."""
-    store, bid, check, canonical = ctx.store, seen.block_id, verdicts.copy, verdicts.canonical
+    """Apply the verdicts on one copy (and on its block's canonical object, when read), if
+    no other worker settled it meanwhile."""
+    store, bid = ctx.store, seen.block_id
     quarantined: str | None = None
     with ctx.repo.transaction() as tx:
         tx.block_lock(bid)
@@ -162,28 +202,12 @@ def _settle(
             if canonical is None and head is not None and head.tier is StorageTier.HOT:
                 # made live since the batch was listed (often by this run: two uploads of
                 # one block in a batch): read now, under the lock, as the HEAD is
-                try:
-                    canonical = _check_canonical(ctx, copy)
-                except Exception as e:  # the store failing: this copy waits, the run goes on
-                    log.warning("dedup: could not read %s: left for later", target, exc_info=True)
-                    result.errors.append(f"{copy.staged_key}: {e}")
+                read = _read_canonical(ctx, copy)
+                if isinstance(read, Exception):  # this copy waits, the run goes on
+                    result.errors.append(f"{copy.staged_key}: {read}")
                     return
-            # The canonical object must be the block as its row records it (verified, at
-            # the stored size and key version downloads are given) and still be that
-            # object, in the hot tier. Anything else (cut short, overwritten, damaged at
-            # its size, another encoding, moved cold) the verified copy replaces below.
-            # Another maintenance step may replace the object after the read, but only
-            # with verified bytes.
-            if (
-                head is not None
-                and head.tier is StorageTier.HOT
-                and row is not None
-                and canonical is not None
-                and canonical.ok
-                and canonical.key_version == row.key_version
-                and head.size == canonical.stored_size
-                and row.stored_size in (None, head.size)
-            ):
+                canonical = read
+            if _holds_the_block(row, head, canonical):
                 tx.settle_copy(copy, "dropped")
                 result.dropped += 1
                 result.bytes_freed += check.stored_size
