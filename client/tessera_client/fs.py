@@ -16,6 +16,7 @@ import os
 import secrets
 import stat as stat_mod
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -296,8 +297,7 @@ def _rename_exclusive(src: str, dst: str) -> None:
         return
     call = _NOREPLACE_CALL
     if call is not None:
-        fn, flag, *dirfds = call
-        if fn(*dirfds[:1], os.fsencode(src), *dirfds[1:], os.fsencode(dst), flag) == 0:
+        if call(os.fsencode(src), os.fsencode(dst)) == 0:
             return
         code = ctypes.get_errno()
         if code not in _NOREPLACE_UNSUPPORTED:
@@ -316,8 +316,8 @@ def _rename_exclusive(src: str, dst: str) -> None:
     os.rename(src, dst)
 
 
-def _noreplace_call() -> tuple[Any, ...] | None:
-    """The system's rename-unless-taken call, with its flag (and, Linux, its folder fds)."""
+def _noreplace_call() -> Callable[[bytes, bytes], int] | None:
+    """The system's rename-unless-taken call, as (old path, new path) -> 0 or -1 (errno)."""
     if os.name == "nt":  # (CDLL(None) is a TypeError there)
         return None
     try:
@@ -325,10 +325,11 @@ def _noreplace_call() -> tuple[Any, ...] | None:
     except OSError:
         return None
     if hasattr(libc, "renameat2"):  # glibc 2.28+: (olddirfd, old, newdirfd, new, flags)
-        at_fdcwd = -100
-        return (libc.renameat2, 1, at_fdcwd, at_fdcwd)  # RENAME_NOREPLACE
+        renameat2, at_fdcwd, rename_noreplace = libc.renameat2, -100, 1
+        return lambda old, new: int(renameat2(at_fdcwd, old, at_fdcwd, new, rename_noreplace))
     if hasattr(libc, "renamex_np"):  # macOS 10.12+: (old, new, flags)
-        return (libc.renamex_np, 4)  # RENAME_EXCL
+        renamex_np, rename_excl = libc.renamex_np, 4
+        return lambda old, new: int(renamex_np(old, new, rename_excl))
     return None
 
 
