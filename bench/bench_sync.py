@@ -32,6 +32,7 @@ from bench.common import (
     peak_rss,
     print_figures,
     random_file,
+    run_quiet,
     scale,
     scaled,
 )
@@ -196,13 +197,24 @@ def initial_sync(url: str, work: Path, email: str) -> list[Figure]:
         sent = engine.transfers.stats.block_bytes_up
     finally:
         engine.close()
+    saved = work / "init-get"
+    saved.mkdir()
+    start = time.perf_counter()
+    run_quiet(_tessera("get", "small", "--to", saved), _env(home, "I"))
+    got = time.perf_counter() - start
     return [
         Figure(
             f"initial sync {count} x 150 KiB + {human_bytes(big)}: wall",
             f"{wall:.1f} s ({human_bytes(data / wall)}/s)",
         ),
         Figure("initial sync: block bytes sent", f"{human_bytes(sent)} of {human_bytes(data)}"),
+        Figure(f"`tessera get` of the {count} x 150 KiB folder: wall", f"{got:.1f} s"),
     ]
+
+
+def _tessera(*args: str | Path) -> list[str | Path]:
+    """The command line running the client's CLI with this interpreter."""
+    return [sys.executable, "-m", "tessera_client", *args]
 
 
 def memory(url: str, work: Path, email: str) -> list[Figure]:
@@ -217,8 +229,9 @@ def memory(url: str, work: Path, email: str) -> list[Figure]:
     except OSError:
         shutil.copyfile(source, folder / "huge.bin")
     env = _env(home, "M")
-    cmd = ["env", *[f"{k}={v}" for k, v in env.items() if k.startswith(("TESSERA", "PYTHON"))]]
-    cmd += [sys.executable, "-m", "tessera_client", "sync", str(folder), "--once", "-q"]
+    cmd: list[str | Path] = ["env"]
+    cmd += [f"{k}={v}" for k, v in env.items() if k.startswith(("TESSERA", "PYTHON"))]
+    cmd += _tessera("sync", folder, "--once", "-q")
     peak = peak_rss(cmd)
     return [
         Figure(

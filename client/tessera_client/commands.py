@@ -609,7 +609,7 @@ def _get_folder(api: Api, settings: Settings, folder: dict[str, Any], to: Path |
             )
     except OSError as e:
         raise UserError(f"{where} was not saved: {e}") from None
-    for problem in result.problems:
+    for problem in sorted(result.problems):
         err.print(f"left out {problem}", style="yellow", markup=False, soft_wrap=True)
     files_saved = f"{result.saved} file{'' if result.saved == 1 else 's'}"
     there = f", {result.kept} there already" if result.kept else ""

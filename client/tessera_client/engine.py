@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future
 from dataclasses import asdict, replace
 from datetime import date
 from functools import partial
@@ -59,12 +59,12 @@ from tessera_client.transfer import (
     Transfers,
     UploadItem,
     UploadResult,
+    download_each,
     rename_unless_taken,
     same_stat,
 )
 
 LARGE_FILE = 8 * 1024 * 1024
-FILE_WORKERS = 4  # files downloaded at once (each also fetches its blocks in parallel)
 DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be written
 FOLDER_ERROR_WAIT_S = 10.0  # the daemon's pause when the synced folder's disk fails
 # Seconds a long-poll's answer may take beyond the wait it asked for (the network, the
@@ -574,43 +574,30 @@ class SyncEngine:
         return False
 
     def _download_all(self, ops: list[Op], stats: dict[str, Stat], result: RoundResult) -> None:
-        """Download many files at once (small files are round-trip bound, not bandwidth bound).
+        """Download many files at once (`download_each`).
 
-        The server out of reach stops the rest at once (each queued download had waited out
-        its own retries, minutes for a few files), and the downloads that finished are
-        still recorded before the outage is raised: left unrecorded, a file the server
-        changed again meanwhile came back as a conflict with itself."""
-        full, unreachable = threading.Event(), threading.Event()
+        The server out of reach stops the rest, and the downloads that finished are still
+        recorded before the outage is raised: left unrecorded, a file the server changed
+        again meanwhile came back as a conflict with itself."""
+        outage: ServerUnreachable | None = None
 
         def fetch(op: Op) -> Fetched:
-            if full.is_set():
-                raise DiskFullError(errno.ENOSPC, "disk full")
-            if unreachable.is_set():
-                raise ServerUnreachable("the server went out of reach during the downloads")
             assert op.remote is not None
             expect = stats.get(path_key(op.path)) if op.local else None
             self._sizes[op.path] = op.remote.size
             r = op.remote
-            try:
-                return self.transfers.download(op.path, r.file_id, r.rev, r.content_hash, expect)
-            except DiskFullError:
-                full.set()
-                raise
-            except ServerUnreachable:
-                unreachable.set()
-                raise
+            return self.transfers.download(op.path, r.file_id, r.rev, r.content_hash, expect)
 
-        outage: ServerUnreachable | None = None
-        with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="tessera-file") as pool:
-            futures = {pool.submit(fetch, op): op for op in ops}
-            for fut in as_completed(futures):
-                op = futures[fut]
-                try:
-                    result.ops += int(self._guarded(op, result, partial(self._recorded, op, fut)))
-                except ServerUnreachable as e:
-                    outage = outage or e
-                finally:
-                    self._end_progress(op.path)
+        def finished(op: Op, fut: Future[Fetched]) -> None:
+            nonlocal outage
+            try:
+                result.ops += int(self._guarded(op, result, partial(self._recorded, op, fut)))
+            except ServerUnreachable as e:
+                outage = outage or e
+            finally:
+                self._end_progress(op.path)
+
+        download_each(ops, fetch, finished)
         if outage is not None:
             raise outage
 

@@ -9,6 +9,7 @@ synced version here to take blocks from, and nothing of the sync's state is touc
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from tessera_client.transfer import (
     Progress,
     RestoringError,
     Transfers,
+    download_each,
 )
 
 
@@ -99,10 +101,11 @@ def download_folder(
 ) -> FolderResult:
     """Download `files` (and make `folders`) under `dest`, a folder made if it is not there.
 
-    Never over a file: one there already with the same content counts as `kept` (so a run
-    cut off, or waiting on cold storage, is taken up by running it again), anything else
-    there is left alone and reported. Each path goes through the safe filesystem layer (a
-    server's `../x` or a symlink on the way is refused). A full disk stops it."""
+    Several files at once, as a sync downloads them (`download_each`). Never over a file:
+    one there already with the same content counts as `kept` (so a run cut off, or waiting
+    on cold storage, is taken up by running it again), anything else there is left alone
+    and reported. Each path goes through the safe filesystem layer (a server's `../x` or a
+    symlink on the way is refused). A full disk or the server out of reach stops it."""
     dest.mkdir(exist_ok=True)
     result = FolderResult()
     with _transfers_into(api, dest, device, progress) as transfers:
@@ -112,15 +115,22 @@ def download_folder(
                 fs.makedirs(rel)
             except (UnsafePathError, OSError) as e:
                 result.problems.append(f"{rel}: {e}")
-        for f in files:
+
+        def fetch(f: RemoteFile) -> bool:
+            """Whether `f` was downloaded (False: it was there already)."""
+            if _already_here(fs, f):
+                if progress is not None:  # (its bytes count as done)
+                    progress(f.rel, f.size)
+                return False
+            transfers.download(f.rel, f.file_id, f.rev, f.content_hash, None)
+            return True
+
+        def finished(f: RemoteFile, fut: Future[bool]) -> None:
             try:
-                if _already_here(fs, f):
-                    result.kept += 1
-                    if progress is not None:  # (its bytes count as done)
-                        progress(f.rel, f.size)
-                else:
-                    transfers.download(f.rel, f.file_id, f.rev, f.content_hash, None)
+                if fut.result():
                     result.saved += 1
+                else:
+                    result.kept += 1
             except RestoringError as e:
                 result.restore_wait_s = max(result.restore_wait_s, e.retry_after)
             except DiskFullError:
@@ -128,6 +138,8 @@ def download_folder(
             except (ApiError, IntegrityError, LocalChangedError, UnsafePathError, OSError) as e:
                 # (ApiError: e.g. deleted on the server since the listing)
                 result.problems.append(f"{f.rel}: {e}")
+
+        download_each(files, fetch, finished)
     return result
 
 

@@ -27,10 +27,10 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import httpx
 from blake3 import blake3
@@ -78,6 +78,7 @@ from tessera_client.state import StateDB
 _DOWNLOAD = "/v1/download"
 # The longest a download waits for cold storage before asking again (a restore takes hours)
 MAX_RESTORE_WAIT_S = 3600
+FILE_WORKERS = 4  # files downloaded at once (each also fetches its blocks in parallel)
 WINDOW_BYTES = 16 * 1024 * 1024
 # What a batch's largest request (its commit) may carry, about: the server takes bodies of
 # 5 MiB (Lambda's 6 MiB event, the body's quotes escaped in it), and a thousand files with
@@ -1252,3 +1253,44 @@ def _disk_full(path: str) -> DiskFullError:
     """What a download out of room raises: the round then stops its other downloads at
     once, instead of failing each with its own message."""
     return DiskFullError(errno.ENOSPC, f"disk full while downloading {path}")
+
+
+_Item = TypeVar("_Item")
+_Done = TypeVar("_Done")
+
+
+def download_each(
+    items: Iterable[_Item],
+    fetch: Callable[[_Item], _Done],
+    finished: Callable[[_Item, Future[_Done]], None],
+) -> None:
+    """Run `fetch` on every item, `FILE_WORKERS` at once, and `finished` on the calling
+    thread as each one ends (in the order they end).
+
+    Many files at once, because a small file's download is round-trip bound, not bandwidth
+    bound. A full disk or the server out of reach fails every item not yet begun at once,
+    with the same error: each would have waited out its own retries, minutes for a few files.
+    """
+    full, unreachable = threading.Event(), threading.Event()
+
+    def guarded(item: _Item) -> _Done:
+        if full.is_set():
+            raise DiskFullError(errno.ENOSPC, "disk full")
+        if unreachable.is_set():
+            raise ServerUnreachable("the server went out of reach during the downloads")
+        try:
+            return fetch(item)
+        except DiskFullError:
+            full.set()
+            raise
+        except ServerUnreachable:
+            unreachable.set()
+            raise
+
+    pool = ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="tessera-file")
+    try:
+        futures = {pool.submit(guarded, item): item for item in items}
+        for fut in as_completed(futures):
+            finished(futures[fut], fut)
+    finally:  # (when `finished` raised, what has not begun is not begun)
+        pool.shutdown(cancel_futures=True)
