@@ -546,8 +546,7 @@ def get(
         typer.Option("--to", "-o", help="Where to save it: a new name, or a folder to put it in."),
     ] = None,
 ) -> None:
-    """Download a file (or an earlier version of it) or a folder, without syncing (never
-    over a file)."""
+    """Download a file, an old version of it, or a folder, without syncing (never over a file)."""
     with friendly_errors(), _server() as (api, settings):
         # (a deleted file is not served: `tessera undelete` brings it back first)
         entry = api.call("/v1/metadata", {"path": _server_path(path, settings)})

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from tessera_client.cli import app
@@ -237,3 +240,25 @@ def test_a_server_message_is_printed_as_it_is(capsys: pytest.CaptureFixture[str]
         raise ApiError(409, "conflict", f"'/{MARKUP_PATH}' is at rev 3, not 2", {})
     printed = " ".join(capsys.readouterr().err.split())
     assert f"error: '/{MARKUP_PATH}' is at rev 3, not 2" in printed
+
+
+def _summaries(group: typer.Typer, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(command line, summary) of every command of `group`, its sub-groups' too."""
+    for cmd in group.registered_commands:
+        assert cmd.callback is not None
+        name = cmd.name or cmd.callback.__name__
+        yield prefix + name, (inspect.getdoc(cmd.callback) or "").split("\n\n")[0]
+    for sub in group.registered_groups:
+        assert sub.typer_instance is not None and sub.name is not None
+        yield from _summaries(sub.typer_instance, f"{prefix}{sub.name} ")
+
+
+def test_each_command_is_summed_up_in_one_paragraph_the_terminal_wraps() -> None:
+    """The help prints a summary's line breaks as they are: `get`'s broke mid-sentence."""
+    from tessera.local.cli import app as local_app
+    from tessera.maintenance.cli import app as admin_app
+
+    found = dict(_summaries(app))
+    found |= dict(_summaries(local_app, "local ")) | dict(_summaries(admin_app, "admin "))
+    assert {"get", "sync", "local up", "admin run"} <= found.keys()
+    assert {line: s for line, s in found.items() if "\n" in s or not s} == {}

@@ -197,8 +197,9 @@ def passwd(
     password: PasswordOption = None,
     state: StateOption = DEFAULT_STATE,
 ) -> None:
-    """Set a local user's password anew, signing out every device that signed in before
-    (a lost password, the demo user's lost credentials, or one that leaked)."""
+    """Set a local user's password anew, signing out every device that signed in before.
+
+    For a lost password, the demo user's lost credentials, or one that leaked."""
     from tessera.adapters.local.identity import LocalUsers
 
     if password is None:
