@@ -537,7 +537,7 @@ def restore(
 
 
 def get(
-    path: Annotated[str, typer.Argument(help="The file or folder on the server.")],
+    path: Annotated[str | None, typer.Argument(help="The file or folder on the server.")] = None,
     rev: Annotated[
         int | None, typer.Option("--rev", help="A file's version (default: the current one).")
     ] = None,
@@ -545,11 +545,20 @@ def get(
         Path | None,
         typer.Option("--to", "-o", help="Where to save it: a new name, or a folder to put it in."),
     ] = None,
+    file_id: FileIdOption = None,
 ) -> None:
-    """Download a file, an old version of it, or a folder, without syncing (never over a file)."""
+    """Download a file (in the trash too), an old version of it, or a folder, without syncing.
+
+    Never over a file: a file already at the target is left alone."""
     with friendly_errors(), _server() as (api, settings):
-        # (a deleted file is not served: `tessera undelete` brings it back first)
-        entry = api.call("/v1/metadata", {"path": _server_path(path, settings)})
+        where = _path_or_id(path, file_id, settings)
+        try:
+            entry = api.call("/v1/metadata", where)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            _get_file(api, settings, _deleted_file(api, where), rev, to, in_trash=True)
+            return
         if entry[".tag"] == "folder":
             if rev is not None:
                 raise UserError("--rev names a version of a file; a folder has none")
@@ -558,8 +567,27 @@ def get(
             _get_file(api, settings, entry, rev, to)
 
 
+def _deleted_file(api: Api, where: dict[str, str]) -> dict[str, Any]:
+    """The newest version of the file in the trash at `where` (a path no live entry holds,
+    or a file_id), as an entry; the server's 404 when there is none."""
+    try:
+        history = api.call("/v1/revisions", {**where, "limit": 1})
+    except ApiError as e:
+        if e.status != 422:  # (a path the server refuses was refused as metadata: a 422 now
+            raise  # says it names a deleted folder, not a file)
+        shown = where.get("path") or where.get("file_id")
+        raise UserError(f"{shown} is a deleted folder: `tessera undelete` it first") from None
+    return dict(history["entries"][0])
+
+
 def _get_file(
-    api: Api, settings: Settings, entry: dict[str, Any], rev: int | None, to: Path | None
+    api: Api,
+    settings: Settings,
+    entry: dict[str, Any],
+    rev: int | None,
+    to: Path | None,
+    *,
+    in_trash: bool = False,
 ) -> None:
     from tessera_client.getfile import download_to, target  # the transfers: only here
     from tessera_client.transfer import (
@@ -583,6 +611,7 @@ def _get_file(
                 content_hash=entry["content_hash"] if latest else "",
                 device=settings.device_name,
                 progress=advance,
+                include_deleted=in_trash,
             )
     except RestoringError as e:
         raise _come_back_after_restore(entry["path_display"], e.retry_after) from None
@@ -590,7 +619,8 @@ def _get_file(
         raise UserError(f"{e}; run this again in a minute") from None
     except (IntegrityError, LocalChangedError, OSError) as e:
         raise UserError(f"{entry['path_display']} was not saved: {e}") from None
-    version = "" if latest else f" (rev {rev})"
+    notes = ([] if latest else [f"rev {rev}"]) + (["from the trash"] if in_trash else [])
+    version = f" ({', '.join(notes)})" if notes else ""
     out.print(f"Saved {entry['path_display']}{version} as {dest}.", soft_wrap=True)
 
 

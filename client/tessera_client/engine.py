@@ -581,12 +581,14 @@ class SyncEngine:
         again meanwhile came back as a conflict with itself."""
         outage: ServerUnreachable | None = None
 
-        def fetch(op: Op) -> Fetched:
+        def fetch(op: Op, stop: threading.Event) -> Fetched:
             assert op.remote is not None
             expect = stats.get(path_key(op.path)) if op.local else None
             self._sizes[op.path] = op.remote.size
             r = op.remote
-            return self.transfers.download(op.path, r.file_id, r.rev, r.content_hash, expect)
+            return self.transfers.download(
+                op.path, r.file_id, r.rev, r.content_hash, expect, stop=stop
+            )
 
         def finished(op: Op, fut: Future[Fetched]) -> None:
             nonlocal outage

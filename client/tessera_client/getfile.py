@@ -8,6 +8,7 @@ synced version here to take blocks from, and nothing of the sync's state is touc
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -116,13 +117,13 @@ def download_folder(
             except (UnsafePathError, OSError) as e:
                 result.problems.append(f"{rel}: {e}")
 
-        def fetch(f: RemoteFile) -> bool:
+        def fetch(f: RemoteFile, stop: threading.Event) -> bool:
             """Whether `f` was downloaded (False: it was there already)."""
             if _already_here(fs, f):
                 if progress is not None:  # (its bytes count as done)
                     progress(f.rel, f.size)
                 return False
-            transfers.download(f.rel, f.file_id, f.rev, f.content_hash, None)
+            transfers.download(f.rel, f.file_id, f.rev, f.content_hash, None, stop=stop)
             return True
 
         def finished(f: RemoteFile, fut: Future[bool]) -> None:
@@ -185,10 +186,12 @@ def download_to(
     content_hash: str = "",
     device: str = "",
     progress: Progress | None = None,
+    include_deleted: bool = False,
 ) -> None:
     """Download `rev` of file `file_id` to `dest`, a new file in an existing folder.
 
-    `content_hash`, when given, is the version's as listed: another is refused. A file
+    `content_hash`, when given, is the version's as listed: another is refused.
+    `include_deleted`: the file may be in the trash. A file
     made at `dest` meanwhile is left alone (`LocalChangedError`); a failed download keeps
     its partial download beside `dest`, and the next one takes up what it holds."""
     name = dest.name
@@ -202,4 +205,4 @@ def download_to(
     if dest.is_symlink() or dest.exists():
         raise TargetExistsError(f"{dest} exists; choose another name, or move it aside")
     with _transfers_into(api, dest.parent, device, progress) as transfers:
-        transfers.download(name, file_id, rev, content_hash, None)
+        transfers.download(name, file_id, rev, content_hash, None, include_deleted=include_deleted)

@@ -147,6 +147,10 @@ class LocalChangedError(Exception):
     """The local file changed since the plan was made; it was left alone."""
 
 
+class DownloadStopped(Exception):
+    """The download was told to stop (its caller is stopping); its partial download is kept."""
+
+
 def rename_unless_taken(fs: SafeFilesystem, src: str, dst: str) -> None:
     """Rename `src` to `dst` unless something took `dst` since the plan looked: then
     `LocalChangedError`, and the next round plans from what is there. A file made at a
@@ -705,6 +709,8 @@ class Transfers:
         *,
         mode_from: str | None = None,
         local_manifest: FileManifest | None = None,
+        include_deleted: bool = False,
+        stop: threading.Event | None = None,
     ) -> tuple[FileEntry, Stat, list[str]]:
         """Download `rev` of a file into `path`, verified, atomically. Returns (entry, stat, ids).
 
@@ -713,7 +719,9 @@ class Transfers:
         The new file takes the permissions of the file at `mode_from` (default: `path`):
         a conflict moves the local file aside first, and its copy's are the ones to keep.
         Blocks that file holds are read from it, not fetched; `local_manifest`, its scan
-        when the caller has one, spares reading it whole to find them.
+        when the caller has one, spares reading it whole to find them. `include_deleted`:
+        the file may be in the trash (a sync never asks for one deleted since its listing).
+        `stop`, once set, ends it between two blocks (`DownloadStopped`).
 
         A download that fails leaves its temp file (`open_partial`, named after `path`):
         the next attempt, in this process or another, keeps the blocks it finds there at
@@ -729,12 +737,14 @@ class Transfers:
         here = self._local_blocks(path, mode_from or path, local_manifest)
         try:
             have = here.ids(MAX_HAVE_BLOCKS)
-            first = self._download_page(path, file_id, rev, 0, have=have)
+            first = self._download_page(
+                path, file_id, rev, 0, have=have, include_deleted=include_deleted
+            )
             if expected_hash and first.entry.content_hash != expected_hash:
                 raise IntegrityError(f"{path}: the server sent another version than it listed")
             if not self.api.takes(_DOWNLOAD, "have"):  # a server from before it checked all
                 have = frozenset()
-            plan = _BlockPlan(path, file_id, rev, first.entry, have)
+            plan = _BlockPlan(path, file_id, rev, first.entry, have, include_deleted)
             folder = parent_of(path)
             try:
                 if folder:
@@ -755,6 +765,8 @@ class Transfers:
             with here, temp:
                 try:
                     for plaintext, in_place in self._fetch_blocks(first, plan, here, temp):
+                        if stop is not None and stop.is_set():
+                            raise DownloadStopped(f"{path}: stopped; the next try resumes it")
                         temp.put(plaintext, in_place=in_place)
                         if self.progress:
                             self.progress(path, len(plaintext))
@@ -819,11 +831,14 @@ class Transfers:
         limit: int | None = None,
         *,
         have: frozenset[str] = frozenset(),
+        include_deleted: bool = False,
     ) -> DownloadResponse:
         """One page of the file's blocks (with their URLs) from block number `from_block`."""
         body: dict[str, Any] = {"file_id": file_id, "rev": rev, "from_block": from_block}
         if limit is not None:
             body["limit"] = limit
+        if include_deleted:  # (only then: a server from before it knows no such field)
+            body["include_deleted"] = True
         # the first page checks the whole version, a later one its own blocks; a single
         # later block asked for again (limit 1) is checked alone: `have` would be dead weight
         if have and (from_block == 0 or limit is None):
@@ -850,7 +865,12 @@ class Transfers:
             if not answer.blocks or answer.next_block != len(plan.ids):
                 raise IntegrityError(f"{plan.path}: the server sent a malformed block list")
             answer = self._download_page(
-                plan.path, plan.file_id, plan.rev, answer.next_block, have=plan.have
+                plan.path,
+                plan.file_id,
+                plan.rev,
+                answer.next_block,
+                have=plan.have,
+                include_deleted=plan.include_deleted,
             )
 
     def _renewed(
@@ -859,7 +879,13 @@ class Transfers:
         """Block `number` asked for again, alone (a fresh URL): it must be the same block,
         else a server could put one block's bytes where another belongs."""
         renewed = self._download_page(
-            plan.path, plan.file_id, plan.rev, number, limit=1, have=have
+            plan.path,
+            plan.file_id,
+            plan.rev,
+            number,
+            limit=1,
+            have=have,
+            include_deleted=plan.include_deleted,
         ).blocks
         same = (block.id, block.offset, block.size)
         if not renewed or (renewed[0].id, renewed[0].offset, renewed[0].size) != same:
@@ -1153,13 +1179,19 @@ class _BlockPlan:
     """A download's file (`path`, `file_id` at `rev`) and its block list, checked as its
     pages come: contiguous, each block at most `MAX_BLOCK_SIZE`, never past the file's size,
     and in the end the file's content hash. `have`: the blocks the server was told this
-    device holds."""
+    device holds; `include_deleted`: whether the file may be in the trash."""
 
     def __init__(
-        self, path: str, file_id: str, rev: int, entry: FileEntry, have: frozenset[str]
+        self,
+        path: str,
+        file_id: str,
+        rev: int,
+        entry: FileEntry,
+        have: frozenset[str],
+        include_deleted: bool,
     ) -> None:
         self.path, self.file_id, self.rev, self.entry = path, file_id, rev, entry
-        self.have = have
+        self.have, self.include_deleted = have, include_deleted
         self.ids: list[str] = []
         self.offset = 0
 
@@ -1261,7 +1293,7 @@ _Done = TypeVar("_Done")
 
 def download_each(
     items: Iterable[_Item],
-    fetch: Callable[[_Item], _Done],
+    fetch: Callable[[_Item, threading.Event], _Done],
     finished: Callable[[_Item, Future[_Done]], None],
 ) -> None:
     """Run `fetch` on every item, `FILE_WORKERS` at once, and `finished` on the calling
@@ -1270,8 +1302,11 @@ def download_each(
     Many files at once, because a small file's download is round-trip bound, not bandwidth
     bound. A full disk or the server out of reach fails every item not yet begun at once,
     with the same error: each would have waited out its own retries, minutes for a few files.
+    `fetch` gets an event set when the calling thread stops (Ctrl-C, or `finished` raised),
+    for its download to stop at its next block (`Transfers.download`'s `stop`): the files
+    then downloading are waited for, and one of gigabytes had held Ctrl-C for minutes.
     """
-    full, unreachable = threading.Event(), threading.Event()
+    full, unreachable, stop = threading.Event(), threading.Event(), threading.Event()
 
     def guarded(item: _Item) -> _Done:
         if full.is_set():
@@ -1279,7 +1314,7 @@ def download_each(
         if unreachable.is_set():
             raise ServerUnreachable("the server went out of reach during the downloads")
         try:
-            return fetch(item)
+            return fetch(item, stop)
         except DiskFullError:
             full.set()
             raise
@@ -1292,5 +1327,8 @@ def download_each(
         futures = {pool.submit(guarded, item): item for item in items}
         for fut in as_completed(futures):
             finished(futures[fut], fut)
-    finally:  # (when `finished` raised, what has not begun is not begun)
+    except BaseException:
+        stop.set()
+        raise
+    finally:  # (when stopped, what has not begun is not begun)
         pool.shutdown(cancel_futures=True)

@@ -627,6 +627,32 @@ def test_a_download_cut_off_resumes_where_it_stopped(
     assert _partials(a) == []
 
 
+def test_a_download_told_to_stop_ends_at_its_next_block_and_resumes_later(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """Ctrl-C in `tessera get` of a folder waited for every file then downloading, to its
+    end (gigabytes, minutes): the caller now sets `stop`, and each ends at its next block."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    data = os.urandom(10 * 1024 * 1024)
+    blocks = _blocks_of(a, data)
+    api = Api(inproc_cloud.url, Home(a.home))
+    entry = _uploaded(a, api, "f.bin", data)
+    stop = threading.Event()
+    xfer = _transfers(a, api)
+    xfer.progress = lambda _path, _n: stop.set()  # told to stop once a block is written
+    try:
+        with pytest.raises(transfer.DownloadStopped, match="stopped"):
+            xfer.download("f.bin", entry.file_id, entry.rev, "", None, stop=stop)
+    finally:
+        xfer.close()
+    [partial] = _partials(a)
+    assert partial.stat().st_size == blocks[0].size  # one block, kept for the next try
+    stats = _download(a, api, entry)
+    api.close()
+    assert (a.folder / "f.bin").read_bytes() == data
+    assert (stats.blocks_reused, stats.blocks_down) == (1, len(blocks) - 1)
+
+
 def test_a_partial_of_another_version_gives_what_still_matches(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

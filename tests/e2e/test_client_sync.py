@@ -774,6 +774,41 @@ def test_get_saves_a_file_or_an_earlier_version_without_syncing(
     assert "a folder has none" in a.run("get", "Docs", "--rev", "1", check=1).stderr
 
 
+def test_get_saves_a_file_from_the_trash_without_bringing_it_back(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """A deleted file could only be looked at by an undelete, which put it back on every
+    device. `get` takes it (any version) from the trash; it stays deleted."""
+    a = make_device(devices, tmp_path, inproc_cloud, "A", inproc_cloud.user())
+    a.write("Docs/plan.txt", "first plan")
+    a.sync()
+    a.write("Docs/plan.txt", "last plan")
+    a.sync()
+    (a.folder / "Docs" / "plan.txt").unlink()
+    a.sync()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    said = a.run("get", "Docs/plan.txt", "--to", str(elsewhere)).stdout
+    assert said == f"Saved /Docs/plan.txt (from the trash) as {elsewhere / 'plan.txt'}.\n"
+    assert (elsewhere / "plan.txt").read_text() == "last plan"
+    a.run("get", "Docs/plan.txt", "--rev", "1", "--to", str(elsewhere / "first.txt"))
+    assert (elsewhere / "first.txt").read_text() == "first plan"
+    # a new file at the path is the one `get PATH` takes; the deleted one is had by its id
+    [trashed] = a.json("trash")
+    a.write("Docs/plan.txt", "a new plan")
+    a.sync()
+    a.run("get", "--id", trashed["file_id"], "--to", str(elsewhere / "by-id.txt"))
+    assert (elsewhere / "by-id.txt").read_text() == "last plan"
+    a.sync()
+    assert (a.folder / "Docs" / "plan.txt").read_text() == "a new plan"
+    assert [e["file_id"] for e in a.json("trash")] == [trashed["file_id"]]  # still deleted
+    # a deleted folder is not a file: said so, with what to do
+    shutil.rmtree(a.folder / "Docs")
+    a.sync()
+    refused = a.run("get", "Docs", check=1).stderr
+    assert "Docs is a deleted folder" in refused and "tessera undelete" in refused
+
+
 def test_get_saves_a_folder_and_runs_again_for_what_is_missing(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:

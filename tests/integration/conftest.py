@@ -312,12 +312,19 @@ def get_file(
     *,
     file_id: str | None = None,
     rev: int | None = None,
+    include_deleted: bool = False,
 ) -> bytes:
     """Download, decrypt, decompress and re-hash a file the way a client does (page by page)."""
     out = bytearray()
     from_block: int | None = 0
     while from_block is not None:
-        req = DownloadRequest(path=path, file_id=file_id, rev=rev, from_block=from_block)
+        req = DownloadRequest(
+            path=path,
+            file_id=file_id,
+            rev=rev,
+            from_block=from_block,
+            include_deleted=include_deleted,
+        )
         result = files.download(svc, who, req)
         assert isinstance(result, DownloadResponse), result
         for b in result.blocks:

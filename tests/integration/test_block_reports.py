@@ -422,6 +422,15 @@ def test_only_a_block_of_a_version_the_caller_can_read_may_be_reported(world: Wo
     assert _report(world, BOB, entry, bid).queued  # a viewer reads, so may report
 
 
+def test_a_block_of_a_file_in_the_trash_may_be_reported(world: World) -> None:
+    """A deleted file is downloaded too (`tessera get` of the trash): a block it finds
+    damaged is worth the same check."""
+    _data, entry, bad = _overwritten(world, "/gone.bin")
+    world.delete(ALICE, "/gone.bin")
+    assert _report(world, ALICE, entry, bad).queued
+    assert _reported(world).repaired == 1
+
+
 def test_a_block_still_served_from_its_own_upload_is_not_queued(world: World) -> None:
     """Before dedup verified it, a version is served its own staged copy: dedup checks it
     without a report, and the canonical block a check would read is not what failed."""

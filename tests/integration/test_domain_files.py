@@ -312,6 +312,29 @@ def test_delete_trash_undelete(services: Services, alice: Principal) -> None:
     assert files.trash_list(services, alice, TrashListRequest()).entries == []
 
 
+def test_a_file_in_the_trash_is_served_only_when_asked_for(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """`tessera get` looks at a deleted file, or any version of it, without an undelete
+    (which puts it back on every device); a sync's download never asks for it, so a file
+    deleted since its listing is still a 404 there."""
+    first = put_file(services, alice, "/old/notes.txt", b"first words")
+    put_file(services, alice, "/old/notes.txt", b"last words", parent_rev=1)
+    files.delete(services, alice, DeleteRequest(path="/old"))
+    for asked in ({"path": "/old/notes.txt"}, {"file_id": first.file_id}):
+        with pytest.raises(NotFound):
+            files.download(services, alice, DownloadRequest(**asked))
+        assert get_file(services, alice, **asked, include_deleted=True) == b"last words"
+        assert get_file(services, alice, **asked, rev=1, include_deleted=True) == b"first words"
+    # a live file at the path wins; the deleted one is still had by its id
+    put_file(services, alice, "/old/notes.txt", b"new file", parent_rev=None)
+    assert get_file(services, alice, "/old/notes.txt", include_deleted=True) == b"new file"
+    assert get_file(services, alice, file_id=first.file_id, include_deleted=True) == (b"last words")
+    # nor does it open another user's trash
+    with pytest.raises(NotFound):
+        files.download(services, bob, DownloadRequest(file_id=first.file_id, include_deleted=True))
+
+
 def test_an_undeleted_folder_brings_back_only_what_was_deleted_with_it(
     services: Services, alice: Principal
 ) -> None:

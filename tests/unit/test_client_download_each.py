@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, cast
@@ -34,7 +35,7 @@ def test_files_are_fetched_at_once_and_finished_on_the_calling_thread() -> None:
     finished_on: set[threading.Thread] = set()
     done: list[tuple[str, Future[str]]] = []
 
-    def fetch(item: str) -> str:
+    def fetch(item: str, _stop: threading.Event) -> str:
         together.wait()
         return item.upper()
 
@@ -60,7 +61,7 @@ def test_a_full_disk_or_an_unreachable_server_fails_what_has_not_begun(
     first_failed = threading.Event()
     all_running = threading.Barrier(FILE_WORKERS, timeout=WAIT_S)
 
-    def fetch(item: str) -> str:
+    def fetch(item: str, _stop: threading.Event) -> str:
         begun.append(item)
         all_running.wait()
         if item == "first":
@@ -86,12 +87,12 @@ def test_a_full_disk_or_an_unreachable_server_fails_what_has_not_begun(
 def test_what_has_not_begun_is_dropped_when_finishing_one_fails() -> None:
     """`tessera get` stops at a full disk: the rest must not go on writing to it."""
     fetched: list[str] = []
-    release = threading.Event()
+    stopped: list[str] = []
 
-    def fetch(item: str) -> str:
+    def fetch(item: str, stop: threading.Event) -> str:
         fetched.append(item)
-        if item != "first":
-            release.wait(WAIT_S)
+        if item != "first" and stop.wait(WAIT_S):  # (a download: until its next block)
+            stopped.append(item)
         return item
 
     def finished(item: str, fut: Future[str]) -> None:
@@ -99,11 +100,34 @@ def test_what_has_not_begun_is_dropped_when_finishing_one_fails() -> None:
             raise DiskFullError(errno.ENOSPC, "disk full")
 
     items = ["first", *(f"f{i}" for i in range(10 * FILE_WORKERS))]
-    threading.Timer(0.2, release.set).start()
     with pytest.raises(DiskFullError):
         download_each(items, fetch, finished)
     # those running then, and the one the first's worker took next; not the other 36
     assert len(fetched) <= FILE_WORKERS + 1
+    # and those were told to stop, not waited for to their end (here: WAIT_S each)
+    assert sorted(stopped) == sorted(set(fetched) - {"first"})
+
+
+def test_ctrl_c_tells_the_downloads_running_to_stop() -> None:
+    running = threading.Barrier(FILE_WORKERS + 1, timeout=WAIT_S)
+    told: list[bool] = []
+
+    def fetch(item: str, stop: threading.Event) -> str:
+        running.wait()
+        told.append(stop.wait(WAIT_S))
+        return item
+
+    def finished(item: str, fut: Future[str]) -> None:
+        raise AssertionError("nothing ends before it is told to stop")
+
+    def ctrl_c() -> Iterator[str]:
+        yield from (f"f{i}" for i in range(FILE_WORKERS))
+        running.wait()  # every one running: the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        download_each(ctrl_c(), fetch, finished)
+    assert told == [True] * FILE_WORKERS
 
 
 class _NoApi:

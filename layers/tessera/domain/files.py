@@ -122,7 +122,9 @@ def download(
     page, its own blocks."""
     settings, bs = svc.settings, svc.block_store
     with view_transaction(svc, principal) as (store, view):
-        loc = locate(store, view, path=req.path, file_id=req.file_id)
+        loc = locate(
+            store, view, path=req.path, file_id=req.file_id, include_deleted=req.include_deleted
+        )
         row = require_file(loc, req.path or req.file_id or "")
         rev = req.rev or row.latest_rev
         version = store.version(row.ns_id, row.file_id, rev)

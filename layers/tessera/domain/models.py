@@ -338,12 +338,14 @@ class DownloadRequest(PathOrId):
     """POST /v1/download: a page of a file's blocks at `rev` (default: latest), from the
     block numbered `from_block` (0 = the first), at most `limit` of them (and at most the
     server's page). `have`: blocks the device holds already (read from its own copy, so
-    none of them, cold, waits for a restore)."""
+    none of them, cold, waits for a restore). `include_deleted`: a file in the trash is
+    served too (by path: the one deleted last there, unless a live file holds it)."""
 
     rev: int | None = Field(default=None, ge=1)
     from_block: int = Field(default=0, ge=0)
     limit: int | None = Field(default=None, ge=1)
     have: list[BlockId] = Field(default_factory=list, max_length=MAX_HAVE_BLOCKS)
+    include_deleted: bool = False
 
 
 class DownloadBlock(Model):

@@ -46,12 +46,14 @@ _NOT_CHECKED = {
 def report_block(
     svc: Services, principal: Principal, req: BlockReportRequest
 ) -> BlockReportResponse:
-    """Queue a check of `req.block_id`, a block of `req.rev` of a file the caller can read
-    (else 404, whether it exists or not), and tell scrub through the change feed."""
+    """Queue a check of `req.block_id`, a block of `req.rev` of a file the caller can read,
+    in the trash too (else 404, whether it exists or not), and tell scrub through the
+    change feed."""
     bid = req.block_id
     event: ChangeEvent | None = None
     with view_transaction(svc, principal) as (store, view):
-        row = require_file(locate(store, view, file_id=req.file_id), req.file_id)
+        loc = locate(store, view, file_id=req.file_id, include_deleted=True)
+        row = require_file(loc, req.file_id)
         if store.version(row.ns_id, row.file_id, req.rev) is None:
             raise NotFound(f"no rev {req.rev} of this file")
         found = store.version_blocks(row.ns_id, row.file_id, req.rev, block_id=bid)
