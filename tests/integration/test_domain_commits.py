@@ -157,6 +157,26 @@ def test_another_users_upload_id_is_404(
         )
 
 
+def test_another_users_upload_id_in_a_batch_touches_nothing_of_theirs(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """The batch read a session's expected blocks before it looked whose it was: another
+    user's upload_id had them locked, their staged copies asked about, and a `blocks` row
+    made for each, committed with the entry's 404."""
+    chunks = [b"alice's block, uploaded, not committed yet"]
+    upload_id = upload_blocks(services, alice, "/a", chunks)
+    batch = CommitBatchRequest(entries=[commit_request("/b", chunks, upload_id)])
+    [answer] = commits.commit_batch(services, bob, batch).entries
+    assert answer.status == 404
+    with services.db.transaction() as store:
+        made = store.conn.execute(
+            "SELECT count(*) FROM blocks WHERE block_id = %s", (block_id(chunks[0]),)
+        ).fetchone()
+    assert made == (0,)
+    commits.commit(services, alice, commit_request("/a", chunks, upload_id))  # still hers
+    assert get_file(services, alice, "/a") == chunks[0]
+
+
 def test_declared_hash_and_sizes_are_checked(services: Services, alice: Principal) -> None:
     chunks = [b"abc", b"def"]
     upload_id = upload_blocks(services, alice, "/h", chunks)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import secrets
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
+import psycopg
 import pytest
 
 from tessera.blocks import block_id, content_hash
@@ -204,6 +206,33 @@ def test_a_list_is_only_the_callers_own_session_and_path(
         commits.commit(limited, bob, commit_from_session("/long.bin", upload_id, CHUNKS))
     with pytest.raises(NotFound):
         append(limited, bob, upload_id, "/long.bin", 7, CHUNKS[:1])
+
+
+def test_a_part_naming_another_users_session_waits_for_no_lock_of_theirs(
+    limited: Services, alice: Principal, bob: Principal, database_url: str
+) -> None:
+    """The part locked the session's row before it looked whose it was: another user's
+    upload_id held back that user's own parts, and waited on them."""
+    upload_id = start_in_parts(limited, alice, "/long.bin", CHUNKS)
+    answered: list[object] = []
+
+    def bobs_part() -> None:
+        try:
+            append(limited, bob, upload_id, "/long.bin", 0, CHUNKS[:1])
+        except NotFound as e:
+            answered.append(e)
+
+    with psycopg.connect(database_url) as alices_part:  # holds her session's row
+        alices_part.execute(
+            "SELECT 1 FROM upload_sessions WHERE upload_id = %s FOR NO KEY UPDATE", (upload_id,)
+        )
+        bob_asks = threading.Thread(target=bobs_part)
+        bob_asks.start()
+        bob_asks.join(10)
+        assert not bob_asks.is_alive(), "bob's part waited for alice's lock"
+        alices_part.rollback()
+    bob_asks.join()
+    assert len(answered) == 1  # as if there were no such session
 
 
 def test_blocks_the_caller_can_read_are_not_needed_again(

@@ -244,5 +244,5 @@ def test_part_uploaded_lists_in_flight_keep_their_blocks_when_keyed_by_path_hash
     with psycopg.connect(empty_database_url) as conn:
         store = Store(conn)
         assert store.session_file_blocks("up1", "u1", key) == [("b3:aa", 4), ("b3:bb", 6)]
-        locked = store.lock_upload_file("up1", key)
+        locked = store.lock_upload_file("up1", "u1", key)
         assert locked is not None and locked.block_count == 2

@@ -199,7 +199,7 @@ def append_blocks(
         mount, _rel = view.resolve(path)
         check_access(mount, Action.WRITE, view)
         key = paths.path_key(path)
-        declared = store.lock_upload_file(req.upload_id, key)
+        declared = store.lock_upload_file(req.upload_id, view.user.user_id, key)
         # read once the session is locked: a part that waited behind another sees the
         # session as gc or the clock left it meanwhile
         _open_session(svc, store, view, req.upload_id)

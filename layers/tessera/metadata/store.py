@@ -775,9 +775,15 @@ class Store:
         if upload_id is None:
             return None
         session = self.conn.execute(_UPLOAD_SQL + " FOR SHARE", (upload_id, user_id))
+        # sent with the session's read, before anyone looks at it: only the caller's own
+        # (another user's upload_id had its rows locked, its staged copies asked about,
+        # and rows made for its blocks, before the entry's 404)
         expected = (
             self.conn.execute(
-                _UPLOAD_BLOCKS_SQL + " ORDER BY block_id FOR KEY SHARE", (upload_id, block_ids)
+                _UPLOAD_BLOCKS_SQL + " AND EXISTS (SELECT 1 FROM upload_sessions s"
+                " WHERE s.upload_id = upload_blocks.upload_id AND s.user_id = %s)"
+                " ORDER BY block_id FOR KEY SHARE",
+                (upload_id, block_ids, user_id),
             )
             if block_ids
             else None
@@ -1450,15 +1456,18 @@ class Store:
                 (upload_id, *_columns(blocks, 4)),
             )
 
-    def lock_upload_file(self, upload_id: str, path_key: str) -> UploadFileRow | None:
-        """A file of the session declared without its block list, locked until the
-        transaction ends (its parts are appended one at a time), and the session's row
+    def lock_upload_file(self, upload_id: str, user_id: str, path_key: str) -> UploadFileRow | None:
+        """A file of the caller's session declared without its block list, locked until
+        the transaction ends (its parts are appended one at a time), and the session's row
         before it: the staged keys a part adds are numbered on from the session's count,
         and two parts of two files at once took the same numbers (a commit's listing of
-        its run of keys then missed its own)."""
-        self.conn.execute(
-            "SELECT 1 FROM upload_sessions WHERE upload_id = %s FOR NO KEY UPDATE", (upload_id,)
+        its run of keys then missed its own). Another user's session: None, nothing locked."""
+        session = self._one(
+            "SELECT 1 FROM upload_sessions WHERE upload_id = %s AND user_id = %s FOR NO KEY UPDATE",
+            (upload_id, user_id),
         )
+        if session is None:
+            return None
         row = self._one(
             "SELECT size, content_hash, block_count, block_bytes FROM upload_files"
             " WHERE upload_id = %s AND path_hash = %s FOR UPDATE",
