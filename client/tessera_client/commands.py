@@ -557,7 +557,10 @@ def get(
         except ApiError as e:
             if e.status != 404:
                 raise
-            _get_file(api, settings, _deleted_file(api, where), rev, to, in_trash=True)
+            history = _deleted_file(api, where)
+            latest = dict(history["entries"][0])
+            # (undeleted since the 404, it is a live file again)
+            _get_file(api, settings, latest, rev, to, in_trash=bool(history["is_deleted"]))
             return
         if entry[".tag"] == "folder":
             if rev is not None:
@@ -568,16 +571,19 @@ def get(
 
 
 def _deleted_file(api: Api, where: dict[str, str]) -> dict[str, Any]:
-    """The newest version of the file in the trash at `where` (a path no live entry holds,
-    or a file_id), as an entry; the server's 404 when there is none."""
+    """The history (`/v1/revisions`, newest version only) of the file in the trash at
+    `where`: a path no live entry holds (the entry deleted there last), or a file_id. The
+    server's 404 when there is none."""
     try:
-        history = api.call("/v1/revisions", {**where, "limit": 1})
+        return dict(api.call("/v1/revisions", {**where, "limit": 1}))
     except ApiError as e:
         if e.status != 422:  # (a path the server refuses was refused as metadata: a 422 now
             raise  # says it names a deleted folder, not a file)
         shown = where.get("path") or where.get("file_id")
-        raise UserError(f"{shown} is a deleted folder: `tessera undelete` it first") from None
-    return dict(history["entries"][0])
+        raise UserError(
+            f"{shown} is a deleted folder: `tessera undelete` it first (a file deleted"
+            " there before it: `tessera get --id ID`, ids from `tessera trash`)"
+        ) from None
 
 
 def _get_file(

@@ -53,6 +53,7 @@ from tessera_client.scanner import LocalScan, Scanner
 from tessera_client.state import StateDB
 from tessera_client.transfer import (
     BlockReportedError,
+    DownloadStopped,
     IntegrityError,
     LocalChangedError,
     RestoringError,
@@ -565,6 +566,8 @@ class SyncEngine:
             result.problems.append(f"refused {op.path}: {e}")
         except LocalChangedError:
             return True  # re-planned next round
+        except DownloadStopped:
+            pass  # the daemon stops: the partial download is resumed at its next start
         except ApiError as e:
             result.problems.append(f"{op.kind.value} {op.path}: {e.message} ({e.status})")
         except OSError as e:
@@ -581,13 +584,13 @@ class SyncEngine:
         again meanwhile came back as a conflict with itself."""
         outage: ServerUnreachable | None = None
 
-        def fetch(op: Op, stop: threading.Event) -> Fetched:
+        def fetch(op: Op, stopping: Callable[[], bool]) -> Fetched:
             assert op.remote is not None
             expect = stats.get(path_key(op.path)) if op.local else None
             self._sizes[op.path] = op.remote.size
             r = op.remote
             return self.transfers.download(
-                op.path, r.file_id, r.rev, r.content_hash, expect, stop=stop
+                op.path, r.file_id, r.rev, r.content_hash, expect, stopping=stopping
             )
 
         def finished(op: Op, fut: Future[Fetched]) -> None:
@@ -599,7 +602,7 @@ class SyncEngine:
             finally:
                 self._end_progress(op.path)
 
-        download_each(ops, fetch, finished)
+        download_each(ops, fetch, finished, stop=self._stop)  # (a daemon told to stop)
         if outage is not None:
             raise outage
 

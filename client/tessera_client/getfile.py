@@ -8,8 +8,7 @@ synced version here to take blocks from, and nothing of the sync's state is touc
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -117,13 +116,13 @@ def download_folder(
             except (UnsafePathError, OSError) as e:
                 result.problems.append(f"{rel}: {e}")
 
-        def fetch(f: RemoteFile, stop: threading.Event) -> bool:
+        def fetch(f: RemoteFile, stopping: Callable[[], bool]) -> bool:
             """Whether `f` was downloaded (False: it was there already)."""
             if _already_here(fs, f):
                 if progress is not None:  # (its bytes count as done)
                     progress(f.rel, f.size)
                 return False
-            transfers.download(f.rel, f.file_id, f.rev, f.content_hash, None, stop=stop)
+            transfers.download(f.rel, f.file_id, f.rev, f.content_hash, None, stopping=stopping)
             return True
 
         def finished(f: RemoteFile, fut: Future[bool]) -> None:

@@ -151,6 +151,11 @@ class DownloadStopped(Exception):
     """The download was told to stop (its caller is stopping); its partial download is kept."""
 
 
+def _check_stopping(what: str, stopping: Callable[[], bool] | None) -> None:
+    if stopping is not None and stopping():
+        raise DownloadStopped(f"{what}: stopped; the next try resumes it")
+
+
 def rename_unless_taken(fs: SafeFilesystem, src: str, dst: str) -> None:
     """Rename `src` to `dst` unless something took `dst` since the plan looked: then
     `LocalChangedError`, and the next round plans from what is there. A file made at a
@@ -710,7 +715,7 @@ class Transfers:
         mode_from: str | None = None,
         local_manifest: FileManifest | None = None,
         include_deleted: bool = False,
-        stop: threading.Event | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> tuple[FileEntry, Stat, list[str]]:
         """Download `rev` of a file into `path`, verified, atomically. Returns (entry, stat, ids).
 
@@ -721,7 +726,8 @@ class Transfers:
         Blocks that file holds are read from it, not fetched; `local_manifest`, its scan
         when the caller has one, spares reading it whole to find them. `include_deleted`:
         the file may be in the trash (a sync never asks for one deleted since its listing).
-        `stop`, once set, ends it between two blocks (`DownloadStopped`).
+        `stopping`, once true, ends it before its first request or after the block it is
+        writing (`DownloadStopped`; the partial download keeps what it wrote).
 
         A download that fails leaves its temp file (`open_partial`, named after `path`):
         the next attempt, in this process or another, keeps the blocks it finds there at
@@ -733,6 +739,7 @@ class Transfers:
         is asked for again alone, without saying so: fetched, or, cold, restored
         (`RestoringError`) for a later round.
         """
+        _check_stopping(path, stopping)
         self.fs.check_fits(path)
         here = self._local_blocks(path, mode_from or path, local_manifest)
         try:
@@ -765,11 +772,10 @@ class Transfers:
             with here, temp:
                 try:
                     for plaintext, in_place in self._fetch_blocks(first, plan, here, temp):
-                        if stop is not None and stop.is_set():
-                            raise DownloadStopped(f"{path}: stopped; the next try resumes it")
                         temp.put(plaintext, in_place=in_place)
                         if self.progress:
                             self.progress(path, len(plaintext))
+                        _check_stopping(path, stopping)
                     plan.check_complete()
                     temp.handle.truncate()  # a partial of a longer version held more
                     if temp.resumable:  # private until now
@@ -1293,8 +1299,10 @@ _Done = TypeVar("_Done")
 
 def download_each(
     items: Iterable[_Item],
-    fetch: Callable[[_Item, threading.Event], _Done],
+    fetch: Callable[[_Item, Callable[[], bool]], _Done],
     finished: Callable[[_Item, Future[_Done]], None],
+    *,
+    stop: threading.Event | None = None,
 ) -> None:
     """Run `fetch` on every item, `FILE_WORKERS` at once, and `finished` on the calling
     thread as each one ends (in the order they end).
@@ -1302,19 +1310,25 @@ def download_each(
     Many files at once, because a small file's download is round-trip bound, not bandwidth
     bound. A full disk or the server out of reach fails every item not yet begun at once,
     with the same error: each would have waited out its own retries, minutes for a few files.
-    `fetch` gets an event set when the calling thread stops (Ctrl-C, or `finished` raised),
-    for its download to stop at its next block (`Transfers.download`'s `stop`): the files
-    then downloading are waited for, and one of gigabytes had held Ctrl-C for minutes.
-    """
-    full, unreachable, stop = threading.Event(), threading.Event(), threading.Event()
+
+    `fetch` gets what tells its download to stop (`Transfers.download`'s `stopping`): true
+    once `stop` is set (a daemon told to stop) or the calling thread stops (Ctrl-C, or
+    `finished` raised). The files then downloading end at their next block, and those not
+    begun raise `DownloadStopped`: they were waited for to their end, and a file of
+    gigabytes had held Ctrl-C for minutes."""
+    full, unreachable, left = threading.Event(), threading.Event(), threading.Event()
+
+    def stopping() -> bool:
+        return left.is_set() or (stop is not None and stop.is_set())
 
     def guarded(item: _Item) -> _Done:
         if full.is_set():
             raise DiskFullError(errno.ENOSPC, "disk full")
         if unreachable.is_set():
             raise ServerUnreachable("the server went out of reach during the downloads")
+        _check_stopping("the download", stopping)
         try:
-            return fetch(item, stop)
+            return fetch(item, stopping)
         except DiskFullError:
             full.set()
             raise
@@ -1328,7 +1342,7 @@ def download_each(
         for fut in as_completed(futures):
             finished(futures[fut], fut)
     except BaseException:
-        stop.set()
+        left.set()
         raise
     finally:  # (when stopped, what has not begun is not begun)
         pool.shutdown(cancel_futures=True)

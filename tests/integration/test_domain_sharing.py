@@ -179,6 +179,8 @@ def _kept_from_members(
         files.restore(services, bob, RestoreRequest(file_id=secret.file_id))
     with pytest.raises(NotFound):
         files.revisions(services, bob, RevisionsRequest(file_id=secret.file_id))
+    with pytest.raises(NotFound):
+        get_file(services, bob, file_id=secret.file_id, include_deleted=True)
     trash = files.trash_list(services, alice, TrashListRequest()).entries
     assert [t.path_display for t in trash] == [secret.path_display]
     with pytest.raises(Conflict, match="no longer shared"):
@@ -446,6 +448,24 @@ def test_unshare_removes_access(services: Services, alice: Principal, bob: Princ
     with pytest.raises(NotFound):
         files.metadata(services, bob, MetadataRequest(file_id=e.file_id))
     assert get_file(services, alice, "/S/f") == b"f"
+
+
+def test_a_viewer_reads_the_shares_trash_until_the_share_is_left(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """A file deleted in a shared folder is part of its history, which a member reads
+    (`tessera get` of the trash); once the folder is unshared, it is none of theirs."""
+    put_file(services, alice, "/S/agenda.txt", b"what to say")
+    _meet(services, bob)
+    _share(services, alice, "/S", bob, "viewer")
+    gone = put_file(services, alice, "/S/minutes.txt", b"what was said")
+    files.delete(services, alice, DeleteRequest(path="/S/minutes.txt"))
+    assert get_file(services, bob, "/S/minutes.txt", include_deleted=True) == b"what was said"
+    with pytest.raises(Forbidden):  # reading it is not bringing it back
+        files.restore(services, bob, RestoreRequest(file_id=gone.file_id))
+    sharing.unshare(services, alice, UnshareRequest(path="/S"))
+    with pytest.raises(NotFound):
+        get_file(services, bob, file_id=gone.file_id, include_deleted=True)
 
 
 def test_the_owner_alone_deletes_a_shared_folder_into_the_trash(

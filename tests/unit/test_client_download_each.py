@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, cast
@@ -18,6 +19,17 @@ from tessera_client.getfile import RemoteFile, download_folder
 from tessera_client.transfer import FILE_WORKERS, Transfers, download_each
 
 WAIT_S = 10.0
+Stopping = Callable[[], bool]
+
+
+def _told(stopping: Stopping) -> bool:
+    """Whether the download is told to stop within `WAIT_S`."""
+    deadline = time.monotonic() + WAIT_S
+    while not stopping():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _outcomes(futures: list[tuple[str, Future[str]]]) -> dict[str, str]:
@@ -35,7 +47,7 @@ def test_files_are_fetched_at_once_and_finished_on_the_calling_thread() -> None:
     finished_on: set[threading.Thread] = set()
     done: list[tuple[str, Future[str]]] = []
 
-    def fetch(item: str, _stop: threading.Event) -> str:
+    def fetch(item: str, _stopping: Stopping) -> str:
         together.wait()
         return item.upper()
 
@@ -61,7 +73,7 @@ def test_a_full_disk_or_an_unreachable_server_fails_what_has_not_begun(
     first_failed = threading.Event()
     all_running = threading.Barrier(FILE_WORKERS, timeout=WAIT_S)
 
-    def fetch(item: str, _stop: threading.Event) -> str:
+    def fetch(item: str, _stopping: Stopping) -> str:
         begun.append(item)
         all_running.wait()
         if item == "first":
@@ -89,9 +101,9 @@ def test_what_has_not_begun_is_dropped_when_finishing_one_fails() -> None:
     fetched: list[str] = []
     stopped: list[str] = []
 
-    def fetch(item: str, stop: threading.Event) -> str:
+    def fetch(item: str, stopping: Stopping) -> str:
         fetched.append(item)
-        if item != "first" and stop.wait(WAIT_S):  # (a download: until its next block)
+        if item != "first" and _told(stopping):  # (a download: until its next block)
             stopped.append(item)
         return item
 
@@ -112,9 +124,9 @@ def test_ctrl_c_tells_the_downloads_running_to_stop() -> None:
     running = threading.Barrier(FILE_WORKERS + 1, timeout=WAIT_S)
     told: list[bool] = []
 
-    def fetch(item: str, stop: threading.Event) -> str:
+    def fetch(item: str, stopping: Stopping) -> str:
         running.wait()
-        told.append(stop.wait(WAIT_S))
+        told.append(_told(stopping))
         return item
 
     def finished(item: str, fut: Future[str]) -> None:
@@ -148,3 +160,32 @@ def test_a_folder_is_downloaded_several_files_at_once(
     files = [RemoteFile(f"f{i}.txt", f"id{i}", 1, "h", 1) for i in range(FILE_WORKERS)]
     result = download_folder(cast(Api, _NoApi()), tmp_path / "Docs", [], files)
     assert (result.saved, result.problems) == (FILE_WORKERS, [])
+
+
+def test_a_daemon_told_to_stop_stops_the_downloads_and_begins_no_more() -> None:
+    stop = threading.Event()
+    running = threading.Barrier(FILE_WORKERS + 1, timeout=WAIT_S)
+    told: list[bool] = []
+    done: list[tuple[str, Future[str]]] = []
+
+    def fetch(item: str, stopping: Stopping) -> str:
+        running.wait()
+        told.append(_told(stopping))
+        return item
+
+    def finished(item: str, fut: Future[str]) -> None:
+        done.append((item, fut))
+
+    def daemon_stops() -> None:
+        running.wait()  # every worker running: SIGTERM
+        stop.set()
+
+    signal = threading.Thread(target=daemon_stops)
+    signal.start()
+    items = [f"f{i}" for i in range(3 * FILE_WORKERS)]
+    download_each(items, fetch, finished, stop=stop)
+    signal.join()
+    assert told == [True] * FILE_WORKERS
+    outcome = _outcomes(done)
+    assert sorted(i for i, o in outcome.items() if o == i) == items[:FILE_WORKERS]
+    assert {o for i, o in outcome.items() if o != i} == {"DownloadStopped"}
