@@ -400,9 +400,14 @@ class RealFilesystem(Filesystem):
 
     def remove(self, rel: str) -> None:
         os.unlink(self._abs(rel))
+        # durable before the caller forgets the file (as a rename): on btrfs or APFS the
+        # state database's next flush could land without the unlink, and after a power
+        # cut the file, back with no record, went up as new to every device
+        _fsync_dir(self._abs(parent_of(rel)))
 
     def rmdir(self, rel: str) -> None:
         os.rmdir(self._abs(rel))
+        _fsync_dir(self._abs(parent_of(rel)))  # (as `remove`)
 
     def rename(self, src: str, dst: str, *, replace: bool = True) -> None:
         if replace:
