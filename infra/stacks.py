@@ -23,7 +23,7 @@ from infra.constructs.database import APP_DB_USER, CLUSTER_PORT, DB_NAME, PROXY_
 from infra.constructs.events import EVENT_SOURCE, ChangeStream, RestoreEvents
 from infra.constructs.function import FunctionSpec, Placement, TesseraFunction
 from infra.constructs.identity import Identity
-from infra.constructs.keys import Keys
+from infra.constructs.keys import Keys, grant_via_dynamodb
 from infra.constructs.layer import TesseraLayer
 from infra.constructs.messaging import Messaging
 from infra.constructs.migrations import Migrations
@@ -307,11 +307,12 @@ class AppStack(Stack):
         # when the key is taken); publish_many = BatchGetItem then BatchWriteItem.
         # (Scrub and cold storage too: they announce the damage they find, a lost object
         # of a block being restored among it, `maintenance.damage.publish_damage`.)
+        table_key = self.data.keys.database
         for fn in (api, relay, dedup, scrub, cold):
             table.grant(fn, *CHANGES_WRITER_ACTIONS)
-            self._grant_changes_key(fn, "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
+            grant_via_dynamodb(fn, table_key, "kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey")
         table.grant(longpoll, "dynamodb:Query", "dynamodb:GetItem")
-        self._grant_changes_key(longpoll, "kms:Decrypt")
+        grant_via_dynamodb(longpoll, table_key, "kms:Decrypt")
         # The blocks bucket, by prefix and action (see `_grant_objects`); each line is what
         # one function's code calls (moto does not enforce IAM: a missing one fails on AWS).
         staging, blocks, quarantine = STAGING_PREFIX, CANONICAL_PREFIX, QUARANTINE_PREFIX
@@ -422,16 +423,6 @@ class AppStack(Stack):
             resource_name=self.data.key_param_prefix.lstrip("/") + suffix,
             arn_format=ArnFormat.SLASH_RESOURCE_NAME,
         )
-
-    def _grant_changes_key(self, fn: lambda_.Function, *actions: str) -> None:
-        """The changes table's key for `actions`, by way of DynamoDB only: it is the database
-        key, which also encrypts Aurora and its master secret, and a function that reads the
-        table has no business decrypting those."""
-        fn.add_to_role_policy(iam.PolicyStatement(
-            actions=list(actions),
-            resources=[self.data.keys.database.key_arn],
-            conditions={"StringEquals": {"kms:ViaService": f"dynamodb.{Aws.REGION}.amazonaws.com"}},
-        ))  # fmt: skip
 
     def _grant_block_keys_read(self, fn: lambda_.Function) -> None:
         fn.add_to_role_policy(iam.PolicyStatement(

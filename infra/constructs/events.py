@@ -15,6 +15,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from infra.config import StageConfig
+from infra.constructs.keys import grant_via_dynamodb
 from infra.constructs.messaging import Messaging
 from infra.nag import acknowledge, acknowledge_invoke_versions
 from tessera.domain.object_keys import CANONICAL_PREFIX
@@ -72,8 +73,8 @@ class ChangeStream(Construct):
             "dynamodb:ListStreams only lists stream ARNs (no data); EventBridge Pipes needs it"
             " for a DynamoDB stream source, and CDK's grant_stream_read grants it on *",
         )
-        if table.encryption_key is not None:
-            table.encryption_key.grant(role, "kms:Decrypt")
+        if table.encryption_key is not None:  # (the stream's records: by way of DynamoDB)
+            grant_via_dynamodb(role, table.encryption_key, "kms:Decrypt")
         router.grant_invoke(role)
         acknowledge_invoke_versions(role, router, "the stream pipe")
         # (Not `grant_send_messages`: it also grants kms:ReEncrypt* and GenerateDataKey*.)

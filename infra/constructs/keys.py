@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aws_cdk import RemovalPolicy
+from aws_cdk import Aws, RemovalPolicy
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
@@ -23,6 +24,17 @@ def cmk(scope: Construct, id: str, *, config: StageConfig, description: str) -> 
         removal_policy=RemovalPolicy.RETAIN,
         alias=f"alias/{config.prefix}-{id.lower()}",
     )
+
+
+def grant_via_dynamodb(grantee: iam.IGrantable, key: kms.IKey, *actions: str) -> None:
+    """`key` for `actions`, by way of DynamoDB only: the changes table's key is the database
+    key, which also encrypts Aurora and its master secret, and whoever reads the table (or
+    its stream) has no business decrypting those."""
+    grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+        actions=list(actions),
+        resources=[key.key_arn],
+        conditions={"StringEquals": {"kms:ViaService": f"dynamodb.{Aws.REGION}.amazonaws.com"}},
+    ))  # fmt: skip
 
 
 class Keys(Construct):

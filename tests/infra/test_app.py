@@ -716,22 +716,40 @@ def test_schedules(dev: Synth) -> None:
     assert RELAY_EVERY_S == 60
 
 
-def test_the_database_key_reaches_functions_only_by_way_of_dynamodb(dev: Synth) -> None:
+def test_the_database_key_reaches_its_users_only_by_way_of_dynamodb(dev: Synth) -> None:
     """The changes table shares its key with Aurora and its master secret: the functions
-    that use the table get it through DynamoDB alone (migrate reads the secret)."""
+    that use the table, and the pipe that reads its stream, get it through DynamoDB alone
+    (migrate reads the secret)."""
     statements = [
         (name, st)
         for name, policy in resources(dev.app_template, "AWS::IAM::Policy").items()
-        if "FunctionRole" in name
         for st in policy["Properties"]["PolicyDocument"]["Statement"]
         if "KeysDatabase" in json.dumps(st["Resource"])
     ]
-    users = {name.split("Function")[0] for name, _ in statements}
+    users = {name.split("Function")[0] for name, _ in statements if "FunctionRole" in name}
     assert {"Api", "Longpoll", "OutboxRelay", "DedupVerify", "Scrub", "ColdStorage"} <= users
+    assert any("PipeRole" in name for name, _ in statements)
     for name, st in statements:
         if not name.startswith("MigrateFunction"):
             via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
             assert "dynamodb." in json.dumps(via), (name, st)
+
+
+def test_alarms_may_only_encrypt_messages_for_the_alarm_topic(dev: Synth) -> None:
+    """CloudWatch needs the messaging key to send encrypted alarms, not to encrypt or
+    re-encrypt anything else with it. (EventBridge's grant is CDK's SqsQueue target's.)"""
+    [key] = [
+        k["Properties"]["KeyPolicy"]["Statement"]
+        for name, k in resources(dev.app_template, "AWS::KMS::Key").items()
+        if name.startswith("Messaging")
+    ]
+    actions = {
+        a
+        for st in key
+        if st["Principal"].get("Service") == "cloudwatch.amazonaws.com"
+        for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    }
+    assert actions == {"kms:Decrypt", "kms:GenerateDataKey*"}
 
 
 def test_dashboard_and_service_alarms(dev: Synth) -> None:
