@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -321,15 +322,16 @@ def test_a_file_in_the_trash_is_served_only_when_asked_for(
     first = put_file(services, alice, "/old/notes.txt", b"first words")
     put_file(services, alice, "/old/notes.txt", b"last words", parent_rev=1)
     files.delete(services, alice, DeleteRequest(path="/old"))
-    for asked in ({"path": "/old/notes.txt"}, {"file_id": first.file_id}):
+    for path, file_id in (("/old/notes.txt", None), (None, first.file_id)):
         with pytest.raises(NotFound):
-            files.download(services, alice, DownloadRequest(**asked))
-        assert get_file(services, alice, **asked, include_deleted=True) == b"last words"
-        assert get_file(services, alice, **asked, rev=1, include_deleted=True) == b"first words"
+            files.download(services, alice, DownloadRequest(path=path, file_id=file_id))
+        trashed = partial(get_file, services, alice, path, file_id=file_id, include_deleted=True)
+        assert trashed() == b"last words"
+        assert trashed(rev=1) == b"first words"
     # a live file at the path wins; the deleted one is still had by its id
     put_file(services, alice, "/old/notes.txt", b"new file", parent_rev=None)
     assert get_file(services, alice, "/old/notes.txt", include_deleted=True) == b"new file"
-    assert get_file(services, alice, file_id=first.file_id, include_deleted=True) == (b"last words")
+    assert get_file(services, alice, file_id=first.file_id, include_deleted=True) == b"last words"
     # nor does it open another user's trash
     with pytest.raises(NotFound):
         files.download(services, bob, DownloadRequest(file_id=first.file_id, include_deleted=True))
