@@ -870,29 +870,28 @@ class Transfers:
                 return
             if not answer.blocks or answer.next_block != len(plan.ids):
                 raise IntegrityError(f"{plan.path}: the server sent a malformed block list")
-            answer = self._download_page(
-                plan.path,
-                plan.file_id,
-                plan.rev,
-                answer.next_block,
-                have=plan.have,
-                include_deleted=plan.include_deleted,
-            )
+            answer = self._plan_page(plan, answer.next_block, have=plan.have)
+
+    def _plan_page(
+        self, plan: _BlockPlan, from_block: int, limit: int | None = None, *, have: frozenset[str]
+    ) -> DownloadResponse:
+        """A page of `plan`'s version (`_download_page`)."""
+        return self._download_page(
+            plan.path,
+            plan.file_id,
+            plan.rev,
+            from_block,
+            limit,
+            have=have,
+            include_deleted=plan.include_deleted,
+        )
 
     def _renewed(
         self, plan: _BlockPlan, number: int, block: DownloadBlock, *, have: frozenset[str]
     ) -> DownloadBlock:
         """Block `number` asked for again, alone (a fresh URL): it must be the same block,
         else a server could put one block's bytes where another belongs."""
-        renewed = self._download_page(
-            plan.path,
-            plan.file_id,
-            plan.rev,
-            number,
-            limit=1,
-            have=have,
-            include_deleted=plan.include_deleted,
-        ).blocks
+        renewed = self._plan_page(plan, number, limit=1, have=have).blocks
         same = (block.id, block.offset, block.size)
         if not renewed or (renewed[0].id, renewed[0].offset, renewed[0].size) != same:
             raise IntegrityError(f"{plan.path}: the server renewed block {number} as another")

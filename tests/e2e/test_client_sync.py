@@ -748,6 +748,13 @@ def test_account_shows_the_storage_used_of_the_quota(
     )
 
 
+def _folder_elsewhere(tmp_path: Path) -> Path:
+    """A folder outside the synced one, for `tessera get` to save into."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    return elsewhere
+
+
 def test_get_saves_a_file_or_an_earlier_version_without_syncing(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
@@ -759,8 +766,7 @@ def test_get_saves_a_file_or_an_earlier_version_without_syncing(
     a.sync()
     a.write("Docs/report.bin", first[:1000] + b"edited" + first[1000:])
     a.sync()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    elsewhere = _folder_elsewhere(tmp_path)
     said = a.run("get", "Docs/report.bin", "--rev", "1", "--to", str(elsewhere)).stdout
     assert said == f"Saved /Docs/report.bin (rev 1) as {elsewhere / 'report.bin'}.\n"
     assert (elsewhere / "report.bin").read_bytes() == first
@@ -786,8 +792,7 @@ def test_get_saves_a_file_from_the_trash_without_bringing_it_back(
     a.sync()
     (a.folder / "Docs" / "plan.txt").unlink()
     a.sync()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    elsewhere = _folder_elsewhere(tmp_path)
     said = a.run("get", "Docs/plan.txt", "--to", str(elsewhere)).stdout
     assert said == f"Saved /Docs/plan.txt (from the trash) as {elsewhere / 'plan.txt'}.\n"
     assert (elsewhere / "plan.txt").read_text() == "last plan"
@@ -820,8 +825,7 @@ def test_get_saves_a_folder_and_runs_again_for_what_is_missing(
     a.write("Docs/sub/b.bin", os.urandom(2 * 1024 * 1024))
     (a.folder / "Docs" / "empty").mkdir()
     a.sync()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    elsewhere = _folder_elsewhere(tmp_path)
     said = a.run("get", "Docs", "--to", str(elsewhere)).stdout
     assert said == f"Saved /Docs as {elsewhere / 'Docs'}: 3 files.\n"
     assert snapshot(elsewhere) == {
