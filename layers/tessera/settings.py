@@ -57,9 +57,11 @@ class Settings:
     # fresh cursor): a feed that keeps recent history only (the changes table's 7-day TTL)
     # cannot tell it of changes made between the cursor and then.
     longpoll_cursor_max_age_s: int = 6 * 86_400
-    # Per-user request throttling of the local gateway (API Gateway's dev stage: 50/s, 100).
-    api_rate_limit: float = 50.0
-    api_burst_limit: int = 100
+    # Per-user request throttling of the local gateway: API Gateway's prod stage figures,
+    # each user's own (a stage's are shared by all). The dev stage's 50/s held a device's
+    # download of many small files, one call each, to 50 files a second (1,000 in 20 s).
+    api_rate_limit: float = 500.0
+    api_burst_limit: int = 1000
     restore_retry_after_s: int = 60
     # Block-store requests made at once (S3 round trips dominate): a download's HEADs and
     # restores of cold blocks, maintenance's reads, copies and deletes

@@ -654,6 +654,23 @@ def test_a_download_told_to_stop_ends_at_its_next_block_and_resumes_later(
     assert (stats.blocks_reused, stats.blocks_down) == (1, len(blocks) - 1)
 
 
+def test_a_device_fetching_many_small_files_is_not_throttled(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A small file is a `/v1/download` call, four at a time: the local gateway's bucket,
+    API Gateway's dev stage figures (50/s, bursts of 100), refused a device's first sync of
+    a few hundred files with 429s, and their waits held it to 50 files a second."""
+    a, b = engines
+    for i in range(300):
+        (a.folder / f"f{i:03}.txt").write_text(f"file {i}")
+    assert not a.run_once().problems
+    statuses: list[int] = []  # of every answer, those its retries waited out too
+    b.api.http.event_hooks["response"].append(lambda r: statuses.append(r.status_code))
+    assert not b.run_once().problems
+    assert len(list(b.folder.glob("f*.txt"))) == 300
+    assert len(statuses) > 300 and 429 not in statuses
+
+
 def test_a_daemon_told_to_stop_ends_its_downloads_at_their_next_block(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:
