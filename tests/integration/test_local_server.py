@@ -19,6 +19,16 @@ import pytest
 from tessera.local.server import Server, _DeadlineH11
 
 
+async def hello(
+    scope: dict[str, Any],
+    receive: object,
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """An ASGI app answering every request "hi"."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hi"})
+
+
 def test_the_url_accepts_connections_before_serving_starts() -> None:
     server = Server()
     try:
@@ -30,14 +40,6 @@ def test_the_url_accepts_connections_before_serving_starts() -> None:
 
 
 def test_a_request_queued_before_serving_starts_is_answered() -> None:
-    async def hello(
-        scope: dict[str, Any],
-        receive: object,
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"hi"})
-
     server = Server()
     try:
         conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
@@ -65,14 +67,6 @@ def test_connections_send_without_waiting_for_acks(monkeypatch: pytest.MonkeyPat
         nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     monkeypatch.setattr(_DeadlineH11, "connection_made", recording)
-
-    async def hello(
-        scope: dict[str, Any],
-        receive: object,
-        send: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"hi"})
 
     server = Server()
     server.start(hello)
