@@ -74,7 +74,7 @@ def latency(url: str, work: Path, email: str, samples: int) -> list[Figure]:
         folders[d].mkdir(parents=True)
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "tessera_client", "sync", str(folders[d]), "-q"],
+                _tessera("sync", folders[d], "-q"),
                 env=_env(homes[d], d),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -42,6 +42,10 @@ _LIVE_BYTES_OF_NS = (
     " AND v.file_id = f.file_id AND v.rev = f.latest_rev"
     " WHERE f.ns_id = n.ns_id AND NOT f.is_deleted AND f.kind = 'file'"
 )
+# The columns of a `StagedCopy`, in its order.
+_STAGED_COPY_SQL = (
+    "SELECT upload_id, block_id, staged_key, size, stored_size, key_version FROM upload_blocks"
+)
 
 
 @dataclass(frozen=True)
@@ -190,9 +194,8 @@ class MaintenanceTx:
     def lock_staged_copy(self, upload_id: str, block_id: str) -> StagedCopy | None:
         """Row-lock the copy if it still awaits verification (state `staged`)."""
         rows = self._all(
-            "SELECT upload_id, block_id, staged_key, size, stored_size, key_version"
-            " FROM upload_blocks"
-            " WHERE upload_id = %s AND block_id = %s AND state = 'staged' FOR UPDATE",
+            _STAGED_COPY_SQL
+            + " WHERE upload_id = %s AND block_id = %s AND state = 'staged' FOR UPDATE",
             (upload_id, block_id),
         )
         return StagedCopy(*rows[0]) if rows else None
@@ -875,9 +878,8 @@ class MaintenanceRepository:
         params.append(limit)
         with self.transaction() as tx:
             rows = tx._all(
-                "SELECT upload_id, block_id, staged_key, size, stored_size, key_version"
-                " FROM upload_blocks"
-                f" WHERE state = 'staged' AND (upload_id, block_id) > (%s, %s){only}"
+                _STAGED_COPY_SQL
+                + f" WHERE state = 'staged' AND (upload_id, block_id) > (%s, %s){only}"
                 " ORDER BY upload_id, block_id LIMIT %s",
                 params,
             )
