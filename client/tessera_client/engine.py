@@ -612,6 +612,16 @@ class SyncEngine:
         self._record_download(op.path, op.remote, fut.result())
         return True
 
+    def _move_record(self, src: str, dst: str) -> None:
+        """The synced record of the file at `src`, and its blocks, now of `dst`. Its stat
+        stays the synced file's: the next scan hashes the file at `dst` unless it is that
+        file as synced, untouched."""
+        old = self.state.base_entry(src)  # one row: a renamed folder moves each file
+        blocks = self.state.base_blocks(src)
+        self.state.delete_base(src)
+        if old is not None:
+            self.state.put_base(replace(old, path=dst), blocks)
+
     def _taken(self, path: str, src: str) -> bool:
         """Whether something other than `src` is at `path`. On a disk that ignores case, a
         rename in case only finds `src` itself there (same inode): not taken."""
@@ -696,16 +706,15 @@ class SyncEngine:
             if parent_of(op.path):
                 self.fs.makedirs(parent_of(op.path))
             rename_unless_taken(self.fs, op.src, op.path)
-            old = self.state.base_entry(op.src)  # one row: a renamed folder moves each file
-            blocks = self.state.base_blocks(op.src)
-            self.state.delete_base(op.src)
-            if old is not None:
-                self.state.put_base(replace(old, path=op.path), blocks)
+            self._move_record(op.src, op.path)
             stats[path_key(op.path)] = stats.pop(path_key(op.src))
             if path_key(op.src) in hashed:  # an edit made here goes up from there this round
                 hashed[path_key(op.path)] = hashed.pop(path_key(op.src))
             self.scanner.moved(op.src, op.path)
             self.reporter.event(f"moved {op.src} -> {op.path}")
+            return True
+        if k == OpKind.MOVE_RECORD:
+            self._move_record(op.src, op.path)
             return True
         if k == OpKind.MOVE_REMOTE:
             run = partial(

@@ -69,6 +69,7 @@ class OpKind(StrEnum):
     DELETE_REMOTE = "delete_remote"
     MOVE_LOCAL = "move_local"
     MOVE_REMOTE = "move_remote"
+    MOVE_RECORD = "move_record"
     CREATE_FOLDER_LOCAL = "create_folder_local"
     CREATE_FOLDER_REMOTE = "create_folder_remote"
     DELETE_FOLDER_LOCAL = "delete_folder_local"
@@ -126,24 +127,39 @@ def _detect_remote_moves(
     rev if the move also changed the content, upload an edit made here meanwhile, or keep
     both when both sides changed it. An edit here used to keep the old path: every device
     ended with the edit under the old name and the file unedited under the new one.
+
+    Already moved there here (the same rename made on both devices, or a move this device
+    made and a crash kept from recording), only the record moves: the same inode or the
+    synced content shows it is the file. Read as a new file beside a deleted one, an edit
+    made here with it became a conflicted copy of itself, and a newer rev of the server's
+    did too.
     """
     by_id = {e.file_id: k for k, e in remote.items() if e.is_file and e.file_id}
     for old_key, b in sorted(base.items()):
         if not b.is_file or not b.file_id:
             continue
         new_key = by_id.get(b.file_id)
-        if new_key is None or new_key == old_key or new_key in base or new_key in local:
+        if new_key is None or new_key == old_key or new_key in base:
             continue
         old_remote = remote.get(old_key)
         if old_remote is not None and old_remote.file_id == b.file_id:
             continue
-        lo = local.get(old_key)
+        lo, there, dst = local.get(old_key), local.get(new_key), remote[new_key].path
+        if there is not None:
+            if lo is None and there.is_file and _is_synced_file(there, b):
+                ops.append(Op(OpKind.MOVE_RECORD, dst, src=b.path, local=there))
+                base[new_key] = _moved(base.pop(old_key), dst)
+            continue
         if lo is None or not lo.is_file:
             continue
-        dst = remote[new_key].path
         ops.append(Op(OpKind.MOVE_LOCAL, dst, src=lo.path, local=lo, remote=remote[new_key]))
         local[new_key] = _moved(local.pop(old_key), dst)
         base[new_key] = _moved(base.pop(old_key), dst)
+
+
+def _is_synced_file(local: Entry, base: Entry) -> bool:
+    """Whether a local file elsewhere is the synced one: its inode, or its content."""
+    return bool(base.inode and local.inode == base.inode) or local.content_hash == base.content_hash
 
 
 def _detect_local_moves(

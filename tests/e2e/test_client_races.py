@@ -114,6 +114,31 @@ def test_an_edit_here_and_a_rename_elsewhere_both_arrive(
     assert snapshot(a.folder) == snapshot(b.folder) == expected
 
 
+@pytest.mark.parametrize("edited_on", ["A", "B"])
+def test_the_same_rename_on_both_devices_keeps_one_file_with_the_edit(
+    engines: tuple[SyncEngine, SyncEngine], edited_on: str
+) -> None:
+    """Both devices rename doc.txt to doc2.txt and one edits it (or B's daemon moved it
+    as A did and was killed before recording that): B took its doc2.txt for a new file
+    beside a deleted one, and the edit became a conflicted copy of itself."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    (a.folder / "doc.txt").rename(a.folder / "doc2.txt")
+    a.run_once()
+    (b.folder / "doc.txt").rename(b.folder / "doc2.txt")
+    edited = a if edited_on == "A" else b
+    (edited.folder / "doc2.txt").write_text(f"v2, {edited_on}'s edit")
+    a.run_once()
+    assert not b.run_once().problems
+    a.run_once()
+    expected = {"doc2.txt": f"v2, {edited_on}'s edit".encode()}
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
+    assert [e["rev"] for e in a.api.call("/v1/revisions", {"path": "/doc2.txt"})["entries"]] == [
+        2,
+        1,
+    ]
+
+
 def test_a_rename_of_a_file_another_device_replaced_moves_nothing_of_theirs(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:

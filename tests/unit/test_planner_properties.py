@@ -180,6 +180,11 @@ class Model:
                 self._parent_exists(tree, op.path)
                 tree[key] = replace(tree.pop(src), path=op.path)
                 self.base[key] = replace(self.base.pop(src), path=op.path)
+            elif op.kind == OpKind.MOVE_RECORD:
+                src = path_key(op.src)
+                assert src not in self.local and src not in self.remote
+                assert self.local[key] == op.local and key in self.remote
+                self.base[key] = replace(self.base.pop(src), path=op.path)
             elif op.kind in (OpKind.CREATE_FOLDER_LOCAL, OpKind.CREATE_FOLDER_REMOTE):
                 tree = self.local if op.kind == OpKind.CREATE_FOLDER_LOCAL else self.remote
                 self._parent_exists(tree, op.path)

@@ -152,3 +152,47 @@ def test_two_clashes_of_one_content_converge() -> None:
     )
     model = _converged(here, synced, synced)
     assert model.view(model.local) == model.view(model.remote) == model.view(here)
+
+
+def test_the_same_rename_on_both_sides_with_an_edit_here_goes_up_as_an_edit() -> None:
+    """Both devices renamed the file alike, and this one edited it too. Read as a new
+    file beside a deleted one, the edit became a conflicted copy of itself."""
+    synced = Entry("doc.txt", content_hash="h1", file_id="f1", rev=1, inode=7)
+    here = Entry("doc2.txt", content_hash="h2", inode=7)
+    there = Entry("doc2.txt", content_hash="h1", file_id="f1", rev=1)
+    ops = plan(_tree(here), _tree(there), _tree(synced), device="d", day=DAY).ops
+    assert [(op.kind, op.src, op.path) for op in ops] == [
+        (OpKind.MOVE_RECORD, "doc.txt", "doc2.txt"),
+        (OpKind.UPLOAD, "", "doc2.txt"),
+    ]
+    assert ops[1].remote == there  # a new rev of the same file, on the rev it came from
+    model = _converged(_tree(here), _tree(there), _tree(synced))
+    assert model.remote[path_key("doc2.txt")].file_id == "f1"
+    assert len(model.local) == 1
+
+
+def test_a_move_made_but_not_recorded_takes_the_newer_rev_where_it_went() -> None:
+    """A crash between a move and its record, and the server edited the file since: the
+    file here is the synced one (same inode, same content), so the edit comes down over
+    it. It became a conflicted copy of the older rev."""
+    synced = Entry("doc.txt", content_hash="h1", file_id="f1", rev=1, inode=7)
+    here = replace(synced, path="doc2.txt", file_id="", rev=0)
+    newer = Entry("doc2.txt", content_hash="h2", file_id="f1", rev=2)
+    ops = plan(_tree(here), _tree(newer), _tree(synced), device="d", day=DAY).ops
+    assert [(op.kind, op.path) for op in ops] == [
+        (OpKind.MOVE_RECORD, "doc2.txt"),
+        (OpKind.DOWNLOAD, "doc2.txt"),
+    ]
+
+
+def test_another_file_where_the_server_moved_one_is_no_move_here() -> None:
+    """A file of other content and inode at the path the server moved the synced one to
+    (deleted here, something new made there): both are kept, as before."""
+    synced = Entry("doc.txt", content_hash="h1", file_id="f1", rev=1, inode=7)
+    here = Entry("doc2.txt", content_hash="h2", inode=8)
+    there = Entry("doc2.txt", content_hash="h1", file_id="f1", rev=1)
+    ops = plan(_tree(here), _tree(there), _tree(synced), device="d", day=DAY).ops
+    assert sorted((op.kind, op.path) for op in ops) == [
+        (OpKind.CONFLICT, "doc2.txt"),
+        (OpKind.FORGET, "doc.txt"),
+    ]
