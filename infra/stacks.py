@@ -107,8 +107,7 @@ class AppStack(Stack):
         api = function(FunctionSpec(
             "api", "the REST API", timeout=Duration.seconds(28), memory_mb=1024,
             reserved_concurrency=config.api_reserved_concurrency,
-            environment={**self._db_env(), **self._blocks_env(), **self._changes_env(),
-                         **self._identity_env()},
+            environment={**self._db_env(), **self._blocks_env(), **self._changes_env()},
         ))  # fmt: skip
         longpoll = function(FunctionSpec(
             "longpoll", "long-poll on the changes table", timeout=Duration.seconds(28),

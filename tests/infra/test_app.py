@@ -531,9 +531,11 @@ def test_db_functions_get_proxy_iam_settings_and_the_migration_gets_the_secret(d
         "TESSERA_CHANGES_TABLE",
         "TESSERA_KMS_KEY_ID",
         "TESSERA_KEY_PARAM_PREFIX",
-        "TESSERA_USER_POOL_ID",
     ):
         assert api[name], name
+    # Cognito's ids are the token endpoint's alone (API Gateway's authorizer checks tokens)
+    users = {lid for lid, v in env.items() if "TESSERA_USER_POOL_ID" in v}
+    assert len(users) == 1 and next(iter(users)).startswith("AuthFunction"), users
     router = next(v for lid, v in env.items() if lid.startswith("ChangeRouterFunction"))
     assert router["TESSERA_EVENT_BUS"] and router["TESSERA_EVENT_SOURCE"] == "tessera"
     assert "TESSERA_DB_HOST" not in router  # outside the VPC, no database
