@@ -161,22 +161,41 @@ class ServerUnreachable(Exception):
     """The server could not be reached after every retry."""
 
 
+class RetriesStopped(ServerUnreachable):
+    """A call gave up its retries because its process is stopping (`RetryPolicy.stop`)."""
+
+
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with full jitter; honours Retry-After up to `max_wait`."""
+    """Exponential backoff with full jitter; honours Retry-After up to `max_wait`.
+
+    Setting `stop` (the daemon told to stop, Ctrl-C) ends every wait between retries at
+    once, with `RetriesStopped`: a download on another thread waiting out an outage's
+    backoff had held the exit for minutes (a 503's Retry-After is waited up to `max_wait`).
+    """
 
     attempts: int = 8
     base: float = 0.2
     cap: float = 10.0
     max_wait: float = 120.0
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] | None = None  # (a test's own clock; else `stop.wait`)
     rng: random.Random = field(default_factory=random.Random)
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """How long to wait before retry number `attempt` (0-based)."""
         if retry_after is not None and math.isfinite(retry_after):
             return min(max(retry_after, 0.0), self.max_wait)
         return self.rng.uniform(0, min(self.cap, self.base * 2**attempt))
+
+    def pause(self, seconds: float) -> None:
+        """Wait before a retry; `RetriesStopped` once `stop` is set."""
+        if self.sleep is not None:
+            self.sleep(seconds)
+        else:
+            self.stop.wait(seconds)
+        if self.stop.is_set():
+            raise RetriesStopped("stopping: the call was not retried")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -210,7 +229,7 @@ def send_with_retry(
         except httpx.TransportError as e:
             if last:
                 raise ServerUnreachable(f"cannot reach {url.split('?')[0]}: {e}") from e
-            policy.sleep(policy.delay(attempt, None))
+            policy.pause(policy.delay(attempt, None))
             continue
         wait = parse_retry_after(response.headers.get("Retry-After"))
         # A 429 asking for a longer wait than a call may hold its caller (an hourly budget
@@ -219,7 +238,7 @@ def send_with_retry(
         too_long = response.status_code == 429 and wait is not None and wait > policy.max_wait
         if response.status_code not in retry_statuses or last or too_long:
             return response
-        policy.sleep(policy.delay(attempt, wait))
+        policy.pause(policy.delay(attempt, wait))
     raise AssertionError("unreachable")
 
 

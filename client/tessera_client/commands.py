@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -118,9 +119,33 @@ def _server() -> Iterator[tuple[Api, Settings]]:
     settings = home.load_settings()
     api = _api(home, settings)
     try:
-        yield api, settings
+        with _ctrl_c_ends_retries(api):
+            yield api, settings
     finally:
         api.close()
+
+
+@contextmanager
+def _ctrl_c_ends_retries(api: Api) -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as always, and also ends the waits between retries
+    on every thread (`RetryPolicy.stop`): a download waiting out an outage's backoff on a
+    worker thread held the exit for minutes. (Left alone where SIGINT is ignored, as for
+    a job started with `&`, and off the main thread, where no handler can be set.)"""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        api.policy.stop.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _server_path(path: str, settings: Settings) -> str:
@@ -352,21 +377,22 @@ def sync(
             settings.folder = str(folder)
             home.save_settings(settings)
         try:
-            if once:
-                result = engine.run_once()
-                for p in result.problems:
-                    err.print(str(p), style="red")
-                if result.paused_deletes:
-                    raise typer.Exit(EXIT_PAUSED)
-                if result.problems:
-                    raise typer.Exit(EXIT_ERROR)
-                if not quiet:
-                    left_out = (
-                        f" ({result.skipped} left out, as said above)" if result.skipped else ""
-                    )
-                    out.print(f"In sync: {folder}{left_out}")
-                return
-            _daemon(engine, reporter, folder)
+            with _ctrl_c_ends_retries(api):
+                if once:
+                    result = engine.run_once()
+                    for p in result.problems:
+                        err.print(str(p), style="red")
+                    if result.paused_deletes:
+                        raise typer.Exit(EXIT_PAUSED)
+                    if result.problems:
+                        raise typer.Exit(EXIT_ERROR)
+                    if not quiet:
+                        left_out = (
+                            f" ({result.skipped} left out, as said above)" if result.skipped else ""
+                        )
+                        out.print(f"In sync: {folder}{left_out}")
+                    return
+                _daemon(engine, reporter, folder)
         finally:
             engine.close()
             api.close()

@@ -1153,8 +1153,9 @@ class SyncEngine:
                 raise
 
     def stop(self) -> None:
-        """Ask the daemon to stop."""
+        """Ask the daemon to stop: calls waiting to retry (an outage) give up at once."""
         self._stop.set()
+        self.api.policy.stop.set()
         self._wake.set()
 
     def _longpoll_loop(self) -> None:
@@ -1169,6 +1170,8 @@ class SyncEngine:
                 self._pulled.clear()
                 news = self.longpoll()
             except Exception as e:
+                if self._stop.is_set():
+                    break  # (its call gave up its retries: the daemon stops)
                 self.reporter.problem(f"waiting for the server: {e}")
                 self._remote_changed.set()
                 self._wake.set()
@@ -1228,6 +1231,8 @@ class SyncEngine:
                     if on_round:  # (it may record a status in the state database)
                         on_round(r)
                 except (ApiError, ServerUnreachable) as e:
+                    if self._stop.is_set():
+                        break  # (a call that gave up its retries to let the daemon stop)
                     self._remote_changed.set()
                     self.reporter.problem(f"sync paused: {e}; retrying")
                     self._stop.wait(2.0)

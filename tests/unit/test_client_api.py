@@ -24,6 +24,7 @@ from tessera_client.api import (
     Api,
     ApiError,
     NotLoggedIn,
+    RetriesStopped,
     RetryPolicy,
     ServerUnreachable,
     parse,
@@ -121,6 +122,17 @@ def test_a_retry_after_longer_than_the_policy_waits_is_answered_at_once(server: 
     with httpx.Client() as client:
         r = send_with_retry(client, policy(sleeps), "POST", url + "/y", json={})
     assert r.status_code == 200 and sleeps == [RetryPolicy().max_wait]
+
+
+def test_a_stop_ends_the_wait_for_a_retry_at_once(server: Server) -> None:
+    """The process stopping (`RetryPolicy.stop`) ends an outage's wait: no retry is sent."""
+    url, script = server
+    script.answers["/x"] = [(503, {"Retry-After": "30"}, {}), (200, {}, {})]
+    stopping = RetryPolicy(attempts=2)
+    threading.Timer(0.2, stopping.stop.set).start()
+    with httpx.Client() as client, pytest.raises(RetriesStopped, match="stopping"):
+        send_with_retry(client, stopping, "POST", url + "/x", json={})
+    assert len(script.seen) == 1
 
 
 def test_5xx_backs_off_exponentially_with_jitter(server: tuple[str, Script]) -> None:

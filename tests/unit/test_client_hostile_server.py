@@ -9,12 +9,16 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -66,6 +70,8 @@ class Evil:
     # upload routes (`/v1/uploads`, ...) -> how they answer a request body: a JSON value
     # (status 200), or (status, JSON value)
     answers: dict[str, Callable[[dict[str, Any]], Any]] = field(default_factory=dict)
+    outage: bool = False  # block GETs answer 503, Retry-After: 60 (the store down)
+    outage_met: threading.Event = field(default_factory=threading.Event)  # one was answered
 
     def add_file(
         self,
@@ -160,16 +166,23 @@ def evil() -> Iterator[Evil]:
     state = Evil()
 
     class Handler(BaseHTTPRequestHandler):
-        def _send(self, status: int, payload: Any, raw: bytes | None = None) -> None:
+        def _send(
+            self, status: int, payload: Any, raw: bytes | None = None, retry_after: str = ""
+        ) -> None:
             data = raw if raw is not None else json.dumps(payload).encode()
             self.send_response(status)
+            if retry_after:
+                self.send_header("Retry-After", retry_after)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
-            if path in state.expired and query != "renewed":
+            if path in state.blobs and state.outage:
+                self._send(503, None, b"<Error><Code>SlowDown</Code></Error>", retry_after="60")
+                state.outage_met.set()
+            elif path in state.expired and query != "renewed":
                 self._send(403, None, b"<Error><Code>AccessDenied</Code>Request has expired")
             elif path in state.blobs:
                 time.sleep(state.blob_delay)
@@ -760,6 +773,76 @@ def test_the_daemon_runs_on_full_scans_when_the_folder_cannot_be_watched(
     engine.run_daemon()
     engine.close()
     assert any("max_user_watches" in p and "full scan" in p for p in problems), problems
+
+
+def _outage(tmp_path: Path, evil: Evil) -> SyncEngine:
+    """An engine waiting as a device does (its policy's own wait), and a file to download
+    from a block store that answers 503 with a minute's Retry-After."""
+    engine = _engine(tmp_path, evil)
+    engine.api.policy = RetryPolicy(attempts=3)
+    evil.add_file("/doc.bin", b"a file the store cannot serve now", fid="doc")
+    evil.outage = True
+    return engine
+
+
+def test_a_daemon_told_to_stop_during_an_outage_stops_at_once(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while a download waits out the store's Retry-After: the daemon waited for
+    it (a minute a retry, up to `max_wait`), past systemd's stop timeout. Its calls now
+    give up their retries, and the stop is no problem to report."""
+    engine = _outage(tmp_path, evil)
+    engine.longpoll = _quiet_longpoll  # type: ignore[method-assign]
+    problems: list[str] = []
+    monkeypatch.setattr(engine.reporter, "problem", problems.append)
+    daemon = threading.Thread(target=engine.run_daemon, daemon=True)
+    daemon.start()
+    assert evil.outage_met.wait(30)
+    engine.stop()
+    daemon.join(timeout=20)  # (a minute's wait, were it still waited out)
+    stopped = not daemon.is_alive()
+    engine.close()
+    assert stopped
+    assert problems == []
+    assert not (engine.folder / "doc.bin").exists()
+
+
+def test_ctrl_c_in_a_sync_once_ends_the_retry_waits_of_its_downloads(
+    tmp_path: Path, evil: Evil
+) -> None:
+    """Ctrl-C raised KeyboardInterrupt on the main thread, which then waited for each
+    download thread to finish waiting out its retries: a minute a retry here."""
+    engine = _outage(tmp_path, evil)
+    home, folder = engine.home, engine.folder
+    engine.close()
+    home.save_settings(Settings(server_url=evil.base, device_name="dev", retry_attempts=3))
+    env = {**os.environ, "TESSERA_HOME": str(home.path)}
+    cmd = [sys.executable, "-m", "tessera_client", "sync", "--once", str(folder)]
+    restore_sigint = partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=restore_sigint, stderr=subprocess.PIPE)
+    try:
+        assert evil.outage_met.wait(60)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)  # (a minute's wait, were it still waited out)
+    finally:
+        proc.kill()
+        stderr = proc.communicate()[1].decode()
+    assert proc.returncode != 0, stderr
+    assert "Traceback" not in stderr, stderr
+    assert not (folder / "doc.bin").exists()
+
+
+def test_ctrl_c_ends_retry_waits_and_is_put_back_after(tmp_path: Path, evil: Evil) -> None:
+    from tessera_client.commands import _ctrl_c_ends_retries
+
+    engine = _engine(tmp_path, evil)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_ends_retries(engine.api):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # (the signal is handled at once)
+    assert engine.api.policy.stop.is_set()
+    assert signal.getsignal(signal.SIGINT) is before
+    engine.close()
 
 
 def test_a_file_comes_in_pages_and_expired_block_urls_are_renewed(
