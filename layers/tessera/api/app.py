@@ -92,12 +92,23 @@ def _parse(route: Route, event: BaseProxyEvent) -> BaseModel | None:
     try:
         return route.request.model_validate(data)
     except ValidationError as exc:
+        count = exc.error_count()
+        if count > _MAX_ERRORS_READ:
+            # (one object of many unknown keys: listing them all took ~600 bytes of memory
+            # an error, on a body of a few bytes an error)
+            raise _BodyError(f"body: {count} fields are unknown, missing or invalid", []) from None
         fields = [
             {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
             for e in exc.errors(include_url=False, include_input=False)
-        ]
+        ][:_MAX_ERRORS_LISTED]
         first = fields[0]
-        raise _BodyError(f"{first['field']}: {first['message']}", fields) from exc
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        raise _BodyError(f"{first['field']}: {first['message']}{more}", fields) from exc
+
+
+# A 422 lists the first of a body's problems; past this many, it only counts them
+_MAX_ERRORS_LISTED = 20
+_MAX_ERRORS_READ = 100
 
 
 _MAY_BE_UNSTORABLE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # \u0000, \ud800-\udfff

@@ -66,7 +66,11 @@ Access = Literal["owner", "editor", "viewer"]
 
 
 class Model(BaseModel):
-    """Base: unknown fields are rejected, aliases (`.tag`) are used on the wire."""
+    """Base: unknown fields are rejected, aliases (`.tag`) are used on the wire.
+
+    Every list in a request stops at its first bad item (`fail_fast`): pydantic reports
+    each bad field of each item otherwise, and one 5 MB body of `{}` items made 6.8 million
+    errors (8.8 GB, and a 407 MB answer)."""
 
     model_config = ConfigDict(
         extra="forbid", populate_by_name=True, serialize_by_alias=True, frozen=True
@@ -151,15 +155,16 @@ class UploadFileSpec(Model):
     size: int = Field(ge=0)
     content_hash: ContentHash
     blocks: list[BlockSpec] | None = Field(
+        fail_fast=True,
         description="null: the list is longer than one request may carry, and comes in parts"
-        " (POST /v1/uploads/blocks)"
+        " (POST /v1/uploads/blocks)",
     )
 
 
 class UploadStartRequest(Model):
     """POST /v1/uploads."""
 
-    files: list[UploadFileSpec] = Field(min_length=1)
+    files: list[UploadFileSpec] = Field(min_length=1, fail_fast=True)
 
 
 class BlockKey(Model):
@@ -184,7 +189,7 @@ class UploadBlocksRequest(Model):
     upload_id: str = Field(min_length=1, max_length=64)
     path: PathStr
     first: int = Field(ge=0, description="index in the file's list of the first block sent")
-    blocks: list[BlockSpec] = Field(min_length=1)
+    blocks: list[BlockSpec] = Field(min_length=1, fail_fast=True)
 
 
 class UploadBlocksResponse(Model):
@@ -207,7 +212,7 @@ class UploadUrlsRequest(Model):
     """POST /v1/uploads/urls."""
 
     upload_id: str = Field(min_length=1, max_length=64)
-    blocks: list[UploadUrlBlock] = Field(min_length=1)
+    blocks: list[UploadUrlBlock] = Field(min_length=1, fail_fast=True)
 
     @model_validator(mode="after")
     def _each_block_once(self) -> UploadUrlsRequest:
@@ -256,7 +261,8 @@ class CommitRequest(Idempotent):
         " file, even at the same rev (deleted and made again elsewhere)",
     )
     blocks: list[BlockSpec] | None = Field(
-        description="null: the list the upload session holds for this path (appended in parts)"
+        fail_fast=True,
+        description="null: the list the upload session holds for this path (appended in parts)",
     )
     size: int = Field(ge=0)
     content_hash: ContentHash
@@ -272,7 +278,7 @@ class CommitRequest(Idempotent):
 class CommitBatchRequest(Model):
     """POST /v1/commit_batch."""
 
-    entries: list[CommitRequest] = Field(min_length=1)
+    entries: list[CommitRequest] = Field(min_length=1, fail_fast=True)
 
 
 class ErrorInfo(BaseModel):
@@ -344,7 +350,7 @@ class DownloadRequest(PathOrId):
     rev: int | None = Field(default=None, ge=1)
     from_block: int = Field(default=0, ge=0)
     limit: int | None = Field(default=None, ge=1)
-    have: list[BlockId] = Field(default_factory=list, max_length=MAX_HAVE_BLOCKS)
+    have: list[BlockId] = Field(default_factory=list, max_length=MAX_HAVE_BLOCKS, fail_fast=True)
     include_deleted: bool = False
 
 
