@@ -223,6 +223,9 @@ def test_bad_tokens_get_401(env: Env, kind: str) -> None:
     r = _call(env, _bad_tokens(env)[kind])
     assert r.status_code == 401, r.text
     assert r.json()["error"]["code"] == "unauthorized"
+    # which check failed, in PyJWT's words, is nothing to tell a prober
+    expected = "the token has expired" if kind == "expired" else "invalid token"
+    assert r.json()["error"]["message"] == expected
     assert r.headers["www-authenticate"] == "Bearer"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import signal
@@ -221,6 +222,13 @@ def test_longpoll_bad_requests(cloud: tuple[str, str]) -> None:
         r = client.http.post("/v1/list_folder/longpoll", content=body)
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "invalid"
+    # POST alone, as on AWS: a GET (or PUT) with a body waited the long-poll out here
+    cursor = client.post("/v1/list_folder", {"path": ""})["cursor"]
+    for method in ("GET", "PUT", "DELETE"):
+        body = json.dumps({"cursor": cursor, "timeout": 30})
+        r = client.http.request(method, "/v1/list_folder/longpoll", content=body, timeout=10)
+        assert r.status_code == 404, (method, r.text)
+        assert "the long-poll is POST" in r.json()["error"]["message"]
 
 
 def test_a_longest_cursor_reaches_the_longpoll(cloud: tuple[str, str]) -> None:

@@ -380,9 +380,10 @@ def create_app(gw: Gateway) -> Starlette:
                 slot.give_back()
 
     async def api(request: Request) -> Response:
-        if is_longpoll(request.url.path):
+        if is_longpoll(request.url.path) and request.method == "POST":
             # `/v1/list_folder/longpoll/` too: the resolver matches it, and would hold a
-            # thread of the shared pool for the whole wait
+            # thread of the shared pool for the whole wait. (Another method is the
+            # resolver's 404, as API Gateway, with POST alone on the resource, refuses it.)
             return await longpoll(request)
         if request.url.path in PUBLIC_ROUTES:
             return await _resolve(request, await read_body(request, PUBLIC_MAX_BODY), None)
