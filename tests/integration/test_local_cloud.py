@@ -224,9 +224,9 @@ def test_longpoll_bad_requests(cloud: tuple[str, str]) -> None:
         assert r.json()["error"]["code"] == "invalid"
     # POST alone, as on AWS: a GET (or PUT) with a body waited the long-poll out here
     cursor = client.post("/v1/list_folder", {"path": ""})["cursor"]
+    waiting = json.dumps({"cursor": cursor, "timeout": 30})
     for method in ("GET", "PUT", "DELETE"):
-        body = json.dumps({"cursor": cursor, "timeout": 30})
-        r = client.http.request(method, "/v1/list_folder/longpoll", content=body, timeout=10)
+        r = client.http.request(method, "/v1/list_folder/longpoll", content=waiting, timeout=10)
         assert r.status_code == 404, (method, r.text)
         assert "the long-poll is POST" in r.json()["error"]["message"]
 
