@@ -24,12 +24,14 @@ from tessera.local.server import Server
 from tessera.local.throttle import RequestThrottle
 from tessera.ports import Principal
 
+HELD = "/v1/held"  # a call the stand-in API holds as it holds a long-poll
 # more long-polls than Starlette's shared pool has threads (40)
 IDLE_DEVICES = 48
 
 
 class BlockingLongpoll:
-    """Stand-in for the Lambda functions: a long-poll blocks its thread until `release`."""
+    """Stand-in for the Lambda functions: a long-poll (or a call of `HELD`) blocks its
+    thread until `release`."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -37,7 +39,7 @@ class BlockingLongpoll:
         self.bodies: list[str] = []
 
     def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
-        if event["path"].rstrip("/") == "/v1/list_folder/longpoll":  # as the resolver matches
+        if event["path"].rstrip("/") in ("/v1/list_folder/longpoll", HELD):  # as matched
             self.bodies.append(event["body"])
             self.waiting.release()
             self.release.wait(30)
@@ -228,8 +230,8 @@ def _longpoll(url: str, token: str, timeout: float = 35) -> httpx.Response:
 
 
 def _two_users_two_places_each(tmp_path: Path) -> tuple[Server, BlockingLongpoll, list[str]]:
-    """A started gateway whose users may hold two long-polls each, its blocking resolver,
-    and two users' access tokens."""
+    """A started gateway whose users may hold two long-polls and two other calls each, its
+    blocking resolver, and two users' access tokens."""
     issuer = JwtIssuer(tmp_path / "jwt.pem")
     tokens = [
         issuer.issue(Principal(user_id=u, email=f"{u}@example.com")).access_token
@@ -237,8 +239,39 @@ def _two_users_two_places_each(tmp_path: Path) -> tuple[Server, BlockingLongpoll
     ]
     resolver = BlockingLongpoll()
     server = Server()
-    server.start(create_app(Gateway(identity=issuer, resolver=resolver, longpolls_per_user=2)))
+    gateway = Gateway(identity=issuer, resolver=resolver, longpolls_per_user=2, calls_per_user=2)
+    server.start(create_app(gateway))
     return server, resolver, tokens
+
+
+def test_a_users_calls_in_progress_are_capped(tmp_path: Path) -> None:
+    """Calls waiting for a thread hold their bodies: one account's 300 calls of 5 MiB at
+    once took the gateway to 2.3 GB. Past the cap its next one is 429, before its body is
+    read; others' still run, and the places come back as calls end."""
+    server, resolver, (mine, theirs) = _two_users_two_places_each(tmp_path)
+
+    def call(token: str) -> httpx.Response:
+        auth = {"Authorization": f"Bearer {token}"}
+        return httpx.post(server.base_url + HELD, json={"pad": "x" * 1000}, headers=auth)
+
+    try:
+        with ThreadPoolExecutor(3) as devices:
+            held = [devices.submit(call, mine) for _ in range(2)]
+            for _ in held:
+                assert resolver.waiting.acquire(timeout=10), "a call never reached the API"
+            refused = call(mine)
+            assert refused.status_code == 429, refused.text
+            assert "in progress already" in refused.json()["error"]["message"]
+            assert refused.headers["Retry-After"] == "1"
+            other = devices.submit(call, theirs)
+            assert resolver.waiting.acquire(timeout=10), "another user's call was refused"
+            assert len(resolver.bodies) == 3  # (the refused one never reached it)
+            resolver.release.set()
+            assert [c.result().status_code for c in [*held, other]] == [200, 200, 200]
+        assert call(mine).status_code == 200  # the places came back
+    finally:
+        resolver.release.set()
+        server.stop()
 
 
 def test_a_users_waiting_longpolls_are_capped(tmp_path: Path) -> None:

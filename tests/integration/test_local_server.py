@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tessera.local.server import Server, _DeadlineH11
+from tessera.local.server import Server, _DeadlineH11, raise_open_files_limit
 
 
 async def hello(
@@ -37,6 +37,27 @@ def test_the_url_accepts_connections_before_serving_starts() -> None:
             pass
     finally:
         server.sock.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_NOFILE")
+def test_the_server_raises_its_open_files_limit() -> None:
+    """At Linux's usual soft limit of 1,024, 1,100 idle connections from anyone who could
+    reach the port refused every other client (`EMFILE` in accept) until they closed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    server = Server()
+    try:
+        server.start(hello)
+        raised = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert raised >= min(hard, 10_240), raised  # (macOS: OPEN_MAX at most)
+        assert raise_open_files_limit(1024) == raised  # never lowered
+    finally:
+        server.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1024), hard))
 
 
 def test_a_request_queued_before_serving_starts_is_answered() -> None:

@@ -48,7 +48,7 @@ from tessera.domain.errors import (
     Unprocessable,
 )
 from tessera.domain.models import MAX_CURSOR_CHARS
-from tessera.local.throttle import LongpollLimit, LongpollSlot, RequestThrottle
+from tessera.local.throttle import CallerLimit, CallerSlot, RequestThrottle
 from tessera.ports import Identity, Principal
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,14 @@ MAX_BLOCK_BODY = 16 * 1024 * 1024
 # user given a thousand shared folders, unasked); the 128 KiB this was refused every
 # long-poll of a user given 510 of them with long names.
 LONGPOLL_MAX_BODY = MAX_CURSOR_CHARS + 4 * 1024
-# Long-polls waiting at once per user: one per device, and room to spare.
+# Long-polls waiting at once per user: one per device, and room to spare. Beyond them, 429
+# with this Retry-After.
 LONGPOLLS_PER_USER = 100
+LONGPOLLS_FULL_RETRY_S = 30
+# Other API calls in progress at once per user (their block transfers go to the block URLs):
+# a device makes a dozen at most. Each holds its body, up to `MAX_API_BODY`, while it waits
+# for one of the 40 threads.
+CALLS_PER_USER = 64
 # A long-poll body longer than this is re-encoded without padding before its wait.
 _COMPACT_ABOVE = 16 * 1024
 # In AWS mode the longpoll function blocks a thread for its whole wait (30-480 s). On AWS it has
@@ -144,6 +150,7 @@ class Gateway:
     # unthrottled, a stale cursor's long-poll answered at once could be sent in a loop
     throttle: RequestThrottle | None = None
     longpolls_per_user: int = LONGPOLLS_PER_USER
+    calls_per_user: int = CALLS_PER_USER
     # per-address throttling of the token endpoint (sign-ins need no account)
     sign_in_throttle: RequestThrottle | None = None
 
@@ -299,7 +306,17 @@ def create_app(gw: Gateway) -> Starlette:
     # runs out its wait (up to 480 s), so callers that hung up at once grew threads unbounded
     longpolls_running = threading.BoundedSemaphore(LONGPOLL_THREADS)
     sign_in_threads = anyio.CapacityLimiter(SIGN_IN_THREADS)
-    held_longpolls = LongpollLimit(gw.longpolls_per_user)
+    held_longpolls = CallerLimit(
+        gw.longpolls_per_user,
+        "{limit} long-polls of this account are waiting already; close some (each device"
+        " needs one)",
+        LONGPOLLS_FULL_RETRY_S,
+    )
+    calls_in_progress = CallerLimit(
+        gw.calls_per_user,
+        "{limit} requests of this account are in progress already; send fewer at once",
+        1,
+    )
 
     async def put_block(request: Request) -> Response:
         if gw.block_store is None:
@@ -390,13 +407,17 @@ def create_app(gw: Gateway) -> Starlette:
         principal = bearer_principal(request, gw.identity)
         if gw.throttle is not None:
             gw.throttle.take(principal.user_id)
-        return await _resolve(request, await read_body(request, MAX_API_BODY), principal)
+        slot = calls_in_progress.take(principal.user_id)  # before its body is read
+        try:
+            return await _resolve(request, await read_body(request, MAX_API_BODY), principal)
+        finally:
+            slot.give_back()
 
     async def _resolve(
         request: Request,
         body: bytes,
         principal: Principal | None,
-        waiting: tuple[anyio.CapacityLimiter, LongpollSlot] | None = None,
+        waiting: tuple[anyio.CapacityLimiter, CallerSlot] | None = None,
     ) -> Response:
         """Run the API on a worker thread. A long-poll runs on its own threads, holding its
         caller's place until the thread returns, and is abandoned to finish on its own when

@@ -9,6 +9,7 @@ import errno
 import functools
 import signal
 import socket
+import sys
 import threading
 import time
 from types import FrameType
@@ -17,6 +18,9 @@ from typing import Any
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if sys.platform != "win32":
+    import resource
 
 _BACKLOG = 4096
 #: Seconds a client has to send a request's line and headers, from the connection's start
@@ -28,6 +32,30 @@ BODY_IDLE_TIMEOUT_S = 60.0
 BODY_MIN_BYTES = 32 * 1024  # a window's worth: about 0.5 KB/s, Apache's MinRate
 #: Seconds a response may stall (the client reads nothing while the socket's buffers are full).
 SEND_IDLE_TIMEOUT_S = 60.0
+#: Open files (sockets) the gateway asks for: its soft limit is raised to this, or to the
+#: hard limit when lower. At Linux's usual soft limit of 1,024 (macOS: 256), 1,100 idle
+#: connections from anyone who could reach the port refused every other client until they
+#: closed (each closed after `HEAD_TIMEOUT_S`, so a loop kept the cloud down).
+OPEN_FILES = 65_536
+#: macOS refuses a soft limit past OPEN_MAX even under an unlimited hard one.
+_OPEN_MAX_DARWIN = 10_240
+
+
+def raise_open_files_limit(want: int = OPEN_FILES) -> int:
+    """Raise this process's soft limit on open files towards `want`, never past the hard
+    limit and never down; the soft limit it has after."""
+    if sys.platform == "win32":  # (no such limit to raise)
+        return want
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        for candidate in (target, min(target, _OPEN_MAX_DARWIN)):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (candidate, hard))
+                break
+            except (ValueError, OSError):
+                continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class _DeadlineH11(H11Protocol):
@@ -204,6 +232,7 @@ class Server:
         )
 
     def _make(self, app: Any) -> uvicorn.Server:
+        raise_open_files_limit()
         config = uvicorn.Config(
             app,
             log_level="warning",

@@ -19,8 +19,6 @@ from tessera.settings import Settings
 # A sign-in costs a password check (~0.3 s of a core); a device refreshes once an hour.
 SIGN_IN_RATE = 2.0
 SIGN_IN_BURST = 30
-# The Retry-After of a long-poll refused because its account holds too many already.
-LONGPOLL_FULL_RETRY_S = 30
 
 
 class RequestThrottle:
@@ -78,13 +76,13 @@ class RequestThrottle:
         self._sweep_above = max(self.max_keys, 2 * len(self._buckets))
 
 
-class LongpollSlot:
-    """One long-poll's place in its caller's `LongpollLimit`, given back once. In AWS mode
-    the wait runs on a thread that outlives a caller who hung up: the place is then
+class CallerSlot:
+    """One request's place in its caller's `CallerLimit`, given back once. In AWS mode a
+    long-poll's wait runs on a thread that outlives a caller who hung up: the place is then
     `handed_over` to that thread, which gives it back when it returns (given back when the
     caller left, one account's dropped long-polls took every thread for the whole wait)."""
 
-    def __init__(self, limit: LongpollLimit, key: str) -> None:
+    def __init__(self, limit: CallerLimit, key: str) -> None:
         self.limit, self.key = limit, key
         self.given_back = False
         self.handed_over = False
@@ -94,35 +92,32 @@ class LongpollSlot:
         self.limit.give_back(self)
 
 
-class LongpollLimit:
-    """At most `limit` long-polls waiting at once per caller key (a user id).
+class CallerLimit:
+    """At most `limit` requests of one kind at once per caller key (a user id).
 
-    A token bucket bounds how often a caller may ask, not how many of their requests wait
-    at once: a long-poll is held for up to eight minutes, and each costs the gateway a
-    socket, so one account's thousand long-polls used up the process's file descriptors,
-    and then no device could connect."""
+    A token bucket bounds how often a caller may ask, not how many of their requests are
+    held at once: a long-poll is held for up to eight minutes, at the cost of a socket (one
+    account's thousand long-polls used up the process's file descriptors, and then no
+    device could connect), and an API call waiting for a thread holds its body (one
+    account's 300 calls of 5 MiB at once took the gateway to 2.3 GB)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, refusal: str, retry_after: int) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        self.limit = limit
+        self.limit, self.refusal, self.retry_after = limit, refusal, retry_after
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}
 
-    def take(self, key: str) -> LongpollSlot:
-        """One of `key`'s places; `TooManyRequests` when all are taken."""
+    def take(self, key: str) -> CallerSlot:
+        """One of `key`'s places; `TooManyRequests` (saying `refusal`) when all are taken."""
         with self._lock:
             held = self._held.get(key, 0)
             if held >= self.limit:
-                raise TooManyRequests(
-                    f"{self.limit} long-polls of this account are waiting already;"
-                    " close some (each device needs one)",
-                    LONGPOLL_FULL_RETRY_S,
-                )
+                raise TooManyRequests(self.refusal.format(limit=self.limit), self.retry_after)
             self._held[key] = held + 1
-        return LongpollSlot(self, key)
+        return CallerSlot(self, key)
 
-    def give_back(self, slot: LongpollSlot) -> None:
+    def give_back(self, slot: CallerSlot) -> None:
         """Free `slot`'s place, once however often it is given back (the caller and the
         thread it handed the wait to may both)."""
         with self._lock:
