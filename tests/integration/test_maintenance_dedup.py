@@ -296,6 +296,23 @@ def test_a_copy_that_cannot_be_read_now_waits_and_holds_back_no_other(
     assert _dedup(world).promoted == 1  # its turn came at the next run
 
 
+def test_a_copy_whose_block_is_held_too_long_waits_and_holds_back_no_other(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit or a download holding one block past the lock timeout failed the whole
+    invocation: every other copy of the batch waited for the next one."""
+    monkeypatch.setattr(world.ctx.repo, "lock_timeout_ms", 100)
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    world.put(BOB, "/b.bin", secrets.token_bytes(BLOCK))
+    held, _ = world.keys_under("staging/")
+    with world.ctx.repo.transaction() as holder:
+        holder.block_lock("b3:" + held.rsplit("-", 1)[1])  # (`<ordinal>-<hex>`)
+        result = _dedup(world)
+    assert (result.promoted, result.quarantined) == (1, 0)
+    assert len(result.errors) == 1 and result.errors[0].startswith(held + ": busy")
+    assert _dedup(world).promoted == 1  # its turn came at the next run
+
+
 def test_a_run_whose_every_read_fails_fails(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store down: skipping each copy, a run walked every staged copy of the table,
     each with its failing call, and a queue's batch was taken as done. It fails instead

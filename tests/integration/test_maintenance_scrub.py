@@ -273,6 +273,24 @@ def test_a_deleted_block_comes_back(world: World) -> None:
     assert _scrub(world).damaged == 0
 
 
+def test_a_block_held_too_long_waits_and_holds_back_no_other(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit or a download holding one block past the lock timeout failed the whole
+    run: the other damaged block waited for the next week's."""
+    monkeypatch.setattr(world.ctx.repo, "lock_timeout_ms", 100)
+    data, ids = _stored_blocks(world, 2)
+    for bid in ids:
+        world.store.delete(object_keys.canonical_key(bid))
+    with world.ctx.repo.transaction() as holder:
+        holder.block_lock(ids[0])
+        result = _inventory(world)
+    assert (result.damaged, result.repaired) == (1, 1)
+    assert len(result.errors) == 1 and result.errors[0].startswith(ids[0] + ": busy")
+    assert _inventory(world).repaired == 1  # its turn came at the next run
+    assert world.get(ALICE, "/a.bin") == data
+
+
 def test_a_block_overwritten_with_bad_bytes_is_repaired_from_its_earlier_version(
     world: World,
 ) -> None:

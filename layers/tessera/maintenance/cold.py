@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Literal
 
 from tessera.domain.object_keys import canonical_key
@@ -76,7 +77,7 @@ def _repair_lost(
     run before any other block moved."""
     for bid in lost:
         repaired = ScrubResult()
-        repair(ctx, bid, as_of, repaired)
+        ctx.unless_busy(bid, partial(repair, ctx, bid, as_of, repaired), repaired)
         result.repaired += repaired.repaired
         result.lost += repaired.unrepaired
         result.errors += repaired.errors

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tessera.metadata import Database
-from tessera.metadata.maintenance import MaintenanceRepository
+from tessera.metadata.maintenance import LockTimeout, MaintenanceRepository
 from tessera.parallel import parallel_map
 from tessera.ports import BlockStore, ChangeFeed, Clock, KeyService, SystemClock
 from tessera.settings import Settings
@@ -82,6 +82,17 @@ class MaintenanceContext:
                 return result
         result.more = True
         return result
+
+    def unless_busy(self, what: str, step: Callable[[], object], result: StepResult) -> None:
+        """Run one block's `step`; when a lock it needs is held past the repository's lock
+        timeout (a commit or a download holding the block), note it in `result.errors` and
+        leave it for the next run. It had failed the whole invocation, and with it every
+        other block of the batch (the step's transaction is rolled back either way)."""
+        try:
+            step()
+        except LockTimeout:
+            log.info("maintenance: %s is busy; left for the next run", what)
+            result.errors.append(f"{what}: busy (a lock held too long); left for the next run")
 
     def parallel(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`fn` over `items` on `io_workers` threads (block-store I/O), results in order."""

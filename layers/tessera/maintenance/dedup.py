@@ -77,7 +77,8 @@ def verify_staged(
             elif isinstance(canonical, Exception):
                 result.errors.append(f"{copy.staged_key}: {canonical}")
             else:
-                _settle(ctx, copy, read, canonical, as_of, result)
+                settle = partial(_settle, ctx, copy, read, canonical, as_of, result)
+                ctx.unless_busy(copy.staged_key, settle, result)
         if len(copies) < ctx.settings.batch_size:
             break
         after = (copies[-1].upload_id, copies[-1].block_id)

@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 
 from tessera.domain.object_keys import CANONICAL_PREFIX, canonical_key
 from tessera.metadata.maintenance import BlockRow, MaintenanceTx, ReportedBlock
@@ -98,7 +99,7 @@ def inventory(ctx: MaintenanceContext, as_of: datetime) -> ScrubResult:
                 position = max((r.block_id for r in rows if r.block_id < bid), default=after)
                 cut_short = True
                 break
-            repair(ctx, bid, as_of, result)
+            ctx.unless_busy(bid, partial(repair, ctx, bid, as_of, result), result)
         last = (
             not cut_short and len(rows) < ctx.settings.batch_size and position == rows[-1].block_id
         )
@@ -243,7 +244,8 @@ def _check_version(
             result.inventoried += 1
             if head is None or (row.stored_size is not None and head.size != row.stored_size):
                 repairs += 1
-                repair(ctx, row.block_id, as_of, result)
+                bid = row.block_id
+                ctx.unless_busy(bid, partial(repair, ctx, bid, as_of, result), result)
         if len(chunk) < size:
             return
         after = chunk[-1].block_id
@@ -274,7 +276,8 @@ def _verify(ctx: MaintenanceContext, row: BlockRow, as_of: datetime, result: Scr
     if healthy:
         result.ok += 1
     else:
-        repair(ctx, row.block_id, as_of, result)
+        bid = row.block_id
+        ctx.unless_busy(bid, partial(repair, ctx, bid, as_of, result), result)
 
 
 def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResult) -> None:

@@ -33,6 +33,10 @@ from psycopg.types.json import Jsonb
 from tessera.metadata.db import Database
 from tessera.metadata.locks import LockClass
 
+#: A maintenance transaction waited past its `lock_timeout` (a commit or a download held
+#: what it needed): the step is left for the next run.
+LockTimeout = psycopg.errors.LockNotAvailable
+
 # How far past `limit` blocks reported longest ago a claim looks for ones no run holds.
 CLAIM_LOOKAHEAD = 4
 
@@ -898,6 +902,7 @@ class MaintenanceRepository:
 __all__ = [
     "BlockRow",
     "DamageNotice",
+    "LockTimeout",
     "MaintenanceRepository",
     "MaintenanceTx",
     "StagedCopy",
