@@ -273,6 +273,31 @@ def test_a_deleted_block_comes_back(world: World) -> None:
     assert _scrub(world).damaged == 0
 
 
+def test_a_block_whose_recorded_key_cannot_be_loaded_now_is_no_verdict(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key service failing for the key version the metadata records (a parameter
+    deleted under a warm function, a stale "not found" kept for a minute): scrub judged
+    each block under it "unknown key version" and quarantined it, every file holding one
+    damaged. That version existed, so it is no verdict: the blocks wait for the next run."""
+    data, _ = _stored_blocks(world, 2)
+    block_key = world.ctx.keys.block_key
+
+    def failing(bid: str, version: int | None = None) -> tuple[int, bytes]:
+        if version == 1:
+            raise KeyError("unknown key version 1")
+        return block_key(bid, version)
+
+    monkeypatch.setattr(world.ctx.keys, "block_key", failing)
+    result = _scrub(world)
+    assert (result.ok, result.damaged, result.unrepaired) == (0, 0, 0)
+    assert len(result.errors) == 2 and "cannot be loaded now" in result.errors[0]
+    assert world.sql("SELECT DISTINCT state FROM blocks") == [("live",)]
+    monkeypatch.undo()
+    assert _scrub(world).ok == 2
+    assert world.get(ALICE, "/a.bin") == data
+
+
 def test_a_block_held_too_long_waits_and_holds_back_no_other(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

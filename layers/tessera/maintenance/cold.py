@@ -77,7 +77,7 @@ def _repair_lost(
     run before any other block moved."""
     for bid in lost:
         repaired = ScrubResult()
-        ctx.unless_busy(bid, partial(repair, ctx, bid, as_of, repaired), repaired)
+        ctx.attempt(bid, partial(repair, ctx, bid, as_of, repaired), repaired)
         result.repaired += repaired.repaired
         result.lost += repaired.unrepaired
         result.errors += repaired.errors

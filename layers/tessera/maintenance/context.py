@@ -17,6 +17,7 @@ from tessera.settings import Settings
 
 from .results import StepResult
 from .settings import MaintenanceSettings
+from .verify import KeyUnavailableError
 
 log = logging.getLogger("tessera.maintenance")
 
@@ -83,16 +84,20 @@ class MaintenanceContext:
         result.more = True
         return result
 
-    def unless_busy(self, what: str, step: Callable[[], object], result: StepResult) -> None:
-        """Run one block's `step`; when a lock it needs is held past the repository's lock
-        timeout (a commit or a download holding the block), note it in `result.errors` and
-        leave it for the next run. It had failed the whole invocation, and with it every
-        other block of the batch (the step's transaction is rolled back either way)."""
+    def attempt(self, what: str, step: Callable[[], object], result: StepResult) -> None:
+        """Run one block's `step`, or leave it for the next run, in `result.errors`, when what
+        it needs cannot be had now: a lock a commit or a download holds past the repository's
+        lock timeout, or the key of the version the metadata records for it (the key service
+        failing: no verdict on the block). Either had failed the whole invocation, and with
+        it every other block of the batch. (The step's transaction is rolled back.)"""
         try:
             step()
         except LockTimeout:
             log.info("maintenance: %s is busy; left for the next run", what)
             result.errors.append(f"{what}: busy (a lock held too long); left for the next run")
+        except KeyUnavailableError as e:
+            log.warning("maintenance: %s: %s", what, e)
+            result.errors.append(f"{what}: {e}")
 
     def parallel(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`fn` over `items` on `io_workers` threads (block-store I/O), results in order."""

@@ -78,7 +78,7 @@ def verify_staged(
                 result.errors.append(f"{copy.staged_key}: {canonical}")
             else:
                 settle = partial(_settle, ctx, copy, read, canonical, as_of, result)
-                ctx.unless_busy(copy.staged_key, settle, result)
+                ctx.attempt(copy.staged_key, settle, result)
         if len(copies) < ctx.settings.batch_size:
             break
         after = (copies[-1].upload_id, copies[-1].block_id)

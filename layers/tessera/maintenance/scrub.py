@@ -61,6 +61,9 @@ def _check(ctx: MaintenanceContext, row: BlockRow) -> Check:
         row.block_id,
         expect_plain_size=row.size,
         expect_key_version=row.key_version,
+        # recorded, so it existed: its key not to be had now is the key service failing,
+        # no verdict (judged "unknown", every block under it had been quarantined)
+        issued_key_version=row.key_version,
     )
     if check.ok and row.stored_size is not None and check.stored_size != row.stored_size:
         why = f"stored size {check.stored_size}, metadata says {row.stored_size}"
@@ -99,7 +102,7 @@ def inventory(ctx: MaintenanceContext, as_of: datetime) -> ScrubResult:
                 position = max((r.block_id for r in rows if r.block_id < bid), default=after)
                 cut_short = True
                 break
-            ctx.unless_busy(bid, partial(repair, ctx, bid, as_of, result), result)
+            ctx.attempt(bid, partial(repair, ctx, bid, as_of, result), result)
         last = (
             not cut_short and len(rows) < ctx.settings.batch_size and position == rows[-1].block_id
         )
@@ -245,7 +248,7 @@ def _check_version(
             if head is None or (row.stored_size is not None and head.size != row.stored_size):
                 repairs += 1
                 bid = row.block_id
-                ctx.unless_busy(bid, partial(repair, ctx, bid, as_of, result), result)
+                ctx.attempt(bid, partial(repair, ctx, bid, as_of, result), result)
         if len(chunk) < size:
             return
         after = chunk[-1].block_id
@@ -277,7 +280,7 @@ def _verify(ctx: MaintenanceContext, row: BlockRow, as_of: datetime, result: Scr
         result.ok += 1
     else:
         bid = row.block_id
-        ctx.unless_busy(bid, partial(repair, ctx, bid, as_of, result), result)
+        ctx.attempt(bid, partial(repair, ctx, bid, as_of, result), result)
 
 
 def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResult) -> None:
