@@ -20,6 +20,7 @@ from pynamodb.exceptions import QueryError
 from tessera.adapters.aws.changes import changes_model
 from tessera.adapters.aws.clients import AwsClients, fast_timestamp
 from tessera.adapters.aws.errors import is_transient
+from tessera.adapters.aws.s3 import S3BlockStore
 from tessera.adapters.aws.settings import AwsSettings
 
 
@@ -76,6 +77,24 @@ def test_a_client_is_created_without_walking_every_service_folder(
     clients = AwsClients(AwsSettings(endpoint_url="http://127.0.0.1:9"))
     assert clients.kms.meta.service_model.service_name == "kms"
     assert clients.ssm.can_paginate("get_parameters_by_path")  # paginators-1 found too
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "ap-east-1"])
+def test_presigned_urls_go_to_the_buckets_regional_host(
+    region: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """botocore's default signs for the global host, `<bucket>.s3.amazonaws.com`: a region
+    opened since 2019 (ap-east-1) does not serve it, and elsewhere a new bucket's first day
+    answers it with a 307 to the regional host, which the signature does not cover."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    clients = AwsClients(AwsSettings(region=region))
+    store = S3BlockStore(clients.s3, "tessera-dev-blocks", credentials=clients.credentials)
+    host = f"https://tessera-dev-blocks.s3.{region}.amazonaws.com/"
+    assert store.presign_get("blocks/ab").url.startswith(host + "blocks/ab?")
+    sha = bytes(32)
+    puts = store.presign_puts([("staging/up/0-ab", 10, sha), ("staging/up/1-cd", 20, sha)])
+    assert [p.url.startswith(host + "staging/up/") for p in puts] == [True, True]
 
 
 def test_an_unknown_service_is_still_refused_with_botocore_s_message() -> None:

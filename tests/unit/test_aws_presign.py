@@ -38,7 +38,9 @@ def _client(endpoint: str | None, token: str | None) -> Any:
         aws_secret_access_key="wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
         aws_session_token=token,
         config=Config(
-            signature_version="s3v4", s3={"addressing_style": "path"} if endpoint else None
+            # as `AwsClients` makes it: path style on a custom endpoint, else virtual hosts
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if endpoint else "virtual"},
         ),
     )
 

@@ -140,8 +140,11 @@ class AwsClients:
             retries={"mode": "standard", "max_attempts": 4},
             # SigV4 everywhere: presigned S3 URLs must bind headers (checksum, length).
             signature_version="s3v4" if service == "s3" else None,
-            # A custom endpoint (moto) has no virtual-host DNS for buckets.
-            s3={"addressing_style": "path"} if self.settings.endpoint_url else None,
+            # A custom endpoint (moto) has no virtual-host DNS for buckets. On AWS the style
+            # is named: left to botocore ("auto"), presigned URLs went to the global host
+            # `<bucket>.s3.amazonaws.com`, which a region opened since 2019 does not serve,
+            # and which answers a bucket's first day with a 307 its signature cannot follow
+            s3={"addressing_style": "path" if self.settings.endpoint_url else "virtual"},
             # threads share a client: `io_workers` (16) block-store calls at once, and the
             # presigning ones beside them, each kept its connection (botocore's 10 had
             # dropped and reopened them)
