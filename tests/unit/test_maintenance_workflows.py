@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
-from tessera.domain.errors import BadRequest
+from tessera.domain.errors import BadRequest, Unavailable
 from tessera.domain.object_keys import canonical_block_id, quarantine_key
 from tessera.maintenance import (
     WORKFLOWS,
@@ -20,8 +22,10 @@ from tessera.maintenance import (
     parse_as_of,
     state_machine_definition,
 )
+from tessera.maintenance.context import MaintenanceContext
+from tessera.maintenance.lambdas import make_handler
 from tessera.maintenance.runner import RESULTS, STEPS, _bodies, _named, _restored_block
-from tessera.maintenance.workflows import workflow
+from tessera.maintenance.workflows import _RETRYABLE, workflow
 from tessera.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +40,26 @@ def test_every_step_has_an_implementation_and_every_workflow_a_function() -> Non
         assert handler.is_file(), handler
         assert f'make_handler("{wf.name}")' in handler.read_text()
         assert hasattr(MaintenanceSettings(), wf.setting)
+
+
+def _failing_with(code: str) -> Callable[[], MaintenanceContext]:
+    def build() -> MaintenanceContext:
+        raise ClientError({"Error": {"Code": code, "Message": code}}, "GetParametersByPath")
+
+    return build
+
+
+def test_an_aws_service_failing_for_a_while_fails_a_step_by_a_name_it_retries() -> None:
+    """botocore's `ClientError` is no name the state machine retries: one SSM throttle (a
+    scale-out's cold starts each list the key versions) failed the whole run and paged."""
+    throttled = make_handler("gc", build=_failing_with("ThrottlingException"))
+    with pytest.raises(Unavailable, match="ThrottlingException") as raised:
+        throttled({"step": "purge_trash", "input": {}}, None)
+    assert type(raised.value).__name__ in _RETRYABLE
+    assert "ClientError" not in _RETRYABLE  # (so the name matters)
+    refused = make_handler("gc", build=_failing_with("AccessDeniedException"))
+    with pytest.raises(ClientError):  # a bug in the grants: failed at once, as before
+        refused({"step": "purge_trash", "input": {}}, None)
 
 
 @pytest.mark.parametrize("name", sorted(WORKFLOWS))

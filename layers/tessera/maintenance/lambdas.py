@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tessera.domain.errors import Unavailable
 from tessera.metadata.key_check import check_block_keys
 
 from .context import MaintenanceContext
@@ -34,12 +35,28 @@ def aws_context() -> MaintenanceContext:
     )
 
 
-def make_handler(name: str, build: Callable[[], MaintenanceContext] = aws_context) -> Handler:
-    """The Lambda handler of workflow `name`: parse the event, run the step, return its result."""
+def _aws_transient(exc: BaseException) -> bool:
+    from tessera.adapters.aws.errors import is_transient
+
+    return is_transient(exc)
+
+
+def make_handler(
+    name: str,
+    build: Callable[[], MaintenanceContext] = aws_context,
+    *,
+    transient: Callable[[BaseException], bool] = _aws_transient,
+) -> Handler:
+    """The Lambda handler of workflow `name`: parse the event, run the step, return its
+    result. A `transient` failure (an AWS service throttling or failing for a while, past
+    botocore's retries) is raised as `Unavailable`, a name the state machine retries with
+    backoff: raised as botocore's `ClientError`, one SSM throttle (its ~40 calls a second
+    are the account's, and a scale-out's cold starts each list the key versions) failed
+    the whole run and paged."""
     decodes_blocks = workflow(name).decodes_blocks  # a typo fails at import, not later
     ctx: list[MaintenanceContext] = []
 
-    def handler(event: Mapping[str, Any], _context: Any) -> dict[str, Any]:
+    def run(event: Mapping[str, Any]) -> dict[str, Any]:
         if not ctx:
             built = build()
             if decodes_blocks:  # under a swapped secret, every block would look damaged
@@ -51,5 +68,13 @@ def make_handler(name: str, build: Callable[[], MaintenanceContext] = aws_contex
             ctx.append(built)
         ctx[0].keys.refresh()  # a rotation, once a minute: here, before any lock is held
         return handle_event(ctx[0], name, event)
+
+    def handler(event: Mapping[str, Any], _context: Any) -> dict[str, Any]:
+        try:
+            return run(event)
+        except Exception as e:
+            if isinstance(e, Unavailable) or not transient(e):
+                raise
+            raise Unavailable(f"{type(e).__name__}: {e}") from e
 
     return handler
