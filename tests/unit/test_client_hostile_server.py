@@ -836,13 +836,21 @@ def test_ctrl_c_ends_retry_waits_and_is_put_back_after(tmp_path: Path, evil: Evi
     from tessera_client.commands import _ctrl_c_ends_retries
 
     engine = _engine(tmp_path, evil)
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt), _ctrl_c_ends_retries(engine.api):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(5)  # (the signal is handled at once)
-    assert engine.api.policy.stop.is_set()
-    assert signal.getsignal(signal.SIGINT) is before
-    engine.close()
+    # (set here: a suite run in the background, as by `nohup ... &`, ignores SIGINT)
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), _ctrl_c_ends_retries(engine.api):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # (the signal is handled at once)
+        assert engine.api.policy.stop.is_set()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # a process that ignores SIGINT (a job started with `&`) is left ignoring it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with _ctrl_c_ends_retries(engine.api):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, original)
+        engine.close()
 
 
 def test_a_file_comes_in_pages_and_expired_block_urls_are_renewed(

@@ -71,7 +71,8 @@ class CognitoIdentity(Identity):
         use = claims.get("token_use")
         audience = claims.get("aud") if use == "id" else claims.get("client_id")
         if use not in {"id", "access"} or audience != self._client_id:
-            raise Unauthorized("token was not issued to this app client")
+            log.debug("token refused: not issued to this app client (%s)", use)
+            raise Unauthorized("invalid token")  # (as `verified_claims` says it)
         return {k: v if isinstance(v, str) else str(v) for k, v in claims.items()}
 
     def _signing_key(self, token: str) -> Any:
