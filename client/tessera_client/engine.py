@@ -1064,9 +1064,12 @@ class SyncEngine:
 
     def _keep_refused_edit(self, r: UploadResult, remote: Entry | None) -> bool:
         """An edit the server refused (409: changed on another device; 403: a read-only
-        share) moves to a conflicted copy, so the server's version can take its place."""
+        share) moves to a conflicted copy, so the server's version can take its place;
+        unless the server holds what this file holds, which is then synced."""
         path = r.item.path
         viewer = r.error is not None and _read_only(r.error)
+        if not viewer and self._same_on_server(r):
+            return True
         copy = self._free_copy_name(path)
         now = self.fs.lstat_if_any(path)
         if now is not None and same_stat(now, r.item.stat):
@@ -1082,6 +1085,30 @@ class SyncEngine:
                 if remote is not None:
                     with contextlib.suppress(ApiError, LocalChangedError):
                         self._download(path, remote, None, mode_from=copy, manifest=r.item.manifest)
+        return True
+
+    def _same_on_server(self, r: UploadResult) -> bool:
+        """Whether the server's file at `r`'s path now holds `r`'s content (another device
+        committed the same: two devices' first sync of one folder's copies, the same edit
+        made on each); if so it is recorded as synced. Each such 409 had made a conflicted
+        copy, byte for byte the file, of every file the two had in common."""
+        try:
+            raw = self.api.call("/v1/metadata", {"path": server_path(r.item.path)})
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        if raw.get(".tag") != "file":
+            return False
+        entry = parse(FileEntry, raw)
+        if entry.content_hash != r.item.manifest.content_hash:
+            return False
+        now = self.fs.lstat_if_any(r.item.path)
+        if now is None or not same_stat(now, r.item.stat):
+            return False  # changed again here: the next round compares it anew
+        ids = [b.id for b in r.item.manifest.blocks]
+        self._record_file(r.item.path, entry, r.item.stat, ids, r.item.hashed_ns)
+        self.reporter.event(f"{r.item.path}: the server already holds it")
         return True
 
     def _planned_copy_name(self, op: Op) -> str:

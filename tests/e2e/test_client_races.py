@@ -114,6 +114,30 @@ def test_an_edit_here_and_a_rename_elsewhere_both_arrive(
     assert snapshot(a.folder) == snapshot(b.folder) == expected
 
 
+def test_the_same_new_file_made_on_two_devices_is_one_file(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """Both devices hold the same new file (a first sync of one folder's copies, or one
+    copied to each by hand), and B commits it knowing nothing of A's: the server's 409
+    made a conflicted copy, byte for byte the file, of every file the two had in common."""
+    a, b = engines
+    synced_on_both(a, b, "other.txt", "x")
+    for device in (a, b):
+        (device.folder / "same.txt").write_text("the same words")
+        (device.folder / "apart.txt").write_text(f"{device.settings.device_name}'s words")
+    a.run_once()
+    assert not b.round(pull=False).problems  # both commits refused: not a problem
+    b.run_once()
+    a.run_once()
+    expected = {
+        "other.txt": b"x",
+        "same.txt": b"the same words",
+        **kept_both("apart.txt", "B", "A's words", "B's words"),
+    }
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
+    assert [c.original for c in b.state.conflicts()] == ["apart.txt"]
+
+
 @pytest.mark.parametrize("edited_on", ["A", "B"])
 def test_the_same_rename_on_both_devices_keeps_one_file_with_the_edit(
     engines: tuple[SyncEngine, SyncEngine], edited_on: str
