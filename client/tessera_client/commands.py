@@ -224,6 +224,7 @@ def login(
         if password is None:
             password = typer.prompt("Password", hide_input=True)
         home = _home()
+        before = home.load_settings()
         try:
             account = sign_in(home, server, email, password, device)
         except ApiError as e:
@@ -233,6 +234,13 @@ def login(
         settings = home.load_settings()
         out.print(f"Logged in to {settings.server_url} as {email} (device {settings.device_name}).")
         out.print(_used(account.get("used_bytes"), account.get("quota_bytes")))
+        if before.folder and before.email and before.email.casefold() != email.casefold():
+            err.print(
+                f"Note: this device syncs {before.folder} for {before.email}; `tessera sync`"
+                f" will not put its files in {email}'s account. Use another TESSERA_HOME to"
+                f" sync a folder for {email}.",
+                style="yellow",
+            )
 
 
 def account(as_json: JsonOption = False) -> None:

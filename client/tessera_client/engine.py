@@ -107,8 +107,18 @@ class SyncEngine:
         # The base is what this folder and one account on one server agreed on: against
         # another's listing its files would all read as deleted there, and be deleted here.
         account = f"{settings.server_url} {settings.email.casefold()}"
-        if self.state.get_meta("account") not in (None, account):
-            self.state.forget_sync()
+        recorded = self.state.get_meta("account")
+        if recorded not in (None, account):
+            synced_for = recorded.rpartition(" ")[2]
+            if synced_for != settings.email.casefold() and self.state.has_base():
+                # another user's: their files would all go up into this account, unasked
+                self._refuse(
+                    f"{self.folder} holds files synced for {synced_for}, and this device is"
+                    f" now logged in as {settings.email}: syncing it would put those files in"
+                    f" {settings.email}'s account. Log in as {synced_for} again, or sync"
+                    " another folder with another TESSERA_HOME for this account"
+                )
+            self.state.forget_sync()  # (another server: the same account, listed afresh)
         self.state.set_meta("account", account)
         if filesystem is None and not self.folder.is_dir():
             self._missing_folder()

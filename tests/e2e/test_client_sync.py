@@ -18,6 +18,7 @@ from tessera_client.engine import MARKED_META, SyncEngine
 from tessera_client.fs import FOLDER_MARKER
 from tessera_client.reporting import Reporter
 from tests.e2e.conftest import (
+    PASSWORD,
     Cloud,
     Device,
     make_device,
@@ -1064,3 +1065,24 @@ def test_a_block_lost_from_the_store_is_reported_and_mended_within_one_sync(
     r = b.sync()
     assert (b.folder / "photo.raw").read_bytes() == data
     assert "reported: a check of the stored block is queued" in r.stderr
+
+
+def test_a_folder_synced_for_one_account_is_not_synced_into_another(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """Logged in as another user on a device that syncs a folder: the next sync put every
+    file of the first user's into the second's account, and the second's into the folder."""
+    frank, carol = inproc_cloud.user(), inproc_cloud.user()
+    d = make_device(devices, tmp_path, inproc_cloud, "D", frank, cli=True)
+    d.write("frank.txt", "frank's own")
+    d.sync()
+    d.email = carol
+    login = d.run("login", "--server", d.server, "--email", carol, "--password", PASSWORD)
+    assert f"syncs {d.folder} for {frank}" in " ".join(login.stderr.split())  # (unwrapped)
+    refused = " ".join(d.sync(check=1).stderr.split())
+    assert f"holds files synced for {frank}" in refused and "another TESSERA_HOME" in refused
+    assert d.json("ls") == []  # nothing of frank's in carol's account
+    d.email = frank
+    d.login()
+    assert "In sync" in d.sync().stdout
+    assert snapshot(d.folder) == {"frank.txt": b"frank's own"}
