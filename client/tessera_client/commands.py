@@ -360,6 +360,14 @@ def sync(
     allow_mass_delete: Annotated[
         bool, typer.Option("--allow-mass-delete", help="Go ahead with a large deletion.")
     ] = False,
+    instead: Annotated[
+        bool,
+        typer.Option(
+            "--instead",
+            help="Sync FOLDER in place of the folder this device syncs now, which is left as"
+            " it is, no longer synced.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print problems.")] = False,
 ) -> None:
     """Keep FOLDER in sync (a daemon with a live status line; --once to sync and exit)."""
@@ -376,7 +384,13 @@ def sync(
 
         reporter = ConsoleReporter(quiet=quiet)
         engine = SyncEngine(
-            home, settings, folder, api, allow_mass_delete=allow_mass_delete, reporter=reporter
+            home,
+            settings,
+            folder,
+            api,
+            allow_mass_delete=allow_mass_delete,
+            reporter=reporter,
+            instead=instead,
         )
         # only once the engine took the folder on: the other commands map their paths from
         # it, and a refused one (another folder this device does not sync, a typo) would

@@ -50,7 +50,7 @@ from tessera_client.paths import (
 from tessera_client.planner import Entry, EntryKind, Op, OpKind, Plan, plan
 from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.scanner import LocalScan, Scanner
-from tessera_client.state import StateDB
+from tessera_client.state import MARKED_META, StateDB
 from tessera_client.transfer import (
     BlockReportedError,
     DownloadStopped,
@@ -71,9 +71,6 @@ FOLDER_ERROR_WAIT_S = 10.0  # the daemon's pause when the synced folder's disk f
 # Seconds a long-poll's answer may take beyond the wait it asked for (the network, the
 # server reading the request and its cursor)
 LONGPOLL_GRACE_S = 30.0
-# The state's note that this device left `FOLDER_MARKER` in its folder: a folder without it
-# is then not this one (an unmounted drive's mount point, another drive)
-MARKED_META = "folder_marked"
 Fetched = tuple[FileEntry, Stat, list[str]]
 
 
@@ -90,19 +87,28 @@ class SyncEngine:
         allow_mass_delete: bool = False,
         reporter: Reporter | None = None,
         filesystem: Filesystem | None = None,
+        instead: bool = False,
     ) -> None:
+        """`instead`: sync `folder` in place of the one this device synced until now, which
+        is left as it is, no longer synced (what the device knew of it is forgotten, and
+        `folder` starts as at a first sync: nothing in either is taken for deleted)."""
         tune_allocator()
         self.home, self.settings, self.api = home, settings, api
         self.folder = folder.resolve()
         self.fs = SafeFilesystem(filesystem or RealFilesystem(self.folder))
+        self.reporter = reporter or Reporter()
         self._lock = hold_device_lock(home)
         self.state = StateDB(home.state_file)
         bound = self.state.get_meta("folder")
         if bound and bound != str(self.folder):
-            self._refuse(
-                f"this device ({home.path}) already syncs {bound}; use another TESSERA_HOME "
-                "to sync a second folder"
-            )
+            if not instead:
+                self._refuse(
+                    f"this device ({home.path}) already syncs {bound}. To sync {self.folder}"
+                    f" instead (the other is left as it is, no longer synced), run `tessera"
+                    f" sync {self.folder} --instead`; to sync both, use another TESSERA_HOME"
+                )
+            self.state.forget_folder()
+            self.reporter.event(f"no longer syncing {bound}: it is left as it is")
         self.state.set_meta("folder", str(self.folder))
         # The base is what this folder and one account on one server agreed on: against
         # another's listing its files would all read as deleted there, and be deleted here.
@@ -123,7 +129,6 @@ class SyncEngine:
         if filesystem is None and not self.folder.is_dir():
             self._missing_folder()
         self.scanner = Scanner(self.fs)
-        self.reporter = reporter or Reporter()
         self.allow_mass_delete = allow_mass_delete
         self._progress: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
@@ -273,6 +278,7 @@ class SyncEngine:
         server and on every other device."""
         if not self.state.has_base():
             self.folder.mkdir(parents=True, exist_ok=True)
+            self.reporter.event(f"created {self.folder}: it did not exist")
             return
         self._refuse(
             f"{self.folder} is missing, but this device synced files from it: if it is on a "

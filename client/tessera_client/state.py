@@ -35,6 +35,9 @@ from tessera_client.reporting import SyncError
 # A row's kind by its stored value: `EntryKind(value)` took a fifth of loading a 20,000-entry
 # tree, which every sync round does twice.
 _KINDS = {kind.value: kind for kind in EntryKind}
+# The note that this device left `FOLDER_MARKER` in its folder: a folder without it is then
+# not this one (an unmounted drive's mount point, another drive)
+MARKED_META = "folder_marked"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS base (
@@ -282,6 +285,14 @@ class StateDB:
             for table in ("remote", "base", "pending", "pending_sent"):
                 db.execute(f"DELETE FROM {table}")
             db.execute("DELETE FROM meta WHERE key = 'cursor'")
+
+    def forget_folder(self) -> None:
+        """`forget_sync`, and what else the device knew of its folder: the conflicted copies
+        in it and its marker (`tessera sync --instead`)."""
+        self.forget_sync()
+        with self.transaction() as db:
+            db.execute("DELETE FROM conflicts")
+            db.execute("DELETE FROM meta WHERE key = ?", (MARKED_META,))
 
     # -- meta ---------------------------------------------------------------------------
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tessera_client.api import Api
 from tessera_client.config import Home, hold_device_lock
-from tessera_client.engine import MARKED_META, SyncEngine
+from tessera_client.engine import SyncEngine
 from tessera_client.fs import FOLDER_MARKER
-from tessera_client.reporting import Reporter
+from tessera_client.reporting import Reporter, SyncError
+from tessera_client.state import MARKED_META
 from tests.e2e.conftest import (
     PASSWORD,
     Cloud,
@@ -1086,3 +1088,29 @@ def test_a_folder_synced_for_one_account_is_not_synced_into_another(
     d.login()
     assert "In sync" in d.sync().stdout
     assert snapshot(d.folder) == {"frank.txt": b"frank's own"}
+
+
+def test_a_device_may_sync_another_folder_instead(inproc_cloud: Cloud, tmp_path: Path) -> None:
+    """A device bound to one folder (a typo `tessera sync` created, a folder moved) had no
+    way to sync another but a new TESSERA_HOME. `--instead` leaves the old one as it is,
+    and the new one starts as at a first sync: nothing in either is taken for deleted."""
+    home = sign_in(inproc_cloud, inproc_cloud.user(), Home(tmp_path / "home"), "D")
+    old, new = tmp_path / "Tesera", tmp_path / "Tessera"
+
+    def engine(folder: Path, *, instead: bool = False) -> SyncEngine:
+        api = Api(inproc_cloud.url, home)
+        return SyncEngine(home, home.load_settings(), folder, api, instead=instead)
+
+    with closing(engine(old)) as first:  # (created: it did not exist)
+        (old / "notes.txt").write_text("kept on the server")
+        assert not first.run_once().problems
+    with pytest.raises(SyncError, match="--instead"):
+        engine(new)
+    new.mkdir()
+    (new / "mine.txt").write_text("only here")
+    with closing(engine(new, instead=True)) as second:
+        assert not second.run_once().problems
+    assert snapshot(new) == {"notes.txt": b"kept on the server", "mine.txt": b"only here"}
+    assert snapshot(old) == {"notes.txt": b"kept on the server"}  # left as it was
+    with closing(engine(new)) as again:  # bound to the new one from now on
+        assert again.run_once().ops == 0
