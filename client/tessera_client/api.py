@@ -18,6 +18,7 @@ import random
 import ssl
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,9 @@ _now = time.monotonic  # the clock of that wait (a test's own)
 # The code of an error answer that is not the server's own `{"error": {...}}` body (a
 # proxy's or firewall's page).
 FOREIGN_ERROR = "http_error"
+# The code of an answer that does not fit what was asked (`parse`): a bug, a lie, or not
+# a Tessera server at all
+MALFORMED_RESPONSE = "malformed_response"
 
 
 class ApiError(Exception):
@@ -75,7 +79,7 @@ def json_body(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         raise ApiError(
-            502, "malformed_response", f"the server's answer to {response.url.path} is not JSON", {}
+            502, MALFORMED_RESPONSE, f"the server's answer to {response.url.path} is not JSON", {}
         ) from None
 
 
@@ -99,7 +103,7 @@ def parse(model: type[M], answer: Any) -> M:
     where = ".".join(str(part) for part in first["loc"]) or "the top level"
     raise ApiError(
         502,
-        "malformed_response",
+        MALFORMED_RESPONSE,
         f"the server's {model.__name__} does not fit at {where}: {first['msg']}",
         {},
     ) from None
@@ -111,7 +115,7 @@ def paired(asked: Sequence[A], answered: Sequence[B], what: str) -> list[tuple[A
     if len(asked) != len(answered):
         raise ApiError(
             502,
-            "malformed_response",
+            MALFORMED_RESPONSE,
             f"the server answered {len(answered)} {what} for the {len(asked)} asked for",
             {},
         )
@@ -228,7 +232,8 @@ def send_with_retry(
             response = client.request(method, url, **kwargs)
         except httpx.TransportError as e:
             if last:
-                raise ServerUnreachable(f"cannot reach {url.split('?')[0]}: {e}") from e
+                where = urllib.parse.urlsplit(url)  # (not a block URL's key: its hash)
+                raise ServerUnreachable(f"cannot reach {where.scheme}://{where.netloc}: {e}") from e
             policy.pause(policy.delay(attempt, None))
             continue
         wait = parse_retry_after(response.headers.get("Retry-After"))
@@ -472,7 +477,7 @@ def sign_in(
     settings.server_url, settings.email = server_url.rstrip("/"), email
     if device:
         settings.device_name = device
-    api = Api(settings.server_url, home)
+    api = Api(settings.server_url, home, policy=RetryPolicy(attempts=2))  # (someone waits)
     try:
         api.login(email, password)
         account: dict[str, Any] = api.call("/v1/account", method="GET")  # also provisions

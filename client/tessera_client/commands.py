@@ -14,6 +14,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -28,6 +29,8 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from tessera_client.api import (
+    FOREIGN_ERROR,
+    MALFORMED_RESPONSE,
     Api,
     ApiError,
     NotLoggedIn,
@@ -70,15 +73,13 @@ def friendly_errors() -> Iterator[None]:
         say_error(str(e))
         raise typer.Exit(EXIT_ERROR) from None
     except ServerUnreachable as e:
-        say_error(f"{e}; check the server URL (`tessera login --server ...`)")
+        say_error(
+            f"{e}. Nothing was lost: run the command again once the server is back (if it"
+            " never answers, check its URL: `tessera login --server ...`)"
+        )
         raise typer.Exit(EXIT_ERROR) from None
     except ApiError as e:
-        hint = {
-            401: "log in again with `tessera login`",
-            403: "you do not have the right to do this here",
-            404: "check the path (`tessera ls`)",
-            409: "it changed meanwhile or the name is taken; sync and try again",
-        }.get(e.status, "")
+        hint = _hint(e)
         say_error(e.message + (f" — {hint}" if hint else ""))
         raise typer.Exit(EXIT_ERROR) from None
     except (UserError, SyncError, UnsafePathError, DamagedFileError) as e:
@@ -95,6 +96,26 @@ def friendly_errors() -> Iterator[None]:
         else:  # locked, read-only, an I/O error: passing, and the state is still good
             say_error(f"this device's state database: {e}; try again")
         raise typer.Exit(EXIT_ERROR) from None
+
+
+# What to do about a 404, by what was not found (a hint about paths had followed every
+# one: an unknown email, a rev, an id)
+_NOT_FOUND_HINTS = (
+    ("nothing at ", "check the path (`tessera ls`)"),
+    ("no rev ", "see its versions with `tessera history PATH`"),
+    ("no file with id ", "see the ids of deleted files with `tessera trash`"),
+)
+
+
+def _hint(error: ApiError) -> str:
+    """What the user can do about `error`, when there is something to say."""
+    if error.status == 404:
+        return next((h for start, h in _NOT_FOUND_HINTS if error.message.startswith(start)), "")
+    return {
+        401: "log in again with `tessera login`",
+        403: "you do not have the right to do this here",
+        409: "it changed meanwhile or the name is taken; sync and try again",
+    }.get(error.status, "")
 
 
 # SQLite's answers for a file that is not a database, or a damaged one (SQLITE_NOTADB,
@@ -221,6 +242,7 @@ def login(
 ) -> None:
     """Log in: stores a refresh token (0600) under TESSERA_HOME."""
     with friendly_errors():
+        server = _server_url(server)
         if password is None:
             password = typer.prompt("Password", hide_input=True)
         home = _home()
@@ -228,6 +250,11 @@ def login(
         try:
             account = sign_in(home, server, email, password, device)
         except ApiError as e:
+            if e.code in (FOREIGN_ERROR, MALFORMED_RESPONSE):  # not a Tessera server's answer
+                raise UserError(
+                    f"no Tessera server answers at {server} ({e.status} {e.message}): check"
+                    " the URL's scheme, host, port and path"
+                ) from None
             if e.status in (400, 401, 403):
                 raise UserError("wrong email or password") from None
             raise
@@ -241,6 +268,19 @@ def login(
                 f" sync a folder for {email}.",
                 style="yellow",
             )
+
+
+def _server_url(given: str) -> str:
+    """`--server` as a base URL, or a clear refusal at once (an address without its scheme
+    had waited out every retry, then said httpx's words)."""
+    url = given.strip()
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+        raise UserError(
+            f"{given!r} is not a server URL: give it as http://HOST:PORT or https://HOST"
+            " (with its path, if the server has one)"
+        )
+    return url.rstrip("/")
 
 
 def account(as_json: JsonOption = False) -> None:

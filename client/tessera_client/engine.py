@@ -23,7 +23,14 @@ from typing import Any, NoReturn
 
 from tessera.api.models import FileEntry
 from tessera.blocks import FileManifest
-from tessera_client.api import Api, ApiError, ListPage, ServerUnreachable, parse
+from tessera_client.api import (
+    MALFORMED_RESPONSE,
+    Api,
+    ApiError,
+    ListPage,
+    ServerUnreachable,
+    parse,
+)
 from tessera_client.config import Home, Settings, hold_device_lock
 from tessera_client.fs import (
     FOLDER_MARKER,
@@ -218,9 +225,7 @@ class SyncEngine:
             answer = self.api.call("/v1/list_folder/continue", {"cursor": page.cursor})
             following = parse(ListPage, answer)
             if following.has_more and following.cursor == page.cursor:
-                raise ApiError(
-                    502, "malformed_response", "the server's listing does not move on", {}
-                )
+                raise ApiError(502, MALFORMED_RESPONSE, "the server's listing does not move on", {})
             page = following
 
     def _apply_remote(self, raw: Any) -> int:

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,76 @@ def test_unreachable_server_is_one_clear_line(home: Home, tmp_path: Path) -> Non
     home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
     r = runner.invoke(app, ["ls"])
     assert r.exit_code == 1
-    assert "cannot reach" in r.output and "Traceback" not in r.output
+    said = " ".join(r.output.split())
+    assert "cannot reach http://127.0.0.1:9:" in said and "Traceback" not in said
+    # (mid-sync too, where the URL was right: that nothing was lost comes first)
+    assert "Nothing was lost: run the command again once the server is back" in said
+
+
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:8790", "ftp://host", "http://", "http://127.0.0.1:8790 x", "localhost"]
+)
+def test_login_refuses_what_is_not_a_server_url_at_once(home: Home, url: str) -> None:
+    """An address without its scheme waited out every retry, then printed httpx's words."""
+    args = ["login", "--server", url, "--email", "a@b.c", "--password", "p"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1
+    assert "is not a server URL: give it as http://HOST:PORT" in " ".join(r.output.split())
+
+
+def test_login_to_something_that_is_not_tessera_says_so(home: Home) -> None:
+    """A web server's 404 page read "Not Found — check the path (`tessera ls`)", a proxy's
+    403 "wrong email or password"."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotTessera(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(404 if self.path.startswith("/v1/") else 403)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"<html/>\n\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotTessera)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}"
+        r = runner.invoke(app, ["login", "--server", url, "--email", "a@b.c", "--password", "p"])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert r.exit_code == 1
+    assert f"no Tessera server answers at {url} (404" in " ".join(r.output.split())
+    assert home.load_tokens() is None
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "hint"),
+    [
+        (404, "nothing at '/a.txt'", "check the path (`tessera ls`)"),
+        (404, "no rev 9 of this file", "`tessera history PATH`"),
+        (404, "no file with id 'id:x'", "`tessera trash`"),
+        (404, "no user with email 'b@c.d' (they must sign in once first)", None),
+        (404, "'b@c.d' is not a member of this shared folder", None),
+    ],
+)
+def test_a_404_says_what_to_do_about_what_was_not_found(
+    capsys: pytest.CaptureFixture[str], status: int, message: str, hint: str | None
+) -> None:
+    """A hint about paths ("check the path") had followed every 404: an email, a rev, an id."""
+    from tessera_client.api import ApiError
+    from tessera_client.commands import friendly_errors
+
+    with pytest.raises(typer.Exit), friendly_errors():
+        raise ApiError(status, "not_found", message, {})
+    printed = " ".join(capsys.readouterr().err.split())
+    assert message in printed
+    if hint is None:
+        assert " — " not in printed
+    else:
+        assert printed.endswith(hint)
 
 
 def test_status_and_conflicts_json(home: Home, tmp_path: Path) -> None:
