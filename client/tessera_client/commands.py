@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,6 +53,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 EXIT_ERROR = 1
 EXIT_PAUSED = 3
+EXIT_INTERRUPTED = 130  # (128 + SIGINT, as a shell reports it)
 
 
 class UserError(Exception):
@@ -165,6 +166,13 @@ def _ctrl_c_ends_retries(api: Api) -> Iterator[None]:
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
+    except KeyboardInterrupt:
+        # it had ended without a word: exit 130, and the user left to wonder what was lost
+        err.print(
+            "Stopped: nothing was lost. What was on its way resumes at the next run"
+            " (a partial download is kept beside its file, hidden)."
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -362,6 +370,11 @@ def _transfer_bars() -> Progress:
     )
 
 
+def _live(reporter: ConsoleReporter) -> Live:
+    """The live display of `reporter`'s bars on stderr (events print above them)."""
+    return Live(reporter.progress, console=err, refresh_per_second=4, transient=True)
+
+
 class ConsoleReporter(Reporter):
     """Prints events and problems; progress bars for large transfers."""
 
@@ -441,7 +454,11 @@ def sync(
         try:
             with _ctrl_c_ends_retries(api):
                 if once:
-                    result = engine.run_once()
+                    # the bars of large files, as the daemon shows them: a first sync of
+                    # gigabytes had printed nothing until its first file was done
+                    bars = nullcontext() if quiet else _live(reporter)
+                    with bars:
+                        result = engine.run_once()
                     for p in result.problems:
                         err.print(str(p), style="red")
                     if result.paused_deletes:
@@ -476,7 +493,7 @@ def _daemon(engine: Any, reporter: ConsoleReporter, folder: Path) -> None:
         state = "syncing…" if r.ops or r.unstable else "up to date"
         return f"{folder}: {state} (last check {time.strftime('%H:%M:%S')})"
 
-    with Live(reporter.progress, console=err, refresh_per_second=4, transient=True) as live:
+    with _live(reporter) as live:
 
         def on_round(r: RoundResult) -> None:
             reporter.status = status_line(r)

@@ -185,6 +185,41 @@ def test_logout_of_damaged_tokens_forgets_them(home: Home) -> None:
     assert not (home.path / "tokens.json").exists()
 
 
+def test_sync_once_shows_the_bars_of_large_files(
+    home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the daemon drew them: a first `--once` of gigabytes printed nothing until its
+    first file was done. (Not with --quiet.)"""
+    from contextlib import contextmanager
+
+    from tessera_client import commands
+    from tessera_client.engine import SyncEngine
+    from tessera_client.reporting import RoundResult
+
+    home.save_settings(Settings(server_url="http://127.0.0.1:9"))
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+    shown: list[bool] = []
+    live = False
+
+    @contextmanager
+    def recording(_reporter: object) -> Iterator[None]:
+        nonlocal live
+        live = True
+        yield
+        live = False
+
+    def run_once(self: SyncEngine) -> RoundResult:
+        shown.append(live)
+        return RoundResult()
+
+    monkeypatch.setattr(commands, "_live", recording)
+    monkeypatch.setattr(SyncEngine, "run_once", run_once)
+    for extra, expected in (([], True), (["--quiet"], False)):
+        r = runner.invoke(app, ["sync", str(tmp_path / "folder"), "--once", *extra])
+        assert r.exit_code == 0, r.output
+        assert shown.pop() is expected
+
+
 def test_sync_refuses_a_home_inside_the_folder(home: Home, tmp_path: Path) -> None:
     home.save_settings(Settings(server_url="http://x"))
     r = runner.invoke(app, ["sync", str(tmp_path), "--once"])

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
@@ -827,8 +828,9 @@ def test_ctrl_c_in_a_sync_once_ends_the_retry_waits_of_its_downloads(
     finally:
         proc.kill()
         stderr = proc.communicate()[1].decode()
-    assert proc.returncode != 0, stderr
+    assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
+    assert "Stopped: nothing was lost" in stderr  # (it had ended without a word)
     assert not (folder / "doc.bin").exists()
 
 
@@ -839,9 +841,10 @@ def test_ctrl_c_ends_retry_waits_and_is_put_back_after(tmp_path: Path, evil: Evi
     # (set here: a suite run in the background, as by `nohup ... &`, ignores SIGINT)
     original = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with pytest.raises(KeyboardInterrupt), _ctrl_c_ends_retries(engine.api):
+        with pytest.raises(typer.Exit) as stopped, _ctrl_c_ends_retries(engine.api):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # (the signal is handled at once)
+        assert stopped.value.exit_code == 130
         assert engine.api.policy.stop.is_set()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         # a process that ignores SIGINT (a job started with `&`) is left ignoring it
