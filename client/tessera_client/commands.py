@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -28,6 +29,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Column, Table
 from rich.text import Text
 
+from tessera.api.models import EMAIL_PATTERN
 from tessera_client.api import (
     FOREIGN_ERROR,
     MALFORMED_RESPONSE,
@@ -631,7 +633,7 @@ def _path_or_id(path: str | None, file_id: str | None, settings: Settings) -> di
 
 
 def restore(
-    rev: Annotated[int, typer.Option("--rev", help="The version to bring back.")],
+    rev: Annotated[int, typer.Option("--rev", min=1, help="The version to bring back.")],
     path: Annotated[str | None, typer.Argument(help="The file.")] = None,
     file_id: FileIdOption = None,
 ) -> None:
@@ -644,7 +646,8 @@ def restore(
 def get(
     path: Annotated[str | None, typer.Argument(help="The file or folder on the server.")] = None,
     rev: Annotated[
-        int | None, typer.Option("--rev", help="A file's version (default: the current one).")
+        int | None,
+        typer.Option("--rev", min=1, help="A file's version (default: the current one)."),
     ] = None,
     to: Annotated[
         Path | None,
@@ -747,6 +750,12 @@ def _get_folder(api: Api, settings: Settings, folder: dict[str, Any], to: Path |
             result = download_folder(
                 api, dest, folders, files, device=settings.device_name, progress=advance
             )
+    except (FileExistsError, NotADirectoryError) as e:
+        name = e.filename or to
+        raise UserError(
+            f"{where} was not saved: {name} is a file, not a folder; give --to a folder, or a"
+            " new name"
+        ) from None
     except OSError as e:
         raise UserError(f"{where} was not saved: {e}") from None
     for problem in sorted(result.problems):
@@ -836,12 +845,20 @@ def share(
     with friendly_errors():
         if access not in ("editor", "viewer"):
             raise UserError("--access must be editor or viewer")
+        _check_email(email)
         with _server() as (api, settings):
             entry = api.call(
                 "/v1/share",
                 {"path": _server_path(path, settings), "email": email, "access": access},
             )
         out.print(f"Shared {entry['path_display']} with {email} as {access}.")
+
+
+def _check_email(email: str) -> None:
+    """A clear refusal of what is no email address, before any call (the server's answer
+    was its validator's: "String should match pattern ...")."""
+    if not re.fullmatch(EMAIL_PATTERN, email):
+        raise UserError(f"{email!r} is not an email address")
 
 
 def unshare(
@@ -855,6 +872,7 @@ def unshare(
     with friendly_errors(), _server() as (api, settings):
         request = {"path": _server_path(path, settings)}
         if email is not None:
+            _check_email(email)
             request["email"] = email
         entry = api.call("/v1/unshare", request)
     where = entry["path_display"]

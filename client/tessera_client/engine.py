@@ -79,6 +79,25 @@ FOLDER_ERROR_WAIT_S = 10.0  # the daemon's pause when the synced folder's disk f
 # server reading the request and its cursor)
 LONGPOLL_GRACE_S = 30.0
 Fetched = tuple[FileEntry, Stat, list[str]]
+# What each step does, as a problem names it ("could not delete here a.txt: ..."): its
+# kind's name ("delete_local a.txt: Read-only file system") told the user nothing
+DOING = {
+    OpKind.UPLOAD: "upload",
+    OpKind.DOWNLOAD: "download",
+    OpKind.DELETE_LOCAL: "delete here",
+    OpKind.DELETE_REMOTE: "delete on the server",
+    OpKind.MOVE_LOCAL: "move here",
+    OpKind.MOVE_REMOTE: "move on the server",
+    OpKind.MOVE_RECORD: "record the move of",
+    OpKind.CREATE_FOLDER_LOCAL: "create here the folder",
+    OpKind.CREATE_FOLDER_REMOTE: "create on the server the folder",
+    OpKind.DELETE_FOLDER_LOCAL: "delete here the folder",
+    OpKind.DELETE_FOLDER_REMOTE: "delete on the server the folder",
+    OpKind.CONFLICT: "keep both versions of",
+    OpKind.SET_ASIDE: "set aside",
+    OpKind.RECORD: "record",
+    OpKind.FORGET: "forget",
+}
 
 
 class SyncEngine:
@@ -590,11 +609,15 @@ class SyncEngine:
         except DownloadStopped:
             pass  # the daemon stops: the partial download is resumed at its next start
         except ApiError as e:
-            result.problems.append(f"{op.kind.value} {op.path}: {e.message} ({e.status})")
+            result.problems.append(
+                f"could not {DOING[op.kind]} {op.path}: {e.message} ({e.status})"
+            )
         except OSError as e:
             if out_of_room(e):
                 result.disk_full = True
-            result.problems.append(f"{op.kind.value} {op.path}: {e.strerror or e}")
+            unwritable = e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+            hint = "; make it writable, then sync again" if unwritable else ""
+            result.problems.append(f"could not {DOING[op.kind]} {op.path}: {e.strerror or e}{hint}")
         return False
 
     def _download_all(self, ops: list[Op], stats: dict[str, Stat], result: RoundResult) -> None:

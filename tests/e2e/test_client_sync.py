@@ -841,6 +841,13 @@ def test_get_saves_a_folder_and_runs_again_for_what_is_missing(
     assert "left out sub/b.bin: something else is there" in again.stderr
     assert (elsewhere / "Docs" / "a.txt").read_text() == "a"
     assert (elsewhere / "Docs" / "sub" / "b.bin").read_bytes() == b"the user's own"
+    # a file where the folder would go: said in words, not "[Errno 17] File exists"
+    (elsewhere / "old.txt").write_text("the user's own")
+    refused = a.run("get", "Docs", "--to", str(elsewhere / "old.txt"), check=1).stderr
+    assert "is a file, not a folder; give --to a folder, or a new name" in " ".join(refused.split())
+    assert (elsewhere / "old.txt").read_text() == "the user's own"
+    # a rev below 1: typer's own words, before any call (pydantic's had come back)
+    assert "--rev" in a.run("get", "Docs/a.txt", "--rev", "0", check=2).stderr
 
 
 def test_unsharing_a_folder_that_is_not_shared_says_so(

@@ -525,6 +525,14 @@ def test_share_errors(services: Services, alice: Principal, bob: Principal) -> N
     _share(services, alice, "/S", bob, "editor")
     with pytest.raises(Unprocessable, match="cannot be shared again"):
         _share(services, alice, "/S/inner", bob, "viewer")
+    # a file in it is no folder (it was called "a folder inside a shared folder")
+    with pytest.raises(Unprocessable, match="only folders can be shared"):
+        _share(services, alice, "/S/inner/f", bob, "viewer")
+    # the owner is no member to remove: the advice is the unshare of everyone, never to
+    # delete the folder (every member's files, to the trash)
+    with pytest.raises(Unprocessable, match="unshare it without an email") as owner:
+        sharing.unshare(services, alice, UnshareRequest(path="/S", email=alice.email))
+    assert "delete" not in str(owner.value)
     with pytest.raises(Unprocessable, match="shared folder"):
         files.move(services, alice, MoveRequest(from_path="/S/inner/f", to_path="/out"))
 

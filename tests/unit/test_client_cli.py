@@ -59,6 +59,16 @@ def test_login_refuses_what_is_not_a_server_url_at_once(home: Home, url: str) ->
     assert "is not a server URL: give it as http://HOST:PORT" in " ".join(r.output.split())
 
 
+@pytest.mark.parametrize("args", [["share", "Team", "bob"], ["unshare", "Team", "bob at x"]])
+def test_what_is_no_email_address_is_refused_in_words(home: Home, args: list[str]) -> None:
+    """The server's validator answered: "email: String should match pattern ..."."""
+    home.save_settings(Settings(server_url="http://127.0.0.1:9", retry_attempts=1))
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1
+    assert f"error: {args[2]!r} is not an email address" in r.output
+
+
 def test_login_to_something_that_is_not_tessera_says_so(home: Home) -> None:
     """A web server's 404 page read "Not Found — check the path (`tessera ls`)", a proxy's
     403 "wrong email or password"."""

@@ -1549,3 +1549,23 @@ def test_get_of_a_folder_never_saves_outside_it(
     assert "left out deleted since.bin: 404 not_found: no such file" in said
     assert (saved / "Docs" / "ok.bin").read_bytes() == b"fine"
     assert _outside_files(tmp_path) == ["saved/Docs/ok.bin"]
+
+
+def test_a_failed_step_says_what_it_could_not_do_and_what_to_do(tmp_path: Path, evil: Evil) -> None:
+    """A read-only folder said "delete_local sub/b.txt: Read-only file system": the step's
+    internal name, and nothing of what to do."""
+    from tessera_client.engine import DOING
+    from tessera_client.planner import Op, OpKind
+
+    assert set(DOING) == set(OpKind)  # every step says what it does
+    engine = _engine(tmp_path, evil)
+    result = RoundResult()
+
+    def read_only() -> bool:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    assert engine._guarded(Op(OpKind.DELETE_LOCAL, "sub/b.txt"), result, read_only) is False
+    engine.close()
+    assert result.problems == [
+        "could not delete here sub/b.txt: Read-only file system; make it writable, then sync again"
+    ]

@@ -4,6 +4,7 @@ Importing this module pulls in pydantic only (no Powertools, no psycopg).
 """
 
 from tessera.domain.models import (
+    EMAIL_PATTERN,
     MAX_HAVE_BLOCKS,
     Access,
     AccountResponse,
@@ -65,6 +66,7 @@ from tessera.domain.models import (
 )
 
 __all__ = [
+    "EMAIL_PATTERN",
     "MAX_HAVE_BLOCKS",
     "Access",
     "AccountResponse",

@@ -374,7 +374,9 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
         mount = loc.mount
         if req.rev is None:
             if not row.is_deleted:
-                raise Unprocessable("the entry is not deleted: give the rev to restore")
+                raise Unprocessable(
+                    "it is not deleted; to bring back an older version, restore that rev"
+                )
             journal, restored = _undelete_subtree(store, view, mount, row)
             row = restored[0]
             _, event = store.append_journal(

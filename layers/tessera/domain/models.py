@@ -526,11 +526,15 @@ class TrashListResponse(Model):
 # Sharing and account
 
 
+#: What passes for an email address (one `@`, text on each side, no spaces).
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+
+
 class ShareRequest(Model):
     """POST /v1/share: share the folder at `path` with `email` (owner only)."""
 
     path: PathStr
-    email: str = Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str = Field(min_length=3, max_length=320, pattern=EMAIL_PATTERN)
     access: Literal["editor", "viewer"] = "editor"
 
 

@@ -255,10 +255,10 @@ def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent |
     loc = locate(store, view, path=path)
     row = loc.row
     assert row is not None
+    if row.kind != "folder":  # (first: a file in a shared folder was "a folder inside")
+        raise Unprocessable("only folders can be shared")
     if loc.mount.kind != "root":
         raise Unprocessable("a folder inside a shared folder cannot be shared again")
-    if row.kind != "folder":
-        raise Unprocessable("only folders can be shared")
     if view.mounts_below(row.path_key):
         raise Unprocessable("the folder holds a shared folder; shared folders cannot nest")
     root = loc.mount
@@ -364,7 +364,11 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
                 if not targets:
                     raise NotFound(f"{req.email!r} is not a member of this shared folder")
                 if targets[0].access == "owner":
-                    raise Unprocessable("the owner cannot be removed; delete the folder instead")
+                    # (it had advised deleting the folder: everyone's files, to the trash)
+                    raise Unprocessable(
+                        "the owner cannot be removed; to stop sharing the folder with"
+                        " everyone, unshare it without an email"
+                    )
             users = [u for u in map(store.get_user, (m.user_id for m in targets)) if u]
             lock_in_order(store, mount.ns_id, *(u.root_ns_id for u in users))
             # read before the locks (they name the members' roots to take): the owner
