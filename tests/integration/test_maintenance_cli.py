@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -10,12 +11,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
 from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.maintenance import scheduler
 from tessera.maintenance.cli import app
+from tessera.maintenance.results import StepResult
 from tessera.maintenance.runner import run_workflow
 from tessera.maintenance.scheduler import MaintenanceScheduler
 from tessera.settings import Settings
@@ -165,6 +168,31 @@ def test_a_failed_run_leaves_the_scheduler_running(
     sched = MaintenanceScheduler(world.ctx, {"dedup": 0.1})
     _run_until_verified(world, sched.start, sched.stop)
     assert failures and sched.runs["dedup"] >= 2  # the failed run, then one that verified
+
+
+def test_a_run_that_lost_a_deadlock_is_a_warning_not_a_traceback(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deadlock with a commit (PostgreSQL picks one side) is what the state machine
+    retries on AWS; the local cloud's log showed a traceback of it, as of a bug."""
+    world.put(ALICE, "/a.bin", secrets.token_bytes(BLOCK))
+    sched = MaintenanceScheduler(world.ctx, {"dedup": 0.1})
+    run = sched._run
+    lost: list[str] = []
+
+    def deadlocked_once(job: str) -> StepResult:
+        if not lost:
+            lost.append(job)
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return run(job)
+
+    monkeypatch.setattr(sched, "_run", deadlocked_once)
+    caplog.set_level(logging.INFO, logger="tessera.maintenance")
+    _run_until_verified(world, sched.start, sched.stop)
+    [said] = [r for r in caplog.records if "deadlock" in r.getMessage()]
+    assert said.levelno == logging.WARNING and said.exc_info is None
+    assert "retried at its next run" in said.getMessage()
+    assert sched.runs["dedup"] >= 2  # and it went on
 
 
 def test_a_stopping_context_ends_a_run_after_its_batch_and_leaves_the_rest(

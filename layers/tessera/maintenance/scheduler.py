@@ -20,7 +20,7 @@ from .context import MaintenanceContext, log
 from .results import StepResult
 from .runner import run_step, run_workflow
 from .settings import MaintenanceSettings
-from .workflows import WORKFLOWS
+from .workflows import WORKFLOWS, is_retryable
 
 FIRST_RUN_DELAY_S = 5.0
 
@@ -78,8 +78,11 @@ class MaintenanceScheduler:
             try:
                 result = self._run(name)
                 log.info("scheduled %s: %s", name, result.counters())
-            except Exception:  # keep the scheduler alive; the next run retries
-                log.exception("scheduled maintenance run %s failed", name)
+            except Exception as e:  # keep the scheduler alive; the next run retries
+                if is_retryable(e):  # (a lock or a deadlock lost to a commit: no bug)
+                    log.warning("scheduled %s: %s; retried at its next run", name, e)
+                else:
+                    log.exception("scheduled maintenance run %s failed", name)
             self.runs[name] += 1
             due[name] = time.monotonic() + self.intervals[name]
 

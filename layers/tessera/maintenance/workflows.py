@@ -126,7 +126,7 @@ WORKFLOWS: dict[str, Workflow] = {
 # failures, a step that lost a race for a lock, and the database out of reach for a moment
 # (a failover, a proxy that could not lend a connection, a connection it cut), which
 # failed a whole daily run and paged; anything else fails the run.
-_RETRYABLE = [
+RETRYABLE = [
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
     "Lambda.SdkClientException",
@@ -146,6 +146,12 @@ _RETRYABLE = [
     "ConnectionFailure",
     "SqlclientUnableToEstablishSqlconnection",
 ]
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a step failing with `error` is retried (Step Functions matches the class
+    name alone, not its bases)."""
+    return type(error).__name__ in RETRYABLE
 
 
 def workflow(name: str) -> Workflow:
@@ -181,7 +187,7 @@ def state_machine_definition(name: str, function_arn: str) -> dict[str, Any]:
             "ResultPath": f"$.results.{step.name}",
             "Retry": [
                 {
-                    "ErrorEquals": _RETRYABLE,
+                    "ErrorEquals": RETRYABLE,
                     "IntervalSeconds": 2,
                     "MaxAttempts": 6,
                     "BackoffRate": 2.0,
