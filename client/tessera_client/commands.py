@@ -76,10 +76,13 @@ def friendly_errors() -> Iterator[None]:
         say_error(str(e))
         raise typer.Exit(EXIT_ERROR) from None
     except ServerUnreachable as e:
-        say_error(
-            f"{e}. Nothing was lost: run the command again once the server is back (if it"
-            " never answers, check its URL: `tessera login --server ...`)"
-        )
+        if "WRONG_VERSION_NUMBER" in str(e):  # TLS spoken to a server of plain HTTP
+            say_error(f"{e}. The server speaks plain HTTP: log in with its http:// URL")
+        else:
+            say_error(
+                f"{e}. Nothing was lost: run the command again once the server is back (if"
+                " it never answers, check its URL: `tessera login --server ...`)"
+            )
         raise typer.Exit(EXIT_ERROR) from None
     except ApiError as e:
         hint = _hint(e)

@@ -48,6 +48,21 @@ def test_unreachable_server_is_one_clear_line(home: Home, tmp_path: Path) -> Non
     assert "Nothing was lost: run the command again once the server is back" in said
 
 
+def test_https_to_a_plain_http_server_says_to_use_http(home: Home) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{httpd.server_port}"
+        r = runner.invoke(app, ["login", "--server", url, "--email", "a@b.c", "--password", "p"])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert r.exit_code == 1
+    assert "The server speaks plain HTTP: log in with its http:// URL" in " ".join(r.output.split())
+
+
 @pytest.mark.parametrize(
     "url", ["127.0.0.1:8790", "ftp://host", "http://", "http://127.0.0.1:8790 x", "localhost"]
 )
