@@ -141,8 +141,8 @@ class SyncEngine:
         account = f"{settings.server_url} {settings.email.casefold()}"
         recorded = self.state.get_meta("account")
         if recorded not in (None, account):
-            synced_for = recorded.rpartition(" ")[2]
-            if synced_for != settings.email.casefold() and self.state.has_base():
+            synced_for = recorded.rpartition(" ")[2]  # ("": a client's before it was kept)
+            if synced_for not in ("", settings.email.casefold()) and self.state.has_base():
                 # another user's: their files would all go up into this account, unasked
                 self._refuse(
                     f"{self.folder} holds files synced for {synced_for}, and this device is"
