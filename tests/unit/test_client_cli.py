@@ -9,11 +9,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from tessera_client.cli import app
 from tessera_client.commands import UserError, _server_path
@@ -48,17 +49,22 @@ def test_unreachable_server_is_one_clear_line(home: Home, tmp_path: Path) -> Non
     assert "Nothing was lost: run the command again once the server is back" in said
 
 
-def test_https_to_a_plain_http_server_says_to_use_http(home: Home) -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+def _login_to(handler: type[BaseHTTPRequestHandler], scheme: str) -> tuple[str, Result]:
+    """`tessera login` to a plain HTTP server answering with `handler`, by `scheme`: the
+    URL, and what the command did."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        url = f"https://127.0.0.1:{httpd.server_port}"
+        url = f"{scheme}://127.0.0.1:{httpd.server_port}"
         r = runner.invoke(app, ["login", "--server", url, "--email", "a@b.c", "--password", "p"])
     finally:
         httpd.shutdown()
         httpd.server_close()
+    return url, r
+
+
+def test_https_to_a_plain_http_server_says_to_use_http(home: Home) -> None:
+    _, r = _login_to(BaseHTTPRequestHandler, "https")
     assert r.exit_code == 1
     assert "The server speaks plain HTTP: log in with its http:// URL" in " ".join(r.output.split())
 
@@ -87,7 +93,6 @@ def test_what_is_no_email_address_is_refused_in_words(home: Home, args: list[str
 def test_login_to_something_that_is_not_tessera_says_so(home: Home) -> None:
     """A web server's 404 page read "Not Found — check the path (`tessera ls`)", a proxy's
     403 "wrong email or password"."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class NotTessera(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -99,14 +104,7 @@ def test_login_to_something_that_is_not_tessera_says_so(home: Home) -> None:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), NotTessera)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_port}"
-        r = runner.invoke(app, ["login", "--server", url, "--email", "a@b.c", "--password", "p"])
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    url, r = _login_to(NotTessera, "http")
     assert r.exit_code == 1
     assert f"no Tessera server answers at {url} (404" in " ".join(r.output.split())
     assert home.load_tokens() is None
