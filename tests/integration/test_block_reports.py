@@ -213,6 +213,25 @@ def test_a_check_that_fails_holds_back_no_report_and_is_retried(
     assert world.get(ALICE, "/one.bin") == data1
 
 
+def test_a_reported_block_held_too_long_is_put_off_not_marked_checked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reported block is often a busy one: a repair that could not have its lock in time
+    had been noted and the report marked checked, with no verdict, and its queue message
+    deleted. It is put off and tried again, as any failed check."""
+    monkeypatch.setattr(world.ctx.repo, "lock_timeout_ms", 100)
+    data, entry, bad = _overwritten(world)
+    _report(world, ALICE, entry, bad)
+    with world.ctx.repo.transaction() as holder:
+        holder.block_lock(bad)
+        result = _reported(world)
+    assert (result.put_off, result.repaired) == (1, 0)
+    assert _pending(world) == [bad]
+    world.sql("UPDATE block_reports SET claimed_until = now() RETURNING 1")  # a minute on
+    assert _reported(world).repaired == 1
+    assert world.get(ALICE, "/a.bin") == data
+
+
 def test_a_reported_block_found_beyond_repair_ends_its_queue_batch(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

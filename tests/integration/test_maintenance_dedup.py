@@ -16,7 +16,7 @@ from tessera.domain.errors import TesseraError, Unprocessable
 from tessera.domain.models import RestoreRequest, ShareRequest
 from tessera.maintenance import DedupResult, GcResult, ScrubResult
 from tessera.maintenance.dedup import verify_staged
-from tessera.metadata.maintenance import MaintenanceTx
+from tessera.metadata.maintenance import LockTimeout, MaintenanceTx
 from tessera.metadata.store import Store, VersionBlockRow
 from tessera.ports import StorageTier
 from tests.concurrency import run_at_once
@@ -311,6 +311,21 @@ def test_a_copy_whose_block_is_held_too_long_waits_and_holds_back_no_other(
     assert (result.promoted, result.quarantined) == (1, 0)
     assert len(result.errors) == 1 and result.errors[0].startswith(held + ": busy")
     assert _dedup(world).promoted == 1  # its turn came at the next run
+
+
+def test_a_step_left_for_the_next_run_counts_nothing(world: World) -> None:
+    """Its transaction is rolled back: the counters it had moved (a copy counted verified
+    before the lock it then waited for) go back too."""
+    result = DedupResult(verified=3)
+
+    def step() -> None:
+        result.verified += 1
+        raise LockTimeout("canceling statement due to lock timeout")
+
+    assert world.ctx.attempt("staging/up/0-ab", step, result) is False
+    assert result.verified == 3
+    assert result.errors == ["staging/up/0-ab: busy (a lock held too long); left for the next run"]
+    assert world.ctx.attempt("staging/up/1-cd", lambda: None, result) is True
 
 
 def test_a_run_whose_every_read_fails_fails(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

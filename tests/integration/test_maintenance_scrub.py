@@ -308,10 +308,13 @@ def test_a_block_held_too_long_waits_and_holds_back_no_other(
     for bid in ids:
         world.store.delete(object_keys.canonical_key(bid))
     with world.ctx.repo.transaction() as holder:
-        holder.block_lock(ids[0])
+        holder.block_lock(ids[1])  # (the later one: the pass had gone past it)
         result = _inventory(world)
     assert (result.damaged, result.repaired) == (1, 1)
-    assert len(result.errors) == 1 and result.errors[0].startswith(ids[0] + ": busy")
+    assert len(result.errors) == 1 and result.errors[0].startswith(ids[1] + ": busy")
+    # the next run resumes at it, not the next week's pass (the pass had been saved past it)
+    position = world.sql("SELECT position FROM maintenance_cursors WHERE step = %s", _INV)
+    assert position == [(ids[0],)]
     assert _inventory(world).repaired == 1  # its turn came at the next run
     assert world.get(ALICE, "/a.bin") == data
 
@@ -404,6 +407,9 @@ def test_a_live_block_whose_object_is_cold_is_marked_cold_not_quarantined(world:
     world.store_clock.advance(hours=2)
     assert world.run_as(ColdResult, "cold", days=0).restores_completed == 1
     assert world.get(ALICE, "/a.bin") == data
+
+
+_INV = "scrub.inventory"  # the inventory's pass position, by its step's name
 
 
 def _inventory(w: World) -> ScrubResult:

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 from tessera.metadata import Database
@@ -84,20 +84,29 @@ class MaintenanceContext:
         result.more = True
         return result
 
-    def attempt(self, what: str, step: Callable[[], object], result: StepResult) -> None:
+    def attempt(self, what: str, step: Callable[[], object], result: StepResult) -> bool:
         """Run one block's `step`, or leave it for the next run, in `result.errors`, when what
         it needs cannot be had now: a lock a commit or a download holds past the repository's
         lock timeout, or the key of the version the metadata records for it (the key service
         failing: no verdict on the block). Either had failed the whole invocation, and with
-        it every other block of the batch. (The step's transaction is rolled back.)"""
+        it every other block of the batch. Whether it ran: a caller that records progress
+        past the block must not when it did not. (The step's transaction is rolled back,
+        and so are the counters it had moved.)"""
+        counted = {f.name: getattr(result, f.name) for f in fields(result)}
         try:
             step()
+            return True
         except LockTimeout:
             log.info("maintenance: %s is busy; left for the next run", what)
-            result.errors.append(f"{what}: busy (a lock held too long); left for the next run")
+            left = f"{what}: busy (a lock held too long); left for the next run"
         except KeyUnavailableError as e:
             log.warning("maintenance: %s: %s", what, e)
-            result.errors.append(f"{what}: {e}")
+            left = f"{what}: {e}"
+        for name, value in counted.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(result, name, value)
+        result.errors.append(left)
+        return False
 
     def parallel(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`fn` over `items` on `io_workers` threads (block-store I/O), results in order."""

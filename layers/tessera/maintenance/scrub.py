@@ -96,19 +96,27 @@ def inventory(ctx: MaintenanceContext, as_of: datetime) -> ScrubResult:
                 tx.set_pass_position(_INVENTORY, None)
                 return 0
         suspects, position = _compare_with_listing(ctx, after, rows, result)
-        cut_short = False
+
+        def before(bid: str) -> str:
+            return max((r.block_id for r in rows if r.block_id < bid), default=after)
+
+        cut_short, busy = False, ""
         for n, bid in enumerate(suspects):
             if n and (time.monotonic() >= deadline or ctx.stopping.is_set()):
-                position = max((r.block_id for r in rows if r.block_id < bid), default=after)
-                cut_short = True
+                position, cut_short = before(bid), True
                 break
-            ctx.attempt(bid, partial(repair, ctx, bid, as_of, result), result)
+            if not ctx.attempt(bid, partial(repair, ctx, bid, as_of, result), result):
+                busy = busy or bid
+        if busy:  # this run ends, and the next resumes at it, not a week later at the next pass
+            position = min(position, before(busy))
         last = (
-            not cut_short and len(rows) < ctx.settings.batch_size and position == rows[-1].block_id
+            not (cut_short or busy)
+            and len(rows) < ctx.settings.batch_size
+            and position == rows[-1].block_id
         )
         with ctx.repo.transaction() as tx:  # after the repairs: a killed run redoes them
             tx.set_pass_position(_INVENTORY, None if last else position)
-        return 0 if last else len(rows)
+        return 0 if last or busy else len(rows)
 
     ctx.run_batches(chunk, result)
     publish_damage(ctx, as_of)
@@ -247,8 +255,7 @@ def _check_version(
             result.inventoried += 1
             if head is None or (row.stored_size is not None and head.size != row.stored_size):
                 repairs += 1
-                bid = row.block_id
-                ctx.attempt(bid, partial(repair, ctx, bid, as_of, result), result)
+                repair(ctx, row.block_id, as_of, result)  # (a failure puts the report off)
         if len(chunk) < size:
             return
         after = chunk[-1].block_id
@@ -261,7 +268,7 @@ def scrub(ctx: MaintenanceContext, as_of: datetime, *, start: str | None = None)
     with ctx.repo.transaction() as tx:
         sample = tx.sample_stored(start, ctx.settings.scrub_sample)
     for row in sample:
-        _verify(ctx, row, as_of, result)
+        ctx.attempt(row.block_id, partial(_verify, ctx, row, as_of, result), result)
     publish_damage(ctx, as_of)
     return result
 
@@ -278,9 +285,8 @@ def _verify(ctx: MaintenanceContext, row: BlockRow, as_of: datetime, result: Scr
         healthy = False
     if healthy:
         result.ok += 1
-    else:
-        bid = row.block_id
-        ctx.attempt(bid, partial(repair, ctx, bid, as_of, result), result)
+    else:  # (what stops the repair is the caller's: a report is put off and tried again)
+        repair(ctx, row.block_id, as_of, result)
 
 
 def repair(ctx: MaintenanceContext, bid: str, as_of: datetime, result: ScrubResult) -> None:
