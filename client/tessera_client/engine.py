@@ -656,15 +656,20 @@ class SyncEngine:
         self._record_download(op.path, op.remote, fut.result())
         return True
 
-    def _move_record(self, src: str, dst: str) -> None:
+    def _move_record(self, src: str, dst: str, seen: Entry | None = None) -> None:
         """The synced record of the file at `src`, and its blocks, now of `dst`. Its stat
-        stays the synced file's: the next scan hashes the file at `dst` unless it is that
-        file as synced, untouched."""
+        stays the synced file's (the next scan hashes the file at `dst` unless it is that
+        file as synced, untouched), or is `seen`'s: the scan found the synced content there
+        with that stat (left the old one, a file of another inode was hashed anew by every
+        process)."""
         old = self.state.base_entry(src)  # one row: a renamed folder moves each file
         blocks = self.state.base_blocks(src)
         self.state.delete_base(src)
         if old is not None:
-            self.state.put_base(replace(old, path=dst), blocks)
+            moved = replace(old, path=dst)
+            if seen is not None:
+                moved = replace(moved, mtime_ns=seen.mtime_ns, inode=seen.inode)
+            self.state.put_base(moved, blocks)
 
     def _taken(self, path: str, src: str) -> bool:
         """Whether something other than `src` is at `path`. On a disk that ignores case, a
@@ -757,8 +762,8 @@ class SyncEngine:
             self.scanner.moved(op.src, op.path)
             self.reporter.event(f"moved {op.src} -> {op.path}")
             return True
-        if k == OpKind.MOVE_RECORD:
-            self._move_record(op.src, op.path)
+        if k == OpKind.MOVE_RECORD:  # (planned for the synced content only)
+            self._move_record(op.src, op.path, seen=op.local)
             return True
         if k == OpKind.MOVE_REMOTE:
             run = partial(

@@ -128,11 +128,13 @@ def _detect_remote_moves(
     both when both sides changed it. An edit here used to keep the old path: every device
     ended with the edit under the old name and the file unedited under the new one.
 
-    Already moved there here (the same rename made on both devices, or a move this device
-    made and a crash kept from recording), only the record moves: the same inode or the
-    synced content shows it is the file. Read as a new file beside a deleted one, an edit
-    made here with it became a conflicted copy of itself, and a newer rev of the server's
-    did too.
+    Already moved there here, as synced (the same rename made on both devices, or a move
+    this device made and a crash kept from recording), only the record moves. Read as a new
+    file beside a deleted one, a newer rev of the server's, or an edit made there since,
+    became a conflicted copy of a file this device had not changed. Only the synced content
+    shows it is the file: ext4 gives a deleted file's inode number to the next file made,
+    so an unrelated file made there took the server's file over. (Renamed and edited here,
+    the edit is kept as a conflicted copy, as before.)
     """
     by_id = {e.file_id: k for k, e in remote.items() if e.is_file and e.file_id}
     for old_key, b in sorted(base.items()):
@@ -146,7 +148,7 @@ def _detect_remote_moves(
             continue
         lo, there, dst = local.get(old_key), local.get(new_key), remote[new_key].path
         if there is not None:
-            if lo is None and there.is_file and _is_synced_file(there, b):
+            if lo is None and there.is_file and there.content_hash == b.content_hash:
                 ops.append(Op(OpKind.MOVE_RECORD, dst, src=b.path, local=there))
                 base[new_key] = _moved(base.pop(old_key), dst)
             continue
@@ -155,11 +157,6 @@ def _detect_remote_moves(
         ops.append(Op(OpKind.MOVE_LOCAL, dst, src=lo.path, local=lo, remote=remote[new_key]))
         local[new_key] = _moved(local.pop(old_key), dst)
         base[new_key] = _moved(base.pop(old_key), dst)
-
-
-def _is_synced_file(local: Entry, base: Entry) -> bool:
-    """Whether a local file elsewhere is the synced one: its inode, or its content."""
-    return bool(base.inode and local.inode == base.inode) or local.content_hash == base.content_hash
 
 
 def _detect_local_moves(
