@@ -139,47 +139,57 @@ def _api(home: Home, settings: Settings) -> Api:
     return Api(settings.server_url, home, policy=RetryPolicy(attempts=settings.retry_attempts))
 
 
+# What Ctrl-C says: of a sync or a download (what was on its way resumes), and of a request
+# (which may have been carried out: the answer was what did not come)
+STOPPED_TRANSFERS = (
+    "Stopped: nothing was lost. What was on its way resumes at the next run (a partial"
+    " download is kept beside its file, hidden)."
+)
+STOPPED_REQUEST = (
+    "Stopped. If the request had reached the server it may have been carried out: look"
+    " (`tessera ls`, `tessera trash`) before you run it again."
+)
+
+
 @contextmanager
-def _server() -> Iterator[tuple[Api, Settings]]:
-    """The signed-in API client and this device's settings; the client is closed after."""
+def _server(stopped: str = STOPPED_REQUEST) -> Iterator[tuple[Api, Settings]]:
+    """The signed-in API client and this device's settings; the client is closed after.
+    Ctrl-C says `stopped`."""
     home = _home()
     settings = home.load_settings()
     api = _api(home, settings)
     try:
-        with _ctrl_c_ends_retries(api):
+        with _ctrl_c_ends_retries(api, stopped):
             yield api, settings
     finally:
         api.close()
 
 
 @contextmanager
-def _ctrl_c_ends_retries(api: Api) -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt as always, and also ends the waits between retries
-    on every thread (`RetryPolicy.stop`): a download waiting out an outage's backoff on a
-    worker thread held the exit for minutes. (Left alone where SIGINT is ignored, as for
-    a job started with `&`, and off the main thread, where no handler can be set.)"""
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    ):
-        yield
-        return
+def _ctrl_c_ends_retries(api: Api, stopped: str) -> Iterator[None]:
+    """Ctrl-C ends the waits between retries on every thread too (`RetryPolicy.stop`): a
+    download waiting out an outage's backoff on a worker thread held the exit for minutes.
+    Then it says `stopped` and exits 130 (it had ended without a word). (The handler is
+    left alone where SIGINT is ignored, as for a job started with `&`, and off the main
+    thread, where none can be set.)"""
 
     def interrupt(signum: int, frame: object) -> None:
         api.policy.stop.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, interrupt)
+    settable = threading.current_thread() is threading.main_thread()
+    # (None: a handler not set from Python, which cannot be set back: the default then)
+    previous = (signal.getsignal(signal.SIGINT) or signal.SIG_DFL) if settable else signal.SIG_IGN
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     except KeyboardInterrupt:
-        # it had ended without a word: exit 130, and the user left to wonder what was lost
-        err.print(
-            "Stopped: nothing was lost. What was on its way resumes at the next run"
-            " (a partial download is kept beside its file, hidden)."
-        )
+        err.print(stopped)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if previous is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _server_path(path: str, settings: Settings) -> str:
@@ -457,7 +467,7 @@ def sync(
             settings.folder = str(folder)
             home.save_settings(settings)
         try:
-            with _ctrl_c_ends_retries(api):
+            with _ctrl_c_ends_retries(api, STOPPED_TRANSFERS):
                 if once:
                     # the bars of large files, as the daemon shows them: a first sync of
                     # gigabytes had printed nothing until its first file was done
@@ -661,7 +671,7 @@ def get(
     """Download a file (in the trash too), an old version of it, or a folder, without syncing.
 
     Never over a file: a file already at the target is left alone."""
-    with friendly_errors(), _server() as (api, settings):
+    with friendly_errors(), _server(STOPPED_TRANSFERS) as (api, settings):
         where = _path_or_id(path, file_id, settings)
         try:
             entry = api.call("/v1/metadata", where)

@@ -288,11 +288,13 @@ class StateDB:
 
     def forget_folder(self) -> None:
         """`forget_sync`, and what else the device knew of its folder: the conflicted copies
-        in it and its marker (`tessera sync --instead`)."""
+        in it, its marker, a mass delete paused in it and its last status line (`tessera
+        sync --instead`; `tessera status` had shown the old folder's until a round ran)."""
         self.forget_sync()
         with self.transaction() as db:
             db.execute("DELETE FROM conflicts")
-            db.execute("DELETE FROM meta WHERE key = ?", (MARKED_META,))
+            for key in (MARKED_META, "paused_deletes", "status"):
+                db.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     # -- meta ---------------------------------------------------------------------------
 

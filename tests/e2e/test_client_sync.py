@@ -1113,11 +1113,17 @@ def test_a_device_may_sync_another_folder_instead(inproc_cloud: Cloud, tmp_path:
     with closing(engine(old)) as first:  # (created: it did not exist)
         (old / "notes.txt").write_text("kept on the server")
         assert not first.run_once().problems
+        first.state.set_meta("paused_deletes", "60")  # (the old folder's, as paused)
+        first.state.set_meta("status", f"{old}: up to date")
+        first.state.add_conflict("notes (copy).txt", "notes.txt", "edited", local_only=False)
     with pytest.raises(SyncError, match="--instead"):
         engine(new)
     new.mkdir()
     (new / "mine.txt").write_text("only here")
     with closing(engine(new, instead=True)) as second:
+        # nothing of the old folder's is told of the new one
+        assert second.state.get_meta("status") is None and second.state.conflicts() == []
+        assert second.state.get_meta("paused_deletes") is None
         assert not second.run_once().problems
     assert snapshot(new) == {"notes.txt": b"kept on the server", "mine.txt": b"only here"}
     assert snapshot(old) == {"notes.txt": b"kept on the server"}  # left as it was

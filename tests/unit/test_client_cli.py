@@ -243,6 +243,26 @@ def test_sync_once_shows_the_bars_of_large_files(
         assert shown.pop() is expected
 
 
+def test_ctrl_c_in_a_request_says_it_may_have_been_carried_out(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in `rm` had said "what was on its way resumes at the next run": nothing
+    resumes a request, which may have been carried out, its answer lost."""
+    from tessera_client.api import Api
+
+    home.save_settings(Settings(server_url="http://127.0.0.1:9"))
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+
+    def interrupted(self: Api, *args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Api, "call", interrupted)
+    r = runner.invoke(app, ["rm", "notes.txt"])
+    assert r.exit_code == 130
+    said = " ".join(r.output.split())
+    assert "may have been carried out" in said and "resumes" not in said
+
+
 def test_sync_refuses_a_home_inside_the_folder(home: Home, tmp_path: Path) -> None:
     home.save_settings(Settings(server_url="http://x"))
     r = runner.invoke(app, ["sync", str(tmp_path), "--once"])

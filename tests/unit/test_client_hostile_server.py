@@ -841,7 +841,7 @@ def test_ctrl_c_ends_retry_waits_and_is_put_back_after(tmp_path: Path, evil: Evi
     # (set here: a suite run in the background, as by `nohup ... &`, ignores SIGINT)
     original = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with pytest.raises(typer.Exit) as stopped, _ctrl_c_ends_retries(engine.api):
+        with pytest.raises(typer.Exit) as stopped, _ctrl_c_ends_retries(engine.api, "Stopped."):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # (the signal is handled at once)
         assert stopped.value.exit_code == 130
@@ -849,7 +849,7 @@ def test_ctrl_c_ends_retry_waits_and_is_put_back_after(tmp_path: Path, evil: Evi
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         # a process that ignores SIGINT (a job started with `&`) is left ignoring it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with _ctrl_c_ends_retries(engine.api):
+        with _ctrl_c_ends_retries(engine.api, "Stopped."):
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, original)
