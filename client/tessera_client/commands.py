@@ -294,8 +294,9 @@ def login(
 
 
 def _server_url(given: str) -> str:
-    """`--server` as a base URL, or a clear refusal at once (an address without its scheme
-    had waited out every retry, then said httpx's words)."""
+    """`--server` without the spaces around it, or a clear refusal at once (an address
+    without its scheme had waited out every retry, then said httpx's words). (`sign_in`
+    drops a trailing slash.)"""
     url = given.strip()
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
@@ -303,7 +304,7 @@ def _server_url(given: str) -> str:
             f"{given!r} is not a server URL: give it as http://HOST:PORT or https://HOST"
             " (with its path, if the server has one)"
         )
-    return url.rstrip("/")
+    return url
 
 
 def account(as_json: JsonOption = False) -> None:
