@@ -352,6 +352,92 @@ def test_an_undeleted_folder_brings_back_only_what_was_deleted_with_it(
     assert [t.path_display for t in trash] == ["/d/before"]
 
 
+def _trash_paths(services: Services, principal: Principal) -> list[str]:
+    trash = files.trash_list(services, principal, TrashListRequest()).entries
+    return sorted(t.path_display for t in trash)
+
+
+def _trashed_id(services: Services, principal: Principal, display: str) -> str:
+    trash = files.trash_list(services, principal, TrashListRequest()).entries
+    (entry,) = [t for t in trash if t.path_display == display]
+    return entry.file_id
+
+
+def test_a_folder_undeleted_where_a_folder_is_again_merges_into_it(
+    services: Services, alice: Principal
+) -> None:
+    """A file undeleted out of a deleted folder brings a new folder at its path. The old one
+    was then refused as "taken", its other entries had no way back but one undelete each,
+    and `undelete PATH` named the live folder ("it is not deleted")."""
+    a = put_file(services, alice, "/Docs/a.txt", b"a")
+    put_file(services, alice, "/Docs/b.txt", b"b")
+    put_file(services, alice, "/Docs/sub/c.txt", b"c")
+    files.delete(services, alice, DeleteRequest(path="/Docs"))
+    cursor = listing.list_folder(services, alice, "", True, None).cursor
+    files.restore(services, alice, RestoreRequest(file_id=a.file_id))
+    live = files.metadata(services, alice, MetadataRequest(path="/Docs"))
+    assert _trash_paths(services, alice) == ["/Docs", "/Docs/b.txt", "/Docs/sub", "/Docs/sub/c.txt"]
+
+    back = files.restore(services, alice, RestoreRequest(path="/docs"))
+    assert back == live  # the folder at the path stays the one that is there
+    assert get_file(services, alice, "/Docs/b.txt") == b"b"
+    assert get_file(services, alice, "/Docs/sub/c.txt") == b"c"
+    assert _trash_paths(services, alice) == []
+    changes = listing.list_folder_continue(services, alice, cursor, None)
+    assert [(e.tag, e.path_display) for e in changes.entries] == [
+        ("folder", "/Docs"),
+        ("file", "/Docs/a.txt"),
+        ("file", "/Docs/b.txt"),
+        ("folder", "/Docs/sub"),
+        ("file", "/Docs/sub/c.txt"),
+    ]
+    with pytest.raises(Unprocessable, match="not deleted"):  # nothing left to bring back
+        files.restore(services, alice, RestoreRequest(path="/Docs"))
+
+
+def test_a_merged_folder_leaves_in_the_trash_what_the_live_folder_holds_the_place_of(
+    services: Services, alice: Principal
+) -> None:
+    """Into a live folder made since (and spelled otherwise), an entry comes back only where
+    nothing holds its path, nor its folder's path: a live file wins, and an entry whose
+    folder is a file now would lie under a file."""
+    put_file(services, alice, "/Straße/same.txt", b"deleted")
+    put_file(services, alice, "/Straße/other.txt", b"o")
+    put_file(services, alice, "/Straße/Sub/inner.txt", b"i")
+    put_file(services, alice, "/Straße/Deep/Er/x.txt", b"x")
+    files.delete(services, alice, DeleteRequest(path="/Straße"))
+    put_file(services, alice, "/STRASSE/same.txt", b"live", parent_rev=None)
+    put_file(services, alice, "/STRASSE/sub", b"a file now", parent_rev=None)
+    files.create_folder(services, alice, "/STRASSE/DEEP/ER")
+    old = _trashed_id(services, alice, "/Straße")
+    back = files.restore(services, alice, RestoreRequest(file_id=old))
+    assert isinstance(back, FolderEntry) and back.path_display == "/STRASSE"
+    assert get_file(services, alice, "/strasse/other.txt") == b"o"
+    other = files.metadata(services, alice, MetadataRequest(path="/strasse/other.txt"))
+    assert isinstance(other, FileEntry) and other.path_display == "/STRASSE/other.txt"
+    deep = files.metadata(services, alice, MetadataRequest(path="/strasse/deep/er/x.txt"))
+    assert isinstance(deep, FileEntry) and deep.path_display == "/STRASSE/DEEP/ER/x.txt"
+    assert get_file(services, alice, "/STRASSE/same.txt") == b"live"
+    assert get_file(services, alice, "/STRASSE/sub") == b"a file now"
+    assert _trash_paths(services, alice) == [
+        "/Straße/Sub",
+        "/Straße/Sub/inner.txt",
+        "/Straße/same.txt",
+    ]
+
+
+def test_a_folder_is_never_merged_into_a_file(services: Services, alice: Principal) -> None:
+    put_file(services, alice, "/d/x", b"x")
+    files.delete(services, alice, DeleteRequest(path="/d"))
+    old = _trashed_id(services, alice, "/d")
+    put_file(services, alice, "/d", b"a file", parent_rev=None)
+    with pytest.raises(Conflict, match="is taken"):
+        files.restore(services, alice, RestoreRequest(file_id=old))
+    with pytest.raises(Unprocessable, match="not deleted"):
+        files.restore(services, alice, RestoreRequest(path="/d"))
+    assert _trash_paths(services, alice) == ["/d", "/d/x"]
+
+
 def test_a_folder_delete_if_empty_takes_nothing_along(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/full/x", b"x")
     files.create_folder(services, alice, "/empty")

@@ -300,15 +300,11 @@ def _lock_resolved(store: Store, view: View, path: str, mount: MountRow) -> None
     check_mounts_unchanged(store, view, path)
 
 
-def _reopen_path(
-    store: Store, view: View, mount: MountRow, row: FileRow
-) -> tuple[str, list[NewJournal]]:
+def _reopen_path(store: Store, view: View, mount: MountRow, row: FileRow) -> list[NewJournal]:
     """Make the old path of a deleted entry ready for it again: its missing parent folders
-    are created. Returns the path spelled as the live folders above it are (a folder
-    deleted as `/Straße` may have come back as `/STRASSE`) and the created folders' journal
-    rows. 409 when a live entry took the path, or a shared folder has been mounted at or
-    above it since: the entry would lie hidden under the mount, in a namespace the path no
-    longer leads to."""
+    are created (returns their journal rows). 409 when a live entry took the path, or a
+    shared folder has been mounted at or above it since: the entry would lie hidden under
+    the mount, in a namespace the path no longer leads to."""
     where = view.view_path(mount, row.path_display)
     if store.live_path_taken(row.ns_id, row.path_key):
         raise Conflict(f"{where!r} is taken; move it first")
@@ -317,46 +313,90 @@ def _reopen_path(
             f"a shared folder is mounted at or above {where!r}; it can go back once that"
             " folder is no longer shared"
         )
-    return ensure_parents(store, view, mount, row.path_display)
+    return ensure_parents(store, view, mount, row.path_display)[1]
 
 
-def _respell(store: Store, rows: list[FileRow], old: str, new: str) -> list[FileRow]:
-    """`rows`, at or below the path displayed `old`, displayed under `new` instead (the same
-    path by key): every entry's display starts with its folder's."""
-    if new == old:
+def _place_under_live_folders(store: Store, rows: list[FileRow]) -> list[FileRow]:
+    """`rows` (deleted entries of one namespace, by key) as they come back: each spelled as
+    the live folder above it is, or as the entry above it that comes back with it (a
+    folder deleted as `/Straße` may have come back as `/STRASSE`). An entry with neither
+    above it (a file holds its folder's path now) is left out: it stays in the trash."""
+    if not rows:
         return rows
-    out = []
-    for r in rows:
-        display = new if r.path_display == old else new + paths.relative(r.path_display, old)
-        out.append(dataclasses.replace(r, path_display=stored_display(display)))
-    store.rename(
-        out[0].ns_id,
-        [(r.file_id, r.path_key, paths.path_key(paths.parent(r.path_display)), r.path_display)
-         for r in out],
-    )  # fmt: skip
+    ns_id = rows[0].ns_id
+    keys = {r.path_key for r in rows}
+    above = {paths.path_key(paths.parent(r.path_display)) for r in rows} - keys - {paths.ROOT}
+    placed = {paths.ROOT: paths.ROOT} | {
+        key: display
+        for key, (kind, display) in store.kinds_at(ns_id, sorted(above)).items()
+        if kind == "folder"
+    }
+    out, respelled = [], []
+    for r in rows:  # by key: a folder comes before what it holds
+        folder = placed.get(paths.path_key(paths.parent(r.path_display)))
+        if folder is None:
+            continue
+        display = stored_display(paths.join(folder, "/" + paths.name(r.path_display)))
+        placed[r.path_key] = display
+        out.append(dataclasses.replace(r, path_display=display))
+        if display != r.path_display:
+            respelled.append(out[-1])
+    if respelled:
+        store.rename(
+            ns_id,
+            [(r.file_id, r.path_key, paths.path_key(paths.parent(r.path_display)), r.path_display)
+             for r in respelled],
+        )  # fmt: skip
     return out
 
 
 def _undelete_subtree(
     store: Store, view: View, mount: MountRow, row: FileRow
-) -> tuple[list[NewJournal], list[FileRow]]:
+) -> tuple[list[NewJournal], FileRow]:
     """Make a deleted entry live again at its old path, and with a folder everything that
     was deleted with it (entries whose path was taken since stay in the trash). The
-    entries come back spelled as the live folders above them are; `row`'s is first."""
-    display, journal = _reopen_path(store, view, mount, row)
-    restored = [row]
+    entries come back spelled as the live folders above them are.
+
+    A folder whose path a live folder holds again (made since, or made by the undelete of
+    a file that was in it) is merged into it: what was deleted with it comes back into
+    the live folder, and the deleted folder leaves the trash, as do the folders below it
+    merged likewise. It had been refused as "taken", with no way back for its other
+    entries but one undelete each.
+
+    Returns the journal rows and the entry now at the path."""
+    merge_into = None
+    if row.kind == "folder":
+        live = store.file_by_path(row.ns_id, row.path_key)
+        if live is not None and live.kind == "folder":
+            merge_into = live  # seen at the path: no mount hides it
+    journal = [] if merge_into else _reopen_path(store, view, mount, row)
+    restored = [] if merge_into else [row]
     if row.kind == "folder":
         assert row.deleted_at is not None  # a deleted row
         lo, hi = paths.subtree_range(row.path_key)
         restored += store.deleted_along(row.ns_id, lo, hi, row.deleted_at)
-    restored = _respell(store, restored, row.path_display, display)
+        if merge_into:
+            store.drop_merged_folders(row.ns_id, row.path_key, lo, hi, row.deleted_at)
+    restored = _place_under_live_folders(store, restored)
     back, over = store.undelete(row.ns_id, [r.file_id for r in restored])
     if over:
         raise over_quota(view, mount.owner_id, f"restoring {row.path_display!r}")
     # the children were read without a lock: gc may have purged some since (`row` is locked)
     restored = [r for r in restored if r.file_id in back]
     journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]
-    return journal, restored
+    return journal, merge_into or restored[0]
+
+
+def _deleted_folder_at(store: Store, live: FileRow) -> FileRow:
+    """What `undelete PATH` means where `live` holds the path: the folder last deleted there,
+    locked, when `live` is a folder too (it is merged into `live`); `live` otherwise. The
+    deleted folder lists in the trash under the path, and only its id had reached it."""
+    if live.kind != "folder":
+        return live
+    deleted = store.deleted_by_path(live.ns_id, live.path_key)
+    if deleted is None or deleted.kind != "folder":
+        return live
+    return store.file_by_id(deleted.file_id, lock=True) or live
 
 
 def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEntry | FolderEntry:
@@ -373,12 +413,13 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
         row = _relock(store, view, loc, req.path or req.file_id or "")
         mount = loc.mount
         if req.rev is None:
+            if not row.is_deleted and req.path is not None:
+                row = _deleted_folder_at(store, row)
             if not row.is_deleted:
                 raise Unprocessable(
                     "it is not deleted; to bring back an older version, restore that rev"
                 )
-            journal, restored = _undelete_subtree(store, view, mount, row)
-            row = restored[0]
+            journal, row = _undelete_subtree(store, view, mount, row)
             _, event = store.append_journal(
                 mount.ns_id,
                 journal,
@@ -398,8 +439,8 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
                 raise NotFound(f"no rev {req.rev} of this file")
             journal = []
             if row.is_deleted:
-                display, journal = _reopen_path(store, view, mount, row)
-                row = _respell(store, [row], row.path_display, display)[0]
+                journal = _reopen_path(store, view, mount, row)
+                row = _place_under_live_folders(store, [row])[0]
             blocks = store.version_blocks(row.ns_id, row.file_id, req.rev)
             # the old version's staged copies are pinned as a commit pins them: dedup may
             # have settled one since it was read, and the new version must not name it

@@ -972,6 +972,20 @@ class Store:
             (deleted_at,),
         )
 
+    def drop_merged_folders(
+        self, ns_id: int, key: str, lo: str, hi: str, deleted_at: datetime
+    ) -> None:
+        """Remove the deleted folders at `key` and in the key range below it [lo, hi) that
+        were deleted at `deleted_at` and whose path a live folder holds: an undelete merged
+        them into it, and they leave the trash (they hold no versions)."""
+        self.conn.execute(
+            "DELETE FROM files f WHERE f.ns_id = %s AND f.is_deleted AND f.kind = 'folder'"
+            " AND f.deleted_at = %s AND (f.path_key = %s OR (f.path_key >= %s AND f.path_key < %s))"
+            " AND EXISTS (SELECT 1 FROM files l WHERE l.ns_id = f.ns_id"
+            " AND l.path_key = f.path_key AND NOT l.is_deleted AND l.kind = 'folder')",
+            (ns_id, deleted_at, key, lo, hi),
+        )
+
     def _subtree_rows(
         self, ns_id: int, lo: str, hi: str, where: str, params: Sequence[Any]
     ) -> list[FileRow]:
