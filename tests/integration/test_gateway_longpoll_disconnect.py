@@ -52,9 +52,14 @@ def test_abandoned_longpoll_ends_quietly(
         assert _waiting(cloud) == 0  # the server stopped waiting for nobody
 
         # a long-poll still open when the server stops is cut without a traceback
+        # ... and answered, where a client still waits: a 503 it retries (a 408 had reached
+        # the daemon as "waiting for the server: 408")
+        answers: list[httpx.Response] = []
         poller = threading.Thread(
-            target=lambda: httpx.post(
-                base_url + "/v1/list_folder/longpoll", json=body, headers=headers, timeout=30
+            target=lambda: answers.append(
+                httpx.post(
+                    base_url + "/v1/list_folder/longpoll", json=body, headers=headers, timeout=30
+                )
             ),
             daemon=True,
         )
@@ -65,6 +70,10 @@ def test_abandoned_longpoll_ends_quietly(
         assert _waiting(cloud) == 1
     finally:
         cloud.stop()
+    poller.join(10)
+    (answer,) = answers
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "2"
+    assert "the server is stopping" in answer.json()["error"]["message"]
     err = capfd.readouterr().err
     assert "Traceback" not in err
     assert "CancelledError" not in err

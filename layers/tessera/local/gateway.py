@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import errno
 import json
 import logging
@@ -87,6 +88,9 @@ SIGN_IN_THREADS = 8
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 DISK_FULL = "the server's disk is full; try again later"
 DISK_FULL_RETRY_S = 60
+# The answer to a long-poll still waiting when the server stops
+STOPPING = "the server is stopping; try again shortly"
+STOPPING_RETRY_S = 2
 PUBLIC_ROUTES = frozenset({"/v1/health", "/v1/openapi.json"})
 # What a public route's request may carry: nothing it reads, so no one reaches for the
 # authenticated routes' limit without signing in.
@@ -389,8 +393,13 @@ def create_app(gw: Gateway) -> Starlette:
                 return await _resolve(request, body, principal, (longpoll_threads, slot))
 
             waiting = asyncio.ensure_future(answer())
-            if not await _done_before_disconnect(request, waiting):
+            ended = await _done_before_disconnect(request, waiting)
+            if ended is _Ended.CLIENT_LEFT:
                 return Response(status_code=408)  # nobody is listening any more
+            if ended is _Ended.SERVER_STOPPING:
+                # read by a client still waiting: a 408 had reached the daemon as "waiting
+                # for the server: 408"; a 503 is retried, until the server is back
+                return error_response(Unavailable(STOPPING, retry_after=STOPPING_RETRY_S))
             return waiting.result()
         finally:
             if not slot.handed_over:
@@ -523,20 +532,30 @@ class _ThreadStart:
             return True
 
 
-async def _done_before_disconnect(request: Request, work: asyncio.Future[Any]) -> bool:
-    """Wait for `work`; False (and `work` cancelled) when the client hangs up first or the
-    server stops meanwhile — an abandoned long-poll ends quietly, not with a traceback."""
+class _Ended(enum.Enum):
+    """How a long-poll's wait ended (`_done_before_disconnect`)."""
+
+    ANSWERED = "answered"
+    CLIENT_LEFT = "client left"
+    SERVER_STOPPING = "server stopping"
+
+
+async def _done_before_disconnect(request: Request, work: asyncio.Future[Any]) -> _Ended:
+    """Wait for `work`; unless it is done, it is cancelled when the client hangs up first or
+    the server stops meanwhile: an abandoned long-poll ends quietly, not with a traceback."""
     gone = asyncio.ensure_future(_disconnected(request))
+    stopping = False
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         log.debug("long-poll cancelled: the server is stopping")
+        stopping = True
     finally:
         gone.cancel()
     if work.done():
-        return True
+        return _Ended.ANSWERED
     work.cancel()
-    return False
+    return _Ended.SERVER_STOPPING if stopping else _Ended.CLIENT_LEFT
 
 
 async def _disconnected(request: Request) -> None:
