@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tessera.api.models import FileEntry
+from tessera.api.models import FileEntry, RevisionsResponse
 from tessera.blocks import FileManifest
 from tessera_client.api import (
     MALFORMED_RESPONSE,
@@ -725,6 +725,9 @@ class SyncEngine:
             assert op.local is not None and op.remote is not None
             if not self._unchanged(op.path, stats):
                 return True
+            if self._an_earlier_server_version(op.path, op.local, op.remote):
+                downloads.append(replace(op, kind=OpKind.DOWNLOAD, copy_path=""))
+                return False
             copy = self._planned_copy_name(op)
             rename_unless_taken(self.fs, op.path, copy)
             stats[path_key(copy)] = stats.pop(path_key(op.path))
@@ -1135,6 +1138,39 @@ class SyncEngine:
                     with contextlib.suppress(ApiError, LocalChangedError):
                         self._download(path, remote, None, mode_from=copy, manifest=r.item.manifest)
         return True
+
+    def _an_earlier_server_version(self, path: str, local: Entry, remote: Entry) -> bool:
+        """Whether the local file is a version of the server's file that this device never
+        recorded (a rev after the recorded one): a download renamed into place, then the
+        process killed before it recorded it, and the server's file changed again before
+        the restart. Both sides looked changed, and a file nobody edited here became a
+        conflicted copy. The server holds that content in the file's history, so the
+        server's newer version may replace it; an edit made here is in no such rev."""
+        synced = self.state.base_entry(path)
+        since = synced.rev if synced is not None and synced.file_id == remote.file_id else 0
+        if remote.rev - since < 2:
+            return False  # no rev between the recorded one and the server's
+        try:
+            history = parse(
+                RevisionsResponse,
+                self.api.call(  # newest first: the server's rev back to the recorded one
+                    "/v1/revisions",
+                    {"file_id": remote.file_id, "limit": min(remote.rev - since, 1000)},
+                ),
+            )
+        except ApiError:
+            return False  # (the conflicted copy keeps both, as ever)
+        held = [
+            e.rev
+            for e in history.entries
+            if since < e.rev < remote.rev and e.content_hash == local.content_hash
+        ]
+        if held:
+            self.reporter.event(
+                f"{path}: this device holds rev {held[0]} of it (not recorded here); taking"
+                f" rev {remote.rev}"
+            )
+        return bool(held)
 
     def _same_on_server(self, r: UploadResult) -> bool:
         """Whether the server's file at `r`'s path now holds `r`'s content (another device

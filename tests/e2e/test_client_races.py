@@ -301,6 +301,38 @@ def test_an_edit_after_a_commit_whose_answer_was_lost_is_no_conflict(
     assert snapshot(a.folder) == snapshot(b.folder) == expected
 
 
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_download_in_place_but_not_recorded_is_no_conflict(
+    engines: tuple[SyncEngine, SyncEngine], recorded: bool
+) -> None:
+    """B's download of rev 2 was renamed into place, then B was killed before it recorded
+    it (`recorded`: B had rev 1 recorded; else the file was new to B), and A saved rev 3
+    before B started again: both sides looked changed, and B made a conflicted copy of a
+    file nobody edited there. Rev 2 is in the server's history: rev 3 replaces it."""
+    a, b = engines
+    synced_on_both(a, b, "other.txt", "x")
+    if recorded:
+        synced_on_both(a, b, "doc.txt", "v1")
+    else:
+        (a.folder / "doc.txt").write_text("v1")
+        a.run_once()
+    (a.folder / "doc.txt").write_text("v2")
+    a.run_once()
+    (b.folder / "doc.txt").write_text("v2")  # in place; B's record still what it was
+    (a.folder / "doc.txt").write_text("v3")
+    a.run_once()
+    assert not b.run_once().problems
+    assert snapshot(b.folder) == {"doc.txt": b"v3", "other.txt": b"x"}
+    assert b.state.conflicts() == []
+    # going back here to a rev this device had recorded is an edit: kept beside the server's
+    (b.folder / "doc.txt").write_text("v2")
+    for text in ("v4", "v5"):
+        (a.folder / "doc.txt").write_text(text)
+        a.run_once()
+    b.run_once()
+    assert snapshot(b.folder) == {"other.txt": b"x", **kept_both("doc.txt", "B", "v5", "v2")}
+
+
 NEW_FILE_COMMIT = {"parent_rev": None, "file_id": None}
 
 
