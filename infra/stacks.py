@@ -118,13 +118,15 @@ class AppStack(Stack):
                          "TESSERA_LONGPOLL_MIN_S": str(LONGPOLL_MAX_S - 5),
                          "TESSERA_LONGPOLL_MAX_S": str(LONGPOLL_MAX_S)},
         ))  # fmt: skip
-        # POST /v1/auth/token: Cognito InitiateAuth on the public app client. InitiateAuth is
-        # an unauthenticated Cognito API (IAM policies are not evaluated for it) and the client
-        # has no secret (no SECRET_HASH), so the role gets nothing beyond its logs and X-Ray.
+        # POST /v1/auth/token: Cognito AdminInitiateAuth on the public app client (no secret,
+        # no SECRET_HASH), the only sign-in call that takes the caller's address for threat
+        # protection. So the role gets that one action on the pool (RevokeToken is not
+        # IAM-authorised), beyond its logs and X-Ray.
         auth = function(FunctionSpec(
             "auth", "token endpoint (Cognito sign-in)", timeout=Duration.seconds(10),
             memory_mb=256, in_vpc=False, environment=self._identity_env(),
         ))  # fmt: skip
+        self.identity.user_pool.grant(auth, "cognito-idp:AdminInitiateAuth")
         relay = function(FunctionSpec(
             "outbox_relay", "outbox sweep to the changes table", timeout=Duration.seconds(55),
             reserved_concurrency=2,  # two concurrent sweeps are safe (SKIP LOCKED), more is waste

@@ -1,12 +1,13 @@
 """Lambda `auth`: `POST /v1/auth/token` and `POST /v1/auth/revoke` (API Gateway REST proxy,
 no authorizer).
 
-`{"email","password"}` or `{"refresh_token"}` → Cognito `InitiateAuth` on the public CLI app
-client → `{"access_token","refresh_token","token_type":"Bearer","expires_in"}`; a revoke's
+`{"email","password"}` or `{"refresh_token"}` → Cognito `AdminInitiateAuth` on the public
+CLI app client, with the caller's address for threat protection →
+`{"access_token","refresh_token","token_type":"Bearer","expires_in"}`; a revoke's
 `{"refresh_token"}` → Cognito `RevokeToken` → `{}`; see
 `tessera.adapters.aws.token_endpoint`. Its own function so the unauthenticated route has its
-own small role (no database, no bucket, no keys) and its own concurrency. Events are never
-logged: they carry passwords.
+own small role (no database, no bucket, no keys; `cognito-idp:AdminInitiateAuth` on the pool)
+and its own concurrency. Events are never logged: they carry passwords.
 """
 
 from __future__ import annotations

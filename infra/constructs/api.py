@@ -173,7 +173,7 @@ class Api(Construct):
         )
         auth = v1.add_resource("auth")
         for name, schema, relays in (
-            ("token", _TOKEN_SCHEMA, "InitiateAuth"),
+            ("token", _TOKEN_SCHEMA, "AdminInitiateAuth"),
             ("revoke", _REVOKE_SCHEMA, "RevokeToken"),
         ):
             model = self.rest_api.add_model(

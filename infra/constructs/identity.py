@@ -49,14 +49,18 @@ class Identity(Construct):
         acknowledge(
             self.user_pool,
             "AwsSolutions-COG2",
-            "MFA is OPTIONAL (TOTP): the tessera CLI signs in with USER_PASSWORD_AUTH/SRP and "
+            "MFA is OPTIONAL (TOTP): the tessera CLI signs in by password (the token endpoint) and "
             "has no MFA challenge step yet; Plus-tier threat protection blocks risky sign-ins",
         )
         self.client = self.user_pool.add_client(
             "Cli",
             user_pool_client_name=f"{config.prefix}-cli",
             generate_secret=False,  # a public client: the CLI cannot keep a secret
-            auth_flows=cognito.AuthFlow(user_password=True, user_srp=True),
+            # admin: the token endpoint's (it passes the caller's address on to threat
+            # protection); password and SRP: any other Cognito client's
+            auth_flows=cognito.AuthFlow(
+                admin_user_password=True, user_password=True, user_srp=True
+            ),
             prevent_user_existence_errors=True,
             access_token_validity=Duration.hours(1),
             id_token_validity=Duration.hours(1),

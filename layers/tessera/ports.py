@@ -311,6 +311,31 @@ class Principal:
     email: str
 
 
+@dataclass(frozen=True)
+class SignInOrigin:
+    """Where a sign-in request came from, for the identity provider's risk checks (Cognito
+    threat protection): the caller's address as the edge saw it, the host and path it
+    called, and the request headers worth judging it by (never its credentials)."""
+
+    ip_address: str
+    server_name: str
+    server_path: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    #: the headers a sign-in passes on (lower case): what describes the caller's software
+    #: and locale; an Authorization or Cookie header has no business leaving the edge
+    PASSED_HEADERS = ("user-agent", "accept-language")
+
+    @classmethod
+    def of(
+        cls, ip_address: str, server_name: str, server_path: str, headers: Mapping[str, str]
+    ) -> SignInOrigin:
+        """The origin of a request with these headers (any case), keeping `PASSED_HEADERS`."""
+        lower = {name.lower(): value for name, value in headers.items()}
+        kept = tuple((name, lower[name]) for name in cls.PASSED_HEADERS if name in lower)
+        return cls(ip_address, server_name, server_path, kept)
+
+
 class Identity(ABC):
     """Verifies bearer tokens the way API Gateway's Cognito authorizer does."""
 

@@ -352,17 +352,27 @@ def test_token_routes_have_no_authorizer_but_validation_throttling_and_their_own
     assert set(props["Environment"]["Variables"]) >= {
         "TESSERA_USER_POOL_ID", "TESSERA_USER_POOL_CLIENT_ID"}  # fmt: skip
     assert not {n for n in props["Environment"]["Variables"] if n.startswith("TESSERA_DB")}
-    # Least privilege: its own logs and X-Ray only (InitiateAuth on a public client is not
-    # IAM-authorised), nothing on the data.
+    # Least privilege: its own logs and X-Ray, and the admin sign-in (the one call that takes
+    # the caller's address for threat protection) on the pool alone; nothing on the data.
     role = props["Role"]["Fn::GetAtt"][0]
-    actions = {
-        a
+    statements = [
+        st
         for p in resources(dev.app_template, "AWS::IAM::Policy").values()
         if {"Ref": role} in p["Properties"]["Roles"]
         for st in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    actions = {
+        a for st in statements
         for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
-    }
-    assert actions and all(a.split(":")[0] in {"logs", "xray"} for a in actions), (auth_id, actions)
+    }  # fmt: skip
+    assert "cognito-idp:AdminInitiateAuth" in actions
+    others = actions - {"cognito-idp:AdminInitiateAuth"}
+    assert others and all(a.split(":")[0] in {"logs", "xray"} for a in others), (auth_id, actions)
+    [sign_in] = [st for st in statements if st["Action"] == "cognito-idp:AdminInitiateAuth"]
+    [pool_id] = resources(dev.data_template, "AWS::Cognito::UserPool")  # the data stack's
+    assert re.fullmatch(f".*FnGetAtt{pool_id}Arn.*", sign_in["Resource"]["Fn::ImportValue"])
+    [client] = resources(dev.data_template, "AWS::Cognito::UserPoolClient").values()
+    assert "ALLOW_ADMIN_USER_PASSWORD_AUTH" in client["Properties"]["ExplicitAuthFlows"]
 
 
 def test_api_stage_logs_traces_throttles_and_validates(dev: Synth) -> None:

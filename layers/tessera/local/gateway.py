@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, BinaryIO, Protocol
 
 import anyio.to_thread
@@ -50,7 +51,7 @@ from tessera.domain.errors import (
 )
 from tessera.domain.models import MAX_CURSOR_CHARS
 from tessera.local.throttle import CallerLimit, CallerSlot, RequestThrottle
-from tessera.ports import Identity, Principal
+from tessera.ports import Identity, Principal, SignInOrigin
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,9 @@ class TokenEndpoint(Protocol):
     """`POST /v1/auth/token` and `/v1/auth/revoke`: the local JWT issuer, or Cognito in
     AWS mode."""
 
-    def token(self, body: Mapping[str, Any]) -> Any:
-        """Tokens for a JSON body; the result has `to_body()`. Raises TesseraError."""
+    def token(self, body: Mapping[str, Any], origin: SignInOrigin | None = None) -> Any:
+        """Tokens for a JSON body (`origin`: where the request came from, for the identity
+        provider's risk checks); the result has `to_body()`. Raises TesseraError."""
         ...
 
     def revoke(self, body: Mapping[str, Any]) -> None:
@@ -360,7 +362,10 @@ def create_app(gw: Gateway) -> Starlette:
         return gw.token_endpoint
 
     async def token(request: Request) -> Response:
-        pair = await _sign_in_call(request, token_endpoint().token)
+        origin = SignInOrigin.of(
+            client_address(request), request.url.netloc, request.url.path, request.headers
+        )
+        pair = await _sign_in_call(request, partial(token_endpoint().token, origin=origin))
         return JSONResponse(pair.to_body(), headers={"Cache-Control": "no-store"})
 
     async def revoke(request: Request) -> Response:

@@ -96,7 +96,8 @@ def test_password_then_refresh_gives_tokens_the_api_accepts(
     [
         {"email": "WRONG", "password": PASSWORD},
         {"email": "nobody@example.com", "password": PASSWORD},
-        {"refresh_token": "not-a-refresh-token"},
+        # (an unknown refresh token: moto's AdminInitiateAuth fails with a KeyError, where
+        # Cognito refuses it; stubbed in `test_cognito_refusals_get_their_own_answer_not_a_500`)
     ],
 )
 def test_wrong_credentials_are_401_json(
@@ -144,6 +145,7 @@ def test_bodies_without_credentials_are_400_as_on_the_local_gateway(
 @pytest.mark.parametrize(
     ("cognito_error", "cognito_status", "status", "code", "says"),
     [
+        ("NotAuthorizedException", 400, 401, "unauthorized", "wrong email, password"),
         ("TooManyRequestsException", 400, 429, "rate_limited", "throttled"),
         ("PasswordResetRequiredException", 400, 401, "unauthorized", "reset its password"),
         ("UserNotConfirmedException", 400, 401, "unauthorized", "not confirmed"),
@@ -160,24 +162,77 @@ def test_cognito_refusals_get_their_own_answer_not_a_500(
 ) -> None:
     """An account to reset or confirm, and Cognito failing for a while, answered 500
     ("internal error"): the user learnt nothing, and the client did not retry."""
-    # moto answers none of these: a stubbed client answers InitiateAuth with Cognito's error
-    client = boto3.client(
-        "cognito-idp",
-        region_name=aws_settings.region,
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
-    users = CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
+    # moto answers none of these: a stubbed client answers the sign-in with Cognito's error
+    client, users = _stubbed_users(aws_settings)
     with Stubber(client) as stub:
         stub.add_client_error(
-            "initiate_auth", service_error_code=cognito_error, http_status_code=cognito_status
+            "admin_initiate_auth", service_error_code=cognito_error, http_status_code=cognito_status
         )
-        result = token_endpoint(users, _event({"email": "a@example.com", "password": PASSWORD}))
+        refused = (
+            {"refresh_token": "not-a-refresh-token"}  # (moto's own answer to it is a 500)
+            if cognito_error == "NotAuthorizedException"
+            else {"email": "a@example.com", "password": PASSWORD}
+        )
+        result = token_endpoint(users, _event(refused))
     body = json.loads(result["body"])
     assert (result["statusCode"], body["error"]["code"]) == (status, code), body
     assert says in body["error"]["message"]
     if status in (429, 503):
         assert int(result["headers"]["Retry-After"]) >= 1
+
+
+def _stubbed_users(aws_settings: AwsSettings) -> tuple[Any, CognitoUsers]:
+    """A Cognito client that answers only what a test queues (`Stubber`), and its users."""
+    client = boto3.client(
+        "cognito-idp", region_name=aws_settings.region, aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )  # fmt: skip
+    return client, CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
+
+
+@pytest.mark.parametrize("grant", ["password", "refresh"])
+def test_a_sign_in_tells_cognito_where_it_came_from(aws_settings: AwsSettings, grant: str) -> None:
+    """Threat protection judged every sign-in by this function's own addresses (the public
+    InitiateAuth takes no caller address from a client without a secret): one attacker's
+    blocks landed on every user. The admin call carries API Gateway's `sourceIp`, the host,
+    the path and the caller's software, never its credentials. (moto checks none of it.)"""
+    client, users = _stubbed_users(aws_settings)
+    event = _event(
+        {"email": "a@example.com", "password": PASSWORD}
+        if grant == "password"
+        else {"refresh_token": "the-refresh-token"}
+    )
+    event["headers"] = {"Host": "api.example.com", "User-Agent": "tessera/1.0",
+                        "Authorization": "Bearer stolen?", "Cookie": "c=1"}  # fmt: skip
+    event["requestContext"]["domainName"] = "api.example.com"
+    params = (
+        {"USERNAME": "a@example.com", "PASSWORD": PASSWORD}
+        if grant == "password"
+        else {"REFRESH_TOKEN": "the-refresh-token"}
+    )
+    answer = {"AuthenticationResult": {"IdToken": "id", "RefreshToken": "r", "ExpiresIn": 3600}}
+    with Stubber(client) as stub:
+        stub.add_response(
+            "admin_initiate_auth",
+            answer,
+            expected_params={
+                "UserPoolId": aws_settings.user_pool_id,
+                "ClientId": aws_settings.user_pool_client_id,
+                "AuthFlow": "ADMIN_USER_PASSWORD_AUTH"
+                if grant == "password"
+                else "REFRESH_TOKEN_AUTH",
+                "AuthParameters": params,
+                "ContextData": {
+                    "IpAddress": "203.0.113.7",
+                    "ServerName": "api.example.com",
+                    "ServerPath": "/v1/auth/token",
+                    "HttpHeaders": [{"headerName": "user-agent", "headerValue": "tessera/1.0"}],
+                },
+            },
+        )
+        result = token_endpoint(users, event)
+        stub.assert_no_pending_responses()
+    assert result["statusCode"] == 200, result
 
 
 def test_settings_without_a_pool_fail_the_cold_start() -> None:
@@ -198,11 +253,7 @@ def test_credentials_longer_than_cognito_takes_are_401_without_asking_it(
 ) -> None:
     """Cognito refuses them with InvalidParameterException, a 500 here (which a
     misconfigured app client raises too, so it stays one)."""
-    client = boto3.client(
-        "cognito-idp", region_name=aws_settings.region, aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )  # fmt: skip
-    users = CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
+    client, users = _stubbed_users(aws_settings)
     body = {"email": "a@example.com", "password": PASSWORD, **credentials}
     with Stubber(client):  # no answer queued: any call to Cognito fails the test
         result = token_endpoint(users, _event(body))
@@ -232,11 +283,7 @@ def test_revoke_signs_a_refresh_token_out_with_cognito(
 ) -> None:
     """`tessera logout` only deleted the device's tokens: a stolen refresh token kept working
     for its 30 days. The revoke route relays Cognito's RevokeToken (moto has none: stubbed)."""
-    client = boto3.client(
-        "cognito-idp", region_name=aws_settings.region, aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )  # fmt: skip
-    users = CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
+    client, users = _stubbed_users(aws_settings)
     expected = {"Token": "the-refresh-token", "ClientId": aws_settings.user_pool_client_id}
     with Stubber(client) as stub:
         if cognito_error is None:

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from tessera.adapters.aws.errors import is_transient
 from tessera.adapters.tokens import TokenPair, verified_claims
 from tessera.domain.errors import BadRequest, Conflict, TooManyRequests, Unauthorized, Unavailable
-from tessera.ports import Identity, Principal
+from tessera.ports import Identity, Principal, SignInOrigin
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class CognitoIdentity(Identity):
 # The longest username and password Cognito takes (its API's limits).
 COGNITO_MAX_USERNAME = 128
 COGNITO_MAX_PASSWORD = 256
-# Cognito's throttling error codes (per-second quotas on InitiateAuth).
+# Cognito's throttling error codes (per-second quotas on its sign-in calls).
 _THROTTLED = frozenset(
     {"TooManyRequestsException", "LimitExceededException", "ThrottlingException"}
 )
@@ -171,12 +171,30 @@ class CognitoUsers:
         attributes = {a["Name"]: a["Value"] for a in resp["User"].get("Attributes", [])}
         return attributes["sub"]
 
-    def _auth(self, flow: str, params: dict[str, str]) -> dict[str, Any]:
+    def _auth(
+        self, flow: str, params: dict[str, str], origin: SignInOrigin | None
+    ) -> dict[str, Any]:
+        # AdminInitiateAuth, not the public InitiateAuth: only the admin call takes the
+        # caller's address (ContextData; a public client cannot pass it in UserContextData).
+        # Without it, threat protection judged every sign-in by this function's own
+        # addresses: all users' from the same few, its blocks landing on every one of them
+        context: dict[str, Any] = {}
+        if origin is not None:
+            context["ContextData"] = {
+                "IpAddress": origin.ip_address,
+                "ServerName": origin.server_name,
+                "ServerPath": origin.server_path,
+                "HttpHeaders": [
+                    {"headerName": name, "headerValue": value} for name, value in origin.headers
+                ],
+            }
         try:
-            resp = self._idp.initiate_auth(
+            resp = self._idp.admin_initiate_auth(
+                UserPoolId=self._pool_id,
                 ClientId=self._client_id,
                 AuthFlow=flow,  # type: ignore[arg-type]
                 AuthParameters=params,
+                **context,
             )
         except Exception as exc:
             code = _error_code(exc)
@@ -208,8 +226,9 @@ class CognitoUsers:
             _raise_if_passing(exc, code)
             raise
 
-    def token(self, body: Mapping[str, Any]) -> TokenPair:
-        """`POST /v1/auth/token`: {email, password} or {refresh_token} → the token body.
+    def token(self, body: Mapping[str, Any], origin: SignInOrigin | None = None) -> TokenPair:
+        """`POST /v1/auth/token`: {email, password} or {refresh_token} → the token body;
+        `origin` is passed on to threat protection.
 
         The `access_token` is Cognito's ID token: it carries `email`, and it is what API
         Gateway's Cognito authorizer verifies without OAuth scopes.
@@ -219,7 +238,7 @@ class CognitoUsers:
             raise BadRequest('send {"email", "password"} or {"refresh_token"} (strings)')
         if fields["refresh_token"]:
             refresh = str(fields["refresh_token"])
-            result = self._auth("REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": refresh})
+            result = self._auth("REFRESH_TOKEN_AUTH", {"REFRESH_TOKEN": refresh}, origin)
         elif fields["email"] and fields["password"]:
             if (
                 len(str(fields["email"])) > COGNITO_MAX_USERNAME
@@ -229,8 +248,9 @@ class CognitoUsers:
                 # InvalidParameterException, which a misconfigured client also raises (a 500)
                 raise Unauthorized("wrong email, password or refresh token")
             result = self._auth(
-                "USER_PASSWORD_AUTH",
+                "ADMIN_USER_PASSWORD_AUTH",
                 {"USERNAME": str(fields["email"]), "PASSWORD": str(fields["password"])},
+                origin,
             )
             refresh = str(result["RefreshToken"])
         else:

@@ -22,6 +22,7 @@ from typing import Any
 
 from tessera.adapters.aws.identity import CognitoUsers
 from tessera.domain.errors import NotFound, TesseraError, Unprocessable
+from tessera.ports import SignInOrigin
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,20 @@ def _response(
     }
 
 
+def sign_in_origin(event: Mapping[str, Any]) -> SignInOrigin:
+    """Where a proxy event's sign-in came from: API Gateway's `sourceIp` (the caller's
+    address as the edge saw it, never a header the caller wrote), the API's host and the
+    path called."""
+    context = event.get("requestContext") or {}
+    headers = event.get("headers") or {}
+    return SignInOrigin.of(
+        str((context.get("identity") or {}).get("sourceIp") or ""),
+        str(context.get("domainName") or headers.get("Host") or headers.get("host") or ""),
+        str(event.get("path") or ""),
+        {str(k): str(v) for k, v in headers.items()},
+    )
+
+
 TOKEN_PATH = "/v1/auth/token"
 REVOKE_PATH = "/v1/auth/revoke"
 
@@ -72,7 +87,7 @@ def token_endpoint(users: CognitoUsers, event: Mapping[str, Any]) -> dict[str, A
         if route == REVOKE_PATH:
             users.revoke(body)
         else:
-            answer = users.token(body).to_body()
+            answer = users.token(body, sign_in_origin(event)).to_body()
     except TesseraError as exc:
         return _response(exc.status, exc.to_body(), exc.headers())
     except Exception:

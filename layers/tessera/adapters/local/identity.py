@@ -47,7 +47,7 @@ from tessera.domain.errors import (
 )
 from tessera.metadata import local_users
 from tessera.metadata.db import unavailable_on_db_errors
-from tessera.ports import Identity, Principal
+from tessera.ports import Identity, Principal, SignInOrigin
 
 ISSUER = "tessera-local"
 AUDIENCE = "tessera"
@@ -420,8 +420,9 @@ class LocalIdentity:
         self.users, self.issuer = users, issuer
         self.throttle = throttle or LoginThrottle()
 
-    def token(self, body: Mapping[str, Any]) -> TokenPair:
-        """Answer `POST /v1/auth/token` with `{"email","password"}` or `{"refresh_token"}`."""
+    def token(self, body: Mapping[str, Any], origin: SignInOrigin | None = None) -> TokenPair:
+        """Answer `POST /v1/auth/token` with `{"email","password"}` or `{"refresh_token"}`
+        (`origin` unused: the gateway throttles sign-ins per address itself)."""
         refresh = body.get("refresh_token")
         if isinstance(refresh, str):
             current = self.users.session_user(self.issuer.verify_refresh(refresh))
