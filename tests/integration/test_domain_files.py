@@ -426,6 +426,33 @@ def test_a_merged_folder_leaves_in_the_trash_what_the_live_folder_holds_the_plac
     ]
 
 
+def test_nothing_merged_back_lands_under_a_shared_folder_mounted_since(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """`/Work` deleted with `Team/plan.txt`, `/Work/Team` made again and shared: the merge
+    brought the old `Team` and its file back in alice's own folders, under the mount (an
+    undelete of the file alone is refused). They stay in the trash."""
+    old = put_file(services, alice, "/Work/Team/plan.txt", b"alice's private old plan")
+    put_file(services, alice, "/Work/notes.txt", b"notes")
+    files.delete(services, alice, DeleteRequest(path="/Work"))
+    put_file(services, alice, "/Work/Team/shared.txt", b"for bob")
+    sharing.account(services, bob)  # (signed in once)
+    share = ShareRequest(path="/Work/Team", email=bob.email, access="editor")
+    sharing.share(services, alice, share)
+    with pytest.raises(Conflict, match="shared folder is mounted"):
+        files.restore(services, alice, RestoreRequest(file_id=old.file_id))
+    files.restore(services, alice, RestoreRequest(path="/Work"))
+    assert get_file(services, alice, "/Work/notes.txt") == b"notes"
+    page = listing.list_folder(services, alice, "/", True, None)
+    assert sorted((e.tag, e.path_display) for e in page.entries) == [
+        ("file", "/Work/Team/shared.txt"),
+        ("file", "/Work/notes.txt"),
+        ("folder", "/Work"),
+        ("folder", "/Work/Team"),
+    ]
+    assert _trash_paths(services, alice) == ["/Work/Team", "/Work/Team/plan.txt"]
+
+
 def test_a_folder_is_never_merged_into_a_file(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/d/x", b"x")
     files.delete(services, alice, DeleteRequest(path="/d"))

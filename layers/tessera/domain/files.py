@@ -377,6 +377,7 @@ def _undelete_subtree(
         restored += store.deleted_along(row.ns_id, lo, hi, row.deleted_at)
         if merge_into:
             store.drop_merged_folders(row.ns_id, row.path_key, lo, hi, row.deleted_at)
+        restored = _not_under_a_mount(view, mount, row, restored)
     restored = _place_under_live_folders(store, restored)
     back, over = store.undelete(row.ns_id, [r.file_id for r in restored])
     if over:
@@ -385,6 +386,22 @@ def _undelete_subtree(
     restored = [r for r in restored if r.file_id in back]
     journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]
     return journal, merge_into or restored[0]
+
+
+def _not_under_a_mount(
+    view: View, mount: MountRow, folder: FileRow, rows: list[FileRow]
+) -> list[FileRow]:
+    """`rows` (entries deleted with `folder`) but those a shared folder mounted since at or
+    above their path would hide: they stay in the trash, as an undelete of one of them
+    alone is refused (`_reopen_path`). Brought back, they lay under the mount, listed twice
+    and named by no path, and the owner could not delete the share once alone in it."""
+    if not view.mounts_below(paths.path_key(view.view_path(mount, folder.path_display))):
+        return rows
+    return [
+        r
+        for r in rows
+        if view.resolve(view.view_path(mount, r.path_display))[0].ns_id == folder.ns_id
+    ]
 
 
 def _deleted_folder_at(store: Store, live: FileRow) -> FileRow:
