@@ -350,14 +350,24 @@ class SyncEngine:
         remote = self.state.remote_tree()
         # A path the scan left out (ignored, skipped, in a folder it could not list) is not
         # deleted on either side, nor downloaded: the planner would take its absence from
-        # the local tree for a local delete.
+        # the local tree for a local delete. One set apart for good (ignored, a symlink) is
+        # no longer synced here: its record is forgotten, so that once it is back in view,
+        # its absence reads as never synced (downloaded), not as deleted here. Its record
+        # kept, `rm -rf` of an ignored folder, then the rule removed, deleted the folder on
+        # the server and on every device.
         self._holding_unseen = set()
+        forgotten = []
         for key in (remote.keys() | base.keys()) - local.keys():
             known = remote.get(key) or base[key]
             if scan.left_alone(key, known.path, is_dir=not known.is_file):
                 remote.pop(key, None)
-                base.pop(key, None)
+                synced = base.pop(key, None)
                 self._holding_unseen.update(path_key(a) for a in ancestors(known.path))
+                if synced and scan.set_apart_for_good(key, synced.path, is_dir=not synced.is_file):
+                    forgotten.append(synced.path)
+        with self.state.transaction():
+            for path in forgotten:
+                self.state.delete_base(path)
         leaving, leaving_files = self._shares_removed_here(local, remote, base)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
         marked = self.fs.exists(FOLDER_MARKER)

@@ -42,6 +42,9 @@ class LocalScan:
     #: entries, folders it could not list: everything below them too). Absent from `tree`,
     #: they are not gone.
     unseen: set[str] = field(default_factory=set)
+    #: path keys among `unseen` set apart for good (a symlink, a special file), not for a
+    #: passing reason (unreadable, a name to change): see `set_apart_for_good`
+    set_apart: set[str] = field(default_factory=set)
     #: the ignore rules this pass applied
     rules: IgnoreRules = field(default_factory=IgnoreRules)
     #: per file key in `tree`, when the content its hash names was read from the file (no
@@ -56,6 +59,16 @@ class LocalScan:
         if self.unseen and ("" in self.unseen or key in self.unseen):
             return True
         if self.unseen and any(a in self.unseen for a in ancestors(key)):
+            return True
+        return self.rules.covers(path, is_dir=is_dir)
+
+    def set_apart_for_good(self, key: str, path: str, *, is_dir: bool) -> bool:
+        """Whether the entry at `key` (spelled `path`) is out of sync until the user says
+        otherwise: an ignore rule covers it, or it is (or is inside) a symlink or a special
+        file. Not a passing reason such as a folder that cannot be listed right now."""
+        if self.set_apart and (
+            key in self.set_apart or any(a in self.set_apart for a in ancestors(key))
+        ):
             return True
         return self.rules.covers(path, is_dir=is_dir)
 
@@ -197,10 +210,12 @@ class Scanner:
                 if st.kind == Kind.SYMLINK:
                     out.skipped.append((rel, "symlink (never followed)"))
                     out.unseen.add(key)
+                    out.set_apart.add(key)
                     continue
                 if st.kind not in (Kind.FILE, Kind.DIR):
                     out.skipped.append((rel, "not a regular file or folder"))
                     out.unseen.add(key)
+                    out.set_apart.add(key)
                     continue
                 if key in seen:
                     # Two spellings of one key: the one left out is not gone, nor is what

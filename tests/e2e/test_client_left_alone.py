@@ -310,3 +310,54 @@ def test_a_folder_deleted_here_that_holds_what_this_device_ignores_is_kept(
     a.run_once()
     assert snapshot(b.folder) == {".tesseraignore": b"*.log\n", "proj": None}
     assert snapshot(a.folder) == {"proj": None, "proj/run.log": b"A's log"}
+
+
+def _set_apart_and_let_in(device: SyncEngine, how: str, elsewhere: Path) -> None:
+    """Set `Archive` apart on `device` for good (an ignore rule, or moved to another disk
+    behind a symlink), take its files away there, sync, then let it in again."""
+    folder = device.folder
+    if how.startswith("ignored"):
+        (folder / ".tesseraignore").write_text("Archive/\n")
+        device.run_once()
+        if how == "ignored":
+            shutil.rmtree(folder / "Archive")  # to free the space: it is not synced here
+            device.run_once()
+        (folder / ".tesseraignore").write_text("")
+    else:
+        shutil.move(str(folder / "Archive"), str(elsewhere / "Archive"))
+        os.symlink(elsewhere / "Archive", folder / "Archive")
+        device.run_once()
+        (folder / "Archive").unlink()
+
+
+@pytest.mark.parametrize("how", ["ignored", "ignored, kept", "symlink"])
+def test_what_was_set_apart_here_comes_back_when_let_in_again(
+    engines: tuple[SyncEngine, SyncEngine], tmp_path: Path, how: str
+) -> None:
+    """A folder ignored here (or moved behind a symlink), deleted here, then let in again:
+    its record had been kept, so its absence read as a delete made here, sent to the server
+    and to every device. It is no longer synced here once set apart: it comes back. (Kept
+    here meanwhile, its files are as the server once held them: the server's newer
+    version replaces them, with no conflicted copy.)"""
+    a, b = engines
+    synced_on_both(a, b, "keep.txt", "k")
+    (a.folder / "Archive").mkdir()
+    for name in ("one.txt", "two.txt"):
+        (a.folder / "Archive" / name).write_text(f"{name} v1")
+    a.run_once()
+    b.run_once()
+    elsewhere = tmp_path / "external"
+    elsewhere.mkdir()
+    _set_apart_and_let_in(a, how, elsewhere)
+    (b.folder / "Archive" / "two.txt").write_text("two.txt, B's edit meanwhile")
+    b.run_once()
+    assert not a.run_once().problems
+    b.run_once()
+    expected = {
+        "keep.txt": b"k",
+        "Archive": None,
+        "Archive/one.txt": b"one.txt v1",
+        "Archive/two.txt": b"two.txt, B's edit meanwhile",
+    }
+    assert snapshot(b.folder) == expected
+    assert {k: v for k, v in snapshot(a.folder).items() if k != ".tesseraignore"} == expected
