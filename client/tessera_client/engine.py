@@ -270,6 +270,16 @@ class SyncEngine:
             )
         elif tag == "folder":
             access = raw.get("access")
+            if (
+                access
+                and self.state.has_remote(rel)
+                and path_key(rel) not in self.state.shared_mounts()
+            ):
+                # A folder of the caller's own shared since this device's cursor: the server
+                # sends the mount point and all it holds now, but no deletion of what the
+                # folder held before (moved into the share, then deleted or renamed there).
+                # Kept in the mirror, such a file was never deleted here.
+                self.state.delete_remote(rel)
             self.state.put_remote(
                 Entry(rel, EntryKind.FOLDER, file_id=str(raw.get("file_id", ""))),
                 access=str(access) if access else None,
@@ -406,11 +416,13 @@ class SyncEngine:
         move) of each file, an editor's `rm -rf Team` emptied the folder for every member
         (a rename: each file uploaded into their own space, then deleted from the share).
         Removing one leaves the share instead (`_leave_share`); a renamed one's files go
-        up as this user's own. Their paths, and how many synced files they held."""
+        up as this user's own. So does replacing one with a file: planned as a folder
+        turned into a file, it had deleted every file of the share for every member. Their
+        paths, and how many synced files they held."""
         gone = [
             (key, path)
             for key, (path, access) in self.state.shared_mounts().items()
-            if access != "owner" and key in base and key not in local
+            if access != "owner" and key in base and (key not in local or local[key].is_file)
         ]
         files = 0
         for key, _ in gone:

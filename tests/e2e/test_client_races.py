@@ -8,15 +8,17 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tessera_client.api import ApiError
+from tessera_client.api import Api, ApiError
+from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import MTIME_GRANULARITY_NS
 
-from .conftest import kept_both, snapshot, synced_on_both
+from .conftest import Cloud, kept_both, sign_in, snapshot, synced_on_both
 
 pytestmark = pytest.mark.e2e
 
@@ -388,3 +390,67 @@ def test_a_session_of_a_file_deleted_here_adopts_nothing(
     a.run_once()
     b.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == {"p.txt": b"the content"}
+
+
+def test_what_went_from_a_folder_shared_since_this_devices_listing_goes_here_too(
+    engines: tuple[SyncEngine, SyncEngine], inproc_cloud: Cloud, tmp_path: Path
+) -> None:
+    """A shares Team, then deletes and renames files in it, before B lists again: B's
+    listing brought the mount point and what it holds now, but no deletion of what Team
+    held before, so B kept the deleted file and the renamed one's old name for ever,
+    "in sync"."""
+    a, b = engines
+    (a.folder / "Team").mkdir()
+    for name in ("spec.md", "a.txt", "keep.txt"):
+        (a.folder / "Team" / name).write_text(name)
+    a.run_once()
+    b.run_once()
+    _an_editor_of(a, "Team", inproc_cloud, tmp_path).close()
+    a.run_once()
+    (a.folder / "Team" / "spec.md").unlink()
+    (a.folder / "Team" / "a.txt").rename(a.folder / "Team" / "b.txt")
+    a.run_once()
+    assert not b.run_once().problems
+    expected = {"Team": None, "Team/b.txt": b"a.txt", "Team/keep.txt": b"keep.txt"}
+    assert snapshot(a.folder) == snapshot(b.folder) == expected
+
+
+def _an_editor_of(a: SyncEngine, folder: str, cloud: Cloud, tmp_path: Path) -> SyncEngine:
+    """A device of a new user, editor of `a`'s `folder`, synced once."""
+    email = cloud.user()
+    home = sign_in(cloud, email, Home(tmp_path / "home-editor"), "editor")
+    a.api.call("/v1/share", {"path": f"/{folder}", "email": email, "access": "editor"})
+    synced = tmp_path / "folder-editor"
+    synced.mkdir()
+    editor = SyncEngine(home, home.load_settings(), synced, Api(cloud.url, home))
+    editor.run_once()
+    return editor
+
+
+def test_a_shared_folder_replaced_by_a_file_on_a_members_device_is_left(
+    engines: tuple[SyncEngine, SyncEngine], inproc_cloud: Cloud, tmp_path: Path
+) -> None:
+    """An editor's `rm -rf Team` and a new file named Team between two rounds: planned as a
+    folder turned into a file, every file of the share was deleted, for every member. The
+    editor leaves the share instead, as for `rm -rf Team` alone; the file goes up as theirs."""
+    a, _ = engines
+    (a.folder / "Team" / "plan").mkdir(parents=True)
+    (a.folder / "Team" / "spec.md").write_text("the spec")
+    (a.folder / "Team" / "plan" / "q1.txt").write_text("the plan")
+    a.run_once()
+    editor = _an_editor_of(a, "Team", inproc_cloud, tmp_path)
+    try:
+        assert (editor.folder / "Team" / "spec.md").read_text() == "the spec"
+        shutil.rmtree(editor.folder / "Team")
+        (editor.folder / "Team").write_text("a note I called Team")
+        assert not editor.run_once().problems
+        assert a.run_once().paused_deletes == 0
+        assert a.api.call("/v1/trash/list", {"path": ""})["entries"] == []
+        assert editor.api.call("/v1/shares", {})["shares"] == []
+        root = editor.api.call("/v1/list_folder", {"path": "", "recursive": True})["entries"]
+        assert [(e[".tag"], e["path_display"]) for e in root] == [("file", "/Team")]
+    finally:
+        editor.close()
+    expected = {"Team": None, "Team/plan": None, "Team/plan/q1.txt": b"the plan",
+                "Team/spec.md": b"the spec"}  # fmt: skip
+    assert snapshot(a.folder) == expected
