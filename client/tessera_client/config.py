@@ -43,6 +43,7 @@ class Settings:
     mass_delete_files: int = 50
     mass_delete_fraction: float = 0.25
     mass_delete_min: int = 10
+    mass_delete_window_s: float = 600.0  # deletions this recent count together
     transfer_threads: int = 8
     longpoll_timeout_s: int = 60
     batch_files: int = 1000  # files per upload session: the server's max_files_per_upload

@@ -519,9 +519,16 @@ class SyncEngine:
         hidden marker, so its deletions go as usual. `leaving_files`: the files of the shared
         folders the round would leave (taken out of `base`): gone from here, they count as
         deletions (an `rm -rf ~/Tessera/*` left every share at once, unasked)."""
-        deletes = the_plan.deletes + leaving_files
-        files = sum(1 for e in base.values() if e.is_file) + leaving_files
         s = self.settings
+        now = time.time()
+        recent = self._recent_deletes(now)
+        earlier = sum(n for _, n in recent)
+        round_deletes = the_plan.deletes + leaving_files
+        # with the deletions of the last `mass_delete_window_s`: a slow `rm -rf` (a network
+        # drive, a tool deleting file by file) went out a few files a round, each round
+        # below the thresholds, and every file went, with no pause
+        deletes = round_deletes + earlier
+        files = sum(1 for e in base.values() if e.is_file) + leaving_files + earlier
         mass = deletes > s.mass_delete_files or (
             deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
         )
@@ -542,6 +549,10 @@ class SyncEngine:
         if not mass or self.allow_mass_delete:
             if mass:  # approved once, for this deletion: a daemon's next one pauses again
                 self.allow_mass_delete = False
+                recent = []
+            elif round_deletes:
+                recent.append((now, round_deletes))
+            self.state.set_meta("recent_deletes", json.dumps(recent) if recent else None)
             if self.state.get_meta("paused_deletes"):
                 self.state.set_meta("paused_deletes", None)
             return the_plan.ops
@@ -555,15 +566,30 @@ class SyncEngine:
                 " `tessera sync --allow-mass-delete`"
             )
         else:
-            result.problems.append(
-                f"paused: this would delete {deletes} of {files} files; if deleting them"
-                " everywhere is intended, run `tessera sync --allow-mass-delete`"
+            within = (
+                f" ({round_deletes} now, {earlier} in the last"
+                f" {s.mass_delete_window_s / 60:g} minutes)"
+                if earlier
+                else ""
             )
-        result.paused_deletes = max(deletes, 1)
+            result.problems.append(
+                f"paused: this would delete {deletes} of {files} files{within}; if deleting"
+                " them everywhere is intended, run `tessera sync --allow-mass-delete`"
+            )
+        result.paused_deletes = max(round_deletes, 1)  # (what is held: the earlier ones went)
         self.state.set_meta("paused_deletes", str(result.paused_deletes))
         if foreign:
             return []
         return [op for op in the_plan.ops if op.kind not in held]
+
+    def _recent_deletes(self, now: float) -> list[tuple[float, int]]:
+        """(when, how many) of the deletions let through within `mass_delete_window_s`."""
+        try:
+            noted = json.loads(self.state.get_meta("recent_deletes") or "[]")
+            recent = [(float(t), int(n)) for t, n in noted]
+        except (ValueError, TypeError):  # (a note this client cannot read: none)
+            return []
+        return [(t, n) for t, n in recent if now - self.settings.mass_delete_window_s < t <= now]
 
     def _mark_folder(self) -> None:
         """Leave `FOLDER_MARKER` in the folder (ignored, never synced: built in), and note in

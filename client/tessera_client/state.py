@@ -293,7 +293,7 @@ class StateDB:
         self.forget_sync()
         with self.transaction() as db:
             db.execute("DELETE FROM conflicts")
-            for key in (MARKED_META, "paused_deletes", "status"):
+            for key in (MARKED_META, "paused_deletes", "recent_deletes", "status"):
                 db.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     # -- meta ---------------------------------------------------------------------------

@@ -473,6 +473,31 @@ def test_more_deletions_than_the_file_limit_pause_whatever_their_share(
     assert len(listed) == 30  # nothing deleted on the server
 
 
+def test_deletions_a_few_files_a_round_add_up_to_a_mass_delete(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A slow `rm -rf` (a network drive, a tool deleting file by file) reaches the daemon's
+    rounds a few files at a time: each round below the thresholds, every file went, with no
+    pause. The deletions of the last `mass_delete_window_s` count together; older ones do not."""
+    a, _ = engines
+    for i in range(100):
+        (a.folder / f"f{i:03}.txt").write_text(f"file {i}")
+    a.run_once()
+
+    def delete(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            (a.folder / f"f{i:03}.txt").unlink()
+
+    delete(0, 20)
+    assert a.run_once().paused_deletes == 0  # 20 of 100: below both limits
+    delete(20, 20)
+    paused = a.run_once()  # 20 of 80 alone, but 40 of 100 within the window
+    assert paused.paused_deletes == 20 and len(a.state.base_tree()) == 80
+    assert "(20 now, 20 in the last 10 minutes)" in paused.problems[0], paused.problems
+    a.settings = replace(a.settings, mass_delete_window_s=0.0)  # the earlier ones are old
+    assert a.run_once().paused_deletes == 0 and len(a.state.base_tree()) == 60
+
+
 class ProgressLog(Reporter):
     """The transfer progress an engine reports, per file, in order."""
 
