@@ -379,7 +379,9 @@ class SyncEngine:
             for path in forgotten:
                 self.state.delete_base(path)
         leaving, leaving_files = self._shares_removed_here(local, remote, base)
+        set_apart = self._shares_mounted_over_own_folders(local, remote, base)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
+        the_plan.ops[:0] = set_apart
         marked = self.fs.exists(FOLDER_MARKER)
         noted = bool(self.state.get_meta(MARKED_META))
         if marked and not noted:  # left by a client from before the note was kept
@@ -431,6 +433,35 @@ class SyncEngine:
                 for below in [k for k in tree if k == key or k.startswith(key + "/")]:
                     del tree[below]
         return [path for _, path in gone], files
+
+    def _shares_mounted_over_own_folders(
+        self, local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry]
+    ) -> list[Op]:
+        """A folder shared with this user, new here, whose path holds a folder of this
+        user's that was never synced (made while the device was off, before the share
+        came): the local folder is set aside under a conflicted copy's name (the next round
+        uploads it as the user's own, and brings the share), and both are left out of this
+        round. Merged, its files went up into the owner's folder, for every member to read.
+        Not when all it holds is in the share as it is (a copy of the synced folder)."""
+        ops = []
+        for key, (path, access) in self.state.shared_mounts().items():
+            mine = local.get(key)
+            if access == "owner" or key in base or mine is None or mine.is_file:
+                continue
+            below = [k for k in local if k.startswith(key + "/")]
+            if all(
+                remote.get(k) is not None
+                and (not local[k].is_file or local[k].content_hash == remote[k].content_hash)
+                for k in below
+            ):
+                continue
+            reason = f"the folder {path} shared with you took its name"
+            copy = self._free_copy_name(mine.path)
+            ops.append(Op(OpKind.SET_ASIDE, mine.path, local=mine, copy_path=copy, reason=reason))
+            for tree in (local, remote):
+                for k in [k for k in tree if k == key or k.startswith(key + "/")]:
+                    del tree[k]
+        return ops
 
     def _leave_share(self, path: str) -> bool:
         """Leave the shared folder mounted at `path` (its files stay for the others), and
@@ -904,7 +935,7 @@ class SyncEngine:
         self.state.delete_base(op.path, recursive=True)
         rename_unless_taken(self.fs, op.path, copy)
         what, other = ("file", "folder") if op.local.is_file else ("folder", "file")
-        reason = f"a {other} of this name on the server"
+        reason = op.reason or f"a {other} of this name on the server"
         self.state.add_conflict(copy, op.path, reason, local_only=False)
         self.reporter.event(f"conflict: your {what} {op.path} kept as {copy} ({reason})")
         return True

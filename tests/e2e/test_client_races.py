@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -415,14 +416,19 @@ def test_what_went_from_a_folder_shared_since_this_devices_listing_goes_here_too
     assert snapshot(a.folder) == snapshot(b.folder) == expected
 
 
-def _an_editor_of(a: SyncEngine, folder: str, cloud: Cloud, tmp_path: Path) -> SyncEngine:
-    """A device of a new user, editor of `a`'s `folder`, synced once."""
+def _another_users_device(cloud: Cloud, tmp_path: Path) -> tuple[str, SyncEngine]:
+    """A new user (signed in once) and their device "editor", with an empty folder."""
     email = cloud.user()
     home = sign_in(cloud, email, Home(tmp_path / "home-editor"), "editor")
-    a.api.call("/v1/share", {"path": f"/{folder}", "email": email, "access": "editor"})
     synced = tmp_path / "folder-editor"
     synced.mkdir()
-    editor = SyncEngine(home, home.load_settings(), synced, Api(cloud.url, home))
+    return email, SyncEngine(home, home.load_settings(), synced, Api(cloud.url, home))
+
+
+def _an_editor_of(a: SyncEngine, folder: str, cloud: Cloud, tmp_path: Path) -> SyncEngine:
+    """A device of a new user, editor of `a`'s `folder`, synced once."""
+    email, editor = _another_users_device(cloud, tmp_path)
+    a.api.call("/v1/share", {"path": f"/{folder}", "email": email, "access": "editor"})
     editor.run_once()
     return editor
 
@@ -454,3 +460,40 @@ def test_a_shared_folder_replaced_by_a_file_on_a_members_device_is_left(
     expected = {"Team": None, "Team/plan": None, "Team/plan/q1.txt": b"the plan",
                 "Team/spec.md": b"the spec"}  # fmt: skip
     assert snapshot(a.folder) == expected
+
+
+@pytest.mark.parametrize("holds", ["own files", "the share's files"])
+def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_theirs(
+    engines: tuple[SyncEngine, SyncEngine], inproc_cloud: Cloud, tmp_path: Path, holds: str
+) -> None:
+    """The member made a `Team` folder while the device was off, and a folder `Team` was
+    shared with them before it synced (the server mounts it at `/Team`: nothing of theirs
+    was there): its private files went up into the owner's folder, for every member to
+    read. It is set aside as the member's own. A copy of the share itself is merged."""
+    a, _ = engines
+    (a.folder / "Team").mkdir()
+    (a.folder / "Team" / "spec.md").write_text("the owner's spec")
+    a.run_once()
+    email, member = _another_users_device(inproc_cloud, tmp_path)
+    try:
+        member.run_once()
+        (member.folder / "Team").mkdir()
+        mine = "private.txt" if holds == "own files" else "spec.md"
+        text = "the member's private notes" if holds == "own files" else "the owner's spec"
+        (member.folder / "Team" / mine).write_text(text)
+        a.api.call("/v1/share", {"path": "/Team", "email": email, "access": "editor"})
+        assert not member.run_once().problems
+        member.run_once()
+        a.run_once()
+        copy = f"Team (editor's conflicted copy {date.today()})"
+        expected = {"Team": None, "Team/spec.md": b"the owner's spec"}
+        if holds == "own files":
+            expected |= {copy: None, f"{copy}/private.txt": text.encode()}
+            [conflict] = member.state.conflicts()
+            assert conflict.reason == "the folder Team shared with you took its name"
+        assert snapshot(member.folder) == expected
+        root = member.api.call("/v1/list_folder", {"path": "", "recursive": True})["entries"]
+        assert {e["path_display"] for e in root} == {f"/{p}" for p in expected}
+    finally:
+        member.close()
+    assert snapshot(a.folder) == {"Team": None, "Team/spec.md": b"the owner's spec"}
