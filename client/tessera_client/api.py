@@ -21,7 +21,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -77,7 +77,7 @@ def json_body(response: httpx.Response) -> Any:
     """The JSON of a successful answer; one that is not JSON is an `ApiError` (see `parse`)."""
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested past the parser's limit: it ended the daemon)
         raise ApiError(
             502, MALFORMED_RESPONSE, f"the server's answer to {response.url.path} is not JSON", {}
         ) from None
@@ -157,6 +157,35 @@ class ListPage(BaseModel):
     has_more: bool = False
 
 
+#: Pages in a row without an entry a listing may send: a listing moves on with entries.
+#: Empty pages without end, each under a new cursor, had a pull (and the daemon's stop
+#: with it) ask for the next for ever.
+MAX_EMPTY_PAGES = 1000
+
+
+def list_pages(api: Api, first: Any) -> Iterator[ListPage]:
+    """The pages of a listing, from the answer to its first call on (`/v1/list_folder`, or
+    a `continue`), each next one asked with the page's cursor. A listing that does not move
+    on (a page with more to come under the cursor it was asked with, or `MAX_EMPTY_PAGES`
+    empty pages in a row) is a malformed answer (`ApiError`). (A stop ends it as it ends
+    any call: `BoundedAnswers`.)"""
+    page = parse(ListPage, first)
+    empty = 0
+    while True:
+        yield page
+        if not page.has_more:
+            return
+        empty = 0 if page.entries else empty + 1
+        if empty >= MAX_EMPTY_PAGES:
+            raise ApiError(
+                502, MALFORMED_RESPONSE, "the server's listing sends empty pages without end", {}
+            )
+        following = parse(ListPage, api.call("/v1/list_folder/continue", {"cursor": page.cursor}))
+        if following.has_more and following.cursor == page.cursor:
+            raise ApiError(502, MALFORMED_RESPONSE, "the server's listing does not move on", {})
+        page = following
+
+
 class NotLoggedIn(Exception):
     """No credentials on this device."""
 
@@ -217,7 +246,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def send_with_retry(
-    client: httpx.Client | BlockHttp,
+    client: httpx.Client | BlockHttp | BoundedAnswers,
     policy: RetryPolicy,
     method: str,
     url: str,
@@ -247,11 +276,72 @@ def send_with_retry(
     raise AssertionError("unreachable")
 
 
+#: The most an API answer may hold, decoded: a page of the largest listing or download is a
+#: few MiB. Past it, it is no answer of a Tessera server (a body without end, a gzip bomb).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+class BoundedAnswers:
+    """`request` as `httpx.Client.request`'s for API calls, each answer read whole within
+    bounds: at most `MAX_ANSWER_BYTES` decoded, and within the call's timeout in all
+    (httpx's bounds each read: a server sending a byte a minute held a round, and the
+    daemon's stop, for ever), given up once `stopping()`. An answer that cannot be decoded
+    (a false `Content-Encoding`) is a malformed one; its `DecodingError` had ended the
+    daemon."""
+
+    def __init__(
+        self, client: httpx.Client, *, timeout: float, stopping: Callable[[], bool]
+    ) -> None:
+        self._client, self._timeout, self._stopping = client, timeout, stopping
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send one request and read its answer (see the class)."""
+        within = kwargs.get("timeout") or self._timeout
+        deadline = time.monotonic() + within
+        where = urllib.parse.urlsplit(url).path
+        body = bytearray()
+        with self._client.stream(method, url, **kwargs) as answer:
+            try:
+                for chunk in answer.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise ApiError(
+                            502,
+                            MALFORMED_RESPONSE,
+                            f"the server's answer to {where} is over"
+                            f" {MAX_ANSWER_BYTES // 2**20} MiB",
+                            {},
+                        )
+                    if self._stopping():
+                        raise RetriesStopped("stopping: the answer was not waited for")
+                    if time.monotonic() > deadline:
+                        raise httpx.ReadTimeout(
+                            f"the answer to {where} took over {within:g} s",
+                            request=answer.request,
+                        )
+            except httpx.DecodingError as e:
+                raise ApiError(
+                    502,
+                    MALFORMED_RESPONSE,
+                    f"the server's answer to {where} cannot be read: {e}",
+                    {},
+                ) from None
+        # decoded above: the copy claims no encoding, nor the length of the encoded body
+        headers = [
+            (name, value)
+            for name, value in answer.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length")
+        ]
+        return httpx.Response(
+            answer.status_code, headers=headers, content=bytes(body), request=answer.request
+        )
+
+
 def error_from(response: httpx.Response) -> ApiError:
     """The ApiError an error response stands for."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = {}
     err = body.get("error", {}) if isinstance(body, dict) else {}
     if not isinstance(err, dict):
@@ -306,6 +396,9 @@ class Api:
         proxies = urllib.request.getproxies_environment()  # read once, as httpx does
         verify = _server_trust(self.base, proxies)
         self.http = httpx.Client(timeout=timeout, limits=limits, verify=verify)
+        self.api_http = BoundedAnswers(
+            self.http, timeout=timeout, stopping=lambda: self.policy.stop.is_set()
+        )
         self.blocks = BlockHttp(self.http, timeout=timeout, proxies=proxies)  # block URLs
         self._lock = threading.Lock()
         self._tokens: Tokens | None = home.load_tokens()
@@ -330,7 +423,7 @@ class Api:
         if tokens is None:
             return
         response = send_with_retry(
-            self.http,
+            self.api_http,
             self.policy,
             "POST",
             self.base + "/v1/auth/revoke",
@@ -341,7 +434,7 @@ class Api:
 
     def _token_request(self, body: dict[str, str]) -> Tokens:
         response = send_with_retry(
-            self.http, self.policy, "POST", self.base + "/v1/auth/token", json=body
+            self.api_http, self.policy, "POST", self.base + "/v1/auth/token", json=body
         )
         if response.status_code != 200:
             raise error_from(response)
@@ -390,7 +483,7 @@ class Api:
         for refresh in (False, True):
             headers = {"Authorization": f"Bearer {self._access_token(force_refresh=refresh)}"}
             response = send_with_retry(
-                self.http, self.policy, method, url, json=body, headers=headers, **own
+                self.api_http, self.policy, method, url, json=body, headers=headers, **own
             )
             if response.status_code != 401:
                 return response

@@ -40,6 +40,10 @@ _UNSENDABLE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: The longest a request and its answer may take (a block is at most 4 MiB: 15 minutes is
 #: under 5 KB/s)
 MAX_REQUEST_S = 900.0
+#: Connections a thread keeps open, to its most recent block hosts: one kept per host had
+#: grown without bound with a store (or a server) spreading blocks over many hosts, until
+#: every file the client opened failed for want of descriptors (EMFILE)
+KEPT_PER_THREAD = 8
 
 
 class UnusableUrl(ValueError):
@@ -157,7 +161,9 @@ class BlockHttp:
         if response.will_close:
             self._discard(conn)
         else:
-            pool[key] = conn
+            pool[key] = conn  # (after every other: the most recently used last)
+            while len(pool) > KEPT_PER_THREAD:
+                self._discard(pool.pop(next(iter(pool))))
         return httpx.Response(
             response.status,
             headers=_opaque(response.getheaders()),

@@ -38,6 +38,7 @@ from tessera_client.api import (
     NotLoggedIn,
     RetryPolicy,
     ServerUnreachable,
+    list_pages,
     sign_in,
 )
 from tessera_client.config import DamagedFileError, Home, Settings, hold_device_lock
@@ -596,11 +597,7 @@ def ls(
 def _listing(api: Api, path: str, *, recursive: bool = False) -> list[dict[str, Any]]:
     """Every entry of a folder's listing (its subtree's, `recursive`), page by page."""
     answer = api.call("/v1/list_folder", {"path": path, "recursive": recursive})
-    entries = list(answer["entries"])
-    while answer.get("has_more"):
-        answer = api.call("/v1/list_folder/continue", {"cursor": answer["cursor"]})
-        entries += answer["entries"]
-    return entries
+    return [entry for page in list_pages(api, answer) for entry in page.entries]
 
 
 def history(

@@ -21,14 +21,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tessera.api.models import FileEntry, RevisionsResponse
+from tessera.api.models import FileEntry, LongpollResponse, RevisionsResponse
 from tessera.blocks import FileManifest
 from tessera_client.api import (
-    MALFORMED_RESPONSE,
     Api,
     ApiError,
-    ListPage,
     ServerUnreachable,
+    list_pages,
     parse,
 )
 from tessera_client.config import Home, Settings, hold_device_lock
@@ -78,6 +77,9 @@ FOLDER_ERROR_WAIT_S = 10.0  # the daemon's pause when the synced folder's disk f
 # Seconds a long-poll's answer may take beyond the wait it asked for (the network, the
 # server reading the request and its cursor)
 LONGPOLL_GRACE_S = 30.0
+# The longest a long-poll's `backoff` is waited out: a server asking for years (or more
+# than a timestamp holds, which raised in the wait, every 2 s) left the daemon deaf to it
+MAX_LONGPOLL_BACKOFF_S = 300.0
 Fetched = tuple[FileEntry, Stat, list[str]]
 # What each step does, as a problem names it ("could not delete here a.txt: ..."): its
 # kind's name ("delete_local a.txt: Read-only file system") told the user nothing
@@ -232,20 +234,13 @@ class SyncEngine:
         changed = 0
         # a page that does not fit (not an object, no cursor) is the server's malformed
         # answer (ApiError): it had raised KeyError out of the round
-        page = parse(ListPage, answer)
-        while True:
+        for page in list_pages(self.api, answer):
             with self.state.transaction():
                 for raw in page.entries:
                     changed += self._apply_remote(raw)
                 self.state.set_meta("cursor", page.cursor)
-            if not page.has_more:
-                self._pulled.set()
-                return changed
-            answer = self.api.call("/v1/list_folder/continue", {"cursor": page.cursor})
-            following = parse(ListPage, answer)
-            if following.has_more and following.cursor == page.cursor:
-                raise ApiError(502, MALFORMED_RESPONSE, "the server's listing does not move on", {})
-            page = following
+        self._pulled.set()
+        return changed
 
     def _apply_remote(self, raw: Any) -> int:
         if not isinstance(raw, dict):  # that entry alone: the listing goes on
@@ -302,9 +297,10 @@ class SyncEngine:
             {"cursor": cursor, "timeout": int(self.settings.longpoll_timeout_s)},
             timeout=self.settings.longpoll_timeout_s + LONGPOLL_GRACE_S,
         )
-        if answer.get("backoff"):
-            self._stop.wait(float(answer["backoff"]))
-        return bool(answer.get("changes"))
+        polled = parse(LongpollResponse, answer)
+        if polled.backoff:
+            self._stop.wait(min(max(polled.backoff, 0), MAX_LONGPOLL_BACKOFF_S))
+        return polled.changes
 
     def _missing_folder(self) -> None:
         """Create a folder never synced; refuse to when this device synced files from it:

@@ -448,14 +448,17 @@ class RealFilesystem(Filesystem):
         name = f"{PARTIAL_PREFIX}{key}"
         rel = f"{folder}/{name}" if folder else name
         path = self._abs(rel)
+        # O_NONBLOCK: a FIFO at the name (someone's, read-only) had held the read-only open,
+        # and the download, for ever; `_own_partial` refuses it. (No effect on a plain file.)
+        flags = os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
         except PermissionError:
             # an attempt whose final rename failed left it with a read-only file's bits
-            readonly = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            readonly = os.open(path, os.O_RDONLY | flags)
             _own_partial(readonly, rel, path)
             os.close(readonly)
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDWR | flags)
         _own_partial(fd, rel, path)
         return rel, os.fdopen(fd, "r+b")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -9,17 +10,20 @@ import socket
 import ssl
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from time import time
+from typing import Any
 
 import httpx
 import pytest
 
 from tessera.api.models import FileEntry, ListFolderResponse
+from tessera_client import api as api_module
 from tessera_client.api import (
+    MALFORMED_RESPONSE,
     REFUSED_FIELD_RECHECK_S,
     Api,
     ApiError,
@@ -462,3 +466,111 @@ def test_an_answer_that_does_not_fit_is_still_refused_beside_extra_fields() -> N
         parse(ListFolderResponse, _listing(rev="three", thumbnail="t.png"))
     assert info.value.status == 502 and info.value.code == "malformed_response"
     assert "entries.0" in info.value.message
+
+
+RawAnswer = Callable[[socket.socket, threading.Event], None]
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[RawAnswer], str]]:
+    """A server that answers every connection with what the test's function writes on the
+    socket (until told to stop): answers no well-behaved server sends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve(answer: RawAnswer) -> str:
+        def loop() -> None:
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    with contextlib.suppress(OSError):
+                        answer(conn, done)
+
+        threading.Thread(target=loop, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    yield serve
+    done.set()
+    listener.close()
+
+
+def _head(conn: socket.socket, *headers: str) -> None:
+    conn.sendall("\r\n".join(["HTTP/1.1 200 OK", "Content-Type: application/json", *headers,
+                              "", ""]).encode())  # fmt: skip
+
+
+def _trickle(conn: socket.socket, done: threading.Event) -> None:
+    """A byte of whitespace every 0.1 s, within any read timeout, without end."""
+    _head(conn, "Transfer-Encoding: chunked")
+    while not done.wait(0.1):
+        conn.sendall(b"1\r\n \r\n")
+
+
+def _signed_in(tmp_path: Path, url: str, **options: Any) -> Api:
+    home = Home(tmp_path / "home")
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=time() + 3600))
+    return Api(url, home, **options)
+
+
+def test_an_answer_trickled_in_ends_at_the_calls_timeout_or_a_stop(
+    raw_server: Callable[[RawAnswer], str], tmp_path: Path
+) -> None:
+    """httpx's timeout bounds each read: a server sending a byte a minute held a round, and
+    the daemon's stop, for ever. The whole answer must come within the call's timeout."""
+    url = raw_server(_trickle)
+    api = _signed_in(tmp_path, url, policy=RetryPolicy(attempts=1), timeout=0.5)
+    with pytest.raises(ServerUnreachable, match=r"took over 0\.5 s"):
+        api.call("/v1/list_folder/continue", {"cursor": "c"})
+    api.close()
+    api = _signed_in(tmp_path, url, policy=RetryPolicy(attempts=1), timeout=60)
+    threading.Timer(0.5, api.policy.stop.set).start()  # what the daemon's stop does
+    with pytest.raises(RetriesStopped):
+        api.call("/v1/list_folder/continue", {"cursor": "c"})
+    api.close()
+
+
+def _endless(conn: socket.socket, done: threading.Event) -> None:
+    _head(conn, "Transfer-Encoding: chunked")
+    while not done.is_set():
+        conn.sendall(b"10000\r\n" + b" " * 0x10000 + b"\r\n")
+
+
+def _false_gzip(conn: socket.socket, done: threading.Event) -> None:
+    _head(conn, "Content-Encoding: gzip", "Content-Length: 2")
+    conn.sendall(b"{}")
+
+
+def _nested(conn: socket.socket, done: threading.Event) -> None:
+    body = b"[" * 100_000
+    _head(conn, f"Content-Length: {len(body)}")
+    conn.sendall(body)
+
+
+@pytest.mark.parametrize(
+    ("answer", "says"),
+    [
+        (_endless, "is over 1 MiB"),
+        (_false_gzip, "cannot be read"),
+        (_nested, "is not JSON"),
+    ],
+)
+def test_an_answer_no_server_of_ours_sends_is_a_malformed_one(
+    raw_server: Callable[[RawAnswer], str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: RawAnswer,
+    says: str,
+) -> None:
+    """A body without end (or a gzip bomb) was read whole into memory; a false
+    Content-Encoding raised httpx's DecodingError and JSON nested past the parser's limit a
+    RecursionError: neither was an ApiError, and each ended the daemon."""
+    monkeypatch.setattr(api_module, "MAX_ANSWER_BYTES", 2**20)
+    api = _signed_in(tmp_path, raw_server(answer), policy=RetryPolicy(attempts=1))
+    with pytest.raises(ApiError, match=says) as info:
+        api.call("/v1/list_folder", {"path": ""})
+    assert (info.value.status, info.value.code) == (502, MALFORMED_RESPONSE)
+    api.close()

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tessera_client.api import RetryPolicy, ServerUnreachable, send_with_retry
-from tessera_client.blockhttp import BlockHttp, UnusableUrl
+from tessera_client.blockhttp import KEPT_PER_THREAD, BlockHttp, UnusableUrl
 
 
 class _Store(BaseHTTPRequestHandler):
@@ -168,6 +168,28 @@ def test_connections_are_kept_and_renewed(
         assert blocks.request("PUT", _url(store, f"/k{i}"), content=b"x").status_code == 200
     assert sorted(store.objects) == ["/k0", "/k1", "/k2"]  # type: ignore[attr-defined]
     assert store.connections == connections  # type: ignore[attr-defined]
+
+
+def test_a_thread_keeps_connections_to_its_most_recent_hosts_only(blocks: BlockHttp) -> None:
+    """One connection kept per host, for good: block URLs spread over many hosts held a
+    descriptor each until every file the client opened failed (EMFILE)."""
+    stores = []
+    try:
+        for _ in range(KEPT_PER_THREAD + 4):
+            server = ThreadingHTTPServer(("127.0.0.1", 0), _Store)
+            server.objects, server.connections, server.mode = {}, 0, "keep"  # type: ignore[attr-defined]
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            stores.append(server)
+            assert blocks.request("PUT", _url(server, "/k"), content=b"x").status_code == 200
+            assert len(blocks._open) <= KEPT_PER_THREAD
+        # the most recent are kept: used again, they open nothing new
+        for server in stores[-KEPT_PER_THREAD:]:
+            assert blocks.request("GET", _url(server, "/k")).content == b"x"
+            assert server.connections == 1  # type: ignore[attr-defined]
+    finally:
+        for server in stores:
+            server.shutdown()
+            server.server_close()
 
 
 def test_an_unreachable_store_is_a_transport_error_the_retry_policy_handles(

@@ -7,6 +7,7 @@ import fcntl
 import io
 import os
 import stat
+import threading
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -470,6 +471,37 @@ def test_a_partial_download_is_never_written_through_something_else(tmp_path: Pa
             fs.open_partial("", key)
     assert outside.read_bytes() == b"not the client's"
     assert (root / "synced.txt").read_bytes() == b"a synced file"
+
+
+def test_a_fifo_under_a_partial_downloads_name_is_refused_not_waited_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only FIFO at the name (someone else's: the open to write it is refused, as
+    for a partial download left read-only) held the read-only open, and the download, for
+    ever. (The refusal is made here: this suite may run as root, whom no mode refuses.)"""
+    fs = SafeFilesystem(RealFilesystem(tmp_path))
+    os.mkfifo(tmp_path / f"{PARTIAL_PREFIX}k", 0o444)
+    real_open = os.open
+
+    def open_as_another_user(path: str, flags: int, *args: int) -> int:
+        if flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_as_another_user)
+    outcome: list[OSError] = []
+
+    def attempt() -> None:
+        try:
+            fs.open_partial("", "k")
+        except OSError as e:
+            outcome.append(e)
+
+    opener = threading.Thread(target=attempt, daemon=True)
+    opener.start()
+    opener.join(5)
+    assert not opener.is_alive(), "the open is waiting on the FIFO"
+    assert outcome and outcome[0].errno == errno.EEXIST
 
 
 def test_a_partial_download_has_one_writer_at_a_time(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import itertools
 import json
 import os
 import random
@@ -29,10 +30,10 @@ from typer.testing import CliRunner
 
 from tessera.blocks import block_id, content_hash, encode_block, iter_chunks
 from tessera_client import transfer
-from tessera_client.api import Api, ApiError, RetryPolicy, ServerUnreachable
+from tessera_client.api import Api, ApiError, RetriesStopped, RetryPolicy, ServerUnreachable
 from tessera_client.cli import app
 from tessera_client.config import Home, Settings, Tokens
-from tessera_client.engine import SyncEngine
+from tessera_client.engine import MAX_LONGPOLL_BACKOFF_S, SyncEngine
 from tessera_client.fs import (
     FOLDER_MARKER,
     PARTIAL_PREFIX,
@@ -57,7 +58,8 @@ class Evil:
     base: str = ""
     restoring: int = 0  # answer this many downloads with 202 (cold storage) first
     restoring_after: Any = 1  # the 202's retry_after
-    continue_page: Any = None  # when set: the first page says has_more, the next is this
+    # when set: the first page says has_more, the next is this (or what it makes of the body)
+    continue_page: Any = None
     reset_cursors: bool = False  # answer list_folder/continue with invalid_cursor
     posted: list[str] = field(default_factory=list)  # the routes the client called
     fetched: list[str] = field(default_factory=list)  # the blocks served, by URL path
@@ -203,7 +205,8 @@ def evil() -> Iterator[Evil]:
             elif self.path == "/v1/list_folder/continue" and state.reset_cursors:
                 self._send(400, {"error": {"code": "invalid_cursor", "message": "unknown key"}})
             elif self.path == "/v1/list_folder/continue" and state.continue_page is not None:
-                self._send(200, state.continue_page)
+                page = state.continue_page
+                self._send(200, page(body) if callable(page) else page)
             elif self.path == "/v1/list_folder/continue":
                 self._send(200, {"entries": [], "cursor": "c1", "has_more": False})
             elif self.path == "/v1/download" and body.get("file_id") in state.gone:
@@ -1340,11 +1343,14 @@ def test_an_upload_stopped_midway_names_only_the_files_it_left(
     ]
 
 
+@pytest.mark.parametrize(("backoff", "waited"), [(7, 7.0), (10**10, MAX_LONGPOLL_BACKOFF_S)])
 def test_a_long_polls_backoff_is_waited_before_the_next(
-    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch, backoff: int, waited: float
 ) -> None:
     """A server shedding load answers `backoff`: the device waits that long (or until it
-    is stopped) before it long-polls again, instead of at once."""
+    is stopped) before it long-polls again, instead of at once; at most
+    `MAX_LONGPOLL_BACKOFF_S` (years had left the daemon deaf to the server; more than a
+    timestamp holds raised in the wait, every 2 s)."""
     engine = _engine(tmp_path, evil)
     engine.state.set_meta("cursor", "c1")
     waits: list[float] = []
@@ -1357,14 +1363,14 @@ def test_a_long_polls_backoff_is_waited_before_the_next(
 
     def call(route: str, body: Any, **kwargs: Any) -> Any:
         sent.append(body)
-        return {"changes": False, "backoff": 7}
+        return {"changes": False, "backoff": backoff}
 
     engine.settings.longpoll_timeout_s = 90.0  # type: ignore[assignment]  # a hand-edited config
     monkeypatch.setattr(engine.api, "call", call)
     monkeypatch.setattr(engine._stop, "wait", wait)
     assert engine.longpoll() is False
     engine.close()
-    assert waits == [7.0]
+    assert waits == [waited]
     assert sent[0]["timeout"] == 90 and isinstance(sent[0]["timeout"], int)  # the server's type
 
 
@@ -1466,20 +1472,62 @@ def test_a_listing_that_never_moves_on_ends_the_pull(
     assert evil.posted.count("/v1/list_folder/continue") == 1
 
 
+def test_a_listing_of_empty_pages_without_end_ends_the_pull_and_a_stop_ends_it_at_once(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty pages, each under a new cursor: the same-cursor check never fired, and the
+    pull (and the daemon's stop with it) asked for the next for ever."""
+    monkeypatch.setattr("tessera_client.api.MAX_EMPTY_PAGES", 5)
+    cursors = itertools.count()
+    evil.continue_page = lambda body: {
+        "entries": [],
+        "cursor": f"c{next(cursors)}",
+        "has_more": True,
+    }
+    engine = _engine(tmp_path, evil)
+    with pytest.raises(ApiError, match="empty pages without end"):
+        engine.pull()
+    assert evil.posted.count("/v1/list_folder/continue") == 4  # (the first page is empty too)
+    engine.api.policy.stop.set()  # what the daemon's stop does
+    with pytest.raises(RetriesStopped):
+        engine.pull()
+    engine.close()
+    assert evil.posted.count("/v1/list_folder/continue") == 5  # its first page, no next
+
+
+def test_a_listing_that_never_moves_on_ends_ls(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tessera ls` (and `get` of a folder) read pages without the pull's checks: one
+    repeating its cursor had them ask thousands of times a second, for ever."""
+    evil.add_file("/a.txt", b"a", fid="a")
+    evil.continue_page = {"entries": [], "cursor": "c1", "has_more": True}
+    code, output = _cli(evil, tmp_path, monkeypatch, "ls")
+    assert code != 0 and "does not move on" in output, output
+    assert evil.posted.count("/v1/list_folder/continue") == 1
+
+
+def _cli(
+    evil: Evil, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[int, str]:
+    """`tessera ARGS` against the fake server: (exit code, output)."""
+    home = Home(tmp_path / "home")
+    monkeypatch.setenv("TESSERA_HOME", str(home.path))
+    home.save_settings(Settings(server_url=evil.base, device_name="dev", retry_attempts=1))
+    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())  # (as the terminal wraps it)
+
+
 def _get(
     evil: Evil, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str
 ) -> tuple[int, str]:
     """`tessera get ARGS` against the fake server (its metadata answers by path):
     (exit code, output)."""
-    home = Home(tmp_path / "home")
-    monkeypatch.setenv("TESSERA_HOME", str(home.path))
-    home.save_settings(Settings(server_url=evil.base, device_name="dev", retry_attempts=1))
-    home.save_tokens(Tokens(refresh_token="r", access_token="a", expires_at=2e9))
     evil.answers["/v1/metadata"] = lambda body: next(
         e for e in evil.entries if e["path_display"] == body["path"]
     )
-    result = CliRunner().invoke(app, ["get", *args])
-    return result.exit_code, " ".join(result.output.split())  # (as the terminal wraps it)
+    return _cli(evil, tmp_path, monkeypatch, "get", *args)
 
 
 def test_get_never_saves_under_a_name_that_leads_elsewhere(
