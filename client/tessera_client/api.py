@@ -167,8 +167,8 @@ def list_pages(api: Api, first: Any) -> Iterator[ListPage]:
     """The pages of a listing, from the answer to its first call on (`/v1/list_folder`, or
     a `continue`), each next one asked with the page's cursor. A listing that does not move
     on (a page with more to come under the cursor it was asked with, or `MAX_EMPTY_PAGES`
-    empty pages in a row) is a malformed answer (`ApiError`). (A stop ends it as it ends
-    any call: `BoundedAnswers`.)"""
+    empty pages in a row) is a malformed answer (`ApiError`); a stop (`RetryPolicy.stop`)
+    ends it between pages (`RetriesStopped`)."""
     page = parse(ListPage, first)
     empty = 0
     while True:
@@ -180,6 +180,8 @@ def list_pages(api: Api, first: Any) -> Iterator[ListPage]:
             raise ApiError(
                 502, MALFORMED_RESPONSE, "the server's listing sends empty pages without end", {}
             )
+        if api.policy.stop.is_set():
+            raise RetriesStopped("stopping: the listing was not read to its end")
         following = parse(ListPage, api.call("/v1/list_folder/continue", {"cursor": page.cursor}))
         if following.has_more and following.cursor == page.cursor:
             raise ApiError(502, MALFORMED_RESPONSE, "the server's listing does not move on", {})
@@ -279,15 +281,18 @@ def send_with_retry(
 #: The most an API answer may hold, decoded: a page of the largest listing or download is a
 #: few MiB. Past it, it is no answer of a Tessera server (a body without end, a gzip bomb).
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: Seconds an answer is read for before a stop gives it up: one that comes at once is read
+#: whole (a commit's, recorded), one still trickling in is not waited for
+STOP_GRACE_S = 1.0
 
 
 class BoundedAnswers:
     """`request` as `httpx.Client.request`'s for API calls, each answer read whole within
     bounds: at most `MAX_ANSWER_BYTES` decoded, and within the call's timeout in all
     (httpx's bounds each read: a server sending a byte a minute held a round, and the
-    daemon's stop, for ever), given up once `stopping()`. An answer that cannot be decoded
-    (a false `Content-Encoding`) is a malformed one; its `DecodingError` had ended the
-    daemon."""
+    daemon's stop, for ever), given up once `stopping()` past `STOP_GRACE_S`. An answer
+    that cannot be decoded (a false `Content-Encoding`) is a malformed one; its
+    `DecodingError` had ended the daemon."""
 
     def __init__(
         self, client: httpx.Client, *, timeout: float, stopping: Callable[[], bool]
@@ -297,7 +302,8 @@ class BoundedAnswers:
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """Send one request and read its answer (see the class)."""
         within = kwargs.get("timeout") or self._timeout
-        deadline = time.monotonic() + within
+        started = time.monotonic()
+        deadline = started + within
         where = urllib.parse.urlsplit(url).path
         body = bytearray()
         with self._client.stream(method, url, **kwargs) as answer:
@@ -312,7 +318,7 @@ class BoundedAnswers:
                             f" {MAX_ANSWER_BYTES // 2**20} MiB",
                             {},
                         )
-                    if self._stopping():
+                    if self._stopping() and time.monotonic() - started > STOP_GRACE_S:
                         raise RetriesStopped("stopping: the answer was not waited for")
                     if time.monotonic() > deadline:
                         raise httpx.ReadTimeout(
