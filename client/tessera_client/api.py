@@ -295,8 +295,14 @@ class BoundedAnswers:
     `DecodingError` had ended the daemon."""
 
     def __init__(
-        self, client: httpx.Client, *, timeout: float, stopping: Callable[[], bool]
+        self,
+        client: Callable[[], httpx.Client],
+        *,
+        timeout: float,
+        stopping: Callable[[], bool],
     ) -> None:
+        """`client`: the httpx client to send with, asked at each request (its owner may
+        replace it)."""
         self._client, self._timeout, self._stopping = client, timeout, stopping
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -306,7 +312,7 @@ class BoundedAnswers:
         deadline = started + within
         where = urllib.parse.urlsplit(url).path
         body = bytearray()
-        with self._client.stream(method, url, **kwargs) as answer:
+        with self._client().stream(method, url, **kwargs) as answer:
             try:
                 for chunk in answer.iter_bytes():
                     body += chunk
@@ -403,7 +409,7 @@ class Api:
         verify = _server_trust(self.base, proxies)
         self.http = httpx.Client(timeout=timeout, limits=limits, verify=verify)
         self.api_http = BoundedAnswers(
-            self.http, timeout=timeout, stopping=lambda: self.policy.stop.is_set()
+            lambda: self.http, timeout=timeout, stopping=lambda: self.policy.stop.is_set()
         )
         self.blocks = BlockHttp(self.http, timeout=timeout, proxies=proxies)  # block URLs
         self._lock = threading.Lock()
