@@ -13,7 +13,7 @@ from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import BlockIntegrityError, block_id, encode_block
 from tessera.domain import commits, files, object_keys, sharing
 from tessera.domain.errors import TesseraError, Unprocessable
-from tessera.domain.models import RestoreRequest, ShareRequest
+from tessera.domain.models import CommitBatchRequest, RestoreRequest, ShareRequest
 from tessera.maintenance import DedupResult, GcResult, ScrubResult
 from tessera.maintenance.dedup import verify_staged
 from tessera.metadata.maintenance import LockTimeout, MaintenanceTx
@@ -623,6 +623,33 @@ def test_a_commit_naming_its_sessions_copy_waits_for_dedup_settling_it(
         assert not isinstance(second, Exception), second
         _collect_settled(world)
     assert world.get(ALICE, "/Team/b.bin") == data
+
+
+def test_a_batch_reusing_a_copy_dedup_is_settling_waits_for_it_without_a_deadlock(
+    world: World, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """Bob's batch commits a block he reads only through Alice's unverified copy in their
+    shared folder while dedup settles that copy. Dedup takes the copy, then its block; the
+    batch took every block first, then each entry's copies: each held what the other
+    wanted next (a deadlock: the batch answered 503, or the dedup run failed)."""
+    data = secrets.token_bytes(BLOCK)
+    sharing.account(world.svc, BOB)
+    world.put(ALICE, "/Team/a.bin", data)  # its copy is not verified yet
+    sharing.share(world.svc, ALICE, ShareRequest(path="/Team", email=BOB.email, access="editor"))
+    batch = CommitBatchRequest(entries=[commit_request("/Team/b.bin", chunks(data), None)])
+
+    deduped, committed = race_held(
+        monkeypatch,
+        database_url,
+        "lock_staged_copy",
+        lambda: _dedup(world),
+        lambda: commits.commit_batch(world.svc, BOB, batch),
+        on=MaintenanceTx,
+    )
+
+    assert isinstance(deduped, DedupResult) and deduped.promoted == 1, deduped
+    assert not isinstance(committed, Exception), committed
+    assert world.get(BOB, "/Team/b.bin") == data
 
 
 @pytest.mark.parametrize("killed", ["settling", "moving"])

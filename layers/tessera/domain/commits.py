@@ -779,7 +779,18 @@ def _commit_entries(
                 if (key := req.entries[i].idempotency_key) is not None
             },
         )
-        # the blocks after the namespaces and keys, every entry's at once: the lock order
+        # the staged copies the entries carry forward, then the blocks, every entry's at
+        # once, after the namespaces and keys: the lock order (a commit's and dedup's: a
+        # copy before its block)
+        for ns_id in sorted({targets[i].mount.ns_id for i in order}):
+            store.pin_staged_copies(
+                view.ns_ids,
+                sorted(
+                    {b.id for i in order if targets[i].mount.ns_id == ns_id
+                     for b in req.entries[i].blocks or ()}
+                ),
+                target=ns_id,
+            )  # fmt: skip
         store.lock_blocks(
             (b.id for i in order for b in req.entries[i].blocks or ()),
             create=(

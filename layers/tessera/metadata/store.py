@@ -1663,6 +1663,25 @@ class Store:
         )
         return {r[0] for r in recorded}
 
+    def pin_staged_copies(
+        self, ns_ids: Sequence[int], block_ids: Sequence[str], *, target: int
+    ) -> None:
+        """Lock FOR SHARE, as `lock_staged_copies` does, the staged copies through which a
+        write into `target` reads `block_ids` (see `readable_blocks`): what a batch's
+        entries will carry forward, pinned before the batch locks its blocks. A commit and
+        dedup-verify take a copy, then its block; a batch that took its blocks first and
+        its copies entry by entry held what dedup wanted next while it waited for the copy
+        dedup held (a deadlock: the batch answered 503, or the dedup run failed)."""
+        if not block_ids:
+            return
+        # Not fetched: in pipeline mode the lock travels with the caller's next query.
+        self.conn.execute(
+            "SELECT 1 FROM upload_blocks WHERE staged_key IN (SELECT r.staged_key FROM"
+            f" ({_READABLE_SQL}) AS r WHERE r.staged_key IS NOT NULL)"
+            " ORDER BY upload_id, block_id FOR SHARE",
+            {"ns_ids": list(ns_ids), "ids": list(block_ids), "target": target},
+        )
+
     def lock_staged_copies(self, staged_keys: Sequence[str]) -> dict[str, str]:
         """Lock staged copies FOR SHARE (dedup-verify cannot settle them until this
         transaction ends); staged_key → state. Copies gc already removed are absent."""
