@@ -343,6 +343,26 @@ def test_a_listing_inside_a_rejoined_share_learns_what_went_meanwhile(
     assert _drain(services, bob, cursor)[0] == []  # sent once
 
 
+@pytest.mark.parametrize("listed", ["/Team", "/Team/Sub"])
+def test_a_listing_inside_a_share_left_reads_on_in_the_callers_own_folders(
+    services: Services, alice: Principal, bob: Principal, listed: str
+) -> None:
+    """Bob lists a folder inside a shared folder, then leaves it: the listing kept only the
+    namespaces still mounted where they were, none, and what Bob made at that path since
+    (in his own folders) never came."""
+    put_file(services, alice, "/Team/Sub/t.txt", b"team")
+    sharing.account(services, bob)
+    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="editor"))
+    cursor = listing.list_folder(services, bob, listed, True, None).cursor
+    files.delete(services, bob, DeleteRequest(path="/Team"))  # bob leaves
+    changes, cursor = _drain(services, bob, cursor)
+    assert ("deleted", "/Team") in changes or ("deleted", listed) in changes
+    put_file(services, bob, f"{listed}/mine.txt", b"bob's own now")
+    changes, cursor = _drain(services, bob, cursor)
+    assert ("file", f"{listed}/mine.txt") in changes
+    assert _drain(services, bob, cursor)[0] == []  # sent once
+
+
 def test_a_root_listing_of_a_rejoined_share_gets_no_extra_deletion(
     services: Services, alice: Principal, bob: Principal
 ) -> None:

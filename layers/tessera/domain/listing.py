@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from tessera.domain import paths
-from tessera.domain.errors import InvalidCursor, NotFound, Unprocessable
+from tessera.domain.errors import InvalidCursor, InvalidPath, NotFound, Unprocessable
 from tessera.domain.models import (
     DeletedEntry,
     Entry,
@@ -334,6 +334,11 @@ def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
         # they were, whose journals hold its deletion (and what comes there next). Dropped
         # all, the listing went dead, and one inside a share sent the whole mount deleted.
         fresh = [p for p in cursor.parts if _mounted_at(view, p)]
+        # and in the one the path leads into now (a share left, the caller's own folders):
+        # else a listing inside a share the caller left learnt nothing made there again
+        here = _part_where_it_leads(view, cursor.path)
+        if here is not None and all(p.ns != here.ns for p in fresh):
+            fresh.insert(0, here)
     old = {p.ns: p for p in cursor.parts}
     new_ids = {p.ns for p in fresh}
     removed: list[Entry] = []
@@ -362,6 +367,16 @@ def _rescope(store: Store, view: View, cursor: _Cursor) -> list[Entry]:
     cursor.parts = parts
     cursor.membership = view.user.membership_version
     return removed
+
+
+def _part_where_it_leads(view: View, path: str) -> _Part | None:
+    """A part listing `path` in the namespace it leads into now, where nothing is yet (so
+    what is made there comes by the journal); None when the path is too long there."""
+    try:
+        mount, rel = view.resolve(path)
+    except InvalidPath:
+        return None
+    return _Part(mount.ns_id, mount.mount_path, paths.path_key(rel), 0, "", False, False)
 
 
 def _mounted_at(view: View, part: _Part) -> bool:
