@@ -992,6 +992,13 @@ class SyncEngine:
 
     def _delete_remote(self, op: Op) -> bool:
         assert op.remote is not None
+        there = self.fs.lstat_if_any(op.path)
+        if there is not None and there.kind == Kind.FILE:
+            # made again here since the scan (a save that deletes, then writes): the next
+            # round sends it as an edit, where the delete sent it to the trash, its history
+            # with it, and the file came back as a new one. (A folder there is the planned
+            # kind change: the file it replaced goes.)
+            return True
         return self._delete_remote_file(op.path, op.remote)
 
     def _delete_remote_file(self, path: str, remote: Entry) -> bool:

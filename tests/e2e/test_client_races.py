@@ -497,3 +497,29 @@ def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_the
     finally:
         member.close()
     assert snapshot(a.folder) == {"Team": None, "Team/spec.md": b"the owner's spec"}
+
+
+def test_a_file_made_again_after_the_scan_saw_it_deleted_is_no_delete(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save that deletes the file, then writes it, across a scan: the round's delete went
+    to the server anyway, the file with its history to the trash, and it came back as a new
+    file. The delete looks at the disk first: the next round sends the edit."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    (a.folder / "doc.txt").unlink()
+    gate = SyncEngine._mass_delete_gate
+
+    def written_meanwhile(self: SyncEngine, *args: Any, **kwargs: Any) -> Any:
+        (self.folder / "doc.txt").write_text("v2, saved")  # after the scan, before the delete
+        return gate(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncEngine, "_mass_delete_gate", written_meanwhile)
+    a.run_once()
+    monkeypatch.undo()
+    a.run_once()
+    b.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {"doc.txt": b"v2, saved"}
+    revs = a.api.call("/v1/revisions", {"path": "/doc.txt"})["entries"]
+    assert [e["rev"] for e in revs] == [2, 1]  # one file, its history kept
+    assert a.api.call("/v1/trash/list", {"path": ""})["entries"] == []
