@@ -453,6 +453,20 @@ def test_nothing_merged_back_lands_under_a_shared_folder_mounted_since(
     assert _trash_paths(services, alice) == ["/Work/Team", "/Work/Team/plan.txt"]
 
 
+def test_a_merge_that_brings_nothing_back_answers_with_the_live_folder(
+    services: Services, alice: Principal
+) -> None:
+    """An empty folder deleted and made again: its merge brings nothing back, and it wrote an
+    empty journal (a 500: the outbox's key taken twice)."""
+    files.create_folder(services, alice, "/E")
+    files.delete(services, alice, DeleteRequest(path="/E"))
+    live = files.create_folder(services, alice, "/E")
+    cursor = listing.list_folder(services, alice, "", True, None).cursor
+    assert files.restore(services, alice, RestoreRequest(path="/E")) == live
+    assert _trash_paths(services, alice) == []
+    assert listing.list_folder_continue(services, alice, cursor, None).entries == []
+
+
 def test_a_folder_is_never_merged_into_a_file(services: Services, alice: Principal) -> None:
     put_file(services, alice, "/d/x", b"x")
     files.delete(services, alice, DeleteRequest(path="/d"))

@@ -437,12 +437,15 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
                     "it is not deleted; to bring back an older version, restore that rev"
                 )
             journal, row = _undelete_subtree(store, view, mount, row)
-            _, event = store.append_journal(
-                mount.ns_id,
-                journal,
-                kind="file",
-                payload={"op": "undelete", "file_id": row.file_id, "path": row.path_display},
-            )
+            events = []
+            if journal:  # (a merge may bring nothing back: an empty folder, places taken)
+                _, event = store.append_journal(
+                    mount.ns_id,
+                    journal,
+                    kind="file",
+                    payload={"op": "undelete", "file_id": row.file_id, "path": row.path_display},
+                )
+                events.append(event)
             result: FileEntry | FolderEntry = (
                 file_entry(view, mount, row)
                 if row.kind == "file"
@@ -498,8 +501,9 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
                 journal=journal,
                 op="restore",
             )
+            events = [event]
         remember(store, view.user.user_id, req, result)
-    publish(svc.feed, [event])
+    publish(svc.feed, events)
     return result
 
 
