@@ -171,6 +171,10 @@ class SyncEngine:
         self._kept_told: set[str] = set()  # kept folders (path keys) the user was told of
         # Folders (path keys) that hold, on the server, what the last scan left alone
         self._holding_unseen: set[str] = set()
+        # The files this round deleted, on either side (the mass-delete gate's window), and
+        # whether the gate let a mass delete through this round
+        self._deleted = 0
+        self._approved = False
         self.transfers = Transfers(
             api,
             self.fs,
@@ -331,6 +335,7 @@ class SyncEngine:
     def round(self, pull: bool = True) -> RoundResult:
         """Pull (unless the caller knows nothing changed remotely), scan, plan, execute."""
         result = RoundResult()
+        self._deleted, self._approved = 0, False
         if pull:
             self.pull()
         self._adopt_commits()
@@ -401,7 +406,10 @@ class SyncEngine:
                         partial(self._leave_share, path),
                     )
                 )
-        self._execute(ops, scan, result)
+        try:
+            self._execute(ops, scan, result)
+        finally:
+            self._note_deletes()
         self.state.set_meta("last_sync", str(time.time()))
         return result
 
@@ -547,17 +555,16 @@ class SyncEngine:
         folders the round would leave (taken out of `base`): gone from here, they count as
         deletions (an `rm -rf ~/Tessera/*` left every share at once, unasked)."""
         s = self.settings
-        now = time.time()
-        recent = self._recent_deletes(now)
-        earlier = sum(n for _, n in recent)
+        earlier = sum(n for _, n in self._recent_deletes(time.time()))
         round_deletes = the_plan.deletes + leaving_files
         # with the deletions of the last `mass_delete_window_s`: a slow `rm -rf` (a network
         # drive, a tool deleting file by file) went out a few files a round, each round
         # below the thresholds, and every file went, with no pause
         deletes = round_deletes + earlier
         files = sum(1 for e in base.values() if e.is_file) + leaving_files + earlier
-        mass = deletes > s.mass_delete_files or (
-            deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1)
+        mass = round_deletes > 0 and (
+            deletes > s.mass_delete_files
+            or (deletes >= s.mass_delete_min and deletes > s.mass_delete_fraction * max(files, 1))
         )
         held = (
             OpKind.DELETE_LOCAL,
@@ -576,10 +583,7 @@ class SyncEngine:
         if not mass or self.allow_mass_delete:
             if mass:  # approved once, for this deletion: a daemon's next one pauses again
                 self.allow_mass_delete = False
-                recent = []
-            elif round_deletes:
-                recent.append((now, round_deletes))
-            self.state.set_meta("recent_deletes", json.dumps(recent) if recent else None)
+                self._approved = True
             if self.state.get_meta("paused_deletes"):
                 self.state.set_meta("paused_deletes", None)
             return the_plan.ops
@@ -609,8 +613,20 @@ class SyncEngine:
             return []
         return [op for op in the_plan.ops if op.kind not in held]
 
+    def _note_deletes(self) -> None:
+        """Add the round's deletions to the gate's window (`_recent_deletes`), counted as
+        they were done: a deletion that failed, planned again next round, had been counted
+        each time, and a few deletes the server refused for a while paused the sync. An
+        approved mass delete empties the window: it and what came before it were let
+        through."""
+        now = time.time()
+        recent = [] if self._approved else self._recent_deletes(now)
+        if self._deleted and not self._approved:
+            recent.append((now, self._deleted))
+        self.state.set_meta("recent_deletes", json.dumps(recent) if recent else None)
+
     def _recent_deletes(self, now: float) -> list[tuple[float, int]]:
-        """(when, how many) of the deletions let through within `mass_delete_window_s`."""
+        """(when, how many) of the deletions done within `mass_delete_window_s`."""
         try:
             noted = json.loads(self.state.get_meta("recent_deletes") or "[]")
             recent = [(float(t), int(n)) for t, n in noted]
@@ -823,6 +839,7 @@ class SyncEngine:
                 self.fs.remove(op.path)
                 self.state.delete_base(op.path)
                 self.reporter.event(f"deleted {op.path} (deleted on the server)")
+                self._deleted += 1
             return True
         if k == OpKind.DELETE_REMOTE:
             return self._delete_remote(op)
@@ -1025,6 +1042,7 @@ class SyncEngine:
         self.state.delete_base(path)
         self.state.delete_remote(remote.path)
         self.reporter.event(f"deleted {path} on the server")
+        self._deleted += 1
         return True
 
     def _delete_remote_folder(self, op: Op) -> bool:

@@ -9,11 +9,12 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from tessera_client.api import Api
+from tessera_client.api import Api, ApiError
 from tessera_client.config import Home, hold_device_lock
 from tessera_client.engine import SyncEngine
 from tessera_client.fs import FOLDER_MARKER
@@ -496,6 +497,31 @@ def test_deletions_a_few_files_a_round_add_up_to_a_mass_delete(
     assert "(20 now, 20 in the last 10 minutes)" in paused.problems[0], paused.problems
     a.settings = replace(a.settings, mass_delete_window_s=0.0)  # the earlier ones are old
     assert a.run_once().paused_deletes == 0 and len(a.state.base_tree()) == 60
+
+
+def test_deletions_the_server_refused_for_a_while_count_once(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate's window counts deletions done, not planned: four deletes the server
+    refused for two rounds, planned again each round, had counted as twelve and paused."""
+    a, _ = engines
+    for i in range(20):
+        (a.folder / f"f{i:02}.txt").write_text(f"file {i}")
+    a.run_once()
+    for i in range(4):
+        (a.folder / f"f{i:02}.txt").unlink()
+    call = a.api.call
+
+    def refused(route: str, *args: Any, **kwargs: Any) -> Any:
+        if route == "/v1/delete":
+            raise ApiError(503, "unavailable", "try again", {})
+        return call(route, *args, **kwargs)
+
+    monkeypatch.setattr(a.api, "call", refused)
+    for _ in range(2):
+        assert a.round().paused_deletes == 0
+    monkeypatch.undo()
+    assert a.round().paused_deletes == 0 and len(a.state.base_tree()) == 16
 
 
 class ProgressLog(Reporter):
