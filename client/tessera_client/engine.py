@@ -446,17 +446,19 @@ class SyncEngine:
         came): the local folder is set aside under a conflicted copy's name (the next round
         uploads it as the user's own, and brings the share), and both are left out of this
         round. Merged, its files went up into the owner's folder, for every member to read.
-        Not when all it holds is in the share as it is (a copy of the synced folder)."""
+        Only when it holds a file the share has no path for: one that the share holds too
+        is the share's (a copy of the synced folder, or this device's own from before its
+        record was forgotten: a reset cursor, an ignore rule lifted), and meets the share's
+        file by file (recorded, replaced by the newer rev the server holds, or a
+        conflicted copy). A new device's first sync, or a lifted rule, had set aside a
+        whole share over one file the owner had edited since."""
         ops = []
         for key, (path, access) in self.state.shared_mounts().items():
             mine = local.get(key)
             if access == "owner" or key in base or mine is None or mine.is_file:
                 continue
-            below = [k for k in local if k.startswith(key + "/")]
-            if all(
-                remote.get(k) is not None
-                and (not local[k].is_file or local[k].content_hash == remote[k].content_hash)
-                for k in below
+            if not any(
+                e.is_file and k.startswith(key + "/") and k not in remote for k, e in local.items()
             ):
                 continue
             reason = f"the folder {path} shared with you took its name"

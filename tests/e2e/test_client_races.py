@@ -462,24 +462,28 @@ def test_a_shared_folder_replaced_by_a_file_on_a_members_device_is_left(
     assert snapshot(a.folder) == expected
 
 
-@pytest.mark.parametrize("holds", ["own files", "the share's files"])
+@pytest.mark.parametrize("holds", ["own files", "the share's files", "an earlier spec"])
 def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_theirs(
     engines: tuple[SyncEngine, SyncEngine], inproc_cloud: Cloud, tmp_path: Path, holds: str
 ) -> None:
     """The member made a `Team` folder while the device was off, and a folder `Team` was
     shared with them before it synced (the server mounts it at `/Team`: nothing of theirs
     was there): its private files went up into the owner's folder, for every member to
-    read. It is set aside as the member's own. A copy of the share itself is merged."""
+    read. It is set aside as the member's own. A copy of the share itself is merged, also
+    one holding an earlier version of a file the owner edited since (as after a reset
+    cursor, or an ignore rule lifted): the owner's version replaces it."""
     a, _ = engines
     (a.folder / "Team").mkdir()
-    (a.folder / "Team" / "spec.md").write_text("the owner's spec")
-    a.run_once()
+    for text in ("an earlier spec", "the owner's spec"):
+        (a.folder / "Team" / "spec.md").write_text(text)
+        a.run_once()
     email, member = _another_users_device(inproc_cloud, tmp_path)
     try:
         member.run_once()
         (member.folder / "Team").mkdir()
         mine = "private.txt" if holds == "own files" else "spec.md"
-        text = "the member's private notes" if holds == "own files" else "the owner's spec"
+        texts = {"own files": "the member's private notes", "the share's files": "the owner's spec"}
+        text = texts.get(holds, holds)
         (member.folder / "Team" / mine).write_text(text)
         a.api.call("/v1/share", {"path": "/Team", "email": email, "access": "editor"})
         assert not member.run_once().problems
@@ -491,6 +495,8 @@ def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_the
             expected |= {copy: None, f"{copy}/private.txt": text.encode()}
             [conflict] = member.state.conflicts()
             assert conflict.reason == "the folder Team shared with you took its name"
+        else:
+            assert member.state.conflicts() == []
         assert snapshot(member.folder) == expected
         root = member.api.call("/v1/list_folder", {"path": "", "recursive": True})["entries"]
         assert {e["path_display"] for e in root} == {f"/{p}" for p in expected}
