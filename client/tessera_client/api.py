@@ -308,11 +308,14 @@ class BoundedAnswers:
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """Send one request and read its answer (see the class)."""
         within = kwargs.get("timeout") or self._timeout
-        started = time.monotonic()
-        deadline = started + within
         where = urllib.parse.urlsplit(url).path
         body = bytearray()
         with self._client().stream(method, url, **kwargs) as answer:
+            # from the answer's head on: sending the request and the server's work are
+            # bounded by httpx's own timeouts (a commit the server took 2 s over, answered
+            # after a stop, is still read and recorded)
+            started = time.monotonic()
+            deadline = started + within
             try:
                 for chunk in answer.iter_bytes():
                     body += chunk
