@@ -784,12 +784,11 @@ def _commit_entries(
         # copy before its block)
         for ns_id in sorted({targets[i].mount.ns_id for i in order}):
             store.pin_staged_copies(
-                view.ns_ids,
+                ns_id,
                 sorted(
                     {b.id for i in order if targets[i].mount.ns_id == ns_id
                      for b in req.entries[i].blocks or ()}
                 ),
-                target=ns_id,
             )  # fmt: skip
         store.lock_blocks(
             (b.id for i in order for b in req.entries[i].blocks or ()),

@@ -1663,23 +1663,24 @@ class Store:
         )
         return {r[0] for r in recorded}
 
-    def pin_staged_copies(
-        self, ns_ids: Sequence[int], block_ids: Sequence[str], *, target: int
-    ) -> None:
-        """Lock FOR SHARE, as `lock_staged_copies` does, the staged copies through which a
-        write into `target` reads `block_ids` (see `readable_blocks`): what a batch's
-        entries will carry forward, pinned before the batch locks its blocks. A commit and
+    def pin_staged_copies(self, ns_id: int, block_ids: Sequence[str]) -> None:
+        """Lock FOR SHARE, as `lock_staged_copies` does, every staged copy through which a
+        version in `ns_id` holds one of `block_ids`: those a batch's entries into `ns_id`
+        may carry forward (a copy counts only in its own namespace: `readable_blocks`), and
+        perhaps a few more, pinned before the batch locks its blocks. A commit and
         dedup-verify take a copy, then its block; a batch that took its blocks first and
         its copies entry by entry held what dedup wanted next while it waited for the copy
-        dedup held (a deadlock: the batch answered 503, or the dedup run failed)."""
+        dedup held (a deadlock: the batch answered 503, or the dedup run failed). One index
+        probe per block (`version_blocks_by_block`)."""
         if not block_ids:
             return
         # Not fetched: in pipeline mode the lock travels with the caller's next query.
         self.conn.execute(
-            "SELECT 1 FROM upload_blocks WHERE staged_key IN (SELECT r.staged_key FROM"
-            f" ({_READABLE_SQL}) AS r WHERE r.staged_key IS NOT NULL)"
+            "SELECT 1 FROM upload_blocks WHERE staged_key IN (SELECT vb.staged_key"
+            " FROM unnest(%s::text[]) AS q(block_id) JOIN version_blocks vb"
+            " ON vb.block_id = q.block_id AND vb.ns_id = %s AND vb.staged_key IS NOT NULL)"
             " ORDER BY upload_id, block_id FOR SHARE",
-            {"ns_ids": list(ns_ids), "ids": list(block_ids), "target": target},
+            (list(block_ids), ns_id),
         )
 
     def lock_staged_copies(self, staged_keys: Sequence[str]) -> dict[str, str]:
