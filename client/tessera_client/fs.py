@@ -460,6 +460,8 @@ class RealFilesystem(Filesystem):
             os.close(readonly)
             fd = os.open(path, os.O_RDWR | flags)
         _own_partial(fd, rel, path)
+        # a plain file now: the flag off again (some FUSE and network filesystems heed it)
+        os.set_blocking(fd, True)
         return rel, os.fdopen(fd, "r+b")
 
     def give_mode(self, handle: BinaryIO, *, like: str | None) -> None:

@@ -502,6 +502,10 @@ def test_a_fifo_under_a_partial_downloads_name_is_refused_not_waited_on(
     opener.join(5)
     assert not opener.is_alive(), "the open is waiting on the FIFO"
     assert outcome and outcome[0].errno == errno.EEXIST
+    monkeypatch.undo()
+    _, partial = fs.open_partial("", "plain")  # and a plain file's is written as usual
+    with partial:
+        assert os.get_blocking(partial.fileno())
 
 
 def test_a_partial_download_has_one_writer_at_a_time(tmp_path: Path) -> None:

@@ -235,6 +235,28 @@ def test_a_sign_in_tells_cognito_where_it_came_from(aws_settings: AwsSettings, g
     assert result["statusCode"] == 200, result
 
 
+def test_a_sign_in_with_no_caller_address_sends_no_context(aws_settings: AwsSettings) -> None:
+    """A test invocation (from the console) has no `sourceIp`: context data without an
+    address is refused by Cognito, so none is sent."""
+    client, users = _stubbed_users(aws_settings)
+    event = _event({"email": "a@example.com", "password": PASSWORD})
+    event["requestContext"]["identity"] = {}
+    answer = {"AuthenticationResult": {"IdToken": "id", "RefreshToken": "r", "ExpiresIn": 3600}}
+    with Stubber(client) as stub:
+        stub.add_response(
+            "admin_initiate_auth",
+            answer,
+            expected_params={
+                "UserPoolId": aws_settings.user_pool_id,
+                "ClientId": aws_settings.user_pool_client_id,
+                "AuthFlow": "ADMIN_USER_PASSWORD_AUTH",
+                "AuthParameters": {"USERNAME": "a@example.com", "PASSWORD": PASSWORD},
+            },
+        )
+        assert token_endpoint(users, event)["statusCode"] == 200
+        stub.assert_no_pending_responses()
+
+
 def test_settings_without_a_pool_fail_the_cold_start() -> None:
     from tessera.adapters.aws import SettingsError
     from tessera.adapters.aws.wiring import AwsRuntime

@@ -57,14 +57,18 @@ def _response(
     }
 
 
-def sign_in_origin(event: Mapping[str, Any]) -> SignInOrigin:
+def sign_in_origin(event: Mapping[str, Any]) -> SignInOrigin | None:
     """Where a proxy event's sign-in came from: API Gateway's `sourceIp` (the caller's
     address as the edge saw it, never a header the caller wrote), the API's host and the
-    path called."""
+    path called. None without an address (a test invocation from the console): Cognito
+    refuses context data without one."""
     context = event.get("requestContext") or {}
     headers = event.get("headers") or {}
+    address = (context.get("identity") or {}).get("sourceIp")
+    if not address:
+        return None
     return SignInOrigin.of(
-        str((context.get("identity") or {}).get("sourceIp") or ""),
+        str(address),
         str(context.get("domainName") or headers.get("Host") or headers.get("host") or ""),
         str(event.get("path") or ""),
         {str(k): str(v) for k, v in headers.items()},
