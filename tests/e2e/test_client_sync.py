@@ -455,6 +455,18 @@ def test_a_missing_synced_folder_is_not_created_empty(
     assert len(a.json("ls")) == 3  # nothing deleted on the server
 
 
+def _numbered_files_synced(device: SyncEngine, count: int) -> None:
+    """`count` files `f000.txt`, … synced from `device`."""
+    for i in range(count):
+        (device.folder / f"f{i:03}.txt").write_text(f"file {i}")
+    device.run_once()
+
+
+def _delete_numbered(device: SyncEngine, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        (device.folder / f"f{i:03}.txt").unlink()
+
+
 def test_more_deletions_than_the_file_limit_pause_whatever_their_share(
     engines: tuple[SyncEngine, SyncEngine],
 ) -> None:
@@ -463,11 +475,8 @@ def test_more_deletions_than_the_file_limit_pause_whatever_their_share(
     at least `mass_delete_min` (10) deletions, cannot be what fires."""
     a, _ = engines
     a.settings = replace(a.settings, mass_delete_files=5)
-    for i in range(30):
-        (a.folder / f"f{i:02}.txt").write_text(f"file {i}")
-    a.run_once()
-    for i in range(6):  # 20 % of the files, fewer than mass_delete_min
-        (a.folder / f"f{i:02}.txt").unlink()
+    _numbered_files_synced(a, 30)
+    _delete_numbered(a, 0, 6)  # 20 % of the files, fewer than mass_delete_min
     result = a.run_once()
     assert result.paused_deletes == 6 and len(a.state.base_tree()) == 30
     listed = a.api.call("/v1/list_folder", {"path": "", "recursive": True})["entries"]
@@ -481,17 +490,10 @@ def test_deletions_a_few_files_a_round_add_up_to_a_mass_delete(
     rounds a few files at a time: each round below the thresholds, every file went, with no
     pause. The deletions of the last `mass_delete_window_s` count together; older ones do not."""
     a, _ = engines
-    for i in range(100):
-        (a.folder / f"f{i:03}.txt").write_text(f"file {i}")
-    a.run_once()
-
-    def delete(first: int, count: int) -> None:
-        for i in range(first, first + count):
-            (a.folder / f"f{i:03}.txt").unlink()
-
-    delete(0, 20)
+    _numbered_files_synced(a, 100)
+    _delete_numbered(a, 0, 20)
     assert a.run_once().paused_deletes == 0  # 20 of 100: below both limits
-    delete(20, 20)
+    _delete_numbered(a, 20, 20)
     paused = a.run_once()  # 20 of 80 alone, but 40 of 100 within the window
     assert paused.paused_deletes == 20 and len(a.state.base_tree()) == 80
     assert "(20 now, 20 in the last 10 minutes)" in paused.problems[0], paused.problems
@@ -505,11 +507,8 @@ def test_deletions_the_server_refused_for_a_while_count_once(
     """The gate's window counts deletions done, not planned: four deletes the server
     refused for two rounds, planned again each round, had counted as twelve and paused."""
     a, _ = engines
-    for i in range(20):
-        (a.folder / f"f{i:02}.txt").write_text(f"file {i}")
-    a.run_once()
-    for i in range(4):
-        (a.folder / f"f{i:02}.txt").unlink()
+    _numbered_files_synced(a, 20)
+    _delete_numbered(a, 0, 4)
     call = a.api.call
 
     def refused(route: str, *args: Any, **kwargs: Any) -> Any:
@@ -560,16 +559,12 @@ def test_an_approved_mass_delete_approves_only_that_one(
     """`--allow-mass-delete` lets the paused deletion through, not every later one: a daemon
     started with it pauses the next mass delete again."""
     a, _ = engines
-    for i in range(24):
-        (a.folder / f"f{i:02}.txt").write_text(f"file {i}")
-    a.run_once()
-    for i in range(12):
-        (a.folder / f"f{i:02}.txt").unlink()
+    _numbered_files_synced(a, 24)
+    _delete_numbered(a, 0, 12)
     a.allow_mass_delete = True  # what `tessera sync --allow-mass-delete` sets
     first = a.run_once()
     assert first.paused_deletes == 0 and len(a.state.base_tree()) == 12
-    for i in range(12, 24):
-        (a.folder / f"f{i:02}.txt").unlink()
+    _delete_numbered(a, 12, 12)
     second = a.run_once()
     assert second.paused_deletes == 12 and len(a.state.base_tree()) == 12
 

@@ -190,71 +190,67 @@ def _stubbed_users(aws_settings: AwsSettings) -> tuple[Any, CognitoUsers]:
     return client, CognitoUsers(client, aws_settings.user_pool_id, aws_settings.user_pool_client_id)
 
 
-@pytest.mark.parametrize("grant", ["password", "refresh"])
-def test_a_sign_in_tells_cognito_where_it_came_from(aws_settings: AwsSettings, grant: str) -> None:
-    """Threat protection judged every sign-in by this function's own addresses (the public
-    InitiateAuth takes no caller address from a client without a secret): one attacker's
-    blocks landed on every user. The admin call carries API Gateway's `sourceIp`, the host,
-    the path and the caller's software, never its credentials. (moto checks none of it.)"""
+def _signed_in_with(
+    aws_settings: AwsSettings, event: dict[str, Any], flow: str, params: dict[str, str],
+    **context: Any,
+) -> None:  # fmt: skip
+    """The token endpoint answers `event` with tokens after one admin sign-in to Cognito,
+    of exactly `flow`, `params` and (when given) `ContextData` (stubbed: moto checks none
+    of it)."""
     client, users = _stubbed_users(aws_settings)
-    event = _event(
-        {"email": "a@example.com", "password": PASSWORD}
-        if grant == "password"
-        else {"refresh_token": "the-refresh-token"}
-    )
-    event["headers"] = {"Host": "api.example.com", "User-Agent": "tessera/1.0",
-                        "Authorization": "Bearer stolen?", "Cookie": "c=1"}  # fmt: skip
-    event["requestContext"]["domainName"] = "api.example.com"
-    params = (
-        {"USERNAME": "a@example.com", "PASSWORD": PASSWORD}
-        if grant == "password"
-        else {"REFRESH_TOKEN": "the-refresh-token"}
-    )
     answer = {"AuthenticationResult": {"IdToken": "id", "RefreshToken": "r", "ExpiresIn": 3600}}
+    expected = {
+        "UserPoolId": aws_settings.user_pool_id,
+        "ClientId": aws_settings.user_pool_client_id,
+        "AuthFlow": flow,
+        "AuthParameters": params,
+        **context,
+    }
     with Stubber(client) as stub:
-        stub.add_response(
-            "admin_initiate_auth",
-            answer,
-            expected_params={
-                "UserPoolId": aws_settings.user_pool_id,
-                "ClientId": aws_settings.user_pool_client_id,
-                "AuthFlow": "ADMIN_USER_PASSWORD_AUTH"
-                if grant == "password"
-                else "REFRESH_TOKEN_AUTH",
-                "AuthParameters": params,
-                "ContextData": {
-                    "IpAddress": "203.0.113.7",
-                    "ServerName": "api.example.com",
-                    "ServerPath": "/v1/auth/token",
-                    "HttpHeaders": [{"headerName": "user-agent", "headerValue": "tessera/1.0"}],
-                },
-            },
-        )
+        stub.add_response("admin_initiate_auth", answer, expected_params=expected)
         result = token_endpoint(users, event)
         stub.assert_no_pending_responses()
     assert result["statusCode"] == 200, result
 
 
+@pytest.mark.parametrize(
+    ("body", "flow", "params"),
+    [
+        ({"email": "a@example.com", "password": PASSWORD}, "ADMIN_USER_PASSWORD_AUTH",
+         {"USERNAME": "a@example.com", "PASSWORD": PASSWORD}),
+        ({"refresh_token": "the-refresh-token"}, "REFRESH_TOKEN_AUTH",
+         {"REFRESH_TOKEN": "the-refresh-token"}),
+    ],
+    ids=["password", "refresh"],
+)  # fmt: skip
+def test_a_sign_in_tells_cognito_where_it_came_from(
+    aws_settings: AwsSettings, body: dict[str, str], flow: str, params: dict[str, str]
+) -> None:
+    """Threat protection judged every sign-in by this function's own addresses (the public
+    InitiateAuth takes no caller address from a client without a secret): one attacker's
+    blocks landed on every user. The admin call carries API Gateway's `sourceIp`, the host,
+    the path and the caller's software, never its credentials."""
+    event = _event(body)
+    event["headers"] = {"Host": "api.example.com", "User-Agent": "tessera/1.0",
+                        "Authorization": "Bearer stolen?", "Cookie": "c=1"}  # fmt: skip
+    event["requestContext"]["domainName"] = "api.example.com"
+    context = {
+        "IpAddress": "203.0.113.7",
+        "ServerName": "api.example.com",
+        "ServerPath": "/v1/auth/token",
+        "HttpHeaders": [{"headerName": "user-agent", "headerValue": "tessera/1.0"}],
+    }
+    _signed_in_with(aws_settings, event, flow, params, ContextData=context)
+
+
 def test_a_sign_in_with_no_caller_address_sends_no_context(aws_settings: AwsSettings) -> None:
     """A test invocation (from the console) has no `sourceIp`: context data without an
     address is refused by Cognito, so none is sent."""
-    client, users = _stubbed_users(aws_settings)
-    event = _event({"email": "a@example.com", "password": PASSWORD})
+    body = {"email": "a@example.com", "password": PASSWORD}
+    event = _event(body)
     event["requestContext"]["identity"] = {}
-    answer = {"AuthenticationResult": {"IdToken": "id", "RefreshToken": "r", "ExpiresIn": 3600}}
-    with Stubber(client) as stub:
-        stub.add_response(
-            "admin_initiate_auth",
-            answer,
-            expected_params={
-                "UserPoolId": aws_settings.user_pool_id,
-                "ClientId": aws_settings.user_pool_client_id,
-                "AuthFlow": "ADMIN_USER_PASSWORD_AUTH",
-                "AuthParameters": {"USERNAME": "a@example.com", "PASSWORD": PASSWORD},
-            },
-        )
-        assert token_endpoint(users, event)["statusCode"] == 200
-        stub.assert_no_pending_responses()
+    params = {"USERNAME": "a@example.com", "PASSWORD": PASSWORD}
+    _signed_in_with(aws_settings, event, "ADMIN_USER_PASSWORD_AUTH", params)
 
 
 def test_settings_without_a_pool_fail_the_cold_start() -> None:
