@@ -420,6 +420,13 @@ class Api:
         # (route, optional field) this server refused, and when that was learnt (monotonic)
         self._refused: dict[tuple[str, str], float] = {}
 
+    def stop(self) -> None:
+        """The process is stopping: every wait between retries ends (`RetryPolicy.stop`),
+        and so do block transfers in flight (`BlockHttp.abort`): Ctrl-C in `get`, or a
+        daemon's stop, had waited for a block from a slow store for up to 15 minutes."""
+        self.policy.stop.set()
+        self.blocks.abort()
+
     def close(self) -> None:
         """Close the connection pools."""
         self.blocks.close()

@@ -104,7 +104,17 @@ class BlockHttp:
         self._proxies = urllib.request.getproxies_environment() if proxies is None else proxies
         self._local = threading.local()
         self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close()
-        self._lock = threading.Lock()
+        # re-entrant: `abort` runs in a signal handler, maybe on a thread that holds it
+        self._lock = threading.RLock()
+
+    def abort(self) -> None:
+        """Cut every open connection (the process is stopping): an exchange blocked on a
+        slow store fails at once, as a network error, where it had held the exit for up
+        to `MAX_REQUEST_S`. Their owners still close them."""
+        with self._lock:
+            connections = list(self._open)
+        for conn in connections:
+            _cut(conn)
 
     def close(self) -> None:
         """Close every open connection."""
@@ -304,16 +314,21 @@ class _Watchdog:
                         continue
                     del self._due[conn]
                     late.set()
-                    # the plain socket's shutdown (a blocked read returns at once):
-                    # `SSLSocket.shutdown` unwraps the TLS object under the reading
-                    # thread's feet, a ValueError there
-                    with contextlib.suppress(OSError):
-                        socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+                    _cut(conn)
                 soonest = min((due for due, _ in self._due.values()), default=now + 3600)
                 self._cond.wait(soonest - now)
 
 
 _WATCHDOG = _Watchdog()
+
+
+def _cut(conn: http.client.HTTPConnection) -> None:
+    """Shut a connection's socket down: a read blocked on it returns at once. The plain
+    socket's shutdown: `SSLSocket.shutdown` unwraps the TLS object under the reading
+    thread's feet, a ValueError there."""
+    if conn.sock is not None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
 
 
 def _opaque(headers: Iterable[tuple[str, str]], *dropped: str) -> list[tuple[str, str]]:

@@ -168,14 +168,15 @@ def _server(stopped: str = STOPPED_REQUEST) -> Iterator[tuple[Api, Settings]]:
 
 @contextmanager
 def _ctrl_c_ends_retries(api: Api, stopped: str) -> Iterator[None]:
-    """Ctrl-C ends the waits between retries on every thread too (`RetryPolicy.stop`): a
-    download waiting out an outage's backoff on a worker thread held the exit for minutes.
+    """Ctrl-C ends the waits between retries, and the block transfers, on every thread too
+    (`Api.stop`): a download waiting out an outage's backoff, or a block from a slow store,
+    on a worker thread held the exit for minutes.
     Then it says `stopped` and exits 130 (it had ended without a word). (The handler is
     left alone where SIGINT is ignored, as for a job started with `&`, and off the main
     thread, where none can be set.)"""
 
     def interrupt(signum: int, frame: object) -> None:
-        api.policy.stop.set()
+        api.stop()
         raise KeyboardInterrupt
 
     settable = threading.current_thread() is threading.main_thread()

@@ -1367,9 +1367,10 @@ class SyncEngine:
                 raise
 
     def stop(self) -> None:
-        """Ask the daemon to stop: calls waiting to retry (an outage) give up at once."""
+        """Ask the daemon to stop: calls waiting to retry (an outage), and block transfers
+        in flight, give up at once."""
         self._stop.set()
-        self.api.policy.stop.set()
+        self.api.stop()
         self._wake.set()
 
     def _longpoll_loop(self) -> None:

@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tessera_client.api import RetryPolicy, ServerUnreachable, send_with_retry
+from tessera_client.api import Api, RetriesStopped, RetryPolicy, ServerUnreachable, send_with_retry
 from tessera_client.blockhttp import KEPT_PER_THREAD, BlockHttp, UnusableUrl
+from tessera_client.config import Home
 
 
 class _Store(BaseHTTPRequestHandler):
@@ -308,6 +309,22 @@ def test_an_answer_that_trickles_in_is_cut_off_at_the_deadline(
     assert store.connections == 0  # type: ignore[attr-defined]
     slow.close()
     fallback.close()
+
+
+def test_a_stop_cuts_a_transfer_in_flight_at_once(
+    store: ThreadingHTTPServer, tmp_path: Path
+) -> None:
+    """Ctrl-C in `get`, or a daemon's stop, waited for a block from a slow store for up to
+    `MAX_REQUEST_S` (15 minutes): `Api.stop` cuts the exchange, and the call gives up."""
+    store.objects["/slow"] = (b"x" * 100, {})  # type: ignore[attr-defined]
+    store.mode = "slow"  # type: ignore[attr-defined]  # (the answer takes 2 s)
+    api = Api("http://127.0.0.1:1", Home(tmp_path / "home"))
+    threading.Timer(0.3, api.stop).start()
+    started = time.monotonic()
+    with pytest.raises(RetriesStopped):
+        api.transfer("GET", _url(store, "/slow"), {})
+    assert time.monotonic() - started < 1.5
+    api.close()
 
 
 def test_an_answer_longer_than_any_block_is_refused_as_it_arrives(
