@@ -1301,14 +1301,22 @@ class SyncEngine:
     def _planned_copy_name(self, op: Op) -> str:
         """The conflicted copy's name the plan chose, or a free one: the planner saw neither
         the local-only copies (kept out of the scan) nor anything created since, and a
-        rename to its name would replace whatever holds it."""
-        return op.copy_path if not self.fs.exists(op.copy_path) else self._free_copy_name(op.path)
+        rename to its name would replace whatever holds it; nor this filesystem's longest
+        name, which its name may pass."""
+        name_max = self.fs.name_max()
+        fits = name_max is None or len(op.copy_path.rpartition("/")[2].encode()) <= name_max
+        if fits and not self.fs.exists(op.copy_path):
+            return op.copy_path
+        return self._free_copy_name(op.path)
 
     def _free_copy_name(self, path: str) -> str:
         taken = set(self.state.remote_tree())
+        name_max = self.fs.name_max()
         attempt = 0
         while True:
-            name = conflicted_copy_name(path, self.settings.device_name, date.today(), attempt)
+            name = conflicted_copy_name(
+                path, self.settings.device_name, date.today(), attempt, name_max=name_max
+            )
             if path_key(name) not in taken and not self.fs.exists(name):
                 return name
             attempt += 1

@@ -171,6 +171,10 @@ class Filesystem(ABC):
         a whole path over the system's limits). Nothing is limited unless a filesystem says."""
         return None  # no limits known (the fake filesystem's paths are only strings)
 
+    def name_max(self) -> int | None:
+        """The longest name (UTF-8 bytes) this filesystem takes, when it says."""
+        return None
+
     def exists(self, rel: str) -> bool:
         """True when anything (even a symlink) sits at `rel` (`lstat_if_any`)."""
         return self.lstat_if_any(rel) is not None
@@ -505,6 +509,9 @@ class RealFilesystem(Filesystem):
                 " sync into a folder with a shorter path, or shorten it on another device",
             )
 
+    def name_max(self) -> int | None:
+        return self._limits()[0]
+
     def _limits(self) -> tuple[int, int]:
         """(NAME_MAX, PATH_MAX) of the synced folder's filesystem, asked once."""
         if self._name_path_max is None:
@@ -825,6 +832,9 @@ class SafeFilesystem(Filesystem):
 
     def check_fits(self, rel: str) -> None:
         self.inner.check_fits(self._check(rel))
+
+    def name_max(self) -> int | None:
+        return self.inner.name_max()
 
     def makedirs(self, rel: str) -> None:
         """Create `rel` and every missing folder above it, refusing symlinks on the way."""

@@ -74,12 +74,16 @@ def is_under(rel: str, folder: str) -> bool:
 MAX_DEVICE_LABEL_BYTES = 64
 
 
-def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> str:
+def conflicted_copy_name(
+    rel: str, device: str, day: date, attempt: int = 0, *, name_max: int | None = None
+) -> str:
     """Dropbox's convention: `name (<device>'s conflicted copy YYYY-MM-DD).ext`.
 
     `attempt` > 0 adds a counter when that name is taken. The stem is shortened (at a
-    character boundary) when the copy's name or path would pass the server's limits: a copy
-    that cannot be named keeps neither side.
+    character boundary) when the copy's name or path would pass the server's limits, or
+    the local filesystem's longest name (`name_max`: eCryptfs takes 143 bytes, and a copy
+    named to 255 failed its rename every round): a copy that cannot be named keeps neither
+    side.
     """
     folder, _, name = rel.rpartition("/")
     stem, dot, ext = name.rpartition(".")
@@ -99,7 +103,7 @@ def conflicted_copy_name(rel: str, device: str, day: date, attempt: int = 0) -> 
     stored = len(rel.encode()) + 1 <= server_paths.MAX_PATH_BYTES
     limit = server_paths.MAX_PATH_BYTES if stored else server_paths.MAX_VIEW_PATH_BYTES
     # less the leading and the inner `/`
-    room = min(server_paths.MAX_NAME_BYTES, limit - len(folder.encode()) - 2)
+    room = min(server_paths.MAX_NAME_BYTES, name_max or 2**31, limit - len(folder.encode()) - 2)
     if len(tail.encode()) >= room:  # an extension too long to keep: it joins the stem
         stem, tail = name, suffix
     new = server_paths.utf8_prefix(stem, room - len(tail.encode())) + tail

@@ -17,7 +17,7 @@ import pytest
 from tessera_client.api import Api, ApiError
 from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
-from tessera_client.fs import MTIME_GRANULARITY_NS
+from tessera_client.fs import MTIME_GRANULARITY_NS, RealFilesystem
 
 from .conftest import Cloud, kept_both, sign_in, snapshot, synced_on_both
 
@@ -529,3 +529,23 @@ def test_a_file_made_again_after_the_scan_saw_it_deleted_is_no_delete(
     revs = a.api.call("/v1/revisions", {"path": "/doc.txt"})["entries"]
     assert [e["rev"] for e in revs] == [2, 1]  # one file, its history kept
     assert a.api.call("/v1/trash/list", {"path": ""})["entries"] == []
+
+
+def test_a_conflicted_copy_is_named_within_this_filesystems_longest_name(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eCryptfs takes names of 143 bytes: a copy named to the server's 255 failed its
+    rename every round, and the conflict never ended. (The limit is the filesystem's
+    `NAME_MAX`, made 143 here.)"""
+    a, b = engines
+    name = "n" * 120 + ".txt"
+    synced_on_both(a, b, name, "v1")
+    monkeypatch.setattr(RealFilesystem, "_limits", lambda self: (143, 4096))
+    (a.folder / name).write_text("A's edit")
+    (b.folder / name).write_text("B's edit")
+    a.run_once()
+    assert not b.run_once().problems
+    files = snapshot(b.folder)
+    [copy] = [n for n in files if n != name]
+    assert len(copy.encode()) <= 143 and "conflicted copy" in copy
+    assert (files[name], files[copy]) == (b"A's edit", b"B's edit")

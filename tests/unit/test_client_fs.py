@@ -133,6 +133,9 @@ def test_conflicted_copy_names() -> None:
         conflicted_copy_name(".bashrc", "lap", d, 1)
         == ".bashrc (lap's conflicted copy 2026-11-26 2)"
     )
+    # within a filesystem's shorter longest name (eCryptfs: 143 bytes), its extension kept
+    short = conflicted_copy_name("a/" + "é" * 100 + ".txt", "lap", d, name_max=143)
+    assert len(short.rpartition("/")[2].encode()) <= 143 and short.endswith("2026-11-26).txt")
 
 
 @pytest.mark.parametrize(
