@@ -49,6 +49,7 @@ from tessera_client.paths import (
     ancestors,
     canonical_rel,
     conflicted_copy_name,
+    is_under,
     parent_of,
     path_key,
     server_path,
@@ -406,6 +407,15 @@ class SyncEngine:
                         partial(self._leave_share, path),
                     )
                 )
+        elif leaving:
+            # what is at a share's path here waits with its leaving: a file made there went
+            # up each round and was refused (422), the share still mounted there
+            held = [path_key(p) for p in leaving]
+            ops = [
+                op
+                for op in ops
+                if not any(path_key(op.path) == k or is_under(path_key(op.path), k) for k in held)
+            ]
         try:
             self._execute(ops, scan, result)
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -549,3 +550,29 @@ def test_a_conflicted_copy_is_named_within_this_filesystems_longest_name(
     [copy] = [n for n in files if n != name]
     assert len(copy.encode()) <= 143 and "conflicted copy" in copy
     assert (files[name], files[copy]) == (b"A's edit", b"B's edit")
+
+
+def test_a_file_in_place_of_a_share_waits_with_its_paused_leaving(
+    engines: tuple[SyncEngine, SyncEngine], inproc_cloud: Cloud, tmp_path: Path
+) -> None:
+    """The gate pauses the leaving (its files count as deletions): the file made in the
+    share's place went up each round meanwhile, refused (422: the share is still mounted
+    there). It waits, and goes up once the leaving is approved."""
+    a, _ = engines
+    (a.folder / "Team").mkdir()
+    (a.folder / "Team" / "spec.md").write_text("the spec")
+    a.run_once()
+    editor = _an_editor_of(a, "Team", inproc_cloud, tmp_path)
+    try:
+        editor.settings = replace(editor.settings, mass_delete_files=0)
+        shutil.rmtree(editor.folder / "Team")
+        (editor.folder / "Team").write_text("a note I called Team")
+        paused = editor.run_once()
+        assert paused.paused_deletes == 1
+        assert [p for p in paused.problems if not p.startswith("paused:")] == []
+        editor.allow_mass_delete = True
+        assert not editor.run_once().problems
+        root = editor.api.call("/v1/list_folder", {"path": "", "recursive": True})["entries"]
+        assert [(e[".tag"], e["path_display"]) for e in root] == [("file", "/Team")]
+    finally:
+        editor.close()
