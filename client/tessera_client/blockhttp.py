@@ -106,12 +106,14 @@ class BlockHttp:
         self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close()
         # re-entrant: `abort` runs in a signal handler, maybe on a thread that holds it
         self._lock = threading.RLock()
+        self._aborted = False  # (`abort`: no exchange is sent again, nor a new one begun)
 
     def abort(self) -> None:
         """Cut every open connection (the process is stopping): an exchange blocked on a
         slow store fails at once, as a network error, where it had held the exit for up
         to `MAX_REQUEST_S`. Their owners still close them."""
         with self._lock:
+            self._aborted = True
             connections = list(self._open)
         for conn in connections:
             _cut(conn)
@@ -134,6 +136,8 @@ class BlockHttp:
         """Send one request; transport failures raise `httpx.TransportError` subclasses, a
         URL or header that cannot be sent `UnusableUrl`."""
         parts = _checked(url, headers or {})
+        if self._aborted:
+            raise httpx.NetworkError("stopping: the transfer was not begun")
         if self._proxied(parts.scheme, parts.hostname or ""):
             return self._through_proxy(method, url, headers, content)
         target = parts.path or "/"
@@ -147,7 +151,7 @@ class BlockHttp:
             try:
                 response, body = self._exchange(conn, method, target, headers or {}, content)
             except _STALE:
-                if kept is None:
+                if kept is None or self._aborted:  # (cut by `abort`: not sent again)
                     raise
                 self._discard(kept)
                 conn = self._connect(*key)
@@ -326,9 +330,10 @@ def _cut(conn: http.client.HTTPConnection) -> None:
     """Shut a connection's socket down: a read blocked on it returns at once. The plain
     socket's shutdown: `SSLSocket.shutdown` unwraps the TLS object under the reading
     thread's feet, a ValueError there."""
-    if conn.sock is not None:
+    sock = conn.sock  # (once: another thread may close it meanwhile)
+    if sock is not None:
         with contextlib.suppress(OSError):
-            socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _opaque(headers: Iterable[tuple[str, str]], *dropped: str) -> list[tuple[str, str]]:

@@ -464,8 +464,12 @@ class RealFilesystem(Filesystem):
             os.close(readonly)
             fd = os.open(path, os.O_RDWR | flags)
         _own_partial(fd, rel, path)
-        # a plain file now: the flag off again (some FUSE and network filesystems heed it)
-        os.set_blocking(fd, True)
+        try:
+            # a plain file now: the flag off again (some FUSE and network filesystems heed it)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
         return rel, os.fdopen(fd, "r+b")
 
     def give_mode(self, handle: BinaryIO, *, like: str | None) -> None:

@@ -317,11 +317,16 @@ def test_a_stop_cuts_a_transfer_in_flight_at_once(
     """Ctrl-C in `get`, or a daemon's stop, waited for a block from a slow store for up to
     `MAX_REQUEST_S` (15 minutes): `Api.stop` cuts the exchange, and the call gives up."""
     store.objects["/slow"] = (b"x" * 100, {})  # type: ignore[attr-defined]
-    store.mode = "slow"  # type: ignore[attr-defined]  # (the answer takes 2 s)
     api = Api("http://127.0.0.1:1", Home(tmp_path / "home"))
+    api.transfer("GET", _url(store, "/slow"), {})  # a connection kept, as a daemon has
+    store.mode = "slow"  # type: ignore[attr-defined]  # (the answer takes 2 s)
     threading.Timer(0.3, api.stop).start()
     started = time.monotonic()
-    with pytest.raises(RetriesStopped):
+    with pytest.raises(RetriesStopped):  # not sent again on a new connection, uncut
+        api.transfer("GET", _url(store, "/slow"), {})
+    assert time.monotonic() - started < 1.5
+    started = time.monotonic()
+    with pytest.raises(RetriesStopped):  # nor is one begun after the stop
         api.transfer("GET", _url(store, "/slow"), {})
     assert time.monotonic() - started < 1.5
     api.close()
