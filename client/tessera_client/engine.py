@@ -380,7 +380,7 @@ class SyncEngine:
         with self.state.transaction():
             for path in forgotten:
                 self.state.delete_base(path)
-        leaving, leaving_files = self._shares_removed_here(local, remote, base)
+        leaving = self._shares_removed_here(local, remote, base)
         set_apart = self._shares_mounted_over_own_folders(local, remote, base)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
         the_plan.ops[:0] = set_apart
@@ -392,21 +392,19 @@ class SyncEngine:
         # from before the marker was recorded) the folder is empty
         foreign = not marked and (noted or not scan.tree)
         ops = self._mass_delete_gate(
-            the_plan, base, result, foreign=foreign, leaving_files=leaving_files
+            the_plan, base, result, foreign=foreign, leaving_files=sum(leaving.values())
         )
         if not result.paused_deletes and scan.tree and not marked:
             self._mark_folder()
         # a folder that is not the one synced (a drive not mounted) leaves none, nor does a
         # round whose deletions are paused: the files of the shares it would leave count
         if not foreign and not result.paused_deletes:
-            for path in leaving:
-                result.ops += int(
-                    self._guarded(
-                        Op(OpKind.DELETE_FOLDER_REMOTE, path),
-                        result,
-                        partial(self._leave_share, path),
-                    )
+            for path, files in leaving.items():
+                left = self._guarded(
+                    Op(OpKind.DELETE_FOLDER_REMOTE, path), result, partial(self._leave_share, path)
                 )
+                result.ops += int(left)
+                self._deleted += files if left else 0  # (gone from here: the gate's count)
         elif leaving:
             # what is at a share's path here waits with its leaving: a file made there went
             # up each round and was refused (422), the share still mounted there
@@ -425,7 +423,7 @@ class SyncEngine:
 
     def _shares_removed_here(
         self, local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry]
-    ) -> tuple[list[str], int]:
+    ) -> dict[str, int]:
         """The folders shared with this user (not by them) that were synced and are gone
         from here (deleted, or renamed: a mount point moves nowhere on the server), taken
         with all they hold out of `remote` and `base`: planned as the deletion (or the
@@ -434,19 +432,19 @@ class SyncEngine:
         Removing one leaves the share instead (`_leave_share`); a renamed one's files go
         up as this user's own. So does replacing one with a file: planned as a folder
         turned into a file, it had deleted every file of the share for every member. Their
-        paths, and how many synced files they held."""
+        paths, each with how many synced files it held."""
         gone = [
             (key, path)
             for key, (path, access) in self.state.shared_mounts().items()
             if access != "owner" and key in base and (key not in local or local[key].is_file)
         ]
-        files = 0
-        for key, _ in gone:
-            files += sum(1 for k, e in base.items() if e.is_file and k.startswith(key + "/"))
+        leaving = {}
+        for key, path in gone:
+            leaving[path] = sum(1 for k, e in base.items() if e.is_file and k.startswith(key + "/"))
             for tree in (remote, base):
                 for below in [k for k in tree if k == key or k.startswith(key + "/")]:
                     del tree[below]
-        return [path for _, path in gone], files
+        return leaving
 
     def _shares_mounted_over_own_folders(
         self, local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry]
@@ -1028,7 +1026,11 @@ class SyncEngine:
             # with it, and the file came back as a new one. (A folder there is the planned
             # kind change: the file it replaced goes.)
             return True
-        return self._delete_remote_file(op.path, op.remote)
+        done = self._delete_remote_file(op.path, op.remote)
+        # (the gate's count: a deletion planned; a move's source deleted after its upload,
+        # across a share's edge, is none)
+        self._deleted += int(not self.state.has_remote(op.remote.path))
+        return done
 
     def _delete_remote_file(self, path: str, remote: Entry) -> bool:
         """Delete the server's file `remote`, synced here at `path`, if it is still the
@@ -1054,7 +1056,6 @@ class SyncEngine:
         self.state.delete_base(path)
         self.state.delete_remote(remote.path)
         self.reporter.event(f"deleted {path} on the server")
-        self._deleted += 1
         return True
 
     def _delete_remote_folder(self, op: Op) -> bool:

@@ -576,3 +576,42 @@ def test_a_file_in_place_of_a_share_waits_with_its_paused_leaving(
         assert [(e[".tag"], e["path_display"]) for e in root] == [("file", "/Team")]
     finally:
         editor.close()
+
+
+def test_the_gates_window_counts_shares_left_not_moves_across_a_shares_edge(
+    engines: tuple[SyncEngine, SyncEngine], inproc_cloud: Cloud, tmp_path: Path
+) -> None:
+    """Files moved into a shared folder go as an upload and a delete of their source: the
+    delete counted in the window, and one deletion after paused the sync. Leaving a share,
+    its files gone from here, counts: a slow `rm -rf` of the shares, one a round, added up
+    to nothing."""
+    a, _ = engines
+    for team in ("T1", "T2"):
+        (a.folder / team).mkdir()
+        for i in range(3):
+            (a.folder / team / f"{i}.txt").write_text(f"{team} {i}")
+    a.run_once()
+    email, editor = _another_users_device(inproc_cloud, tmp_path)
+    try:
+        for team in ("T1", "T2"):
+            a.api.call("/v1/share", {"path": f"/{team}", "email": email, "access": "editor"})
+        for i in range(8):
+            (editor.folder / f"own{i}.txt").write_text(f"own {i}")
+        editor.run_once()
+        editor.settings = replace(editor.settings, mass_delete_files=5)
+        for i in range(5):  # moved into a share: uploaded there, deleted from here
+            (editor.folder / f"own{i}.txt").rename(editor.folder / "T1" / f"own{i}.txt")
+        assert editor.run_once().paused_deletes == 0
+        (editor.folder / "own5.txt").unlink()
+        assert editor.run_once().paused_deletes == 0  # one deletion, not six
+        shutil.rmtree(editor.folder / "T1")  # 8 files left behind: over the 5
+        editor.allow_mass_delete = True
+        assert editor.run_once().paused_deletes == 0
+        shutil.rmtree(editor.folder / "T2")
+        assert editor.run_once().paused_deletes == 0  # T1's were approved: 3 of …
+        editor.settings = replace(editor.settings, mass_delete_files=2)
+        (editor.folder / "own6.txt").unlink()
+        paused = editor.run_once()  # 1 now, 3 with T2 in the window
+        assert paused.paused_deletes == 1 and "(1 now, 3 in the last" in paused.problems[0]
+    finally:
+        editor.close()
