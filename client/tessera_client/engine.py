@@ -454,19 +454,21 @@ class SyncEngine:
         came): the local folder is set aside under a conflicted copy's name (the next round
         uploads it as the user's own, and brings the share), and both are left out of this
         round. Merged, its files went up into the owner's folder, for every member to read.
-        Only when it holds a file the share has no path for: one that the share holds too
-        is the share's (a copy of the synced folder, or this device's own from before its
-        record was forgotten: a reset cursor, an ignore rule lifted), and meets the share's
-        file by file (recorded, replaced by the newer rev the server holds, or a
-        conflicted copy). A new device's first sync, or a lifted rule, had set aside a
-        whole share over one file the owner had edited since."""
+        Only when it holds something the share does not account for (`_the_shares`): a
+        folder holding only the share's entries, each the same or an earlier rev of the
+        share's file, is the share's (a copy of the synced folder, or this device's own
+        from before its record was forgotten: a reset cursor, an ignore rule lifted), and
+        meets it file by file. A lifted rule had set aside a whole share over one file the
+        owner had edited since; a private file named as one of the share's had gone up as
+        its conflicted copy."""
         ops = []
         for key, (path, access) in self.state.shared_mounts().items():
             mine = local.get(key)
             if access == "owner" or key in base or mine is None or mine.is_file:
                 continue
             if not any(
-                e.is_file and k.startswith(key + "/") and k not in remote for k, e in local.items()
+                k.startswith(key + "/") and not self._the_shares(e, remote.get(k))
+                for k, e in local.items()
             ):
                 continue
             reason = f"the folder {path} shared with you took its name"
@@ -476,6 +478,18 @@ class SyncEngine:
                 for k in [k for k in tree if k == key or k.startswith(key + "/")]:
                     del tree[k]
         return ops
+
+    def _the_shares(self, mine: Entry, theirs: Entry | None) -> bool:
+        """Whether the share's entry `theirs` accounts for `mine` (in a folder of this user's
+        where a share is mounted): the same kind, and for a file the same content or a rev
+        of it the server holds."""
+        if theirs is None or theirs.kind != mine.kind:
+            return False
+        return (
+            not mine.is_file
+            or mine.content_hash == theirs.content_hash
+            or bool(self._held_revs(mine.path, mine, theirs))
+        )
 
     def _leave_share(self, path: str) -> bool:
         """Leave the shared folder mounted at `path` (its files stay for the others), and
@@ -1259,10 +1273,21 @@ class SyncEngine:
         the restart. Both sides looked changed, and a file nobody edited here became a
         conflicted copy. The server holds that content in the file's history, so the
         server's newer version may replace it; an edit made here is in no such rev."""
+        held = self._held_revs(path, local, remote)
+        if held:
+            self.reporter.event(
+                f"{path}: this device holds rev {held[0]} of it (not recorded here); taking"
+                f" rev {remote.rev}"
+            )
+        return bool(held)
+
+    def _held_revs(self, path: str, local: Entry, remote: Entry) -> list[int]:
+        """The revs of the server's file `remote` after the one recorded at `path` (any,
+        with none recorded) and before its latest that hold `local`'s content."""
         synced = self.state.base_entry(path)
         since = synced.rev if synced is not None and synced.file_id == remote.file_id else 0
         if remote.rev - since < 2:
-            return False  # no rev between the recorded one and the server's
+            return []  # no rev between the recorded one and the server's
         try:
             history = parse(
                 RevisionsResponse,
@@ -1272,18 +1297,12 @@ class SyncEngine:
                 ),
             )
         except ApiError:
-            return False  # (the conflicted copy keeps both, as ever)
-        held = [
+            return []  # (the conflicted copy keeps both, as ever)
+        return [
             e.rev
             for e in history.entries
             if since < e.rev < remote.rev and e.content_hash == local.content_hash
         ]
-        if held:
-            self.reporter.event(
-                f"{path}: this device holds rev {held[0]} of it (not recorded here); taking"
-                f" rev {remote.rev}"
-            )
-        return bool(held)
 
     def _same_on_server(self, r: UploadResult) -> bool:
         """Whether the server's file at `r`'s path now holds `r`'s content (another device

@@ -463,16 +463,19 @@ def test_a_shared_folder_replaced_by_a_file_on_a_members_device_is_left(
     assert snapshot(a.folder) == expected
 
 
-@pytest.mark.parametrize("holds", ["own files", "the share's files", "an earlier spec"])
+@pytest.mark.parametrize(
+    "holds", ["own files", "a private spec", "the share's files", "an earlier spec"]
+)
 def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_theirs(
     engines: tuple[SyncEngine, SyncEngine], inproc_cloud: Cloud, tmp_path: Path, holds: str
 ) -> None:
     """The member made a `Team` folder while the device was off, and a folder `Team` was
     shared with them before it synced (the server mounts it at `/Team`: nothing of theirs
     was there): its private files went up into the owner's folder, for every member to
-    read. It is set aside as the member's own. A copy of the share itself is merged, also
-    one holding an earlier version of a file the owner edited since (as after a reset
-    cursor, or an ignore rule lifted): the owner's version replaces it."""
+    read, as did a file named as one of the share's (as its conflicted copy). It is set
+    aside as the member's own. A copy of the share itself is merged, also one holding an
+    earlier version of a file the owner edited since (as after a reset cursor, or an
+    ignore rule lifted): the owner's version replaces it."""
     a, _ = engines
     (a.folder / "Team").mkdir()
     for text in ("an earlier spec", "the owner's spec"):
@@ -485,6 +488,7 @@ def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_the
         mine = "private.txt" if holds == "own files" else "spec.md"
         texts = {"own files": "the member's private notes", "the share's files": "the owner's spec"}
         text = texts.get(holds, holds)
+        set_aside = holds in ("own files", "a private spec")
         (member.folder / "Team" / mine).write_text(text)
         a.api.call("/v1/share", {"path": "/Team", "email": email, "access": "editor"})
         assert not member.run_once().problems
@@ -492,8 +496,8 @@ def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_the
         a.run_once()
         copy = f"Team (editor's conflicted copy {date.today()})"
         expected = {"Team": None, "Team/spec.md": b"the owner's spec"}
-        if holds == "own files":
-            expected |= {copy: None, f"{copy}/private.txt": text.encode()}
+        if set_aside:
+            expected |= {copy: None, f"{copy}/{mine}": text.encode()}
             [conflict] = member.state.conflicts()
             assert conflict.reason == "the folder Team shared with you took its name"
         else:
