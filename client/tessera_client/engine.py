@@ -377,9 +377,10 @@ class SyncEngine:
                 self._holding_unseen.update(path_key(a) for a in ancestors(known.path))
                 if synced and scan.set_apart_for_good(key, synced.path, is_dir=not synced.is_file):
                     forgotten.append(synced.path)
-        with self.state.transaction():
-            for path in forgotten:
-                self.state.delete_base(path)
+        if forgotten:
+            with self.state.transaction():
+                for path in forgotten:
+                    self.state.delete_base(path)
         leaving = self._shares_removed_here(local, remote, base)
         set_apart = self._shares_mounted_over_own_folders(local, remote, base)
         the_plan = plan(local, remote, base, device=self.settings.device_name, day=date.today())
@@ -643,10 +644,10 @@ class SyncEngine:
         each time, and a few deletes the server refused for a while paused the sync. An
         approved mass delete empties the window: it and what came before it were let
         through."""
+        if not (self._deleted or self._approved):
+            return  # (nothing new: what aged out is left out when read)
         now = time.time()
-        recent = [] if self._approved else self._recent_deletes(now)
-        if self._deleted and not self._approved:
-            recent.append((now, self._deleted))
+        recent = [] if self._approved else [*self._recent_deletes(now), (now, self._deleted)]
         self.state.set_meta("recent_deletes", json.dumps(recent) if recent else None)
 
     def _recent_deletes(self, now: float) -> list[tuple[float, int]]:
@@ -1040,15 +1041,13 @@ class SyncEngine:
             # with it, and the file came back as a new one. (A folder there is the planned
             # kind change: the file it replaced goes.)
             return True
-        done = self._delete_remote_file(op.path, op.remote)
-        # (the gate's count: a deletion planned; a move's source deleted after its upload,
-        # across a share's edge, is none)
-        self._deleted += int(not self.state.has_remote(op.remote.path))
-        return done
+        return self._delete_remote_file(op.path, op.remote, planned=True)
 
-    def _delete_remote_file(self, path: str, remote: Entry) -> bool:
+    def _delete_remote_file(self, path: str, remote: Entry, *, planned: bool = False) -> bool:
         """Delete the server's file `remote`, synced here at `path`, if it is still the
-        rev this device saw."""
+        rev this device saw. `planned`: a deletion of the plan, which the mass-delete
+        gate counts (a move's source deleted after its upload, across a share's edge, is
+        none)."""
         try:
             self.api.call(
                 "/v1/delete",
@@ -1070,6 +1069,7 @@ class SyncEngine:
         self.state.delete_base(path)
         self.state.delete_remote(remote.path)
         self.reporter.event(f"deleted {path} on the server")
+        self._deleted += int(planned)
         return True
 
     def _delete_remote_folder(self, op: Op) -> bool:

@@ -56,9 +56,7 @@ class LocalScan:
         because this pass did not look at it — ignored, skipped, or inside a folder it
         could not list — rather than because it is gone. Such a path is not synced either
         way until a pass sees it: deleting it elsewhere would delete what is still here."""
-        if self.unseen and ("" in self.unseen or key in self.unseen):
-            return True
-        if self.unseen and any(a in self.unseen for a in ancestors(key)):
+        if "" in self.unseen or _at_or_below(key, self.unseen):
             return True
         return self.rules.covers(path, is_dir=is_dir)
 
@@ -66,11 +64,12 @@ class LocalScan:
         """Whether the entry at `key` (spelled `path`) is out of sync until the user says
         otherwise: an ignore rule covers it, or it is (or is inside) a symlink or a special
         file. Not a passing reason such as a folder that cannot be listed right now."""
-        if self.set_apart and (
-            key in self.set_apart or any(a in self.set_apart for a in ancestors(key))
-        ):
-            return True
-        return self.rules.covers(path, is_dir=is_dir)
+        return _at_or_below(key, self.set_apart) or self.rules.covers(path, is_dir=is_dir)
+
+
+def _at_or_below(key: str, keys: set[str]) -> bool:
+    """Whether `key` is one of `keys`, or lies below one of them."""
+    return bool(keys) and (key in keys or any(a in keys for a in ancestors(key)))
 
 
 def _is_synced(synced: Entry | None, path: str, here: Entry | Stat) -> bool:

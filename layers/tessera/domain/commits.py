@@ -782,14 +782,13 @@ def _commit_entries(
         # the staged copies the entries carry forward, then the blocks, every entry's at
         # once, after the namespaces and keys: the lock order (a commit's and dedup's: a
         # copy before its block)
-        for ns_id in sorted({targets[i].mount.ns_id for i in order}):
-            store.pin_staged_copies(
-                ns_id,
-                sorted(
-                    {b.id for i in order if targets[i].mount.ns_id == ns_id
-                     for b in req.entries[i].blocks or ()}
-                ),
-            )  # fmt: skip
+        blocks_by_ns: dict[int, set[str]] = {}
+        for i in order:
+            blocks_by_ns.setdefault(targets[i].mount.ns_id, set()).update(
+                b.id for b in req.entries[i].blocks or ()
+            )
+        for ns_id in sorted(blocks_by_ns):
+            store.pin_staged_copies(ns_id, sorted(blocks_by_ns[ns_id]))
         store.lock_blocks(
             (b.id for i in order for b in req.entries[i].blocks or ()),
             create=(

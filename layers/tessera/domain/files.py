@@ -308,7 +308,7 @@ def _reopen_path(store: Store, view: View, mount: MountRow, row: FileRow) -> lis
     where = view.view_path(mount, row.path_display)
     if store.live_path_taken(row.ns_id, row.path_key):
         raise Conflict(f"{where!r} is taken; move it first")
-    if view.resolve(where)[0].ns_id != row.ns_id:
+    if _under_a_mount(view, mount, row):
         raise Conflict(
             f"a shared folder is mounted at or above {where!r}; it can go back once that"
             " folder is no longer shared"
@@ -397,11 +397,13 @@ def _not_under_a_mount(
     and named by no path, and the owner could not delete the share once alone in it."""
     if not view.mounts_below(paths.path_key(view.view_path(mount, folder.path_display))):
         return rows
-    return [
-        r
-        for r in rows
-        if view.resolve(view.view_path(mount, r.path_display))[0].ns_id == folder.ns_id
-    ]
+    return [r for r in rows if not _under_a_mount(view, mount, r)]
+
+
+def _under_a_mount(view: View, mount: MountRow, row: FileRow) -> bool:
+    """Whether a shared folder is mounted at or above `row`'s path in the caller's view
+    (brought back there, the entry would lie hidden under the mount)."""
+    return view.resolve(view.view_path(mount, row.path_display))[0].ns_id != row.ns_id
 
 
 def _deleted_folder_at(store: Store, live: FileRow) -> FileRow:
