@@ -825,13 +825,13 @@ def test_an_undelete_racing_the_trash_purge_journals_only_what_it_restored(
     cursor = listing.list_folder(services, alice, "", True, None).cursor
     undelete = Store.undelete
 
-    def purged_meanwhile(self: Store, ns_id: int, file_ids: list[str]) -> object:
+    def purged_meanwhile(self: Store, ns_id: int, file_ids: list[str], user_id: str) -> object:
         with psycopg.connect(database_url, autocommit=True) as gc, gc.transaction():
             row = gc.execute("SELECT file_id FROM files WHERE path_key = '/d/y'").fetchone()
             assert row is not None
             for table in ("version_blocks", "file_versions", "files"):
                 gc.execute(f"DELETE FROM {table} WHERE file_id = %s", (row[0],))
-        return undelete(self, ns_id, file_ids)
+        return undelete(self, ns_id, file_ids, user_id)
 
     monkeypatch.setattr(Store, "undelete", purged_meanwhile)
     files.restore(services, alice, RestoreRequest(path="/d"))

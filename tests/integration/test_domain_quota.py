@@ -20,6 +20,7 @@ from tessera.domain.models import (
     RestoreRequest,
     ShareRequest,
     TrashListRequest,
+    UnshareRequest,
 )
 from tessera.domain.services import Services
 from tessera.ports import Principal
@@ -116,7 +117,7 @@ def test_the_counters_follow_folders_shares_and_editors(
     services: Services, alice: Principal, bob: Principal
 ) -> None:
     """Folder deletes and undeletes, a folder turned into a shared namespace (its bytes
-    move with it), an editor writing there (the owner's usage grows, not theirs)."""
+    move with it), an editor writing there (every member's usage grows)."""
     for name, size in (("a", 10), ("b", 20), ("sub/c", 40)):
         put_file(services, alice, f"/Team/{name}", b"t" * size)
     put_file(services, alice, "/mine", b"m" * 5)
@@ -128,9 +129,11 @@ def test_the_counters_follow_folders_shares_and_editors(
     sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email))
     assert_counters_match(services)
     put_file(services, bob, "/Team/from-bob", b"b" * 100)
-    assert (_used(services, alice), _used(services, bob)) == (175, 0)
+    assert (_used(services, alice), _used(services, bob)) == (175, 170)
     files.delete(services, bob, DeleteRequest(path="/Team/sub"))
-    assert _used(services, alice) == 135
+    assert (_used(services, alice), _used(services, bob)) == (135, 130)
+    sharing.unshare(services, bob, UnshareRequest(path="/Team"))  # bob leaves
+    assert (_used(services, alice), _used(services, bob)) == (135, 0)
     assert_counters_match(services)
 
 
@@ -156,8 +159,8 @@ def test_an_upload_replacing_a_file_needs_only_what_it_adds(
 def _two_namespaces_of_alice(
     services: Services, alice: Principal, bob: Principal
 ) -> tuple[bytes, bytes]:
-    """Alice's root holds 100 bytes, her /Team (bob edits it) 100 more. Returns (root's
-    data, /Team's data)."""
+    """Alice's root holds 100 bytes, her /Team (bob edits it) 100 more: she pays for both,
+    bob for /Team. Returns (root's data, /Team's data)."""
     mine, team = b"m" * 100, b"t" * 100
     put_file(services, alice, "/mine", mine)
     put_file(services, alice, "/Team/a", team)
@@ -170,43 +173,69 @@ def _copy(path: str, data: bytes) -> CommitRequest:
     return commit_request(path, [data], None)  # blocks already stored: no upload session
 
 
+def test_an_editors_writes_tell_nothing_of_the_owners_private_files(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """An editor checked against the owner's quota learnt from each 413 or 200 whether the
+    owner's usage, private files included, was above a size they chose: declared sizes at
+    upload start, or copies of a block they can read, sized her account in 37 calls. Writes
+    are now checked against the writer's own usage, which is made of what they can read."""
+    mine, team = _two_namespaces_of_alice(services, alice, bob)
+    put_file(services, alice, "/private", b"p" * 700)
+    _quota(services, alice, 1000)  # 900 used: no room for bob's 300 bytes if hers counted
+    big = [b"z" * 200]
+    upload_id = upload_blocks(services, bob, "/Team/big", big)
+    commits.commit(services, bob, commit_request("/Team/big", big, upload_id))
+    commits.commit(services, bob, _copy("/Team/copy", team))
+    assert (_used(services, alice), _used(services, bob)) == (1200, 400)
+    _quota(services, bob, 450)  # his own quota is what refuses him, by his own bytes
+    with pytest.raises(QuotaExceeded, match="need 60 bytes: over your quota of 450"):
+        upload_blocks(services, bob, "/Team/more", [b"m" * 60])
+    with pytest.raises(QuotaExceeded, match="your quota of 450"):
+        commits.commit(services, bob, _copy("/Team/copy2", team))
+    upload_blocks(services, bob, "/Team/more", [b"m" * 50])
+    with pytest.raises(QuotaExceeded, match="your quota of 1000"):  # alice is over hers
+        commits.commit(services, alice, _copy("/copy", mine))
+    assert_counters_match(services)
+
+
 @pytest.mark.parametrize(
-    "bobs_write",
+    "teams_write",
     [
-        lambda svc, bob, team: commits.commit(svc, bob, _copy("/Team/copy", team)),
-        lambda svc, bob, team: commits.commit_batch(
-            svc, bob, CommitBatchRequest(entries=[_copy("/Team/copy", team)])
+        lambda svc, who, team: commits.commit(svc, who, _copy("/Team/copy", team)),
+        lambda svc, who, team: commits.commit_batch(
+            svc, who, CommitBatchRequest(entries=[_copy("/Team/copy", team)])
         ).entries[0],
-        lambda svc, bob, team: files.restore(svc, bob, RestoreRequest(path="/Team/gone")),
-        lambda svc, bob, team: files.restore(svc, bob, RestoreRequest(path="/Team/doc", rev=1)),
+        lambda svc, who, team: files.restore(svc, who, RestoreRequest(path="/Team/gone")),
+        lambda svc, who, team: files.restore(svc, who, RestoreRequest(path="/Team/doc", rev=1)),
     ],
     ids=["commit", "batch", "undelete", "restore"],
 )
-def test_writes_racing_in_two_namespaces_of_one_owner_stay_within_the_quota(
+def test_one_users_writes_racing_in_two_namespaces_stay_within_the_quota(
     services: Services,
     alice: Principal,
     bob: Principal,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
-    bobs_write: Callable[[Services, Principal, bytes], object],
+    teams_write: Callable[[Services, Principal, bytes], object],
 ) -> None:
-    """Each write checks the owner's usage across their namespaces, but a write in another
-    namespace did not wait for it: alice's commit in her root and bob's in her shared folder
-    both saw room for one more file and both landed, past her quota. Writes that add to one
-    owner's usage now queue on that owner, so the second one sees the first."""
+    """Each write checks its writer's usage across the namespaces they pay for, but a write
+    in another namespace did not wait for it: alice's commit in her root and hers in her
+    shared folder both saw room for one more file and both landed, past her quota. A user's
+    writes that add bytes now queue on that user, so the second one sees the first."""
     mine, team = _two_namespaces_of_alice(services, alice, bob)
-    put_file(services, bob, "/Team/gone", team)
-    files.delete(services, bob, DeleteRequest(path="/Team/gone"))
-    put_file(services, bob, "/Team/doc", team)
-    put_file(services, bob, "/Team/doc", b".", parent_rev=1)  # rev 1 would add 99 bytes
-    quota = _used(services, alice) + 100  # room for alice's copy or bob's write, not both
+    put_file(services, alice, "/Team/gone", team)
+    files.delete(services, alice, DeleteRequest(path="/Team/gone"))
+    put_file(services, alice, "/Team/doc", team)
+    put_file(services, alice, "/Team/doc", b".", parent_rev=1)  # rev 1 would add 99 bytes
+    quota = _used(services, alice) + 100  # room for one of her two writes, not both
     _quota(services, alice, quota)
     first, second = race_held(
         monkeypatch,
         database_url,
         "write_version",
         lambda: commits.commit(services, alice, _copy("/copy", mine)),
-        lambda: bobs_write(services, bob, team),
+        lambda: teams_write(services, alice, team),
     )
     assert isinstance(first, FileEntry)
     if isinstance(second, CommitBatchItem):
@@ -217,29 +246,29 @@ def test_writes_racing_in_two_namespaces_of_one_owner_stay_within_the_quota(
     assert_counters_match(services)
 
 
-def test_a_batch_over_two_namespaces_of_one_owner_queues_on_the_owner_first(
+def test_a_batch_over_two_namespaces_queues_on_its_writer_first(
     services: Services,
     alice: Principal,
     bob: Principal,
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Lock order: the owner's usage before any namespace. A batch that took its two
-    namespaces first and then waited for alice's usage, held by bob's commit about to take
-    one of those namespaces, deadlocked with it (PostgreSQL then aborts one)."""
+    """Lock order: the writer's usage before any namespace. A batch that took its two
+    namespaces first and then waited for a usage lock, held by a commit about to take one
+    of those namespaces, deadlocked with it (PostgreSQL then aborts one)."""
     mine, team = _two_namespaces_of_alice(services, alice, bob)
-    bobs, batch = race_held(
+    single, batch = race_held(
         monkeypatch,
         database_url,
         "lock_usage",
-        lambda: commits.commit(services, bob, _copy("/Team/from-bob", team)),
+        lambda: commits.commit(services, alice, _copy("/Team/single", team)),
         lambda: commits.commit_batch(
             services,
             alice,
             CommitBatchRequest(entries=[_copy("/copy", mine), _copy("/Team/copy", team)]),
         ),
     )
-    assert isinstance(bobs, FileEntry), bobs
+    assert isinstance(single, FileEntry), single
     assert isinstance(batch, CommitBatchResponse), batch  # not a deadlock's 503
     assert [e.status for e in batch.entries] == [200, 200]
     assert _used(services, alice) == 500

@@ -546,26 +546,32 @@ def test_account_usage(services: Services, alice: Principal) -> None:
     assert acct.quota_bytes == services.settings.default_quota_bytes
 
 
-def test_an_editor_spends_the_owners_quota_not_their_own(
-    services: Services, alice: Principal, bob: Principal
+def test_a_share_counts_for_every_member_and_a_write_for_its_writer(
+    services: Services, alice: Principal, bob: Principal, carol: Principal
 ) -> None:
-    """Files in a shared folder count against its owner (`account` usage), so that is the
-    quota an editor's upload is checked against; the editor's own root stays theirs."""
+    """Files in a shared folder count against every member's quota, viewers' too (their
+    `account` usage), and a write is checked against its writer's quota alone: an editor
+    may take the owner past hers, and the owner's growing writes are then refused."""
     from tessera.domain.errors import QuotaExceeded
 
     put_file(services, alice, "/Team/a", b"a")
-    _meet(services, bob)
+    _meet(services, bob, carol)
     _share(services, alice, "/Team", bob, "editor")
+    _share(services, alice, "/Team", carol, "viewer")
     with services.db.transaction() as store:
         store.conn.execute("UPDATE users SET quota_bytes = 10 WHERE user_id = %s", (alice.user_id,))
-    put_file(services, bob, "/Team/b", b"12345678")  # alice: 1 + 8 of 10
-    with pytest.raises(QuotaExceeded, match="shared folder's owner") as info:
-        put_file(services, bob, "/Team/c", b"12")  # would be 11 of 10
-    assert info.value.status == 413 and "10 bytes" not in info.value.message  # hers to know
-    put_file(services, bob, "/mine", b"x" * 100)  # bob's own quota is untouched
-    assert sharing.account(services, alice).used_bytes == 9
-    with pytest.raises(QuotaExceeded, match="your quota of 10 bytes"):
-        put_file(services, alice, "/Team/d", b"12")
+    put_file(services, bob, "/mine", b"x" * 100)
+    put_file(services, bob, "/Team/b", b"1" * 20)  # alice: 21 of 10, bob's own quota holds
+    used = {p.email: sharing.account(services, p).used_bytes for p in (alice, bob, carol)}
+    assert used == {alice.email: 21, bob.email: 121, carol.email: 21}
+    with pytest.raises(QuotaExceeded, match="your quota of 10 bytes") as info:
+        put_file(services, alice, "/Team/c", b"12")
+    assert info.value.status == 413
+    with services.db.transaction() as store:
+        store.conn.execute("UPDATE users SET quota_bytes = 122 WHERE user_id = %s", (bob.user_id,))
+    with pytest.raises(QuotaExceeded, match="your quota of 122 bytes"):
+        put_file(services, bob, "/Team/c", b"12")  # 123 of his 122
+    put_file(services, bob, "/Team/c", b"1")
 
 
 def _owner_alone_in_team(services: Services, alice: Principal, bob: Principal) -> None:

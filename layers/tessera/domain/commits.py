@@ -371,7 +371,7 @@ def write_version(
     if written is None:
         raise _PathTaken
     if written.over_quota:  # the transaction rolls back, the counters with it
-        raise over_quota(view, mount.owner_id, f"{display!r} needs {size} bytes")
+        raise over_quota(view, f"{display!r} needs {size} bytes")
     # A canonical block this commit meant to reuse that gc deleted (its row is new), or
     # that scrub quarantined meanwhile (too late for scrub to list this version damaged):
     # the client uploads it again.
@@ -464,8 +464,8 @@ def _commit_in(
     the transaction goes to `after`. `root_reads`: what `Store.view_for_commit` already
     locked and read in the caller's root namespace; `sessions`: upload sessions a batch
     already read (`Store.session_for_commits`); `target`: `_target(svc, view, req)`, when
-    the caller has it; `usage_locked`: the caller holds the owner's `Store.lock_usage`
-    (a batch takes its owners' before its namespaces: the lock order)."""
+    the caller has it; `usage_locked`: the caller holds their own `Store.lock_usage`
+    (a batch takes it before its namespaces: the lock order)."""
     path, mount, rel, key = target or _target(svc, view, req)
     ids = _block_ids(req)
     # the namespace first, before any file row or idempotency key: lock order
@@ -481,8 +481,8 @@ def _commit_in(
             user_id=view.user.user_id,
             session=sessions.get(req.upload_id) if sessions and req.upload_id else None,
             # The root's statement above needs none (a user who sees their root alone writes
-            # in no other namespace of theirs), nor a batch's entry (`usage_locked`).
-            usage_of=mount.owner_id if req.size and not usage_locked else None,
+            # in no other namespace they pay for), nor a batch's entry (`usage_locked`).
+            lock_usage=bool(req.size) and not usage_locked,
         )
     if rows.membership_version != view.user.membership_version:
         # a share or unshare committed after the view was read: the path may lead into
@@ -767,7 +767,8 @@ def _commit_entries(
         )
 
         order = sorted(targets, key=lambda i: (targets[i].mount.ns_id, targets[i].key))
-        store.lock_usage(targets[i].mount.owner_id for i in order if req.entries[i].size)
+        if any(req.entries[i].size for i in order):
+            store.lock_usage(view.user.user_id)
         for ns_id in sorted({targets[i].mount.ns_id for i in order}):
             store.lock_namespace(ns_id)  # before any idempotency key: the lock order
         after.claim_all(

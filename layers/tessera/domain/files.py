@@ -379,9 +379,9 @@ def _undelete_subtree(
             store.drop_merged_folders(row.ns_id, row.path_key, lo, hi, row.deleted_at)
         restored = _not_under_a_mount(view, mount, row, restored)
     restored = _place_under_live_folders(store, restored)
-    back, over = store.undelete(row.ns_id, [r.file_id for r in restored])
+    back, over = store.undelete(row.ns_id, [r.file_id for r in restored], view.user.user_id)
     if over:
-        raise over_quota(view, mount.owner_id, f"restoring {row.path_display!r}")
+        raise over_quota(view, f"restoring {row.path_display!r}")
     # the children were read without a lock: gc may have purged some since (`row` is locked)
     restored = [r for r in restored if r.file_id in back]
     journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]
@@ -428,7 +428,7 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be restored")
         check_access(loc.mount, Action.WRITE, view)
-        store.lock_usage([loc.mount.owner_id])  # a restore adds to its owner's usage
+        store.lock_usage(view.user.user_id)  # a restore adds to the caller's usage
         row = _relock(store, view, loc, req.path or req.file_id or "")
         mount = loc.mount
         if req.rev is None:

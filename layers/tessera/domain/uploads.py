@@ -45,29 +45,22 @@ from tessera.ports import Principal
 MAX_PRESIGN_S = 900
 
 
-def _check_quotas(store: Store, view: View, files: Sequence[tuple[MountRow, str, int]]) -> None:
-    """413 when the files (mount, path key in it, size) would take an owner over their
+def _check_quota(store: Store, view: View, files: Sequence[tuple[MountRow, str, int]]) -> None:
+    """413 when the files (mount, path key in it, size) would take the caller over their
     quota. A file replacing a live one needs only what it adds, as its commit will count
-    it: an edit that does not grow a file is never refused, even near the quota. A
-    namespace's files count against its owner's quota (`Store.usage`), so an editor writing
-    into a shared folder spends the owner's quota, not their own."""
+    it: an edit that does not grow a file is never refused, even near the quota. Shared
+    folders count against every member (`Store.usage`), and a write against its writer
+    alone: an editor checked against the owner's quota could size the owner's private
+    files by the answers to sizes they declare."""
     by_ns: dict[int, dict[str, int]] = {}
-    owners: dict[int, str] = {}
     for mount, key, size in files:
         by_ns.setdefault(mount.ns_id, {})[key] = size  # the last of one path counts
-        owners[mount.ns_id] = mount.owner_id
-    incoming: dict[str, int] = {}  # bytes per owner of the namespaces written to
+    grow = 0
     for ns_id, sizes in by_ns.items():
         live = store.live_sizes(ns_id, list(sizes))
-        grow = sum(size - live.get(key, 0) for key, size in sizes.items())
-        incoming[owners[ns_id]] = incoming.get(owners[ns_id], 0) + grow
-    for owner_id, size in sorted(incoming.items()):
-        if size <= 0:
-            continue
-        owner = view.user if owner_id == view.user.user_id else store.get_user(owner_id)
-        assert owner is not None  # namespaces.owner_id references users
-        if store.usage(owner_id) + size > owner.quota_bytes:
-            raise over_quota(view, owner_id, f"these files need {size} bytes", owner.quota_bytes)
+        grow += sum(size - live.get(key, 0) for key, size in sizes.items())
+    if grow > 0 and store.usage(view.user.user_id) + grow > view.user.quota_bytes:
+        raise over_quota(view, f"these files need {grow} bytes")
 
 
 def _declare(sizes: dict[str, int], blocks: Iterable[tuple[str, int]]) -> None:
@@ -153,7 +146,7 @@ def start_upload(
             else:
                 by_target.setdefault(mount.ns_id, []).extend(b.id for b in f.blocks)
                 _declare(sizes, ((b.id, b.size) for b in f.blocks))
-        _check_quotas(store, view, written)
+        _check_quota(store, view, written)
         # needed unless readable for every namespace a file holding it is written into:
         # what the commit of each file will check (`Store.readable_blocks`)
         unreadable: set[str] = set()

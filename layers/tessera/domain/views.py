@@ -188,15 +188,15 @@ def check_access(mount: MountRow, action: Action, view: View) -> None:
 # Rendering
 
 
-def over_quota(view: View, owner_id: str, what: str, quota: int | None = None) -> QuotaExceeded:
-    """413 for `what` (e.g. "these files need 10 bytes"), which would take the owner of
-    the namespace written to over their quota (of `quota` bytes, when known): the caller's,
-    or a shared folder's owner's. Another owner's quota is never named: that is their
-    account's business, not their editors'."""
-    mine = owner_id == view.user.user_id
-    whose = "your quota" if mine else "the quota of the shared folder's owner"
-    of = f" of {quota} bytes" if quota is not None and mine else ""
-    return QuotaExceeded(f"{what}: over {whose}{of}; delete files you no longer need")
+def over_quota(view: View, what: str) -> QuotaExceeded:
+    """413 for `what` (e.g. "these files need 10 bytes"), which would take the caller over
+    their quota. A write is only ever checked against its writer's quota, and shared
+    folders count against every member's (`Store.usage`), so the message is the caller's
+    own business, whoever owns the folder written to."""
+    return QuotaExceeded(
+        f"{what}: over your quota of {view.user.quota_bytes} bytes (the shared folders you"
+        " are in count too); delete files you no longer need, or leave a shared folder"
+    )
 
 
 class EntryNames(TypedDict):

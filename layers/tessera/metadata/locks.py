@@ -18,7 +18,7 @@ class LockClass(enum.IntEnum):
 
     #: a block's maintenance lock (`MaintenanceTx.lock_block`)
     BLOCK = 0x7E55_0001
-    #: an owner's usage: writes that add to it queue (`Store.lock_usage`)
+    #: a user's usage: their writes that add to it queue (`Store.lock_usage`)
     USAGE = 0x7E55_0002
     #: a maintenance step's pass position (`MaintenanceTx.lock_pass`)
     PASS = 0x7E55_0003

@@ -192,7 +192,7 @@ class WrittenVersion:
     server_time: datetime
     created: set[str]  # block ids whose `blocks` row this version created
     event: ChangeEvent
-    over_quota: bool  # the version grew its owner's usage past their quota
+    over_quota: bool  # the version grew its author's usage past their quota
     # blocks quarantined by the time this version's refcount bump got their row: scrub
     # took them while the commit ran (it waits for the row, then sees the new state)
     quarantined: set[str]
@@ -290,7 +290,7 @@ def _journal_ctes(guard: str | None = None, grow: str | None = None) -> str:
     usage = f", bytes_used = bytes_used + ({grow})" if grow else ""
     return (
         f"ns AS (UPDATE namespaces SET latest_seq = latest_seq + %(n)s{usage}"
-        f"  WHERE ns_id = %(ns)s{when} RETURNING latest_seq, bytes_used, owner_id),"
+        f"  WHERE ns_id = %(ns)s{when} RETURNING latest_seq, bytes_used),"
         " j AS (INSERT INTO journal (ns_id, seq, file_id, rev, op, kind, path_key,"
         "  parent_key, path_display, size, content_hash, mtime)"
         "  SELECT %(ns)s, ns.latest_seq - %(n)s + t.o, t.f, t.r, t.op, t.k, t.pk, t.par,"
@@ -332,16 +332,30 @@ _VERSION_CTES = (
 )
 
 
+def _paid_by(user: str) -> str:
+    """SQL condition on `namespaces o`: the namespace counts against the quota of the user
+    the SQL expression `user` names. A namespace counts for every member, and for its owner
+    even once nobody is a member (Dropbox's rule): so a user's usage is made of what they can
+    read, and no write of theirs is ever refused for bytes they cannot see (an editor
+    checked against the owner's quota could measure the owner's private files)."""
+    return (
+        f"(o.owner_id = {user} OR o.ns_id IN"
+        f" (SELECT m.ns_id FROM ns_members m WHERE m.user_id = {user}))"
+    )
+
+
 def _over_quota(grow: str) -> str:
     """True when the SQL expression `grow` (bytes a write added to the namespace `ns`) is
-    positive and the namespace's owner is now over their quota: the namespace's new
-    `bytes_used` plus their other namespaces'. Writers in one namespace queue on its row;
-    writers in two namespaces of one owner read each other's bytes only when they queued on
-    `Store.lock_usage` before this statement (its snapshot is taken after the wait)."""
+    positive and the writer (`%(writer)s`) is now over their quota: the namespace's new
+    `bytes_used` plus the other namespaces they pay for (`_paid_by`). Writers in one
+    namespace queue on its row; one writer's writes in two namespaces read each other's
+    bytes only when they queued on `Store.lock_usage` before this statement (its snapshot is
+    taken after the wait). Another member's write may take the writer over: it is checked
+    against that member's quota alone."""
     return (
-        f"({grow}) > 0 AND (SELECT quota_bytes FROM users WHERE user_id = ns.owner_id)"
+        f"({grow}) > 0 AND (SELECT quota_bytes FROM users WHERE user_id = %(writer)s)"
         " < ns.bytes_used + (SELECT COALESCE(sum(o.bytes_used), 0) FROM namespaces o"
-        "  WHERE o.owner_id = ns.owner_id AND o.ns_id <> %(ns)s)"
+        f"  WHERE {_paid_by('%(writer)s')} AND o.ns_id <> %(ns)s)"
     )
 
 
@@ -719,7 +733,7 @@ class Store:
         upload_id: str | None,
         user_id: str,
         session: SessionReads | None = None,
-        usage_of: str | None = None,
+        lock_usage: bool = False,
     ) -> CommitReads:
         """Take the namespace row (`lock_namespace`), then read what a commit checks: the
         live entries at `parent_keys`, which of `block_ids` a version in `ns_ids` holds,
@@ -732,8 +746,8 @@ class Store:
         locked is not the seq as seen), the statement runs again: with the lock held, its
         new snapshot is current.
         Every statement is sent before a result is read, so in a pipelined transaction (a
-        batch) they all cost one round trip. `usage_of`: first queue on that owner's usage
-        (`lock_usage`), in the same round trip."""
+        batch) they all cost one round trip. `lock_usage`: first queue on the caller's
+        usage (`Store.lock_usage`), in the same round trip."""
         ids = list(block_ids)
         params = {
             "ns": ns_id,
@@ -743,9 +757,9 @@ class Store:
             "user": user_id,
         }
         # pipelined, the usage lock travels with the reads (nested in a batch's own: the same)
-        with self.conn.pipeline() if usage_of is not None else nullcontext():
-            if usage_of is not None:
-                self.lock_usage([usage_of])
+        with self.conn.pipeline() if lock_usage else nullcontext():
+            if lock_usage:
+                self.lock_usage(user_id)
             reads = self.conn.execute(_LOCK_AND_READ_SQL, params)
             sent = None if session else self._session_reads(upload_id, user_id, ids)
             return self._commit_reads(reads.fetchone(), params, session or _session_values(sent))
@@ -826,26 +840,19 @@ class Store:
         # Not fetched: in pipeline mode the lock travels with the caller's next query.
         self.conn.execute("SELECT 1 FROM namespaces WHERE ns_id = %s FOR UPDATE", (ns_id,))
 
-    def lock_usage(self, owner_ids: Iterable[str]) -> None:
-        """Queue behind every other write that adds to these owners' usage, until the
-        transaction ends: a transaction-scoped advisory lock per owner.
+    def lock_usage(self, user_id: str) -> None:
+        """Queue behind every other write of this user that adds to their usage, until the
+        transaction ends: a transaction-scoped advisory lock on the user.
 
-        A write checks its owner's quota against the sum of all their namespaces, but it
-        locks only its own namespace: two writers in two namespaces of one owner (her root,
-        her shared folder where an editor writes) each saw room for one more file and both
-        committed, past the quota. Taken before the namespace (lock order: usage, namespace,
-        file rows); a holder then only waits for rows, never for another usage lock, so a
-        writer waiting here holds nothing a holder needs. Locked in hash order, so two
-        writers of several owners (a batch) never hold each other's next lock. A round trip
-        of its own outside pipeline mode."""
-        ids = list(owner_ids)
-        if not ids:
-            return
+        A write checks its writer's quota against the sum of all the namespaces they pay
+        for, but it locks only its own namespace: two writes of one user in two namespaces
+        (her root, a shared folder) each saw room for one more file and both committed, past
+        the quota. Taken before the namespace (lock order: usage, namespace, file rows); a
+        holder then only waits for rows, never for another usage lock, so a writer waiting
+        here holds nothing a holder needs. A round trip of its own outside pipeline mode."""
         # Not fetched: in pipeline mode the lock travels with the caller's next query.
         self.conn.execute(
-            "SELECT pg_advisory_xact_lock(%s, h) FROM"
-            " (SELECT DISTINCT hashtext(o) AS h FROM unnest(%s::text[]) AS o ORDER BY h) AS s",
-            (LockClass.USAGE, ids),
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LockClass.USAGE, user_id)
         )
 
     def latest_seqs(self, ns_ids: Sequence[int]) -> dict[int, int]:
@@ -1034,9 +1041,9 @@ class Store:
             {"user": user_id, "ns": ns_id, "ids": list(file_ids)},
         )
 
-    def undelete(self, ns_id: int, file_ids: Sequence[str]) -> tuple[set[str], bool]:
-        """Make deleted entries live again: (the ids that came back, whether that took the
-        namespace's owner over their quota, see `write_version`). An entry gc purged since
+    def undelete(self, ns_id: int, file_ids: Sequence[str], user_id: str) -> tuple[set[str], bool]:
+        """Make deleted entries live again, for `user_id`: (the ids that came back, whether
+        that took the user over their quota, see `write_version`). An entry gc purged since
         it was read is not among them."""
         # joined, not `file_id = ANY(ids)`: under generic plans (migration 111) PostgreSQL
         # took the trash index and tested each of its rows against the whole array, not a
@@ -1048,10 +1055,10 @@ class Store:
             " RETURNING f.file_id, f.latest_rev, f.kind),"
             f" g AS ({_LIVE_BYTES}),"
             " ns AS (UPDATE namespaces SET bytes_used = bytes_used + (SELECT * FROM g)"
-            "  WHERE ns_id = %(ns)s RETURNING bytes_used, owner_id)"
+            "  WHERE ns_id = %(ns)s RETURNING bytes_used)"
             f" SELECT (SELECT array_agg(file_id) FROM d), {_over_quota('SELECT * FROM g')}"
             " FROM ns",
-            {"ns": ns_id, "ids": list(file_ids)},
+            {"ns": ns_id, "ids": list(file_ids), "writer": user_id},
         )
         if row is None:
             return set(), False
@@ -1245,8 +1252,8 @@ class Store:
         round trip); then None means a live entry already holds the path and nothing was
         written. Otherwise returns the version's server time, the block ids whose `blocks`
         row was created now (gc may have deleted a block meanwhile), the change event, and
-        whether the version took the namespace's owner over their quota (the namespace's
-        `bytes_used` moves by what the version adds).
+        whether the version took its author over their quota (the namespace's `bytes_used`
+        moves by what the version adds).
         """
         params = _journal_params(ns_id, journal, "file", payload)
         params.update(
@@ -1255,6 +1262,7 @@ class Store:
             size=size,
             hash=content_hash,
             author=author_id,
+            writer=author_id,  # the author pays (`_over_quota`)
             mtime=mtime,
             pd=path_display,
             vblocks=Jsonb(
@@ -1757,8 +1765,10 @@ class Store:
     # -- account --------------------------------------------------------------------------
 
     def usage(self, user_id: str) -> int:
-        """Bytes of the latest versions of live files in the namespaces the user owns."""
+        """Bytes of the latest versions of live files in the namespaces the user pays for:
+        their own and every shared folder they are a member of (`_paid_by`)."""
         row = self._one(
-            "SELECT COALESCE(sum(bytes_used), 0) FROM namespaces WHERE owner_id = %s", (user_id,)
+            f"SELECT COALESCE(sum(o.bytes_used), 0) FROM namespaces o WHERE {_paid_by('%(user)s')}",
+            {"user": user_id},
         )
         return int(row[0])
