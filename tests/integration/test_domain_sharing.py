@@ -217,6 +217,65 @@ def test_what_the_owner_deleted_while_alone_in_a_share_is_not_shared_again(
     _kept_from_members(services, alice, bob, secret, b"this year's")
 
 
+def test_a_delete_that_lands_once_the_owner_is_alone_stays_hers(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    carol: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A delete begun while bob was still in /Team and done once he had left (it queued
+    for the namespace) was stamped with its transaction's start, before alice was alone:
+    carol, let in next, listed and restored alice's file. The stamp now follows the lock."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob, carol)
+    _share(services, alice, "/Team", bob, "editor")
+    secret = put_file(services, alice, "/Team/salaries.xlsx", b"this year's")
+    deleted, left = race_held(
+        monkeypatch,
+        database_url,
+        "user_view",  # the delete's transaction is begun: its now() is taken
+        lambda: files.delete(services, alice, DeleteRequest(path="/Team/salaries.xlsx")),
+        lambda: sharing.unshare(services, bob, UnshareRequest(path="/Team")),  # bob leaves
+        second_waits=False,
+    )
+    assert not isinstance(deleted, Exception) and not isinstance(left, Exception)
+    _share(services, alice, "/Team", carol, "editor")
+    assert files.trash_list(services, carol, TrashListRequest(path="/Team")).entries == []
+    _kept_from_members(services, alice, carol, secret, b"this year's")
+
+
+def test_a_members_delete_done_before_the_owner_was_alone_stays_shared(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The other way round: an unshare begun before bob's delete and done after it stamped
+    alice alone from its start, so bob's delete, done while he was in /Team, went to her
+    own trash when she shared the folder with him again; he could no longer restore it."""
+    put_file(services, alice, "/Team/a", b"a")
+    put_file(services, alice, "/Team/report.docx", b"the report")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    unshared, deleted = race_held(
+        monkeypatch,
+        database_url,
+        "user_view",
+        lambda: sharing.unshare(services, alice, UnshareRequest(path="/Team")),
+        lambda: files.delete(services, bob, DeleteRequest(path="/Team/report.docx")),
+        second_waits=False,
+    )
+    assert not isinstance(unshared, Exception) and not isinstance(deleted, Exception)
+    _share(services, alice, "/Team", bob, "editor")
+    bobs = files.trash_list(services, bob, TrashListRequest(path="/Team")).entries
+    assert [t.path_display for t in bobs] == ["/Team/report.docx"]
+    files.restore(services, bob, RestoreRequest(path="/Team/report.docx"))
+    assert get_file(services, bob, "/Team/report.docx") == b"the report"
+
+
 def test_a_share_is_not_mounted_over_what_the_member_deleted(
     services: Services, alice: Principal, bob: Principal
 ) -> None:

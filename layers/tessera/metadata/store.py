@@ -332,6 +332,15 @@ _VERSION_CTES = (
 )
 
 
+# When a statement run with its namespace held happened: its own start, one value for all
+# its rows. Not now(), the transaction's start, taken before it queued for the namespace:
+# a delete begun before the owner was left alone in a shared folder and done after was
+# stamped as deleted before (`sharing._keep_trash_private` compares the two), and whoever
+# she let in next restored it; a member's delete done before she was alone, stamped after,
+# was taken from him. Each stamp now follows the namespace lock's order.
+_STAMP_HELD = "statement_timestamp()"
+
+
 def _paid_by(user: str) -> str:
     """SQL condition on `namespaces o`: the namespace counts against the quota of the user
     the SQL expression `user` names. A namespace counts for every member, and for its owner
@@ -691,9 +700,11 @@ class Store:
 
     def mark_alone(self, ns_id: int) -> None:
         """Note the moment a shared namespace's owner is left its only member (kept while
-        she stays alone in it: the first moment counts)."""
+        she stays alone in it: the first moment counts). Called with the namespace held;
+        stamped then (`_STAMP_HELD`), as `mark_deleted` stamps what it deletes."""
         self.conn.execute(
-            "UPDATE namespaces SET alone_since = now() WHERE ns_id = %s AND alone_since IS NULL"
+            f"UPDATE namespaces SET alone_since = {_STAMP_HELD} WHERE ns_id = %s"
+            " AND alone_since IS NULL"
             " AND NOT EXISTS (SELECT 1 FROM ns_members WHERE ns_id = %s AND access <> 'owner')",
             (ns_id, ns_id),
         )
@@ -1031,9 +1042,10 @@ class Store:
         return [_file(r) for r in rows]
 
     def mark_deleted(self, ns_id: int, file_ids: Sequence[str], user_id: str) -> None:
-        """Soft-delete live entries (they go to the trash, which counts for no quota)."""
+        """Soft-delete live entries (they go to the trash, which counts for no quota), with
+        their namespace held: stamped then (`_STAMP_HELD`), all with one `deleted_at`."""
         self.conn.execute(
-            "WITH d AS (UPDATE files SET is_deleted = true, deleted_at = now(),"
+            f"WITH d AS (UPDATE files SET is_deleted = true, deleted_at = {_STAMP_HELD},"
             " deleted_by = %(user)s WHERE ns_id = %(ns)s AND file_id = ANY(%(ids)s)"
             " AND NOT is_deleted RETURNING file_id, latest_rev, kind)"
             f" UPDATE namespaces SET bytes_used = bytes_used - ({_LIVE_BYTES})"
