@@ -62,6 +62,7 @@ from tessera.blocks import (
     scan_file,
 )
 from tessera_client.api import (
+    MALFORMED_RESPONSE,
     Api,
     ApiError,
     ServerUnreachable,
@@ -199,6 +200,28 @@ class UploadResult:
     entry: FileEntry | None = None
     status: int = 200
     error: ApiError | None = None
+
+
+def _committed(item: UploadItem, body: dict[str, Any], entry: FileEntry) -> UploadResult:
+    """What a commit answered with `entry` means: the file committed, when the entry is the
+    version sent (its path, size and content hash); else the server's malformed answer.
+    Recorded, another version would have stood for this file's content here: the device
+    held the file in sync, and never sent it again, while the server kept something else.
+    Not recorded, the file is committed again next round, under the same idempotency key."""
+    if (
+        path_key(entry.path_display) == path_key(body["path"])
+        and entry.size == body["size"]
+        and entry.content_hash == body["content_hash"]
+    ):
+        return UploadResult(item, entry=entry)
+    error = ApiError(
+        502,
+        MALFORMED_RESPONSE,
+        f"the server answered the commit of {body['path']!r} with another version"
+        f" ({entry.path_display!r}, {entry.size} bytes, {entry.content_hash}); not recorded",
+        {},
+    )
+    return UploadResult(item, status=error.status, error=error)
 
 
 @dataclass
@@ -660,16 +683,18 @@ class Transfers:
         if len(ready) == 1:
             try:
                 entry = parse(FileEntry, self.api.call("/v1/commit", bodies[0]))
-                results.append(UploadResult(ready[0], entry=entry))
+                results.append(_committed(ready[0], bodies[0], entry))
             except ApiError as e:
                 results.append(UploadResult(ready[0], status=e.status, error=e))
         elif ready:
             answer = parse(
                 CommitBatchResponse, self.api.call("/v1/commit_batch", {"entries": bodies})
             )
-            for item, res in paired(ready, answer.entries, "commit results"):
+            for (item, body), res in paired(
+                list(zip(ready, bodies, strict=True)), answer.entries, "commit results"
+            ):
                 if res.entry is not None:
-                    results.append(UploadResult(item, entry=res.entry))
+                    results.append(_committed(item, body, res.entry))
                 else:
                     err = res.error
                     api_err = ApiError(

@@ -1214,6 +1214,53 @@ def test_a_malformed_upload_answer_is_reported_not_a_crash(
     assert expected in reported, reported
 
 
+def _another_version(entry: dict[str, Any], lie: str) -> dict[str, Any]:
+    """`entry` with one field telling of another version than the one committed."""
+    other = {
+        "content_hash": entry["content_hash"][:-1]
+        + ("0" if entry["content_hash"][-1] != "0" else "1"),
+        "size": entry["size"] + 1,
+        "path_display": "/other.txt",
+    }
+    return {**entry, lie: other[lie]}
+
+
+@pytest.mark.parametrize("lie", ["content_hash", "size", "path_display"])
+@pytest.mark.parametrize("count", [1, 2], ids=["commit", "batch"])
+def test_a_commit_answered_with_another_version_is_not_recorded(
+    tmp_path: Path, evil: Evil, lie: str, count: int
+) -> None:
+    """The client recorded whatever entry a commit's answer held. From a broken or lying
+    server, another version stood for the file's content here: the file, held in sync,
+    was never sent again while the server kept something else. Such an answer is now
+    malformed: reported, nothing recorded, and the session kept for the next round."""
+    honest = _commit_batch_answer(drop=0)
+
+    def lying(body: dict[str, Any]) -> Any:
+        answer = honest(body)
+        for result in answer["entries"]:
+            result["entry"] = _another_version(result["entry"], lie)
+        return answer
+
+    evil.answers = {
+        "/v1/uploads": _uploads_answer(),
+        "/v1/uploads/urls": _urls_answer(evil),
+        "/v1/commit": lambda body: lying({"entries": [body]})["entries"][0]["entry"],
+        "/v1/commit_batch": lying,
+    }
+    engine = _engine(tmp_path, evil)
+    names = ["a.txt", "b.txt"][:count]
+    for name in names:
+        (tmp_path / "root" / "sync" / name).write_bytes(name.encode() * 1000)
+    result = engine.run_once(max_rounds=1)
+    reported = " ".join("\n".join(result.problems).split())
+    for name in names:
+        assert f"the server answered the commit of '/{name}' with another version" in reported
+        assert engine.state.base_entry(name) is None
+        assert engine.state.get_pending("upload", name) is not None
+    engine.close()
+
+
 def test_a_session_the_server_keeps_alive_is_resumed_past_its_first_hour(
     tmp_path: Path, evil: Evil
 ) -> None:
