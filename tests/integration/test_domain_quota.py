@@ -20,7 +20,6 @@ from tessera.domain.models import (
     RestoreRequest,
     ShareRequest,
     TrashListRequest,
-    UnshareRequest,
 )
 from tessera.domain.services import Services
 from tessera.ports import Principal
@@ -117,7 +116,7 @@ def test_the_counters_follow_folders_shares_and_editors(
     services: Services, alice: Principal, bob: Principal
 ) -> None:
     """Folder deletes and undeletes, a folder turned into a shared namespace (its bytes
-    move with it), an editor writing there (every member's usage grows)."""
+    move with it), an editor writing there (the owner's usage grows, not theirs)."""
     for name, size in (("a", 10), ("b", 20), ("sub/c", 40)):
         put_file(services, alice, f"/Team/{name}", b"t" * size)
     put_file(services, alice, "/mine", b"m" * 5)
@@ -129,11 +128,9 @@ def test_the_counters_follow_folders_shares_and_editors(
     sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email))
     assert_counters_match(services)
     put_file(services, bob, "/Team/from-bob", b"b" * 100)
-    assert (_used(services, alice), _used(services, bob)) == (175, 170)
+    assert (_used(services, alice), _used(services, bob)) == (175, 0)
     files.delete(services, bob, DeleteRequest(path="/Team/sub"))
-    assert (_used(services, alice), _used(services, bob)) == (135, 130)
-    sharing.unshare(services, bob, UnshareRequest(path="/Team"))  # bob leaves
-    assert (_used(services, alice), _used(services, bob)) == (135, 0)
+    assert _used(services, alice) == 135
     assert_counters_match(services)
 
 
@@ -159,8 +156,8 @@ def test_an_upload_replacing_a_file_needs_only_what_it_adds(
 def _two_namespaces_of_alice(
     services: Services, alice: Principal, bob: Principal
 ) -> tuple[bytes, bytes]:
-    """Alice's root holds 100 bytes, her /Team (bob edits it) 100 more: she pays for both,
-    bob for /Team. Returns (root's data, /Team's data)."""
+    """Alice's root holds 100 bytes, her /Team (bob edits it) 100 more. Returns (root's
+    data, /Team's data)."""
     mine, team = b"m" * 100, b"t" * 100
     put_file(services, alice, "/mine", mine)
     put_file(services, alice, "/Team/a", team)
@@ -178,8 +175,9 @@ def test_an_editors_writes_tell_nothing_of_the_owners_private_files(
 ) -> None:
     """An editor checked against the owner's quota learnt from each 413 or 200 whether the
     owner's usage, private files included, was above a size they chose: declared sizes at
-    upload start, or copies of a block they can read, sized her account in 37 calls. Writes
-    are now checked against the writer's own usage, which is made of what they can read."""
+    upload start, or copies of a block they can read, sized her account in 37 calls. A
+    write is now checked against its writer's quota: their own files, and the shared folder
+    written to, whole (what they can read), never the owner's other files."""
     mine, team = _two_namespaces_of_alice(services, alice, bob)
     put_file(services, alice, "/private", b"p" * 700)
     _quota(services, alice, 1000)  # 900 used: no room for bob's 300 bytes if hers counted
@@ -187,9 +185,9 @@ def test_an_editors_writes_tell_nothing_of_the_owners_private_files(
     upload_id = upload_blocks(services, bob, "/Team/big", big)
     commits.commit(services, bob, commit_request("/Team/big", big, upload_id))
     commits.commit(services, bob, _copy("/Team/copy", team))
-    assert (_used(services, alice), _used(services, bob)) == (1200, 400)
-    _quota(services, bob, 450)  # his own quota is what refuses him, by his own bytes
-    with pytest.raises(QuotaExceeded, match="need 60 bytes: over your quota of 450"):
+    assert (_used(services, alice), _used(services, bob)) == (1200, 0)
+    _quota(services, bob, 450)  # /Team's 400 bytes and his own (none) fill it to 450
+    with pytest.raises(QuotaExceeded, match="need 60 bytes: over your quota of 450 bytes; a"):
         upload_blocks(services, bob, "/Team/more", [b"m" * 60])
     with pytest.raises(QuotaExceeded, match="your quota of 450"):
         commits.commit(services, bob, _copy("/Team/copy2", team))
@@ -211,6 +209,7 @@ def test_an_editors_writes_tell_nothing_of_the_owners_private_files(
     ],
     ids=["commit", "batch", "undelete", "restore"],
 )
+@pytest.mark.parametrize("writer", ["owner", "editor"])
 def test_one_users_writes_racing_in_two_namespaces_stay_within_the_quota(
     services: Services,
     alice: Principal,
@@ -218,31 +217,42 @@ def test_one_users_writes_racing_in_two_namespaces_stay_within_the_quota(
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
     teams_write: Callable[[Services, Principal, bytes], object],
+    writer: str,
 ) -> None:
-    """Each write checks its writer's usage across the namespaces they pay for, but a write
-    in another namespace did not wait for it: alice's commit in her root and hers in her
-    shared folder both saw room for one more file and both landed, past her quota. A user's
-    writes that add bytes now queue on that user, so the second one sees the first."""
+    """Each write checks its writer's quota across their namespaces (and the shared folder
+    written to), but a write in another namespace did not wait for it: a commit in the
+    writer's root and their write in the shared folder both saw room for one more file and
+    both landed, past the quota. A user's writes that add bytes now queue on that user, so
+    the second one sees the first: the owner's, and an editor's (his root and her folder)."""
+    who = alice if writer == "owner" else bob
     mine, team = _two_namespaces_of_alice(services, alice, bob)
-    put_file(services, alice, "/Team/gone", team)
-    files.delete(services, alice, DeleteRequest(path="/Team/gone"))
-    put_file(services, alice, "/Team/doc", team)
-    put_file(services, alice, "/Team/doc", b".", parent_rev=1)  # rev 1 would add 99 bytes
-    quota = _used(services, alice) + 100  # room for one of her two writes, not both
-    _quota(services, alice, quota)
+    put_file(services, who, "/Team/gone", team)
+    files.delete(services, who, DeleteRequest(path="/Team/gone"))
+    put_file(services, who, "/Team/doc", team)
+    put_file(services, who, "/Team/doc", b".", parent_rev=1)  # rev 1 would add 99 bytes
+    in_team = _used(services, alice) - len(mine)
+    own = mine if who is alice else b"o" * 100  # (a staged copy counts in its namespace)
+    if who is bob:
+        put_file(services, bob, "/own", own)
+
+    def counted() -> int:  # what `who`'s writes are held to: their own, and /Team's
+        return _used(services, who) + (in_team if who is bob else 0)
+
+    quota = counted() + 100  # room for one of the two writes, not both
+    _quota(services, who, quota)
     first, second = race_held(
         monkeypatch,
         database_url,
         "write_version",
-        lambda: commits.commit(services, alice, _copy("/copy", mine)),
-        lambda: teams_write(services, alice, team),
+        lambda: commits.commit(services, who, _copy("/copy", own)),
+        lambda: teams_write(services, who, team),
     )
     assert isinstance(first, FileEntry)
     if isinstance(second, CommitBatchItem):
         assert second.status == 413, second
     else:
         assert isinstance(second, QuotaExceeded), second
-    assert _used(services, alice) == quota
+    assert counted() == quota
     assert_counters_match(services)
 
 

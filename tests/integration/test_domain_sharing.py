@@ -605,12 +605,14 @@ def test_account_usage(services: Services, alice: Principal) -> None:
     assert acct.quota_bytes == services.settings.default_quota_bytes
 
 
-def test_a_share_counts_for_every_member_and_a_write_for_its_writer(
+def test_a_write_is_held_to_its_writers_quota_alone(
     services: Services, alice: Principal, bob: Principal, carol: Principal
 ) -> None:
-    """Files in a shared folder count against every member's quota, viewers' too (their
-    `account` usage), and a write is checked against its writer's quota alone: an editor
-    may take the owner past hers, and the owner's growing writes are then refused."""
+    """Files in a shared folder count against its owner (`account` usage), but a write
+    there is checked against its writer's quota: their own files and the whole folder, never
+    the owner's other files. An editor may take the owner past her quota; her growing
+    writes are then refused. A share given to someone costs them nothing elsewhere: a
+    shared folder counting against every member let anyone fill a stranger's quota."""
     from tessera.domain.errors import QuotaExceeded
 
     put_file(services, alice, "/Team/a", b"a")
@@ -618,18 +620,22 @@ def test_a_share_counts_for_every_member_and_a_write_for_its_writer(
     _share(services, alice, "/Team", bob, "editor")
     _share(services, alice, "/Team", carol, "viewer")
     with services.db.transaction() as store:
-        store.conn.execute("UPDATE users SET quota_bytes = 10 WHERE user_id = %s", (alice.user_id,))
+        for who, quota in ((alice, 10), (carol, 5)):
+            store.conn.execute(
+                "UPDATE users SET quota_bytes = %s WHERE user_id = %s", (quota, who.user_id)
+            )
     put_file(services, bob, "/mine", b"x" * 100)
-    put_file(services, bob, "/Team/b", b"1" * 20)  # alice: 21 of 10, bob's own quota holds
+    put_file(services, bob, "/Team/b", b"1" * 20)  # alice: 21 of 10
     used = {p.email: sharing.account(services, p).used_bytes for p in (alice, bob, carol)}
-    assert used == {alice.email: 21, bob.email: 121, carol.email: 21}
-    with pytest.raises(QuotaExceeded, match="your quota of 10 bytes") as info:
+    assert used == {alice.email: 21, bob.email: 100, carol.email: 0}
+    put_file(services, carol, "/hers", b"12345")  # /Team's 21 bytes take none of her 5
+    with pytest.raises(QuotaExceeded, match="your quota of 10 bytes; delete") as info:
         put_file(services, alice, "/Team/c", b"12")
     assert info.value.status == 413
     with services.db.transaction() as store:
         store.conn.execute("UPDATE users SET quota_bytes = 122 WHERE user_id = %s", (bob.user_id,))
-    with pytest.raises(QuotaExceeded, match="your quota of 122 bytes"):
-        put_file(services, bob, "/Team/c", b"12")  # 123 of his 122
+    with pytest.raises(QuotaExceeded, match="quota of 122 bytes; a folder shared with you"):
+        put_file(services, bob, "/Team/c", b"12")  # his 100, /Team's 21 and 2 of 122
     put_file(services, bob, "/Team/c", b"1")
 
 

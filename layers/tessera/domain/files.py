@@ -381,7 +381,9 @@ def _undelete_subtree(
     restored = _place_under_live_folders(store, restored)
     back, over = store.undelete(row.ns_id, [r.file_id for r in restored], view.user.user_id)
     if over:
-        raise over_quota(view, f"restoring {row.path_display!r}")
+        raise over_quota(
+            view, f"restoring {row.path_display!r}", shared=mount.owner_id != view.user.user_id
+        )
     # the children were read without a lock: gc may have purged some since (`row` is locked)
     restored = [r for r in restored if r.file_id in back]
     journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]
@@ -422,13 +424,15 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
     """With `rev`: that version's blocks become a new rev (undeleting the file if needed).
     Without: undelete a deleted file or folder (with what was deleted along with it)."""
     with view_transaction(svc, principal) as (store, view):
+        # a restore adds to the caller's usage; queued on before its idempotency key, the
+        # lock order (taken after it, a batch of the same key and a restore could deadlock)
+        store.lock_usage(view.user.user_id)
         if (first := replayed(store, view.user.user_id, req, _ENTRY)) is not None:
             return first
         loc = locate(store, view, path=req.path, file_id=req.file_id, include_deleted=True)
         if loc.row is None:
             raise Unprocessable("the root or a shared folder's mount point cannot be restored")
         check_access(loc.mount, Action.WRITE, view)
-        store.lock_usage(view.user.user_id)  # a restore adds to the caller's usage
         row = _relock(store, view, loc, req.path or req.file_id or "")
         mount = loc.mount
         if req.rev is None:

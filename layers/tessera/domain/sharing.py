@@ -403,8 +403,7 @@ def shares(svc: Services, principal: Principal) -> SharesResponse:
 
 
 def account(svc: Services, principal: Principal) -> AccountResponse:
-    """Usage (latest versions of live files in the caller's namespaces and in the shared
-    folders they are a member of: `Store.usage`) and quota."""
+    """Usage (latest versions of live files in namespaces the caller owns) and quota."""
     with view_transaction(svc, principal) as (store, view):
         return AccountResponse(
             user_id=view.user.user_id,

@@ -47,20 +47,31 @@ MAX_PRESIGN_S = 900
 
 def _check_quota(store: Store, view: View, files: Sequence[tuple[MountRow, str, int]]) -> None:
     """413 when the files (mount, path key in it, size) would take the caller over their
-    quota. A file replacing a live one needs only what it adds, as its commit will count
-    it: an edit that does not grow a file is never refused, even near the quota. Shared
-    folders count against every member (`Store.usage`), and a write against its writer
-    alone: an editor checked against the owner's quota could size the owner's private
-    files by the answers to sizes they declare."""
+    quota, as their commits will count them (`Store.write_version`): a file by what it adds
+    to the live file it replaces, so an edit that does not grow a file is never refused,
+    even near the quota; the caller's own files, and for a file in a folder shared with
+    them that folder's whole content. Never the owner's usage: an editor checked against it
+    could size the owner's private files by the answers to sizes they declare."""
     by_ns: dict[int, dict[str, int]] = {}
+    mounts: dict[int, MountRow] = {}
     for mount, key, size in files:
         by_ns.setdefault(mount.ns_id, {})[key] = size  # the last of one path counts
-    grow = 0
+        mounts[mount.ns_id] = mount
+    grow: dict[int, int] = {}
     for ns_id, sizes in by_ns.items():
         live = store.live_sizes(ns_id, list(sizes))
-        grow += sum(size - live.get(key, 0) for key, size in sizes.items())
-    if grow > 0 and store.usage(view.user.user_id) + grow > view.user.quota_bytes:
-        raise over_quota(view, f"these files need {grow} bytes")
+        grow[ns_id] = sum(size - live.get(key, 0) for key, size in sizes.items())
+    mine = view.user.user_id
+    own_grow = sum(g for n, g in grow.items() if mounts[n].owner_id == mine)
+    theirs = [n for n, g in grow.items() if g > 0 and mounts[n].owner_id != mine]
+    if own_grow <= 0 and not theirs:
+        return  # nothing grows: never refused
+    own = store.usage(mine) + own_grow
+    if own_grow > 0 and own > view.user.quota_bytes:
+        raise over_quota(view, f"these files need {own_grow} bytes", shared=False)
+    for ns_id, held in (store.bytes_used(theirs) if theirs else {}).items():
+        if own + held + grow[ns_id] > view.user.quota_bytes:
+            raise over_quota(view, f"these files need {grow[ns_id]} bytes", shared=True)
 
 
 def _declare(sizes: dict[str, int], blocks: Iterable[tuple[str, int]]) -> None:

@@ -188,14 +188,15 @@ def check_access(mount: MountRow, action: Action, view: View) -> None:
 # Rendering
 
 
-def over_quota(view: View, what: str) -> QuotaExceeded:
+def over_quota(view: View, what: str, *, shared: bool) -> QuotaExceeded:
     """413 for `what` (e.g. "these files need 10 bytes"), which would take the caller over
-    their quota. A write is only ever checked against its writer's quota, and shared
-    folders count against every member's (`Store.usage`), so the message is the caller's
-    own business, whoever owns the folder written to."""
+    their quota. A write is only ever checked against its writer's quota (`shared`: it was
+    into a folder shared with them, which needs room for that folder too), so the message
+    tells the caller of nothing but their own account and the folder they write to."""
+    why = "; a folder shared with you needs room in your quota for all it holds" if shared else ""
     return QuotaExceeded(
-        f"{what}: over your quota of {view.user.quota_bytes} bytes (the shared folders you"
-        " are in count too); delete files you no longer need, or leave a shared folder"
+        f"{what}: over your quota of {view.user.quota_bytes} bytes{why}; delete files you"
+        " no longer need"
     )
 
 

@@ -341,30 +341,20 @@ _VERSION_CTES = (
 _STAMP_HELD = "statement_timestamp()"
 
 
-def _paid_by(user: str) -> str:
-    """SQL condition on `namespaces o`: the namespace counts against the quota of the user
-    the SQL expression `user` names. A namespace counts for every member, and for its owner
-    even once nobody is a member (Dropbox's rule): so a user's usage is made of what they can
-    read, and no write of theirs is ever refused for bytes they cannot see (an editor
-    checked against the owner's quota could measure the owner's private files)."""
-    return (
-        f"(o.owner_id = {user} OR o.ns_id IN"
-        f" (SELECT m.ns_id FROM ns_members m WHERE m.user_id = {user}))"
-    )
-
-
 def _over_quota(grow: str) -> str:
     """True when the SQL expression `grow` (bytes a write added to the namespace `ns`) is
     positive and the writer (`%(writer)s`) is now over their quota: the namespace's new
-    `bytes_used` plus the other namespaces they pay for (`_paid_by`). Writers in one
-    namespace queue on its row; one writer's writes in two namespaces read each other's
-    bytes only when they queued on `Store.lock_usage` before this statement (its snapshot is
-    taken after the wait). Another member's write may take the writer over: it is checked
-    against that member's quota alone."""
+    `bytes_used`, whoever owns it, plus the writer's own other namespaces. Never the
+    owner's usage: an editor checked against it could measure the owner's private files by
+    the sizes they write. A user's quota holds what they own; writing into a folder shared
+    with them needs room in it for that folder too, and nothing they cannot read.
+    Writers in one namespace queue on its row; one writer's writes in two namespaces read
+    each other's bytes only when they queued on `Store.lock_usage` before this statement
+    (its snapshot is taken after the wait)."""
     return (
         f"({grow}) > 0 AND (SELECT quota_bytes FROM users WHERE user_id = %(writer)s)"
         " < ns.bytes_used + (SELECT COALESCE(sum(o.bytes_used), 0) FROM namespaces o"
-        f"  WHERE {_paid_by('%(writer)s')} AND o.ns_id <> %(ns)s)"
+        "  WHERE o.owner_id = %(writer)s AND o.ns_id <> %(ns)s)"
     )
 
 
@@ -1777,10 +1767,15 @@ class Store:
     # -- account --------------------------------------------------------------------------
 
     def usage(self, user_id: str) -> int:
-        """Bytes of the latest versions of live files in the namespaces the user pays for:
-        their own and every shared folder they are a member of (`_paid_by`)."""
+        """Bytes of the latest versions of live files in the namespaces the user owns."""
         row = self._one(
-            f"SELECT COALESCE(sum(o.bytes_used), 0) FROM namespaces o WHERE {_paid_by('%(user)s')}",
-            {"user": user_id},
+            "SELECT COALESCE(sum(bytes_used), 0) FROM namespaces WHERE owner_id = %s", (user_id,)
         )
         return int(row[0])
+
+    def bytes_used(self, ns_ids: Iterable[int]) -> dict[int, int]:
+        """Each namespace's `bytes_used` (the live files' latest versions)."""
+        rows = self._all(
+            "SELECT ns_id, bytes_used FROM namespaces WHERE ns_id = ANY(%s)", (list(ns_ids),)
+        )
+        return {r[0]: r[1] for r in rows}
