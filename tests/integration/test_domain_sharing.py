@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import Protocol
 
 import pytest
 
@@ -31,7 +32,18 @@ from tessera.ports import Principal
 from .conftest import get_file, put_file, usage_drift
 from .test_domain_files import race_held
 
-Race = Callable[[str, Callable[[], object], Callable[[], object]], tuple[object, object]]
+
+class Race(Protocol):
+    """`race_held`, its monkeypatch and database given."""
+
+    def __call__(
+        self,
+        held_at: str,
+        first: Callable[[], object],
+        second: Callable[[], object],
+        *,
+        second_waits: bool = True,
+    ) -> tuple[object, object]: ...
 
 
 @pytest.fixture
@@ -218,12 +230,7 @@ def test_what_the_owner_deleted_while_alone_in_a_share_is_not_shared_again(
 
 
 def test_a_delete_that_lands_once_the_owner_is_alone_stays_hers(
-    services: Services,
-    alice: Principal,
-    bob: Principal,
-    carol: Principal,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    services: Services, alice: Principal, bob: Principal, carol: Principal, race: Race
 ) -> None:
     """A delete begun while bob was still in /Team and done once he had left (it queued
     for the namespace) was stamped with its transaction's start, before alice was alone:
@@ -232,9 +239,7 @@ def test_a_delete_that_lands_once_the_owner_is_alone_stays_hers(
     _meet(services, bob, carol)
     _share(services, alice, "/Team", bob, "editor")
     secret = put_file(services, alice, "/Team/salaries.xlsx", b"this year's")
-    deleted, left = race_held(
-        monkeypatch,
-        database_url,
+    deleted, left = race(
         "user_view",  # the delete's transaction is begun: its now() is taken
         lambda: files.delete(services, alice, DeleteRequest(path="/Team/salaries.xlsx")),
         lambda: sharing.unshare(services, bob, UnshareRequest(path="/Team")),  # bob leaves
@@ -247,11 +252,7 @@ def test_a_delete_that_lands_once_the_owner_is_alone_stays_hers(
 
 
 def test_a_members_delete_done_before_the_owner_was_alone_stays_shared(
-    services: Services,
-    alice: Principal,
-    bob: Principal,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    services: Services, alice: Principal, bob: Principal, race: Race
 ) -> None:
     """The other way round: an unshare begun before bob's delete and done after it stamped
     alice alone from its start, so bob's delete, done while he was in /Team, went to her
@@ -260,9 +261,7 @@ def test_a_members_delete_done_before_the_owner_was_alone_stays_shared(
     put_file(services, alice, "/Team/report.docx", b"the report")
     _meet(services, bob)
     _share(services, alice, "/Team", bob, "editor")
-    unshared, deleted = race_held(
-        monkeypatch,
-        database_url,
+    unshared, deleted = race(
         "user_view",
         lambda: sharing.unshare(services, alice, UnshareRequest(path="/Team")),
         lambda: files.delete(services, bob, DeleteRequest(path="/Team/report.docx")),
