@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
-from tessera.domain import commits, files, sharing
+from tessera.blocks import block_id, content_hash
+from tessera.domain import commits, files, sharing, uploads
 from tessera.domain.errors import NotFound, QuotaExceeded
 from tessera.domain.models import (
+    BlockSpec,
     CommitBatchItem,
     CommitBatchRequest,
     CommitBatchResponse,
@@ -20,11 +22,20 @@ from tessera.domain.models import (
     RestoreRequest,
     ShareRequest,
     TrashListRequest,
+    UploadFileSpec,
+    UploadStartRequest,
 )
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
-from .conftest import commit_request, get_file, put_file, upload_blocks, usage_drift
+from .conftest import (
+    commit_request,
+    get_file,
+    put_file,
+    send_needed,
+    upload_blocks,
+    usage_drift,
+)
 from .test_domain_files import race_held
 
 
@@ -194,6 +205,38 @@ def test_an_editors_writes_tell_nothing_of_the_owners_private_files(
     upload_blocks(services, bob, "/Team/more", [b"m" * 50])
     with pytest.raises(QuotaExceeded, match="your quota of 1000"):  # alice is over hers
         commits.commit(services, alice, _copy("/copy", mine))
+    assert_counters_match(services)
+
+
+def test_upload_start_takes_what_a_batch_commits_in_any_order(
+    services: Services, alice: Principal, bob: Principal, carol: Principal
+) -> None:
+    """A batch commits in namespace order, and a write into the caller's own files never
+    counts a folder shared with them. Upload start counted the own files' growth into each
+    shared folder's check, as if they committed first: with the folder first (shared before
+    bob signed up, so its id is lower), it refused files the batch then took."""
+    put_file(services, alice, "/Team/a", b"a" * 100)
+    sharing.account(services, carol)
+    sharing.share(services, alice, ShareRequest(path="/Team", email=carol.email))
+    sharing.account(services, bob)  # his root comes after /Team's namespace
+    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email))
+    put_file(services, bob, "/own", b"o" * 300)
+    _quota(services, bob, 899)  # 300 + 300 own; 300 + /Team's 100 + 200; not 300 more
+    chunks = {"/mine": b"m" * 300, "/Team/x": b"x" * 200}
+    specs = [
+        UploadFileSpec(
+            path=path,
+            size=len(data),
+            content_hash=content_hash([block_id(data)]),
+            blocks=[BlockSpec(id=block_id(data), size=len(data))],
+        )
+        for path, data in chunks.items()
+    ]
+    started = uploads.start_upload(services, bob, UploadStartRequest(files=specs))
+    send_needed(services, bob, started.upload_id, started.needed, list(chunks.values()))
+    entries = [commit_request(p, [d], started.upload_id) for p, d in chunks.items()]
+    answer = commits.commit_batch(services, bob, CommitBatchRequest(entries=entries))
+    assert [e.status for e in answer.entries] == [200, 200]
     assert_counters_match(services)
 
 

@@ -483,7 +483,7 @@ def _commit_in(
             user_id=view.user.user_id,
             session=sessions.get(req.upload_id) if sessions and req.upload_id else None,
             # The root's statement above needs none (a user who sees their root alone writes
-            # in no other namespace they pay for), nor a batch's entry (`usage_locked`).
+            # in no other namespace of theirs), nor a batch's entry (`usage_locked`).
             lock_usage=bool(req.size) and not usage_locked,
         )
     if rows.membership_version != view.user.membership_version:

@@ -424,8 +424,8 @@ def restore(svc: Services, principal: Principal, req: RestoreRequest) -> FileEnt
     """With `rev`: that version's blocks become a new rev (undeleting the file if needed).
     Without: undelete a deleted file or folder (with what was deleted along with it)."""
     with view_transaction(svc, principal) as (store, view):
-        # a restore adds to the caller's usage; queued on before its idempotency key, the
-        # lock order (taken after it, a batch of the same key and a restore could deadlock)
+        # a restore adds to the caller's usage: queued on first, the lock order (it claims
+        # its idempotency key before its namespace, as a move or a delete does)
         store.lock_usage(view.user.user_id)
         if (first := replayed(store, view.user.user_id, req, _ENTRY)) is not None:
             return first

@@ -51,7 +51,10 @@ def _check_quota(store: Store, view: View, files: Sequence[tuple[MountRow, str, 
     to the live file it replaces, so an edit that does not grow a file is never refused,
     even near the quota; the caller's own files, and for a file in a folder shared with
     them that folder's whole content. Never the owner's usage: an editor checked against it
-    could size the owner's private files by the answers to sizes they declare."""
+    could size the owner's private files by the answers to sizes they declare. A batch
+    commits in namespace order, so a shared folder's files may commit before or after the
+    caller's own: each folder is checked without the own files' growth, never refusing
+    what the commits would take."""
     by_ns: dict[int, dict[str, int]] = {}
     mounts: dict[int, MountRow] = {}
     for mount, key, size in files:
@@ -66,11 +69,11 @@ def _check_quota(store: Store, view: View, files: Sequence[tuple[MountRow, str, 
     theirs = [n for n, g in grow.items() if g > 0 and mounts[n].owner_id != mine]
     if own_grow <= 0 and not theirs:
         return  # nothing grows: never refused
-    own = store.usage(mine) + own_grow
-    if own_grow > 0 and own > view.user.quota_bytes:
+    used = store.usage(mine)
+    if own_grow > 0 and used + own_grow > view.user.quota_bytes:
         raise over_quota(view, f"these files need {own_grow} bytes", shared=False)
     for ns_id, held in (store.bytes_used(theirs) if theirs else {}).items():
-        if own + held + grow[ns_id] > view.user.quota_bytes:
+        if used + held + grow[ns_id] > view.user.quota_bytes:
             raise over_quota(view, f"these files need {grow[ns_id]} bytes", shared=True)
 
 
