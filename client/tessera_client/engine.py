@@ -19,7 +19,7 @@ from dataclasses import asdict, replace
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tessera.api.models import FileEntry, LongpollResponse, RevisionsResponse
 from tessera.blocks import FileManifest
@@ -58,6 +58,9 @@ from tessera_client.planner import Entry, EntryKind, Op, OpKind, Plan, plan
 from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.scanner import LocalScan, Scanner
 from tessera_client.state import MARKED_META, StateDB
+
+if TYPE_CHECKING:
+    from tessera_client.watcher import Watcher
 from tessera_client.transfer import (
     BlockReportedError,
     DownloadStopped,
@@ -1438,23 +1441,43 @@ class SyncEngine:
                     if time.monotonic() >= deadline:
                         break
 
+    def _watch(self, watcher: Watcher, told: set[str]) -> bool:
+        """(Re)start the watcher; whether it watches. The daemon calls it again at each full
+        scan while the watch is gone (the folder deleted, replaced or unmounted: no event
+        came again; a limit raised since), and says each problem once."""
+
+        def tell(problem: str) -> None:
+            if problem not in told:
+                told.add(problem)
+                self.reporter.problem(problem)
+
+        every = f"every {self.settings.scan_interval_s:g} s"
+        try:
+            watcher.start()
+        except OSError as e:  # inotify's limits, a folder gone or that cannot be watched
+            limit = {errno.ENOSPC: "max_user_watches", errno.EMFILE: "max_user_instances"}
+            hint = f" (on Linux, raise fs.inotify.{limit[e.errno]})" if e.errno in limit else ""
+            tell(
+                f"cannot watch {self.folder} for changes ({e.strerror or e}){hint}; local"
+                f" changes are found by the full scan {every}, which tries to watch again"
+            )
+            return False
+        # counted twice: a folder made while the first count walked may not be watched yet
+        if watcher.unwatched_folders() and (missed := watcher.unwatched_folders()):
+            tell(
+                f"{missed} folder(s) in {self.folder} cannot be watched for changes (inotify's"
+                f" limit: raise fs.inotify.max_user_watches, then restart the sync); changes"
+                f" there are found by the full scan {every}"
+            )
+        return True
+
     def run_daemon(self, on_round: Callable[[RoundResult], None] | None = None) -> None:
         """Sync continuously: watcher events and long-poll wake a round; full scans regularly."""
         from tessera_client.watcher import Watcher
 
-        watching = Watcher(self.folder, self._wake, debounce_s=self.settings.debounce_ms / 1000)
-        watcher: Watcher | None = watching
-        try:
-            watching.start()
-        except OSError as e:  # inotify's watch limit, a filesystem that cannot be watched
-            hint = (
-                " (on Linux, raise fs.inotify.max_user_watches)" if e.errno == errno.ENOSPC else ""
-            )
-            self.reporter.problem(
-                f"cannot watch {self.folder} for changes ({e.strerror or e}){hint}; local"
-                f" changes are found by the full scan every {self.settings.scan_interval_s:g} s"
-            )
-            watcher = None
+        watcher = Watcher(self.folder, self._wake, debounce_s=self.settings.debounce_ms / 1000)
+        told: set[str] = set()
+        watching = self._watch(watcher, told)
         poller = threading.Thread(target=self._longpoll_loop, name="tessera-longpoll", daemon=True)
         poller.start()
         next_scan = 0.0
@@ -1463,13 +1486,15 @@ class SyncEngine:
                 timeout = max(0.0, next_scan - time.monotonic())
                 if self._wake.wait(timeout):
                     self._wake.clear()
-                    if watcher is not None:
+                    if watching:
                         watcher.settle()
                 if self._stop.is_set():
                     break
                 # a round woken only by local events skips the pull: the long-poll says when
                 # the server has news (and a stale parent rev is a 409, never a lost edit)
                 full = time.monotonic() >= next_scan
+                if full and not watcher.alive():
+                    watching = self._watch(watcher, told)
                 pull = full
                 # cleared only when seen set: news arriving between a check and a clear was
                 # dropped, and the long-poll thread then waited a whole scan interval for a
@@ -1514,8 +1539,7 @@ class SyncEngine:
                 elif full:  # a folder busier than the interval still gets its full rounds
                     next_scan = time.monotonic() + self.settings.scan_interval_s
         finally:
-            if watcher is not None:
-                watcher.stop()
+            watcher.stop()
             self._stop.set()
 
 

@@ -7,12 +7,15 @@ the executor's own temp files are ignored.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from tessera_client.fs import TEMP_PREFIX
 
@@ -26,6 +29,8 @@ class _Handler(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if event.event_type in ("deleted", "moved") and event.src_path == str(self.watcher.folder):
+            self.watcher.lost = True  # its watch went with it
         if event.is_directory and event.event_type == "modified":
             return  # a folder's listing changed: its entries report their own events
         paths = [event.src_path, getattr(event, "dest_path", "")]
@@ -43,17 +48,59 @@ class Watcher:
         self.wake = wake
         self.debounce_s = debounce_s
         self._last = 0.0
-        self._observer = Observer()
-        self._observer.schedule(_Handler(self), str(folder), recursive=True)
+        self._observer: BaseObserver | None = None
+        self._watched: tuple[int, int] | None = None  # the folder's (device, inode)
+        #: the watched folder itself was deleted or moved away (a folder made at its path
+        #: may take its inode number again, so the identity alone does not tell)
+        self.lost = False
 
     def start(self) -> None:
-        """Start watching."""
-        self._observer.start()
+        """Start watching. OSError when the OS will not watch the folder (inotify's
+        instance limit, met as the observer is made; its watch limit, met on the folder),
+        with nothing left open."""
+        self.stop()
+        identity = _identity(self.folder)
+        observer = Observer()  # an inotify instance: made here, so a failure is start's
+        try:
+            observer.schedule(_Handler(self), str(self.folder), recursive=True)
+            observer.start()
+        except BaseException:
+            observer.stop()  # the instance counts against the user's 128 until closed
+            raise
+        self._observer, self._watched, self.lost = observer, identity, False
+
+    def alive(self) -> bool:
+        """Whether the watch still covers the folder: watchdog ends its thread when the
+        folder is deleted, and an unmounted or replaced folder keeps a thread watching
+        what is gone. Either way no event would ever come again."""
+        observer = self._observer
+        if observer is None or self.lost or not observer.is_alive():
+            return False
+        if not all(emitter.is_alive() for emitter in observer.emitters):
+            return False
+        return _identity(self.folder) == self._watched
+
+    def unwatched_folders(self) -> int | None:
+        """How many folders of the tree have no watch (Linux; None elsewhere or unknown).
+        watchdog skips a subfolder it cannot watch without a word (inotify's watch limit,
+        per user): a change in one woke nothing until the next full scan."""
+        held = inotify_watches()
+        if held is None or self._observer is None:
+            return None
+        folders = 1 + sum(
+            1
+            for root, dirs, _ in os.walk(self.folder)
+            for d in dirs
+            if not os.path.islink(os.path.join(root, d))  # watchdog follows none
+        )
+        return max(0, folders - held)
 
     def stop(self) -> None:
         """Stop watching."""
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        observer, self._observer, self._watched = self._observer, None, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
 
     def touch(self) -> None:
         """An event arrived."""
@@ -68,3 +115,31 @@ class Watcher:
             if quiet_for >= self.debounce_s or time.monotonic() >= deadline:
                 return
             time.sleep(min(self.debounce_s - quiet_for, deadline - time.monotonic()))
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def inotify_watches() -> int | None:
+    """The inotify watches this process holds (Linux's /proc/self/fdinfo: a line per
+    watch), or None where that cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        held = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                    continue
+                with open(f"/proc/self/fdinfo/{fd}") as info:
+                    held += sum(line.startswith("inotify wd:") for line in info)
+            except OSError:
+                continue  # closed meanwhile
+        return held
+    except OSError:
+        return None

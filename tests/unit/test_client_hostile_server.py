@@ -754,29 +754,106 @@ def test_the_daemon_waits_out_a_failing_folder_disk(
     assert any("sync paused: cannot use" in p and "Input/output error" in p for p in problems)
 
 
-def test_the_daemon_runs_on_full_scans_when_the_folder_cannot_be_watched(
-    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """inotify's watch limit reached: the watcher's start raised, and the daemon never ran."""
-    from tessera_client.watcher import Watcher
-
-    def no_watches(self: Watcher) -> None:
-        raise OSError(errno.ENOSPC, "inotify watch limit reached")
-
-    monkeypatch.setattr(Watcher, "start", no_watches)
-    engine = _engine(tmp_path, evil)
+def _daemon_rounds(
+    engine: SyncEngine, monkeypatch: pytest.MonkeyPatch, rounds: int, each: Callable[[int], None]
+) -> list[str]:
+    """Run the daemon for `rounds` rounds (each one `each(n)` instead of a sync, full scans
+    every 0.2 s); the problems it reported."""
+    engine.settings = replace(engine.settings, scan_interval_s=0.2)
     engine.longpoll = _quiet_longpoll  # type: ignore[method-assign]
     problems: list[str] = []
     monkeypatch.setattr(engine.reporter, "problem", problems.append)
+    done = itertools.count(1)
 
     def round_(pull: bool = True) -> RoundResult:
-        engine.stop()
+        n = next(done)
+        each(n)
+        if n >= rounds:
+            engine.stop()
         return RoundResult()
 
     engine.round = round_  # type: ignore[method-assign]
     engine.run_daemon()
     engine.close()
-    assert any("max_user_watches" in p and "full scan" in p for p in problems), problems
+    return [" ".join(p.split()) for p in problems]
+
+
+@pytest.mark.parametrize(
+    ("error", "where", "limit"),
+    [
+        (OSError(errno.ENOSPC, "inotify watch limit reached"), "start", "max_user_watches"),
+        # inotify's instance limit (128 a user) is met as the observer is made
+        (OSError(errno.EMFILE, "inotify instance limit reached"), "observer", "max_user_instances"),
+    ],
+    ids=["watches", "instances"],
+)
+def test_the_daemon_runs_on_full_scans_when_the_folder_cannot_be_watched(
+    tmp_path: Path,
+    evil: Evil,
+    monkeypatch: pytest.MonkeyPatch,
+    error: OSError,
+    where: str,
+    limit: str,
+) -> None:
+    """inotify's watch limit reached, the watcher's start raised and the daemon never ran;
+    its instance limit raised as the watcher was made, and ended `tessera sync` with a
+    traceback. Each full scan tries again, and the problem is said once."""
+    from watchdog.observers.api import BaseObserver
+
+    from tessera_client import watcher
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    if where == "start":
+        monkeypatch.setattr(BaseObserver, "start", refuse)
+    else:
+        monkeypatch.setattr(watcher, "Observer", refuse)
+    problems = _daemon_rounds(_engine(tmp_path, evil), monkeypatch, 3, lambda n: time.sleep(0.25))
+    said = [p for p in problems if "cannot watch" in p]
+    assert len(said) == 1 and limit in said[0] and "full scan" in said[0], problems
+
+
+def test_the_daemon_watches_a_folder_made_again_at_its_path(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synced folder deleted and made again (or unmounted and mounted again): the
+    watch had gone with the old one, and nothing ever woke the daemon again but its full
+    scans. The next full scan now watches the folder there."""
+    from tessera_client.watcher import Watcher
+
+    engine = _engine(tmp_path, evil)
+    started: list[bool] = []
+    start = Watcher.start
+
+    def counted(self: Watcher) -> None:
+        start(self)
+        started.append(True)
+
+    def replace_folder(n: int) -> None:
+        if n == 1:
+            shutil.rmtree(engine.folder)
+            engine.folder.mkdir()
+        time.sleep(0.25)  # a full scan is due at the next round
+
+    monkeypatch.setattr(Watcher, "start", counted)
+    problems = _daemon_rounds(engine, monkeypatch, 3, replace_folder)
+    assert len(started) == 2, (started, problems)
+    assert problems == []
+
+
+def test_the_daemon_says_which_folders_are_not_watched(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """watchdog skips a subfolder it cannot watch without a word: changes in it woke
+    nothing, and the user never learnt why they waited for the full scan."""
+    from tessera_client.watcher import Watcher
+
+    monkeypatch.setattr(Watcher, "unwatched_folders", lambda self: 3)
+    problems = _daemon_rounds(_engine(tmp_path, evil), monkeypatch, 1, lambda n: None)
+    assert any(
+        "3 folder(s)" in p and "max_user_watches" in p and "restart the sync" in p for p in problems
+    ), problems
 
 
 def _outage(tmp_path: Path, evil: Evil) -> SyncEngine:

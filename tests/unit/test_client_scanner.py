@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 import unicodedata
@@ -20,7 +21,7 @@ from tessera_client.fs import (
 )
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.scanner import Scanner
-from tessera_client.watcher import MAX_SETTLE_S, Watcher
+from tessera_client.watcher import MAX_SETTLE_S, Watcher, inotify_watches
 
 
 def _scanner(root: Path) -> Scanner:
@@ -208,6 +209,54 @@ def test_watcher_wakes_once_things_settle(tmp_path: Path) -> None:
         watcher.settle()
         assert time.monotonic() - watcher._last >= watcher.debounce_s  # waited till quiet
         assert time.monotonic() - start <= MAX_SETTLE_S + 0.5  # bounded (+ a loaded CI's sleep)
+    finally:
+        watcher.stop()
+
+
+def test_a_watcher_knows_when_its_folder_was_replaced_and_starts_again(tmp_path: Path) -> None:
+    """watchdog ends its thread when the watched folder is deleted, and a folder made again
+    at the path, or mounted over, is watched by nobody: no event ever came again. `alive`
+    tells, and a new `start` watches the folder now there."""
+    folder = tmp_path / "sync"
+    folder.mkdir()
+    wake = threading.Event()
+    watcher = Watcher(folder, wake, debounce_s=0.05)
+    assert not watcher.alive()  # not started
+    watcher.start()
+    try:
+        assert watcher.alive()
+        shutil.rmtree(folder)
+        folder.mkdir()  # (it may take the old folder's inode number)
+        deadline = time.monotonic() + 5
+        while watcher.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)  # the deletion's event is delivered on watchdog's thread
+        assert not watcher.alive()
+        watcher.start()
+        assert watcher.alive()
+        wake.clear()
+        (folder / "new.txt").write_text("in the new folder")
+        assert wake.wait(5)
+    finally:
+        watcher.stop()
+    assert not watcher.alive()
+
+
+@pytest.mark.skipif(inotify_watches() is None, reason="inotify's /proc/self/fdinfo: Linux")
+def test_a_watcher_counts_the_folders_it_could_not_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """watchdog skips a subfolder it cannot watch (inotify's per-user watch limit) without
+    a word: changes there woke nothing. The watches held are counted against the folders."""
+    for sub in ("a", "a/b", "c"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "c")  # followed by neither
+    watcher = Watcher(tmp_path, threading.Event())
+    assert watcher.unwatched_folders() is None  # not started
+    watcher.start()
+    try:
+        assert watcher.unwatched_folders() == 0  # 4 folders, 4 watches
+        monkeypatch.setattr("tessera_client.watcher.inotify_watches", lambda: 1)
+        assert watcher.unwatched_folders() == 3
     finally:
         watcher.stop()
 
