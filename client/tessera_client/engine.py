@@ -195,6 +195,7 @@ class SyncEngine:
         self._pulled = threading.Event()  # set by each pull: the long-poll may ask again
         self._stop = threading.Event()
         self._reported_skips: set[tuple[str, str]] = set()
+        self._rules = IgnoreRules()  # the last scan's, for the daemon's watcher
 
     def close(self) -> None:
         """Stop transfers, close the state database and let another sync of this device run."""
@@ -349,6 +350,7 @@ class SyncEngine:
                 self.state.drop_conflict(c.path)
         local_only = {path_key(c.path) for c in self.state.conflicts() if c.local_only}
         scan = self.scanner.scan(base, exclude=local_only)
+        self._rules = scan.rules
         for path, reason in scan.skipped:
             self._skip(path, reason)
         result.skipped = len(scan.skipped)
@@ -1504,6 +1506,7 @@ class SyncEngine:
                     pull = True
                 try:
                     r = self.round(pull=pull)
+                    watcher.rules = self._rules
                     for p in r.problems:
                         self.reporter.problem(p)
                     if on_round:  # (it may record a status in the state database)

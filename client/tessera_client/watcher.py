@@ -18,6 +18,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from tessera_client.fs import TEMP_PREFIX
+from tessera_client.ignore import IGNORE_FILE, IgnoreRules
 
 MAX_SETTLE_S = 1.0
 
@@ -33,9 +34,8 @@ class _Handler(FileSystemEventHandler):
             self.watcher.lost = True  # its watch went with it
         if event.is_directory and event.event_type == "modified":
             return  # a folder's listing changed: its entries report their own events
-        paths = [event.src_path, getattr(event, "dest_path", "")]
-        names = [Path(str(p)).name for p in paths if p]
-        if names and all(n.startswith(TEMP_PREFIX) for n in names):
+        paths = [str(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        if paths and all(self.watcher.unseen(p, is_dir=event.is_directory) for p in paths):
             return
         self.watcher.touch()
 
@@ -53,6 +53,22 @@ class Watcher:
         #: the watched folder itself was deleted or moved away (a folder made at its path
         #: may take its inode number again, so the identity alone does not tell)
         self.lost = False
+        #: the ignore rules the last scan applied (the engine sets them after each scan):
+        #: a busy ignored folder (a build's output) had woken a round of the whole tree
+        #: each second
+        self.rules = IgnoreRules()
+
+    def unseen(self, path: str, *, is_dir: bool) -> bool:
+        """Whether a change at `path` is one no scan would see: the executor's temp files,
+        and what the ignore rules cover (but the rules' own file, and anything outside)."""
+        name = Path(path).name
+        if name.startswith(TEMP_PREFIX):
+            return True
+        try:
+            rel = Path(path).relative_to(self.folder).as_posix()
+        except ValueError:
+            return False
+        return rel not in (".", IGNORE_FILE) and self.rules.covers(rel, is_dir=is_dir)
 
     def start(self) -> None:
         """Start watching. OSError when the OS will not watch the folder (inotify's

@@ -19,6 +19,7 @@ from tessera_client.fs import (
     SafeFilesystem,
     _Node,
 )
+from tessera_client.ignore import IgnoreRules
 from tessera_client.planner import Entry, EntryKind
 from tessera_client.scanner import Scanner
 from tessera_client.watcher import MAX_SETTLE_S, Watcher, inotify_watches
@@ -209,6 +210,32 @@ def test_watcher_wakes_once_things_settle(tmp_path: Path) -> None:
         watcher.settle()
         assert time.monotonic() - watcher._last >= watcher.debounce_s  # waited till quiet
         assert time.monotonic() - start <= MAX_SETTLE_S + 0.5  # bounded (+ a loaded CI's sleep)
+    finally:
+        watcher.stop()
+
+
+def test_a_watcher_is_not_woken_by_what_the_ignore_rules_cover(tmp_path: Path) -> None:
+    """A busy ignored folder (a build's output) or an editor's swap file woke a round of
+    the whole tree each second, for nothing any scan would look at."""
+    wake = threading.Event()
+    watcher = Watcher(tmp_path, wake, debounce_s=0.05)
+    watcher.rules = IgnoreRules.from_text("build/\n*.swp\n")
+    (tmp_path / "build").mkdir()
+    watcher.start()
+    try:
+        (tmp_path / "build" / "out").mkdir()
+        (tmp_path / "build" / "out" / "a.o").write_bytes(b"object")
+        (tmp_path / ".notes.txt.swp").write_bytes(b"swap")
+        time.sleep(0.5)
+        assert not wake.is_set()
+        for change in (
+            lambda: (tmp_path / ".notes.txt.swp").rename(tmp_path / "notes.txt"),  # saved
+            lambda: (tmp_path / ".tesseraignore").write_text("build/\n"),  # the rules' own
+            lambda: (tmp_path / "new.txt").write_text("seen"),
+        ):
+            wake.clear()
+            change()
+            assert wake.wait(5)
     finally:
         watcher.stop()
 
