@@ -1477,7 +1477,12 @@ class SyncEngine:
         """Sync continuously: watcher events and long-poll wake a round; full scans regularly."""
         from tessera_client.watcher import Watcher
 
-        watcher = Watcher(self.folder, self._wake, debounce_s=self.settings.debounce_ms / 1000)
+        watcher = Watcher(
+            self.folder,
+            self._wake,
+            debounce_s=self.settings.debounce_ms / 1000,
+            rules=lambda: self._rules,
+        )
         told: set[str] = set()
         watching = self._watch(watcher, told)
         poller = threading.Thread(target=self._longpoll_loop, name="tessera-longpoll", daemon=True)
@@ -1506,7 +1511,6 @@ class SyncEngine:
                     pull = True
                 try:
                     r = self.round(pull=pull)
-                    watcher.rules = self._rules
                     for p in r.problems:
                         self.reporter.problem(p)
                     if on_round:  # (it may record a status in the state database)

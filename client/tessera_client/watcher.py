@@ -7,10 +7,12 @@ the executor's own temp files are ignored.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -43,20 +45,27 @@ class _Handler(FileSystemEventHandler):
 class Watcher:
     """Watches a folder tree and sets `wake` when something changes in it."""
 
-    def __init__(self, folder: Path, wake: threading.Event, *, debounce_s: float = 0.15) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        wake: threading.Event,
+        *,
+        debounce_s: float = 0.15,
+        rules: Callable[[], IgnoreRules] = IgnoreRules,
+    ) -> None:
         self.folder = folder
         self.wake = wake
         self.debounce_s = debounce_s
+        #: the ignore rules the scan applies now (the engine's, set as each scan reads
+        #: them): a busy ignored folder (a build's output) had woken a round of the whole
+        #: tree each second
+        self.rules = rules
         self._last = 0.0
         self._observer: BaseObserver | None = None
         self._watched: tuple[int, int] | None = None  # the folder's (device, inode)
         #: the watched folder itself was deleted or moved away (a folder made at its path
         #: may take its inode number again, so the identity alone does not tell)
         self.lost = False
-        #: the ignore rules the last scan applied (the engine sets them after each scan):
-        #: a busy ignored folder (a build's output) had woken a round of the whole tree
-        #: each second
-        self.rules = IgnoreRules()
 
     def unseen(self, path: str, *, is_dir: bool) -> bool:
         """Whether a change at `path` is one no scan would see: the executor's temp files,
@@ -68,7 +77,7 @@ class Watcher:
             rel = Path(path).relative_to(self.folder).as_posix()
         except ValueError:
             return False
-        return rel not in (".", IGNORE_FILE) and self.rules.covers(rel, is_dir=is_dir)
+        return rel not in (".", IGNORE_FILE) and self.rules().covers(rel, is_dir=is_dir)
 
     def start(self) -> None:
         """Start watching. OSError when the OS will not watch the folder (inotify's
@@ -76,6 +85,8 @@ class Watcher:
         with nothing left open."""
         self.stop()
         identity = _identity(self.folder)
+        if identity is None:  # gone: nothing to make an inotify instance for
+            raise FileNotFoundError(errno.ENOENT, "no such folder", str(self.folder))
         observer = Observer()  # an inotify instance: made here, so a failure is start's
         try:
             observer.schedule(_Handler(self), str(self.folder), recursive=True)
@@ -107,7 +118,9 @@ class Watcher:
             1
             for root, dirs, _ in os.walk(self.folder)
             for d in dirs
-            if not os.path.islink(os.path.join(root, d))  # watchdog follows none
+            # watchdog follows no symlink, and no limit keeps it from a folder it may not
+            # read: neither is one a raised limit would let it watch
+            if not os.path.islink(path := os.path.join(root, d)) and os.access(path, os.R_OK)
         )
         return max(0, folders - held)
 

@@ -218,8 +218,8 @@ def test_a_watcher_is_not_woken_by_what_the_ignore_rules_cover(tmp_path: Path) -
     """A busy ignored folder (a build's output) or an editor's swap file woke a round of
     the whole tree each second, for nothing any scan would look at."""
     wake = threading.Event()
-    watcher = Watcher(tmp_path, wake, debounce_s=0.05)
-    watcher.rules = IgnoreRules.from_text("build/\n*.swp\n")
+    rules = IgnoreRules.from_text("build/\n*.swp\n")
+    watcher = Watcher(tmp_path, wake, debounce_s=0.05, rules=lambda: rules)
     (tmp_path / "build").mkdir()
     watcher.start()
     try:
@@ -266,6 +266,12 @@ def test_a_watcher_knows_when_its_folder_was_replaced_and_starts_again(tmp_path:
     finally:
         watcher.stop()
     assert not watcher.alive()
+    shutil.rmtree(folder)  # gone: each full scan tries again, and must leave nothing open
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(5):
+        with pytest.raises(FileNotFoundError):
+            watcher.start()
+    assert fds is None or len(os.listdir("/proc/self/fd")) == fds
 
 
 @pytest.mark.skipif(inotify_watches() is None, reason="inotify's /proc/self/fdinfo: Linux")
