@@ -2,7 +2,9 @@
 
 Events are not trusted for content — they only say "look soon"; the round that follows
 scans the folder (cheaply: size + mtime + inode) and hashes only what changed. Events on
-the executor's own temp files are ignored.
+the executor's own temp files, and on what the ignore rules cover, are ignored. A watch can
+fail or go away without a word (inotify's limits, the folder deleted or unmounted): the
+daemon asks `Watcher.alive` and `Watcher.unwatched_folders`, and its full scans stand in.
 """
 
 from __future__ import annotations
