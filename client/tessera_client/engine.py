@@ -1446,7 +1446,8 @@ class SyncEngine:
     def _watch(self, watcher: Watcher, told: set[str]) -> bool:
         """(Re)start the watcher; whether it watches. The daemon calls it again at each full
         scan while the watch is gone (the folder deleted, replaced or unmounted: no event
-        came again; a limit raised since), and says each problem once."""
+        came again; a limit raised since), and says each problem once while it lasts, and
+        when watching works again."""
 
         def tell(problem: str) -> None:
             if problem not in told:
@@ -1464,6 +1465,9 @@ class SyncEngine:
                 f" changes are found by the full scan {every}, which tries to watch again"
             )
             return False
+        if failed := {p for p in told if p.startswith("cannot watch")}:
+            told -= failed  # said again should it fail again
+            self.reporter.event(f"watching {self.folder} for changes again")
         # counted twice: a folder made while the first count walked may not be watched yet
         if watcher.unwatched_folders() and (missed := watcher.unwatched_folders()):
             tell(

@@ -842,6 +842,28 @@ def test_the_daemon_watches_a_folder_made_again_at_its_path(
     assert problems == []
 
 
+def test_the_daemon_says_once_that_its_folder_is_gone_and_when_it_watches_again(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder away for a while (a drive unmounted): each full scan tries to watch it,
+    says so once, and says when it watches again."""
+    engine = _engine(tmp_path, evil)
+    events: list[str] = []
+    monkeypatch.setattr(engine.reporter, "event", events.append)
+
+    def away_for_a_while(n: int) -> None:
+        if n == 1:
+            shutil.rmtree(engine.folder)
+        if n == 3:
+            engine.folder.mkdir()
+        time.sleep(0.25)  # a full scan is due at the next round
+
+    problems = _daemon_rounds(engine, monkeypatch, 5, away_for_a_while)
+    assert [p for p in problems if "cannot watch" in p and "no such folder" in p] == problems
+    assert len(problems) == 1, problems
+    assert events == [f"watching {engine.folder} for changes again"]
+
+
 def test_the_daemon_says_which_folders_are_not_watched(
     tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
 ) -> None:
