@@ -10,6 +10,7 @@ daemon asks `Watcher.alive` and `Watcher.unwatched_folders`, and its full scans 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sys
 import threading
@@ -25,6 +26,11 @@ from tessera_client.fs import TEMP_PREFIX
 from tessera_client.ignore import IGNORE_FILE, IgnoreRules
 
 MAX_SETTLE_S = 1.0
+
+# watchdog's warnings ("Inotify queue overflowed" under a burst of changes) went to stderr
+# through logging's last resort, across the daemon's status display. Nothing is lost when
+# they are true: the events before them still wake a round, and each round scans the tree.
+logging.getLogger("watchdog").addHandler(logging.NullHandler())
 
 
 class _Handler(FileSystemEventHandler):

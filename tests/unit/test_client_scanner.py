@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import unicodedata
@@ -238,6 +240,18 @@ def test_a_watcher_is_not_woken_by_what_the_ignore_rules_cover(tmp_path: Path) -
             assert wake.wait(5)
     finally:
         watcher.stop()
+
+
+def test_watchdogs_warnings_do_not_break_into_the_status_display() -> None:
+    """An inotify queue overflow printed watchdog's warning raw to stderr, across the
+    daemon's live status (a process of its own: pytest's logging takes the warning)."""
+    warn = (
+        "import logging, tessera_client.watcher;"
+        " logging.getLogger('watchdog.observers.inotify_buffer').warning('Inotify queue"
+        " overflowed')"
+    )
+    done = subprocess.run([sys.executable, "-c", warn], capture_output=True, text=True, check=True)
+    assert done.stderr == ""
 
 
 def test_a_watcher_knows_when_its_folder_was_replaced_and_starts_again(tmp_path: Path) -> None:
