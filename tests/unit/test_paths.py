@@ -91,6 +91,16 @@ def test_a_stored_path_has_half_a_view_paths_length() -> None:
     assert paths.canonical(stored + "/" + stored[1:]) == stored + "/" + stored[1:]
 
 
+def test_a_write_may_name_a_path_at_most_max_depth_names_deep() -> None:
+    """A commit makes every missing folder above its file: a 2 KB path of one-letter
+    folders made 1,022 rows. Reads of a deeper entry stored before the rule still work."""
+    deepest = "/a" * paths.MAX_DEPTH
+    assert paths.target(deepest) == deepest
+    with pytest.raises(InvalidPath, match=f"more than {paths.MAX_DEPTH} names deep"):
+        paths.target(deepest + "/f")
+    assert paths.canonical(deepest + "/f") == deepest + "/f"
+
+
 def test_name_of_255_bytes_is_fine() -> None:
     assert paths.canonical("/" + "x" * 255) == "/" + "x" * 255
 

@@ -219,10 +219,13 @@ class UploadUrlsRequest(Model):
         # The same id twice, once with the checksum recorded at commit and once with other
         # bytes, passed the check that a committed copy cannot change, and signed a PUT
         # over it
-        ids = [b.id for b in self.blocks]
-        if len(set(ids)) != len(ids):
-            twice = next(i for i in ids if ids.count(i) > 1)
-            raise ValueError(f"block {twice} is named more than once")
+        # (one pass: `ids.count` per id took 15 s of CPU on a 5 MB body, before the cap on
+        # URLs a request may ask for was checked)
+        seen: set[str] = set()
+        for block in self.blocks:
+            if block.id in seen:
+                raise ValueError(f"block {block.id} is named more than once")
+            seen.add(block.id)
         return self
 
 

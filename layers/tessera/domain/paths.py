@@ -24,6 +24,11 @@ MAX_PATH_BYTES = 2048
 # mounted namespace, so every member's view of a stored path fits this: the owner's limit is
 # not a member's, whose mount (`/Team (2)/deeper`) may be longer.
 MAX_VIEW_PATH_BYTES = 2 * MAX_PATH_BYTES
+# How many names deep a path a write names may go. A commit makes every folder above its
+# file that is missing, a row and a journal row each, whose paths grow with the depth: a
+# 2 KB path of 1,022 one-letter folders made 3.4 MB of rows, and a 217 KB batch of them
+# 1.4 GB, for no quota (folders and empty files count none).
+MAX_DEPTH = 64
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
 # What changes how a name reads without being seen: line and paragraph separators (one name
 # shown on two lines of a listing or a log) and the bidirectional embeddings, overrides and
@@ -66,6 +71,8 @@ def target(raw: str, *, field: str = "path") -> str:
     (`_DISGUISING`). Only writes are held to it: an entry stored before the rule can still
     be read, moved to a plain name and deleted."""
     path = canonical(raw, field=field)
+    if path.count("/") > MAX_DEPTH:
+        raise InvalidPath(f"{field} is more than {MAX_DEPTH} names deep", field=field)
     if match := _DISGUISING.search(path):
         raise InvalidPath(
             f"{field} holds U+{ord(match[0]):04X}, which changes how a name reads without"
