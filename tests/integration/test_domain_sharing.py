@@ -229,6 +229,31 @@ def test_what_the_owner_deleted_while_alone_in_a_share_is_not_shared_again(
     _kept_from_members(services, alice, bob, secret, b"this year's")
 
 
+def test_the_trash_lists_the_newest_of_every_folder_within_one_answer(
+    services: Services, alice: Principal, bob: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trash read `limit` entries from each namespace below the path (a view with a
+    thousand shared folders: ten million rows in memory) and had no bound in bytes (22.7 MB
+    failed on every retry as a Lambda answer). It takes the newest `limit` of them all at
+    once now, as many as an answer holds (`listing.PAGE_BYTES`)."""
+    put_file(services, alice, "/Team/a", b"a")
+    _meet(services, bob)
+    _share(services, alice, "/Team", bob, "editor")
+    for path in ("/r1", "/Team/t1", "/r2", "/Team/t2"):  # deleted in this order
+        put_file(services, alice, path, path.encode())
+        files.delete(services, alice, DeleteRequest(path=path))
+
+    def listed(limit: int) -> list[str]:
+        trash = files.trash_list(services, alice, TrashListRequest(limit=limit))
+        return [e.path_display for e in trash.entries]
+
+    assert listed(3) == ["/Team/t2", "/r2", "/Team/t1"]
+    assert listed(1) == ["/Team/t2"]
+    # 400 bytes an entry and 4 a byte of its names: /Team/t2 472, /r2 432, /Team/t1 472
+    monkeypatch.setattr(listing, "PAGE_BYTES", 472 + 432)
+    assert listed(4) == ["/Team/t2", "/r2"]  # two fit the bytes (and one always does)
+
+
 def test_a_delete_that_lands_once_the_owner_is_alone_stays_hers(
     services: Services, alice: Principal, bob: Principal, carol: Principal, race: Race
 ) -> None:

@@ -22,6 +22,7 @@ from tessera.domain.commits import (
 )
 from tessera.domain.errors import BlockUnavailable, Conflict, NotFound, Unprocessable
 from tessera.domain.idempotency import remember, replayed
+from tessera.domain.listing import PageBudget
 from tessera.domain.models import (
     CreateFolderRequest,
     DeletedEntry,
@@ -692,24 +693,27 @@ def trash_list(svc: Services, principal: Principal, req: TrashListRequest) -> Tr
     with view_transaction(svc, principal) as (store, view):
         canon = paths.canonical(req.path)
         mount, rel = view.resolve(canon)
-        scopes = [(mount, paths.subtree_range(paths.path_key(rel)))]
-        scopes += [
-            (m, paths.subtree_range(paths.ROOT)) for m in view.mounts_below(paths.path_key(canon))
-        ]
+        scopes = {mount.ns_id: (mount, paths.subtree_range(paths.path_key(rel)))}
+        scopes |= {
+            m.ns_id: (m, paths.subtree_range(paths.ROOT))
+            for m in view.mounts_below(paths.path_key(canon))
+        }
         found: list[TrashEntry] = []
-        for m, (lo, hi) in scopes:
-            for r in store.trash(m.ns_id, lo, hi, req.limit):
-                assert r.deleted_at is not None
-                found.append(
-                    TrashEntry(
-                        **entry_names(view.view_path(m, r.path_display)),
-                        file_id=r.file_id,
-                        kind=r.kind,  # type: ignore[arg-type]
-                        rev=r.latest_rev,
-                        size=r.version.size if r.version else 0,
-                        deleted_at=r.deleted_at,
-                        ns_id=r.ns_id,
-                    )
+        # the newest `limit` of all the scopes at once: read `limit` from each, a view with
+        # a thousand shared folders below the path brought ten million rows to Python
+        for r in store.trash([(n, lo, hi) for n, (_, (lo, hi)) in scopes.items()], req.limit):
+            assert r.deleted_at is not None
+            found.append(
+                TrashEntry(
+                    **entry_names(view.view_path(scopes[r.ns_id][0], r.path_display)),
+                    file_id=r.file_id,
+                    kind=r.kind,  # type: ignore[arg-type]
+                    rev=r.latest_rev,
+                    size=r.version.size if r.version else 0,
+                    deleted_at=r.deleted_at,
+                    ns_id=r.ns_id,
                 )
+            )
     found.sort(key=lambda e: (e.deleted_at, e.path_lower), reverse=True)
-    return TrashListResponse(entries=found[: req.limit])
+    # within a Lambda answer (`PageBudget`): 22.7 MB had failed on every retry
+    return TrashListResponse(entries=found[: PageBudget(req.limit).take(found)])

@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from tessera.domain import paths
 from tessera.domain.errors import InvalidCursor, InvalidPath, NotFound, Unprocessable
@@ -204,14 +204,22 @@ PAGE_BYTES = 4 * 1024 * 1024
 _ENTRY_BYTES = 400
 
 
-def _wire_bytes(entry: Entry) -> int:
+class Named(Protocol):
+    """An entry of an answer, by the names it carries (a listing's, the trash's)."""
+
+    name: str
+    path_display: str
+    path_lower: str
+
+
+def _wire_bytes(entry: Named) -> int:
     """An upper bound of `entry`'s size in a Lambda answer: a UTF-8 byte of its names can
     take up to 4 there (a 2-byte letter is 6 escaped, 7 in the envelope)."""
     names = (entry.name, entry.path_display, entry.path_lower)
     return _ENTRY_BYTES + 4 * sum(len(s.encode("utf-8", "surrogatepass")) for s in names)
 
 
-class _PageBudget:
+class PageBudget:
     """The entries a page may still take, by count and by bytes (at least one a page)."""
 
     def __init__(self, limit: int) -> None:
@@ -221,7 +229,7 @@ class _PageBudget:
     def room(self) -> int:
         return self.limit - self.count
 
-    def take(self, entries: Sequence[Entry]) -> int:
+    def take(self, entries: Sequence[Named]) -> int:
         """How many of `entries`, in order, the page takes (counted in)."""
         taken = 0
         for entry in entries[: self.room]:
@@ -236,7 +244,7 @@ def _page(store: Store, view: View, cursor: _Cursor, limit: int) -> list[Entry]:
     """Send up to `limit` entries (fewer when they would pass `PAGE_BYTES`), advancing
     `cursor` in place."""
     entries: list[Entry] = []
-    budget = _PageBudget(limit)
+    budget = PageBudget(limit)
     heads = store.latest_seqs([p.ns for p in cursor.parts] + [view.root.ns_id])
     more = False
     for part in cursor.parts:

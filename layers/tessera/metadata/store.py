@@ -1136,17 +1136,21 @@ class Store:
         """Remove a folder row outright (a folder turned into a mount point)."""
         self.conn.execute("DELETE FROM files WHERE ns_id = %s AND file_id = %s", (ns_id, file_id))
 
-    def trash(self, ns_id: int, lo: str, hi: str, limit: int) -> list[FileRow]:
-        """Deleted entries in a key range, most recently deleted first."""
+    def trash(self, scopes: Sequence[tuple[int, str, str]], limit: int) -> list[FileRow]:
+        """The `limit` most recently deleted entries of all the scopes (ns_id, and a key
+        range in it), newest first: each scope's newest by the trash index, then one sort."""
         rows = self._all(
-            f"SELECT {_FILE_COLS}, {_VERSION_COLS} FROM files f"
-            " LEFT JOIN file_versions v ON v.ns_id = f.ns_id AND v.file_id = f.file_id"
-            " AND v.rev = f.latest_rev"
-            " WHERE f.ns_id = %s AND f.is_deleted AND f.path_key >= %s AND f.path_key < %s"
-            " ORDER BY f.deleted_at DESC, f.path_key LIMIT %s",
-            (ns_id, lo, hi, limit),
+            "SELECT t.* FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS s(ns, lo, hi)"
+            " CROSS JOIN LATERAL ("
+            f" SELECT {_FILE_COLS}, {_VERSION_COLS}, f.deleted_at AS at, f.path_key AS k"
+            " FROM files f LEFT JOIN file_versions v ON v.ns_id = f.ns_id"
+            " AND v.file_id = f.file_id AND v.rev = f.latest_rev"
+            " WHERE f.ns_id = s.ns AND f.is_deleted AND f.path_key >= s.lo AND f.path_key < s.hi"
+            " ORDER BY f.deleted_at DESC, f.path_key LIMIT %s) AS t"
+            " ORDER BY t.at DESC, t.k LIMIT %s",
+            (*_columns(scopes, 3), limit, limit),
         )
-        return [_file(r) for r in rows]
+        return [_file(r[:-2]) for r in rows]
 
     # -- versions and blocks --------------------------------------------------------------
 
