@@ -34,6 +34,10 @@ class Settings:
     # 256 KiB but a file's last, so a 50 GiB file has at most 204,801; the cap bounds the
     # rows a client cutting smaller could make one file cost.
     max_blocks_per_file: int = 262_144
+    # Blocks a user's open upload sessions may expect, uncommitted: one file's most and a
+    # request's worth. Their bytes are held to the quota, but blocks of 1 byte made a row
+    # each (~870 bytes with its indexes) for up to 48 h, 10,000 a call, without end.
+    max_pending_blocks: int = 262_144 + 10_000
     max_file_size: int = 50 * 1024 * MIB
     max_files_per_upload: int = 1_000
     # PUT URLs per /v1/uploads/urls answer: one signed with Lambda's role credentials is

@@ -467,6 +467,25 @@ def test_uploads_in_progress_hold_no_more_than_the_quota(
     upload_blocks(limited, alice, "/f3.bin", files["/f3.bin"])  # f1's block is committed
 
 
+def test_uploads_in_progress_expect_no_more_than_max_pending_blocks(
+    services: Services, alice: Principal
+) -> None:
+    """Their bytes were held to the quota, but not their count: blocks of one byte made a
+    row each for up to two days, 10,000 a call, 300,000 rows (260 MB) in 30 calls against
+    300,000 bytes of a 100 GiB quota."""
+    limited = dataclasses.replace(
+        services, settings=dataclasses.replace(services.settings, max_pending_blocks=3)
+    )
+    two = [b"a", b"b"]
+    upload_blocks(limited, alice, "/two.bin", two, put=False)
+    with pytest.raises(TooManyRequests, match="or 3 blocks not yet committed") as refused:
+        upload_blocks(limited, alice, "/more.bin", [b"c", b"d"], put=False)
+    assert refused.value.retry_after == 60
+    upload_blocks(limited, alice, "/one.bin", [b"e"], put=False)  # 3 of 3
+    with pytest.raises(PayloadTooLarge, match="4 blocks: over the 3"):
+        upload_blocks(limited, alice, "/big.bin", [b"f", b"g", b"h", b"i"], put=False)
+
+
 def test_two_uploads_started_at_once_cannot_both_pass_the_cap(
     services: Services, alice: Principal, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
@@ -484,7 +503,7 @@ def test_two_uploads_started_at_once_cannot_both_pass_the_cap(
         return upload_blocks(limited, alice, f"/f{n}.bin", [bytes([n]) * 2000], put=False)
 
     first, second = race_held(
-        monkeypatch, database_url, "pending_upload_bytes", lambda: start(1), lambda: start(2)
+        monkeypatch, database_url, "pending_uploads", lambda: start(1), lambda: start(2)
     )
     assert isinstance(first, str)
     assert isinstance(second, TooManyRequests)

@@ -88,20 +88,27 @@ def _check_pending(
     svc: Services, store: Store, view: View, needed: Sequence[tuple[str, int]]
 ) -> None:
     """Hold the bytes a user's open sessions may expect, uncommitted, to their quota (or
-    the largest file, if more): staging counts against no quota, and sessions kept alive
-    by use could hold any multiple of it for two days. Over it: 413 when these blocks
-    alone are, else 429 until the others are committed or expire."""
-    cap = max(view.user.quota_bytes, svc.settings.max_file_size)
+    the largest file, if more), and the blocks to `max_pending_blocks`: staging counts
+    against no quota, and sessions kept alive by use could hold any multiple of it for two
+    days, and blocks of a byte a row each. Over either: 413 when these blocks alone are,
+    else 429 until the others are committed or expire."""
+    cap, most = (
+        max(view.user.quota_bytes, svc.settings.max_file_size),
+        svc.settings.max_pending_blocks,
+    )
     asked = sum(size for _, size in needed)
     if asked > cap:
         raise PayloadTooLarge(f"these blocks hold {asked} bytes: over the {cap} an upload may")
+    if len(needed) > most:
+        raise PayloadTooLarge(f"{len(needed)} blocks: over the {most} an upload may expect")
     if not needed:
         return
     store.lock_pending_uploads(view.user.user_id)  # until the session is written
-    if store.pending_upload_bytes(view.user.user_id, svc.clock.now(), needed) > cap:
+    held, blocks = store.pending_uploads(view.user.user_id, svc.clock.now(), needed)
+    if held > cap or blocks > most:
         raise TooManyRequests(
-            f"your uploads in progress would hold more than {cap} bytes not yet committed;"
-            " commit them, or wait for them to expire",
+            f"your uploads in progress would expect more than {cap} bytes or {most} blocks"
+            " not yet committed; commit them, or wait for them to expire",
             retry_after=60,
         )
 

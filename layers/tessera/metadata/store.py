@@ -1615,23 +1615,23 @@ class Store:
             (LockClass.PENDING_UPLOADS, user_id),
         )
 
-    def pending_upload_bytes(
+    def pending_uploads(
         self, user_id: str, now: datetime, more: Sequence[tuple[str, int]] = ()
-    ) -> int:
-        """Bytes of the blocks the user's open sessions expect and no commit has staged yet,
-        with `more` (block_id, size) counted in. A block two sessions expect counts twice:
-        each session has a staged object of its own for it, which holds bytes until a
-        commit checks them, so counted once, the same made-up block list declared in any
-        number of sessions held that many times the cap."""
+    ) -> tuple[int, int]:
+        """Bytes and count of the blocks the user's open sessions expect and no commit has
+        staged yet, with `more` (block_id, size) counted in. A block two sessions expect
+        counts twice: each session has a staged object of its own for it, which holds bytes
+        until a commit checks them, so counted once, the same made-up block list declared
+        in any number of sessions held that many times the cap."""
         row = self._one(
-            "SELECT COALESCE(sum(size), 0) FROM ("
+            "SELECT COALESCE(sum(size), 0), count(*) FROM ("
             " SELECT b.size FROM upload_sessions s JOIN upload_blocks b"
             "  USING (upload_id) WHERE s.user_id = %s AND s.state = 'open'"
             "  AND s.expires_at > %s AND b.state = 'expected'"
             " UNION ALL SELECT * FROM unnest(%s::int[])) AS t(size)",
             (user_id, now, [size for _, size in more]),
         )
-        return int(row[0])
+        return int(row[0]), int(row[1])
 
     def extend_upload(
         self, upload_id: str, until: datetime, max_lifetime: timedelta
