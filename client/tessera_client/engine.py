@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -58,9 +58,6 @@ from tessera_client.planner import Entry, EntryKind, Op, OpKind, Plan, plan
 from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.scanner import LocalScan, Scanner
 from tessera_client.state import MARKED_META, StateDB
-
-if TYPE_CHECKING:
-    from tessera_client.watcher import Watcher
 from tessera_client.transfer import (
     BlockReportedError,
     DownloadStopped,
@@ -74,6 +71,9 @@ from tessera_client.transfer import (
     rename_unless_taken,
     same_stat,
 )
+
+if TYPE_CHECKING:
+    from tessera_client.watcher import Watcher
 
 LARGE_FILE = 8 * 1024 * 1024
 DISK_FULL_WAIT_S = 30.0  # the daemon's pause when its state database cannot be written
@@ -1443,16 +1443,16 @@ class SyncEngine:
                     if time.monotonic() >= deadline:
                         break
 
-    def _watch(self, watcher: Watcher, told: set[str]) -> bool:
+    def _watch(self, watcher: Watcher, said: _WatchNotes) -> bool:
         """(Re)start the watcher; whether it watches. The daemon calls it again at each full
         scan while the watch is gone (the folder deleted, replaced or unmounted: no event
         came again; a limit raised since), and says each problem once while it lasts, and
         when watching works again."""
 
-        def tell(problem: str) -> None:
-            if problem not in told:
-                told.add(problem)
+        def once(last: str | None, problem: str) -> str:
+            if problem != last:
                 self.reporter.problem(problem)
+            return problem
 
         every = f"every {self.settings.scan_interval_s:g} s"
         try:
@@ -1460,20 +1460,22 @@ class SyncEngine:
         except OSError as e:  # inotify's limits, a folder gone or that cannot be watched
             limit = {errno.ENOSPC: "max_user_watches", errno.EMFILE: "max_user_instances"}
             hint = f" (on Linux, raise fs.inotify.{limit[e.errno]})" if e.errno in limit else ""
-            tell(
+            said.failure = once(
+                said.failure,
                 f"cannot watch {self.folder} for changes ({e.strerror or e}){hint}; local"
-                f" changes are found by the full scan {every}, which tries to watch again"
+                f" changes are found by the full scan {every}, which tries to watch again",
             )
             return False
-        if failed := {p for p in told if p.startswith("cannot watch")}:
-            told -= failed  # said again should it fail again
+        if said.failure is not None:
+            said.failure = None
             self.reporter.event(f"watching {self.folder} for changes again")
         # counted twice: a folder made while the first count walked may not be watched yet
         if watcher.unwatched_folders() and (missed := watcher.unwatched_folders()):
-            tell(
+            said.unwatched = once(
+                said.unwatched,
                 f"{missed} folder(s) in {self.folder} cannot be watched for changes (inotify's"
                 f" limit: raise fs.inotify.max_user_watches, then restart the sync); changes"
-                f" there are found by the full scan {every}"
+                f" there are found by the full scan {every}",
             )
         return True
 
@@ -1487,8 +1489,8 @@ class SyncEngine:
             debounce_s=self.settings.debounce_ms / 1000,
             rules=lambda: self._rules,
         )
-        told: set[str] = set()
-        watching = self._watch(watcher, told)
+        said = _WatchNotes()
+        watching = self._watch(watcher, said)
         poller = threading.Thread(target=self._longpoll_loop, name="tessera-longpoll", daemon=True)
         poller.start()
         next_scan = 0.0
@@ -1505,7 +1507,7 @@ class SyncEngine:
                 # the server has news (and a stale parent rev is a 409, never a lost edit)
                 full = time.monotonic() >= next_scan
                 if full and not watcher.alive():
-                    watching = self._watch(watcher, told)
+                    watching = self._watch(watcher, said)
                 pull = full
                 # cleared only when seen set: news arriving between a check and a clear was
                 # dropped, and the long-poll thread then waited a whole scan interval for a
@@ -1552,6 +1554,15 @@ class SyncEngine:
         finally:
             watcher.stop()
             self._stop.set()
+
+
+@dataclass
+class _WatchNotes:
+    """What the daemon last said of its watcher, so each problem is said once while it
+    lasts (and its end once)."""
+
+    failure: str | None = None  # the watch could not start
+    unwatched: str | None = None  # folders watchdog left without a watch
 
 
 def _disk_full_problem(error: DiskFullError) -> str:

@@ -371,9 +371,7 @@ def write_version(
     if written is None:
         raise _PathTaken
     if written.over_quota:  # the transaction rolls back, the counters with it
-        raise over_quota(
-            view, f"{display!r} needs {size} bytes", shared=mount.owner_id != view.user.user_id
-        )
+        raise over_quota(view, mount, f"{display!r} needs {size} bytes")
     # A canonical block this commit meant to reuse that gc deleted (its row is new), or
     # that scrub quarantined meanwhile (too late for scrub to list this version damaged):
     # the client uploads it again.

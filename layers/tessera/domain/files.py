@@ -382,9 +382,7 @@ def _undelete_subtree(
     restored = _place_under_live_folders(store, restored)
     back, over = store.undelete(row.ns_id, [r.file_id for r in restored], view.user.user_id)
     if over:
-        raise over_quota(
-            view, f"restoring {row.path_display!r}", shared=mount.owner_id != view.user.user_id
-        )
+        raise over_quota(view, mount, f"restoring {row.path_display!r}")
     # the children were read without a lock: gc may have purged some since (`row` is locked)
     restored = [r for r in restored if r.file_id in back]
     journal += [_journal(r, "upsert", r.path_key, r.path_display) for r in restored]

@@ -71,10 +71,10 @@ def _check_quota(store: Store, view: View, files: Sequence[tuple[MountRow, str, 
         return  # nothing grows: never refused
     used = store.usage(mine)
     if own_grow > 0 and used + own_grow > view.user.quota_bytes:
-        raise over_quota(view, f"these files need {own_grow} bytes", shared=False)
+        raise over_quota(view, view.root, f"these files need {own_grow} bytes")
     for ns_id, held in (store.bytes_used(theirs) if theirs else {}).items():
         if used + held + grow[ns_id] > view.user.quota_bytes:
-            raise over_quota(view, f"these files need {grow[ns_id]} bytes", shared=True)
+            raise over_quota(view, mounts[ns_id], f"these files need {grow[ns_id]} bytes")
 
 
 def _declare(sizes: dict[str, int], blocks: Iterable[tuple[str, int]]) -> None:

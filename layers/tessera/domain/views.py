@@ -188,11 +188,12 @@ def check_access(mount: MountRow, action: Action, view: View) -> None:
 # Rendering
 
 
-def over_quota(view: View, what: str, *, shared: bool) -> QuotaExceeded:
-    """413 for `what` (e.g. "these files need 10 bytes"), which would take the caller over
-    their quota. A write is only ever checked against its writer's quota (`shared`: it was
-    into a folder shared with them, which needs room for that folder too), so the message
-    tells the caller of nothing but their own account and the folder they write to."""
+def over_quota(view: View, mount: MountRow, what: str) -> QuotaExceeded:
+    """413 for `what` (e.g. "these files need 10 bytes"), written into `mount`, which would
+    take the caller over their quota. A write is only ever checked against its writer's
+    quota (a folder shared with them needs room for that folder too), so the message tells
+    the caller of nothing but their own account and the folder they write to."""
+    shared = mount.owner_id != view.user.user_id
     why = "; a folder shared with you needs room in your quota for all it holds" if shared else ""
     return QuotaExceeded(
         f"{what}: over your quota of {view.user.quota_bytes} bytes{why}; delete files you"

@@ -845,12 +845,13 @@ class Store:
         """Queue behind every other write of this user that adds to their usage, until the
         transaction ends: a transaction-scoped advisory lock on the user.
 
-        A write checks its writer's quota against the sum of all the namespaces they pay
-        for, but it locks only its own namespace: two writes of one user in two namespaces
-        (her root, a shared folder) each saw room for one more file and both committed, past
-        the quota. Taken before the namespace (lock order: usage, namespace, file rows); a
-        holder then only waits for rows, never for another usage lock, so a writer waiting
-        here holds nothing a holder needs. A round trip of its own outside pipeline mode."""
+        A write checks its writer's quota against the namespace written and the writer's
+        own others (`_over_quota`), but it locks only the namespace written: two writes of
+        one user in two namespaces (her root, a shared folder) each saw room for one more
+        file and both committed, past the quota. Taken before the namespace (lock order:
+        usage, namespace, file rows); a holder then only waits for rows, never for another
+        usage lock, so a writer waiting here holds nothing a holder needs. A round trip of
+        its own outside pipeline mode."""
         # Not fetched: in pipeline mode the lock travels with the caller's next query.
         self.conn.execute(
             "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LockClass.USAGE, user_id)
