@@ -30,7 +30,7 @@ import pytest
 
 from tessera.adapters.local import FilesystemBlockStore, KeyFileKeyService, PostgresChangeFeed
 from tessera.blocks import block_id, content_hash, decode_block, encode_block
-from tessera.domain import commits, files, uploads
+from tessera.domain import commits, files, sharing, uploads
 from tessera.domain.models import (
     BlockKey,
     BlockSpec,
@@ -38,6 +38,9 @@ from tessera.domain.models import (
     DownloadRequest,
     DownloadResponse,
     FileEntry,
+    InvitationRequest,
+    ShareInfo,
+    ShareRequest,
     UploadFileSpec,
     UploadStartRequest,
     UploadUrlBlock,
@@ -303,6 +306,19 @@ def put_file(
     return commits.commit(
         svc, who, commit_request(path, chunks, upload_id, parent_rev, idempotency_key)
     )
+
+
+def share_with(
+    svc: Services, owner: Principal, path: str, member: Principal, access: str = "editor"
+) -> ShareInfo:
+    """`owner` shares `path` with `member`, who accepts the invitation: a member now. The
+    member's view of the share (their mount point)."""
+    invited = sharing.share(
+        svc,
+        owner,
+        ShareRequest(path=path, email=member.email, access=access),  # type: ignore[arg-type]
+    )
+    return sharing.accept(svc, member, InvitationRequest(ns_id=invited.ns_id))
 
 
 def get_file(

@@ -569,12 +569,32 @@ class ShareInfo(Model):
     access: Access
     owner_email: str
     members: list[ShareMember]
+    invited: list[ShareMember] = Field(
+        default_factory=list, description="invited, not yet accepted: not members"
+    )
+
+
+class Invitation(Model):
+    """A share offered to the caller, not yet accepted (/v1/shares/accept) or declined."""
+
+    ns_id: int
+    name: str = Field(description="the shared folder's name; mounted as /<name> on accept")
+    owner_email: str
+    access: Literal["editor", "viewer"]
+    invited_at: datetime
+
+
+class InvitationRequest(Model):
+    """POST /v1/shares/accept and /v1/shares/decline: the invitation's `ns_id`."""
+
+    ns_id: int = Field(ge=1, le=2**63 - 1)
 
 
 class SharesResponse(Model):
-    """Every share the caller is a member of."""
+    """Every share the caller is a member of, and the invitations waiting for them."""
 
     shares: list[ShareInfo]
+    invitations: list[Invitation] = Field(default_factory=list)
 
 
 class AccountResponse(Model):

@@ -11,6 +11,8 @@ from tessera.domain.changes import publish
 from tessera.domain.errors import Conflict, NotFound, Unprocessable
 from tessera.domain.models import (
     AccountResponse,
+    Invitation,
+    InvitationRequest,
     ShareInfo,
     ShareMember,
     ShareRequest,
@@ -26,7 +28,14 @@ from tessera.domain.views import (
     new_file_id,
     view_transaction,
 )
-from tessera.metadata.store import FileRow, MountRow, NewJournal, Store, UserRow
+from tessera.metadata.store import (
+    FileRow,
+    InvitationRow,
+    MountRow,
+    NewJournal,
+    Store,
+    UserRow,
+)
 from tessera.ports import ChangeEvent, Principal
 
 
@@ -60,10 +69,12 @@ def _mount_journal(
     return event
 
 
-# A user is given shared folders without being asked, and each is a part of their listing
-# cursors: so many that those no longer fit (`models.MAX_CURSOR_CHARS`) would stop their
-# sync, at anyone's whim.
+# Each shared folder is a part of its member's listing cursors: so many that those no
+# longer fit (`models.MAX_CURSOR_CHARS`) would stop their sync.
 MAX_SHARED_FOLDERS = 1000
+
+# Invitations wait in their invitee's `/v1/shares` answer, which must stay a bounded size.
+MAX_INVITATIONS = 1000
 
 
 def _free_mount_path(store: Store, user: UserRow, name: str) -> str:
@@ -148,6 +159,7 @@ def delete_share(
     trash = store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
     _check_paths_fit_root(mount, (("inside", live), ("in its trash", trash)), "delete")
     store.remove_member(mount.ns_id, view.user.user_id)
+    store.remove_invites(mount.ns_id)  # nothing is left to join
     store.bump_seq(mount.ns_id)  # a commit waiting for it must not write into it now
     folder = new_file_id()
     parent_key = paths.path_key(paths.parent(mount.mount_path))
@@ -186,13 +198,13 @@ def _check_paths_fit_root(
                 )
 
 
-def _keep_trash_private(store: Store, view: View, mount: MountRow) -> None:
-    """Move what was deleted in a shared folder while its owner was alone in it (since
-    `unshare` of everyone, or the last member leaving: the namespace stays) into her own
-    trash, as `_make_shared` leaves what she deleted before a first share: whoever joined
-    next listed, restored and downloaded it. What was deleted while others were in it
-    stays, for them to restore. It lists in her trash under the mount point and can be
-    restored once the folder is no longer shared."""
+def _keep_trash_private(store: Store, owner_root_ns_id: int, mount: MountRow) -> None:
+    """Move what was deleted in a shared folder while its owner was alone in it (before
+    anyone accepted, since `unshare` of everyone, or since the last member left: the
+    namespace stays) into her own trash, as `_make_shared` leaves what she deleted before a
+    first share: whoever joined next listed, restored and downloaded it. What was deleted
+    while others were in it stays, for them to restore. It lists in her trash under her
+    mount point (`mount` is hers) and can be restored once the folder is no longer shared."""
     since = store.end_alone(mount.ns_id)
     if since is None:
         return
@@ -206,7 +218,7 @@ def _keep_trash_private(store: Store, view: View, mount: MountRow) -> None:
     _check_paths_fit_root(mount, (("in its trash", trash),), "share")
     store.move_to_namespace(
         mount.ns_id,
-        view.root.ns_id,
+        owner_root_ns_id,
         [r.file_id for r in trash],
         0,
         0,
@@ -236,6 +248,10 @@ def _info(store: Store, view: View, mount: MountRow) -> ShareInfo | None:
         access=mount.access,  # type: ignore[arg-type]
         owner_email=owner.email,
         members=[ShareMember(email=m.email, access=m.access) for m in members],  # type: ignore[arg-type]
+        invited=[
+            ShareMember(email=i.email, access=i.access)  # type: ignore[arg-type]
+            for i in store.invitees(mount.ns_id)
+        ],
     )
 
 
@@ -272,6 +288,7 @@ def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent |
     # file_ids and revs) under it, so nothing is deleted and fetched again.
     store.delete_entry(root.ns_id, row.file_id)
     store.add_member(ns_id, view.user.user_id, "owner", row.path_display, row.path_key)
+    store.mark_alone(ns_id)  # until an invitee accepts
     events.append(_mount_journal(store, view.user, ns_id, row.path_display, "upsert"))
     return MountRow(
         ns_id, row.path_display, row.path_key, "owner", "shared", name, view.user.user_id
@@ -279,7 +296,9 @@ def _make_shared(store: Store, view: View, path: str, events: list[ChangeEvent |
 
 
 def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
-    """Share a folder with a user by email (owner only); sharing again changes their access."""
+    """Invite a user by email into a folder (owner only): they become a member once they
+    accept (`accept`). Sharing again changes a member's access, or what a pending
+    invitation offers."""
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal) as (store, view):
         loc = locate(store, view, path=req.path)
@@ -320,16 +339,112 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
                 )
                 store.bump_seq(mount.ns_id)
         else:
-            if existing.keys() == {view.user.user_id}:
-                _keep_trash_private(store, view, mount)
-            mount_path = _free_mount_path(store, target, mount.name)
-            store.add_member(
-                mount.ns_id, target.user_id, req.access, mount_path, paths.path_key(mount_path)
-            )
-            events.append(_mount_journal(store, target, mount.ns_id, mount_path, "upsert"))
+            _invite(store, target, mount.ns_id, req.access)
         info = _held_info(store, view, mount)
     publish(svc.feed, events)
     return info
+
+
+def _invite(store: Store, target: UserRow, ns_id: int, access: str) -> None:
+    """Invite `target` into a namespace, or change what their pending invitation offers;
+    422 when they already hold `MAX_INVITATIONS` others."""
+    pending = store.invitations(target.user_id, MAX_INVITATIONS)
+    if len(pending) >= MAX_INVITATIONS and all(i.ns_id != ns_id for i in pending):
+        raise Unprocessable(
+            f"{target.email} has {MAX_INVITATIONS} invitations waiting; they must accept or"
+            " decline some first"
+        )
+    store.invite(ns_id, target.user_id, access)
+
+
+def _invitation(store: Store, user: UserRow, ns_id: int) -> InvitationRow:
+    """The caller's pending invitation into `ns_id`; 404 when there is none (never sent,
+    withdrawn, or already accepted or declined)."""
+    found = store.invitations(user.user_id, 1, ns_id=ns_id)
+    if not found:
+        raise NotFound(f"no invitation to shared folder {ns_id} is waiting for you")
+    return found[0]
+
+
+def accept(svc: Services, principal: Principal, req: InvitationRequest) -> ShareInfo:
+    """Accept an invitation: the shared folder is mounted in the caller's view at `/<name>`
+    (or `/<name> (2)`… when that path is taken), with the access it offered."""
+    events: list[ChangeEvent | None] = []
+    with view_transaction(svc, principal) as (store, view):
+        invitation = _invitation(store, view.user, req.ns_id)
+        owner = store.get_user(invitation.owner_id)
+        assert owner is not None  # a namespace's owner is a user (foreign key)
+        # the shared namespace first (the lock order; `share`, `unshare` and `delete_share`
+        # change its invitations and members holding it), the caller's root for the mount
+        # point, the owner's for the trash she had alone
+        lock_in_order(store, req.ns_id, view.root.ns_id, owner.root_ns_id)
+        invite = store.remove_invite(req.ns_id, view.user.user_id)
+        if invite is None:  # withdrawn or declined while this waited
+            raise NotFound(f"no invitation to shared folder {req.ns_id} is waiting for you")
+        members = store.members(req.ns_id)
+        if not members or members[0].access != "owner":  # she deleted it meanwhile
+            raise NotFound(f"shared folder {req.ns_id} no longer exists")
+        if len(members) == 1:
+            owners = MountRow(
+                req.ns_id,
+                members[0].mount_path,
+                paths.path_key(members[0].mount_path),
+                "owner",
+                "shared",
+                invitation.name,
+                owner.user_id,
+            )
+            _keep_trash_private(store, owner.root_ns_id, owners)
+        mount_path = _free_mount_path(store, view.user, invitation.name)
+        mount_key = paths.path_key(mount_path)
+        store.add_member(req.ns_id, view.user.user_id, invite.access, mount_path, mount_key)
+        events.append(_mount_journal(store, view.user, req.ns_id, mount_path, "upsert"))
+        mount = MountRow(
+            req.ns_id,
+            mount_path,
+            mount_key,
+            invite.access,
+            "shared",
+            invitation.name,
+            owner.user_id,
+        )
+        info = _held_info(store, view, mount)
+    publish(svc.feed, events)
+    return info
+
+
+def decline(svc: Services, principal: Principal, req: InvitationRequest) -> Invitation:
+    """Decline an invitation: it is gone, and the owner may invite the caller again."""
+    with view_transaction(svc, principal) as (store, view):
+        invitation = _invitation(store, view.user, req.ns_id)
+        if store.remove_invite(req.ns_id, view.user.user_id) is None:  # accepted meanwhile
+            raise NotFound(f"no invitation to shared folder {req.ns_id} is waiting for you")
+        return _invitation_model(invitation)
+
+
+def _invitation_model(row: InvitationRow) -> Invitation:
+    return Invitation(
+        ns_id=row.ns_id,
+        name=row.name,
+        owner_email=row.owner_email,
+        access=row.access,  # type: ignore[arg-type]
+        invited_at=row.invited_at,
+    )
+
+
+def _withdraw_invitation(store: Store, view: View, mount: MountRow, email: str) -> ShareInfo:
+    """The owner withdraws the pending invitation of `email` (404: neither a member nor
+    invited). Under the shared namespace, as an accept takes it."""
+    lock_in_order(store, mount.ns_id)
+    invitee = next(
+        (i for i in store.invitees(mount.ns_id) if i.email.lower() == email.lower()), None
+    )
+    if invitee is None:
+        if any(m.email.lower() == email.lower() for m in store.members(mount.ns_id)):
+            raise Conflict("the shared folder's members changed meanwhile; try again")
+        raise NotFound(f"{email!r} is neither a member of this shared folder nor invited")
+    store.remove_invite(mount.ns_id, invitee.user_id)
+    return _held_info(store, view, mount)
 
 
 def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareInfo:
@@ -356,13 +471,13 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
                 owner_email=members[0].email,
                 members=[],
             )
+        elif req.email is not None and all(m.email.lower() != req.email.lower() for m in members):
+            info = _withdraw_invitation(store, view, mount, req.email)
         else:
             if req.email is None:
                 targets = [m for m in members if m.access != "owner"]
             else:
                 targets = [m for m in members if m.email.lower() == req.email.lower()]
-                if not targets:
-                    raise NotFound(f"{req.email!r} is not a member of this shared folder")
                 if targets[0].access == "owner":
                     # (it had advised deleting the folder: everyone's files, to the trash)
                     raise Unprocessable(
@@ -376,6 +491,8 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
             # member added meanwhile was not removed with "everyone else"
             if {m.user_id for m in store.members(mount.ns_id)} != {m.user_id for m in members}:
                 raise Conflict("the shared folder's members changed meanwhile; try again")
+            if req.email is None:
+                store.remove_invites(mount.ns_id)
             for user in users:
                 removed = store.remove_member(mount.ns_id, user.user_id)
                 if removed:
@@ -391,14 +508,18 @@ def unshare(svc: Services, principal: Principal, req: UnshareRequest) -> ShareIn
 
 
 def shares(svc: Services, principal: Principal) -> SharesResponse:
-    """Every shared folder in the caller's view."""
+    """Every shared folder in the caller's view, and the invitations waiting for them."""
     with view_transaction(svc, principal) as (store, view):
         return SharesResponse(
             shares=[
                 info
                 for m in view.mounts
                 if m.kind == "shared" and (info := _info(store, view, m)) is not None
-            ]
+            ],
+            invitations=[
+                _invitation_model(row)
+                for row in store.invitations(view.user.user_id, MAX_INVITATIONS)
+            ],
         )
 
 

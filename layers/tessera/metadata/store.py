@@ -243,6 +243,29 @@ class MemberRow:
 
 
 @dataclass(frozen=True)
+class InviteRow:
+    """An invitation to a shared namespace, not yet accepted or declined."""
+
+    ns_id: int
+    user_id: str
+    email: str
+    access: str
+    invited_at: datetime
+
+
+@dataclass(frozen=True)
+class InvitationRow:
+    """An invitation as its invitee sees it: the folder's name and who owns it."""
+
+    ns_id: int
+    name: str
+    owner_id: str
+    owner_email: str
+    access: str
+    invited_at: datetime
+
+
+@dataclass(frozen=True)
 class KeyScope:
     """What a listing covers in one namespace: the children of `folder_key` or, with
     `subtree` set to its [lo, hi) key range, everything below it."""
@@ -718,6 +741,54 @@ class Store:
             (ns_id,),
         )
         return [MemberRow(*r) for r in rows]
+
+    # -- invitations (a share not yet accepted) -------------------------------------------
+
+    def invite(self, ns_id: int, user_id: str, access: str) -> None:
+        """Invite a user into a namespace, or change the access a pending invitation gives."""
+        self.conn.execute(
+            "INSERT INTO share_invites (ns_id, user_id, access) VALUES (%s, %s, %s)"
+            " ON CONFLICT (ns_id, user_id) DO UPDATE SET access = EXCLUDED.access",
+            (ns_id, user_id, access),
+        )
+
+    def remove_invite(self, ns_id: int, user_id: str) -> InviteRow | None:
+        """Delete a pending invitation; returns it (None: there was none)."""
+        row = self._one(
+            "DELETE FROM share_invites i USING users u WHERE i.ns_id = %s AND i.user_id = %s"
+            " AND u.user_id = i.user_id"
+            " RETURNING i.ns_id, i.user_id, u.email, i.access, i.invited_at",
+            (ns_id, user_id),
+        )
+        return InviteRow(*row) if row else None
+
+    def remove_invites(self, ns_id: int) -> None:
+        """Delete every pending invitation into a namespace."""
+        self.conn.execute("DELETE FROM share_invites WHERE ns_id = %s", (ns_id,))
+
+    def invitees(self, ns_id: int) -> list[InviteRow]:
+        """The pending invitations into a namespace, by email."""
+        rows = self._all(
+            "SELECT i.ns_id, i.user_id, u.email, i.access, i.invited_at FROM share_invites i"
+            " JOIN users u USING (user_id) WHERE i.ns_id = %s ORDER BY u.email_key",
+            (ns_id,),
+        )
+        return [InviteRow(*r) for r in rows]
+
+    def invitations(
+        self, user_id: str, limit: int, *, ns_id: int | None = None
+    ) -> list[InvitationRow]:
+        """A user's pending invitations (into `ns_id` only, when given), oldest first, at
+        most `limit` of them."""
+        rows = self._all(
+            "SELECT i.ns_id, n.name, o.user_id, o.email, i.access, i.invited_at"
+            " FROM share_invites i JOIN namespaces n USING (ns_id)"
+            " JOIN users o ON o.user_id = n.owner_id"
+            " WHERE i.user_id = %(user)s AND (%(ns)s::bigint IS NULL OR i.ns_id = %(ns)s)"
+            " ORDER BY i.invited_at, i.ns_id LIMIT %(limit)s",
+            {"user": user_id, "ns": ns_id, "limit": limit},
+        )
+        return [InvitationRow(*r) for r in rows]
 
     def mount_keys(self, user_id: str) -> set[str]:
         """Every mount key of a user (to find a free mount point)."""
