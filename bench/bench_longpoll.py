@@ -210,6 +210,9 @@ async def _run(
             (await client.get("/v1/account", headers=headers)).raise_for_status()
             r = await client.post("/v1/share", json={"path": SHARED, "email": email})
             r.raise_for_status()
+            accept = {"ns_id": r.json()["ns_id"]}
+            r = await client.post("/v1/shares/accept", json=accept, headers=headers)
+            r.raise_for_status()
         async with httpx.AsyncClient(base_url=base_url, timeout=60, headers=owner) as poller:
             after_return, end_to_end = await _wakeups(client, poller, wakeups)
     idle = await _idle(base_url, owner, members_signed_in, idle_n, gateway)

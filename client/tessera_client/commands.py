@@ -42,7 +42,7 @@ from tessera_client.api import (
     sign_in,
 )
 from tessera_client.config import DamagedFileError, Home, Settings, hold_device_lock
-from tessera_client.paths import UnsafePathError, canonical_rel
+from tessera_client.paths import UnsafePathError, canonical_rel, path_key
 from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.state import StateDB
 
@@ -863,7 +863,14 @@ def share(
                 "/v1/share",
                 {"path": _server_path(path, settings), "email": email, "access": access},
             )
-        out.print(f"Shared {entry['path_display']} with {email} as {access}.")
+        where = entry["path_display"]
+        if any(m["email"].lower() == email.lower() for m in entry.get("members", [])):
+            out.print(f"{email} now has {where} as {access}.")
+        else:
+            out.print(
+                f"Invited {email} to {where} as {access}: it reaches them once they accept"
+                f" (tessera accept {entry['name']!r})."
+            )
 
 
 def _check_email(email: str) -> None:
@@ -899,18 +906,69 @@ def unshare(
 
 
 def shares(as_json: JsonOption = False) -> None:
-    """List the shared folders you own or were given."""
+    """List the shared folders you own or were given, and the invitations waiting for you."""
     with friendly_errors(), _server() as (api, _settings):
-        entries = api.call("/v1/shares", {})["shares"]
+        answer = api.call("/v1/shares", {})
+        entries, invitations = answer["shares"], answer.get("invitations", [])
 
         def render() -> None:
             table = Table("folder", "your access", "owner", "members", box=None)
             for s in entries:
-                members = ", ".join(f"{m['email']} ({m['access']})" for m in s.get("members", []))
-                table.add_row(s["path_display"], s["access"], s.get("owner_email", ""), members)
+                members = [f"{m['email']} ({m['access']})" for m in s.get("members", [])]
+                members += [f"{m['email']} (invited)" for m in s.get("invited", [])]
+                table.add_row(
+                    s["path_display"], s["access"], s.get("owner_email", ""), ", ".join(members)
+                )
             out.print(table if entries else "No shared folders.")
+            if invitations:
+                waiting = Table("invited to", "as", "by", "since", box=None)
+                for i in invitations:
+                    when = _when(i["invited_at"])
+                    waiting.add_row(i["name"], i["access"], i["owner_email"], when)
+                out.print(waiting)
+                out.print("Accept one with `tessera accept NAME`, or `tessera decline NAME`.")
 
-        _emit(entries, as_json, render)
+        _emit({"shares": entries, "invitations": invitations}, as_json, render)
+
+
+InvitationArgument = Annotated[
+    str, typer.Argument(help="The invitation: the folder's name, or its number (ns_id).")
+]
+
+
+def accept(invitation: InvitationArgument) -> None:
+    """Accept an invitation to a shared folder: it syncs to your devices from then on."""
+    with friendly_errors(), _server() as (api, _settings):
+        chosen = _invitation(api, invitation)
+        entry = api.call("/v1/shares/accept", {"ns_id": chosen["ns_id"]})
+    out.print(
+        f"Joined {entry['name']} of {entry['owner_email']} as {entry['access']}, at"
+        f" {entry['path_display']}: it reaches your devices at their next sync."
+    )
+
+
+def decline(invitation: InvitationArgument) -> None:
+    """Decline an invitation to a shared folder."""
+    with friendly_errors(), _server() as (api, _settings):
+        chosen = _invitation(api, invitation)
+        api.call("/v1/shares/decline", {"ns_id": chosen["ns_id"]})
+    out.print(f"Declined {chosen['name']} of {chosen['owner_email']}.")
+
+
+def _invitation(api: Api, wanted: str) -> dict[str, Any]:
+    """The waiting invitation named `wanted` (case and Unicode form aside), or numbered so."""
+    invitations: list[dict[str, Any]] = api.call("/v1/shares", {}).get("invitations", [])
+    by_number = [i for i in invitations if str(i["ns_id"]) == wanted]
+    named = by_number or [i for i in invitations if path_key(i["name"]) == path_key(wanted)]
+    if not named:
+        waiting = ", ".join(repr(i["name"]) for i in invitations) or "none"
+        raise UserError(f"no invitation named {wanted!r} is waiting for you (waiting: {waiting})")
+    if len(named) > 1:
+        choices = "; ".join(f"{i['ns_id']} from {i['owner_email']}" for i in named)
+        raise UserError(
+            f"{len(named)} invitations are named {wanted!r} ({choices}): give its number"
+        )
+    return named[0]
 
 
 def conflicts(as_json: JsonOption = False) -> None:
@@ -973,6 +1031,8 @@ def register(app: typer.Typer) -> None:
         share,
         unshare,
         shares,
+        accept,
+        decline,
         conflicts,
     ):
         app.command(fn.__name__)(fn)

@@ -429,9 +429,15 @@ def _another_users_device(cloud: Cloud, tmp_path: Path) -> tuple[str, SyncEngine
 def _an_editor_of(a: SyncEngine, folder: str, cloud: Cloud, tmp_path: Path) -> SyncEngine:
     """A device of a new user, editor of `a`'s `folder`, synced once."""
     email, editor = _another_users_device(cloud, tmp_path)
-    a.api.call("/v1/share", {"path": f"/{folder}", "email": email, "access": "editor"})
+    _share_and_accept(a, f"/{folder}", email, editor)
     editor.run_once()
     return editor
+
+
+def _share_and_accept(owner: SyncEngine, path: str, email: str, member: SyncEngine) -> None:
+    """`owner` shares `path` with `email` as editor, and `member` (their device) accepts."""
+    invited = owner.api.call("/v1/share", {"path": path, "email": email, "access": "editor"})
+    member.api.call("/v1/shares/accept", {"ns_id": invited["ns_id"]})
 
 
 def test_a_shared_folder_replaced_by_a_file_on_a_members_device_is_left(
@@ -490,7 +496,7 @@ def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_the
         text = texts.get(holds, holds)
         set_aside = holds in ("own files", "a private spec")
         (member.folder / "Team" / mine).write_text(text)
-        a.api.call("/v1/share", {"path": "/Team", "email": email, "access": "editor"})
+        _share_and_accept(a, "/Team", email, member)
         assert not member.run_once().problems
         member.run_once()
         a.run_once()
@@ -598,7 +604,7 @@ def test_the_gates_window_counts_shares_left_not_moves_across_a_shares_edge(
     email, editor = _another_users_device(inproc_cloud, tmp_path)
     try:
         for team in ("T1", "T2"):
-            a.api.call("/v1/share", {"path": f"/{team}", "email": email, "access": "editor"})
+            _share_and_accept(a, f"/{team}", email, editor)
         for i in range(8):
             (editor.folder / f"own{i}.txt").write_text(f"own {i}")
         editor.run_once()

@@ -204,14 +204,62 @@ def _shared_team(
         owner.write(path, text)
     owner.sync()
     owner.run("share", "Team", member_email, "--access", access)
+    member.run("accept", "Team")
     return owner, member
+
+
+def test_a_share_reaches_the_member_only_once_they_accept_it(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
+) -> None:
+    """Sharing invites: nothing of the folder reaches the invitee's devices until they
+    accept it (a stranger put any folder into anyone's tree, and made their devices
+    download it). A declined invitation is gone, and the owner may invite them again; two
+    invitations of one name are told apart by number."""
+    owner = make_device(devices, tmp_path, inproc_cloud, "owner", inproc_cloud.user())
+    email = inproc_cloud.user()
+    member = make_device(devices, tmp_path, inproc_cloud, "member", email)
+    owner.write("Team/spec.md", "the spec")
+    owner.sync()
+    said = " ".join(owner.run("share", "Team", email).stdout.split())
+    assert f"Invited {email} to /Team as editor" in said
+    member.sync()
+    assert snapshot(member.folder) == {}
+    [waiting] = member.json("shares")["invitations"]
+    assert (waiting["name"], waiting["owner_email"], waiting["access"]) == (
+        "Team",
+        owner.email,
+        "editor",
+    )
+    assert "tessera accept" in " ".join(member.run("shares").stdout.split())
+    [share] = owner.json("shares")["shares"]
+    assert [m["email"] for m in share["invited"]] == [email]
+    missing = " ".join(member.run("accept", "Other", check=1).stderr.split())
+    assert "no invitation named 'Other' is waiting for you (waiting: 'Team')" in missing
+
+    assert "Declined Team" in member.run("decline", "team").stdout  # case aside
+    assert member.json("shares") == {"shares": [], "invitations": []}
+    assert owner.json("shares")["shares"][0]["invited"] == []
+
+    other = make_device(devices, tmp_path, inproc_cloud, "other", inproc_cloud.user())
+    other.write("team/notes.txt", "other notes")
+    other.sync()
+    other.run("share", "team", email)
+    owner.run("share", "Team", email, "--access", "viewer")
+    both = " ".join(member.run("accept", "Team", check=1).stderr.split())
+    assert "2 invitations are named 'Team'" in both and "give its number" in both
+    mine = next(i for i in member.json("shares")["invitations"] if i["owner_email"] == owner.email)
+    said = " ".join(member.run("accept", str(mine["ns_id"])).stdout.split())
+    assert f"Joined Team of {owner.email} as viewer, at /Team" in said
+    member.sync()
+    assert snapshot(member.folder) == {"Team": None, "Team/spec.md": b"the spec"}
+    assert [s["access"] for s in member.json("shares")["shares"]] == ["viewer"]
 
 
 def test_shared_folder_viewer_cannot_change_it(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
     owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/spec.md", "the spec")
-    assert [s["access"] for s in viewer.json("shares")] == ["viewer"]
+    assert [s["access"] for s in viewer.json("shares")["shares"]] == ["viewer"]
     viewer.sync()
     assert (viewer.folder / "Team" / "spec.md").read_text() == "the spec"
 
@@ -736,7 +784,7 @@ def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
     owner.sync()
     assert snapshot(owner.folder) == team  # nothing left the owner's folder
     assert not owner.json("trash")
-    members = {m["email"] for s in owner.json("shares") for m in s["members"]}
+    members = {m["email"] for s in owner.json("shares")["shares"] for m in s["members"]}
     assert editor.email not in members  # the editor left
     mine = {"Team copy": None, "Team copy/spec.md": b"the spec", "Team copy/plan": None,
             "Team copy/plan/q1.txt": b"the plan"} if how == "renamed" else {}  # fmt: skip
@@ -758,9 +806,9 @@ def test_the_owner_removes_a_member_and_the_share_leaves_their_device(
     editor.write("Team/notes.txt", "not synced yet")
     said = owner.run("unshare", "Team", editor.email).stdout
     assert f"{editor.email} no longer has /Team." in said
-    [share] = owner.json("shares")
+    [share] = owner.json("shares")["shares"]
     assert [m["email"] for m in share["members"]] == [owner.email]
-    assert editor.json("shares") == []
+    assert editor.json("shares") == {"shares": [], "invitations": []}
     editor.sync()
     assert snapshot(editor.folder) == {"Team": None, "Team/notes.txt": b"not synced yet"}
     owner.sync()
@@ -776,7 +824,7 @@ def test_a_member_leaves_a_share_and_the_others_keep_it(
     assert "Left /Team" in viewer.run("unshare", "Team").stdout
     viewer.sync()
     assert snapshot(viewer.folder) == {}
-    [share] = owner.json("shares")
+    [share] = owner.json("shares")["shares"]
     assert viewer.email not in {m["email"] for m in share["members"]}
     owner.sync()
     assert (owner.folder / "Team" / "x.txt").read_text() == "x"
@@ -920,10 +968,10 @@ def test_leaving_a_large_share_waits_for_the_mass_delete_approval(
     shutil.rmtree(viewer.folder / "Team")
     r = viewer.sync(check=3)
     assert "--allow-mass-delete" in r.stderr
-    members = {m["email"] for s in owner.json("shares") for m in s["members"]}
+    members = {m["email"] for s in owner.json("shares")["shares"] for m in s["members"]}
     assert viewer_email in members  # not left: paused
     viewer.sync("--allow-mass-delete")
-    members = {m["email"] for s in owner.json("shares") for m in s["members"]}
+    members = {m["email"] for s in owner.json("shares")["shares"] for m in s["members"]}
     assert viewer_email not in members
     assert len(owner.json("ls", "Team")) == 12
 
