@@ -22,8 +22,9 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
@@ -166,6 +167,27 @@ def bob() -> Principal:
 @pytest.fixture
 def carol() -> Principal:
     return principal("carol")
+
+
+class Race(Protocol):
+    """`race_held`, its monkeypatch and database given."""
+
+    def __call__(
+        self,
+        held_at: str,
+        first: Callable[[], object],
+        second: Callable[[], object],
+        *,
+        second_waits: bool = True,
+    ) -> tuple[object, object]: ...
+
+
+@pytest.fixture
+def race(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Race:
+    """`race_held` for this test: `race(held_at, first, second)`."""
+    from .test_domain_files import race_held
+
+    return partial(race_held, monkeypatch, database_url)
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,6 +335,7 @@ def share_with(
 ) -> ShareInfo:
     """`owner` shares `path` with `member`, who accepts the invitation: a member now. The
     member's view of the share (their mount point)."""
+    sharing.account(svc, member)  # a user exists once they have made a request
     invited = sharing.share(
         svc,
         owner,
