@@ -477,6 +477,7 @@ def sync(
                     bars = nullcontext() if quiet else _live(reporter)
                     with bars:
                         result = engine.run_once()
+                    engine.tell_invitations()
                     for p in result.problems:
                         err.print(str(p), style="red")
                     if result.paused_deletes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from tessera_client.paths import (
     is_under,
     parent_of,
     path_key,
+    printable,
     server_path,
 )
 from tessera_client.planner import Entry, EntryKind, Op, OpKind, Plan, plan
@@ -196,6 +198,7 @@ class SyncEngine:
         self._stop = threading.Event()
         self._reported_skips: set[tuple[str, str]] = set()
         self._rules = IgnoreRules()  # the last scan's, for the daemon's watcher
+        self._invitations_told: set[int] = set()  # their ns_ids
 
     def close(self) -> None:
         """Stop transfers, close the state database and let another sync of this device run."""
@@ -1358,6 +1361,28 @@ class SyncEngine:
 
     # -- drivers ------------------------------------------------------------------------
 
+    def tell_invitations(self) -> None:
+        """Say, once each, the invitations to shared folders waiting for this user: a share
+        reaches the devices only once accepted, and nothing else tells them of it."""
+        try:
+            answer = self.api.call("/v1/shares", {})
+        except (ApiError, ServerUnreachable):
+            return  # a notice only: the round tells what is wrong with the server
+        waiting = answer.get("invitations") if isinstance(answer, dict) else None
+        for invitation in waiting if isinstance(waiting, list) else []:
+            if not isinstance(invitation, dict) or not isinstance(invitation.get("ns_id"), int):
+                continue
+            if invitation["ns_id"] in self._invitations_told:
+                continue
+            self._invitations_told.add(invitation["ns_id"])
+            who, name, access = (
+                printable(str(invitation.get(k, "?"))) for k in ("owner_email", "name", "access")
+            )
+            self.reporter.event(
+                f"{who} invited you to the shared folder {name} as {access}:"
+                f" `tessera accept {shlex.quote(name)}` to sync it here, or `tessera decline`"
+            )
+
     def run_once(self, max_rounds: int = 30) -> RoundResult:
         """Sync until both sides are quiescent (or a problem stops it)."""
         total = RoundResult()
@@ -1508,6 +1533,8 @@ class SyncEngine:
                 full = time.monotonic() >= next_scan
                 if full and not watcher.alive():
                     watching = self._watch(watcher, said)
+                if full:
+                    self.tell_invitations()
                 pull = full
                 # cleared only when seen set: news arriving between a check and a clear was
                 # dropped, and the long-poll thread then waited a whole scan interval for a

@@ -16,6 +16,13 @@ from tessera.domain.errors import TesseraError
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
+def printable(text: str) -> str:
+    """`text` (a local path, or a name from the server) as it can be shown in a terminal:
+    bytes that are not UTF-8 as `\\xNN`, control characters escaped."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 class UnsafePathError(ValueError):
     """A path that must never be used on disk (traversal, absolute, NUL, ...)."""
 

@@ -26,7 +26,7 @@ from tessera_client.fs import (
     racily_clean,
 )
 from tessera_client.ignore import IGNORE_FILE, IgnoreRules
-from tessera_client.paths import ancestors, path_key
+from tessera_client.paths import ancestors, path_key, printable
 from tessera_client.planner import Entry, EntryKind
 
 
@@ -110,12 +110,6 @@ class _Cached:
     hashed_ns: int  # when the file was hashed: its stat vouches for it only if not racy
 
 
-def _printable(rel: str) -> str:
-    """`rel` as it can be shown: bytes that are not UTF-8 as `\\xNN`, controls escaped."""
-    text = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text if text.isprintable() else repr(text)[1:-1]
-
-
 class Scanner:
     """Walks one synced folder; remembers manifests so unchanged files are not re-hashed."""
 
@@ -179,7 +173,7 @@ class Scanner:
                 continue
             for name, why in refused:
                 rel = f"{folder}/{name}" if folder else name
-                out.skipped.append((_printable(rel), f"{why}; rename it to sync it"))
+                out.skipped.append((printable(rel), f"{why}; rename it to sync it"))
                 # not gone: the server may hold one stored before a rule refused it
                 out.unseen.add(path_key(rel))
             entries = sorted(found, key=_synced_first(folder, base))

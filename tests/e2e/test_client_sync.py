@@ -222,7 +222,8 @@ def test_a_share_reaches_the_member_only_once_they_accept_it(
     owner.sync()
     said = " ".join(owner.run("share", "Team", email).stdout.split())
     assert f"Invited {email} to /Team as editor" in said
-    member.sync()
+    told = " ".join(member.sync().stderr.split())
+    assert f"{owner.email} invited you to the shared folder Team as editor" in told
     assert snapshot(member.folder) == {}
     [waiting] = member.json("shares")["invitations"]
     assert (waiting["name"], waiting["owner_email"], waiting["access"]) == (

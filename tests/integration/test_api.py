@@ -62,6 +62,8 @@ def test_health_and_openapi_need_no_auth(call: Caller) -> None:
         "/v1/share",
         "/v1/unshare",
         "/v1/shares",
+        "/v1/shares/accept",
+        "/v1/shares/decline",
         "/v1/account",
     ]:
         assert route in doc["paths"], route
@@ -82,6 +84,8 @@ def test_health_and_openapi_need_no_auth(call: Caller) -> None:
         ("/v1/uploads/urls", "409"),
         ("/v1/share", "409"),
         ("/v1/unshare", "409"),
+        ("/v1/shares/accept", "404"),
+        ("/v1/shares/decline", "404"),
         ("/v1/restore", "413"),
     ]:
         assert code in doc["paths"][path]["post"]["responses"], (path, code)
@@ -466,11 +470,25 @@ def test_batch_and_share_over_http(
     status, share, _ = call(
         "POST", "/v1/share", {"path": "/T", "email": bob.email, "access": "viewer"}, alice
     )
-    assert status == 200 and share["members"][1] == {"email": bob.email, "access": "viewer"}
+    # an invitation: bob is not a member until he accepts it
+    assert status == 200 and share["members"] == [{"email": alice.email, "access": "owner"}]
+    assert share["invited"] == [{"email": bob.email, "access": "viewer"}]
+    status, shares, _ = call("POST", "/v1/shares", {}, bob)
+    assert status == 200 and shares["shares"] == []
+    assert [
+        (i["ns_id"], i["name"], i["owner_email"], i["access"]) for i in shares["invitations"]
+    ] == [(share["ns_id"], "T", alice.email, "viewer")]
+    status, body, _ = call("POST", "/v1/delete", {"path": "/T/a"}, bob)
+    assert status == 404 and body["error"]["code"] == "not_found"  # not in his view yet
+    status, accepted, _ = call("POST", "/v1/shares/accept", {"ns_id": share["ns_id"]}, bob)
+    assert status == 200 and accepted["path_display"] == "/T" and accepted["invited"] == []
+    assert accepted["ns_id"] == share["ns_id"] and accepted["access"] == "viewer"
+    assert accepted["members"][1] == {"email": bob.email, "access": "viewer"}
     status, body, _ = call("POST", "/v1/delete", {"path": "/T/a"}, bob)
     assert status == 403 and body["error"]["code"] == "forbidden"
     status, shares, _ = call("POST", "/v1/shares", {}, bob)
     assert status == 200 and shares["shares"][0]["access"] == "viewer"
+    assert shares["invitations"] == []
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,13 @@ from tessera.domain import files, listing, sharing
 from tessera.domain.models import (
     MoveRequest,
     RestoreRequest,
-    ShareRequest,
     UnshareRequest,
 )
 from tessera.metadata.key_check import check_block_keys
 from tessera.metadata.outbox import relay_outbox
 from tessera.metadata.roles import ensure_app_role
 
+from .conftest import share_with
 from .test_maintenance_world import ALICE, BLOCK, BOB, World, make_world
 
 
@@ -107,7 +107,8 @@ def test_sharing_moves_restores_listings_and_the_relays_run_as_the_runtime_role(
     w.put(ALICE, "/Team/plan.txt", b"v1")
     w.put(ALICE, "/Team/plan.txt", b"v2")
     w.put(BOB, "/mine.txt", b"bob's")  # (signed in once)
-    sharing.share(w.svc, ALICE, ShareRequest(path="/Team", email=BOB.email, access="editor"))
+    # invited, then a member once he accepts (both write the invitations as the role)
+    assert share_with(w.svc, ALICE, "/Team", BOB, "editor").path_display == "/Team"
     files.move(w.svc, BOB, MoveRequest(from_path="/Team/plan.txt", to_path="/Team/old.txt"))
     files.restore(w.svc, BOB, RestoreRequest(path="/Team/old.txt", rev=1))
     assert w.get(ALICE, "/Team/old.txt") == b"v1"

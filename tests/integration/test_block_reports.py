@@ -15,7 +15,13 @@ import pytest
 from tessera.blocks import BlockError, block_id
 from tessera.domain import reports, sharing
 from tessera.domain.errors import NotFound, TooManyRequests
-from tessera.domain.models import BlockReportRequest, BlockReportResponse, FileEntry, ShareRequest
+from tessera.domain.models import (
+    BlockReportRequest,
+    BlockReportResponse,
+    FileEntry,
+    InvitationRequest,
+    ShareRequest,
+)
 from tessera.domain.object_keys import canonical_key
 from tessera.maintenance import ScrubResult
 from tessera.maintenance.runner import ReportsLeft, handle_event, run_step
@@ -437,7 +443,13 @@ def test_only_a_block_of_a_version_the_caller_can_read_may_be_reported(world: Wo
         _report(world, ALICE, entry.model_copy(update={"rev": 9}), bid)
     assert _pending(world) == [] and _report_events(world) == []
     sharing.account(world.svc, BOB)  # Bob signs in once
-    sharing.share(world.svc, ALICE, ShareRequest(path="/Team", email=BOB.email, access="viewer"))
+    invited = sharing.share(
+        world.svc, ALICE, ShareRequest(path="/Team", email=BOB.email, access="viewer")
+    )
+    with pytest.raises(NotFound):  # invited only: not his to read yet
+        _report(world, BOB, entry, bid)
+    assert _pending(world) == [] and _report_events(world) == []
+    sharing.accept(world.svc, BOB, InvitationRequest(ns_id=invited.ns_id))
     assert _report(world, BOB, entry, bid).queued  # a viewer reads, so may report
 
 

@@ -31,7 +31,14 @@ from tessera.metadata.store import Store
 from tessera.ports import Principal
 from tests.concurrency import run_at_once
 
-from .conftest import commit_request, get_file, put_file, split_blocks, upload_blocks
+from .conftest import (
+    commit_request,
+    get_file,
+    put_file,
+    share_with,
+    split_blocks,
+    upload_blocks,
+)
 from .test_domain_files import race_held
 
 
@@ -696,13 +703,13 @@ def test_eight_concurrent_writers_one_wins_each_rev(services: Services, alice: P
 def test_viewer_cannot_upload_or_commit(
     services: Services, alice: Principal, bob: Principal
 ) -> None:
-    from tessera.domain import files, sharing
+    from tessera.domain import files
     from tessera.domain.errors import Forbidden
-    from tessera.domain.models import CreateFolderRequest, ShareRequest
+    from tessera.domain.models import CreateFolderRequest
 
     files.create_folder(services, alice, CreateFolderRequest(path="/Team").path)
     put_file(services, bob, "/hello", b"bob exists")
-    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="viewer"))
+    assert share_with(services, alice, "/Team", bob, "viewer").path_display == "/Team"
     with pytest.raises(Forbidden):
         put_file(services, bob, "/Team/x", b"viewer write")
 

@@ -46,6 +46,7 @@ from .conftest import (
     get_file,
     put_file,
     set_block_state,
+    share_with,
     store_put,
     upload_blocks,
 )
@@ -566,7 +567,7 @@ def test_a_delete_guarded_for_a_file_never_takes_what_replaced_it(
     # moved by another of his devices (deleted, it would keep the share off its path)
     files.move(services, bob, MoveRequest(from_path="/Team", to_path="/Old"))
     put_file(services, alice, "/Team/plan.txt", b"plan")
-    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="editor"))
+    assert share_with(services, alice, "/Team", bob, "editor").path_display == "/Team"
     with pytest.raises(Conflict, match="is a folder now"):
         files.delete(
             services,

@@ -19,6 +19,7 @@ from tessera.domain import files, listing, sharing
 from tessera.domain.errors import InvalidCursor, InvalidPath, NotFound
 from tessera.domain.models import (
     DeleteRequest,
+    InvitationRequest,
     ListFolderResponse,
     LongpollRequest,
     MoveRequest,
@@ -29,7 +30,7 @@ from tessera.domain.models import (
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
-from .conftest import put_file
+from .conftest import put_file, share_with
 
 
 def _paths(result: ListFolderResponse) -> list[tuple[str, str]]:
@@ -99,7 +100,7 @@ def test_listing_a_mount_spelled_with_another_length(
     (case folding: "ß" → "ss")."""
     put_file(services, alice, "/Straße/Sub/a", b"a")
     sharing.account(services, bob)
-    sharing.share(services, alice, ShareRequest(path="/Straße", email=bob.email, access="viewer"))
+    assert share_with(services, alice, "/Straße", bob, "viewer").path_display == "/Straße"
     for who in (alice, bob):
         sub = listing.list_folder(services, who, "/STRASSE/sub", False, None)
         assert _paths(sub) == [("file", "/Straße/Sub/a")]
@@ -250,18 +251,24 @@ def test_share_and_unshare_show_up_in_continue(
     put_file(services, bob, "/Team/bobs.txt", b"bob already has a /Team")
     a_cursor = listing.list_folder(services, alice, "/", True, None).cursor
     b_cursor = listing.list_folder(services, bob, "/", True, None).cursor
+    invited = sharing.share(
+        services, alice, ShareRequest(path="/Team", email=bob.email, access="editor")
+    )
+    invitation_changes, polled = _drain(services, bob, b_cursor)
+    assert invitation_changes == []  # invited only: his view is the same until he accepts
     done = threading.Event()
 
     def poll() -> None:
-        if listing.longpoll(services, bob, LongpollRequest(cursor=b_cursor, timeout=8)).changes:
+        if listing.longpoll(services, bob, LongpollRequest(cursor=polled, timeout=8)).changes:
             done.set()
 
     poller = threading.Thread(target=poll)
     poller.start()
     time.sleep(0.2)
-    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="editor"))
+    accepted = sharing.accept(services, bob, InvitationRequest(ns_id=invited.ns_id))
+    assert accepted.path_display == "/Team (2)"
     poller.join(10)
-    assert done.is_set()  # bob's long-poll woke on the new mount
+    assert done.is_set()  # bob's long-poll woke on the new mount (his accept)
     b_changes, b_cursor = _drain(services, bob, b_cursor)
     assert ("folder", "/Team (2)") in b_changes and ("file", "/Team (2)/plan.txt") in b_changes
     a_changes, _ = _drain(services, alice, a_cursor)
@@ -282,11 +289,11 @@ def test_a_listed_folder_deleted_as_the_shares_change_still_reports_its_deletion
     put_file(services, alice, "/Team/Docs/t.txt", b"team")
     put_file(services, bob, "/Team/mine.txt", b"bob's own /Team")
     put_file(services, bob, "/Docs/d.txt", b"docs")
-    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="editor"))
+    assert share_with(services, alice, "/Team", bob, "editor").path_display == "/Team (2)"
     cursor = listing.list_folder(services, bob, listed, True, None).cursor
     files.delete(services, bob, DeleteRequest(path=listed))
     put_file(services, alice, "/Other/o.txt", b"o")  # a share change: bob's view moves
-    sharing.share(services, alice, ShareRequest(path="/Other", email=bob.email, access="viewer"))
+    assert share_with(services, alice, "/Other", bob, "viewer").path_display == "/Other"
     changes, cursor = _drain(services, bob, cursor)
     assert ("deleted", listed) in changes
     assert ("deleted", "/Team (2)") not in changes
@@ -304,14 +311,13 @@ def test_a_share_left_and_rejoined_is_sent_again(
     it is mounted at the same path or (his own /Team took that) at another."""
     put_file(services, alice, "/Team/a", b"a")
     sharing.account(services, bob)
-    share = ShareRequest(path="/Team", email=bob.email, access="editor")
-    sharing.share(services, alice, share)
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"
     cursor = listing.list_folder(services, bob, "/", True, None).cursor
     files.delete(services, bob, DeleteRequest(path="/Team"))  # bob leaves
     if own_team:
         put_file(services, bob, "/Team/mine", b"mine")
-    sharing.share(services, alice, share)
     mount = "/Team (2)" if own_team else "/Team"
+    assert share_with(services, alice, "/Team", bob).path_display == mount  # added back
     changes, _ = _drain(services, bob, cursor)
     assert changes[-2:] == [("folder", mount), ("file", f"{mount}/a")]
     assert changes.index(("deleted", "/Team")) < changes.index(("folder", mount))
@@ -328,13 +334,12 @@ def test_a_listing_inside_a_rejoined_share_learns_what_went_meanwhile(
     is there now, so his copy kept the deleted file."""
     put_file(services, alice, "/Team/Sub/old", b"old")
     sharing.account(services, bob)
-    share = ShareRequest(path="/Team", email=bob.email, access="editor")
-    sharing.share(services, alice, share)
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"
     cursor = listing.list_folder(services, bob, listed, recursive, None).cursor
     files.delete(services, bob, DeleteRequest(path="/Team"))  # bob leaves
     files.delete(services, alice, DeleteRequest(path="/Team/Sub/old"))
     put_file(services, alice, "/Team/Sub/new", b"new")
-    sharing.share(services, alice, share)
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"  # added back
     changes, cursor = _drain(services, bob, cursor)
     assert changes[0] == ("deleted", listed)
     shallow = listed == "/Team" and not recursive  # lists /Team/Sub, not what it holds
@@ -352,7 +357,7 @@ def test_a_listing_inside_a_share_left_reads_on_in_the_callers_own_folders(
     (in his own folders) never came."""
     put_file(services, alice, "/Team/Sub/t.txt", b"team")
     sharing.account(services, bob)
-    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email, access="editor"))
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"
     cursor = listing.list_folder(services, bob, listed, True, None).cursor
     files.delete(services, bob, DeleteRequest(path="/Team"))  # bob leaves
     changes, cursor = _drain(services, bob, cursor)
@@ -370,11 +375,10 @@ def test_a_root_listing_of_a_rejoined_share_gets_no_extra_deletion(
     leaving: the listed root itself is never sent as deleted."""
     put_file(services, alice, "/Team/a", b"a")
     sharing.account(services, bob)
-    share = ShareRequest(path="/Team", email=bob.email, access="editor")
-    sharing.share(services, alice, share)
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"
     cursor = listing.list_folder(services, bob, "", True, None).cursor
     files.delete(services, bob, DeleteRequest(path="/Team"))
-    sharing.share(services, alice, share)
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"  # added back
     changes, _ = _drain(services, bob, cursor)
     assert [c for c in changes if c[0] == "deleted"] == [("deleted", "/Team")]
 

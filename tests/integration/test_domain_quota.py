@@ -20,7 +20,6 @@ from tessera.domain.models import (
     DeleteRequest,
     FileEntry,
     RestoreRequest,
-    ShareRequest,
     TrashListRequest,
     UploadFileSpec,
     UploadStartRequest,
@@ -33,6 +32,7 @@ from .conftest import (
     get_file,
     put_file,
     send_needed,
+    share_with,
     upload_blocks,
     usage_drift,
 )
@@ -136,7 +136,7 @@ def test_the_counters_follow_folders_shares_and_editors(
     files.restore(services, alice, RestoreRequest(path="/Team"))
     assert _used(services, alice) == 75
     sharing.account(services, bob)  # bob exists once he made a request
-    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email))
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"
     assert_counters_match(services)
     put_file(services, bob, "/Team/from-bob", b"b" * 100)
     assert (_used(services, alice), _used(services, bob)) == (175, 0)
@@ -173,7 +173,7 @@ def _two_namespaces_of_alice(
     put_file(services, alice, "/mine", mine)
     put_file(services, alice, "/Team/a", team)
     sharing.account(services, bob)  # bob exists once he made a request
-    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email))
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"
     return mine, team
 
 
@@ -217,9 +217,10 @@ def test_upload_start_takes_what_a_batch_commits_in_any_order(
     bob signed up, so its id is lower), it refused files the batch then took."""
     put_file(services, alice, "/Team/a", b"a" * 100)
     sharing.account(services, carol)
-    sharing.share(services, alice, ShareRequest(path="/Team", email=carol.email))
+    team = share_with(services, alice, "/Team", carol)
     sharing.account(services, bob)  # his root comes after /Team's namespace
-    sharing.share(services, alice, ShareRequest(path="/Team", email=bob.email))
+    assert share_with(services, alice, "/Team", bob).path_display == "/Team"
+    assert team.ns_id < sharing.account(services, bob).root_ns_id
     put_file(services, bob, "/own", b"o" * 300)
     _quota(services, bob, 899)  # 300 + 300 own; 300 + /Team's 100 + 200; not 300 more
     chunks = {"/mine": b"m" * 300, "/Team/x": b"x" * 200}

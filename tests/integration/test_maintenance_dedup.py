@@ -13,7 +13,7 @@ from tessera.adapters.local.key_file import KeyFileKeyService
 from tessera.blocks import BlockIntegrityError, block_id, encode_block
 from tessera.domain import commits, files, object_keys, sharing
 from tessera.domain.errors import TesseraError, Unprocessable
-from tessera.domain.models import CommitBatchRequest, RestoreRequest, ShareRequest
+from tessera.domain.models import CommitBatchRequest, RestoreRequest
 from tessera.maintenance import DedupResult, GcResult, ScrubResult
 from tessera.maintenance.dedup import verify_staged
 from tessera.metadata.maintenance import LockTimeout, MaintenanceTx
@@ -21,7 +21,7 @@ from tessera.metadata.store import Store, VersionBlockRow
 from tessera.ports import StorageTier
 from tests.concurrency import run_at_once
 
-from .conftest import commit_request
+from .conftest import commit_request, share_with
 from .test_domain_files import race_held
 from .test_maintenance_world import (
     ALICE,
@@ -356,7 +356,7 @@ def test_a_poisoned_copy_in_a_shared_folder_does_not_reach_a_members_own_files(
     for who in (BOB, MALLORY):
         sharing.account(world.svc, who)
     files.create_folder(world.svc, BOB, "/Team")
-    sharing.share(world.svc, BOB, ShareRequest(path="/Team", email=MALLORY.email, access="editor"))
+    assert share_with(world.svc, BOB, "/Team", MALLORY, "editor").path_display == "/Team"
     bait = world.put(MALLORY, "/Team/bait.bin", data, poison=frozenset({0, 1}))
     staged = len(world.keys_under("staging/"))
     # the commit checks what start_upload told: claiming the ids alone is not enough
@@ -595,7 +595,7 @@ def test_a_commit_naming_its_sessions_copy_waits_for_dedup_settling_it(
     for who in (ALICE, BOB):
         sharing.account(world.svc, who)
     files.create_folder(world.svc, BOB, "/Team")
-    sharing.share(world.svc, BOB, ShareRequest(path="/Team", email=ALICE.email, access="editor"))
+    assert share_with(world.svc, BOB, "/Team", ALICE, "editor").path_display == "/Team"
     sessions: list[str] = []
     poison = frozenset({0}) if poisoned else frozenset()
     world.put(ALICE, "/a.bin", data, poison=poison, before_commit=sessions.append)
@@ -635,7 +635,7 @@ def test_a_batch_reusing_a_copy_dedup_is_settling_waits_for_it_without_a_deadloc
     data = secrets.token_bytes(BLOCK)
     sharing.account(world.svc, BOB)
     world.put(ALICE, "/Team/a.bin", data)  # its copy is not verified yet
-    sharing.share(world.svc, ALICE, ShareRequest(path="/Team", email=BOB.email, access="editor"))
+    assert share_with(world.svc, ALICE, "/Team", BOB, "editor").path_display == "/Team"
     batch = CommitBatchRequest(entries=[commit_request("/Team/b.bin", chunks(data), None)])
 
     deduped, committed = race_held(

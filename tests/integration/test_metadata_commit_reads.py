@@ -12,14 +12,13 @@ import pytest
 
 from tessera.blocks import block_id
 from tessera.domain import paths, sharing
-from tessera.domain.models import ShareRequest
 from tessera.domain.services import Services
 from tessera.metadata import Database
 from tessera.metadata.store import NewJournal, Store
 from tessera.ports import Principal
 from tests.concurrency import wait_for_a_lock_waiter
 
-from .conftest import put_file
+from .conftest import put_file, share_with
 
 DATA = b"a block alice can read"
 
@@ -102,7 +101,7 @@ def test_a_user_with_a_shared_folder_gets_the_view_and_nothing_locked(
 ) -> None:
     put_file(services, alice, "/S/in.txt", DATA)
     sharing.account(services, bob)
-    sharing.share(services, alice, ShareRequest(path="/S", email=bob.email, access="editor"))
+    assert share_with(services, alice, "/S", bob, "editor").path_display == "/S"
     ns = root_ns(services.db, bob)
     with services.db.transaction() as store:
         view, got = store.view_for_commit(

@@ -1763,3 +1763,32 @@ def test_a_failed_step_says_what_it_could_not_do_and_what_to_do(tmp_path: Path, 
     assert result.problems == [
         "could not delete here sub/b.txt: Read-only file system; make it writable, then sync again"
     ]
+
+
+def test_invitations_are_told_once_each_and_a_hostile_answer_cannot_break_the_terminal(
+    tmp_path: Path, evil: Evil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share reaches the devices only once accepted, so the sync tells of invitations
+    waiting: once each, whatever the server sends besides (entries that are no objects,
+    fields missing), and with control characters in its names escaped, not written to the
+    terminal (an escape sequence could rewrite what the user reads)."""
+    invitation = {"ns_id": 7, "name": "Team\x1b[2J", "owner_email": "a@x", "access": "editor"}
+    junk: list[Any] = ["junk", 3, {}, {"ns_id": "7"}]
+    answer: dict[str, Any] = {"shares": [], "invitations": [invitation, *junk]}
+    evil.answers["/v1/shares"] = lambda body: answer
+    engine = _engine(tmp_path, evil)
+    events: list[str] = []
+    monkeypatch.setattr(engine.reporter, "event", events.append)
+    engine.tell_invitations()
+    engine.tell_invitations()  # the same again: said once
+    assert len(events) == 1, events
+    told = events[0]
+    assert "\x1b" not in told and "Team\\x1b[2J" in told
+    assert told.startswith("a@x invited you to the shared folder Team\\x1b[2J as editor")
+    assert "tessera accept 'Team\\x1b[2J'" in told
+    answer["invitations"] = {"not": "a list"}
+    engine.tell_invitations()
+    evil.answers["/v1/shares"] = lambda body: (500, {"error": {"code": "internal"}})
+    engine.tell_invitations()  # a notice only: a failing call is no error of the sync
+    engine.close()
+    assert len(events) == 1

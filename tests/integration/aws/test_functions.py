@@ -131,6 +131,10 @@ def test_acl_and_authentication(lambdas: SimpleNamespace, tmp_path: Path) -> Non
         "/v1/share", {"path": "/team", "email": guest_claims["email"], "access": "viewer"}
     )
     assert status == 200, body
+    # an invitation: the guest is a member once they accept it
+    status, body = guest.call("/v1/shares/accept", {"ns_id": body["ns_id"]})
+    assert status == 200 and body["path_display"] == "/team", body
+    assert body["access"] == "viewer"
     # A viewer may read but not write: 403, and the file is unchanged.
     assert guest.download("/team/plan.txt") == (tmp_path / "plan.txt").read_bytes()
     status, body = guest.upload("/team/evil.txt", _write(tmp_path, "evil.txt", 10))
