@@ -15,11 +15,13 @@ from tessera.domain.models import (
     DeleteRequest,
     FileEntry,
     FolderEntry,
+    InvitationRequest,
     LongpollRequest,
     MetadataRequest,
     MoveRequest,
     RestoreRequest,
     RevisionsRequest,
+    ShareInfo,
     ShareRequest,
     TrashListRequest,
     UnshareRequest,
@@ -29,7 +31,7 @@ from tessera.metadata.db import Database
 from tessera.metadata.store import Store
 from tessera.ports import Principal
 
-from .conftest import get_file, put_file, usage_drift
+from .conftest import get_file, put_file, share_with, usage_drift
 from .test_domain_files import race_held
 
 
@@ -52,8 +54,27 @@ def race(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Race:
     return partial(race_held, monkeypatch, database_url)
 
 
-def _share(svc: Services, owner: Principal, path: str, who: Principal, access: str) -> None:
-    sharing.share(svc, owner, ShareRequest(path=path, email=who.email, access=access))  # type: ignore[arg-type]
+def _invite(svc: Services, owner: Principal, path: str, who: Principal, access: str) -> ShareInfo:
+    """`sharing.share` alone: `who` is invited (a member once they accept), or, already a
+    member, has `access` at once. The owner's view of the share."""
+    return sharing.share(svc, owner, ShareRequest(path=path, email=who.email, access=access))  # type: ignore[arg-type]
+
+
+def _share(svc: Services, owner: Principal, path: str, who: Principal, access: str) -> ShareInfo:
+    """`owner` shares `path` with `who`, who accepts: a member now. Their view of it."""
+    return share_with(svc, owner, path, who, access)
+
+
+def _change_access(
+    svc: Services, owner: Principal, path: str, who: Principal, access: str
+) -> ShareInfo:
+    """`sharing.share` with someone already a member: their access changes at once."""
+    return _invite(svc, owner, path, who, access)
+
+
+def _accept(svc: Services, who: Principal, invited: ShareInfo) -> ShareInfo:
+    """`who` accepts the invitation into the share `invited` (as `_invite` answered)."""
+    return sharing.accept(svc, who, InvitationRequest(ns_id=invited.ns_id))
 
 
 def _meet(svc: Services, *people: Principal) -> None:
@@ -329,11 +350,10 @@ def test_a_commit_into_a_folder_being_shared_moves_along(
     committed, shared = race(
         "write_version",
         lambda: put_file(services, alice, "/Team/new", b"new"),
-        lambda: sharing.share(
-            services, alice, ShareRequest(path="/Team", email=bob.email, access="editor")
-        ),
+        lambda: _invite(services, alice, "/Team", bob, "editor"),
     )
-    assert isinstance(committed, FileEntry) and not isinstance(shared, Exception)
+    assert isinstance(committed, FileEntry) and isinstance(shared, ShareInfo), shared
+    _accept(services, bob, shared)
     for who in (alice, bob):
         assert get_file(services, who, "/Team/new") == b"new"
 
@@ -351,14 +371,13 @@ def test_a_commit_waiting_for_a_share_of_its_folder_is_retried_not_hidden(
     _meet(services, bob)
     shared, committed = race(
         "move_to_namespace",
-        lambda: sharing.share(
-            services, alice, ShareRequest(path="/Team", email=bob.email, access="editor")
-        ),
+        lambda: _invite(services, alice, "/Team", bob, "editor"),
         lambda: put_file(services, alice, "/Team/new", b"new"),
     )
-    assert not isinstance(shared, Exception), shared
+    assert isinstance(shared, ShareInfo), shared
     assert isinstance(committed, Unavailable), committed
     put_file(services, alice, "/Team/new", b"new")  # the client's retry
+    _accept(services, bob, shared)
     for who in (alice, bob):
         assert get_file(services, who, "/Team/new") == b"new"
 
@@ -376,9 +395,10 @@ def test_a_folder_created_while_its_parent_is_shared_moves_along(
     created, shared = race(
         "insert_file",
         lambda: files.create_folder(services, alice, "/Team/sub"),
-        lambda: _share(services, alice, "/Team", bob, "editor"),
+        lambda: _invite(services, alice, "/Team", bob, "editor"),
     )
-    assert isinstance(created, FolderEntry) and not isinstance(shared, Exception)
+    assert isinstance(created, FolderEntry) and isinstance(shared, ShareInfo), shared
+    _accept(services, bob, shared)
     for who in (alice, bob):
         found = files.metadata(services, who, MetadataRequest(path="/Team/sub"))
         assert isinstance(found, FolderEntry) and found.file_id == created.file_id
@@ -398,19 +418,21 @@ def test_a_move_to_where_a_share_is_being_mounted_is_409(
     bob: Principal,
     race: Race,
 ) -> None:
-    """Bob moves a file to /Docs while alice shares her Docs with him (mounted at /Docs):
-    the move read his view before the mount and got his root namespace after it. It made a
-    folder /Docs in his root, hidden under the mount, with the file in it: 409 now."""
+    """Bob moves a file to /Docs while he accepts alice's share of her Docs (mounted at
+    /Docs): the move read his view before the mount and got his root namespace after it.
+    It made a folder /Docs in his root, hidden under the mount, with the file in it: 409
+    now."""
     put_file(services, alice, "/Docs/a.txt", b"a")
     put_file(services, bob, "/notes.txt", b"bob's notes")
+    invited = _invite(services, alice, "/Docs", bob, "editor")
     shared, moved = race(
-        "members",  # the share holds bob's root namespace from here
-        lambda: _share(services, alice, "/Docs", bob, "editor"),
+        "add_member",  # the accept holds bob's root namespace from before this
+        lambda: _accept(services, bob, invited),
         lambda: files.move(
             services, bob, MoveRequest(from_path="/notes.txt", to_path="/Docs/notes.txt")
         ),
     )
-    assert not isinstance(shared, Exception), shared
+    assert isinstance(shared, ShareInfo) and shared.path_display == "/Docs", shared
     assert isinstance(moved, Conflict) and "changed during the request" in str(moved), moved
     assert get_file(services, bob, "/notes.txt") == b"bob's notes"
     assert _root_entries_at(services, bob, "/docs") == []
@@ -423,17 +445,19 @@ def test_an_undelete_under_where_a_share_is_being_mounted_is_409(
     bob: Principal,
     race: Race,
 ) -> None:
-    """Bob undeletes /Docs/x.txt (his own, deleted with its folder) while alice's Docs is
-    mounted at /Docs for him: restored into his root, it lay hidden under the mount."""
+    """Bob undeletes /Docs/x.txt (his own, deleted with its folder) while he accepts
+    alice's share of her Docs, mounted for him: restored into his root, it lay hidden under
+    the mount."""
     put_file(services, alice, "/Docs/a.txt", b"a")
     mine = put_file(services, bob, "/Docs/x.txt", b"bob's x")
     files.delete(services, bob, DeleteRequest(path="/Docs"))
+    invited = _invite(services, alice, "/Docs", bob, "editor")
     shared, restored = race(
-        "members",
-        lambda: _share(services, alice, "/Docs", bob, "editor"),
+        "add_member",  # the accept holds bob's root namespace from before this
+        lambda: _accept(services, bob, invited),
         lambda: files.restore(services, bob, RestoreRequest(file_id=mine.file_id)),
     )
-    assert not isinstance(shared, Exception), shared
+    assert isinstance(shared, ShareInfo), shared
     assert isinstance(restored, Conflict), restored
     assert _root_entries_at(services, bob, "/docs") == []
     # still in the trash, and restorable once the path is free again
@@ -454,11 +478,11 @@ def test_a_folder_created_under_a_folder_being_shared_is_409(
     _meet(services, bob)
     root_ns = sharing.account(services, alice).root_ns_id
     shared, created = race(
-        "add_member",
-        lambda: _share(services, alice, "/Team", bob, "editor"),
+        "add_member",  # the owner's, as the folder becomes a shared namespace
+        lambda: _invite(services, alice, "/Team", bob, "editor"),
         lambda: files.create_folder(services, alice, "/Team/sub"),
     )
-    assert not isinstance(shared, Exception)
+    assert isinstance(shared, ShareInfo), shared
     assert isinstance(created, Conflict) and "changed during the request" in str(created)
     with services.db.transaction() as store:
         assert store.subtree(root_ns, *paths.subtree_range("/team")) == []
@@ -510,7 +534,7 @@ def test_roles(services: Services, alice: Principal, bob: Principal, carol: Prin
         files.create_folder(services, carol, "/S/new")
     # only the owner shares and unshares others
     with pytest.raises(Forbidden):
-        _share(services, bob, "/S", carol, "editor")
+        _change_access(services, bob, "/S", carol, "editor")
     with pytest.raises(Forbidden):
         sharing.unshare(services, bob, UnshareRequest(path="/S", email=carol.email))
     # the owner deletes contents; a non-owner deleting the mount leaves the share
@@ -595,22 +619,22 @@ def test_share_errors(services: Services, alice: Principal, bob: Principal) -> N
     put_file(services, alice, "/S/inner/f", b"f")
     put_file(services, alice, "/file", b"f")
     with pytest.raises(NotFound):
-        _share(services, alice, "/S", bob, "editor")  # bob never signed in
+        _invite(services, alice, "/S", bob, "editor")  # bob never signed in
     _meet(services, bob)
     with pytest.raises(Unprocessable):
-        _share(services, alice, "/file", bob, "editor")
+        _invite(services, alice, "/file", bob, "editor")
     with pytest.raises(Unprocessable):
-        _share(services, alice, "/", bob, "editor")
+        _invite(services, alice, "/", bob, "editor")
     with pytest.raises(Unprocessable):
-        _share(services, alice, "/S", alice, "editor")
+        _invite(services, alice, "/S", alice, "editor")
     with pytest.raises(NotFound):
-        _share(services, bob, "/S", alice, "editor")  # not in bob's view
+        _invite(services, bob, "/S", alice, "editor")  # not in bob's view
     _share(services, alice, "/S", bob, "editor")
     with pytest.raises(Unprocessable, match="cannot be shared again"):
-        _share(services, alice, "/S/inner", bob, "viewer")
+        _invite(services, alice, "/S/inner", bob, "viewer")
     # a file in it is no folder (it was called "a folder inside a shared folder")
     with pytest.raises(Unprocessable, match="only folders can be shared"):
-        _share(services, alice, "/S/inner/f", bob, "viewer")
+        _invite(services, alice, "/S/inner/f", bob, "viewer")
     # the owner is no member to remove: the advice is the unshare of everyone, never to
     # delete the folder (every member's files, to the trash)
     with pytest.raises(Unprocessable, match="unshare it without an email") as owner:
@@ -697,7 +721,7 @@ def _made_viewer_during(
     put_file(svc, alice, "/Team/a", b"a")
     _meet(svc, bob)
     _share(svc, alice, "/Team", bob, "editor")
-    return race("add_member", lambda: _share(svc, alice, "/Team", bob, "viewer"), change)
+    return race("add_member", lambda: _change_access(svc, alice, "/Team", bob, "viewer"), change)
 
 
 def test_an_edit_waiting_for_a_change_to_viewer_is_retried_and_refused(
@@ -824,7 +848,7 @@ def test_a_member_removed_while_their_access_changes_stays_removed(
     _share(services, alice, "/Team", bob, "editor")
     changed, removed = race(
         "members",  # the share has read bob as a member, and holds the namespace
-        lambda: _share(services, alice, "/Team", bob, "viewer"),
+        lambda: _change_access(services, alice, "/Team", bob, "viewer"),
         lambda: sharing.unshare(services, alice, UnshareRequest(path="/Team", email=bob.email)),
     )
     assert not isinstance(changed, Exception), changed
@@ -858,16 +882,17 @@ def test_unsharing_everyone_else_while_a_member_joins_is_409(
     services: Services, alice: Principal, bob: Principal, carol: Principal, race: Race
 ) -> None:
     """ "Remove everyone else" named the members it read before the locks: one added
-    meanwhile stayed."""
+    meanwhile (an invitee accepting) stayed."""
     files.create_folder(services, alice, "/Team")
     _meet(services, bob, carol)
     _share(services, alice, "/Team", bob, "editor")
+    invited = _invite(services, alice, "/Team", carol, "viewer")
     joined, unshared = race(
-        "add_member",
-        lambda: _share(services, alice, "/Team", carol, "viewer"),
+        "remove_invite",  # the accept holds the shared namespace (before its new member's row)
+        lambda: _accept(services, carol, invited),
         lambda: sharing.unshare(services, alice, UnshareRequest(path="/Team")),
     )
-    assert not isinstance(joined, Exception), joined
+    assert isinstance(joined, ShareInfo), joined
     assert isinstance(unshared, Conflict) and "members changed" in str(unshared)
     sharing.unshare(services, alice, UnshareRequest(path="/Team"))  # the retry
     assert [m.email for m in sharing.shares(services, alice).shares[0].members] == [alice.email]
@@ -958,11 +983,12 @@ def test_a_user_is_given_at_most_max_shared_folders(
         files.create_folder(services, alice, f"/{name}")
         _share(services, alice, f"/{name}", bob, "viewer")
     files.create_folder(services, alice, "/c")
+    invited = _invite(services, alice, "/c", bob, "viewer")
     with pytest.raises(Unprocessable, match="already has 2 shared folders"):
-        _share(services, alice, "/c", bob, "viewer")
-    _share(services, alice, "/a", bob, "editor")  # a change of access is no new folder
+        _accept(services, bob, invited)
+    _change_access(services, alice, "/a", bob, "editor")  # a change of access is no new folder
     sharing.unshare(services, bob, UnshareRequest(path="/b"))
-    _share(services, alice, "/c", bob, "viewer")
+    _accept(services, bob, invited)  # the invitation waited
     assert sorted(s.path_display for s in sharing.shares(services, bob).shares) == ["/a", "/c"]
 
 
@@ -977,7 +1003,7 @@ def test_a_members_devices_learn_their_new_access(
     first = listing.list_folder(services, bob, "", True, None)
     assert _mount_access(first.entries) == ["editor"]
 
-    _share(services, alice, "/Team", bob, "viewer")
+    _change_access(services, alice, "/Team", bob, "viewer")
     after = listing.list_folder_continue(services, bob, first.cursor, None)
     assert _mount_access(after.entries) == ["viewer"]
 
@@ -992,17 +1018,18 @@ def test_two_users_sharing_with_each_other_at_once_do_not_deadlock(
 ) -> None:
     """Each share took the sharer's root, then the other's: held crosswise, a deadlock
     (one answered 503 after PostgreSQL's deadlock timeout). Both roots are now taken
-    first, in order: Bob's share waits for Alice's, then finds his shared folders changed
-    (Alice's is mounted in his root now) and answers 409, and his retry goes through."""
+    first, in order: Bob's share waits for Alice's, then goes through too (hers only
+    invites him: nothing is mounted in his root until he accepts), and both accept."""
     put_file(services, alice, "/A/a", b"a")
     put_file(services, bob, "/B/b", b"b")
     alices, bobs = race(
         "create_namespace",
-        lambda: _share(services, alice, "/A", bob, "editor"),
-        lambda: _share(services, bob, "/B", alice, "editor"),
+        lambda: _invite(services, alice, "/A", bob, "editor"),
+        lambda: _invite(services, bob, "/B", alice, "editor"),
     )
-    assert alices is None
-    assert isinstance(bobs, Conflict) and "retry" in bobs.message, bobs
-    _share(services, bob, "/B", alice, "editor")
+    assert isinstance(alices, ShareInfo), alices
+    assert isinstance(bobs, ShareInfo), bobs
+    _accept(services, bob, alices)
+    _accept(services, alice, bobs)
     assert get_file(services, bob, "/A/a") == b"a"
     assert get_file(services, alice, "/B/b") == b"b"
