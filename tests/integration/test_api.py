@@ -64,6 +64,7 @@ def test_health_and_openapi_need_no_auth(call: Caller) -> None:
         "/v1/shares",
         "/v1/shares/accept",
         "/v1/shares/decline",
+        "/v1/shares/invitations",
         "/v1/account",
     ]:
         assert route in doc["paths"], route

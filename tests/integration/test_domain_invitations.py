@@ -8,6 +8,7 @@ import pytest
 from tessera.domain import files, listing, sharing
 from tessera.domain.errors import NotFound, Unprocessable
 from tessera.domain.models import (
+    DeclineRequest,
     DeleteRequest,
     InvitationRequest,
     MetadataRequest,
@@ -18,7 +19,7 @@ from tessera.domain.models import (
 from tessera.domain.services import Services
 from tessera.ports import Principal
 
-from .conftest import Race, get_file, put_file, share_with
+from .conftest import Race, get_file, principal, put_file, share_with
 from .test_domain_sharing import _kept_from_members
 
 
@@ -38,7 +39,7 @@ def _root_names(svc: Services, who: Principal) -> list[str]:
 
 
 def test_nothing_of_an_invitation_reaches_the_invitee_until_they_accept(
-    services: Services, alice: Principal, bob: Principal
+    services: Services, alice: Principal, bob: Principal, carol: Principal
 ) -> None:
     put_file(services, alice, "/Team/spec.md", b"the spec")
     before = sharing.account(services, bob).used_bytes
@@ -59,13 +60,16 @@ def test_nothing_of_an_invitation_reaches_the_invitee_until_they_accept(
     assert [(m.email, m.access) for m in theirs.members] == [(alice.email, "owner")]
     assert [(m.email, m.access) for m in theirs.invited] == [(bob.email, "viewer")]
 
+    _invite(services, alice, "/Team", carol, "editor")
     info = sharing.accept(services, bob, InvitationRequest(ns_id=ns_id))
     assert (info.path_display, info.access, info.owner_email, info.invited) == (
         "/Team",
         "viewer",
         alice.email,
-        [],
+        [],  # pending invitations are the owner's to see
     )
+    [theirs] = sharing.shares(services, alice).shares
+    assert [m.email for m in theirs.invited] == [carol.email]
     assert get_file(services, bob, "/Team/spec.md") == b"the spec"
     assert sharing.shares(services, bob).invitations == []
     assert sharing.account(services, bob).used_bytes == before  # charged to its owner
@@ -78,14 +82,14 @@ def test_a_declined_invitation_is_gone_and_may_be_sent_again(
 ) -> None:
     put_file(services, alice, "/Team/a", b"a")
     ns_id = _invite(services, alice, "/Team", bob, "editor")
-    declined = sharing.decline(services, bob, InvitationRequest(ns_id=ns_id))
+    [declined] = sharing.decline(services, bob, DeclineRequest(ns_id=ns_id)).invitations
     assert (declined.ns_id, declined.name, declined.access) == (ns_id, "Team", "editor")
     assert sharing.shares(services, bob).invitations == []
     assert sharing.shares(services, alice).shares[0].invited == []
     with pytest.raises(NotFound):
         _accept(services, bob, ns_id)
     with pytest.raises(NotFound):
-        sharing.decline(services, bob, InvitationRequest(ns_id=ns_id))
+        sharing.decline(services, bob, DeclineRequest(ns_id=ns_id))
     assert _invite(services, alice, "/Team", bob, "editor") == ns_id
     _accept(services, bob, ns_id)
     assert get_file(services, bob, "/Team/a") == b"a"
@@ -97,9 +101,12 @@ def test_nobody_accepts_or_declines_another_users_invitation(
     put_file(services, alice, "/Team/a", b"a")
     ns_id = _invite(services, alice, "/Team", bob, "editor")
     sharing.account(services, carol)
-    for act in (sharing.accept, sharing.decline):
-        with pytest.raises(NotFound, match="no invitation"):
-            act(services, carol, InvitationRequest(ns_id=ns_id))
+    with pytest.raises(NotFound, match="no invitation"):
+        _accept(services, carol, ns_id)
+    with pytest.raises(NotFound, match="no invitation"):
+        sharing.decline(services, carol, DeclineRequest(ns_id=ns_id))
+    with pytest.raises(NotFound, match="no invitation from"):
+        sharing.decline(services, carol, DeclineRequest(from_email=alice.email))
     with pytest.raises(NotFound):  # nor the owner her own folder's
         _accept(services, alice, ns_id)
     assert _root_names(services, carol) == []
@@ -160,20 +167,59 @@ def test_what_the_owner_deleted_before_anyone_accepted_stays_hers(
     _kept_from_members(services, alice, bob, secret, b"private")
 
 
-def test_a_user_holds_at_most_max_invitations(
-    services: Services, alice: Principal, bob: Principal, monkeypatch: pytest.MonkeyPatch
+def test_one_sender_holds_at_most_max_invitations_from_one_and_all_at_most_max(
+    services: Services,
+    alice: Principal,
+    bob: Principal,
+    carol: Principal,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sharing, "MAX_INVITATIONS", 2)
+    """Filling a user's invitations (so nobody else's reach them) takes many senders, and
+    the invitee declines all of one sender's at once."""
+    monkeypatch.setattr(sharing, "MAX_INVITATIONS", 3)
+    monkeypatch.setattr(sharing, "MAX_INVITATIONS_FROM_ONE", 2)
     for name in ("A", "B", "C"):
         put_file(services, alice, f"/{name}/x", b"x")
-    first = _invite(services, alice, "/A", bob, "editor")
+    put_file(services, carol, "/D/x", b"x")
+    dave = principal("dave")
+    put_file(services, dave, "/E/x", b"x")
+    _invite(services, alice, "/A", bob, "editor")
     _invite(services, alice, "/B", bob, "editor")
-    with pytest.raises(Unprocessable, match="2 invitations waiting"):
+    with pytest.raises(Unprocessable, match="has 2 invitations from you waiting"):
         _invite(services, alice, "/C", bob, "editor")
     _invite(services, alice, "/B", bob, "viewer")  # changing one held is no new one
-    sharing.decline(services, bob, InvitationRequest(ns_id=first))
+    _invite(services, carol, "/D", bob, "editor")
+    with pytest.raises(Unprocessable, match="cannot be sent more invitations now"):
+        _invite(services, dave, "/E", bob, "editor")
+    declined = sharing.decline(services, bob, DeclineRequest(from_email=alice.email.upper()))
+    assert [(i.name, i.access) for i in declined.invitations] == [("A", "editor"), ("B", "viewer")]
+    assert [i.name for i in sharing.invitations(services, bob).invitations] == ["D"]
+    _invite(services, dave, "/E", bob, "editor")
     _invite(services, alice, "/C", bob, "editor")
-    assert [i.name for i in sharing.shares(services, bob).invitations] == ["B", "C"]
+    assert [i.name for i in sharing.invitations(services, bob).invitations] == ["D", "E", "C"]
+
+
+def test_an_accept_never_names_what_the_owner_deleted_alone(
+    services: Services, alice: Principal, bob: Principal
+) -> None:
+    """What the owner deleted alone in the folder goes to her own trash as someone joins;
+    when it cannot (its path would be too long in her own folders), the invitee's refusal
+    must not name it (the file this rule hides from them), and the owner is told what to do
+    when she shares again. The invitation waits meanwhile."""
+    team = "/" + "T" * 200  # a long mount point: what fits inside may not fit in her root
+    deep = "/" + "/".join(["d" * 200] * 9) + "/salaries-of-carol-" + "x" * 80 + ".xlsx"
+    put_file(services, alice, f"{team}/readme", b"r")
+    ns_id = _invite(services, alice, team, bob, "editor")
+    put_file(services, alice, team + deep, b"secret")
+    files.delete(services, alice, DeleteRequest(path=team + deep))
+    with pytest.raises(Unprocessable) as refused:
+        _accept(services, bob, ns_id)
+    assert "salaries" not in str(refused.value) and "d" * 200 not in str(refused.value)
+    assert f"{alice.email} must first deal with files they deleted" in str(refused.value)
+    assert [i.ns_id for i in sharing.invitations(services, bob).invitations] == [ns_id]
+    with pytest.raises(Unprocessable, match=r"x\.xlsx' in its trash would be longer"):
+        _invite(services, alice, team, bob, "editor")
+    assert _root_names(services, bob) == []
 
 
 def test_an_accept_past_max_shared_folders_keeps_the_invitation(

@@ -235,11 +235,20 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "POST",
         "/v1/shares/decline",
-        "Decline an invitation",
-        m.InvitationRequest,
-        m.Invitation,
+        "Decline an invitation, or every invitation from one owner",
+        m.DeclineRequest,
+        m.InvitationsResponse,
         sharing.decline,
         (401, 404, 422),
+    ),
+    Route(
+        "POST",
+        "/v1/shares/invitations",
+        "The invitations waiting for the caller (cheaper than /v1/shares)",
+        m.SharesRequest,
+        m.InvitationsResponse,
+        lambda s, p, r: sharing.invitations(s, p),
+        (401, 422),
     ),
     Route(
         "GET",

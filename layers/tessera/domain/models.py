@@ -584,10 +584,34 @@ class Invitation(Model):
     invited_at: datetime
 
 
-class InvitationRequest(Model):
-    """POST /v1/shares/accept and /v1/shares/decline: the invitation's `ns_id`."""
+NsId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
-    ns_id: int = Field(ge=1, le=2**63 - 1)
+
+class InvitationRequest(Model):
+    """POST /v1/shares/accept: the invitation's `ns_id`."""
+
+    ns_id: NsId
+
+
+class DeclineRequest(Model):
+    """POST /v1/shares/decline: one invitation (`ns_id`), or every invitation from the
+    owner of `from_email` (exactly one of the two)."""
+
+    ns_id: NsId | None = None
+    from_email: str | None = Field(default=None, min_length=3, max_length=320)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DeclineRequest:
+        if (self.ns_id is None) == (self.from_email is None):
+            raise ValueError("give exactly one of ns_id or from_email")
+        return self
+
+
+class InvitationsResponse(Model):
+    """Invitations, oldest first: those waiting (/v1/shares/invitations), or those just
+    declined (/v1/shares/decline)."""
+
+    invitations: list[Invitation]
 
 
 class SharesResponse(Model):

@@ -11,8 +11,10 @@ from tessera.domain.changes import publish
 from tessera.domain.errors import Conflict, NotFound, Unprocessable
 from tessera.domain.models import (
     AccountResponse,
+    DeclineRequest,
     Invitation,
     InvitationRequest,
+    InvitationsResponse,
     ShareInfo,
     ShareMember,
     ShareRequest,
@@ -73,8 +75,11 @@ def _mount_journal(
 # longer fit (`models.MAX_CURSOR_CHARS`) would stop their sync.
 MAX_SHARED_FOLDERS = 1000
 
-# Invitations wait in their invitee's `/v1/shares` answer, which must stay a bounded size.
+# Invitations wait in their invitee's `/v1/shares` answer, which must stay a bounded size;
+# and one sender may hold a user's only so many, so filling them takes many accounts (the
+# invitee declines all of one sender's at once: `decline` with `from_email`).
 MAX_INVITATIONS = 1000
+MAX_INVITATIONS_FROM_ONE = 100
 
 
 def _free_mount_path(store: Store, user: UserRow, name: str) -> str:
@@ -198,27 +203,48 @@ def _check_paths_fit_root(
                 )
 
 
-def _keep_trash_private(store: Store, owner_root_ns_id: int, mount: MountRow) -> None:
-    """Move what was deleted in a shared folder while its owner was alone in it (before
-    anyone accepted, since `unshare` of everyone, or since the last member left: the
-    namespace stays) into her own trash, as `_make_shared` leaves what she deleted before a
-    first share: whoever joined next listed, restored and downloaded it. What was deleted
-    while others were in it stays, for them to restore. It lists in her trash under her
-    mount point (`mount` is hers) and can be restored once the folder is no longer shared."""
-    since = store.end_alone(mount.ns_id)
+def _trash_deleted_alone(store: Store, mount: MountRow) -> list[FileRow]:
+    """What was deleted in a shared folder while its owner was alone in it (before anyone
+    accepted, since `unshare` of everyone, or since the last member left: the namespace
+    stays): hers alone, which whoever joins next must not list, restore or read."""
+    since = store.alone_since(mount.ns_id)
     if since is None:
-        return
-    trash = [
+        return []
+    return [
         row
         for row in store.subtree(mount.ns_id, *paths.subtree_range(paths.ROOT), deleted=True)
         if row.deleted_at is not None and row.deleted_at >= since
     ]
+
+
+def _check_trash_fits_root(store: Store, mount: MountRow) -> None:
+    """422, for the owner (`mount` is hers), when what she deleted alone in the folder
+    could not move back into her own folders (`_check_paths_fit_root`): told when she
+    shares it, since an accept must not name those files to the invitee."""
+    _check_paths_fit_root(mount, (("in its trash", _trash_deleted_alone(store, mount)),), "share")
+
+
+def _keep_trash_private(store: Store, owner: UserRow, mount: MountRow) -> None:
+    """Move what the owner deleted while alone in a shared folder (`_trash_deleted_alone`)
+    into her own trash, as `_make_shared` leaves what she deleted before a first share;
+    what was deleted while others were in it stays, for them to restore. It lists in her
+    trash under her mount point (`mount` is hers) and can be restored once the folder is no
+    longer shared. Called as someone joins: a 422 when it cannot be done names none of
+    those files (the caller is the one who must not see them), and sends to the owner."""
+    trash = _trash_deleted_alone(store, mount)
+    store.end_alone(mount.ns_id)
     if not trash:
         return
-    _check_paths_fit_root(mount, (("in its trash", trash),), "share")
+    try:
+        _check_paths_fit_root(mount, (("in its trash", trash),), "share")
+    except Unprocessable:
+        raise Unprocessable(
+            f"{owner.email} must first deal with files they deleted in this folder; ask them"
+            " to share it with you again, which tells them what to do"
+        ) from None
     store.move_to_namespace(
         mount.ns_id,
-        owner_root_ns_id,
+        owner.root_ns_id,
         [r.file_id for r in trash],
         0,
         0,
@@ -248,9 +274,10 @@ def _info(store: Store, view: View, mount: MountRow) -> ShareInfo | None:
         access=mount.access,  # type: ignore[arg-type]
         owner_email=owner.email,
         members=[ShareMember(email=m.email, access=m.access) for m in members],  # type: ignore[arg-type]
+        # the owner's to see and act on, not every member's
         invited=[
             ShareMember(email=i.email, access=i.access)  # type: ignore[arg-type]
-            for i in store.invitees(mount.ns_id)
+            for i in (store.invitees(mount.ns_id) if mount.access == "owner" else ())
         ],
     )
 
@@ -339,31 +366,35 @@ def share(svc: Services, principal: Principal, req: ShareRequest) -> ShareInfo:
                 )
                 store.bump_seq(mount.ns_id)
         else:
-            _invite(store, target, mount.ns_id, req.access)
+            if existing.keys() == {view.user.user_id}:
+                _check_trash_fits_root(store, mount)
+            _invite(store, view.user, target, mount.ns_id, req.access)
         info = _held_info(store, view, mount)
     publish(svc.feed, events)
     return info
 
 
-def _invite(store: Store, target: UserRow, ns_id: int, access: str) -> None:
+def _invite(store: Store, owner: UserRow, target: UserRow, ns_id: int, access: str) -> None:
     """Invite `target` into a namespace, or change what their pending invitation offers;
-    422 when they already hold `MAX_INVITATIONS` others."""
-    pending = store.invitations(target.user_id, MAX_INVITATIONS)
-    if len(pending) >= MAX_INVITATIONS and all(i.ns_id != ns_id for i in pending):
+    422 when they already hold `MAX_INVITATIONS`, or `MAX_INVITATIONS_FROM_ONE` from this
+    owner."""
+    if store.invitations(target.user_id, 1, ns_id=ns_id):
+        store.invite(ns_id, target.user_id, access)
+        return
+    if store.invitation_count(target.user_id, owner_id=owner.user_id) >= MAX_INVITATIONS_FROM_ONE:
         raise Unprocessable(
-            f"{target.email} has {MAX_INVITATIONS} invitations waiting; they must accept or"
-            " decline some first"
+            f"{target.email} has {MAX_INVITATIONS_FROM_ONE} invitations from you waiting;"
+            " they must accept or decline some first"
         )
+    if store.invitation_count(target.user_id) >= MAX_INVITATIONS:
+        raise Unprocessable(f"{target.email} cannot be sent more invitations now")
     store.invite(ns_id, target.user_id, access)
 
 
-def _invitation(store: Store, user: UserRow, ns_id: int) -> InvitationRow:
-    """The caller's pending invitation into `ns_id`; 404 when there is none (never sent,
-    withdrawn, or already accepted or declined)."""
-    found = store.invitations(user.user_id, 1, ns_id=ns_id)
-    if not found:
-        raise NotFound(f"no invitation to shared folder {ns_id} is waiting for you")
-    return found[0]
+def _no_invitation(ns_id: int) -> NotFound:
+    """The same answer whether the folder does not exist, was never offered to the caller,
+    or the invitation was withdrawn, declined or accepted: nobody learns of another's."""
+    return NotFound(f"no invitation to shared folder {ns_id} is waiting for you")
 
 
 def accept(svc: Services, principal: Principal, req: InvitationRequest) -> ShareInfo:
@@ -371,7 +402,10 @@ def accept(svc: Services, principal: Principal, req: InvitationRequest) -> Share
     (or `/<name> (2)`… when that path is taken), with the access it offered."""
     events: list[ChangeEvent | None] = []
     with view_transaction(svc, principal) as (store, view):
-        invitation = _invitation(store, view.user, req.ns_id)
+        found = store.invitations(view.user.user_id, 1, ns_id=req.ns_id)
+        if not found:
+            raise _no_invitation(req.ns_id)
+        invitation = found[0]
         owner = store.get_user(invitation.owner_id)
         assert owner is not None  # a namespace's owner is a user (foreign key)
         # the shared namespace first (the lock order; `share`, `unshare` and `delete_share`
@@ -379,11 +413,13 @@ def accept(svc: Services, principal: Principal, req: InvitationRequest) -> Share
         # point, the owner's for the trash she had alone
         lock_in_order(store, req.ns_id, view.root.ns_id, owner.root_ns_id)
         invite = store.remove_invite(req.ns_id, view.user.user_id)
-        if invite is None:  # withdrawn or declined while this waited
-            raise NotFound(f"no invitation to shared folder {req.ns_id} is waiting for you")
         members = store.members(req.ns_id)
-        if not members or members[0].access != "owner":  # she deleted it meanwhile
-            raise NotFound(f"shared folder {req.ns_id} no longer exists")
+        if invite is None or not members or members[0].access != "owner":
+            raise _no_invitation(req.ns_id)  # withdrawn, declined or deleted meanwhile
+        # the cheap refusal first: a caller at the cap must not make the owner's trash move
+        # (and roll back) at every try, holding her root
+        mount_path = _free_mount_path(store, view.user, invitation.name)
+        mount_key = paths.path_key(mount_path)
         if len(members) == 1:
             owners = MountRow(
                 req.ns_id,
@@ -394,9 +430,7 @@ def accept(svc: Services, principal: Principal, req: InvitationRequest) -> Share
                 invitation.name,
                 owner.user_id,
             )
-            _keep_trash_private(store, owner.root_ns_id, owners)
-        mount_path = _free_mount_path(store, view.user, invitation.name)
-        mount_key = paths.path_key(mount_path)
+            _keep_trash_private(store, owner, owners)
         store.add_member(req.ns_id, view.user.user_id, invite.access, mount_path, mount_key)
         events.append(_mount_journal(store, view.user, req.ns_id, mount_path, "upsert"))
         mount = MountRow(
@@ -413,13 +447,28 @@ def accept(svc: Services, principal: Principal, req: InvitationRequest) -> Share
     return info
 
 
-def decline(svc: Services, principal: Principal, req: InvitationRequest) -> Invitation:
-    """Decline an invitation: it is gone, and the owner may invite the caller again."""
+def decline(svc: Services, principal: Principal, req: DeclineRequest) -> InvitationsResponse:
+    """Decline an invitation, or every invitation from one owner (`from_email`): they are
+    gone, and the owner may invite the caller again. 404 when none was waiting."""
     with view_transaction(svc, principal) as (store, view):
-        invitation = _invitation(store, view.user, req.ns_id)
-        if store.remove_invite(req.ns_id, view.user.user_id) is None:  # accepted meanwhile
-            raise NotFound(f"no invitation to shared folder {req.ns_id} is waiting for you")
-        return _invitation_model(invitation)
+        waiting = store.invitations(
+            view.user.user_id, MAX_INVITATIONS, ns_id=req.ns_id, owner_email=req.from_email
+        )
+        # each removed, or accepted meanwhile (its row gone under this one's lock)
+        declined = [i for i in waiting if store.remove_invite(i.ns_id, view.user.user_id)]
+        if not declined:
+            if req.ns_id is not None:
+                raise _no_invitation(req.ns_id)
+            raise NotFound(f"no invitation from {req.from_email!r} is waiting for you")
+        return InvitationsResponse(invitations=[_invitation_model(i) for i in declined])
+
+
+def invitations(svc: Services, principal: Principal) -> InvitationsResponse:
+    """The invitations waiting for the caller, oldest first: what `shares` tells of them,
+    without reading every shared folder's members."""
+    with view_transaction(svc, principal) as (store, view):
+        rows = store.invitations(view.user.user_id, MAX_INVITATIONS)
+        return InvitationsResponse(invitations=[_invitation_model(r) for r in rows])
 
 
 def _invitation_model(row: InvitationRow) -> Invitation:

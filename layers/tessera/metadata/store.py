@@ -775,18 +775,39 @@ class Store:
         )
         return [InviteRow(*r) for r in rows]
 
+    def invitation_count(self, user_id: str, *, owner_id: str | None = None) -> int:
+        """How many invitations wait for a user (from `owner_id`'s folders only, when given)."""
+        row = self._one(
+            "SELECT count(*) FROM share_invites i JOIN namespaces n USING (ns_id)"
+            " WHERE i.user_id = %(user)s AND (%(owner)s::text IS NULL OR n.owner_id = %(owner)s)",
+            {"user": user_id, "owner": owner_id},
+        )
+        return int(row[0]) if row else 0
+
+    def alone_since(self, ns_id: int) -> datetime | None:
+        """Since when a shared namespace's owner is its only member (None: others are in it,
+        or she never was alone since the column exists)."""
+        row = self._one("SELECT alone_since FROM namespaces WHERE ns_id = %s", (ns_id,))
+        return row[0] if row else None
+
     def invitations(
-        self, user_id: str, limit: int, *, ns_id: int | None = None
+        self, user_id: str, limit: int, *, ns_id: int | None = None, owner_email: str | None = None
     ) -> list[InvitationRow]:
-        """A user's pending invitations (into `ns_id` only, when given), oldest first, at
-        most `limit` of them."""
+        """A user's pending invitations (into `ns_id` only, or from the owner of that email
+        only, when given), oldest first, at most `limit` of them."""
         rows = self._all(
             "SELECT i.ns_id, n.name, o.user_id, o.email, i.access, i.invited_at"
             " FROM share_invites i JOIN namespaces n USING (ns_id)"
             " JOIN users o ON o.user_id = n.owner_id"
             " WHERE i.user_id = %(user)s AND (%(ns)s::bigint IS NULL OR i.ns_id = %(ns)s)"
+            " AND (%(owner)s::text IS NULL OR o.email_key = %(owner)s)"
             " ORDER BY i.invited_at, i.ns_id LIMIT %(limit)s",
-            {"user": user_id, "ns": ns_id, "limit": limit},
+            {
+                "user": user_id,
+                "ns": ns_id,
+                "owner": None if owner_email is None else owner_email.strip().lower(),
+                "limit": limit,
+            },
         )
         return [InvitationRow(*r) for r in rows]
 
