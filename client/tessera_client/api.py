@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -497,15 +497,18 @@ class Api:
         body: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        retry: bool = True,
     ) -> httpx.Response:
         """An authenticated call; a 401 refreshes the token once and retries. `timeout`:
-        this call's own, in seconds, where it may take longer than others (a long-poll)."""
+        this call's own, in seconds, where it may take longer than others (a long-poll).
+        Without `retry`, one attempt (a notice that may wait for the next time)."""
         url = self.base + route
         own: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        policy = self.policy if retry else replace(self.policy, attempts=1)
         for refresh in (False, True):
             headers = {"Authorization": f"Bearer {self._access_token(force_refresh=refresh)}"}
             response = send_with_retry(
-                self.api_http, self.policy, method, url, json=body, headers=headers, **own
+                self.api_http, policy, method, url, json=body, headers=headers, **own
             )
             if response.status_code != 401:
                 return response
@@ -519,6 +522,7 @@ class Api:
         *,
         optional: Sequence[str] = (),
         timeout: float | None = None,
+        retry: bool = True,
     ) -> httpx.Response:
         """`raw`, where `body`'s `optional` fields are ones a server from before them
         refuses (422 naming the field, nothing done): the call is sent again without it,
@@ -529,7 +533,7 @@ class Api:
         dropped = {name for name in optional if not self.takes(route, name)}
         while True:
             sent = {k: v for k, v in body.items() if k not in dropped}
-            response = self.raw(method, route, sent, timeout=timeout)
+            response = self.raw(method, route, sent, timeout=timeout, retry=retry)
             refused = (
                 [f for f in optional if f in sent and refuses_field(error_from(response), f)]
                 if response.status_code == 422
@@ -558,18 +562,24 @@ class Api:
         *,
         optional: Sequence[str] = (),
         timeout: float | None = None,
+        retry: bool = True,
     ) -> Any:
         """An authenticated JSON call; an error answer raises ApiError. A call to one of
         `KEYED_ROUTES` carries an idempotency key of its own unless `body` has one: an
-        optional field (`send`), as are `optional`. `timeout` as `raw`'s."""
+        optional field (`send`), as are `optional`. `timeout` and `retry` as `raw`'s."""
         if method == "GET" or body is None:
-            response = self.raw(method, route, None if method == "GET" else body, timeout=timeout)
+            shown = None if method == "GET" else body
+            response = self.raw(method, route, shown, timeout=timeout, retry=retry)
         elif route in KEYED_ROUTES and "idempotency_key" not in body:
             keyed = {**body, "idempotency_key": uuid.uuid4().hex}
             optional = (*optional, "idempotency_key")
-            response = self.send(method, route, keyed, optional=optional, timeout=timeout)
+            response = self.send(
+                method, route, keyed, optional=optional, timeout=timeout, retry=retry
+            )
         else:
-            response = self.send(method, route, body, optional=optional, timeout=timeout)
+            response = self.send(
+                method, route, body, optional=optional, timeout=timeout, retry=retry
+            )
         if response.status_code >= 400:
             raise error_from(response)
         return json_body(response)

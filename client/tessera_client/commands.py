@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from tessera.api.models import EMAIL_PATTERN
+from tessera_client import invitations
 from tessera_client.api import (
     FOREIGN_ERROR,
     MALFORMED_RESPONSE,
@@ -42,7 +43,7 @@ from tessera_client.api import (
     sign_in,
 )
 from tessera_client.config import DamagedFileError, Home, Settings, hold_device_lock
-from tessera_client.paths import UnsafePathError, canonical_rel, path_key
+from tessera_client.paths import UnsafePathError, canonical_rel, printable
 from tessera_client.reporting import Reporter, RoundResult, SyncError
 from tessera_client.state import StateDB
 
@@ -868,9 +869,10 @@ def share(
         if any(m["email"].lower() == email.lower() for m in entry.get("members", [])):
             out.print(f"{email} now has {where} as {access}.")
         else:
+            named = invitations.argument(entry)
             out.print(
                 f"Invited {email} to {where} as {access}: it reaches them once they accept"
-                f" (tessera accept {entry['name']!r})."
+                f" (`tessera accept {named}`)."
             )
 
 
@@ -885,7 +887,10 @@ def unshare(
     path: Annotated[str, typer.Argument(help="The shared folder.")],
     email: Annotated[
         str | None,
-        typer.Argument(help="The member to remove (the owner; without it, everyone else)."),
+        typer.Argument(
+            help="The member to remove, or whose invitation to withdraw (the owner; without"
+            " it, everyone else)."
+        ),
     ] = None,
 ) -> None:
     """Stop sharing a folder with someone, or with everyone; a member leaves it."""
@@ -901,7 +906,7 @@ def unshare(
         # synced stay (docs/client.md)
         out.print(f"Left {where}: it leaves your devices at their next sync.")
     elif email is not None:
-        out.print(f"{email} no longer has {where}.")
+        out.print(f"{email} no longer has {where}, nor an invitation to it.")
     else:
         out.print(f"{where} is shared with no one now; its files stay yours.")
 
@@ -910,7 +915,7 @@ def shares(as_json: JsonOption = False) -> None:
     """List the shared folders you own or were given, and the invitations waiting for you."""
     with friendly_errors(), _server() as (api, _settings):
         answer = api.call("/v1/shares", {})
-        entries, invitations = answer["shares"], answer.get("invitations", [])
+        entries, waiting = answer["shares"], invitations.well_formed(answer)
 
         def render() -> None:
             table = Table("folder", "your access", "owner", "members", box=None)
@@ -921,19 +926,22 @@ def shares(as_json: JsonOption = False) -> None:
                     s["path_display"], s["access"], s.get("owner_email", ""), ", ".join(members)
                 )
             out.print(table if entries else "No shared folders.")
-            if invitations:
-                waiting = Table("invited to", "as", "by", "since", box=None)
-                for i in invitations:
-                    when = _when(i["invited_at"])
-                    waiting.add_row(i["name"], i["access"], i["owner_email"], when)
-                out.print(waiting)
-                out.print("Accept one with `tessera accept NAME`, or `tessera decline NAME`.")
+            if waiting:
+                # Text, not markup: every field is the server's (a name holding "[red]")
+                invited = Table("invited to", "number", "as", "by", "since", box=None)
+                for i in waiting:
+                    shown = (i["name"], i["ns_id"], i.get("access"), i.get("owner_email"))
+                    invited.add_row(
+                        *(Text(printable(str(v))) for v in shown), _when(i.get("invited_at"))
+                    )
+                out.print(invited)
+                out.print("Answer one with `tessera accept NAME` or `tessera decline NAME`.")
 
-        _emit({"shares": entries, "invitations": invitations}, as_json, render)
+        _emit({"shares": entries, "invitations": waiting}, as_json, render)
 
 
 InvitationArgument = Annotated[
-    str, typer.Argument(help="The invitation: the folder's name, or its number (ns_id).")
+    str, typer.Argument(help="The invitation: its folder's name, or its number (`shares`).")
 ]
 
 
@@ -942,34 +950,47 @@ def accept(invitation: InvitationArgument) -> None:
     with friendly_errors(), _server() as (api, _settings):
         chosen = _invitation(api, invitation)
         entry = api.call("/v1/shares/accept", {"ns_id": chosen["ns_id"]})
+    name, owner = printable(entry["name"]), printable(entry["owner_email"])
     out.print(
-        f"Joined {entry['name']} of {entry['owner_email']} as {entry['access']}, at"
-        f" {entry['path_display']}: it reaches your devices at their next sync."
+        Text(
+            f"Joined {name} of {owner} as {entry['access']}, at"
+            f" {printable(entry['path_display'])}: it reaches your devices at their next sync."
+        )
     )
 
 
-def decline(invitation: InvitationArgument) -> None:
-    """Decline an invitation to a shared folder."""
-    with friendly_errors(), _server() as (api, _settings):
-        chosen = _invitation(api, invitation)
-        api.call("/v1/shares/decline", {"ns_id": chosen["ns_id"]})
-    out.print(f"Declined {chosen['name']} of {chosen['owner_email']}.")
+def decline(
+    invitation: Annotated[
+        str | None,
+        typer.Argument(help="The invitation: its folder's name, or its number (`shares`)."),
+    ] = None,
+    from_email: Annotated[
+        str | None, typer.Option("--from", help="Decline every invitation from this owner.")
+    ] = None,
+) -> None:
+    """Decline an invitation to a shared folder, or every one from someone (--from)."""
+    with friendly_errors():
+        if (invitation is None) == (from_email is None):
+            raise UserError("name one invitation, or give --from EMAIL (not both)")
+        with _server() as (api, _settings):
+            if from_email is not None:
+                _check_email(from_email)
+                request: dict[str, Any] = {"from_email": from_email}
+            else:
+                request = {"ns_id": _invitation(api, invitation or "")["ns_id"]}
+            answer = api.call("/v1/shares/decline", request)
+        for i in invitations.well_formed(answer):
+            who = printable(str(i.get("owner_email", "?")))
+            out.print(Text(f"Declined {printable(i['name'])} of {who}."))
 
 
-def _invitation(api: Api, wanted: str) -> dict[str, Any]:
-    """The waiting invitation named `wanted` (case and Unicode form aside), or numbered so."""
-    invitations: list[dict[str, Any]] = api.call("/v1/shares", {}).get("invitations", [])
-    by_number = [i for i in invitations if str(i["ns_id"]) == wanted]
-    named = by_number or [i for i in invitations if path_key(i["name"]) == path_key(wanted)]
-    if not named:
-        waiting = ", ".join(repr(i["name"]) for i in invitations) or "none"
-        raise UserError(f"no invitation named {wanted!r} is waiting for you (waiting: {waiting})")
-    if len(named) > 1:
-        choices = "; ".join(f"{i['ns_id']} from {i['owner_email']}" for i in named)
-        raise UserError(
-            f"{len(named)} invitations are named {wanted!r} ({choices}): give its number"
-        )
-    return named[0]
+def _invitation(api: Api, wanted: str) -> Mapping[str, Any]:
+    """The waiting invitation `wanted` names (`invitations.choose`), or a clear refusal."""
+    waiting = invitations.well_formed(api.call("/v1/shares/invitations", {}))
+    try:
+        return invitations.choose(waiting, wanted)
+    except invitations.InvitationNotFound as e:
+        raise UserError(str(e)) from None
 
 
 def conflicts(as_json: JsonOption = False) -> None:

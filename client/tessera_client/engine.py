@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -24,9 +23,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tessera.api.models import FileEntry, LongpollResponse, RevisionsResponse
 from tessera.blocks import FileManifest
+from tessera_client import invitations
 from tessera_client.api import (
     Api,
     ApiError,
+    NotLoggedIn,
     ServerUnreachable,
     list_pages,
     parse,
@@ -53,7 +54,6 @@ from tessera_client.paths import (
     is_under,
     parent_of,
     path_key,
-    printable,
     server_path,
 )
 from tessera_client.planner import Entry, EntryKind, Op, OpKind, Plan, plan
@@ -1363,25 +1363,17 @@ class SyncEngine:
 
     def tell_invitations(self) -> None:
         """Say, once each, the invitations to shared folders waiting for this user: a share
-        reaches the devices only once accepted, and nothing else tells them of it."""
+        reaches the devices only once accepted, and nothing else tells them of it. One
+        attempt, never an error: a notice can wait for the next full scan."""
         try:
-            answer = self.api.call("/v1/shares", {})
-        except (ApiError, ServerUnreachable):
-            return  # a notice only: the round tells what is wrong with the server
-        waiting = answer.get("invitations") if isinstance(answer, dict) else None
-        for invitation in waiting if isinstance(waiting, list) else []:
-            if not isinstance(invitation, dict) or not isinstance(invitation.get("ns_id"), int):
-                continue
+            answer = self.api.call("/v1/shares/invitations", {}, retry=False)
+        except (ApiError, ServerUnreachable, NotLoggedIn):
+            return  # the round tells what is wrong with the server or the session
+        for invitation in invitations.well_formed(answer):
             if invitation["ns_id"] in self._invitations_told:
                 continue
             self._invitations_told.add(invitation["ns_id"])
-            who, name, access = (
-                printable(str(invitation.get(k, "?"))) for k in ("owner_email", "name", "access")
-            )
-            self.reporter.event(
-                f"{who} invited you to the shared folder {name} as {access}:"
-                f" `tessera accept {shlex.quote(name)}` to sync it here, or `tessera decline`"
-            )
+            self.reporter.event(invitations.notice(invitation))
 
     def run_once(self, max_rounds: int = 30) -> RoundResult:
         """Sync until both sides are quiescent (or a problem stops it)."""

@@ -235,11 +235,18 @@ def test_a_share_reaches_the_member_only_once_they_accept_it(
     [share] = owner.json("shares")["shares"]
     assert [m["email"] for m in share["invited"]] == [email]
     missing = " ".join(member.run("accept", "Other", check=1).stderr.split())
-    assert "no invitation named 'Other' is waiting for you (waiting: 'Team')" in missing
+    assert "no invitation named 'Other' is waiting for you (waiting: Team)" in missing
 
     assert "Declined Team" in member.run("decline", "team").stdout  # case aside
     assert member.json("shares") == {"shares": [], "invitations": []}
     assert owner.json("shares")["shares"][0]["invited"] == []
+    owner.write("Plans/p.txt", "p")
+    owner.sync()
+    owner.run("share", "Plans", email)
+    owner.run("share", "Team", email)
+    said = " ".join(member.run("decline", "--from", owner.email.upper()).stdout.split())
+    assert f"Declined Plans of {owner.email}. Declined Team of {owner.email}." in said
+    assert member.json("shares")["invitations"] == []
 
     other = make_device(devices, tmp_path, inproc_cloud, "other", inproc_cloud.user())
     other.write("team/notes.txt", "other notes")
@@ -806,7 +813,7 @@ def test_the_owner_removes_a_member_and_the_share_leaves_their_device(
     team = snapshot(owner.folder)
     editor.write("Team/notes.txt", "not synced yet")
     said = owner.run("unshare", "Team", editor.email).stdout
-    assert f"{editor.email} no longer has /Team." in said
+    assert f"{editor.email} no longer has /Team, nor an invitation to it." in said
     [share] = owner.json("shares")["shares"]
     assert [m["email"] for m in share["members"]] == [owner.email]
     assert editor.json("shares") == {"shares": [], "invitations": []}

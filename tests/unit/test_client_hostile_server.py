@@ -1775,7 +1775,7 @@ def test_invitations_are_told_once_each_and_a_hostile_answer_cannot_break_the_te
     invitation = {"ns_id": 7, "name": "Team\x1b[2J", "owner_email": "a@x", "access": "editor"}
     junk: list[Any] = ["junk", 3, {}, {"ns_id": "7"}]
     answer: dict[str, Any] = {"shares": [], "invitations": [invitation, *junk]}
-    evil.answers["/v1/shares"] = lambda body: answer
+    evil.answers["/v1/shares/invitations"] = lambda body: answer
     engine = _engine(tmp_path, evil)
     events: list[str] = []
     monkeypatch.setattr(engine.reporter, "event", events.append)
@@ -1785,10 +1785,11 @@ def test_invitations_are_told_once_each_and_a_hostile_answer_cannot_break_the_te
     told = events[0]
     assert "\x1b" not in told and "Team\\x1b[2J" in told
     assert told.startswith("a@x invited you to the shared folder Team\\x1b[2J as editor")
-    assert "tessera accept 'Team\\x1b[2J'" in told
+    assert "tessera accept 7" in told  # the escaped name would match nothing
     answer["invitations"] = {"not": "a list"}
     engine.tell_invitations()
-    evil.answers["/v1/shares"] = lambda body: (500, {"error": {"code": "internal"}})
+    evil.answers["/v1/shares/invitations"] = lambda body: (500, {"error": {"code": "internal"}})
     engine.tell_invitations()  # a notice only: a failing call is no error of the sync
+    assert evil.posted.count("/v1/shares/invitations") == 4  # the 500 was not retried
     engine.close()
     assert len(events) == 1
