@@ -416,9 +416,9 @@ class ListFolderRequest(Model):
     limit: int | None = Field(default=None, ge=1, le=10_000)
 
 
-# A cursor holds a part per namespace of the listing, with its mount path: a user can be
-# given up to `sharing.MAX_SHARED_FOLDERS` shared folders without asking, each named with up
-# to 255 bytes, and their cursor must still fit (compressed; ~0.8 MB at worst).
+# A cursor holds a part per namespace of the listing, with its mount path: a user can hold
+# up to `sharing.MAX_SHARED_FOLDERS` shared folders, each named with up to 255 bytes, and
+# their cursor must still fit (compressed; ~0.8 MB at worst).
 MAX_CURSOR_CHARS = 1 << 20
 CursorStr = Annotated[str, Field(min_length=1, max_length=MAX_CURSOR_CHARS)]
 

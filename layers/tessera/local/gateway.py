@@ -63,8 +63,8 @@ MAX_API_BODY = 5 * 1024 * 1024
 # A stored block's upload (the block URLs: S3's on AWS), at least this much.
 MAX_BLOCK_BODY = 16 * 1024 * 1024
 # A long-poll body is a cursor and a timeout. A cursor may be up to `MAX_CURSOR_CHARS` (a
-# user given a thousand shared folders, unasked); the 128 KiB this was refused every
-# long-poll of a user given 510 of them with long names.
+# user in a thousand shared folders); the 128 KiB this was refused every long-poll of a
+# user in 510 of them with long names.
 LONGPOLL_MAX_BODY = MAX_CURSOR_CHARS + 4 * 1024
 # Long-polls waiting at once per user: one per device, and room to spare. Beyond them, 429
 # with this Retry-After.

@@ -249,8 +249,8 @@ class DynamoChangeFeed(ChangeFeed):
         had asked every namespace whatever the clock, and for a caller with hundreds of
         shared folders, or meeting slow queries, ran past the function's timeout: a 502 for
         "no changes". The draw spreads a cut round's misses over calls. Rounds come at most
-        `max_queries_per_s` queries a second: a user can be given a thousand shared folders
-        unasked, and each of their devices then cost 2,000 reads a second, where a round
+        `max_queries_per_s` queries a second: a user can hold a thousand shared folders,
+        and each of their devices then cost 2,000 reads a second, where a round
         of 1,000 now comes every 10 s (one of a few namespaces, every 0.05-0.5 s as before).
         """
         deadline = self._clock() + max(timeout, 0.0)
