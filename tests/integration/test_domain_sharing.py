@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from functools import partial
-from typing import Protocol
 
 import pytest
 
@@ -31,27 +29,7 @@ from tessera.metadata.db import Database
 from tessera.metadata.store import Store
 from tessera.ports import Principal
 
-from .conftest import get_file, put_file, share_with, usage_drift
-from .test_domain_files import race_held
-
-
-class Race(Protocol):
-    """`race_held`, its monkeypatch and database given."""
-
-    def __call__(
-        self,
-        held_at: str,
-        first: Callable[[], object],
-        second: Callable[[], object],
-        *,
-        second_waits: bool = True,
-    ) -> tuple[object, object]: ...
-
-
-@pytest.fixture
-def race(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Race:
-    """`race_held` for this test: `race(held_at, first, second)`."""
-    return partial(race_held, monkeypatch, database_url)
+from .conftest import Race, get_file, put_file, share_with, usage_drift
 
 
 def _invite(svc: Services, owner: Principal, path: str, who: Principal, access: str) -> ShareInfo:
