@@ -1042,14 +1042,18 @@ class SyncEngine:
 
     def _delete_remote(self, op: Op) -> bool:
         assert op.remote is not None
-        there = self.fs.lstat_if_any(op.path)
-        if there is not None and there.kind == Kind.FILE:
-            # made again here since the scan (a save that deletes, then writes): the next
-            # round sends it as an edit, where the delete sent it to the trash, its history
-            # with it, and the file came back as a new one. (A folder there is the planned
-            # kind change: the file it replaced goes.)
+        if self._made_again(op.path):
+            # a save that deletes, then writes: the next round sends it as an edit, where
+            # the delete sent it to the trash, its history with it, and the file came back
+            # as a new one. (A folder there is the planned kind change: the file it
+            # replaced goes.)
             return True
         return self._delete_remote_file(op.path, op.remote, planned=True)
+
+    def _made_again(self, path: str) -> bool:
+        """Whether a file is at `path` again, made since the scan saw it gone."""
+        there = self.fs.lstat_if_any(path)
+        return there is not None and there.kind == Kind.FILE
 
     def _delete_remote_file(self, path: str, remote: Entry, *, planned: bool = False) -> bool:
         """Delete the server's file `remote`, synced here at `path`, if it is still the
@@ -1123,6 +1127,12 @@ class SyncEngine:
         """`/v1/move` of a file moved here; `run` runs another operation in this round (the
         upload a move across a shared folder's edge turns into)."""
         assert op.remote is not None
+        if op.remote.kind == EntryKind.FILE and self._made_again(op.src):
+            # an editor's save that renames the file to its backup, then writes it anew
+            # (emacs's `file~`), across the scan: moved, the file's id and history went to
+            # the backup, and the saved file came back as a new one. The next round sends
+            # the save as an edit and the backup as a new file, as when the scan sees both.
+            return True
         body = {"from_path": server_path(op.src), "to_path": server_path(op.path)}
         if op.remote.file_id:  # only the file this device saw there (else 409: replanned)
             body["parent_file_id"] = op.remote.file_id

@@ -542,6 +542,35 @@ def test_a_file_made_again_after_the_scan_saw_it_deleted_is_no_delete(
     assert a.api.call("/v1/trash/list", {"path": ""})["entries"] == []
 
 
+def test_a_save_that_renames_to_a_backup_across_a_scan_keeps_the_files_history(
+    engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """emacs saves by renaming the file to its backup (`doc.txt~`), then writing it anew.
+    Across a scan, the round moved the file to the backup on the server, its id and
+    history along, and the saved file came back as a new one, on every device. The move
+    looks at the disk first: the next round sends the save as an edit, the backup as new."""
+    a, b = engines
+    synced_on_both(a, b, "doc.txt", "v1")
+    fid = a.api.call("/v1/metadata", {"path": "/doc.txt"})["file_id"]
+    (a.folder / "doc.txt").rename(a.folder / "doc.txt~")
+    gate = SyncEngine._mass_delete_gate
+
+    def written_meanwhile(self: SyncEngine, *args: Any, **kwargs: Any) -> Any:
+        (self.folder / "doc.txt").write_text("v2, saved")  # after the scan, before the move
+        return gate(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncEngine, "_mass_delete_gate", written_meanwhile)
+    a.run_once()
+    monkeypatch.undo()
+    a.run_once()
+    b.run_once()
+    assert snapshot(a.folder) == snapshot(b.folder) == {"doc.txt": b"v2, saved", "doc.txt~": b"v1"}
+    saved = a.api.call("/v1/metadata", {"path": "/doc.txt"})
+    assert (saved["file_id"], saved["rev"]) == (fid, 2)  # one file, its history kept
+    revs = a.api.call("/v1/revisions", {"path": "/doc.txt"})["entries"]
+    assert [e["rev"] for e in revs] == [2, 1]
+
+
 def test_a_conflicted_copy_is_named_within_this_filesystems_longest_name(
     engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
