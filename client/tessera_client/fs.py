@@ -68,6 +68,7 @@ class Stat:
     size: int
     mtime_ns: int
     inode: int
+    dev: int = 0  # the filesystem it is on (0: not told, as by a fake filesystem)
 
 
 class DiskFullError(OSError):
@@ -254,7 +255,7 @@ def _hold(fd: int, rel: str) -> None:
 
 def _stat_of(st: os.stat_result) -> Stat:
     mtime_ns = min(max(st.st_mtime_ns, _MTIME_NS_RANGE[0]), _MTIME_NS_RANGE[1])
-    return Stat(_kind_of(st.st_mode), st.st_size, mtime_ns, st.st_ino)
+    return Stat(_kind_of(st.st_mode), st.st_size, mtime_ns, st.st_ino, st.st_dev)
 
 
 # What fsync of a folder raises where the filesystem cannot do it (SMB/CIFS, some FUSE

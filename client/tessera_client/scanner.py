@@ -110,6 +110,13 @@ class _Cached:
     hashed_ns: int  # when the file was hashed: its stat vouches for it only if not racy
 
 
+#: Why a scan leaves a mount point inside the synced folder out.
+MOUNT_POINT = (
+    "another filesystem is mounted here: not synced (unmounted, its files would read as"
+    " deleted everywhere); copy what it holds into the synced folder to sync it"
+)
+
+
 class Scanner:
     """Walks one synced folder; remembers manifests so unchanged files are not re-hashed."""
 
@@ -162,6 +169,7 @@ class Scanner:
         out = LocalScan(rules=rules)
         seen: set[str] = set()
         now_ns = time.time_ns()
+        home_dev = self._home_dev()
         stack = [""]
         while stack:
             folder = stack.pop()
@@ -210,6 +218,15 @@ class Scanner:
                     out.unseen.add(key)
                     out.set_apart.add(key)
                     continue
+                if st.dev and home_dev and st.dev != home_dev:
+                    # A drive mounted here, once unmounted, leaves an empty folder: its
+                    # files read as deleted, on the server and every device. Left alone
+                    # for good, what the server holds there comes back once it is
+                    # unmounted, as for a folder never synced (`set_apart_for_good`).
+                    out.skipped.append((rel, MOUNT_POINT))
+                    out.unseen.add(key)
+                    out.set_apart.add(key)
+                    continue
                 if key in seen:
                     # Two spellings of one key: the one left out is not gone, nor is what
                     # is in it (a folder's synced files, deleted on the server otherwise).
@@ -246,6 +263,13 @@ class Scanner:
                     out.stats[key] = st
         self._cache = {k: v for k, v in self._cache.items() if k in out.tree}
         return out
+
+    def _home_dev(self) -> int:
+        """The filesystem the synced folder is on (0: not told)."""
+        try:
+            return self.fs.lstat("").dev
+        except OSError:
+            return 0
 
     def _file_entry(
         self, rel: str, key: str, st: Stat, base: Entry | None, out: LocalScan, now_ns: int

@@ -18,7 +18,8 @@ import pytest
 from tessera_client.api import Api, ApiError
 from tessera_client.config import Home
 from tessera_client.engine import SyncEngine
-from tessera_client.fs import MTIME_GRANULARITY_NS, RealFilesystem
+from tessera_client.fs import MTIME_GRANULARITY_NS, RealFilesystem, SafeFilesystem, Stat
+from tessera_client.scanner import MOUNT_POINT, Scanner
 
 from .conftest import Cloud, kept_both, sign_in, snapshot, synced_on_both
 
@@ -569,6 +570,62 @@ def test_a_save_that_renames_to_a_backup_across_a_scan_keeps_the_files_history(
     assert (saved["file_id"], saved["rev"]) == (fid, 2)  # one file, its history kept
     revs = a.api.call("/v1/revisions", {"path": "/doc.txt"})["entries"]
     assert [e["rev"] for e in revs] == [2, 1]
+
+
+class _DriveAt(RealFilesystem):
+    """A folder on disk where, while `mounted`, `Drive` and what it holds are on another
+    filesystem (as `st_dev` tells; mounting needs privileges a test has not)."""
+
+    mounted = False
+
+    def _moved(self, rel: str, st: Stat) -> Stat:
+        inside = rel == "Drive" or rel.startswith("Drive/")
+        return replace(st, dev=st.dev + 1) if self.mounted and inside else st
+
+    def lstat(self, rel: str) -> Stat:
+        return self._moved(rel, super().lstat(rel))
+
+    def scandir(self, rel: str) -> list[tuple[str, Stat]]:
+        return [
+            (name, self._moved(f"{rel}/{name}" if rel else name, st))
+            for name, st in super().scandir(rel)
+        ]
+
+
+def test_a_drive_mounted_inside_the_folder_and_unmounted_deletes_nothing(
+    engines: tuple[SyncEngine, SyncEngine],
+) -> None:
+    """A drive mounted at `Drive`, once unmounted, leaves an empty folder: what it held read
+    as deleted here, and went from the server and every device (three files, under the
+    mass-delete gate). A mount point is left alone for good: nothing of it goes up, and
+    what the server held there (synced before it was mounted) comes back once unmounted."""
+    a, b = engines
+    (a.folder / "Drive").mkdir()
+    for name in ("x.txt", "y.txt", "z.txt"):
+        (a.folder / "Drive" / name).write_text(name)
+    (a.folder / "top.txt").write_text("top")
+    a.run_once()
+    b.run_once()
+    drive = _DriveAt(a.folder)
+    a.scanner = Scanner(SafeFilesystem(drive))
+    drive.mounted = True
+    (a.folder / "Drive" / "new.txt").write_text("on the drive only")
+    said: list[str] = []
+    a.reporter.problem = said.append  # type: ignore[method-assign,assignment]
+    a.run_once()
+    assert said == [f"skipped Drive: {MOUNT_POINT}"]  # once, not every round
+    b.run_once()
+    assert snapshot(b.folder)["Drive/x.txt"] == b"x.txt"  # nothing deleted
+    assert "Drive/new.txt" not in snapshot(b.folder)  # nor sent
+    for name in ("x.txt", "y.txt", "z.txt", "new.txt"):  # unmounted: an empty folder
+        (a.folder / "Drive" / name).unlink()
+    drive.mounted = False
+    a.run_once()
+    b.run_once()
+    want = {"Drive": None, "Drive/x.txt": b"x.txt", "Drive/y.txt": b"y.txt"}
+    want |= {"Drive/z.txt": b"z.txt", "top.txt": b"top"}
+    assert snapshot(a.folder) == snapshot(b.folder) == want
+    assert a.api.call("/v1/trash/list", {"path": ""})["entries"] == []
 
 
 def test_a_conflicted_copy_is_named_within_this_filesystems_longest_name(
