@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -433,19 +434,21 @@ class SyncEngine:
     def _shares_removed_here(
         self, local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry]
     ) -> dict[str, int]:
-        """The folders shared with this user (not by them) that were synced and are gone
-        from here (deleted, or renamed: a mount point moves nowhere on the server), taken
-        with all they hold out of `remote` and `base`: planned as the deletion (or the
-        move) of each file, an editor's `rm -rf Team` emptied the folder for every member
-        (a rename: each file uploaded into their own space, then deleted from the share).
-        Removing one leaves the share instead (`_leave_share`); a renamed one's files go
-        up as this user's own. So does replacing one with a file: planned as a folder
-        turned into a file, it had deleted every file of the share for every member. Their
-        paths, each with how many synced files it held."""
+        """The shared folders that were synced and are gone from here (deleted, or renamed:
+        a mount point moves nowhere on the server), taken with all they hold out of
+        `remote` and `base`: planned as the deletion (or the move) of each file, an
+        editor's `rm -rf Team` emptied the folder for every member (a rename: each file
+        uploaded into their own space, then deleted from the share), and so did the
+        owner's, before the server refused the folder's own delete while others are in it.
+        Removing one leaves the share instead, or deletes the owner's when nobody else is in
+        it (`_leave_share`); a renamed one's files go up as this user's own. So does
+        replacing one with a file: planned as a folder turned into a file, it had deleted
+        every file of the share for every member. Their paths, each with how many synced
+        files it held."""
         gone = [
             (key, path)
-            for key, (path, access) in self.state.shared_mounts().items()
-            if access != "owner" and key in base and (key not in local or local[key].is_file)
+            for key, (path, _access) in self.state.shared_mounts().items()
+            if key in base and (key not in local or local[key].is_file)
         ]
         leaving = {}
         for key, path in gone:
@@ -501,12 +504,29 @@ class SyncEngine:
         )
 
     def _leave_share(self, path: str) -> bool:
-        """Leave the shared folder mounted at `path` (its files stay for the others), and
-        forget what this device knew of it."""
-        self.api.call("/v1/delete", {"path": server_path(path)})
+        """Leave the shared folder mounted at `path` (its files stay for the others), or,
+        the user's own, delete it (nobody else in it: to the trash, whole), and forget what
+        this device knew of it. The owner's, with others in it, is refused (422: unshare
+        first): it stays on the server, and comes back here as a folder never synced."""
+        mount = self.state.shared_mounts().get(path_key(path))
+        owned = mount is not None and mount[1] == "owner"
+        try:
+            self.api.call("/v1/delete", {"path": server_path(path)})
+        except ApiError as e:
+            if e.status != 422:
+                raise
+            self.state.delete_base(path, recursive=True)
+            self.reporter.problem(
+                f"{path} stays shared, and comes back here: {e.message}"
+                f" (`tessera unshare {shlex.quote(path)}`)"
+            )
+            return True
         self.state.delete_base(path, recursive=True)
         self.state.delete_remote(path)
-        self.reporter.event(f"left the shared folder {path} (its files stay for the others)")
+        if owned:
+            self.reporter.event(f"deleted {path}, shared with nobody else (to the trash)")
+        else:
+            self.reporter.event(f"left the shared folder {path} (its files stay for the others)")
         return True
 
     def _adopt_commits(self) -> None:

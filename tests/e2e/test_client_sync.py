@@ -801,6 +801,41 @@ def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
     assert snapshot(editor.folder) == mine
 
 
+@pytest.mark.parametrize("how", ["deleted", "renamed"])
+def test_the_owner_removing_a_folder_shared_with_others_here_keeps_it_for_them(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, how: str
+) -> None:
+    """The owner's `rm -rf Team` was planned as a delete of each file: every member's files
+    went to the trash, then the server refused the folder's own delete (others are in
+    it), every round after. Renamed, each file went up into her own folders and was
+    deleted from the share. Now the folder's own delete goes first: refused, the share
+    stays whole for the others and comes back here (a renamed copy stays hers too), and
+    she is told to unshare it first. Alone in it, the owner deletes it to the trash."""
+    files = {"Team/spec.md": "the spec", "Team/plan/q1.txt": "the plan"}
+    owner, editor = _shared_team(inproc_cloud, devices, tmp_path, files, "editor")
+    editor.sync()
+    team = snapshot(editor.folder)
+    if how == "deleted":
+        shutil.rmtree(owner.folder / "Team")
+    else:
+        (owner.folder / "Team").rename(owner.folder / "Team copy")
+    said = " ".join(owner.sync(check=None).stderr.split())
+    assert "Team stays shared, and comes back here: others are members" in said
+    assert "(`tessera unshare Team`)" in said
+    owner.sync()
+    editor.sync()
+    assert snapshot(editor.folder) == team  # nothing left the share
+    assert not owner.json("trash")
+    mine = {k.replace("Team", "Team copy", 1): v for k, v in team.items()}
+    assert snapshot(owner.folder) == (team | mine if how == "renamed" else team)
+    owner.sync()  # and it stays so, without a problem
+    owner.run("unshare", "Team")
+    shutil.rmtree(owner.folder / "Team")
+    said = " ".join(owner.sync().stderr.split())
+    assert "deleted Team, shared with nobody else (to the trash)" in said
+    assert {e["path_display"] for e in owner.json("trash")} >= {"/Team", "/Team/spec.md"}
+
+
 def test_the_owner_removes_a_member_and_the_share_leaves_their_device(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
