@@ -807,7 +807,12 @@ def rm(path: Annotated[str, typer.Argument(help="File or folder to delete.")]) -
         if not target:
             raise UserError("refusing to delete the whole tree")
         entry = api.call("/v1/delete", {"path": target})
-        out.print(f"Deleted {entry['path_display']} (restore with `tessera undelete`).")
+    where = entry["path_display"]
+    if entry.get("shared_ns_id") and entry.get("access") in ("editor", "viewer"):
+        # a member's delete of the mount point leaves the share: nothing is in their trash
+        out.print(f"Left {where}: its files stay for the others; the owner may invite you again.")
+    else:
+        out.print(f"Deleted {where} (restore with `tessera undelete`).")
 
 
 def trash(as_json: JsonOption = False) -> None:

@@ -1399,11 +1399,12 @@ class SyncEngine:
             answer = self.api.call("/v1/shares/invitations", {}, retry=False)
         except (ApiError, ServerUnreachable, NotLoggedIn):
             return  # the round tells what is wrong with the server or the session
-        for invitation in invitations.well_formed(answer):
+        waiting = invitations.well_formed(answer)
+        for invitation in waiting:
             if invitation["ns_id"] in self._invitations_told:
                 continue
             self._invitations_told.add(invitation["ns_id"])
-            self.reporter.event(invitations.notice(invitation))
+            self.reporter.event(invitations.notice(invitation, waiting))
 
     def run_once(self, max_rounds: int = 30) -> RoundResult:
         """Sync until both sides are quiescent (or a problem stops it)."""

@@ -27,20 +27,29 @@ def well_formed(answer: Any) -> list[Mapping[str, Any]]:
     ]
 
 
-def argument(invitation: Mapping[str, Any]) -> str:
+def argument(invitation: Mapping[str, Any], among: Sequence[Mapping[str, Any]] = ()) -> str:
     """How `tessera accept` / `decline` name an invitation on a command line: its folder's
-    name, shell-quoted, when that shows as it is; else its number (a name with a control
-    or zero-width character, shown escaped, would match nothing)."""
+    name, shell-quoted, when that shows as it is and no other invitation `among` those
+    waiting has it; else its number (a name with a control or zero-width character, shown
+    escaped, would match nothing, and a shared name matches two)."""
     name = str(invitation["name"])
-    return shlex.quote(name) if name and printable(name) == name else str(invitation["ns_id"])
+    twins = [i for i in among if i["ns_id"] != invitation["ns_id"] and _same_name(i, name)]
+    if name and printable(name) == name and not twins:
+        return shlex.quote(name)
+    return str(invitation["ns_id"])
 
 
-def notice(invitation: Mapping[str, Any]) -> str:
-    """One line telling of an invitation waiting, with the commands that answer it."""
+def _same_name(invitation: Mapping[str, Any], name: str) -> bool:
+    return path_key(str(invitation["name"])) == path_key(name)
+
+
+def notice(invitation: Mapping[str, Any], among: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One line telling of an invitation waiting (one of `among`), with the commands that
+    answer it."""
     who, name, access = (
         printable(str(invitation.get(k, "?"))) for k in ("owner_email", "name", "access")
     )
-    named = argument(invitation)
+    named = argument(invitation, among)
     return (
         f"{who} invited you to the shared folder {name} as {access}: `tessera accept {named}`"
         f" to sync it here, or `tessera decline {named}`"
@@ -52,9 +61,9 @@ def choose(invitations: Sequence[Mapping[str, Any]], wanted: str) -> Mapping[str
     and Unicode form aside. `InvitationNotFound` says what is waiting instead, or how to
     tell two of one name apart."""
     by_number = [i for i in invitations if str(i["ns_id"]) == wanted]
-    named = by_number or [i for i in invitations if path_key(i["name"]) == path_key(wanted)]
+    named = by_number or [i for i in invitations if _same_name(i, wanted)]
     if not named:
-        waiting = ", ".join(argument(i) for i in invitations) or "none"
+        waiting = ", ".join(argument(i, invitations) for i in invitations) or "none"
         raise InvitationNotFound(
             f"no invitation named {printable(wanted)!r} is waiting for you (waiting: {waiting})"
         )

@@ -261,6 +261,8 @@ def test_a_share_reaches_the_member_only_once_they_accept_it(
     member.sync()
     assert snapshot(member.folder) == {"Team": None, "Team/spec.md": b"the spec"}
     assert [s["access"] for s in member.json("shares")["shares"]] == ["viewer"]
+    said = " ".join(member.run("rm", "Team").stdout.split())  # a member's rm leaves
+    assert "Left /Team: its files stay for the others" in said and "undelete" not in said
 
 
 def test_shared_folder_viewer_cannot_change_it(

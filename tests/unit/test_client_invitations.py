@@ -41,7 +41,7 @@ def test_choose_by_number_or_name_and_tell_two_of_one_name_apart() -> None:
     assert invitations.choose(waiting, "STRASSE")["ns_id"] == 11  # case and form aside
     with pytest.raises(invitations.InvitationNotFound, match=r"7 from a@x; 9 from b@y"):
         invitations.choose(waiting, "TEAM")
-    with pytest.raises(invitations.InvitationNotFound, match="waiting: Team, team, 'Straße'"):
+    with pytest.raises(invitations.InvitationNotFound, match="waiting: 7, 9, 'Straße'"):
         invitations.choose(waiting, "Other\x1b")
     with pytest.raises(invitations.InvitationNotFound, match="waiting: none"):
         invitations.choose([], "Team")
@@ -54,3 +54,11 @@ def test_the_notice_escapes_what_the_server_sent() -> None:
         "evil\\x07@x invited you to the shared folder Team\\x1b[2J as editor:"
         " `tessera accept 7` to sync it here, or `tessera decline 7`"
     )
+
+
+def test_an_invitation_sharing_its_name_with_another_is_named_by_number() -> None:
+    """Two invitations to a `Docs` (from two owners): `tessera accept Docs`, suggested for
+    both, matched two and was refused."""
+    waiting = [_inv(7, "Docs", "a@x"), _inv(9, "docs", "b@y"), _inv(11, "Plans")]
+    assert [invitations.argument(i, waiting) for i in waiting] == ["7", "9", "Plans"]
+    assert "`tessera accept 9`" in invitations.notice(waiting[1], waiting)
