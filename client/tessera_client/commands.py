@@ -119,6 +119,8 @@ def _hint(error: ApiError) -> str:
     """What the user can do about `error`, when there is something to say."""
     if error.status == 404:
         return next((h for start, h in _NOT_FOUND_HINTS if error.message.startswith(start)), "")
+    if error.details.get("reason"):  # the server's message says what to do (no race)
+        return ""
     return {
         401: "log in again with `tessera login`",
         403: "you do not have the right to do this here",

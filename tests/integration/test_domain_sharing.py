@@ -194,8 +194,9 @@ def _kept_from_members(
         get_file(services, bob, file_id=secret.file_id, include_deleted=True)
     trash = files.trash_list(services, alice, TrashListRequest()).entries
     assert [t.path_display for t in trash] == [secret.path_display]
-    with pytest.raises(Conflict, match="no longer shared"):
+    with pytest.raises(Conflict, match="no longer shared") as refused:
         files.restore(services, alice, RestoreRequest(file_id=secret.file_id))
+    assert refused.value.details == {"reason": "under_a_shared_folder"}
     sharing.unshare(services, alice, UnshareRequest(path="/Team"))
     files.delete(services, alice, DeleteRequest(path="/Team"))
     files.restore(services, alice, RestoreRequest(file_id=secret.file_id))

@@ -390,6 +390,27 @@ def test_a_server_message_is_printed_as_it_is(capsys: pytest.CaptureFixture[str]
     assert f"error: '/{MARKUP_PATH}' is at rev 3, not 2" in printed
 
 
+@pytest.mark.parametrize(
+    ("details", "hinted"), [({}, True), ({"reason": "under_a_shared_folder"}, False)]
+)
+def test_a_409_that_says_what_to_do_gets_no_hint_of_a_race(
+    capsys: pytest.CaptureFixture[str], details: dict[str, str], hinted: bool
+) -> None:
+    """A 409 is a race as a rule ("sync and try again"); one with a reason says what to do
+    itself, and the hint contradicted it (an undelete under a shared folder)."""
+    import typer
+
+    from tessera_client.api import ApiError
+    from tessera_client.commands import friendly_errors
+
+    with pytest.raises(typer.Exit), friendly_errors():
+        raise ApiError(
+            409, "conflict", "it can go back once that folder is no longer shared", details
+        )
+    printed = " ".join(capsys.readouterr().err.split())
+    assert ("sync and try again" in printed) == hinted
+
+
 def _summaries(group: typer.Typer, prefix: str = "") -> Iterator[tuple[str, str]]:
     """(command line, summary) of every command of `group`, its sub-groups' too."""
     for cmd in group.registered_commands:

@@ -312,7 +312,9 @@ def _reopen_path(store: Store, view: View, mount: MountRow, row: FileRow) -> lis
     if _under_a_mount(view, mount, row):
         raise Conflict(
             f"a shared folder is mounted at or above {where!r}; it can go back once that"
-            " folder is no longer shared"
+            " folder is no longer shared (unshared from everyone, then deleted and restored,"
+            " it is a folder of your own again); its content can be downloaded meanwhile",
+            reason="under_a_shared_folder",
         )
     return ensure_parents(store, view, mount, row.path_display)[1]
 
