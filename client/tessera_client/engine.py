@@ -352,8 +352,7 @@ class SyncEngine:
         for c in self.state.conflicts():  # the user dealt with it: forget it
             if not self.fs.exists(c.path):
                 self.state.drop_conflict(c.path)
-        local_only = {path_key(c.path) for c in self.state.conflicts() if c.local_only}
-        scan = self.scanner.scan(base, exclude=local_only)
+        scan = self.scanner.scan(base, exclude=self._kept_local_only())
         self._rules = scan.rules
         for path, reason in scan.skipped:
             self._skip(path, reason)
@@ -430,6 +429,26 @@ class SyncEngine:
             self._note_deletes()
         self.state.set_meta("last_sync", str(time.time()))
         return result
+
+    def _kept_local_only(self) -> set[str]:
+        """Path keys of the local-only conflicted copies (a viewer's refused edits) still in
+        a folder shared read-only with this user: the scan leaves them out. The others are
+        let go, to sync like any file of the user's: once they left the share (it is their
+        own folder now), or were made an editor, the copies stayed here unsynced for good,
+        and the folder that held them was "kept here, deleted elsewhere" every round."""
+        read_only = [
+            k for k, (_path, access) in self.state.shared_mounts().items() if access == "viewer"
+        ]
+        kept = set()
+        for c in self.state.conflicts():
+            if not c.local_only:
+                continue
+            key = path_key(c.path)
+            if any(key.startswith(mount + "/") for mount in read_only):
+                kept.add(key)
+            else:
+                self.state.let_conflict_sync(c.path)
+        return kept
 
     def _shares_removed_here(
         self, local: dict[str, Entry], remote: dict[str, Entry], base: dict[str, Entry]

@@ -411,6 +411,11 @@ class StateDB:
                 (path, original, reason, int(local_only), time.time()),
             )
 
+    def let_conflict_sync(self, path: str) -> None:
+        """A local-only conflicted copy may sync now, as any file of the user's."""
+        with self.transaction() as db:
+            db.execute("UPDATE conflicts SET local_only = 0 WHERE path = ?", (path,))
+
     def conflicts(self) -> list[ConflictRecord]:
         """Every recorded conflicted copy, oldest first."""
         with self._lock:

@@ -286,6 +286,38 @@ def test_shared_folder_viewer_cannot_change_it(
     assert (viewer.folder / c["path"]).exists()
 
 
+@pytest.mark.parametrize("then", ["made editor", "left"])
+def test_a_viewers_local_only_copy_syncs_once_the_folder_may_take_it(
+    inproc_cloud: Cloud, devices: list[Device], tmp_path: Path, then: str
+) -> None:
+    """A viewer's refused edit is kept in a local-only copy. Made an editor, or gone from
+    the share (the folder theirs now), the copy stayed unsynced for good: the promoted
+    editor's edit never reached the share, and a left folder was "kept here, deleted
+    elsewhere" every round. Now it syncs as any file of theirs."""
+    owner, viewer = _team_with_a_viewer(inproc_cloud, devices, tmp_path, "Team/spec.md", "the spec")
+    viewer.sync()
+    viewer.write("Team/spec.md", "viewer scribbles")
+    viewer.sync()
+    [c] = viewer.json("conflicts")
+    assert c["local_only"]
+    if then == "made editor":
+        owner.run("share", "Team", viewer.email, "--access", "editor")
+    else:
+        viewer.run("unshare", "Team")
+    said = " ".join(viewer.sync().stderr.split())
+    assert "kept Team here" not in said
+    [c] = viewer.json("conflicts")
+    assert not c["local_only"]
+    if then == "made editor":
+        owner.sync()
+        assert (owner.folder / c["path"]).read_text() == "viewer scribbles"
+    else:
+        listed = {e["path_display"] for e in viewer.json("ls", "Team")}
+        assert "/" + c["path"] in listed  # the viewer's own folder now
+        owner.sync()
+        assert not (owner.folder / c["path"]).exists()
+
+
 def test_a_viewers_deleted_folder_comes_back_with_its_files(
     inproc_cloud: Cloud, devices: list[Device], tmp_path: Path
 ) -> None:
