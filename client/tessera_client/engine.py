@@ -675,9 +675,12 @@ class SyncEngine:
                 if earlier
                 else ""
             )
+            here = sum(1 for op in the_plan.ops if op.kind == OpKind.DELETE_LOCAL)
             result.problems.append(
-                f"paused: this would delete {deletes} of {files} files{within}; if deleting"
-                " them everywhere is intended, run `tessera sync --allow-mass-delete`"
+                f"paused: this would delete {deletes} of {files} files{within}"
+                f" ({_deleted_where(the_plan.deletes - here, leaving_files, here)}); if that is"
+                " intended, run"
+                " `tessera sync --allow-mass-delete`"
             )
         result.paused_deletes = max(round_deletes, 1)  # (what is held: the earlier ones went)
         self.state.set_meta("paused_deletes", str(result.paused_deletes))
@@ -1632,6 +1635,20 @@ class _WatchNotes:
 
     failure: str | None = None  # the watch could not start
     unwatched: str | None = None  # folders watchdog left without a watch
+
+
+def _deleted_where(there: int, leaving: int, here: int) -> str:
+    """Where a round's deletions would go: `there`, files gone here, from the server and
+    every device; `leaving`, files of shared folders left, from the user's other devices;
+    `here`, files gone from the server, from this device. (A member leaving a share was
+    paused "if deleting them everywhere is intended", where nothing went but from their own
+    devices.)"""
+    parts = (
+        (there, "gone here, to go from the server and every device"),
+        (leaving, "in shared folders left, to go from your other devices"),
+        (here, "gone from the server, to go from this device"),
+    )
+    return "; ".join(f"{n} {what}" for n, what in parts if n)
 
 
 def _disk_full_problem(error: DiskFullError) -> str:

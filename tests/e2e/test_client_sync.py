@@ -364,6 +364,8 @@ def test_mass_delete_pauses_until_confirmed(
         (a.folder / f"f{i:02}.txt").unlink()
     r = a.sync(check=3)
     assert "--allow-mass-delete" in r.stderr
+    said = " ".join(r.stderr.split())
+    assert "(11 gone here, to go from the server and every device)" in said
     assert len(a.json("ls")) == 12  # nothing deleted on the server
     a.sync("--allow-mass-delete")
     assert [e["name"] for e in a.json("ls")] == ["f11.txt"]
@@ -1045,6 +1047,8 @@ def test_leaving_a_large_share_waits_for_the_mass_delete_approval(
     shutil.rmtree(viewer.folder / "Team")
     r = viewer.sync(check=3)
     assert "--allow-mass-delete" in r.stderr
+    said = " ".join(r.stderr.split())  # it said "deleting them everywhere" before
+    assert "(12 in shared folders left, to go from your other devices)" in said
     members = {m["email"] for s in owner.json("shares")["shares"] for m in s["members"]}
     assert viewer_email in members  # not left: paused
     viewer.sync("--allow-mass-delete")
