@@ -864,6 +864,7 @@ def share(
 ) -> None:
     """Share a folder with someone as editor or viewer."""
     with friendly_errors():
+        access = access.lower()
         if access not in ("editor", "viewer"):
             raise UserError("--access must be editor or viewer")
         _check_email(email)
@@ -977,8 +978,10 @@ def decline(
 ) -> None:
     """Decline an invitation to a shared folder, or every one from someone (--from)."""
     with friendly_errors():
-        if (invitation is None) == (from_email is None):
-            raise UserError("name one invitation, or give --from EMAIL (not both)")
+        if invitation is not None and from_email is not None:
+            raise UserError("name one invitation, or give --from EMAIL, not both")
+        if invitation is None and from_email is None:
+            raise UserError("name the invitation to decline, or give --from EMAIL")
         with _server() as (api, _settings):
             if from_email is not None:
                 _check_email(from_email)

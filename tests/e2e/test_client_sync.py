@@ -252,7 +252,9 @@ def test_a_share_reaches_the_member_only_once_they_accept_it(
     other.write("team/notes.txt", "other notes")
     other.sync()
     other.run("share", "team", email)
-    owner.run("share", "Team", email, "--access", "viewer")
+    owner.run("share", "Team", email, "--access", "Viewer")  # case aside
+    neither = " ".join(member.run("decline", check=1).stderr.split())
+    assert "name the invitation to decline, or give --from EMAIL" in neither
     both = " ".join(member.run("accept", "Team", check=1).stderr.split())
     assert "2 invitations are named 'Team'" in both and "give its number" in both
     mine = next(i for i in member.json("shares")["invitations"] if i["owner_email"] == owner.email)
