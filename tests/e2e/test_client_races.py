@@ -517,6 +517,21 @@ def test_a_share_mounted_where_an_unsynced_folder_of_the_members_is_keeps_it_the
     assert snapshot(a.folder) == {"Team": None, "Team/spec.md": b"the owner's spec"}
 
 
+def _saved_again_after_the_scan(a: SyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round of `a` whose scan saw `doc.txt` gone, saved again ("v2, saved") before the
+    round's operations run; then the round after it."""
+    gate = SyncEngine._mass_delete_gate
+
+    def written_meanwhile(self: SyncEngine, *args: Any, **kwargs: Any) -> Any:
+        (self.folder / "doc.txt").write_text("v2, saved")  # after the scan, before the ops
+        return gate(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncEngine, "_mass_delete_gate", written_meanwhile)
+    a.run_once()
+    monkeypatch.undo()
+    a.run_once()
+
+
 def test_a_file_made_again_after_the_scan_saw_it_deleted_is_no_delete(
     engines: tuple[SyncEngine, SyncEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -526,16 +541,7 @@ def test_a_file_made_again_after_the_scan_saw_it_deleted_is_no_delete(
     a, b = engines
     synced_on_both(a, b, "doc.txt", "v1")
     (a.folder / "doc.txt").unlink()
-    gate = SyncEngine._mass_delete_gate
-
-    def written_meanwhile(self: SyncEngine, *args: Any, **kwargs: Any) -> Any:
-        (self.folder / "doc.txt").write_text("v2, saved")  # after the scan, before the delete
-        return gate(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncEngine, "_mass_delete_gate", written_meanwhile)
-    a.run_once()
-    monkeypatch.undo()
-    a.run_once()
+    _saved_again_after_the_scan(a, monkeypatch)
     b.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == {"doc.txt": b"v2, saved"}
     revs = a.api.call("/v1/revisions", {"path": "/doc.txt"})["entries"]
@@ -554,16 +560,7 @@ def test_a_save_that_renames_to_a_backup_across_a_scan_keeps_the_files_history(
     synced_on_both(a, b, "doc.txt", "v1")
     fid = a.api.call("/v1/metadata", {"path": "/doc.txt"})["file_id"]
     (a.folder / "doc.txt").rename(a.folder / "doc.txt~")
-    gate = SyncEngine._mass_delete_gate
-
-    def written_meanwhile(self: SyncEngine, *args: Any, **kwargs: Any) -> Any:
-        (self.folder / "doc.txt").write_text("v2, saved")  # after the scan, before the move
-        return gate(self, *args, **kwargs)
-
-    monkeypatch.setattr(SyncEngine, "_mass_delete_gate", written_meanwhile)
-    a.run_once()
-    monkeypatch.undo()
-    a.run_once()
+    _saved_again_after_the_scan(a, monkeypatch)
     b.run_once()
     assert snapshot(a.folder) == snapshot(b.folder) == {"doc.txt": b"v2, saved", "doc.txt~": b"v1"}
     saved = a.api.call("/v1/metadata", {"path": "/doc.txt"})

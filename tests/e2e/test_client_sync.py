@@ -822,10 +822,7 @@ def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
     owner, editor = _shared_team(inproc_cloud, devices, tmp_path, files, "editor")
     editor.sync()
     team = snapshot(owner.folder)
-    if how == "deleted":
-        shutil.rmtree(editor.folder / "Team")
-    else:
-        (editor.folder / "Team").rename(editor.folder / "Team copy")
+    _remove_team(editor, how)
     editor.sync()
     owner.sync()
     assert snapshot(owner.folder) == team  # nothing left the owner's folder
@@ -837,6 +834,14 @@ def test_a_member_removing_a_shared_folder_here_leaves_it_for_the_others(
     assert snapshot(editor.folder) == mine
     editor.sync()  # and it stays so
     assert snapshot(editor.folder) == mine
+
+
+def _remove_team(device: Device, how: str) -> None:
+    """`rm -rf Team` ("deleted") or `mv Team "Team copy"` ("renamed") on `device`."""
+    if how == "deleted":
+        shutil.rmtree(device.folder / "Team")
+    else:
+        (device.folder / "Team").rename(device.folder / "Team copy")
 
 
 @pytest.mark.parametrize("how", ["deleted", "renamed"])
@@ -853,10 +858,7 @@ def test_the_owner_removing_a_folder_shared_with_others_here_keeps_it_for_them(
     owner, editor = _shared_team(inproc_cloud, devices, tmp_path, files, "editor")
     editor.sync()
     team = snapshot(editor.folder)
-    if how == "deleted":
-        shutil.rmtree(owner.folder / "Team")
-    else:
-        (owner.folder / "Team").rename(owner.folder / "Team copy")
+    _remove_team(owner, how)
     said = " ".join(owner.sync(check=None).stderr.split())
     assert "Team stays shared, and comes back here: others are members" in said
     assert "(`tessera unshare Team`)" in said
