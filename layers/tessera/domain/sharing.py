@@ -230,7 +230,7 @@ def _keep_trash_private(store: Store, owner: UserRow, mount: MountRow) -> None:
     what was deleted while others were in it stays, for them to restore. It lists in her
     trash under her mount point (`mount` is hers) and can be restored once the folder is no
     longer shared. Called as someone joins: a 422 when it cannot be done names none of
-    those files (the caller is the one who must not see them), and sends to the owner."""
+    those files (the caller is the one who must not see them), only whom to ask."""
     trash = _trash_deleted_alone(store, mount)
     store.end_alone(mount.ns_id)
     if not trash:
@@ -467,8 +467,12 @@ def invitations(svc: Services, principal: Principal) -> InvitationsResponse:
     """The invitations waiting for the caller, oldest first: what `shares` tells of them,
     without reading every shared folder's members."""
     with view_transaction(svc, principal) as (store, view):
-        rows = store.invitations(view.user.user_id, MAX_INVITATIONS)
-        return InvitationsResponse(invitations=[_invitation_model(r) for r in rows])
+        return InvitationsResponse(invitations=_waiting(store, view.user))
+
+
+def _waiting(store: Store, user: UserRow) -> list[Invitation]:
+    """The invitations waiting for `user`, oldest first."""
+    return [_invitation_model(row) for row in store.invitations(user.user_id, MAX_INVITATIONS)]
 
 
 def _invitation_model(row: InvitationRow) -> Invitation:
@@ -565,10 +569,7 @@ def shares(svc: Services, principal: Principal) -> SharesResponse:
                 for m in view.mounts
                 if m.kind == "shared" and (info := _info(store, view, m)) is not None
             ],
-            invitations=[
-                _invitation_model(row)
-                for row in store.invitations(view.user.user_id, MAX_INVITATIONS)
-            ],
+            invitations=_waiting(store, view.user),
         )
 
 
