@@ -4,6 +4,7 @@ each member; plus the account summary."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from tessera.domain import paths
 from tessera.domain.acl import Action, require
@@ -419,29 +420,21 @@ def accept(svc: Services, principal: Principal, req: InvitationRequest) -> Share
         # the cheap refusal first: a caller at the cap must not make the owner's trash move
         # (and roll back) at every try, holding her root
         mount_path = _free_mount_path(store, view.user, invitation.name)
-        mount_key = paths.path_key(mount_path)
-        if len(members) == 1:
-            owners = MountRow(
-                req.ns_id,
-                members[0].mount_path,
-                paths.path_key(members[0].mount_path),
-                "owner",
-                "shared",
-                invitation.name,
-                owner.user_id,
-            )
-            _keep_trash_private(store, owner, owners)
-        store.add_member(req.ns_id, view.user.user_id, invite.access, mount_path, mount_key)
-        events.append(_mount_journal(store, view.user, req.ns_id, mount_path, "upsert"))
         mount = MountRow(
             req.ns_id,
             mount_path,
-            mount_key,
+            paths.path_key(mount_path),
             invite.access,
             "shared",
             invitation.name,
             owner.user_id,
         )
+        if len(members) == 1:  # the owner's own mount, for the trash she had alone
+            hers = members[0].mount_path
+            owners = replace(mount, mount_path=hers, mount_key=paths.path_key(hers), access="owner")
+            _keep_trash_private(store, owner, owners)
+        store.add_member(req.ns_id, view.user.user_id, invite.access, mount_path, mount.mount_key)
+        events.append(_mount_journal(store, view.user, req.ns_id, mount_path, "upsert"))
         info = _held_info(store, view, mount)
     publish(svc.feed, events)
     return info
